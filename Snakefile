@@ -1,0 +1,43 @@
+# replisynth: confidential microdata -> disclosure-safe bundle -> synthetic mirror -> certificate.
+#
+#   snakemake --cores 2                          whole pipeline on config/config.yaml (demo)
+#   snakemake --cores 2 --configfile my.yaml     another manifest (it replaces the demo's keys)
+#   snakemake --cores 2 extract                  secure side only: writes the bundle
+#   snakemake --cores 2 --config bundle=DIR      outside side: from a bundle alone
+#
+# Path grammar (see src/replisynth/workflow.py):
+#   results/<name>/{extract,bundle,synthesize,synthetic,verify,logs,benchmarks}/...
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+# The demo manifest is the default; a --configfile replaces it instead of being merged into it.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+from replisynth.workflow import workflow_plan
+
+P = workflow_plan(config)
+
+
+wildcard_constraints:
+    source="|".join(P.sources),
+
+
+rule all:
+    input:
+        f"{P.results}/verify/verdict.txt",
+    default_target: True
+
+
+if not P.outside:
+
+    include: "rules/extract.smk"
+
+
+include: "rules/synthesize.smk"
+include: "rules/verify.smk"
+include: "rules/report.smk"

@@ -1,0 +1,53 @@
+# Outside side: bundle -> synthetic data (Layers 1-3), then Layer 4 pins the checkpoints.
+
+
+rule sample_copula:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+    output:
+        parquet=f"{P.results}/synthesize/{{source}}.parquet",
+    params:
+        bundle_dir=P.bundle_dir,
+    log:
+        f"{P.results}/logs/sample_copula/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/sample_copula/{{source}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/sample_copula.py"
+
+
+rule pin_checkpoints:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+        unpinned=f"{P.results}/synthesize/{{source}}.parquet",
+    output:
+        synthetic=multiext(f"{P.results}/synthetic/{{source}}", ".parquet", ".csv"),
+        report=f"{P.results}/synthesize/{{source}}.pin.json",
+    params:
+        bundle_dir=P.bundle_dir,
+    log:
+        f"{P.results}/logs/pin_checkpoints/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/pin_checkpoints/{{source}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/pin_checkpoints.py"
+
+
+rule export_stata:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+        parquet=f"{P.results}/synthetic/{{source}}.parquet",
+    output:
+        dta=f"{P.results}/synthetic/{{source}}.dta",
+    params:
+        bundle_dir=P.bundle_dir,
+    log:
+        f"{P.results}/logs/export_stata/{{source}}.log",
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/export_stata.py"

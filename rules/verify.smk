@@ -1,0 +1,21 @@
+# Outside side: every fidelity tier from the bundle and the synthetic data alone.
+
+
+rule verify_tiers:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+        parquet=expand(f"{P.results}/synthetic/{{source}}.parquet", source=P.sources),
+        files=P.all_synthetic(),
+    output:
+        tiers=f"{P.results}/verify/tiers.json",
+    params:
+        bundle_dir=P.bundle_dir,
+        sources=list(P.sources),
+    log:
+        f"{P.results}/logs/verify_tiers/all.log",
+    benchmark:
+        f"{P.results}/benchmarks/verify_tiers/all.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/verify_tiers.py"

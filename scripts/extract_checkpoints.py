@@ -1,0 +1,8 @@
+"""Rule extract_checkpoints: fit and gate the checkpoints (secure side)."""
+from replisynth.manifest import load_manifest
+from replisynth.pipeline import stage_extract_checkpoints
+from replisynth.runner import run
+
+sm = snakemake  # noqa: F821
+run(sm.log[0], lambda: stage_extract_checkpoints(
+    manifest=load_manifest(sm.config), out=sm.output.checkpoints, sdc_out=sm.output.sdc))

@@ -1,0 +1,9 @@
+"""Rule extract_source: the release of one source (secure side)."""
+from replisynth.manifest import load_manifest
+from replisynth.pipeline import stage_extract_source
+from replisynth.runner import run
+
+sm = snakemake  # noqa: F821
+run(sm.log[0], lambda: stage_extract_source(
+    manifest=load_manifest(sm.config), source=sm.wildcards.source,
+    release_out=sm.output.release, sdc_out=sm.output.sdc))

@@ -1,0 +1,9 @@
+"""Rule pin_checkpoints: Layer 4 for one source; writes the synthetic files."""
+from replisynth.pipeline import stage_pin
+from replisynth.runner import run
+
+sm = snakemake  # noqa: F821
+outputs = {p.rsplit(".", 1)[1]: p for p in sm.output.synthetic}
+run(sm.log[0], lambda: stage_pin(
+    bundle_dir=sm.params.bundle_dir, source=sm.wildcards.source, unpinned=sm.input.unpinned,
+    outputs=outputs, report_out=sm.output.report))

@@ -1,0 +1,9 @@
+"""Rule verify_tiers: every fidelity tier, from the bundle and the synthetic data."""
+from replisynth.pipeline import stage_verify
+from replisynth.runner import run
+
+sm = snakemake  # noqa: F821
+run(sm.log[0], lambda: stage_verify(
+    bundle_dir=sm.params.bundle_dir,
+    synthetic=dict(zip(sm.params.sources, sm.input.parquet, strict=True)),
+    tiers_out=sm.output.tiers))

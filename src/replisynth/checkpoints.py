@@ -1,0 +1,100 @@
+"""Checkpoint capture on the secure side, with its disclosure gate.
+
+Gate: a checkpoint is rejected when its sample has fewer than `min_cell_size` rows or fewer
+than `min_resid_df` residual degrees of freedom. A coefficient is suppressed when its column
+is an indicator (0/1 values: dummies, factor levels, interaction cells) whose smaller group
+(ones or zeros) has fewer than `min_cell_size` rows in the sample: such a coefficient
+describes a small group. Suppressed terms are released without their name's value part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .design import build_design, used_columns
+from .errors import CheckpointError
+from .estimators import fit_checkpoint
+from .manifest import Checkpoint, Manifest
+from .sdc import SdcLog
+
+
+def indicator_minority(X: np.ndarray) -> np.ndarray:
+    """For each column: size of the smaller of its 0 and 1 groups if it is a 0/1 indicator
+    (and not constant), else -1."""
+    out = np.full(X.shape[1], -1, dtype="int64")
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        if np.all((col == 0) | (col == 1)):
+            ones = int(col.sum())
+            zeros = len(col) - ones
+            if ones and zeros:
+                out[j] = min(ones, zeros)
+    return out
+
+
+def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int) -> tuple[dict[str, Any], SdcLog]:
+    """Fit one checkpoint on the original data and release it through the SDC gate."""
+    sdc = manifest.sdc
+    log = SdcLog()
+    where = f"checkpoints[{index}] ({cp.tag})"
+    base: dict[str, Any] = {
+        "tag": cp.tag,
+        "source": cp.source,
+        "model": cp.model,
+        "formula": cp.formula,
+        "outcome": cp.outcome,
+        "vcov": cp.vcov,
+        "weights": cp.weights,
+        "subset": cp.subset,
+        "absorb": list(cp.absorb),
+        "entity": cp.entity,
+        "time": cp.time,
+        "levels": list(cp.levels) if cp.levels is not None else None,
+        "columns": used_columns(cp),
+    }
+    design = build_design(df, cp, where)
+    n = len(design.y)
+    if n < sdc.min_cell_size:
+        log.add("checkpoints", "rejected", f"estimation sample below min_cell_size={sdc.min_cell_size}", checkpoint=cp.tag)
+        return {**base, "status": "rejected", "reason": f"sample below min_cell_size={sdc.min_cell_size}"}, log
+    fit = fit_checkpoint(design, cp, where)
+    if fit.resid_df < sdc.min_resid_df:
+        log.add("checkpoints", "rejected", f"residual df below min_resid_df={sdc.min_resid_df}", checkpoint=cp.tag)
+        return {**base, "status": "rejected", "reason": f"residual df below min_resid_df={sdc.min_resid_df}"}, log
+    if not np.all(np.isfinite(fit.se)):
+        raise CheckpointError(f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample")
+    minority = indicator_minority(design.X)
+    terms = []
+    n_sup = 0
+    for j, term in enumerate(fit.terms):
+        if 0 <= minority[j] < sdc.min_cell_size:
+            n_sup += 1
+            terms.append({"term": None, "position": j, "suppressed": True,
+                          "reason": f"indicator with fewer than {sdc.min_cell_size} observations in one group"})
+            continue
+        terms.append({"term": term, "position": j, "beta": float(fit.beta[j]), "se": float(fit.se[j])})
+    if n_sup:
+        log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
+    return {
+        **base,
+        "status": "released",
+        "n": fit.n,
+        "resid_df": fit.resid_df,
+        "scale": fit.scale,
+        "k": len(fit.terms),
+        "terms": terms,
+    }, log
+
+
+def capture_checkpoints(frames: dict[str, pd.DataFrame], manifest: Manifest) -> tuple[list[dict[str, Any]], SdcLog]:
+    """Capture every checkpoint of the manifest (frames: source name -> original data)."""
+    out: list[dict[str, Any]] = []
+    log = SdcLog()
+    for i, cp in enumerate(manifest.checkpoints):
+        rel, lg = capture_checkpoint(frames[cp.source], cp, manifest, i)
+        out.append(rel)
+        log.extend(lg)
+    return out, log

@@ -1,0 +1,239 @@
+"""Rank correlations and their latent (Gaussian-copula) counterparts.
+
+- `spearman_matrix`: Spearman correlation, pairwise complete, with mid-ranks for ties.
+- `latent_correlation`: the normal-copula correlation r that reproduces a target Spearman
+  correlation between two margins. For two continuous margins this is the classic
+  r = 2 sin(pi rho_s / 6) (Pearson 1907; Kruskal 1958). When a margin is discrete, ties
+  attenuate rank correlation, so r is found numerically: the population Spearman correlation
+  with ties is the Pearson correlation of the mid-distribution scores u = F(x-) + p(x)/2,
+  whose expectation under a bivariate normal is a one-dimensional integral (Gauss-Legendre).
+- `nearest_correlation`: Higham's (2002) alternating projections, so the Cholesky factor exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special, stats
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    return stats.rankdata(x, method="average")
+
+
+def spearman_matrix(X: np.ndarray) -> np.ndarray:
+    """Spearman correlations of the columns of X (NaN = missing), pairwise complete.
+
+    Columns without missing values are ranked once; a pair involving missing values is
+    re-ranked over its complete rows (as pandas and Stata do). Constant columns give NaN.
+    """
+    X = np.asarray(X, dtype="float64")
+    n, d = X.shape
+    miss = np.isnan(X)
+    has_miss = miss.any(axis=0)
+    R = np.full((d, d), np.nan)
+    full = np.where(~has_miss)[0]
+    if len(full):
+        ranks = np.column_stack([_midranks(X[:, j]) for j in full]) if n else np.zeros((0, len(full)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            C = np.corrcoef(ranks, rowvar=False) if n > 1 else np.full((len(full), len(full)), np.nan)
+        C = np.atleast_2d(C)
+        R[np.ix_(full, full)] = C
+    for i in range(d):
+        for j in range(i + 1, d):
+            if not (has_miss[i] or has_miss[j]):
+                continue
+            ok = ~(miss[:, i] | miss[:, j])
+            if ok.sum() < 3:
+                continue
+            a, b = _midranks(X[ok, i]), _midranks(X[ok, j])
+            if a.std() == 0 or b.std() == 0:
+                continue
+            R[i, j] = R[j, i] = float(np.corrcoef(a, b)[0, 1])
+    np.fill_diagonal(R, 1.0)
+    return R
+
+
+# ---------------------------------------------------------------------------------------------
+# latent calibration
+
+
+@dataclass(frozen=True)
+class Margin:
+    """What calibration needs to know of a margin: None for continuous, else the
+    probabilities of its ordered levels."""
+
+    probs: tuple[float, ...] | None = None
+
+    @property
+    def discrete(self) -> bool:
+        return self.probs is not None and len(self.probs) > 1
+
+
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
+
+
+def _nodes(m: Margin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quadrature over p in (0,1): nodes, weights, and the margin's mid-distribution score."""
+    if m.discrete:
+        p = np.asarray(m.probs, dtype="float64")
+        cum = np.concatenate([[0.0], np.cumsum(p)])
+        cum[-1] = 1.0
+        edges = list(zip(cum[:-1], cum[1:], strict=True))
+        scores = cum[:-1] + p / 2
+    else:
+        cuts = np.concatenate([[0.0, 1e-4, 1e-3, 1e-2], np.linspace(0.05, 0.95, 19), [0.99, 0.999, 0.9999, 1.0]])
+        edges = list(zip(cuts[:-1], cuts[1:], strict=True))
+        scores = None
+    xs, ws, ss = [], [], []
+    for k, (a, b) in enumerate(edges):
+        if b <= a:
+            continue
+        x = (a + b) / 2 + (b - a) / 2 * _GL_X
+        xs.append(x)
+        ws.append((b - a) / 2 * _GL_W)
+        ss.append(np.full_like(x, scores[k]) if scores is not None else x)
+    return np.concatenate(xs), np.concatenate(ws), np.concatenate(ss)
+
+
+def _score_var(m: Margin) -> float:
+    if not m.discrete:
+        return 1.0 / 12.0
+    p = np.asarray(m.probs, dtype="float64")
+    return float((1.0 - np.sum(p**3)) / 12.0)
+
+
+def _conditional_score(m: Margin, z: np.ndarray, r: float) -> np.ndarray:
+    """E[score(Y) | Z1 = z] when (Z1, Z2) is standard bivariate normal with correlation r."""
+    s = np.sqrt(max(1.0 - r * r, 1e-12))
+    if not m.discrete:
+        return special.ndtr(r * z / np.sqrt(1.0 + s * s))
+    p = np.asarray(m.probs, dtype="float64")
+    cum = np.cumsum(p)[:-1]
+    tau = special.ndtri(np.clip(cum, 1e-300, 1 - 1e-16))
+    scores = np.concatenate([[0.0], cum]) + p / 2
+    # P(Z2 <= tau_k | z) for each threshold
+    P = special.ndtr((tau[None, :] - r * z[:, None]) / s)
+    P = np.column_stack([np.zeros(len(z)), P, np.ones(len(z))])
+    return (np.diff(P, axis=1) * scores[None, :]).sum(axis=1)
+
+
+def expected_spearman(r: float, a: Margin, b: Margin) -> float:
+    """Population Spearman correlation (mid-ranks) of two margins joined by a normal copula."""
+    if b.discrete and not a.discrete:
+        a, b = b, a
+    p, w, score = _nodes(a)
+    z = special.ndtri(p)
+    e = float(np.sum(w * score * _conditional_score(b, z, r)))
+    return (e - 0.25) / np.sqrt(_score_var(a) * _score_var(b))
+
+
+def latent_correlation(rho_s: float, a: Margin, b: Margin) -> float:
+    """The normal-copula correlation whose margins a, b have Spearman correlation rho_s;
+    clipped to the attainable range when rho_s lies outside it."""
+    if not np.isfinite(rho_s):
+        return 0.0
+    if not (a.discrete or b.discrete):
+        return float(np.clip(2.0 * np.sin(np.pi * rho_s / 6.0), -1.0, 1.0))
+    lo, hi = -0.999, 0.999
+    f_lo, f_hi = expected_spearman(lo, a, b), expected_spearman(hi, a, b)
+    if rho_s <= f_lo:
+        return lo
+    if rho_s >= f_hi:
+        return hi
+    return float(optimize.brentq(lambda r: expected_spearman(r, a, b) - rho_s, lo, hi, xtol=1e-7))
+
+
+R_GRID = np.concatenate([[-0.9999], np.linspace(-0.995, 0.995, 81), [0.9999]])
+
+
+def spearman_curve(a: Margin, b: Margin, rs: np.ndarray = R_GRID) -> np.ndarray:
+    """Expected Spearman correlation at each latent correlation in `rs` (vectorised)."""
+    if not (a.discrete or b.discrete):
+        return 6.0 / np.pi * np.arcsin(rs / 2.0)
+    if b.discrete and not a.discrete:
+        a, b = b, a
+    p, w, score = _nodes(a)
+    z = special.ndtri(p)
+    s = np.sqrt(np.maximum(1.0 - rs * rs, 1e-12))
+    if not b.discrete:
+        cond = special.ndtr(np.outer(z, rs) / np.sqrt(1.0 + s * s)[None, :])
+    else:
+        pb = np.asarray(b.probs, dtype="float64")
+        cum = np.cumsum(pb)[:-1]
+        tau = special.ndtri(np.clip(cum, 1e-300, 1 - 1e-16))
+        scores = np.concatenate([[0.0], cum]) + pb / 2
+        # P(Z2 <= tau_k | z, r): (nodes, thresholds, rs)
+        P = special.ndtr((tau[None, :, None] - z[:, None, None] * rs[None, None, :]) / s[None, None, :])
+        ones = np.ones((len(z), 1, len(rs)))
+        P = np.concatenate([np.zeros_like(ones), P, ones], axis=1)
+        cond = (np.diff(P, axis=1) * scores[None, :, None]).sum(axis=1)
+    e = (w * score) @ cond
+    return (e - 0.25) / np.sqrt(_score_var(a) * _score_var(b))
+
+
+def invert_curve(curve: np.ndarray, rho_s: float, rs: np.ndarray = R_GRID) -> float:
+    """Latent correlation giving Spearman `rho_s` on a monotone curve (clipped to its range)."""
+    c = np.maximum.accumulate(curve)
+    return float(np.interp(rho_s, c, rs))
+
+
+def latent_matrix(spearman: np.ndarray, margins: list[Margin], curves: dict | None = None) -> np.ndarray:
+    """Latent correlation matrix for a Spearman matrix (NaN treated as 0), symmetrised.
+    `curves` caches the Spearman curve of each pair across calls."""
+    d = len(margins)
+    R = np.eye(d)
+    for i in range(d):
+        for j in range(i + 1, d):
+            rho = float(spearman[i, j]) if np.isfinite(spearman[i, j]) else 0.0
+            if not (margins[i].discrete or margins[j].discrete):
+                R[i, j] = R[j, i] = float(np.clip(2.0 * np.sin(np.pi * rho / 6.0), -0.9999, 0.9999))
+                continue
+            if curves is not None and (i, j) in curves:
+                curve = curves[(i, j)]
+            else:
+                curve = spearman_curve(margins[i], margins[j])
+                if curves is not None:
+                    curves[(i, j)] = curve
+            R[i, j] = R[j, i] = invert_curve(curve, rho)
+    return R
+
+
+def nearest_correlation(A: np.ndarray, tol: float = 1e-10, max_iter: int = 500, eig_floor: float = 1e-8) -> np.ndarray:
+    """Nearest correlation matrix in Frobenius norm (Higham 2002, with Dykstra's correction),
+    then eigenvalues floored at `eig_floor` so that a Cholesky factor exists."""
+    A = (np.asarray(A, dtype="float64") + np.asarray(A, dtype="float64").T) / 2
+    if A.size == 0:
+        return A
+    w = np.linalg.eigvalsh(A)
+    if w.min() > eig_floor:
+        return A
+    Y = A.copy()
+    dS = np.zeros_like(A)
+    for _ in range(max_iter):
+        Rk = Y - dS
+        vals, vecs = np.linalg.eigh(Rk)
+        X = (vecs * np.maximum(vals, 0)) @ vecs.T
+        dS = X - Rk
+        Y_new = X.copy()
+        np.fill_diagonal(Y_new, 1.0)
+        if np.linalg.norm(Y_new - Y, "fro") / max(np.linalg.norm(Y, "fro"), 1e-300) < tol:
+            Y = Y_new
+            break
+        Y = Y_new
+    vals, vecs = np.linalg.eigh((Y + Y.T) / 2)
+    Y = (vecs * np.maximum(vals, eig_floor)) @ vecs.T
+    dinv = 1.0 / np.sqrt(np.diag(Y))
+    Y = Y * dinv[:, None] * dinv[None, :]
+    return (Y + Y.T) / 2
+
+
+def cholesky(R: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a correlation matrix, repairing it first when needed."""
+    if R.size == 0:
+        return R
+    try:
+        return np.linalg.cholesky(R)
+    except np.linalg.LinAlgError:
+        return np.linalg.cholesky(nearest_correlation(R, eig_floor=1e-6))

@@ -1,0 +1,315 @@
+"""Secure side, per source: from the data to a disclosure-safe *release* (a plain dict written
+as JSON into the bundle): schema, marginals, rank correlations, strata, group sizes.
+
+Nothing row-level enters the release: percentile grids are top/bottom coded, frequency
+tables carry cells of at least `min_cell_size` rows, strata below it are locally suppressed
+(their rows form a residual synthesized from the source-level statistics, with the strata
+columns missing), and every decision goes into the SDC log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .correlations import spearman_matrix
+from .errors import DataError
+from .io import FileMeta
+from .manifest import Manifest, Source
+from .marginals import FrequencyTable, frequency_table, level_order, py_value, quantile_grid
+from .schema import EPOCH, ColumnSpec, infer_schema, pandera_schema, validation_summary
+from .sdc import SdcLog, check_release
+
+RESIDUAL = "residual"
+
+
+def numeric_values(s: pd.Series, spec: ColumnSpec) -> np.ndarray:
+    """Float view of a continuous column (dates in days since 1970-01-01)."""
+    if spec.logical_type == "date":
+        return ((s - EPOCH) / pd.Timedelta(days=1)).to_numpy(dtype="float64", na_value=np.nan)
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def category_values(s: pd.Series) -> pd.Series:
+    """Categories as JSON-friendly scalars (object Series, NaN for missing)."""
+    return s.astype(object).map(lambda v: v if pd.isna(v) else py_value(v))
+
+
+def ordered_codes(values: pd.Series, table: FrequencyTable, all_levels: list[Any]) -> np.ndarray:
+    """Position of each value among the released levels of an ordered table, pooled levels
+    mapped to their nearest released neighbour (the pooling rule of `frequency_table`)."""
+    kept = {v: i for i, v in enumerate(table.levels)}
+    pos_all = {v: i for i, v in enumerate(all_levels)}
+    kept_pos = np.asarray([pos_all[v] for v in table.levels])
+    mapping: dict[Any, float] = {}
+    for v, i in pos_all.items():
+        if v in kept:
+            mapping[v] = float(kept[v])
+        elif len(kept_pos):
+            dist = np.abs(kept_pos - i)
+            j = int(np.lexsort((kept_pos, dist))[0])
+            mapping[v] = float(j)
+    return values.map(lambda v: mapping.get(v, np.nan) if not pd.isna(v) else np.nan).to_numpy(dtype="float64")
+
+
+def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return [py_value(v) for v in s.dtype.categories]
+    return None
+
+
+def _marginal(s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True) -> dict[str, Any]:
+    missing = int(s.isna().sum())
+    if spec.role == "continuous":
+        v = numeric_values(s, spec)
+        v = v[~np.isnan(v)]
+        if len(v) < min_cell:
+            return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
+        return {"kind": "continuous", "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim).tolist()}
+    if not pool and spec.ordered and spec.logical_type in ("integer", "float") and s.nunique() >= 3:
+        # Inside a stratum a many-level ordinal is released as a percentile grid (like a
+        # continuous column): a frequency table would suppress most of its levels.
+        v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64")
+        if len(v) < min_cell:
+            return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
+        return {"kind": "ordinal_grid", "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim).tolist()}
+    cats = category_values(s)
+    table = frequency_table(cats, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
+    if not table.levels:
+        return {"kind": "suppressed", "missing": missing, "n": int(s.notna().sum())}
+    return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
+
+
+def copula_dims(specs: list[ColumnSpec], marginals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latent dimensions of the copula, from the source-level release: one per continuous
+    or ordered column, one per non-baseline category of a nominal column (baseline = the
+    largest released category)."""
+    dims: list[dict[str, Any]] = []
+    for spec in specs:
+        m = marginals.get(spec.name)
+        if m is None or m["kind"] == "suppressed":
+            continue
+        if m["kind"] == "continuous":
+            dims.append({"column": spec.name, "kind": "continuous"})
+            continue
+        t = m["table"]
+        if len(t["levels"]) < 2:
+            continue
+        if t["ordered"]:
+            dims.append({"column": spec.name, "kind": "ordered"})
+        else:
+            counts = t["counts"]
+            base = int(np.argmax(counts))
+            for i, lev in enumerate(t["levels"]):
+                if i != base:
+                    dims.append({"column": spec.name, "kind": "indicator", "level": lev})
+    return dims
+
+
+def dim_matrix(
+    df: pd.DataFrame,
+    specs: dict[str, ColumnSpec],
+    dims: list[dict[str, Any]],
+    tables: dict[str, FrequencyTable],
+    all_levels: dict[str, list[Any]],
+) -> np.ndarray:
+    """Numeric matrix (rows × dims) whose Spearman correlations are released: continuous
+    values, ordered-level positions, 0/1 indicators; NaN where missing."""
+    cols = []
+    cache: dict[str, pd.Series] = {}
+    for d in dims:
+        c = d["column"]
+        spec = specs[c]
+        if d["kind"] == "continuous":
+            cols.append(numeric_values(df[c], spec))
+            continue
+        if c not in cache:
+            cache[c] = category_values(df[c])
+        cats = cache[c]
+        if d["kind"] == "ordered":
+            cols.append(ordered_codes(cats, tables[c], all_levels[c]))
+        else:
+            v = (cats == d["level"]).to_numpy(dtype="float64", copy=True)
+            v[cats.isna().to_numpy()] = np.nan
+            cols.append(v)
+    return np.column_stack(cols) if cols else np.zeros((len(df), 0))
+
+
+def gated_spearman(X: np.ndarray, min_cell: int) -> tuple[np.ndarray, int]:
+    """Spearman matrix of the dims with the rows and columns of *small-group* dims blanked:
+    a two-valued dim (indicator, binary) whose smaller group has fewer than `min_cell`
+    rows, or any dim with fewer than `min_cell` non-missing rows. Such a correlation would
+    describe a small group (and is not attainable once the group's cell is suppressed)."""
+    S = spearman_matrix(X)
+    bad = []
+    for j in range(X.shape[1]):
+        v = X[:, j]
+        v = v[~np.isnan(v)]
+        if len(v) < min_cell:
+            bad.append(j)
+            continue
+        vals, counts = np.unique(v, return_counts=True)
+        if len(vals) == 2 and counts.min() < min_cell:
+            bad.append(j)
+    for j in bad:
+        S[j, :] = np.nan
+        S[:, j] = np.nan
+    return S, len(bad)
+
+
+def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> pd.Series:
+    """One hashable key per row (a tuple of the strata values), None when any is missing."""
+    if not strata:
+        return pd.Series([()] * len(df), index=df.index, dtype=object)
+    parts = [category_values(df[c]) for c in strata]
+    keys = []
+    for row in zip(*parts, strict=True):
+        keys.append(None if any(pd.isna(v) for v in row) else tuple(row))
+    return pd.Series(keys, index=df.index, dtype=object)
+
+
+def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str) -> dict[str, Any]:
+    sizes = s.dropna().value_counts().to_numpy()
+    g = int(len(sizes))
+    if g == 0:
+        raise DataError(f"sources.{source}: group column {s.name!r} is entirely missing")
+    if g < min_cell:
+        log.add("groups", "coarsened", f"{g} groups (< min_cell_size): only the number of groups and the mean size are released", source=source, column=str(s.name))
+        return {"groups": g, "size_grid": None, "mean_size": float(sizes.mean())}
+    log.add("groups", "trimmed", f"group-size distribution released as a {trim:g}%-trimmed percentile grid", source=source, column=str(s.name))
+    return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim).tolist(), "mean_size": float(sizes.mean())}
+
+
+def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source) -> tuple[dict[str, Any], SdcLog]:
+    """Build the release of one source and the log of its SDC decisions."""
+    sdc = manifest.sdc
+    log = SdcLog()
+    specs = infer_schema(df, source, meta)
+    # The source must validate against the schema we are about to release.
+    failures = validation_summary(pandera_schema(specs), df[[s.name for s in specs]])
+    if failures:
+        detail = "; ".join(f"{f['column']}: {f['check']} ({f['failures']} rows)" for f in failures)
+        raise DataError(f"{source.path}: the data does not validate against its own schema: {detail}")
+
+    work = df[[s.name for s in specs]].copy()
+    spec_by = {s.name: s for s in specs}
+    for s in specs:
+        if s.rows and s.missing == s.rows and s.role in ("continuous", "categorical"):
+            log.add("schema", "all_missing", "column is entirely missing: released as an all-missing column", source=source.name, column=s.name)
+
+    # Strata and local suppression of small cells.
+    keys = _strata_keys(work, source.strata)
+    counts = keys.value_counts(dropna=False) if source.strata else pd.Series({(): len(work)})
+    released_keys = sorted([k for k, n in counts.items() if k is not None and n >= sdc.min_cell_size], key=lambda k: tuple(map(str, k)))
+    small = [k for k, n in counts.items() if k is None or n < sdc.min_cell_size]
+    residual_mask = ~keys.isin(released_keys) if source.strata else pd.Series(False, index=work.index)
+    n_residual = int(residual_mask.sum())
+    if source.strata and small:
+        log.add(
+            "strata", "local_suppression",
+            f"{len(small)} strata cell(s) below min_cell_size={sdc.min_cell_size} (or with a missing stratum value) "
+            "form one residual block: its rows are synthesized from the source-level statistics and "
+            "their strata columns are released as missing",
+            source=source.name, cells=len(small),
+        )
+        work.loc[residual_mask, list(source.strata)] = np.nan
+        for c in source.strata:
+            spec_by[c] = ColumnSpec(**{**spec_by[c].to_dict(), "missing": int(work[c].isna().sum())})
+        specs = [spec_by[s.name] for s in specs]
+
+    # Source-level marginals.
+    released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
+    marginals: dict[str, dict[str, Any]] = {}
+    for s in released_cols:
+        m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim)
+        marginals[s.name] = m
+        _log_marginal(log, source.name, "all", s, m, sdc)
+    # Columns that released nothing become all-missing columns of the release.
+    for s in released_cols:
+        if marginals[s.name]["kind"] == "suppressed" and s.missing < s.rows:
+            spec_by[s.name] = ColumnSpec(**{**s.to_dict(), "missing": s.rows})
+    specs = [spec_by[s.name] for s in specs]
+
+    dims = copula_dims(specs, marginals)
+    tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
+    all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
+    X = dim_matrix(work, spec_by, dims, tables, all_levels)
+    S_all, n_bad = gated_spearman(X, sdc.min_cell_size)
+    if n_bad:
+        log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} not released", source=source.name, block="all", dims=n_bad)
+    blocks: dict[str, dict[str, Any]] = {
+        "all": {"rows": int(len(work)), "key": None, "marginals": marginals, "spearman": _matrix_json(S_all)}
+    }
+    cells = []
+    for i, key in enumerate(released_keys if source.strata else []):
+        bid = f"s{i}"
+        mask = (keys == key).to_numpy()
+        sub = work.loc[mask]
+        bm: dict[str, dict[str, Any]] = {}
+        for s in released_cols:
+            if s.name in source.strata:
+                continue
+            m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False)
+            bm[s.name] = m
+            _log_marginal(log, source.name, bid, s, m, sdc)
+        S_b, n_bad = gated_spearman(X[mask], sdc.min_cell_size)
+        if n_bad:
+            log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
+        blocks[bid] = {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}
+        cells.append({"id": bid, "key": list(key), "rows": int(mask.sum())})
+
+    groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name) for c in source.key_columns}
+    value_labels = _released_value_labels(meta, marginals)
+    release: dict[str, Any] = {
+        "source": source.name,
+        "format": source.format,
+        "rows": int(len(df)),
+        "columns": [s.to_dict() for s in specs],
+        "value_labels": value_labels,
+        "dims": dims,
+        "strata": {"columns": list(source.strata), "cells": cells, "residual_rows": n_residual if source.strata else 0},
+        "blocks": blocks,
+        "groups": groups,
+        "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
+    }
+    check_release(release, sdc.min_cell_size)
+    return release, log
+
+
+def _released_value_labels(meta: FileMeta, marginals: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Value labels of released categories only (a label set may name rare codes)."""
+    out: dict[str, dict[str, str]] = {}
+    for col, labs in meta.value_labels.items():
+        m = marginals.get(col)
+        if not m or m["kind"] != "categorical":
+            continue
+        levels = set(m["table"]["levels"])
+        keep = {str(py_value(k)): v for k, v in labs.items() if py_value(k) in levels}
+        if keep:
+            out[col] = keep
+    return out
+
+
+def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dict[str, Any], sdc: Any) -> None:
+    where = {"source": source, "block": block, "column": spec.name}
+    if m["kind"] == "suppressed":
+        if m.get("n", 0) == 0:
+            return
+        log.add("marginals", "suppressed", f"fewer than min_cell_size={sdc.min_cell_size} usable values or no releasable category: nothing released", **where)
+    elif m["kind"] == "ordinal_grid":
+        log.add("marginals", "grid", f"many-level ordinal released inside the stratum as a {sdc.quantile_trim:g}%-trimmed percentile grid, not a frequency table", **where)
+    elif m["kind"] == "continuous":
+        if sdc.quantile_trim > 0 and block == "all":
+            log.add("marginals", "trimmed", f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded", **where)
+    else:
+        t = m["table"]
+        if t["pooled_levels"]:
+            log.add("marginals", "pooled", f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level", **where)
+        if t["suppressed_levels"]:
+            log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) below min_cell_size={sdc.min_cell_size} suppressed; their rows are spread over released categories at synthesis", **where)
+
+
+def _matrix_json(M: np.ndarray) -> list[list[float | None]]:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in M]

@@ -1,0 +1,315 @@
+"""Reading source files and writing outputs atomically.
+
+Readers return the data and its file-level metadata (labels, storage types); writers go to a
+temporary file beside the target and rename it, so an interrupted run never leaves a
+half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .options import SOURCE_EXTENSIONS
+
+# Stata's .dta header carries a time stamp; a fixed one keeps reruns byte-identical.
+DTA_TIME_STAMP = dt.datetime(2000, 1, 1, 0, 0)
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What a statistical file format knows beyond the values: labels and storage types."""
+
+    variable_labels: dict[str, str] = field(default_factory=dict)
+    value_labels: dict[str, dict[Any, str]] = field(default_factory=dict)
+    storage_types: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _clean_json(obj: Any) -> Any:
+    """Make numpy scalars and non-finite floats JSON-safe (NaN/inf become null)."""
+    if isinstance(obj, dict):
+        return {str(k): _clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_json(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON text (stable key order as built, shortest round-trip floats)."""
+    return json.dumps(_clean_json(obj), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as deterministic JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(dumps_json(obj), encoding="utf-8")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file written by `write_json`."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def source_format(path: str | Path) -> str:
+    """csv, parquet, dta or sav from the file extension (DataError otherwise)."""
+    ext = Path(path).suffix.lower()
+    if ext not in SOURCE_EXTENSIONS:
+        raise DataError(
+            f"{path}: unknown extension {ext or '(none)'!r}; use one of {', '.join(sorted(SOURCE_EXTENSIONS))}"
+        )
+    return SOURCE_EXTENSIONS[ext]
+
+
+def _check_duplicates(path: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    if dups:
+        raise DataError(f"{path}: duplicate column names {dups}; rename them so each column is unique")
+
+
+def read_columns(path: str | Path) -> list[str]:
+    """Column names of a data file, reading as little of it as the format allows."""
+    path = Path(path)
+    fmt = source_format(path)
+    _check_readable(path)
+    try:
+        if fmt == "csv":
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                names = next(csv.reader(fh), [])
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+        else:
+            import pyreadstat
+
+            reader = pyreadstat.read_dta if fmt == "dta" else pyreadstat.read_sav
+            _, meta = reader(str(path), metadataonly=True)
+            names = list(meta.column_names)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read the column names as {fmt} ({exc}); check the file") from None
+    if not names:
+        raise DataError(f"{path}: the file has no columns; check the path and the export")
+    _check_duplicates(path, names)
+    return names
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: data file not found; check sources.<name>.path (relative paths resolve against the working directory)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; re-export the data")
+
+
+def read_source(path: str | Path) -> tuple[pd.DataFrame, FileMeta]:
+    """Read a .csv, .parquet, .dta or .sav file with its labels and storage types.
+
+    Stata and SPSS value labels are kept aside (the data holds the codes); Stata's empty
+    string is its missing string and becomes missing.
+    """
+    path = Path(path)
+    fmt = source_format(path)
+    names = read_columns(path)
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path, encoding="utf-8-sig")
+            meta = FileMeta()
+        elif fmt == "parquet":
+            df = pd.read_parquet(path)
+            meta = _parquet_meta(path)
+        elif fmt == "dta":
+            df, meta = _read_dta(path)
+        else:
+            df, meta = _read_sav(path)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read as {fmt} ({type(exc).__name__}: {exc}); check the file") from None
+    if list(map(str, df.columns)) != names:
+        _check_duplicates(path, list(map(str, df.columns)))
+    df.columns = [str(c) for c in df.columns]
+    if len(df) == 0:
+        raise DataError(f"{path}: the file has a header but no rows; re-export the data")
+    return df, meta
+
+
+def _read_dta(path: Path) -> tuple[pd.DataFrame, FileMeta]:
+    import pyreadstat
+
+    _, m = pyreadstat.read_dta(str(path), metadataonly=True)
+    df = pd.read_stata(path, convert_categoricals=False, convert_missing=False, preserve_dtypes=True)
+    for col in df.columns:
+        if pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object:
+            df[col] = df[col].replace("", np.nan)
+    meta = FileMeta(
+        variable_labels={k: v for k, v in (m.column_names_to_labels or {}).items() if v},
+        value_labels={k: dict(v) for k, v in (m.variable_value_labels or {}).items()},
+        storage_types=dict(m.readstat_variable_types or {}),
+    )
+    return df, meta
+
+
+def _read_sav(path: Path) -> tuple[pd.DataFrame, FileMeta]:
+    import pyreadstat
+
+    df, m = pyreadstat.read_sav(str(path), apply_value_formats=False, user_missing=False)
+    meta = FileMeta(
+        variable_labels={k: v for k, v in (m.column_names_to_labels or {}).items() if v},
+        value_labels={k: dict(v) for k, v in (m.variable_value_labels or {}).items()},
+        storage_types=dict(m.readstat_variable_types or {}),
+    )
+    return df, meta
+
+
+PARQUET_META_KEY = b"replisynth"
+
+
+def _parquet_meta(path: Path) -> FileMeta:
+    import pyarrow.parquet as pq
+
+    md = pq.read_schema(path).metadata or {}
+    if PARQUET_META_KEY not in md:
+        return FileMeta()
+    d = json.loads(md[PARQUET_META_KEY])
+    vl = {c: {_label_key(k): v for k, v in labs.items()} for c, labs in d.get("value_labels", {}).items()}
+    return FileMeta(d.get("variable_labels", {}), vl, d.get("storage_types", {}))
+
+
+def _label_key(k: str) -> Any:
+    """JSON turns value-label codes into strings; restore numeric codes."""
+    try:
+        f = float(k)
+    except ValueError:
+        return k
+    return int(f) if f.is_integer() else f
+
+
+# ---------------------------------------------------------------------------------------------
+# writing synthetic data
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = None) -> None:
+    """Parquet with the labels in the file metadata; deterministic bytes for equal frames."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if meta is not None:
+        extra = {
+            "variable_labels": meta.variable_labels,
+            "value_labels": {c: {str(k): v for k, v in labs.items()} for c, labs in meta.value_labels.items()},
+            "storage_types": meta.storage_types,
+        }
+        md = dict(table.schema.metadata or {})
+        md[PARQUET_META_KEY] = json.dumps(extra, sort_keys=True).encode()
+        table = table.replace_schema_metadata(md)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """CSV with full float precision (repr), missing as empty, quoted where needed."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
+
+
+_STATA_INT_TYPES = {"int8": "int8", "int16": "int16", "int32": "int32"}
+
+
+def write_dta(df: pd.DataFrame, path: str | Path, meta: FileMeta) -> None:
+    """Stata 118 file with variable and value labels, integer storage types restored where
+    the values allow it (Stata integers hold missing; pandas needs float for that)."""
+    out = df.copy()
+    for col in out.columns:
+        s = out[col]
+        st = meta.storage_types.get(col)
+        if st in _STATA_INT_TYPES and not s.isna().any():
+            out[col] = s.astype(_STATA_INT_TYPES[st])
+        elif str(s.dtype) in ("Int8", "Int16", "Int32", "Int64", "boolean"):
+            out[col] = s.astype("float64")
+        elif s.dtype == bool:
+            out[col] = s.astype("int8")
+        elif isinstance(s.dtype, pd.CategoricalDtype):
+            out[col] = s.astype(object).where(s.notna(), "")
+        elif pd.api.types.is_string_dtype(s) and not pd.api.types.is_numeric_dtype(s):
+            out[col] = s.astype(object).where(s.notna(), "")
+    labels = {c: meta.variable_labels[c][:80] for c in out.columns if c in meta.variable_labels}
+    value_labels = {
+        c: {int(k): str(v)[:32000] for k, v in labs.items() if float(k).is_integer()}
+        for c, labs in meta.value_labels.items()
+        if c in out.columns and pd.api.types.is_numeric_dtype(out[c])
+    }
+    with atomic_path(path) as tmp:
+        out.to_stata(
+            tmp,
+            write_index=False,
+            version=118,
+            time_stamp=DTA_TIME_STAMP,
+            variable_labels=labels or None,
+            value_labels=value_labels or None,
+        )

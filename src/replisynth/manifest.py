@@ -1,0 +1,396 @@
+"""Load a manifest: validate it against config/schema.yaml, check its cross-references, and
+freeze it into dataclasses. Package code reads these dataclasses, never the raw dicts."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ManifestError, UnsupportedError
+from .options import MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
+
+# Agency profiles (see README "SDC and output checking"); explicit sdc keys override these.
+SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "standard": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10},
+    "iab": {"min_cell_size": 20, "quantile_trim": 1, "min_resid_df": 20},
+    "fsrdc": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10},
+    "strict": {"min_cell_size": 100, "quantile_trim": 1, "min_resid_df": 20},
+}
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A panel skeleton: `entity` is re-keyed like a group, `time` stays distinct within entity."""
+
+    entity: str
+    time: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """One data set of the manifest (`sources.<name>`)."""
+
+    name: str
+    path: str
+    rows: int | None = None
+    ids: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    continuous: tuple[str, ...] = ()
+    strata: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    panel: Panel | None = None
+
+    @property
+    def format(self) -> str:
+        """File format from the extension: csv, parquet, dta or sav."""
+        return SOURCE_EXTENSIONS[Path(self.path).suffix.lower()]
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """Grouping columns that are re-keyed rather than synthesized from marginals."""
+        keys = list(self.groups)
+        if self.panel is not None and self.panel.entity not in keys:
+            keys.append(self.panel.entity)
+        return tuple(keys)
+
+
+@dataclass(frozen=True)
+class Sdc:
+    """Resolved disclosure-control settings (profile defaults + explicit overrides)."""
+
+    profile: str
+    min_cell_size: int
+    quantile_trim: float
+    min_resid_df: int
+    overridden: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A regression whose coefficients the synthetic data must reproduce (Layer 4)."""
+
+    tag: str
+    source: str
+    model: str
+    formula: str
+    vcov: str = "nonrobust"
+    weights: str | None = None
+    absorb: tuple[str, ...] = ()
+    entity: str | None = None
+    time: str | None = None
+    subset: str | None = None
+    levels: tuple[Any, ...] | None = None
+
+    @property
+    def cluster(self) -> str | None:
+        """The cluster column of a `cluster:<column>` vcov, else None."""
+        return self.vcov.split(":", 1)[1] if self.vcov.startswith("cluster:") else None
+
+    @property
+    def outcome(self) -> str:
+        """The left-hand-side variable name."""
+        return formula_outcome(self.formula)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. `raw` is the normalised mapping stored in the bundle."""
+
+    name: str
+    seed: int
+    sources: tuple[Source, ...]
+    sdc: Sdc
+    checkpoints: tuple[Checkpoint, ...]
+    verify_tier: int
+    raw: dict[str, Any] = field(compare=False, repr=False)
+
+    def source(self, name: str) -> Source:
+        """The source called `name` (KeyError when absent)."""
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def checkpoints_of(self, source: str) -> tuple[Checkpoint, ...]:
+        """Checkpoints estimated on `source`, in manifest order."""
+        return tuple(c for c in self.checkpoints if c.source == source)
+
+
+# ---------------------------------------------------------------------------------------------
+# formulas
+
+
+_BRACKET = re.compile(r"\[([^\]]*)~([^\]]*)\]")
+
+
+def formula_outcome(formula: str) -> str:
+    """Name of the outcome: the left-hand side of `y ~ ...` (a bare column name)."""
+    lhs = formula.split("~", 1)[0].strip()
+    return lhs
+
+
+def formula_variables(formula: str) -> set[str]:
+    """Every data column a Wilkinson formula reads, including linearmodels IV brackets."""
+    import formulaic
+
+    parts = [formula]
+    m = _BRACKET.search(formula)
+    if m:
+        parts = [_BRACKET.sub("1", formula), f"{m.group(1)} ~ {m.group(2)}"]
+    names: set[str] = set()
+    for part in parts:
+        try:
+            names |= {str(v) for v in formulaic.Formula(part).required_variables}
+        except Exception as exc:  # formulaic raises several parser error types
+            raise ManifestError(f"cannot parse formula {formula!r}: {exc}") from None
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _format_path(path: Any) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _describe(err: Any) -> str:
+    """One line for a jsonschema error: key path, what is wrong, what to do."""
+    where = _format_path(err.absolute_path)
+    v = err.validator
+    if v == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        return (
+            f"{where}: unknown key {', '.join(repr(e) for e in extra)}; "
+            f"allowed keys are {', '.join(allowed)} (check the spelling)"
+        )
+    if v == "required":
+        return f"{where}: {err.message}; add it to the manifest"
+    if v == "enum":
+        opts = ", ".join(str(o) for o in err.validator_value)
+        return f"{where}: {err.instance!r} is not one of {opts}"
+    if v == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        hint = " (a non-negative integer)" if where == "seed" else ""
+        return f"{where}: expected {want}{hint}, got {err.instance!r}"
+    if v == "minimum" and where == "seed":
+        return f"seed: must be a non-negative integer, got {err.instance!r}"
+    if v == "pattern":
+        return f"{where}: {err.instance!r} does not match {err.validator_value} (letters, digits, - and _)"
+    return f"{where}: {err.message}"
+
+
+def validate_schema(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate against the JSON Schema and return a copy with schema defaults filled in."""
+    import jsonschema
+
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest: expected a YAML mapping at the top level")
+    schema = _schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        lines = [_describe(e) for e in errors[:10]]
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise ManifestError("manifest does not validate:\n  " + "\n  ".join(lines) + more)
+    return copy.deepcopy(raw)
+
+
+def _resolve_sdc(raw: dict[str, Any]) -> Sdc:
+    profile = raw.get("profile", "standard")
+    values = dict(SDC_PROFILE_DEFAULTS[profile])
+    overridden = tuple(k for k in ("min_cell_size", "quantile_trim", "min_resid_df") if k in raw)
+    for k in overridden:
+        values[k] = raw[k]
+    return Sdc(
+        profile=profile,
+        min_cell_size=int(values["min_cell_size"]),
+        quantile_trim=float(values["quantile_trim"]),
+        min_resid_df=int(values["min_resid_df"]),
+        overridden=overridden,
+    )
+
+
+def _source(name: str, d: dict[str, Any]) -> Source:
+    where = f"sources.{name}"
+    ext = Path(d["path"]).suffix.lower()
+    if ext not in SOURCE_EXTENSIONS:
+        raise ManifestError(
+            f"{where}.path: unknown extension {ext or '(none)'!r} in {d['path']!r}; "
+            f"use one of {', '.join(sorted(SOURCE_EXTENSIONS))}"
+        )
+    panel = d.get("panel")
+    src = Source(
+        name=name,
+        path=str(d["path"]),
+        rows=d.get("rows"),
+        ids=tuple(d.get("ids", [])),
+        exclude=tuple(d.get("exclude", [])),
+        categorical=tuple(d.get("categorical", [])),
+        continuous=tuple(d.get("continuous", [])),
+        strata=tuple(d.get("strata", [])),
+        groups=tuple(d.get("groups", [])),
+        panel=Panel(entity=panel["entity"], time=panel["time"]) if panel else None,
+    )
+    both = set(src.categorical) & set(src.continuous)
+    if both:
+        raise ManifestError(
+            f"{where}: {sorted(both)} listed as both categorical and continuous; keep one"
+        )
+    roles = {"ids": src.ids, "exclude": src.exclude, "strata": src.strata, "groups": src.groups}
+    if src.panel:
+        roles["panel.entity"] = (src.panel.entity,)
+    names = list(roles)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if {a, b} == {"groups", "panel.entity"}:
+                continue  # an entity may also be listed as a group
+            clash = set(roles[a]) & set(roles[b])
+            if clash:
+                raise ManifestError(
+                    f"{where}: column(s) {sorted(clash)} are in both {a} and {b}; a column has one role"
+                )
+    if src.panel and src.panel.time in set(src.ids) | set(src.exclude):
+        raise ManifestError(f"{where}.panel.time: {src.panel.time!r} is also in ids/exclude")
+    return src
+
+
+def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source]) -> Checkpoint:
+    where = f"checkpoints[{i}]"
+    cp = Checkpoint(
+        tag=d["tag"],
+        source=d["source"],
+        model=d["model"],
+        formula=d["formula"],
+        vcov=d.get("vcov", "nonrobust"),
+        weights=d.get("weights"),
+        absorb=tuple(d.get("absorb", [])),
+        entity=d.get("entity"),
+        time=d.get("time"),
+        subset=d.get("subset"),
+        levels=tuple(d["levels"]) if d.get("levels") is not None else None,
+    )
+    if cp.source not in sources:
+        raise ManifestError(
+            f"{where}.source: {cp.source!r} is not a source of this manifest "
+            f"(sources: {', '.join(sources)})"
+        )
+    if "~" not in cp.formula:
+        raise ManifestError(f"{where}.formula: {cp.formula!r} has no '~'; write 'y ~ x1 + x2'")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", cp.outcome):
+        raise ManifestError(
+            f"{where}.formula: the left-hand side {cp.outcome!r} must be one column name "
+            "(transform the outcome in the data, not in the formula)"
+        )
+    formula_variables(cp.formula)  # raises a ManifestError on a parse error
+    if cp.absorb and cp.model != "fe":
+        raise ManifestError(f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})")
+    if cp.entity and cp.model != "re":
+        raise ManifestError(f"{where}.entity: only model re takes an entity (model is {cp.model})")
+    if cp.levels is not None and cp.model not in ("ologit", "oprobit"):
+        raise ManifestError(f"{where}.levels: only ordered models take levels (model is {cp.model})")
+    assert cp.model in MODELS
+    if cp.model not in SUPPORTED_MODELS:
+        raise UnsupportedError(
+            f"{where}.model: {cp.model!r} is not yet supported in replisynth 0.1 "
+            f"(supported: {', '.join(SUPPORTED_MODELS)}); remove the checkpoint or use ols"
+        )
+    return cp
+
+
+def load_manifest(raw_or_path: dict[str, Any] | str | Path) -> Manifest:
+    """Validate a manifest (mapping or YAML file) and return it frozen.
+
+    Checks the JSON Schema, then everything that needs no data: checkpoint sources exist,
+    tags are unique, column roles do not clash, formulas parse, models are supported.
+    Column existence is checked against the data by `check_columns`.
+    """
+    if isinstance(raw_or_path, (str, Path)):
+        path = Path(raw_or_path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ManifestError(f"{path}: manifest file not found") from None
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    else:
+        raw = raw_or_path
+    raw = {k: v for k, v in (raw or {}).items() if k != "bundle"} if isinstance(raw, dict) else raw
+    raw = validate_schema(raw)
+    sources = {name: _source(name, d) for name, d in raw["sources"].items()}
+    cps = [_checkpoint(i, d, sources) for i, d in enumerate(raw.get("checkpoints", []))]
+    seen: dict[str, int] = {}
+    for i, cp in enumerate(cps):
+        if cp.tag in seen:
+            raise ManifestError(
+                f"checkpoints[{i}].tag: {cp.tag!r} is already used by checkpoints[{seen[cp.tag]}]; tags must be unique"
+            )
+        seen[cp.tag] = i
+    return Manifest(
+        name=raw["name"],
+        seed=int(raw["seed"]),
+        sources=tuple(sources.values()),
+        sdc=_resolve_sdc(raw.get("sdc", {})),
+        checkpoints=tuple(cps),
+        verify_tier=int(raw.get("verify", {}).get("tier", 4)),
+        raw=raw,
+    )
+
+
+def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
+    """Check every column the manifest names for `source` exists in its data."""
+    src = manifest.source(source)
+    have = set(columns)
+    shown = ", ".join(columns[:40]) + (", ..." if len(columns) > 40 else "")
+
+    def missing(where: str, col: str) -> ManifestError:
+        return ManifestError(
+            f"{where}: column {col!r} is not in source {source!r} ({src.path}; columns: {shown})"
+        )
+
+    for key in ("ids", "exclude", "categorical", "continuous", "strata", "groups"):
+        for col in getattr(src, key):
+            if col not in have:
+                raise missing(f"sources.{source}.{key}", col)
+    if src.panel:
+        for key in ("entity", "time"):
+            col = getattr(src.panel, key)
+            if col not in have:
+                raise missing(f"sources.{source}.panel.{key}", col)
+    for i, cp in enumerate(manifest.checkpoints):
+        if cp.source != source:
+            continue
+        where = f"checkpoints[{i}]"
+        for col in sorted(formula_variables(cp.formula)):
+            if col not in have:
+                raise missing(f"{where}.formula", col)
+            if col in src.ids or col in src.exclude:
+                raise ManifestError(
+                    f"{where}.formula: column {col!r} is in sources.{source}.ids/exclude and is "
+                    "never released, so the checkpoint cannot be rebuilt; drop it from ids/exclude"
+                )
+        for key in ("weights", "entity", "time", "cluster"):
+            col = getattr(cp, key)
+            if col is not None and col not in have:
+                raise missing(f"{where}.{'vcov' if key == 'cluster' else key}", col)
+        for col in cp.absorb:
+            if col not in have:
+                raise missing(f"{where}.absorb", col)

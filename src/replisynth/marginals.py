@@ -1,0 +1,276 @@
+"""Marginal distributions: percentile grids for continuous columns, frequency tables with
+small-cell suppression for categorical ones, and the apportionment rules that turn released
+shares into exact synthetic counts.
+
+Conventions (also in docs/method.md):
+- Grid: 101 percentiles, numpy `averaged_inverted_cdf` (= Stata's default `_pctile`), with
+  q0..q_trim set to q_trim and q_(100-trim)..q100 to q_(100-trim), so raw extremes never leave.
+- Suppressed cells: in an *ordered* table a level below the cell size is pooled into the
+  nearest released level (top/bottom coding); in a *nominal* table the suppressed rows are
+  released only as a count, and synthesis spreads them over the categories that this table
+  could not release but the source-level table did, else over its released categories, in
+  proportion to the source-level counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+GRID = np.linspace(0.0, 1.0, 101)
+
+
+def quantile_grid(values: np.ndarray, trim: float) -> np.ndarray:
+    """101 percentiles of `values` (non-missing) with `trim` percent top/bottom coding."""
+    v = np.asarray(values, dtype="float64")
+    q = np.percentile(v, np.arange(101), method="averaged_inverted_cdf")
+    if trim > 0:
+        lo = np.percentile(v, trim, method="averaged_inverted_cdf")
+        hi = np.percentile(v, 100 - trim, method="averaged_inverted_cdf")
+        q = np.clip(q, lo, hi)
+    return np.maximum.accumulate(q)
+
+
+def quantile_function(grid: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse CDF piecewise linear through the released grid (p = 0, .01, ..., 1)."""
+    return np.interp(u, GRID, np.asarray(grid, dtype="float64"))
+
+
+def grid_cdf(grid: np.ndarray, x: np.ndarray, integer: bool = False) -> np.ndarray:
+    """CDF of the released distribution at `x`; for integer columns, of its rounding to
+    integers (P(round(Q(U)) <= x) = F(floor(x) + 0.5), rounding half away from zero aside)."""
+    g = np.asarray(grid, dtype="float64")
+    x = np.asarray(x, dtype="float64")
+    if integer:
+        x = np.floor(x) + 0.5
+    # F(x) = sup{p : Q(p) <= x}; np.interp over the (monotone) grid with right-continuity
+    out = np.empty_like(x)
+    # For each x find the last grid index with g <= x
+    idx = np.searchsorted(g, x, side="right") - 1
+    below = idx < 0
+    above = idx >= len(g) - 1
+    mid = ~(below | above)
+    i = idx[mid]
+    g0, g1 = g[i], g[i + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(g1 > g0, (x[mid] - g0) / (g1 - g0), 1.0)
+    out[mid] = GRID[i] + frac * (GRID[i + 1] - GRID[i])
+    out[below] = 0.0
+    out[above] = 1.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def exact_quantile_sample(grid: np.ndarray, n: int, integer: bool) -> np.ndarray:
+    """The n values (ascending) whose empirical distribution is closest to the released one:
+    Q((i - 0.5)/n), rounded for integer-valued columns."""
+    u = (np.arange(n) + 0.5) / max(n, 1)
+    x = quantile_function(grid, u)
+    return np.round(x) if integer else x
+
+
+@dataclass(frozen=True)
+class FrequencyTable:
+    """A released frequency table: released levels (in order) and their counts; `suppressed`
+    rows (nominal tables) whose categories could not be released; `pooled` levels count."""
+
+    levels: list[Any]
+    counts: list[int]
+    ordered: bool
+    suppressed: int = 0
+    pooled_levels: int = 0
+    suppressed_levels: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "levels": self.levels,
+            "counts": self.counts,
+            "ordered": self.ordered,
+            "suppressed": self.suppressed,
+            "pooled_levels": self.pooled_levels,
+            "suppressed_levels": self.suppressed_levels,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FrequencyTable:
+        return cls(
+            levels=list(d["levels"]),
+            counts=[int(c) for c in d["counts"]],
+            ordered=bool(d["ordered"]),
+            suppressed=int(d.get("suppressed", 0)),
+            pooled_levels=int(d.get("pooled_levels", 0)),
+            suppressed_levels=int(d.get("suppressed_levels", 0)),
+        )
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts)) + self.suppressed
+
+
+def py_value(v: Any) -> Any:
+    """A JSON-friendly Python scalar for a category value."""
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    return v if isinstance(v, (int, str)) else str(v)
+
+
+def level_order(values: list[Any]) -> list[Any]:
+    """Sort category values: numerically when all are numbers or booleans, else as text."""
+    if all(isinstance(v, (int, float, bool, np.integer, np.floating, np.bool_)) for v in values):
+        return sorted(values, key=float)
+    return sorted(values, key=str)
+
+
+def frequency_table(
+    s: pd.Series, min_cell: int, ordered: bool, order: list[Any] | None = None, pool: bool = True
+) -> FrequencyTable:
+    """Counts of the non-missing values of `s` with cells below `min_cell` suppressed.
+
+    Ordered with `pool` (source-level tables): suppressed levels are pooled into the nearest
+    released level (ties go down). Otherwise (nominal, or any table inside a stratum, which
+    has the source-level table as reference): suppressed rows are kept as one count.
+    `order` gives the level order of an ordered pandas categorical.
+    """
+    vc = s.dropna().value_counts(sort=False)
+    raw = {py_value(k): int(v) for k, v in vc.items() if v > 0}
+    if order is not None:
+        levels = [py_value(v) for v in order if py_value(v) in raw]
+    else:
+        levels = level_order(list(raw))
+    counts = [raw[v] for v in levels]
+    keep = [c >= min_cell for c in counts]
+    if not any(keep):
+        return FrequencyTable([], [], ordered, suppressed=int(sum(counts)), suppressed_levels=len(levels))
+    if ordered and pool:
+        kept_idx = [i for i, k in enumerate(keep) if k]
+        pooled = {i: counts[i] for i in kept_idx}
+        n_pooled = 0
+        for i, k in enumerate(keep):
+            if k:
+                continue
+            nearest = min(kept_idx, key=lambda j: (abs(j - i), j))
+            pooled[nearest] += counts[i]
+            n_pooled += 1
+        return FrequencyTable(
+            levels=[levels[i] for i in kept_idx],
+            counts=[pooled[i] for i in kept_idx],
+            ordered=True,
+            pooled_levels=n_pooled,
+        )
+    sup = sum(c for c, k in zip(counts, keep, strict=True) if not k)
+    return FrequencyTable(
+        levels=[v for v, k in zip(levels, keep, strict=True) if k],
+        counts=[c for c, k in zip(counts, keep, strict=True) if k],
+        ordered=ordered,
+        suppressed=int(sup),
+        suppressed_levels=int(sum(not k for k in keep)),
+    )
+
+
+def synthesis_shares(table: FrequencyTable, reference: FrequencyTable | None = None) -> tuple[list[Any], np.ndarray]:
+    """Levels and shares synthesis uses: released counts plus the suppressed rows spread over
+    (a) the reference table's released levels this table lacks, else (b) this table's levels,
+    in proportion to the reference (or own) counts. Shares sum to 1 (empty table: no levels)."""
+    levels = list(table.levels)
+    mass = np.asarray(table.counts, dtype="float64")
+    if table.suppressed > 0:
+        ref = reference or table
+        ref_counts = dict(zip(ref.levels, ref.counts, strict=True))
+        extra = [v for v in ref.levels if v not in set(levels)]
+        if extra:
+            w = np.asarray([ref_counts[v] for v in extra], dtype="float64")
+            levels = levels + extra
+            mass = np.concatenate([mass, w * table.suppressed / w.sum()])
+            if reference is not None and table.ordered:  # keep the reference's level order
+                pos = {v: i for i, v in enumerate(reference.levels)}
+                order = sorted(range(len(levels)), key=lambda i: pos.get(levels[i], i))
+                levels = [levels[i] for i in order]
+                mass = mass[order]
+        elif len(levels):
+            w = np.asarray([ref_counts.get(v, c) for v, c in zip(levels, table.counts, strict=True)], dtype="float64")
+            mass = mass + w * table.suppressed / w.sum()
+    total = mass.sum()
+    return levels, (mass / total if total > 0 else mass)
+
+
+def apportion(shares: np.ndarray, total: int) -> np.ndarray:
+    """Largest-remainder (Hamilton) apportionment of `total` over `shares`; ties go to the
+    earlier level, so the result is a pure function of its inputs."""
+    shares = np.asarray(shares, dtype="float64")
+    if total <= 0 or len(shares) == 0:
+        return np.zeros(len(shares), dtype="int64")
+    s = shares / shares.sum()
+    quota = s * total
+    base = np.floor(quota + 1e-9).astype("int64")
+    rest = int(total - base.sum())
+    if rest > 0:
+        frac = quota - base
+        order = np.lexsort((np.arange(len(s)), -np.round(frac, 12)))
+        base[order[:rest]] += 1
+    elif rest < 0:  # only through floating error
+        order = np.argsort(-base, kind="stable")
+        base[order[: -rest]] -= 1
+    return base
+
+
+def grid_level_shares(grid: np.ndarray, levels: list[Any]) -> np.ndarray:
+    """Shares of ordered numeric `levels` under a released percentile grid: each level takes
+    the probability between the midpoints to its neighbours."""
+    x = np.asarray(levels, dtype="float64")
+    cuts = (x[1:] + x[:-1]) / 2
+    F = grid_cdf(np.asarray(grid, dtype="float64"), cuts)
+    cdf = np.concatenate([[0.0], F, [1.0]])
+    p = np.diff(cdf)
+    return np.maximum(p, 0.0)
+
+
+def rake_blocks(
+    levels: list[Any],
+    col_totals: np.ndarray,
+    fixed: list[dict[Any, float]],
+    free_mass: list[float],
+    free_levels: list[list[Any]],
+    iterations: int = 200,
+) -> list[np.ndarray]:
+    """Estimate the suppressed cells of a blocks × levels table by iterative proportional
+    fitting (Deming & Stephan 1940): released cells stay fixed; each block's suppressed mass
+    (`free_mass`) is spread over its unreleased levels (`free_levels`) so that, over all
+    blocks, every level's total approaches `col_totals`. Returns per block the full vector
+    of (released + estimated) counts over `levels`."""
+    L = len(levels)
+    idx = {v: i for i, v in enumerate(levels)}
+    B = len(fixed)
+    F = np.zeros((B, L))
+    allowed = np.zeros((B, L), dtype=bool)
+    for b in range(B):
+        for v, c in fixed[b].items():
+            if v in idx:
+                F[b, idx[v]] = c
+        for v in free_levels[b]:
+            if v in idx:
+                allowed[b, idx[v]] = True
+    rem = np.maximum(np.asarray(col_totals, dtype="float64") - F.sum(axis=0), 0.0)
+    rows = np.asarray(free_mass, dtype="float64")
+    X = np.where(allowed, 1.0, 0.0) * np.where(rem > 0, rem, 1e-9)[None, :]
+    for _ in range(iterations):
+        rs = X.sum(axis=1)
+        X = X * np.where(rs > 0, rows / np.where(rs > 0, rs, 1), 0)[:, None]
+        cs = X.sum(axis=0)
+        X = X * np.where(cs > 0, rem / np.where(cs > 0, cs, 1), 1)[None, :]
+    rs = X.sum(axis=1)  # end on the row margins: block totals must hold exactly
+    X = X * np.where(rs > 0, rows / np.where(rs > 0, rs, 1), 0)[:, None]
+    # a block whose suppressed mass found no allowed level spreads it like the column totals
+    for b in range(B):
+        if rows[b] > 0 and X[b].sum() <= 0:
+            w = np.where(allowed[b], col_totals, 0.0) if allowed[b].any() else np.asarray(col_totals, dtype="float64")
+            X[b] = rows[b] * w / max(w.sum(), 1e-300)
+    return [F[b] + X[b] for b in range(B)]

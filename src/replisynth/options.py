@@ -1,0 +1,21 @@
+"""Option sets as Literal aliases, in one place (manifest, schema inference and estimators use them)."""
+
+from typing import Literal, get_args
+
+Model = Literal["ols", "fe", "re", "iv", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit"]
+SdcProfile = Literal["standard", "iab", "fsrdc", "strict"]
+LogicalType = Literal["integer", "float", "categorical", "string", "boolean", "date"]
+Role = Literal["continuous", "categorical"]
+SourceFormat = Literal["csv", "parquet", "dta", "sav"]
+
+MODELS: tuple[str, ...] = get_args(Model)
+SUPPORTED_MODELS: tuple[str, ...] = ("ols",)
+SDC_PROFILES: tuple[str, ...] = get_args(SdcProfile)
+VCOV_FIXED: tuple[str, ...] = ("nonrobust", "HC0", "HC1", "HC2", "HC3")
+SOURCE_EXTENSIONS: dict[str, str] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".dta": "dta",
+    ".sav": "sav",
+}

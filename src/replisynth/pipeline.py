@@ -1,0 +1,195 @@
+"""Stage orchestrators: read inputs, call the pure functions, write outputs atomically.
+
+Snakemake scripts and the `replisynth` CLI call these and nothing else, so both run the same
+code. Each stage takes explicit paths; none reads a path it was not given.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .bundle import Bundle, load_bundle, write_bundle
+from .checkpoints import capture_checkpoint
+from .errors import TierNotMet
+from .extract import extract_source
+from .io import (
+    FileMeta,
+    _parquet_meta,
+    read_columns,
+    read_json,
+    read_source,
+    write_csv,
+    write_dta,
+    write_json,
+    write_parquet,
+    write_text,
+)
+from .manifest import Manifest, check_columns
+from .pin import pin_checkpoints
+from .sdc import SdcLog
+from .synthesize import synthesize_source
+from .verify import verify
+
+log = logging.getLogger("replisynth")
+
+
+def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMeta]:
+    src = manifest.source(source)
+    check_columns(manifest, source, read_columns(src.path))
+    df, meta = read_source(src.path)
+    log.info("read %s: %d rows, %d columns", src.path, len(df), df.shape[1])
+    return df, meta
+
+
+def stage_extract_source(manifest: Manifest, source: str, release_out: str | Path, sdc_out: str | Path) -> None:
+    """Secure side: the release of one source and its SDC decisions (staging files)."""
+    df, meta = _read_checked(manifest, source)
+    release, sdc = extract_source(df, meta, manifest, manifest.source(source))
+    log.info("%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
+             source, len(release["columns"]), len(release["dims"]), len(release["strata"]["cells"]), len(sdc.entries))
+    write_json(release_out, release)
+    write_json(sdc_out, sdc.entries)
+
+
+def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
+    """Secure side: fit and gate every checkpoint on the original data (staging files)."""
+    frames: dict[str, pd.DataFrame] = {}
+    released: list[dict[str, Any]] = []
+    sdc = SdcLog()
+    for i, cp in enumerate(manifest.checkpoints):
+        if cp.source not in frames:
+            frames[cp.source] = _read_checked(manifest, cp.source)[0]
+        rel, lg = capture_checkpoint(frames[cp.source], cp, manifest, i)
+        log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
+        released.append(rel)
+        sdc.extend(lg)
+    write_json(out, released)
+    write_json(sdc_out, sdc.entries)
+
+
+def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], checkpoints: str | Path, sdc_parts: list[str | Path], bundle_dir: str | Path) -> None:
+    """Secure side: assemble the bundle from the staging files (manifest.json last)."""
+    sdc = SdcLog()
+    for p in sdc_parts:
+        sdc.extend(read_json(p))
+    rel = {name: read_json(p) for name, p in releases.items()}
+    write_bundle(bundle_dir, manifest, rel, read_json(checkpoints), sdc)
+    log.info("bundle written to %s (%d files)", bundle_dir, len(rel) + 3)
+
+
+def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> None:
+    """Outside side: Layers 1-3 for one source, from the bundle alone."""
+    b = load_bundle(bundle_dir)
+    src = b.manifest.source(source)
+    df = synthesize_source(b.releases[source], b.manifest.seed, src.rows)
+    log.info("%s: synthesized %d rows × %d columns", source, len(df), df.shape[1])
+    write_parquet(df, out)
+
+
+def _file_meta(release: dict[str, Any]) -> FileMeta:
+    labels = {c["name"]: c["variable_label"] for c in release["columns"] if c.get("variable_label")}
+    storage = {c["name"]: c["storage_type"] for c in release["columns"]}
+    return FileMeta(variable_labels=labels, value_labels=release.get("value_labels", {}), storage_types=storage)
+
+
+def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs: dict[str, str | Path], report_out: str | Path) -> None:
+    """Outside side: Layer 4 for one source; writes the parquet and csv files."""
+    b = load_bundle(bundle_dir)
+    df = pd.read_parquet(unpinned)
+    frames, results = pin_checkpoints({source: df}, b.checkpoints)
+    out = frames[source]
+    meta = _file_meta(b.releases[source])
+    for r in results:
+        log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)
+    write_parquet(out, outputs["parquet"], meta)
+    write_csv(out, outputs["csv"])
+    write_json(report_out, [r.__dict__ | {"tags": list(r.tags)} for r in results])
+
+
+def stage_export_stata(bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path) -> None:
+    """Outside side: the synthetic data of a .dta source as a Stata file with its labels."""
+    b = load_bundle(bundle_dir)
+    write_dta(pd.read_parquet(parquet), out, _file_meta(b.releases[source]))
+
+
+def read_synthetic(paths: dict[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """Synthetic frames and the labels they carry (parquet metadata; .dta when given)."""
+    frames, labels = {}, {}
+    for name, p in paths.items():
+        frames[name] = pd.read_parquet(p)
+        m = _parquet_meta(Path(p))
+        labels[name] = {"variable_labels": m.variable_labels, "value_labels": m.value_labels}
+        dta = Path(p).with_suffix(".dta")
+        if dta.exists():
+            _, dm = read_source(dta)
+            labels[name] = {"variable_labels": dm.variable_labels, "value_labels": dm.value_labels}
+    return frames, labels
+
+
+def stage_verify(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_out: str | Path) -> dict[str, Any]:
+    """Outside side: compute every tier; write tiers.json (always, pass or fail)."""
+    b = load_bundle(bundle_dir)
+    frames, labels = read_synthetic(synthetic)
+    tiers = verify(b, frames, labels)
+    write_json(tiers_out, tiers)
+    log.info("tier met %s (required %s)", tiers["tier_met"], tiers["tier_required"])
+    return tiers
+
+
+def stage_report(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_path: str | Path, html_out: str | Path, certificate_out: str | Path, benchmarks: list[str | Path] | None = None) -> None:
+    """Outside side: report.html and the certificate paragraph."""
+    from .report import certificate_text, render_report
+
+    b = load_bundle(bundle_dir)
+    frames, _ = read_synthetic(synthetic)
+    tiers = read_json(tiers_path)
+    prov = provenance(benchmarks or [])
+    cert = certificate_text(tiers)
+    outcomes = {s: {c["outcome"] for c in b.checkpoints if c["source"] == s and c.get("status") == "released"} for s in b.releases}
+    html = render_report(tiers, b.releases, frames, cert, provenance=prov, outcomes=outcomes)
+    write_text(html_out, html)
+    write_text(certificate_out, cert + "\n")
+
+
+def provenance(benchmarks: list[str | Path]) -> dict[str, Any] | None:
+    """Seconds per rule from Snakemake benchmark files (first data row, column 's')."""
+    if not benchmarks:
+        return None
+    out: dict[str, float] = {}
+    for p in benchmarks:
+        p = Path(p)
+        if not p.exists():
+            continue
+        try:
+            t = pd.read_csv(p, sep="\t")
+            out[p.stem] = float(t["s"].iloc[0])
+        except Exception:  # a benchmark file is informational only
+            continue
+    return {"benchmarks": out, "total_seconds": float(sum(out.values()))} if out else None
+
+
+def check_tier(tiers_path: str | Path) -> None:
+    """Raise TierNotMet when the verdict misses the required tier."""
+    t = read_json(tiers_path)
+    if not t["passed"]:
+        problems = []
+        for name, s in t["sources"].items():
+            for key in ("schema", "marginals", "correlations", "strata"):
+                for p in s[key].get("problems", [])[:5]:
+                    problems.append(f"{name}/{key}: {p}")
+        for tag, c in t["checkpoints"].items():
+            if not c["passed"]:
+                problems.append(f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE %.3g' % c.get('max_dbeta_se', float('nan'))}")
+        raise TierNotMet(
+            f"{tiers_path}: tier {t['tier_met']} met, tier {t['tier_required']} required (verify.tier); "
+            + ("; ".join(problems[:12]) or "see report.html")
+        )
+
+
+def bundle_of(bundle_dir: str | Path) -> Bundle:
+    """Load a bundle (for callers that only need its manifest)."""
+    return load_bundle(bundle_dir)

@@ -1,0 +1,221 @@
+"""Column schema: what each column is (logical type, storage, role) and the pandera schema
+built from the *released* schema (never from pandera's inference, which would copy exact
+minima, maxima and every category into the bundle).
+
+Classification rule (manifest `categorical`/`continuous` lists win):
+- strings, booleans and pandas categoricals are categorical;
+- numeric columns are categorical when integer-valued with at most 20 distinct values,
+  otherwise continuous; dates are continuous (in days);
+- categorical columns are *ordered* (thresholds on one latent normal) when numeric or boolean,
+  except numeric codes that carry value labels and have more than two levels, which are
+  *nominal* (one latent normal per category) like strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .io import FileMeta
+from .manifest import Source
+
+MAX_ORDINAL_LEVELS = 20
+EPOCH = pd.Timestamp("1970-01-01")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """The released description of one column.
+
+    role: continuous | categorical | id | group.  `ordered` matters for categoricals only.
+    `missing` is the count of missing values in the source (rows in `rows`).
+    """
+
+    name: str
+    logical_type: str
+    storage_type: str
+    role: str
+    integer: bool
+    ordered: bool
+    missing: int
+    rows: int
+    variable_label: str | None = None
+    time_invariant: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ColumnSpec:
+        return cls(**d)
+
+
+def logical_type(s: pd.Series) -> str:
+    """integer, float, categorical, string, boolean or date, from the pandas dtype."""
+    dt = s.dtype
+    if pd.api.types.is_bool_dtype(dt):
+        return "boolean"
+    if pd.api.types.is_datetime64_any_dtype(dt):
+        return "date"
+    if isinstance(dt, pd.CategoricalDtype):
+        return "categorical"
+    if pd.api.types.is_integer_dtype(dt):
+        return "integer"
+    if pd.api.types.is_float_dtype(dt):
+        return "float"
+    if pd.api.types.is_numeric_dtype(dt):
+        return "float"
+    nonmiss = s.dropna()
+    if len(nonmiss) and nonmiss.map(lambda v: isinstance(v, bool)).all():
+        return "boolean"
+    return "string"
+
+
+def is_integer_valued(s: pd.Series) -> bool:
+    """True when every non-missing value of a numeric column is a whole number."""
+    if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        return False
+    v = s.dropna().to_numpy(dtype="float64")
+    return bool(len(v) and np.all(np.isfinite(v)) and np.all(v == np.round(v)))
+
+
+def infer_column(
+    s: pd.Series,
+    source: Source,
+    meta: FileMeta,
+) -> ColumnSpec:
+    """Classify one column under the documented rule and the manifest overrides."""
+    name = str(s.name)
+    lt = logical_type(s)
+    storage = meta.storage_types.get(name, str(s.dtype))
+    missing = int(s.isna().sum())
+    label = meta.variable_labels.get(name)
+    base = dict(name=name, logical_type=lt, storage_type=storage, missing=missing, rows=len(s), variable_label=label)
+    if name in source.ids:
+        return ColumnSpec(role="id", integer=True, ordered=False, **base)
+    if name in source.key_columns:
+        return ColumnSpec(role="group", integer=True, ordered=False, **base)
+    integer = is_integer_valued(s) or lt == "integer"
+    if lt in ("float", "integer") and not np.all(np.isfinite(s.dropna().to_numpy(dtype="float64"))):
+        raise DataError(
+            f"{source.path}: column {name!r} holds infinite values; recode them as missing or finite"
+        )
+    if name in source.categorical:
+        role = "categorical"
+    elif name in source.continuous:
+        if lt in ("string", "categorical", "boolean"):
+            raise DataError(
+                f"sources.{source.name}.continuous: column {name!r} is {lt}, not numeric; "
+                "remove it from continuous"
+            )
+        role = "continuous"
+    elif lt in ("string", "categorical", "boolean"):
+        role = "categorical"
+    elif lt == "date":
+        role = "continuous"
+    else:
+        n_distinct = s.nunique(dropna=True)
+        role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
+    ordered = False
+    if role == "categorical":
+        if lt == "categorical":
+            ordered = bool(s.dtype.ordered)
+        elif lt in ("boolean",):
+            ordered = True
+        elif lt in ("integer", "float", "date"):
+            labelled = bool(meta.value_labels.get(name))
+            ordered = not (labelled and s.nunique(dropna=True) > 2)
+    return ColumnSpec(role=role, integer=bool(integer and lt != "date"), ordered=ordered, **base)
+
+
+def infer_schema(df: pd.DataFrame, source: Source, meta: FileMeta) -> list[ColumnSpec]:
+    """ColumnSpecs for every column that is not excluded, in file order."""
+    return [infer_column(df[c], source, meta) for c in df.columns if c not in source.exclude]
+
+
+# ---------------------------------------------------------------------------------------------
+# pandera, from the released schema
+
+
+_PANDERA_DTYPES = {"integer": None, "float": "float64", "boolean": None, "date": "datetime64[ns]"}
+
+
+def pandera_schema(
+    specs: list[ColumnSpec],
+    categories: dict[str, list[Any]] | None = None,
+    *,
+    exempt_integer: tuple[str, ...] = (),
+    check_missing_counts: bool = False,
+    rows: int | None = None,
+) -> Any:
+    """A pandera DataFrameSchema built from the released schema only.
+
+    Checks column presence and order, logical type, integer-valuedness, and (when
+    `categories` is given) that categorical values come from the released categories.
+    """
+    import pandera.pandas as pa
+
+    cols: dict[str, Any] = {}
+    for spec in specs:
+        checks = []
+        lt = spec.logical_type
+        nullable = True
+        if lt in ("integer", "float") and spec.role != "id":
+            checks.append(
+                pa.Check(lambda s: pd.api.types.is_numeric_dtype(s.dtype), element_wise=False, error="numeric dtype")
+            )
+            if spec.integer and spec.name not in exempt_integer:
+                checks.append(
+                    pa.Check(
+                        lambda s: np.all(np.equal(np.mod(s.dropna().to_numpy(dtype="float64"), 1), 0)),
+                        element_wise=False,
+                        error="integer-valued",
+                    )
+                )
+        if lt == "date":
+            checks.append(pa.Check(lambda s: pd.api.types.is_datetime64_any_dtype(s.dtype), error="date dtype"))
+        if lt == "boolean":
+            checks.append(
+                pa.Check(
+                    lambda s: s.dropna().isin([True, False, 0, 1]).all(),
+                    element_wise=False,
+                    error="boolean values",
+                )
+            )
+        if categories is not None and spec.role == "categorical" and spec.name in categories:
+            allowed = list(categories[spec.name])
+            checks.append(pa.Check.isin(allowed, ignore_na=True, error="released categories only"))
+        if check_missing_counts and rows is not None and spec.role in ("continuous", "categorical"):
+            want = expected_missing(spec, rows)
+            checks.append(
+                pa.Check(lambda s, w=want: int(s.isna().sum()) == w, element_wise=False, error=f"{want} missing")
+            )
+        cols[spec.name] = pa.Column(dtype=None, checks=checks, nullable=nullable, required=True)
+    return pa.DataFrameSchema(cols, strict=True, ordered=True, name="replisynth released schema")
+
+
+def expected_missing(spec: ColumnSpec, rows: int) -> int:
+    """Missing count a synthetic column of `rows` rows must have: released share × rows, rounded
+    half up (the one rounding rule used by synthesis and verification alike)."""
+    if spec.rows == 0:
+        return 0
+    return int(np.floor(spec.missing * rows / spec.rows + 0.5))
+
+
+def validation_summary(schema: Any, df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Validate lazily; return failures as counts per column and check, never row values."""
+    import pandera.errors as pe
+
+    try:
+        schema.validate(df, lazy=True)
+    except pe.SchemaErrors as err:
+        fc = err.failure_cases
+        out: list[dict[str, Any]] = []
+        for (col, check), grp in fc.groupby(["column", "check"], dropna=False, sort=True):
+            out.append({"column": None if pd.isna(col) else str(col), "check": str(check), "failures": int(len(grp))})
+        return out
+    return []

@@ -1,0 +1,303 @@
+"""Outside side: rebuild a source from its release alone (Layers 1-3; Layer 4 is `pin`).
+
+Per block (stratum, residual, or the whole source): latent normals with the calibrated latent
+correlation in the sample, exact marginals by rank, missing values at the released count on
+random rows (missing completely at random), then a few fixed-point corrections of the latent
+targets so that the *achieved* Spearman correlations match the released ones. Blocks are
+stacked, rows shuffled, identifiers set to 1..rows, group keys and the panel skeleton drawn,
+and dtypes, categories and labels restored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
+from .correlations import Margin, latent_matrix, nearest_correlation, spearman_matrix
+from .marginals import exact_quantile_sample, quantile_function
+from .plan import ALL, BlockPlan, ColumnPlan, source_plan
+from .refine import refine_swaps
+from .schema import EPOCH, ColumnSpec
+from .seeds import rng as make_rng
+
+DEBUG = False
+
+
+def _active_dims(dims: list[dict[str, Any]], bp: BlockPlan) -> list[int]:
+    """Dims that vary inside the block (continuous, or a categorical with 2+ levels present)."""
+    act = []
+    for i, d in enumerate(dims):
+        cp = bp.columns.get(d["column"])
+        if cp is None or cp.kind == "empty" or bp.rows - cp.missing < 2:
+            continue
+        if cp.kind == "continuous":
+            act.append(i)
+            continue
+        present = [lev for lev, c in zip(cp.levels or [], cp.counts or [], strict=True) if c > 0]
+        if len(present) < 2:
+            continue
+        if d["kind"] == "indicator" and d["level"] not in present:
+            continue
+        act.append(i)
+    return act
+
+
+def _margin(d: dict[str, Any], cp: ColumnPlan) -> Margin:
+    if d["kind"] == "continuous":
+        return Margin(None)
+    counts = np.asarray(cp.counts, dtype="float64")
+    p = counts / counts.sum()
+    if d["kind"] == "ordered":
+        return Margin(tuple(float(x) for x in p if x > 0))
+    k = (cp.levels or []).index(d["level"])
+    return Margin((1.0 - float(p[k]), float(p[k])))
+
+
+def _fill_block(
+    bp: BlockPlan, dims: list[dict[str, Any]], act: list[int], Z: np.ndarray, missing: dict[str, np.ndarray], specs: dict[str, ColumnSpec]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Column values of a block given latent Z (n × len(act)); also the dim-coded matrix
+    (for achieved Spearman) over the active dims."""
+    n = bp.rows
+    col_dims: dict[str, list[tuple[int, int]]] = {}
+    for j, i in enumerate(act):
+        col_dims.setdefault(dims[i]["column"], []).append((j, i))
+    out: dict[str, np.ndarray] = {}
+    coded = np.full((n, len(act)), np.nan)
+    for col, cp in bp.columns.items():
+        miss = missing[col]
+        ok = ~miss
+        nn = int(ok.sum())
+        if cp.kind == "empty":
+            out[col] = np.full(n, np.nan, dtype=object)
+            continue
+        jd = col_dims.get(col, [])
+        if cp.kind == "continuous":
+            z = Z[ok, jd[0][0]] if jd else np.arange(nn, dtype="float64")
+            vals = exact_quantile_sample(np.asarray(cp.grid), nn, specs[col].integer)
+            v = np.full(n, np.nan)
+            v[ok] = fill_by_rank(z, vals)
+            out[col] = v
+            if jd:
+                coded[:, jd[0][0]] = v
+            continue
+        levels = cp.levels or []
+        counts = list(cp.counts or [])
+        if len(levels) == 1 or not jd:
+            codes = np.repeat(np.arange(len(levels)), counts) if levels else np.zeros(0, dtype=int)
+        elif dims[jd[0][1]]["kind"] == "ordered":
+            codes = ordered_values(Z[ok, jd[0][0]], counts)
+            coded[ok, jd[0][0]] = codes
+        else:
+            dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
+            baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))
+            codes = nominal_values(Z[ok][:, [j for j, _ in jd]], counts, baseline, dim_levels)
+            for (j, _), lev in zip(jd, dim_levels, strict=True):
+                coded[ok, j] = (codes == lev).astype("float64")
+        vals = np.full(n, np.nan, dtype=object)
+        lev_arr = np.empty(len(levels), dtype=object)
+        lev_arr[:] = levels
+        vals[ok] = lev_arr[codes] if len(levels) else []
+        out[col] = vals
+    return out, coded
+
+
+def synthesize_block(
+    bp: BlockPlan, release: dict[str, Any], specs: dict[str, ColumnSpec], seed: int, source: str
+) -> dict[str, np.ndarray]:
+    """Values of every column of one block (object/float arrays, NaN = missing)."""
+    dims = release["dims"]
+    n = bp.rows
+    act = _active_dims(dims, bp)
+    r_miss = make_rng(seed, source, bp.id, "missing")
+    missing = {}
+    for col, cp in bp.columns.items():
+        m = np.zeros(n, dtype=bool)
+        if cp.kind == "empty":
+            m[:] = True
+        elif cp.missing:
+            m[r_miss.choice(n, size=cp.missing, replace=False)] = True
+        missing[col] = m
+    S_full = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][bp.stats]["spearman"]], dtype="float64")
+    target = S_full[np.ix_(act, act)] if act else np.zeros((0, 0))
+    finite = np.isfinite(target)
+    # Indicators of one nominal column are made mutually exclusive by the allocation itself,
+    # so their latent utilities stay independent and their pairs are not targeted.
+    cols_act = [dims[i]["column"] for i in act]
+    same = np.asarray([[a == b and dims[act[i]]["kind"] == "indicator" for b in cols_act] for i, a in enumerate(cols_act)], dtype=bool).reshape(len(act), len(act))
+    finite &= ~same
+    target = np.where(finite, target, 0.0)
+    np.fill_diagonal(target, 1.0)
+    margins = [_margin(dims[i], bp.columns[dims[i]["column"]]) for i in act]
+    r_cop = make_rng(seed, source, bp.id, "copula")
+    R = nearest_correlation(latent_matrix(target, margins))
+    Z = correlated_normals(R, n, r_cop, exact=True)
+    cols, _ = _fill_block(bp, dims, act, Z, missing, specs)
+    return cols
+
+
+def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
+    """Released Spearman matrix of a block over all dims, NaN where not targeted (gated
+    pairs, and pairs of indicators of one nominal column, made exclusive by construction)."""
+    dims = release["dims"]
+    T = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][stats_id]["spearman"]], dtype="float64")
+    cols = [d["column"] for d in dims]
+    ind = np.asarray([d["kind"] == "indicator" for d in dims])
+    same = (np.asarray(cols)[:, None] == np.asarray(cols)[None, :]) & ind[:, None] & ind[None, :]
+    T[same] = np.nan
+    return T
+
+
+def code_dims(cols: dict[str, np.ndarray], release: dict[str, Any], specs: dict[str, ColumnSpec]) -> np.ndarray:
+    """The dim-coded matrix (rows × dims) of synthetic column values: continuous values,
+    ordered-level positions in the source-level table, 0/1 indicators; NaN where missing."""
+    dims = release["dims"]
+    all_m = release["blocks"][ALL]["marginals"]
+    out = []
+    for d in dims:
+        v = cols[d["column"]]
+        miss = pd.isna(v)
+        if d["kind"] == "continuous":
+            out.append(np.where(miss, np.nan, v).astype("float64"))
+        elif d["kind"] == "ordered":
+            pos = {lev: i for i, lev in enumerate(all_m[d["column"]]["table"]["levels"])}
+            out.append(np.asarray([np.nan if m else pos.get(x, np.nan) for x, m in zip(v, miss, strict=True)], dtype="float64"))
+        else:
+            x = np.asarray([np.nan if m else float(x == d["level"]) for x, m in zip(v, miss, strict=True)], dtype="float64")
+            out.append(x)
+    return np.column_stack(out) if out else np.zeros((len(next(iter(cols.values()), [])), 0))
+
+
+def _restore_dtype(values: np.ndarray, spec: ColumnSpec, release: dict[str, Any]) -> pd.Series:
+    lt = spec.logical_type
+    s = pd.Series(values, dtype=object)
+    miss = s.isna()
+    if lt == "date":
+        days = pd.to_numeric(s, errors="coerce").astype("float64")
+        return EPOCH + pd.to_timedelta(np.round(days * 86400.0), unit="s")
+    if lt == "boolean":
+        b = s.map(lambda v: v if pd.isna(v) else bool(v))
+        return b.astype("boolean") if miss.any() else b.astype(bool)
+    if lt in ("integer", "float"):
+        f = pd.to_numeric(s, errors="coerce").astype("float64")
+        if lt == "integer" and spec.integer:
+            if not miss.any():
+                return f.astype("int64")
+            return f.round().astype("Int64")
+        return f
+    if lt == "categorical":
+        cats = _released_levels(release, spec.name)
+        return pd.Series(pd.Categorical(s.where(~miss, None), categories=cats, ordered=spec.ordered))
+    return s.where(~miss, np.nan).astype("str") if not miss.all() else pd.Series([np.nan] * len(s), dtype="str")
+
+
+def _released_levels(release: dict[str, Any], col: str) -> list[Any]:
+    m = release["blocks"][ALL]["marginals"].get(col)
+    if m and m["kind"] == "categorical":
+        return list(m["table"]["levels"])
+    return []
+
+
+def _group_ids(n: int, g: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """Re-keyed group ids 1..G with sizes from the released size distribution, rows assigned
+    to groups at random."""
+    G = int(g["groups"])
+    if g["size_grid"] is not None:
+        sizes = np.maximum(np.round(quantile_function(np.asarray(g["size_grid"]), (np.arange(G) + 0.5) / G)), 1.0)
+    else:
+        sizes = np.full(G, float(g["mean_size"]))
+    from .marginals import apportion
+
+    counts = apportion(sizes, n)
+    ids = np.repeat(np.arange(1, G + 1), counts)
+    return ids[rng.permutation(n)]
+
+
+def _panel(df: pd.DataFrame, entity: str, time: str) -> pd.DataFrame:
+    """Make time values distinct within each synthetic entity while keeping the time column's
+    exact counts: entities (largest first) take the time values with most remaining rows."""
+    t = df[time]
+    ok = t.notna()
+    vals, counts = np.unique(t[ok].astype(str), return_counts=True)
+    # keep original typed values
+    first = {str(v): v for v in t[ok]}
+    remaining = dict(zip(vals.tolist(), counts.tolist(), strict=True))
+    new_t = t.copy().astype(object)
+    ent = df.loc[ok, entity]
+    order = ent.value_counts().sort_values(ascending=False, kind="stable")
+    for e, size in order.items():
+        rows = ent.index[ent == e]
+        avail = sorted(remaining, key=lambda v: (-remaining[v], v))[: size]
+        for r, v in zip(rows, avail, strict=False):
+            new_t.loc[r] = first[v]
+            remaining[v] -= 1
+            if remaining[v] == 0:
+                del remaining[v]
+    df[time] = new_t.astype(t.dtype) if t.dtype != object else new_t
+    return df
+
+
+def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], specs: dict[str, ColumnSpec], seed: int, source: str) -> dict[str, np.ndarray]:
+    """Swap-refine the stacked blocks towards each block's and the source's Spearman targets."""
+    dims = release["dims"]
+    if len(dims) < 2:
+        return cols
+    X = code_dims(cols, release, specs)
+    bounds = np.cumsum([0] + [b.rows for b in plan])
+    groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
+    targets = [block_target(release, b.stats) for b in plan]
+    glob = block_target(release, ALL) if len(plan) > 1 else None
+    units: dict[str, list[int]] = {}
+    for j, d in enumerate(dims):
+        units.setdefault(d["column"], []).append(j)
+    perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"))
+    out = dict(cols)
+    for col, perm in zip(units, perms, strict=True):
+        out[col] = cols[col][perm]
+    if DEBUG:
+        Y = X.copy()
+        for js, perm in zip(units.values(), perms, strict=True):
+            Y[:, js] = X[perm][:, js]
+        for name, g, T in [(b.id, grp, t) for b, grp, t in zip(plan, groups, targets, strict=True)] + ([("all", np.arange(len(X)), glob)] if glob is not None else []):
+            e0 = np.nanmax(np.abs(spearman_matrix(X[g]) - T))
+            e1 = np.nanmax(np.abs(spearman_matrix(Y[g]) - T))
+            print(name, "copula", round(float(e0), 4), "refined", round(float(e1), 4))
+            E1 = np.abs(spearman_matrix(Y[g]) - T)
+            k = np.nanargmax(E1)
+            i, j = np.unravel_index(k, E1.shape)
+            print("   ", dims[i], dims[j], T[i, j], spearman_matrix(Y[g])[i, j])
+    return out
+
+
+def synthesize_source(release: dict[str, Any], seed: int, rows: int | None = None) -> pd.DataFrame:
+    """The synthetic data of one source (before Layer 4), from its release and the seed."""
+    source = release["source"]
+    rows = int(rows or release["rows"])
+    specs_list = [ColumnSpec.from_dict(c) for c in release["columns"]]
+    specs = {s.name: s for s in specs_list}
+    plan = source_plan(release, rows)
+    parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs_list if s.role in ("continuous", "categorical")}
+    for bp in plan:
+        vals = synthesize_block(bp, release, specs, seed, source)
+        for c in parts:
+            parts[c].append(vals[c])
+    cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
+    cols = refine_source(cols, plan, release, specs, seed, source)
+    perm = make_rng(seed, source, "shuffle").permutation(rows)
+    data: dict[str, pd.Series] = {}
+    for s in specs_list:
+        if s.role == "id":
+            data[s.name] = pd.Series(np.arange(1, rows + 1, dtype="int64"))
+        elif s.role == "group":
+            data[s.name] = pd.Series(_group_ids(rows, release["groups"][s.name], make_rng(seed, source, "groups", s.name)), dtype="int64")
+        else:
+            v = cols[s.name][perm]
+            data[s.name] = _restore_dtype(v, s, release)
+    df = pd.DataFrame(data)
+    df = df[[s.name for s in specs_list]]
+    if release.get("panel"):
+        df = _panel(df, release["panel"]["entity"], release["panel"]["time"])
+    return df

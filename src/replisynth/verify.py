@@ -1,0 +1,441 @@
+"""Verify the fidelity tiers of ../shared/FIDELITY.md from the bundle and the synthetic data
+alone (no original data), so a journal's data editor can rerun the check anywhere.
+
+Tier 0 schema floor, 1 marginals, 2 correlations, 3 strata, 4 checkpoints. A source meets
+tier k when it passes tiers 0..k; the run meets tier k when every source does.
+Precise definitions where FIDELITY.md leaves room are in docs/method.md ("Verification").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .bundle import Bundle
+from .correlations import spearman_matrix
+from .design import build_design
+from .errors import CheckpointError
+from .estimators import fit_checkpoint
+from .extract import dim_matrix, numeric_values
+from .marginals import GRID, FrequencyTable, grid_cdf, quantile_grid
+from .pin import checkpoint_from_release
+from .plan import ALL, RESIDUAL, BlockPlan, source_plan
+from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
+
+KS_ALPHA = 0.05
+CORR_TOL = 0.05
+SE_BOUND = 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Kolmogorov-Smirnov against a released (possibly rounded, possibly mixed) distribution
+
+
+def _grid_cdf_left(grid: np.ndarray, x: np.ndarray, integer: bool) -> np.ndarray:
+    """Left limit F(x-) of the released distribution (it has atoms at flat grid stretches
+    and, for integer columns, at every integer)."""
+    g = np.asarray(grid, dtype="float64")
+    if integer:
+        return grid_cdf(g, np.ceil(x) - 1.0, integer=True)
+    idx = np.searchsorted(g, x, side="left") - 1
+    out = grid_cdf(g, x, integer=False)
+    at_atom = (idx + 1 < len(g)) & (idx + 1 >= 0)
+    j = np.clip(idx + 1, 0, len(g) - 1)
+    atom = at_atom & (g[j] == x)
+    out[atom] = GRID[j[atom]]
+    return out
+
+
+def ks_test(values: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool) -> tuple[float, float]:
+    """One-sample KS statistic and p-value of `values` against the mixture sum_w w·F_grid
+    (weights normalised). Exact sup over both sides of every jump; p from the Kolmogorov
+    distribution of n (conservative where the reference has atoms)."""
+    x = np.sort(np.asarray(values, dtype="float64"))
+    n = len(x)
+    if n == 0:
+        return 0.0, 1.0
+    ws = np.asarray([w for w, _ in components], dtype="float64")
+    ws = ws / ws.sum()
+    F = sum(w * grid_cdf(g, x, integer) for w, (_, g) in zip(ws, components, strict=True))
+    Fl = sum(w * _grid_cdf_left(g, x, integer) for w, (_, g) in zip(ws, components, strict=True))
+    # empirical CDF right and left of each distinct value
+    uniq, first = np.unique(x, return_index=True)
+    last = np.append(first[1:], n)
+    Fu = F[first]
+    Flu = Fl[first]
+    d_plus = np.max(last / n - Fu)
+    d_minus = np.max(Flu - first / n)
+    D = float(max(d_plus, d_minus, 0.0))
+    return D, float(stats.kstwo.sf(D, n))
+
+
+def percentile_gap(values: np.ndarray, grid: np.ndarray) -> float:
+    """Largest gap between synthetic and released percentiles, in released IQRs."""
+    g = np.asarray(grid, dtype="float64")
+    if len(values) == 0:
+        return 0.0
+    q = np.percentile(values, np.arange(101), method="averaged_inverted_cdf")
+    iqr = g[75] - g[25]
+    if iqr <= 0:
+        iqr = max(g[-1] - g[0], 1e-12)
+    # compare inside the trimmed range (released extremes are top/bottom coded)
+    return float(np.max(np.abs(np.clip(q, g[0], g[-1]) - g)) / iqr)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _specs(release: dict[str, Any]) -> list[ColumnSpec]:
+    return [ColumnSpec.from_dict(c) for c in release["columns"]]
+
+
+def _outcomes(bundle: Bundle, source: str) -> set[str]:
+    return {c["outcome"] for c in bundle.checkpoints if c["source"] == source and c.get("status") == "released"}
+
+
+def _categories(release: dict[str, Any], plan: list[BlockPlan]) -> dict[str, list[Any]]:
+    cats: dict[str, set] = {}
+    for b in plan:
+        for col, cp in b.columns.items():
+            if cp.kind == "categorical":
+                cats.setdefault(col, set()).update(cp.levels or [])
+    return {k: sorted(v, key=str) for k, v in cats.items()}
+
+
+def _matches(s: pd.Series, allowed: list[Any]) -> pd.Series:
+    """Membership test that treats 1 and 1.0 and True alike."""
+    keys = {str(a) for a in allowed} | {str(float(a)) for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)}
+    def norm(v: Any) -> str:
+        if isinstance(v, (bool, np.bool_)):
+            return str(bool(v))
+        if isinstance(v, (int, np.integer)):
+            return str(int(v))
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            return str(int(v))
+        return str(v)
+    return s.map(lambda v: True if pd.isna(v) else norm(v) in keys)
+
+
+def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], labels: dict[str, Any] | None) -> dict[str, Any]:
+    """Schema floor."""
+    specs = _specs(release)
+    problems: list[str] = []
+    names = [s.name for s in specs]
+    if list(df.columns) != names:
+        problems.append(f"columns differ from the released schema (expected {len(names)} in order)")
+        return {"passed": False, "problems": problems}
+    for s in specs:
+        col = df[s.name]
+        lt = logical_type(col)
+        ok_types = {s.logical_type}
+        if s.logical_type == "integer":
+            ok_types |= {"float"} if (s.name in outcomes or col.isna().all()) else set()
+        if s.logical_type == "float":
+            ok_types |= {"integer"}
+        if s.logical_type == "string" and col.isna().all():
+            ok_types |= {"float"}
+        if lt not in ok_types:
+            problems.append(f"{s.name}: logical type {lt}, released {s.logical_type}")
+        if s.integer and s.role in ("continuous", "categorical") and s.name not in outcomes and s.logical_type != "date":
+            v = pd.to_numeric(col, errors="coerce").dropna().to_numpy(dtype="float64")
+            if len(v) and not np.all(v == np.round(v)):
+                problems.append(f"{s.name}: not integer-valued")
+        if s.role in ("continuous", "categorical"):
+            want = sum(b.columns[s.name].missing for b in plan)
+            got = int(col.isna().sum())
+            if got != want:
+                problems.append(f"{s.name}: {got} missing values, expected {want}")
+    cats = _categories(release, plan)
+    for col, allowed in cats.items():
+        bad = int((~_matches(df[col], allowed)).sum())
+        if bad:
+            problems.append(f"{col}: {bad} values outside the released categories")
+    if labels is not None:
+        want_vl = release.get("value_labels", {})
+        for col, labs in want_vl.items():
+            got = {str(k): v for k, v in labels.get("value_labels", {}).get(col, {}).items()}
+            got = {str(int(float(k))) if _isnum(k) and float(k).is_integer() else k: v for k, v in got.items()}
+            if got != labs:
+                problems.append(f"{col}: value labels did not survive")
+        for s in specs:
+            if s.variable_label and labels.get("variable_labels", {}).get(s.name) != s.variable_label[:80]:
+                problems.append(f"{s.name}: variable label did not survive")
+    schema = pandera_schema(specs, cats, exempt_integer=tuple(outcomes))
+    failures = validation_summary(schema, df)
+    for f in failures:
+        problems.append(f"pandera: {f['column']}: {f['check']} ({f['failures']} rows)")
+    return {"passed": not problems, "problems": problems}
+
+
+def _isnum(k: Any) -> bool:
+    try:
+        float(k)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _block_components(plan: list[BlockPlan], col: str, release: dict[str, Any]) -> list[tuple[float, np.ndarray]]:
+    comps = []
+    for b in plan:
+        cp = b.columns[col]
+        if cp.kind == "continuous":
+            comps.append((float(b.rows - cp.missing), np.asarray(cp.grid)))
+    return [c for c in comps if c[0] > 0]
+
+
+def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str]) -> dict[str, Any]:
+    """Marginals: KS per continuous column, exact counts per categorical column."""
+    specs = {s.name: s for s in _specs(release)}
+    strata = set(release["strata"]["columns"])
+    all_m = release["blocks"][ALL]["marginals"]
+    worst_p, worst_var, worst_gap = 1.0, None, 0.0
+    problems: list[str] = []
+    per_var: dict[str, Any] = {}
+    drift: dict[str, Any] = {}
+    for col, m in all_m.items():
+        spec = specs[col]
+        if m["kind"] == "continuous":
+            v = numeric_values(df[col], spec)
+            v = v[~np.isnan(v)]
+            comps = _block_components(plan, col, release)
+            if not comps:
+                continue
+            D, p = ks_test(v, comps, spec.integer)
+            gap = percentile_gap(v, np.asarray(m["grid"]))
+            rec = {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": gap}
+            if col in outcomes:
+                drift[col] = rec
+                continue
+            per_var[col] = rec
+            if worst_var is None or p < worst_p:
+                worst_p, worst_var = p, col
+            worst_gap = max(worst_gap, gap)
+            if p <= KS_ALPHA:
+                problems.append(f"{col}: KS p = {p:.3g}")
+        elif m["kind"] == "categorical":
+            if col in strata:
+                continue  # checked exactly through stratum sizes (tier 3)
+            from .plan import expected_counts
+
+            want = expected_counts(plan, col)
+            got_s = df[col].dropna()
+            got: dict[str, int] = {}
+            for v, c in got_s.astype(object).map(_norm_key).value_counts().items():
+                got[v] = int(c)
+            want_n = {_norm_key(k): v for k, v in want.items() if v}
+            if col in outcomes:
+                drift[col] = {"exact_counts": got == want_n}
+                continue
+            ok = got == want_n
+            per_var[col] = {"exact_counts": ok}
+            if not ok:
+                problems.append(f"{col}: category counts differ from the released shares")
+    return {
+        "passed": not problems,
+        "worst_ks_p": worst_p,
+        "worst_variable": worst_var,
+        "max_percentile_gap_iqr": worst_gap,
+        "problems": problems,
+        "variables": per_var,
+        "outcome_drift": drift,
+    }
+
+
+def _norm_key(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+    return str(v)
+
+
+def _dim_frame(df: pd.DataFrame, release: dict[str, Any]) -> np.ndarray:
+    specs = {s.name: s for s in _specs(release)}
+    all_m = release["blocks"][ALL]["marginals"]
+    tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in all_m.items() if m["kind"] == "categorical"}
+    levels = {c: list(t.levels) for c, t in tables.items()}
+    work = df.copy()
+    for c in tables:  # compare category values on one footing (1 == 1.0 == True)
+        lookup = {_norm_key(v): v for v in levels[c]}
+        work[c] = df[c].astype(object).map(lambda v, lk=lookup: v if pd.isna(v) else lk.get(_norm_key(v), np.nan))
+    return dim_matrix(work, specs, release["dims"], tables, levels)
+
+
+def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], mask_dims: np.ndarray | None = None) -> dict[str, Any]:
+    """Compare released and synthetic Spearman correlations over the released dims."""
+    T = np.asarray([[np.nan if v is None else v for v in row] for row in target], dtype="float64")
+    keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
+    if mask_dims is not None:
+        keep = [i for i in keep if mask_dims[i]]
+    if len(keep) < 2:
+        return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
+    S = spearman_matrix(X[:, keep])
+    Tk = T[np.ix_(keep, keep)]
+    iu = np.triu_indices(len(keep), 1)
+    diff = np.abs(S[iu] - Tk[iu])
+    ok = np.isfinite(diff)
+    if not ok.any():
+        return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
+    j = int(np.nanargmax(np.where(ok, diff, -1)))
+    a, b = keep[iu[0][j]], keep[iu[1][j]]
+    name = lambda d: d["column"] + (f"=={d['level']}" if d["kind"] == "indicator" else "")  # noqa: E731
+    mx = float(diff[j])
+    return {"passed": bool(mx <= CORR_TOL), "max_abs_delta": mx, "pair": [name(dims[a]), name(dims[b])], "pairs_checked": int(ok.sum())}
+
+
+def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], X: np.ndarray) -> dict[str, Any]:
+    """Strata: sizes exact; tiers 1 and 2 inside every released stratum."""
+    strata = release["strata"]["columns"]
+    if not strata:
+        return {"passed": None, "note": "no strata configured: tier 3 holds when tier 2 does", "strata": []}
+    problems: list[str] = []
+    out = []
+    keycols = [df[c].astype(object).map(lambda v: v if pd.isna(v) else _norm_key(v)) for c in strata]
+    for b in plan:
+        if b.id == RESIDUAL:
+            mask = np.logical_or.reduce([k.isna().to_numpy() for k in keycols])
+        else:
+            mask = np.logical_and.reduce([(k == _norm_key(v)).to_numpy() for k, v in zip(keycols, b.key, strict=True)])
+        n = int(mask.sum())
+        rec: dict[str, Any] = {"stratum": b.id, "key": b.key, "rows": n, "rows_expected": b.rows}
+        if n != b.rows:
+            problems.append(f"{b.id}: {n} rows, expected {b.rows}")
+        if b.id != RESIDUAL:
+            sub = df.loc[mask]
+            t1 = tier1(sub, _block_release(release, b), [b], outcomes)
+            t2 = tier2_matrix(X[mask], release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata))
+            rec.update({"marginals": {k: t1[k] for k in ("passed", "worst_ks_p", "worst_variable", "problems")}, "correlations": t2})
+            if not t1["passed"]:
+                problems.extend(f"{b.id}: {p}" for p in t1["problems"])
+            if not t2["passed"]:
+                problems.append(f"{b.id}: correlation {t2['pair']} off by {t2['max_abs_delta']:.3f}")
+        out.append(rec)
+    return {"passed": not problems, "problems": problems, "strata": out}
+
+
+def _block_release(release: dict[str, Any], b: BlockPlan) -> dict[str, Any]:
+    """A release view whose 'all' block is the stratum's own statistics (with source-level
+    fallbacks where the stratum released nothing), for reusing tier 1 inside a stratum."""
+    m = dict(release["blocks"][ALL]["marginals"])
+    for col, v in release["blocks"][b.stats]["marginals"].items():
+        if v["kind"] != "suppressed":
+            m[col] = v
+    return {**release, "blocks": {ALL: {**release["blocks"][b.stats], "marginals": m}}, "strata": {"columns": [], "cells": [], "residual_rows": 0}}
+
+
+def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Checkpoints: refit on the synthetic data under each checkpoint's own vcov."""
+    out: dict[str, Any] = {}
+    for c in bundle.checkpoints:
+        tag = c["tag"]
+        if c.get("status") != "released":
+            out[tag] = {"passed": True, "status": c.get("status"), "source": c["source"], "reason": c.get("reason"), "terms": []}
+            continue
+        cp = checkpoint_from_release(c)
+        try:
+            d = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data")
+            fit = fit_checkpoint(d, cp, f"checkpoint {tag!r} on synthetic data")
+        except CheckpointError as exc:
+            out[tag] = {"passed": False, "status": "failed", "source": c["source"], "reason": str(exc), "terms": []}
+            continue
+        pos = {t: j for j, t in enumerate(fit.terms)}
+        terms = []
+        worst, worst_t = 0.0, 0.0
+        passed = True
+        for t in c["terms"]:
+            if t.get("suppressed"):
+                terms.append({"term": t.get("term"), "position": t.get("position"), "suppressed": True, "reason": t.get("reason")})
+                continue
+            name = t["term"]
+            if name not in pos:
+                terms.append({"term": name, "beta_target": t["beta"], "se_target": t["se"], "missing": True})
+                passed = False
+                continue
+            j = pos[name]
+            b, se = float(fit.beta[j]), float(fit.se[j])
+            db = abs(b - t["beta"])
+            dse = db / se if se > 0 else float("inf")
+            dst = db / t["se"] if t["se"] > 0 else float("inf")
+            worst, worst_t = max(worst, dse), max(worst_t, dst)
+            passed &= dse < SE_BOUND and dst < SE_BOUND
+            terms.append({
+                "term": name, "beta_target": t["beta"], "beta_synthetic": b, "se_target": t["se"],
+                "se_synthetic": se, "dbeta_se": dse, "dbeta_se_target": dst,
+                "se_ratio": se / t["se"] if t["se"] > 0 else None,
+            })
+        out[tag] = {"passed": bool(passed), "status": "verified", "source": c["source"], "model": c["model"],
+                    "n_target": c["n"], "n_synthetic": fit.n, "max_dbeta_se": worst, "max_dbeta_se_target": worst_t, "terms": terms}
+    return out
+
+
+def dbeta_summary(checkpoints: dict[str, Any]) -> dict[str, Any]:
+    """Distribution of dbeta/SE over every verified term: median, p95, max, shares below 1-3."""
+    v = np.asarray([t["dbeta_se"] for c in checkpoints.values() for t in c.get("terms", []) if "dbeta_se" in t], dtype="float64")
+    vt = np.asarray([t["dbeta_se_target"] for c in checkpoints.values() for t in c.get("terms", []) if "dbeta_se_target" in t], dtype="float64")
+    r = np.asarray([t["se_ratio"] for c in checkpoints.values() for t in c.get("terms", []) if t.get("se_ratio") is not None], dtype="float64")
+    if not len(v):
+        return {"terms": 0}
+    return {
+        "terms": int(len(v)),
+        "median": float(np.median(v)), "p95": float(np.percentile(v, 95)), "max": float(v.max()),
+        "share_below_1": float(np.mean(v < 1)), "share_below_2": float(np.mean(v < 2)), "share_below_3": float(np.mean(v < 3)),
+        "max_target_se": float(vt.max()),
+        "se_ratio_median": float(np.median(r)) if len(r) else None,
+        "se_ratio_min": float(r.min()) if len(r) else None,
+        "se_ratio_max": float(r.max()) if len(r) else None,
+    }
+
+
+def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """All tiers for every source and checkpoint; the machine-readable verdict (tiers.json)."""
+    cps = tier4(bundle, frames)
+    sources: dict[str, Any] = {}
+    for name, release in bundle.releases.items():
+        df = frames[name]
+        outcomes = _outcomes(bundle, name)
+        plan = source_plan(release, len(df))
+        t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name))
+        t1 = tier1(df, release, plan, outcomes)
+        X = _dim_frame(df, release)
+        t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes)
+        t3 = tier3(df, release, plan, outcomes, X)
+        if t3["passed"] is None:
+            t3["passed"] = t2["passed"]
+        t4_ok = all(c["passed"] for c in cps.values() if c["source"] == name)
+        flags = [t0["passed"], t1["passed"], t2["passed"], t3["passed"], t4_ok]
+        met = -1
+        for ok in flags:
+            if not ok:
+                break
+            met += 1
+        sources[name] = {
+            "tier_met": met,
+            "rows": int(len(df)),
+            "schema": t0,
+            "marginals": t1,
+            "correlations": t2,
+            "strata": t3,
+            "checkpoints": {"passed": t4_ok, "tags": [t for t, c in cps.items() if c["source"] == name]},
+        }
+    tier_met = min(s["tier_met"] for s in sources.values()) if sources else -1
+    return {
+        "name": bundle.manifest.name,
+        "seed": bundle.manifest.seed,
+        "tier_required": bundle.manifest.verify_tier,
+        "tier_met": tier_met,
+        "passed": bool(tier_met >= bundle.manifest.verify_tier),
+        "bundle_sha256": bundle.sha256,
+        "software": bundle.info.get("software"),
+        "sources": sources,
+        "checkpoints": cps,
+        "checkpoint_summary": dbeta_summary(cps),
+    }
+
+
+__all__ = ["verify", "ks_test", "percentile_gap", "quantile_grid"]
