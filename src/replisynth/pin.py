@@ -91,7 +91,7 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
             continue
         if not pd.api.types.is_float_dtype(df[outcome].dtype):
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")
-        rows_A, rows_D, idx_list = [], [], []
+        rows_A, rows_D = [], []
         notes = []
         for c in group:
             cp = checkpoint_from_release(c)

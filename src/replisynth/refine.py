@@ -110,7 +110,7 @@ def refine_swaps(
         for ui, dims in enumerate(units):
             inside = np.zeros(d, dtype=bool)
             inside[dims] = True
-            for gi, view in enumerate(views):
+            for view in views:
                 active = [view] + ([gview] if gview is not None else [])
                 if not any(v.M[dims][:, ~inside].any() for v in active):
                     continue
@@ -137,7 +137,7 @@ def refine_swaps(
                     continue
                 cand = cand[np.argsort(gain[cand], kind="stable")]
 
-                def objective(take: np.ndarray) -> float:
+                def objective(take: np.ndarray, parts: list = parts, dims: list[int] = dims) -> float:
                     f = 0.0
                     for _v, _pr, _ps, dU, other, W, Ei in parts:
                         Dsum = np.stack([(dU[take, a : a + 1] * other[take]).sum(axis=0) for a in range(len(dims))]) * W

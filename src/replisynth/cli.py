@@ -1,0 +1,124 @@
+"""`replisynth` command line: the pipeline without Snakemake, for enclaves that cannot
+install it. Same package functions, same output layout as the workflow.
+
+  replisynth extract MANIFEST                 secure side: results/<name>/bundle/
+  replisynth synthesize MANIFEST | --bundle DIR   synthetic data (Layers 1-4)
+  replisynth verify MANIFEST | --bundle DIR       tiers.json, report.html, certificate.txt
+  replisynth run MANIFEST                     all three
+
+Exit status: 0 on success, 1 on a user error (message, no traceback), 2 when verification
+ran but the required tier was not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ReplisynthError, TierNotMet
+from .manifest import Manifest, load_manifest
+from .runner import configure_logging
+
+
+def _paths(results: Path, manifest: Manifest) -> dict[str, Path]:
+    return {
+        "extract": results / "extract",
+        "bundle": results / "bundle",
+        "synthesize": results / "synthesize",
+        "synthetic": results / "synthetic",
+        "verify": results / "verify",
+    }
+
+
+def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
+    """Secure side: releases, checkpoints and the bundle."""
+    from .pipeline import stage_extract_checkpoints, stage_extract_source, stage_write_bundle
+
+    p = _paths(out_root / manifest.name, manifest)
+    releases = {}
+    sdc = []
+    for s in manifest.sources:
+        rel, log = p["extract"] / f"{s.name}.release.json", p["extract"] / f"{s.name}.sdc.json"
+        stage_extract_source(manifest, s.name, rel, log)
+        releases[s.name] = rel
+        sdc.append(log)
+    cps, cps_log = p["extract"] / "checkpoints.json", p["extract"] / "checkpoints.sdc.json"
+    stage_extract_checkpoints(manifest, cps, cps_log)
+    stage_write_bundle(manifest, releases, cps, [*sdc, cps_log], p["bundle"])
+    return p["bundle"]
+
+
+def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
+    """Outside side: synthetic files of every source."""
+    from .bundle import load_bundle
+    from .pipeline import stage_export_stata, stage_pin, stage_synthesize
+
+    b = load_bundle(bundle_dir)
+    p = _paths(out_root / b.manifest.name, b.manifest)
+    out = {}
+    for s in b.manifest.sources:
+        unpinned = p["synthesize"] / f"{s.name}.parquet"
+        stage_synthesize(bundle_dir, s.name, unpinned)
+        files = {"parquet": p["synthetic"] / f"{s.name}.parquet", "csv": p["synthetic"] / f"{s.name}.csv"}
+        stage_pin(bundle_dir, s.name, unpinned, files, p["synthesize"] / f"{s.name}.pin.json")
+        if s.format == "dta":
+            stage_export_stata(bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta")
+        out[s.name] = files["parquet"]
+    return out
+
+
+def cmd_verify(bundle_dir: Path, out_root: Path) -> None:
+    """Outside side: tiers.json, report.html, certificate.txt; TierNotMet if short."""
+    from .bundle import load_bundle
+    from .pipeline import check_tier, stage_report, stage_verify
+
+    b = load_bundle(bundle_dir)
+    p = _paths(out_root / b.manifest.name, b.manifest)
+    synthetic = {s.name: p["synthetic"] / f"{s.name}.parquet" for s in b.manifest.sources}
+    tiers = p["verify"] / "tiers.json"
+    stage_verify(bundle_dir, synthetic, tiers)
+    stage_report(bundle_dir, synthetic, tiers, p["verify"] / "report.html", p["verify"] / "certificate.txt")
+    print((p["verify"] / "certificate.txt").read_text().strip())
+    check_tier(tiers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
+    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run"])
+    ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run)")
+    ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
+    ap.add_argument("--results", default="results", help="output root (default: results)")
+    ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    args = ap.parse_args(argv)
+    configure_logging(None)
+    if args.quiet:
+        import logging
+
+        logging.getLogger("replisynth").setLevel(logging.WARNING)
+    out_root = Path(args.results)
+    try:
+        if args.command in ("extract", "run") or not args.bundle:
+            if not args.manifest:
+                ap.error(f"{args.command} needs a MANIFEST (or --bundle DIR for synthesize/verify)")
+            manifest = load_manifest(args.manifest)
+            bundle_dir = out_root / manifest.name / "bundle"
+        else:
+            bundle_dir = Path(args.bundle)
+        if args.command in ("extract", "run"):
+            cmd_extract(manifest, out_root)
+        if args.command in ("synthesize", "run"):
+            cmd_synthesize(bundle_dir, out_root)
+        if args.command in ("verify", "run"):
+            cmd_verify(bundle_dir, out_root)
+    except TierNotMet as exc:
+        sys.stderr.write(f"replisynth: {exc}\n")
+        return 2
+    except ReplisynthError as exc:
+        sys.stderr.write(f"replisynth: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
