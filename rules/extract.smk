@@ -47,7 +47,6 @@ rule write_bundle:
         P.bundle_files(),
     params:
         sources=list(P.sources),
-        bundle_dir=P.bundle_dir,
     log:
         f"{P.results}/logs/write_bundle/all.log",
     conda:

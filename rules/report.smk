@@ -21,7 +21,6 @@ rule render_report:
             labels={"file": "certificate.txt"},
         ),
     params:
-        bundle_dir=P.bundle_dir,
         sources=list(P.sources),
         benchmarks=P.benchmarks(),
     log:

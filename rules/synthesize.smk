@@ -6,8 +6,6 @@ rule sample_copula:
         bundle=f"{P.bundle_dir}/manifest.json",
     output:
         parquet=f"{P.results}/synthesize/{{source}}.parquet",
-    params:
-        bundle_dir=P.bundle_dir,
     log:
         f"{P.results}/logs/sample_copula/{{source}}.log",
     benchmark:
@@ -25,8 +23,6 @@ rule pin_checkpoints:
     output:
         synthetic=multiext(f"{P.results}/synthetic/{{source}}", ".parquet", ".csv"),
         report=f"{P.results}/synthesize/{{source}}.pin.json",
-    params:
-        bundle_dir=P.bundle_dir,
     log:
         f"{P.results}/logs/pin_checkpoints/{{source}}.log",
     benchmark:
@@ -43,8 +39,6 @@ rule export_stata:
         parquet=f"{P.results}/synthetic/{{source}}.parquet",
     output:
         dta=f"{P.results}/synthetic/{{source}}.dta",
-    params:
-        bundle_dir=P.bundle_dir,
     log:
         f"{P.results}/logs/export_stata/{{source}}.log",
     conda:

@@ -9,7 +9,6 @@ rule verify_tiers:
     output:
         tiers=f"{P.results}/verify/tiers.json",
     params:
-        bundle_dir=P.bundle_dir,
         sources=list(P.sources),
     log:
         f"{P.results}/logs/verify_tiers/all.log",

@@ -1,7 +1,9 @@
 """Rule export_stata: the synthetic data as Stata 118 with labels and storage types."""
+from pathlib import Path
+
 from replisynth.pipeline import stage_export_stata
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], lambda: stage_export_stata(
-    bundle_dir=sm.params.bundle_dir, source=sm.wildcards.source, parquet=sm.input.parquet, out=sm.output.dta))
+    bundle_dir=Path(sm.input.bundle).parent, source=sm.wildcards.source, parquet=sm.input.parquet, out=sm.output.dta))

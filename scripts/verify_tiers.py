@@ -1,9 +1,11 @@
 """Rule verify_tiers: every fidelity tier, from the bundle and the synthetic data."""
+from pathlib import Path
+
 from replisynth.pipeline import stage_verify
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], lambda: stage_verify(
-    bundle_dir=sm.params.bundle_dir,
+    bundle_dir=Path(sm.input.bundle).parent,
     synthetic=dict(zip(sm.params.sources, sm.input.parquet, strict=True)),
     tiers_out=sm.output.tiers))
