@@ -1,8 +1,6 @@
 """Rule write_bundle: assemble the bundle, manifest.json last (secure side)."""
 from pathlib import Path
 
-from pathlib import Path
-
 from replisynth.manifest import load_manifest
 from replisynth.pipeline import stage_write_bundle
 from replisynth.runner import run
@@ -12,4 +10,4 @@ run(sm.log[0], lambda: stage_write_bundle(
     manifest=load_manifest(sm.config),
     releases=dict(zip(sm.params.sources, sm.input.releases, strict=True)),
     checkpoints=sm.input.checkpoints, sdc_parts=list(sm.input.sdc),
-    bundle_dir=Path(sm.input.bundle).parent))
+    bundle_dir=Path(sm.output[0]).parent))
