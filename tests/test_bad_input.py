@@ -18,7 +18,13 @@ from conftest import make_people, manifest_for, run_pipeline
 
 from replisynth.bundle import load_bundle
 from replisynth.cli import cmd_extract, main
-from replisynth.errors import BundleError, CheckpointError, DataError, ManifestError, ReplisynthError
+from replisynth.errors import (
+    BundleError,
+    CheckpointError,
+    DataError,
+    ManifestError,
+    ReplisynthError,
+)
 from replisynth.io import atomic_path, read_columns, read_json, read_source, sha256_file, write_json
 from replisynth.manifest import load_manifest
 
@@ -529,9 +535,14 @@ def test_load_bundle_wrong_format(bundle_copy: Path) -> None:
         load_bundle(bundle_copy)
 
 
-def test_load_bundle_truncated_manifest_json(bundle_copy: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    ["truncated", '{"format": "replisynth-bundle/1"}', "[]"],
+    ids=["truncated", "no_files_list", "not_an_object"],
+)
+def test_load_bundle_broken_manifest_json(bundle_copy: Path, content: str) -> None:
     mf = bundle_copy / "manifest.json"
-    mf.write_bytes(mf.read_bytes()[:40])
+    mf.write_bytes(mf.read_bytes()[:40] if content == "truncated" else content.encode())
     with pytest.raises(BundleError) as info:
         load_bundle(bundle_copy)
     assert "manifest.json" in str(info.value)

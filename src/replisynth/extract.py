@@ -34,7 +34,11 @@ def numeric_values(s: pd.Series, spec: ColumnSpec) -> np.ndarray:
 
 def category_values(s: pd.Series) -> pd.Series:
     """Categories as JSON-friendly scalars (object Series, NaN for missing)."""
-    return s.astype(object).map(lambda v: v if pd.isna(v) else py_value(v))
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    lookup = np.empty(len(uniques) + 1, dtype=object)
+    lookup[:-1] = [py_value(v) for v in uniques]
+    lookup[-1] = np.nan
+    return pd.Series(lookup[codes], index=s.index, dtype=object)
 
 
 def ordered_codes(values: pd.Series, table: FrequencyTable, all_levels: list[Any]) -> np.ndarray:
@@ -51,7 +55,9 @@ def ordered_codes(values: pd.Series, table: FrequencyTable, all_levels: list[Any
             dist = np.abs(kept_pos - i)
             j = int(np.lexsort((kept_pos, dist))[0])
             mapping[v] = float(j)
-    return values.map(lambda v: mapping.get(v, np.nan) if not pd.isna(v) else np.nan).to_numpy(dtype="float64")
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    lookup = np.append(np.asarray([mapping.get(u, np.nan) for u in uniques], dtype="float64"), np.nan)
+    return lookup[codes]
 
 
 def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:

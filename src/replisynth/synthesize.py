@@ -162,12 +162,14 @@ def code_dims(cols: dict[str, np.ndarray], release: dict[str, Any], specs: dict[
         miss = pd.isna(v)
         if d["kind"] == "continuous":
             out.append(np.where(miss, np.nan, v).astype("float64"))
-        elif d["kind"] == "ordered":
-            pos = {lev: i for i, lev in enumerate(all_m[d["column"]]["table"]["levels"])}
-            out.append(np.asarray([np.nan if m else pos.get(x, np.nan) for x, m in zip(v, miss, strict=True)], dtype="float64"))
         else:
-            x = np.asarray([np.nan if m else float(x == d["level"]) for x, m in zip(v, miss, strict=True)], dtype="float64")
-            out.append(x)
+            codes, uniques = pd.factorize(pd.Series(v, dtype=object), use_na_sentinel=True)
+            if d["kind"] == "ordered":
+                pos = {lev: i for i, lev in enumerate(all_m[d["column"]]["table"]["levels"])}
+                lookup = [pos.get(u, np.nan) for u in uniques]
+            else:
+                lookup = [float(u == d["level"]) for u in uniques]
+            out.append(np.append(np.asarray(lookup, dtype="float64"), np.nan)[codes])
     return np.column_stack(out) if out else np.zeros((len(next(iter(cols.values()), [])), 0))
 
 

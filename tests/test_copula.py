@@ -1,0 +1,429 @@
+"""Rank correlations, latent calibration, the Gaussian copula with exact marginals, swap
+refinement, and the end-to-end recovery of a target Spearman matrix through extract ->
+synthesize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import manifest_for
+from scipy import special, stats
+
+from replisynth.copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
+from replisynth.correlations import (
+    Margin,
+    expected_spearman,
+    latent_correlation,
+    latent_matrix,
+    nearest_correlation,
+    spearman_curve,
+    spearman_matrix,
+)
+from replisynth.extract import extract_source
+from replisynth.io import read_source
+from replisynth.manifest import load_manifest
+from replisynth.marginals import exact_quantile_sample, quantile_grid
+from replisynth.plan import expected_counts, source_plan
+from replisynth.refine import refine_swaps
+from replisynth.synthesize import synthesize_source
+
+CONT = Margin(None)
+BIN = Margin((0.7, 0.3))
+BIN2 = Margin((0.6, 0.4))
+TER = Margin((0.2, 0.5, 0.3))
+PAIRS = {"cont-cont": (CONT, CONT), "cont-bin": (CONT, BIN), "bin-ter": (BIN2, TER)}
+
+
+def _discretise(z: np.ndarray, m: Margin) -> np.ndarray:
+    """Level index of a latent normal under the margin's thresholds (continuous: itself)."""
+    if not m.discrete:
+        return z
+    tau = special.ndtri(np.cumsum(m.probs)[:-1])
+    return np.searchsorted(tau, z)
+
+
+def _mc_spearman(r: float, a: Margin, b: Margin, n: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    z1 = rng.standard_normal(n)
+    z2 = r * z1 + np.sqrt(1 - r * r) * rng.standard_normal(n)
+    return float(stats.spearmanr(_discretise(z1, a), _discretise(z2, b))[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# spearman_matrix
+
+
+def test_spearman_matrix_matches_pandas_pairwise() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 4))
+    X[:, 1] = np.round(X[:, 1] + X[:, 0])  # ties
+    X[rng.random(500) < 0.1, 2] = np.nan
+    X[rng.random(500) < 0.2, 3] = np.nan
+    want = pd.DataFrame(X).corr(method="spearman").to_numpy()
+    np.testing.assert_allclose(spearman_matrix(X), want, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("r", [-0.6, 0.3, 0.8])
+def test_expected_spearman_matches_monte_carlo(pair: str, r: float) -> None:
+    a, b = PAIRS[pair]
+    mc = _mc_spearman(r, a, b, 400_000, seed=int(1000 * (r + 1)) + len(pair))
+    assert expected_spearman(r, a, b) == pytest.approx(mc, abs=0.01)
+    assert expected_spearman(r, b, a) == pytest.approx(mc, abs=0.01)
+    curve = spearman_curve(a, b, np.array([r]))[0]
+    assert curve == pytest.approx(mc, abs=0.01)
+    assert curve == pytest.approx(expected_spearman(r, a, b), abs=1e-8)
+
+
+@pytest.mark.parametrize("r", [-0.95, -0.6, 0.0, 0.3, 0.8, 0.99])
+def test_expected_spearman_continuous_is_closed_form(r: float) -> None:
+    want = 6.0 / np.pi * np.arcsin(r / 2.0)
+    assert expected_spearman(r, CONT, CONT) == pytest.approx(want, abs=1e-7)
+    assert spearman_curve(CONT, CONT, np.array([r]))[0] == pytest.approx(want, abs=1e-14)
+
+
+def test_spearman_curve_is_monotone_and_vectorised() -> None:
+    rs = np.linspace(-0.99, 0.99, 41)
+    for a, b in PAIRS.values():
+        c = spearman_curve(a, b, rs)
+        assert np.all(np.diff(c) > 0)
+        np.testing.assert_allclose(c, [expected_spearman(r, a, b) for r in rs], atol=1e-8)
+        assert abs(spearman_curve(a, b, np.array([0.0]))[0]) < 1e-10
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("rho", [-0.4, -0.1, 0.2, 0.5])
+def test_latent_correlation_inverts_expected_spearman(pair: str, rho: float) -> None:
+    a, b = PAIRS[pair]
+    r = latent_correlation(rho, a, b)
+    assert -1 < r < 1
+    assert expected_spearman(r, a, b) == pytest.approx(rho, abs=1e-6)
+    if pair == "cont-cont":
+        assert r == pytest.approx(2 * np.sin(np.pi * rho / 6), abs=1e-14)
+    else:  # ties attenuate rank correlation: the latent correlation is larger in size
+        assert abs(r) > abs(rho)
+
+
+def test_latent_correlation_clips_unattainable_targets() -> None:
+    # two binaries with different shares cannot reach Spearman 0.99
+    r = latent_correlation(0.99, BIN, BIN2)
+    assert r == pytest.approx(0.999)
+    assert latent_correlation(float("nan"), BIN, BIN2) == 0.0
+
+
+def test_latent_matrix_uses_closed_form_and_curves() -> None:
+    S = np.array([[1.0, 0.3, 0.2], [0.3, 1.0, np.nan], [0.2, np.nan, 1.0]])
+    R = latent_matrix(S, [CONT, CONT, BIN])
+    assert R[0, 1] == pytest.approx(2 * np.sin(np.pi * 0.3 / 6))
+    assert expected_spearman(R[0, 2], CONT, BIN) == pytest.approx(0.2, abs=1e-3)
+    assert R[1, 2] == pytest.approx(0.0, abs=1e-3)  # NaN target treated as 0
+    np.testing.assert_array_equal(R, R.T)
+
+
+# ---------------------------------------------------------------------------------------------
+# nearest correlation
+
+
+def test_nearest_correlation_repairs_an_indefinite_matrix() -> None:
+    A = np.array([[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]])
+    assert np.linalg.eigvalsh(A).min() < -0.5
+    R = nearest_correlation(A)
+    np.testing.assert_allclose(R, R.T, atol=0)
+    np.testing.assert_allclose(np.diag(R), 1.0, atol=1e-12)
+    assert np.linalg.eigvalsh(R).min() > 0
+    np.linalg.cholesky(R)
+    assert np.all(np.abs(R) <= 1.0 + 1e-12)
+    # it is a repair, not a replacement: closer to A than the identity is
+    assert np.linalg.norm(R - A) < np.linalg.norm(np.eye(3) - A)
+    # Higham's solution for this matrix keeps the sign pattern
+    assert np.all(np.sign(R[np.triu_indices(3, 1)]) == np.sign(A[np.triu_indices(3, 1)]))
+
+
+def test_nearest_correlation_leaves_a_pd_matrix_unchanged() -> None:
+    A = np.array([[1.0, 0.3, -0.2, 0.5], [0.3, 1.0, 0.1, 0.2], [-0.2, 0.1, 1.0, -0.4], [0.5, 0.2, -0.4, 1.0]])
+    assert np.linalg.eigvalsh(A).min() > 0
+    np.testing.assert_array_equal(nearest_correlation(A), A)
+
+
+# ---------------------------------------------------------------------------------------------
+# copula sampling
+
+
+def _pd_matrix() -> np.ndarray:
+    return np.array([[1.0, 0.4, -0.3, 0.6], [0.4, 1.0, 0.2, 0.1], [-0.3, 0.2, 1.0, -0.5], [0.6, 0.1, -0.5, 1.0]])
+
+
+@pytest.mark.parametrize("n", [6, 50, 3000])
+def test_correlated_normals_exact_sample_correlation(n: int) -> None:
+    R = _pd_matrix()
+    Z = correlated_normals(R, n, np.random.default_rng(n), exact=True)
+    assert Z.shape == (n, 4)
+    np.testing.assert_allclose(np.corrcoef(Z, rowvar=False), R, atol=1e-10)
+    np.testing.assert_allclose(Z.mean(axis=0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(Z.std(axis=0, ddof=1), 1.0, atol=1e-10)
+
+
+def test_correlated_normals_not_exact_is_approximate() -> None:
+    R = _pd_matrix()
+    Z = correlated_normals(R, 20000, np.random.default_rng(1), exact=False)
+    C = np.corrcoef(Z, rowvar=False)
+    assert np.max(np.abs(C - R)) < 0.03
+    assert np.max(np.abs(C - R)) > 1e-6  # really a sample, not whitened
+
+
+def test_correlated_normals_is_seeded() -> None:
+    R = _pd_matrix()
+    a = correlated_normals(R, 100, np.random.default_rng(3))
+    b = correlated_normals(R, 100, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_identity_gives_independent_margins() -> None:
+    n = 5000
+    Z = correlated_normals(np.eye(3), n, np.random.default_rng(9), exact=True)
+    g = quantile_grid(np.random.default_rng(1).lognormal(size=2000), 1)
+    cont = fill_by_rank(Z[:, 0], exact_quantile_sample(g, n, integer=False))
+    ordv = ordered_values(Z[:, 1], [1000, 2500, 1500])
+    binv = ordered_values(Z[:, 2], [3500, 1500])
+    S = spearman_matrix(np.column_stack([cont, ordv, binv]).astype("float64"))
+    assert np.max(np.abs(S[np.triu_indices(3, 1)])) < 3 / np.sqrt(n)
+
+
+def test_fill_by_rank_and_ordered_values_keep_exact_marginals() -> None:
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=1000)
+    vals = np.sort(rng.gamma(2, size=1000))
+    x = fill_by_rank(z, vals)
+    np.testing.assert_array_equal(np.sort(x), vals)
+    assert stats.spearmanr(x, z)[0] == pytest.approx(1.0)
+    codes = ordered_values(z, [100, 600, 300])
+    np.testing.assert_array_equal(np.bincount(codes), [100, 600, 300])
+    # lowest z get the lowest level
+    assert z[codes == 0].max() < z[codes == 1].min()
+    assert z[codes == 1].max() < z[codes == 2].min()
+
+
+def test_nominal_values_exact_counts() -> None:
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(900, 2))
+    counts = [300, 200, 400]
+    codes = nominal_values(Z, counts, baseline=2, dim_levels=[0, 1])
+    np.testing.assert_array_equal(np.bincount(codes, minlength=3), counts)
+    # level 1 (smaller count, filled first) takes the largest utilities of its column
+    assert Z[codes == 1, 1].min() >= np.sort(Z[:, 1])[-200]
+
+
+@pytest.mark.parametrize("margin", [BIN, TER, Margin((0.1, 0.2, 0.3, 0.25, 0.15))], ids=["bin", "ter", "five"])
+@pytest.mark.parametrize("rho", [-0.5, 0.4])
+def test_copula_reaches_calibrated_spearman_with_discrete_margin(margin: Margin, rho: float) -> None:
+    n = 40_000
+    r = latent_correlation(rho, CONT, margin)
+    Z = correlated_normals(np.array([[1.0, r], [r, 1.0]]), n, np.random.default_rng(17), exact=True)
+    counts = np.round(np.asarray(margin.probs) * n).astype(int)
+    counts[-1] += n - counts.sum()
+    codes = ordered_values(Z[:, 1], counts.tolist())
+    assert stats.spearmanr(Z[:, 0], codes)[0] == pytest.approx(rho, abs=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# refine_swaps
+
+
+def _structural_zero(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two binaries that are never both 1 (mutually exclusive categories), a continuous
+    column related to both with 10% missing. Returns the data and a scrambled start."""
+    rng = np.random.default_rng(seed)
+    cat = rng.choice(3, p=[0.3, 0.3, 0.4], size=n)
+    a = (cat == 0).astype(float)
+    b = (cat == 1).astype(float)
+    c = rng.normal(size=n) + 1.0 * a - 0.8 * b
+    c[rng.random(n) < 0.1] = np.nan
+    X0 = np.column_stack([a, b, c])
+    X = X0.copy()
+    X[:, 0] = rng.permutation(a)
+    X[:, 1] = rng.permutation(b)
+    return X0, X
+
+
+def _apply(X: np.ndarray, perms: list[np.ndarray], units: list[list[int]]) -> np.ndarray:
+    Y = X.copy()
+    for dims, p in zip(units, perms, strict=True):
+        Y[:, dims] = X[p][:, dims]
+    return Y
+
+
+def test_refine_swaps_fixes_structural_zero() -> None:
+    X0, X = _structural_zero()
+    T = spearman_matrix(X0)
+    assert T[0, 1] < -0.4
+    units = [[0], [1], [2]]
+    before = np.nanmax(np.abs(spearman_matrix(X) - T))
+    perms = refine_swaps(X, [np.arange(len(X))], [T], None, units, np.random.default_rng(1))
+    Y = _apply(X, perms, units)
+    after = np.nanmax(np.abs(spearman_matrix(Y) - T))
+    assert before > 0.3
+    assert after < 0.02
+    assert after < before
+    for j, p in enumerate(perms):
+        np.testing.assert_array_equal(np.sort(p), np.arange(len(X)))  # a permutation
+        np.testing.assert_array_equal(np.sort(Y[:, j]), np.sort(X[:, j]))  # same multiset (NaN last)
+        np.testing.assert_array_equal(np.isnan(Y[:, j]), np.isnan(X[:, j]))  # missing positions kept
+
+
+def test_refine_swaps_units_move_together_and_stay_in_groups() -> None:
+    X0, X = _structural_zero(seed=3)
+    n = len(X)
+    # a and b are the indicators of one nominal column: they move together, so they stay
+    # exclusive; their own pair is untargeted
+    X[:, :2] = X0[:, :2][np.random.default_rng(2).permutation(n)]
+    T = spearman_matrix(X0)
+    T[0, 1] = T[1, 0] = np.nan
+    groups = [np.arange(0, n // 2), np.arange(n // 2, n)]
+    targets = [spearman_matrix(X0[g]) for g in groups]
+    for t in targets:
+        t[0, 1] = t[1, 0] = np.nan
+    units = [[0, 1], [2]]
+    perms = refine_swaps(X, groups, targets, T, units, np.random.default_rng(4))
+    Y = _apply(X, perms, units)
+    assert not np.any((Y[:, 0] == 1) & (Y[:, 1] == 1))
+    for g in groups:
+        for j in range(3):
+            np.testing.assert_array_equal(np.sort(Y[g, j]), np.sort(X[g, j]))
+        for p in perms:
+            assert set(p[g]) == set(g)
+    before = np.nanmax(np.abs(spearman_matrix(X) - T))
+    after = np.nanmax(np.abs(spearman_matrix(Y) - T))
+    assert after < before and after < 0.03
+    np.testing.assert_array_equal(np.isnan(Y), np.isnan(X))
+
+
+def test_refine_swaps_no_targets_is_identity() -> None:
+    _, X = _structural_zero(n=200)
+    T = np.full((3, 3), np.nan)
+    perms = refine_swaps(X, [np.arange(200)], [T], None, [[0], [1], [2]], np.random.default_rng(0))
+    for p in perms:
+        np.testing.assert_array_equal(p, np.arange(200))
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: extract -> synthesize
+
+
+TARGET = np.array([
+    [1.0, 0.3, -0.5, 0.7],
+    [0.3, 1.0, 0.2, 0.4],
+    [-0.5, 0.2, 1.0, -0.3],
+    [0.7, 0.4, -0.3, 1.0],
+])
+
+
+def _release(df: pd.DataFrame, tmp_path: Path, **source_keys: object) -> tuple[dict, pd.DataFrame]:
+    path = tmp_path / "people.csv"
+    df.to_csv(path, index=False)
+    manifest = load_manifest(manifest_for(path, **source_keys))
+    data, meta = read_source(path)
+    release, _log = extract_source(data, meta, manifest, manifest.source("people"))
+    return release, data
+
+
+def test_target_spearman_recovered_at_20000(tmp_path: Path) -> None:
+    n = 20_000
+    R = 2 * np.sin(np.pi * TARGET / 6)
+    rng = np.random.default_rng(1)
+    Z = rng.multivariate_normal(np.zeros(4), R, size=n)
+    df = pd.DataFrame({
+        "pid": np.arange(1, n + 1),
+        "a": Z[:, 0],
+        "b": np.exp(Z[:, 1]),
+        "c": stats.norm.cdf(Z[:, 2]) * 10,
+        "d": stats.gamma.ppf(stats.norm.cdf(Z[:, 3]), 2.0),
+    })
+    release, data = _release(df, tmp_path)
+    assert [d["kind"] for d in release["dims"]] == ["continuous"] * 4
+    released = np.asarray(release["blocks"]["all"]["spearman"], dtype="float64")
+    syn = synthesize_source(release, seed=7)
+    assert len(syn) == n
+    S = spearman_matrix(syn[["a", "b", "c", "d"]].to_numpy(dtype="float64"))
+    assert np.max(np.abs(S - released)) < 0.02
+    assert np.max(np.abs(S - TARGET)) < 0.02
+    # marginals: the synthetic column is the exact quantile sample of the released grid
+    for col in "abcd":
+        grid = release["blocks"]["all"]["marginals"][col]["grid"]
+        np.testing.assert_allclose(np.sort(syn[col].to_numpy()), exact_quantile_sample(np.asarray(grid), n, False))
+    # the same seed gives the same data
+    pd.testing.assert_frame_equal(syn, synthesize_source(release, seed=7))
+
+
+def _mixed_frame(n: int, seed: int = 2) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    R = np.array([[1, 0.6, 0.5, 0.3], [0.6, 1, 0.2, 0.0], [0.5, 0.2, 1, 0.1], [0.3, 0.0, 0.1, 1]])
+    Z = rng.multivariate_normal(np.zeros(4), R, size=n)
+    x = np.exp(Z[:, 0])
+    x[rng.random(n) < 0.05] = np.nan
+    return pd.DataFrame({
+        "pid": np.arange(1, n + 1),
+        "x": x,
+        "b": (Z[:, 1] > 0.4).astype(int),
+        "o": np.digitize(Z[:, 2], [-1.2, -0.3, 0.5, 1.3]) + 1,
+        "region": np.where(Z[:, 3] > 0.8, "north", np.where(Z[:, 3] > -0.2, "south", "west")),
+    })
+
+
+def _counts(s: pd.Series) -> dict:
+    return {(k if isinstance(k, str) else int(k)): int(v) for k, v in s.dropna().value_counts().items()}
+
+
+@pytest.mark.parametrize("rows", [None, 7331, 1234])
+def test_exact_categorical_counts(tmp_path: Path, rows: int | None) -> None:
+    df = _mixed_frame(5000)
+    release, data = _release(df, tmp_path)
+    syn = synthesize_source(release, seed=11, rows=rows)
+    n = rows or len(df)
+    assert len(syn) == n
+    plan = source_plan(release, n)
+    for col in ("b", "o", "region"):
+        want = {k: v for k, v in expected_counts(plan, col).items() if v}
+        assert _counts(syn[col]) == want
+        assert sum(want.values()) == n
+        if rows is None:  # no suppression, all rows: the original counts exactly
+            assert _counts(syn[col]) == _counts(data[col])
+    # missing share of the continuous column: released share x rows, rounded half up
+    assert int(syn["x"].isna().sum()) == int(np.floor(data["x"].isna().sum() * n / len(df) + 0.5))
+
+
+def test_binary_and_ordinal_keep_spearman_with_continuous(tmp_path: Path) -> None:
+    df = _mixed_frame(8000, seed=5)
+    release, data = _release(df, tmp_path)
+    syn = synthesize_source(release, seed=3)
+    cols = ["x", "b", "o"]
+    S_orig = spearman_matrix(data[cols].to_numpy(dtype="float64"))
+    S_syn = spearman_matrix(syn[cols].to_numpy(dtype="float64"))
+    assert S_orig[0, 1] > 0.3 and S_orig[0, 2] > 0.3  # a real signal to keep
+    assert abs(S_syn[0, 1] - S_orig[0, 1]) < 0.03
+    assert abs(S_syn[0, 2] - S_orig[0, 2]) < 0.03
+    assert abs(S_syn[1, 2] - S_orig[1, 2]) < 0.03
+    # nominal indicators against the continuous column
+    for lev in ("north", "south"):
+        so = stats.spearmanr(data["x"], data["region"] == lev, nan_policy="omit")[0]
+        ss = stats.spearmanr(syn["x"], syn["region"] == lev, nan_policy="omit")[0]
+        assert abs(so - ss) < 0.03
+
+
+def test_suppressed_levels_never_appear_and_counts_follow_plan(tmp_path: Path) -> None:
+    df = _mixed_frame(3000, seed=8)
+    df.loc[df.index[:20], "region"] = "island"  # a rare nominal category (< 50)
+    release, data = _release(df, tmp_path)
+    table = release["blocks"]["all"]["marginals"]["region"]["table"]
+    assert "island" not in table["levels"] and table["suppressed"] == 20
+    syn = synthesize_source(release, seed=1)
+    assert "island" not in set(syn["region"].dropna())
+    plan = source_plan(release, len(syn))
+    assert _counts(syn["region"]) == {k: v for k, v in expected_counts(plan, "region").items() if v}
+    assert int(syn["region"].notna().sum()) == len(df)

@@ -1,0 +1,265 @@
+"""Layer 4: pinning released checkpoint coefficients on *different* data by moving only the
+outcome on the estimation sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_people, manifest_for
+
+from replisynth.checkpoints import capture_checkpoint
+from replisynth.design import build_design
+from replisynth.estimators import fit_checkpoint
+from replisynth.manifest import Checkpoint, load_manifest
+from replisynth.pin import checkpoint_from_release, pin_checkpoints, pin_order
+
+MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50
+
+
+def _with_extras(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """make_people plus a rare dummy (30 ones: its coefficient is suppressed) and holes in x2."""
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    rare = np.zeros(len(df), dtype=int)
+    rare[rng.choice(len(df), 30, replace=False)] = 1
+    df["rare"] = rare
+    df.loc[rng.random(len(df)) < 0.05, "x2"] = np.nan
+    return df
+
+
+@pytest.fixture(scope="module")
+def original() -> pd.DataFrame:
+    return _with_extras(make_people(2000, seed=0), 10)
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> pd.DataFrame:
+    return _with_extras(make_people(1800, seed=1), 11)
+
+
+def _cp(tag: str, formula: str, vcov: str = "nonrobust", weights: str | None = None, subset: str | None = None) -> Checkpoint:
+    return Checkpoint(tag=tag, source="people", model="ols", formula=formula, vcov=vcov, weights=weights, subset=subset)
+
+
+def _capture(df: pd.DataFrame, *cps: Checkpoint) -> list[dict[str, Any]]:
+    out = []
+    for i, cp in enumerate(cps):
+        rel, _ = capture_checkpoint(df, cp, MANIFEST, i)
+        assert rel["status"] == "released"
+        out.append(rel)
+    return out
+
+
+def _refit(df: pd.DataFrame, rel: dict[str, Any]):
+    cp = checkpoint_from_release(rel)
+    return fit_checkpoint(build_design(df, cp), cp)
+
+
+def _assert_pinned(df: pd.DataFrame, rel: dict[str, Any], tol: float = 1e-8) -> None:
+    fit = _refit(df, rel)
+    pos = {t: j for j, t in enumerate(fit.terms)}
+    n_checked = 0
+    for t in rel["terms"]:
+        if t.get("suppressed"):
+            continue
+        j = pos[t["term"]]
+        assert abs(fit.beta[j] - t["beta"]) <= tol * fit.se[j], (rel["tag"], t["term"], fit.beta[j], t["beta"])
+        n_checked += 1
+    assert n_checked >= 2
+
+
+SINGLE = [
+    _cp("plain", "y ~ x1 + x2 + female"),
+    _cp("weighted", "y ~ x1 + x2 + female", weights="w"),
+    _cp("subset", "y ~ x1 + age", subset="female == 1 and age >= 30"),
+    _cp("factors", "y ~ x1*female + C(region) + I(x1**2)"),
+    _cp("hc1", "y ~ x1 + x2 + C(region)", vcov="HC1"),
+    _cp("cluster", "y ~ x1 + x2 + female", vcov="cluster:cluster", weights="w", subset="educ >= 10"),
+]
+
+
+@pytest.mark.parametrize("cp", SINGLE, ids=[c.tag for c in SINGLE])
+def test_single_checkpoint_pins_exactly(original: pd.DataFrame, synthetic: pd.DataFrame, cp: Checkpoint) -> None:
+    (rel,) = _capture(original, cp)
+    before = _refit(synthetic, rel)
+    target = np.array([t["beta"] for t in rel["terms"]])
+    assert np.max(np.abs(before.beta - target) / before.se) > 0.5  # the data really differ
+    frames, results = pin_checkpoints({"people": synthetic}, [rel])
+    out = frames["people"]
+    assert len(results) == 1
+    r = results[0]
+    assert (r.source, r.outcome, r.tags, r.joint, r.status) == ("people", "y", (cp.tag,), False, "pinned")
+    _assert_pinned(out, rel)
+    # only the outcome moved, only on the estimation sample
+    sample = build_design(synthetic, checkpoint_from_release(rel)).index
+    outside = synthetic.index.difference(sample)
+    assert len(outside) > 0 or cp.tag == "factors"  # factors: every row is in the sample
+    np.testing.assert_array_equal(out.loc[outside, "y"].to_numpy(), synthetic.loc[outside, "y"].to_numpy())
+    assert (out.loc[sample, "y"] != synthetic.loc[sample, "y"]).mean() > 0.9
+    pd.testing.assert_frame_equal(out.drop(columns="y"), synthetic.drop(columns="y"))
+    # the input frame is not modified
+    assert synthetic["y"].equals(make_people(1800, seed=1)["y"])
+
+
+def test_pin_leaves_missing_outcomes_missing(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    syn = synthetic.copy()
+    syn.loc[syn.index[:25], "y"] = np.nan
+    (rel,) = _capture(original, _cp("plain", "y ~ x1 + x2"))
+    frames, _ = pin_checkpoints({"people": syn}, [rel])
+    assert frames["people"]["y"].isna().sum() == 25
+    assert frames["people"].loc[syn.index[:25], "y"].isna().all()
+    _assert_pinned(frames["people"], rel)
+
+
+def test_integer_outcome_is_pinned_as_float(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    (rel,) = _capture(original, _cp("age", "age ~ x1 + female"))
+    frames, results = pin_checkpoints({"people": synthetic}, [rel])
+    assert results[0].status == "pinned"
+    assert frames["people"]["age"].dtype == np.float64
+    _assert_pinned(frames["people"], rel)
+
+
+def test_two_checkpoints_disjoint_subsets_pin_jointly(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    rels = _capture(
+        original,
+        _cp("men", "y ~ x1 + x2", subset="female == 0"),
+        _cp("women", "y ~ x1 + x2 + C(region)", subset="female == 1", vcov="HC1"),
+    )
+    frames, results = pin_checkpoints({"people": synthetic}, rels)
+    assert len(results) == 1
+    r = results[0]
+    assert r.joint is True
+    assert r.tags == ("men", "women")
+    assert r.status == "pinned"
+    for rel in rels:
+        _assert_pinned(frames["people"], rel)
+    pd.testing.assert_frame_equal(frames["people"].drop(columns="y"), synthetic.drop(columns="y"))
+    # rows in neither sample (missing x2, or missing region for the women) are untouched
+    used = set()
+    for rel in rels:
+        used |= set(build_design(synthetic, checkpoint_from_release(rel)).index)
+    outside = synthetic.index.difference(sorted(used))
+    assert len(outside) > 0
+    np.testing.assert_array_equal(frames["people"].loc[outside, "y"], synthetic.loc[outside, "y"])
+
+
+def test_two_checkpoints_different_regressors_disjoint_samples(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    rels = _capture(
+        original,
+        _cp("young", "y ~ x1", subset="age < 40"),
+        _cp("old", "y ~ x2 + female + x1:female", subset="age >= 40", weights="w"),
+    )
+    frames, results = pin_checkpoints({"people": synthetic}, rels)
+    assert results[0].joint and results[0].status == "pinned"
+    for rel in rels:
+        _assert_pinned(frames["people"], rel)
+
+
+def test_nested_checkpoints_with_extra_rows_pin_exactly(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    """The short regression also uses the rows where x2 is missing: the stacked constraints
+    are consistent and both checkpoints pin exactly."""
+    rels = _capture(original, _cp("short", "y ~ x1"), _cp("long", "y ~ x1 + x2 + female"))
+    frames, results = pin_checkpoints({"people": synthetic}, rels)
+    assert results[0].joint is True
+    assert results[0].status == "pinned"
+    for rel in rels:
+        _assert_pinned(frames["people"], rel)
+
+
+def test_nested_checkpoints_on_one_sample_are_a_least_squares_compromise(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    """Nested regressors on the same sample: the short regression's fit is implied by the
+    long one's on the synthetic regressors, so both targets cannot hold in general."""
+    rels = _capture(original, _cp("short", "y ~ x1 + female"), _cp("long", "y ~ x1 + female + age"))
+    frames, results = pin_checkpoints({"people": synthetic}, rels)
+    assert results[0].joint is True
+    assert results[0].status == "approximate"
+    assert "inconsistent" in results[0].note
+    # still much closer to the targets than before pinning
+    for rel in rels:
+        target = np.array([t["beta"] for t in rel["terms"]])
+        before = _refit(synthetic, rel)
+        after = _refit(frames["people"], rel)
+        assert np.max(np.abs(after.beta - target) / after.se) < np.max(np.abs(before.beta - target) / before.se)
+
+
+def test_dependency_order(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    # the y checkpoint uses x2 as a regressor; x2 is itself an outcome: x2 must be pinned first
+    rels = _capture(
+        original,
+        _cp("y_on_x2", "y ~ x1 + x2 + female"),
+        _cp("x2_on_x1", "x2 ~ x1 + age"),
+    )
+    assert pin_order(rels) == [("people", "x2"), ("people", "y")]
+    frames, results = pin_checkpoints({"people": synthetic}, rels)
+    assert [r.outcome for r in results] == ["x2", "y"]
+    assert all(r.status == "pinned" and not r.joint for r in results)
+    for rel in rels:
+        _assert_pinned(frames["people"], rel)
+    pd.testing.assert_frame_equal(frames["people"].drop(columns=["y", "x2"]), synthetic.drop(columns=["y", "x2"]))
+
+
+def test_pin_order_manifest_order_without_dependencies() -> None:
+    cps = [
+        {"source": "s", "outcome": "a", "columns": ["a", "z"]},
+        {"source": "s", "outcome": "b", "columns": ["b", "z"]},
+        {"source": "t", "outcome": "a", "columns": ["a", "b"]},
+        {"source": "s", "outcome": "a", "columns": ["a", "w"]},
+    ]
+    assert pin_order(cps) == [("s", "a"), ("s", "b"), ("t", "a")]
+    # s.a uses s.b -> b first; t.a uses t.b, which is no outcome in t
+    cps[0]["columns"] = ["a", "b"]
+    assert pin_order(cps) == [("s", "b"), ("s", "a"), ("t", "a")]
+
+
+def test_suppressed_term_is_left_free(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    (rel,) = _capture(original, _cp("rare", "y ~ x1 + x2 + rare"))
+    sup = [t for t in rel["terms"] if t.get("suppressed")]
+    assert len(sup) == 1 and sup[0]["term"] is None and "beta" not in sup[0]
+    j_rare = sup[0]["position"]
+    before = _refit(synthetic, rel)
+    frames, results = pin_checkpoints({"people": synthetic}, [rel])
+    assert results[0].status == "pinned"
+    after = _refit(frames["people"], rel)
+    assert after.terms[j_rare] == "rare"
+    # the released terms hit their targets, the suppressed one is not moved at all
+    _assert_pinned(frames["people"], rel)
+    assert after.beta[j_rare] == pytest.approx(before.beta[j_rare], abs=1e-10 * before.se[j_rare])
+
+
+def test_unreleased_checkpoints_are_ignored(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    (rel,) = _capture(original, _cp("plain", "y ~ x1"))
+    rejected = {**rel, "status": "rejected"}
+    frames, results = pin_checkpoints({"people": synthetic}, [rejected])
+    assert results == []
+    pd.testing.assert_frame_equal(frames["people"], synthetic)
+
+
+def test_checkpoint_release_format(original: pd.DataFrame) -> None:
+    (rel,) = _capture(original, _cp("w", "y ~ x1 + C(region)", vcov="cluster:cluster", weights="w", subset="age > 20"))
+    cp = checkpoint_from_release(rel)
+    assert cp.vcov == "cluster:cluster" and cp.cluster == "cluster"
+    assert cp.weights == "w" and cp.subset == "age > 20"
+    assert rel["outcome"] == "y"
+    assert rel["columns"] == ["cluster", "region", "w", "x1", "y"]
+    fit = _refit(original, rel)
+    np.testing.assert_allclose([t["beta"] for t in rel["terms"]], fit.beta, rtol=1e-12)
+    np.testing.assert_allclose([t["se"] for t in rel["terms"]], fit.se, rtol=1e-12)
+    assert rel["n"] == fit.n
+
+
+def test_joint_pin_with_a_shuffled_index(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    syn = synthetic.sample(frac=1.0, random_state=3)
+    syn.index = np.random.default_rng(0).permutation(np.arange(10_000, 10_000 + len(syn)))
+    rels = _capture(
+        original,
+        _cp("men", "y ~ x1 + x2", subset="female == 0"),
+        _cp("women", "y ~ x1 + age", subset="female == 1"),
+    )
+    frames, results = pin_checkpoints({"people": syn}, rels)
+    assert results[0].joint and results[0].status == "pinned"
+    for rel in rels:
+        _assert_pinned(frames["people"], rel)
+    assert list(frames["people"].index) == list(syn.index)

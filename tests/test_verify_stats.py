@@ -1,0 +1,156 @@
+"""The statistics of tier 1: the one-sample KS test against a released (possibly rounded,
+possibly mixed, possibly atomic) distribution, and the percentile gap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from replisynth.marginals import exact_quantile_sample, grid_cdf, quantile_function, quantile_grid
+from replisynth.verify import ks_test, percentile_gap
+
+
+def _strict_grid(seed: int = 0) -> np.ndarray:
+    g = quantile_grid(np.random.default_rng(seed).gamma(2.0, 3.0, size=20000), 1)
+    g[0] -= 0.05
+    g[100] += 0.05
+    assert np.all(np.diff(g) > 0)
+    return g
+
+
+def _int_grid() -> np.ndarray:
+    """A released grid of an integer-valued column with few distinct values (many ties)."""
+    return quantile_grid(np.random.default_rng(1).normal(5.0, 2.0, size=20000), 1)
+
+
+@pytest.mark.parametrize(("seed", "n"), [(0, 500), (1, 60), (2, 3000), (3, 5000)])
+def test_ks_matches_scipy_for_a_continuous_grid(seed: int, n: int) -> None:
+    g = _strict_grid()
+    rng = np.random.default_rng(seed)
+    # half from the grid, half perturbed, so D is not always tiny
+    v = quantile_function(g, rng.random(n)) * np.where(rng.random(n) < 0.5, 1.0, 1.05)
+    D, p = ks_test(v, [(1.0, g)], integer=False)
+    ref = stats.kstest(v, lambda x: grid_cdf(g, x), method="exact")
+    assert D == pytest.approx(ref.statistic, abs=1e-9)
+    assert p == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+
+
+def test_ks_mixture_matches_scipy() -> None:
+    g1 = _strict_grid(0)
+    g2 = _strict_grid(1) + 4.0
+    rng = np.random.default_rng(7)
+    v = np.concatenate([quantile_function(g1, rng.random(700)), quantile_function(g2, rng.random(300))])
+    D, p = ks_test(v, [(700.0, g1), (300.0, g2)], integer=False)
+    ref = stats.kstest(v, lambda x: 0.7 * grid_cdf(g1, x) + 0.3 * grid_cdf(g2, x), method="exact")
+    assert D == pytest.approx(ref.statistic, abs=1e-9)
+    assert p == pytest.approx(ref.pvalue, rel=1e-6)
+    assert p > 0.01
+    # weights are normalised: (0.7, 0.3) is the same reference
+    assert ks_test(v, [(0.7, g1), (0.3, g2)], integer=False) == pytest.approx((D, p), rel=1e-12)
+
+
+def test_ks_p_values_are_uniform_for_samples_from_the_grid() -> None:
+    g = _strict_grid()
+    ps = []
+    for s in range(40):
+        v = quantile_function(g, np.random.default_rng(100 + s).random(1000))
+        ps.append(ks_test(v, [(1.0, g)], integer=False)[1])
+    ps = np.asarray(ps)
+    assert np.mean(ps <= 0.05) <= 0.15
+    assert 0.3 < ps.mean() < 0.7
+
+
+def test_ks_integer_grid_large_p_where_scipy_is_wrong() -> None:
+    g = _int_grid()
+    ps, scipy_ps = [], []
+    for s in range(20):
+        v = np.round(quantile_function(g, np.random.default_rng(s).random(2000)))
+        assert len(np.unique(v)) < 20  # heavy ties
+        D, p = ks_test(v, [(1.0, g)], integer=True)
+        ps.append(p)
+        # scipy's continuous test against the same (step) CDF counts every atom as a gap
+        scipy_ps.append(stats.kstest(v, lambda x: grid_cdf(g, x, integer=True)).pvalue)
+    assert min(ps) > 0.05
+    assert max(scipy_ps) < 1e-6
+
+
+def test_ks_exact_integer_sample_has_tiny_d() -> None:
+    g = _int_grid()
+    n = 4000
+    v = exact_quantile_sample(g, n, integer=True)
+    D, p = ks_test(v, [(1.0, g)], integer=True)
+    assert D <= 1.0 / n + 1e-12
+    assert p == pytest.approx(1.0, abs=1e-6)
+    # continuous: F(x_i) = (i - 0.5)/n exactly, so D = 1/(2n)
+    gc = _strict_grid()
+    D, p = ks_test(exact_quantile_sample(gc, n, integer=False), [(1.0, gc)], integer=False)
+    assert D == pytest.approx(0.5 / n, abs=1e-12)
+
+
+def test_ks_grid_with_atoms() -> None:
+    """trim 5 makes q0..q5 one value: the released distribution has an atom of .05 there.
+    Samples from it must pass; scipy's continuous test would reject them."""
+    g = quantile_grid(np.random.default_rng(4).normal(size=20000), 5)
+    assert g[0] == g[5] and g[95] == g[100]
+    ps = []
+    for s in range(10):
+        v = quantile_function(g, np.random.default_rng(50 + s).random(3000))
+        ps.append(ks_test(v, [(1.0, g)], integer=False)[1])
+    assert min(ps) > 0.01
+    assert stats.kstest(v, lambda x: grid_cdf(g, x)).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_ks_rejects_a_shifted_sample(integer: bool) -> None:
+    g = _int_grid() if integer else _strict_grid()
+    iqr = g[75] - g[25]
+    v = quantile_function(g, np.random.default_rng(8).random(2000)) + 0.3 * iqr
+    if integer:
+        v = np.round(v)
+    D, p = ks_test(v, [(1.0, g)], integer=integer)
+    assert D > 0.05
+    assert p < 1e-6
+
+
+def test_ks_empty_sample() -> None:
+    assert ks_test(np.array([]), [(1.0, _strict_grid())], integer=False) == (0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# percentile gap
+
+
+def test_percentile_gap_zero_for_the_grid_itself() -> None:
+    g = _strict_grid()
+    assert percentile_gap(g, g) == 0.0
+
+
+def test_percentile_gap_of_a_shift_in_iqr_units() -> None:
+    g = _strict_grid()
+    iqr = g[75] - g[25]
+    for shift in (0.1, 0.5):
+        assert percentile_gap(g + shift * iqr, g) == pytest.approx(shift, rel=1e-9)
+        assert percentile_gap(g - shift * iqr, g) == pytest.approx(shift, rel=1e-9)
+
+
+def test_percentile_gap_small_for_a_large_sample_from_the_grid() -> None:
+    g = _strict_grid()
+    v = quantile_function(g, np.random.default_rng(0).random(50_000))
+    assert percentile_gap(v, g) < 0.05
+    assert percentile_gap(exact_quantile_sample(g, 10_000, integer=False), g) < 0.01
+
+
+def test_percentile_gap_ignores_values_beyond_released_extremes() -> None:
+    g = _strict_grid()
+    v = exact_quantile_sample(g, 10_000, integer=False)
+    v_wide = v.copy()
+    v_wide[0] = g[0] - 1000.0  # a raw extreme the release top/bottom coded
+    v_wide[-1] = g[-1] + 1000.0
+    assert percentile_gap(v_wide, g) == pytest.approx(percentile_gap(v, g), abs=1e-12)
+
+
+def test_percentile_gap_degenerate_iqr() -> None:
+    g = np.concatenate([np.zeros(90), np.linspace(1.0, 2.0, 11)])  # IQR 0: falls back to range
+    assert percentile_gap(g + 0.2, g) == pytest.approx(0.2 / 2.0)
+    assert percentile_gap(np.array([]), g) == 0.0
