@@ -106,7 +106,7 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], Any], type[Exception], str]] 
     ("unsupported_model_fe", lambda d: d["checkpoints"][0].update(model="fe", absorb=["region"]), UnsupportedError,
      r"checkpoints\[0\]\.model: 'fe' is not yet supported"),
     ("bad_vcov", _cp(0, "vcov", "robust"), ManifestError,
-     r"checkpoints\[0\]\.vcov: 'robust' does not match"),
+     r"checkpoints\[0\]\.vcov: 'robust' is not a vcov; use nonrobust, HC0"),
     ("formula_without_tilde", _cp(0, "formula", "y + x1"), ManifestError,
      r"checkpoints\[0\]\.formula: 'y \+ x1' has no '~'"),
     ("formula_does_not_parse", _cp(1, "formula", "y ~ x1 +"), ManifestError,

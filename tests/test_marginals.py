@@ -33,7 +33,7 @@ def _expected_grid(v: np.ndarray, trim: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("trim", [0, 1, 2, 5])
-@pytest.mark.parametrize("n", [100, 537, 5000])
+@pytest.mark.parametrize("n", [200, 537, 5000])
 def test_quantile_grid_is_averaged_inverted_cdf_with_trim(n: int, trim: int) -> None:
     rng = np.random.default_rng(n + trim)
     v = rng.lognormal(size=n)
@@ -73,6 +73,24 @@ def test_quantile_grid_never_releases_raw_extremes(n: int, trim: int) -> None:
     assert v.min() not in g
     assert v.max() not in g
     assert g[0] > v.min() and g[-1] < v.max()
+
+
+@pytest.mark.parametrize("n", [50, 60, 99, 100, 150, 199])
+def test_quantile_grid_small_samples_code_the_two_most_extreme_values(n: int) -> None:
+    """Below 100/trim values the trim percentile would be an observed extreme: the coding
+    then covers at least the two most extreme values on each side; the interior of the grid
+    is still the plain percentile grid."""
+    v = np.random.default_rng(n).normal(size=n)
+    s = np.sort(v)
+    g = quantile_grid(v, 1)
+    q = np.percentile(v, np.arange(101), method="averaged_inverted_cdf")
+    assert s[0] < s[1] <= g[0] <= s[2]
+    assert s[-3] <= g[-1] <= s[-2] < s[-1]
+    assert s[0] not in g and s[-1] not in g
+    inner = (q > g[0]) & (q < g[-1])
+    np.testing.assert_array_equal(g[inner], q[inner])
+    np.testing.assert_array_equal(g, np.clip(q, g[0], g[-1]))
+    assert np.all(np.diff(g) >= 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,7 +118,12 @@ def load_bundle(path: str | Path) -> Bundle:
     mf = p / "manifest.json"
     if not mf.exists():
         raise BundleError(f"{p}: not a bundle (no manifest.json); point bundle= at the bundle directory written by extract")
-    info = read_json(mf)
+    try:
+        info = read_json(mf)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{mf}: not valid JSON ({exc.__class__.__name__}); the bundle is damaged, rebuild it with extract") from None
+    if not isinstance(info, dict) or not isinstance(info.get("files"), list) or "manifest" not in info:
+        raise BundleError(f"{mf}: not a bundle manifest (no files list or manifest); rebuild the bundle with extract")
     if info.get("format") != FORMAT:
         raise BundleError(f"{mf}: format {info.get('format')!r} is not {FORMAT!r}; rebuild the bundle with this version")
     listed = {f["path"] for f in info["files"]}

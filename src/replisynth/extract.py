@@ -66,7 +66,12 @@ def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
     return None
 
 
-def _marginal(s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True) -> dict[str, Any]:
+def _marginal(
+    s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True, source_levels: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The released marginal of one column in one block. Inside a stratum (`pool` False) a
+    many-level ordinal becomes a grid of its values mapped onto the source-level released
+    levels (`source_levels`, pooled codes already replaced), so a rare code never shows."""
     missing = int(s.isna().sum())
     if spec.role == "continuous":
         v = numeric_values(s, spec)
@@ -77,7 +82,7 @@ def _marginal(s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: 
     if not pool and spec.ordered and spec.logical_type in ("integer", "float") and s.nunique() >= 3:
         # Inside a stratum a many-level ordinal is released as a percentile grid (like a
         # continuous column): a frequency table would suppress most of its levels.
-        v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64")
+        v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64") if source_levels is None else source_levels[~np.isnan(source_levels)]
         if len(v) < min_cell:
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
         return {"kind": "ordinal_grid", "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim).tolist()}
@@ -242,6 +247,14 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
     all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
     X = dim_matrix(work, spec_by, dims, tables, all_levels)
+    # Ordered numeric values with pooled codes replaced by their released level (used for
+    # the per-stratum grids of many-level ordinals).
+    pooled_values: dict[str, np.ndarray] = {}
+    for c, t in tables.items():
+        if t.ordered and spec_by[c].logical_type in ("integer", "float") and len(t.levels) >= 3:
+            pos = ordered_codes(category_values(work[c]), t, all_levels[c])
+            lev = np.asarray(t.levels, dtype="float64")
+            pooled_values[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])
     S_all, n_bad = gated_spearman(X, sdc.min_cell_size)
     if n_bad:
         log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} not released", source=source.name, block="all", dims=n_bad)
@@ -257,7 +270,9 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
         for s in released_cols:
             if s.name in source.strata:
                 continue
-            m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False)
+            lv = pooled_values.get(s.name)
+            m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
+                          source_levels=lv[mask] if lv is not None else None)
             bm[s.name] = m
             _log_marginal(log, source.name, bid, s, m, sdc)
         S_b, n_bad = gated_spearman(X[mask], sdc.min_cell_size)

@@ -279,6 +279,18 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 _STATA_INT_TYPES = {"int8": "int8", "int16": "int16", "int32": "int32"}
+# Stata's valid ranges (the top values are reserved for missing codes).
+_STATA_INT_RANGE = {"int8": (-127, 100), "int16": (-32767, 32740), "int32": (-2147483647, 2147483620)}
+
+
+def _fits_stata_int(s: pd.Series, storage: str) -> bool:
+    """True when a column can go back to its Stata integer type without loss: no missing
+    value, every value whole and inside the type's range (a pinned outcome is not)."""
+    if s.isna().any() or not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        return False
+    v = s.to_numpy(dtype="float64")
+    lo, hi = _STATA_INT_RANGE[storage]
+    return bool(np.all(v == np.round(v)) and v.min(initial=0) >= lo and v.max(initial=0) <= hi)
 
 
 def write_dta(df: pd.DataFrame, path: str | Path, meta: FileMeta) -> None:
@@ -288,7 +300,7 @@ def write_dta(df: pd.DataFrame, path: str | Path, meta: FileMeta) -> None:
     for col in out.columns:
         s = out[col]
         st = meta.storage_types.get(col)
-        if st in _STATA_INT_TYPES and not s.isna().any():
+        if st in _STATA_INT_TYPES and _fits_stata_int(s, st):
             out[col] = s.astype(_STATA_INT_TYPES[st])
         elif str(s.dtype) in ("Int8", "Int16", "Int32", "Int64", "boolean"):
             out[col] = s.astype("float64")

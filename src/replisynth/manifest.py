@@ -137,7 +137,10 @@ def formula_outcome(formula: str) -> str:
     return lhs
 
 
-def formula_variables(formula: str) -> set[str]:
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def formula_variables(formula: str, where: str = "") -> set[str]:
     """Every data column a Wilkinson formula reads, including linearmodels IV brackets."""
     import formulaic
 
@@ -150,7 +153,9 @@ def formula_variables(formula: str) -> set[str]:
         try:
             names |= {str(v) for v in formulaic.Formula(part).required_variables}
         except Exception as exc:  # formulaic raises several parser error types
-            raise ManifestError(f"cannot parse formula {formula!r}: {exc}") from None
+            first = _ANSI.sub("", str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            prefix = f"{where}: " if where else ""
+            raise ManifestError(f"{prefix}cannot parse formula {formula!r}: {first}") from None
     return names
 
 
@@ -194,7 +199,10 @@ def _describe(err: Any) -> str:
     if v == "minimum" and where == "seed":
         return f"seed: must be a non-negative integer, got {err.instance!r}"
     if v == "pattern":
-        return f"{where}: {err.instance!r} does not match {err.validator_value} (letters, digits, - and _)"
+        hints = {"^[A-Za-z0-9_-]+$": " (letters, digits, - and _)", "^[A-Za-z][A-Za-z0-9_]*$": " (a letter, then letters, digits and _)"}
+        if str(err.validator_value).startswith("^(nonrobust"):
+            return f"{where}: {err.instance!r} is not a vcov; use nonrobust, HC0, HC1, HC2, HC3 or cluster:<column>"
+        return f"{where}: {err.instance!r} does not match {err.validator_value}{hints.get(err.validator_value, '')}"
     return f"{where}: {err.message}"
 
 
@@ -300,7 +308,7 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source]) -> Checkp
             f"{where}.formula: the left-hand side {cp.outcome!r} must be one column name "
             "(transform the outcome in the data, not in the formula)"
         )
-    formula_variables(cp.formula)  # raises a ManifestError on a parse error
+    formula_variables(cp.formula, f"{where}.formula")  # raises a ManifestError on a parse error
     if cp.absorb and cp.model != "fe":
         raise ManifestError(f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})")
     if cp.entity and cp.model != "re":

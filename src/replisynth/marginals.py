@@ -4,7 +4,8 @@ shares into exact synthetic counts.
 
 Conventions (also in docs/method.md):
 - Grid: 101 percentiles, numpy `averaged_inverted_cdf` (= Stata's default `_pctile`), with
-  q0..q_trim set to q_trim and q_(100-trim)..q100 to q_(100-trim), so raw extremes never leave.
+  q0..q_trim set to q_trim and q_(100-trim)..q100 to q_(100-trim), so raw extremes never leave
+  (with fewer than 200/trim values, the trim is widened to 200/n percent).
 - Suppressed cells: in an *ordered* table a level below the cell size is pooled into the
   nearest released level (top/bottom coding); in a *nominal* table the suppressed rows are
   released only as a count, and synthesis spreads them over the categories that this table
@@ -28,8 +29,12 @@ def quantile_grid(values: np.ndarray, trim: float) -> np.ndarray:
     v = np.asarray(values, dtype="float64")
     q = np.percentile(v, np.arange(101), method="averaged_inverted_cdf")
     if trim > 0:
-        lo = np.percentile(v, trim, method="averaged_inverted_cdf")
-        hi = np.percentile(v, 100 - trim, method="averaged_inverted_cdf")
+        # With fewer than 100/trim values the trim percentile would be the raw extreme
+        # itself; code at least the two most extreme values (the cut is then an average of
+        # the 2nd and 3rd order statistics, never an observed extreme).
+        t = min(max(trim, 200.0 / len(v)), 50.0)
+        lo = np.percentile(v, t, method="averaged_inverted_cdf")
+        hi = np.percentile(v, 100 - t, method="averaged_inverted_cdf")
         q = np.clip(q, lo, hi)
     return np.maximum.accumulate(q)
 
