@@ -101,6 +101,33 @@ def test_ks_grid_with_atoms() -> None:
     assert stats.kstest(v, lambda x: grid_cdf(g, x)).pvalue < 1e-6
 
 
+def test_ks_integer_grid_with_plateaus() -> None:
+    """Count data: the grid itself sits on integers with flat stretches."""
+    g = quantile_grid(np.random.default_rng(0).poisson(3, 20000).astype(float), 1)
+    assert np.all(g == np.round(g)) and len(np.unique(g)) < 15
+    ps = [ks_test(np.round(quantile_function(g, np.random.default_rng(s).random(3000))), [(1.0, g)], True)[1] for s in range(10)]
+    assert min(ps) > 0.05
+    D, p = ks_test(exact_quantile_sample(g, 3000, integer=True), [(1.0, g)], True)
+    assert D < 1e-9 and p == pytest.approx(1.0)
+    D, p = ks_test(np.round(quantile_function(g, np.random.default_rng(1).random(3000))) + 1, [(1.0, g)], True)
+    assert p < 1e-10
+
+
+def test_ks_interior_atom() -> None:
+    """A mass point inside the support (20% of the values equal 0.5)."""
+    d = np.random.default_rng(2).normal(size=20000)
+    d[np.random.default_rng(3).random(20000) < 0.2] = 0.5
+    g = quantile_grid(d, 1)
+    assert (g == 0.5).sum() >= 15
+    ps = [ks_test(quantile_function(g, np.random.default_rng(s).random(3000)), [(1.0, g)], False)[1] for s in range(10)]
+    assert min(ps) > 0.01
+    D, _ = ks_test(exact_quantile_sample(g, 3000, integer=False), [(1.0, g)], False)
+    assert D <= 0.5 / 3000 + 1e-12
+    # a sample without the atom is rejected
+    v = np.random.default_rng(4).normal(size=3000)
+    assert ks_test(v, [(1.0, g)], False)[1] < 1e-6
+
+
 @pytest.mark.parametrize("integer", [False, True])
 def test_ks_rejects_a_shifted_sample(integer: bool) -> None:
     g = _int_grid() if integer else _strict_grid()

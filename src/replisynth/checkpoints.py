@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .design import build_design, used_columns
+from .design import build_design, subset_columns, used_columns
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .manifest import Checkpoint, Manifest
@@ -54,6 +54,7 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         "time": cp.time,
         "levels": list(cp.levels) if cp.levels is not None else None,
         "columns": used_columns(cp),
+        "subset_columns": sorted(subset_columns(cp.subset, df.columns)),
     }
     design = build_design(df, cp, where)
     n = len(design.y)

@@ -7,6 +7,7 @@ The sample is the `subset` rows with no missing value in any variable the checkp
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,18 @@ class Design:
     index: pd.Index
 
 
+def subset_columns(subset: str | None, columns: list[str] | pd.Index) -> set[str]:
+    """Data columns a `subset` query mentions (its identifiers that are column names)."""
+    if not subset:
+        return set()
+    names = set(re.findall(r"`([^`]+)`|\b([A-Za-z_][A-Za-z0-9_]*)\b", subset))
+    flat = {a or b for a, b in names}
+    return flat & set(map(str, columns))
+
+
 def used_columns(cp: Checkpoint) -> list[str]:
-    """Every column the checkpoint reads, sorted."""
+    """Every column the checkpoint's model reads (formula, weights, cluster, ...), sorted;
+    listwise deletion applies to these."""
     cols = set(formula_variables(cp.formula))
     for extra in (cp.weights, cp.cluster, cp.entity, cp.time):
         if extra:

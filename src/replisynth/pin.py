@@ -55,18 +55,19 @@ def _solve_matrix(d: Design) -> np.ndarray:
 
 
 def pin_order(cps: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(source, outcome) groups in dependency order; manifest order breaks ties. A cycle
-    (y1 explains y2 and y2 explains y1) falls back to manifest order for the rest."""
+    """(source, outcome) groups in dependency order; manifest order breaks ties. A group
+    whose outcome another group reads (as a regressor, weight, cluster or in its subset) goes
+    first. A cycle (y1 explains y2 and y2 explains y1) falls back to manifest order."""
     groups: list[tuple[str, str]] = []
     for c in cps:
         g = (c["source"], c["outcome"])
         if g not in groups:
             groups.append(g)
-    uses = {g: set() for g in groups}
+    uses: dict[tuple[str, str], set[tuple[str, str]]] = {g: set() for g in groups}
     for c in cps:
         g = (c["source"], c["outcome"])
-        uses[g] |= {(c["source"], col) for col in c["columns"] if col != c["outcome"]}
-    # g must precede h when g's outcome is used by h
+        read = set(c["columns"]) | set(c.get("subset_columns", []))
+        uses[g] |= {(c["source"], col) for col in read if col != c["outcome"]}
     order: list[tuple[str, str]] = []
     pending = list(groups)
     while pending:
@@ -77,8 +78,82 @@ def pin_order(cps: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return order
 
 
+MAX_PASSES = 8
+EXACT_TOL = 1e-9  # |beta - beta*| / SE_target counted as exact
+
+
+def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple[np.ndarray, Design, list[int], np.ndarray] | None:
+    """(A rows of the released terms, design, their positions, beta* - beta_hat) for one
+    checkpoint on the current data, or None (with a note) when it cannot be built."""
+    cp = checkpoint_from_release(c)
+    try:
+        d = build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data")
+    except CheckpointError as exc:
+        notes.append(str(exc))
+        return None
+    tgt = _targets(c)
+    common = [j for j, t in enumerate(d.terms) if t in tgt]
+    absent = sorted(set(tgt) - set(d.terms))
+    if absent:
+        notes.append(f"{cp.tag}: terms absent from the synthetic design: {', '.join(absent)}")
+    if not common:
+        return None
+    try:
+        A = _solve_matrix(d)
+    except np.linalg.LinAlgError:
+        notes.append(f"{cp.tag}: singular synthetic design")
+        return None
+    beta = A @ d.y
+    delta = np.array([tgt[d.terms[j]] - beta[j] for j in common])
+    return A, d, common, delta
+
+
+def _gap(c: dict[str, Any], delta: np.ndarray, d: Design, common: list[int]) -> float:
+    se = {t["term"]: t["se"] for t in c["terms"] if not t.get("suppressed")}
+    scale = np.asarray([se[d.terms[j]] for j in common], dtype="float64")
+    return float(np.max(np.abs(delta) / np.where(scale > 0, scale, 1.0))) if len(delta) else 0.0
+
+
+def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes: list[str]) -> tuple[float, bool]:
+    """One Newton step on y for a group; returns the largest gap (in target SEs) before the
+    step and whether the stacked constraints were consistent."""
+    built = [(c, _constraints(df, c, notes)) for c in group]
+    built = [(c, b) for c, b in built if b is not None]
+    if not built:
+        return float("inf"), False
+    gap = max(_gap(c, b[3], b[1], b[2]) for c, b in built)
+    if gap <= EXACT_TOL:
+        return gap, True
+    if len(group) == 1:
+        _, (A, d, common, delta) = built[0]
+        full = np.zeros(d.X.shape[1])
+        full[common] = delta
+        df.loc[d.index, outcome] = df.loc[d.index, outcome].to_numpy(dtype="float64") + d.X @ full
+        return gap, True
+    pos = {ix: i for i, ix in enumerate(df.index)}
+    blocks, rhs = [], []
+    for _, (A, d, common, delta) in built:
+        M = np.zeros((len(common), len(df)))
+        M[:, [pos[i] for i in d.index]] = A[common]
+        blocks.append(M)
+        rhs.append(delta)
+    Amat, D = np.vstack(blocks), np.concatenate(rhs)
+    lam = np.linalg.lstsq(Amat @ Amat.T, D, rcond=None)[0]  # minimum-norm: A'(AA')^+ D
+    delta_y = Amat.T @ lam
+    y = df[outcome].to_numpy(dtype="float64").copy()
+    moved = delta_y != 0
+    y[moved] += delta_y[moved]
+    df[outcome] = y
+    resid = Amat @ delta_y - D
+    return gap, bool(np.max(np.abs(resid)) <= 1e-8 * max(1.0, float(np.max(np.abs(D)))))
+
+
 def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]]) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
-    """Pin every released checkpoint; returns new frames and one record per outcome group."""
+    """Pin every released checkpoint; returns new frames and one record per outcome group.
+
+    Each group takes Newton steps until its refit is exact (the sample can move when a
+    subset or a missing pattern involves the outcome); a group that does not get there in
+    MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
@@ -91,60 +166,25 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
             continue
         if not pd.api.types.is_float_dtype(df[outcome].dtype):
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")
-        rows_A, rows_D = [], []
-        notes = []
-        for c in group:
-            cp = checkpoint_from_release(c)
-            try:
-                d = build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data")
-            except CheckpointError as exc:
-                notes.append(str(exc))
-                continue
-            tgt = _targets(c)
-            common = [j for j, t in enumerate(d.terms) if t in tgt]
-            missing_terms = sorted(set(tgt) - set(d.terms))
-            if missing_terms:
-                notes.append(f"{cp.tag}: terms absent from the synthetic design: {', '.join(missing_terms)}")
-            if not common:
-                continue
-            try:
-                A = _solve_matrix(d)
-            except np.linalg.LinAlgError:
-                notes.append(f"{cp.tag}: singular synthetic design")
-                continue
-            beta = A @ d.y
-            delta = np.array([tgt[d.terms[j]] - beta[j] for j in common])
-            if len(group) == 1:
-                full = np.zeros(d.X.shape[1])
-                full[common] = delta
-                df.loc[d.index, outcome] = df.loc[d.index, outcome].to_numpy(dtype="float64") + d.X @ full
-                results.append(PinOutcome(source, outcome, tags, False, "pinned", "; ".join(notes)))
+        notes: list[str] = []
+        status = "approximate"
+        for _ in range(MAX_PASSES):
+            pass_notes: list[str] = []
+            gap, consistent = _pin_pass(df, group, outcome, pass_notes)
+            notes = pass_notes
+            if gap == float("inf"):
+                status = "failed"
                 break
-            rows_A.append((A[common], d.index))
-            rows_D.append(delta)
+            if gap <= EXACT_TOL:
+                status = "pinned"
+                break
+            if not consistent:
+                notes.append("constraints inconsistent on the synthetic regressors: least-squares compromise")
         else:
-            if len(group) > 1 and rows_A:
-                pos = {ix: i for i, ix in enumerate(df.index)}
-                n = len(df)
-                blocks = []
-                for Ac, index in rows_A:
-                    M = np.zeros((Ac.shape[0], n))
-                    M[:, [pos[i] for i in index]] = Ac
-                    blocks.append(M)
-                Amat = np.vstack(blocks)
-                D = np.concatenate(rows_D)
-                # minimum-norm delta: A' (A A')^+ D
-                lam = np.linalg.lstsq(Amat @ Amat.T, D, rcond=None)[0]
-                delta_y = Amat.T @ lam
-                touched = np.abs(delta_y) > 0
-                y = df[outcome].to_numpy(dtype="float64").copy()
-                y[touched] = y[touched] + delta_y[touched]
-                df[outcome] = y
-                resid = Amat @ delta_y - D
-                consistent = bool(np.max(np.abs(resid)) <= 1e-8 * max(1.0, np.max(np.abs(D))))
-                note = "; ".join(notes + ([] if consistent else ["constraints inconsistent on the synthetic regressors: least-squares compromise"]))
-                results.append(PinOutcome(source, outcome, tags, True, "pinned" if consistent else "approximate", note))
-            elif not rows_A and len(group) >= 1:
-                results.append(PinOutcome(source, outcome, tags, len(group) > 1, "failed", "; ".join(notes)))
+            gap, _ = _pin_pass(df.copy(), group, outcome, [])
+            status = "pinned" if gap <= EXACT_TOL else "approximate"
+            if status == "approximate" and not any("inconsistent" in n for n in notes):
+                notes.append(f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE")
         frames[source] = df
+        results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes))))
     return frames, results

@@ -183,7 +183,7 @@ def check_tier(tiers_path: str | Path) -> None:
                     problems.append(f"{name}/{key}: {p}")
         for tag, c in t["checkpoints"].items():
             if not c["passed"]:
-                problems.append(f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE %.3g' % c.get('max_dbeta_se', float('nan'))}")
+                problems.append(f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE {:.3g}'.format(c.get('max_dbeta_se', float('nan')))}")
         raise TierNotMet(
             f"{tiers_path}: tier {t['tier_met']} met, tier {t['tier_required']} required (verify.tier); "
             + ("; ".join(problems[:12]) or "see report.html")
