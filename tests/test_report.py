@@ -26,15 +26,15 @@ def _release() -> dict:
     spear = [[1.0, 0.2, -0.1, 0.3], [0.2, 1.0, None, 0.1], [-0.1, None, 1.0, -0.2], [0.3, 0.1, -0.2, 1.0]]
     return {
         "columns": [
-            {"name": "educ", "logical_type": "float", "role": "continuous", "integer": False, "missing": 0, "rows": 200,
+            {"name": "educ", "logical_type": "float", "storage_type": "float64", "ordered": False, "role": "continuous", "integer": False, "missing": 0, "rows": 200,
              "variable_label": "Years of <script>alert(1)</script> schooling"},
-            {"name": "region", "logical_type": "integer", "role": "categorical", "integer": True, "missing": 0, "rows": 200,
+            {"name": "region", "logical_type": "integer", "storage_type": "int64", "ordered": False, "role": "categorical", "integer": True, "missing": 0, "rows": 200,
              "variable_label": "Region"},
-            {"name": "black", "logical_type": "integer", "role": "categorical", "integer": True, "missing": 0, "rows": 200,
+            {"name": "black", "logical_type": "integer", "storage_type": "int64", "ordered": True, "role": "categorical", "integer": True, "missing": 0, "rows": 200,
              "variable_label": None},
-            {"name": "lwage", "logical_type": "float", "role": "continuous", "integer": False, "missing": 0, "rows": 200,
+            {"name": "lwage", "logical_type": "float", "storage_type": "float64", "ordered": False, "role": "continuous", "integer": False, "missing": 0, "rows": 200,
              "variable_label": "log wage"},
-            {"name": "id", "logical_type": "integer", "role": "id", "integer": True, "missing": 0, "rows": 200,
+            {"name": "id", "logical_type": "integer", "storage_type": "int64", "ordered": False, "role": "id", "integer": True, "missing": 0, "rows": 200,
              "variable_label": None},
         ],
         "blocks": {"all": {

@@ -9,6 +9,7 @@ describes a small group. Suppressed terms are released without their name's valu
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,30 @@ def indicator_minority(X: np.ndarray) -> np.ndarray:
             zeros = len(col) - ones
             if ones and zeros:
                 out[j] = min(ones, zeros)
+    return out
+
+
+_FACTOR_TERM = re.compile(r"^(.*)\[T\.[^\]]*\](.*)$")
+
+
+def small_reference_terms(X: np.ndarray, terms: list[str], min_cell: int) -> set[int]:
+    """Positions of factor-level indicators (formulaic's `C(x)[T.level]`, possibly inside
+    an interaction) whose reference group, the rows where every level indicator of that
+    factor is 0, has fewer than `min_cell` rows. Their coefficients are contrasts with a
+    small group; the reference level is also not released, so they cannot be rebuilt."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for j, t in enumerate(terms):
+        m = _FACTOR_TERM.match(t)
+        if m:
+            groups.setdefault((m.group(1), m.group(2)), []).append(j)
+    out: set[int] = set()
+    for cols in groups.values():
+        block = X[:, cols]
+        if not np.all((block == 0) | (block == 1)):
+            continue
+        ref = int(np.sum(~block.astype(bool).any(axis=1)))
+        if ref < min_cell:
+            out.update(cols)
     return out
 
 
@@ -68,15 +93,23 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     if not np.all(np.isfinite(fit.se)):
         raise CheckpointError(f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample")
     minority = indicator_minority(design.X)
+    small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
     terms = []
-    n_sup = 0
+    n_sup = n_ref = 0
     for j, term in enumerate(fit.terms):
         if 0 <= minority[j] < sdc.min_cell_size:
             n_sup += 1
             terms.append({"term": None, "position": j, "suppressed": True,
                           "reason": f"indicator with fewer than {sdc.min_cell_size} observations in one group"})
             continue
+        if j in small_ref:
+            n_ref += 1
+            terms.append({"term": None, "position": j, "suppressed": True,
+                          "reason": f"factor level contrast against a reference level with fewer than {sdc.min_cell_size} observations"})
+            continue
         terms.append({"term": term, "position": j, "beta": float(fit.beta[j]), "se": float(fit.se[j])})
+    if n_ref:
+        log.add("checkpoints", "suppressed_terms", f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)", checkpoint=cp.tag, terms=n_ref)
     if n_sup:
         log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
     return {

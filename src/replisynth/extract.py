@@ -15,49 +15,15 @@ import numpy as np
 import pandas as pd
 
 from .correlations import spearman_matrix
+from .dims import category_values, copula_dims, dim_matrix, numeric_values, ordered_codes
 from .errors import DataError
 from .io import FileMeta
 from .manifest import Manifest, Source
 from .marginals import FrequencyTable, frequency_table, level_order, py_value, quantile_grid
-from .schema import EPOCH, ColumnSpec, infer_schema, pandera_schema, validation_summary
+from .schema import ColumnSpec, infer_schema, pandera_schema, validation_summary
 from .sdc import SdcLog, check_release
 
 RESIDUAL = "residual"
-
-
-def numeric_values(s: pd.Series, spec: ColumnSpec) -> np.ndarray:
-    """Float view of a continuous column (dates in days since 1970-01-01)."""
-    if spec.logical_type == "date":
-        return ((s - EPOCH) / pd.Timedelta(days=1)).to_numpy(dtype="float64", na_value=np.nan)
-    return pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-
-
-def category_values(s: pd.Series) -> pd.Series:
-    """Categories as JSON-friendly scalars (object Series, NaN for missing)."""
-    codes, uniques = pd.factorize(s, use_na_sentinel=True)
-    lookup = np.empty(len(uniques) + 1, dtype=object)
-    lookup[:-1] = [py_value(v) for v in uniques]
-    lookup[-1] = np.nan
-    return pd.Series(lookup[codes], index=s.index, dtype=object)
-
-
-def ordered_codes(values: pd.Series, table: FrequencyTable, all_levels: list[Any]) -> np.ndarray:
-    """Position of each value among the released levels of an ordered table, pooled levels
-    mapped to their nearest released neighbour (the pooling rule of `frequency_table`)."""
-    kept = {v: i for i, v in enumerate(table.levels)}
-    pos_all = {v: i for i, v in enumerate(all_levels)}
-    kept_pos = np.asarray([pos_all[v] for v in table.levels])
-    mapping: dict[Any, float] = {}
-    for v, i in pos_all.items():
-        if v in kept:
-            mapping[v] = float(kept[v])
-        elif len(kept_pos):
-            dist = np.abs(kept_pos - i)
-            j = int(np.lexsort((kept_pos, dist))[0])
-            mapping[v] = float(j)
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    lookup = np.append(np.asarray([mapping.get(u, np.nan) for u in uniques], dtype="float64"), np.nan)
-    return lookup[codes]
 
 
 def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
@@ -93,61 +59,6 @@ def _marginal(
     return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
 
 
-def copula_dims(specs: list[ColumnSpec], marginals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The latent dimensions of the copula, from the source-level release: one per continuous
-    or ordered column, one per non-baseline category of a nominal column (baseline = the
-    largest released category)."""
-    dims: list[dict[str, Any]] = []
-    for spec in specs:
-        m = marginals.get(spec.name)
-        if m is None or m["kind"] == "suppressed":
-            continue
-        if m["kind"] == "continuous":
-            dims.append({"column": spec.name, "kind": "continuous"})
-            continue
-        t = m["table"]
-        if len(t["levels"]) < 2:
-            continue
-        if t["ordered"]:
-            dims.append({"column": spec.name, "kind": "ordered"})
-        else:
-            counts = t["counts"]
-            base = int(np.argmax(counts))
-            for i, lev in enumerate(t["levels"]):
-                if i != base:
-                    dims.append({"column": spec.name, "kind": "indicator", "level": lev})
-    return dims
-
-
-def dim_matrix(
-    df: pd.DataFrame,
-    specs: dict[str, ColumnSpec],
-    dims: list[dict[str, Any]],
-    tables: dict[str, FrequencyTable],
-    all_levels: dict[str, list[Any]],
-) -> np.ndarray:
-    """Numeric matrix (rows × dims) whose Spearman correlations are released: continuous
-    values, ordered-level positions, 0/1 indicators; NaN where missing."""
-    cols = []
-    cache: dict[str, pd.Series] = {}
-    for d in dims:
-        c = d["column"]
-        spec = specs[c]
-        if d["kind"] == "continuous":
-            cols.append(numeric_values(df[c], spec))
-            continue
-        if c not in cache:
-            cache[c] = category_values(df[c])
-        cats = cache[c]
-        if d["kind"] == "ordered":
-            cols.append(ordered_codes(cats, tables[c], all_levels[c]))
-        else:
-            v = (cats == d["level"]).to_numpy(dtype="float64", copy=True)
-            v[cats.isna().to_numpy()] = np.nan
-            cols.append(v)
-    return np.column_stack(cols) if cols else np.zeros((len(df), 0))
-
-
 def gated_spearman(X: np.ndarray, min_cell: int) -> tuple[np.ndarray, int]:
     """Spearman matrix of the dims with the rows and columns of *small-group* dims blanked:
     a two-valued dim (indicator, binary) whose smaller group has fewer than `min_cell`
@@ -168,6 +79,17 @@ def gated_spearman(X: np.ndarray, min_cell: int) -> tuple[np.ndarray, int]:
         S[j, :] = np.nan
         S[:, j] = np.nan
     return S, len(bad)
+
+
+def shared_missing_patterns(df: pd.DataFrame, columns: list[str]) -> list[list[str]]:
+    """Sets of columns whose missing values fall on exactly the same rows (a survey module
+    skipped together, a derived column and its source). Synthesis gives each set one
+    shared missing pattern, so their pairwise-complete statistics stay what they were."""
+    by_mask: dict[bytes, list[str]] = {}
+    for c in columns:
+        key = np.packbits(df[c].isna().to_numpy()).tobytes()
+        by_mask.setdefault(key, []).append(c)
+    return [cols for cols in by_mask.values() if len(cols) > 1]
 
 
 def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> pd.Series:
@@ -243,7 +165,8 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
             spec_by[s.name] = ColumnSpec(**{**s.to_dict(), "missing": s.rows})
     specs = [spec_by[s.name] for s in specs]
 
-    dims = copula_dims(specs, marginals)
+    missing_groups = shared_missing_patterns(work, [s.name for s in specs if s.role in ("continuous", "categorical") and 0 < s.missing < s.rows and s.name not in source.strata])
+    dims = copula_dims(specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata)
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
     all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
     X = dim_matrix(work, spec_by, dims, tables, all_levels)
@@ -293,6 +216,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
         "strata": {"columns": list(source.strata), "cells": cells, "residual_rows": n_residual if source.strata else 0},
         "blocks": blocks,
         "groups": groups,
+        "missing_groups": missing_groups,
         "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
     }
     check_release(release, sdc.min_cell_size)

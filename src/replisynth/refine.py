@@ -8,17 +8,19 @@ more. This step starts from the copula draw and swaps the values of one column b
 rows of the same block (stratum) whenever that brings the Spearman matrices closer to their
 released targets: the block's own and, for stratified sources, the source-level one. A swap
 moves no value out of its column or block and never moves a missing value, so exact
-marginals, stratum contents and missing counts are untouched.
+marginals, stratum contents and missing positions are untouched.
 
-With mid-rank scores centred and scaled to unit norm over a view's rows (missing scored 0),
-the Spearman correlation of columns i, j over their common rows is close to
-C[i, j] / S[i, j], where C = U'U and S[i, j] is the geometric mean of the two columns' score
-mass on the common rows (S = 1 without missing values, where the formula is exact).
-Swapping rows r, s of column i changes C[i, j] by (u_si - u_ri)(u_rj - u_sj), so every
-proposal is scored in O(d). Proposals come in batches of disjoint row pairs; the best
-improving ones are accepted together, as many as the objective of their combined change
-still improves. Columns that belong together (the indicators of one nominal column) swap
-together.
+Each column is scored by its mid-ranks, centred and scaled to unit norm over the view's
+rows (missing rows score 0). For a pair (i, j) the correlation over the rows where both are
+present is tracked exactly through five sums: C = sum u_i u_j, A_ij = sum over j-present
+rows of u_i, Q_ij = the same of u_i^2, and N_ij = the number of rows where both are present:
+  corr_ij = (C - A_ij A_ji / N) / sqrt((Q_ij - A_ij^2 / N) (Q_ji - A_ji^2 / N)),
+the Pearson correlation of the ranks over the pair's common rows (equal to Spearman when
+nothing is missing, close to it otherwise). Swapping rows r, s of column i changes C, A_ij
+and Q_ij by amounts linear in the pair's row values, so every proposal is scored in O(d);
+proposals come in batches of disjoint row pairs and the best improving ones are accepted
+together, as many as the exact objective of their combined change still improves. Columns
+that belong together (the indicators of one nominal column) swap together.
 """
 
 from __future__ import annotations
@@ -43,36 +45,74 @@ def scores(x: np.ndarray) -> np.ndarray:
     return u
 
 
+def _corr(C: np.ndarray, Aij: np.ndarray, Aji: np.ndarray, Qij: np.ndarray, Qji: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Pearson correlation over common rows from the running sums (0 where undefined)."""
+    Nn = np.maximum(N, 1.0)
+    num = C - Aij * Aji / Nn
+    den = (Qij - Aij * Aij / Nn) * (Qji - Aji * Aji / Nn)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = num / np.sqrt(np.maximum(den, 1e-300))
+    return np.where((den > 1e-300) & (N >= 3), r, 0.0)
+
+
 @dataclass
 class _View:
-    """Scores of a set of rows (`rows`: their indices in the data) and the error of their
-    Spearman matrix against `target` on the masked pairs."""
+    """Running sums of a set of rows (`rows`: their indices in the data) and the error of
+    their correlation matrix against `target` on the masked pairs."""
 
     rows: np.ndarray
+    pos: np.ndarray  # position of each data row in `rows` (-1 when absent)
     U: np.ndarray
-    S: np.ndarray
+    P: np.ndarray
+    C: np.ndarray
+    A: np.ndarray
+    Q: np.ndarray
+    N: np.ndarray
     T: np.ndarray
     M: np.ndarray
-    E: np.ndarray
-    pos: np.ndarray  # position of each data row in `rows` (-1 when absent)
+
+    def corr(self) -> np.ndarray:
+        return _corr(self.C, self.A, self.A.T, self.Q, self.Q.T, self.N)
+
+    def error(self) -> np.ndarray:
+        return (self.corr() - self.T) * self.M
 
 
 def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     sub = X[rows]
     U = np.column_stack([scores(sub[:, j]) for j in range(X.shape[1])])
-    present = ~np.isnan(sub)
-    if present.all():
-        S = np.ones((X.shape[1], X.shape[1]))
-    else:
-        A = (U * U).T @ present.astype("float64")
-        S = np.sqrt(np.maximum(A * A.T, 1e-300))
+    P = (~np.isnan(sub)).astype("float64")
     M = np.isfinite(target).astype("float64")
     np.fill_diagonal(M, 0.0)
-    T = np.where(M > 0, target, 0.0)
-    E = (U.T @ U / S - T) * M
     pos = np.full(n, -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
-    return _View(rows, U, S, T, M, E, pos)
+    return _View(rows, pos, U, P, U.T @ U, U.T @ P, (U * U).T @ P, P.T @ P, np.where(M > 0, target, 0.0), M)
+
+
+def _proposal_terms(v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray):
+    """Per proposal and unit dim: the changes of C, A and Q with every dim outside the unit."""
+    pr, ps = v.pos[r], v.pos[s]
+    ur, us = v.U[pr][:, dims], v.U[ps][:, dims]  # (K, |unit|)
+    du = us - ur
+    dq = us * us - ur * ur
+    dU_other = v.U[pr][:, out] - v.U[ps][:, out]  # (K, d')
+    dP_other = v.P[pr][:, out] - v.P[ps][:, out]
+    dC = du[:, :, None] * dU_other[:, None, :]  # (K, |unit|, d')
+    dA = du[:, :, None] * dP_other[:, None, :]
+    dQ = dq[:, :, None] * dP_other[:, None, :]
+    return pr, ps, dC, dA, dQ
+
+
+def _objective(v: _View, dims: list[int], out: np.ndarray, dC: np.ndarray, dA: np.ndarray, dQ: np.ndarray) -> np.ndarray:
+    """Squared error over the unit's pairs after adding the changes (leading axes broadcast)."""
+    C = v.C[np.ix_(dims, out)] + dC
+    Aij = v.A[np.ix_(dims, out)] + dA
+    Qij = v.Q[np.ix_(dims, out)] + dQ
+    Aji = v.A[np.ix_(out, dims)].T
+    Qji = v.Q[np.ix_(out, dims)].T
+    N = v.N[np.ix_(dims, out)]
+    e = (_corr(C, Aij, Aji, Qij, Qji, N) - v.T[np.ix_(dims, out)]) * v.M[np.ix_(dims, out)]
+    return (e * e).sum(axis=(-1, -2))
 
 
 def refine_swaps(
@@ -87,9 +127,10 @@ def refine_swaps(
     patience: int = 3,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
-    Spearman matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
+    correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
     untargeted): each group's rows towards its target, all rows towards `global_target`.
-    Swaps stay inside a group.
+    Swaps stay inside a group and among rows where the unit is present. Dims in no unit
+    never move but still steer the others.
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
     n, d = X.shape
@@ -103,16 +144,17 @@ def refine_swaps(
     present = ~np.isnan(X)
     stale = 0
     for _ in range(max_sweeps):
-        worst = max([float(np.max(np.abs(v.E))) for v in views] + ([float(np.max(np.abs(gview.E)))] if gview else []))
+        worst = max(float(np.max(np.abs(v.error()))) for v in views + ([gview] if gview else []))
         if worst <= tol:
             break
         improved = False
         for ui, dims in enumerate(units):
             inside = np.zeros(d, dtype=bool)
             inside[dims] = True
+            out = np.where(~inside)[0]
             for view in views:
                 active = [view] + ([gview] if gview is not None else [])
-                if not any(v.M[dims][:, ~inside].any() for v in active):
+                if not any(v.M[np.ix_(dims, out)].any() for v in active):
                     continue
                 rows = view.rows[present[view.rows, dims[0]]]
                 if len(rows) < 4:
@@ -123,31 +165,25 @@ def refine_swaps(
                 parts = []
                 gain = np.zeros(len(r))
                 for v in active:
-                    pr, ps = v.pos[r], v.pos[s]
-                    dU = v.U[ps][:, dims] - v.U[pr][:, dims]
-                    other = v.U[pr][:, ~inside] - v.U[ps][:, ~inside]
-                    W = (v.M / v.S)[dims][:, ~inside]
-                    Ei = v.E[dims][:, ~inside]
-                    for a in range(len(dims)):
-                        D = dU[:, a : a + 1] * other * W[a][None, :]
-                        gain += ((2 * Ei[a][None, :] + D) * D).sum(axis=1)
-                    parts.append((v, pr, ps, dU, other, W, Ei))
+                    pr, ps, dC, dA, dQ = _proposal_terms(v, r, s, dims, out)
+                    base = float(_objective(v, dims, out, 0.0, 0.0, 0.0))
+                    gain += _objective(v, dims, out, dC, dA, dQ) - base
+                    parts.append((v, pr, ps, dC, dA, dQ, base))
                 cand = np.where(gain < -1e-15)[0]
                 if not len(cand):
                     continue
                 cand = cand[np.argsort(gain[cand], kind="stable")]
 
-                def objective(take: np.ndarray, parts: list = parts, dims: list[int] = dims) -> float:
-                    f = 0.0
-                    for _v, _pr, _ps, dU, other, W, Ei in parts:
-                        Dsum = np.stack([(dU[take, a : a + 1] * other[take]).sum(axis=0) for a in range(len(dims))]) * W
-                        f += float(np.sum((Ei + Dsum) ** 2))
-                    return f
+                def combined(m: int, parts: list = parts, cand: np.ndarray = cand, dims: list[int] = dims, out: np.ndarray = out) -> float:
+                    take = cand[:m]
+                    return sum(
+                        float(_objective(v, dims, out, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))) - base
+                        for v, _pr, _ps, dC, dA, dQ, base in parts
+                    )
 
-                best_m, best_f = 0, objective(cand[:0])
-                m = 1
+                best_m, best_f, m = 0, 0.0, 1
                 while True:
-                    f = objective(cand[:m])
+                    f = combined(m)
                     if f < best_f:
                         best_f, best_m = f, m
                     elif m >= 16:
@@ -158,15 +194,16 @@ def refine_swaps(
                 if best_m == 0:
                     continue
                 take = cand[:best_m]
-                rr, ss = r[take], s[take]
-                for v, pr, ps, *_ in parts:
+                for v, pr, ps, dC, dA, dQ, _ in parts:
                     a_r, a_s = pr[take], ps[take]
                     for a in dims:
                         ur, us = v.U[a_r, a].copy(), v.U[a_s, a].copy()
                         v.U[a_r, a], v.U[a_s, a] = us, ur
-                    C_rows = v.U[:, dims].T @ v.U
-                    v.E[dims, :] = (C_rows / v.S[dims, :] - v.T[dims, :]) * v.M[dims, :]
-                    v.E[:, dims] = v.E[dims, :].T
+                    v.C[np.ix_(dims, out)] += dC[take].sum(0)
+                    v.C[np.ix_(out, dims)] = v.C[np.ix_(dims, out)].T
+                    v.A[np.ix_(dims, out)] += dA[take].sum(0)
+                    v.Q[np.ix_(dims, out)] += dQ[take].sum(0)
+                rr, ss = r[take], s[take]
                 p = perms[ui]
                 p_r, p_s = p[rr].copy(), p[ss].copy()
                 p[rr], p[ss] = p_s, p_r

@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 
 from . import svg
+from .correlations import spearman_matrix
+from .dims import dim_label, norm_key, synthetic_dim_matrix
+from .schema import EPOCH
 
 MAX_VARIABLES = 60  # plots per source
 MAX_LEVELS = 30  # bars per categorical plot
@@ -27,7 +30,6 @@ MAX_CHART_TERMS = 80  # bars per checkpoint chart
 CLAMP = 0.1  # colour saturation of the correlation-difference heatmap
 SE_BOUND = 3.0  # |Δβ|/SE bound of tier 4 (drawn in red when reached)
 ALL = "all"
-EPOCH = pd.Timestamp("1970-01-01")
 TIER_NAMES = ("schema", "marginals", "correlations", "strata", "checkpoints")
 KEY_PACKAGES = ("replisynth", "python", "numpy", "pandas", "scipy", "statsmodels")
 
@@ -93,17 +95,6 @@ def _pill(ok: Any) -> str:
     if ok is None:
         return '<span class="na">n/a</span>'
     return '<span class="ok">pass</span>' if ok else '<span class="bad">FAIL</span>'
-
-
-def _key(v: Any) -> str:
-    """Category values on one footing: 1 == 1.0 == "1", True == "True"."""
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return str(int(v)) if float(v).is_integer() else repr(float(v))
-    return str(v)
 
 
 def _table(header: Iterable[str], rows: Iterable[str]) -> str:
@@ -242,7 +233,7 @@ def _strata_table(src: dict) -> str:
     rows = []
     for s in st:
         m, c = s.get("marginals") or {}, s.get("correlations") or {}
-        key = "—" if s.get("key") is None else ", ".join(_key(k) for k in s["key"])
+        key = "—" if s.get("key") is None else ", ".join(norm_key(k) for k in s["key"])
         pair = " × ".join(map(str, c.get("pair") or []))
         cls = "" if _stratum_ok(s) else ' class="bad"'
         rows.append(f'<tr{cls}><td>{_e(s.get("stratum"))}</td><td>{_e(key)}</td>'
@@ -297,8 +288,8 @@ def _synthetic_percentiles(values: np.ndarray) -> list[float] | None:
 
 def _level_label(level: Any, labels: dict[str, Any]) -> str:
     """"code = label" when the level has a value label, else the level itself."""
-    lab = labels.get(_key(level), labels.get(str(level)))
-    return f"{_key(level)} = {lab}" if lab is not None else _key(level)
+    lab = labels.get(norm_key(level), labels.get(str(level)))
+    return f"{norm_key(level)} = {lab}" if lab is not None else norm_key(level)
 
 
 def _shares(table: dict, s: pd.Series | None, labels: dict[str, Any]) -> tuple[list[str], list[float], list[float | None], str]:
@@ -310,7 +301,7 @@ def _shares(table: dict, s: pd.Series | None, labels: dict[str, Any]) -> tuple[l
     if s is not None:
         nn = s.dropna()
         n = len(nn)
-        got = Counter(nn.astype(object).map(_key))
+        got = Counter(nn.astype(object).map(norm_key))
     idx = list(range(len(levels)))
     note = ""
     if len(idx) > MAX_LEVELS:
@@ -320,8 +311,8 @@ def _shares(table: dict, s: pd.Series | None, labels: dict[str, Any]) -> tuple[l
         note = f"{len(levels) - MAX_LEVELS:,} more levels not shown"
     names = [_level_label(levels[i], labels) for i in idx]
     rel = [counts[i] / total for i in idx]
-    syn: list[float | None] = [got.get(_key(levels[i]), 0) / n if n else None for i in idx]
-    other = n - sum(got.get(_key(v), 0) for v in levels)
+    syn: list[float | None] = [got.get(norm_key(levels[i]), 0) / n if n else None for i in idx]
+    other = n - sum(got.get(norm_key(v), 0) for v in levels)
     if n and other > 0:
         names.append("(other)")
         rel.append(0.0)
@@ -400,37 +391,17 @@ def _marginal_section(tiers: dict, releases: dict[str, dict], frames: dict[str, 
 # ---------------------------------------------------------------- 4. correlations
 
 
-def dim_label(d: dict) -> str:
-    """Axis label of a released dim: the column, or `col==level` for an indicator."""
-    return f"{d['column']}=={d['level']}" if d.get("kind") == "indicator" else str(d["column"])
-
-
-def _dim_values(d: dict, df: pd.DataFrame, release: dict, specs: dict[str, dict]) -> np.ndarray:
-    """Numeric encoding of one dim: value, ordered-level index, or 0/1 indicator (NaN when missing)."""
-    col = d["column"]
-    if col not in df.columns:
-        return np.full(len(df), np.nan)
-    s = df[col]
-    if d.get("kind") == "continuous":
-        return _numeric(s, (specs.get(col) or {}).get("logical_type"))
-    keys = s.astype(object).map(lambda v: np.nan if pd.isna(v) else _key(v))
-    if d.get("kind") == "ordered":
-        table = (((release.get("blocks") or {}).get(ALL) or {}).get("marginals") or {}).get(col, {}).get("table") or {}
-        pos = {_key(v): float(i) for i, v in enumerate(table.get("levels") or [])}
-        return keys.map(lambda k: pos.get(k, np.nan) if isinstance(k, str) else np.nan).to_numpy(dtype="float64")
-    hit = (keys == _key(d.get("level"))).to_numpy(dtype="float64")
-    return np.where(keys.isna().to_numpy(), np.nan, hit)
-
-
 def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | None = None) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """(dims kept, synthetic Spearman, released Spearman) over the released dims whose column is
-    not in `exclude`; released None entries become NaN."""
+    not in `exclude`; released None entries become NaN. Coding and Spearman are the ones
+    verification uses (`dims.synthetic_dim_matrix`, `correlations.spearman_matrix`)."""
     dims = list(release.get("dims") or [])
     target = ((release.get("blocks") or {}).get(ALL) or {}).get("spearman") or []
     keep = [i for i, d in enumerate(dims) if d.get("column") not in (exclude or set())]
-    specs = {c.get("name"): c for c in release.get("columns") or []}
-    X = pd.DataFrame({f"d{i}": _dim_values(dims[i], df, release, specs) for i in keep}, index=df.index)
-    S = X.corr(method="spearman").to_numpy(dtype="float64") if keep else np.zeros((0, 0))
+    if not keep:
+        return [], np.zeros((0, 0)), np.zeros((0, 0))
+    X = synthetic_dim_matrix(df, release)[:, keep]
+    S = spearman_matrix(X)
     T = np.asarray([[np.nan if target[i][j] is None else float(target[i][j]) for j in keep] for i in keep], dtype="float64").reshape(len(keep), len(keep))
     return [dims[i] for i in keep], S, T
 

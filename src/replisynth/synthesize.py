@@ -17,6 +17,7 @@ import pandas as pd
 
 from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
 from .correlations import Margin, latent_matrix, nearest_correlation, spearman_matrix
+from .dims import synthetic_dim_matrix
 from .marginals import exact_quantile_sample, quantile_function
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps
@@ -31,6 +32,10 @@ def _active_dims(dims: list[dict[str, Any]], bp: BlockPlan) -> list[int]:
     act = []
     for i, d in enumerate(dims):
         cp = bp.columns.get(d["column"])
+        if d["kind"] == "missing":
+            if cp is not None and cp.kind != "empty" and 0 < cp.missing < bp.rows:
+                act.append(i)
+            continue
         if cp is None or cp.kind == "empty" or bp.rows - cp.missing < 2:
             continue
         if cp.kind == "continuous":
@@ -45,9 +50,12 @@ def _active_dims(dims: list[dict[str, Any]], bp: BlockPlan) -> list[int]:
     return act
 
 
-def _margin(d: dict[str, Any], cp: ColumnPlan) -> Margin:
+def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int) -> Margin:
     if d["kind"] == "continuous":
         return Margin(None)
+    if d["kind"] == "missing":
+        p = cp.missing / rows
+        return Margin((1.0 - p, p))
     counts = np.asarray(cp.counts, dtype="float64")
     p = counts / counts.sum()
     if d["kind"] == "ordered":
@@ -64,7 +72,8 @@ def _fill_block(
     n = bp.rows
     col_dims: dict[str, list[tuple[int, int]]] = {}
     for j, i in enumerate(act):
-        col_dims.setdefault(dims[i]["column"], []).append((j, i))
+        if dims[i]["kind"] != "missing":
+            col_dims.setdefault(dims[i]["column"], []).append((j, i))
     out: dict[str, np.ndarray] = {}
     coded = np.full((n, len(act)), np.nan)
     for col, cp in bp.columns.items():
@@ -113,13 +122,19 @@ def synthesize_block(
     n = bp.rows
     act = _active_dims(dims, bp)
     r_miss = make_rng(seed, source, bp.id, "missing")
-    missing = {}
+    leader = {c: grp[0] for grp in release.get("missing_groups", []) for c in grp}
+    followers = {grp[0]: grp[1:] for grp in release.get("missing_groups", [])}
+    missing: dict[str, np.ndarray] = {}
     for col, cp in bp.columns.items():
         m = np.zeros(n, dtype=bool)
         if cp.kind == "empty":
             m[:] = True
         elif cp.missing:
-            m[r_miss.choice(n, size=cp.missing, replace=False)] = True
+            lead = leader.get(col)
+            if lead in missing and lead != col and int(missing[lead].sum()) == cp.missing:
+                m = missing[lead].copy()  # the same rows as the rest of its missing-pattern set
+            else:
+                m[r_miss.choice(n, size=cp.missing, replace=False)] = True
         missing[col] = m
     S_full = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][bp.stats]["spearman"]], dtype="float64")
     target = S_full[np.ix_(act, act)] if act else np.zeros((0, 0))
@@ -131,10 +146,19 @@ def synthesize_block(
     finite &= ~same
     target = np.where(finite, target, 0.0)
     np.fill_diagonal(target, 1.0)
-    margins = [_margin(dims[i], bp.columns[dims[i]["column"]]) for i in act]
+    margins = [_margin(dims[i], bp.columns[dims[i]["column"]], n) for i in act]
     r_cop = make_rng(seed, source, bp.id, "copula")
     R = nearest_correlation(latent_matrix(target, margins))
     Z = correlated_normals(R, n, r_cop, exact=True)
+    # Missing positions of columns with a missingness dim: the rows with the largest latent.
+    for j, i in enumerate(act):
+        if dims[i]["kind"] == "missing":
+            col = dims[i]["column"]
+            mask = np.zeros(n, dtype=bool)
+            mask[np.argsort(-Z[:, j], kind="stable")[: bp.columns[col].missing]] = True
+            for c in [col] + followers.get(col, []):
+                if c in missing and int(missing[c].sum()) == int(mask.sum()):
+                    missing[c] = mask
     cols, _ = _fill_block(bp, dims, act, Z, missing, specs)
     return cols
 
@@ -149,28 +173,6 @@ def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
     same = (np.asarray(cols)[:, None] == np.asarray(cols)[None, :]) & ind[:, None] & ind[None, :]
     T[same] = np.nan
     return T
-
-
-def code_dims(cols: dict[str, np.ndarray], release: dict[str, Any], specs: dict[str, ColumnSpec]) -> np.ndarray:
-    """The dim-coded matrix (rows × dims) of synthetic column values: continuous values,
-    ordered-level positions in the source-level table, 0/1 indicators; NaN where missing."""
-    dims = release["dims"]
-    all_m = release["blocks"][ALL]["marginals"]
-    out = []
-    for d in dims:
-        v = cols[d["column"]]
-        miss = pd.isna(v)
-        if d["kind"] == "continuous":
-            out.append(np.where(miss, np.nan, v).astype("float64"))
-        else:
-            codes, uniques = pd.factorize(pd.Series(v, dtype=object), use_na_sentinel=True)
-            if d["kind"] == "ordered":
-                pos = {lev: i for i, lev in enumerate(all_m[d["column"]]["table"]["levels"])}
-                lookup = [pos.get(u, np.nan) for u in uniques]
-            else:
-                lookup = [float(u == d["level"]) for u in uniques]
-            out.append(np.append(np.asarray(lookup, dtype="float64"), np.nan)[codes])
-    return np.column_stack(out) if out else np.zeros((len(next(iter(cols.values()), [])), 0))
 
 
 def _restore_dtype(values: np.ndarray, spec: ColumnSpec, release: dict[str, Any]) -> pd.Series:
@@ -247,14 +249,15 @@ def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: d
     dims = release["dims"]
     if len(dims) < 2:
         return cols
-    X = code_dims(cols, release, specs)
+    X = synthetic_dim_matrix(pd.DataFrame(cols), release)
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
     targets = [block_target(release, b.stats) for b in plan]
     glob = block_target(release, ALL) if len(plan) > 1 else None
     units: dict[str, list[int]] = {}
     for j, d in enumerate(dims):
-        units.setdefault(d["column"], []).append(j)
+        if d["kind"] != "missing":  # missing positions are fixed: they only steer the others
+            units.setdefault(d["column"], []).append(j)
     perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"))
     out = dict(cols)
     for col, perm in zip(units, perms, strict=True):

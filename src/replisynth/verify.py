@@ -17,10 +17,10 @@ from scipy import stats
 from .bundle import Bundle
 from .correlations import spearman_matrix
 from .design import build_design
+from .dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
-from .extract import dim_matrix, numeric_values
-from .marginals import GRID, FrequencyTable, grid_cdf, quantile_grid
+from .marginals import GRID, grid_cdf, quantile_grid
 from .pin import checkpoint_from_release
 from .plan import ALL, RESIDUAL, BlockPlan, source_plan
 from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
@@ -224,9 +224,9 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
             want = expected_counts(plan, col)
             got_s = df[col].dropna()
             got: dict[str, int] = {}
-            for v, c in got_s.astype(object).map(_norm_key).value_counts().items():
+            for v, c in got_s.astype(object).map(norm_key).value_counts().items():
                 got[v] = int(c)
-            want_n = {_norm_key(k): v for k, v in want.items() if v}
+            want_n = {norm_key(k): v for k, v in want.items() if v}
             if col in outcomes:
                 drift[col] = {"exact_counts": got == want_n}
                 continue
@@ -245,48 +245,35 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     }
 
 
-def _norm_key(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return str(int(v)) if float(v).is_integer() else repr(float(v))
-    return str(v)
+def _max_pair(S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: list[int], pairs: np.ndarray) -> tuple[float, list[str] | None, int]:
+    """Largest |S - T| over the pairs of `keep` selected by the boolean matrix `pairs`."""
+    if len(keep) < 2:
+        return 0.0, None, 0
+    iu = np.triu_indices(len(keep), 1)
+    diff = np.abs(S[iu] - T[np.ix_(keep, keep)][iu])
+    ok = np.isfinite(diff) & pairs[iu]
+    if not ok.any():
+        return 0.0, None, 0
+    j = int(np.argmax(np.where(ok, diff, -1.0)))
+    return float(diff[j]), [dim_label(dims[keep[iu[0][j]]]), dim_label(dims[keep[iu[1][j]]])], int(ok.sum())
 
 
-def _dim_frame(df: pd.DataFrame, release: dict[str, Any]) -> np.ndarray:
-    specs = {s.name: s for s in _specs(release)}
-    all_m = release["blocks"][ALL]["marginals"]
-    tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in all_m.items() if m["kind"] == "categorical"}
-    levels = {c: list(t.levels) for c, t in tables.items()}
-    work = df.copy()
-    for c in tables:  # compare category values on one footing (1 == 1.0 == True)
-        lookup = {_norm_key(v): v for v in levels[c]}
-        work[c] = df[c].astype(object).map(lambda v, lk=lookup: v if pd.isna(v) else lk.get(_norm_key(v), np.nan))
-    return dim_matrix(work, specs, release["dims"], tables, levels)
-
-
-def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], mask_dims: np.ndarray | None = None) -> dict[str, Any]:
-    """Compare released and synthetic Spearman correlations over the released dims."""
+def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str]) -> dict[str, Any]:
+    """Released versus synthetic Spearman correlations over the released dims (outcomes
+    excluded). Pairs of value dims decide the tier; pairs involving a missingness dim are
+    reported (`missingness_max_abs_delta`) but do not, since missing positions are drawn
+    from the copula only and never refined."""
     T = np.asarray([[np.nan if v is None else v for v in row] for row in target], dtype="float64")
     keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
-    if mask_dims is not None:
-        keep = [i for i in keep if mask_dims[i]]
     if len(keep) < 2:
         return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
     S = spearman_matrix(X[:, keep])
-    Tk = T[np.ix_(keep, keep)]
-    iu = np.triu_indices(len(keep), 1)
-    diff = np.abs(S[iu] - Tk[iu])
-    ok = np.isfinite(diff)
-    if not ok.any():
-        return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
-    j = int(np.nanargmax(np.where(ok, diff, -1)))
-    a, b = keep[iu[0][j]], keep[iu[1][j]]
-    name = lambda d: d["column"] + (f"=={d['level']}" if d["kind"] == "indicator" else "")  # noqa: E731
-    mx = float(diff[j])
-    return {"passed": bool(mx <= CORR_TOL), "max_abs_delta": mx, "pair": [name(dims[a]), name(dims[b])], "pairs_checked": int(ok.sum())}
+    miss = np.asarray([dims[i]["kind"] == "missing" for i in keep])
+    value_pairs = ~miss[:, None] & ~miss[None, :]
+    mx, pair, n = _max_pair(S, T, dims, keep, value_pairs)
+    mm, mpair, mn = _max_pair(S, T, dims, keep, ~value_pairs)
+    return {"passed": bool(mx <= CORR_TOL), "max_abs_delta": mx, "pair": pair, "pairs_checked": n,
+            "missingness_max_abs_delta": mm, "missingness_pair": mpair, "missingness_pairs": mn}
 
 
 def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], X: np.ndarray) -> dict[str, Any]:
@@ -296,12 +283,12 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         return {"passed": None, "note": "no strata configured: tier 3 holds when tier 2 does", "strata": []}
     problems: list[str] = []
     out = []
-    keycols = [df[c].astype(object).map(lambda v: v if pd.isna(v) else _norm_key(v)) for c in strata]
+    keycols = [df[c].astype(object).map(lambda v: v if pd.isna(v) else norm_key(v)) for c in strata]
     for b in plan:
         if b.id == RESIDUAL:
             mask = np.logical_or.reduce([k.isna().to_numpy() for k in keycols])
         else:
-            mask = np.logical_and.reduce([(k == _norm_key(v)).to_numpy() for k, v in zip(keycols, b.key, strict=True)])
+            mask = np.logical_and.reduce([(k == norm_key(v)).to_numpy() for k, v in zip(keycols, b.key, strict=True)])
         n = int(mask.sum())
         rec: dict[str, Any] = {"stratum": b.id, "key": b.key, "rows": n, "rows_expected": b.rows}
         if n != b.rows:
@@ -402,7 +389,7 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         plan = source_plan(release, len(df))
         t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name))
         t1 = tier1(df, release, plan, outcomes)
-        X = _dim_frame(df, release)
+        X = synthetic_dim_matrix(df, release)
         t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes)
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:
