@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+_DEBUG = False
+
 
 def scores(x: np.ndarray) -> np.ndarray:
     """Mid-rank scores of a column, centred and scaled to unit norm; missing rows score 0."""
@@ -103,15 +105,16 @@ def _proposal_terms(v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out
     return pr, ps, dC, dA, dQ
 
 
-def _objective(v: _View, dims: list[int], out: np.ndarray, dC: np.ndarray, dA: np.ndarray, dQ: np.ndarray) -> np.ndarray:
+def _block(v: _View, dims: list[int], out: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The running sums of a unit's pairs with every dim outside it (copied once per batch)."""
+    ix, xi = np.ix_(dims, out), np.ix_(out, dims)
+    return (v.C[ix], v.A[ix], v.A[xi].T, v.Q[ix], v.Q[xi].T, v.N[ix], v.T[ix], v.M[ix])
+
+
+def _objective(blk: tuple[np.ndarray, ...], dC, dA, dQ) -> np.ndarray:
     """Squared error over the unit's pairs after adding the changes (leading axes broadcast)."""
-    C = v.C[np.ix_(dims, out)] + dC
-    Aij = v.A[np.ix_(dims, out)] + dA
-    Qij = v.Q[np.ix_(dims, out)] + dQ
-    Aji = v.A[np.ix_(out, dims)].T
-    Qji = v.Q[np.ix_(out, dims)].T
-    N = v.N[np.ix_(dims, out)]
-    e = (_corr(C, Aij, Aji, Qij, Qji, N) - v.T[np.ix_(dims, out)]) * v.M[np.ix_(dims, out)]
+    C, Aij, Aji, Qij, Qji, N, T, M = blk
+    e = (_corr(C + dC, Aij + dA, Aji, Qij + dQ, Qji, N) - T) * M
     return (e * e).sum(axis=(-1, -2))
 
 
@@ -125,12 +128,15 @@ def refine_swaps(
     tol: float = 0.004,
     max_sweeps: int = 60,
     patience: int = 3,
+    min_gain: float = 0.01,
+    max_pairs: int = 512,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
     correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
     untargeted): each group's rows towards its target, all rows towards `global_target`.
     Swaps stay inside a group and among rows where the unit is present. Dims in no unit
-    never move but still steer the others.
+    never move but still steer the others. Sweeps stop when every targeted error is within
+    `tol`, or a sweep improves the squared error by less than `min_gain` (relative).
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
     n, d = X.shape
@@ -141,12 +147,26 @@ def refine_swaps(
     gview = _view(X, np.arange(n), global_target, n) if global_target is not None else None
     if not any(v.M.any() for v in views) and (gview is None or not gview.M.any()):
         return perms
+    # Pairs of two dims that never move cannot be improved: leave them out of the objective.
+    movable = np.zeros(d, dtype=bool)
+    for dims in units:
+        movable[dims] = True
+    fixed_pair = ~movable[:, None] & ~movable[None, :]
+    all_views = views + ([gview] if gview else [])
+    for v in all_views:
+        v.M[fixed_pair] = 0.0
     present = ~np.isnan(X)
     stale = 0
+    prev = np.inf
     for _ in range(max_sweeps):
-        worst = max(float(np.max(np.abs(v.error()))) for v in views + ([gview] if gview else []))
-        if worst <= tol:
+        errs = [v.error() for v in all_views]
+        worst = max(float(np.max(np.abs(e))) for e in errs)
+        total = sum(float(np.sum(e * e)) for e in errs)
+        if worst <= tol or total > prev * (1 - min_gain):
             break
+        prev = total
+        if _DEBUG:
+            print("sweep", _, round(worst, 4), round(total, 5))
         improved = False
         for ui, dims in enumerate(units):
             inside = np.zeros(d, dtype=bool)
@@ -160,25 +180,26 @@ def refine_swaps(
                 if len(rows) < 4:
                     continue
                 order = rows[rng.permutation(len(rows))]
-                half = len(order) // 2
+                half = min(len(order) // 2, max_pairs)
                 r, s = order[:half], order[half : 2 * half]
                 parts = []
                 gain = np.zeros(len(r))
                 for v in active:
                     pr, ps, dC, dA, dQ = _proposal_terms(v, r, s, dims, out)
-                    base = float(_objective(v, dims, out, 0.0, 0.0, 0.0))
-                    gain += _objective(v, dims, out, dC, dA, dQ) - base
-                    parts.append((v, pr, ps, dC, dA, dQ, base))
+                    blk = _block(v, dims, out)
+                    base = float(_objective(blk, 0.0, 0.0, 0.0))
+                    gain += _objective(blk, dC, dA, dQ) - base
+                    parts.append((v, pr, ps, dC, dA, dQ, base, blk))
                 cand = np.where(gain < -1e-15)[0]
                 if not len(cand):
                     continue
                 cand = cand[np.argsort(gain[cand], kind="stable")]
 
-                def combined(m: int, parts: list = parts, cand: np.ndarray = cand, dims: list[int] = dims, out: np.ndarray = out) -> float:
+                def combined(m: int, parts: list = parts, cand: np.ndarray = cand) -> float:
                     take = cand[:m]
                     return sum(
-                        float(_objective(v, dims, out, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))) - base
-                        for v, _pr, _ps, dC, dA, dQ, base in parts
+                        float(_objective(blk, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))) - base
+                        for _v, _pr, _ps, dC, dA, dQ, base, blk in parts
                     )
 
                 best_m, best_f, m = 0, 0.0, 1
@@ -194,7 +215,7 @@ def refine_swaps(
                 if best_m == 0:
                     continue
                 take = cand[:best_m]
-                for v, pr, ps, dC, dA, dQ, _ in parts:
+                for v, pr, ps, dC, dA, dQ, _, _ in parts:
                     a_r, a_s = pr[take], ps[take]
                     for a in dims:
                         ur, us = v.U[a_r, a].copy(), v.U[a_s, a].copy()
