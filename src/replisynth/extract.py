@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .correlations import spearman_matrix
+from .derive import functional_dependencies
 from .dims import category_values, copula_dims, dim_matrix, numeric_values, ordered_codes
 from .errors import DataError
 from .io import FileMeta
@@ -170,6 +171,11 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
     all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
     X = dim_matrix(work, spec_by, dims, tables, all_levels)
+    derived = functional_dependencies(
+        {c: category_values(work[c]) for c in tables if c not in source.strata}, tables, all_levels, [s.name for s in specs]
+    )
+    for b, d in derived.items():
+        log.add("derived", "coded", f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}", source=source.name, column=b)
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
     pooled_values: dict[str, np.ndarray] = {}
@@ -217,6 +223,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
         "blocks": blocks,
         "groups": groups,
         "missing_groups": missing_groups,
+        "derived": derived,
         "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
     }
     check_release(release, sdc.min_cell_size)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .derive import derived_counts
 from .marginals import FrequencyTable, apportion, grid_level_shares, rake_blocks, synthesis_shares
 from .schema import ColumnSpec, expected_missing
 
@@ -133,6 +134,17 @@ def source_plan(release: dict[str, Any], rows: int) -> list[BlockPlan]:
                     "categorical", m_count, levels=levels, counts=apportion(shares, nn).tolist(),
                     ordered=t.ordered, from_source_level=fallback,
                 )
+        for b, spec in release.get("derived", {}).items():
+            cpa = cols.get(spec["from"])
+            tb = all_m.get(b)
+            if cpa is None or tb is None or tb["kind"] != "categorical":
+                continue
+            if cpa.kind == "categorical":
+                levels_b = list(tb["table"]["levels"])
+                counts = derived_counts(cpa.levels or [], cpa.counts or [], levels_b, spec)
+                cols[b] = ColumnPlan("categorical", cpa.missing, levels=levels_b, counts=counts, ordered=tb["table"]["ordered"])
+            elif cpa.kind == "empty":
+                cols[b] = ColumnPlan("empty", cpa.missing)
         out.append(BlockPlan(id=bid, stats=stats, rows=n, key=key, columns=cols))
     return out
 

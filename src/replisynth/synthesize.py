@@ -17,6 +17,7 @@ import pandas as pd
 
 from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
 from .correlations import Margin, latent_matrix, nearest_correlation, spearman_matrix
+from .derive import apply_derived
 from .dims import synthetic_dim_matrix
 from .marginals import exact_quantile_sample, quantile_function
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
@@ -160,7 +161,7 @@ def synthesize_block(
                 if c in missing and int(missing[c].sum()) == int(mask.sum()):
                     missing[c] = mask
     cols, _ = _fill_block(bp, dims, act, Z, missing, specs)
-    return cols
+    return apply_derived(cols, release.get("derived", {}))
 
 
 def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
@@ -254,17 +255,20 @@ def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: d
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
     targets = [block_target(release, b.stats) for b in plan]
     glob = block_target(release, ALL) if len(plan) > 1 else None
+    # One unit per root column: a derived column moves with the column it is computed from.
+    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
     units: dict[str, list[int]] = {}
     for j, d in enumerate(dims):
         if d["kind"] != "missing":  # missing positions are fixed: they only steer the others
-            units.setdefault(d["column"], []).append(j)
+            units.setdefault(root.get(d["column"], d["column"]), []).append(j)
     perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"))
     out = dict(cols)
-    for col, perm in zip(units, perms, strict=True):
-        out[col] = cols[col][perm]
+    for unit_root, perm in zip(units, perms, strict=True):
+        for col in [unit_root, *[b for b, a in root.items() if a == unit_root]]:
+            out[col] = cols[col][perm]
     if DEBUG:
         Y = X.copy()
-        for js, perm in zip(units.values(), perms, strict=True):
+        for js, perm in zip(units.values(), perms, strict=True):  # noqa: B007
             Y[:, js] = X[perm][:, js]
         for name, g, T in [(b.id, grp, t) for b, grp, t in zip(plan, groups, targets, strict=True)] + ([("all", np.arange(len(X)), glob)] if glob is not None else []):
             e0 = np.nanmax(np.abs(spearman_matrix(X[g]) - T))

@@ -1,0 +1,116 @@
+"""Deterministic codings between categorical columns: B is a function of A.
+
+Real data carry them everywhere: year dummies next to the year, region dummies next to the
+region code, a 1966 'south' flag that is a function of the 1966 census region. A copula
+(even refined) only approximates such a relation; releasing it instead, as the map from
+A's released levels to B's released levels, lets synthesis compute B from A exactly. The
+relation is tested on the released representation of both columns (ordered levels pooled,
+nominal levels released), on every row where A is present, and B must be missing exactly
+where A is. The map is a property of the coding (all rows of a released level of A share
+one B value), not of any row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .marginals import FrequencyTable
+
+
+def _representation(cats: pd.Series, table: FrequencyTable, all_levels: list[Any] | None) -> pd.Series:
+    """The released value of each row: pooled level for ordered tables, the level itself for
+    released nominal levels, None for rows whose value is not released (or missing)."""
+    from .dims import ordered_codes
+
+    if table.ordered and all_levels is not None:
+        pos = ordered_codes(cats, table, all_levels)
+        lev = np.empty(len(table.levels) + 1, dtype=object)
+        lev[:-1] = table.levels
+        lev[-1] = None
+        idx = np.where(np.isnan(pos), len(table.levels), np.nan_to_num(pos).astype(int))
+        return pd.Series(lev[idx], index=cats.index, dtype=object)
+    keep = set(table.levels)
+    return cats.map(lambda v: v if (not pd.isna(v) and v in keep) else None)
+
+
+def functional_dependencies(
+    cats: dict[str, pd.Series],
+    tables: dict[str, FrequencyTable],
+    all_levels: dict[str, list[Any]],
+    order: list[str],
+) -> dict[str, dict[str, Any]]:
+    """{B: {"from": A, "map": [[a, b], ...]}} for every categorical column B that is a
+    function of another one A (its root: A itself is not derived). `cats` holds the
+    JSON-friendly category values of each candidate column, in `order`."""
+    cols = [c for c in order if c in cats and c in tables and len(tables[c].levels) >= 2]
+    rep = {c: _representation(cats[c], tables[c], all_levels.get(c)) for c in cols}
+    codes = {c: pd.factorize(rep[c], use_na_sentinel=True)[0] for c in cols}
+    miss = {c: cats[c].isna().to_numpy() for c in cols}
+    nlev = {c: len(tables[c].levels) for c in cols}
+    pos = {c: i for i, c in enumerate(cols)}
+
+    def determines(a: str, b: str) -> bool:
+        if nlev[a] < nlev[b] or not np.array_equal(miss[a], miss[b]):
+            return False
+        ca, cb = codes[a], codes[b]
+        ok = ca >= 0
+        if not ok.any() or np.any(cb[ok] < 0):
+            return False
+        pair = ca[ok].astype(np.int64) * (int(cb.max()) + 1) + cb[ok]
+        return len(np.unique(pair)) == len(np.unique(ca[ok]))
+
+    det: dict[str, list[str]] = {b: [a for a in cols if a != b and determines(a, b)] for b in cols}
+    parent: dict[str, str] = {}
+    for b in cols:
+        cands = [a for a in det[b] if not (b in det.get(a, []) and pos[a] > pos[b])]
+        if cands:
+            parent[b] = max(cands, key=lambda a: (nlev[a], -pos[a]))
+    out: dict[str, dict[str, Any]] = {}
+    for b, a in parent.items():
+        seen = {b}
+        while a in parent and a not in seen:
+            seen.add(a)
+            a = parent[a]
+        if a in parent or a == b:
+            continue
+        ok = codes[a] >= 0
+        pairs = pd.DataFrame({"a": rep[a][ok].to_numpy(), "b": rep[b][ok].to_numpy()}).drop_duplicates("a")
+        mapping = dict(zip(pairs["a"], pairs["b"], strict=True))
+        out[b] = {"from": a, "map": [[lev, mapping[lev]] for lev in tables[a].levels if lev in mapping]}
+    return out
+
+
+def apply_derived(cols: dict[str, np.ndarray], derived: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Recompute each derived column from its root's synthetic values (missing stays missing;
+    a root level without a mapped value gives missing)."""
+    from .dims import norm_key
+
+    out = dict(cols)
+    for b, spec in derived.items():
+        a = spec["from"]
+        if a not in cols or b not in cols:
+            continue
+        lookup = {norm_key(k): v for k, v in spec["map"]}
+        codes, uniques = pd.factorize(pd.Series(cols[a], dtype=object), use_na_sentinel=True)
+        mapped = np.empty(len(uniques) + 1, dtype=object)
+        mapped[:-1] = [lookup.get(norm_key(u), np.nan) for u in uniques]
+        mapped[-1] = np.nan
+        out[b] = mapped[codes]
+    return out
+
+
+def derived_counts(levels_a: list[Any], counts_a: list[int], levels_b: list[Any], spec: dict[str, Any]) -> list[int]:
+    """Exact counts of a derived column's levels from its root's counts."""
+    from .dims import norm_key
+
+    lookup = {norm_key(k): v for k, v in spec["map"]}
+    pos = {norm_key(v): i for i, v in enumerate(levels_b)}
+    out = [0] * len(levels_b)
+    for lev, c in zip(levels_a, counts_a, strict=True):
+        b = lookup.get(norm_key(lev))
+        if b is not None and norm_key(b) in pos:
+            out[pos[norm_key(b)]] += int(c)
+    return out
