@@ -18,8 +18,9 @@ from .schema import EPOCH, ColumnSpec
 
 
 def numeric_values(s: pd.Series, spec: ColumnSpec) -> np.ndarray:
-    """Float view of a continuous column (dates in days since 1970-01-01)."""
-    if spec.logical_type == "date":
+    """Float view of a continuous column (dates in days since 1970-01-01; synthesis works in
+    days already)."""
+    if spec.logical_type == "date" and pd.api.types.is_datetime64_any_dtype(s.dtype):
         return ((s - EPOCH) / pd.Timedelta(days=1)).to_numpy(dtype="float64", na_value=np.nan)
     return pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 

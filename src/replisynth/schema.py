@@ -100,6 +100,9 @@ def infer_column(
     if name in source.key_columns:
         return ColumnSpec(role="group", integer=True, ordered=False, **base)
     integer = is_integer_valued(s) or lt == "integer"
+    if lt == "date":  # whole days (no time of day): synthesis rounds to days
+        d = s.dropna()
+        integer = bool(len(d) and (d == d.dt.normalize()).all())
     if lt in ("float", "integer") and not np.all(np.isfinite(s.dropna().to_numpy(dtype="float64"))):
         raise DataError(
             f"{source.path}: column {name!r} holds infinite values; recode them as missing or finite"
@@ -129,7 +132,7 @@ def infer_column(
         elif lt in ("integer", "float", "date"):
             labelled = bool(meta.value_labels.get(name))
             ordered = not (labelled and s.nunique(dropna=True) > 2)
-    return ColumnSpec(role=role, integer=bool(integer and lt != "date"), ordered=ordered, **base)
+    return ColumnSpec(role=role, integer=bool(integer), ordered=ordered, **base)
 
 
 def infer_schema(df: pd.DataFrame, source: Source, meta: FileMeta) -> list[ColumnSpec]:
