@@ -62,6 +62,24 @@ def run_pipeline(raw: dict[str, Any], out: Path) -> dict[str, Any]:
     return read_json(tiers_path)
 
 
+def release_of(df: pd.DataFrame, tmp_path: Path, sdc: dict[str, Any] | None = None, **source_keys: Any) -> tuple[dict[str, Any], pd.DataFrame, Any]:
+    """Write `df` to csv and extract its release (for one source 'people'): (release, the
+    data as read back, the SDC log)."""
+    from replisynth.extract import extract_source
+    from replisynth.io import read_source
+    from replisynth.manifest import load_manifest
+
+    path = tmp_path / "people.csv"
+    df.to_csv(path, index=False)
+    raw = manifest_for(path, **source_keys)
+    if sdc:
+        raw["sdc"] = sdc
+    m = load_manifest(raw)
+    data, meta = read_source(path)
+    release, log = extract_source(data, meta, m, m.source("people"))
+    return release, data, log
+
+
 @pytest.fixture
 def people() -> pd.DataFrame:
     return make_people()

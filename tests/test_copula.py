@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import manifest_for
+from conftest import release_of
 from scipy import special, stats
 
 from replisynth.copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
@@ -22,9 +22,6 @@ from replisynth.correlations import (
     spearman_curve,
     spearman_matrix,
 )
-from replisynth.extract import extract_source
-from replisynth.io import read_source
-from replisynth.manifest import load_manifest
 from replisynth.marginals import exact_quantile_sample, quantile_grid
 from replisynth.plan import expected_counts, source_plan
 from replisynth.refine import refine_swaps
@@ -325,11 +322,7 @@ TARGET = np.array([
 
 
 def _release(df: pd.DataFrame, tmp_path: Path, **source_keys: object) -> tuple[dict, pd.DataFrame]:
-    path = tmp_path / "people.csv"
-    df.to_csv(path, index=False)
-    manifest = load_manifest(manifest_for(path, **source_keys))
-    data, meta = read_source(path)
-    release, _log = extract_source(data, meta, manifest, manifest.source("people"))
+    release, data, _log = release_of(df, tmp_path, **source_keys)
     return release, data
 
 

@@ -5,23 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import manifest_for
+from conftest import release_of
 
 from replisynth.correlations import spearman_matrix
-from replisynth.extract import extract_source
-from replisynth.io import read_source
-from replisynth.manifest import load_manifest
 from replisynth.plan import expected_counts, source_plan
 from replisynth.synthesize import synthesize_source
 
 
 def _release(df: pd.DataFrame, tmp_path, **keys):
-    path = tmp_path / "d.csv"
-    df.to_csv(path, index=False)
-    m = load_manifest(manifest_for(path, **keys))
-    data, meta = read_source(path)
-    rel, log = extract_source(data, meta, m, m.source("people"))
-    return rel, log
+    release, _data, log = release_of(df, tmp_path, **keys)
+    return release, log
 
 
 def _panel_like(n: int = 3000, seed: int = 0) -> pd.DataFrame:
