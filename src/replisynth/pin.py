@@ -185,6 +185,32 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
             status = "pinned" if gap <= EXACT_TOL else "approximate"
             if status == "approximate" and not any("inconsistent" in n for n in notes):
                 notes.append(f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE")
+        if status == "pinned" and len(group) == 1 and outcome not in group[0].get("subset_columns", []):
+            factor = _match_residual_scale(df, group[0], outcome)
+            if factor is not None:
+                notes.append(f"residuals scaled by {factor:.4g} to the released residual variance")
         frames[source] = df
         results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes))))
     return frames, results
+
+
+def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> float | None:
+    """Inference fidelity for a pinned linear checkpoint: y <- X b + f e on its sample, with
+    e the (weighted) residual and f chosen so the residual variance equals the released one.
+    The residual is orthogonal to X (in the W metric), so the coefficients stay exactly
+    pinned while nonrobust, HC and cluster standard errors all move by the factor f."""
+    target = c.get("scale")
+    if not target or not np.isfinite(target) or target <= 0:
+        return None
+    d = build_design(df, checkpoint_from_release(c))
+    W = d.weights if d.weights is not None else np.ones(len(d.y))
+    beta = _solve_matrix(d) @ d.y
+    fitted = d.X @ beta
+    e = d.y - fitted
+    dof = len(d.y) - d.X.shape[1]
+    s2 = float(np.sum(W * e * e) / dof) if dof > 0 else 0.0
+    if not np.isfinite(s2) or s2 <= 0:
+        return None
+    factor = float(np.sqrt(target / s2))
+    df.loc[d.index, outcome] = fitted + factor * e
+    return factor
