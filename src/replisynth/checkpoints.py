@@ -94,6 +94,7 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         raise CheckpointError(f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample")
     minority = indicator_minority(design.X)
     small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
+    rounding_cost = 0.0
     terms = []
     n_sup = n_ref = 0
     for j, term in enumerate(fit.terms):
@@ -107,20 +108,51 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
             terms.append({"term": None, "position": j, "suppressed": True,
                           "reason": f"factor level contrast against a reference level with fewer than {sdc.min_cell_size} observations"})
             continue
-        terms.append({"term": term, "position": j, "beta": float(fit.beta[j]), "se": float(fit.se[j])})
+        b, se = float(fit.beta[j]), float(fit.se[j])
+        if sdc.round_significant:
+            rb, rse = round_significant(b, sdc.round_significant), round_significant(se, sdc.round_significant)
+            rounding_cost = max(rounding_cost, abs(b - rb) / se if se > 0 else 0.0)
+            b, se = rb, rse
+        terms.append({"term": term, "position": j, "beta": b, "se": se})
     if n_ref:
         log.add("checkpoints", "suppressed_terms", f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)", checkpoint=cp.tag, terms=n_ref)
     if n_sup:
         log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
-    return {
+    scale = fit.scale
+    if sdc.round_significant:
+        scale = round_significant(scale, sdc.round_significant)
+        log.add("checkpoints", "rounded", f"coefficients, standard errors and residual variance rounded to {sdc.round_significant} significant figures; the rounding moves a coefficient by at most {rounding_cost:.2g} of its standard error", checkpoint=cp.tag)
+    out = {
         **base,
         "status": "released",
         "n": fit.n,
         "resid_df": fit.resid_df,
-        "scale": fit.scale,
+        "scale": scale,
         "k": len(fit.terms),
         "terms": terms,
-    }, log
+    }
+    if sdc.round_significant:
+        out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
+    return out, log
+
+
+def round_significant(x: float, digits: int) -> float:
+    """x rounded to `digits` significant figures (FSRDC output rule)."""
+    return float(f"{x:.{digits}g}") if np.isfinite(x) and x != 0 else float(x)
+
+
+def budget_warnings(released: list[dict[str, Any]], rows: dict[str, int], budget: float | None) -> list[dict[str, Any]]:
+    """SDC log entries for sources whose released coefficients exceed budget × N: many
+    coefficients on one sample narrow down the data they were estimated on."""
+    if not budget:
+        return []
+    out = []
+    for source, n in rows.items():
+        k = sum(sum(1 for t in c.get("terms", []) if not t.get("suppressed")) for c in released if c["source"] == source and c.get("status") == "released")
+        if k > budget * n:
+            out.append({"stage": "checkpoints", "action": "budget_warning", "source": source, "coefficients": k,
+                        "reason": f"{k} released coefficients exceed the budget of {budget:g} × N; an output checker should review the checkpoints"})
+    return out
 
 
 def capture_checkpoints(frames: dict[str, pd.DataFrame], manifest: Manifest) -> tuple[list[dict[str, Any]], SdcLog]:

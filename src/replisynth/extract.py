@@ -20,7 +20,14 @@ from .dims import category_values, copula_dims, dim_matrix, numeric_values, orde
 from .errors import DataError
 from .io import FileMeta
 from .manifest import Manifest, Source
-from .marginals import FrequencyTable, frequency_table, level_order, py_value, quantile_grid
+from .marginals import (
+    FrequencyTable,
+    frequency_table,
+    level_order,
+    py_value,
+    quantile_grid,
+    released_levels,
+)
 from .schema import ColumnSpec, infer_schema, pandera_schema, validation_summary
 from .sdc import SdcLog, check_release
 
@@ -33,8 +40,19 @@ def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
     return None
 
 
+def _grid_marginal(kind: str, missing: int, v: np.ndarray, trim: float, method: str) -> dict[str, Any]:
+    """A grid release; adaptive grids also say which percent levels they were built from."""
+    out: dict[str, Any] = {"kind": kind, "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim, method).tolist()}
+    if method != "fixed":
+        out["method"] = method
+    if "adaptive" in method:
+        out["released_levels"] = released_levels(len(v), method)
+    return out
+
+
 def _marginal(
-    s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True, source_levels: np.ndarray | None = None
+    s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True, source_levels: np.ndarray | None = None,
+    grid: str = "fixed",
 ) -> dict[str, Any]:
     """The released marginal of one column in one block. Inside a stratum (`pool` False) a
     many-level ordinal becomes a grid of its values mapped onto the source-level released
@@ -43,16 +61,16 @@ def _marginal(
     if spec.role == "continuous":
         v = numeric_values(s, spec)
         v = v[~np.isnan(v)]
-        if len(v) < min_cell:
+        if len(v) < min_cell or not released_levels(len(v), grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
-        return {"kind": "continuous", "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim).tolist()}
+        return _grid_marginal("continuous", missing, v, trim, grid)
     if not pool and spec.ordered and spec.logical_type in ("integer", "float") and s.nunique() >= 3:
         # Inside a stratum a many-level ordinal is released as a percentile grid (like a
         # continuous column): a frequency table would suppress most of its levels.
         v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64") if source_levels is None else source_levels[~np.isnan(source_levels)]
-        if len(v) < min_cell:
+        if len(v) < min_cell or not released_levels(len(v), grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
-        return {"kind": "ordinal_grid", "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim).tolist()}
+        return _grid_marginal("ordinal_grid", missing, v, trim, grid)
     cats = category_values(s)
     table = frequency_table(cats, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
     if not table.levels:
@@ -82,6 +100,13 @@ def gated_spearman(X: np.ndarray, min_cell: int) -> tuple[np.ndarray, int]:
     return S, len(bad)
 
 
+def identity_pairs(S: np.ndarray) -> int:
+    """Number of off-diagonal pairs with |rank correlation| == 1 (to 1e-12)."""
+    iu = np.triu_indices(len(S), 1)
+    v = S[iu]
+    return int(np.sum(np.isfinite(v) & (np.abs(np.abs(v) - 1.0) < 1e-12)))
+
+
 def shared_missing_patterns(df: pd.DataFrame, columns: list[str]) -> list[list[str]]:
     """Sets of columns whose missing values fall on exactly the same rows (a survey module
     skipped together, a derived column and its source). Synthesis gives each set one
@@ -104,7 +129,7 @@ def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> pd.Series:
     return pd.Series(keys, index=df.index, dtype=object)
 
 
-def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str) -> dict[str, Any]:
+def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str, grid: str = "fixed") -> dict[str, Any]:
     sizes = s.dropna().value_counts().to_numpy()
     g = int(len(sizes))
     if g == 0:
@@ -113,7 +138,7 @@ def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source
         log.add("groups", "coarsened", f"{g} groups (< min_cell_size): only the number of groups and the mean size are released", source=source, column=str(s.name))
         return {"groups": g, "size_grid": None, "mean_size": float(sizes.mean())}
     log.add("groups", "trimmed", f"group-size distribution released as a {trim:g}%-trimmed percentile grid", source=source, column=str(s.name))
-    return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim).tolist(), "mean_size": float(sizes.mean())}
+    return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, grid).tolist(), "mean_size": float(sizes.mean())}
 
 
 def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source) -> tuple[dict[str, Any], SdcLog]:
@@ -157,7 +182,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
     released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
     marginals: dict[str, dict[str, Any]] = {}
     for s in released_cols:
-        m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim)
+        m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, grid=sdc.grid)
         marginals[s.name] = m
         _log_marginal(log, source.name, "all", s, m, sdc)
     # Columns that released nothing become all-missing columns of the release.
@@ -185,6 +210,9 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
             lev = np.asarray(t.levels, dtype="float64")
             pooled_values[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])
     S_all, n_bad = gated_spearman(X, sdc.min_cell_size)
+    n_ident = identity_pairs(S_all)
+    if n_ident:
+        log.add("correlations", "identity", f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended", source=source.name, block="all", pairs=n_ident)
     if n_bad:
         log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} not released", source=source.name, block="all", dims=n_bad)
     blocks: dict[str, dict[str, Any]] = {
@@ -201,7 +229,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
                 continue
             lv = pooled_values.get(s.name)
             m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
-                          source_levels=lv[mask] if lv is not None else None)
+                          source_levels=lv[mask] if lv is not None else None, grid=sdc.grid)
             bm[s.name] = m
             _log_marginal(log, source.name, bid, s, m, sdc)
         S_b, n_bad = gated_spearman(X[mask], sdc.min_cell_size)
@@ -210,7 +238,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
         blocks[bid] = {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}
         cells.append({"id": bid, "key": list(key), "rows": int(mask.sum())})
 
-    groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name) for c in source.key_columns}
+    groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid) for c in source.key_columns}
     value_labels = _released_value_labels(meta, marginals)
     release: dict[str, Any] = {
         "source": source.name,

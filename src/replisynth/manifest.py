@@ -18,11 +18,12 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
 
 # Agency profiles (see README "SDC and output checking"); explicit sdc keys override these.
 SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "standard": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10},
-    "iab": {"min_cell_size": 20, "quantile_trim": 1, "min_resid_df": 20},
-    "fsrdc": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10},
-    "strict": {"min_cell_size": 100, "quantile_trim": 1, "min_resid_df": 20},
+    "standard": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "fixed", "round_significant": None, "budget": None},
+    "iab": {"min_cell_size": 20, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive", "round_significant": None, "budget": 0.1},
+    "fsrdc": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "pseudo", "round_significant": 4, "budget": 0.1},
+    "strict": {"min_cell_size": 100, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive+pseudo", "round_significant": 4, "budget": 0.05},
 }
+SDC_KEYS = ("min_cell_size", "quantile_trim", "min_resid_df", "grid", "round_significant", "budget")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Sdc:
     min_cell_size: int
     quantile_trim: float
     min_resid_df: int
+    grid: str = "fixed"
+    round_significant: int | None = None
+    budget: float | None = None
     overridden: tuple[str, ...] = ()
 
 
@@ -225,7 +229,7 @@ def validate_schema(raw: dict[str, Any]) -> dict[str, Any]:
 def _resolve_sdc(raw: dict[str, Any]) -> Sdc:
     profile = raw.get("profile", "standard")
     values = dict(SDC_PROFILE_DEFAULTS[profile])
-    overridden = tuple(k for k in ("min_cell_size", "quantile_trim", "min_resid_df") if k in raw)
+    overridden = tuple(k for k in SDC_KEYS if k in raw)
     for k in overridden:
         values[k] = raw[k]
     return Sdc(
@@ -233,6 +237,9 @@ def _resolve_sdc(raw: dict[str, Any]) -> Sdc:
         min_cell_size=int(values["min_cell_size"]),
         quantile_trim=float(values["quantile_trim"]),
         min_resid_df=int(values["min_resid_df"]),
+        grid=str(values["grid"]),
+        round_significant=None if values["round_significant"] is None else int(values["round_significant"]),
+        budget=None if values["budget"] is None else float(values["budget"]),
         overridden=overridden,
     )
 

@@ -24,19 +24,76 @@ import pandas as pd
 GRID = np.linspace(0.0, 1.0, 101)
 
 
-def quantile_grid(values: np.ndarray, trim: float) -> np.ndarray:
-    """101 percentiles of `values` (non-missing) with `trim` percent top/bottom coding."""
+# IAB practice: the percentiles a group of n observations may release.
+ADAPTIVE_LEVELS: list[tuple[int, list[float]]] = [
+    (2000, [float(p) for p in range(101)]),
+    (400, [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99]),
+    (200, [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]),
+    (80, [10, 20, 30, 40, 50, 60, 70, 80, 90]),
+    (40, [25, 50, 75]),
+    (20, [50]),
+]
+GRID_METHODS = ("fixed", "adaptive", "pseudo", "adaptive+pseudo")
+
+
+def adaptive_levels(n: int) -> list[float]:
+    """Percent levels an IAB-style adaptive grid releases for n observations (none below 20)."""
+    for size, levels in ADAPTIVE_LEVELS:
+        if n >= size:
+            return levels
+    return []
+
+
+def pseudo_percentiles(v: np.ndarray, levels: np.ndarray, window: int = 11) -> np.ndarray:
+    """FSRDC pseudo-percentiles: each the mean of the `window` order statistics centred on
+    the percentile's rank (shifted inside the sample at the ends), never an observed value
+    unless ties make it one."""
+    x = np.sort(np.asarray(v, dtype="float64"))
+    n = len(x)
+    w = min(window, n)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    rank = np.round(np.asarray(levels, dtype="float64") / 100.0 * (n - 1)).astype(int)
+    start = np.clip(rank - w // 2, 0, n - w)
+    return (csum[start + w] - csum[start]) / w
+
+
+def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed") -> np.ndarray:
+    """101 percentiles of `values` (non-missing) with `trim` percent top/bottom coding.
+
+    method: fixed (every percentile), adaptive (only the percentiles n supports, the grid
+    interpolated through them and flat beyond the outermost), pseudo (pseudo-percentiles),
+    adaptive+pseudo. The result is always the 101-point grid synthesis uses; with adaptive
+    grids it is a function of the released points only (see `released_levels`)."""
     v = np.asarray(values, dtype="float64")
-    q = np.percentile(v, np.arange(101), method="averaged_inverted_cdf")
-    if trim > 0:
+    n = len(v)
+    pseudo = "pseudo" in method
+    levels = np.asarray(adaptive_levels(n) if "adaptive" in method else list(range(101)), dtype="float64")
+    if len(levels) == 0:
+        raise ValueError(f"an adaptive grid releases nothing for {n} values")
+
+    def pct(p: np.ndarray | float) -> np.ndarray:
+        p = np.atleast_1d(np.asarray(p, dtype="float64"))
+        if pseudo:
+            return pseudo_percentiles(v, p)
+        return np.percentile(v, p, method="averaged_inverted_cdf")
+
+    q = pct(levels)
+    if trim > 0 and len(levels) > 1:
         # With fewer than 100/trim values the trim percentile would be the raw extreme
         # itself; code at least the two most extreme values (the cut is then an average of
         # the 2nd and 3rd order statistics, never an observed extreme).
-        t = min(max(trim, 200.0 / len(v)), 50.0)
-        lo = np.percentile(v, t, method="averaged_inverted_cdf")
-        hi = np.percentile(v, 100 - t, method="averaged_inverted_cdf")
+        t = min(max(trim, 200.0 / n), 50.0)
+        lo, hi = pct([t, 100 - t])
         q = np.clip(q, lo, hi)
-    return np.maximum.accumulate(q)
+    q = np.maximum.accumulate(q)
+    if len(levels) == 101:
+        return q
+    return np.interp(np.arange(101, dtype="float64"), levels, q)
+
+
+def released_levels(n: int, method: str) -> list[float]:
+    """The percent levels a grid of `method` actually releases for n values."""
+    return adaptive_levels(n) if "adaptive" in method else [float(p) for p in range(101)]
 
 
 def quantile_function(grid: np.ndarray, u: np.ndarray) -> np.ndarray:

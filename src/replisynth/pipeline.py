@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from .bundle import Bundle, load_bundle, write_bundle
-from .checkpoints import capture_checkpoint
+from .checkpoints import budget_warnings, capture_checkpoint
 from .errors import TierNotMet
 from .extract import extract_source
 from .io import (
@@ -67,6 +67,7 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
         released.append(rel)
         sdc.extend(lg)
+    sdc.extend(budget_warnings(released, {k: len(v) for k, v in frames.items()}, manifest.sdc.budget))
     write_json(out, released)
     write_json(sdc_out, sdc.entries)
 

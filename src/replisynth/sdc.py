@@ -35,6 +35,9 @@ def resolved_settings(sdc: Sdc) -> dict[str, Any]:
         "min_cell_size": sdc.min_cell_size,
         "quantile_trim": sdc.quantile_trim,
         "min_resid_df": sdc.min_resid_df,
+        "grid": sdc.grid,
+        "round_significant": sdc.round_significant,
+        "budget": sdc.budget,
         "overridden_by_manifest": list(sdc.overridden),
     }
 

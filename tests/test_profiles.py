@@ -1,0 +1,125 @@
+"""Agency SDC profiles: adaptive grids (IAB), pseudo-percentiles and rounding (FSRDC),
+checkpoint budgets, identity correlations, and profile resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_people, manifest_for, release_of, run_pipeline
+
+from replisynth.checkpoints import round_significant
+from replisynth.manifest import load_manifest
+from replisynth.marginals import adaptive_levels, pseudo_percentiles, quantile_grid
+
+
+@pytest.mark.parametrize(
+    "n,levels",
+    [(10, []), (20, [50]), (39, [50]), (40, [25, 50, 75]), (80, list(range(10, 100, 10))),
+     (250, [5, *range(10, 100, 10), 95]), (400, [1, 5, *range(10, 100, 10), 95, 99]), (2000, list(range(101)))],
+)
+def test_adaptive_levels_follow_group_size(n, levels):
+    assert adaptive_levels(n) == [float(x) for x in sorted(levels)]
+
+
+def test_adaptive_grid_interpolates_through_released_points_only():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=60)  # quartiles only
+    g = quantile_grid(v, trim=1, method="adaptive")
+    q = np.percentile(v, [25, 50, 75], method="averaged_inverted_cdf")
+    assert np.allclose(g[[25, 50, 75]], q)
+    assert np.all(g[:26] == q[0]) and np.all(g[75:] == q[2])  # flat beyond the outermost point
+    assert np.allclose(g[25:76], np.interp(np.arange(25, 76), [25, 50, 75], q))
+    assert len(np.unique(np.round(g, 12))) <= 52
+    # a tiny block: only the median
+    g20 = quantile_grid(rng.normal(size=25), trim=1, method="adaptive")
+    assert np.all(g20 == g20[50])
+    with pytest.raises(ValueError):
+        quantile_grid(rng.normal(size=10), trim=1, method="adaptive")
+
+
+def test_pseudo_percentiles_are_means_of_eleven_and_never_observed():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=500)
+    x = np.sort(v)
+    p = pseudo_percentiles(v, np.asarray([0.0, 50.0, 100.0]))
+    assert p[0] == pytest.approx(x[:11].mean())
+    r = int(round(0.5 * 499))
+    assert p[1] == pytest.approx(x[r - 5 : r + 6].mean())
+    assert p[2] == pytest.approx(x[-11:].mean())
+    g = quantile_grid(v, trim=1, method="pseudo")
+    assert not np.isin(np.round(g, 12), np.round(v, 12)).any()
+    assert np.all(np.diff(g) >= 0)
+
+
+def test_round_significant():
+    assert round_significant(0.0745123, 4) == 0.07451
+    assert round_significant(123456.7, 4) == 123500.0
+    assert round_significant(0.0, 4) == 0.0
+
+
+@pytest.mark.parametrize("profile,cell,df,grid,rnd,budget", [
+    ("standard", 50, 10, "fixed", None, None), ("iab", 20, 20, "adaptive", None, 0.1),
+    ("fsrdc", 50, 10, "pseudo", 4, 0.1), ("strict", 100, 20, "adaptive+pseudo", 4, 0.05),
+])
+def test_profiles_resolve_and_keys_override(profile, cell, df, grid, rnd, budget):
+    raw = manifest_for("x.csv")
+    raw["sdc"] = {"profile": profile}
+    s = load_manifest(raw).sdc
+    assert (s.min_cell_size, s.min_resid_df, s.grid, s.round_significant, s.budget) == (cell, df, grid, rnd, budget)
+    raw["sdc"] = {"profile": profile, "grid": "fixed", "round_significant": None, "budget": 0.5}
+    s = load_manifest(raw).sdc
+    assert (s.grid, s.round_significant, s.budget) == ("fixed", None, 0.5)
+    assert set(s.overridden) == {"grid", "round_significant", "budget"}
+
+
+def test_fsrdc_rounds_checkpoints_and_reports_the_cost(tmp_path):
+    df = make_people(1500, seed=2)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["sdc"] = {"profile": "fsrdc"}
+    raw["checkpoints"] = [{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female + C(region)", "vcov": "HC1"}]
+    raw["verify"] = {"tier": 4}
+    tiers = run_pipeline(raw, tmp_path / "out")
+    from replisynth.io import read_json
+
+    cps = read_json(tmp_path / "out" / "t" / "bundle" / "checkpoints.json")["checkpoints"]
+    for t in cps[0]["terms"]:
+        assert t["beta"] == round_significant(t["beta"], 4) and t["se"] == round_significant(t["se"], 4)
+    assert 0 < cps[0]["rounding_cost_dbeta_se"] < 0.05
+    log = read_json(tmp_path / "out" / "t" / "bundle" / "sdc_log.json")
+    assert log["settings"]["grid"] == "pseudo" and log["settings"]["round_significant"] == 4
+    assert any(e["action"] == "rounded" for e in log["decisions"])
+    assert tiers["tier_met"] == 4  # pinned to the rounded targets
+
+
+def test_iab_profile_meets_tier_4_with_strata(tmp_path):
+    df = make_people(2500, seed=3)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv", strata=["female"])
+    raw["sdc"] = {"profile": "iab"}
+    raw["checkpoints"] = [{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 * female", "weights": "w"}]
+    raw["verify"] = {"tier": 4}
+    tiers = run_pipeline(raw, tmp_path / "out")
+    assert tiers["tier_met"] == 4, {k: v.get("problems") for k, v in tiers["sources"]["people"].items() if isinstance(v, dict)}
+    from replisynth.io import read_json
+
+    rel = read_json(tmp_path / "out" / "t" / "bundle" / "source_people.json")
+    m = rel["blocks"]["s0"]["marginals"]["x1"]
+    assert m["method"] == "adaptive" and m["released_levels"] == adaptive_levels(m["n"])
+
+
+def test_budget_warning_and_identity_logged(tmp_path):
+    rng = np.random.default_rng(4)
+    n = 120
+    x = rng.normal(size=n)
+    df = pd.DataFrame({"pid": np.arange(n), "x": x, "ex": np.exp(x), "y": x + rng.normal(size=n),
+                       **{f"z{i}": rng.normal(size=n) for i in range(14)}})
+    rel, _, log = release_of(df, tmp_path, sdc={"min_cell_size": 20})
+    assert any(e["action"] == "identity" and e["pairs"] >= 1 for e in log.entries)
+    from replisynth.checkpoints import budget_warnings
+
+    cps = [{"source": "people", "status": "released", "terms": [{"term": f"t{i}", "beta": 0.0, "se": 1.0} for i in range(15)]}]
+    assert budget_warnings(cps, {"people": n}, 0.1)[0]["coefficients"] == 15
+    assert budget_warnings(cps, {"people": n}, None) == []
+    assert budget_warnings(cps, {"people": 1000}, 0.1) == []
