@@ -137,8 +137,11 @@ def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source
     if g < min_cell:
         log.add("groups", "coarsened", f"{g} groups (< min_cell_size): only the number of groups and the mean size are released", source=source, column=str(s.name))
         return {"groups": g, "size_grid": None, "mean_size": float(sizes.mean())}
-    log.add("groups", "trimmed", f"group-size distribution released as a {trim:g}%-trimmed percentile grid", source=source, column=str(s.name))
-    return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, grid).tolist(), "mean_size": float(sizes.mean())}
+    # Pseudo-percentiles (means of 11 group sizes) so that no single group's exact size,
+    # which may be unique, is released.
+    method = "adaptive+pseudo" if "adaptive" in grid else "pseudo"
+    log.add("groups", "coarsened", f"group-size distribution released as a {trim:g}%-trimmed grid of pseudo-percentiles (means of 11 group sizes): no group's exact size is released", source=source, column=str(s.name))
+    return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, method).tolist(), "mean_size": float(sizes.mean())}
 
 
 def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source) -> tuple[dict[str, Any], SdcLog]:
