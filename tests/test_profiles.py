@@ -123,3 +123,25 @@ def test_budget_warning_and_identity_logged(tmp_path):
     assert budget_warnings(cps, {"people": n}, 0.1)[0]["coefficients"] == 15
     assert budget_warnings(cps, {"people": n}, None) == []
     assert budget_warnings(cps, {"people": 1000}, 0.1) == []
+
+
+def test_dominance_rule_widens_dominated_pseudo_percentile_windows():
+    from replisynth.marginals import dominance_share
+
+    rng = np.random.default_rng(5)
+    v = np.exp(rng.normal(10, 1.0, size=3000))
+    v[-2:] = [2e7, 1.5e7]  # two units dominate the top window, not the whole column
+    x = np.sort(v)
+    plain = pseudo_percentiles(v, np.asarray([100.0]))
+    ruled = pseudo_percentiles(v, np.asarray([100.0]), dominance=0.6)
+    assert dominance_share(x[-11:]) > 0.6
+    assert ruled[0] < plain[0]
+    # the widened window (w values at the top) passes the rule
+    w = 11
+    while dominance_share(x[-w:]) > 0.6 and w < len(x):
+        w = min(2 * w + 1, len(x))
+    assert w < len(x)
+    assert ruled[0] == pytest.approx(x[-w:].mean())
+    # undominated windows are unchanged
+    mid = pseudo_percentiles(v, np.asarray([50.0]), dominance=0.6)
+    assert mid[0] == pytest.approx(pseudo_percentiles(v, np.asarray([50.0]))[0])

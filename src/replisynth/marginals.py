@@ -44,26 +44,51 @@ def adaptive_levels(n: int) -> list[float]:
     return []
 
 
-def pseudo_percentiles(v: np.ndarray, levels: np.ndarray, window: int = 11) -> np.ndarray:
+def pseudo_percentiles(v: np.ndarray, levels: np.ndarray, window: int = 11, dominance: float | None = None) -> np.ndarray:
     """FSRDC pseudo-percentiles: each the mean of the `window` order statistics centred on
     the percentile's rank (shifted inside the sample at the ends), never an observed value
-    unless ties make it one."""
+    unless ties make it one.
+
+    With `dominance` (a share in (0, 1]), a window whose two largest contributors (by
+    absolute value) exceed that share of its absolute total is widened (21, 43, ... values)
+    until it passes: a mean dominated by one or two units would disclose them."""
     x = np.sort(np.asarray(v, dtype="float64"))
     n = len(x)
-    w = min(window, n)
     csum = np.concatenate([[0.0], np.cumsum(x)])
+    ax = np.abs(x)
     rank = np.round(np.asarray(levels, dtype="float64") / 100.0 * (n - 1)).astype(int)
-    start = np.clip(rank - w // 2, 0, n - w)
-    return (csum[start + w] - csum[start]) / w
+    out = np.empty(len(rank))
+    for i, r in enumerate(rank):
+        w = min(window, n)
+        while True:
+            start = int(np.clip(r - w // 2, 0, n - w))
+            if dominance is None or w >= n:
+                break
+            seg = ax[start : start + w]
+            total = seg.sum()
+            top2 = np.sort(seg)[-2:].sum() if w >= 2 else total
+            if total <= 0 or top2 <= dominance * total:
+                break
+            w = min(2 * w + 1, n)
+        out[i] = (csum[start + w] - csum[start]) / w
+    return out
 
 
-def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed") -> np.ndarray:
+def dominance_share(values: np.ndarray) -> float:
+    """Share of the absolute total held by the two largest contributors."""
+    a = np.sort(np.abs(np.asarray(values, dtype="float64")))
+    total = a.sum()
+    return float(a[-2:].sum() / total) if total > 0 else 0.0
+
+
+def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None) -> np.ndarray:
     """101 percentiles of `values` (non-missing) with `trim` percent top/bottom coding.
 
     method: fixed (every percentile), adaptive (only the percentiles n supports, the grid
     interpolated through them and flat beyond the outermost), pseudo (pseudo-percentiles),
     adaptive+pseudo. The result is always the 101-point grid synthesis uses; with adaptive
-    grids it is a function of the released points only (see `released_levels`)."""
+    grids it is a function of the released points only (see `released_levels`).
+    `dominance` applies the top-2 dominance rule to pseudo-percentile windows."""
     v = np.asarray(values, dtype="float64")
     n = len(v)
     pseudo = "pseudo" in method
@@ -74,7 +99,7 @@ def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed") -> np.
     def pct(p: np.ndarray | float) -> np.ndarray:
         p = np.atleast_1d(np.asarray(p, dtype="float64"))
         if pseudo:
-            return pseudo_percentiles(v, p)
+            return pseudo_percentiles(v, p, dominance=dominance)
         return np.percentile(v, p, method="averaged_inverted_cdf")
 
     q = pct(levels)
