@@ -151,6 +151,10 @@ def certificate_text(tiers: dict) -> str:
                        f"to {_f(summ.get('se_ratio_max'))} (median {_f(summ.get('se_ratio_median'))}).")
     else:
         out.append("No checkpoint coefficient terms were verified.")
+    costs = [c.get("rounding_cost_dbeta_se") for c in cps.values() if c.get("rounding_cost_dbeta_se") is not None]
+    if costs:
+        out.append(f"Released coefficients were rounded for disclosure control; the rounding moves a coefficient by at most "
+                   f"{_f(max(costs))} of its standard error relative to the unrounded original.")
     out.append(f"Seed {tiers.get('seed')}; bundle sha256 {tiers.get('bundle_sha256')}; "
                f"software: {_software(tiers.get('software'))}.")
     return " ".join(out)

@@ -360,6 +360,8 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             })
         out[tag] = {"passed": bool(passed), "status": "verified", "source": c["source"], "model": c["model"],
                     "n_target": c["n"], "n_synthetic": fit.n, "max_dbeta_se": worst, "max_dbeta_se_target": worst_t, "terms": terms}
+        if c.get("rounding_cost_dbeta_se") is not None:
+            out[tag]["rounding_cost_dbeta_se"] = c["rounding_cost_dbeta_se"]
     return out
 
 
