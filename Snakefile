@@ -36,6 +36,7 @@ rule all:
 if not P.outside:
 
     include: "rules/extract.smk"
+    include: "rules/audit.smk"
 
 
 include: "rules/synthesize.smk"

@@ -5,6 +5,8 @@ install it. Same package functions, same output layout as the workflow.
   replisynth synthesize MANIFEST | --bundle DIR   synthetic data (Layers 1-4)
   replisynth verify MANIFEST | --bundle DIR       tiers.json, report.html, certificate.txt
   replisynth run MANIFEST                     all three
+  replisynth audit MANIFEST                   secure side, after run: output-checking audit
+                                              (results/<name>/audit/audit.{json,txt})
 
 Exit status: 0 on success, 1 on a user error (message, no traceback), 2 when verification
 ran but the required tier was not met.
@@ -28,6 +30,7 @@ def _paths(results: Path, manifest: Manifest) -> dict[str, Path]:
         "synthesize": results / "synthesize",
         "synthetic": results / "synthetic",
         "verify": results / "verify",
+        "audit": results / "audit",
     }
 
 
@@ -83,9 +86,27 @@ def cmd_verify(bundle_dir: Path, out_root: Path) -> None:
     check_tier(tiers)
 
 
+def cmd_audit(manifest: Manifest, out_root: Path) -> Path:
+    """Secure side: audit the synthetic data of a finished run against the original data.
+    Needs the bundle and the synthetic parquet files; does not make them."""
+    from .errors import BundleError, DataError
+    from .pipeline import stage_audit
+
+    p = _paths(out_root / manifest.name, manifest)
+    if not (p["bundle"] / "manifest.json").exists():
+        raise BundleError(f"audit: {p['bundle'] / 'manifest.json'} is missing; run `replisynth run MANIFEST` (same --results) first")
+    synthetic = {s.name: p["synthetic"] / f"{s.name}.parquet" for s in manifest.sources}
+    for f in synthetic.values():
+        if not f.exists():
+            raise DataError(f"audit: {f} is missing; run `replisynth synthesize MANIFEST` (same --results) first")
+    result = stage_audit(manifest, p["bundle"], synthetic, p["audit"] / "audit.json", p["audit"] / "audit.txt")
+    print(result["summary"])
+    return p["audit"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
-    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run"])
+    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit"])
     ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run)")
     ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
     ap.add_argument("--results", default="results", help="output root (default: results)")
@@ -98,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("replisynth").setLevel(logging.WARNING)
     out_root = Path(args.results)
     try:
-        if args.command in ("extract", "run") or not args.bundle:
+        if args.command in ("extract", "run", "audit") or not args.bundle:
             if not args.manifest:
                 ap.error(f"{args.command} needs a MANIFEST (or --bundle DIR for synthesize/verify)")
             manifest = load_manifest(args.manifest)
@@ -111,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_synthesize(bundle_dir, out_root)
         if args.command in ("verify", "run"):
             cmd_verify(bundle_dir, out_root)
+        if args.command == "audit":
+            cmd_audit(manifest, out_root)
     except TierNotMet as exc:
         sys.stderr.write(f"replisynth: {exc}\n")
         return 2

@@ -48,6 +48,7 @@ class Source:
     strata: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     panel: Panel | None = None
+    keys: tuple[str, ...] = ()
 
     @property
     def format(self) -> str:
@@ -264,6 +265,7 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         strata=tuple(d.get("strata", [])),
         groups=tuple(d.get("groups", [])),
         panel=Panel(entity=panel["entity"], time=panel["time"]) if panel else None,
+        keys=tuple(d.get("keys", [])),
     )
     both = set(src.categorical) & set(src.continuous)
     if both:
@@ -381,7 +383,7 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
             f"{where}: column {col!r} is not in source {source!r} ({src.path}; columns: {shown})"
         )
 
-    for key in ("ids", "exclude", "categorical", "continuous", "strata", "groups"):
+    for key in ("ids", "exclude", "categorical", "continuous", "strata", "groups", "keys"):
         for col in getattr(src, key):
             if col not in have:
                 raise missing(f"sources.{source}.{key}", col)

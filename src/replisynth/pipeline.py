@@ -194,3 +194,34 @@ def check_tier(tiers_path: str | Path) -> None:
 def bundle_of(bundle_dir: str | Path) -> Bundle:
     """Load a bundle (for callers that only need its manifest)."""
     return load_bundle(bundle_dir)
+
+
+def stage_audit(manifest: Manifest, bundle_dir: str | Path, synthetic: dict[str, str | Path], json_out: str | Path, txt_out: str | Path) -> dict[str, Any]:
+    """Secure side: the output-checking audit of the synthetic data against the original
+    (identical rows, replicated uniques, distance to closest record); writes audit.json and
+    audit.txt, which hold counts, shares and distances only."""
+    from .audit import audit_run, audit_source, render_text
+    from .errors import BundleError
+
+    b = load_bundle(bundle_dir)
+    per_source: dict[str, dict[str, Any]] = {}
+    for s in manifest.sources:
+        if s.name not in b.releases:
+            raise BundleError(f"{bundle_dir}: the bundle has no source {s.name!r}; rerun extract with this manifest")
+        original = _read_checked(manifest, s.name)[0]
+        syn = pd.read_parquet(synthetic[s.name])
+        r = audit_source(original, syn, b.releases[s.name], s.name, manifest.seed, keys=s.keys, strata=s.strata)
+        d = r["dcr"]
+        log.info("%s: audited %d synthetic rows against %d original rows: %d identical on all %d columns, "
+                 "%d on the %d key columns, %d replicated uniques", s.name, r["synthetic_rows"], r["original_rows"],
+                 r["identical_all_columns"]["count"], len(r["columns"]), r["identical_keys"]["count"], len(r["keys"]),
+                 r["replicated_uniques"]["count"])
+        if "skipped" not in d:
+            log.info("%s: DCR median %.3g to training, %.3g to holdout; %.1f%% closer than the holdout 5th percentile",
+                     s.name, d["median_to_training"], d["median_to_holdout"], 100 * d["share_closer_than_p5"])
+        per_source[s.name] = r
+    result = audit_run(manifest.name, manifest.seed, per_source, bundle_sha256=b.sha256)
+    write_json(json_out, result)
+    write_text(txt_out, render_text(result))
+    log.info("audit verdict: %s", result["verdict"])
+    return result
