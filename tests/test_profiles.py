@@ -145,3 +145,23 @@ def test_dominance_rule_widens_dominated_pseudo_percentile_windows():
     # undominated windows are unchanged
     mid = pseudo_percentiles(v, np.asarray([50.0]), dominance=0.6)
     assert mid[0] == pytest.approx(pseudo_percentiles(v, np.asarray([50.0]))[0])
+
+
+def test_sensitive_columns_get_dominance_ruled_pseudo_percentiles(tmp_path):
+    rng = np.random.default_rng(6)
+    n = 3000
+    income = np.exp(rng.normal(10, 1, size=n))
+    income[:2] = [3e7, 2e7]  # two dominant units
+    df = pd.DataFrame({"pid": np.arange(n), "income": income, "age": rng.integers(18, 70, size=n).astype(float)})
+    rel, _, log = release_of(df, tmp_path, sensitive=["income"], continuous=["age"])
+    m = rel["blocks"]["all"]["marginals"]["income"]
+    assert m["method"] == "pseudo" and m["dominance"] == 0.85
+    assert "method" not in rel["blocks"]["all"]["marginals"]["age"]
+    assert not np.isin(np.round(m["grid"], 6), np.round(income, 6)).any()
+    assert any(e["action"] == "dominance" and e["column"] == "income" for e in log.entries)
+    from replisynth.errors import ManifestError
+    from replisynth.manifest import check_columns
+
+    m = load_manifest(manifest_for(tmp_path / "people.csv", sensitive=["nope"]))
+    with pytest.raises(ManifestError, match=r"sources\.people\.sensitive: column 'nope'"):
+        check_columns(m, "people", list(df.columns))

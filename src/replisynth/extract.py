@@ -40,9 +40,11 @@ def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
     return None
 
 
-def _grid_marginal(kind: str, missing: int, v: np.ndarray, trim: float, method: str) -> dict[str, Any]:
+def _grid_marginal(kind: str, missing: int, v: np.ndarray, trim: float, method: str, dominance: float | None = None) -> dict[str, Any]:
     """A grid release; adaptive grids also say which percent levels they were built from."""
-    out: dict[str, Any] = {"kind": kind, "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim, method).tolist()}
+    out: dict[str, Any] = {"kind": kind, "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim, method, dominance).tolist()}
+    if dominance is not None:
+        out["dominance"] = dominance
     if method != "fixed":
         out["method"] = method
     if "adaptive" in method:
@@ -50,9 +52,19 @@ def _grid_marginal(kind: str, missing: int, v: np.ndarray, trim: float, method: 
     return out
 
 
+def _grid_args(column: str, source: Source, sdc: Any) -> dict[str, Any]:
+    """Grid method for a column: the profile's, with pseudo-percentiles and the dominance
+    rule forced on for columns listed as `sensitive`."""
+    if column not in source.sensitive:
+        return {"grid": sdc.grid}
+    method = sdc.grid if "pseudo" in sdc.grid else ("adaptive+pseudo" if "adaptive" in sdc.grid else "pseudo")
+    return {"grid": method, "dominance": sdc.dominance}
+
+
 def _marginal(
     s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True, source_levels: np.ndarray | None = None,
     grid: str = "fixed",
+    dominance: float | None = None,
 ) -> dict[str, Any]:
     """The released marginal of one column in one block. Inside a stratum (`pool` False) a
     many-level ordinal becomes a grid of its values mapped onto the source-level released
@@ -63,7 +75,7 @@ def _marginal(
         v = v[~np.isnan(v)]
         if len(v) < min_cell or not released_levels(len(v), grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
-        return _grid_marginal("continuous", missing, v, trim, grid)
+        return _grid_marginal("continuous", missing, v, trim, grid, dominance)
     if not pool and spec.ordered and spec.logical_type in ("integer", "float") and s.nunique() >= 3:
         # Inside a stratum a many-level ordinal is released as a percentile grid (like a
         # continuous column): a frequency table would suppress most of its levels.
@@ -185,9 +197,12 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
     released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
     marginals: dict[str, dict[str, Any]] = {}
     for s in released_cols:
-        m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, grid=sdc.grid)
+        m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, **_grid_args(s.name, source, sdc))
         marginals[s.name] = m
         _log_marginal(log, source.name, "all", s, m, sdc)
+    for c in source.sensitive:
+        if c in marginals and marginals[c]["kind"] == "continuous":
+            log.add("marginals", "dominance", f"sensitive magnitude: pseudo-percentiles whose windows satisfy the top-2 dominance rule at {sdc.dominance:g}", source=source.name, column=c)
     # Columns that released nothing become all-missing columns of the release.
     for s in released_cols:
         if marginals[s.name]["kind"] == "suppressed" and s.missing < s.rows:
@@ -232,7 +247,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
                 continue
             lv = pooled_values.get(s.name)
             m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
-                          source_levels=lv[mask] if lv is not None else None, grid=sdc.grid)
+                          source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
             bm[s.name] = m
             _log_marginal(log, source.name, bid, s, m, sdc)
         S_b, n_bad = gated_spearman(X[mask], sdc.min_cell_size)

@@ -18,12 +18,12 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
 
 # Agency profiles (see README "SDC and output checking"); explicit sdc keys override these.
 SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "standard": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "fixed", "round_significant": None, "budget": None},
-    "iab": {"min_cell_size": 20, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive", "round_significant": None, "budget": 0.1},
-    "fsrdc": {"min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "pseudo", "round_significant": 4, "budget": 0.1},
-    "strict": {"min_cell_size": 100, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive+pseudo", "round_significant": 4, "budget": 0.05},
+    "standard": {"dominance": 0.85, "min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "fixed", "round_significant": None, "budget": None},
+    "iab": {"dominance": 0.85, "min_cell_size": 20, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive", "round_significant": None, "budget": 0.1},
+    "fsrdc": {"dominance": 0.85, "min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "pseudo", "round_significant": 4, "budget": 0.1},
+    "strict": {"dominance": 0.8, "min_cell_size": 100, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive+pseudo", "round_significant": 4, "budget": 0.05},
 }
-SDC_KEYS = ("min_cell_size", "quantile_trim", "min_resid_df", "grid", "round_significant", "budget")
+SDC_KEYS = ("min_cell_size", "quantile_trim", "min_resid_df", "grid", "round_significant", "budget", "dominance")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Source:
     groups: tuple[str, ...] = ()
     panel: Panel | None = None
     keys: tuple[str, ...] = ()
+    sensitive: tuple[str, ...] = ()
 
     @property
     def format(self) -> str:
@@ -75,6 +76,7 @@ class Sdc:
     grid: str = "fixed"
     round_significant: int | None = None
     budget: float | None = None
+    dominance: float = 0.85
     overridden: tuple[str, ...] = ()
 
 
@@ -241,6 +243,7 @@ def _resolve_sdc(raw: dict[str, Any]) -> Sdc:
         grid=str(values["grid"]),
         round_significant=None if values["round_significant"] is None else int(values["round_significant"]),
         budget=None if values["budget"] is None else float(values["budget"]),
+        dominance=float(values["dominance"]),
         overridden=overridden,
     )
 
@@ -266,6 +269,7 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         groups=tuple(d.get("groups", [])),
         panel=Panel(entity=panel["entity"], time=panel["time"]) if panel else None,
         keys=tuple(d.get("keys", [])),
+        sensitive=tuple(d.get("sensitive", [])),
     )
     both = set(src.categorical) & set(src.continuous)
     if both:
@@ -383,7 +387,7 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
             f"{where}: column {col!r} is not in source {source!r} ({src.path}; columns: {shown})"
         )
 
-    for key in ("ids", "exclude", "categorical", "continuous", "strata", "groups", "keys"):
+    for key in ("ids", "exclude", "categorical", "continuous", "strata", "groups", "keys", "sensitive"):
         for col in getattr(src, key):
             if col not in have:
                 raise missing(f"sources.{source}.{key}", col)

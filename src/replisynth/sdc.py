@@ -38,6 +38,7 @@ def resolved_settings(sdc: Sdc) -> dict[str, Any]:
         "grid": sdc.grid,
         "round_significant": sdc.round_significant,
         "budget": sdc.budget,
+        "dominance": sdc.dominance,
         "overridden_by_manifest": list(sdc.overridden),
     }
 
