@@ -148,7 +148,9 @@ def stage_report(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers
     b = load_bundle(bundle_dir)
     frames, _ = read_synthetic(synthetic)
     tiers = read_json(tiers_path)
-    prov = provenance(benchmarks or [])
+    prov = provenance(benchmarks or []) or {}
+    prov["sdc settings"] = b.sdc_log.get("settings", {})
+    prov["sdc decisions"] = len(b.sdc_log.get("decisions", []))
     cert = certificate_text(tiers)
     outcomes = {s: {c["outcome"] for c in b.checkpoints if c["source"] == s and c.get("status") == "released"} for s in b.releases}
     html = render_report(tiers, b.releases, frames, cert, provenance=prov, outcomes=outcomes)
