@@ -31,8 +31,6 @@ from .marginals import (
 from .schema import ColumnSpec, infer_schema, pandera_schema, validation_summary
 from .sdc import SdcLog, check_release
 
-RESIDUAL = "residual"
-
 
 def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
     if isinstance(s.dtype, pd.CategoricalDtype):

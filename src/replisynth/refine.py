@@ -30,8 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-_DEBUG = False
-
 
 def scores(x: np.ndarray) -> np.ndarray:
     """Mid-rank scores of a column, centred and scaled to unit norm; missing rows score 0."""
@@ -165,8 +163,6 @@ def refine_swaps(
         if worst <= tol or total > prev * (1 - min_gain):
             break
         prev = total
-        if _DEBUG:
-            print("sweep", _, round(worst, 4), round(total, 5))
         improved = False
         for ui, dims in enumerate(units):
             inside = np.zeros(d, dtype=bool)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
-from .correlations import Margin, latent_matrix, nearest_correlation, spearman_matrix
+from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
 from .marginals import exact_quantile_sample, quantile_function
@@ -24,8 +24,6 @@ from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps
 from .schema import EPOCH, ColumnSpec
 from .seeds import rng as make_rng
-
-DEBUG = False
 
 
 def _active_dims(dims: list[dict[str, Any]], bp: BlockPlan) -> list[int]:
@@ -245,7 +243,7 @@ def _panel(df: pd.DataFrame, entity: str, time: str) -> pd.DataFrame:
     return df
 
 
-def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], specs: dict[str, ColumnSpec], seed: int, source: str) -> dict[str, np.ndarray]:
+def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], seed: int, source: str) -> dict[str, np.ndarray]:
     """Swap-refine the stacked blocks towards each block's and the source's Spearman targets."""
     dims = release["dims"]
     if len(dims) < 2:
@@ -266,18 +264,6 @@ def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: d
     for unit_root, perm in zip(units, perms, strict=True):
         for col in [unit_root, *[b for b, a in root.items() if a == unit_root]]:
             out[col] = cols[col][perm]
-    if DEBUG:
-        Y = X.copy()
-        for js, perm in zip(units.values(), perms, strict=True):  # noqa: B007
-            Y[:, js] = X[perm][:, js]
-        for name, g, T in [(b.id, grp, t) for b, grp, t in zip(plan, groups, targets, strict=True)] + ([("all", np.arange(len(X)), glob)] if glob is not None else []):
-            e0 = np.nanmax(np.abs(spearman_matrix(X[g]) - T))
-            e1 = np.nanmax(np.abs(spearman_matrix(Y[g]) - T))
-            print(name, "copula", round(float(e0), 4), "refined", round(float(e1), 4))
-            E1 = np.abs(spearman_matrix(Y[g]) - T)
-            k = np.nanargmax(E1)
-            i, j = np.unravel_index(k, E1.shape)
-            print("   ", dims[i], dims[j], T[i, j], spearman_matrix(Y[g])[i, j])
     return out
 
 
@@ -294,7 +280,7 @@ def synthesize_source(release: dict[str, Any], seed: int, rows: int | None = Non
         for c in parts:
             parts[c].append(vals[c])
     cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
-    cols = refine_source(cols, plan, release, specs, seed, source)
+    cols = refine_source(cols, plan, release, seed, source)
     perm = make_rng(seed, source, "shuffle").permutation(rows)
     data: dict[str, pd.Series] = {}
     for s in specs_list:

@@ -180,7 +180,7 @@ def _isnum(k: Any) -> bool:
         return False
 
 
-def _block_components(plan: list[BlockPlan], col: str, release: dict[str, Any]) -> list[tuple[float, np.ndarray]]:
+def _block_components(plan: list[BlockPlan], col: str) -> list[tuple[float, np.ndarray]]:
     comps = []
     for b in plan:
         cp = b.columns[col]
@@ -203,7 +203,7 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         if m["kind"] == "continuous":
             v = numeric_values(df[col], spec)
             v = v[~np.isnan(v)]
-            comps = _block_components(plan, col, release)
+            comps = _block_components(plan, col)
             if not comps:
                 continue
             D, p = ks_test(v, comps, spec.integer)
