@@ -181,7 +181,7 @@ def read_source(path: str | Path) -> tuple[pd.DataFrame, FileMeta]:
             meta = FileMeta()
         elif fmt == "parquet":
             df = pd.read_parquet(path)
-            meta = _parquet_meta(path)
+            meta = parquet_meta(path)
         elif fmt == "dta":
             df, meta = _read_dta(path)
         else:
@@ -229,7 +229,7 @@ def _read_sav(path: Path) -> tuple[pd.DataFrame, FileMeta]:
 PARQUET_META_KEY = b"replisynth"
 
 
-def _parquet_meta(path: Path) -> FileMeta:
+def parquet_meta(path: Path) -> FileMeta:
     import pyarrow.parquet as pq
 
     md = pq.read_schema(path).metadata or {}

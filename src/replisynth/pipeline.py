@@ -18,7 +18,7 @@ from .errors import TierNotMet
 from .extract import extract_source
 from .io import (
     FileMeta,
-    _parquet_meta,
+    parquet_meta,
     read_columns,
     read_json,
     read_source,
@@ -122,7 +122,7 @@ def read_synthetic(paths: dict[str, str | Path]) -> tuple[dict[str, pd.DataFrame
     frames, labels = {}, {}
     for name, p in paths.items():
         frames[name] = pd.read_parquet(p)
-        m = _parquet_meta(Path(p))
+        m = parquet_meta(Path(p))
         labels[name] = {"variable_labels": m.variable_labels, "value_labels": m.value_labels}
         dta = Path(p).with_suffix(".dta")
         if dta.exists():
