@@ -551,3 +551,28 @@ def test_load_bundle_broken_manifest_json(bundle_copy: Path, content: str) -> No
 def test_errors_are_replisynth_errors() -> None:
     for cls in (BundleError, CheckpointError, DataError, ManifestError):
         assert issubclass(cls, ReplisynthError)
+
+
+def test_string_outcome_is_a_clear_checkpoint_error(tmp_path):
+    df = make_people(400)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["checkpoints"] = [{"tag": "s", "source": "people", "model": "ols", "formula": "region ~ x1"}]
+    from replisynth.cli import cmd_extract
+    from replisynth.errors import CheckpointError
+    from replisynth.manifest import load_manifest
+
+    with pytest.raises(CheckpointError, match=r"outcome 'region' is not numeric"):
+        cmd_extract(load_manifest(raw), tmp_path / "out")
+
+
+def test_boolean_outcome_pins_and_meets_tier_4(tmp_path):
+    df = make_people(1200)
+    df["flag"] = df["x1"] + np.random.default_rng(0).normal(size=len(df)) > 0.5
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["checkpoints"] = [{"tag": "lpm", "source": "people", "model": "ols", "formula": "flag ~ x1 + x2", "vcov": "HC1"}]
+    raw["verify"] = {"tier": 4}
+    tiers = run_pipeline(raw, tmp_path / "out")
+    assert tiers["tier_met"] == 4, tiers["sources"]["people"]["schema"]["problems"]
+    assert tiers["checkpoints"]["lpm"]["max_dbeta_se"] < 1e-8

@@ -88,6 +88,11 @@ def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
         mm = formulaic.model_matrix(cp.formula, data, na_action="raise")
     except Exception as exc:
         raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
+    if mm.lhs.shape[1] != 1 or not pd.api.types.is_numeric_dtype(data[cp.outcome]):
+        raise CheckpointError(
+            f"{label}: the outcome {cp.outcome!r} is not numeric; a linear checkpoint needs a numeric "
+            "outcome (recode it to numbers, or to a 0/1 column for a linear probability model)"
+        )
     y = np.asarray(mm.lhs, dtype="float64").reshape(-1)
     X = np.asarray(mm.rhs, dtype="float64")
     terms = [str(c) for c in mm.rhs.columns]

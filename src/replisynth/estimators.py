@@ -52,10 +52,13 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
         model = sm.WLS(design.y, design.X, weights=design.weights)
     else:
         model = sm.OLS(design.y, design.X)
-    if cp.cluster:
-        res = model.fit(cov_type="cluster", cov_kwds={"groups": design.clusters})
-    else:
-        res = model.fit(cov_type=cp.vcov)
+    try:
+        if cp.cluster:
+            res = model.fit(cov_type="cluster", cov_kwds={"groups": design.clusters})
+        else:
+            res = model.fit(cov_type=cp.vcov)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise CheckpointError(f"{label}: statsmodels could not fit the model ({exc}); check the formula, weights and vcov") from None
     return FitResult(
         terms=list(design.terms),
         beta=np.asarray(res.params, dtype="float64"),

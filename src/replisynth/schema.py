@@ -151,7 +151,7 @@ def pandera_schema(
     specs: list[ColumnSpec],
     categories: dict[str, list[Any]] | None = None,
     *,
-    exempt_integer: tuple[str, ...] = (),
+    exempt: tuple[str, ...] = (),
     check_missing_counts: bool = False,
     rows: int | None = None,
 ) -> Any:
@@ -159,6 +159,8 @@ def pandera_schema(
 
     Checks column presence and order, logical type, integer-valuedness, and (when
     `categories` is given) that categorical values come from the released categories.
+    Columns in `exempt` (checkpoint outcomes, which Layer 4 moves) skip the integer and
+    boolean value checks.
     """
     import pandera.pandas as pa
 
@@ -171,7 +173,7 @@ def pandera_schema(
             checks.append(
                 pa.Check(lambda s: pd.api.types.is_numeric_dtype(s.dtype), element_wise=False, error="numeric dtype")
             )
-            if spec.integer and spec.name not in exempt_integer:
+            if spec.integer and spec.name not in exempt:
                 checks.append(
                     pa.Check(
                         lambda s: np.all(np.equal(np.mod(s.dropna().to_numpy(dtype="float64"), 1), 0)),
@@ -181,7 +183,7 @@ def pandera_schema(
                 )
         if lt == "date":
             checks.append(pa.Check(lambda s: pd.api.types.is_datetime64_any_dtype(s.dtype), error="date dtype"))
-        if lt == "boolean":
+        if lt == "boolean" and spec.name not in exempt:
             checks.append(
                 pa.Check(
                     lambda s: s.dropna().isin([True, False, 0, 1]).all(),

@@ -131,8 +131,10 @@ def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         col = df[s.name]
         lt = logical_type(col)
         ok_types = {s.logical_type}
-        if s.logical_type == "integer":
-            ok_types |= {"float"} if (s.name in outcomes or col.isna().all()) else set()
+        if s.name in outcomes:  # Layer 4 moves outcomes: an integer or 0/1 outcome becomes float
+            ok_types |= {"float"}
+        if s.logical_type == "integer" and col.isna().all():
+            ok_types |= {"float"}
         if s.logical_type == "float":
             ok_types |= {"integer"}
         if s.logical_type == "string" and col.isna().all():
@@ -165,7 +167,7 @@ def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         for s in specs:
             if s.variable_label and labels.get("variable_labels", {}).get(s.name) != s.variable_label[:80]:
                 problems.append(f"{s.name}: variable label did not survive")
-    schema = pandera_schema(specs, cats, exempt_integer=tuple(outcomes))
+    schema = pandera_schema(specs, cats, exempt=tuple(outcomes))
     failures = validation_summary(schema, df)
     for f in failures:
         problems.append(f"pandera: {f['column']}: {f['check']} ({f['failures']} rows)")
