@@ -576,3 +576,25 @@ def test_boolean_outcome_pins_and_meets_tier_4(tmp_path):
     tiers = run_pipeline(raw, tmp_path / "out")
     assert tiers["tier_met"] == 4, tiers["sources"]["people"]["schema"]["problems"]
     assert tiers["checkpoints"]["lpm"]["max_dbeta_se"] < 1e-8
+
+
+def test_checkpoint_on_a_column_that_releases_nothing_is_flagged(tmp_path):
+    """Every year has 30 rows (< 50): the year factor releases nothing, so a checkpoint with
+    C(year) cannot be rebuilt. Extraction says so (log + sdc_log), verification fails tier 4
+    naming the empty column, and listing the column as continuous fixes it."""
+    rng = np.random.default_rng(2)
+    n = 600
+    df = pd.DataFrame({"pid": np.arange(n), "year": np.repeat(np.arange(1980, 2000), 30), "x": rng.normal(size=n)})
+    df["y"] = df["x"] + 0.01 * (df["year"] - 1990) + rng.normal(size=n)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["checkpoints"] = [{"tag": "fe", "source": "people", "model": "ols", "formula": "y ~ x + C(year)"}]
+    raw["verify"] = {"tier": 4}
+    tiers = run_pipeline(raw, tmp_path / "a")
+    from replisynth.io import read_json
+
+    log = read_json(tmp_path / "a" / "t" / "bundle" / "sdc_log.json")["decisions"]
+    assert any(e["action"] == "unbuildable" and "year" in e["reason"] for e in log)
+    assert tiers["tier_met"] == 3 and "entirely missing: year" in tiers["checkpoints"]["fe"]["reason"]
+    raw["sources"]["people"]["continuous"] = ["year"]
+    assert run_pipeline(raw, tmp_path / "b")["tier_met"] == 4

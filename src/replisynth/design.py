@@ -70,7 +70,9 @@ def estimation_sample(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> pd.D
             raise CheckpointError(f"{label}: subset {cp.subset!r} selects no rows; check the condition")
     data = data[cols].dropna()
     if len(data) == 0:
-        raise CheckpointError(f"{label}: no row has all of {cols} non-missing (after subset); check the variables")
+        empty = [c for c in cols if df[c].isna().all()]
+        hint = f"; entirely missing: {', '.join(empty)}" if empty else ""
+        raise CheckpointError(f"{label}: no row has all of {cols} non-missing (after subset){hint}; check the variables")
     if cp.weights:
         w = pd.to_numeric(data[cp.weights], errors="coerce")
         if (w <= 0).any() or w.isna().any():

@@ -78,7 +78,19 @@ def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], chec
     for p in sdc_parts:
         sdc.extend(read_json(p))
     rel = {name: read_json(p) for name, p in releases.items()}
-    write_bundle(bundle_dir, manifest, rel, read_json(checkpoints), sdc)
+    cps = read_json(checkpoints)
+    for c in cps:
+        if c.get("status") != "released":
+            continue
+        marg = rel[c["source"]]["blocks"]["all"]["marginals"]
+        lost = [col for col in c["columns"] if marg.get(col, {}).get("kind") == "suppressed" and marg[col].get("n", 0) > 0]
+        if lost:
+            msg = (f"checkpoint {c['tag']}: column(s) {', '.join(lost)} release nothing under min_cell_size={manifest.sdc.min_cell_size} "
+                   "(every category below the cell size), so the synthetic data cannot rebuild this checkpoint; "
+                   "pool the categories, list the column under sources.<name>.continuous, or lower sdc.min_cell_size")
+            log.warning("%s", msg)
+            sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
+    write_bundle(bundle_dir, manifest, rel, cps, sdc)
     log.info("bundle written to %s (%d files)", bundle_dir, len(rel) + 3)
 
 
