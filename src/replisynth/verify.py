@@ -106,17 +106,12 @@ def _categories(release: dict[str, Any], plan: list[BlockPlan]) -> dict[str, lis
 
 
 def _matches(s: pd.Series, allowed: list[Any]) -> pd.Series:
-    """Membership test that treats 1 and 1.0 and True alike."""
-    keys = {str(a) for a in allowed} | {str(float(a)) for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)}
-    def norm(v: Any) -> str:
-        if isinstance(v, (bool, np.bool_)):
-            return str(bool(v))
-        if isinstance(v, (int, np.integer)):
-            return str(int(v))
-        if isinstance(v, (float, np.floating)) and float(v).is_integer():
-            return str(int(v))
-        return str(v)
-    return s.map(lambda v: True if pd.isna(v) else norm(v) in keys)
+    """Membership test that treats 1 and 1.0 and True alike (`dims.norm_key`), computed once
+    per distinct value; missing values count as members."""
+    keys = {norm_key(a) for a in allowed} | {str(float(a)) for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)}
+    codes, uniques = pd.factorize(s.astype(object), use_na_sentinel=True)
+    hit = np.append(np.asarray([norm_key(u) in keys for u in uniques], dtype=bool), True)
+    return pd.Series(hit[codes], index=s.index)
 
 
 def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], labels: dict[str, Any] | None) -> dict[str, Any]:
