@@ -8,7 +8,7 @@ applies by default).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from .manifest import Checkpoint
 @dataclass(frozen=True)
 class FitResult:
     """Coefficients `beta` (k,), standard errors `se` (k,) under the checkpoint's vcov, the
-    sample size, residual df and residual variance (`scale`), with formulaic term names."""
+    sample size, residual df and residual variance (`scale`), with formulaic term names.
+    `extra` holds family-specific released quantities (variance components, nbreg alpha, ...)."""
 
     terms: list[str]
     beta: np.ndarray
@@ -28,6 +29,7 @@ class FitResult:
     n: int
     resid_df: float
     scale: float
+    extra: dict = field(default_factory=dict)
 
 
 def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult:
@@ -46,8 +48,14 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
             f"{label}: singular design; these terms are collinear with the others: {', '.join(bad)} "
             "(drop them from the formula, or check for a constant or duplicated column)"
         )
+    if cp.model in ("fe", "re", "iv"):
+        from .linear_models import fit_linear_family
+
+        return fit_linear_family(design, cp, label)
     if cp.model != "ols":
-        raise CheckpointError(f"{label}: model {cp.model!r} is not yet supported")
+        from .glm import fit_glm
+
+        return fit_glm(design, cp, label)
     if design.weights is not None:
         model = sm.WLS(design.y, design.X, weights=design.weights)
     else:
