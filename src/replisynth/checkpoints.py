@@ -131,6 +131,8 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         "k": len(fit.terms),
         "terms": terms,
     }
+    if fit.extra:  # family-specific aggregates (re: variance components), rounded like the rest
+        out["extra"] = {k: (round_significant(v, sdc.round_significant) if sdc.round_significant else v) for k, v in fit.extra.items()}
     if sdc.round_significant:
         out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
     return out, log

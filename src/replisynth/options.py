@@ -9,7 +9,7 @@ Role = Literal["continuous", "categorical"]
 SourceFormat = Literal["csv", "parquet", "dta", "sav"]
 
 MODELS: tuple[str, ...] = get_args(Model)
-SUPPORTED_MODELS: tuple[str, ...] = ("ols",)
+SUPPORTED_MODELS: tuple[str, ...] = ("ols", "fe", "re", "iv")
 SDC_PROFILES: tuple[str, ...] = get_args(SdcProfile)
 VCOV_FIXED: tuple[str, ...] = ("nonrobust", "HC0", "HC1", "HC2", "HC3")
 SOURCE_EXTENSIONS: dict[str, str] = {

@@ -1,7 +1,9 @@
 """Layer 4: pin checkpoint coefficients on the synthetic data by moving only the outcome.
 
-Linear estimators: beta_hat = A y with A = (X'WX)^-1 X'W, so for one checkpoint
-y <- y + X (beta* - beta_hat) on the estimation sample returns beta* exactly. Several
+Linear estimators: beta_hat = A y with A = (X'WX)^-1 X'W (fe, re, iv: `linear_models.
+linear_operator`), so for one checkpoint y <- y + X (beta* - beta_hat) on the estimation sample
+returns beta* exactly: A X = I for every linear unbiased estimator (OLS, within, GLS at fixed
+variance components, 2SLS). Several
 checkpoints on one outcome are solved jointly: stack the constraints A_c delta = Delta_c of
 their released terms and take the minimum-norm delta (exact when the constraints are
 consistent, least squares otherwise). Outcome groups are pinned in dependency order: a group
@@ -54,6 +56,16 @@ def _solve_matrix(d: Design) -> np.ndarray:
     return np.linalg.solve(XtW @ X, XtW)
 
 
+def _operator(d: Design, cp: Checkpoint) -> np.ndarray:
+    """The family's A (k × n) with beta_hat = A y: OLS/WLS here, fe/re/iv in linear_models
+    (re at the current variance components, so the pin passes iterate to a fixed point)."""
+    if cp.model in ("fe", "re", "iv"):
+        from .linear_models import linear_operator
+
+        return linear_operator(d, cp, f"checkpoint {cp.tag!r} on synthetic data")
+    return _solve_matrix(d)
+
+
 def pin_order(cps: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(source, outcome) groups in dependency order; manifest order breaks ties. A group
     whose outcome another group reads (as a regressor, weight, cluster or in its subset) goes
@@ -99,9 +111,12 @@ def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple
     if not common:
         return None
     try:
-        A = _solve_matrix(d)
+        A = _operator(d, cp)
     except np.linalg.LinAlgError:
         notes.append(f"{cp.tag}: singular synthetic design")
+        return None
+    except CheckpointError as exc:
+        notes.append(str(exc))
         return None
     beta = A @ d.y
     delta = np.array([tgt[d.terms[j]] - beta[j] for j in common])
@@ -198,11 +213,30 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     """Inference fidelity for a pinned linear checkpoint: y <- X b + f e on its sample, with
     e the (weighted) residual and f chosen so the residual variance equals the released one.
     The residual is orthogonal to X (in the W metric), so the coefficients stay exactly
-    pinned while nonrobust, HC and cluster standard errors all move by the factor f."""
+    pinned while nonrobust, HC and cluster standard errors all move by the factor f.
+    fe and iv use their own residual (within; structural, orthogonal to X_hat); re is left
+    alone (rescaling would move its variance components)."""
     target = c.get("scale")
     if not target or not np.isfinite(target) or target <= 0:
         return None
-    d = build_design(df, checkpoint_from_release(c))
+    cp = checkpoint_from_release(c)
+    d = build_design(df, cp)
+    if cp.model in ("fe", "iv"):
+        from .estimators import fit_checkpoint
+        from .linear_models import residual
+
+        try:
+            fit = fit_checkpoint(d, cp)
+        except CheckpointError:
+            return None
+        e = residual(d, cp, fit.beta)
+        if e is None or not np.isfinite(fit.scale) or fit.scale <= 0:
+            return None
+        factor = float(np.sqrt(target / fit.scale))
+        df.loc[d.index, outcome] = d.y + (factor - 1.0) * e
+        return factor
+    if cp.model != "ols":
+        return None
     W = d.weights if d.weights is not None else np.ones(len(d.y))
     beta = _solve_matrix(d) @ d.y
     fitted = d.X @ beta
