@@ -220,26 +220,27 @@ def _group_ids(n: int, g: dict[str, Any], rng: np.random.Generator) -> np.ndarra
 
 
 def _panel(df: pd.DataFrame, entity: str, time: str) -> pd.DataFrame:
-    """Make time values distinct within each synthetic entity while keeping the time column's
-    exact counts: entities (largest first) take the time values with most remaining rows."""
+    """Make time values distinct within each synthetic entity by re-assigning the (random,
+    re-keyed) entity ids rather than the time values: the time column keeps its drawn values,
+    so its exact counts and its correlations with the other columns survive. Entities
+    (largest first) take one row from each of the time values with most rows left."""
     t = df[time]
-    ok = t.notna()
-    vals, counts = np.unique(t[ok].astype(str), return_counts=True)
-    # keep original typed values
-    first = {str(v): v for v in t[ok]}
-    remaining = dict(zip(vals.tolist(), counts.tolist(), strict=True))
-    new_t = t.copy().astype(object)
-    ent = df.loc[ok, entity]
-    order = ent.value_counts().sort_values(ascending=False, kind="stable")
-    for e, size in order.items():
-        rows = ent.index[ent == e]
-        avail = sorted(remaining, key=lambda v: (-remaining[v], v))[: size]
-        for r, v in zip(rows, avail, strict=False):
-            new_t.loc[r] = first[v]
-            remaining[v] -= 1
-            if remaining[v] == 0:
-                del remaining[v]
-    df[time] = new_t.astype(t.dtype) if t.dtype != object else new_t
+    ok = t.notna().to_numpy()
+    keys = t.astype(str).to_numpy()
+    ent = df[entity].to_numpy()
+    pools: dict[str, list[int]] = {}
+    for pos in np.flatnonzero(ok)[::-1]:  # reversed so that pop() hands out rows in order
+        pools.setdefault(keys[pos], []).append(int(pos))
+    sizes = pd.Series(ent[ok]).value_counts().sort_values(ascending=False, kind="stable")
+    new_ent = ent.copy()
+    for e, size in sizes.items():
+        avail = sorted(pools, key=lambda v: (-len(pools[v]), v))[:size]
+        for v in avail:
+            new_ent[pools[v].pop()] = e
+            if not pools[v]:
+                del pools[v]
+    # rows left over (an entity with more rows than distinct time values) keep their entity
+    df[entity] = pd.Series(new_ent, index=df.index, dtype=df[entity].dtype)
     return df
 
 
