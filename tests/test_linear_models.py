@@ -440,3 +440,29 @@ def test_panel_skeleton_moves_entities_not_periods() -> None:
     pd.testing.assert_series_equal(out["t"], df["t"])
     assert (out.groupby("e")["t"].nunique() == 8).all()
     assert sorted(out.groupby("e").size()) == sorted(df.groupby("e").size())
+
+
+def test_resid_df_gate_counts_the_absorbed_effects() -> None:
+    """26 men × 2 periods: OLS has 50 residual df, the entity-FE model 25 (the effects use
+    25), so a 30-df gate releases the first and rejects the second."""
+    df = make_panel(26, 2, seed=5)
+    m = load_manifest({**manifest_for("people.csv"), "sdc": {"min_resid_df": 30}})
+    ols, _ = capture_checkpoint(df, _cp("ols", "ols", "y ~ x1"), m, 0)
+    fe, log = capture_checkpoint(df, _cp("fe", "fe", "y ~ x1", entity="ent"), m, 1)
+    assert ols["status"] == "released" and ols["resid_df"] == 50
+    assert fe["status"] == "rejected" and "min_resid_df=30" in fe["reason"]
+
+
+def test_rare_indicator_is_suppressed_and_left_free_by_the_pin(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+    def with_rare(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+        rare = np.zeros(len(df), dtype=int)
+        rare[np.random.default_rng(seed).choice(len(df), 30, replace=False)] = 1
+        return df.assign(rare=rare)
+
+    cp = _cp("iv", "iv", "y ~ x1 + rare + [xe ~ z1 + z2]")
+    (rel,) = _capture(with_rare(panel, 1), cp)
+    sup = [t for t in rel["terms"] if t.get("suppressed")]
+    assert len(sup) == 1 and sup[0]["term"] is None and sup[0]["position"] == 2
+    frames, results = pin_checkpoints({"people": with_rare(other_panel, 2)}, [rel])
+    assert results[0].status == "pinned"
+    assert _gaps(frames["people"], rel)[0] < PIN_TOL

@@ -29,7 +29,7 @@ from .design import Design, collinear_terms
 from .errors import CheckpointError
 from .manifest import Checkpoint
 
-DEMEAN_TOL = 1e-14
+DEMEAN_TOL = 1e-13  # alternating projections stop when no column moves by more than this (relative L2)
 DEMEAN_MAX_ITER = 10_000
 
 
@@ -75,7 +75,7 @@ def demean(M: np.ndarray, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
         before = out.copy()
         for j in range(codes.shape[1]):
             out -= _group_means(out, codes[:, j], w)
-        if np.max(np.abs(out - before).sum(axis=0) / norm) < DEMEAN_TOL * len(out):
+        if np.max(np.sqrt(((out - before) ** 2).sum(axis=0)) / norm) < DEMEAN_TOL:
             break
     return out
 
