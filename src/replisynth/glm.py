@@ -45,8 +45,9 @@ def normalised_weights(w: np.ndarray | None, n: int) -> np.ndarray | None:
     return w * (n / w.sum())
 
 
-def _weighted_discrete(base: type, analytic_hessian: bool) -> type:
-    """`base` (a statsmodels discrete model) with log-likelihood sum_i w_i l_i."""
+def _weighted_discrete(base: type) -> type:
+    """`base` (statsmodels Logit, Probit or Poisson, whose scores and Hessian factors are
+    analytic) with log-likelihood sum_i w_i l_i."""
 
     class Weighted(base):  # type: ignore[misc, valid-type]
         def __init__(self, endog, exog, weights, **kw):
@@ -66,16 +67,34 @@ def _weighted_discrete(base: type, analytic_hessian: bool) -> type:
             return self.score_obs(params).sum(axis=0)
 
         def hessian(self, params):
-            if analytic_hessian:
-                f = self.row_weights * self.hessian_factor(params)
-                return (self.exog * f[:, None]).T @ self.exog
-            from statsmodels.tools.numdiff import approx_fprime
-
-            h = approx_fprime(np.asarray(params, dtype="float64"), self.score, centered=True)
-            return (h + h.T) / 2
+            f = self.row_weights * self.hessian_factor(params)
+            return (self.exog * f[:, None]).T @ self.exog
 
     Weighted.__name__ = f"Weighted{base.__name__}"
     return Weighted
+
+
+def _weighted_nb2(endog: np.ndarray, exog: np.ndarray, weights: np.ndarray):
+    """statsmodels' NB2 model with log-likelihood sum_i w_i l_i. Its __init__ binds
+    loglikeobs/score/hessian on the instance, so the weighted versions are bound there too:
+    score by complex step, Hessian by central differences of that score."""
+    from statsmodels.discrete.discrete_model import NegativeBinomial
+    from statsmodels.tools.numdiff import approx_fprime, approx_fprime_cs
+
+    m = NegativeBinomial(endog, exog, loglike_method="nb2")
+    w = np.asarray(weights, dtype="float64")
+    raw = m.loglikeobs
+    m.loglikeobs = lambda p: w * raw(p)
+    m.loglike = lambda p: np.sum(m.loglikeobs(p))
+    m.score = lambda p: approx_fprime_cs(np.asarray(p, dtype="float64"), m.loglike)
+    m.score_obs = lambda p: approx_fprime_cs(np.asarray(p, dtype="float64"), m.loglikeobs)
+
+    def hessian(p):
+        h = approx_fprime(np.asarray(p, dtype="float64"), m.score, centered=True)
+        return (h + h.T) / 2
+
+    m.hessian = hessian
+    return m
 
 
 def _weighted_ordered(base: type) -> type:
@@ -143,8 +162,10 @@ def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
     kw = {"loglike_method": "nb2"} if cp.model == "nbreg" else {}
     if w is None:
         model = base(design.y, design.X, **kw)
+    elif cp.model == "nbreg":
+        model = _weighted_nb2(design.y, design.X, w)
     else:
-        model = _weighted_discrete(base, analytic_hessian=cp.model != "nbreg")(design.y, design.X, w, **kw)
+        model = _weighted_discrete(base)(design.y, design.X, w)
     res = _fit(model, label, method="newton", maxiter=200, **_cov_args(design, cp))
     beta = np.asarray(res.params, dtype="float64")
     se = np.asarray(res.bse, dtype="float64")
