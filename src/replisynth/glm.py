@@ -74,23 +74,43 @@ def _weighted_discrete(base: type) -> type:
     return Weighted
 
 
+def nb2_score_obs(y: np.ndarray, X: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Per-row NB2 score (n, k+1) at (b, alpha): x (y - mu)/(1 + alpha mu) and
+    d l / d alpha = -r^2 [psi(y + r) - psi(r) + ln(r/(r + mu)) + 1 - (r + y)/(r + mu)], r = 1/alpha."""
+    from scipy import special
+
+    a = float(params[-1])
+    mu = np.exp(X @ params[:-1])
+    r = 1.0 / a
+    sb = ((y - mu) / (1 + a * mu))[:, None] * X
+    dr = special.digamma(y + r) - special.digamma(r) + np.log(r / (r + mu)) + 1 - (r + y) / (r + mu)
+    return np.column_stack([sb, -r * r * dr])
+
+
 def _weighted_nb2(endog: np.ndarray, exog: np.ndarray, weights: np.ndarray):
-    """statsmodels' NB2 model with log-likelihood sum_i w_i l_i. Its __init__ binds
-    loglikeobs/score/hessian on the instance, so the weighted versions are bound there too:
-    score by complex step, Hessian by central differences of that score."""
+    """statsmodels' NB2 model with log-likelihood sum_i w_i l_i (fit by Newton, so alpha is
+    on its natural scale). Its __init__ binds loglikeobs/score/hessian on the instance, so the
+    weighted versions are bound there too: analytic score, Hessian by central differences."""
     from statsmodels.discrete.discrete_model import NegativeBinomial
-    from statsmodels.tools.numdiff import approx_fprime, approx_fprime_cs
+    from statsmodels.tools.numdiff import approx_fprime
 
     m = NegativeBinomial(endog, exog, loglike_method="nb2")
     w = np.asarray(weights, dtype="float64")
+    y, X = m.endog, m.exog
     raw = m.loglikeobs
+
+    def natural(p):
+        if m._transparams:  # statsmodels optimises log(alpha) with gradient-free/quasi-Newton methods only
+            raise CheckpointError("weighted nbreg is fitted by Newton only")
+        return np.asarray(p, dtype="float64")
+
     m.loglikeobs = lambda p: w * raw(p)
-    m.loglike = lambda p: np.sum(m.loglikeobs(p))
-    m.score = lambda p: approx_fprime_cs(np.asarray(p, dtype="float64"), m.loglike)
-    m.score_obs = lambda p: approx_fprime_cs(np.asarray(p, dtype="float64"), m.loglikeobs)
+    m.loglike = lambda p: float(np.sum(m.loglikeobs(p)))
+    m.score_obs = lambda p: w[:, None] * nb2_score_obs(y, X, natural(p))
+    m.score = lambda p: m.score_obs(p).sum(axis=0)
 
     def hessian(p):
-        h = approx_fprime(np.asarray(p, dtype="float64"), m.score, centered=True)
+        h = approx_fprime(natural(p), m.score, centered=True)
         return (h + h.T) / 2
 
     m.hessian = hessian

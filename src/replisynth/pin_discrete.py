@@ -34,6 +34,7 @@ from scipy import special, stats
 from .design import build_design, outcome_codes
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
+from .glm import nb2_score_obs
 from .options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 
 PIN_TOL = 0.5  # |b - b*| / SE_target at which a discrete-outcome checkpoint counts as pinned
@@ -73,16 +74,7 @@ def score_function(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, 
         mu = np.exp(eta)
         return lambda y: (w * (y - mu))[:, None] * X
     if model == "nbreg":
-        mu = np.exp(eta)
-        a = float(theta[k])
-        r = 1.0 / a
-
-        def nb(y: np.ndarray) -> np.ndarray:
-            sb = (w * (y - mu) / (1 + a * mu))[:, None] * X
-            dr = special.digamma(y + r) - special.digamma(r) + np.log(r / (r + mu)) + 1 - (r + y) / (r + mu)
-            return np.column_stack([sb, w * (-r * r) * dr])
-
-        return nb
+        return lambda y: w[:, None] * nb2_score_obs(y, X, theta)
     if model in GLM_ORDERED:
         F, f = _ordered_cdf(model)
         cuts = theta[k:]
