@@ -356,7 +356,7 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
         systems.append(_System(c["tag"], pos, fn, M))
     if not drawn:
         return "failed", notes, {}
-    y, q0, q1, n_moved = correct_scores(y, systems, 0, hi)
+    y, q0, q1, n_moved = correct_scores(y, systems, 0, hi, max_batches=MAX_BATCHES)
     col = df[outcome]
     vals = _values_of(y, kind, levels, col)
     out = col.copy()
