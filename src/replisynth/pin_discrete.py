@@ -390,4 +390,9 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
     detail["outcome_drift"] = _marginal_drift(y[ppos], pw, kind, pc)
     worst = max((r["max_dbeta_se_target"] for r in detail["checkpoints"].values()), default=float("nan"))
     notes.append(f"drawn at the released parameters, {n_moved} of {len(rows)} sample rows moved to satisfy the score equations; max {worst:.3g} target SE")
+    dr = detail["outcome_drift"]
+    if "drift_se" in dr:
+        notes.append(f"outcome mean {dr['mean_synthetic']:.4g} vs released {dr['mean_target']:.4g} ({dr['drift_se']:.2f} sampling SE)")
+    elif "max_drift_se" in dr:
+        notes.append(f"category shares within {dr['max_drift_se']:.2f} sampling SE of the released ones")
     return status, notes, detail
