@@ -101,10 +101,12 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], Any], type[Exception], str]] 
      r"checkpoints\[1\]\.tag: 'wage' is already used by checkpoints\[0\]"),
     ("unknown_model", _cp(0, "model", "tobit"), ManifestError,
      r"checkpoints\[0\]\.model: 'tobit' is not one of ols, "),
-    ("unsupported_model_logit", _cp(0, "model", "logit"), UnsupportedError,
-     r"checkpoints\[0\]\.model: 'logit' is not yet supported.*supported: ols"),
     ("fe_without_absorb", lambda d: d["checkpoints"][0].update(model="fe"), ManifestError,
      r"checkpoints\[0\]\.absorb: model fe needs 1 or 2 columns to absorb"),
+    ("glm_hc3", lambda d: d["checkpoints"][0].update(model="logit", vcov="HC3"), ManifestError,
+     r"checkpoints\[0\]\.vcov: 'HC3' is not available for model logit.*HC0, HC1"),
+    ("levels_on_logit", lambda d: d["checkpoints"][0].update(model="logit", levels=[0, 1]), ManifestError,
+     r"checkpoints\[0\]\.levels: only ordered models take levels"),
     ("bad_vcov", _cp(0, "vcov", "robust"), ManifestError,
      r"checkpoints\[0\]\.vcov: 'robust' is not a vcov; use nonrobust, HC0"),
     ("formula_without_tilde", _cp(0, "formula", "y + x1"), ManifestError,
@@ -176,8 +178,9 @@ def test_broken_manifest(mutation: Callable[[dict[str, Any]], Any], exc: type[Ex
     assert raw == before, "load_manifest must not modify the mapping it is given"
 
 
-def test_unsupported_is_not_a_manifest_error() -> None:
+def test_unsupported_is_not_a_manifest_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unsupported features parse: the two classes are distinct so callers can tell them apart."""
+    monkeypatch.setattr("replisynth.manifest.SUPPORTED_MODELS", ("ols",))
     with pytest.raises(UnsupportedError) as info:
         load_manifest(mutate(_cp(0, "model", "logit")))
     assert not isinstance(info.value, ManifestError)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .errors import CheckpointError
 from .manifest import IV_BRACKET, Checkpoint, formula_variables
+from .options import GLM_BINARY, GLM_COUNT, GLM_MODELS, GLM_ORDERED
 
 
 @dataclass(frozen=True)
@@ -168,19 +169,70 @@ def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
         mm = formulaic.model_matrix(cp.formula, data, na_action="raise")
     except Exception as exc:
         raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
-    if mm.lhs.shape[1] != 1 or not pd.api.types.is_numeric_dtype(data[cp.outcome]):
-        raise CheckpointError(
-            f"{label}: the outcome {cp.outcome!r} is not numeric; a linear checkpoint needs a numeric "
-            "outcome (recode it to numbers, or to a 0/1 column for a linear probability model)"
-        )
-    y = np.asarray(mm.lhs, dtype="float64").reshape(-1)
     X = np.asarray(mm.rhs, dtype="float64")
     terms = [str(c) for c in mm.rhs.columns]
+    if cp.model in GLM_MODELS:
+        y, X, terms = glm_outcome(data[cp.outcome], X, terms, cp, label)
+    else:
+        if mm.lhs.shape[1] != 1 or not pd.api.types.is_numeric_dtype(data[cp.outcome]):
+            raise CheckpointError(
+                f"{label}: the outcome {cp.outcome!r} is not numeric; a linear checkpoint needs a numeric "
+                "outcome (recode it to numbers, or to a 0/1 column for a linear probability model)"
+            )
+        y = np.asarray(mm.lhs, dtype="float64").reshape(-1)
     w = data[cp.weights].to_numpy(dtype="float64") if cp.weights else None
     cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
     absorb = _codes(data, cp.absorbed) if cp.model == "fe" else None
     entity = _codes(data, [cp.entity])[:, 0] if cp.model == "re" and cp.entity else None
     return Design(y=y, X=X, terms=terms, weights=w, clusters=cl, index=data.index, absorb=absorb, entity=entity)
+
+
+def ordered_levels(col: pd.Series, cp: Checkpoint) -> list:
+    """The categories of an ordered model's outcome, lowest first: `levels` when given, else
+    the sorted distinct values of a numeric column."""
+    if cp.levels is not None:
+        return list(cp.levels)
+    vals = pd.unique(col.dropna())
+    return sorted(vals.tolist())
+
+
+def outcome_codes(col: pd.Series, levels: list) -> np.ndarray:
+    """Position of each value in `levels` (numbers compared as numbers, else as text); -1 if absent."""
+    if pd.api.types.is_numeric_dtype(col) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels):
+        vals = col.to_numpy(dtype="float64")
+        lv = np.asarray(levels, dtype="float64")
+        hit = vals[:, None] == lv[None, :]
+    else:
+        vals = col.astype(str).to_numpy()
+        lv = np.asarray([str(v) for v in levels])
+        hit = vals[:, None] == lv[None, :]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+
+
+def glm_outcome(col: pd.Series, X: np.ndarray, terms: list[str], cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(y, X, terms) of a maximum-likelihood checkpoint: a 0/1 outcome for logit/probit,
+    non-negative integer counts for poisson/nbreg, category codes 0..J-1 (via `levels` or the
+    numeric order) for ordered models, whose design drops the intercept (the cut points take
+    its place). Bad values raise, naming the column."""
+    name = cp.outcome
+    if cp.model in GLM_ORDERED:
+        if cp.levels is None and not pd.api.types.is_numeric_dtype(col):
+            raise CheckpointError(f"{label}: the outcome {name!r} of an {cp.model} checkpoint is not numeric; list its categories in order under `levels:`")
+        levels = ordered_levels(col, cp)
+        codes = outcome_codes(col, levels)
+        if np.any(codes < 0):
+            raise CheckpointError(f"{label}: {int(np.sum(codes < 0))} row(s) of the outcome {name!r} hold values not in `levels` {levels}; list every category")
+        keep = [j for j, t in enumerate(terms) if t != "Intercept"]
+        return codes.astype("float64"), X[:, keep], [terms[j] for j in keep]
+    v = col.astype("float64") if pd.api.types.is_bool_dtype(col) else col
+    if not pd.api.types.is_numeric_dtype(v):
+        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint is not numeric; recode it to numbers")
+    y = v.to_numpy(dtype="float64")
+    if cp.model in GLM_BINARY and not np.all((y == 0) | (y == 1)):
+        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be 0/1; {int(np.sum((y != 0) & (y != 1)))} row(s) hold other values (recode it)")
+    if cp.model in GLM_COUNT and not np.all((y >= 0) & (y == np.round(y))):
+        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be a non-negative integer count; {int(np.sum((y < 0) | (y != np.round(y))))} row(s) are not")
+    return y, X, terms
 
 
 def collinear_terms(X: np.ndarray, terms: list[str], tol: float = 1e-9) -> list[str]:

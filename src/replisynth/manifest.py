@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .errors import ManifestError, UnsupportedError
-from .options import MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
+from .options import GLM_MODELS, MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
 
@@ -338,6 +338,11 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source]) -> Checkp
     _check_family(cp, where)
     if cp.levels is not None and cp.model not in ("ologit", "oprobit"):
         raise ManifestError(f"{where}.levels: only ordered models take levels (model is {cp.model})")
+    if cp.model in GLM_MODELS and cp.vcov in ("HC2", "HC3"):
+        raise ManifestError(
+            f"{where}.vcov: {cp.vcov!r} is not available for model {cp.model} (HC2/HC3 need the hat matrix of a "
+            "linear model); use nonrobust, HC0, HC1 (Stata's vce(robust)) or cluster:<column>"
+        )
     assert cp.model in MODELS
     if cp.model not in SUPPORTED_MODELS:
         raise UnsupportedError(

@@ -12,7 +12,7 @@ whose outcome is a regressor of another group goes first, so later pins do not u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,8 @@ import pandas as pd
 from .design import Design, build_design
 from .errors import CheckpointError
 from .manifest import Checkpoint
+from .pin_discrete import is_discrete_group, pin_discrete_group
+from .seeds import rng
 
 
 def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
@@ -28,7 +30,9 @@ def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
     return Checkpoint(
         tag=c["tag"], source=c["source"], model=c["model"], formula=c["formula"], vcov=c["vcov"],
         weights=c.get("weights"), absorb=tuple(c.get("absorb") or ()), entity=c.get("entity"),
-        time=c.get("time"), subset=c.get("subset"), levels=tuple(c["levels"]) if c.get("levels") else None,
+        time=c.get("time"), subset=c.get("subset"),
+        # ordered models: the released category order, so the synthetic refit codes alike
+        levels=tuple(c.get("levels") or c.get("outcome_levels") or ()) or None,
     )
 
 
@@ -42,6 +46,7 @@ class PinOutcome:
     joint: bool
     status: str
     note: str = ""
+    detail: dict = field(default_factory=dict)  # discrete outcomes: per-checkpoint gaps, outcome drift
 
 
 def _targets(c: dict[str, Any]) -> dict[str, float]:
@@ -163,12 +168,14 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
     return gap, bool(np.max(np.abs(resid)) <= 1e-8 * max(1.0, float(np.max(np.abs(D)))))
 
 
-def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]]) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
+def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]], seed: int = 0) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
     Each group takes Newton steps until its refit is exact (the sample can move when a
     subset or a missing pattern involves the outcome); a group that does not get there in
-    MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`."""
+    MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`.
+    A group with a maximum-likelihood checkpoint goes to `pin_discrete` (seeded draw and score
+    correction, with the stream `seed`/pin/<source>/<outcome>)."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
@@ -178,6 +185,10 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
         df = frames[source]
         if df[outcome].isna().all():
             results.append(PinOutcome(source, outcome, tags, False, "failed", f"outcome {outcome!r} is entirely missing in the synthetic data"))
+            continue
+        if is_discrete_group(group):  # maximum-likelihood checkpoints: draw + score correction
+            st, dnotes, detail = pin_discrete_group(df, group, outcome, rng(seed, "pin", source, outcome))
+            results.append(PinOutcome(source, outcome, tags, len(group) > 1, st, "; ".join(dict.fromkeys(dnotes)), detail))
             continue
         if not pd.api.types.is_float_dtype(df[outcome].dtype):
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")

@@ -113,7 +113,7 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
     """Outside side: Layer 4 for one source; writes the parquet and csv files."""
     b = load_bundle(bundle_dir)
     df = pd.read_parquet(unpinned)
-    frames, results = pin_checkpoints({source: df}, b.checkpoints)
+    frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)
     out = frames[source]
     meta = _file_meta(b.releases[source])
     for r in results:

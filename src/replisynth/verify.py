@@ -21,6 +21,7 @@ from .dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .marginals import GRID, grid_cdf, quantile_grid
+from .options import GLM_BINARY, GLM_ORDERED
 from .pin import checkpoint_from_release
 from .plan import ALL, RESIDUAL, BlockPlan, source_plan
 from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
@@ -114,8 +115,17 @@ def _matches(s: pd.Series, allowed: list[Any]) -> pd.Series:
     return pd.Series(hit[codes], index=s.index)
 
 
-def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], labels: dict[str, Any] | None) -> dict[str, Any]:
-    """Schema floor."""
+def _discrete_outcomes(bundle: Bundle, source: str) -> set[str]:
+    """Outcomes whose every released checkpoint is a binary or ordered model: Layer 4 keeps
+    them inside their categories, so tier 0 checks those."""
+    cps = [c for c in bundle.checkpoints if c["source"] == source and c.get("status") == "released"]
+    outs = {c["outcome"] for c in cps}
+    return {o for o in outs if all(c["model"] in GLM_BINARY + GLM_ORDERED for c in cps if c["outcome"] == o)}
+
+
+def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], labels: dict[str, Any] | None,
+          checked_outcomes: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Schema floor. `checked_outcomes`: outcomes whose categories are still checked."""
     specs = _specs(release)
     problems: list[str] = []
     names = [s.name for s in specs]
@@ -147,7 +157,7 @@ def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
                 problems.append(f"{s.name}: {got} missing values, expected {want}")
     # Checkpoint outcomes are moved by Layer 4 (a pinned 0/1 outcome of a linear probability
     # model is no longer 0/1): their categories are not checked.
-    cats = {c: v for c, v in _categories(release, plan).items() if c not in outcomes}
+    cats = {c: v for c, v in _categories(release, plan).items() if c not in outcomes or c in checked_outcomes}
     for col, allowed in cats.items():
         bad = int((~_matches(df[col], allowed)).sum())
         if bad:
@@ -388,7 +398,7 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         df = frames[name]
         outcomes = _outcomes(bundle, name)
         plan = source_plan(release, len(df))
-        t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name))
+        t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name))
         t1 = tier1(df, release, plan, outcomes)
         X = synthetic_dim_matrix(df, release)
         t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes)
