@@ -318,18 +318,37 @@ def test_residual_is_invisible_to_the_operator(panel: pd.DataFrame) -> None:
         assert np.abs(linear_operator(d, cp) @ r).max() < 1e-8
 
 
-def test_re_pin_keeps_the_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+def test_re_pin_step_keeps_the_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
     """The step y + X Delta leaves the within and between residuals, hence theta, unchanged:
     the fixed point is reached by the first step."""
+    from replisynth.pin import _pin_pass
+
     cp = SINGLE[3]
     (rel,) = _capture(panel, cp)
-    before = _fit(other_panel, cp).extra
-    frames, results = pin_checkpoints({"people": other_panel}, [rel])
-    after = _fit(frames["people"], cp).extra
-    assert results[0].status == "pinned"
-    assert after["sigma2_u"] == pytest.approx(before["sigma2_u"], rel=1e-8)
-    assert after["sigma2_e"] == pytest.approx(before["sigma2_e"], rel=1e-8)
+    df = other_panel.copy()
+    before = _fit(df, cp)
+    gap, _ = _pin_pass(df, [rel], "y", [])
+    after = _fit(df, cp)
+    assert gap > 1e-3 and _gaps(df, rel)[0] < PIN_TOL
+    assert after.extra["sigma2_u"] == pytest.approx(before.extra["sigma2_u"], rel=1e-8)
+    assert after.extra["sigma2_e"] == pytest.approx(before.extra["sigma2_e"], rel=1e-8)
     assert set(rel["extra"]) == {"sigma2_u", "sigma2_e", "rho"}
+
+
+@pytest.mark.parametrize("cp", [c for c in SINGLE if c.model == "re"], ids=lambda c: c.tag)
+def test_re_pin_matches_the_released_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint) -> None:
+    """Synthetic data without entity effects (sigma2_u = 0) gets the released sigma2_u and
+    sigma2_e, with the coefficients still pinned."""
+    (rel,) = _capture(panel, cp)
+    rng = np.random.default_rng(8)
+    flat = other_panel.assign(y=1 + 0.5 * other_panel["x1"] + rng.normal(scale=0.5, size=len(other_panel)))
+    assert _fit(flat, cp).extra["sigma2_u"] < 0.1 * rel["extra"]["sigma2_u"]
+    frames, results = pin_checkpoints({"people": flat}, [rel])
+    assert results[0].status == "pinned" and "scaled" in results[0].note
+    fit = _fit(frames["people"], cp)
+    assert fit.extra["sigma2_u"] == pytest.approx(rel["extra"]["sigma2_u"], rel=1e-8)
+    assert fit.extra["sigma2_e"] == pytest.approx(rel["extra"]["sigma2_e"], rel=1e-8)
+    assert _gaps(frames["people"], rel)[0] < PIN_TOL
 
 
 GROUPS = {
@@ -353,6 +372,20 @@ def test_shared_outcome_groups_pin_jointly(panel: pd.DataFrame, other_panel: pd.
     assert len(results) == 1 and results[0].joint and results[0].status == "pinned", results[0].note
     for rel in rels:
         assert _gaps(frames["people"], rel)[0] < PIN_TOL, rel["tag"]
+
+
+def test_disjoint_group_matches_each_residual_variance(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+    """One outcome, disjoint samples (fe on early years, re on late ones): each checkpoint's
+    residual variance (re: variance components) is matched on its own rows, all still pinned."""
+    cps = [_cp("fe", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), subset="yr <= 2"),
+           _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", subset="yr >= 3")]
+    rels = _capture(panel, *cps)
+    frames, results = pin_checkpoints({"people": other_panel}, rels)
+    assert results[0].status == "pinned" and "fe: residuals scaled" in results[0].note and "re: residuals scaled" in results[0].note
+    fe, re_ = (_fit(frames["people"], cp) for cp in cps)
+    assert fe.scale == pytest.approx(rels[0]["scale"], rel=1e-8)
+    assert re_.extra["sigma2_u"] == pytest.approx(rels[1]["extra"]["sigma2_u"], rel=1e-8)
+    assert all(_gaps(frames["people"], rel)[0] < PIN_TOL for rel in rels)
 
 
 def test_pin_is_deterministic(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
