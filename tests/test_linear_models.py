@@ -74,35 +74,39 @@ def _fit(df: pd.DataFrame, cp: Checkpoint):
 
 
 LM_COV = {
-    "nonrobust": ({"cov_type": "unadjusted"}, 1.0),
-    "HC1": ({"cov_type": "robust"}, None),  # linearmodels' panel "robust" is debiased by default
-    "cluster:rc": ({"cov_type": "clustered", "group_debias": True}, 1.0),
+    "nonrobust": {"cov_type": "unadjusted"},
+    "HC0": {"cov_type": "robust", "debiased": False},
+    "HC1": {"cov_type": "robust"},  # linearmodels' panel "robust" is debiased by default
+    "cluster:rc": {"cov_type": "clustered", "group_debias": True},
 }
+SM_COV = {"nonrobust": {"cov_type": "nonrobust"}, "HC0": {"cov_type": "HC0"}, "HC1": {"cov_type": "HC1"}}
 
 
-@pytest.mark.parametrize("vcov", ["nonrobust", "HC1", "cluster:rc"])
-def test_fe_matches_paneols_and_dummy_ols(panel: pd.DataFrame, vcov: str) -> None:
-    """One-way FE equals PanelOLS with entity effects and statsmodels OLS with entity dummies
-    (coefficients and SEs; clusters that do not nest the entities)."""
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
+def test_fe_matches_panelols_and_dummy_ols(panel: pd.DataFrame, vcov: str) -> None:
+    """One-way FE equals statsmodels OLS with entity dummies (slopes and SEs: FWL holds for
+    the sandwich too; clusters that do not nest the entities) and PanelOLS with entity effects
+    (which counts the effects in its df even when not debiased, so not for HC0)."""
     import statsmodels.formula.api as smf
     from linearmodels.panel import PanelOLS
 
     fit = _fit(panel, _cp("fe", "fe", "y ~ x1 + x2 + C(f)", entity="ent", vcov=vcov))
+    sm_cov = SM_COV.get(vcov) or {"cov_type": "cluster", "cov_kwds": {"groups": panel["rc"]}}
+    dummies = smf.ols("y ~ x1 + x2 + C(f) + C(ent)", panel).fit(**sm_cov)
+    slopes = fit.terms[1:]
+    np.testing.assert_allclose(fit.beta[1:], dummies.params[slopes].to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(fit.se[1:], dummies.bse[slopes].to_numpy(), rtol=1e-7)
+    assert fit.resid_df == pytest.approx(dummies.df_resid)
+    if vcov == "HC0":
+        return
     p = panel.set_index(["ent", "yr"], drop=False)
-    kw = dict(LM_COV[vcov][0])
+    kw = dict(LM_COV[vcov])
     if vcov.startswith("cluster"):
         kw["clusters"] = p["rc"]
     ref = PanelOLS.from_formula("y ~ 1 + x1 + x2 + C(f) + EntityEffects", p).fit(**kw)
     assert list(ref.params.index) == fit.terms
     np.testing.assert_allclose(fit.beta, ref.params.to_numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fit.se, ref.std_errors.to_numpy(), rtol=1e-8)
-    sm_cov = {"nonrobust": {"cov_type": "nonrobust"}, "HC1": {"cov_type": "HC1"},
-              "cluster:rc": {"cov_type": "cluster", "cov_kwds": {"groups": panel["rc"]}}}[vcov]
-    dummies = smf.ols("y ~ x1 + x2 + C(f) + C(ent)", panel).fit(**sm_cov)
-    slopes = fit.terms[1:]
-    np.testing.assert_allclose(fit.beta[1:], dummies.params[slopes].to_numpy(), rtol=1e-9)
-    np.testing.assert_allclose(fit.se[1:], dummies.bse[slopes].to_numpy(), rtol=1e-7)
-    assert fit.resid_df == pytest.approx(dummies.df_resid)
 
 
 def test_fe_two_way_with_weights_matches_dummy_wls(panel: pd.DataFrame) -> None:
@@ -116,13 +120,13 @@ def test_fe_two_way_with_weights_matches_dummy_wls(panel: pd.DataFrame) -> None:
     np.testing.assert_allclose(fit.se[1:], ref.bse[["x1", "x2"]].to_numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("vcov", ["nonrobust", "HC1", "cluster:rc"])
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
 def test_re_matches_randomeffects(panel: pd.DataFrame, vcov: str) -> None:
     from linearmodels.panel import RandomEffects
 
     fit = _fit(panel, _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", time="yr", vcov=vcov))
     p = panel.set_index(["ent", "yr"], drop=False)
-    kw = dict(LM_COV[vcov][0])
+    kw = dict(LM_COV[vcov])
     if vcov.startswith("cluster"):
         kw["clusters"] = p["rc"]
     ref = RandomEffects.from_formula("y ~ 1 + x1 + x2 + C(f)", p).fit(**kw)
