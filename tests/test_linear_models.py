@@ -74,35 +74,39 @@ def _fit(df: pd.DataFrame, cp: Checkpoint):
 
 
 LM_COV = {
-    "nonrobust": ({"cov_type": "unadjusted"}, 1.0),
-    "HC1": ({"cov_type": "robust"}, None),  # linearmodels' panel "robust" is debiased by default
-    "cluster:rc": ({"cov_type": "clustered", "group_debias": True}, 1.0),
+    "nonrobust": {"cov_type": "unadjusted"},
+    "HC0": {"cov_type": "robust", "debiased": False},
+    "HC1": {"cov_type": "robust"},  # linearmodels' panel "robust" is debiased by default
+    "cluster:rc": {"cov_type": "clustered", "group_debias": True},
 }
+SM_COV = {"nonrobust": {"cov_type": "nonrobust"}, "HC0": {"cov_type": "HC0"}, "HC1": {"cov_type": "HC1"}}
 
 
-@pytest.mark.parametrize("vcov", ["nonrobust", "HC1", "cluster:rc"])
-def test_fe_matches_paneols_and_dummy_ols(panel: pd.DataFrame, vcov: str) -> None:
-    """One-way FE equals PanelOLS with entity effects and statsmodels OLS with entity dummies
-    (coefficients and SEs; clusters that do not nest the entities)."""
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
+def test_fe_matches_panelols_and_dummy_ols(panel: pd.DataFrame, vcov: str) -> None:
+    """One-way FE equals statsmodels OLS with entity dummies (slopes and SEs: FWL holds for
+    the sandwich too; clusters that do not nest the entities) and PanelOLS with entity effects
+    (which counts the effects in its df even when not debiased, so not for HC0)."""
     import statsmodels.formula.api as smf
     from linearmodels.panel import PanelOLS
 
     fit = _fit(panel, _cp("fe", "fe", "y ~ x1 + x2 + C(f)", entity="ent", vcov=vcov))
+    sm_cov = SM_COV.get(vcov) or {"cov_type": "cluster", "cov_kwds": {"groups": panel["rc"]}}
+    dummies = smf.ols("y ~ x1 + x2 + C(f) + C(ent)", panel).fit(**sm_cov)
+    slopes = fit.terms[1:]
+    np.testing.assert_allclose(fit.beta[1:], dummies.params[slopes].to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(fit.se[1:], dummies.bse[slopes].to_numpy(), rtol=1e-7)
+    assert fit.resid_df == pytest.approx(dummies.df_resid)
+    if vcov == "HC0":
+        return
     p = panel.set_index(["ent", "yr"], drop=False)
-    kw = dict(LM_COV[vcov][0])
+    kw = dict(LM_COV[vcov])
     if vcov.startswith("cluster"):
         kw["clusters"] = p["rc"]
     ref = PanelOLS.from_formula("y ~ 1 + x1 + x2 + C(f) + EntityEffects", p).fit(**kw)
     assert list(ref.params.index) == fit.terms
     np.testing.assert_allclose(fit.beta, ref.params.to_numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fit.se, ref.std_errors.to_numpy(), rtol=1e-8)
-    sm_cov = {"nonrobust": {"cov_type": "nonrobust"}, "HC1": {"cov_type": "HC1"},
-              "cluster:rc": {"cov_type": "cluster", "cov_kwds": {"groups": panel["rc"]}}}[vcov]
-    dummies = smf.ols("y ~ x1 + x2 + C(f) + C(ent)", panel).fit(**sm_cov)
-    slopes = fit.terms[1:]
-    np.testing.assert_allclose(fit.beta[1:], dummies.params[slopes].to_numpy(), rtol=1e-9)
-    np.testing.assert_allclose(fit.se[1:], dummies.bse[slopes].to_numpy(), rtol=1e-7)
-    assert fit.resid_df == pytest.approx(dummies.df_resid)
 
 
 def test_fe_two_way_with_weights_matches_dummy_wls(panel: pd.DataFrame) -> None:
@@ -116,13 +120,13 @@ def test_fe_two_way_with_weights_matches_dummy_wls(panel: pd.DataFrame) -> None:
     np.testing.assert_allclose(fit.se[1:], ref.bse[["x1", "x2"]].to_numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("vcov", ["nonrobust", "HC1", "cluster:rc"])
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
 def test_re_matches_randomeffects(panel: pd.DataFrame, vcov: str) -> None:
     from linearmodels.panel import RandomEffects
 
     fit = _fit(panel, _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", time="yr", vcov=vcov))
     p = panel.set_index(["ent", "yr"], drop=False)
-    kw = dict(LM_COV[vcov][0])
+    kw = dict(LM_COV[vcov])
     if vcov.startswith("cluster"):
         kw["clusters"] = p["rc"]
     ref = RandomEffects.from_formula("y ~ 1 + x1 + x2 + C(f)", p).fit(**kw)
@@ -318,18 +322,37 @@ def test_residual_is_invisible_to_the_operator(panel: pd.DataFrame) -> None:
         assert np.abs(linear_operator(d, cp) @ r).max() < 1e-8
 
 
-def test_re_pin_keeps_the_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+def test_re_pin_step_keeps_the_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
     """The step y + X Delta leaves the within and between residuals, hence theta, unchanged:
     the fixed point is reached by the first step."""
+    from replisynth.pin import _pin_pass
+
     cp = SINGLE[3]
     (rel,) = _capture(panel, cp)
-    before = _fit(other_panel, cp).extra
-    frames, results = pin_checkpoints({"people": other_panel}, [rel])
-    after = _fit(frames["people"], cp).extra
-    assert results[0].status == "pinned"
-    assert after["sigma2_u"] == pytest.approx(before["sigma2_u"], rel=1e-8)
-    assert after["sigma2_e"] == pytest.approx(before["sigma2_e"], rel=1e-8)
+    df = other_panel.copy()
+    before = _fit(df, cp)
+    gap, _ = _pin_pass(df, [rel], "y", [])
+    after = _fit(df, cp)
+    assert gap > 1e-3 and _gaps(df, rel)[0] < PIN_TOL
+    assert after.extra["sigma2_u"] == pytest.approx(before.extra["sigma2_u"], rel=1e-8)
+    assert after.extra["sigma2_e"] == pytest.approx(before.extra["sigma2_e"], rel=1e-8)
     assert set(rel["extra"]) == {"sigma2_u", "sigma2_e", "rho"}
+
+
+@pytest.mark.parametrize("cp", [c for c in SINGLE if c.model == "re"], ids=lambda c: c.tag)
+def test_re_pin_matches_the_released_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint) -> None:
+    """Synthetic data without entity effects (sigma2_u = 0) gets the released sigma2_u and
+    sigma2_e, with the coefficients still pinned."""
+    (rel,) = _capture(panel, cp)
+    rng = np.random.default_rng(8)
+    flat = other_panel.assign(y=1 + 0.5 * other_panel["x1"] + rng.normal(scale=0.5, size=len(other_panel)))
+    assert _fit(flat, cp).extra["sigma2_u"] < 0.1 * rel["extra"]["sigma2_u"]
+    frames, results = pin_checkpoints({"people": flat}, [rel])
+    assert results[0].status == "pinned" and "scaled" in results[0].note
+    fit = _fit(frames["people"], cp)
+    assert fit.extra["sigma2_u"] == pytest.approx(rel["extra"]["sigma2_u"], rel=1e-8)
+    assert fit.extra["sigma2_e"] == pytest.approx(rel["extra"]["sigma2_e"], rel=1e-8)
+    assert _gaps(frames["people"], rel)[0] < PIN_TOL
 
 
 GROUPS = {
@@ -353,6 +376,20 @@ def test_shared_outcome_groups_pin_jointly(panel: pd.DataFrame, other_panel: pd.
     assert len(results) == 1 and results[0].joint and results[0].status == "pinned", results[0].note
     for rel in rels:
         assert _gaps(frames["people"], rel)[0] < PIN_TOL, rel["tag"]
+
+
+def test_disjoint_group_matches_each_residual_variance(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+    """One outcome, disjoint samples (fe on early years, re on late ones): each checkpoint's
+    residual variance (re: variance components) is matched on its own rows, all still pinned."""
+    cps = [_cp("fe", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), subset="yr <= 2"),
+           _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", subset="yr >= 3")]
+    rels = _capture(panel, *cps)
+    frames, results = pin_checkpoints({"people": other_panel}, rels)
+    assert results[0].status == "pinned" and "fe: residuals scaled" in results[0].note and "re: residuals scaled" in results[0].note
+    fe, re_ = (_fit(frames["people"], cp) for cp in cps)
+    assert fe.scale == pytest.approx(rels[0]["scale"], rel=1e-8)
+    assert re_.extra["sigma2_u"] == pytest.approx(rels[1]["extra"]["sigma2_u"], rel=1e-8)
+    assert all(_gaps(frames["people"], rel)[0] < PIN_TOL for rel in rels)
 
 
 def test_pin_is_deterministic(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:

@@ -297,6 +297,40 @@ def linear_operator(design: Design, cp: Checkpoint, label: str = "") -> np.ndarr
     raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
 
 
+def re_matched_outcome(design: Design, cp: Checkpoint, beta: np.ndarray, sigma2_u: float, sigma2_e: float) -> np.ndarray | None:
+    """Random effects, inference fidelity: y' = X b + f_e M_D e + f_b P e (e = y - X b, P the
+    weighted entity means, M_D = I - P) so that the refit's variance components are the
+    released ones. The within residual of y' is f_e times that of y and the between residual
+    f_b times, so s2_e' = f_e^2 s2_e and s2_u' = f_b^2 S_b - s2_e'/T_bar (S_b the between
+    residual variance, T_bar the harmonic mean of T_i, as linearmodels). beta_hat moves with
+    theta; a pin step afterwards restores it without touching either residual. None when the
+    components cannot be matched (no between or within residual left)."""
+    assert design.entity is not None
+    w = _weights(design)
+    ent = design.entity
+    e = design.y - design.X @ beta
+    pe = _group_means(e[:, None], ent, w)[:, 0]
+    we = e - pe
+    res, _ = _fit_re(design, cp, f"checkpoint {cp.tag!r}")
+    s2e = float(res.sigma2_eps) if hasattr(res, "sigma2_eps") else float(res.variance_decomposition["Residual"])
+    G = int(ent.max()) + 1
+    first = np.unique(ent, return_index=True)[1]
+    xbar = _group_means(design.X, ent, w)[first]
+    ybar = _group_means(design.y[:, None], ent, w)[first, 0]
+    coef, _, rank, _ = np.linalg.lstsq(xbar, ybar, rcond=None)
+    df_b = G - int(rank)
+    T = np.bincount(ent, minlength=G).astype("float64")
+    t_bar = G / float(np.sum(1.0 / T))
+    if df_b <= 0 or s2e <= 0:
+        return None
+    S_b = float(np.sum((ybar - xbar @ coef) ** 2)) / df_b
+    if S_b <= 0:
+        return None
+    f_e = np.sqrt(sigma2_e / s2e)
+    f_b = np.sqrt((sigma2_u + sigma2_e / t_bar) / S_b)
+    return design.X @ beta + f_e * we + f_b * pe
+
+
 def residual(design: Design, cp: Checkpoint, beta: np.ndarray) -> np.ndarray | None:
     """The residual r whose rescaling y <- y + (f - 1) r leaves beta_hat unchanged (A r = 0)
     and multiplies the residual variance by f^2: fe the within residual M_D (y - X b); iv the

@@ -211,13 +211,32 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
             status = "pinned" if gap <= EXACT_TOL else "approximate"
             if status == "approximate" and not any("inconsistent" in n for n in notes):
                 notes.append(f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE")
-        if status == "pinned" and len(group) == 1 and outcome not in group[0].get("subset_columns", []):
-            factor = _match_residual_scale(df, group[0], outcome)
-            if factor is not None:
-                notes.append(f"residuals scaled by {factor:.4g} to the released residual variance")
+        if status == "pinned" and not any(outcome in c.get("subset_columns", []) for c in group) and _disjoint_samples(df, group):
+            for c in group:
+                factor = _match_residual_scale(df, c, outcome)
+                if factor is not None:
+                    who = f"{c['tag']}: " if len(group) > 1 else ""
+                    notes.append(f"{who}residuals scaled by {factor:.4g} to the released residual variance")
         frames[source] = df
         results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes))))
     return frames, results
+
+
+def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
+    """Whether the estimation samples of a group's checkpoints share no row: then each
+    residual can be rescaled on its own rows without moving the others' fits."""
+    if len(group) == 1:
+        return True
+    seen: set[Any] = set()
+    for c in group:
+        try:
+            idx = set(build_design(df, checkpoint_from_release(c)).index)
+        except CheckpointError:
+            return False
+        if seen & idx:
+            return False
+        seen |= idx
+    return True
 
 
 def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> float | None:
@@ -225,13 +244,16 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     e the (weighted) residual and f chosen so the residual variance equals the released one.
     The residual is orthogonal to X (in the W metric), so the coefficients stay exactly
     pinned while nonrobust, HC and cluster standard errors all move by the factor f.
-    fe and iv use their own residual (within; structural, orthogonal to X_hat); re is left
-    alone (rescaling would move its variance components)."""
+    fe and iv use their own residual (within; structural, orthogonal to X_hat); re rescales
+    its within and between residuals to the released variance components and pins again
+    (`linear_models.re_matched_outcome`); returns the within factor."""
     target = c.get("scale")
     if not target or not np.isfinite(target) or target <= 0:
         return None
     cp = checkpoint_from_release(c)
     d = build_design(df, cp)
+    if cp.model == "re":
+        return _match_variance_components(df, c, cp, d, outcome)
     if cp.model in ("fe", "iv"):
         from .estimators import fit_checkpoint
         from .linear_models import residual
@@ -259,3 +281,31 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     factor = float(np.sqrt(target / s2))
     df.loc[d.index, outcome] = fitted + factor * e
     return factor
+
+
+def _match_variance_components(df: pd.DataFrame, c: dict[str, Any], cp: Checkpoint, d: Design, outcome: str) -> float | None:
+    """re: move y to the released sigma2_u and sigma2_e, then pin again (the pin step keeps
+    both residuals, so it converges at once); undone when the pin is then not exact."""
+    from .estimators import fit_checkpoint
+    from .linear_models import re_matched_outcome
+
+    extra = c.get("extra") or {}
+    s2u, s2e = extra.get("sigma2_u"), extra.get("sigma2_e")
+    if s2u is None or s2e is None or not (np.isfinite(s2u) and np.isfinite(s2e)) or s2e <= 0 or s2u < 0:
+        return None
+    try:
+        fit = fit_checkpoint(d, cp)
+        y_new = re_matched_outcome(d, cp, fit.beta, float(s2u), float(s2e))
+    except (CheckpointError, np.linalg.LinAlgError):
+        return None
+    if y_new is None:
+        return None
+    before = df[outcome].copy()
+    df.loc[d.index, outcome] = y_new
+    for _ in range(MAX_PASSES):
+        gap, _ = _pin_pass(df, [c], outcome, [])
+        if gap <= EXACT_TOL:
+            f_e = float(np.sqrt(s2e / max(fit.extra["sigma2_e"], 1e-300)))
+            return f_e
+    df[outcome] = before
+    return None
