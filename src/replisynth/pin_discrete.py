@@ -249,6 +249,8 @@ def _current_codes(col: pd.Series, kind: str, levels: list | None) -> np.ndarray
 
 def _values_of(codes: np.ndarray, kind: str, levels: list | None, like: pd.Series) -> np.ndarray:
     """Codes back to outcome values in the column's own type."""
+    if pd.api.types.is_bool_dtype(like):
+        return codes.astype(bool)
     if kind == "ordered":
         vals = np.asarray(levels, dtype=object)[codes]
         if pd.api.types.is_numeric_dtype(like):
