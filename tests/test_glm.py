@@ -344,3 +344,11 @@ def test_benchmark_script_runs_and_the_correction_beats_the_draw() -> None:
     r = run(400, 1, ["logit", "ologit"])
     for v in r.values():
         assert v["pinned_target"] <= 0.5 and v["pinned_target"] < v["draw_target"]
+
+
+def test_boolean_outcome_stays_boolean(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    """A True/False outcome is fitted as 0/1 and pinned as True/False."""
+    orig, syn = original.assign(bb=original["b"].astype(bool)), synthetic.assign(bb=synthetic["b"].astype(bool))
+    rel = _capture(orig, _cp("logit", "bb ~ x1 + female"))
+    out = pin_checkpoints({"people": syn}, rel, seed=2)[0]["people"]
+    assert out["bb"].dtype == bool and _gaps(out, rel[0])[0] <= 0.5

@@ -105,6 +105,8 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], Any], type[Exception], str]] 
      r"checkpoints\[0\]\.absorb: model fe needs 1 or 2 columns to absorb"),
     ("glm_hc3", lambda d: d["checkpoints"][0].update(model="logit", vcov="HC3"), ManifestError,
      r"checkpoints\[0\]\.vcov: 'HC3' is not available for model logit.*HC0, HC1"),
+    ("levels_repeated", lambda d: d["checkpoints"][0].update(model="ologit", levels=["low", "high", "low"]), ManifestError,
+     r"checkpoints\[0\]\.levels: list at least two distinct categories"),
     ("levels_on_logit", lambda d: d["checkpoints"][0].update(model="logit", levels=[0, 1]), ManifestError,
      r"checkpoints\[0\]\.levels: only ordered models take levels"),
     ("bad_vcov", _cp(0, "vcov", "robust"), ManifestError,

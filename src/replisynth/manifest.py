@@ -338,6 +338,8 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source]) -> Checkp
     _check_family(cp, where)
     if cp.levels is not None and cp.model not in ("ologit", "oprobit"):
         raise ManifestError(f"{where}.levels: only ordered models take levels (model is {cp.model})")
+    if cp.levels is not None and (len(cp.levels) < 2 or len({str(v) for v in cp.levels}) != len(cp.levels)):
+        raise ManifestError(f"{where}.levels: list at least two distinct categories, lowest first (got {list(cp.levels)})")
     if cp.model in GLM_MODELS and cp.vcov in ("HC2", "HC3"):
         raise ManifestError(
             f"{where}.vcov: {cp.vcov!r} is not available for model {cp.model} (HC2/HC3 need the hat matrix of a "

@@ -57,57 +57,69 @@ def _ordered_cdf(model: str) -> tuple[Callable, Callable]:
     return special.ndtr, stats.norm.pdf
 
 
-def score_function(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, values: np.ndarray | None, scale: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
-    """s(codes) -> (n, p): each row's weighted score at the fixed parameters `theta` (the
-    released coefficients, then alpha or the cut points) for outcome codes `codes`. `values`
-    maps codes to numeric outcome values (linear checkpoints on an ordered outcome)."""
+def score_function(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, values: np.ndarray | None, scale: float = 1.0) -> Callable[..., np.ndarray]:
+    """s(codes, rows=None) -> (len(codes), p): the weighted scores at the fixed parameters
+    `theta` (the released coefficients, then alpha or the cut points) of the rows `rows` (all
+    when None) for outcome codes `codes`. `values` maps codes to numeric outcome values (linear
+    checkpoints on an ordered outcome)."""
     k = X.shape[1]
-    eta = X @ theta[:k]
+    eta_all = X @ theta[:k]
     if model == "logit":
-        p = special.expit(eta)
-        return lambda y: (w * (y - p))[:, None] * X
-    if model == "probit":
-        F = np.clip(special.ndtr(eta), _EPS, 1 - _EPS)
-        lam = stats.norm.pdf(eta) / (F * (1 - F))
-        return lambda y: (w * lam * (y - F))[:, None] * X
-    if model == "poisson":
-        mu = np.exp(eta)
-        return lambda y: (w * (y - mu))[:, None] * X
-    if model == "nbreg":
-        return lambda y: w[:, None] * nb2_score_obs(y, X, theta)
-    if model in GLM_ORDERED:
-        F, f = _ordered_cdf(model)
-        cuts = theta[k:]
-        J = len(cuts) + 1
-        upper_all = np.concatenate([cuts, [np.inf]])
-        lower_all = np.concatenate([[-np.inf], cuts])
+        p_all = special.expit(eta_all)
+        factor = lambda y, r: y - p_all[r]  # noqa: E731
+    elif model == "probit":
+        F_all = np.clip(special.ndtr(eta_all), _EPS, 1 - _EPS)
+        lam_all = stats.norm.pdf(eta_all) / (F_all * (1 - F_all))
+        factor = lambda y, r: lam_all[r] * (y - F_all[r])  # noqa: E731
+    elif model == "poisson":
+        mu_all = np.exp(eta_all)
+        factor = lambda y, r: y - mu_all[r]  # noqa: E731
+    elif model == "nbreg":
+        return lambda y, rows=None: _sel(w, rows)[:, None] * nb2_score_obs(y, _sel(X, rows), theta)
+    elif model in GLM_ORDERED:
+        return _ordered_score(model, X, w, theta, eta_all)
+    else:  # linear checkpoint (ols): normal equations X'W(y - X b*), in units of the residual variance
+        factor = lambda y, r: ((values[y.astype("int64")] if values is not None else y) - eta_all[r]) / scale  # noqa: E731
 
-        def ordered(y: np.ndarray) -> np.ndarray:
-            yi = y.astype("int64")
-            zu, zl = upper_all[yi] - eta, lower_all[yi] - eta
-            Fu, Fl = F(zu), F(zl)
-            fu = np.where(np.isfinite(zu), f(np.where(np.isfinite(zu), zu, 0.0)), 0.0)
-            fl = np.where(np.isfinite(zl), f(np.where(np.isfinite(zl), zl, 0.0)), 0.0)
-            P = np.maximum(Fu - Fl, 1e-300)
-            out = np.zeros((len(y), k + J - 1))
-            out[:, :k] = (-(fu - fl) / P)[:, None] * X
-            rows = np.arange(len(y))
-            up = yi < J - 1
-            out[rows[up], k + yi[up]] += fu[up] / P[up]
-            lo = yi > 0
-            out[rows[lo], k + yi[lo] - 1] -= fl[lo] / P[lo]
-            return out * w[:, None]
+    def fn(y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        r = slice(None) if rows is None else rows
+        return (w[r] * factor(y, r))[:, None] * X[r]
 
-        return ordered
-    # linear checkpoint (ols): normal equations X'W(y - X b*), in units of the residual variance
-    fitted = eta
-    vals = values
+    return fn
 
-    def linear(y: np.ndarray) -> np.ndarray:
-        v = vals[y.astype("int64")] if vals is not None else y
-        return (w * (v - fitted) / scale)[:, None] * X
 
-    return linear
+def _sel(a: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return a if rows is None else a[rows]
+
+
+def _ordered_score(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, eta_all: np.ndarray) -> Callable[..., np.ndarray]:
+    """Ordered-model scores: d l/d b = -x (f_u - f_l)/P, d l/d cut_y = f_u/P,
+    d l/d cut_{y-1} = -f_l/P, with P = F(cut_y - x'b) - F(cut_{y-1} - x'b)."""
+    F, f = _ordered_cdf(model)
+    k = X.shape[1]
+    cuts = theta[k:]
+    J = len(cuts) + 1
+    upper_all = np.concatenate([cuts, [np.inf]])
+    lower_all = np.concatenate([[-np.inf], cuts])
+
+    def ordered(y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        Xr, eta, wr = _sel(X, rows), _sel(eta_all, rows), _sel(w, rows)
+        yi = y.astype("int64")
+        zu, zl = upper_all[yi] - eta, lower_all[yi] - eta
+        Fu, Fl = F(zu), F(zl)
+        fu = np.where(np.isfinite(zu), f(np.where(np.isfinite(zu), zu, 0.0)), 0.0)
+        fl = np.where(np.isfinite(zl), f(np.where(np.isfinite(zl), zl, 0.0)), 0.0)
+        P = np.maximum(Fu - Fl, 1e-300)
+        out = np.zeros((len(y), k + J - 1))
+        out[:, :k] = (-(fu - fl) / P)[:, None] * Xr
+        idx = np.arange(len(y))
+        up = yi < J - 1
+        out[idx[up], k + yi[up]] += fu[up] / P[up]
+        lo = yi > 0
+        out[idx[lo], k + yi[lo] - 1] -= fl[lo] / P[lo]
+        return out * wr[:, None]
+
+    return ordered
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +134,7 @@ class _System:
     pos: np.ndarray
     score: Callable[[np.ndarray], np.ndarray]
     M: np.ndarray
+    unit: np.ndarray | None = None  # scores linear in y: each row's (constant) change per unit of y
 
 
 def _Q(S: list[np.ndarray], systems: list[_System]) -> float:
@@ -137,20 +150,34 @@ def correct_scores(y: np.ndarray, systems: list[_System], lo: int, hi: float, ma
     Q0 = Q = _Q(S, systems)
     batch = max(1, int(np.sqrt(n)))
     moved = np.zeros(n, dtype=bool)
+    quad = [None if sy.unit is None else np.einsum("ij,ij->i", sy.unit @ sy.M, sy.unit) for sy in systems]
+    # nonlinear systems: each row's score change under +1 / -1 and its quadratic term, cached
+    # and refreshed only for the rows that moved (M is fixed)
+    cache: list[list[np.ndarray] | None] = [None for _ in systems]
+
+    def moves(sy: _System, rows: np.ndarray | None) -> list[np.ndarray]:
+        yc = y[sy.pos] if rows is None else y[sy.pos[rows]]
+        base = sy.score(yc, rows)
+        up = sy.score(yc + 1 if not np.isfinite(hi) else np.minimum(yc + 1, int(hi)), rows) - base
+        down = sy.score(np.maximum(yc - 1, lo), rows) - base
+        return [up, down, np.einsum("ij,ij->i", up @ sy.M, up), np.einsum("ij,ij->i", down @ sy.M, down)]
+
+    for i, sy in enumerate(systems):
+        if sy.unit is None:
+            cache[i] = moves(sy, None)
     for _ in range(max_batches):
         if Q <= 1e-12:
             break
         dq = np.zeros((2, n))
-        D: list[tuple[np.ndarray, np.ndarray]] = []
-        for s, sy in zip(S, systems, strict=True):
-            yc = y[sy.pos]
-            base = sy.score(yc)
-            up = sy.score(yc + 1 if not np.isfinite(hi) else np.minimum(yc + 1, int(hi))) - base
-            down = sy.score(np.maximum(yc - 1, lo)) - base
+        for s, sy, qd, cc in zip(S, systems, quad, cache, strict=True):
             g = 2.0 * (sy.M @ s)
-            for d, Dd in enumerate((up, down)):
-                dq[d, sy.pos] += Dd @ g + np.einsum("ij,ij->i", Dd @ sy.M, Dd)
-            D.append((up, down))
+            if cc is None:  # linear in y: the change of Q is +-u'g + u'Mu, u fixed
+                ug = sy.unit @ g
+                dq[0, sy.pos] += ug + qd
+                dq[1, sy.pos] += qd - ug
+            else:
+                dq[0, sy.pos] += cc[0] @ g + cc[2]
+                dq[1, sy.pos] += cc[1] @ g + cc[3]
         dq[0, y + 1 > hi] = np.inf
         dq[1, y - 1 < lo] = np.inf
         direction = np.argmin(dq, axis=0)
@@ -158,16 +185,20 @@ def correct_scores(y: np.ndarray, systems: list[_System], lo: int, hi: float, ma
         cand = np.flatnonzero(best < -1e-12 * max(Q, 1e-12))
         if len(cand) == 0:
             break
-        order = cand[np.argsort(best[cand], kind="stable")]
-        b = min(batch, len(order))
+        b = min(batch, len(cand))
+        top = cand[np.argpartition(best[cand], b - 1)[:b]] if b < len(cand) else cand
+        order = top[np.argsort(best[top], kind="stable")]
         while True:
             take = np.zeros(n, dtype=bool)
             take[order[:b]] = True
             newS = []
-            for s, sy, (up, down) in zip(S, systems, D, strict=True):
+            for s, sy, cc in zip(S, systems, cache, strict=True):
                 sel = take[sy.pos]
-                dirs = direction[sy.pos][sel]
-                newS.append(s + np.where((dirs == 0)[:, None], up[sel], down[sel]).sum(axis=0))
+                up_move = direction[sy.pos][sel] == 0
+                if cc is None:
+                    newS.append(s + np.where(up_move, 1.0, -1.0) @ sy.unit[sel])
+                else:
+                    newS.append(s + np.where(up_move[:, None], cc[0][sel], cc[1][sel]).sum(axis=0))
             newQ = _Q(newS, systems)
             if newQ < Q or b == 1:
                 break
@@ -177,7 +208,14 @@ def correct_scores(y: np.ndarray, systems: list[_System], lo: int, hi: float, ma
         y[take] += np.where(direction[take] == 0, 1, -1)
         moved |= take
         S, Q = newS, newQ
-        batch = min(2 * b, len(order)) if b == batch else max(1, b)
+        for i, sy in enumerate(systems):
+            if cache[i] is not None:
+                rows = np.flatnonzero(take[sy.pos])
+                if len(rows):
+                    fresh = moves(sy, rows)
+                    for a, v in zip(cache[i], fresh, strict=True):
+                        a[rows] = v
+        batch = min(2 * b, len(cand)) if b == min(batch, len(cand)) else max(1, b)
     return y, Q0, Q, int(moved.sum())
 
 
@@ -249,6 +287,8 @@ def _current_codes(col: pd.Series, kind: str, levels: list | None) -> np.ndarray
 
 def _values_of(codes: np.ndarray, kind: str, levels: list | None, like: pd.Series) -> np.ndarray:
     """Codes back to outcome values in the column's own type."""
+    if pd.api.types.is_bool_dtype(like):
+        return codes.astype(bool)
     if kind == "ordered":
         vals = np.asarray(levels, dtype=object)[codes]
         if pd.api.types.is_numeric_dtype(like):
@@ -353,7 +393,10 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
             scale = float(c.get("scale") or 1.0)
             fn = score_function("ols", d.X, w, theta, values, scale)
             M = np.linalg.pinv((d.X.T * w) @ d.X / scale)
-        systems.append(_System(c["tag"], pos, fn, M))
+        unit = None
+        if c["model"] in ("logit", "probit", "poisson") or (c["model"] not in GLM_MODELS and values is None):
+            unit = fn(np.ones(len(pos))) - fn(np.zeros(len(pos)))
+        systems.append(_System(c["tag"], pos, fn, M, unit))
     if not drawn:
         return "failed", notes, {}
     y, q0, q1, n_moved = correct_scores(y, systems, 0, hi, max_batches=MAX_BATCHES)
