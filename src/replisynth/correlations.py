@@ -19,7 +19,55 @@ from scipy import optimize, special, stats
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
-    return stats.rankdata(x, method="average")
+    return _Ranker(x).ranks()
+
+
+class _Ranker:
+    """Mid-ranks (ties averaged, as `scipy.stats.rankdata(method="average")`) of one column
+    without missing values, over all rows or over a subset of them, each in O(n) once built.
+
+    Small-integer columns (indicators, level codes, counts: most dims) are counted with
+    `bincount`, never sorted; other columns are sorted once and a subset is ranked by
+    counting its members in each tie group along that order. Ranks are exact half-integers,
+    so every path gives bit-identical values."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype="float64")
+        self.n = n = len(x)
+        self.codes: np.ndarray | None = None
+        if n == 0:
+            self.order = self.group = np.zeros(0, dtype=np.intp)
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if hi - lo <= max(4 * n, 1024) and np.isfinite(lo) and np.isfinite(hi):
+            c = x - lo
+            ic = c.astype(np.intp)
+            if np.array_equal(ic, c):
+                self.codes, self.size = ic, int(ic.max()) + 1
+                return
+        self.order = np.argsort(x)  # ties share one mid-rank: no need for a stable sort
+        xs = x[self.order]
+        self.group = np.concatenate([[0], np.cumsum(xs[1:] != xs[:-1])])
+
+    def ranks(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """Mid-ranks over all rows, or over the rows where `mask` is True (in row order)."""
+        if self.codes is not None:
+            codes = self.codes if mask is None else self.codes[mask]
+            counts = np.bincount(codes, minlength=self.size)
+            mid = np.cumsum(counts) - (counts - 1) / 2.0
+            return mid[codes]
+        if mask is None:
+            counts = np.bincount(self.group)
+            mid = np.cumsum(counts) - (counts - 1) / 2.0
+            out = np.empty(self.n)
+            out[self.order] = mid[self.group]
+            return out
+        m = mask[self.order]
+        counts = np.bincount(self.group[m], minlength=int(self.group[-1]) + 1 if self.n else 0)
+        mid = np.cumsum(counts) - (counts - 1) / 2.0
+        out = np.empty(self.n)
+        out[self.order] = mid[self.group]
+        return out[mask]
 
 
 def spearman_matrix(X: np.ndarray) -> np.ndarray:
@@ -27,6 +75,8 @@ def spearman_matrix(X: np.ndarray) -> np.ndarray:
 
     Columns without missing values are ranked once; a pair involving missing values is
     re-ranked over its complete rows (as pandas and Stata do). Constant columns give NaN.
+    Each column is prepared for ranking once (`_Ranker`), so a re-rank costs O(n), and a
+    column with missing values is ranked once per complete-row set it meets.
     """
     X = np.asarray(X, dtype="float64")
     n, d = X.shape
@@ -34,20 +84,42 @@ def spearman_matrix(X: np.ndarray) -> np.ndarray:
     has_miss = miss.any(axis=0)
     R = np.full((d, d), np.nan)
     full = np.where(~has_miss)[0]
+    rankers: dict[int, _Ranker] = {}
+
+    def ranker(j: int) -> _Ranker:
+        if j not in rankers:
+            rankers[j] = _Ranker(X[:, j])
+        return rankers[j]
+
     if len(full):
-        ranks = np.column_stack([_midranks(X[:, j]) for j in full]) if n else np.zeros((0, len(full)))
+        ranks = np.column_stack([ranker(j).ranks() for j in full]) if n else np.zeros((0, len(full)))
         with np.errstate(invalid="ignore", divide="ignore"):
             C = np.corrcoef(ranks, rowvar=False) if n > 1 else np.full((len(full), len(full)), np.nan)
         C = np.atleast_2d(C)
         R[np.ix_(full, full)] = C
+        del ranks
+    # A column with missing values, paired with a complete column, is ranked once over its
+    # own non-missing rows; two columns with missing values meet over their common rows.
+    own: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+    for i in np.where(has_miss)[0]:
+        ok = ~miss[:, i]
+        own[int(i)] = (ok, _Ranker(X[ok, i]).ranks() if ok.sum() >= 3 else np.zeros(0), int(ok.sum()))
     for i in range(d):
         for j in range(i + 1, d):
             if not (has_miss[i] or has_miss[j]):
                 continue
-            ok = ~(miss[:, i] | miss[:, j])
-            if ok.sum() < 3:
-                continue
-            a, b = _midranks(X[ok, i]), _midranks(X[ok, j])
+            if has_miss[i] and has_miss[j]:
+                ok = ~(miss[:, i] | miss[:, j])
+                if ok.sum() < 3:
+                    continue
+                a, b = _Ranker(X[ok, i]).ranks(), _Ranker(X[ok, j]).ranks()
+            else:
+                k, f = (i, j) if has_miss[i] else (j, i)
+                ok, rk, cnt = own[k]
+                if cnt < 3:
+                    continue
+                rf = ranker(f).ranks(ok)
+                a, b = (rk, rf) if k == i else (rf, rk)
             if a.std() == 0 or b.std() == 0:
                 continue
             R[i, j] = R[j, i] = float(np.corrcoef(a, b)[0, 1])
