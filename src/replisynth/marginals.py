@@ -134,9 +134,21 @@ def grid_cdf(grid: np.ndarray, x: np.ndarray, integer: bool = False) -> np.ndarr
     if integer:
         x = np.floor(x) + 0.5
     # F(x) = sup{p : Q(p) <= x}; np.interp over the (monotone) grid with right-continuity
-    out = np.empty_like(x)
     # For each x find the last grid index with g <= x
     idx = np.searchsorted(g, x, side="right") - 1
+    if len(g) >= 2:
+        # The interpolation runs over every x (indices clipped into range), then the two
+        # tails are overwritten: the same arithmetic per value as the masked form below,
+        # without its gathers and scatters.
+        i = np.clip(idx, 0, len(g) - 2)
+        g0, g1 = g[i], g[i + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(g1 > g0, (x - g0) / (g1 - g0), 1.0)
+        out = GRID[i] + frac * (GRID[i + 1] - GRID[i])
+        out[idx < 0] = 0.0
+        out[idx >= len(g) - 1] = 1.0
+        return np.clip(out, 0.0, 1.0)
+    out = np.empty_like(x)
     below = idx < 0
     above = idx >= len(g) - 1
     mid = ~(below | above)
