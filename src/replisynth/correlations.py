@@ -70,49 +70,80 @@ class _Ranker:
         return out[mask]
 
 
-def spearman_matrix(X: np.ndarray) -> np.ndarray:
-    """Spearman correlations of the columns of X (NaN = missing), pairwise complete.
+def _pearson_in_place(R: np.ndarray) -> np.ndarray:
+    """`np.corrcoef(R, rowvar=False)` computed in R's own buffer (R is overwritten): the
+    same operations in the same order on the same memory layout, so bit-identical, without
+    the two n x d copies corrcoef makes (hundreds of MB at register scale)."""
+    XT = R.T
+    avg = np.average(XT, axis=1)
+    fact = XT.shape[1] - 1
+    if fact <= 0:
+        fact = 0.0
+    XT -= avg[:, None]
+    c = np.dot(XT, XT.T)
+    c *= np.true_divide(1, fact)
+    d = np.diag(c)
+    stddev = np.sqrt(d.real)
+    c /= stddev[:, None]
+    c /= stddev[None, :]
+    np.clip(c.real, -1, 1, out=c.real)
+    return c
+
+
+def spearman_matrix(X: np.ndarray, rows: np.ndarray | None = None, columns: list[int] | None = None) -> np.ndarray:
+    """Spearman correlations of the columns of X (NaN = missing), pairwise complete; over the
+    rows where `rows` is True and of the `columns` listed, when given (no copy of X is made
+    for either).
 
     Columns without missing values are ranked once; a pair involving missing values is
     re-ranked over its complete rows (as pandas and Stata do). Constant columns give NaN.
     Each column is prepared for ranking once (`_Ranker`), so a re-rank costs O(n), and a
-    column with missing values is ranked once per complete-row set it meets.
+    column with missing values is ranked once per complete-row set it meets. X is best
+    column-major (`dim_matrix(order="F")`): each column is then read contiguously.
     """
     X = np.asarray(X, dtype="float64")
-    n, d = X.shape
-    miss = np.isnan(X)
-    has_miss = miss.any(axis=0)
+    idx = list(range(X.shape[1])) if columns is None else list(columns)
+    d = len(idx)
+    cols = [X[:, j] if rows is None else X[:, j][rows] for j in idx]
+    n = len(cols[0]) if d else (X.shape[0] if rows is None else int(np.count_nonzero(rows)))
+    miss = [np.isnan(c) for c in cols]
+    has_miss = np.asarray([m.any() for m in miss], dtype=bool)
     R = np.full((d, d), np.nan)
     full = np.where(~has_miss)[0]
     rankers: dict[int, _Ranker] = {}
 
     def ranker(j: int) -> _Ranker:
         if j not in rankers:
-            rankers[j] = _Ranker(X[:, j])
+            rankers[j] = _Ranker(cols[j])
         return rankers[j]
 
     if len(full):
-        ranks = np.column_stack([ranker(j).ranks() for j in full]) if n else np.zeros((0, len(full)))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            C = np.corrcoef(ranks, rowvar=False) if n > 1 else np.full((len(full), len(full)), np.nan)
-        C = np.atleast_2d(C)
-        R[np.ix_(full, full)] = C
-        del ranks
+        if n > 1:
+            ranks = np.empty((n, len(full)))
+            for k, j in enumerate(full):
+                ranks[:, k] = ranker(j).ranks()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                C = _pearson_in_place(ranks)
+            del ranks
+        else:
+            C = np.full((len(full), len(full)), np.nan)
+        R[np.ix_(full, full)] = np.atleast_2d(C)
     # A column with missing values, paired with a complete column, is ranked once over its
     # own non-missing rows; two columns with missing values meet over their common rows.
     own: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
     for i in np.where(has_miss)[0]:
-        ok = ~miss[:, i]
-        own[int(i)] = (ok, _Ranker(X[ok, i]).ranks() if ok.sum() >= 3 else np.zeros(0), int(ok.sum()))
+        ok = ~miss[i]
+        cnt = int(ok.sum())
+        own[int(i)] = (ok, _Ranker(cols[i][ok]).ranks() if cnt >= 3 else np.zeros(0), cnt)
     for i in range(d):
         for j in range(i + 1, d):
             if not (has_miss[i] or has_miss[j]):
                 continue
             if has_miss[i] and has_miss[j]:
-                ok = ~(miss[:, i] | miss[:, j])
+                ok = ~(miss[i] | miss[j])
                 if ok.sum() < 3:
                     continue
-                a, b = _Ranker(X[ok, i]).ranks(), _Ranker(X[ok, j]).ranks()
+                a, b = _Ranker(cols[i][ok]).ranks(), _Ranker(cols[j][ok]).ranks()
             else:
                 k, f = (i, j) if has_miss[i] else (j, i)
                 ok, rk, cnt = own[k]

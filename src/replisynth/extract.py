@@ -89,15 +89,16 @@ def _marginal(
     return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
 
 
-def gated_spearman(X: np.ndarray, min_cell: int) -> tuple[np.ndarray, int]:
-    """Spearman matrix of the dims with the rows and columns of *small-group* dims blanked:
-    a two-valued dim (indicator, binary) whose smaller group has fewer than `min_cell`
-    rows, or any dim with fewer than `min_cell` non-missing rows. Such a correlation would
-    describe a small group (and is not attainable once the group's cell is suppressed)."""
-    S = spearman_matrix(X)
+def gated_spearman(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Spearman matrix of the dims (over `rows` when given) with the rows and columns of
+    *small-group* dims blanked: a two-valued dim (indicator, binary) whose smaller group has
+    fewer than `min_cell` rows, or any dim with fewer than `min_cell` non-missing rows. Such
+    a correlation would describe a small group (and is not attainable once the group's cell
+    is suppressed)."""
+    S = spearman_matrix(X, rows)
     bad = []
     for j in range(X.shape[1]):
-        v = X[:, j]
+        v = X[:, j] if rows is None else X[:, j][rows]
         nn = int(len(v) - np.count_nonzero(np.isnan(v)))
         if nn < min_cell:
             bad.append(j)
@@ -199,7 +200,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
         detail = "; ".join(f"{f['column']}: {f['check']} ({f['failures']} rows)" for f in failures)
         raise DataError(f"{source.path}: the data does not validate against its own schema: {detail}")
 
-    work = df[[s.name for s in specs]].copy()
+    work = df[[s.name for s in specs]]  # copy-on-write: only columns written below are copied
     spec_by = {s.name: s for s in specs}
     for s in specs:
         if s.rows and s.missing == s.rows and s.role in ("continuous", "categorical"):
@@ -248,7 +249,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
     dims = copula_dims(specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata)
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
     all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
-    X = dim_matrix(work, spec_by, dims, tables, all_levels)
+    X = dim_matrix(work, spec_by, dims, tables, all_levels, order="F")
     derived = functional_dependencies(
         {c: category_values(work[c]) for c in tables if c not in source.strata}, tables, all_levels, [s.name for s in specs]
     )
@@ -285,7 +286,7 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
                           source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
             bm[s.name] = m
             _log_marginal(log, source.name, bid, s, m, sdc)
-        S_b, n_bad = gated_spearman(X[mask], sdc.min_cell_size)
+        S_b, n_bad = gated_spearman(X, sdc.min_cell_size, mask)
         if n_bad:
             log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
         blocks[bid] = {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}

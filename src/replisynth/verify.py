@@ -270,7 +270,7 @@ def _max_pair(S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: li
     return float(diff[j]), [dim_label(dims[keep[iu[0][j]]]), dim_label(dims[keep[iu[1][j]]])], int(ok.sum())
 
 
-def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str]) -> dict[str, Any]:
+def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None) -> dict[str, Any]:
     """Released versus synthetic Spearman correlations over the released dims (outcomes
     excluded). Pairs of value dims decide the tier; pairs involving a missingness dim are
     reported (`missingness_max_abs_delta`) but do not, since missing positions are drawn
@@ -279,7 +279,7 @@ def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dic
     keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
     if len(keep) < 2:
         return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
-    S = spearman_matrix(X[:, keep])
+    S = spearman_matrix(X, rows, keep)
     miss = np.asarray([dims[i]["kind"] == "missing" for i in keep])
     value_pairs = ~miss[:, None] & ~miss[None, :]
     mx, pair, n = _max_pair(S, T, dims, keep, value_pairs)
@@ -314,7 +314,7 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         if b.id != RESIDUAL:
             sub = df.loc[mask]
             t1 = tier1(sub, _block_release(release, b), [b], outcomes)
-            t2 = tier2_matrix(X[mask], release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata))
+            t2 = tier2_matrix(X, release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata), mask)
             rec.update({"marginals": {k: t1[k] for k in ("passed", "worst_ks_p", "worst_variable", "problems")}, "correlations": t2})
             if not t1["passed"]:
                 problems.extend(f"{b.id}: {p}" for p in t1["problems"])
@@ -409,7 +409,7 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         plan = source_plan(release, len(df))
         t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name))
         t1 = tier1(df, release, plan, outcomes)
-        X = synthetic_dim_matrix(df, release)
+        X = synthetic_dim_matrix(df, release, order="F")
         t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes)
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:
