@@ -174,8 +174,34 @@ def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
     return T
 
 
+def _numeric(values: np.ndarray) -> np.ndarray | None:
+    """float64 of a float column or of an object column of numbers and NaN (released
+    numeric levels), without a per-element pandas pass; None when anything else is there."""
+    if values.dtype == np.float64:
+        return values
+    if values.dtype.kind in "iub":
+        return values.astype("float64")
+    if values.dtype == object:
+        try:
+            kinds = {type(v) for v in pd.unique(values)}
+        except TypeError:
+            return None
+        if kinds <= {int, float, bool, type(None)}:
+            return values.astype("float64")
+    return None
+
+
 def _restore_dtype(values: np.ndarray, spec: ColumnSpec, release: dict[str, Any]) -> pd.Series:
     lt = spec.logical_type
+    if lt in ("integer", "float"):
+        num = _numeric(values)
+        if num is not None:  # same values as the to_numeric path below, ~10x faster
+            f = pd.Series(num, dtype="float64")
+            if lt == "integer" and spec.integer:
+                if not np.isnan(num).any():
+                    return f.astype("int64")
+                return f.round().astype("Int64")
+            return f
     s = pd.Series(values, dtype=object)
     miss = s.isna()
     if lt == "date":
