@@ -12,6 +12,10 @@ rule extract_source:
     output:
         release=f"{P.results}/extract/{{source}}.release.json",
         sdc=f"{P.results}/extract/{{source}}.sdc.json",
+    threads: P.threads("extract_source")
+    resources:
+        mem_mb=P.mem_mb("extract_source"),
+        runtime=P.runtime("extract_source"),
     log:
         f"{P.results}/logs/extract_source/{{source}}.log",
     benchmark:
@@ -28,6 +32,10 @@ rule extract_checkpoints:
     output:
         checkpoints=f"{P.results}/extract/checkpoints.json",
         sdc=f"{P.results}/extract/checkpoints.sdc.json",
+    threads: P.threads("extract_checkpoints")
+    resources:
+        mem_mb=P.mem_mb("extract_checkpoints"),
+        runtime=P.runtime("extract_checkpoints"),
     log:
         f"{P.results}/logs/extract_checkpoints/all.log",
     benchmark:
@@ -47,6 +55,10 @@ rule write_bundle:
         P.bundle_files(),
     params:
         sources=list(P.sources),
+    threads: P.threads("write_bundle")
+    resources:
+        mem_mb=P.mem_mb("write_bundle"),
+        runtime=P.runtime("write_bundle"),
     log:
         f"{P.results}/logs/write_bundle/all.log",
     conda:

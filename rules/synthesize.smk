@@ -6,6 +6,10 @@ rule sample_copula:
         bundle=f"{P.bundle_dir}/manifest.json",
     output:
         parquet=f"{P.results}/synthesize/{{source}}.parquet",
+    threads: P.threads("sample_copula")
+    resources:
+        mem_mb=P.mem_mb("sample_copula"),
+        runtime=P.runtime("sample_copula"),
     log:
         f"{P.results}/logs/sample_copula/{{source}}.log",
     benchmark:
@@ -23,6 +27,10 @@ rule pin_checkpoints:
     output:
         synthetic=multiext(f"{P.results}/synthetic/{{source}}", ".parquet", ".csv"),
         report=f"{P.results}/synthesize/{{source}}.pin.json",
+    threads: P.threads("pin_checkpoints")
+    resources:
+        mem_mb=P.mem_mb("pin_checkpoints"),
+        runtime=P.runtime("pin_checkpoints"),
     log:
         f"{P.results}/logs/pin_checkpoints/{{source}}.log",
     benchmark:
@@ -39,6 +47,10 @@ rule export_stata:
         parquet=f"{P.results}/synthetic/{{source}}.parquet",
     output:
         dta=f"{P.results}/synthetic/{{source}}.dta",
+    threads: P.threads("export_stata")
+    resources:
+        mem_mb=P.mem_mb("export_stata"),
+        runtime=P.runtime("export_stata"),
     log:
         f"{P.results}/logs/export_stata/{{source}}.log",
     conda:

@@ -10,6 +10,10 @@ rule verify_tiers:
         tiers=f"{P.results}/verify/tiers.json",
     params:
         sources=list(P.sources),
+    threads: P.threads("verify_tiers")
+    resources:
+        mem_mb=P.mem_mb("verify_tiers"),
+        runtime=P.runtime("verify_tiers"),
     log:
         f"{P.results}/logs/verify_tiers/all.log",
     benchmark:

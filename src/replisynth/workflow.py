@@ -50,6 +50,38 @@ class WorkflowPlan:
 
         return [f"{self.bundle_dir}/{f}" for f in bundle_files(self.manifest)]
 
+    # Scheduler requests (threads, mem_mb, runtime) from the size of the data a job touches;
+    # see replisynth.resources. Each returns a function Snakemake calls with the job's
+    # wildcards, input and attempt (a retry asks for more).
+    def _cells(self, rule: str, wildcards: Any, input: Any) -> int:
+        from .resources import cells_of, release_cells
+
+        if rule in ("sample_copula", "sample_stratum"):
+            from .bundle import source_file
+            from .io import read_json
+
+            p = Path(self.bundle_dir) / source_file(wildcards.source)
+            try:
+                return release_cells(read_json(p), self.manifest.source(wildcards.source).rows)
+            except Exception:  # not written yet (dry run): the source data's size instead
+                return cells_of([self.paths[wildcards.source]]) if wildcards.source in self.paths else 0
+        return cells_of([str(f) for f in input])
+
+    def threads(self, rule: str):
+        from .resources import job_resources
+
+        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).threads
+
+    def mem_mb(self, rule: str):
+        from .resources import job_resources
+
+        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).mem_mb
+
+    def runtime(self, rule: str):
+        from .resources import job_resources
+
+        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
+
     def benchmarks(self) -> list[str]:
         """Benchmark files of the statistical rules, for the report's provenance table."""
         b = f"{self.results}/benchmarks"
