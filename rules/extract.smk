@@ -12,6 +12,8 @@ rule extract_source:
     output:
         release=f"{P.results}/extract/{{source}}.release.json",
         sdc=f"{P.results}/extract/{{source}}.sdc.json",
+    wildcard_constraints:
+        source=P.sources_regex(scattered=False),
     threads: P.threads("extract_source")
     resources:
         mem_mb=P.mem_mb("extract_source"),
@@ -24,6 +26,82 @@ rule extract_source:
         "../envs/replisynth.yaml"
     script:
         "../scripts/extract_source.py"
+
+
+# A source scattered by stratum (`scatter`, see README "HPC"): the source-level release, one
+# job per shard of strata cells (block marginals and correlations), and a gather job that
+# writes the same staging files as extract_source.
+
+
+rule extract_base:
+    input:
+        data=lambda wc: P.paths[wc.source],
+    output:
+        base=f"{P.results}/extract/{{source}}.base.json",
+        sdc=f"{P.results}/extract/{{source}}.base.sdc.json",
+    wildcard_constraints:
+        source=P.sources_regex(scattered=True),
+    threads: P.threads("extract_base")
+    resources:
+        mem_mb=P.mem_mb("extract_base"),
+        runtime=P.runtime("extract_base"),
+    log:
+        f"{P.results}/logs/extract_base/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/extract_base/{{source}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/extract_base.py"
+
+
+rule extract_stratum:
+    input:
+        data=lambda wc: P.paths[wc.source],
+        base=f"{P.results}/extract/{{source}}.base.json",
+    output:
+        blocks=f"{P.results}/extract/{{source}}.strata/{{shard}}.json",
+    wildcard_constraints:
+        source=P.sources_regex(scattered=True),
+        shard=r"\d+",
+    params:
+        shards=lambda wc: P.scatter[wc.source],
+    threads: P.threads("extract_stratum")
+    resources:
+        mem_mb=P.mem_mb("extract_stratum"),
+        runtime=P.runtime("extract_stratum"),
+    log:
+        f"{P.results}/logs/extract_stratum/{{source}}.{{shard}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/extract_stratum/{{source}}.{{shard}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/extract_stratum.py"
+
+
+rule gather_release:
+    input:
+        base=f"{P.results}/extract/{{source}}.base.json",
+        sdc=f"{P.results}/extract/{{source}}.base.sdc.json",
+        parts=P.shards("release"),
+    output:
+        release=f"{P.results}/extract/{{source}}.release.json",
+        sdc=f"{P.results}/extract/{{source}}.sdc.json",
+    wildcard_constraints:
+        source=P.sources_regex(scattered=True),
+    threads: P.threads("gather_release")
+    resources:
+        mem_mb=P.mem_mb("gather_release"),
+        runtime=P.runtime("gather_release"),
+    log:
+        f"{P.results}/logs/gather_release/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/gather_release/{{source}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/gather_release.py"
 
 
 rule extract_checkpoints:

@@ -31,7 +31,7 @@ _COST: dict[str, tuple[float, float, float, float]] = {
 RULE_KIND: dict[str, str] = {
     "extract_source": "data", "extract_stratum": "data", "extract_checkpoints": "data",
     "gather_release": "light", "write_bundle": "light",
-    "sample_copula": "data", "sample_stratum": "data", "gather_strata": "data",
+    "extract_base": "data", "sample_copula": "data", "sample_stratum": "data", "gather_blocks": "data",
     "pin_checkpoints": "data", "export_stata": "data", "verify_tiers": "data",
     "render_report": "data", "check_tier": "light", "audit_disclosure": "data",
 }
@@ -42,7 +42,10 @@ MEM_STEP = 256  # MB
 # Above these many cells a job asks for more cores (numpy's BLAS uses them in the
 # correlation and pinning algebra; the rest of the code is single-threaded).
 THREAD_STEPS = ((100_000_000, 4), (10_000_000, 2))
-CSV_BYTES_PER_CELL = 8.0  # a typical register csv: short numbers and codes plus separators
+CSV_BYTES_PER_CELL = 8.0
+# scatter: auto (replisynth.workflow.scatter_plan): sources with strata this large get 4 jobs.
+AUTO_SCATTER_CELLS = 20_000_000
+AUTO_SCATTER_JOBS = 4  # a typical register csv: short numbers and codes plus separators
 
 
 @dataclass(frozen=True)
