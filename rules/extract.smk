@@ -139,6 +139,8 @@ rule write_bundle:
         runtime=P.runtime("write_bundle"),
     log:
         f"{P.results}/logs/write_bundle/all.log",
+    benchmark:
+        f"{P.results}/benchmarks/write_bundle/all.tsv"
     conda:
         "../envs/replisynth.yaml"
     script:

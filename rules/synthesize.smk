@@ -105,6 +105,8 @@ rule export_stata:
         runtime=P.runtime("export_stata"),
     log:
         f"{P.results}/logs/export_stata/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/export_stata/{{source}}.tsv"
     conda:
         "../envs/replisynth.yaml"
     script:

@@ -96,23 +96,32 @@ class WorkflowPlan:
         return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
 
     def benchmarks(self) -> list[str]:
-        """Benchmark files of the statistical rules, for the report's provenance table."""
+        """Benchmark files of every rule that runs before the report, for the provenance table
+        of the report and the certificate."""
         b = f"{self.results}/benchmarks"
-        out = []
-        def per_source(rule: str, base: str, stratum: str, gather: str) -> list[str]:
+
+        def per_source(rule: str, scattered: list[str]) -> list[str]:
+            """`rule`'s file per source; for a scattered source the files of its jobs instead
+            (`scattered`: rules, the one with "{k}" once per shard)."""
             res = []
             for s in self.sources:
-                if s in self.scatter:
-                    res += [f"{b}/{base}/{s}.tsv", *(f"{b}/{stratum}/{s}.{k}.tsv" for k in range(self.scatter[s])), f"{b}/{gather}/{s}.tsv"]
-                else:
+                if s not in self.scatter:
                     res.append(f"{b}/{rule}/{s}.tsv")
+                    continue
+                for r in scattered:
+                    if r.endswith("{k}"):
+                        res += [f"{b}/{r[:-3]}/{s}.{k}.tsv" for k in range(self.scatter[s])]
+                    else:
+                        res.append(f"{b}/{r}/{s}.tsv")
             return res
 
+        out = []
         if not self.outside:
-            out += per_source("extract_source", "extract_base", "extract_stratum", "gather_release")
-            out += [f"{b}/extract_checkpoints/all.tsv"]
-        out += per_source("sample_copula", "sample_copula", "sample_stratum", "gather_blocks")
+            out += per_source("extract_source", ["extract_base", "extract_stratum{k}", "gather_release"])
+            out += [f"{b}/extract_checkpoints/all.tsv", f"{b}/write_bundle/all.tsv"]
+        out += per_source("sample_copula", ["sample_stratum{k}", "gather_blocks"])
         out += [f"{b}/pin_checkpoints/{s}.tsv" for s in self.sources]
+        out += [f"{b}/export_stata/{s}.tsv" for s in self.sources if self.formats[s] == "dta"]
         out += [f"{b}/verify_tiers/all.tsv"]
         return out
 
