@@ -130,7 +130,19 @@ rule write_bundle:
         checkpoints=f"{P.results}/extract/checkpoints.json",
         sdc=expand(f"{P.results}/extract/{{part}}.sdc.json", part=[*P.sources, "checkpoints"]),
     output:
-        P.bundle_files(),
+        data=P.bundle_files()[:-2],
+        sdc_log=report(
+            f"{P.bundle_dir}/sdc_log.json",
+            caption="../docs/captions/sdc_log.rst",
+            category="Disclosure control",
+            labels={"file": "bundle/sdc_log.json"},
+        ),
+        manifest=report(
+            f"{P.bundle_dir}/manifest.json",
+            caption="../docs/captions/bundle_manifest.rst",
+            category="Disclosure control",
+            labels={"file": "bundle/manifest.json"},
+        ),
     params:
         sources=list(P.sources),
     threads: P.threads("write_bundle")

@@ -78,7 +78,12 @@ rule pin_checkpoints:
         unpinned=f"{P.results}/synthesize/{{source}}.parquet",
     output:
         synthetic=multiext(f"{P.results}/synthetic/{{source}}", ".parquet", ".csv"),
-        report=f"{P.results}/synthesize/{{source}}.pin.json",
+        report=report(
+            f"{P.results}/synthesize/{{source}}.pin.json",
+            caption="../docs/captions/pin.rst",
+            category="Synthetic data",
+            labels={"source": "{source}", "file": "pin.json"},
+        ),
     threads: P.threads("pin_checkpoints")
     resources:
         mem_mb=P.mem_mb("pin_checkpoints"),

@@ -7,7 +7,12 @@ rule verify_tiers:
         parquet=expand(f"{P.results}/synthetic/{{source}}.parquet", source=P.sources),
         files=P.all_synthetic(),
     output:
-        tiers=f"{P.results}/verify/tiers.json",
+        tiers=report(
+            f"{P.results}/verify/tiers.json",
+            caption="../docs/captions/tiers.rst",
+            category="Verification",
+            labels={"file": "tiers.json"},
+        ),
     params:
         sources=list(P.sources),
     threads: P.threads("verify_tiers")
