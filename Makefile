@@ -5,13 +5,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: run test test-all lint extract rebuild clean lock demo-data
+.PHONY: run test test-slurm slurm-up slurm-down test-all lint extract rebuild clean lock demo-data
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The demo on a real single-node Slurm cluster (needs root; installs slurm-wlm and munge with
+# apt, starts the daemons, stops the ones it started). Skips without root or apt unless
+# REPLISYNTH_REQUIRE_SLURM=1 (as in .ci/run).
+test-slurm: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -rs -m slurm
+
+slurm-up:
+	bash ci/slurm/up.sh
+
+slurm-down:
+	bash ci/slurm/down.sh
 
 test-all: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m ""
@@ -31,7 +43,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 # Regenerate the lock from the direct dependencies (needs network to PyPI).
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/pip install --quiet -e '.[dev]'
+	.lockvenv/bin/pip install --quiet -e '.[dev,slurm]'
 	.lockvenv/bin/pip freeze --exclude-editable | sort -f > requirements.lock
 	rm -rf .lockvenv
 

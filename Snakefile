@@ -12,6 +12,9 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
+report: "docs/workflow_report.rst"
+
+
 # The demo manifest is the default; a --configfile replaces it instead of being merged into it.
 if not workflow.config_settings.configfiles:
 

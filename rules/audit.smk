@@ -20,6 +20,10 @@ rule audit_disclosure:
         txt=f"{P.results}/audit/audit.txt",
     params:
         sources=list(P.sources),
+    threads: P.threads("audit_disclosure")
+    resources:
+        mem_mb=P.mem_mb("audit_disclosure"),
+        runtime=P.runtime("audit_disclosure"),
     log:
         f"{P.results}/logs/audit_disclosure/all.log",
     benchmark:

@@ -23,6 +23,10 @@ rule render_report:
     params:
         sources=list(P.sources),
         benchmarks=P.benchmarks(),
+    threads: P.threads("render_report")
+    resources:
+        mem_mb=P.mem_mb("render_report"),
+        runtime=P.runtime("render_report"),
     log:
         f"{P.results}/logs/render_report/all.log",
     conda:
@@ -38,6 +42,10 @@ rule check_tier:
         html=f"{P.results}/verify/report.html",
     output:
         done=f"{P.results}/verify/verdict.txt",
+    threads: P.threads("check_tier")
+    resources:
+        mem_mb=P.mem_mb("check_tier"),
+        runtime=P.runtime("check_tier"),
     log:
         f"{P.results}/logs/check_tier/all.log",
     conda:

@@ -6,6 +6,12 @@ rule sample_copula:
         bundle=f"{P.bundle_dir}/manifest.json",
     output:
         parquet=f"{P.results}/synthesize/{{source}}.parquet",
+    wildcard_constraints:
+        source=P.sources_regex(scattered=False),
+    threads: P.threads("sample_copula")
+    resources:
+        mem_mb=P.mem_mb("sample_copula"),
+        runtime=P.runtime("sample_copula"),
     log:
         f"{P.results}/logs/sample_copula/{{source}}.log",
     benchmark:
@@ -16,13 +22,72 @@ rule sample_copula:
         "../scripts/sample_copula.py"
 
 
+# A source scattered by stratum: one job per shard of the plan's blocks (Layers 1-2), and a
+# gather job (refinement across blocks, shuffle, dtypes) writing what sample_copula writes.
+
+
+rule sample_stratum:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+    output:
+        blocks=f"{P.results}/synthesize/{{source}}.strata/{{shard}}.pkl",
+    wildcard_constraints:
+        source=P.sources_regex(scattered=True),
+        shard=r"\d+",
+    params:
+        shards=lambda wc: P.scatter[wc.source],
+    threads: P.threads("sample_stratum")
+    resources:
+        mem_mb=P.mem_mb("sample_stratum"),
+        runtime=P.runtime("sample_stratum"),
+    log:
+        f"{P.results}/logs/sample_stratum/{{source}}.{{shard}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/sample_stratum/{{source}}.{{shard}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/sample_stratum.py"
+
+
+rule gather_blocks:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+        parts=P.shards("blocks"),
+    output:
+        parquet=f"{P.results}/synthesize/{{source}}.parquet",
+    wildcard_constraints:
+        source=P.sources_regex(scattered=True),
+    threads: P.threads("gather_blocks")
+    resources:
+        mem_mb=P.mem_mb("gather_blocks"),
+        runtime=P.runtime("gather_blocks"),
+    log:
+        f"{P.results}/logs/gather_blocks/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/gather_blocks/{{source}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/gather_blocks.py"
+
+
 rule pin_checkpoints:
     input:
         bundle=f"{P.bundle_dir}/manifest.json",
         unpinned=f"{P.results}/synthesize/{{source}}.parquet",
     output:
         synthetic=multiext(f"{P.results}/synthetic/{{source}}", ".parquet", ".csv"),
-        report=f"{P.results}/synthesize/{{source}}.pin.json",
+        report=report(
+            f"{P.results}/synthesize/{{source}}.pin.json",
+            caption="../docs/captions/pin.rst",
+            category="Synthetic data",
+            labels={"source": "{source}", "file": "pin.json"},
+        ),
+    threads: P.threads("pin_checkpoints")
+    resources:
+        mem_mb=P.mem_mb("pin_checkpoints"),
+        runtime=P.runtime("pin_checkpoints"),
     log:
         f"{P.results}/logs/pin_checkpoints/{{source}}.log",
     benchmark:
@@ -39,8 +104,14 @@ rule export_stata:
         parquet=f"{P.results}/synthetic/{{source}}.parquet",
     output:
         dta=f"{P.results}/synthetic/{{source}}.dta",
+    threads: P.threads("export_stata")
+    resources:
+        mem_mb=P.mem_mb("export_stata"),
+        runtime=P.runtime("export_stata"),
     log:
         f"{P.results}/logs/export_stata/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/export_stata/{{source}}.tsv"
     conda:
         "../envs/replisynth.yaml"
     script:

@@ -7,9 +7,18 @@ rule verify_tiers:
         parquet=expand(f"{P.results}/synthetic/{{source}}.parquet", source=P.sources),
         files=P.all_synthetic(),
     output:
-        tiers=f"{P.results}/verify/tiers.json",
+        tiers=report(
+            f"{P.results}/verify/tiers.json",
+            caption="../docs/captions/tiers.rst",
+            category="Verification",
+            labels={"file": "tiers.json"},
+        ),
     params:
         sources=list(P.sources),
+    threads: P.threads("verify_tiers")
+    resources:
+        mem_mb=P.mem_mb("verify_tiers"),
+        runtime=P.runtime("verify_tiers"),
     log:
         f"{P.results}/logs/verify_tiers/all.log",
     benchmark:

@@ -10,4 +10,4 @@ run(sm.log[0], lambda: stage_write_bundle(
     manifest=load_manifest(sm.config),
     releases=dict(zip(sm.params.sources, sm.input.releases, strict=True)),
     checkpoints=sm.input.checkpoints, sdc_parts=list(sm.input.sdc),
-    bundle_dir=Path(sm.output[0]).parent))
+    bundle_dir=Path(sm.output.manifest).parent))

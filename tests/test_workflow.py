@@ -4,6 +4,7 @@ writing its reports."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,21 @@ def test_demo_end_to_end_and_bundle_only_rebuild(tmp_path):
     tiers = yaml.safe_load((res / "verify" / "tiers.json").read_text())
     assert tiers["tier_met"] == 4 and tiers["passed"]
     assert (res / "verify" / "report.html").stat().st_size > 10_000
-    assert "met fidelity tier 4" in (res / "verify" / "certificate.txt").read_text()
+    cert = (res / "verify" / "certificate.txt").read_text()
+    assert "met fidelity tier 4" in cert
+    # Provenance: every benchmark file's step, and the run's time, in the certificate.
+    benches = sorted((res / "benchmarks").rglob("*.tsv"))
+    assert len(benches) >= 7 and "Provenance: the run took" in cert
+    for b in benches:
+        assert f"{b.parent.name}/{b.stem} " in cert, b
+    # `snakemake --report`: one self-contained file with the data editor's outputs, captioned.
+    r = _smk(inside, "--report", "smk_report.html")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    html = (inside / "smk_report.html").read_text()
+    for text in ("Verification", "Disclosure control", "Synthetic data", "Layer 4 for source card",
+                 "Every statistical disclosure control decision", "The machine-readable verdict"):
+        assert text in html, text
+    assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing fetched from the web
     # outside: a clone with no data, twice; byte-identical to the inside run
     for k in range(2):
         outside = _checkout(tmp_path / f"outside{k}", with_data=False)

@@ -189,8 +189,36 @@ def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source
     return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, method).tolist(), "mean_size": float(sizes.mean())}
 
 
-def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source) -> tuple[dict[str, Any], SdcLog]:
-    """Build the release of one source and the log of its SDC decisions."""
+def stratum_block(
+    work: pd.DataFrame, mask: np.ndarray, bid: str, key: tuple[Any, ...], released_cols: list[ColumnSpec], source: Source,
+    sdc: Any, X: np.ndarray, pooled_values: dict[str, np.ndarray], log: SdcLog,
+) -> dict[str, Any]:
+    """The released block of one stratum (rows `mask` of `work`): its marginals and gated
+    Spearman matrix over the source's dims `X`; its SDC decisions go to `log`."""
+    sub = work.loc[mask]
+    bm: dict[str, dict[str, Any]] = {}
+    for s in released_cols:
+        if s.name in source.strata:
+            continue
+        lv = pooled_values.get(s.name)
+        m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
+                      source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
+        bm[s.name] = m
+        _log_marginal(log, source.name, bid, s, m, sdc)
+    S_b, n_bad = gated_spearman(X, sdc.min_cell_size, mask)
+    if n_bad:
+        log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
+    return {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}
+
+
+def extract_source(
+    df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source, strata_blocks: bool = True
+) -> tuple[dict[str, Any], SdcLog]:
+    """Build the release of one source and the log of its SDC decisions.
+
+    `strata_blocks=False` leaves out the strata's blocks (the cells are still listed) and
+    records under release["strata"]["log_at"] where their SDC decisions belong: the
+    source-level half of a scattered extraction (replisynth.scatter fills the blocks in)."""
     sdc = manifest.sdc
     log = SdcLog()
     specs = infer_schema(df, source, meta)
@@ -273,23 +301,12 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
         "all": {"rows": int(len(work)), "key": None, "marginals": marginals, "spearman": _matrix_json(S_all)}
     }
     cells = []
+    log_at = len(log.entries)  # where the strata's SDC decisions go (scatter: see replisynth.scatter)
     for i, key in enumerate(released_keys if source.strata else []):
         bid = f"s{i}"
         mask = key_idx == key_pos[key]
-        sub = work.loc[mask]
-        bm: dict[str, dict[str, Any]] = {}
-        for s in released_cols:
-            if s.name in source.strata:
-                continue
-            lv = pooled_values.get(s.name)
-            m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
-                          source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
-            bm[s.name] = m
-            _log_marginal(log, source.name, bid, s, m, sdc)
-        S_b, n_bad = gated_spearman(X, sdc.min_cell_size, mask)
-        if n_bad:
-            log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
-        blocks[bid] = {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}
+        if strata_blocks:
+            blocks[bid] = stratum_block(work, mask, bid, key, released_cols, source, sdc, X, pooled_values, log)
         cells.append({"id": bid, "key": list(key), "rows": int(mask.sum())})
 
     groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid) for c in source.key_columns}
@@ -308,6 +325,9 @@ def extract_source(df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source:
         "derived": derived,
         "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
     }
+    if not strata_blocks:
+        release["strata"]["log_at"] = log_at
+        return release, log
     check_release(release, sdc.min_cell_size)
     return release, log
 

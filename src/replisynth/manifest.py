@@ -15,6 +15,7 @@ from .errors import ManifestError, UnsupportedError
 from .options import GLM_MODELS, MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
+WORKFLOW_KEYS = ("bundle", "scatter")
 
 # Agency profiles (see README "SDC and output checking"); explicit sdc keys override these.
 SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -401,7 +402,9 @@ def load_manifest(raw_or_path: dict[str, Any] | str | Path) -> Manifest:
             raise ManifestError(f"{path}: not valid YAML: {exc}") from None
     else:
         raw = raw_or_path
-    raw = {k: v for k, v in (raw or {}).items() if k != "bundle"} if isinstance(raw, dict) else raw
+    # Workflow settings, not part of the manifest the bundle records: `bundle` (outside runs)
+    # and `scatter` (how many jobs; replisynth.workflow checks it).
+    raw = {k: v for k, v in (raw or {}).items() if k not in WORKFLOW_KEYS} if isinstance(raw, dict) else raw
     raw = validate_schema(raw)
     sources = {name: _source(name, d) for name, d in raw["sources"].items()}
     cps = [_checkpoint(i, d, sources) for i, d in enumerate(raw.get("checkpoints", []))]

@@ -294,8 +294,12 @@ def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: d
     return out
 
 
-def synthesize_source(release: dict[str, Any], seed: int, rows: int | None = None) -> pd.DataFrame:
-    """The synthetic data of one source (before Layer 4), from its release and the seed."""
+def synthesize_source(
+    release: dict[str, Any], seed: int, rows: int | None = None, blocks: dict[str, dict[str, np.ndarray]] | None = None
+) -> pd.DataFrame:
+    """The synthetic data of one source (before Layer 4), from its release and the seed.
+    `blocks` (block id -> column values) are blocks already sampled by `synthesize_block`
+    in other jobs (replisynth.scatter); every block of the plan must be there."""
     source = release["source"]
     rows = int(rows or release["rows"])
     specs_list = [ColumnSpec.from_dict(c) for c in release["columns"]]
@@ -303,7 +307,7 @@ def synthesize_source(release: dict[str, Any], seed: int, rows: int | None = Non
     plan = source_plan(release, rows)
     parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs_list if s.role in ("continuous", "categorical")}
     for bp in plan:
-        vals = synthesize_block(bp, release, specs, seed, source)
+        vals = blocks[bp.id] if blocks is not None else synthesize_block(bp, release, specs, seed, source)
         for c in parts:
             parts[c].append(vals[c])
     cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}

@@ -1,0 +1,9 @@
+"""Rule extract_base: the source-level release of a source scattered by stratum (secure side)."""
+from replisynth.manifest import load_manifest
+from replisynth.runner import run
+from replisynth.scatter import stage_extract_base
+
+sm = snakemake  # noqa: F821
+run(sm.log[0], lambda: stage_extract_base(
+    manifest=load_manifest(sm.config), source=sm.wildcards.source,
+    base_out=sm.output.base, sdc_out=sm.output.sdc))

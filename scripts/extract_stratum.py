@@ -1,0 +1,9 @@
+"""Rule extract_stratum: the blocks of one shard of a source's strata (secure side)."""
+from replisynth.manifest import load_manifest
+from replisynth.runner import run
+from replisynth.scatter import stage_extract_stratum
+
+sm = snakemake  # noqa: F821
+run(sm.log[0], lambda: stage_extract_stratum(
+    manifest=load_manifest(sm.config), source=sm.wildcards.source, base=sm.input.base,
+    shard=int(sm.wildcards.shard), shards=int(sm.params.shards), out=sm.output.blocks))

@@ -1,0 +1,131 @@
+"""Scatter by stratum (replisynth.scatter, `scatter:`): the per-stratum jobs and their gather
+give the same release, SDC log and synthetic data as the one-job stages, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from conftest import REPO, make_people, manifest_for
+from test_workflow import _checkout, _smk
+
+from replisynth.errors import ManifestError
+from replisynth.extract import extract_source
+from replisynth.io import dumps_json, read_source
+from replisynth.manifest import load_manifest
+from replisynth.scatter import gather_release, sample_blocks, shard_of, stratum_blocks
+from replisynth.synthesize import synthesize_source
+from replisynth.workflow import scatter_plan
+
+
+def _strata_data(tmp_path, n=900, seed=5):
+    """make_people with strata region × female: 8 cells; at n=900 the region-d cells (10% of
+    rows, ~45 each) fall below min_cell_size=50 and form the residual."""
+    df = make_people(n, seed=seed)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    return manifest_for(tmp_path / "p.csv", strata=["region", "female"])
+
+
+def _json(x):
+    return json.loads(dumps_json(x))  # what a job writes and the next one reads
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 20])
+def test_scattered_extraction_and_sampling_are_byte_identical(tmp_path, shards):
+    raw = _strata_data(tmp_path)
+    m = load_manifest(raw)
+    src = m.source("people")
+    data, meta = read_source(tmp_path / "p.csv")
+    full, full_log = extract_source(data, meta, m, src)
+    assert len(full["strata"]["cells"]) >= 5 and full["strata"]["residual_rows"] > 0
+    base, base_log = extract_source(data, meta, m, src, strata_blocks=False)
+    assert set(base["blocks"]) == {"all"} and base["strata"]["cells"] == full["strata"]["cells"]
+    parts = [_json(stratum_blocks(data, m, "people", _json(base), k, shards)) for k in range(shards)]
+    assert sorted(p["id"] for part in parts for p in part) == sorted(c["id"] for c in full["strata"]["cells"])
+    release, sdc = gather_release(_json(base), _json(base_log.entries), parts, m.sdc.min_cell_size)
+    assert dumps_json(release) == dumps_json(full)
+    assert dumps_json(sdc) == dumps_json(full_log.entries)
+
+    blocks: dict = {}
+    for k in range(shards):
+        blocks.update(sample_blocks(full, m.seed, 1500, k, shards))
+    assert len(blocks) == len(full["strata"]["cells"]) + 1  # the strata and the residual
+    a = synthesize_source(full, m.seed, 1500)
+    b = synthesize_source(full, m.seed, 1500, blocks=blocks)
+    assert a.equals(b) and list(a.dtypes) == list(b.dtypes)
+
+
+def test_gather_refuses_missing_strata(tmp_path):
+    m = load_manifest(_strata_data(tmp_path))
+    data, meta = read_source(tmp_path / "p.csv")
+    base, log = extract_source(data, meta, m, m.source("people"), strata_blocks=False)
+    parts = [_json(stratum_blocks(data, m, "people", _json(base), 0, 2))]  # shard 1 of 2 missing
+    with pytest.raises(RuntimeError, match="stratum jobs returned"):
+        gather_release(_json(base), log.entries, parts, m.sdc.min_cell_size)
+
+
+def test_shards_partition_the_items():
+    items = list(range(7))
+    assert sorted(x for k in range(3) for x in shard_of(items, k, 3)) == items
+    assert shard_of(items, 0, 1) == items and shard_of(items, 4, 9) == [4] and shard_of(items, 8, 9) == []
+    with pytest.raises(ValueError):
+        shard_of(items, 3, 3)
+
+
+def test_scatter_setting():
+    strata = {"a": True, "b": False, "c": True}
+    assert scatter_plan(3, strata, {}) == {"a": 3, "c": 3}
+    assert scatter_plan(1, strata, {}) == {} and scatter_plan(0, strata, {}) == {}
+    assert scatter_plan("auto", strata, {"a": 10**5, "c": 10**8}) == {"c": 4}
+    assert scatter_plan(None, strata, {"a": 10**9, "b": 10**9}) == {"a": 4}  # b has no strata
+    for bad in (-1, "many", 2.5, True):
+        with pytest.raises(ManifestError, match="scatter: must be auto or an integer"):
+            scatter_plan(bad, strata, {})
+
+
+def test_scatter_is_not_recorded_in_the_manifest(tmp_path):
+    raw = _strata_data(tmp_path)
+    assert load_manifest({**raw, "scatter": 4}).raw == load_manifest(raw).raw
+
+
+def test_dry_run_scatters_only_when_asked():
+    r = _smk(REPO, "-n", "--cores", "1", "--forceall", "--config", "scatter=3")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
+    assert jobs["extract_stratum"] == "3" and jobs["sample_stratum"] == "3"
+    assert jobs["extract_base"] == jobs["gather_release"] == jobs["gather_blocks"] == "1"
+    assert "extract_source" not in jobs and "sample_copula" not in jobs
+    r = _smk(REPO, "-n", "--cores", "1", "--forceall", "--config", "scatter=0")
+    assert r.returncode == 0 and "extract_stratum" not in r.stdout + r.stderr
+    r = _smk(REPO, "-n", "--cores", "1", "--config", "scatter=-2")
+    assert r.returncode != 0 and "scatter: must be auto or an integer" in r.stdout + r.stderr
+
+
+@pytest.mark.workflow
+def test_snakemake_scattered_run_equals_unscattered(tmp_path):
+    """The several-strata manifest through Snakemake, once scattered over 3 jobs per stage
+    and once not: the bundle, staging releases and synthetic files are byte-identical."""
+    raw = _strata_data(tmp_path, n=1500)
+    raw.update(name="strata", checkpoints=[{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female + C(region)"}],
+               verify={"tier": 4})
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
+    runs = {}
+    for scatter in (0, 3):
+        work = _checkout(tmp_path / f"s{scatter}", with_data=False)
+        r = _smk(work, "--cores", "2", "--configfile", str(tmp_path / "m.yaml"), "--config", f"scatter={scatter}")
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        runs[scatter] = work / "results" / "strata"
+    assert len(list((runs[3] / "extract" / "people.strata").glob("*.json"))) == 3
+    assert len(list((runs[3] / "synthesize" / "people.strata").glob("*.pkl"))) == 3
+    for d in ("bundle", "synthetic"):
+        names = sorted(p.relative_to(runs[0]) for p in (runs[0] / d).iterdir())
+        assert names
+        for n in names:
+            assert (runs[0] / n).read_bytes() == (runs[3] / n).read_bytes(), n
+    for n in ("extract/people.release.json", "extract/people.sdc.json", "synthesize/people.parquet", "verify/tiers.json"):
+        assert (runs[0] / n).read_bytes() == (runs[3] / n).read_bytes(), n
+    tiers = json.loads((runs[3] / "verify" / "tiers.json").read_text())
+    assert tiers["tier_met"] == 4

@@ -1,0 +1,143 @@
+"""The demo pipeline on a real single-node Slurm cluster (ci/slurm/up.sh: Debian's slurm-wlm
+and munge, daemons started directly), through `snakemake --profile profiles/slurm`.
+
+Asserts, from Slurm's own job records (`scontrol show job`, kept for MinJobAge=600 s), that
+every non-local job of the run was an sbatch job that completed, with the cores and memory
+replisynth.resources computed; that every data output equals a local run's byte for byte;
+and that tier 4 is met.
+
+Run with `make test-slurm` (pytest -m slurm). Skips with a reason where root or apt is
+missing; with REPLISYNTH_REQUIRE_SLURM=1 (set by .ci/run) a missing cluster fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+from test_workflow import _checkout
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+PREFIX = os.environ.get("SLURM_PREFIX", "/tmp/replisynth-slurm")
+DAEMONS = ("munged", "slurmctld", "slurmd")
+# Every rule of the demo DAG that runs as a cluster job (`all` is a local rule).
+CLUSTER_RULES = {"extract_source", "extract_checkpoints", "write_bundle", "sample_copula", "pin_checkpoints",
+                 "export_stata", "verify_tiers", "render_report", "check_tier"}
+# Outputs that must not depend on where a job ran. Logs, benchmarks, report.html and the
+# certificate carry timings, so they legitimately differ between two runs.
+DATA_DIRS = ("bundle", "extract", "synthesize", "synthetic")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("REPLISYNTH_REQUIRE_SLURM") == "1":
+        pytest.fail(f"REPLISYNTH_REQUIRE_SLURM=1 but no Slurm cluster: {reason}")
+    pytest.skip(f"no Slurm cluster: {reason}")
+
+
+def _running(name: str) -> bool:
+    pidfile = Path(PREFIX, "run", f"{name}.pid")
+    try:
+        pid = pidfile.read_text().strip()
+        return Path(f"/proc/{pid}/comm").read_text().strip() == name
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, str]:
+    """Bring the cluster up (idempotent); stop it afterwards only if this fixture started it."""
+    if os.name != "posix" or os.geteuid() != 0:
+        _unavailable("needs root to install slurm-wlm/munge and start the daemons")
+    installed = all(Path(p).exists() for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged"))
+    if not installed and shutil.which("apt-get") is None:
+        _unavailable("slurm-wlm/munge are not installed and apt-get is not available")
+    was_up = all(_running(d) for d in DAEMONS)
+    env = {**os.environ, "SLURM_PREFIX": PREFIX}
+    r = subprocess.run(["bash", str(REPO / "ci" / "slurm" / "up.sh")], env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode == 2:
+        _unavailable(r.stderr.strip()[-500:])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert all(_running(d) for d in DAEMONS), "up.sh returned 0 but a daemon is not running"
+    # Idempotent: a second call keeps the same daemons.
+    pids = {d: Path(PREFIX, "run", f"{d}.pid").read_text() for d in DAEMONS}
+    r2 = subprocess.run(["bash", str(REPO / "ci" / "slurm" / "up.sh")], env={**env, "SLURM_UP_SMOKE": "0"},
+                        capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert pids == {d: Path(PREFIX, "run", f"{d}.pid").read_text() for d in DAEMONS}
+    yield {**env, "SLURM_CONF": f"{PREFIX}/etc/slurm.conf"}
+    if not was_up:
+        subprocess.run(["bash", str(REPO / "ci" / "slurm" / "down.sh")], env=env, timeout=120, check=False)
+        assert not any(_running(d) for d in DAEMONS)
+
+
+def _job_record(env: dict[str, str], jobid: str) -> dict[str, str]:
+    """Slurm's record of one job as key=value pairs (`scontrol show job -o`)."""
+    r = subprocess.run(["scontrol", "show", "job", "-o", jobid], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"Slurm has no record of job {jobid}: {r.stderr}"
+    rec = {}
+    for tok in r.stdout.split():
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            rec[k] = v
+    return rec
+
+
+def _data_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes()
+            for d in DATA_DIRS for p in sorted((root / d).rglob("*")) if p.is_file()}
+
+
+def test_demo_runs_on_slurm_like_locally(cluster: dict[str, str], tmp_path: Path) -> None:
+    from replisynth.resources import file_cells, job_resources
+
+    local = _checkout(tmp_path / "local")
+    on_slurm = _checkout(tmp_path / "slurm")
+    # The cluster has no accounting database (accounting_storage/none): poll with squeue,
+    # and poll early so the chained demo jobs do not each wait the default 40 s.
+    cmd = [SNAKEMAKE, "--profile", "profiles/slurm", "--slurm-status-command", "squeue",
+           "--slurm-init-seconds-before-status-checks", "2"]
+    # `timeout -k`: Snakemake ignores SIGTERM while it believes jobs are still running.
+    r = subprocess.run(["timeout", "-k", "10", "1500", *cmd], cwd=on_slurm, env=cluster, capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    rl = subprocess.run([SNAKEMAKE, "--profile", "profiles/local"], cwd=local, capture_output=True, text=True, timeout=900)
+    assert rl.returncode == 0, (rl.stdout + rl.stderr)[-3000:]
+
+    # Every cluster job went through sbatch, by Slurm's own records.
+    jobids = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
+    assert len(jobids) == len(CLUSTER_RULES), out[-3000:]
+    rules = {}
+    for jid in jobids:
+        rec = _job_record(cluster, jid)
+        assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", rec
+        assert rec["BatchFlag"] == "1", rec  # a batch (sbatch) job, not srun/salloc
+        assert Path(rec["WorkDir"]).resolve() == on_slurm.resolve()
+        rule = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", rec["Comment"]).group(1)
+        rules[rule] = rec
+    assert set(rules) == CLUSTER_RULES
+    # The request came from replisynth.resources (sized from the input).
+    want = job_resources("extract_source", file_cells(on_slurm / "data" / "card.dta"))
+    got = rules["extract_source"]
+    assert got["NumCPUs"] == str(want.threads) and got["MinMemoryNode"] == f"{want.mem_mb}M"
+    assert got["TimeLimit"] == f"00:{want.runtime:02d}:00"
+    assert "localrule all" in out and not re.search(r"\nlocalrule (?!all)", out)
+
+    # Same bytes as the local run, and tier 4.
+    a = _data_files(local / "results" / "card1995")
+    b = _data_files(on_slurm / "results" / "card1995")
+    assert set(a) == set(b) and len(a) >= 10, sorted(set(a) ^ set(b))
+    for name in a:
+        assert a[name] == b[name], f"{name} differs between the local and the Slurm run"
+    for name in ("verify/tiers.json", "verify/verdict.txt"):
+        assert (local / "results" / "card1995" / name).read_bytes() == (on_slurm / "results" / "card1995" / name).read_bytes()
+    tiers = yaml.safe_load((on_slurm / "results" / "card1995" / "verify" / "tiers.json").read_text())
+    assert tiers["tier_met"] == 4 and tiers["passed"] is True
