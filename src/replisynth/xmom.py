@@ -31,6 +31,7 @@ Columns a checkpoint reads in its subset, weights, cluster or absorbed effects n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +140,7 @@ class _Target:
     Rmask: np.ndarray
     S1: np.ndarray
     S2: np.ndarray
+    compiled: _Compiled | None = None
 
     def error(self, S1: np.ndarray, S2: np.ndarray) -> np.ndarray:
         """Squared gaps of correlations (each pair once) and of means and SDs in released SDs."""
@@ -154,6 +156,68 @@ class _Target:
         eR = np.where(self.Rmask, np.abs(R - self.R), 0.0)
         return {"max_corr_gap": float(eR.max(initial=0.0)), "max_mean_gap_sd": float(np.max(np.abs(m / self.sd), initial=0.0)),
                 "max_sd_ratio_gap": float(np.max(np.abs(sd / self.sd - 1.0), initial=0.0))}
+
+
+_INDICATOR = re.compile(r"^(?:C\((?P<c>[A-Za-z_][A-Za-z0-9_.]*)\)|(?P<b>[A-Za-z_][A-Za-z0-9_.]*))\[T\.(?P<level>.*)\]$")
+_NAMESPACE = {"__builtins__": {}, "np": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs}
+
+
+def _split_factors(term: str) -> list[str]:
+    """Factors of a design column name `a:b:c`, splitting only outside brackets."""
+    out, depth, cur = [], 0, ""
+    for ch in term:
+        depth += ch in "([" and 1 or (ch in ")]" and -1 or 0)
+        if ch == ":" and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*out, cur]
+
+
+class _Compiled:
+    """A per-term evaluator of design columns from column arrays, for the formula forms
+    checkpoints use: x, I(expr), log(x)-style calls, C(x)[T.level] / x[T.level] and their
+    interactions. `columns` maps a data column to float values (numeric) or to (codes,
+    labels) (others). Trusted only after it reproduces formulaic's design on the sample."""
+
+    def __init__(self, names: list[str], df: pd.DataFrame, read: list[str]):
+        self.num: dict[str, np.ndarray] = {}
+        self.codes: dict[str, tuple[np.ndarray, list[str]]] = {}
+        for col in read:
+            sr = df[col]
+            if pd.api.types.is_numeric_dtype(sr.dtype) and not pd.api.types.is_bool_dtype(sr.dtype):
+                self.num[col] = pd.to_numeric(sr, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            codes, uniques = pd.factorize(sr, use_na_sentinel=True)
+            self.codes[col] = (np.where(codes < 0, len(uniques), codes), [str(u) for u in uniques])
+        self.plan = [[self._factor(f) for f in _split_factors(n)] for n in names]
+
+    def _factor(self, f: str) -> tuple[Any, ...]:
+        m = _INDICATOR.match(f)
+        if m and (m.group("c") or m.group("b")) in self.codes:
+            col = m.group("c") or m.group("b")
+            labels = self.codes[col][1]
+            return ("ind", col, np.asarray([lab == m.group("level") for lab in labels] + [False]))
+        if f in self.num:
+            return ("num", f)
+        expr = f[2:-1] if f.startswith("I(") and f.endswith(")") else f
+        used = [c for c in self.num if re.search(rf"\b{re.escape(c)}\b", expr)]
+        return ("expr", compile(expr, "<design>", "eval"), used)
+
+    def rows(self, idx: dict[str, np.ndarray]) -> np.ndarray:
+        """Design columns at the rows `idx[col]` of each column's base values."""
+        n = len(next(iter(idx.values())))
+        out = np.ones((n, len(self.plan)))
+        for j, factors in enumerate(self.plan):
+            for f in factors:
+                if f[0] == "num":
+                    out[:, j] *= self.num[f[1]][idx[f[1]]]
+                elif f[0] == "ind":
+                    out[:, j] *= f[2][self.codes[f[1]][0][idx[f[1]]]]
+                else:
+                    with np.errstate(all="ignore"):
+                        out[:, j] *= eval(f[1], _NAMESPACE, {c: self.num[c][idx[c]] for c in f[2]})  # noqa: S307 - formula text from the manifest, no builtins
+        return out
 
 
 def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
@@ -198,6 +262,12 @@ def _target(df: pd.DataFrame, c: dict[str, Any]) -> tuple[_Target | None, str]:
     t = _Target(tag=cp.tag, spec=mm.rhs.model_spec, cols=cols, rhs=rhs, read=sorted(rhs & set(df.columns)), w=w, W=float(ws.sum()),
                 mean=mean, sd=np.where(sd > 0, sd, 1.0), R=np.where(Rmask, R, 0.0), Rmask=Rmask,
                 S1=ws @ X, S2=(X * ws[:, None]).T @ X)
+    try:
+        comp = _Compiled([names[j] for j in cols], df, t.read)
+        same = np.allclose(comp.rows({c: pos for c in t.read}), X + mean, rtol=1e-12, atol=1e-12)
+    except Exception:  # an unrecognised formula form: formulaic evaluates the swapped rows
+        same = False
+    t.compiled = comp if same else None
     return t, ""
 
 
@@ -237,7 +307,7 @@ def align_moments(
     checkpoints: list[dict[str, Any]],
     release: dict[str, Any],
     rng: np.random.Generator,
-    max_sweeps: int = 60,
+    max_sweeps: int = 40,
     min_gain: float = 0.002,
     patience: int = 3,
     tau: float = 0.03,
@@ -363,8 +433,20 @@ def align_moments(
                     wr, ws = t.w[r], t.w[s]
                     if not (wr.any() or ws.any()):
                         continue
-                    both = np.concatenate([r, s])
-                    rows4 = _design_rows(t, pd.concat([frame(both, t), frame(both, t, u, np.concatenate([s, r]))], ignore_index=True)) - t.mean
+                    both, oth = np.concatenate([r, s]), np.concatenate([s, r])
+                    if t.compiled is not None:
+                        idx = {}
+                        for col in t.read:
+                            owner_u = owner.get(col)
+                            if owner_u is None:
+                                idx[col] = np.concatenate([both, both])
+                            elif owner_u == u:
+                                idx[col] = np.concatenate([perms[u][both], perms[u][oth]])
+                            else:
+                                idx[col] = perms[owner_u][np.concatenate([both, both])]
+                        rows4 = np.nan_to_num(t.compiled.rows(idx), nan=0.0) - t.mean
+                    else:
+                        rows4 = _design_rows(t, pd.concat([frame(both, t), frame(both, t, u, oth)], ignore_index=True)) - t.mean
                     old, new = rows4[: 2 * K], rows4[2 * K :]
                     ww = np.concatenate([wr, ws])
                     d1 = ww[:, None] * (new - old)
