@@ -187,3 +187,24 @@ def test_capture_releases_moments_in_the_checkpoint_record() -> None:
     rel, log = capture_checkpoint(make_people(800, seed=2), _cp("y ~ x1 + x2 + C(region)"), m, 0)
     assert rel["moments"]["terms"][:2] == ["x1", "x2"]
     assert any(e["action"] == "released_moments" for e in log.entries)
+
+
+def test_planted_values_do_not_reach_the_moments(tmp_path: Path) -> None:
+    """An extreme value and a rare category (see test_leaks) leave no trace in the released
+    moments: the dominated column and the rare level's indicator are left out."""
+    from test_leaks import _fmt, _planted
+
+    rare, extreme = "ZZPLANTED", 4321987.123
+    df = _planted(400, 3, rare, extreme, 777)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    raw = {"name": "leak", "seed": 1, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"]}},
+           "sdc": {"min_cell_size": 20},
+           "checkpoints": [{"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat) + stratum"}]}
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
+    (c,) = load_bundle(bundle).checkpoints
+    assert "x" not in c["moments"]["terms"] and "stratum" in c["moments"]["terms"]
+    assert not any(rare in t for t in c["moments"]["terms"])
+    text = (bundle / "checkpoints.json").read_text() + (bundle / "sdc_log.json").read_text()
+    assert rare not in text
+    for s in _fmt(extreme):
+        assert s not in text
