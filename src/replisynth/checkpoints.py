@@ -126,7 +126,7 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
                 f"{'weighted ' if design.weights is not None else ''}means, SDs and correlations of {info['columns']} design column(s) on the estimation sample "
                 f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
                 f"(indicator group or non-zero rows below min_cell_size={sdc.min_cell_size}, or spread dominated by two rows); {info['blanked']} indicator pair(s) blanked "
-                "(a cell of their 2x2 table below min_cell_size)", checkpoint=cp.tag, columns=info["columns"], left_out=info["left_out"], blanked=info["blanked"])
+                "(a cell of their 2x2 table below min_cell_size)", checkpoint=cp.tag, terms=info["columns"])
     scale = fit.scale
     if sdc.round_significant:
         scale = round_significant(scale, sdc.round_significant)

@@ -198,7 +198,9 @@ def refine_swaps(
                 if len(rows) < 4:
                     continue
                 order = rows[rng.permutation(len(rows))]
-                half = min(len(order) // 2, max_pairs)
+                # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
+                # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
+                half = min(len(order) // 2, max(max_pairs, min(len(order) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
                 r, s = order[:half], order[half : 2 * half]
                 parts = []
                 gain = np.zeros(len(r))

@@ -372,7 +372,10 @@ def align_moments(
     perms = {u: np.arange(n) for u in units}
     owner = {col: u for u, cols in units.items() for col in cols}
     present = {u: df[u].notna().to_numpy() for u in units}
-    cap = max_pairs or int(min(max(512, n // 16), 16384))
+    # Pairs per batch: a sixteenth of the rows (a correlation moves by O(1/n) per swap, so
+    # large data need large batches), bounded so the (pairs × k × k) changes stay ~100 MB.
+    kmax = max(len(t.cols) for t in targets)
+    cap = max_pairs or int(max(512, min(n // 16, 1_500_000 // (kmax * kmax + len(dims) + 1))))
 
     def frame(rows: np.ndarray, t: _Target, unit: str | None = None, other: np.ndarray | None = None) -> pd.DataFrame:
         data = {}
