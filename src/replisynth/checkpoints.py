@@ -21,6 +21,7 @@ from .estimators import fit_checkpoint
 from .manifest import Checkpoint, Manifest
 from .options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from .sdc import SdcLog
+from .xmom import design_moments
 
 
 def indicator_minority(X: np.ndarray) -> np.ndarray:
@@ -125,6 +126,14 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         log.add("checkpoints", "suppressed_terms", f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)", checkpoint=cp.tag, terms=n_ref)
     if n_sup:
         log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
+    released = {t["term"] for t in terms if not t.get("suppressed")}
+    moments, info = design_moments(design.X, design.terms, design.weights, released, sdc.min_cell_size, sdc.round_significant, sdc.dominance)
+    if moments is not None:
+        log.add("checkpoints", "released_moments",
+                f"{'weighted ' if design.weights is not None else ''}means, SDs and correlations of {info['columns']} design column(s) on the estimation sample "
+                f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
+                f"(indicator group or non-zero rows below min_cell_size={sdc.min_cell_size}, or spread dominated by two rows); {info['blanked']} indicator pair(s) blanked "
+                "(a cell of their 2x2 table below min_cell_size)", checkpoint=cp.tag, terms=info["columns"])
     scale = fit.scale
     if sdc.round_significant:
         scale = round_significant(scale, sdc.round_significant)
@@ -143,6 +152,8 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     if cp.model in GLM_MODELS:
         levels = ordered_levels(df.loc[design.index, cp.outcome], cp) if cp.model in GLM_ORDERED else None
         out.update(outcome_release(levels, cp, fit.extra, sdc.round_significant))
+    if moments is not None:
+        out["moments"] = moments
     if sdc.round_significant:
         out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
     return out, log

@@ -78,7 +78,7 @@ def estimation_sample(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> pd.D
         data = df.loc[mask.to_numpy()]
         if len(data) == 0:
             raise CheckpointError(f"{label}: subset {cp.subset!r} selects no rows; check the condition")
-    data = data[cols].dropna()
+    data = _widen_integers(data[cols].dropna())
     if len(data) == 0:
         empty = [c for c in cols if df[c].isna().all()]
         hint = f"; entirely missing: {', '.join(empty)}" if empty else ""
@@ -149,6 +149,16 @@ def _iv_matrices(data: pd.DataFrame, cp: Checkpoint, label: str) -> tuple[np.nda
 def _codes(data: pd.DataFrame, cols: tuple[str, ...] | list[str]) -> np.ndarray:
     """Integer codes (n, m) of the given columns (fixed effects or panel entity)."""
     return np.column_stack([pd.factorize(data[c])[0] for c in cols]).astype("int64")
+
+
+def _widen_integers(data: pd.DataFrame) -> pd.DataFrame:
+    """Narrow integer columns (Stata byte/int/long read as int8/16/32) as int64, so formula
+    arithmetic such as I(exper**2) cannot wrap around (12**2 in int8 is -112), while C(x)
+    level names stay integers."""
+    narrow = [c for c in data.columns if pd.api.types.is_integer_dtype(data[c].dtype) and data[c].dtype.itemsize < 8]
+    if not narrow:
+        return data
+    return data.astype({c: "Int64" if pd.api.types.is_extension_array_dtype(data[c].dtype) else "int64" for c in narrow})
 
 
 def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
