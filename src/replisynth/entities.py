@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from .correlations import nearest_correlation
 from .marginals import apportion, exact_quantile_sample, quantile_function
 
 # Decimals of the released shares and between correlations (profiles without significant-figure rounding).
@@ -159,12 +160,18 @@ def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np
     size = np.bincount(ent, minlength=G).astype("float64")
     eta = np.clip(eta, 0.0, 1.0)
     D = np.sqrt(eta)
-    B = D[:, None] * Rb * D[None, :]
+    B = D[:, None] * nearest_correlation(Rb) * D[None, :]
     W = R - B
-    np.fill_diagonal(W, 1.0 - eta)
     var = eta < 1.0 - 1e-9  # dims with a within part
-    W[~var, :] = 0.0
-    W[:, ~var] = 0.0
+    # The within part as a correlation matrix repaired to the nearest one, so the between
+    # shares stay exact (an eigenvalue clip would move the diagonal): e.g. experience and
+    # year, whose within-entity correlation is 1 in a panel, can come out slightly above 1.
+    dw = np.sqrt(1.0 - eta[var])
+    Wc = np.clip(W[np.ix_(var, var)] / np.outer(dw, dw), -1.0, 1.0)
+    np.fill_diagonal(Wc, 1.0)
+    Wv = nearest_correlation(Wc)
+    W = np.zeros_like(R)
+    W[np.ix_(var, var)] = Wv * np.outer(dw, dw)
     U = rng.standard_normal((G, d))
     E = rng.standard_normal((n, int(var.sum())))
     if G > d + 1:
