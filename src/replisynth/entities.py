@@ -120,6 +120,9 @@ def entity_sizes(group: dict[str, Any], n: int, cap: int | None = None) -> np.nd
     else:
         sizes = np.full(G, float(group["mean_size"]))
     counts = apportion(sizes, n).astype("int64")
+    if group["size_grid"] is not None:  # rescaling must not create sizes above the largest released one
+        top = int(np.ceil(max(group["size_grid"]) - 1e-9))
+        cap = top if cap is None else min(cap, top)
     if cap is not None and cap * G >= n:
         over = int(np.maximum(counts - cap, 0).sum())
         counts = np.minimum(counts, cap)
@@ -287,6 +290,59 @@ def draw_pairs(order: np.ndarray, half: int, labels: np.ndarray | None) -> tuple
     return o[i], o[i + 1]
 
 
+def repair_counts(per: np.ndarray, weight: np.ndarray, target: np.ndarray, score: np.ndarray, max_moves: int = 100_000) -> np.ndarray:
+    """Entity levels `per` adjusted so that the row counts Σ weight per level equal `target`
+    where entity sizes allow: while a level k has a surplus and a level l a deficit, move an
+    entity of size ≤ both from k to l, or swap a level-k entity with a level-l entity smaller
+    by δ ≤ both (largest step first); candidates nearest the k/l boundary of `score` go first,
+    so the ordering by latent is disturbed least. Unbalanced panels need this: runs of entity
+    sizes rarely end exactly on the released counts."""
+    per = per.copy()
+    L = len(target)
+    for _ in range(max_moves):
+        diff = np.bincount(per, weights=weight, minlength=L)[:L].astype("int64") - target
+        if not diff.any():
+            break
+        done = False
+        for k in np.argsort(-diff, kind="stable"):
+            if diff[k] <= 0:
+                break
+            for lv in np.argsort(diff, kind="stable"):
+                if diff[lv] >= 0:
+                    break
+                cap = int(min(diff[k], -diff[lv]))
+                ek = np.flatnonzero((per == k) & (weight > 0))
+                el = np.flatnonzero((per == lv) & (weight > 0))
+                up = lv > k  # entities of k nearest level l: the highest scores when l is above
+                ek = ek[np.argsort(-score[ek] if up else score[ek], kind="stable")]
+                el = el[np.argsort(score[el] if up else -score[el], kind="stable")]
+                best = None
+                for e in ek:  # a move k -> l
+                    if weight[e] <= cap and (best is None or weight[e] > best[0]):
+                        best = (int(weight[e]), e, None)
+                sizes_l = {}
+                for f in el:
+                    sizes_l.setdefault(int(weight[f]), f)
+                for e in ek:  # a swap k <-> l
+                    for sz, f in sizes_l.items():
+                        dlt = int(weight[e]) - sz
+                        if 0 < dlt <= cap and (best is None or dlt > best[0]):
+                            best = (dlt, e, f)
+                if best is None:
+                    continue
+                _, e, f = best
+                per[e] = lv
+                if f is not None:
+                    per[f] = k
+                done = True
+                break
+            if done:
+                break
+        if not done:
+            break
+    return per
+
+
 def fill_invariant(
     values: np.ndarray, kind: str, ent: np.ndarray, ok: np.ndarray, Zc: np.ndarray, sorted_values: np.ndarray | None = None,
     counts: list[int] | None = None, baseline: int = 0, dim_levels: list[int] | None = None,
@@ -301,8 +357,11 @@ def fill_invariant(
     Ue = Zc[np.maximum(first, 0)]
     if kind == "nominal":
         per = nominal_entity_values(Ue, weight, counts or [], baseline, dim_levels or [])
+        per = repair_counts(per, weight, np.asarray(counts, dtype="int64"), Ue.sum(axis=1))
     else:
         per = entity_values(Ue[:, 0], weight, sorted_values if sorted_values is not None else np.zeros(0))
+        if kind == "ordered_codes":
+            per = repair_counts(per, weight, np.bincount(sorted_values.astype("int64")), Ue[:, 0])
     out = values.copy()
     out[ok] = per[ent[ok]]
     return out
@@ -335,6 +394,7 @@ def skeleton(bp: Any, release: dict[str, Any]) -> np.ndarray:
     return np.repeat(np.arange(len(sizes)), sizes)
 
 
+MAX_CONVERTED = 6  # levels up to which a dim's between share is converted to the latent scale
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(48)
 _GH_W = _GH_W / _GH_W.sum()
 
@@ -343,7 +403,9 @@ def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     """Expected between share of the normal scores of a discrete column (level shares `probs`,
     scored Φ⁻¹ of each level's mid cumulative share) cut from a latent normal with between
     share rho, in entities of t_eff rows: [Var_u m(u) + E_u v(u)/t_eff] / Var s, with m, v the
-    mean and variance of the score given the entity effect u (Gauss–Hermite over u)."""
+    mean and variance of the score given the entity effect u (Gauss–Hermite over u). The
+    within part is demeaned inside each entity, so only v's part not linear in it, v − γ²
+    with γ = E[s ε | u], adds noise to entity means."""
     p = np.asarray(probs, dtype="float64")
     p = p / p.sum()
     cum = np.concatenate([[0.0], np.cumsum(p)])
@@ -359,13 +421,17 @@ def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     P = np.diff(special.ndtr(a), axis=1)  # nodes × levels
     m = P @ sc
     v = P @ sc**2 - m**2
-    return float((_GH_W @ m**2 + (_GH_W @ v) / max(t_eff, 1.0)) / var)
+    phi = special.ndtr(a) * 0 + np.exp(-0.5 * np.where(np.isfinite(a), a, 0.0) ** 2) / np.sqrt(2 * np.pi) * np.isfinite(a)
+    g = (phi[:, :-1] - phi[:, 1:]) @ sc  # E[s ε | u]
+    return float((_GH_W @ m**2 + (_GH_W @ np.maximum(v - g**2, 0.0)) / max(t_eff, 1.0)) / var)
 
 
 def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> float:
     """The latent between share whose discretisation has observed share `eta` (bisection on
-    `observed_share`); continuous dims (probs None) are their own normal scores."""
-    if probs is None or len(probs) < 2 or eta >= 1 - 1e-9:
+    `observed_share`); continuous dims (probs None) are their own normal scores, and so, near
+    enough, are dims of more than MAX_CONVERTED levels (converting those overshoots: a
+    many-level experience column would lose its within-entity correlation with the period)."""
+    if probs is None or len(probs) < 2 or len(probs) > MAX_CONVERTED or eta >= 1 - 1e-9:
         return float(eta)
     lo, hi = 0.0, 1.0
     if observed_share(lo, probs, t_eff) >= eta:
@@ -437,7 +503,7 @@ def entity_columns(
         elif not jd:
             continue
         elif dims[jd[0][1]]["kind"] == "ordered":
-            codes = fill_invariant(np.full(len(ent), -1), "ordered", ent, ok, Z[:, [jd[0][0]]], sorted_values=np.repeat(np.arange(len(levels)), counts))
+            codes = fill_invariant(np.full(len(ent), -1), "ordered_codes", ent, ok, Z[:, [jd[0][0]]], sorted_values=np.repeat(np.arange(len(levels)), counts))
         else:
             dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
             baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))

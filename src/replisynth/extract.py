@@ -16,7 +16,14 @@ import pandas as pd
 
 from .correlations import spearman_matrix
 from .derive import functional_dependencies
-from .dims import category_values, copula_dims, dim_matrix, numeric_values, ordered_codes
+from .dims import (
+    category_values,
+    copula_dims,
+    dim_matrix,
+    numeric_values,
+    ordered_codes,
+    synthetic_dim_matrix,
+)
 from .entities import entity_structure
 from .errors import DataError
 from .io import FileMeta
@@ -311,7 +318,6 @@ def extract_source(
         cells.append({"id": bid, "key": list(key), "rows": int(mask.sum())})
 
     groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid) for c in source.key_columns}
-    structure = _entity_release(df, work, X, dims, specs, source, sdc, log)
     value_labels = _released_value_labels(meta, marginals)
     release: dict[str, Any] = {
         "source": source.name,
@@ -327,6 +333,9 @@ def extract_source(
         "derived": derived,
         "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
     }
+    # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
+    # maps pooled levels as the synthetic data will hold them).
+    structure = _entity_release(df, work, synthetic_dim_matrix(work, release), dims, specs, source, sdc, log)
     if structure is not None:
         release["entity_structure"] = structure
     if not strata_blocks:
