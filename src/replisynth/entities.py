@@ -421,7 +421,7 @@ def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     P = np.diff(special.ndtr(a), axis=1)  # nodes × levels
     m = P @ sc
     v = P @ sc**2 - m**2
-    phi = special.ndtr(a) * 0 + np.exp(-0.5 * np.where(np.isfinite(a), a, 0.0) ** 2) / np.sqrt(2 * np.pi) * np.isfinite(a)
+    phi = np.exp(-0.5 * a**2) / np.sqrt(2 * np.pi)  # 0 at ±inf
     g = (phi[:, :-1] - phi[:, 1:]) @ sc  # E[s ε | u]
     return float((_GH_W @ m**2 + (_GH_W @ np.maximum(v - g**2, 0.0)) / max(t_eff, 1.0)) / var)
 
