@@ -317,17 +317,20 @@ def repair_counts(per: np.ndarray, weight: np.ndarray, target: np.ndarray, score
                 ek = ek[np.argsort(-score[ek] if up else score[ek], kind="stable")]
                 el = el[np.argsort(score[el] if up else -score[el], kind="stable")]
                 best = None
-                for e in ek:  # a move k -> l
-                    if weight[e] <= cap and (best is None or weight[e] > best[0]):
-                        best = (int(weight[e]), e, None)
-                sizes_l = {}
-                for f in el:
-                    sizes_l.setdefault(int(weight[f]), f)
-                for e in ek:  # a swap k <-> l
-                    for sz, f in sizes_l.items():
-                        dlt = int(weight[e]) - sz
-                        if 0 < dlt <= cap and (best is None or dlt > best[0]):
-                            best = (dlt, e, f)
+                wk = weight[ek].astype("int64")
+                ok = wk <= cap
+                if ok.any():  # a move k -> l: the largest that fits, nearest the boundary first
+                    i = int(np.argmax(np.where(ok, wk, -1)))
+                    best = (int(wk[i]), ek[i], None)
+                if len(el):  # a swap k <-> l: a level-l entity smaller by the largest δ that fits
+                    szs, first_f = np.unique(weight[el].astype("int64"), return_index=True)
+                    order = np.argsort(first_f, kind="stable")
+                    szs, fs = szs[order], el[first_f[order]]
+                    D = wk[:, None] - szs[None, :]
+                    D = np.where((D > 0) & (D <= cap), D, -1)
+                    if D.size and D.max() > (best[0] if best else 0):
+                        i, j = np.unravel_index(int(np.argmax(D)), D.shape)
+                        best = (int(D[i, j]), ek[i], fs[j])
                 if best is None:
                     continue
                 _, e, f = best
