@@ -16,7 +16,15 @@ import pandas as pd
 
 from .correlations import spearman_matrix
 from .derive import functional_dependencies
-from .dims import category_values, copula_dims, dim_matrix, numeric_values, ordered_codes
+from .dims import (
+    category_values,
+    copula_dims,
+    dim_matrix,
+    numeric_values,
+    ordered_codes,
+    synthetic_dim_matrix,
+)
+from .entities import entity_structure
 from .errors import DataError
 from .io import FileMeta
 from .manifest import Manifest, Source
@@ -325,11 +333,39 @@ def extract_source(
         "derived": derived,
         "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
     }
+    # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
+    # maps pooled levels as the synthetic data will hold them).
+    structure = _entity_release(df, work, synthetic_dim_matrix(work, release), dims, specs, source, sdc, log)
+    if structure is not None:
+        release["entity_structure"] = structure
     if not strata_blocks:
         release["strata"]["log_at"] = log_at
         return release, log
     check_release(release, sdc.min_cell_size)
     return release, log
+
+
+def _entity_release(
+    df: pd.DataFrame, work: pd.DataFrame, X: np.ndarray, dims: list[dict[str, Any]], specs: list[ColumnSpec], source: Source, sdc: Any, log: SdcLog
+) -> dict[str, Any] | None:
+    """The entity structure (replisynth.entities) of the panel's entity, or of the one
+    grouping column, when there are at least min_cell_size entities; the decision is logged."""
+    col = source.panel.entity if source.panel else (source.groups[0] if len(source.groups) == 1 else None)
+    if col is None:
+        return None
+    g = int(df[col].nunique(dropna=True))
+    if g < sdc.min_cell_size:
+        log.add("entities", "suppressed", f"{g} entities (< min_cell_size={sdc.min_cell_size}): entity structure not released; rows are assigned to entities at random", source=source.name, column=col)
+        return None
+    cols = [s.name for s in specs if s.role in ("continuous", "categorical")]
+    out = entity_structure(work[cols], df[col], X, dims, col, sdc.round_significant)
+    log.add(
+        "entities", "released",
+        f"aggregates over {g} entities: per column whether it is constant within every entity, per copula dim the "
+        "between-entity share of the normal-score variance and the between-entity correlation matrix (rounded)",
+        source=source.name, column=col,
+    )
+    return out
 
 
 def _released_value_labels(meta: FileMeta, marginals: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from .entities import draw_pairs
+
 
 def scores(x: np.ndarray) -> np.ndarray:
     """Mid-rank scores of a column, centred and scaled to unit norm; missing rows score 0."""
@@ -150,6 +152,7 @@ def refine_swaps(
     patience: int = 3,
     min_gain: float = 0.01,
     max_pairs: int = 512,
+    labels: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
     correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
@@ -157,6 +160,8 @@ def refine_swaps(
     Swaps stay inside a group and among rows where the unit is present. Dims in no unit
     never move but still steer the others. Sweeps stop when every targeted error is within
     `tol`, or a sweep improves the squared error by less than `min_gain` (relative).
+
+    With `labels` (entity per row) swap partners share a label (`entities.draw_pairs`).
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
     n, d = X.shape
@@ -201,7 +206,9 @@ def refine_swaps(
                 # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
                 # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
                 half = min(len(order) // 2, max(max_pairs, min(len(order) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
-                r, s = order[:half], order[half : 2 * half]
+                r, s = draw_pairs(order, half, labels)
+                if not len(r):
+                    continue
                 parts = []
                 gain = np.zeros(len(r))
                 for v in active:

@@ -19,6 +19,7 @@ from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_va
 from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
+from .entities import entity_columns, entity_fixed, entity_normals, refine_invariant, skeleton
 from .marginals import exact_quantile_sample, quantile_function
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps
@@ -114,9 +115,11 @@ def _fill_block(
 
 
 def synthesize_block(
-    bp: BlockPlan, release: dict[str, Any], specs: dict[str, ColumnSpec], seed: int, source: str
+    bp: BlockPlan, release: dict[str, Any], specs: dict[str, ColumnSpec], seed: int, source: str, ent: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """Values of every column of one block (object/float arrays, NaN = missing)."""
+    """Values of every column of one block (object/float arrays, NaN = missing). With `ent`
+    (entity index per row, `entities.skeleton`) the latent normals are hierarchical and
+    time-invariant and period columns are filled per entity (replisynth.entities)."""
     dims = release["dims"]
     n = bp.rows
     act = _active_dims(dims, bp)
@@ -148,7 +151,7 @@ def synthesize_block(
     margins = [_margin(dims[i], bp.columns[dims[i]["column"]], n) for i in act]
     r_cop = make_rng(seed, source, bp.id, "copula")
     R = nearest_correlation(latent_matrix(target, margins))
-    Z = correlated_normals(R, n, r_cop, exact=True)
+    Z = correlated_normals(R, n, r_cop, exact=True) if ent is None else entity_normals(R, act, release["entity_structure"], ent, r_cop, margins)
     # Missing positions of columns with a missingness dim: the rows with the largest latent.
     for j, i in enumerate(act):
         if dims[i]["kind"] == "missing":
@@ -159,6 +162,8 @@ def synthesize_block(
                 if c in missing and int(missing[c].sum()) == int(mask.sum()):
                     missing[c] = mask
     cols, _ = _fill_block(bp, dims, act, Z, missing, specs)
+    if ent is not None:
+        cols = entity_columns(cols, bp, release, specs, act, Z, ent, missing)
     return apply_derived(cols, release.get("derived", {}))
 
 
@@ -270,11 +275,17 @@ def _panel(df: pd.DataFrame, entity: str, time: str) -> pd.DataFrame:
     return df
 
 
-def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], seed: int, source: str) -> dict[str, np.ndarray]:
-    """Swap-refine the stacked blocks towards each block's and the source's Spearman targets."""
+def refine_source(
+    cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], seed: int, source: str, ent: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Swap-refine the stacked blocks towards each block's and the source's Spearman targets.
+    With `ent` (entity per row) swaps stay inside an entity and time-invariant columns and
+    the period column do not move, so the entity structure is kept exactly."""
     dims = release["dims"]
     if len(dims) < 2:
         return cols
+    if ent is not None:
+        cols = refine_invariant(cols, release, ent, make_rng(seed, source, "refine", "entities"))
     X = synthetic_dim_matrix(pd.DataFrame(cols), release)
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
@@ -283,10 +294,11 @@ def refine_source(cols: dict[str, np.ndarray], plan: list[BlockPlan], release: d
     # One unit per root column: a derived column moves with the column it is computed from.
     root = {b: d["from"] for b, d in release.get("derived", {}).items()}
     units: dict[str, list[int]] = {}
+    fixed = entity_fixed(release) if ent is not None else set()
     for j, d in enumerate(dims):
-        if d["kind"] != "missing":  # missing positions are fixed: they only steer the others
+        if d["kind"] != "missing" and root.get(d["column"], d["column"]) not in fixed:  # missing positions only steer
             units.setdefault(root.get(d["column"], d["column"]), []).append(j)
-    perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"))
+    perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"), labels=ent)
     out = dict(cols)
     for unit_root, perm in zip(units, perms, strict=True):
         for col in [unit_root, *[b for b, a in root.items() if a == unit_root]]:
@@ -305,18 +317,22 @@ def synthesize_source(
     specs_list = [ColumnSpec.from_dict(c) for c in release["columns"]]
     specs = {s.name: s for s in specs_list}
     plan = source_plan(release, rows)
+    # Entity structure released and one block: the hierarchical copula (replisynth.entities).
+    ent = skeleton(plan[0], release) if release.get("entity_structure") and len(plan) == 1 and blocks is None else None
     parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs_list if s.role in ("continuous", "categorical")}
     for bp in plan:
-        vals = blocks[bp.id] if blocks is not None else synthesize_block(bp, release, specs, seed, source)
+        vals = blocks[bp.id] if blocks is not None else synthesize_block(bp, release, specs, seed, source, ent=ent)
         for c in parts:
             parts[c].append(vals[c])
     cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
-    cols = refine_source(cols, plan, release, seed, source)
+    cols = refine_source(cols, plan, release, seed, source, ent=ent)
     perm = make_rng(seed, source, "shuffle").permutation(rows)
     data: dict[str, pd.Series] = {}
     for s in specs_list:
         if s.role == "id":
             data[s.name] = pd.Series(np.arange(1, rows + 1, dtype="int64"))
+        elif s.role == "group" and ent is not None and s.name == release["entity_structure"]["column"]:
+            data[s.name] = pd.Series(ent[perm] + 1, dtype="int64")
         elif s.role == "group":
             data[s.name] = pd.Series(_group_ids(rows, release["groups"][s.name], make_rng(seed, source, "groups", s.name)), dtype="int64")
         else:
@@ -324,6 +340,6 @@ def synthesize_source(
             data[s.name] = _restore_dtype(v, s, release)
     df = pd.DataFrame(data)
     df = df[[s.name for s in specs_list]]
-    if release.get("panel"):
+    if release.get("panel") and ent is None:
         df = _panel(df, release["panel"]["entity"], release["panel"]["time"])
     return df

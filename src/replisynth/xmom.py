@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .design import estimation_sample
+from .entities import draw_pairs, entity_fixed
 from .manifest import formula_variables
 from .refine import _block, _proposal_terms, _View, _view, accept_swaps, penalty
 
@@ -336,6 +337,11 @@ def align_moments(
         else:
             targets.append(t)
     frozen = _frozen_columns(cps, release)
+    # Entity structure (replisynth.entities): time-invariant columns never move and swaps stay
+    # inside an entity, so within-entity constancy and between shares survive the alignment.
+    frozen |= entity_fixed(release)
+    es = release.get("entity_structure")
+    labels = pd.factorize(df[es["column"]])[0] if es and es["column"] in df.columns else None
     dims = release["dims"]
     root = {b: d["from"] for b, d in release.get("derived", {}).items()}
     units: dict[str, list[str]] = {}
@@ -426,8 +432,10 @@ def align_moments(
                     continue
                 order = rows[rng.permutation(len(rows))]
                 half = min(len(order) // 2, cap)
-                r, s = order[:half], order[half : 2 * half]
+                r, s = draw_pairs(order, half, labels)
                 K = len(r)
+                if not K:
+                    continue
                 gain = np.zeros(K)
                 mparts = []
                 for t in affected:

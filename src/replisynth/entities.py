@@ -1,0 +1,626 @@
+"""Entity structure of panels and clusters: what is released about it (inside) and the
+hierarchical Gaussian copula that gives synthetic entities that structure (outside).
+
+Inside, per copula dim j, the normal scores s_j (van der Waerden: Φ⁻¹((rank − ½)/m), missing
+rows scored 0) split exactly into an entity-mean part b_j and a within-entity part w_j = s_j − b_j,
+with Σ s s' = B + W (row-weighted sums of squares; the cross terms vanish). Released: the
+between share η_j = B_jj / (B_jj + W_jj), the between correlation corr(B), and per column a
+time-invariance flag (constant within every entity, missing values aside). These are aggregates
+over entities, released only with at least min_cell_size entities.
+
+Outside, entity e's rows get latent normals z = u_e·L_B' + e_r·L_W', with u (one draw per
+entity, broadcast to its rows, row-weighted covariance B = D corr(B) D, D = diag(√η)) and e
+(demeaned within entity, so it adds nothing between) with covariance W = R − B, R the latent
+correlation of the released Spearman matrix. Both parts are made exact in sample (whitening,
+as `copula.correlated_normals`), so the latent between shares are η and the latent correlation
+is R. A time-invariant dim has η = 1 and no within part: its latent is the same on every row of
+an entity, and its values are allocated per entity (`entity_values`), so it stays constant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from .correlations import nearest_correlation
+from .marginals import apportion, exact_quantile_sample, quantile_function
+
+# Decimals of the released shares and between correlations (profiles without significant-figure rounding).
+DECIMALS = 3
+
+
+def normal_scores(x: np.ndarray) -> np.ndarray:
+    """Van der Waerden scores Φ⁻¹((rank − ½)/m) of the non-missing values (average ranks for
+    ties), centred; missing rows score 0."""
+    out = np.zeros(len(x))
+    ok = ~np.isnan(x)
+    m = int(ok.sum())
+    if m < 2:
+        return out
+    s = special.ndtri((stats.rankdata(x[ok], method="average") - 0.5) / m)
+    out[ok] = s - s.mean()
+    return out
+
+
+def between_within(X: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, W): between- and within-entity sums of squares and cross-products (d × d) of the
+    normal scores of X's columns (rows × dims, NaN = missing), entities given by `codes` 0..G−1."""
+    S = np.column_stack([normal_scores(X[:, j]) for j in range(X.shape[1])]) if X.shape[1] else np.zeros((len(X), 0))
+    G = int(codes.max()) + 1 if len(codes) else 0
+    sums = np.zeros((G, S.shape[1]))
+    np.add.at(sums, codes, S)
+    size = np.bincount(codes, minlength=G).astype("float64")
+    means = sums / np.maximum(size, 1.0)[:, None]
+    Bm = means[codes]
+    Wm = S - Bm
+    return Bm.T @ Bm, Wm.T @ Wm
+
+
+def invariant_columns(df: pd.DataFrame, codes: np.ndarray, columns: list[str]) -> dict[str, bool]:
+    """Per column: True when its non-missing values are constant within every entity (entity
+    codes per row, −1 = no entity) and it has at least one non-missing value."""
+    out = {}
+    keep = codes >= 0
+    df = df[keep]
+    g = df.groupby(codes[keep], sort=False)
+    for c in columns:
+        nun = g[c].nunique(dropna=True)
+        out[c] = bool(len(nun) and df[c].notna().any() and int(nun.max()) <= 1)
+    return out
+
+
+def entity_structure(
+    data: pd.DataFrame, entity_ids: pd.Series, X: np.ndarray, dims: list[dict[str, Any]], entity: str, round_significant: int | None = None
+) -> dict[str, Any]:
+    """The release of one source's entity structure: column `entity`, number of entities,
+    invariance flags of `data`'s columns, per-dim between shares η and the between correlation
+    matrix (rounded); X is the dim matrix of the same rows. The caller gates on the number of
+    entities."""
+    codes, uniq = pd.factorize(entity_ids, use_na_sentinel=True)
+    ok = codes >= 0
+    inv = invariant_columns(data, codes, list(data.columns))
+    B, W = between_within(X[ok], codes[ok])
+    T = np.diag(B) + np.diag(W)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eta = np.where(T > 0, np.diag(B) / T, 0.0)
+        sd = np.sqrt(np.diag(B))
+        Rb = B / np.outer(sd, sd)
+    Rb = np.where(np.outer(sd, sd) > 0, Rb, 0.0)
+    np.fill_diagonal(Rb, 1.0)
+    for j, d in enumerate(dims):
+        if inv.get(d["column"]) and d["kind"] != "missing":
+            eta[j] = 1.0
+    return {
+        "column": entity,
+        "entities": int(len(uniq)),
+        "invariant": inv,
+        "between_share": [_round(v, round_significant) for v in eta],
+        "between_corr": [[_round(v, round_significant) for v in row] for row in np.clip(Rb, -1.0, 1.0)],
+    }
+
+
+def _round(v: float, sig: int | None) -> float:
+    if sig:
+        return float(f"{float(v):.{sig}g}")
+    return round(float(v), DECIMALS)
+
+
+# ----------------------------------------------------------------------------- outside
+
+
+def entity_sizes(group: dict[str, Any], n: int, cap: int | None = None) -> np.ndarray:
+    """Rows per synthetic entity (G of them, summing to n) from the released size distribution
+    (as `synthesize._group_ids`), each at most `cap` (a panel: the number of distinct periods)."""
+    G = int(group["groups"])
+    if group["size_grid"] is not None:
+        sizes = np.maximum(np.round(quantile_function(np.asarray(group["size_grid"]), (np.arange(G) + 0.5) / G)), 1.0)
+    else:
+        sizes = np.full(G, float(group["mean_size"]))
+    counts = apportion(sizes, n).astype("int64")
+    if group["size_grid"] is not None:  # rescaling must not create sizes above the largest released one
+        top = int(np.ceil(max(group["size_grid"]) - 1e-9))
+        cap = top if cap is None else min(cap, top)
+    if cap is not None and cap * G >= n:
+        over = int(np.maximum(counts - cap, 0).sum())
+        counts = np.minimum(counts, cap)
+        for e in np.argsort(-counts, kind="stable"):  # hand the excess to the largest entities with room
+            if over == 0:
+                break
+            add = min(cap - counts[e], over)
+            counts[e] += add
+            over -= add
+    return counts
+
+
+def psd_sqrt(M: np.ndarray) -> np.ndarray:
+    """L with L L' = M with negative eigenvalues set to 0 (symmetric square root)."""
+    if M.size == 0:
+        return M
+    w, V = np.linalg.eigh((M + M.T) / 2)
+    return V * np.sqrt(np.maximum(w, 0.0))
+
+
+def _whiten(A: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A with weighted mean-square matrix Σ w a a' / Σ w equal to the identity (when full rank)."""
+    C = (A * w[:, None]).T @ A / w.sum()
+    try:
+        Lc = np.linalg.cholesky(C)
+    except np.linalg.LinAlgError:
+        return A
+    return np.linalg.solve(Lc, A.T).T
+
+
+def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Latent normals (n × d) for rows of entities `ent` (0..G−1): between part with covariance
+    D Rb D (D = diag √η) constant within entity, within part with covariance R − D Rb D
+    (projected to PSD, diagonal 1 − η) summing to zero within each entity; both exact in sample
+    when there are enough entities and rows."""
+    n, d = len(ent), R.shape[0]
+    G = int(ent.max()) + 1 if n else 0
+    size = np.bincount(ent, minlength=G).astype("float64")
+    eta = np.clip(eta, 0.0, 1.0)
+    D = np.sqrt(eta)
+    B = D[:, None] * nearest_correlation(Rb) * D[None, :]
+    W = R - B
+    var = eta < 1.0 - 1e-9  # dims with a within part
+    # The within part as a correlation matrix repaired to the nearest one, so the between
+    # shares stay exact (an eigenvalue clip would move the diagonal): e.g. experience and
+    # year, whose within-entity correlation is 1 in a panel, can come out slightly above 1.
+    dw = np.sqrt(1.0 - eta[var])
+    Wc = np.clip(W[np.ix_(var, var)] / np.outer(dw, dw), -1.0, 1.0)
+    np.fill_diagonal(Wc, 1.0)
+    Wv = nearest_correlation(Wc)
+    W = np.zeros_like(R)
+    W[np.ix_(var, var)] = Wv * np.outer(dw, dw)
+    U = rng.standard_normal((G, d))
+    E = rng.standard_normal((n, int(var.sum())))
+    if G > d + 1:
+        U = U - (size @ U) / size.sum()
+        U = _whiten(U, size)
+    U = U @ psd_sqrt(B).T
+    if E.shape[1]:
+        sums = np.zeros((G, E.shape[1]))
+        np.add.at(sums, ent, E)
+        E = E - (sums / np.maximum(size, 1.0)[:, None])[ent]
+        if n - G > E.shape[1] + 1:
+            E = _whiten(E, np.ones(n))
+        E = E @ psd_sqrt(W[np.ix_(var, var)]).T
+    Z = U[ent]
+    Z[:, var] += E
+    return Z
+
+
+def entity_values(score: np.ndarray, weight: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """One value per entity for a time-invariant column: entities in ascending order of their
+    latent score take consecutive runs of `weight` values of the sorted row-level values, and
+    each entity gets the middle value of its run (exact counts whenever the runs fall inside
+    the value blocks, e.g. a balanced panel with counts that are multiples of the periods)."""
+    out = np.empty(len(score), dtype=sorted_values.dtype)
+    order = np.argsort(score, kind="stable")
+    start = np.concatenate([[0], np.cumsum(weight[order])[:-1]])
+    mid = np.minimum(start + weight[order] // 2, max(len(sorted_values) - 1, 0))
+    if len(sorted_values):
+        out[order] = sorted_values[mid]
+    return out
+
+
+def nominal_entity_values(U: np.ndarray, weight: np.ndarray, counts: list[int], baseline: int, dim_levels: list[int]) -> np.ndarray:
+    """Level per entity for a time-invariant nominal column (as `copula.nominal_values`, on
+    entities of `weight` rows): levels other than the baseline, smallest first, take the free
+    entities with the largest utility while the level's row count allows; the baseline the rest."""
+    m = len(weight)
+    out = np.full(m, baseline, dtype="int64")
+    free = np.ones(m, dtype=bool)
+    col_of = {lev: j for j, lev in enumerate(dim_levels)}
+    for k in sorted((k for k in range(len(counts)) if k != baseline), key=lambda k: (counts[k], k)):
+        idx = np.flatnonzero(free & (weight > 0))
+        if k in col_of:
+            idx = idx[np.argsort(-U[idx, col_of[k]], kind="stable")]
+        taken = 0
+        for e in idx:
+            if taken >= counts[k]:
+                break
+            if taken + weight[e] <= counts[k] + weight[e] // 2:
+                out[e] = k
+                free[e] = False
+                taken += int(weight[e])
+    return out
+
+
+def assign_periods(ent: np.ndarray, ok: np.ndarray, codes_multiset: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Period codes per row (−1 where `ok` is False) with every entity's periods distinct and
+    the multiset of codes kept: entities, largest first, take one of each of the codes with
+    most rows left; among entities of one size the sets go by mean code to the entities by
+    mean latent `z`; inside an entity, codes follow the rows' rank of `z` (so period keeps its
+    within-entity association with the other columns)."""
+    G = int(ent.max()) + 1 if len(ent) else 0
+    size = np.bincount(ent[ok], minlength=G)
+    vals, left = np.unique(codes_multiset, return_counts=True)
+    left = left.astype("int64")
+    sets: dict[int, list[np.ndarray]] = {}
+    for e in sorted(range(G), key=lambda e: (-size[e], e)):
+        s = int(size[e])
+        if s == 0:
+            continue
+        pick = np.lexsort((vals, -left))[: min(s, len(vals))]
+        left[pick] -= 1
+        got = vals[pick]
+        if s > len(vals):  # more rows than distinct periods: the rest repeat (cannot be distinct)
+            extra = np.repeat(vals[np.argmax(left)], s - len(vals))
+            left[np.argmax(left)] -= len(extra)
+            got = np.concatenate([got, extra])
+        keep = left > 0
+        vals, left = vals[keep], left[keep]
+        sets.setdefault(s, []).append(np.sort(got))
+    out = np.full(len(ent), -1, dtype="int64")
+    rows_of = pd.Series(np.flatnonzero(ok)).groupby(ent[ok]).agg(list)
+    zmean = np.zeros(G)
+    np.add.at(zmean, ent[ok], z[ok])
+    zmean /= np.maximum(size, 1)
+    for s, lst in sets.items():
+        ents = [e for e in range(G) if size[e] == s]
+        ents = sorted(ents, key=lambda e: (zmean[e], e))
+        lst = sorted(lst, key=lambda a: (float(a.mean()), tuple(a)))
+        for e, codes in zip(ents, lst, strict=True):
+            r = np.asarray(rows_of[e])
+            out[r[np.argsort(z[r], kind="stable")]] = codes
+    return out
+
+
+def draw_pairs(order: np.ndarray, half: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint row arrays (r, s) of swap partners from `order` (rows in random order):
+    the first and second halves, or with `labels`, up to `half` pairs of rows with equal labels
+    (same entity), so a swap moves values only within an entity."""
+    if labels is None:
+        return order[:half], order[half : 2 * half]
+    idx = np.argsort(labels[order], kind="stable")
+    o = order[idx]
+    lab = labels[o]
+    if len(o) < 2:
+        return o[:0], o[:0]
+    new = np.concatenate([[True], lab[1:] != lab[:-1]])
+    run_start = np.maximum.accumulate(np.where(new, np.arange(len(o)), 0))
+    pos = np.arange(len(o)) - run_start
+    i = np.flatnonzero((pos % 2 == 0) & np.concatenate([lab[1:] == lab[:-1], [False]]))
+    if len(i) > half:  # the pairs whose first row comes earliest in the random order
+        i = np.sort(i[np.argsort(idx[i], kind="stable")[:half]])
+    return o[i], o[i + 1]
+
+
+def repair_counts(per: np.ndarray, weight: np.ndarray, target: np.ndarray, score: np.ndarray, max_moves: int = 100_000) -> np.ndarray:
+    """Entity levels `per` adjusted so that the row counts Σ weight per level equal `target`
+    where entity sizes allow: while a level k has a surplus and a level l a deficit, move an
+    entity of size ≤ both from k to l, or swap a level-k entity with a level-l entity smaller
+    by δ ≤ both (largest step first); candidates nearest the k/l boundary of `score` go first,
+    so the ordering by latent is disturbed least. Unbalanced panels need this: runs of entity
+    sizes rarely end exactly on the released counts."""
+    per = per.copy()
+    L = len(target)
+    for _ in range(max_moves):
+        diff = np.bincount(per, weights=weight, minlength=L)[:L].astype("int64") - target
+        if not diff.any():
+            break
+        done = False
+        for k in np.argsort(-diff, kind="stable"):
+            if diff[k] <= 0:
+                break
+            for lv in np.argsort(diff, kind="stable"):
+                if diff[lv] >= 0:
+                    break
+                cap = int(min(diff[k], -diff[lv]))
+                ek = np.flatnonzero((per == k) & (weight > 0))
+                el = np.flatnonzero((per == lv) & (weight > 0))
+                up = lv > k  # entities of k nearest level l: the highest scores when l is above
+                ek = ek[np.argsort(-score[ek] if up else score[ek], kind="stable")]
+                el = el[np.argsort(score[el] if up else -score[el], kind="stable")]
+                best = None
+                wk = weight[ek].astype("int64")
+                ok = wk <= cap
+                if ok.any():  # a move k -> l: the largest that fits, nearest the boundary first
+                    i = int(np.argmax(np.where(ok, wk, -1)))
+                    best = (int(wk[i]), ek[i], None)
+                if len(el):  # a swap k <-> l: a level-l entity smaller by the largest δ that fits
+                    szs, first_f = np.unique(weight[el].astype("int64"), return_index=True)
+                    order = np.argsort(first_f, kind="stable")
+                    szs, fs = szs[order], el[first_f[order]]
+                    D = wk[:, None] - szs[None, :]
+                    D = np.where((D > 0) & (D <= cap), D, -1)
+                    if D.size and D.max() > (best[0] if best else 0):
+                        i, j = np.unravel_index(int(np.argmax(D)), D.shape)
+                        best = (int(D[i, j]), ek[i], fs[j])
+                if best is None:
+                    continue
+                _, e, f = best
+                per[e] = lv
+                if f is not None:
+                    per[f] = k
+                done = True
+                break
+            if done:
+                break
+        if not done:
+            break
+    return per
+
+
+def fill_invariant(
+    values: np.ndarray, kind: str, ent: np.ndarray, ok: np.ndarray, Zc: np.ndarray, sorted_values: np.ndarray | None = None,
+    counts: list[int] | None = None, baseline: int = 0, dim_levels: list[int] | None = None,
+) -> np.ndarray:
+    """Codes/values of a time-invariant column over the rows `ok` (non-missing), allocated per
+    entity (`entity_values` / `nominal_entity_values`) from the entity's latent `Zc` (rows ×
+    dims of the column, constant within entity); returns a full-length array (values at `ok`)."""
+    G = int(ent.max()) + 1 if len(ent) else 0
+    weight = np.bincount(ent[ok], minlength=G)
+    first = np.full(G, -1)
+    first[ent[::-1]] = np.arange(len(ent))[::-1]
+    Ue = Zc[np.maximum(first, 0)]
+    if kind == "nominal":
+        per = nominal_entity_values(Ue, weight, counts or [], baseline, dim_levels or [])
+        per = repair_counts(per, weight, np.asarray(counts, dtype="int64"), Ue.sum(axis=1))
+    else:
+        per = entity_values(Ue[:, 0], weight, sorted_values if sorted_values is not None else np.zeros(0))
+        if kind == "ordered_codes":
+            per = repair_counts(per, weight, np.bincount(sorted_values.astype("int64")), Ue[:, 0])
+    out = values.copy()
+    out[ok] = per[ent[ok]]
+    return out
+
+
+def exact_values(grid: list[float], nn: int, integer: bool) -> np.ndarray:
+    """Sorted row-level values of a continuous column (the exact quantile sample)."""
+    return np.sort(exact_quantile_sample(np.asarray(grid), nn, integer))
+
+
+def time_cap(bp: Any, time: str | None) -> int | None:
+    """Distinct periods available to an entity: released time levels with rows, or distinct
+    values of the time column's exact quantile sample."""
+    if time is None or time not in bp.columns:
+        return None
+    cp = bp.columns[time]
+    if cp.kind == "categorical":
+        return int(sum(1 for c in cp.counts or [] if c > 0))
+    if cp.kind == "continuous":
+        return int(len(np.unique(exact_values(cp.grid, bp.rows - cp.missing, True))))
+    return None
+
+
+def skeleton(bp: Any, release: dict[str, Any]) -> np.ndarray:
+    """Entity index (0..G−1) of each row of the (single) block: rows grouped by entity, sizes
+    from the released size distribution, capped at the number of periods for a panel."""
+    es = release["entity_structure"]
+    panel = release.get("panel")
+    sizes = entity_sizes(release["groups"][es["column"]], bp.rows, time_cap(bp, panel["time"] if panel else None))
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
+MAX_CONVERTED = 6  # levels up to which a dim's between share is converted to the latent scale
+_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(48)
+_GH_W = _GH_W / _GH_W.sum()
+
+
+def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
+    """Expected between share of the normal scores of a discrete column (level shares `probs`,
+    scored Φ⁻¹ of each level's mid cumulative share) cut from a latent normal with between
+    share rho, in entities of t_eff rows: [Var_u m(u) + E_u v(u)/t_eff] / Var s, with m, v the
+    mean and variance of the score given the entity effect u (Gauss–Hermite over u). The
+    within part is demeaned inside each entity, so only v's part not linear in it, v − γ²
+    with γ = E[s ε | u], adds noise to entity means."""
+    p = np.asarray(probs, dtype="float64")
+    p = p / p.sum()
+    cum = np.concatenate([[0.0], np.cumsum(p)])
+    sc = special.ndtri(np.clip((cum[:-1] + cum[1:]) / 2, 1e-12, 1 - 1e-12))
+    sc = sc - p @ sc
+    var = float(p @ sc**2)
+    if var <= 0:
+        return 0.0
+    if rho >= 1 - 1e-9:
+        return 1.0
+    cuts = special.ndtri(np.clip(cum, 0.0, 1.0))  # −inf .. +inf
+    a = (cuts[None, :] - np.sqrt(rho) * _GH_X[:, None]) / np.sqrt(1 - rho)
+    P = np.diff(special.ndtr(a), axis=1)  # nodes × levels
+    m = P @ sc
+    v = P @ sc**2 - m**2
+    phi = np.exp(-0.5 * a**2) / np.sqrt(2 * np.pi)  # 0 at ±inf
+    g = (phi[:, :-1] - phi[:, 1:]) @ sc  # E[s ε | u]
+    return float((_GH_W @ m**2 + (_GH_W @ np.maximum(v - g**2, 0.0)) / max(t_eff, 1.0)) / var)
+
+
+def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> float:
+    """The latent between share whose discretisation has observed share `eta` (bisection on
+    `observed_share`); continuous dims (probs None) are their own normal scores, and so, near
+    enough, are dims of more than MAX_CONVERTED levels (converting those overshoots: a
+    many-level experience column would lose its within-entity correlation with the period)."""
+    if probs is None or len(probs) < 2 or len(probs) > MAX_CONVERTED or eta >= 1 - 1e-9:
+        return float(eta)
+    lo, hi = 0.0, 1.0
+    if observed_share(lo, probs, t_eff) >= eta:
+        return 0.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if observed_share(mid, probs, t_eff) < eta:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def entity_normals(
+    R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None
+) -> np.ndarray:
+    """`hierarchical_normals` on the active dims `act` with the released between correlations
+    and the released between shares, turned into latent shares for discrete dims
+    (`latent_share`; `margins`: the dims' `correlations.Margin`)."""
+    eta = np.asarray(es["between_share"], dtype="float64")[act]
+    if margins is not None and len(ent):
+        t_eff = len(ent) / (int(ent.max()) + 1)
+        eta = np.asarray([latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
+    Rb = np.asarray(es["between_corr"], dtype="float64")[np.ix_(act, act)]
+    return hierarchical_normals(R, eta, Rb, ent, rng)
+
+
+def entity_columns(
+    cols: dict[str, np.ndarray], bp: Any, release: dict[str, Any], specs: dict[str, Any], act: list[int], Z: np.ndarray,
+    ent: np.ndarray, missing: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Re-fill the time-invariant columns per entity (`fill_invariant`) and the panel's time
+    column by `assign_periods`; other columns keep their copula values."""
+    dims = release["dims"]
+    es = release["entity_structure"]
+    panel = release.get("panel")
+    time = panel["time"] if panel else None
+    out = dict(cols)
+    for col, cp in bp.columns.items():
+        is_time = col == time
+        if cp.kind == "empty" or not (is_time or es["invariant"].get(col)):
+            continue
+        jd = [(j, i) for j, i in enumerate(act) if dims[i]["column"] == col and dims[i]["kind"] != "missing"]
+        ok = ~missing[col]
+        nn = int(ok.sum())
+        if cp.kind == "continuous":
+            vals = exact_values(cp.grid, nn, bool(specs[col].integer))
+            if is_time:
+                uniq, inv = np.unique(vals, return_inverse=True)
+                z = Z[:, jd[0][0]] if jd else np.zeros(len(ent))
+                codes = assign_periods(ent, ok, inv, z)
+                v = np.full(len(ent), np.nan)
+                v[ok] = uniq[codes[ok]]
+            elif jd:
+                v = fill_invariant(np.full(len(ent), np.nan), "ordered", ent, ok, Z[:, [jd[0][0]]], sorted_values=vals)
+            else:
+                continue
+            out[col] = v
+            continue
+        levels = cp.levels or []
+        counts = list(cp.counts or [])
+        if len(levels) < 2:
+            continue
+        lev_arr = np.empty(len(levels), dtype=object)
+        lev_arr[:] = levels
+        if is_time:
+            z = Z[:, jd[0][0]] if (jd and dims[jd[0][1]]["kind"] == "ordered") else np.zeros(len(ent))
+            codes = assign_periods(ent, ok, np.repeat(np.arange(len(levels)), counts), z)
+        elif not jd:
+            continue
+        elif dims[jd[0][1]]["kind"] == "ordered":
+            codes = fill_invariant(np.full(len(ent), -1), "ordered_codes", ent, ok, Z[:, [jd[0][0]]], sorted_values=np.repeat(np.arange(len(levels)), counts))
+        else:
+            dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
+            baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))
+            codes = fill_invariant(np.full(len(ent), -1), "nominal", ent, ok, Z[:, [j for j, _ in jd]], counts=counts, baseline=baseline, dim_levels=dim_levels)
+        vals = np.full(len(ent), np.nan, dtype=object)
+        vals[ok] = lev_arr[codes[ok]]
+        out[col] = vals
+    return out
+
+
+def entity_fixed(release: dict[str, Any]) -> set[str]:
+    """Columns that swap refinements must not move in a hierarchical synthesis: the
+    time-invariant ones (swaps inside an entity keep every other column's entity multiset,
+    hence its between share, and a period column's distinctness)."""
+    es = release.get("entity_structure") or {}
+    return {c for c, v in es.get("invariant", {}).items() if v}
+
+
+def refine_invariant(
+    cols: dict[str, np.ndarray], release: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, max_sweeps: int = 40, min_gain: float = 0.01
+) -> dict[str, np.ndarray]:
+    """Swap the values of time-invariant columns between whole entities of equal size so the
+    row-level rank correlations of these columns with every other dim approach the released
+    Spearman matrix (the copula alone misses, e.g., two mutually exclusive ethnicity dummies,
+    and within-entity swaps cannot move an invariant column's correlations at all). Values stay
+    constant within entity and row counts stay exact. With U the rows' mid-rank scores
+    (`refine.scores`), A an entity's score of an invariant dim a and S_b(e) the sum of dim b's
+    scores over entity e's rows, swapping entities e, f changes corr(a, b) by
+    (A_f − A_e)(S_b(e) − S_b(f)); batches of disjoint pairs are accepted while the squared error
+    falls. Columns with missing values are left as drawn (non-missing counts differ)."""
+    from .dims import synthetic_dim_matrix
+    from .refine import scores
+    from .synthesize import block_target
+
+    dims = release["dims"]
+    fixed = entity_fixed(release)
+    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
+    units: dict[str, list[int]] = {}
+    for j, d in enumerate(dims):
+        c = d["column"]
+        r = root.get(c, c)
+        if d["kind"] == "missing" or r not in fixed or c not in cols or pd.isna(pd.Series(cols[r])).any():
+            continue
+        units.setdefault(r, []).append(j)
+    if len(ent) == 0 or not units:
+        return cols
+    G = int(ent.max()) + 1
+    first = np.full(G, -1)
+    first[ent[::-1]] = np.arange(len(ent))[::-1]
+    X = synthetic_dim_matrix(pd.DataFrame(cols), release)
+    U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
+    S = np.zeros((G, U.shape[1]))
+    np.add.at(S, ent, U)
+    T = block_target(release, "all")
+    size = np.bincount(ent, minlength=G)
+    classes = [np.flatnonzero(size == v) for v in np.unique(size)]
+    perm_e = {r: np.arange(G) for r in units}
+    for _ in range(max_sweeps):
+        C = U.T @ U
+        gained = 0.0
+        for r, J in units.items():
+            out = np.setdiff1d(np.arange(len(dims)), J)
+            M = np.isfinite(T[np.ix_(J, out)])
+            if not M.any():
+                continue
+            Tj = np.where(M, T[np.ix_(J, out)], 0.0)
+            E0 = np.where(M, C[np.ix_(J, out)] - Tj, 0.0)
+            A = U[first][:, J]  # entity scores of the unit's dims (current values)
+            Sb = S[:, out]
+            e_list, f_list = [], []
+            for cl in classes:
+                o = cl[rng.permutation(len(cl))]
+                h = len(o) // 2
+                e_list.append(o[:h])
+                f_list.append(o[h : 2 * h])
+            e, f = np.concatenate(e_list), np.concatenate(f_list)
+            if not len(e):
+                continue
+            dC = (A[f] - A[e])[:, :, None] * (Sb[e] - Sb[f])[:, None, :] * M[None]  # pairs × |J| × |out|
+            base = float(np.sum(E0**2))
+            gain = np.sum((E0[None] + dC) ** 2, axis=(1, 2)) - base
+            cand = np.flatnonzero(gain < -1e-15)
+            if not len(cand):
+                continue
+            cand = cand[np.argsort(gain[cand], kind="stable")]
+            best_m, best_f, m = 0, 0.0, 1
+            while True:
+                fval = float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base
+                if fval < best_f:
+                    best_f, best_m = fval, m
+                elif m >= 16:
+                    break
+                if m == len(cand):
+                    break
+                m = min(2 * m, len(cand))
+            if best_m == 0:
+                continue
+            take = cand[:best_m]
+            ee, ff = e[take], f[take]
+            pe = perm_e[r]
+            pe[ee], pe[ff] = pe[ff].copy(), pe[ee].copy()
+            # Apply to the row scores: rows of e take f's (constant) scores and vice versa.
+            newA = A.copy()
+            newA[ee], newA[ff] = A[ff], A[ee]
+            Uj = newA[ent]
+            for k, j in enumerate(J):
+                U[:, j] = Uj[:, k]
+            S[:, J] = newA * size[:, None]
+            C = U.T @ U
+            gained -= best_f
+        if gained <= min_gain * max(float(np.sum(np.where(np.isfinite(T), C - np.nan_to_num(T), 0.0) ** 2)), 1e-12):
+            break
+    out_cols = dict(cols)
+    for r, pe in perm_e.items():
+        for c in [r, *[b for b, a in root.items() if a == r]]:
+            out_cols[c] = cols[c][first[pe[ent]]]
+    return out_cols
