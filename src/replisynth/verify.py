@@ -121,7 +121,7 @@ def _matches(s: pd.Series, allowed: list[Any]) -> pd.Series:
     """Membership test that treats 1 and 1.0 and True alike (`dims.norm_key`), computed once
     per distinct value; missing values count as members."""
     keys = {norm_key(a) for a in allowed} | {str(float(a)) for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)}
-    codes, uniques = pd.factorize(s.astype(object), use_na_sentinel=True)
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)  # norm_key puts numpy scalars on the same footing
     hit = np.append(np.asarray([norm_key(u) in keys for u in uniques], dtype=bool), True)
     return pd.Series(hit[codes], index=s.index)
 
