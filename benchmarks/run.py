@@ -1,27 +1,39 @@
-"""Time each stage of the pipeline (extract, synthesize+pin, verify) on generated register
+"""Time each stage of the pipeline (extract, synthesize, pin, verify) on generated register
 data, over several runs, with peak memory; print medians and a markdown table row per size.
 
-  python benchmarks/run.py 10000 100000 [--repeat 3] [--sdv]
+  python benchmarks/run.py 10000 100000 [--repeat 3] [--sdv-python /path/to/venv/bin/python]
 
-Peak RSS is measured per stage in a fresh subprocess (resource.getrusage of the child).
-SDV (GaussianCopulaSynthesizer, norm) is measured the same way when installed (`--sdv`);
-it is a benchmark-only optional dependency and is skipped, saying so, when absent.
+Each stage runs in a fresh process, as the workflow runs it (one Snakemake job per stage);
+its seconds are timed inside that process (start-up and imports excluded, reported apart as
+`startup s`), its peak memory is the largest resident set of its process tree, sampled
+every 20 ms from /proc, and at least the process's own `ru_maxrss`.
+
+SDV's GaussianCopulaSynthesizer (default_distribution="norm", fit + sample of the same
+number of rows) is measured the same way when a Python with `sdv` is given
+(`--sdv-python`, or `--sdv` for this interpreter). SDV is a benchmark-only optional
+dependency (its licence rules it out at runtime); without it the output says
+"SDV not installed" instead of a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+STAGES = ("extract", "synthesize", "pin", "verify")
 
 STAGE = r"""
 import json, resource, sys, time
+t0 = time.perf_counter()
 from pathlib import Path
 stage, manifest, results = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 from replisynth.manifest import load_manifest
@@ -29,64 +41,151 @@ from replisynth.runner import configure_logging
 import logging
 configure_logging(None); logging.getLogger("replisynth").setLevel(logging.WARNING)
 m = load_manifest(manifest)
-t = time.perf_counter()
+root = results / m.name
 if stage == "extract":
     from replisynth.cli import cmd_extract
+elif stage == "synthesize":
+    from replisynth.pipeline import stage_synthesize
+elif stage == "pin":
+    from replisynth.pipeline import stage_pin
+else:
+    from replisynth.pipeline import stage_verify
+startup = time.perf_counter() - t0
+t, c = time.perf_counter(), time.process_time()
+if stage == "extract":
     cmd_extract(m, results)
 elif stage == "synthesize":
-    from replisynth.cli import cmd_synthesize
-    cmd_synthesize(results / m.name / "bundle", results)
-elif stage == "verify":
-    from replisynth.pipeline import stage_verify
-    b = results / m.name / "bundle"
-    stage_verify(b, {s.name: results / m.name / "synthetic" / f"{s.name}.parquet" for s in m.sources}, results / m.name / "verify" / "tiers.json")
-elif stage == "sdv":
-    import pandas as pd
-    from sdv.metadata import SingleTableMetadata
-    from sdv.single_table import GaussianCopulaSynthesizer
-    df = pd.read_parquet(m.sources[0].path)
-    md = SingleTableMetadata(); md.detect_from_dataframe(df)
-    s = GaussianCopulaSynthesizer(md, default_distribution="norm"); s.fit(df); s.sample(len(df))
-secs = time.perf_counter() - t
-print(json.dumps({"stage": stage, "seconds": secs, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    for s in m.sources:
+        stage_synthesize(root / "bundle", s.name, root / "synthesize" / f"{s.name}.parquet")
+elif stage == "pin":
+    for s in m.sources:
+        files = {"parquet": root / "synthetic" / f"{s.name}.parquet", "csv": root / "synthetic" / f"{s.name}.csv"}
+        stage_pin(root / "bundle", s.name, root / "synthesize" / f"{s.name}.parquet", files, root / "synthesize" / f"{s.name}.pin.json")
+else:
+    stage_verify(root / "bundle", {s.name: root / "synthetic" / f"{s.name}.parquet" for s in m.sources}, root / "verify" / "tiers.json")
+secs, cpu = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({"stage": stage, "seconds": secs, "cpu": cpu, "startup": startup, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+SDV = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import pandas as pd
+import sdv.metadata
+from sdv.single_table import GaussianCopulaSynthesizer
+startup = time.perf_counter() - t0
+df = pd.read_parquet(sys.argv[1])
+t, c = time.perf_counter(), time.process_time()
+if hasattr(sdv.metadata, "Metadata"):  # SDV >= 1.15 (2.x: only this)
+    md = sdv.metadata.Metadata.detect_from_dataframes({"register": df})
+else:
+    md = sdv.metadata.SingleTableMetadata()
+    md.detect_from_dataframe(df)
+s = GaussianCopulaSynthesizer(md, default_distribution="norm")
+try:
+    s.fit(df)
+except Exception:  # SDV 2.x takes {table name: frame} and returns the same
+    s.fit({"register": df})
+out = s.sample(len(df))
+if isinstance(out, dict):
+    out = out["register"]
+secs, cpu = time.perf_counter() - t, time.process_time() - c
+import sdv
+print(json.dumps({"stage": "sdv", "seconds": secs, "cpu": cpu, "startup": startup, "rows": len(out), "version": sdv.__version__,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
+def _tree_rss_mb(pid: int) -> float:
+    """Resident set of a process and all its descendants (MB), from /proc."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/statm") as fh:
+                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total / 2**20
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a measuring child; its JSON line plus the tree's sampled peak RSS."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = [0.0]
+
+    def poll() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            time.sleep(0.02)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[-3:]} failed: {err[-2000:]}")
+    rec = json.loads(out.strip().splitlines()[-1])
+    rec["peak_mb"] = max(rec["peak_mb"], peak[0])
+    return rec
+
+
 def run_stage(stage: str, manifest: Path, results: Path) -> dict:
-    r = subprocess.run([sys.executable, "-c", STAGE, stage, str(manifest), str(results)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{stage} failed: {r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return _run([sys.executable, "-c", STAGE, stage, str(manifest), str(results)])
 
 
-def bench(rows: int, repeat: int, sdv: bool) -> dict:
+def sdv_python(explicit: str | None, here: bool) -> str | None:
+    """The interpreter that has sdv (None when there is none)."""
+    cands = [explicit] if explicit else ([sys.executable] if here else [])
+    for py in cands:
+        if py and subprocess.run([py, "-c", "import sdv"], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, sdv_max_rows: int = 2_000_000) -> dict:
     sys.path.insert(0, str(HERE))
     from generate import main as generate
 
     out: dict = {"rows": rows}
+    py = sdv_python(sdv_py, sdv) if (sdv or sdv_py) else None
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         generate(rows, str(d / "data"))
         man = d / "data" / "manifest.yaml"
-        stages = ["extract", "synthesize", "verify"] + (["sdv"] if sdv else [])
-        rec: dict[str, list] = {s: [] for s in stages}
+        rec: dict[str, list] = {s: [] for s in (*STAGES, "sdv")}
         for _ in range(repeat):
-            for s in stages:
-                if s == "sdv":
-                    try:
-                        import sdv  # noqa: F401
-                    except ImportError:
-                        out["sdv"] = "not installed (pip install sdv to compare)"
-                        continue
+            for s in STAGES:
                 rec[s].append(run_stage(s, man, d / "res"))
+            if py and rows <= sdv_max_rows:
+                rec["sdv"].append(_run([py, "-c", SDV, str(d / "data" / "register.parquet")]))
         for s, v in rec.items():
             if v:
-                out[s] = {"seconds": statistics.median(x["seconds"] for x in v), "peak_mb": max(x["peak_mb"] for x in v)}
+                out[s] = {"seconds": statistics.median(x["seconds"] for x in v), "cpu": statistics.median(x["cpu"] for x in v),
+                          "peak_mb": max(x["peak_mb"] for x in v), "startup": statistics.median(x["startup"] for x in v)}
+        if not (sdv or sdv_py):
+            out["sdv"] = "not measured (give --sdv-python)"
+        elif py is None:
+            out["sdv"] = "SDV not installed (no importable sdv in " + (sdv_py or sys.executable) + ")"
+        elif rows > sdv_max_rows:
+            out["sdv"] = f"not run above {sdv_max_rows:,} rows (--sdv-max-rows)"
+        else:
+            out["sdv"]["version"] = rec["sdv"][0].get("version")
         tiers = json.loads((d / "res" / f"register_{rows}" / "verify" / "tiers.json").read_text())
         out["tier_met"] = tiers["tier_met"]
-        out["total_seconds"] = sum(out[s]["seconds"] for s in ("extract", "synthesize", "verify"))
+        out["total_seconds"] = sum(out[s]["seconds"] for s in STAGES)
+        out["startup_seconds"] = sum(out[s]["startup"] for s in STAGES)
+        out["total_cpu"] = sum(out[s]["cpu"] for s in STAGES)
+        out["peak_mb"] = max(out[s]["peak_mb"] for s in STAGES)
         if isinstance(out.get("sdv"), dict):
-            out["ratio_vs_sdv"] = out["sdv"]["seconds"] / (out["extract"]["seconds"] + out["synthesize"]["seconds"])
+            out["ratio_vs_sdv"] = out["sdv"]["seconds"] / out["total_seconds"]
+            out["cpu_ratio_vs_sdv"] = out["sdv"]["cpu"] / out["total_cpu"]
     return out
 
 
@@ -94,17 +193,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sizes", nargs="+", type=int)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--sdv", action="store_true")
+    ap.add_argument("--sdv", action="store_true", help="measure SDV with this interpreter")
+    ap.add_argument("--sdv-python", help="a Python with sdv installed (its own venv)")
+    ap.add_argument("--sdv-max-rows", type=int, default=2_000_000)
+    ap.add_argument("--json", help="also write every result to this file")
     a = ap.parse_args()
-    print("| rows | extract s | synthesize+pin s | verify s | total s | peak MB | tier |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| rows | extract s | synthesize s | pin s | verify s | total s (CPU s) | startup s | peak MB | tier | SDV fit+sample s (CPU s) | SDV peak MB | SDV / total (CPU) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    results = []
     for n in a.sizes:
-        r = bench(n, a.repeat, a.sdv)
-        peak = max(r[s]["peak_mb"] for s in ("extract", "synthesize", "verify"))
-        print(f"| {n:,} | {r['extract']['seconds']:.2f} | {r['synthesize']['seconds']:.2f} | {r['verify']['seconds']:.2f} | "
-              f"{r['total_seconds']:.2f} | {peak:.0f} | {r['tier_met']} |", flush=True)
-        if "sdv" in r:
-            print(f"  SDV: {r['sdv']}", flush=True)
+        r = bench(n, a.repeat, a.sdv, a.sdv_python, a.sdv_max_rows)
+        results.append(r)
+        sd = r.get("sdv")
+        sdv_cols = (f"{sd['seconds']:.1f} ({sd['cpu']:.1f}) | {sd['peak_mb']:.0f} | {r['ratio_vs_sdv']:.1f}x ({r['cpu_ratio_vs_sdv']:.1f}x)"
+                    if isinstance(sd, dict) else f"{sd} | – | –")
+        print(f"| {n:,} | " + " | ".join(f"{r[s]['seconds']:.2f}" for s in STAGES)
+              + f" | {r['total_seconds']:.2f} ({r['total_cpu']:.1f}) | {r['startup_seconds']:.1f} | {r['peak_mb']:.0f} | {r['tier_met']} | {sdv_cols} |", flush=True)
+        print("  peak MB per stage: " + ", ".join(f"{s} {r[s]['peak_mb']:.0f}" for s in STAGES), flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

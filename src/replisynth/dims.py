@@ -175,7 +175,7 @@ def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any], order: str =
         s = df[c]
         if c in tables:
             lookup = {norm_key(v): v for v in levels[c]}
-            codes, uniques = pd.factorize(s.astype(object), use_na_sentinel=True)
+            codes, uniques = pd.factorize(s, use_na_sentinel=True)  # norm_key puts numpy scalars on the same footing
             mapped = np.empty(len(uniques) + 1, dtype=object)
             mapped[:-1] = [lookup.get(norm_key(u), np.nan) for u in uniques]
             mapped[-1] = np.nan

@@ -325,6 +325,7 @@ def synthesize_source(
         for c in parts:
             parts[c].append(vals[c])
     cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
+    del parts  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
     perm = make_rng(seed, source, "shuffle").permutation(rows)
     data: dict[str, pd.Series] = {}

@@ -122,7 +122,7 @@ def _matches(s: pd.Series, allowed: list[Any]) -> pd.Series:
     """Membership test that treats 1 and 1.0 and True alike (`dims.norm_key`), computed once
     per distinct value; missing values count as members."""
     keys = {norm_key(a) for a in allowed} | {str(float(a)) for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)}
-    codes, uniques = pd.factorize(s.astype(object), use_na_sentinel=True)
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)  # norm_key puts numpy scalars on the same footing
     hit = np.append(np.asarray([norm_key(u) in keys for u in uniques], dtype=bool), True)
     return pd.Series(hit[codes], index=s.index)
 
@@ -221,7 +221,7 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         spec = specs[col]
         if m["kind"] == "continuous":
             v = numeric_values(df[col], spec)
-            v = v[~np.isnan(v)]
+            v = np.sort(v[~np.isnan(v)])  # one sort for the KS test and the percentiles
             comps = _block_components(plan, col)
             if not comps:
                 continue
