@@ -373,3 +373,23 @@ def test_read_columns_rejects_duplicates_and_unknown_extensions(tmp_path: Path) 
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(DataError, match="empty"):
         read_columns(tmp_path / "empty.csv")
+
+
+def test_fast_csv_is_byte_identical_to_pandas(tmp_path: Path) -> None:
+    """The Arrow path of write_csv writes exactly pandas' bytes (repr floats, exponents,
+    whole floats with '.0', -0.0, inf, missing as empty, nullable integers, booleans)."""
+    rng = np.random.default_rng(5)
+    edge = [1.0, 0.0, -0.0, 1e16, 1e15, 9999999999999998.0, 1e-4, 9.99e-5, 1e-5, 0.1, 1.5e-7, np.nan, np.inf, -np.inf,
+            2.5e300, 5e-324, 1 / 3, 12345678.9, 1e21, -1e15, 123456789012345.6, 1e14, 0.00012, 100.0, 1e5, 12300000.0]
+    n = 2000
+    f = np.concatenate([edge, rng.normal(size=n) * np.exp(rng.normal(size=n) * 8)])
+    m = len(f)
+    df = pd.DataFrame({
+        "a b": f, 'q"x,y': np.round(rng.normal(size=m) * 10.0 ** rng.integers(0, 17, size=m)),
+        "i": rng.integers(-10**12, 10**12, size=m), "u": rng.integers(0, 5, size=m).astype("uint8"),
+        "I": pd.array(np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"),
+        "b": rng.random(m) < 0.5,
+    })
+    write_csv(df, tmp_path / "a.csv")
+    df.to_csv(tmp_path / "b.csv", index=False, lineterminator="\n")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()

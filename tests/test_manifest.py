@@ -101,10 +101,14 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], Any], type[Exception], str]] 
      r"checkpoints\[1\]\.tag: 'wage' is already used by checkpoints\[0\]"),
     ("unknown_model", _cp(0, "model", "tobit"), ManifestError,
      r"checkpoints\[0\]\.model: 'tobit' is not one of ols, "),
-    ("unsupported_model_logit", _cp(0, "model", "logit"), UnsupportedError,
-     r"checkpoints\[0\]\.model: 'logit' is not yet supported.*supported: ols"),
-    ("unsupported_model_fe", lambda d: d["checkpoints"][0].update(model="fe", absorb=["region"]), UnsupportedError,
-     r"checkpoints\[0\]\.model: 'fe' is not yet supported"),
+    ("fe_without_absorb", lambda d: d["checkpoints"][0].update(model="fe"), ManifestError,
+     r"checkpoints\[0\]\.absorb: model fe needs 1 or 2 columns to absorb"),
+    ("glm_hc3", lambda d: d["checkpoints"][0].update(model="logit", vcov="HC3"), ManifestError,
+     r"checkpoints\[0\]\.vcov: 'HC3' is not available for model logit.*HC0, HC1"),
+    ("levels_repeated", lambda d: d["checkpoints"][0].update(model="ologit", levels=["low", "high", "low"]), ManifestError,
+     r"checkpoints\[0\]\.levels: list at least two distinct categories"),
+    ("levels_on_logit", lambda d: d["checkpoints"][0].update(model="logit", levels=[0, 1]), ManifestError,
+     r"checkpoints\[0\]\.levels: only ordered models take levels"),
     ("bad_vcov", _cp(0, "vcov", "robust"), ManifestError,
      r"checkpoints\[0\]\.vcov: 'robust' is not a vcov; use nonrobust, HC0"),
     ("formula_without_tilde", _cp(0, "formula", "y + x1"), ManifestError,
@@ -132,7 +136,7 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], Any], type[Exception], str]] 
     ("absorb_on_ols", _cp(0, "absorb", ["region"]), ManifestError,
      r"checkpoints\[0\]\.absorb: only model fe absorbs fixed effects \(model is ols\)"),
     ("entity_on_ols", _cp(0, "entity", "cluster"), ManifestError,
-     r"checkpoints\[0\]\.entity: only model re takes an entity"),
+     r"checkpoints\[0\]\.entity: only models re and fe take an entity"),
     ("levels_on_ols", _cp(0, "levels", [1, 2, 3]), ManifestError,
      r"checkpoints\[0\]\.levels: only ordered models take levels"),
     ("sdc_profile_unknown", lambda d: d["sdc"].__setitem__("profile", "eurostat"), ManifestError,
@@ -176,8 +180,9 @@ def test_broken_manifest(mutation: Callable[[dict[str, Any]], Any], exc: type[Ex
     assert raw == before, "load_manifest must not modify the mapping it is given"
 
 
-def test_unsupported_is_not_a_manifest_error() -> None:
+def test_unsupported_is_not_a_manifest_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unsupported features parse: the two classes are distinct so callers can tell them apart."""
+    monkeypatch.setattr("replisynth.manifest.SUPPORTED_MODELS", ("ols",))
     with pytest.raises(UnsupportedError) as info:
         load_manifest(mutate(_cp(0, "model", "logit")))
     assert not isinstance(info.value, ManifestError)
@@ -289,7 +294,7 @@ def test_check_columns_formula_column_missing() -> None:
         (None, [_cpd(vcov="cluster:xyz")], r"checkpoints\[0\]\.vcov: column 'xyz' is not in source 'people'"),
         (None, [_cpd(), _cpd(tag="d", formula="y ~ C(sector)")],
          r"checkpoints\[1\]\.formula: column 'sector' is not in source 'people'"),
-        (None, [_cpd(formula="y ~ 1 + x1 + [x2 ~ z9]")],
+        (None, [_cpd(model="iv", formula="y ~ 1 + x1 + [x2 ~ z9]")],
          r"checkpoints\[0\]\.formula: column 'z9' is not in source 'people'"),
     ],
     ids=["strata", "categorical", "ids", "panel_time", "weights", "cluster", "second_checkpoint", "iv_instrument"],

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .design import build_design, subset_columns, used_columns
+from .design import build_design, ordered_levels, subset_columns, used_columns
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .manifest import Checkpoint, Manifest
+from .options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from .sdc import SdcLog
+from .xmom import design_moments
 
 
 def indicator_minority(X: np.ndarray) -> np.ndarray:
@@ -86,6 +88,11 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     if n < sdc.min_cell_size:
         log.add("checkpoints", "rejected", f"estimation sample below min_cell_size={sdc.min_cell_size}", checkpoint=cp.tag)
         return {**base, "status": "rejected", "reason": f"sample below min_cell_size={sdc.min_cell_size}"}, log
+    if cp.model in GLM_MODELS:
+        small = outcome_minority(design.y, cp.model)
+        if small is not None and small < sdc.min_cell_size:
+            log.add("checkpoints", "rejected", f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample", checkpoint=cp.tag)
+            return {**base, "status": "rejected", "reason": f"outcome class below min_cell_size={sdc.min_cell_size}"}, log
     fit = fit_checkpoint(design, cp, where)
     if fit.resid_df < sdc.min_resid_df:
         log.add("checkpoints", "rejected", f"residual df below min_resid_df={sdc.min_resid_df}", checkpoint=cp.tag)
@@ -97,8 +104,9 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     rounding_cost = 0.0
     terms = []
     n_sup = n_ref = 0
+    k_x = design.X.shape[1]  # alpha and cut points follow the regressors; they are never indicators
     for j, term in enumerate(fit.terms):
-        if 0 <= minority[j] < sdc.min_cell_size:
+        if j < k_x and 0 <= minority[j] < sdc.min_cell_size:
             n_sup += 1
             terms.append({"term": None, "position": j, "suppressed": True,
                           "reason": f"indicator with fewer than {sdc.min_cell_size} observations in one group"})
@@ -118,6 +126,14 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         log.add("checkpoints", "suppressed_terms", f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)", checkpoint=cp.tag, terms=n_ref)
     if n_sup:
         log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
+    released = {t["term"] for t in terms if not t.get("suppressed")}
+    moments, info = design_moments(design.X, design.terms, design.weights, released, sdc.min_cell_size, sdc.round_significant, sdc.dominance)
+    if moments is not None:
+        log.add("checkpoints", "released_moments",
+                f"{'weighted ' if design.weights is not None else ''}means, SDs and correlations of {info['columns']} design column(s) on the estimation sample "
+                f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
+                f"(indicator group or non-zero rows below min_cell_size={sdc.min_cell_size}, or spread dominated by two rows); {info['blanked']} indicator pair(s) blanked "
+                "(a cell of their 2x2 table below min_cell_size)", checkpoint=cp.tag, terms=info["columns"])
     scale = fit.scale
     if sdc.round_significant:
         scale = round_significant(scale, sdc.round_significant)
@@ -131,9 +147,38 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         "k": len(fit.terms),
         "terms": terms,
     }
+    if fit.extra and cp.model not in GLM_MODELS:  # linear families' aggregates (re: variance components), rounded like the rest
+        out["extra"] = {k: (round_significant(v, sdc.round_significant) if sdc.round_significant else v) for k, v in fit.extra.items()}
+    if cp.model in GLM_MODELS:
+        levels = ordered_levels(df.loc[design.index, cp.outcome], cp) if cp.model in GLM_ORDERED else None
+        out.update(outcome_release(levels, cp, fit.extra, sdc.round_significant))
+    if moments is not None:
+        out["moments"] = moments
     if sdc.round_significant:
         out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
     return out, log
+
+
+def outcome_minority(y: np.ndarray, model: str) -> int | None:
+    """Rows in the smallest outcome class of a binary or ordered model (None for counts):
+    a coefficient of a model whose outcome class is small describes that small group."""
+    if model in GLM_BINARY or model in GLM_ORDERED:
+        return int(np.bincount(y.astype("int64")).min())
+    return None
+
+
+def outcome_release(levels: list | None, cp: Checkpoint, extra: dict[str, Any], digits: int | None) -> dict[str, Any]:
+    """What pinning needs about a GLM outcome beyond the coefficients: the ordered categories
+    (every one passed the cell gate) and the outcome's (weighted) sample mean or category
+    shares, so the pin can report its drift. Rounded like the coefficients."""
+    rnd = (lambda x: round_significant(x, digits)) if digits else float
+    out: dict[str, Any] = {}
+    if cp.model in GLM_ORDERED:
+        out["outcome_levels"] = list(levels or [])
+        out["outcome_shares"] = [rnd(v) for v in extra["outcome_shares"]]
+    else:
+        out["outcome_mean"] = rnd(extra["outcome_mean"])
+    return out
 
 
 def round_significant(x: float, digits: int) -> float:

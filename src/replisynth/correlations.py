@@ -15,39 +15,142 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
-    return stats.rankdata(x, method="average")
+    return _Ranker(x).ranks()
 
 
-def spearman_matrix(X: np.ndarray) -> np.ndarray:
-    """Spearman correlations of the columns of X (NaN = missing), pairwise complete.
+class _Ranker:
+    """Mid-ranks (ties averaged, as `scipy.stats.rankdata(method="average")`) of one column
+    without missing values, over all rows or over a subset of them, each in O(n) once built.
+
+    Small-integer columns (indicators, level codes, counts: most dims) are counted with
+    `bincount`, never sorted; other columns are sorted once and a subset is ranked by
+    counting its members in each tie group along that order. Ranks are exact half-integers,
+    so every path gives bit-identical values."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype="float64")
+        self.n = n = len(x)
+        self.codes: np.ndarray | None = None
+        if n == 0:
+            self.order = self.group = np.zeros(0, dtype=np.intp)
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if hi - lo <= max(4 * n, 1024) and np.isfinite(lo) and np.isfinite(hi):
+            c = x - lo
+            ic = c.astype(np.intp)
+            if np.array_equal(ic, c):
+                self.codes, self.size = ic, int(ic.max()) + 1
+                return
+        self.order = np.argsort(x)  # ties share one mid-rank: no need for a stable sort
+        xs = x[self.order]
+        self.group = np.concatenate([[0], np.cumsum(xs[1:] != xs[:-1])])
+
+    def ranks(self, mask: np.ndarray | None = None) -> np.ndarray:
+        """Mid-ranks over all rows, or over the rows where `mask` is True (in row order)."""
+        if self.codes is not None:
+            codes = self.codes if mask is None else self.codes[mask]
+            counts = np.bincount(codes, minlength=self.size)
+            mid = np.cumsum(counts) - (counts - 1) / 2.0
+            return mid[codes]
+        if mask is None:
+            counts = np.bincount(self.group)
+            mid = np.cumsum(counts) - (counts - 1) / 2.0
+            out = np.empty(self.n)
+            out[self.order] = mid[self.group]
+            return out
+        m = mask[self.order]
+        counts = np.bincount(self.group[m], minlength=int(self.group[-1]) + 1 if self.n else 0)
+        mid = np.cumsum(counts) - (counts - 1) / 2.0
+        out = np.empty(self.n)
+        out[self.order] = mid[self.group]
+        return out[mask]
+
+
+def _pearson_in_place(R: np.ndarray) -> np.ndarray:
+    """`np.corrcoef(R, rowvar=False)` computed in R's own buffer (R is overwritten): the
+    same operations in the same order on the same memory layout, so bit-identical, without
+    the two n x d copies corrcoef makes (hundreds of MB at register scale)."""
+    XT = R.T
+    avg = np.average(XT, axis=1)
+    fact = XT.shape[1] - 1
+    if fact <= 0:
+        fact = 0.0
+    XT -= avg[:, None]
+    c = np.dot(XT, XT.T)
+    c *= np.true_divide(1, fact)
+    d = np.diag(c)
+    stddev = np.sqrt(d.real)
+    c /= stddev[:, None]
+    c /= stddev[None, :]
+    np.clip(c.real, -1, 1, out=c.real)
+    return c
+
+
+def spearman_matrix(X: np.ndarray, rows: np.ndarray | None = None, columns: list[int] | None = None) -> np.ndarray:
+    """Spearman correlations of the columns of X (NaN = missing), pairwise complete; over the
+    rows where `rows` is True and of the `columns` listed, when given (no copy of X is made
+    for either).
 
     Columns without missing values are ranked once; a pair involving missing values is
     re-ranked over its complete rows (as pandas and Stata do). Constant columns give NaN.
+    Each column is prepared for ranking once (`_Ranker`), so a re-rank costs O(n), and a
+    column with missing values is ranked once per complete-row set it meets. X is best
+    column-major (`dim_matrix(order="F")`): each column is then read contiguously.
     """
     X = np.asarray(X, dtype="float64")
-    n, d = X.shape
-    miss = np.isnan(X)
-    has_miss = miss.any(axis=0)
+    idx = list(range(X.shape[1])) if columns is None else list(columns)
+    d = len(idx)
+    cols = [X[:, j] if rows is None else X[:, j][rows] for j in idx]
+    n = len(cols[0]) if d else (X.shape[0] if rows is None else int(np.count_nonzero(rows)))
+    miss = [np.isnan(c) for c in cols]
+    has_miss = np.asarray([m.any() for m in miss], dtype=bool)
     R = np.full((d, d), np.nan)
     full = np.where(~has_miss)[0]
+    rankers: dict[int, _Ranker] = {}
+
+    def ranker(j: int) -> _Ranker:
+        if j not in rankers:
+            rankers[j] = _Ranker(cols[j])
+        return rankers[j]
+
     if len(full):
-        ranks = np.column_stack([_midranks(X[:, j]) for j in full]) if n else np.zeros((0, len(full)))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            C = np.corrcoef(ranks, rowvar=False) if n > 1 else np.full((len(full), len(full)), np.nan)
-        C = np.atleast_2d(C)
-        R[np.ix_(full, full)] = C
+        if n > 1:
+            ranks = np.empty((n, len(full)))
+            for k, j in enumerate(full):
+                ranks[:, k] = ranker(j).ranks()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                C = _pearson_in_place(ranks)
+            del ranks
+        else:
+            C = np.full((len(full), len(full)), np.nan)
+        R[np.ix_(full, full)] = np.atleast_2d(C)
+    # A column with missing values, paired with a complete column, is ranked once over its
+    # own non-missing rows; two columns with missing values meet over their common rows.
+    own: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+    for i in np.where(has_miss)[0]:
+        ok = ~miss[i]
+        cnt = int(ok.sum())
+        own[int(i)] = (ok, _Ranker(cols[i][ok]).ranks() if cnt >= 3 else np.zeros(0), cnt)
     for i in range(d):
         for j in range(i + 1, d):
             if not (has_miss[i] or has_miss[j]):
                 continue
-            ok = ~(miss[:, i] | miss[:, j])
-            if ok.sum() < 3:
-                continue
-            a, b = _midranks(X[ok, i]), _midranks(X[ok, j])
+            if has_miss[i] and has_miss[j]:
+                ok = ~(miss[i] | miss[j])
+                if ok.sum() < 3:
+                    continue
+                a, b = _Ranker(cols[i][ok]).ranks(), _Ranker(cols[j][ok]).ranks()
+            else:
+                k, f = (i, j) if has_miss[i] else (j, i)
+                ok, rk, cnt = own[k]
+                if cnt < 3:
+                    continue
+                rf = ranker(f).ranks(ok)
+                a, b = (rk, rf) if k == i else (rf, rk)
             if a.std() == 0 or b.std() == 0:
                 continue
             R[i, j] = R[j, i] = float(np.corrcoef(a, b)[0, 1])

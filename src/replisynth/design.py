@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import CheckpointError
-from .manifest import Checkpoint, formula_variables
+from .manifest import IV_BRACKET, Checkpoint, formula_variables
+from .options import GLM_BINARY, GLM_COUNT, GLM_MODELS, GLM_ORDERED
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,15 @@ class Design:
     weights: np.ndarray | None
     clusters: np.ndarray | None
     index: pd.Index
+    # model fe: integer codes (n, m) of the m absorbed columns (or of the entity)
+    absorb: np.ndarray | None = None
+    # model re: integer codes (n,) of the panel entity
+    entity: np.ndarray | None = None
+    # model iv: X is [exogenous | endogenous]; Z (n, l) is [exogenous | excluded
+    # instruments]; n_exog counts the exogenous columns; instruments names Z's extra columns
+    Z: np.ndarray | None = None
+    n_exog: int | None = None
+    instruments: list[str] | None = None
 
 
 def subset_columns(subset: str | None, columns: list[str] | pd.Index) -> set[str]:
@@ -68,7 +78,7 @@ def estimation_sample(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> pd.D
         data = df.loc[mask.to_numpy()]
         if len(data) == 0:
             raise CheckpointError(f"{label}: subset {cp.subset!r} selects no rows; check the condition")
-    data = data[cols].dropna()
+    data = _widen_integers(data[cols].dropna())
     if len(data) == 0:
         empty = [c for c in cols if df[c].isna().all()]
         hint = f"; entirely missing: {', '.join(empty)}" if empty else ""
@@ -80,27 +90,159 @@ def estimation_sample(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> pd.D
     return data
 
 
+def split_iv_formula(formula: str) -> tuple[str, str, str]:
+    """(`y ~ exogenous part`, endogenous rhs, instruments rhs) of a linearmodels IV formula
+    `y ~ 1 + w + [x1 + x2 ~ z1 + z2]`; the exogenous part keeps everything outside the bracket."""
+    m = IV_BRACKET.search(formula)
+    if m is None:
+        raise CheckpointError(f"formula {formula!r} has no [endogenous ~ instruments] part")
+    lhs, rhs = formula.split("~", 1)
+    m = IV_BRACKET.search(rhs)
+    assert m is not None
+    before, after = rhs[: m.start()].rstrip(), rhs[m.end() :].lstrip()
+    if before.endswith("+"):
+        before = before[:-1].rstrip()
+    elif after.startswith("+"):
+        after = after[1:].lstrip()
+    exog = f"{before} {after}".strip() or "1"
+    return f"{lhs.strip()} ~ {exog}", m.group(1).strip(), m.group(2).strip()
+
+
+def _iv_matrices(data: pd.DataFrame, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int, list[str]]:
+    """y, X = [exogenous | endogenous], its term names, Z = [exogenous | instruments], the
+    number of exogenous columns and the instruments' names, all encoded by formulaic (the
+    endogenous and instrument columns are those the bracket adds to the exogenous design, so
+    factors are coded as formulaic codes them alongside the controls)."""
+    import formulaic
+
+    exog_f, endog, instr = split_iv_formula(cp.formula)
+    if not endog or not instr:
+        raise CheckpointError(f"{label}: the IV part of {cp.formula!r} needs endogenous variables and instruments: [x ~ z]")
+    try:
+        mm_w = formulaic.model_matrix(exog_f, data, na_action="raise")
+        mm_x = formulaic.model_matrix(f"{exog_f} + {endog}", data, na_action="raise")
+        mm_z = formulaic.model_matrix(f"{exog_f} + {instr}", data, na_action="raise")
+    except Exception as exc:
+        raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
+    w_names = [str(c) for c in mm_w.rhs.columns]
+    x_names = [str(c) for c in mm_x.rhs.columns]
+    z_names = [str(c) for c in mm_z.rhs.columns]
+    if not set(w_names) <= set(x_names) or not set(w_names) <= set(z_names):
+        raise CheckpointError(f"{label}: the exogenous columns of {cp.formula!r} change when the bracket is added; keep the intercept in the formula")
+    endog_names = [c for c in x_names if c not in w_names]
+    instr_names = [c for c in z_names if c not in w_names]
+    if not endog_names:
+        raise CheckpointError(f"{label}: the endogenous part [{endog} ~ ...] adds no column to the design")
+    if len(instr_names) < len(endog_names):
+        raise CheckpointError(
+            f"{label}: {len(endog_names)} endogenous column(s) ({', '.join(endog_names)}) but only "
+            f"{len(instr_names)} excluded instrument(s) ({', '.join(instr_names) or 'none'}); the model is "
+            "under-identified: add instruments"
+        )
+    W = np.asarray(mm_w.rhs, dtype="float64")
+    X = np.column_stack([W, np.asarray(mm_x.rhs[endog_names], dtype="float64")])
+    Z = np.column_stack([W, np.asarray(mm_z.rhs[instr_names], dtype="float64")])
+    y = np.asarray(mm_w.lhs, dtype="float64").reshape(-1)
+    return y, X, w_names + endog_names, Z, len(w_names), instr_names
+
+
+def _codes(data: pd.DataFrame, cols: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Integer codes (n, m) of the given columns (fixed effects or panel entity)."""
+    return np.column_stack([pd.factorize(data[c])[0] for c in cols]).astype("int64")
+
+
+def _widen_integers(data: pd.DataFrame) -> pd.DataFrame:
+    """Narrow integer columns (Stata byte/int/long read as int8/16/32) as int64, so formula
+    arithmetic such as I(exper**2) cannot wrap around (12**2 in int8 is -112), while C(x)
+    level names stay integers."""
+    narrow = [c for c in data.columns if pd.api.types.is_integer_dtype(data[c].dtype) and data[c].dtype.itemsize < 8]
+    if not narrow:
+        return data
+    return data.astype({c: "Int64" if pd.api.types.is_extension_array_dtype(data[c].dtype) else "int64" for c in narrow})
+
+
 def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
-    """The checkpoint's sample and design matrix, built by formulaic."""
+    """The checkpoint's sample and design matrix, built by formulaic (fe: plus the absorbed
+    columns' codes; re: the entity's codes; iv: exogenous, endogenous and instrument blocks)."""
     import formulaic
 
     label = where or f"checkpoint {cp.tag!r}"
     data = estimation_sample(df, cp, where)
+    if cp.model == "iv":
+        if not pd.api.types.is_numeric_dtype(data[cp.outcome]):
+            raise CheckpointError(f"{label}: the outcome {cp.outcome!r} is not numeric; an IV checkpoint needs a numeric outcome")
+        y, X, terms, Z, n_exog, instr = _iv_matrices(data, cp, label)
+        w = data[cp.weights].to_numpy(dtype="float64") if cp.weights else None
+        cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
+        return Design(y=y, X=X, terms=terms, weights=w, clusters=cl, index=data.index, Z=Z, n_exog=n_exog, instruments=instr)
     try:
         mm = formulaic.model_matrix(cp.formula, data, na_action="raise")
     except Exception as exc:
         raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
-    if mm.lhs.shape[1] != 1 or not pd.api.types.is_numeric_dtype(data[cp.outcome]):
-        raise CheckpointError(
-            f"{label}: the outcome {cp.outcome!r} is not numeric; a linear checkpoint needs a numeric "
-            "outcome (recode it to numbers, or to a 0/1 column for a linear probability model)"
-        )
-    y = np.asarray(mm.lhs, dtype="float64").reshape(-1)
     X = np.asarray(mm.rhs, dtype="float64")
     terms = [str(c) for c in mm.rhs.columns]
+    if cp.model in GLM_MODELS:
+        y, X, terms = glm_outcome(data[cp.outcome], X, terms, cp, label)
+    else:
+        if mm.lhs.shape[1] != 1 or not pd.api.types.is_numeric_dtype(data[cp.outcome]):
+            raise CheckpointError(
+                f"{label}: the outcome {cp.outcome!r} is not numeric; a linear checkpoint needs a numeric "
+                "outcome (recode it to numbers, or to a 0/1 column for a linear probability model)"
+            )
+        y = np.asarray(mm.lhs, dtype="float64").reshape(-1)
     w = data[cp.weights].to_numpy(dtype="float64") if cp.weights else None
     cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
-    return Design(y=y, X=X, terms=terms, weights=w, clusters=cl, index=data.index)
+    absorb = _codes(data, cp.absorbed) if cp.model == "fe" else None
+    entity = _codes(data, [cp.entity])[:, 0] if cp.model == "re" and cp.entity else None
+    return Design(y=y, X=X, terms=terms, weights=w, clusters=cl, index=data.index, absorb=absorb, entity=entity)
+
+
+def ordered_levels(col: pd.Series, cp: Checkpoint) -> list:
+    """The categories of an ordered model's outcome, lowest first: `levels` when given, else
+    the sorted distinct values of a numeric column."""
+    if cp.levels is not None:
+        return list(cp.levels)
+    vals = pd.unique(col.dropna())
+    return sorted(vals.tolist())
+
+
+def outcome_codes(col: pd.Series, levels: list) -> np.ndarray:
+    """Position of each value in `levels` (numbers compared as numbers, else as text); -1 if absent."""
+    if pd.api.types.is_numeric_dtype(col) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels):
+        vals = col.to_numpy(dtype="float64")
+        lv = np.asarray(levels, dtype="float64")
+        hit = vals[:, None] == lv[None, :]
+    else:
+        vals = col.astype(str).to_numpy()
+        lv = np.asarray([str(v) for v in levels])
+        hit = vals[:, None] == lv[None, :]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+
+
+def glm_outcome(col: pd.Series, X: np.ndarray, terms: list[str], cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(y, X, terms) of a maximum-likelihood checkpoint: a 0/1 outcome for logit/probit,
+    non-negative integer counts for poisson/nbreg, category codes 0..J-1 (via `levels` or the
+    numeric order) for ordered models, whose design drops the intercept (the cut points take
+    its place). Bad values raise, naming the column."""
+    name = cp.outcome
+    if cp.model in GLM_ORDERED:
+        if cp.levels is None and not pd.api.types.is_numeric_dtype(col):
+            raise CheckpointError(f"{label}: the outcome {name!r} of an {cp.model} checkpoint is not numeric; list its categories in order under `levels:`")
+        levels = ordered_levels(col, cp)
+        codes = outcome_codes(col, levels)
+        if np.any(codes < 0):
+            raise CheckpointError(f"{label}: {int(np.sum(codes < 0))} row(s) of the outcome {name!r} hold values not in `levels` {levels}; list every category")
+        keep = [j for j, t in enumerate(terms) if t != "Intercept"]
+        return codes.astype("float64"), X[:, keep], [terms[j] for j in keep]
+    v = col.astype("float64") if pd.api.types.is_bool_dtype(col) else col
+    if not pd.api.types.is_numeric_dtype(v):
+        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint is not numeric; recode it to numbers")
+    y = v.to_numpy(dtype="float64")
+    if cp.model in GLM_BINARY and not np.all((y == 0) | (y == 1)):
+        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be 0/1; {int(np.sum((y != 0) & (y != 1)))} row(s) hold other values (recode it)")
+    if cp.model in GLM_COUNT and not np.all((y >= 0) & (y == np.round(y))):
+        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be a non-negative integer count; {int(np.sum((y < 0) | (y != np.round(y))))} row(s) are not")
+    return y, X, terms
 
 
 def collinear_terms(X: np.ndarray, terms: list[str], tol: float = 1e-9) -> list[str]:

@@ -100,31 +100,56 @@ def dim_matrix(
     dims: list[dict[str, Any]],
     tables: dict[str, FrequencyTable],
     all_levels: dict[str, list[Any]],
+    order: str = "C",
 ) -> np.ndarray:
     """Numeric matrix (rows × dims) whose Spearman correlations are released: continuous
     values, ordered-level positions (raw values pooled as in `frequency_table`), 0/1
-    indicators, 0/1 missingness; NaN where missing (never for missing dims)."""
-    cols = []
-    cache: dict[str, pd.Series] = {}
-    for d in dims:
+    indicators, 0/1 missingness; NaN where missing (never for missing dims).
+
+    `order="F"` lays it out column by column (what `spearman_matrix` reads); the values are
+    the same either way. Each column is written straight into the matrix (no list of
+    columns to stack), and a nominal column's indicators come from its codes, one pass each."""
+    X = np.empty((len(df), len(dims)), dtype="float64", order=order)
+    codes_of: dict[str, tuple[np.ndarray, dict[Any, list[int]], int]] = {}
+    for k, d in enumerate(dims):
         c = d["column"]
         spec = specs[c]
         if d["kind"] == "missing":
-            cols.append(df[c].isna().to_numpy(dtype="float64"))
+            X[:, k] = df[c].isna().to_numpy()
             continue
         if d["kind"] == "continuous":
-            cols.append(numeric_values(df[c], spec))
+            X[:, k] = numeric_values(df[c], spec)
             continue
-        if c not in cache:
-            cache[c] = category_values(df[c])
-        cats = cache[c]
         if d["kind"] == "ordered":
-            cols.append(ordered_codes(cats, tables[c], all_levels[c]))
-        else:
-            v = (cats == d["level"]).to_numpy(dtype="float64", copy=True)
-            v[cats.isna().to_numpy()] = np.nan
-            cols.append(v)
-    return np.column_stack(cols) if cols else np.zeros((len(df), 0))
+            X[:, k] = ordered_codes(category_values(df[c]), tables[c], all_levels[c])
+            continue
+        if c not in codes_of:
+            # category_values' JSON scalar of each distinct raw value, looked up once
+            codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
+            pos: dict[Any, list[int]] = {}
+            for i, u in enumerate(uniques):
+                pos.setdefault(py_value(u), []).append(i)
+            codes_of[c] = (codes, pos, len(uniques))
+        codes, pos, nu = codes_of[c]
+        hit = np.zeros(nu + 1, dtype="float64")
+        for i in _level_positions(pos, d["level"]):
+            hit[i] = 1.0
+        hit[-1] = np.nan  # missing (code -1)
+        X[:, k] = hit[codes]
+    return X
+
+
+def _level_positions(pos: dict[Any, list[int]], level: Any) -> list[int]:
+    """Factorize positions whose JSON scalar equals `level` (== as pandas compares it)."""
+    out: list[int] = []
+    for v, idx in pos.items():
+        try:
+            eq = bool(v == level)
+        except (TypeError, ValueError):
+            eq = False
+        if eq:
+            out.extend(idx)
+    return out
 
 
 def norm_key(v: Any) -> str:
@@ -138,7 +163,7 @@ def norm_key(v: Any) -> str:
     return str(v)
 
 
-def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any]) -> np.ndarray:
+def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any], order: str = "C") -> np.ndarray:
     """`dim_matrix` of data whose categories are released levels (synthetic data), matching
     values on one footing (1 == 1.0)."""
     specs = {c["name"]: ColumnSpec.from_dict(c) for c in release["columns"]}
@@ -156,7 +181,7 @@ def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any]) -> np.ndarra
             mapped[-1] = np.nan
             s = pd.Series(mapped[codes], index=df.index, dtype=object)
         work[c] = s
-    return dim_matrix(work, specs, release["dims"], tables, levels)
+    return dim_matrix(work, specs, release["dims"], tables, levels, order)
 
 
 def dim_label(d: dict[str, Any]) -> str:

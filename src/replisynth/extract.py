@@ -81,28 +81,35 @@ def _marginal(
         if len(v) < min_cell or not released_levels(len(v), grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
         return _grid_marginal("ordinal_grid", missing, v, trim, grid)
-    cats = category_values(s)
-    table = frequency_table(cats, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
+    # Counted on the raw values (frequency_table maps each distinct value to its JSON
+    # scalar, as category_values would per row).
+    table = frequency_table(s, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
     if not table.levels:
         return {"kind": "suppressed", "missing": missing, "n": int(s.notna().sum())}
     return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
 
 
-def gated_spearman(X: np.ndarray, min_cell: int) -> tuple[np.ndarray, int]:
-    """Spearman matrix of the dims with the rows and columns of *small-group* dims blanked:
-    a two-valued dim (indicator, binary) whose smaller group has fewer than `min_cell`
-    rows, or any dim with fewer than `min_cell` non-missing rows. Such a correlation would
-    describe a small group (and is not attainable once the group's cell is suppressed)."""
-    S = spearman_matrix(X)
+def gated_spearman(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Spearman matrix of the dims (over `rows` when given) with the rows and columns of
+    *small-group* dims blanked: a two-valued dim (indicator, binary) whose smaller group has
+    fewer than `min_cell` rows, or any dim with fewer than `min_cell` non-missing rows. Such
+    a correlation would describe a small group (and is not attainable once the group's cell
+    is suppressed)."""
+    S = spearman_matrix(X, rows)
     bad = []
     for j in range(X.shape[1]):
-        v = X[:, j]
-        v = v[~np.isnan(v)]
-        if len(v) < min_cell:
+        v = X[:, j] if rows is None else X[:, j][rows]
+        nn = int(len(v) - np.count_nonzero(np.isnan(v)))
+        if nn < min_cell:
             bad.append(j)
             continue
-        vals, counts = np.unique(v, return_counts=True)
-        if len(vals) == 2 and counts.min() < min_cell:
+        if nn == 0:
+            continue
+        lo, hi = np.nanmin(v), np.nanmax(v)
+        if lo == hi:
+            continue
+        n_lo, n_hi = int(np.count_nonzero(v == lo)), int(np.count_nonzero(v == hi))
+        if n_lo + n_hi == nn and min(n_lo, n_hi) < min_cell:  # two-valued, a small group
             bad.append(j)
     for j in bad:
         S[j, :] = np.nan
@@ -128,15 +135,43 @@ def shared_missing_patterns(df: pd.DataFrame, columns: list[str]) -> list[list[s
     return [cols for cols in by_mask.values() if len(cols) > 1]
 
 
-def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> pd.Series:
-    """One hashable key per row (a tuple of the strata values), None when any is missing."""
+def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """Each row's stratum as an index into a list of keys (tuples of the strata values as
+    JSON-friendly scalars), -1 when any strata value is missing. Computed per distinct
+    combination, never per row."""
+    n = len(df)
     if not strata:
-        return pd.Series([()] * len(df), index=df.index, dtype=object)
-    parts = [category_values(df[c]) for c in strata]
-    keys = []
-    for row in zip(*parts, strict=True):
-        keys.append(None if any(pd.isna(v) for v in row) else tuple(row))
-    return pd.Series(keys, index=df.index, dtype=object)
+        return np.zeros(n, dtype=np.intp), [()]
+    combined = np.zeros(n, dtype=np.int64)
+    missing = np.zeros(n, dtype=bool)
+    uniq: list[list[Any]] = []
+    for c in strata:
+        codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
+        vals = [py_value(v) for v in uniques]
+        bad = [pd.isna(v) for v in vals]  # category_values keeps NaN-like strings as NaN
+        missing |= codes < 0
+        if any(bad):
+            missing |= np.append(np.asarray(bad, dtype=bool), False)[codes]
+        combined = combined * (len(vals) + 1) + codes + 1
+        uniq.append(vals)
+    present, inverse = np.unique(np.where(missing, -1, combined), return_inverse=True)
+    keys: list[tuple[Any, ...]] = []
+    index: dict[tuple[Any, ...], int] = {}
+    remap = np.empty(len(present), dtype=np.intp)
+    for u, code in enumerate(present.tolist()):
+        if code < 0:
+            remap[u] = -1
+            continue
+        parts = []
+        for vals in reversed(uniq):
+            parts.append(vals[code % (len(vals) + 1) - 1])
+            code //= len(vals) + 1
+        key = tuple(reversed(parts))
+        if key not in index:  # 1 and 1.0 in one object column are one stratum
+            index[key] = len(keys)
+            keys.append(key)
+        remap[u] = index[key]
+    return remap[inverse.ravel()], keys
 
 
 def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str, grid: str = "fixed") -> dict[str, Any]:
@@ -170,7 +205,7 @@ def stratum_block(
                       source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
         bm[s.name] = m
         _log_marginal(log, source.name, bid, s, m, sdc)
-    S_b, n_bad = gated_spearman(X[mask], sdc.min_cell_size)
+    S_b, n_bad = gated_spearman(X, sdc.min_cell_size, mask)
     if n_bad:
         log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
     return {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}
@@ -193,18 +228,21 @@ def extract_source(
         detail = "; ".join(f"{f['column']}: {f['check']} ({f['failures']} rows)" for f in failures)
         raise DataError(f"{source.path}: the data does not validate against its own schema: {detail}")
 
-    work = df[[s.name for s in specs]].copy()
+    work = df[[s.name for s in specs]]  # copy-on-write: only columns written below are copied
     spec_by = {s.name: s for s in specs}
     for s in specs:
         if s.rows and s.missing == s.rows and s.role in ("continuous", "categorical"):
             log.add("schema", "all_missing", "column is entirely missing: released as an all-missing column", source=source.name, column=s.name)
 
     # Strata and local suppression of small cells.
-    keys = _strata_keys(work, source.strata)
-    counts = keys.value_counts(dropna=False) if source.strata else pd.Series({(): len(work)})
-    released_keys = sorted([k for k, n in counts.items() if k is not None and n >= sdc.min_cell_size], key=lambda k: tuple(map(str, k)))
-    small = [k for k, n in counts.items() if k is None or n < sdc.min_cell_size]
-    residual_mask = ~keys.isin(released_keys) if source.strata else pd.Series(False, index=work.index)
+    key_idx, key_list = _strata_keys(work, source.strata)
+    sizes = np.bincount(key_idx[key_idx >= 0], minlength=len(key_list))
+    released_keys = sorted([k for k, n in zip(key_list, sizes, strict=True) if n >= sdc.min_cell_size], key=lambda k: tuple(map(str, k)))
+    small = [k for k, n in zip(key_list, sizes, strict=True) if 0 < n < sdc.min_cell_size] + ([None] if (key_idx < 0).any() else [])
+    key_pos = {k: i for i, k in enumerate(key_list)}
+    released_idx = np.zeros(len(key_list) + 1, dtype=bool)  # last slot: a missing stratum value
+    released_idx[[key_pos[k] for k in released_keys]] = True
+    residual_mask = pd.Series(~released_idx[key_idx] if source.strata else False, index=work.index)
     n_residual = int(residual_mask.sum())
     if source.strata and small:
         log.add(
@@ -239,7 +277,7 @@ def extract_source(
     dims = copula_dims(specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata)
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
     all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
-    X = dim_matrix(work, spec_by, dims, tables, all_levels)
+    X = dim_matrix(work, spec_by, dims, tables, all_levels, order="F")
     derived = functional_dependencies(
         {c: category_values(work[c]) for c in tables if c not in source.strata}, tables, all_levels, [s.name for s in specs]
     )
@@ -266,7 +304,7 @@ def extract_source(
     log_at = len(log.entries)  # where the strata's SDC decisions go (scatter: see replisynth.scatter)
     for i, key in enumerate(released_keys if source.strata else []):
         bid = f"s{i}"
-        mask = (keys == key).to_numpy()
+        mask = key_idx == key_pos[key]
         if strata_blocks:
             blocks[bid] = stratum_block(work, mask, bid, key, released_cols, source, sdc, X, pooled_values, log)
         cells.append({"id": bid, "key": list(key), "rows": int(mask.sum())})

@@ -273,9 +273,76 @@ def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = No
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
-    """CSV with full float precision (repr), missing as empty, quoted where needed."""
+    """CSV with full float precision (repr), missing as empty, quoted where needed.
+
+    The bytes are pandas' `to_csv(index=False, lineterminator="\\n")`; an all-numeric frame
+    (the usual synthetic file) is formatted column-wise by Arrow instead, about 10x faster,
+    with the float text brought onto Python's repr footing (`_arrow_text`)."""
+    cols = _arrow_csv_columns(df) if len(df.columns) and len(df) else None
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, lineterminator="\n")
+        if cols is None:
+            df.to_csv(tmp, index=False, lineterminator="\n")
+            return
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        header = df.iloc[:0].to_csv(index=False, lineterminator="\n")
+        table = pa.Table.from_arrays(cols, names=[f"c{i}" for i in range(len(cols))])
+        with open(tmp, "wb") as fh:
+            fh.write(header.encode("utf-8"))
+            pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16))
+
+
+def _arrow_csv_columns(df: pd.DataFrame) -> list[Any] | None:
+    """Each column as an Arrow string array holding pandas' CSV text, or None when a column
+    is not plain numeric (strings, categories, dates, float32 go through pandas)."""
+    out = []
+    for _, s in df.items():
+        t = s.dtype
+        if isinstance(t, np.dtype) and t.kind in "iu":
+            out.append(_arrow_text(s.to_numpy(), "int"))
+        elif isinstance(t, np.dtype) and t == np.float64:
+            out.append(_arrow_text(s.to_numpy(), "float"))
+        elif isinstance(t, np.dtype) and t.kind == "b":
+            out.append(_arrow_text(s.to_numpy(), "bool"))
+        elif isinstance(t, pd.api.extensions.ExtensionDtype) and str(t) in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64"):
+            out.append(_arrow_text(s, "int"))
+        else:
+            return None
+    return out
+
+
+def _arrow_text(values: Any, kind: str) -> Any:
+    """Arrow string array of numbers written the way pandas writes them: integers plainly,
+    booleans as True/False, float64 as Python's repr (shortest round trip, '.0' on whole
+    numbers, exponent outside [1e-4, 1e16)), missing as null (empty in the file)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(values, from_pandas=True)
+    if kind == "bool":
+        return pc.if_else(arr, "True", "False")
+    text = pc.cast(arr, pa.string())
+    if kind == "int":
+        return text
+    x = np.asarray(values, dtype="float64")
+    ax = np.abs(x)
+    # Arrow picks exponent or positional notation by its own rule; the digits are the same
+    # shortest round-trip digits as repr. Values repr writes with an exponent, and any that
+    # Arrow wrote with one, are formatted by repr itself (rare in real data).
+    exp = np.isfinite(x) & ((ax >= 1e16) | ((ax < 1e-4) & (ax > 0)))
+    def has(sub: str) -> np.ndarray:
+        return pc.fill_null(pc.match_substring(text, sub), False).to_numpy(zero_copy_only=False)
+
+    exp |= has("e") & np.isfinite(x)
+    whole = ~has(".") & np.isfinite(x) & ~exp
+    fixed = pc.if_else(pa.array(whole), pc.binary_join_element_wise(text, ".0", ""), text)
+    if exp.any():
+        idx = np.flatnonzero(exp)
+        py = np.asarray(fixed.to_numpy(zero_copy_only=False), dtype=object)
+        py[idx] = [repr(float(v)) for v in x[idx]]
+        fixed = pa.array(py, type=pa.string(), from_pandas=True)
+    return fixed
 
 
 _STATA_INT_TYPES = {"int8": "int8", "int16": "int16", "int32": "int32"}

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .errors import ManifestError, UnsupportedError
-from .options import MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
+from .options import GLM_MODELS, MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
 WORKFLOW_KEYS = ("bundle", "scatter")
@@ -103,6 +103,13 @@ class Checkpoint:
         return self.vcov.split(":", 1)[1] if self.vcov.startswith("cluster:") else None
 
     @property
+    def absorbed(self) -> tuple[str, ...]:
+        """Model fe: the columns whose fixed effects are absorbed (`absorb`, else the entity)."""
+        if self.absorb:
+            return self.absorb
+        return (self.entity,) if self.entity else ()
+
+    @property
     def outcome(self) -> str:
         """The left-hand-side variable name."""
         return formula_outcome(self.formula)
@@ -136,7 +143,7 @@ class Manifest:
 # formulas
 
 
-_BRACKET = re.compile(r"\[([^\]]*)~([^\]]*)\]")
+IV_BRACKET = re.compile(r"\[([^\]]*)~([^\]]*)\]")
 
 
 def formula_outcome(formula: str) -> str:
@@ -153,9 +160,9 @@ def formula_variables(formula: str, where: str = "") -> set[str]:
     import formulaic
 
     parts = [formula]
-    m = _BRACKET.search(formula)
+    m = IV_BRACKET.search(formula)
     if m:
-        parts = [_BRACKET.sub("1", formula), f"{m.group(1)} ~ {m.group(2)}"]
+        parts = [IV_BRACKET.sub("1", formula), f"{m.group(1)} ~ {m.group(2)}"]
     names: set[str] = set()
     for part in parts:
         try:
@@ -325,10 +332,20 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source]) -> Checkp
     formula_variables(cp.formula, f"{where}.formula")  # raises a ManifestError on a parse error
     if cp.absorb and cp.model != "fe":
         raise ManifestError(f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})")
-    if cp.entity and cp.model != "re":
-        raise ManifestError(f"{where}.entity: only model re takes an entity (model is {cp.model})")
+    if cp.entity and cp.model not in ("re", "fe"):
+        raise ManifestError(f"{where}.entity: only models re and fe take an entity (model is {cp.model})")
+    if cp.time and not cp.entity:
+        raise ManifestError(f"{where}.time: a time column needs an entity; add {where}.entity")
+    _check_family(cp, where)
     if cp.levels is not None and cp.model not in ("ologit", "oprobit"):
         raise ManifestError(f"{where}.levels: only ordered models take levels (model is {cp.model})")
+    if cp.levels is not None and (len(cp.levels) < 2 or len({str(v) for v in cp.levels}) != len(cp.levels)):
+        raise ManifestError(f"{where}.levels: list at least two distinct categories, lowest first (got {list(cp.levels)})")
+    if cp.model in GLM_MODELS and cp.vcov in ("HC2", "HC3"):
+        raise ManifestError(
+            f"{where}.vcov: {cp.vcov!r} is not available for model {cp.model} (HC2/HC3 need the hat matrix of a "
+            "linear model); use nonrobust, HC0, HC1 (Stata's vce(robust)) or cluster:<column>"
+        )
     assert cp.model in MODELS
     if cp.model not in SUPPORTED_MODELS:
         raise UnsupportedError(
@@ -336,6 +353,36 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source]) -> Checkp
             f"(supported: {', '.join(SUPPORTED_MODELS)}); remove the checkpoint or use ols"
         )
     return cp
+
+
+def _check_family(cp: Checkpoint, where: str) -> None:
+    """Keys each linear family needs: fe 1-2 absorbed columns or an entity, re an entity,
+    iv one [endogenous ~ instruments] bracket; no HC2/HC3 for fe, re and iv."""
+    has_iv = IV_BRACKET.search(cp.formula) is not None
+    if cp.model == "iv":
+        if not has_iv or len(IV_BRACKET.findall(cp.formula)) != 1:
+            raise ManifestError(f"{where}.formula: model iv needs one [endogenous ~ instruments] part, e.g. 'y ~ 1 + w + [x ~ z1 + z2]'")
+        endog, instr = IV_BRACKET.search(cp.formula).groups()  # type: ignore[union-attr]
+        if not endog.strip() or not instr.strip():
+            raise ManifestError(f"{where}.formula: the IV part needs endogenous variables and instruments: [x ~ z]")
+    elif has_iv:
+        raise ManifestError(f"{where}.formula: a [x ~ z] part is only read by model iv (model is {cp.model}); set model: iv")
+    if cp.model == "fe":
+        if cp.absorb and cp.entity:
+            raise ManifestError(f"{where}: model fe takes either absorb (1 or 2 columns) or entity, not both; list the entity in absorb")
+        if not cp.absorb and not cp.entity:
+            raise ManifestError(f"{where}.absorb: model fe needs 1 or 2 columns to absorb (or an entity); add absorb: [<column>]")
+        if len(cp.absorb) > 2:
+            raise ManifestError(f"{where}.absorb: model fe absorbs 1 or 2 columns, got {len(cp.absorb)}; put the others in the formula as C(<column>)")
+        if len(set(cp.absorb)) != len(cp.absorb):
+            raise ManifestError(f"{where}.absorb: a column is listed twice")
+    if cp.model == "re" and not cp.entity:
+        raise ManifestError(f"{where}.entity: model re needs the panel unit column; add entity: <column>")
+    if cp.model in ("fe", "re", "iv") and cp.vcov in ("HC2", "HC3"):
+        raise ManifestError(
+            f"{where}.vcov: {cp.vcov} is not available for model {cp.model} (its leverages are not defined "
+            "alike across packages, and linearmodels has none); use HC1 or cluster:<column>"
+        )
 
 
 def load_manifest(raw_or_path: dict[str, Any] | str | Path) -> Manifest:
@@ -418,3 +465,10 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
         for col in cp.absorb:
             if col not in have:
                 raise missing(f"{where}.absorb", col)
+        for key, cols in (("absorb", cp.absorb), ("entity", (cp.entity,) if cp.entity else ())):
+            for col in cols:
+                if col in src.ids or col in src.exclude:
+                    raise ManifestError(
+                        f"{where}.{key}: column {col!r} is in sources.{source}.ids/exclude and is never "
+                        f"released; list it under sources.{source}.groups (or panel.entity) instead"
+                    )

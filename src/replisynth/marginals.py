@@ -89,9 +89,11 @@ def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed", domina
     adaptive+pseudo. The result is always the 101-point grid synthesis uses; with adaptive
     grids it is a function of the released points only (see `released_levels`).
     `dominance` applies the top-2 dominance rule to pseudo-percentile windows."""
-    v = np.asarray(values, dtype="float64")
-    n = len(v)
     pseudo = "pseudo" in method
+    # One sort serves every percentile (np.percentile on sorted data selects in linear
+    # time; the order statistics, hence the result, are the same).
+    v = np.asarray(values, dtype="float64") if pseudo else np.sort(np.asarray(values, dtype="float64"))
+    n = len(v)
     levels = np.asarray(adaptive_levels(n) if "adaptive" in method else list(range(101)), dtype="float64")
     if len(levels) == 0:
         raise ValueError(f"an adaptive grid releases nothing for {n} values")
@@ -134,9 +136,21 @@ def grid_cdf(grid: np.ndarray, x: np.ndarray, integer: bool = False) -> np.ndarr
     if integer:
         x = np.floor(x) + 0.5
     # F(x) = sup{p : Q(p) <= x}; np.interp over the (monotone) grid with right-continuity
-    out = np.empty_like(x)
     # For each x find the last grid index with g <= x
     idx = np.searchsorted(g, x, side="right") - 1
+    if len(g) >= 2:
+        # The interpolation runs over every x (indices clipped into range), then the two
+        # tails are overwritten: the same arithmetic per value as the masked form below,
+        # without its gathers and scatters.
+        i = np.clip(idx, 0, len(g) - 2)
+        g0, g1 = g[i], g[i + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(g1 > g0, (x - g0) / (g1 - g0), 1.0)
+        out = GRID[i] + frac * (GRID[i + 1] - GRID[i])
+        out[idx < 0] = 0.0
+        out[idx >= len(g) - 1] = 1.0
+        return np.clip(out, 0.0, 1.0)
+    out = np.empty_like(x)
     below = idx < 0
     above = idx >= len(g) - 1
     mid = ~(below | above)
@@ -227,8 +241,11 @@ def frequency_table(
     has the source-level table as reference): suppressed rows are kept as one count.
     `order` gives the level order of an ordered pandas categorical.
     """
-    vc = s.dropna().value_counts(sort=False)
-    raw = {py_value(k): int(v) for k, v in vc.items() if v > 0}
+    vc = s.value_counts(sort=False, dropna=True)
+    raw: dict[Any, int] = {}
+    for k, v in vc.items():
+        if v > 0:  # raw values of one JSON value (1 and 1.0 in an object column) add up
+            raw[py_value(k)] = raw.get(py_value(k), 0) + int(v)
     if order is not None:
         levels = [py_value(v) for v in order if py_value(v) in raw]
     else:

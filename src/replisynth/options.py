@@ -9,7 +9,12 @@ Role = Literal["continuous", "categorical"]
 SourceFormat = Literal["csv", "parquet", "dta", "sav"]
 
 MODELS: tuple[str, ...] = get_args(Model)
-SUPPORTED_MODELS: tuple[str, ...] = ("ols",)
+SUPPORTED_MODELS: tuple[str, ...] = ("ols", "fe", "re", "iv", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit")
+# maximum-likelihood families by outcome support (glm.py fits them, pin_discrete.py pins them)
+GLM_BINARY: tuple[str, ...] = ("logit", "probit")
+GLM_COUNT: tuple[str, ...] = ("poisson", "nbreg")
+GLM_ORDERED: tuple[str, ...] = ("ologit", "oprobit")
+GLM_MODELS: tuple[str, ...] = GLM_BINARY + GLM_COUNT + GLM_ORDERED
 SDC_PROFILES: tuple[str, ...] = get_args(SdcProfile)
 VCOV_FIXED: tuple[str, ...] = ("nonrobust", "HC0", "HC1", "HC2", "HC3")
 SOURCE_EXTENSIONS: dict[str, str] = {

@@ -1,7 +1,9 @@
 """Layer 4: pin checkpoint coefficients on the synthetic data by moving only the outcome.
 
-Linear estimators: beta_hat = A y with A = (X'WX)^-1 X'W, so for one checkpoint
-y <- y + X (beta* - beta_hat) on the estimation sample returns beta* exactly. Several
+Linear estimators: beta_hat = A y with A = (X'WX)^-1 X'W (fe, re, iv: `linear_models.
+linear_operator`), so for one checkpoint y <- y + X (beta* - beta_hat) on the estimation sample
+returns beta* exactly: A X = I for every linear unbiased estimator (OLS, within, GLS at fixed
+variance components, 2SLS). Several
 checkpoints on one outcome are solved jointly: stack the constraints A_c delta = Delta_c of
 their released terms and take the minimum-norm delta (exact when the constraints are
 consistent, least squares otherwise). Outcome groups are pinned in dependency order: a group
@@ -10,7 +12,7 @@ whose outcome is a regressor of another group goes first, so later pins do not u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,8 @@ import pandas as pd
 from .design import Design, build_design
 from .errors import CheckpointError
 from .manifest import Checkpoint
+from .pin_discrete import is_discrete_group, pin_discrete_group
+from .seeds import rng
 
 
 def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
@@ -26,7 +30,9 @@ def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
     return Checkpoint(
         tag=c["tag"], source=c["source"], model=c["model"], formula=c["formula"], vcov=c["vcov"],
         weights=c.get("weights"), absorb=tuple(c.get("absorb") or ()), entity=c.get("entity"),
-        time=c.get("time"), subset=c.get("subset"), levels=tuple(c["levels"]) if c.get("levels") else None,
+        time=c.get("time"), subset=c.get("subset"),
+        # ordered models: the released category order, so the synthetic refit codes alike
+        levels=tuple(c.get("levels") or c.get("outcome_levels") or ()) or None,
     )
 
 
@@ -40,6 +46,7 @@ class PinOutcome:
     joint: bool
     status: str
     note: str = ""
+    detail: dict = field(default_factory=dict)  # discrete outcomes: per-checkpoint gaps, outcome drift
 
 
 def _targets(c: dict[str, Any]) -> dict[str, float]:
@@ -52,6 +59,16 @@ def _solve_matrix(d: Design) -> np.ndarray:
     W = d.weights if d.weights is not None else np.ones(len(d.y))
     XtW = X.T * W
     return np.linalg.solve(XtW @ X, XtW)
+
+
+def _operator(d: Design, cp: Checkpoint) -> np.ndarray:
+    """The family's A (k × n) with beta_hat = A y: OLS/WLS here, fe/re/iv in linear_models
+    (re at the current variance components, so the pin passes iterate to a fixed point)."""
+    if cp.model in ("fe", "re", "iv"):
+        from .linear_models import linear_operator
+
+        return linear_operator(d, cp, f"checkpoint {cp.tag!r} on synthetic data")
+    return _solve_matrix(d)
 
 
 def pin_order(cps: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -99,9 +116,12 @@ def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple
     if not common:
         return None
     try:
-        A = _solve_matrix(d)
+        A = _operator(d, cp)
     except np.linalg.LinAlgError:
         notes.append(f"{cp.tag}: singular synthetic design")
+        return None
+    except CheckpointError as exc:
+        notes.append(str(exc))
         return None
     beta = A @ d.y
     delta = np.array([tgt[d.terms[j]] - beta[j] for j in common])
@@ -148,12 +168,14 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
     return gap, bool(np.max(np.abs(resid)) <= 1e-8 * max(1.0, float(np.max(np.abs(D)))))
 
 
-def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]]) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
+def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]], seed: int = 0) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
     Each group takes Newton steps until its refit is exact (the sample can move when a
     subset or a missing pattern involves the outcome); a group that does not get there in
-    MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`."""
+    MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`.
+    A group with a maximum-likelihood checkpoint goes to `pin_discrete` (seeded draw and score
+    correction, with the stream `seed`/pin/<source>/<outcome>)."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
@@ -163,6 +185,10 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
         df = frames[source]
         if df[outcome].isna().all():
             results.append(PinOutcome(source, outcome, tags, False, "failed", f"outcome {outcome!r} is entirely missing in the synthetic data"))
+            continue
+        if is_discrete_group(group):  # maximum-likelihood checkpoints: draw + score correction
+            st, dnotes, detail = pin_discrete_group(df, group, outcome, rng(seed, "pin", source, outcome))
+            results.append(PinOutcome(source, outcome, tags, len(group) > 1, st, "; ".join(dict.fromkeys(dnotes)), detail))
             continue
         if not pd.api.types.is_float_dtype(df[outcome].dtype):
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")
@@ -185,24 +211,65 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
             status = "pinned" if gap <= EXACT_TOL else "approximate"
             if status == "approximate" and not any("inconsistent" in n for n in notes):
                 notes.append(f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE")
-        if status == "pinned" and len(group) == 1 and outcome not in group[0].get("subset_columns", []):
-            factor = _match_residual_scale(df, group[0], outcome)
-            if factor is not None:
-                notes.append(f"residuals scaled by {factor:.4g} to the released residual variance")
+        if status == "pinned" and not any(outcome in c.get("subset_columns", []) for c in group) and _disjoint_samples(df, group):
+            for c in group:
+                factor = _match_residual_scale(df, c, outcome)
+                if factor is not None:
+                    who = f"{c['tag']}: " if len(group) > 1 else ""
+                    notes.append(f"{who}residuals scaled by {factor:.4g} to the released residual variance")
         frames[source] = df
         results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes))))
     return frames, results
+
+
+def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
+    """Whether the estimation samples of a group's checkpoints share no row: then each
+    residual can be rescaled on its own rows without moving the others' fits."""
+    if len(group) == 1:
+        return True
+    seen: set[Any] = set()
+    for c in group:
+        try:
+            idx = set(build_design(df, checkpoint_from_release(c)).index)
+        except CheckpointError:
+            return False
+        if seen & idx:
+            return False
+        seen |= idx
+    return True
 
 
 def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> float | None:
     """Inference fidelity for a pinned linear checkpoint: y <- X b + f e on its sample, with
     e the (weighted) residual and f chosen so the residual variance equals the released one.
     The residual is orthogonal to X (in the W metric), so the coefficients stay exactly
-    pinned while nonrobust, HC and cluster standard errors all move by the factor f."""
+    pinned while nonrobust, HC and cluster standard errors all move by the factor f.
+    fe and iv use their own residual (within; structural, orthogonal to X_hat); re rescales
+    its within and between residuals to the released variance components and pins again
+    (`linear_models.re_matched_outcome`); returns the within factor."""
     target = c.get("scale")
     if not target or not np.isfinite(target) or target <= 0:
         return None
-    d = build_design(df, checkpoint_from_release(c))
+    cp = checkpoint_from_release(c)
+    d = build_design(df, cp)
+    if cp.model == "re":
+        return _match_variance_components(df, c, cp, d, outcome)
+    if cp.model in ("fe", "iv"):
+        from .estimators import fit_checkpoint
+        from .linear_models import residual
+
+        try:
+            fit = fit_checkpoint(d, cp)
+        except CheckpointError:
+            return None
+        e = residual(d, cp, fit.beta)
+        if e is None or not np.isfinite(fit.scale) or fit.scale <= 0:
+            return None
+        factor = float(np.sqrt(target / fit.scale))
+        df.loc[d.index, outcome] = d.y + (factor - 1.0) * e
+        return factor
+    if cp.model != "ols":
+        return None
     W = d.weights if d.weights is not None else np.ones(len(d.y))
     beta = _solve_matrix(d) @ d.y
     fitted = d.X @ beta
@@ -214,3 +281,31 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     factor = float(np.sqrt(target / s2))
     df.loc[d.index, outcome] = fitted + factor * e
     return factor
+
+
+def _match_variance_components(df: pd.DataFrame, c: dict[str, Any], cp: Checkpoint, d: Design, outcome: str) -> float | None:
+    """re: move y to the released sigma2_u and sigma2_e, then pin again (the pin step keeps
+    both residuals, so it converges at once); undone when the pin is then not exact."""
+    from .estimators import fit_checkpoint
+    from .linear_models import re_matched_outcome
+
+    extra = c.get("extra") or {}
+    s2u, s2e = extra.get("sigma2_u"), extra.get("sigma2_e")
+    if s2u is None or s2e is None or not (np.isfinite(s2u) and np.isfinite(s2e)) or s2e <= 0 or s2u < 0:
+        return None
+    try:
+        fit = fit_checkpoint(d, cp)
+        y_new = re_matched_outcome(d, cp, fit.beta, float(s2u), float(s2e))
+    except (CheckpointError, np.linalg.LinAlgError):
+        return None
+    if y_new is None:
+        return None
+    before = df[outcome].copy()
+    df.loc[d.index, outcome] = y_new
+    for _ in range(MAX_PASSES):
+        gap, _ = _pin_pass(df, [c], outcome, [])
+        if gap <= EXACT_TOL:
+            f_e = float(np.sqrt(s2e / max(fit.extra["sigma2_e"], 1e-300)))
+            return f_e
+    df[outcome] = before
+    return None

@@ -31,8 +31,10 @@ from .io import (
 from .manifest import Manifest, check_columns
 from .pin import pin_checkpoints
 from .sdc import SdcLog
+from .seeds import rng as make_rng
 from .synthesize import synthesize_source
 from .verify import verify
+from .xmom import align_moments
 
 log = logging.getLogger("replisynth")
 
@@ -113,7 +115,13 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
     """Outside side: Layer 4 for one source; writes the parquet and csv files."""
     b = load_bundle(bundle_dir)
     df = pd.read_parquet(unpinned)
-    frames, results = pin_checkpoints({source: df}, b.checkpoints)
+    df, aligned = align_moments(df, b.checkpoints, b.releases[source], make_rng(b.manifest.seed, source, "xmom"))
+    for tag, g in aligned["checkpoints"].items():
+        log.info("design moments of %s: largest correlation gap %.3g -> %.3g, SD ratio gap %.3g -> %.3g", tag,
+                 g["before"]["max_corr_gap"], g["after"]["max_corr_gap"], g["before"]["max_sd_ratio_gap"], g["after"]["max_sd_ratio_gap"])
+    for note in aligned["notes"]:
+        log.info("design moments: %s", note)
+    frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)
     out = frames[source]
     meta = _file_meta(b.releases[source])
     for r in results:

@@ -79,6 +79,7 @@ class _View:
 
 
 def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
+    """Running sums of the rows `rows` of X (n rows in all) against `target`."""
     sub = X[rows]
     U = np.column_stack([scores(sub[:, j]) for j in range(X.shape[1])])
     P = (~np.isnan(sub)).astype("float64")
@@ -114,6 +115,27 @@ def _objective(blk: tuple[np.ndarray, ...], dC, dA, dQ) -> np.ndarray:
     C, Aij, Aji, Qij, Qji, N, T, M = blk
     e = (_corr(C + dC, Aij + dA, Aji, Qij + dQ, Qji, N) - T) * M
     return (e * e).sum(axis=(-1, -2))
+
+
+def penalty(blk: tuple[np.ndarray, ...], dC, dA, dQ, tau: float, weight: float) -> np.ndarray:
+    """`_objective` plus `weight` × the squared excess of each |error| over `tau`: a soft
+    wall that keeps rank correlations inside a tolerance while another objective moves rows."""
+    C, Aij, Aji, Qij, Qji, N, T, M = blk
+    e = (_corr(C + dC, Aij + dA, Aji, Qij + dQ, Qji, N) - T) * M
+    h = np.maximum(np.abs(e) - tau, 0.0)
+    return (e * e + weight * h * h).sum(axis=(-1, -2))
+
+
+def accept_swaps(v: _View, a_r: np.ndarray, a_s: np.ndarray, dims: list[int], out: np.ndarray, dC: np.ndarray, dA: np.ndarray, dQ: np.ndarray) -> None:
+    """Apply accepted disjoint swaps (view positions a_r <-> a_s of the unit `dims`) to a
+    view: its scores and the running sums of the unit's pairs (dC, dA, dQ: summed changes)."""
+    for a in dims:
+        ur, us = v.U[a_r, a].copy(), v.U[a_s, a].copy()
+        v.U[a_r, a], v.U[a_s, a] = us, ur
+    v.C[np.ix_(dims, out)] += dC
+    v.C[np.ix_(out, dims)] = v.C[np.ix_(dims, out)].T
+    v.A[np.ix_(dims, out)] += dA
+    v.Q[np.ix_(dims, out)] += dQ
 
 
 def refine_swaps(
@@ -176,7 +198,9 @@ def refine_swaps(
                 if len(rows) < 4:
                     continue
                 order = rows[rng.permutation(len(rows))]
-                half = min(len(order) // 2, max_pairs)
+                # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
+                # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
+                half = min(len(order) // 2, max(max_pairs, min(len(order) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
                 r, s = order[:half], order[half : 2 * half]
                 parts = []
                 gain = np.zeros(len(r))
@@ -212,14 +236,7 @@ def refine_swaps(
                     continue
                 take = cand[:best_m]
                 for v, pr, ps, dC, dA, dQ, _, _ in parts:
-                    a_r, a_s = pr[take], ps[take]
-                    for a in dims:
-                        ur, us = v.U[a_r, a].copy(), v.U[a_s, a].copy()
-                        v.U[a_r, a], v.U[a_s, a] = us, ur
-                    v.C[np.ix_(dims, out)] += dC[take].sum(0)
-                    v.C[np.ix_(out, dims)] = v.C[np.ix_(dims, out)].T
-                    v.A[np.ix_(dims, out)] += dA[take].sum(0)
-                    v.Q[np.ix_(dims, out)] += dQ[take].sum(0)
+                    accept_swaps(v, pr[take], ps[take], dims, out, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))
                 rr, ss = r[take], s[take]
                 p = perms[ui]
                 p_r, p_s = p[rr].copy(), p[ss].copy()

@@ -67,9 +67,11 @@ def stratum_blocks(df: pd.DataFrame, manifest: Manifest, source: str, base: dict
     spec_by = {s.name: s for s in specs}
     work = df[[s.name for s in specs]].copy()
     cells = base["strata"]["cells"]
-    keys = _strata_keys(work, src.strata)
-    released_keys = [tuple(c["key"]) for c in cells]
-    residual = ~keys.isin(released_keys)
+    key_idx, key_list = _strata_keys(work, src.strata)
+    key_pos = {k: i for i, k in enumerate(key_list)}
+    released_idx = np.zeros(len(key_list) + 1, dtype=bool)  # last slot: a missing stratum value
+    released_idx[[key_pos[tuple(c["key"])] for c in cells if tuple(c["key"]) in key_pos]] = True
+    residual = pd.Series(~released_idx[key_idx] if src.strata else False, index=work.index)
     if src.strata and residual.any():
         work.loc[residual, list(src.strata)] = np.nan
     # Only role and type of these specs matter to the block marginals (not their missing counts).
@@ -87,7 +89,7 @@ def stratum_blocks(df: pd.DataFrame, manifest: Manifest, source: str, base: dict
     out = []
     for cell in shard_of(cells, shard, shards):
         key = tuple(cell["key"])
-        mask = (keys == key).to_numpy()
+        mask = key_idx == key_pos.get(key, -2)
         if int(mask.sum()) != cell["rows"]:
             raise RuntimeError(f"{source}: stratum {cell['id']} has {int(mask.sum())} rows, the source-level release says {cell['rows']}; "
                                "the data changed between the extraction jobs")

@@ -174,8 +174,34 @@ def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
     return T
 
 
+def _numeric(values: np.ndarray) -> np.ndarray | None:
+    """float64 of a float column or of an object column of numbers and NaN (released
+    numeric levels), without a per-element pandas pass; None when anything else is there."""
+    if values.dtype == np.float64:
+        return values
+    if values.dtype.kind in "iub":
+        return values.astype("float64")
+    if values.dtype == object:
+        try:
+            kinds = {type(v) for v in pd.unique(values)}
+        except TypeError:
+            return None
+        if kinds <= {int, float, bool, type(None)}:
+            return values.astype("float64")
+    return None
+
+
 def _restore_dtype(values: np.ndarray, spec: ColumnSpec, release: dict[str, Any]) -> pd.Series:
     lt = spec.logical_type
+    if lt in ("integer", "float"):
+        num = _numeric(values)
+        if num is not None:  # same values as the to_numeric path below, ~10x faster
+            f = pd.Series(num, dtype="float64")
+            if lt == "integer" and spec.integer:
+                if not np.isnan(num).any():
+                    return f.astype("int64")
+                return f.round().astype("Int64")
+            return f
     s = pd.Series(values, dtype=object)
     miss = s.isna()
     if lt == "date":
@@ -220,26 +246,27 @@ def _group_ids(n: int, g: dict[str, Any], rng: np.random.Generator) -> np.ndarra
 
 
 def _panel(df: pd.DataFrame, entity: str, time: str) -> pd.DataFrame:
-    """Make time values distinct within each synthetic entity while keeping the time column's
-    exact counts: entities (largest first) take the time values with most remaining rows."""
+    """Make time values distinct within each synthetic entity by re-assigning the (random,
+    re-keyed) entity ids rather than the time values: the time column keeps its drawn values,
+    so its exact counts and its correlations with the other columns survive. Entities
+    (largest first) take one row from each of the time values with most rows left."""
     t = df[time]
-    ok = t.notna()
-    vals, counts = np.unique(t[ok].astype(str), return_counts=True)
-    # keep original typed values
-    first = {str(v): v for v in t[ok]}
-    remaining = dict(zip(vals.tolist(), counts.tolist(), strict=True))
-    new_t = t.copy().astype(object)
-    ent = df.loc[ok, entity]
-    order = ent.value_counts().sort_values(ascending=False, kind="stable")
-    for e, size in order.items():
-        rows = ent.index[ent == e]
-        avail = sorted(remaining, key=lambda v: (-remaining[v], v))[: size]
-        for r, v in zip(rows, avail, strict=False):
-            new_t.loc[r] = first[v]
-            remaining[v] -= 1
-            if remaining[v] == 0:
-                del remaining[v]
-    df[time] = new_t.astype(t.dtype) if t.dtype != object else new_t
+    ok = t.notna().to_numpy()
+    keys = t.astype(str).to_numpy()
+    ent = df[entity].to_numpy()
+    pools: dict[str, list[int]] = {}
+    for pos in np.flatnonzero(ok)[::-1]:  # reversed so that pop() hands out rows in order
+        pools.setdefault(keys[pos], []).append(int(pos))
+    sizes = pd.Series(ent[ok]).value_counts().sort_values(ascending=False, kind="stable")
+    new_ent = ent.copy()
+    for e, size in sizes.items():
+        avail = sorted(pools, key=lambda v: (-len(pools[v]), v))[:size]
+        for v in avail:
+            new_ent[pools[v].pop()] = e
+            if not pools[v]:
+                del pools[v]
+    # rows left over (an entity with more rows than distinct time values) keep their entity
+    df[entity] = pd.Series(new_ent, index=df.index, dtype=df[entity].dtype)
     return df
 
 

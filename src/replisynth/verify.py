@@ -21,6 +21,7 @@ from .dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .marginals import GRID, grid_cdf, quantile_grid
+from .options import GLM_BINARY, GLM_ORDERED
 from .pin import checkpoint_from_release
 from .plan import ALL, RESIDUAL, BlockPlan, source_plan
 from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
@@ -34,14 +35,14 @@ SE_BOUND = 3.0
 # Kolmogorov-Smirnov against a released (possibly rounded, possibly mixed) distribution
 
 
-def _grid_cdf_left(grid: np.ndarray, x: np.ndarray, integer: bool) -> np.ndarray:
+def _grid_cdf_left(grid: np.ndarray, x: np.ndarray, integer: bool, F: np.ndarray | None = None) -> np.ndarray:
     """Left limit F(x-) of the released distribution (it has atoms at flat grid stretches
-    and, for integer columns, at every integer)."""
+    and, for integer columns, at every integer). `F`: grid_cdf(grid, x) when already known."""
     g = np.asarray(grid, dtype="float64")
     if integer:
         return grid_cdf(g, np.ceil(x) - 1.0, integer=True)
     idx = np.searchsorted(g, x, side="left") - 1
-    out = grid_cdf(g, x, integer=False)
+    out = grid_cdf(g, x, integer=False) if F is None else F.copy()
     at_atom = (idx + 1 < len(g)) & (idx + 1 >= 0)
     j = np.clip(idx + 1, 0, len(g) - 1)
     atom = at_atom & (g[j] == x)
@@ -59,17 +60,29 @@ def ks_test(values: np.ndarray, components: list[tuple[float, np.ndarray]], inte
         return 0.0, 1.0
     ws = np.asarray([w for w, _ in components], dtype="float64")
     ws = ws / ws.sum()
-    F = sum(w * grid_cdf(g, x, integer) for w, (_, g) in zip(ws, components, strict=True))
-    Fl = sum(w * _grid_cdf_left(g, x, integer) for w, (_, g) in zip(ws, components, strict=True))
-    # empirical CDF right and left of each distinct value
-    uniq, first = np.unique(x, return_index=True)
+    # empirical CDF right and left of each distinct value; the reference CDF is evaluated
+    # at the distinct values only (x is sorted: a new value starts where it changes)
+    first = np.concatenate([[0], np.flatnonzero(x[1:] != x[:-1]) + 1])
+    uniq = x[first]
     last = np.append(first[1:], n)
-    Fu = F[first]
-    Flu = Fl[first]
+    cdfs = [grid_cdf(g, uniq, integer) for _, g in components]
+    Fu = sum(w * c for w, c in zip(ws, cdfs, strict=True))
+    Flu = sum(w * _grid_cdf_left(g, uniq, integer, c) for w, c, (_, g) in zip(ws, cdfs, components, strict=True))
     d_plus = np.max(last / n - Fu)
     d_minus = np.max(Flu - first / n)
     D = float(max(d_plus, d_minus, 0.0))
-    return D, float(stats.kstwo.sf(D, n))
+    return D, ks_pvalue(D, n)
+
+
+def ks_pvalue(D: float, n: int) -> float:
+    """P(D_n >= D) from the exact Kolmogorov distribution (`scipy.stats.kstwo`), except in
+    the far tail of a large sample (n > 100,000 and n·D² >= 2.2), where scipy's exact path
+    (2·smirnov(n, D), O(n): seconds per call at a million rows) is replaced by the limiting
+    distribution, `kstwobign.sf(D·sqrt(n))`. There both are below 0.025, so no verdict
+    (p <= KS_ALPHA = 0.05) changes; only how small a tiny p-value is reported."""
+    if n > 100_000 and n * D * D >= 2.2:
+        return float(stats.kstwobign.sf(D * np.sqrt(n)))
+    return float(stats.kstwo.sf(D, n))
 
 
 def percentile_gap(values: np.ndarray, grid: np.ndarray) -> float:
@@ -114,8 +127,17 @@ def _matches(s: pd.Series, allowed: list[Any]) -> pd.Series:
     return pd.Series(hit[codes], index=s.index)
 
 
-def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], labels: dict[str, Any] | None) -> dict[str, Any]:
-    """Schema floor."""
+def _discrete_outcomes(bundle: Bundle, source: str) -> set[str]:
+    """Outcomes whose every released checkpoint is a binary or ordered model: Layer 4 keeps
+    them inside their categories, so tier 0 checks those."""
+    cps = [c for c in bundle.checkpoints if c["source"] == source and c.get("status") == "released"]
+    outs = {c["outcome"] for c in cps}
+    return {o for o in outs if all(c["model"] in GLM_BINARY + GLM_ORDERED for c in cps if c["outcome"] == o)}
+
+
+def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], labels: dict[str, Any] | None,
+          checked_outcomes: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Schema floor. `checked_outcomes`: outcomes whose categories are still checked."""
     specs = _specs(release)
     problems: list[str] = []
     names = [s.name for s in specs]
@@ -147,7 +169,7 @@ def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
                 problems.append(f"{s.name}: {got} missing values, expected {want}")
     # Checkpoint outcomes are moved by Layer 4 (a pinned 0/1 outcome of a linear probability
     # model is no longer 0/1): their categories are not checked.
-    cats = {c: v for c, v in _categories(release, plan).items() if c not in outcomes}
+    cats = {c: v for c, v in _categories(release, plan).items() if c not in outcomes or c in checked_outcomes}
     for col, allowed in cats.items():
         bad = int((~_matches(df[col], allowed)).sum())
         if bad:
@@ -221,10 +243,11 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
             from .plan import expected_counts
 
             want = expected_counts(plan, col)
-            got_s = df[col].dropna()
             got: dict[str, int] = {}
-            for v, c in got_s.astype(object).map(norm_key).value_counts().items():
-                got[v] = int(c)
+            for v, c in df[col].value_counts(dropna=True, sort=False).items():
+                if c:  # a categorical dtype lists its unused categories too
+                    k = norm_key(v)
+                    got[k] = got.get(k, 0) + int(c)
             want_n = {norm_key(k): v for k, v in want.items() if v}
             if col in outcomes:
                 drift[col] = {"exact_counts": got == want_n}
@@ -257,7 +280,7 @@ def _max_pair(S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: li
     return float(diff[j]), [dim_label(dims[keep[iu[0][j]]]), dim_label(dims[keep[iu[1][j]]])], int(ok.sum())
 
 
-def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str]) -> dict[str, Any]:
+def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None) -> dict[str, Any]:
     """Released versus synthetic Spearman correlations over the released dims (outcomes
     excluded). Pairs of value dims decide the tier; pairs involving a missingness dim are
     reported (`missingness_max_abs_delta`) but do not, since missing positions are drawn
@@ -266,7 +289,7 @@ def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dic
     keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
     if len(keep) < 2:
         return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
-    S = spearman_matrix(X[:, keep])
+    S = spearman_matrix(X, rows, keep)
     miss = np.asarray([dims[i]["kind"] == "missing" for i in keep])
     value_pairs = ~miss[:, None] & ~miss[None, :]
     mx, pair, n = _max_pair(S, T, dims, keep, value_pairs)
@@ -282,12 +305,18 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         return {"passed": None, "note": "no strata configured: tier 3 holds when tier 2 does", "strata": []}
     problems: list[str] = []
     out = []
-    keycols = [df[c].astype(object).map(lambda v: v if pd.isna(v) else norm_key(v)) for c in strata]
+    # Each strata column coded once (norm_key computed per distinct value, not per row).
+    keycols = []
+    for c in strata:
+        codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
+        keycols.append((codes, np.asarray([norm_key(u) for u in uniques], dtype=object)))
     for b in plan:
         if b.id == RESIDUAL:
-            mask = np.logical_or.reduce([k.isna().to_numpy() for k in keycols])
+            mask = np.logical_or.reduce([codes < 0 for codes, _ in keycols])
         else:
-            mask = np.logical_and.reduce([(k == norm_key(v)).to_numpy() for k, v in zip(keycols, b.key, strict=True)])
+            mask = np.logical_and.reduce([
+                np.append(ukeys == norm_key(v), False)[codes] for (codes, ukeys), v in zip(keycols, b.key, strict=True)
+            ])
         n = int(mask.sum())
         rec: dict[str, Any] = {"stratum": b.id, "key": b.key, "rows": n, "rows_expected": b.rows}
         if n != b.rows:
@@ -295,7 +324,7 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         if b.id != RESIDUAL:
             sub = df.loc[mask]
             t1 = tier1(sub, _block_release(release, b), [b], outcomes)
-            t2 = tier2_matrix(X[mask], release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata))
+            t2 = tier2_matrix(X, release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata), mask)
             rec.update({"marginals": {k: t1[k] for k in ("passed", "worst_ks_p", "worst_variable", "problems")}, "correlations": t2})
             if not t1["passed"]:
                 problems.extend(f"{b.id}: {p}" for p in t1["problems"])
@@ -388,9 +417,9 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         df = frames[name]
         outcomes = _outcomes(bundle, name)
         plan = source_plan(release, len(df))
-        t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name))
+        t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name))
         t1 = tier1(df, release, plan, outcomes)
-        X = synthetic_dim_matrix(df, release)
+        X = synthetic_dim_matrix(df, release, order="F")
         t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes)
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:

@@ -1,0 +1,516 @@
+"""Cross-moments of checkpoint regressors: released on the secure side, matched outside.
+
+Pinning moves only the outcome, so two things it cannot fix depend on how the synthetic
+*regressors* sit together: (1) nested specifications on one outcome, where the short
+coefficients are the long ones mapped through the auxiliary regression of the long regressors
+on the short ones (β_s = Γ β_l, Γ = (X_s'X_s)⁻¹X_s'X_l), so both pin jointly only when Γ is
+the original's; (2) standard errors, SE ∝ σ · [(X'X)⁻¹]_jj^½, where σ is matched by
+`pin._match_residual_scale` but X'X is whatever the copula produced.
+
+Secure side (`design_moments`): per released checkpoint, the (weighted) means, SDs and the
+correlation matrix of its non-constant design columns on its estimation sample. Together
+with n they give X'WX. Columns whose coefficient is suppressed, 0/1 columns whose smaller
+group is below the cell size, columns non-zero on fewer than `min_cell_size` rows, and
+columns whose spread two rows dominate (the profile's top-2 `dominance` share of Σ w (x − m)²)
+are left out; the correlation of two 0/1 columns is blanked when a cell of their 2×2 table is
+below the cell size (with both means it would give that cell's count).
+
+Outside (`align_moments`): before pinning, the values of each regressor column are
+reordered between rows of one block (stratum), the swap refinement of `refine.py` applied
+to a second objective: Σ over checkpoints of the squared gaps of the design correlations,
+plus the gaps of means and SDs in released-SD units (the means and SDs of I(x**2), x:z and
+of any column on a subset sample depend on the arrangement). Each checkpoint keeps running
+sums S1 = Σ w (x − m*) and S2 = Σ w (x − m*)(x − m*)' over its sample; a batch of disjoint
+swaps recomputes the design rows of just the swapped rows with the checkpoint's own
+formulaic model spec, so each proposal is scored from O(k²) exact changes. The released
+Spearman matrices of the block and of the source enter as a penalty (squared error plus a
+wall beyond `tau`), so tiers 2 and 3 hold. Values never leave their column or block and
+missing positions never move, so marginals, strata and estimation samples are untouched.
+Columns a checkpoint reads in its subset, weights, cluster or absorbed effects never move.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .design import estimation_sample
+from .manifest import formula_variables
+from .refine import _block, _proposal_terms, _View, _view, accept_swaps, penalty
+
+MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
+
+
+def design_moments(
+    X: np.ndarray, terms: list[str], weights: np.ndarray | None, released: set[str], min_cell: int, digits: int | None = None,
+    dominance: float | None = None,
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """Released cross-moments of a checkpoint design (X: n × k on the estimation sample):
+    (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
+    columns, gated as in the module docstring; and counts for the SDC log (columns,
+    left_out, blanked)."""
+    from .checkpoints import indicator_minority, round_significant
+
+    n = len(X)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
+    minority = indicator_minority(X)
+    keep: list[int] = []
+    left_out = 0
+    for j, t in enumerate(terms):
+        if t not in released or n == 0 or np.ptp(X[:, j]) == 0:
+            continue
+        nz = int(np.count_nonzero(X[:, j]))
+        if 0 <= minority[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
+            left_out += 1
+            continue
+        keep.append(j)
+    info = {"columns": len(keep), "left_out": left_out, "blanked": 0}
+    if len(keep) == 0:
+        return None, info
+    Z = X[:, keep]
+    W = float(w.sum())
+    m = w @ Z / W
+    D = Z - m
+    C = (D * w[:, None]).T @ D / W
+    sd = np.sqrt(np.diag(C))
+    R = C / np.outer(sd, sd)
+    np.fill_diagonal(R, 1.0)
+    blank = np.zeros(R.shape, dtype=bool)
+    ind = [a for a, j in enumerate(keep) if minority[j] >= 0]
+    for ai, a in enumerate(ind):
+        for b in ind[ai + 1 :]:
+            za, zb = Z[:, a], Z[:, b]
+            n11 = float(np.sum(za * zb))
+            n10, n01 = float(za.sum()) - n11, float(zb.sum()) - n11
+            cells = np.asarray([n11, n10, n01, n - n11 - n10 - n01])
+            if np.any((cells > 0) & (cells < min_cell)):
+                blank[a, b] = blank[b, a] = True
+    info["blanked"] = int(blank.sum() // 2)
+
+    def rnd(v: float) -> float:
+        return round_significant(float(v), digits) if digits else float(v)
+
+    return {
+        "terms": [terms[j] for j in keep],
+        "weighted": weights is not None,
+        "mean": [rnd(v) for v in m],
+        "sd": [rnd(v) for v in sd],
+        "corr": [[None if blank[a, b] else rnd(R[a, b]) for b in range(len(keep))] for a in range(len(keep))],
+    }, info
+
+
+def _dominated(x: np.ndarray, w: np.ndarray, dominance: float | None) -> bool:
+    """Top-2 dominance rule on the spread: the two largest contributions w (x − m)² make up
+    more than `dominance` of Σ w (x − m)², so the SD would nearly give away those rows."""
+    if dominance is None:
+        return False
+    c = w * (x - (w @ x) / w.sum()) ** 2
+    total = float(c.sum())
+    return total > 0 and float(np.sort(c)[-2:].sum()) > dominance * total
+
+
+def _stats(W: float, S1: np.ndarray, S2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean offsets, SDs, correlations) from shifted running sums; leading axes broadcast."""
+    m = S1 / W
+    C = S2 / W - m[..., :, None] * m[..., None, :]
+    sd = np.sqrt(np.maximum(np.diagonal(C, axis1=-2, axis2=-1), 1e-300))
+    return m, sd, C / (sd[..., :, None] * sd[..., None, :])
+
+
+@dataclass
+class _Target:
+    """One checkpoint's state: released moments, its sample weights per data row (0 outside
+    the sample), the formulaic spec, the design positions of the released columns, the
+    variables its right-hand side reads, and the running sums (shifted by the target mean)."""
+
+    tag: str
+    spec: Any
+    cols: list[int]
+    rhs: set[str]
+    read: list[str]
+    w: np.ndarray
+    W: float
+    mean: np.ndarray
+    sd: np.ndarray
+    R: np.ndarray
+    Rmask: np.ndarray
+    S1: np.ndarray
+    S2: np.ndarray
+    compiled: _Compiled | None = None
+
+    def error(self, S1: np.ndarray, S2: np.ndarray) -> np.ndarray:
+        """Squared gaps of correlations (each pair once) and of means and SDs in released SDs."""
+        m, sd, R = _stats(self.W, S1, S2)
+        eR = np.where(self.Rmask, R - self.R, 0.0)
+        es = sd / self.sd - 1.0
+        em = m / self.sd
+        return 0.5 * (eR * eR).sum(axis=(-1, -2)) + MEAN_SD_WEIGHT * ((em * em).sum(-1) + (es * es).sum(-1))
+
+    def gaps(self) -> dict[str, float]:
+        """Largest |correlation gap|, |mean gap| / SD and |SD ratio − 1| now."""
+        m, sd, R = _stats(self.W, self.S1, self.S2)
+        eR = np.where(self.Rmask, np.abs(R - self.R), 0.0)
+        return {"max_corr_gap": float(eR.max(initial=0.0)), "max_mean_gap_sd": float(np.max(np.abs(m / self.sd), initial=0.0)),
+                "max_sd_ratio_gap": float(np.max(np.abs(sd / self.sd - 1.0), initial=0.0))}
+
+
+_INDICATOR = re.compile(r"^(?:C\((?P<c>[A-Za-z_][A-Za-z0-9_.]*)\)|(?P<b>[A-Za-z_][A-Za-z0-9_.]*))\[T\.(?P<level>.*)\]$")
+_NAMESPACE = {"__builtins__": {}, "np": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs}
+
+
+def _split_factors(term: str) -> list[str]:
+    """Factors of a design column name `a:b:c`, splitting only outside brackets."""
+    out, depth, cur = [], 0, ""
+    for ch in term:
+        depth += ch in "([" and 1 or (ch in ")]" and -1 or 0)
+        if ch == ":" and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*out, cur]
+
+
+class _Compiled:
+    """A per-term evaluator of design columns from column arrays, for the formula forms
+    checkpoints use: x, I(expr), log(x)-style calls, C(x)[T.level] / x[T.level] and their
+    interactions. `columns` maps a data column to float values (numeric) or to (codes,
+    labels) (others). Trusted only after it reproduces formulaic's design on the sample."""
+
+    def __init__(self, names: list[str], df: pd.DataFrame, read: list[str]):
+        self.num: dict[str, np.ndarray] = {}
+        self.codes: dict[str, tuple[np.ndarray, list[str]]] = {}
+        for col in read:
+            sr = df[col]
+            if pd.api.types.is_numeric_dtype(sr.dtype) and not pd.api.types.is_bool_dtype(sr.dtype):
+                self.num[col] = pd.to_numeric(sr, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            codes, uniques = pd.factorize(sr, use_na_sentinel=True)
+            self.codes[col] = (np.where(codes < 0, len(uniques), codes), [str(u) for u in uniques])
+        self.plan = [[self._factor(f) for f in _split_factors(n)] for n in names]
+
+    def _factor(self, f: str) -> tuple[Any, ...]:
+        m = _INDICATOR.match(f)
+        if m and (m.group("c") or m.group("b")) in self.codes:
+            col = m.group("c") or m.group("b")
+            labels = self.codes[col][1]
+            return ("ind", col, np.asarray([lab == m.group("level") for lab in labels] + [False]))
+        if f in self.num:
+            return ("num", f)
+        expr = f[2:-1] if f.startswith("I(") and f.endswith(")") else f
+        used = [c for c in self.num if re.search(rf"\b{re.escape(c)}\b", expr)]
+        return ("expr", compile(expr, "<design>", "eval"), used)
+
+    def rows(self, idx: dict[str, np.ndarray]) -> np.ndarray:
+        """Design columns at the rows `idx[col]` of each column's base values."""
+        n = len(next(iter(idx.values())))
+        out = np.ones((n, len(self.plan)))
+        for j, factors in enumerate(self.plan):
+            for f in factors:
+                if f[0] == "num":
+                    out[:, j] *= self.num[f[1]][idx[f[1]]]
+                elif f[0] == "ind":
+                    out[:, j] *= f[2][self.codes[f[1]][0][idx[f[1]]]]
+                else:
+                    with np.errstate(all="ignore"):
+                        out[:, j] *= eval(f[1], _NAMESPACE, {c: self.num[c][idx[c]] for c in f[2]})  # noqa: S307 - formula text from the manifest, no builtins
+        return out
+
+
+def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
+    """Released design columns of `frame`'s rows under the checkpoint's model spec (NaN → 0:
+    such rows are outside the sample and carry weight 0)."""
+    from .design import _widen_integers
+
+    mm = t.spec.get_model_matrix(_widen_integers(frame), na_action="ignore")
+    X = np.asarray(mm, dtype="float64")[:, t.cols]
+    return np.nan_to_num(X, nan=0.0)
+
+
+def _target(df: pd.DataFrame, c: dict[str, Any]) -> tuple[_Target | None, str]:
+    """The state of one released checkpoint on the synthetic data (None and a note when its
+    design cannot be built or holds none of the released columns)."""
+    import formulaic
+
+    from .pin import checkpoint_from_release
+
+    mo = c["moments"]
+    cp = checkpoint_from_release(c)
+    try:
+        data = estimation_sample(df, cp)
+        mm = formulaic.model_matrix(cp.formula, data, na_action="raise")
+    except Exception as exc:  # a design that cannot be built is reported, not fatal here
+        return None, f"{cp.tag}: design not built on the synthetic data ({type(exc).__name__})"
+    names = [str(x) for x in mm.rhs.columns]
+    have = [i for i, t in enumerate(mo["terms"]) if t in names]
+    if not have:
+        return None, f"{cp.tag}: no released moment column in the synthetic design"
+    cols = [names.index(mo["terms"][i]) for i in have]
+    mean = np.asarray(mo["mean"], dtype="float64")[have]
+    sd = np.asarray(mo["sd"], dtype="float64")[have]
+    R = np.asarray([[np.nan if v is None else v for v in row] for row in mo["corr"]], dtype="float64")[np.ix_(have, have)]
+    Rmask = np.isfinite(R) & ~np.eye(len(have), dtype=bool) & (sd[:, None] > 0) & (sd[None, :] > 0)
+    pos = df.index.get_indexer(data.index)
+    w = np.zeros(len(df))
+    w[pos] = data[cp.weights].to_numpy(dtype="float64") if cp.weights else 1.0
+    X = np.asarray(mm.rhs, dtype="float64")[:, cols] - mean
+    ws = w[pos]
+    rhs = formula_variables(cp.formula) - {cp.outcome}
+    t = _Target(tag=cp.tag, spec=mm.rhs.model_spec, cols=cols, rhs=rhs, read=sorted(rhs & set(df.columns)), w=w, W=float(ws.sum()),
+                mean=mean, sd=np.where(sd > 0, sd, 1.0), R=np.where(Rmask, R, 0.0), Rmask=Rmask,
+                S1=ws @ X, S2=(X * ws[:, None]).T @ X)
+    try:
+        comp = _Compiled([names[j] for j in cols], df, t.read)
+        same = np.allclose(comp.rows({c: pos for c in t.read}), X + mean, rtol=1e-12, atol=1e-12)
+    except Exception:  # an unrecognised formula form: formulaic evaluates the swapped rows
+        same = False
+    t.compiled = comp if same else None
+    return t, ""
+
+
+def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[str]:
+    """Columns that never move: strata, ids, groups, and whatever a checkpoint reads outside
+    its formula's right-hand side (subset, weights, cluster, entity, time, absorbed effects),
+    so estimation samples and weights stay where they are."""
+    frozen = set(release["strata"]["columns"])
+    frozen |= {c["name"] for c in release["columns"] if c.get("role") in ("id", "group")}
+    for c in cps:
+        frozen |= set(c.get("subset_columns", []))
+        frozen |= set(c["columns"]) - formula_variables(c["formula"])
+    return frozen
+
+
+def _groups(df: pd.DataFrame, release: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """(stats block id, row positions) per block: rows of a released stratum cell, and the
+    residual rows (strata missing or in no released cell) under the source-level stats."""
+    from .dims import norm_key
+
+    strata = release["strata"]["columns"]
+    cells = release["strata"]["cells"]
+    if not strata or not cells:
+        return [("all", np.arange(len(df)))]
+    keys = pd.Series(list(zip(*[df[s].map(norm_key) if s in df else [None] * len(df) for s in strata], strict=True)))
+    by_key = {tuple(norm_key(v) for v in cell["key"]): cell["id"] for cell in cells}
+    ids = keys.map(lambda k: by_key.get(k, "all")).to_numpy()
+    out = [(cell["id"], np.flatnonzero(ids == cell["id"])) for cell in cells]
+    rest = np.flatnonzero(ids == "all")
+    if len(rest):
+        out.append(("all", rest))
+    return [(g, r) for g, r in out if len(r)]
+
+
+def align_moments(
+    df: pd.DataFrame,
+    checkpoints: list[dict[str, Any]],
+    release: dict[str, Any],
+    rng: np.random.Generator,
+    max_sweeps: int = 40,
+    min_gain: float = 0.005,
+    patience: int = 3,
+    tau: float = 0.03,
+    wall: float = 100.0,
+    max_pairs: int | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Reorder regressor values within blocks so each released checkpoint's design moments
+    on the synthetic data approach the released ones, keeping the released Spearman matrices
+    (block and source) within `tau` where they were (penalty). Returns a new frame (only
+    regressor columns permuted) and a report with the gaps before and after per checkpoint.
+    `rng`: `seeds.rng(seed, source, "xmom")`."""
+    from .dims import synthetic_dim_matrix
+    from .synthesize import block_target
+
+    source = release["source"]
+    cps = [c for c in checkpoints if c.get("status") == "released" and c["source"] == source and c.get("moments")]
+    report: dict[str, Any] = {"source": source, "checkpoints": {}, "notes": []}
+    if not cps or len(df) < 4:
+        report["status"] = "nothing to align"
+        return df, report
+    targets: list[_Target] = []
+    for c in cps:
+        t, note = _target(df, c)
+        if t is None:
+            report["notes"].append(note)
+        else:
+            targets.append(t)
+    frozen = _frozen_columns(cps, release)
+    dims = release["dims"]
+    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
+    units: dict[str, list[str]] = {}
+    for t in targets:
+        for v in sorted(t.rhs):
+            r = root.get(v, v)
+            cols = [r, *sorted(b for b, a in root.items() if a == r)]
+            if r in units or any(col in frozen or col not in df.columns for col in cols):
+                continue
+            units[r] = cols
+    if not targets or not units:
+        report["status"] = "nothing to align"
+        return df, report
+    n = len(df)
+    outcomes = {c["outcome"] for c in cps} - set(units) - {b for u in units.values() for b in u}
+    Xd = synthetic_dim_matrix(df, release) if len(dims) >= 2 else np.zeros((n, 0))
+    groups = _groups(df, release)
+    unit_dims = {u: [j for j, d in enumerate(dims) if d["column"] in cols and d["kind"] != "missing"] for u, cols in units.items()}
+    movable = np.zeros(len(dims), dtype=bool)
+    for ds in unit_dims.values():
+        movable[ds] = True
+    skip = np.asarray([d["column"] in outcomes for d in dims], dtype=bool)
+    ignore = (~movable[:, None] & ~movable[None, :]) | skip[:, None] | skip[None, :]
+
+    def view(rows: np.ndarray, stats: str) -> _View | None:
+        if Xd.shape[1] < 2:
+            return None
+        v = _view(Xd, rows, block_target(release, stats), n)
+        v.M[ignore] = 0.0
+        return v if v.M.any() else None
+
+    views = [view(rows, g) for g, rows in groups]
+    gview = view(np.arange(n), "all") if len(groups) > 1 else None
+    perms = {u: np.arange(n) for u in units}
+    owner = {col: u for u, cols in units.items() for col in cols}
+    present = {u: df[u].notna().to_numpy() for u in units}
+    # Pairs per batch: a sixteenth of the rows (a correlation moves by O(1/n) per swap, so
+    # large data need large batches), bounded so the (pairs × k × k) changes stay ~100 MB.
+    kmax = max(len(t.cols) for t in targets)
+    cap = max_pairs or int(max(512, min(n // 16, 1_500_000 // (kmax * kmax + len(dims) + 1))))
+
+    def frame(rows: np.ndarray, t: _Target, unit: str | None = None, other: np.ndarray | None = None) -> pd.DataFrame:
+        data = {}
+        for col in t.read:
+            u = owner.get(col)
+            src = rows if u is None else perms[u][other if (u == unit and other is not None) else rows]
+            data[col] = df[col].iloc[src].reset_index(drop=True)
+        return pd.DataFrame(data)
+
+    def spearman_total() -> float:
+        tot = 0.0
+        for v in [*views, gview]:
+            if v is not None:
+                tot += float(penalty(_block(v, list(range(len(dims))), np.arange(len(dims))), 0.0, 0.0, 0.0, tau, wall)) / 2
+        return tot
+
+    def spearman_max() -> float:
+        out = 0.0
+        for v in [*views, gview]:
+            if v is not None:
+                out = max(out, float(np.max(np.abs(v.error()))))
+        return out
+
+    before = {t.tag: t.gaps() for t in targets}
+    sp_before = spearman_max()
+    prev = np.inf
+    trace: list[float] = []
+    stale = 0
+    sweeps = 0
+    for _ in range(max_sweeps):
+        # Stop when a sweep gains less than `min_gain` of the objective (relative).
+        total = sum(float(t.error(t.S1, t.S2)) for t in targets) + spearman_total()
+        trace.append(total)
+        if total <= 1e-15 or prev - total < min_gain * prev:
+            break
+        prev = total
+        sweeps += 1
+        improved = False
+        for u, cols in units.items():
+            affected = [t for t in targets if set(cols) & t.rhs]
+            if not affected:
+                continue
+            ud = unit_dims[u]
+            out_d = np.flatnonzero(~np.isin(np.arange(len(dims)), ud))
+            for (_g, grows), gv in zip(groups, views, strict=True):
+                rows = grows[present[u][grows]]
+                if len(rows) < 4:
+                    continue
+                order = rows[rng.permutation(len(rows))]
+                half = min(len(order) // 2, cap)
+                r, s = order[:half], order[half : 2 * half]
+                K = len(r)
+                gain = np.zeros(K)
+                mparts = []
+                for t in affected:
+                    wr, ws = t.w[r], t.w[s]
+                    if not (wr.any() or ws.any()):
+                        continue
+                    both, oth = np.concatenate([r, s]), np.concatenate([s, r])
+                    if t.compiled is not None:
+                        idx = {}
+                        for col in t.read:
+                            owner_u = owner.get(col)
+                            if owner_u is None:
+                                idx[col] = np.concatenate([both, both])
+                            elif owner_u == u:
+                                idx[col] = np.concatenate([perms[u][both], perms[u][oth]])
+                            else:
+                                idx[col] = perms[owner_u][np.concatenate([both, both])]
+                        rows4 = np.nan_to_num(t.compiled.rows(idx), nan=0.0) - t.mean
+                    else:
+                        rows4 = _design_rows(t, pd.concat([frame(both, t), frame(both, t, u, oth)], ignore_index=True)) - t.mean
+                    old, new = rows4[: 2 * K], rows4[2 * K :]
+                    ww = np.concatenate([wr, ws])
+                    d1 = ww[:, None] * (new - old)
+                    d2 = ww[:, None, None] * (new[:, :, None] * new[:, None, :] - old[:, :, None] * old[:, None, :])
+                    dS1, dS2 = d1[:K] + d1[K:], d2[:K] + d2[K:]
+                    base = float(t.error(t.S1, t.S2))
+                    gain += t.error(t.S1 + dS1, t.S2 + dS2) - base
+                    mparts.append((t, dS1, dS2, base))
+                sparts = []
+                if ud:
+                    for v in (gv, gview):
+                        if v is None or not v.M[np.ix_(ud, out_d)].any():
+                            continue
+                        pr, ps, dC, dA, dQ = _proposal_terms(v, r, s, ud, out_d)
+                        blk = _block(v, ud, out_d)
+                        base = float(penalty(blk, 0.0, 0.0, 0.0, tau, wall))
+                        gain += penalty(blk, dC, dA, dQ, tau, wall) - base
+                        sparts.append((v, pr, ps, dC, dA, dQ, base, blk))
+                cand = np.flatnonzero(gain < -1e-15)
+                if not len(cand):
+                    continue
+                cand = cand[np.argsort(gain[cand], kind="stable")]
+
+                def combined(m: int, cand: np.ndarray = cand, mparts: list = mparts, sparts: list = sparts) -> float:
+                    take = cand[:m]
+                    f = sum(float(t.error(t.S1 + dS1[take].sum(0), t.S2 + dS2[take].sum(0))) - base for t, dS1, dS2, base in mparts)
+                    f += sum(float(penalty(blk, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0), tau, wall)) - base
+                             for _v, _pr, _ps, dC, dA, dQ, base, blk in sparts)
+                    return f
+
+                best_m, best_f, m = 0, 0.0, 1
+                while True:
+                    f = combined(m)
+                    if f < best_f:
+                        best_f, best_m = f, m
+                    elif m >= 16:
+                        break
+                    if m == len(cand):
+                        break
+                    m = min(2 * m, len(cand))
+                if best_m == 0:
+                    continue
+                take = cand[:best_m]
+                for t, dS1, dS2, _ in mparts:
+                    t.S1 = t.S1 + dS1[take].sum(0)
+                    t.S2 = t.S2 + dS2[take].sum(0)
+                for v, pr, ps, dC, dA, dQ, _, _ in sparts:
+                    accept_swaps(v, pr[take], ps[take], ud, out_d, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))
+                p = perms[u]
+                rr, ss = r[take], s[take]
+                p[rr], p[ss] = p[ss].copy(), p[rr].copy()
+                improved = True
+        stale = 0 if improved else stale + 1
+        if stale >= patience:
+            break
+    out = df.copy()
+    for u, cols in units.items():
+        for col in cols:
+            out[col] = df[col].take(perms[u]).set_axis(df.index)
+    after_targets = [_target(out, c)[0] for c in cps]
+    for t in after_targets:
+        if t is not None:
+            report["checkpoints"][t.tag] = {"before": before.get(t.tag), "after": t.gaps()}
+    report.update(status="aligned", sweeps=sweeps, objective=trace, moved=sorted(units), spearman_max_error_before=sp_before,
+                  spearman_max_error_after=spearman_max())
+    return out, report

@@ -1,0 +1,242 @@
+"""Cross-moments of checkpoint regressors: the release (secure side) and the alignment of the
+synthetic regressors before pinning (nested specifications, standard-error fidelity)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from replisynth.bundle import load_bundle
+from replisynth.checkpoints import capture_checkpoint
+from replisynth.cli import cmd_extract
+from replisynth.design import build_design
+from replisynth.estimators import fit_checkpoint
+from replisynth.manifest import Checkpoint, load_manifest
+from replisynth.pin import checkpoint_from_release, pin_checkpoints
+from replisynth.pipeline import stage_synthesize
+from replisynth.seeds import rng
+from replisynth.verify import verify
+from replisynth.xmom import align_moments, design_moments
+
+
+def make_nested(n: int = 3000, seed: int = 5) -> pd.DataFrame:
+    """Nested-OLS data whose regressors a Gaussian copula gets slightly wrong. True model:
+    y = 1 + 0.5 x1 + 0.8 x2 + (0, 0.4, -0.3 for f = a, b, c) + N(0, 1); x1 ~ N(0, 1);
+    f in a/b/c by a multinomial logit with utilities (0, 1.2 x1 − 0.3, −1.2 x1 − 0.3);
+    x2 = 0.4 x1 + 0.9 x1 [f == b] − 0.6 [f == c] + N(0, 0.6²) (a slope that differs by
+    category: not a Gaussian dependence); z ~ N(0, 1) independent (a bystander column)."""
+    r = np.random.default_rng(seed)
+    x1 = r.normal(size=n)
+    u = np.column_stack([np.zeros(n), 1.2 * x1 - 0.3, -1.2 * x1 - 0.3]) + r.gumbel(size=(n, 3))
+    f = np.asarray(["a", "b", "c"])[u.argmax(axis=1)]
+    x2 = 0.4 * x1 + 0.9 * (f == "b") * x1 - 0.6 * (f == "c") + r.normal(scale=0.6, size=n)
+    y = 1 + 0.5 * x1 + 0.8 * x2 + pd.Series(f).map({"a": 0.0, "b": 0.4, "c": -0.3}).to_numpy() + r.normal(size=n)
+    return pd.DataFrame({"pid": np.arange(1, n + 1), "y": y, "x1": x1, "x2": x2, "f": f, "z": r.normal(size=n)})
+
+
+NESTED = [
+    {"tag": "short", "source": "d", "model": "ols", "formula": "y ~ x1", "vcov": "nonrobust"},
+    {"tag": "long", "source": "d", "model": "ols", "formula": "y ~ x1 + x2 + C(f)", "vcov": "HC1"},
+]
+
+
+def _text(s: pd.Series) -> np.ndarray:
+    """The values of a column as sorted text (missing as 'NA'): equal multisets compare equal."""
+    return np.sort(s.astype(object).fillna("NA").astype(str).to_numpy())
+
+
+def _max_gaps(df: pd.DataFrame, cps: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per checkpoint: (max |Δβ|/SE_synthetic, max |Δβ|/SE_target) over released terms."""
+    out = {}
+    for c in cps:
+        cp = checkpoint_from_release(c)
+        fit = fit_checkpoint(build_design(df, cp), cp)
+        pos = {t: j for j, t in enumerate(fit.terms)}
+        g1 = g2 = 0.0
+        for t in c["terms"]:
+            if t.get("suppressed"):
+                continue
+            j = pos[t["term"]]
+            g1 = max(g1, abs(fit.beta[j] - t["beta"]) / fit.se[j])
+            g2 = max(g2, abs(fit.beta[j] - t["beta"]) / t["se"])
+        out[c["tag"]] = (g1, g2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def nested_run(tmp_path_factory) -> dict[str, Any]:
+    """Extract and synthesize (Layers 1-3) the nested data; the unpinned synthetic frame."""
+    tmp = tmp_path_factory.mktemp("nested")
+    make_nested().to_csv(tmp / "d.csv", index=False)
+    raw = {"name": "nested", "seed": 11, "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"]}},
+           "checkpoints": NESTED, "verify": {"tier": 4}}
+    bundle = cmd_extract(load_manifest(raw), tmp / "out")
+    stage_synthesize(bundle, "d", tmp / "unpinned.parquet")
+    return {"bundle": load_bundle(bundle), "unpinned": pd.read_parquet(tmp / "unpinned.parquet"), "dir": bundle}
+
+
+def test_nested_specifications_pin_jointly_after_alignment(nested_run: dict[str, Any]) -> None:
+    b, syn = nested_run["bundle"], nested_run["unpinned"]
+    release = b.releases["d"]
+    cps = b.checkpoints
+    assert all("moments" in c for c in cps)
+    aligned, rep = align_moments(syn, cps, release, rng(b.manifest.seed, "d", "xmom"))
+    # only regressors moved; every column keeps its values (marginals exact), y is untouched
+    assert rep["moved"] == ["f", "x1", "x2"]
+    for col in syn.columns:
+        np.testing.assert_array_equal(_text(aligned[col]), _text(syn[col]))
+    pd.testing.assert_series_equal(aligned["y"], syn["y"])
+    pd.testing.assert_series_equal(aligned["z"], syn["z"])
+    gaps = rep["checkpoints"]["long"]
+    assert gaps["after"]["max_corr_gap"] < 0.2 * gaps["before"]["max_corr_gap"]
+
+    plain, _ = pin_checkpoints({"d": syn}, cps)
+    pinned, _ = pin_checkpoints({"d": aligned}, cps)
+    before = _max_gaps(plain["d"], cps)
+    after = _max_gaps(pinned["d"], cps)
+    worst_before = max(max(v) for v in before.values())
+    worst_after = max(max(v) for v in after.values())
+    assert worst_after < 0.1, after
+    assert worst_before > 3 * worst_after, (before, after)
+    tiers = verify(b, pinned, None)
+    assert all(tiers["checkpoints"][c["tag"]]["passed"] for c in cps)
+    # tiers 2 (and 3, no strata) still hold after the alignment
+    assert tiers["sources"]["d"]["correlations"]["passed"], tiers["sources"]["d"]["correlations"]
+    assert tiers["sources"]["d"]["tier_met"] == 4
+
+
+def test_alignment_is_seeded_and_reproducible(nested_run: dict[str, Any]) -> None:
+    b, syn = nested_run["bundle"], nested_run["unpinned"]
+    one, _ = align_moments(syn, b.checkpoints, b.releases["d"], rng(b.manifest.seed, "d", "xmom"))
+    two, _ = align_moments(syn, b.checkpoints, b.releases["d"], rng(b.manifest.seed, "d", "xmom"))
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_moments_release_holds_aggregates_only(nested_run: dict[str, Any]) -> None:
+    text = json.dumps([c["moments"] for c in nested_run["bundle"].checkpoints])
+    original = make_nested()
+    for v in original["x1"].to_numpy()[:50]:
+        assert repr(float(v)) not in text
+    mo = nested_run["bundle"].checkpoints[1]["moments"]
+    assert mo["terms"] == ["x1", "x2", "C(f)[T.b]", "C(f)[T.c]"]
+    k = len(mo["terms"])
+    assert len(mo["mean"]) == len(mo["sd"]) == k and np.shape(mo["corr"]) == (k, k)
+    log = json.loads((nested_run["dir"] / "sdc_log.json").read_text())
+    entries = [e for e in log["decisions"] if e.get("action") == "released_moments"]
+    assert {e["checkpoint"] for e in entries} == {"short", "long"}
+
+
+def _cp(formula: str, weights: str | None = None) -> Checkpoint:
+    return Checkpoint(tag="m", source="people", model="ols", formula=formula, vcov="nonrobust", weights=weights)
+
+
+def test_design_moments_match_a_direct_computation() -> None:
+    from conftest import make_people
+
+    df = make_people(1500, seed=3)
+    cp = _cp("y ~ x1 + I(x1**2) + x1:female + C(region)", weights="w")
+    d = build_design(df, cp)
+    mo, info = design_moments(d.X, d.terms, d.weights, set(d.terms) - {"Intercept"}, 50)
+    assert mo is not None and info["columns"] == len(d.terms) - 1 and mo["weighted"]
+    j = d.terms.index("I(x1 ** 2)")
+    w = d.weights
+    x = d.X[:, j]
+    m = np.average(x, weights=w)
+    assert mo["mean"][mo["terms"].index("I(x1 ** 2)")] == pytest.approx(m, rel=1e-12)
+    assert mo["sd"][mo["terms"].index("I(x1 ** 2)")] == pytest.approx(np.sqrt(np.average((x - m) ** 2, weights=w)), rel=1e-12)
+    k = d.terms.index("x1")
+    xk = d.X[:, k]
+    mk = np.average(xk, weights=w)
+    r = np.average((x - m) * (xk - mk), weights=w) / np.sqrt(np.average((x - m) ** 2, weights=w) * np.average((xk - mk) ** 2, weights=w))
+    assert mo["corr"][mo["terms"].index("I(x1 ** 2)")][mo["terms"].index("x1")] == pytest.approx(r, rel=1e-10)
+
+
+def test_design_moments_gates() -> None:
+    """Suppressed terms and small indicator groups are left out; indicator pairs with a small
+    2x2 cell are blanked; a column whose spread two rows dominate is left out; rounding."""
+    r = np.random.default_rng(0)
+    n = 400
+    a = (r.random(n) < 0.5).astype(float)
+    b = np.zeros(n)
+    b[:30] = 1.0  # 30 ones: its own group is below 50
+    c = a.copy()
+    c[a == 1] = (r.random(int(a.sum())) < 0.9).astype(float)  # a & ~c is a small cell
+    x = r.normal(size=n)
+    out = x.copy()
+    out[7] = 1e6  # one row dominates the spread
+    X = np.column_stack([np.ones(n), a, b, c, x, out, x * b])
+    terms = ["Intercept", "a", "b", "c", "x", "out", "x:b"]
+    mo, info = design_moments(X, terms, None, set(terms) - {"x"}, 50, digits=3, dominance=0.85)
+    assert mo["terms"] == ["a", "c"]
+    assert info == {"columns": 2, "left_out": 3, "blanked": 1}
+    assert mo["corr"][0][1] is None and mo["corr"][0][0] == 1.0
+    assert all(len(f"{v:.10g}".replace("-", "").replace(".", "").lstrip("0")) <= 3 for v in mo["mean"] + mo["sd"])
+
+
+def test_design_widens_narrow_integers() -> None:
+    """A Stata byte column squared in the formula must not wrap around (12**2 in int8)."""
+    df = pd.DataFrame({"y": np.arange(60, dtype=float), "e": np.tile(np.arange(20, dtype="int8"), 3)})
+    d = build_design(df, Checkpoint(tag="e", source="s", model="ols", formula="y ~ e + I(e**2)", vcov="nonrobust"))
+    assert d.X[:, d.terms.index("I(e ** 2)")].max() == 361.0
+
+
+def test_capture_releases_moments_in_the_checkpoint_record() -> None:
+    from conftest import make_people, manifest_for
+
+    m = load_manifest(manifest_for(Path("people.csv")))
+    rel, log = capture_checkpoint(make_people(800, seed=2), _cp("y ~ x1 + x2 + C(region)"), m, 0)
+    assert rel["moments"]["terms"][:2] == ["x1", "x2"]
+    assert any(e["action"] == "released_moments" for e in log.entries)
+
+
+def test_planted_values_do_not_reach_the_moments(tmp_path: Path) -> None:
+    """An extreme value and a rare category (see test_leaks) leave no trace in the released
+    moments: the dominated column and the rare level's indicator are left out."""
+    from test_leaks import _fmt, _planted
+
+    rare, extreme = "ZZPLANTED", 4321987.123
+    df = _planted(400, 3, rare, extreme, 777)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    raw = {"name": "leak", "seed": 1, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"]}},
+           "sdc": {"min_cell_size": 20},
+           "checkpoints": [{"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat) + stratum"}]}
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
+    (c,) = load_bundle(bundle).checkpoints
+    assert "x" not in c["moments"]["terms"] and "stratum" in c["moments"]["terms"]
+    assert not any(rare in t for t in c["moments"]["terms"])
+    text = (bundle / "checkpoints.json").read_text() + (bundle / "sdc_log.json").read_text()
+    assert rare not in text
+    for s in _fmt(extreme):
+        assert s not in text
+
+
+def test_alignment_keeps_every_stratum_and_missing_position(tmp_path: Path) -> None:
+    """With strata, swaps stay inside a stratum: each stratum holds the same values of every
+    column after the alignment, and missing values stay on their rows."""
+    df = make_nested(2400, seed=8)
+    df["g"] = np.where(df["x1"] + np.random.default_rng(1).normal(size=len(df)) > 0, 1, 2)
+    df.loc[df.index[::9], "x2"] = np.nan
+    df.to_csv(tmp_path / "d.csv", index=False)
+    raw = {"name": "strat", "seed": 3, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "strata": ["g"]}},
+           "checkpoints": NESTED, "verify": {"tier": 4}}
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
+    stage_synthesize(bundle, "d", tmp_path / "u.parquet")
+    b, syn = load_bundle(bundle), pd.read_parquet(tmp_path / "u.parquet")
+    aligned, rep = align_moments(syn, b.checkpoints, b.releases["d"], rng(3, "d", "xmom"))
+    assert rep["status"] == "aligned" and "x2" in rep["moved"] and "g" not in rep["moved"]
+    moved = 0
+    for col in ["x1", "x2", "f"]:
+        for g in (1, 2):
+            a, s = aligned.loc[aligned["g"] == g, col], syn.loc[syn["g"] == g, col]
+            np.testing.assert_array_equal(_text(a), _text(s))
+        moved += int((aligned[col].astype(object).fillna("NA").astype(str) != syn[col].astype(object).fillna("NA").astype(str)).sum())
+    assert moved > 0
+    np.testing.assert_array_equal(aligned["x2"].isna().to_numpy(), syn["x2"].isna().to_numpy())
+    pinned, _ = pin_checkpoints({"d": aligned}, b.checkpoints)
+    tiers = verify(b, pinned, None)
+    assert tiers["sources"]["d"]["strata"]["passed"] and tiers["sources"]["d"]["tier_met"] == 4
