@@ -12,11 +12,13 @@ missing; with REPLISYNTH_REQUIRE_SLURM=1 (set by .ci/run) a missing cluster fail
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,18 @@ def cluster() -> dict[str, str]:
     installed = all(Path(p).exists() for p in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged"))
     if not installed and shutil.which("apt-get") is None:
         _unavailable("slurm-wlm/munge are not installed and apt-get is not available")
+    # One cluster per machine (fixed ports): test sessions on it take turns, so one session's
+    # teardown never stops the daemons under another's jobs.
+    lock = open(f"{PREFIX}.lock", "w")  # held until the fixture ends
+    deadline = time.monotonic() + 3600
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"another test session has held {PREFIX}.lock for an hour")
+            time.sleep(2)
     was_up = all(_running(d) for d in DAEMONS)
     env = {**os.environ, "SLURM_PREFIX": PREFIX}
     r = subprocess.run(["bash", str(REPO / "ci" / "slurm" / "up.sh")], env=env, capture_output=True, text=True, timeout=900)
@@ -74,9 +88,12 @@ def cluster() -> dict[str, str]:
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert pids == {d: Path(PREFIX, "run", f"{d}.pid").read_text() for d in DAEMONS}
     yield {**env, "SLURM_CONF": f"{PREFIX}/etc/slurm.conf"}
-    if not was_up:
-        subprocess.run(["bash", str(REPO / "ci" / "slurm" / "down.sh")], env=env, timeout=120, check=False)
-        assert not any(_running(d) for d in DAEMONS)
+    try:
+        if not was_up:
+            subprocess.run(["bash", str(REPO / "ci" / "slurm" / "down.sh")], env=env, timeout=120, check=False)
+            assert not any(_running(d) for d in DAEMONS)
+    finally:
+        lock.close()  # releases the lock
 
 
 def _job_record(env: dict[str, str], jobid: str) -> dict[str, str]:
