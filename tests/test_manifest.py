@@ -344,7 +344,8 @@ def test_demo_config_loads() -> None:
     (card,) = m.sources
     assert card.name == "card" and card.format == "dta"
     assert card.ids == ("id",) and card.strata == ("south", "smsa")
-    assert [c.tag for c in m.checkpoints] == ["wage_ols", "kww_weighted", "iq_factors"]
+    assert [c.tag for c in m.checkpoints] == ["wage_ols", "kww_weighted", "iq_factors", "wage_iv", "enroll_logit"]
+    assert {c.model for c in m.checkpoints} == {"ols", "iv", "logit"}
     assert m.checkpoints[1].weights == "weight" and m.checkpoints[1].subset == "age >= 25"
     assert m.sdc.profile == "standard" and m.sdc.min_cell_size == 50
     assert m.verify_tier == 4
