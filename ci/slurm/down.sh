@@ -4,7 +4,6 @@
 # /etc/slurm/slurm.conf symlink only if it is ours. Safe to run when nothing is up.
 set -uo pipefail
 P=${SLURM_PREFIX:-/tmp/replisynth-slurm}
-if [ -d "$P/run" ]; then exec 9>"$P/run/updown.lock"; flock -w 300 9; fi
 for d in slurmd slurmctld munged; do
   f=$P/run/$d.pid
   [ -s "$f" ] || continue

@@ -51,9 +51,6 @@ fi
 
 mkdir -p "$P"/{etc,run,log,munge,spool/ctld,spool/d}
 chmod 700 "$P/munge"
-# Two concurrent up.sh (or up.sh and down.sh) on one prefix take turns.
-exec 9>"$P/run/updown.lock"
-flock -w 300 9 || { say "another up.sh/down.sh holds $P/run/updown.lock"; exit 1; }
 CONF=$P/etc/slurm.conf
 SOCK=$P/munge/munge.socket
 
