@@ -76,21 +76,31 @@ def cluster() -> dict[str, str]:
             time.sleep(2)
     was_up = all(_running(d) for d in DAEMONS)
     env = {**os.environ, "SLURM_PREFIX": PREFIX}
-    r = subprocess.run(["bash", str(REPO / "ci" / "slurm" / "up.sh")], env=env, capture_output=True, text=True, timeout=900)
-    if r.returncode == 2:
-        _unavailable(r.stderr.strip()[-500:])
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert all(_running(d) for d in DAEMONS), "up.sh returned 0 but a daemon is not running"
-    # Idempotent: a second call keeps the same daemons.
-    pids = {d: Path(PREFIX, "run", f"{d}.pid").read_text() for d in DAEMONS}
-    r2 = subprocess.run(["bash", str(REPO / "ci" / "slurm" / "up.sh")], env={**env, "SLURM_UP_SMOKE": "0"},
-                        capture_output=True, text=True, timeout=300)
-    assert r2.returncode == 0, r2.stderr[-2000:]
-    assert pids == {d: Path(PREFIX, "run", f"{d}.pid").read_text() for d in DAEMONS}
+
+    def down() -> None:
+        if not was_up:  # stop exactly what this session started
+            subprocess.run(["bash", str(REPO / "ci" / "slurm" / "down.sh")], env=env, timeout=120, check=False)
+
+    try:
+        r = subprocess.run(["bash", str(REPO / "ci" / "slurm" / "up.sh")], env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode == 2:
+            _unavailable(r.stderr.strip()[-500:])
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        assert all(_running(d) for d in DAEMONS), "up.sh returned 0 but a daemon is not running"
+        # Idempotent: a second call keeps the same daemons.
+        pids = {d: Path(PREFIX, "run", f"{d}.pid").read_text() for d in DAEMONS}
+        r2 = subprocess.run(["bash", str(REPO / "ci" / "slurm" / "up.sh")], env={**env, "SLURM_UP_SMOKE": "0"},
+                            capture_output=True, text=True, timeout=300)
+        assert r2.returncode == 0, r2.stderr[-2000:]
+        assert pids == {d: Path(PREFIX, "run", f"{d}.pid").read_text() for d in DAEMONS}
+    except BaseException:  # a failed or skipped set-up leaves no daemon behind
+        down()
+        lock.close()
+        raise
     yield {**env, "SLURM_CONF": f"{PREFIX}/etc/slurm.conf"}
     try:
+        down()
         if not was_up:
-            subprocess.run(["bash", str(REPO / "ci" / "slurm" / "down.sh")], env=env, timeout=120, check=False)
             assert not any(_running(d) for d in DAEMONS)
     finally:
         lock.close()  # releases the lock
