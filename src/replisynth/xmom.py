@@ -185,18 +185,20 @@ class _Compiled:
     def __init__(self, names: list[str], df: pd.DataFrame, read: list[str]):
         self.num: dict[str, np.ndarray] = {}
         self.codes: dict[str, tuple[np.ndarray, list[str]]] = {}
+        self._series = {col: df[col] for col in read}
         for col in read:
             sr = df[col]
             if pd.api.types.is_numeric_dtype(sr.dtype) and not pd.api.types.is_bool_dtype(sr.dtype):
                 self.num[col] = pd.to_numeric(sr, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-            codes, uniques = pd.factorize(sr, use_na_sentinel=True)
-            self.codes[col] = (np.where(codes < 0, len(uniques), codes), [str(u) for u in uniques])
         self.plan = [[self._factor(f) for f in _split_factors(n)] for n in names]
 
     def _factor(self, f: str) -> tuple[Any, ...]:
         m = _INDICATOR.match(f)
-        if m and (m.group("c") or m.group("b")) in self.codes:
+        if m and (m.group("c") or m.group("b")) in self._series:
             col = m.group("c") or m.group("b")
+            if col not in self.codes:  # level codes only for columns read as indicators
+                codes, uniques = pd.factorize(self._series[col], use_na_sentinel=True)
+                self.codes[col] = (np.where(codes < 0, len(uniques), codes), [str(u) for u in uniques])
             labels = self.codes[col][1]
             return ("ind", col, np.asarray([lab == m.group("level") for lab in labels] + [False]))
         if f in self.num:
@@ -293,9 +295,26 @@ def _groups(df: pd.DataFrame, release: dict[str, Any]) -> list[tuple[str, np.nda
     cells = release["strata"]["cells"]
     if not strata or not cells:
         return [("all", np.arange(len(df)))]
-    keys = pd.Series(list(zip(*[df[s].map(norm_key) if s in df else [None] * len(df) for s in strata], strict=True)))
     by_key = {tuple(norm_key(v) for v in cell["key"]): cell["id"] for cell in cells}
-    ids = keys.map(lambda k: by_key.get(k, "all")).to_numpy()
+    # norm_key per distinct value and combination, not per row (same keys as a per-row map)
+    code = np.zeros(len(df), dtype=np.int64)
+    keyparts: list[list[Any]] = []
+    for st in strata:
+        if st in df:
+            c, u = pd.factorize(df[st], use_na_sentinel=False)
+            keyparts.append([norm_key(v) for v in u])
+            code = code * max(len(u), 1) + c
+        else:
+            keyparts.append([None])
+    combos, inv = np.unique(code, return_inverse=True)
+    ids_u = []
+    for cc in combos:
+        key, rem = [], int(cc)
+        for parts in reversed(keyparts):
+            key.append(parts[rem % len(parts)])
+            rem //= len(parts)
+        ids_u.append(by_key.get(tuple(reversed(key)), "all"))
+    ids = np.asarray(ids_u, dtype=object)[inv.ravel()]
     out = [(cell["id"], np.flatnonzero(ids == cell["id"])) for cell in cells]
     rest = np.flatnonzero(ids == "all")
     if len(rest):
