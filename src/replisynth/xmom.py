@@ -385,15 +385,16 @@ def align_moments(
     skip = np.asarray([d["column"] in outcomes for d in dims], dtype=bool)
     ignore = (~movable[:, None] & ~movable[None, :]) | skip[:, None] | skip[None, :]
 
-    def view(rows: np.ndarray, stats: str) -> _View | None:
+    def view(Xd: np.ndarray, rows: np.ndarray, stats: str) -> _View | None:
         if Xd.shape[1] < 2:
             return None
         v = _view(Xd, rows, block_target(release, stats), n)
         v.M[ignore] = 0.0
         return v if v.M.any() else None
 
-    views = [view(rows, g) for g, rows in groups]
-    gview = view(np.arange(n), "all") if len(groups) > 1 else None
+    views = [view(Xd, rows, g) for g, rows in groups]
+    gview = view(Xd, np.arange(n), "all") if len(groups) > 1 else None
+    del Xd  # the views hold what the swaps need (its n × d floats would add to the memory peak)
     perms = {u: np.arange(n) for u in units}
     owner = {col: u for u, cols in units.items() for col in cols}
     present = {u: df[u].notna().to_numpy() for u in units}
