@@ -233,7 +233,7 @@ def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
     return np.nan_to_num(X, nan=0.0)
 
 
-def _target(df: pd.DataFrame, c: dict[str, Any]) -> tuple[_Target | None, str]:
+def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> tuple[_Target | None, str]:
     """The state of one released checkpoint on the synthetic data (None and a note when its
     design cannot be built or holds none of the released columns)."""
     import formulaic
@@ -265,6 +265,8 @@ def _target(df: pd.DataFrame, c: dict[str, Any]) -> tuple[_Target | None, str]:
     t = _Target(tag=cp.tag, spec=mm.rhs.model_spec, cols=cols, rhs=rhs, read=sorted(rhs & set(df.columns)), w=w, W=float(ws.sum()),
                 mean=mean, sd=np.where(sd > 0, sd, 1.0), R=np.where(Rmask, R, 0.0), Rmask=Rmask,
                 S1=ws @ X, S2=(X * ws[:, None]).T @ X)
+    if not compile_rows:  # the state alone (the gaps after alignment): no row evaluator
+        return t, ""
     try:
         comp = _Compiled([names[j] for j in cols], df, t.read)
         same = np.allclose(comp.rows({c: pos for c in t.read}), X + mean, rtol=1e-12, atol=1e-12)
@@ -531,14 +533,18 @@ def align_moments(
         stale = 0 if improved else stale + 1
         if stale >= patience:
             break
+    sp_after = spearman_max()
+    views, gview = [], None  # release the views' n × d scores before the frame is copied (memory peak)
     out = df.copy()
     for u, cols in units.items():
         for col in cols:
             out[col] = df[col].take(perms[u]).set_axis(df.index)
-    after_targets = [_target(out, c)[0] for c in cps]
-    for t in after_targets:
+    targets = []
+    for c in cps:
+        t = _target(out, c, compile_rows=False)[0]
         if t is not None:
             report["checkpoints"][t.tag] = {"before": before.get(t.tag), "after": t.gaps()}
+        del t
     report.update(status="aligned", sweeps=sweeps, objective=trace, moved=sorted(units), spearman_max_error_before=sp_before,
-                  spearman_max_error_after=spearman_max())
+                  spearman_max_error_after=sp_after)
     return out, report
