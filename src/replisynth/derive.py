@@ -59,8 +59,9 @@ def functional_dependencies(
         ok = ca >= 0
         if not ok.any() or np.any(cb[ok] < 0):
             return False
+        # distinct (a, b) pairs against distinct a, counted on the (small) factorize codes
         pair = ca[ok].astype(np.int64) * (int(cb.max()) + 1) + cb[ok]
-        return len(np.unique(pair)) == len(np.unique(ca[ok]))
+        return np.count_nonzero(np.bincount(pair)) == np.count_nonzero(np.bincount(ca[ok]))
 
     det: dict[str, list[str]] = {b: [a for a in cols if a != b and determines(a, b)] for b in cols}
     parent: dict[str, str] = {}

@@ -6,6 +6,7 @@ code. Each stage takes explicit paths; none reads a path it was not given.
 
 from __future__ import annotations
 
+# Each stage imports its heavy modules itself, so a Snakemake job loads only what it runs.
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,7 @@ from typing import Any
 import pandas as pd
 
 from .bundle import Bundle, load_bundle, write_bundle
-from .checkpoints import budget_warnings, capture_checkpoint
 from .errors import TierNotMet
-from .extract import extract_source
 from .io import (
     FileMeta,
     parquet_meta,
@@ -29,12 +28,8 @@ from .io import (
     write_text,
 )
 from .manifest import Manifest, check_columns
-from .pin import pin_checkpoints
 from .sdc import SdcLog
 from .seeds import rng as make_rng
-from .synthesize import synthesize_source
-from .verify import verify
-from .xmom import align_moments
 
 log = logging.getLogger("replisynth")
 
@@ -49,6 +44,8 @@ def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMe
 
 def stage_extract_source(manifest: Manifest, source: str, release_out: str | Path, sdc_out: str | Path) -> None:
     """Secure side: the release of one source and its SDC decisions (staging files)."""
+    from .extract import extract_source
+
     df, meta = _read_checked(manifest, source)
     release, sdc = extract_source(df, meta, manifest, manifest.source(source))
     log.info("%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
@@ -59,6 +56,8 @@ def stage_extract_source(manifest: Manifest, source: str, release_out: str | Pat
 
 def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
     """Secure side: fit and gate every checkpoint on the original data (staging files)."""
+    from .checkpoints import budget_warnings, capture_checkpoint
+
     frames: dict[str, pd.DataFrame] = {}
     released: list[dict[str, Any]] = []
     sdc = SdcLog()
@@ -98,6 +97,8 @@ def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], chec
 
 def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> None:
     """Outside side: Layers 1-3 for one source, from the bundle alone."""
+    from .synthesize import synthesize_source
+
     b = load_bundle(bundle_dir)
     src = b.manifest.source(source)
     df = synthesize_source(b.releases[source], b.manifest.seed, src.rows)
@@ -113,6 +114,9 @@ def _file_meta(release: dict[str, Any]) -> FileMeta:
 
 def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs: dict[str, str | Path], report_out: str | Path) -> None:
     """Outside side: Layer 4 for one source; writes the parquet and csv files."""
+    from .pin import pin_checkpoints
+    from .xmom import align_moments
+
     b = load_bundle(bundle_dir)
     df = pd.read_parquet(unpinned)
     df, aligned = align_moments(df, b.checkpoints, b.releases[source], make_rng(b.manifest.seed, source, "xmom"))
@@ -153,6 +157,8 @@ def read_synthetic(paths: dict[str, str | Path]) -> tuple[dict[str, pd.DataFrame
 
 def stage_verify(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_out: str | Path) -> dict[str, Any]:
     """Outside side: compute every tier; write tiers.json (always, pass or fail)."""
+    from .verify import verify
+
     b = load_bundle(bundle_dir)
     frames, labels = read_synthetic(synthetic)
     tiers = verify(b, frames, labels)

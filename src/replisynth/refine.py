@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
+from .correlations import _Ranker
 from .entities import draw_pairs
 
 
@@ -39,7 +39,7 @@ def scores(x: np.ndarray) -> np.ndarray:
     ok = ~np.isnan(x)
     if ok.sum() < 2:
         return u
-    r = stats.rankdata(x[ok], method="average")
+    r = _Ranker(x[ok]).ranks()  # bit-identical to scipy.stats.rankdata(method="average")
     r = r - r.mean()
     nrm = np.sqrt(np.sum(r * r))
     if nrm > 0:
@@ -65,7 +65,8 @@ class _View:
     rows: np.ndarray
     pos: np.ndarray  # position of each data row in `rows` (-1 when absent)
     U: np.ndarray
-    P: np.ndarray
+    miss: np.ndarray  # dims with a missing value in the view's rows
+    Pm: np.ndarray  # their presence (rows × len(miss)); every other dim is present on all rows
     C: np.ndarray
     A: np.ndarray
     Q: np.ndarray
@@ -79,27 +80,60 @@ class _View:
     def error(self) -> np.ndarray:
         return (self.corr() - self.T) * self.M
 
+    def dP(self, pr: np.ndarray, ps: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Presence differences P[pr] - P[ps] over the dims `out` (zero on complete dims)."""
+        d = np.zeros((len(pr), len(out)))
+        if len(self.miss):
+            at = np.searchsorted(self.miss, out)
+            hit = (at < len(self.miss)) & (self.miss[np.minimum(at, len(self.miss) - 1)] == out)
+            if hit.any():
+                cols = at[hit]
+                d[:, hit] = self.Pm[pr][:, cols] - self.Pm[ps][:, cols]
+        return d
+
 
 def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
-    """Running sums of the rows `rows` of X (n rows in all) against `target`."""
-    sub = X[rows]
-    U = np.column_stack([scores(sub[:, j]) for j in range(X.shape[1])])
-    P = (~np.isnan(sub)).astype("float64")
+    """Running sums of the rows `rows` of X (n rows in all) against `target`. Presence is
+    kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
+    U and U², and N the count of rows."""
+    d = X.shape[1]
+    U = np.empty((len(rows), d))
+    miss_cols = []
+    for j in range(d):
+        col = X[rows, j]
+        U[:, j] = scores(col)
+        if np.isnan(col).any():
+            miss_cols.append(j)
+    miss = np.asarray(miss_cols, dtype=np.intp)
+    Pm = np.column_stack([~np.isnan(X[rows, j]) for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
     M = np.isfinite(target).astype("float64")
     np.fill_diagonal(M, 0.0)
     pos = np.full(n, -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
-    return _View(rows, pos, U, P, U.T @ U, U.T @ P, (U * U).T @ P, P.T @ P, np.where(M > 0, target, 0.0), M)
+    U2 = U * U
+    A = np.repeat(U.sum(0)[:, None], d, axis=1)
+    Q = np.repeat(U2.sum(0)[:, None], d, axis=1)
+    N = np.full((d, d), float(len(rows)))
+    if len(miss):
+        A[:, miss] = U.T @ Pm
+        Q[:, miss] = U2.T @ Pm
+        cnt = Pm.sum(0)
+        N[miss, :] = cnt[:, None]
+        N[:, miss] = cnt[None, :]
+        N[np.ix_(miss, miss)] = Pm.T @ Pm
+    del U2
+    return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
 
 
 def _proposal_terms(v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray):
     """Per proposal and unit dim: the changes of C, A and Q with every dim outside the unit."""
     pr, ps = v.pos[r], v.pos[s]
-    ur, us = v.U[pr][:, dims], v.U[ps][:, dims]  # (K, |unit|)
+    Ur, Us = v.U[pr], v.U[ps]
+    ur, us = Ur[:, dims], Us[:, dims]  # (K, |unit|)
     du = us - ur
     dq = us * us - ur * ur
-    dU_other = v.U[pr][:, out] - v.U[ps][:, out]  # (K, d')
-    dP_other = v.P[pr][:, out] - v.P[ps][:, out]
+    dU_other = Ur[:, out] - Us[:, out]  # (K, d')
+    dP_other = v.dP(pr, ps, out)
     dC = du[:, :, None] * dU_other[:, None, :]  # (K, |unit|, d')
     dA = du[:, :, None] * dP_other[:, None, :]
     dQ = dq[:, :, None] * dP_other[:, None, :]
@@ -138,6 +172,78 @@ def accept_swaps(v: _View, a_r: np.ndarray, a_s: np.ndarray, dims: list[int], ou
     v.C[np.ix_(out, dims)] = v.C[np.ix_(dims, out)].T
     v.A[np.ix_(dims, out)] += dA
     v.Q[np.ix_(dims, out)] += dQ
+
+
+class _Proposals:
+    """A batch of disjoint swaps of a unit's dims scored against one view.
+
+    The change of C for a swap is the outer product du ⊗ dU (unit dims × other dims); A and Q
+    change only on the other dims with missing values. On a complete other dim the pair's
+    correlation is linear in C (its denominator does not move), so the squared error of the
+    swap is e0² + 2 e0 g du dU + (g du dU)² with g = M / sqrt(den), and the gain over all
+    complete dims is two small matrix products: O(K d) per batch instead of O(K |unit| d)
+    intermediate arrays. Dims with missing values are scored through `_objective` as before.
+    Accepted sums are du[take]' dU[take] (same changes as summing the outer products)."""
+
+    def __init__(self, v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray) -> None:
+        self.v, self.dims, self.out = v, dims, out
+        self.pr, self.ps = pr, ps = v.pos[r], v.pos[s]
+        Ur, Us = v.U[pr], v.U[ps]
+        ur, us = Ur[:, dims], Us[:, dims]
+        self.du = us - ur
+        self.dq = us * us - ur * ur
+        self.dU = Ur[:, out] - Us[:, out]
+        self.blk = _block(v, dims, out)
+        self.base = float(_objective(self.blk, 0.0, 0.0, 0.0))
+        miss = np.isin(out, v.miss)
+        self.om = np.flatnonzero(miss)
+        self.oc = np.flatnonzero(~miss)
+        self.dPm = v.dP(pr, ps, out[self.om]) if len(self.om) else np.zeros((len(pr), 0))
+
+    def gain(self) -> np.ndarray:
+        """Change of the view's squared error per single swap."""
+        C, Aij, Aji, Qij, Qji, N, T, M = self.blk
+        g = np.zeros(len(self.du))
+        if len(self.oc):
+            oc = self.oc
+            Nn = np.maximum(N[:, oc], 1.0)
+            den = (Qij[:, oc] - Aij[:, oc] ** 2 / Nn) * (Qji[:, oc] - Aji[:, oc] ** 2 / Nn)
+            ok = (den > 1e-300) & (N[:, oc] >= 3)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                inv = np.where(ok, 1.0 / np.sqrt(np.maximum(den, 1e-300)), 0.0)
+            r0 = np.where(ok, (C[:, oc] - Aij[:, oc] * Aji[:, oc] / Nn) * inv, 0.0)
+            gm = inv * M[:, oc]
+            e0 = (r0 - T[:, oc]) * M[:, oc]
+            dU = self.dU[:, oc]
+            g += 2.0 * np.einsum("ka,ka->k", self.du, dU @ (e0 * gm).T)
+            g += np.einsum("ka,ka->k", self.du * self.du, (dU * dU) @ (gm * gm).T)
+        if len(self.om):
+            om = self.om
+            sub = tuple(x[:, om] for x in self.blk)
+            dC = self.du[:, :, None] * self.dU[:, None, om]
+            dA = self.du[:, :, None] * self.dPm[:, None, :]
+            dQ = self.dq[:, :, None] * self.dPm[:, None, :]
+            g += _objective(sub, dC, dA, dQ) - float(_objective(sub, 0.0, 0.0, 0.0))
+        return g
+
+    def sums(self, take: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Summed changes (dC, dA, dQ) of the swaps `take`."""
+        du, dq = self.du[take], self.dq[take]
+        dC = du.T @ self.dU[take]
+        dA = np.zeros_like(dC)
+        dQ = np.zeros_like(dC)
+        if len(self.om):
+            dP = self.dPm[take]
+            dA[:, self.om] = du.T @ dP
+            dQ[:, self.om] = dq.T @ dP
+        return dC, dA, dQ
+
+    def change(self, take: np.ndarray) -> float:
+        """Exact change of the view's squared error when the swaps `take` are made together."""
+        return float(_objective(self.blk, *self.sums(take))) - self.base
+
+    def accept(self, take: np.ndarray) -> None:
+        accept_swaps(self.v, self.pr[take], self.ps[take], self.dims, self.out, *self.sums(take))
 
 
 def refine_swaps(
@@ -212,22 +318,16 @@ def refine_swaps(
                 parts = []
                 gain = np.zeros(len(r))
                 for v in active:
-                    pr, ps, dC, dA, dQ = _proposal_terms(v, r, s, dims, out)
-                    blk = _block(v, dims, out)
-                    base = float(_objective(blk, 0.0, 0.0, 0.0))
-                    gain += _objective(blk, dC, dA, dQ) - base
-                    parts.append((v, pr, ps, dC, dA, dQ, base, blk))
+                    part = _Proposals(v, r, s, dims, out)
+                    gain += part.gain()
+                    parts.append(part)
                 cand = np.where(gain < -1e-15)[0]
                 if not len(cand):
                     continue
                 cand = cand[np.argsort(gain[cand], kind="stable")]
 
                 def combined(m: int, parts: list = parts, cand: np.ndarray = cand) -> float:
-                    take = cand[:m]
-                    return sum(
-                        float(_objective(blk, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))) - base
-                        for _v, _pr, _ps, dC, dA, dQ, base, blk in parts
-                    )
+                    return sum(part.change(cand[:m]) for part in parts)
 
                 best_m, best_f, m = 0, 0.0, 1
                 while True:
@@ -242,8 +342,8 @@ def refine_swaps(
                 if best_m == 0:
                     continue
                 take = cand[:best_m]
-                for v, pr, ps, dC, dA, dQ, _, _ in parts:
-                    accept_swaps(v, pr[take], ps[take], dims, out, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))
+                for part in parts:
+                    part.accept(take)
                 rr, ss = r[take], s[take]
                 p = perms[ui]
                 p_r, p_s = p[rr].copy(), p[ss].copy()
