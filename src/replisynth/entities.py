@@ -538,7 +538,10 @@ def refine_invariant(
     (A_f − A_e)(S_b(e) − S_b(f)); batches of disjoint pairs are accepted while the squared error
     falls. Columns with missing values are left as drawn (non-missing counts differ)."""
     from .dims import synthetic_dim_matrix
-    from .refine import scores
+    from .refine import (
+        best_prefix,  # refine imports this module at load time
+        scores,
+    )
     from .synthesize import block_target
 
     dims = release["dims"]
@@ -592,16 +595,7 @@ def refine_invariant(
             if not len(cand):
                 continue
             cand = cand[np.argsort(gain[cand], kind="stable")]
-            best_m, best_f, m = 0, 0.0, 1
-            while True:
-                fval = float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base
-                if fval < best_f:
-                    best_f, best_m = fval, m
-                elif m >= 16:
-                    break
-                if m == len(cand):
-                    break
-                m = min(2 * m, len(cand))
+            best_m, best_f = best_prefix(lambda m, cand=cand, E0=E0, dC=dC, base=base: float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base, len(cand))
             if best_m == 0:
                 continue
             take = cand[:best_m]

@@ -25,12 +25,31 @@ that belong together (the indicators of one nominal column) swap together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .correlations import _Ranker
 from .entities import draw_pairs
+
+
+def best_prefix(change: Callable[[int], float], n: int) -> tuple[int, float]:
+    """How many of `n` candidate swaps (sorted best first) to accept together: the prefix
+    length m (1, 2, 4, ...) whose joint objective change `change(m)` is lowest and negative,
+    doubling until it stops improving past 16 (0 when no prefix improves), and that change.
+    Swaps scored one by one interact, so the batch is judged jointly."""
+    best_m, best_f, m = 0, 0.0, 1
+    while True:
+        f = change(m)
+        if f < best_f:
+            best_f, best_m = f, m
+        elif m >= 16:
+            break
+        if m == n:
+            break
+        m = min(2 * m, n)
+    return best_m, best_f
 
 
 def scores(x: np.ndarray) -> np.ndarray:
@@ -329,16 +348,7 @@ def refine_swaps(
                 def combined(m: int, parts: list = parts, cand: np.ndarray = cand) -> float:
                     return sum(part.change(cand[:m]) for part in parts)
 
-                best_m, best_f, m = 0, 0.0, 1
-                while True:
-                    f = combined(m)
-                    if f < best_f:
-                        best_f, best_m = f, m
-                    elif m >= 16:
-                        break
-                    if m == len(cand):
-                        break
-                    m = min(2 * m, len(cand))
+                best_m, _ = best_prefix(combined, len(cand))
                 if best_m == 0:
                     continue
                 take = cand[:best_m]

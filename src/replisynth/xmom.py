@@ -41,7 +41,7 @@ import pandas as pd
 from .design import estimation_sample
 from .entities import draw_pairs, entity_fixed
 from .manifest import formula_variables
-from .refine import _block, _proposal_terms, _View, _view, accept_swaps, penalty
+from .refine import _block, _proposal_terms, _View, _view, accept_swaps, best_prefix, penalty
 
 MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
 
@@ -516,16 +516,7 @@ def align_moments(
                              for _v, _pr, _ps, dC, dA, dQ, base, blk in sparts)
                     return f
 
-                best_m, best_f, m = 0, 0.0, 1
-                while True:
-                    f = combined(m)
-                    if f < best_f:
-                        best_f, best_m = f, m
-                    elif m >= 16:
-                        break
-                    if m == len(cand):
-                        break
-                    m = min(2 * m, len(cand))
+                best_m, _ = best_prefix(combined, len(cand))
                 if best_m == 0:
                     continue
                 take = cand[:best_m]
