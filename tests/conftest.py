@@ -83,3 +83,15 @@ def release_of(df: pd.DataFrame, tmp_path: Path, sdc: dict[str, Any] | None = No
 @pytest.fixture
 def people() -> pd.DataFrame:
     return make_people()
+
+
+def capture_released(df: pd.DataFrame, manifest: Any, *cps: Any) -> list[dict[str, Any]]:
+    """Capture each checkpoint on `df` under `manifest`, asserting it passes the SDC gates."""
+    from replisynth.checkpoints import capture_checkpoint
+
+    out = []
+    for i, cp in enumerate(cps):
+        rel, _ = capture_checkpoint(df, cp, manifest, i)
+        assert rel["status"] == "released", rel
+        out.append(rel)
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-from conftest import make_people, manifest_for, run_pipeline
+from conftest import capture_released, make_people, manifest_for, run_pipeline
 from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
 from statsmodels.miscmodels.ordinal_model import OrderedModel
 
@@ -60,12 +60,7 @@ def _cp(model: str, formula: str, **kw: Any) -> Checkpoint:
 
 
 def _capture(df: pd.DataFrame, *cps: Checkpoint) -> list[dict[str, Any]]:
-    out = []
-    for i, cp in enumerate(cps):
-        rel, _ = capture_checkpoint(df, cp, MANIFEST, i)
-        assert rel["status"] == "released", rel
-        out.append(rel)
-    return out
+    return capture_released(df, MANIFEST, *cps)
 
 
 def _gaps(df: pd.DataFrame, rel: dict[str, Any]) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import manifest_for, run_pipeline
+from conftest import capture_released, manifest_for, run_pipeline
 
 from replisynth.checkpoints import capture_checkpoint
 from replisynth.design import build_design, split_iv_formula, used_columns
@@ -246,12 +246,7 @@ def test_demean_two_way_is_a_projection(panel: pd.DataFrame) -> None:
 
 
 def _capture(df: pd.DataFrame, *cps: Checkpoint) -> list[dict[str, Any]]:
-    out = []
-    for i, cp in enumerate(cps):
-        rel, _ = capture_checkpoint(df, cp, MANIFEST, i)
-        assert rel["status"] == "released", rel
-        out.append(rel)
-    return out
+    return capture_released(df, MANIFEST, *cps)
 
 
 def _gaps(df: pd.DataFrame, rel: dict[str, Any]) -> tuple[float, list[float]]:

@@ -197,6 +197,20 @@ def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source
     return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, method).tolist(), "mean_size": float(sizes.mean())}
 
 
+def pooled_level_values(
+    work: pd.DataFrame, tables: dict[str, FrequencyTable], spec_by: dict[str, ColumnSpec], all_levels: dict[str, list[Any]]
+) -> dict[str, np.ndarray]:
+    """Per many-level ordered numeric column, its values with pooled (suppressed) codes
+    replaced by their released level: the per-stratum grids are built on these."""
+    out: dict[str, np.ndarray] = {}
+    for c, t in tables.items():
+        if t.ordered and spec_by[c].logical_type in ("integer", "float") and len(t.levels) >= 3:
+            pos = ordered_codes(category_values(work[c]), t, all_levels[c])
+            lev = np.asarray(t.levels, dtype="float64")
+            out[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])
+    return out
+
+
 def stratum_block(
     work: pd.DataFrame, mask: np.ndarray, bid: str, key: tuple[Any, ...], released_cols: list[ColumnSpec], source: Source,
     sdc: Any, X: np.ndarray, pooled_values: dict[str, np.ndarray], log: SdcLog,
@@ -293,12 +307,7 @@ def extract_source(
         log.add("derived", "coded", f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}", source=source.name, column=b)
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
-    pooled_values: dict[str, np.ndarray] = {}
-    for c, t in tables.items():
-        if t.ordered and spec_by[c].logical_type in ("integer", "float") and len(t.levels) >= 3:
-            pos = ordered_codes(category_values(work[c]), t, all_levels[c])
-            lev = np.asarray(t.levels, dtype="float64")
-            pooled_values[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])
+    pooled_values = pooled_level_values(work, tables, spec_by, all_levels)
     S_all, n_bad = gated_spearman(X, sdc.min_cell_size)
     n_ident = identity_pairs(S_all)
     if n_ident:

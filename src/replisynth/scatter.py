@@ -26,8 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dims import category_values, dim_matrix, ordered_codes
-from .extract import _level_order_of, _strata_keys, extract_source, stratum_block
+from .dims import category_values, dim_matrix
+from .extract import (
+    _level_order_of,
+    _strata_keys,
+    extract_source,
+    pooled_level_values,
+    stratum_block,
+)
 from .io import atomic_path, read_json, write_json, write_parquet
 from .manifest import Manifest
 from .marginals import FrequencyTable, level_order
@@ -80,12 +86,7 @@ def stratum_blocks(df: pd.DataFrame, manifest: Manifest, source: str, base: dict
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
     all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
     X = dim_matrix(work, spec_by, base["dims"], tables, all_levels)
-    pooled_values: dict[str, np.ndarray] = {}
-    for c, t in tables.items():
-        if t.ordered and spec_by[c].logical_type in ("integer", "float") and len(t.levels) >= 3:
-            pos = ordered_codes(category_values(work[c]), t, all_levels[c])
-            lev = np.asarray(t.levels, dtype="float64")
-            pooled_values[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])
+    pooled_values = pooled_level_values(work, tables, spec_by, all_levels)
     out = []
     for cell in shard_of(cells, shard, shards):
         key = tuple(cell["key"])
