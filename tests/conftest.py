@@ -95,3 +95,23 @@ def capture_released(df: pd.DataFrame, manifest: Any, *cps: Any) -> list[dict[st
         assert rel["status"] == "released", rel
         out.append(rel)
     return out
+
+
+def refit_terms(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, float, float]]:
+    """Refit a released checkpoint on `df`; per released term (|Δβ|/SE_synthetic,
+    |Δβ|/SE_target, SE_synthetic/SE_target)."""
+    from replisynth.design import build_design
+    from replisynth.estimators import fit_checkpoint
+    from replisynth.pin import checkpoint_from_release
+
+    cp = checkpoint_from_release(rel)
+    fit = fit_checkpoint(build_design(df, cp), cp)
+    pos = {t: j for j, t in enumerate(fit.terms)}
+    out = []
+    for t in rel["terms"]:
+        if t.get("suppressed"):
+            continue
+        j = pos[t["term"]]
+        db = abs(fit.beta[j] - t["beta"])
+        out.append((db / fit.se[j], db / t["se"], fit.se[j] / t["se"]))
+    return out

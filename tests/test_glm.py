@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-from conftest import capture_released, make_people, manifest_for, run_pipeline
+from conftest import capture_released, make_people, manifest_for, refit_terms, run_pipeline
 from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
 from statsmodels.miscmodels.ordinal_model import OrderedModel
 
@@ -65,17 +65,8 @@ def _capture(df: pd.DataFrame, *cps: Checkpoint) -> list[dict[str, Any]]:
 
 def _gaps(df: pd.DataFrame, rel: dict[str, Any]) -> tuple[float, float]:
     """Largest |b - b*| over released terms in target SEs and in synthetic SEs."""
-    cp = checkpoint_from_release(rel)
-    fit = fit_checkpoint(build_design(df, cp), cp)
-    pos = {t: j for j, t in enumerate(fit.terms)}
-    gt = gs = 0.0
-    for t in rel["terms"]:
-        if t.get("suppressed"):
-            continue
-        j = pos[t["term"]]
-        gt = max(gt, abs(fit.beta[j] - t["beta"]) / t["se"])
-        gs = max(gs, abs(fit.beta[j] - t["beta"]) / fit.se[j])
-    return gt, gs
+    terms = refit_terms(df, rel)
+    return max(t[1] for t in terms), max(t[0] for t in terms)
 
 
 # ---------------------------------------------------------------------------------------------

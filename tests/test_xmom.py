@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import refit_terms
 
 from replisynth.bundle import load_bundle
 from replisynth.checkpoints import capture_checkpoint
 from replisynth.cli import cmd_extract
 from replisynth.design import build_design
-from replisynth.estimators import fit_checkpoint
 from replisynth.manifest import Checkpoint, load_manifest
-from replisynth.pin import checkpoint_from_release, pin_checkpoints
+from replisynth.pin import pin_checkpoints
 from replisynth.pipeline import stage_synthesize
 from replisynth.seeds import rng
 from replisynth.verify import verify
@@ -54,17 +54,8 @@ def _max_gaps(df: pd.DataFrame, cps: list[dict[str, Any]]) -> dict[str, tuple[fl
     """Per checkpoint: (max |Δβ|/SE_synthetic, max |Δβ|/SE_target) over released terms."""
     out = {}
     for c in cps:
-        cp = checkpoint_from_release(c)
-        fit = fit_checkpoint(build_design(df, cp), cp)
-        pos = {t: j for j, t in enumerate(fit.terms)}
-        g1 = g2 = 0.0
-        for t in c["terms"]:
-            if t.get("suppressed"):
-                continue
-            j = pos[t["term"]]
-            g1 = max(g1, abs(fit.beta[j] - t["beta"]) / fit.se[j])
-            g2 = max(g2, abs(fit.beta[j] - t["beta"]) / t["se"])
-        out[c["tag"]] = (g1, g2)
+        terms = refit_terms(df, c)
+        out[c["tag"]] = (max(t[0] for t in terms), max(t[1] for t in terms))
     return out
 
 
