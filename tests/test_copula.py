@@ -301,6 +301,46 @@ def test_refine_swaps_units_move_together_and_stay_in_groups() -> None:
     np.testing.assert_array_equal(np.isnan(Y), np.isnan(X))
 
 
+def test_refine_swaps_chases_an_or_of_two_indicators() -> None:
+    """c = a or b with a 11% and b 7% ones and a, b nearly exclusive (MEPS: blhisp = black or
+    hisp, Spearman(a, c) = 0.73): single-column swaps stall in a local optimum, so
+    the usual stopping rule left |error| = 0.14 > the tier-2 tolerance; past it, sweeps go on
+    while a pair is off by more than `far`, also moving (a, b) together, and end close to it."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    cat = rng.choice(3, p=[0.11, 0.07, 0.82], size=n)
+    a, b = (cat == 0).astype(float), (cat == 1).astype(float)
+    c = np.maximum(a, b)
+    X0 = np.column_stack([a, b, c, rng.normal(size=n) + a])
+    T = spearman_matrix(X0)
+    X = np.column_stack([rng.permutation(col) for col in X0.T])
+    units = [[0], [1], [2], [3]]
+    quick = _apply(X, refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2), far=1.0), units)
+    full = _apply(X, refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2)), units)
+    err_quick = np.nanmax(np.abs(spearman_matrix(quick) - T))
+    err_full = np.nanmax(np.abs(spearman_matrix(full) - T))
+    assert err_full <= 0.04 < 0.1 < err_quick
+    for j in range(4):
+        np.testing.assert_array_equal(np.sort(full[:, j]), np.sort(X[:, j]))
+
+
+def test_penalty_hard_wall_past_the_tier2_tolerance() -> None:
+    """The cross-moment alignment's Spearman guard: soft past tau, stiff past HARD_WALL, so
+    trading a pair from 0.04 to 0.055 costs far more than any moment gain of order 1."""
+    from replisynth.refine import HARD_WALL, penalty
+
+    def cost(err: float) -> float:
+        # one pair: C is the correlation itself when A = 0, Q = 1 (unit-norm scores)
+        one = np.ones((1, 1))
+        blk = (np.full((1, 1), err), 0 * one, 0 * one, one, one, 1e9 * one, 0 * one, one)
+        return float(penalty(blk, 0.0, 0.0, 0.0, 0.03, 100.0))
+
+    assert HARD_WALL < 0.05
+    assert cost(0.02) == pytest.approx(0.02**2)
+    assert cost(0.04) == pytest.approx(0.04**2 + 100 * 0.01**2)
+    assert cost(0.055) - cost(0.04) > 1.0
+
+
 def test_refine_swaps_no_targets_is_identity() -> None:
     _, X = _structural_zero(n=200)
     T = np.full((3, 3), np.nan)

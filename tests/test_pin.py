@@ -229,6 +229,39 @@ def test_suppressed_term_is_left_free(original: pd.DataFrame, synthetic: pd.Data
     assert after.beta[j_rare] == pytest.approx(before.beta[j_rare], abs=1e-10 * before.se[j_rare])
 
 
+def test_suppressed_indicator_constant_in_synthetic_data_is_left_out(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    """SDC pools the rare level of `rare` (30 ones < min_cell_size) away, so the synthetic
+    column is all 0 and the full design singular (jobtraining: grant_1). Its coefficient is
+    suppressed, so pin and verify leave the column out and the released terms still pin."""
+    from replisynth.errors import CheckpointError
+    from replisynth.verify import tier4
+
+    (rel,) = _capture(original, _cp("rare", "y ~ x1 + x2 + rare"))
+    syn = synthetic.assign(rare=0)
+    cp = checkpoint_from_release(rel)
+    with pytest.raises(CheckpointError, match="collinear with the others: rare"):
+        fit_checkpoint(build_design(syn, cp), cp)
+    frames, results = pin_checkpoints({"people": syn}, [rel])
+    assert results[0].status == "pinned"
+    released = {t["term"] for t in rel["terms"] if not t.get("suppressed")}
+    d = build_design(frames["people"], cp, released=released)
+    assert "rare" not in d.terms and d.X.shape[1] == len(released)
+    fit = fit_checkpoint(d, cp)
+    for t in rel["terms"]:
+        if not t.get("suppressed"):
+            j = fit.terms.index(t["term"])
+            assert abs(fit.beta[j] - t["beta"]) <= 1e-8 * fit.se[j]
+
+    class _Bundle:
+        checkpoints = [rel]
+
+    out = tier4(_Bundle(), {"people": frames["people"]})["rare"]
+    assert out["passed"] and out["status"] == "verified" and out["max_dbeta_se"] < 1e-8
+    # a released term that is constant is not dropped: the design stays singular and says so
+    d_keep = build_design(syn.assign(x2=1.0), cp, released=released)
+    assert "x2" in d_keep.terms and "rare" not in d_keep.terms
+
+
 def test_unreleased_checkpoints_are_ignored(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
     (rel,) = _capture(original, _cp("plain", "y ~ x1"))
     rejected = {**rel, "status": "rejected"}

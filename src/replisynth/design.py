@@ -8,7 +8,7 @@ The sample is the `subset` rows with no missing value in any variable the checkp
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -161,9 +161,37 @@ def _widen_integers(data: pd.DataFrame) -> pd.DataFrame:
     return data.astype({c: "Int64" if pd.api.types.is_extension_array_dtype(data[c].dtype) else "int64" for c in narrow})
 
 
-def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
+def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "", released: set[str] | None = None) -> Design:
     """The checkpoint's sample and design matrix, built by formulaic (fe: plus the absorbed
-    columns' codes; re: the entity's codes; iv: exogenous, endogenous and instrument blocks)."""
+    columns' codes; re: the entity's codes; iv: exogenous, endogenous and instrument blocks).
+    On synthetic data pass `released` (the released term names): see `drop_unreleased_constants`."""
+    d = _build_design(df, cp, where)
+    return d if released is None else drop_unreleased_constants(d, released)
+
+
+def drop_unreleased_constants(d: Design, released: set[str]) -> Design:
+    """Drop design columns that are constant on the synthetic sample and whose coefficient
+    was not released. The case: SDC pooled the rare level of an indicator (a lag of a
+    treatment, a small region) into its neighbour, so the synthetic column is constant and the
+    design singular, while its suppressed coefficient is no target. The released coefficients
+    are still pinned and verified with it left out; the intercept is never dropped."""
+    k = d.X.shape[1]
+    if len(d.y) == 0 or k == 0:
+        return d
+    const = np.ptp(d.X, axis=0) == 0
+    drop = [j for j in range(k) if const[j] and d.terms[j] not in released and d.terms[j] != "Intercept"
+            and (d.n_exog is None or j < d.n_exog)]
+    if not drop:
+        return d
+    keep = [j for j in range(k) if j not in drop]
+    out = replace(d, X=d.X[:, keep], terms=[d.terms[j] for j in keep] + list(d.terms[k:]))  # GLMs: alpha, cut points follow
+    if d.Z is not None and d.n_exog is not None:  # iv: the exogenous columns lead Z as they lead X
+        zkeep = [j for j in range(d.Z.shape[1]) if j not in drop]
+        out = replace(out, Z=d.Z[:, zkeep], n_exog=d.n_exog - len(drop))
+    return out
+
+
+def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
     import formulaic
 
     label = where or f"checkpoint {cp.tag!r}"

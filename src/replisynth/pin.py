@@ -104,7 +104,7 @@ def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple
     checkpoint on the current data, or None (with a note) when it cannot be built."""
     cp = checkpoint_from_release(c)
     try:
-        d = build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data")
+        d = build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=set(_targets(c)))
     except CheckpointError as exc:
         notes.append(str(exc))
         return None
@@ -230,7 +230,7 @@ def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
     seen: set[Any] = set()
     for c in group:
         try:
-            idx = set(build_design(df, checkpoint_from_release(c)).index)
+            idx = set(build_design(df, checkpoint_from_release(c), released=set(_targets(c))).index)
         except CheckpointError:
             return False
         if seen & idx:
@@ -251,7 +251,7 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     if not target or not np.isfinite(target) or target <= 0:
         return None
     cp = checkpoint_from_release(c)
-    d = build_design(df, cp)
+    d = build_design(df, cp, released=set(_targets(c)))
     if cp.model == "re":
         return _match_variance_components(df, c, cp, d, outcome)
     if cp.model in ("fe", "iv"):

@@ -42,6 +42,11 @@ MAX_BATCHES = 400
 _EPS = 1e-12
 
 
+def _released(c: dict[str, Any]) -> set[str]:
+    """Released (not suppressed) term names of a checkpoint record."""
+    return {t["term"] for t in c.get("terms", []) if not t.get("suppressed")}
+
+
 def is_discrete_group(group: list[dict[str, Any]]) -> bool:
     """Whether an outcome group holds a maximum-likelihood checkpoint (then it is pinned here)."""
     return any(c["model"] in GLM_MODELS for c in group)
@@ -358,7 +363,7 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
         for c in group:
             cp = checkpoint_from_release(c)
             try:
-                designs.append((c, build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data")))
+                designs.append((c, build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=_released(c))))
             except CheckpointError as exc:
                 notes.append(str(exc))
     finally:
@@ -414,7 +419,7 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
     for c, _ in designs:
         cp = checkpoint_from_release(c)
         try:
-            fit = fit_checkpoint(build_design(df, cp), cp, f"checkpoint {cp.tag!r} on synthetic data")
+            fit = fit_checkpoint(build_design(df, cp, released=_released(c)), cp, f"checkpoint {cp.tag!r} on synthetic data")
         except CheckpointError as exc:
             notes.append(str(exc))
             status = "approximate"

@@ -172,13 +172,19 @@ def _objective(blk: tuple[np.ndarray, ...], dC, dA, dQ) -> np.ndarray:
     return (e * e).sum(axis=(-1, -2))
 
 
+HARD_WALL = 0.045  # just inside verify.CORR_TOL (0.05): a pair past it would fail tier 2
+
+
 def penalty(blk: tuple[np.ndarray, ...], dC, dA, dQ, tau: float, weight: float) -> np.ndarray:
     """`_objective` plus `weight` × the squared excess of each |error| over `tau`: a soft
-    wall that keeps rank correlations inside a tolerance while another objective moves rows."""
+    wall that keeps rank correlations inside a tolerance while another objective moves rows;
+    and a stiff one (10⁴ × `weight`) past HARD_WALL, so no pair is pushed out of tier 2."""
     C, Aij, Aji, Qij, Qji, N, T, M = blk
     e = (_corr(C + dC, Aij + dA, Aji, Qij + dQ, Qji, N) - T) * M
-    h = np.maximum(np.abs(e) - tau, 0.0)
-    return (e * e + weight * h * h).sum(axis=(-1, -2))
+    a = np.abs(e)
+    h = np.maximum(a - tau, 0.0)
+    g = np.maximum(a - HARD_WALL, 0.0)
+    return (e * e + weight * (h * h + 1e4 * g * g)).sum(axis=(-1, -2))
 
 
 def accept_swaps(v: _View, a_r: np.ndarray, a_s: np.ndarray, dims: list[int], out: np.ndarray, dC: np.ndarray, dA: np.ndarray, dQ: np.ndarray) -> None:
@@ -265,6 +271,27 @@ class _Proposals:
         accept_swaps(self.v, self.pr[take], self.ps[take], self.dims, self.out, *self.sums(take))
 
 
+def _compound_units(units: list[list[int]], errs: list[np.ndarray], far: float, limit: int = 12) -> list[tuple[list[int], list[int]]]:
+    """Pairs of units to swap together while chasing: two units both off by more than `far`
+    against a common third dim. Three-way structure (c = a or b, a and b exclusive) is a local
+    optimum of single-column swaps; moving (a, b) as one keeps their own pair and fixes c's."""
+    E = np.max(np.abs(np.stack(errs)), axis=0)
+    off = E > far
+    found: list[tuple[float, list[int], list[int]]] = []
+    for i in range(len(units)):
+        oi = off[units[i]].any(axis=0)
+        if not oi.any():
+            continue
+        for j in range(i + 1, len(units)):
+            common = oi & off[units[j]].any(axis=0)
+            common[units[i]] = common[units[j]] = False
+            if common.any():
+                score = float(E[np.ix_(units[i] + units[j], np.flatnonzero(common))].sum())
+                found.append((-score, [i, j], units[i] + units[j]))
+    found.sort(key=lambda f: (f[0], f[1]))
+    return [(m, dims) for _, m, dims in found[:limit]]
+
+
 def refine_swaps(
     X: np.ndarray,
     groups: list[np.ndarray],
@@ -278,13 +305,18 @@ def refine_swaps(
     min_gain: float = 0.01,
     max_pairs: int = 512,
     labels: np.ndarray | None = None,
+    far: float = 0.03,
+    max_far_sweeps: int = 400,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
     correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
     untargeted): each group's rows towards its target, all rows towards `global_target`.
     Swaps stay inside a group and among rows where the unit is present. Dims in no unit
     never move but still steer the others. Sweeps stop when every targeted error is within
-    `tol`, or a sweep improves the squared error by less than `min_gain` (relative).
+    `tol`, or a sweep improves the squared error by less than `min_gain` (relative) while
+    the worst error is within `far`. While some pair is still off by more than `far` (a
+    structural zero among three columns, such as blhisp = black or hisp, is reached by many
+    small steps) sweeps go on as long as they improve at all, up to `max_far_sweeps`.
 
     With `labels` (entity per row) swap partners share a label (`entities.draw_pairs`).
 
@@ -308,15 +340,29 @@ def refine_swaps(
     present = ~np.isnan(X)
     stale = 0
     prev = np.inf
-    for _ in range(max_sweeps):
+    chase, best_worst, flat = False, np.inf, 0
+    for sweep in range(max_sweeps + max_far_sweeps):
         errs = [v.error() for v in all_views]
         worst = max(float(np.max(np.abs(e))) for e in errs)
         total = sum(float(np.sum(e * e)) for e in errs)
-        if worst <= tol or total > prev * (1 - min_gain):
+        if worst <= tol:
             break
+        if not chase and (total > prev * (1 - min_gain) or sweep >= max_sweeps):
+            if worst <= far:
+                break
+            chase = True  # past the usual stopping point, while a pair is off by more than `far`
+        if chase:  # progress: the summed squared excess of the pairs still beyond `far`
+            excess = sum(float(np.sum(np.maximum(np.abs(e) - far, 0.0) ** 2)) for e in errs)
+            flat = flat + 1 if excess > best_worst * (1 - min_gain / 10) else 0
+            best_worst = min(best_worst, excess)
+            if worst <= far or flat >= 4 * patience or sweep >= max_sweeps + max_far_sweeps - 1:
+                break
         prev = total
         improved = False
-        for ui, dims in enumerate(units):
+        moves = [([ui], dims) for ui, dims in enumerate(units)]
+        if chase:
+            moves += _compound_units(units, errs, far)
+        for members, dims in moves:
             inside = np.zeros(d, dtype=bool)
             inside[dims] = True
             out = np.where(~inside)[0]
@@ -324,7 +370,7 @@ def refine_swaps(
                 active = [view] + ([gview] if gview is not None else [])
                 if not any(v.M[np.ix_(dims, out)].any() for v in active):
                     continue
-                rows = view.rows[present[view.rows, dims[0]]]
+                rows = view.rows[present[view.rows][:, dims].all(axis=1)]
                 if len(rows) < 4:
                     continue
                 order = rows[rng.permutation(len(rows))]
@@ -355,9 +401,10 @@ def refine_swaps(
                 for part in parts:
                     part.accept(take)
                 rr, ss = r[take], s[take]
-                p = perms[ui]
-                p_r, p_s = p[rr].copy(), p[ss].copy()
-                p[rr], p[ss] = p_s, p_r
+                for ui in members:
+                    p = perms[ui]
+                    p_r, p_s = p[rr].copy(), p[ss].copy()
+                    p[rr], p[ss] = p_s, p_r
                 improved = True
         stale = 0 if improved else stale + 1
         if stale >= patience:

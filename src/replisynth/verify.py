@@ -354,7 +354,8 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             continue
         cp = checkpoint_from_release(c)
         try:
-            d = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data")
+            released = {t["term"] for t in c["terms"] if not t.get("suppressed")}
+            d = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data", released=released)
             fit = fit_checkpoint(d, cp, f"checkpoint {tag!r} on synthetic data")
         except CheckpointError as exc:
             out[tag] = {"passed": False, "status": "failed", "source": c["source"], "reason": str(exc), "terms": []}
