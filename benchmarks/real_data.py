@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -102,10 +103,11 @@ CASES = [
     ], {"exclude": ["popul"]}),
     Case("grunfeld_fe", _sm("grunfeld"), [
         {"tag": "invest_fe", "model": "fe", "formula": "invest ~ value + capital", "absorb": ["firm", "year"], "vcov": "HC1"},
-    ], {"continuous": ["year"]}),
+    ], {"continuous": ["year"], "groups": ["firm"]}),
     Case("munnell_fe", _lm("munnell"), [
-        {"tag": "gsp_fe", "model": "fe", "formula": "np.log(GSP) ~ np.log(P_CAP) + np.log(PC) + np.log(EMP) + UNEMP", "absorb": ["STATE", "YR"], "vcov": "cluster:STATE"},
-    ], {"exclude": ["ST_ABB"], "continuous": ["YR"], "groups": ["STATE"]}),
+        {"tag": "gsp_fe", "model": "fe", "formula": "lgsp ~ np.log(P_CAP) + np.log(PC) + np.log(EMP) + UNEMP", "absorb": ["STATE", "YR"], "vcov": "cluster:STATE"},
+    ], {"exclude": ["ST_ABB", "GSP"], "continuous": ["YR"], "groups": ["STATE"]},
+        prepare=lambda df: df.assign(lgsp=np.log(df["GSP"]))),
     Case("jobtraining_fe", _lm("jobtraining"), [
         {"tag": "scrap_fe", "model": "fe", "formula": "lscrap ~ grant + grant_1 + d88 + d89", "entity": "fcode", "time": "year", "vcov": "cluster:fcode"},
     ], {"panel": {"entity": "fcode", "time": "year"},

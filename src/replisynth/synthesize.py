@@ -306,6 +306,14 @@ def refine_source(
     return out
 
 
+def _group_column(ids: np.ndarray, spec: ColumnSpec) -> pd.Series:
+    """Re-keyed group ids 1..G, as text when the original ids were text (firm names, state
+    codes), so the column keeps its released logical type and code that reads it as text runs."""
+    if spec.logical_type == "string":
+        return pd.Series(np.asarray(ids).astype(str), dtype=object)
+    return pd.Series(ids, dtype="int64")
+
+
 def synthesize_source(
     release: dict[str, Any], seed: int, rows: int | None = None, blocks: dict[str, dict[str, np.ndarray]] | None = None
 ) -> pd.DataFrame:
@@ -333,9 +341,9 @@ def synthesize_source(
         if s.role == "id":
             data[s.name] = pd.Series(np.arange(1, rows + 1, dtype="int64"))
         elif s.role == "group" and ent is not None and s.name == release["entity_structure"]["column"]:
-            data[s.name] = pd.Series(ent[perm] + 1, dtype="int64")
+            data[s.name] = _group_column(ent[perm] + 1, s)
         elif s.role == "group":
-            data[s.name] = pd.Series(_group_ids(rows, release["groups"][s.name], make_rng(seed, source, "groups", s.name)), dtype="int64")
+            data[s.name] = _group_column(_group_ids(rows, release["groups"][s.name], make_rng(seed, source, "groups", s.name)), s)
         else:
             v = cols[s.name][perm]
             data[s.name] = _restore_dtype(v, s, release)
