@@ -338,3 +338,20 @@ def test_boolean_outcome_stays_boolean(original: pd.DataFrame, synthetic: pd.Dat
     rel = _capture(orig, _cp("logit", "bb ~ x1 + female"))
     out = pin_checkpoints({"people": syn}, rel, seed=2)[0]["people"]
     assert out["bb"].dtype == bool and _gaps(out, rel[0])[0] <= 0.5
+
+
+def test_poisson_on_overdispersed_counts_keeps_robust_ses(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+    """nb is NB2 (alpha 0.5): a Poisson checkpoint with HC1 SEs releases its Pearson dispersion
+    (about 1 + 0.5 mean(mu) ≈ 1.9 here), and the pin draws from the NB2 mixture with that
+    dispersion, so the robust SEs of the refit match the released ones (a Poisson draw
+    understates them by about 1/sqrt(dispersion)) while the coefficients stay pinned."""
+    cp = _cp("poisson", "nb ~ x1 + female", vcov="HC1", tag="od")
+    rel = _capture(original, cp)[0]
+    assert 1.5 < rel["dispersion"] < 2.5
+    frames, res = pin_checkpoints({"people": synthetic}, [rel], seed=3)
+    terms = refit_terms(frames["people"], rel)
+    assert max(t[1] for t in terms) <= 0.5
+    assert all(0.8 <= t[2] <= 1.25 for t in terms), terms
+    plain = pin_checkpoints({"people": synthetic}, [{**rel, "dispersion": None}], seed=3)[0]
+    ratios = [t[2] for t in refit_terms(plain["people"], rel)]
+    assert max(ratios) < 0.85, ratios  # without the dispersion the robust SEs are too small

@@ -178,6 +178,8 @@ def outcome_release(levels: list | None, cp: Checkpoint, extra: dict[str, Any], 
         out["outcome_shares"] = [rnd(v) for v in extra["outcome_shares"]]
     else:
         out["outcome_mean"] = rnd(extra["outcome_mean"])
+    if "dispersion" in extra:  # poisson: Pearson dispersion, so the pin's draw can carry it
+        out["dispersion"] = rnd(extra["dispersion"])
     return out
 
 

@@ -167,6 +167,15 @@ def _fit(model, label: str, **kw):
     return res
 
 
+def pearson_dispersion(y: np.ndarray, eta: np.ndarray, w: np.ndarray | None, k: int) -> float:
+    """Pearson chi-square over residual df of a Poisson fit, Σ w (y − μ)² / μ / (n − k): 1 under
+    the model, larger with overdispersion (which robust SEs of a Poisson checkpoint reflect)."""
+    mu = np.exp(eta)
+    ww = np.ones(len(y)) if w is None else w
+    df = len(y) - k
+    return float(np.sum(ww * (y - mu) ** 2 / mu) / df) if df > 0 else 1.0
+
+
 def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
     """Fit a logit/probit/poisson/nbreg/ologit/oprobit checkpoint; see the module docstring for
     weights and vcov. Returns the regressors' coefficients followed by `alpha` (nbreg) or the
@@ -200,6 +209,8 @@ def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
             raise CheckpointError(f"{label}: the estimated nbreg dispersion alpha is not positive ({beta[-1]:.3g}); the counts show no overdispersion, use model poisson")
     if cp.model in GLM_BINARY or cp.model in GLM_COUNT:
         extra["outcome_mean"] = float(np.average(design.y, weights=w))
+    if cp.model == "poisson":
+        extra["dispersion"] = pearson_dispersion(design.y, design.X @ beta, w, len(beta))
     return FitResult(terms=terms, beta=beta, se=se, n=int(n), resid_df=float(n - len(beta)), scale=1.0, extra=extra)
 
 

@@ -258,8 +258,11 @@ def _support(group: list[dict[str, Any]]) -> tuple[str, list | None]:
     return "count", None
 
 
-def _draw(model: str, X: np.ndarray, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Outcome codes drawn from the model at theta (one draw per row)."""
+def _draw(model: str, X: np.ndarray, theta: np.ndarray, rng: np.random.Generator, dispersion: float | None = None) -> np.ndarray:
+    """Outcome codes drawn from the model at theta (one draw per row). A Poisson checkpoint
+    with released Pearson dispersion φ > 1 draws from the NB2 mixture with the same mean and
+    α = (φ − 1) / mean(μ) (E Σ (y − μ)²/μ = n + α Σ μ), so robust SEs see the overdispersion
+    the original counts had; the coefficients are the Poisson ones either way."""
     k = X.shape[1]
     eta = X @ theta[:k]
     u = rng.random(len(eta))
@@ -268,7 +271,12 @@ def _draw(model: str, X: np.ndarray, theta: np.ndarray, rng: np.random.Generator
     if model == "probit":
         return (u < special.ndtr(eta)).astype("int64")
     if model == "poisson":
-        return stats.poisson.ppf(u, np.exp(eta)).astype("int64")
+        mu = np.exp(eta)
+        if dispersion is not None and np.isfinite(dispersion) and dispersion > 1.0 and len(mu):
+            a = (dispersion - 1.0) / float(np.mean(mu))
+            lam = rng.gamma(shape=1.0 / a, scale=a * mu)
+            return stats.poisson.ppf(u, lam).astype("int64")
+        return stats.poisson.ppf(u, mu).astype("int64")
     if model == "nbreg":
         a = theta[k]
         lam = rng.gamma(shape=1.0 / a, scale=a * np.exp(eta))
@@ -388,7 +396,7 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
         pos = pos_of[df.index.get_indexer(d.index)]
         w = d.weights if d.weights is not None else np.ones(len(pos))
         if c["model"] in GLM_MODELS and not drawn:
-            y[pos] = np.clip(_draw(c["model"], d.X, theta, rng), 0, hi)
+            y[pos] = np.clip(_draw(c["model"], d.X, theta, rng, c.get("dispersion")), 0, hi)
             drawn, primary = True, (c, pos, w)
         if c["model"] in GLM_MODELS:
             fn = score_function(c["model"], d.X, w, theta, None)
