@@ -62,9 +62,10 @@ def run_pipeline(raw: dict[str, Any], out: Path) -> dict[str, Any]:
     return read_json(tiers_path)
 
 
-def release_of(df: pd.DataFrame, tmp_path: Path, sdc: dict[str, Any] | None = None, **source_keys: Any) -> tuple[dict[str, Any], pd.DataFrame, Any]:
-    """Write `df` to csv and extract its release (for one source 'people'): (release, the
-    data as read back, the SDC log)."""
+def release_of(df: pd.DataFrame, tmp_path: Path, sdc: dict[str, Any] | None = None, checkpoints: list[dict[str, Any]] | None = None,
+               **source_keys: Any) -> tuple[dict[str, Any], pd.DataFrame, Any]:
+    """Write `df` to csv and extract its release (for one source 'people'; `checkpoints` as
+    in a manifest): (release, the data as read back, the SDC log)."""
     from replisynth.extract import extract_source
     from replisynth.io import read_source
     from replisynth.manifest import load_manifest
@@ -74,6 +75,8 @@ def release_of(df: pd.DataFrame, tmp_path: Path, sdc: dict[str, Any] | None = No
     raw = manifest_for(path, **source_keys)
     if sdc:
         raw["sdc"] = sdc
+    if checkpoints:
+        raw["checkpoints"] = checkpoints
     m = load_manifest(raw)
     data, meta = read_source(path)
     release, log = extract_source(data, meta, m, m.source("people"))

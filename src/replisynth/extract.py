@@ -9,6 +9,7 @@ columns missing), and every decision goes into the SDC log.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,18 @@ from .marginals import (
     quantile_grid,
     released_levels,
 )
-from .schema import ColumnSpec, infer_schema, pandera_schema, validation_summary
+from .options import GLM_ORDERED
+from .schema import (
+    MAX_ORDINAL_LEVELS,
+    ColumnSpec,
+    infer_schema,
+    pandera_schema,
+    pooled_share,
+    validation_summary,
+)
 from .sdc import SdcLog, check_release
+
+FACTOR_CALL = re.compile(r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)")  # columns a formula treats as factors
 
 
 def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
@@ -243,7 +254,19 @@ def extract_source(
     source-level half of a scattered extraction (replisynth.scatter fills the blocks in)."""
     sdc = manifest.sdc
     log = SdcLog()
-    specs = infer_schema(df, source, meta)
+    keep = set(source.strata) | ({source.panel.time} if source.panel else set())
+    for cp in manifest.checkpoints_of(source.name):
+        keep |= set(FACTOR_CALL.findall(cp.formula))
+        if cp.model in GLM_ORDERED:  # an ordered outcome keeps its categories
+            keep.add(cp.outcome)
+    specs = infer_schema(df, source, meta, sdc.min_cell_size, keep)
+    for s in specs:
+        if s.role == "continuous" and s.integer and s.name not in source.continuous and s.logical_type != "date" \
+                and df[s.name].nunique(dropna=True) <= MAX_ORDINAL_LEVELS:
+            log.add("schema", "continuous", f"integer column with {df[s.name].nunique(dropna=True)} values, {pooled_share(df[s.name], sdc.min_cell_size):.0%} "
+                    f"of its rows in values below min_cell_size={sdc.min_cell_size}: released as continuous (percentiles, integer-rounded) "
+                    "rather than as categories whose small levels would be pooled into their neighbours; list it under categorical to override",
+                    source=source.name, column=s.name)
     # The source must validate against the schema we are about to release.
     failures = validation_summary(pandera_schema(specs), df[[s.name for s in specs]])
     if failures:

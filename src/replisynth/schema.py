@@ -5,7 +5,10 @@ minima, maxima and every category into the bundle).
 Classification rule (manifest `categorical`/`continuous` lists win):
 - strings, booleans and pandas categoricals are categorical;
 - numeric columns are categorical when integer-valued with at most 20 distinct values,
-  otherwise continuous; dates are continuous (in days);
+  otherwise continuous; dates are continuous (in days); except that an unlabelled integer
+  column with at least 6 values, more than 5% of whose rows sit in levels below the minimum
+  cell size, is continuous (SDC would pool those levels into their neighbours and shrink its
+  spread: mroz schooling, fertility age); strata, the panel time and C() factors stay categorical;
 - categorical columns are *ordered* (thresholds on one latent normal) when numeric or boolean,
   except numeric codes that carry value labels and have more than two levels, which are
   *nominal* (one latent normal per category) like strings.
@@ -24,6 +27,8 @@ from .io import FileMeta
 from .manifest import Source
 
 MAX_ORDINAL_LEVELS = 20
+SPREAD_LEVELS = 6  # an integer column with this many values or more ...
+POOLED_SHARE = 0.05  # ... and more than this share of rows in small levels is continuous
 EPOCH = pd.Timestamp("1970-01-01")
 
 
@@ -87,8 +92,12 @@ def infer_column(
     s: pd.Series,
     source: Source,
     meta: FileMeta,
+    min_cell: int | None = None,
+    keep_categorical: frozenset[str] | set[str] = frozenset(),
 ) -> ColumnSpec:
-    """Classify one column under the documented rule and the manifest overrides."""
+    """Classify one column under the documented rule and the manifest overrides. With
+    `min_cell`, integer columns that cell suppression would pool heavily are continuous
+    (`pooled_share`), unless named in `keep_categorical` (strata, panel time, C() factors)."""
     name = str(s.name)
     lt = logical_type(s)
     storage = meta.storage_types.get(name, str(s.dtype))
@@ -123,6 +132,9 @@ def infer_column(
     else:
         n_distinct = s.nunique(dropna=True)
         role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
+        if (role == "categorical" and min_cell and n_distinct >= SPREAD_LEVELS and name not in keep_categorical
+                and not meta.value_labels.get(name) and pooled_share(s, min_cell) > POOLED_SHARE):
+            role = "continuous"
     ordered = False
     if role == "categorical":
         if lt == "categorical":
@@ -135,9 +147,18 @@ def infer_column(
     return ColumnSpec(role=role, integer=bool(integer), ordered=ordered, **base)
 
 
-def infer_schema(df: pd.DataFrame, source: Source, meta: FileMeta) -> list[ColumnSpec]:
+def pooled_share(s: pd.Series, min_cell: int) -> float:
+    """Share of the non-missing rows whose value occurs fewer than `min_cell` times."""
+    counts = s.value_counts(dropna=True)
+    total = int(counts.sum())
+    return float(counts[counts < min_cell].sum() / total) if total else 0.0
+
+
+def infer_schema(
+    df: pd.DataFrame, source: Source, meta: FileMeta, min_cell: int | None = None, keep_categorical: frozenset[str] | set[str] = frozenset()
+) -> list[ColumnSpec]:
     """ColumnSpecs for every column that is not excluded, in file order."""
-    return [infer_column(df[c], source, meta) for c in df.columns if c not in source.exclude]
+    return [infer_column(df[c], source, meta, min_cell, keep_categorical) for c in df.columns if c not in source.exclude]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""Column classification (`schema.infer_column`) and its SDC interplay: integer columns whose
+small levels cell suppression would pool are released as continuous (their spread survives)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pathlib import Path
+
+from conftest import manifest_for, release_of
+
+from replisynth.io import FileMeta
+from replisynth.manifest import load_manifest
+from replisynth.schema import infer_column
+
+
+def _meta(labels: dict | None = None) -> FileMeta:
+    return FileMeta(value_labels=labels or {})
+
+
+def _source():
+    return load_manifest(manifest_for("people.csv")).sources[0]
+
+
+def _schooling(n: int = 750, seed: int = 0) -> pd.Series:
+    """Years of schooling like mroz: half the rows at 12, the rest over 5..17 in levels of
+    4-60 rows (about 30% of rows in levels below 50)."""
+    rng = np.random.default_rng(seed)
+    p = np.array([1, 1, 1, 4, 3, 6, 6, 50, 6, 7, 2, 8, 5], dtype=float)
+    return pd.Series(rng.choice(np.arange(5, 18), size=n, p=p / p.sum()), name="educ")
+
+
+def test_heavily_pooled_integer_is_continuous() -> None:
+    s = _schooling()
+    assert s.nunique() <= 20
+    assert infer_column(s, _source(), _meta()).role == "categorical"  # without a cell size: the old rule
+    spec = infer_column(s, _source(), _meta(), min_cell=50)
+    assert spec.role == "continuous" and spec.integer
+
+
+def test_pooling_rule_exceptions() -> None:
+    s = _schooling()
+    src = _source()
+    # named as a factor, stratum or panel time: stays categorical
+    assert infer_column(s, src, _meta(), min_cell=50, keep_categorical={"educ"}).role == "categorical"
+    # labelled codes are categories whatever their counts
+    assert infer_column(s, src, _meta({"educ": {"5": "grade 5"}}), min_cell=50).role == "categorical"
+    # few values (a count of children 0..3): pooled, but not turned continuous
+    kids = pd.Series(np.repeat([0, 1, 2, 3], [600, 118, 26, 3]), name="kids")
+    assert infer_column(kids, src, _meta(), min_cell=50).role == "categorical"
+    # every level large enough: categorical
+    big = pd.Series(np.repeat(np.arange(8), 100), name="educ")
+    assert infer_column(big, src, _meta(), min_cell=50).role == "categorical"
+    # the manifest's categorical list wins
+    forced = load_manifest(manifest_for("people.csv", categorical=["educ"])).sources[0]
+    assert infer_column(s, forced, _meta(), min_cell=50).role == "categorical"
+
+
+def test_extract_logs_the_decision(tmp_path: Path) -> None:
+    df = pd.DataFrame({"pid": np.arange(750), "educ": _schooling(), "x": np.random.default_rng(1).normal(size=750)})
+    release, _, log = release_of(df, tmp_path)
+    spec = {c["name"]: c for c in release["columns"]}
+    assert spec["educ"]["role"] == "continuous"
+    entries = [e for e in log.entries if e.get("column") == "educ" and e["action"] == "continuous"]
+    assert len(entries) == 1 and "min_cell_size=50" in entries[0]["reason"]
+    # a checkpoint reading it as a factor keeps it categorical
+    raw_cp = [{"tag": "f", "source": "people", "model": "ols", "formula": "x ~ C(educ)"}]
+    release, _, log = release_of(df, tmp_path, checkpoints=raw_cp)
+    assert {c["name"]: c for c in release["columns"]}["educ"]["role"] == "categorical"
