@@ -108,6 +108,60 @@ def _round(v: float, sig: int | None) -> float:
     return round(float(v), DECIMALS)
 
 
+# Share of entities (with at least two periods) in which a column must follow its period
+# trend exactly for the trend to be released.
+TREND_SHARE = 0.95
+
+
+def period_trend(x: np.ndarray, t: np.ndarray, codes: np.ndarray) -> tuple[float, float, int]:
+    """(slope, share, m) of the exact period trend of `x` inside entities: with within-entity
+    deviations x̃ = x − x̄_e and t̃ = t − t̄_e over rows where both are present, slope =
+    Σ x̃ t̃ / Σ t̃² (pooled within regression), share = fraction of the m entities with at
+    least two such rows in which x̃ = slope · t̃ holds on every row (relative tolerance 1e-9)."""
+    ok = (codes >= 0) & np.isfinite(x) & np.isfinite(t)
+    if ok.sum() < 2:
+        return 0.0, 0.0, 0
+    c, x, t = codes[ok], x[ok], t[ok]
+    G = int(c.max()) + 1
+    size = np.bincount(c, minlength=G).astype("float64")
+    xm = np.bincount(c, weights=x, minlength=G) / np.maximum(size, 1.0)
+    tm = np.bincount(c, weights=t, minlength=G) / np.maximum(size, 1.0)
+    xd, td = x - xm[c], t - tm[c]
+    stt = float(td @ td)
+    if stt <= 0:
+        return 0.0, 0.0, 0
+    slope = float(xd @ td) / stt
+    tol = 1e-9 * max(1.0, float(np.max(np.abs(x))), abs(slope) * float(np.max(np.abs(t))))
+    bad = np.zeros(G, dtype=bool)
+    np.logical_or.at(bad, c, np.abs(xd - slope * td) > tol)
+    multi = size >= 2
+    m = int(multi.sum())
+    return slope, (float((~bad & multi).sum()) / m if m else 0.0), m
+
+
+def within_lag1(X: np.ndarray, codes: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per dim, the lag-1 autocorrelation of the within-entity deviations w of the normal
+    scores (as `between_within`), rows ordered by period inside each entity:
+    r = Σ w_t w_{t−1} / √(Σ w_t² · Σ w_{t−1}²) over pairs of consecutive observed periods of
+    one entity (a gap counts as one step); NaN where a dim has no within variation. Also the
+    number of entities with at least two dated rows."""
+    ok = (codes >= 0) & np.isfinite(t)
+    Xo, c, to = X[ok], codes[ok], t[ok]
+    S = np.column_stack([normal_scores(Xo[:, j]) for j in range(Xo.shape[1])]) if Xo.shape[1] else np.zeros((len(Xo), 0))
+    G = int(c.max()) + 1 if len(c) else 0
+    size = np.bincount(c, minlength=G).astype("float64")
+    sums = np.zeros((G, S.shape[1]))
+    np.add.at(sums, c, S)
+    Wm = S - (sums / np.maximum(size, 1.0)[:, None])[c]
+    order = np.lexsort((to, c))
+    Wm, c = Wm[order], c[order]
+    pair = c[1:] == c[:-1]
+    a, b = Wm[1:][pair], Wm[:-1][pair]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    return r, int((size >= 2).sum())
+
+
 # ----------------------------------------------------------------------------- outside
 
 
@@ -618,3 +672,172 @@ def refine_invariant(
         for c in [r, *[b for b, a in root.items() if a == r]]:
             out_cols[c] = cols[c][first[pe[ent]]]
     return out_cols
+
+
+# ----------------------------------------------------------------------------- time dynamics (outside)
+
+MAX_TREND_VARS = 20_000  # (period-set class × offset) cells above which offsets are not solved for exact counts
+
+
+def entity_frozen(release: dict[str, Any]) -> set[str]:
+    """Columns that within-entity swaps (refinement, cross-moment alignment) must not move:
+    the time-invariant ones, the period-trend columns, and with trends or serial correlation
+    released the panel's time column (a swap would break a row's pairing of period and trend
+    value, or the period order the serial correlation was drawn in)."""
+    es = release.get("entity_structure") or {}
+    out = entity_fixed(release) | set(es.get("period_trend") or {})
+    panel = release.get("panel")
+    if panel and (es.get("period_trend") or any(v is not None for v in es.get("within_lag1") or [])):
+        out.add(panel["time"])
+    return out
+
+
+def _as_float(values: np.ndarray) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype="float64")
+
+
+def nearest_level(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the ascending `levels` for each value (ties to the lower level),
+    as pooling codes an unreleased value to the nearest released one."""
+    hi = np.clip(np.searchsorted(levels, v, side="left"), 1, max(len(levels) - 1, 1))
+    lo = hi - 1
+    if len(levels) < 2:
+        return np.zeros(len(v), dtype="int64")
+    return np.where(np.abs(v - levels[lo]) <= np.abs(levels[hi] - v), lo, hi).astype("int64")
+
+
+def trend_offsets(
+    natural: np.ndarray, sets: list[tuple[float, ...]], cls: np.ndarray, slope: float, levels: np.ndarray, counts: np.ndarray
+) -> np.ndarray | None:
+    """Entity offsets o_e (value at period 0) of a categorical period-trend column such that the
+    row values nearest_level(o_e + slope · p), p over the entity's periods, have exactly the
+    released level `counts`, as near as possible to the entities' natural offsets `natural`
+    (entity mean of value − slope · period of the copula draw). A mixed-integer program over
+    n[s, o], the number of entities of period-set class s (`sets`, entity classes `cls`) given
+    offset o from the lattice {level − slope · p}: minimise K·Σ|count gaps| + Σ|n − n*| with
+    n* the classes' histograms of natural offsets (K larger than any change the second term
+    can make, so exact counts come first). Entities of a class then take its offsets in the
+    order of their natural offsets. None when the program is too large or fails."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    periods = np.unique(np.concatenate([np.asarray(s, dtype="float64") for s in sets])) if sets else np.zeros(0)
+    O = np.unique(np.round((levels[:, None] - slope * periods[None, :]).ravel(), 9))
+    S, K, L = len(sets), len(O), len(levels)
+    if S * K > MAX_TREND_VARS or K == 0:
+        return None
+    G_s = np.bincount(cls, minlength=S)
+    nat_o = np.clip(np.searchsorted(O, natural), 0, K - 1)
+    lower = np.clip(nat_o - 1, 0, K - 1)
+    nat_o = np.where(np.abs(O[lower] - natural) < np.abs(O[nat_o] - natural), lower, nat_o)
+    target = np.zeros((S, K))
+    np.add.at(target, (cls, nat_o), 1.0)
+    nv = S * K  # variables: n (S*K), dp (L), dm (L), ap (S*K), am (S*K)
+    tot = nv + 2 * L + 2 * nv
+    rows, colsi, vals = [], [], []
+    # class sizes
+    for s in range(S):
+        for k in range(K):
+            rows.append(s), colsi.append(s * K + k), vals.append(1.0)
+    r0 = S
+    for s, per in enumerate(sets):
+        p = np.asarray(per, dtype="float64")
+        for k in range(K):
+            h = np.bincount(nearest_level(O[k] + slope * p, levels), minlength=L)
+            for v in np.flatnonzero(h):
+                rows.append(r0 + v), colsi.append(s * K + k), vals.append(float(h[v]))
+    for v in range(L):
+        rows += [r0 + v, r0 + v]
+        colsi += [nv + v, nv + L + v]
+        vals += [-1.0, 1.0]
+    r1 = r0 + L
+    for i in range(nv):
+        rows += [r1 + i, r1 + i, r1 + i]
+        colsi += [i, nv + 2 * L + i, 2 * nv + 2 * L + i]
+        vals += [1.0, -1.0, 1.0]
+    A = coo_matrix((vals, (rows, colsi)), shape=(r1 + nv, tot)).tocsr()
+    b = np.concatenate([G_s.astype("float64"), counts.astype("float64"), target.ravel()])
+    big = 4.0 * float(len(cls)) + 1.0
+    c = np.concatenate([np.zeros(nv), np.full(2 * L, big), np.ones(2 * nv)])
+    integrality = np.concatenate([np.ones(nv), np.zeros(tot - nv)])
+    res = milp(c, constraints=LinearConstraint(A, b, b), integrality=integrality, bounds=Bounds(0, np.inf),
+               options={"presolve": True, "node_limit": 20_000})
+    if res.x is None:
+        return None
+    n = np.round(res.x[:nv]).astype("int64").reshape(S, K)
+    if not np.array_equal(n.sum(1), G_s):
+        return None
+    out = np.empty(len(cls))
+    for s in range(S):
+        es_ = np.flatnonzero(cls == s)
+        es_ = es_[np.argsort(natural[es_], kind="stable")]
+        out[es_] = np.repeat(O, n[s])
+    return out
+
+
+def trend_columns(
+    cols: dict[str, np.ndarray], bp: Any, release: dict[str, Any], specs: dict[str, Any], ent: np.ndarray, missing: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Period-trend columns rebuilt as entity offset + slope × period (the synthetic period of
+    the row): the offset keeps the entity's level from the hierarchical copula (its natural
+    offset, the entity mean of value − slope × period of the draw, carries the between part
+    and its correlations), the within-entity deviation is exactly slope × period deviation.
+    Categorical columns: offsets solved so that level counts are exact (`trend_offsets`);
+    values beyond the released levels are coded to the nearest one, as pooling coded the
+    original. Continuous columns: the natural offsets (rounded for integer columns), values
+    clipped to the released q0..q100. Rows with a missing period keep their drawn value."""
+    es = release["entity_structure"]
+    trends = es.get("period_trend") or {}
+    panel = release.get("panel")
+    if not trends or not panel or panel["time"] not in cols:
+        return cols
+    out = dict(cols)
+    p_all = _as_float(cols[panel["time"]])
+    G = int(ent.max()) + 1 if len(ent) else 0
+    for col, tr in trends.items():
+        cp = bp.columns.get(col)
+        if col not in cols or cp is None or cp.kind not in ("continuous", "categorical"):
+            continue
+        slope = float(tr["slope"])
+        ok = ~missing[col] & np.isfinite(p_all)
+        x = _as_float(cols[col])
+        ok &= np.isfinite(x)
+        if not ok.any():
+            continue
+        e, p = ent[ok], p_all[ok]
+        size = np.bincount(e, minlength=G)
+        has = size > 0
+        natural = np.bincount(e, weights=x[ok] - slope * p, minlength=G)[has] / size[has]
+        idx = np.flatnonzero(has)  # entities with rows of this column
+        pos = np.full(G, -1)
+        pos[idx] = np.arange(len(idx))
+        vals = out[col].copy()
+        if cp.kind == "categorical":
+            levels_obj = list(cp.levels or [])
+            lev = _as_float(np.asarray(levels_obj, dtype=object))
+            if len(lev) < 2 or not np.isfinite(lev).all() or np.any(np.diff(lev) <= 0):
+                continue
+            order = np.lexsort((p, e))
+            per_ent: dict[int, list[float]] = {}
+            for i in order:
+                per_ent.setdefault(int(e[i]), []).append(float(p[i]))
+            keys = [tuple(per_ent[int(g)]) for g in idx]
+            uniq = sorted(set(keys))
+            at = {k: i for i, k in enumerate(uniq)}
+            cls = np.asarray([at[k] for k in keys], dtype="int64")
+            off = trend_offsets(natural, uniq, cls, slope, lev, np.asarray(cp.counts, dtype="int64"))
+            if off is None:  # too large or no solution: natural offsets on the level lattice
+                off = natural
+            codes = nearest_level(off[pos[e]] + slope * p, lev)
+            lev_arr = np.empty(len(levels_obj), dtype=object)
+            lev_arr[:] = levels_obj
+            vals[ok] = lev_arr[codes]
+        else:
+            grid = np.asarray(cp.grid, dtype="float64")
+            integer = bool(specs[col].integer)
+            off = np.round(natural) if integer else natural
+            v = np.clip(off[pos[e]] + slope * p, grid[0], grid[-1])
+            vals = vals.astype("float64")
+            vals[ok] = np.round(v) if integer else v
+        out[col] = vals
+    return out
