@@ -503,17 +503,26 @@ def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> f
 
 
 def entity_normals(
-    R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None
+    R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None,
+    time_j: int | None = None, rng_ar: np.random.Generator | None = None,
 ) -> np.ndarray:
     """`hierarchical_normals` on the active dims `act` with the released between correlations
     and the released between shares, turned into latent shares for discrete dims
-    (`latent_share`; `margins`: the dims' `correlations.Margin`)."""
+    (`latent_share`; `margins`: the dims' `correlations.Margin`). With released `within_lag1`
+    (and `rng_ar`), the within parts of those dims are made AR(1) in period order
+    (`serial_within`; `time_j`: the active index of the time dim whose latent orders periods)."""
     eta = np.asarray(es["between_share"], dtype="float64")[act]
     if margins is not None and len(ent):
         t_eff = len(ent) / (int(ent.max()) + 1)
         eta = np.asarray([latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
     Rb = np.asarray(es["between_corr"], dtype="float64")[np.ix_(act, act)]
-    return hierarchical_normals(R, eta, Rb, ent, rng)
+    Z = hierarchical_normals(R, eta, Rb, ent, rng)
+    lag = es.get("within_lag1")
+    if lag and rng_ar is not None and len(ent):
+        target = np.asarray([np.nan if lag[i] is None else float(lag[i]) for i in act], dtype="float64")
+        if np.isfinite(target).any():
+            Z = serial_within(Z, ent, period_order(ent, Z[:, time_j] if time_j is not None else None), target, margins, rng_ar)
+    return Z
 
 
 def entity_columns(
@@ -841,3 +850,130 @@ def trend_columns(
             vals[ok] = np.round(v) if integer else v
         out[col] = vals
     return out
+
+
+def period_order(ent: np.ndarray, z_time: np.ndarray | None) -> np.ndarray:
+    """Row indices grouped by entity, in period order inside each entity: the order in which
+    `assign_periods` hands an entity's periods to its rows (ascending latent of the time dim,
+    ties and a missing time dim by row order)."""
+    return np.lexsort((np.zeros(len(ent)) if z_time is None else z_time, ent))
+
+
+def lag1_stat(S: np.ndarray, ent: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per column of S, the lag-1 autocorrelation of the within-entity deviations in `order`
+    (the statistic `within_lag1` releases)."""
+    G = int(ent.max()) + 1 if len(ent) else 0
+    size = np.bincount(ent, minlength=G).astype("float64")
+    sums = np.zeros((G, S.shape[1]))
+    np.add.at(sums, ent, S)
+    W = (S - (sums / np.maximum(size, 1.0)[:, None])[ent])[order]
+    e = ent[order]
+    pair = e[1:] == e[:-1]
+    a, b = W[1:][pair], W[:-1][pair]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
+
+
+def _observed_scores(z: np.ndarray, probs: tuple[float, ...] | None) -> np.ndarray:
+    """Normal scores of a latent column as the synthetic data will hold it: cut by rank into
+    levels of shares `probs` (continuous: the latent itself)."""
+    if probs is None or len(probs) < 2:
+        return normal_scores(z)
+    from .copula import ordered_values
+    from .marginals import apportion
+
+    counts = apportion(np.asarray(probs, dtype="float64"), len(z)).astype("int64")
+    return normal_scores(ordered_values(z, list(counts)).astype("float64"))
+
+
+RHO_MAX = 0.995  # largest latent AR(1) coefficient the calibration may use
+
+
+def serial_within(
+    Z: np.ndarray, ent: np.ndarray, order: np.ndarray, target: np.ndarray, margins: list[Any] | None, rng: np.random.Generator, iterations: int = 8
+) -> np.ndarray:
+    """Latent normals Z (rows × dims, hierarchical: entity part + within part) with the within
+    part of the dims with a finite `target` redrawn as a stationary AR(1) in period `order`.
+
+    With E the within part (Z minus entity means), A the AR dims and V the other dims with a
+    within part, E_A = E_V Β + R (Β the in-sample regression, R ⟂ E_V with covariance S).
+    R is redrawn as R_t = diag(ρ) R_{t−1} + η_t, R_1 ~ N(0, S), η ~ N(0, Q) with
+    Q = S ∘ (11' − ρρ') (projected to PSD): its stationary covariance is S exactly, each
+    column's lag-1 autocorrelation is its ρ, and with equal ρ it is the separable ρ^|s−t| S.
+    Then demeaned within entity, made orthogonal to E_V and whitened to S in sample, so the
+    within covariance (hence the released correlations and between shares) is unchanged;
+    E_V (period, trend and other dims) is not touched, so the period order is unchanged.
+    The released statistic is the lag-1 autocorrelation of within deviations of observed
+    normal scores, which demeaning (Nickell 1981: ≈ −(1 + ρ)/(T − 1) in short panels) and
+    discretisation pull below the latent ρ, so ρ is calibrated: a few fixed-point steps
+    ρ ← ρ + (target − achieved), achieved measured on the dims cut into their levels by rank,
+    with the same innovations each step (deterministic, monotone in ρ); secant steps, ρ in
+    [−0.9, RHO_MAX], the iterate nearest the targets kept."""
+    n, d = Z.shape
+    G = int(ent.max()) + 1 if n else 0
+    size = np.bincount(ent, minlength=G).astype("float64")
+    sums = np.zeros((G, d))
+    np.add.at(sums, ent, Z)
+    Ub = (sums / np.maximum(size, 1.0)[:, None])[ent]
+    E = Z - Ub
+    var = np.einsum("ij,ij->j", E, E) > 1e-9 * n
+    A = np.flatnonzero(np.isfinite(target) & var)
+    if not len(A) or n - G < 2 * d + 2:
+        return Z
+    V = np.flatnonzero(var & ~np.isin(np.arange(d), A))
+    EV = E[:, V]
+    beta = np.linalg.lstsq(EV, E[:, A], rcond=None)[0] if len(V) else np.zeros((0, len(A)))
+    R0 = E[:, A] - EV @ beta
+    S = R0.T @ R0 / n
+    LS = psd_sqrt(S)
+    xi = rng.standard_normal((n, len(A)))
+    e_ord = ent[order]
+    start = np.concatenate([[True], e_ord[1:] != e_ord[:-1]])
+    pos = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    steps = [order[pos == k] for k in range(int(pos.max()) + 1)]
+    prev = [order[np.flatnonzero(pos == k) - 1] for k in range(1, len(steps))]
+    probs = [margins[j].probs if margins is not None else None for j in A]
+    want = target[A]
+
+    def draw(rho: np.ndarray) -> np.ndarray:
+        Q = psd_sqrt(S * (1.0 - np.outer(rho, rho)))
+        R = np.empty((n, len(A)))
+        R[steps[0]] = xi[steps[0]] @ LS.T
+        for k in range(1, len(steps)):
+            R[steps[k]] = R[prev[k - 1]] * rho + xi[steps[k]] @ Q.T
+        s2 = np.zeros((G, len(A)))
+        np.add.at(s2, ent, R)
+        R = R - (s2 / np.maximum(size, 1.0)[:, None])[ent]
+        if len(V):
+            R = R - EV @ np.linalg.lstsq(EV, R, rcond=None)[0]
+        C = R.T @ R / n
+        try:
+            R = np.linalg.solve(np.linalg.cholesky(C), R.T).T @ np.linalg.cholesky(S).T
+        except np.linalg.LinAlgError:
+            pass
+        return R
+
+    def achieved(Zn: np.ndarray) -> np.ndarray:
+        Sc = np.column_stack([_observed_scores(Zn[:, j], p) for j, p in zip(A, probs, strict=True)])
+        return lag1_stat(Sc, ent, order)
+
+    rho = np.clip(want, -0.9, RHO_MAX)
+    best, best_err = None, np.inf
+    prev_rho, prev_got = None, None
+    for _ in range(iterations):
+        Zn = Z.copy()
+        Zn[:, A] = Ub[:, A] + EV @ beta + draw(rho)
+        got = achieved(Zn)
+        err = float(np.max(np.abs(got - want)))
+        if err < best_err:
+            best, best_err = Zn, err
+        if err < 0.005:
+            break
+        slope = np.ones(len(A))  # secant slope of achieved in ρ, per dim (1 until two iterates differ)
+        if prev_rho is not None:
+            dr = rho - prev_rho
+            sl = np.divide(got - prev_got, dr, out=np.ones(len(A)), where=np.abs(dr) > 1e-6)
+            slope = np.where(sl > 0.05, sl, 1.0)
+        prev_rho, prev_got = rho, got
+        rho = np.clip(rho + np.clip((want - got) / slope, -0.3, 0.3), -0.9, RHO_MAX)
+    return best if best is not None else Z

@@ -151,7 +151,12 @@ def synthesize_block(
     margins = [_margin(dims[i], bp.columns[dims[i]["column"]], n) for i in act]
     r_cop = make_rng(seed, source, bp.id, "copula")
     R = nearest_correlation(latent_matrix(target, margins))
-    Z = correlated_normals(R, n, r_cop, exact=True) if ent is None else entity_normals(R, act, release["entity_structure"], ent, r_cop, margins)
+    if ent is None:
+        Z = correlated_normals(R, n, r_cop, exact=True)
+    else:
+        time = (release.get("panel") or {}).get("time")
+        time_j = next((j for j, i in enumerate(act) if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")), None)
+        Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"))
     # Missing positions of columns with a missingness dim: the rows with the largest latent.
     for j, i in enumerate(act):
         if dims[i]["kind"] == "missing":
