@@ -688,15 +688,34 @@ def refine_invariant(
 MAX_TREND_VARS = 20_000  # (period-set class × offset) cells above which offsets are not solved for exact counts
 
 
+# Excess of a released within lag-1 autocorrelation over its value without persistence,
+# −1/(T̄ − 1), from which a column counts as persistent and is kept out of within-entity swaps.
+PERSISTENT = 0.1
+
+
+def persistent_columns(release: dict[str, Any]) -> set[str]:
+    """Columns with a dim whose released within-entity lag-1 autocorrelation exceeds the value
+    i.i.d. within parts give after demeaning in entities of T̄ rows, −1/(T̄ − 1), by at least
+    PERSISTENT (T̄ the released mean entity size)."""
+    es = release.get("entity_structure") or {}
+    lag = es.get("within_lag1") or []
+    g = (release.get("groups") or {}).get(es.get("column"), {})
+    tbar = float(g.get("mean_size") or 0.0)
+    base = -1.0 / (tbar - 1.0) if tbar > 1.0 else 0.0
+    return {d["column"] for d, v in zip(release["dims"], lag, strict=False) if v is not None and v - base >= PERSISTENT}
+
+
 def entity_frozen(release: dict[str, Any]) -> set[str]:
     """Columns that within-entity swaps (refinement, cross-moment alignment) must not move:
-    the time-invariant ones, the period-trend columns, and with trends or serial correlation
-    released the panel's time column (a swap would break a row's pairing of period and trend
+    the time-invariant ones; the period-trend columns and persistent columns
+    (`persistent_columns`), whose within-entity order is drawn; and with either of these the
+    panel's time column (a swap of periods would break a row's pairing of period and trend
     value, or the period order the serial correlation was drawn in)."""
     es = release.get("entity_structure") or {}
-    out = entity_fixed(release) | set(es.get("period_trend") or {})
+    dyn = set(es.get("period_trend") or {}) | persistent_columns(release)
+    out = entity_fixed(release) | dyn
     panel = release.get("panel")
-    if panel and (es.get("period_trend") or any(v is not None for v in es.get("within_lag1") or [])):
+    if panel and dyn:
         out.add(panel["time"])
     return out
 
