@@ -812,8 +812,9 @@ def trend_columns(
     and its correlations), the within-entity deviation is exactly slope × period deviation.
     Categorical columns: offsets solved so that level counts are exact (`trend_offsets`);
     values beyond the released levels are coded to the nearest one, as pooling coded the
-    original. Continuous columns: the natural offsets (rounded for integer columns), values
-    clipped to the released q0..q100. Rows with a missing period keep their drawn value."""
+    original. Continuous columns: the natural offsets (rounded for integer columns), moved
+    just enough that the entity's path stays inside the released q0..q100 (clipped only where
+    the path is longer than that range). Rows with a missing period keep their drawn value."""
     es = release["entity_structure"]
     trends = es.get("period_trend") or {}
     panel = release.get("panel")
@@ -863,7 +864,18 @@ def trend_columns(
         else:
             grid = np.asarray(cp.grid, dtype="float64")
             integer = bool(specs[col].integer)
+            # Offsets kept where the entity's whole path stays inside the released range, so
+            # the identity holds in every entity whose span fits (the tails of the marginal
+            # are the cost); values are clipped only where it cannot fit.
+            lo_p = np.full(G, np.inf)
+            hi_p = np.full(G, -np.inf)
+            np.minimum.at(lo_p, e, slope * p)
+            np.maximum.at(hi_p, e, slope * p)
+            lo_o, hi_o = grid[0] - lo_p[idx], grid[-1] - hi_p[idx]
+            if integer:
+                lo_o, hi_o = np.ceil(lo_o - 1e-9), np.floor(hi_o + 1e-9)
             off = np.round(natural) if integer else natural
+            off = np.where(lo_o <= hi_o, np.clip(off, lo_o, hi_o), off)
             v = np.clip(off[pos[e]] + slope * p, grid[0], grid[-1])
             vals = vals.astype("float64")
             vals[ok] = np.round(v) if integer else v
