@@ -3,7 +3,8 @@ verify/tiers.json; fe/re checkpoints marked), and per chosen column, original vs
 the within-entity share of variance, the share of entities in which it is constant, the
 share of entities (with 2+ periods) in which it follows the period trend exactly
 (x − x̄_e = slope·(t − t̄_e), slope the pooled within slope of the original), and the lag-1
-autocorrelation of its within-entity deviations in period order (pooled over entities).
+autocorrelation of its within-entity deviations in period order (pooled over entities), on
+the raw values and on the normal scores (the scale `within_lag1` is released on).
 
 Usage: python benchmarks/panel_structure.py RESULTS_DIR ORIGINAL.csv SYNTHETIC.parquet ENTITY [--time TIME] COL [COL ...]
 e.g.   python benchmarks/panel_structure.py results/wage_panel data/wage_panel.csv \
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import special, stats
 
 
 def within_share(df: pd.DataFrame, entity: str, col: str) -> float:
@@ -54,14 +56,22 @@ def trend_share(df: pd.DataFrame, entity: str, time: str, col: str, slope: float
     return float((~anybad[multi]).mean()) if multi.any() else float("nan")
 
 
-def lag1(df: pd.DataFrame, entity: str, time: str, col: str) -> float:
-    """Lag-1 autocorrelation of within-entity deviations in period order, pooled over entities."""
+def lag1(df: pd.DataFrame, entity: str, time: str, col: str, scores: bool = False) -> float:
+    """Lag-1 autocorrelation of within-entity deviations in period order, pooled over entities;
+    with `scores`, of the van der Waerden normal scores (the statistic the bundle releases)."""
+    if scores:
+        x = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        ok = x.notna()
+        sc = pd.Series(0.0, index=df.index)
+        sc[ok] = special.ndtri((stats.rankdata(x[ok]) - 0.5) / int(ok.sum()))
+        df = df.assign(**{col: sc - sc[ok].mean()})
     d = pd.DataFrame({"e": df[entity], "t": pd.to_numeric(df[time], errors="coerce"), "w": _devs(df, entity, col)})
     d = d.sort_values(["e", "t"], kind="stable")
     prev = d.groupby("e")["w"].shift(1)
     ok = prev.notna() & d["w"].notna()
     a, b = d["w"][ok].to_numpy(), prev[ok].to_numpy()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
 def main(argv: list[str]) -> None:
@@ -82,7 +92,8 @@ def main(argv: list[str]) -> None:
         if time is not None and col != time:
             b = trend_slope(o, entity, time, col)
             line += (f"; trend identity (slope {b:.3g}) {trend_share(o, entity, time, col, b):.2f} -> {trend_share(s, entity, time, col, b):.2f}"
-                     f"; within lag-1 autocorrelation {lag1(o, entity, time, col):.3f} -> {lag1(s, entity, time, col):.3f}")
+                     f"; within lag-1 autocorrelation {lag1(o, entity, time, col):.3f} -> {lag1(s, entity, time, col):.3f}"
+                     f" (normal scores {lag1(o, entity, time, col, True):.3f} -> {lag1(s, entity, time, col, True):.3f})")
         print(line)
 
 
