@@ -15,7 +15,13 @@ import pytest
 
 from replisynth.cli import cmd_extract, cmd_synthesize, cmd_verify
 from replisynth.dims import synthetic_dim_matrix
-from replisynth.entities import hierarchical_normals, period_order, period_trend, serial_within, within_lag1
+from replisynth.entities import (
+    hierarchical_normals,
+    period_order,
+    period_trend,
+    serial_within,
+    within_lag1,
+)
 from replisynth.io import read_json
 from replisynth.manifest import load_manifest
 from replisynth.seeds import rng

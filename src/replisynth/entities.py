@@ -97,12 +97,12 @@ def entity_structure(
         "column": entity,
         "entities": int(len(uniq)),
         "invariant": inv,
-        "between_share": [_round(v, round_significant) for v in eta],
-        "between_corr": [[_round(v, round_significant) for v in row] for row in np.clip(Rb, -1.0, 1.0)],
+        "between_share": [round_released(v, round_significant) for v in eta],
+        "between_corr": [[round_released(v, round_significant) for v in row] for row in np.clip(Rb, -1.0, 1.0)],
     }
 
 
-def _round(v: float, sig: int | None) -> float:
+def round_released(v: float, sig: int | None) -> float:
     if sig:
         return float(f"{float(v):.{sig}g}")
     return round(float(v), DECIMALS)
@@ -750,14 +750,14 @@ def trend_offsets(
     from scipy.sparse import coo_matrix
 
     periods = np.unique(np.concatenate([np.asarray(s, dtype="float64") for s in sets])) if sets else np.zeros(0)
-    O = np.unique(np.round((levels[:, None] - slope * periods[None, :]).ravel(), 9))
-    S, K, L = len(sets), len(O), len(levels)
+    offs = np.unique(np.round((levels[:, None] - slope * periods[None, :]).ravel(), 9))
+    S, K, L = len(sets), len(offs), len(levels)
     if S * K > MAX_TREND_VARS or K == 0:
         return None
     G_s = np.bincount(cls, minlength=S)
-    nat_o = np.clip(np.searchsorted(O, natural), 0, K - 1)
+    nat_o = np.clip(np.searchsorted(offs, natural), 0, K - 1)
     lower = np.clip(nat_o - 1, 0, K - 1)
-    nat_o = np.where(np.abs(O[lower] - natural) < np.abs(O[nat_o] - natural), lower, nat_o)
+    nat_o = np.where(np.abs(offs[lower] - natural) < np.abs(offs[nat_o] - natural), lower, nat_o)
     target = np.zeros((S, K))
     np.add.at(target, (cls, nat_o), 1.0)
     nv = S * K  # variables: n (S*K), dp (L), dm (L), ap (S*K), am (S*K)
@@ -771,7 +771,7 @@ def trend_offsets(
     for s, per in enumerate(sets):
         p = np.asarray(per, dtype="float64")
         for k in range(K):
-            h = np.bincount(nearest_level(O[k] + slope * p, levels), minlength=L)
+            h = np.bincount(nearest_level(offs[k] + slope * p, levels), minlength=L)
             for v in np.flatnonzero(h):
                 rows.append(r0 + v), colsi.append(s * K + k), vals.append(float(h[v]))
     for v in range(L):
@@ -799,7 +799,7 @@ def trend_offsets(
     for s in range(S):
         es_ = np.flatnonzero(cls == s)
         es_ = es_[np.argsort(natural[es_], kind="stable")]
-        out[es_] = np.repeat(O, n[s])
+        out[es_] = np.repeat(offs, n[s])
     return out
 
 

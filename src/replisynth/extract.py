@@ -24,7 +24,7 @@ from .dims import (
     ordered_codes,
     synthetic_dim_matrix,
 )
-from .entities import TREND_SHARE, _round, entity_structure, period_trend, within_lag1
+from .entities import TREND_SHARE, entity_structure, period_trend, round_released, within_lag1
 from .errors import DataError
 from .io import FileMeta
 from .manifest import Manifest, Source
@@ -412,14 +412,14 @@ def _dynamics_release(
         if m < sdc.min_cell_size:
             log.add("entities", "suppressed", f"period trend not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=c)
             continue
-        trends[c] = {"slope": _round(slope, sdc.round_significant), "share": _round(share, sdc.round_significant)}
+        trends[c] = {"slope": round_released(slope, sdc.round_significant), "share": round_released(share, sdc.round_significant)}
         log.add("entities", "released", f"period trend: within {share:.3f} of {m} entities the column moves by slope x period (slope rounded); aggregate over entities", source=source.name, column=c)
     r, m = within_lag1(X, codes, t)
     if m < sdc.min_cell_size:
         log.add("entities", "suppressed", f"within-entity lag-1 autocorrelations not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=ent)
     else:
         skip = {time, *trends, *(c for c, v in invariant.items() if v)}
-        out["within_lag1"] = [None if (d["column"] in skip or d["kind"] == "missing" or not np.isfinite(v)) else _round(float(v), sdc.round_significant) for d, v in zip(dims, r, strict=True)]
+        out["within_lag1"] = [None if (d["column"] in skip or d["kind"] == "missing" or not np.isfinite(v)) else round_released(float(v), sdc.round_significant) for d, v in zip(dims, r, strict=True)]
         log.add("entities", "released", f"per copula dim the lag-1 autocorrelation of within-entity normal-score deviations in period order, pooled over {m} entities (rounded)", source=source.name, column=ent)
     out["period_trend"] = trends
 

@@ -19,7 +19,14 @@ from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_va
 from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
-from .entities import entity_columns, entity_frozen, entity_normals, refine_invariant, skeleton, trend_columns
+from .entities import (
+    entity_columns,
+    entity_frozen,
+    entity_normals,
+    refine_invariant,
+    skeleton,
+    trend_columns,
+)
 from .marginals import exact_quantile_sample, quantile_function
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps
