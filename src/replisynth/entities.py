@@ -15,6 +15,15 @@ correlation of the released Spearman matrix. Both parts are made exact in sample
 as `copula.correlated_normals`), so the latent between shares are η and the latent correlation
 is R. A time-invariant dim has η = 1 and no within part: its latent is the same on every row of
 an entity, and its values are allocated per entity (`entity_values`), so it stays constant.
+
+Time dynamics of a panel (docs/method.md, "Time dynamics inside an entity"): released are
+`period_trend` (columns whose within-entity deviation is slope × the period's, `period_trend`)
+and `within_lag1` (per dim, the lag-1 autocorrelation of the within-entity score deviations
+in period order, `within_lag1`). Outside, trend columns are rebuilt as entity offset + slope ×
+period (`trend_columns`, offsets solved for exact counts by `trend_offsets`) and the within
+parts of the other dims are redrawn as a stationary VAR(1) with diagonal coefficients in
+period order that keeps the within covariance (`serial_within`). Releases without these keys
+take exactly the earlier path.
 """
 
 from __future__ import annotations
