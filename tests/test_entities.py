@@ -95,7 +95,9 @@ def test_release_flags_invariant_columns_and_aggregates_only(run: dict[str, Any]
     assert shares["educ"] == shares["female"] == 1.0 and shares["year"] < 0.5
     assert abs(shares["x"] - 0.68) < 0.06  # the DGP's sample share (docstring)
     log = json.loads((run["bundle"] / "sdc_log.json").read_text())["decisions"]
-    assert [e["action"] for e in log if e["stage"] == "entities"] == ["released"]
+    # the structure, then the within lag-1 autocorrelations; no column follows a period trend here
+    assert [e["action"] for e in log if e["stage"] == "entities"] == ["released", "released"]
+    assert es["period_trend"] == {} and len(es["within_lag1"]) == d
     assert "pid" not in json.dumps(es).replace('"column": "pid"', "")  # no entity id listed
 
 

@@ -40,11 +40,35 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     # Entity structure (replisynth.entities): time-invariant columns constant within a man,
     # married keeps its within-man share of variance (original 0.43; random assignment 0.89),
     # and clustered SEs come close to the original ones (random assignment: re 0.44-1.08,
-    # married/union in fe 0.51-0.63). Experience terms stay low (docs/method.md, Limits).
+    # married/union in fe 0.51-0.63).
     assert (syn.groupby("nr")[["educ", "black", "hisp"]].nunique() == 1).all().all()
     m = syn["married"].astype(float)
     within = ((m - m.groupby(syn["nr"]).transform("mean")) ** 2).sum() / ((m - m.mean()) ** 2).sum()
     assert 0.35 < within < 0.52, within
+    # Time dynamics: exper rises one-for-one with the year inside a man wherever it is not
+    # top/bottom coded (a man whose exper reaches the pooled level 12 or starts at the pooled
+    # level 1 stays there), and married is persistent (original within lag-1 0.47; 0.16 with
+    # i.i.d. within parts).
+    d = syn["exper"].astype(float) - syn["year"].astype(float)
+    inner = syn.groupby("nr")["exper"].agg(lambda v: v.min() > 1 and v.max() < 12)
+    assert (d.groupby(syn["nr"]).nunique()[inner] == 1).all() and inner.mean() > 0.5
+    srt = syn.sort_values(["nr", "year"])
+    w = m.loc[srt.index] - m.loc[srt.index].groupby(srt["nr"]).transform("mean")
+    prev = w.groupby(srt["nr"]).shift(1)
+    ok = prev.notna()
+    lag1 = float((w[ok] * prev[ok]).sum() / ((w[ok] ** 2).sum() * (prev[ok] ** 2).sum()) ** 0.5)
+    assert lag1 > 0.35, lag1
     ratios = {tag: {t["term"]: t["se_ratio"] for t in tiers["checkpoints"][tag]["terms"]} for tag in ("fe_wage", "re_wage", "fe_hours")}
-    assert all(0.8 <= r <= 1.25 for r in ratios["re_wage"].values()), ratios["re_wage"]
-    assert all(0.75 <= ratios[tag][t] <= 1.25 for tag in ("fe_wage", "fe_hours") for t in ("married", "union")), ratios
+    assert all(0.8 <= ratios[tag][t] <= 1.25 for tag in ("fe_wage", "fe_hours") for t in ratios[tag] if t != "Intercept"), ratios
+    # re: experience terms and the intercept carry the cost of exper's top coding at 12 (the
+    # released levels stop there): the original data with exper clipped to 1..12 give the
+    # reference ratios, which the synthetic ones must be near; the other terms near 1.
+    from conftest import REPO, refit_terms
+
+    rel = next(c for c in json.loads((inside / "results" / "wage_panel" / "bundle" / "checkpoints.json").read_text())["checkpoints"] if c["tag"] == "re_wage")
+    orig = pd.read_csv(REPO / "data" / "wage_panel.csv")
+    orig["exper"] = orig["exper"].clip(1, 12)
+    ref = dict(zip([t["term"] for t in rel["terms"] if not t.get("suppressed")], [r[2] for r in refit_terms(orig, rel)], strict=True))
+    for t, r in ratios["re_wage"].items():
+        lo, hi = (0.8, 1.25) if abs(ref[t] - 1) < 0.1 else (ref[t] - 0.25, ref[t] + 0.25)
+        assert lo <= r <= hi, (t, r, ref[t])

@@ -15,6 +15,15 @@ correlation of the released Spearman matrix. Both parts are made exact in sample
 as `copula.correlated_normals`), so the latent between shares are η and the latent correlation
 is R. A time-invariant dim has η = 1 and no within part: its latent is the same on every row of
 an entity, and its values are allocated per entity (`entity_values`), so it stays constant.
+
+Time dynamics of a panel (docs/method.md, "Time dynamics inside an entity"): released are
+`period_trend` (columns whose within-entity deviation is slope × the period's, `period_trend`)
+and `within_lag1` (per dim, the lag-1 autocorrelation of the within-entity score deviations
+in period order, `within_lag1`). Outside, trend columns are rebuilt as entity offset + slope ×
+period (`trend_columns`, offsets solved for exact counts by `trend_offsets`) and the within
+parts of the other dims are redrawn as a stationary VAR(1) with diagonal coefficients in
+period order that keeps the within covariance (`serial_within`). Releases without these keys
+take exactly the earlier path.
 """
 
 from __future__ import annotations
@@ -97,15 +106,69 @@ def entity_structure(
         "column": entity,
         "entities": int(len(uniq)),
         "invariant": inv,
-        "between_share": [_round(v, round_significant) for v in eta],
-        "between_corr": [[_round(v, round_significant) for v in row] for row in np.clip(Rb, -1.0, 1.0)],
+        "between_share": [round_released(v, round_significant) for v in eta],
+        "between_corr": [[round_released(v, round_significant) for v in row] for row in np.clip(Rb, -1.0, 1.0)],
     }
 
 
-def _round(v: float, sig: int | None) -> float:
+def round_released(v: float, sig: int | None) -> float:
     if sig:
         return float(f"{float(v):.{sig}g}")
     return round(float(v), DECIMALS)
+
+
+# Share of entities (with at least two periods) in which a column must follow its period
+# trend exactly for the trend to be released.
+TREND_SHARE = 0.95
+
+
+def period_trend(x: np.ndarray, t: np.ndarray, codes: np.ndarray) -> tuple[float, float, int]:
+    """(slope, share, m) of the exact period trend of `x` inside entities: with within-entity
+    deviations x̃ = x − x̄_e and t̃ = t − t̄_e over rows where both are present, slope =
+    Σ x̃ t̃ / Σ t̃² (pooled within regression), share = fraction of the m entities with at
+    least two such rows in which x̃ = slope · t̃ holds on every row (relative tolerance 1e-9)."""
+    ok = (codes >= 0) & np.isfinite(x) & np.isfinite(t)
+    if ok.sum() < 2:
+        return 0.0, 0.0, 0
+    c, x, t = codes[ok], x[ok], t[ok]
+    G = int(c.max()) + 1
+    size = np.bincount(c, minlength=G).astype("float64")
+    xm = np.bincount(c, weights=x, minlength=G) / np.maximum(size, 1.0)
+    tm = np.bincount(c, weights=t, minlength=G) / np.maximum(size, 1.0)
+    xd, td = x - xm[c], t - tm[c]
+    stt = float(td @ td)
+    if stt <= 0:
+        return 0.0, 0.0, 0
+    slope = float(xd @ td) / stt
+    tol = 1e-9 * max(1.0, float(np.max(np.abs(x))), abs(slope) * float(np.max(np.abs(t))))
+    bad = np.zeros(G, dtype=bool)
+    np.logical_or.at(bad, c, np.abs(xd - slope * td) > tol)
+    multi = size >= 2
+    m = int(multi.sum())
+    return slope, (float((~bad & multi).sum()) / m if m else 0.0), m
+
+
+def within_lag1(X: np.ndarray, codes: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per dim, the lag-1 autocorrelation of the within-entity deviations w of the normal
+    scores (as `between_within`), rows ordered by period inside each entity:
+    r = Σ w_t w_{t−1} / √(Σ w_t² · Σ w_{t−1}²) over pairs of consecutive observed periods of
+    one entity (a gap counts as one step); NaN where a dim has no within variation. Also the
+    number of entities with at least two dated rows."""
+    ok = (codes >= 0) & np.isfinite(t)
+    Xo, c, to = X[ok], codes[ok], t[ok]
+    S = np.column_stack([normal_scores(Xo[:, j]) for j in range(Xo.shape[1])]) if Xo.shape[1] else np.zeros((len(Xo), 0))
+    G = int(c.max()) + 1 if len(c) else 0
+    size = np.bincount(c, minlength=G).astype("float64")
+    sums = np.zeros((G, S.shape[1]))
+    np.add.at(sums, c, S)
+    Wm = S - (sums / np.maximum(size, 1.0)[:, None])[c]
+    order = np.lexsort((to, c))
+    Wm, c = Wm[order], c[order]
+    pair = c[1:] == c[:-1]
+    a, b = Wm[1:][pair], Wm[:-1][pair]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    return r, int((size >= 2).sum())
 
 
 # ----------------------------------------------------------------------------- outside
@@ -449,17 +512,26 @@ def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> f
 
 
 def entity_normals(
-    R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None
+    R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None,
+    time_j: int | None = None, rng_ar: np.random.Generator | None = None,
 ) -> np.ndarray:
     """`hierarchical_normals` on the active dims `act` with the released between correlations
     and the released between shares, turned into latent shares for discrete dims
-    (`latent_share`; `margins`: the dims' `correlations.Margin`)."""
+    (`latent_share`; `margins`: the dims' `correlations.Margin`). With released `within_lag1`
+    (and `rng_ar`), the within parts of those dims are made AR(1) in period order
+    (`serial_within`; `time_j`: the active index of the time dim whose latent orders periods)."""
     eta = np.asarray(es["between_share"], dtype="float64")[act]
     if margins is not None and len(ent):
         t_eff = len(ent) / (int(ent.max()) + 1)
         eta = np.asarray([latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
     Rb = np.asarray(es["between_corr"], dtype="float64")[np.ix_(act, act)]
-    return hierarchical_normals(R, eta, Rb, ent, rng)
+    Z = hierarchical_normals(R, eta, Rb, ent, rng)
+    lag = es.get("within_lag1")
+    if lag and rng_ar is not None and len(ent):
+        target = np.asarray([np.nan if lag[i] is None else float(lag[i]) for i in act], dtype="float64")
+        if np.isfinite(target).any():
+            Z = serial_within(Z, ent, period_order(ent, Z[:, time_j] if time_j is not None else None), target, margins, rng_ar)
+    return Z
 
 
 def entity_columns(
@@ -618,3 +690,330 @@ def refine_invariant(
         for c in [r, *[b for b, a in root.items() if a == r]]:
             out_cols[c] = cols[c][first[pe[ent]]]
     return out_cols
+
+
+# ----------------------------------------------------------------------------- time dynamics (outside)
+
+MAX_TREND_VARS = 20_000  # (period-set class × offset) cells above which offsets are not solved for exact counts
+
+
+# Excess of a released within lag-1 autocorrelation over its value without persistence,
+# −1/(T̄ − 1), from which a column counts as persistent and is kept out of within-entity swaps.
+PERSISTENT = 0.1
+
+
+def persistent_columns(release: dict[str, Any]) -> set[str]:
+    """Columns with a dim whose released within-entity lag-1 autocorrelation exceeds the value
+    i.i.d. within parts give after demeaning in entities of T̄ rows, −1/(T̄ − 1), by at least
+    PERSISTENT (T̄ the released mean entity size)."""
+    es = release.get("entity_structure") or {}
+    lag = es.get("within_lag1") or []
+    g = (release.get("groups") or {}).get(es.get("column"), {})
+    tbar = float(g.get("mean_size") or 0.0)
+    base = -1.0 / (tbar - 1.0) if tbar > 1.0 else 0.0
+    return {d["column"] for d, v in zip(release["dims"], lag, strict=False) if v is not None and v - base >= PERSISTENT}
+
+
+def entity_frozen(release: dict[str, Any]) -> set[str]:
+    """Columns that within-entity swaps (refinement, cross-moment alignment) must not move:
+    the time-invariant ones; the period-trend columns and persistent columns
+    (`persistent_columns`), whose within-entity order is drawn; and with either of these the
+    panel's time column (a swap of periods would break a row's pairing of period and trend
+    value, or the period order the serial correlation was drawn in)."""
+    es = release.get("entity_structure") or {}
+    dyn = set(es.get("period_trend") or {}) | persistent_columns(release)
+    out = entity_fixed(release) | dyn
+    panel = release.get("panel")
+    if panel and dyn:
+        out.add(panel["time"])
+    return out
+
+
+def _as_float(values: np.ndarray) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype="float64")
+
+
+def nearest_level(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the ascending `levels` for each value (ties to the lower level),
+    as pooling codes an unreleased value to the nearest released one."""
+    hi = np.clip(np.searchsorted(levels, v, side="left"), 1, max(len(levels) - 1, 1))
+    lo = hi - 1
+    if len(levels) < 2:
+        return np.zeros(len(v), dtype="int64")
+    return np.where(np.abs(v - levels[lo]) <= np.abs(levels[hi] - v), lo, hi).astype("int64")
+
+
+def trend_offsets(
+    natural: np.ndarray, sets: list[tuple[float, ...]], cls: np.ndarray, slope: float, levels: np.ndarray, counts: np.ndarray
+) -> np.ndarray | None:
+    """Entity offsets o_e (value at period 0) of a categorical period-trend column such that the
+    row values nearest_level(o_e + slope · p), p over the entity's periods, have exactly the
+    released level `counts`, as near as possible to the entities' natural offsets `natural`
+    (entity mean of value − slope · period of the copula draw). A mixed-integer program over
+    n[s, o], the number of entities of period-set class s (`sets`, entity classes `cls`) given
+    offset o from the lattice {level − slope · p}: minimise K·Σ|count gaps| + Σ|n − n*| with
+    n* the classes' histograms of natural offsets (K larger than any change the second term
+    can make, so exact counts come first). Entities of a class then take its offsets in the
+    order of their natural offsets. None when the program is too large or fails."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    periods = np.unique(np.concatenate([np.asarray(s, dtype="float64") for s in sets])) if sets else np.zeros(0)
+    offs = np.unique(np.round((levels[:, None] - slope * periods[None, :]).ravel(), 9))
+    S, K, L = len(sets), len(offs), len(levels)
+    if S * K > MAX_TREND_VARS or K == 0:
+        return None
+    G_s = np.bincount(cls, minlength=S)
+    nat_o = np.clip(np.searchsorted(offs, natural), 0, K - 1)
+    lower = np.clip(nat_o - 1, 0, K - 1)
+    nat_o = np.where(np.abs(offs[lower] - natural) < np.abs(offs[nat_o] - natural), lower, nat_o)
+    target = np.zeros((S, K))
+    np.add.at(target, (cls, nat_o), 1.0)
+    nv = S * K  # variables: n (S*K), dp (L), dm (L), ap (S*K), am (S*K)
+    tot = nv + 2 * L + 2 * nv
+    rows, colsi, vals = [], [], []
+    # class sizes
+    for s in range(S):
+        for k in range(K):
+            rows.append(s), colsi.append(s * K + k), vals.append(1.0)
+    r0 = S
+    for s, per in enumerate(sets):
+        p = np.asarray(per, dtype="float64")
+        for k in range(K):
+            h = np.bincount(nearest_level(offs[k] + slope * p, levels), minlength=L)
+            for v in np.flatnonzero(h):
+                rows.append(r0 + v), colsi.append(s * K + k), vals.append(float(h[v]))
+    for v in range(L):
+        rows += [r0 + v, r0 + v]
+        colsi += [nv + v, nv + L + v]
+        vals += [-1.0, 1.0]
+    r1 = r0 + L
+    for i in range(nv):
+        rows += [r1 + i, r1 + i, r1 + i]
+        colsi += [i, nv + 2 * L + i, 2 * nv + 2 * L + i]
+        vals += [1.0, -1.0, 1.0]
+    A = coo_matrix((vals, (rows, colsi)), shape=(r1 + nv, tot)).tocsr()
+    b = np.concatenate([G_s.astype("float64"), counts.astype("float64"), target.ravel()])
+    big = 4.0 * float(len(cls)) + 1.0
+    c = np.concatenate([np.zeros(nv), np.full(2 * L, big), np.ones(2 * nv)])
+    integrality = np.concatenate([np.ones(nv), np.zeros(tot - nv)])
+    res = milp(c, constraints=LinearConstraint(A, b, b), integrality=integrality, bounds=Bounds(0, np.inf),
+               options={"presolve": True, "node_limit": 20_000})
+    if res.x is None:
+        return None
+    n = np.round(res.x[:nv]).astype("int64").reshape(S, K)
+    if not np.array_equal(n.sum(1), G_s):
+        return None
+    out = np.empty(len(cls))
+    for s in range(S):
+        es_ = np.flatnonzero(cls == s)
+        es_ = es_[np.argsort(natural[es_], kind="stable")]
+        out[es_] = np.repeat(offs, n[s])
+    return out
+
+
+def trend_columns(
+    cols: dict[str, np.ndarray], bp: Any, release: dict[str, Any], specs: dict[str, Any], ent: np.ndarray, missing: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Period-trend columns rebuilt as entity offset + slope × period (the synthetic period of
+    the row): the offset keeps the entity's level from the hierarchical copula (its natural
+    offset, the entity mean of value − slope × period of the draw, carries the between part
+    and its correlations), the within-entity deviation is exactly slope × period deviation.
+    Categorical columns: offsets solved so that level counts are exact (`trend_offsets`);
+    values beyond the released levels are coded to the nearest one, as pooling coded the
+    original. Continuous columns: the natural offsets (rounded for integer columns), moved
+    just enough that the entity's path stays inside the released q0..q100 (clipped only where
+    the path is longer than that range). Rows with a missing period keep their drawn value."""
+    es = release["entity_structure"]
+    trends = es.get("period_trend") or {}
+    panel = release.get("panel")
+    if not trends or not panel or panel["time"] not in cols:
+        return cols
+    out = dict(cols)
+    p_all = _as_float(cols[panel["time"]])
+    G = int(ent.max()) + 1 if len(ent) else 0
+    for col, tr in trends.items():
+        cp = bp.columns.get(col)
+        if col not in cols or cp is None or cp.kind not in ("continuous", "categorical"):
+            continue
+        slope = float(tr["slope"])
+        ok = ~missing[col] & np.isfinite(p_all)
+        x = _as_float(cols[col])
+        ok &= np.isfinite(x)
+        if not ok.any():
+            continue
+        e, p = ent[ok], p_all[ok]
+        size = np.bincount(e, minlength=G)
+        has = size > 0
+        natural = np.bincount(e, weights=x[ok] - slope * p, minlength=G)[has] / size[has]
+        idx = np.flatnonzero(has)  # entities with rows of this column
+        pos = np.full(G, -1)
+        pos[idx] = np.arange(len(idx))
+        vals = out[col].copy()
+        if cp.kind == "categorical":
+            levels_obj = list(cp.levels or [])
+            lev = _as_float(np.asarray(levels_obj, dtype=object))
+            if len(lev) < 2 or not np.isfinite(lev).all() or np.any(np.diff(lev) <= 0):
+                continue
+            order = np.lexsort((p, e))
+            per_ent: dict[int, list[float]] = {}
+            for i in order:
+                per_ent.setdefault(int(e[i]), []).append(float(p[i]))
+            keys = [tuple(per_ent[int(g)]) for g in idx]
+            uniq = sorted(set(keys))
+            at = {k: i for i, k in enumerate(uniq)}
+            cls = np.asarray([at[k] for k in keys], dtype="int64")
+            off = trend_offsets(natural, uniq, cls, slope, lev, np.asarray(cp.counts, dtype="int64"))
+            if off is None:  # too large or no solution: natural offsets on the level lattice
+                off = natural
+            codes = nearest_level(off[pos[e]] + slope * p, lev)
+            lev_arr = np.empty(len(levels_obj), dtype=object)
+            lev_arr[:] = levels_obj
+            vals[ok] = lev_arr[codes]
+        else:
+            grid = np.asarray(cp.grid, dtype="float64")
+            integer = bool(specs[col].integer)
+            # Offsets kept where the entity's whole path stays inside the released range, so
+            # the identity holds in every entity whose span fits (the tails of the marginal
+            # are the cost); values are clipped only where it cannot fit.
+            lo_p = np.full(G, np.inf)
+            hi_p = np.full(G, -np.inf)
+            np.minimum.at(lo_p, e, slope * p)
+            np.maximum.at(hi_p, e, slope * p)
+            lo_o, hi_o = grid[0] - lo_p[idx], grid[-1] - hi_p[idx]
+            if integer:
+                lo_o, hi_o = np.ceil(lo_o - 1e-9), np.floor(hi_o + 1e-9)
+            off = np.round(natural) if integer else natural
+            off = np.where(lo_o <= hi_o, np.clip(off, lo_o, hi_o), off)
+            v = np.clip(off[pos[e]] + slope * p, grid[0], grid[-1])
+            vals = vals.astype("float64")
+            vals[ok] = np.round(v) if integer else v
+        out[col] = vals
+    return out
+
+
+def period_order(ent: np.ndarray, z_time: np.ndarray | None) -> np.ndarray:
+    """Row indices grouped by entity, in period order inside each entity: the order in which
+    `assign_periods` hands an entity's periods to its rows (ascending latent of the time dim,
+    ties and a missing time dim by row order)."""
+    return np.lexsort((np.zeros(len(ent)) if z_time is None else z_time, ent))
+
+
+def lag1_stat(S: np.ndarray, ent: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per column of S, the lag-1 autocorrelation of the within-entity deviations in `order`
+    (the statistic `within_lag1` releases)."""
+    G = int(ent.max()) + 1 if len(ent) else 0
+    size = np.bincount(ent, minlength=G).astype("float64")
+    sums = np.zeros((G, S.shape[1]))
+    np.add.at(sums, ent, S)
+    W = (S - (sums / np.maximum(size, 1.0)[:, None])[ent])[order]
+    e = ent[order]
+    pair = e[1:] == e[:-1]
+    a, b = W[1:][pair], W[:-1][pair]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
+
+
+def _observed_scores(z: np.ndarray, probs: tuple[float, ...] | None) -> np.ndarray:
+    """Normal scores of a latent column as the synthetic data will hold it: cut by rank into
+    levels of shares `probs` (continuous: the latent itself)."""
+    if probs is None or len(probs) < 2:
+        return normal_scores(z)
+    from .copula import ordered_values
+    from .marginals import apportion
+
+    counts = apportion(np.asarray(probs, dtype="float64"), len(z)).astype("int64")
+    return normal_scores(ordered_values(z, list(counts)).astype("float64"))
+
+
+RHO_MAX = 0.995  # largest latent AR(1) coefficient the calibration may use
+
+
+def serial_within(
+    Z: np.ndarray, ent: np.ndarray, order: np.ndarray, target: np.ndarray, margins: list[Any] | None, rng: np.random.Generator, iterations: int = 8
+) -> np.ndarray:
+    """Latent normals Z (rows × dims, hierarchical: entity part + within part) with the within
+    part of the dims with a finite `target` redrawn as a stationary AR(1) in period `order`.
+
+    With E the within part (Z minus entity means), A the AR dims and V the other dims with a
+    within part, E_A = E_V Β + R (Β the in-sample regression, R ⟂ E_V with covariance S).
+    R is redrawn as R_t = diag(ρ) R_{t−1} + η_t, R_1 ~ N(0, S), η ~ N(0, Q) with
+    Q = S ∘ (11' − ρρ') (projected to PSD): its stationary covariance is S exactly, each
+    column's lag-1 autocorrelation is its ρ, and with equal ρ it is the separable ρ^|s−t| S.
+    Then demeaned within entity, made orthogonal to E_V and whitened to S in sample, so the
+    within covariance (hence the released correlations and between shares) is unchanged;
+    E_V (period, trend and other dims) is not touched, so the period order is unchanged.
+    The released statistic is the lag-1 autocorrelation of within deviations of observed
+    normal scores, which demeaning (Nickell 1981: ≈ −(1 + ρ)/(T − 1) in short panels) and
+    discretisation pull below the latent ρ, so ρ is calibrated: a few fixed-point steps
+    ρ ← ρ + (target − achieved), achieved measured on the dims cut into their levels by rank,
+    with the same innovations each step (deterministic, monotone in ρ); secant steps, ρ in
+    [−0.9, RHO_MAX], the iterate nearest the targets kept."""
+    n, d = Z.shape
+    G = int(ent.max()) + 1 if n else 0
+    size = np.bincount(ent, minlength=G).astype("float64")
+    sums = np.zeros((G, d))
+    np.add.at(sums, ent, Z)
+    Ub = (sums / np.maximum(size, 1.0)[:, None])[ent]
+    E = Z - Ub
+    var = np.einsum("ij,ij->j", E, E) > 1e-9 * n
+    A = np.flatnonzero(np.isfinite(target) & var)
+    if not len(A) or n - G < 2 * d + 2:
+        return Z
+    V = np.flatnonzero(var & ~np.isin(np.arange(d), A))
+    EV = E[:, V]
+    beta = np.linalg.lstsq(EV, E[:, A], rcond=None)[0] if len(V) else np.zeros((0, len(A)))
+    R0 = E[:, A] - EV @ beta
+    S = R0.T @ R0 / n
+    LS = psd_sqrt(S)
+    xi = rng.standard_normal((n, len(A)))
+    e_ord = ent[order]
+    start = np.concatenate([[True], e_ord[1:] != e_ord[:-1]])
+    pos = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    steps = [order[pos == k] for k in range(int(pos.max()) + 1)]
+    prev = [order[np.flatnonzero(pos == k) - 1] for k in range(1, len(steps))]
+    probs = [margins[j].probs if margins is not None else None for j in A]
+    want = target[A]
+
+    def draw(rho: np.ndarray) -> np.ndarray:
+        Q = psd_sqrt(S * (1.0 - np.outer(rho, rho)))
+        R = np.empty((n, len(A)))
+        R[steps[0]] = xi[steps[0]] @ LS.T
+        for k in range(1, len(steps)):
+            R[steps[k]] = R[prev[k - 1]] * rho + xi[steps[k]] @ Q.T
+        s2 = np.zeros((G, len(A)))
+        np.add.at(s2, ent, R)
+        R = R - (s2 / np.maximum(size, 1.0)[:, None])[ent]
+        if len(V):
+            R = R - EV @ np.linalg.lstsq(EV, R, rcond=None)[0]
+        C = R.T @ R / n
+        try:
+            R = np.linalg.solve(np.linalg.cholesky(C), R.T).T @ np.linalg.cholesky(S).T
+        except np.linalg.LinAlgError:
+            pass
+        return R
+
+    def achieved(Zn: np.ndarray) -> np.ndarray:
+        Sc = np.column_stack([_observed_scores(Zn[:, j], p) for j, p in zip(A, probs, strict=True)])
+        return lag1_stat(Sc, ent, order)
+
+    rho = np.clip(want, -0.9, RHO_MAX)
+    best, best_err = None, np.inf
+    prev_rho, prev_got = None, None
+    for _ in range(iterations):
+        Zn = Z.copy()
+        Zn[:, A] = Ub[:, A] + EV @ beta + draw(rho)
+        got = achieved(Zn)
+        err = float(np.max(np.abs(got - want)))
+        if err < best_err:
+            best, best_err = Zn, err
+        if err < 0.005:
+            break
+        slope = np.ones(len(A))  # secant slope of achieved in ρ, per dim (1 until two iterates differ)
+        if prev_rho is not None:
+            dr = rho - prev_rho
+            sl = np.divide(got - prev_got, dr, out=np.ones(len(A)), where=np.abs(dr) > 1e-6)
+            slope = np.where(sl > 0.05, sl, 1.0)
+        prev_rho, prev_got = rho, got
+        rho = np.clip(rho + np.clip((want - got) / slope, -0.3, 0.3), -0.9, RHO_MAX)
+    return best if best is not None else Z

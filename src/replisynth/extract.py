@@ -25,7 +25,7 @@ from .dims import (
     ordered_codes,
     synthetic_dim_matrix,
 )
-from .entities import entity_structure
+from .entities import TREND_SHARE, entity_structure, period_trend, round_released, within_lag1
 from .errors import DataError
 from .io import FileMeta
 from .manifest import Manifest, Source
@@ -397,7 +397,54 @@ def _entity_release(
         "between-entity share of the normal-score variance and the between-entity correlation matrix (rounded)",
         source=source.name, column=col,
     )
+    if source.panel is not None:
+        _dynamics_release(out, df, X, dims, cols, out["invariant"], source, sdc, log)
     return out
+
+
+def _dynamics_release(
+    out: dict[str, Any], df: pd.DataFrame, X: np.ndarray, dims: list[dict[str, Any]], cols: list[str], invariant: dict[str, bool],
+    source: Source, sdc: Any, log: SdcLog,
+) -> None:
+    """Time dynamics inside a panel's entities (replisynth.entities), added to `out` in place:
+    `period_trend` (columns whose within-entity deviation is slope × period deviation in at
+    least TREND_SHARE of the entities with two or more periods: the rounded slope and share)
+    and `within_lag1` (per copula dim, the lag-1 autocorrelation of its within-entity
+    normal-score deviations in period order). Aggregates over entities, released only when
+    at least min_cell_size entities have two or more periods; each decision is logged."""
+    assert source.panel is not None
+    ent, time = source.panel.entity, source.panel.time
+    codes, _ = pd.factorize(df[ent], use_na_sentinel=True)
+    t = pd.to_numeric(df[time], errors="coerce").to_numpy(dtype="float64") if time in df else np.full(len(df), np.nan)
+    if not np.isfinite(t).any():
+        log.add("entities", "not_applicable", f"time column {time!r} is not numeric: no period trends or serial correlation released", source=source.name, column=time)
+        return
+    trends: dict[str, dict[str, float]] = {}
+    for c in cols:
+        if c == time or invariant.get(c):
+            continue
+        try:
+            x = pd.Series(df[c]).astype("float64").to_numpy()
+        except (TypeError, ValueError):  # strings, dates: no numeric trend
+            continue
+        if not np.isfinite(x).any():
+            continue
+        slope, share, m = period_trend(x, t, codes)
+        if share < TREND_SHARE or slope == 0.0:
+            continue
+        if m < sdc.min_cell_size:
+            log.add("entities", "suppressed", f"period trend not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=c)
+            continue
+        trends[c] = {"slope": round_released(slope, sdc.round_significant), "share": round_released(share, sdc.round_significant)}
+        log.add("entities", "released", f"period trend: within {share:.3f} of {m} entities the column moves by slope x period (slope rounded); aggregate over entities", source=source.name, column=c)
+    r, m = within_lag1(X, codes, t)
+    if m < sdc.min_cell_size:
+        log.add("entities", "suppressed", f"within-entity lag-1 autocorrelations not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=ent)
+    else:
+        skip = {time, *trends, *(c for c, v in invariant.items() if v)}
+        out["within_lag1"] = [None if (d["column"] in skip or d["kind"] == "missing" or not np.isfinite(v)) else round_released(float(v), sdc.round_significant) for d, v in zip(dims, r, strict=True)]
+        log.add("entities", "released", f"per copula dim the lag-1 autocorrelation of within-entity normal-score deviations in period order, pooled over {m} entities (rounded)", source=source.name, column=ent)
+    out["period_trend"] = trends
 
 
 def _released_value_labels(meta: FileMeta, marginals: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:

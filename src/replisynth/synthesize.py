@@ -19,7 +19,14 @@ from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_va
 from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
-from .entities import entity_columns, entity_fixed, entity_normals, refine_invariant, skeleton
+from .entities import (
+    entity_columns,
+    entity_frozen,
+    entity_normals,
+    refine_invariant,
+    skeleton,
+    trend_columns,
+)
 from .marginals import exact_quantile_sample, quantile_function
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps
@@ -151,7 +158,12 @@ def synthesize_block(
     margins = [_margin(dims[i], bp.columns[dims[i]["column"]], n) for i in act]
     r_cop = make_rng(seed, source, bp.id, "copula")
     R = nearest_correlation(latent_matrix(target, margins))
-    Z = correlated_normals(R, n, r_cop, exact=True) if ent is None else entity_normals(R, act, release["entity_structure"], ent, r_cop, margins)
+    if ent is None:
+        Z = correlated_normals(R, n, r_cop, exact=True)
+    else:
+        time = (release.get("panel") or {}).get("time")
+        time_j = next((j for j, i in enumerate(act) if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")), None)
+        Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"))
     # Missing positions of columns with a missingness dim: the rows with the largest latent.
     for j, i in enumerate(act):
         if dims[i]["kind"] == "missing":
@@ -164,6 +176,7 @@ def synthesize_block(
     cols, _ = _fill_block(bp, dims, act, Z, missing, specs)
     if ent is not None:
         cols = entity_columns(cols, bp, release, specs, act, Z, ent, missing)
+        cols = trend_columns(cols, bp, release, specs, ent, missing)
     return apply_derived(cols, release.get("derived", {}))
 
 
@@ -294,7 +307,7 @@ def refine_source(
     # One unit per root column: a derived column moves with the column it is computed from.
     root = {b: d["from"] for b, d in release.get("derived", {}).items()}
     units: dict[str, list[int]] = {}
-    fixed = entity_fixed(release) if ent is not None else set()
+    fixed = entity_frozen(release) if ent is not None else set()
     for j, d in enumerate(dims):
         if d["kind"] != "missing" and root.get(d["column"], d["column"]) not in fixed:  # missing positions only steer
             units.setdefault(root.get(d["column"], d["column"]), []).append(j)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .design import estimation_sample
-from .entities import draw_pairs, entity_fixed
+from .entities import draw_pairs, entity_frozen
 from .manifest import formula_variables
 from .refine import _block, _proposal_terms, _View, _view, accept_swaps, best_prefix, penalty
 
@@ -360,7 +360,7 @@ def align_moments(
     frozen = _frozen_columns(cps, release)
     # Entity structure (replisynth.entities): time-invariant columns never move and swaps stay
     # inside an entity, so within-entity constancy and between shares survive the alignment.
-    frozen |= entity_fixed(release)
+    frozen |= entity_frozen(release)
     es = release.get("entity_structure")
     labels = pd.factorize(df[es["column"]])[0] if es and es["column"] in df.columns else None
     dims = release["dims"]
