@@ -3,10 +3,10 @@ small levels cell suppression would pool are released as continuous (their sprea
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from conftest import manifest_for, release_of
 
 from replisynth.io import FileMeta

@@ -43,7 +43,7 @@ from .schema import (
     ColumnSpec,
     infer_schema,
     pandera_schema,
-    pooled_share,
+    spread_losses,
     validation_summary,
 )
 from .sdc import SdcLog, check_release
@@ -259,14 +259,17 @@ def extract_source(
         keep |= set(FACTOR_CALL.findall(cp.formula))
         if cp.model in GLM_ORDERED:  # an ordered outcome keeps its categories
             keep.add(cp.outcome)
-    specs = infer_schema(df, source, meta, sdc.min_cell_size, keep)
+    trim = sdc.quantile_trim / 100.0
+    # Panels keep the 20-value rule: the entity structure (exact counts of time-invariant and
+    # trend columns, their integer-program offsets) is tuned for categories (docs/method.md).
+    specs = infer_schema(df, source, meta, None if source.panel else sdc.min_cell_size, keep, trim)
     for s in specs:
         if s.role == "continuous" and s.integer and s.name not in source.continuous and s.logical_type != "date" \
                 and df[s.name].nunique(dropna=True) <= MAX_ORDINAL_LEVELS:
-            log.add("schema", "continuous", f"integer column with {df[s.name].nunique(dropna=True)} values, {pooled_share(df[s.name], sdc.min_cell_size):.0%} "
-                    f"of its rows in values below min_cell_size={sdc.min_cell_size}: released as continuous (percentiles, integer-rounded) "
-                    "rather than as categories whose small levels would be pooled into their neighbours; list it under categorical to override",
-                    source=source.name, column=s.name)
+            pooled, trimmed = spread_losses(df[s.name], sdc.min_cell_size, trim)
+            log.add("schema", "continuous", f"integer column with {df[s.name].nunique(dropna=True)} values released as continuous (percentiles, integer-rounded): "
+                    f"pooling its values below min_cell_size={sdc.min_cell_size} into their neighbours would remove {pooled:.0%} of its variance, "
+                    f"top/bottom-coding its percentiles {trimmed:.0%}; list it under categorical to override", source=source.name, column=s.name)
     # The source must validate against the schema we are about to release.
     failures = validation_summary(pandera_schema(specs), df[[s.name for s in specs]])
     if failures:

@@ -6,9 +6,11 @@ Classification rule (manifest `categorical`/`continuous` lists win):
 - strings, booleans and pandas categoricals are categorical;
 - numeric columns are categorical when integer-valued with at most 20 distinct values,
   otherwise continuous; dates are continuous (in days); except that an unlabelled integer
-  column with at least 6 values, more than 5% of whose rows sit in levels below the minimum
-  cell size, is continuous (SDC would pool those levels into their neighbours and shrink its
-  spread: mroz schooling, fertility age); strata, the panel time and C() factors stay categorical;
+  column with at least 6 values is continuous when pooling its levels below the minimum cell
+  size into their neighbours (the categorical SDC rule) would remove more of its variance,
+  by 2 points or more, than top/bottom-coding its percentiles (the continuous rule) would:
+  mroz schooling (61% against 1%), fertility age; strata, the panel time, C() factors,
+  ordered outcomes and every column of a panel source keep the 20-value rule;
 - categorical columns are *ordered* (thresholds on one latent normal) when numeric or boolean,
   except numeric codes that carry value labels and have more than two levels, which are
   *nominal* (one latent normal per category) like strings.
@@ -28,7 +30,7 @@ from .manifest import Source
 
 MAX_ORDINAL_LEVELS = 20
 SPREAD_LEVELS = 6  # an integer column with this many values or more ...
-POOLED_SHARE = 0.05  # ... and more than this share of rows in small levels is continuous
+SPREAD_MARGIN = 0.02  # ... that pooling would rob of this much more variance than trimming is continuous
 EPOCH = pd.Timestamp("1970-01-01")
 
 
@@ -94,10 +96,12 @@ def infer_column(
     meta: FileMeta,
     min_cell: int | None = None,
     keep_categorical: frozenset[str] | set[str] = frozenset(),
+    trim: float = 0.0,
 ) -> ColumnSpec:
     """Classify one column under the documented rule and the manifest overrides. With
-    `min_cell`, integer columns that cell suppression would pool heavily are continuous
-    (`pooled_share`), unless named in `keep_categorical` (strata, panel time, C() factors)."""
+    `min_cell`, integer columns that cell suppression would rob of their spread are
+    continuous (`spread_losses`; `trim`: the share top/bottom-coded on each side), unless
+    named in `keep_categorical` (strata, panel time, C() factors, ordered outcomes)."""
     name = str(s.name)
     lt = logical_type(s)
     storage = meta.storage_types.get(name, str(s.dtype))
@@ -132,9 +136,11 @@ def infer_column(
     else:
         n_distinct = s.nunique(dropna=True)
         role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
-        if (role == "categorical" and min_cell and n_distinct >= SPREAD_LEVELS and name not in keep_categorical
-                and not meta.value_labels.get(name) and pooled_share(s, min_cell) > POOLED_SHARE):
-            role = "continuous"
+        if role == "categorical" and min_cell and n_distinct >= SPREAD_LEVELS and name not in keep_categorical \
+                and not meta.value_labels.get(name):
+            pooled, trimmed = spread_losses(s, min_cell, trim)
+            if pooled > trimmed + SPREAD_MARGIN:
+                role = "continuous"
     ordered = False
     if role == "categorical":
         if lt == "categorical":
@@ -147,18 +153,30 @@ def infer_column(
     return ColumnSpec(role=role, integer=bool(integer), ordered=ordered, **base)
 
 
-def pooled_share(s: pd.Series, min_cell: int) -> float:
-    """Share of the non-missing rows whose value occurs fewer than `min_cell` times."""
-    counts = s.value_counts(dropna=True)
-    total = int(counts.sum())
-    return float(counts[counts < min_cell].sum() / total) if total else 0.0
+def spread_losses(s: pd.Series, min_cell: int, trim: float) -> tuple[float, float]:
+    """Shares of the variance of a numeric column lost (pooled, trimmed): when its values
+    with fewer than `min_cell` rows are pooled into the nearest value that has enough, and
+    when it is clipped to its `trim` and 1 − `trim` quantiles."""
+    x = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64")
+    v = float(np.var(x)) if len(x) > 1 else 0.0
+    if v <= 0:
+        return 0.0, 0.0
+    vals, counts = np.unique(x, return_counts=True)
+    kept = vals[counts >= min_cell]
+    if len(kept) == 0:
+        return 1.0, 0.0
+    nearest = kept[np.abs(vals[:, None] - kept[None, :]).argmin(axis=1)]
+    pooled = np.repeat(nearest, counts)
+    clipped = np.clip(x, np.quantile(x, trim), np.quantile(x, 1 - trim)) if trim > 0 else x
+    return 1.0 - float(np.var(pooled)) / v, 1.0 - float(np.var(clipped)) / v
 
 
 def infer_schema(
-    df: pd.DataFrame, source: Source, meta: FileMeta, min_cell: int | None = None, keep_categorical: frozenset[str] | set[str] = frozenset()
+    df: pd.DataFrame, source: Source, meta: FileMeta, min_cell: int | None = None, keep_categorical: frozenset[str] | set[str] = frozenset(),
+    trim: float = 0.0,
 ) -> list[ColumnSpec]:
     """ColumnSpecs for every column that is not excluded, in file order."""
-    return [infer_column(df[c], source, meta, min_cell, keep_categorical) for c in df.columns if c not in source.exclude]
+    return [infer_column(df[c], source, meta, min_cell, keep_categorical, trim) for c in df.columns if c not in source.exclude]
 
 
 # ---------------------------------------------------------------------------------------------
