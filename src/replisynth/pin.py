@@ -23,6 +23,7 @@ from .errors import CheckpointError
 from .manifest import Checkpoint
 from .pin_discrete import is_discrete_group, pin_discrete_group
 from .seeds import rng
+from .shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 
 
 def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
@@ -168,14 +169,22 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
     return gap, bool(np.max(np.abs(resid)) <= 1e-8 * max(1.0, float(np.max(np.abs(D)))))
 
 
-def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]], seed: int = 0) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
+def pin_checkpoints(
+    frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]], seed: int = 0, shape_ses: bool = True,
+    weight_bounds: tuple[float, float] | None = None,
+) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
     Each group takes Newton steps until its refit is exact (the sample can move when a
     subset or a missing pattern involves the outcome); a group that does not get there in
     MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`.
     A group with a maximum-likelihood checkpoint goes to `pin_discrete` (seeded draw and score
-    correction, with the stream `seed`/pin/<source>/<outcome>)."""
+    correction, with the stream `seed`/pin/<source>/<outcome>).
+
+    Where the residual can move on its own rows (a pinned group whose outcome is not in a
+    subset and whose samples are disjoint), it is scaled to the released residual variance
+    and, with `shape_ses` (HC/cluster vcov of ols, fe, iv), shaped to every released SE
+    (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`)."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
@@ -218,7 +227,7 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
                 factor = _match_residual_scale(df, c, outcome)
                 if factor is not None:
                     notes.append(f"{who}residuals scaled by {factor:.4g} to the released residual variance")
-                shaped = _shape_residuals(df, c, outcome)
+                shaped = _shape_residuals(df, c, outcome, weight_bounds) if shape_ses else None
                 if shaped is not None:
                     notes.append(who + shaped.note())
                     detail.setdefault("se_shape", {})[c["tag"]] = shaped.as_dict()
@@ -344,9 +353,10 @@ class ShapeReport:
     weight_ess: float  # Kish's effective share (sum w)^2 / (m sum w^2): 1 when no unit was reweighted
     at_bounds: int
     scale_ratio: float | None
+    bounds: tuple[float, float] = WEIGHT_BOUNDS
 
     def note(self) -> str:
-        lo, hi = shape_bounds()
+        lo, hi = self.bounds
         how = (f"tilting {self.units} {self.unit_kind}, {self.rounds} round{'s' if self.rounds != 1 else ''}; "
                f"variance weights {self.weight_min:.3g}-{self.weight_max:.3g}, effective share {self.weight_ess:.2f}, "
                f"{self.at_bounds} at the bounds")
@@ -360,13 +370,7 @@ class ShapeReport:
         return msg
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def shape_bounds() -> tuple[float, float]:
-    from .shape import WEIGHT_BOUNDS
-
-    return WEIGHT_BOUNDS
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in self.__dataclass_fields__)}
 
 
 def _se_targets(c: dict[str, Any], d: Design) -> tuple[list[int], np.ndarray]:
@@ -378,7 +382,7 @@ def _se_targets(c: dict[str, Any], d: Design) -> tuple[list[int], np.ndarray]:
     return [r[0] for r in rows], np.asarray([r[1] for r in rows], dtype="float64")
 
 
-def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> ShapeReport | None:
+def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: tuple[float, float] | None = None) -> ShapeReport | None:
     """Inference fidelity beyond the residual variance, for a pinned ols/fe/iv checkpoint with
     a robust (HC0-HC3) or clustered vcov: every released SE is a sandwich linear in
     per-unit weights on the squared residual (`shape.sandwich_contributions`), so the
@@ -393,7 +397,6 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> Shape
     re keeps its matched variance components; both return None."""
     from .estimators import fit_checkpoint
     from .linear_models import residual
-    from .shape import leverage, sandwich_contributions, tilt_toward
 
     cp = checkpoint_from_release(c)
     if cp.model not in ("ols", "fe", "iv") or cp.vcov == "nonrobust":
@@ -413,7 +416,7 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> Shape
         r = f.se[pos] / se_t
         return float(np.max(np.abs(np.log(r)))) if np.all(np.isfinite(r)) and np.all(r > 0) else float("inf")
 
-    lo, hi = shape_bounds()
+    lo, hi = bounds or WEIGHT_BOUNDS
     units = d.clusters if cp.cluster else None
     m = int(units.max()) + 1 if units is not None else len(d.y)
     W = d.weights if d.weights is not None else np.ones(len(d.y))
@@ -481,6 +484,7 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> Shape
         fraction=fraction, weight_min=float(best_cum.min()), weight_max=float(best_cum.max()),
         weight_ess=float(best_cum.sum() ** 2 / (m * np.sum(best_cum**2))),
         at_bounds=int(np.sum((best_cum <= lo * (1 + 1e-9)) | (best_cum >= hi * (1 - 1e-9)))), scale_ratio=sr,
+        bounds=(float(lo), float(hi)),
     )
 
 

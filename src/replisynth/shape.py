@@ -117,7 +117,8 @@ def tilt(
 
     lam = np.zeros(k)
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         _, w, d2 = _g(U @ lam, llo, lhi)
         grad = U.T @ w - t + ridge * lam
         rel = np.abs(U.T @ w - t) / np.where(t > 0, t, 1.0)
