@@ -407,7 +407,7 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     except CheckpointError:
         return None
     pos, se_t = _se_targets(c, d)
-    if not pos:
+    if not pos or not np.all(np.isfinite(fit.se[pos])) or np.any(fit.se[pos] <= 0):
         return None
     target_scale = c.get("scale")
     use_scale = bool(target_scale) and np.isfinite(target_scale) and target_scale > 0
