@@ -427,17 +427,18 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     best_y, best_fit, best_cum, best_scale = start, fit, np.ones(m), False
     cum = np.ones(m)
     rounds, feasible, fraction = 0, True, 1.0
+    best_reach: tuple[bool, float] | None = None  # feasibility of the round kept
+    try:
+        A = _operator(d, cp)[pos]  # depends on the regressors only: fixed while y is shaped
+    except (np.linalg.LinAlgError, CheckpointError):
+        return None
     for _ in range(SHAPE_ROUNDS):
         if best <= SHAPE_TOL:
-            break
-        try:
-            A = _operator(d, cp)
-        except (np.linalg.LinAlgError, CheckpointError):
             break
         e = d.y - d.X @ fit.beta if cp.model == "ols" else residual(d, cp, fit.beta)
         if e is None:
             break
-        a = sandwich_contributions(A[pos], e, units, p, h)
+        a = sandwich_contributions(A, e, units, p, h)
         F = a.sum(axis=0)
         if np.any(F <= 0):
             break
@@ -466,10 +467,13 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
         now = err(fit)
         if now < best:
             best, best_y, best_fit, best_cum, best_scale = now, d.y.copy(), fit, cum.copy(), with_scale
+            best_reach = (res.feasible, res.fraction)
         if not res.feasible and res.fraction <= 0.0:
             break
     df.loc[d.index, outcome] = best_y
     fit = best_fit
+    if best_reach is not None:
+        feasible, fraction = best_reach
     if best_scale and _match_residual_scale(df, c, outcome) is not None:
         d = build_design(df, cp)
         fit = fit_checkpoint(d, cp)
