@@ -295,3 +295,18 @@ def test_iv_hc1_shaped_ses_match_linearmodels() -> None:
     r, gap = _ratios_and_gaps(*lm(frames["people"]), rel)
     assert gap <= PIN_TOL
     assert np.all((r >= BAND[0]) & (r <= BAND[1])), (r, results[0].note)
+
+
+def test_shaping_is_deterministic_and_moves_only_the_sample_outcome() -> None:
+    """No randomness: two pins give identical frames; rows outside the estimation sample
+    keep their outcome."""
+    cp = _cp("fe", "fe", "y ~ x1 + x2", absorb=("ent",), vcov="cluster:ent", subset="yr >= 1")
+    (rel,) = capture_released(_cluster_panel(300, 6, 0, slopes=True), MANIFEST, cp)
+    synthetic = _cluster_panel(260, 6, 1, slopes=False)
+    a, ra = pin_checkpoints({"people": synthetic}, [rel])
+    b, _ = pin_checkpoints({"people": synthetic}, [rel])
+    assert "shaped" in ra[0].note
+    pd.testing.assert_frame_equal(a["people"], b["people"])
+    outside = synthetic["yr"] < 1
+    np.testing.assert_array_equal(a["people"].loc[outside, "y"], synthetic.loc[outside, "y"])
+    assert not np.allclose(a["people"].loc[~outside, "y"], synthetic.loc[~outside, "y"])
