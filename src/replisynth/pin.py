@@ -23,6 +23,7 @@ from .errors import CheckpointError
 from .manifest import Checkpoint
 from .pin_discrete import is_discrete_group, pin_discrete_group
 from .seeds import rng
+from .shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 
 
 def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
@@ -46,7 +47,7 @@ class PinOutcome:
     joint: bool
     status: str
     note: str = ""
-    detail: dict = field(default_factory=dict)  # discrete outcomes: per-checkpoint gaps, outcome drift
+    detail: dict = field(default_factory=dict)  # discrete outcomes: per-checkpoint gaps, outcome drift; se_shape: per tag ShapeReport
 
 
 def _targets(c: dict[str, Any]) -> dict[str, float]:
@@ -168,14 +169,22 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
     return gap, bool(np.max(np.abs(resid)) <= 1e-8 * max(1.0, float(np.max(np.abs(D)))))
 
 
-def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]], seed: int = 0) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
+def pin_checkpoints(
+    frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]], seed: int = 0, shape_ses: bool = True,
+    weight_bounds: tuple[float, float] | None = None,
+) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
     Each group takes Newton steps until its refit is exact (the sample can move when a
     subset or a missing pattern involves the outcome); a group that does not get there in
     MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`.
     A group with a maximum-likelihood checkpoint goes to `pin_discrete` (seeded draw and score
-    correction, with the stream `seed`/pin/<source>/<outcome>)."""
+    correction, with the stream `seed`/pin/<source>/<outcome>).
+
+    Where the residual can move on its own rows (a pinned group whose outcome is not in a
+    subset and whose samples are disjoint), it is scaled to the released residual variance
+    and, with `shape_ses` (HC/cluster vcov of ols, fe, iv), shaped to every released SE
+    (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`)."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
@@ -211,14 +220,19 @@ def pin_checkpoints(frames: dict[str, pd.DataFrame], checkpoints: list[dict[str,
             status = "pinned" if gap <= EXACT_TOL else "approximate"
             if status == "approximate" and not any("inconsistent" in n for n in notes):
                 notes.append(f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE")
+        detail: dict[str, Any] = {}
         if status == "pinned" and not any(outcome in c.get("subset_columns", []) for c in group) and _disjoint_samples(df, group):
             for c in group:
+                who = f"{c['tag']}: " if len(group) > 1 else ""
                 factor = _match_residual_scale(df, c, outcome)
                 if factor is not None:
-                    who = f"{c['tag']}: " if len(group) > 1 else ""
                     notes.append(f"{who}residuals scaled by {factor:.4g} to the released residual variance")
+                shaped = _shape_residuals(df, c, outcome, weight_bounds) if shape_ses else None
+                if shaped is not None:
+                    notes.append(who + shaped.note())
+                    detail.setdefault("se_shape", {})[c["tag"]] = shaped.as_dict()
         frames[source] = df
-        results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes))))
+        results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes)), detail))
     return frames, results
 
 
@@ -309,3 +323,180 @@ def _match_variance_components(df: pd.DataFrame, c: dict[str, Any], cp: Checkpoi
             return f_e
     df[outcome] = before
     return None
+
+
+SHAPE_ROUNDS = 4  # tilt, re-pin, refit: the refit calibrates the small-sample constants
+SHAPE_TOL = 1e-4  # max |log(SE_synthetic / SE_target)| at which shaping stops
+LEVERAGE_POWER = {"HC2": 1, "HC3": 2}
+
+
+@dataclass(frozen=True)
+class ShapeReport:
+    """What `_shape_residuals` did to one checkpoint: the largest |log(SE_synthetic /
+    SE_target)| over its released terms before and after, the SE-ratio range after, the
+    number of units tilted (observations or clusters), rounds run, whether the targets were
+    reachable within the weight bounds (else `fraction`, the share of the way in logs the
+    last round got), the range of the cumulative variance weights and how many sit at a
+    bound, and the residual variance relative to the released one."""
+
+    before: float
+    after: float
+    ratio_min: float
+    ratio_max: float
+    units: int
+    unit_kind: str
+    rounds: int
+    feasible: bool
+    fraction: float
+    weight_min: float
+    weight_max: float
+    weight_ess: float  # Kish's effective share (sum w)^2 / (m sum w^2): 1 when no unit was reweighted
+    at_bounds: int
+    scale_ratio: float | None
+    bounds: tuple[float, float] = WEIGHT_BOUNDS
+
+    def note(self) -> str:
+        lo, hi = self.bounds
+        how = (f"tilting {self.units} {self.unit_kind}, {self.rounds} round{'s' if self.rounds != 1 else ''}; "
+               f"variance weights {self.weight_min:.3g}-{self.weight_max:.3g}, effective share {self.weight_ess:.2f}, "
+               f"{self.at_bounds} at the bounds")
+        msg = (f"residuals shaped to the released SEs ({how}): max |log SE ratio| before {self.before:.3g}, after "
+               f"{self.after:.3g} (SE ratios {self.ratio_min:.3f}-{self.ratio_max:.3f})")
+        if not self.feasible:
+            msg += (f"; the released SEs are not reachable with variance weights in [{lo:.3g}, {hi:.3g}] on this synthetic "
+                    f"design (last round got {self.fraction:.2f} of the way)")
+        if self.scale_ratio is not None and abs(self.scale_ratio - 1.0) > 1e-6:
+            msg += f"; residual variance {self.scale_ratio:.4g} x the released one"
+        return msg
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in self.__dataclass_fields__)}
+
+
+def _se_targets(c: dict[str, Any], d: Design) -> tuple[list[int], np.ndarray]:
+    """Positions in the design of the released terms with a usable SE, and those SEs."""
+    pos = {t: j for j, t in enumerate(d.terms)}
+    rows = [(pos[t["term"]], float(t["se"])) for t in c.get("terms", [])
+            if not t.get("suppressed") and t["term"] in pos and t.get("se") is not None
+            and np.isfinite(float(t["se"])) and float(t["se"]) > 0]
+    return [r[0] for r in rows], np.asarray([r[1] for r in rows], dtype="float64")
+
+
+def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: tuple[float, float] | None = None) -> ShapeReport | None:
+    """Inference fidelity beyond the residual variance, for a pinned ols/fe/iv checkpoint with
+    a robust (HC0-HC3) or clustered vcov: every released SE is a sandwich linear in
+    per-unit weights on the squared residual (`shape.sandwich_contributions`), so the
+    residual is multiplied by sqrt(w) per observation (HC) or per cluster, w exponentially
+    tilted to the released SEs and the released residual variance (`shape.tilt_toward`, w in
+    `shape.WEIGHT_BOUNDS` cumulatively), then the pin step projects the shaped residual off
+    the design again (beta stays exact) and the refit measures the SEs; the ratio of the
+    refit's SE to the sandwich sum calibrates each term's small-sample constant for the next
+    round. The best round is kept (never worse than before); if the residual-variance target
+    was reached it is made exact by one scalar at the end (`_match_residual_scale`).
+    nonrobust SEs are sigma [(X'X)^-1]_jj^1/2: only their common scale is the residual's, and
+    re keeps its matched variance components; both return None."""
+    from .estimators import fit_checkpoint
+    from .linear_models import residual
+
+    cp = checkpoint_from_release(c)
+    if cp.model not in ("ols", "fe", "iv") or cp.vcov == "nonrobust":
+        return None
+    try:
+        d = build_design(df, cp)
+        fit = fit_checkpoint(d, cp)
+    except CheckpointError:
+        return None
+    pos, se_t = _se_targets(c, d)
+    if not pos or not np.all(np.isfinite(fit.se[pos])) or np.any(fit.se[pos] <= 0):
+        return None
+    target_scale = c.get("scale")
+    use_scale = bool(target_scale) and np.isfinite(target_scale) and target_scale > 0
+
+    def err(f: Any) -> float:
+        r = f.se[pos] / se_t
+        return float(np.max(np.abs(np.log(r)))) if np.all(np.isfinite(r)) and np.all(r > 0) else float("inf")
+
+    lo, hi = bounds or WEIGHT_BOUNDS
+    units = d.clusters if cp.cluster else None
+    m = int(units.max()) + 1 if units is not None else len(d.y)
+    W = d.weights if d.weights is not None else np.ones(len(d.y))
+    p = LEVERAGE_POWER.get(cp.vcov, 0) if cp.model == "ols" else 0
+    h = leverage(d.X, d.weights) if p else None
+    before = best = err(fit)
+    start = df.loc[d.index, outcome].to_numpy(dtype="float64").copy()
+    best_y, best_fit, best_cum, best_scale = start, fit, np.ones(m), False
+    cum = np.ones(m)
+    rounds, feasible, fraction = 0, True, 1.0
+    best_reach: tuple[bool, float] | None = None  # feasibility of the round kept
+    try:
+        A = _operator(d, cp)[pos]  # depends on the regressors only: fixed while y is shaped
+    except (np.linalg.LinAlgError, CheckpointError):
+        return None
+    for _ in range(SHAPE_ROUNDS):
+        if best <= SHAPE_TOL:
+            break
+        e = d.y - d.X @ fit.beta if cp.model == "ols" else residual(d, cp, fit.beta)
+        if e is None:
+            break
+        a = sandwich_contributions(A, e, units, p, h)
+        F = a.sum(axis=0)
+        if np.any(F <= 0):
+            break
+        T = se_t**2 * F / fit.se[pos] ** 2  # released SE^2 over the refit's constant
+        res, with_scale = None, False
+        if use_scale and fit.scale > 0:
+            e2 = W * e * e
+            a0 = np.bincount(units, weights=e2, minlength=m) if units is not None else e2
+            res = tilt_toward(np.column_stack([a, a0]), np.append(T, target_scale * a0.sum() / fit.scale), (lo / cum, hi / cum))
+            with_scale = res.feasible
+        if not with_scale:
+            res = tilt_toward(a, T, (lo / cum, hi / cum))
+        assert res is not None
+        rounds += 1
+        feasible, fraction = res.feasible, res.fraction
+        w = res.weights[units] if units is not None else res.weights
+        df.loc[d.index, outcome] = d.y + (np.sqrt(w) - 1.0) * e
+        if not _repin(df, c, outcome):
+            break
+        cum = cum * res.weights
+        try:
+            d = build_design(df, cp)
+            fit = fit_checkpoint(d, cp)
+        except CheckpointError:
+            break
+        now = err(fit)
+        if now < best:
+            best, best_y, best_fit, best_cum, best_scale = now, d.y.copy(), fit, cum.copy(), with_scale
+            best_reach = (res.feasible, res.fraction)
+        if not res.feasible and res.fraction <= 0.0:
+            break
+    df.loc[d.index, outcome] = best_y
+    fit = best_fit
+    if best_reach is not None:
+        feasible, fraction = best_reach
+    if best_scale and _match_residual_scale(df, c, outcome) is not None:
+        d = build_design(df, cp)
+        fit = fit_checkpoint(d, cp)
+        if err(fit) > max(best, SHAPE_TOL) * 1.5 + 1e-6 or not _repin(df, c, outcome):
+            df.loc[d.index, outcome] = best_y
+            fit = best_fit
+    ratios = fit.se[pos] / se_t
+    sr = float(fit.scale / target_scale) if use_scale else None
+    return ShapeReport(
+        before=before, after=err(fit), ratio_min=float(ratios.min()), ratio_max=float(ratios.max()), units=m,
+        unit_kind="clusters" if units is not None else "observations", rounds=rounds, feasible=feasible,
+        fraction=fraction, weight_min=float(best_cum.min()), weight_max=float(best_cum.max()),
+        weight_ess=float(best_cum.sum() ** 2 / (m * np.sum(best_cum**2))),
+        at_bounds=int(np.sum((best_cum <= lo * (1 + 1e-9)) | (best_cum >= hi * (1 - 1e-9)))), scale_ratio=sr,
+        bounds=(float(lo), float(hi)),
+    )
+
+
+def _repin(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> bool:
+    """Pin steps on one checkpoint until exact (the shaped residual is not orthogonal to the
+    design; the step projects it off, the pinned coefficients return)."""
+    for _ in range(MAX_PASSES):
+        gap, _ = _pin_pass(df, [c], outcome, [])
+        if gap <= EXACT_TOL:
+            return True
+    return False

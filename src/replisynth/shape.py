@@ -1,0 +1,182 @@
+"""Residual shaping for inference fidelity: sandwich contributions and exponential tilting.
+
+After the exact pin, a linear checkpoint's coefficients are beta_hat = A y with A (k × n) the
+estimator's operator (`pin._operator`) and A e = 0 for its residual e. A robust or clustered
+standard error is a sandwich in that operator (Eicker 1967, White 1980; Liang and Zeger 1986
+for clusters):
+
+    HC0:      SE_j^2 = sum_i A_ji^2 e_i^2                (HC1: times n / (n - k))
+    HC2/HC3:  e_i^2 replaced by e_i^2 / (1 - h_i)^p, p = 1, 2 (MacKinnon and White 1985)
+    cluster:  SE_j^2 = c sum_g (sum_{i in g} A_ji e_i)^2
+
+so multiplying e_i by sqrt(w_i) per observation (HC), or e_g by sqrt(w_g) per cluster,
+moves every SE_j^2 *linearly* in the unit weights w: SE_j^2(w) = c sum_u w_u a_uj, with
+a_uj >= 0 the unit's contribution (`sandwich_contributions`). Matching k released SEs is
+then k linear moment conditions on w >= 0, which `tilt` solves by exponential tilting
+(the calibration estimator of Deville and Särndal 1992 with the raking distance; the
+entropy-balancing dual of Hainmueller 2012):
+
+    min_w  sum_u (w_u log w_u - w_u + 1)   s.t.  sum_u w_u a_uj = T_j,  lo <= w_u <= hi,
+
+whose solution is w_u = clip(exp(u_u' lambda), lo, hi) with u_uj = a_uj / mean_u(a_uj), and
+lambda minimises the convex dual  sum_u g(u_u' lambda) - lambda' t  (g' = clip(exp, lo, hi),
+t_j = T_j / mean_u(a_uj)); Newton steps with a backtracking line search. Infeasible targets
+(no weights in the box reach them) leave the weights at the least-squares compromise the
+dual drifts to, and are reported as such.
+
+This module is pure arrays; `pin._shape_residuals` applies it to a checkpoint, re-pins (the
+pin step projects the shaped residual off the design, keeping beta exact) and iterates with
+the real refit to calibrate the small-sample constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WEIGHT_BOUNDS = (1.0 / 25.0, 25.0)  # per-unit multipliers of the residual variance (e scaled by 0.2..5)
+
+
+@dataclass(frozen=True)
+class Tilt:
+    """Result of `tilt`: `weights` (m,) per-unit variance multipliers in [lo, hi]; `reached`
+    (k,) sum_u w_u a_uj / T_j (1 where a target is met); `feasible` when every |reached - 1|
+    <= tol; `lam` (k,) the dual solution; `iterations` Newton steps; `at_bounds` units whose
+    weight sits at lo or hi."""
+
+    weights: np.ndarray
+    reached: np.ndarray
+    feasible: bool
+    lam: np.ndarray
+    iterations: int
+    at_bounds: int
+    fraction: float = 1.0  # `tilt_toward`: share of the way (in logs) from the current values to the targets
+
+
+def leverage(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Diagonal of the (weighted) hat matrix, h_i = w_i x_i' (X'WX)^-1 x_i (n,)."""
+    w = np.ones(len(X)) if weights is None else np.asarray(weights, dtype="float64")
+    G = np.linalg.inv((X * w[:, None]).T @ X)
+    return w * np.einsum("ij,jk,ik->i", X, G, X)
+
+
+def sandwich_contributions(
+    A: np.ndarray, e: np.ndarray, clusters: np.ndarray | None = None, leverage_power: int = 0, h: np.ndarray | None = None,
+) -> np.ndarray:
+    """Unit contributions a (m, k) to the sandwich variances without the small-sample
+    constant: a_ij = A_ji^2 e_i^2 / (1 - h_i)^p per observation (m = n), or
+    a_gj = (sum_{i in g} A_ji e_i)^2 per cluster code g = 0..G-1 (m = G).
+    A (k, n) the estimator's operator, e (n,) its residual, h (n,) leverages for p > 0."""
+    S = A.T * e[:, None]  # (n, k) scores A_ji e_i
+    if clusters is not None:
+        codes = np.asarray(clusters, dtype="int64")
+        G = int(codes.max()) + 1
+        sums = np.zeros((G, S.shape[1]))
+        np.add.at(sums, codes, S)
+        return sums**2
+    a = S**2
+    if leverage_power:
+        assert h is not None
+        a = a / ((1.0 - h) ** leverage_power)[:, None]
+    return a
+
+
+def _g(z: np.ndarray, llo: np.ndarray, lhi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """g, g' = clip(exp z, lo, hi), g'' of the raking conjugate with linear tails."""
+    zc = np.clip(z, llo, lhi)
+    ez = np.exp(zc)
+    val = ez + ez * (z - zc)
+    inside = (z > llo) & (z < lhi)
+    return val, ez, np.where(inside, ez, 0.0)
+
+
+def tilt(
+    a: np.ndarray, target: np.ndarray, bounds: tuple[float | np.ndarray, float | np.ndarray] = WEIGHT_BOUNDS,
+    tol: float = 1e-10, max_iter: int = 200,
+) -> Tilt:
+    """Exponentially tilted unit weights w (m,) with sum_u w_u a_uj = target_j for each of
+    the k columns of a (m, k), a >= 0, target > 0, lo_u <= w_u <= hi_u (`bounds`: scalars or
+    (m,) arrays, with lo_u <= 1 <= hi_u) (module docstring). A column with no positive
+    contribution cannot move and is reported unreached."""
+    a = np.asarray(a, dtype="float64")
+    T = np.asarray(target, dtype="float64")
+    m, k = a.shape
+    lo = np.broadcast_to(np.asarray(bounds[0], dtype="float64"), (m,))
+    hi = np.broadcast_to(np.asarray(bounds[1], dtype="float64"), (m,))
+    llo, lhi = np.log(lo), np.log(hi)
+    norm = a.mean(axis=0)
+    live = norm > 0
+    U = np.zeros_like(a)
+    U[:, live] = a[:, live] / norm[live]
+    t = np.where(live, T / np.where(live, norm, 1.0), 0.0)
+    ridge = 1e-12 * m  # keeps the Newton system regular when units sit at the bounds
+
+    def dual(lam: np.ndarray) -> float:
+        return float(np.sum(_g(U @ lam, llo, lhi)[0]) - lam @ t + 0.5 * ridge * lam @ lam)
+
+    lam = np.zeros(k)
+    it = 0
+    while it < max_iter:
+        it += 1
+        _, w, d2 = _g(U @ lam, llo, lhi)
+        grad = U.T @ w - t + ridge * lam
+        rel = np.abs(U.T @ w - t) / np.where(t > 0, t, 1.0)
+        if np.all(rel[live] <= tol):
+            break
+        H = (U * d2[:, None]).T @ U + ridge * np.eye(k)
+        try:
+            step = -np.linalg.solve(H, grad)
+        except np.linalg.LinAlgError:
+            step = -np.linalg.lstsq(H, grad, rcond=None)[0]
+        if not np.all(np.isfinite(step)) or grad @ step >= 0:
+            step = -grad / max(float(np.max(np.abs(grad))), 1.0)  # gradient fallback
+        f0, s = dual(lam), 1.0
+        while s > 1e-12 and dual(lam + s * step) > f0 + 1e-4 * s * (grad @ step):
+            s *= 0.5
+        if s <= 1e-12:
+            break
+        lam = lam + s * step
+    _, w, _ = _g(U @ lam, llo, lhi)
+    reached = np.where(live, (a.T @ w) / np.where(T > 0, T, 1.0), 0.0)
+    feasible = bool(np.all(np.abs(reached - 1.0) <= max(tol, 1e-8) * 10))
+    at_bounds = int(np.sum(((w <= lo * (1 + 1e-12)) & (lo < 1)) | ((w >= hi * (1 - 1e-12)) & (hi > 1))))
+    return Tilt(weights=w, reached=reached, feasible=feasible, lam=lam, iterations=it, at_bounds=at_bounds)
+
+
+def tilt_toward(
+    a: np.ndarray, target: np.ndarray, bounds: tuple[float | np.ndarray, float | np.ndarray] = WEIGHT_BOUNDS, steps: int = 12,
+) -> Tilt:
+    """`tilt` to the targets when feasible; otherwise to the feasible point furthest along
+    the log path T(f) = F^(1 - f) T^f from the current sums F = sum_u a_uj (bisection on f
+    in [0, 1], `steps` halvings), so every column moves the same share f of the way and
+    none ends further from its target than it started. `fraction` is f."""
+    a = np.asarray(a, dtype="float64")
+    T = np.asarray(target, dtype="float64")
+    full = tilt(a, T, bounds)
+    if full.feasible:
+        return full
+    F = a.sum(axis=0)
+    live = (F > 0) & (T > 0)
+    logF = np.log(np.where(live, F, 1.0))
+    logT = np.log(np.where(live, T, 1.0))
+
+    def at(f: float) -> np.ndarray:
+        return np.where(live, np.exp(logF + f * (logT - logF)), T)
+
+    good: Tilt | None = None
+    f_lo, f_hi = 0.0, 1.0
+    for _ in range(steps):
+        f = 0.5 * (f_lo + f_hi)
+        res = tilt(a, at(f), bounds)
+        if res.feasible:
+            f_lo, good = f, res
+        else:
+            f_hi = f
+    if good is None:
+        m = a.shape[0]
+        return Tilt(weights=np.ones(m), reached=np.where(live, F / np.where(T > 0, T, 1.0), 0.0), feasible=False,
+                    lam=np.zeros(a.shape[1]), iterations=0, at_bounds=0, fraction=0.0)
+    reached = np.where(live, (a.T @ good.weights) / np.where(T > 0, T, 1.0), 0.0)
+    return Tilt(weights=good.weights, reached=reached, feasible=False, lam=good.lam, iterations=good.iterations,
+                at_bounds=good.at_bounds, fraction=f_lo)
