@@ -185,6 +185,27 @@ def test_nested_checkpoints_on_one_sample_are_a_least_squares_compromise(origina
         assert np.max(np.abs(after.beta - target) / after.se) < np.max(np.abs(before.beta - target) / before.se)
 
 
+def test_shared_sample_residual_is_scaled_jointly(original: pd.DataFrame, synthetic: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints sharing rows get one factor on the residual orthogonal to all their
+    constraints: the coefficients do not move (compared with the run without it) and the
+    residual variances come to the released ones. Here the synthetic y is noisier than the
+    original by a factor 2, so without the joint scaling the SEs would be about twice too big."""
+    import replisynth.pin as pin
+
+    noisy = synthetic.assign(y=synthetic["y"] + 2.0 * np.random.default_rng(9).normal(size=len(synthetic)) * synthetic["y"].std())
+    rels = _capture(original, _cp("short", "y ~ x1 + female"), _cp("long", "y ~ x1 + female + age", vcov="HC1"))
+    frames, results = pin_checkpoints({"people": noisy}, rels)
+    assert "scaled by" in results[0].note and "joint" in results[0].note
+    monkeypatch.setattr(pin, "_match_joint_residual_scale", lambda *a, **k: None)
+    plain, _ = pin_checkpoints({"people": noisy}, rels)
+    for rel in rels:
+        scaled, unscaled = _refit(frames["people"], rel), _refit(plain["people"], rel)
+        np.testing.assert_allclose(scaled.beta, unscaled.beta, rtol=0, atol=1e-9 * float(np.max(unscaled.se)))
+        assert abs(scaled.scale / rel["scale"] - 1) < 0.05 < abs(unscaled.scale / rel["scale"] - 1)
+        ratio = scaled.se / np.array([t["se"] for t in rel["terms"]])
+        assert np.all((ratio > 0.8) & (ratio < 1.25)), ratio
+
+
 def test_dependency_order(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
     # the y checkpoint uses x2 as a regressor; x2 is itself an outcome: x2 must be pinned first
     rels = _capture(

@@ -231,9 +231,84 @@ def pin_checkpoints(
                 if shaped is not None:
                     notes.append(who + shaped.note())
                     detail.setdefault("se_shape", {})[c["tag"]] = shaped.as_dict()
+        elif status in ("pinned", "approximate") and len(group) > 1 and not any(outcome in c.get("subset_columns", []) for c in group):
+            joint = _match_joint_residual_scale(df, group, outcome)
+            if joint is not None:
+                notes.append(joint)
         frames[source] = df
         results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes)), detail))
     return frames, results
+
+
+def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str) -> str | None:
+    """Inference fidelity for checkpoints that share rows (OLS beside IV on one sample, nested
+    specifications): y <- P y + f (I - P) y on the union of their samples, with P the projection
+    on every checkpoint's constraint rows (the rows of each operator A, beta_hat = A y). Every
+    A (I - P) = 0, so no coefficient moves, pinned or least-squares compromise alike; f is the
+    one factor that brings the checkpoints' residual variances closest to the released ones
+    (least squares in logs). Linear families other than re (its operator depends on the
+    variance components the scaling would move); returns the note, or None."""
+    if any(c["model"] not in ("ols", "fe", "iv") for c in group):
+        return None
+    built = []
+    for c in group:
+        target = c.get("scale")
+        if not target or not np.isfinite(target) or target <= 0:
+            return None
+        cp = checkpoint_from_release(c)
+        try:
+            d = build_design(df, cp, released=set(_targets(c)))
+            A = _operator(d, cp)
+        except (CheckpointError, np.linalg.LinAlgError):
+            return None
+        built.append((c, cp, d, A, float(target)))
+    rows = np.unique(np.concatenate([df.index.get_indexer(d.index) for _, _, d, _, _ in built]))
+    pos = np.full(len(df), -1, dtype="int64")
+    pos[rows] = np.arange(len(rows))
+    blocks = []
+    for _, _, d, A, _ in built:
+        M = np.zeros((A.shape[0], len(rows)))
+        M[:, pos[df.index.get_indexer(d.index)]] = A
+        blocks.append(M)
+    Q, R = np.linalg.qr(np.vstack(blocks).T)
+    Q = Q[:, np.abs(np.diag(R)) > 1e-12 * max(float(np.max(np.abs(np.diag(R)))), 1e-300)]
+    y = df[outcome].to_numpy(dtype="float64")[rows]
+    fitted = Q @ (Q.T @ y)
+    r = y - fitted
+    if not np.any(r):
+        return None
+
+    def scales(f: float) -> list[float]:
+        from .estimators import fit_checkpoint
+
+        trial = df.copy()
+        col = trial[outcome].to_numpy(dtype="float64").copy()
+        col[rows] = fitted + f * r
+        trial[outcome] = col
+        out = []
+        for c, cp, _, _, _ in built:
+            fit = fit_checkpoint(build_design(trial, cp, released=set(_targets(c))), cp)
+            out.append(float(fit.scale))
+        return out
+
+    try:  # each residual variance is quadratic in f: a + p f + q f^2, fixed by f = 0, 1, 2
+        s0, s1, s2 = scales(0.0), scales(1.0), scales(2.0)
+    except (CheckpointError, np.linalg.LinAlgError):
+        return None
+    targets = np.asarray([t for *_, t in built])
+    coef = [(a, b1 - a - (b2 - 2 * b1 + a) / 2.0, (b2 - 2 * b1 + a) / 2.0) for a, b1, b2 in zip(s0, s1, s2, strict=True)]
+    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 2001))
+    S = np.asarray([[a + pc * f + q * f * f for a, pc, q in coef] for f in grid])
+    ok = np.all(S > 0, axis=1)
+    if not ok.any():
+        return None
+    loss = np.where(ok, np.sum((np.log(np.where(S > 0, S, 1.0)) - np.log(targets)) ** 2, axis=1), np.inf)
+    f = float(grid[int(np.argmin(loss))])
+    col = df[outcome].to_numpy(dtype="float64").copy()
+    col[rows] = fitted + f * r
+    df[outcome] = col
+    tags = ", ".join(c["tag"] for c, *_ in built)
+    return f"residual orthogonal to every constraint of {tags} scaled by {f:.4g} (joint: one factor for their shared rows, coefficients unmoved)"
 
 
 def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
