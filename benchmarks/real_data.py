@@ -164,11 +164,26 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table: one row per checkpoint."""
+    lines = ["| case (rows) | tier | checkpoint | model | pin | max Δβ/SE (synthetic SE) | max Δβ/SE (original SE) | SE ratio min–max |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['case']} | error | {r['error']} | | | | | |")
+            continue
+        for tag, c in r["checkpoints"].items():
+            lines.append(f"| {r['case']} ({r['rows']}) | {r['tier_met']} | {tag} | {c['model']} | {c['pin']} | {_fmt(c['max_dbeta_se'])} | "
+                         f"{_fmt(c['max_dbeta_se_target'])} | {_fmt(c['se_ratio_min'])}–{_fmt(c['se_ratio_max'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
     ap.add_argument("--keep", help="write data, manifests and results here (default: a temporary directory)")
     ap.add_argument("--json", help="write the results as JSON here")
+    ap.add_argument("--markdown", help="write the table as Markdown here (docs/acceptance.md)")
     args = ap.parse_args(argv)
     cases = [c for c in CASES if not args.only or c.name in args.only]
     results = []
@@ -188,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"SE ratio {_fmt(c['se_ratio_min'])}–{_fmt(c['se_ratio_max'])} {'ok' if strict and c['passed'] else 'FAIL'}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(results))
     bad = [r["case"] for r in results if r.get("tier_met") != 4]
     print(f"{len(results) - len(bad)}/{len(results)} cases at tier 4" + (f"; below: {', '.join(bad)}" if bad else ""))
     return 0
