@@ -34,3 +34,20 @@ def test_generator_is_seeded():
     a, b = register(500, seed=3), register(500, seed=3)
     assert a.equals(b) and a.shape == (500, 19)
     assert 0.03 < a["income"].isna().mean() < 0.08
+
+
+def test_real_data_acceptance_runs_one_case(tmp_path):
+    """benchmarks/real_data.py on the smallest case (statsmodels anes96, a logit with HC1):
+    it runs the pipeline through the CLI and reports tier 4 and both Δβ/SE measures."""
+    import json
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from real_data import main
+
+    out = tmp_path / "r.json"
+    assert main(["--only", "anes_vote", "--keep", str(tmp_path / "k"), "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["tier_met"] == 4 and r["exit"] == 0
+    c = r["checkpoints"]["vote_logit"]
+    assert c["passed"] and c["max_dbeta_se"] < 0.5 and c["max_dbeta_se_target"] < 0.5
+    assert "| anes_vote (944) | 4 | vote_logit | logit |" in (tmp_path / "t.md").read_text()
