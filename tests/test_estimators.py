@@ -53,7 +53,7 @@ def _cp(formula: str, vcov: str = "nonrobust", weights: str | None = None, subse
     return Checkpoint(tag="t", source="people", model="ols", formula=formula, vcov=vcov, weights=weights, subset=subset)
 
 
-def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | None, mask: np.ndarray) -> tuple[pd.Index, dict[str, float], dict[str, float]]:
+def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | None, mask: np.ndarray) -> tuple[pd.Index, dict[str, float], dict[str, float], float]:
     sample = df.loc[mask]
     X = np.column_stack([HAND[t](sample) for t in terms])
     y = sample["y"].to_numpy(float)
@@ -63,7 +63,7 @@ def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | Non
         res = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
     else:
         res = model.fit(cov_type=vcov)
-    return sample.index, dict(zip(terms, res.params, strict=True)), dict(zip(terms, res.bse, strict=True))
+    return sample.index, dict(zip(terms, res.params, strict=True)), dict(zip(terms, res.bse, strict=True)), float(res.scale)
 
 
 def _complete(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
@@ -100,7 +100,7 @@ def test_fit_matches_statsmodels(data: pd.DataFrame, formula: str, vcov: str, we
     if subset:
         mask &= data.eval(subset).to_numpy()
     mask &= _complete(data, used_columns(cp))
-    idx, beta, se = _reference(data, fit.terms, vcov, weights, mask)
+    idx, beta, se, scale = _reference(data, fit.terms, vcov, weights, mask)
     assert list(d.index) == list(idx)
     assert fit.n == int(mask.sum()) == len(d.y)
     assert set(fit.terms) <= set(HAND)
@@ -108,6 +108,7 @@ def test_fit_matches_statsmodels(data: pd.DataFrame, formula: str, vcov: str, we
         assert fit.beta[j] == pytest.approx(beta[t], rel=1e-10, abs=1e-13), t
         assert fit.se[j] == pytest.approx(se[t], rel=1e-10), t
     assert fit.resid_df == pytest.approx(fit.n - len(fit.terms))
+    assert fit.scale == pytest.approx(scale, rel=1e-10)
 
 
 def test_used_columns() -> None:
