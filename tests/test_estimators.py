@@ -179,6 +179,28 @@ def test_recovers_true_coefficients_on_a_large_sample() -> None:
         assert abs(fit.beta[j] - truth[t]) < 4 * fit.se[j], t
 
 
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC1", "HC3"])
+def test_ols_fit_on_an_ill_conditioned_polynomial_matches_statsmodels(vcov: str) -> None:
+    """ols_fit solves through the Gram matrix: on an uncentred cubic in age (cond(X) ~ 4e6,
+    so cond(X'X) ~ 1e12), weighted, it still gives statsmodels' beta, SE and scale."""
+    from replisynth.estimators import ols_fit
+
+    rng_ = np.random.default_rng(7)
+    n = 200_000
+    age = rng_.uniform(18, 70, n)
+    X = np.column_stack([np.ones(n), age, age**2, age**3, rng_.integers(0, 2, n)])
+    w = rng_.uniform(0.5, 2.0, n)
+    y = X @ np.array([1.0, 0.05, -0.001, 1e-5, 0.3]) + rng_.normal(size=n) * (1 + 0.01 * age)
+    assert np.linalg.cond(X) > 1e5
+    ref = sm.WLS(y, X, weights=w).fit(cov_type=vcov)
+    beta, se, df_resid, scale = ols_fit(y, X, w, vcov)
+    np.testing.assert_allclose(beta, ref.params, rtol=1e-9)
+    assert np.max(np.abs(beta - ref.params) / ref.bse) < 1e-9
+    np.testing.assert_allclose(se, ref.bse, rtol=1e-9)
+    assert scale == pytest.approx(ref.scale, rel=1e-10)
+    assert df_resid == n - X.shape[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # collinearity
 
