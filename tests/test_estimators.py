@@ -241,3 +241,26 @@ def test_design_errors_are_checkpoint_errors(data: pd.DataFrame) -> None:
     cp = _cp("y ~ x1 + x2 + C(region) + x1:female + I(x1**2) + age + female")
     with pytest.raises(CheckpointError, match="not identified"):
         fit_checkpoint(build_design(data.dropna().iloc[:6], cp), cp)
+
+
+def test_collinear_terms_fast_path_agrees_with_pivoted_qr() -> None:
+    """The Gram-eigenvalue shortcut answers [] only where the pivoted QR does: well-posed
+    designs, and near-collinear ones (cond 1e6-1e12) go to the QR and are judged there."""
+    from scipy.linalg import qr
+
+    from replisynth.design import collinear_terms
+
+    def by_qr(X: np.ndarray, tol: float = 1e-9) -> list[int]:
+        s = np.sqrt((X**2).sum(0))
+        R, piv = qr(X / s, mode="r", pivoting=True)
+        d = np.abs(np.diag(R))
+        return sorted(piv[int(np.sum(d > tol * d.max())):])
+
+    rng_ = np.random.default_rng(3)
+    base = rng_.normal(size=(5000, 4))
+    for eps in (1.0, 1e-3, 1e-6, 1e-8, 1e-11, 0.0):
+        X = np.column_stack([base, base[:, 0] + base[:, 1] + eps * rng_.normal(size=5000)])
+        names = [f"x{j}" for j in range(X.shape[1])]
+        assert collinear_terms(X, names) == [names[j] for j in by_qr(X)], eps
+    X = np.column_stack([base, base[:, 2]])
+    assert collinear_terms(X, ["a", "b", "c", "d", "e"]) in (["c"], ["e"])
