@@ -14,7 +14,13 @@ from replisynth.checkpoints import capture_checkpoint
 from replisynth.design import build_design
 from replisynth.estimators import fit_checkpoint
 from replisynth.manifest import Checkpoint, load_manifest
-from replisynth.pin import checkpoint_from_release, cross_block, ols_operator, pin_checkpoints, pin_order
+from replisynth.pin import (
+    checkpoint_from_release,
+    cross_block,
+    ols_operator,
+    pin_checkpoints,
+    pin_order,
+)
 
 MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50
 
