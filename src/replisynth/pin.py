@@ -144,13 +144,13 @@ def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple
         return None
     try:
         A = _operator(d, cp)
+        beta = A.apply(d.y)  # the factored operator first solves with G here
     except np.linalg.LinAlgError:
         notes.append(f"{cp.tag}: singular synthetic design")
         return None
     except CheckpointError as exc:
         notes.append(str(exc))
         return None
-    beta = A.apply(d.y)
     delta = np.array([tgt[d.terms[j]] - beta[j] for j in common])
     return A, d, common, delta
 
