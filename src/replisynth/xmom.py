@@ -371,7 +371,7 @@ def align_moments(
     tau: float = 0.03,
     wall: float = 100.0,
     max_pairs: int | None = None,
-    target_sweeps: int = 12,
+    target_sweeps: int = 30,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Reorder regressor values within blocks so each released checkpoint's design moments
     on the synthetic data approach the released ones, keeping the released Spearman matrices
