@@ -319,7 +319,7 @@ def test_refine_swaps_chases_an_or_of_two_indicators() -> None:
     full = _apply(X, refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2)), units)
     err_quick = np.nanmax(np.abs(spearman_matrix(quick) - T))
     err_full = np.nanmax(np.abs(spearman_matrix(full) - T))
-    assert err_full <= 0.04 < 0.1 < err_quick
+    assert err_full <= 0.045 < 0.1 < err_quick  # inside the tier-2 tolerance (0.05)
     for j in range(4):
         np.testing.assert_array_equal(np.sort(full[:, j]), np.sort(X[:, j]))
 
@@ -460,3 +460,20 @@ def test_suppressed_levels_never_appear_and_counts_follow_plan(tmp_path: Path) -
     plan = source_plan(release, len(syn))
     assert _counts(syn["region"]) == {k: v for k, v in expected_counts(plan, "region").items() if v}
     assert int(syn["region"].notna().sum()) == len(df)
+
+
+def test_refine_swaps_sweep_budget_stops_inside_the_comfort_band() -> None:
+    """With the budget (stop once every error is within `comfort` and a sweep gains less than
+    `settle_gain`), the refinement ends inside the band having made fewer swaps than without it."""
+    X0, X = _structural_zero(n=6000, seed=5)
+    T = spearman_matrix(X0)
+    units = [[0], [1], [2]]
+    free = refine_swaps(X, [np.arange(len(X))], [T], None, units, np.random.default_rng(1), tol=0.0, comfort=0.0, max_pairs=64)
+    kept = refine_swaps(X, [np.arange(len(X))], [T], None, units, np.random.default_rng(1), tol=0.0, comfort=0.03, settle_gain=0.5, max_pairs=64)
+    err_free = np.nanmax(np.abs(spearman_matrix(_apply(X, free, units)) - T))
+    err_kept = np.nanmax(np.abs(spearman_matrix(_apply(X, kept, units)) - T))
+    moved_free = sum(int(np.sum(p != np.arange(len(X)))) for p in free)
+    moved_kept = sum(int(np.sum(p != np.arange(len(X)))) for p in kept)
+    assert err_kept <= 0.03
+    assert moved_kept < moved_free
+    assert err_free <= err_kept

@@ -53,7 +53,7 @@ def _cp(formula: str, vcov: str = "nonrobust", weights: str | None = None, subse
     return Checkpoint(tag="t", source="people", model="ols", formula=formula, vcov=vcov, weights=weights, subset=subset)
 
 
-def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | None, mask: np.ndarray) -> tuple[pd.Index, dict[str, float], dict[str, float]]:
+def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | None, mask: np.ndarray) -> tuple[pd.Index, dict[str, float], dict[str, float], float]:
     sample = df.loc[mask]
     X = np.column_stack([HAND[t](sample) for t in terms])
     y = sample["y"].to_numpy(float)
@@ -63,7 +63,7 @@ def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | Non
         res = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
     else:
         res = model.fit(cov_type=vcov)
-    return sample.index, dict(zip(terms, res.params, strict=True)), dict(zip(terms, res.bse, strict=True))
+    return sample.index, dict(zip(terms, res.params, strict=True)), dict(zip(terms, res.bse, strict=True)), float(res.scale)
 
 
 def _complete(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
@@ -100,7 +100,7 @@ def test_fit_matches_statsmodels(data: pd.DataFrame, formula: str, vcov: str, we
     if subset:
         mask &= data.eval(subset).to_numpy()
     mask &= _complete(data, used_columns(cp))
-    idx, beta, se = _reference(data, fit.terms, vcov, weights, mask)
+    idx, beta, se, scale = _reference(data, fit.terms, vcov, weights, mask)
     assert list(d.index) == list(idx)
     assert fit.n == int(mask.sum()) == len(d.y)
     assert set(fit.terms) <= set(HAND)
@@ -108,6 +108,7 @@ def test_fit_matches_statsmodels(data: pd.DataFrame, formula: str, vcov: str, we
         assert fit.beta[j] == pytest.approx(beta[t], rel=1e-10, abs=1e-13), t
         assert fit.se[j] == pytest.approx(se[t], rel=1e-10), t
     assert fit.resid_df == pytest.approx(fit.n - len(fit.terms))
+    assert fit.scale == pytest.approx(scale, rel=1e-10)
 
 
 def test_used_columns() -> None:
@@ -178,6 +179,28 @@ def test_recovers_true_coefficients_on_a_large_sample() -> None:
         assert abs(fit.beta[j] - truth[t]) < 4 * fit.se[j], t
 
 
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC1", "HC3"])
+def test_ols_fit_on_an_ill_conditioned_polynomial_matches_statsmodels(vcov: str) -> None:
+    """ols_fit solves through the Gram matrix: on an uncentred cubic in age (cond(X) ~ 4e6,
+    so cond(X'X) ~ 1e12), weighted, it still gives statsmodels' beta, SE and scale."""
+    from replisynth.estimators import ols_fit
+
+    rng_ = np.random.default_rng(7)
+    n = 200_000
+    age = rng_.uniform(18, 70, n)
+    X = np.column_stack([np.ones(n), age, age**2, age**3, rng_.integers(0, 2, n)])
+    w = rng_.uniform(0.5, 2.0, n)
+    y = X @ np.array([1.0, 0.05, -0.001, 1e-5, 0.3]) + rng_.normal(size=n) * (1 + 0.01 * age)
+    assert np.linalg.cond(X) > 1e5
+    ref = sm.WLS(y, X, weights=w).fit(cov_type=vcov)
+    beta, se, df_resid, scale = ols_fit(y, X, w, vcov)
+    np.testing.assert_allclose(beta, ref.params, rtol=1e-9)
+    assert np.max(np.abs(beta - ref.params) / ref.bse) < 1e-9
+    np.testing.assert_allclose(se, ref.bse, rtol=1e-9)
+    assert scale == pytest.approx(ref.scale, rel=1e-10)
+    assert df_resid == n - X.shape[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # collinearity
 
@@ -218,3 +241,26 @@ def test_design_errors_are_checkpoint_errors(data: pd.DataFrame) -> None:
     cp = _cp("y ~ x1 + x2 + C(region) + x1:female + I(x1**2) + age + female")
     with pytest.raises(CheckpointError, match="not identified"):
         fit_checkpoint(build_design(data.dropna().iloc[:6], cp), cp)
+
+
+def test_collinear_terms_fast_path_agrees_with_pivoted_qr() -> None:
+    """The Gram-eigenvalue shortcut answers [] only where the pivoted QR does: well-posed
+    designs, and near-collinear ones (cond 1e6-1e12) go to the QR and are judged there."""
+    from scipy.linalg import qr
+
+    from replisynth.design import collinear_terms
+
+    def by_qr(X: np.ndarray, tol: float = 1e-9) -> list[int]:
+        s = np.sqrt((X**2).sum(0))
+        R, piv = qr(X / s, mode="r", pivoting=True)
+        d = np.abs(np.diag(R))
+        return sorted(piv[int(np.sum(d > tol * d.max())):])
+
+    rng_ = np.random.default_rng(3)
+    base = rng_.normal(size=(5000, 4))
+    for eps in (1.0, 1e-3, 1e-6, 1e-8, 1e-11, 0.0):
+        X = np.column_stack([base, base[:, 0] + base[:, 1] + eps * rng_.normal(size=5000)])
+        names = [f"x{j}" for j in range(X.shape[1])]
+        assert collinear_terms(X, names) == [names[j] for j in by_qr(X)], eps
+    X = np.column_stack([base, base[:, 2]])
+    assert collinear_terms(X, ["a", "b", "c", "d", "e"]) in (["c"], ["e"])

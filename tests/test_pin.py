@@ -14,7 +14,13 @@ from replisynth.checkpoints import capture_checkpoint
 from replisynth.design import build_design
 from replisynth.estimators import fit_checkpoint
 from replisynth.manifest import Checkpoint, load_manifest
-from replisynth.pin import checkpoint_from_release, pin_checkpoints, pin_order
+from replisynth.pin import (
+    checkpoint_from_release,
+    cross_block,
+    ols_operator,
+    pin_checkpoints,
+    pin_order,
+)
 
 MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50
 
@@ -346,3 +352,38 @@ def test_pinned_status_is_truthful_when_the_subset_reads_the_outcome(original: p
     target = np.array([t["beta"] for t in rel["terms"]])
     exact = bool(np.all(np.abs(fit.beta - target) <= 1e-8 * fit.se))
     assert exact or results[0].status != "pinned", (results[0], (fit.beta - target) / fit.se)
+
+
+@pytest.mark.parametrize("cp", SINGLE[:4], ids=[c.tag for c in SINGLE[:4]])
+def test_factored_operator_matches_statsmodels(synthetic: pd.DataFrame, cp: Checkpoint) -> None:
+    """A y = G^-1 B'y is statsmodels' OLS/WLS fit; A' lam equals the dense operator's."""
+    import statsmodels.api as sm
+
+    d = build_design(synthetic, cp)
+    op = ols_operator(d)
+    ref = (sm.OLS(d.y, d.X) if d.weights is None else sm.WLS(d.y, d.X, weights=d.weights)).fit().params
+    np.testing.assert_allclose(op.apply(d.y), ref, rtol=1e-10, atol=1e-12)
+    W = np.ones(len(d.y)) if d.weights is None else d.weights
+    dense = np.linalg.solve((d.X.T * W) @ d.X, d.X.T * W)
+    lam = np.random.default_rng(0).normal(size=d.X.shape[1])
+    np.testing.assert_allclose(op.adjoint(lam), dense.T @ lam, rtol=1e-9, atol=1e-12)
+
+
+def test_cross_block_is_the_dense_product_over_shared_rows(synthetic: pd.DataFrame) -> None:
+    """A_a A_b' over the rows both samples hold (overlapping, differently ordered samples,
+    one weighted) equals the product of the dense k × n operators placed at the data rows."""
+    ca = _cp("a", "y ~ x1 + x2 + female", weights="w", subset="age >= 30")
+    cb = _cp("b", "y ~ x1 + C(region)", subset="age < 50")
+    da, db = build_design(synthetic, ca), build_design(synthetic.sample(frac=1.0, random_state=3), cb)
+    ra, rb = synthetic.index.get_indexer(da.index), synthetic.index.get_indexer(db.index)
+    assert 0 < len(np.intersect1d(ra, rb)) < min(len(ra), len(rb))
+
+    def placed(d, rows) -> np.ndarray:
+        W = np.ones(len(d.y)) if d.weights is None else d.weights
+        M = np.zeros((d.X.shape[1], len(synthetic)))
+        M[:, rows] = np.linalg.solve((d.X.T * W) @ d.X, d.X.T * W)
+        return M
+
+    dense = placed(da, ra) @ placed(db, rb).T
+    np.testing.assert_allclose(cross_block(ols_operator(da), ra, ols_operator(db), rb), dense, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(cross_block(ols_operator(da), ra, ols_operator(da), ra), placed(da, ra) @ placed(da, ra).T, rtol=1e-9, atol=1e-15)

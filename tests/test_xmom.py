@@ -231,3 +231,34 @@ def test_alignment_keeps_every_stratum_and_missing_position(tmp_path: Path) -> N
     pinned, _ = pin_checkpoints({"d": aligned}, b.checkpoints)
     tiers = verify(b, pinned, None)
     assert tiers["sources"]["d"]["strata"]["passed"] and tiers["sources"]["d"]["tier_met"] == 4
+
+
+def test_partial_error_change_equals_the_full_error_change() -> None:
+    """A swap batch that touches only the columns tc changes `_Target.error` by exactly the
+    change of `part_error` on the rows tc, and `_expand` rebuilds the full S1/S2 changes."""
+    from replisynth.xmom import _expand, _Target
+
+    rng_ = np.random.default_rng(1)
+    n, k, K = 500, 6, 7
+    X = rng_.normal(size=(n, k)) @ rng_.normal(size=(k, k))
+    w = rng_.random(n)
+    mean, sd = X.mean(0) + 0.01, X.std(0)
+    R = np.corrcoef(X.T) + 0.02
+    Rmask = ~np.eye(k, dtype=bool)
+    Rmask[0, 3] = Rmask[3, 0] = False  # a blanked pair stays out of the error
+    Xs = X - mean
+    t = _Target("t", None, [], set(), [], w, float(w.sum()), mean, sd, R, Rmask, w @ Xs, (Xs * w[:, None]).T @ Xs)
+    tc = np.array([1, 4])
+    old = Xs[:K]
+    new = old.copy()
+    new[:, tc] = rng_.normal(size=(K, len(tc)))
+    full1 = w[:K, None] * (new - old)
+    full2 = w[:K, None, None] * (new[:, :, None] * new[:, None, :] - old[:, :, None] * old[:, None, :])
+    d1, d2 = full1[:, tc], full2[:, tc, :]
+    want = t.error(t.S1 + full1, t.S2 + full2) - t.error(t.S1, t.S2)
+    got = t.part_error(tc, t.S1[tc] + d1, t.S2[tc] + d2) - t.part_error(tc, t.S1[tc], t.S2[tc])
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
+    D1, D2 = _expand(k, tc, d1.sum(0), d2.sum(0))
+    np.testing.assert_array_equal(D1, full1.sum(0))
+    np.testing.assert_array_equal(D2, full2.sum(0))

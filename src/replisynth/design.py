@@ -274,14 +274,24 @@ def glm_outcome(col: pd.Series, X: np.ndarray, terms: list[str], cp: Checkpoint,
 
 
 def collinear_terms(X: np.ndarray, terms: list[str], tol: float = 1e-9) -> list[str]:
-    """Names of the columns that are linear combinations of earlier ones (pivoted QR)."""
+    """Names of the columns that are linear combinations of earlier ones (pivoted QR).
+
+    Fast path: the pivoted R of the scaled X has |r_ii| >= sigma_min, |r_ii| <= sigma_max, so
+    when the scaled Gram matrix has lambda_min / lambda_max > 1e-10 (cond(X) < 1e5, far
+    inside what its k × k eigenvalues resolve) no diagonal can fall below `tol` (<= 1e-5) and
+    the answer is [] without the n × k QR (0.5 s at 10^6 rows)."""
     from scipy.linalg import qr
 
     if X.shape[1] == 0:
         return []
-    scale = np.sqrt((X**2).sum(axis=0))
+    scale = np.sqrt(np.einsum("ij,ij->j", X, X))
     scale[scale == 0] = 1.0
-    _, R, piv = qr(X / scale, mode="economic", pivoting=True)
+    if tol <= 1e-5 and np.all(np.isfinite(X)):
+        G = (X.T @ X) / np.outer(scale, scale)
+        lam = np.linalg.eigvalsh(G)
+        if lam[0] > 1e-10 * lam[-1]:
+            return []
+    R, piv = qr(X / scale, mode="r", pivoting=True)
     diag = np.abs(np.diag(R))
     rank = int(np.sum(diag > tol * max(diag.max(), 1e-300)))
     return [terms[i] for i in sorted(piv[rank:])]

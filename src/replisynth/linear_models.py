@@ -126,15 +126,16 @@ def _fit_fe(d: Design, cp: Checkpoint, label: str) -> Any:
     return mod.fit(cov_type=cov_type, **kw)
 
 
-def _fe_operator(d: Design, label: str) -> np.ndarray:
+def _fe_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
     """A = (X_t'WX_t)^-1 [X~'W + (X_t'w) w'/sum(w)] (the second part only with a constant):
-    beta_hat of the absorbed regression, linear in y."""
+    beta_hat of the absorbed regression, linear in y; returned as (X_t'WX_t, B) with B' the
+    bracket (n × k)."""
     w = _weights(d)
     Xt, Xd, const = _fe_transformed(d, label)
-    B = (Xd * w[:, None]).T
+    B = Xd * w[:, None]
     if const is not None:
-        B = B + np.outer(Xt.T @ w, w) / w.sum()
-    return np.linalg.solve((Xt * w[:, None]).T @ Xt, B)
+        B = B + np.outer(w, Xt.T @ w) / w.sum()
+    return (Xt * w[:, None]).T @ Xt, B
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,10 +172,11 @@ def _fit_re(d: Design, cp: Checkpoint, label: str) -> tuple[Any, np.ndarray]:
     return res, theta
 
 
-def _re_operator(d: Design, theta: np.ndarray) -> np.ndarray:
+def _re_factors(d: Design, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A at fixed theta: beta_hat = (X*'X*)^-1 X*' sqrt(w) (y - theta ybar_w), X* = sqrt(w)
     (X - theta Xbar_w), entity means weighted by w. Written as A y, A = (X*'X*)^-1 C' with
-    C = (I - Theta P_w)' sqrt(w) X*, P_w the weighted entity-mean operator."""
+    C = (I - Theta P_w)' sqrt(w) X*, P_w the weighted entity-mean operator; returned as
+    (X*'X*, C)."""
     assert d.entity is not None
     w = _weights(d)
     ent = d.entity.reshape(-1, 1)
@@ -186,7 +188,7 @@ def _re_operator(d: Design, theta: np.ndarray) -> np.ndarray:
     np.add.at(tu, ent[:, 0], theta[:, None] * U)
     wsum = np.bincount(ent[:, 0], weights=w, minlength=G)
     C = U - w[:, None] * (tu / wsum[:, None])[ent[:, 0]]
-    return np.linalg.solve(Xs.T @ Xs, C.T)
+    return Xs.T @ Xs, C
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def _iv_xhat(d: Design, label: str) -> np.ndarray:
 def _fit_iv(d: Design, cp: Checkpoint, label: str) -> Any:
     from linearmodels.iv import IV2SLS
 
-    _iv_operator(d, label)  # raises a CheckpointError on collinear instruments or no first stage
+    _iv_factors(d, label)  # raises a CheckpointError on collinear instruments or no first stage
     assert d.Z is not None and d.instruments is not None and d.n_exog is not None
     k0 = d.n_exog
     exog = pd.DataFrame(d.X[:, :k0], columns=d.terms[:k0]) if k0 else None
@@ -219,15 +221,15 @@ def _fit_iv(d: Design, cp: Checkpoint, label: str) -> Any:
     return IV2SLS(pd.Series(d.y, name="y"), exog, endog, instr, weights=w).fit(cov_type=cov_type, **kw)
 
 
-def _iv_operator(d: Design, label: str) -> np.ndarray:
-    """A = (X_hat'WX)^-1 X_hat'W: 2SLS is linear in y."""
+def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """A = (X_hat'WX)^-1 X_hat'W: 2SLS is linear in y; returned as (X_hat'WX, W X_hat)."""
     Xh = _iv_xhat(d, label)
     w = _weights(d)
     XhW = (Xh * w[:, None]).T
     M = XhW @ d.X
     if np.linalg.cond(M) > 1e12:
         raise CheckpointError(f"{label}: the instruments do not identify the endogenous regressors (singular first stage)")
-    return np.linalg.solve(M, XhW)
+    return M, XhW.T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,18 +285,26 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
     )
 
 
-def linear_operator(design: Design, cp: Checkpoint, label: str = "") -> np.ndarray:
-    """A (k × n) with beta_hat = A y on the design's sample. For re, A is taken at the variance
-    components of the current data (refitted here), so pinning iterates to a fixed point."""
+def linear_factors(design: Design, cp: Checkpoint, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(G, B) with A = G^-1 B' (G: k × k, B: n × k) and beta_hat = A y on the design's sample:
+    the operator kept factored, so pinning applies it without a k × n matrix. For re, A is
+    taken at the variance components of the current data (refitted here), so pinning
+    iterates to a fixed point."""
     label = label or f"checkpoint {cp.tag!r}"
     if cp.model == "fe":
-        return _fe_operator(design, label)
+        return _fe_factors(design, label)
     if cp.model == "iv":
-        return _iv_operator(design, label)
+        return _iv_factors(design, label)
     if cp.model == "re":
         _, theta = _fit_re(design, cp, label)
-        return _re_operator(design, theta)
+        return _re_factors(design, theta)
     raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
+
+
+def linear_operator(design: Design, cp: Checkpoint, label: str = "") -> np.ndarray:
+    """A (k × n) with beta_hat = A y on the design's sample (`linear_factors` made dense)."""
+    G, B = linear_factors(design, cp, label)
+    return np.linalg.solve(G, B.T)
 
 
 def re_matched_outcome(design: Design, cp: Checkpoint, beta: np.ndarray, sigma2_u: float, sigma2_e: float) -> np.ndarray | None:

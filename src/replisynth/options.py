@@ -24,3 +24,7 @@ SOURCE_EXTENSIONS: dict[str, str] = {
     ".dta": "dta",
     ".sav": "sav",
 }
+
+# Tier 2/3: every released Spearman correlation within this of its target (verify.py); the
+# swap refinement stops early once comfortably inside it (refine.py).
+CORR_TOL: float = 0.05

@@ -1,7 +1,7 @@
 """Layer 4: pin checkpoint coefficients on the synthetic data by moving only the outcome.
 
 Linear estimators: beta_hat = A y with A = (X'WX)^-1 X'W (fe, re, iv: `linear_models.
-linear_operator`), so for one checkpoint y <- y + X (beta* - beta_hat) on the estimation sample
+linear_factors`), kept factored as G^-1 B' (`Operator`: no k × n matrix at any size), so for one checkpoint y <- y + X (beta* - beta_hat) on the estimation sample
 returns beta* exactly: A X = I for every linear unbiased estimator (OLS, within, GLS at fixed
 variance components, 2SLS). Several
 checkpoints on one outcome are solved jointly: stack the constraints A_c delta = Delta_c of
@@ -54,22 +54,53 @@ def _targets(c: dict[str, Any]) -> dict[str, float]:
     return {t["term"]: float(t["beta"]) for t in c.get("terms", []) if not t.get("suppressed")}
 
 
-def _solve_matrix(d: Design) -> np.ndarray:
-    """A = (X'WX)^-1 X'W (k × n): beta_hat = A y."""
-    X = d.X
-    W = d.weights if d.weights is not None else np.ones(len(d.y))
-    XtW = X.T * W
-    return np.linalg.solve(XtW @ X, XtW)
+@dataclass(frozen=True)
+class Operator:
+    """A linear estimator beta_hat = A y kept factored as A = G^-1 B' (G: k × k, B: n × k),
+    so neither A (k × n) nor A A' over the data is ever formed. OLS/WLS: G = X'WX, B = WX."""
+
+    G: np.ndarray
+    B: np.ndarray
+
+    def apply(self, y: np.ndarray) -> np.ndarray:
+        """A y (k,) = G^-1 (B' y)."""
+        return np.linalg.solve(self.G, self.B.T @ y)
+
+    def adjoint(self, lam: np.ndarray) -> np.ndarray:
+        """A' lam (n,) = B (G'^-1 lam)."""
+        return self.B @ np.linalg.solve(self.G.T, lam)
+
+    def dense(self) -> np.ndarray:
+        """A itself (k × n), for the few uses that need its rows (residual shaping)."""
+        return np.linalg.solve(self.G, self.B.T)
 
 
-def _operator(d: Design, cp: Checkpoint) -> np.ndarray:
-    """The family's A (k × n) with beta_hat = A y: OLS/WLS here, fe/re/iv in linear_models
+def ols_operator(d: Design) -> Operator:
+    """OLS/WLS: A = (X'WX)^-1 X'W, factored as G = X'WX, B = WX."""
+    B = d.X if d.weights is None else d.X * d.weights[:, None]
+    return Operator(B.T @ d.X, B)
+
+
+def _operator(d: Design, cp: Checkpoint) -> Operator:
+    """The family's factored A with beta_hat = A y: OLS/WLS here, fe/re/iv in linear_models
     (re at the current variance components, so the pin passes iterate to a fixed point)."""
     if cp.model in ("fe", "re", "iv"):
-        from .linear_models import linear_operator
+        from .linear_models import linear_factors
 
-        return linear_operator(d, cp, f"checkpoint {cp.tag!r} on synthetic data")
-    return _solve_matrix(d)
+        return Operator(*linear_factors(d, cp, f"checkpoint {cp.tag!r} on synthetic data"))
+    return ols_operator(d)
+
+
+def cross_block(a: Operator, rows_a: np.ndarray, b: Operator, rows_b: np.ndarray) -> np.ndarray:
+    """A_a A_b' (k_a × k_b) over the data rows both samples hold: G_a^-1 (B_a' B_b) G_b'^-1
+    with B restricted to the shared rows. `rows_*`: each sample's row positions in the data
+    (distinct). The joint pin's constraint Gram matrix, built from k × k products only."""
+    _, ia, ib = np.intersect1d(rows_a, rows_b, assume_unique=True, return_indices=True)
+    if len(ia) == len(rows_a) and len(ib) == len(rows_b) and np.array_equal(rows_a, rows_b):
+        S = a.B.T @ b.B
+    else:
+        S = a.B[ia].T @ b.B[ib]
+    return np.linalg.solve(b.G, np.linalg.solve(a.G, S).T).T
 
 
 def pin_order(cps: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -100,8 +131,8 @@ MAX_PASSES = 8
 EXACT_TOL = 1e-9  # |beta - beta*| / SE_target counted as exact
 
 
-def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple[np.ndarray, Design, list[int], np.ndarray] | None:
-    """(A rows of the released terms, design, their positions, beta* - beta_hat) for one
+def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple[Operator, Design, list[int], np.ndarray] | None:
+    """(factored A, design, positions of the released terms, beta* - beta_hat there) for one
     checkpoint on the current data, or None (with a note) when it cannot be built."""
     cp = checkpoint_from_release(c)
     try:
@@ -118,13 +149,13 @@ def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple
         return None
     try:
         A = _operator(d, cp)
+        beta = A.apply(d.y)  # the factored operator first solves with G here
     except np.linalg.LinAlgError:
         notes.append(f"{cp.tag}: singular synthetic design")
         return None
     except CheckpointError as exc:
         notes.append(str(exc))
         return None
-    beta = A @ d.y
     delta = np.array([tgt[d.terms[j]] - beta[j] for j in common])
     return A, d, common, delta
 
@@ -151,21 +182,26 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
         full[common] = delta
         df.loc[d.index, outcome] = df.loc[d.index, outcome].to_numpy(dtype="float64") + d.X @ full
         return gap, True
-    pos = {ix: i for i, ix in enumerate(df.index)}
-    blocks, rhs = [], []
-    for _, (A, d, common, delta) in built:
-        M = np.zeros((len(common), len(df)))
-        M[:, [pos[i] for i in d.index]] = A[common]
-        blocks.append(M)
-        rhs.append(delta)
-    Amat, D = np.vstack(blocks), np.concatenate(rhs)
-    lam = np.linalg.lstsq(Amat @ Amat.T, D, rcond=None)[0]  # minimum-norm: A'(AA')^+ D
-    delta_y = Amat.T @ lam
+    # Stacked constraints S delta_y = D with S the rows `common` of each A_c (placed at the
+    # sample's rows of the data); the minimum-norm step is S'(SS')^+ D. SS' is assembled from
+    # k × k blocks A_a A_b' and S' lam from each A_c' lam_c, so no k × n array is formed.
+    rows = [df.index.get_indexer(d.index) for _, (_, d, _, _) in built]
+    parts = [(A, common, r) for (_, (A, _, common, _)), r in zip(built, rows, strict=True)]
+    SS = np.block([[cross_block(A, ra, B, rb)[np.ix_(ca, cb)] for B, cb, rb in parts] for A, ca, ra in parts])
+    D = np.concatenate([b[3] for _, b in built])
+    lam = np.linalg.lstsq(SS, D, rcond=None)[0]  # minimum-norm: S'(SS')^+ D
+    delta_y = np.zeros(len(df))
+    at = 0
+    for A, common, r in parts:
+        full = np.zeros(A.G.shape[0])
+        full[common] = lam[at : at + len(common)]
+        at += len(common)
+        delta_y[r] += A.adjoint(full)
     y = df[outcome].to_numpy(dtype="float64").copy()
     moved = delta_y != 0
     y[moved] += delta_y[moved]
     df[outcome] = y
-    resid = Amat @ delta_y - D
+    resid = np.concatenate([A.apply(delta_y[r])[common] for A, common, r in parts]) - D
     return gap, bool(np.max(np.abs(resid)) <= 1e-8 * max(1.0, float(np.max(np.abs(D)))))
 
 
@@ -265,13 +301,16 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     rows = np.unique(np.concatenate([df.index.get_indexer(d.index) for _, _, d, _, _ in built]))
     pos = np.full(len(df), -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
-    blocks = []
+    blocks = []  # the rows of A = G^-1 B' span the columns of B: project on those
     for _, _, d, A, _ in built:
-        M = np.zeros((A.shape[0], len(rows)))
-        M[:, pos[df.index.get_indexer(d.index)]] = A
+        M = np.zeros((len(rows), A.B.shape[1]))
+        M[pos[df.index.get_indexer(d.index)]] = A.B
         blocks.append(M)
-    Q, R = np.linalg.qr(np.vstack(blocks).T)
-    Q = Q[:, np.abs(np.diag(R)) > 1e-12 * max(float(np.max(np.abs(np.diag(R)))), 1e-300)]
+    from scipy.linalg import qr
+
+    Q, R, _ = qr(np.hstack(blocks), mode="economic", pivoting=True)  # pivoted: nested designs repeat columns
+    diag = np.abs(np.diag(R))
+    Q = Q[:, : int(np.sum(diag > 1e-12 * max(float(diag.max(initial=0.0)), 1e-300)))]
     y = df[outcome].to_numpy(dtype="float64")[rows]
     fitted = Q @ (Q.T @ y)
     r = y - fitted
@@ -360,7 +399,7 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     if cp.model != "ols":
         return None
     W = d.weights if d.weights is not None else np.ones(len(d.y))
-    beta = _solve_matrix(d) @ d.y
+    beta = ols_operator(d).apply(d.y)
     fitted = d.X @ beta
     e = d.y - fitted
     dof = len(d.y) - d.X.shape[1]
@@ -504,7 +543,7 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     rounds, feasible, fraction = 0, True, 1.0
     best_reach: tuple[bool, float] | None = None  # feasibility of the round kept
     try:
-        A = _operator(d, cp)[pos]  # depends on the regressors only: fixed while y is shaped
+        A = _operator(d, cp).dense()[pos]  # depends on the regressors only: fixed while y is shaped
     except (np.linalg.LinAlgError, CheckpointError):
         return None
     for _ in range(SHAPE_ROUNDS):

@@ -32,6 +32,14 @@ import numpy as np
 
 from .correlations import _Ranker
 from .entities import draw_pairs
+from .options import CORR_TOL
+
+# Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
+# tolerance with room left for the design-moment alignment, whose own wall is at 0.03), a
+# sweep must gain at least SETTLE_GAIN of the squared error to be followed by another.
+# Later sweeps gain ~1% each at 10^6 rows without moving the worst pair.
+COMFORT = 0.7 * CORR_TOL
+SETTLE_GAIN = 0.05
 
 
 def best_prefix(change: Callable[[int], float], n: int) -> tuple[int, float]:
@@ -129,18 +137,18 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     np.fill_diagonal(M, 0.0)
     pos = np.full(n, -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
-    U2 = U * U
+    # sums of U² without an n × d temporary (the memory peak of the views at 10^6 rows)
     A = np.repeat(U.sum(0)[:, None], d, axis=1)
-    Q = np.repeat(U2.sum(0)[:, None], d, axis=1)
+    Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
     N = np.full((d, d), float(len(rows)))
     if len(miss):
         A[:, miss] = U.T @ Pm
-        Q[:, miss] = U2.T @ Pm
+        step = 1 << 16
+        Q[:, miss] = sum(((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, len(rows), step)), np.zeros((d, len(miss))))
         cnt = Pm.sum(0)
         N[miss, :] = cnt[:, None]
         N[:, miss] = cnt[None, :]
         N[np.ix_(miss, miss)] = Pm.T @ Pm
-    del U2
     return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
 
 
@@ -305,7 +313,9 @@ def refine_swaps(
     min_gain: float = 0.01,
     max_pairs: int = 512,
     labels: np.ndarray | None = None,
-    far: float = 0.03,
+    comfort: float = COMFORT,
+    settle_gain: float = SETTLE_GAIN,
+    far: float = COMFORT,
     max_far_sweeps: int = 400,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
@@ -314,9 +324,12 @@ def refine_swaps(
     Swaps stay inside a group and among rows where the unit is present. Dims in no unit
     never move but still steer the others. Sweeps stop when every targeted error is within
     `tol`, or a sweep improves the squared error by less than `min_gain` (relative) while
-    the worst error is within `far`. While some pair is still off by more than `far` (a
-    structural zero among three columns, such as blhisp = black or hisp, is reached by many
-    small steps) sweeps go on as long as they improve at all, up to `max_far_sweeps`.
+    the worst error is within `far`, or by less than `settle_gain` once every targeted error
+    is within `comfort` (the budget: the tier-2 check needs CORR_TOL, not the last percent of
+    the squared error). While some pair is still off by more than `far` (a structural zero
+    among three columns, such as blhisp = black or hisp, is a local optimum of single-column
+    swaps) sweeps go on, also swapping pairs of units together, while the excess beyond `far`
+    keeps shrinking, up to `max_far_sweeps` more.
 
     With `labels` (entity per row) swap partners share a label (`entities.draw_pairs`).
 
@@ -345,7 +358,7 @@ def refine_swaps(
         errs = [v.error() for v in all_views]
         worst = max(float(np.max(np.abs(e))) for e in errs)
         total = sum(float(np.sum(e * e)) for e in errs)
-        if worst <= tol:
+        if worst <= tol or (worst <= comfort and total > prev * (1 - settle_gain)):
             break
         if not chase and (total > prev * (1 - min_gain) or sweep >= max_sweeps):
             if worst <= far:

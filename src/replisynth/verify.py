@@ -21,13 +21,12 @@ from .dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .marginals import GRID, grid_cdf, quantile_grid
-from .options import GLM_BINARY, GLM_ORDERED
+from .options import CORR_TOL, GLM_BINARY, GLM_ORDERED
 from .pin import checkpoint_from_release
 from .plan import ALL, RESIDUAL, BlockPlan, source_plan
 from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 
 KS_ALPHA = 0.05
-CORR_TOL = 0.05
 SE_BOUND = 3.0
 
 
