@@ -233,6 +233,20 @@ def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
     return np.nan_to_num(X, nan=0.0)
 
 
+def moment_formula(formula: str, model: str) -> str:
+    """The formula whose design carries a checkpoint's released moments: the formula itself,
+    except for iv, where formulaic cannot read the linearmodels bracket and the released
+    design is the union [exogenous | endogenous | excluded instruments]: `y ~ w + [x ~ z]`
+    becomes `y ~ w + x + z` (formulaic names its columns as `design._iv_matrices` does, the
+    bracket's columns being those it adds to the exogenous design)."""
+    if model != "iv":
+        return formula
+    from .design import split_iv_formula
+
+    exog, endog, instr = split_iv_formula(formula)
+    return f"{exog} + {endog} + {instr}"
+
+
 def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> tuple[_Target | None, str]:
     """The state of one released checkpoint on the synthetic data (None and a note when its
     design cannot be built or holds none of the released columns)."""
@@ -244,7 +258,7 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> t
     cp = checkpoint_from_release(c)
     try:
         data = estimation_sample(df, cp)
-        mm = formulaic.model_matrix(cp.formula, data, na_action="raise")
+        mm = formulaic.model_matrix(moment_formula(cp.formula, cp.model), data, na_action="raise")
     except Exception as exc:  # a design that cannot be built is reported, not fatal here
         return None, f"{cp.tag}: design not built on the synthetic data ({type(exc).__name__})"
     names = [str(x) for x in mm.rhs.columns]
