@@ -369,3 +369,26 @@ def test_rare_indicator_instrument_is_left_out_of_the_moments(tmp_path: Path) ->
     X = np.column_stack([np.ones(len(df)), df["z"], r])
     mo, info = design_moments(X, ["Intercept", "z", "r"], None, {"z", "r"}, 50)
     assert mo["terms"] == ["z"] and info["left_out"] == 1
+
+
+def test_iv_log_se_factors_match_a_direct_2sls_computation() -> None:
+    """½ log diag[(R_xz R_zz⁻¹ R_zx)⁻¹] from the union correlations equals the log of the 2SLS
+    slope SEs × sd_j √n / σ computed from the data (intercept in both X and Z)."""
+    from replisynth.xmom import _iv_log_se_factors
+
+    d = make_iv(2000, seed=9)
+    n = len(d)
+    U = d[["w", "g", "x", "z"]].to_numpy(dtype=float)
+    R = np.corrcoef(U, rowvar=False)
+    ix, iz = np.asarray([0, 1, 2]), np.asarray([0, 1, 3])
+    X = np.column_stack([np.ones(n), U[:, ix]])
+    Z = np.column_stack([np.ones(n), U[:, iz]])
+    Xh = Z @ np.linalg.lstsq(Z, X, rcond=None)[0]
+    V = np.linalg.inv(Xh.T @ Xh)  # covariance / σ²
+    sd = U[:, ix].std(axis=0)
+    direct = 0.5 * np.log(np.diag(V)[1:] * sd**2 * n)
+    np.testing.assert_allclose(_iv_log_se_factors(R, ix, iz), direct, rtol=1e-10)
+    # a weaker first stage: larger factor for x only through R
+    R2 = R.copy()
+    R2[2, 3] = R2[3, 2] = R[2, 3] * 0.5
+    assert _iv_log_se_factors(R2, ix, iz)[2] > direct[2] + 0.3
