@@ -27,6 +27,15 @@ Spearman matrices of the block and of the source enter as a penalty (squared err
 wall beyond `tau`), so tiers 2 and 3 hold. Values never leave their column or block and
 missing positions never move, so marginals, strata and estimation samples are untouched.
 Columns a checkpoint reads in its subset, weights, cluster or absorbed effects never move.
+
+IV checkpoints (`y ~ w + [x ~ z]`): the 2SLS estimate and its SEs depend on Z'X and Z'Z (the
+first stage), so the released design is the union [exogenous | endogenous | excluded
+instruments] (`checkpoints.moment_design`), the instruments gated like every other column and
+named in `moments.instruments`; outside, `_target` builds it as `y ~ w + x + z`
+(`moment_formula`), the instruments' columns move like other regressors, and the objective
+adds the squared gaps of the log 2SLS SE factors ½ log diag[(R_xz R_zz⁻¹ R_zx)⁻¹]
+(`_iv_log_se_factors`), which a weak first stage makes far more sensitive than the
+correlations themselves. Bundles without `moments.instruments` align X's moments as before.
 """
 
 from __future__ import annotations
