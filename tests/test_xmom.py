@@ -392,3 +392,18 @@ def test_iv_log_se_factors_match_a_direct_2sls_computation() -> None:
     R2 = R.copy()
     R2[2, 3] = R2[3, 2] = R[2, 3] * 0.5
     assert _iv_log_se_factors(R2, ix, iz)[2] > direct[2] + 0.3
+
+
+def test_iv_log_se_factors_of_a_singular_first_stage_are_finite() -> None:
+    """A candidate arrangement with no first stage left (instrument collinear with a control)
+    scores as a large finite gap, not NaN or an exception, inside a batch of good ones."""
+    from replisynth.xmom import _iv_log_se_factors
+
+    good = np.asarray([[1.0, 0.3, 0.2], [0.3, 1.0, 0.5], [0.2, 0.5, 1.0]])  # w, x, z
+    bad = good.copy()
+    bad[0, 2] = bad[2, 0] = 1.0  # z is w
+    bad[1, 2] = bad[2, 1] = 0.3
+    out = _iv_log_se_factors(np.stack([good, bad, good]), np.asarray([0, 1]), np.asarray([0, 2]))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[0], out[2])
+    assert out[1].max() > out[0].max() + 1

@@ -192,9 +192,26 @@ def _iv_log_se_factors(R: np.ndarray, ix: np.ndarray, iz: np.ndarray) -> np.ndar
     educ on nearc4, first-stage t ≈ 4: gaps of 0.005 move the educ SE by ~6%)."""
     Rzz = R[..., iz[:, None], iz[None, :]]
     Rzx = R[..., iz[:, None], ix[None, :]]
-    A = np.swapaxes(Rzx, -1, -2) @ np.linalg.solve(Rzz, Rzx)
-    d = np.diagonal(np.linalg.inv(A), axis1=-2, axis2=-1)
-    return 0.5 * np.log(np.maximum(d, 1e-300))
+    with np.errstate(all="ignore"):
+        try:
+            A = np.swapaxes(Rzx, -1, -2) @ np.linalg.solve(Rzz, Rzx)
+            d = np.diagonal(np.linalg.inv(A), axis1=-2, axis2=-1)
+        except np.linalg.LinAlgError:  # an exactly singular candidate in the batch: one at a time
+            zz, zx = Rzz.reshape(-1, len(iz), len(iz)), Rzx.reshape(-1, len(iz), len(ix))
+            d = np.full((len(zz), len(ix)), np.inf)
+            for i in range(len(zz)):
+                try:
+                    d[i] = np.diag(np.linalg.inv(zx[i].T @ np.linalg.solve(zz[i], zx[i])))
+                except np.linalg.LinAlgError:
+                    pass
+            d = d.reshape(*R.shape[:-2], len(ix))
+        out = 0.5 * np.log(np.maximum(d, 1e-300))
+    # a singular or collinear design (no first stage left) scores as a large gap, never as NaN,
+    # so the swap that would produce it is not taken and the objective stays comparable
+    return np.nan_to_num(out, nan=_IV_FAR, posinf=_IV_FAR, neginf=-_IV_FAR)
+
+
+_IV_FAR = 10.0  # log SE factor standing in for a singular first stage
 
 
 _INDICATOR = re.compile(r"^(?:C\((?P<c>[A-Za-z_][A-Za-z0-9_.]*)\)|(?P<b>[A-Za-z_][A-Za-z0-9_.]*))\[T\.(?P<level>.*)\]$")
