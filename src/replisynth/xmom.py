@@ -371,11 +371,8 @@ def _iv_positions(data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[in
     both = np.union1d(ix, iz)
     if not np.all(np.isfinite(R[np.ix_(both, both)])):
         return None
-    try:
-        target = _iv_log_se_factors(R, ix, iz)
-    except np.linalg.LinAlgError:
-        return None
-    return (ix, iz, target) if np.all(np.isfinite(target)) else None
+    target = _iv_log_se_factors(R, ix, iz)
+    return (ix, iz, target) if np.all(np.abs(target) < _IV_FAR) else None
 
 
 def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[str]:
