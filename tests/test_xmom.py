@@ -262,3 +262,184 @@ def test_partial_error_change_equals_the_full_error_change() -> None:
     D1, D2 = _expand(k, tc, d1.sum(0), d2.sum(0))
     np.testing.assert_array_equal(D1, full1.sum(0))
     np.testing.assert_array_equal(D2, full2.sum(0))
+    # iv: the SE-factor term depends on every correlation, and part_error carries it too
+    t.iv = (np.array([0, 1, 2]), np.array([0, 1, 4, 5]), np.array([0.1, -0.2, 0.3]))
+    want = t.error(t.S1 + full1, t.S2 + full2) - t.error(t.S1, t.S2)
+    got = t.part_error(tc, t.S1[tc] + d1, t.S2[tc] + d2) - t.part_error(tc, t.S1[tc], t.S2[tc])
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# IV checkpoints: moments of the union design [exogenous | endogenous | excluded instruments]
+
+IV_TRUE = {"Intercept": 2.0, "w": 0.5, "g": -0.3, "x": 1.0}
+
+
+def make_iv(n: int = 3000, seed: int = 21) -> pd.DataFrame:
+    """An IV design with a strong first stage. True model: w ~ N(0, 1); g ~ Bernoulli(0.4);
+    instrument z = 0.5 w + 0.4 g + N(0, 0.85²); endogenous x = 1 + 0.6 z + 0.4 w + v, v ~ N(0, 1);
+    y = 2 + 1.0 x + 0.5 w − 0.3 g + u, u = 0.5 v + N(0, 0.75²) (so x is correlated with u and
+    OLS is biased; z is excluded from y). First-stage correlation corr(x, z) ≈ 0.6."""
+    r = np.random.default_rng(seed)
+    w = r.normal(size=n)
+    g = (r.random(n) < 0.4).astype(int)
+    z = 0.5 * w + 0.4 * g + r.normal(scale=0.85, size=n)
+    v = r.normal(size=n)
+    x = 1 + 0.6 * z + 0.4 * w + v
+    u = 0.5 * v + r.normal(scale=0.75, size=n)
+    y = IV_TRUE["Intercept"] + IV_TRUE["x"] * x + IV_TRUE["w"] * w + IV_TRUE["g"] * g + u
+    return pd.DataFrame({"pid": np.arange(1, n + 1), "y": y, "x": x, "z": z, "w": w, "g": g})
+
+
+IV_CP = [{"tag": "iv", "source": "d", "model": "iv", "formula": "y ~ w + g + [x ~ z]", "vcov": "nonrobust"}]
+
+
+def _shuffled(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Every column but the id permuted independently: the synthetic regressors start with no
+    dependence at all (first stage ≈ 0), so only the alignment can bring it back."""
+    r = np.random.default_rng(seed)
+    out = df.copy()
+    for col in df.columns.drop("pid"):
+        out[col] = df[col].to_numpy()[r.permutation(len(df))]
+    return out
+
+
+def _first_stage(df: pd.DataFrame) -> float:
+    return float(np.corrcoef(df["x"], df["z"])[0, 1])
+
+
+def _without_instruments(c: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint record as a bundle from before this release would hold it: moments of
+    [exogenous | endogenous] only, no `instruments` key."""
+    mo = c["moments"]
+    keep = [i for i, t in enumerate(mo["terms"]) if t not in mo.get("instruments", [])]
+    old = {"terms": [mo["terms"][i] for i in keep], "weighted": mo["weighted"], "mean": [mo["mean"][i] for i in keep],
+           "sd": [mo["sd"][i] for i in keep], "corr": [[mo["corr"][i][j] for j in keep] for i in keep]}
+    return {**c, "moments": old}
+
+
+@pytest.fixture(scope="module")
+def iv_run(tmp_path_factory) -> dict[str, Any]:
+    """Extract the IV data (the release); the original and an independently shuffled copy."""
+    tmp = tmp_path_factory.mktemp("iv")
+    df = make_iv()
+    df.to_csv(tmp / "d.csv", index=False)
+    raw = {"name": "ivx", "seed": 7, "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"]}}, "checkpoints": IV_CP, "verify": {"tier": 4}}
+    b = load_bundle(cmd_extract(load_manifest(raw), tmp / "out"))
+    return {"bundle": b, "original": df, "shuffled": _shuffled(df, 3)}
+
+
+def test_iv_moments_release_the_instruments(iv_run: dict[str, Any]) -> None:
+    (c,) = iv_run["bundle"].checkpoints
+    mo = c["moments"]
+    assert mo["terms"] == ["w", "g", "x", "z"] and mo["instruments"] == ["z"]
+    d = iv_run["original"]
+    assert mo["corr"][2][3] == pytest.approx(_first_stage(d), rel=1e-12)
+    assert mo["mean"][3] == pytest.approx(d["z"].mean(), rel=1e-12)
+
+
+def test_iv_alignment_restores_the_first_stage_and_the_ses(iv_run: dict[str, Any]) -> None:
+    """From independent shuffles, the alignment brings the first-stage correlation back (within
+    0.02) and the pinned IV's SEs to the released ones (ratio within [0.9, 1.1]); without the
+    alignment the instrument is irrelevant on the synthetic data and the SEs blow up."""
+    from replisynth.xmom import _target
+
+    b, syn, orig = iv_run["bundle"], iv_run["shuffled"], iv_run["original"]
+    (c,) = b.checkpoints
+    t, note = _target(syn, c)
+    assert t is not None, note
+    assert t.compiled is not None  # the row evaluator reproduced formulaic's union design
+    assert abs(_first_stage(syn) - _first_stage(orig)) > 0.4
+    aligned, rep = align_moments(syn, b.checkpoints, b.releases["d"], rng(7, "d", "xmom"))
+    assert rep["status"] == "aligned" and not rep["notes"]
+    assert "z" in rep["moved"] and "x" in rep["moved"]
+    for col in syn.columns:
+        np.testing.assert_array_equal(_text(aligned[col]), _text(syn[col]))
+    assert abs(_first_stage(aligned) - _first_stage(orig)) < 0.02
+    pinned, _ = pin_checkpoints({"d": aligned}, b.checkpoints)
+    terms = refit_terms(pinned["d"], c)
+    assert max(tt[1] for tt in terms) < 1e-6
+    ratios = [tt[2] for tt in terms]
+    assert all(0.9 <= r <= 1.1 for r in ratios), ratios
+    plain, _ = pin_checkpoints({"d": syn}, b.checkpoints)
+    assert max(tt[2] for tt in refit_terms(plain["d"], c)) > 3
+
+
+def test_iv_old_bundle_without_instrument_moments_still_aligns(iv_run: dict[str, Any]) -> None:
+    """A bundle from before the instrument moments (no `instruments`, moments of X only) is
+    aligned on the columns it has and pinned; its first stage is not a target, so it lands
+    further away than with the instrument moments."""
+    b, syn, orig = iv_run["bundle"], iv_run["shuffled"], iv_run["original"]
+    old = [_without_instruments(c) for c in b.checkpoints]
+    assert "z" not in old[0]["moments"]["terms"]
+    aligned, rep = align_moments(syn, old, b.releases["d"], rng(7, "d", "xmom"))
+    assert rep["status"] == "aligned" and not rep["notes"]
+    g = rep["checkpoints"]["iv"]
+    assert g["after"]["max_corr_gap"] < 0.01 < g["before"]["max_corr_gap"]
+    pinned, _ = pin_checkpoints({"d": aligned}, old)
+    assert max(tt[1] for tt in refit_terms(pinned["d"], old[0])) < 1e-6
+    new, _ = align_moments(syn, b.checkpoints, b.releases["d"], rng(7, "d", "xmom"))
+    assert abs(_first_stage(new) - _first_stage(orig)) < abs(_first_stage(aligned) - _first_stage(orig))
+
+
+def test_rare_indicator_instrument_is_left_out_of_the_moments(tmp_path: Path) -> None:
+    """An excluded instrument is gated like any design column: a 0/1 instrument with 30 ones
+    (below the cell size of 50) is not in the released moments, the other instrument is, and
+    the SDC log counts it as left out."""
+    df = make_iv(1500, seed=4)
+    df["r"] = 0
+    df.loc[df.index[:30], "r"] = 1
+    df.to_csv(tmp_path / "d.csv", index=False)
+    cps = [{"tag": "iv", "source": "d", "model": "iv", "formula": "y ~ w + g + [x ~ z + r]", "vcov": "HC1"}]
+    raw = {"name": "ivr", "seed": 1, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "categorical": ["r"]}},
+           "sdc": {"min_cell_size": 50}, "checkpoints": cps}
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
+    (c,) = load_bundle(bundle).checkpoints
+    assert c["status"] == "released"
+    assert c["moments"]["terms"] == ["w", "g", "x", "z"] and c["moments"]["instruments"] == ["z"]
+    log = json.loads((bundle / "sdc_log.json").read_text())
+    (e,) = [e for e in log["decisions"] if e.get("action") == "released_moments"]
+    assert "1 column(s) left out" in e["reason"] and "1 of them excluded instruments, of 2" in e["reason"]
+    # and directly: the same column gated through design_moments as a candidate
+    r = df["r"].to_numpy(dtype=float)
+    X = np.column_stack([np.ones(len(df)), df["z"], r])
+    mo, info = design_moments(X, ["Intercept", "z", "r"], None, {"z", "r"}, 50)
+    assert mo["terms"] == ["z"] and info["left_out"] == 1
+
+
+def test_iv_log_se_factors_match_a_direct_2sls_computation() -> None:
+    """½ log diag[(R_xz R_zz⁻¹ R_zx)⁻¹] from the union correlations equals the log of the 2SLS
+    slope SEs × sd_j √n / σ computed from the data (intercept in both X and Z)."""
+    from replisynth.xmom import _iv_log_se_factors
+
+    d = make_iv(2000, seed=9)
+    n = len(d)
+    U = d[["w", "g", "x", "z"]].to_numpy(dtype=float)
+    R = np.corrcoef(U, rowvar=False)
+    ix, iz = np.asarray([0, 1, 2]), np.asarray([0, 1, 3])
+    X = np.column_stack([np.ones(n), U[:, ix]])
+    Z = np.column_stack([np.ones(n), U[:, iz]])
+    Xh = Z @ np.linalg.lstsq(Z, X, rcond=None)[0]
+    V = np.linalg.inv(Xh.T @ Xh)  # covariance / σ²
+    sd = U[:, ix].std(axis=0)
+    direct = 0.5 * np.log(np.diag(V)[1:] * sd**2 * n)
+    np.testing.assert_allclose(_iv_log_se_factors(R, ix, iz), direct, rtol=1e-10)
+    # a weaker first stage: larger factor for x only through R
+    R2 = R.copy()
+    R2[2, 3] = R2[3, 2] = R[2, 3] * 0.5
+    assert _iv_log_se_factors(R2, ix, iz)[2] > direct[2] + 0.3
+
+
+def test_iv_log_se_factors_of_a_singular_first_stage_are_finite() -> None:
+    """A candidate arrangement with no first stage left (instrument collinear with a control)
+    scores as a large finite gap, not NaN or an exception, inside a batch of good ones."""
+    from replisynth.xmom import _iv_log_se_factors
+
+    good = np.asarray([[1.0, 0.3, 0.2], [0.3, 1.0, 0.5], [0.2, 0.5, 1.0]])  # w, x, z
+    bad = good.copy()
+    bad[0, 2] = bad[2, 0] = 1.0  # z is w
+    bad[1, 2] = bad[2, 1] = 0.3
+    out = _iv_log_se_factors(np.stack([good, bad, good]), np.asarray([0, 1]), np.asarray([0, 2]))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[0], out[2])
+    assert out[1].max() > out[0].max() + 1

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .design import build_design, ordered_levels, subset_columns, used_columns
+from .design import Design, build_design, ordered_levels, subset_columns, used_columns
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .manifest import Checkpoint, Manifest
@@ -127,11 +127,19 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     if n_sup:
         log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
     released = {t["term"] for t in terms if not t.get("suppressed")}
-    moments, info = design_moments(design.X, design.terms, design.weights, released, sdc.min_cell_size, sdc.round_significant, sdc.dominance)
+    mX, mterms, instruments = moment_design(design)
+    # Excluded instruments have no coefficient, so the `released` filter cannot speak for them:
+    # they enter as candidates and pass or fail the column gates of design_moments (indicator
+    # minority, non-zero rows, dominance) like any other column. Not being a term is not being
+    # suppressed.
+    moments, info = design_moments(mX, mterms, design.weights, released | set(instruments), sdc.min_cell_size, sdc.round_significant, sdc.dominance)
+    if moments is not None and instruments:
+        moments["instruments"] = [t for t in moments["terms"] if t in instruments]
     if moments is not None:
         log.add("checkpoints", "released_moments",
                 f"{'weighted ' if design.weights is not None else ''}means, SDs and correlations of {info['columns']} design column(s) on the estimation sample "
-                f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
+                + (f"({len(moments.get('instruments', []))} of them excluded instruments, of {len(instruments)}) " if instruments else "")
+                + f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
                 f"(indicator group or non-zero rows below min_cell_size={sdc.min_cell_size}, or spread dominated by two rows); {info['blanked']} indicator pair(s) blanked "
                 "(a cell of their 2x2 table below min_cell_size)", checkpoint=cp.tag, terms=info["columns"])
     scale = fit.scale
@@ -157,6 +165,17 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     if sdc.round_significant:
         out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
     return out, log
+
+
+def moment_design(design: Design) -> tuple[np.ndarray, list[str], list[str]]:
+    """The design whose cross-moments are released: X (n × k) with its terms and no
+    instruments, except for iv, where it is the union [exogenous | endogenous | excluded
+    instruments] (n × (k + l − k_exog)): the IV estimator and its SEs depend on Z'X and Z'Z
+    (the first stage), not on X'X alone."""
+    if design.Z is None or design.n_exog is None or not design.instruments:
+        return design.X, list(design.terms), []
+    Xu = np.column_stack([design.X, design.Z[:, design.n_exog :]])
+    return Xu, [*design.terms[: design.X.shape[1]], *design.instruments], list(design.instruments)
 
 
 def outcome_minority(y: np.ndarray, model: str) -> int | None:

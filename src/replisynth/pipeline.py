@@ -123,6 +123,8 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
     for tag, g in aligned["checkpoints"].items():
         log.info("design moments of %s: largest correlation gap %.3g -> %.3g, SD ratio gap %.3g -> %.3g", tag,
                  g["before"]["max_corr_gap"], g["after"]["max_corr_gap"], g["before"]["max_sd_ratio_gap"], g["after"]["max_sd_ratio_gap"])
+        if "max_iv_log_se_gap" in g["after"]:  # iv with instrument moments: the first stage's part of log(SE ratio)
+            log.info("design moments of %s: largest |log 2SLS SE factor gap| %.3g -> %.3g", tag, g["before"]["max_iv_log_se_gap"], g["after"]["max_iv_log_se_gap"])
     for note in aligned["notes"]:
         log.info("design moments: %s", note)
     frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)

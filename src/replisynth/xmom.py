@@ -27,6 +27,15 @@ Spearman matrices of the block and of the source enter as a penalty (squared err
 wall beyond `tau`), so tiers 2 and 3 hold. Values never leave their column or block and
 missing positions never move, so marginals, strata and estimation samples are untouched.
 Columns a checkpoint reads in its subset, weights, cluster or absorbed effects never move.
+
+IV checkpoints (`y ~ w + [x ~ z]`): the 2SLS estimate and its SEs depend on Z'X and Z'Z (the
+first stage), so the released design is the union [exogenous | endogenous | excluded
+instruments] (`checkpoints.moment_design`), the instruments gated like every other column and
+named in `moments.instruments`; outside, `_target` builds it as `y ~ w + x + z`
+(`moment_formula`), the instruments' columns move like other regressors, and the objective
+adds the squared gaps of the log 2SLS SE factors ½ log diag[(R_xz R_zz⁻¹ R_zx)⁻¹]
+(`_iv_log_se_factors`), which a weak first stage makes far more sensitive than the
+correlations themselves. Bundles without `moments.instruments` align X's moments as before.
 """
 
 from __future__ import annotations
@@ -142,14 +151,22 @@ class _Target:
     S1: np.ndarray
     S2: np.ndarray
     compiled: _Compiled | None = None
+    # iv with released instrument moments: positions (in the released columns) of X's and Z's
+    # non-constant columns, and the released log SE factors (see `_iv_log_se_factors`)
+    iv: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def error(self, S1: np.ndarray, S2: np.ndarray) -> np.ndarray:
-        """Squared gaps of correlations (each pair once) and of means and SDs in released SDs."""
+        """Squared gaps of correlations (each pair once) and of means and SDs in released SDs;
+        for iv, plus the squared gaps of the log SE factors (`IV_SE_WEIGHT`)."""
         m, sd, R = _stats(self.W, S1, S2)
         eR = np.where(self.Rmask, R - self.R, 0.0)
         es = sd / self.sd - 1.0
         em = m / self.sd
-        return 0.5 * (eR * eR).sum(axis=(-1, -2)) + MEAN_SD_WEIGHT * ((em * em).sum(-1) + (es * es).sum(-1))
+        out = 0.5 * (eR * eR).sum(axis=(-1, -2)) + MEAN_SD_WEIGHT * ((em * em).sum(-1) + (es * es).sum(-1))
+        if self.iv is not None:
+            e = _iv_log_se_factors(R, self.iv[0], self.iv[1]) - self.iv[2]
+            out = out + IV_SE_WEIGHT * (e * e).sum(-1)
+        return out
 
     def part_error(self, tc: np.ndarray, S1T: np.ndarray, S2T: np.ndarray) -> np.ndarray:
         """`error` less the terms that do not involve the columns `tc`, when only those
@@ -171,14 +188,61 @@ class _Target:
         pairs = sq.sum(axis=(-1, -2)) - 0.5 * sq[..., tc].sum(axis=(-1, -2))
         es = sdT / self.sd[tc] - 1.0
         em = mT / self.sd[tc]
-        return pairs + MEAN_SD_WEIGHT * ((em * em).sum(-1) + (es * es).sum(-1))
+        out = pairs + MEAN_SD_WEIGHT * ((em * em).sum(-1) + (es * es).sum(-1))
+        if self.iv is not None:  # the SE factors depend on every correlation: full matrices (iv only)
+            S1f = np.broadcast_to(self.S1, (*lead, k)).copy()
+            S1f[..., tc] = S1T
+            S2f = np.broadcast_to(self.S2, (*lead, k, k)).copy()
+            S2f[..., tc, :] = S2T
+            S2f[..., :, tc] = np.swapaxes(S2T, -1, -2)
+            e = _iv_log_se_factors(_stats(W, S1f, S2f)[2], self.iv[0], self.iv[1]) - self.iv[2]
+            out = out + IV_SE_WEIGHT * (e * e).sum(-1)
+        return out
 
     def gaps(self) -> dict[str, float]:
-        """Largest |correlation gap|, |mean gap| / SD and |SD ratio − 1| now."""
+        """Largest |correlation gap|, |mean gap| / SD and |SD ratio − 1| now (iv: and the largest
+        |log SE factor gap|, the part of log(SE ratio) that the design correlations set)."""
         m, sd, R = _stats(self.W, self.S1, self.S2)
         eR = np.where(self.Rmask, np.abs(R - self.R), 0.0)
-        return {"max_corr_gap": float(eR.max(initial=0.0)), "max_mean_gap_sd": float(np.max(np.abs(m / self.sd), initial=0.0)),
-                "max_sd_ratio_gap": float(np.max(np.abs(sd / self.sd - 1.0), initial=0.0))}
+        out = {"max_corr_gap": float(eR.max(initial=0.0)), "max_mean_gap_sd": float(np.max(np.abs(m / self.sd), initial=0.0)),
+               "max_sd_ratio_gap": float(np.max(np.abs(sd / self.sd - 1.0), initial=0.0))}
+        if self.iv is not None:
+            out["max_iv_log_se_gap"] = float(np.max(np.abs(_iv_log_se_factors(R, self.iv[0], self.iv[1]) - self.iv[2]), initial=0.0))
+        return out
+
+
+IV_SE_WEIGHT = 1.0  # weight of a squared log SE-factor gap (iv) relative to a squared correlation gap
+
+
+def _iv_log_se_factors(R: np.ndarray, ix: np.ndarray, iz: np.ndarray) -> np.ndarray:
+    """½ log diag[(R_xz R_zz⁻¹ R_zx)⁻¹] for the correlation matrix R of the union design (leading
+    axes broadcast): with standardised columns, the 2SLS covariance is σ²/n · (X'P_Z X / n)⁻¹ and
+    X'P_Z X / n = R_xz R_zz⁻¹ R_zx once the intercept is partialled out, so these are the log SEs
+    of the slopes up to σ, n and the columns' SDs (matched separately). A weak first stage makes
+    them sensitive to correlation gaps far below what the correlation objective notices (card:
+    educ on nearc4, first-stage t ≈ 4: gaps of 0.005 move the educ SE by ~6%)."""
+    Rzz = R[..., iz[:, None], iz[None, :]]
+    Rzx = R[..., iz[:, None], ix[None, :]]
+    with np.errstate(all="ignore"):
+        try:
+            A = np.swapaxes(Rzx, -1, -2) @ np.linalg.solve(Rzz, Rzx)
+            d = np.diagonal(np.linalg.inv(A), axis1=-2, axis2=-1)
+        except np.linalg.LinAlgError:  # an exactly singular candidate in the batch: one at a time
+            zz, zx = Rzz.reshape(-1, len(iz), len(iz)), Rzx.reshape(-1, len(iz), len(ix))
+            d = np.full((len(zz), len(ix)), np.inf)
+            for i in range(len(zz)):
+                try:
+                    d[i] = np.diag(np.linalg.inv(zx[i].T @ np.linalg.solve(zz[i], zx[i])))
+                except np.linalg.LinAlgError:
+                    pass
+            d = d.reshape(*R.shape[:-2], len(ix))
+        out = 0.5 * np.log(np.maximum(d, 1e-300))
+    # a singular or collinear design (no first stage left) scores as a large gap, never as NaN,
+    # so the swap that would produce it is not taken and the objective stays comparable
+    return np.nan_to_num(out, nan=_IV_FAR, posinf=_IV_FAR, neginf=-_IV_FAR)
+
+
+_IV_FAR = 10.0  # log SE factor standing in for a singular first stage
 
 
 _INDICATOR = re.compile(r"^(?:C\((?P<c>[A-Za-z_][A-Za-z0-9_.]*)\)|(?P<b>[A-Za-z_][A-Za-z0-9_.]*))\[T\.(?P<level>.*)\]$")
@@ -255,6 +319,20 @@ def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
     return np.nan_to_num(X, nan=0.0)
 
 
+def moment_formula(formula: str, model: str) -> str:
+    """The formula whose design carries a checkpoint's released moments: the formula itself,
+    except for iv, where formulaic cannot read the linearmodels bracket and the released
+    design is the union [exogenous | endogenous | excluded instruments]: `y ~ w + [x ~ z]`
+    becomes `y ~ w + x + z` (formulaic names its columns as `design._iv_matrices` does, the
+    bracket's columns being those it adds to the exogenous design)."""
+    if model != "iv":
+        return formula
+    from .design import split_iv_formula
+
+    exog, endog, instr = split_iv_formula(formula)
+    return f"{exog} + {endog} + {instr}"
+
+
 def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> tuple[_Target | None, str]:
     """The state of one released checkpoint on the synthetic data (None and a note when its
     design cannot be built or holds none of the released columns)."""
@@ -266,7 +344,7 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> t
     cp = checkpoint_from_release(c)
     try:
         data = estimation_sample(df, cp)
-        mm = formulaic.model_matrix(cp.formula, data, na_action="raise")
+        mm = formulaic.model_matrix(moment_formula(cp.formula, cp.model), data, na_action="raise")
     except Exception as exc:  # a design that cannot be built is reported, not fatal here
         return None, f"{cp.tag}: design not built on the synthetic data ({type(exc).__name__})"
     names = [str(x) for x in mm.rhs.columns]
@@ -286,7 +364,7 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> t
     rhs = formula_variables(cp.formula) - {cp.outcome}
     t = _Target(tag=cp.tag, spec=mm.rhs.model_spec, cols=cols, rhs=rhs, read=sorted(rhs & set(df.columns)), w=w, W=float(ws.sum()),
                 mean=mean, sd=np.where(sd > 0, sd, 1.0), R=np.where(Rmask, R, 0.0), Rmask=Rmask,
-                S1=ws @ X, S2=(X * ws[:, None]).T @ X)
+                S1=ws @ X, S2=(X * ws[:, None]).T @ X, iv=_iv_positions(data, cp, mo, have, R))
     if not compile_rows:  # the state alone (the gaps after alignment): no row evaluator
         return t, ""
     try:
@@ -310,6 +388,36 @@ def _expand(k: int, tc: np.ndarray, d1: np.ndarray, d2: np.ndarray) -> tuple[np.
     D2[tc, :] = d2
     D2[:, tc] = d2.T
     return D1, D2
+
+
+def _iv_positions(data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[int], R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For an iv checkpoint whose released moments hold its instruments: the positions, among
+    the released columns kept (`have`), of X = [exogenous | endogenous] and Z = [exogenous |
+    instruments], and the released log SE factors. None (no SE-factor term) when the bundle
+    has no instrument moments (older bundles), when SDC left out so many columns that the
+    released instruments no longer identify the released endogenous ones, or when a needed
+    correlation was blanked."""
+    from .design import _iv_matrices
+
+    instruments = set(mo.get("instruments") or [])
+    if cp.model != "iv" or not instruments:
+        return None
+    try:
+        _, _, terms, _, n_exog, _ = _iv_matrices(data, cp, cp.tag)
+    except Exception:
+        return None
+    names = [mo["terms"][i] for i in have]
+    exog, endog = set(terms[:n_exog]), set(terms[n_exog:])
+    ix = np.asarray([a for a, t in enumerate(names) if t in exog or t in endog], dtype=np.int64)
+    iz = np.asarray([a for a, t in enumerate(names) if t in exog or t in instruments], dtype=np.int64)
+    n_endog = sum(t in endog for t in names)
+    if n_endog == 0 or sum(t in instruments for t in names) < n_endog:
+        return None
+    both = np.union1d(ix, iz)
+    if not np.all(np.isfinite(R[np.ix_(both, both)])):
+        return None
+    target = _iv_log_se_factors(R, ix, iz)
+    return (ix, iz, target) if np.all(np.abs(target) < _IV_FAR) else None
 
 
 def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[str]:
