@@ -216,11 +216,22 @@ def _whiten(A: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.linalg.solve(Lc, A.T).T
 
 
-def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def hierarchical_normals(
+    R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np.ndarray, rng: np.random.Generator, ties: dict[int, tuple[int, float]] | None = None
+) -> np.ndarray:
     """Latent normals (n × d) for rows of entities `ent` (0..G−1): between part with covariance
     D Rb D (D = diag √η) constant within entity, within part with covariance R − D Rb D
     (projected to PSD, diagonal 1 − η) summing to zero within each entity; both exact in sample
-    when there are enough entities and rows."""
+    when there are enough entities and rows.
+
+    `ties` {dim: (time dim, sign)}: period-trend dims, whose within part is sign × the time
+    dim's, scaled to their within variance 1 − η (x − x̄_e = b (t − t̄_e) in every entity).
+    They are left out of the within correlation matrix and copied afterwards: estimated
+    separately, the trend dim and the period have within correlations with a third dim that
+    differ a little (0.75 and 0.73 for married on wage_panel) while their own is 1, which
+    makes exper − year a near-degenerate direction that carries most of the third dim's
+    within variance, and serial_within, regressing on both, is left almost nothing to
+    redraw."""
     n, d = len(ent), R.shape[0]
     G = int(ent.max()) + 1 if n else 0
     size = np.bincount(ent, minlength=G).astype("float64")
@@ -229,6 +240,8 @@ def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np
     B = D[:, None] * nearest_correlation(Rb) * D[None, :]
     W = R - B
     var = eta < 1.0 - 1e-9  # dims with a within part
+    ties = {k: v for k, v in (ties or {}).items() if var[k] and var[v[0]] and v[0] not in (ties or {})}
+    var[list(ties)] = False  # from here: dims with a within part of their own
     # The within part as a correlation matrix repaired to the nearest one, so the between
     # shares stay exact (an eigenvalue clip would move the diagonal): e.g. experience and
     # year, whose within-entity correlation is 1 in a panel, can come out slightly above 1.
@@ -252,7 +265,10 @@ def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np
             E = _whiten(E, np.ones(n))
         E = E @ psd_sqrt(W[np.ix_(var, var)]).T
     Z = U[ent]
-    Z[:, var] += E
+    if E.shape[1]:
+        Z[:, var] += E
+    for k, (t, sign) in ties.items():  # the trend dims' within part: the period's, rescaled
+        Z[:, k] += sign * np.sqrt((1.0 - eta[k]) / (1.0 - eta[t])) * E[:, int(np.sum(var[:t]))]
     return Z
 
 
@@ -513,19 +529,24 @@ def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> f
 
 def entity_normals(
     R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None,
-    time_j: int | None = None, rng_ar: np.random.Generator | None = None,
+    time_j: int | None = None, rng_ar: np.random.Generator | None = None, columns: list[str] | None = None,
 ) -> np.ndarray:
     """`hierarchical_normals` on the active dims `act` with the released between correlations
     and the released between shares, turned into latent shares for discrete dims
     (`latent_share`; `margins`: the dims' `correlations.Margin`). With released `within_lag1`
     (and `rng_ar`), the within parts of those dims are made AR(1) in period order
-    (`serial_within`; `time_j`: the active index of the time dim whose latent orders periods)."""
+    (`serial_within`; `time_j`: the active index of the time dim whose latent orders periods).
+    With released `period_trend` and `columns` (the active dims' columns), the within parts of
+    the trend columns' dims are the time dim's (`hierarchical_normals`' ties)."""
     eta = np.asarray(es["between_share"], dtype="float64")[act]
     if margins is not None and len(ent):
         t_eff = len(ent) / (int(ent.max()) + 1)
         eta = np.asarray([latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
     Rb = np.asarray(es["between_corr"], dtype="float64")[np.ix_(act, act)]
-    Z = hierarchical_normals(R, eta, Rb, ent, rng)
+    trends = es.get("period_trend") or {}
+    ties = {j: (time_j, 1.0 if float(trends[c]["slope"]) >= 0 else -1.0) for j, c in enumerate(columns or [])
+            if c in trends and time_j is not None and j != time_j and float(trends[c]["slope"]) != 0.0}
+    Z = hierarchical_normals(R, eta, Rb, ent, rng, ties)
     lag = es.get("within_lag1")
     if lag and rng_ar is not None and len(ent):
         target = np.asarray([np.nan if lag[i] is None else float(lag[i]) for i in act], dtype="float64")

@@ -163,7 +163,8 @@ def synthesize_block(
     else:
         time = (release.get("panel") or {}).get("time")
         time_j = next((j for j, i in enumerate(act) if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")), None)
-        Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"))
+        Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"),
+                           columns=[dims[i]["column"] if dims[i]["kind"] in ("ordered", "continuous") else "" for i in act])
     # Missing positions of columns with a missingness dim: the rows with the largest latent.
     for j, i in enumerate(act):
         if dims[i]["kind"] == "missing":
