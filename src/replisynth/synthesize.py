@@ -23,6 +23,7 @@ from .entities import (
     entity_columns,
     entity_frozen,
     entity_normals,
+    refine_blocks,
     refine_invariant,
     skeleton,
     trend_columns,
@@ -300,6 +301,7 @@ def refine_source(
         return cols
     if ent is not None:
         cols = refine_invariant(cols, release, ent, make_rng(seed, source, "refine", "entities"))
+        cols = refine_blocks(cols, release, ent, make_rng(seed, source, "refine", "blocks"))
     X = synthetic_dim_matrix(pd.DataFrame(cols), release)
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
