@@ -508,6 +508,30 @@ def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     return float((_GH_W @ m**2 + (_GH_W @ np.maximum(v - g**2, 0.0)) / max(t_eff, 1.0)) / var)
 
 
+def between_attenuation(rho: float, probs: tuple[float, ...] | None, t_eff: float) -> float:
+    """a = c / √B: the factor by which a discrete column's observed between correlation with
+    another dim falls short of the latent one, with c = E[m(u) u] the linear (first Hermite)
+    part of the entity mean score m given the entity effect u (latent between share rho) and
+    B = Var s · observed_share its observed between variance, both Gauss–Hermite over u
+    (as `observed_share`); observed corr ≈ a_j a_k × latent corr. 1 for continuous dims and
+    dims of more than MAX_CONVERTED levels."""
+    if probs is None or len(probs) < 2 or len(probs) > MAX_CONVERTED or rho <= 0:
+        return 1.0
+    p = np.asarray(probs, dtype="float64")
+    p = p / p.sum()
+    cum = np.concatenate([[0.0], np.cumsum(p)])
+    sc = special.ndtri(np.clip((cum[:-1] + cum[1:]) / 2, 1e-12, 1 - 1e-12))
+    sc = sc - p @ sc
+    var = float(p @ sc**2)
+    rho = min(rho, 1 - 1e-9)
+    cuts = special.ndtri(np.clip(cum, 0.0, 1.0))
+    a = (cuts[None, :] - np.sqrt(rho) * _GH_X[:, None]) / np.sqrt(1 - rho)
+    m = np.diff(special.ndtr(a), axis=1) @ sc
+    c = float(_GH_W @ (m * _GH_X))
+    B = var * observed_share(rho, probs, t_eff)
+    return float(np.clip(abs(c) / np.sqrt(B), 0.05, 1.0)) if B > 0 else 1.0
+
+
 def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> float:
     """The latent between share whose discretisation has observed share `eta` (bisection on
     `observed_share`); continuous dims (probs None) are their own normal scores, and so, near
@@ -543,6 +567,13 @@ def entity_normals(
         t_eff = len(ent) / (int(ent.max()) + 1)
         eta = np.asarray([latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
     Rb = np.asarray(es["between_corr"], dtype="float64")[np.ix_(act, act)]
+    if margins is not None and len(ent):
+        # The released between correlations are of observed scores; discrete dims' latent
+        # entity effects correlate more (missing(tothrs) with missing(hrsemp): 0.82 released,
+        # 0.53 when used as latent).
+        att = np.asarray([between_attenuation(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
+        Rb = np.clip(Rb / np.outer(att, att), -0.999, 0.999)
+        np.fill_diagonal(Rb, 1.0)
     trends = es.get("period_trend") or {}
     ties = {j: (time_j, 1.0 if float(trends[c]["slope"]) >= 0 else -1.0) for j, c in enumerate(columns or [])
             if c in trends and time_j is not None and j != time_j and float(trends[c]["slope"]) != 0.0}
@@ -727,7 +758,7 @@ def _pairwise_error(Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarr
 
 
 def refine_blocks(
-    cols: dict[str, np.ndarray], release: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, max_sweeps: int = 40, min_gain: float = 0.01
+    cols: dict[str, np.ndarray], release: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, max_sweeps: int = 100, min_gain: float = 0.001
 ) -> dict[str, np.ndarray]:
     """Swap a time-varying column's whole entity blocks (all its rows of the entity, missing
     values included, in period order) between entities with the same periods, so the
@@ -780,9 +811,26 @@ def refine_blocks(
     P = ~np.isnan(X)
     Tg = block_target(release, "all")
     perm = {r: np.arange(n) for r in units}
+    within_ok = {r for r in units if r not in entity_frozen(release)}
+
+    def pairs(kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
+        periods, or two rows of one entity."""
+        if kind == "within":
+            a, b = draw_pairs(rng.permutation(n), n // 2, ent)
+            return [(a[:, None], b[:, None])] if len(a) else []
+        out_ = []
+        for R_ in rows_of:
+            o = rng.permutation(len(R_))
+            h = len(o) // 2
+            if h:
+                out_.append((R_[o[:h]], R_[o[h : 2 * h]]))
+        return out_
+
     for _ in range(max_sweeps):
         gained = 0.0
         for r, J in units.items():
+          for kind in ("blocks", "within") if r in within_ok else ("blocks",):
             out = np.setdiff1d(np.arange(len(dims)), J)
             M = np.isfinite(Tg[np.ix_(J, out)])
             if not M.any():
@@ -790,12 +838,7 @@ def refine_blocks(
             C = U.T @ U
             E0 = np.where(M, C[np.ix_(J, out)] - np.where(M, Tg[np.ix_(J, out)], 0.0), 0.0)
             re_, rf_, dCs = [], [], []
-            for R_ in rows_of:
-                o = rng.permutation(len(R_))
-                h = len(o) // 2
-                if h == 0:
-                    continue
-                re, rf = R_[o[:h]], R_[o[h : 2 * h]]  # pairs × T rows
+            for re, rf in pairs(kind):
                 dA = U[rf][:, :, J] - U[re][:, :, J]
                 dB = U[re][:, :, out] - U[rf][:, :, out]
                 dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
@@ -815,7 +858,8 @@ def refine_blocks(
             Tj = np.where(M, Tg[np.ix_(J, out)], 0.0)
             exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
 
-            def change(m: int, cand: np.ndarray = cand, J: list[int] = J, out: np.ndarray = out, Tj: np.ndarray = Tj, M: np.ndarray = M, exact0: float = exact0) -> float:
+            def change(m: int, cand: np.ndarray = cand, J: list[int] = J, out: np.ndarray = out, Tj: np.ndarray = Tj, M: np.ndarray = M,
+                       exact0: float = exact0, re_: list = re_, rf_: list = rf_) -> float:
                 a = np.concatenate([re_[i] for i in cand[:m]])
                 b = np.concatenate([rf_[i] for i in cand[:m]])
                 UJ, PJ = U[:, J].copy(), P[:, J].copy()
@@ -1033,10 +1077,15 @@ def trend_columns(
             integer = bool(specs[col].integer)
             if integer and float(slope).is_integer():
                 # An integer column with an integer slope: its row values are the exact
-                # quantile sample, a multiset of levels, so offsets are solved for it as for a
-                # categorical column (exact marginal; natural offsets spread the entities'
-                # levels evenly where the original had most men start at 2 years).
-                lev, cnt = np.unique(exact_values(cp.grid, int(ok.sum()), True), return_counts=True)
+                # quantile sample, a multiset of the integers in the released range, so
+                # offsets are solved for it as for a categorical column (exact marginal; the
+                # natural offsets alone spread wage_panel's men evenly over starting
+                # experience where most start at 2 years: re exper SE ratio 1.42). Paths
+                # beyond the range are coded to its ends, as top/bottom coding the original
+                # at the released percentiles would.
+                sample = exact_values(cp.grid, int(ok.sum()), True)
+                lev = np.arange(sample[0], sample[-1] + 1.0)  # every integer in range: paths need no gaps
+                cnt = np.bincount((sample - sample[0]).astype("int64"), minlength=len(lev))
                 cls, uniq = _period_classes(e, p, idx)
                 off = trend_offsets(natural, uniq, cls, slope, lev, cnt) if len(lev) >= 2 else None
                 if off is not None:
