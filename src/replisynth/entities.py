@@ -508,6 +508,35 @@ def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     return float((_GH_W @ m**2 + (_GH_W @ np.maximum(v - g**2, 0.0)) / max(t_eff, 1.0)) / var)
 
 
+def complete_untargeted(R: np.ndarray, free: np.ndarray, sweeps: int = 10) -> np.ndarray:
+    """R with its `free` (untargeted) off-diagonal entries replaced by the maximum-determinant
+    completion: each set so that its partial correlation given all other dims is 0,
+    R_ij = R_iK R_KK⁻¹ R_Kj (K = the other dims; coordinate sweeps, Dempster 1972). Untargeted
+    pairs are ones like a column's values with its own missingness (undefined) and would
+    otherwise be 0; with two missingness dims nearly equal (a firm skips both modules) that 0
+    next to corr(a, missing(b)) ≈ 0 makes missing(b) − missing(a), the rows where only b is
+    missing, strongly correlated with a (0.12 instead of 0.02 on the test panel)."""
+    R = R.copy()
+    pairs = [(i, j) for i, j in zip(*np.nonzero(np.triu(free, 1)), strict=True)]
+    d = len(R)
+    if not pairs or d < 3:
+        return R
+    for _ in range(sweeps):
+        moved = 0.0
+        for i, j in pairs:
+            K = np.setdiff1d(np.arange(d), [i, j])
+            try:
+                v = float(R[i, K] @ np.linalg.solve(R[np.ix_(K, K)], R[K, j]))
+            except np.linalg.LinAlgError:
+                continue
+            v = float(np.clip(v, -0.999, 0.999))
+            moved = max(moved, abs(v - R[i, j]))
+            R[i, j] = R[j, i] = v
+        if moved < 1e-6:
+            break
+    return nearest_correlation(R)
+
+
 def between_attenuation(rho: float, probs: tuple[float, ...] | None, t_eff: float) -> float:
     """a = c / √B: the factor by which a discrete column's observed between correlation with
     another dim falls short of the latent one, with c = E[m(u) u] the linear (first Hermite)
@@ -554,6 +583,7 @@ def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> f
 def entity_normals(
     R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None,
     time_j: int | None = None, rng_ar: np.random.Generator | None = None, columns: list[str] | None = None,
+    free: np.ndarray | None = None,
 ) -> np.ndarray:
     """`hierarchical_normals` on the active dims `act` with the released between correlations
     and the released between shares, turned into latent shares for discrete dims
@@ -561,7 +591,10 @@ def entity_normals(
     (and `rng_ar`), the within parts of those dims are made AR(1) in period order
     (`serial_within`; `time_j`: the active index of the time dim whose latent orders periods).
     With released `period_trend` and `columns` (the active dims' columns), the within parts of
-    the trend columns' dims are the time dim's (`hierarchical_normals`' ties)."""
+    the trend columns' dims are the time dim's (`hierarchical_normals`' ties). `free`: pairs
+    without a released row-level target (a column's values with its own missingness), whose
+    released between correlation is an artifact of scoring missing rows 0: completed, as in
+    R, by `complete_untargeted`."""
     eta = np.asarray(es["between_share"], dtype="float64")[act]
     if margins is not None and len(ent):
         t_eff = len(ent) / (int(ent.max()) + 1)
@@ -574,6 +607,8 @@ def entity_normals(
         att = np.asarray([between_attenuation(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
         Rb = np.clip(Rb / np.outer(att, att), -0.999, 0.999)
         np.fill_diagonal(Rb, 1.0)
+    if free is not None and free.any():  # pairs without a row-level target: no between target either
+        Rb = complete_untargeted(nearest_correlation(Rb), free)
     trends = es.get("period_trend") or {}
     ties = {j: (time_j, 1.0 if float(trends[c]["slope"]) >= 0 else -1.0) for j, c in enumerate(columns or [])
             if c in trends and time_j is not None and j != time_j and float(trends[c]["slope"]) != 0.0}

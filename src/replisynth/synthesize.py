@@ -20,6 +20,7 @@ from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
 from .entities import (
+    complete_untargeted,
     entity_columns,
     entity_frozen,
     entity_normals,
@@ -163,9 +164,10 @@ def synthesize_block(
         Z = correlated_normals(R, n, r_cop, exact=True)
     else:
         time = (release.get("panel") or {}).get("time")
+        R = complete_untargeted(R, ~finite)
         time_j = next((j for j, i in enumerate(act) if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")), None)
         Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"),
-                           columns=[dims[i]["column"] if dims[i]["kind"] in ("ordered", "continuous") else "" for i in act])
+                           columns=[dims[i]["column"] if dims[i]["kind"] in ("ordered", "continuous") else "" for i in act], free=~finite)
     # Missing positions of columns with a missingness dim: the rows with the largest latent.
     for j, i in enumerate(act):
         if dims[i]["kind"] == "missing":
