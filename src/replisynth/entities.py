@@ -865,54 +865,54 @@ def refine_blocks(
     for _ in range(max_sweeps):
         gained = 0.0
         for r, J in units.items():
-          for kind in ("blocks", "within") if r in within_ok else ("blocks",):
-            out = np.setdiff1d(np.arange(len(dims)), J)
-            M = np.isfinite(Tg[np.ix_(J, out)])
-            if not M.any():
-                continue
-            C = U.T @ U
-            E0 = np.where(M, C[np.ix_(J, out)] - np.where(M, Tg[np.ix_(J, out)], 0.0), 0.0)
-            re_, rf_, dCs = [], [], []
-            for re, rf in pairs(kind):
-                dA = U[rf][:, :, J] - U[re][:, :, J]
-                dB = U[re][:, :, out] - U[rf][:, :, out]
-                dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
-                re_ += list(re)
-                rf_ += list(rf)
-            if not dCs:
-                continue
-            dC = np.concatenate(dCs)
-            base = float(np.sum(E0**2))
-            gain = np.sum((E0[None] + dC) ** 2, axis=(1, 2)) - base
-            cand = np.flatnonzero(gain < -1e-15)
-            if not len(cand):
-                continue
-            cand = cand[np.argsort(gain[cand], kind="stable")]
-            # The gains above treat missing rows as scoring 0; batches are judged by the
-            # correlations over rows where both dims are present (what tier 2 measures).
-            Tj = np.where(M, Tg[np.ix_(J, out)], 0.0)
-            exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
+            for kind in ("blocks", "within") if r in within_ok else ("blocks",):
+                out = np.setdiff1d(np.arange(len(dims)), J)
+                M = np.isfinite(Tg[np.ix_(J, out)])
+                if not M.any():
+                    continue
+                C = U.T @ U
+                E0 = np.where(M, C[np.ix_(J, out)] - np.where(M, Tg[np.ix_(J, out)], 0.0), 0.0)
+                re_, rf_, dCs = [], [], []
+                for re, rf in pairs(kind):
+                    dA = U[rf][:, :, J] - U[re][:, :, J]
+                    dB = U[re][:, :, out] - U[rf][:, :, out]
+                    dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
+                    re_ += list(re)
+                    rf_ += list(rf)
+                if not dCs:
+                    continue
+                dC = np.concatenate(dCs)
+                base = float(np.sum(E0**2))
+                gain = np.sum((E0[None] + dC) ** 2, axis=(1, 2)) - base
+                cand = np.flatnonzero(gain < -1e-15)
+                if not len(cand):
+                    continue
+                cand = cand[np.argsort(gain[cand], kind="stable")]
+                # The gains above treat missing rows as scoring 0; batches are judged by the
+                # correlations over rows where both dims are present (what tier 2 measures).
+                Tj = np.where(M, Tg[np.ix_(J, out)], 0.0)
+                exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
 
-            def change(m: int, cand: np.ndarray = cand, J: list[int] = J, out: np.ndarray = out, Tj: np.ndarray = Tj, M: np.ndarray = M,
-                       exact0: float = exact0, re_: list = re_, rf_: list = rf_) -> float:
-                a = np.concatenate([re_[i] for i in cand[:m]])
-                b = np.concatenate([rf_[i] for i in cand[:m]])
-                UJ, PJ = U[:, J].copy(), P[:, J].copy()
-                UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
-                PJ[a], PJ[b] = P[b][:, J], P[a][:, J]
-                return _pairwise_error(UJ, PJ, U[:, out], P[:, out], Tj, M) - exact0
+                def change(m: int, cand: np.ndarray = cand, J: list[int] = J, out: np.ndarray = out, Tj: np.ndarray = Tj, M: np.ndarray = M,
+                           exact0: float = exact0, re_: list = re_, rf_: list = rf_) -> float:
+                    a = np.concatenate([re_[i] for i in cand[:m]])
+                    b = np.concatenate([rf_[i] for i in cand[:m]])
+                    UJ, PJ = U[:, J].copy(), P[:, J].copy()
+                    UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
+                    PJ[a], PJ[b] = P[b][:, J], P[a][:, J]
+                    return _pairwise_error(UJ, PJ, U[:, out], P[:, out], Tj, M) - exact0
 
-            best_m, best_f = best_prefix(change, len(cand))
-            if best_m == 0:
-                continue
-            a = np.concatenate([re_[i] for i in cand[:best_m]])
-            b = np.concatenate([rf_[i] for i in cand[:best_m]])
-            pr = perm[r]
-            pr[a], pr[b] = pr[b].copy(), pr[a].copy()
-            for j in J:
-                U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
-                P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
-            gained -= best_f
+                best_m, best_f = best_prefix(change, len(cand))
+                if best_m == 0:
+                    continue
+                a = np.concatenate([re_[i] for i in cand[:best_m]])
+                b = np.concatenate([rf_[i] for i in cand[:best_m]])
+                pr = perm[r]
+                pr[a], pr[b] = pr[b].copy(), pr[a].copy()
+                for j in J:
+                    U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
+                    P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
+                gained -= best_f
         fin = np.isfinite(Tg)
         if gained <= min_gain * max(_pairwise_error(U, P, U, P, np.nan_to_num(Tg), fin & ~np.eye(len(Tg), dtype=bool)), 1e-12):
             break
