@@ -851,8 +851,8 @@ def refine_blocks(
     def pairs(kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
         periods, or two rows of one entity."""
-        if kind == "within":
-            a, b = draw_pairs(rng.permutation(n), n // 2, ent)
+        if kind == "within":  # at most ~1.5M pair × dim × dim gain terms per batch, as refine_swaps
+            a, b = draw_pairs(rng.permutation(n), min(n // 2, max(512, 1_500_000 // (len(dims) ** 2 + 1))), ent)
             return [(a[:, None], b[:, None])] if len(a) else []
         out_ = []
         for R_ in rows_of:
