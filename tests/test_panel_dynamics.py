@@ -253,7 +253,9 @@ def test_trend_dims_take_the_period_within_part() -> None:
     c = np.corrcoef(W.T)
     assert c[0, 1] > 0.999999
     assert np.isclose(W[:, 1].var() / W[:, 0].var(), (1 - 0.4) / (1 - 0.0), rtol=1e-9)
-    # the third dim's within part is mostly its own: residual variance given the period well above 0
+    # the third dim keeps exactly its within correlation with the period, (R − B)_02 / √(W_00 W_22),
+    # so its variance left after the period and the trend is 1 − that² (0.39), not a sliver
     beta = np.linalg.lstsq(W[:, [0, 1]], W[:, 2], rcond=None)[0]
     resid = W[:, 2] - W[:, [0, 1]] @ beta
-    assert resid.var() / W[:, 2].var() > 0.4
+    wc = R[0, 2] / np.sqrt((1 - eta[0]) * (1 - eta[2]))
+    assert np.isclose(resid.var() / W[:, 2].var(), 1 - wc**2, atol=1e-9)
