@@ -1144,6 +1144,41 @@ def trend_columns(
             vals = vals.astype("float64")
             vals[ok] = np.round(v) if integer else v
         out[col] = vals
+    return _rank_followers(out, cols, release, trends, missing)
+
+
+def _rank_followers(
+    out: dict[str, np.ndarray], drawn: dict[str, np.ndarray], release: dict[str, Any], trends: dict[str, Any], missing: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Columns released as a monotone function of a trend column (|Spearman| ≥ 0.999 with it:
+    expersq beside exper) take their own drawn values in the rank order of the rebuilt trend
+    column (ties by their drawn order), so the rank identity, and with it every rank
+    correlation the trend column has, carries over; drawn from their own latent they kept
+    the identity with the latent, not with the rebuilt column (wage_panel_hausman:
+    Spearman(exper, expersq) 0.92, tier 2 failed). Only columns without missing values
+    that are neither trends nor time-invariant."""
+    dims = release["dims"]
+    S = release["blocks"]["all"]["spearman"]
+    es = release["entity_structure"]
+    idx = {d["column"]: j for j, d in enumerate(dims) if d["kind"] in ("continuous", "ordered")}
+    done: set[str] = set(trends)
+    for col in trends:
+        if col not in idx or missing[col].any():
+            continue
+        base = _as_float(out[col])
+        for c, j in idx.items():
+            v = S[idx[col]][j]
+            if c in done or v is None or abs(v) < 0.999 or es["invariant"].get(c) or c not in drawn or missing[c].any():
+                continue
+            x = _as_float(drawn[c])
+            if not np.isfinite(x).all():
+                continue
+            sign = 1.0 if v > 0 else -1.0
+            order = np.lexsort((sign * x, sign * base))  # rows by the rebuilt trend value
+            new = np.empty_like(drawn[c])
+            new[order] = drawn[c][np.argsort(x, kind="stable")]  # its values, ascending
+            out[c] = new
+            done.add(c)
     return out
 
 
