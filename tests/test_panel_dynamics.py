@@ -130,13 +130,23 @@ def test_trend_released_for_age_like_columns_and_not_for_noise(run: dict[str, An
 
 def test_synthetic_trend_columns_follow_the_identity_in_every_entity(run: dict[str, Any]) -> None:
     syn = run["syn"]
-    assert syn.groupby("pid").apply(lambda g: (g["age"] - g["year"]).nunique(), include_groups=False).max() == 1
-    # tenure: categorical, counts exact; the identity holds wherever no value sits on a released
-    # end level (values beyond are coded to the end level, as pooling coded the original)
+    # age: continuous (integer), offsets solved on the integers of the released range; the
+    # identity holds in every entity whose path stays inside it (beyond, values are coded to
+    # the ends, as top/bottom coding at the released percentiles codes the original)
+    grid = run["release"]["blocks"]["all"]["marginals"]["age"]["grid"]
+    g_age = syn.groupby("pid")["age"]
+    inner_age = (g_age.min() > grid[0]) & (g_age.max() < grid[-1])
+    diff_age = syn.groupby("pid").apply(lambda g: (g["age"] - g["year"]).nunique(), include_groups=False)
+    assert inner_age.mean() > 0.8 and (diff_age[inner_age] == 1).all()
+    # tenure: 12 integer values whose top ones are rare, so released as continuous (the spread
+    # rule applies to panels); the identity holds wherever no value sits on a released end
+    # (values beyond are coded to the end, as top coding coded the original)
     levels = sorted(run["orig"]["tenure"].unique())
-    m = run["release"]["blocks"]["all"]["marginals"]["tenure"]["table"]
-    lo, hi = min(m["levels"]), max(m["levels"])
-    inner = syn.groupby("pid")["tenure"].agg(lambda v: v.min() > lo and v.max() < hi)
+    m = run["release"]["blocks"]["all"]["marginals"]["tenure"]
+    assert m["kind"] == "continuous"
+    lo, hi = m["grid"][0], m["grid"][-1]
+    g_ten = syn.groupby("pid")["tenure"]
+    inner = (g_ten.min() > lo) & (g_ten.max() < hi)
     diff = syn.groupby("pid").apply(lambda g: (g["tenure"] - g["year"]).nunique(), include_groups=False)
     assert inner.mean() > 0.3 and (diff[inner] == 1).all()
     assert levels  # the original has values at every level
@@ -222,3 +232,30 @@ def test_serial_within_keeps_the_correlation_and_between_shares_exactly() -> Non
     got = lag1_stat(Z2[:, 1:], ent, order)
     assert np.all(np.abs(got - target[1:]) < 0.01), got
     assert np.array_equal(period_order(ent, Z2[:, 0]), order)  # period order unchanged
+
+
+def test_trend_dims_take_the_period_within_part() -> None:
+    """A trend dim tied to the time dim: its within part is the period's (sign of the slope,
+    scaled to its within variance 1 − η), so within entities the two are perfectly
+    correlated, and a third dim keeps its within correlation with the period instead of
+    losing most of its within variance to the exper − year direction (without the tie, the
+    third dim's correlations 0.73 / 0.75 with two dims correlated 0.999 leave it little)."""
+    r = rng(3, "ties")
+    G, T = 400, 6
+    ent = np.repeat(np.arange(G), T)
+    eta = np.array([0.0, 0.4, 0.5])  # period, trend, married-like
+    R = np.array([[1.0, 0.77, 0.55], [0.77, 1.0, 0.57], [0.55, 0.57, 1.0]])
+    Rb = np.eye(3)
+    Rb[1, 2] = Rb[2, 1] = 0.3
+    Z = hierarchical_normals(R, eta, Rb, ent, r, {1: (0, 1.0)})
+    m = pd.DataFrame(Z).groupby(ent).transform("mean").to_numpy()
+    W = Z - m
+    c = np.corrcoef(W.T)
+    assert c[0, 1] > 0.999999
+    assert np.isclose(W[:, 1].var() / W[:, 0].var(), (1 - 0.4) / (1 - 0.0), rtol=1e-9)
+    # the third dim keeps exactly its within correlation with the period, (R − B)_02 / √(W_00 W_22),
+    # so its variance left after the period and the trend is 1 − that² (0.39), not a sliver
+    beta = np.linalg.lstsq(W[:, [0, 1]], W[:, 2], rcond=None)[0]
+    resid = W[:, 2] - W[:, [0, 1]] @ beta
+    wc = R[0, 2] / np.sqrt((1 - eta[0]) * (1 - eta[2]))
+    assert np.isclose(resid.var() / W[:, 2].var(), 1 - wc**2, atol=1e-9)

@@ -46,11 +46,13 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     within = ((m - m.groupby(syn["nr"]).transform("mean")) ** 2).sum() / ((m - m.mean()) ** 2).sum()
     assert 0.35 < within < 0.52, within
     # Time dynamics: exper rises one-for-one with the year inside a man wherever it is not
-    # top/bottom coded (a man whose exper reaches the pooled level 12 or starts at the pooled
-    # level 1 stays there), and married is persistent (original within lag-1 0.47; 0.16 with
-    # i.i.d. within parts).
+    # top/bottom coded (a man whose exper would pass the released maximum stays there), and
+    # married is persistent (original within lag-1 0.47; 0.16 with i.i.d. within parts; 0.30
+    # when exper was continuous and its dim not tied to the period's).
+    grid = json.loads((inside / "results" / "wage_panel" / "bundle" / "source_wages.json").read_text())["blocks"]["all"]["marginals"]["exper"]["grid"]
+    assert grid[-1] - grid[0] > 11  # exper is continuous (the spread rule applies to panels), not pooled at 12
     d = syn["exper"].astype(float) - syn["year"].astype(float)
-    inner = syn.groupby("nr")["exper"].agg(lambda v: v.min() > 1 and v.max() < 12)
+    inner = syn.groupby("nr")["exper"].agg(lambda v: v.min() > grid[0] and v.max() < grid[-1])
     assert (d.groupby(syn["nr"]).nunique()[inner] == 1).all() and inner.mean() > 0.5
     srt = syn.sort_values(["nr", "year"])
     w = m.loc[srt.index] - m.loc[srt.index].groupby(srt["nr"]).transform("mean")
@@ -60,14 +62,18 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     assert lag1 > 0.35, lag1
     ratios = {tag: {t["term"]: t["se_ratio"] for t in tiers["checkpoints"][tag]["terms"]} for tag in ("fe_wage", "re_wage", "fe_hours")}
     assert all(0.8 <= ratios[tag][t] <= 1.25 for tag in ("fe_wage", "fe_hours") for t in ratios[tag] if t != "Intercept"), ratios
-    # re: experience terms and the intercept carry the cost of exper's top coding at 12 (the
-    # released levels stop there): the original data with exper clipped to 1..12 give the
-    # reference ratios, which the synthetic ones must be near; the other terms near 1.
+    # re: experience terms and the intercept carry the cost of exper's top/bottom coding (exper
+    # is released as continuous, integer-rounded percentiles trimmed at 1%: 1..14; as a
+    # category it was pooled at 12, ratios 1.58 / 1.81): the original data with exper clipped
+    # to the released range give the reference ratios (1.25 / 1.32), which the synthetic ones
+    # must be near; the other terms near 1.
     from conftest import REPO, refit_terms
 
-    rel = next(c for c in json.loads((inside / "results" / "wage_panel" / "bundle" / "checkpoints.json").read_text())["checkpoints"] if c["tag"] == "re_wage")
+    bundle = inside / "results" / "wage_panel" / "bundle"
+    rel = next(c for c in json.loads((bundle / "checkpoints.json").read_text())["checkpoints"] if c["tag"] == "re_wage")
+    grid = json.loads((bundle / "source_wages.json").read_text())["blocks"]["all"]["marginals"]["exper"]["grid"]
     orig = pd.read_csv(REPO / "data" / "wage_panel.csv")
-    orig["exper"] = orig["exper"].clip(1, 12)
+    orig["exper"] = orig["exper"].clip(grid[0], grid[-1])
     ref = dict(zip([t["term"] for t in rel["terms"] if not t.get("suppressed")], [r[2] for r in refit_terms(orig, rel)], strict=True))
     for t, r in ratios["re_wage"].items():
         lo, hi = (0.8, 1.25) if abs(ref[t] - 1) < 0.1 else (ref[t] - 0.25, ref[t] + 0.25)

@@ -216,11 +216,22 @@ def _whiten(A: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.linalg.solve(Lc, A.T).T
 
 
-def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def hierarchical_normals(
+    R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np.ndarray, rng: np.random.Generator, ties: dict[int, tuple[int, float]] | None = None
+) -> np.ndarray:
     """Latent normals (n × d) for rows of entities `ent` (0..G−1): between part with covariance
     D Rb D (D = diag √η) constant within entity, within part with covariance R − D Rb D
     (projected to PSD, diagonal 1 − η) summing to zero within each entity; both exact in sample
-    when there are enough entities and rows."""
+    when there are enough entities and rows.
+
+    `ties` {dim: (time dim, sign)}: period-trend dims, whose within part is sign × the time
+    dim's, scaled to their within variance 1 − η (x − x̄_e = b (t − t̄_e) in every entity).
+    They are left out of the within correlation matrix and copied afterwards: estimated
+    separately, the trend dim and the period have within correlations with a third dim that
+    differ a little (0.75 and 0.73 for married on wage_panel) while their own is 1, which
+    makes exper − year a near-degenerate direction that carries most of the third dim's
+    within variance, and serial_within, regressing on both, is left almost nothing to
+    redraw."""
     n, d = len(ent), R.shape[0]
     G = int(ent.max()) + 1 if n else 0
     size = np.bincount(ent, minlength=G).astype("float64")
@@ -229,6 +240,8 @@ def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np
     B = D[:, None] * nearest_correlation(Rb) * D[None, :]
     W = R - B
     var = eta < 1.0 - 1e-9  # dims with a within part
+    ties = {k: v for k, v in (ties or {}).items() if var[k] and var[v[0]] and v[0] not in (ties or {})}
+    var[list(ties)] = False  # from here: dims with a within part of their own
     # The within part as a correlation matrix repaired to the nearest one, so the between
     # shares stay exact (an eigenvalue clip would move the diagonal): e.g. experience and
     # year, whose within-entity correlation is 1 in a panel, can come out slightly above 1.
@@ -252,7 +265,10 @@ def hierarchical_normals(R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np
             E = _whiten(E, np.ones(n))
         E = E @ psd_sqrt(W[np.ix_(var, var)]).T
     Z = U[ent]
-    Z[:, var] += E
+    if E.shape[1]:
+        Z[:, var] += E
+    for k, (t, sign) in ties.items():  # the trend dims' within part: the period's, rescaled
+        Z[:, k] += sign * np.sqrt((1.0 - eta[k]) / (1.0 - eta[t])) * E[:, int(np.sum(var[:t]))]
     return Z
 
 
@@ -492,6 +508,59 @@ def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     return float((_GH_W @ m**2 + (_GH_W @ np.maximum(v - g**2, 0.0)) / max(t_eff, 1.0)) / var)
 
 
+def complete_untargeted(R: np.ndarray, free: np.ndarray, sweeps: int = 10) -> np.ndarray:
+    """R with its `free` (untargeted) off-diagonal entries replaced by the maximum-determinant
+    completion: each set so that its partial correlation given all other dims is 0,
+    R_ij = R_iK R_KK⁻¹ R_Kj (K = the other dims; coordinate sweeps, Dempster 1972). Untargeted
+    pairs are ones like a column's values with its own missingness (undefined) and would
+    otherwise be 0; with two missingness dims nearly equal (a firm skips both modules) that 0
+    next to corr(a, missing(b)) ≈ 0 makes missing(b) − missing(a), the rows where only b is
+    missing, strongly correlated with a (0.12 instead of 0.02 on the test panel)."""
+    R = R.copy()
+    pairs = [(i, j) for i, j in zip(*np.nonzero(np.triu(free, 1)), strict=True)]
+    d = len(R)
+    if not pairs or d < 3:
+        return R
+    for _ in range(sweeps):
+        moved = 0.0
+        for i, j in pairs:
+            K = np.setdiff1d(np.arange(d), [i, j])
+            try:
+                v = float(R[i, K] @ np.linalg.solve(R[np.ix_(K, K)], R[K, j]))
+            except np.linalg.LinAlgError:
+                continue
+            v = float(np.clip(v, -0.999, 0.999))
+            moved = max(moved, abs(v - R[i, j]))
+            R[i, j] = R[j, i] = v
+        if moved < 1e-6:
+            break
+    return nearest_correlation(R)
+
+
+def between_attenuation(rho: float, probs: tuple[float, ...] | None, t_eff: float) -> float:
+    """a = c / √B: the factor by which a discrete column's observed between correlation with
+    another dim falls short of the latent one, with c = E[m(u) u] the linear (first Hermite)
+    part of the entity mean score m given the entity effect u (latent between share rho) and
+    B = Var s · observed_share its observed between variance, both Gauss–Hermite over u
+    (as `observed_share`); observed corr ≈ a_j a_k × latent corr. 1 for continuous dims and
+    dims of more than MAX_CONVERTED levels."""
+    if probs is None or len(probs) < 2 or len(probs) > MAX_CONVERTED or rho <= 0:
+        return 1.0
+    p = np.asarray(probs, dtype="float64")
+    p = p / p.sum()
+    cum = np.concatenate([[0.0], np.cumsum(p)])
+    sc = special.ndtri(np.clip((cum[:-1] + cum[1:]) / 2, 1e-12, 1 - 1e-12))
+    sc = sc - p @ sc
+    var = float(p @ sc**2)
+    rho = min(rho, 1 - 1e-9)
+    cuts = special.ndtri(np.clip(cum, 0.0, 1.0))
+    a = (cuts[None, :] - np.sqrt(rho) * _GH_X[:, None]) / np.sqrt(1 - rho)
+    m = np.diff(special.ndtr(a), axis=1) @ sc
+    c = float(_GH_W @ (m * _GH_X))
+    B = var * observed_share(rho, probs, t_eff)
+    return float(np.clip(abs(c) / np.sqrt(B), 0.05, 1.0)) if B > 0 else 1.0
+
+
 def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> float:
     """The latent between share whose discretisation has observed share `eta` (bisection on
     `observed_share`); continuous dims (probs None) are their own normal scores, and so, near
@@ -513,19 +582,37 @@ def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> f
 
 def entity_normals(
     R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None,
-    time_j: int | None = None, rng_ar: np.random.Generator | None = None,
+    time_j: int | None = None, rng_ar: np.random.Generator | None = None, columns: list[str] | None = None,
+    free: np.ndarray | None = None,
 ) -> np.ndarray:
     """`hierarchical_normals` on the active dims `act` with the released between correlations
     and the released between shares, turned into latent shares for discrete dims
     (`latent_share`; `margins`: the dims' `correlations.Margin`). With released `within_lag1`
     (and `rng_ar`), the within parts of those dims are made AR(1) in period order
-    (`serial_within`; `time_j`: the active index of the time dim whose latent orders periods)."""
+    (`serial_within`; `time_j`: the active index of the time dim whose latent orders periods).
+    With released `period_trend` and `columns` (the active dims' columns), the within parts of
+    the trend columns' dims are the time dim's (`hierarchical_normals`' ties). `free`: pairs
+    without a released row-level target (a column's values with its own missingness), whose
+    released between correlation is an artifact of scoring missing rows 0: completed, as in
+    R, by `complete_untargeted`."""
     eta = np.asarray(es["between_share"], dtype="float64")[act]
     if margins is not None and len(ent):
         t_eff = len(ent) / (int(ent.max()) + 1)
         eta = np.asarray([latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
     Rb = np.asarray(es["between_corr"], dtype="float64")[np.ix_(act, act)]
-    Z = hierarchical_normals(R, eta, Rb, ent, rng)
+    if margins is not None and len(ent):
+        # The released between correlations are of observed scores; discrete dims' latent
+        # entity effects correlate more (missing(tothrs) with missing(hrsemp): 0.82 released,
+        # 0.53 when used as latent).
+        att = np.asarray([between_attenuation(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
+        Rb = np.clip(Rb / np.outer(att, att), -0.999, 0.999)
+        np.fill_diagonal(Rb, 1.0)
+    if free is not None and free.any():  # pairs without a row-level target: no between target either
+        Rb = complete_untargeted(nearest_correlation(Rb), free)
+    trends = es.get("period_trend") or {}
+    ties = {j: (time_j, 1.0 if float(trends[c]["slope"]) >= 0 else -1.0) for j, c in enumerate(columns or [])
+            if c in trends and time_j is not None and j != time_j and float(trends[c]["slope"]) != 0.0}
+    Z = hierarchical_normals(R, eta, Rb, ent, rng, ties)
     lag = es.get("within_lag1")
     if lag and rng_ar is not None and len(ent):
         target = np.asarray([np.nan if lag[i] is None else float(lag[i]) for i in act], dtype="float64")
@@ -692,6 +779,150 @@ def refine_invariant(
     return out_cols
 
 
+def _pairwise_error(Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarray, T: np.ndarray, M: np.ndarray) -> float:
+    """Σ over the pairs in mask M of (r_ab − T_ab)², r_ab the Pearson correlation of the score
+    columns a (of Ua) and b (of Ub) over the rows where both are present (Pa, Pb)."""
+    Pa, Pb = Pa.astype("float64"), Pb.astype("float64")
+    N = np.maximum(Pa.T @ Pb, 1.0)
+    Sa, Sb = Ua.T @ Pb, Pa.T @ Ub
+    num = Ua.T @ Ub - Sa * Sb / N
+    den = ((Ua * Ua).T @ Pb - Sa * Sa / N) * (Pa.T @ (Ub * Ub) - Sb * Sb / N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 1e-300, num / np.sqrt(np.maximum(den, 1e-300)), 0.0)
+    return float(np.sum(np.where(M, r - T, 0.0) ** 2))
+
+
+def refine_blocks(
+    cols: dict[str, np.ndarray], release: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, max_sweeps: int = 100, min_gain: float = 0.001
+) -> dict[str, np.ndarray]:
+    """Swap a time-varying column's whole entity blocks (all its rows of the entity, missing
+    values included, in period order) between entities with the same periods, so the
+    row-level rank correlations of the column and of its missingness with every other dim
+    approach the released Spearman matrix. Within-entity swaps (`refine.refine_swaps`) keep
+    every entity's multiset of values and never move a missing value, so correlations that
+    live between entities — a firm that reports neither training hours nor hours per employee
+    in any year (missing(tothrs) with missing(hrsemp): 0.81 released, 0.46 from the copula) —
+    were the copula's alone. A block swap keeps each entity's within-entity sequence (its
+    periods, trend identity and serial correlation) and each column's missing count; only
+    which entity carries which sequence changes. With U the rows' mid-rank scores, swapping
+    blocks of entities e, f (rows aligned by period t) changes Σ U_a U_b by
+    Σ_t (A_f,t − A_e,t)(B_e,t − B_f,t); batches of disjoint pairs are accepted while the
+    squared error falls (as `refine_invariant`). Not moved: the time column and time-invariant
+    columns (refined by `refine_invariant`); derived columns move with their source."""
+    from .dims import synthetic_dim_matrix
+    from .refine import best_prefix, scores
+    from .synthesize import block_target
+
+    dims = release["dims"]
+    panel = release.get("panel")
+    time = panel["time"] if panel else None
+    fixed = entity_fixed(release) | ({time} if time else set())
+    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
+    units: dict[str, list[int]] = {}
+    for j, d in enumerate(dims):
+        c = d["column"]
+        r = root.get(c, c)
+        if r in fixed or c not in cols or r not in cols:
+            continue
+        units.setdefault(r, []).append(j)
+    n = len(ent)
+    if n == 0 or not units:
+        return cols
+    G = int(ent.max()) + 1
+    t = _as_float(cols[time]) if time and time in cols else np.zeros(n)
+    order = np.lexsort((np.arange(n), np.nan_to_num(t, nan=np.inf), ent))
+    size = np.bincount(ent, minlength=G)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    key: dict[tuple[Any, ...], list[int]] = {}
+    for e in range(G):
+        rows = order[start[e] : start[e] + size[e]]
+        key.setdefault((int(size[e]), *t[rows].tolist()), []).append(e)
+    classes = [np.asarray(v) for k, v in sorted(key.items(), key=lambda kv: tuple(map(str, kv[0]))) if len(v) >= 2 and k[0] > 0]
+    if not classes:
+        return cols
+    rows_of = [np.stack([order[start[e] : start[e] + size[e]] for e in cl]) for cl in classes]  # class: entities × T
+    X = synthetic_dim_matrix(pd.DataFrame(cols), release)
+    U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
+    P = ~np.isnan(X)
+    Tg = block_target(release, "all")
+    perm = {r: np.arange(n) for r in units}
+    within_ok = {r for r in units if r not in entity_frozen(release)}
+
+    def pairs(kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
+        periods, or two rows of one entity."""
+        if kind == "within":  # at most ~1.5M pair × dim × dim gain terms per batch, as refine_swaps
+            a, b = draw_pairs(rng.permutation(n), min(n // 2, max(512, 1_500_000 // (len(dims) ** 2 + 1))), ent)
+            return [(a[:, None], b[:, None])] if len(a) else []
+        out_ = []
+        for R_ in rows_of:
+            o = rng.permutation(len(R_))
+            h = len(o) // 2
+            if h:
+                out_.append((R_[o[:h]], R_[o[h : 2 * h]]))
+        return out_
+
+    for _ in range(max_sweeps):
+        gained = 0.0
+        for r, J in units.items():
+            for kind in ("blocks", "within") if r in within_ok else ("blocks",):
+                out = np.setdiff1d(np.arange(len(dims)), J)
+                M = np.isfinite(Tg[np.ix_(J, out)])
+                if not M.any():
+                    continue
+                C = U.T @ U
+                E0 = np.where(M, C[np.ix_(J, out)] - np.where(M, Tg[np.ix_(J, out)], 0.0), 0.0)
+                re_, rf_, dCs = [], [], []
+                for re, rf in pairs(kind):
+                    dA = U[rf][:, :, J] - U[re][:, :, J]
+                    dB = U[re][:, :, out] - U[rf][:, :, out]
+                    dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
+                    re_ += list(re)
+                    rf_ += list(rf)
+                if not dCs:
+                    continue
+                dC = np.concatenate(dCs)
+                base = float(np.sum(E0**2))
+                gain = np.sum((E0[None] + dC) ** 2, axis=(1, 2)) - base
+                cand = np.flatnonzero(gain < -1e-15)
+                if not len(cand):
+                    continue
+                cand = cand[np.argsort(gain[cand], kind="stable")]
+                # The gains above treat missing rows as scoring 0; batches are judged by the
+                # correlations over rows where both dims are present (what tier 2 measures).
+                Tj = np.where(M, Tg[np.ix_(J, out)], 0.0)
+                exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
+
+                def change(m: int, cand: np.ndarray = cand, J: list[int] = J, out: np.ndarray = out, Tj: np.ndarray = Tj, M: np.ndarray = M,
+                           exact0: float = exact0, re_: list = re_, rf_: list = rf_) -> float:
+                    a = np.concatenate([re_[i] for i in cand[:m]])
+                    b = np.concatenate([rf_[i] for i in cand[:m]])
+                    UJ, PJ = U[:, J].copy(), P[:, J].copy()
+                    UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
+                    PJ[a], PJ[b] = P[b][:, J], P[a][:, J]
+                    return _pairwise_error(UJ, PJ, U[:, out], P[:, out], Tj, M) - exact0
+
+                best_m, best_f = best_prefix(change, len(cand))
+                if best_m == 0:
+                    continue
+                a = np.concatenate([re_[i] for i in cand[:best_m]])
+                b = np.concatenate([rf_[i] for i in cand[:best_m]])
+                pr = perm[r]
+                pr[a], pr[b] = pr[b].copy(), pr[a].copy()
+                for j in J:
+                    U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
+                    P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
+                gained -= best_f
+        fin = np.isfinite(Tg)
+        if gained <= min_gain * max(_pairwise_error(U, P, U, P, np.nan_to_num(Tg), fin & ~np.eye(len(Tg), dtype=bool)), 1e-12):
+            break
+    out_cols = dict(cols)
+    for r, pr in perm.items():
+        for c in [r, *[b for b, a in root.items() if a == r]]:
+            out_cols[c] = cols[c][pr]
+    return out_cols
+
+
 # ----------------------------------------------------------------------------- time dynamics (outside)
 
 MAX_TREND_VARS = 20_000  # (period-set class × offset) cells above which offsets are not solved for exact counts
@@ -812,6 +1043,19 @@ def trend_offsets(
     return out
 
 
+def _period_classes(e: np.ndarray, p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, list[tuple[float, ...]]]:
+    """Class (index into the sorted distinct period sets) of each entity in `idx`, and the
+    period sets; rows given by entity `e` and period `p`."""
+    order = np.lexsort((p, e))
+    per_ent: dict[int, list[float]] = {}
+    for i in order:
+        per_ent.setdefault(int(e[i]), []).append(float(p[i]))
+    keys = [tuple(per_ent[int(g)]) for g in idx]
+    uniq = sorted(set(keys))
+    at = {k: i for i, k in enumerate(uniq)}
+    return np.asarray([at[k] for k in keys], dtype="int64"), uniq
+
+
 def trend_columns(
     cols: dict[str, np.ndarray], bp: Any, release: dict[str, Any], specs: dict[str, Any], ent: np.ndarray, missing: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -855,14 +1099,7 @@ def trend_columns(
             lev = _as_float(np.asarray(levels_obj, dtype=object))
             if len(lev) < 2 or not np.isfinite(lev).all() or np.any(np.diff(lev) <= 0):
                 continue
-            order = np.lexsort((p, e))
-            per_ent: dict[int, list[float]] = {}
-            for i in order:
-                per_ent.setdefault(int(e[i]), []).append(float(p[i]))
-            keys = [tuple(per_ent[int(g)]) for g in idx]
-            uniq = sorted(set(keys))
-            at = {k: i for i, k in enumerate(uniq)}
-            cls = np.asarray([at[k] for k in keys], dtype="int64")
+            cls, uniq = _period_classes(e, p, idx)
             off = trend_offsets(natural, uniq, cls, slope, lev, np.asarray(cp.counts, dtype="int64"))
             if off is None:  # too large or no solution: natural offsets on the level lattice
                 off = natural
@@ -873,6 +1110,24 @@ def trend_columns(
         else:
             grid = np.asarray(cp.grid, dtype="float64")
             integer = bool(specs[col].integer)
+            if integer and float(slope).is_integer():
+                # An integer column with an integer slope: its row values are the exact
+                # quantile sample, a multiset of the integers in the released range, so
+                # offsets are solved for it as for a categorical column (exact marginal; the
+                # natural offsets alone spread wage_panel's men evenly over starting
+                # experience where most start at 2 years: re exper SE ratio 1.42). Paths
+                # beyond the range are coded to its ends, as top/bottom coding the original
+                # at the released percentiles would.
+                sample = exact_values(cp.grid, int(ok.sum()), True)
+                lev = np.arange(sample[0], sample[-1] + 1.0)  # every integer in range: paths need no gaps
+                cnt = np.bincount((sample - sample[0]).astype("int64"), minlength=len(lev))
+                cls, uniq = _period_classes(e, p, idx)
+                off = trend_offsets(natural, uniq, cls, slope, lev, cnt) if len(lev) >= 2 else None
+                if off is not None:
+                    vals = vals.astype("float64")
+                    vals[ok] = lev[nearest_level(off[pos[e]] + slope * p, lev)]
+                    out[col] = vals
+                    continue
             # Offsets kept where the entity's whole path stays inside the released range, so
             # the identity holds in every entity whose span fits (the tails of the marginal
             # are the cost); values are clipped only where it cannot fit.
@@ -889,6 +1144,41 @@ def trend_columns(
             vals = vals.astype("float64")
             vals[ok] = np.round(v) if integer else v
         out[col] = vals
+    return _rank_followers(out, cols, release, trends, missing)
+
+
+def _rank_followers(
+    out: dict[str, np.ndarray], drawn: dict[str, np.ndarray], release: dict[str, Any], trends: dict[str, Any], missing: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Columns released as a monotone function of a trend column (|Spearman| ≥ 0.999 with it:
+    expersq beside exper) take their own drawn values in the rank order of the rebuilt trend
+    column (ties by their drawn order), so the rank identity, and with it every rank
+    correlation the trend column has, carries over; drawn from their own latent they kept
+    the identity with the latent, not with the rebuilt column (wage_panel_hausman:
+    Spearman(exper, expersq) 0.92, tier 2 failed). Only columns without missing values
+    that are neither trends nor time-invariant."""
+    dims = release["dims"]
+    S = release["blocks"]["all"]["spearman"]
+    es = release["entity_structure"]
+    idx = {d["column"]: j for j, d in enumerate(dims) if d["kind"] in ("continuous", "ordered")}
+    done: set[str] = set(trends)
+    for col in trends:
+        if col not in idx or missing[col].any():
+            continue
+        base = _as_float(out[col])
+        for c, j in idx.items():
+            v = S[idx[col]][j]
+            if c in done or v is None or abs(v) < 0.999 or es["invariant"].get(c) or c not in drawn or missing[c].any():
+                continue
+            x = _as_float(drawn[c])
+            if not np.isfinite(x).all():
+                continue
+            sign = 1.0 if v > 0 else -1.0
+            order = np.lexsort((sign * x, sign * base))  # rows by the rebuilt trend value
+            new = np.empty_like(drawn[c])
+            new[order] = drawn[c][np.argsort(x, kind="stable")]  # its values, ascending
+            out[c] = new
+            done.add(c)
     return out
 
 

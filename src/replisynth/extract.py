@@ -260,9 +260,7 @@ def extract_source(
         if cp.model in GLM_ORDERED:  # an ordered outcome keeps its categories
             keep.add(cp.outcome)
     trim = sdc.quantile_trim / 100.0
-    # Panels keep the 20-value rule: the entity structure (exact counts of time-invariant and
-    # trend columns, their integer-program offsets) is tuned for categories (docs/method.md).
-    specs = infer_schema(df, source, meta, None if source.panel else sdc.min_cell_size, keep, trim)
+    specs = infer_schema(df, source, meta, sdc.min_cell_size, keep, trim)
     for s in specs:
         if s.role == "continuous" and s.integer and s.name not in source.continuous and s.logical_type != "date" \
                 and df[s.name].nunique(dropna=True) <= MAX_ORDINAL_LEVELS:

@@ -20,9 +20,11 @@ from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
 from .entities import (
+    complete_untargeted,
     entity_columns,
     entity_frozen,
     entity_normals,
+    refine_blocks,
     refine_invariant,
     skeleton,
     trend_columns,
@@ -162,8 +164,10 @@ def synthesize_block(
         Z = correlated_normals(R, n, r_cop, exact=True)
     else:
         time = (release.get("panel") or {}).get("time")
+        R = complete_untargeted(R, ~finite)
         time_j = next((j for j, i in enumerate(act) if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")), None)
-        Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"))
+        Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"),
+                           columns=[dims[i]["column"] if dims[i]["kind"] in ("ordered", "continuous") else "" for i in act], free=~finite)
     # Missing positions of columns with a missingness dim: the rows with the largest latent.
     for j, i in enumerate(act):
         if dims[i]["kind"] == "missing":
@@ -299,6 +303,7 @@ def refine_source(
         return cols
     if ent is not None:
         cols = refine_invariant(cols, release, ent, make_rng(seed, source, "refine", "entities"))
+        cols = refine_blocks(cols, release, ent, make_rng(seed, source, "refine", "blocks"))
     X = synthetic_dim_matrix(pd.DataFrame(cols), release)
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
