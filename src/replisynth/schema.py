@@ -9,8 +9,8 @@ Classification rule (manifest `categorical`/`continuous` lists win):
   column with at least 6 values is continuous when pooling its levels below the minimum cell
   size into their neighbours (the categorical SDC rule) would remove more of its variance,
   by 2 points or more, than top/bottom-coding its percentiles (the continuous rule) would:
-  mroz schooling (61% against 1%), fertility age; strata, the panel time, C() factors,
-  ordered outcomes and every column of a panel source keep the 20-value rule;
+  mroz schooling (61% against 1%), fertility age, wage_panel experience; strata, the panel
+  time, C() factors and ordered outcomes keep the 20-value rule;
 - categorical columns are *ordered* (thresholds on one latent normal) when numeric or boolean,
   except numeric codes that carry value labels and have more than two levels, which are
   *nominal* (one latent normal per category) like strings.
