@@ -118,3 +118,20 @@ def refit_terms(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, floa
         db = abs(fit.beta[j] - t["beta"])
         out.append((db / fit.se[j], db / t["se"], fit.se[j] / t["se"]))
     return out
+
+
+def extract_and_synthesize_twice(root: Path, orig: pd.DataFrame, raw_manifest: Any) -> dict[str, Any]:
+    """Write `orig` as root/p.csv, extract with the manifest made by `raw_manifest(path)`,
+    synthesize twice (one/, two/: the reruns byte-compared by tests) and verify one/ (for the
+    panel suites; the source is named 'p')."""
+    from replisynth.cli import cmd_extract, cmd_synthesize, cmd_verify
+    from replisynth.io import read_json
+    from replisynth.manifest import load_manifest
+
+    orig.to_csv(root / "p.csv", index=False)
+    bundle = cmd_extract(load_manifest(raw_manifest(root / "p.csv")), root / "ext")
+    one = cmd_synthesize(bundle, root / "one")["p"]
+    two = cmd_synthesize(bundle, root / "two")["p"]
+    cmd_verify(bundle, root / "one")
+    return {"root": root, "orig": orig, "bundle": bundle, "one": one, "two": two,
+            "release": read_json(bundle / "source_p.json"), "syn": pd.read_parquet(one)}

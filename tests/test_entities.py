@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import extract_and_synthesize_twice
 
 from replisynth.cli import cmd_extract, cmd_synthesize, cmd_verify
 from replisynth.dims import synthetic_dim_matrix
@@ -74,15 +75,7 @@ def between_shares(df: pd.DataFrame, release: dict[str, Any]) -> dict[str, float
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("entities")
-    orig = make_panel()
-    orig.to_csv(root / "p.csv", index=False)
-    bundle = cmd_extract(load_manifest(panel_manifest(root / "p.csv")), root / "ext")
-    one = cmd_synthesize(bundle, root / "one")["p"]
-    two = cmd_synthesize(bundle, root / "two")["p"]
-    cmd_verify(bundle, root / "one")
-    return {"root": root, "orig": orig, "bundle": bundle, "one": one, "two": two,
-            "release": read_json(bundle / "source_p.json"), "syn": pd.read_parquet(one)}
+    return extract_and_synthesize_twice(tmp_path_factory.mktemp("entities"), make_panel(), panel_manifest)
 
 
 def test_release_flags_invariant_columns_and_aggregates_only(run: dict[str, Any]) -> None:

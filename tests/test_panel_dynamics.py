@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import extract_and_synthesize_twice
 
-from replisynth.cli import cmd_extract, cmd_synthesize, cmd_verify
+from replisynth.cli import cmd_extract, cmd_synthesize
 from replisynth.dims import synthetic_dim_matrix
 from replisynth.entities import (
     hierarchical_normals,
@@ -97,15 +98,7 @@ def manifest(path: Path, min_cell: int = 50) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("dyn")
-    orig = make_dyn_panel()
-    orig.to_csv(root / "p.csv", index=False)
-    bundle = cmd_extract(load_manifest(manifest(root / "p.csv")), root / "ext")
-    one = cmd_synthesize(bundle, root / "one")["p"]
-    two = cmd_synthesize(bundle, root / "two")["p"]
-    cmd_verify(bundle, root / "one")
-    return {"root": root, "orig": orig, "bundle": bundle, "one": one, "two": two,
-            "release": read_json(bundle / "source_p.json"), "syn": pd.read_parquet(one)}
+    return extract_and_synthesize_twice(tmp_path_factory.mktemp("dyn"), make_dyn_panel(), manifest)
 
 
 def lag1_by_column(df: pd.DataFrame, release: dict[str, Any]) -> dict[str, float]:

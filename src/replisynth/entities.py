@@ -481,6 +481,18 @@ _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(48)
 _GH_W = _GH_W / _GH_W.sum()
 
 
+def level_scores(probs: tuple[float, ...] | list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Of a discrete column with level shares `probs`: the normalised shares, their cumulative
+    shares (0 first), each level's centred normal score Φ⁻¹(mid cumulative share), and the
+    scores' variance."""
+    p = np.asarray(probs, dtype="float64")
+    p = p / p.sum()
+    cum = np.concatenate([[0.0], np.cumsum(p)])
+    sc = special.ndtri(np.clip((cum[:-1] + cum[1:]) / 2, 1e-12, 1 - 1e-12))
+    sc = sc - p @ sc
+    return p, cum, sc, float(p @ sc**2)
+
+
 def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     """Expected between share of the normal scores of a discrete column (level shares `probs`,
     scored Φ⁻¹ of each level's mid cumulative share) cut from a latent normal with between
@@ -488,12 +500,7 @@ def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     mean and variance of the score given the entity effect u (Gauss–Hermite over u). The
     within part is demeaned inside each entity, so only v's part not linear in it, v − γ²
     with γ = E[s ε | u], adds noise to entity means."""
-    p = np.asarray(probs, dtype="float64")
-    p = p / p.sum()
-    cum = np.concatenate([[0.0], np.cumsum(p)])
-    sc = special.ndtri(np.clip((cum[:-1] + cum[1:]) / 2, 1e-12, 1 - 1e-12))
-    sc = sc - p @ sc
-    var = float(p @ sc**2)
+    p, cum, sc, var = level_scores(probs)
     if var <= 0:
         return 0.0
     if rho >= 1 - 1e-9:
@@ -546,12 +553,7 @@ def between_attenuation(rho: float, probs: tuple[float, ...] | None, t_eff: floa
     dims of more than MAX_CONVERTED levels."""
     if probs is None or len(probs) < 2 or len(probs) > MAX_CONVERTED or rho <= 0:
         return 1.0
-    p = np.asarray(probs, dtype="float64")
-    p = p / p.sum()
-    cum = np.concatenate([[0.0], np.cumsum(p)])
-    sc = special.ndtri(np.clip((cum[:-1] + cum[1:]) / 2, 1e-12, 1 - 1e-12))
-    sc = sc - p @ sc
-    var = float(p @ sc**2)
+    p, cum, sc, var = level_scores(probs)
     rho = min(rho, 1 - 1e-9)
     cuts = special.ndtri(np.clip(cum, 0.0, 1.0))
     a = (cuts[None, :] - np.sqrt(rho) * _GH_X[:, None]) / np.sqrt(1 - rho)
