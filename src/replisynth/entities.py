@@ -493,6 +493,15 @@ def level_scores(probs: tuple[float, ...] | list[float]) -> tuple[np.ndarray, np
     return p, cum, sc, float(p @ sc**2)
 
 
+def improving_swaps(E0: np.ndarray, dC: np.ndarray) -> tuple[float, np.ndarray]:
+    """(squared error now, the proposals that lower it, best first) for errors E0 and each
+    proposal's change dC (proposals × E0's shape)."""
+    base = float(np.sum(E0**2))
+    gain = np.sum((E0[None] + dC) ** 2, axis=tuple(range(1, dC.ndim))) - base
+    cand = np.flatnonzero(gain < -1e-15)
+    return base, cand[np.argsort(gain[cand], kind="stable")]
+
+
 def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     """Expected between share of the normal scores of a discrete column (level shares `probs`,
     scored Φ⁻¹ of each level's mid cumulative share) cut from a latent normal with between
@@ -750,12 +759,9 @@ def refine_invariant(
             if not len(e):
                 continue
             dC = (A[f] - A[e])[:, :, None] * (Sb[e] - Sb[f])[:, None, :] * M[None]  # pairs × |J| × |out|
-            base = float(np.sum(E0**2))
-            gain = np.sum((E0[None] + dC) ** 2, axis=(1, 2)) - base
-            cand = np.flatnonzero(gain < -1e-15)
+            base, cand = improving_swaps(E0, dC)
             if not len(cand):
                 continue
-            cand = cand[np.argsort(gain[cand], kind="stable")]
             best_m, best_f = best_prefix(lambda m, cand=cand, E0=E0, dC=dC, base=base: float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base, len(cand))
             if best_m == 0:
                 continue
@@ -884,12 +890,9 @@ def refine_blocks(
                 if not dCs:
                     continue
                 dC = np.concatenate(dCs)
-                base = float(np.sum(E0**2))
-                gain = np.sum((E0[None] + dC) ** 2, axis=(1, 2)) - base
-                cand = np.flatnonzero(gain < -1e-15)
+                base, cand = improving_swaps(E0, dC)
                 if not len(cand):
                     continue
-                cand = cand[np.argsort(gain[cand], kind="stable")]
                 # The gains above treat missing rows as scoring 0; batches are judged by the
                 # correlations over rows where both dims are present (what tier 2 measures).
                 Tj = np.where(M, Tg[np.ix_(J, out)], 0.0)
