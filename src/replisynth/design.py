@@ -169,6 +169,12 @@ def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "", released: se
     return d if released is None else drop_unreleased_constants(d, released)
 
 
+def released_terms(c: dict) -> set[str]:
+    """Names of the terms a checkpoint record releases (not suppressed): what `build_design`'s
+    `released` wants on synthetic data."""
+    return {t["term"] for t in c.get("terms", []) if not t.get("suppressed")}
+
+
 def drop_unreleased_constants(d: Design, released: set[str]) -> Design:
     """Drop design columns that are constant on the synthetic sample and whose coefficient
     was not released. The case: SDC pooled the rare level of an indicator (a lag of a

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .design import Design, build_design
+from .design import Design, build_design, released_terms
 from .errors import CheckpointError
 from .manifest import Checkpoint
 from .pin_discrete import is_discrete_group, pin_discrete_group
@@ -136,7 +136,7 @@ def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple
     checkpoint on the current data, or None (with a note) when it cannot be built."""
     cp = checkpoint_from_release(c)
     try:
-        d = build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=set(_targets(c)))
+        d = build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=released_terms(c))
     except CheckpointError as exc:
         notes.append(str(exc))
         return None
@@ -293,7 +293,7 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
             return None
         cp = checkpoint_from_release(c)
         try:
-            d = build_design(df, cp, released=set(_targets(c)))
+            d = build_design(df, cp, released=released_terms(c))
             A = _operator(d, cp)
         except (CheckpointError, np.linalg.LinAlgError):
             return None
@@ -317,27 +317,26 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     if not np.any(r):
         return None
 
-    def scales(f: float) -> list[float]:
-        from .estimators import fit_checkpoint
+    from dataclasses import replace
 
-        trial = df.copy()
-        col = trial[outcome].to_numpy(dtype="float64").copy()
-        col[rows] = fitted + f * r
-        trial[outcome] = col
-        out = []
-        for c, cp, _, _, _ in built:
-            fit = fit_checkpoint(build_design(trial, cp, released=set(_targets(c))), cp)
-            out.append(float(fit.scale))
-        return out
+    from .estimators import fit_checkpoint
+
+    at = [pos[df.index.get_indexer(d.index)] for _, _, d, _, _ in built]
+
+    def scales(f: float) -> np.ndarray:
+        """Each checkpoint's residual variance with y = fitted + f r on the shared rows (the
+        samples do not move: only y does, and no subset reads it)."""
+        yf = fitted + f * r
+        return np.asarray([fit_checkpoint(replace(d, y=yf[ix]), cp).scale for (_, cp, d, _, _), ix in zip(built, at, strict=True)])
 
     try:  # each residual variance is quadratic in f: a + p f + q f^2, fixed by f = 0, 1, 2
         s0, s1, s2 = scales(0.0), scales(1.0), scales(2.0)
     except (CheckpointError, np.linalg.LinAlgError):
         return None
     targets = np.asarray([t for *_, t in built])
-    coef = [(a, b1 - a - (b2 - 2 * b1 + a) / 2.0, (b2 - 2 * b1 + a) / 2.0) for a, b1, b2 in zip(s0, s1, s2, strict=True)]
+    q = (s2 - 2 * s1 + s0) / 2.0
     grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 2001))
-    S = np.asarray([[a + pc * f + q * f * f for a, pc, q in coef] for f in grid])
+    S = s0 + (s1 - s0 - q) * grid[:, None] + q * grid[:, None] ** 2  # grid × checkpoints
     ok = np.all(S > 0, axis=1)
     if not ok.any():
         return None
@@ -358,7 +357,7 @@ def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
     seen: set[Any] = set()
     for c in group:
         try:
-            idx = set(build_design(df, checkpoint_from_release(c), released=set(_targets(c))).index)
+            idx = set(build_design(df, checkpoint_from_release(c), released=released_terms(c)).index)
         except CheckpointError:
             return False
         if seen & idx:
@@ -379,7 +378,7 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     if not target or not np.isfinite(target) or target <= 0:
         return None
     cp = checkpoint_from_release(c)
-    d = build_design(df, cp, released=set(_targets(c)))
+    d = build_design(df, cp, released=released_terms(c))
     if cp.model == "re":
         return _match_variance_components(df, c, cp, d, outcome)
     if cp.model in ("fe", "iv"):

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .design import build_design, outcome_codes
+from .design import build_design, outcome_codes, released_terms
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .glm import nb2_score_obs
@@ -40,11 +40,6 @@ from .options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 PIN_TOL = 0.5  # |b - b*| / SE_target at which a discrete-outcome checkpoint counts as pinned
 MAX_BATCHES = 400
 _EPS = 1e-12
-
-
-def _released(c: dict[str, Any]) -> set[str]:
-    """Released (not suppressed) term names of a checkpoint record."""
-    return {t["term"] for t in c.get("terms", []) if not t.get("suppressed")}
 
 
 def is_discrete_group(group: list[dict[str, Any]]) -> bool:
@@ -371,7 +366,7 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
         for c in group:
             cp = checkpoint_from_release(c)
             try:
-                designs.append((c, build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=_released(c))))
+                designs.append((c, build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=released_terms(c))))
             except CheckpointError as exc:
                 notes.append(str(exc))
     finally:
@@ -427,7 +422,7 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
     for c, _ in designs:
         cp = checkpoint_from_release(c)
         try:
-            fit = fit_checkpoint(build_design(df, cp, released=_released(c)), cp, f"checkpoint {cp.tag!r} on synthetic data")
+            fit = fit_checkpoint(build_design(df, cp, released=released_terms(c)), cp, f"checkpoint {cp.tag!r} on synthetic data")
         except CheckpointError as exc:
             notes.append(str(exc))
             status = "approximate"

@@ -16,7 +16,7 @@ from scipy import stats
 
 from .bundle import Bundle
 from .correlations import spearman_matrix
-from .design import build_design
+from .design import build_design, released_terms
 from .dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
@@ -353,8 +353,7 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             continue
         cp = checkpoint_from_release(c)
         try:
-            released = {t["term"] for t in c["terms"] if not t.get("suppressed")}
-            d = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data", released=released)
+            d = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data", released=released_terms(c))
             fit = fit_checkpoint(d, cp, f"checkpoint {tag!r} on synthetic data")
         except CheckpointError as exc:
             out[tag] = {"passed": False, "status": "failed", "source": c["source"], "reason": str(exc), "terms": []}
