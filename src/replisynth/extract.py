@@ -39,11 +39,9 @@ from .marginals import (
 )
 from .options import GLM_ORDERED
 from .schema import (
-    MAX_ORDINAL_LEVELS,
     ColumnSpec,
     infer_schema,
     pandera_schema,
-    spread_losses,
     validation_summary,
 )
 from .sdc import SdcLog, check_release
@@ -259,15 +257,12 @@ def extract_source(
         keep |= set(FACTOR_CALL.findall(cp.formula))
         if cp.model in GLM_ORDERED:  # an ordered outcome keeps its categories
             keep.add(cp.outcome)
-    trim = sdc.quantile_trim / 100.0
-    specs = infer_schema(df, source, meta, sdc.min_cell_size, keep, trim)
-    for s in specs:
-        if s.role == "continuous" and s.integer and s.name not in source.continuous and s.logical_type != "date" \
-                and df[s.name].nunique(dropna=True) <= MAX_ORDINAL_LEVELS:
-            pooled, trimmed = spread_losses(df[s.name], sdc.min_cell_size, trim)
-            log.add("schema", "continuous", f"integer column with {df[s.name].nunique(dropna=True)} values released as continuous (percentiles, integer-rounded): "
-                    f"pooling its values below min_cell_size={sdc.min_cell_size} into their neighbours would remove {pooled:.0%} of its variance, "
-                    f"top/bottom-coding its percentiles {trimmed:.0%}; list it under categorical to override", source=source.name, column=s.name)
+    spread: dict[str, tuple[int, float, float]] = {}
+    specs = infer_schema(df, source, meta, sdc.min_cell_size, keep, sdc.quantile_trim / 100.0, spread)
+    for name, (values, pooled, trimmed) in spread.items():
+        log.add("schema", "continuous", f"integer column with {values} values released as continuous (percentiles, integer-rounded): "
+                f"pooling its values below min_cell_size={sdc.min_cell_size} into their neighbours would remove {pooled:.0%} of its variance, "
+                f"top/bottom-coding its percentiles {trimmed:.0%}; list it under categorical to override", source=source.name, column=name)
     # The source must validate against the schema we are about to release.
     failures = validation_summary(pandera_schema(specs), df[[s.name for s in specs]])
     if failures:

@@ -97,11 +97,13 @@ def infer_column(
     min_cell: int | None = None,
     keep_categorical: frozenset[str] | set[str] = frozenset(),
     trim: float = 0.0,
+    spread: dict[str, tuple[int, float, float]] | None = None,
 ) -> ColumnSpec:
     """Classify one column under the documented rule and the manifest overrides. With
     `min_cell`, integer columns that cell suppression would rob of their spread are
     continuous (`spread_losses`; `trim`: the share top/bottom-coded on each side), unless
-    named in `keep_categorical` (strata, panel time, C() factors, ordered outcomes)."""
+    named in `keep_categorical` (strata, panel time, C() factors, ordered outcomes); such a
+    switch is recorded in `spread` as name -> (values, pooled loss, trimmed loss) for the SDC log."""
     name = str(s.name)
     lt = logical_type(s)
     storage = meta.storage_types.get(name, str(s.dtype))
@@ -141,6 +143,8 @@ def infer_column(
             pooled, trimmed = spread_losses(s, min_cell, trim)
             if pooled > trimmed + SPREAD_MARGIN:
                 role = "continuous"
+                if spread is not None:
+                    spread[name] = (int(n_distinct), pooled, trimmed)
     ordered = False
     if role == "categorical":
         if lt == "categorical":
@@ -173,10 +177,10 @@ def spread_losses(s: pd.Series, min_cell: int, trim: float) -> tuple[float, floa
 
 def infer_schema(
     df: pd.DataFrame, source: Source, meta: FileMeta, min_cell: int | None = None, keep_categorical: frozenset[str] | set[str] = frozenset(),
-    trim: float = 0.0,
+    trim: float = 0.0, spread: dict[str, tuple[int, float, float]] | None = None,
 ) -> list[ColumnSpec]:
-    """ColumnSpecs for every column that is not excluded, in file order."""
-    return [infer_column(df[c], source, meta, min_cell, keep_categorical, trim) for c in df.columns if c not in source.exclude]
+    """ColumnSpecs for every column that is not excluded, in file order (`spread`: see `infer_column`)."""
+    return [infer_column(df[c], source, meta, min_cell, keep_categorical, trim, spread) for c in df.columns if c not in source.exclude]
 
 
 # ---------------------------------------------------------------------------------------------
