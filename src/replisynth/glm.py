@@ -45,18 +45,23 @@ def normalised_weights(w: np.ndarray | None, n: int) -> np.ndarray | None:
     return w * (n / w.sum())
 
 
+class _RowWeighted:
+    """Mixin (first among the bases) giving a statsmodels likelihood model the log-likelihood
+    sum_i w_i l_i: `weights` after endog and exog."""
+
+    def __init__(self, endog, exog, weights, **kw):
+        super().__init__(endog, exog, **kw)
+        self.row_weights = np.asarray(weights, dtype="float64")
+
+    def loglikeobs(self, params):
+        return self.row_weights * super().loglikeobs(params)
+
+
 def _weighted_discrete(base: type) -> type:
     """`base` (statsmodels Logit, Probit or Poisson, whose scores and Hessian factors are
     analytic) with log-likelihood sum_i w_i l_i."""
 
-    class Weighted(base):  # type: ignore[misc, valid-type]
-        def __init__(self, endog, exog, weights, **kw):
-            super().__init__(endog, exog, **kw)
-            self.row_weights = np.asarray(weights, dtype="float64")
-
-        def loglikeobs(self, params):
-            return self.row_weights * super().loglikeobs(params)
-
+    class Weighted(_RowWeighted, base):  # type: ignore[misc, valid-type]
         def loglike(self, params):
             return float(np.sum(self.loglikeobs(params)))
 
@@ -121,13 +126,8 @@ def _weighted_ordered(base: type) -> type:
     """statsmodels' OrderedModel with log-likelihood sum_i w_i l_i (its score and Hessian
     are numerical derivatives of the log-likelihood, so they follow)."""
 
-    class WeightedOrdered(base):  # type: ignore[misc, valid-type]
-        def __init__(self, endog, exog, weights, **kw):
-            super().__init__(endog, exog, **kw)
-            self.row_weights = np.asarray(weights, dtype="float64")
-
-        def loglikeobs(self, params):
-            return self.row_weights * super().loglikeobs(params)
+    class WeightedOrdered(_RowWeighted, base):  # type: ignore[misc, valid-type]
+        pass
 
     return WeightedOrdered
 
