@@ -82,6 +82,16 @@ LM_COV = {
 SM_COV = {"nonrobust": {"cov_type": "nonrobust"}, "HC0": {"cov_type": "HC0"}, "HC1": {"cov_type": "HC1"}}
 
 
+def _panel_reference(cls: type, formula: str, panel: pd.DataFrame, vcov: str):
+    """linearmodels' panel estimator `cls` on (ent, yr) under the vcov's linearmodels
+    arguments (cluster: by the random clusters `rc`)."""
+    p = panel.set_index(["ent", "yr"], drop=False)
+    kw = dict(LM_COV[vcov])
+    if vcov.startswith("cluster"):
+        kw["clusters"] = p["rc"]
+    return cls.from_formula(formula, p).fit(**kw)
+
+
 @pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
 def test_fe_matches_panelols_and_dummy_ols(panel: pd.DataFrame, vcov: str) -> None:
     """One-way FE equals statsmodels OLS with entity dummies (slopes and SEs: FWL holds for
@@ -99,11 +109,7 @@ def test_fe_matches_panelols_and_dummy_ols(panel: pd.DataFrame, vcov: str) -> No
     assert fit.resid_df == pytest.approx(dummies.df_resid)
     if vcov == "HC0":
         return
-    p = panel.set_index(["ent", "yr"], drop=False)
-    kw = dict(LM_COV[vcov])
-    if vcov.startswith("cluster"):
-        kw["clusters"] = p["rc"]
-    ref = PanelOLS.from_formula("y ~ 1 + x1 + x2 + C(f) + EntityEffects", p).fit(**kw)
+    ref = _panel_reference(PanelOLS, "y ~ 1 + x1 + x2 + C(f) + EntityEffects", panel, vcov)
     assert list(ref.params.index) == fit.terms
     np.testing.assert_allclose(fit.beta, ref.params.to_numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fit.se, ref.std_errors.to_numpy(), rtol=1e-8)
@@ -125,11 +131,7 @@ def test_re_matches_randomeffects(panel: pd.DataFrame, vcov: str) -> None:
     from linearmodels.panel import RandomEffects
 
     fit = _fit(panel, _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", time="yr", vcov=vcov))
-    p = panel.set_index(["ent", "yr"], drop=False)
-    kw = dict(LM_COV[vcov])
-    if vcov.startswith("cluster"):
-        kw["clusters"] = p["rc"]
-    ref = RandomEffects.from_formula("y ~ 1 + x1 + x2 + C(f)", p).fit(**kw)
+    ref = _panel_reference(RandomEffects, "y ~ 1 + x1 + x2 + C(f)", panel, vcov)
     assert list(ref.params.index) == fit.terms
     np.testing.assert_allclose(fit.beta, ref.params.to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(fit.se, ref.std_errors.to_numpy(), rtol=1e-8)
