@@ -92,8 +92,15 @@ def _marginal(
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
         return _grid_marginal("continuous", missing, v, trim, grid, dominance)
     if not pool and spec.ordered and spec.logical_type in ("integer", "float") and s.nunique() >= 3:
-        # Inside a stratum a many-level ordinal is released as a percentile grid (like a
-        # continuous column): a frequency table would suppress most of its levels.
+        # Inside a stratum a many-level ordinal is released as its frequency table when no
+        # level falls below the cell size (a level pooled at source level is below it in every
+        # stratum, so such a table holds source-level levels only), and otherwise as a
+        # percentile grid (like a continuous column) rather than a table that suppresses
+        # levels. The grid rounds every level's share to the grid's 1% steps (12 levels of
+        # ~8.3% came out as 8% or 9% of their stratum), so the table is preferred.
+        table = frequency_table(s, min_cell, True, order=_level_order_of(s, spec), pool=False)
+        if table.levels and table.suppressed == 0:
+            return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
         v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64") if source_levels is None else source_levels[~np.isnan(source_levels)]
         if len(v) < min_cell or not released_levels(len(v), grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
@@ -464,7 +471,7 @@ def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dic
             return
         log.add("marginals", "suppressed", f"fewer than min_cell_size={sdc.min_cell_size} usable values or no releasable category: nothing released", **where)
     elif m["kind"] == "ordinal_grid":
-        log.add("marginals", "grid", f"many-level ordinal released inside the stratum as a {sdc.quantile_trim:g}%-trimmed percentile grid, not a frequency table", **where)
+        log.add("marginals", "grid", f"many-level ordinal released inside the stratum as a {sdc.quantile_trim:g}%-trimmed percentile grid: its frequency table there would have a level below min_cell_size={sdc.min_cell_size}", **where)
     elif m["kind"] == "continuous":
         if sdc.quantile_trim > 0 and block == "all":
             log.add("marginals", "trimmed", f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded", **where)

@@ -303,9 +303,11 @@ def _shares(table: dict, s: pd.Series | None, labels: dict[str, Any]) -> tuple[l
     got: Counter = Counter()
     n = 0
     if s is not None:
-        nn = s.dropna()
-        n = len(nn)
-        got = Counter(nn.astype(object).map(norm_key))
+        # counted per distinct value, then keyed (a per-row norm_key took ~20 s at 10^6 rows)
+        vc = s.value_counts(dropna=True, sort=False)
+        n = int(vc.sum())
+        for v, c in vc.items():
+            got[norm_key(v)] += int(c)
     idx = list(range(len(levels)))
     note = ""
     if len(idx) > MAX_LEVELS:
