@@ -6,4 +6,4 @@ from replisynth.pipeline import check_tier
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: (check_tier(sm.input.tiers), write_text(sm.output.done, Path(sm.input.certificate).read_text())))
+run(sm.log[0], threads=sm.threads, stage=lambda: (check_tier(sm.input.tiers), write_text(sm.output.done, Path(sm.input.certificate).read_text())))

@@ -5,5 +5,5 @@ from replisynth.pipeline import stage_export_stata
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_export_stata(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_export_stata(
     bundle_dir=Path(sm.input.bundle).parent, source=sm.wildcards.source, parquet=sm.input.parquet, out=sm.output.dta))

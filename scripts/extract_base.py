@@ -4,6 +4,6 @@ from replisynth.runner import run
 from replisynth.scatter import stage_extract_base
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_extract_base(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_extract_base(
     manifest=load_manifest(sm.config), source=sm.wildcards.source,
     base_out=sm.output.base, sdc_out=sm.output.sdc))

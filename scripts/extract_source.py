@@ -4,6 +4,6 @@ from replisynth.pipeline import stage_extract_source
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_extract_source(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_extract_source(
     manifest=load_manifest(sm.config), source=sm.wildcards.source,
     release_out=sm.output.release, sdc_out=sm.output.sdc))

@@ -5,6 +5,6 @@ from replisynth.runner import run
 from replisynth.scatter import stage_gather_blocks
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_gather_blocks(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_gather_blocks(
     bundle_dir=Path(sm.input.bundle).parent, source=sm.wildcards.source,
     parts=list(sm.input.parts), out=sm.output.parquet))

@@ -4,6 +4,6 @@ from replisynth.runner import run
 from replisynth.scatter import stage_gather_release
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_gather_release(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_gather_release(
     manifest=load_manifest(sm.config), base=sm.input.base, base_sdc=sm.input.sdc,
     parts=list(sm.input.parts), release_out=sm.output.release, sdc_out=sm.output.sdc))

@@ -6,6 +6,6 @@ from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
 outputs = {p.rsplit(".", 1)[1]: p for p in sm.output.synthetic}
-run(sm.log[0], lambda: stage_pin(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_pin(
     bundle_dir=Path(sm.input.bundle).parent, source=sm.wildcards.source, unpinned=sm.input.unpinned,
     outputs=outputs, report_out=sm.output.report))

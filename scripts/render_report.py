@@ -5,7 +5,7 @@ from replisynth.pipeline import stage_report
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_report(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_report(
     bundle_dir=Path(sm.input.bundle).parent,
     synthetic=dict(zip(sm.params.sources, sm.input.parquet, strict=True)),
     tiers_path=sm.input.tiers, html_out=sm.output.html, certificate_out=sm.output.certificate,

@@ -5,5 +5,5 @@ from replisynth.pipeline import stage_synthesize
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_synthesize(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_synthesize(
     bundle_dir=Path(sm.input.bundle).parent, source=sm.wildcards.source, out=sm.output.parquet))

@@ -5,6 +5,6 @@ from replisynth.runner import run
 from replisynth.scatter import stage_sample_stratum
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_sample_stratum(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_sample_stratum(
     bundle_dir=Path(sm.input.bundle).parent, source=sm.wildcards.source,
     shard=int(sm.wildcards.shard), shards=int(sm.params.shards), out=sm.output.blocks))

@@ -5,7 +5,7 @@ from replisynth.pipeline import stage_verify
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_verify(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_verify(
     bundle_dir=Path(sm.input.bundle).parent,
     synthetic=dict(zip(sm.params.sources, sm.input.parquet, strict=True)),
     tiers_out=sm.output.tiers))

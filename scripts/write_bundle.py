@@ -6,7 +6,7 @@ from replisynth.pipeline import stage_write_bundle
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-run(sm.log[0], lambda: stage_write_bundle(
+run(sm.log[0], threads=sm.threads, stage=lambda: stage_write_bundle(
     manifest=load_manifest(sm.config),
     releases=dict(zip(sm.params.sources, sm.input.releases, strict=True)),
     checkpoints=sm.input.checkpoints, sdc_parts=list(sm.input.sdc),

@@ -27,8 +27,12 @@ def configure_logging(path: str | None = None) -> None:
     root.addHandler(sh)
 
 
-def run(log_path: str | None, stage: Callable[[], Any]) -> Any:
-    """Call `stage()`; on a user-fixable error log it, print it, and exit 1 (no traceback)."""
+def run(log_path: str | None, stage: Callable[[], Any], threads: int = 1) -> Any:
+    """Call `stage()` with `threads` worker threads (`replisynth.parallel`); on a user-fixable
+    error log it, print it, and exit 1 (no traceback)."""
+    from .parallel import set_threads
+
+    set_threads(threads)
     configure_logging(log_path)
     try:
         return stage()
