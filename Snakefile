@@ -33,6 +33,7 @@ wildcard_constraints:
 rule all:
     input:
         f"{P.results}/verify/verdict.txt",
+        P.all_synthetic(),
     default_target: True
 
 

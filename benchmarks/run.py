@@ -36,6 +36,8 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 stage, manifest, results = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+from replisynth.parallel import set_threads
+set_threads(int(sys.argv[4]))  # what the stage's Snakemake job gets (replisynth.resources)
 from replisynth.manifest import load_manifest
 from replisynth.runner import configure_logging
 import logging
@@ -136,8 +138,42 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     return rec
 
 
-def run_stage(stage: str, manifest: Path, results: Path) -> dict:
-    return _run([sys.executable, "-c", STAGE, stage, str(manifest), str(results)])
+RULE = {"extract": "extract_source", "synthesize": "sample_copula", "pin": "pin_checkpoints", "verify": "verify_tiers"}
+
+
+def stage_threads(stage: str, rows: int, columns: int, cores: int) -> int:
+    """Threads the stage's Snakemake job runs with on `cores` cores (replisynth.resources)."""
+    from replisynth.resources import job_resources
+
+    return min(cores, job_resources(RULE[stage], rows * columns).threads)
+
+
+def run_stage(stage: str, manifest: Path, results: Path, threads: int = 1) -> dict:
+    return _run([sys.executable, "-c", STAGE, stage, str(manifest), str(results), str(threads)])
+
+
+def run_snakemake(manifest: Path, workdir: Path, cores: int) -> dict:
+    """The whole workflow (`snakemake --cores N` on the manifest, in its own directory): wall
+    seconds from start to exit and the peak RSS of the process tree (every job included)."""
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(HERE.parent / "Snakefile"), "--directory", str(workdir),
+           "--cores", str(cores), "--configfile", str(manifest), "--quiet", "all"]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0.0]
+
+    def poll() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            time.sleep(0.02)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    th.join()
+    secs = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"snakemake failed: {err[-2000:]}")
+    return {"seconds": secs, "peak_mb": peak[0]}
 
 
 def sdv_python(explicit: str | None, here: bool) -> str | None:
@@ -149,7 +185,8 @@ def sdv_python(explicit: str | None, here: bool) -> str | None:
     return None
 
 
-def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, sdv_max_rows: int = 2_000_000) -> dict:
+def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, sdv_max_rows: int = 2_000_000,
+          snakemake: bool = False, cores: int = 2) -> dict:
     sys.path.insert(0, str(HERE))
     from generate import main as generate
 
@@ -159,12 +196,22 @@ def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, 
         d = Path(tmp)
         generate(rows, str(d / "data"))
         man = d / "data" / "manifest.yaml"
-        rec: dict[str, list] = {s: [] for s in (*STAGES, "sdv")}
+        rec: dict[str, list] = {s: [] for s in (*STAGES, "sdv", "snakemake")}
+        ncol = 20
         for _ in range(repeat):
             for s in STAGES:
-                rec[s].append(run_stage(s, man, d / "res"))
+                rec[s].append(run_stage(s, man, d / "res", stage_threads(s, rows, ncol, cores)))
+            if snakemake:
+                import shutil
+
+                shutil.rmtree(d / "smk", ignore_errors=True)
+                rec["snakemake"].append(run_snakemake(man, d / "smk", cores))
             if py and rows <= sdv_max_rows:
                 rec["sdv"].append(_run([py, "-c", SDV, str(d / "data" / "register.parquet")]))
+        if rec["snakemake"]:
+            v = rec.pop("snakemake")
+            out["snakemake"] = {"seconds": statistics.median(x["seconds"] for x in v), "peak_mb": max(x["peak_mb"] for x in v)}
+        rec.pop("snakemake", None)
         for s, v in rec.items():
             if v:
                 out[s] = {"seconds": statistics.median(x["seconds"] for x in v), "cpu": statistics.median(x["cpu"] for x in v),
@@ -183,9 +230,14 @@ def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, 
         out["startup_seconds"] = sum(out[s]["startup"] for s in STAGES)
         out["total_cpu"] = sum(out[s]["cpu"] for s in STAGES)
         out["peak_mb"] = max(out[s]["peak_mb"] for s in STAGES)
+        out["fit_sample_seconds"] = out["extract"]["seconds"] + out["synthesize"]["seconds"]
         if isinstance(out.get("sdv"), dict):
             out["ratio_vs_sdv"] = out["sdv"]["seconds"] / out["total_seconds"]
             out["cpu_ratio_vs_sdv"] = out["sdv"]["cpu"] / out["total_cpu"]
+            # like for like: SDV's fit + sample against our extract (fit) + synthesize (sample)
+            out["fit_sample_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["fit_sample_seconds"]
+            if "snakemake" in out:
+                out["snakemake_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["snakemake"]["seconds"]
     return out
 
 
@@ -197,12 +249,14 @@ def main() -> None:
     ap.add_argument("--sdv-python", help="a Python with sdv installed (its own venv)")
     ap.add_argument("--sdv-max-rows", type=int, default=2_000_000)
     ap.add_argument("--json", help="also write every result to this file")
+    ap.add_argument("--snakemake", action="store_true", help="also time the whole workflow (snakemake --cores N, every job)")
+    ap.add_argument("--cores", type=int, default=2, help="cores for --snakemake and the stages' threads (default 2)")
     a = ap.parse_args()
     print("| rows | extract s | synthesize s | pin s | verify s | total s (CPU s) | startup s | peak MB | tier | SDV fit+sample s (CPU s) | SDV peak MB | SDV / total (CPU) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     results = []
     for n in a.sizes:
-        r = bench(n, a.repeat, a.sdv, a.sdv_python, a.sdv_max_rows)
+        r = bench(n, a.repeat, a.sdv, a.sdv_python, a.sdv_max_rows, a.snakemake, a.cores)
         results.append(r)
         sd = r.get("sdv")
         sdv_cols = (f"{sd['seconds']:.1f} ({sd['cpu']:.1f}) | {sd['peak_mb']:.0f} | {r['ratio_vs_sdv']:.1f}x ({r['cpu_ratio_vs_sdv']:.1f}x)"
@@ -210,6 +264,13 @@ def main() -> None:
         print(f"| {n:,} | " + " | ".join(f"{r[s]['seconds']:.2f}" for s in STAGES)
               + f" | {r['total_seconds']:.2f} ({r['total_cpu']:.1f}) | {r['startup_seconds']:.1f} | {r['peak_mb']:.0f} | {r['tier_met']} | {sdv_cols} |", flush=True)
         print("  peak MB per stage: " + ", ".join(f"{s} {r[s]['peak_mb']:.0f}" for s in STAGES), flush=True)
+        if "fit_sample_ratio_vs_sdv" in r:
+            print(f"  fit + sample (extract + synthesize) {r['fit_sample_seconds']:.2f} s: SDV / ours {r['fit_sample_ratio_vs_sdv']:.1f}x", flush=True)
+        if "snakemake" in r:
+            sm = r["snakemake"]
+            ratio = f", SDV / workflow {r['snakemake_ratio_vs_sdv']:.1f}x" if "snakemake_ratio_vs_sdv" in r else ""
+            print(f"  whole workflow (snakemake --cores {a.cores}, every job incl. start-up, csv, report): {sm['seconds']:.2f} s wall, "
+                  f"peak {sm['peak_mb']:.0f} MB (process tree){ratio}", flush=True)
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=1))
 

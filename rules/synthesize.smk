@@ -77,7 +77,7 @@ rule pin_checkpoints:
         bundle=f"{P.bundle_dir}/manifest.json",
         unpinned=f"{P.results}/synthesize/{{source}}.parquet",
     output:
-        synthetic=multiext(f"{P.results}/synthetic/{{source}}", ".parquet", ".csv"),
+        synthetic=f"{P.results}/synthetic/{{source}}.parquet",
         report=report(
             f"{P.results}/synthesize/{{source}}.pin.json",
             caption="../docs/captions/pin.rst",
@@ -96,6 +96,27 @@ rule pin_checkpoints:
         "../envs/replisynth.yaml"
     script:
         "../scripts/pin_checkpoints.py"
+
+
+# The csv in its own job: it runs beside verification (which reads the parquet file) instead
+# of adding its writing time to the pinning job.
+rule export_csv:
+    input:
+        parquet=f"{P.results}/synthetic/{{source}}.parquet",
+    output:
+        csv=f"{P.results}/synthetic/{{source}}.csv",
+    threads: P.threads("export_csv")
+    resources:
+        mem_mb=P.mem_mb("export_csv"),
+        runtime=P.runtime("export_csv"),
+    log:
+        f"{P.results}/logs/export_csv/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/export_csv/{{source}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/export_csv.py"
 
 
 rule export_stata:

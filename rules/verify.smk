@@ -5,7 +5,7 @@ rule verify_tiers:
     input:
         bundle=f"{P.bundle_dir}/manifest.json",
         parquet=expand(f"{P.results}/synthetic/{{source}}.parquet", source=P.sources),
-        files=P.all_synthetic(),
+        files=P.verified_synthetic(),
     output:
         tiers=report(
             f"{P.results}/verify/tiers.json",
@@ -15,6 +15,8 @@ rule verify_tiers:
         ),
     params:
         sources=list(P.sources),
+    # first when the pinned data are ready, so the csv export runs beside the report
+    priority: 1
     threads: P.threads("verify_tiers")
     resources:
         mem_mb=P.mem_mb("verify_tiers"),

@@ -1,11 +1,10 @@
-"""Rule pin_checkpoints: Layer 4 for one source; writes the synthetic files."""
+"""Rule pin_checkpoints: Layer 4 for one source; writes the synthetic parquet file."""
 from pathlib import Path
 
 from replisynth.pipeline import stage_pin
 from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
-outputs = {p.rsplit(".", 1)[1]: p for p in sm.output.synthetic}
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_pin(
     bundle_dir=Path(sm.input.bundle).parent, source=sm.wildcards.source, unpinned=sm.input.unpinned,
-    outputs=outputs, report_out=sm.output.report))
+    outputs={"parquet": sm.output.synthetic}, report_out=sm.output.report))

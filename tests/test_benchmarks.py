@@ -9,11 +9,12 @@ def test_benchmark_runs_at_a_tiny_size():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from run import STAGES, bench
 
-    r = bench(1500, repeat=1)
+    r = bench(1500, repeat=1, snakemake=True)
     assert r["tier_met"] == 4
     for stage in STAGES:
         assert r[stage]["seconds"] > 0 and r[stage]["peak_mb"] > 0
     assert r["total_seconds"] > 0
+    assert r["snakemake"]["seconds"] > 0 and r["snakemake"]["peak_mb"] > 0  # the whole workflow ran
     assert isinstance(r["sdv"], str)  # not asked for: said so, no ratio
 
 

@@ -393,3 +393,13 @@ def test_fast_csv_is_byte_identical_to_pandas(tmp_path: Path) -> None:
     write_csv(df, tmp_path / "a.csv")
     df.to_csv(tmp_path / "b.csv", index=False, lineterminator="\n")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_csv_export_from_parquet_equals_the_csv_written_beside_it(demo: dict, tmp_path: Path) -> None:
+    """The workflow writes the csv in its own job from the pinned parquet (`stage_export_csv`);
+    the CLI writes it from the frame in memory. Both give the same bytes."""
+    from replisynth.pipeline import stage_export_csv
+
+    syn = demo["root"] / "synthetic"
+    stage_export_csv(syn / "card.parquet", tmp_path / "card.csv")
+    assert (tmp_path / "card.csv").read_bytes() == (syn / "card.csv").read_bytes()

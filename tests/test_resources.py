@@ -41,6 +41,26 @@ def test_light_rules_do_not_scale_with_data():
     assert job_resources("check_tier", 10**9).threads == 1
 
 
+def test_jobs_without_parallel_work_keep_one_core():
+    """The csv export, Stata export, checkpoint fits and report stay on one core at any size,
+    so on a 2-core machine they run beside the data job next to them."""
+    for rule in ("export_csv", "export_stata", "extract_checkpoints", "render_report"):
+        assert job_resources(rule, 10**9).threads == 1, rule
+    assert job_resources("verify_tiers", 10**9).threads > 1
+
+
+def test_runner_hands_the_job_threads_to_the_stage():
+    from replisynth import parallel
+    from replisynth.runner import run
+
+    try:
+        assert run(None, parallel.threads, threads=2) == 2
+        assert parallel.thread_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
+        assert run(None, parallel.threads) == 1
+    finally:
+        parallel.set_threads(1)
+
+
 def test_file_cells_exact_for_parquet_dta_and_release(tmp_path):
     df = pd.DataFrame({"a": np.arange(1000), "b": np.linspace(0, 1, 1000), "c": ["x"] * 1000})
     df.to_parquet(tmp_path / "d.parquet")

@@ -113,7 +113,8 @@ def _file_meta(release: dict[str, Any]) -> FileMeta:
 
 
 def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs: dict[str, str | Path], report_out: str | Path) -> None:
-    """Outside side: Layer 4 for one source; writes the parquet and csv files."""
+    """Outside side: Layer 4 for one source; writes the parquet file (and the csv when
+    `outputs` names one)."""
     from .pin import pin_checkpoints
     from .xmom import align_moments
 
@@ -133,8 +134,15 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
     for r in results:
         log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)
     write_parquet(out, outputs["parquet"], meta)
-    write_csv(out, outputs["csv"])
+    if "csv" in outputs:  # the workflow writes the csv in its own job (`stage_export_csv`), beside verification
+        write_csv(out, outputs["csv"])
     write_json(report_out, [r.__dict__ | {"tags": list(r.tags)} for r in results])
+
+
+def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
+    """Outside side: the synthetic data of a source as csv (the same bytes `stage_pin` writes
+    when asked for both), from its parquet file."""
+    write_csv(pd.read_parquet(parquet), out)
 
 
 def stage_export_stata(bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path) -> None:

@@ -32,16 +32,20 @@ RULE_KIND: dict[str, str] = {
     "extract_source": "data", "extract_stratum": "data", "extract_checkpoints": "data",
     "gather_release": "light", "write_bundle": "light",
     "extract_base": "data", "sample_copula": "data", "sample_stratum": "data", "gather_blocks": "data",
-    "pin_checkpoints": "data", "export_stata": "data", "verify_tiers": "data",
+    "pin_checkpoints": "data", "export_stata": "data", "export_csv": "data", "verify_tiers": "data",
     "render_report": "data", "check_tier": "light", "audit_disclosure": "data",
 }
 MEM_FACTOR = 1.5
 TIME_FACTOR = 3.0
 MIN_RUNTIME = 10  # minutes
 MEM_STEP = 256  # MB
-# Above these many cells a job asks for more cores (numpy's BLAS uses them in the
-# correlation and pinning algebra; the rest of the code is single-threaded).
+# Above these many cells a data job asks for more cores: its stage maps independent columns,
+# strata blocks and checkpoints over that many threads (`replisynth.parallel`).
 THREAD_STEPS = ((100_000_000, 4), (10_000_000, 2))
+# Jobs with no parallel work of their own keep one core, so on a small machine they run beside
+# the stage next to them (the csv export beside verification and the report, the checkpoint
+# fits beside the source's extraction) instead of waiting for a second core.
+SINGLE_THREADED = frozenset({"export_csv", "export_stata", "extract_checkpoints", "render_report"})
 CSV_BYTES_PER_CELL = 8.0
 # scatter: auto (replisynth.workflow.scatter_plan): sources with strata this large get 4 jobs.
 AUTO_SCATTER_CELLS = 20_000_000
@@ -68,7 +72,7 @@ def job_resources(rule: str, cells: int, attempt: int = 1) -> JobResources:
     seconds = (base_s + per_mcell * cells / 1e6) * TIME_FACTOR * attempt
     runtime = max(MIN_RUNTIME * attempt, int(math.ceil(seconds / 60)))
     threads = 1
-    if RULE_KIND.get(rule, "data") == "data":
+    if RULE_KIND.get(rule, "data") == "data" and rule not in SINGLE_THREADED:
         threads = next((t for limit, t in THREAD_STEPS if cells >= limit), 1)
     return JobResources(threads=threads, mem_mb=mem_mb, runtime=runtime)
 

@@ -58,6 +58,10 @@ class WorkflowPlan:
     def all_synthetic(self) -> list[str]:
         return [p for s in self.sources for p in self.synthetic_outputs(s)]
 
+    def verified_synthetic(self) -> list[str]:
+        """The synthetic files verification reads: parquet, and dta (its labels) for .dta sources."""
+        return [p for p in self.all_synthetic() if not p.endswith(".csv")]
+
     def bundle_files(self) -> list[str]:
         from .bundle import bundle_files
 
@@ -97,7 +101,9 @@ class WorkflowPlan:
 
     def benchmarks(self) -> list[str]:
         """Benchmark files of every rule that runs before the report, for the provenance table
-        of the report and the certificate."""
+        of the report and the certificate. The csv export (`export_csv`) is not among them: it
+        writes the verified parquet data as text beside the report, so its time is not part of
+        the certified run."""
         b = f"{self.results}/benchmarks"
 
         def per_source(rule: str, scattered: list[str]) -> list[str]:

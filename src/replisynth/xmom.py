@@ -543,13 +543,20 @@ def align_moments(
     # `se_factor_gap`). One whose factors are all within SE_FACTOR_TOL starts settled: still
     # scored, so it does not drift, but it drives no sweep (at 10^6 rows, where sampling noise
     # is small, this skips nearly all the work).
+    iv_tags = {c["tag"] for c in cps if c["model"] == "iv"}
     outcome_count: dict[str, int] = {}
     for c in cps:
         outcome_count[c["outcome"]] = outcome_count.get(c["outcome"], 0) + 1
     shared = {c["tag"] for c in cps if outcome_count[c["outcome"]] > 1}
+    # The factors are the SEs' own for OLS/WLS and for iv with released instrument moments; for
+    # fe/re (within moments), GLMs (likelihood weights) and iv without its first stage they are
+    # not, and such checkpoints align as before.
+    judged = {c["tag"] for c in cps if c["model"] in ("ols", "iv")}
 
     def fine(t: _Target) -> bool:
-        return t.tag not in shared and t.se_factor_gap() <= SE_FACTOR_TOL
+        if t.tag in shared or t.tag not in judged or (t.iv is None and t.tag in iv_tags):
+            return False
+        return t.se_factor_gap() <= SE_FACTOR_TOL
 
     if targets and all(fine(t) for t in targets):
         report["checkpoints"] = {t.tag: {"before": t.gaps(), "after": t.gaps()} for t in targets}
