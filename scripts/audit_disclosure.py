@@ -7,6 +7,6 @@ from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_audit(
-    manifest=load_manifest(sm.config), bundle_dir=Path(sm.input.bundle).parent,
+    manifest=load_manifest(sm.config, parse_formulas=False), bundle_dir=Path(sm.input.bundle).parent,
     synthetic=dict(zip(sm.params.sources, sm.input.parquet, strict=True)),
     json_out=sm.output.json, txt_out=sm.output.txt))

@@ -5,4 +5,4 @@ from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_extract_checkpoints(
-    manifest=load_manifest(sm.config), out=sm.output.checkpoints, sdc_out=sm.output.sdc))
+    manifest=load_manifest(sm.config, parse_formulas=False), out=sm.output.checkpoints, sdc_out=sm.output.sdc))

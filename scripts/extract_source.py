@@ -5,5 +5,5 @@ from replisynth.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_extract_source(
-    manifest=load_manifest(sm.config), source=sm.wildcards.source,
+    manifest=load_manifest(sm.config, parse_formulas=False), source=sm.wildcards.source,
     release_out=sm.output.release, sdc_out=sm.output.sdc))

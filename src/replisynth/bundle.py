@@ -136,7 +136,7 @@ def load_bundle(path: str | Path) -> Bundle:
     extra = sorted(x.name for x in p.iterdir() if x.name not in listed | {"manifest.json"})
     if extra:
         raise BundleError(f"{p}: files not listed in manifest.json: {', '.join(extra)}; a bundle holds only its listed files")
-    manifest = load_manifest(info["manifest"])
+    manifest = load_manifest(info["manifest"], parse_formulas=False)  # checked when the bundle was written
     releases = {s.name: read_json(p / source_file(s.name)) for s in manifest.sources}
     return Bundle(
         path=p,
