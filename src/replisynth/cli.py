@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
     ap.add_argument("--results", default="results", help="output root (default: results)")
     ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    ap.add_argument("--threads", type=int, default=1, help="worker threads per stage (default 1; the output does not depend on it)")
     args = ap.parse_args(argv)
+    from .parallel import set_threads
+
+    set_threads(args.threads)
     configure_logging(None)
     if args.quiet:
         import logging
