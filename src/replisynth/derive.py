@@ -17,23 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .marginals import FrequencyTable
-
-
-def _representation(cats: pd.Series, table: FrequencyTable, all_levels: list[Any] | None) -> pd.Series:
-    """The released value of each row: pooled level for ordered tables, the level itself for
-    released nominal levels, None for rows whose value is not released (or missing)."""
-    from .dims import ordered_codes
-
-    if table.ordered and all_levels is not None:
-        pos = ordered_codes(cats, table, all_levels)
-        lev = np.empty(len(table.levels) + 1, dtype=object)
-        lev[:-1] = table.levels
-        lev[-1] = None
-        idx = np.where(np.isnan(pos), len(table.levels), np.nan_to_num(pos).astype(int))
-        return pd.Series(lev[idx], index=cats.index, dtype=object)
-    keep = set(table.levels)
-    return cats.map(lambda v: v if (not pd.isna(v) and v in keep) else None)
+from .marginals import FrequencyTable, level_positions
 
 
 def functional_dependencies(
@@ -45,10 +29,34 @@ def functional_dependencies(
     """{B: {"from": A, "map": [[a, b], ...]}} for every categorical column B that is a
     function of another one A (its root: A itself is not derived). `cats` holds the
     JSON-friendly category values of each candidate column, in `order`."""
-    cols = [c for c in order if c in cats and c in tables and len(tables[c].levels) >= 2]
-    rep = {c: _representation(cats[c], tables[c], all_levels.get(c)) for c in cols}
-    codes = {c: pd.factorize(rep[c], use_na_sentinel=True)[0] for c in cols}
-    miss = {c: cats[c].isna().to_numpy() for c in cols}
+    coded = {}
+    for c, s in cats.items():
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        coded[c] = (codes, list(uniques))
+    return coded_dependencies(coded, tables, all_levels, order)
+
+
+def released_codes(codes: np.ndarray, values: list[Any], table: FrequencyTable, all_levels: list[Any] | None) -> np.ndarray:
+    """Each row's released level as its position in `table.levels` (ordered tables: pooled
+    levels mapped to their neighbour; nominal: released levels only), -1 for rows whose value
+    is not released or missing. `codes`/`values`: the column factorized (-1 missing)."""
+    pos = level_positions(values, table, all_levels if table.ordered else None)
+    lookup = np.where(np.isnan(pos), -1, np.nan_to_num(pos, nan=-1.0)).astype(np.int64)
+    return lookup[codes]
+
+
+def coded_dependencies(
+    coded: dict[str, tuple[np.ndarray, list[Any]]],
+    tables: dict[str, FrequencyTable],
+    all_levels: dict[str, list[Any]],
+    order: list[str],
+) -> dict[str, dict[str, Any]]:
+    """`functional_dependencies` from each candidate column factorized once: `coded[c]` is
+    (codes with -1 for missing, the JSON-friendly value of each code). The relation is
+    counted on released-level positions (small integers), never on per-row objects."""
+    cols = [c for c in order if c in coded and c in tables and len(tables[c].levels) >= 2]
+    codes = {c: released_codes(*coded[c], tables[c], all_levels.get(c)) for c in cols}
+    miss = {c: coded[c][0] < 0 for c in cols}
     nlev = {c: len(tables[c].levels) for c in cols}
     pos = {c: i for i, c in enumerate(cols)}
 
@@ -59,8 +67,8 @@ def functional_dependencies(
         ok = ca >= 0
         if not ok.any() or np.any(cb[ok] < 0):
             return False
-        # distinct (a, b) pairs against distinct a, counted on the (small) factorize codes
-        pair = ca[ok].astype(np.int64) * (int(cb.max()) + 1) + cb[ok]
+        # distinct (a, b) pairs against distinct a, counted on the level positions
+        pair = ca[ok] * (nlev[b] + 1) + cb[ok]
         return np.count_nonzero(np.bincount(pair)) == np.count_nonzero(np.bincount(ca[ok]))
 
     det: dict[str, list[str]] = {b: [a for a in cols if a != b and determines(a, b)] for b in cols}
@@ -77,9 +85,12 @@ def functional_dependencies(
             a = parent[a]
         if a in parent or a == b:
             continue
-        ok = codes[a] >= 0
-        pairs = pd.DataFrame({"a": rep[a][ok].to_numpy(), "b": rep[b][ok].to_numpy()}).drop_duplicates("a")
-        mapping = dict(zip(pairs["a"], pairs["b"], strict=True))
+        ca, cb = codes[a], codes[b]
+        ok = np.flatnonzero(ca >= 0)
+        # b's level on the first row of each of a's levels
+        first_a, first = np.unique(ca[ok], return_index=True)
+        lev_b = tables[b].levels
+        mapping = {tables[a].levels[i]: (lev_b[k] if k >= 0 else None) for i, k in zip(first_a.tolist(), cb[ok[first]].tolist(), strict=True)}
         out[b] = {"from": a, "map": [[lev, mapping[lev]] for lev in tables[a].levels if lev in mapping]}
     return out
 

@@ -10,19 +10,17 @@ columns missing), and every decision goes into the SDC log.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .correlations import spearman_matrix
-from .derive import functional_dependencies
+from .derive import coded_dependencies
 from .dims import (
-    category_values,
     copula_dims,
-    dim_matrix,
     numeric_values,
-    ordered_codes,
     synthetic_dim_matrix,
 )
 from .entities import TREND_SHARE, entity_structure, period_trend, round_released, within_lag1
@@ -33,6 +31,7 @@ from .marginals import (
     FrequencyTable,
     frequency_table,
     level_order,
+    level_positions,
     py_value,
     quantile_grid,
     released_levels,
@@ -213,18 +212,68 @@ def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source
     return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, method).tolist(), "mean_size": float(sizes.mean())}
 
 
+def column_codes(s: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """A categorical column factorized once: each row's code (-1 missing) and the JSON-friendly
+    value of each code (what `dims.category_values` gives per row, per distinct value)."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    return codes, [py_value(v) for v in uniques]
+
+
+def coded_level_order(s: pd.Series, spec: ColumnSpec, values: list[Any]) -> list[Any]:
+    """All levels of a categorical column in release order: a pandas categorical's own order,
+    else `level_order` of its distinct JSON values (`values` from `column_codes`; first
+    occurrences kept, as `category_values(s).dropna().unique()` keeps them)."""
+    own = _level_order_of(s, spec)
+    if own:
+        return own
+    return level_order(list(pd.Series(values, dtype=object).dropna().unique()))
+
+
 def pooled_level_values(
-    work: pd.DataFrame, tables: dict[str, FrequencyTable], spec_by: dict[str, ColumnSpec], all_levels: dict[str, list[Any]]
+    work: pd.DataFrame, tables: dict[str, FrequencyTable], spec_by: dict[str, ColumnSpec], all_levels: dict[str, list[Any]],
+    coded: dict[str, tuple[np.ndarray, list[Any]]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per many-level ordered numeric column, its values with pooled (suppressed) codes
-    replaced by their released level: the per-stratum grids are built on these."""
+    replaced by their released level: the per-stratum grids are built on these. `coded`:
+    the columns already factorized (`column_codes`), else they are factorized here."""
     out: dict[str, np.ndarray] = {}
     for c, t in tables.items():
         if t.ordered and spec_by[c].logical_type in ("integer", "float") and len(t.levels) >= 3:
-            pos = ordered_codes(category_values(work[c]), t, all_levels[c])
+            codes, values = coded[c] if coded is not None and c in coded else column_codes(work[c])
+            pos = level_positions(values, t, all_levels[c])
             lev = np.asarray(t.levels, dtype="float64")
-            out[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])
+            out[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])[codes]
     return out
+
+
+def coded_dim_matrix(
+    work: pd.DataFrame, spec_by: dict[str, ColumnSpec], dims: list[dict[str, Any]], tables: dict[str, FrequencyTable],
+    all_levels: dict[str, list[Any]], coded: dict[str, tuple[np.ndarray, list[Any]]],
+) -> np.ndarray:
+    """`dims.dim_matrix(..., order="F")` of the original data with its categorical columns
+    factorized once (`coded`, from `column_codes`): an ordered dim is one gather of level
+    positions, an indicator one gather of 0/1 per distinct value. Same values as dim_matrix."""
+    X = np.empty((len(work), len(dims)), dtype="float64", order="F")
+    for k, d in enumerate(dims):
+        c = d["column"]
+        if d["kind"] == "missing":
+            X[:, k] = work[c].isna().to_numpy()
+        elif d["kind"] == "continuous":
+            X[:, k] = numeric_values(work[c], spec_by[c])
+        elif d["kind"] == "ordered":
+            codes, values = coded[c]
+            X[:, k] = level_positions(values, tables[c], all_levels[c])[codes]
+        else:
+            codes, values = coded[c]
+            hit = np.zeros(len(values) + 1, dtype="float64")
+            for i, v in enumerate(values):
+                try:
+                    hit[i] = 1.0 if bool(v == d["level"]) else 0.0
+                except (TypeError, ValueError):
+                    pass
+            hit[-1] = np.nan  # missing (code -1)
+            X[:, k] = hit[codes]
+    return X
 
 
 def stratum_block(
@@ -324,16 +373,17 @@ def extract_source(
     missing_groups = shared_missing_patterns(work, [s.name for s in specs if s.role in ("continuous", "categorical") and 0 < s.missing < s.rows and s.name not in source.strata])
     dims = copula_dims(specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata)
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
-    all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
-    X = dim_matrix(work, spec_by, dims, tables, all_levels, order="F")
-    derived = functional_dependencies(
-        {c: category_values(work[c]) for c in tables if c not in source.strata}, tables, all_levels, [s.name for s in specs]
-    )
+    # Each categorical column factorized once; its level order, dims, released levels and
+    # pooled values all come from these codes.
+    coded = {c: column_codes(work[c]) for c in tables}
+    all_levels = {c: coded_level_order(work[c], spec_by[c], coded[c][1]) for c in tables}
+    X = coded_dim_matrix(work, spec_by, dims, tables, all_levels, coded)
+    derived = coded_dependencies({c: v for c, v in coded.items() if c not in source.strata}, tables, all_levels, [s.name for s in specs])
     for b, d in derived.items():
         log.add("derived", "coded", f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}", source=source.name, column=b)
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
-    pooled_values = pooled_level_values(work, tables, spec_by, all_levels)
+    pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
     S_all, n_bad = gated_spearman(X, sdc.min_cell_size)
     n_ident = identity_pairs(S_all)
     if n_ident:
@@ -370,7 +420,7 @@ def extract_source(
     }
     # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
     # maps pooled levels as the synthetic data will hold them).
-    structure = _entity_release(df, work, synthetic_dim_matrix(work, release), dims, specs, source, sdc, log)
+    structure = _entity_release(df, work, lambda: synthetic_dim_matrix(work, release), dims, specs, source, sdc, log)
     if structure is not None:
         release["entity_structure"] = structure
     if not strata_blocks:
@@ -381,10 +431,13 @@ def extract_source(
 
 
 def _entity_release(
-    df: pd.DataFrame, work: pd.DataFrame, X: np.ndarray, dims: list[dict[str, Any]], specs: list[ColumnSpec], source: Source, sdc: Any, log: SdcLog
+    df: pd.DataFrame, work: pd.DataFrame, dim_matrix_of: Callable[[], np.ndarray], dims: list[dict[str, Any]], specs: list[ColumnSpec],
+    source: Source, sdc: Any, log: SdcLog,
 ) -> dict[str, Any] | None:
     """The entity structure (replisynth.entities) of the panel's entity, or of the one
-    grouping column, when there are at least min_cell_size entities; the decision is logged."""
+    grouping column, when there are at least min_cell_size entities; the decision is logged.
+    `dim_matrix_of` builds the dims as synthesis codes them, called only when needed (a
+    cross-section without groups never needs it)."""
     col = source.panel.entity if source.panel else (source.groups[0] if len(source.groups) == 1 else None)
     if col is None:
         return None
@@ -393,6 +446,7 @@ def _entity_release(
         log.add("entities", "suppressed", f"{g} entities (< min_cell_size={sdc.min_cell_size}): entity structure not released; rows are assigned to entities at random", source=source.name, column=col)
         return None
     cols = [s.name for s in specs if s.role in ("continuous", "categorical")]
+    X = dim_matrix_of()
     out = entity_structure(work[cols], df[col], X, dims, col, sdc.round_significant)
     log.add(
         "entities", "released",

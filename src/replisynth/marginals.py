@@ -224,6 +224,27 @@ def py_value(v: Any) -> Any:
     return v if isinstance(v, (int, str)) else str(v)
 
 
+def level_positions(values: list[Any], table: FrequencyTable, all_levels: list[Any] | None = None) -> np.ndarray:
+    """Position among `table.levels` of each distinct value in `values` (NaN: not released),
+    plus a trailing NaN for the missing code -1, so `level_positions(...)[codes]` codes a
+    factorized column in one gather. An ordered table with `all_levels` maps pooled levels to
+    their nearest released neighbour (ties to the lower position, the pooling rule of
+    `frequency_table`, as `dims.ordered_codes` does); otherwise only released levels count."""
+    kept = {v: i for i, v in enumerate(table.levels)}
+    mapping: dict[Any, float] = {v: float(i) for v, i in kept.items()}
+    if table.ordered and all_levels is not None:
+        pos_all = {v: i for i, v in enumerate(all_levels)}
+        kept_pos = np.asarray([pos_all[v] for v in table.levels])
+        mapping = {}
+        for v, i in pos_all.items():
+            if v in kept:
+                mapping[v] = float(kept[v])
+            elif len(kept_pos):
+                dist = np.abs(kept_pos - i)
+                mapping[v] = float(int(np.lexsort((kept_pos, dist))[0]))
+    return np.asarray([mapping.get(v, np.nan) for v in values] + [np.nan], dtype="float64")
+
+
 def level_order(values: list[Any]) -> list[Any]:
     """Sort category values: numerically when all are numbers or booleans, else as text."""
     if all(isinstance(v, (int, float, bool, np.integer, np.floating, np.bool_)) for v in values):
