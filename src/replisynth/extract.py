@@ -90,14 +90,18 @@ def _marginal(
         if len(v) < min_cell or not released_levels(len(v), grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
         return _grid_marginal("continuous", missing, v, trim, grid, dominance)
-    if not pool and spec.ordered and spec.logical_type in ("integer", "float") and s.nunique() >= 3:
+    table = None
+    if not pool and spec.ordered and spec.logical_type in ("integer", "float"):
         # Inside a stratum a many-level ordinal is released as its frequency table when no
         # level falls below the cell size (a level pooled at source level is below it in every
         # stratum, so such a table holds source-level levels only), and otherwise as a
         # percentile grid (like a continuous column) rather than a table that suppresses
         # levels. The grid rounds every level's share to the grid's 1% steps (12 levels of
-        # ~8.3% came out as 8% or 9% of their stratum), so the table is preferred.
+        # ~8.3% came out as 8% or 9% of their stratum), so the table is preferred. The table
+        # counts every distinct value (numeric: one JSON value each), so it also tells
+        # whether there are 3 or more; fewer, and it is the table released below.
         table = frequency_table(s, min_cell, True, order=_level_order_of(s, spec), pool=False)
+    if table is not None and len(table.levels) + table.suppressed_levels >= 3:
         if table.levels and table.suppressed == 0:
             return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
         v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64") if source_levels is None else source_levels[~np.isnan(source_levels)]
@@ -106,7 +110,8 @@ def _marginal(
         return _grid_marginal("ordinal_grid", missing, v, trim, grid)
     # Counted on the raw values (frequency_table maps each distinct value to its JSON
     # scalar, as category_values would per row).
-    table = frequency_table(s, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
+    if table is None:
+        table = frequency_table(s, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
     if not table.levels:
         return {"kind": "suppressed", "missing": missing, "n": int(s.notna().sum())}
     return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
@@ -276,6 +281,16 @@ def coded_dim_matrix(
     return X
 
 
+def rows_of(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rows of X where `mask` is True, in order, column-major (what `spearman_matrix`
+    reads): one gather per column, instead of a boolean scan of every row per column and use."""
+    idx = np.flatnonzero(mask)
+    out = np.empty((len(idx), X.shape[1]), dtype=X.dtype, order="F")
+    for j in range(X.shape[1]):
+        np.take(X[:, j], idx, out=out[:, j])
+    return out
+
+
 def stratum_block(
     work: pd.DataFrame, mask: np.ndarray, bid: str, key: tuple[Any, ...], released_cols: list[ColumnSpec], source: Source,
     sdc: Any, X: np.ndarray, pooled_values: dict[str, np.ndarray], log: SdcLog,
@@ -292,7 +307,7 @@ def stratum_block(
                       source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
         bm[s.name] = m
         _log_marginal(log, source.name, bid, s, m, sdc)
-    S_b, n_bad = gated_spearman(X, sdc.min_cell_size, mask)
+    S_b, n_bad = gated_spearman(rows_of(X, mask), sdc.min_cell_size)
     if n_bad:
         log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
     return {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}

@@ -136,7 +136,7 @@ def infer_column(
     elif lt == "date":
         role = "continuous"
     else:
-        n_distinct = s.nunique(dropna=True)
+        n_distinct = s.nunique(dropna=True) if integer else 0  # counted only where it decides (1M floats: ~50 ms each)
         role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
         if role == "categorical" and min_cell and n_distinct >= SPREAD_LEVELS and name not in keep_categorical \
                 and not meta.value_labels.get(name):
