@@ -37,6 +37,7 @@ from .marginals import (
     released_levels,
 )
 from .options import GLM_ORDERED
+from .parallel import thread_map
 from .schema import (
     ColumnSpec,
     infer_schema,
@@ -399,7 +400,19 @@ def extract_source(
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
-    S_all, n_bad = gated_spearman(X, sdc.min_cell_size)
+    # The source-level matrix and the strata's blocks are independent: one thread each
+    # (results and their SDC decisions collected in order, so the same for any thread count).
+    keys = list(enumerate(released_keys)) if source.strata and strata_blocks else []
+
+    def piece(item: tuple[int, tuple[Any, ...]] | None) -> tuple[Any, SdcLog]:
+        lg = SdcLog()
+        if item is None:
+            return gated_spearman(X, sdc.min_cell_size), lg
+        i, key = item
+        return stratum_block(work, key_idx == key_pos[key], f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg), lg
+
+    done = thread_map(piece, [None, *keys])
+    S_all, n_bad = done[0][0]
     n_ident = identity_pairs(S_all)
     if n_ident:
         log.add("correlations", "identity", f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended", source=source.name, block="all", pairs=n_ident)
@@ -408,14 +421,11 @@ def extract_source(
     blocks: dict[str, dict[str, Any]] = {
         "all": {"rows": int(len(work)), "key": None, "marginals": marginals, "spearman": _matrix_json(S_all)}
     }
-    cells = []
     log_at = len(log.entries)  # where the strata's SDC decisions go (scatter: see replisynth.scatter)
-    for i, key in enumerate(released_keys if source.strata else []):
-        bid = f"s{i}"
-        mask = key_idx == key_pos[key]
-        if strata_blocks:
-            blocks[bid] = stratum_block(work, mask, bid, key, released_cols, source, sdc, X, pooled_values, log)
-        cells.append({"id": bid, "key": list(key), "rows": int(mask.sum())})
+    for (i, _key), (block, lg) in zip(keys, done[1:], strict=True):
+        blocks[f"s{i}"] = block
+        log.extend(lg)
+    cells = [{"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])} for i, key in enumerate(released_keys if source.strata else [])]
 
     groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid) for c in source.key_columns}
     value_labels = _released_value_labels(meta, marginals)
