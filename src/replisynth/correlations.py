@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special  # scipy.optimize (a large import) only where a root is found
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
@@ -245,6 +245,8 @@ def latent_correlation(rho_s: float, a: Margin, b: Margin) -> float:
         return lo
     if rho_s >= f_hi:
         return hi
+    from scipy import optimize
+
     return float(optimize.brentq(lambda r: expected_spearman(r, a, b) - rho_s, lo, hi, xtol=1e-7))
 
 
