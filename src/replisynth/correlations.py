@@ -26,48 +26,39 @@ class _Ranker:
     """Mid-ranks (ties averaged, as `scipy.stats.rankdata(method="average")`) of one column
     without missing values, over all rows or over a subset of them, each in O(n) once built.
 
-    Small-integer columns (indicators, level codes, counts: most dims) are counted with
-    `bincount`, never sorted; other columns are sorted once and a subset is ranked by
-    counting its members in each tie group along that order. Ranks are exact half-integers,
-    so every path gives bit-identical values."""
+    Every column becomes one small-integer code per row whose order is the value order, and a
+    (subset's) ranks are counted on those codes with `bincount`: small-integer columns
+    (indicators, level codes, counts: most dims) are their own codes, never sorted; other
+    columns are sorted once and coded by their tie group along that order. Ranks are exact
+    half-integers, so every path gives bit-identical values."""
 
     def __init__(self, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype="float64")
         self.n = n = len(x)
-        self.codes: np.ndarray | None = None
         if n == 0:
-            self.order = self.group = np.zeros(0, dtype=np.intp)
+            self.codes, self.size = np.zeros(0, dtype=np.intp), 0
             return
         lo, hi = float(x.min()), float(x.max())
-        if hi - lo <= max(4 * n, 1024) and np.isfinite(lo) and np.isfinite(hi):
+        head = x[:64] - lo  # a non-integer among the first values settles it without 3 passes
+        if hi - lo <= max(4 * n, 1024) and np.isfinite(lo) and np.isfinite(hi) and np.array_equal(head.astype(np.intp), head):
             c = x - lo
             ic = c.astype(np.intp)
             if np.array_equal(ic, c):
                 self.codes, self.size = ic, int(ic.max()) + 1
                 return
-        self.order = np.argsort(x)  # ties share one mid-rank: no need for a stable sort
-        xs = x[self.order]
-        self.group = np.concatenate([[0], np.cumsum(xs[1:] != xs[:-1])])
+        order = np.argsort(x)  # ties share one mid-rank: no need for a stable sort
+        xs = x[order]
+        group = np.concatenate([[0], np.cumsum(xs[1:] != xs[:-1])])
+        self.codes = np.empty(n, dtype=np.intp)
+        self.codes[order] = group  # each row's tie group: its code
+        self.size = int(group[-1]) + 1
 
     def ranks(self, mask: np.ndarray | None = None) -> np.ndarray:
         """Mid-ranks over all rows, or over the rows where `mask` is True (in row order)."""
-        if self.codes is not None:
-            codes = self.codes if mask is None else self.codes[mask]
-            counts = np.bincount(codes, minlength=self.size)
-            mid = np.cumsum(counts) - (counts - 1) / 2.0
-            return mid[codes]
-        if mask is None:
-            counts = np.bincount(self.group)
-            mid = np.cumsum(counts) - (counts - 1) / 2.0
-            out = np.empty(self.n)
-            out[self.order] = mid[self.group]
-            return out
-        m = mask[self.order]
-        counts = np.bincount(self.group[m], minlength=int(self.group[-1]) + 1 if self.n else 0)
+        codes = self.codes if mask is None else self.codes[mask]
+        counts = np.bincount(codes, minlength=self.size)
         mid = np.cumsum(counts) - (counts - 1) / 2.0
-        out = np.empty(self.n)
-        out[self.order] = mid[self.group]
-        return out[mask]
+        return mid[codes]
 
 
 def _pearson_in_place(R: np.ndarray) -> np.ndarray:
@@ -151,7 +142,7 @@ def spearman_matrix(X: np.ndarray, rows: np.ndarray | None = None, columns: list
                     continue
                 rf = ranker(f).ranks(ok)
                 a, b = (rk, rf) if k == i else (rf, rk)
-            if a.std() == 0 or b.std() == 0:
+            if a.min() == a.max() or b.min() == b.max():  # constant (for ranks: std == 0)
                 continue
             R[i, j] = R[j, i] = float(np.corrcoef(a, b)[0, 1])
     np.fill_diagonal(R, 1.0)
