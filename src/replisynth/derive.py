@@ -60,16 +60,24 @@ def coded_dependencies(
     nlev = {c: len(tables[c].levels) for c in cols}
     pos = {c: i for i, c in enumerate(cols)}
 
-    def determines(a: str, b: str) -> bool:
-        if nlev[a] < nlev[b] or not np.array_equal(miss[a], miss[b]):
-            return False
-        ca, cb = codes[a], codes[b]
+    def function_on(ca: np.ndarray, cb: np.ndarray, nb: int) -> bool:
         ok = ca >= 0
         if not ok.any() or np.any(cb[ok] < 0):
             return False
         # distinct (a, b) pairs against distinct a, counted on the level positions
-        pair = ca[ok] * (nlev[b] + 1) + cb[ok]
+        pair = ca[ok] * (nb + 1) + cb[ok]
         return np.count_nonzero(np.bincount(pair)) == np.count_nonzero(np.bincount(ca[ok]))
+
+    def determines(a: str, b: str) -> bool:
+        if nlev[a] < nlev[b] or not np.array_equal(miss[a], miss[b]):
+            return False
+        ca, cb = codes[a], codes[b]
+        # A contradiction among the first rows settles most pairs without a pass over all
+        # rows (it is one on all rows too); the full count decides the rest.
+        head = ca[:4096]
+        if (head >= 0).any() and not function_on(head, cb[:4096], nlev[b]):
+            return False
+        return function_on(ca, cb, nlev[b])
 
     det: dict[str, list[str]] = {b: [a for a in cols if a != b and determines(a, b)] for b in cols}
     parent: dict[str, str] = {}

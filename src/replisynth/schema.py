@@ -114,14 +114,19 @@ def infer_column(
         return ColumnSpec(role="id", integer=True, ordered=False, **base)
     if name in source.key_columns:
         return ColumnSpec(role="group", integer=True, ordered=False, **base)
-    integer = is_integer_valued(s) or lt == "integer"
+    if lt == "float":  # the non-missing values once, for the finiteness and whole-number tests
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        v = v[~np.isnan(v)] if missing else v
+        if not np.all(np.isfinite(v)):
+            raise DataError(
+                f"{source.path}: column {name!r} holds infinite values; recode them as missing or finite"
+            )
+        integer = bool(len(v) and np.all(v == np.round(v)))
+    else:  # integer dtypes are whole and finite
+        integer = lt == "integer" or is_integer_valued(s)
     if lt == "date":  # whole days (no time of day): synthesis rounds to days
         d = s.dropna()
         integer = bool(len(d) and (d == d.dt.normalize()).all())
-    if lt in ("float", "integer") and not np.all(np.isfinite(s.dropna().to_numpy(dtype="float64"))):
-        raise DataError(
-            f"{source.path}: column {name!r} holds infinite values; recode them as missing or finite"
-        )
     if name in source.categorical:
         role = "categorical"
     elif name in source.continuous:
