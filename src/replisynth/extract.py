@@ -400,6 +400,7 @@ def extract_source(
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
+    del coded  # ~8 MB per column at 1M rows: freed before the strata's row copies
     # The source-level matrix and the strata's blocks are independent: one thread each
     # (results and their SDC decisions collected in order, so the same for any thread count).
     keys = list(enumerate(released_keys)) if source.strata and strata_blocks else []
