@@ -466,37 +466,51 @@ def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.
     need = np.zeros(d, dtype=bool)
     for M in masks:
         need |= M.any(axis=1)
-    rankers: dict[int, tuple[np.ndarray, _Ranker]] = {}
+    # per dim: presence, the ranker over the present rows, and each present row's tie group
+    # (codes of the ranker's counting path, or its sorted groups put back in row order), with
+    # their number and the position of every row among the present ones
+    rankers: dict[int, tuple[np.ndarray, _Ranker, np.ndarray, int, np.ndarray | None]] = {}
     for j in np.flatnonzero(need):
         col = Xd[:, j]
         ok = ~np.isnan(col)
-        rankers[int(j)] = (ok, _Ranker(col[ok]))
+        rk = _Ranker(col[ok])
+        if rk.codes is not None:
+            codes, size = rk.codes, rk.size
+        else:
+            codes = np.empty(rk.n, dtype=np.intp)
+            codes[rk.order] = rk.group
+            size = int(rk.group[-1]) + 1 if rk.n else 0
+        rankers[int(j)] = (ok, rk, codes, size, None if ok.all() else np.cumsum(ok) - 1)
     out = []
     for (_, rows), M, T in zip(groups, masks, targets, strict=True):
         full = len(rows) == n
-        U = np.zeros((len(rows), d))
-        miss_cols = []
-        sel = None
-        if not full:
-            sel = np.zeros(n, dtype=bool)
-            sel[rows] = True
+        UT = np.zeros((d, len(rows)))  # filled a contiguous row per dim, then laid out as rows × dims
+        miss_cols, present = [], []
         for j in np.flatnonzero(M.any(axis=1)):
-            ok, rk = rankers[int(j)]
-            okr = ok if sel is None else ok[rows]
+            ok, rk, codes, size, okpos = rankers[int(j)]
+            okr = ok if full else ok[rows]
             if not okr.all():
                 miss_cols.append(int(j))
+                present.append(okr)
             if okr.sum() < 2:
                 continue
-            r = rk.ranks() if sel is None else rk.ranks(sel[ok])
+            if full:
+                r = rk.ranks()
+            else:  # `_Ranker.ranks(mask)` over the view's rows, counting only those rows' groups
+                sub = codes[rows if okpos is None else okpos[rows[okr]]]
+                counts = np.bincount(sub, minlength=size)
+                r = (np.cumsum(counts) - (counts - 1) / 2.0)[sub]
             r = r - r.mean()  # as refine.scores
             nrm = np.sqrt(np.sum(r * r))
             if nrm > 0:
                 if okr.all():
-                    U[:, j] = r / nrm
+                    UT[j] = r / nrm
                 else:
-                    U[okr, j] = r / nrm
+                    UT[j, okr] = r / nrm
+        U = np.ascontiguousarray(UT.T)
+        del UT
         miss = np.asarray(miss_cols, dtype=np.intp)
-        Pm = np.column_stack([~np.isnan(Xd[rows, j]) for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
+        Pm = np.column_stack(present).astype("float64") if len(miss) else np.zeros((len(rows), 0))
         pos = np.full(n, -1, dtype="int64")
         pos[rows] = np.arange(len(rows))
         A = np.repeat(U.sum(0)[:, None], d, axis=1)
