@@ -367,18 +367,28 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     if not np.any(r):
         return None
 
-    from .estimators import fit_checkpoint
+    from .design import collinear_terms
+    from .estimators import OlsFactor, fit_checkpoint
 
     at = [pos[df.index.get_indexer(d.index)] for _, _, d, _, _ in built]
 
-    def scales(f: float) -> np.ndarray:
+    def scales(f: float, ols: list[OlsFactor | None]) -> np.ndarray:
         """Each checkpoint's residual variance with y = fitted + f r on the shared rows (the
-        samples do not move: only y does, and no subset reads it)."""
+        samples do not move: only y does, and no subset reads it). An ols checkpoint's comes
+        from its design's factor (the bits `fit_checkpoint` gives, without refactoring the
+        design and its sandwich for every f)."""
         yf = fitted + f * r
-        return np.asarray([fit_checkpoint(replace(d, y=yf[ix]), cp).scale for (_, cp, d, _, _), ix in zip(built, at, strict=True)])
+        return np.asarray([fit_checkpoint(replace(d, y=yf[ix]), cp).scale if o is None else o.solve(yf[ix])[2]
+                           for (_, cp, d, _, _), ix, o in zip(built, at, ols, strict=True)])
+
+    def factor(cp: Checkpoint, d: Design) -> OlsFactor | None:
+        n, k = d.X.shape  # what fit_checkpoint checks first; a design failing it goes through it (and raises)
+        ok = cp.model == "ols" and 0 < k < n and not collinear_terms(d.X, d.terms)
+        return OlsFactor.of(d.X, d.weights) if ok else None
 
     try:  # each residual variance is quadratic in f: a + p f + q f^2, fixed by f = 0, 1, 2
-        s0, s1, s2 = scales(0.0), scales(1.0), scales(2.0)
+        ols = [factor(cp, d) for _, cp, d, _, _ in built]
+        s0, s1, s2 = scales(0.0, ols), scales(1.0, ols), scales(2.0, ols)
     except (CheckpointError, np.linalg.LinAlgError):
         return None
     targets = np.asarray([t for *_, t in built])
