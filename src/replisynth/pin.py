@@ -144,6 +144,7 @@ class _Designs:
     def __init__(self) -> None:
         self._built: dict[tuple[str, bool], tuple[Design, np.ndarray]] = {}
         self._ops: dict[tuple[str, bool], Operator] = {}
+        self._cross: dict[tuple[int, int], np.ndarray] = {}
 
     @staticmethod
     def _reusable(c: dict[str, Any]) -> bool:
@@ -161,6 +162,17 @@ class _Designs:
         if self._reusable(c):
             self._built[key] = (d, df.index.get_indexer(d.index))
         return d
+
+    def cross(self, a: Operator, rows_a: np.ndarray, b: Operator, rows_b: np.ndarray) -> np.ndarray:
+        """`cross_block(a, rows_a, b, rows_b)`, kept for operators this cache holds (their
+        samples are fixed, so the k_a × k_b block is the same in every pass)."""
+        kept = {id(A) for A in self._ops.values()}
+        if id(a) not in kept or id(b) not in kept:
+            return cross_block(a, rows_a, b, rows_b)
+        key = (id(a), id(b))
+        if key not in self._cross:
+            self._cross[key] = cross_block(a, rows_a, b, rows_b)
+        return self._cross[key]
 
     def operator(self, d: Design, c: dict[str, Any], cp: Checkpoint, released: bool = True) -> Operator:
         """`_operator` of a design from `design` (kept when the design is)."""
@@ -235,7 +247,8 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
     # k × k blocks A_a A_b' and S' lam from each A_c' lam_c, so no k × n array is formed.
     rows = [df.index.get_indexer(d.index) for _, (_, d, _, _) in built]
     parts = [(A, common, r) for (_, (A, _, common, _)), r in zip(built, rows, strict=True)]
-    SS = np.block([[cross_block(A, ra, B, rb)[np.ix_(ca, cb)] for B, cb, rb in parts] for A, ca, ra in parts])
+    cross = designs.cross if designs is not None else cross_block
+    SS = np.block([[cross(A, ra, B, rb)[np.ix_(ca, cb)] for B, cb, rb in parts] for A, ca, ra in parts])
     D = np.concatenate([b[3] for _, b in built])
     lam = np.linalg.lstsq(SS, D, rcond=None)[0]  # minimum-norm: S'(SS')^+ D
     delta_y = np.zeros(len(df))
@@ -348,7 +361,10 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
         except (CheckpointError, np.linalg.LinAlgError):
             return None
         built.append((c, cp, d, A, float(target)))
-    rows = np.unique(np.concatenate([df.index.get_indexer(d.index) for _, _, d, _, _ in built]))
+    union = np.zeros(len(df), dtype=bool)  # the sorted union of the samples' rows (np.unique of them, in O(n))
+    for _, _, d, _, _ in built:
+        union[df.index.get_indexer(d.index)] = True
+    rows = np.flatnonzero(union)
     pos = np.full(len(df), -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
     blocks = []  # the rows of A = G^-1 B' span the columns of B: project on those
