@@ -443,3 +443,41 @@ def test_iv_log_se_factors_of_a_singular_first_stage_are_finite() -> None:
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[0], out[2])
     assert out[1].max() > out[0].max() + 1
+
+
+def test_alignment_views_equal_refine_views() -> None:
+    """`xmom._views` (one ranker per column, per-view ranks by counting, scores only for dims
+    in a masked pair) holds exactly what `refine._view` holds on every masked pair: the same
+    scores of the dims it scores, and the same running sums, targets and masks."""
+    from replisynth.refine import _view
+    from replisynth.xmom import _views
+
+    rng_ = np.random.default_rng(3)
+    n, d = 3000, 6
+    X = np.column_stack([rng_.normal(size=n), rng_.integers(0, 5, size=n), rng_.random(n) < 0.3, np.round(rng_.normal(size=n), 1),
+                         rng_.normal(size=n), rng_.integers(0, 40, size=n) * 1.5]).astype("float64")
+    X[rng_.random(n) < 0.1, 3] = np.nan
+    X[rng_.random(n) < 0.05, 5] = np.nan
+    strata = rng_.integers(0, 3, size=n)
+    groups = [(f"g{g}", np.flatnonzero(strata == g)) for g in range(3)] + [("all", np.arange(n))]
+    T = np.corrcoef(rng_.normal(size=(d, 50)))
+    T[0, 2] = T[2, 0] = np.nan
+    ignore = np.zeros((d, d), dtype=bool)
+    ignore[4, :] = ignore[:, 4] = True  # a dim in no masked pair: never scored
+    masks, tgts, ref = [], [], []
+    for _, rows in groups:
+        v = _view(X, rows, T, n)
+        v.M[ignore] = 0.0
+        ref.append(v)
+        masks.append(v.M.copy())
+        tgts.append(v.T.copy())
+    got = _views(X, groups, masks, tgts)
+    for v, g in zip(ref, got, strict=True):
+        live = g.M.any(axis=1)
+        assert not live[4] and live.sum() == d - 1
+        assert np.array_equal(v.U[:, live], g.U[:, live]) and not g.U[:, ~live].any()
+        pair = g.M > 0
+        for a, b in ((v.C, g.C), (v.A, g.A), (v.Q, g.Q), (v.N, g.N)):
+            assert np.array_equal(a[pair], b[pair])
+        assert np.array_equal(v.T, g.T) and np.array_equal(v.M, g.M) and np.array_equal(v.pos, g.pos)
+        assert np.array_equal(v.error(), g.error())
