@@ -481,3 +481,26 @@ def test_alignment_views_equal_refine_views() -> None:
             assert np.array_equal(a[pair], b[pair])
         assert np.array_equal(v.T, g.T) and np.array_equal(v.M, g.M) and np.array_equal(v.pos, g.pos)
         assert np.array_equal(v.error(), g.error())
+
+
+def test_dim_columns_equal_the_synthetic_dim_matrix(nested_run: dict[str, Any]) -> None:
+    """`xmom._dim_columns` codes each distinct value once and spreads it back: the same floats
+    as `dims.synthetic_dim_matrix` on every dim it is asked for (missing values included), 0
+    on the others."""
+    from replisynth.dims import synthetic_dim_matrix
+    from replisynth.xmom import _dim_columns
+
+    release = nested_run["bundle"].releases["d"]
+    df = nested_run["unpinned"].copy()
+    r = np.random.default_rng(2)
+    df.loc[r.random(len(df)) < 0.05, "f"] = None
+    df.loc[r.random(len(df)) < 0.05, "x1"] = np.nan
+    df = df.iloc[r.permutation(len(df))].reset_index(drop=True)
+    want = synthetic_dim_matrix(df, release)
+    d = want.shape[1]
+    assert d >= 3 and any(x["kind"] != "continuous" for x in release["dims"])
+    need = np.ones(d, dtype=bool)
+    need[0] = False
+    got = _dim_columns(df, release, need)
+    np.testing.assert_array_equal(got[:, need], want[:, need])
+    assert not got[:, 0].any()

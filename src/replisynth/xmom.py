@@ -455,6 +455,41 @@ def _iv_positions(data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[in
     return (ix, iz, target) if np.all(np.abs(target) < _IV_FAR) else None
 
 
+def _dim_columns(df: pd.DataFrame, release: dict[str, Any], need: np.ndarray) -> np.ndarray:
+    """`dims.synthetic_dim_matrix(df, release)` in the dims `need` (n × d, column-major; the
+    other columns 0). Each dim's value is a function of its column's value alone, so a column
+    with few distinct values is coded once per distinct value (on one row holding it, so
+    its dtype is kept) and spread back by its factorize codes: the same floats without a
+    pass of the level lookups over every row."""
+    from .dims import synthetic_dim_matrix
+
+    dims = release["dims"]
+    n = len(df)
+    X = np.zeros((n, len(dims)), order="F")
+    by_col: dict[str, list[int]] = {}
+    for j in np.flatnonzero(need):
+        by_col.setdefault(dims[j]["column"], []).append(int(j))
+    for col, ks in by_col.items():
+        sub = {**release, "dims": [dims[k] for k in ks]}
+        if all(dims[k]["kind"] in ("continuous", "missing") for k in ks):  # a numeric conversion: no lookups to save
+            X[:, ks] = synthetic_dim_matrix(df[[col]], sub)
+            continue
+        codes, uniq = pd.factorize(df[col], use_na_sentinel=True)
+        if 8 * (len(uniq) + 1) > n:
+            X[:, ks] = synthetic_dim_matrix(df[[col]], sub)
+            continue
+        # the first row of each code: factorize numbers values in order of appearance, so code
+        # k first appears where the codes pass their running maximum (missing: code -1, put first)
+        run = np.maximum.accumulate(codes)
+        first = np.flatnonzero(np.concatenate([[codes[0] >= 0], codes[1:] > run[:-1]]))
+        off = int(bool(np.any(codes < 0)))
+        if off:
+            first = np.concatenate([[int(np.argmax(codes < 0))], first])
+        small = synthetic_dim_matrix(df[[col]].iloc[first], sub)
+        X[:, ks] = small[codes + off]
+    return X
+
+
 def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.ndarray], targets: list[np.ndarray]) -> list[_View]:
     """`refine._view` of each row set `groups[i][1]` (ascending rows) against `targets[i]`
     (0 off the released pairs), with its pair mask `masks[i]` applied, built for the alignment: scores only for the dims
@@ -597,7 +632,6 @@ def align_moments(
     `patience` sweeps running, or after `target_sweeps` sweeps; a unit moves only while a
     checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
     `rng`: `seeds.rng(seed, source, "xmom")`."""
-    from .dims import synthetic_dim_matrix
     from .synthesize import block_target
 
     source = release["source"]
@@ -670,7 +704,6 @@ def align_moments(
         return df, report
     n = len(df)
     outcomes = {c["outcome"] for c in cps} - set(units) - {b for u in units.values() for b in u}
-    Xd = synthetic_dim_matrix(df, release) if len(dims) >= 2 else np.zeros((n, 0))
     groups = _groups(df, release)
     unit_dims = {u: [j for j, d in enumerate(dims) if d["column"] in cols and d["kind"] != "missing"] for u, cols in units.items()}
     movable = np.zeros(len(dims), dtype=bool)
@@ -691,6 +724,10 @@ def align_moments(
         M[ignore] = 0.0
         masks.append(M)
     live = [i for i, M in enumerate(masks) if len(dims) >= 2 and M.any()]
+    need = np.zeros(len(dims), dtype=bool)
+    for i in live:
+        need |= masks[i].any(axis=1)
+    Xd = _dim_columns(df, release, need) if live else np.zeros((n, 0))
     built = dict(zip(live, _views(Xd, [sets[i] for i in live], [masks[i] for i in live], [tgts[i] for i in live]), strict=True))
     views = [built.get(i) for i in range(len(groups))]
     gview = built.get(len(groups)) if len(groups) > 1 else None
