@@ -43,16 +43,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .correlations import _Ranker
 from .design import estimation_sample
-from .entities import draw_pairs, entity_frozen
 from .manifest import formula_variables
-from .refine import _block, _proposal_terms, _View, accept_swaps, best_prefix, penalty
+
+if TYPE_CHECKING:
+    from .refine import _View
 
 SE_FACTOR_TOL = 0.02  # |log SE factor gap| below which a checkpoint alone on its outcome needs no alignment
 MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
@@ -497,6 +497,8 @@ def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.
     out), each column prepared for ranking once over all rows (`correlations._Ranker`) and
     ranked per view by counting (exact mid-ranks, so the scores are bit-identical to
     `refine.scores` per view), instead of a sort of every column in every view."""
+    from .correlations import _Ranker
+    from .refine import _View
     n, d = Xd.shape
     need = np.zeros(d, dtype=bool)
     for M in masks:
@@ -632,6 +634,9 @@ def align_moments(
     `patience` sweeps running, or after `target_sweeps` sweeps; a unit moves only while a
     checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
     `rng`: `seeds.rng(seed, source, "xmom")`."""
+    # entities, refine and correlations (scipy.optimize: ~0.6 s of import) only when there is work
+    from .entities import draw_pairs, entity_frozen
+    from .refine import _block, _proposal_terms, accept_swaps, best_prefix, penalty
     from .synthesize import block_target
 
     source = release["source"]
