@@ -504,3 +504,23 @@ def test_dim_columns_equal_the_synthetic_dim_matrix(nested_run: dict[str, Any]) 
     got = _dim_columns(df, release, need)
     np.testing.assert_array_equal(got[:, need], want[:, need])
     assert not got[:, 0].any()
+
+
+def test_alignment_does_not_depend_on_the_thread_count(nested_run: dict[str, Any]) -> None:
+    """The views are prepared on the stage's threads: one thread and two give the same
+    aligned frame and report."""
+    from replisynth.parallel import set_threads, threads
+
+    b, syn = nested_run["bundle"], nested_run["unpinned"]
+    before = threads()
+    try:
+        out = []
+        for n in (1, 2):
+            set_threads(n)
+            out.append(align_moments(syn, b.checkpoints, b.releases["d"], rng(b.manifest.seed, "d", "xmom")))
+    finally:
+        set_threads(before)
+    (one, rep_one), (two, rep_two) = out
+    assert rep_one["status"] == "aligned"
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    assert rep_one == rep_two

@@ -492,13 +492,17 @@ def _dim_columns(df: pd.DataFrame, release: dict[str, Any], need: np.ndarray) ->
 
 def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.ndarray], targets: list[np.ndarray]) -> list[_View]:
     """`refine._view` of each row set `groups[i][1]` (ascending rows) against `targets[i]`
-    (0 off the released pairs), with its pair mask `masks[i]` applied, built for the alignment: scores only for the dims
-    in a masked pair (a dim in none is never read; its column stays 0, its sums are masked
-    out), each column prepared for ranking once over all rows (`correlations._Ranker`) and
-    ranked per view by counting (exact mid-ranks, so the scores are bit-identical to
-    `refine.scores` per view), instead of a sort of every column in every view."""
+    (0 off the released pairs), with its pair mask `masks[i]` applied, built for the
+    alignment: scores only for the dims in a masked pair (a dim in none is never read; its
+    column stays 0, its sums are masked out), each column prepared for ranking once over all
+    rows (`correlations._Ranker`) and ranked per view by counting (exact mid-ranks, so the
+    scores are bit-identical to `refine.scores` per view), instead of a sort of every column
+    in every view. Columns, then views, are prepared on the stage's threads (independent
+    pieces, results in order: the same views for any thread count)."""
     from .correlations import _Ranker
+    from .parallel import thread_map
     from .refine import _View
+
     n, d = Xd.shape
     need = np.zeros(d, dtype=bool)
     for M in masks:
@@ -506,8 +510,7 @@ def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.
     # per dim: presence, the ranker over the present rows, and each present row's tie group
     # (codes of the ranker's counting path, or its sorted groups put back in row order), with
     # their number and the position of every row among the present ones
-    rankers: dict[int, tuple[np.ndarray, _Ranker, np.ndarray, int, np.ndarray | None]] = {}
-    for j in np.flatnonzero(need):
+    def prepare(j: int) -> tuple[np.ndarray, _Ranker, np.ndarray, int, np.ndarray | None]:
         col = Xd[:, j]
         ok = ~np.isnan(col)
         rk = _Ranker(col[ok])
@@ -517,9 +520,13 @@ def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.
             codes = np.empty(rk.n, dtype=np.intp)
             codes[rk.order] = rk.group
             size = int(rk.group[-1]) + 1 if rk.n else 0
-        rankers[int(j)] = (ok, rk, codes, size, None if ok.all() else np.cumsum(ok) - 1)
-    out = []
-    for (_, rows), M, T in zip(groups, masks, targets, strict=True):
+        return ok, rk, codes, size, None if ok.all() else np.cumsum(ok) - 1
+
+    live = [int(j) for j in np.flatnonzero(need)]
+    rankers = dict(zip(live, thread_map(prepare, live), strict=True))
+
+    def build(i: int) -> _View:
+        (_, rows), M, T = groups[i], masks[i], targets[i]
         full = len(rows) == n
         UT = np.zeros((d, len(rows)))  # filled a contiguous row per dim, then laid out as rows × dims
         miss_cols, present = [], []
@@ -561,8 +568,9 @@ def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.
             N[miss, :] = cnt[:, None]
             N[:, miss] = cnt[None, :]
             N[np.ix_(miss, miss)] = Pm.T @ Pm
-        out.append(_View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, T, M))
-    return out
+        return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, T, M)
+
+    return thread_map(build, range(len(groups)))
 
 
 def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[str]:
