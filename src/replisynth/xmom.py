@@ -490,27 +490,30 @@ def _dim_columns(df: pd.DataFrame, release: dict[str, Any], need: np.ndarray) ->
     return X
 
 
-def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.ndarray], targets: list[np.ndarray]) -> list[_View]:
+def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, np.ndarray]], masks: list[np.ndarray], targets: list[np.ndarray]) -> list[_View]:
     """`refine._view` of each row set `groups[i][1]` (ascending rows) against `targets[i]`
     (0 off the released pairs), with its pair mask `masks[i]` applied, built for the
     alignment: scores only for the dims in a masked pair (a dim in none is never read; its
     column stays 0, its sums are masked out), each column prepared for ranking once over all
     rows (`correlations._Ranker`) and ranked per view by counting (exact mid-ranks, so the
     scores are bit-identical to `refine.scores` per view), instead of a sort of every column
-    in every view. Columns, then views, are prepared on the stage's threads (independent
-    pieces, results in order: the same views for any thread count)."""
+    in every view. One thread: the stage's second one cost ~100 MB of peak at 10^6 rows
+    (per-thread allocator arenas) for well under a second. `columns(need)` gives the
+    dim matrix (n × d, NaN = missing) in the dims `need`; it is dropped once they are ranked."""
     from .correlations import _Ranker
-    from .parallel import thread_map
     from .refine import _View
 
-    n, d = Xd.shape
+    d = len(masks[0]) if masks else 0
     need = np.zeros(d, dtype=bool)
     for M in masks:
         need |= M.any(axis=1)
+    Xd: np.ndarray | None = columns(need)
+    assert Xd is not None
+    n = len(Xd)
     # per dim: presence, the ranker over the present rows, and each present row's tie group
     # (codes of the ranker's counting path, or its sorted groups put back in row order), with
     # their number and the position of every row among the present ones
-    def prepare(j: int) -> tuple[np.ndarray, _Ranker, np.ndarray, int, np.ndarray | None]:
+    def prepare(j: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
         col = Xd[:, j]
         ok = ~np.isnan(col)
         rk = _Ranker(col[ok])
@@ -520,39 +523,38 @@ def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.
             codes = np.empty(rk.n, dtype=np.intp)
             codes[rk.order] = rk.group
             size = int(rk.group[-1]) + 1 if rk.n else 0
-        return ok, rk, codes, size, None if ok.all() else np.cumsum(ok) - 1
+        small = np.int32 if max(size, len(ok)) < 2**31 else np.intp  # held for every view: half the memory
+        return ok, codes.astype(small), size, None if ok.all() else (np.cumsum(ok) - 1).astype(small)
 
     live = [int(j) for j in np.flatnonzero(need)]
-    rankers = dict(zip(live, thread_map(prepare, live), strict=True))
+    rankers = {j: prepare(j) for j in live}
+    Xd = None  # the tie groups are all the views need: the n × d values go before the views are built
 
     def build(i: int) -> _View:
         (_, rows), M, T = groups[i], masks[i], targets[i]
         full = len(rows) == n
-        UT = np.zeros((d, len(rows)))  # filled a contiguous row per dim, then laid out as rows × dims
+        U = np.zeros((len(rows), d))  # written in place (a transposed copy would add n × d floats to the peak)
         miss_cols, present = [], []
         for j in np.flatnonzero(M.any(axis=1)):
-            ok, rk, codes, size, okpos = rankers[int(j)]
+            ok, codes, size, okpos = rankers[int(j)]
             okr = ok if full else ok[rows]
             if not okr.all():
                 miss_cols.append(int(j))
                 present.append(okr)
             if okr.sum() < 2:
                 continue
-            if full:
-                r = rk.ranks()
-            else:  # `_Ranker.ranks(mask)` over the view's rows, counting only those rows' groups
-                sub = codes[rows if okpos is None else okpos[rows[okr]]]
-                counts = np.bincount(sub, minlength=size)
-                r = (np.cumsum(counts) - (counts - 1) / 2.0)[sub]
+            # `_Ranker.ranks(mask)` over the view's present rows: mid-ranks from the counts of
+            # those rows' tie groups (all present rows: `_Ranker.ranks()`)
+            sub = codes if full else codes[rows if okpos is None else okpos[rows[okr]]]
+            counts = np.bincount(sub, minlength=size)
+            r = (np.cumsum(counts) - (counts - 1) / 2.0)[sub]
             r = r - r.mean()  # as refine.scores
             nrm = np.sqrt(np.sum(r * r))
             if nrm > 0:
                 if okr.all():
-                    UT[j] = r / nrm
+                    U[:, j] = r / nrm
                 else:
-                    UT[j, okr] = r / nrm
-        U = np.ascontiguousarray(UT.T)
-        del UT
+                    U[okr, j] = r / nrm
         miss = np.asarray(miss_cols, dtype=np.intp)
         Pm = np.column_stack(present).astype("float64") if len(miss) else np.zeros((len(rows), 0))
         pos = np.full(n, -1, dtype="int64")
@@ -570,7 +572,7 @@ def _views(Xd: np.ndarray, groups: list[tuple[str, np.ndarray]], masks: list[np.
             N[np.ix_(miss, miss)] = Pm.T @ Pm
         return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, T, M)
 
-    return thread_map(build, range(len(groups)))
+    return [build(i) for i in range(len(groups))]  # one at a time: two views in flight add n × d floats to the peak
 
 
 def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[str]:
@@ -737,14 +739,12 @@ def align_moments(
         M[ignore] = 0.0
         masks.append(M)
     live = [i for i, M in enumerate(masks) if len(dims) >= 2 and M.any()]
-    need = np.zeros(len(dims), dtype=bool)
-    for i in live:
-        need |= masks[i].any(axis=1)
-    Xd = _dim_columns(df, release, need) if live else np.zeros((n, 0))
-    built = dict(zip(live, _views(Xd, [sets[i] for i in live], [masks[i] for i in live], [tgts[i] for i in live]), strict=True))
+    # the views build the dim matrix and drop it once its columns are ranked (its n × d floats
+    # would add to the memory peak)
+    made = _views(lambda need: _dim_columns(df, release, need), [sets[i] for i in live], [masks[i] for i in live], [tgts[i] for i in live]) if live else []
+    built = dict(zip(live, made, strict=True))
     views = [built.get(i) for i in range(len(groups))]
     gview = built.get(len(groups)) if len(groups) > 1 else None
-    del Xd  # the views hold what the swaps need (its n × d floats would add to the memory peak)
     perms = {u: np.arange(n) for u in units}
     owner = {col: u for u, cols in units.items() for col in cols}
     present = {u: df[u].notna().to_numpy() for u in units}
