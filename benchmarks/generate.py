@@ -6,9 +6,11 @@ ordinal from a latent; income = exp(9.5 + 0.05 educ + 0.01 age + N(0, 0.6)), 5% 
 hours continuous; employed = 1{latent > 0}; children Poisson(1.1) capped at 6; married
 B(0.55); tenure integer; sector (12 nominal); 5 extra continuous x1..x5 correlated with
 income. Strata: female x county_type. Checkpoints: 5 OLS (log income equations, hours,
-tenure) with HC1, weights, a factor, an interaction and a subset.
+tenure) with HC1, weights, a factor, an interaction and a subset. `--nested` adds three
+short specifications beside long ones on the same outcome (x1, hours, tenure), which the
+cross-moment alignment (`xmom.align_moments`) always has to work on.
 
-  python benchmarks/generate.py ROWS OUTDIR   -> OUTDIR/register.parquet, OUTDIR/manifest.yaml
+  python benchmarks/generate.py ROWS OUTDIR [--nested]   -> OUTDIR/register.parquet, OUTDIR/manifest.yaml
 """
 
 from __future__ import annotations
@@ -46,8 +48,15 @@ def register(n: int, seed: int = 1) -> pd.DataFrame:
     })
 
 
-def manifest(path: str, name: str = "register") -> dict:
-    return {
+NESTED = [  # short specifications nested in mincer, hours_w and tenure_f (same outcome, sample, weights)
+    {"tag": "mincer_short", "source": "reg", "model": "ols", "formula": "x1 ~ educ_years + age", "vcov": "HC1"},
+    {"tag": "hours_short", "source": "reg", "model": "ols", "formula": "hours ~ female + age", "weights": "weight"},
+    {"tag": "tenure_short", "source": "reg", "model": "ols", "formula": "tenure ~ age + married"},
+]
+
+
+def manifest(path: str, name: str = "register", nested: bool = False) -> dict:
+    out = {
         "name": name, "seed": 20261123,
         "sources": {"reg": {"path": path, "ids": ["pid"], "strata": ["female", "county_type"], "categorical": ["region", "sector"]}},
         "checkpoints": [
@@ -59,15 +68,23 @@ def manifest(path: str, name: str = "register") -> dict:
         ],
         "verify": {"tier": 4},
     }
+    if nested:
+        out["checkpoints"] += [dict(c) for c in NESTED]
+    return out
 
 
-def main(rows: int, out: str) -> None:
+def main(rows: int, out: str, nested: bool = False) -> None:
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     register(rows).to_parquet(d / "register.parquet")
-    (d / "manifest.yaml").write_text(yaml.safe_dump(manifest(str(d / "register.parquet"), f"register_{rows}")))
+    name = f"register_{rows}" + ("_nested" if nested else "")
+    (d / "manifest.yaml").write_text(yaml.safe_dump(manifest(str(d / "register.parquet"), name, nested)))
     print(f"wrote {d}/register.parquet ({rows} rows) and {d}/manifest.yaml")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else f"/tmp/register_{sys.argv[1]}")
+    flags = {a for a in sys.argv[1:] if a.startswith("--")}
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if flags - {"--nested"}:
+        sys.exit(f"unknown option(s): {', '.join(sorted(flags - {'--nested'}))}")
+    main(int(args[0]), args[1] if len(args) > 1 else f"/tmp/register_{args[0]}", "--nested" in flags)

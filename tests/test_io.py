@@ -403,3 +403,24 @@ def test_csv_export_from_parquet_equals_the_csv_written_beside_it(demo: dict, tm
     syn = demo["root"] / "synthetic"
     stage_export_csv(syn / "card.parquet", tmp_path / "card.csv")
     assert (tmp_path / "card.csv").read_bytes() == (syn / "card.csv").read_bytes()
+
+
+def test_fast_csv_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
+    """write_csv formats columns on the stage's threads: one thread and two write the same
+    bytes (floats with and without '.0', exponents, missing values, integers)."""
+    from replisynth.parallel import set_threads, threads
+
+    rng = np.random.default_rng(11)
+    m = 5000
+    df = pd.DataFrame({f"f{j}": np.where(rng.random(m) < 0.1, np.nan, np.round(rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m), j))
+                       for j in range(4)} | {"i": rng.integers(0, 100, size=m), "w": np.round(rng.normal(size=m) * 100)})
+    before = threads()
+    try:
+        set_threads(1)
+        write_csv(df, tmp_path / "one.csv")
+        set_threads(2)
+        write_csv(df, tmp_path / "two.csv")
+    finally:
+        set_threads(before)
+    df.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n")
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()

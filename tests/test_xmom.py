@@ -443,3 +443,84 @@ def test_iv_log_se_factors_of_a_singular_first_stage_are_finite() -> None:
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[0], out[2])
     assert out[1].max() > out[0].max() + 1
+
+
+def test_alignment_views_equal_refine_views() -> None:
+    """`xmom._views` (one ranker per column, per-view ranks by counting, scores only for dims
+    in a masked pair) holds exactly what `refine._view` holds on every masked pair: the same
+    scores of the dims it scores, and the same running sums, targets and masks."""
+    from replisynth.refine import _view
+    from replisynth.xmom import _views
+
+    rng_ = np.random.default_rng(3)
+    n, d = 3000, 6
+    X = np.column_stack([rng_.normal(size=n), rng_.integers(0, 5, size=n), rng_.random(n) < 0.3, np.round(rng_.normal(size=n), 1),
+                         rng_.normal(size=n), rng_.integers(0, 40, size=n) * 1.5]).astype("float64")
+    X[rng_.random(n) < 0.1, 3] = np.nan
+    X[rng_.random(n) < 0.05, 5] = np.nan
+    strata = rng_.integers(0, 3, size=n)
+    groups = [(f"g{g}", np.flatnonzero(strata == g)) for g in range(3)] + [("all", np.arange(n))]
+    T = np.corrcoef(rng_.normal(size=(d, 50)))
+    T[0, 2] = T[2, 0] = np.nan
+    ignore = np.zeros((d, d), dtype=bool)
+    ignore[4, :] = ignore[:, 4] = True  # a dim in no masked pair: never scored
+    masks, tgts, ref = [], [], []
+    for _, rows in groups:
+        v = _view(X, rows, T, n)
+        v.M[ignore] = 0.0
+        ref.append(v)
+        masks.append(v.M.copy())
+        tgts.append(v.T.copy())
+    got = _views(lambda need: X, groups, masks, tgts)
+    for v, g in zip(ref, got, strict=True):
+        live = g.M.any(axis=1)
+        assert not live[4] and live.sum() == d - 1
+        assert np.array_equal(v.U[:, live], g.U[:, live]) and not g.U[:, ~live].any()
+        pair = g.M > 0
+        for a, b in ((v.C, g.C), (v.A, g.A), (v.Q, g.Q), (v.N, g.N)):
+            assert np.array_equal(a[pair], b[pair])
+        assert np.array_equal(v.T, g.T) and np.array_equal(v.M, g.M) and np.array_equal(v.pos, g.pos)
+        assert np.array_equal(v.error(), g.error())
+
+
+def test_dim_columns_equal_the_synthetic_dim_matrix(nested_run: dict[str, Any]) -> None:
+    """`xmom._dim_columns` codes each distinct value once and spreads it back: the same floats
+    as `dims.synthetic_dim_matrix` on every dim it is asked for (missing values included), 0
+    on the others."""
+    from replisynth.dims import synthetic_dim_matrix
+    from replisynth.xmom import _dim_columns
+
+    release = nested_run["bundle"].releases["d"]
+    df = nested_run["unpinned"].copy()
+    r = np.random.default_rng(2)
+    df.loc[r.random(len(df)) < 0.05, "f"] = None
+    df.loc[r.random(len(df)) < 0.05, "x1"] = np.nan
+    df = df.iloc[r.permutation(len(df))].reset_index(drop=True)
+    want = synthetic_dim_matrix(df, release)
+    d = want.shape[1]
+    assert d >= 3 and any(x["kind"] != "continuous" for x in release["dims"])
+    need = np.ones(d, dtype=bool)
+    need[0] = False
+    got = _dim_columns(df, release, need)
+    np.testing.assert_array_equal(got[:, need], want[:, need])
+    assert not got[:, 0].any()
+
+
+def test_alignment_does_not_depend_on_the_thread_count(nested_run: dict[str, Any]) -> None:
+    """One thread and two give the same aligned frame and report (the stage runs with the
+    job's threads; nothing in the alignment may depend on them)."""
+    from replisynth.parallel import set_threads, threads
+
+    b, syn = nested_run["bundle"], nested_run["unpinned"]
+    before = threads()
+    try:
+        out = []
+        for n in (1, 2):
+            set_threads(n)
+            out.append(align_moments(syn, b.checkpoints, b.releases["d"], rng(b.manifest.seed, "d", "xmom")))
+    finally:
+        set_threads(before)
+    (one, rep_one), (two, rep_two) = out
+    assert rep_one["status"] == "aligned"
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    assert rep_one == rep_two

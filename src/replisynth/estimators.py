@@ -64,6 +64,42 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
     return FitResult(terms=list(design.terms), beta=beta, se=se, n=int(n), resid_df=df_resid, scale=scale)
 
 
+@dataclass(frozen=True)
+class OlsFactor:
+    """The y-free part of `ols_fit` for one design: Xw = sqrt(w) X, R^-1 and B = (Xw'Xw)^-1,
+    so fits of several outcomes on one design share the n·k² Gram product (and give the same
+    bits as `ols_fit`, which runs through this)."""
+
+    Xw: np.ndarray
+    Ri: np.ndarray
+    B: np.ndarray
+    sw: np.ndarray | None
+
+    @staticmethod
+    def of(X: np.ndarray, weights: np.ndarray | None) -> OlsFactor:
+        sw = None if weights is None else np.sqrt(weights)
+        Xw = X if sw is None else X * sw[:, None]
+        # R from the Cholesky factor of the column-equilibrated Gram matrix (one n·k² product;
+        # a Householder QR of a 10^6 × 13 design costs ~6× more), then the semi-normal equations
+        # R'R b = Xw'yw with one refinement step on the residual (corrected semi-normal equations,
+        # Björck 1987): on the benchmark designs (cond(X) up to 3e4) within 1e-11 SE of statsmodels.
+        c = np.sqrt(np.einsum("ij,ij->j", Xw, Xw))
+        c[c == 0] = 1.0
+        R = np.linalg.cholesky((Xw.T @ Xw) / np.outer(c, c)).T * c[None, :]
+        Ri = np.linalg.inv(R)
+        return OlsFactor(Xw, Ri, Ri @ Ri.T, sw)
+
+    def solve(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(beta, whitened residual e, scale e'e / (n - k)) of the outcome y."""
+        Xw, B = self.Xw, self.B
+        yw = y if self.sw is None else y * self.sw
+        beta = B @ (Xw.T @ yw)
+        e = yw - Xw @ beta
+        beta = beta + B @ (Xw.T @ e)
+        e = yw - Xw @ beta
+        return beta, e, float(e @ e / (Xw.shape[0] - Xw.shape[1]))
+
+
 def ols_fit(y: np.ndarray, X: np.ndarray, weights: np.ndarray | None, vcov: str, clusters: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
     """(beta, SE, residual df, scale) of OLS/WLS on a full-rank X (n × k), as statsmodels
     OLS/WLS computes them, without its pseudo-inverse (an SVD and an n × k pinv per fit).
@@ -74,26 +110,10 @@ def ols_fit(y: np.ndarray, X: np.ndarray, weights: np.ndarray | None, vcov: str,
     cluster (`clusters` given): B S'S B · G/(G-1) · (n-1)/(n-k), S the per-cluster sums of
     Xw e (statsmodels' `cov_cluster` with its default correction, as Stata)."""
     n, k = X.shape
-    if weights is None:
-        Xw, yw = X, y
-    else:
-        sw = np.sqrt(weights)
-        Xw, yw = X * sw[:, None], y * sw
-    # R from the Cholesky factor of the column-equilibrated Gram matrix (one n·k² product;
-    # a Householder QR of a 10^6 × 13 design costs ~6× more), then the semi-normal equations
-    # R'R b = Xw'yw with one refinement step on the residual (corrected semi-normal equations,
-    # Björck 1987): on the benchmark designs (cond(X) up to 3e4) within 1e-11 SE of statsmodels.
-    c = np.sqrt(np.einsum("ij,ij->j", Xw, Xw))
-    c[c == 0] = 1.0
-    R = np.linalg.cholesky((Xw.T @ Xw) / np.outer(c, c)).T * c[None, :]
-    Ri = np.linalg.inv(R)
-    B = Ri @ Ri.T
-    beta = B @ (Xw.T @ yw)
-    e = yw - Xw @ beta
-    beta = beta + B @ (Xw.T @ e)
-    e = yw - Xw @ beta
+    f = OlsFactor.of(X, weights)
+    Xw, Ri, B = f.Xw, f.Ri, f.B
+    beta, e, scale = f.solve(y)
     df_resid = n - k
-    scale = float(e @ e / df_resid)
     if clusters is not None:
         _, codes = np.unique(clusters, return_inverse=True)
         codes = codes.ravel()

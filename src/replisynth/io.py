@@ -295,21 +295,25 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 def _arrow_csv_columns(df: pd.DataFrame) -> list[Any] | None:
     """Each column as an Arrow string array holding pandas' CSV text, or None when a column
-    is not plain numeric (strings, categories, dates, float32 go through pandas)."""
-    out = []
+    is not plain numeric (strings, categories, dates, float32 go through pandas). Columns are
+    formatted on the stage's threads (Arrow's kernels release the GIL; results in column
+    order, so the bytes do not depend on the thread count)."""
+    from .parallel import thread_map
+
+    jobs: list[tuple[Any, str]] = []
     for _, s in df.items():
         t = s.dtype
         if isinstance(t, np.dtype) and t.kind in "iu":
-            out.append(_arrow_text(s.to_numpy(), "int"))
+            jobs.append((s.to_numpy(), "int"))
         elif isinstance(t, np.dtype) and t == np.float64:
-            out.append(_arrow_text(s.to_numpy(), "float"))
+            jobs.append((s.to_numpy(), "float"))
         elif isinstance(t, np.dtype) and t.kind == "b":
-            out.append(_arrow_text(s.to_numpy(), "bool"))
+            jobs.append((s.to_numpy(), "bool"))
         elif isinstance(t, pd.api.extensions.ExtensionDtype) and str(t) in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64"):
-            out.append(_arrow_text(s, "int"))
+            jobs.append((s, "int"))
         else:
             return None
-    return out
+    return thread_map(lambda job: _arrow_text(*job), jobs)
 
 
 def _arrow_text(values: Any, kind: str) -> Any:
@@ -327,16 +331,20 @@ def _arrow_text(values: Any, kind: str) -> Any:
         return text
     x = np.asarray(values, dtype="float64")
     ax = np.abs(x)
+    fin = np.isfinite(x)
     # Arrow picks exponent or positional notation by its own rule; the digits are the same
     # shortest round-trip digits as repr. Values repr writes with an exponent, and any that
     # Arrow wrote with one, are formatted by repr itself (rare in real data).
-    exp = np.isfinite(x) & ((ax >= 1e16) | ((ax < 1e-4) & (ax > 0)))
+    exp = fin & ((ax >= 1e16) | ((ax < 1e-4) & (ax > 0)))
     def has(sub: str) -> np.ndarray:
         return pc.fill_null(pc.match_substring(text, sub), False).to_numpy(zero_copy_only=False)
 
-    exp |= has("e") & np.isfinite(x)
-    whole = ~has(".") & np.isfinite(x) & ~exp
-    fixed = pc.if_else(pa.array(whole), pc.binary_join_element_wise(text, ".0", ""), text)
+    exp |= has("e") & fin
+    whole = ~has(".") & fin & ~exp
+    fixed = text
+    if whole.any():  # '.0' appended to the whole numbers only (not a joined copy of every value)
+        at = pa.array(np.flatnonzero(whole))
+        fixed = pc.replace_with_mask(text, pa.array(whole), pc.binary_join_element_wise(text.take(at), ".0", ""))
     if exp.any():
         idx = np.flatnonzero(exp)
         py = np.asarray(fixed.to_numpy(zero_copy_only=False), dtype=object)

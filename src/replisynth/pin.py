@@ -12,7 +12,7 @@ whose outcome is a regressor of another group goes first, so later pins do not u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -95,10 +95,10 @@ def cross_block(a: Operator, rows_a: np.ndarray, b: Operator, rows_b: np.ndarray
     """A_a A_b' (k_a × k_b) over the data rows both samples hold: G_a^-1 (B_a' B_b) G_b'^-1
     with B restricted to the shared rows. `rows_*`: each sample's row positions in the data
     (distinct). The joint pin's constraint Gram matrix, built from k × k products only."""
-    _, ia, ib = np.intersect1d(rows_a, rows_b, assume_unique=True, return_indices=True)
-    if len(ia) == len(rows_a) and len(ib) == len(rows_b) and np.array_equal(rows_a, rows_b):
+    if np.array_equal(rows_a, rows_b):  # one sample (nested specifications): no intersection to sort out
         S = a.B.T @ b.B
     else:
+        _, ia, ib = np.intersect1d(rows_a, rows_b, assume_unique=True, return_indices=True)
         S = a.B[ia].T @ b.B[ib]
     return np.linalg.solve(b.G, np.linalg.solve(a.G, S).T).T
 
@@ -129,14 +129,74 @@ def pin_order(cps: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 MAX_PASSES = 8
 EXACT_TOL = 1e-9  # |beta - beta*| / SE_target counted as exact
+_REUSABLE = ("ols", "fe", "iv")  # linear families whose operator A depends on the regressors alone (re: on y too)
 
 
-def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple[Operator, Design, list[int], np.ndarray] | None:
+class _Designs:
+    """The designs of one outcome group, each built once and reused while pinning moves only
+    the outcome (formulaic on 10^6 rows costs 0.1-0.3 s a build; a group takes 2-9 passes plus
+    the residual scaling and shaping). X, weights, sample and the factored operator depend on
+    the regressors alone, so a design is reused for a linear checkpoint whose left-hand side
+    is the bare outcome and whose sample the outcome cannot change (not in its subset; pinning
+    never makes it missing): y is then the outcome column at the sample's rows, the values
+    formulaic reads. Anything else is rebuilt every time, as before."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[str, bool], tuple[Design, np.ndarray]] = {}
+        self._ops: dict[tuple[str, bool], Operator] = {}
+        self._cross: dict[tuple[int, int], np.ndarray] = {}
+
+    @staticmethod
+    def _reusable(c: dict[str, Any]) -> bool:
+        return (c["model"] in (*_REUSABLE, "re") and c["formula"].split("~", 1)[0].strip() == c["outcome"]
+                and c["outcome"] not in c.get("subset_columns", []))
+
+    def design(self, df: pd.DataFrame, c: dict[str, Any], where: str = "", released: bool = True) -> Design:
+        """`build_design` of the checkpoint on `df` (released: with `released_terms`)."""
+        key = (c["tag"], released)
+        hit = self._built.get(key)
+        if hit is not None and pd.api.types.is_float_dtype(df[c["outcome"]].dtype):
+            d, pos = hit
+            return replace(d, y=df[c["outcome"]].to_numpy(dtype="float64")[pos])
+        d = build_design(df, checkpoint_from_release(c), where, released=released_terms(c) if released else None)
+        if self._reusable(c):
+            self._built[key] = (d, df.index.get_indexer(d.index))
+        return d
+
+    def cross(self, a: Operator, rows_a: np.ndarray, b: Operator, rows_b: np.ndarray) -> np.ndarray:
+        """`cross_block(a, rows_a, b, rows_b)`, kept for operators this cache holds (their
+        samples are fixed, so the k_a × k_b block is the same in every pass)."""
+        kept = {id(A) for A in self._ops.values()}
+        if id(a) not in kept or id(b) not in kept:
+            return cross_block(a, rows_a, b, rows_b)
+        key = (id(a), id(b))
+        if key not in self._cross:
+            self._cross[key] = cross_block(a, rows_a, b, rows_b)
+        return self._cross[key]
+
+    def operator(self, d: Design, c: dict[str, Any], cp: Checkpoint, released: bool = True) -> Operator:
+        """`_operator` of a design from `design` (kept when the design is)."""
+        key = (c["tag"], released)
+        if key in self._ops:
+            return self._ops[key]
+        A = _operator(d, cp)
+        if key in self._built and cp.model in _REUSABLE:
+            self._ops[key] = A
+        return A
+
+
+def _fresh(designs: _Designs | None) -> _Designs:
+    """The caller's design cache, or a private one that lives for this call only."""
+    return designs if designs is not None else _Designs()
+
+
+def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str], designs: _Designs | None = None) -> tuple[Operator, Design, list[int], np.ndarray] | None:
     """(factored A, design, positions of the released terms, beta* - beta_hat there) for one
     checkpoint on the current data, or None (with a note) when it cannot be built."""
     cp = checkpoint_from_release(c)
+    designs = _fresh(designs)
     try:
-        d = build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=released_terms(c))
+        d = designs.design(df, c, f"checkpoint {cp.tag!r} on synthetic data")
     except CheckpointError as exc:
         notes.append(str(exc))
         return None
@@ -148,7 +208,7 @@ def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str]) -> tuple
     if not common:
         return None
     try:
-        A = _operator(d, cp)
+        A = designs.operator(d, c, cp)
         beta = A.apply(d.y)  # the factored operator first solves with G here
     except np.linalg.LinAlgError:
         notes.append(f"{cp.tag}: singular synthetic design")
@@ -166,10 +226,10 @@ def _gap(c: dict[str, Any], delta: np.ndarray, d: Design, common: list[int]) -> 
     return float(np.max(np.abs(delta) / np.where(scale > 0, scale, 1.0))) if len(delta) else 0.0
 
 
-def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes: list[str]) -> tuple[float, bool]:
+def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes: list[str], designs: _Designs | None = None) -> tuple[float, bool]:
     """One Newton step on y for a group; returns the largest gap (in target SEs) before the
     step and whether the stacked constraints were consistent."""
-    built = [(c, _constraints(df, c, notes)) for c in group]
+    built = [(c, _constraints(df, c, notes, designs)) for c in group]
     built = [(c, b) for c, b in built if b is not None]
     if not built:
         return float("inf"), False
@@ -187,7 +247,8 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
     # k × k blocks A_a A_b' and S' lam from each A_c' lam_c, so no k × n array is formed.
     rows = [df.index.get_indexer(d.index) for _, (_, d, _, _) in built]
     parts = [(A, common, r) for (_, (A, _, common, _)), r in zip(built, rows, strict=True)]
-    SS = np.block([[cross_block(A, ra, B, rb)[np.ix_(ca, cb)] for B, cb, rb in parts] for A, ca, ra in parts])
+    cross = designs.cross if designs is not None else cross_block
+    SS = np.block([[cross(A, ra, B, rb)[np.ix_(ca, cb)] for B, cb, rb in parts] for A, ca, ra in parts])
     D = np.concatenate([b[3] for _, b in built])
     lam = np.linalg.lstsq(SS, D, rcond=None)[0]  # minimum-norm: S'(SS')^+ D
     delta_y = np.zeros(len(df))
@@ -239,9 +300,10 @@ def pin_checkpoints(
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")
         notes: list[str] = []
         status = "approximate"
+        designs = _Designs()
         for _ in range(MAX_PASSES):
             pass_notes: list[str] = []
-            gap, consistent = _pin_pass(df, group, outcome, pass_notes)
+            gap, consistent = _pin_pass(df, group, outcome, pass_notes, designs)
             notes = pass_notes
             if gap == float("inf"):
                 status = "failed"
@@ -252,23 +314,23 @@ def pin_checkpoints(
             if not consistent:
                 notes.append("constraints inconsistent on the synthetic regressors: least-squares compromise")
         else:
-            gap, _ = _pin_pass(df.copy(), group, outcome, [])
+            gap, _ = _pin_pass(df.copy(), group, outcome, [], designs)
             status = "pinned" if gap <= EXACT_TOL else "approximate"
             if status == "approximate" and not any("inconsistent" in n for n in notes):
                 notes.append(f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE")
         detail: dict[str, Any] = {}
-        if status == "pinned" and not any(outcome in c.get("subset_columns", []) for c in group) and _disjoint_samples(df, group):
+        if status == "pinned" and not any(outcome in c.get("subset_columns", []) for c in group) and _disjoint_samples(df, group, designs):
             for c in group:
                 who = f"{c['tag']}: " if len(group) > 1 else ""
-                factor = _match_residual_scale(df, c, outcome)
+                factor = _match_residual_scale(df, c, outcome, designs)
                 if factor is not None:
                     notes.append(f"{who}residuals scaled by {factor:.4g} to the released residual variance")
-                shaped = _shape_residuals(df, c, outcome, weight_bounds) if shape_ses else None
+                shaped = _shape_residuals(df, c, outcome, weight_bounds, designs) if shape_ses else None
                 if shaped is not None:
                     notes.append(who + shaped.note())
                     detail.setdefault("se_shape", {})[c["tag"]] = shaped.as_dict()
         elif status in ("pinned", "approximate") and len(group) > 1 and not any(outcome in c.get("subset_columns", []) for c in group):
-            joint = _match_joint_residual_scale(df, group, outcome)
+            joint = _match_joint_residual_scale(df, group, outcome, designs)
             if joint is not None:
                 notes.append(joint)
         frames[source] = df
@@ -276,7 +338,7 @@ def pin_checkpoints(
     return frames, results
 
 
-def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str) -> str | None:
+def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, designs: _Designs | None = None) -> str | None:
     """Inference fidelity for checkpoints that share rows (OLS beside IV on one sample, nested
     specifications): y <- P y + f (I - P) y on the union of their samples, with P the projection
     on every checkpoint's constraint rows (the rows of each operator A, beta_hat = A y). Every
@@ -292,13 +354,17 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
         if not target or not np.isfinite(target) or target <= 0:
             return None
         cp = checkpoint_from_release(c)
+        designs = _fresh(designs)
         try:
-            d = build_design(df, cp, released=released_terms(c))
-            A = _operator(d, cp)
+            d = designs.design(df, c)
+            A = designs.operator(d, c, cp)
         except (CheckpointError, np.linalg.LinAlgError):
             return None
         built.append((c, cp, d, A, float(target)))
-    rows = np.unique(np.concatenate([df.index.get_indexer(d.index) for _, _, d, _, _ in built]))
+    union = np.zeros(len(df), dtype=bool)  # the sorted union of the samples' rows (np.unique of them, in O(n))
+    for _, _, d, _, _ in built:
+        union[df.index.get_indexer(d.index)] = True
+    rows = np.flatnonzero(union)
     pos = np.full(len(df), -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
     blocks = []  # the rows of A = G^-1 B' span the columns of B: project on those
@@ -317,20 +383,28 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     if not np.any(r):
         return None
 
-    from dataclasses import replace
-
-    from .estimators import fit_checkpoint
+    from .design import collinear_terms
+    from .estimators import OlsFactor, fit_checkpoint
 
     at = [pos[df.index.get_indexer(d.index)] for _, _, d, _, _ in built]
 
-    def scales(f: float) -> np.ndarray:
+    def scales(f: float, ols: list[OlsFactor | None]) -> np.ndarray:
         """Each checkpoint's residual variance with y = fitted + f r on the shared rows (the
-        samples do not move: only y does, and no subset reads it)."""
+        samples do not move: only y does, and no subset reads it). An ols checkpoint's comes
+        from its design's factor (the bits `fit_checkpoint` gives, without refactoring the
+        design and its sandwich for every f)."""
         yf = fitted + f * r
-        return np.asarray([fit_checkpoint(replace(d, y=yf[ix]), cp).scale for (_, cp, d, _, _), ix in zip(built, at, strict=True)])
+        return np.asarray([fit_checkpoint(replace(d, y=yf[ix]), cp).scale if o is None else o.solve(yf[ix])[2]
+                           for (_, cp, d, _, _), ix, o in zip(built, at, ols, strict=True)])
+
+    def factor(cp: Checkpoint, d: Design) -> OlsFactor | None:
+        n, k = d.X.shape  # what fit_checkpoint checks first; a design failing it goes through it (and raises)
+        ok = cp.model == "ols" and 0 < k < n and not collinear_terms(d.X, d.terms)
+        return OlsFactor.of(d.X, d.weights) if ok else None
 
     try:  # each residual variance is quadratic in f: a + p f + q f^2, fixed by f = 0, 1, 2
-        s0, s1, s2 = scales(0.0), scales(1.0), scales(2.0)
+        ols = [factor(cp, d) for _, cp, d, _, _ in built]
+        s0, s1, s2 = scales(0.0, ols), scales(1.0, ols), scales(2.0, ols)
     except (CheckpointError, np.linalg.LinAlgError):
         return None
     targets = np.asarray([t for *_, t in built])
@@ -349,7 +423,7 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     return f"residual orthogonal to every constraint of {tags} scaled by {f:.4g} (joint: one factor for their shared rows, coefficients unmoved)"
 
 
-def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
+def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None = None) -> bool:
     """Whether the estimation samples of a group's checkpoints share no row: then each
     residual can be rescaled on its own rows without moving the others' fits."""
     if len(group) == 1:
@@ -357,7 +431,7 @@ def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
     seen: set[Any] = set()
     for c in group:
         try:
-            idx = set(build_design(df, checkpoint_from_release(c), released=released_terms(c)).index)
+            idx = set(_fresh(designs).design(df, c).index)
         except CheckpointError:
             return False
         if seen & idx:
@@ -366,7 +440,7 @@ def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]]) -> bool:
     return True
 
 
-def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> float | None:
+def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str, designs: _Designs | None = None) -> float | None:
     """Inference fidelity for a pinned linear checkpoint: y <- X b + f e on its sample, with
     e the (weighted) residual and f chosen so the residual variance equals the released one.
     The residual is orthogonal to X (in the W metric), so the coefficients stay exactly
@@ -378,7 +452,8 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     if not target or not np.isfinite(target) or target <= 0:
         return None
     cp = checkpoint_from_release(c)
-    d = build_design(df, cp, released=released_terms(c))
+    designs = _fresh(designs)
+    d = designs.design(df, c)
     if cp.model == "re":
         return _match_variance_components(df, c, cp, d, outcome)
     if cp.model in ("fe", "iv"):
@@ -398,7 +473,7 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> 
     if cp.model != "ols":
         return None
     W = d.weights if d.weights is not None else np.ones(len(d.y))
-    beta = ols_operator(d).apply(d.y)
+    beta = designs.operator(d, c, cp).apply(d.y)
     fitted = d.X @ beta
     e = d.y - fitted
     dof = len(d.y) - d.X.shape[1]
@@ -499,7 +574,8 @@ def _se_targets(c: dict[str, Any], d: Design) -> tuple[list[int], np.ndarray]:
     return [r[0] for r in rows], np.asarray([r[1] for r in rows], dtype="float64")
 
 
-def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: tuple[float, float] | None = None) -> ShapeReport | None:
+def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: tuple[float, float] | None = None,
+                     designs: _Designs | None = None) -> ShapeReport | None:
     """Inference fidelity beyond the residual variance, for a pinned ols/fe/iv checkpoint with
     a robust (HC0-HC3) or clustered vcov: every released SE is a sandwich linear in
     per-unit weights on the squared residual (`shape.sandwich_contributions`), so the
@@ -518,8 +594,9 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     cp = checkpoint_from_release(c)
     if cp.model not in ("ols", "fe", "iv") or cp.vcov == "nonrobust":
         return None
+    designs = _fresh(designs)
     try:
-        d = build_design(df, cp)
+        d = designs.design(df, c, released=False)
         fit = fit_checkpoint(d, cp)
     except CheckpointError:
         return None
@@ -548,7 +625,7 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     rounds, feasible, fraction = 0, True, 1.0
     best_reach: tuple[bool, float] | None = None  # feasibility of the round kept
     try:
-        A = _operator(d, cp).dense()[pos]  # depends on the regressors only: fixed while y is shaped
+        A = designs.operator(d, c, cp, released=False).dense()[pos]  # depends on the regressors only: fixed while y is shaped
     except (np.linalg.LinAlgError, CheckpointError):
         return None
     for _ in range(SHAPE_ROUNDS):
@@ -575,11 +652,11 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
         feasible, fraction = res.feasible, res.fraction
         w = res.weights[units] if units is not None else res.weights
         df.loc[d.index, outcome] = d.y + (np.sqrt(w) - 1.0) * e
-        if not _repin(df, c, outcome):
+        if not _repin(df, c, outcome, designs):
             break
         cum = cum * res.weights
         try:
-            d = build_design(df, cp)
+            d = designs.design(df, c, released=False)
             fit = fit_checkpoint(d, cp)
         except CheckpointError:
             break
@@ -594,9 +671,9 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     if best_reach is not None:
         feasible, fraction = best_reach
     if best_scale and _match_residual_scale(df, c, outcome) is not None:
-        d = build_design(df, cp)
+        d = designs.design(df, c, released=False)
         fit = fit_checkpoint(d, cp)
-        if err(fit) > max(best, SHAPE_TOL) * 1.5 + 1e-6 or not _repin(df, c, outcome):
+        if err(fit) > max(best, SHAPE_TOL) * 1.5 + 1e-6 or not _repin(df, c, outcome, designs):
             df.loc[d.index, outcome] = best_y
             fit = best_fit
     ratios = fit.se[pos] / se_t
@@ -611,11 +688,11 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     )
 
 
-def _repin(df: pd.DataFrame, c: dict[str, Any], outcome: str) -> bool:
+def _repin(df: pd.DataFrame, c: dict[str, Any], outcome: str, designs: _Designs | None = None) -> bool:
     """Pin steps on one checkpoint until exact (the shaped residual is not orthogonal to the
     design; the step projects it off, the pinned coefficients return)."""
     for _ in range(MAX_PASSES):
-        gap, _ = _pin_pass(df, [c], outcome, [])
+        gap, _ = _pin_pass(df, [c], outcome, [], designs)
         if gap <= EXACT_TOL:
             return True
     return False

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
 
 from .design import build_design, outcome_codes, released_terms
 from .errors import CheckpointError
@@ -52,6 +51,8 @@ def is_discrete_group(group: list[dict[str, Any]]) -> bool:
 
 
 def _ordered_cdf(model: str) -> tuple[Callable, Callable]:
+    from scipy import special, stats  # lazy: scipy.stats costs ~1 s of import in every pin job
+
     if model == "ologit":
         return special.expit, lambda z: special.expit(z) * special.expit(-z)
     return special.ndtr, stats.norm.pdf
@@ -62,6 +63,8 @@ def score_function(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, 
     `theta` (the released coefficients, then alpha or the cut points) of the rows `rows` (all
     when None) for outcome codes `codes`. `values` maps codes to numeric outcome values (linear
     checkpoints on an ordered outcome)."""
+    from scipy import special, stats  # lazy: scipy.stats costs ~1 s of import in every pin job
+
     k = X.shape[1]
     eta_all = X @ theta[:k]
     if model == "logit":
@@ -258,6 +261,8 @@ def _draw(model: str, X: np.ndarray, theta: np.ndarray, rng: np.random.Generator
     with released Pearson dispersion φ > 1 draws from the NB2 mixture with the same mean and
     α = (φ − 1) / mean(μ) (E Σ (y − μ)²/μ = n + α Σ μ), so robust SEs see the overdispersion
     the original counts had; the coefficients are the Poisson ones either way."""
+    from scipy import special, stats  # lazy: scipy.stats costs ~1 s of import in every pin job
+
     k = X.shape[1]
     eta = X @ theta[:k]
     u = rng.random(len(eta))

@@ -41,16 +41,18 @@ correlations themselves. Bundles without `moments.instruments` align X's moments
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .design import estimation_sample
-from .entities import draw_pairs, entity_frozen
 from .manifest import formula_variables
-from .refine import _block, _proposal_terms, _View, _view, accept_swaps, best_prefix, penalty
+
+if TYPE_CHECKING:
+    from .refine import _View
 
 SE_FACTOR_TOL = 0.02  # |log SE factor gap| below which a checkpoint alone on its outcome needs no alignment
 MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
@@ -375,9 +377,10 @@ def moment_formula(formula: str, model: str) -> str:
     return f"{exog} + {endog} + {instr}"
 
 
-def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> tuple[_Target | None, str]:
+def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True, skip: Callable[[_Target], bool] | None = None) -> tuple[_Target | None, str]:
     """The state of one released checkpoint on the synthetic data (None and a note when its
-    design cannot be built or holds none of the released columns)."""
+    design cannot be built or holds none of the released columns); without the row evaluator
+    when `compile_rows` is False or `skip` says the state needs none."""
     import formulaic
 
     from .pin import checkpoint_from_release
@@ -407,7 +410,7 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True) -> t
     t = _Target(tag=cp.tag, spec=mm.rhs.model_spec, cols=cols, rhs=rhs, read=sorted(rhs & set(df.columns)), w=w, W=float(ws.sum()),
                 mean=mean, sd=np.where(sd > 0, sd, 1.0), R=np.where(Rmask, R, 0.0), Rmask=Rmask,
                 S1=ws @ X, S2=(X * ws[:, None]).T @ X, iv=_iv_positions(data, cp, mo, have, R))
-    if not compile_rows:  # the state alone (the gaps after alignment): no row evaluator
+    if not compile_rows or (skip is not None and skip(t)):  # the state alone: no row evaluator
         return t, ""
     try:
         comp = _Compiled([names[j] for j in cols], df, t.read)
@@ -460,6 +463,126 @@ def _iv_positions(data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[in
         return None
     target = _iv_log_se_factors(R, ix, iz)
     return (ix, iz, target) if np.all(np.abs(target) < _IV_FAR) else None
+
+
+def _dim_columns(df: pd.DataFrame, release: dict[str, Any], need: np.ndarray) -> np.ndarray:
+    """`dims.synthetic_dim_matrix(df, release)` in the dims `need` (n × d, column-major; the
+    other columns 0). Each dim's value is a function of its column's value alone, so a column
+    with few distinct values is coded once per distinct value (on one row holding it, so
+    its dtype is kept) and spread back by its factorize codes: the same floats without a
+    pass of the level lookups over every row."""
+    from .dims import synthetic_dim_matrix
+
+    dims = release["dims"]
+    n = len(df)
+    X = np.zeros((n, len(dims)), order="F")
+    by_col: dict[str, list[int]] = {}
+    for j in np.flatnonzero(need):
+        by_col.setdefault(dims[j]["column"], []).append(int(j))
+    for col, ks in by_col.items():
+        sub = {**release, "dims": [dims[k] for k in ks]}
+        if all(dims[k]["kind"] in ("continuous", "missing") for k in ks):  # a numeric conversion: no lookups to save
+            X[:, ks] = synthetic_dim_matrix(df[[col]], sub)
+            continue
+        codes, uniq = pd.factorize(df[col], use_na_sentinel=True)
+        if 8 * (len(uniq) + 1) > n:
+            X[:, ks] = synthetic_dim_matrix(df[[col]], sub)
+            continue
+        # the first row of each code: factorize numbers values in order of appearance, so code
+        # k first appears where the codes pass their running maximum (missing: code -1, put first)
+        run = np.maximum.accumulate(codes)
+        first = np.flatnonzero(np.concatenate([[codes[0] >= 0], codes[1:] > run[:-1]]))
+        off = int(bool(np.any(codes < 0)))
+        if off:
+            first = np.concatenate([[int(np.argmax(codes < 0))], first])
+        small = synthetic_dim_matrix(df[[col]].iloc[first], sub)
+        X[:, ks] = small[codes + off]
+    return X
+
+
+def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, np.ndarray]], masks: list[np.ndarray], targets: list[np.ndarray]) -> list[_View]:
+    """`refine._view` of each row set `groups[i][1]` (ascending rows) against `targets[i]`
+    (0 off the released pairs), with its pair mask `masks[i]` applied, built for the
+    alignment: scores only for the dims in a masked pair (a dim in none is never read; its
+    column stays 0, its sums are masked out), each column prepared for ranking once over all
+    rows (`correlations._Ranker`) and ranked per view by counting (exact mid-ranks, so the
+    scores are bit-identical to `refine.scores` per view), instead of a sort of every column
+    in every view. One thread: the stage's second one cost ~100 MB of peak at 10^6 rows
+    (per-thread allocator arenas) for well under a second. `columns(need)` gives the
+    dim matrix (n × d, NaN = missing) in the dims `need`; it is dropped once they are ranked."""
+    from .correlations import _Ranker
+    from .refine import _View
+
+    d = len(masks[0]) if masks else 0
+    need = np.zeros(d, dtype=bool)
+    for M in masks:
+        need |= M.any(axis=1)
+    Xd: np.ndarray | None = columns(need)
+    assert Xd is not None
+    n = len(Xd)
+    # per dim: presence, the ranker over the present rows, and each present row's tie group
+    # (codes of the ranker's counting path, or its sorted groups put back in row order), with
+    # their number and the position of every row among the present ones
+    def prepare(j: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+        col = Xd[:, j]
+        ok = ~np.isnan(col)
+        rk = _Ranker(col[ok])
+        if rk.codes is not None:
+            codes, size = rk.codes, rk.size
+        else:
+            codes = np.empty(rk.n, dtype=np.intp)
+            codes[rk.order] = rk.group
+            size = int(rk.group[-1]) + 1 if rk.n else 0
+        small = np.int32 if max(size, len(ok)) < 2**31 else np.intp  # held for every view: half the memory
+        return ok, codes.astype(small), size, None if ok.all() else (np.cumsum(ok) - 1).astype(small)
+
+    live = [int(j) for j in np.flatnonzero(need)]
+    rankers = {j: prepare(j) for j in live}
+    Xd = None  # the tie groups are all the views need: the n × d values go before the views are built
+
+    def build(i: int) -> _View:
+        (_, rows), M, T = groups[i], masks[i], targets[i]
+        full = len(rows) == n
+        U = np.zeros((len(rows), d))  # written in place (a transposed copy would add n × d floats to the peak)
+        miss_cols, present = [], []
+        for j in np.flatnonzero(M.any(axis=1)):
+            ok, codes, size, okpos = rankers[int(j)]
+            okr = ok if full else ok[rows]
+            if not okr.all():
+                miss_cols.append(int(j))
+                present.append(okr)
+            if okr.sum() < 2:
+                continue
+            # `_Ranker.ranks(mask)` over the view's present rows: mid-ranks from the counts of
+            # those rows' tie groups (all present rows: `_Ranker.ranks()`)
+            sub = codes if full else codes[rows if okpos is None else okpos[rows[okr]]]
+            counts = np.bincount(sub, minlength=size)
+            r = (np.cumsum(counts) - (counts - 1) / 2.0)[sub]
+            r = r - r.mean()  # as refine.scores
+            nrm = np.sqrt(np.sum(r * r))
+            if nrm > 0:
+                if okr.all():
+                    U[:, j] = r / nrm
+                else:
+                    U[okr, j] = r / nrm
+        miss = np.asarray(miss_cols, dtype=np.intp)
+        Pm = np.column_stack(present).astype("float64") if len(miss) else np.zeros((len(rows), 0))
+        pos = np.full(n, -1, dtype="int64")
+        pos[rows] = np.arange(len(rows))
+        A = np.repeat(U.sum(0)[:, None], d, axis=1)
+        Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
+        N = np.full((d, d), float(len(rows)))
+        if len(miss):
+            A[:, miss] = U.T @ Pm
+            step = 1 << 16
+            Q[:, miss] = sum(((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, len(rows), step)), np.zeros((d, len(miss))))
+            cnt = Pm.sum(0)
+            N[miss, :] = cnt[:, None]
+            N[:, miss] = cnt[None, :]
+            N[np.ix_(miss, miss)] = Pm.T @ Pm
+        return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, T, M)
+
+    return [build(i) for i in range(len(groups))]  # one at a time: two views in flight add n × d floats to the peak
 
 
 def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[str]:
@@ -531,7 +654,9 @@ def align_moments(
     `patience` sweeps running, or after `target_sweeps` sweeps; a unit moves only while a
     checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
     `rng`: `seeds.rng(seed, source, "xmom")`."""
-    from .dims import synthetic_dim_matrix
+    # entities, refine and correlations (scipy.optimize: ~0.6 s of import) only when there is work
+    from .entities import draw_pairs, entity_frozen
+    from .refine import _block, _proposal_terms, accept_swaps, best_prefix, penalty
     from .synthesize import block_target
 
     source = release["source"]
@@ -540,13 +665,6 @@ def align_moments(
     if not cps or len(df) < 4:
         report["status"] = "nothing to align"
         return df, report
-    targets: list[_Target] = []
-    for c in cps:
-        t, note = _target(df, c)
-        if t is None:
-            report["notes"].append(note)
-        else:
-            targets.append(t)
     # What the alignment is for: nested specifications on one outcome (pinned jointly only when
     # the auxiliary regressions match, so they always align) and SEs (a checkpoint alone on its
     # outcome pins exactly whatever its design; its design sets the SEs through the factors of
@@ -568,6 +686,31 @@ def align_moments(
             return False
         return t.se_factor_gap() <= SE_FACTOR_TOL
 
+    # The row evaluators (`_Compiled`, checked against formulaic on every sample row) serve the
+    # sweeps only: while every target built so far is fine, a fine one is built without it
+    # (shared ones first, as they never are), and only if a later one is not fine are those
+    # built again with it. When all are fine (the usual case at 10^6 rows) none is compiled.
+    found: dict[int, tuple[_Target | None, str]] = {}
+    deferred: list[int] = []
+    need = False
+    for i in sorted(range(len(cps)), key=lambda i: cps[i]["tag"] not in shared):
+        t, note = _target(df, cps[i], skip=None if need else fine)
+        if t is not None and not need:
+            if fine(t):
+                deferred.append(i)  # built without its evaluator
+            else:
+                need = True
+        found[i] = (t, note)
+    if need:
+        for i in deferred:
+            found[i] = _target(df, cps[i])
+    targets: list[_Target] = []
+    for i in range(len(cps)):
+        t, note = found[i]
+        if t is None:
+            report["notes"].append(note)
+        else:
+            targets.append(t)
     if targets and all(fine(t) for t in targets):
         report["checkpoints"] = {t.tag: {"before": t.gaps(), "after": t.gaps()} for t in targets}
         report.update(status="within tolerance", sweeps=0, settled=[t.tag for t in targets], objective=[], moved=[])
@@ -593,7 +736,6 @@ def align_moments(
         return df, report
     n = len(df)
     outcomes = {c["outcome"] for c in cps} - set(units) - {b for u in units.values() for b in u}
-    Xd = synthetic_dim_matrix(df, release) if len(dims) >= 2 else np.zeros((n, 0))
     groups = _groups(df, release)
     unit_dims = {u: [j for j, d in enumerate(dims) if d["column"] in cols and d["kind"] != "missing"] for u, cols in units.items()}
     movable = np.zeros(len(dims), dtype=bool)
@@ -602,16 +744,24 @@ def align_moments(
     skip = np.asarray([d["column"] in outcomes for d in dims], dtype=bool)
     ignore = (~movable[:, None] & ~movable[None, :]) | skip[:, None] | skip[None, :]
 
-    def view(Xd: np.ndarray, rows: np.ndarray, stats: str) -> _View | None:
-        if Xd.shape[1] < 2:
-            return None
-        v = _view(Xd, rows, block_target(release, stats), n)
-        v.M[ignore] = 0.0
-        return v if v.M.any() else None
-
-    views = [view(Xd, rows, g) for g, rows in groups]
-    gview = view(Xd, np.arange(n), "all") if len(groups) > 1 else None
-    del Xd  # the views hold what the swaps need (its n × d floats would add to the memory peak)
+    # The Spearman views of the blocks and (stratified) of the source: the masks and targets
+    # of `refine._view`, less the ignored pairs; a view with no pair left is None.
+    sets = [*groups, ("all", np.arange(n))] if len(groups) > 1 else list(groups)
+    masks, tgts = [], []
+    for g, _rows in sets:
+        T = block_target(release, g)
+        M = np.isfinite(T).astype("float64")
+        np.fill_diagonal(M, 0.0)
+        tgts.append(np.where(M > 0, T, 0.0))
+        M[ignore] = 0.0
+        masks.append(M)
+    live = [i for i, M in enumerate(masks) if len(dims) >= 2 and M.any()]
+    # the views build the dim matrix and drop it once its columns are ranked (its n × d floats
+    # would add to the memory peak)
+    made = _views(lambda need: _dim_columns(df, release, need), [sets[i] for i in live], [masks[i] for i in live], [tgts[i] for i in live]) if live else []
+    built = dict(zip(live, made, strict=True))
+    views = [built.get(i) for i in range(len(groups))]
+    gview = built.get(len(groups)) if len(groups) > 1 else None
     perms = {u: np.arange(n) for u in units}
     owner = {col: u for u, cols in units.items() for col in cols}
     present = {u: df[u].notna().to_numpy() for u in units}
