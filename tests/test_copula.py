@@ -12,7 +12,13 @@ import pytest
 from conftest import release_of
 from scipy import special, stats
 
-from replisynth.copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
+from replisynth.copula import (
+    correlated_normals,
+    fill_by_rank,
+    nominal_values,
+    ordered_values,
+    rank_order,
+)
 from replisynth.correlations import (
     Margin,
     expected_spearman,
@@ -205,6 +211,15 @@ def test_fill_by_rank_and_ordered_values_keep_exact_marginals() -> None:
     # lowest z get the lowest level
     assert z[codes == 0].max() < z[codes == 1].min()
     assert z[codes == 1].max() < z[codes == 2].min()
+
+
+def test_rank_order_is_the_stable_argsort() -> None:
+    """The quicksort shortcut gives the stable sort's indices, with ties, NaN and -0.0 too."""
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal(20_000)
+    cases = [z, np.round(z, 1), np.where(np.arange(len(z)) % 97 == 0, np.nan, z), np.concatenate([[0.0, -0.0], z, [-0.0]]), z[:1], z[:0], np.arange(50)]
+    for x in cases:
+        np.testing.assert_array_equal(rank_order(x), np.argsort(x, kind="stable"))
 
 
 def test_nominal_values_exact_counts() -> None:
