@@ -33,6 +33,7 @@ import numpy as np
 from .correlations import _Ranker
 from .entities import draw_pairs
 from .options import CORR_TOL
+from .parallel import thread_map
 
 # Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
 # tolerance with room left for the design-moment alignment, whose own wall is at 0.03), a
@@ -119,20 +120,33 @@ class _View:
         return d
 
 
+def _rows_key(rows: np.ndarray) -> slice | np.ndarray:
+    """`rows` as a slice when they are a contiguous ascending run (strata blocks, all rows):
+    reading X through a slice skips the gather."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1))):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
 def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     """Running sums of the rows `rows` of X (n rows in all) against `target`. Presence is
     kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
-    U and U², and N the count of rows."""
+    U and U², and N the count of rows. The columns' scores are independent (threads)."""
     d = X.shape[1]
     U = np.empty((len(rows), d))
-    miss_cols = []
-    for j in range(d):
-        col = X[rows, j]
+    at = _rows_key(rows)
+    present: list[np.ndarray | None] = [None] * d
+
+    def score(j: int) -> None:
+        col = np.array(X[at, j], dtype="float64")
+        nan = np.isnan(col)
+        if nan.any():
+            present[j] = ~nan
         U[:, j] = scores(col)
-        if np.isnan(col).any():
-            miss_cols.append(j)
-    miss = np.asarray(miss_cols, dtype=np.intp)
-    Pm = np.column_stack([~np.isnan(X[rows, j]) for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
+
+    thread_map(score, range(d))
+    miss = np.asarray([j for j in range(d) if present[j] is not None], dtype=np.intp)
+    Pm = np.column_stack([present[j] for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
     M = np.isfinite(target).astype("float64")
     np.fill_diagonal(M, 0.0)
     pos = np.full(n, -1, dtype="int64")
@@ -218,20 +232,27 @@ class _Proposals:
     intermediate arrays. Dims with missing values are scored through `_objective` as before.
     Accepted sums are du[take]' dU[take] (same changes as summing the outer products)."""
 
-    def __init__(self, v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray) -> None:
+    def __init__(self, v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray, bind: bool = True) -> None:
         self.v, self.dims, self.out = v, dims, out
         self.pr, self.ps = pr, ps = v.pos[r], v.pos[s]
-        Ur, Us = v.U[pr], v.U[ps]
+        Ur, Us = v.U.take(pr, axis=0), v.U.take(ps, axis=0)
         ur, us = Ur[:, dims], Us[:, dims]
         self.du = us - ur
         self.dq = us * us - ur * ur
-        self.dU = Ur[:, out] - Us[:, out]
-        self.blk = _block(v, dims, out)
-        self.base = float(_objective(self.blk, 0.0, 0.0, 0.0))
+        self.dU = (Ur - Us).take(out, axis=1)
         miss = np.isin(out, v.miss)
         self.om = np.flatnonzero(miss)
         self.oc = np.flatnonzero(~miss)
         self.dPm = v.dP(pr, ps, out[self.om]) if len(self.om) else np.zeros((len(pr), 0))
+        if bind:
+            self.bind()
+
+    def bind(self) -> None:
+        """Read the view's current running sums of the unit's pairs (the scoring baseline).
+        Everything else depends only on the rows of the swaps, so a batch can be prepared
+        while the view's sums still move with another block's accepted swaps."""
+        self.blk = _block(self.v, self.dims, self.out)
+        self.base = float(_objective(self.blk, 0.0, 0.0, 0.0))
 
     def gain(self) -> np.ndarray:
         """Change of the view's squared error per single swap."""
@@ -351,6 +372,11 @@ def refine_swaps(
     for v in all_views:
         v.M[fixed_pair] = 0.0
     present = ~np.isnan(X)
+    # Blocks that share no row can prepare their batches at once (threads): a block's swaps
+    # move only its own rows, so another block's prepared scores stay valid; only the
+    # shared view's running sums move, and those are read when a batch is scored, in order.
+    disjoint = sum(len(v.rows) for v in views) == len(np.unique(np.concatenate([v.rows for v in views]))) if views else True
+    eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # (unit dims, view) -> rows where the unit is present
     stale = 0
     prev = np.inf
     chase, best_worst, flat = False, np.inf, 0
@@ -379,11 +405,16 @@ def refine_swaps(
             inside = np.zeros(d, dtype=bool)
             inside[dims] = True
             out = np.where(~inside)[0]
-            for view in views:
+            # every block's batch, drawn in block order (the generator's sequence as before)
+            batches = []
+            for vi, view in enumerate(views):
                 active = [view] + ([gview] if gview is not None else [])
                 if not any(v.M[np.ix_(dims, out)].any() for v in active):
                     continue
-                rows = view.rows[present[view.rows][:, dims].all(axis=1)]
+                key = (tuple(dims), vi)
+                if key not in eligible:  # swaps never move a missing value: fixed per unit
+                    eligible[key] = view.rows[present[view.rows][:, dims].all(axis=1)]
+                rows = eligible[key]
                 if len(rows) < 4:
                     continue
                 order = rows[rng.permutation(len(rows))]
@@ -393,12 +424,19 @@ def refine_swaps(
                 r, s = draw_pairs(order, half, labels)
                 if not len(r):
                     continue
-                parts = []
+                batches.append((active, r, s))
+
+            def prepare(batch: tuple, dims: list[int] = dims, out: np.ndarray = out) -> list[_Proposals]:
+                active, r, s = batch
+                return [_Proposals(v, r, s, dims, out, bind=False) for v in active]
+
+            prepared = thread_map(prepare, batches) if disjoint else None
+            for bi, (active, r, s) in enumerate(batches):
+                parts = prepared[bi] if prepared is not None else prepare((active, r, s))
                 gain = np.zeros(len(r))
-                for v in active:
-                    part = _Proposals(v, r, s, dims, out)
+                for part in parts:
+                    part.bind()
                     gain += part.gain()
-                    parts.append(part)
                 cand = np.where(gain < -1e-15)[0]
                 if not len(cand):
                     continue
@@ -419,6 +457,7 @@ def refine_swaps(
                     p_r, p_s = p[rr].copy(), p[ss].copy()
                     p[rr], p[ss] = p_s, p_r
                 improved = True
+            del prepared
         stale = 0 if improved else stale + 1
         if stale >= patience:
             break
