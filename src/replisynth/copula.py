@@ -76,7 +76,7 @@ def nominal_values(Z: np.ndarray, counts: list[int], baseline: int, dim_levels: 
         idx = np.where(free)[0]
         if k in col_of:
             score = Z[idx, col_of[k]]
-            take = idx[np.argsort(-score, kind="stable")[:c]]
+            take = idx[rank_order(-score)[:c]]
         else:
             take = idx[:c]
         out[take] = k

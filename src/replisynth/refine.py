@@ -375,7 +375,7 @@ def refine_swaps(
     # Blocks that share no row can prepare their batches at once (threads): a block's swaps
     # move only its own rows, so another block's prepared scores stay valid; only the
     # shared view's running sums move, and those are read when a batch is scored, in order.
-    disjoint = sum(len(v.rows) for v in views) == len(np.unique(np.concatenate([v.rows for v in views]))) if views else True
+    disjoint = not views or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
     eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # (unit dims, view) -> rows where the unit is present
     stale = 0
     prev = np.inf

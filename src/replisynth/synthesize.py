@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
+from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values, rank_order
 from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
@@ -30,6 +30,7 @@ from .entities import (
     trend_columns,
 )
 from .marginals import exact_quantile_sample, quantile_function
+from .parallel import thread_map
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps
 from .schema import EPOCH, ColumnSpec
@@ -75,52 +76,46 @@ def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int) -> Margin:
 
 def _fill_block(
     bp: BlockPlan, dims: list[dict[str, Any]], act: list[int], Z: np.ndarray, missing: dict[str, np.ndarray], specs: dict[str, ColumnSpec]
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Column values of a block given latent Z (n × len(act)); also the dim-coded matrix
-    (for achieved Spearman) over the active dims."""
+) -> dict[str, np.ndarray]:
+    """Column values of a block given latent Z (n × len(act)). Columns are filled
+    independently (their sorts on threads), each from its own latent column."""
     n = bp.rows
     col_dims: dict[str, list[tuple[int, int]]] = {}
     for j, i in enumerate(act):
         if dims[i]["kind"] != "missing":
             col_dims.setdefault(dims[i]["column"], []).append((j, i))
-    out: dict[str, np.ndarray] = {}
-    coded = np.full((n, len(act)), np.nan)
-    for col, cp in bp.columns.items():
-        miss = missing[col]
-        ok = ~miss
+
+    def fill(item: tuple[str, ColumnPlan]) -> np.ndarray:
+        col, cp = item
+        ok = ~missing[col]
         nn = int(ok.sum())
         if cp.kind == "empty":
-            out[col] = np.full(n, np.nan, dtype=object)
-            continue
+            return np.full(n, np.nan, dtype=object)
         jd = col_dims.get(col, [])
         if cp.kind == "continuous":
             z = Z[ok, jd[0][0]] if jd else np.arange(nn, dtype="float64")
             vals = exact_quantile_sample(np.asarray(cp.grid), nn, specs[col].integer)
             v = np.full(n, np.nan)
             v[ok] = fill_by_rank(z, vals)
-            out[col] = v
-            if jd:
-                coded[:, jd[0][0]] = v
-            continue
+            return v
         levels = cp.levels or []
         counts = list(cp.counts or [])
         if len(levels) == 1 or not jd:
             codes = np.repeat(np.arange(len(levels)), counts) if levels else np.zeros(0, dtype=int)
         elif dims[jd[0][1]]["kind"] == "ordered":
             codes = ordered_values(Z[ok, jd[0][0]], counts)
-            coded[ok, jd[0][0]] = codes
         else:
             dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
             baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))
             codes = nominal_values(Z[ok][:, [j for j, _ in jd]], counts, baseline, dim_levels)
-            for (j, _), lev in zip(jd, dim_levels, strict=True):
-                coded[ok, j] = (codes == lev).astype("float64")
         vals = np.full(n, np.nan, dtype=object)
         lev_arr = np.empty(len(levels), dtype=object)
         lev_arr[:] = levels
         vals[ok] = lev_arr[codes] if len(levels) else []
-        out[col] = vals
-    return out, coded
+        return vals
+
+    items = list(bp.columns.items())
+    return dict(zip([c for c, _ in items], thread_map(fill, items), strict=True))
 
 
 def synthesize_block(
@@ -173,11 +168,11 @@ def synthesize_block(
         if dims[i]["kind"] == "missing":
             col = dims[i]["column"]
             mask = np.zeros(n, dtype=bool)
-            mask[np.argsort(-Z[:, j], kind="stable")[: bp.columns[col].missing]] = True
+            mask[rank_order(-Z[:, j])[: bp.columns[col].missing]] = True
             for c in [col] + followers.get(col, []):
                 if c in missing and int(missing[c].sum()) == int(mask.sum()):
                     missing[c] = mask
-    cols, _ = _fill_block(bp, dims, act, Z, missing, specs)
+    cols = _fill_block(bp, dims, act, Z, missing, specs)
     if ent is not None:
         cols = entity_columns(cols, bp, release, specs, act, Z, ent, missing)
         cols = trend_columns(cols, bp, release, specs, ent, missing)
