@@ -287,6 +287,28 @@ def _panel(df: pd.DataFrame, entity: str, time: str) -> pd.DataFrame:
     return df
 
 
+def numeric_level_columns(plan: list[BlockPlan], release: dict[str, Any]) -> set[str]:
+    """Categorical columns whose sampled values are all released levels that are plain
+    numbers (Python int or float, not bool; no derived column) in every block: their object
+    arrays convert to float64 exactly, and coding or restoring the floats gives what the
+    objects give, without a hashing pass over a million Python objects."""
+    derived = release.get("derived", {})
+    out = set()
+    for c in plan[0].columns if plan else {}:
+        cps = [bp.columns.get(c) for bp in plan]
+        if c in derived or any(cp is None or cp.kind not in ("categorical", "empty") for cp in cps):
+            continue
+        levels = [v for cp in cps if cp is not None for v in (cp.levels or [])]
+        if levels and all(type(v) in (int, float) and abs(v) < 2.0**53 for v in levels):
+            out.add(c)
+    return out
+
+
+def _as_float(cols: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """`cols` with the columns `names` (object arrays of numbers and NaN) as float64."""
+    return {c: v.astype("float64") if c in names and v.dtype == object else v for c, v in cols.items()}
+
+
 def refine_source(
     cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], seed: int, source: str, ent: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
@@ -299,7 +321,7 @@ def refine_source(
     if ent is not None:
         cols = refine_invariant(cols, release, ent, make_rng(seed, source, "refine", "entities"))
         cols = refine_blocks(cols, release, ent, make_rng(seed, source, "refine", "blocks"))
-    X = synthetic_dim_matrix(pd.DataFrame(cols), release)
+    X = synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric_level_columns(plan, release) if ent is None else set())), release)
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
     targets = [block_target(release, b.stats) for b in plan]
@@ -348,6 +370,9 @@ def synthesize_source(
     cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
     del parts  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
+    if ent is None:  # numeric levels of integer and float columns restore from floats (same values)
+        numeric = {s.name for s in specs_list if s.logical_type in ("integer", "float")} & numeric_level_columns(plan, release)
+        cols = _as_float(cols, numeric)
     perm = make_rng(seed, source, "shuffle").permutation(rows)
     data: dict[str, pd.Series] = {}
     for s in specs_list:
