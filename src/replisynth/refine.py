@@ -377,6 +377,7 @@ def refine_swaps(
     # shared view's running sums move, and those are read when a batch is scored, in order.
     disjoint = not views or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
     eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # (unit dims, view) -> rows where the unit is present
+    unit_ok: dict[tuple[int, ...], np.ndarray] = {}
     stale = 0
     prev = np.inf
     chase, best_worst, flat = False, np.inf, 0
@@ -413,15 +414,21 @@ def refine_swaps(
                     continue
                 key = (tuple(dims), vi)
                 if key not in eligible:  # swaps never move a missing value: fixed per unit
-                    eligible[key] = view.rows[present[view.rows][:, dims].all(axis=1)]
+                    if tuple(dims) not in unit_ok:
+                        unit_ok[tuple(dims)] = present[:, dims].all(axis=1)
+                    ok = unit_ok[tuple(dims)]
+                    eligible[key] = view.rows[ok[view.rows]]
                 rows = eligible[key]
                 if len(rows) < 4:
                     continue
-                order = rows[rng.permutation(len(rows))]
+                perm = rng.permutation(len(rows))
                 # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
                 # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
-                half = min(len(order) // 2, max(max_pairs, min(len(order) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
-                r, s = draw_pairs(order, half, labels)
+                half = min(len(rows) // 2, max(max_pairs, min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
+                if labels is None:  # draw_pairs' halves of the random order, read without the rest
+                    r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
+                else:
+                    r, s = draw_pairs(rows[perm], half, labels)
                 if not len(r):
                     continue
                 batches.append((active, r, s))

@@ -75,10 +75,18 @@ def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int) -> Margin:
 
 
 def _fill_block(
-    bp: BlockPlan, dims: list[dict[str, Any]], act: list[int], Z: np.ndarray, missing: dict[str, np.ndarray], specs: dict[str, ColumnSpec]
+    bp: BlockPlan,
+    dims: list[dict[str, Any]],
+    act: list[int],
+    Z: np.ndarray,
+    missing: dict[str, np.ndarray],
+    specs: dict[str, ColumnSpec],
+    as_float: frozenset[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """Column values of a block given latent Z (n × len(act)). Columns are filled
-    independently (their sorts on threads), each from its own latent column."""
+    independently (their sorts on threads), each from its own latent column. Categorical
+    columns in `as_float` (levels that are plain numbers) come as float64, the others as
+    object arrays of their levels."""
     n = bp.rows
     col_dims: dict[str, list[tuple[int, int]]] = {}
     for j, i in enumerate(act):
@@ -108,6 +116,10 @@ def _fill_block(
             dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
             baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))
             codes = nominal_values(Z[ok][:, [j for j, _ in jd]], counts, baseline, dim_levels)
+        if col in as_float and len(levels):
+            v = np.full(n, np.nan)
+            v[ok] = np.asarray(levels, dtype="float64")[codes]
+            return v
         vals = np.full(n, np.nan, dtype=object)
         lev_arr = np.empty(len(levels), dtype=object)
         lev_arr[:] = levels
@@ -172,7 +184,8 @@ def synthesize_block(
             for c in [col] + followers.get(col, []):
                 if c in missing and int(missing[c].sum()) == int(mask.sum()):
                     missing[c] = mask
-    cols = _fill_block(bp, dims, act, Z, missing, specs)
+    numeric = frozenset(numeric_level_columns([bp], release)) if ent is None else frozenset()
+    cols = _fill_block(bp, dims, act, Z, missing, specs, frozenset(c for c in numeric if specs[c].logical_type in ("integer", "float")))
     if ent is not None:
         cols = entity_columns(cols, bp, release, specs, act, Z, ent, missing)
         cols = trend_columns(cols, bp, release, specs, ent, missing)
@@ -321,7 +334,8 @@ def refine_source(
     if ent is not None:
         cols = refine_invariant(cols, release, ent, make_rng(seed, source, "refine", "entities"))
         cols = refine_blocks(cols, release, ent, make_rng(seed, source, "refine", "blocks"))
-    X = synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric_level_columns(plan, release) if ent is None else set())), release)
+    # column-major: the views read X column by column (the values are the same either way)
+    X = synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric_level_columns(plan, release) if ent is None else set())), release, order="F")
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
     targets = [block_target(release, b.stats) for b in plan]
