@@ -377,10 +377,12 @@ def synthesize_source(
     # Entity structure released and one block: the hierarchical copula (replisynth.entities).
     ent = skeleton(plan[0], release) if release.get("entity_structure") and len(plan) == 1 and blocks is None else None
     parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs_list if s.role in ("continuous", "categorical")}
-    for bp in plan:
-        vals = blocks[bp.id] if blocks is not None else synthesize_block(bp, release, specs, seed, source, ent=ent)
+    # blocks draw from their own seeded streams, so they are sampled on threads (results in plan order)
+    sampled = [blocks[bp.id] for bp in plan] if blocks is not None else thread_map(lambda bp: synthesize_block(bp, release, specs, seed, source, ent=ent), plan)
+    for vals in sampled:
         for c in parts:
             parts[c].append(vals[c])
+    del sampled
     cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
     del parts  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
