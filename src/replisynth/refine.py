@@ -138,18 +138,25 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
     U and U², and N the count of rows. The columns' scores are independent (threads)."""
     d = X.shape[1]
-    U = np.empty((len(rows), d))
     at = _rows_key(rows)
     present: list[np.ndarray | None] = [None] * d
 
-    def score(j: int) -> None:
+    def score(j: int) -> np.ndarray:
         col = np.array(X[at, j], dtype="float64")
         nan = np.isnan(col)
         if nan.any():
             present[j] = ~nan
-        U[:, j] = scores(col)
+        return scores(col)
 
-    thread_map(score, range(d))
+    U = np.empty((len(rows), d))
+    step, width = 1 << 14, 4
+    for g in range(0, d, width):  # a few columns at a time, written in row blocks (a whole
+        group = range(g, min(g + width, d))  # column strides through all of U), few temporaries
+        cols = thread_map(score, group)
+        for a in range(0, len(rows), step):
+            for j, c in zip(group, cols, strict=True):
+                U[a : a + step, j] = c[a : a + step]
+        del cols
     miss = np.asarray([j for j in range(d) if present[j] is not None], dtype=np.intp)
     Pm = np.column_stack([present[j] for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
     M = np.isfinite(target).astype("float64")
