@@ -433,17 +433,14 @@ def refine_swaps(
                 rows = eligible[key]
                 if len(rows) < 4:
                     continue
+                perm = rng.permutation(len(rows))
                 # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
                 # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
                 half = min(len(rows) // 2, max(max_pairs, min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
-                if labels is None:
-                    # 2·half distinct rows in random order, the first half paired with the
-                    # second: the law of a permutation's first 2·half entries, drawn in
-                    # O(half) rather than shuffling the whole block (~8x less at 10^6 rows)
-                    pick = rng.choice(len(rows), size=2 * half, replace=False)
-                    r, s = rows[pick[:half]], rows[pick[half:]]
+                if labels is None:  # draw_pairs' halves of the random order, read without the rest
+                    r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
                 else:
-                    r, s = draw_pairs(rows[rng.permutation(len(rows))], half, labels)
+                    r, s = draw_pairs(rows[perm], half, labels)
                 if not len(r):
                     continue
                 batches.append((active, r, s))
