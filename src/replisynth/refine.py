@@ -389,7 +389,7 @@ def refine_swaps(
     # shared view's running sums move, and those are read when a batch is scored, in order.
     disjoint = not views or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
     eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # (unit dims, view) -> rows where the unit is present
-    unit_ok: dict[tuple[int, ...], np.ndarray] = {}
+    unit_ok: dict[tuple[int, ...], np.ndarray | None] = {}  # None: present on every row
     stale = 0
     prev = np.inf
     chase, best_worst, flat = False, np.inf, 0
@@ -427,9 +427,10 @@ def refine_swaps(
                 key = (tuple(dims), vi)
                 if key not in eligible:  # swaps never move a missing value: fixed per unit
                     if tuple(dims) not in unit_ok:
-                        unit_ok[tuple(dims)] = present[:, dims].all(axis=1)
+                        ok = present[:, dims].all(axis=1)
+                        unit_ok[tuple(dims)] = None if ok.all() else ok
                     ok = unit_ok[tuple(dims)]
-                    eligible[key] = view.rows[ok[view.rows]]
+                    eligible[key] = view.rows if ok is None else view.rows[ok[view.rows]]  # no copy when complete
                 rows = eligible[key]
                 if len(rows) < 4:
                     continue
