@@ -511,3 +511,20 @@ def test_synthesis_does_not_depend_on_the_thread_count(tmp_path: Path) -> None:
     finally:
         parallel.set_threads(1)
     pd.testing.assert_frame_equal(runs[0], runs[1], check_exact=True)
+
+
+def test_number_levels_as_floats_give_the_object_path_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Categorical columns whose levels are plain numbers travel as float64 through sampling,
+    refinement and dtype restore; the frame equals the one the object arrays give."""
+    from conftest import make_people
+
+    import replisynth.synthesize as syn
+
+    release, _ = _release(make_people(n=3000, seed=4), tmp_path, strata=["female"], categorical=["region"])
+    plan = source_plan(release, int(release["rows"]))
+    assert {"female", "educ"} <= syn.numeric_level_columns(plan, release)  # region's levels are text
+    fast = synthesize_source(release, seed=5)
+    with monkeypatch.context() as m:
+        m.setattr(syn, "numeric_level_columns", lambda plan, release: set())
+        slow = synthesize_source(release, seed=5)
+    pd.testing.assert_frame_equal(fast, slow, check_exact=True)
