@@ -31,8 +31,19 @@ def correlated_normals(R: np.ndarray, n: int, rng: np.random.Generator, exact: b
 
 
 def rank_order(z: np.ndarray) -> np.ndarray:
-    """Indices that sort z ascending (stable, so ties keep row order)."""
-    return np.argsort(z, kind="stable")
+    """Indices that sort z ascending (stable, so ties keep row order).
+
+    Latent normals almost never tie, and without ties the sorting permutation is unique, so
+    the SIMD quicksort (~6x faster than the stable merge sort on floats) gives the same
+    indices; the stable sort runs only when a tie shows up in the sorted values."""
+    z = np.asarray(z)
+    if z.dtype.kind != "f":
+        return np.argsort(z, kind="stable")
+    order = np.argsort(z)
+    zs = z[order]
+    if len(zs) > 1 and (np.any(zs[1:] == zs[:-1]) or np.isnan(zs[-1])):
+        return np.argsort(z, kind="stable")
+    return order
 
 
 def fill_by_rank(z: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
@@ -65,7 +76,7 @@ def nominal_values(Z: np.ndarray, counts: list[int], baseline: int, dim_levels: 
         idx = np.where(free)[0]
         if k in col_of:
             score = Z[idx, col_of[k]]
-            take = idx[np.argsort(-score, kind="stable")[:c]]
+            take = idx[rank_order(-score)[:c]]
         else:
             take = idx[:c]
         out[take] = k

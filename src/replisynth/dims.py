@@ -37,6 +37,14 @@ def category_values(s: pd.Series) -> pd.Series:
 def ordered_codes(values: pd.Series, table: FrequencyTable, all_levels: list[Any]) -> np.ndarray:
     """Position of each value among the released levels of an ordered table, pooled levels
     mapped to their nearest released neighbour (the pooling rule of `frequency_table`)."""
+    mapping = _ordered_mapping(table, all_levels)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    lookup = np.append(np.asarray([mapping.get(u, np.nan) for u in uniques], dtype="float64"), np.nan)
+    return lookup[codes]
+
+
+def _ordered_mapping(table: FrequencyTable, all_levels: list[Any]) -> dict[Any, float]:
+    """Each of `all_levels` -> its position among the table's released levels (`ordered_codes`)."""
     kept = {v: i for i, v in enumerate(table.levels)}
     pos_all = {v: i for i, v in enumerate(all_levels)}
     kept_pos = np.asarray([pos_all[v] for v in table.levels])
@@ -48,9 +56,7 @@ def ordered_codes(values: pd.Series, table: FrequencyTable, all_levels: list[Any
             dist = np.abs(kept_pos - i)
             j = int(np.lexsort((kept_pos, dist))[0])
             mapping[v] = float(j)
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    lookup = np.append(np.asarray([mapping.get(u, np.nan) for u in uniques], dtype="float64"), np.nan)
-    return lookup[codes]
+    return mapping
 
 
 def copula_dims(
@@ -163,13 +169,85 @@ def norm_key(v: Any) -> str:
     return str(v)
 
 
+def _distinct_levels(levels: list[Any]) -> bool:
+    """Levels no two of which pandas would hash together (1, 1.0 and True do), none missing:
+    then a value's level index stands for the value itself in `dim_matrix`."""
+    try:
+        return len(set(levels)) == len(levels) and not any(pd.isna(v) for v in levels)
+    except TypeError:
+        return False
+
+
+def _small_int_codes(s: pd.Series, span: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """`pd.factorize` of an integer-valued numeric column by offset and `bincount` (no
+    hashing): codes (-1 = missing) into the distinct values, which come back as floats in
+    ascending order (factorize's come in order of appearance; only the coding differs).
+    None when the column is not numeric, holds a non-integer, or spans more than `span`."""
+    dt = s.dtype
+    if pd.api.types.is_bool_dtype(dt) or not (pd.api.types.is_integer_dtype(dt) or pd.api.types.is_float_dtype(dt)):
+        return None
+    if isinstance(dt, np.dtype) and dt.kind in "iu":  # no missing values: the codes are the offsets
+        v = s.to_numpy()
+        if not len(v):
+            return np.zeros(0, dtype=np.intp), np.zeros(0)
+        lo, hi = int(v.min()), int(v.max())
+        if hi - lo > span or max(abs(lo), abs(hi)) > 2**52:
+            return None
+        codes = (v - lo).astype(np.intp)
+    else:
+        x = s.to_numpy(dtype="float64", na_value=np.nan)
+        ok = ~np.isnan(x)
+        if not ok.any():
+            return np.full(len(x), -1, dtype=np.intp), np.zeros(0)
+        lo_f, hi_f = float(np.min(x, where=ok, initial=np.inf)), float(np.max(x, where=ok, initial=-np.inf))
+        if not (np.isfinite(lo_f) and np.isfinite(hi_f)) or hi_f - lo_f > span or max(abs(lo_f), abs(hi_f)) > 2.0**52:
+            return None
+        c = x - lo_f
+        c[~ok] = -1.0
+        codes = c.astype(np.intp)
+        if not np.array_equal(codes, c):
+            return None
+        lo, hi = int(lo_f), int(hi_f)
+    counts = np.bincount(codes + 1, minlength=hi - lo + 2)[1:]  # slot 0: missing
+    used = np.flatnonzero(counts)
+    remap = np.full(hi - lo + 2, -1, dtype=np.intp)  # last slot: missing (code -1)
+    remap[used] = np.arange(len(used))
+    return remap[codes], (lo + used).astype("float64")
+
+
+def _level_index(s: pd.Series, levels: list[Any]) -> np.ndarray:
+    """Index in `levels` of each value matched on one footing (`norm_key`: 1 == 1.0), -1 for
+    missing or unmatched values: one coding pass (category codes, offset + bincount for
+    small integers, else one factorize) and a lookup per distinct value."""
+    at = {norm_key(v): i for i, v in enumerate(levels)}  # the last level of a key wins, as in a dict
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes = s.cat.codes.to_numpy().astype(np.intp)
+        uniques: Any = s.cat.categories
+    else:
+        fast = _small_int_codes(s, max(4 * len(levels), 1024))
+        if fast is not None:
+            codes, uniques = fast
+        else:
+            codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    lut = np.append(np.asarray([at.get(norm_key(u), -1) for u in uniques], dtype=np.intp), -1)
+    return lut[codes]
+
+
 def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any], order: str = "C") -> np.ndarray:
     """`dim_matrix` of data whose categories are released levels (synthetic data), matching
-    values on one footing (1 == 1.0)."""
+    values on one footing (1 == 1.0).
+
+    A categorical column is coded once as level indices (`_level_index`) and each of its
+    dims is a lookup by level: the values `dim_matrix` gives the mapped column (three hashing
+    passes per column before), bit for bit. Releases whose levels pandas would merge (1 and
+    True) go through `dim_matrix`."""
     specs = {c["name"]: ColumnSpec.from_dict(c) for c in release["columns"]}
     all_m = release["blocks"]["all"]["marginals"]
     tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in all_m.items() if m["kind"] == "categorical"}
     levels = {c: list(t.levels) for c, t in tables.items()}
+    dims = release["dims"]
+    if all(_distinct_levels(levels[d["column"]]) for d in dims if d["column"] in tables):
+        return _synthetic_by_level(df, specs, dims, tables, levels, order)
     work = pd.DataFrame(index=df.index)
     for c in {d["column"] for d in release["dims"]}:
         s = df[c]
@@ -191,3 +269,43 @@ def dim_label(d: dict[str, Any]) -> str:
     if d["kind"] == "missing":
         return f"missing({d['column']})"
     return str(d["column"])
+
+
+def _synthetic_by_level(
+    df: pd.DataFrame, specs: dict[str, ColumnSpec], dims: list[dict[str, Any]], tables: dict[str, FrequencyTable], levels: dict[str, list[Any]], order: str
+) -> np.ndarray:
+    """`synthetic_dim_matrix` through level indices (levels pairwise distinct, none missing):
+    a value's dims depend only on its level, so each dim is a table lookup per level. A
+    row-major matrix is written in blocks of rows, all dims of a block at once (a whole
+    column at a time strides through the full matrix once per dim)."""
+    index: dict[str, np.ndarray] = {}
+    parts: list[tuple[np.ndarray, np.ndarray | None]] = []  # (values, None) or (level index, lookup)
+    for d in dims:
+        c = d["column"]
+        if c not in tables:
+            parts.append((df[c].isna().to_numpy() if d["kind"] == "missing" else numeric_values(df[c], specs[c]), None))
+            continue
+        if c not in index:
+            index[c] = _level_index(df[c], levels[c])
+        li = index[c]
+        if d["kind"] == "missing":
+            parts.append((li < 0, None))
+            continue
+        lv = [py_value(v) for v in levels[c]]  # category_values' scalar of each level
+        if d["kind"] == "ordered":
+            mapping = _ordered_mapping(tables[c], levels[c])
+            lut = np.asarray([mapping.get(v, np.nan) for v in lv] + [np.nan], dtype="float64")
+        else:
+            pos = {v: [i] for i, v in enumerate(lv)}
+            lut = np.zeros(len(lv) + 1, dtype="float64")
+            lut[_level_positions(pos, d["level"])] = 1.0
+            lut[-1] = np.nan
+        parts.append((li, lut))
+    n = len(df)
+    X = np.empty((n, len(dims)), dtype="float64", order=order)
+    step = n if order == "F" else 1 << 14
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        for k, (v, lut) in enumerate(parts):
+            X[a:b, k] = v[a:b] if lut is None else lut[v[a:b]]
+    return X

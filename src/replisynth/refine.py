@@ -33,6 +33,7 @@ import numpy as np
 from .correlations import _Ranker
 from .entities import draw_pairs
 from .options import CORR_TOL
+from .parallel import thread_map
 
 # Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
 # tolerance with room left for the design-moment alignment, whose own wall is at 0.03), a
@@ -62,8 +63,13 @@ def best_prefix(change: Callable[[int], float], n: int) -> tuple[int, float]:
 
 def scores(x: np.ndarray) -> np.ndarray:
     """Mid-rank scores of a column, centred and scaled to unit norm; missing rows score 0."""
-    u = np.zeros(len(x))
     ok = ~np.isnan(x)
+    if len(x) >= 2 and ok.all():  # nothing missing: the same arithmetic without the masks
+        r = _Ranker(x).ranks()
+        r = r - r.mean()
+        nrm = np.sqrt(np.sum(r * r))
+        return r / nrm if nrm > 0 else np.zeros(len(x))
+    u = np.zeros(len(x))
     if ok.sum() < 2:
         return u
     r = _Ranker(x[ok]).ranks()  # bit-identical to scipy.stats.rankdata(method="average")
@@ -119,20 +125,40 @@ class _View:
         return d
 
 
+def _rows_key(rows: np.ndarray) -> slice | np.ndarray:
+    """`rows` as a slice when they are a contiguous ascending run (strata blocks, all rows):
+    reading X through a slice skips the gather."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1))):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
 def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     """Running sums of the rows `rows` of X (n rows in all) against `target`. Presence is
     kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
-    U and U², and N the count of rows."""
+    U and U², and N the count of rows. The columns' scores are independent (threads)."""
     d = X.shape[1]
+    at = _rows_key(rows)
+    present: list[np.ndarray | None] = [None] * d
+
+    def score(j: int) -> np.ndarray:
+        col = np.array(X[at, j], dtype="float64")
+        nan = np.isnan(col)
+        if nan.any():
+            present[j] = ~nan
+        return scores(col)
+
     U = np.empty((len(rows), d))
-    miss_cols = []
-    for j in range(d):
-        col = X[rows, j]
-        U[:, j] = scores(col)
-        if np.isnan(col).any():
-            miss_cols.append(j)
-    miss = np.asarray(miss_cols, dtype=np.intp)
-    Pm = np.column_stack([~np.isnan(X[rows, j]) for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
+    step, width = 1 << 14, 4
+    for g in range(0, d, width):  # a few columns at a time, written in row blocks (a whole
+        group = range(g, min(g + width, d))  # column strides through all of U), few temporaries
+        cols = thread_map(score, group)
+        for a in range(0, len(rows), step):
+            for j, c in zip(group, cols, strict=True):
+                U[a : a + step, j] = c[a : a + step]
+        del cols
+    miss = np.asarray([j for j in range(d) if present[j] is not None], dtype=np.intp)
+    Pm = np.column_stack([present[j] for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
     M = np.isfinite(target).astype("float64")
     np.fill_diagonal(M, 0.0)
     pos = np.full(n, -1, dtype="int64")
@@ -167,9 +193,15 @@ def _proposal_terms(v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out
     return pr, ps, dC, dA, dQ
 
 
+def _ix(a: list[int] | np.ndarray, b: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.ix_` of two integer index lists, without its per-call type checks (hot at 10^4 rows,
+    where thousands of small batches are scored)."""
+    return np.asarray(a, dtype=np.intp).reshape(-1, 1), np.asarray(b, dtype=np.intp).reshape(1, -1)
+
+
 def _block(v: _View, dims: list[int], out: np.ndarray) -> tuple[np.ndarray, ...]:
     """The running sums of a unit's pairs with every dim outside it (copied once per batch)."""
-    ix, xi = np.ix_(dims, out), np.ix_(out, dims)
+    ix, xi = _ix(dims, out), _ix(out, dims)
     return (v.C[ix], v.A[ix], v.A[xi].T, v.Q[ix], v.Q[xi].T, v.N[ix], v.T[ix], v.M[ix])
 
 
@@ -201,10 +233,11 @@ def accept_swaps(v: _View, a_r: np.ndarray, a_s: np.ndarray, dims: list[int], ou
     for a in dims:
         ur, us = v.U[a_r, a].copy(), v.U[a_s, a].copy()
         v.U[a_r, a], v.U[a_s, a] = us, ur
-    v.C[np.ix_(dims, out)] += dC
-    v.C[np.ix_(out, dims)] = v.C[np.ix_(dims, out)].T
-    v.A[np.ix_(dims, out)] += dA
-    v.Q[np.ix_(dims, out)] += dQ
+    ix = _ix(dims, out)
+    v.C[ix] += dC
+    v.C[_ix(out, dims)] = v.C[ix].T
+    v.A[ix] += dA
+    v.Q[ix] += dQ
 
 
 class _Proposals:
@@ -218,20 +251,27 @@ class _Proposals:
     intermediate arrays. Dims with missing values are scored through `_objective` as before.
     Accepted sums are du[take]' dU[take] (same changes as summing the outer products)."""
 
-    def __init__(self, v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray) -> None:
+    def __init__(self, v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray, bind: bool = True) -> None:
         self.v, self.dims, self.out = v, dims, out
         self.pr, self.ps = pr, ps = v.pos[r], v.pos[s]
-        Ur, Us = v.U[pr], v.U[ps]
+        Ur, Us = v.U.take(pr, axis=0), v.U.take(ps, axis=0)
         ur, us = Ur[:, dims], Us[:, dims]
         self.du = us - ur
         self.dq = us * us - ur * ur
-        self.dU = Ur[:, out] - Us[:, out]
-        self.blk = _block(v, dims, out)
-        self.base = float(_objective(self.blk, 0.0, 0.0, 0.0))
+        self.dU = (Ur - Us).take(out, axis=1)
         miss = np.isin(out, v.miss)
         self.om = np.flatnonzero(miss)
         self.oc = np.flatnonzero(~miss)
         self.dPm = v.dP(pr, ps, out[self.om]) if len(self.om) else np.zeros((len(pr), 0))
+        if bind:
+            self.bind()
+
+    def bind(self) -> None:
+        """Read the view's current running sums of the unit's pairs (the scoring baseline).
+        Everything else depends only on the rows of the swaps, so a batch can be prepared
+        while the view's sums still move with another block's accepted swaps."""
+        self.blk = _block(self.v, self.dims, self.out)
+        self.base = float(_objective(self.blk, 0.0, 0.0, 0.0))
 
     def gain(self) -> np.ndarray:
         """Change of the view's squared error per single swap."""
@@ -351,6 +391,12 @@ def refine_swaps(
     for v in all_views:
         v.M[fixed_pair] = 0.0
     present = ~np.isnan(X)
+    # Blocks that share no row can prepare their batches at once (threads): a block's swaps
+    # move only its own rows, so another block's prepared scores stay valid; only the
+    # shared view's running sums move, and those are read when a batch is scored, in order.
+    disjoint = not views or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
+    eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # (unit dims, view) -> rows where the unit is present
+    unit_ok: dict[tuple[int, ...], np.ndarray | None] = {}  # None: present on every row
     stale = 0
     prev = np.inf
     chase, best_worst, flat = False, np.inf, 0
@@ -379,26 +425,45 @@ def refine_swaps(
             inside = np.zeros(d, dtype=bool)
             inside[dims] = True
             out = np.where(~inside)[0]
-            for view in views:
+            # every block's batch, drawn in block order (the generator's sequence as before)
+            batches = []
+            for vi, view in enumerate(views):
                 active = [view] + ([gview] if gview is not None else [])
-                if not any(v.M[np.ix_(dims, out)].any() for v in active):
+                if not any(v.M[_ix(dims, out)].any() for v in active):
                     continue
-                rows = view.rows[present[view.rows][:, dims].all(axis=1)]
+                key = (tuple(dims), vi)
+                if key not in eligible:  # swaps never move a missing value: fixed per unit
+                    if tuple(dims) not in unit_ok:
+                        ok = present[:, dims].all(axis=1)
+                        unit_ok[tuple(dims)] = None if ok.all() else ok
+                    ok = unit_ok[tuple(dims)]
+                    eligible[key] = view.rows if ok is None else view.rows[ok[view.rows]]  # no copy when complete
+                rows = eligible[key]
                 if len(rows) < 4:
                     continue
-                order = rows[rng.permutation(len(rows))]
+                perm = rng.permutation(len(rows))
                 # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
                 # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
-                half = min(len(order) // 2, max(max_pairs, min(len(order) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
-                r, s = draw_pairs(order, half, labels)
+                half = min(len(rows) // 2, max(max_pairs, min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
+                if labels is None:  # draw_pairs' halves of the random order, read without the rest
+                    r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
+                else:
+                    r, s = draw_pairs(rows[perm], half, labels)
                 if not len(r):
                     continue
-                parts = []
+                batches.append((active, r, s))
+
+            def prepare(batch: tuple, dims: list[int] = dims, out: np.ndarray = out) -> list[_Proposals]:
+                active, r, s = batch
+                return [_Proposals(v, r, s, dims, out, bind=False) for v in active]
+
+            prepared = thread_map(prepare, batches) if disjoint else None
+            for bi, (active, r, s) in enumerate(batches):
+                parts = prepared[bi] if prepared is not None else prepare((active, r, s))
                 gain = np.zeros(len(r))
-                for v in active:
-                    part = _Proposals(v, r, s, dims, out)
+                for part in parts:
+                    part.bind()
                     gain += part.gain()
-                    parts.append(part)
                 cand = np.where(gain < -1e-15)[0]
                 if not len(cand):
                     continue
@@ -419,6 +484,7 @@ def refine_swaps(
                     p_r, p_s = p[rr].copy(), p[ss].copy()
                     p[rr], p[ss] = p_s, p_r
                 improved = True
+            del prepared
         stale = 0 if improved else stale + 1
         if stale >= patience:
             break

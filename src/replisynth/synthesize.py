@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values
+from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values, rank_order
 from .correlations import Margin, latent_matrix, nearest_correlation
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
@@ -30,6 +30,7 @@ from .entities import (
     trend_columns,
 )
 from .marginals import exact_quantile_sample, quantile_function
+from .parallel import thread_map
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps
 from .schema import EPOCH, ColumnSpec
@@ -74,53 +75,59 @@ def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int) -> Margin:
 
 
 def _fill_block(
-    bp: BlockPlan, dims: list[dict[str, Any]], act: list[int], Z: np.ndarray, missing: dict[str, np.ndarray], specs: dict[str, ColumnSpec]
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Column values of a block given latent Z (n × len(act)); also the dim-coded matrix
-    (for achieved Spearman) over the active dims."""
+    bp: BlockPlan,
+    dims: list[dict[str, Any]],
+    act: list[int],
+    Z: np.ndarray,
+    missing: dict[str, np.ndarray],
+    specs: dict[str, ColumnSpec],
+    as_float: frozenset[str] = frozenset(),
+) -> dict[str, np.ndarray]:
+    """Column values of a block given latent Z (n × len(act)). Columns are filled
+    independently (their sorts on threads), each from its own latent column. Categorical
+    columns in `as_float` (levels that are plain numbers) come as float64, the others as
+    object arrays of their levels."""
     n = bp.rows
     col_dims: dict[str, list[tuple[int, int]]] = {}
     for j, i in enumerate(act):
         if dims[i]["kind"] != "missing":
             col_dims.setdefault(dims[i]["column"], []).append((j, i))
-    out: dict[str, np.ndarray] = {}
-    coded = np.full((n, len(act)), np.nan)
-    for col, cp in bp.columns.items():
-        miss = missing[col]
-        ok = ~miss
+
+    def fill(item: tuple[str, ColumnPlan]) -> np.ndarray:
+        col, cp = item
+        ok = ~missing[col]
         nn = int(ok.sum())
         if cp.kind == "empty":
-            out[col] = np.full(n, np.nan, dtype=object)
-            continue
+            return np.full(n, np.nan, dtype=object)
         jd = col_dims.get(col, [])
         if cp.kind == "continuous":
             z = Z[ok, jd[0][0]] if jd else np.arange(nn, dtype="float64")
             vals = exact_quantile_sample(np.asarray(cp.grid), nn, specs[col].integer)
             v = np.full(n, np.nan)
             v[ok] = fill_by_rank(z, vals)
-            out[col] = v
-            if jd:
-                coded[:, jd[0][0]] = v
-            continue
+            return v
         levels = cp.levels or []
         counts = list(cp.counts or [])
         if len(levels) == 1 or not jd:
             codes = np.repeat(np.arange(len(levels)), counts) if levels else np.zeros(0, dtype=int)
         elif dims[jd[0][1]]["kind"] == "ordered":
             codes = ordered_values(Z[ok, jd[0][0]], counts)
-            coded[ok, jd[0][0]] = codes
         else:
             dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
             baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))
             codes = nominal_values(Z[ok][:, [j for j, _ in jd]], counts, baseline, dim_levels)
-            for (j, _), lev in zip(jd, dim_levels, strict=True):
-                coded[ok, j] = (codes == lev).astype("float64")
+        if col in as_float and len(levels):
+            v = np.full(n, np.nan)
+            v[ok] = np.asarray(levels, dtype="float64")[codes]
+            return v
         vals = np.full(n, np.nan, dtype=object)
         lev_arr = np.empty(len(levels), dtype=object)
         lev_arr[:] = levels
         vals[ok] = lev_arr[codes] if len(levels) else []
-        out[col] = vals
-    return out, coded
+        return vals
+
+    items = list(bp.columns.items())
+    return dict(zip([c for c, _ in items], thread_map(fill, items), strict=True))
 
 
 def synthesize_block(
@@ -173,11 +180,12 @@ def synthesize_block(
         if dims[i]["kind"] == "missing":
             col = dims[i]["column"]
             mask = np.zeros(n, dtype=bool)
-            mask[np.argsort(-Z[:, j], kind="stable")[: bp.columns[col].missing]] = True
+            mask[rank_order(-Z[:, j])[: bp.columns[col].missing]] = True
             for c in [col] + followers.get(col, []):
                 if c in missing and int(missing[c].sum()) == int(mask.sum()):
                     missing[c] = mask
-    cols, _ = _fill_block(bp, dims, act, Z, missing, specs)
+    numeric = frozenset(numeric_level_columns([bp], release)) if ent is None else frozenset()
+    cols = _fill_block(bp, dims, act, Z, missing, specs, frozenset(c for c in numeric if specs[c].logical_type in ("integer", "float")))
     if ent is not None:
         cols = entity_columns(cols, bp, release, specs, act, Z, ent, missing)
         cols = trend_columns(cols, bp, release, specs, ent, missing)
@@ -292,6 +300,28 @@ def _panel(df: pd.DataFrame, entity: str, time: str) -> pd.DataFrame:
     return df
 
 
+def numeric_level_columns(plan: list[BlockPlan], release: dict[str, Any]) -> set[str]:
+    """Categorical columns whose sampled values are all released levels that are plain
+    numbers (Python int or float, not bool; no derived column) in every block: their object
+    arrays convert to float64 exactly, and coding or restoring the floats gives what the
+    objects give, without a hashing pass over a million Python objects."""
+    derived = release.get("derived", {})
+    out = set()
+    for c in plan[0].columns if plan else {}:
+        cps = [bp.columns.get(c) for bp in plan]
+        if c in derived or any(cp is None or cp.kind not in ("categorical", "empty") for cp in cps):
+            continue
+        levels = [v for cp in cps if cp is not None for v in (cp.levels or [])]
+        if levels and all(type(v) in (int, float) and abs(v) < 2.0**53 for v in levels):
+            out.add(c)
+    return out
+
+
+def _as_float(cols: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """`cols` with the columns `names` (object arrays of numbers and NaN) as float64."""
+    return {c: v.astype("float64") if c in names and v.dtype == object else v for c, v in cols.items()}
+
+
 def refine_source(
     cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], seed: int, source: str, ent: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
@@ -304,7 +334,8 @@ def refine_source(
     if ent is not None:
         cols = refine_invariant(cols, release, ent, make_rng(seed, source, "refine", "entities"))
         cols = refine_blocks(cols, release, ent, make_rng(seed, source, "refine", "blocks"))
-    X = synthetic_dim_matrix(pd.DataFrame(cols), release)
+    # column-major: the views read X column by column (the values are the same either way)
+    X = synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric_level_columns(plan, release) if ent is None else set())), release, order="F")
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
     targets = [block_target(release, b.stats) for b in plan]
@@ -346,13 +377,18 @@ def synthesize_source(
     # Entity structure released and one block: the hierarchical copula (replisynth.entities).
     ent = skeleton(plan[0], release) if release.get("entity_structure") and len(plan) == 1 and blocks is None else None
     parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs_list if s.role in ("continuous", "categorical")}
-    for bp in plan:
-        vals = blocks[bp.id] if blocks is not None else synthesize_block(bp, release, specs, seed, source, ent=ent)
+    # blocks draw from their own seeded streams, so they are sampled on threads (results in plan order)
+    sampled = [blocks[bp.id] for bp in plan] if blocks is not None else thread_map(lambda bp: synthesize_block(bp, release, specs, seed, source, ent=ent), plan)
+    for vals in sampled:
         for c in parts:
             parts[c].append(vals[c])
+    del sampled
     cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
     del parts  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
+    if ent is None:  # numeric levels of integer and float columns restore from floats (same values)
+        numeric = {s.name for s in specs_list if s.logical_type in ("integer", "float")} & numeric_level_columns(plan, release)
+        cols = _as_float(cols, numeric)
     perm = make_rng(seed, source, "shuffle").permutation(rows)
     data: dict[str, pd.Series] = {}
     for s in specs_list:
