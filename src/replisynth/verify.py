@@ -99,12 +99,18 @@ def ks_pvalue(D: float, n: int) -> float:
     return float(stats.kstwo.sf(D, n))
 
 
-def percentile_gap(values: np.ndarray, grid: np.ndarray) -> float:
-    """Largest gap between synthetic and released percentiles, in released IQRs."""
+def synthetic_percentiles(values: np.ndarray) -> np.ndarray:
+    """Percentiles 0..100 of `values` (numpy `averaged_inverted_cdf`, the grid's method)."""
+    return np.percentile(values, np.arange(101), method="averaged_inverted_cdf")
+
+
+def percentile_gap(values: np.ndarray, grid: np.ndarray, q: np.ndarray | None = None) -> float:
+    """Largest gap between synthetic and released percentiles, in released IQRs.
+    `q`: synthetic_percentiles(values) when already known."""
     g = np.asarray(grid, dtype="float64")
     if len(values) == 0:
         return 0.0
-    q = np.percentile(values, np.arange(101), method="averaged_inverted_cdf")
+    q = synthetic_percentiles(values) if q is None else q
     iqr = g[75] - g[25]
     if iqr <= 0:
         iqr = max(g[-1] - g[0], 1e-12)
@@ -231,6 +237,7 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     problems: list[str] = []
     per_var: dict[str, Any] = {}
     drift: dict[str, Any] = {}
+    pct: dict[str, np.ndarray] = {}
     for col, m in all_m.items():
         spec = specs[col]
         if m["kind"] == "continuous":
@@ -240,7 +247,10 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
             if not comps:
                 continue
             D, p = ks_test(v, comps, spec.integer)
-            gap = percentile_gap(v, np.asarray(m["grid"]))
+            q = synthetic_percentiles(v) if len(v) else None
+            if q is not None:
+                pct[col] = q
+            gap = percentile_gap(v, np.asarray(m["grid"]), q)
             rec = {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": gap}
             if col in outcomes:
                 drift[col] = rec
@@ -278,6 +288,7 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         "problems": problems,
         "variables": per_var,
         "outcome_drift": drift,
+        "synthetic_percentiles": pct,
     }
 
 
@@ -294,16 +305,24 @@ def _max_pair(S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: li
     return float(diff[j]), [dim_label(dims[keep[iu[0][j]]]), dim_label(dims[keep[iu[1][j]]])], int(ok.sum())
 
 
-def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None) -> dict[str, Any]:
+def synthetic_spearman(X: np.ndarray, dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None) -> tuple[list[int], np.ndarray | None]:
+    """The released dims whose column is not in `exclude` (their indices) and the synthetic
+    Spearman matrix over them (None for fewer than two)."""
+    keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
+    return keep, (spearman_matrix(X, rows, keep) if len(keep) >= 2 else None)
+
+
+def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None,
+                 spearman: tuple[list[int], np.ndarray | None] | None = None) -> dict[str, Any]:
     """Released versus synthetic Spearman correlations over the released dims (outcomes
     excluded). Pairs of value dims decide the tier; pairs involving a missingness dim are
     reported (`missingness_max_abs_delta`) but do not, since missing positions are drawn
-    from the copula only and never refined."""
+    from the copula only and never refined. `spearman`: synthetic_spearman(X, dims,
+    exclude, rows) when already known."""
     T = np.asarray([[np.nan if v is None else v for v in row] for row in target], dtype="float64")
-    keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
-    if len(keep) < 2:
+    keep, S = synthetic_spearman(X, dims, exclude, rows) if spearman is None else spearman
+    if S is None:
         return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
-    S = spearman_matrix(X, rows, keep)
     miss = np.asarray([dims[i]["kind"] == "missing" for i in keep])
     value_pairs = ~miss[:, None] & ~miss[None, :]
     mx, pair, n = _max_pair(S, T, dims, keep, value_pairs)
@@ -433,8 +452,10 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         plan = source_plan(release, len(df))
         t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name))
         t1 = tier1(df, release, plan, outcomes)
+        percentiles = t1.pop("synthetic_percentiles")
         X = synthetic_dim_matrix(df, release, order="F")
-        t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes)
+        keep, S = spearman = synthetic_spearman(X, release["dims"], outcomes)
+        t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes, spearman=spearman)
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:
             t3["passed"] = t2["passed"]
@@ -453,6 +474,9 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
             "correlations": t2,
             "strata": t3,
             "checkpoints": {"passed": t4_ok, "tags": [t for t, c in cps.items() if c["source"] == name]},
+            # what the report draws, so it need not recompute it (not part of the verdict)
+            "synthetic": {"percentiles": {c: q.tolist() for c, q in percentiles.items()},
+                          "spearman": {"dims": keep, "matrix": None if S is None else S.tolist()}},
         }
     tier_met = min(s["tier_met"] for s in sources.values()) if sources else -1
     return {
