@@ -416,13 +416,13 @@ def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | 
     keep = [i for i, d in enumerate(dims) if d.get("column") not in (exclude or set())]
     if not keep:
         return [], np.zeros((0, 0)), np.zeros((0, 0))
-    known = None
     if synthetic and synthetic.get("dims") == keep and synthetic.get("matrix") is not None:
-        known = np.asarray([[np.nan if v is None else v for v in row] for row in synthetic["matrix"]], dtype="float64")
-    from .correlations import spearman_matrix  # imported here: scipy, for this fallback only
-    from .dims import synthetic_dim_matrix
+        S = np.asarray([[np.nan if v is None else v for v in row] for row in synthetic["matrix"]], dtype="float64")
+    else:
+        from .correlations import spearman_matrix  # imported here: scipy, for this fallback only
+        from .dims import synthetic_dim_matrix
 
-    S = spearman_matrix(synthetic_dim_matrix(df, release)[:, keep]) if known is None else known
+        S = spearman_matrix(synthetic_dim_matrix(df, release)[:, keep])
     T = np.asarray([[np.nan if target[i][j] is None else float(target[i][j]) for j in keep] for i in keep], dtype="float64").reshape(len(keep), len(keep))
     return [dims[i] for i in keep], S, T
 
