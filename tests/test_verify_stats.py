@@ -243,3 +243,34 @@ def test_ks_fast_path_is_bit_identical_to_the_direct_formulation(seed: int) -> N
         xs = np.sort(np.concatenate([rng.normal(10, 8, n), grids[seed % 3], grids[1]]))
         for g in grids:
             assert np.array_equal(grid_cdf_sorted(g, xs), grid_cdf(g, xs))
+
+
+def test_verdict_does_not_depend_on_the_thread_count(tmp_path) -> None:
+    """Columns (tier 1) and strata (tier 3) are checked on parallel threads; tiers.json is the
+    same bytes with one thread and with two."""
+    from conftest import make_people, manifest_for, run_pipeline
+
+    from replisynth.bundle import load_bundle
+    from replisynth.io import dumps_json, read_json
+    from replisynth.parallel import set_threads, threads
+    from replisynth.pipeline import read_synthetic
+    from replisynth.verify import verify
+
+    p = tmp_path / "people.csv"
+    make_people(3000, seed=5).to_csv(p, index=False)
+    raw = manifest_for(p, strata=["female"], categorical=["region"])
+    raw["checkpoints"] = [{"tag": "m", "source": "people", "formula": "y ~ x1 + age", "model": "ols"}]
+    tiers = run_pipeline(raw, tmp_path / "out")
+    assert len(tiers["sources"]["people"]["strata"]["strata"]) >= 2
+    root = tmp_path / "out" / "t"
+    b = load_bundle(root / "bundle")
+    frames, labels = read_synthetic({"people": root / "synthetic" / "people.parquet"})
+    before = threads()
+    try:
+        out = []
+        for n in (1, 2):
+            set_threads(n)
+            out.append(dumps_json(verify(b, frames, labels)))
+    finally:
+        set_threads(before)
+    assert out[0] == out[1] == dumps_json(read_json(root / "verify" / "tiers.json"))

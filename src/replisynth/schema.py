@@ -204,6 +204,8 @@ def _numeric_dtype(s: pd.Series) -> bool:
 
 
 def _integer_valued(s: pd.Series) -> Any:
+    if pd.api.types.is_integer_dtype(s.dtype):
+        return np.True_  # every value an integer: no need to look
     return np.all(np.equal(np.mod(s.dropna().to_numpy(dtype="float64"), 1), 0))
 
 

@@ -21,6 +21,7 @@ from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .marginals import GRID, grid_cdf_sorted, quantile_grid
 from .options import CORR_TOL, GLM_BINARY, GLM_ORDERED
+from .parallel import thread_map
 from .pin import checkpoint_from_release
 from .plan import ALL, RESIDUAL, BlockPlan, source_plan
 from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
@@ -228,8 +229,18 @@ def _block_components(plan: list[BlockPlan], col: str) -> list[tuple[float, np.n
     return [c for c in comps if c[0] > 0]
 
 
-def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str]) -> dict[str, Any]:
-    """Marginals: KS per continuous column, exact counts per categorical column."""
+def _continuous_marginal(v: np.ndarray, comps: list[tuple[float, np.ndarray]], grid: np.ndarray, integer: bool) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Tier-1 record of one continuous column's non-missing values `v` (KS against the
+    released mixture, percentile gap) and its synthetic percentiles (None when empty)."""
+    v = np.sort(v[~np.isnan(v)])  # one sort for the KS test and the percentiles
+    D, p = ks_test(v, comps, integer)
+    q = synthetic_percentiles(v) if len(v) else None
+    return {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": percentile_gap(v, grid, q)}, q
+
+
+def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], *, n_threads: int | None = None) -> dict[str, Any]:
+    """Marginals: KS per continuous column, exact counts per categorical column. The
+    continuous columns are tested on `n_threads` threads (default `parallel.threads()`)."""
     specs = {s.name: s for s in _specs(release)}
     strata = set(release["strata"]["columns"])
     all_m = release["blocks"][ALL]["marginals"]
@@ -238,20 +249,24 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     per_var: dict[str, Any] = {}
     drift: dict[str, Any] = {}
     pct: dict[str, np.ndarray] = {}
+    cont = [(col, _block_components(plan, col)) for col, m in all_m.items() if m["kind"] == "continuous"]
+    cont = [(col, comps) for col, comps in cont if comps]
+    if cont:
+        from scipy import stats  # noqa: F401  (once, before the threads need it)
+
+    def one(item: tuple[str, list[tuple[float, np.ndarray]]]) -> tuple[dict[str, Any], np.ndarray | None]:
+        col, comps = item
+        return _continuous_marginal(numeric_values(df[col], specs[col]), comps, np.asarray(all_m[col]["grid"]), specs[col].integer)
+
+    done = dict(zip([c for c, _ in cont], thread_map(one, cont, n_threads), strict=True))
     for col, m in all_m.items():
-        spec = specs[col]
         if m["kind"] == "continuous":
-            v = numeric_values(df[col], spec)
-            v = np.sort(v[~np.isnan(v)])  # one sort for the KS test and the percentiles
-            comps = _block_components(plan, col)
-            if not comps:
+            if col not in done:
                 continue
-            D, p = ks_test(v, comps, spec.integer)
-            q = synthetic_percentiles(v) if len(v) else None
+            rec, q = done[col]
+            p, gap = rec["ks_p"], rec["max_percentile_gap_iqr"]
             if q is not None:
                 pct[col] = q
-            gap = percentile_gap(v, np.asarray(m["grid"]), q)
-            rec = {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": gap}
             if col in outcomes:
                 drift[col] = rec
                 continue
@@ -332,7 +347,8 @@ def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dic
 
 
 def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], X: np.ndarray) -> dict[str, Any]:
-    """Strata: sizes exact; tiers 1 and 2 inside every released stratum."""
+    """Strata: sizes exact; tiers 1 and 2 inside every released stratum (one stratum per
+    thread)."""
     strata = release["strata"]["columns"]
     if not strata:
         return {"passed": None, "note": "no strata configured: tier 3 holds when tier 2 does", "strata": []}
@@ -343,7 +359,8 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     for c in strata:
         codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
         keycols.append((codes, np.asarray([norm_key(u) for u in uniques], dtype=object)))
-    for b in plan:
+
+    def one(b: BlockPlan) -> tuple[dict[str, Any], list[str]]:
         if b.id == RESIDUAL:
             mask = np.logical_or.reduce([codes < 0 for codes, _ in keycols])
         else:
@@ -352,18 +369,24 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
             ])
         n = int(mask.sum())
         rec: dict[str, Any] = {"stratum": b.id, "key": b.key, "rows": n, "rows_expected": b.rows}
+        probs = []
         if n != b.rows:
-            problems.append(f"{b.id}: {n} rows, expected {b.rows}")
+            probs.append(f"{b.id}: {n} rows, expected {b.rows}")
         if b.id != RESIDUAL:
             sub = df.loc[mask]
-            t1 = tier1(sub, _block_release(release, b), [b], outcomes)
+            t1 = tier1(sub, _block_release(release, b), [b], outcomes, n_threads=1)
             t2 = tier2_matrix(X, release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata), mask)
             rec.update({"marginals": {k: t1[k] for k in ("passed", "worst_ks_p", "worst_variable", "problems")}, "correlations": t2})
             if not t1["passed"]:
-                problems.extend(f"{b.id}: {p}" for p in t1["problems"])
+                probs.extend(f"{b.id}: {p}" for p in t1["problems"])
             if not t2["passed"]:
-                problems.append(f"{b.id}: correlation {t2['pair']} off by {t2['max_abs_delta']:.3f}")
+                probs.append(f"{b.id}: correlation {t2['pair']} off by {t2['max_abs_delta']:.3f}")
+        return rec, probs
+
+    # strata are independent: checked on parallel.threads() threads, collected in plan order
+    for rec, probs in thread_map(one, plan):
         out.append(rec)
+        problems.extend(probs)
     return {"passed": not problems, "problems": problems, "strata": out}
 
 
