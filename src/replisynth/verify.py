@@ -50,7 +50,11 @@ def ks_test(values: np.ndarray, components: list[tuple[float, np.ndarray]], inte
     """One-sample KS statistic and p-value of `values` against the mixture sum_w w·F_grid
     (weights normalised). Exact sup over both sides of every jump; p from the Kolmogorov
     distribution of n (conservative where the reference has atoms)."""
-    x = np.sort(np.asarray(values, dtype="float64"))
+    return _ks_sorted(np.sort(np.asarray(values, dtype="float64")), components, integer)
+
+
+def _ks_sorted(x: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool) -> tuple[float, float]:
+    """`ks_test` of values already sorted ascending (float64)."""
     n = len(x)
     if n == 0:
         return 0.0, 1.0
@@ -233,7 +237,7 @@ def _continuous_marginal(v: np.ndarray, comps: list[tuple[float, np.ndarray]], g
     """Tier-1 record of one continuous column's non-missing values `v` (KS against the
     released mixture, percentile gap) and its synthetic percentiles (None when empty)."""
     v = np.sort(v[~np.isnan(v)])  # one sort for the KS test and the percentiles
-    D, p = ks_test(v, comps, integer)
+    D, p = _ks_sorted(v, comps, integer)
     q = synthetic_percentiles(v) if len(v) else None
     return {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": percentile_gap(v, grid, q)}, q
 
