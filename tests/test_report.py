@@ -177,3 +177,32 @@ def test_empty_certificate_is_computed_and_shown():
     t = _tiers()
     html = render_report(t, {"card": _release()}, {"card": _frame()}, "")
     assert SHA in html and "Provenance" not in html
+
+
+def test_report_from_verifications_figures_equals_the_recomputed_one(tmp_path):
+    """The report draws the synthetic percentiles and Spearman matrix tiers.json carries; the
+    page is byte for byte the one recomputing them from the synthetic frame."""
+    from conftest import make_people, manifest_for, run_pipeline
+
+    from replisynth.io import read_json, write_json
+    from replisynth.pipeline import stage_report
+
+    p = tmp_path / "people.csv"
+    make_people(1500, seed=3).to_csv(p, index=False)
+    raw = manifest_for(p, strata=["female"], categorical=["region"])
+    raw["checkpoints"] = [{"tag": "m", "source": "people", "formula": "y ~ x1 + x2", "model": "ols"}]
+    out = tmp_path / "out"
+    tiers = run_pipeline(raw, out)
+    src = tiers["sources"]["people"]
+    assert set(src["synthetic"]["percentiles"]) >= {"x1", "x2", "y"}
+    assert src["synthetic"]["spearman"]["matrix"] is not None
+    root = out / "t"
+    args = dict(bundle_dir=root / "bundle", synthetic={"people": root / "synthetic" / "people.parquet"})
+    stage_report(**args, tiers_path=root / "verify" / "tiers.json", html_out=tmp_path / "a.html", certificate_out=tmp_path / "a.txt")
+    for s in tiers["sources"].values():
+        del s["synthetic"]
+    write_json(tmp_path / "old.json", tiers)
+    stage_report(**args, tiers_path=tmp_path / "old.json", html_out=tmp_path / "b.html", certificate_out=tmp_path / "b.txt")
+    a, b = (tmp_path / "a.html").read_text(), (tmp_path / "b.html").read_text()
+    assert a == b and "Spearman difference" in a
+    assert read_json(tmp_path / "old.json")["sources"]["people"]["marginals"] == src["marginals"]

@@ -67,3 +67,52 @@ def test_extract_logs_the_decision(tmp_path: Path) -> None:
     raw_cp = [{"tag": "f", "source": "people", "model": "ols", "formula": "x ~ C(educ)"}]
     release, _, log = release_of(df, tmp_path, checkpoints=raw_cp)
     assert {c["name"]: c for c in release["columns"]}["educ"]["role"] == "categorical"
+
+
+# ---------------------------------------------------------------------------------------------
+# the released schema's checks without pandera agree with pandera
+
+
+def _spec(name: str, lt: str, role: str, integer: bool = False):
+    from replisynth.schema import ColumnSpec
+
+    return ColumnSpec(name=name, logical_type=lt, storage_type="x", role=role, integer=integer, ordered=False,
+                      missing=0, rows=6)
+
+
+def _clean_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "i": [1, 2, 3, 4, 5, 6], "f": [1.0, 2.5, np.nan, 4.0, 5.0, 6.0], "fi": [1.0, 2.0, np.nan, 3.0, 4.0, 5.0],
+        "d": pd.to_datetime(["2000-01-01"] * 6), "b": [True, False, True, None, False, True],
+        "c": ["a", "b", None, "a", "b", "a"], "pid": ["x1", "x2", "x3", "x4", "x5", "x6"],
+    })
+
+
+def test_released_schema_passes_exactly_when_pandera_finds_nothing() -> None:
+    from replisynth.schema import pandera_schema, validation_summary
+
+    specs = [_spec("i", "integer", "categorical", True), _spec("f", "float", "continuous"),
+             _spec("fi", "float", "continuous", True), _spec("d", "date", "continuous"),
+             _spec("b", "boolean", "categorical"), _spec("c", "string", "categorical"), _spec("pid", "string", "id")]
+    schema = pandera_schema(specs, {"i": [1, 2, 3, 4, 5, 6], "c": ["a", "b"]})
+    clean = _clean_frame()
+    assert schema.passes(clean)
+    assert validation_summary(schema, clean) == validation_summary(schema.to_pandera(), clean) == []
+    broken = {
+        "non-integer": lambda df: df.assign(fi=[1.5, 2.0, np.nan, 3.0, 4.0, 5.0]),
+        "category": lambda df: df.assign(c=["a", "zz", None, "a", "zz", "a"]),
+        "level": lambda df: df.assign(i=[1, 2, 3, 4, 5, 9]),
+        "text in numeric": lambda df: df.assign(f=["x"] * 6),
+        "not a date": lambda df: df.assign(d=["2000-01-01"] * 6),
+        "boolean": lambda df: df.assign(b=[True, 2, False, None, 0, 1]),
+        "order": lambda df: df[list(df.columns[::-1])],
+        "extra column": lambda df: df.assign(extra=1),
+    }
+    for why, f in broken.items():
+        df = f(clean)
+        assert not schema.passes(df), why
+        got = validation_summary(schema, df)
+        assert got and got == validation_summary(schema.to_pandera(), df), why
+    # outcomes exempt from the value checks
+    exempt = pandera_schema(specs, {"c": ["a", "b"]}, exempt=("fi",))
+    assert exempt.passes(broken["non-integer"](clean))

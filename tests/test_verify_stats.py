@@ -181,3 +181,96 @@ def test_percentile_gap_degenerate_iqr() -> None:
     g = np.concatenate([np.zeros(90), np.linspace(1.0, 2.0, 11)])  # IQR 0: falls back to range
     assert percentile_gap(g + 0.2, g) == pytest.approx(0.2 / 2.0)
     assert percentile_gap(np.array([]), g) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast KS path gives the values of the direct formulation bit for bit
+
+
+def _ks_reference(values: np.ndarray, components: list, integer: bool) -> float:
+    """The KS statistic as first written: every reference CDF through `grid_cdf` at every
+    distinct value, left limits by searching each value in the grid."""
+    from replisynth.marginals import GRID
+
+    def left(g: np.ndarray, x: np.ndarray, F: np.ndarray) -> np.ndarray:
+        if integer:
+            return grid_cdf(g, np.ceil(x) - 1.0, integer=True)
+        idx = np.searchsorted(g, x, side="left") - 1
+        out = F.copy()
+        j = np.clip(idx + 1, 0, len(g) - 1)
+        atom = (idx + 1 < len(g)) & (idx + 1 >= 0) & (g[j] == x)
+        out[atom] = GRID[j[atom]]
+        return out
+
+    x = np.sort(np.asarray(values, dtype="float64"))
+    n = len(x)
+    ws = np.asarray([w for w, _ in components], dtype="float64")
+    ws = ws / ws.sum()
+    first = np.concatenate([[0], np.flatnonzero(x[1:] != x[:-1]) + 1])
+    uniq = x[first]
+    last = np.append(first[1:], n)
+    cdfs = [grid_cdf(np.asarray(g, dtype="float64"), uniq, integer) for _, g in components]
+    Fu = sum(w * c for w, c in zip(ws, cdfs, strict=True))
+    Flu = sum(w * left(np.asarray(g, dtype="float64"), uniq, c) for w, c, (_, g) in zip(ws, cdfs, components, strict=True))
+    return float(max(np.max(last / n - Fu), np.max(Flu - first / n), 0.0))
+
+
+def _flat_grid(seed: int) -> np.ndarray:
+    """A grid with flat stretches (atoms) from a variable with heavy point masses."""
+    rng = np.random.default_rng(seed)
+    v = np.where(rng.random(20000) < 0.3, 0.0, rng.lognormal(2.0, 1.0, 20000))
+    v[rng.random(20000) < 0.1] = 12.5
+    return quantile_grid(v, 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ks_fast_path_is_bit_identical_to_the_direct_formulation(seed: int) -> None:
+    from replisynth.marginals import grid_cdf_sorted
+
+    rng = np.random.default_rng(seed)
+    grids = [_strict_grid(seed), _flat_grid(seed), _int_grid() + seed]
+    n = int(rng.integers(50, 20000))
+    for integer in (False, True):
+        for k in (1, 2, 3):
+            comps = [(float(rng.integers(1, 1000)), grids[(seed + j) % 3]) for j in range(k)]
+            # values from the grids (hitting grid points and atoms exactly), rounded, and off
+            # the support on both sides
+            v = np.concatenate([quantile_function(comps[0][1], rng.random(n)), rng.choice(comps[-1][1], n // 3),
+                                np.round(quantile_function(comps[-1][1], rng.random(n // 4))),
+                                comps[0][1][0] - rng.random(5), comps[0][1][-1] + rng.random(5)])
+            D, _ = ks_test(v, comps, integer)
+            assert D == _ks_reference(v, comps, integer)
+        xs = np.sort(np.concatenate([rng.normal(10, 8, n), grids[seed % 3], grids[1]]))
+        for g in grids:
+            assert np.array_equal(grid_cdf_sorted(g, xs), grid_cdf(g, xs))
+
+
+def test_verdict_does_not_depend_on_the_thread_count(tmp_path) -> None:
+    """Columns (tier 1) and strata (tier 3) are checked on parallel threads; tiers.json is the
+    same bytes with one thread and with two."""
+    from conftest import make_people, manifest_for, run_pipeline
+
+    from replisynth.bundle import load_bundle
+    from replisynth.io import dumps_json, read_json
+    from replisynth.parallel import set_threads, threads
+    from replisynth.pipeline import read_synthetic
+    from replisynth.verify import verify
+
+    p = tmp_path / "people.csv"
+    make_people(3000, seed=5).to_csv(p, index=False)
+    raw = manifest_for(p, strata=["female"], categorical=["region"])
+    raw["checkpoints"] = [{"tag": "m", "source": "people", "formula": "y ~ x1 + age", "model": "ols"}]
+    tiers = run_pipeline(raw, tmp_path / "out")
+    assert len(tiers["sources"]["people"]["strata"]["strata"]) >= 2
+    root = tmp_path / "out" / "t"
+    b = load_bundle(root / "bundle")
+    frames, labels = read_synthetic({"people": root / "synthetic" / "people.parquet"})
+    before = threads()
+    try:
+        out = []
+        for n in (1, 2):
+            set_threads(n)
+            out.append(dumps_json(verify(b, frames, labels)))
+    finally:
+        set_threads(before)
+    assert out[0] == out[1] == dumps_json(read_json(root / "verify" / "tiers.json"))

@@ -182,6 +182,32 @@ def grid_cdf(grid: np.ndarray, x: np.ndarray, integer: bool = False) -> np.ndarr
     return np.clip(out, 0.0, 1.0)
 
 
+def grid_cdf_sorted(grid: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`grid_cdf(grid, x)` for ascending `x`, bit for bit, in a fraction of the time: the
+    values between two grid points are one slice of x (found by searching the ~101 grid
+    points in x, not each value in the grid), interpolated with that interval's scalars."""
+    g = np.asarray(grid, dtype="float64")
+    x = np.asarray(x, dtype="float64")
+    if len(g) < 2 or len(x) == 0:
+        return grid_cdf(g, x)
+    # x[b[i]:b[i+1]] is where the last grid point <= x is g[i] (empty for flat stretches)
+    b = np.searchsorted(x, g, side="left")
+    out = np.empty_like(x)
+    out[: b[0]] = 0.0
+    out[b[-1] :] = 1.0
+    for i in range(len(g) - 1):
+        s, e = b[i], b[i + 1]
+        if s == e:
+            continue
+        # the arithmetic of grid_cdf: GRID[i] + (x - g0) / (g1 - g0) * (GRID[i+1] - GRID[i])
+        o = out[s:e]
+        np.subtract(x[s:e], g[i], out=o)
+        np.divide(o, g[i + 1] - g[i], out=o)
+        np.multiply(o, GRID[i + 1] - GRID[i], out=o)
+        np.add(GRID[i], o, out=o)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def exact_quantile_sample(grid: np.ndarray, n: int, integer: bool) -> np.ndarray:
     """The n values (ascending) whose empirical distribution is closest to the released one:
     Q((i - 0.5)/n), rounded for integer-valued columns."""

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import svg
-from .correlations import spearman_matrix
-from .dims import dim_label, norm_key, synthetic_dim_matrix
+from .dims import dim_label, norm_key
 from .schema import EPOCH
 
 MAX_VARIABLES = 60  # plots per source
@@ -343,12 +342,19 @@ def _variable_status(col: str, m: dict, mar: dict, strata_cols: set[str]) -> str
             f'gap = {_f(rec.get("max_percentile_gap_iqr"))} IQR')
 
 
-def _variable_card(spec: dict, m: dict, df: pd.DataFrame | None, release: dict, mar: dict, strata_cols: set[str]) -> str:
-    """One plot with its variable name, label, tier-1 figure and missing counts."""
+def _variable_card(spec: dict, m: dict, df: pd.DataFrame | None, release: dict, mar: dict, strata_cols: set[str],
+                   percentiles: dict[str, list[float]] | None = None) -> str:
+    """One plot with its variable name, label, tier-1 figure and missing counts.
+    `percentiles`: synthetic percentiles verification computed (tiers.json), used for
+    numeric columns (verification reads dates its own way)."""
     col = str(spec.get("name"))
     s = df[col] if df is not None and col in df.columns else None
     if m.get("kind") == "continuous":
-        syn = _synthetic_percentiles(_numeric(s, spec.get("logical_type"))) if s is not None else None
+        known = (percentiles or {}).get(col) if spec.get("logical_type") not in ("date", "datetime") else None
+        if s is None:
+            syn = None
+        else:
+            syn = [float(x) for x in known] if known is not None else _synthetic_percentiles(_numeric(s, spec.get("logical_type")))
         fmt = _date_tick if spec.get("logical_type") in ("date", "datetime") else svg.tick_label
         chart = svg.quantile_chart(m.get("grid") or [], syn, f"quantiles of {col}", fmt)
         note = ""
@@ -387,7 +393,8 @@ def _marginal_section(tiers: dict, releases: dict[str, dict], frames: dict[str, 
             parts.append(f'<p class="muted">Showing the first {MAX_VARIABLES} of {len(plotted):,} released variables.</p>')
         if df is None:
             parts.append('<p class="bad">No synthetic frame for this source.</p>')
-        cards = [_variable_card(spec, m, df, release, mar, strata_cols) for spec, m in plotted[:MAX_VARIABLES]]
+        known = (src.get("synthetic") or {}).get("percentiles")
+        cards = [_variable_card(spec, m, df, release, mar, strata_cols, known) for spec, m in plotted[:MAX_VARIABLES]]
         parts.append(f'<div class="grid">{"".join(cards)}</div>')
         if skipped:
             parts.append(f'<p class="muted">Not plotted (no released marginal, suppressed, or identifier): {_e(", ".join(skipped))}</p>')
@@ -397,17 +404,25 @@ def _marginal_section(tiers: dict, releases: dict[str, dict], frames: dict[str, 
 # ---------------------------------------------------------------- 4. correlations
 
 
-def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | None = None) -> tuple[list[dict], np.ndarray, np.ndarray]:
+def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | None = None,
+                           synthetic: dict | None = None) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """(dims kept, synthetic Spearman, released Spearman) over the released dims whose column is
     not in `exclude`; released None entries become NaN. Coding and Spearman are the ones
-    verification uses (`dims.synthetic_dim_matrix`, `correlations.spearman_matrix`)."""
+    verification uses (`dims.synthetic_dim_matrix`, `correlations.spearman_matrix`), and
+    the synthetic matrix is verification's own when `synthetic` (tiers.json's
+    `synthetic.spearman` of the source) covers the same dims."""
     dims = list(release.get("dims") or [])
     target = ((release.get("blocks") or {}).get(ALL) or {}).get("spearman") or []
     keep = [i for i, d in enumerate(dims) if d.get("column") not in (exclude or set())]
     if not keep:
         return [], np.zeros((0, 0)), np.zeros((0, 0))
-    X = synthetic_dim_matrix(df, release)[:, keep]
-    S = spearman_matrix(X)
+    if synthetic and synthetic.get("dims") == keep and synthetic.get("matrix") is not None:
+        S = np.asarray([[np.nan if v is None else v for v in row] for row in synthetic["matrix"]], dtype="float64")
+    else:
+        from .correlations import spearman_matrix  # imported here: scipy, for this fallback only
+        from .dims import synthetic_dim_matrix
+
+        S = spearman_matrix(synthetic_dim_matrix(df, release)[:, keep])
     T = np.asarray([[np.nan if target[i][j] is None else float(target[i][j]) for j in keep] for i in keep], dtype="float64").reshape(len(keep), len(keep))
     return [dims[i] for i in keep], S, T
 
@@ -416,7 +431,7 @@ def _corr_block(name: str, release: dict, df: pd.DataFrame | None, exclude: set[
     """Heatmap and summary line for one source."""
     if df is None:
         return f"<h3>Source {_e(name)}</h3><p class=\"bad\">No synthetic frame for this source.</p>"
-    dims, S, T = correlation_difference(release, df, exclude)
+    dims, S, T = correlation_difference(release, df, exclude, (src.get("synthetic") or {}).get("spearman"))
     head = f"<h3>Source {_e(name)}</h3>"
     if len(dims) < 2:
         return head + '<p class="muted">Fewer than two released dims: nothing to compare.</p>'

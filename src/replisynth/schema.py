@@ -195,6 +195,75 @@ def infer_schema(
 _PANDERA_DTYPES = {"integer": None, "float": "float64", "boolean": None, "date": "datetime64[ns]"}
 
 
+# The column checks (pandera runs them as element_wise=False checks; their results are
+# what the lambdas pandera_schema used to hold returned).
+
+
+def _numeric_dtype(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s.dtype)
+
+
+def _integer_valued(s: pd.Series) -> Any:
+    if pd.api.types.is_integer_dtype(s.dtype):
+        return np.True_  # every value an integer: no need to look
+    return np.all(np.equal(np.mod(s.dropna().to_numpy(dtype="float64"), 1), 0))
+
+
+def _date_dtype(s: pd.Series) -> bool:
+    return pd.api.types.is_datetime64_any_dtype(s.dtype)
+
+
+def _boolean_values(s: pd.Series) -> Any:
+    return s.dropna().isin([True, False, 0, 1]).all()
+
+
+@dataclass(frozen=True)
+class ColumnCheck:
+    """One check of the released schema on one column: `test(series) -> bool`, or, when
+    `allowed` is set, membership of every non-missing value in `allowed`."""
+
+    error: str
+    test: Any = None
+    allowed: tuple[Any, ...] | None = None
+
+    def passes(self, s: pd.Series) -> bool:
+        if self.allowed is not None:
+            return bool(s.dropna().isin(list(self.allowed)).all())
+        return bool(self.test(s))
+
+
+@dataclass(frozen=True)
+class ReleasedSchema:
+    """The checks `pandera_schema` puts on a frame, kept apart from pandera: columns present in
+    this order and nothing else (strict, ordered), and each column's `ColumnCheck`s."""
+
+    columns: tuple[tuple[str, tuple[ColumnCheck, ...]], ...]
+
+    def passes(self, df: pd.DataFrame) -> bool:
+        """True when pandera would find nothing: the cheap check that spares importing pandera
+        (~0.5 s) and its row-level validation when a frame is clean; a check that raises
+        counts as failed (pandera then reports it)."""
+        if list(df.columns) != [name for name, _ in self.columns]:
+            return False
+        try:
+            return all(c.passes(df[name]) for name, checks in self.columns for c in checks)
+        except Exception:  # pandera records the exception as a failure; let it
+            return False
+
+    def to_pandera(self) -> Any:
+        """The pandera DataFrameSchema running these checks (pandera imported here)."""
+        import pandera.pandas as pa
+
+        def check(c: ColumnCheck) -> Any:
+            if c.allowed is not None:
+                return pa.Check.isin(list(c.allowed), ignore_na=True, error=c.error)
+            return pa.Check(c.test, element_wise=False, error=c.error)
+
+        cols = {name: pa.Column(dtype=None, checks=[check(c) for c in checks], nullable=True, required=True)
+                for name, checks in self.columns}
+        return pa.DataFrameSchema(cols, strict=True, ordered=True, name="replisynth released schema")
+
+
 def pandera_schema(
     specs: list[ColumnSpec],
     categories: dict[str, list[Any]] | None = None,
@@ -202,53 +271,34 @@ def pandera_schema(
     exempt: tuple[str, ...] = (),
     check_missing_counts: bool = False,
     rows: int | None = None,
-) -> Any:
-    """A pandera DataFrameSchema built from the released schema only.
+) -> ReleasedSchema:
+    """The schema a frame must meet, built from the released schema only (a `ReleasedSchema`;
+    `.to_pandera()` gives the pandera DataFrameSchema, which `validation_summary` runs).
 
     Checks column presence and order, logical type, integer-valuedness, and (when
     `categories` is given) that categorical values come from the released categories.
     Columns in `exempt` (checkpoint outcomes, which Layer 4 moves) skip the integer and
     boolean value checks.
     """
-    import pandera.pandas as pa
-
-    cols: dict[str, Any] = {}
+    cols: list[tuple[str, tuple[ColumnCheck, ...]]] = []
     for spec in specs:
         checks = []
         lt = spec.logical_type
-        nullable = True
         if lt in ("integer", "float") and spec.role != "id":
-            checks.append(
-                pa.Check(lambda s: pd.api.types.is_numeric_dtype(s.dtype), element_wise=False, error="numeric dtype")
-            )
+            checks.append(ColumnCheck("numeric dtype", _numeric_dtype))
             if spec.integer and spec.name not in exempt:
-                checks.append(
-                    pa.Check(
-                        lambda s: np.all(np.equal(np.mod(s.dropna().to_numpy(dtype="float64"), 1), 0)),
-                        element_wise=False,
-                        error="integer-valued",
-                    )
-                )
+                checks.append(ColumnCheck("integer-valued", _integer_valued))
         if lt == "date":
-            checks.append(pa.Check(lambda s: pd.api.types.is_datetime64_any_dtype(s.dtype), error="date dtype"))
+            checks.append(ColumnCheck("date dtype", _date_dtype))
         if lt == "boolean" and spec.name not in exempt:
-            checks.append(
-                pa.Check(
-                    lambda s: s.dropna().isin([True, False, 0, 1]).all(),
-                    element_wise=False,
-                    error="boolean values",
-                )
-            )
+            checks.append(ColumnCheck("boolean values", _boolean_values))
         if categories is not None and spec.role == "categorical" and spec.name in categories:
-            allowed = list(categories[spec.name])
-            checks.append(pa.Check.isin(allowed, ignore_na=True, error="released categories only"))
+            checks.append(ColumnCheck("released categories only", allowed=tuple(categories[spec.name])))
         if check_missing_counts and rows is not None and spec.role in ("continuous", "categorical"):
             want = expected_missing(spec, rows)
-            checks.append(
-                pa.Check(lambda s, w=want: int(s.isna().sum()) == w, element_wise=False, error=f"{want} missing")
-            )
-        cols[spec.name] = pa.Column(dtype=None, checks=checks, nullable=nullable, required=True)
-    return pa.DataFrameSchema(cols, strict=True, ordered=True, name="replisynth released schema")
+            checks.append(ColumnCheck(f"{want} missing", lambda s, w=want: int(s.isna().sum()) == w))
+        cols.append((spec.name, tuple(checks)))
+    return ReleasedSchema(tuple(cols))
 
 
 def expected_missing(spec: ColumnSpec, rows: int) -> int:
@@ -260,7 +310,13 @@ def expected_missing(spec: ColumnSpec, rows: int) -> int:
 
 
 def validation_summary(schema: Any, df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Validate lazily; return failures as counts per column and check, never row values."""
+    """Validate lazily; return failures as counts per column and check, never row values.
+    A `ReleasedSchema` is first checked without pandera: pandera runs (to count the failing
+    rows) only when something fails."""
+    if isinstance(schema, ReleasedSchema):
+        if schema.passes(df):
+            return []
+        schema = schema.to_pandera()
     import pandera.errors as pe
 
     try:

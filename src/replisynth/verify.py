@@ -8,11 +8,11 @@ Precise definitions where FIDELITY.md leaves room are in docs/method.md ("Verifi
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .bundle import Bundle
 from .correlations import spearman_matrix
@@ -20,8 +20,9 @@ from .design import build_design, released_terms
 from .dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
-from .marginals import GRID, grid_cdf, quantile_grid
+from .marginals import GRID, grid_cdf_sorted, quantile_grid
 from .options import CORR_TOL, GLM_BINARY, GLM_ORDERED
+from .parallel import thread_map
 from .pin import checkpoint_from_release
 from .plan import ALL, RESIDUAL, BlockPlan, source_plan
 from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
@@ -34,39 +35,57 @@ SE_BOUND = 3.0
 # Kolmogorov-Smirnov against a released (possibly rounded, possibly mixed) distribution
 
 
-def _grid_cdf_left(grid: np.ndarray, x: np.ndarray, integer: bool, F: np.ndarray | None = None) -> np.ndarray:
-    """Left limit F(x-) of the released distribution (it has atoms at flat grid stretches
-    and, for integer columns, at every integer). `F`: grid_cdf(grid, x) when already known."""
+def _grid_atoms(grid: np.ndarray, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the ascending distinct values `uniq` that equal a grid point, and the
+    left limit F(x-) = GRID[first index of that grid value] there: a flat grid stretch is an
+    atom, so F jumps there; everywhere else a continuous column's F(x-) is F(x)."""
     g = np.asarray(grid, dtype="float64")
-    if integer:
-        return grid_cdf(g, np.ceil(x) - 1.0, integer=True)
-    idx = np.searchsorted(g, x, side="left") - 1
-    out = grid_cdf(g, x, integer=False) if F is None else F.copy()
-    at_atom = (idx + 1 < len(g)) & (idx + 1 >= 0)
-    j = np.clip(idx + 1, 0, len(g) - 1)
-    atom = at_atom & (g[j] == x)
-    out[atom] = GRID[j[atom]]
-    return out
+    gv, first = np.unique(g, return_index=True)
+    pos = np.searchsorted(uniq, gv, side="left")
+    hit = pos < len(uniq)
+    hit[hit] = uniq[pos[hit]] == gv[hit]
+    return pos[hit], GRID[first[hit]]
 
 
 def ks_test(values: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool) -> tuple[float, float]:
     """One-sample KS statistic and p-value of `values` against the mixture sum_w w·F_grid
     (weights normalised). Exact sup over both sides of every jump; p from the Kolmogorov
     distribution of n (conservative where the reference has atoms)."""
-    x = np.sort(np.asarray(values, dtype="float64"))
+    return _ks_sorted(np.sort(np.asarray(values, dtype="float64")), components, integer)
+
+
+def _ks_sorted(x: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool) -> tuple[float, float]:
+    """`ks_test` of values already sorted ascending (float64)."""
     n = len(x)
     if n == 0:
         return 0.0, 1.0
     ws = np.asarray([w for w, _ in components], dtype="float64")
     ws = ws / ws.sum()
     # empirical CDF right and left of each distinct value; the reference CDF is evaluated
-    # at the distinct values only (x is sorted: a new value starts where it changes)
+    # at the distinct values only (x is sorted: a new value starts where it changes), by
+    # `grid_cdf_sorted`, which gives grid_cdf's values bit for bit
     first = np.concatenate([[0], np.flatnonzero(x[1:] != x[:-1]) + 1])
     uniq = x[first]
     last = np.append(first[1:], n)
-    cdfs = [grid_cdf(g, uniq, integer) for _, g in components]
-    Fu = sum(w * c for w, c in zip(ws, cdfs, strict=True))
-    Flu = sum(w * _grid_cdf_left(g, uniq, integer, c) for w, c, (_, g) in zip(ws, cdfs, components, strict=True))
+    if integer:
+        # P(round(Q(U)) <= x) = F(floor(x) + 0.5); its left limit F(ceil(x) - 1 + 0.5)
+        at, left_at = np.floor(uniq) + 0.5, np.floor(np.ceil(uniq) - 1.0) + 0.5
+        Fu = Flu = None
+        for w, (_, g) in zip(ws, components, strict=True):
+            c, cl = w * grid_cdf_sorted(g, at), w * grid_cdf_sorted(g, left_at)
+            Fu, Flu = (c, cl) if Fu is None else (Fu + c, Flu + cl)
+    else:
+        # F(x-) differs from F(x) only at the values that are grid points: summed there alone
+        atoms = [_grid_atoms(g, uniq) for _, g in components]
+        P = np.unique(np.concatenate([p for p, _ in atoms]))
+        Fu = FlP = None
+        for w, (_, g), (p, left) in zip(ws, components, atoms, strict=True):
+            c = grid_cdf_sorted(g, uniq)
+            cP = c[P]
+            cP[np.searchsorted(P, p)] = left
+            Fu, FlP = (w * c, w * cP) if Fu is None else (Fu + w * c, FlP + w * cP)
+        Flu = Fu.copy()
+        Flu[P] = FlP
     d_plus = np.max(last / n - Fu)
     d_minus = np.max(Flu - first / n)
     D = float(max(d_plus, d_minus, 0.0))
@@ -79,17 +98,25 @@ def ks_pvalue(D: float, n: int) -> float:
     (2·smirnov(n, D), O(n): seconds per call at a million rows) is replaced by the limiting
     distribution, `kstwobign.sf(D·sqrt(n))`. There both are below 0.025, so no verdict
     (p <= KS_ALPHA = 0.05) changes; only how small a tiny p-value is reported."""
+    from scipy import stats  # here, not at import: scipy.stats alone takes ~1.5 s to import
+
     if n > 100_000 and n * D * D >= 2.2:
         return float(stats.kstwobign.sf(D * np.sqrt(n)))
     return float(stats.kstwo.sf(D, n))
 
 
-def percentile_gap(values: np.ndarray, grid: np.ndarray) -> float:
-    """Largest gap between synthetic and released percentiles, in released IQRs."""
+def synthetic_percentiles(values: np.ndarray) -> np.ndarray:
+    """Percentiles 0..100 of `values` (numpy `averaged_inverted_cdf`, the grid's method)."""
+    return np.percentile(values, np.arange(101), method="averaged_inverted_cdf")
+
+
+def percentile_gap(values: np.ndarray, grid: np.ndarray, q: np.ndarray | None = None) -> float:
+    """Largest gap between synthetic and released percentiles, in released IQRs.
+    `q`: synthetic_percentiles(values) when already known."""
     g = np.asarray(grid, dtype="float64")
     if len(values) == 0:
         return 0.0
-    q = np.percentile(values, np.arange(101), method="averaged_inverted_cdf")
+    q = synthetic_percentiles(values) if q is None else q
     iqr = g[75] - g[25]
     if iqr <= 0:
         iqr = max(g[-1] - g[0], 1e-12)
@@ -207,8 +234,18 @@ def _block_components(plan: list[BlockPlan], col: str) -> list[tuple[float, np.n
     return [c for c in comps if c[0] > 0]
 
 
-def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str]) -> dict[str, Any]:
-    """Marginals: KS per continuous column, exact counts per categorical column."""
+def _continuous_marginal(v: np.ndarray, comps: list[tuple[float, np.ndarray]], grid: np.ndarray, integer: bool) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Tier-1 record of one continuous column's non-missing values `v` (KS against the
+    released mixture, percentile gap) and its synthetic percentiles (None when empty)."""
+    v = np.sort(v[~np.isnan(v)])  # one sort for the KS test and the percentiles
+    D, p = _ks_sorted(v, comps, integer)
+    q = synthetic_percentiles(v) if len(v) else None
+    return {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": percentile_gap(v, grid, q)}, q
+
+
+def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], *, n_threads: int | None = None) -> dict[str, Any]:
+    """Marginals: KS per continuous column, exact counts per categorical column. The
+    continuous columns are tested on `n_threads` threads (default `parallel.threads()`)."""
     specs = {s.name: s for s in _specs(release)}
     strata = set(release["strata"]["columns"])
     all_m = release["blocks"][ALL]["marginals"]
@@ -216,17 +253,25 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     problems: list[str] = []
     per_var: dict[str, Any] = {}
     drift: dict[str, Any] = {}
+    pct: dict[str, np.ndarray] = {}
+    cont = [(col, _block_components(plan, col)) for col, m in all_m.items() if m["kind"] == "continuous"]
+    cont = [(col, comps) for col, comps in cont if comps]
+    if cont:
+        from scipy import stats  # noqa: F401  (once, before the threads need it)
+
+    def one(item: tuple[str, list[tuple[float, np.ndarray]]]) -> tuple[dict[str, Any], np.ndarray | None]:
+        col, comps = item
+        return _continuous_marginal(numeric_values(df[col], specs[col]), comps, np.asarray(all_m[col]["grid"]), specs[col].integer)
+
+    done = dict(zip([c for c, _ in cont], thread_map(one, cont, n_threads), strict=True))
     for col, m in all_m.items():
-        spec = specs[col]
         if m["kind"] == "continuous":
-            v = numeric_values(df[col], spec)
-            v = np.sort(v[~np.isnan(v)])  # one sort for the KS test and the percentiles
-            comps = _block_components(plan, col)
-            if not comps:
+            if col not in done:
                 continue
-            D, p = ks_test(v, comps, spec.integer)
-            gap = percentile_gap(v, np.asarray(m["grid"]))
-            rec = {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": gap}
+            rec, q = done[col]
+            p, gap = rec["ks_p"], rec["max_percentile_gap_iqr"]
+            if q is not None:
+                pct[col] = q
             if col in outcomes:
                 drift[col] = rec
                 continue
@@ -263,6 +308,7 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         "problems": problems,
         "variables": per_var,
         "outcome_drift": drift,
+        "synthetic_percentiles": pct,
     }
 
 
@@ -279,16 +325,24 @@ def _max_pair(S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: li
     return float(diff[j]), [dim_label(dims[keep[iu[0][j]]]), dim_label(dims[keep[iu[1][j]]])], int(ok.sum())
 
 
-def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None) -> dict[str, Any]:
+def synthetic_spearman(X: np.ndarray, dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None) -> tuple[list[int], np.ndarray | None]:
+    """The released dims whose column is not in `exclude` (their indices) and the synthetic
+    Spearman matrix over them (None for fewer than two)."""
+    keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
+    return keep, (spearman_matrix(X, rows, keep) if len(keep) >= 2 else None)
+
+
+def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None,
+                 spearman: tuple[list[int], np.ndarray | None] | None = None) -> dict[str, Any]:
     """Released versus synthetic Spearman correlations over the released dims (outcomes
     excluded). Pairs of value dims decide the tier; pairs involving a missingness dim are
     reported (`missingness_max_abs_delta`) but do not, since missing positions are drawn
-    from the copula only and never refined."""
+    from the copula only and never refined. `spearman`: synthetic_spearman(X, dims,
+    exclude, rows) when already known."""
     T = np.asarray([[np.nan if v is None else v for v in row] for row in target], dtype="float64")
-    keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
-    if len(keep) < 2:
+    keep, S = synthetic_spearman(X, dims, exclude, rows) if spearman is None else spearman
+    if S is None:
         return {"passed": True, "max_abs_delta": 0.0, "pair": None, "pairs_checked": 0}
-    S = spearman_matrix(X, rows, keep)
     miss = np.asarray([dims[i]["kind"] == "missing" for i in keep])
     value_pairs = ~miss[:, None] & ~miss[None, :]
     mx, pair, n = _max_pair(S, T, dims, keep, value_pairs)
@@ -298,7 +352,8 @@ def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dic
 
 
 def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], X: np.ndarray) -> dict[str, Any]:
-    """Strata: sizes exact; tiers 1 and 2 inside every released stratum."""
+    """Strata: sizes exact; tiers 1 and 2 inside every released stratum (one stratum per
+    thread)."""
     strata = release["strata"]["columns"]
     if not strata:
         return {"passed": None, "note": "no strata configured: tier 3 holds when tier 2 does", "strata": []}
@@ -309,7 +364,8 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     for c in strata:
         codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
         keycols.append((codes, np.asarray([norm_key(u) for u in uniques], dtype=object)))
-    for b in plan:
+
+    def one(b: BlockPlan) -> tuple[dict[str, Any], list[str]]:
         if b.id == RESIDUAL:
             mask = np.logical_or.reduce([codes < 0 for codes, _ in keycols])
         else:
@@ -318,18 +374,24 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
             ])
         n = int(mask.sum())
         rec: dict[str, Any] = {"stratum": b.id, "key": b.key, "rows": n, "rows_expected": b.rows}
+        probs = []
         if n != b.rows:
-            problems.append(f"{b.id}: {n} rows, expected {b.rows}")
+            probs.append(f"{b.id}: {n} rows, expected {b.rows}")
         if b.id != RESIDUAL:
             sub = df.loc[mask]
-            t1 = tier1(sub, _block_release(release, b), [b], outcomes)
+            t1 = tier1(sub, _block_release(release, b), [b], outcomes, n_threads=1)
             t2 = tier2_matrix(X, release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata), mask)
             rec.update({"marginals": {k: t1[k] for k in ("passed", "worst_ks_p", "worst_variable", "problems")}, "correlations": t2})
             if not t1["passed"]:
-                problems.extend(f"{b.id}: {p}" for p in t1["problems"])
+                probs.extend(f"{b.id}: {p}" for p in t1["problems"])
             if not t2["passed"]:
-                problems.append(f"{b.id}: correlation {t2['pair']} off by {t2['max_abs_delta']:.3f}")
+                probs.append(f"{b.id}: correlation {t2['pair']} off by {t2['max_abs_delta']:.3f}")
+        return rec, probs
+
+    # strata are independent: checked on parallel.threads() threads, collected in plan order
+    for rec, probs in thread_map(one, plan):
         out.append(rec)
+        problems.extend(probs)
     return {"passed": not problems, "problems": problems, "strata": out}
 
 
@@ -411,6 +473,9 @@ def dbeta_summary(checkpoints: dict[str, Any]) -> dict[str, Any]:
 def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """All tiers for every source and checkpoint; the machine-readable verdict (tiers.json)."""
     cps = tier4(bundle, frames)
+    # The refits leave reference cycles holding their design matrices (~180 MB at 10^6 rows);
+    # freed now, before the dim matrix and the Spearman ranks are allocated.
+    gc.collect()
     sources: dict[str, Any] = {}
     for name, release in bundle.releases.items():
         df = frames[name]
@@ -418,8 +483,10 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         plan = source_plan(release, len(df))
         t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name))
         t1 = tier1(df, release, plan, outcomes)
+        percentiles = t1.pop("synthetic_percentiles")
         X = synthetic_dim_matrix(df, release, order="F")
-        t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes)
+        keep, S = spearman = synthetic_spearman(X, release["dims"], outcomes)
+        t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes, spearman=spearman)
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:
             t3["passed"] = t2["passed"]
@@ -438,6 +505,9 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
             "correlations": t2,
             "strata": t3,
             "checkpoints": {"passed": t4_ok, "tags": [t for t, c in cps.items() if c["source"] == name]},
+            # what the report draws, so it need not recompute it (not part of the verdict)
+            "synthetic": {"percentiles": {c: q.tolist() for c, q in percentiles.items()},
+                          "spearman": {"dims": keep, "matrix": None if S is None else S.tolist()}},
         }
     tier_met = min(s["tier_met"] for s in sources.values()) if sources else -1
     return {
