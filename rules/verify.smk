@@ -15,7 +15,8 @@ rule verify_tiers:
         ),
     params:
         sources=list(P.sources),
-    # first when the pinned data are ready, so the csv export runs beside the report
+    # first when the pinned data are ready (one core, beside the csv export; see
+    # replisynth.resources.SINGLE_THREADED)
     priority: 1
     threads: P.threads("verify_tiers")
     resources:

@@ -424,3 +424,22 @@ def test_fast_csv_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> Non
         set_threads(before)
     df.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n")
     assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
+def test_csv_written_in_row_chunks_has_the_bytes_of_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_csv formats a chunk of rows at a time (memory); chunks of 1024 rows give the
+    bytes pandas writes for the whole frame (floats, whole floats, exponents, missing,
+    integers, nullable integers, booleans)."""
+    import replisynth.io as rio
+
+    rng = np.random.default_rng(5)
+    m = 5000
+    df = pd.DataFrame({
+        "f": np.where(rng.random(m) < 0.1, np.nan, rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m)),
+        "w": np.round(rng.normal(size=m) * 100), "i": rng.integers(-50, 50, size=m),
+        "I": pd.array(np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"), "b": rng.random(m) < 0.5,
+    })
+    monkeypatch.setattr(rio, "CSV_CHUNK_CELLS", 1)
+    write_csv(df, tmp_path / "chunked.csv")
+    df.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n")
+    assert (tmp_path / "chunked.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()

@@ -42,11 +42,12 @@ def test_light_rules_do_not_scale_with_data():
 
 
 def test_jobs_without_parallel_work_keep_one_core():
-    """The csv export, Stata export, checkpoint fits and report stay on one core at any size,
-    so on a 2-core machine they run beside the data job next to them."""
-    for rule in ("export_csv", "export_stata", "extract_checkpoints", "render_report"):
+    """The csv export, Stata export, checkpoint fits, verification and the report stay on
+    one core at any size, so on a 2-core machine verification and the csv export share it."""
+    for rule in ("export_csv", "export_stata", "extract_checkpoints", "render_report", "verify_tiers"):
         assert job_resources(rule, 10**9).threads == 1, rule
-    assert job_resources("verify_tiers", 10**9).threads > 1
+    for rule in ("extract_source", "sample_copula", "pin_checkpoints"):
+        assert job_resources(rule, 10**9).threads > 1, rule
 
 
 def test_runner_hands_the_job_threads_to_the_stage():
