@@ -153,3 +153,22 @@ def test_sorted_percentiles_are_numpys_averaged_inverted_cdf():
         p = np.concatenate([np.arange(101.0), [t, 100 - t], rng.uniform(0, 100, 5)])
         want = np.percentile(xs, p, method="averaged_inverted_cdf")
         assert sorted_percentiles(xs, p).tobytes() == want.tobytes()
+
+
+def test_many_level_ordinal_inside_a_stratum_is_a_table_when_no_level_is_small():
+    """Inside a stratum, a 12-level integer code with every level at or above the cell size is
+    released as its exact frequency table (a percentile grid rounds each share to 1%); with a
+    level below the cell size it falls back to the grid, so no small count is released."""
+    from replisynth.extract import _marginal
+
+    rng = np.random.default_rng(3)
+    big = pd.Series(rng.permutation(np.repeat(np.arange(1, 13), [83, 90, 77, 81, 86, 79, 84, 88, 80, 82, 85, 78])))
+    spec = ColumnSpec(name="sector", logical_type="integer", storage_type="int64", role="categorical", integer=True,
+                      ordered=True, missing=0, rows=len(big))
+    m = _marginal(big, spec, 50, 1.0, pool=False)
+    assert m["kind"] == "categorical"
+    assert m["table"]["levels"] == list(range(1, 13))
+    assert m["table"]["counts"] == [int((big == v).sum()) for v in range(1, 13)]
+    small = pd.concat([big[big != 12], pd.Series([12] * 20)], ignore_index=True)
+    m2 = _marginal(small, spec, 50, 1.0, pool=False)
+    assert m2["kind"] == "ordinal_grid" and "table" not in m2
