@@ -7,15 +7,11 @@ half-written output.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import hashlib
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path, write_text  # noqa: F401  (standard library only; write_text re-exported)
 from .errors import DataError
 from .options import SOURCE_EXTENSIONS
 
@@ -37,26 +34,6 @@ class FileMeta:
     variable_labels: dict[str, str] = field(default_factory=dict)
     value_labels: dict[str, dict[Any, str]] = field(default_factory=dict)
     storage_types: dict[str, str] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic writing
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _clean_json(obj: Any) -> Any:
@@ -90,12 +67,6 @@ def read_json(path: str | Path) -> Any:
     """Read a JSON file written by `write_json`."""
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write text atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 
 from .bundle import Bundle, load_bundle, write_bundle
-from .errors import TierNotMet
 from .io import (
     FileMeta,
     parquet_meta,
@@ -30,6 +29,7 @@ from .io import (
 from .manifest import Manifest, check_columns
 from .sdc import SdcLog
 from .seeds import rng as make_rng
+from .verdict import check_tier  # noqa: F401  (re-exported: the CLI and tests call pipeline.check_tier)
 
 log = logging.getLogger("replisynth")
 
@@ -229,24 +229,6 @@ def provenance_text(prov: dict[str, Any]) -> str:
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in prov["benchmarks"].items())
     return (f"Provenance: the run took {prov['wall_seconds']:.1f} s from the first step's start to the last step's end, "
             f"{prov['total_seconds']:.1f} s over {len(prov['benchmarks'])} benchmarked steps (Snakemake benchmark files): {steps}.")
-
-
-def check_tier(tiers_path: str | Path) -> None:
-    """Raise TierNotMet when the verdict misses the required tier."""
-    t = read_json(tiers_path)
-    if not t["passed"]:
-        problems = []
-        for name, s in t["sources"].items():
-            for key in ("schema", "marginals", "correlations", "strata"):
-                for p in s[key].get("problems", [])[:5]:
-                    problems.append(f"{name}/{key}: {p}")
-        for tag, c in t["checkpoints"].items():
-            if not c["passed"]:
-                problems.append(f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE {:.3g}'.format(c.get('max_dbeta_se', float('nan')))}")
-        raise TierNotMet(
-            f"{tiers_path}: tier {t['tier_met']} met, tier {t['tier_required']} required (verify.tier); "
-            + ("; ".join(problems[:12]) or "see report.html")
-        )
 
 
 def bundle_of(bundle_dir: str | Path) -> Bundle:
