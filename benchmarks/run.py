@@ -117,8 +117,10 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run a measuring child; its JSON line plus the tree's sampled peak RSS."""
+def _watch(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, float, float]:
+    """Run `cmd` to its end: (exit status, stdout, stderr, wall seconds, peak RSS MB of its
+    process tree, sampled every 20 ms)."""
+    t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = [0.0]
 
@@ -131,10 +133,16 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     th.start()
     out, err = proc.communicate()
     th.join()
-    if proc.returncode != 0:
+    return proc.returncode, out, err, time.perf_counter() - t, peak[0]
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a measuring child; its JSON line plus the tree's sampled peak RSS."""
+    code, out, err, _, peak = _watch(cmd, env)
+    if code != 0:
         raise RuntimeError(f"{cmd[-3:]} failed: {err[-2000:]}")
     rec = json.loads(out.strip().splitlines()[-1])
-    rec["peak_mb"] = max(rec["peak_mb"], peak[0])
+    rec["peak_mb"] = max(rec["peak_mb"], peak)
     return rec
 
 
@@ -157,23 +165,10 @@ def run_snakemake(manifest: Path, workdir: Path, cores: int) -> dict:
     seconds from start to exit and the peak RSS of the process tree (every job included)."""
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(HERE.parent / "Snakefile"), "--directory", str(workdir),
            "--cores", str(cores), "--quiet", "all", "--configfile", str(manifest)]  # default target: all
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0.0]
-
-    def poll() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
-            time.sleep(0.02)
-
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
-    _, err = proc.communicate()
-    th.join()
-    secs = time.perf_counter() - t
-    if proc.returncode != 0:
+    code, _, err, secs, peak = _watch(cmd)
+    if code != 0:
         raise RuntimeError(f"snakemake failed: {err[-2000:]}")
-    return {"seconds": secs, "peak_mb": peak[0]}
+    return {"seconds": secs, "peak_mb": peak}
 
 
 def sdv_python(explicit: str | None, here: bool) -> str | None:

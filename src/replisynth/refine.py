@@ -163,19 +163,28 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     np.fill_diagonal(M, 0.0)
     pos = np.full(n, -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
-    # sums of U² without an n × d temporary (the memory peak of the views at 10^6 rows)
+    A, Q, N = view_sums(U, Pm, miss)
+    return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
+
+
+def view_sums(U: np.ndarray, Pm: np.ndarray, miss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (Σ U over rows where the other dim is present), Q (the same of U²) and N (pairwise
+    present counts) of a view with scores U (rows × d) and presence Pm of the dims `miss`
+    (the others are present everywhere); sums of U² without an n × d temporary (the memory
+    peak of the views at 10^6 rows)."""
+    rows, d = U.shape
     A = np.repeat(U.sum(0)[:, None], d, axis=1)
     Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
-    N = np.full((d, d), float(len(rows)))
+    N = np.full((d, d), float(rows))
     if len(miss):
         A[:, miss] = U.T @ Pm
         step = 1 << 16
-        Q[:, miss] = sum(((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, len(rows), step)), np.zeros((d, len(miss))))
+        Q[:, miss] = sum(((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, rows, step)), np.zeros((d, len(miss))))
         cnt = Pm.sum(0)
         N[miss, :] = cnt[:, None]
         N[:, miss] = cnt[None, :]
         N[np.ix_(miss, miss)] = Pm.T @ Pm
-    return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
+    return A, Q, N
 
 
 def _proposal_terms(v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray):

@@ -511,7 +511,7 @@ def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, 
     (per-thread allocator arenas) for well under a second. `columns(need)` gives the
     dim matrix (n × d, NaN = missing) in the dims `need`; it is dropped once they are ranked."""
     from .correlations import _Ranker
-    from .refine import _View
+    from .refine import _View, view_sums
 
     d = len(masks[0]) if masks else 0
     need = np.zeros(d, dtype=bool)
@@ -569,17 +569,7 @@ def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, 
         Pm = np.column_stack(present).astype("float64") if len(miss) else np.zeros((len(rows), 0))
         pos = np.full(n, -1, dtype="int64")
         pos[rows] = np.arange(len(rows))
-        A = np.repeat(U.sum(0)[:, None], d, axis=1)
-        Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
-        N = np.full((d, d), float(len(rows)))
-        if len(miss):
-            A[:, miss] = U.T @ Pm
-            step = 1 << 16
-            Q[:, miss] = sum(((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, len(rows), step)), np.zeros((d, len(miss))))
-            cnt = Pm.sum(0)
-            N[miss, :] = cnt[:, None]
-            N[:, miss] = cnt[None, :]
-            N[np.ix_(miss, miss)] = Pm.T @ Pm
+        A, Q, N = view_sums(U, Pm, miss)
         return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, T, M)
 
     return [build(i) for i in range(len(groups))]  # one at a time: two views in flight add n × d floats to the peak
