@@ -443,3 +443,33 @@ def test_csv_written_in_row_chunks_has_the_bytes_of_one_pass(tmp_path: Path, mon
     write_csv(df, tmp_path / "chunked.csv")
     df.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n")
     assert (tmp_path / "chunked.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
+def test_csv_export_reads_the_parquet_one_row_group_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The csv job reads the pinned parquet one row group at a time; with many small groups
+    (a float column missing in one group only, nullable integers, booleans) the bytes are
+    those pandas writes for the whole frame, and a text column takes the one-pass path."""
+    import replisynth.io as rio
+
+    rng = np.random.default_rng(9)
+    m = 5000
+    f = rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m)
+    f[1000:2000] = np.nan  # one whole row group missing
+    df = pd.DataFrame({
+        "f": f, "w": np.round(rng.normal(size=m) * 100), "i": rng.integers(-50, 50, size=m),
+        "I": pd.array(np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"), "b": rng.random(m) < 0.5,
+    })
+    monkeypatch.setattr(rio, "PARQUET_ROW_GROUP", 1000)
+    monkeypatch.setattr(rio, "CSV_CHUNK_CELLS", 1)
+    write_parquet(df, tmp_path / "d.parquet")
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(tmp_path / "d.parquet").num_row_groups == 5
+    rio.write_csv_from_parquet(tmp_path / "d.parquet", tmp_path / "grouped.csv")
+    df.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n")
+    assert (tmp_path / "grouped.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+    df["s"] = ["x", None, "y", "z", "w"] * (m // 5)
+    write_parquet(df, tmp_path / "t.parquet")
+    rio.write_csv_from_parquet(tmp_path / "t.parquet", tmp_path / "text.csv")
+    df.to_csv(tmp_path / "pandas_t.csv", index=False, lineterminator="\n")
+    assert (tmp_path / "text.csv").read_bytes() == (tmp_path / "pandas_t.csv").read_bytes()

@@ -240,7 +240,7 @@ def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = No
         md[PARQUET_META_KEY] = json.dumps(extra, sort_keys=True).encode()
         table = table.replace_schema_metadata(md)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=PARQUET_ROW_GROUP)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
@@ -270,6 +270,43 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 CSV_CHUNK_CELLS = 4_000_000  # values formatted at a time by write_csv
+PARQUET_ROW_GROUP = 1 << 18  # rows per parquet row group: the csv export reads one group at a time
+
+
+def write_csv_from_parquet(parquet: str | Path, path: str | Path) -> None:
+    """`write_csv(pd.read_parquet(parquet), path)`, the same bytes, reading the file one row
+    group at a time when every column is formatted by Arrow (dtypes come from the file's
+    schema and pandas metadata, the same for every batch), so the whole frame is never held
+    (the csv job runs beside verification: at 10^6 rows ~300 MB less at once)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(parquet)
+    empty = pf.schema_arrow.empty_table().to_pandas()
+    kinds = _csv_kinds(empty) if len(empty.columns) else None
+    if kinds is None or pf.metadata.num_rows == 0:
+        write_csv(pd.read_parquet(parquet), path)
+        return
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(empty.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+            for g in range(pf.num_row_groups):
+                part = pf.read_row_group(g).to_pandas()
+                if _csv_kinds(part) != kinds:  # never expected (types come from the schema)
+                    raise _BatchTypes
+                step = max(1024, CSV_CHUNK_CELLS // len(kinds))
+                for a in range(0, len(part), step):
+                    cols = _arrow_csv_columns(part.iloc[a : a + step], kinds)
+                    table = pa.Table.from_arrays(cols, names=[f"c{i}" for i in range(len(cols))])
+                    pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16))
+                del part
+    except _BatchTypes:  # the temporary file is gone (atomic_path); one pass over the whole frame
+        write_csv(pd.read_parquet(parquet), path)
+
+
+class _BatchTypes(Exception):
+    """A parquet row group came back with other pandas dtypes than the file's schema gives."""
 
 _INT_EXTENSION = ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
 

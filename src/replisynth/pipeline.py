@@ -142,7 +142,9 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
 def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
     """Outside side: the synthetic data of a source as csv (the same bytes `stage_pin` writes
     when asked for both), from its parquet file."""
-    write_csv(pd.read_parquet(parquet), out)
+    from .io import write_csv_from_parquet
+
+    write_csv_from_parquet(parquet, out)
 
 
 def stage_export_stata(bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path) -> None:
