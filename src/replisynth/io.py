@@ -254,19 +254,23 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
         if kinds is None:
             df.to_csv(tmp, index=False, lineterminator="\n")
             return
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        header = df.iloc[:0].to_csv(index=False, lineterminator="\n")
-        # in row chunks: each value's text does not depend on its neighbours, so the bytes are
-        # those of one pass, and only a chunk's text is held (export job at 10^6 rows: ~300 MB less)
-        step = max(1024, CSV_CHUNK_CELLS // len(kinds))
         with open(tmp, "wb") as fh:
-            fh.write(header.encode("utf-8"))
-            for a in range(0, len(df), step):
-                cols = _arrow_csv_columns(df.iloc[a : a + step], kinds)
-                table = pa.Table.from_arrays(cols, names=[f"c{i}" for i in range(len(cols))])
-                pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16))
+            fh.write(df.iloc[:0].to_csv(index=False, lineterminator="\n").encode("utf-8"))
+            _write_csv_rows(fh, df, kinds)
+
+
+def _write_csv_rows(fh: Any, df: pd.DataFrame, kinds: list[str]) -> None:
+    """Append `df`'s rows (no header) to the binary file `fh`, formatted by Arrow (`kinds` from
+    `_csv_kinds`), a chunk of rows at a time: each value's text does not depend on its
+    neighbours, so the bytes are those of one pass, and only a chunk's text is held."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    step = max(1024, CSV_CHUNK_CELLS // len(kinds))
+    for a in range(0, len(df), step):
+        cols = _arrow_csv_columns(df.iloc[a : a + step], kinds)
+        table = pa.Table.from_arrays(cols, names=[f"c{i}" for i in range(len(cols))])
+        pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16))
 
 
 CSV_CHUNK_CELLS = 4_000_000  # values formatted at a time by write_csv
@@ -278,8 +282,6 @@ def write_csv_from_parquet(parquet: str | Path, path: str | Path) -> None:
     group at a time when every column is formatted by Arrow (dtypes come from the file's
     schema and pandas metadata, the same for every batch), so the whole frame is never held
     (the csv job runs beside verification: at 10^6 rows ~300 MB less at once)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(parquet)
@@ -295,11 +297,7 @@ def write_csv_from_parquet(parquet: str | Path, path: str | Path) -> None:
                 part = pf.read_row_group(g).to_pandas()
                 if _csv_kinds(part) != kinds:  # never expected (types come from the schema)
                     raise _BatchTypes
-                step = max(1024, CSV_CHUNK_CELLS // len(kinds))
-                for a in range(0, len(part), step):
-                    cols = _arrow_csv_columns(part.iloc[a : a + step], kinds)
-                    table = pa.Table.from_arrays(cols, names=[f"c{i}" for i in range(len(cols))])
-                    pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16))
+                _write_csv_rows(fh, part, kinds)
                 del part
     except _BatchTypes:  # the temporary file is gone (atomic_path); one pass over the whole frame
         write_csv(pd.read_parquet(parquet), path)
@@ -307,6 +305,7 @@ def write_csv_from_parquet(parquet: str | Path, path: str | Path) -> None:
 
 class _BatchTypes(Exception):
     """A parquet row group came back with other pandas dtypes than the file's schema gives."""
+
 
 _INT_EXTENSION = ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
 
