@@ -520,21 +520,14 @@ def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, 
     Xd: np.ndarray | None = columns(need)
     assert Xd is not None
     n = len(Xd)
-    # per dim: presence, the ranker over the present rows, and each present row's tie group
-    # (codes of the ranker's counting path, or its sorted groups put back in row order), with
-    # their number and the position of every row among the present ones
+    # per dim: presence, each present row's tie group (`_Ranker.codes`, in value order) with
+    # their number, and the position of every row among the present ones
     def prepare(j: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
         col = Xd[:, j]
         ok = ~np.isnan(col)
         rk = _Ranker(col[ok])
-        if rk.codes is not None:
-            codes, size = rk.codes, rk.size
-        else:
-            codes = np.empty(rk.n, dtype=np.intp)
-            codes[rk.order] = rk.group
-            size = int(rk.group[-1]) + 1 if rk.n else 0
-        small = np.int32 if max(size, len(ok)) < 2**31 else np.intp  # held for every view: half the memory
-        return ok, codes.astype(small), size, None if ok.all() else (np.cumsum(ok) - 1).astype(small)
+        small = np.int32 if max(rk.size, len(ok)) < 2**31 else np.intp  # held for every view: half the memory
+        return ok, rk.codes.astype(small), rk.size, None if ok.all() else (np.cumsum(ok) - 1).astype(small)
 
     live = [int(j) for j in np.flatnonzero(need)]
     rankers = {j: prepare(j) for j in live}
