@@ -41,6 +41,7 @@ correlations themselves. Bundles without `moments.instruments` align X's moments
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -655,9 +656,7 @@ def align_moments(
     # scored, so it does not drift, but it drives no sweep (at 10^6 rows, where sampling noise
     # is small, this skips nearly all the work).
     iv_tags = {c["tag"] for c in cps if c["model"] == "iv"}
-    outcome_count: dict[str, int] = {}
-    for c in cps:
-        outcome_count[c["outcome"]] = outcome_count.get(c["outcome"], 0) + 1
+    outcome_count = Counter(c["outcome"] for c in cps)
     shared = {c["tag"] for c in cps if outcome_count[c["outcome"]] > 1}
     # The factors are the SEs' own for OLS/WLS and for iv with released instrument moments; for
     # fe/re (within moments), GLMs (likelihood weights) and iv without its first stage they are
