@@ -20,17 +20,21 @@ from replisynth.copula import (
     rank_order,
 )
 from replisynth.correlations import (
+    ATOM_MASS,
     Margin,
     expected_spearman,
+    invert_curve,
+    invert_pair,
     latent_correlation,
     latent_matrix,
     nearest_correlation,
     spearman_curve,
     spearman_matrix,
+    tie_atoms,
 )
 from replisynth.marginals import exact_quantile_sample, quantile_grid
 from replisynth.plan import expected_counts, source_plan
-from replisynth.refine import refine_swaps
+from replisynth.refine import SAMPLE_ROWS, refine_swaps
 from replisynth.synthesize import synthesize_source
 
 CONT = Margin(None)
@@ -83,6 +87,69 @@ def test_expected_spearman_matches_monte_carlo(pair: str, r: float) -> None:
     curve = spearman_curve(a, b, np.array([r]))[0]
     assert curve == pytest.approx(mc, abs=0.01)
     assert curve == pytest.approx(expected_spearman(r, a, b), abs=1e-8)
+
+
+def _zero_inflated(z: np.ndarray) -> np.ndarray:
+    """Hours-like: 0 for the lowest 27% (not working), a top code at the upper 7%."""
+    return np.where(z < -0.6, 0.0, np.minimum(z + 2.0, 3.5))
+
+
+@pytest.mark.parametrize("r", [-0.7, 0.3, 0.9, 0.99])
+@pytest.mark.parametrize("other", ["binary", "continuous", "count"])
+def test_mixed_margin_calibration_matches_monte_carlo(r: float, other: str) -> None:
+    """A continuous column with mass points (zero hours, a top code) is calibrated with its
+    ties: the expected Spearman correlation matches simulation within 0.004, in either
+    argument order and against a binary, a continuous or a mixed (count) column, where the
+    atomless calibration is off by more than twice that at strong correlations."""
+    rng = np.random.default_rng(int(100 * (r + 1)) + len(other))
+    n = 400_000
+    z1 = rng.standard_normal(n)
+    z2 = r * z1 + np.sqrt(1 - r * r) * rng.standard_normal(n)
+    x = _zero_inflated(z1)
+    a = Margin(None, tie_atoms(np.sort(x)))
+    masses = [hi - lo for lo, hi in a.atoms]
+    assert a.mixed and np.allclose(masses, [special.ndtr(-0.6), 1 - special.ndtr(1.5)], atol=0.003)
+    if other == "binary":
+        y = (z2 > -0.6).astype(float)
+        b = Margin((float(np.mean(y == 0)), float(np.mean(y == 1))))
+    elif other == "continuous":
+        y, b = z2, CONT
+    else:
+        y = np.round(np.exp(0.4 * z2))
+        b = Margin(None, tie_atoms(np.sort(y)))
+        assert b.mixed
+    mc = float(stats.spearmanr(x, y)[0])
+    assert expected_spearman(r, a, b) == pytest.approx(mc, abs=0.004)
+    assert expected_spearman(r, b, a) == pytest.approx(mc, abs=0.004)
+    assert spearman_curve(b, a, np.array([r]))[0] == pytest.approx(mc, abs=0.004)
+    if abs(r) >= 0.9:
+        assert abs(spearman_curve(CONT, b, np.array([r]))[0] - mc) > 0.008
+
+
+def test_tie_atoms_keeps_runs_that_matter() -> None:
+    """Runs of at least ATOM_MASS of the rows are atoms (as u-intervals) when their sum of
+    p^3 reaches ATOM_EFFECT; no ties, small ties and a constant column give none."""
+    n = 10_000
+    v = np.sort(np.concatenate([np.zeros(3000), np.linspace(1, 2, n - 3000)]))
+    assert tie_atoms(v) == ((0.0, 0.3),)
+    assert tie_atoms(np.linspace(0, 1, n)) == ()
+    ints = np.sort(np.arange(n) % 40).astype(float)  # 40 values of 2.5%: sum p^3 = 6e-4
+    assert tie_atoms(ints) == ()
+    assert len(tie_atoms(np.sort(np.arange(n) % 8).astype(float))) == 8  # 8 values of 12.5%
+    assert tie_atoms(np.full(n, 5.0)) == ()
+    few = np.sort(np.concatenate([np.zeros(int(ATOM_MASS * n) - 1), np.linspace(1, 2, n)]))
+    assert tie_atoms(few) == ()
+
+
+@pytest.mark.parametrize("pair", ["bin-mixed", "ter-cont", "mixed-mixed", "bin-ter"])
+def test_invert_pair_equals_inverting_the_whole_curve(pair: str) -> None:
+    """The bracketed inversion gives the latent correlation of the full-grid inversion."""
+    mixed = Margin(None, ((0.0, 0.26), (0.93, 1.0)))
+    a, b = {"bin-mixed": (BIN, mixed), "ter-cont": (TER, CONT), "mixed-mixed": (mixed, Margin(None, ((0.0, 0.1), (0.5, 0.6)))),
+            "bin-ter": (BIN2, TER)}[pair]
+    curve = spearman_curve(a, b)
+    for rho in np.linspace(-0.99, 0.99, 23):
+        assert invert_pair(a, b, float(rho)) == pytest.approx(invert_curve(curve, float(rho)), abs=1e-12)
 
 
 @pytest.mark.parametrize("r", [-0.95, -0.6, 0.0, 0.3, 0.8, 0.99])
@@ -475,6 +542,36 @@ def test_suppressed_levels_never_appear_and_counts_follow_plan(tmp_path: Path) -
     plan = source_plan(release, len(syn))
     assert _counts(syn["region"]) == {k: v for k, v in expected_counts(plan, "region").items() if v}
     assert int(syn["region"].notna().sum()) == len(df)
+
+
+def _large_view(n: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A continuous and a binary column drawn with Spearman ~0.5, and a target off by `shift`."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    z[:, 1] = 0.6 * z[:, 0] + 0.8 * z[:, 1]
+    X = np.column_stack([z[:, 0], (z[:, 1] > 0).astype(float)])
+    T = spearman_matrix(X)
+    T[0, 1] = T[1, 0] = T[0, 1] + shift
+    return X, T
+
+
+def test_refine_swaps_leaves_a_large_view_within_comfort_as_drawn() -> None:
+    """A view of at least 1/tol² rows whose (sampled) error is within `comfort` is not swapped
+    at all; off by more than `comfort`, the same view is refined towards its target; and a
+    small view is refined whatever its error (its draw is noisier than the release)."""
+    tol = 0.004
+    n = SAMPLE_ROWS + 10_000  # more than 1/tol² rows
+    assert n > SAMPLE_ROWS  # the decision is taken on a sample of the rows
+    X, T = _large_view(n, 0.02, seed=4)
+    perms = refine_swaps(X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035)
+    assert all(np.array_equal(p, np.arange(n)) for p in perms)
+    X, T = _large_view(n, 0.06, seed=4)
+    perms = refine_swaps(X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035)
+    after = spearman_matrix(_apply(X, perms, [[0], [1]]))[0, 1]
+    assert abs(after - T[0, 1]) < 0.035 < abs(spearman_matrix(X)[0, 1] - T[0, 1])
+    Xs, Ts = _large_view(4000, 0.02, seed=4)
+    perms = refine_swaps(Xs, [np.arange(4000)], [Ts], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035)
+    assert abs(spearman_matrix(_apply(Xs, perms, [[0], [1]]))[0, 1] - Ts[0, 1]) < 0.01
 
 
 def test_refine_swaps_sweep_budget_stops_inside_the_comfort_band() -> None:

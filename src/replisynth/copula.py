@@ -21,12 +21,13 @@ def correlated_normals(R: np.ndarray, n: int, rng: np.random.Generator, exact: b
     G = rng.standard_normal((n, d))
     if d == 0 or n == 0:
         return G
+    L = cholesky(R)
     if exact and n > d + 1:
-        G = G - G.mean(axis=0)
+        G -= G.mean(axis=0)
         C = (G.T @ G) / (n - 1)
         Lc = np.linalg.cholesky(C)
-        G = np.linalg.solve(Lc, G.T).T
-    L = cholesky(R)
+        # whiten and colour in one n x d product: G Lc^-T L^T (a d x d matrix on the right)
+        return G @ np.linalg.solve(Lc.T, L.T)
     return G @ L.T
 
 

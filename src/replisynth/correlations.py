@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,46 +157,126 @@ def spearman_matrix(X: np.ndarray, rows: np.ndarray | None = None, columns: list
 @dataclass(frozen=True)
 class Margin:
     """What calibration needs to know of a margin: None for continuous, else the
-    probabilities of its ordered levels."""
+    probabilities of its ordered levels. A continuous margin with `atoms` (intervals of
+    u = F(x) in [0, 1] over which the values tie: a mass at zero hours, a top code, the
+    integers of a short count) is *mixed*: its mid-distribution score is flat on each atom and
+    u elsewhere."""
 
     probs: tuple[float, ...] | None = None
+    atoms: tuple[tuple[float, float], ...] = ()
 
     @property
     def discrete(self) -> bool:
         return self.probs is not None and len(self.probs) > 1
 
+    @property
+    def mixed(self) -> bool:
+        return not self.discrete and len(self.atoms) > 0
+
+    @property
+    def tied(self) -> bool:
+        """Ties anywhere: the closed form for two continuous margins does not apply."""
+        return self.discrete or self.mixed
+
+
+ATOM_MASS = 0.01  # a run of equal values is an atom from 1% of the rows on
+ATOM_EFFECT = 2e-3  # ... and a column mixed when its atoms' sum of p^3 reaches this
+
+
+def tie_atoms(sorted_values: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """Atoms of an ascending sample: the u-intervals of its runs of equal values holding at
+    least ATOM_MASS of it, when together they shrink the score variance (1 - sum p^3)/12 by
+    ATOM_EFFECT or more; below that, ties move a rank correlation by about 0.001 or less."""
+    v = np.asarray(sorted_values, dtype="float64")
+    n = len(v)
+    if n < 2:
+        return ()
+    starts = np.flatnonzero(np.concatenate([[True], v[1:] != v[:-1]]))
+    if len(starts) == 1:  # constant: no rank correlation to calibrate
+        return ()
+    lengths = np.diff(np.concatenate([starts, [n]]))
+    big = lengths >= ATOM_MASS * n
+    if not big.any():
+        return ()
+    p = lengths[big] / n
+    if float(np.sum(p**3)) < ATOM_EFFECT:
+        return ()
+    return tuple((float(a / n), float((a + k) / n)) for a, k in zip(starts[big], lengths[big], strict=True))
+
+
+def _cells(m: Margin, width: float = 1.0 / 32.0) -> Margin:
+    """A discrete stand-in for a mixed margin: its atoms, and cells of at most `width` over
+    the stretches between them (scores of cells are their midpoints, within O(width^2) of u)."""
+    probs: list[float] = []
+    at = 0.0
+    for lo, hi in [*m.atoms, (1.0, 1.0)]:
+        if lo > at:
+            k = int(np.ceil((lo - at) / width))
+            probs += [(lo - at) / k] * k
+        if hi > lo:
+            probs.append(hi - lo)
+        at = hi
+    return Margin(tuple(probs))
+
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
+_GL = {k: np.polynomial.legendre.leggauss(k) for k in range(8, 25)}
+_CONT_CUTS = np.concatenate([[0.0, 1e-4, 1e-3, 1e-2], np.linspace(0.05, 0.95, 19), [0.99, 0.999, 0.9999, 1.0]])
 
 
+@functools.lru_cache(maxsize=512)
 def _nodes(m: Margin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quadrature over p in (0,1): nodes, weights, and the margin's mid-distribution score."""
+    """Quadrature over p in (0,1): nodes, weights, and the margin's mid-distribution score
+    (cached: a margin meets every other dim of its block; the arrays are not to be written)."""
     if m.discrete:
         p = np.asarray(m.probs, dtype="float64")
         cum = np.concatenate([[0.0], np.cumsum(p)])
         cum[-1] = 1.0
         edges = list(zip(cum[:-1], cum[1:], strict=True))
-        scores = cum[:-1] + p / 2
+        scores = list(cum[:-1] + p / 2)
+        order = [24] * len(edges)
     else:
-        cuts = np.concatenate([[0.0, 1e-4, 1e-3, 1e-2], np.linspace(0.05, 0.95, 19), [0.99, 0.999, 0.9999, 1.0]])
+        cuts = np.unique(np.concatenate([_CONT_CUTS, [x for a in m.atoms for x in a]]))
         edges = list(zip(cuts[:-1], cuts[1:], strict=True))
-        scores = None
+        scores = [None] * len(edges)
+        for k, (a, b) in enumerate(edges):
+            for lo, hi in m.atoms:  # an edge lies inside an atom or outside all of them
+                if lo <= a and b <= hi:
+                    scores[k] = (lo + hi) / 2
+                    break
+        # the continuous cuts keep 24 nodes; pieces cut by atoms get as many per unit of p
+        # as a 0.05 cut has, at least 8 (a 25-level count would otherwise triple the nodes)
+        base = set(zip(_CONT_CUTS[:-1], _CONT_CUTS[1:], strict=True))
+        order = [24 if e in base else int(min(24, max(8, np.ceil(480 * (e[1] - e[0]))))) for e in edges]
     xs, ws, ss = [], [], []
     for k, (a, b) in enumerate(edges):
         if b <= a:
             continue
-        x = (a + b) / 2 + (b - a) / 2 * _GL_X
+        gx, gw = _GL[order[k]]
+        x = (a + b) / 2 + (b - a) / 2 * gx
         xs.append(x)
-        ws.append((b - a) / 2 * _GL_W)
-        ss.append(np.full_like(x, scores[k]) if scores is not None else x)
+        ws.append((b - a) / 2 * gw)
+        ss.append(np.full_like(x, scores[k]) if scores[k] is not None else x)
     return np.concatenate(xs), np.concatenate(ws), np.concatenate(ss)
 
 
 def _score_var(m: Margin) -> float:
-    if not m.discrete:
-        return 1.0 / 12.0
-    p = np.asarray(m.probs, dtype="float64")
-    return float((1.0 - np.sum(p**3)) / 12.0)
+    if m.discrete:
+        p = np.asarray(m.probs, dtype="float64")
+        return float((1.0 - np.sum(p**3)) / 12.0)
+    return float((1.0 - sum((hi - lo) ** 3 for lo, hi in m.atoms)) / 12.0)
+
+
+def _conditional_side(a: Margin, b: Margin) -> tuple[Margin, Margin]:
+    """Order a pair for `_nodes(a)` x E[score(b) | z]: the conditional expectation is closed
+    form for a continuous or discrete b, so a mixed margin goes to the quadrature side, and
+    of two mixed margins the second is replaced by its cells (`_cells`)."""
+    def rank(m: Margin) -> int:
+        return 2 if m.mixed else 1 if m.discrete else 0
+
+    if rank(b) > rank(a):
+        a, b = b, a
+    return a, (_cells(b) if b.mixed else b)
 
 
 def _conditional_score(m: Margin, z: np.ndarray, r: float) -> np.ndarray:
@@ -215,12 +296,12 @@ def _conditional_score(m: Margin, z: np.ndarray, r: float) -> np.ndarray:
 
 def expected_spearman(r: float, a: Margin, b: Margin) -> float:
     """Population Spearman correlation (mid-ranks) of two margins joined by a normal copula."""
-    if b.discrete and not a.discrete:
-        a, b = b, a
+    var = _score_var(a) * _score_var(b)
+    a, b = _conditional_side(a, b)
     p, w, score = _nodes(a)
     z = special.ndtri(p)
     e = float(np.sum(w * score * _conditional_score(b, z, r)))
-    return (e - 0.25) / np.sqrt(_score_var(a) * _score_var(b))
+    return (e - 0.25) / np.sqrt(var)
 
 
 def latent_correlation(rho_s: float, a: Margin, b: Margin) -> float:
@@ -228,7 +309,7 @@ def latent_correlation(rho_s: float, a: Margin, b: Margin) -> float:
     clipped to the attainable range when rho_s lies outside it."""
     if not np.isfinite(rho_s):
         return 0.0
-    if not (a.discrete or b.discrete):
+    if not (a.tied or b.tied):
         return float(np.clip(2.0 * np.sin(np.pi * rho_s / 6.0), -1.0, 1.0))
     lo, hi = -0.999, 0.999
     f_lo, f_hi = expected_spearman(lo, a, b), expected_spearman(hi, a, b)
@@ -246,10 +327,10 @@ R_GRID = np.concatenate([[-0.9999], np.linspace(-0.995, 0.995, 81), [0.9999]])
 
 def spearman_curve(a: Margin, b: Margin, rs: np.ndarray = R_GRID) -> np.ndarray:
     """Expected Spearman correlation at each latent correlation in `rs` (vectorised)."""
-    if not (a.discrete or b.discrete):
+    if not (a.tied or b.tied):
         return 6.0 / np.pi * np.arcsin(rs / 2.0)
-    if b.discrete and not a.discrete:
-        a, b = b, a
+    var = _score_var(a) * _score_var(b)
+    a, b = _conditional_side(a, b)
     p, w, score = _nodes(a)
     z = special.ndtri(p)
     s = np.sqrt(np.maximum(1.0 - rs * rs, 1e-12))
@@ -266,7 +347,7 @@ def spearman_curve(a: Margin, b: Margin, rs: np.ndarray = R_GRID) -> np.ndarray:
         P = np.concatenate([np.zeros_like(ones), P, ones], axis=1)
         cond = (np.diff(P, axis=1) * scores[None, :, None]).sum(axis=1)
     e = (w * score) @ cond
-    return (e - 0.25) / np.sqrt(_score_var(a) * _score_var(b))
+    return (e - 0.25) / np.sqrt(var)
 
 
 def invert_curve(curve: np.ndarray, rho_s: float, rs: np.ndarray = R_GRID) -> float:
@@ -275,24 +356,35 @@ def invert_curve(curve: np.ndarray, rho_s: float, rs: np.ndarray = R_GRID) -> fl
     return float(np.interp(rho_s, c, rs))
 
 
-def latent_matrix(spearman: np.ndarray, margins: list[Margin], curves: dict | None = None) -> np.ndarray:
-    """Latent correlation matrix for a Spearman matrix (NaN treated as 0), symmetrised.
-    `curves` caches the Spearman curve of each pair across calls."""
+_COARSE = np.unique(np.concatenate([np.arange(0, len(R_GRID), 6), [len(R_GRID) - 1]]))
+
+
+def invert_pair(a: Margin, b: Margin, rho_s: float) -> float:
+    """`invert_curve` of the pair's Spearman curve without evaluating all of it: the curve on
+    every sixth point of R_GRID brackets `rho_s`, and the grid points inside the bracket
+    (at most seven) are evaluated and interpolated, as the whole curve would be there."""
+    c = np.maximum.accumulate(spearman_curve(a, b, R_GRID[_COARSE]))
+    k = int(np.searchsorted(c, rho_s))
+    if k == 0:
+        return float(R_GRID[0])
+    if k == len(c):
+        return float(R_GRID[-1])
+    lo, hi = int(_COARSE[k - 1]), int(_COARSE[k])
+    rs = R_GRID[lo : hi + 1]
+    return invert_curve(spearman_curve(a, b, rs), rho_s, rs)
+
+
+def latent_matrix(spearman: np.ndarray, margins: list[Margin]) -> np.ndarray:
+    """Latent correlation matrix for a Spearman matrix (NaN treated as 0), symmetrised."""
     d = len(margins)
     R = np.eye(d)
     for i in range(d):
         for j in range(i + 1, d):
             rho = float(spearman[i, j]) if np.isfinite(spearman[i, j]) else 0.0
-            if not (margins[i].discrete or margins[j].discrete):
+            if not (margins[i].tied or margins[j].tied):
                 R[i, j] = R[j, i] = float(np.clip(2.0 * np.sin(np.pi * rho / 6.0), -0.9999, 0.9999))
                 continue
-            if curves is not None and (i, j) in curves:
-                curve = curves[(i, j)]
-            else:
-                curve = spearman_curve(margins[i], margins[j])
-                if curves is not None:
-                    curves[(i, j)] = curve
-            R[i, j] = R[j, i] = invert_curve(curve, rho)
+            R[i, j] = R[j, i] = invert_pair(margins[i], margins[j], rho)
     return R
 
 

@@ -239,8 +239,12 @@ def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = No
         md = dict(table.schema.metadata or {})
         md[PARQUET_META_KEY] = json.dumps(extra, sort_keys=True).encode()
         table = table.replace_schema_metadata(md)
+    # Dictionary pages only for non-float columns: a float column of distinct values fills a
+    # dictionary only to fall back to plain pages (a third of the write time at 10^6 rows,
+    # and a larger file); codes, counts and text compress well in a dictionary.
+    dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=PARQUET_ROW_GROUP)
+        pq.write_table(table, tmp, compression="zstd", row_group_size=PARQUET_ROW_GROUP, use_dictionary=dictionary)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

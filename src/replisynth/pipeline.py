@@ -27,6 +27,7 @@ from .io import (
     write_text,
 )
 from .manifest import Manifest, check_columns
+from .parallel import thread_map
 from .sdc import SdcLog
 from .seeds import rng as make_rng
 from .verdict import check_tier  # noqa: F401  (re-exported: the CLI and tests call pipeline.check_tier)
@@ -59,12 +60,15 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     from .checkpoints import budget_warnings, capture_checkpoint
 
     frames: dict[str, pd.DataFrame] = {}
-    released: list[dict[str, Any]] = []
-    sdc = SdcLog()
-    for i, cp in enumerate(manifest.checkpoints):
+    for cp in manifest.checkpoints:
         if cp.source not in frames:
             frames[cp.source] = _read_checked(manifest, cp.source)[0]
-        rel, lg = capture_checkpoint(frames[cp.source], cp, manifest, i)
+    # The fits are independent (each builds its own design from the shared, unchanged
+    # frames): on threads, released and logged in manifest order.
+    fits = thread_map(lambda item: capture_checkpoint(frames[item[1].source], item[1], manifest, item[0]), list(enumerate(manifest.checkpoints)))
+    released: list[dict[str, Any]] = []
+    sdc = SdcLog()
+    for cp, (rel, lg) in zip(manifest.checkpoints, fits, strict=True):
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
         released.append(rel)
         sdc.extend(lg)

@@ -43,6 +43,22 @@ COMFORT = 0.7 * CORR_TOL
 SETTLE_GAIN = 0.05
 
 
+# A view of at least 1/tol² rows is large: the released correlations' own sampling error
+# (~1/sqrt(rows)) is then within the refinement's precision `tol`, and so is the copula
+# draw's, so sweeps there pay only for errors past `comfort`. A large view is measured on
+# SAMPLE_ROWS of its rows first (estimate within ~0.004) and left alone when within comfort.
+SAMPLE_ROWS = 1 << 16
+
+
+def sampled_worst(X: np.ndarray, rows: np.ndarray, target: np.ndarray, rng: np.random.Generator, size: int = SAMPLE_ROWS) -> float:
+    """Largest targeted |error| of the correlations of X over a random `size` of `rows`
+    (all of them when fewer): the refinement's own measure, without scoring every row."""
+    if len(rows) > size:
+        rows = np.sort(rows[rng.choice(len(rows), size, replace=False)])
+    v = _view(X, rows, target, X.shape[0])
+    return float(np.max(np.abs(v.error()), initial=0.0))
+
+
 def best_prefix(change: Callable[[int], float], n: int) -> tuple[int, float]:
     """How many of `n` candidate swaps (sorted best first) to accept together: the prefix
     length m (1, 2, 4, ...) whose joint objective change `change(m)` is lowest and negative,
@@ -381,12 +397,22 @@ def refine_swaps(
     keeps shrinking, up to `max_far_sweeps` more.
 
     With `labels` (entity per row) swap partners share a label (`entities.draw_pairs`).
+    Without labels, a view of at least 1/tol² rows whose sampled worst error
+    (`sampled_worst`) is within `comfort` is settled as drawn: its rows are not swapped and it
+    leaves the objective (panels, whose rows are not independent draws, are always refined).
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
     n, d = X.shape
     perms = [np.arange(n) for _ in units]
     if n < 4 or d < 2:
         return perms
+    if labels is None and tol > 0:
+        big = int(np.ceil(1.0 / tol**2))
+        keep = [not (len(g) >= big and sampled_worst(X, g, t, rng) <= comfort) for g, t in zip(groups, group_targets, strict=True)]
+        groups = [g for g, k in zip(groups, keep, strict=True) if k]
+        group_targets = [t for t, k in zip(group_targets, keep, strict=True) if k]
+        if global_target is not None and n >= big and sampled_worst(X, np.arange(n), global_target, rng) <= comfort:
+            global_target = None
     views = [_view(X, g, t, n) for g, t in zip(groups, group_targets, strict=True)]
     gview = _view(X, np.arange(n), global_target, n) if global_target is not None else None
     if not any(v.M.any() for v in views) and (gview is None or not gview.M.any()):

@@ -44,10 +44,11 @@ MEM_STEP = 256  # MB
 THREAD_STEPS = ((100_000_000, 4), (10_000_000, 2))
 # Jobs that have a sibling to run beside keep one core, so on a small machine the two share
 # it instead of one waiting for a second core: the csv export beside verification and the
-# report. The checkpoint fits (no parallel work of their own) keep one core too; beside a
-# one-core extract_source they would save ~3 s at 10^6 rows but hold both jobs' data at
-# once (2.1 GB against 1.2 GB), so extraction takes both cores and the fits follow.
-SINGLE_THREADED = frozenset({"export_csv", "export_stata", "extract_checkpoints", "render_report", "verify_tiers"})
+# report. The checkpoint fits follow extraction rather than run beside it (beside a one-core
+# extract_source they would save ~3 s at 10^6 rows but hold both jobs' data at once, 2.1 GB
+# against 1.2 GB), so each takes the cores: extraction its strata, the fits one checkpoint
+# per thread.
+SINGLE_THREADED = frozenset({"export_csv", "export_stata", "render_report", "verify_tiers"})
 CSV_BYTES_PER_CELL = 8.0
 # scatter: auto (replisynth.workflow.scatter_plan): sources with strata this large get 4 jobs.
 AUTO_SCATTER_CELLS = 20_000_000

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .copula import correlated_normals, fill_by_rank, nominal_values, ordered_values, rank_order
-from .correlations import Margin, latent_matrix, nearest_correlation
+from .correlations import Margin, latent_matrix, nearest_correlation, tie_atoms
 from .derive import apply_derived
 from .dims import synthetic_dim_matrix
 from .entities import (
@@ -60,9 +60,15 @@ def _active_dims(dims: list[dict[str, Any]], bp: BlockPlan) -> list[int]:
     return act
 
 
-def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int) -> Margin:
+def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int, integer: bool = False) -> Margin:
+    """The dim's margin in the block, as calibration sees it. A continuous column carries the
+    ties of the values it will be filled with (`exact_quantile_sample`: a mass point of the
+    grid, the integers of a rounded column), so a mass at zero is calibrated as such."""
     if d["kind"] == "continuous":
-        return Margin(None)
+        nn = rows - cp.missing
+        if cp.grid is None or nn < 2:
+            return Margin(None)
+        return Margin(None, tie_atoms(exact_quantile_sample(np.asarray(cp.grid), nn, integer)))
     if d["kind"] == "missing":
         p = cp.missing / rows
         return Margin((1.0 - p, p))
@@ -164,7 +170,7 @@ def synthesize_block(
     finite &= ~same
     target = np.where(finite, target, 0.0)
     np.fill_diagonal(target, 1.0)
-    margins = [_margin(dims[i], bp.columns[dims[i]["column"]], n) for i in act]
+    margins = [_margin(dims[i], bp.columns[dims[i]["column"]], n, specs[dims[i]["column"]].integer) for i in act]
     r_cop = make_rng(seed, source, bp.id, "copula")
     R = nearest_correlation(latent_matrix(target, margins))
     if ent is None:
