@@ -560,8 +560,7 @@ def test_refine_swaps_leaves_a_large_view_within_comfort_as_drawn() -> None:
     at all; off by more than `comfort`, the same view is refined towards its target; and a
     small view is refined whatever its error (its draw is noisier than the release)."""
     tol = 0.004
-    n = SAMPLE_ROWS + 10_000  # more than 1/tol² rows
-    assert n > SAMPLE_ROWS  # the decision is taken on a sample of the rows
+    n = max(SAMPLE_ROWS, int(np.ceil(1 / tol**2))) + 10_000  # large, and judged on a sample of its rows
     X, T = _large_view(n, 0.02, seed=4)
     perms = refine_swaps(X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035)
     assert all(np.array_equal(p, np.arange(n)) for p in perms)

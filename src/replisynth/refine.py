@@ -46,15 +46,27 @@ SETTLE_GAIN = 0.05
 # A view of at least 1/tol² rows is large: the released correlations' own sampling error
 # (~1/sqrt(rows)) is then within the refinement's precision `tol`, and so is the copula
 # draw's, so sweeps there pay only for errors past `comfort`. A large view is measured on
-# SAMPLE_ROWS of its rows first (estimate within ~0.004) and left alone when within comfort.
-SAMPLE_ROWS = 1 << 16
+# SAMPLE_ROWS of its rows (the estimate is within ~0.006 of the whole view's, against the
+# 0.015 between `comfort` and the tier's tolerance) and left as drawn when within comfort.
+SAMPLE_ROWS = 1 << 15
+TOL = 0.004
 
 
-def sampled_worst(X: np.ndarray, rows: np.ndarray, target: np.ndarray, rng: np.random.Generator, size: int = SAMPLE_ROWS) -> float:
-    """Largest targeted |error| of the correlations of X over a random `size` of `rows`
-    (all of them when fewer): the refinement's own measure, without scoring every row."""
-    if len(rows) > size:
-        rows = np.sort(rows[rng.choice(len(rows), size, replace=False)])
+def view_samples(views: list[np.ndarray], rng: np.random.Generator, tol: float = TOL, size: int = SAMPLE_ROWS) -> list[np.ndarray | None]:
+    """For each view (its rows), a sorted random `size` of its rows when it is large (at
+    least 1/tol² rows), None when it is refined in full."""
+    big = int(np.ceil(1.0 / tol**2)) if tol > 0 else None
+    out: list[np.ndarray | None] = []
+    for rows in views:
+        if big is None or len(rows) < big:
+            out.append(None)
+        else:
+            out.append(np.sort(rows[rng.choice(len(rows), size, replace=False)]) if len(rows) > size else rows)
+    return out
+
+
+def worst_error(X: np.ndarray, rows: np.ndarray, target: np.ndarray) -> float:
+    """Largest targeted |error| of the correlations of X's `rows` (the refinement's measure)."""
     v = _view(X, rows, target, X.shape[0])
     return float(np.max(np.abs(v.error()), initial=0.0))
 
@@ -372,7 +384,7 @@ def refine_swaps(
     global_target: np.ndarray | None,
     units: list[list[int]],
     rng: np.random.Generator,
-    tol: float = 0.004,
+    tol: float = TOL,
     max_sweeps: int = 60,
     patience: int = 3,
     min_gain: float = 0.01,
@@ -382,6 +394,7 @@ def refine_swaps(
     settle_gain: float = SETTLE_GAIN,
     far: float = COMFORT,
     max_far_sweeps: int = 400,
+    settled: list[bool] | None = None,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
     correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
@@ -397,21 +410,26 @@ def refine_swaps(
     keeps shrinking, up to `max_far_sweeps` more.
 
     With `labels` (entity per row) swap partners share a label (`entities.draw_pairs`).
-    Without labels, a view of at least 1/tol² rows whose sampled worst error
-    (`sampled_worst`) is within `comfort` is settled as drawn: its rows are not swapped and it
-    leaves the objective (panels, whose rows are not independent draws, are always refined).
+    Without labels, a view of at least 1/tol² rows whose worst error on a sample of its rows
+    (`view_samples`, `worst_error`) is within `comfort` is settled as drawn: its rows are not
+    swapped and it leaves the objective (panels, whose rows are not independent draws, are
+    always refined). `settled` (one flag per group, then the global view) gives that decision
+    when the caller has taken it already.
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
     n, d = X.shape
     perms = [np.arange(n) for _ in units]
     if n < 4 or d < 2:
         return perms
-    if labels is None and tol > 0:
-        big = int(np.ceil(1.0 / tol**2))
-        keep = [not (len(g) >= big and sampled_worst(X, g, t, rng) <= comfort) for g, t in zip(groups, group_targets, strict=True)]
+    targets = group_targets + ([global_target] if global_target is not None else [])
+    if settled is None and labels is None:
+        samples = view_samples(groups + ([np.arange(n)] if global_target is not None else []), rng, tol)
+        settled = [s is not None and worst_error(X, s, t) <= comfort for s, t in zip(samples, targets, strict=True)]
+    if settled is not None:
+        keep = [not x for x in settled[: len(groups)]]
         groups = [g for g, k in zip(groups, keep, strict=True) if k]
         group_targets = [t for t, k in zip(group_targets, keep, strict=True) if k]
-        if global_target is not None and n >= big and sampled_worst(X, np.arange(n), global_target, rng) <= comfort:
+        if global_target is not None and settled[-1]:
             global_target = None
     views = [_view(X, g, t, n) for g, t in zip(groups, group_targets, strict=True)]
     gview = _view(X, np.arange(n), global_target, n) if global_target is not None else None

@@ -32,7 +32,7 @@ from .entities import (
 from .marginals import exact_quantile_sample, quantile_function
 from .parallel import thread_map
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
-from .refine import refine_swaps
+from .refine import COMFORT, refine_swaps, view_samples, worst_error
 from .schema import EPOCH, ColumnSpec
 from .seeds import rng as make_rng
 
@@ -340,12 +340,25 @@ def refine_source(
     if ent is not None:
         cols = refine_invariant(cols, release, ent, make_rng(seed, source, "refine", "entities"))
         cols = refine_blocks(cols, release, ent, make_rng(seed, source, "refine", "blocks"))
-    # column-major: the views read X column by column (the values are the same either way)
-    X = synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric_level_columns(plan, release) if ent is None else set())), release, order="F")
     bounds = np.cumsum([0] + [b.rows for b in plan])
     groups = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(plan))]
     targets = [block_target(release, b.stats) for b in plan]
     glob = block_target(release, ALL) if len(plan) > 1 else None
+    numeric = numeric_level_columns(plan, release) if ent is None else set()
+    settled = None
+    if ent is None:  # large blocks within comfort stay as drawn, judged on a sample of their rows
+        samples = view_samples(groups + ([np.arange(bounds[-1])] if glob is not None else []), make_rng(seed, source, "refine", "check"))
+        settled = [False] * len(samples)
+        if any(s is not None for s in samples):
+            union = np.unique(np.concatenate([s for s in samples if s is not None]))
+            Xs = synthetic_dim_matrix(pd.DataFrame(_as_float({c: v[union] for c, v in cols.items()}, numeric)), release, order="F")
+            settled = [s is not None and worst_error(Xs, np.searchsorted(union, s), t) <= COMFORT
+                       for s, t in zip(samples, targets + ([glob] if glob is not None else []), strict=True)]
+            del Xs
+            if all(settled):
+                return cols
+    # column-major: the views read X column by column (the values are the same either way)
+    X = synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric)), release, order="F")
     # One unit per root column: a derived column moves with the column it is computed from.
     root = {b: d["from"] for b, d in release.get("derived", {}).items()}
     units: dict[str, list[int]] = {}
@@ -353,7 +366,7 @@ def refine_source(
     for j, d in enumerate(dims):
         if d["kind"] != "missing" and root.get(d["column"], d["column"]) not in fixed:  # missing positions only steer
             units.setdefault(root.get(d["column"], d["column"]), []).append(j)
-    perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"), labels=ent)
+    perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"), labels=ent, settled=settled)
     out = dict(cols)
     for unit_root, perm in zip(units, perms, strict=True):
         for col in [unit_root, *[b for b, a in root.items() if a == unit_root]]:

@@ -85,11 +85,17 @@ def design_moments(
     info = {"columns": len(keep), "left_out": left_out, "blanked": 0}
     if len(keep) == 0:
         return None, info
-    Z = X[:, keep]
+    # Moments accumulated over row chunks: no n × k copies of the design (three of them,
+    # 360 MB for a 15-column design at 10^6 rows, were this function's memory peak).
     W = float(w.sum())
-    m = w @ Z / W
-    D = Z - m
-    C = (D * w[:, None]).T @ D / W
+    step = 1 << 16
+    chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
+    m = sum((w[a:b] @ X[a:b][:, keep] for a, b in chunks), np.zeros(len(keep))) / W
+    C = np.zeros((len(keep), len(keep)))
+    for a, b in chunks:
+        D = X[a:b][:, keep] - m
+        C += (D * w[a:b, None]).T @ D
+    C /= W
     sd = np.sqrt(np.diag(C))
     R = C / np.outer(sd, sd)
     np.fill_diagonal(R, 1.0)
