@@ -54,7 +54,13 @@ else:
     from replisynth.pipeline import stage_verify
 startup = time.perf_counter() - t0
 t, c = time.perf_counter(), time.process_time()
-if stage == "extract":
+parts = {}
+if stage == "extract":  # the checkpoint fits timed apart: SDV has no counterpart to them
+    import replisynth.pipeline as P
+    fits = P.stage_extract_checkpoints
+    def timed_fits(*a, **k):
+        t1 = time.perf_counter(); fits(*a, **k); parts["checkpoints"] = time.perf_counter() - t1
+    P.stage_extract_checkpoints = timed_fits
     cmd_extract(m, results)
 elif stage == "synthesize":
     for s in m.sources:
@@ -66,7 +72,7 @@ elif stage == "pin":
 else:
     stage_verify(root / "bundle", {s.name: root / "synthetic" / f"{s.name}.parquet" for s in m.sources}, root / "verify" / "tiers.json")
 secs, cpu = time.perf_counter() - t, time.process_time() - c
-print(json.dumps({"stage": stage, "seconds": secs, "cpu": cpu, "startup": startup, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"stage": stage, "seconds": secs, "cpu": cpu, "startup": startup, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **parts}))
 """
 
 SDV = r"""
@@ -211,6 +217,8 @@ def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, 
             if v:
                 out[s] = {"seconds": statistics.median(x["seconds"] for x in v), "cpu": statistics.median(x["cpu"] for x in v),
                           "peak_mb": max(x["peak_mb"] for x in v), "startup": statistics.median(x["startup"] for x in v)}
+                if "checkpoints" in v[0]:
+                    out[s]["checkpoints"] = statistics.median(x["checkpoints"] for x in v)
         if not (sdv or sdv_py):
             out["sdv"] = "not measured (give --sdv-python)"
         elif py is None:
@@ -225,12 +233,15 @@ def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, 
         out["startup_seconds"] = sum(out[s]["startup"] for s in STAGES)
         out["total_cpu"] = sum(out[s]["cpu"] for s in STAGES)
         out["peak_mb"] = max(out[s]["peak_mb"] for s in STAGES)
-        out["fit_sample_seconds"] = out["extract"]["seconds"] + out["synthesize"]["seconds"]
+        # like for like: SDV's fit + sample against our releases (schema, marginals, rank
+        # correlations, the bundle) + synthesize; and with the checkpoint fits added
+        out["fit_sample_seconds"] = out["extract"]["seconds"] - out["extract"].get("checkpoints", 0.0) + out["synthesize"]["seconds"]
+        out["fit_sample_fits_seconds"] = out["extract"]["seconds"] + out["synthesize"]["seconds"]
         if isinstance(out.get("sdv"), dict):
             out["ratio_vs_sdv"] = out["sdv"]["seconds"] / out["total_seconds"]
             out["cpu_ratio_vs_sdv"] = out["sdv"]["cpu"] / out["total_cpu"]
-            # like for like: SDV's fit + sample against our extract (fit) + synthesize (sample)
             out["fit_sample_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["fit_sample_seconds"]
+            out["fit_sample_fits_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["fit_sample_fits_seconds"]
             if "snakemake" in out:
                 out["snakemake_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["snakemake"]["seconds"]
     return out
@@ -259,8 +270,11 @@ def main() -> None:
         print(f"| {n:,} | " + " | ".join(f"{r[s]['seconds']:.2f}" for s in STAGES)
               + f" | {r['total_seconds']:.2f} ({r['total_cpu']:.1f}) | {r['startup_seconds']:.1f} | {r['peak_mb']:.0f} | {r['tier_met']} | {sdv_cols} |", flush=True)
         print("  peak MB per stage: " + ", ".join(f"{s} {r[s]['peak_mb']:.0f}" for s in STAGES), flush=True)
+        print(f"  fit + sample: releases + synthesize {r['fit_sample_seconds']:.2f} s; with the checkpoint fits "
+              f"{r['fit_sample_fits_seconds']:.2f} s", flush=True)
         if "fit_sample_ratio_vs_sdv" in r:
-            print(f"  fit + sample (extract + synthesize) {r['fit_sample_seconds']:.2f} s: SDV / ours {r['fit_sample_ratio_vs_sdv']:.1f}x", flush=True)
+            print(f"  SDV / ours, fit + sample like for like {r['fit_sample_ratio_vs_sdv']:.1f}x; with our checkpoint fits "
+                  f"{r['fit_sample_fits_ratio_vs_sdv']:.1f}x", flush=True)
         if "snakemake" in r:
             sm = r["snakemake"]
             ratio = f", SDV / workflow {r['snakemake_ratio_vs_sdv']:.1f}x" if "snakemake_ratio_vs_sdv" in r else ""
