@@ -27,7 +27,7 @@ from .io import (
     write_text,
 )
 from .manifest import Manifest, check_columns
-from .parallel import thread_map
+from .parallel import thread_map, threads
 from .sdc import SdcLog
 from .seeds import rng as make_rng
 from .verdict import check_tier  # noqa: F401  (re-exported: the CLI and tests call pipeline.check_tier)
@@ -64,8 +64,11 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
         if cp.source not in frames:
             frames[cp.source] = _read_checked(manifest, cp.source)[0]
     # The fits are independent (each builds its own design from the shared, unchanged
-    # frames): on threads, released and logged in manifest order.
-    fits = thread_map(lambda item: capture_checkpoint(frames[item[1].source], item[1], manifest, item[0]), list(enumerate(manifest.checkpoints)))
+    # frames): on threads, released and logged in manifest order. At most two at a time: each
+    # holds its design and formulaic's intermediates (up to ~3x the frame at 10^6 rows), and
+    # the job's memory request (replisynth.resources) does not grow with its threads.
+    fits = thread_map(lambda item: capture_checkpoint(frames[item[1].source], item[1], manifest, item[0]), list(enumerate(manifest.checkpoints)),
+                      n=min(threads(), 2))
     released: list[dict[str, Any]] = []
     sdc = SdcLog()
     for cp, (rel, lg) in zip(manifest.checkpoints, fits, strict=True):
