@@ -219,7 +219,6 @@ def _cells(m: Margin, width: float = 1.0 / 32.0) -> Margin:
     return Margin(tuple(probs))
 
 
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
 _GL = {k: np.polynomial.legendre.leggauss(k) for k in range(8, 25)}
 _CONT_CUTS = np.concatenate([[0.0, 1e-4, 1e-3, 1e-2], np.linspace(0.05, 0.95, 19), [0.99, 0.999, 0.9999, 1.0]])
 

@@ -71,6 +71,12 @@ def worst_error(X: np.ndarray, rows: np.ndarray, target: np.ndarray) -> float:
     return float(np.max(np.abs(v.error()), initial=0.0))
 
 
+def settled_views(X: np.ndarray, samples: list[np.ndarray | None], targets: list[np.ndarray], comfort: float = COMFORT) -> list[bool]:
+    """Per view: large (sampled, `view_samples`) and within `comfort` of its target on its
+    sample (rows of X), so it is left as drawn."""
+    return [s is not None and worst_error(X, s, t) <= comfort for s, t in zip(samples, targets, strict=True)]
+
+
 def best_prefix(change: Callable[[int], float], n: int) -> tuple[int, float]:
     """How many of `n` candidate swaps (sorted best first) to accept together: the prefix
     length m (1, 2, 4, ...) whose joint objective change `change(m)` is lowest and negative,
@@ -424,7 +430,7 @@ def refine_swaps(
     targets = group_targets + ([global_target] if global_target is not None else [])
     if settled is None and labels is None:
         samples = view_samples(groups + ([np.arange(n)] if global_target is not None else []), rng, tol)
-        settled = [s is not None and worst_error(X, s, t) <= comfort for s, t in zip(samples, targets, strict=True)]
+        settled = settled_views(X, samples, targets, comfort)
     if settled is not None:
         keep = [not x for x in settled[: len(groups)]]
         groups = [g for g, k in zip(groups, keep, strict=True) if k]

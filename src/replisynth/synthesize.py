@@ -32,7 +32,7 @@ from .entities import (
 from .marginals import exact_quantile_sample, quantile_function
 from .parallel import thread_map
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
-from .refine import COMFORT, refine_swaps, view_samples, worst_error
+from .refine import refine_swaps, settled_views, view_samples
 from .schema import EPOCH, ColumnSpec
 from .seeds import rng as make_rng
 
@@ -352,8 +352,8 @@ def refine_source(
         if any(s is not None for s in samples):
             union = np.unique(np.concatenate([s for s in samples if s is not None]))
             Xs = synthetic_dim_matrix(pd.DataFrame(_as_float({c: v[union] for c, v in cols.items()}, numeric)), release, order="F")
-            settled = [s is not None and worst_error(Xs, np.searchsorted(union, s), t) <= COMFORT
-                       for s, t in zip(samples, targets + ([glob] if glob is not None else []), strict=True)]
+            at = [None if s is None else np.searchsorted(union, s) for s in samples]  # their rows of Xs
+            settled = settled_views(Xs, at, targets + ([glob] if glob is not None else []))
             del Xs
             if all(settled):
                 return cols
