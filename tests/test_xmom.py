@@ -13,7 +13,7 @@ import pytest
 from conftest import refit_terms
 
 from replisynth.bundle import load_bundle
-from replisynth.checkpoints import capture_checkpoint
+from replisynth.checkpoints import capture_checkpoint, design_moments
 from replisynth.cli import cmd_extract
 from replisynth.design import build_design
 from replisynth.manifest import Checkpoint, load_manifest
@@ -21,7 +21,7 @@ from replisynth.pin import pin_checkpoints
 from replisynth.pipeline import stage_synthesize
 from replisynth.seeds import rng
 from replisynth.verify import verify
-from replisynth.xmom import align_moments, design_moments
+from replisynth.xmom import align_moments
 
 
 def make_nested(n: int = 3000, seed: int = 5) -> pd.DataFrame:

@@ -21,7 +21,6 @@ from .estimators import fit_checkpoint
 from .manifest import Checkpoint, Manifest
 from .options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from .sdc import SdcLog
-from .xmom import design_moments
 
 
 def indicator_minority(X: np.ndarray) -> np.ndarray:
@@ -231,3 +230,85 @@ def capture_checkpoints(frames: dict[str, pd.DataFrame], manifest: Manifest) -> 
         out.append(rel)
         log.extend(lg)
     return out, log
+
+
+def design_moments(
+    X: np.ndarray, terms: list[str], weights: np.ndarray | None, released: set[str], min_cell: int, digits: int | None = None,
+    dominance: float | None = None,
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """Released cross-moments of a checkpoint design (X: n × k on the estimation sample):
+    (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
+    columns, gated as in the module docstring; and counts for the SDC log (columns,
+    left_out, blanked)."""
+    n = len(X)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
+    minority = indicator_minority(X)
+    keep: list[int] = []
+    left_out = 0
+    for j, t in enumerate(terms):
+        if t not in released or n == 0 or np.ptp(X[:, j]) == 0:
+            continue
+        nz = int(np.count_nonzero(X[:, j]))
+        if 0 <= minority[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
+            left_out += 1
+            continue
+        keep.append(j)
+    info = {"columns": len(keep), "left_out": left_out, "blanked": 0}
+    if len(keep) == 0:
+        return None, info
+    # Moments accumulated over row chunks: no n × k copies of the design (three of them,
+    # 360 MB for a 15-column design at 10^6 rows, were this function's memory peak).
+    W = float(w.sum())
+    step = 1 << 16
+    chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
+    m = sum((w[a:b] @ X[a:b][:, keep] for a, b in chunks), np.zeros(len(keep))) / W
+    C = np.zeros((len(keep), len(keep)))
+    for a, b in chunks:
+        D = X[a:b][:, keep] - m
+        C += (D * w[a:b, None]).T @ D
+    C /= W
+    sd = np.sqrt(np.diag(C))
+    R = C / np.outer(sd, sd)
+    np.fill_diagonal(R, 1.0)
+    blank = np.zeros(R.shape, dtype=bool)
+    ind = [a for a, j in enumerate(keep) if minority[j] >= 0]
+    # 0/1 columns: their sums and products are exact counts, so counted on booleans (the
+    # same numbers as the float sums, without a float product per pair).
+    ones = {a: X[:, keep[a]] == 1 for a in ind}
+    n1 = {a: int(np.count_nonzero(v)) for a, v in ones.items()}
+    for ai, a in enumerate(ind):
+        for b in ind[ai + 1 :]:
+            n11 = float(np.count_nonzero(ones[a] & ones[b]))
+            n10, n01 = float(n1[a]) - n11, float(n1[b]) - n11
+            cells = np.asarray([n11, n10, n01, n - n11 - n10 - n01])
+            if np.any((cells > 0) & (cells < min_cell)):
+                blank[a, b] = blank[b, a] = True
+    info["blanked"] = int(blank.sum() // 2)
+
+    def rnd(v: float) -> float:
+        return round_significant(float(v), digits) if digits else float(v)
+
+    return {
+        "terms": [terms[j] for j in keep],
+        "weighted": weights is not None,
+        "mean": [rnd(v) for v in m],
+        "sd": [rnd(v) for v in sd],
+        "corr": [[None if blank[a, b] else rnd(R[a, b]) for b in range(len(keep))] for a in range(len(keep))],
+    }, info
+
+
+def _dominated(x: np.ndarray, w: np.ndarray, dominance: float | None) -> bool:
+    """Top-2 dominance rule on the spread: the two largest contributions w (x − m)² make up
+    more than `dominance` of Σ w (x − m)², so the SD would nearly give away those rows."""
+    if dominance is None:
+        return False
+    c = w * (x - (w @ x) / w.sum()) ** 2
+    total = float(c.sum())
+    if not total > 0:
+        return False
+    # the two largest without a sort (a sort, or a partition of heavily tied 0/1 columns,
+    # costs 10-50 ms at 1M rows): the largest, then the largest of the others; their sum is
+    # the sum of the sort's last two
+    i = int(np.argmax(c))
+    top2 = c[i] + max(c[:i].max(initial=-np.inf), c[i + 1 :].max(initial=-np.inf)) if len(c) >= 2 else c[i]
+    return float(top2) > dominance * total

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .dims import norm_key
 from .marginals import FrequencyTable, level_positions
 
 
@@ -106,7 +107,6 @@ def coded_dependencies(
 def apply_derived(cols: dict[str, np.ndarray], derived: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
     """Recompute each derived column from its root's synthetic values (missing stays missing;
     a root level without a mapped value gives missing)."""
-    from .dims import norm_key
 
     out = dict(cols)
     for b, spec in derived.items():
@@ -124,7 +124,6 @@ def apply_derived(cols: dict[str, np.ndarray], derived: dict[str, dict[str, Any]
 
 def derived_counts(levels_a: list[Any], counts_a: list[int], levels_b: list[Any], spec: dict[str, Any]) -> list[int]:
     """Exact counts of a derived column's levels from its root's counts."""
-    from .dims import norm_key
 
     lookup = {norm_key(k): v for k, v in spec["map"]}
     pos = {norm_key(v): i for i, v in enumerate(levels_b)}

@@ -34,8 +34,11 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from .copula import ordered_values
 from .correlations import _Ranker, nearest_correlation
+from .dims import synthetic_dim_matrix
 from .marginals import apportion, exact_quantile_sample, quantile_function
+from .refine import best_prefix, block_target, draw_pairs, scores
 
 # Decimals of the released shares and between correlations (profiles without significant-figure rounding).
 DECIMALS = 3
@@ -347,26 +350,6 @@ def assign_periods(ent: np.ndarray, ok: np.ndarray, codes_multiset: np.ndarray, 
             r = np.asarray(rows_of[e])
             out[r[np.argsort(z[r], kind="stable")]] = codes
     return out
-
-
-def draw_pairs(order: np.ndarray, half: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint row arrays (r, s) of swap partners from `order` (rows in random order):
-    the first and second halves, or with `labels`, up to `half` pairs of rows with equal labels
-    (same entity), so a swap moves values only within an entity."""
-    if labels is None:
-        return order[:half], order[half : 2 * half]
-    idx = np.argsort(labels[order], kind="stable")
-    o = order[idx]
-    lab = labels[o]
-    if len(o) < 2:
-        return o[:0], o[:0]
-    new = np.concatenate([[True], lab[1:] != lab[:-1]])
-    run_start = np.maximum.accumulate(np.where(new, np.arange(len(o)), 0))
-    pos = np.arange(len(o)) - run_start
-    i = np.flatnonzero((pos % 2 == 0) & np.concatenate([lab[1:] == lab[:-1], [False]]))
-    if len(i) > half:  # the pairs whose first row comes earliest in the random order
-        i = np.sort(i[np.argsort(idx[i], kind="stable")[:half]])
-    return o[i], o[i + 1]
 
 
 def repair_counts(per: np.ndarray, weight: np.ndarray, target: np.ndarray, score: np.ndarray, max_moves: int = 100_000) -> np.ndarray:
@@ -707,12 +690,6 @@ def refine_invariant(
     scores over entity e's rows, swapping entities e, f changes corr(a, b) by
     (A_f − A_e)(S_b(e) − S_b(f)); batches of disjoint pairs are accepted while the squared error
     falls. Columns with missing values are left as drawn (non-missing counts differ)."""
-    from .dims import synthetic_dim_matrix
-    from .refine import (
-        best_prefix,  # refine imports this module at load time
-        scores,
-    )
-    from .synthesize import block_target
 
     dims = release["dims"]
     fixed = entity_fixed(release)
@@ -817,9 +794,6 @@ def refine_blocks(
     Σ_t (A_f,t − A_e,t)(B_e,t − B_f,t); batches of disjoint pairs are accepted while the
     squared error falls (as `refine_invariant`). Not moved: the time column and time-invariant
     columns (refined by `refine_invariant`); derived columns move with their source."""
-    from .dims import synthetic_dim_matrix
-    from .refine import best_prefix, scores
-    from .synthesize import block_target
 
     dims = release["dims"]
     panel = release.get("panel")
@@ -1214,8 +1188,6 @@ def _observed_scores(z: np.ndarray, probs: tuple[float, ...] | None) -> np.ndarr
     levels of shares `probs` (continuous: the latent itself)."""
     if probs is None or len(probs) < 2:
         return normal_scores(z)
-    from .copula import ordered_values
-    from .marginals import apportion
 
     counts = apportion(np.asarray(probs, dtype="float64"), len(z)).astype("int64")
     return normal_scores(ordered_values(z, list(counts)).astype("float64"))

@@ -11,28 +11,14 @@ applies by default).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .design import Design, collinear_terms
 from .errors import CheckpointError
+from .fit_result import FitResult
 from .manifest import Checkpoint
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """Coefficients `beta` (k,), standard errors `se` (k,) under the checkpoint's vcov, the
-    sample size, residual df and residual variance (`scale`), with formulaic term names.
-    `extra` holds family-specific released quantities (variance components, nbreg alpha, ...)."""
-
-    terms: list[str]
-    beta: np.ndarray
-    se: np.ndarray
-    n: int
-    resid_df: float
-    scale: float
-    extra: dict = field(default_factory=dict)
 
 
 def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult:

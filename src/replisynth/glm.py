@@ -25,7 +25,7 @@ import numpy as np
 
 from .design import Design
 from .errors import CheckpointError
-from .estimators import FitResult
+from .fit_result import FitResult
 from .manifest import Checkpoint
 from .options import GLM_BINARY, GLM_COUNT, GLM_ORDERED
 

@@ -22,6 +22,7 @@ import pandas as pd
 from .atomic import atomic_path, write_text  # noqa: F401  (standard library only; write_text re-exported)
 from .errors import DataError
 from .options import SOURCE_EXTENSIONS
+from .parallel import thread_map
 
 # Stata's .dta header carries a time stamp; a fixed one keeps reruns byte-identical.
 DTA_TIME_STAMP = dt.datetime(2000, 1, 1, 0, 0)
@@ -337,7 +338,6 @@ def _arrow_csv_columns(df: pd.DataFrame, kinds: list[str]) -> list[Any]:
     """Each column as an Arrow string array holding pandas' CSV text (`kinds` from
     `_csv_kinds`). Columns are formatted on the stage's threads (Arrow's kernels release the
     GIL; results in column order, so the bytes do not depend on the thread count)."""
-    from .parallel import thread_map
 
     jobs = [(s if isinstance(s.dtype, pd.api.extensions.ExtensionDtype) else s.to_numpy(), k) for (_, s), k in zip(df.items(), kinds, strict=True)]
     return thread_map(lambda job: _arrow_text(*job), jobs)

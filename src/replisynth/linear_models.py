@@ -27,6 +27,7 @@ from scipy import sparse
 
 from .design import Design, collinear_terms
 from .errors import CheckpointError
+from .fit_result import FitResult
 from .manifest import Checkpoint
 
 DEMEAN_TOL = 1e-13  # alternating projections stop when no column moves by more than this (relative L2)
@@ -239,7 +240,6 @@ def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
 def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
     """Fit an fe, re or iv checkpoint with linearmodels; returns estimators.FitResult with
     formulaic's term names and `scale` = sum(w e^2) / resid_df of the family's residual."""
-    from .estimators import FitResult
 
     d = design
     w = _weights(d)

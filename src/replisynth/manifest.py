@@ -475,3 +475,14 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
                         f"{where}.{key}: column {col!r} is in sources.{source}.ids/exclude and is never "
                         f"released; list it under sources.{source}.groups (or panel.entity) instead"
                     )
+
+
+def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
+    """The Checkpoint a released record describes."""
+    return Checkpoint(
+        tag=c["tag"], source=c["source"], model=c["model"], formula=c["formula"], vcov=c["vcov"],
+        weights=c.get("weights"), absorb=tuple(c.get("absorb") or ()), entity=c.get("entity"),
+        time=c.get("time"), subset=c.get("subset"),
+        # ordered models: the released category order, so the synthetic refit codes alike
+        levels=tuple(c.get("levels") or c.get("outcome_levels") or ()) or None,
+    )

@@ -18,23 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .design import Design, build_design, released_terms
+from .design import Design, build_design, collinear_terms, released_terms
 from .errors import CheckpointError
-from .manifest import Checkpoint
+from .estimators import OlsFactor, fit_checkpoint
+from .linear_models import linear_factors, re_matched_outcome, residual
+from .manifest import Checkpoint, checkpoint_from_release
 from .pin_discrete import is_discrete_group, pin_discrete_group
 from .seeds import rng
 from .shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
-
-
-def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
-    """The Checkpoint a released record describes."""
-    return Checkpoint(
-        tag=c["tag"], source=c["source"], model=c["model"], formula=c["formula"], vcov=c["vcov"],
-        weights=c.get("weights"), absorb=tuple(c.get("absorb") or ()), entity=c.get("entity"),
-        time=c.get("time"), subset=c.get("subset"),
-        # ordered models: the released category order, so the synthetic refit codes alike
-        levels=tuple(c.get("levels") or c.get("outcome_levels") or ()) or None,
-    )
 
 
 @dataclass(frozen=True)
@@ -85,7 +76,6 @@ def _operator(d: Design, cp: Checkpoint) -> Operator:
     """The family's factored A with beta_hat = A y: OLS/WLS here, fe/re/iv in linear_models
     (re at the current variance components, so the pin passes iterate to a fixed point)."""
     if cp.model in ("fe", "re", "iv"):
-        from .linear_models import linear_factors
 
         return Operator(*linear_factors(d, cp, f"checkpoint {cp.tag!r} on synthetic data"))
     return ols_operator(d)
@@ -383,8 +373,6 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     if not np.any(r):
         return None
 
-    from .design import collinear_terms
-    from .estimators import OlsFactor, fit_checkpoint
 
     at = [pos[df.index.get_indexer(d.index)] for _, _, d, _, _ in built]
 
@@ -457,8 +445,6 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str, des
     if cp.model == "re":
         return _match_variance_components(df, c, cp, d, outcome)
     if cp.model in ("fe", "iv"):
-        from .estimators import fit_checkpoint
-        from .linear_models import residual
 
         try:
             fit = fit_checkpoint(d, cp)
@@ -488,8 +474,6 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str, des
 def _match_variance_components(df: pd.DataFrame, c: dict[str, Any], cp: Checkpoint, d: Design, outcome: str) -> float | None:
     """re: move y to the released sigma2_u and sigma2_e, then pin again (the pin step keeps
     both residuals, so it converges at once); undone when the pin is then not exact."""
-    from .estimators import fit_checkpoint
-    from .linear_models import re_matched_outcome
 
     extra = c.get("extra") or {}
     s2u, s2e = extra.get("sigma2_u"), extra.get("sigma2_e")
@@ -588,8 +572,6 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     was reached it is made exact by one scalar at the end (`_match_residual_scale`).
     nonrobust SEs are sigma [(X'X)^-1]_jj^1/2: only their common scale is the residual's, and
     re keeps its matched variance components; both return None."""
-    from .estimators import fit_checkpoint
-    from .linear_models import residual
 
     cp = checkpoint_from_release(c)
     if cp.model not in ("ols", "fe", "iv") or cp.vcov == "nonrobust":

@@ -34,6 +34,7 @@ from .design import build_design, outcome_codes, released_terms
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
 from .glm import nb2_score_obs
+from .manifest import checkpoint_from_release
 from .options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 
 PIN_TOL = 0.5  # |b - b*| / SE_target at which a discrete-outcome checkpoint counts as pinned
@@ -359,7 +360,6 @@ def _marginal_drift(codes: np.ndarray, w: np.ndarray, kind: str, c: dict[str, An
 def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, rng: np.random.Generator) -> tuple[str, list[str], dict[str, Any]]:
     """Pin one outcome group holding maximum-likelihood checkpoints (df is changed in place:
     only `outcome`, only on the estimation samples). Returns (status, notes, detail)."""
-    from .pin import checkpoint_from_release
 
     kind, levels = _support(group)
     notes: list[str] = []

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .correlations import _Ranker
-from .entities import draw_pairs
 from .options import CORR_TOL
 from .parallel import thread_map
 
@@ -415,7 +415,7 @@ def refine_swaps(
     swaps) sweeps go on, also swapping pairs of units together, while the excess beyond `far`
     keeps shrinking, up to `max_far_sweeps` more.
 
-    With `labels` (entity per row) swap partners share a label (`entities.draw_pairs`).
+    With `labels` (entity per row) swap partners share a label (`draw_pairs`).
     Without labels, a view of at least 1/tol² rows whose worst error on a sample of its rows
     (`view_samples`, `worst_error`) is within `comfort` is settled as drawn: its rows are not
     swapped and it leaves the objective (panels, whose rows are not independent draws, are
@@ -548,3 +548,35 @@ def refine_swaps(
         if stale >= patience:
             break
     return perms
+
+
+def draw_pairs(order: np.ndarray, half: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint row arrays (r, s) of swap partners from `order` (rows in random order):
+    the first and second halves, or with `labels`, up to `half` pairs of rows with equal labels
+    (same entity), so a swap moves values only within an entity."""
+    if labels is None:
+        return order[:half], order[half : 2 * half]
+    idx = np.argsort(labels[order], kind="stable")
+    o = order[idx]
+    lab = labels[o]
+    if len(o) < 2:
+        return o[:0], o[:0]
+    new = np.concatenate([[True], lab[1:] != lab[:-1]])
+    run_start = np.maximum.accumulate(np.where(new, np.arange(len(o)), 0))
+    pos = np.arange(len(o)) - run_start
+    i = np.flatnonzero((pos % 2 == 0) & np.concatenate([lab[1:] == lab[:-1], [False]]))
+    if len(i) > half:  # the pairs whose first row comes earliest in the random order
+        i = np.sort(i[np.argsort(idx[i], kind="stable")[:half]])
+    return o[i], o[i + 1]
+
+
+def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
+    """Released Spearman matrix of a block over all dims, NaN where not targeted (gated
+    pairs, and pairs of indicators of one nominal column, made exclusive by construction)."""
+    dims = release["dims"]
+    T = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][stats_id]["spearman"]], dtype="float64")
+    cols = [d["column"] for d in dims]
+    ind = np.asarray([d["kind"] == "indicator" for d in dims])
+    same = (np.asarray(cols)[:, None] == np.asarray(cols)[None, :]) & ind[:, None] & ind[None, :]
+    T[same] = np.nan
+    return T

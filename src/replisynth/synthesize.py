@@ -29,10 +29,10 @@ from .entities import (
     skeleton,
     trend_columns,
 )
-from .marginals import exact_quantile_sample, quantile_function
+from .marginals import apportion, exact_quantile_sample, quantile_function
 from .parallel import thread_map
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
-from .refine import refine_swaps, settled_views, view_samples
+from .refine import block_target, refine_swaps, settled_views, view_samples
 from .schema import EPOCH, ColumnSpec
 from .seeds import rng as make_rng
 
@@ -198,18 +198,6 @@ def synthesize_block(
     return apply_derived(cols, release.get("derived", {}))
 
 
-def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
-    """Released Spearman matrix of a block over all dims, NaN where not targeted (gated
-    pairs, and pairs of indicators of one nominal column, made exclusive by construction)."""
-    dims = release["dims"]
-    T = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][stats_id]["spearman"]], dtype="float64")
-    cols = [d["column"] for d in dims]
-    ind = np.asarray([d["kind"] == "indicator" for d in dims])
-    same = (np.asarray(cols)[:, None] == np.asarray(cols)[None, :]) & ind[:, None] & ind[None, :]
-    T[same] = np.nan
-    return T
-
-
 def _numeric(values: np.ndarray) -> np.ndarray | None:
     """float64 of a float column or of an object column of numbers and NaN (released
     numeric levels), without a per-element pandas pass; None when anything else is there."""
@@ -274,7 +262,6 @@ def _group_ids(n: int, g: dict[str, Any], rng: np.random.Generator) -> np.ndarra
         sizes = np.maximum(np.round(quantile_function(np.asarray(g["size_grid"]), (np.arange(G) + 0.5) / G)), 1.0)
     else:
         sizes = np.full(G, float(g["mean_size"]))
-    from .marginals import apportion
 
     counts = apportion(sizes, n)
     ids = np.repeat(np.arange(1, G + 1), counts)

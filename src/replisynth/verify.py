@@ -20,11 +20,11 @@ from .design import build_design, released_terms
 from .dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from .errors import CheckpointError
 from .estimators import fit_checkpoint
+from .manifest import checkpoint_from_release
 from .marginals import GRID, grid_cdf_sorted, quantile_grid
 from .options import CORR_TOL, GLM_BINARY, GLM_ORDERED
 from .parallel import thread_map
-from .pin import checkpoint_from_release
-from .plan import ALL, RESIDUAL, BlockPlan, source_plan
+from .plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
 from .schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 
 KS_ALPHA = 0.05
@@ -284,7 +284,6 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         elif m["kind"] == "categorical":
             if col in strata:
                 continue  # checked exactly through stratum sizes (tier 3)
-            from .plan import expected_counts
 
             want = expected_counts(plan, col)
             got: dict[str, int] = {}

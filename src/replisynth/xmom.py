@@ -7,7 +7,7 @@ on the short ones (β_s = Γ β_l, Γ = (X_s'X_s)⁻¹X_s'X_l), so both pin join
 the original's; (2) standard errors, SE ∝ σ · [(X'X)⁻¹]_jj^½, where σ is matched by
 `pin._match_residual_scale` but X'X is whatever the copula produced.
 
-Secure side (`design_moments`): per released checkpoint, the (weighted) means, SDs and the
+Secure side (`checkpoints.design_moments`): per released checkpoint, the (weighted) means, SDs and the
 correlation matrix of its non-constant design columns on its estimation sample. Together
 with n they give X'WX. Columns whose coefficient is suppressed, 0/1 columns whose smaller
 group is below the cell size, columns non-zero on fewer than `min_cell_size` rows, and
@@ -44,103 +44,30 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .design import estimation_sample
-from .manifest import formula_variables
-
-if TYPE_CHECKING:
-    from .refine import _View
+from .correlations import _Ranker
+from .design import _iv_matrices, _widen_integers, estimation_sample, split_iv_formula
+from .dims import norm_key, synthetic_dim_matrix
+from .entities import entity_frozen
+from .manifest import checkpoint_from_release, formula_variables
+from .refine import (
+    _block,
+    _proposal_terms,
+    _View,
+    accept_swaps,
+    best_prefix,
+    block_target,
+    draw_pairs,
+    penalty,
+    view_sums,
+)
 
 SE_FACTOR_TOL = 0.02  # |log SE factor gap| below which a checkpoint alone on its outcome needs no alignment
 MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
-
-
-def design_moments(
-    X: np.ndarray, terms: list[str], weights: np.ndarray | None, released: set[str], min_cell: int, digits: int | None = None,
-    dominance: float | None = None,
-) -> tuple[dict[str, Any] | None, dict[str, int]]:
-    """Released cross-moments of a checkpoint design (X: n × k on the estimation sample):
-    (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
-    columns, gated as in the module docstring; and counts for the SDC log (columns,
-    left_out, blanked)."""
-    from .checkpoints import indicator_minority, round_significant
-
-    n = len(X)
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
-    minority = indicator_minority(X)
-    keep: list[int] = []
-    left_out = 0
-    for j, t in enumerate(terms):
-        if t not in released or n == 0 or np.ptp(X[:, j]) == 0:
-            continue
-        nz = int(np.count_nonzero(X[:, j]))
-        if 0 <= minority[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
-            left_out += 1
-            continue
-        keep.append(j)
-    info = {"columns": len(keep), "left_out": left_out, "blanked": 0}
-    if len(keep) == 0:
-        return None, info
-    # Moments accumulated over row chunks: no n × k copies of the design (three of them,
-    # 360 MB for a 15-column design at 10^6 rows, were this function's memory peak).
-    W = float(w.sum())
-    step = 1 << 16
-    chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
-    m = sum((w[a:b] @ X[a:b][:, keep] for a, b in chunks), np.zeros(len(keep))) / W
-    C = np.zeros((len(keep), len(keep)))
-    for a, b in chunks:
-        D = X[a:b][:, keep] - m
-        C += (D * w[a:b, None]).T @ D
-    C /= W
-    sd = np.sqrt(np.diag(C))
-    R = C / np.outer(sd, sd)
-    np.fill_diagonal(R, 1.0)
-    blank = np.zeros(R.shape, dtype=bool)
-    ind = [a for a, j in enumerate(keep) if minority[j] >= 0]
-    # 0/1 columns: their sums and products are exact counts, so counted on booleans (the
-    # same numbers as the float sums, without a float product per pair).
-    ones = {a: X[:, keep[a]] == 1 for a in ind}
-    n1 = {a: int(np.count_nonzero(v)) for a, v in ones.items()}
-    for ai, a in enumerate(ind):
-        for b in ind[ai + 1 :]:
-            n11 = float(np.count_nonzero(ones[a] & ones[b]))
-            n10, n01 = float(n1[a]) - n11, float(n1[b]) - n11
-            cells = np.asarray([n11, n10, n01, n - n11 - n10 - n01])
-            if np.any((cells > 0) & (cells < min_cell)):
-                blank[a, b] = blank[b, a] = True
-    info["blanked"] = int(blank.sum() // 2)
-
-    def rnd(v: float) -> float:
-        return round_significant(float(v), digits) if digits else float(v)
-
-    return {
-        "terms": [terms[j] for j in keep],
-        "weighted": weights is not None,
-        "mean": [rnd(v) for v in m],
-        "sd": [rnd(v) for v in sd],
-        "corr": [[None if blank[a, b] else rnd(R[a, b]) for b in range(len(keep))] for a in range(len(keep))],
-    }, info
-
-
-def _dominated(x: np.ndarray, w: np.ndarray, dominance: float | None) -> bool:
-    """Top-2 dominance rule on the spread: the two largest contributions w (x − m)² make up
-    more than `dominance` of Σ w (x − m)², so the SD would nearly give away those rows."""
-    if dominance is None:
-        return False
-    c = w * (x - (w @ x) / w.sum()) ** 2
-    total = float(c.sum())
-    if not total > 0:
-        return False
-    # the two largest without a sort (a sort, or a partition of heavily tied 0/1 columns,
-    # costs 10-50 ms at 1M rows): the largest, then the largest of the others; their sum is
-    # the sum of the sort's last two
-    i = int(np.argmax(c))
-    top2 = c[i] + max(c[:i].max(initial=-np.inf), c[i + 1 :].max(initial=-np.inf)) if len(c) >= 2 else c[i]
-    return float(top2) > dominance * total
 
 
 def _stats(W: float, S1: np.ndarray, S2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -363,7 +290,6 @@ class _Compiled:
 def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
     """Released design columns of `frame`'s rows under the checkpoint's model spec (NaN → 0:
     such rows are outside the sample and carry weight 0)."""
-    from .design import _widen_integers
 
     mm = t.spec.get_model_matrix(_widen_integers(frame), na_action="ignore")
     X = np.asarray(mm, dtype="float64")[:, t.cols]
@@ -378,7 +304,6 @@ def moment_formula(formula: str, model: str) -> str:
     bracket's columns being those it adds to the exogenous design)."""
     if model != "iv":
         return formula
-    from .design import split_iv_formula
 
     exog, endog, instr = split_iv_formula(formula)
     return f"{exog} + {endog} + {instr}"
@@ -390,7 +315,6 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True, skip
     when `compile_rows` is False or `skip` says the state needs none."""
     import formulaic
 
-    from .pin import checkpoint_from_release
 
     mo = c["moments"]
     cp = checkpoint_from_release(c)
@@ -449,7 +373,6 @@ def _iv_positions(data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[in
     has no instrument moments (older bundles), when SDC left out so many columns that the
     released instruments no longer identify the released endogenous ones, or when a needed
     correlation was blanked."""
-    from .design import _iv_matrices
 
     instruments = set(mo.get("instruments") or [])
     if cp.model != "iv" or not instruments:
@@ -478,7 +401,6 @@ def _dim_columns(df: pd.DataFrame, release: dict[str, Any], need: np.ndarray) ->
     with few distinct values is coded once per distinct value (on one row holding it, so
     its dtype is kept) and spread back by its factorize codes: the same floats without a
     pass of the level lookups over every row."""
-    from .dims import synthetic_dim_matrix
 
     dims = release["dims"]
     n = len(df)
@@ -517,8 +439,6 @@ def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, 
     in every view. One thread: the stage's second one cost ~100 MB of peak at 10^6 rows
     (per-thread allocator arenas) for well under a second. `columns(need)` gives the
     dim matrix (n × d, NaN = missing) in the dims `need`; it is dropped once they are ranked."""
-    from .correlations import _Ranker
-    from .refine import _View, view_sums
 
     d = len(masks[0]) if masks else 0
     need = np.zeros(d, dtype=bool)
@@ -590,7 +510,6 @@ def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[s
 def _groups(df: pd.DataFrame, release: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
     """(stats block id, row positions) per block: rows of a released stratum cell, and the
     residual rows (strata missing or in no released cell) under the source-level stats."""
-    from .dims import norm_key
 
     strata = release["strata"]["columns"]
     cells = release["strata"]["cells"]
@@ -645,9 +564,6 @@ def align_moments(
     checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
     `rng`: `seeds.rng(seed, source, "xmom")`."""
     # entities, refine and correlations (scipy.optimize: ~0.6 s of import) only when there is work
-    from .entities import draw_pairs, entity_frozen
-    from .refine import _block, _proposal_terms, accept_swaps, best_prefix, penalty
-    from .synthesize import block_target
 
     source = release["source"]
     cps = [c for c in checkpoints if c.get("status") == "released" and c["source"] == source and c.get("moments")]
