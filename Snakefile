@@ -5,7 +5,7 @@
 #   snakemake --cores 2 extract                  secure side only: writes the bundle
 #   snakemake --cores 2 --config bundle=DIR      outside side: from a bundle alone
 #
-# Path grammar (see src/replisynth/workflow.py):
+# Path grammar (see src/replisynth/workflow/workflow.py):
 #   results/<name>/{extract,bundle,synthesize,synthetic,verify,logs,benchmarks}/...
 from snakemake.utils import min_version
 
@@ -21,7 +21,7 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
-from replisynth.workflow import workflow_plan
+from replisynth.workflow.workflow import workflow_plan
 
 P = workflow_plan(config)
 

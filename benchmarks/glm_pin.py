@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth import pin_discrete
-from replisynth.checkpoints import capture_checkpoint
-from replisynth.design import build_design
-from replisynth.estimators import fit_checkpoint
-from replisynth.manifest import Checkpoint, load_manifest
-from replisynth.pin import checkpoint_from_release, pin_checkpoints
+import replisynth.pin.pin_discrete as pin_discrete
+from replisynth.extract.checkpoints import capture_checkpoint
+from replisynth.stats.design import build_design
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints
 
 LEVELS = ("low", "mid", "high", "top")
 

@@ -134,7 +134,7 @@ def run_case(case: Case, root: Path, python: str) -> dict[str, Any]:
     mf = root / f"{case.name}.yaml"
     mf.write_text(yaml.safe_dump(manifest(case, data), sort_keys=False))
     t0 = time.perf_counter()
-    proc = subprocess.run([python, "-m", "replisynth.cli", "run", str(mf), "--results", str(root / "results"), "--quiet"],
+    proc = subprocess.run([python, "-m", "replisynth.workflow.cli", "run", str(mf), "--results", str(root / "results"), "--quiet"],
                           capture_output=True, text=True, cwd=root)
     out: dict[str, Any] = {"case": case.name, "rows": len(df), "seconds": round(time.perf_counter() - t0, 1), "exit": proc.returncode}
     tiers_path = root / "results" / case.name / "verify" / "tiers.json"

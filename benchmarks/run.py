@@ -36,27 +36,27 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 stage, manifest, results = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-from replisynth.parallel import set_threads
-set_threads(int(sys.argv[4]))  # what the stage's Snakemake job gets (replisynth.resources)
-from replisynth.manifest import load_manifest
-from replisynth.runner import configure_logging
+from replisynth.core.parallel import set_threads
+set_threads(int(sys.argv[4]))  # what the stage's Snakemake job gets (replisynth.workflow.resources)
+from replisynth.config.manifest import load_manifest
+from replisynth.workflow.runner import configure_logging
 import logging
 configure_logging(None); logging.getLogger("replisynth").setLevel(logging.WARNING)
 m = load_manifest(manifest)
 root = results / m.name
 if stage == "extract":
-    from replisynth.cli import cmd_extract
+    from replisynth.workflow.cli import cmd_extract
 elif stage == "synthesize":
-    from replisynth.pipeline import stage_synthesize
+    from replisynth.workflow.pipeline import stage_synthesize
 elif stage == "pin":
-    from replisynth.pipeline import stage_pin
+    from replisynth.workflow.pipeline import stage_pin
 else:
-    from replisynth.pipeline import stage_verify
+    from replisynth.workflow.pipeline import stage_verify
 startup = time.perf_counter() - t0
 t, c = time.perf_counter(), time.process_time()
 parts = {}
 if stage == "extract":  # the checkpoint fits timed apart: SDV has no counterpart to them
-    import replisynth.pipeline as P
+    import replisynth.workflow.pipeline as P
     fits = P.stage_extract_checkpoints
     def timed_fits(*a, **k):
         t1 = time.perf_counter(); fits(*a, **k); parts["checkpoints"] = time.perf_counter() - t1
@@ -156,8 +156,8 @@ RULE = {"extract": "extract_source", "synthesize": "sample_copula", "pin": "pin_
 
 
 def stage_threads(stage: str, rows: int, columns: int, cores: int) -> int:
-    """Threads the stage's Snakemake job runs with on `cores` cores (replisynth.resources)."""
-    from replisynth.resources import job_resources
+    """Threads the stage's Snakemake job runs with on `cores` cores (replisynth.workflow.resources)."""
+    from replisynth.workflow.resources import job_resources
 
     return min(cores, job_resources(RULE[stage], rows * columns).threads)
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from replisynth.design import build_design
-from replisynth.errors import CheckpointError
-from replisynth.estimators import fit_checkpoint
-from replisynth.pin import checkpoint_from_release, pin_checkpoints
-from replisynth.pipeline import bundle_of
-from replisynth.seeds import rng
-from replisynth.xmom import align_moments
+from replisynth.stats.design import build_design
+from replisynth.core.errors import CheckpointError
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints
+from replisynth.workflow.pipeline import bundle_of
+from replisynth.core.seeds import rng
+from replisynth.pin.xmom import align_moments
 
 
 def ratios(df: pd.DataFrame, c: dict) -> tuple[float, float, float] | None:

@@ -16,7 +16,7 @@ rule verify_tiers:
     params:
         sources=list(P.sources),
     # first when the pinned data are ready (one core, beside the csv export; see
-    # replisynth.resources.SINGLE_THREADED)
+    # replisynth.workflow.resources.SINGLE_THREADED)
     priority: 1
     threads: P.threads("verify_tiers")
     resources:

@@ -1,9 +1,9 @@
 """Rule audit_disclosure: the output-checking audit of the synthetic data (secure side)."""
 from pathlib import Path
 
-from replisynth.manifest import load_manifest
-from replisynth.pipeline import stage_audit
-from replisynth.runner import run
+from replisynth.config.manifest import load_manifest
+from replisynth.workflow.pipeline import stage_audit
+from replisynth.workflow.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_audit(

@@ -1,8 +1,8 @@
 """Rule export_stata: the synthetic data as Stata 118 with labels and storage types."""
 from pathlib import Path
 
-from replisynth.pipeline import stage_export_stata
-from replisynth.runner import run
+from replisynth.workflow.pipeline import stage_export_stata
+from replisynth.workflow.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_export_stata(

@@ -1,7 +1,7 @@
 """Rule extract_base: the source-level release of a source scattered by stratum (secure side)."""
-from replisynth.manifest import load_manifest
-from replisynth.runner import run
-from replisynth.scatter import stage_extract_base
+from replisynth.config.manifest import load_manifest
+from replisynth.workflow.runner import run
+from replisynth.workflow.scatter import stage_extract_base
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_extract_base(

@@ -1,7 +1,7 @@
 """Rule extract_stratum: the blocks of one shard of a source's strata (secure side)."""
-from replisynth.manifest import load_manifest
-from replisynth.runner import run
-from replisynth.scatter import stage_extract_stratum
+from replisynth.config.manifest import load_manifest
+from replisynth.workflow.runner import run
+from replisynth.workflow.scatter import stage_extract_stratum
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_extract_stratum(

@@ -1,8 +1,8 @@
 """Rule gather_blocks: a scattered source's synthetic data before Layer 4, from its blocks."""
 from pathlib import Path
 
-from replisynth.runner import run
-from replisynth.scatter import stage_gather_blocks
+from replisynth.workflow.runner import run
+from replisynth.workflow.scatter import stage_gather_blocks
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_gather_blocks(

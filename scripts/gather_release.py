@@ -1,7 +1,7 @@
 """Rule gather_release: a scattered source's release and SDC decisions (secure side)."""
-from replisynth.manifest import load_manifest
-from replisynth.runner import run
-from replisynth.scatter import stage_gather_release
+from replisynth.config.manifest import load_manifest
+from replisynth.workflow.runner import run
+from replisynth.workflow.scatter import stage_gather_release
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_gather_release(

@@ -1,8 +1,8 @@
 """Rule pin_checkpoints: Layer 4 for one source; writes the synthetic parquet file."""
 from pathlib import Path
 
-from replisynth.pipeline import stage_pin
-from replisynth.runner import run
+from replisynth.workflow.pipeline import stage_pin
+from replisynth.workflow.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_pin(

@@ -1,8 +1,8 @@
 """Rule render_report: report.html and the certificate paragraph."""
 from pathlib import Path
 
-from replisynth.pipeline import stage_report
-from replisynth.runner import run
+from replisynth.workflow.pipeline import stage_report
+from replisynth.workflow.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_report(

@@ -1,8 +1,8 @@
 """Rule sample_stratum: Layers 1-2 for one shard of a source's blocks, from the bundle alone."""
 from pathlib import Path
 
-from replisynth.runner import run
-from replisynth.scatter import stage_sample_stratum
+from replisynth.workflow.runner import run
+from replisynth.workflow.scatter import stage_sample_stratum
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_sample_stratum(

@@ -1,8 +1,8 @@
 """Rule verify_tiers: every fidelity tier, from the bundle and the synthetic data."""
 from pathlib import Path
 
-from replisynth.pipeline import stage_verify
-from replisynth.runner import run
+from replisynth.workflow.pipeline import stage_verify
+from replisynth.workflow.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_verify(

@@ -1,9 +1,9 @@
 """Rule write_bundle: assemble the bundle, manifest.json last (secure side)."""
 from pathlib import Path
 
-from replisynth.manifest import load_manifest
-from replisynth.pipeline import stage_write_bundle
-from replisynth.runner import run
+from replisynth.config.manifest import load_manifest
+from replisynth.workflow.pipeline import stage_write_bundle
+from replisynth.workflow.runner import run
 
 sm = snakemake  # noqa: F821
 run(sm.log[0], threads=sm.threads, stage=lambda: stage_write_bundle(

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import REPO, make_people, manifest_for
 
-from replisynth.audit import (
+from replisynth.disclosure.audit import (
     audit_run,
     audit_source,
     identical_rows,
@@ -26,13 +26,13 @@ from replisynth.audit import (
     resolve_keys,
     split_halves,
 )
-from replisynth.bundle import load_bundle
-from replisynth.cli import main
-from replisynth.errors import ManifestError
-from replisynth.io import read_json, read_source
-from replisynth.manifest import check_columns, load_manifest
-from replisynth.pipeline import stage_audit
-from replisynth.runner import configure_logging
+from replisynth.disclosure.bundle import load_bundle
+from replisynth.workflow.cli import main
+from replisynth.core.errors import ManifestError
+from replisynth.io.files import read_json, read_source
+from replisynth.config.manifest import check_columns, load_manifest
+from replisynth.workflow.pipeline import stage_audit
+from replisynth.workflow.runner import configure_logging
 
 N = 800
 SECRET_NUMBER = 987654.321

@@ -16,17 +16,17 @@ import pytest
 import yaml
 from conftest import make_people, manifest_for, run_pipeline
 
-from replisynth.bundle import load_bundle
-from replisynth.cli import cmd_extract, main
-from replisynth.errors import (
+from replisynth.disclosure.bundle import load_bundle
+from replisynth.workflow.cli import cmd_extract, main
+from replisynth.core.errors import (
     BundleError,
     CheckpointError,
     DataError,
     ManifestError,
     ReplisynthError,
 )
-from replisynth.io import atomic_path, read_columns, read_json, read_source, sha256_file, write_json
-from replisynth.manifest import load_manifest
+from replisynth.io.files import atomic_path, read_columns, read_json, read_source, sha256_file, write_json
+from replisynth.config.manifest import load_manifest
 
 N = 400
 
@@ -558,9 +558,9 @@ def test_string_outcome_is_a_clear_checkpoint_error(tmp_path):
     df.to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv")
     raw["checkpoints"] = [{"tag": "s", "source": "people", "model": "ols", "formula": "region ~ x1"}]
-    from replisynth.cli import cmd_extract
-    from replisynth.errors import CheckpointError
-    from replisynth.manifest import load_manifest
+    from replisynth.workflow.cli import cmd_extract
+    from replisynth.core.errors import CheckpointError
+    from replisynth.config.manifest import load_manifest
 
     with pytest.raises(CheckpointError, match=r"outcome 'region' is not numeric"):
         cmd_extract(load_manifest(raw), tmp_path / "out")
@@ -591,7 +591,7 @@ def test_checkpoint_on_a_column_that_releases_nothing_is_flagged(tmp_path):
     raw["checkpoints"] = [{"tag": "fe", "source": "people", "model": "ols", "formula": "y ~ x + C(year)"}]
     raw["verify"] = {"tier": 4}
     tiers = run_pipeline(raw, tmp_path / "a")
-    from replisynth.io import read_json
+    from replisynth.io.files import read_json
 
     log = read_json(tmp_path / "a" / "t" / "bundle" / "sdc_log.json")["decisions"]
     assert any(e["action"] == "unbuildable" and "year" in e["reason"] for e in log)

@@ -12,14 +12,14 @@ import pytest
 from conftest import release_of
 from scipy import special, stats
 
-from replisynth.copula import (
+from replisynth.stats.copula import (
     correlated_normals,
     fill_by_rank,
     nominal_values,
     ordered_values,
     rank_order,
 )
-from replisynth.correlations import (
+from replisynth.stats.correlations import (
     ATOM_MASS,
     Margin,
     expected_spearman,
@@ -32,10 +32,10 @@ from replisynth.correlations import (
     spearman_matrix,
     tie_atoms,
 )
-from replisynth.marginals import exact_quantile_sample, quantile_grid
-from replisynth.plan import expected_counts, source_plan
-from replisynth.refine import SAMPLE_ROWS, refine_swaps
-from replisynth.synthesize import synthesize_source
+from replisynth.stats.marginals import exact_quantile_sample, quantile_grid
+from replisynth.synthesize.plan import expected_counts, source_plan
+from replisynth.synthesize.refine import SAMPLE_ROWS, refine_swaps
+from replisynth.synthesize.synthesize import synthesize_source
 
 CONT = Margin(None)
 BIN = Margin((0.7, 0.3))
@@ -409,7 +409,7 @@ def test_refine_swaps_chases_an_or_of_two_indicators() -> None:
 def test_penalty_hard_wall_past_the_tier2_tolerance() -> None:
     """The cross-moment alignment's Spearman guard: soft past tau, stiff past HARD_WALL, so
     trading a pair from 0.04 to 0.055 costs far more than any moment gain of order 1."""
-    from replisynth.refine import HARD_WALL, penalty
+    from replisynth.synthesize.refine import HARD_WALL, penalty
 
     def cost(err: float) -> float:
         # one pair: C is the correlation itself when A = 0, Q = 1 (unit-norm scores)
@@ -595,7 +595,7 @@ def test_synthesis_does_not_depend_on_the_thread_count(tmp_path: Path) -> None:
     one thread or two (stratified source: per-block views and the shared source view)."""
     from conftest import make_people
 
-    from replisynth import parallel
+    import replisynth.core.parallel as parallel
 
     release, _ = _release(make_people(n=6000, seed=3), tmp_path, strata=["female"], categorical=["region"])
     assert len(release["blocks"]) == 3  # the source and two strata
@@ -614,7 +614,7 @@ def test_number_levels_as_floats_give_the_object_path_frame(tmp_path: Path, monk
     refinement and dtype restore; the frame equals the one the object arrays give."""
     from conftest import make_people
 
-    import replisynth.synthesize as syn
+    import replisynth.synthesize.synthesize as syn
 
     release, _ = _release(make_people(n=3000, seed=4), tmp_path, strata=["female"], categorical=["region"])
     plan = source_plan(release, int(release["rows"]))
@@ -630,7 +630,7 @@ def test_large_blocks_within_comfort_are_not_refined(tmp_path: Path, monkeypatch
     """Two strata of 70,000 rows with a zero-inflated column: the calibrated copula draws
     every block (and the source view) within the comfort band, so synthesis never builds the
     refinement's views; the same release at 6,000 rows per stratum is refined."""
-    import replisynth.synthesize as syn_mod
+    import replisynth.synthesize.synthesize as syn_mod
 
     def frame(n: int) -> pd.DataFrame:
         rng = np.random.default_rng(3)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from conftest import release_of
 
-from replisynth.correlations import spearman_matrix
-from replisynth.plan import expected_counts, source_plan
-from replisynth.synthesize import synthesize_source
+from replisynth.stats.correlations import spearman_matrix
+from replisynth.synthesize.plan import expected_counts, source_plan
+from replisynth.synthesize.synthesize import synthesize_source
 
 
 def _release(df: pd.DataFrame, tmp_path, **keys):

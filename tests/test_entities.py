@@ -1,4 +1,4 @@
-"""Entity structure of panels (replisynth.entities): the release, the hierarchical copula,
+"""Entity structure of panels (replisynth.synthesize.entities): the release, the hierarchical copula,
 the skeleton's invariants, time-invariant columns, between shares, seeded reruns."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from conftest import extract_and_synthesize_twice
 
-from replisynth.cli import cmd_extract, cmd_synthesize, cmd_verify
-from replisynth.dims import synthetic_dim_matrix
-from replisynth.entities import (
+from replisynth.workflow.cli import cmd_extract, cmd_synthesize, cmd_verify
+from replisynth.stats.dims import synthetic_dim_matrix
+from replisynth.synthesize.entities import (
     assign_periods,
     between_within,
     draw_pairs,
@@ -22,9 +22,9 @@ from replisynth.entities import (
     latent_share,
     observed_share,
 )
-from replisynth.io import read_json
-from replisynth.manifest import load_manifest
-from replisynth.seeds import rng
+from replisynth.io.files import read_json
+from replisynth.config.manifest import load_manifest
+from replisynth.core.seeds import rng
 
 G = 400
 

@@ -12,10 +12,10 @@ import pytest
 import statsmodels.api as sm
 from conftest import make_people
 
-from replisynth.design import build_design, collinear_terms, estimation_sample, used_columns
-from replisynth.errors import CheckpointError
-from replisynth.estimators import fit_checkpoint
-from replisynth.manifest import Checkpoint
+from replisynth.stats.design import build_design, collinear_terms, estimation_sample, used_columns
+from replisynth.core.errors import CheckpointError
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.config.manifest import Checkpoint
 
 Column = Callable[[pd.DataFrame], np.ndarray]
 
@@ -183,7 +183,7 @@ def test_recovers_true_coefficients_on_a_large_sample() -> None:
 def test_ols_fit_on_an_ill_conditioned_polynomial_matches_statsmodels(vcov: str) -> None:
     """ols_fit solves through the Gram matrix: on an uncentred cubic in age (cond(X) ~ 4e6,
     so cond(X'X) ~ 1e12), weighted, it still gives statsmodels' beta, SE and scale."""
-    from replisynth.estimators import ols_fit
+    from replisynth.fit.estimators import ols_fit
 
     rng_ = np.random.default_rng(7)
     n = 200_000
@@ -248,7 +248,7 @@ def test_collinear_terms_fast_path_agrees_with_pivoted_qr() -> None:
     designs, and near-collinear ones (cond 1e6-1e12) go to the QR and are judged there."""
     from scipy.linalg import qr
 
-    from replisynth.design import collinear_terms
+    from replisynth.stats.design import collinear_terms
 
     def by_qr(X: np.ndarray, tol: float = 1e-9) -> list[int]:
         s = np.sqrt((X**2).sum(0))

@@ -1,5 +1,5 @@
-"""Extraction from codes computed once per column (replisynth.extract.column_codes): the same
-level orders, dim matrix and pooled values as the per-row paths of replisynth.dims, and a
+"""Extraction from codes computed once per column (replisynth.extract.extract.column_codes): the same
+level orders, dim matrix and pooled values as the per-row paths of replisynth.stats.dims, and a
 release that does not depend on the thread count."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import make_people, manifest_for
 
-from replisynth.derive import coded_dependencies, functional_dependencies
-from replisynth.dims import category_values, copula_dims, dim_matrix, ordered_codes
-from replisynth.extract import (
+from replisynth.stats.derive import coded_dependencies, functional_dependencies
+from replisynth.stats.dims import category_values, copula_dims, dim_matrix, ordered_codes
+from replisynth.extract.extract import (
     coded_dim_matrix,
     coded_level_order,
     column_codes,
@@ -22,11 +22,11 @@ from replisynth.extract import (
     pooled_level_values,
     rows_of,
 )
-from replisynth.io import dumps_json, read_source
-from replisynth.manifest import load_manifest
-from replisynth.marginals import FrequencyTable, frequency_table, level_order
-from replisynth.parallel import set_threads, threads
-from replisynth.schema import ColumnSpec
+from replisynth.io.files import dumps_json, read_source
+from replisynth.config.manifest import load_manifest
+from replisynth.stats.marginals import FrequencyTable, frequency_table, level_order
+from replisynth.core.parallel import set_threads, threads
+from replisynth.io.schema import ColumnSpec
 
 
 def _mixed(n: int = 3000, seed: int = 1) -> pd.DataFrame:
@@ -142,7 +142,7 @@ def test_release_does_not_depend_on_the_thread_count(tmp_path, restore_threads):
 def test_sorted_percentiles_are_numpys_averaged_inverted_cdf():
     """Bit for bit, for every n from 1 and ties, at the grid's levels, the trim cuts and
     arbitrary levels (numpy's own copy-and-partition path is what it replaces)."""
-    from replisynth.marginals import sorted_percentiles
+    from replisynth.stats.marginals import sorted_percentiles
 
     rng = np.random.default_rng(0)
     for it in range(600):
@@ -159,7 +159,7 @@ def test_many_level_ordinal_inside_a_stratum_is_a_table_when_no_level_is_small()
     """Inside a stratum, a 12-level integer code with every level at or above the cell size is
     released as its exact frequency table (a percentile grid rounds each share to 1%); with a
     level below the cell size it falls back to the grid, so no small count is released."""
-    from replisynth.extract import _marginal
+    from replisynth.extract.extract import _marginal
 
     rng = np.random.default_rng(3)
     big = pd.Series(rng.permutation(np.repeat(np.arange(1, 13), [83, 90, 77, 81, 86, 79, 84, 88, 80, 82, 85, 78])))
@@ -177,7 +177,7 @@ def test_many_level_ordinal_inside_a_stratum_is_a_table_when_no_level_is_small()
 def test_checkpoint_fits_do_not_depend_on_the_thread_count(tmp_path, restore_threads):
     """The checkpoint fits run one per thread; the released file and the SDC log are the same
     bytes for 1, 2 and 3 threads, in manifest order, a rejected checkpoint among them."""
-    from replisynth.pipeline import stage_extract_checkpoints
+    from replisynth.workflow.pipeline import stage_extract_checkpoints
 
     make_people(1500, seed=4).to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv", categorical=["region"])

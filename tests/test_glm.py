@@ -15,12 +15,12 @@ from conftest import capture_released, make_people, manifest_for, refit_terms, r
 from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
 from statsmodels.miscmodels.ordinal_model import OrderedModel
 
-from replisynth.checkpoints import capture_checkpoint
-from replisynth.design import build_design
-from replisynth.errors import CheckpointError
-from replisynth.estimators import fit_checkpoint
-from replisynth.manifest import Checkpoint, load_manifest
-from replisynth.pin import checkpoint_from_release, pin_checkpoints, pin_order
+from replisynth.extract.checkpoints import capture_checkpoint
+from replisynth.stats.design import build_design
+from replisynth.core.errors import CheckpointError
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints, pin_order
 
 MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50
 LEVELS = ("low", "mid", "high", "top")
@@ -306,8 +306,8 @@ def test_pipeline_rerun_is_byte_identical(glm_run: tuple[dict[str, Any], Path, d
 def test_tier0_checks_categories_of_binary_outcomes(glm_run: tuple[dict[str, Any], Path, dict[str, Any]]) -> None:
     """A binary or ordered outcome pinned by Layer 4 stays in its categories, so tier 0
     checks them (a value 2 in a logit outcome is a schema failure)."""
-    from replisynth.bundle import load_bundle
-    from replisynth.verify import verify
+    from replisynth.disclosure.bundle import load_bundle
+    from replisynth.verify.verify import verify
 
     _, tmp, _ = glm_run
     b = load_bundle(tmp / "out" / "t" / "bundle")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO, make_people, manifest_for, run_pipeline
 
-from replisynth.io import (
+from replisynth.io.files import (
     FileMeta,
     read_columns,
     read_json,
@@ -360,7 +360,7 @@ def test_read_columns_reads_header_only(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_read_columns_rejects_duplicates_and_unknown_extensions(tmp_path: Path) -> None:
-    from replisynth.errors import DataError
+    from replisynth.core.errors import DataError
 
     p = tmp_path / "dup.csv"
     p.write_text("a,b,a\n1,2,3\n")
@@ -398,7 +398,7 @@ def test_fast_csv_is_byte_identical_to_pandas(tmp_path: Path) -> None:
 def test_csv_export_from_parquet_equals_the_csv_written_beside_it(demo: dict, tmp_path: Path) -> None:
     """The workflow writes the csv in its own job from the pinned parquet (`stage_export_csv`);
     the CLI writes it from the frame in memory. Both give the same bytes."""
-    from replisynth.pipeline import stage_export_csv
+    from replisynth.workflow.pipeline import stage_export_csv
 
     syn = demo["root"] / "synthetic"
     stage_export_csv(syn / "card.parquet", tmp_path / "card.csv")
@@ -408,7 +408,7 @@ def test_csv_export_from_parquet_equals_the_csv_written_beside_it(demo: dict, tm
 def test_fast_csv_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
     """write_csv formats columns on the stage's threads: one thread and two write the same
     bytes (floats with and without '.0', exponents, missing values, integers)."""
-    from replisynth.parallel import set_threads, threads
+    from replisynth.core.parallel import set_threads, threads
 
     rng = np.random.default_rng(11)
     m = 5000
@@ -430,7 +430,7 @@ def test_csv_written_in_row_chunks_has_the_bytes_of_one_pass(tmp_path: Path, mon
     """write_csv formats a chunk of rows at a time (memory); chunks of 1024 rows give the
     bytes pandas writes for the whole frame (floats, whole floats, exponents, missing,
     integers, nullable integers, booleans)."""
-    import replisynth.io as rio
+    import replisynth.io.files as rio
 
     rng = np.random.default_rng(5)
     m = 5000
@@ -449,7 +449,7 @@ def test_csv_export_reads_the_parquet_one_row_group_at_a_time(tmp_path: Path, mo
     """The csv job reads the pinned parquet one row group at a time; with many small groups
     (a float column missing in one group only, nullable integers, booleans) the bytes are
     those pandas writes for the whole frame, and a text column takes the one-pass path."""
-    import replisynth.io as rio
+    import replisynth.io.files as rio
 
     rng = np.random.default_rng(9)
     m = 5000

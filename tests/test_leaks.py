@@ -18,8 +18,8 @@ from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replisynth.cli import cmd_extract
-from replisynth.manifest import load_manifest
+from replisynth.workflow.cli import cmd_extract
+from replisynth.config.manifest import load_manifest
 
 
 def _planted(n: int, seed: int, rare: str, extreme: float, tiny_code: int) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def test_planted_values_never_leave(tmp_path_factory, rare, extreme, tiny, seed)
 
 
 def test_pandera_failure_logs_counts_only(tmp_path):
-    from replisynth.schema import ColumnSpec, pandera_schema, validation_summary
+    from replisynth.io.schema import ColumnSpec, pandera_schema, validation_summary
 
     spec = ColumnSpec(name="cat", logical_type="string", storage_type="str", role="categorical", integer=False,
                       ordered=False, missing=0, rows=3)

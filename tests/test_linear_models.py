@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from conftest import capture_released, manifest_for, refit_terms, run_pipeline
 
-from replisynth.checkpoints import capture_checkpoint
-from replisynth.design import build_design, split_iv_formula, used_columns
-from replisynth.errors import CheckpointError, ManifestError
-from replisynth.estimators import fit_checkpoint
-from replisynth.linear_models import demean, linear_operator, residual
-from replisynth.manifest import Checkpoint, load_manifest
-from replisynth.pin import checkpoint_from_release, pin_checkpoints
+from replisynth.extract.checkpoints import capture_checkpoint
+from replisynth.stats.design import build_design, split_iv_formula, used_columns
+from replisynth.core.errors import CheckpointError, ManifestError
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.fit.linear_models import demean, linear_operator, residual
+from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints
 
 MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50
 PIN_TOL = 1e-6  # |beta_synthetic - beta_target| / SE_synthetic after pinning
@@ -314,7 +314,7 @@ def test_residual_is_invisible_to_the_operator(panel: pd.DataFrame) -> None:
 def test_re_pin_step_keeps_the_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
     """The step y + X Delta leaves the within and between residuals, hence theta, unchanged:
     the fixed point is reached by the first step."""
-    from replisynth.pin import _pin_pass
+    from replisynth.pin.pin import _pin_pass
 
     cp = SINGLE[3]
     (rel,) = _capture(panel, cp)
@@ -456,7 +456,7 @@ def test_pipeline_reaches_tier4(tmp_path, family: str) -> None:
 def test_panel_skeleton_moves_entities_not_periods() -> None:
     """The panel skeleton re-assigns entity ids: the time column (and so its correlations) is
     untouched, periods are distinct within every entity, entity sizes are kept."""
-    from replisynth.synthesize import _panel
+    from replisynth.synthesize.synthesize import _panel
 
     rng = np.random.default_rng(0)
     n = 1200

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from replisynth.errors import ManifestError, ReplisynthError, UnsupportedError
-from replisynth.manifest import (
+from replisynth.core.errors import ManifestError, ReplisynthError, UnsupportedError
+from replisynth.config.manifest import (
     SCHEMA_PATH,
     SDC_PROFILE_DEFAULTS,
     Checkpoint,
@@ -182,7 +182,7 @@ def test_broken_manifest(mutation: Callable[[dict[str, Any]], Any], exc: type[Ex
 
 def test_unsupported_is_not_a_manifest_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unsupported features parse: the two classes are distinct so callers can tell them apart."""
-    monkeypatch.setattr("replisynth.manifest.SUPPORTED_MODELS", ("ols",))
+    monkeypatch.setattr("replisynth.config.manifest.SUPPORTED_MODELS", ("ols",))
     with pytest.raises(UnsupportedError) as info:
         load_manifest(mutate(_cp(0, "model", "logit")))
     assert not isinstance(info.value, ManifestError)
@@ -512,7 +512,7 @@ def test_packaged_schema_matches_config_schema() -> None:
 
 
 def test_schema_enums_match_options() -> None:
-    from replisynth.options import MODELS, SDC_PROFILES
+    from replisynth.core.options import MODELS, SDC_PROFILES
 
     s = _load_schema(SCHEMA)
     assert tuple(s["properties"]["checkpoints"]["items"]["properties"]["model"]["enum"]) == MODELS

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replisynth.marginals import (
+from replisynth.stats.marginals import (
     GRID,
     FrequencyTable,
     apportion,

@@ -1,4 +1,4 @@
-"""Time dynamics inside panel entities (replisynth.entities): period trends (age = birth
+"""Time dynamics inside panel entities (replisynth.synthesize.entities): period trends (age = birth
 offset + period) and serial persistence (AR(1) within parts): the release, its SDC gate,
 synthesis, and that bundles without these keys synthesize exactly as before."""
 
@@ -14,19 +14,19 @@ import pandas as pd
 import pytest
 from conftest import extract_and_synthesize_twice
 
-from replisynth.cli import cmd_extract, cmd_synthesize
-from replisynth.dims import synthetic_dim_matrix
-from replisynth.entities import (
+from replisynth.workflow.cli import cmd_extract, cmd_synthesize
+from replisynth.stats.dims import synthetic_dim_matrix
+from replisynth.synthesize.entities import (
     hierarchical_normals,
     period_order,
     period_trend,
     serial_within,
     within_lag1,
 )
-from replisynth.io import read_json
-from replisynth.manifest import load_manifest
-from replisynth.seeds import rng
-from replisynth.synthesize import synthesize_source
+from replisynth.io.files import read_json
+from replisynth.config.manifest import load_manifest
+from replisynth.core.seeds import rng
+from replisynth.synthesize.synthesize import synthesize_source
 
 G = 300
 RHO = 0.7
@@ -179,7 +179,7 @@ def test_bundles_without_dynamics_take_the_old_path(run: dict[str, Any], monkeyp
     reaches the new steps, so it synthesizes as the code before them did (checked once by
     hash against acb3e4a when the steps were added; later deliberate changes to refinement
     move both alike)."""
-    import replisynth.entities as entities
+    import replisynth.synthesize.entities as entities
 
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("time-dynamics step reached without its release keys")
@@ -220,7 +220,7 @@ def test_serial_within_keeps_the_correlation_and_between_shares_exactly() -> Non
     m = pd.DataFrame(Z2).groupby(ent).transform("mean").to_numpy()
     m0 = pd.DataFrame(Z).groupby(ent).transform("mean").to_numpy()
     np.testing.assert_allclose(m, m0, atol=1e-10)  # entity parts untouched
-    from replisynth.entities import lag1_stat
+    from replisynth.synthesize.entities import lag1_stat
 
     got = lag1_stat(Z2[:, 1:], ent, order)
     assert np.all(np.abs(got - target[1:]) < 0.01), got

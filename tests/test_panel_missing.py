@@ -1,4 +1,4 @@
-"""Missingness in panels with entity structure (replisynth.entities): firms that skip a survey
+"""Missingness in panels with entity structure (replisynth.synthesize.entities): firms that skip a survey
 module in every year skip its related questions too, so the missingness of two columns is
 correlated mostly between entities. Within-entity swaps never move a missing value, so this
 correlation is the hierarchical copula's and `refine_blocks`' to get right."""
@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.cli import cmd_extract, cmd_synthesize
-from replisynth.dims import synthetic_dim_matrix
-from replisynth.io import read_json
-from replisynth.manifest import load_manifest
+from replisynth.workflow.cli import cmd_extract, cmd_synthesize
+from replisynth.stats.dims import synthetic_dim_matrix
+from replisynth.io.files import read_json
+from replisynth.config.manifest import load_manifest
 
 
 def make_missing_panel(G: int = 240, T: int = 3, seed: int = 5) -> pd.DataFrame:

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from conftest import make_people, manifest_for
 
-from replisynth.checkpoints import capture_checkpoint
-from replisynth.design import build_design
-from replisynth.estimators import fit_checkpoint
-from replisynth.manifest import Checkpoint, load_manifest
-from replisynth.pin import (
+from replisynth.extract.checkpoints import capture_checkpoint
+from replisynth.stats.design import build_design
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.pin.pin import (
     checkpoint_from_release,
     cross_block,
     ols_operator,
@@ -196,7 +196,7 @@ def test_shared_sample_residual_is_scaled_jointly(original: pd.DataFrame, synthe
     constraints: the coefficients do not move (compared with the run without it) and the
     residual variances come to the released ones. Here the synthetic y is noisier than the
     original by a factor 2, so without the joint scaling the SEs would be about twice too big."""
-    import replisynth.pin as pin
+    import replisynth.pin.pin as pin
 
     noisy = synthetic.assign(y=synthetic["y"] + 2.0 * np.random.default_rng(9).normal(size=len(synthetic)) * synthetic["y"].std())
     rels = _capture(original, _cp("short", "y ~ x1 + female"), _cp("long", "y ~ x1 + female + age", vcov="HC1"))
@@ -260,8 +260,8 @@ def test_suppressed_indicator_constant_in_synthetic_data_is_left_out(original: p
     """SDC pools the rare level of `rare` (30 ones < min_cell_size) away, so the synthetic
     column is all 0 and the full design singular (jobtraining: grant_1). Its coefficient is
     suppressed, so pin and verify leave the column out and the released terms still pin."""
-    from replisynth.errors import CheckpointError
-    from replisynth.verify import tier4
+    from replisynth.core.errors import CheckpointError
+    from replisynth.verify.verify import tier4
 
     (rel,) = _capture(original, _cp("rare", "y ~ x1 + x2 + rare"))
     syn = synthetic.assign(rare=0)
@@ -397,7 +397,7 @@ def test_reused_designs_give_the_same_bytes_as_rebuilding(original: pd.DataFrame
     """A group's designs are built once and reused across passes, scaling and shaping (y
     re-read from the column): the pinned frames and records equal those of rebuilding every
     design with formulaic each time, bit for bit."""
-    import replisynth.pin as pin
+    import replisynth.pin.pin as pin
 
     rels = _capture(original, *[_cp(t, f, vcov=v) for t, f, v in specs])
     frames, results = pin_checkpoints({"people": synthetic}, rels)

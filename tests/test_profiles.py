@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from conftest import make_people, manifest_for, release_of, run_pipeline
 
-from replisynth.checkpoints import round_significant
-from replisynth.manifest import load_manifest
-from replisynth.marginals import adaptive_levels, pseudo_percentiles, quantile_grid
+from replisynth.extract.checkpoints import round_significant
+from replisynth.config.manifest import load_manifest
+from replisynth.stats.marginals import adaptive_levels, pseudo_percentiles, quantile_grid
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_fsrdc_rounds_checkpoints_and_reports_the_cost(tmp_path):
     raw["checkpoints"] = [{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female + C(region)", "vcov": "HC1"}]
     raw["verify"] = {"tier": 4}
     tiers = run_pipeline(raw, tmp_path / "out")
-    from replisynth.io import read_json
+    from replisynth.io.files import read_json
 
     cps = read_json(tmp_path / "out" / "t" / "bundle" / "checkpoints.json")["checkpoints"]
     for t in cps[0]["terms"]:
@@ -102,7 +102,7 @@ def test_iab_profile_meets_tier_4_with_strata(tmp_path):
     raw["verify"] = {"tier": 4}
     tiers = run_pipeline(raw, tmp_path / "out")
     assert tiers["tier_met"] == 4, {k: v.get("problems") for k, v in tiers["sources"]["people"].items() if isinstance(v, dict)}
-    from replisynth.io import read_json
+    from replisynth.io.files import read_json
 
     rel = read_json(tmp_path / "out" / "t" / "bundle" / "source_people.json")
     m = rel["blocks"]["s0"]["marginals"]["x1"]
@@ -117,7 +117,7 @@ def test_budget_warning_and_identity_logged(tmp_path):
                        **{f"z{i}": rng.normal(size=n) for i in range(14)}})
     rel, _, log = release_of(df, tmp_path, sdc={"min_cell_size": 20})
     assert any(e["action"] == "identity" and e["pairs"] >= 1 for e in log.entries)
-    from replisynth.checkpoints import budget_warnings
+    from replisynth.extract.checkpoints import budget_warnings
 
     cps = [{"source": "people", "status": "released", "terms": [{"term": f"t{i}", "beta": 0.0, "se": 1.0} for i in range(15)]}]
     assert budget_warnings(cps, {"people": n}, 0.1)[0]["coefficients"] == 15
@@ -126,7 +126,7 @@ def test_budget_warning_and_identity_logged(tmp_path):
 
 
 def test_dominance_rule_widens_dominated_pseudo_percentile_windows():
-    from replisynth.marginals import dominance_share
+    from replisynth.stats.marginals import dominance_share
 
     rng = np.random.default_rng(5)
     v = np.exp(rng.normal(10, 1.0, size=3000))
@@ -159,8 +159,8 @@ def test_sensitive_columns_get_dominance_ruled_pseudo_percentiles(tmp_path):
     assert "method" not in rel["blocks"]["all"]["marginals"]["age"]
     assert not np.isin(np.round(m["grid"], 6), np.round(income, 6)).any()
     assert any(e["action"] == "dominance" and e["column"] == "income" for e in log.entries)
-    from replisynth.errors import ManifestError
-    from replisynth.manifest import check_columns
+    from replisynth.core.errors import ManifestError
+    from replisynth.config.manifest import check_columns
 
     m = load_manifest(manifest_for(tmp_path / "people.csv", sensitive=["nope"]))
     with pytest.raises(ManifestError, match=r"sources\.people\.sensitive: column 'nope'"):
@@ -175,7 +175,7 @@ def test_every_profile_runs_the_demo_end_to_end(tmp_path, profile):
     import yaml
     from conftest import REPO
 
-    from replisynth.cli import main
+    from replisynth.workflow.cli import main
 
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["sources"]["card"]["path"] = str(REPO / "data" / "card.dta")
@@ -184,7 +184,7 @@ def test_every_profile_runs_the_demo_end_to_end(tmp_path, profile):
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
     rc = main(["run", str(tmp_path / "m.yaml"), "--results", str(tmp_path / "res"), "--quiet"])
     v = tmp_path / "res" / f"card_{profile}" / "verify"
-    from replisynth.io import read_json
+    from replisynth.io.files import read_json
 
     tiers = read_json(v / "tiers.json")
     assert (v / "report.html").exists() and (v / "certificate.txt").exists()

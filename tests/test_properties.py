@@ -10,12 +10,12 @@ from conftest import manifest_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replisynth.extract import extract_source
-from replisynth.io import read_source
-from replisynth.manifest import load_manifest
-from replisynth.plan import source_plan
-from replisynth.synthesize import synthesize_source
-from replisynth.verify import tier0, tier1
+from replisynth.extract.extract import extract_source
+from replisynth.io.files import read_source
+from replisynth.config.manifest import load_manifest
+from replisynth.synthesize.plan import source_plan
+from replisynth.synthesize.synthesize import synthesize_source
+from replisynth.verify.verify import tier0, tier1
 
 KINDS = ["float", "ordinal", "wide_int", "string", "bool", "date"]
 

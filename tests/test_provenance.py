@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from replisynth.pipeline import provenance, provenance_text
+from replisynth.workflow.pipeline import provenance, provenance_text
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 

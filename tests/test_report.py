@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replisynth.report import certificate_text, correlation_difference, render_report
+from replisynth.verify.report import certificate_text, correlation_difference, render_report
 
 SHA = "ab12" * 16
 
@@ -184,8 +184,8 @@ def test_report_from_verifications_figures_equals_the_recomputed_one(tmp_path):
     page is byte for byte the one recomputing them from the synthetic frame."""
     from conftest import make_people, manifest_for, run_pipeline
 
-    from replisynth.io import read_json, write_json
-    from replisynth.pipeline import stage_report
+    from replisynth.io.files import read_json, write_json
+    from replisynth.workflow.pipeline import stage_report
 
     p = tmp_path / "people.csv"
     make_people(1500, seed=3).to_csv(p, index=False)

@@ -1,4 +1,4 @@
-"""Scheduler requests from input sizes (replisynth.resources) and how the rules use them."""
+"""Scheduler requests from input sizes (replisynth.workflow.resources) and how the rules use them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from replisynth.resources import MIN_RUNTIME, file_cells, job_resources, release_cells
+from replisynth.workflow.resources import MIN_RUNTIME, file_cells, job_resources, release_cells
 
 
 def test_toy_source_asks_for_little():
@@ -52,8 +52,8 @@ def test_jobs_without_parallel_work_keep_one_core():
 
 
 def test_runner_hands_the_job_threads_to_the_stage():
-    from replisynth import parallel
-    from replisynth.runner import run
+    import replisynth.core.parallel as parallel
+    from replisynth.workflow.runner import run
 
     try:
         assert run(None, parallel.threads, threads=2) == 2

@@ -1,4 +1,4 @@
-"""Scatter by stratum (replisynth.scatter, `scatter:`): the per-stratum jobs and their gather
+"""Scatter by stratum (replisynth.workflow.scatter, `scatter:`): the per-stratum jobs and their gather
 give the same release, SDC log and synthetic data as the one-job stages, byte for byte."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import yaml
 from conftest import REPO, make_people, manifest_for
 from test_workflow import _checkout, _smk
 
-from replisynth.errors import ManifestError
-from replisynth.extract import extract_source
-from replisynth.io import dumps_json, read_source
-from replisynth.manifest import load_manifest
-from replisynth.scatter import gather_release, sample_blocks, shard_of, stratum_blocks
-from replisynth.synthesize import synthesize_source
-from replisynth.workflow import scatter_plan
+from replisynth.core.errors import ManifestError
+from replisynth.extract.extract import extract_source
+from replisynth.io.files import dumps_json, read_source
+from replisynth.config.manifest import load_manifest
+from replisynth.workflow.scatter import gather_release, sample_blocks, shard_of, stratum_blocks
+from replisynth.synthesize.synthesize import synthesize_source
+from replisynth.workflow.workflow import scatter_plan
 
 
 def _strata_data(tmp_path, n=900, seed=5):

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from conftest import manifest_for, release_of
 
-from replisynth.io import FileMeta
-from replisynth.manifest import load_manifest
-from replisynth.schema import infer_column
+from replisynth.io.files import FileMeta
+from replisynth.config.manifest import load_manifest
+from replisynth.io.schema import infer_column
 
 
 def _meta(labels: dict | None = None) -> FileMeta:
@@ -74,7 +74,7 @@ def test_extract_logs_the_decision(tmp_path: Path) -> None:
 
 
 def _spec(name: str, lt: str, role: str, integer: bool = False):
-    from replisynth.schema import ColumnSpec
+    from replisynth.io.schema import ColumnSpec
 
     return ColumnSpec(name=name, logical_type=lt, storage_type="x", role=role, integer=integer, ordered=False,
                       missing=0, rows=6)
@@ -89,7 +89,7 @@ def _clean_frame() -> pd.DataFrame:
 
 
 def test_released_schema_passes_exactly_when_pandera_finds_nothing() -> None:
-    from replisynth.schema import pandera_schema, validation_summary
+    from replisynth.io.schema import pandera_schema, validation_summary
 
     specs = [_spec("i", "integer", "categorical", True), _spec("f", "float", "continuous"),
              _spec("fi", "float", "continuous", True), _spec("d", "date", "continuous"),

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replisynth.bundle import load_bundle, software_versions
-from replisynth.errors import BundleError
-from replisynth.io import FileMeta, read_json, sha256_file
-from replisynth.manifest import load_manifest
-from replisynth.sdc import DisclosureError, check_release
+from replisynth.disclosure.bundle import load_bundle, software_versions
+from replisynth.core.errors import BundleError
+from replisynth.io.files import FileMeta, read_json, sha256_file
+from replisynth.config.manifest import load_manifest
+from replisynth.disclosure.sdc import DisclosureError, check_release
 
 N = 1000
 RARE_CAT = "ZZRARE"
@@ -71,7 +71,7 @@ def planted_manifest(path: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from replisynth.cli import cmd_extract, cmd_synthesize
+    from replisynth.workflow.cli import cmd_extract, cmd_synthesize
 
     root = tmp_path_factory.mktemp("sdc")
     df = planted_frame()
@@ -121,7 +121,7 @@ def test_planted_values_absent_from_every_bundle_file(built: dict[str, Any]) -> 
 
 
 def test_planted_values_absent_from_extract_logs(built: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
-    from replisynth.cli import cmd_extract
+    from replisynth.workflow.cli import cmd_extract
 
     # the records captured while building, plus a second extract under caplog
     caplog.set_level(logging.DEBUG, logger="replisynth")
@@ -170,7 +170,7 @@ def test_rare_ordinal_code_concentrated_in_one_stratum_not_released() -> None:
     """A code held by 3 rows (< min_cell_size) must not be released inside a stratum either:
     the stratum-level percentile grid of a many-level ordinal would show it as its top value
     when the 3 rows are 1% or more of the stratum."""
-    from replisynth.extract import extract_source
+    from replisynth.extract.extract import extract_source
 
     rng = np.random.default_rng(1)
     n = 600
@@ -206,7 +206,7 @@ def test_continuous_extremes_trimmed(built: dict[str, Any]) -> None:
 def test_trim_hides_extremes_in_a_small_stratum() -> None:
     """'Raw extremes never leave': a stratum of 70 rows (>= min_cell_size, so released) must
     not carry its raw minimum and maximum in its 1%-trimmed grid."""
-    from replisynth.extract import extract_source
+    from replisynth.extract.extract import extract_source
 
     rng = np.random.default_rng(2)
     n = 470
@@ -374,7 +374,7 @@ def test_altered_or_extra_bundle_file_is_rejected(built: dict[str, Any], tmp_pat
 
 
 def test_validation_summary_has_counts_not_values(built: dict[str, Any]) -> None:
-    from replisynth.schema import ColumnSpec, pandera_schema, validation_summary
+    from replisynth.io.schema import ColumnSpec, pandera_schema, validation_summary
 
     rel = built["release"]
     specs = [ColumnSpec.from_dict(c) for c in rel["columns"]]

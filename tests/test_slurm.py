@@ -3,7 +3,7 @@ and munge, daemons started directly), through `snakemake --profile profiles/slur
 
 Asserts, from Slurm's own job records (`scontrol show job`, kept for MinJobAge=600 s), that
 every non-local job of the run was an sbatch job that completed, with the cores and memory
-replisynth.resources computed; that every data output equals a local run's byte for byte;
+replisynth.workflow.resources computed; that every data output equals a local run's byte for byte;
 and that tier 4 is met.
 
 Run with `make test-slurm` (pytest -m slurm). Skips with a reason where root or apt is
@@ -181,13 +181,13 @@ def _same_as_local(local: Path, res: Path) -> None:
 
 
 def test_demo_runs_on_slurm_like_locally(cluster: dict[str, str], local_run: Path, tmp_path: Path) -> None:
-    from replisynth.resources import file_cells, job_resources
+    from replisynth.workflow.resources import file_cells, job_resources
 
     work = _checkout(tmp_path / "slurm")
     out = _run_on_slurm(cluster, work)
     rules = _slurm_jobs(cluster, out, work)
     assert set(rules) == CLUSTER_RULES and all(len(v) == 1 for v in rules.values())
-    # The request came from replisynth.resources (sized from the input).
+    # The request came from replisynth.workflow.resources (sized from the input).
     want = job_resources("extract_source", file_cells(work / "data" / "card.dta"))
     got = rules["extract_source"][0]
     assert got["NumCPUs"] == str(want.threads) and got["MinMemoryNode"] == f"{want.mem_mb}M"

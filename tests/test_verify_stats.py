@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from replisynth.marginals import exact_quantile_sample, grid_cdf, quantile_function, quantile_grid
-from replisynth.verify import ks_test, percentile_gap
+from replisynth.stats.marginals import exact_quantile_sample, grid_cdf, quantile_function, quantile_grid
+from replisynth.verify.verify import ks_test, percentile_gap
 
 
 def _strict_grid(seed: int = 0) -> np.ndarray:
@@ -190,7 +190,7 @@ def test_percentile_gap_degenerate_iqr() -> None:
 def _ks_reference(values: np.ndarray, components: list, integer: bool) -> float:
     """The KS statistic as first written: every reference CDF through `grid_cdf` at every
     distinct value, left limits by searching each value in the grid."""
-    from replisynth.marginals import GRID
+    from replisynth.stats.marginals import GRID
 
     def left(g: np.ndarray, x: np.ndarray, F: np.ndarray) -> np.ndarray:
         if integer:
@@ -225,7 +225,7 @@ def _flat_grid(seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_ks_fast_path_is_bit_identical_to_the_direct_formulation(seed: int) -> None:
-    from replisynth.marginals import grid_cdf_sorted
+    from replisynth.stats.marginals import grid_cdf_sorted
 
     rng = np.random.default_rng(seed)
     grids = [_strict_grid(seed), _flat_grid(seed), _int_grid() + seed]
@@ -250,11 +250,11 @@ def test_verdict_does_not_depend_on_the_thread_count(tmp_path) -> None:
     same bytes with one thread and with two."""
     from conftest import make_people, manifest_for, run_pipeline
 
-    from replisynth.bundle import load_bundle
-    from replisynth.io import dumps_json, read_json
-    from replisynth.parallel import set_threads, threads
-    from replisynth.pipeline import read_synthetic
-    from replisynth.verify import verify
+    from replisynth.disclosure.bundle import load_bundle
+    from replisynth.io.files import dumps_json, read_json
+    from replisynth.core.parallel import set_threads, threads
+    from replisynth.workflow.pipeline import read_synthetic
+    from replisynth.verify.verify import verify
 
     p = tmp_path / "people.csv"
     make_people(3000, seed=5).to_csv(p, index=False)

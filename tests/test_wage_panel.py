@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from test_workflow import _checkout, _smk
 
-from replisynth.manifest import load_manifest
+from replisynth.config.manifest import load_manifest
 
 
 def test_wage_panel_manifest_loads_and_matches_its_data() -> None:
     from conftest import REPO
 
-    from replisynth.manifest import check_columns
+    from replisynth.config.manifest import check_columns
 
     m = load_manifest(REPO / "config" / "wage_panel.yaml")
     cols = list(pd.read_csv(REPO / "data" / "wage_panel.csv", nrows=1).columns)
@@ -37,7 +37,7 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     syn = pd.read_parquet(inside / "results" / "wage_panel" / "synthetic" / "wages.parquet")
     assert syn.groupby("nr")["year"].nunique().eq(syn.groupby("nr").size()).all()  # distinct years per man
     assert syn["nr"].nunique() == 545
-    # Entity structure (replisynth.entities): time-invariant columns constant within a man,
+    # Entity structure (replisynth.synthesize.entities): time-invariant columns constant within a man,
     # married keeps its within-man share of variance (original 0.43; random assignment 0.89),
     # and clustered SEs come close to the original ones (random assignment: re 0.44-1.08,
     # married/union in fe 0.51-0.63).

@@ -1,0 +1,1 @@
+"""The manifest (validated YAML) and the safe formula grammar."""

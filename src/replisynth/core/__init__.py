@@ -1,0 +1,1 @@
+"""Errors, option sets, random streams and worker threads: what every layer uses."""

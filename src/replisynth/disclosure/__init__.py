@@ -1,0 +1,1 @@
+"""Disclosure gates, the bundle that leaves the secure side, and its checks."""

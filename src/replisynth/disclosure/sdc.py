@@ -1,0 +1,77 @@
+"""Disclosure policy: the decisions log and the gates every released artifact passes.
+
+Log entries say *what* was suppressed, trimmed, pooled or rejected and *why*, with counts of
+levels or terms, never a row value and never the value of a suppressed category.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from replisynth.core.errors import ReplisynthError
+from replisynth.config.manifest import Sdc
+
+
+@dataclass
+class SdcLog:
+    """An append-only list of disclosure decisions."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, stage: str, action: str, reason: str, **where: Any) -> None:
+        self.entries.append({"stage": stage, "action": action, **where, "reason": reason})
+
+    def extend(self, other: SdcLog | list[dict[str, Any]]) -> None:
+        self.entries.extend(other.entries if isinstance(other, SdcLog) else other)
+
+
+def resolved_settings(sdc: Sdc) -> dict[str, Any]:
+    """The SDC settings in force, for sdc_log.json and the report."""
+    return {
+        "profile": sdc.profile,
+        "min_cell_size": sdc.min_cell_size,
+        "quantile_trim": sdc.quantile_trim,
+        "min_resid_df": sdc.min_resid_df,
+        "grid": sdc.grid,
+        "round_significant": sdc.round_significant,
+        "budget": sdc.budget,
+        "dominance": sdc.dominance,
+        "overridden_by_manifest": list(sdc.overridden),
+    }
+
+
+class DisclosureError(ReplisynthError):
+    """An artifact about to be written fails a disclosure gate (a bug: gates run earlier)."""
+
+
+def assert_no_small_cells(counts: list[int], min_cell: int, where: str) -> None:
+    """Gate: every released count is at least the minimum cell size."""
+    bad = [c for c in counts if 0 < c < min_cell]
+    if bad:
+        raise DisclosureError(f"{where}: {len(bad)} released count(s) below min_cell_size={min_cell}")
+
+
+def check_release(release: dict[str, Any], min_cell: int) -> None:
+    """Gate run on a source release before it is written: frequency tables, stratum sizes,
+    and sample sizes behind every grid respect the minimum cell size."""
+    name = release["source"]
+    for bid, block in release["blocks"].items():
+        if block["rows"] < min_cell and bid != "all":
+            raise DisclosureError(f"{name}/{bid}: stratum of {block['rows']} rows released")
+        for col, m in block["marginals"].items():
+            if m["kind"] == "categorical":
+                assert_no_small_cells(m["table"]["counts"], min_cell, f"{name}/{bid}/{col}")
+            elif m["kind"] in ("continuous", "ordinal_grid") and m["n"] < min_cell:
+                raise DisclosureError(f"{name}/{bid}/{col}: grid from {m['n']} values released")
+        sp = np.asarray(block["spearman"], dtype="float64") if block["spearman"] else np.zeros((0, 0))
+        if sp.size:
+            off = sp[~np.eye(len(sp), dtype=bool)]
+            off = off[np.isfinite(off)]
+            if np.any(np.abs(off) > 1 + 1e-12):
+                raise DisclosureError(f"{name}/{bid}: correlation outside [-1, 1]")
+    for cell in release["strata"]["cells"]:
+        if cell["rows"] < min_cell:
+            raise DisclosureError(f"{name}: stratum cell of {cell['rows']} rows released")

@@ -1,0 +1,1 @@
+"""Secure side: from the data to a disclosure-safe release per source."""

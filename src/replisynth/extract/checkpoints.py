@@ -1,0 +1,314 @@
+"""Checkpoint capture on the secure side, with its disclosure gate.
+
+Gate: a checkpoint is rejected when its sample has fewer than `min_cell_size` rows or fewer
+than `min_resid_df` residual degrees of freedom. A coefficient is suppressed when its column
+is an indicator (0/1 values: dummies, factor levels, interaction cells) whose smaller group
+(ones or zeros) has fewer than `min_cell_size` rows in the sample: such a coefficient
+describes a small group. Suppressed terms are released without their name's value part.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replisynth.stats.design import Design, build_design, ordered_levels, subset_columns, used_columns
+from replisynth.core.errors import CheckpointError
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.config.manifest import Checkpoint, Manifest
+from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
+from replisynth.disclosure.sdc import SdcLog
+
+
+def indicator_minority(X: np.ndarray) -> np.ndarray:
+    """For each column: size of the smaller of its 0 and 1 groups if it is a 0/1 indicator
+    (and not constant), else -1."""
+    out = np.full(X.shape[1], -1, dtype="int64")
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        head = col[:256]  # most non-indicators show it in their first rows: skip the full scan
+        if np.all((head == 0) | (head == 1)) and np.all((col == 0) | (col == 1)):
+            ones = int(col.sum())
+            zeros = len(col) - ones
+            if ones and zeros:
+                out[j] = min(ones, zeros)
+    return out
+
+
+_FACTOR_TERM = re.compile(r"^(.*)\[T\.[^\]]*\](.*)$")
+
+
+def small_reference_terms(X: np.ndarray, terms: list[str], min_cell: int) -> set[int]:
+    """Positions of factor-level indicators (formulaic's `C(x)[T.level]`, possibly inside
+    an interaction) whose reference group, the rows where every level indicator of that
+    factor is 0, has fewer than `min_cell` rows. Their coefficients are contrasts with a
+    small group; the reference level is also not released, so they cannot be rebuilt."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for j, t in enumerate(terms):
+        m = _FACTOR_TERM.match(t)
+        if m:
+            groups.setdefault((m.group(1), m.group(2)), []).append(j)
+    out: set[int] = set()
+    for cols in groups.values():
+        block = X[:, cols]
+        if not np.all((block == 0) | (block == 1)):
+            continue
+        ref = int(np.sum(~block.astype(bool).any(axis=1)))
+        if ref < min_cell:
+            out.update(cols)
+    return out
+
+
+def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int) -> tuple[dict[str, Any], SdcLog]:
+    """Fit one checkpoint on the original data and release it through the SDC gate."""
+    sdc = manifest.sdc
+    log = SdcLog()
+    where = f"checkpoints[{index}] ({cp.tag})"
+    base: dict[str, Any] = {
+        "tag": cp.tag,
+        "source": cp.source,
+        "model": cp.model,
+        "formula": cp.formula,
+        "outcome": cp.outcome,
+        "vcov": cp.vcov,
+        "weights": cp.weights,
+        "subset": cp.subset,
+        "absorb": list(cp.absorb),
+        "entity": cp.entity,
+        "time": cp.time,
+        "levels": list(cp.levels) if cp.levels is not None else None,
+        "columns": used_columns(cp),
+        "subset_columns": sorted(subset_columns(cp.subset, df.columns)),
+    }
+    design = build_design(df, cp, where)
+    n = len(design.y)
+    if n < sdc.min_cell_size:
+        log.add("checkpoints", "rejected", f"estimation sample below min_cell_size={sdc.min_cell_size}", checkpoint=cp.tag)
+        return {**base, "status": "rejected", "reason": f"sample below min_cell_size={sdc.min_cell_size}"}, log
+    if cp.model in GLM_MODELS:
+        small = outcome_minority(design.y, cp.model)
+        if small is not None and small < sdc.min_cell_size:
+            log.add("checkpoints", "rejected", f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample", checkpoint=cp.tag)
+            return {**base, "status": "rejected", "reason": f"outcome class below min_cell_size={sdc.min_cell_size}"}, log
+    fit = fit_checkpoint(design, cp, where)
+    if fit.resid_df < sdc.min_resid_df:
+        log.add("checkpoints", "rejected", f"residual df below min_resid_df={sdc.min_resid_df}", checkpoint=cp.tag)
+        return {**base, "status": "rejected", "reason": f"residual df below min_resid_df={sdc.min_resid_df}"}, log
+    if not np.all(np.isfinite(fit.se)):
+        raise CheckpointError(f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample")
+    minority = indicator_minority(design.X)
+    small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
+    rounding_cost = 0.0
+    terms = []
+    n_sup = n_ref = 0
+    k_x = design.X.shape[1]  # alpha and cut points follow the regressors; they are never indicators
+    for j, term in enumerate(fit.terms):
+        if j < k_x and 0 <= minority[j] < sdc.min_cell_size:
+            n_sup += 1
+            terms.append({"term": None, "position": j, "suppressed": True,
+                          "reason": f"indicator with fewer than {sdc.min_cell_size} observations in one group"})
+            continue
+        if j in small_ref:
+            n_ref += 1
+            terms.append({"term": None, "position": j, "suppressed": True,
+                          "reason": f"factor level contrast against a reference level with fewer than {sdc.min_cell_size} observations"})
+            continue
+        b, se = float(fit.beta[j]), float(fit.se[j])
+        if sdc.round_significant:
+            rb, rse = round_significant(b, sdc.round_significant), round_significant(se, sdc.round_significant)
+            rounding_cost = max(rounding_cost, abs(b - rb) / se if se > 0 else 0.0)
+            b, se = rb, rse
+        terms.append({"term": term, "position": j, "beta": b, "se": se})
+    if n_ref:
+        log.add("checkpoints", "suppressed_terms", f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)", checkpoint=cp.tag, terms=n_ref)
+    if n_sup:
+        log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
+    released = {t["term"] for t in terms if not t.get("suppressed")}
+    mX, mterms, instruments = moment_design(design)
+    # Excluded instruments have no coefficient, so the `released` filter cannot speak for them:
+    # they enter as candidates and pass or fail the column gates of design_moments (indicator
+    # minority, non-zero rows, dominance) like any other column. Not being a term is not being
+    # suppressed.
+    moments, info = design_moments(mX, mterms, design.weights, released | set(instruments), sdc.min_cell_size, sdc.round_significant, sdc.dominance)
+    if moments is not None and instruments:
+        moments["instruments"] = [t for t in moments["terms"] if t in instruments]
+    if moments is not None:
+        log.add("checkpoints", "released_moments",
+                f"{'weighted ' if design.weights is not None else ''}means, SDs and correlations of {info['columns']} design column(s) on the estimation sample "
+                + (f"({len(moments.get('instruments', []))} of them excluded instruments, of {len(instruments)}) " if instruments else "")
+                + f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
+                f"(indicator group or non-zero rows below min_cell_size={sdc.min_cell_size}, or spread dominated by two rows); {info['blanked']} indicator pair(s) blanked "
+                "(a cell of their 2x2 table below min_cell_size)", checkpoint=cp.tag, terms=info["columns"])
+    scale = fit.scale
+    if sdc.round_significant:
+        scale = round_significant(scale, sdc.round_significant)
+        log.add("checkpoints", "rounded", f"coefficients, standard errors and residual variance rounded to {sdc.round_significant} significant figures; the rounding moves a coefficient by at most {rounding_cost:.2g} of its standard error", checkpoint=cp.tag)
+    out = {
+        **base,
+        "status": "released",
+        "n": fit.n,
+        "resid_df": fit.resid_df,
+        "scale": scale,
+        "k": len(fit.terms),
+        "terms": terms,
+    }
+    if fit.extra and cp.model not in GLM_MODELS:  # linear families' aggregates (re: variance components), rounded like the rest
+        out["extra"] = {k: (round_significant(v, sdc.round_significant) if sdc.round_significant else v) for k, v in fit.extra.items()}
+    if cp.model in GLM_MODELS:
+        levels = ordered_levels(df.loc[design.index, cp.outcome], cp) if cp.model in GLM_ORDERED else None
+        out.update(outcome_release(levels, cp, fit.extra, sdc.round_significant))
+    if moments is not None:
+        out["moments"] = moments
+    if sdc.round_significant:
+        out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
+    return out, log
+
+
+def moment_design(design: Design) -> tuple[np.ndarray, list[str], list[str]]:
+    """The design whose cross-moments are released: X (n × k) with its terms and no
+    instruments, except for iv, where it is the union [exogenous | endogenous | excluded
+    instruments] (n × (k + l − k_exog)): the IV estimator and its SEs depend on Z'X and Z'Z
+    (the first stage), not on X'X alone."""
+    if design.Z is None or design.n_exog is None or not design.instruments:
+        return design.X, list(design.terms), []
+    Xu = np.column_stack([design.X, design.Z[:, design.n_exog :]])
+    return Xu, [*design.terms[: design.X.shape[1]], *design.instruments], list(design.instruments)
+
+
+def outcome_minority(y: np.ndarray, model: str) -> int | None:
+    """Rows in the smallest outcome class of a binary or ordered model (None for counts):
+    a coefficient of a model whose outcome class is small describes that small group."""
+    if model in GLM_BINARY or model in GLM_ORDERED:
+        return int(np.bincount(y.astype("int64")).min())
+    return None
+
+
+def outcome_release(levels: list | None, cp: Checkpoint, extra: dict[str, Any], digits: int | None) -> dict[str, Any]:
+    """What pinning needs about a GLM outcome beyond the coefficients: the ordered categories
+    (every one passed the cell gate) and the outcome's (weighted) sample mean or category
+    shares, so the pin can report its drift. Rounded like the coefficients."""
+    rnd = (lambda x: round_significant(x, digits)) if digits else float
+    out: dict[str, Any] = {}
+    if cp.model in GLM_ORDERED:
+        out["outcome_levels"] = list(levels or [])
+        out["outcome_shares"] = [rnd(v) for v in extra["outcome_shares"]]
+    else:
+        out["outcome_mean"] = rnd(extra["outcome_mean"])
+    if "dispersion" in extra:  # poisson: Pearson dispersion, so the pin's draw can carry it
+        out["dispersion"] = rnd(extra["dispersion"])
+    return out
+
+
+def round_significant(x: float, digits: int) -> float:
+    """x rounded to `digits` significant figures (FSRDC output rule)."""
+    return float(f"{x:.{digits}g}") if np.isfinite(x) and x != 0 else float(x)
+
+
+def budget_warnings(released: list[dict[str, Any]], rows: dict[str, int], budget: float | None) -> list[dict[str, Any]]:
+    """SDC log entries for sources whose released coefficients exceed budget × N: many
+    coefficients on one sample narrow down the data they were estimated on."""
+    if not budget:
+        return []
+    out = []
+    for source, n in rows.items():
+        k = sum(sum(1 for t in c.get("terms", []) if not t.get("suppressed")) for c in released if c["source"] == source and c.get("status") == "released")
+        if k > budget * n:
+            out.append({"stage": "checkpoints", "action": "budget_warning", "source": source, "coefficients": k,
+                        "reason": f"{k} released coefficients exceed the budget of {budget:g} × N; an output checker should review the checkpoints"})
+    return out
+
+
+def capture_checkpoints(frames: dict[str, pd.DataFrame], manifest: Manifest) -> tuple[list[dict[str, Any]], SdcLog]:
+    """Capture every checkpoint of the manifest (frames: source name -> original data)."""
+    out: list[dict[str, Any]] = []
+    log = SdcLog()
+    for i, cp in enumerate(manifest.checkpoints):
+        rel, lg = capture_checkpoint(frames[cp.source], cp, manifest, i)
+        out.append(rel)
+        log.extend(lg)
+    return out, log
+
+
+def design_moments(
+    X: np.ndarray, terms: list[str], weights: np.ndarray | None, released: set[str], min_cell: int, digits: int | None = None,
+    dominance: float | None = None,
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """Released cross-moments of a checkpoint design (X: n × k on the estimation sample):
+    (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
+    columns, gated as in the module docstring; and counts for the SDC log (columns,
+    left_out, blanked)."""
+    n = len(X)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
+    minority = indicator_minority(X)
+    keep: list[int] = []
+    left_out = 0
+    for j, t in enumerate(terms):
+        if t not in released or n == 0 or np.ptp(X[:, j]) == 0:
+            continue
+        nz = int(np.count_nonzero(X[:, j]))
+        if 0 <= minority[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
+            left_out += 1
+            continue
+        keep.append(j)
+    info = {"columns": len(keep), "left_out": left_out, "blanked": 0}
+    if len(keep) == 0:
+        return None, info
+    # Moments accumulated over row chunks: no n × k copies of the design (three of them,
+    # 360 MB for a 15-column design at 10^6 rows, were this function's memory peak).
+    W = float(w.sum())
+    step = 1 << 16
+    chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
+    m = sum((w[a:b] @ X[a:b][:, keep] for a, b in chunks), np.zeros(len(keep))) / W
+    C = np.zeros((len(keep), len(keep)))
+    for a, b in chunks:
+        D = X[a:b][:, keep] - m
+        C += (D * w[a:b, None]).T @ D
+    C /= W
+    sd = np.sqrt(np.diag(C))
+    R = C / np.outer(sd, sd)
+    np.fill_diagonal(R, 1.0)
+    blank = np.zeros(R.shape, dtype=bool)
+    ind = [a for a, j in enumerate(keep) if minority[j] >= 0]
+    # 0/1 columns: their sums and products are exact counts, so counted on booleans (the
+    # same numbers as the float sums, without a float product per pair).
+    ones = {a: X[:, keep[a]] == 1 for a in ind}
+    n1 = {a: int(np.count_nonzero(v)) for a, v in ones.items()}
+    for ai, a in enumerate(ind):
+        for b in ind[ai + 1 :]:
+            n11 = float(np.count_nonzero(ones[a] & ones[b]))
+            n10, n01 = float(n1[a]) - n11, float(n1[b]) - n11
+            cells = np.asarray([n11, n10, n01, n - n11 - n10 - n01])
+            if np.any((cells > 0) & (cells < min_cell)):
+                blank[a, b] = blank[b, a] = True
+    info["blanked"] = int(blank.sum() // 2)
+
+    def rnd(v: float) -> float:
+        return round_significant(float(v), digits) if digits else float(v)
+
+    return {
+        "terms": [terms[j] for j in keep],
+        "weighted": weights is not None,
+        "mean": [rnd(v) for v in m],
+        "sd": [rnd(v) for v in sd],
+        "corr": [[None if blank[a, b] else rnd(R[a, b]) for b in range(len(keep))] for a in range(len(keep))],
+    }, info
+
+
+def _dominated(x: np.ndarray, w: np.ndarray, dominance: float | None) -> bool:
+    """Top-2 dominance rule on the spread: the two largest contributions w (x − m)² make up
+    more than `dominance` of Σ w (x − m)², so the SD would nearly give away those rows."""
+    if dominance is None:
+        return False
+    c = w * (x - (w @ x) / w.sum()) ** 2
+    total = float(c.sum())
+    if not total > 0:
+        return False
+    # the two largest without a sort (a sort, or a partition of heavily tied 0/1 columns,
+    # costs 10-50 ms at 1M rows): the largest, then the largest of the others; their sum is
+    # the sum of the sort's last two
+    i = int(np.argmax(c))
+    top2 = c[i] + max(c[:i].max(initial=-np.inf), c[i + 1 :].max(initial=-np.inf)) if len(c) >= 2 else c[i]
+    return float(top2) > dominance * total

@@ -1,0 +1,567 @@
+"""Secure side, per source: from the data to a disclosure-safe *release* (a plain dict written
+as JSON into the bundle): schema, marginals, rank correlations, strata, group sizes.
+
+Nothing row-level enters the release: percentile grids are top/bottom coded, frequency
+tables carry cells of at least `min_cell_size` rows, strata below it are locally suppressed
+(their rows form a residual synthesized from the source-level statistics, with the strata
+columns missing), and every decision goes into the SDC log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replisynth.stats.correlations import spearman_matrix
+from replisynth.stats.derive import coded_dependencies
+from replisynth.stats.dims import (
+    copula_dims,
+    numeric_values,
+    synthetic_dim_matrix,
+)
+from replisynth.synthesize.entities import TREND_SHARE, entity_structure, period_trend, round_released, within_lag1
+from replisynth.core.errors import DataError
+from replisynth.io.files import FileMeta
+from replisynth.config.manifest import Manifest, Source
+from replisynth.stats.marginals import (
+    FrequencyTable,
+    frequency_table,
+    level_order,
+    level_positions,
+    py_value,
+    quantile_grid,
+    released_levels,
+)
+from replisynth.core.options import GLM_ORDERED
+from replisynth.core.parallel import thread_map
+from replisynth.io.schema import (
+    ColumnSpec,
+    infer_schema,
+    pandera_schema,
+    validation_summary,
+)
+from replisynth.disclosure.sdc import SdcLog, check_release
+
+FACTOR_CALL = re.compile(r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)")  # columns a formula treats as factors
+
+
+def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return [py_value(v) for v in s.dtype.categories]
+    return None
+
+
+def _grid_marginal(kind: str, missing: int, v: np.ndarray, trim: float, method: str, dominance: float | None = None) -> dict[str, Any]:
+    """A grid release; adaptive grids also say which percent levels they were built from."""
+    out: dict[str, Any] = {"kind": kind, "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim, method, dominance).tolist()}
+    if dominance is not None:
+        out["dominance"] = dominance
+    if method != "fixed":
+        out["method"] = method
+    if "adaptive" in method:
+        out["released_levels"] = released_levels(len(v), method)
+    return out
+
+
+def _grid_args(column: str, source: Source, sdc: Any) -> dict[str, Any]:
+    """Grid method for a column: the profile's, with pseudo-percentiles and the dominance
+    rule forced on for columns listed as `sensitive`."""
+    if column not in source.sensitive:
+        return {"grid": sdc.grid}
+    method = sdc.grid if "pseudo" in sdc.grid else ("adaptive+pseudo" if "adaptive" in sdc.grid else "pseudo")
+    return {"grid": method, "dominance": sdc.dominance}
+
+
+def _marginal(
+    s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True, source_levels: np.ndarray | None = None,
+    grid: str = "fixed",
+    dominance: float | None = None,
+) -> dict[str, Any]:
+    """The released marginal of one column in one block. Inside a stratum (`pool` False) a
+    many-level ordinal becomes a grid of its values mapped onto the source-level released
+    levels (`source_levels`, pooled codes already replaced), so a rare code never shows."""
+    missing = int(s.isna().sum())
+    if spec.role == "continuous":
+        v = numeric_values(s, spec)
+        v = v[~np.isnan(v)]
+        if len(v) < min_cell or not released_levels(len(v), grid):
+            return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
+        return _grid_marginal("continuous", missing, v, trim, grid, dominance)
+    table = None
+    if not pool and spec.ordered and spec.logical_type in ("integer", "float"):
+        # Inside a stratum a many-level ordinal is released as its frequency table when no
+        # level falls below the cell size (a level pooled at source level is below it in every
+        # stratum, so such a table holds source-level levels only), and otherwise as a
+        # percentile grid (like a continuous column) rather than a table that suppresses
+        # levels. The grid rounds every level's share to the grid's 1% steps (12 levels of
+        # ~8.3% came out as 8% or 9% of their stratum), so the table is preferred. The table
+        # counts every distinct value (numeric: one JSON value each), so it also tells
+        # whether there are 3 or more; fewer, and it is the table released below.
+        table = frequency_table(s, min_cell, True, order=_level_order_of(s, spec), pool=False)
+    if table is not None and len(table.levels) + table.suppressed_levels >= 3:
+        if table.levels and table.suppressed == 0:
+            return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
+        v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64") if source_levels is None else source_levels[~np.isnan(source_levels)]
+        if len(v) < min_cell or not released_levels(len(v), grid):
+            return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
+        return _grid_marginal("ordinal_grid", missing, v, trim, grid)
+    # Counted on the raw values (frequency_table maps each distinct value to its JSON
+    # scalar, as category_values would per row).
+    if table is None:
+        table = frequency_table(s, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
+    if not table.levels:
+        return {"kind": "suppressed", "missing": missing, "n": int(s.notna().sum())}
+    return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
+
+
+def gated_spearman(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Spearman matrix of the dims (over `rows` when given) with the rows and columns of
+    *small-group* dims blanked: a two-valued dim (indicator, binary) whose smaller group has
+    fewer than `min_cell` rows, or any dim with fewer than `min_cell` non-missing rows. Such
+    a correlation would describe a small group (and is not attainable once the group's cell
+    is suppressed)."""
+    S = spearman_matrix(X, rows)
+    bad = []
+    for j in range(X.shape[1]):
+        v = X[:, j] if rows is None else X[:, j][rows]
+        nn = int(len(v) - np.count_nonzero(np.isnan(v)))
+        if nn < min_cell:
+            bad.append(j)
+            continue
+        if nn == 0:
+            continue
+        lo, hi = np.nanmin(v), np.nanmax(v)
+        if lo == hi:
+            continue
+        n_lo, n_hi = int(np.count_nonzero(v == lo)), int(np.count_nonzero(v == hi))
+        if n_lo + n_hi == nn and min(n_lo, n_hi) < min_cell:  # two-valued, a small group
+            bad.append(j)
+    for j in bad:
+        S[j, :] = np.nan
+        S[:, j] = np.nan
+    return S, len(bad)
+
+
+def identity_pairs(S: np.ndarray) -> int:
+    """Number of off-diagonal pairs with |rank correlation| == 1 (to 1e-12)."""
+    iu = np.triu_indices(len(S), 1)
+    v = S[iu]
+    return int(np.sum(np.isfinite(v) & (np.abs(np.abs(v) - 1.0) < 1e-12)))
+
+
+def shared_missing_patterns(df: pd.DataFrame, columns: list[str]) -> list[list[str]]:
+    """Sets of columns whose missing values fall on exactly the same rows (a survey module
+    skipped together, a derived column and its source). Synthesis gives each set one
+    shared missing pattern, so their pairwise-complete statistics stay what they were."""
+    by_mask: dict[bytes, list[str]] = {}
+    for c in columns:
+        key = np.packbits(df[c].isna().to_numpy()).tobytes()
+        by_mask.setdefault(key, []).append(c)
+    return [cols for cols in by_mask.values() if len(cols) > 1]
+
+
+def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """Each row's stratum as an index into a list of keys (tuples of the strata values as
+    JSON-friendly scalars), -1 when any strata value is missing. Computed per distinct
+    combination, never per row."""
+    n = len(df)
+    if not strata:
+        return np.zeros(n, dtype=np.intp), [()]
+    combined = np.zeros(n, dtype=np.int64)
+    missing = np.zeros(n, dtype=bool)
+    uniq: list[list[Any]] = []
+    for c in strata:
+        codes, uniques = pd.factorize(df[c], use_na_sentinel=True)
+        vals = [py_value(v) for v in uniques]
+        bad = [pd.isna(v) for v in vals]  # category_values keeps NaN-like strings as NaN
+        missing |= codes < 0
+        if any(bad):
+            missing |= np.append(np.asarray(bad, dtype=bool), False)[codes]
+        combined = combined * (len(vals) + 1) + codes + 1
+        uniq.append(vals)
+    present, inverse = np.unique(np.where(missing, -1, combined), return_inverse=True)
+    keys: list[tuple[Any, ...]] = []
+    index: dict[tuple[Any, ...], int] = {}
+    remap = np.empty(len(present), dtype=np.intp)
+    for u, code in enumerate(present.tolist()):
+        if code < 0:
+            remap[u] = -1
+            continue
+        parts = []
+        for vals in reversed(uniq):
+            parts.append(vals[code % (len(vals) + 1) - 1])
+            code //= len(vals) + 1
+        key = tuple(reversed(parts))
+        if key not in index:  # 1 and 1.0 in one object column are one stratum
+            index[key] = len(keys)
+            keys.append(key)
+        remap[u] = index[key]
+    return remap[inverse.ravel()], keys
+
+
+def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str, grid: str = "fixed") -> dict[str, Any]:
+    sizes = s.dropna().value_counts().to_numpy()
+    g = int(len(sizes))
+    if g == 0:
+        raise DataError(f"sources.{source}: group column {s.name!r} is entirely missing")
+    if g < min_cell:
+        log.add("groups", "coarsened", f"{g} groups (< min_cell_size): only the number of groups and the mean size are released", source=source, column=str(s.name))
+        return {"groups": g, "size_grid": None, "mean_size": float(sizes.mean())}
+    # Pseudo-percentiles (means of 11 group sizes) so that no single group's exact size,
+    # which may be unique, is released.
+    method = "adaptive+pseudo" if "adaptive" in grid else "pseudo"
+    log.add("groups", "coarsened", f"group-size distribution released as a {trim:g}%-trimmed grid of pseudo-percentiles (means of 11 group sizes): no group's exact size is released", source=source, column=str(s.name))
+    return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, method).tolist(), "mean_size": float(sizes.mean())}
+
+
+def column_codes(s: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """A categorical column factorized once: each row's code (-1 missing) and the JSON-friendly
+    value of each code (what `dims.category_values` gives per row, per distinct value)."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    return codes, [py_value(v) for v in uniques]
+
+
+def coded_level_order(s: pd.Series, spec: ColumnSpec, values: list[Any]) -> list[Any]:
+    """All levels of a categorical column in release order: a pandas categorical's own order,
+    else `level_order` of its distinct JSON values (`values` from `column_codes`; first
+    occurrences kept, as `category_values(s).dropna().unique()` keeps them)."""
+    own = _level_order_of(s, spec)
+    if own:
+        return own
+    return level_order(list(pd.Series(values, dtype=object).dropna().unique()))
+
+
+def pooled_level_values(
+    work: pd.DataFrame, tables: dict[str, FrequencyTable], spec_by: dict[str, ColumnSpec], all_levels: dict[str, list[Any]],
+    coded: dict[str, tuple[np.ndarray, list[Any]]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per many-level ordered numeric column, its values with pooled (suppressed) codes
+    replaced by their released level: the per-stratum grids are built on these. `coded`:
+    the columns already factorized (`column_codes`), else they are factorized here."""
+    out: dict[str, np.ndarray] = {}
+    for c, t in tables.items():
+        if t.ordered and spec_by[c].logical_type in ("integer", "float") and len(t.levels) >= 3:
+            codes, values = coded[c] if coded is not None and c in coded else column_codes(work[c])
+            pos = level_positions(values, t, all_levels[c])
+            lev = np.asarray(t.levels, dtype="float64")
+            out[c] = np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])[codes]
+    return out
+
+
+def coded_dim_matrix(
+    work: pd.DataFrame, spec_by: dict[str, ColumnSpec], dims: list[dict[str, Any]], tables: dict[str, FrequencyTable],
+    all_levels: dict[str, list[Any]], coded: dict[str, tuple[np.ndarray, list[Any]]],
+) -> np.ndarray:
+    """`dims.dim_matrix(..., order="F")` of the original data with its categorical columns
+    factorized once (`coded`, from `column_codes`): an ordered dim is one gather of level
+    positions, an indicator one gather of 0/1 per distinct value. Same values as dim_matrix."""
+    X = np.empty((len(work), len(dims)), dtype="float64", order="F")
+    for k, d in enumerate(dims):
+        c = d["column"]
+        if d["kind"] == "missing":
+            X[:, k] = work[c].isna().to_numpy()
+        elif d["kind"] == "continuous":
+            X[:, k] = numeric_values(work[c], spec_by[c])
+        elif d["kind"] == "ordered":
+            codes, values = coded[c]
+            X[:, k] = level_positions(values, tables[c], all_levels[c])[codes]
+        else:
+            codes, values = coded[c]
+            hit = np.zeros(len(values) + 1, dtype="float64")
+            for i, v in enumerate(values):
+                try:
+                    hit[i] = 1.0 if bool(v == d["level"]) else 0.0
+                except (TypeError, ValueError):
+                    pass
+            hit[-1] = np.nan  # missing (code -1)
+            X[:, k] = hit[codes]
+    return X
+
+
+def rows_of(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rows of X where `mask` is True, in order, column-major (what `spearman_matrix`
+    reads): one gather per column, instead of a boolean scan of every row per column and use."""
+    idx = np.flatnonzero(mask)
+    out = np.empty((len(idx), X.shape[1]), dtype=X.dtype, order="F")
+    for j in range(X.shape[1]):
+        np.take(X[:, j], idx, out=out[:, j])
+    return out
+
+
+def stratum_block(
+    work: pd.DataFrame, mask: np.ndarray, bid: str, key: tuple[Any, ...], released_cols: list[ColumnSpec], source: Source,
+    sdc: Any, X: np.ndarray, pooled_values: dict[str, np.ndarray], log: SdcLog,
+) -> dict[str, Any]:
+    """The released block of one stratum (rows `mask` of `work`): its marginals and gated
+    Spearman matrix over the source's dims `X`; its SDC decisions go to `log`."""
+    sub = work.loc[mask]
+    bm: dict[str, dict[str, Any]] = {}
+    for s in released_cols:
+        if s.name in source.strata:
+            continue
+        lv = pooled_values.get(s.name)
+        m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
+                      source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
+        bm[s.name] = m
+        _log_marginal(log, source.name, bid, s, m, sdc)
+    S_b, n_bad = gated_spearman(rows_of(X, mask), sdc.min_cell_size)
+    if n_bad:
+        log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
+    return {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}
+
+
+def extract_source(
+    df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source, strata_blocks: bool = True
+) -> tuple[dict[str, Any], SdcLog]:
+    """Build the release of one source and the log of its SDC decisions.
+
+    `strata_blocks=False` leaves out the strata's blocks (the cells are still listed) and
+    records under release["strata"]["log_at"] where their SDC decisions belong: the
+    source-level half of a scattered extraction (replisynth.workflow.scatter fills the blocks in)."""
+    sdc = manifest.sdc
+    log = SdcLog()
+    keep = set(source.strata) | ({source.panel.time} if source.panel else set())
+    for cp in manifest.checkpoints_of(source.name):
+        keep |= set(FACTOR_CALL.findall(cp.formula))
+        if cp.model in GLM_ORDERED:  # an ordered outcome keeps its categories
+            keep.add(cp.outcome)
+    spread: dict[str, tuple[int, float, float]] = {}
+    specs = infer_schema(df, source, meta, sdc.min_cell_size, keep, sdc.quantile_trim / 100.0, spread)
+    for name, (values, pooled, trimmed) in spread.items():
+        log.add("schema", "continuous", f"integer column with {values} values released as continuous (percentiles, integer-rounded): "
+                f"pooling its values below min_cell_size={sdc.min_cell_size} into their neighbours would remove {pooled:.0%} of its variance, "
+                f"top/bottom-coding its percentiles {trimmed:.0%}; list it under categorical to override", source=source.name, column=name)
+    # The source must validate against the schema we are about to release.
+    failures = validation_summary(pandera_schema(specs), df[[s.name for s in specs]])
+    if failures:
+        detail = "; ".join(f"{f['column']}: {f['check']} ({f['failures']} rows)" for f in failures)
+        raise DataError(f"{source.path}: the data does not validate against its own schema: {detail}")
+
+    work = df[[s.name for s in specs]]  # copy-on-write: only columns written below are copied
+    spec_by = {s.name: s for s in specs}
+    for s in specs:
+        if s.rows and s.missing == s.rows and s.role in ("continuous", "categorical"):
+            log.add("schema", "all_missing", "column is entirely missing: released as an all-missing column", source=source.name, column=s.name)
+
+    # Strata and local suppression of small cells.
+    key_idx, key_list = _strata_keys(work, source.strata)
+    sizes = np.bincount(key_idx[key_idx >= 0], minlength=len(key_list))
+    released_keys = sorted([k for k, n in zip(key_list, sizes, strict=True) if n >= sdc.min_cell_size], key=lambda k: tuple(map(str, k)))
+    small = [k for k, n in zip(key_list, sizes, strict=True) if 0 < n < sdc.min_cell_size] + ([None] if (key_idx < 0).any() else [])
+    key_pos = {k: i for i, k in enumerate(key_list)}
+    released_idx = np.zeros(len(key_list) + 1, dtype=bool)  # last slot: a missing stratum value
+    released_idx[[key_pos[k] for k in released_keys]] = True
+    residual_mask = pd.Series(~released_idx[key_idx] if source.strata else False, index=work.index)
+    n_residual = int(residual_mask.sum())
+    if source.strata and small:
+        log.add(
+            "strata", "local_suppression",
+            f"{len(small)} strata cell(s) below min_cell_size={sdc.min_cell_size} (or with a missing stratum value) "
+            "form one residual block: its rows are synthesized from the source-level statistics and "
+            "their strata columns are released as missing",
+            source=source.name, cells=len(small),
+        )
+        work.loc[residual_mask, list(source.strata)] = np.nan
+        for c in source.strata:
+            spec_by[c] = ColumnSpec(**{**spec_by[c].to_dict(), "missing": int(work[c].isna().sum())})
+        specs = [spec_by[s.name] for s in specs]
+
+    # Source-level marginals.
+    released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
+    marginals: dict[str, dict[str, Any]] = {}
+    for s in released_cols:
+        m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, **_grid_args(s.name, source, sdc))
+        marginals[s.name] = m
+        _log_marginal(log, source.name, "all", s, m, sdc)
+    for c in source.sensitive:
+        if c in marginals and marginals[c]["kind"] == "continuous":
+            log.add("marginals", "dominance", f"sensitive magnitude: pseudo-percentiles whose windows satisfy the top-2 dominance rule at {sdc.dominance:g}", source=source.name, column=c)
+    # Columns that released nothing become all-missing columns of the release.
+    for s in released_cols:
+        if marginals[s.name]["kind"] == "suppressed" and s.missing < s.rows:
+            spec_by[s.name] = ColumnSpec(**{**s.to_dict(), "missing": s.rows})
+    specs = [spec_by[s.name] for s in specs]
+
+    missing_groups = shared_missing_patterns(work, [s.name for s in specs if s.role in ("continuous", "categorical") and 0 < s.missing < s.rows and s.name not in source.strata])
+    dims = copula_dims(specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata)
+    tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
+    # Each categorical column factorized once; its level order, dims, released levels and
+    # pooled values all come from these codes.
+    coded = {c: column_codes(work[c]) for c in tables}
+    all_levels = {c: coded_level_order(work[c], spec_by[c], coded[c][1]) for c in tables}
+    X = coded_dim_matrix(work, spec_by, dims, tables, all_levels, coded)
+    derived = coded_dependencies({c: v for c, v in coded.items() if c not in source.strata}, tables, all_levels, [s.name for s in specs])
+    for b, d in derived.items():
+        log.add("derived", "coded", f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}", source=source.name, column=b)
+    # Ordered numeric values with pooled codes replaced by their released level (used for
+    # the per-stratum grids of many-level ordinals).
+    pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
+    del coded  # ~8 MB per column at 1M rows: freed before the strata's row copies
+    # The source-level matrix and the strata's blocks are independent: one thread each
+    # (results and their SDC decisions collected in order, so the same for any thread count).
+    keys = list(enumerate(released_keys)) if source.strata and strata_blocks else []
+
+    def piece(item: tuple[int, tuple[Any, ...]] | None) -> tuple[Any, SdcLog]:
+        lg = SdcLog()
+        if item is None:
+            return gated_spearman(X, sdc.min_cell_size), lg
+        i, key = item
+        return stratum_block(work, key_idx == key_pos[key], f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg), lg
+
+    done = thread_map(piece, [None, *keys])
+    S_all, n_bad = done[0][0]
+    n_ident = identity_pairs(S_all)
+    if n_ident:
+        log.add("correlations", "identity", f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended", source=source.name, block="all", pairs=n_ident)
+    if n_bad:
+        log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} not released", source=source.name, block="all", dims=n_bad)
+    blocks: dict[str, dict[str, Any]] = {
+        "all": {"rows": int(len(work)), "key": None, "marginals": marginals, "spearman": _matrix_json(S_all)}
+    }
+    log_at = len(log.entries)  # where the strata's SDC decisions go (scatter: see replisynth.workflow.scatter)
+    for (i, _key), (block, lg) in zip(keys, done[1:], strict=True):
+        blocks[f"s{i}"] = block
+        log.extend(lg)
+    cells = [{"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])} for i, key in enumerate(released_keys if source.strata else [])]
+
+    groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid) for c in source.key_columns}
+    value_labels = _released_value_labels(meta, marginals)
+    release: dict[str, Any] = {
+        "source": source.name,
+        "format": source.format,
+        "rows": int(len(df)),
+        "columns": [s.to_dict() for s in specs],
+        "value_labels": value_labels,
+        "dims": dims,
+        "strata": {"columns": list(source.strata), "cells": cells, "residual_rows": n_residual if source.strata else 0},
+        "blocks": blocks,
+        "groups": groups,
+        "missing_groups": missing_groups,
+        "derived": derived,
+        "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
+    }
+    # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
+    # maps pooled levels as the synthetic data will hold them).
+    structure = _entity_release(df, work, lambda: synthetic_dim_matrix(work, release), dims, specs, source, sdc, log)
+    if structure is not None:
+        release["entity_structure"] = structure
+    if not strata_blocks:
+        release["strata"]["log_at"] = log_at
+        return release, log
+    check_release(release, sdc.min_cell_size)
+    return release, log
+
+
+def _entity_release(
+    df: pd.DataFrame, work: pd.DataFrame, dim_matrix_of: Callable[[], np.ndarray], dims: list[dict[str, Any]], specs: list[ColumnSpec],
+    source: Source, sdc: Any, log: SdcLog,
+) -> dict[str, Any] | None:
+    """The entity structure (replisynth.synthesize.entities) of the panel's entity, or of the one
+    grouping column, when there are at least min_cell_size entities; the decision is logged.
+    `dim_matrix_of` builds the dims as synthesis codes them, called only when needed (a
+    cross-section without groups never needs it)."""
+    col = source.panel.entity if source.panel else (source.groups[0] if len(source.groups) == 1 else None)
+    if col is None:
+        return None
+    g = int(df[col].nunique(dropna=True))
+    if g < sdc.min_cell_size:
+        log.add("entities", "suppressed", f"{g} entities (< min_cell_size={sdc.min_cell_size}): entity structure not released; rows are assigned to entities at random", source=source.name, column=col)
+        return None
+    cols = [s.name for s in specs if s.role in ("continuous", "categorical")]
+    X = dim_matrix_of()
+    out = entity_structure(work[cols], df[col], X, dims, col, sdc.round_significant)
+    log.add(
+        "entities", "released",
+        f"aggregates over {g} entities: per column whether it is constant within every entity, per copula dim the "
+        "between-entity share of the normal-score variance and the between-entity correlation matrix (rounded)",
+        source=source.name, column=col,
+    )
+    if source.panel is not None:
+        _dynamics_release(out, df, X, dims, cols, out["invariant"], source, sdc, log)
+    return out
+
+
+def _dynamics_release(
+    out: dict[str, Any], df: pd.DataFrame, X: np.ndarray, dims: list[dict[str, Any]], cols: list[str], invariant: dict[str, bool],
+    source: Source, sdc: Any, log: SdcLog,
+) -> None:
+    """Time dynamics inside a panel's entities (replisynth.synthesize.entities), added to `out` in place:
+    `period_trend` (columns whose within-entity deviation is slope × period deviation in at
+    least TREND_SHARE of the entities with two or more periods: the rounded slope and share)
+    and `within_lag1` (per copula dim, the lag-1 autocorrelation of its within-entity
+    normal-score deviations in period order). Aggregates over entities, released only when
+    at least min_cell_size entities have two or more periods; each decision is logged."""
+    assert source.panel is not None
+    ent, time = source.panel.entity, source.panel.time
+    codes, _ = pd.factorize(df[ent], use_na_sentinel=True)
+    t = pd.to_numeric(df[time], errors="coerce").to_numpy(dtype="float64") if time in df else np.full(len(df), np.nan)
+    if not np.isfinite(t).any():
+        log.add("entities", "not_applicable", f"time column {time!r} is not numeric: no period trends or serial correlation released", source=source.name, column=time)
+        return
+    trends: dict[str, dict[str, float]] = {}
+    for c in cols:
+        if c == time or invariant.get(c):
+            continue
+        try:
+            x = pd.Series(df[c]).astype("float64").to_numpy()
+        except (TypeError, ValueError):  # strings, dates: no numeric trend
+            continue
+        if not np.isfinite(x).any():
+            continue
+        slope, share, m = period_trend(x, t, codes)
+        if share < TREND_SHARE or slope == 0.0:
+            continue
+        if m < sdc.min_cell_size:
+            log.add("entities", "suppressed", f"period trend not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=c)
+            continue
+        trends[c] = {"slope": round_released(slope, sdc.round_significant), "share": round_released(share, sdc.round_significant)}
+        log.add("entities", "released", f"period trend: within {share:.3f} of {m} entities the column moves by slope x period (slope rounded); aggregate over entities", source=source.name, column=c)
+    r, m = within_lag1(X, codes, t)
+    if m < sdc.min_cell_size:
+        log.add("entities", "suppressed", f"within-entity lag-1 autocorrelations not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=ent)
+    else:
+        skip = {time, *trends, *(c for c, v in invariant.items() if v)}
+        out["within_lag1"] = [None if (d["column"] in skip or d["kind"] == "missing" or not np.isfinite(v)) else round_released(float(v), sdc.round_significant) for d, v in zip(dims, r, strict=True)]
+        log.add("entities", "released", f"per copula dim the lag-1 autocorrelation of within-entity normal-score deviations in period order, pooled over {m} entities (rounded)", source=source.name, column=ent)
+    out["period_trend"] = trends
+
+
+def _released_value_labels(meta: FileMeta, marginals: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Value labels of released categories only (a label set may name rare codes)."""
+    out: dict[str, dict[str, str]] = {}
+    for col, labs in meta.value_labels.items():
+        m = marginals.get(col)
+        if not m or m["kind"] != "categorical":
+            continue
+        levels = set(m["table"]["levels"])
+        keep = {str(py_value(k)): v for k, v in labs.items() if py_value(k) in levels}
+        if keep:
+            out[col] = keep
+    return out
+
+
+def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dict[str, Any], sdc: Any) -> None:
+    where = {"source": source, "block": block, "column": spec.name}
+    if m["kind"] == "suppressed":
+        if m.get("n", 0) == 0:
+            return
+        log.add("marginals", "suppressed", f"fewer than min_cell_size={sdc.min_cell_size} usable values or no releasable category: nothing released", **where)
+    elif m["kind"] == "ordinal_grid":
+        log.add("marginals", "grid", f"many-level ordinal released inside the stratum as a {sdc.quantile_trim:g}%-trimmed percentile grid: its frequency table there would have a level below min_cell_size={sdc.min_cell_size}", **where)
+    elif m["kind"] == "continuous":
+        if sdc.quantile_trim > 0 and block == "all":
+            log.add("marginals", "trimmed", f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded", **where)
+    else:
+        t = m["table"]
+        if t["pooled_levels"]:
+            log.add("marginals", "pooled", f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level", **where)
+        if t["suppressed_levels"]:
+            log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) below min_cell_size={sdc.min_cell_size} suppressed; their rows are spread over released categories at synthesis", **where)
+
+
+def _matrix_json(M: np.ndarray) -> list[list[float | None]]:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in M]

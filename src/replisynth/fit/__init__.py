@@ -1,0 +1,1 @@
+"""Reference fits of checkpoints: OLS/WLS, fe/re/iv, maximum-likelihood families."""

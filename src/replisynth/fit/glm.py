@@ -1,0 +1,253 @@
+"""Reference fits of the maximum-likelihood checkpoints: logit, probit, poisson, nbreg (NB2),
+ologit and oprobit, with statsmodels' discrete and ordinal models (the numbers Stata's
+`logit`, `probit`, `poisson`, `nbreg`, `ologit`, `oprobit` print: Newton-Raphson on the
+observed Hessian).
+
+Weights: normalised to mean 1 on the estimation sample, they multiply each row's
+log-likelihood, sum_i w_i l_i(theta) (Stata's `[iw=]` after that normalisation, which is what
+`[aw=]` means for the models that accept it; the point estimates equal those of `[pw=]`).
+`vcov`: nonrobust = inverse weighted observed information; HC0 = the sandwich
+H^-1 (sum_i w_i^2 s_i s_i') H^-1; HC1 = HC0 x n/(n-1), Stata's `vce(robust)` for ML models
+(so `[pw=w]` in Stata is `weights: w, vcov: HC1` here); cluster:<col> = statsmodels' cluster
+sandwich with its default small-sample factor G/(G-1) (N-1)/(N-K). HC2/HC3 need the hat matrix
+of a linear model and are refused.
+
+Extra terms (released like coefficients): `alpha` for nbreg (Var y = mu + alpha mu^2) and the
+cut points `cut1`..`cut{J-1}` for ordered models (P(y <= j) = F(cut_j - x'b), Stata's
+parameterisation; no intercept), their SEs by the delta method from statsmodels' increments.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from replisynth.stats.design import Design
+from replisynth.core.errors import CheckpointError
+from replisynth.fit.result import FitResult
+from replisynth.config.manifest import Checkpoint
+from replisynth.core.options import GLM_BINARY, GLM_COUNT, GLM_ORDERED
+
+ROBUST_MLE = ("nonrobust", "HC0", "HC1")
+
+
+def cut_names(n_levels: int) -> list[str]:
+    """Term names of the cut points of an ordered model with `n_levels` categories."""
+    return [f"cut{j}" for j in range(1, n_levels)]
+
+
+def normalised_weights(w: np.ndarray | None, n: int) -> np.ndarray | None:
+    """Weights rescaled to mean 1 (so nonrobust SEs do not depend on the weights' scale)."""
+    if w is None:
+        return None
+    w = np.asarray(w, dtype="float64")
+    return w * (n / w.sum())
+
+
+class _RowWeighted:
+    """Mixin (first among the bases) giving a statsmodels likelihood model the log-likelihood
+    sum_i w_i l_i: `weights` after endog and exog."""
+
+    def __init__(self, endog, exog, weights, **kw):
+        super().__init__(endog, exog, **kw)
+        self.row_weights = np.asarray(weights, dtype="float64")
+
+    def loglikeobs(self, params):
+        return self.row_weights * super().loglikeobs(params)
+
+
+def _weighted_discrete(base: type) -> type:
+    """`base` (statsmodels Logit, Probit or Poisson, whose scores and Hessian factors are
+    analytic) with log-likelihood sum_i w_i l_i."""
+
+    class Weighted(_RowWeighted, base):  # type: ignore[misc, valid-type]
+        def loglike(self, params):
+            return float(np.sum(self.loglikeobs(params)))
+
+        def score_obs(self, params):
+            return self.row_weights[:, None] * super().score_obs(params)
+
+        def score(self, params):
+            return self.score_obs(params).sum(axis=0)
+
+        def hessian(self, params):
+            f = self.row_weights * self.hessian_factor(params)
+            return (self.exog * f[:, None]).T @ self.exog
+
+    Weighted.__name__ = f"Weighted{base.__name__}"
+    return Weighted
+
+
+def nb2_score_obs(y: np.ndarray, X: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Per-row NB2 score (n, k+1) at (b, alpha): x (y - mu)/(1 + alpha mu) and
+    d l / d alpha = -r^2 [psi(y + r) - psi(r) + ln(r/(r + mu)) + 1 - (r + y)/(r + mu)], r = 1/alpha."""
+    from scipy import special
+
+    a = float(params[-1])
+    mu = np.exp(X @ params[:-1])
+    r = 1.0 / a
+    sb = ((y - mu) / (1 + a * mu))[:, None] * X
+    dr = special.digamma(y + r) - special.digamma(r) + np.log(r / (r + mu)) + 1 - (r + y) / (r + mu)
+    return np.column_stack([sb, -r * r * dr])
+
+
+def _weighted_nb2(endog: np.ndarray, exog: np.ndarray, weights: np.ndarray):
+    """statsmodels' NB2 model with log-likelihood sum_i w_i l_i (fit by Newton, so alpha is
+    on its natural scale). Its __init__ binds loglikeobs/score/hessian on the instance, so the
+    weighted versions are bound there too: analytic score, Hessian by central differences."""
+    from statsmodels.discrete.discrete_model import NegativeBinomial
+    from statsmodels.tools.numdiff import approx_fprime
+
+    m = NegativeBinomial(endog, exog, loglike_method="nb2")
+    w = np.asarray(weights, dtype="float64")
+    y, X = m.endog, m.exog
+    raw = m.loglikeobs
+
+    def natural(p):
+        if m._transparams:  # statsmodels optimises log(alpha) with gradient-free/quasi-Newton methods only
+            raise CheckpointError("weighted nbreg is fitted by Newton only")
+        return np.asarray(p, dtype="float64")
+
+    m.loglikeobs = lambda p: w * raw(p)
+    m.loglike = lambda p: float(np.sum(m.loglikeobs(p)))
+    m.score_obs = lambda p: w[:, None] * nb2_score_obs(y, X, natural(p))
+    m.score = lambda p: m.score_obs(p).sum(axis=0)
+
+    def hessian(p):
+        h = approx_fprime(natural(p), m.score, centered=True)
+        return (h + h.T) / 2
+
+    m.hessian = hessian
+    return m
+
+
+def _weighted_ordered(base: type) -> type:
+    """statsmodels' OrderedModel with log-likelihood sum_i w_i l_i (its score and Hessian
+    are numerical derivatives of the log-likelihood, so they follow)."""
+
+    class WeightedOrdered(_RowWeighted, base):  # type: ignore[misc, valid-type]
+        pass
+
+    return WeightedOrdered
+
+
+def _cov_args(design: Design, cp: Checkpoint) -> dict:
+    if cp.cluster:
+        return {"cov_type": "cluster", "cov_kwds": {"groups": design.clusters}}
+    if cp.vcov == "nonrobust":
+        return {"cov_type": "nonrobust"}
+    return {"cov_type": "HC0"}
+
+
+def _check_vcov(cp: Checkpoint, label: str) -> None:
+    if not cp.cluster and cp.vcov not in ROBUST_MLE:
+        raise CheckpointError(
+            f"{label}: vcov {cp.vcov!r} is not available for model {cp.model} (HC2/HC3 need the hat matrix of a "
+            "linear model); use nonrobust, HC0, HC1 (Stata's vce(robust)) or cluster:<column>"
+        )
+
+
+def _fit(model, label: str, **kw):
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", PerfectSeparationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            res = model.fit(disp=0, **kw)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            raise CheckpointError(f"{label}: statsmodels could not fit the model ({type(exc).__name__}: {exc}); check the formula, weights and vcov") from None
+        except Exception as exc:  # PerfectSeparationError and friends
+            raise CheckpointError(f"{label}: the model cannot be estimated ({type(exc).__name__}: {exc}); check for a regressor that predicts the outcome perfectly") from None
+    conv = getattr(res, "mle_retvals", {}) or {}
+    if conv.get("converged") is False:
+        raise CheckpointError(f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors")
+    return res
+
+
+def pearson_dispersion(y: np.ndarray, eta: np.ndarray, w: np.ndarray | None, k: int) -> float:
+    """Pearson chi-square over residual df of a Poisson fit, Σ w (y − μ)² / μ / (n − k): 1 under
+    the model, larger with overdispersion (which robust SEs of a Poisson checkpoint reflect)."""
+    mu = np.exp(eta)
+    ww = np.ones(len(y)) if w is None else w
+    df = len(y) - k
+    return float(np.sum(ww * (y - mu) ** 2 / mu) / df) if df > 0 else 1.0
+
+
+def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
+    """Fit a logit/probit/poisson/nbreg/ologit/oprobit checkpoint; see the module docstring for
+    weights and vcov. Returns the regressors' coefficients followed by `alpha` (nbreg) or the
+    cut points (ordered models)."""
+    _check_vcov(cp, label)
+    if cp.model in GLM_ORDERED:
+        return _fit_ordered(design, cp, label)
+    from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
+
+    base = {"logit": Logit, "probit": Probit, "poisson": Poisson, "nbreg": NegativeBinomial}[cp.model]
+    n, k = design.X.shape
+    w = normalised_weights(design.weights, n)
+    kw = {"loglike_method": "nb2"} if cp.model == "nbreg" else {}
+    if w is None:
+        model = base(design.y, design.X, **kw)
+    elif cp.model == "nbreg":
+        model = _weighted_nb2(design.y, design.X, w)
+    else:
+        model = _weighted_discrete(base)(design.y, design.X, w)
+    res = _fit(model, label, method="newton", maxiter=200, **_cov_args(design, cp))
+    beta = np.asarray(res.params, dtype="float64")
+    se = np.asarray(res.bse, dtype="float64")
+    if cp.vcov == "HC1":
+        se = se * np.sqrt(n / (n - 1))
+    terms = list(design.terms)
+    extra: dict = {"family": cp.model}
+    if cp.model == "nbreg":
+        terms.append("alpha")
+        extra["alpha"] = float(beta[-1])
+        if not beta[-1] > 0:
+            raise CheckpointError(f"{label}: the estimated nbreg dispersion alpha is not positive ({beta[-1]:.3g}); the counts show no overdispersion, use model poisson")
+    if cp.model in GLM_BINARY or cp.model in GLM_COUNT:
+        extra["outcome_mean"] = float(np.average(design.y, weights=w))
+    if cp.model == "poisson":
+        extra["dispersion"] = pearson_dispersion(design.y, design.X @ beta, w, len(beta))
+    return FitResult(terms=terms, beta=beta, se=se, n=int(n), resid_df=float(n - len(beta)), scale=1.0, extra=extra)
+
+
+def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
+    """Ordered logit/probit; parameters (b, cut_1..cut_{J-1}) with delta-method SEs."""
+    from statsmodels.miscmodels.ordinal_model import OrderedModel
+
+    n, k = design.X.shape
+    codes = design.y.astype("int64")
+    J = int(codes.max()) + 1 if len(codes) else 0
+    present = np.bincount(codes, minlength=J)
+    if J < 2 or np.any(present == 0):
+        raise CheckpointError(f"{label}: the outcome {cp.outcome!r} has {int(np.sum(present > 0))} of its {J} categories in the sample; an ordered model needs at least two and every listed level present")
+    bad = [t for t in design.terms if t in cut_names(J)]
+    if bad:
+        raise CheckpointError(f"{label}: regressor name(s) {', '.join(bad)} clash with the cut point names; rename the column")
+    w = normalised_weights(design.weights, n)
+    distr = "logit" if cp.model == "ologit" else "probit"
+    if w is None:
+        model = OrderedModel(codes, design.X, distr=distr)
+    else:
+        model = _weighted_ordered(OrderedModel)(codes, design.X, w, distr=distr)
+    res = _fit(model, label, method="bfgs", maxiter=2000, gtol=1e-8, **_cov_args(design, cp))
+    p = np.asarray(res.params, dtype="float64")
+    V = np.asarray(res.cov_params(), dtype="float64")
+    if cp.vcov == "HC1":
+        V = V * (n / (n - 1))
+    # thresholds: cut_1 = t_0, cut_j = t_0 + sum_{i<j} exp(t_i)
+    t = p[k:]
+    cuts = t[0] + np.concatenate([[0.0], np.cumsum(np.exp(t[1:]))])
+    Jac = np.zeros((len(p), len(p)))
+    Jac[:k, :k] = np.eye(k)
+    for j in range(J - 1):
+        Jac[k + j, k] = 1.0
+        Jac[k + j, k + 1 : k + 1 + j] = np.exp(t[1 : 1 + j])
+    beta = np.concatenate([p[:k], cuts])
+    se = np.sqrt(np.maximum(np.diag(Jac @ V @ Jac.T), 0.0))
+    shares = np.bincount(codes, weights=w, minlength=J) / (w.sum() if w is not None else n)
+    return FitResult(terms=list(design.terms) + cut_names(J), beta=beta, se=se, n=int(n), resid_df=float(n - len(beta)),
+                     scale=1.0, extra={"family": cp.model, "outcome_shares": [float(s) for s in shares]})

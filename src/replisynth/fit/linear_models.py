@@ -1,0 +1,355 @@
+"""Linear model families `fe`, `re` and `iv`: reference fits by linearmodels (the numbers users
+trust), and for pinning the linear operator A (k × n) with beta_hat = A y on the estimation
+sample, and the residual that can be rescaled without moving beta_hat.
+
+Reference fits
+- fe: `AbsorbingLS` with the absorbed columns (or the entity) as categorical effects. With an
+  intercept in the formula the constant is kept and reported as linearmodels (and reghdfe) do:
+  the weighted means are added back after the effects are removed.
+- re: `RandomEffects` (Swamy-Arora variance components from the within and between
+  regressions, theta_i = 1 - sqrt(s2_e / (T_i s2_u + s2_e)), then OLS on the quasi-demeaned data).
+- iv: `IV2SLS` (two-stage least squares).
+
+vcov mapping (the covariance of `ols` with the same name, where one exists): nonrobust ->
+unadjusted, debiased (s2 with the residual df); HC0 -> robust, not debiased; HC1 -> robust,
+debiased (n / (n - k - absorbed df)); cluster:<col> -> clustered, debiased, i.e.
+G/(G-1) (n-1)/(n-k) (for fe also minus the absorbed df, except a single effect nested in
+the clusters). HC2/HC3 are refused when the manifest loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from replisynth.stats.design import Design, collinear_terms
+from replisynth.core.errors import CheckpointError
+from replisynth.fit.result import FitResult
+from replisynth.config.manifest import Checkpoint
+
+DEMEAN_TOL = 1e-13  # alternating projections stop when no column moves by more than this (relative L2)
+DEMEAN_MAX_ITER = 10_000
+
+
+def _weights(d: Design) -> np.ndarray:
+    return d.weights if d.weights is not None else np.ones(len(d.y))
+
+
+def _cov(cp: Checkpoint, d: Design) -> tuple[str, dict[str, Any]]:
+    """linearmodels cov_type and fit keywords for the checkpoint's vcov."""
+    if cp.cluster:
+        return "clustered", {"debiased": True, "clusters": np.asarray(d.clusters)}
+    if cp.vcov == "nonrobust":
+        return "unadjusted", {"debiased": True}
+    if cp.vcov in ("HC0", "HC1"):
+        return "robust", {"debiased": cp.vcov == "HC1"}
+    raise CheckpointError(f"checkpoint {cp.tag!r}: vcov {cp.vcov} is not available for model {cp.model}; use HC1 or cluster:<column>")
+
+
+# ---------------------------------------------------------------------------------------------
+# fixed effects
+
+
+def _group_means(M: np.ndarray, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Row-wise weighted group means of the columns of M (n, k) for one code vector (n,)."""
+    G = int(codes.max()) + 1
+    D = sparse.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), codes)), shape=(len(codes), G))
+    sums = D.T @ (w[:, None] * M)
+    wsum = np.bincount(codes, weights=w, minlength=G)
+    return (sums / wsum[:, None])[codes]
+
+
+def demean(M: np.ndarray, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """M (n, k) minus its W-orthogonal projection on the dummies of every column of `codes`
+    (n, m): one pass for one effect, alternating projections (Gaure 2013) for two."""
+    out = np.array(M, dtype="float64", copy=True)
+    if out.ndim == 1:
+        out = out[:, None]
+    if codes.shape[1] == 1:
+        return out - _group_means(out, codes[:, 0], w)
+    norm = np.sqrt((out**2).sum(axis=0))
+    norm[norm == 0] = 1.0
+    for _ in range(DEMEAN_MAX_ITER):
+        before = out.copy()
+        for j in range(codes.shape[1]):
+            out -= _group_means(out, codes[:, j], w)
+        if np.max(np.sqrt(((out - before) ** 2).sum(axis=0)) / norm) < DEMEAN_TOL:
+            break
+    return out
+
+
+def _has_const(X: np.ndarray) -> int | None:
+    """Position of a constant non-zero column of X, or None."""
+    for j in range(X.shape[1]):
+        c = X[:, j]
+        if c[0] != 0 and np.all(c == c[0]):
+            return j
+    return None
+
+
+def _fe_transformed(d: Design, label: str) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(X_t, X_tilde, const position): X_tilde = M_D X; X_t adds back the weighted means when
+    the formula has a constant (linearmodels' convention). Raises naming absorbed terms."""
+    assert d.absorb is not None
+    w = _weights(d)
+    Xd = demean(d.X, d.absorb, w)
+    const = _has_const(d.X)
+    norm = np.sqrt((d.X**2).sum(axis=0))
+    dnorm = np.sqrt((Xd**2).sum(axis=0))
+    gone = [d.terms[j] for j in range(d.X.shape[1]) if j != const and dnorm[j] <= 1e-9 * max(norm[j], 1e-300)]
+    if gone:
+        raise CheckpointError(
+            f"{label}: these terms do not vary within the absorbed fixed effects and are absorbed by them: "
+            f"{', '.join(gone)} (drop them from the formula)"
+        )
+    Xt = Xd.copy()
+    if const is not None:
+        Xt += (w @ d.X / w.sum())[None, :]
+    bad = collinear_terms(Xt, d.terms)
+    if bad:
+        raise CheckpointError(f"{label}: once the fixed effects are absorbed these terms are collinear with the others: {', '.join(bad)}")
+    return Xt, Xd, const
+
+
+def _fit_fe(d: Design, cp: Checkpoint, label: str) -> Any:
+    from linearmodels.iv.absorbing import AbsorbingLS
+
+    _fe_transformed(d, label)
+    assert d.absorb is not None
+    absorb = pd.DataFrame({f"absorb{j}": pd.Categorical(d.absorb[:, j]) for j in range(d.absorb.shape[1])})
+    exog = pd.DataFrame(d.X, columns=d.terms)
+    w = None if d.weights is None else pd.Series(d.weights)
+    cov_type, kw = _cov(cp, d)
+    mod = AbsorbingLS(pd.Series(d.y, name="y"), exog, absorb=absorb, weights=w)
+    return mod.fit(cov_type=cov_type, **kw)
+
+
+def _fe_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """A = (X_t'WX_t)^-1 [X~'W + (X_t'w) w'/sum(w)] (the second part only with a constant):
+    beta_hat of the absorbed regression, linear in y; returned as (X_t'WX_t, B) with B' the
+    bracket (n × k)."""
+    w = _weights(d)
+    Xt, Xd, const = _fe_transformed(d, label)
+    B = Xd * w[:, None]
+    if const is not None:
+        B = B + np.outer(w, Xt.T @ w) / w.sum()
+    return (Xt * w[:, None]).T @ Xt, B
+
+
+# ---------------------------------------------------------------------------------------------
+# random effects
+
+
+def _panel_frames(d: Design) -> tuple[np.ndarray, pd.MultiIndex]:
+    """Row order sorting by entity (stable) and the (entity, period) index linearmodels needs;
+    the period is the row's position within its entity (random effects do not use time)."""
+    assert d.entity is not None
+    order = np.argsort(d.entity, kind="stable")
+    ent = d.entity[order]
+    period = pd.Series(ent).groupby(ent).cumcount().to_numpy()
+    return order, pd.MultiIndex.from_arrays([ent, period], names=["entity", "period"])
+
+
+def _fit_re(d: Design, cp: Checkpoint, label: str) -> tuple[Any, np.ndarray]:
+    """linearmodels RandomEffects fit and theta per row of the design (in design order)."""
+    from linearmodels.panel import RandomEffects
+
+    order, idx = _panel_frames(d)
+    dep = pd.DataFrame({"y": d.y[order]}, index=idx)
+    exog = pd.DataFrame(d.X[order], index=idx, columns=d.terms)
+    w = None if d.weights is None else pd.DataFrame({"w": d.weights[order]}, index=idx)
+    cov_type, kw = _cov(cp, d)
+    if cov_type == "clustered":
+        kw = {**kw, "clusters": np.asarray(d.clusters)[order], "group_debias": True}
+    try:
+        res = RandomEffects(dep, exog, weights=w).fit(cov_type=cov_type, **kw)
+    except ValueError as exc:
+        raise CheckpointError(f"{label}: linearmodels could not fit the random-effects model ({exc})") from None
+    assert d.entity is not None
+    theta = res.theta["theta"].reindex(d.entity).to_numpy(dtype="float64")
+    return res, theta
+
+
+def _re_factors(d: Design, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A at fixed theta: beta_hat = (X*'X*)^-1 X*' sqrt(w) (y - theta ybar_w), X* = sqrt(w)
+    (X - theta Xbar_w), entity means weighted by w. Written as A y, A = (X*'X*)^-1 C' with
+    C = (I - Theta P_w)' sqrt(w) X*, P_w the weighted entity-mean operator; returned as
+    (X*'X*, C)."""
+    assert d.entity is not None
+    w = _weights(d)
+    ent = d.entity.reshape(-1, 1)
+    rw = np.sqrt(w)[:, None]
+    Xs = rw * (d.X - theta[:, None] * _group_means(d.X, ent[:, 0], w))
+    U = rw * Xs
+    G = int(ent.max()) + 1
+    tu = np.zeros((G, U.shape[1]))
+    np.add.at(tu, ent[:, 0], theta[:, None] * U)
+    wsum = np.bincount(ent[:, 0], weights=w, minlength=G)
+    C = U - w[:, None] * (tu / wsum[:, None])[ent[:, 0]]
+    return Xs.T @ Xs, C
+
+
+# ---------------------------------------------------------------------------------------------
+# instrumental variables
+
+
+def _iv_xhat(d: Design, label: str) -> np.ndarray:
+    """X_hat = Z (Z'WZ)^-1 Z'W X, the first-stage fitted regressors (exogenous ones unchanged)."""
+    assert d.Z is not None and d.instruments is not None and d.n_exog is not None
+    names = d.terms[: d.n_exog] + d.instruments
+    bad = collinear_terms(d.Z, names)
+    if bad:
+        raise CheckpointError(f"{label}: the instruments and exogenous regressors are collinear: {', '.join(bad)}")
+    w = _weights(d)
+    ZtW = (d.Z * w[:, None]).T
+    return d.Z @ np.linalg.solve(ZtW @ d.Z, ZtW @ d.X)
+
+
+def _fit_iv(d: Design, cp: Checkpoint, label: str) -> Any:
+    from linearmodels.iv import IV2SLS
+
+    _iv_factors(d, label)  # raises a CheckpointError on collinear instruments or no first stage
+    assert d.Z is not None and d.instruments is not None and d.n_exog is not None
+    k0 = d.n_exog
+    exog = pd.DataFrame(d.X[:, :k0], columns=d.terms[:k0]) if k0 else None
+    endog = pd.DataFrame(d.X[:, k0:], columns=d.terms[k0:])
+    instr = pd.DataFrame(d.Z[:, k0:], columns=d.instruments)
+    w = None if d.weights is None else pd.Series(d.weights)
+    cov_type, kw = _cov(cp, d)
+    return IV2SLS(pd.Series(d.y, name="y"), exog, endog, instr, weights=w).fit(cov_type=cov_type, **kw)
+
+
+def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """A = (X_hat'WX)^-1 X_hat'W: 2SLS is linear in y; returned as (X_hat'WX, W X_hat)."""
+    Xh = _iv_xhat(d, label)
+    w = _weights(d)
+    XhW = (Xh * w[:, None]).T
+    M = XhW @ d.X
+    if np.linalg.cond(M) > 1e12:
+        raise CheckpointError(f"{label}: the instruments do not identify the endogenous regressors (singular first stage)")
+    return M, XhW.T
+
+
+# ---------------------------------------------------------------------------------------------
+# public
+
+
+def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
+    """Fit an fe, re or iv checkpoint with linearmodels; returns estimators.FitResult with
+    formulaic's term names and `scale` = sum(w e^2) / resid_df of the family's residual."""
+
+    d = design
+    w = _weights(d)
+    extra: dict[str, float] = {}
+    try:
+        if cp.model == "fe":
+            res = _fit_fe(d, cp, label)
+            resid = residual(d, cp, np.asarray(res.params, dtype="float64"))
+            df_resid = float(res.df_resid)
+        elif cp.model == "re":
+            res, _ = _fit_re(d, cp, label)
+            df_resid = float(res.df_resid)
+            resid = None
+            extra = {"sigma2_u": float(res.variance_decomposition["Effects"]),
+                     "sigma2_e": float(res.variance_decomposition["Residual"]),
+                     "rho": float(res.variance_decomposition["Percent due to Effects"])}
+        elif cp.model == "iv":
+            res = _fit_iv(d, cp, label)
+            df_resid = float(len(d.y) - d.X.shape[1])
+            resid = residual(d, cp, np.asarray(res.params, dtype="float64"))
+        else:
+            raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise CheckpointError(f"{label}: linearmodels could not fit the {cp.model} model ({exc}); check the formula, weights and vcov") from None
+    if df_resid <= 0:
+        raise CheckpointError(f"{label}: no residual degrees of freedom left ({len(d.y)} observations)")
+    params = res.params.reindex(d.terms)
+    if params.isna().any():
+        raise CheckpointError(f"{label}: linearmodels dropped terms: {', '.join(params.index[params.isna()])}")
+    if resid is None:
+        weps = np.asarray(res.wresids, dtype="float64")
+        scale = float(weps @ weps / df_resid)
+    else:
+        scale = float(np.sum(w * resid * resid) / df_resid)
+    return FitResult(
+        terms=list(d.terms),
+        beta=params.to_numpy(dtype="float64"),
+        se=res.std_errors.reindex(d.terms).to_numpy(dtype="float64"),
+        n=int(len(d.y)),
+        resid_df=df_resid,
+        scale=scale,
+        extra=extra,
+    )
+
+
+def linear_factors(design: Design, cp: Checkpoint, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(G, B) with A = G^-1 B' (G: k × k, B: n × k) and beta_hat = A y on the design's sample:
+    the operator kept factored, so pinning applies it without a k × n matrix. For re, A is
+    taken at the variance components of the current data (refitted here), so pinning
+    iterates to a fixed point."""
+    label = label or f"checkpoint {cp.tag!r}"
+    if cp.model == "fe":
+        return _fe_factors(design, label)
+    if cp.model == "iv":
+        return _iv_factors(design, label)
+    if cp.model == "re":
+        _, theta = _fit_re(design, cp, label)
+        return _re_factors(design, theta)
+    raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
+
+
+def linear_operator(design: Design, cp: Checkpoint, label: str = "") -> np.ndarray:
+    """A (k × n) with beta_hat = A y on the design's sample (`linear_factors` made dense)."""
+    G, B = linear_factors(design, cp, label)
+    return np.linalg.solve(G, B.T)
+
+
+def re_matched_outcome(design: Design, cp: Checkpoint, beta: np.ndarray, sigma2_u: float, sigma2_e: float) -> np.ndarray | None:
+    """Random effects, inference fidelity: y' = X b + f_e M_D e + f_b P e (e = y - X b, P the
+    weighted entity means, M_D = I - P) so that the refit's variance components are the
+    released ones. The within residual of y' is f_e times that of y and the between residual
+    f_b times, so s2_e' = f_e^2 s2_e and s2_u' = f_b^2 S_b - s2_e'/T_bar (S_b the between
+    residual variance, T_bar the harmonic mean of T_i, as linearmodels). beta_hat moves with
+    theta; a pin step afterwards restores it without touching either residual. None when the
+    components cannot be matched (no between or within residual left)."""
+    assert design.entity is not None
+    w = _weights(design)
+    ent = design.entity
+    e = design.y - design.X @ beta
+    pe = _group_means(e[:, None], ent, w)[:, 0]
+    we = e - pe
+    res, _ = _fit_re(design, cp, f"checkpoint {cp.tag!r}")
+    s2e = float(res.sigma2_eps) if hasattr(res, "sigma2_eps") else float(res.variance_decomposition["Residual"])
+    G = int(ent.max()) + 1
+    first = np.unique(ent, return_index=True)[1]
+    xbar = _group_means(design.X, ent, w)[first]
+    ybar = _group_means(design.y[:, None], ent, w)[first, 0]
+    coef, _, rank, _ = np.linalg.lstsq(xbar, ybar, rcond=None)
+    df_b = G - int(rank)
+    T = np.bincount(ent, minlength=G).astype("float64")
+    t_bar = G / float(np.sum(1.0 / T))
+    if df_b <= 0 or s2e <= 0:
+        return None
+    S_b = float(np.sum((ybar - xbar @ coef) ** 2)) / df_b
+    if S_b <= 0:
+        return None
+    f_e = np.sqrt(sigma2_e / s2e)
+    f_b = np.sqrt((sigma2_u + sigma2_e / t_bar) / S_b)
+    return design.X @ beta + f_e * we + f_b * pe
+
+
+def residual(design: Design, cp: Checkpoint, beta: np.ndarray) -> np.ndarray | None:
+    """The residual r whose rescaling y <- y + (f - 1) r leaves beta_hat unchanged (A r = 0)
+    and multiplies the residual variance by f^2: fe the within residual M_D (y - X b); iv the
+    structural residual y - X b (orthogonal to X_hat); None for re (its variance components
+    would move)."""
+    e = design.y - design.X @ beta
+    if cp.model == "iv":
+        return e
+    if cp.model == "fe":
+        assert design.absorb is not None
+        return demean(e, design.absorb, _weights(design))[:, 0]
+    return None

@@ -1,0 +1,1 @@
+"""Source files in, outputs out (atomically), and the column schema."""

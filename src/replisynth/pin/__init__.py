@@ -1,0 +1,1 @@
+"""Outside side: pin checkpoint coefficients and cross-moments on the synthetic data."""

@@ -1,0 +1,1 @@
+"""Numerics used on both sides: marginals, correlations, copula, dimensions, designs."""

@@ -1,0 +1,1 @@
+"""Outside side: rebuild each source from its release alone."""

@@ -1,0 +1,582 @@
+"""Rank-correlation refinement by swapping values between rows.
+
+A Gaussian copula cannot express every dependence real data have: structural zeros
+(never both 'lived with both parents' and 'with a single mother'), one column a function of
+another (the 1966 south dummy of the 1966 region), mutually exclusive dummies. Its latent
+target is then not positive definite, and the repaired matrix misses such pairs by 0.3 or
+more. This step starts from the copula draw and swaps the values of one column between two
+rows of the same block (stratum) whenever that brings the Spearman matrices closer to their
+released targets: the block's own and, for stratified sources, the source-level one. A swap
+moves no value out of its column or block and never moves a missing value, so exact
+marginals, stratum contents and missing positions are untouched.
+
+Each column is scored by its mid-ranks, centred and scaled to unit norm over the view's
+rows (missing rows score 0). For a pair (i, j) the correlation over the rows where both are
+present is tracked exactly through five sums: C = sum u_i u_j, A_ij = sum over j-present
+rows of u_i, Q_ij = the same of u_i^2, and N_ij = the number of rows where both are present:
+  corr_ij = (C - A_ij A_ji / N) / sqrt((Q_ij - A_ij^2 / N) (Q_ji - A_ji^2 / N)),
+the Pearson correlation of the ranks over the pair's common rows (equal to Spearman when
+nothing is missing, close to it otherwise). Swapping rows r, s of column i changes C, A_ij
+and Q_ij by amounts linear in the pair's row values, so every proposal is scored in O(d);
+proposals come in batches of disjoint row pairs and the best improving ones are accepted
+together, as many as the exact objective of their combined change still improves. Columns
+that belong together (the indicators of one nominal column) swap together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from replisynth.stats.correlations import _Ranker
+from replisynth.core.options import CORR_TOL
+from replisynth.core.parallel import thread_map
+
+# Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
+# tolerance with room left for the design-moment alignment, whose own wall is at 0.03), a
+# sweep must gain at least SETTLE_GAIN of the squared error to be followed by another.
+# Later sweeps gain ~1% each at 10^6 rows without moving the worst pair.
+COMFORT = 0.7 * CORR_TOL
+SETTLE_GAIN = 0.05
+
+
+# A view of at least 1/tol² rows is large: the released correlations' own sampling error
+# (~1/sqrt(rows)) is then within the refinement's precision `tol`, and so is the copula
+# draw's, so sweeps there pay only for errors past `comfort`. A large view is measured on
+# SAMPLE_ROWS of its rows (the estimate is within ~0.006 of the whole view's, against the
+# 0.015 between `comfort` and the tier's tolerance) and left as drawn when within comfort.
+SAMPLE_ROWS = 1 << 15
+TOL = 0.004
+
+
+def view_samples(views: list[np.ndarray], rng: np.random.Generator, tol: float = TOL, size: int = SAMPLE_ROWS) -> list[np.ndarray | None]:
+    """For each view (its rows), a sorted random `size` of its rows when it is large (at
+    least 1/tol² rows), None when it is refined in full."""
+    big = int(np.ceil(1.0 / tol**2)) if tol > 0 else None
+    out: list[np.ndarray | None] = []
+    for rows in views:
+        if big is None or len(rows) < big:
+            out.append(None)
+        else:
+            out.append(np.sort(rows[rng.choice(len(rows), size, replace=False)]) if len(rows) > size else rows)
+    return out
+
+
+def worst_error(X: np.ndarray, rows: np.ndarray, target: np.ndarray) -> float:
+    """Largest targeted |error| of the correlations of X's `rows` (the refinement's measure)."""
+    v = _view(X, rows, target, X.shape[0])
+    return float(np.max(np.abs(v.error()), initial=0.0))
+
+
+def settled_views(X: np.ndarray, samples: list[np.ndarray | None], targets: list[np.ndarray], comfort: float = COMFORT) -> list[bool]:
+    """Per view: large (sampled, `view_samples`) and within `comfort` of its target on its
+    sample (rows of X), so it is left as drawn."""
+    return [s is not None and worst_error(X, s, t) <= comfort for s, t in zip(samples, targets, strict=True)]
+
+
+def best_prefix(change: Callable[[int], float], n: int) -> tuple[int, float]:
+    """How many of `n` candidate swaps (sorted best first) to accept together: the prefix
+    length m (1, 2, 4, ...) whose joint objective change `change(m)` is lowest and negative,
+    doubling until it stops improving past 16 (0 when no prefix improves), and that change.
+    Swaps scored one by one interact, so the batch is judged jointly."""
+    best_m, best_f, m = 0, 0.0, 1
+    while True:
+        f = change(m)
+        if f < best_f:
+            best_f, best_m = f, m
+        elif m >= 16:
+            break
+        if m == n:
+            break
+        m = min(2 * m, n)
+    return best_m, best_f
+
+
+def scores(x: np.ndarray) -> np.ndarray:
+    """Mid-rank scores of a column, centred and scaled to unit norm; missing rows score 0."""
+    ok = ~np.isnan(x)
+    if len(x) >= 2 and ok.all():  # nothing missing: the same arithmetic without the masks
+        r = _Ranker(x).ranks()
+        r = r - r.mean()
+        nrm = np.sqrt(np.sum(r * r))
+        return r / nrm if nrm > 0 else np.zeros(len(x))
+    u = np.zeros(len(x))
+    if ok.sum() < 2:
+        return u
+    r = _Ranker(x[ok]).ranks()  # bit-identical to scipy.stats.rankdata(method="average")
+    r = r - r.mean()
+    nrm = np.sqrt(np.sum(r * r))
+    if nrm > 0:
+        u[ok] = r / nrm
+    return u
+
+
+def _corr(C: np.ndarray, Aij: np.ndarray, Aji: np.ndarray, Qij: np.ndarray, Qji: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Pearson correlation over common rows from the running sums (0 where undefined)."""
+    Nn = np.maximum(N, 1.0)
+    num = C - Aij * Aji / Nn
+    den = (Qij - Aij * Aij / Nn) * (Qji - Aji * Aji / Nn)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = num / np.sqrt(np.maximum(den, 1e-300))
+    return np.where((den > 1e-300) & (N >= 3), r, 0.0)
+
+
+@dataclass
+class _View:
+    """Running sums of a set of rows (`rows`: their indices in the data) and the error of
+    their correlation matrix against `target` on the masked pairs."""
+
+    rows: np.ndarray
+    pos: np.ndarray  # position of each data row in `rows` (-1 when absent)
+    U: np.ndarray
+    miss: np.ndarray  # dims with a missing value in the view's rows
+    Pm: np.ndarray  # their presence (rows × len(miss)); every other dim is present on all rows
+    C: np.ndarray
+    A: np.ndarray
+    Q: np.ndarray
+    N: np.ndarray
+    T: np.ndarray
+    M: np.ndarray
+
+    def corr(self) -> np.ndarray:
+        return _corr(self.C, self.A, self.A.T, self.Q, self.Q.T, self.N)
+
+    def error(self) -> np.ndarray:
+        return (self.corr() - self.T) * self.M
+
+    def dP(self, pr: np.ndarray, ps: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Presence differences P[pr] - P[ps] over the dims `out` (zero on complete dims)."""
+        d = np.zeros((len(pr), len(out)))
+        if len(self.miss):
+            at = np.searchsorted(self.miss, out)
+            hit = (at < len(self.miss)) & (self.miss[np.minimum(at, len(self.miss) - 1)] == out)
+            if hit.any():
+                cols = at[hit]
+                d[:, hit] = self.Pm[pr][:, cols] - self.Pm[ps][:, cols]
+        return d
+
+
+def _rows_key(rows: np.ndarray) -> slice | np.ndarray:
+    """`rows` as a slice when they are a contiguous ascending run (strata blocks, all rows):
+    reading X through a slice skips the gather."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1))):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
+    """Running sums of the rows `rows` of X (n rows in all) against `target`. Presence is
+    kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
+    U and U², and N the count of rows. The columns' scores are independent (threads)."""
+    d = X.shape[1]
+    at = _rows_key(rows)
+    present: list[np.ndarray | None] = [None] * d
+
+    def score(j: int) -> np.ndarray:
+        col = np.array(X[at, j], dtype="float64")
+        nan = np.isnan(col)
+        if nan.any():
+            present[j] = ~nan
+        return scores(col)
+
+    U = np.empty((len(rows), d))
+    step, width = 1 << 14, 4
+    for g in range(0, d, width):  # a few columns at a time, written in row blocks (a whole
+        group = range(g, min(g + width, d))  # column strides through all of U), few temporaries
+        cols = thread_map(score, group)
+        for a in range(0, len(rows), step):
+            for j, c in zip(group, cols, strict=True):
+                U[a : a + step, j] = c[a : a + step]
+        del cols
+    miss = np.asarray([j for j in range(d) if present[j] is not None], dtype=np.intp)
+    Pm = np.column_stack([present[j] for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
+    M = np.isfinite(target).astype("float64")
+    np.fill_diagonal(M, 0.0)
+    pos = np.full(n, -1, dtype="int64")
+    pos[rows] = np.arange(len(rows))
+    A, Q, N = view_sums(U, Pm, miss)
+    return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
+
+
+def view_sums(U: np.ndarray, Pm: np.ndarray, miss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (Σ U over rows where the other dim is present), Q (the same of U²) and N (pairwise
+    present counts) of a view with scores U (rows × d) and presence Pm of the dims `miss`
+    (the others are present everywhere); sums of U² without an n × d temporary (the memory
+    peak of the views at 10^6 rows)."""
+    rows, d = U.shape
+    A = np.repeat(U.sum(0)[:, None], d, axis=1)
+    Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
+    N = np.full((d, d), float(rows))
+    if len(miss):
+        A[:, miss] = U.T @ Pm
+        step = 1 << 16
+        Q[:, miss] = sum(((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, rows, step)), np.zeros((d, len(miss))))
+        cnt = Pm.sum(0)
+        N[miss, :] = cnt[:, None]
+        N[:, miss] = cnt[None, :]
+        N[np.ix_(miss, miss)] = Pm.T @ Pm
+    return A, Q, N
+
+
+def _proposal_terms(v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray):
+    """Per proposal and unit dim: the changes of C, A and Q with every dim outside the unit."""
+    pr, ps = v.pos[r], v.pos[s]
+    Ur, Us = v.U[pr], v.U[ps]
+    ur, us = Ur[:, dims], Us[:, dims]  # (K, |unit|)
+    du = us - ur
+    dq = us * us - ur * ur
+    dU_other = Ur[:, out] - Us[:, out]  # (K, d')
+    dP_other = v.dP(pr, ps, out)
+    dC = du[:, :, None] * dU_other[:, None, :]  # (K, |unit|, d')
+    dA = du[:, :, None] * dP_other[:, None, :]
+    dQ = dq[:, :, None] * dP_other[:, None, :]
+    return pr, ps, dC, dA, dQ
+
+
+def _ix(a: list[int] | np.ndarray, b: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.ix_` of two integer index lists, without its per-call type checks (hot at 10^4 rows,
+    where thousands of small batches are scored)."""
+    return np.asarray(a, dtype=np.intp).reshape(-1, 1), np.asarray(b, dtype=np.intp).reshape(1, -1)
+
+
+def _block(v: _View, dims: list[int], out: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The running sums of a unit's pairs with every dim outside it (copied once per batch)."""
+    ix, xi = _ix(dims, out), _ix(out, dims)
+    return (v.C[ix], v.A[ix], v.A[xi].T, v.Q[ix], v.Q[xi].T, v.N[ix], v.T[ix], v.M[ix])
+
+
+def _objective(blk: tuple[np.ndarray, ...], dC, dA, dQ) -> np.ndarray:
+    """Squared error over the unit's pairs after adding the changes (leading axes broadcast)."""
+    C, Aij, Aji, Qij, Qji, N, T, M = blk
+    e = (_corr(C + dC, Aij + dA, Aji, Qij + dQ, Qji, N) - T) * M
+    return (e * e).sum(axis=(-1, -2))
+
+
+HARD_WALL = 0.045  # just inside verify.CORR_TOL (0.05): a pair past it would fail tier 2
+
+
+def penalty(blk: tuple[np.ndarray, ...], dC, dA, dQ, tau: float, weight: float) -> np.ndarray:
+    """`_objective` plus `weight` × the squared excess of each |error| over `tau`: a soft
+    wall that keeps rank correlations inside a tolerance while another objective moves rows;
+    and a stiff one (10⁴ × `weight`) past HARD_WALL, so no pair is pushed out of tier 2."""
+    C, Aij, Aji, Qij, Qji, N, T, M = blk
+    e = (_corr(C + dC, Aij + dA, Aji, Qij + dQ, Qji, N) - T) * M
+    a = np.abs(e)
+    h = np.maximum(a - tau, 0.0)
+    g = np.maximum(a - HARD_WALL, 0.0)
+    return (e * e + weight * (h * h + 1e4 * g * g)).sum(axis=(-1, -2))
+
+
+def accept_swaps(v: _View, a_r: np.ndarray, a_s: np.ndarray, dims: list[int], out: np.ndarray, dC: np.ndarray, dA: np.ndarray, dQ: np.ndarray) -> None:
+    """Apply accepted disjoint swaps (view positions a_r <-> a_s of the unit `dims`) to a
+    view: its scores and the running sums of the unit's pairs (dC, dA, dQ: summed changes)."""
+    for a in dims:
+        ur, us = v.U[a_r, a].copy(), v.U[a_s, a].copy()
+        v.U[a_r, a], v.U[a_s, a] = us, ur
+    ix = _ix(dims, out)
+    v.C[ix] += dC
+    v.C[_ix(out, dims)] = v.C[ix].T
+    v.A[ix] += dA
+    v.Q[ix] += dQ
+
+
+class _Proposals:
+    """A batch of disjoint swaps of a unit's dims scored against one view.
+
+    The change of C for a swap is the outer product du ⊗ dU (unit dims × other dims); A and Q
+    change only on the other dims with missing values. On a complete other dim the pair's
+    correlation is linear in C (its denominator does not move), so the squared error of the
+    swap is e0² + 2 e0 g du dU + (g du dU)² with g = M / sqrt(den), and the gain over all
+    complete dims is two small matrix products: O(K d) per batch instead of O(K |unit| d)
+    intermediate arrays. Dims with missing values are scored through `_objective` as before.
+    Accepted sums are du[take]' dU[take] (same changes as summing the outer products)."""
+
+    def __init__(self, v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray, bind: bool = True) -> None:
+        self.v, self.dims, self.out = v, dims, out
+        self.pr, self.ps = pr, ps = v.pos[r], v.pos[s]
+        Ur, Us = v.U.take(pr, axis=0), v.U.take(ps, axis=0)
+        ur, us = Ur[:, dims], Us[:, dims]
+        self.du = us - ur
+        self.dq = us * us - ur * ur
+        self.dU = (Ur - Us).take(out, axis=1)
+        miss = np.isin(out, v.miss)
+        self.om = np.flatnonzero(miss)
+        self.oc = np.flatnonzero(~miss)
+        self.dPm = v.dP(pr, ps, out[self.om]) if len(self.om) else np.zeros((len(pr), 0))
+        if bind:
+            self.bind()
+
+    def bind(self) -> None:
+        """Read the view's current running sums of the unit's pairs (the scoring baseline).
+        Everything else depends only on the rows of the swaps, so a batch can be prepared
+        while the view's sums still move with another block's accepted swaps."""
+        self.blk = _block(self.v, self.dims, self.out)
+        self.base = float(_objective(self.blk, 0.0, 0.0, 0.0))
+
+    def gain(self) -> np.ndarray:
+        """Change of the view's squared error per single swap."""
+        C, Aij, Aji, Qij, Qji, N, T, M = self.blk
+        g = np.zeros(len(self.du))
+        if len(self.oc):
+            oc = self.oc
+            Nn = np.maximum(N[:, oc], 1.0)
+            den = (Qij[:, oc] - Aij[:, oc] ** 2 / Nn) * (Qji[:, oc] - Aji[:, oc] ** 2 / Nn)
+            ok = (den > 1e-300) & (N[:, oc] >= 3)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                inv = np.where(ok, 1.0 / np.sqrt(np.maximum(den, 1e-300)), 0.0)
+            r0 = np.where(ok, (C[:, oc] - Aij[:, oc] * Aji[:, oc] / Nn) * inv, 0.0)
+            gm = inv * M[:, oc]
+            e0 = (r0 - T[:, oc]) * M[:, oc]
+            dU = self.dU[:, oc]
+            g += 2.0 * np.einsum("ka,ka->k", self.du, dU @ (e0 * gm).T)
+            g += np.einsum("ka,ka->k", self.du * self.du, (dU * dU) @ (gm * gm).T)
+        if len(self.om):
+            om = self.om
+            sub = tuple(x[:, om] for x in self.blk)
+            dC = self.du[:, :, None] * self.dU[:, None, om]
+            dA = self.du[:, :, None] * self.dPm[:, None, :]
+            dQ = self.dq[:, :, None] * self.dPm[:, None, :]
+            g += _objective(sub, dC, dA, dQ) - float(_objective(sub, 0.0, 0.0, 0.0))
+        return g
+
+    def sums(self, take: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Summed changes (dC, dA, dQ) of the swaps `take`."""
+        du, dq = self.du[take], self.dq[take]
+        dC = du.T @ self.dU[take]
+        dA = np.zeros_like(dC)
+        dQ = np.zeros_like(dC)
+        if len(self.om):
+            dP = self.dPm[take]
+            dA[:, self.om] = du.T @ dP
+            dQ[:, self.om] = dq.T @ dP
+        return dC, dA, dQ
+
+    def change(self, take: np.ndarray) -> float:
+        """Exact change of the view's squared error when the swaps `take` are made together."""
+        return float(_objective(self.blk, *self.sums(take))) - self.base
+
+    def accept(self, take: np.ndarray) -> None:
+        accept_swaps(self.v, self.pr[take], self.ps[take], self.dims, self.out, *self.sums(take))
+
+
+def _compound_units(units: list[list[int]], errs: list[np.ndarray], far: float, limit: int = 12) -> list[tuple[list[int], list[int]]]:
+    """Pairs of units to swap together while chasing: two units both off by more than `far`
+    against a common third dim. Three-way structure (c = a or b, a and b exclusive) is a local
+    optimum of single-column swaps; moving (a, b) as one keeps their own pair and fixes c's."""
+    E = np.max(np.abs(np.stack(errs)), axis=0)
+    off = E > far
+    found: list[tuple[float, list[int], list[int]]] = []
+    for i in range(len(units)):
+        oi = off[units[i]].any(axis=0)
+        if not oi.any():
+            continue
+        for j in range(i + 1, len(units)):
+            common = oi & off[units[j]].any(axis=0)
+            common[units[i]] = common[units[j]] = False
+            if common.any():
+                score = float(E[np.ix_(units[i] + units[j], np.flatnonzero(common))].sum())
+                found.append((-score, [i, j], units[i] + units[j]))
+    found.sort(key=lambda f: (f[0], f[1]))
+    return [(m, dims) for _, m, dims in found[:limit]]
+
+
+def refine_swaps(
+    X: np.ndarray,
+    groups: list[np.ndarray],
+    group_targets: list[np.ndarray],
+    global_target: np.ndarray | None,
+    units: list[list[int]],
+    rng: np.random.Generator,
+    tol: float = TOL,
+    max_sweeps: int = 60,
+    patience: int = 3,
+    min_gain: float = 0.01,
+    max_pairs: int = 512,
+    labels: np.ndarray | None = None,
+    comfort: float = COMFORT,
+    settle_gain: float = SETTLE_GAIN,
+    far: float = COMFORT,
+    max_far_sweeps: int = 400,
+    settled: list[bool] | None = None,
+) -> list[np.ndarray]:
+    """Row permutations, one per unit (a list of dims that move together), that bring the
+    correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
+    untargeted): each group's rows towards its target, all rows towards `global_target`.
+    Swaps stay inside a group and among rows where the unit is present. Dims in no unit
+    never move but still steer the others. Sweeps stop when every targeted error is within
+    `tol`, or a sweep improves the squared error by less than `min_gain` (relative) while
+    the worst error is within `far`, or by less than `settle_gain` once every targeted error
+    is within `comfort` (the budget: the tier-2 check needs CORR_TOL, not the last percent of
+    the squared error). While some pair is still off by more than `far` (a structural zero
+    among three columns, such as blhisp = black or hisp, is a local optimum of single-column
+    swaps) sweeps go on, also swapping pairs of units together, while the excess beyond `far`
+    keeps shrinking, up to `max_far_sweeps` more.
+
+    With `labels` (entity per row) swap partners share a label (`draw_pairs`).
+    Without labels, a view of at least 1/tol² rows whose worst error on a sample of its rows
+    (`view_samples`, `worst_error`) is within `comfort` is settled as drawn: its rows are not
+    swapped and it leaves the objective (panels, whose rows are not independent draws, are
+    always refined). `settled` (one flag per group, then the global view) gives that decision
+    when the caller has taken it already.
+
+    Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
+    n, d = X.shape
+    perms = [np.arange(n) for _ in units]
+    if n < 4 or d < 2:
+        return perms
+    targets = group_targets + ([global_target] if global_target is not None else [])
+    if settled is None and labels is None:
+        samples = view_samples(groups + ([np.arange(n)] if global_target is not None else []), rng, tol)
+        settled = settled_views(X, samples, targets, comfort)
+    if settled is not None:
+        keep = [not x for x in settled[: len(groups)]]
+        groups = [g for g, k in zip(groups, keep, strict=True) if k]
+        group_targets = [t for t, k in zip(group_targets, keep, strict=True) if k]
+        if global_target is not None and settled[-1]:
+            global_target = None
+    views = [_view(X, g, t, n) for g, t in zip(groups, group_targets, strict=True)]
+    gview = _view(X, np.arange(n), global_target, n) if global_target is not None else None
+    if not any(v.M.any() for v in views) and (gview is None or not gview.M.any()):
+        return perms
+    # Pairs of two dims that never move cannot be improved: leave them out of the objective.
+    movable = np.zeros(d, dtype=bool)
+    for dims in units:
+        movable[dims] = True
+    fixed_pair = ~movable[:, None] & ~movable[None, :]
+    all_views = views + ([gview] if gview else [])
+    for v in all_views:
+        v.M[fixed_pair] = 0.0
+    present = ~np.isnan(X)
+    # Blocks that share no row can prepare their batches at once (threads): a block's swaps
+    # move only its own rows, so another block's prepared scores stay valid; only the
+    # shared view's running sums move, and those are read when a batch is scored, in order.
+    disjoint = not views or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
+    eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # (unit dims, view) -> rows where the unit is present
+    unit_ok: dict[tuple[int, ...], np.ndarray | None] = {}  # None: present on every row
+    stale = 0
+    prev = np.inf
+    chase, best_worst, flat = False, np.inf, 0
+    for sweep in range(max_sweeps + max_far_sweeps):
+        errs = [v.error() for v in all_views]
+        worst = max(float(np.max(np.abs(e))) for e in errs)
+        total = sum(float(np.sum(e * e)) for e in errs)
+        if worst <= tol or (worst <= comfort and total > prev * (1 - settle_gain)):
+            break
+        if not chase and (total > prev * (1 - min_gain) or sweep >= max_sweeps):
+            if worst <= far:
+                break
+            chase = True  # past the usual stopping point, while a pair is off by more than `far`
+        if chase:  # progress: the summed squared excess of the pairs still beyond `far`
+            excess = sum(float(np.sum(np.maximum(np.abs(e) - far, 0.0) ** 2)) for e in errs)
+            flat = flat + 1 if excess > best_worst * (1 - min_gain / 10) else 0
+            best_worst = min(best_worst, excess)
+            if worst <= far or flat >= 4 * patience or sweep >= max_sweeps + max_far_sweeps - 1:
+                break
+        prev = total
+        improved = False
+        moves = [([ui], dims) for ui, dims in enumerate(units)]
+        if chase:
+            moves += _compound_units(units, errs, far)
+        for members, dims in moves:
+            inside = np.zeros(d, dtype=bool)
+            inside[dims] = True
+            out = np.where(~inside)[0]
+            # every block's batch, drawn in block order (the generator's sequence as before)
+            batches = []
+            for vi, view in enumerate(views):
+                active = [view] + ([gview] if gview is not None else [])
+                if not any(v.M[_ix(dims, out)].any() for v in active):
+                    continue
+                key = (tuple(dims), vi)
+                if key not in eligible:  # swaps never move a missing value: fixed per unit
+                    if tuple(dims) not in unit_ok:
+                        ok = present[:, dims].all(axis=1)
+                        unit_ok[tuple(dims)] = None if ok.all() else ok
+                    ok = unit_ok[tuple(dims)]
+                    eligible[key] = view.rows if ok is None else view.rows[ok[view.rows]]  # no copy when complete
+                rows = eligible[key]
+                if len(rows) < 4:
+                    continue
+                perm = rng.permutation(len(rows))
+                # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
+                # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
+                half = min(len(rows) // 2, max(max_pairs, min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
+                if labels is None:  # draw_pairs' halves of the random order, read without the rest
+                    r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
+                else:
+                    r, s = draw_pairs(rows[perm], half, labels)
+                if not len(r):
+                    continue
+                batches.append((active, r, s))
+
+            def prepare(batch: tuple, dims: list[int] = dims, out: np.ndarray = out) -> list[_Proposals]:
+                active, r, s = batch
+                return [_Proposals(v, r, s, dims, out, bind=False) for v in active]
+
+            prepared = thread_map(prepare, batches) if disjoint else None
+            for bi, (active, r, s) in enumerate(batches):
+                parts = prepared[bi] if prepared is not None else prepare((active, r, s))
+                gain = np.zeros(len(r))
+                for part in parts:
+                    part.bind()
+                    gain += part.gain()
+                cand = np.where(gain < -1e-15)[0]
+                if not len(cand):
+                    continue
+                cand = cand[np.argsort(gain[cand], kind="stable")]
+
+                def combined(m: int, parts: list = parts, cand: np.ndarray = cand) -> float:
+                    return sum(part.change(cand[:m]) for part in parts)
+
+                best_m, _ = best_prefix(combined, len(cand))
+                if best_m == 0:
+                    continue
+                take = cand[:best_m]
+                for part in parts:
+                    part.accept(take)
+                rr, ss = r[take], s[take]
+                for ui in members:
+                    p = perms[ui]
+                    p_r, p_s = p[rr].copy(), p[ss].copy()
+                    p[rr], p[ss] = p_s, p_r
+                improved = True
+            del prepared
+        stale = 0 if improved else stale + 1
+        if stale >= patience:
+            break
+    return perms
+
+
+def draw_pairs(order: np.ndarray, half: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint row arrays (r, s) of swap partners from `order` (rows in random order):
+    the first and second halves, or with `labels`, up to `half` pairs of rows with equal labels
+    (same entity), so a swap moves values only within an entity."""
+    if labels is None:
+        return order[:half], order[half : 2 * half]
+    idx = np.argsort(labels[order], kind="stable")
+    o = order[idx]
+    lab = labels[o]
+    if len(o) < 2:
+        return o[:0], o[:0]
+    new = np.concatenate([[True], lab[1:] != lab[:-1]])
+    run_start = np.maximum.accumulate(np.where(new, np.arange(len(o)), 0))
+    pos = np.arange(len(o)) - run_start
+    i = np.flatnonzero((pos % 2 == 0) & np.concatenate([lab[1:] == lab[:-1], [False]]))
+    if len(i) > half:  # the pairs whose first row comes earliest in the random order
+        i = np.sort(i[np.argsort(idx[i], kind="stable")[:half]])
+    return o[i], o[i + 1]
+
+
+def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
+    """Released Spearman matrix of a block over all dims, NaN where not targeted (gated
+    pairs, and pairs of indicators of one nominal column, made exclusive by construction)."""
+    dims = release["dims"]
+    T = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][stats_id]["spearman"]], dtype="float64")
+    cols = [d["column"] for d in dims]
+    ind = np.asarray([d["kind"] == "indicator" for d in dims])
+    same = (np.asarray(cols)[:, None] == np.asarray(cols)[None, :]) & ind[:, None] & ind[None, :]
+    T[same] = np.nan
+    return T

@@ -1,0 +1,1 @@
+"""Fidelity tiers, the verdict and the human-readable report."""

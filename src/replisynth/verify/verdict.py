@@ -1,0 +1,27 @@
+"""The run's verdict from tiers.json, with the standard library only: the last job of the
+workflow (`check_tier`) imports nothing heavy, so it costs well under a second."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from replisynth.core.errors import TierNotMet
+
+
+def check_tier(tiers_path: str | Path) -> None:
+    """Raise TierNotMet when the verdict misses the required tier (naming what failed)."""
+    t = json.loads(Path(tiers_path).read_text(encoding="utf-8"))
+    if not t["passed"]:
+        problems = []
+        for name, s in t["sources"].items():
+            for key in ("schema", "marginals", "correlations", "strata"):
+                for p in s[key].get("problems", [])[:5]:
+                    problems.append(f"{name}/{key}: {p}")
+        for tag, c in t["checkpoints"].items():
+            if not c["passed"]:
+                problems.append(f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE {:.3g}'.format(c.get('max_dbeta_se', float('nan')))}")
+        raise TierNotMet(
+            f"{tiers_path}: tier {t['tier_met']} met, tier {t['tier_required']} required (verify.tier); "
+            + ("; ".join(problems[:12]) or "see report.html")
+        )

@@ -1,0 +1,1 @@
+"""Orchestration: stages, CLI, Snakemake layout, scatter/gather, resources."""

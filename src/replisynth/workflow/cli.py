@@ -1,0 +1,151 @@
+"""`replisynth` command line: the pipeline without Snakemake, for enclaves that cannot
+install it. Same package functions, same output layout as the workflow.
+
+  replisynth extract MANIFEST                 secure side: results/<name>/bundle/
+  replisynth synthesize MANIFEST | --bundle DIR   synthetic data (Layers 1-4)
+  replisynth verify MANIFEST | --bundle DIR       tiers.json, report.html, certificate.txt
+  replisynth run MANIFEST                     all three
+  replisynth audit MANIFEST                   secure side, after run: output-checking audit
+                                              (results/<name>/audit/audit.{json,txt})
+
+Exit status: 0 on success, 1 on a user error (message, no traceback), 2 when verification
+ran but the required tier was not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from replisynth.core.errors import ReplisynthError, TierNotMet
+from replisynth.config.manifest import Manifest, load_manifest
+from replisynth.workflow.runner import configure_logging
+
+
+def _paths(results: Path, manifest: Manifest) -> dict[str, Path]:
+    return {
+        "extract": results / "extract",
+        "bundle": results / "bundle",
+        "synthesize": results / "synthesize",
+        "synthetic": results / "synthetic",
+        "verify": results / "verify",
+        "audit": results / "audit",
+    }
+
+
+def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
+    """Secure side: releases, checkpoints and the bundle."""
+    from replisynth.workflow.pipeline import stage_extract_checkpoints, stage_extract_source, stage_write_bundle
+
+    p = _paths(out_root / manifest.name, manifest)
+    releases = {}
+    sdc = []
+    for s in manifest.sources:
+        rel, log = p["extract"] / f"{s.name}.release.json", p["extract"] / f"{s.name}.sdc.json"
+        stage_extract_source(manifest, s.name, rel, log)
+        releases[s.name] = rel
+        sdc.append(log)
+    cps, cps_log = p["extract"] / "checkpoints.json", p["extract"] / "checkpoints.sdc.json"
+    stage_extract_checkpoints(manifest, cps, cps_log)
+    stage_write_bundle(manifest, releases, cps, [*sdc, cps_log], p["bundle"])
+    return p["bundle"]
+
+
+def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
+    """Outside side: synthetic files of every source."""
+    from replisynth.disclosure.bundle import load_bundle
+    from replisynth.workflow.pipeline import stage_export_stata, stage_pin, stage_synthesize
+
+    b = load_bundle(bundle_dir)
+    p = _paths(out_root / b.manifest.name, b.manifest)
+    out = {}
+    for s in b.manifest.sources:
+        unpinned = p["synthesize"] / f"{s.name}.parquet"
+        stage_synthesize(bundle_dir, s.name, unpinned)
+        files = {"parquet": p["synthetic"] / f"{s.name}.parquet", "csv": p["synthetic"] / f"{s.name}.csv"}
+        stage_pin(bundle_dir, s.name, unpinned, files, p["synthesize"] / f"{s.name}.pin.json")
+        if s.format == "dta":
+            stage_export_stata(bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta")
+        out[s.name] = files["parquet"]
+    return out
+
+
+def cmd_verify(bundle_dir: Path, out_root: Path) -> None:
+    """Outside side: tiers.json, report.html, certificate.txt; TierNotMet if short."""
+    from replisynth.disclosure.bundle import load_bundle
+    from replisynth.workflow.pipeline import check_tier, stage_report, stage_verify
+
+    b = load_bundle(bundle_dir)
+    p = _paths(out_root / b.manifest.name, b.manifest)
+    synthetic = {s.name: p["synthetic"] / f"{s.name}.parquet" for s in b.manifest.sources}
+    tiers = p["verify"] / "tiers.json"
+    stage_verify(bundle_dir, synthetic, tiers)
+    stage_report(bundle_dir, synthetic, tiers, p["verify"] / "report.html", p["verify"] / "certificate.txt")
+    print((p["verify"] / "certificate.txt").read_text().strip())
+    check_tier(tiers)
+
+
+def cmd_audit(manifest: Manifest, out_root: Path) -> Path:
+    """Secure side: audit the synthetic data of a finished run against the original data.
+    Needs the bundle and the synthetic parquet files; does not make them."""
+    from replisynth.core.errors import BundleError, DataError
+    from replisynth.workflow.pipeline import stage_audit
+
+    p = _paths(out_root / manifest.name, manifest)
+    if not (p["bundle"] / "manifest.json").exists():
+        raise BundleError(f"audit: {p['bundle'] / 'manifest.json'} is missing; run `replisynth run MANIFEST` (same --results) first")
+    synthetic = {s.name: p["synthetic"] / f"{s.name}.parquet" for s in manifest.sources}
+    for f in synthetic.values():
+        if not f.exists():
+            raise DataError(f"audit: {f} is missing; run `replisynth synthesize MANIFEST` (same --results) first")
+    result = stage_audit(manifest, p["bundle"], synthetic, p["audit"] / "audit.json", p["audit"] / "audit.txt")
+    print(result["summary"])
+    return p["audit"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
+    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit"])
+    ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run)")
+    ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
+    ap.add_argument("--results", default="results", help="output root (default: results)")
+    ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    ap.add_argument("--threads", type=int, default=1, help="worker threads per stage (default 1; the output does not depend on it)")
+    args = ap.parse_args(argv)
+    from replisynth.core.parallel import set_threads
+
+    set_threads(args.threads)
+    configure_logging(None)
+    if args.quiet:
+        import logging
+
+        logging.getLogger("replisynth").setLevel(logging.WARNING)
+    out_root = Path(args.results)
+    try:
+        if args.command in ("extract", "run", "audit") or not args.bundle:
+            if not args.manifest:
+                ap.error(f"{args.command} needs a MANIFEST (or --bundle DIR for synthesize/verify)")
+            manifest = load_manifest(args.manifest)
+            bundle_dir = out_root / manifest.name / "bundle"
+        else:
+            bundle_dir = Path(args.bundle)
+        if args.command in ("extract", "run"):
+            cmd_extract(manifest, out_root)
+        if args.command in ("synthesize", "run"):
+            cmd_synthesize(bundle_dir, out_root)
+        if args.command in ("verify", "run"):
+            cmd_verify(bundle_dir, out_root)
+        if args.command == "audit":
+            cmd_audit(manifest, out_root)
+    except TierNotMet as exc:
+        sys.stderr.write(f"replisynth: {exc}\n")
+        return 2
+    except ReplisynthError as exc:
+        sys.stderr.write(f"replisynth: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""Stage orchestrators: read inputs, call the pure functions, write outputs atomically.
+
+Snakemake scripts and the `replisynth` CLI call these and nothing else, so both run the same
+code. Each stage takes explicit paths; none reads a path it was not given.
+"""
+
+from __future__ import annotations
+
+# Each stage imports its heavy modules itself, so a Snakemake job loads only what it runs.
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from replisynth.disclosure.bundle import Bundle, load_bundle, write_bundle
+from replisynth.io.files import (
+    FileMeta,
+    parquet_meta,
+    read_columns,
+    read_json,
+    read_source,
+    write_csv,
+    write_dta,
+    write_json,
+    write_parquet,
+    write_text,
+)
+from replisynth.config.manifest import Manifest, check_columns
+from replisynth.core.parallel import thread_map, threads
+from replisynth.disclosure.sdc import SdcLog
+from replisynth.core.seeds import rng as make_rng
+from replisynth.verify.verdict import check_tier  # noqa: F401  (re-exported: the CLI and tests call pipeline.check_tier)
+
+log = logging.getLogger("replisynth")
+
+
+def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMeta]:
+    src = manifest.source(source)
+    check_columns(manifest, source, read_columns(src.path))
+    df, meta = read_source(src.path)
+    log.info("read %s: %d rows, %d columns", src.path, len(df), df.shape[1])
+    return df, meta
+
+
+def stage_extract_source(manifest: Manifest, source: str, release_out: str | Path, sdc_out: str | Path) -> None:
+    """Secure side: the release of one source and its SDC decisions (staging files)."""
+    from replisynth.extract.extract import extract_source
+
+    df, meta = _read_checked(manifest, source)
+    release, sdc = extract_source(df, meta, manifest, manifest.source(source))
+    log.info("%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
+             source, len(release["columns"]), len(release["dims"]), len(release["strata"]["cells"]), len(sdc.entries))
+    write_json(release_out, release)
+    write_json(sdc_out, sdc.entries)
+
+
+def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
+    """Secure side: fit and gate every checkpoint on the original data (staging files)."""
+    from replisynth.extract.checkpoints import budget_warnings, capture_checkpoint
+
+    frames: dict[str, pd.DataFrame] = {}
+    for cp in manifest.checkpoints:
+        if cp.source not in frames:
+            frames[cp.source] = _read_checked(manifest, cp.source)[0]
+    # The fits are independent (each builds its own design from the shared, unchanged
+    # frames): on threads, released and logged in manifest order. At most two at a time: each
+    # holds its design and formulaic's intermediates (up to ~3x the frame at 10^6 rows), and
+    # the job's memory request (replisynth.workflow.resources) does not grow with its threads.
+    fits = thread_map(lambda item: capture_checkpoint(frames[item[1].source], item[1], manifest, item[0]), list(enumerate(manifest.checkpoints)),
+                      n=min(threads(), 2))
+    released: list[dict[str, Any]] = []
+    sdc = SdcLog()
+    for cp, (rel, lg) in zip(manifest.checkpoints, fits, strict=True):
+        log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
+        released.append(rel)
+        sdc.extend(lg)
+    sdc.extend(budget_warnings(released, {k: len(v) for k, v in frames.items()}, manifest.sdc.budget))
+    write_json(out, released)
+    write_json(sdc_out, sdc.entries)
+
+
+def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], checkpoints: str | Path, sdc_parts: list[str | Path], bundle_dir: str | Path) -> None:
+    """Secure side: assemble the bundle from the staging files (manifest.json last)."""
+    sdc = SdcLog()
+    for p in sdc_parts:
+        sdc.extend(read_json(p))
+    rel = {name: read_json(p) for name, p in releases.items()}
+    cps = read_json(checkpoints)
+    for c in cps:
+        if c.get("status") != "released":
+            continue
+        marg = rel[c["source"]]["blocks"]["all"]["marginals"]
+        lost = [col for col in c["columns"] if marg.get(col, {}).get("kind") == "suppressed" and marg[col].get("n", 0) > 0]
+        if lost:
+            msg = (f"checkpoint {c['tag']}: column(s) {', '.join(lost)} release nothing under min_cell_size={manifest.sdc.min_cell_size} "
+                   "(every category below the cell size), so the synthetic data cannot rebuild this checkpoint; "
+                   "pool the categories, list the column under sources.<name>.continuous, or lower sdc.min_cell_size")
+            log.warning("%s", msg)
+            sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
+    write_bundle(bundle_dir, manifest, rel, cps, sdc)
+    log.info("bundle written to %s (%d files)", bundle_dir, len(rel) + 3)
+
+
+def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> None:
+    """Outside side: Layers 1-3 for one source, from the bundle alone."""
+    from replisynth.synthesize.synthesize import synthesize_source
+
+    b = load_bundle(bundle_dir)
+    src = b.manifest.source(source)
+    df = synthesize_source(b.releases[source], b.manifest.seed, src.rows)
+    log.info("%s: synthesized %d rows × %d columns", source, len(df), df.shape[1])
+    write_parquet(df, out)
+
+
+def _file_meta(release: dict[str, Any]) -> FileMeta:
+    labels = {c["name"]: c["variable_label"] for c in release["columns"] if c.get("variable_label")}
+    storage = {c["name"]: c["storage_type"] for c in release["columns"]}
+    return FileMeta(variable_labels=labels, value_labels=release.get("value_labels", {}), storage_types=storage)
+
+
+def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs: dict[str, str | Path], report_out: str | Path) -> None:
+    """Outside side: Layer 4 for one source; writes the parquet file (and the csv when
+    `outputs` names one)."""
+    from replisynth.pin.pin import pin_checkpoints
+    from replisynth.pin.xmom import align_moments
+
+    b = load_bundle(bundle_dir)
+    df = pd.read_parquet(unpinned)
+    df, aligned = align_moments(df, b.checkpoints, b.releases[source], make_rng(b.manifest.seed, source, "xmom"))
+    for tag, g in aligned["checkpoints"].items():
+        log.info("design moments of %s: largest correlation gap %.3g -> %.3g, SD ratio gap %.3g -> %.3g", tag,
+                 g["before"]["max_corr_gap"], g["after"]["max_corr_gap"], g["before"]["max_sd_ratio_gap"], g["after"]["max_sd_ratio_gap"])
+        if "max_iv_log_se_gap" in g["after"]:  # iv with instrument moments: the first stage's part of log(SE ratio)
+            log.info("design moments of %s: largest |log 2SLS SE factor gap| %.3g -> %.3g", tag, g["before"]["max_iv_log_se_gap"], g["after"]["max_iv_log_se_gap"])
+    for note in aligned["notes"]:
+        log.info("design moments: %s", note)
+    frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)
+    out = frames[source]
+    meta = _file_meta(b.releases[source])
+    for r in results:
+        log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)
+    write_parquet(out, outputs["parquet"], meta)
+    if "csv" in outputs:  # the workflow writes the csv in its own job (`stage_export_csv`), beside verification
+        write_csv(out, outputs["csv"])
+    write_json(report_out, [r.__dict__ | {"tags": list(r.tags)} for r in results])
+
+
+def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
+    """Outside side: the synthetic data of a source as csv (the same bytes `stage_pin` writes
+    when asked for both), from its parquet file."""
+    from replisynth.io.files import write_csv_from_parquet
+
+    write_csv_from_parquet(parquet, out)
+
+
+def stage_export_stata(bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path) -> None:
+    """Outside side: the synthetic data of a .dta source as a Stata file with its labels."""
+    b = load_bundle(bundle_dir)
+    write_dta(pd.read_parquet(parquet), out, _file_meta(b.releases[source]))
+
+
+def read_synthetic(paths: dict[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """Synthetic frames and the labels they carry (parquet metadata; .dta when given)."""
+    frames, labels = {}, {}
+    for name, p in paths.items():
+        frames[name] = pd.read_parquet(p)
+        m = parquet_meta(Path(p))
+        labels[name] = {"variable_labels": m.variable_labels, "value_labels": m.value_labels}
+        dta = Path(p).with_suffix(".dta")
+        if dta.exists():
+            _, dm = read_source(dta)
+            labels[name] = {"variable_labels": dm.variable_labels, "value_labels": dm.value_labels}
+    return frames, labels
+
+
+def stage_verify(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_out: str | Path) -> dict[str, Any]:
+    """Outside side: compute every tier; write tiers.json (always, pass or fail)."""
+    from replisynth.verify.verify import verify
+
+    b = load_bundle(bundle_dir)
+    frames, labels = read_synthetic(synthetic)
+    tiers = verify(b, frames, labels)
+    write_json(tiers_out, tiers)
+    log.info("tier met %s (required %s)", tiers["tier_met"], tiers["tier_required"])
+    return tiers
+
+
+def stage_report(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_path: str | Path, html_out: str | Path, certificate_out: str | Path, benchmarks: list[str | Path] | None = None) -> None:
+    """Outside side: report.html and the certificate paragraph."""
+    from replisynth.verify.report import certificate_text, render_report
+
+    b = load_bundle(bundle_dir)
+    frames, _ = read_synthetic(synthetic)
+    tiers = read_json(tiers_path)
+    prov = provenance(benchmarks or []) or {}
+    prov["sdc settings"] = b.sdc_log.get("settings", {})
+    prov["sdc decisions"] = len(b.sdc_log.get("decisions", []))
+    cert = certificate_text(tiers)
+    outcomes = {s: {c["outcome"] for c in b.checkpoints if c["source"] == s and c.get("status") == "released"} for s in b.releases}
+    html = render_report(tiers, b.releases, frames, cert, provenance=prov, outcomes=outcomes)
+    write_text(html_out, html)
+    # Timings go to the certificate file only (the quotable paragraph above stays reproducible).
+    timing = "\n\n" + provenance_text(prov) + "\n" if prov.get("benchmarks") else "\n"
+    write_text(certificate_out, cert + timing)
+
+
+def provenance(benchmarks: list[str | Path]) -> dict[str, Any] | None:
+    """Seconds per step from Snakemake benchmark files (first data row, column 's'), keyed
+    `<rule>/<wildcards>` (the file's directory and stem); their sum (`total_seconds`); and
+    the run's wall time (`wall_seconds`): from the first benchmarked step's start (its file's
+    modification time minus its seconds) to the last one's end. Files not written (yet) are
+    skipped."""
+    if not benchmarks:
+        return None
+    out: dict[str, float] = {}
+    starts, ends = [], []
+    for p in benchmarks:
+        p = Path(p)
+        if not p.exists():
+            continue
+        try:
+            t = pd.read_csv(p, sep="\t")
+            sec = float(t["s"].iloc[0])
+            end = p.stat().st_mtime
+        except Exception:  # a benchmark file is informational only
+            continue
+        out[f"{p.parent.name}/{p.stem}"] = sec
+        starts.append(end - sec)
+        ends.append(end)
+    if not out:
+        return None
+    return {"benchmarks": out, "total_seconds": float(sum(out.values())), "wall_seconds": float(max(ends) - min(starts))}
+
+
+def provenance_text(prov: dict[str, Any]) -> str:
+    """The certificate's provenance paragraph: every benchmarked step's time and the run's."""
+    steps = ", ".join(f"{k} {v:.2f} s" for k, v in prov["benchmarks"].items())
+    return (f"Provenance: the run took {prov['wall_seconds']:.1f} s from the first step's start to the last step's end, "
+            f"{prov['total_seconds']:.1f} s over {len(prov['benchmarks'])} benchmarked steps (Snakemake benchmark files): {steps}.")
+
+
+def bundle_of(bundle_dir: str | Path) -> Bundle:
+    """Load a bundle (for callers that only need its manifest)."""
+    return load_bundle(bundle_dir)
+
+
+def stage_audit(manifest: Manifest, bundle_dir: str | Path, synthetic: dict[str, str | Path], json_out: str | Path, txt_out: str | Path) -> dict[str, Any]:
+    """Secure side: the output-checking audit of the synthetic data against the original
+    (identical rows, replicated uniques, distance to closest record); writes audit.json and
+    audit.txt, which hold counts, shares and distances only."""
+    from replisynth.disclosure.audit import audit_run, audit_source, render_text
+    from replisynth.core.errors import BundleError
+
+    b = load_bundle(bundle_dir)
+    per_source: dict[str, dict[str, Any]] = {}
+    for s in manifest.sources:
+        if s.name not in b.releases:
+            raise BundleError(f"{bundle_dir}: the bundle has no source {s.name!r}; rerun extract with this manifest")
+        original = _read_checked(manifest, s.name)[0]
+        syn = pd.read_parquet(synthetic[s.name])
+        r = audit_source(original, syn, b.releases[s.name], s.name, manifest.seed, keys=s.keys, strata=s.strata)
+        d = r["dcr"]
+        log.info("%s: audited %d synthetic rows against %d original rows: %d identical on all %d columns, "
+                 "%d on the %d key columns, %d replicated uniques", s.name, r["synthetic_rows"], r["original_rows"],
+                 r["identical_all_columns"]["count"], len(r["columns"]), r["identical_keys"]["count"], len(r["keys"]),
+                 r["replicated_uniques"]["count"])
+        if "skipped" not in d:
+            log.info("%s: DCR median %.3g to training, %.3g to holdout; %.1f%% closer than the holdout 5th percentile",
+                     s.name, d["median_to_training"], d["median_to_holdout"], 100 * d["share_closer_than_p5"])
+        per_source[s.name] = r
+    result = audit_run(manifest.name, manifest.seed, per_source, bundle_sha256=b.sha256)
+    write_json(json_out, result)
+    write_text(txt_out, render_text(result))
+    log.info("audit verdict: %s", result["verdict"])
+    return result

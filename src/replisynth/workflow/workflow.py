@@ -1,0 +1,177 @@
+"""What the Snakefile needs to lay out the DAG: the run name, sources, paths, and whether this
+is a secure-side run (from the manifest) or an outside run (from a bundle: `bundle=DIR`).
+
+Path grammar:
+  results/<name>/extract/<source>.release.json, <source>.sdc.json   staging (secure side)
+  results/<name>/bundle/                                            the bundle
+  results/<name>/synthesize/<source>.parquet, <source>.pin.json     before Layer 4, pin report
+  results/<name>/synthetic/<source>.{parquet,csv,dta}               the synthetic data
+  results/<name>/verify/{tiers.json,report.html,certificate.txt}
+  results/<name>/logs/<rule>/..., results/<name>/benchmarks/<rule>/...
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replisynth.core.errors import ManifestError, ReplisynthError
+from replisynth.config.manifest import Manifest, load_manifest
+
+
+@dataclass(frozen=True)
+class WorkflowPlan:
+    """Everything the rules interpolate; `manifest` is the validated manifest."""
+
+    outside: bool
+    manifest: Manifest
+    bundle_dir: str
+    results: str
+    sources: tuple[str, ...]
+    formats: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    scatter: dict[str, int] = field(default_factory=dict)  # source -> stratum jobs (>= 2 only)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def sources_regex(self, scattered: bool) -> str:
+        """Wildcard constraint for the rules of scattered (or of unscattered) sources; a
+        pattern that matches nothing when there are none."""
+        names = [s for s in self.sources if (s in self.scatter) == scattered]
+        return "|".join(names) if names else "(?!)"
+
+    def shards(self, kind: str):
+        """Input function of a gather rule: the shard files of the source's stratum jobs."""
+        pattern = {"release": f"{self.results}/extract/{{source}}.strata/{{shard}}.json",
+                   "blocks": f"{self.results}/synthesize/{{source}}.strata/{{shard}}.pkl"}[kind]
+        return lambda wc: [pattern.format(source=wc.source, shard=k) for k in range(self.scatter[wc.source])]
+
+    def synthetic_outputs(self, source: str) -> list[str]:
+        """The synthetic files of a source: parquet, csv, and dta for .dta sources."""
+        exts = ["parquet", "csv"] + (["dta"] if self.formats[source] == "dta" else [])
+        return [f"{self.results}/synthetic/{source}.{e}" for e in exts]
+
+    def all_synthetic(self) -> list[str]:
+        return [p for s in self.sources for p in self.synthetic_outputs(s)]
+
+    def verified_synthetic(self) -> list[str]:
+        """The synthetic files verification reads: parquet, and dta (its labels) for .dta sources."""
+        return [p for p in self.all_synthetic() if not p.endswith(".csv")]
+
+    def bundle_files(self) -> list[str]:
+        from replisynth.disclosure.bundle import bundle_files
+
+        return [f"{self.bundle_dir}/{f}" for f in bundle_files(self.manifest)]
+
+    # Scheduler requests (threads, mem_mb, runtime) from the size of the data a job touches;
+    # see replisynth.workflow.resources. Each returns a function Snakemake calls with the job's
+    # wildcards, input and attempt (a retry asks for more).
+    def _cells(self, rule: str, wildcards: Any, input: Any) -> int:
+        from replisynth.workflow.resources import cells_of, release_cells
+
+        if rule in ("sample_copula", "sample_stratum"):
+            from replisynth.disclosure.bundle import source_file
+            from replisynth.io.files import read_json
+
+            p = Path(self.bundle_dir) / source_file(wildcards.source)
+            try:
+                return release_cells(read_json(p), self.manifest.source(wildcards.source).rows)
+            except Exception:  # not written yet (dry run): the source data's size instead
+                return cells_of([self.paths[wildcards.source]]) if wildcards.source in self.paths else 0
+        return cells_of([str(f) for f in input])
+
+    def threads(self, rule: str):
+        from replisynth.workflow.resources import job_resources
+
+        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).threads
+
+    def mem_mb(self, rule: str):
+        from replisynth.workflow.resources import job_resources
+
+        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).mem_mb
+
+    def runtime(self, rule: str):
+        from replisynth.workflow.resources import job_resources
+
+        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
+
+    def benchmarks(self) -> list[str]:
+        """Benchmark files of every rule that runs before the report, for the provenance table
+        of the report and the certificate. The csv export (`export_csv`) is not among them: it
+        writes the verified parquet data as text beside the report, so its time is not part of
+        the certified run."""
+        b = f"{self.results}/benchmarks"
+
+        def per_source(rule: str, scattered: list[str]) -> list[str]:
+            """`rule`'s file per source; for a scattered source the files of its jobs instead
+            (`scattered`: rules, the one with "{k}" once per shard)."""
+            res = []
+            for s in self.sources:
+                if s not in self.scatter:
+                    res.append(f"{b}/{rule}/{s}.tsv")
+                    continue
+                for r in scattered:
+                    if r.endswith("{k}"):
+                        res += [f"{b}/{r[:-3]}/{s}.{k}.tsv" for k in range(self.scatter[s])]
+                    else:
+                        res.append(f"{b}/{r}/{s}.tsv")
+            return res
+
+        out = []
+        if not self.outside:
+            out += per_source("extract_source", ["extract_base", "extract_stratum{k}", "gather_release"])
+            out += [f"{b}/extract_checkpoints/all.tsv", f"{b}/write_bundle/all.tsv"]
+        out += per_source("sample_copula", ["sample_stratum{k}", "gather_blocks"])
+        out += [f"{b}/pin_checkpoints/{s}.tsv" for s in self.sources]
+        out += [f"{b}/export_stata/{s}.tsv" for s in self.sources if self.formats[s] == "dta"]
+        out += [f"{b}/verify_tiers/all.tsv"]
+        return out
+
+
+def scatter_plan(setting: Any, strata: dict[str, bool], cells: dict[str, int]) -> dict[str, int]:
+    """Stratum jobs per source from the `scatter` setting: an integer N >= 2 scatters every
+    source with strata over N jobs, 0 or 1 none, "auto" 4 jobs for sources with strata of at
+    least AUTO_SCATTER_CELLS cells (the per-stratum work then outweighs a job's start-up and
+    its read of the source)."""
+    from replisynth.workflow.resources import AUTO_SCATTER_CELLS, AUTO_SCATTER_JOBS
+
+    if setting is None or setting == "auto":
+        return {s: AUTO_SCATTER_JOBS for s, has in strata.items() if has and cells.get(s, 0) >= AUTO_SCATTER_CELLS}
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise ManifestError(f"scatter: must be auto or an integer >= 0 (stratum jobs per source), got {setting!r}")
+    return {s: setting for s, has in strata.items() if has} if setting >= 2 else {}
+
+
+def workflow_plan(config: dict[str, Any]) -> WorkflowPlan:
+    """Build the plan from Snakemake's config; a manifest error stops the run with its
+    message (no traceback)."""
+    try:
+        if config.get("bundle"):
+            from replisynth.disclosure.bundle import load_bundle
+            from replisynth.workflow.resources import release_cells
+
+            b = load_bundle(config["bundle"])
+            m = b.manifest
+            cells = {s.name: release_cells(b.releases[s.name], s.rows) for s in m.sources}
+            return WorkflowPlan(
+                outside=True, manifest=m, bundle_dir=str(Path(config["bundle"])), results=f"results/{m.name}",
+                sources=tuple(s.name for s in m.sources), formats={s.name: s.format for s in m.sources},
+                scatter=scatter_plan(config.get("scatter"), {s.name: bool(s.strata) for s in m.sources}, cells),
+            )
+        from replisynth.workflow.resources import file_cells
+
+        m = load_manifest(config)
+        strata = {s.name: bool(s.strata) for s in m.sources}
+        cells = {s.name: file_cells(s.path) for s in m.sources if s.strata}
+        return WorkflowPlan(
+            outside=False, manifest=m, bundle_dir=f"results/{m.name}/bundle", results=f"results/{m.name}",
+            sources=tuple(s.name for s in m.sources), formats={s.name: s.format for s in m.sources},
+            paths={s.name: s.path for s in m.sources}, scatter=scatter_plan(config.get("scatter"), strata, cells),
+        )
+    except ReplisynthError as exc:
+        sys.stderr.write(f"replisynth: {exc}\n")
+        raise SystemExit(1) from None
