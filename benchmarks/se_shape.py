@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.design import build_design
 from replisynth.core.errors import CheckpointError
+from replisynth.core.seeds import rng
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints
-from replisynth.workflow.pipeline import bundle_of
-from replisynth.core.seeds import rng
 from replisynth.pin.xmom import align_moments
+from replisynth.stats.design import build_design
+from replisynth.workflow.pipeline import bundle_of
 
 
 def ratios(df: pd.DataFrame, c: dict) -> tuple[float, float, float] | None:

@@ -49,9 +49,9 @@ def manifest_for(path: str | Path, **source_keys: Any) -> dict[str, Any]:
 
 def run_pipeline(raw: dict[str, Any], out: Path) -> dict[str, Any]:
     """Extract, synthesize and verify through the CLI code path; returns tiers.json."""
-    from replisynth.workflow.cli import cmd_extract, cmd_synthesize
-    from replisynth.io.files import read_json
     from replisynth.config.manifest import load_manifest
+    from replisynth.io.files import read_json
+    from replisynth.workflow.cli import cmd_extract, cmd_synthesize
     from replisynth.workflow.pipeline import stage_verify
 
     m = load_manifest(raw)
@@ -66,9 +66,9 @@ def release_of(df: pd.DataFrame, tmp_path: Path, sdc: dict[str, Any] | None = No
                **source_keys: Any) -> tuple[dict[str, Any], pd.DataFrame, Any]:
     """Write `df` to csv and extract its release (for one source 'people'; `checkpoints` as
     in a manifest): (release, the data as read back, the SDC log)."""
+    from replisynth.config.manifest import load_manifest
     from replisynth.extract.extract import extract_source
     from replisynth.io.files import read_source
-    from replisynth.config.manifest import load_manifest
 
     path = tmp_path / "people.csv"
     df.to_csv(path, index=False)
@@ -103,9 +103,9 @@ def capture_released(df: pd.DataFrame, manifest: Any, *cps: Any) -> list[dict[st
 def refit_terms(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, float, float]]:
     """Refit a released checkpoint on `df`; per released term (|Δβ|/SE_synthetic,
     |Δβ|/SE_target, SE_synthetic/SE_target)."""
-    from replisynth.stats.design import build_design
     from replisynth.fit.estimators import fit_checkpoint
     from replisynth.pin.pin import checkpoint_from_release
+    from replisynth.stats.design import build_design
 
     cp = checkpoint_from_release(rel)
     fit = fit_checkpoint(build_design(df, cp), cp)
@@ -124,9 +124,9 @@ def extract_and_synthesize_twice(root: Path, orig: pd.DataFrame, raw_manifest: A
     """Write `orig` as root/p.csv, extract with the manifest made by `raw_manifest(path)`,
     synthesize twice (one/, two/: the reruns byte-compared by tests) and verify one/ (for the
     panel suites; the source is named 'p')."""
-    from replisynth.workflow.cli import cmd_extract, cmd_synthesize, cmd_verify
-    from replisynth.io.files import read_json
     from replisynth.config.manifest import load_manifest
+    from replisynth.io.files import read_json
+    from replisynth.workflow.cli import cmd_extract, cmd_synthesize, cmd_verify
 
     orig.to_csv(root / "p.csv", index=False)
     bundle = cmd_extract(load_manifest(raw_manifest(root / "p.csv")), root / "ext")

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import REPO, make_people, manifest_for
 
+from replisynth.config.manifest import check_columns, load_manifest
+from replisynth.core.errors import ManifestError
 from replisynth.disclosure.audit import (
     audit_run,
     audit_source,
@@ -27,10 +29,8 @@ from replisynth.disclosure.audit import (
     split_halves,
 )
 from replisynth.disclosure.bundle import load_bundle
-from replisynth.workflow.cli import main
-from replisynth.core.errors import ManifestError
 from replisynth.io.files import read_json, read_source
-from replisynth.config.manifest import check_columns, load_manifest
+from replisynth.workflow.cli import main
 from replisynth.workflow.pipeline import stage_audit
 from replisynth.workflow.runner import configure_logging
 

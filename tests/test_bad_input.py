@@ -16,8 +16,7 @@ import pytest
 import yaml
 from conftest import make_people, manifest_for, run_pipeline
 
-from replisynth.disclosure.bundle import load_bundle
-from replisynth.workflow.cli import cmd_extract, main
+from replisynth.config.manifest import load_manifest
 from replisynth.core.errors import (
     BundleError,
     CheckpointError,
@@ -25,8 +24,16 @@ from replisynth.core.errors import (
     ManifestError,
     ReplisynthError,
 )
-from replisynth.io.files import atomic_path, read_columns, read_json, read_source, sha256_file, write_json
-from replisynth.config.manifest import load_manifest
+from replisynth.disclosure.bundle import load_bundle
+from replisynth.io.files import (
+    atomic_path,
+    read_columns,
+    read_json,
+    read_source,
+    sha256_file,
+    write_json,
+)
+from replisynth.workflow.cli import cmd_extract, main
 
 N = 400
 
@@ -558,9 +565,9 @@ def test_string_outcome_is_a_clear_checkpoint_error(tmp_path):
     df.to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv")
     raw["checkpoints"] = [{"tag": "s", "source": "people", "model": "ols", "formula": "region ~ x1"}]
-    from replisynth.workflow.cli import cmd_extract
-    from replisynth.core.errors import CheckpointError
     from replisynth.config.manifest import load_manifest
+    from replisynth.core.errors import CheckpointError
+    from replisynth.workflow.cli import cmd_extract
 
     with pytest.raises(CheckpointError, match=r"outcome 'region' is not numeric"):
         cmd_extract(load_manifest(raw), tmp_path / "out")

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 from conftest import extract_and_synthesize_twice
 
-from replisynth.workflow.cli import cmd_extract, cmd_synthesize, cmd_verify
+from replisynth.config.manifest import load_manifest
+from replisynth.core.seeds import rng
+from replisynth.io.files import read_json
 from replisynth.stats.dims import synthetic_dim_matrix
 from replisynth.synthesize.entities import (
     assign_periods,
@@ -22,9 +24,7 @@ from replisynth.synthesize.entities import (
     latent_share,
     observed_share,
 )
-from replisynth.io.files import read_json
-from replisynth.config.manifest import load_manifest
-from replisynth.core.seeds import rng
+from replisynth.workflow.cli import cmd_extract, cmd_synthesize, cmd_verify
 
 G = 400
 

@@ -12,10 +12,10 @@ import pytest
 import statsmodels.api as sm
 from conftest import make_people
 
-from replisynth.stats.design import build_design, collinear_terms, estimation_sample, used_columns
+from replisynth.config.manifest import Checkpoint
 from replisynth.core.errors import CheckpointError
 from replisynth.fit.estimators import fit_checkpoint
-from replisynth.config.manifest import Checkpoint
+from replisynth.stats.design import build_design, collinear_terms, estimation_sample, used_columns
 
 Column = Callable[[pd.DataFrame], np.ndarray]
 

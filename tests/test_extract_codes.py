@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import make_people, manifest_for
 
-from replisynth.stats.derive import coded_dependencies, functional_dependencies
-from replisynth.stats.dims import category_values, copula_dims, dim_matrix, ordered_codes
+from replisynth.config.manifest import load_manifest
+from replisynth.core.parallel import set_threads, threads
 from replisynth.extract.extract import (
     coded_dim_matrix,
     coded_level_order,
@@ -23,10 +23,10 @@ from replisynth.extract.extract import (
     rows_of,
 )
 from replisynth.io.files import dumps_json, read_source
-from replisynth.config.manifest import load_manifest
-from replisynth.stats.marginals import FrequencyTable, frequency_table, level_order
-from replisynth.core.parallel import set_threads, threads
 from replisynth.io.schema import ColumnSpec
+from replisynth.stats.derive import coded_dependencies, functional_dependencies
+from replisynth.stats.dims import category_values, copula_dims, dim_matrix, ordered_codes
+from replisynth.stats.marginals import FrequencyTable, frequency_table, level_order
 
 
 def _mixed(n: int = 3000, seed: int = 1) -> pd.DataFrame:

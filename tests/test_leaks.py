@@ -18,8 +18,8 @@ from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replisynth.workflow.cli import cmd_extract
 from replisynth.config.manifest import load_manifest
+from replisynth.workflow.cli import cmd_extract
 
 
 def _planted(n: int, seed: int, rare: str, extreme: float, tiny_code: int) -> pd.DataFrame:

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from replisynth.core.errors import ManifestError, ReplisynthError, UnsupportedError
 from replisynth.config.manifest import (
     SCHEMA_PATH,
     SDC_PROFILE_DEFAULTS,
@@ -23,6 +22,7 @@ from replisynth.config.manifest import (
     formula_variables,
     load_manifest,
 )
+from replisynth.core.errors import ManifestError, ReplisynthError, UnsupportedError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "config.yaml"

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from conftest import extract_and_synthesize_twice
 
-from replisynth.workflow.cli import cmd_extract, cmd_synthesize
+from replisynth.config.manifest import load_manifest
+from replisynth.core.seeds import rng
+from replisynth.io.files import read_json
 from replisynth.stats.dims import synthetic_dim_matrix
 from replisynth.synthesize.entities import (
     hierarchical_normals,
@@ -23,10 +25,8 @@ from replisynth.synthesize.entities import (
     serial_within,
     within_lag1,
 )
-from replisynth.io.files import read_json
-from replisynth.config.manifest import load_manifest
-from replisynth.core.seeds import rng
 from replisynth.synthesize.synthesize import synthesize_source
+from replisynth.workflow.cli import cmd_extract, cmd_synthesize
 
 G = 300
 RHO = 0.7

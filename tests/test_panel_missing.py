@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.workflow.cli import cmd_extract, cmd_synthesize
-from replisynth.stats.dims import synthetic_dim_matrix
-from replisynth.io.files import read_json
 from replisynth.config.manifest import load_manifest
+from replisynth.io.files import read_json
+from replisynth.stats.dims import synthetic_dim_matrix
+from replisynth.workflow.cli import cmd_extract, cmd_synthesize
 
 
 def make_missing_panel(G: int = 240, T: int = 3, seed: int = 5) -> pd.DataFrame:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import make_people, manifest_for, release_of, run_pipeline
 
-from replisynth.extract.checkpoints import round_significant
 from replisynth.config.manifest import load_manifest
+from replisynth.extract.checkpoints import round_significant
 from replisynth.stats.marginals import adaptive_levels, pseudo_percentiles, quantile_grid
 
 
@@ -159,8 +159,8 @@ def test_sensitive_columns_get_dominance_ruled_pseudo_percentiles(tmp_path):
     assert "method" not in rel["blocks"]["all"]["marginals"]["age"]
     assert not np.isin(np.round(m["grid"], 6), np.round(income, 6)).any()
     assert any(e["action"] == "dominance" and e["column"] == "income" for e in log.entries)
-    from replisynth.core.errors import ManifestError
     from replisynth.config.manifest import check_columns
+    from replisynth.core.errors import ManifestError
 
     m = load_manifest(manifest_for(tmp_path / "people.csv", sensitive=["nope"]))
     with pytest.raises(ManifestError, match=r"sources\.people\.sensitive: column 'nope'"):

@@ -10,9 +10,9 @@ from conftest import manifest_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from replisynth.config.manifest import load_manifest
 from replisynth.extract.extract import extract_source
 from replisynth.io.files import read_source
-from replisynth.config.manifest import load_manifest
 from replisynth.synthesize.plan import source_plan
 from replisynth.synthesize.synthesize import synthesize_source
 from replisynth.verify.verify import tier0, tier1

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from conftest import make_people
 
-from replisynth.workflow.cli import cmd_extract, cmd_synthesize, main
-from replisynth.io.files import FileMeta, read_json, write_dta
 from replisynth.config.manifest import load_manifest
 from replisynth.core.seeds import rng, seed_sequence
+from replisynth.io.files import FileMeta, read_json, write_dta
+from replisynth.workflow.cli import cmd_extract, cmd_synthesize, main
 
 N = 1000
 STORAGE = {"pid": "int16", "female": "int8", "age": "int8", "educ": "int8", "cluster": "int8"}

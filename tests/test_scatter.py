@@ -11,12 +11,12 @@ import yaml
 from conftest import REPO, make_people, manifest_for
 from test_workflow import _checkout, _smk
 
+from replisynth.config.manifest import load_manifest
 from replisynth.core.errors import ManifestError
 from replisynth.extract.extract import extract_source
 from replisynth.io.files import dumps_json, read_source
-from replisynth.config.manifest import load_manifest
-from replisynth.workflow.scatter import gather_release, sample_blocks, shard_of, stratum_blocks
 from replisynth.synthesize.synthesize import synthesize_source
+from replisynth.workflow.scatter import gather_release, sample_blocks, shard_of, stratum_blocks
 from replisynth.workflow.workflow import scatter_plan
 
 

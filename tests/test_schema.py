@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from conftest import manifest_for, release_of
 
-from replisynth.io.files import FileMeta
 from replisynth.config.manifest import load_manifest
+from replisynth.io.files import FileMeta
 from replisynth.io.schema import infer_column
 
 

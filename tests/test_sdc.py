@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replisynth.disclosure.bundle import load_bundle, software_versions
-from replisynth.core.errors import BundleError
-from replisynth.io.files import FileMeta, read_json, sha256_file
 from replisynth.config.manifest import load_manifest
+from replisynth.core.errors import BundleError
+from replisynth.disclosure.bundle import load_bundle, software_versions
 from replisynth.disclosure.sdc import DisclosureError, check_release
+from replisynth.io.files import FileMeta, read_json, sha256_file
 
 N = 1000
 RARE_CAT = "ZZRARE"

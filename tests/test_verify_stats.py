@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from replisynth.stats.marginals import exact_quantile_sample, grid_cdf, quantile_function, quantile_grid
+from replisynth.stats.marginals import (
+    exact_quantile_sample,
+    grid_cdf,
+    quantile_function,
+    quantile_grid,
+)
 from replisynth.verify.verify import ks_test, percentile_gap
 
 
@@ -250,11 +255,11 @@ def test_verdict_does_not_depend_on_the_thread_count(tmp_path) -> None:
     same bytes with one thread and with two."""
     from conftest import make_people, manifest_for, run_pipeline
 
+    from replisynth.core.parallel import set_threads, threads
     from replisynth.disclosure.bundle import load_bundle
     from replisynth.io.files import dumps_json, read_json
-    from replisynth.core.parallel import set_threads, threads
-    from replisynth.workflow.pipeline import read_synthetic
     from replisynth.verify.verify import verify
+    from replisynth.workflow.pipeline import read_synthetic
 
     p = tmp_path / "people.csv"
     make_people(3000, seed=5).to_csv(p, index=False)

@@ -12,16 +12,16 @@ import pandas as pd
 import pytest
 from conftest import refit_terms
 
+from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.core.seeds import rng
 from replisynth.disclosure.bundle import load_bundle
 from replisynth.extract.checkpoints import capture_checkpoint, design_moments
-from replisynth.workflow.cli import cmd_extract
-from replisynth.stats.design import build_design
-from replisynth.config.manifest import Checkpoint, load_manifest
 from replisynth.pin.pin import pin_checkpoints
-from replisynth.workflow.pipeline import stage_synthesize
-from replisynth.core.seeds import rng
-from replisynth.verify.verify import verify
 from replisynth.pin.xmom import align_moments
+from replisynth.stats.design import build_design
+from replisynth.verify.verify import verify
+from replisynth.workflow.cli import cmd_extract
+from replisynth.workflow.pipeline import stage_synthesize
 
 
 def make_nested(n: int = 3000, seed: int = 5) -> pd.DataFrame:
@@ -449,8 +449,8 @@ def test_alignment_views_equal_refine_views() -> None:
     """`xmom._views` (one ranker per column, per-view ranks by counting, scores only for dims
     in a masked pair) holds exactly what `refine._view` holds on every masked pair: the same
     scores of the dims it scores, and the same running sums, targets and masks."""
-    from replisynth.synthesize.refine import _view
     from replisynth.pin.xmom import _views
+    from replisynth.synthesize.refine import _view
 
     rng_ = np.random.default_rng(3)
     n, d = 3000, 6
@@ -487,8 +487,8 @@ def test_dim_columns_equal_the_synthetic_dim_matrix(nested_run: dict[str, Any]) 
     """`xmom._dim_columns` codes each distinct value once and spreads it back: the same floats
     as `dims.synthetic_dim_matrix` on every dim it is asked for (missing values included), 0
     on the others."""
-    from replisynth.stats.dims import synthetic_dim_matrix
     from replisynth.pin.xmom import _dim_columns
+    from replisynth.stats.dims import synthetic_dim_matrix
 
     release = nested_run["bundle"].releases["d"]
     df = nested_run["unpinned"].copy()

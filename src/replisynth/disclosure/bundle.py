@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from replisynth import __version__
-from replisynth.core.errors import BundleError
-from replisynth.io.files import read_json, sha256_file, write_json
 from replisynth.config.manifest import Manifest, load_manifest
+from replisynth.core.errors import BundleError
 from replisynth.disclosure.sdc import SdcLog, resolved_settings
+from replisynth.io.files import read_json, sha256_file, write_json
 
 FORMAT = "replisynth-bundle/1"
 PACKAGES = ("numpy", "pandas", "scipy", "statsmodels", "linearmodels", "formulaic", "pandera", "pyarrow", "snakemake")

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from replisynth.core.errors import ReplisynthError
 from replisynth.config.manifest import Sdc
+from replisynth.core.errors import ReplisynthError
 
 
 @dataclass

@@ -15,12 +15,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.design import Design, build_design, ordered_levels, subset_columns, used_columns
-from replisynth.core.errors import CheckpointError
-from replisynth.fit.estimators import fit_checkpoint
 from replisynth.config.manifest import Checkpoint, Manifest
+from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.disclosure.sdc import SdcLog
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.stats.design import (
+    Design,
+    build_design,
+    ordered_levels,
+    subset_columns,
+    used_columns,
+)
 
 
 def indicator_minority(X: np.ndarray) -> np.ndarray:

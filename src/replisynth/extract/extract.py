@@ -16,6 +16,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.manifest import Manifest, Source
+from replisynth.core.errors import DataError
+from replisynth.core.options import GLM_ORDERED
+from replisynth.core.parallel import thread_map
+from replisynth.disclosure.sdc import SdcLog, check_release
+from replisynth.io.files import FileMeta
+from replisynth.io.schema import (
+    ColumnSpec,
+    infer_schema,
+    pandera_schema,
+    validation_summary,
+)
 from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.derive import coded_dependencies
 from replisynth.stats.dims import (
@@ -23,10 +35,6 @@ from replisynth.stats.dims import (
     numeric_values,
     synthetic_dim_matrix,
 )
-from replisynth.synthesize.entities import TREND_SHARE, entity_structure, period_trend, round_released, within_lag1
-from replisynth.core.errors import DataError
-from replisynth.io.files import FileMeta
-from replisynth.config.manifest import Manifest, Source
 from replisynth.stats.marginals import (
     FrequencyTable,
     frequency_table,
@@ -36,15 +44,13 @@ from replisynth.stats.marginals import (
     quantile_grid,
     released_levels,
 )
-from replisynth.core.options import GLM_ORDERED
-from replisynth.core.parallel import thread_map
-from replisynth.io.schema import (
-    ColumnSpec,
-    infer_schema,
-    pandera_schema,
-    validation_summary,
+from replisynth.synthesize.entities import (
+    TREND_SHARE,
+    entity_structure,
+    period_trend,
+    round_released,
+    within_lag1,
 )
-from replisynth.disclosure.sdc import SdcLog, check_release
 
 FACTOR_CALL = re.compile(r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)")  # columns a formula treats as factors
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replisynth.stats.design import Design, collinear_terms
+from replisynth.config.manifest import Checkpoint
 from replisynth.core.errors import CheckpointError
 from replisynth.fit.result import FitResult
-from replisynth.config.manifest import Checkpoint
+from replisynth.stats.design import Design, collinear_terms
 
 
 def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult:

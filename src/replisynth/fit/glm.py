@@ -23,11 +23,11 @@ import warnings
 
 import numpy as np
 
-from replisynth.stats.design import Design
-from replisynth.core.errors import CheckpointError
-from replisynth.fit.result import FitResult
 from replisynth.config.manifest import Checkpoint
+from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_COUNT, GLM_ORDERED
+from replisynth.fit.result import FitResult
+from replisynth.stats.design import Design
 
 ROBUST_MLE = ("nonrobust", "HC0", "HC1")
 

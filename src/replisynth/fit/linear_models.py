@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from replisynth.stats.design import Design, collinear_terms
+from replisynth.config.manifest import Checkpoint
 from replisynth.core.errors import CheckpointError
 from replisynth.fit.result import FitResult
-from replisynth.config.manifest import Checkpoint
+from replisynth.stats.design import Design, collinear_terms
 
 DEMEAN_TOL = 1e-13  # alternating projections stop when no column moves by more than this (relative L2)
 DEMEAN_MAX_ITER = 10_000

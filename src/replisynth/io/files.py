@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.io.atomic import atomic_path, write_text  # noqa: F401  (standard library only; write_text re-exported)
 from replisynth.core.errors import DataError
 from replisynth.core.options import SOURCE_EXTENSIONS
 from replisynth.core.parallel import thread_map
+from replisynth.io.atomic import atomic_path, write_text  # noqa: F401  (standard library only; write_text re-exported)
 
 # Stata's .dta header carries a time stamp; a fixed one keeps reruns byte-identical.
 DTA_TIME_STAMP = dt.datetime(2000, 1, 1, 0, 0)

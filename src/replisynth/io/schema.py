@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.manifest import Source
 from replisynth.core.errors import DataError
 from replisynth.io.files import FileMeta
-from replisynth.config.manifest import Source
 
 MAX_ORDINAL_LEVELS = 20
 SPREAD_LEVELS = 6  # an integer column with this many values or more ...

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.design import Design, build_design, collinear_terms, released_terms
+from replisynth.config.manifest import Checkpoint, checkpoint_from_release
 from replisynth.core.errors import CheckpointError
+from replisynth.core.seeds import rng
 from replisynth.fit.estimators import OlsFactor, fit_checkpoint
 from replisynth.fit.linear_models import linear_factors, re_matched_outcome, residual
-from replisynth.config.manifest import Checkpoint, checkpoint_from_release
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
-from replisynth.core.seeds import rng
 from replisynth.pin.shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
+from replisynth.stats.design import Design, build_design, collinear_terms, released_terms
 
 
 @dataclass(frozen=True)

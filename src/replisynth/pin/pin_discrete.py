@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.design import build_design, outcome_codes, released_terms
+from replisynth.config.manifest import checkpoint_from_release
 from replisynth.core.errors import CheckpointError
+from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.fit.glm import nb2_score_obs
-from replisynth.config.manifest import checkpoint_from_release
-from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
+from replisynth.stats.design import build_design, outcome_codes, released_terms
 
 PIN_TOL = 0.5  # |b - b*| / SE_target at which a discrete-outcome checkpoint counts as pinned
 MAX_BATCHES = 400

@@ -49,11 +49,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.manifest import checkpoint_from_release, formula_variables
 from replisynth.stats.correlations import _Ranker
-from replisynth.stats.design import _iv_matrices, _widen_integers, estimation_sample, split_iv_formula
+from replisynth.stats.design import (
+    _iv_matrices,
+    _widen_integers,
+    estimation_sample,
+    split_iv_formula,
+)
 from replisynth.stats.dims import norm_key, synthetic_dim_matrix
 from replisynth.synthesize.entities import entity_frozen
-from replisynth.config.manifest import checkpoint_from_release, formula_variables
 from replisynth.synthesize.refine import (
     _block,
     _proposal_terms,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from replisynth.core.errors import CheckpointError
 from replisynth.config.manifest import IV_BRACKET, Checkpoint, formula_variables
+from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_COUNT, GLM_MODELS, GLM_ORDERED
 
 

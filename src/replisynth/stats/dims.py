@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.marginals import FrequencyTable, py_value
 from replisynth.io.schema import EPOCH, ColumnSpec
+from replisynth.stats.marginals import FrequencyTable, py_value
 
 
 def numeric_values(s: pd.Series, spec: ColumnSpec) -> np.ndarray:

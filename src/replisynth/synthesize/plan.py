@@ -12,9 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from replisynth.stats.derive import derived_counts
-from replisynth.stats.marginals import FrequencyTable, apportion, grid_level_shares, rake_blocks, synthesis_shares
 from replisynth.io.schema import ColumnSpec, expected_missing
+from replisynth.stats.derive import derived_counts
+from replisynth.stats.marginals import (
+    FrequencyTable,
+    apportion,
+    grid_level_shares,
+    rake_blocks,
+    synthesis_shares,
+)
 
 ALL = "all"
 RESIDUAL = "residual"

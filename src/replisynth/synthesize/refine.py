@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from replisynth.stats.correlations import _Ranker
 from replisynth.core.options import CORR_TOL
 from replisynth.core.parallel import thread_map
+from replisynth.stats.correlations import _Ranker
 
 # Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
 # tolerance with room left for the design-moment alignment, whose own wall is at 0.03), a

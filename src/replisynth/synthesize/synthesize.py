@@ -15,10 +15,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.copula import correlated_normals, fill_by_rank, nominal_values, ordered_values, rank_order
+from replisynth.core.parallel import thread_map
+from replisynth.core.seeds import rng as make_rng
+from replisynth.io.schema import EPOCH, ColumnSpec
+from replisynth.stats.copula import (
+    correlated_normals,
+    fill_by_rank,
+    nominal_values,
+    ordered_values,
+    rank_order,
+)
 from replisynth.stats.correlations import Margin, latent_matrix, nearest_correlation, tie_atoms
 from replisynth.stats.derive import apply_derived
 from replisynth.stats.dims import synthetic_dim_matrix
+from replisynth.stats.marginals import apportion, exact_quantile_sample, quantile_function
 from replisynth.synthesize.entities import (
     complete_untargeted,
     entity_columns,
@@ -29,12 +39,8 @@ from replisynth.synthesize.entities import (
     skeleton,
     trend_columns,
 )
-from replisynth.stats.marginals import apportion, exact_quantile_sample, quantile_function
-from replisynth.core.parallel import thread_map
 from replisynth.synthesize.plan import ALL, BlockPlan, ColumnPlan, source_plan
 from replisynth.synthesize.refine import block_target, refine_swaps, settled_views, view_samples
-from replisynth.io.schema import EPOCH, ColumnSpec
-from replisynth.core.seeds import rng as make_rng
 
 
 def _active_dims(dims: list[dict[str, Any]], bp: BlockPlan) -> list[int]:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 import replisynth.verify.svg as svg
-from replisynth.stats.dims import dim_label, norm_key
 from replisynth.io.schema import EPOCH
+from replisynth.stats.dims import dim_label, norm_key
 
 MAX_VARIABLES = 60  # plots per source
 MAX_LEVELS = 30  # bars per categorical plot
@@ -419,7 +419,9 @@ def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | 
     if synthetic and synthetic.get("dims") == keep and synthetic.get("matrix") is not None:
         S = np.asarray([[np.nan if v is None else v for v in row] for row in synthetic["matrix"]], dtype="float64")
     else:
-        from replisynth.stats.correlations import spearman_matrix  # imported here: scipy, for this fallback only
+        from replisynth.stats.correlations import (
+            spearman_matrix,  # imported here: scipy, for this fallback only
+        )
         from replisynth.stats.dims import synthetic_dim_matrix
 
         S = spearman_matrix(synthetic_dim_matrix(df, release)[:, keep])

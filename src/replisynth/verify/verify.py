@@ -14,18 +14,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.manifest import checkpoint_from_release
+from replisynth.core.errors import CheckpointError
+from replisynth.core.options import CORR_TOL, GLM_BINARY, GLM_ORDERED
+from replisynth.core.parallel import thread_map
 from replisynth.disclosure.bundle import Bundle
+from replisynth.fit.estimators import fit_checkpoint
+from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.design import build_design, released_terms
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
-from replisynth.core.errors import CheckpointError
-from replisynth.fit.estimators import fit_checkpoint
-from replisynth.config.manifest import checkpoint_from_release
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
-from replisynth.core.options import CORR_TOL, GLM_BINARY, GLM_ORDERED
-from replisynth.core.parallel import thread_map
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
-from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 
 KS_ALPHA = 0.05
 SE_BOUND = 3.0

@@ -18,8 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from replisynth.core.errors import ReplisynthError, TierNotMet
 from replisynth.config.manifest import Manifest, load_manifest
+from replisynth.core.errors import ReplisynthError, TierNotMet
 from replisynth.workflow.runner import configure_logging
 
 
@@ -36,7 +36,11 @@ def _paths(results: Path, manifest: Manifest) -> dict[str, Path]:
 
 def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
     """Secure side: releases, checkpoints and the bundle."""
-    from replisynth.workflow.pipeline import stage_extract_checkpoints, stage_extract_source, stage_write_bundle
+    from replisynth.workflow.pipeline import (
+        stage_extract_checkpoints,
+        stage_extract_source,
+        stage_write_bundle,
+    )
 
     p = _paths(out_root / manifest.name, manifest)
     releases = {}

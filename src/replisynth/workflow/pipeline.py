@@ -13,7 +13,11 @@ from typing import Any
 
 import pandas as pd
 
+from replisynth.config.manifest import Manifest, check_columns
+from replisynth.core.parallel import thread_map, threads
+from replisynth.core.seeds import rng as make_rng
 from replisynth.disclosure.bundle import Bundle, load_bundle, write_bundle
+from replisynth.disclosure.sdc import SdcLog
 from replisynth.io.files import (
     FileMeta,
     parquet_meta,
@@ -26,10 +30,6 @@ from replisynth.io.files import (
     write_parquet,
     write_text,
 )
-from replisynth.config.manifest import Manifest, check_columns
-from replisynth.core.parallel import thread_map, threads
-from replisynth.disclosure.sdc import SdcLog
-from replisynth.core.seeds import rng as make_rng
 from replisynth.verify.verdict import check_tier  # noqa: F401  (re-exported: the CLI and tests call pipeline.check_tier)
 
 log = logging.getLogger("replisynth")
@@ -249,8 +249,8 @@ def stage_audit(manifest: Manifest, bundle_dir: str | Path, synthetic: dict[str,
     """Secure side: the output-checking audit of the synthetic data against the original
     (identical rows, replicated uniques, distance to closest record); writes audit.json and
     audit.txt, which hold counts, shares and distances only."""
-    from replisynth.disclosure.audit import audit_run, audit_source, render_text
     from replisynth.core.errors import BundleError
+    from replisynth.disclosure.audit import audit_run, audit_source, render_text
 
     b = load_bundle(bundle_dir)
     per_source: dict[str, dict[str, Any]] = {}

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.dims import category_values, dim_matrix
+from replisynth.config.manifest import Manifest
+from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.extract import (
     _level_order_of,
     _strata_keys,
@@ -35,10 +36,9 @@ from replisynth.extract.extract import (
     stratum_block,
 )
 from replisynth.io.files import atomic_path, read_json, write_json, write_parquet
-from replisynth.config.manifest import Manifest
-from replisynth.stats.marginals import FrequencyTable, level_order
 from replisynth.io.schema import ColumnSpec
-from replisynth.disclosure.sdc import SdcLog, check_release
+from replisynth.stats.dims import category_values, dim_matrix
+from replisynth.stats.marginals import FrequencyTable, level_order
 
 log = logging.getLogger("replisynth")
 

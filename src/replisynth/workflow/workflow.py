@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from replisynth.core.errors import ManifestError, ReplisynthError
 from replisynth.config.manifest import Manifest, load_manifest
+from replisynth.core.errors import ManifestError, ReplisynthError
 
 
 @dataclass(frozen=True)
