@@ -1,17 +1,34 @@
-# replisynth: `make run` runs the demo pipeline, `make test` runs the tests.
-# Both build .venv/ (Python 3.11, exact pins from requirements.lock) when it is missing.
+# replisynth: `make run` runs the demo pipeline, `make test` the fast tests (unit tests and a
+# small end-to-end demo), `make test-all` every test. All build .venv/ (Python 3.11, exact pins
+# from requirements.lock) when it is missing.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# `make rebuild`: the bundle the outside side starts from (the demo's after `make extract`)
+BUNDLE ?= results/card1995/bundle
 
-.PHONY: run test test-slurm slurm-up slurm-down test-all lint extract rebuild clean lock demo-data
+.PHONY: run test test-slow test-slurm slurm-up slurm-down test-all lint extract rebuild clean lock demo-data
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES)
 
+# Secure side only: manifest -> releases -> bundle (results/<name>/bundle).
+extract: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) extract
+
+# Outside side only: synthesize, pin, verify and report from a bundle alone.
+rebuild: $(VENV)/.installed
+	@test -f $(BUNDLE)/manifest.json || { echo "make rebuild: no bundle at $(BUNDLE) (run make extract, or pass BUNDLE=DIR)"; exit 2; }
+	$(BIN)/snakemake --cores $(CORES) --config bundle=$(BUNDLE)
+
+# Fast tier: unit tests and a small end-to-end demo (not the tests marked slow or slurm).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The end-to-end suites marked slow (workflow variants, resume, profiles, panels).
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m slow
 
 # The demo on a real single-node Slurm cluster (needs root; installs slurm-wlm and munge with
 # apt, starts the daemons, stops the ones it started). Skips without root or apt unless
@@ -25,11 +42,14 @@ slurm-up:
 slurm-down:
 	bash ci/slurm/down.sh
 
+# Every test: fast, slow and Slurm (Slurm skips without root and apt unless REPLISYNTH_REQUIRE_SLURM=1).
 test-all: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest -q -rs -m ""
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src scripts tests benchmarks
+	$(BIN)/ruff check src scripts tests benchmarks data
+	$(BIN)/ruff format --check src scripts tests benchmarks data
+	$(BIN)/mypy
 	$(BIN)/snakemake --lint
 
 $(VENV)/.installed: requirements.lock pyproject.toml

@@ -97,13 +97,9 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             elif w in on:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
+            comp = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
+            on.difference_update(comp)
             if len(comp) > 1:
                 out.append(sorted(comp))
 
