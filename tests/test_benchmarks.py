@@ -6,6 +6,7 @@ import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_benchmark_runs_at_a_tiny_size():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from run import STAGES, bench

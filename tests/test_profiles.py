@@ -168,7 +168,8 @@ def test_sensitive_columns_get_dominance_ruled_pseudo_percentiles(tmp_path):
 
 
 @pytest.mark.workflow
-@pytest.mark.parametrize("profile", ["standard", "iab", "fsrdc", "strict"])
+# standard: the fast tier's end-to-end demo; the other profiles in the slow tier
+@pytest.mark.parametrize("profile", ["standard", *(pytest.param(p, marks=pytest.mark.slow) for p in ("iab", "fsrdc", "strict"))])
 def test_every_profile_runs_the_demo_end_to_end(tmp_path, profile):
     """Standard and iab meet tier 4 on the demo; fsrdc meets it on rounded targets and the
     certificate states the rounding cost; strict runs end to end and reports honestly."""

@@ -104,6 +104,7 @@ def test_dry_run_scatters_only_when_asked():
     assert r.returncode != 0 and "scatter: must be auto or an integer" in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_snakemake_scattered_run_equals_unscattered(tmp_path):
     """The several-strata manifest through Snakemake, once scattered over 3 jobs per stage

@@ -202,6 +202,7 @@ def test_nonrobust_keeps_the_scalar_scale_only() -> None:
     assert "se_shape" not in results[0].detail
 
 
+@pytest.mark.slow
 def test_unreachable_ses_are_reported_not_forced() -> None:
     """A released SE 12 times what the design can give next to unchanged others needs
     variance weights beyond the cap: the note says so, weights stay in the bounds, no ratio

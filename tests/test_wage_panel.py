@@ -24,6 +24,7 @@ def test_wage_panel_manifest_loads_and_matches_its_data() -> None:
     assert all(c.cluster == "nr" for c in m.checkpoints)
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_wage_panel_end_to_end(tmp_path) -> None:
     inside = _checkout(tmp_path / "inside")

@@ -71,6 +71,7 @@ def test_bad_manifest_stops_with_its_message(tmp_path):
     assert "seed: must be a non-negative integer" in r.stderr + r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_demo_end_to_end_and_bundle_only_rebuild(tmp_path):
     inside = _checkout(tmp_path / "inside")
@@ -109,6 +110,7 @@ def test_demo_end_to_end_and_bundle_only_rebuild(tmp_path):
         assert (outside / "results" / "card1995" / "verify" / "tiers.json").read_bytes() == (res / "verify" / "tiers.json").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_missed_tier_exits_nonzero_after_reports(tmp_path):
     """A checkpoint on the top 0.6% of x1: the original has 60 such rows, but the released
