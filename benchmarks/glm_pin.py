@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 import replisynth.pin.pin_discrete as pin_discrete
-from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.config.manifest import Checkpoint, checkpoint_from_release, load_manifest
 from replisynth.extract.checkpoints import capture_checkpoint
 from replisynth.fit.estimators import fit_checkpoint
-from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints
+from replisynth.pin.pin import pin_checkpoints
 from replisynth.stats.design import build_design
 
 LEVELS = ("low", "mid", "high", "top")

@@ -103,8 +103,8 @@ def capture_released(df: pd.DataFrame, manifest: Any, *cps: Any) -> list[dict[st
 def refit_terms(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, float, float]]:
     """Refit a released checkpoint on `df`; per released term (|Δβ|/SE_synthetic,
     |Δβ|/SE_target, SE_synthetic/SE_target)."""
+    from replisynth.config.manifest import checkpoint_from_release
     from replisynth.fit.estimators import fit_checkpoint
-    from replisynth.pin.pin import checkpoint_from_release
     from replisynth.stats.design import build_design
 
     cp = checkpoint_from_release(rel)

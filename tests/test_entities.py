@@ -19,11 +19,11 @@ from replisynth.stats.dims import synthetic_dim_matrix
 from replisynth.synthesize.entities import (
     assign_periods,
     between_within,
-    draw_pairs,
     hierarchical_normals,
     latent_share,
     observed_share,
 )
+from replisynth.synthesize.refine import draw_pairs
 from replisynth.workflow.cli import cmd_extract, cmd_synthesize, cmd_verify
 
 G = 400

@@ -15,11 +15,11 @@ from conftest import capture_released, make_people, manifest_for, refit_terms, r
 from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
 from statsmodels.miscmodels.ordinal_model import OrderedModel
 
-from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.config.manifest import Checkpoint, checkpoint_from_release, load_manifest
 from replisynth.core.errors import CheckpointError
 from replisynth.extract.checkpoints import capture_checkpoint
 from replisynth.fit.estimators import fit_checkpoint
-from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints, pin_order
+from replisynth.pin.pin import pin_checkpoints, pin_order
 from replisynth.stats.design import build_design
 
 MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50

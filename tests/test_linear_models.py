@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from conftest import capture_released, manifest_for, refit_terms, run_pipeline
 
-from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.config.manifest import Checkpoint, checkpoint_from_release, load_manifest
 from replisynth.core.errors import CheckpointError, ManifestError
 from replisynth.extract.checkpoints import capture_checkpoint
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.fit.linear_models import demean, linear_operator, residual
-from replisynth.pin.pin import checkpoint_from_release, pin_checkpoints
+from replisynth.pin.pin import pin_checkpoints
 from replisynth.stats.design import build_design, split_iv_formula, used_columns
 
 MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50

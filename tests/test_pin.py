@@ -10,16 +10,10 @@ import pandas as pd
 import pytest
 from conftest import make_people, manifest_for
 
-from replisynth.config.manifest import Checkpoint, load_manifest
+from replisynth.config.manifest import Checkpoint, checkpoint_from_release, load_manifest
 from replisynth.extract.checkpoints import capture_checkpoint
 from replisynth.fit.estimators import fit_checkpoint
-from replisynth.pin.pin import (
-    checkpoint_from_release,
-    cross_block,
-    ols_operator,
-    pin_checkpoints,
-    pin_order,
-)
+from replisynth.pin.pin import cross_block, ols_operator, pin_checkpoints, pin_order
 from replisynth.stats.design import build_design
 
 MANIFEST = load_manifest(manifest_for("people.csv"))  # standard SDC profile: min_cell_size 50
