@@ -17,6 +17,7 @@ from conftest import make_people
 from test_workflow import SNAKEMAKE, _checkout
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_killed_run_resumes_without_recomputing(tmp_path):
     work = _checkout(tmp_path / "w", with_data=False)
