@@ -140,7 +140,7 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         manifest = load_manifest(info["manifest"], parse_formulas=False)
     except ReplisynthError as exc:
-        msg = str(exc)
+        msg = str(exc).replace(":\n  ", ": ").replace("\n  ", "; ")
         raise BundleError(f"{mf}: {msg if msg.startswith('manifest') else 'manifest.' + msg}") from None
     want = set(bundle_files(manifest)) - {"manifest.json"}
     if listed != want:
