@@ -236,7 +236,7 @@ def test_column_named_like_a_function(name: str) -> None:
     d = build_design(df, Checkpoint(tag="t", source="s", model="ols", formula=formula))
     ref = build_design(df.rename(columns={name: "zz"}), Checkpoint(tag="t", source="s", model="ols",
                                                                     formula=formula.replace(f"~ {name} +", "~ zz +")))
-    assert d.terms == [("zz" if t == name else t) for t in d.terms] or d.terms[1] == name
+    assert d.terms[1] == name
     assert [t if t != name else "zz" for t in d.terms] == ref.terms
     assert np.array_equal(d.X, ref.X)
     if name in ("C", "I", "log", "np", "sqrt"):  # the column is also a factor's argument

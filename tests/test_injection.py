@@ -49,6 +49,8 @@ def formula_payloads(m: Path) -> list[str]:
         f"y ~ x1 + log(x1)[open('{m}', 'w')]",
         f"y ~ x1 + exec('open(\"{m}\", \"w\")')",
         f"y ~ 1 + x1 + [x2 ~ I(open('{m}', 'w'))]",
+        f"y ~ x1 + np.ctypeslib._ctypeslib.os.system('{sh}')",
+        f"y ~ x1 + I(np.ctypeslib._ctypeslib.os.system('{sh}'))",
     ]
 
 
@@ -63,6 +65,7 @@ def subset_payloads(m: Path) -> list[str]:
         f"x1 > (lambda: __import__('os').system('{sh}'))()",
         f"x1.isin(__import__('os').system('{sh}'))",
         f"np.os.system('{sh}') == 0",
+        f"x1 > np.ctypeslib._ctypeslib.os.system('{sh}')",
     ]
 
 
@@ -88,7 +91,7 @@ def _one_line(err: str, key: str) -> None:
     assert key in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("i", range(17))
+@pytest.mark.parametrize("i", range(len(formula_payloads(Path("m")))))
 def test_secure_side_formula_injection(tmp_path: Path, people_csv: Path, capsys: pytest.CaptureFixture[str], i: int) -> None:
     marker = tmp_path / "pwned"
     formula = formula_payloads(marker)[i]
@@ -100,7 +103,7 @@ def test_secure_side_formula_injection(tmp_path: Path, people_csv: Path, capsys:
     assert not (tmp_path / "res" / "t" / "bundle").exists()
 
 
-@pytest.mark.parametrize("i", range(8))
+@pytest.mark.parametrize("i", range(len(subset_payloads(Path("m")))))
 def test_secure_side_subset_injection(tmp_path: Path, people_csv: Path, capsys: pytest.CaptureFixture[str], i: int) -> None:
     marker = tmp_path / "pwned"
     mf = _manifest_file(tmp_path, people_csv, subset=subset_payloads(marker)[i])
@@ -177,7 +180,7 @@ def _edit(bundle: Path, key: str, value: str, where: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["checkpoints", "manifest", "both"])
-@pytest.mark.parametrize("i", [0, 2, 3, 7, 10, 13, 15])
+@pytest.mark.parametrize("i", [0, 2, 3, 7, 9, 10, 13, 15, 17, 18])
 def test_outside_formula_injection(tmp_path: Path, good_bundle: Path, capsys: pytest.CaptureFixture[str], i: int, where: str) -> None:
     marker = tmp_path / "pwned"
     bundle = _copy(good_bundle, tmp_path)
@@ -194,7 +197,7 @@ def test_outside_formula_injection(tmp_path: Path, good_bundle: Path, capsys: py
 
 
 @pytest.mark.parametrize("where", ["checkpoints", "both"])
-@pytest.mark.parametrize("i", range(8))
+@pytest.mark.parametrize("i", range(len(subset_payloads(Path("m")))))
 def test_outside_subset_injection(tmp_path: Path, good_bundle: Path, i: int, where: str) -> None:
     marker = tmp_path / "pwned"
     bundle = _copy(good_bundle, tmp_path)
