@@ -327,3 +327,16 @@ def test_malformed_bundles_through_the_cli_subprocess(tmp_path: Path, good_bundl
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "replisynth.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": SRC}, timeout=300)
+
+
+def test_schema_columns_are_the_column_spec_fields() -> None:
+    """source_<name>.json columns are read as ColumnSpec(**column): the schema lists exactly
+    its fields (a new field needs its line in bundle_schema.yaml and docs/bundle.md)."""
+    from dataclasses import MISSING, fields
+
+    from replisynth.bundle import SCHEMA_PATH
+    from replisynth.schema import ColumnSpec
+
+    col = yaml.safe_load(SCHEMA_PATH.read_text())["$defs"]["source"]["properties"]["columns"]["items"]
+    assert set(col["properties"]) == {f.name for f in fields(ColumnSpec)}
+    assert set(col["required"]) == {f.name for f in fields(ColumnSpec) if f.default is MISSING}
