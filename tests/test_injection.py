@@ -293,6 +293,9 @@ MALFORMED = {
     "file_unlisted": (_json_edit("manifest.json", lambda d: d["files"].pop(0)), "files not listed"),
     "manifest_wrong_type": (_json_edit("manifest.json", lambda d: d["manifest"].update(seed="x")), "manifest.json: manifest"),
     "seed_wrong_type": (_json_edit("manifest.json", lambda d: d.update(seed=[1])), "manifest.json: seed"),
+    "dim_not_a_column": (_json_edit("source_people.json", lambda d: d["dims"][0].update(column="ghost")), "dims[0].column"),
+    "spearman_not_square": (_json_edit("source_people.json", lambda d: d["blocks"]["all"]["spearman"].pop()), "blocks.all.spearman"),
+    "moments_short": (_json_edit("checkpoints.json", lambda d: d["checkpoints"][0]["moments"]["mean"].pop()), "checkpoints[0].moments"),
     "files_not_objects": (_json_edit("manifest.json", lambda d: d.update(files=["a.json"])), "manifest.json: files[0]"),
 }
 

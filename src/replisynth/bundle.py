@@ -148,7 +148,7 @@ def load_bundle(path: str | Path) -> Bundle:
     releases = {}
     for s in manifest.sources:
         fp = p / source_file(s.name)
-        releases[s.name] = check_schema(_read(fp), "source", fp)
+        releases[s.name] = check_release(check_schema(_read(fp), "source", fp), fp)
     cpf = p / "checkpoints.json"
     checkpoints = check_schema(_read(cpf), "checkpoints.json", cpf)["checkpoints"]
     check_checkpoints(checkpoints, manifest, releases, cpf)
@@ -213,6 +213,41 @@ def check_schema(doc: Any, name: str, fp: Path) -> Any:
     raise BundleError(f"{fp}: {_key_path(err.absolute_path)}: {what}; the file does not match the bundle format (docs/bundle.md)")
 
 
+def check_release(rel: dict[str, Any], fp: Path) -> dict[str, Any]:
+    """Cross-references inside a source release that the schema cannot state: dims, strata,
+    marginals name released columns, every stratum cell has its block, and each Spearman
+    matrix is square over the dims."""
+    names = {c["name"] for c in rel["columns"]}
+    k = len(rel["dims"])
+
+    def bad(key: str, what: str) -> BundleError:
+        return BundleError(f"{fp}: {key}: {what}; the file does not match the bundle format (docs/bundle.md)")
+
+    for i, d in enumerate(rel["dims"]):
+        if d["column"] not in names:
+            raise bad(f"dims[{i}].column", f"{d['column']!r} is not a released column")
+    for col in rel["strata"]["columns"]:
+        if col not in names:
+            raise bad("strata.columns", f"{col!r} is not a released column")
+    for i, cell in enumerate(rel["strata"]["cells"]):
+        if cell["id"] not in rel["blocks"]:
+            raise bad(f"strata.cells[{i}].id", f"{cell['id']!r} has no entry in blocks")
+    for b, block in rel["blocks"].items():
+        stray = sorted(set(block["marginals"]) - names)
+        if stray:
+            raise bad(f"blocks.{b}.marginals", f"{stray[0]!r} is not a released column")
+        sp = block.get("spearman")
+        if sp and (len(sp) != k or any(len(row) != k for row in sp)):
+            raise bad(f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)")
+    return rel
+
+
+def _check_moments(mo: dict[str, Any], where: str) -> None:
+    k = len(mo["terms"])
+    if len(mo["mean"]) != k or len(mo["sd"]) != k or len(mo["corr"]) != k or any(len(r) != k for r in mo["corr"]):
+        raise BundleError(f"{where}.moments: terms, mean, sd and corr do not have one entry per term; the bundle was edited")
+
+
 def check_checkpoints(checkpoints: list[dict[str, Any]], manifest: Manifest, releases: dict[str, dict[str, Any]], fp: Path) -> None:
     """Every released checkpoint record re-checked before anything reads it: the formula and
     subset inside the safe grammar, its source and columns in the bundle, and the same
@@ -231,6 +266,8 @@ def check_checkpoints(checkpoints: list[dict[str, Any]], manifest: Manifest, rel
         for key in ("source", "model", "formula", "subset", "weights", "vcov"):
             if c.get(key) != getattr(cp, key):
                 raise BundleError(f"{where}.{key}: differs from the manifest in manifest.json; the bundle was edited")
+        if isinstance(c.get("moments"), dict):
+            _check_moments(c["moments"], where)
         have = {col["name"] for col in releases[c["source"]]["columns"]}
         cluster = c["vcov"].split(":", 1)[1] if c["vcov"].startswith("cluster:") else None
         cols |= {x for x in (c.get("weights"), c.get("entity"), c.get("time"), cluster) if x} | set(c.get("absorb") or ())
