@@ -549,7 +549,8 @@ def evaluate(node: ast.expr, lookup: Callable[[str], Any], quoted: Mapping[str, 
             return out
         if isinstance(n, ast.Call):
             f = n.func
-            if isinstance(f, ast.Attribute) and f.attr in SUBSET_METHODS and not (isinstance(f.value, ast.Name) and f.value.id == "np"):
+            numpy_call = isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "np" and f.attr in NUMPY_FUNCTIONS
+            if isinstance(f, ast.Attribute) and not numpy_call:  # x.isin([...]), x.isna(), x.notna()
                 col = pd.Series(ev(f.value))
                 return col.isin(ev(n.args[0])) if f.attr == "isin" else getattr(col, f.attr)()
             name = f.attr if isinstance(f, ast.Attribute) else f.id  # type: ignore[union-attr]
