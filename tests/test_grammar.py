@@ -261,3 +261,24 @@ def test_model_matrix_refuses_unchecked_and_missing() -> None:
         model_matrix("y ~ np", df, "raise", "k", CheckpointError)
     with pytest.raises(CheckpointError, match=r"'z', not a column"):
         model_matrix("y ~ log(z)", df, "raise", "k", CheckpointError)
+
+
+def test_columns_named_like_functions_end_to_end(tmp_path) -> None:
+    """Columns called bs, C, log and scale through extraction, synthesis and verification:
+    the checkpoint reading them as columns (and calling log and C on others) is released with
+    those term names and verified on the synthetic data."""
+    from conftest import make_people, manifest_for, run_pipeline
+
+    df = make_people(1500, seed=9).rename(columns={"x1": "bs", "x2": "log", "region": "C", "female": "scale"})
+    df["inc"] = df["income"].fillna(df["income"].median())
+    p = tmp_path / "people.csv"
+    df.drop(columns=["income"]).to_csv(p, index=False)
+    raw = manifest_for(p)
+    raw["verify"] = {"tier": 4}
+    raw["checkpoints"] = [{"tag": "names", "source": "people", "model": "ols", "vcov": "HC1",
+                           "formula": "y ~ bs + log + scale + C(C) + log(inc)", "subset": "C != 'd' and bs > -3"}]
+    tiers = run_pipeline(raw, tmp_path / "out")
+    cp = tiers["checkpoints"]["names"]
+    assert cp["status"] == "verified" and cp["passed"], cp
+    terms = {t["term"] for t in cp["terms"]}
+    assert {"bs", "log", "scale", "C(C)[T.b]", "C(C)[T.c]", "log(inc)"} <= terms
