@@ -152,26 +152,12 @@ def formula_outcome(formula: str) -> str:
     return lhs
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
 def formula_variables(formula: str, where: str = "") -> set[str]:
-    """Every data column a Wilkinson formula reads, including linearmodels IV brackets."""
-    import formulaic
+    """Every data column a Wilkinson formula reads, including linearmodels IV brackets; the
+    formula is checked against the safe grammar first (`formula_grammar`)."""
+    from replisynth.config.formula_grammar import formula_columns
 
-    parts = [formula]
-    m = IV_BRACKET.search(formula)
-    if m:
-        parts = [IV_BRACKET.sub("1", formula), f"{m.group(1)} ~ {m.group(2)}"]
-    names: set[str] = set()
-    for part in parts:
-        try:
-            names |= {str(v) for v in formulaic.Formula(part).required_variables}
-        except Exception as exc:  # formulaic raises several parser error types
-            first = _ANSI.sub("", str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            prefix = f"{where}: " if where else ""
-            raise ManifestError(f"{prefix}cannot parse formula {formula!r}: {first}") from None
-    return names
+    return formula_columns(formula, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +315,12 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source], parse_for
             f"{where}.formula: the left-hand side {cp.outcome!r} must be one column name "
             "(transform the outcome in the data, not in the formula)"
         )
-    if parse_formulas:
-        formula_variables(cp.formula, f"{where}.formula")  # raises a ManifestError on a parse error
+    # the safe grammar, always (cheap, no formulaic import): nothing outside it is ever evaluated
+    formula_variables(cp.formula, f"{where}.formula")
+    if cp.subset is not None:
+        from replisynth.config.formula_grammar import parse_subset
+
+        parse_subset(cp.subset, f"{where}.subset")
     if cp.absorb and cp.model != "fe":
         raise ManifestError(f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})")
     if cp.entity and cp.model not in ("re", "fe"):
@@ -390,10 +380,10 @@ def load_manifest(raw_or_path: dict[str, Any] | str | Path, parse_formulas: bool
     """Validate a manifest (mapping or YAML file) and return it frozen.
 
     Checks the JSON Schema, then everything that needs no data: checkpoint sources exist,
-    tags are unique, column roles do not clash, formulas parse, models are supported.
-    Column existence is checked against the data by `check_columns`. `parse_formulas=False`
-    skips the formula parse (and formulaic's import, ~0.5 s per job) for a manifest already
-    checked: a bundle's, or the workflow's inside a job (Snakemake checked it at start-up).
+    tags are unique, column roles do not clash, formulas and subsets are inside the safe
+    grammar (always: it imports nothing and evaluates nothing), models are supported.
+    Column existence is checked against the data by `check_columns`. `parse_formulas` is kept
+    for callers; the grammar check it once switched off is cheap and now always runs.
     """
     if isinstance(raw_or_path, (str, Path)):
         path = Path(raw_or_path)
@@ -461,6 +451,12 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
                     f"{where}.formula: column {col!r} is in sources.{source}.ids/exclude and is "
                     "never released, so the checkpoint cannot be rebuilt; drop it from ids/exclude"
                 )
+        if cp.subset is not None:
+            from replisynth.config.formula_grammar import parse_subset
+
+            for col in sorted(parse_subset(cp.subset, f"{where}.subset").columns):
+                if col not in have:
+                    raise missing(f"{where}.subset", col)
         for key in ("weights", "entity", "time", "cluster"):
             col = getattr(cp, key)
             if col is not None and col not in have:

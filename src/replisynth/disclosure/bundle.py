@@ -15,13 +15,14 @@ import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from replisynth import __version__
 from replisynth.config.manifest import Manifest, load_manifest
-from replisynth.core.errors import BundleError
+from replisynth.core.errors import BundleError, ReplisynthError
 from replisynth.disclosure.sdc import SdcLog, resolved_settings
 from replisynth.io.files import read_json, sha256_file, write_json
 
@@ -113,36 +114,163 @@ class Bundle:
 
 def load_bundle(path: str | Path) -> Bundle:
     """Read a bundle directory and check it: format, every listed file present with its
-    sha256, nothing unlisted."""
+    sha256, nothing unlisted; then every file against the bundle's JSON Schema and every
+    formula and subset against the safe grammar (anyone can recompute the sha256 list, so a
+    bundle from elsewhere is read as untrusted text: nothing in it is run as code)."""
     p = Path(path)
     mf = p / "manifest.json"
     if not mf.exists():
         raise BundleError(f"{p}: not a bundle (no manifest.json); point bundle= at the bundle directory written by extract")
-    try:
-        info = read_json(mf)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{mf}: not valid JSON ({exc.__class__.__name__}); the bundle is damaged, rebuild it with extract") from None
+    info = _read(mf)
     if not isinstance(info, dict) or not isinstance(info.get("files"), list) or "manifest" not in info:
         raise BundleError(f"{mf}: not a bundle manifest (no files list or manifest); rebuild the bundle with extract")
     if info.get("format") != FORMAT:
         raise BundleError(f"{mf}: format {info.get('format')!r} is not {FORMAT!r}; rebuild the bundle with this version")
+    check_schema(info, "manifest.json", mf)
     listed = {f["path"] for f in info["files"]}
     for f in info["files"]:
         fp = p / f["path"]
-        if not fp.exists():
+        if not fp.is_file():
             raise BundleError(f"{p}: bundle file {f['path']} is missing")
         if sha256_file(fp) != f["sha256"]:
             raise BundleError(f"{fp}: sha256 does not match manifest.json; the bundle was altered or is incomplete")
     extra = sorted(x.name for x in p.iterdir() if x.name not in listed | {"manifest.json"})
     if extra:
         raise BundleError(f"{p}: files not listed in manifest.json: {', '.join(extra)}; a bundle holds only its listed files")
-    manifest = load_manifest(info["manifest"], parse_formulas=False)  # checked when the bundle was written
-    releases = {s.name: read_json(p / source_file(s.name)) for s in manifest.sources}
-    return Bundle(
-        path=p,
-        manifest=manifest,
-        info=info,
-        releases=releases,
-        checkpoints=read_json(p / "checkpoints.json")["checkpoints"],
-        sdc_log=read_json(p / "sdc_log.json"),
-    )
+    try:
+        manifest = load_manifest(info["manifest"], parse_formulas=False)
+    except ReplisynthError as exc:
+        msg = str(exc).replace(":\n  ", ": ").replace("\n  ", "; ")
+        raise BundleError(f"{mf}: {msg if msg.startswith('manifest') else 'manifest.' + msg}") from None
+    want = set(bundle_files(manifest)) - {"manifest.json"}
+    if listed != want:
+        raise BundleError(f"{mf}: lists {', '.join(sorted(listed))} but its manifest needs {', '.join(sorted(want))}; the bundle was edited")
+    releases = {}
+    for s in manifest.sources:
+        fp = p / source_file(s.name)
+        releases[s.name] = check_release(check_schema(_read(fp), "source", fp), fp)
+    cpf = p / "checkpoints.json"
+    checkpoints = check_schema(_read(cpf), "checkpoints.json", cpf)["checkpoints"]
+    check_checkpoints(checkpoints, manifest, releases, cpf)
+    sdc_log = check_schema(_read(p / "sdc_log.json"), "sdc_log.json", p / "sdc_log.json")
+    return Bundle(path=p, manifest=manifest, info=info, releases=releases, checkpoints=checkpoints, sdc_log=sdc_log)
+
+
+def _read(fp: Path) -> Any:
+    try:
+        return read_json(fp)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{fp}: not valid JSON ({exc.__class__.__name__}); the bundle is damaged, rebuild it with extract") from None
+
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "bundle_schema.yaml"
+
+
+@lru_cache(maxsize=1)
+def _validators() -> dict[str, Any]:
+    import jsonschema
+    import yaml
+
+    with open(SCHEMA_PATH) as fh:
+        schema = yaml.safe_load(fh)
+    base = jsonschema.Draft202012Validator
+    plain_items = base.VALIDATORS["items"]
+    number = {"$ref": "#/$defs/number_or_null"}
+
+    def items(validator: Any, sub: Any, instance: Any, schema: Any) -> Any:
+        """Arrays of numbers (grids, correlations: most of a bundle) checked in one loop."""
+        if sub != number or not isinstance(instance, list):
+            yield from plain_items(validator, sub, instance, schema)
+            return
+        for i, x in enumerate(instance):
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+                err = jsonschema.ValidationError(f"{x!r} is not a number or null")
+                err.path.appendleft(i)
+                yield err
+                return
+
+    fast = jsonschema.validators.extend(base, {"items": items})
+    return {name: fast({**schema, "$ref": f"#/$defs/{name}"})
+            for name in ("manifest.json", "checkpoints.json", "sdc_log.json", "source")}
+
+
+def _key_path(path: Any) -> str:
+    out = ""
+    for k in path:
+        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+    return out or "(top level)"
+
+
+def check_schema(doc: Any, name: str, fp: Path) -> Any:
+    """`doc` (the parsed file `fp`) if it matches the bundle schema's `name`; else one line
+    naming the file, the key and what is wrong."""
+    import jsonschema
+
+    err = jsonschema.exceptions.best_match(_validators()[name].iter_errors(doc))
+    if err is None:
+        return doc
+    what = err.message if len(err.message) <= 160 else err.message[:157] + "..."
+    raise BundleError(f"{fp}: {_key_path(err.absolute_path)}: {what}; the file does not match the bundle format (docs/bundle.md)")
+
+
+def check_release(rel: dict[str, Any], fp: Path) -> dict[str, Any]:
+    """Cross-references inside a source release that the schema cannot state: dims, strata,
+    marginals name released columns, every stratum cell has its block, and each Spearman
+    matrix is square over the dims."""
+    names = {c["name"] for c in rel["columns"]}
+    k = len(rel["dims"])
+
+    def bad(key: str, what: str) -> BundleError:
+        return BundleError(f"{fp}: {key}: {what}; the file does not match the bundle format (docs/bundle.md)")
+
+    for i, d in enumerate(rel["dims"]):
+        if d["column"] not in names:
+            raise bad(f"dims[{i}].column", f"{d['column']!r} is not a released column")
+    for col in rel["strata"]["columns"]:
+        if col not in names:
+            raise bad("strata.columns", f"{col!r} is not a released column")
+    for i, cell in enumerate(rel["strata"]["cells"]):
+        if cell["id"] not in rel["blocks"]:
+            raise bad(f"strata.cells[{i}].id", f"{cell['id']!r} has no entry in blocks")
+    for b, block in rel["blocks"].items():
+        stray = sorted(set(block["marginals"]) - names)
+        if stray:
+            raise bad(f"blocks.{b}.marginals", f"{stray[0]!r} is not a released column")
+        sp = block.get("spearman")
+        if sp and (len(sp) != k or any(len(row) != k for row in sp)):
+            raise bad(f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)")
+    return rel
+
+
+def _check_moments(mo: dict[str, Any], where: str) -> None:
+    k = len(mo["terms"])
+    if len(mo["mean"]) != k or len(mo["sd"]) != k or len(mo["corr"]) != k or any(len(r) != k for r in mo["corr"]):
+        raise BundleError(f"{where}.moments: terms, mean, sd and corr do not have one entry per term; the bundle was edited")
+
+
+def check_checkpoints(checkpoints: list[dict[str, Any]], manifest: Manifest, releases: dict[str, dict[str, Any]], fp: Path) -> None:
+    """Every released checkpoint record re-checked before anything reads it: the formula and
+    subset inside the safe grammar, its source and columns in the bundle, and the same
+    formula, subset, weights, model and vcov as the manifest recorded in manifest.json."""
+    from replisynth.config.formula_grammar import parse_formula, parse_subset
+
+    declared = {cp.tag: cp for cp in manifest.checkpoints}
+    for i, c in enumerate(checkpoints):
+        where = f"{fp}: checkpoints[{i}]"
+        cols = set(parse_formula(c["formula"], f"{where}.formula", BundleError).columns)
+        if c.get("subset") is not None:
+            cols |= parse_subset(c["subset"], f"{where}.subset", BundleError).columns
+        cp = declared.get(c["tag"])
+        if cp is None:
+            raise BundleError(f"{where}.tag: {c['tag']!r} is not a checkpoint of the manifest in manifest.json; the bundle was edited")
+        for key in ("source", "model", "formula", "subset", "weights", "vcov"):
+            if c.get(key) != getattr(cp, key):
+                raise BundleError(f"{where}.{key}: differs from the manifest in manifest.json; the bundle was edited")
+        if isinstance(c.get("moments"), dict):
+            _check_moments(c["moments"], where)
+        have = {col["name"] for col in releases[c["source"]]["columns"]}
+        cluster = c["vcov"].split(":", 1)[1] if c["vcov"].startswith("cluster:") else None
+        cols |= {x for x in (c.get("weights"), c.get("entity"), c.get("time"), cluster) if x} | set(c.get("absorb") or ())
+        gone = sorted(cols - have)
+        if gone:
+            raise BundleError(f"{where}: reads {', '.join(map(repr, gone))}, not a column of {source_file(c['source'])}; the bundle was edited")

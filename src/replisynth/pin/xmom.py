@@ -49,6 +49,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.formula_grammar import (
+    evaluate,
+    formulaic_context,
+    model_matrix,
+    parse_formula,
+    term_tree,
+)
 from replisynth.config.manifest import checkpoint_from_release, formula_variables
 from replisynth.stats.correlations import _Ranker
 from replisynth.stats.design import (
@@ -229,7 +236,6 @@ _IV_FAR = 10.0  # log SE factor standing in for a singular first stage
 
 
 _INDICATOR = re.compile(r"^(?:C\((?P<c>[A-Za-z_][A-Za-z0-9_.]*)\)|(?P<b>[A-Za-z_][A-Za-z0-9_.]*))\[T\.(?P<level>.*)\]$")
-_NAMESPACE = {"__builtins__": {}, "np": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs}
 
 
 def _split_factors(term: str) -> list[str]:
@@ -272,9 +278,14 @@ class _Compiled:
             return ("ind", col, np.asarray([lab == m.group("level") for lab in labels] + [False]))
         if f in self.num:
             return ("num", f)
-        expr = f[2:-1] if f.startswith("I(") and f.endswith(")") else f
-        used = [c for c in self.num if re.search(rf"\b{re.escape(c)}\b", expr)]
-        return ("expr", compile(expr, "<design>", "eval"), used)
+        # a term of a formula checked against the grammar: evaluated by the grammar's own
+        # evaluator (column arrays and the allow-listed functions), never by Python's eval
+        parsed = parse_formula(f"_ ~ {f}")
+        used = sorted(c for c in parsed.columns if c != "_")
+        if not set(used) <= set(self.num):
+            raise ValueError(f"term {f!r} reads a column that is not numeric")
+        node, quoted = term_tree(f)
+        return ("expr", (node, quoted), used)
 
     def rows(self, idx: dict[str, np.ndarray]) -> np.ndarray:
         """Design columns at the rows `idx[col]` of each column's base values."""
@@ -287,8 +298,9 @@ class _Compiled:
                 elif f[0] == "ind":
                     out[:, j] *= f[2][self.codes[f[1]][0][idx[f[1]]]]
                 else:
+                    vals = {c: self.num[c][idx[c]] for c in f[2]}
                     with np.errstate(all="ignore"):
-                        out[:, j] *= eval(f[1], _NAMESPACE, {c: self.num[c][idx[c]] for c in f[2]})  # noqa: S307 - formula text from the manifest, no builtins
+                        out[:, j] *= evaluate(f[1][0], vals.__getitem__, f[1][1])
         return out
 
 
@@ -296,7 +308,7 @@ def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
     """Released design columns of `frame`'s rows under the checkpoint's model spec (NaN → 0:
     such rows are outside the sample and carry weight 0)."""
 
-    mm = t.spec.get_model_matrix(_widen_integers(frame), na_action="ignore")
+    mm = t.spec.get_model_matrix(_widen_integers(frame), na_action="ignore", context=formulaic_context())
     X = np.asarray(mm, dtype="float64")[:, t.cols]
     return np.nan_to_num(X, nan=0.0)
 
@@ -318,14 +330,13 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True, skip
     """The state of one released checkpoint on the synthetic data (None and a note when its
     design cannot be built or holds none of the released columns); without the row evaluator
     when `compile_rows` is False or `skip` says the state needs none."""
-    import formulaic
 
 
     mo = c["moments"]
     cp = checkpoint_from_release(c)
     try:
         data = estimation_sample(df, cp)
-        mm = formulaic.model_matrix(moment_formula(cp.formula, cp.model), data, na_action="raise")
+        mm = model_matrix(moment_formula(cp.formula, cp.model), data, "raise", cp.tag)
     except Exception as exc:  # a design that cannot be built is reported, not fatal here
         return None, f"{cp.tag}: design not built on the synthetic data ({type(exc).__name__})"
     names = [str(x) for x in mm.rhs.columns]

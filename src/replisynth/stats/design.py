@@ -7,12 +7,12 @@ The sample is the `subset` rows with no missing value in any variable the checkp
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from replisynth.config.formula_grammar import model_matrix, parse_subset, subset_mask
 from replisynth.config.manifest import IV_BRACKET, Checkpoint, formula_variables
 from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_COUNT, GLM_MODELS, GLM_ORDERED
@@ -41,12 +41,10 @@ class Design:
 
 
 def subset_columns(subset: str | None, columns: list[str] | pd.Index) -> set[str]:
-    """Data columns a `subset` query mentions (its identifiers that are column names)."""
+    """Data columns a `subset` condition reads (its names, checked against the grammar)."""
     if not subset:
         return set()
-    names = set(re.findall(r"`([^`]+)`|\b([A-Za-z_][A-Za-z0-9_]*)\b", subset))
-    flat = {a or b for a, b in names}
-    return flat & set(map(str, columns))
+    return set(parse_subset(subset, "subset", CheckpointError).columns) & set(map(str, columns))
 
 
 def used_columns(cp: Checkpoint) -> list[str]:
@@ -66,18 +64,13 @@ def estimation_sample(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> pd.D
     cols = used_columns(cp)
     data = df
     if cp.subset:
-        try:
-            mask = df.eval(cp.subset)
-        except Exception as exc:
-            raise CheckpointError(f"{label}: subset {cp.subset!r} cannot be evaluated ({exc}); write a pandas query such as \"year == 1978 and age >= 18\"") from None
-        if not isinstance(mask, pd.Series) or mask.dtype != bool:
-            try:
-                mask = pd.Series(mask, index=df.index).astype(bool)
-            except Exception:
-                raise CheckpointError(f"{label}: subset {cp.subset!r} does not give a true/false value per row") from None
-        data = df.loc[mask.to_numpy()]
+        mask = subset_mask(df, cp.subset, label, CheckpointError)
+        data = df.loc[mask]
         if len(data) == 0:
             raise CheckpointError(f"{label}: subset {cp.subset!r} selects no rows; check the condition")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise CheckpointError(f"{label}: the checkpoint reads {', '.join(map(repr, missing))}, not a column of the data; check the formula")
     data = _widen_integers(data[cols].dropna())
     if len(data) == 0:
         empty = [c for c in cols if df[c].isna().all()]
@@ -113,15 +106,15 @@ def _iv_matrices(data: pd.DataFrame, cp: Checkpoint, label: str) -> tuple[np.nda
     number of exogenous columns and the instruments' names, all encoded by formulaic (the
     endogenous and instrument columns are those the bracket adds to the exogenous design, so
     factors are coded as formulaic codes them alongside the controls)."""
-    import formulaic
-
     exog_f, endog, instr = split_iv_formula(cp.formula)
     if not endog or not instr:
         raise CheckpointError(f"{label}: the IV part of {cp.formula!r} needs endogenous variables and instruments: [x ~ z]")
     try:
-        mm_w = formulaic.model_matrix(exog_f, data, na_action="raise")
-        mm_x = formulaic.model_matrix(f"{exog_f} + {endog}", data, na_action="raise")
-        mm_z = formulaic.model_matrix(f"{exog_f} + {instr}", data, na_action="raise")
+        mm_w = model_matrix(exog_f, data, "raise", f"{label}: formula", CheckpointError)
+        mm_x = model_matrix(f"{exog_f} + {endog}", data, "raise", f"{label}: formula", CheckpointError)
+        mm_z = model_matrix(f"{exog_f} + {instr}", data, "raise", f"{label}: formula", CheckpointError)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
     w_names = [str(c) for c in mm_w.rhs.columns]
@@ -198,8 +191,6 @@ def drop_unreleased_constants(d: Design, released: set[str]) -> Design:
 
 
 def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
-    import formulaic
-
     label = where or f"checkpoint {cp.tag!r}"
     data = estimation_sample(df, cp, where)
     if cp.model == "iv":
@@ -210,7 +201,9 @@ def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
         cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
         return Design(y=y, X=X, terms=terms, weights=w, clusters=cl, index=data.index, Z=Z, n_exog=n_exog, instruments=instr)
     try:
-        mm = formulaic.model_matrix(cp.formula, data, na_action="raise")
+        mm = model_matrix(cp.formula, data, "raise", f"{label}: formula", CheckpointError)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
     X = np.asarray(mm.rhs, dtype="float64")
