@@ -118,6 +118,8 @@ def ols_fit(y: np.ndarray, X: np.ndarray, weights: np.ndarray | None, vcov: str,
         _, codes = np.unique(clusters, return_inverse=True)
         codes = codes.ravel()
         G = int(codes.max()) + 1
+        if G < 2:
+            raise ValueError("clustered standard errors need at least 2 clusters in the sample; this sample has 1 (use HC1, or another cluster column)")
         S = np.column_stack([np.bincount(codes, weights=Xw[:, j] * e, minlength=G) for j in range(k)])
         cov = B @ (S.T @ S) @ B * (G / (G - 1.0)) * ((n - 1.0) / df_resid)
     elif vcov == "nonrobust":
