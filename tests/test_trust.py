@@ -4,14 +4,25 @@ a clean run's, byte for byte); every claim of the report is true; bad input is o
 from __future__ import annotations
 
 import copy
+import errno
+import json
+import logging
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import make_people
 from test_workflow import _checkout, _smk
+
+from replisynth import pipeline
+from replisynth.cli import main
+from replisynth.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TIER_MISSED
+from replisynth.io import SYNTHETIC_META_KEY
 
 # ---------------------------------------------------------------------------------------------
 # Manifest edits rerun what they affect (Snakemake's params trigger sees a hash of the section
@@ -100,3 +111,242 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
     assert files and sorted(str(p.relative_to(res)) for d in ("bundle", "synthetic") for p in (res / d).iterdir()) == files
     for f in [*files, "verify/tiers.json"]:
         assert (res / f).read_bytes() == (ref / f).read_bytes(), f
+
+
+# ---------------------------------------------------------------------------------------------
+# Every claim is true
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger():
+    """The CLI attaches a stderr handler to the `replisynth` logger; detach it afterwards."""
+    lg = logging.getLogger("replisynth")
+    handlers, level = list(lg.handlers), lg.level
+    yield
+    lg.handlers[:] = handlers
+    lg.setLevel(level)
+
+
+def _run_cli(tmp_path: Path, man: dict, *cmd: str) -> tuple[int, Path]:
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(man))
+    rc = main([*(cmd or ("run",)), str(p), "--results", str(tmp_path / "res"), "--quiet"])
+    return rc, tmp_path / "res" / man["name"]
+
+
+def _people(tmp_path: Path, n: int, seed: int, name: str = "d.csv", **cols) -> str:
+    df = make_people(n, seed=seed).assign(**cols)
+    path = tmp_path / name
+    if name.endswith(".dta"):
+        df.to_stata(path, write_index=False, version=118)
+    elif name.endswith(".parquet"):
+        df.to_parquet(path)
+    else:
+        df.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("tier", [4, 3])
+def test_all_rejected_checkpoints_claim_no_tier_4(tmp_path, capsys, tier):
+    """Every checkpoint rejected by SDC (a sample below min_cell_size): tier 4 is not
+    claimed, the rejection and its reason are in the certificate and the report."""
+    path = _people(tmp_path, 400, seed=4)
+    man = {"name": "rej", "seed": 3, "sources": {"d": {"path": path, "ids": ["pid"]}},
+           "checkpoints": [{"tag": "old_only", "source": "d", "model": "ols", "formula": "y ~ x1", "subset": "age >= 64"}],
+           "verify": {"tier": tier}}
+    rc, res = _run_cli(tmp_path, man)
+    tiers = json.loads((res / "verify" / "tiers.json").read_text())
+    cert = (res / "verify" / "certificate.txt").read_text()
+    html = (res / "verify" / "report.html").read_text()
+    assert tiers["checkpoints"]["old_only"]["status"] == "rejected"
+    assert tiers["tier_met"] == 3 and tiers["sources"]["d"]["checkpoints"]["passed"] is False
+    assert "met fidelity tier 3" in cert and "met fidelity tier 4" not in cert and "tier 4 is not claimed" in cert
+    assert "Rejected by disclosure control and not verified: old_only (sample below min_cell_size=" in cert
+    assert "rejected by disclosure control: old_only" in html
+    assert ("FAILED — fidelity tier met: 3" if tier == 4 else "PASSED — fidelity tier met: 3") in html
+    assert rc == (EXIT_TIER_MISSED if tier == 4 else 0)
+    if tier == 4:
+        assert "old_only: rejected by disclosure control" in capsys.readouterr().err
+
+
+def test_one_verified_checkpoint_claims_tier_4_and_lists_the_rejected(tmp_path):
+    path = _people(tmp_path, 600, seed=5)
+    man = {"name": "mix", "seed": 4, "sources": {"d": {"path": path, "ids": ["pid"]}},
+           "checkpoints": [{"tag": "full", "source": "d", "model": "ols", "formula": "y ~ x1 + x2"},
+                           {"tag": "tiny", "source": "d", "model": "ols", "formula": "y ~ x1", "subset": "age >= 64"}],
+           "verify": {"tier": 4}}
+    rc, res = _run_cli(tmp_path, man)
+    cert = (res / "verify" / "certificate.txt").read_text()
+    assert rc == 0 and "met fidelity tier 4" in cert and "not verified: tiny (" in cert
+
+
+def test_synthetic_files_say_synthetic_and_carry_no_information(tmp_path):
+    """The .dta data label, the parquet metadata, README.txt and the certificate; with
+    `rows` above the original N, that more rows add no information."""
+    path = _people(tmp_path, 300, seed=8, name="d.dta")
+    man = {"name": "lab", "seed": 9, "sources": {"d": {"path": path, "ids": ["pid"], "rows": 450}},
+           "checkpoints": [], "verify": {"tier": 3}}
+    rc, res = _run_cli(tmp_path, man)
+    assert rc == 0
+    syn = res / "synthetic"
+    sha = json.loads((res / "verify" / "tiers.json").read_text())["bundle_sha256"]
+    label = pq.read_schema(syn / "d.parquet").metadata[SYNTHETIC_META_KEY].decode()
+    assert label.startswith("SYNTHETIC") and sha[:12] in label
+    import pyreadstat
+
+    _, meta = pyreadstat.read_dta(str(syn / "d.dta"), metadataonly=True)
+    assert meta.file_label == label
+    readme = (syn / "README.txt").read_text()
+    cert = (res / "verify" / "certificate.txt").read_text()
+    for text in (readme, cert):
+        flat = " ".join(text.split())
+        assert "no information about the population beyond what the original data hold" in flat
+        assert "do not measure uncertainty about the population" in flat
+        assert "must be confirmed on the original data" in flat
+        assert "more rows add no information" in flat
+    assert "d.parquet, d.csv, d.dta: 450 synthetic rows (the original has 300" in readme
+    # the same row count as the original: no row-count sentence
+    man["sources"]["d"]["rows"] = None
+    man["name"] = "lab2"
+    rc, res = _run_cli(tmp_path, man)
+    assert rc == 0 and "more rows" not in (res / "verify" / "certificate.txt").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit codes and one line, never a traceback
+
+
+def _one_line(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err and "Traceback" not in "\n".join(err)
+    assert len([ln for ln in err if ln.startswith("replisynth:")]) == 1, err
+    return err[-1]
+
+
+def _boom(exc: BaseException):
+    def stage(*a, **k):
+        raise exc
+    return stage
+
+
+@pytest.mark.parametrize("exc, code, words", [
+    (RuntimeError("secret value 123.456 in the message"), EXIT_INTERNAL, "internal error (RuntimeError)"),
+    (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+    (OSError(errno.ENOSPC, "No space left on device", "res/x/extract/d.release.json"), EXIT_BAD_INPUT, "free disk space"),
+    (PermissionError(errno.EACCES, "Permission denied", "res/x"), EXIT_BAD_INPUT, "check the permissions"),
+])
+def test_exit_codes_and_one_line(tmp_path, capsys, monkeypatch, exc, code, words):
+    path = _people(tmp_path, 200, seed=1)
+    monkeypatch.setattr(pipeline, "stage_extract_source", _boom(exc))
+    rc, _ = _run_cli(tmp_path, {"name": "x", "seed": 1, "sources": {"d": {"path": path, "ids": ["pid"]}}}, "extract")
+    line = _one_line(capsys)
+    assert rc == code and words in line
+    assert "123.456" not in line  # an unexpected exception's message could quote data: never shown
+
+
+def test_results_folder_is_a_file(tmp_path, capsys):
+    path = _people(tmp_path, 200, seed=2)
+    (tmp_path / "res").write_text("not a folder")
+    rc, _ = _run_cli(tmp_path, {"name": "x", "seed": 1, "sources": {"d": {"path": path, "ids": ["pid"]}}}, "extract")
+    line = _one_line(capsys)
+    assert rc == EXIT_BAD_INPUT and "res" in line and "not a folder" in line.lower() or "Not a directory" in line
+
+
+def test_verify_before_synthesize(tmp_path, capsys):
+    path = _people(tmp_path, 200, seed=3)
+    man = {"name": "early", "seed": 1, "sources": {"d": {"path": path, "ids": ["pid"]}}}
+    assert _run_cli(tmp_path, man, "extract")[0] == 0
+    capsys.readouterr()
+    rc, _ = _run_cli(tmp_path, man, "verify")
+    line = _one_line(capsys)
+    assert rc == EXIT_BAD_INPUT and "d.parquet is missing" in line and "replisynth synthesize" in line
+
+
+@pytest.mark.parametrize("kind", ["folder", "binary", "duplicate key"])
+def test_bad_manifest_file(tmp_path, capsys, kind):
+    p = tmp_path / "m.yaml"
+    if kind == "folder":
+        p.mkdir()
+    elif kind == "binary":
+        p.write_bytes(bytes(range(256)) * 3)
+    else:
+        p.write_text("name: a\nseed: 1\nsources:\n  s: {path: d.csv}\nseed: 2\n")
+    rc = main(["extract", str(p), "--results", str(tmp_path / "res")])
+    line = _one_line(capsys)
+    assert rc == EXIT_BAD_INPUT and str(p) in line
+    assert {"folder": "is a folder", "binary": "not a text file", "duplicate key": "key 'seed' is given twice"}[kind] in line
+
+
+def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
+    """A manifest with one bad input of `kind`, and the words its error must hold."""
+    rng = np.random.default_rng(len(kind))
+    cp = {"tag": "t", "source": "d", "model": "ols", "formula": "y ~ x1"}
+    src: dict = {"ids": ["pid"]}
+    n = int(rng.integers(250, 400))
+    base = make_people(n, seed=len(kind))
+    name = "d.csv"
+    if kind == "timezone":
+        base["stamp"], name = pd.date_range("2021-01-01", periods=n, freq="h", tz="Europe/Berlin"), "d.parquet"
+        words = "column 'stamp' is a timezone-aware timestamp"
+    elif kind == "lists":
+        base["basket"], name = [[1, 2]] * n, "d.parquet"
+        words = "column 'basket' holds lists"
+    elif kind == "numbers as text":
+        base["x2"] = [f"{v:.4f}".replace(".", ",") for v in base["x2"]]
+        words = "column 'x2' holds numbers stored as text"
+    elif kind == "continuous strata":
+        src["strata"] = ["x1"]
+        words = "sources.d.strata: column 'x1' is continuous"
+    elif kind == "panel duplicates":
+        base["firm"], base["year"] = np.arange(n) // 5, np.arange(n) % 5
+        base.loc[3, "year"] = base.loc[2, "year"]
+        src["panel"] = {"entity": "firm", "time": "year"}
+        words = "1 row(s) repeat an (firm, year) pair"
+    elif kind == "outcome on both sides":
+        cp["formula"] = "y ~ y + x1"
+        words = "checkpoints[0].formula: the outcome 'y' is also on the right-hand side"
+    elif kind == "negative weights":
+        base.loc[: int(rng.integers(5, 20)), "w"] = -1.0
+        cp["weights"] = "w"
+        words = "weights column 'w' has"
+    elif kind == "text weights":
+        base["w"] = "heavy"
+        cp["weights"] = "w"
+        words = "weights column 'w' is not numeric"
+    elif kind == "zero weights":
+        base["w"] = 0.0
+        cp["weights"] = "w"
+        words = "weights column 'w' is zero on every row"
+    elif kind == "single cluster":
+        base["site"] = 7
+        cp["vcov"] = "cluster:site"
+        words = "at least 2 clusters"
+    path = tmp_path / name
+    base.to_parquet(path) if name.endswith(".parquet") else base.to_csv(path, index=False)
+    man = {"name": "bad", "seed": 1, "sources": {"d": {"path": str(path), **src}}, "checkpoints": [cp], "verify": {"tier": 3}}
+    return man, words
+
+
+@pytest.mark.parametrize("kind", ["timezone", "lists", "numbers as text", "continuous strata", "panel duplicates",
+                                  "outcome on both sides", "negative weights", "text weights", "zero weights",
+                                  "single cluster"])
+def test_bad_input_is_one_line_before_any_synthetic_file(tmp_path, capsys, kind):
+    man, words = _bad(kind, tmp_path)
+    rc, res = _run_cli(tmp_path, man)
+    line = _one_line(capsys)
+    assert rc == EXIT_BAD_INPUT and words in line, line
+    assert not (res / "synthetic").exists() and not (res / "bundle" / "manifest.json").exists()
+
+
+def test_emptied_column_warns(tmp_path, caplog):
+    """A text column whose every category is below the cell size (codes listed as
+    categorical on purpose): a visible warning that it is all missing in the synthetic data."""
+    n = 300
+    df = make_people(n, seed=4).assign(code=[f"c{i:03d}" for i in range(n)])
+    df.to_csv(tmp_path / "d.csv", index=False)
+    man = {"name": "empt", "seed": 2, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "categorical": ["code"]}},
+           "verify": {"tier": 3}}
+    with caplog.at_level(logging.WARNING, logger="replisynth"):
+        rc, _ = _run_cli(tmp_path, man, "extract")
+    assert rc == 0
+    assert any("column 'code' has values but releases nothing" in r.getMessage() for r in caplog.records)
