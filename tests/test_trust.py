@@ -350,3 +350,21 @@ def test_emptied_column_warns(tmp_path, caplog):
         rc, _ = _run_cli(tmp_path, man, "extract")
     assert rc == 0
     assert any("column 'code' has values but releases nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_internal_error_in_a_job_keeps_its_traceback_in_the_log_without_its_message(tmp_path, capsys):
+    from replisynth.runner import run
+
+    value = "".join(["Ja", "ne Doe 1961"])  # a data value the exception quotes
+
+    def stage():
+        raise ValueError(f"could not convert {value!r} to float")
+
+    log = tmp_path / "job.log"
+    with pytest.raises(SystemExit) as e:
+        run(str(log), stage)
+    assert e.value.code == EXIT_INTERNAL
+    err, text = capsys.readouterr().err, log.read_text()
+    assert err.count("replisynth:") == 1 and "internal error (ValueError)" in err and str(log) in err
+    assert "Traceback" not in err and "in stage" in text and "ValueError" in text
+    assert "Jane" not in err + text

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .errors import exit_code, one_line
+from .errors import EXIT_INTERNAL, exit_code, one_line
 
 
 def configure_logging(path: str | None = None) -> None:
@@ -36,14 +36,17 @@ def report_failure(exc: BaseException, log_path: str | None = None) -> int:
     log = logging.getLogger("replisynth")
     code = exit_code(exc)
     log.error("%s", one_line(exc, log_path or ""))
-    if code == 4:
-        if os.environ.get("REPLISYNTH_DEBUG"):
-            import traceback
+    if code == EXIT_INTERNAL:
+        import traceback
 
+        if os.environ.get("REPLISYNTH_DEBUG"):
             traceback.print_exception(exc)
+        # The log keeps where it happened, not the exception's message (it could quote a value).
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        text = f"traceback (message withheld: it could quote a data value):\n{frames}{exc.__class__.__name__}"
         for h in log.handlers:
             if isinstance(h, logging.FileHandler):
-                h.handle(log.makeRecord(log.name, logging.DEBUG, "", 0, "traceback", None, (type(exc), exc, exc.__traceback__)))
+                h.handle(log.makeRecord(log.name, logging.ERROR, "", 0, "%s", (text,), None))
     return code
 
 
