@@ -191,7 +191,8 @@ def test_synthetic_files_say_synthetic_and_carry_no_information(tmp_path):
     syn = res / "synthetic"
     sha = json.loads((res / "verify" / "tiers.json").read_text())["bundle_sha256"]
     label = pq.read_schema(syn / "d.parquet").metadata[SYNTHETIC_META_KEY].decode()
-    assert label.startswith("SYNTHETIC") and sha[:12] in label
+    assert label.startswith("SYNTHETIC") and "not real observations" in label
+    assert sha in (syn / "README.txt").read_text()
     import pyreadstat
 
     _, meta = pyreadstat.read_dta(str(syn / "d.dta"), metadataonly=True)

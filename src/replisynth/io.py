@@ -227,10 +227,15 @@ def _label_key(k: str) -> Any:
 SYNTHETIC_META_KEY = b"replisynth.synthetic"
 
 
-def synthetic_label(bundle_sha256: str) -> str:
+SYNTHETIC_LABEL = "SYNTHETIC data made by replisynth: not real observations (see README.txt)"
+
+
+def synthetic_label(bundle_sha256: str = "") -> str:
     """The note every synthetic file carries (parquet metadata, .dta data label: at most 80
-    characters), so that a copy separated from its folder still says what it is."""
-    return f"SYNTHETIC data (replisynth, bundle {bundle_sha256[:12]}): not real observations"
+    characters), so that a copy separated from its folder still says what it is. The same
+    for every bundle (`bundle_sha256` is not used): a source's synthetic bytes do not depend
+    on the other sources of its bundle; README.txt and the certificate name the bundle."""
+    return SYNTHETIC_LABEL
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = None, synthetic: str | None = None) -> None:

@@ -208,6 +208,9 @@ def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) 
         from .resources import file_cells
 
         m = load_manifest(config)
+        from .input_checks import check_formulas
+
+        check_formulas(m)  # before any job starts
         strata = {s.name: bool(s.strata) for s in m.sources}
         cells = {s.name: file_cells(s.path) for s in m.sources if s.strata}
         return WorkflowPlan(
