@@ -50,7 +50,7 @@ def _planned(work: Path, manifest: Path) -> set[str]:
 
 
 OUTSIDE = {"sample_copula/a", "sample_copula/b", "pin_checkpoints/a", "pin_checkpoints/b", "export_csv/a",
-           "export_csv/b", "verify_tiers", "render_report", "check_tier", "all"}
+           "export_csv/b", "synthetic_readme", "verify_tiers", "render_report", "check_tier", "all"}
 
 
 def _edited(base: dict, edit) -> dict:
