@@ -64,6 +64,6 @@ def one_line(exc: BaseException, log_path: str = "") -> str:
                 30: "the file system is read-only; choose another --results folder",
                 20: "a path component is a file, not a folder; choose another --results folder",
                 21: "it is a folder, not a file"}.get(exc.errno or 0, "check the path")
-        return f"{target}: {exc.strerror or exc.__class__.__name__}; {hint}"
+        return f"{target}: {exc.strerror or str(exc) or exc.__class__.__name__}; {hint}"
     shown = f"the traceback is in {log_path}" if log_path else "set REPLISYNTH_DEBUG=1 to print the traceback"
     return f"internal error ({exc.__class__.__name__}); this is a bug in replisynth, please report it ({shown})"

@@ -5,7 +5,7 @@ Path grammar:
   results/<name>/extract/<source>.release.json, <source>.sdc.json   staging (secure side)
   results/<name>/bundle/                                            the bundle
   results/<name>/synthesize/<source>.parquet, <source>.pin.json     before Layer 4, pin report
-  results/<name>/synthetic/<source>.{parquet,csv,dta}               the synthetic data
+  results/<name>/synthetic/<source>.{parquet,csv,dta}, README.txt   the synthetic data
   results/<name>/verify/{tiers.json,report.html,certificate.txt}
   results/<name>/logs/<rule>/..., results/<name>/benchmarks/<rule>/...
 """
