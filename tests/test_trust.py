@@ -369,3 +369,24 @@ def test_internal_error_in_a_job_keeps_its_traceback_in_the_log_without_its_mess
     assert err.count("replisynth:") == 1 and "internal error (ValueError)" in err and str(log) in err
     assert "Traceback" not in err and "in stage" in text and "ValueError" in text
     assert "Jane" not in err + text
+
+
+@pytest.mark.workflow
+def test_failing_job_and_duplicate_key_show_one_line(tmp_path):
+    """A job that fails on bad input prints its `replisynth:` line once, no traceback; a
+    manifest key given twice stops the workflow before any job (Snakemake's own loader would
+    keep the last value)."""
+    work = _checkout(tmp_path / "w", with_data=False)
+    make_people(300, seed=21).assign(w="heavy").to_csv(work / "d.csv", index=False)
+    man = {"name": "fails", "seed": 2, "sources": {"d": {"path": "d.csv", "ids": ["pid"]}},
+           "checkpoints": [{"tag": "t", "source": "d", "model": "ols", "formula": "y ~ x1", "weights": "w"}]}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(man))
+    r = _smk(work, "--cores", "2", "--configfile", str(tmp_path / "m.yaml"))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("replisynth:")]
+    assert len(lines) == 1 and "weights column 'w' is not numeric" in lines[0], out[-3000:]
+    text = (tmp_path / "m.yaml").read_text() + "seed: 3\n"
+    (tmp_path / "dup.yaml").write_text(text)
+    r = _smk(work, "-n", "--cores", "1", "--configfile", str(tmp_path / "dup.yaml"))
+    assert r.returncode == EXIT_BAD_INPUT and "key 'seed' is given twice" in r.stderr and "Traceback" not in r.stderr
