@@ -318,10 +318,13 @@ def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
         base["w"] = 0.0
         cp["weights"] = "w"
         words = "weights column 'w' is zero on every row"
-    elif kind == "single cluster":
+    elif kind.startswith("single cluster"):
         base["site"] = 7
         cp["vcov"] = "cluster:site"
-        words = "at least 2 clusters"
+        if kind.endswith("logit"):
+            base["hi"] = (base["y"] > base["y"].median()).astype(int)
+            cp.update(model="logit", formula="hi ~ x1 + x2")
+        words = "vcov cluster:site needs at least 2 clusters"
     path = tmp_path / name
     base.to_parquet(path) if name.endswith(".parquet") else base.to_csv(path, index=False)
     man = {"name": "bad", "seed": 1, "sources": {"d": {"path": str(path), **src}}, "checkpoints": [cp], "verify": {"tier": 3}}
@@ -330,7 +333,7 @@ def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
 
 @pytest.mark.parametrize("kind", ["timezone", "lists", "numbers as text", "continuous strata", "panel duplicates",
                                   "outcome on both sides", "negative weights", "text weights", "zero weights",
-                                  "single cluster"])
+                                  "single cluster", "single cluster logit"])
 def test_bad_input_is_one_line_before_any_synthetic_file(tmp_path, capsys, kind):
     man, words = _bad(kind, tmp_path)
     rc, res = _run_cli(tmp_path, man)

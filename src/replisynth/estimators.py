@@ -49,6 +49,9 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
             f"{label}: singular design; these terms are collinear with the others: {', '.join(bad)} "
             "(drop them from the formula, or check for a constant or duplicated column)"
         )
+    if cp.cluster and design.clusters is not None and len(np.unique(design.clusters)) < 2:
+        raise CheckpointError(f"{label}: vcov cluster:{cp.cluster} needs at least 2 clusters in the estimation sample and "
+                              "it has 1; use HC1, or another cluster column")
     if cp.model in ("fe", "re", "iv"):
         from .linear_models import fit_linear_family
 
