@@ -156,10 +156,10 @@ rule synthetic_readme:
         readme=f"{P.results}/synthetic/README.txt",
     params:
         bundle=P.bundle_sha256,
-    threads: 1
+    threads: P.threads("synthetic_readme")
     resources:
-        mem_mb=P.mem_mb("check_tier"),
-        runtime=P.runtime("check_tier"),
+        mem_mb=P.mem_mb("synthetic_readme"),
+        runtime=P.runtime("synthetic_readme"),
     log:
         f"{P.results}/logs/synthetic_readme/all.log",
     conda:
