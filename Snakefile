@@ -23,7 +23,8 @@ if not workflow.config_settings.configfiles:
 
 from replisynth.workflow.workflow import workflow_plan
 
-P = workflow_plan(config)
+# the manifest files, re-read by replisynth: a key given twice is an error, not the last value
+P = workflow_plan(config, [str(f) for f in workflow.config_settings.configfiles] or ["config/config.yaml"])
 
 
 wildcard_constraints:
@@ -34,6 +35,7 @@ rule all:
     input:
         f"{P.results}/verify/verdict.txt",
         P.all_synthetic(),
+        f"{P.results}/synthetic/README.txt",
     default_target: True
 
 

@@ -19,6 +19,7 @@ rule audit_disclosure:
         json=f"{P.results}/audit/audit.json",
         txt=f"{P.results}/audit/audit.txt",
     params:
+        manifest=P.manifest_section("audit_disclosure"),
         sources=list(P.sources),
     threads: P.threads("audit_disclosure")
     resources:

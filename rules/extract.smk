@@ -14,6 +14,8 @@ rule extract_source:
         sdc=f"{P.results}/extract/{{source}}.sdc.json",
     wildcard_constraints:
         source=P.sources_regex(scattered=False),
+    params:
+        manifest=P.manifest_section("extract_source"),
     threads: P.threads("extract_source")
     resources:
         mem_mb=P.mem_mb("extract_source"),
@@ -41,6 +43,8 @@ rule extract_base:
         sdc=f"{P.results}/extract/{{source}}.base.sdc.json",
     wildcard_constraints:
         source=P.sources_regex(scattered=True),
+    params:
+        manifest=P.manifest_section("extract_base"),
     threads: P.threads("extract_base")
     resources:
         mem_mb=P.mem_mb("extract_base"),
@@ -65,6 +69,7 @@ rule extract_stratum:
         source=P.sources_regex(scattered=True),
         shard=r"\d+",
     params:
+        manifest=P.manifest_section("extract_stratum"),
         shards=lambda wc: P.scatter[wc.source],
     threads: P.threads("extract_stratum")
     resources:
@@ -90,6 +95,8 @@ rule gather_release:
         sdc=f"{P.results}/extract/{{source}}.sdc.json",
     wildcard_constraints:
         source=P.sources_regex(scattered=True),
+    params:
+        manifest=P.manifest_section("gather_release"),
     threads: P.threads("gather_release")
     resources:
         mem_mb=P.mem_mb("gather_release"),
@@ -110,6 +117,8 @@ rule extract_checkpoints:
     output:
         checkpoints=f"{P.results}/extract/checkpoints.json",
         sdc=f"{P.results}/extract/checkpoints.sdc.json",
+    params:
+        manifest=P.manifest_section("extract_checkpoints"),
     threads: P.threads("extract_checkpoints")
     resources:
         mem_mb=P.mem_mb("extract_checkpoints"),
@@ -144,6 +153,7 @@ rule write_bundle:
             labels={"file": "bundle/manifest.json"},
         ),
     params:
+        manifest=P.manifest_section("write_bundle"),
         sources=list(P.sources),
     threads: P.threads("write_bundle")
     resources:

@@ -21,6 +21,7 @@ rule render_report:
             labels={"file": "certificate.txt"},
         ),
     params:
+        bundle=P.bundle_sha256,
         sources=list(P.sources),
         benchmarks=P.benchmarks(),
     threads: P.threads("render_report")

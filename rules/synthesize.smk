@@ -8,6 +8,8 @@ rule sample_copula:
         parquet=f"{P.results}/synthesize/{{source}}.parquet",
     wildcard_constraints:
         source=P.sources_regex(scattered=False),
+    params:
+        bundle=P.bundle_sha256,
     threads: P.threads("sample_copula")
     resources:
         mem_mb=P.mem_mb("sample_copula"),
@@ -35,6 +37,7 @@ rule sample_stratum:
         source=P.sources_regex(scattered=True),
         shard=r"\d+",
     params:
+        bundle=P.bundle_sha256,
         shards=lambda wc: P.scatter[wc.source],
     threads: P.threads("sample_stratum")
     resources:
@@ -58,6 +61,8 @@ rule gather_blocks:
         parquet=f"{P.results}/synthesize/{{source}}.parquet",
     wildcard_constraints:
         source=P.sources_regex(scattered=True),
+    params:
+        bundle=P.bundle_sha256,
     threads: P.threads("gather_blocks")
     resources:
         mem_mb=P.mem_mb("gather_blocks"),
@@ -84,6 +89,8 @@ rule pin_checkpoints:
             category="Synthetic data",
             labels={"source": "{source}", "file": "pin.json"},
         ),
+    params:
+        bundle=P.bundle_sha256,
     threads: P.threads("pin_checkpoints")
     resources:
         mem_mb=P.mem_mb("pin_checkpoints"),
@@ -125,6 +132,8 @@ rule export_stata:
         parquet=f"{P.results}/synthetic/{{source}}.parquet",
     output:
         dta=f"{P.results}/synthetic/{{source}}.dta",
+    params:
+        bundle=P.bundle_sha256,
     threads: P.threads("export_stata")
     resources:
         mem_mb=P.mem_mb("export_stata"),
@@ -137,3 +146,23 @@ rule export_stata:
         "../envs/replisynth.yaml"
     script:
         "../scripts/export_stata.py"
+
+
+# README.txt beside the synthetic files: they are synthetic, and what they are (not) for.
+rule synthetic_readme:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+    output:
+        readme=f"{P.results}/synthetic/README.txt",
+    params:
+        bundle=P.bundle_sha256,
+    threads: P.threads("synthetic_readme")
+    resources:
+        mem_mb=P.mem_mb("synthetic_readme"),
+        runtime=P.runtime("synthetic_readme"),
+    log:
+        f"{P.results}/logs/synthetic_readme/all.log",
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/synthetic_readme.py"

@@ -14,6 +14,7 @@ rule verify_tiers:
             labels={"file": "tiers.json"},
         ),
     params:
+        bundle=P.bundle_sha256,
         sources=list(P.sources),
     # first when the pinned data are ready (one core, beside the csv export; see
     # replisynth.workflow.resources.SINGLE_THREADED)

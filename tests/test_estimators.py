@@ -130,15 +130,19 @@ def test_sample_excludes_missing_and_subset_rows(data: pd.DataFrame) -> None:
     assert bad.all()
 
 
-def test_nonpositive_weights_leave_the_sample(data: pd.DataFrame) -> None:
+def test_zero_weights_leave_the_sample_negative_ones_are_an_error(data: pd.DataFrame) -> None:
+    """Stata's aweights: a zero weight drops the row; a negative one is an error (it used to
+    be dropped without a word)."""
     df = data.copy()
     df.loc[df.index[:30], "w"] = 0.0
-    df.loc[df.index[30:40], "w"] = -1.0
     cp = _cp("y ~ x1", weights="w")
     d = build_design(df, cp)
     assert np.all(d.weights > 0)
-    assert not set(df.index[:40]) & set(d.index)
+    assert not set(df.index[:30]) & set(d.index)
     assert len(d.y) == int((df[["y", "x1", "w"]].notna().all(axis=1) & (df["w"] > 0)).sum())
+    df.loc[df.index[30:40], "w"] = -1.0
+    with pytest.raises(CheckpointError, match="weights column 'w' has 10 negative value"):
+        build_design(df, cp)
 
 
 def test_weights_scale_invariance(data: pd.DataFrame) -> None:

@@ -309,7 +309,7 @@ def test_sav_source_through_the_pipeline(tmp_path: Path) -> None:
     tiers = run_pipeline(raw, tmp_path / "out")
     assert tiers["tier_met"] >= 0
     syn = tmp_path / "out" / "t" / "synthetic"
-    assert sorted(x.name for x in syn.iterdir()) == ["people.csv", "people.parquet"]  # no .dta for a .sav source
+    assert sorted(x.name for x in syn.iterdir()) == ["README.txt", "people.csv", "people.parquet"]  # no .dta for a .sav source
     pq_df, pm = read_source(syn / "people.parquet")
     csv_df, _ = read_source(syn / "people.csv")
     assert list(pq_df.columns) == list(df.columns)

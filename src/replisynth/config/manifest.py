@@ -376,6 +376,48 @@ def _check_family(cp: Checkpoint, where: str) -> None:
         )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (plain YAML keeps
+    the last value without a word)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise ManifestError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in the same section "
+                                f"(first on line {seen[key]}); keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_manifest_yaml(path: Path) -> Any:
+    """The parsed YAML of a manifest file; one ManifestError line for a missing, unreadable,
+    binary or malformed file, or a key given twice."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest file not found") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: is a folder; give the manifest's YAML file (e.g. config/config.yaml)") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a text file (not UTF-8); give the manifest's YAML file") from None
+    if "\x00" in text:
+        raise ManifestError(f"{path}: not a text file (binary content); give the manifest's YAML file")
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_manifest(raw_or_path: dict[str, Any] | str | Path, parse_formulas: bool = True) -> Manifest:
     """Validate a manifest (mapping or YAML file) and return it frozen.
 
@@ -386,13 +428,7 @@ def load_manifest(raw_or_path: dict[str, Any] | str | Path, parse_formulas: bool
     for callers; the grammar check it once switched off is cheap and now always runs.
     """
     if isinstance(raw_or_path, (str, Path)):
-        path = Path(raw_or_path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ManifestError(f"{path}: manifest file not found") from None
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+        raw = read_manifest_yaml(Path(raw_or_path))
     else:
         raw = raw_or_path
     # Workflow settings, not part of the manifest the bundle records: `bundle` (outside runs)

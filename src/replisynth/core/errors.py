@@ -28,3 +28,42 @@ class UnsupportedError(ReplisynthError):
 
 class TierNotMet(ReplisynthError):
     """Verification ran and wrote its reports, but the required fidelity tier was not met."""
+
+
+# Exit status of the CLI and of every workflow job (README "Exit status").
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1  # a ReplisynthError: the message says what to fix
+EXIT_TIER_MISSED = 2  # verification ran, reports written, verify.tier not met
+EXIT_FINDINGS = 3  # reserved: `replisynth review` found disclosure problems
+EXIT_INTERNAL = 4  # a bug: an unexpected exception (its traceback goes to the log, not the screen)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's convention)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit status for an exception that ends a run."""
+    if isinstance(exc, TierNotMet):
+        return EXIT_TIER_MISSED
+    if isinstance(exc, (ReplisynthError, OSError)):
+        return EXIT_BAD_INPUT
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_INTERNAL
+
+
+def one_line(exc: BaseException, log_path: str = "") -> str:
+    """The one line printed for an exception that ends a run. A ReplisynthError is its
+    message; a file-system error names the file and the reason (never file contents); anything
+    else is a bug, reported by its type only (its message could quote a data value)."""
+    if isinstance(exc, ReplisynthError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); nothing half-written is kept, rerun the same command to resume"
+    if isinstance(exc, OSError):
+        target = exc.filename or "a file"
+        hint = {28: "free disk space", 13: "check the permissions, or choose another --results folder",
+                30: "the file system is read-only; choose another --results folder",
+                20: "a path component is a file, not a folder; choose another --results folder",
+                21: "it is a folder, not a file"}.get(exc.errno or 0, "check the path")
+        return f"{target}: {exc.strerror or str(exc) or exc.__class__.__name__}; {hint}"
+    shown = f"the traceback is in {log_path}" if log_path else "set REPLISYNTH_DEBUG=1 to print the traceback"
+    return f"internal error ({exc.__class__.__name__}); this is a bug in replisynth, please report it ({shown})"

@@ -35,6 +35,9 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
             f"{label}: singular design; these terms are collinear with the others: {', '.join(bad)} "
             "(drop them from the formula, or check for a constant or duplicated column)"
         )
+    if cp.cluster and design.clusters is not None and len(np.unique(design.clusters)) < 2:
+        raise CheckpointError(f"{label}: vcov cluster:{cp.cluster} needs at least 2 clusters in the estimation sample and "
+                              "it has 1; use HC1, or another cluster column")
     if cp.model in ("fe", "re", "iv"):
         from replisynth.fit.linear_models import fit_linear_family
 
@@ -104,6 +107,8 @@ def ols_fit(y: np.ndarray, X: np.ndarray, weights: np.ndarray | None, vcov: str,
         _, codes = np.unique(clusters, return_inverse=True)
         codes = codes.ravel()
         G = int(codes.max()) + 1
+        if G < 2:
+            raise ValueError("clustered standard errors need at least 2 clusters in the sample; this sample has 1 (use HC1, or another cluster column)")
         S = np.column_stack([np.bincount(codes, weights=Xw[:, j] * e, minlength=G) for j in range(k)])
         cov = B @ (S.T @ S) @ B * (G / (G - 1.0)) * ((n - 1.0) / df_resid)
     elif vcov == "nonrobust":

@@ -225,12 +225,29 @@ def _label_key(k: str) -> Any:
 # writing synthetic data
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = None) -> None:
-    """Parquet with the labels in the file metadata; deterministic bytes for equal frames."""
+SYNTHETIC_META_KEY = b"replisynth.synthetic"
+
+
+SYNTHETIC_LABEL = "SYNTHETIC data made by replisynth: not real observations (see README.txt)"
+
+
+def synthetic_label(bundle_sha256: str = "") -> str:
+    """The note every synthetic file carries (parquet metadata, .dta data label: at most 80
+    characters), so that a copy separated from its folder still says what it is. The same
+    for every bundle (`bundle_sha256` is not used): a source's synthetic bytes do not depend
+    on the other sources of its bundle; README.txt and the certificate name the bundle."""
+    return SYNTHETIC_LABEL
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = None, synthetic: str | None = None) -> None:
+    """Parquet with the labels in the file metadata (and, for synthetic data, the
+    `synthetic_label` under SYNTHETIC_META_KEY); deterministic bytes for equal frames."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, preserve_index=False)
+    if synthetic is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SYNTHETIC_META_KEY: synthetic.encode()})
     if meta is not None:
         extra = {
             "variable_labels": meta.variable_labels,
@@ -395,9 +412,10 @@ def _fits_stata_int(s: pd.Series, storage: str) -> bool:
     return bool(np.all(v == np.round(v)) and v.min(initial=0) >= lo and v.max(initial=0) <= hi)
 
 
-def write_dta(df: pd.DataFrame, path: str | Path, meta: FileMeta) -> None:
+def write_dta(df: pd.DataFrame, path: str | Path, meta: FileMeta, synthetic: str | None = None) -> None:
     """Stata 118 file with variable and value labels, integer storage types restored where
-    the values allow it (Stata integers hold missing; pandas needs float for that)."""
+    the values allow it (Stata integers hold missing; pandas needs float for that); a
+    synthetic file's data label is its `synthetic_label`."""
     out = df.copy()
     for col in out.columns:
         s = out[col]
@@ -424,6 +442,7 @@ def write_dta(df: pd.DataFrame, path: str | Path, meta: FileMeta) -> None:
             write_index=False,
             version=118,
             time_stamp=DTA_TIME_STAMP,
+            data_label=synthetic[:80] if synthetic else None,
             variable_labels=labels or None,
             value_labels=value_labels or None,
         )

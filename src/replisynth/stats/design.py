@@ -77,10 +77,23 @@ def estimation_sample(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> pd.D
         hint = f"; entirely missing: {', '.join(empty)}" if empty else ""
         raise CheckpointError(f"{label}: no row has all of {cols} non-missing (after subset){hint}; check the variables")
     if cp.weights:
-        w = pd.to_numeric(data[cp.weights], errors="coerce")
-        if (w <= 0).any() or w.isna().any():
-            data = data.loc[w > 0]
+        data = _positive_weights(data, cp.weights, label)
     return data
+
+
+def _positive_weights(data: pd.DataFrame, col: str, label: str) -> pd.DataFrame:
+    """Rows with a positive analytic weight. As Stata's aweights: zero weights drop the row;
+    text, negative or all-zero weights are an error (never a silently smaller sample)."""
+    w = data[col]
+    if not pd.api.types.is_numeric_dtype(w) or pd.api.types.is_bool_dtype(w):
+        raise CheckpointError(f"{label}: weights column {col!r} is not numeric; give a numeric weight column (or convert it)")
+    neg = int((w < 0).sum())
+    if neg:
+        raise CheckpointError(f"{label}: weights column {col!r} has {neg} negative value(s); analytic weights must be >= 0")
+    keep = (w > 0).to_numpy()
+    if not keep.any():
+        raise CheckpointError(f"{label}: weights column {col!r} is zero on every row of the sample; check the weights")
+    return data if keep.all() else data.loc[keep]
 
 
 def split_iv_formula(formula: str) -> tuple[str, str, str]:

@@ -149,14 +149,37 @@ def certificate_text(tiers: dict) -> str:
             out.append(f"The ratio of synthetic to target standard errors ranged from {_f(summ.get('se_ratio_min'))} "
                        f"to {_f(summ.get('se_ratio_max'))} (median {_f(summ.get('se_ratio_median'))}).")
     else:
-        out.append("No checkpoint coefficient terms were verified.")
+        out.append("No checkpoint coefficient terms were verified, so tier 4 is not claimed.")
+    rejected = {t: c for t, c in cps.items() if c.get("status") == "rejected"}
+    if rejected:
+        out.append("Rejected by disclosure control and not verified: "
+                   + "; ".join(f"{t} ({c.get('reason') or 'no reason recorded'})" for t, c in rejected.items()) + ".")
     costs = [c.get("rounding_cost_dbeta_se") for c in cps.values() if c.get("rounding_cost_dbeta_se") is not None]
     if costs:
         out.append(f"Released coefficients were rounded for disclosure control; the rounding moves a coefficient by at most "
                    f"{_f(max(costs))} of its standard error relative to the unrounded original.")
+    out.append(information_caveat(tiers))
     out.append(f"Seed {tiers.get('seed')}; bundle sha256 {tiers.get('bundle_sha256')}; "
                f"software: {_software(tiers.get('software'))}.")
     return " ".join(out)
+
+
+def information_caveat(tiers: dict) -> str:
+    """What synthetic data are and are not (docs/method.md, "Synthetic data carry no new
+    information"): a masking of the original, never an augmentation."""
+    text = ("The synthetic data are a masking of the original data, not new data: they carry no information "
+            "about the population beyond what the original data hold. They are for running and checking code "
+            "and for reproducing the checkpoints; standard errors, tests and confidence intervals computed on "
+            "them do not measure uncertainty about the population, and any analysis beyond the checkpoints "
+            "must be confirmed on the original data.")
+    grown = [k for k, s in (tiers.get("sources") or {}).items()
+             if s.get("original_rows") is not None and s.get("rows") != s.get("original_rows")]
+    if grown:
+        per = "; ".join(f"{k}: {_int(tiers['sources'][k].get('rows'))} synthetic rows from "
+                        f"{_int(tiers['sources'][k].get('original_rows'))} original" for k in grown)
+        text += (f" The row count differs from the original ({per}): more rows add no information; they "
+                 "only make standard errors computed on the synthetic data smaller.")
+    return text
 
 
 # ---------------------------------------------------------------- 1. banner
@@ -203,6 +226,10 @@ def _tier_rows(src: dict) -> list[tuple[Any, str]]:
         t3 += f", {bad:,} with problems" if bad else ", all sizes exact and within tolerance"
     tags = cps.get("tags") or []
     t4 = (f"{_plural(len(tags), 'checkpoint')}: {_e(', '.join(str(t) for t in tags))}" if tags else "no checkpoints")
+    if cps.get("rejected"):
+        t4 += f"; rejected by disclosure control: {_e(', '.join(str(t) for t in cps['rejected']))}"
+    if cps.get("note"):
+        t4 += f" — {_e(cps['note'])}"
     return [(sch.get("passed"), t0), (mar.get("passed"), t1), (cor.get("passed"), t2),
             (stra.get("passed"), t3), (cps.get("passed") if cps else None, t4)]
 

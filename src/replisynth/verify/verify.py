@@ -410,7 +410,8 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     for c in bundle.checkpoints:
         tag = c["tag"]
         if c.get("status") != "released":
-            out[tag] = {"passed": True, "status": c.get("status"), "source": c["source"], "reason": c.get("reason"), "terms": []}
+            # not verified: neither passed nor failed (the report shows it as rejected, with why)
+            out[tag] = {"passed": None, "status": c.get("status"), "source": c["source"], "reason": c.get("reason"), "terms": []}
             continue
         cp = checkpoint_from_release(c)
         try:
@@ -448,6 +449,23 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
                     "n_target": c["n"], "n_synthetic": fit.n, "max_dbeta_se": worst, "max_dbeta_se_target": worst_t, "terms": terms}
         if c.get("rounding_cost_dbeta_se") is not None:
             out[tag]["rounding_cost_dbeta_se"] = c["rounding_cost_dbeta_se"]
+    return out
+
+
+def tier4_of_source(cps: dict[str, Any], source: str) -> dict[str, Any]:
+    """Tier 4 of one source: met only when at least one checkpoint on it was refitted and
+    every refitted one passed. A tier is claimed only for what was verified: a source whose
+    checkpoints were all rejected by disclosure control (or that has none) stops at tier 3."""
+    own = {t: c for t, c in cps.items() if c["source"] == source}
+    checked = [c for c in own.values() if c.get("status") != "rejected"]
+    rejected = [t for t, c in own.items() if c.get("status") == "rejected"]
+    verified = [t for t, c in own.items() if c.get("status") == "verified"]
+    out: dict[str, Any] = {"passed": bool(verified) and all(c["passed"] for c in checked), "tags": list(own),
+                           "verified": verified, "rejected": rejected}
+    if not verified:
+        out["note"] = ("no checkpoint was verified on this source (" + (
+            f"{len(rejected)} rejected by disclosure control" if rejected else "the manifest declares none")
+            + "): tier 4 is not claimed")
     return out
 
 
@@ -489,7 +507,8 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:
             t3["passed"] = t2["passed"]
-        t4_ok = all(c["passed"] for c in cps.values() if c["source"] == name)
+        t4 = tier4_of_source(cps, name)
+        t4_ok = t4["passed"]
         flags = [t0["passed"], t1["passed"], t2["passed"], t3["passed"], t4_ok]
         met = -1
         for ok in flags:
@@ -499,11 +518,12 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         sources[name] = {
             "tier_met": met,
             "rows": int(len(df)),
+            "original_rows": int(release["rows"]),
             "schema": t0,
             "marginals": t1,
             "correlations": t2,
             "strata": t3,
-            "checkpoints": {"passed": t4_ok, "tags": [t for t, c in cps.items() if c["source"] == name]},
+            "checkpoints": t4,
             # what the report draws, so it need not recompute it (not part of the verdict)
             "synthetic": {"percentiles": {c: q.tolist() for c, q in percentiles.items()},
                           "spearman": {"dims": keep, "matrix": None if S is None else S.tolist()}},

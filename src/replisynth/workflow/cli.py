@@ -8,8 +8,9 @@ install it. Same package functions, same output layout as the workflow.
   replisynth audit MANIFEST                   secure side, after run: output-checking audit
                                               (results/<name>/audit/audit.{json,txt})
 
-Exit status: 0 on success, 1 on a user error (message, no traceback), 2 when verification
-ran but the required tier was not met.
+Exit status (README "Exit status"): 0 success; 1 bad input (a manifest, data, bundle or
+results folder to fix: one line, no traceback); 2 verification ran but verify.tier was not
+met; 3 reserved (disclosure findings); 4 internal error (a bug); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import sys
 from pathlib import Path
 
 from replisynth.config.manifest import Manifest, load_manifest
-from replisynth.core.errors import ReplisynthError, TierNotMet
-from replisynth.workflow.runner import configure_logging
+from replisynth.core.errors import EXIT_BAD_INPUT, EXIT_OK
+from replisynth.workflow.runner import configure_logging, report_failure
 
 
 def _paths(results: Path, manifest: Manifest) -> dict[str, Path]:
@@ -59,7 +60,12 @@ def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
 def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
     """Outside side: synthetic files of every source."""
     from replisynth.disclosure.bundle import load_bundle
-    from replisynth.workflow.pipeline import stage_export_stata, stage_pin, stage_synthesize
+    from replisynth.workflow.pipeline import (
+        stage_export_stata,
+        stage_pin,
+        stage_synthesize,
+        stage_synthetic_readme,
+    )
 
     b = load_bundle(bundle_dir)
     p = _paths(out_root / b.manifest.name, b.manifest)
@@ -72,6 +78,7 @@ def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
         if s.format == "dta":
             stage_export_stata(bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta")
         out[s.name] = files["parquet"]
+    stage_synthetic_readme(bundle_dir, p["synthetic"] / "README.txt")
     return out
 
 
@@ -83,6 +90,11 @@ def cmd_verify(bundle_dir: Path, out_root: Path) -> None:
     b = load_bundle(bundle_dir)
     p = _paths(out_root / b.manifest.name, b.manifest)
     synthetic = {s.name: p["synthetic"] / f"{s.name}.parquet" for s in b.manifest.sources}
+    for f in synthetic.values():
+        if not f.exists():
+            from replisynth.core.errors import DataError
+
+            raise DataError(f"verify: {f} is missing; run `replisynth synthesize` (same MANIFEST or --bundle, same --results) first")
     tiers = p["verify"] / "tiers.json"
     stage_verify(bundle_dir, synthetic, tiers)
     stage_report(bundle_dir, synthetic, tiers, p["verify"] / "report.html", p["verify"] / "certificate.txt")
@@ -108,8 +120,17 @@ def cmd_audit(manifest: Manifest, out_root: Path) -> Path:
     return p["audit"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is bad input (exit 1), not argparse's 2 (tier missed)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"replisynth: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
+    ap = _Parser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
     ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit"])
     ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run)")
     ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
@@ -142,13 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd_verify(bundle_dir, out_root)
         if args.command == "audit":
             cmd_audit(manifest, out_root)
-    except TierNotMet as exc:
-        sys.stderr.write(f"replisynth: {exc}\n")
-        return 2
-    except ReplisynthError as exc:
-        sys.stderr.write(f"replisynth: {exc}\n")
-        return 1
-    return 0
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_failure(exc)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

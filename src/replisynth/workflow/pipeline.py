@@ -24,6 +24,7 @@ from replisynth.io.files import (
     read_columns,
     read_json,
     read_source,
+    synthetic_label,
     write_csv,
     write_dta,
     write_json,
@@ -40,6 +41,10 @@ def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMe
     check_columns(manifest, source, read_columns(src.path))
     df, meta = read_source(src.path)
     log.info("read %s: %d rows, %d columns", src.path, len(df), df.shape[1])
+    from replisynth.io.input_checks import check_formulas, check_source_frame
+
+    check_formulas(manifest)
+    check_source_frame(manifest, src, df)
     return df, meta
 
 
@@ -49,10 +54,23 @@ def stage_extract_source(manifest: Manifest, source: str, release_out: str | Pat
 
     df, meta = _read_checked(manifest, source)
     release, sdc = extract_source(df, meta, manifest, manifest.source(source))
+    warn_emptied_columns(release, df, manifest.sdc.min_cell_size)
     log.info("%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
              source, len(release["columns"]), len(release["dims"]), len(release["strata"]["cells"]), len(sdc.entries))
     write_json(release_out, release)
     write_json(sdc_out, sdc.entries)
+
+
+def warn_emptied_columns(release: dict[str, Any], df: pd.DataFrame, min_cell_size: int) -> None:
+    """A visible warning for every column that has values in the original but releases
+    nothing (all of it below the cell size): it is entirely missing in the synthetic data."""
+    for c in release["columns"]:
+        name = c["name"]
+        if c.get("role") in ("continuous", "categorical") and c.get("missing", 0) >= c.get("rows", 0) \
+                and name in df.columns and df[name].notna().any():
+            log.warning("%s: column %r has values but releases nothing under min_cell_size=%d (every category below the "
+                        "cell size): it is entirely missing in the synthetic data; pool its categories, list it under "
+                        "continuous, or exclude it", release.get("source"), name, min_cell_size)
 
 
 def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
@@ -110,7 +128,7 @@ def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> No
     src = b.manifest.source(source)
     df = synthesize_source(b.releases[source], b.manifest.seed, src.rows)
     log.info("%s: synthesized %d rows × %d columns", source, len(df), df.shape[1])
-    write_parquet(df, out)
+    write_parquet(df, out, synthetic=synthetic_label(b.sha256))
 
 
 def _file_meta(release: dict[str, Any]) -> FileMeta:
@@ -140,7 +158,7 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
     meta = _file_meta(b.releases[source])
     for r in results:
         log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)
-    write_parquet(out, outputs["parquet"], meta)
+    write_parquet(out, outputs["parquet"], meta, synthetic=synthetic_label(b.sha256))
     if "csv" in outputs:  # the workflow writes the csv in its own job (`stage_export_csv`), beside verification
         write_csv(out, outputs["csv"])
     write_json(report_out, [r.__dict__ | {"tags": list(r.tags)} for r in results])
@@ -157,7 +175,36 @@ def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
 def stage_export_stata(bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path) -> None:
     """Outside side: the synthetic data of a .dta source as a Stata file with its labels."""
     b = load_bundle(bundle_dir)
-    write_dta(pd.read_parquet(parquet), out, _file_meta(b.releases[source]))
+    write_dta(pd.read_parquet(parquet), out, _file_meta(b.releases[source]), synthetic=synthetic_label(b.sha256))
+
+
+def synthetic_readme_text(b: Bundle) -> str:
+    """README.txt beside the synthetic files: what they are, and what they are not."""
+    lines = [
+        f"SYNTHETIC DATA - {b.manifest.name}",
+        "",
+        "The files in this folder are synthetic: every row was drawn by replisynth from the",
+        f"disclosure-safe bundle {b.sha256} (seed {b.manifest.seed}). No row is a real observation.",
+        "",
+        "They are a masking of the original data, never an augmentation: they carry no information",
+        "about the population beyond what the original data hold. Use them to run and check code",
+        "and to reproduce the checkpoints listed in ../verify/certificate.txt. Standard errors, tests",
+        "and confidence intervals computed on them do not measure uncertainty about the population;",
+        "any analysis beyond the checkpoints must be confirmed on the original data.",
+        "",
+    ]
+    for s in b.manifest.sources:
+        n = int(b.releases[s.name]["rows"])
+        rows = n if s.rows is None else int(s.rows)
+        files = ", ".join(f"{s.name}.{e}" for e in ("parquet", "csv", *(("dta",) if s.format == "dta" else ())))
+        note = "" if rows == n else f" (the original has {n:,}: more rows add no information)"
+        lines.append(f"{files}: {rows:,} synthetic rows{note}")
+    return "\n".join(lines) + "\n"
+
+
+def stage_synthetic_readme(bundle_dir: str | Path, out: str | Path) -> None:
+    """Outside side: README.txt in the synthetic folder."""
+    write_text(out, synthetic_readme_text(load_bundle(bundle_dir)))
 
 
 def read_synthetic(paths: dict[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:

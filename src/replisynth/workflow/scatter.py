@@ -35,7 +35,7 @@ from replisynth.extract.extract import (
     pooled_level_values,
     stratum_block,
 )
-from replisynth.io.files import atomic_path, read_json, write_json, write_parquet
+from replisynth.io.files import atomic_path, read_json, synthetic_label, write_json, write_parquet
 from replisynth.io.schema import ColumnSpec
 from replisynth.stats.dims import category_values, dim_matrix
 from replisynth.stats.marginals import FrequencyTable, level_order
@@ -173,4 +173,4 @@ def stage_gather_blocks(bundle_dir: str | Path, source: str, parts: list[str | P
             blocks.update(pickle.load(fh))
     df = synthesize_source(b.releases[source], b.manifest.seed, b.manifest.source(source).rows, blocks=blocks)
     log.info("%s: gathered %d blocks: %d rows × %d columns", source, len(blocks), len(df), df.shape[1])
-    write_parquet(df, out)
+    write_parquet(df, out, synthetic=synthetic_label(b.sha256))

@@ -5,20 +5,22 @@ Path grammar:
   results/<name>/extract/<source>.release.json, <source>.sdc.json   staging (secure side)
   results/<name>/bundle/                                            the bundle
   results/<name>/synthesize/<source>.parquet, <source>.pin.json     before Layer 4, pin report
-  results/<name>/synthetic/<source>.{parquet,csv,dta}               the synthetic data
+  results/<name>/synthetic/<source>.{parquet,csv,dta}, README.txt   the synthetic data
   results/<name>/verify/{tiers.json,report.html,certificate.txt}
   results/<name>/logs/<rule>/..., results/<name>/benchmarks/<rule>/...
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from replisynth.config.manifest import Manifest, load_manifest
-from replisynth.core.errors import ManifestError, ReplisynthError
+from replisynth.core.errors import EXIT_BAD_INPUT, ManifestError, ReplisynthError
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class WorkflowPlan:
     formats: dict[str, str] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     scatter: dict[str, int] = field(default_factory=dict)  # source -> stratum jobs (>= 2 only)
+    bundle_sha256: str = ""  # outside runs: the bundle's fingerprint (a rule parameter)
 
     @property
     def name(self) -> str:
@@ -61,6 +64,15 @@ class WorkflowPlan:
     def verified_synthetic(self) -> list[str]:
         """The synthetic files verification reads: parquet, and dta (its labels) for .dta sources."""
         return [p for p in self.all_synthetic() if not p.endswith(".csv")]
+
+    def manifest_section(self, rule: str):
+        """A rule parameter: the hash of exactly the manifest section the rule reads (see
+        `manifest_sections`), so that Snakemake's params trigger reruns a job when, and only
+        when, an edit of the manifest changes what the job computes."""
+        m = self.manifest
+        if rule in PER_SOURCE_RULES:
+            return lambda wc: section_hash(manifest_sections(m, rule, wc.source))
+        return section_hash(manifest_sections(m, rule))
 
     def bundle_files(self) -> list[str]:
         from replisynth.disclosure.bundle import bundle_files
@@ -132,6 +144,31 @@ class WorkflowPlan:
         return out
 
 
+# Secure-side rules of one source: they read its section, the SDC settings and the
+# checkpoints on it (which columns stay categorical), never the seed or the row count.
+PER_SOURCE_RULES = ("extract_source", "extract_base", "extract_stratum", "gather_release")
+
+
+def manifest_sections(m: Manifest, rule: str, source: str | None = None) -> dict[str, Any]:
+    """The part of the manifest a secure-side rule's output depends on. The bundle records
+    the whole manifest (write_bundle, audit_disclosure: all of it); the outside rules read the
+    bundle, so a changed bundle reruns them (its file is their input)."""
+    sdc = {k: v for k, v in asdict(m.sdc).items() if k != "overridden"}  # the values in force
+    if rule in PER_SOURCE_RULES:
+        src = {k: v for k, v in m.raw["sources"][source].items() if k != "rows"}
+        cps = [c for c in m.raw.get("checkpoints", []) if c.get("source") == source]
+        return {"source": src, "sdc": sdc, "checkpoints": cps}
+    if rule == "extract_checkpoints":  # the fits read the checkpoints and the SDC settings only
+        return {"sdc": sdc, "checkpoints": m.raw.get("checkpoints", [])}
+    return {"manifest": m.raw, "sdc": sdc}
+
+
+def section_hash(section: Any) -> str:
+    """sha256 of the canonical JSON of `section` (sorted keys), the first 16 hex digits."""
+    text = json.dumps(section, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def scatter_plan(setting: Any, strata: dict[str, bool], cells: dict[str, int]) -> dict[str, int]:
     """Stratum jobs per source from the `scatter` setting: an integer N >= 2 scatters every
     source with strata over N jobs, 0 or 1 none, "auto" 4 jobs for sources with strata of at
@@ -146,10 +183,15 @@ def scatter_plan(setting: Any, strata: dict[str, bool], cells: dict[str, int]) -
     return {s: setting for s, has in strata.items() if has} if setting >= 2 else {}
 
 
-def workflow_plan(config: dict[str, Any]) -> WorkflowPlan:
+def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) -> WorkflowPlan:
     """Build the plan from Snakemake's config; a manifest error stops the run with its
-    message (no traceback)."""
+    message (no traceback). `configfiles` (the manifest files Snakemake read) are re-read
+    with replisynth's loader, which Snakemake's does not replace: a duplicated key."""
     try:
+        from replisynth.config.manifest import read_manifest_yaml
+
+        for f in configfiles or []:
+            read_manifest_yaml(Path(f))
         if config.get("bundle"):
             from replisynth.disclosure.bundle import load_bundle
             from replisynth.workflow.resources import release_cells
@@ -161,10 +203,14 @@ def workflow_plan(config: dict[str, Any]) -> WorkflowPlan:
                 outside=True, manifest=m, bundle_dir=str(Path(config["bundle"])), results=f"results/{m.name}",
                 sources=tuple(s.name for s in m.sources), formats={s.name: s.format for s in m.sources},
                 scatter=scatter_plan(config.get("scatter"), {s.name: bool(s.strata) for s in m.sources}, cells),
+                bundle_sha256=b.sha256,
             )
         from replisynth.workflow.resources import file_cells
 
         m = load_manifest(config)
+        from replisynth.io.input_checks import check_formulas
+
+        check_formulas(m)  # before any job starts
         strata = {s.name: bool(s.strata) for s in m.sources}
         cells = {s.name: file_cells(s.path) for s in m.sources if s.strata}
         return WorkflowPlan(
@@ -174,4 +220,4 @@ def workflow_plan(config: dict[str, Any]) -> WorkflowPlan:
         )
     except ReplisynthError as exc:
         sys.stderr.write(f"replisynth: {exc}\n")
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_BAD_INPUT) from None
