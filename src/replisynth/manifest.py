@@ -330,7 +330,7 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source], parse_for
             "(transform the outcome in the data, not in the formula)"
         )
     if parse_formulas:
-        formula_variables(cp.formula, f"{where}.formula")  # raises a ManifestError on a parse error
+        _check_id_terms(cp, formula_variables(cp.formula, f"{where}.formula"), sources[cp.source], where)  # parse errors raise too
     if cp.absorb and cp.model != "fe":
         raise ManifestError(f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})")
     if cp.entity and cp.model not in ("re", "fe"):
@@ -354,6 +354,22 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source], parse_for
             f"(supported: {', '.join(SUPPORTED_MODELS)}); remove the checkpoint or use ols"
         )
     return cp
+
+
+def _check_id_terms(cp: Checkpoint, variables: set[str], source: Source, where: str) -> None:
+    """Cluster-id and entity columns (the source's groups and panel entity, the checkpoint's
+    cluster, entity and absorbed columns) cannot be formula terms: C(hospital) would release
+    raw codes and which clusters are small. Absorb them (model fe) or cluster on them."""
+    ids = {c: f"sources.{source.name}.groups" for c in source.groups}
+    if source.panel is not None:
+        ids[source.panel.entity] = f"sources.{source.name}.panel.entity"
+    for key, cols in (("vcov", (cp.cluster,)), ("entity", (cp.entity,)), ("absorb", cp.absorb)):
+        ids.update({c: f"{where}.{key}" for c in cols if c})
+    for col in sorted(set(variables) & set(ids)):
+        raise ManifestError(
+            f"{where}.formula: column {col!r} is a cluster-id or entity column ({ids[col]}) and cannot be a formula term "
+            "(its coefficients would describe single clusters); absorb it (model fe) or cluster on it instead"
+        )
 
 
 def _check_family(cp: Checkpoint, where: str) -> None:

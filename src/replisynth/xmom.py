@@ -9,8 +9,9 @@ the original's; (2) standard errors, SE ∝ σ · [(X'X)⁻¹]_jj^½, where σ i
 
 Secure side (`design_moments`): per released checkpoint, the (weighted) means, SDs and the
 correlation matrix of its non-constant design columns on its estimation sample. Together
-with n they give X'WX. Columns whose coefficient is suppressed, 0/1 columns whose smaller
-group is below the cell size, columns non-zero on fewer than `min_cell_size` rows, and
+with n they give X'WX. Columns whose coefficient is suppressed, columns with fewer than the
+cell size of (effective, Kish-weighted) rows off their modal value (0/1 indicators, scaled
+indicators, splines, sparse columns), columns non-zero on fewer than `min_cell_size` rows, and
 columns whose spread two rows dominate (the profile's top-2 `dominance` share of Σ w (x − m)²)
 are left out; the correlation of two 0/1 columns is blanked when a cell of their 2×2 table is
 below the cell size (with both means it would give that cell's count).
@@ -67,18 +68,20 @@ def design_moments(
     (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
     columns, gated as in the module docstring; and counts for the SDC log (columns,
     left_out, blanked)."""
-    from .checkpoints import indicator_minority, round_significant
+    from .checkpoints import indicator_minority, nonmodal_rows, round_significant
 
     n = len(X)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
     minority = indicator_minority(X)
+    # every column, not only 0/1 ones: (effective) rows off the column's modal value
+    offmode = nonmodal_rows(X, weights, min_cell)
     keep: list[int] = []
     left_out = 0
     for j, t in enumerate(terms):
         if t not in released or n == 0 or np.ptp(X[:, j]) == 0:
             continue
         nz = int(np.count_nonzero(X[:, j]))
-        if 0 <= minority[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
+        if 0 <= offmode[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
             left_out += 1
             continue
         keep.append(j)
