@@ -16,7 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replisynth.checkpoints import capture_checkpoint, capture_checkpoints, indicator_minority, nonmodal_rows, weight_gate
+from replisynth.checkpoints import (
+    capture_checkpoint,
+    capture_checkpoints,
+    indicator_minority,
+    nonmodal_rows,
+    weight_gate,
+)
 from replisynth.design import build_design
 from replisynth.errors import ManifestError
 from replisynth.manifest import load_manifest

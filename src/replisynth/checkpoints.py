@@ -118,12 +118,12 @@ def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manife
         return {**base, "status": "rejected", "reason": f"residual df below min_resid_df={sdc.min_resid_df}"}, log, None
     if not np.all(np.isfinite(fit.se)):
         raise CheckpointError(f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample")
-    dominated = outcome_dominance(design, fit, cp, sdc.dominance)
+    checked, dominated = outcome_dominance(design, fit, cp, sdc.dominance)
     if dominated:
         return _reject(base, log, cp, f"outcome dominance: two rows carry more than {sdc.dominance:g} of the {' and of the '.join(dominated)} "
                        "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data", None)
-    log.add("checkpoints", "outcome_dominance", f"outcome passes: no two rows carry more than {sdc.dominance:g} of the "
-            f"{', '.join(outcome_contributions(design, fit, cp)) or 'outcome (binary or ordered: outcome-class gate)'}", checkpoint=cp.tag)
+    log.add("checkpoints", "outcome_dominance", f"outcome passes: no two rows carry more than {sdc.dominance:g} of the {', '.join(checked)}" if checked
+            else "binary or ordered outcome: covered by the outcome-class gate, no dominance check", checkpoint=cp.tag)
     minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)
     small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
     rounding_cost = 0.0
@@ -357,8 +357,9 @@ def outcome_contributions(design: Design, fit: FitResult, cp: Checkpoint) -> dic
     return {"outcome total": w * np.abs(y), "outcome spread": w * (y - ybar) ** 2, "residual sum of squares": w * e2}
 
 
-def outcome_dominance(design: Design, fit: FitResult, cp: Checkpoint, share: float) -> list[str]:
-    """Names of the outcome aggregates (see `outcome_contributions`) whose two largest row
-    contributions exceed `share` of the total: released exactly, with the others' rough
-    size known from the marginals, they would give away the largest outcome."""
-    return [name for name, c in outcome_contributions(design, fit, cp).items() if top2_share(c) > share]
+def outcome_dominance(design: Design, fit: FitResult, cp: Checkpoint, share: float) -> tuple[list[str], list[str]]:
+    """(names of the outcome aggregates checked, see `outcome_contributions`; those whose two
+    largest row contributions exceed `share` of the total): released exactly, with the
+    others' rough size known from the marginals, they would give away the largest outcome."""
+    parts = outcome_contributions(design, fit, cp)
+    return list(parts), [name for name, c in parts.items() if top2_share(c) > share]
