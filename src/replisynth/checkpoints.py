@@ -158,7 +158,8 @@ def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manife
     # they enter as candidates and pass or fail the column gates of design_moments (indicator
     # minority, non-zero rows, dominance) like any other column. Not being a term is not being
     # suppressed.
-    moments, info = design_moments(mX, mterms, design.weights, released | set(instruments), sdc.min_cell_size, sdc.round_significant, sdc.dominance)
+    moments, info = design_moments(mX, mterms, design.weights, released | set(instruments), sdc.min_cell_size, sdc.round_significant, sdc.dominance,
+                                   offmode=minority if mX is design.X else None)
     if moments is not None and instruments:
         moments["instruments"] = [t for t in moments["terms"] if t in instruments]
     if moments is not None:
@@ -261,32 +262,57 @@ def nonmodal_rows(X: np.ndarray, weights: np.ndarray | None, min_cell: int) -> n
     """For each design column: the (effective) number of rows not at its most common value,
     -1 for a constant column. With weights the count is Kish's (Σw)²/Σw² over those rows.
     Exact when below `min_cell`; otherwise any number ≥ `min_cell` (the gate needs no more).
-    A dummy, a scaled dummy 2·1[x ≥ c], a spline max(x − c, 0) or a column zero except for a
+    A dummy, a scaled dummy 2·1[x ≥ c], a spline max(x − c, 0) or a column zero but for a
     few rows is a small group when few rows are off its modal value, whatever its values."""
     n, k = X.shape
     out = np.full(k, -1.0)
+    if n == 0:
+        return out
+    m = min(n, 4 * min_cell)
+    # Kish count of any half of the rows is at least this (the lighter half's weight, squared,
+    # over all the squared weights): the bound for a column where no value holds a majority
+    half = None if weights is None else float(np.partition(weights, n // 2)[: n // 2].sum()) ** 2 / float(weights @ weights)
     for j in range(k):
         col = X[:, j]
-        if n == 0 or col.min() == col.max():
+        head = col[:m]
+        if np.all((head == 0) | (head == 1)) and np.all((col == 0) | (col == 1)):
+            ones = col == 1
+            c1 = int(np.count_nonzero(ones))
+            if 0 < c1 < n:
+                minority = ones if 2 * c1 <= n else ~ones
+                out[j] = float(min(c1, n - c1)) if weights is None else _kish(weights, minority)
             continue
-        off = _off_mode(col, min_cell)
-        if off is None:  # no value holds more than half the rows: half the sample is off it
-            out[j] = float(n) if weights is None else _kish(weights, _off_exact_mode(col))
+        # A value held by all but fewer than min_cell rows fills all but fewer than min_cell
+        # rows of any m rows, so it is the head's most common value (a majority of the head)
+        vals, counts = np.unique(head, return_counts=True)
+        top = int(np.argmax(counts))
+        if weights is None and int(counts[top]) < m - min_cell + 1:
+            out[j] = float(n)  # no value can leave fewer than min_cell rows off it
             continue
-        out[j] = float(off.sum()) if weights is None else _kish(weights, off)
+        at = col == vals[top]
+        c = int(np.count_nonzero(at))
+        if c == n:
+            continue  # constant
+        if 2 * c > n or m == n:  # the majority value, or the head is the column: the mode
+            out[j] = float(n - c) if weights is None else _kish(weights, ~at)
+        elif weights is None:
+            out[j] = float(n)  # by the head argument, at least min_cell rows are off any value
+        else:
+            off = _off_mode(col)
+            if off is not None:
+                out[j] = _kish(weights, off)
+            else:  # no majority value: at least half the rows are off the mode
+                out[j] = half if half is not None and half >= min_cell else _kish(weights, _off_exact_mode(col))
     return out
 
 
-def _off_mode(col: np.ndarray, min_cell: int) -> np.ndarray | None:
-    """Rows not at the column's majority value (a value held by more than half the rows is the
-    median), or None when no value holds a majority and n ≥ 2·min_cell (then at least
-    min_cell rows are off any value). Small samples take the exact mode."""
+def _off_mode(col: np.ndarray) -> np.ndarray | None:
+    """Rows not at the column's majority value (a value held by more than half the rows is
+    the median), or None when no value holds a majority."""
     n = len(col)
-    if n < 2 * min_cell:
-        return _off_exact_mode(col)
     med = np.partition(col, n // 2)[n // 2]
     at = col == med
-    return ~at if int(at.sum()) * 2 > n else None
+    return ~at if 2 * int(np.count_nonzero(at)) > n else None
 
 
 def _off_exact_mode(col: np.ndarray) -> np.ndarray:
@@ -348,7 +374,7 @@ def outcome_contributions(design: Design, fit: FitResult, cp: Checkpoint) -> dic
     else:
         e = y - eta
         if design.absorb is not None:  # fe: the within residual (alternating projections)
-            for _ in range(1 if design.absorb.shape[1] == 1 else 50):
+            for _ in range(1 if design.absorb.shape[1] == 1 else 10):  # enough for a share test
                 for a in range(design.absorb.shape[1]):
                     g = design.absorb[:, a]
                     e = e - (np.bincount(g, weights=w * e) / np.bincount(g, weights=w))[g]

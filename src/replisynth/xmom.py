@@ -62,19 +62,19 @@ MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a 
 
 def design_moments(
     X: np.ndarray, terms: list[str], weights: np.ndarray | None, released: set[str], min_cell: int, digits: int | None = None,
-    dominance: float | None = None,
+    dominance: float | None = None, offmode: np.ndarray | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, int]]:
     """Released cross-moments of a checkpoint design (X: n × k on the estimation sample):
     (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
     columns, gated as in the module docstring; and counts for the SDC log (columns,
-    left_out, blanked)."""
+    left_out, blanked). `offmode`: `nonmodal_rows` of X when the caller has it."""
     from .checkpoints import indicator_minority, nonmodal_rows, round_significant
 
     n = len(X)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
     minority = indicator_minority(X)
     # every column, not only 0/1 ones: (effective) rows off the column's modal value
-    offmode = nonmodal_rows(X, weights, min_cell)
+    offmode = nonmodal_rows(X, weights, min_cell) if offmode is None else offmode
     keep: list[int] = []
     left_out = 0
     for j, t in enumerate(terms):
