@@ -114,6 +114,26 @@ def test_subset_that_drops_a_few_rows_is_refused_against_the_source_total(exclud
     assert rels[0]["status"] == "rejected" and "p/all" in rels[0]["reason"]
 
 
+def test_weighted_sample_against_the_unweighted_source_differences_only_a_count() -> None:
+    """A weighted checkpoint's means cannot be subtracted from the source's unweighted
+    tables; what remains is its n. All rows but those missing a regressor (their count is
+    in the released schema): released. All rows but three with a large income (a count not
+    released anywhere): refused. An unweighted checkpoint on the same rows as the first is
+    refused (its exact means minus the source's tables describe the missing rows); the old
+    path released all three."""
+    df = _people(400, 17)
+    df["z"] = np.random.default_rng(4).normal(size=len(df))
+    df.loc[[5, 9], "z"] = np.nan
+    df["income"] = np.random.default_rng(5).lognormal(10, 0.5, size=len(df))
+    df.loc[[1, 2, 3], "income"] = 7e6
+    m = _manifest("p.csv", [_cp("w_missing", "y ~ x + z", weights="w"), _cp("w_subset", "y ~ x", weights="w", subset="income < 5e6"),
+                            _cp("u_missing", "y ~ age + z")])
+    assert _released([capture_checkpoint(df, cp, m, i)[0] for i, cp in enumerate(m.checkpoints)]) == ["w_missing", "w_subset", "u_missing"]
+    rels, _ = capture_checkpoints({"p": df}, m)
+    assert _released(rels) == ["w_missing"]
+    assert "p/all" in rels[1]["reason"] and "p/all" in rels[2]["reason"]
+
+
 def test_subset_one_stratum_but_two_rows_is_refused() -> None:
     """A subset equal to a released stratum but for two rows (a regressor missing there):
     the stratum block and the checkpoint would describe the two rows by difference."""

@@ -14,9 +14,13 @@ releases (means × n) describes those few rows. Checked against every entry B, i
 in the source (|A Δ Bᶜ| = N − |A Δ B|: two checkpoints that overlap in a few rows and cover
 the source), and the closest union of strata cells (strata and residual partition the rows,
 so the union nearest to A is the cells more than half inside A; a subset that is a stratum,
-or two, but for a few rows). A sample equal to a set already registered (a checkpoint on all
-rows, on a stratum, or on another checkpoint's sample) adds no row set and is not checked:
-whatever its difference with a third set, the earlier releases already give it.
+or two, but for a few rows). Statistics weighted differently (a weighted checkpoint against
+the unweighted source or strata, or against another weighting) cannot be subtracted value by
+value; their difference is a row count, allowed when it is already released (the rows missing
+in one released column: the schema's missing count). A sample equal to a set already
+registered with the same weights (a checkpoint on all rows, on a stratum, on another
+checkpoint's sample) adds no row set and is not checked: whatever its difference with a
+third set, the earlier releases already give it.
 Checkpoints are checked in manifest order; the later one of a pair is the one refused, never
 a stratum or the source.
 """
@@ -38,7 +42,8 @@ REQUEST_KEYS = ("tag", "source", "model", "formula", "outcome", "vcov", "weights
                 "levels", "columns", "subset_columns")
 
 RULE = ("a checkpoint whose estimation sample differs by 1..min_cell_size-1 rows from the source, a released stratum, "
-        "the residual block, a union of these, another released checkpoint's sample or its complement is refused")
+        "the residual block, a union of these, another released checkpoint's sample or its complement is refused; between "
+        "statistics weighted differently only a row count can be differenced, allowed when it is a released missing count")
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Entry:
     rows: np.ndarray | None
     released: str
     count: int | None = None  # the released row count, None when not released
+    weights: str | None = None  # the weights column of its statistics (None: unweighted)
 
 
 @dataclass
@@ -60,6 +66,7 @@ class Ledger:
     min_cell: int
     entries: list[Entry] = field(default_factory=list)
     cells: dict[str, np.ndarray] = field(default_factory=dict)  # source -> partition label per row
+    frames: dict[str, tuple[pd.DataFrame, Source]] = field(default_factory=dict)
     pairs_checked: int = 0
     refused: list[str] = field(default_factory=list)
 
@@ -68,6 +75,7 @@ class Ledger:
         from .extract import _strata_keys
 
         n = len(df)
+        self.frames[source.name] = (df, source)
         self.entries.append(Entry(f"{source.name}/all", "source", source.name, np.ones(n, dtype=bool),
                                   "source-level marginals, tables and correlations", n))
         if not source.strata:
@@ -89,21 +97,24 @@ class Ledger:
                                       "row count (rows synthesized from the source-level statistics)", int(residual.sum())))
         self.cells[source.name] = label
 
-    def conflicts(self, source: str, rows: np.ndarray) -> list[str]:
+    def conflicts(self, source: str, rows: np.ndarray, weights: str | None = None) -> list[str]:
         """Ids of the registered sets (or 'a union of strata') that `rows` differs from by
-        1..k−1 rows, directly or through a complement."""
+        1..k−1 rows, directly or through a complement. Statistics weighted differently
+        (a weighted checkpoint against the unweighted source) difference to a row count only:
+        allowed when that count is already released (the rows missing in one column)."""
         k, n, a = self.min_cell, len(rows), int(rows.sum())
         mine = [e for e in self.entries if e.source == source and e.rows is not None]
-        if any(_count(e) == a and not np.any(rows ^ e.rows) for e in mine):
-            return []  # a row set already released: nothing new to difference
+        if any(e.weights == weights and _count(e) == a and not np.any(rows ^ e.rows) for e in mine):
+            return []  # a row set already released with these weights: nothing new to difference
         out = []
         for e in mine:
             self.pairs_checked += 1
             b = _count(e)
             if abs(a - b) >= k and abs(a - (n - b)) >= k:  # both lower bounds clear: no xor needed
                 continue
-            d = int(np.count_nonzero(rows ^ e.rows))
-            if 0 < d < k or 0 < n - d < k:
+            diff = rows ^ e.rows
+            d = int(np.count_nonzero(diff))
+            if (0 < d < k or 0 < n - d < k) and (e.weights == weights or not self._count_released(source, diff if d < k else ~diff)):
                 out.append(e.id)
         label = self.cells.get(source)
         if label is not None:
@@ -111,13 +122,26 @@ class Ledger:
             inside = np.bincount(label[rows], minlength=int(label.max()) + 1)
             total = np.bincount(label, minlength=len(inside))
             d = int(np.minimum(inside, total - inside).sum())
-            if 0 < d < k and not out:
+            if 0 < d < k and not out and (weights is None or not self._count_released(source, rows ^ (2 * inside > total)[label])):
                 out.append(f"{source}/union of strata")
         return out
 
+    def _count_released(self, source: str, diff: np.ndarray) -> bool:
+        """Whether the rows `diff` are exactly those missing in one released column of the
+        source (their number is in the released schema)."""
+        df, src = self.frames[source]
+        size = int(np.count_nonzero(diff))
+        hidden = set(src.ids) | set(src.exclude)
+        for c in df.columns:
+            if c not in hidden:
+                miss = df[c].isna().to_numpy()
+                if int(np.count_nonzero(miss)) == size and not np.any(miss ^ diff):
+                    return True
+        return False
+
     def register_checkpoint(self, cp: Checkpoint, rows: np.ndarray | None, released: bool, what: str) -> None:
         self.entries.append(Entry(f"checkpoint/{cp.tag}", "checkpoint", cp.source, rows if released else None, what,
-                                  int(rows.sum()) if released and rows is not None else None))
+                                  int(rows.sum()) if released and rows is not None else None, cp.weights))
 
     def summary(self) -> dict[str, Any]:
         """The public part, for sdc_log.json: no mask, no difference size, row counts only
@@ -164,7 +188,7 @@ def apply_differencing(
             log.extend(lg)
             continue
         rows = sample_mask(frames[cp.source], index)
-        hit = ledger.conflicts(cp.source, rows)
+        hit = ledger.conflicts(cp.source, rows, cp.weights)
         if hit:
             reason = (f"differencing: the estimation sample differs by fewer than min_cell_size={k} rows from {', '.join(hit)} "
                       "(the difference of the two releases would describe those rows); widen or narrow the subset, or drop "
