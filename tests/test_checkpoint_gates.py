@@ -383,3 +383,34 @@ def test_cluster_id_in_a_formula_is_a_manifest_error(where: str, extra: dict[str
 def test_panel_entity_in_a_formula_is_a_manifest_error() -> None:
     with pytest.raises(ManifestError, match=r"checkpoints\[0\]\.formula: column 'pid2'"):
         _manifest("p.csv", [_cp("bad", "y ~ x + pid2")], panel={"entity": "pid2", "time": "age"})
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 100_000), n=st.integers(60, 300), k=st.integers(3, 40), n_cells=st.integers(1, 6),
+       n_prior=st.integers(0, 3), flips=st.integers(0, 45))
+def test_ledger_refuses_exactly_the_small_differences(seed: int, n: int, k: int, n_cells: int, n_prior: int, flips: int) -> None:
+    """The ledger's decision equals a brute force over every registered set, its complement
+    and every union of strata cells: refused iff some |A Δ B| is in 1..k−1 (unless A is a
+    set already registered or a union of strata). Samples are built near those sets so that
+    the small cases occur."""
+    from replisynth.ledger import Ledger
+    from replisynth.manifest import Checkpoint, Source
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"g": rng.integers(0, n_cells, size=n)})
+    led = Ledger(k)
+    led.register_source(df, Source(name="p", path="p.csv", strata=("g",)))
+    sets = [e for e in led.entries]
+    masks = [np.ones(n, dtype=bool)] + [led.cells["p"] == e.cell for e in sets[1:]]
+    for i in range(n_prior):
+        m = rng.random(n) < 0.5
+        led.register_checkpoint(Checkpoint(tag=f"c{i}", source="p", model="ols", formula="y ~ x"), m, True, "x")
+        masks.append(m)
+    label = led.cells["p"]
+    unions = [np.isin(label, [c for c in range(int(label.max()) + 1) if (bits >> c) & 1]) for bits in range(1 << (int(label.max()) + 1))]
+    base = (masks + unions)[int(rng.integers(len(masks) + len(unions)))]
+    a = base.copy()
+    a[rng.choice(n, size=min(flips, n), replace=False)] ^= True
+    ds = [int(np.count_nonzero(a ^ m)) for m in masks + unions]
+    want = 0 not in ds and any(0 < d < k or 0 < n - d < k for d in ds)
+    assert bool(led.conflicts("p", a)) == want

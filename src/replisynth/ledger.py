@@ -18,8 +18,8 @@ or two, but for a few rows). Statistics weighted differently (a weighted checkpo
 the unweighted source or strata, or against another weighting) cannot be subtracted value by
 value; their difference is a row count, allowed when it is already released (the rows missing
 in one released column: the schema's missing count). A sample equal to a set already
-registered with the same weights (a checkpoint on all rows, on a stratum, on another
-checkpoint's sample) adds no row set and is not checked: whatever its difference with a
+registered with the same weights (a checkpoint on all rows, on a stratum or a union of
+strata, on another checkpoint's sample) adds no row set and is not checked: whatever its difference with a
 third set, the earlier releases already give it.
 Checkpoints are checked in manifest order; the later one of a pair is the one refused, never
 a stratum or the source.
@@ -48,7 +48,9 @@ RULE = ("a checkpoint whose estimation sample differs by 1..min_cell_size-1 rows
 
 @dataclass
 class Entry:
-    """One registered row set: `rows` is a boolean mask over the source's rows (never written)."""
+    """One registered row set: `rows` is a boolean mask over the source's rows (never written),
+    or for a stratum or the residual block `cell`, its label in the source's partition (no
+    mask per stratum: a source may have thousands)."""
 
     id: str
     kind: str
@@ -57,6 +59,7 @@ class Entry:
     released: str
     count: int | None = None  # the released row count, None when not released
     weights: str | None = None  # the weights column of its statistics (None: unweighted)
+    cell: int | None = None
 
 
 @dataclass
@@ -86,15 +89,16 @@ class Ledger:
         released = sorted([k for k, s in zip(keys, sizes, strict=True) if s >= self.min_cell], key=lambda k: tuple(map(str, k)))
         pos = {k: i for i, k in enumerate(keys)}
         label = np.full(n, len(released), dtype=np.intp)  # the residual block's label
-        for i, key in enumerate(released):
-            mask = key_idx == pos[key]
-            label[mask] = i
-            self.entries.append(Entry(f"{source.name}/s{i}", "stratum", source.name, mask,
-                                      "stratum block: marginals, tables and correlations", int(mask.sum())))
-        residual = label == len(released)
-        if residual.any():
-            self.entries.append(Entry(f"{source.name}/residual", "residual", source.name, residual,
-                                      "row count (rows synthesized from the source-level statistics)", int(residual.sum())))
+        remap = np.full(len(keys) + 1, len(released), dtype=np.intp)  # last slot: a missing stratum value
+        remap[[pos[key] for key in released]] = np.arange(len(released))
+        label = remap[key_idx]
+        sizes = np.bincount(label, minlength=len(released) + 1)
+        for i in range(len(released)):
+            self.entries.append(Entry(f"{source.name}/s{i}", "stratum", source.name, None,
+                                      "stratum block: marginals, tables and correlations", int(sizes[i]), cell=i))
+        if sizes[-1]:
+            self.entries.append(Entry(f"{source.name}/residual", "residual", source.name, None,
+                                      "row count (rows synthesized from the source-level statistics)", int(sizes[-1]), cell=len(released)))
         self.cells[source.name] = label
 
     def conflicts(self, source: str, rows: np.ndarray, weights: str | None = None) -> list[str]:
@@ -103,28 +107,40 @@ class Ledger:
         (a weighted checkpoint against the unweighted source) difference to a row count only:
         allowed when that count is already released (the rows missing in one column)."""
         k, n, a = self.min_cell, len(rows), int(rows.sum())
-        mine = [e for e in self.entries if e.source == source and e.rows is not None]
-        if any(e.weights == weights and _count(e) == a and not np.any(rows ^ e.rows) for e in mine):
-            return []  # a row set already released with these weights: nothing new to difference
+        label = self.cells[source]
+        inside = np.bincount(label[rows], minlength=int(label.max()) + 1)
+        mine = [e for e in self.entries if e.source == source and (e.rows is not None or e.cell is not None)]
+        dist: dict[int, int] = {}  # |A Δ B| per entry, computed when a count bound does not clear it
+
+        def distance(i: int, e: Entry) -> int:
+            if i not in dist:
+                b = int(e.count or 0)
+                dist[i] = a + b - 2 * int(inside[e.cell]) if e.cell is not None else int(np.count_nonzero(rows ^ e.rows))
+            return dist[i]
+
+        total = np.bincount(label, minlength=len(inside))
+        nearest = int(np.minimum(inside, total - inside).sum())  # |A Δ the nearest union of strata cells|
+        if (weights is None and nearest == 0) or any(e.weights == weights and e.count == a and distance(i, e) == 0 for i, e in enumerate(mine)):
+            return []  # a row set already released with these weights (or a union of them): nothing new to difference
         out = []
-        for e in mine:
+        for i, e in enumerate(mine):
             self.pairs_checked += 1
-            b = _count(e)
-            if abs(a - b) >= k and abs(a - (n - b)) >= k:  # both lower bounds clear: no xor needed
+            b = int(e.count or 0)
+            if abs(a - b) >= k and abs(a - (n - b)) >= k:  # both lower bounds clear: no pass over the rows
                 continue
-            diff = rows ^ e.rows
-            d = int(np.count_nonzero(diff))
-            if (0 < d < k or 0 < n - d < k) and (e.weights == weights or not self._count_released(source, diff if d < k else ~diff)):
+            d = distance(i, e)
+            if (0 < d < k or 0 < n - d < k) and (e.weights == weights or not self._count_released(source, self._difference(e, rows, d < k))):
                 out.append(e.id)
-        label = self.cells.get(source)
-        if label is not None:
-            self.pairs_checked += 1
-            inside = np.bincount(label[rows], minlength=int(label.max()) + 1)
-            total = np.bincount(label, minlength=len(inside))
-            d = int(np.minimum(inside, total - inside).sum())
-            if 0 < d < k and not out and (weights is None or not self._count_released(source, rows ^ (2 * inside > total)[label])):
-                out.append(f"{source}/union of strata")
+        self.pairs_checked += 1
+        if 0 < nearest < k and not out and (weights is None or not self._count_released(source, rows ^ (2 * inside > total)[label])):
+            out.append(f"{source}/union of strata")
         return out
+
+    def _difference(self, e: Entry, rows: np.ndarray, direct: bool) -> np.ndarray:
+        """A Δ B (direct) or A Δ Bᶜ as a mask."""
+        other = e.rows if e.rows is not None else self.cells[e.source] == e.cell
+        diff = rows ^ other
+        return diff if direct else ~diff
 
     def _count_released(self, source: str, diff: np.ndarray) -> bool:
         """Whether the rows `diff` are exactly those missing in one released column of the
@@ -155,10 +171,6 @@ class Ledger:
             entries.append(item)
         return {"entries": entries, "differencing": {"rule": RULE, "min_cell_size": self.min_cell,
                                                      "pairs_checked": self.pairs_checked, "refused": list(self.refused)}}
-
-
-def _count(e: Entry) -> int:
-    return int(e.count if e.count is not None else e.rows.sum())  # type: ignore[union-attr]
 
 
 def sample_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
