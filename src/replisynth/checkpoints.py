@@ -1,10 +1,15 @@
 """Checkpoint capture on the secure side, with its disclosure gate.
 
 Gate: a checkpoint is rejected when its sample has fewer than `min_cell_size` rows or fewer
-than `min_resid_df` residual degrees of freedom. A coefficient is suppressed when its column
-is an indicator (0/1 values: dummies, factor levels, interaction cells) whose smaller group
-(ones or zeros) has fewer than `min_cell_size` rows in the sample: such a coefficient
-describes a small group. Suppressed terms are released without their name's value part.
+than `min_resid_df` residual degrees of freedom, when its weights' effective sample size is
+below `min_cell_size` or one row carries more than 1/`min_cell_size` of the total weight
+(`weight_gate`), or when two rows dominate its outcome total, spread or residual sum of
+squares (`outcome_dominance`). A coefficient is suppressed when fewer than `min_cell_size`
+(Kish-weighted) rows of the sample are off its column's most common value (`nonmodal_rows`:
+dummies, factor levels, interaction cells, scaled dummies, splines, sparse columns): such a
+coefficient describes a small group. Suppressed terms are released without their name's
+value part. The differencing rule across checkpoints is in `ledger.py`; see docs/method.md,
+"Checkpoint disclosure rules".
 """
 
 from __future__ import annotations
@@ -69,9 +74,10 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     return rel, log
 
 
-def _reject(base: dict[str, Any], log: SdcLog, cp: Checkpoint, reason: str, sample: pd.Index | None) -> tuple[dict[str, Any], SdcLog, pd.Index | None]:
+def _reject(base: dict[str, Any], log: SdcLog, cp: Checkpoint, reason: str) -> tuple[dict[str, Any], SdcLog, None]:
+    """A rejected record (the request fields only) and its log entry."""
     log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
-    return {**base, "status": "rejected", "reason": reason}, log, sample
+    return {**base, "status": "rejected", "reason": reason}, log, None
 
 
 def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int) -> tuple[dict[str, Any], SdcLog, pd.Index | None]:
@@ -108,7 +114,7 @@ def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manife
             return {**base, "status": "rejected", "reason": f"outcome class below min_cell_size={sdc.min_cell_size}"}, log, None
     heavy = weight_gate(design.weights, sdc.min_cell_size)
     if heavy:
-        return _reject(base, log, cp, f"weights: {heavy}", None)
+        return _reject(base, log, cp, f"weights: {heavy}")
     if design.weights is not None:
         log.add("checkpoints", "weights_gate", f"weights pass: effective sample size (Kish) at least min_cell_size={sdc.min_cell_size} "
                 f"and no row above 1/{sdc.min_cell_size} of the total weight", checkpoint=cp.tag)
@@ -121,7 +127,7 @@ def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manife
     checked, dominated = outcome_dominance(design, fit, cp, sdc.dominance)
     if dominated:
         return _reject(base, log, cp, f"outcome dominance: two rows carry more than {sdc.dominance:g} of the {' and of the '.join(dominated)} "
-                       "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data", None)
+                       "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data")
     log.add("checkpoints", "outcome_dominance", f"outcome passes: no two rows carry more than {sdc.dominance:g} of the {', '.join(checked)}" if checked
             else "binary or ordered outcome: covered by the outcome-class gate, no dominance check", checkpoint=cp.tag)
     minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)
