@@ -316,11 +316,13 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source], parse_for
             "(transform the outcome in the data, not in the formula)"
         )
     # the safe grammar, always (cheap, no formulaic import): nothing outside it is ever evaluated
-    formula_variables(cp.formula, f"{where}.formula")
+    variables = formula_variables(cp.formula, f"{where}.formula")
     if cp.subset is not None:
         from replisynth.config.formula_grammar import parse_subset
 
         parse_subset(cp.subset, f"{where}.subset")
+    if parse_formulas:
+        _check_id_terms(cp, variables, sources[cp.source], where)
     if cp.absorb and cp.model != "fe":
         raise ManifestError(f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})")
     if cp.entity and cp.model not in ("re", "fe"):
@@ -344,6 +346,22 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source], parse_for
             f"(supported: {', '.join(SUPPORTED_MODELS)}); remove the checkpoint or use ols"
         )
     return cp
+
+
+def _check_id_terms(cp: Checkpoint, variables: set[str], source: Source, where: str) -> None:
+    """Cluster-id and entity columns (the source's groups and panel entity, the checkpoint's
+    cluster, entity and absorbed columns) cannot be formula terms: C(hospital) would release
+    raw codes and which clusters are small. Absorb them (model fe) or cluster on them."""
+    ids = {c: f"sources.{source.name}.groups" for c in source.groups}
+    if source.panel is not None:
+        ids[source.panel.entity] = f"sources.{source.name}.panel.entity"
+    for key, cols in (("vcov", (cp.cluster,)), ("entity", (cp.entity,)), ("absorb", cp.absorb)):
+        ids.update({c: f"{where}.{key}" for c in cols if c})
+    for col in sorted(set(variables) & set(ids)):
+        raise ManifestError(
+            f"{where}.formula: column {col!r} is a cluster-id or entity column ({ids[col]}) and cannot be a formula term "
+            "(its coefficients would describe single clusters); absorb it (model fe) or cluster on it instead"
+        )
 
 
 def _check_family(cp: Checkpoint, where: str) -> None:

@@ -2,7 +2,7 @@
 
 Layout (format replisynth-bundle/1):
   manifest.json          files with sha256 and bytes, software versions, seed, the manifest used
-  sdc_log.json           every SDC decision, with the resolved settings
+  sdc_log.json           every SDC decision, with the resolved settings and the disclosure ledger
   source_<name>.json     per source: schema, value labels, marginals, correlations, strata, groups
   checkpoints.json       released checkpoint coefficients and standard errors
 manifest.json is written last: a directory without it is not a bundle, and a file whose
@@ -56,6 +56,7 @@ def write_bundle(
     releases: dict[str, dict[str, Any]],
     checkpoints: list[dict[str, Any]],
     log: SdcLog,
+    ledger: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete bundle into `out_dir`: all files go to a temporary directory first
     and are moved in only when complete, with manifest.json moved last."""
@@ -66,7 +67,10 @@ def write_bundle(
         for s in manifest.sources:
             write_json(tmp / source_file(s.name), releases[s.name])
         write_json(tmp / "checkpoints.json", {"checkpoints": checkpoints})
-        write_json(tmp / "sdc_log.json", {"settings": resolved_settings(manifest.sdc), "decisions": log.entries})
+        sdc_log: dict[str, Any] = {"settings": resolved_settings(manifest.sdc), "decisions": log.entries}
+        if ledger is not None:  # the checkpoint stage's disclosure ledger (extract/ledger.py)
+            sdc_log["ledger"] = ledger
+        write_json(tmp / "sdc_log.json", sdc_log)
         files = [
             {"path": f, "sha256": sha256_file(tmp / f), "bytes": (tmp / f).stat().st_size}
             for f in bundle_files(manifest)[:-1]

@@ -1,10 +1,15 @@
 """Checkpoint capture on the secure side, with its disclosure gate.
 
 Gate: a checkpoint is rejected when its sample has fewer than `min_cell_size` rows or fewer
-than `min_resid_df` residual degrees of freedom. A coefficient is suppressed when its column
-is an indicator (0/1 values: dummies, factor levels, interaction cells) whose smaller group
-(ones or zeros) has fewer than `min_cell_size` rows in the sample: such a coefficient
-describes a small group. Suppressed terms are released without their name's value part.
+than `min_resid_df` residual degrees of freedom, when its weights' effective sample size is
+below `min_cell_size` or one row carries more than 1/`min_cell_size` of the total weight
+(`weight_gate`), or when two rows dominate its outcome total, spread or residual sum of
+squares (`outcome_dominance`). A coefficient is suppressed when fewer than `min_cell_size`
+(Kish-weighted) rows of the sample are off its column's most common value (`nonmodal_rows`:
+dummies, factor levels, interaction cells, scaled dummies, splines, sparse columns): such a
+coefficient describes a small group. Suppressed terms are released without their name's
+value part. The differencing rule across checkpoints is in `extract/ledger.py`; see docs/method.md,
+"Checkpoint disclosure rules".
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from replisynth.config.manifest import Checkpoint, Manifest
 from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.disclosure.sdc import SdcLog
+from replisynth.extract.ledger import apply_differencing
 from replisynth.fit.estimators import fit_checkpoint
+from replisynth.fit.result import FitResult
 from replisynth.stats.design import (
     Design,
     build_design,
@@ -70,6 +77,19 @@ def small_reference_terms(X: np.ndarray, terms: list[str], min_cell: int) -> set
 
 def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int) -> tuple[dict[str, Any], SdcLog]:
     """Fit one checkpoint on the original data and release it through the SDC gate."""
+    rel, log, _ = capture_checkpoint_sample(df, cp, manifest, index)
+    return rel, log
+
+
+def _reject(base: dict[str, Any], log: SdcLog, cp: Checkpoint, reason: str) -> tuple[dict[str, Any], SdcLog, None]:
+    """A rejected record (the request fields only) and its log entry."""
+    log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
+    return {**base, "status": "rejected", "reason": reason}, log, None
+
+
+def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int) -> tuple[dict[str, Any], SdcLog, pd.Index | None]:
+    """`capture_checkpoint`, plus the estimation sample's row labels in `df` (None when the
+    sample was never built), for the disclosure ledger's differencing rule (memory only)."""
     sdc = manifest.sdc
     log = SdcLog()
     where = f"checkpoints[{index}] ({cp.tag})"
@@ -93,19 +113,31 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     n = len(design.y)
     if n < sdc.min_cell_size:
         log.add("checkpoints", "rejected", f"estimation sample below min_cell_size={sdc.min_cell_size}", checkpoint=cp.tag)
-        return {**base, "status": "rejected", "reason": f"sample below min_cell_size={sdc.min_cell_size}"}, log
+        return {**base, "status": "rejected", "reason": f"sample below min_cell_size={sdc.min_cell_size}"}, log, None
     if cp.model in GLM_MODELS:
         small = outcome_minority(design.y, cp.model)
         if small is not None and small < sdc.min_cell_size:
             log.add("checkpoints", "rejected", f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample", checkpoint=cp.tag)
-            return {**base, "status": "rejected", "reason": f"outcome class below min_cell_size={sdc.min_cell_size}"}, log
+            return {**base, "status": "rejected", "reason": f"outcome class below min_cell_size={sdc.min_cell_size}"}, log, None
+    heavy = weight_gate(design.weights, sdc.min_cell_size)
+    if heavy:
+        return _reject(base, log, cp, f"weights: {heavy}")
+    if design.weights is not None:
+        log.add("checkpoints", "weights_gate", f"weights pass: effective sample size (Kish) at least min_cell_size={sdc.min_cell_size} "
+                f"and no row above 1/{sdc.min_cell_size} of the total weight", checkpoint=cp.tag)
     fit = fit_checkpoint(design, cp, where)
     if fit.resid_df < sdc.min_resid_df:
         log.add("checkpoints", "rejected", f"residual df below min_resid_df={sdc.min_resid_df}", checkpoint=cp.tag)
-        return {**base, "status": "rejected", "reason": f"residual df below min_resid_df={sdc.min_resid_df}"}, log
+        return {**base, "status": "rejected", "reason": f"residual df below min_resid_df={sdc.min_resid_df}"}, log, None
     if not np.all(np.isfinite(fit.se)):
         raise CheckpointError(f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample")
-    minority = indicator_minority(design.X)
+    checked, dominated = outcome_dominance(design, fit, cp, sdc.dominance)
+    if dominated:
+        return _reject(base, log, cp, f"outcome dominance: two rows carry more than {sdc.dominance:g} of the {' and of the '.join(dominated)} "
+                       "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data")
+    log.add("checkpoints", "outcome_dominance", f"outcome passes: no two rows carry more than {sdc.dominance:g} of the {', '.join(checked)}" if checked
+            else "binary or ordered outcome: covered by the outcome-class gate, no dominance check", checkpoint=cp.tag)
+    minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)
     small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
     rounding_cost = 0.0
     terms = []
@@ -115,7 +147,7 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         if j < k_x and 0 <= minority[j] < sdc.min_cell_size:
             n_sup += 1
             terms.append({"term": None, "position": j, "suppressed": True,
-                          "reason": f"indicator with fewer than {sdc.min_cell_size} observations in one group"})
+                          "reason": f"column with fewer than {sdc.min_cell_size} (effective) observations off its most common value"})
             continue
         if j in small_ref:
             n_ref += 1
@@ -131,14 +163,16 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
     if n_ref:
         log.add("checkpoints", "suppressed_terms", f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)", checkpoint=cp.tag, terms=n_ref)
     if n_sup:
-        log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of indicator columns with a group below min_cell_size={sdc.min_cell_size} not released", checkpoint=cp.tag, terms=n_sup)
+        log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of columns (indicators, scaled indicators, splines, sparse columns) with fewer than "
+                f"min_cell_size={sdc.min_cell_size} (effective) rows off their most common value not released", checkpoint=cp.tag, terms=n_sup)
     released = {t["term"] for t in terms if not t.get("suppressed")}
     mX, mterms, instruments = moment_design(design)
     # Excluded instruments have no coefficient, so the `released` filter cannot speak for them:
     # they enter as candidates and pass or fail the column gates of design_moments (indicator
     # minority, non-zero rows, dominance) like any other column. Not being a term is not being
     # suppressed.
-    moments, info = design_moments(mX, mterms, design.weights, released | set(instruments), sdc.min_cell_size, sdc.round_significant, sdc.dominance)
+    moments, info = design_moments(mX, mterms, design.weights, released | set(instruments), sdc.min_cell_size, sdc.round_significant, sdc.dominance,
+                                   offmode=minority if mX is design.X else None)
     if moments is not None and instruments:
         moments["instruments"] = [t for t in moments["terms"] if t in instruments]
     if moments is not None:
@@ -170,7 +204,7 @@ def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, ind
         out["moments"] = moments
     if sdc.round_significant:
         out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
-    return out, log
+    return out, log, design.index
 
 
 def moment_design(design: Design) -> tuple[np.ndarray, list[str], list[str]]:
@@ -228,34 +262,33 @@ def budget_warnings(released: list[dict[str, Any]], rows: dict[str, int], budget
 
 
 def capture_checkpoints(frames: dict[str, pd.DataFrame], manifest: Manifest) -> tuple[list[dict[str, Any]], SdcLog]:
-    """Capture every checkpoint of the manifest (frames: source name -> original data)."""
-    out: list[dict[str, Any]] = []
-    log = SdcLog()
-    for i, cp in enumerate(manifest.checkpoints):
-        rel, lg = capture_checkpoint(frames[cp.source], cp, manifest, i)
-        out.append(rel)
-        log.extend(lg)
+    """Capture every checkpoint of the manifest (frames: source name -> original data),
+    the differencing rule of the disclosure ledger applied across them."""
+    fits = [capture_checkpoint_sample(frames[cp.source], cp, manifest, i) for i, cp in enumerate(manifest.checkpoints)]
+    out, log, _ = apply_differencing({s: frames[s] for s in dict.fromkeys(cp.source for cp in manifest.checkpoints)}, manifest, fits)
     return out, log
 
 
 def design_moments(
     X: np.ndarray, terms: list[str], weights: np.ndarray | None, released: set[str], min_cell: int, digits: int | None = None,
-    dominance: float | None = None,
+    dominance: float | None = None, offmode: np.ndarray | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, int]]:
     """Released cross-moments of a checkpoint design (X: n × k on the estimation sample):
     (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
     columns, gated as in the module docstring; and counts for the SDC log (columns,
-    left_out, blanked)."""
+    left_out, blanked). `offmode`: `nonmodal_rows` of X when the caller has it."""
     n = len(X)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype="float64")
     minority = indicator_minority(X)
+    # every column, not only 0/1 ones: (effective) rows off the column's modal value
+    offmode = nonmodal_rows(X, weights, min_cell) if offmode is None else offmode
     keep: list[int] = []
     left_out = 0
     for j, t in enumerate(terms):
         if t not in released or n == 0 or np.ptp(X[:, j]) == 0:
             continue
         nz = int(np.count_nonzero(X[:, j]))
-        if 0 <= minority[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
+        if 0 <= offmode[j] < min_cell or 0 < nz < min_cell or _dominated(X[:, j], w, dominance):
             left_out += 1
             continue
         keep.append(j)
@@ -318,3 +351,136 @@ def _dominated(x: np.ndarray, w: np.ndarray, dominance: float | None) -> bool:
     i = int(np.argmax(c))
     top2 = c[i] + max(c[:i].max(initial=-np.inf), c[i + 1 :].max(initial=-np.inf)) if len(c) >= 2 else c[i]
     return float(top2) > dominance * total
+
+
+def nonmodal_rows(X: np.ndarray, weights: np.ndarray | None, min_cell: int) -> np.ndarray:
+    """For each design column: the (effective) number of rows not at its most common value,
+    -1 for a constant column. With weights the count is Kish's (Σw)²/Σw² over those rows.
+    Exact when below `min_cell`; otherwise any number ≥ `min_cell` (the gate needs no more).
+    A dummy, a scaled dummy 2·1[x ≥ c], a spline max(x − c, 0) or a column zero but for a
+    few rows is a small group when few rows are off its modal value, whatever its values."""
+    n, k = X.shape
+    out = np.full(k, -1.0)
+    if n == 0:
+        return out
+    m = min(n, 4 * min_cell)
+    # Kish count of any half of the rows is at least this (the lighter half's weight, squared,
+    # over all the squared weights): the bound for a column where no value holds a majority
+    half = None if weights is None else float(np.partition(weights, n // 2)[: n // 2].sum()) ** 2 / float(weights @ weights)
+    for j in range(k):
+        col = X[:, j]
+        head = col[:m]
+        if np.all((head == 0) | (head == 1)) and np.all((col == 0) | (col == 1)):
+            ones = col == 1
+            c1 = int(np.count_nonzero(ones))
+            if 0 < c1 < n:
+                minority = ones if 2 * c1 <= n else ~ones
+                out[j] = float(min(c1, n - c1)) if weights is None else _kish(weights, minority)
+            continue
+        # A value held by all but fewer than min_cell rows fills all but fewer than min_cell
+        # rows of any m rows, so it is the head's most common value (a majority of the head)
+        vals, counts = np.unique(head, return_counts=True)
+        top = int(np.argmax(counts))
+        if weights is None and int(counts[top]) < m - min_cell + 1:
+            out[j] = float(n)  # no value can leave fewer than min_cell rows off it
+            continue
+        at = col == vals[top]
+        c = int(np.count_nonzero(at))
+        if c == n:
+            continue  # constant
+        if 2 * c > n or m == n:  # the majority value, or the head is the column: the mode
+            out[j] = float(n - c) if weights is None else _kish(weights, ~at)
+        elif weights is None:
+            out[j] = float(n)  # by the head argument, at least min_cell rows are off any value
+        else:
+            off = _off_mode(col)
+            if off is not None:
+                out[j] = _kish(weights, off)
+            else:  # no majority value: at least half the rows are off the mode
+                out[j] = half if half is not None and half >= min_cell else _kish(weights, _off_exact_mode(col))
+    return out
+
+
+def _off_mode(col: np.ndarray) -> np.ndarray | None:
+    """Rows not at the column's majority value (a value held by more than half the rows is
+    the median), or None when no value holds a majority."""
+    n = len(col)
+    med = np.partition(col, n // 2)[n // 2]
+    at = col == med
+    return ~at if 2 * int(np.count_nonzero(at)) > n else None
+
+
+def _off_exact_mode(col: np.ndarray) -> np.ndarray:
+    """Rows not at the column's most common value (np.unique: O(n log n))."""
+    vals, counts = np.unique(col, return_counts=True)
+    return col != vals[int(np.argmax(counts))]
+
+
+def _kish(weights: np.ndarray, rows: np.ndarray) -> float:
+    """Kish's effective sample size (Σw)²/Σw² of the selected rows (0 when none)."""
+    w = weights[rows]
+    s2 = float(w @ w)
+    return float(w.sum()) ** 2 / s2 if s2 > 0 else 0.0
+
+
+def top2_share(c: np.ndarray) -> float:
+    """Share of the two largest of the non-negative contributions `c` in their sum (0 when
+    the sum is 0): the (2, share) dominance rule of business statistics."""
+    total = float(c.sum())
+    if len(c) == 0 or not total > 0:
+        return 0.0
+    if len(c) <= 2:
+        return 1.0
+    top = np.partition(c, len(c) - 2)[-2:]
+    return float(top.sum()) / total
+
+
+def weight_gate(w: np.ndarray | None, min_cell: int) -> str | None:
+    """Why a weighted sample cannot be released, or None: Kish's effective sample size
+    (Σw)²/Σw² below `min_cell`, or one row carrying more than 1/min_cell of Σw (a weighted
+    mean would then lean on that row as an unweighted mean of fewer than min_cell rows
+    would). Row counts alone do not see one weight of 5000 among weights near 1."""
+    if w is None:
+        return None
+    total = float(w.sum())
+    if total <= 0:
+        return "the weights sum to zero"
+    if total * total / float(w @ w) < min_cell:
+        return f"effective sample size (Kish) of the weights below min_cell_size={min_cell}"
+    if float(w.max()) * min_cell > total:
+        return f"one row carries more than 1/{min_cell} of the total weight (min_cell_size={min_cell})"
+    return None
+
+
+def outcome_contributions(design: Design, fit: FitResult, cp: Checkpoint) -> dict[str, np.ndarray]:
+    """Per-row contributions to what a checkpoint's release pins down about its outcome: the
+    total Σw|y| (the intercept and the released means give ȳ), the spread Σw(y − ȳ)², and the
+    residual sum of squares Σw e² (the scale; Pearson residuals² for counts, whose dispersion
+    is released). Binary and ordered outcomes are left to the outcome-class gate."""
+    if cp.model in GLM_BINARY or cp.model in GLM_ORDERED:
+        return {}
+    y = design.y
+    w = np.ones(len(y)) if design.weights is None else design.weights
+    k_x = design.X.shape[1]
+    eta = design.X @ fit.beta[:k_x]
+    if cp.model in GLM_MODELS:  # counts: Pearson residuals
+        mu = np.exp(np.clip(eta, -700, 700))
+        e2 = (y - mu) ** 2 / np.maximum(mu, 1e-300)
+    else:
+        e = y - eta
+        if design.absorb is not None:  # fe: the within residual (alternating projections)
+            for _ in range(1 if design.absorb.shape[1] == 1 else 10):  # enough for a share test
+                for a in range(design.absorb.shape[1]):
+                    g = design.absorb[:, a]
+                    e = e - (np.bincount(g, weights=w * e) / np.bincount(g, weights=w))[g]
+        e2 = e * e
+    ybar = float(w @ y) / float(w.sum())
+    return {"outcome total": w * np.abs(y), "outcome spread": w * (y - ybar) ** 2, "residual sum of squares": w * e2}
+
+
+def outcome_dominance(design: Design, fit: FitResult, cp: Checkpoint, share: float) -> tuple[list[str], list[str]]:
+    """(names of the outcome aggregates checked, see `outcome_contributions`; those whose two
+    largest row contributions exceed `share` of the total): released exactly, with the
+    others' rough size known from the marginals, they would give away the largest outcome."""
+    parts = outcome_contributions(design, fit, cp)
+    return list(parts), [name for name, c in parts.items() if top2_share(c) > share]

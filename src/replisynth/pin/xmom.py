@@ -9,8 +9,9 @@ the original's; (2) standard errors, SE ∝ σ · [(X'X)⁻¹]_jj^½, where σ i
 
 Secure side (`checkpoints.design_moments`): per released checkpoint, the (weighted) means, SDs and the
 correlation matrix of its non-constant design columns on its estimation sample. Together
-with n they give X'WX. Columns whose coefficient is suppressed, 0/1 columns whose smaller
-group is below the cell size, columns non-zero on fewer than `min_cell_size` rows, and
+with n they give X'WX. Columns whose coefficient is suppressed, columns with fewer than the
+cell size of (effective, Kish-weighted) rows off their modal value (0/1 indicators, scaled
+indicators, splines, sparse columns), columns non-zero on fewer than `min_cell_size` rows, and
 columns whose spread two rows dominate (the profile's top-2 `dominance` share of Σ w (x − m)²)
 are left out; the correlation of two 0/1 columns is blanked when a cell of their 2×2 table is
 below the cell size (with both means it would give that cell's count).

@@ -75,7 +75,11 @@ def warn_emptied_columns(release: dict[str, Any], df: pd.DataFrame, min_cell_siz
 
 def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
     """Secure side: fit and gate every checkpoint on the original data (staging files)."""
-    from replisynth.extract.checkpoints import budget_warnings, capture_checkpoint
+    from replisynth.extract.checkpoints import (
+        budget_warnings,
+        capture_checkpoint_sample,
+    )
+    from replisynth.extract.ledger import apply_differencing
 
     frames: dict[str, pd.DataFrame] = {}
     for cp in manifest.checkpoints:
@@ -85,24 +89,28 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     # frames): on threads, released and logged in manifest order. At most two at a time: each
     # holds its design and formulaic's intermediates (up to ~3x the frame at 10^6 rows), and
     # the job's memory request (replisynth.workflow.resources) does not grow with its threads.
-    fits = thread_map(lambda item: capture_checkpoint(frames[item[1].source], item[1], manifest, item[0]), list(enumerate(manifest.checkpoints)),
+    fits = thread_map(lambda item: capture_checkpoint_sample(frames[item[1].source], item[1], manifest, item[0]), list(enumerate(manifest.checkpoints)),
                       n=min(threads(), 2))
-    released: list[dict[str, Any]] = []
-    sdc = SdcLog()
-    for cp, (rel, lg) in zip(manifest.checkpoints, fits, strict=True):
+    # The disclosure ledger: samples against each other, the source totals and the strata
+    # (differencing rule); its public summary travels with the SDC decisions to sdc_log.json.
+    released, sdc, ledger = apply_differencing(frames, manifest, fits)
+    for cp, rel in zip(manifest.checkpoints, released, strict=True):
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
-        released.append(rel)
-        sdc.extend(lg)
     sdc.extend(budget_warnings(released, {k: len(v) for k, v in frames.items()}, manifest.sdc.budget))
     write_json(out, released)
-    write_json(sdc_out, sdc.entries)
+    write_json(sdc_out, {"decisions": sdc.entries, "ledger": ledger})
 
 
 def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], checkpoints: str | Path, sdc_parts: list[str | Path], bundle_dir: str | Path) -> None:
     """Secure side: assemble the bundle from the staging files (manifest.json last)."""
     sdc = SdcLog()
+    ledger = None
     for p in sdc_parts:
-        sdc.extend(read_json(p))
+        part = read_json(p)
+        if isinstance(part, dict):  # the checkpoint stage's: decisions and the disclosure ledger
+            ledger = part.get("ledger", ledger)
+            part = part["decisions"]
+        sdc.extend(part)
     rel = {name: read_json(p) for name, p in releases.items()}
     cps = read_json(checkpoints)
     for c in cps:
@@ -116,7 +124,7 @@ def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], chec
                    "pool the categories, list the column under sources.<name>.continuous, or lower sdc.min_cell_size")
             log.warning("%s", msg)
             sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
-    write_bundle(bundle_dir, manifest, rel, cps, sdc)
+    write_bundle(bundle_dir, manifest, rel, cps, sdc, ledger=ledger)
     log.info("bundle written to %s (%d files)", bundle_dir, len(rel) + 3)
 
 

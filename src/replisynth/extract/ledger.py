@@ -1,0 +1,219 @@
+"""The disclosure ledger of the checkpoint stage: every released statistic that describes a set
+of rows, registered with that row set, so that releases are checked against each other and
+not one at a time.
+
+Entries (per source read by the checkpoint stage): the source total, each released stratum
+block and the residual block (the strata of `extract`, recomputed with `extract._strata_keys`)
+and each released checkpoint's estimation sample. Row sets are boolean masks over the
+source's rows, held in memory only; the bundle gets `summary()`: ids, kinds, released row
+counts and what is released about them, never a mask, a row value or a small difference.
+
+Differencing rule: a checkpoint whose estimation sample A differs from a registered set B by
+1..k−1 rows (|A Δ B|, k = min_cell_size) is refused, since the difference of two exact
+releases (means × n) describes those few rows. Checked against every entry B, its complement
+in the source (|A Δ Bᶜ| = N − |A Δ B|: two checkpoints that overlap in a few rows and cover
+the source), and the closest union of strata cells (strata and residual partition the rows,
+so the union nearest to A is the cells more than half inside A; a subset that is a stratum,
+or two, but for a few rows). Statistics weighted differently (a weighted checkpoint against
+the unweighted source or strata, or against another weighting) cannot be subtracted value by
+value; their difference is a row count, allowed when it is already released (the rows missing
+in one released column: the schema's missing count). A sample equal to a set already
+registered with the same weights (a checkpoint on all rows, on a stratum or a union of
+strata, on another checkpoint's sample) adds no row set and is not checked: whatever its difference with a
+third set, the earlier releases already give it.
+Checkpoints are checked in manifest order; the later one of a pair is the one refused, never
+a stratum or the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replisynth.config.manifest import Checkpoint, Manifest, Source
+from replisynth.disclosure.sdc import SdcLog
+
+# The fields of a checkpoint record that describe the request, not its results: what a
+# refused checkpoint keeps (as `capture_checkpoint`'s rejected records).
+REQUEST_KEYS = ("tag", "source", "model", "formula", "outcome", "vcov", "weights", "subset", "absorb", "entity", "time",
+                "levels", "columns", "subset_columns")
+
+RULE = ("a checkpoint whose estimation sample differs by 1..min_cell_size-1 rows from the source, a released stratum, "
+        "the residual block, a union of these, another released checkpoint's sample or its complement is refused; between "
+        "statistics weighted differently only a row count can be differenced, allowed when it is a released missing count")
+
+
+@dataclass
+class Entry:
+    """One registered row set: `rows` is a boolean mask over the source's rows (never written),
+    or for a stratum or the residual block `cell`, its label in the source's partition (no
+    mask per stratum: a source may have thousands)."""
+
+    id: str
+    kind: str
+    source: str
+    rows: np.ndarray | None
+    released: str
+    count: int | None = None  # the released row count, None when not released
+    weights: str | None = None  # the weights column of its statistics (None: unweighted)
+    cell: int | None = None
+
+
+@dataclass
+class Ledger:
+    """Registered row sets of every source and the differencing decisions."""
+
+    min_cell: int
+    entries: list[Entry] = field(default_factory=list)
+    cells: dict[str, np.ndarray] = field(default_factory=dict)  # source -> partition label per row
+    frames: dict[str, tuple[pd.DataFrame, Source]] = field(default_factory=dict)
+    pairs_checked: int = 0
+    refused: list[str] = field(default_factory=list)
+
+    def register_source(self, df: pd.DataFrame, source: Source) -> None:
+        """The source total, its released strata and the residual block (as `extract` forms them)."""
+        from replisynth.extract.extract import _strata_keys
+
+        n = len(df)
+        self.frames[source.name] = (df, source)
+        self.entries.append(Entry(f"{source.name}/all", "source", source.name, np.ones(n, dtype=bool),
+                                  "source-level marginals, tables and correlations", n))
+        if not source.strata:
+            self.cells[source.name] = np.zeros(n, dtype=np.intp)
+            return
+        key_idx, keys = _strata_keys(df, source.strata)
+        sizes = np.bincount(key_idx[key_idx >= 0], minlength=len(keys))
+        released = sorted([k for k, s in zip(keys, sizes, strict=True) if s >= self.min_cell], key=lambda k: tuple(map(str, k)))
+        pos = {k: i for i, k in enumerate(keys)}
+        label = np.full(n, len(released), dtype=np.intp)  # the residual block's label
+        remap = np.full(len(keys) + 1, len(released), dtype=np.intp)  # last slot: a missing stratum value
+        remap[[pos[key] for key in released]] = np.arange(len(released))
+        label = remap[key_idx]
+        sizes = np.bincount(label, minlength=len(released) + 1)
+        for i in range(len(released)):
+            self.entries.append(Entry(f"{source.name}/s{i}", "stratum", source.name, None,
+                                      "stratum block: marginals, tables and correlations", int(sizes[i]), cell=i))
+        if sizes[-1]:
+            self.entries.append(Entry(f"{source.name}/residual", "residual", source.name, None,
+                                      "row count (rows synthesized from the source-level statistics)", int(sizes[-1]), cell=len(released)))
+        self.cells[source.name] = label
+
+    def conflicts(self, source: str, rows: np.ndarray, weights: str | None = None) -> list[str]:
+        """Ids of the registered sets (or 'a union of strata') that `rows` differs from by
+        1..k−1 rows, directly or through a complement. Statistics weighted differently
+        (a weighted checkpoint against the unweighted source) difference to a row count only:
+        allowed when that count is already released (the rows missing in one column)."""
+        k, n, a = self.min_cell, len(rows), int(rows.sum())
+        label = self.cells[source]
+        inside = np.bincount(label[rows], minlength=int(label.max()) + 1)
+        mine = [e for e in self.entries if e.source == source and (e.rows is not None or e.cell is not None)]
+        dist: dict[int, int] = {}  # |A Δ B| per entry, computed when a count bound does not clear it
+
+        def distance(i: int, e: Entry) -> int:
+            if i not in dist:
+                b = int(e.count or 0)
+                dist[i] = a + b - 2 * int(inside[e.cell]) if e.cell is not None else int(np.count_nonzero(rows ^ e.rows))
+            return dist[i]
+
+        total = np.bincount(label, minlength=len(inside))
+        nearest = int(np.minimum(inside, total - inside).sum())  # |A Δ the nearest union of strata cells|
+        if (weights is None and nearest == 0) or any(e.weights == weights and e.count == a and distance(i, e) == 0 for i, e in enumerate(mine)):
+            return []  # a row set already released with these weights (or a union of them): nothing new to difference
+        out = []
+        for i, e in enumerate(mine):
+            self.pairs_checked += 1
+            b = int(e.count or 0)
+            if abs(a - b) >= k and abs(a - (n - b)) >= k:  # both lower bounds clear: no pass over the rows
+                continue
+            d = distance(i, e)
+            if (0 < d < k or 0 < n - d < k) and (e.weights == weights or not self._count_released(source, self._difference(e, rows, d < k))):
+                out.append(e.id)
+        self.pairs_checked += 1
+        if 0 < nearest < k and not out and (weights is None or not self._count_released(source, rows ^ (2 * inside > total)[label])):
+            out.append(f"{source}/union of strata")
+        return out
+
+    def _difference(self, e: Entry, rows: np.ndarray, direct: bool) -> np.ndarray:
+        """A Δ B (direct) or A Δ Bᶜ as a mask."""
+        other = e.rows if e.rows is not None else self.cells[e.source] == e.cell
+        diff = rows ^ other
+        return diff if direct else ~diff
+
+    def _count_released(self, source: str, diff: np.ndarray) -> bool:
+        """Whether the rows `diff` are exactly those missing in one released column of the
+        source (their number is in the released schema)."""
+        df, src = self.frames[source]
+        size = int(np.count_nonzero(diff))
+        hidden = set(src.ids) | set(src.exclude)
+        for c in df.columns:
+            if c not in hidden:
+                miss = df[c].isna().to_numpy()
+                if int(np.count_nonzero(miss)) == size and not np.any(miss ^ diff):
+                    return True
+        return False
+
+    def register_checkpoint(self, cp: Checkpoint, rows: np.ndarray | None, released: bool, what: str) -> None:
+        self.entries.append(Entry(f"checkpoint/{cp.tag}", "checkpoint", cp.source, rows if released else None, what,
+                                  int(rows.sum()) if released and rows is not None else None, cp.weights))
+
+    def summary(self) -> dict[str, Any]:
+        """The public part, for sdc_log.json: no mask, no difference size, row counts only
+        where they are released anyway."""
+        entries = []
+        for e in self.entries:
+            item: dict[str, Any] = {"id": e.id, "kind": e.kind, "source": e.source}
+            if e.count is not None:
+                item["rows"] = e.count
+            item["released"] = e.released
+            entries.append(item)
+        return {"entries": entries, "differencing": {"rule": RULE, "min_cell_size": self.min_cell,
+                                                     "pairs_checked": self.pairs_checked, "refused": list(self.refused)}}
+
+
+def sample_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
+    """Boolean mask over `df`'s rows of the labels `index` (an estimation sample)."""
+    mask = np.zeros(len(df), dtype=bool)
+    mask[df.index.get_indexer(index)] = True
+    return mask
+
+
+def apply_differencing(
+    frames: dict[str, pd.DataFrame], manifest: Manifest, fits: list[tuple[dict[str, Any], SdcLog, pd.Index | None]],
+) -> tuple[list[dict[str, Any]], SdcLog, dict[str, Any]]:
+    """Run the ledger over captured checkpoints (manifest order; `fits` from
+    `capture_checkpoint_sample`): refuse those that fail the differencing rule. Returns the
+    checkpoint records, the SDC log (a refused checkpoint's capture entries replaced by its
+    refusal) and the ledger's public summary."""
+    k = manifest.sdc.min_cell_size
+    ledger = Ledger(k)
+    for name in frames:
+        ledger.register_source(frames[name], manifest.source(name))
+    released: list[dict[str, Any]] = []
+    log = SdcLog()
+    for cp, (rel, lg, index) in zip(manifest.checkpoints, fits, strict=True):
+        if rel.get("status") != "released" or index is None:
+            ledger.register_checkpoint(cp, None, False, f"nothing ({rel.get('status', 'rejected')})")
+            released.append(rel)
+            log.extend(lg)
+            continue
+        rows = sample_mask(frames[cp.source], index)
+        hit = ledger.conflicts(cp.source, rows, cp.weights)
+        if hit:
+            reason = (f"differencing: the estimation sample differs by fewer than min_cell_size={k} rows from {', '.join(hit)} "
+                      "(the difference of the two releases would describe those rows); widen or narrow the subset, or drop "
+                      "or impute the rows with missing values in the source")
+            ledger.refused.append(cp.tag)
+            ledger.register_checkpoint(cp, None, False, "nothing (refused: differencing)")
+            released.append({**{key: rel[key] for key in REQUEST_KEYS if key in rel}, "status": "rejected", "reason": reason})
+            log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
+            continue
+        ledger.register_checkpoint(cp, rows, True, "n, coefficients, standard errors, scale"
+                                   + (", regressor moments" if "moments" in rel else ""))
+        released.append(rel)
+        log.extend(lg)
+    log.add("checkpoints", "differencing", f"{ledger.pairs_checked} pair(s) of row sets checked; {len(ledger.refused)} checkpoint(s) refused "
+            f"(samples differing by 1..{k - 1} rows from another release)")
+    return released, log, ledger.summary()
