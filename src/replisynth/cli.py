@@ -7,9 +7,12 @@ install it. Same package functions, same output layout as the workflow.
   replisynth run MANIFEST                     all three
   replisynth audit MANIFEST                   secure side, after run: output-checking audit
                                               (results/<name>/audit/audit.{json,txt})
+  replisynth review BUNDLE [--out DIR]        the output checker's review of a bundle, from the
+                                              bundle alone: disclosure_review.{json,txt} in DIR
+                                              (default: review/ beside the bundle)
 
 Exit status: 0 on success, 1 on a user error (message, no traceback), 2 when verification
-ran but the required tier was not met.
+ran but the required tier was not met, 3 when the review has findings (the packet is written).
 """
 
 from __future__ import annotations
@@ -104,12 +107,25 @@ def cmd_audit(manifest: Manifest, out_root: Path) -> Path:
     return p["audit"]
 
 
+def cmd_review(bundle_dir: Path, out_dir: Path | None) -> int:
+    """The output checker's review (replisynth.review): writes the packet, prints the
+    verdict; EXIT_FINDINGS when there are findings, else 0."""
+    from .review import EXIT_FINDINGS, review_bundle, write_review
+
+    review = review_bundle(bundle_dir)
+    out = out_dir if out_dir is not None else bundle_dir.resolve().parent / "review"
+    write_review(review, out)
+    print(f"{review['verdict']} ({out / 'disclosure_review.txt'})")
+    return EXIT_FINDINGS if review["findings"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
-    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit"])
-    ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run)")
+    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit", "review"])
+    ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run); review: the bundle directory")
     ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
     ap.add_argument("--results", default="results", help="output root (default: results)")
+    ap.add_argument("--out", help="review: directory of the packet (default: review/ beside the bundle)")
     ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
     ap.add_argument("--threads", type=int, default=1, help="worker threads per stage (default 1; the output does not depend on it)")
     args = ap.parse_args(argv)
@@ -123,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("replisynth").setLevel(logging.WARNING)
     out_root = Path(args.results)
     try:
+        if args.command == "review":
+            if not args.manifest:
+                ap.error("review needs a BUNDLE directory")
+            return cmd_review(Path(args.manifest), Path(args.out) if args.out else None)
         if args.command in ("extract", "run", "audit") or not args.bundle:
             if not args.manifest:
                 ap.error(f"{args.command} needs a MANIFEST (or --bundle DIR for synthesize/verify)")

@@ -34,6 +34,7 @@ RULE_KIND: dict[str, str] = {
     "extract_base": "data", "sample_copula": "data", "sample_stratum": "data", "gather_blocks": "data",
     "pin_checkpoints": "data", "export_stata": "data", "export_csv": "data", "verify_tiers": "data",
     "render_report": "data", "check_tier": "light", "audit_disclosure": "data",
+    "review": "light",
 }
 MEM_FACTOR = 1.5
 TIME_FACTOR = 3.0

@@ -7,6 +7,7 @@ Path grammar:
   results/<name>/synthesize/<source>.parquet, <source>.pin.json     before Layer 4, pin report
   results/<name>/synthetic/<source>.{parquet,csv,dta}               the synthetic data
   results/<name>/verify/{tiers.json,report.html,certificate.txt}
+  results/<name>/review/disclosure_review.{json,txt}                the output checker's packet
   results/<name>/logs/<rule>/..., results/<name>/benchmarks/<rule>/...
 """
 
@@ -66,6 +67,12 @@ class WorkflowPlan:
         from .bundle import bundle_files
 
         return [f"{self.bundle_dir}/{f}" for f in bundle_files(self.manifest)]
+
+    def review_files(self) -> list[str]:
+        """The output checker's packet (secure side only; none for a run from a bundle)."""
+        if self.outside:
+            return []
+        return [f"{self.results}/review/disclosure_review.json", f"{self.results}/review/disclosure_review.txt"]
 
     # Scheduler requests (threads, mem_mb, runtime) from the size of the data a job touches;
     # see replisynth.resources. Each returns a function Snakemake calls with the job's
