@@ -59,21 +59,31 @@ def _pattern(release: dict[str, Any], bid: str, dim: dict[str, Any]) -> str:
     return dim["column"]
 
 
-def _half_unit(v: float) -> float:
-    """Half a unit in the last released digit of a correlation (rounded values are wider)."""
-    digits = len(repr(abs(v)).replace("0.", "", 1).lstrip("0").replace(".", "").split("e")[0])
+def _significant_digits(v: float) -> int:
+    return len(repr(abs(v)).split("e")[0].replace(".", "").lstrip("0")) if v else 1
+
+
+def released_digits(release: dict[str, Any]) -> int:
+    """Significant digits the release's correlations carry: the most any of them shows (an
+    unrounded float shows 15-17; a correlation that happens to be short, 0.2, is not a
+    rounded one when its neighbours are not)."""
+    return max((_significant_digits(v) for block in release["blocks"].values() for row in block["spearman"] for v in row if v is not None), default=17)
+
+
+def _half_unit(v: float, digits: int) -> float:
+    """Half a unit in the last released digit of correlation `v` (`digits` significant)."""
     if digits >= 15:
         return 1e-12
     return 0.5 * 10.0 ** (math.floor(math.log10(abs(v))) - digits + 1) if v else 0.5 * 10.0 ** -digits
 
 
-def implied_cells(n: int, a: int, b: int, r: float) -> tuple[np.ndarray, np.ndarray]:
+def implied_cells(n: int, a: int, b: int, r: float, digits: int = 17) -> tuple[np.ndarray, np.ndarray]:
     """Bounds on the 2x2 cells (hh, hl, lh, ll) of two 0/1 dims with `a` and `b` high rows of
     `n`, given their phi (Spearman) `r` up to its released precision."""
     pa, pb = a / n, b / n
     scale = n * math.sqrt(pa * (1 - pa) * pb * (1 - pb))
     out = []
-    for rr in (r - _half_unit(r), r + _half_unit(r)):
+    for rr in (r - _half_unit(r, digits), r + _half_unit(r, digits)):
         hh = n * pa * pb + rr * scale
         out.append([hh, a - hh, b - hh, n - a - b + hh])
     lo, hi = np.minimum(*np.asarray(out)), np.maximum(*np.asarray(out))
@@ -90,7 +100,7 @@ def _dim_name(d: dict[str, Any]) -> str:
     return f"{d['column']}={d['level']}" if d["kind"] == "indicator" else (f"{d['column']} missing" if d["kind"] == "missing" else d["column"])
 
 
-def _high_where_observed(release: dict[str, Any], bid: str, i: int, pattern: str, a: tuple[int, int]) -> tuple[int, int, int] | None:
+def _high_where_observed(release: dict[str, Any], bid: str, i: int, pattern: str, a: tuple[int, int], digits: int) -> tuple[int, int, int] | None:
     """(rows, fewest and most high rows) of dim i (observed on every row) on the rows where
     column `pattern` is observed: its high rows less those among the column's missing rows,
     exactly from the 2x2 table of i with the column's missing dim when that is derivable,
@@ -98,19 +108,20 @@ def _high_where_observed(release: dict[str, Any], bid: str, i: int, pattern: str
     col = release["blocks"][bid]["marginals"][pattern]
     n_obs = int(release["blocks"][bid]["rows"]) - int(col["missing"])
     miss = next((k for k, d in enumerate(release["dims"]) if d["kind"] == "missing" and d["column"] == pattern), None)
-    cells = block_pair_cells(release, bid, i, miss) if miss is not None and miss != i else None
+    cells = block_pair_cells(release, bid, i, miss, digits) if miss is not None and miss != i else None
     if cells is not None and np.allclose(cells[0], cells[1], atol=0.25):
         high = a[1] - int(round(float(cells[0][0])))  # less: i high and the column missing
         return n_obs, high, high
     return n_obs, max(0, a[1] - int(col["missing"])), min(a[1], n_obs)
 
 
-def block_pair_cells(release: dict[str, Any], bid: str, i: int, j: int) -> tuple[np.ndarray, np.ndarray] | None:
+def block_pair_cells(release: dict[str, Any], bid: str, i: int, j: int, digits: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounds on the 2x2 cells of dims i, j in block `bid` derivable from the release alone
     (the released correlation and shares, or the shares when one dim is constant), or None.
     When one dim is observed on every row and the other on a column's observed rows only,
     the first one's share there is bounded (`_high_where_observed`) and the bounds widen."""
     dims = release["dims"]
+    digits = released_digits(release) if digits is None else digits
     a, b = _observed_rows(release, bid, dims[i]), _observed_rows(release, bid, dims[j])
     if a is None or b is None:
         return None
@@ -118,7 +129,7 @@ def block_pair_cells(release: dict[str, Any], bid: str, i: int, j: int) -> tuple
     if pa != pb and "*" in (pa, pb):  # i on every row, j on a column's observed rows
         if pa != "*":
             i, j, a, b = j, i, b, a
-        span = _high_where_observed(release, bid, i, _pattern(release, bid, dims[j]), a)
+        span = _high_where_observed(release, bid, i, _pattern(release, bid, dims[j]), a, digits)
     elif pa == pb and a[0] == b[0]:
         span = (a[0], a[1], a[1])
     else:
@@ -126,13 +137,13 @@ def block_pair_cells(release: dict[str, Any], bid: str, i: int, j: int) -> tuple
     n, r = b[0], release["blocks"][bid]["spearman"][i][j]
     if n == 0:
         return np.zeros(4), np.zeros(4)
-    bounds = [_cells_given(n, h, b[1], r) for h in range(span[1], span[2] + 1)]
+    bounds = [_cells_given(n, h, b[1], r, digits) for h in range(span[1], span[2] + 1)]
     if any(c is None for c in bounds):
         return None
     return np.min([c[0] for c in bounds], axis=0), np.max([c[1] for c in bounds], axis=0)  # type: ignore[index]
 
 
-def _cells_given(n: int, a: int, b: int, r: float | None) -> tuple[np.ndarray, np.ndarray] | None:
+def _cells_given(n: int, a: int, b: int, r: float | None, digits: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounds on the 2x2 cells given both high counts and the correlation (None: withheld)."""
     if a in (0, n) or b in (0, n):  # a constant dim: the table follows from the shares
         hh = a if b == n else (b if a == n else 0)
@@ -140,7 +151,7 @@ def _cells_given(n: int, a: int, b: int, r: float | None) -> tuple[np.ndarray, n
         return cells, cells
     if r is None:
         return None
-    return implied_cells(n, a, b, float(r))
+    return implied_cells(n, a, b, float(r), digits)
 
 
 def _two_valued(release: dict[str, Any]) -> list[int]:
@@ -165,13 +176,14 @@ def check_correlations(release: dict[str, Any], min_cell: int) -> tuple[list[Fin
     stats = {"pairs_checked": 0, "pairs_not_derivable": 0, "linked_checked": 0}
     src = release["source"]
     two = _two_valued(release)
+    digits = released_digits(release)
     strata = [c["id"] for c in release["strata"]["cells"]] if release["strata"]["columns"] else []
     residual = int(release["strata"].get("residual_rows", 0))
     for x, i in enumerate(two):
         for j in two[x + 1:]:
             known: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
             for bid in release["blocks"]:
-                known[bid] = block_pair_cells(release, bid, i, j)
+                known[bid] = block_pair_cells(release, bid, i, j, digits)
                 if release["blocks"][bid]["spearman"][i][j] is None:
                     continue
                 if known[bid] is None:
