@@ -166,10 +166,10 @@ def pair_cells(high: list[np.ndarray], observed: list[np.ndarray], chunk: int = 
     n = len(high[0]) if m else 0
     for a in range(0, n, chunk):
         H = np.column_stack([h[a:a + chunk] for h in high]).astype("float64")
-        O = np.column_stack([o[a:a + chunk] for o in observed]).astype("float64")
+        obs = np.column_stack([o[a:a + chunk] for o in observed]).astype("float64")
         hh += H.T @ H
-        ho += H.T @ O  # ho[i, j]: i high and j observed
-        oo += O.T @ O
+        ho += H.T @ obs  # ho[i, j]: i high and j observed
+        oo += obs.T @ obs
     return np.stack([hh, ho - hh, ho.T - hh, oo - ho - ho.T + hh])
 
 

@@ -16,7 +16,17 @@ import numpy as np
 Finding = dict[str, Any]
 
 
-def _observed_rows(release: dict[str, Any], bid: str, dim: dict[str, Any]) -> tuple[int, int] | None:
+def _memo(memo: dict[tuple[str, str, int], Any] | None, what: str, bid: str, k: int, compute: Any) -> Any:
+    """A per-check cache of the lookups below (each block's dims are looked up once)."""
+    if memo is None:
+        return compute()
+    key = (what, bid, k)
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+def _observed_rows_of(release: dict[str, Any], bid: str, dim: dict[str, Any]) -> tuple[int, int] | None:
     """(rows on which the dim is observed, rows where it is high) in block `bid`, when the
     release gives both exactly and the dim is two-valued there; else None. Missing dims are
     observed on every row (high = missing); indicators and two-level ordered dims on the
@@ -67,7 +77,15 @@ def released_digits(release: dict[str, Any]) -> int:
     """Significant digits the release's correlations carry: the most any of them shows (an
     unrounded float shows 15-17; a correlation that happens to be short, 0.2, is not a
     rounded one when its neighbours are not)."""
-    return max((_significant_digits(v) for block in release["blocks"].values() for row in block["spearman"] for v in row if v is not None), default=17)
+    most = 0
+    for block in release["blocks"].values():
+        for row in block["spearman"]:
+            for v in row:
+                if v is not None and v not in (0.0, 1.0, -1.0):
+                    most = max(most, _significant_digits(v))
+                    if most >= 15:
+                        return most
+    return most or 17
 
 
 def _half_unit(v: float, digits: int) -> float:
@@ -77,17 +95,18 @@ def _half_unit(v: float, digits: int) -> float:
     return 0.5 * 10.0 ** (math.floor(math.log10(abs(v))) - digits + 1) if v else 0.5 * 10.0 ** -digits
 
 
-def implied_cells(n: int, a: int, b: int, r: float, digits: int = 17) -> tuple[np.ndarray, np.ndarray]:
+def implied_cells(n: int, a: int | np.ndarray, b: int, r: float, digits: int = 17) -> tuple[np.ndarray, np.ndarray]:
     """Bounds on the 2x2 cells (hh, hl, lh, ll) of two 0/1 dims with `a` and `b` high rows of
-    `n`, given their phi (Spearman) `r` up to its released precision."""
-    pa, pb = a / n, b / n
-    scale = n * math.sqrt(pa * (1 - pa) * pb * (1 - pb))
-    out = []
-    for rr in (r - _half_unit(r, digits), r + _half_unit(r, digits)):
-        hh = n * pa * pb + rr * scale
-        out.append([hh, a - hh, b - hh, n - a - b + hh])
-    lo, hi = np.minimum(*np.asarray(out)), np.maximum(*np.asarray(out))
-    return lo, hi
+    `n`, given their phi (Spearman) `r` up to its released precision; `a` may be an array of
+    candidate counts (the bounds then cover them all)."""
+    av = np.atleast_1d(np.asarray(a, dtype="float64"))
+    pa, pb = av / n, b / n
+    scale = n * np.sqrt(pa * (1 - pa) * pb * (1 - pb))
+    half = _half_unit(r, digits)
+    hh = np.concatenate([n * pa * pb + (r - half) * scale, n * pa * pb + (r + half) * scale])
+    aa = np.concatenate([av, av])
+    cells = np.stack([hh, aa - hh, b - hh, n - aa - b + hh])
+    return cells.min(axis=1), cells.max(axis=1)
 
 
 def _small(lo: np.ndarray, hi: np.ndarray, k: int) -> bool:
@@ -100,7 +119,9 @@ def _dim_name(d: dict[str, Any]) -> str:
     return f"{d['column']}={d['level']}" if d["kind"] == "indicator" else (f"{d['column']} missing" if d["kind"] == "missing" else d["column"])
 
 
-def _high_where_observed(release: dict[str, Any], bid: str, i: int, pattern: str, a: tuple[int, int], digits: int) -> tuple[int, int, int] | None:
+def _high_where_observed(
+    release: dict[str, Any], bid: str, i: int, pattern: str, a: tuple[int, int], digits: int, memo: dict[tuple[str, str, int], Any] | None,
+) -> tuple[int, int, int] | None:
     """(rows, fewest and most high rows) of dim i (observed on every row) on the rows where
     column `pattern` is observed: its high rows less those among the column's missing rows,
     exactly from the 2x2 table of i with the column's missing dim when that is derivable,
@@ -108,28 +129,32 @@ def _high_where_observed(release: dict[str, Any], bid: str, i: int, pattern: str
     col = release["blocks"][bid]["marginals"][pattern]
     n_obs = int(release["blocks"][bid]["rows"]) - int(col["missing"])
     miss = next((k for k, d in enumerate(release["dims"]) if d["kind"] == "missing" and d["column"] == pattern), None)
-    cells = block_pair_cells(release, bid, i, miss, digits) if miss is not None and miss != i else None
+    cells = block_pair_cells(release, bid, i, miss, digits, memo) if miss is not None and miss != i else None
     if cells is not None and np.allclose(cells[0], cells[1], atol=0.25):
         high = a[1] - int(round(float(cells[0][0])))  # less: i high and the column missing
         return n_obs, high, high
     return n_obs, max(0, a[1] - int(col["missing"])), min(a[1], n_obs)
 
 
-def block_pair_cells(release: dict[str, Any], bid: str, i: int, j: int, digits: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+def block_pair_cells(
+    release: dict[str, Any], bid: str, i: int, j: int, digits: int | None = None, memo: dict[tuple[str, str, int], Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounds on the 2x2 cells of dims i, j in block `bid` derivable from the release alone
     (the released correlation and shares, or the shares when one dim is constant), or None.
     When one dim is observed on every row and the other on a column's observed rows only,
     the first one's share there is bounded (`_high_where_observed`) and the bounds widen."""
     dims = release["dims"]
     digits = released_digits(release) if digits is None else digits
-    a, b = _observed_rows(release, bid, dims[i]), _observed_rows(release, bid, dims[j])
+    a = _memo(memo, "obs", bid, i, lambda: _observed_rows_of(release, bid, dims[i]))
+    b = _memo(memo, "obs", bid, j, lambda: _observed_rows_of(release, bid, dims[j]))
     if a is None or b is None:
         return None
-    pa, pb = _pattern(release, bid, dims[i]), _pattern(release, bid, dims[j])
+    pa = _memo(memo, "pattern", bid, i, lambda: _pattern(release, bid, dims[i]))
+    pb = _memo(memo, "pattern", bid, j, lambda: _pattern(release, bid, dims[j]))
     if pa != pb and "*" in (pa, pb):  # i on every row, j on a column's observed rows
         if pa != "*":
-            i, j, a, b = j, i, b, a
-        span = _high_where_observed(release, bid, i, _pattern(release, bid, dims[j]), a, digits)
+            i, j, a, b, pb = j, i, b, a, pa
+        span = _high_where_observed(release, bid, i, pb, a, digits, memo)
     elif pa == pb and a[0] == b[0]:
         span = (a[0], a[1], a[1])
     else:
@@ -137,10 +162,21 @@ def block_pair_cells(release: dict[str, Any], bid: str, i: int, j: int, digits: 
     n, r = b[0], release["blocks"][bid]["spearman"][i][j]
     if n == 0:
         return np.zeros(4), np.zeros(4)
-    bounds = [_cells_given(n, h, b[1], r, digits) for h in range(span[1], span[2] + 1)]
-    if any(c is None for c in bounds):
-        return None
-    return np.min([c[0] for c in bounds], axis=0), np.max([c[1] for c in bounds], axis=0)  # type: ignore[index]
+    highs = np.arange(span[1], span[2] + 1)
+    if b[1] in (0, n) or (span[1] == span[2] and span[1] in (0, n)):
+        bounds = [_cells_given(n, int(h), b[1], r, digits) for h in highs]
+        if any(c is None for c in bounds):
+            return None
+        return np.min([c[0] for c in bounds], axis=0), np.max([c[1] for c in bounds], axis=0)  # type: ignore[index]
+    if r is None or highs[0] <= 0 or highs[-1] >= n:  # withheld, or a constant among the candidates
+        return None if r is None else _cells_span(n, highs, b[1], r, digits)
+    return implied_cells(n, highs, b[1], float(r), digits)
+
+
+def _cells_span(n: int, highs: np.ndarray, b: int, r: float, digits: int) -> tuple[np.ndarray, np.ndarray]:
+    """`implied_cells` over candidate counts some of which make a dim constant."""
+    parts = [_cells_given(n, int(h), b, r, digits) for h in highs]
+    return np.min([c[0] for c in parts], axis=0), np.max([c[1] for c in parts], axis=0)  # type: ignore[index]
 
 
 def _cells_given(n: int, a: int, b: int, r: float | None, digits: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -175,6 +211,7 @@ def check_correlations(release: dict[str, Any], min_cell: int) -> tuple[list[Fin
     findings: list[Finding] = []
     stats = {"pairs_checked": 0, "pairs_not_derivable": 0, "linked_checked": 0}
     src = release["source"]
+    memo: dict[tuple[str, str, int], Any] = {}
     two = _two_valued(release)
     digits = released_digits(release)
     strata = [c["id"] for c in release["strata"]["cells"]] if release["strata"]["columns"] else []
@@ -183,7 +220,7 @@ def check_correlations(release: dict[str, Any], min_cell: int) -> tuple[list[Fin
         for j in two[x + 1:]:
             known: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
             for bid in release["blocks"]:
-                known[bid] = block_pair_cells(release, bid, i, j, digits)
+                known[bid] = block_pair_cells(release, bid, i, j, digits, memo)
                 if release["blocks"][bid]["spearman"][i][j] is None:
                     continue
                 if known[bid] is None:
