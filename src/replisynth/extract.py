@@ -133,16 +133,14 @@ def _sparse_dim(v: np.ndarray, min_cell: int) -> bool:
     """A dim that describes a small group: fewer than `min_cell` non-missing rows, or fewer
     than `min_cell` rows off its modal value (a small group of a 0/1 dim, a near-constant or
     sparse continuous column: zero except for a few people)."""
-    v = v[~np.isnan(v)]
-    nn = len(v)
+    observed = np.flatnonzero(~np.isnan(v))
+    nn = len(observed)
     if nn < min_cell:
         return True
-    if nn < 2 * min_cell:  # the mode need not be the median: count every value
-        return nn - int(np.unique(v, return_counts=True)[1].max()) < min_cell
-    # off-mode rows below min_cell <= nn/2: the mode holds over half of the rows, so it is
-    # the median value
-    med = np.partition(v, nn // 2)[nn // 2]
-    return nn - int(np.count_nonzero(v == med)) < min_cell
+    # With fewer than min_cell rows off the mode, the mode holds a strict majority of any
+    # 2*min_cell-1 observed rows: the most common of the first ones is the only candidate.
+    vals, counts = np.unique(v[observed[:2 * min_cell - 1]], return_counts=True)
+    return nn - int(np.count_nonzero(v == vals[np.argmax(counts)])) < min_cell
 
 
 def _two_valued_high(v: np.ndarray) -> np.ndarray | None:
@@ -157,20 +155,18 @@ def _two_valued_high(v: np.ndarray) -> np.ndarray | None:
     return v == hi
 
 
-def pair_cells(high: list[np.ndarray], observed: list[np.ndarray], chunk: int = 1 << 16) -> np.ndarray:
+def pair_cells(high: list[np.ndarray], observed: list[np.ndarray]) -> np.ndarray:
     """The 2x2 tables of every pair of two-valued dims on their pairwise-complete rows:
-    array (4, m, m) of the cells (high,high), (high,low), (low,high), (low,low), counted in
-    row chunks by matrix products (exact integers in float64)."""
-    m = len(high)
-    hh, ho, oo = np.zeros((m, m)), np.zeros((m, m)), np.zeros((m, m))
-    n = len(high[0]) if m else 0
-    for a in range(0, n, chunk):
-        H = np.column_stack([h[a:a + chunk] for h in high]).astype("float64")
-        obs = np.column_stack([o[a:a + chunk] for o in observed]).astype("float64")
-        hh += H.T @ H
-        ho += H.T @ obs  # ho[i, j]: i high and j observed
-        oo += obs.T @ obs
-    return np.stack([hh, ho - hh, ho.T - hh, oo - ho - ho.T + hh])
+    array (4, m, m) of the cells (high,high), (high,low), (low,high), (low,low). Each 0/1
+    column is packed into bits once; a cell count is the popcount of two columns' AND."""
+    hp = np.stack([np.packbits(h) for h in high]) if high else np.zeros((0, 0), dtype=np.uint8)
+    op = np.stack([np.packbits(o) for o in observed]) if observed else hp
+
+    def counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.stack([np.bitwise_count(np.bitwise_and(row[None, :], b)).sum(axis=1, dtype=np.int64) for row in a]) if len(a) else np.zeros((0, 0))
+
+    hh, ho, oo = counts(hp, hp), counts(hp, op), counts(op, op)  # ho[i, j]: i high and j observed
+    return np.stack([hh, ho - hh, ho.T - hh, oo - ho - ho.T + hh]).astype("float64")
 
 
 def correlation_gates(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> CorrelationGate:
