@@ -191,19 +191,43 @@ def test_packet_is_complete_and_exit_codes(tmp_path, old_style, monkeypatch, cap
     monkeypatch.setattr(review, "interval_audit", lambda release, k: ("run", []))
     (tmp_path / "c").mkdir()
     clean = _extract(tmp_path / "c", _data(1200, 9, ("p1", "p2"), overlap=4), k=20)
+    packet = clean.parent / "review" / "disclosure_review.txt"
+    packet.unlink()  # extract wrote one already
     assert main(["review", str(clean)]) == 0
-    assert (clean.parent / "review" / "disclosure_review.txt").exists()
+    assert packet.exists() and "Verdict: clean" in packet.read_text()
     # not a bundle: one line, exit 1
     assert main(["review", str(tmp_path)]) == 1
     assert "not a bundle" in capsys.readouterr().err
 
 
-def test_interval_audit_findings_fail_the_review_and_contradict_the_log(tmp_path, monkeypatch):
+def test_interval_audit_findings_fail_the_review_without_their_bounds(tmp_path, monkeypatch, capsys):
     bundle = _extract(tmp_path, _data(1200, 4, ("e1", "e2"), overlap=60), k=20)
-    monkeypatch.setattr(review, "interval_audit", lambda release, k: ("run", [
-        {"check": "tables", "source": release["source"], "block": "s0", "column": "region", "finding": "interval too narrow"}]))
-    r = review.review_bundle(bundle)
-    assert any(f["check"] == "tables" for f in r["findings"])
+
+    def audit(release: dict[str, Any], min_cell: int) -> list[dict[str, Any]]:
+        return [{"block": "s0", "column": "region", "level": "ZZRARELEVEL", "lower": 3, "upper": 4}]
+
+    import types
+
+    monkeypatch.setitem(__import__("sys").modules, "replisynth.linked_tables", types.SimpleNamespace(audit_release_tables=audit))
+    assert main(["review", str(bundle), "--out", str(tmp_path / "p")]) == review.EXIT_FINDINGS
+    r = json.loads((tmp_path / "p" / "disclosure_review.json").read_text())
+    tables = [f for f in r["findings"] if f["check"] == "tables"]
+    assert [(f["block"], f["column"]) for f in tables] == [("s0", "region")]
+    text = (tmp_path / "p" / "disclosure_review.json").read_text() + (tmp_path / "p" / "disclosure_review.txt").read_text()
+    assert "ZZRARELEVEL" not in text and '"lower"' not in text
+    capsys.readouterr()
+
+
+def test_log_that_calls_a_disclosed_cell_suppressed_is_a_finding():
+    log = {"decisions": [
+        {"stage": "marginals", "action": "suppressed", "source": "s", "block": "s2", "column": "region", "reason": "r"},
+        {"stage": "correlations", "action": "suppressed", "source": "s", "block": "all", "pairs": 3, "reason": "r"},
+        {"stage": "marginals", "action": "suppressed", "source": "s", "block": "s1", "column": "age", "reason": "r"}]}
+    found = [{"check": "tables", "source": "s", "block": "s2", "column": "region", "finding": "x"},
+             {"check": "correlations", "source": "s", "block": "all", "dims": ["a=1", "b"], "finding": "x"}]
+    out = review.check_log(log, found)
+    assert [(f["stage"], f["block"]) for f in out] == [("marginals", "s2"), ("correlations", "all")]
+    assert review.check_log(log, []) == []
 
 
 def test_interval_audit_not_available_is_said(tmp_path):

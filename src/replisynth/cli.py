@@ -1,7 +1,7 @@
 """`replisynth` command line: the pipeline without Snakemake, for enclaves that cannot
 install it. Same package functions, same output layout as the workflow.
 
-  replisynth extract MANIFEST                 secure side: results/<name>/bundle/
+  replisynth extract MANIFEST                 secure side: results/<name>/bundle/ and review/
   replisynth synthesize MANIFEST | --bundle DIR   synthetic data (Layers 1-4)
   replisynth verify MANIFEST | --bundle DIR       tiers.json, report.html, certificate.txt
   replisynth run MANIFEST                     all three
@@ -34,6 +34,7 @@ def _paths(results: Path, manifest: Manifest) -> dict[str, Path]:
         "synthetic": results / "synthetic",
         "verify": results / "verify",
         "audit": results / "audit",
+        "review": results / "review",
     }
 
 
@@ -52,6 +53,9 @@ def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
     cps, cps_log = p["extract"] / "checkpoints.json", p["extract"] / "checkpoints.sdc.json"
     stage_extract_checkpoints(manifest, cps, cps_log)
     stage_write_bundle(manifest, releases, cps, [*sdc, cps_log], p["bundle"])
+    from .review import stage_review
+
+    stage_review(p["bundle"], p["review"] / "disclosure_review.json", p["review"] / "disclosure_review.txt")
     return p["bundle"]
 
 

@@ -44,7 +44,15 @@ def interval_audit(release: dict[str, Any], min_cell: int) -> tuple[str, list[Fi
     except ImportError:
         return "not available", []
     found = audit_release_tables(release, min_cell)
-    return "run", [{"check": "tables", "source": release["source"], **f} for f in found]
+    return "run", [_table_finding(release["source"], f) for f in found]
+
+
+def _table_finding(source: str, f: dict[str, Any]) -> Finding:
+    """An interval-audit finding as the packet states it: where (block, column, table) only;
+    its bounds and any level label stay out, since they describe the protected cell."""
+    where = {k: f[k] for k in ("block", "column", "table") if isinstance(f.get(k), str)}
+    return {"check": "tables", "source": source, **where,
+            "finding": "a suppressed cell's feasible interval, from the linked tables' released counts, is narrower than the protection"}
 
 
 def _logged_gates(sdc_log: dict[str, Any]) -> set[str]:
