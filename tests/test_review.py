@@ -157,9 +157,9 @@ def test_gated_pairs_of_two_valued_dims_have_no_small_cell(seed, n, k):
                 assert not small, cells
             elif np.isfinite(S[i, j]):  # withheld: a small cell, or a dim withheld whole
                 assert small or i in g.bad_dims or j in g.bad_dims
-    for j in g.bad_dims:  # a withheld dim has fewer than k rows off its mode
+    for j in g.bad_dims:  # a withheld dim has few rows, or 1..k-1 rows off its mode
         v = X[:, j][~np.isnan(X[:, j])]
-        assert len(v) - np.unique(v, return_counts=True)[1].max() < k
+        assert len(v) < k or 0 < len(v) - np.unique(v, return_counts=True)[1].max() < k
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -130,8 +130,8 @@ class CorrelationGate:
 
 
 def _sparse_dim(v: np.ndarray, min_cell: int) -> bool:
-    """A dim that describes a small group: fewer than `min_cell` non-missing rows, or fewer
-    than `min_cell` rows off its modal value (a small group of a 0/1 dim, a near-constant or
+    """A dim that describes a small group: fewer than `min_cell` non-missing rows, or 1 to
+    `min_cell`-1 rows off its modal value (a small group of a 0/1 dim, a near-constant or
     sparse continuous column: zero except for a few people)."""
     observed = np.flatnonzero(~np.isnan(v))
     nn = len(observed)
@@ -140,7 +140,7 @@ def _sparse_dim(v: np.ndarray, min_cell: int) -> bool:
     # With fewer than min_cell rows off the mode, the mode holds a strict majority of any
     # 2*min_cell-1 observed rows: the most common of the first ones is the only candidate.
     vals, counts = np.unique(v[observed[:2 * min_cell - 1]], return_counts=True)
-    return nn - int(np.count_nonzero(v == vals[np.argmax(counts)])) < min_cell
+    return 0 < nn - int(np.count_nonzero(v == vals[np.argmax(counts)])) < min_cell  # constant: no correlation anyway
 
 
 def _two_valued_high(v: np.ndarray) -> np.ndarray | None:
