@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .atomic import write_text
 from .io import write_json
 from .linked_correlations import check_correlations
@@ -186,7 +187,7 @@ RULES: dict[str, Callable[[dict[str, Any]], str]] = {
     "correlations": lambda s: f"dims with fewer than {s['min_cell_size']} rows off their modal value withheld; pairs of two-valued dims "
                               f"whose 2x2 table has a cell of 1..{s['min_cell_size'] - 1} withheld",
     "strata": lambda s: f"strata cells below min_cell_size={s['min_cell_size']} locally suppressed into one residual block",
-    "groups": lambda s: "group sizes coarsened (never one group's exact size, by design)",
+    "groups": lambda s: f"group sizes only as the number of groups, their mean size and (with at least {s['min_cell_size']} groups) a coarsened size grid",
     "checkpoints": lambda s: f"estimation samples of at least min_cell_size={s['min_cell_size']}, residual df at least {s['min_resid_df']}, "
                              f"small-group design columns left out of the moments; significant figures: {s['round_significant']}",
 }
@@ -227,7 +228,15 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     record("checkpoints: gates logged, small groups, differencing of samples", cp_found, notes=cp_notes)
     record("group sizes", group_found, notes=group_notes)
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
+    not_run = [c["check"] for c in checks if c["status"] != "run"]
+    if findings:
+        verdict = f"{len(findings)} finding(s): the bundle discloses what the rules protect; do not release it"
+    elif not_run:
+        verdict = f"no findings in the checks that ran; not run: {'; '.join(not_run)}"
+    else:
+        verdict = "clean: no check found a protected value the bundle discloses"
     return {
+        "software": f"replisynth {__version__}",
         "bundle": {"name": b.manifest.name, "sha256": b.sha256, "sources": sorted(b.releases)},
         "settings": settings,
         "released": _released_classes(b.releases, b.checkpoints),
@@ -235,8 +244,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         "suppressed": _count_suppressed(b.sdc_log),
         "checks": checks,
         "findings": findings,
-        "verdict": "clean: no check found a protected value the bundle discloses" if not findings
-        else f"{len(findings)} finding(s): the bundle discloses what the rules protect; do not release it",
+        "verdict": verdict,
     }
 
 
@@ -244,7 +252,7 @@ def review_page(review: dict[str, Any]) -> str:
     """The page an output checker signs: what is released, under which rules, what was
     suppressed, each check's result, the verdict."""
     b, s = review["bundle"], review["settings"]
-    lines = [f"Disclosure review of bundle {b['name']!r} (sha256 {b['sha256']})", "",
+    lines = [f"Disclosure review of bundle {b['name']!r} (sha256 {b['sha256']}), {review['software']}", "",
              f"Profile {s.get('profile')}: min_cell_size={s.get('min_cell_size')}, quantile_trim={s.get('quantile_trim')}, "
              f"min_resid_df={s.get('min_resid_df')}, grid={s.get('grid')}, dominance={s.get('dominance')}, round_significant={s.get('round_significant')}",
              "", "Released statistics (counts):"]
