@@ -169,7 +169,12 @@ rule review:
         bundle=P.bundle_files(),
     output:
         json=f"{P.results}/review/disclosure_review.json",
-        txt=f"{P.results}/review/disclosure_review.txt",
+        txt=report(
+            f"{P.results}/review/disclosure_review.txt",
+            caption="../docs/captions/disclosure_review.rst",
+            category="Disclosure control",
+            labels={"file": "review/disclosure_review.txt"},
+        ),
     threads: P.threads("review")
     resources:
         mem_mb=P.mem_mb("review"),
