@@ -131,7 +131,7 @@ class WorkflowPlan:
         out = []
         if not self.outside:
             out += per_source("extract_source", ["extract_base", "extract_stratum{k}", "gather_release"])
-            out += [f"{b}/extract_checkpoints/all.tsv", f"{b}/write_bundle/all.tsv"]
+            out += [f"{b}/extract_checkpoints/all.tsv", f"{b}/write_bundle/all.tsv", f"{b}/review/all.tsv"]
         out += per_source("sample_copula", ["sample_stratum{k}", "gather_blocks"])
         out += [f"{b}/pin_checkpoints/{s}.tsv" for s in self.sources]
         out += [f"{b}/export_stata/{s}.tsv" for s in self.sources if self.formats[s] == "dta"]
