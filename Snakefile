@@ -2,7 +2,7 @@
 #
 #   snakemake --cores 2                          whole pipeline on config/config.yaml (demo)
 #   snakemake --cores 2 --configfile my.yaml     another manifest (it replaces the demo's keys)
-#   snakemake --cores 2 extract                  secure side only: writes the bundle
+#   snakemake --cores 2 extract                  secure side only: the bundle and its review
 #   snakemake --cores 2 --config bundle=DIR      outside side: from a bundle alone
 #
 # Path grammar (see src/replisynth/workflow/workflow.py):
@@ -36,6 +36,7 @@ rule all:
         f"{P.results}/verify/verdict.txt",
         P.all_synthetic(),
         f"{P.results}/synthetic/README.txt",
+        P.review_files(),
     default_target: True
 
 

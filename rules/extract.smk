@@ -4,6 +4,7 @@
 rule extract:
     input:
         P.bundle_files(),
+        P.review_files(),
 
 
 rule extract_source:
@@ -167,3 +168,32 @@ rule write_bundle:
         "../envs/replisynth.yaml"
     script:
         "../scripts/write_bundle.py"
+
+
+# The output checker's packet: every disclosure check rerun from the bundle alone (findings are
+# reported in the packet and the log; they do not stop the run).
+
+
+rule review:
+    input:
+        bundle=P.bundle_files(),
+    output:
+        json=f"{P.results}/review/disclosure_review.json",
+        txt=report(
+            f"{P.results}/review/disclosure_review.txt",
+            caption="../docs/captions/disclosure_review.rst",
+            category="Disclosure control",
+            labels={"file": "review/disclosure_review.txt"},
+        ),
+    threads: P.threads("review")
+    resources:
+        mem_mb=P.mem_mb("review"),
+        runtime=P.runtime("review"),
+    log:
+        f"{P.results}/logs/review/all.log",
+    benchmark:
+        f"{P.results}/benchmarks/review/all.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/review_bundle.py"

@@ -135,3 +135,13 @@ def extract_and_synthesize_twice(root: Path, orig: pd.DataFrame, raw_manifest: A
     cmd_verify(bundle, root / "one")
     return {"root": root, "orig": orig, "bundle": bundle, "one": one, "two": two,
             "release": read_json(bundle / "source_p.json"), "syn": pd.read_parquet(one)}
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """A CLI call in one test binds the package logger's stream handler to that test's
+    captured stderr; drop it afterwards so a later warning does not write to a closed file."""
+    yield
+    import logging
+
+    logging.getLogger("replisynth").handlers.clear()

@@ -256,8 +256,8 @@ def test_sdc_log_records_each_decision_kind(built: dict[str, Any]) -> None:
     text = json.dumps(log)
     for planted in PLANTED_TEXT:
         assert planted not in text
-    # where (source, block, column, checkpoint) and how many (cells, terms, dims), never a value
-    allowed = {"stage", "action", "reason", "source", "block", "column", "checkpoint", "cells", "terms", "dims"}
+    # where (source, block, column, checkpoint) and how many (cells, terms, dims, pairs), never a value
+    allowed = {"stage", "action", "reason", "source", "block", "column", "checkpoint", "cells", "terms", "dims", "pairs"}
     for d in dec:
         assert {"stage", "action", "reason"} <= set(d) <= allowed, d
 

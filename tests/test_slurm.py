@@ -33,7 +33,7 @@ PREFIX = os.environ.get("SLURM_PREFIX", "/tmp/replisynth-slurm")
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # Every rule of the demo DAG that runs as a cluster job (`all` is a local target rule).
 CLUSTER_RULES = {"extract_source", "extract_checkpoints", "write_bundle", "sample_copula", "pin_checkpoints",
-                 "export_csv", "export_stata", "verify_tiers", "render_report", "check_tier"}
+                 "export_csv", "export_stata", "verify_tiers", "render_report", "check_tier", "review"}
 # Outputs that must not depend on where a job ran. Logs, benchmarks, report.html and the
 # certificate carry timings, so they legitimately differ between two runs.
 DATA_DIRS = ("bundle", "extract", "synthesize", "synthetic")

@@ -48,7 +48,7 @@ def test_dry_run_demo_has_every_stage():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     for rule in ["extract_source", "extract_checkpoints", "write_bundle", "sample_copula", "pin_checkpoints",
-                 "export_csv", "export_stata", "verify_tiers", "render_report", "check_tier"]:
+                 "export_csv", "export_stata", "verify_tiers", "render_report", "check_tier", "review"]:
         assert rule in out, rule
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -124,32 +125,115 @@ def _marginal(
     return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
 
 
-def gated_spearman(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Spearman matrix of the dims (over `rows` when given) with the rows and columns of
-    *small-group* dims blanked: a two-valued dim (indicator, binary) whose smaller group has
-    fewer than `min_cell` rows, or any dim with fewer than `min_cell` non-missing rows. Such
-    a correlation would describe a small group (and is not attainable once the group's cell
-    is suppressed)."""
+@dataclass(frozen=True)
+class CorrelationGate:
+    """A gated Spearman matrix and what the gates blanked: `bad_dims` (every correlation of
+    the dim withheld) and `blanked_pairs` (single pairs of two-valued dims withheld)."""
+
+    matrix: np.ndarray
+    bad_dims: list[int]
+    blanked_pairs: int
+
+
+def _sparse_dim(v: np.ndarray, min_cell: int) -> bool:
+    """A dim that describes a small group: fewer than `min_cell` non-missing rows, or 1 to
+    `min_cell`-1 rows off its modal value (a small group of a 0/1 dim, a near-constant or
+    sparse continuous column: zero except for a few people)."""
+    observed = np.flatnonzero(~np.isnan(v))
+    nn = len(observed)
+    if nn < min_cell:
+        return True
+    # With fewer than min_cell rows off the mode, the mode holds a strict majority of any
+    # 2*min_cell-1 observed rows: the most common of the first ones is the only candidate.
+    vals, counts = np.unique(v[observed[:2 * min_cell - 1]], return_counts=True)
+    return 0 < nn - int(np.count_nonzero(v == vals[np.argmax(counts)])) < min_cell  # constant: no correlation anyway
+
+
+def _two_valued_high(v: np.ndarray) -> np.ndarray | None:
+    """For a dim with exactly two distinct non-missing values: True where it holds the higher
+    one (False where missing); None for any other dim."""
+    ok = ~np.isnan(v)
+    if not ok.any():
+        return None
+    lo, hi = np.nanmin(v), np.nanmax(v)
+    if lo == hi or np.count_nonzero(v == lo) + np.count_nonzero(v == hi) != np.count_nonzero(ok):
+        return None
+    return v == hi
+
+
+def pair_cells(high: list[np.ndarray], observed: list[np.ndarray]) -> np.ndarray:
+    """The 2x2 tables of every pair of two-valued dims on their pairwise-complete rows:
+    array (4, m, m) of the cells (high,high), (high,low), (low,high), (low,low). Each 0/1
+    column is packed into bits once; a cell count is the popcount of two columns' AND."""
+    hp = np.stack([np.packbits(h) for h in high]) if high else np.zeros((0, 0), dtype=np.uint8)
+    op = np.stack([np.packbits(o) for o in observed]) if observed else hp
+
+    def counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.stack([np.bitwise_count(np.bitwise_and(row[None, :], b)).sum(axis=1, dtype=np.int64) for row in a]) if len(a) else np.zeros((0, 0))
+
+    hh, ho, oo = counts(hp, hp), counts(hp, op), counts(op, op)  # ho[i, j]: i high and j observed
+    return np.stack([hh, ho - hh, ho.T - hh, oo - ho - ho.T + hh]).astype("float64")
+
+
+def correlation_gates(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> CorrelationGate:
+    """Spearman matrix of the dims (over `rows` when given) with two gates applied:
+    (1) every correlation of a dim with fewer than `min_cell` non-missing rows or fewer than
+    `min_cell` rows off its modal value is blanked (`_sparse_dim`); (2) for each pair of
+    two-valued dims (indicators, binaries, missingness), whose correlation (phi) with the two
+    shares gives their whole 2x2 table, the pair is blanked when a cell of that table on the
+    pairwise-complete rows holds 1..min_cell-1 rows."""
     S = spearman_matrix(X, rows)
-    bad = []
-    for j in range(X.shape[1]):
-        v = X[:, j] if rows is None else X[:, j][rows]
-        nn = int(len(v) - np.count_nonzero(np.isnan(v)))
-        if nn < min_cell:
-            bad.append(j)
-            continue
-        if nn == 0:
-            continue
-        lo, hi = np.nanmin(v), np.nanmax(v)
-        if lo == hi:
-            continue
-        n_lo, n_hi = int(np.count_nonzero(v == lo)), int(np.count_nonzero(v == hi))
-        if n_lo + n_hi == nn and min(n_lo, n_hi) < min_cell:  # two-valued, a small group
-            bad.append(j)
+    cols = [X[:, j] if rows is None else X[:, j][rows] for j in range(X.shape[1])]
+    bad = [j for j, v in enumerate(cols) if _sparse_dim(v, min_cell)]
     for j in bad:
         S[j, :] = np.nan
         S[:, j] = np.nan
-    return S, len(bad)
+    bad_set = set(bad)
+    two = [(j, h) for j, v in enumerate(cols) if j not in bad_set and (h := _two_valued_high(v)) is not None]
+    blanked = 0
+    if len(two) > 1:
+        cells = pair_cells([h for _, h in two], [~np.isnan(cols[j]) for j, _ in two])
+        small = ((cells > 0) & (cells < min_cell)).any(axis=0)
+        for a, b in zip(*np.nonzero(np.triu(small, 1)), strict=True):
+            i, j = two[a][0], two[b][0]
+            if np.isfinite(S[i, j]):
+                blanked += 1
+            S[i, j] = S[j, i] = np.nan
+    return CorrelationGate(S, bad, blanked)
+
+
+def gated_spearman(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """`correlation_gates` as (matrix, number of dims blanked entirely)."""
+    g = correlation_gates(X, min_cell, rows)
+    return g.matrix, len(g.bad_dims)
+
+
+def log_correlation_gates(log: SdcLog, gate: CorrelationGate, min_cell: int, source: str, block: str) -> None:
+    """The correlation gates' decisions in `log`, as counts of dims and pairs."""
+    where = "inside the stratum " if block != "all" else ""
+    if gate.bad_dims:
+        log.add("correlations", "suppressed", f"correlations of {len(gate.bad_dims)} dim(s) with fewer than min_cell_size={min_cell} "
+                f"rows off their modal value (a small group, a sparse or near-constant column) {where}not released",
+                source=source, block=block, dims=len(gate.bad_dims))
+    if gate.blanked_pairs:
+        log.add("correlations", "suppressed", f"{gate.blanked_pairs} correlation(s) of two-valued dims whose 2x2 table has a cell "
+                f"of 1..{min_cell - 1} rows {where}not released (the correlation and the shares would give the cell)",
+                source=source, block=block, pairs=gate.blanked_pairs)
+
+
+def linked_correlation_gate(release: dict[str, Any], min_cell: int) -> SdcLog:
+    """The secondary correlation gate on a complete release (every block built): pairs whose
+    released correlations across the linked blocks would pin a withheld 2x2 cell are
+    withheld too (replisynth.disclosure.linked_correlations); the decision, as a count, in the log returned."""
+    from replisynth.disclosure.linked_correlations import suppress_linked_pairs
+
+    log = SdcLog()
+    n = suppress_linked_pairs(release, min_cell)
+    if n:
+        log.add("correlations", "suppressed", f"{n} further correlation(s) of two-valued dims not released: with the other blocks' "
+                f"correlations and shares they would give a withheld cell of 1..{min_cell - 1} rows (secondary suppression)",
+                source=release["source"], block="all", pairs=n)
+    return log
 
 
 def identity_pairs(S: np.ndarray) -> int:
@@ -314,10 +398,9 @@ def stratum_block(
                       source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
         bm[s.name] = m
         _log_marginal(log, source.name, bid, s, m, sdc)
-    S_b, n_bad = gated_spearman(rows_of(X, mask), sdc.min_cell_size)
-    if n_bad:
-        log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} inside the stratum not released", source=source.name, block=bid, dims=n_bad)
-    return {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(S_b)}
+    gate = correlation_gates(rows_of(X, mask), sdc.min_cell_size)
+    log_correlation_gates(log, gate, sdc.min_cell_size, source.name, bid)
+    return {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(gate.matrix)}
 
 
 def extract_source(
@@ -414,17 +497,17 @@ def extract_source(
     def piece(item: tuple[int, tuple[Any, ...]] | None) -> tuple[Any, SdcLog]:
         lg = SdcLog()
         if item is None:
-            return gated_spearman(X, sdc.min_cell_size), lg
+            return correlation_gates(X, sdc.min_cell_size), lg
         i, key = item
         return stratum_block(work, key_idx == key_pos[key], f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg), lg
 
     done = thread_map(piece, [None, *keys])
-    S_all, n_bad = done[0][0]
+    gate = done[0][0]
+    S_all = gate.matrix
     n_ident = identity_pairs(S_all)
     if n_ident:
         log.add("correlations", "identity", f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended", source=source.name, block="all", pairs=n_ident)
-    if n_bad:
-        log.add("correlations", "suppressed", f"correlations of {n_bad} dim(s) with a group below min_cell_size={sdc.min_cell_size} not released", source=source.name, block="all", dims=n_bad)
+    log_correlation_gates(log, gate, sdc.min_cell_size, source.name, "all")
     blocks: dict[str, dict[str, Any]] = {
         "all": {"rows": int(len(work)), "key": None, "marginals": marginals, "spearman": _matrix_json(S_all)}
     }
@@ -458,6 +541,7 @@ def extract_source(
     if not strata_blocks:
         release["strata"]["log_at"] = log_at
         return release, log
+    log.extend(linked_correlation_gate(release, sdc.min_cell_size))
     check_release(release, sdc.min_cell_size)
     return release, log
 

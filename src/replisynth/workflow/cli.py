@@ -1,16 +1,20 @@
 """`replisynth` command line: the pipeline without Snakemake, for enclaves that cannot
 install it. Same package functions, same output layout as the workflow.
 
-  replisynth extract MANIFEST                 secure side: results/<name>/bundle/
+  replisynth extract MANIFEST                 secure side: results/<name>/bundle/ and review/
   replisynth synthesize MANIFEST | --bundle DIR   synthetic data (Layers 1-4)
   replisynth verify MANIFEST | --bundle DIR       tiers.json, report.html, certificate.txt
   replisynth run MANIFEST                     all three
   replisynth audit MANIFEST                   secure side, after run: output-checking audit
                                               (results/<name>/audit/audit.{json,txt})
+  replisynth review BUNDLE [--out DIR]        the output checker's review of a bundle, from the
+                                              bundle alone: disclosure_review.{json,txt} in DIR
+                                              (default: review/ beside the bundle)
 
 Exit status (README "Exit status"): 0 success; 1 bad input (a manifest, data, bundle or
 results folder to fix: one line, no traceback); 2 verification ran but verify.tier was not
-met; 3 reserved (disclosure findings); 4 internal error (a bug); 130 interrupted (Ctrl-C).
+met; 3 `review` found disclosure risks (the packet is written); 4 internal error (a bug);
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def _paths(results: Path, manifest: Manifest) -> dict[str, Path]:
         "synthetic": results / "synthetic",
         "verify": results / "verify",
         "audit": results / "audit",
+        "review": results / "review",
     }
 
 
@@ -54,6 +59,9 @@ def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
     cps, cps_log = p["extract"] / "checkpoints.json", p["extract"] / "checkpoints.sdc.json"
     stage_extract_checkpoints(manifest, cps, cps_log)
     stage_write_bundle(manifest, releases, cps, [*sdc, cps_log], p["bundle"])
+    from replisynth.disclosure.review import stage_review
+
+    stage_review(p["bundle"], p["review"] / "disclosure_review.json", p["review"] / "disclosure_review.txt")
     return p["bundle"]
 
 
@@ -120,6 +128,18 @@ def cmd_audit(manifest: Manifest, out_root: Path) -> Path:
     return p["audit"]
 
 
+def cmd_review(bundle_dir: Path, out_dir: Path | None) -> int:
+    """The output checker's review (replisynth.disclosure.review): writes the packet, prints the
+    verdict; EXIT_FINDINGS when there are findings, else 0."""
+    from replisynth.disclosure.review import EXIT_FINDINGS, review_bundle, write_review
+
+    review = review_bundle(bundle_dir)
+    out = out_dir if out_dir is not None else bundle_dir.resolve().parent / "review"
+    write_review(review, out)
+    print(f"{review['verdict']} ({out / 'disclosure_review.txt'})")
+    return EXIT_FINDINGS if review["findings"] else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is bad input (exit 1), not argparse's 2 (tier missed)."""
 
@@ -131,10 +151,11 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
-    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit"])
-    ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run)")
+    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit", "review"])
+    ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run); review: the bundle directory")
     ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
     ap.add_argument("--results", default="results", help="output root (default: results)")
+    ap.add_argument("--out", help="review: directory of the packet (default: review/ beside the bundle)")
     ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
     ap.add_argument("--threads", type=int, default=1, help="worker threads per stage (default 1; the output does not depend on it)")
     args = ap.parse_args(argv)
@@ -148,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("replisynth").setLevel(logging.WARNING)
     out_root = Path(args.results)
     try:
+        if args.command == "review":
+            if not args.manifest:
+                ap.error("review needs a BUNDLE directory")
+            return cmd_review(Path(args.manifest), Path(args.out) if args.out else None)
         if args.command in ("extract", "run", "audit") or not args.bundle:
             if not args.manifest:
                 ap.error(f"{args.command} needs a MANIFEST (or --bundle DIR for synthesize/verify)")

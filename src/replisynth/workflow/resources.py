@@ -35,6 +35,7 @@ RULE_KIND: dict[str, str] = {
     "pin_checkpoints": "data", "export_stata": "data", "export_csv": "data", "verify_tiers": "data",
     "render_report": "data", "check_tier": "light", "audit_disclosure": "data",
     "synthetic_readme": "light",
+    "review": "light",
 }
 MEM_FACTOR = 1.5
 TIME_FACTOR = 3.0

@@ -32,6 +32,7 @@ from replisynth.extract.extract import (
     _level_order_of,
     _strata_keys,
     extract_source,
+    linked_correlation_gate,
     pooled_level_values,
     stratum_block,
 )
@@ -122,8 +123,9 @@ def gather_release(base: dict[str, Any], base_sdc: list[dict[str, Any]], parts: 
     for bid in ids:
         release["blocks"][bid] = got[bid]["block"]
         strata_sdc.extend(got[bid]["sdc"])
+    linked = linked_correlation_gate(release, min_cell_size).entries
     check_release(release, min_cell_size)
-    return release, [*base_sdc[:at], *strata_sdc, *base_sdc[at:]]
+    return release, [*base_sdc[:at], *strata_sdc, *base_sdc[at:], *linked]
 
 
 def stage_gather_release(manifest: Manifest, base: str | Path, base_sdc: str | Path, parts: list[str | Path], release_out: str | Path, sdc_out: str | Path) -> None:

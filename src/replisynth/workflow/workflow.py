@@ -7,6 +7,7 @@ Path grammar:
   results/<name>/synthesize/<source>.parquet, <source>.pin.json     before Layer 4, pin report
   results/<name>/synthetic/<source>.{parquet,csv,dta}, README.txt   the synthetic data
   results/<name>/verify/{tiers.json,report.html,certificate.txt}
+  results/<name>/review/disclosure_review.{json,txt}                the output checker's packet
   results/<name>/logs/<rule>/..., results/<name>/benchmarks/<rule>/...
 """
 
@@ -79,6 +80,12 @@ class WorkflowPlan:
 
         return [f"{self.bundle_dir}/{f}" for f in bundle_files(self.manifest)]
 
+    def review_files(self) -> list[str]:
+        """The output checker's packet (secure side only; none for a run from a bundle)."""
+        if self.outside:
+            return []
+        return [f"{self.results}/review/disclosure_review.json", f"{self.results}/review/disclosure_review.txt"]
+
     # Scheduler requests (threads, mem_mb, runtime) from the size of the data a job touches;
     # see replisynth.workflow.resources. Each returns a function Snakemake calls with the job's
     # wildcards, input and attempt (a retry asks for more).
@@ -136,7 +143,7 @@ class WorkflowPlan:
         out = []
         if not self.outside:
             out += per_source("extract_source", ["extract_base", "extract_stratum{k}", "gather_release"])
-            out += [f"{b}/extract_checkpoints/all.tsv", f"{b}/write_bundle/all.tsv"]
+            out += [f"{b}/extract_checkpoints/all.tsv", f"{b}/write_bundle/all.tsv", f"{b}/review/all.tsv"]
         out += per_source("sample_copula", ["sample_stratum{k}", "gather_blocks"])
         out += [f"{b}/pin_checkpoints/{s}.tsv" for s in self.sources]
         out += [f"{b}/export_stata/{s}.tsv" for s in self.sources if self.formats[s] == "dta"]
