@@ -29,7 +29,7 @@ from .entities import (
     skeleton,
     trend_columns,
 )
-from .marginals import exact_quantile_sample, quantile_function
+from .marginals import exact_quantile_sample
 from .parallel import thread_map
 from .plan import ALL, BlockPlan, ColumnPlan, source_plan
 from .refine import refine_swaps, settled_views, view_samples
@@ -270,11 +270,9 @@ def _group_ids(n: int, g: dict[str, Any], rng: np.random.Generator) -> np.ndarra
     """Re-keyed group ids 1..G with sizes from the released size distribution, rows assigned
     to groups at random."""
     G = int(g["groups"])
-    if g["size_grid"] is not None:
-        sizes = np.maximum(np.round(quantile_function(np.asarray(g["size_grid"]), (np.arange(G) + 0.5) / G)), 1.0)
-    else:
-        sizes = np.full(G, float(g["mean_size"]))
-    from .marginals import apportion
+    from .marginals import apportion, released_group_sizes
+
+    sizes = released_group_sizes(g, G)
 
     counts = apportion(sizes, n)
     ids = np.repeat(np.arange(1, G + 1), counts)
