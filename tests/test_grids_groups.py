@@ -4,6 +4,7 @@ be telescoped into one group's size, which the old overlapping pseudo-percentile
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -329,3 +330,22 @@ def test_fifty_row_strata_no_longer_reproduce_their_records() -> None:
     syn = synthesize_source(rel, man.seed)
     cols = [c["name"] for c in audit_columns(rel)]
     assert identical_rows(df[cols], syn[cols], cols)["share"] <= 0.01
+
+
+def test_release_gate_rejects_small_windows() -> None:
+    from replisynth.sdc import DisclosureError, check_release
+
+    df, raw = _with_groups(120, 6)
+    df["cell"] = np.where(np.arange(len(df)) % 3 == 0, "a", "b")
+    raw["sources"]["s"]["strata"] = ["cell"]
+    man = load_manifest(raw)
+    rel, _ = extract_source(df, FileMeta(), man, man.sources[0])
+    check_release(rel, 20)
+    bad = copy.deepcopy(rel)
+    bad["groups"]["hosp"]["size_windows"][0]["groups"] = 19
+    with pytest.raises(DisclosureError, match="group-size window"):
+        check_release(bad, 20)
+    bad = copy.deepcopy(rel)
+    bad["blocks"]["s0"]["marginals"]["y"]["window_sizes"][0] = 4
+    with pytest.raises(DisclosureError, match="grid window"):
+        check_release(bad, 20)
