@@ -117,10 +117,13 @@ def coded_per_end(n: int, trim: float) -> int:
 
 def uses_windows(n: int, method: str) -> bool:
     """Whether a block of n values gets a window grid: always for pseudo-percentiles, and
-    whenever its percentile levels would release more than EXACT_SHARE of its values."""
+    whenever its percentile levels would release more than EXACT_SHARE of its values or stop
+    short of p1 and p99 (synthesis puts the whole flat tail beyond the outermost level on
+    that one order statistic: a quarter of a stratum's synthetic rows on its q25)."""
     if "pseudo" in method:
         return True
-    return len(released_levels(n, method)) > EXACT_SHARE * n
+    levels = released_levels(n, method)
+    return len(levels) > EXACT_SHARE * n or not levels or min(levels) > 1 or max(levels) < 99
 
 
 def window_bounds(n: int, trim: float, min_window: int, max_windows: int) -> np.ndarray | None:
@@ -176,15 +179,18 @@ def window_release(values: np.ndarray, trim: float, min_window: int, max_windows
 
 
 def grid_release(values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None) -> GridRelease:
-    """The released grid of a block: percentiles (`quantile_grid`'s arithmetic) when they
-    expose at most EXACT_SHARE of its values, else a window grid (`window_release`) with at
-    most as many windows as the method's percentile levels (100 for fixed and pseudo),
-    windows of THIN_WINDOW values or PSEUDO_WINDOW for pseudo-percentiles."""
+    """The released grid of a block: percentiles (`percentile_grid`) when their levels number
+    at most EXACT_SHARE of its n and the values they expose (`exposed_share`) too, else a
+    window grid (`window_release`) with at most as many windows as the method's percentile
+    levels (100 for fixed and pseudo), windows of THIN_WINDOW values or PSEUDO_WINDOW for
+    pseudo-percentiles."""
     n = len(values)
     if not uses_windows(n, method):
+        x = np.sort(np.asarray(values, dtype="float64"))
         levels = released_levels(n, method)
-        grid = percentile_grid(values, trim, method)
-        return GridRelease(grid, None if len(levels) == 101 else levels)
+        grid = percentile_grid(x, trim, method)
+        if exposed_share(x, grid) <= EXACT_SHARE:
+            return GridRelease(grid, None if len(levels) == 101 else levels)
     cap = min(len(released_levels(n, method)), MAX_WINDOWS) if "adaptive" in method else MAX_WINDOWS
     out = window_release(values, trim, PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW, cap, dominance)
     if out is None:
@@ -192,8 +198,19 @@ def grid_release(values: np.ndarray, trim: float, method: str = "fixed", dominan
     return out
 
 
+def exposed_share(x: np.ndarray, points: np.ndarray, atom: int = THIN_WINDOW) -> float:
+    """Share of the sorted values `x` that equal one of `points` and are held by fewer than
+    `atom` values (with ties, one released percentile can expose up to atom − 1 rows)."""
+    if len(x) == 0:
+        return 0.0
+    u = np.unique(np.asarray(points, dtype="float64"))
+    held = np.searchsorted(x, u, side="right") - np.searchsorted(x, u, side="left")
+    return float(held[held < atom].sum() / len(x))
+
+
 def grid_releasable(n: int, trim: float, method: str) -> bool:
-    """Whether a block of n values releases a grid under `method`."""
+    """Whether a block of n values releases a grid under `method` (a percentile grid that
+    exposes too many tied values falls back to windows, which n >= 20 always allows)."""
     if not uses_windows(n, method):
         return bool(released_levels(n, method))
     cap = min(len(released_levels(n, method)), MAX_WINDOWS) if "adaptive" in method else MAX_WINDOWS
