@@ -144,17 +144,20 @@ def merge_dominated(x: np.ndarray, bounds: np.ndarray, dominance: float) -> np.n
     the window's absolute total into their smaller neighbour until none does: a mean
     dominated by one or two units would disclose them."""
     b = list(bounds)
+    share = [dominance_share(x[b[j] : b[j + 1]]) for j in range(len(b) - 1)]
     while len(b) > 2:
-        bad = [j for j in range(len(b) - 1) if dominance_share(x[b[j] : b[j + 1]]) > dominance]
+        bad = [j for j, v in enumerate(share) if v > dominance]
         if not bad:
             break
         j = bad[0]
         left = b[j] - b[j - 1] if j > 0 else None
         right = b[j + 2] - b[j + 1] if j + 2 < len(b) else None
         if right is None or (left is not None and left <= right):
-            del b[j]  # merge with the window on the left
+            del b[j], share[j]  # merged with the window on the left, now window j - 1
+            j -= 1
         else:
-            del b[j + 1]
+            del b[j + 1], share[j + 1]
+        share[j] = dominance_share(x[b[j] : b[j + 1]])
     return np.asarray(b, dtype=int)
 
 
@@ -188,7 +191,7 @@ def grid_release(values: np.ndarray, trim: float, method: str = "fixed", dominan
     if not uses_windows(n, method):
         x = np.sort(np.asarray(values, dtype="float64"))
         levels = released_levels(n, method)
-        grid = percentile_grid(x, trim, method)
+        grid = percentile_grid(x, trim, method, presorted=True)
         if exposed_share(x, grid) <= EXACT_SHARE:
             return GridRelease(grid, None if len(levels) == 101 else levels)
     cap = min(len(released_levels(n, method)), MAX_WINDOWS) if "adaptive" in method else MAX_WINDOWS
@@ -222,16 +225,16 @@ def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed", domina
     return grid_release(values, trim, method, dominance).grid
 
 
-def percentile_grid(values: np.ndarray, trim: float, method: str = "fixed") -> np.ndarray:
+def percentile_grid(values: np.ndarray, trim: float, method: str = "fixed", presorted: bool = False) -> np.ndarray:
     """101 percentiles of `values` (non-missing) with `trim` percent top/bottom coding.
 
     method: fixed (every percentile), adaptive (only the percentiles n supports, the grid
     interpolated through them and flat beyond the outermost). The result is always the
     101-point grid synthesis uses; with adaptive grids it is a function of the released
-    points only (see `released_levels`)."""
+    points only (see `released_levels`). `presorted`: `values` are sorted float64 already."""
     # One sort serves every percentile (np.percentile on sorted data selects in linear
     # time; the order statistics, hence the result, are the same).
-    v = np.sort(np.asarray(values, dtype="float64"))
+    v = values if presorted else np.sort(np.asarray(values, dtype="float64"))
     n = len(v)
     levels = np.asarray(adaptive_levels(n) if "adaptive" in method else list(range(101)), dtype="float64")
     if len(levels) == 0:
