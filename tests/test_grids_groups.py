@@ -336,7 +336,9 @@ def test_fifty_row_strata_no_longer_reproduce_their_records() -> None:
     df = pd.DataFrame({"cell": np.repeat([f"k{i}" for i in range(cells)], rows), "pay": np.round(np.exp(9 + 0.5 * rng.normal(size=cells * rows)), 2)})
     raw = {"name": "t", "seed": 4, "sources": {"s": {"path": "x.csv", "strata": ["cell"]}}}
     man = load_manifest(raw)
-    rel, _ = extract_source(df, FileMeta(), man, man.sources[0])
+    rel, log = extract_source(df, FileMeta(), man, man.sources[0])
+    thinned = {e["block"] for e in log.entries if e["action"] == "thinned" and e["column"] == "pay"}
+    assert thinned == set(rel["blocks"])  # the source level too: 1,200 rows < 2,020
     for block in rel["blocks"].values():
         if block["key"] is None:
             continue

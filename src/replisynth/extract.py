@@ -28,6 +28,7 @@ from .errors import DataError
 from .io import FileMeta
 from .manifest import Manifest, Source
 from .marginals import (
+    EXACT_SHARE,
     FrequencyTable,
     frequency_table,
     grid_releasable,
@@ -569,6 +570,11 @@ def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dic
             log.add("marginals", "pooled", f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level", **where)
         if t["suppressed_levels"]:
             log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) below min_cell_size={sdc.min_cell_size} suppressed; their rows are spread over released categories at synthesis", **where)
+    if m.get("window_sizes"):
+        why = ("pseudo-percentiles" if "pseudo" in m.get("method", "") else
+               f"percentiles would release more than {EXACT_SHARE:.0%} of the block's values exactly, or put a flat tail on one of them")
+        log.add("marginals", "thinned", f"grid released as the means of {len(m['window_sizes'])} non-overlapping windows of at least "
+                f"{min(m['window_sizes'])} consecutive values, the most extreme values at each end coded first ({why})", **where)
 
 
 def _matrix_json(M: np.ndarray) -> list[list[float | None]]:
