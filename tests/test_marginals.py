@@ -14,6 +14,7 @@ from replisynth.stats.marginals import (
     exact_quantile_sample,
     frequency_table,
     grid_cdf,
+    percentile_grid,
     quantile_function,
     quantile_grid,
     rake_blocks,
@@ -21,7 +22,7 @@ from replisynth.stats.marginals import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# quantile_grid
+# percentile_grid (the percentile arithmetic; which blocks release it: test_grids_groups.py)
 
 
 def _expected_grid(v: np.ndarray, trim: int) -> np.ndarray:
@@ -37,7 +38,7 @@ def _expected_grid(v: np.ndarray, trim: int) -> np.ndarray:
 def test_quantile_grid_is_averaged_inverted_cdf_with_trim(n: int, trim: int) -> None:
     rng = np.random.default_rng(n + trim)
     v = rng.lognormal(size=n)
-    g = quantile_grid(v, trim)
+    g = percentile_grid(v, trim)
     assert g.shape == (101,)
     np.testing.assert_array_equal(g, _expected_grid(v, trim))
     # q0..q_trim all equal q_trim, q_(100-trim)..q100 all equal q_(100-trim)
@@ -48,14 +49,14 @@ def test_quantile_grid_is_averaged_inverted_cdf_with_trim(n: int, trim: int) -> 
 
 def test_quantile_grid_without_trim_keeps_extremes() -> None:
     v = np.random.default_rng(3).normal(size=400)
-    g = quantile_grid(v, 0)
+    g = percentile_grid(v, 0)
     assert g[0] == v.min() and g[-1] == v.max()
 
 
 def test_quantile_grid_matches_stata_on_a_hand_example() -> None:
     # averaged_inverted_cdf: n*p integer -> average of x(np) and x(np+1), else x(ceil(np))
     v = np.arange(1.0, 201.0)  # 1..200
-    g = quantile_grid(v, 0)
+    g = percentile_grid(v, 0)
     assert g[50] == pytest.approx(100.5)  # n p = 100 -> (x100 + x101)/2
     assert g[1] == pytest.approx(2.5)  # n p = 2 -> (x2 + x3)/2
     assert g[0] == 1.0 and g[100] == 200.0
@@ -82,7 +83,7 @@ def test_quantile_grid_small_samples_code_the_two_most_extreme_values(n: int) ->
     is still the plain percentile grid."""
     v = np.random.default_rng(n).normal(size=n)
     s = np.sort(v)
-    g = quantile_grid(v, 1)
+    g = percentile_grid(v, 1)
     q = np.percentile(v, np.arange(101), method="averaged_inverted_cdf")
     assert s[0] < s[1] <= g[0] <= s[2]
     assert s[-3] <= g[-1] <= s[-2] < s[-1]

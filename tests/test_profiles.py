@@ -10,7 +10,12 @@ from conftest import make_people, manifest_for, release_of, run_pipeline
 
 from replisynth.config.manifest import load_manifest
 from replisynth.extract.checkpoints import round_significant
-from replisynth.stats.marginals import adaptive_levels, pseudo_percentiles, quantile_grid
+from replisynth.stats.marginals import (
+    adaptive_levels,
+    percentile_grid,
+    pseudo_percentiles,
+    quantile_grid,
+)
 
 
 @pytest.mark.parametrize(
@@ -25,7 +30,7 @@ def test_adaptive_levels_follow_group_size(n, levels):
 def test_adaptive_grid_interpolates_through_released_points_only():
     rng = np.random.default_rng(0)
     v = rng.normal(size=60)  # quartiles only
-    g = quantile_grid(v, trim=1, method="adaptive")
+    g = percentile_grid(v, trim=1, method="adaptive")  # released as 3 window means (test_grids_groups)
     q = np.percentile(v, [25, 50, 75], method="averaged_inverted_cdf")
     assert np.allclose(g[[25, 50, 75]], q)
     assert np.all(g[:26] == q[0]) and np.all(g[75:] == q[2])  # flat beyond the outermost point

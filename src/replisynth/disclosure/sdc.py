@@ -75,3 +75,19 @@ def check_release(release: dict[str, Any], min_cell: int) -> None:
     for cell in release["strata"]["cells"]:
         if cell["rows"] < min_cell:
             raise DisclosureError(f"{name}: stratum cell of {cell['rows']} rows released")
+    check_windows(release, min_cell)
+
+
+def check_windows(release: dict[str, Any], min_cell: int) -> None:
+    """Gate: every window grid averages at least THIN_WINDOW values per window, and every
+    group-size window at least min_cell groups (docs/method.md, "Percentile grids")."""
+    from replisynth.stats.marginals import THIN_WINDOW
+
+    name = release["source"]
+    for bid, block in release["blocks"].items():
+        for col, m in block["marginals"].items():
+            if min(m.get("window_sizes") or [THIN_WINDOW]) < THIN_WINDOW:
+                raise DisclosureError(f"{name}/{bid}/{col}: grid window of fewer than {THIN_WINDOW} values released")
+    for col, g in (release.get("groups") or {}).items():
+        if any(w["groups"] < min_cell for w in g.get("size_windows") or []):
+            raise DisclosureError(f"{name}: group-size window of fewer than min_cell_size={min_cell} groups released for {col!r}")

@@ -37,13 +37,16 @@ from replisynth.stats.dims import (
     synthetic_dim_matrix,
 )
 from replisynth.stats.marginals import (
+    EXACT_SHARE,
     FrequencyTable,
     frequency_table,
+    grid_releasable,
+    grid_release,
     level_order,
     level_positions,
     py_value,
-    quantile_grid,
-    released_levels,
+    size_step,
+    size_windows,
 )
 from replisynth.synthesize.entities import (
     TREND_SHARE,
@@ -63,14 +66,19 @@ def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
 
 
 def _grid_marginal(kind: str, missing: int, v: np.ndarray, trim: float, method: str, dominance: float | None = None) -> dict[str, Any]:
-    """A grid release; adaptive grids also say which percent levels they were built from."""
-    out: dict[str, Any] = {"kind": kind, "missing": missing, "n": int(len(v)), "grid": quantile_grid(v, trim, method, dominance).tolist()}
+    """A grid release; adaptive and window grids also say which percent levels they were built
+    from, window grids the number of values behind each window and its mean."""
+    g = grid_release(v, trim, method, dominance)
+    out: dict[str, Any] = {"kind": kind, "missing": missing, "n": int(len(v)), "grid": g.grid.tolist()}
     if dominance is not None:
         out["dominance"] = dominance
     if method != "fixed":
         out["method"] = method
-    if "adaptive" in method:
-        out["released_levels"] = released_levels(len(v), method)
+    if g.levels is not None:
+        out["released_levels"] = g.levels
+    if g.window_sizes is not None:
+        out["window_sizes"] = g.window_sizes
+        out["window_means"] = g.window_means
     return out
 
 
@@ -95,7 +103,7 @@ def _marginal(
     if spec.role == "continuous":
         v = numeric_values(s, spec)
         v = v[~np.isnan(v)]
-        if len(v) < min_cell or not released_levels(len(v), grid):
+        if len(v) < min_cell or not grid_releasable(len(v), trim, grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
         return _grid_marginal("continuous", missing, v, trim, grid, dominance)
     table = None
@@ -113,7 +121,7 @@ def _marginal(
         if table.levels and table.suppressed == 0:
             return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
         v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64") if source_levels is None else source_levels[~np.isnan(source_levels)]
-        if len(v) < min_cell or not released_levels(len(v), grid):
+        if len(v) < min_cell or not grid_releasable(len(v), trim, grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
         return _grid_marginal("ordinal_grid", missing, v, trim, grid)
     # Counted on the raw values (frequency_table maps each distinct value to its JSON
@@ -293,19 +301,20 @@ def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> tuple[np.ndarray,
     return remap[inverse.ravel()], keys
 
 
-def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str, grid: str = "fixed") -> dict[str, Any]:
+def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str, grid: str = "fixed", dominance: float | None = None) -> dict[str, Any]:
+    """Number of groups, mean size and the size distribution as means of non-overlapping
+    windows of at least min_cell groups (`marginals.size_windows`), never one group's size."""
     sizes = s.dropna().value_counts().to_numpy()
     g = int(len(sizes))
     if g == 0:
         raise DataError(f"sources.{source}: group column {s.name!r} is entirely missing")
-    if g < min_cell:
-        log.add("groups", "coarsened", f"{g} groups (< min_cell_size): only the number of groups and the mean size are released", source=source, column=str(s.name))
+    windows = size_windows(sizes, min_cell, dominance)
+    if windows is None:
+        log.add("groups", "coarsened", f"{g} groups (< 2 x min_cell_size): only the number of groups and the mean size are released", source=source, column=str(s.name))
         return {"groups": g, "size_grid": None, "mean_size": float(sizes.mean())}
-    # Pseudo-percentiles (means of 11 group sizes) so that no single group's exact size,
-    # which may be unique, is released.
-    method = "adaptive+pseudo" if "adaptive" in grid else "pseudo"
-    log.add("groups", "coarsened", f"group-size distribution released as a {trim:g}%-trimmed grid of pseudo-percentiles (means of 11 group sizes): no group's exact size is released", source=source, column=str(s.name))
-    return {"groups": g, "size_grid": quantile_grid(sizes.astype("float64"), trim, method).tolist(), "mean_size": float(sizes.mean())}
+    log.add("groups", "coarsened", f"group-size distribution released as the mean sizes of {len(windows)} non-overlapping windows of at least "
+            f"min_cell_size={min_cell} consecutive groups (rounded to {size_step(min_cell):g}): no group's exact size is released", source=source, column=str(s.name))
+    return {"groups": g, "size_grid": None, "size_windows": windows, "mean_size": float(sizes.mean())}
 
 
 def column_codes(s: pd.Series) -> tuple[np.ndarray, list[Any]]:
@@ -517,7 +526,7 @@ def extract_source(
         log.extend(lg)
     cells = [{"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])} for i, key in enumerate(released_keys if source.strata else [])]
 
-    groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid) for c in source.key_columns}
+    groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid, sdc.dominance) for c in source.key_columns}
     value_labels = _released_value_labels(meta, marginals)
     release: dict[str, Any] = {
         "source": source.name,
@@ -651,6 +660,11 @@ def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dic
             log.add("marginals", "pooled", f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level", **where)
         if t["suppressed_levels"]:
             log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) below min_cell_size={sdc.min_cell_size} suppressed; their rows are spread over released categories at synthesis", **where)
+    if m.get("window_sizes"):
+        why = ("pseudo-percentiles" if "pseudo" in m.get("method", "") else
+               f"percentiles would release more than {EXACT_SHARE:.0%} of the block's values exactly, or put a flat tail on one of them")
+        log.add("marginals", "thinned", f"grid released as the means of {len(m['window_sizes'])} non-overlapping windows of at least "
+                f"{min(m['window_sizes'])} consecutive values, the most extreme values at each end coded first ({why})", **where)
 
 
 def _matrix_json(M: np.ndarray) -> list[list[float | None]]:

@@ -5,7 +5,9 @@ shares into exact synthetic counts.
 Conventions (also in docs/method.md):
 - Grid: 101 percentiles, numpy `averaged_inverted_cdf` (= Stata's default `_pctile`), with
   q0..q_trim set to q_trim and q_(100-trim)..q100 to q_(100-trim), so raw extremes never leave
-  (with fewer than 200/trim values, the trim is widened to 200/n percent).
+  (with fewer than 200/trim values, the trim is widened to 200/n percent). Only while the
+  percentiles expose at most EXACT_SHARE of the block's values; smaller blocks and
+  pseudo-percentiles release means of non-overlapping windows instead (`grid_release`).
 - Suppressed cells: in an *ordered* table a level below the cell size is pooled into the
   nearest released level (top/bottom coding); in a *nominal* table the suppressed rows are
   released only as a count, and synthesis spreads them over the categories that this table
@@ -81,41 +83,229 @@ def dominance_share(values: np.ndarray) -> float:
     return float(a[-2:].sum() / total) if total > 0 else 0.0
 
 
+# Thinned grids (docs/method.md, "Percentile grids"): a percentile is an order statistic, so a
+# grid of L percent levels releases up to L of a block's values exactly. Percentiles are
+# released only while that is at most EXACT_SHARE of the block's n; smaller blocks (and every
+# pseudo-percentile grid) release means of non-overlapping windows of consecutive order
+# statistics instead, after the extremes are coded.
+EXACT_SHARE = 0.05
+THIN_WINDOW = 5  # values per window of a thinned grid, at least
+PSEUDO_WINDOW = 11  # FSRDC: a pseudo-percentile is a mean of at least 11 values
+MAX_WINDOWS = 100
+
+
+@dataclass(frozen=True)
+class GridRelease:
+    """A released grid: the 101-point grid synthesis and verification read, the percent
+    levels it was built from (None: all 101 percentiles), and for window grids the number
+    of values behind each window and its mean (the released points, at the window's
+    mid-rank level)."""
+
+    grid: np.ndarray
+    levels: list[float] | None = None
+    window_sizes: list[int] | None = None
+    window_means: list[float] | None = None
+
+
+def coded_per_end(n: int, trim: float) -> int:
+    """Values coded at each end of a window grid: the `trim` percent, and at least two (so a
+    window never holds the minimum or maximum); none when `trim` is 0."""
+    if trim <= 0:
+        return 0
+    return int(max(np.ceil(n * trim / 100.0 - 1e-9), 2))
+
+
+def uses_windows(n: int, method: str) -> bool:
+    """Whether a block of n values gets a window grid: always for pseudo-percentiles, and
+    whenever its percentile levels would release more than EXACT_SHARE of its values or stop
+    short of p1 and p99 (synthesis puts the whole flat tail beyond the outermost level on
+    that one order statistic: a quarter of a stratum's synthetic rows on its q25)."""
+    if "pseudo" in method:
+        return True
+    levels = released_levels(n, method)
+    return len(levels) > EXACT_SHARE * n or not levels or min(levels) > 1 or max(levels) < 99
+
+
+def window_bounds(n: int, trim: float, min_window: int, max_windows: int) -> np.ndarray | None:
+    """Boundaries (indices into the sorted values, ascending) of the non-overlapping windows
+    of a window grid: the values left after coding `coded_per_end` at each end, split into
+    at most `max_windows` windows of at least `min_window` values (sizes differ by at most
+    one). None when fewer than `min_window` values are left."""
+    c = coded_per_end(n, trim)
+    core = n - 2 * c
+    if core < min_window or max_windows < 1:
+        return None
+    m = max(min(max_windows, core // min_window), 1)
+    return c + np.round(np.linspace(0, core, m + 1)).astype(int)
+
+
+def merge_dominated(x: np.ndarray, bounds: np.ndarray, dominance: float) -> np.ndarray:
+    """Merge windows (of sorted `x`) whose two largest absolute values exceed `dominance` of
+    the window's absolute total into their smaller neighbour until none does: a mean
+    dominated by one or two units would disclose them."""
+    b = list(bounds)
+    share = [dominance_share(x[b[j] : b[j + 1]]) for j in range(len(b) - 1)]
+    while len(b) > 2:
+        bad = [j for j, v in enumerate(share) if v > dominance]
+        if not bad:
+            break
+        j = bad[0]
+        left = b[j] - b[j - 1] if j > 0 else None
+        right = b[j + 2] - b[j + 1] if j + 2 < len(b) else None
+        if right is None or (left is not None and left <= right):
+            del b[j], share[j]  # merged with the window on the left, now window j - 1
+            j -= 1
+        else:
+            del b[j + 1], share[j + 1]
+        share[j] = dominance_share(x[b[j] : b[j + 1]])
+    return np.asarray(b, dtype=int)
+
+
+def window_release(values: np.ndarray, trim: float, min_window: int, max_windows: int, dominance: float | None = None) -> GridRelease | None:
+    """A window grid: means of non-overlapping windows of consecutive order statistics (none
+    of them among the coded extremes), each placed at its window's mid-rank level, the
+    101-point grid interpolated through them and flat beyond the outermost. None when the
+    block is too small for one window."""
+    x = np.sort(np.asarray(values, dtype="float64"))
+    n = len(x)
+    b = window_bounds(n, trim, min_window, max_windows)
+    if b is None:
+        return None
+    if dominance is not None:
+        b = merge_dominated(x, b, dominance)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    sizes = np.diff(b)
+    means = np.maximum.accumulate((csum[b[1:]] - csum[b[:-1]]) / sizes)
+    levels = 100.0 * (b[1:] + b[:-1]) / (2.0 * n)
+    grid = np.interp(np.arange(101, dtype="float64"), levels, means)
+    return GridRelease(np.maximum.accumulate(grid), [float(v) for v in levels], [int(v) for v in sizes], [float(v) for v in means])
+
+
+def grid_release(values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None) -> GridRelease:
+    """The released grid of a block: percentiles (`percentile_grid`) when their levels number
+    at most EXACT_SHARE of its n and the values they expose (`exposed_share`) too, else a
+    window grid (`window_release`) with at most as many windows as the method's percentile
+    levels (100 for fixed and pseudo), windows of THIN_WINDOW values or PSEUDO_WINDOW for
+    pseudo-percentiles."""
+    n = len(values)
+    if not uses_windows(n, method):
+        x = np.sort(np.asarray(values, dtype="float64"))
+        levels = released_levels(n, method)
+        grid = percentile_grid(x, trim, method, presorted=True)
+        if exposed_share(x, grid) <= EXACT_SHARE:
+            return GridRelease(grid, None if len(levels) == 101 else levels)
+    cap = min(len(released_levels(n, method)), MAX_WINDOWS) if "adaptive" in method else MAX_WINDOWS
+    out = window_release(values, trim, PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW, cap, dominance)
+    if out is None:
+        raise ValueError(f"a {method} grid releases nothing for {n} values")
+    return out
+
+
+def exposed_share(x: np.ndarray, points: np.ndarray, atom: int = THIN_WINDOW) -> float:
+    """Share of the sorted values `x` that equal one of `points` and are held by fewer than
+    `atom` values (with ties, one released percentile can expose up to atom − 1 rows)."""
+    if len(x) == 0:
+        return 0.0
+    u = np.unique(np.asarray(points, dtype="float64"))
+    held = np.searchsorted(x, u, side="right") - np.searchsorted(x, u, side="left")
+    return float(held[held < atom].sum() / len(x))
+
+
+def grid_releasable(n: int, trim: float, method: str) -> bool:
+    """Whether a block of n values releases a grid under `method` (a percentile grid that
+    exposes too many tied values falls back to windows, which n >= 20 always allows)."""
+    if not uses_windows(n, method):
+        return bool(released_levels(n, method))
+    cap = min(len(released_levels(n, method)), MAX_WINDOWS) if "adaptive" in method else MAX_WINDOWS
+    return window_bounds(n, trim, PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW, cap) is not None
+
+
 def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None) -> np.ndarray:
+    """The 101-point grid of `grid_release` (percentiles or window means, top/bottom coded)."""
+    return grid_release(values, trim, method, dominance).grid
+
+
+def percentile_grid(values: np.ndarray, trim: float, method: str = "fixed", presorted: bool = False) -> np.ndarray:
     """101 percentiles of `values` (non-missing) with `trim` percent top/bottom coding.
 
     method: fixed (every percentile), adaptive (only the percentiles n supports, the grid
-    interpolated through them and flat beyond the outermost), pseudo (pseudo-percentiles),
-    adaptive+pseudo. The result is always the 101-point grid synthesis uses; with adaptive
-    grids it is a function of the released points only (see `released_levels`).
-    `dominance` applies the top-2 dominance rule to pseudo-percentile windows."""
-    pseudo = "pseudo" in method
+    interpolated through them and flat beyond the outermost). The result is always the
+    101-point grid synthesis uses; with adaptive grids it is a function of the released
+    points only (see `released_levels`). `presorted`: `values` are sorted float64 already."""
     # One sort serves every percentile (np.percentile on sorted data selects in linear
     # time; the order statistics, hence the result, are the same).
-    v = np.asarray(values, dtype="float64") if pseudo else np.sort(np.asarray(values, dtype="float64"))
+    v = values if presorted else np.sort(np.asarray(values, dtype="float64"))
     n = len(v)
     levels = np.asarray(adaptive_levels(n) if "adaptive" in method else list(range(101)), dtype="float64")
     if len(levels) == 0:
         raise ValueError(f"an adaptive grid releases nothing for {n} values")
-
-    def pct(p: np.ndarray | float) -> np.ndarray:
-        p = np.atleast_1d(np.asarray(p, dtype="float64"))
-        if pseudo:
-            return pseudo_percentiles(v, p, dominance=dominance)
-        return sorted_percentiles(v, p)
-
-    q = pct(levels)
+    q = sorted_percentiles(v, levels)
     if trim > 0 and len(levels) > 1:
         # With fewer than 100/trim values the trim percentile would be the raw extreme
         # itself; code at least the two most extreme values (the cut is then an average of
         # the 2nd and 3rd order statistics, never an observed extreme).
         t = min(max(trim, 200.0 / n), 50.0)
-        lo, hi = pct([t, 100 - t])
+        lo, hi = sorted_percentiles(v, np.asarray([t, 100 - t]))
         q = np.clip(q, lo, hi)
     q = np.maximum.accumulate(q)
     if len(levels) == 101:
         return q
     return np.interp(np.arange(101, dtype="float64"), levels, q)
+
+
+def size_step(min_cell: int) -> float:
+    """Rounding step of a released group-size window mean: a power of ten at least
+    2/min_cell, so a window of min_cell groups has its total known only to within ±1 row or
+    more (a window's exact total, with its neighbours, can pin a size held by one group)."""
+    return float(10.0 ** np.ceil(np.log10(2.0 / max(min_cell, 1)) - 1e-9))
+
+
+def size_windows(sizes: np.ndarray, min_cell: int, dominance: float | None = None) -> list[dict[str, float]] | None:
+    """Group sizes as non-overlapping windows of at least `min_cell` consecutive sorted sizes
+    (at most MAX_WINDOWS of them): per window its number of groups and its mean size rounded
+    to `size_step`. None with fewer than 2·min_cell groups (only the count and mean leave).
+    Disjoint windows cannot be differenced: no sum of fewer than min_cell sizes follows."""
+    x = np.sort(np.asarray(sizes, dtype="float64"))
+    if len(x) < 2 * min_cell:
+        return None
+    b = window_bounds(len(x), 0.0, min_cell, MAX_WINDOWS)
+    assert b is not None
+    if dominance is not None:
+        b = merge_dominated(x, b, dominance)
+    step = size_step(min_cell)
+    out = []
+    for lo, hi in zip(b[:-1], b[1:], strict=True):
+        mean = float(np.round(x[lo:hi].mean() / step) * step)
+        out.append({"groups": int(hi - lo), "mean": round(mean, 6)})
+    return out
+
+
+def released_group_sizes(group: dict[str, Any], G: int) -> np.ndarray:
+    """G group sizes (ascending, at least 1, not yet scaled to the rows) from a released
+    group-size distribution: `size_windows` (each window's mean at its mid-rank, linear in
+    between, flat beyond), a `size_grid` of older bundles, else the mean size."""
+    wins = group.get("size_windows")
+    u = (np.arange(G) + 0.5) / max(G, 1)
+    if wins:
+        counts = np.asarray([w["groups"] for w in wins], dtype="float64")
+        ends = np.cumsum(counts)
+        mids = (ends - counts / 2.0) / ends[-1]
+        sizes = np.interp(u, mids, np.asarray([w["mean"] for w in wins], dtype="float64"))
+    elif group.get("size_grid") is not None:
+        sizes = quantile_function(np.asarray(group["size_grid"]), u)
+    else:
+        return np.full(G, float(group["mean_size"]))
+    return np.maximum(np.round(sizes), 1.0)
+
+
+def largest_group_size(group: dict[str, Any]) -> int | None:
+    """The largest size a released distribution supports (None when only the mean left)."""
+    wins = group.get("size_windows")
+    if wins:
+        return int(np.ceil(max(w["mean"] for w in wins) - 1e-9))
+    if group.get("size_grid") is not None:
+        return int(np.ceil(max(group["size_grid"]) - 1e-9))
+    return None
 
 
 def sorted_percentiles(xs: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -37,7 +37,12 @@ from scipy import special
 from replisynth.stats.copula import ordered_values
 from replisynth.stats.correlations import _Ranker, nearest_correlation
 from replisynth.stats.dims import synthetic_dim_matrix
-from replisynth.stats.marginals import apportion, exact_quantile_sample, quantile_function
+from replisynth.stats.marginals import (
+    apportion,
+    exact_quantile_sample,
+    largest_group_size,
+    released_group_sizes,
+)
 from replisynth.synthesize.refine import best_prefix, block_target, draw_pairs, scores
 
 # Decimals of the released shares and between correlations (profiles without significant-figure rounding).
@@ -181,13 +186,10 @@ def entity_sizes(group: dict[str, Any], n: int, cap: int | None = None) -> np.nd
     """Rows per synthetic entity (G of them, summing to n) from the released size distribution
     (as `synthesize._group_ids`), each at most `cap` (a panel: the number of distinct periods)."""
     G = int(group["groups"])
-    if group["size_grid"] is not None:
-        sizes = np.maximum(np.round(quantile_function(np.asarray(group["size_grid"]), (np.arange(G) + 0.5) / G)), 1.0)
-    else:
-        sizes = np.full(G, float(group["mean_size"]))
+    sizes = released_group_sizes(group, G)
     counts = apportion(sizes, n).astype("int64")
-    if group["size_grid"] is not None:  # rescaling must not create sizes above the largest released one
-        top = int(np.ceil(max(group["size_grid"]) - 1e-9))
+    top = largest_group_size(group)
+    if top is not None:  # rescaling must not create sizes above the largest released one
         cap = top if cap is None else min(cap, top)
     if cap is not None and cap * G >= n:
         over = int(np.maximum(counts - cap, 0).sum())

@@ -28,7 +28,7 @@ from replisynth.stats.copula import (
 from replisynth.stats.correlations import Margin, latent_matrix, nearest_correlation, tie_atoms
 from replisynth.stats.derive import apply_derived
 from replisynth.stats.dims import synthetic_dim_matrix
-from replisynth.stats.marginals import apportion, exact_quantile_sample, quantile_function
+from replisynth.stats.marginals import apportion, exact_quantile_sample, released_group_sizes
 from replisynth.synthesize.entities import (
     complete_untargeted,
     entity_columns,
@@ -264,10 +264,7 @@ def _group_ids(n: int, g: dict[str, Any], rng: np.random.Generator) -> np.ndarra
     """Re-keyed group ids 1..G with sizes from the released size distribution, rows assigned
     to groups at random."""
     G = int(g["groups"])
-    if g["size_grid"] is not None:
-        sizes = np.maximum(np.round(quantile_function(np.asarray(g["size_grid"]), (np.arange(G) + 0.5) / G)), 1.0)
-    else:
-        sizes = np.full(G, float(g["mean_size"]))
+    sizes = released_group_sizes(g, G)
 
     counts = apportion(sizes, n)
     ids = np.repeat(np.arange(1, G + 1), counts)
