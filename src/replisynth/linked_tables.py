@@ -221,35 +221,45 @@ def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[st
 # ------------------------------------------------------------------ secondary suppression (secure side)
 
 
-def secondary_suppression(lt: LinkedTable, truth: np.ndarray, min_cell: int) -> tuple[np.ndarray, int, bool]:
-    """Greedy secondary suppression validated by the audit: while some unlisted cell is
-    unprotected, unlist one more listed cell in its block or class (the smallest that makes
-    it protected, else the one that widens its interval most). Returns the listed mask, the
-    number of cells unlisted, and whether it had to unlist the whole column (no candidate)."""
+def secondary_suppression(lt: LinkedTable, truth: np.ndarray, min_cell: int, tries: int = 40) -> tuple[np.ndarray, int, bool]:
+    """Greedy secondary suppression validated by the audit (the hypercube method in two
+    dimensions): while some unlisted cell (b, l) is unprotected, unlist the listed corners of
+    a rectangle (b, l), (b, l'), (b', l), (b', l'): of the rectangles with fewest new cells and
+    then least listed mass, the first (of at most `tries`) that protects (b, l), else the one
+    that widens its interval most. Returns the listed mask, the number of cells unlisted, and
+    whether no rectangle was left (the whole column then goes unlisted)."""
     listed = lt.listed.copy()
+    B, L = listed.shape
     added = 0
     while True:
         bad = unprotected(lt, min_cell, listed)
         if not bad:
             return listed, added, False
         b, l, _, _ = bad[0]
-        cands = [(b, j) for j in range(listed.shape[1]) if listed[b, j]] + [(i, l) for i in range(listed.shape[0]) if listed[i, l]]
+        cands = []
+        for b2 in range(B):
+            for l2 in range(L):
+                if b2 == b or l2 == l:
+                    continue
+                new = [c for c in ((b, l2), (b2, l), (b2, l2)) if listed[c]]
+                if new:
+                    cands.append((len(new), sum(int(truth[c]) for c in new), new))
         if not cands:
             listed[:] = False
             return listed, added, True
-        cands.sort(key=lambda c: (int(truth[c]), c))
-        best, best_w = cands[0], -1
-        for cand in cands:
+        cands.sort(key=lambda c: (c[0], c[1], c[2]))
+        best, best_w = cands[0][2], -1
+        for _, _, new in cands[:tries]:
             trial = listed.copy()
-            trial[cand] = False
+            trial[tuple(np.asarray(new).T)] = False
             lo, hi = intervals(lt, trial, only=[(b, l)])[(b, l)]
             if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
-                best = cand
+                best = new
                 break
             if hi - lo > best_w:
-                best, best_w = cand, hi - lo
-        listed[best] = False
-        added += 1
+                best, best_w = new, hi - lo
+        listed[tuple(np.asarray(best).T)] = False
+        added += len(best)
 
 
 def widen_bucket(marginal: dict[str, Any], min_cell: int) -> tuple[dict[str, Any], int]:
@@ -279,7 +289,7 @@ def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[in
     classes (`block_table`); `counts[block id][column]` are the blocks' true class counts
     (secure side only). Returns the release with the stratum tables' further unlisted cells
     moved into their `suppressed` counts, and the SDC log entries (counts of cells only)."""
-    entries: list[dict[str, Any]] = []
+    release, entries = _drop_derived_tables(release)
     blocks = dict(release["blocks"])
     for lt in linked_tables(release):
         truth = _truth(lt, release, counts)
@@ -302,6 +312,29 @@ def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[in
         if whole:
             entries.append({"stage": "marginals", "action": "suppressed", **where,
                             "reason": "no secondary suppression pattern passed the interval audit: the column's table is not listed in any stratum block"})
+    return {**release, "blocks": blocks}, entries
+
+
+def _drop_derived_tables(release: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A derived column (released as a function of another, which synthesis computes it from)
+    lists no table inside the strata: its stratum tables would add the other column's
+    suppressed cells, summed by the released map, to what an attacker knows."""
+    entries: list[dict[str, Any]] = []
+    derived = release.get("derived") or {}
+    blocks = dict(release["blocks"])
+    for col in derived:
+        n = 0
+        for cell in release["strata"]["cells"]:
+            bm = blocks[cell["id"]]["marginals"].get(col)
+            if bm is None or bm["kind"] != "categorical":
+                continue
+            t = bm["table"]
+            blocks[cell["id"]] = {**blocks[cell["id"]], "marginals": {**blocks[cell["id"]]["marginals"],
+                                  col: {"kind": "suppressed", "missing": bm["missing"], "n": int(sum(t["counts"]) + t["suppressed"])}}}
+            n += 1
+        if n:
+            entries.append({"stage": "marginals", "action": "suppressed", "source": release["source"], "block": "strata", "column": col, "blocks": n,
+                            "reason": f"derived from {derived[col]['from']!r}: its tables inside the strata not released (synthesis computes it from {derived[col]['from']!r})"})
     return {**release, "blocks": blocks}, entries
 
 
