@@ -211,6 +211,9 @@ def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[st
             s = int(m["table"]["suppressed"])
             findings.append({"source": release["source"], "column": col, "block": "all", "level_index": len(m["table"]["levels"]),
                              "lo": s, "hi": s, "rule": f"suppressed categories total 1..{min_cell - 1} rows"})
+    for i, j in strata_pairs(release) if release["strata"]["cells"] else []:
+        findings.append({"source": release["source"], "column": release["dims"][j]["column"], "block": "all", "level_index": None, "lo": None, "hi": None,
+                         "rule": f"rank correlation with strata column {release['dims'][i]['column']!r} released: a linear equation over unlisted stratum cells"})
     for lt in linked_tables(release):
         for b, l, lo, hi in unprotected(lt, min_cell):
             rule = "published totals inconsistent" if lo < 0 else f"interval narrower than min_cell_size={min_cell}"
@@ -312,7 +315,74 @@ def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[in
         if whole:
             entries.append({"stage": "marginals", "action": "suppressed", **where,
                             "reason": "no secondary suppression pattern passed the interval audit: the column's table is not listed in any stratum block"})
-    return {**release, "blocks": blocks}, entries
+    release = {**release, "blocks": blocks}
+    return blank_unlisted_dims(release, entries)
+
+
+def blank_unlisted_dims(release: dict[str, Any], entries: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Inside each stratum, the rank correlations of a dim whose cell the stratum's table does
+    not list are not released: two indicators of one column correlate as
+    -sqrt(p_a p_b / ((1 - p_a)(1 - p_b))), so their correlations would give the unlisted
+    shares back. Blanked: an ordered column's dim when its table leaves rows unlisted, a
+    nominal level's indicator when the level is not listed, every dim of a column with no
+    table there; the decisions are appended to `entries` (counts of dims only)."""
+    dims = release.get("dims") or []
+    strata = set(release["strata"]["columns"])
+    blocks = dict(release["blocks"])
+    for cell in release["strata"]["cells"]:
+        block = blocks[cell["id"]]
+        S = block.get("spearman") or []
+        if not S:
+            continue
+        blank = []
+        for j, d in enumerate(dims):
+            bm = block["marginals"].get(d["column"])
+            if d["column"] in strata or d["kind"] not in ("ordered", "indicator") or bm is None or bm["kind"] in ("ordinal_grid", "continuous"):
+                continue
+            if bm["kind"] != "categorical":
+                blank.append(j)
+            elif d["kind"] == "ordered" and bm["table"]["suppressed"] > 0:
+                blank.append(j)
+            elif d["kind"] == "indicator" and d["level"] not in bm["table"]["levels"]:
+                blank.append(j)
+        newly = {j for j in blank if any(v is not None for i, v in enumerate(S[j]) if i != j)}
+        if not newly:
+            continue
+        S = [[None if i in newly or j in newly else v for j, v in enumerate(row)] for i, row in enumerate(S)]  # as gated_spearman blanks
+        blocks[cell["id"]] = {**block, "spearman": S}
+        entries.append({"stage": "correlations", "action": "suppressed", "source": release["source"], "block": cell["id"], "dims": len(newly),
+                        "reason": f"correlations of {len(newly)} dim(s) whose categories the stratum's table does not list not released (they would give the unlisted shares back)"})
+    release = {**release, "blocks": blocks}
+    pairs = strata_pairs(release)
+    if pairs:
+        S = [list(row) for row in release["blocks"]["all"]["spearman"]]
+        for i, j in pairs:
+            S[i][j] = S[j][i] = None
+        release = {**release, "blocks": {**release["blocks"], "all": {**release["blocks"]["all"], "spearman": S}}}
+        entries.append({"stage": "correlations", "action": "suppressed", "source": release["source"], "block": "all", "pairs": len(pairs),
+                        "reason": f"{len(pairs)} source-level correlation(s) of a strata column with a categorical column whose stratum tables leave "
+                                  "cells unlisted not released (each would add a linear equation over the unlisted cells; the strata's own tables carry the relation)"})
+    return release, entries
+
+
+def strata_pairs(release: dict[str, Any]) -> list[tuple[int, int]]:
+    """Released source-level correlations (dim index pairs) between a strata column's dim and
+    a dim of a categorical column that leaves rows unlisted in some stratum. With the released
+    marginals, a rank correlation of two categorical dims is a linear function of their joint
+    counts: a sum of that column's stratum cells would follow."""
+    dims = release.get("dims") or []
+    strata = set(release["strata"]["columns"])
+    S = release["blocks"]["all"].get("spearman") or []
+    if not strata or not S:
+        return []
+    open_cols = set()
+    for cell in release["strata"]["cells"]:
+        for c, bm in release["blocks"][cell["id"]]["marginals"].items():
+            if c not in strata and (bm["kind"] not in ("categorical", "continuous") or (bm["kind"] == "categorical" and bm["table"]["suppressed"] > 0)):
+                open_cols.add(c)
+    si = [i for i, d in enumerate(dims) if d["column"] in strata and d["kind"] != "missing"]
+    cj = [j for j, d in enumerate(dims) if d["column"] in open_cols and d["kind"] in ("ordered", "indicator")]
+    return [(i, j) for i in si for j in cj if S[i][j] is not None]
 
 
 def _drop_derived_tables(release: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
