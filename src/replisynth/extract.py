@@ -26,7 +26,14 @@ from .dims import (
 from .entities import TREND_SHARE, entity_structure, period_trend, round_released, within_lag1
 from .errors import DataError
 from .io import FileMeta
-from .linked_tables import block_table, class_codes, class_counts, n_classes, protect_release, widen_bucket
+from .linked_tables import (
+    block_table,
+    class_codes,
+    class_counts,
+    n_classes,
+    protect_release,
+    widen_bucket,
+)
 from .manifest import Manifest, Source
 from .marginals import (
     FrequencyTable,

@@ -144,25 +144,25 @@ def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, 
     class and one pooled-values cell per block): published row and column totals with the
     listed cells moved to the right-hand side."""
     B, L = listed.shape
-    unknown = [(b, l) for b in range(B) for l in range(L) if not listed[b, l]]
+    unknown = [(b, cl) for b in range(B) for cl in range(L) if not listed[b, cl]]
     var = {c: i for i, c in enumerate(unknown)}
     n = len(unknown) + (L + B if lt.pooled else 0)
     r, c, v, rhs = [], [], [], []
     known = np.where(listed, lt.values, 0)
     for b in range(B):  # row totals (pooled: the block's pooled values count in its row)
-        for l in range(L):
-            if not listed[b, l]:
-                r.append(len(rhs)), c.append(var[(b, l)]), v.append(1.0)
+        for cl in range(L):
+            if not listed[b, cl]:
+                r.append(len(rhs)), c.append(var[(b, cl)]), v.append(1.0)
         if lt.pooled:
             r.append(len(rhs)), c.append(len(unknown) + L + b), v.append(1.0)
         rhs.append(float(lt.row_totals[b] - known[b].sum()))
-    for l in range(L):  # column totals (pooled: plus the pooled values assigned to the class)
+    for cl in range(L):  # column totals (pooled: plus the pooled values assigned to the class)
         for b in range(B):
-            if not listed[b, l]:
-                r.append(len(rhs)), c.append(var[(b, l)]), v.append(1.0)
+            if not listed[b, cl]:
+                r.append(len(rhs)), c.append(var[(b, cl)]), v.append(1.0)
         if lt.pooled:
-            r.append(len(rhs)), c.append(len(unknown) + l), v.append(1.0)
-        rhs.append(float(lt.col_totals[l] - known[:, l].sum()))
+            r.append(len(rhs)), c.append(len(unknown) + cl), v.append(1.0)
+        rhs.append(float(lt.col_totals[cl] - known[:, cl].sum()))
     if lt.pooled:  # the pooled values over blocks are those assigned to classes
         for i in range(L):
             r.append(len(rhs)), c.append(len(unknown) + i), v.append(1.0)
@@ -196,7 +196,7 @@ def intervals(lt: LinkedTable, listed: np.ndarray | None = None, only: list[tupl
 def unprotected(lt: LinkedTable, min_cell: int, listed: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
     """Unlisted cells whose feasible interval fails `protected`: (block, class, lo, hi)."""
     iv = intervals(lt, listed)
-    return [(b, l, lo, hi) for (b, l), (lo, hi) in iv.items()
+    return [(b, cl, lo, hi) for (b, cl), (lo, hi) in iv.items()
             if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))]
 
 
@@ -215,9 +215,9 @@ def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[st
         findings.append({"source": release["source"], "column": release["dims"][j]["column"], "block": "all", "level_index": None, "lo": None, "hi": None,
                          "rule": f"rank correlation with strata column {release['dims'][i]['column']!r} released: a linear equation over unlisted stratum cells"})
     for lt in linked_tables(release):
-        for b, l, lo, hi in unprotected(lt, min_cell):
+        for b, cl, lo, hi in unprotected(lt, min_cell):
             rule = "published totals inconsistent" if lo < 0 else f"interval narrower than min_cell_size={min_cell}"
-            findings.append({"source": lt.source, "column": lt.column, "block": lt.blocks[b], "level_index": l, "lo": lo, "hi": hi, "rule": rule})
+            findings.append({"source": lt.source, "column": lt.column, "block": lt.blocks[b], "level_index": cl, "lo": lo, "hi": hi, "rule": rule})
     return findings
 
 
@@ -238,13 +238,13 @@ def secondary_suppression(lt: LinkedTable, truth: np.ndarray, min_cell: int, tri
         bad = unprotected(lt, min_cell, listed)
         if not bad:
             return listed, added, False
-        b, l, _, _ = bad[0]
+        b, cl, _, _ = bad[0]
         cands = []
         for b2 in range(B):
             for l2 in range(L):
-                if b2 == b or l2 == l:
+                if b2 == b or l2 == cl:
                     continue
-                new = [c for c in ((b, l2), (b2, l), (b2, l2)) if listed[c]]
+                new = [c for c in ((b, l2), (b2, cl), (b2, l2)) if listed[c]]
                 if new:
                     cands.append((len(new), sum(int(truth[c]) for c in new), new))
         if not cands:
@@ -255,7 +255,7 @@ def secondary_suppression(lt: LinkedTable, truth: np.ndarray, min_cell: int, tri
         for _, _, new in cands[:tries]:
             trial = listed.copy()
             trial[tuple(np.asarray(new).T)] = False
-            lo, hi = intervals(lt, trial, only=[(b, l)])[(b, l)]
+            lo, hi = intervals(lt, trial, only=[(b, cl)])[(b, cl)]
             if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
                 best = new
                 break
