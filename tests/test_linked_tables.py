@@ -246,3 +246,18 @@ def test_synthesis_keeps_block_sizes_and_source_totals(tmp_path):
     assert {k: v for k, v in want.items() if v} == got
     for cell in release["strata"]["cells"]:
         assert int((syn["grp"] == cell["key"][0]).sum()) == cell["rows"]
+
+
+def test_audit_of_an_old_bundle_finds_a_pooled_value_inside_a_stratum():
+    """Before linked tables a stratum table counted raw values: a 0/1 column whose 7 ones were
+    pooled into 0 at source level showed them as the stratum's suppressed count."""
+    def block(rows, listed, sup):
+        return {"rows": rows, "marginals": {"flag": {"kind": "categorical", "missing": 0, "table": {
+            "levels": [0], "counts": [listed], "ordered": True, "suppressed": sup, "pooled_levels": 0, "suppressed_levels": int(sup > 0)}}}}
+    release = {"source": "s", "strata": {"columns": ["g"], "cells": [{"id": "s0", "key": [1], "rows": 60}, {"id": "s1", "key": [2], "rows": 40}], "residual_rows": 0},
+               "blocks": {"all": {"rows": 100, "marginals": {"flag": {"kind": "categorical", "missing": 0, "table": {
+                   "levels": [0], "counts": [100], "ordered": True, "suppressed": 0, "pooled_levels": 1, "suppressed_levels": 0}}}},
+                   "s0": block(60, 53, 7), "s1": block(40, 40, 0)}}
+    found = audit_release_tables(release, 20)
+    assert {(f["block"], f["level_index"], f["lo"], f["hi"]) for f in found} >= {("s0", 1, 7, 7)}
+    assert all(f["rule"] != "published totals inconsistent" for f in found)

@@ -139,10 +139,11 @@ def linked_tables(release: dict[str, Any]) -> list[LinkedTable]:
     return out
 
 
-def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, list[tuple[int, int]]]:
+def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, dict[tuple[int, int], int]]:
     """Equalities A x = b over the unlisted cells (then, for a pooled table, one slack per
-    class and one pooled-values cell per block): published row and column totals with the
-    listed cells moved to the right-hand side."""
+    class and one pooled-values cell per block, the cell (block, number of classes)):
+    published row and column totals with the listed cells moved to the right-hand side.
+    Returns A, b and each audited cell's variable."""
     B, L = listed.shape
     unknown = [(b, cl) for b in range(B) for cl in range(L) if not listed[b, cl]]
     var = {c: i for i, c in enumerate(unknown)}
@@ -170,7 +171,9 @@ def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, 
             r.append(len(rhs)), c.append(len(unknown) + L + b), v.append(-1.0)
         rhs.append(0.0)
     A = coo_matrix((v, (r, c)), shape=(len(rhs), n)).tocsr()
-    return A, np.asarray(rhs), unknown
+    if lt.pooled:
+        var.update({(b, L): len(unknown) + L + b for b in range(B)})
+    return A, np.asarray(rhs), var
 
 
 def intervals(lt: LinkedTable, listed: np.ndarray | None = None, only: list[tuple[int, int]] | None = None) -> dict[tuple[int, int], tuple[int, int]]:
@@ -178,10 +181,9 @@ def intervals(lt: LinkedTable, listed: np.ndarray | None = None, only: list[tupl
     the published equalities and non-negativity, rounded inward to integers. An infeasible
     system (a release inconsistent with itself) gives (-1, -1) for every cell."""
     listed = lt.listed if listed is None else listed
-    A, b, unknown = _constraints(lt, listed)
-    var = {c: i for i, c in enumerate(unknown)}
+    A, b, var = _constraints(lt, listed)
     out: dict[tuple[int, int], tuple[int, int]] = {}
-    for cell in (unknown if only is None else only):
+    for cell in (list(var) if only is None else only):
         obj = np.zeros(A.shape[1])
         obj[var[cell]] = 1.0
         lo = linprog(obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
