@@ -649,7 +649,7 @@ def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dic
         if t["pooled_levels"]:
             log.add("marginals", "pooled", f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level", **where)
         if t["suppressed_levels"]:
-            log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) below min_cell_size={sdc.min_cell_size} suppressed; their rows are spread over released categories at synthesis", **where)
+            log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) suppressed (below min_cell_size={sdc.min_cell_size}, or joining them so that they hold at least min_cell_size rows); their rows are spread over released categories at synthesis", **where)
 
 
 def _matrix_json(M: np.ndarray) -> list[list[float | None]]:
