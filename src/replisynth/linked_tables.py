@@ -317,6 +317,10 @@ def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[in
         if whole:
             entries.append({"stage": "marginals", "action": "suppressed", **where,
                             "reason": "no secondary suppression pattern passed the interval audit: the column's table is not listed in any stratum block"})
+            left = len(unprotected(lt, min_cell, listed))
+            if left:  # only the blocks' rows and missing counts remain: the review reports these cells
+                entries.append({"stage": "marginals", "action": "audit_failed", **where, "cells": left,
+                                "reason": f"{left} cell(s) still bounded more narrowly than the protection rule by the blocks' published row and missing counts"})
     release = {**release, "blocks": blocks}
     return blank_unlisted_dims(release, entries)
 
