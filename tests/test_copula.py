@@ -536,7 +536,8 @@ def test_suppressed_levels_never_appear_and_counts_follow_plan(tmp_path: Path) -
     df.loc[df.index[:20], "region"] = "island"  # a rare nominal category (< 50)
     release, data = _release(df, tmp_path)
     table = release["blocks"]["all"]["marginals"]["region"]["table"]
-    assert "island" not in table["levels"] and table["suppressed"] == 20
+    # 20 suppressed rows would almost be known: the smallest released level joins them (linked tables)
+    assert "island" not in table["levels"] and table["suppressed"] >= 50 and table["suppressed_levels"] == 2
     syn = synthesize_source(release, seed=1)
     assert "island" not in set(syn["region"].dropna())
     plan = source_plan(release, len(syn))

@@ -80,7 +80,9 @@ def test_planted_values_never_leave(tmp_path_factory, rare, extreme, tiny, seed)
     for s in _fmt(extreme):
         assert s not in text
     rel = json.loads((bundle / "source_d.json").read_text())
-    assert [cell["key"] for cell in rel["strata"]["cells"]] == [[1], [2]]
+    # the 6-row stratum is locally suppressed; a residual of 6 rows would follow from the source
+    # totals, so the smaller ordinary stratum joins it (linked tables)
+    assert [cell["key"] for cell in rel["strata"]["cells"]] in ([[1]], [[2]]) and rel["strata"]["residual_rows"] >= 20
     assert str(tiny) not in json.dumps(rel["strata"]) and str(tiny) not in json.dumps(rel["blocks"]["all"]["marginals"]["stratum"])
     assert "999" not in json.dumps(rel["groups"])
     grids = [m["grid"] for b in rel["blocks"].values() for m in b["marginals"].values() if "grid" in m]

@@ -141,12 +141,15 @@ def test_rare_category_and_tiny_stratum_not_released(built: dict[str, Any]) -> N
     rel = built["release"]
     all_m = rel["blocks"]["all"]["marginals"]
     nom = all_m["nom"]["table"]
-    assert nom["levels"] == ["alpha", "beta", "gamma"]
-    assert nom["suppressed_levels"] == 1
+    # the 5 rare rows alone would be almost known by subtraction: the smallest released level
+    # (gamma) joins them (linked tables, docs/method.md)
+    assert nom["levels"] == ["alpha", "beta"]
+    assert nom["suppressed_levels"] == 2 and nom["suppressed"] >= 50
     assert all(c >= 50 for c in nom["counts"])
-    assert all_m["grp"]["table"]["levels"] == ["A", "B"]
-    assert [c["key"] for c in rel["strata"]["cells"]] == [["A"], ["B"]]
-    assert rel["strata"]["residual_rows"] == 7
+    # a residual block of 7 rows would follow from the source totals: the smaller stratum joins it
+    assert all_m["grp"]["table"]["levels"] == ["A"]
+    assert [c["key"] for c in rel["strata"]["cells"]] == [["A"]]
+    assert rel["strata"]["residual_rows"] == 400
     for block in rel["blocks"].values():
         for m in block["marginals"].values():
             if m["kind"] == "categorical":
@@ -248,7 +251,9 @@ def test_sdc_log_records_each_decision_kind(built: dict[str, Any]) -> None:
     assert find(stage="marginals", action="pooled", block="all", column="ordl")
     for col in CONTINUOUS:
         assert len(find(stage="marginals", action="trimmed", block="all", column=col)) == 1
-    assert find(stage="strata", action="local_suppression", cells=1)
+    assert find(stage="strata", action="local_suppression", cells=2)  # the tiny stratum, then B (linked tables)
+    assert find(stage="strata", action="secondary_suppression", cells=1)
+    assert find(stage="marginals", action="secondary_suppression", block="all", column="nom")
     assert len(find(stage="checkpoints", action="rejected", checkpoint="small")) == 1
     st = find(stage="checkpoints", action="suppressed_terms", checkpoint="dummy")
     assert len(st) == 1 and st[0]["terms"] == 1
@@ -257,7 +262,7 @@ def test_sdc_log_records_each_decision_kind(built: dict[str, Any]) -> None:
     for planted in PLANTED_TEXT:
         assert planted not in text
     # where (source, block, column, checkpoint) and how many (cells, terms, dims, pairs), never a value
-    allowed = {"stage", "action", "reason", "source", "block", "column", "checkpoint", "cells", "terms", "dims", "pairs"}
+    allowed = {"stage", "action", "reason", "source", "block", "column", "checkpoint", "cells", "terms", "dims", "primary", "secondary", "pairs", "blocks"}
     for d in dec:
         assert {"stage", "action", "reason"} <= set(d) <= allowed, d
 
@@ -274,12 +279,12 @@ def test_check_release_rejects_small_counts_and_small_strata(built: dict[str, An
         check_release(bad, 50)
 
     bad = copy.deepcopy(rel)
-    bad["strata"]["cells"][1]["rows"] = 12
+    bad["strata"]["cells"][0]["rows"] = 12
     with pytest.raises(DisclosureError, match="stratum"):
         check_release(bad, 50)
 
     bad = copy.deepcopy(rel)
-    bad["blocks"]["s1"]["rows"] = 12
+    bad["blocks"]["s0"]["rows"] = 12
     with pytest.raises(DisclosureError, match="stratum"):
         check_release(bad, 50)
 
@@ -319,10 +324,11 @@ def test_synthesis_never_produces_rare_values(built: dict[str, Any]) -> None:
 
 def test_tiny_stratum_rows_form_the_residual_block(built: dict[str, Any]) -> None:
     syn = built["synthetic"]
-    assert int(syn["grp"].isna().sum()) == 7
+    # the 7 tiny-stratum rows alone would follow from the source totals: B (393 rows) joins them
+    assert int(syn["grp"].isna().sum()) == 7 + N - 607
     assert TINY not in set(syn["grp"].dropna())
     counts = syn["grp"].value_counts().to_dict()
-    assert counts == {"A": 600, "B": N - 607}
+    assert counts == {"A": 600}
     assert syn["pid"].tolist() == list(range(1, N + 1))
 
 

@@ -21,6 +21,14 @@ from replisynth.config.manifest import Manifest, Source
 from replisynth.core.errors import DataError
 from replisynth.core.options import GLM_ORDERED
 from replisynth.core.parallel import thread_map
+from replisynth.disclosure.linked_tables import (
+    block_table,
+    class_codes,
+    class_counts,
+    n_classes,
+    protect_release,
+    widen_bucket,
+)
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
@@ -45,6 +53,7 @@ from replisynth.stats.marginals import (
     level_order,
     level_positions,
     py_value,
+    released_levels,
     size_step,
     size_windows,
 )
@@ -262,6 +271,20 @@ def shared_missing_patterns(df: pd.DataFrame, columns: list[str]) -> list[list[s
     return [cols for cols in by_mask.values() if len(cols) > 1]
 
 
+def _widen_residual(
+    released: list[tuple[Any, ...]], size: dict[tuple[Any, ...], int], rows: int, min_cell: int,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Secondary suppression of strata: while the residual block (rows outside the released
+    strata) holds 1..min_cell-1 rows, the smallest released stratum (ties: the last in release
+    order) joins it. Returns the strata still released and those moved."""
+    kept, moved = list(released), []
+    while kept and 0 < rows - sum(size[k] for k in kept) < min_cell:
+        k = min(reversed(kept), key=lambda c: size[c])
+        kept.remove(k)
+        moved.append(k)
+    return kept, moved
+
+
 def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
     """Each row's stratum as an index into a list of keys (tuples of the strata values as
     JSON-friendly scalars), -1 when any strata value is missing. Computed per distinct
@@ -381,6 +404,21 @@ def coded_dim_matrix(
     return X
 
 
+def source_classes(
+    tables: dict[str, FrequencyTable], coded: dict[str, tuple[np.ndarray, list[Any]]], all_levels: dict[str, list[Any]],
+    strata: tuple[str, ...],
+) -> dict[str, tuple[np.ndarray, FrequencyTable]]:
+    """Per categorical column (strata columns aside) each row's class in its source-level table
+    (`linked_tables.class_codes`) with that table: what the strata's tables count."""
+    return {c: (class_codes(*coded[c], t, all_levels[c]), t) for c, t in tables.items() if c not in strata}
+
+
+def stratum_counts(classes: dict[str, tuple[np.ndarray, FrequencyTable]], mask: np.ndarray) -> dict[str, list[int]]:
+    """A stratum's true class counts per column (secure side only: the input of secondary
+    suppression, never released)."""
+    return {c: class_counts(cls[mask], n_classes(t)) for c, (cls, t) in classes.items()}
+
+
 def rows_of(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The rows of X where `mask` is True, in order, column-major (what `spearman_matrix`
     reads): one gather per column, instead of a boolean scan of every row per column and use."""
@@ -391,20 +429,49 @@ def rows_of(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _class_marginal(
+    cls: np.ndarray, table: FrequencyTable, spec: ColumnSpec, sdc: Any, grid: str, source_levels: np.ndarray | None,
+) -> dict[str, Any]:
+    """The released marginal of a categorical column inside a stratum, over the source-level
+    classes (`cls`: `linked_tables.class_codes` of the stratum's rows): a table listing the
+    classes of at least min_cell_size rows; a many-level ordinal with 3+ classes present and
+    one of them small is released as a percentile grid of its pooled values instead."""
+    k = sdc.min_cell_size
+    counts = class_counts(cls, n_classes(table))
+    missing = int(np.count_nonzero(cls < 0))
+    present = [c for c in counts[: len(table.levels)] if c > 0]
+    if spec.ordered and spec.logical_type in ("integer", "float") and len(present) >= 3 and min(present) < k:
+        v = source_levels[~np.isnan(source_levels)] if source_levels is not None else np.zeros(0)
+        if len(v) < k or not released_levels(len(v), grid):
+            return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
+        return _grid_marginal("ordinal_grid", missing, v, sdc.quantile_trim, grid)
+    t = block_table(counts, table.levels, table.ordered, k)
+    if not t["levels"]:
+        return {"kind": "suppressed", "missing": missing, "n": int(sum(counts))}
+    return {"kind": "categorical", "missing": missing, "table": t}
+
+
 def stratum_block(
     work: pd.DataFrame, mask: np.ndarray, bid: str, key: tuple[Any, ...], released_cols: list[ColumnSpec], source: Source,
     sdc: Any, X: np.ndarray, pooled_values: dict[str, np.ndarray], log: SdcLog,
+    classes: dict[str, tuple[np.ndarray, FrequencyTable]] | None = None,
 ) -> dict[str, Any]:
     """The released block of one stratum (rows `mask` of `work`): its marginals and gated
-    Spearman matrix over the source's dims `X`; its SDC decisions go to `log`."""
+    Spearman matrix over the source's dims `X`; its SDC decisions go to `log`. `classes`:
+    per categorical column its rows' source-level classes and table (`source_classes`); such
+    columns are tabulated over those classes (the linked tables of docs/method.md)."""
     sub = work.loc[mask]
     bm: dict[str, dict[str, Any]] = {}
     for s in released_cols:
         if s.name in source.strata:
             continue
         lv = pooled_values.get(s.name)
-        m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
-                      source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
+        if classes is not None and s.name in classes:
+            cls, table = classes[s.name]
+            m = _class_marginal(cls[mask], table, s, sdc, _grid_args(s.name, source, sdc)["grid"], lv[mask] if lv is not None else None)
+        else:
+            m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
+                          source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
         bm[s.name] = m
         _log_marginal(log, source.name, bid, s, m, sdc)
     gate = correlation_gates(rows_of(X, mask), sdc.min_cell_size)
@@ -451,6 +518,14 @@ def extract_source(
     released_keys = sorted([k for k, n in zip(key_list, sizes, strict=True) if n >= sdc.min_cell_size], key=lambda k: tuple(map(str, k)))
     small = [k for k, n in zip(key_list, sizes, strict=True) if 0 < n < sdc.min_cell_size] + ([None] if (key_idx < 0).any() else [])
     key_pos = {k: i for i, k in enumerate(key_list)}
+    if source.strata:
+        released_keys, merged = _widen_residual(released_keys, {k: int(sizes[key_pos[k]]) for k in released_keys}, len(work), sdc.min_cell_size)
+        small += merged
+        if merged:
+            log.add("strata", "secondary_suppression",
+                    f"the residual block of locally suppressed strata would hold fewer than min_cell_size={sdc.min_cell_size} rows "
+                    f"(its rows' categories would follow from the source totals): {len(merged)} smallest released stratum cell(s) join it",
+                    source=source.name, cells=len(merged))
     released_idx = np.zeros(len(key_list) + 1, dtype=bool)  # last slot: a missing stratum value
     released_idx[[key_pos[k] for k in released_keys]] = True
     residual_mask = pd.Series(~released_idx[key_idx] if source.strata else False, index=work.index)
@@ -473,6 +548,11 @@ def extract_source(
     marginals: dict[str, dict[str, Any]] = {}
     for s in released_cols:
         m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, **_grid_args(s.name, source, sdc))
+        if s.name not in source.strata:
+            m, moved = widen_bucket(m, sdc.min_cell_size)
+            if moved:
+                log.add("marginals", "secondary_suppression", f"the suppressed categories held fewer than min_cell_size={sdc.min_cell_size} rows "
+                        f"(almost known by subtraction): the {moved} smallest released level(s) join them", source=source.name, block="all", column=s.name)
         marginals[s.name] = m
         _log_marginal(log, source.name, "all", s, m, sdc)
     for c in source.sensitive:
@@ -498,6 +578,7 @@ def extract_source(
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
+    classes = source_classes(tables, coded, all_levels, source.strata)
     del coded  # ~8 MB per column at 1M rows: freed before the strata's row copies
     # The source-level matrix and the strata's blocks are independent: one thread each
     # (results and their SDC decisions collected in order, so the same for any thread count).
@@ -508,7 +589,9 @@ def extract_source(
         if item is None:
             return correlation_gates(X, sdc.min_cell_size), lg
         i, key = item
-        return stratum_block(work, key_idx == key_pos[key], f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg), lg
+        mask = key_idx == key_pos[key]
+        block = stratum_block(work, mask, f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg, classes)
+        return (block, stratum_counts(classes, mask)), lg
 
     done = thread_map(piece, [None, *keys])
     gate = done[0][0]
@@ -521,9 +604,12 @@ def extract_source(
         "all": {"rows": int(len(work)), "key": None, "marginals": marginals, "spearman": _matrix_json(S_all)}
     }
     log_at = len(log.entries)  # where the strata's SDC decisions go (scatter: see replisynth.workflow.scatter)
-    for (i, _key), (block, lg) in zip(keys, done[1:], strict=True):
+    counts: dict[str, dict[str, list[int]]] = {}
+    for (i, _key), ((block, cnt), lg) in zip(keys, done[1:], strict=True):
         blocks[f"s{i}"] = block
+        counts[f"s{i}"] = cnt
         log.extend(lg)
+    linked_at = len(log.entries)  # where the linked tables' decisions go (after the strata's)
     cells = [{"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])} for i, key in enumerate(released_keys if source.strata else [])]
 
     groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid, sdc.dominance) for c in source.key_columns}
@@ -550,6 +636,8 @@ def extract_source(
     if not strata_blocks:
         release["strata"]["log_at"] = log_at
         return release, log
+    release, entries = protect_release(release, counts, sdc.min_cell_size)
+    log.entries[linked_at:linked_at] = entries
     log.extend(linked_correlation_gate(release, sdc.min_cell_size))
     check_release(release, sdc.min_cell_size)
     return release, log
@@ -656,10 +744,12 @@ def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dic
             log.add("marginals", "trimmed", f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded", **where)
     else:
         t = m["table"]
+        if t.get("classes"):  # a stratum's table over the source-level classes: logged per column (protect_release)
+            return
         if t["pooled_levels"]:
             log.add("marginals", "pooled", f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level", **where)
         if t["suppressed_levels"]:
-            log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) below min_cell_size={sdc.min_cell_size} suppressed; their rows are spread over released categories at synthesis", **where)
+            log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) suppressed (below min_cell_size={sdc.min_cell_size}, or joining them so that they hold at least min_cell_size rows); their rows are spread over released categories at synthesis", **where)
     if m.get("window_sizes"):
         why = ("pseudo-percentiles" if "pseudo" in m.get("method", "") else
                f"percentiles would release more than {EXACT_SHARE:.0%} of the block's values exactly, or put a flat tail on one of them")

@@ -27,14 +27,18 @@ import numpy as np
 import pandas as pd
 
 from replisynth.config.manifest import Manifest
+from replisynth.disclosure.linked_tables import protect_release
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.extract import (
     _level_order_of,
     _strata_keys,
+    column_codes,
     extract_source,
     linked_correlation_gate,
     pooled_level_values,
+    source_classes,
     stratum_block,
+    stratum_counts,
 )
 from replisynth.io.files import atomic_path, read_json, synthetic_label, write_json, write_parquet
 from replisynth.io.schema import ColumnSpec
@@ -88,6 +92,7 @@ def stratum_blocks(df: pd.DataFrame, manifest: Manifest, source: str, base: dict
     all_levels = {c: (_level_order_of(work[c], spec_by[c]) or level_order(list(category_values(work[c]).dropna().unique()))) for c in tables}
     X = dim_matrix(work, spec_by, base["dims"], tables, all_levels)
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels)
+    classes = source_classes(tables, {c: column_codes(work[c]) for c in tables if c not in src.strata}, all_levels, src.strata)
     out = []
     for cell in shard_of(cells, shard, shards):
         key = tuple(cell["key"])
@@ -96,8 +101,10 @@ def stratum_blocks(df: pd.DataFrame, manifest: Manifest, source: str, base: dict
             raise RuntimeError(f"{source}: stratum {cell['id']} has {int(mask.sum())} rows, the source-level release says {cell['rows']}; "
                                "the data changed between the extraction jobs")
         lg = SdcLog()
-        block = stratum_block(work, mask, cell["id"], key, released_cols, src, sdc, X, pooled_values, lg)
-        out.append({"id": cell["id"], "block": block, "sdc": lg.entries})
+        block = stratum_block(work, mask, cell["id"], key, released_cols, src, sdc, X, pooled_values, lg, classes)
+        # "counts": the stratum's true class counts, for secondary suppression at the gather
+        # (a staging file of the secure side; never part of the release)
+        out.append({"id": cell["id"], "block": block, "sdc": lg.entries, "counts": stratum_counts(classes, mask)})
     return out
 
 
@@ -123,9 +130,10 @@ def gather_release(base: dict[str, Any], base_sdc: list[dict[str, Any]], parts: 
     for bid in ids:
         release["blocks"][bid] = got[bid]["block"]
         strata_sdc.extend(got[bid]["sdc"])
-    linked = linked_correlation_gate(release, min_cell_size).entries
+    release, linked = protect_release(release, {bid: got[bid]["counts"] for bid in ids}, min_cell_size)
+    correlations = linked_correlation_gate(release, min_cell_size).entries
     check_release(release, min_cell_size)
-    return release, [*base_sdc[:at], *strata_sdc, *base_sdc[at:], *linked]
+    return release, [*base_sdc[:at], *strata_sdc, *linked, *base_sdc[at:], *correlations]
 
 
 def stage_gather_release(manifest: Manifest, base: str | Path, base_sdc: str | Path, parts: list[str | Path], release_out: str | Path, sdc_out: str | Path) -> None:

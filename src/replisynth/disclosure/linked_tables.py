@@ -1,0 +1,441 @@
+"""Frequency tables of a stratified source as one linked system (docs/method.md, "Linked tables").
+
+Per categorical column, the blocks (released strata, then the residual block of locally
+suppressed rows) × the source-level classes (released levels, then the bucket of suppressed
+categories) form one table whose row totals (block rows minus missing), column totals (the
+source-level table) and listed cells are published. An attacker holding the bundle bounds
+every unlisted cell by linear programming (the τ-ARGUS/sdcTable audit); secondary
+suppression unlists further cells until every unlisted cell's feasible interval meets the
+protection rule (`protected`). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix
+
+from replisynth.stats.marginals import level_positions
+
+RESIDUAL = "residual"
+
+
+def protected(lo: int, hi: int, min_cell: int, cap: int) -> bool:
+    """The protection rule for an unlisted cell known to lie in [lo, hi]: a known zero, a
+    cell known to be at least `min_cell`, an interval at least `min_cell` wide, or one that
+    covers 0..min_cell-1 (or 0..cap when the block's published non-missing total `cap` is
+    smaller: the attacker then knows no more than that published total)."""
+    return hi <= 0 or lo >= min_cell or hi - lo >= min_cell or (lo <= 0 and hi >= min(min_cell - 1, cap))
+
+
+@dataclass(frozen=True)
+class LinkedTable:
+    """One column's blocks × classes table as an attacker sees it. `listed[b, l]`: the cell is
+    published with value `values[b, l]`; `pooled`: stratum listings are raw values while the
+    source table pooled rare values into its levels (bundles made before linked tables), so a
+    class total only bounds the listed raw cells (an extra unknown column of pooled values)."""
+
+    source: str
+    column: str
+    blocks: list[str]
+    row_totals: np.ndarray  # non-missing rows per block
+    col_totals: np.ndarray  # per class: released levels, then the suppressed bucket if any
+    listed: np.ndarray  # bool, blocks × classes
+    values: np.ndarray  # int, blocks × classes (0 where not listed)
+    pooled: bool = False
+
+
+def class_codes(codes: np.ndarray, values: list[Any], table: Any, all_levels: list[Any]) -> np.ndarray:
+    """Each row's class in the source-level table: the position of its released level (pooled
+    values in the level they were pooled into), len(levels) for the suppressed bucket, -1 for
+    missing. `codes`/`values` from `extract.column_codes`."""
+    pos = level_positions(values, table, all_levels)
+    cls = np.where(np.isnan(pos), len(table.levels), np.nan_to_num(pos)).astype(np.int32)
+    cls[-1] = -1  # the missing code
+    return cls[codes]
+
+
+def n_classes(table: Any) -> int:
+    """Classes of a source-level table: its levels, plus the bucket when it suppressed rows."""
+    return len(table.levels) + (1 if table.suppressed > 0 else 0)
+
+
+def class_counts(cls: np.ndarray, n: int) -> list[int]:
+    """Rows per class (of `n`) among the class codes `cls` (missing left out)."""
+    return np.bincount(cls[cls >= 0], minlength=n)[:n].astype(int).tolist()
+
+
+def block_table(counts: list[int], levels: list[Any], ordered: bool, min_cell: int) -> dict[str, Any]:
+    """A stratum's released table over the source-level classes: levels of at least
+    `min_cell` rows listed, every other row (small cells, the suppressed bucket) as one
+    `suppressed` count, which the block's row and missing counts imply anyway. The number of
+    unlisted non-empty cells is not stated (it would tell which unlisted cells are positive)."""
+    keep = [i for i, c in enumerate(counts[: len(levels)]) if c >= min_cell]
+    listed = sum(counts[i] for i in keep)
+    return {
+        "levels": [levels[i] for i in keep],
+        "counts": [int(counts[i]) for i in keep],
+        "ordered": ordered,
+        "suppressed": int(sum(counts) - listed),
+        "pooled_levels": 0,
+        "classes": True,
+    }
+
+
+# ------------------------------------------------------------------ the attacker's model
+
+
+def linked_tables(release: dict[str, Any]) -> list[LinkedTable]:
+    """The linked table of every categorical column of a stratified source release, built from
+    what the release publishes only."""
+    cells = release["strata"]["cells"]
+    residual = int(release["strata"].get("residual_rows", 0))
+    if not cells and not residual:
+        return []
+    strata = set(release["strata"]["columns"])
+    all_m = release["blocks"]["all"]["marginals"]
+    out = []
+    for col, m in all_m.items():
+        if col in strata or m["kind"] != "categorical":
+            continue
+        t = m["table"]
+        levels = list(t["levels"])
+        pos = {v: i for i, v in enumerate(levels)}
+        bucket = int(t.get("suppressed", 0))
+        L = len(levels) + (1 if bucket > 0 else 0)
+        col_totals = np.asarray([*t["counts"], *([bucket] if bucket else [])], dtype="int64")
+        ids, rows, listed, values = [], [], [], []
+        old_style = False
+        miss_strata = 0
+        for cell in cells:
+            block = release["blocks"].get(cell["id"])
+            bm = (block or {}).get("marginals", {}).get(col)
+            if block is None or bm is None:
+                continue
+            miss_strata += int(bm["missing"])
+            ids.append(cell["id"])
+            rows.append(int(block["rows"]) - int(bm["missing"]))
+            lst, val = np.zeros(L, dtype=bool), np.zeros(L, dtype="int64")
+            if bm["kind"] == "categorical":
+                old_style |= not bm["table"].get("classes", False)
+                for v, c in zip(bm["table"]["levels"], bm["table"]["counts"], strict=True):
+                    if v in pos:
+                        lst[pos[v]], val[pos[v]] = True, int(c)
+            listed.append(lst)
+            values.append(val)
+        if residual:
+            ids.append(RESIDUAL)
+            rows.append(residual - (int(m["missing"]) - miss_strata))
+            listed.append(np.zeros(L, dtype=bool))
+            values.append(np.zeros(L, dtype="int64"))
+        out.append(LinkedTable(
+            release["source"], col, ids, np.asarray(rows, dtype="int64"), col_totals,
+            np.asarray(listed, dtype=bool).reshape(len(ids), L), np.asarray(values, dtype="int64").reshape(len(ids), L),
+            pooled=old_style and bool(t.get("ordered")) and int(t.get("pooled_levels", 0)) > 0,
+        ))
+    return out
+
+
+def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, dict[tuple[int, int], int]]:
+    """Equalities A x = b over the unlisted cells (then, for a pooled table, one slack per
+    class and one pooled-values cell per block, the cell (block, number of classes)):
+    published row and column totals with the listed cells moved to the right-hand side.
+    Returns A, b and each audited cell's variable."""
+    B, L = listed.shape
+    unknown = [(b, cl) for b in range(B) for cl in range(L) if not listed[b, cl]]
+    var = {c: i for i, c in enumerate(unknown)}
+    n = len(unknown) + (L + B if lt.pooled else 0)
+    r, c, v, rhs = [], [], [], []
+    known = np.where(listed, lt.values, 0)
+    for b in range(B):  # row totals (pooled: the block's pooled values count in its row)
+        for cl in range(L):
+            if not listed[b, cl]:
+                r.append(len(rhs)), c.append(var[(b, cl)]), v.append(1.0)
+        if lt.pooled:
+            r.append(len(rhs)), c.append(len(unknown) + L + b), v.append(1.0)
+        rhs.append(float(lt.row_totals[b] - known[b].sum()))
+    for cl in range(L):  # column totals (pooled: plus the pooled values assigned to the class)
+        for b in range(B):
+            if not listed[b, cl]:
+                r.append(len(rhs)), c.append(var[(b, cl)]), v.append(1.0)
+        if lt.pooled:
+            r.append(len(rhs)), c.append(len(unknown) + cl), v.append(1.0)
+        rhs.append(float(lt.col_totals[cl] - known[:, cl].sum()))
+    if lt.pooled:  # the pooled values over blocks are those assigned to classes
+        for i in range(L):
+            r.append(len(rhs)), c.append(len(unknown) + i), v.append(1.0)
+        for b in range(B):
+            r.append(len(rhs)), c.append(len(unknown) + L + b), v.append(-1.0)
+        rhs.append(0.0)
+    A = coo_matrix((v, (r, c)), shape=(len(rhs), n)).tocsr()
+    if lt.pooled:
+        var.update({(b, L): len(unknown) + L + b for b in range(B)})
+    return A, np.asarray(rhs), var
+
+
+def intervals(lt: LinkedTable, listed: np.ndarray | None = None, only: list[tuple[int, int]] | None = None) -> dict[tuple[int, int], tuple[int, int]]:
+    """The attacker LP: min and max of every unlisted cell (or of the cells `only`) subject to
+    the published equalities and non-negativity, rounded inward to integers. An infeasible
+    system (a release inconsistent with itself) gives (-1, -1) for every cell."""
+    listed = lt.listed if listed is None else listed
+    A, b, var = _constraints(lt, listed)
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for cell in (list(var) if only is None else only):
+        obj = np.zeros(A.shape[1])
+        obj[var[cell]] = 1.0
+        lo = linprog(obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
+        hi = linprog(-obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
+        if lo.status != 0 or hi.status != 0:
+            out[cell] = (-1, -1)
+            continue
+        out[cell] = (int(np.ceil(lo.fun - 1e-6)), int(np.floor(-hi.fun + 1e-6)))
+    return out
+
+
+def unprotected(lt: LinkedTable, min_cell: int, listed: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
+    """Unlisted cells whose feasible interval fails `protected`: (block, class, lo, hi)."""
+    iv = intervals(lt, listed)
+    return [(b, cl, lo, hi) for (b, cl), (lo, hi) in iv.items()
+            if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))]
+
+
+def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[str, Any]]:
+    """The interval audit of one source release alone: one finding per unlisted cell (or
+    source-level bucket) that the published numbers bound more tightly than the protection
+    rule allows. Levels are given by index (released levels in order, then the bucket), never
+    by the value of a suppressed category. Empty: clean."""
+    findings = []
+    for col, m in release["blocks"]["all"]["marginals"].items():
+        if m["kind"] == "categorical" and 0 < int(m["table"].get("suppressed", 0)) < min_cell:
+            s = int(m["table"]["suppressed"])
+            findings.append({"source": release["source"], "column": col, "block": "all", "level_index": len(m["table"]["levels"]),
+                             "lo": s, "hi": s, "rule": f"suppressed categories total 1..{min_cell - 1} rows"})
+    for i, j in strata_pairs(release) if release["strata"]["cells"] else []:
+        findings.append({"source": release["source"], "column": release["dims"][j]["column"], "block": "all", "level_index": None, "lo": None, "hi": None,
+                         "rule": f"rank correlation with strata column {release['dims'][i]['column']!r} released: a linear equation over unlisted stratum cells"})
+    for lt in linked_tables(release):
+        for b, cl, lo, hi in unprotected(lt, min_cell):
+            rule = "published totals inconsistent" if lo < 0 else f"interval narrower than min_cell_size={min_cell}"
+            findings.append({"source": lt.source, "column": lt.column, "block": lt.blocks[b], "level_index": cl, "lo": lo, "hi": hi, "rule": rule})
+    return findings
+
+
+# ------------------------------------------------------------------ secondary suppression (secure side)
+
+
+def secondary_suppression(lt: LinkedTable, truth: np.ndarray, min_cell: int, tries: int = 40) -> tuple[np.ndarray, int, bool]:
+    """Greedy secondary suppression validated by the audit (the hypercube method in two
+    dimensions): while some unlisted cell (b, l) is unprotected, unlist the listed corners of
+    a rectangle (b, l), (b, l'), (b', l), (b', l'): of the rectangles with fewest new cells and
+    then least listed mass, the first (of at most `tries`) that protects (b, l), else the one
+    that widens its interval most. Returns the listed mask, the number of cells unlisted, and
+    whether no rectangle was left (the whole column then goes unlisted)."""
+    listed = lt.listed.copy()
+    B, L = listed.shape
+    added = 0
+    while True:
+        bad = unprotected(lt, min_cell, listed)
+        if not bad:
+            return listed, added, False
+        b, cl, _, _ = bad[0]
+        cands = []
+        for b2 in range(B):
+            for l2 in range(L):
+                if b2 == b or l2 == cl:
+                    continue
+                new = [c for c in ((b, l2), (b2, cl), (b2, l2)) if listed[c]]
+                if new:
+                    cands.append((len(new), sum(int(truth[c]) for c in new), new))
+        if not cands:
+            listed[:] = False
+            return listed, added, True
+        cands.sort(key=lambda c: (c[0], c[1], c[2]))
+        best, best_w = cands[0][2], -1
+        for _, _, new in cands[:tries]:
+            trial = listed.copy()
+            trial[tuple(np.asarray(new).T)] = False
+            lo, hi = intervals(lt, trial, only=[(b, cl)])[(b, cl)]
+            if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
+                best = new
+                break
+            if hi - lo > best_w:
+                best, best_w = new, hi - lo
+        listed[tuple(np.asarray(best).T)] = False
+        added += len(best)
+
+
+def widen_bucket(marginal: dict[str, Any], min_cell: int) -> tuple[dict[str, Any], int]:
+    """A source-level nominal table whose suppressed bucket holds 1..min_cell-1 rows (its
+    categories then almost known): the smallest released levels move into the bucket until
+    it holds at least min_cell rows. Returns the marginal and how many levels moved."""
+    if marginal["kind"] != "categorical":
+        return marginal, 0
+    t = dict(marginal["table"])
+    levels, counts = list(t["levels"]), list(t["counts"])
+    moved = 0
+    while levels and 0 < t["suppressed"] < min_cell:
+        i = min(range(len(counts)), key=lambda j: (counts[j], -j))
+        t["suppressed"] += counts.pop(i)
+        levels.pop(i)
+        t["suppressed_levels"] = int(t.get("suppressed_levels", 0)) + 1
+        moved += 1
+    if not moved:
+        return marginal, 0
+    if not levels:
+        return {"kind": "suppressed", "missing": marginal["missing"], "n": int(t["suppressed"])}, moved
+    return {**marginal, "table": {**t, "levels": levels, "counts": counts}}, moved
+
+
+def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[int]]], min_cell: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Secondary suppression over the linked tables of a release whose stratum blocks list
+    classes (`block_table`); `counts[block id][column]` are the blocks' true class counts
+    (secure side only). Returns the release with the stratum tables' further unlisted cells
+    moved into their `suppressed` counts, and the SDC log entries (counts of cells only)."""
+    release, entries = _drop_derived_tables(release)
+    blocks = dict(release["blocks"])
+    for lt in linked_tables(release):
+        truth = _truth(lt, release, counts)
+        tabled = np.asarray([bid == RESIDUAL or release["blocks"][bid]["marginals"][lt.column]["kind"] == "categorical" for bid in lt.blocks])
+        primary = int(np.count_nonzero((truth > 0) & (truth < min_cell) & tabled[:, None]))
+        listed, added, whole = secondary_suppression(lt, truth, min_cell)
+        if not primary and not added and not whole:
+            continue
+        for b, bid in enumerate(lt.blocks):
+            if bid == RESIDUAL or not np.any(lt.listed[b] & ~listed[b]):
+                continue
+            bm = blocks[bid]["marginals"][lt.column]
+            blocks[bid] = {**blocks[bid], "marginals": {**blocks[bid]["marginals"], lt.column: _unlist(bm, listed[b], release, lt.column)}}
+        where = {"source": release["source"], "block": "linked", "column": lt.column}
+        reason = (f"{primary} cell(s) of the blocks × categories table below min_cell_size={min_cell} not listed (primary; "
+                  "blocks released as a percentile grid instead of a table not counted); "
+                  f"{added} further cell(s) not listed (secondary suppression) so that no unlisted cell can be bounded, "
+                  "from the published block, residual and source-level totals, more narrowly than the protection rule")
+        entries.append({"stage": "marginals", "action": "secondary_suppression", **where, "primary": primary, "secondary": added, "reason": reason})
+        if whole:
+            entries.append({"stage": "marginals", "action": "suppressed", **where,
+                            "reason": "no secondary suppression pattern passed the interval audit: the column's table is not listed in any stratum block"})
+            left = len(unprotected(lt, min_cell, listed))
+            if left:  # only the blocks' rows and missing counts remain: the review reports these cells
+                entries.append({"stage": "marginals", "action": "audit_failed", **where, "cells": left,
+                                "reason": f"{left} cell(s) still bounded more narrowly than the protection rule by the blocks' published row and missing counts"})
+    release = {**release, "blocks": blocks}
+    return blank_unlisted_dims(release, entries)
+
+
+def blank_unlisted_dims(release: dict[str, Any], entries: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Inside each stratum, the rank correlations of a dim whose cell the stratum's table does
+    not list are not released: two indicators of one column correlate as
+    -sqrt(p_a p_b / ((1 - p_a)(1 - p_b))), so their correlations would give the unlisted
+    shares back. Blanked: an ordered column's dim when its table leaves rows unlisted, a
+    nominal level's indicator when the level is not listed, every dim of a column with no
+    table there; the decisions are appended to `entries` (counts of dims only)."""
+    dims = release.get("dims") or []
+    strata = set(release["strata"]["columns"])
+    blocks = dict(release["blocks"])
+    for cell in release["strata"]["cells"]:
+        block = blocks[cell["id"]]
+        S = block.get("spearman") or []
+        if not S:
+            continue
+        blank = []
+        for j, d in enumerate(dims):
+            bm = block["marginals"].get(d["column"])
+            if d["column"] in strata or d["kind"] not in ("ordered", "indicator") or bm is None or bm["kind"] in ("ordinal_grid", "continuous"):
+                continue
+            if bm["kind"] != "categorical":
+                blank.append(j)
+            elif d["kind"] == "ordered" and bm["table"]["suppressed"] > 0:
+                blank.append(j)
+            elif d["kind"] == "indicator" and d["level"] not in bm["table"]["levels"]:
+                blank.append(j)
+        newly = {j for j in blank if any(v is not None for i, v in enumerate(S[j]) if i != j)}
+        if not newly:
+            continue
+        S = [[None if i in newly or j in newly else v for j, v in enumerate(row)] for i, row in enumerate(S)]  # as gated_spearman blanks
+        blocks[cell["id"]] = {**block, "spearman": S}
+        entries.append({"stage": "correlations", "action": "suppressed", "source": release["source"], "block": cell["id"], "dims": len(newly),
+                        "reason": f"correlations of {len(newly)} dim(s) whose categories the stratum's table does not list not released (they would give the unlisted shares back)"})
+    release = {**release, "blocks": blocks}
+    pairs = strata_pairs(release)
+    if pairs:
+        S = [list(row) for row in release["blocks"]["all"]["spearman"]]
+        for i, j in pairs:
+            S[i][j] = S[j][i] = None
+        release = {**release, "blocks": {**release["blocks"], "all": {**release["blocks"]["all"], "spearman": S}}}
+        entries.append({"stage": "correlations", "action": "suppressed", "source": release["source"], "block": "all", "pairs": len(pairs),
+                        "reason": f"{len(pairs)} source-level correlation(s) of a strata column with a categorical column whose stratum tables leave "
+                                  "cells unlisted not released (each would add a linear equation over the unlisted cells; the strata's own tables carry the relation)"})
+    return release, entries
+
+
+def strata_pairs(release: dict[str, Any]) -> list[tuple[int, int]]:
+    """Released source-level correlations (dim index pairs) between a strata column's dim and
+    a dim of a categorical column that leaves rows unlisted in some stratum. With the released
+    marginals, a rank correlation of two categorical dims is a linear function of their joint
+    counts: a sum of that column's stratum cells would follow."""
+    dims = release.get("dims") or []
+    strata = set(release["strata"]["columns"])
+    S = release["blocks"]["all"].get("spearman") or []
+    if not strata or not S:
+        return []
+    open_cols = set()
+    for cell in release["strata"]["cells"]:
+        for c, bm in release["blocks"][cell["id"]]["marginals"].items():
+            if c not in strata and (bm["kind"] not in ("categorical", "continuous") or (bm["kind"] == "categorical" and bm["table"]["suppressed"] > 0)):
+                open_cols.add(c)
+    si = [i for i, d in enumerate(dims) if d["column"] in strata and d["kind"] != "missing"]
+    cj = [j for j, d in enumerate(dims) if d["column"] in open_cols and d["kind"] in ("ordered", "indicator")]
+    return [(i, j) for i in si for j in cj if S[i][j] is not None]
+
+
+def _drop_derived_tables(release: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A derived column (released as a function of another, which synthesis computes it from)
+    lists no table inside the strata: its stratum tables would add the other column's
+    suppressed cells, summed by the released map, to what an attacker knows."""
+    entries: list[dict[str, Any]] = []
+    derived = release.get("derived") or {}
+    blocks = dict(release["blocks"])
+    for col in derived:
+        n = 0
+        for cell in release["strata"]["cells"]:
+            bm = blocks[cell["id"]]["marginals"].get(col)
+            if bm is None or bm["kind"] != "categorical":
+                continue
+            t = bm["table"]
+            blocks[cell["id"]] = {**blocks[cell["id"]], "marginals": {**blocks[cell["id"]]["marginals"],
+                                  col: {"kind": "suppressed", "missing": bm["missing"], "n": int(sum(t["counts"]) + t["suppressed"])}}}
+            n += 1
+        if n:
+            entries.append({"stage": "marginals", "action": "suppressed", "source": release["source"], "block": "strata", "column": col, "blocks": n,
+                            "reason": f"derived from {derived[col]['from']!r}: its tables inside the strata not released (synthesis computes it from {derived[col]['from']!r})"})
+    return {**release, "blocks": blocks}, entries
+
+
+def _truth(lt: LinkedTable, release: dict[str, Any], counts: dict[str, dict[str, list[int]]]) -> np.ndarray:
+    """The true blocks × classes counts (the residual block's by difference from the source)."""
+    L = len(lt.col_totals)
+    rows = [np.zeros(L, dtype="int64") if bid == RESIDUAL else np.asarray(counts[bid][lt.column][:L], dtype="int64") for bid in lt.blocks]
+    T = np.asarray(rows, dtype="int64").reshape(len(lt.blocks), L)
+    if RESIDUAL in lt.blocks:
+        T[lt.blocks.index(RESIDUAL)] = lt.col_totals - T.sum(axis=0)
+    if np.any(T < 0) or not np.array_equal(T.sum(axis=0), lt.col_totals):
+        raise RuntimeError(f"{release['source']}/{lt.column}: the strata's class counts do not add up to the source-level table")
+    return T
+
+
+def _unlist(bm: dict[str, Any], keep: np.ndarray, release: dict[str, Any], column: str) -> dict[str, Any]:
+    """A stratum table with only the classes `keep` listed (the rest join `suppressed`)."""
+    if bm["kind"] != "categorical":
+        return bm
+    pos = {v: i for i, v in enumerate(release["blocks"]["all"]["marginals"][column]["table"]["levels"])}
+    t = bm["table"]
+    pairs = [(v, c) for v, c in zip(t["levels"], t["counts"], strict=True) if keep[pos[v]]]
+    gone = sum(t["counts"]) - sum(c for _, c in pairs)
+    return {**bm, "table": {**t, "levels": [v for v, _ in pairs], "counts": [c for _, c in pairs], "suppressed": int(t["suppressed"] + gone)}}
+
+
+__all__ = ["LinkedTable", "audit_release_tables", "block_table", "class_codes", "class_counts", "intervals", "linked_tables",
+           "n_classes", "protect_release", "protected", "secondary_suppression", "unprotected", "widen_bucket"]
