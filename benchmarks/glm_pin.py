@@ -38,15 +38,21 @@ def glm_people(n: int, seed: int) -> pd.DataFrame:
     x2 = 0.6 * x1 + rng.normal(scale=0.8, size=n)
     female = rng.binomial(1, 0.5, size=n)
     o = np.digitize(x1 - 0.3 * female + rng.logistic(size=n), [-1.0, 0.0, 1.2])
-    return pd.DataFrame({
-        "x1": x1, "x2": x2, "female": female,
-        "region": rng.choice(list("abcd"), p=[0.4, 0.3, 0.2, 0.1], size=n),
-        "w": rng.uniform(0.5, 2.0, size=n), "cluster": rng.integers(1, 41, size=n),
-        "b": (rng.random(n) < 1 / (1 + np.exp(-(0.3 + 0.8 * x1 - 0.5 * female)))).astype(int),
-        "c": rng.poisson(np.exp(0.2 + 0.4 * x1 - 0.2 * female)),
-        "nb": rng.poisson(rng.gamma(2.0, np.exp(0.5 + 0.4 * x1 - 0.3 * x2) / 2.0)),
-        "o": o + 1, "os": np.asarray(LEVELS)[o],
-    })
+    return pd.DataFrame(
+        {
+            "x1": x1,
+            "x2": x2,
+            "female": female,
+            "region": rng.choice(list("abcd"), p=[0.4, 0.3, 0.2, 0.1], size=n),
+            "w": rng.uniform(0.5, 2.0, size=n),
+            "cluster": rng.integers(1, 41, size=n),
+            "b": (rng.random(n) < 1 / (1 + np.exp(-(0.3 + 0.8 * x1 - 0.5 * female)))).astype(int),
+            "c": rng.poisson(np.exp(0.2 + 0.4 * x1 - 0.2 * female)),
+            "nb": rng.poisson(rng.gamma(2.0, np.exp(0.5 + 0.4 * x1 - 0.3 * x2) / 2.0)),
+            "o": o + 1,
+            "os": np.asarray(LEVELS)[o],
+        }
+    )
 
 
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -64,7 +70,11 @@ def gaps(df: pd.DataFrame, rel: dict[str, Any]) -> tuple[float, float]:
     cp = checkpoint_from_release(rel)
     fit = fit_checkpoint(build_design(df, cp), cp)
     pos = {t: j for j, t in enumerate(fit.terms)}
-    d = [(abs(fit.beta[pos[t["term"]]] - t["beta"]), t["se"], fit.se[pos[t["term"]]]) for t in rel["terms"] if not t.get("suppressed")]
+    d = [
+        (abs(fit.beta[pos[t["term"]]] - t["beta"]), t["se"], fit.se[pos[t["term"]]])
+        for t in rel["terms"]
+        if not t.get("suppressed")
+    ]
     return max(a / s for a, s, _ in d), max(a / s for a, _, s in d)
 
 
@@ -74,7 +84,14 @@ def run(rows: int, seeds: int, families: list[str]) -> dict[str, dict[str, float
     out = {}
     for fam in families:
         cp = Checkpoint(tag=fam, source="people", model=fam, **FAMILIES[fam])
-        res = {"draw_target": 0.0, "draw_synthetic": 0.0, "pinned_target": 0.0, "pinned_synthetic": 0.0, "drift_se": 0.0, "seconds": 0.0}
+        res = {
+            "draw_target": 0.0,
+            "draw_synthetic": 0.0,
+            "pinned_target": 0.0,
+            "pinned_synthetic": 0.0,
+            "drift_se": 0.0,
+            "seconds": 0.0,
+        }
         for s in range(seeds):
             rel, _ = capture_checkpoint(glm_people(rows, 2 * s), cp, manifest, 0)
             syn = glm_people(rows, 2 * s + 1)
@@ -107,10 +124,14 @@ def main() -> None:
     a = ap.parse_args()
     r = run(a.rows, a.seeds, a.families.split(","))
     print(f"N = {a.rows}, {a.seeds} seeds; max |b - b*| / SE over terms and seeds")
-    print("| family | draw (SE target) | draw (SE synthetic) | pinned (SE target) | pinned (SE synthetic) | max outcome drift (SE) | max seconds |")
+    print(
+        "| family | draw (SE target) | draw (SE synthetic) | pinned (SE target) | pinned (SE synthetic) | max outcome drift (SE) | max seconds |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for fam, v in r.items():
-        print(f"| {fam} | {v['draw_target']:.3f} | {v['draw_synthetic']:.3f} | {v['pinned_target']:.3f} | {v['pinned_synthetic']:.3f} | {v['drift_se']:.2f} | {v['seconds']:.2f} |")
+        print(
+            f"| {fam} | {v['draw_target']:.3f} | {v['draw_synthetic']:.3f} | {v['pinned_target']:.3f} | {v['pinned_synthetic']:.3f} | {v['drift_se']:.2f} | {v['seconds']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ ATOM = 5  # rows sharing a value from which it counts as an atom
 
 def released_numbers(m: dict[str, Any]) -> np.ndarray:
     """Every number a grid marginal releases."""
-    return np.asarray(list(m.get("grid") or []) + list(m.get("window_means") or []), dtype="float64")
+    return np.asarray(
+        list(m.get("grid") or []) + list(m.get("window_means") or []), dtype="float64"
+    )
 
 
 def exposure(values: np.ndarray, m: dict[str, Any]) -> float:
@@ -72,10 +74,12 @@ def crafted(strata: int, rows: int, seed: int, wide: bool) -> pd.DataFrame:
     continuous column and a category."""
     rng = np.random.default_rng(seed)
     n = strata * rows
-    df = pd.DataFrame({
-        "cell": np.repeat([f"c{i:02d}" for i in range(strata)], rows),
-        "income": np.round(np.exp(10 + 0.6 * rng.normal(size=n)), 2),
-    })
+    df = pd.DataFrame(
+        {
+            "cell": np.repeat([f"c{i:02d}" for i in range(strata)], rows),
+            "income": np.round(np.exp(10 + 0.6 * rng.normal(size=n)), 2),
+        }
+    )
     if wide:
         df["score"] = np.round(rng.normal(50, 10, size=n), 3)
         df["sex"] = rng.choice(["f", "m"], size=n)
@@ -92,9 +96,11 @@ def run(df: pd.DataFrame, raw: dict[str, Any], name: str) -> None:
     cols = [c["name"] for c in audit_columns(rel)]
     ident = identical_rows(df[cols].reset_index(drop=True), syn[cols], cols)
     small = [e[3] for e in strata if e[2] < 200]
-    print(f"{name} ({man.sdc.profile}): source-level exposure max {max([e[3] for e in ex if e[0] == 'all'] or [0]):.1%}; "
-          f"strata: mean {np.mean([e[3] for e in strata] or [0]):.1%}, max {max([e[3] for e in strata] or [0]):.1%}"
-          f"{f', blocks < 200 values max {max(small):.1%}' if small else ''}; identical synthetic rows {ident['share']:.1%} ({ident['count']})")
+    print(
+        f"{name} ({man.sdc.profile}): source-level exposure max {max([e[3] for e in ex if e[0] == 'all'] or [0]):.1%}; "
+        f"strata: mean {np.mean([e[3] for e in strata] or [0]):.1%}, max {max([e[3] for e in strata] or [0]):.1%}"
+        f"{f', blocks < 200 values max {max(small):.1%}' if small else ''}; identical synthetic rows {ident['share']:.1%} ({ident['count']})"
+    )
 
 
 def main() -> None:
@@ -104,11 +110,20 @@ def main() -> None:
     for profile in ("standard", "iab", "fsrdc", "strict"):
         for rows in (50, 80):
             cells = 3000 // rows
-            raw = {"name": "g", "seed": 3, "sources": {"s": {"path": "x.csv", "strata": ["cell"]}}, "sdc": {"profile": profile}}
+            raw = {
+                "name": "g",
+                "seed": 3,
+                "sources": {"s": {"path": "x.csv", "strata": ["cell"]}},
+                "sdc": {"profile": profile},
+            }
             if rows < load_manifest(raw).sdc.min_cell_size:
                 continue
             for wide in (False, True):
-                run(crafted(cells, rows, 7, wide), raw, f"crafted {cells} strata x {rows} rows, {'3 columns' if wide else 'income only'}")
+                run(
+                    crafted(cells, rows, 7, wide),
+                    raw,
+                    f"crafted {cells} strata x {rows} rows, {'3 columns' if wide else 'income only'}",
+                )
     if args.demo:
         import yaml
 
@@ -128,9 +143,11 @@ def main() -> None:
             cols = [c["name"] for c in audit_columns(rel)]
             ident = identical_rows(df[cols].reset_index(drop=True), syn[cols], cols)
             worst = max(strata, key=lambda e: e[3]) if strata else None
-            print(f"demo ({profile}): source-level exposure max {max([e[3] for e in ex if e[0] == 'all'] or [0]):.1%}; strata mean "
-                  f"{np.mean([e[3] for e in strata] or [0]):.1%}, max {worst[3] if worst else 0:.1%}"
-                  f"{f' ({worst[1]} in {worst[0]}, {worst[2]} values)' if worst else ''}; identical synthetic rows {ident['share']:.1%} ({ident['count']})")
+            print(
+                f"demo ({profile}): source-level exposure max {max([e[3] for e in ex if e[0] == 'all'] or [0]):.1%}; strata mean "
+                f"{np.mean([e[3] for e in strata] or [0]):.1%}, max {worst[3] if worst else 0:.1%}"
+                f"{f' ({worst[1]} in {worst[0]}, {worst[2]} values)' if worst else ''}; identical synthetic rows {ident['share']:.1%} ({ident['count']})"
+            )
 
 
 if __name__ == "__main__":

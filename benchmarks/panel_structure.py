@@ -65,7 +65,13 @@ def lag1(df: pd.DataFrame, entity: str, time: str, col: str, scores: bool = Fals
         sc = pd.Series(0.0, index=df.index)
         sc[ok] = special.ndtri((stats.rankdata(x[ok]) - 0.5) / int(ok.sum()))
         df = df.assign(**{col: sc - sc[ok].mean()})
-    d = pd.DataFrame({"e": df[entity], "t": pd.to_numeric(df[time], errors="coerce"), "w": _devs(df, entity, col)})
+    d = pd.DataFrame(
+        {
+            "e": df[entity],
+            "t": pd.to_numeric(df[time], errors="coerce"),
+            "w": _devs(df, entity, col),
+        }
+    )
     d = d.sort_values(["e", "t"], kind="stable")
     prev = d.groupby("e")["w"].shift(1)
     ok = prev.notna() & d["w"].notna()
@@ -87,13 +93,17 @@ def main(argv: list[str]) -> None:
         print("se_ratio", tag, {t["term"]: round(t["se_ratio"], 2) for t in c["terms"]})
     o, s = pd.read_csv(orig), pd.read_parquet(syn)
     for col in cols:
-        line = (f"{col}: within share {within_share(o, entity, col):.2f} -> {within_share(s, entity, col):.2f}; "
-                f"constant within entity {constant_share(o, entity, col):.2f} -> {constant_share(s, entity, col):.2f}")
+        line = (
+            f"{col}: within share {within_share(o, entity, col):.2f} -> {within_share(s, entity, col):.2f}; "
+            f"constant within entity {constant_share(o, entity, col):.2f} -> {constant_share(s, entity, col):.2f}"
+        )
         if time is not None and col != time:
             b = trend_slope(o, entity, time, col)
-            line += (f"; trend identity (slope {b:.3g}) {trend_share(o, entity, time, col, b):.2f} -> {trend_share(s, entity, time, col, b):.2f}"
-                     f"; within lag-1 autocorrelation {lag1(o, entity, time, col):.3f} -> {lag1(s, entity, time, col):.3f}"
-                     f" (normal scores {lag1(o, entity, time, col, True):.3f} -> {lag1(s, entity, time, col, True):.3f})")
+            line += (
+                f"; trend identity (slope {b:.3g}) {trend_share(o, entity, time, col, b):.2f} -> {trend_share(s, entity, time, col, b):.2f}"
+                f"; within lag-1 autocorrelation {lag1(o, entity, time, col):.3f} -> {lag1(s, entity, time, col):.3f}"
+                f" (normal scores {lag1(o, entity, time, col, True):.3f} -> {lag1(s, entity, time, col, True):.3f})"
+            )
         print(line)
 
 

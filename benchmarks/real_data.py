@@ -61,58 +61,280 @@ FAIR_X = "age + yrs_married + children + religious + educ"
 FERT_X = "educ + age + I(age**2) + black + east + northcen + west + farm + othrural + town + smcity + C(year)"
 
 CASES = [
-    Case("mroz", _lm("mroz"), [
-        {"tag": "wage_ols", "model": "ols", "formula": "lwage ~ educ + exper + I(exper**2)", "vcov": "HC1"},
-        {"tag": "wage_iv", "model": "iv", "formula": "lwage ~ exper + I(exper**2) + [educ ~ motheduc + fatheduc]", "vcov": "HC1"},
-        {"tag": "inlf_lpm", "model": "ols", "formula": f"inlf ~ {MROZ_X}", "vcov": "HC1"},
-        {"tag": "inlf_logit", "model": "logit", "formula": f"inlf ~ {MROZ_X}", "vcov": "nonrobust"},
-        {"tag": "inlf_probit", "model": "probit", "formula": f"inlf ~ {MROZ_X}", "vcov": "nonrobust"},
-    ], {"exclude": ["wage", "expersq"]}),
-    Case("wage_nested", _lm("wage"), [
-        {"tag": "long", "model": "ols", "formula": "lwage ~ educ + exper + tenure + married + black + south + urban + IQ", "vcov": "HC3"},
-        {"tag": "short", "model": "ols", "formula": "lwage ~ educ + exper + tenure", "vcov": "HC3"},
-        {"tag": "iq_wls", "model": "ols", "formula": "IQ ~ educ + meduc + feduc", "vcov": "HC2", "weights": "hours"},
-    ], {"exclude": ["wage"]}),
-    Case("meps_iv", _lm("meps"), [
-        {"tag": "drug_iv", "model": "iv", "formula": "ldrugexp ~ totchr + age + female + blhisp + linc + [hi_empunion ~ ssiratio]", "vcov": "HC1"},
-        {"tag": "drug_ols", "model": "ols", "formula": "ldrugexp ~ hi_empunion + totchr + age + female + blhisp + linc", "vcov": "HC1"},
-    ], {"exclude": ["drugexp", "age2", "income"]}),
-    Case("card_iv2", _lm("card"), [
-        {"tag": "iv2", "model": "iv", "formula": "lwage ~ black + south + smsa + [educ + exper ~ nearc4 + nearc2 + age]", "vcov": "HC0"},
-        {"tag": "ols_w", "model": "ols", "formula": "KWW ~ educ + age + black", "vcov": "nonrobust", "weights": "weight"},
-    ], {"ids": ["id"], "exclude": ["wage", "expersq"]}),
-    Case("wage_panel_hausman", _lm("wage_panel"), [
-        {"tag": "fe", "model": "fe", "formula": "lwage ~ expersq + married + union", "entity": "nr", "time": "year", "vcov": "cluster:nr"},
-        {"tag": "re", "model": "re", "formula": "lwage ~ black + hisp + educ + exper + expersq + married + union", "entity": "nr", "time": "year", "vcov": "cluster:nr"},
-        {"tag": "pooled", "model": "ols", "formula": "hours ~ black + hisp + educ + exper + married + union + C(year)", "vcov": "cluster:nr"},
-    ], {"panel": {"entity": "nr", "time": "year"}, "continuous": ["hours"]}),
-    Case("fair_ordered", _sm("fair"), [
-        {"tag": "rate_ologit", "model": "ologit", "formula": f"rate_marriage ~ {FAIR_X}", "vcov": "nonrobust"},
-        {"tag": "rate_oprobit", "model": "oprobit", "formula": f"rate_marriage ~ {FAIR_X}", "vcov": "nonrobust"},
-        {"tag": "affairs_ols", "model": "ols", "formula": f"affairs ~ {FAIR_X} + rate_marriage", "vcov": "HC1"},
-    ], {"continuous": ["affairs", "yrs_married", "children"]}),
-    Case("randhie_counts", _sm("randhie"), [
-        {"tag": "visits_poisson", "model": "poisson", "formula": f"mdvis ~ {RAND_X}", "vcov": "HC0"},
-        {"tag": "visits_nbreg", "model": "nbreg", "formula": f"mdvis ~ {RAND_X}", "vcov": "nonrobust"},
-    ]),
-    Case("fertility_counts", _lm("fertility"), [
-        {"tag": "kids_poisson", "model": "poisson", "formula": f"kids ~ {FERT_X}", "vcov": "nonrobust"},
-        {"tag": "kids_ols", "model": "ols", "formula": f"kids ~ {FERT_X}", "vcov": "HC1"},
-    ], {"exclude": ["agesq", "y74", "y76", "y78", "y80", "y82", "y84", "y74educ", "y76educ", "y78educ", "y80educ", "y82educ", "y84educ"]}),
-    Case("anes_vote", _sm("anes96"), [
-        {"tag": "vote_logit", "model": "logit", "formula": "vote ~ logpopul + TVnews + selfLR + ClinLR + DoleLR + PID + age + educ + income", "vcov": "HC1"},
-    ], {"exclude": ["popul"]}),
-    Case("grunfeld_fe", _sm("grunfeld"), [
-        {"tag": "invest_fe", "model": "fe", "formula": "invest ~ value + capital", "absorb": ["firm", "year"], "vcov": "HC1"},
-    ], {"continuous": ["year"], "groups": ["firm"]}),
-    Case("munnell_fe", _lm("munnell"), [
-        {"tag": "gsp_fe", "model": "fe", "formula": "lgsp ~ np.log(P_CAP) + np.log(PC) + np.log(EMP) + UNEMP", "absorb": ["STATE", "YR"], "vcov": "cluster:STATE"},
-    ], {"exclude": ["ST_ABB", "GSP"], "continuous": ["YR"], "groups": ["STATE"]},
-        prepare=lambda df: df.assign(lgsp=np.log(df["GSP"]))),
-    Case("jobtraining_fe", _lm("jobtraining"), [
-        {"tag": "scrap_fe", "model": "fe", "formula": "lscrap ~ grant + grant_1 + d88 + d89", "entity": "fcode", "time": "year", "vcov": "cluster:fcode"},
-    ], {"panel": {"entity": "fcode", "time": "year"},
-        "exclude": ["scrap", "clscrap", "cgrant", "clemploy", "clsales", "clavgsal", "cgrant_1", "chrsemp", "clhrsemp", "lemploy", "lsales", "lrework", "lhrsemp", "lavgsal"]}),
+    Case(
+        "mroz",
+        _lm("mroz"),
+        [
+            {
+                "tag": "wage_ols",
+                "model": "ols",
+                "formula": "lwage ~ educ + exper + I(exper**2)",
+                "vcov": "HC1",
+            },
+            {
+                "tag": "wage_iv",
+                "model": "iv",
+                "formula": "lwage ~ exper + I(exper**2) + [educ ~ motheduc + fatheduc]",
+                "vcov": "HC1",
+            },
+            {"tag": "inlf_lpm", "model": "ols", "formula": f"inlf ~ {MROZ_X}", "vcov": "HC1"},
+            {
+                "tag": "inlf_logit",
+                "model": "logit",
+                "formula": f"inlf ~ {MROZ_X}",
+                "vcov": "nonrobust",
+            },
+            {
+                "tag": "inlf_probit",
+                "model": "probit",
+                "formula": f"inlf ~ {MROZ_X}",
+                "vcov": "nonrobust",
+            },
+        ],
+        {"exclude": ["wage", "expersq"]},
+    ),
+    Case(
+        "wage_nested",
+        _lm("wage"),
+        [
+            {
+                "tag": "long",
+                "model": "ols",
+                "formula": "lwage ~ educ + exper + tenure + married + black + south + urban + IQ",
+                "vcov": "HC3",
+            },
+            {
+                "tag": "short",
+                "model": "ols",
+                "formula": "lwage ~ educ + exper + tenure",
+                "vcov": "HC3",
+            },
+            {
+                "tag": "iq_wls",
+                "model": "ols",
+                "formula": "IQ ~ educ + meduc + feduc",
+                "vcov": "HC2",
+                "weights": "hours",
+            },
+        ],
+        {"exclude": ["wage"]},
+    ),
+    Case(
+        "meps_iv",
+        _lm("meps"),
+        [
+            {
+                "tag": "drug_iv",
+                "model": "iv",
+                "formula": "ldrugexp ~ totchr + age + female + blhisp + linc + [hi_empunion ~ ssiratio]",
+                "vcov": "HC1",
+            },
+            {
+                "tag": "drug_ols",
+                "model": "ols",
+                "formula": "ldrugexp ~ hi_empunion + totchr + age + female + blhisp + linc",
+                "vcov": "HC1",
+            },
+        ],
+        {"exclude": ["drugexp", "age2", "income"]},
+    ),
+    Case(
+        "card_iv2",
+        _lm("card"),
+        [
+            {
+                "tag": "iv2",
+                "model": "iv",
+                "formula": "lwage ~ black + south + smsa + [educ + exper ~ nearc4 + nearc2 + age]",
+                "vcov": "HC0",
+            },
+            {
+                "tag": "ols_w",
+                "model": "ols",
+                "formula": "KWW ~ educ + age + black",
+                "vcov": "nonrobust",
+                "weights": "weight",
+            },
+        ],
+        {"ids": ["id"], "exclude": ["wage", "expersq"]},
+    ),
+    Case(
+        "wage_panel_hausman",
+        _lm("wage_panel"),
+        [
+            {
+                "tag": "fe",
+                "model": "fe",
+                "formula": "lwage ~ expersq + married + union",
+                "entity": "nr",
+                "time": "year",
+                "vcov": "cluster:nr",
+            },
+            {
+                "tag": "re",
+                "model": "re",
+                "formula": "lwage ~ black + hisp + educ + exper + expersq + married + union",
+                "entity": "nr",
+                "time": "year",
+                "vcov": "cluster:nr",
+            },
+            {
+                "tag": "pooled",
+                "model": "ols",
+                "formula": "hours ~ black + hisp + educ + exper + married + union + C(year)",
+                "vcov": "cluster:nr",
+            },
+        ],
+        {"panel": {"entity": "nr", "time": "year"}, "continuous": ["hours"]},
+    ),
+    Case(
+        "fair_ordered",
+        _sm("fair"),
+        [
+            {
+                "tag": "rate_ologit",
+                "model": "ologit",
+                "formula": f"rate_marriage ~ {FAIR_X}",
+                "vcov": "nonrobust",
+            },
+            {
+                "tag": "rate_oprobit",
+                "model": "oprobit",
+                "formula": f"rate_marriage ~ {FAIR_X}",
+                "vcov": "nonrobust",
+            },
+            {
+                "tag": "affairs_ols",
+                "model": "ols",
+                "formula": f"affairs ~ {FAIR_X} + rate_marriage",
+                "vcov": "HC1",
+            },
+        ],
+        {"continuous": ["affairs", "yrs_married", "children"]},
+    ),
+    Case(
+        "randhie_counts",
+        _sm("randhie"),
+        [
+            {
+                "tag": "visits_poisson",
+                "model": "poisson",
+                "formula": f"mdvis ~ {RAND_X}",
+                "vcov": "HC0",
+            },
+            {
+                "tag": "visits_nbreg",
+                "model": "nbreg",
+                "formula": f"mdvis ~ {RAND_X}",
+                "vcov": "nonrobust",
+            },
+        ],
+    ),
+    Case(
+        "fertility_counts",
+        _lm("fertility"),
+        [
+            {
+                "tag": "kids_poisson",
+                "model": "poisson",
+                "formula": f"kids ~ {FERT_X}",
+                "vcov": "nonrobust",
+            },
+            {"tag": "kids_ols", "model": "ols", "formula": f"kids ~ {FERT_X}", "vcov": "HC1"},
+        ],
+        {
+            "exclude": [
+                "agesq",
+                "y74",
+                "y76",
+                "y78",
+                "y80",
+                "y82",
+                "y84",
+                "y74educ",
+                "y76educ",
+                "y78educ",
+                "y80educ",
+                "y82educ",
+                "y84educ",
+            ]
+        },
+    ),
+    Case(
+        "anes_vote",
+        _sm("anes96"),
+        [
+            {
+                "tag": "vote_logit",
+                "model": "logit",
+                "formula": "vote ~ logpopul + TVnews + selfLR + ClinLR + DoleLR + PID + age + educ + income",
+                "vcov": "HC1",
+            },
+        ],
+        {"exclude": ["popul"]},
+    ),
+    Case(
+        "grunfeld_fe",
+        _sm("grunfeld"),
+        [
+            {
+                "tag": "invest_fe",
+                "model": "fe",
+                "formula": "invest ~ value + capital",
+                "absorb": ["firm", "year"],
+                "vcov": "HC1",
+            },
+        ],
+        {"continuous": ["year"], "groups": ["firm"]},
+    ),
+    Case(
+        "munnell_fe",
+        _lm("munnell"),
+        [
+            {
+                "tag": "gsp_fe",
+                "model": "fe",
+                "formula": "lgsp ~ np.log(P_CAP) + np.log(PC) + np.log(EMP) + UNEMP",
+                "absorb": ["STATE", "YR"],
+                "vcov": "cluster:STATE",
+            },
+        ],
+        {"exclude": ["ST_ABB", "GSP"], "continuous": ["YR"], "groups": ["STATE"]},
+        prepare=lambda df: df.assign(lgsp=np.log(df["GSP"])),
+    ),
+    Case(
+        "jobtraining_fe",
+        _lm("jobtraining"),
+        [
+            {
+                "tag": "scrap_fe",
+                "model": "fe",
+                "formula": "lscrap ~ grant + grant_1 + d88 + d89",
+                "entity": "fcode",
+                "time": "year",
+                "vcov": "cluster:fcode",
+            },
+        ],
+        {
+            "panel": {"entity": "fcode", "time": "year"},
+            "exclude": [
+                "scrap",
+                "clscrap",
+                "cgrant",
+                "clemploy",
+                "clsales",
+                "clavgsal",
+                "cgrant_1",
+                "chrsemp",
+                "clhrsemp",
+                "lemploy",
+                "lsales",
+                "lrework",
+                "lhrsemp",
+                "lavgsal",
+            ],
+        },
+    ),
 ]
 
 
@@ -120,7 +342,14 @@ def manifest(case: Case, data: Path) -> dict[str, Any]:
     """The manifest of one case: one source, the standard SDC profile, tier 4 required."""
     src = {"path": str(data), "rows": None, "ids": [], **case.source}
     cps = [{"source": "data", **c} for c in case.checkpoints]
-    return {"name": case.name, "seed": 20261126, "sources": {"data": src}, "sdc": {"profile": "standard"}, "checkpoints": cps, "verify": {"tier": 4}}
+    return {
+        "name": case.name,
+        "seed": 20261126,
+        "sources": {"data": src},
+        "sdc": {"profile": "standard"},
+        "checkpoints": cps,
+        "verify": {"tier": 4},
+    }
 
 
 def run_case(case: Case, root: Path, python: str) -> dict[str, Any]:
@@ -134,9 +363,27 @@ def run_case(case: Case, root: Path, python: str) -> dict[str, Any]:
     mf = root / f"{case.name}.yaml"
     mf.write_text(yaml.safe_dump(manifest(case, data), sort_keys=False))
     t0 = time.perf_counter()
-    proc = subprocess.run([python, "-m", "replisynth.workflow.cli", "run", str(mf), "--results", str(root / "results"), "--quiet"],
-                          capture_output=True, text=True, cwd=root)
-    out: dict[str, Any] = {"case": case.name, "rows": len(df), "seconds": round(time.perf_counter() - t0, 1), "exit": proc.returncode}
+    proc = subprocess.run(
+        [
+            python,
+            "-m",
+            "replisynth.workflow.cli",
+            "run",
+            str(mf),
+            "--results",
+            str(root / "results"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    out: dict[str, Any] = {
+        "case": case.name,
+        "rows": len(df),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "exit": proc.returncode,
+    }
     tiers_path = root / "results" / case.name / "verify" / "tiers.json"
     if not tiers_path.exists():
         out["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -153,9 +400,14 @@ def run_case(case: Case, root: Path, python: str) -> dict[str, Any]:
     for tag, c in tiers["checkpoints"].items():
         ratios = [t["se_ratio"] for t in c.get("terms", []) if t.get("se_ratio") is not None]
         out["checkpoints"][tag] = {
-            "model": c.get("model"), "status": c.get("status"), "pin": pins.get(tag), "passed": c.get("passed"),
-            "max_dbeta_se": c.get("max_dbeta_se"), "max_dbeta_se_target": c.get("max_dbeta_se_target"),
-            "se_ratio_min": min(ratios) if ratios else None, "se_ratio_max": max(ratios) if ratios else None,
+            "model": c.get("model"),
+            "status": c.get("status"),
+            "pin": pins.get(tag),
+            "passed": c.get("passed"),
+            "max_dbeta_se": c.get("max_dbeta_se"),
+            "max_dbeta_se_target": c.get("max_dbeta_se_target"),
+            "se_ratio_min": min(ratios) if ratios else None,
+            "se_ratio_max": max(ratios) if ratios else None,
         }
     return out
 
@@ -166,22 +418,28 @@ def _fmt(v: Any) -> str:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table: one row per checkpoint."""
-    lines = ["| case (rows) | tier | checkpoint | model | pin | max Δβ/SE (synthetic SE) | max Δβ/SE (original SE) | SE ratio min–max |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| case (rows) | tier | checkpoint | model | pin | max Δβ/SE (synthetic SE) | max Δβ/SE (original SE) | SE ratio min–max |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['case']} | error | {r['error']} | | | | | |")
             continue
         for tag, c in r["checkpoints"].items():
-            lines.append(f"| {r['case']} ({r['rows']}) | {r['tier_met']} | {tag} | {c['model']} | {c['pin']} | {_fmt(c['max_dbeta_se'])} | "
-                         f"{_fmt(c['max_dbeta_se_target'])} | {_fmt(c['se_ratio_min'])}–{_fmt(c['se_ratio_max'])} |")
+            lines.append(
+                f"| {r['case']} ({r['rows']}) | {r['tier_met']} | {tag} | {c['model']} | {c['pin']} | {_fmt(c['max_dbeta_se'])} | "
+                f"{_fmt(c['max_dbeta_se_target'])} | {_fmt(c['se_ratio_min'])}–{_fmt(c['se_ratio_max'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
-    ap.add_argument("--keep", help="write data, manifests and results here (default: a temporary directory)")
+    ap.add_argument(
+        "--keep", help="write data, manifests and results here (default: a temporary directory)"
+    )
     ap.add_argument("--json", help="write the results as JSON here")
     ap.add_argument("--markdown", help="write the table as Markdown here (docs/acceptance.md)")
     args = ap.parse_args(argv)
@@ -193,20 +451,31 @@ def main(argv: list[str] | None = None) -> int:
             r = run_case(case, root / case.name, sys.executable)
             results.append(r)
             if "error" in r:
-                print(f"{case.name}: exit {r['exit']} in {r['seconds']} s: {r['error']}", flush=True)
+                print(
+                    f"{case.name}: exit {r['exit']} in {r['seconds']} s: {r['error']}", flush=True
+                )
                 continue
-            print(f"{case.name} ({r['rows']} rows): tier {r['tier_met']}, exit {r['exit']}, {r['seconds']} s", flush=True)
+            print(
+                f"{case.name} ({r['rows']} rows): tier {r['tier_met']}, exit {r['exit']}, {r['seconds']} s",
+                flush=True,
+            )
             for tag, c in r["checkpoints"].items():
                 strict = (c["max_dbeta_se"] or 0) < 3 and (c["max_dbeta_se_target"] or 0) < 3
-                print(f"  {tag:16s} {str(c['model']):8s} {str(c['status']):12s} pin={str(c['pin']):12s} "
-                      f"dβ/SE syn {_fmt(c['max_dbeta_se'])} orig {_fmt(c['max_dbeta_se_target'])} "
-                      f"SE ratio {_fmt(c['se_ratio_min'])}–{_fmt(c['se_ratio_max'])} {'ok' if strict and c['passed'] else 'FAIL'}", flush=True)
+                print(
+                    f"  {tag:16s} {str(c['model']):8s} {str(c['status']):12s} pin={str(c['pin']):12s} "
+                    f"dβ/SE syn {_fmt(c['max_dbeta_se'])} orig {_fmt(c['max_dbeta_se_target'])} "
+                    f"SE ratio {_fmt(c['se_ratio_min'])}–{_fmt(c['se_ratio_max'])} {'ok' if strict and c['passed'] else 'FAIL'}",
+                    flush=True,
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.markdown:
         Path(args.markdown).write_text(markdown(results))
     bad = [r["case"] for r in results if r.get("tier_met") != 4]
-    print(f"{len(results) - len(bad)}/{len(results)} cases at tier 4" + (f"; below: {', '.join(bad)}" if bad else ""))
+    print(
+        f"{len(results) - len(bad)}/{len(results)} cases at tier 4"
+        + (f"; below: {', '.join(bad)}" if bad else "")
+    )
     return 0
 
 

@@ -152,7 +152,12 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     return rec
 
 
-RULE = {"extract": "extract_source", "synthesize": "sample_copula", "pin": "pin_checkpoints", "verify": "verify_tiers"}
+RULE = {
+    "extract": "extract_source",
+    "synthesize": "sample_copula",
+    "pin": "pin_checkpoints",
+    "verify": "verify_tiers",
+}
 
 
 def stage_threads(stage: str, rows: int, columns: int, cores: int) -> int:
@@ -169,8 +174,19 @@ def run_stage(stage: str, manifest: Path, results: Path, threads: int = 1) -> di
 def run_snakemake(manifest: Path, workdir: Path, cores: int) -> dict:
     """The whole workflow (`snakemake --cores N` on the manifest, in its own directory): wall
     seconds from start to exit and the peak RSS of the process tree (every job included)."""
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(HERE.parent / "Snakefile"), "--directory", str(workdir),
-           "--cores", str(cores), "--quiet", "all", "--configfile", str(manifest)]  # default target: all
+    cmd = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "-s",
+        str(HERE.parent / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        str(cores),
+        "--quiet",
+        "all",
+        "--configfile",
+        str(manifest),
+    ]  # default target: all
     code, _, err, secs, peak = _watch(cmd)
     if code != 0:
         raise RuntimeError(f"snakemake failed: {err[-2000:]}")
@@ -186,8 +202,15 @@ def sdv_python(explicit: str | None, here: bool) -> str | None:
     return None
 
 
-def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, sdv_max_rows: int = 2_000_000,
-          snakemake: bool = False, cores: int = 2) -> dict:
+def bench(
+    rows: int,
+    repeat: int,
+    sdv: bool = False,
+    sdv_py: str | None = None,
+    sdv_max_rows: int = 2_000_000,
+    snakemake: bool = False,
+    cores: int = 2,
+) -> dict:
     sys.path.insert(0, str(HERE))
     from generate import main as generate
 
@@ -211,18 +234,27 @@ def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, 
                 rec["sdv"].append(_run([py, "-c", SDV, str(d / "data" / "register.parquet")]))
         if rec["snakemake"]:
             v = rec.pop("snakemake")
-            out["snakemake"] = {"seconds": statistics.median(x["seconds"] for x in v), "peak_mb": max(x["peak_mb"] for x in v)}
+            out["snakemake"] = {
+                "seconds": statistics.median(x["seconds"] for x in v),
+                "peak_mb": max(x["peak_mb"] for x in v),
+            }
         rec.pop("snakemake", None)
         for s, v in rec.items():
             if v:
-                out[s] = {"seconds": statistics.median(x["seconds"] for x in v), "cpu": statistics.median(x["cpu"] for x in v),
-                          "peak_mb": max(x["peak_mb"] for x in v), "startup": statistics.median(x["startup"] for x in v)}
+                out[s] = {
+                    "seconds": statistics.median(x["seconds"] for x in v),
+                    "cpu": statistics.median(x["cpu"] for x in v),
+                    "peak_mb": max(x["peak_mb"] for x in v),
+                    "startup": statistics.median(x["startup"] for x in v),
+                }
                 if "checkpoints" in v[0]:
                     out[s]["checkpoints"] = statistics.median(x["checkpoints"] for x in v)
         if not (sdv or sdv_py):
             out["sdv"] = "not measured (give --sdv-python)"
         elif py is None:
-            out["sdv"] = "SDV not installed (no importable sdv in " + (sdv_py or sys.executable) + ")"
+            out["sdv"] = (
+                "SDV not installed (no importable sdv in " + (sdv_py or sys.executable) + ")"
+            )
         elif rows > sdv_max_rows:
             out["sdv"] = f"not run above {sdv_max_rows:,} rows (--sdv-max-rows)"
         else:
@@ -235,13 +267,19 @@ def bench(rows: int, repeat: int, sdv: bool = False, sdv_py: str | None = None, 
         out["peak_mb"] = max(out[s]["peak_mb"] for s in STAGES)
         # like for like: SDV's fit + sample against our releases (schema, marginals, rank
         # correlations, the bundle) + synthesize; and with the checkpoint fits added
-        out["fit_sample_seconds"] = out["extract"]["seconds"] - out["extract"].get("checkpoints", 0.0) + out["synthesize"]["seconds"]
+        out["fit_sample_seconds"] = (
+            out["extract"]["seconds"]
+            - out["extract"].get("checkpoints", 0.0)
+            + out["synthesize"]["seconds"]
+        )
         out["fit_sample_fits_seconds"] = out["extract"]["seconds"] + out["synthesize"]["seconds"]
         if isinstance(out.get("sdv"), dict):
             out["ratio_vs_sdv"] = out["sdv"]["seconds"] / out["total_seconds"]
             out["cpu_ratio_vs_sdv"] = out["sdv"]["cpu"] / out["total_cpu"]
             out["fit_sample_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["fit_sample_seconds"]
-            out["fit_sample_fits_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["fit_sample_fits_seconds"]
+            out["fit_sample_fits_ratio_vs_sdv"] = (
+                out["sdv"]["seconds"] / out["fit_sample_fits_seconds"]
+            )
             if "snakemake" in out:
                 out["snakemake_ratio_vs_sdv"] = out["sdv"]["seconds"] / out["snakemake"]["seconds"]
     return out
@@ -255,31 +293,65 @@ def main() -> None:
     ap.add_argument("--sdv-python", help="a Python with sdv installed (its own venv)")
     ap.add_argument("--sdv-max-rows", type=int, default=2_000_000)
     ap.add_argument("--json", help="also write every result to this file")
-    ap.add_argument("--snakemake", action="store_true", help="also time the whole workflow (snakemake --cores N, every job)")
-    ap.add_argument("--cores", type=int, default=2, help="cores for --snakemake and the stages' threads (default 2)")
+    ap.add_argument(
+        "--snakemake",
+        action="store_true",
+        help="also time the whole workflow (snakemake --cores N, every job)",
+    )
+    ap.add_argument(
+        "--cores",
+        type=int,
+        default=2,
+        help="cores for --snakemake and the stages' threads (default 2)",
+    )
     a = ap.parse_args()
-    print("| rows | extract s | synthesize s | pin s | verify s | total s (CPU s) | startup s | peak MB | tier | SDV fit+sample s (CPU s) | SDV peak MB | SDV / total (CPU) |")
+    print(
+        "| rows | extract s | synthesize s | pin s | verify s | total s (CPU s) | startup s | peak MB | tier | SDV fit+sample s (CPU s) | SDV peak MB | SDV / total (CPU) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     results = []
     for n in a.sizes:
         r = bench(n, a.repeat, a.sdv, a.sdv_python, a.sdv_max_rows, a.snakemake, a.cores)
         results.append(r)
         sd = r.get("sdv")
-        sdv_cols = (f"{sd['seconds']:.1f} ({sd['cpu']:.1f}) | {sd['peak_mb']:.0f} | {r['ratio_vs_sdv']:.1f}x ({r['cpu_ratio_vs_sdv']:.1f}x)"
-                    if isinstance(sd, dict) else f"{sd} | – | –")
-        print(f"| {n:,} | " + " | ".join(f"{r[s]['seconds']:.2f}" for s in STAGES)
-              + f" | {r['total_seconds']:.2f} ({r['total_cpu']:.1f}) | {r['startup_seconds']:.1f} | {r['peak_mb']:.0f} | {r['tier_met']} | {sdv_cols} |", flush=True)
-        print("  peak MB per stage: " + ", ".join(f"{s} {r[s]['peak_mb']:.0f}" for s in STAGES), flush=True)
-        print(f"  fit + sample: releases + synthesize {r['fit_sample_seconds']:.2f} s; with the checkpoint fits "
-              f"{r['fit_sample_fits_seconds']:.2f} s", flush=True)
+        sdv_cols = (
+            f"{sd['seconds']:.1f} ({sd['cpu']:.1f}) | {sd['peak_mb']:.0f} | {r['ratio_vs_sdv']:.1f}x ({r['cpu_ratio_vs_sdv']:.1f}x)"
+            if isinstance(sd, dict)
+            else f"{sd} | – | –"
+        )
+        print(
+            f"| {n:,} | "
+            + " | ".join(f"{r[s]['seconds']:.2f}" for s in STAGES)
+            + f" | {r['total_seconds']:.2f} ({r['total_cpu']:.1f}) | {r['startup_seconds']:.1f} | {r['peak_mb']:.0f} | {r['tier_met']} | {sdv_cols} |",
+            flush=True,
+        )
+        print(
+            "  peak MB per stage: " + ", ".join(f"{s} {r[s]['peak_mb']:.0f}" for s in STAGES),
+            flush=True,
+        )
+        print(
+            f"  fit + sample: releases + synthesize {r['fit_sample_seconds']:.2f} s; with the checkpoint fits "
+            f"{r['fit_sample_fits_seconds']:.2f} s",
+            flush=True,
+        )
         if "fit_sample_ratio_vs_sdv" in r:
-            print(f"  SDV / ours, fit + sample like for like {r['fit_sample_ratio_vs_sdv']:.1f}x; with our checkpoint fits "
-                  f"{r['fit_sample_fits_ratio_vs_sdv']:.1f}x", flush=True)
+            print(
+                f"  SDV / ours, fit + sample like for like {r['fit_sample_ratio_vs_sdv']:.1f}x; with our checkpoint fits "
+                f"{r['fit_sample_fits_ratio_vs_sdv']:.1f}x",
+                flush=True,
+            )
         if "snakemake" in r:
             sm = r["snakemake"]
-            ratio = f", SDV / workflow {r['snakemake_ratio_vs_sdv']:.1f}x" if "snakemake_ratio_vs_sdv" in r else ""
-            print(f"  whole workflow (snakemake --cores {a.cores}, every job incl. start-up, csv, report): {sm['seconds']:.2f} s wall, "
-                  f"peak {sm['peak_mb']:.0f} MB (process tree){ratio}", flush=True)
+            ratio = (
+                f", SDV / workflow {r['snakemake_ratio_vs_sdv']:.1f}x"
+                if "snakemake_ratio_vs_sdv" in r
+                else ""
+            )
+            print(
+                f"  whole workflow (snakemake --cores {a.cores}, every job incl. start-up, csv, report): {sm['seconds']:.2f} s wall, "
+                f"peak {sm['peak_mb']:.0f} MB (process tree){ratio}",
+                flush=True,
+            )
         if a.json:
             Path(a.json).write_text(json.dumps(results, indent=1))
 

@@ -64,10 +64,15 @@ def main(argv: list[str]) -> None:
     frames = {}
     for s in sorted({c["source"] for c in released}):  # as pipeline.stage_pin does before pinning
         df = pd.read_parquet(res / "synthesize" / f"{s}.parquet")
-        frames[s] = align_moments(df, b.checkpoints, b.releases[s], rng(b.manifest.seed, s, "xmom"))[0]
+        frames[s] = align_moments(
+            df, b.checkpoints, b.releases[s], rng(b.manifest.seed, s, "xmom")
+        )[0]
     base, _ = pin_checkpoints(frames, released, shape_ses=False)
     runs = {cap: pin_checkpoints(frames, released, weight_bounds=(1.0 / cap, cap)) for cap in caps}
-    print(f"{'checkpoint':14s} {'model':5s} {'vcov':11s} {'scaled only':>13s} " + " ".join(f"{'cap ' + format(c, 'g'):>36s}" for c in caps))
+    print(
+        f"{'checkpoint':14s} {'model':5s} {'vcov':11s} {'scaled only':>13s} "
+        + " ".join(f"{'cap ' + format(c, 'g'):>36s}" for c in caps)
+    )
     for c in released:
         r0 = ratios(base[c["source"]], c)
         if r0 is None:
@@ -76,14 +81,24 @@ def main(argv: list[str]) -> None:
         for fr, outs in runs.values():
             r = ratios(fr[c["source"]], c)
             assert r is not None
-            rep = next((o.detail.get("se_shape", {}).get(c["tag"]) for o in outs if c["tag"] in o.tags), None)
+            rep = next(
+                (o.detail.get("se_shape", {}).get(c["tag"]) for o in outs if c["tag"] in o.tags),
+                None,
+            )
             extra = ""
             if rep:
-                shift = quantile_shift(base[c["source"]][c["outcome"]], fr[c["source"]][c["outcome"]])
+                shift = quantile_shift(
+                    base[c["source"]][c["outcome"]], fr[c["source"]][c["outcome"]]
+                )
                 extra = f" ess {rep['weight_ess']:.2f} q{shift:.2f}{'' if rep['feasible'] else ' infeas.'}"
             cells.append(f"{r[0]:.3f}-{r[1]:.3f} (db {r[2]:.0e}){extra}")
-        print(f"{c['tag']:14s} {c['model']:5s} {c['vcov']:11s} {r0[0]:.3f}-{r0[1]:.3f} " + " ".join(f"{x:>36s}" for x in cells))
-    print("ess: Kish's effective share of the variance weights; q: largest outcome-percentile shift vs the scaled-only pin, in IQRs")
+        print(
+            f"{c['tag']:14s} {c['model']:5s} {c['vcov']:11s} {r0[0]:.3f}-{r0[1]:.3f} "
+            + " ".join(f"{x:>36s}" for x in cells)
+        )
+    print(
+        "ess: Kish's effective share of the variance weights; q: largest outcome-percentile shift vs the scaled-only pin, in IQRs"
+    )
 
 
 if __name__ == "__main__":

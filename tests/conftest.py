@@ -33,18 +33,34 @@ def make_people(n: int = 2000, seed: int = 0) -> pd.DataFrame:
     y = 1.0 + 0.5 * x1 - 0.3 * x2 + 0.2 * female + 0.1 * x1 * female + reff + rng.normal(size=n)
     income = np.exp(10 + 0.3 * x1 + rng.normal(scale=0.5, size=n))
     income[rng.random(n) < 0.1] = np.nan
-    return pd.DataFrame({
-        "pid": np.arange(1, n + 1), "y": y, "x1": x1, "x2": x2, "female": female,
-        "region": region, "age": age, "educ": educ, "income": income,
-        "w": rng.uniform(0.5, 2.0, size=n), "cluster": rng.integers(1, 41, size=n),
-    })
+    return pd.DataFrame(
+        {
+            "pid": np.arange(1, n + 1),
+            "y": y,
+            "x1": x1,
+            "x2": x2,
+            "female": female,
+            "region": region,
+            "age": age,
+            "educ": educ,
+            "income": income,
+            "w": rng.uniform(0.5, 2.0, size=n),
+            "cluster": rng.integers(1, 41, size=n),
+        }
+    )
 
 
 def manifest_for(path: str | Path, **source_keys: Any) -> dict[str, Any]:
     """A minimal valid manifest dict for one csv/parquet/dta source at `path`."""
     src = {"path": str(path), "ids": ["pid"]}
     src.update(source_keys)
-    return {"name": "t", "seed": 7, "sources": {"people": src}, "checkpoints": [], "verify": {"tier": 0}}
+    return {
+        "name": "t",
+        "seed": 7,
+        "sources": {"people": src},
+        "checkpoints": [],
+        "verify": {"tier": 0},
+    }
 
 
 def run_pipeline(raw: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -62,8 +78,13 @@ def run_pipeline(raw: dict[str, Any], out: Path) -> dict[str, Any]:
     return read_json(tiers_path)
 
 
-def release_of(df: pd.DataFrame, tmp_path: Path, sdc: dict[str, Any] | None = None, checkpoints: list[dict[str, Any]] | None = None,
-               **source_keys: Any) -> tuple[dict[str, Any], pd.DataFrame, Any]:
+def release_of(
+    df: pd.DataFrame,
+    tmp_path: Path,
+    sdc: dict[str, Any] | None = None,
+    checkpoints: list[dict[str, Any]] | None = None,
+    **source_keys: Any,
+) -> tuple[dict[str, Any], pd.DataFrame, Any]:
     """Write `df` to csv and extract its release (for one source 'people'; `checkpoints` as
     in a manifest): (release, the data as read back, the SDC log)."""
     from replisynth.config.manifest import load_manifest
@@ -120,7 +141,9 @@ def refit_terms(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, floa
     return out
 
 
-def extract_and_synthesize_twice(root: Path, orig: pd.DataFrame, raw_manifest: Any) -> dict[str, Any]:
+def extract_and_synthesize_twice(
+    root: Path, orig: pd.DataFrame, raw_manifest: Any
+) -> dict[str, Any]:
     """Write `orig` as root/p.csv, extract with the manifest made by `raw_manifest(path)`,
     synthesize twice (one/, two/: the reruns byte-compared by tests) and verify one/ (for the
     panel suites; the source is named 'p')."""
@@ -133,8 +156,15 @@ def extract_and_synthesize_twice(root: Path, orig: pd.DataFrame, raw_manifest: A
     one = cmd_synthesize(bundle, root / "one")["p"]
     two = cmd_synthesize(bundle, root / "two")["p"]
     cmd_verify(bundle, root / "one")
-    return {"root": root, "orig": orig, "bundle": bundle, "one": one, "two": two,
-            "release": read_json(bundle / "source_p.json"), "syn": pd.read_parquet(one)}
+    return {
+        "root": root,
+        "orig": orig,
+        "bundle": bundle,
+        "one": one,
+        "two": two,
+        "release": read_json(bundle / "source_p.json"),
+        "syn": pd.read_parquet(one),
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -69,7 +69,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _imported(name, path, node)
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names
+                ]
             for t in targets:
                 if t == top or t.startswith(top + "."):
                     hit = known(t)
@@ -121,7 +123,10 @@ def layer_violations(graph: dict[str, set[str]], top: str = "replisynth") -> lis
     for mod in sorted(graph):
         pkg = package(mod)
         if mod == top:
-            bad += [f"{top}/__init__.py imports {t}: the root must import nothing" for t in sorted(graph[mod])]
+            bad += [
+                f"{top}/__init__.py imports {t}: the root must import nothing"
+                for t in sorted(graph[mod])
+            ]
             continue
         if pkg not in layer:
             bad.append(f"{mod}: not inside a layered package ({', '.join(layer)})")
@@ -133,7 +138,9 @@ def layer_violations(graph: dict[str, set[str]], top: str = "replisynth") -> lis
             if layer[tpkg] > layer[pkg]:
                 bad.append(f"{mod} imports {target}: {tpkg} is a higher layer than {pkg}")
             elif layer[tpkg] == layer[pkg] and target not in STAGE_API.get(pkg, set()):
-                bad.append(f"{mod} imports {target}: stage {pkg} may use {tpkg} only through STAGE_API")
+                bad.append(
+                    f"{mod} imports {target}: stage {pkg} may use {tpkg} only through STAGE_API"
+                )
     return bad
 
 
@@ -171,16 +178,19 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 def test_the_checks_catch_a_hidden_cycle_and_an_upward_import(tmp_path: Path) -> None:
     """A cycle through an import inside a function, and a core module importing a stage, are
     both reported (the checks can fail)."""
-    pkg = _write(tmp_path, {
-        "__init__.py": "",
-        "core/__init__.py": "",
-        "core/errors.py": "def f():\n    from replisynth.pin.pin import g\n",
-        "pin/__init__.py": "",
-        "pin/pin.py": "from ..core import errors\n\ndef g():\n    from . import shape\n",
-        "pin/shape.py": "import replisynth.pin.pin as p\n",
-        "verify/__init__.py": "",
-        "verify/verify.py": "from replisynth.pin.shape import x\n",
-    })
+    pkg = _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "core/__init__.py": "",
+            "core/errors.py": "def f():\n    from replisynth.pin.pin import g\n",
+            "pin/__init__.py": "",
+            "pin/pin.py": "from ..core import errors\n\ndef g():\n    from . import shape\n",
+            "pin/shape.py": "import replisynth.pin.pin as p\n",
+            "verify/__init__.py": "",
+            "verify/verify.py": "from replisynth.pin.shape import x\n",
+        },
+    )
     graph = import_graph(pkg)
     assert graph["replisynth.pin.pin"] == {"replisynth.core.errors", "replisynth.pin.shape"}
     cycles = find_cycles(graph)
@@ -191,6 +201,8 @@ def test_the_checks_catch_a_hidden_cycle_and_an_upward_import(tmp_path: Path) ->
 
 
 def test_a_flat_module_is_reported(tmp_path: Path) -> None:
-    pkg = _write(tmp_path, {"__init__.py": "", "xmom.py": "from .refine import a\n", "refine.py": "a = 1\n"})
+    pkg = _write(
+        tmp_path, {"__init__.py": "", "xmom.py": "from .refine import a\n", "refine.py": "a = 1\n"}
+    )
     bad = layer_violations(import_graph(pkg))
     assert "replisynth.xmom: not inside a layered package" in bad[1]

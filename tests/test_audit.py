@@ -60,8 +60,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     original = read_source(tmp / "people.csv")[0]
     bundle = results / "t" / "bundle"
     return {
-        "tmp": tmp, "manifest": m, "original": original, "results": results / "t",
-        "bundle": bundle, "release": load_bundle(bundle).releases["people"],
+        "tmp": tmp,
+        "manifest": m,
+        "original": original,
+        "results": results / "t",
+        "bundle": bundle,
+        "release": load_bundle(bundle).releases["people"],
     }
 
 
@@ -74,7 +78,15 @@ def _copy(original: pd.DataFrame) -> pd.DataFrame:
 
 def _audit(run: dict[str, Any], synthetic: pd.DataFrame, **kw: Any) -> dict[str, Any]:
     m = run["manifest"]
-    return audit_source(run["original"], synthetic, run["release"], "people", m.seed, strata=m.sources[0].strata, **kw)
+    return audit_source(
+        run["original"],
+        synthetic,
+        run["release"],
+        "people",
+        m.seed,
+        strata=m.sources[0].strata,
+        **kw,
+    )
 
 
 def _holds_secret(text: str) -> list[str]:
@@ -124,7 +136,10 @@ def test_copy_of_the_original_is_caught(run: dict[str, Any]) -> None:
     # every copied row is at distance 0 from the half it came from: about half are training rows
     assert d["share_closer_than_p5"] > 0.4
     a = audit_run("t", 7, {"people": s})
-    assert a["verdict"] == f"{N:,} synthetic row(s) reproduce an original record on all released columns"
+    assert (
+        a["verdict"]
+        == f"{N:,} synthetic row(s) reproduce an original record on all released columns"
+    )
     assert len(a["attention"]) == 2
     assert "Verdict: 800 synthetic row(s) reproduce an original record" in a["summary"]
 
@@ -154,8 +169,12 @@ def test_column_released_empty_does_not_hide_a_copy(run: dict[str, Any]) -> None
 # no original value leaves
 
 
-def test_outputs_and_logs_hold_no_original_value(run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_outputs_and_logs_hold_no_original_value(
+    run: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Worst case: the 'synthetic' data is the original, planted values included."""
     syn = _copy(run["original"])
     assert (syn["income"] == SECRET_NUMBER).any() and (syn["tag"] == SECRET_TEXT).any()
@@ -163,8 +182,13 @@ def test_outputs_and_logs_hold_no_original_value(run: dict[str, Any], tmp_path: 
     log_file = tmp_path / "audit.log"
     configure_logging(str(log_file))
     with caplog.at_level(logging.INFO, logger="replisynth"):
-        result = stage_audit(run["manifest"], run["bundle"], {"people": tmp_path / "people.parquet"},
-                             tmp_path / "audit.json", tmp_path / "audit.txt")
+        result = stage_audit(
+            run["manifest"],
+            run["bundle"],
+            {"people": tmp_path / "people.parquet"},
+            tmp_path / "audit.json",
+            tmp_path / "audit.txt",
+        )
     logging.getLogger("replisynth").handlers.clear()
     assert result["identical_rows_total"] == N
     cap = capsys.readouterr()
@@ -200,11 +224,17 @@ def test_replicated_uniques_by_hand() -> None:
 
 def test_identical_rows_equality_rules() -> None:
     orig = pd.DataFrame({"x": [1, 2, 3], "y": [0.1, np.nan, 1e6 / 3], "s": ["u", "v", None]})
-    syn = pd.DataFrame({
-        "x": [1.0, 2.0, 3.0],                           # integer vs float: equal
-        "y": [0.1 + 1e-12, np.nan, np.float32(1e6 / 3)],  # 7 significant digits; missing = missing
-        "s": pd.Categorical(["u", "v", None]),          # text vs categorical: equal
-    })
+    syn = pd.DataFrame(
+        {
+            "x": [1.0, 2.0, 3.0],  # integer vs float: equal
+            "y": [
+                0.1 + 1e-12,
+                np.nan,
+                np.float32(1e6 / 3),
+            ],  # 7 significant digits; missing = missing
+            "s": pd.Categorical(["u", "v", None]),  # text vs categorical: equal
+        }
+    )
     assert identical_rows(orig, syn, ["x", "y", "s"])["count"] == 3
     syn2 = syn.assign(y=[0.1001, 1.0, 1e6 / 3])
     r = identical_rows(orig, syn2, ["x", "y", "s"])
@@ -232,7 +262,9 @@ def test_keys_in_manifest_and_schema(run: dict[str, Any]) -> None:
     assert load_manifest(manifest_for("people.csv")).sources[0].keys == ()
     cols = list(make_people(5).columns)
     check_columns(m, "people", cols)
-    with pytest.raises(ManifestError, match=r"sources\.people\.keys: column 'sex' is not in source 'people'"):
+    with pytest.raises(
+        ManifestError, match=r"sources\.people\.keys: column 'sex' is not in source 'people'"
+    ):
         check_columns(load_manifest(manifest_for("people.csv", keys=["sex"])), "people", cols)
     with pytest.raises(ManifestError, match=r"sources\.people\.keys"):
         load_manifest(manifest_for("people.csv", keys=["age", "age"]))
@@ -242,7 +274,10 @@ def test_keys_in_manifest_and_schema(run: dict[str, Any]) -> None:
     assert "audit" in k["description"]
     with pytest.raises(ManifestError, match=r"sources\.people\.keys: column 'pid' is not released"):
         resolve_keys(run["release"], "people", ("female", "pid"), ())
-    assert resolve_keys(run["release"], "people", ("age", "female"), ("female",)) == (["age", "female"], False)
+    assert resolve_keys(run["release"], "people", ("age", "female"), ("female",)) == (
+        ["age", "female"],
+        False,
+    )
 
 
 def test_declared_keys_are_used(run: dict[str, Any]) -> None:
@@ -255,7 +290,9 @@ def test_declared_keys_are_used(run: dict[str, Any]) -> None:
 # CLI and Snakemake
 
 
-def test_cli_audit_needs_bundle_and_synthetic(run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_audit_needs_bundle_and_synthetic(
+    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["audit", str(run["tmp"] / "m.yaml"), "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

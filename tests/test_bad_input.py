@@ -172,7 +172,9 @@ def test_extract_bad_file_writes_nothing(tmp_path: Path, kind: str, pattern: str
 def test_extract_missing_column_names_key(tmp_path: Path) -> None:
     p = _people_csv(tmp_path / "people.csv")
     raw = manifest_for(p, strata=["regio"])
-    with pytest.raises(ManifestError, match=r"sources\.people\.strata: column 'regio' is not in source 'people'") as info:
+    with pytest.raises(
+        ManifestError, match=r"sources\.people\.strata: column 'regio' is not in source 'people'"
+    ) as info:
         cmd_extract(load_manifest(raw), tmp_path / "res")
     assert str(p) in str(info.value)
     assert not (tmp_path / "res" / "t" / "bundle").exists()
@@ -268,7 +270,10 @@ def test_singular_design_linear_combination(tmp_path: Path) -> None:
         ("age >>> 3", r"checkpoints\[0\]\.subset: cannot parse subset 'age >>> 3'"),
         ("agee > 3", r"checkpoints\[0\]\.subset: column 'agee' is not in source"),
         ("region == ", r"checkpoints\[0\]\.subset: cannot parse subset 'region =='"),
-        ("age + 1", r"checkpoints\[0\] \(sub\): subset 'age \+ 1' does not give a true/false value per row"),
+        (
+            "age + 1",
+            r"checkpoints\[0\] \(sub\): subset 'age \+ 1' does not give a true/false value per row",
+        ),
     ],
     ids=["no_rows", "syntax", "unknown_column", "incomplete", "not_boolean"],
 )
@@ -287,7 +292,9 @@ def test_no_complete_rows(tmp_path: Path) -> None:
     p = _people_csv(tmp_path / "people.csv", gap=np.nan)
     raw = manifest_for(p)
     raw["checkpoints"] = [_cp(tag="gap", formula="y ~ x1 + gap")]
-    with pytest.raises(CheckpointError, match=r"checkpoints\[0\] \(gap\): no row has all of .*'gap'"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoints\[0\] \(gap\): no row has all of .*'gap'"
+    ):
         cmd_extract(load_manifest(raw), tmp_path / "res")
 
 
@@ -368,7 +375,9 @@ def test_cli_missing_manifest_file(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_cli_synthesize_from_non_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["synthesize", "--bundle", str(tmp_path), "--results", str(tmp_path / "res"), "--quiet"])
+    rc = main(
+        ["synthesize", "--bundle", str(tmp_path), "--results", str(tmp_path / "res"), "--quiet"]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -380,14 +389,24 @@ def _bundle_hashes(bundle: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("failure", ["singular_checkpoint", "data_file_gone", "bad_subset"])
-def test_failed_reextract_keeps_old_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str], failure: str) -> None:
+def test_failed_reextract_keeps_old_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], failure: str
+) -> None:
     raw = _singular_raw(tmp_path)
     good = dict(raw, checkpoints=[_cp(tag="dup", formula="y ~ x1 + x2")])
     res = tmp_path / "res"
-    assert main(["extract", str(_manifest_file(tmp_path, good)), "--results", str(res), "--quiet"]) == 0
+    assert (
+        main(["extract", str(_manifest_file(tmp_path, good)), "--results", str(res), "--quiet"])
+        == 0
+    )
     bundle = res / "t" / "bundle"
     before = _bundle_hashes(bundle)
-    assert set(before) == {"manifest.json", "sdc_log.json", "checkpoints.json", "source_people.json"}
+    assert set(before) == {
+        "manifest.json",
+        "sdc_log.json",
+        "checkpoints.json",
+        "source_people.json",
+    }
     b0 = load_bundle(bundle)
 
     if failure == "singular_checkpoint":
@@ -566,7 +585,9 @@ def test_string_outcome_is_a_clear_checkpoint_error(tmp_path):
     df = make_people(400)
     df.to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv")
-    raw["checkpoints"] = [{"tag": "s", "source": "people", "model": "ols", "formula": "region ~ x1"}]
+    raw["checkpoints"] = [
+        {"tag": "s", "source": "people", "model": "ols", "formula": "region ~ x1"}
+    ]
     from replisynth.config.manifest import load_manifest
     from replisynth.core.errors import CheckpointError
     from replisynth.workflow.cli import cmd_extract
@@ -580,7 +601,15 @@ def test_boolean_outcome_pins_and_meets_tier_4(tmp_path):
     df["flag"] = df["x1"] + np.random.default_rng(0).normal(size=len(df)) > 0.5
     df.to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv")
-    raw["checkpoints"] = [{"tag": "lpm", "source": "people", "model": "ols", "formula": "flag ~ x1 + x2", "vcov": "HC1"}]
+    raw["checkpoints"] = [
+        {
+            "tag": "lpm",
+            "source": "people",
+            "model": "ols",
+            "formula": "flag ~ x1 + x2",
+            "vcov": "HC1",
+        }
+    ]
     raw["verify"] = {"tier": 4}
     tiers = run_pipeline(raw, tmp_path / "out")
     assert tiers["tier_met"] == 4, tiers["sources"]["people"]["schema"]["problems"]
@@ -593,17 +622,23 @@ def test_checkpoint_on_a_column_that_releases_nothing_is_flagged(tmp_path):
     naming the empty column, and listing the column as continuous fixes it."""
     rng = np.random.default_rng(2)
     n = 600
-    df = pd.DataFrame({"pid": np.arange(n), "year": np.repeat(np.arange(1980, 2000), 30), "x": rng.normal(size=n)})
+    df = pd.DataFrame(
+        {"pid": np.arange(n), "year": np.repeat(np.arange(1980, 2000), 30), "x": rng.normal(size=n)}
+    )
     df["y"] = df["x"] + 0.01 * (df["year"] - 1990) + rng.normal(size=n)
     df.to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv")
-    raw["checkpoints"] = [{"tag": "fe", "source": "people", "model": "ols", "formula": "y ~ x + C(year)"}]
+    raw["checkpoints"] = [
+        {"tag": "fe", "source": "people", "model": "ols", "formula": "y ~ x + C(year)"}
+    ]
     raw["verify"] = {"tier": 4}
     tiers = run_pipeline(raw, tmp_path / "a")
     from replisynth.io.files import read_json
 
     log = read_json(tmp_path / "a" / "t" / "bundle" / "sdc_log.json")["decisions"]
     assert any(e["action"] == "unbuildable" and "year" in e["reason"] for e in log)
-    assert tiers["tier_met"] == 3 and "entirely missing: year" in tiers["checkpoints"]["fe"]["reason"]
+    assert (
+        tiers["tier_met"] == 3 and "entirely missing: year" in tiers["checkpoints"]["fe"]["reason"]
+    )
     raw["sources"]["people"]["continuous"] = ["year"]
     assert run_pipeline(raw, tmp_path / "b")["tier_met"] == 4

@@ -18,7 +18,9 @@ def test_benchmark_runs_at_a_tiny_size():
     assert r["total_seconds"] > 0
     # the checkpoint fits are timed inside extraction and left out of the like-for-like sum
     assert 0 < r["extract"]["checkpoints"] < r["extract"]["seconds"]
-    assert r["fit_sample_seconds"] == pytest.approx(r["fit_sample_fits_seconds"] - r["extract"]["checkpoints"])
+    assert r["fit_sample_seconds"] == pytest.approx(
+        r["fit_sample_fits_seconds"] - r["extract"]["checkpoints"]
+    )
     assert r["snakemake"]["seconds"] > 0 and r["snakemake"]["peak_mb"] > 0  # the whole workflow ran
     assert isinstance(r["sdv"], str)  # not asked for: said so, no ratio
 
@@ -51,7 +53,21 @@ def test_real_data_acceptance_runs_one_case(tmp_path):
     from real_data import main
 
     out = tmp_path / "r.json"
-    assert main(["--only", "anes_vote", "--keep", str(tmp_path / "k"), "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
+    assert (
+        main(
+            [
+                "--only",
+                "anes_vote",
+                "--keep",
+                str(tmp_path / "k"),
+                "--json",
+                str(out),
+                "--markdown",
+                str(tmp_path / "t.md"),
+            ]
+        )
+        == 0
+    )
     (r,) = json.loads(out.read_text())
     assert r["tier_met"] == 4 and r["exit"] == 0
     c = r["checkpoints"]["vote_logit"]

@@ -32,7 +32,15 @@ K = 50  # the standard profile's min_cell_size
 
 def _manifest(path: str, checkpoints: list[dict[str, Any]], **source: Any) -> Any:
     src = {"path": path, "ids": ["pid"], **source}
-    return load_manifest({"name": "gates", "seed": 3, "sources": {"p": src}, "checkpoints": checkpoints, "verify": {"tier": 0}})
+    return load_manifest(
+        {
+            "name": "gates",
+            "seed": 3,
+            "sources": {"p": src},
+            "checkpoints": checkpoints,
+            "verify": {"tier": 0},
+        }
+    )
 
 
 def _cp(tag: str, formula: str, **kw: Any) -> dict[str, Any]:
@@ -42,16 +50,26 @@ def _cp(tag: str, formula: str, **kw: Any) -> dict[str, Any]:
 def _people(n: int, seed: int, x: str = "x", y: str = "y") -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     xv = rng.normal(size=n)
-    return pd.DataFrame({"pid": np.arange(n), x: xv, y: 1.0 + 0.5 * xv + rng.normal(size=n),
-                         "age": rng.integers(20, 80, size=n), "grp": rng.choice(list("abc"), size=n),
-                         "w": rng.uniform(0.8, 1.2, size=n), "hosp": rng.integers(1, 30, size=n)})
+    return pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            x: xv,
+            y: 1.0 + 0.5 * xv + rng.normal(size=n),
+            "age": rng.integers(20, 80, size=n),
+            "grp": rng.choice(list("abc"), size=n),
+            "w": rng.uniform(0.8, 1.2, size=n),
+            "hosp": rng.integers(1, 30, size=n),
+        }
+    )
 
 
 def _outcome_total(rel: dict[str, Any]) -> float:
     """What a bundle reader computes: n · ȳ, with ȳ = intercept + Σ slope × released mean."""
     beta = {t["term"]: t["beta"] for t in rel["terms"] if not t.get("suppressed")}
     means = dict(zip(rel["moments"]["terms"], rel["moments"]["mean"], strict=True))
-    return rel["n"] * (beta["Intercept"] + sum(b * means[t] for t, b in beta.items() if t != "Intercept"))
+    return rel["n"] * (
+        beta["Intercept"] + sum(b * means[t] for t, b in beta.items() if t != "Intercept")
+    )
 
 
 def _released(rels: list[dict[str, Any]]) -> list[str]:
@@ -61,9 +79,17 @@ def _released(rels: list[dict[str, Any]]) -> list[str]:
 # --- 1. differencing -------------------------------------------------------------------------
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(missing=st.integers(1, K - 1), seed=st.integers(0, 10_000), name=st.sampled_from(["z", "tenure", "bmi"]))
-def test_nested_samples_one_missing_value_apart_are_not_both_released(missing: int, seed: int, name: str) -> None:
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    missing=st.integers(1, K - 1),
+    seed=st.integers(0, 10_000),
+    name=st.sampled_from(["z", "tenure", "bmi"]),
+)
+def test_nested_samples_one_missing_value_apart_are_not_both_released(
+    missing: int, seed: int, name: str
+) -> None:
     """A nested specification whose added regressor is missing on `missing` < k rows: both
     samples released give those rows' outcome total as a difference of n·ȳ. The old path
     (capture_checkpoint alone, no ledger) releases both and the difference recovers the
@@ -78,14 +104,19 @@ def test_nested_samples_one_missing_value_apart_are_not_both_released(missing: i
     old = [capture_checkpoint(df, cp, m, i)[0] for i, cp in enumerate(m.checkpoints)]
     assert _released(old) == ["short", "long"]
     truth = float(df.loc[gone, "y"].sum())
-    assert abs((_outcome_total(old[0]) - _outcome_total(old[1])) - truth) < 1e-6 * max(1.0, abs(truth))
+    assert abs((_outcome_total(old[0]) - _outcome_total(old[1])) - truth) < 1e-6 * max(
+        1.0, abs(truth)
+    )
     # with the ledger: the later one is refused, the reason names the earlier one and no count
     rels, log = capture_checkpoints({"p": df}, m)
     assert _released(rels) == ["short"]
     assert rels[1]["reason"].startswith("differencing") and "checkpoint/short" in rels[1]["reason"]
     assert "n" not in rels[1] and "terms" not in rels[1] and "moments" not in rels[1]
     assert str(missing) not in rels[1]["reason"].replace(f"min_cell_size={K}", "")
-    assert any(e["action"] == "differencing" and "1 checkpoint(s) refused" in e["reason"] for e in log.entries)
+    assert any(
+        e["action"] == "differencing" and "1 checkpoint(s) refused" in e["reason"]
+        for e in log.entries
+    )
     assert [e["checkpoint"] for e in log.entries if e["action"] == "rejected"] == ["long"]
     # no released entry describes the long sample
     assert not any(e.get("checkpoint") == "long" and e["action"] != "rejected" for e in log.entries)
@@ -96,7 +127,9 @@ def test_nested_samples_k_rows_apart_are_both_released() -> None:
     df = _people(400, 5)
     df["z"] = np.random.default_rng(6).normal(size=len(df))
     df.loc[: K - 1, "z"] = np.nan
-    rels, _ = capture_checkpoints({"p": df}, _manifest("p.csv", [_cp("short", "y ~ x"), _cp("long", "y ~ x + z")]))
+    rels, _ = capture_checkpoints(
+        {"p": df}, _manifest("p.csv", [_cp("short", "y ~ x"), _cp("long", "y ~ x + z")])
+    )
     assert _released(rels) == ["short", "long"]
 
 
@@ -126,9 +159,17 @@ def test_weighted_sample_against_the_unweighted_source_differences_only_a_count(
     df.loc[[5, 9], "z"] = np.nan
     df["income"] = np.random.default_rng(5).lognormal(10, 0.5, size=len(df))
     df.loc[[1, 2, 3], "income"] = 7e6
-    m = _manifest("p.csv", [_cp("w_missing", "y ~ x + z", weights="w"), _cp("w_subset", "y ~ x", weights="w", subset="income < 5e6"),
-                            _cp("u_missing", "y ~ age + z")])
-    assert _released([capture_checkpoint(df, cp, m, i)[0] for i, cp in enumerate(m.checkpoints)]) == ["w_missing", "w_subset", "u_missing"]
+    m = _manifest(
+        "p.csv",
+        [
+            _cp("w_missing", "y ~ x + z", weights="w"),
+            _cp("w_subset", "y ~ x", weights="w", subset="income < 5e6"),
+            _cp("u_missing", "y ~ age + z"),
+        ],
+    )
+    assert _released(
+        [capture_checkpoint(df, cp, m, i)[0] for i, cp in enumerate(m.checkpoints)]
+    ) == ["w_missing", "w_subset", "u_missing"]
     rels, _ = capture_checkpoints({"p": df}, m)
     assert _released(rels) == ["w_missing"]
     assert "p/all" in rels[1]["reason"] and "p/all" in rels[2]["reason"]
@@ -155,7 +196,11 @@ def test_union_of_strata_plus_a_few_residual_rows_is_refused_and_a_released_set_
     df["grp"] = np.where(np.arange(600) < 20, "c", np.where(np.arange(600) % 2 == 0, "a", "b"))
     df["keep"] = (df["grp"] != "c").astype(int)
     df.loc[:2, "keep"] = 1
-    m = _manifest("p.csv", [_cp("all_rows", "y ~ x"), _cp("ab_plus", "y ~ x", subset="keep == 1")], strata=["grp"])
+    m = _manifest(
+        "p.csv",
+        [_cp("all_rows", "y ~ x"), _cp("ab_plus", "y ~ x", subset="keep == 1")],
+        strata=["grp"],
+    )
     rels, _ = capture_checkpoints({"p": df}, m)
     assert _released(rels) == ["all_rows"]
     assert "union of strata" in rels[1]["reason"] or "p/residual" in rels[1]["reason"]
@@ -168,7 +213,10 @@ def test_two_samples_covering_the_source_with_a_small_overlap_are_refused() -> N
     df = _people(500, 11)
     xs = np.sort(df["x"].to_numpy())
     c1, c2 = float(xs[250] + xs[251]) / 2, float(xs[247] + xs[246]) / 2
-    m = _manifest("p.csv", [_cp("low", "y ~ age", subset=f"x < {c1!r}"), _cp("high", "y ~ age", subset=f"x > {c2!r}")])
+    m = _manifest(
+        "p.csv",
+        [_cp("low", "y ~ age", subset=f"x < {c1!r}"), _cp("high", "y ~ age", subset=f"x > {c2!r}")],
+    )
     rels, _ = capture_checkpoints({"p": df}, m)
     assert _released(rels) == ["low"] and "checkpoint/low" in rels[1]["reason"]
 
@@ -183,18 +231,25 @@ def test_ledger_summary_in_the_bundle(tmp_path: Path) -> None:
     df["z"] = np.random.default_rng(2).normal(size=len(df))
     df.loc[[3, 7], "z"] = np.nan
     df.to_csv(tmp_path / "p.csv", index=False)
-    m = _manifest(str(tmp_path / "p.csv"), [_cp("a", "y ~ x"), _cp("b", "y ~ x + z")], strata=["grp"])
+    m = _manifest(
+        str(tmp_path / "p.csv"), [_cp("a", "y ~ x"), _cp("b", "y ~ x + z")], strata=["grp"]
+    )
     bundle = cmd_extract(m, tmp_path / "out")
     sdc_log = json.loads((bundle / "sdc_log.json").read_text())
     led = sdc_log["ledger"]
     ids = [e["id"] for e in led["entries"]]
-    assert ids[:4] == ["p/all", "p/s0", "p/s1", "p/s2"] and ids[-2:] == ["checkpoint/a", "checkpoint/b"]
+    assert ids[:4] == ["p/all", "p/s0", "p/s1", "p/s2"] and ids[-2:] == [
+        "checkpoint/a",
+        "checkpoint/b",
+    ]
     assert led["differencing"]["refused"] == ["b"] and led["differencing"]["pairs_checked"] > 0
     assert all(e.get("rows", K) >= K for e in led["entries"] if e["kind"] != "residual")
     assert "rows" not in led["entries"][-1]  # the refused checkpoint's n is not given
     checkpoints = json.loads((bundle / "checkpoints.json").read_text())["checkpoints"]
     assert [c["status"] for c in checkpoints] == ["released", "rejected"]
-    assert '"rows": 598' not in json.dumps(led) and all(c.get("n") != 598 for c in checkpoints)  # b's sample size
+    assert '"rows": 598' not in json.dumps(led) and all(
+        c.get("n") != 598 for c in checkpoints
+    )  # b's sample size
 
 
 # --- 2. small groups in every design column --------------------------------------------------
@@ -204,8 +259,14 @@ FEW = st.integers(1, K - 1)
 
 
 @settings(max_examples=8, deadline=None)
-@given(few=FEW, seed=st.integers(0, 10_000), kind=st.sampled_from(["scaled", "scaled_majority", "spline", "sparse"]))
-def test_small_groups_in_non_indicator_columns_are_not_released(few: int, seed: int, kind: str) -> None:
+@given(
+    few=FEW,
+    seed=st.integers(0, 10_000),
+    kind=st.sampled_from(["scaled", "scaled_majority", "spline", "sparse"]),
+)
+def test_small_groups_in_non_indicator_columns_are_not_released(
+    few: int, seed: int, kind: str
+) -> None:
     """A scaled dummy 2·1[age ≥ c] (or its majority form 2·1[age < c]), a spline
     (age − c)·1[age ≥ c] or a column zero but for `few` rows: the coefficient and the
     column's moments describe those rows. The old gate saw only 0/1 columns
@@ -219,8 +280,12 @@ def test_small_groups_in_non_indicator_columns_are_not_released(few: int, seed: 
     df["age"] = ages
     df["dose"] = 0.0
     df.loc[top, "dose"] = rng.uniform(1, 9, size=few)
-    term = {"scaled": "I(2 * (age >= 95))", "scaled_majority": "I(2 * (age < 95))", "spline": "I((age - 94) * (age >= 95))",
-            "sparse": "dose"}[kind]
+    term = {
+        "scaled": "I(2 * (age >= 95))",
+        "scaled_majority": "I(2 * (age < 95))",
+        "spline": "I((age - 94) * (age >= 95))",
+        "sparse": "dose",
+    }[kind]
     m = _manifest("p.csv", [_cp("c", f"y ~ x + {term}")])
     d = build_design(df, m.checkpoints[0])
     assert indicator_minority(d.X)[2] == -1  # the old gate could not see it
@@ -251,7 +316,9 @@ def test_nonmodal_rows_counts_rows_off_the_mode_and_weights_them() -> None:
     x[:60, 2] = 0.0  # 60 rows off the mode 5
     w = np.ones(300)
     w[0] = 500.0  # one heavy row among the 60 off-mode rows of column 2
-    assert nonmodal_rows(x, None, K).tolist()[0] == 4 and nonmodal_rows(x, None, K)[2] >= K  # exact only below K
+    assert (
+        nonmodal_rows(x, None, K).tolist()[0] == 4 and nonmodal_rows(x, None, K)[2] >= K
+    )  # exact only below K
     assert nonmodal_rows(x, None, K)[1] >= K
     assert nonmodal_rows(x, w, K)[2] < K  # Kish count of the 60 off-mode rows: one weight dominates
     assert nonmodal_rows(np.ones((10, 1)), None, K)[0] == -1
@@ -259,9 +326,17 @@ def test_nonmodal_rows_counts_rows_off_the_mode_and_weights_them() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 100_000), n=st.integers(20, 400), k=st.integers(5, 80), zero_share=st.floats(0.0, 1.0),
-       weighted=st.booleans(), sort=st.booleans())
-def test_nonmodal_rows_agrees_with_a_full_count(seed: int, n: int, k: int, zero_share: float, weighted: bool, sort: bool) -> None:
+@given(
+    seed=st.integers(0, 100_000),
+    n=st.integers(20, 400),
+    k=st.integers(5, 80),
+    zero_share=st.floats(0.0, 1.0),
+    weighted=st.booleans(),
+    sort=st.booleans(),
+)
+def test_nonmodal_rows_agrees_with_a_full_count(
+    seed: int, n: int, k: int, zero_share: float, weighted: bool, sort: bool
+) -> None:
     """The shortcuts (head of 4k rows, majority value) decide the gate as a full count of
     the rows off the most common value (np.unique) does, sorted data included."""
     rng = np.random.default_rng(seed)
@@ -350,7 +425,10 @@ def test_one_heavy_weight_is_not_released(seed: int, heavy: float) -> None:
     rel, log = capture_checkpoint(df, m.checkpoints[0], m, 0)
     assert rel["status"] == "rejected" and "weights" in rel["reason"]
     assert "moments" not in rel
-    assert any(e["action"] == "rejected" and ("Kish" in e["reason"] or "total weight" in e["reason"]) for e in log.entries)
+    assert any(
+        e["action"] == "rejected" and ("Kish" in e["reason"] or "total weight" in e["reason"])
+        for e in log.entries
+    )
 
 
 def test_weight_gate_limits() -> None:
@@ -366,12 +444,17 @@ def test_weight_gate_limits() -> None:
 # --- 5. cluster ids and entities in formulas --------------------------------------------------
 
 
-@pytest.mark.parametrize("where, extra, source", [
-    ("groups", {}, {"groups": ["hosp"]}),
-    ("cluster", {"vcov": "cluster:hosp"}, {}),
-    ("absorb", {"model": "fe", "absorb": ["hosp"]}, {}),
-])
-def test_cluster_id_in_a_formula_is_a_manifest_error(where: str, extra: dict[str, Any], source: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "where, extra, source",
+    [
+        ("groups", {}, {"groups": ["hosp"]}),
+        ("cluster", {"vcov": "cluster:hosp"}, {}),
+        ("absorb", {"model": "fe", "absorb": ["hosp"]}, {}),
+    ],
+)
+def test_cluster_id_in_a_formula_is_a_manifest_error(
+    where: str, extra: dict[str, Any], source: dict[str, Any]
+) -> None:
     """C(hosp) releases raw cluster codes and which clusters are small: refused at load,
     naming the checkpoint's formula key and the column."""
     with pytest.raises(ManifestError) as err:
@@ -386,9 +469,17 @@ def test_panel_entity_in_a_formula_is_a_manifest_error() -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(seed=st.integers(0, 100_000), n=st.integers(60, 300), k=st.integers(3, 40), n_cells=st.integers(1, 6),
-       n_prior=st.integers(0, 3), flips=st.integers(0, 45))
-def test_ledger_refuses_exactly_the_small_differences(seed: int, n: int, k: int, n_cells: int, n_prior: int, flips: int) -> None:
+@given(
+    seed=st.integers(0, 100_000),
+    n=st.integers(60, 300),
+    k=st.integers(3, 40),
+    n_cells=st.integers(1, 6),
+    n_prior=st.integers(0, 3),
+    flips=st.integers(0, 45),
+)
+def test_ledger_refuses_exactly_the_small_differences(
+    seed: int, n: int, k: int, n_cells: int, n_prior: int, flips: int
+) -> None:
     """The ledger's decision equals a brute force over every registered set, its complement
     and every union of strata cells: refused iff some |A Δ B| is in 1..k−1 (unless A is a
     set already registered or a union of strata). Samples are built near those sets so that
@@ -404,10 +495,15 @@ def test_ledger_refuses_exactly_the_small_differences(seed: int, n: int, k: int,
     masks = [np.ones(n, dtype=bool)] + [led.cells["p"] == e.cell for e in sets[1:]]
     for i in range(n_prior):
         m = rng.random(n) < 0.5
-        led.register_checkpoint(Checkpoint(tag=f"c{i}", source="p", model="ols", formula="y ~ x"), m, True, "x")
+        led.register_checkpoint(
+            Checkpoint(tag=f"c{i}", source="p", model="ols", formula="y ~ x"), m, True, "x"
+        )
         masks.append(m)
     label = led.cells["p"]
-    unions = [np.isin(label, [c for c in range(int(label.max()) + 1) if (bits >> c) & 1]) for bits in range(1 << (int(label.max()) + 1))]
+    unions = [
+        np.isin(label, [c for c in range(int(label.max()) + 1) if (bits >> c) & 1])
+        for bits in range(1 << (int(label.max()) + 1))
+    ]
     base = (masks + unions)[int(rng.integers(len(masks) + len(unions)))]
     a = base.copy()
     a[rng.choice(n, size=min(flips, n), replace=False)] ^= True

@@ -145,11 +145,17 @@ def test_tie_atoms_keeps_runs_that_matter() -> None:
 def test_invert_pair_equals_inverting_the_whole_curve(pair: str) -> None:
     """The bracketed inversion gives the latent correlation of the full-grid inversion."""
     mixed = Margin(None, ((0.0, 0.26), (0.93, 1.0)))
-    a, b = {"bin-mixed": (BIN, mixed), "ter-cont": (TER, CONT), "mixed-mixed": (mixed, Margin(None, ((0.0, 0.1), (0.5, 0.6)))),
-            "bin-ter": (BIN2, TER)}[pair]
+    a, b = {
+        "bin-mixed": (BIN, mixed),
+        "ter-cont": (TER, CONT),
+        "mixed-mixed": (mixed, Margin(None, ((0.0, 0.1), (0.5, 0.6)))),
+        "bin-ter": (BIN2, TER),
+    }[pair]
     curve = spearman_curve(a, b)
     for rho in np.linspace(-0.99, 0.99, 23):
-        assert invert_pair(a, b, float(rho)) == pytest.approx(invert_curve(curve, float(rho)), abs=1e-12)
+        assert invert_pair(a, b, float(rho)) == pytest.approx(
+            invert_curve(curve, float(rho)), abs=1e-12
+        )
 
 
 @pytest.mark.parametrize("r", [-0.95, -0.6, 0.0, 0.3, 0.8, 0.99])
@@ -217,7 +223,9 @@ def test_nearest_correlation_repairs_an_indefinite_matrix() -> None:
 
 
 def test_nearest_correlation_leaves_a_pd_matrix_unchanged() -> None:
-    A = np.array([[1.0, 0.3, -0.2, 0.5], [0.3, 1.0, 0.1, 0.2], [-0.2, 0.1, 1.0, -0.4], [0.5, 0.2, -0.4, 1.0]])
+    A = np.array(
+        [[1.0, 0.3, -0.2, 0.5], [0.3, 1.0, 0.1, 0.2], [-0.2, 0.1, 1.0, -0.4], [0.5, 0.2, -0.4, 1.0]]
+    )
     assert np.linalg.eigvalsh(A).min() > 0
     np.testing.assert_array_equal(nearest_correlation(A), A)
 
@@ -227,7 +235,9 @@ def test_nearest_correlation_leaves_a_pd_matrix_unchanged() -> None:
 
 
 def _pd_matrix() -> np.ndarray:
-    return np.array([[1.0, 0.4, -0.3, 0.6], [0.4, 1.0, 0.2, 0.1], [-0.3, 0.2, 1.0, -0.5], [0.6, 0.1, -0.5, 1.0]])
+    return np.array(
+        [[1.0, 0.4, -0.3, 0.6], [0.4, 1.0, 0.2, 0.1], [-0.3, 0.2, 1.0, -0.5], [0.6, 0.1, -0.5, 1.0]]
+    )
 
 
 @pytest.mark.parametrize("n", [6, 50, 3000])
@@ -284,7 +294,15 @@ def test_rank_order_is_the_stable_argsort() -> None:
     """The quicksort shortcut gives the stable sort's indices, with ties, NaN and -0.0 too."""
     rng = np.random.default_rng(5)
     z = rng.standard_normal(20_000)
-    cases = [z, np.round(z, 1), np.where(np.arange(len(z)) % 97 == 0, np.nan, z), np.concatenate([[0.0, -0.0], z, [-0.0]]), z[:1], z[:0], np.arange(50)]
+    cases = [
+        z,
+        np.round(z, 1),
+        np.where(np.arange(len(z)) % 97 == 0, np.nan, z),
+        np.concatenate([[0.0, -0.0], z, [-0.0]]),
+        z[:1],
+        z[:0],
+        np.arange(50),
+    ]
     for x in cases:
         np.testing.assert_array_equal(rank_order(x), np.argsort(x, kind="stable"))
 
@@ -299,9 +317,13 @@ def test_nominal_values_exact_counts() -> None:
     assert Z[codes == 1, 1].min() >= np.sort(Z[:, 1])[-200]
 
 
-@pytest.mark.parametrize("margin", [BIN, TER, Margin((0.1, 0.2, 0.3, 0.25, 0.15))], ids=["bin", "ter", "five"])
+@pytest.mark.parametrize(
+    "margin", [BIN, TER, Margin((0.1, 0.2, 0.3, 0.25, 0.15))], ids=["bin", "ter", "five"]
+)
 @pytest.mark.parametrize("rho", [-0.5, 0.4])
-def test_copula_reaches_calibrated_spearman_with_discrete_margin(margin: Margin, rho: float) -> None:
+def test_copula_reaches_calibrated_spearman_with_discrete_margin(
+    margin: Margin, rho: float
+) -> None:
     n = 40_000
     r = latent_correlation(rho, CONT, margin)
     Z = correlated_normals(np.array([[1.0, r], [r, 1.0]]), n, np.random.default_rng(17), exact=True)
@@ -352,8 +374,12 @@ def test_refine_swaps_fixes_structural_zero() -> None:
     assert after < before
     for j, p in enumerate(perms):
         np.testing.assert_array_equal(np.sort(p), np.arange(len(X)))  # a permutation
-        np.testing.assert_array_equal(np.sort(Y[:, j]), np.sort(X[:, j]))  # same multiset (NaN last)
-        np.testing.assert_array_equal(np.isnan(Y[:, j]), np.isnan(X[:, j]))  # missing positions kept
+        np.testing.assert_array_equal(
+            np.sort(Y[:, j]), np.sort(X[:, j])
+        )  # same multiset (NaN last)
+        np.testing.assert_array_equal(
+            np.isnan(Y[:, j]), np.isnan(X[:, j])
+        )  # missing positions kept
 
 
 def test_refine_swaps_units_move_together_and_stay_in_groups() -> None:
@@ -397,8 +423,14 @@ def test_refine_swaps_chases_an_or_of_two_indicators() -> None:
     T = spearman_matrix(X0)
     X = np.column_stack([rng.permutation(col) for col in X0.T])
     units = [[0], [1], [2], [3]]
-    quick = _apply(X, refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2), far=1.0), units)
-    full = _apply(X, refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2)), units)
+    quick = _apply(
+        X,
+        refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2), far=1.0),
+        units,
+    )
+    full = _apply(
+        X, refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2)), units
+    )
     err_quick = np.nanmax(np.abs(spearman_matrix(quick) - T))
     err_full = np.nanmax(np.abs(spearman_matrix(full) - T))
     assert err_full <= 0.045 < 0.1 < err_quick  # inside the tier-2 tolerance (0.05)
@@ -435,12 +467,14 @@ def test_refine_swaps_no_targets_is_identity() -> None:
 # end to end: extract -> synthesize
 
 
-TARGET = np.array([
-    [1.0, 0.3, -0.5, 0.7],
-    [0.3, 1.0, 0.2, 0.4],
-    [-0.5, 0.2, 1.0, -0.3],
-    [0.7, 0.4, -0.3, 1.0],
-])
+TARGET = np.array(
+    [
+        [1.0, 0.3, -0.5, 0.7],
+        [0.3, 1.0, 0.2, 0.4],
+        [-0.5, 0.2, 1.0, -0.3],
+        [0.7, 0.4, -0.3, 1.0],
+    ]
+)
 
 
 def _release(df: pd.DataFrame, tmp_path: Path, **source_keys: object) -> tuple[dict, pd.DataFrame]:
@@ -453,13 +487,15 @@ def test_target_spearman_recovered_at_20000(tmp_path: Path) -> None:
     R = 2 * np.sin(np.pi * TARGET / 6)
     rng = np.random.default_rng(1)
     Z = rng.multivariate_normal(np.zeros(4), R, size=n)
-    df = pd.DataFrame({
-        "pid": np.arange(1, n + 1),
-        "a": Z[:, 0],
-        "b": np.exp(Z[:, 1]),
-        "c": stats.norm.cdf(Z[:, 2]) * 10,
-        "d": stats.gamma.ppf(stats.norm.cdf(Z[:, 3]), 2.0),
-    })
+    df = pd.DataFrame(
+        {
+            "pid": np.arange(1, n + 1),
+            "a": Z[:, 0],
+            "b": np.exp(Z[:, 1]),
+            "c": stats.norm.cdf(Z[:, 2]) * 10,
+            "d": stats.gamma.ppf(stats.norm.cdf(Z[:, 3]), 2.0),
+        }
+    )
     release, data = _release(df, tmp_path)
     assert [d["kind"] for d in release["dims"]] == ["continuous"] * 4
     released = np.asarray(release["blocks"]["all"]["spearman"], dtype="float64")
@@ -471,7 +507,9 @@ def test_target_spearman_recovered_at_20000(tmp_path: Path) -> None:
     # marginals: the synthetic column is the exact quantile sample of the released grid
     for col in "abcd":
         grid = release["blocks"]["all"]["marginals"][col]["grid"]
-        np.testing.assert_allclose(np.sort(syn[col].to_numpy()), exact_quantile_sample(np.asarray(grid), n, False))
+        np.testing.assert_allclose(
+            np.sort(syn[col].to_numpy()), exact_quantile_sample(np.asarray(grid), n, False)
+        )
     # the same seed gives the same data
     pd.testing.assert_frame_equal(syn, synthesize_source(release, seed=7))
 
@@ -482,17 +520,21 @@ def _mixed_frame(n: int, seed: int = 2) -> pd.DataFrame:
     Z = rng.multivariate_normal(np.zeros(4), R, size=n)
     x = np.exp(Z[:, 0])
     x[rng.random(n) < 0.05] = np.nan
-    return pd.DataFrame({
-        "pid": np.arange(1, n + 1),
-        "x": x,
-        "b": (Z[:, 1] > 0.4).astype(int),
-        "o": np.digitize(Z[:, 2], [-1.2, -0.3, 0.5, 1.3]) + 1,
-        "region": np.where(Z[:, 3] > 0.8, "north", np.where(Z[:, 3] > -0.2, "south", "west")),
-    })
+    return pd.DataFrame(
+        {
+            "pid": np.arange(1, n + 1),
+            "x": x,
+            "b": (Z[:, 1] > 0.4).astype(int),
+            "o": np.digitize(Z[:, 2], [-1.2, -0.3, 0.5, 1.3]) + 1,
+            "region": np.where(Z[:, 3] > 0.8, "north", np.where(Z[:, 3] > -0.2, "south", "west")),
+        }
+    )
 
 
 def _counts(s: pd.Series) -> dict:
-    return {(k if isinstance(k, str) else int(k)): int(v) for k, v in s.dropna().value_counts().items()}
+    return {
+        (k if isinstance(k, str) else int(k)): int(v) for k, v in s.dropna().value_counts().items()
+    }
 
 
 @pytest.mark.parametrize("rows", [None, 7331, 1234])
@@ -537,7 +579,11 @@ def test_suppressed_levels_never_appear_and_counts_follow_plan(tmp_path: Path) -
     release, data = _release(df, tmp_path)
     table = release["blocks"]["all"]["marginals"]["region"]["table"]
     # 20 suppressed rows would almost be known: the smallest released level joins them (linked tables)
-    assert "island" not in table["levels"] and table["suppressed"] >= 50 and table["suppressed_levels"] == 2
+    assert (
+        "island" not in table["levels"]
+        and table["suppressed"] >= 50
+        and table["suppressed_levels"] == 2
+    )
     syn = synthesize_source(release, seed=1)
     assert "island" not in set(syn["region"].dropna())
     plan = source_plan(release, len(syn))
@@ -561,16 +607,31 @@ def test_refine_swaps_leaves_a_large_view_within_comfort_as_drawn() -> None:
     at all; off by more than `comfort`, the same view is refined towards its target; and a
     small view is refined whatever its error (its draw is noisier than the release)."""
     tol = 0.004
-    n = max(SAMPLE_ROWS, int(np.ceil(1 / tol**2))) + 10_000  # large, and judged on a sample of its rows
+    n = (
+        max(SAMPLE_ROWS, int(np.ceil(1 / tol**2))) + 10_000
+    )  # large, and judged on a sample of its rows
     X, T = _large_view(n, 0.02, seed=4)
-    perms = refine_swaps(X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035)
+    perms = refine_swaps(
+        X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035
+    )
     assert all(np.array_equal(p, np.arange(n)) for p in perms)
     X, T = _large_view(n, 0.06, seed=4)
-    perms = refine_swaps(X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035)
+    perms = refine_swaps(
+        X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035
+    )
     after = spearman_matrix(_apply(X, perms, [[0], [1]]))[0, 1]
     assert abs(after - T[0, 1]) < 0.035 < abs(spearman_matrix(X)[0, 1] - T[0, 1])
     Xs, Ts = _large_view(4000, 0.02, seed=4)
-    perms = refine_swaps(Xs, [np.arange(4000)], [Ts], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035)
+    perms = refine_swaps(
+        Xs,
+        [np.arange(4000)],
+        [Ts],
+        None,
+        [[0], [1]],
+        np.random.default_rng(0),
+        tol=tol,
+        comfort=0.035,
+    )
     assert abs(spearman_matrix(_apply(Xs, perms, [[0], [1]]))[0, 1] - Ts[0, 1]) < 0.01
 
 
@@ -580,8 +641,29 @@ def test_refine_swaps_sweep_budget_stops_inside_the_comfort_band() -> None:
     X0, X = _structural_zero(n=6000, seed=5)
     T = spearman_matrix(X0)
     units = [[0], [1], [2]]
-    free = refine_swaps(X, [np.arange(len(X))], [T], None, units, np.random.default_rng(1), tol=0.0, comfort=0.0, max_pairs=64)
-    kept = refine_swaps(X, [np.arange(len(X))], [T], None, units, np.random.default_rng(1), tol=0.0, comfort=0.03, settle_gain=0.5, max_pairs=64)
+    free = refine_swaps(
+        X,
+        [np.arange(len(X))],
+        [T],
+        None,
+        units,
+        np.random.default_rng(1),
+        tol=0.0,
+        comfort=0.0,
+        max_pairs=64,
+    )
+    kept = refine_swaps(
+        X,
+        [np.arange(len(X))],
+        [T],
+        None,
+        units,
+        np.random.default_rng(1),
+        tol=0.0,
+        comfort=0.03,
+        settle_gain=0.5,
+        max_pairs=64,
+    )
     err_free = np.nanmax(np.abs(spearman_matrix(_apply(X, free, units)) - T))
     err_kept = np.nanmax(np.abs(spearman_matrix(_apply(X, kept, units)) - T))
     moved_free = sum(int(np.sum(p != np.arange(len(X)))) for p in free)
@@ -598,7 +680,9 @@ def test_synthesis_does_not_depend_on_the_thread_count(tmp_path: Path) -> None:
 
     import replisynth.core.parallel as parallel
 
-    release, _ = _release(make_people(n=6000, seed=3), tmp_path, strata=["female"], categorical=["region"])
+    release, _ = _release(
+        make_people(n=6000, seed=3), tmp_path, strata=["female"], categorical=["region"]
+    )
     assert len(release["blocks"]) == 3  # the source and two strata
     runs = []
     try:
@@ -610,16 +694,22 @@ def test_synthesis_does_not_depend_on_the_thread_count(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(runs[0], runs[1], check_exact=True)
 
 
-def test_number_levels_as_floats_give_the_object_path_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_number_levels_as_floats_give_the_object_path_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Categorical columns whose levels are plain numbers travel as float64 through sampling,
     refinement and dtype restore; the frame equals the one the object arrays give."""
     from conftest import make_people
 
     import replisynth.synthesize.synthesize as syn
 
-    release, _ = _release(make_people(n=3000, seed=4), tmp_path, strata=["female"], categorical=["region"])
+    release, _ = _release(
+        make_people(n=3000, seed=4), tmp_path, strata=["female"], categorical=["region"]
+    )
     plan = source_plan(release, int(release["rows"]))
-    assert {"female", "educ"} <= syn.numeric_level_columns(plan, release)  # region's levels are text
+    assert {"female", "educ"} <= syn.numeric_level_columns(
+        plan, release
+    )  # region's levels are text
     fast = synthesize_source(release, seed=5)
     with monkeypatch.context() as m:
         m.setattr(syn, "numeric_level_columns", lambda plan, release: set())
@@ -627,7 +717,9 @@ def test_number_levels_as_floats_give_the_object_path_frame(tmp_path: Path, monk
     pd.testing.assert_frame_equal(fast, slow, check_exact=True)
 
 
-def test_large_blocks_within_comfort_are_not_refined(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_blocks_within_comfort_are_not_refined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two strata of 70,000 rows with a zero-inflated column: the calibrated copula draws
     every block (and the source view) within the comfort band, so synthesis never builds the
     refinement's views; the same release at 6,000 rows per stratum is refined."""
@@ -638,8 +730,15 @@ def test_large_blocks_within_comfort_are_not_refined(tmp_path: Path, monkeypatch
         z = rng.normal(size=(n, 3))
         z[:, 1] = 0.5 * z[:, 0] + np.sqrt(0.75) * z[:, 1]
         hours = np.where(z[:, 1] < -0.5, 0.0, np.round(38 + 4 * z[:, 1], 1))  # 31% zeros
-        return pd.DataFrame({"pid": np.arange(1, n + 1), "x": z[:, 0], "hours": hours,
-                             "female": (z[:, 2] > 0).astype(int), "y": z[:, 0] + rng.normal(size=n)})
+        return pd.DataFrame(
+            {
+                "pid": np.arange(1, n + 1),
+                "x": z[:, 0],
+                "hours": hours,
+                "female": (z[:, 2] > 0).astype(int),
+                "y": z[:, 0] + rng.normal(size=n),
+            }
+        )
 
     calls: list[int] = []
     real = syn_mod.refine_swaps

@@ -25,12 +25,20 @@ def _panel_like(n: int = 3000, seed: int = 0) -> pd.DataFrame:
     year = rng.choice([87, 88, 89], size=n)
     region = rng.choice(list("abcde"), size=n)
     code = rng.integers(1, 5, size=n)
-    return pd.DataFrame({
-        "pid": np.arange(n), "year": year, "d88": (year == 88).astype(int), "d89": (year == 89).astype(int),
-        "region": region, "south": np.isin(region, ["d", "e"]).astype(int),
-        "code": code, "label": pd.Series(code).map({1: "one", 2: "two", 3: "three", 4: "four"}),
-        "x": rng.normal(size=n) + 0.5 * (year - 88), "z": rng.binomial(1, 0.4, size=n),
-    })
+    return pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            "year": year,
+            "d88": (year == 88).astype(int),
+            "d89": (year == 89).astype(int),
+            "region": region,
+            "south": np.isin(region, ["d", "e"]).astype(int),
+            "code": code,
+            "label": pd.Series(code).map({1: "one", 2: "two", 3: "three", 4: "four"}),
+            "x": rng.normal(size=n) + 0.5 * (year - 88),
+            "z": rng.binomial(1, 0.4, size=n),
+        }
+    )
 
 
 def test_codings_are_detected_with_their_maps(tmp_path):
@@ -76,7 +84,14 @@ def test_missingness_follows_the_columns_it_depends_on(tmp_path):
     income = np.exp(10 + 0.01 * age + rng.normal(scale=0.4, size=n))
     miss = rng.random(n) < np.where(age > 55, 0.6, 0.05)
     income[miss] = np.nan
-    df = pd.DataFrame({"pid": np.arange(n), "age": age, "income": income, "spouse_income": np.where(miss, np.nan, income * 0.5)})
+    df = pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            "age": age,
+            "income": income,
+            "spouse_income": np.where(miss, np.nan, income * 0.5),
+        }
+    )
     rel, _ = _release(df, tmp_path, continuous=["age"])
     kinds = [(d["column"], d["kind"]) for d in rel["dims"]]
     assert ("income", "missing") in kinds
@@ -85,7 +100,9 @@ def test_missingness_follows_the_columns_it_depends_on(tmp_path):
     syn = synthesize_source(rel, seed=3)
     assert (syn["income"].isna() == syn["spouse_income"].isna()).all()
     orig = spearman_matrix(np.column_stack([age, miss.astype(float)]))[0, 1]
-    got = spearman_matrix(np.column_stack([syn["age"].to_numpy(float), syn["income"].isna().to_numpy(float)]))[0, 1]
+    got = spearman_matrix(
+        np.column_stack([syn["age"].to_numpy(float), syn["income"].isna().to_numpy(float)])
+    )[0, 1]
     assert orig > 0.3
     assert abs(got - orig) < 0.05
     assert syn["income"].isna().sum() == miss.sum()

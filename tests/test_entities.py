@@ -50,16 +50,34 @@ def make_panel(G: int = G, seed: int = 3) -> pd.DataFrame:
     educ = np.clip(12 + np.round(2 * a), 8, 16).astype(int)[i]
     female = (b > 0.3).astype(int)[i]
     y = 1 + 0.5 * x + 0.3 * d + 0.1 * educ + 0.5 * u[i] + r.standard_normal(n)
-    return pd.DataFrame({"pid": pid, "year": year, "educ": educ, "female": female, "x": x, "d": d, "y": y})
+    return pd.DataFrame(
+        {"pid": pid, "year": year, "educ": educ, "female": female, "x": x, "d": d, "y": y}
+    )
 
 
 def panel_manifest(path: Path, min_cell: int = 50) -> dict[str, Any]:
     return {
-        "name": "ent", "seed": 17,
-        "sources": {"p": {"path": str(path), "ids": [], "panel": {"entity": "pid", "time": "year"}, "continuous": ["x", "y"]}},
+        "name": "ent",
+        "seed": 17,
+        "sources": {
+            "p": {
+                "path": str(path),
+                "ids": [],
+                "panel": {"entity": "pid", "time": "year"},
+                "continuous": ["x", "y"],
+            }
+        },
         "sdc": {"min_cell_size": min_cell},
         "checkpoints": [
-            {"tag": "fe_y", "source": "p", "model": "fe", "formula": "y ~ x + d", "entity": "pid", "time": "year", "vcov": "cluster:pid"},
+            {
+                "tag": "fe_y",
+                "source": "p",
+                "model": "fe",
+                "formula": "y ~ x + d",
+                "entity": "pid",
+                "time": "year",
+                "vcov": "cluster:pid",
+            },
         ],
         "verify": {"tier": 4},
     }
@@ -75,7 +93,9 @@ def between_shares(df: pd.DataFrame, release: dict[str, Any]) -> dict[str, float
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return extract_and_synthesize_twice(tmp_path_factory.mktemp("entities"), make_panel(), panel_manifest)
+    return extract_and_synthesize_twice(
+        tmp_path_factory.mktemp("entities"), make_panel(), panel_manifest
+    )
 
 
 def test_release_flags_invariant_columns_and_aggregates_only(run: dict[str, Any]) -> None:
@@ -84,7 +104,9 @@ def test_release_flags_invariant_columns_and_aggregates_only(run: dict[str, Any]
     assert {c for c, v in es["invariant"].items() if v} == {"educ", "female"}
     d = len(run["release"]["dims"])
     assert len(es["between_share"]) == d and np.asarray(es["between_corr"]).shape == (d, d)
-    shares = dict(zip([x["column"] for x in run["release"]["dims"]], es["between_share"], strict=True))
+    shares = dict(
+        zip([x["column"] for x in run["release"]["dims"]], es["between_share"], strict=True)
+    )
     assert shares["educ"] == shares["female"] == 1.0 and shares["year"] < 0.5
     assert abs(shares["x"] - 0.68) < 0.06  # the DGP's sample share (docstring)
     log = json.loads((run["bundle"] / "sdc_log.json").read_text())["decisions"]
@@ -96,7 +118,9 @@ def test_release_flags_invariant_columns_and_aggregates_only(run: dict[str, Any]
 
 def test_entity_structure_gated_on_the_number_of_entities(tmp_path: Path) -> None:
     make_panel(G=40).to_csv(tmp_path / "p.csv", index=False)
-    bundle = cmd_extract(load_manifest(panel_manifest(tmp_path / "p.csv", min_cell=50)), tmp_path / "ext")
+    bundle = cmd_extract(
+        load_manifest(panel_manifest(tmp_path / "p.csv", min_cell=50)), tmp_path / "ext"
+    )
     assert "entity_structure" not in read_json(bundle / "source_p.json")
     assert "entity structure not released" in (bundle / "sdc_log.json").read_text()
 
@@ -151,7 +175,9 @@ def test_hierarchical_normals_are_exact_in_sample() -> None:
     # an invariant dim (η = 1) correlates through its between part only: R_01 = √0.6·Rb_01, R_02 = 0
     R = np.asarray([[1.0, 0.5, 0.0], [0.5, 1.0, 0.1], [0.0, 0.1, 1.0]])
     eta = np.asarray([1.0, 0.6, 0.0])
-    Rb = np.asarray([[1.0, 0.5 / np.sqrt(0.6), 0.0], [0.5 / np.sqrt(0.6), 1.0, 0.0], [0.0, 0.0, 1.0]])
+    Rb = np.asarray(
+        [[1.0, 0.5 / np.sqrt(0.6), 0.0], [0.5 / np.sqrt(0.6), 1.0, 0.0], [0.0, 0.0, 1.0]]
+    )
     Z = hierarchical_normals(R, eta, Rb, ent, rng(1, "t"))
     B, W = between_within_raw(Z, ent)
     np.testing.assert_allclose(np.diag(B) / (np.diag(B) + np.diag(W)), eta, atol=1e-9)
@@ -211,20 +237,49 @@ def make_firms(F: int = 120, seed: int = 4) -> pd.DataFrame:
     sector = np.where(s < -0.5, "A", np.where(s < 0.5, "B", "C"))[i]
     n = len(i)
     w = np.sqrt(0.5) * a[i] + np.sqrt(0.5) * r.standard_normal(n)
-    return pd.DataFrame({"firm": i + 1, "sector": sector, "size_class": (s2 > 0).astype(int)[i], "w": w,
-                         "y": 1 + 0.4 * w + r.standard_normal(n)})
+    return pd.DataFrame(
+        {
+            "firm": i + 1,
+            "sector": sector,
+            "size_class": (s2 > 0).astype(int)[i],
+            "w": w,
+            "y": 1 + 0.4 * w + r.standard_normal(n),
+        }
+    )
 
 
 def test_single_groups_column_gets_the_entity_structure(tmp_path: Path) -> None:
     orig = make_firms()
     orig.to_csv(tmp_path / "f.csv", index=False)
-    raw = {"name": "firms", "seed": 5, "sources": {"f": {"path": str(tmp_path / "f.csv"), "ids": [], "groups": ["firm"], "continuous": ["w", "y"]}},
-           "sdc": {"min_cell_size": 50},
-           "checkpoints": [{"tag": "c", "source": "f", "model": "ols", "formula": "y ~ w + C(sector) + size_class", "vcov": "cluster:firm"}],
-           "verify": {"tier": 4}}
+    raw = {
+        "name": "firms",
+        "seed": 5,
+        "sources": {
+            "f": {
+                "path": str(tmp_path / "f.csv"),
+                "ids": [],
+                "groups": ["firm"],
+                "continuous": ["w", "y"],
+            }
+        },
+        "sdc": {"min_cell_size": 50},
+        "checkpoints": [
+            {
+                "tag": "c",
+                "source": "f",
+                "model": "ols",
+                "formula": "y ~ w + C(sector) + size_class",
+                "vcov": "cluster:firm",
+            }
+        ],
+        "verify": {"tier": 4},
+    }
     bundle = cmd_extract(load_manifest(raw), tmp_path / "ext")
     es = read_json(bundle / "source_f.json")["entity_structure"]
-    assert es["column"] == "firm" and {c for c, v in es["invariant"].items() if v} == {"sector", "size_class"}
+    assert es["column"] == "firm" and {c for c, v in es["invariant"].items() if v} == {
+        "sector",
+        "size_class",
+    }
     syn = pd.read_parquet(cmd_synthesize(bundle, tmp_path / "out")["f"])
     cmd_verify(bundle, tmp_path / "out")
     assert (syn.groupby("firm")[["sector", "size_class"]].nunique() == 1).all().all()

@@ -25,15 +25,30 @@ def test_env_pins_match_lock():
     assert len(pinned) >= 10
     for p in pinned:
         name, ver = p.split("==", 1)
-        assert lock.get(name.lower().replace("_", "-")) == ver, f"{name}: env {ver} != lock {lock.get(name.lower())}"
+        assert lock.get(name.lower().replace("_", "-")) == ver, (
+            f"{name}: env {ver} != lock {lock.get(name.lower())}"
+        )
     py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     assert py == "python=3.11"
 
 
 def test_direct_dependencies_are_locked():
     lock = _lock()
-    for dep in ["snakemake", "pyyaml", "pandas", "numpy", "scipy", "statsmodels", "linearmodels",
-                "pandera", "formulaic", "pyarrow", "pyreadstat", "pytest", "hypothesis"]:
+    for dep in [
+        "snakemake",
+        "pyyaml",
+        "pandas",
+        "numpy",
+        "scipy",
+        "statsmodels",
+        "linearmodels",
+        "pandera",
+        "formulaic",
+        "pyarrow",
+        "pyreadstat",
+        "pytest",
+        "hypothesis",
+    ]:
         assert dep in lock, f"{dep} missing from requirements.lock"
 
 
@@ -45,5 +60,7 @@ def test_every_rule_names_the_env_and_a_log():
             name = body.split(":", 1)[0]
             if "script:" not in body:
                 continue  # target rules
-            assert 'conda:\n        "../envs/replisynth.yaml"' in body, f"{smk.name}:{name} has no conda env"
+            assert 'conda:\n        "../envs/replisynth.yaml"' in body, (
+                f"{smk.name}:{name} has no conda env"
+            )
             assert "log:" in body, f"{smk.name}:{name} has no log"

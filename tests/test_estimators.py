@@ -49,11 +49,23 @@ def data() -> pd.DataFrame:
     return df
 
 
-def _cp(formula: str, vcov: str = "nonrobust", weights: str | None = None, subset: str | None = None) -> Checkpoint:
-    return Checkpoint(tag="t", source="people", model="ols", formula=formula, vcov=vcov, weights=weights, subset=subset)
+def _cp(
+    formula: str, vcov: str = "nonrobust", weights: str | None = None, subset: str | None = None
+) -> Checkpoint:
+    return Checkpoint(
+        tag="t",
+        source="people",
+        model="ols",
+        formula=formula,
+        vcov=vcov,
+        weights=weights,
+        subset=subset,
+    )
 
 
-def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | None, mask: np.ndarray) -> tuple[pd.Index, dict[str, float], dict[str, float], float]:
+def _reference(
+    df: pd.DataFrame, terms: list[str], vcov: str, weights: str | None, mask: np.ndarray
+) -> tuple[pd.Index, dict[str, float], dict[str, float], float]:
     sample = df.loc[mask]
     X = np.column_stack([HAND[t](sample) for t in terms])
     y = sample["y"].to_numpy(float)
@@ -63,7 +75,12 @@ def _reference(df: pd.DataFrame, terms: list[str], vcov: str, weights: str | Non
         res = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
     else:
         res = model.fit(cov_type=vcov)
-    return sample.index, dict(zip(terms, res.params, strict=True)), dict(zip(terms, res.bse, strict=True)), float(res.scale)
+    return (
+        sample.index,
+        dict(zip(terms, res.params, strict=True)),
+        dict(zip(terms, res.bse, strict=True)),
+        float(res.scale),
+    )
 
 
 def _complete(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
@@ -91,7 +108,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("formula", "vcov", "weights", "subset"), CASES)
-def test_fit_matches_statsmodels(data: pd.DataFrame, formula: str, vcov: str, weights: str | None, subset: str | None) -> None:
+def test_fit_matches_statsmodels(
+    data: pd.DataFrame, formula: str, vcov: str, weights: str | None, subset: str | None
+) -> None:
     cp = _cp(formula, vcov, weights, subset)
     d = build_design(data, cp)
     fit = fit_checkpoint(d, cp)
@@ -119,14 +138,18 @@ def test_used_columns() -> None:
 def test_sample_excludes_missing_and_subset_rows(data: pd.DataFrame) -> None:
     cp = _cp("y ~ x1 + x2", "cluster:cluster", "w", "age >= 40")
     s = estimation_sample(data, cp)
-    want = data.index[(data["age"] >= 40) & data[["y", "x1", "x2", "w", "cluster"]].notna().all(axis=1)]
+    want = data.index[
+        (data["age"] >= 40) & data[["y", "x1", "x2", "w", "cluster"]].notna().all(axis=1)
+    ]
     assert list(s.index) == list(want)
     # rows missing in a column the checkpoint does not use stay in
     assert data.loc[s.index, "income"].isna().any()
     assert data.loc[s.index, "region"].isna().any()
     # every excluded row is outside the subset or misses a used variable
     out = data.index.difference(s.index)
-    bad = (data.loc[out, "age"] < 40) | data.loc[out, ["y", "x1", "x2", "w", "cluster"]].isna().any(axis=1)
+    bad = (data.loc[out, "age"] < 40) | data.loc[out, ["y", "x1", "x2", "w", "cluster"]].isna().any(
+        axis=1
+    )
     assert bad.all()
 
 
@@ -150,8 +173,12 @@ def test_weights_scale_invariance(data: pd.DataFrame) -> None:
     df = data.copy()
     df["w10"] = df["w"] * 10
     for vcov in ("nonrobust", "HC1", "cluster:cluster"):
-        a = fit_checkpoint(build_design(df, _cp("y ~ x1 + x2", vcov, "w")), _cp("y ~ x1 + x2", vcov, "w"))
-        b = fit_checkpoint(build_design(df, _cp("y ~ x1 + x2", vcov, "w10")), _cp("y ~ x1 + x2", vcov, "w10"))
+        a = fit_checkpoint(
+            build_design(df, _cp("y ~ x1 + x2", vcov, "w")), _cp("y ~ x1 + x2", vcov, "w")
+        )
+        b = fit_checkpoint(
+            build_design(df, _cp("y ~ x1 + x2", vcov, "w10")), _cp("y ~ x1 + x2", vcov, "w10")
+        )
         np.testing.assert_allclose(a.beta, b.beta, rtol=1e-10)
         np.testing.assert_allclose(a.se, b.se, rtol=1e-10)
 
@@ -177,8 +204,16 @@ def test_recovers_true_coefficients_on_a_large_sample() -> None:
     df = make_people(40_000, seed=1)
     cp = _cp("y ~ x1 + x2 + female + x1:female + C(region)", "HC1")
     fit = fit_checkpoint(build_design(df, cp), cp)
-    truth = {"Intercept": 1.0, "x1": 0.5, "x2": -0.3, "female": 0.2, "x1:female": 0.1,
-             "C(region)[T.b]": 0.3, "C(region)[T.c]": -0.2, "C(region)[T.d]": 0.1}
+    truth = {
+        "Intercept": 1.0,
+        "x1": 0.5,
+        "x2": -0.3,
+        "female": 0.2,
+        "x1:female": 0.1,
+        "C(region)[T.b]": 0.3,
+        "C(region)[T.c]": -0.2,
+        "C(region)[T.d]": 0.1,
+    }
     for j, t in enumerate(fit.terms):
         assert abs(fit.beta[j] - truth[t]) < 4 * fit.se[j], t
 
@@ -258,7 +293,7 @@ def test_collinear_terms_fast_path_agrees_with_pivoted_qr() -> None:
         s = np.sqrt((X**2).sum(0))
         R, piv = qr(X / s, mode="r", pivoting=True)
         d = np.abs(np.diag(R))
-        return sorted(piv[int(np.sum(d > tol * d.max())):])
+        return sorted(piv[int(np.sum(d > tol * d.max())) :])
 
     rng_ = np.random.default_rng(3)
     base = rng_.normal(size=(5000, 4))

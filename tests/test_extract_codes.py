@@ -34,36 +34,60 @@ def _mixed(n: int = 3000, seed: int = 1) -> pd.DataFrame:
     values, a float-coded ordinal, a nominal string column with a rare category, an object
     column holding 1 and 1.0, a boolean, a pandas ordered categorical, and a continuous one."""
     rng = np.random.default_rng(seed)
-    ordinal = rng.choice([1, 2, 3, 4, 5, 9], p=[0.3, 0.3, 0.2, 0.15, 0.04, 0.01], size=n).astype("float64")
+    ordinal = rng.choice([1, 2, 3, 4, 5, 9], p=[0.3, 0.3, 0.2, 0.15, 0.04, 0.01], size=n).astype(
+        "float64"
+    )
     ordinal[rng.random(n) < 0.05] = np.nan
     obj = pd.Series(rng.choice([0, 1], size=n), dtype=object)
     obj[rng.random(n) < 0.3] = 1.0
-    return pd.DataFrame({
-        "ordinal": ordinal,
-        "half": rng.choice([0.5, 1.5, 2.5], size=n),
-        "nominal": rng.choice(list("abcz"), p=[0.5, 0.3, 0.19, 0.01], size=n),
-        "obj": obj,
-        "flag": rng.random(n) < 0.3,
-        "cat": pd.Categorical(rng.choice(["lo", "mid", "hi"], size=n), categories=["lo", "mid", "hi"], ordered=True),
-        "x": rng.normal(size=n),
-    })
+    return pd.DataFrame(
+        {
+            "ordinal": ordinal,
+            "half": rng.choice([0.5, 1.5, 2.5], size=n),
+            "nominal": rng.choice(list("abcz"), p=[0.5, 0.3, 0.19, 0.01], size=n),
+            "obj": obj,
+            "flag": rng.random(n) < 0.3,
+            "cat": pd.Categorical(
+                rng.choice(["lo", "mid", "hi"], size=n),
+                categories=["lo", "mid", "hi"],
+                ordered=True,
+            ),
+            "x": rng.normal(size=n),
+        }
+    )
 
 
 def _specs(df: pd.DataFrame) -> dict[str, ColumnSpec]:
     def spec(c: str, lt: str, role: str, ordered: bool) -> ColumnSpec:
-        return ColumnSpec(name=c, logical_type=lt, storage_type=str(df[c].dtype), role=role, integer=False,
-                          ordered=ordered, missing=int(df[c].isna().sum()), rows=len(df))
+        return ColumnSpec(
+            name=c,
+            logical_type=lt,
+            storage_type=str(df[c].dtype),
+            role=role,
+            integer=False,
+            ordered=ordered,
+            missing=int(df[c].isna().sum()),
+            rows=len(df),
+        )
+
     return {
-        "ordinal": spec("ordinal", "float", "categorical", True), "half": spec("half", "float", "categorical", True),
-        "nominal": spec("nominal", "string", "categorical", False), "obj": spec("obj", "string", "categorical", False),
-        "flag": spec("flag", "boolean", "categorical", True), "cat": spec("cat", "categorical", "categorical", True),
+        "ordinal": spec("ordinal", "float", "categorical", True),
+        "half": spec("half", "float", "categorical", True),
+        "nominal": spec("nominal", "string", "categorical", False),
+        "obj": spec("obj", "string", "categorical", False),
+        "flag": spec("flag", "boolean", "categorical", True),
+        "cat": spec("cat", "categorical", "categorical", True),
         "x": spec("x", "float", "continuous", False),
     }
 
 
 def _tables(df: pd.DataFrame, specs: dict[str, ColumnSpec]) -> dict[str, FrequencyTable]:
     order = {"cat": list(df["cat"].dtype.categories)}
-    return {c: frequency_table(df[c], 50, s.ordered, order=order.get(c)) for c, s in specs.items() if s.role == "categorical"}
+    return {
+        c: frequency_table(df[c], 50, s.ordered, order=order.get(c))
+        for c, s in specs.items()
+        if s.role == "categorical"
+    }
 
 
 def test_coded_paths_equal_the_per_row_paths():
@@ -76,7 +100,9 @@ def test_coded_paths_equal_the_per_row_paths():
     for c in tables:
         own = list(df[c].dtype.categories) if c == "cat" else None
         assert levels[c] == (own or level_order(list(category_values(df[c]).dropna().unique())))
-    marginals = {c: {"kind": "categorical", "table": t.to_dict()} for c, t in tables.items()} | {"x": {"kind": "continuous"}}
+    marginals = {c: {"kind": "categorical", "table": t.to_dict()} for c, t in tables.items()} | {
+        "x": {"kind": "continuous"}
+    }
     dims = copula_dims(list(specs.values()), marginals, min_cell=50)
     assert {d["kind"] for d in dims} == {"continuous", "ordered", "indicator", "missing"}
     X_old = dim_matrix(df, specs, dims, tables, levels, order="F")
@@ -84,11 +110,17 @@ def test_coded_paths_equal_the_per_row_paths():
     assert X_new.flags.f_contiguous
     np.testing.assert_array_equal(X_new, X_old)  # NaN where NaN, every value exact
     pooled = pooled_level_values(df, tables, specs, levels, coded)
-    assert pooled.keys() == pooled_level_values(df, tables, specs, levels).keys() == {"ordinal", "half"}
+    assert (
+        pooled.keys()
+        == pooled_level_values(df, tables, specs, levels).keys()
+        == {"ordinal", "half"}
+    )
     for c, v in pooled.items():
         pos = ordered_codes(category_values(df[c]), tables[c], levels[c])
         lev = np.asarray(tables[c].levels, dtype="float64")
-        np.testing.assert_array_equal(v, np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)]))
+        np.testing.assert_array_equal(
+            v, np.where(np.isnan(pos), np.nan, lev[np.nan_to_num(pos).astype(int)])
+        )
 
 
 def test_coded_dependencies_find_the_codings_of_the_series_path():
@@ -96,16 +128,25 @@ def test_coded_dependencies_find_the_codings_of_the_series_path():
     n = 2000
     year = rng.choice([87, 88, 89], size=n)
     region = rng.choice(list("abcde"), size=n)
-    df = pd.DataFrame({"year": year, "d89": (year == 89).astype(int), "region": region,
-                       "south": np.isin(region, ["d", "e"]).astype(int), "z": rng.binomial(1, 0.4, size=n)})
+    df = pd.DataFrame(
+        {
+            "year": year,
+            "d89": (year == 89).astype(int),
+            "region": region,
+            "south": np.isin(region, ["d", "e"]).astype(int),
+            "z": rng.binomial(1, 0.4, size=n),
+        }
+    )
     tables = {c: frequency_table(df[c], 50, c != "region") for c in df}
     cats = {c: category_values(df[c]) for c in df}
     levels = {c: level_order(list(cats[c].dropna().unique())) for c in df}
     coded = {c: column_codes(df[c]) for c in df}
     got = coded_dependencies(coded, tables, levels, list(df))
     assert got == functional_dependencies(cats, tables, levels, list(df))
-    assert got == {"d89": {"from": "year", "map": [[87, 0], [88, 0], [89, 1]]},
-                   "south": {"from": "region", "map": [["a", 0], ["b", 0], ["c", 0], ["d", 1], ["e", 1]]}}
+    assert got == {
+        "d89": {"from": "year", "map": [[87, 0], [88, 0], [89, 1]]},
+        "south": {"from": "region", "map": [["a", 0], ["b", 0], ["c", 0], ["d", 1], ["e", 1]]},
+    }
 
 
 def test_a_strata_block_spearman_over_gathered_rows_is_the_masked_one():
@@ -162,9 +203,21 @@ def test_many_level_ordinal_inside_a_stratum_is_a_table_when_no_level_is_small()
     from replisynth.extract.extract import _marginal
 
     rng = np.random.default_rng(3)
-    big = pd.Series(rng.permutation(np.repeat(np.arange(1, 13), [83, 90, 77, 81, 86, 79, 84, 88, 80, 82, 85, 78])))
-    spec = ColumnSpec(name="sector", logical_type="integer", storage_type="int64", role="categorical", integer=True,
-                      ordered=True, missing=0, rows=len(big))
+    big = pd.Series(
+        rng.permutation(
+            np.repeat(np.arange(1, 13), [83, 90, 77, 81, 86, 79, 84, 88, 80, 82, 85, 78])
+        )
+    )
+    spec = ColumnSpec(
+        name="sector",
+        logical_type="integer",
+        storage_type="int64",
+        role="categorical",
+        integer=True,
+        ordered=True,
+        missing=0,
+        rows=len(big),
+    )
     m = _marginal(big, spec, 50, 1.0, pool=False)
     assert m["kind"] == "categorical"
     assert m["table"]["levels"] == list(range(1, 13))
@@ -182,10 +235,27 @@ def test_checkpoint_fits_do_not_depend_on_the_thread_count(tmp_path, restore_thr
     make_people(1500, seed=4).to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv", categorical=["region"])
     raw["checkpoints"] = [
-        {"tag": "ols", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female", "vcov": "HC1"},
-        {"tag": "fac", "source": "people", "model": "ols", "formula": "y ~ x1 * female + C(region)"},
+        {
+            "tag": "ols",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1 + x2 + female",
+            "vcov": "HC1",
+        },
+        {
+            "tag": "fac",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1 * female + C(region)",
+        },
         {"tag": "logit", "source": "people", "model": "logit", "formula": "female ~ x1 + y"},
-        {"tag": "tiny", "source": "people", "model": "ols", "formula": "y ~ x1", "subset": "age < 19"},
+        {
+            "tag": "tiny",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1",
+            "subset": "age < 19",
+        },
     ]
     m = load_manifest(raw)
     out = []

@@ -78,17 +78,42 @@ def _fit(df: pd.DataFrame, cp: Checkpoint):
 
 
 @pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:cluster"])
-@pytest.mark.parametrize(("model", "cls", "y"), [("logit", Logit, "b"), ("probit", Probit, "b"), ("poisson", Poisson, "c"), ("nbreg", NegativeBinomial, "nb")])
-def test_fit_matches_statsmodels(original: pd.DataFrame, model: str, cls: type, y: str, vcov: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "cls", "y"),
+    [
+        ("logit", Logit, "b"),
+        ("probit", Probit, "b"),
+        ("poisson", Poisson, "c"),
+        ("nbreg", NegativeBinomial, "nb"),
+    ],
+)
+def test_fit_matches_statsmodels(
+    original: pd.DataFrame, model: str, cls: type, y: str, vcov: str
+) -> None:
     """Coefficients and SEs equal statsmodels' discrete model on the same design; HC1 is
     HC0 x sqrt(n/(n-1)) (Stata's vce(robust) for ML models)."""
     fit = _fit(original, _cp(model, f"{y} ~ x1 + female + C(region)", vcov=vcov))
-    X = sm.add_constant(pd.get_dummies(original["region"], drop_first=True, dtype=float).join(original[["x1", "female"]]))
+    X = sm.add_constant(
+        pd.get_dummies(original["region"], drop_first=True, dtype=float).join(
+            original[["x1", "female"]]
+        )
+    )
     X = X[["const", "x1", "female", "b", "c", "d"]].to_numpy()
     kw = {"loglike_method": "nb2"} if model == "nbreg" else {}
-    cov = {"cov_type": "cluster", "cov_kwds": {"groups": original["cluster"].to_numpy()}} if vcov.startswith("cluster") else {"cov_type": "nonrobust" if vcov == "nonrobust" else "HC0"}
+    cov = (
+        {"cov_type": "cluster", "cov_kwds": {"groups": original["cluster"].to_numpy()}}
+        if vcov.startswith("cluster")
+        else {"cov_type": "nonrobust" if vcov == "nonrobust" else "HC0"}
+    )
     ref = cls(original[y].to_numpy(float), X, **kw).fit(disp=0, method="newton", maxiter=200, **cov)
-    assert fit.terms[:6] == ["Intercept", "x1", "female", "C(region)[T.b]", "C(region)[T.c]", "C(region)[T.d]"]
+    assert fit.terms[:6] == [
+        "Intercept",
+        "x1",
+        "female",
+        "C(region)[T.b]",
+        "C(region)[T.c]",
+        "C(region)[T.d]",
+    ]
     assert fit.terms[6:] == (["alpha"] if model == "nbreg" else [])
     factor = np.sqrt(len(original) / (len(original) - 1)) if vcov == "HC1" else 1.0
     np.testing.assert_allclose(fit.beta, np.asarray(ref.params), rtol=1e-6, atol=1e-8)
@@ -100,7 +125,9 @@ def test_ordered_fit_matches_statsmodels(original: pd.DataFrame, model: str) -> 
     """Ordered models: no intercept, slopes as statsmodels' OrderedModel, cut points Stata's
     cut1 < cut2 < cut3 (cut1's SE is statsmodels' first threshold SE)."""
     fit = _fit(original, _cp(model, "os ~ x1 + female", levels=LEVELS))
-    ref = OrderedModel(original["o"].to_numpy(), original[["x1", "female"]].to_numpy(), distr=model[1:]).fit(method="bfgs", disp=0, maxiter=2000, gtol=1e-8)
+    ref = OrderedModel(
+        original["o"].to_numpy(), original[["x1", "female"]].to_numpy(), distr=model[1:]
+    ).fit(method="bfgs", disp=0, maxiter=2000, gtol=1e-8)
     assert fit.terms == ["x1", "female", "cut1", "cut2", "cut3"]
     p = np.asarray(ref.params)
     cuts = ref.model.transform_threshold_params(p)[1:-1]
@@ -112,8 +139,12 @@ def test_ordered_fit_matches_statsmodels(original: pd.DataFrame, model: str) -> 
         assert np.all(np.abs(fit.beta[2:] - [-1.0, 0.0, 1.2]) < 4 * fit.se[2:])
 
 
-@pytest.mark.parametrize(("model", "y"), [("logit", "b"), ("poisson", "c"), ("nbreg", "nb"), ("ologit", "o")])
-def test_weights_are_frequency_like_after_normalisation(original: pd.DataFrame, model: str, y: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "y"), [("logit", "b"), ("poisson", "c"), ("nbreg", "nb"), ("ologit", "o")]
+)
+def test_weights_are_frequency_like_after_normalisation(
+    original: pd.DataFrame, model: str, y: str
+) -> None:
     """Integer weights give the coefficients of the data with rows repeated w times; the
     nonrobust SEs are those of the repeated data x sqrt(sum w / n) (weights rescaled to mean 1)."""
     df = original.copy()
@@ -132,13 +163,33 @@ def test_hc3_refused_naming_the_vcov(original: pd.DataFrame) -> None:
         _fit(original, cp)
 
 
-@pytest.mark.parametrize(("model", "formula", "mutate", "pattern"), [
-    ("logit", "c ~ x1", None, r"outcome 'c' of a logit checkpoint must be 0/1; \d+ row"),
-    ("poisson", "x2 ~ x1", None, r"outcome 'x2' of a poisson checkpoint must be a non-negative integer count"),
-    ("ologit", "os ~ x1", None, r"outcome 'os' of an ologit checkpoint is not numeric; list its categories in order under `levels:`"),
-    ("ologit", "os ~ x1", ("low", "mid", "high"), r"row\(s\) of the outcome 'os' hold values not in `levels`"),
-])
-def test_bad_outcomes_name_the_column(original: pd.DataFrame, model: str, formula: str, mutate: Any, pattern: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "formula", "mutate", "pattern"),
+    [
+        ("logit", "c ~ x1", None, r"outcome 'c' of a logit checkpoint must be 0/1; \d+ row"),
+        (
+            "poisson",
+            "x2 ~ x1",
+            None,
+            r"outcome 'x2' of a poisson checkpoint must be a non-negative integer count",
+        ),
+        (
+            "ologit",
+            "os ~ x1",
+            None,
+            r"outcome 'os' of an ologit checkpoint is not numeric; list its categories in order under `levels:`",
+        ),
+        (
+            "ologit",
+            "os ~ x1",
+            ("low", "mid", "high"),
+            r"row\(s\) of the outcome 'os' hold values not in `levels`",
+        ),
+    ],
+)
+def test_bad_outcomes_name_the_column(
+    original: pd.DataFrame, model: str, formula: str, mutate: Any, pattern: str
+) -> None:
     cp = _cp(model, formula, levels=mutate)
     with pytest.raises(CheckpointError, match=pattern):
         build_design(original, cp)
@@ -155,8 +206,12 @@ def test_ordered_design_drops_the_intercept_and_codes_by_levels(original: pd.Dat
 
 
 def test_capture_releases_alpha_cuts_and_outcome_summary(original: pd.DataFrame) -> None:
-    nb, ol, lg = _capture(original, _cp("nbreg", "nb ~ x1"), _cp("ologit", "o ~ x1 + female"), _cp("logit", "b ~ x1"))
-    assert [t["term"] for t in nb["terms"]] == ["Intercept", "x1", "alpha"] and nb["terms"][-1]["beta"] > 0
+    nb, ol, lg = _capture(
+        original, _cp("nbreg", "nb ~ x1"), _cp("ologit", "o ~ x1 + female"), _cp("logit", "b ~ x1")
+    )
+    assert [t["term"] for t in nb["terms"]] == ["Intercept", "x1", "alpha"] and nb["terms"][-1][
+        "beta"
+    ] > 0
     assert [t["term"] for t in ol["terms"]][-3:] == ["cut1", "cut2", "cut3"]
     assert ol["outcome_levels"] == [1, 2, 3, 4] and sum(ol["outcome_shares"]) == pytest.approx(1.0)
     assert lg["outcome_mean"] == pytest.approx(original["b"].mean())
@@ -188,7 +243,9 @@ FAMILIES = [
 
 
 @pytest.mark.parametrize("cp", FAMILIES, ids=[c.tag for c in FAMILIES])
-def test_pin_beats_sampling_noise(original: pd.DataFrame, synthetic: pd.DataFrame, cp: Checkpoint) -> None:
+def test_pin_beats_sampling_noise(
+    original: pd.DataFrame, synthetic: pd.DataFrame, cp: Checkpoint
+) -> None:
     """On other data (N=1500), the pinned outcome refits within 0.5 SE of every released
     coefficient (a fresh draw would be |N(0,1)|), keeps its support and type, keeps its
     mean/shares within sampling noise, and rows outside the sample are untouched."""
@@ -200,7 +257,9 @@ def test_pin_beats_sampling_noise(original: pd.DataFrame, synthetic: pd.DataFram
     assert res[0].status == "pinned", res[0]
     y, y0 = out[cp.outcome], synthetic[cp.outcome]
     assert y.dtype == y0.dtype
-    assert set(y.unique()) <= set(y0.unique()) | (set(range(int(y.max()) + 1)) if cp.model in ("poisson", "nbreg") else set())
+    assert set(y.unique()) <= set(y0.unique()) | (
+        set(range(int(y.max()) + 1)) if cp.model in ("poisson", "nbreg") else set()
+    )
     drift = res[0].detail["outcome_drift"]
     assert drift.get("drift_se", drift.get("max_drift_se")) < 3
     outside = ~synthetic.index.isin(build_design(out, checkpoint_from_release(rel)).index)
@@ -225,8 +284,12 @@ def test_mixed_group_lpm_and_logit(original: pd.DataFrame, synthetic: pd.DataFra
     their score/normal equations are corrected jointly; the outcome stays 0/1; every
     checkpoint refits within 0.5 SE; the LPM is reported approximate (a 0/1 outcome cannot
     satisfy its normal equations exactly)."""
-    rels = _capture(original, _cp("logit", "b ~ x1 + female"), _cp("ols", "b ~ x1 + female", vcov="HC1", tag="lpm"),
-                    _cp("logit", "b ~ x1", tag="logit_short"))
+    rels = _capture(
+        original,
+        _cp("logit", "b ~ x1 + female"),
+        _cp("ols", "b ~ x1 + female", vcov="HC1", tag="lpm"),
+        _cp("logit", "b ~ x1", tag="logit_short"),
+    )
     frames, res = pin_checkpoints({"people": synthetic}, rels, seed=4)
     out = frames["people"]
     assert set(out["b"].unique()) <= {0, 1}
@@ -234,20 +297,30 @@ def test_mixed_group_lpm_and_logit(original: pd.DataFrame, synthetic: pd.DataFra
         gt, gs = _gaps(out, rel)
         assert gt <= 0.5 and gs <= 0.5, (rel["tag"], gt, gs)
     (r,) = res
-    assert r.joint and r.status == "approximate" and "lpm: linear checkpoint on a binary outcome" in r.note
+    assert (
+        r.joint
+        and r.status == "approximate"
+        and "lpm: linear checkpoint on a binary outcome" in r.note
+    )
     assert r.detail["checkpoints"]["logit"]["status"] == "pinned"
 
 
 def test_ols_beside_poisson_on_a_count(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
-    rels = _capture(original, _cp("poisson", "c ~ x1 + female"), _cp("ols", "c ~ x1 + female", tag="c_ols"))
+    rels = _capture(
+        original, _cp("poisson", "c ~ x1 + female"), _cp("ols", "c ~ x1 + female", tag="c_ols")
+    )
     out = pin_checkpoints({"people": synthetic}, rels, seed=4)[0]["people"]
     assert (out["c"] >= 0).all() and out["c"].dtype == synthetic["c"].dtype
     for rel in rels:
         assert _gaps(out, rel)[0] <= 0.5, rel["tag"]
 
 
-def test_binary_outcome_used_as_regressor_is_pinned_first(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
-    rels = _capture(original, _cp("ols", "y ~ x1 + b", tag="y_on_b"), _cp("logit", "b ~ x1 + female"))
+def test_binary_outcome_used_as_regressor_is_pinned_first(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
+    rels = _capture(
+        original, _cp("ols", "y ~ x1 + b", tag="y_on_b"), _cp("logit", "b ~ x1 + female")
+    )
     assert pin_order(rels) == [("people", "b"), ("people", "y")]
     out = pin_checkpoints({"people": synthetic}, rels, seed=4)[0]["people"]
     assert _gaps(out, rels[0])[0] < 1e-6 and _gaps(out, rels[1])[0] <= 0.5
@@ -264,9 +337,28 @@ def _glm_manifest(tmp_path: Path) -> dict[str, Any]:
     raw = manifest_for(path, groups=["cluster"])
     raw["verify"] = {"tier": 4}
     raw["checkpoints"] = [
-        {"tag": "lg", "source": "people", "model": "logit", "formula": "b ~ x1 + female + C(region)", "vcov": "HC1"},
-        {"tag": "ps", "source": "people", "model": "poisson", "formula": "c ~ x1 + female", "weights": "w"},
-        {"tag": "ol", "source": "people", "model": "ologit", "formula": "os ~ x1 + female", "levels": list(LEVELS), "vcov": "cluster:cluster"},
+        {
+            "tag": "lg",
+            "source": "people",
+            "model": "logit",
+            "formula": "b ~ x1 + female + C(region)",
+            "vcov": "HC1",
+        },
+        {
+            "tag": "ps",
+            "source": "people",
+            "model": "poisson",
+            "formula": "c ~ x1 + female",
+            "weights": "w",
+        },
+        {
+            "tag": "ol",
+            "source": "people",
+            "model": "ologit",
+            "formula": "os ~ x1 + female",
+            "levels": list(LEVELS),
+            "vcov": "cluster:cluster",
+        },
         {"tag": "nb", "source": "people", "model": "nbreg", "formula": "nb ~ x1"},
         {"tag": "wage", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + b"},
     ]
@@ -274,7 +366,9 @@ def _glm_manifest(tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def glm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+def glm_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[dict[str, Any], Path, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("glm")
     raw = _glm_manifest(tmp)
     return run_pipeline(raw, tmp / "out"), tmp, raw
@@ -285,25 +379,36 @@ def test_pipeline_reaches_tier_4(glm_run: tuple[dict[str, Any], Path, dict[str, 
     assert tiers["tier_met"] == 4 and tiers["passed"], tiers["sources"]["people"]["schema"]
     for tag in ("lg", "ps", "ol", "nb"):
         c = tiers["checkpoints"][tag]
-        assert c["passed"] and c["max_dbeta_se"] <= 0.5 and c["max_dbeta_se_target"] <= 0.5, (tag, c["max_dbeta_se"])
+        assert c["passed"] and c["max_dbeta_se"] <= 0.5 and c["max_dbeta_se_target"] <= 0.5, (
+            tag,
+            c["max_dbeta_se"],
+        )
     ol_terms = [t["term"] for t in tiers["checkpoints"]["ol"]["terms"]]
-    assert ol_terms[-3:] == ["cut1", "cut2", "cut3"] and "alpha" in [t["term"] for t in tiers["checkpoints"]["nb"]["terms"]]
+    assert ol_terms[-3:] == ["cut1", "cut2", "cut3"] and "alpha" in [
+        t["term"] for t in tiers["checkpoints"]["nb"]["terms"]
+    ]
     syn = pd.read_parquet(tmp / "out" / "t" / "synthetic" / "people.parquet")
     assert set(syn["os"].unique()) == set(LEVELS) and set(syn["b"].unique()) == {0, 1}
     assert pd.api.types.is_integer_dtype(syn["c"]) and pd.api.types.is_integer_dtype(syn["b"])
 
 
-def test_pipeline_rerun_is_byte_identical(glm_run: tuple[dict[str, Any], Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_pipeline_rerun_is_byte_identical(
+    glm_run: tuple[dict[str, Any], Path, dict[str, Any]], tmp_path: Path
+) -> None:
     tiers, tmp, raw = glm_run
     again = run_pipeline(raw, tmp_path / "out")
     a = tmp / "out" / "t" / "synthetic" / "people.parquet"
     b = tmp_path / "out" / "t" / "synthetic" / "people.parquet"
     assert a.read_bytes() == b.read_bytes()
-    assert (tmp / "out" / "t" / "synthetic" / "people.csv").read_bytes() == (tmp_path / "out" / "t" / "synthetic" / "people.csv").read_bytes()
+    assert (tmp / "out" / "t" / "synthetic" / "people.csv").read_bytes() == (
+        tmp_path / "out" / "t" / "synthetic" / "people.csv"
+    ).read_bytes()
     assert again["checkpoints"] == tiers["checkpoints"]
 
 
-def test_tier0_checks_categories_of_binary_outcomes(glm_run: tuple[dict[str, Any], Path, dict[str, Any]]) -> None:
+def test_tier0_checks_categories_of_binary_outcomes(
+    glm_run: tuple[dict[str, Any], Path, dict[str, Any]],
+) -> None:
     """A binary or ordered outcome pinned by Layer 4 stays in its categories, so tier 0
     checks them (a value 2 in a logit outcome is a schema failure)."""
     from replisynth.disclosure.bundle import load_bundle
@@ -314,7 +419,9 @@ def test_tier0_checks_categories_of_binary_outcomes(glm_run: tuple[dict[str, Any
     syn = pd.read_parquet(tmp / "out" / "t" / "synthetic" / "people.parquet")
     syn.loc[syn.index[0], "b"] = 2
     t = verify(b, {"people": syn})
-    assert any(p.startswith("b: 1 values outside") for p in t["sources"]["people"]["schema"]["problems"])
+    assert any(
+        p.startswith("b: 1 values outside") for p in t["sources"]["people"]["schema"]["problems"]
+    )
 
 
 def test_benchmark_script_runs_and_the_correction_beats_the_draw() -> None:
@@ -334,13 +441,18 @@ def test_benchmark_script_runs_and_the_correction_beats_the_draw() -> None:
 
 def test_boolean_outcome_stays_boolean(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
     """A True/False outcome is fitted as 0/1 and pinned as True/False."""
-    orig, syn = original.assign(bb=original["b"].astype(bool)), synthetic.assign(bb=synthetic["b"].astype(bool))
+    orig, syn = (
+        original.assign(bb=original["b"].astype(bool)),
+        synthetic.assign(bb=synthetic["b"].astype(bool)),
+    )
     rel = _capture(orig, _cp("logit", "bb ~ x1 + female"))
     out = pin_checkpoints({"people": syn}, rel, seed=2)[0]["people"]
     assert out["bb"].dtype == bool and _gaps(out, rel[0])[0] <= 0.5
 
 
-def test_poisson_on_overdispersed_counts_keeps_robust_ses(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_poisson_on_overdispersed_counts_keeps_robust_ses(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     """nb is NB2 (alpha 0.5): a Poisson checkpoint with HC1 SEs releases its Pearson dispersion
     (about 1 + 0.5 mean(mu) ≈ 1.9 here), and the pin draws from the NB2 mixture with that
     dispersion, so the robust SEs of the refit match the released ones (a Poisson draw

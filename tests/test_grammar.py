@@ -24,17 +24,26 @@ from replisynth.stats.design import build_design, estimation_sample
 
 ACCEPTED = [
     ("y ~ x", {"y", "x"}),
-    ("lwage ~ educ + exper + I(exper**2) + black + C(region66)", {"lwage", "educ", "exper", "black", "region66"}),
+    (
+        "lwage ~ educ + exper + I(exper**2) + black + C(region66)",
+        {"lwage", "educ", "exper", "black", "region66"},
+    ),
     ("y ~ 1 + w + [x1 + x2 ~ z1 + z2]", {"y", "w", "x1", "x2", "z1", "z2"}),
     ("y ~ x1 * female + C(r, Treatment(reference='b'))", {"y", "x1", "female", "r"}),
     ("y ~ C(r, Treatment('b')) + C(s, levels=[3, 1, 2]) + C(t, Sum())", {"y", "r", "s", "t"}),
-    ("y ~ np.log(a) + log(b) + power(c, 2) + sqrt(abs(d)) + exp(I(e / 10))", {"y", "a", "b", "c", "d", "e"}),
+    (
+        "y ~ np.log(a) + log(b) + power(c, 2) + sqrt(abs(d)) + exp(I(e / 10))",
+        {"y", "a", "b", "c", "d", "e"},
+    ),
     ("y ~ `my col` + log(`other col`)", {"y", "my col", "other col"}),
     ("y ~ x - 1", {"y", "x"}),
     ("y ~ 0 + x", {"y", "x"}),
     ("y ~ -1 + x", {"y", "x"}),
     ("y ~ (a + b)**2 + a:b + a/b", {"y", "a", "b"}),
-    ("y ~ bs + C + I + log + scale + center + poly", {"y", "bs", "C", "I", "log", "scale", "center", "poly"}),
+    (
+        "y ~ bs + C + I + log + scale + center + poly",
+        {"y", "bs", "C", "I", "log", "scale", "center", "poly"},
+    ),
     ("y ~ log(log) + C(C) + I(I ** 2)", {"y", "log", "C", "I"}),
     ("y ~ a.b + x_1", {"y", "a.b", "x_1"}),
 ]
@@ -74,7 +83,9 @@ def test_accepted_formulas_read_their_columns(formula: str, columns: set[str]) -
 
 
 @pytest.mark.parametrize(("formula", "token"), REFUSED)
-@pytest.mark.parametrize("key", ["checkpoints[2].formula", "/b/checkpoints.json: checkpoints[1].formula"])
+@pytest.mark.parametrize(
+    "key", ["checkpoints[2].formula", "/b/checkpoints.json: checkpoints[1].formula"]
+)
 def test_refused_formulas_name_key_and_token(formula: str, token: str, key: str) -> None:
     with pytest.raises(ManifestError) as info:
         parse_formula(formula, key)
@@ -85,13 +96,18 @@ def test_refused_formulas_name_key_and_token(formula: str, token: str, key: str)
 
 
 def test_refusal_takes_the_callers_error_class() -> None:
-    with pytest.raises(BundleError, match=r"^b/checkpoints\.json: checkpoints\[0\]\.formula: calling 'eval'"):
+    with pytest.raises(
+        BundleError, match=r"^b/checkpoints\.json: checkpoints\[0\]\.formula: calling 'eval'"
+    ):
         parse_formula("y ~ eval('1')", "b/checkpoints.json: checkpoints[0].formula", BundleError)
     with pytest.raises(BundleError, match=r"checkpoints\[0\]\.subset: expected a condition string"):
         parse_subset(["a"], "checkpoints[0].subset", BundleError)
 
 
-@pytest.mark.parametrize("formula", ["y ~ x1 +", "y ~ (x1 + x2", "y ~ x1 x2", "y ~ [x ~ z] + [a ~ b]", "y ~ x ~ z", "y ~ log (x)"])
+@pytest.mark.parametrize(
+    "formula",
+    ["y ~ x1 +", "y ~ (x1 + x2", "y ~ x1 x2", "y ~ [x ~ z] + [a ~ b]", "y ~ x ~ z", "y ~ log (x)"],
+)
 def test_structure_errors_say_cannot_parse(formula: str) -> None:
     with pytest.raises(ManifestError, match=r"^checkpoints\[3\]\.formula: cannot parse formula"):
         parse_formula(formula, "checkpoints[3].formula")
@@ -108,20 +124,67 @@ def _formulaic_spans(formula: str) -> list[tuple[str, str]]:
     for t in tokenize(formula):
         kind = t.kind.value
         if kind in ("python", "name", "value"):
-            out.append(("call" if kind == "python" else ("number" if kind == "value" else "name"), t.token))
+            out.append(
+                ("call" if kind == "python" else ("number" if kind == "value" else "name"), t.token)
+            )
     return out
 
 
-@pytest.mark.parametrize("formula", [f for f, _ in ACCEPTED] + ["y ~ C(x, levels=[')', 'b'])", "y ~ log(`a)b`)"])
+@pytest.mark.parametrize(
+    "formula", [f for f, _ in ACCEPTED] + ["y ~ C(x, levels=[')', 'b'])", "y ~ log(`a)b`)"]
+)
 def test_python_spans_match_formulaic(formula: str) -> None:
-    mine = [(t.kind, t.text) for t in tokenize_formula(formula) if t.kind in ("call", "name", "number")]
+    mine = [
+        (t.kind, t.text) for t in tokenize_formula(formula) if t.kind in ("call", "name", "number")
+    ]
     assert mine == _formulaic_spans(formula)
 
 
-_ATOMS = st.sampled_from(["x", "y", "a.b", "`q r`", "C(x)", "I(x ** 2)", "log(x)", "np.log(x)", "1", "0",
-                          "x.to_csv('p')", "np.os.system('t')", "__import__('os')", "{x}", "Q('x')", "@v",
-                          "(", ")", "[", "]", "'", "\"", "`", "~", "+", "-", "*", ":", "/", "**", "|", "%",
-                          "lambda: 1", "[x for x in y]", ",", "=", "\\", "\n", "bs(x)", "x[0]", " "])
+_ATOMS = st.sampled_from(
+    [
+        "x",
+        "y",
+        "a.b",
+        "`q r`",
+        "C(x)",
+        "I(x ** 2)",
+        "log(x)",
+        "np.log(x)",
+        "1",
+        "0",
+        "x.to_csv('p')",
+        "np.os.system('t')",
+        "__import__('os')",
+        "{x}",
+        "Q('x')",
+        "@v",
+        "(",
+        ")",
+        "[",
+        "]",
+        "'",
+        '"',
+        "`",
+        "~",
+        "+",
+        "-",
+        "*",
+        ":",
+        "/",
+        "**",
+        "|",
+        "%",
+        "lambda: 1",
+        "[x for x in y]",
+        ",",
+        "=",
+        "\\",
+        "\n",
+        "bs(x)",
+        "x[0]",
+        " ",
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -137,16 +200,28 @@ def test_token_soup_never_evaluates_or_crashes(parts: list[str]) -> None:
         assert "\n" not in str(exc)
         return
     assert "~" in formula
-    mine = [(t.kind, t.text) for t in tokenize_formula(formula) if t.kind in ("call", "name", "number")]
+    mine = [
+        (t.kind, t.text) for t in tokenize_formula(formula) if t.kind in ("call", "name", "number")
+    ]
     assert mine == _formulaic_spans(formula)
     assert not any(c.startswith("__") for c in parsed.columns)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_ATOMS | st.sampled_from(["and", "or", "not", "&", "==", ">=", "<", "in", "isin([1])", ".isna()", "'s'"]),
-                min_size=1, max_size=10))
+@given(
+    st.lists(
+        _ATOMS
+        | st.sampled_from(
+            ["and", "or", "not", "&", "==", ">=", "<", "in", "isin([1])", ".isna()", "'s'"]
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
 def test_subset_soup_never_tracebacks(parts: list[str]) -> None:
-    df = pd.DataFrame({"x": [1.0, 2.0, np.nan], "y": [3, 4, 5], "a.b": [1, 1, 2], "q r": ["s", "t", "s"]})
+    df = pd.DataFrame(
+        {"x": [1.0, 2.0, np.nan], "y": [3, 4, 5], "a.b": [1, 1, 2], "q r": ["s", "t", "s"]}
+    )
     subset = " ".join(parts)
     try:
         mask = subset_mask(df, subset, "checkpoints[0].subset", CheckpointError)
@@ -164,17 +239,35 @@ def test_subset_soup_never_tracebacks(parts: list[str]) -> None:
 def frame() -> pd.DataFrame:
     rng = np.random.default_rng(11)
     n = 300
-    return pd.DataFrame({
-        "age": rng.integers(15, 70, n), "female": rng.integers(0, 2, n), "region": rng.choice(list("nsew"), n),
-        "inc": np.where(rng.random(n) < 0.2, np.nan, rng.lognormal(size=n)), "my var": rng.normal(size=n),
-    })
+    return pd.DataFrame(
+        {
+            "age": rng.integers(15, 70, n),
+            "female": rng.integers(0, 2, n),
+            "region": rng.choice(list("nsew"), n),
+            "inc": np.where(rng.random(n) < 0.2, np.nan, rng.lognormal(size=n)),
+            "my var": rng.normal(size=n),
+        }
+    )
 
 
 SUBSETS = [
-    "age >= 25", "female == 1 and age < 40", "female == 1 & age < 40", "female == 0 | age > 60",
-    "not (age > 30)", "~(age > 30)", "18 <= age < 65", "region == 's'", "region != 'n'",
-    "region in ['n', 's']", "region not in ['n']", "inc > 1", "not (inc > 1)", "age + female > 40",
-    "`my var` > 0", "age % 2 == 0", "age / 10 >= 3.5",
+    "age >= 25",
+    "female == 1 and age < 40",
+    "female == 1 & age < 40",
+    "female == 0 | age > 60",
+    "not (age > 30)",
+    "~(age > 30)",
+    "18 <= age < 65",
+    "region == 's'",
+    "region != 'n'",
+    "region in ['n', 's']",
+    "region not in ['n']",
+    "inc > 1",
+    "not (inc > 1)",
+    "age + female > 40",
+    "`my var` > 0",
+    "age % 2 == 0",
+    "age / 10 >= 3.5",
 ]
 
 
@@ -187,35 +280,52 @@ def test_subset_matches_pandas_query(frame: pd.DataFrame, subset: str) -> None:
 
 
 def test_subset_methods_and_missing(frame: pd.DataFrame) -> None:
-    assert np.array_equal(subset_mask(frame, "inc.isna()", "k", CheckpointError), frame["inc"].isna().to_numpy())
-    assert np.array_equal(subset_mask(frame, "inc.notna() and age > 30", "k", CheckpointError),
-                          (frame["inc"].notna() & (frame["age"] > 30)).to_numpy())
-    assert np.array_equal(subset_mask(frame, "region.isin(['e', 'w'])", "k", CheckpointError),
-                          frame["region"].isin(["e", "w"]).to_numpy())
-    assert np.array_equal(subset_mask(frame, "np.log(inc) > 0", "k", CheckpointError),
-                          (np.log(frame["inc"]) > 0).to_numpy())
+    assert np.array_equal(
+        subset_mask(frame, "inc.isna()", "k", CheckpointError), frame["inc"].isna().to_numpy()
+    )
+    assert np.array_equal(
+        subset_mask(frame, "inc.notna() and age > 30", "k", CheckpointError),
+        (frame["inc"].notna() & (frame["age"] > 30)).to_numpy(),
+    )
+    assert np.array_equal(
+        subset_mask(frame, "region.isin(['e', 'w'])", "k", CheckpointError),
+        frame["region"].isin(["e", "w"]).to_numpy(),
+    )
+    assert np.array_equal(
+        subset_mask(frame, "np.log(inc) > 0", "k", CheckpointError),
+        (np.log(frame["inc"]) > 0).to_numpy(),
+    )
 
 
-@pytest.mark.parametrize(("subset", "pattern"), [
-    ("age + 1", "does not give a true/false value per row"),
-    ("age", "does not give a true/false value per row"),
-    ("agee > 3", "'agee', not a column of the data"),
-    ("1 == 1", "names no column"),
-    ("x1.to_csv('/p') != 1", "calling 'x1.to_csv' is not allowed"),
-    ("age.values > 1", "attribute access 'age.values'"),
-    ("age > @limit", "the @ variable '@limit'"),
-    ("region.str.len() > 1", "calling 'region.str.len'"),
-    ("region.isin(other)", "a list of literal values"),
-    ("age in other", "a list of literal values"),
-])
+@pytest.mark.parametrize(
+    ("subset", "pattern"),
+    [
+        ("age + 1", "does not give a true/false value per row"),
+        ("age", "does not give a true/false value per row"),
+        ("agee > 3", "'agee', not a column of the data"),
+        ("1 == 1", "names no column"),
+        ("x1.to_csv('/p') != 1", "calling 'x1.to_csv' is not allowed"),
+        ("age.values > 1", "attribute access 'age.values'"),
+        ("age > @limit", "the @ variable '@limit'"),
+        ("region.str.len() > 1", "calling 'region.str.len'"),
+        ("region.isin(other)", "a list of literal values"),
+        ("age in other", "a list of literal values"),
+    ],
+)
 def test_bad_subsets(frame: pd.DataFrame, subset: str, pattern: str) -> None:
-    with pytest.raises(CheckpointError, match=r"^checkpoints\[4\]\.subset: .*" + pattern.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("+", r"\+")):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^checkpoints\[4\]\.subset: .*"
+        + pattern.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("+", r"\+"),
+    ):
         subset_mask(frame, subset, "checkpoints[4].subset", CheckpointError)
 
 
 def test_subset_sample_is_unchanged_for_columns_named_like_functions() -> None:
     df = pd.DataFrame({"y": np.arange(100.0), "log": np.arange(100) % 3, "C": np.arange(100) % 2})
-    cp = Checkpoint(tag="t", source="s", model="ols", formula="y ~ log", subset="C == 1 and log > 0")
+    cp = Checkpoint(
+        tag="t", source="s", model="ols", formula="y ~ log", subset="C == 1 and log > 0"
+    )
     assert len(estimation_sample(df, cp)) == int(((df["C"] == 1) & (df["log"] > 0)).sum())
 
 
@@ -229,23 +339,39 @@ def test_column_named_like_a_function(name: str) -> None:
     the design equals the one of the same data with the column renamed."""
     rng = np.random.default_rng(len(name))
     n = 120
-    df = pd.DataFrame({"y": rng.normal(size=n), name: rng.uniform(1, 3, n), "x": rng.uniform(1, 3, n),
-                       "g": rng.integers(0, 3, n)})
-    called = {"C": "C(g)", "I": "I(x ** 2)", "np": "np.log(x)", "sqrt": "sqrt(x)"}.get(name, "log(x)")
+    df = pd.DataFrame(
+        {
+            "y": rng.normal(size=n),
+            name: rng.uniform(1, 3, n),
+            "x": rng.uniform(1, 3, n),
+            "g": rng.integers(0, 3, n),
+        }
+    )
+    called = {"C": "C(g)", "I": "I(x ** 2)", "np": "np.log(x)", "sqrt": "sqrt(x)"}.get(
+        name, "log(x)"
+    )
     formula = f"y ~ {name} + {called} + C(g)" if called != "C(g)" else f"y ~ {name} + C(g)"
     d = build_design(df, Checkpoint(tag="t", source="s", model="ols", formula=formula))
-    ref = build_design(df.rename(columns={name: "zz"}), Checkpoint(tag="t", source="s", model="ols",
-                                                                    formula=formula.replace(f"~ {name} +", "~ zz +")))
+    ref = build_design(
+        df.rename(columns={name: "zz"}),
+        Checkpoint(
+            tag="t", source="s", model="ols", formula=formula.replace(f"~ {name} +", "~ zz +")
+        ),
+    )
     assert d.terms[1] == name
     assert [t if t != name else "zz" for t in d.terms] == ref.terms
     assert np.array_equal(d.X, ref.X)
     if name in ("C", "I", "log", "np", "sqrt"):  # the column is also a factor's argument
-        same = build_design(df, Checkpoint(tag="t", source="s", model="ols", formula=f"y ~ x + {_call_on(name)}"))
+        same = build_design(
+            df, Checkpoint(tag="t", source="s", model="ols", formula=f"y ~ x + {_call_on(name)}")
+        )
         assert np.allclose(same.X[:, -1], _expected(name, df[name]))
 
 
 def _call_on(name: str) -> str:
-    return {"C": "I(C * 2)", "I": "I(I * 2)", "np": "np.exp(np)", "sqrt": "sqrt(sqrt)"}.get(name, f"log({name})")
+    return {"C": "I(C * 2)", "I": "I(I * 2)", "np": "np.exp(np)", "sqrt": "sqrt(sqrt)"}.get(
+        name, f"log({name})"
+    )
 
 
 def _expected(name: str, col: pd.Series) -> np.ndarray:
@@ -269,14 +395,24 @@ def test_columns_named_like_functions_end_to_end(tmp_path) -> None:
     those term names and verified on the synthetic data."""
     from conftest import make_people, manifest_for, run_pipeline
 
-    df = make_people(1500, seed=9).rename(columns={"x1": "bs", "x2": "log", "region": "C", "female": "scale"})
+    df = make_people(1500, seed=9).rename(
+        columns={"x1": "bs", "x2": "log", "region": "C", "female": "scale"}
+    )
     df["inc"] = df["income"].fillna(df["income"].median())
     p = tmp_path / "people.csv"
     df.drop(columns=["income"]).to_csv(p, index=False)
     raw = manifest_for(p)
     raw["verify"] = {"tier": 4}
-    raw["checkpoints"] = [{"tag": "names", "source": "people", "model": "ols", "vcov": "HC1",
-                           "formula": "y ~ bs + log + scale + C(C) + log(inc)", "subset": "C != 'd' and bs > -3"}]
+    raw["checkpoints"] = [
+        {
+            "tag": "names",
+            "source": "people",
+            "model": "ols",
+            "vcov": "HC1",
+            "formula": "y ~ bs + log + scale + C(C) + log(inc)",
+            "subset": "C != 'd' and bs > -3",
+        }
+    ]
     tiers = run_pipeline(raw, tmp_path / "out")
     cp = tiers["checkpoints"]["names"]
     assert cp["status"] == "verified" and cp["passed"], cp

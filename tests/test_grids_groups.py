@@ -42,12 +42,17 @@ RARE = 3  # a group size held by fewer groups singles them out
 # the attacker: bounds on each sorted group size from linear facts about them
 
 
-def size_bounds(G: int, total: int, sums: list[tuple[int, int, int, int]], positions: list[int]) -> list[tuple[int, int]]:
+def size_bounds(
+    G: int, total: int, sums: list[tuple[int, int, int, int]], positions: list[int]
+) -> list[tuple[int, int]]:
     """Smallest and largest value the attacker can prove for each sorted position in
     `positions`, from: integer sizes >= 1, ascending, summing to `total`, and for each
     (start, end, lo, hi) in `sums` a sum of positions start..end-1 in [lo, hi]."""
     rows = [np.eye(G)[i] - np.eye(G)[i + 1] for i in range(G - 1)]  # x_i - x_{i+1} <= 0
-    cons = [LinearConstraint(np.asarray(rows), -np.inf, 0.0), LinearConstraint(np.ones((1, G)), total, total)]
+    cons = [
+        LinearConstraint(np.asarray(rows), -np.inf, 0.0),
+        LinearConstraint(np.ones((1, G)), total, total),
+    ]
     for s, e, lo, hi in sums:
         a = np.zeros(G)
         a[s:e] = 1.0
@@ -78,6 +83,7 @@ def old_size_grid(sizes: np.ndarray, trim: float = 1.0) -> np.ndarray:
 def old_form_sums(grid: np.ndarray, G: int, trim: float = 1.0) -> list[tuple[int, int, int, int]]:
     """What the attacker reads off an old size grid: each point inside the clip range, and the
     two clip points, is the mean of a known window of 11 sorted sizes (the code is public)."""
+
     def start(p: float) -> int:
         r = int(round(p / 100.0 * (G - 1)))
         return int(np.clip(r - 5, 0, G - 11))
@@ -114,7 +120,7 @@ def test_old_overlapping_size_grid_telescopes_to_the_smallest_group(G: int, seed
     """The attack works: on the pre-window release the smallest group's size (7) is pinned."""
     x = cluster_sizes(G, seed)
     sums = old_form_sums(old_size_grid(x), G)
-    (lo, hi), = size_bounds(G, int(x.sum()), sums, [0])
+    ((lo, hi),) = size_bounds(G, int(x.sum()), sums, [0])
     assert lo == hi == 7
 
 
@@ -137,7 +143,11 @@ def test_size_windows_pin_no_rare_group_size(G: int, k: int, seed: int) -> None:
     stay open to the attacker, whom the old form gave them exactly."""
     x = np.sort(cluster_sizes(G, seed))
     wins = size_windows(x, k)
-    assert wins is not None and sum(w["groups"] for w in wins) == G and min(w["groups"] for w in wins) >= k
+    assert (
+        wins is not None
+        and sum(w["groups"] for w in wins) == G
+        and min(w["groups"] for w in wins) >= k
+    )
     rel = {"size_windows": wins, "step": size_step(k)}
     pos = rare_positions(x)
     assert pos[0] == 0 and x[0] == 7
@@ -152,7 +162,9 @@ def test_size_windows_do_not_pin_a_unique_size_between_ties() -> None:
     x = np.asarray([7] * 99 + [8] + list(20 + np.arange(100) % 9))
     wins = size_windows(x, 50)
     assert wins is not None
-    b = size_bounds(len(x), int(x.sum()), new_form_sums({"size_windows": wins, "step": size_step(50)}), [99])
+    b = size_bounds(
+        len(x), int(x.sum()), new_form_sums({"size_windows": wins, "step": size_step(50)}), [99]
+    )
     assert b[0][0] < b[0][1]
 
 
@@ -168,7 +180,9 @@ def test_no_rare_group_size_is_pinned(G: int, k: int, seed: int) -> None:
         assert G < 2 * k
         return
     pos = rare_positions(x)
-    b = size_bounds(G, int(x.sum()), new_form_sums({"size_windows": wins, "step": size_step(k)}), pos)
+    b = size_bounds(
+        G, int(x.sum()), new_form_sums({"size_windows": wins, "step": size_step(k)}), pos
+    )
     assert not [i for i, (lo, hi) in zip(pos, b, strict=True) if lo == hi]
 
 
@@ -185,8 +199,19 @@ def _with_groups(G: int, seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     sizes = cluster_sizes(G, seed)
     rng = np.random.default_rng(seed)
     n = int(sizes.sum())
-    df = pd.DataFrame({"hosp": np.repeat(np.arange(1000, 1000 + G), sizes), "y": rng.normal(size=n), "z": rng.gamma(2.0, size=n)})
-    raw = {"name": "g", "seed": seed, "sources": {"s": {"path": "x.csv", "groups": ["hosp"]}}, "sdc": {"min_cell_size": 20}}
+    df = pd.DataFrame(
+        {
+            "hosp": np.repeat(np.arange(1000, 1000 + G), sizes),
+            "y": rng.normal(size=n),
+            "z": rng.gamma(2.0, size=n),
+        }
+    )
+    raw = {
+        "name": "g",
+        "seed": seed,
+        "sources": {"s": {"path": "x.csv", "groups": ["hosp"]}},
+        "sdc": {"min_cell_size": 20},
+    }
     return df, raw
 
 
@@ -230,7 +255,9 @@ def _released(g: Any) -> np.ndarray:
 
 @given(n=st.integers(50, 2600), method=st.sampled_from(METHODS), seed=st.integers(0, 10_000))
 @settings(max_examples=60, deadline=None)
-def test_a_grid_releases_at_most_the_exact_share_of_its_values(n: int, method: str, seed: int) -> None:
+def test_a_grid_releases_at_most_the_exact_share_of_its_values(
+    n: int, method: str, seed: int
+) -> None:
     v = np.round(np.random.default_rng(seed).lognormal(3.0, 1.0, size=n), 4)
     v = v + np.arange(n) * 1e-7  # distinct, so an equal released number is that value
     g = grid_release(v, 1.0, method)
@@ -240,9 +267,14 @@ def test_a_grid_releases_at_most_the_exact_share_of_its_values(n: int, method: s
         assert share == 0.0
 
 
-@given(values=st.lists(st.integers(60, 140), min_size=400, max_size=3000), method=st.sampled_from(METHODS))
+@given(
+    values=st.lists(st.integers(60, 140), min_size=400, max_size=3000),
+    method=st.sampled_from(METHODS),
+)
 @settings(max_examples=40, deadline=None)
-def test_tied_values_exposed_by_percentiles_stay_below_the_share(values: list[int], method: str) -> None:
+def test_tied_values_exposed_by_percentiles_stay_below_the_share(
+    values: list[int], method: str
+) -> None:
     """With ties one released percentile can be the value of up to 4 rows (an IQ-like
     integer in a stratum: 10.9% of rows under the adaptive grid before the check)."""
     v = np.asarray(values, dtype="float64")
@@ -258,7 +290,9 @@ def test_a_percentile_grid_exposing_many_tied_rows_falls_back_to_windows() -> No
 
 
 @pytest.mark.parametrize("n", [50, 63, 80, 150, 199])
-def test_small_blocks_release_no_value_where_the_percentile_grid_released_nine_in_ten(n: int) -> None:
+def test_small_blocks_release_no_value_where_the_percentile_grid_released_nine_in_ten(
+    n: int,
+) -> None:
     v = np.random.default_rng(n).normal(size=n)
     assert np.isin(v, percentile_grid(v, 1.0)).mean() > 0.25  # what a fixed grid did
     assert not np.isin(v, _released(grid_release(v, 1.0, "fixed"))).any()
@@ -271,9 +305,13 @@ def test_large_blocks_keep_the_percentile_grid() -> None:
     assert grid_release(v[:2000], 1.0, "fixed").window_sizes is not None  # 101 levels > 5% of 2000
 
 
-@given(n=st.integers(9, 3000), method=st.sampled_from(METHODS), trim=st.sampled_from([1.0, 2.0, 5.0]))
+@given(
+    n=st.integers(9, 3000), method=st.sampled_from(METHODS), trim=st.sampled_from([1.0, 2.0, 5.0])
+)
 @settings(max_examples=80, deadline=None)
-def test_windows_are_disjoint_large_enough_and_never_hold_an_extreme(n: int, method: str, trim: float) -> None:
+def test_windows_are_disjoint_large_enough_and_never_hold_an_extreme(
+    n: int, method: str, trim: float
+) -> None:
     w = PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW
     b = window_bounds(n, trim, w, 100)
     if b is None:
@@ -288,7 +326,9 @@ def test_windows_are_disjoint_large_enough_and_never_hold_an_extreme(n: int, met
     method=st.sampled_from(METHODS),
 )
 @settings(max_examples=60, deadline=None)
-def test_no_released_value_is_an_extreme_unless_its_window_is_constant(values: list[int], method: str) -> None:
+def test_no_released_value_is_an_extreme_unless_its_window_is_constant(
+    values: list[int], method: str
+) -> None:
     """Integer data with ties: a released number equal to the block's minimum or maximum comes
     only from windows all of whose values are that minimum or maximum."""
     v = np.asarray(values, dtype="float64")
@@ -333,7 +373,12 @@ def test_fifty_row_strata_no_longer_reproduce_their_records() -> None:
     values and the synthetic rows were those values; now neither."""
     rng = np.random.default_rng(9)
     cells, rows = 24, 50
-    df = pd.DataFrame({"cell": np.repeat([f"k{i}" for i in range(cells)], rows), "pay": np.round(np.exp(9 + 0.5 * rng.normal(size=cells * rows)), 2)})
+    df = pd.DataFrame(
+        {
+            "cell": np.repeat([f"k{i}" for i in range(cells)], rows),
+            "pay": np.round(np.exp(9 + 0.5 * rng.normal(size=cells * rows)), 2),
+        }
+    )
     raw = {"name": "t", "seed": 4, "sources": {"s": {"path": "x.csv", "strata": ["cell"]}}}
     man = load_manifest(raw)
     rel, log = extract_source(df, FileMeta(), man, man.sources[0])

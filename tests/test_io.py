@@ -28,19 +28,35 @@ from replisynth.io.files import (
 def _typed_frame() -> tuple[pd.DataFrame, FileMeta]:
     """Stata-storable columns of every integer width, a double, a value-labelled code, an
     integer column with missing values and a string with a missing value."""
-    df = pd.DataFrame({
-        "a8": np.array([1, -5, 100, 0, 7], dtype="int8"),
-        "b16": np.array([300, -2000, 7, 32000, -1], dtype="int16"),
-        "c32": np.array([70000, -1, 5, 2_000_000_000, 3], dtype="int32"),
-        "f": [0.1, 1e300, -3.25, np.pi, -0.0],
-        "lab": np.array([1, 2, 2, 3, 1], dtype="int8"),
-        "k": [1.0, np.nan, 3.0, 4.0, -2.0],
-        "s": ["x", None, "zz", "ü", "abc"],
-    })
+    df = pd.DataFrame(
+        {
+            "a8": np.array([1, -5, 100, 0, 7], dtype="int8"),
+            "b16": np.array([300, -2000, 7, 32000, -1], dtype="int16"),
+            "c32": np.array([70000, -1, 5, 2_000_000_000, 3], dtype="int32"),
+            "f": [0.1, 1e300, -3.25, np.pi, -0.0],
+            "lab": np.array([1, 2, 2, 3, 1], dtype="int8"),
+            "k": [1.0, np.nan, 3.0, 4.0, -2.0],
+            "s": ["x", None, "zz", "ü", "abc"],
+        }
+    )
     meta = FileMeta(
-        variable_labels={"a8": "eight bit", "b16": "sixteen bit", "lab": "a labelled code", "f": "a double", "k": "with gaps"},
+        variable_labels={
+            "a8": "eight bit",
+            "b16": "sixteen bit",
+            "lab": "a labelled code",
+            "f": "a double",
+            "k": "with gaps",
+        },
         value_labels={"lab": {1: "one", 2: "two", 3: "three"}},
-        storage_types={"a8": "int8", "b16": "int16", "c32": "int32", "f": "double", "lab": "int8", "k": "int16", "s": "string"},
+        storage_types={
+            "a8": "int8",
+            "b16": "int16",
+            "c32": "int32",
+            "f": "double",
+            "lab": "int8",
+            "k": "int16",
+            "s": "string",
+        },
     )
     return df, meta
 
@@ -93,11 +109,13 @@ def test_dta_integer_storage_only_where_values_allow_it(tmp_path: Path) -> None:
     """write_dta restores integer storage 'where the values allow it': a pinned outcome whose
     source column was int8 holds non-integer (or out-of-range) values and must not be
     truncated or wrapped around."""
-    df = pd.DataFrame({
-        "educ": [12.4, 15.9, 8.0, 11.5],  # int8 in the source, non-integer after pinning
-        "age": [30.0, 300.0, 40.0, 22.0],  # does not fit int8
-        "ok": [1.0, 2.0, 3.0, 4.0],  # fits: restored to int8
-    })
+    df = pd.DataFrame(
+        {
+            "educ": [12.4, 15.9, 8.0, 11.5],  # int8 in the source, non-integer after pinning
+            "age": [30.0, 300.0, 40.0, 22.0],  # does not fit int8
+            "ok": [1.0, 2.0, 3.0, 4.0],  # fits: restored to int8
+        }
+    )
     meta = FileMeta(storage_types={"educ": "int8", "age": "int8", "ok": "int8"})
     p = tmp_path / "pinned.dta"
     write_dta(df, p, meta)
@@ -114,9 +132,17 @@ def test_dta_export_of_integer_outcome_matches_parquet(tmp_path: Path) -> None:
     df = make_people(600, seed=3)
     src = tmp_path / "people.dta"
     st = {"age": "int8", "educ": "int8", "female": "int8", "pid": "int16", "cluster": "int8"}
-    write_dta(df.astype({"age": "int8", "educ": "int8", "female": "int8", "pid": "int16", "cluster": "int8"}), src, FileMeta(storage_types=st))
+    write_dta(
+        df.astype(
+            {"age": "int8", "educ": "int8", "female": "int8", "pid": "int16", "cluster": "int8"}
+        ),
+        src,
+        FileMeta(storage_types=st),
+    )
     raw = manifest_for(src, groups=["cluster"])
-    raw["checkpoints"] = [{"tag": "age_ols", "source": "people", "model": "ols", "formula": "age ~ x1 + female"}]
+    raw["checkpoints"] = [
+        {"tag": "age_ols", "source": "people", "model": "ols", "formula": "age ~ x1 + female"}
+    ]
     run_pipeline(raw, tmp_path / "out")
     syn = tmp_path / "out" / "t" / "synthetic"
     pq_df = pd.read_parquet(syn / "people.parquet")
@@ -124,7 +150,9 @@ def test_dta_export_of_integer_outcome_matches_parquet(tmp_path: Path) -> None:
     assert list(dta_df.columns) == list(pq_df.columns)
     for c in pq_df.columns:
         if pd.api.types.is_numeric_dtype(pq_df[c].dtype):
-            np.testing.assert_allclose(dta_df[c].to_numpy(dtype="float64"), pq_df[c].to_numpy(dtype="float64"), err_msg=c)
+            np.testing.assert_allclose(
+                dta_df[c].to_numpy(dtype="float64"), pq_df[c].to_numpy(dtype="float64"), err_msg=c
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +197,9 @@ def test_demo_end_to_end_dta_keeps_schema_labels_and_storage(demo: dict) -> None
     assert set(sm.value_labels) == {"region66", "married"}
 
     # Variable labels survive.
-    assert sm.variable_labels == {c: om.variable_labels[c] for c in released if c in om.variable_labels}
+    assert sm.variable_labels == {
+        c: om.variable_labels[c] for c in released if c in om.variable_labels
+    }
 
     # Integer storage types restored where the synthetic column has no missing value.
     assert sm.storage_types["educ"] == "int8"
@@ -189,7 +219,9 @@ def test_demo_end_to_end_dta_keeps_schema_labels_and_storage(demo: dict) -> None
 
     # The .dta holds the same values as the parquet.
     for c in released:
-        np.testing.assert_allclose(syn[c].to_numpy(dtype="float64"), pq_df[c].to_numpy(dtype="float64"), err_msg=c)
+        np.testing.assert_allclose(
+            syn[c].to_numpy(dtype="float64"), pq_df[c].to_numpy(dtype="float64"), err_msg=c
+        )
 
 
 def test_demo_meets_tier_4(demo: dict) -> None:
@@ -215,7 +247,11 @@ def test_demo_parquet_carries_labels(demo: dict) -> None:
 
 def test_parquet_metadata_round_trip(tmp_path: Path) -> None:
     df, meta = _typed_frame()
-    meta = FileMeta(meta.variable_labels, {**meta.value_labels, "s": {"x": "the letter x"}, "f": {0.1: "a tenth"}}, meta.storage_types)
+    meta = FileMeta(
+        meta.variable_labels,
+        {**meta.value_labels, "s": {"x": "the letter x"}, "f": {0.1: "a tenth"}},
+        meta.storage_types,
+    )
     p = tmp_path / "a.parquet"
     write_parquet(df, p, meta)
     back, bm = read_source(p)
@@ -248,7 +284,9 @@ def test_writers_are_byte_identical_twice(tmp_path: Path) -> None:
         write(df.copy(), b)
         assert a.read_bytes() == b.read_bytes(), name
         # no temporary files are left beside the outputs
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{x}.{e}" for x in "ab" for e in ("parquet", "csv", "dta"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{x}.{e}" for x in "ab" for e in ("parquet", "csv", "dta")
+    )
 
 
 def test_dta_time_stamp_is_fixed(tmp_path: Path) -> None:
@@ -267,7 +305,9 @@ def test_csv_full_precision_and_missing_as_empty(tmp_path: Path) -> None:
     back, _ = read_source(p)
     assert back["x"].iloc[:2].tolist() == df["x"].iloc[:2].tolist()
     assert back["x"].isna().tolist() == [False, False, True]
-    assert back["s"].iloc[0] == "a,b" and pd.isna(back["s"].iloc[1]) and back["s"].iloc[2] == 'q"uote'
+    assert (
+        back["s"].iloc[0] == "a,b" and pd.isna(back["s"].iloc[1]) and back["s"].iloc[2] == 'q"uote'
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +317,12 @@ def test_csv_full_precision_and_missing_as_empty(tmp_path: Path) -> None:
 def _sav_frame(n: int = 600) -> tuple[pd.DataFrame, dict[str, str], dict[str, dict[float, str]]]:
     df = make_people(n, seed=4)[["pid", "y", "x1", "female", "region", "educ", "income"]]
     df = df.astype({"pid": "float64", "female": "float64", "educ": "float64"})
-    labels = {"y": "the outcome", "x1": "a regressor", "female": "sex", "region": "region of residence"}
+    labels = {
+        "y": "the outcome",
+        "x1": "a regressor",
+        "female": "sex",
+        "region": "region of residence",
+    }
     vlabels = {"female": {0: "male", 1: "female"}, "educ": {8: "elementary", 18: "graduate"}}
     return df, labels, vlabels
 
@@ -291,7 +336,12 @@ def test_sav_read_values_and_labels(tmp_path: Path) -> None:
     back, meta = read_source(p)
     assert list(back.columns) == list(df.columns)
     for c in ("pid", "y", "x1", "female", "educ"):
-        np.testing.assert_allclose(back[c].to_numpy(dtype="float64"), df[c].to_numpy(dtype="float64"), equal_nan=True, err_msg=c)
+        np.testing.assert_allclose(
+            back[c].to_numpy(dtype="float64"),
+            df[c].to_numpy(dtype="float64"),
+            equal_nan=True,
+            err_msg=c,
+        )
     assert back["region"].tolist() == df["region"].tolist()
     assert back["income"].isna().tolist() == df["income"].isna().tolist()
     assert meta.variable_labels == labels
@@ -309,7 +359,11 @@ def test_sav_source_through_the_pipeline(tmp_path: Path) -> None:
     tiers = run_pipeline(raw, tmp_path / "out")
     assert tiers["tier_met"] >= 0
     syn = tmp_path / "out" / "t" / "synthetic"
-    assert sorted(x.name for x in syn.iterdir()) == ["README.txt", "people.csv", "people.parquet"]  # no .dta for a .sav source
+    assert sorted(x.name for x in syn.iterdir()) == [
+        "README.txt",
+        "people.csv",
+        "people.parquet",
+    ]  # no .dta for a .sav source
     pq_df, pm = read_source(syn / "people.parquet")
     csv_df, _ = read_source(syn / "people.csv")
     assert list(pq_df.columns) == list(df.columns)
@@ -331,7 +385,11 @@ def test_read_columns_reads_header_only(tmp_path: Path, monkeypatch: pytest.Monk
     import pyreadstat
 
     df, meta = _typed_frame()
-    paths = {"csv": tmp_path / "a.csv", "parquet": tmp_path / "a.parquet", "dta": tmp_path / "a.dta"}
+    paths = {
+        "csv": tmp_path / "a.csv",
+        "parquet": tmp_path / "a.parquet",
+        "dta": tmp_path / "a.dta",
+    }
     write_csv(df, paths["csv"])
     write_parquet(df, paths["parquet"], meta)
     write_dta(df, paths["dta"], meta)
@@ -379,23 +437,57 @@ def test_fast_csv_is_byte_identical_to_pandas(tmp_path: Path) -> None:
     """The Arrow path of write_csv writes exactly pandas' bytes (repr floats, exponents,
     whole floats with '.0', -0.0, inf, missing as empty, nullable integers, booleans)."""
     rng = np.random.default_rng(5)
-    edge = [1.0, 0.0, -0.0, 1e16, 1e15, 9999999999999998.0, 1e-4, 9.99e-5, 1e-5, 0.1, 1.5e-7, np.nan, np.inf, -np.inf,
-            2.5e300, 5e-324, 1 / 3, 12345678.9, 1e21, -1e15, 123456789012345.6, 1e14, 0.00012, 100.0, 1e5, 12300000.0]
+    edge = [
+        1.0,
+        0.0,
+        -0.0,
+        1e16,
+        1e15,
+        9999999999999998.0,
+        1e-4,
+        9.99e-5,
+        1e-5,
+        0.1,
+        1.5e-7,
+        np.nan,
+        np.inf,
+        -np.inf,
+        2.5e300,
+        5e-324,
+        1 / 3,
+        12345678.9,
+        1e21,
+        -1e15,
+        123456789012345.6,
+        1e14,
+        0.00012,
+        100.0,
+        1e5,
+        12300000.0,
+    ]
     n = 2000
     f = np.concatenate([edge, rng.normal(size=n) * np.exp(rng.normal(size=n) * 8)])
     m = len(f)
-    df = pd.DataFrame({
-        "a b": f, 'q"x,y': np.round(rng.normal(size=m) * 10.0 ** rng.integers(0, 17, size=m)),
-        "i": rng.integers(-10**12, 10**12, size=m), "u": rng.integers(0, 5, size=m).astype("uint8"),
-        "I": pd.array(np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"),
-        "b": rng.random(m) < 0.5,
-    })
+    df = pd.DataFrame(
+        {
+            "a b": f,
+            'q"x,y': np.round(rng.normal(size=m) * 10.0 ** rng.integers(0, 17, size=m)),
+            "i": rng.integers(-(10**12), 10**12, size=m),
+            "u": rng.integers(0, 5, size=m).astype("uint8"),
+            "I": pd.array(
+                np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"
+            ),
+            "b": rng.random(m) < 0.5,
+        }
+    )
     write_csv(df, tmp_path / "a.csv")
     df.to_csv(tmp_path / "b.csv", index=False, lineterminator="\n")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
-def test_csv_export_from_parquet_equals_the_csv_written_beside_it(demo: dict, tmp_path: Path) -> None:
+def test_csv_export_from_parquet_equals_the_csv_written_beside_it(
+    demo: dict, tmp_path: Path
+) -> None:
     """The workflow writes the csv in its own job from the pinned parquet (`stage_export_csv`);
     the CLI writes it from the frame in memory. Both give the same bytes."""
     from replisynth.workflow.pipeline import stage_export_csv
@@ -412,8 +504,17 @@ def test_fast_csv_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> Non
 
     rng = np.random.default_rng(11)
     m = 5000
-    df = pd.DataFrame({f"f{j}": np.where(rng.random(m) < 0.1, np.nan, np.round(rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m), j))
-                       for j in range(4)} | {"i": rng.integers(0, 100, size=m), "w": np.round(rng.normal(size=m) * 100)})
+    df = pd.DataFrame(
+        {
+            f"f{j}": np.where(
+                rng.random(m) < 0.1,
+                np.nan,
+                np.round(rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m), j),
+            )
+            for j in range(4)
+        }
+        | {"i": rng.integers(0, 100, size=m), "w": np.round(rng.normal(size=m) * 100)}
+    )
     before = threads()
     try:
         set_threads(1)
@@ -423,10 +524,16 @@ def test_fast_csv_bytes_do_not_depend_on_the_thread_count(tmp_path: Path) -> Non
     finally:
         set_threads(before)
     df.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n")
-    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+    assert (
+        (tmp_path / "one.csv").read_bytes()
+        == (tmp_path / "two.csv").read_bytes()
+        == (tmp_path / "pandas.csv").read_bytes()
+    )
 
 
-def test_csv_written_in_row_chunks_has_the_bytes_of_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_csv_written_in_row_chunks_has_the_bytes_of_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """write_csv formats a chunk of rows at a time (memory); chunks of 1024 rows give the
     bytes pandas writes for the whole frame (floats, whole floats, exponents, missing,
     integers, nullable integers, booleans)."""
@@ -434,18 +541,30 @@ def test_csv_written_in_row_chunks_has_the_bytes_of_one_pass(tmp_path: Path, mon
 
     rng = np.random.default_rng(5)
     m = 5000
-    df = pd.DataFrame({
-        "f": np.where(rng.random(m) < 0.1, np.nan, rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m)),
-        "w": np.round(rng.normal(size=m) * 100), "i": rng.integers(-50, 50, size=m),
-        "I": pd.array(np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"), "b": rng.random(m) < 0.5,
-    })
+    df = pd.DataFrame(
+        {
+            "f": np.where(
+                rng.random(m) < 0.1,
+                np.nan,
+                rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m),
+            ),
+            "w": np.round(rng.normal(size=m) * 100),
+            "i": rng.integers(-50, 50, size=m),
+            "I": pd.array(
+                np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"
+            ),
+            "b": rng.random(m) < 0.5,
+        }
+    )
     monkeypatch.setattr(rio, "CSV_CHUNK_CELLS", 1)
     write_csv(df, tmp_path / "chunked.csv")
     df.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n")
     assert (tmp_path / "chunked.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
 
 
-def test_csv_export_reads_the_parquet_one_row_group_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_csv_export_reads_the_parquet_one_row_group_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The csv job reads the pinned parquet one row group at a time; with many small groups
     (a float column missing in one group only, nullable integers, booleans) the bytes are
     those pandas writes for the whole frame, and a text column takes the one-pass path."""
@@ -455,10 +574,17 @@ def test_csv_export_reads_the_parquet_one_row_group_at_a_time(tmp_path: Path, mo
     m = 5000
     f = rng.normal(size=m) * 10.0 ** rng.integers(-6, 18, size=m)
     f[1000:2000] = np.nan  # one whole row group missing
-    df = pd.DataFrame({
-        "f": f, "w": np.round(rng.normal(size=m) * 100), "i": rng.integers(-50, 50, size=m),
-        "I": pd.array(np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"), "b": rng.random(m) < 0.5,
-    })
+    df = pd.DataFrame(
+        {
+            "f": f,
+            "w": np.round(rng.normal(size=m) * 100),
+            "i": rng.integers(-50, 50, size=m),
+            "I": pd.array(
+                np.where(rng.random(m) < 0.2, None, rng.integers(0, 9, size=m)), dtype="Int64"
+            ),
+            "b": rng.random(m) < 0.5,
+        }
+    )
     monkeypatch.setattr(rio, "PARQUET_ROW_GROUP", 1000)
     monkeypatch.setattr(rio, "CSV_CHUNK_CELLS", 1)
     write_parquet(df, tmp_path / "d.parquet")

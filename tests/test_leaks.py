@@ -34,8 +34,16 @@ def _planted(n: int, seed: int, rare: str, extreme: float, tiny_code: int) -> pd
     stratum[10:16] = tiny_code
     cluster = rng.integers(1, 40, size=n)
     cluster[20:22] = 999
-    return pd.DataFrame({"pid": np.arange(n), "cat": cat, "x": x, "y": x * 0.1 + rng.normal(size=n),
-                         "stratum": stratum, "cluster": cluster})
+    return pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            "cat": cat,
+            "x": x,
+            "y": x * 0.1 + rng.normal(size=n),
+            "stratum": stratum,
+            "cluster": cluster,
+        }
+    )
 
 
 def _texts(root: Path) -> str:
@@ -53,7 +61,11 @@ def _fmt(v: float) -> list[str]:
     return [repr(v), f"{v:.6g}", f"{v:.4f}"]
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     rare=st.from_regex(r"ZZ[A-Z]{6}", fullmatch=True),
     extreme=st.floats(min_value=1e5, max_value=1e7).map(lambda v: round(v, 3) + 0.123),
@@ -64,9 +76,20 @@ def test_planted_values_never_leave(tmp_path_factory, rare, extreme, tiny, seed)
     tmp = tmp_path_factory.mktemp("leak")
     df = _planted(400, seed, rare, extreme, tiny)
     df.to_csv(tmp / "d.csv", index=False)
-    raw = {"name": "leak", "seed": 1, "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"], "strata": ["stratum"], "groups": ["cluster"]}},
-           "sdc": {"min_cell_size": 20},
-           "checkpoints": [{"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat)"}]}
+    raw = {
+        "name": "leak",
+        "seed": 1,
+        "sources": {
+            "d": {
+                "path": str(tmp / "d.csv"),
+                "ids": ["pid"],
+                "strata": ["stratum"],
+                "groups": ["cluster"],
+            }
+        },
+        "sdc": {"min_cell_size": 20},
+        "checkpoints": [{"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat)"}],
+    }
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
@@ -82,18 +105,32 @@ def test_planted_values_never_leave(tmp_path_factory, rare, extreme, tiny, seed)
     rel = json.loads((bundle / "source_d.json").read_text())
     # the 6-row stratum is locally suppressed; a residual of 6 rows would follow from the source
     # totals, so the smaller ordinary stratum joins it (linked tables)
-    assert [cell["key"] for cell in rel["strata"]["cells"]] in ([[1]], [[2]]) and rel["strata"]["residual_rows"] >= 20
-    assert str(tiny) not in json.dumps(rel["strata"]) and str(tiny) not in json.dumps(rel["blocks"]["all"]["marginals"]["stratum"])
+    assert [cell["key"] for cell in rel["strata"]["cells"]] in ([[1]], [[2]]) and rel["strata"][
+        "residual_rows"
+    ] >= 20
+    assert str(tiny) not in json.dumps(rel["strata"]) and str(tiny) not in json.dumps(
+        rel["blocks"]["all"]["marginals"]["stratum"]
+    )
     assert "999" not in json.dumps(rel["groups"])
-    grids = [m["grid"] for b in rel["blocks"].values() for m in b["marginals"].values() if "grid" in m]
+    grids = [
+        m["grid"] for b in rel["blocks"].values() for m in b["marginals"].values() if "grid" in m
+    ]
     assert all(max(g) < extreme for g in grids)
 
 
 def test_pandera_failure_logs_counts_only(tmp_path):
     from replisynth.io.schema import ColumnSpec, pandera_schema, validation_summary
 
-    spec = ColumnSpec(name="cat", logical_type="string", storage_type="str", role="categorical", integer=False,
-                      ordered=False, missing=0, rows=3)
+    spec = ColumnSpec(
+        name="cat",
+        logical_type="string",
+        storage_type="str",
+        role="categorical",
+        integer=False,
+        ordered=False,
+        missing=0,
+        rows=3,
+    )
     df = pd.DataFrame({"cat": ["a", "ZZSECRETVALUE", "a"]})
     out = validation_summary(pandera_schema([spec], {"cat": ["a"]}), df)
     assert out and out[0]["failures"] == 1 and out[0]["column"] == "cat"
@@ -110,14 +147,33 @@ def test_snakemake_metadata_and_logs_hold_no_planted_value(tmp_path):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
     df.to_csv(work / "d.csv", index=False)
-    man = {"name": "leak", "seed": 1, "sources": {"d": {"path": "d.csv", "ids": ["pid"], "strata": ["stratum"], "groups": ["cluster"]}},
-           "sdc": {"min_cell_size": 20}, "checkpoints": [{"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat)"}],
-           "verify": {"tier": 0}}
+    man = {
+        "name": "leak",
+        "seed": 1,
+        "sources": {
+            "d": {"path": "d.csv", "ids": ["pid"], "strata": ["stratum"], "groups": ["cluster"]}
+        },
+        "sdc": {"min_cell_size": 20},
+        "checkpoints": [{"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat)"}],
+        "verify": {"tier": 0},
+    }
     (work / "m.yaml").write_text(yaml.safe_dump(man))
     snakemake = str(Path(sys.executable).with_name("snakemake"))
-    r = subprocess.run([snakemake, "extract", "--cores", "2", "--configfile", "m.yaml"], cwd=work, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [snakemake, "extract", "--cores", "2", "--configfile", "m.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    text = _texts(work / ".snakemake") + _texts(work / "results" / "leak" / "logs") + _texts(work / "results" / "leak" / "bundle") + r.stdout + r.stderr
+    text = (
+        _texts(work / ".snakemake")
+        + _texts(work / "results" / "leak" / "logs")
+        + _texts(work / "results" / "leak" / "bundle")
+        + r.stdout
+        + r.stderr
+    )
     assert rare not in text
     for s in _fmt(extreme):
         assert s not in text

@@ -43,11 +43,22 @@ def make_panel(entities: int = 200, periods: int = 6, seed: int = 0) -> pd.DataF
     z1, z2, u = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
     xe = 0.8 * z1 + 0.5 * z2 + 0.5 * u + rng.normal(size=n)
     y = 1 + 0.5 * x1 - 0.3 * x2 + 0.7 * xe + np.array([0.0, 0.2, 0.4])[f] + a + u
-    return pd.DataFrame({
-        "y": y, "x1": x1, "x2": x2, "xe": xe, "z1": z1, "z2": z2, "f": f, "ent": ent,
-        "yr": np.tile(np.arange(periods), entities), "w": rng.uniform(0.5, 2.0, n),
-        "cl": ent // 4, "rc": rng.integers(0, 30, n),
-    })
+    return pd.DataFrame(
+        {
+            "y": y,
+            "x1": x1,
+            "x2": x2,
+            "xe": xe,
+            "z1": z1,
+            "z2": z2,
+            "f": f,
+            "ent": ent,
+            "yr": np.tile(np.arange(periods), entities),
+            "w": rng.uniform(0.5, 2.0, n),
+            "cl": ent // 4,
+            "rc": rng.integers(0, 30, n),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +90,11 @@ LM_COV = {
     "HC1": {"cov_type": "robust"},  # linearmodels' panel "robust" is debiased by default
     "cluster:rc": {"cov_type": "clustered", "group_debias": True},
 }
-SM_COV = {"nonrobust": {"cov_type": "nonrobust"}, "HC0": {"cov_type": "HC0"}, "HC1": {"cov_type": "HC1"}}
+SM_COV = {
+    "nonrobust": {"cov_type": "nonrobust"},
+    "HC0": {"cov_type": "HC0"},
+    "HC1": {"cov_type": "HC1"},
+}
 
 
 def _panel_reference(cls: type, formula: str, panel: pd.DataFrame, vcov: str):
@@ -120,7 +135,9 @@ def test_fe_two_way_with_weights_matches_dummy_wls(panel: pd.DataFrame) -> None:
     of dummies (alternating projections converge to the exact within transform)."""
     import statsmodels.formula.api as smf
 
-    fit = _fit(panel, _cp("fe2", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), weights="w", vcov="HC1"))
+    fit = _fit(
+        panel, _cp("fe2", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), weights="w", vcov="HC1")
+    )
     ref = smf.wls("y ~ x1 + x2 + C(ent) + C(yr)", panel, weights=panel["w"]).fit(cov_type="HC1")
     np.testing.assert_allclose(fit.beta[1:], ref.params[["x1", "x2"]].to_numpy(), rtol=1e-7)
     np.testing.assert_allclose(fit.se[1:], ref.bse[["x1", "x2"]].to_numpy(), rtol=1e-6)
@@ -136,33 +153,47 @@ def test_re_matches_randomeffects(panel: pd.DataFrame, vcov: str) -> None:
     np.testing.assert_allclose(fit.beta, ref.params.to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(fit.se, ref.std_errors.to_numpy(), rtol=1e-8)
     vd = ref.variance_decomposition
-    assert fit.extra["sigma2_u"] == pytest.approx(vd["Effects"]) and fit.extra["sigma2_e"] == pytest.approx(vd["Residual"])
+    assert fit.extra["sigma2_u"] == pytest.approx(vd["Effects"]) and fit.extra[
+        "sigma2_e"
+    ] == pytest.approx(vd["Residual"])
 
 
 @pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
-@pytest.mark.parametrize("formula", ["y ~ 1 + x1 + C(f) + [xe ~ z1 + z2]", "y ~ 1 + x2 + [xe + x1 ~ z1 + z2]"])
+@pytest.mark.parametrize(
+    "formula", ["y ~ 1 + x1 + C(f) + [xe ~ z1 + z2]", "y ~ 1 + x2 + [xe + x1 ~ z1 + z2]"]
+)
 def test_iv_matches_iv2sls(panel: pd.DataFrame, formula: str, vcov: str) -> None:
     """Term names, coefficients and SEs equal IV2SLS.from_formula with the vcov mapping of
     linear_models (nonrobust/HC1/cluster debiased, HC0 not)."""
     from linearmodels.iv import IV2SLS
 
     fit = _fit(panel, _cp("iv", "iv", formula, vcov=vcov))
-    kw: dict[str, Any] = {"nonrobust": {"cov_type": "unadjusted", "debiased": True}, "HC0": {"cov_type": "robust"},
-                          "HC1": {"cov_type": "robust", "debiased": True},
-                          "cluster:rc": {"cov_type": "clustered", "clusters": panel["rc"], "debiased": True}}[vcov]
+    kw: dict[str, Any] = {
+        "nonrobust": {"cov_type": "unadjusted", "debiased": True},
+        "HC0": {"cov_type": "robust"},
+        "HC1": {"cov_type": "robust", "debiased": True},
+        "cluster:rc": {"cov_type": "clustered", "clusters": panel["rc"], "debiased": True},
+    }[vcov]
     ref = IV2SLS.from_formula(formula, panel).fit(**kw)
     ref_params = ref.params.rename({"1": "Intercept"})
     assert sorted(ref_params.index) == sorted(fit.terms)
     np.testing.assert_allclose(fit.beta, ref_params[fit.terms].to_numpy(), rtol=1e-10)
-    np.testing.assert_allclose(fit.se, ref.std_errors.rename({"1": "Intercept"})[fit.terms].to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(
+        fit.se, ref.std_errors.rename({"1": "Intercept"})[fit.terms].to_numpy(), rtol=1e-8
+    )
 
 
 def test_iv_with_weights_matches_iv2sls(panel: pd.DataFrame) -> None:
     from linearmodels.iv import IV2SLS
 
-    fit = _fit(panel, _cp("iv", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", weights="w", vcov="HC1", subset="f >= 1"))
+    fit = _fit(
+        panel,
+        _cp("iv", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", weights="w", vcov="HC1", subset="f >= 1"),
+    )
     sub = panel[panel["f"] >= 1]
-    ref = IV2SLS.from_formula("y ~ 1 + x1 + [xe ~ z1 + z2]", sub, weights=sub["w"]).fit(cov_type="robust", debiased=True)
+    ref = IV2SLS.from_formula("y ~ 1 + x1 + [xe ~ z1 + z2]", sub, weights=sub["w"]).fit(
+        cov_type="robust", debiased=True
+    )
     np.testing.assert_allclose(fit.beta, ref.params.to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(fit.se, ref.std_errors.to_numpy(), rtol=1e-8)
     assert fit.n == len(sub)
@@ -172,7 +203,10 @@ def test_iv_exactly_identified_by_the_regressor_is_ols(panel: pd.DataFrame) -> N
     """Instrumenting x1 by itself gives OLS, with statsmodels' nonrobust and cluster SEs."""
     import statsmodels.formula.api as smf
 
-    for vcov, kw in (("nonrobust", {}), ("cluster:rc", {"cov_type": "cluster", "cov_kwds": {"groups": panel["rc"]}})):
+    for vcov, kw in (
+        ("nonrobust", {}),
+        ("cluster:rc", {"cov_type": "cluster", "cov_kwds": {"groups": panel["rc"]}}),
+    ):
         panel2 = panel.assign(x1copy=panel["x1"])
         fit = _fit(panel2, _cp("iv", "iv", "y ~ x2 + [x1 ~ x1copy]", vcov=vcov))
         ref = smf.ols("y ~ x2 + x1", panel).fit(**kw)
@@ -190,20 +224,38 @@ def test_iv_terms_are_exogenous_then_endogenous_with_factor_endogenous(panel: pd
 def test_iv_intercept_follows_formulaic_not_linearmodels(panel: pd.DataFrame) -> None:
     """As in every replisynth formula the intercept is implicit (linearmodels' IV parser
     needs an explicit 1); `0 +` removes it."""
-    assert build_design(panel, _cp("iv", "iv", "y ~ x2 + [xe ~ z1]")).terms == ["Intercept", "x2", "xe"]
+    assert build_design(panel, _cp("iv", "iv", "y ~ x2 + [xe ~ z1]")).terms == [
+        "Intercept",
+        "x2",
+        "xe",
+    ]
     assert build_design(panel, _cp("iv", "iv", "y ~ 0 + x2 + [xe ~ z1]")).terms == ["x2", "xe"]
 
 
 def test_split_iv_formula() -> None:
-    assert split_iv_formula("y ~ 1 + w1 + w2 + [x1 + x2 ~ z1 + z2]") == ("y ~ 1 + w1 + w2", "x1 + x2", "z1 + z2")
+    assert split_iv_formula("y ~ 1 + w1 + w2 + [x1 + x2 ~ z1 + z2]") == (
+        "y ~ 1 + w1 + w2",
+        "x1 + x2",
+        "z1 + z2",
+    )
     assert split_iv_formula("y ~ [x ~ z] + w") == ("y ~ w", "x", "z")
     assert split_iv_formula("y ~ [x ~ z]") == ("y ~ 1", "x", "z")
 
 
 def test_used_columns_include_instruments_and_effects() -> None:
     assert used_columns(_cp("iv", "iv", "y ~ w + [x ~ z1 + z2]")) == ["w", "x", "y", "z1", "z2"]
-    assert used_columns(_cp("fe", "fe", "y ~ x", absorb=("firm", "year"))) == ["firm", "x", "y", "year"]
-    assert used_columns(_cp("re", "re", "y ~ x", entity="nr", time="year")) == ["nr", "x", "y", "year"]
+    assert used_columns(_cp("fe", "fe", "y ~ x", absorb=("firm", "year"))) == [
+        "firm",
+        "x",
+        "y",
+        "year",
+    ]
+    assert used_columns(_cp("re", "re", "y ~ x", entity="nr", time="year")) == [
+        "nr",
+        "x",
+        "y",
+        "year",
+    ]
 
 
 def test_under_identified_iv_is_a_checkpoint_error(panel: pd.DataFrame) -> None:
@@ -217,13 +269,19 @@ def test_regressor_absorbed_by_the_effects_is_named(panel: pd.DataFrame) -> None
         _fit(df, _cp("fe", "fe", "y ~ x1 + const_in_ent", absorb=("ent",)))
 
 
-@pytest.mark.parametrize("cp", [
-    _cp("fe", "fe", "y ~ x1 + x2 + C(f)", absorb=("ent",)),
-    _cp("fe2", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), weights="w"),
-    _cp("re", "re", "y ~ x1 + x2", entity="ent", weights="w"),
-    _cp("iv", "iv", "y ~ x1 + [xe ~ z1 + z2]", weights="w"),
-], ids=lambda c: c.tag)
-def test_operator_reproduces_the_fit_and_inverts_the_design(panel: pd.DataFrame, cp: Checkpoint) -> None:
+@pytest.mark.parametrize(
+    "cp",
+    [
+        _cp("fe", "fe", "y ~ x1 + x2 + C(f)", absorb=("ent",)),
+        _cp("fe2", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), weights="w"),
+        _cp("re", "re", "y ~ x1 + x2", entity="ent", weights="w"),
+        _cp("iv", "iv", "y ~ x1 + [xe ~ z1 + z2]", weights="w"),
+    ],
+    ids=lambda c: c.tag,
+)
+def test_operator_reproduces_the_fit_and_inverts_the_design(
+    panel: pd.DataFrame, cp: Checkpoint
+) -> None:
     """beta_hat = A y (the pin's premise) and A X = I (why y + X Delta is an exact step)."""
     d = build_design(panel, cp)
     fit = fit_checkpoint(d, cp)
@@ -263,15 +321,31 @@ SINGLE = [
     _cp("fe_two_way", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), weights="w", vcov="cluster:cl"),
     _cp("fe_subset", "fe", "y ~ x1*x2 + I(x1 ** 2)", absorb=("ent",), subset="yr >= 2", vcov="HC1"),
     _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", time="yr"),
-    _cp("re_weighted", "re", "y ~ x1 + x2", entity="ent", weights="w", vcov="cluster:ent", subset="f >= 1"),
+    _cp(
+        "re_weighted",
+        "re",
+        "y ~ x1 + x2",
+        entity="ent",
+        weights="w",
+        vcov="cluster:ent",
+        subset="f >= 1",
+    ),
     _cp("iv_over", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", vcov="HC1"),
-    _cp("iv_two_endog", "iv", "y ~ x2 + C(f) + [xe + x1 ~ z1 + z2 + I(z1 * z2)]", weights="w", vcov="cluster:cl"),
+    _cp(
+        "iv_two_endog",
+        "iv",
+        "y ~ x2 + C(f) + [xe + x1 ~ z1 + z2 + I(z1 * z2)]",
+        weights="w",
+        vcov="cluster:cl",
+    ),
     _cp("iv_just", "iv", "y ~ x1 + [xe ~ z1]", subset="yr <= 3", vcov="HC0"),
 ]
 
 
 @pytest.mark.parametrize("cp", SINGLE, ids=lambda c: c.tag)
-def test_single_checkpoint_pins_exactly(panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint) -> None:
+def test_single_checkpoint_pins_exactly(
+    panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint
+) -> None:
     (rel,) = _capture(panel, cp)
     before, _ = _gaps(other_panel, rel)
     frames, results = pin_checkpoints({"people": other_panel}, [rel])
@@ -292,11 +366,15 @@ def test_single_checkpoint_pins_exactly(panel: pd.DataFrame, other_panel: pd.Dat
 
 
 @pytest.mark.parametrize("cp", [c for c in SINGLE if c.model in ("fe", "iv")], ids=lambda c: c.tag)
-def test_residual_scale_matches_the_release(panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint) -> None:
+def test_residual_scale_matches_the_release(
+    panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint
+) -> None:
     """fe and iv: after the pin the refit's residual variance is the released one, and the
     rescaled residual left the coefficients where the pin put them."""
     (rel,) = _capture(panel, cp)
-    noisy = other_panel.assign(y=other_panel["y"] + np.random.default_rng(3).normal(scale=2.0, size=len(other_panel)))
+    noisy = other_panel.assign(
+        y=other_panel["y"] + np.random.default_rng(3).normal(scale=2.0, size=len(other_panel))
+    )
     frames, results = pin_checkpoints({"people": noisy}, [rel])
     assert "residuals scaled" in results[0].note
     fit = _fit(frames["people"], checkpoint_from_release(rel))
@@ -311,7 +389,9 @@ def test_residual_is_invisible_to_the_operator(panel: pd.DataFrame) -> None:
         assert np.abs(linear_operator(d, cp) @ r).max() < 1e-8
 
 
-def test_re_pin_step_keeps_the_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+def test_re_pin_step_keeps_the_variance_components(
+    panel: pd.DataFrame, other_panel: pd.DataFrame
+) -> None:
     """The step y + X Delta leaves the within and between residuals, hence theta, unchanged:
     the fixed point is reached by the first step."""
     from replisynth.pin.pin import _pin_pass
@@ -329,12 +409,16 @@ def test_re_pin_step_keeps_the_variance_components(panel: pd.DataFrame, other_pa
 
 
 @pytest.mark.parametrize("cp", [c for c in SINGLE if c.model == "re"], ids=lambda c: c.tag)
-def test_re_pin_matches_the_released_variance_components(panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint) -> None:
+def test_re_pin_matches_the_released_variance_components(
+    panel: pd.DataFrame, other_panel: pd.DataFrame, cp: Checkpoint
+) -> None:
     """Synthetic data without entity effects (sigma2_u = 0) gets the released sigma2_u and
     sigma2_e, with the coefficients still pinned."""
     (rel,) = _capture(panel, cp)
     rng = np.random.default_rng(8)
-    flat = other_panel.assign(y=1 + 0.5 * other_panel["x1"] + rng.normal(scale=0.5, size=len(other_panel)))
+    flat = other_panel.assign(
+        y=1 + 0.5 * other_panel["x1"] + rng.normal(scale=0.5, size=len(other_panel))
+    )
     assert _fit(flat, cp).extra["sigma2_u"] < 0.1 * rel["extra"]["sigma2_u"]
     frames, results = pin_checkpoints({"people": flat}, [rel])
     assert results[0].status == "pinned" and "scaled" in results[0].note
@@ -345,21 +429,33 @@ def test_re_pin_matches_the_released_variance_components(panel: pd.DataFrame, ot
 
 
 GROUPS = {
-    "two_iv_one_outcome": [_cp("iv_a", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", subset="f == 0"),
-                           _cp("iv_b", "iv", "y ~ x2 + [xe ~ z1]", subset="f >= 1")],
-    "two_iv_overlapping": [_cp("iv_a", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", subset="yr <= 3"),
-                           _cp("iv_b", "iv", "y ~ x2 + [xe ~ z2]", subset="yr >= 2", vcov="HC1")],
-    "iv_and_ols": [_cp("iv", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", subset="f <= 1"),
-                   _cp("ols", "ols", "y ~ x1 + x2", subset="f >= 1")],
-    "fe_and_ols": [_cp("fe", "fe", "y ~ x1 + x2", absorb=("ent",), subset="yr <= 3"),
-                   _cp("ols", "ols", "y ~ x1 + xe", subset="yr >= 2")],
-    "re_and_iv": [_cp("re", "re", "y ~ x1 + x2", entity="ent", subset="f <= 1"),
-                  _cp("iv", "iv", "y ~ x2 + [xe ~ z1 + z2]", subset="f == 2")],
+    "two_iv_one_outcome": [
+        _cp("iv_a", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", subset="f == 0"),
+        _cp("iv_b", "iv", "y ~ x2 + [xe ~ z1]", subset="f >= 1"),
+    ],
+    "two_iv_overlapping": [
+        _cp("iv_a", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", subset="yr <= 3"),
+        _cp("iv_b", "iv", "y ~ x2 + [xe ~ z2]", subset="yr >= 2", vcov="HC1"),
+    ],
+    "iv_and_ols": [
+        _cp("iv", "iv", "y ~ 1 + x1 + [xe ~ z1 + z2]", subset="f <= 1"),
+        _cp("ols", "ols", "y ~ x1 + x2", subset="f >= 1"),
+    ],
+    "fe_and_ols": [
+        _cp("fe", "fe", "y ~ x1 + x2", absorb=("ent",), subset="yr <= 3"),
+        _cp("ols", "ols", "y ~ x1 + xe", subset="yr >= 2"),
+    ],
+    "re_and_iv": [
+        _cp("re", "re", "y ~ x1 + x2", entity="ent", subset="f <= 1"),
+        _cp("iv", "iv", "y ~ x2 + [xe ~ z1 + z2]", subset="f == 2"),
+    ],
 }
 
 
 @pytest.mark.parametrize("name", list(GROUPS))
-def test_shared_outcome_groups_pin_jointly(panel: pd.DataFrame, other_panel: pd.DataFrame, name: str) -> None:
+def test_shared_outcome_groups_pin_jointly(
+    panel: pd.DataFrame, other_panel: pd.DataFrame, name: str
+) -> None:
     rels = _capture(panel, *GROUPS[name])
     frames, results = pin_checkpoints({"people": other_panel}, rels)
     assert len(results) == 1 and results[0].joint and results[0].status == "pinned", results[0].note
@@ -367,14 +463,22 @@ def test_shared_outcome_groups_pin_jointly(panel: pd.DataFrame, other_panel: pd.
         assert _gaps(frames["people"], rel)[0] < PIN_TOL, rel["tag"]
 
 
-def test_disjoint_group_matches_each_residual_variance(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+def test_disjoint_group_matches_each_residual_variance(
+    panel: pd.DataFrame, other_panel: pd.DataFrame
+) -> None:
     """One outcome, disjoint samples (fe on early years, re on late ones): each checkpoint's
     residual variance (re: variance components) is matched on its own rows, all still pinned."""
-    cps = [_cp("fe", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), subset="yr <= 2"),
-           _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", subset="yr >= 3")]
+    cps = [
+        _cp("fe", "fe", "y ~ x1 + x2", absorb=("ent", "yr"), subset="yr <= 2"),
+        _cp("re", "re", "y ~ x1 + x2 + C(f)", entity="ent", subset="yr >= 3"),
+    ]
     rels = _capture(panel, *cps)
     frames, results = pin_checkpoints({"people": other_panel}, rels)
-    assert results[0].status == "pinned" and "fe: residuals scaled" in results[0].note and "re: residuals scaled" in results[0].note
+    assert (
+        results[0].status == "pinned"
+        and "fe: residuals scaled" in results[0].note
+        and "re: residuals scaled" in results[0].note
+    )
     fe, re_ = (_fit(frames["people"], cp) for cp in cps)
     assert fe.scale == pytest.approx(rels[0]["scale"], rel=1e-8)
     assert re_.extra["sigma2_u"] == pytest.approx(rels[1]["extra"]["sigma2_u"], rel=1e-8)
@@ -398,28 +502,68 @@ def _manifest(**cp: Any) -> dict[str, Any]:
     return raw
 
 
-@pytest.mark.parametrize(("cp", "pattern"), [
-    ({"model": "fe", "formula": "y ~ x"}, r"checkpoints\[0\]\.absorb: model fe needs 1 or 2 columns"),
-    ({"model": "fe", "formula": "y ~ x", "absorb": ["a", "b", "c"]}, r"checkpoints\[0\]\.absorb: model fe absorbs 1 or 2"),
-    ({"model": "fe", "formula": "y ~ x", "absorb": ["a"], "entity": "e"}, r"checkpoints\[0\]: model fe takes either absorb"),
-    ({"model": "re", "formula": "y ~ x"}, r"checkpoints\[0\]\.entity: model re needs the panel unit"),
-    ({"model": "re", "formula": "y ~ x", "entity": "e", "absorb": ["a"]}, r"checkpoints\[0\]\.absorb: only model fe"),
-    ({"model": "iv", "formula": "y ~ x + z"}, r"checkpoints\[0\]\.formula: model iv needs one \[endogenous ~ instruments\]"),
-    ({"model": "ols", "formula": "y ~ w + [x ~ z]"}, r"checkpoints\[0\]\.formula: a \[x ~ z\] part is only read by model iv"),
-    ({"model": "iv", "formula": "y ~ w + [x ~ z]", "vcov": "HC3"}, r"checkpoints\[0\]\.vcov: HC3 is not available for model iv"),
-    ({"model": "ols", "formula": "y ~ x", "entity": "e"}, r"checkpoints\[0\]\.entity: only models re and fe"),
-    ({"model": "ols", "formula": "y ~ x", "time": "t"}, r"checkpoints\[0\]\.time: a time column needs an entity"),
-])
+@pytest.mark.parametrize(
+    ("cp", "pattern"),
+    [
+        (
+            {"model": "fe", "formula": "y ~ x"},
+            r"checkpoints\[0\]\.absorb: model fe needs 1 or 2 columns",
+        ),
+        (
+            {"model": "fe", "formula": "y ~ x", "absorb": ["a", "b", "c"]},
+            r"checkpoints\[0\]\.absorb: model fe absorbs 1 or 2",
+        ),
+        (
+            {"model": "fe", "formula": "y ~ x", "absorb": ["a"], "entity": "e"},
+            r"checkpoints\[0\]: model fe takes either absorb",
+        ),
+        (
+            {"model": "re", "formula": "y ~ x"},
+            r"checkpoints\[0\]\.entity: model re needs the panel unit",
+        ),
+        (
+            {"model": "re", "formula": "y ~ x", "entity": "e", "absorb": ["a"]},
+            r"checkpoints\[0\]\.absorb: only model fe",
+        ),
+        (
+            {"model": "iv", "formula": "y ~ x + z"},
+            r"checkpoints\[0\]\.formula: model iv needs one \[endogenous ~ instruments\]",
+        ),
+        (
+            {"model": "ols", "formula": "y ~ w + [x ~ z]"},
+            r"checkpoints\[0\]\.formula: a \[x ~ z\] part is only read by model iv",
+        ),
+        (
+            {"model": "iv", "formula": "y ~ w + [x ~ z]", "vcov": "HC3"},
+            r"checkpoints\[0\]\.vcov: HC3 is not available for model iv",
+        ),
+        (
+            {"model": "ols", "formula": "y ~ x", "entity": "e"},
+            r"checkpoints\[0\]\.entity: only models re and fe",
+        ),
+        (
+            {"model": "ols", "formula": "y ~ x", "time": "t"},
+            r"checkpoints\[0\]\.time: a time column needs an entity",
+        ),
+    ],
+)
 def test_family_keys_are_validated(cp: dict[str, Any], pattern: str) -> None:
     with pytest.raises(ManifestError, match=pattern):
         load_manifest(_manifest(**cp))
 
 
 def test_family_manifests_load() -> None:
-    for cp in ({"model": "fe", "formula": "y ~ x", "absorb": ["a", "b"], "vcov": "cluster:a"},
-               {"model": "fe", "formula": "y ~ x", "entity": "e", "time": "t"},
-               {"model": "re", "formula": "y ~ x", "entity": "e", "time": "t"},
-               {"model": "iv", "formula": "y ~ 1 + w1 + w2 + [x1 + x2 ~ z1 + z2]", "weights": "w", "vcov": "HC1"}):
+    for cp in (
+        {"model": "fe", "formula": "y ~ x", "absorb": ["a", "b"], "vcov": "cluster:a"},
+        {"model": "fe", "formula": "y ~ x", "entity": "e", "time": "t"},
+        {"model": "re", "formula": "y ~ x", "entity": "e", "time": "t"},
+        {
+            "model": "iv",
+            "formula": "y ~ 1 + w1 + w2 + [x1 + x2 ~ z1 + z2]",
+            "weights": "w",
+            "vcov": "HC1",
+        },
+    ):
         m = load_manifest(_manifest(**cp))
         assert m.checkpoints[0].model == cp["model"]
 
@@ -439,18 +583,46 @@ def test_pipeline_reaches_tier4(tmp_path, family: str) -> None:
     raw = manifest_for(path, panel={"entity": "ent", "time": "yr"}, groups=["rc"])
     raw["verify"] = {"tier": 4}
     cps = {
-        "fe": [{"tag": "fe", "model": "fe", "formula": "y ~ x1 + x2", "absorb": ["ent"], "vcov": "cluster:ent"},
-               {"tag": "fe2", "model": "fe", "formula": "y ~ x1 + xe", "absorb": ["ent", "yr"], "vcov": "HC1", "subset": "f >= 1"}],
-        "re": [{"tag": "re", "model": "re", "formula": "y ~ x1 + x2 + C(f)", "entity": "ent", "time": "yr", "vcov": "cluster:ent"}],
-        "iv": [{"tag": "iv", "model": "iv", "formula": "y ~ 1 + x1 + [xe ~ z1 + z2]", "vcov": "HC1"},
-               {"tag": "ols", "model": "ols", "formula": "y ~ x1 + x2", "subset": "f >= 1"}],
+        "fe": [
+            {
+                "tag": "fe",
+                "model": "fe",
+                "formula": "y ~ x1 + x2",
+                "absorb": ["ent"],
+                "vcov": "cluster:ent",
+            },
+            {
+                "tag": "fe2",
+                "model": "fe",
+                "formula": "y ~ x1 + xe",
+                "absorb": ["ent", "yr"],
+                "vcov": "HC1",
+                "subset": "f >= 1",
+            },
+        ],
+        "re": [
+            {
+                "tag": "re",
+                "model": "re",
+                "formula": "y ~ x1 + x2 + C(f)",
+                "entity": "ent",
+                "time": "yr",
+                "vcov": "cluster:ent",
+            }
+        ],
+        "iv": [
+            {"tag": "iv", "model": "iv", "formula": "y ~ 1 + x1 + [xe ~ z1 + z2]", "vcov": "HC1"},
+            {"tag": "ols", "model": "ols", "formula": "y ~ x1 + x2", "subset": "f >= 1"},
+        ],
     }[family]
     raw["checkpoints"] = [{"source": "people", **c} for c in cps]
     tiers = run_pipeline(raw, tmp_path / "out")
     assert tiers["tier_met"] == 4, tiers
     for c in cps:
         res = tiers["checkpoints"][c["tag"]]
-        assert res["passed"] and res["max_dbeta_se"] < PIN_TOL and res["max_dbeta_se_target"] < PIN_TOL, res
+        assert (
+            res["passed"] and res["max_dbeta_se"] < PIN_TOL and res["max_dbeta_se_target"] < PIN_TOL
+        ), res
 
 
 def test_panel_skeleton_moves_entities_not_periods() -> None:
@@ -460,8 +632,12 @@ def test_panel_skeleton_moves_entities_not_periods() -> None:
 
     rng = np.random.default_rng(0)
     n = 1200
-    df = pd.DataFrame({"e": np.repeat(np.arange(150), 8)[rng.permutation(n)],
-                       "t": np.tile(np.arange(1980, 1988), 150)[rng.permutation(n)]})
+    df = pd.DataFrame(
+        {
+            "e": np.repeat(np.arange(150), 8)[rng.permutation(n)],
+            "t": np.tile(np.arange(1980, 1988), 150)[rng.permutation(n)],
+        }
+    )
     out = _panel(df.copy(), "e", "t")
     pd.testing.assert_series_equal(out["t"], df["t"])
     assert (out.groupby("e")["t"].nunique() == 8).all()
@@ -479,7 +655,9 @@ def test_resid_df_gate_counts_the_absorbed_effects() -> None:
     assert fe["status"] == "rejected" and "min_resid_df=30" in fe["reason"]
 
 
-def test_rare_indicator_is_suppressed_and_left_free_by_the_pin(panel: pd.DataFrame, other_panel: pd.DataFrame) -> None:
+def test_rare_indicator_is_suppressed_and_left_free_by_the_pin(
+    panel: pd.DataFrame, other_panel: pd.DataFrame
+) -> None:
     def with_rare(df: pd.DataFrame, seed: int) -> pd.DataFrame:
         rare = np.zeros(len(df), dtype=int)
         rare[np.random.default_rng(seed).choice(len(df), 30, replace=False)] = 1

@@ -34,10 +34,16 @@ def attack(release: dict, k: int) -> list[tuple[str, str, int, int, int]]:
     all_m = release["blocks"]["all"]["marginals"]
     bad = []
     for col, m in all_m.items():
-        if col in strata["columns"] or m["kind"] != "categorical" or not (strata["cells"] or strata["residual_rows"]):
+        if (
+            col in strata["columns"]
+            or m["kind"] != "categorical"
+            or not (strata["cells"] or strata["residual_rows"])
+        ):
             continue
         levels = m["table"]["levels"]
-        col_tot = list(m["table"]["counts"]) + ([m["table"]["suppressed"]] if m["table"]["suppressed"] else [])
+        col_tot = list(m["table"]["counts"]) + (
+            [m["table"]["suppressed"]] if m["table"]["suppressed"] else []
+        )
         L = len(col_tot)
         rows, known = [], []
         miss = 0
@@ -47,7 +53,10 @@ def attack(release: dict, k: int) -> list[tuple[str, str, int, int, int]]:
             rows.append((cell["id"], release["blocks"][cell["id"]]["rows"] - bm["missing"]))
             kn = {}
             if bm["kind"] == "categorical":
-                kn = {levels.index(v): c for v, c in zip(bm["table"]["levels"], bm["table"]["counts"], strict=True)}
+                kn = {
+                    levels.index(v): c
+                    for v, c in zip(bm["table"]["levels"], bm["table"]["counts"], strict=True)
+                }
             known.append(kn)
         if strata["residual_rows"]:
             rows.append(("residual", strata["residual_rows"] - (m["missing"] - miss)))
@@ -56,7 +65,7 @@ def attack(release: dict, k: int) -> list[tuple[str, str, int, int, int]]:
         A, b = [], []
         for i, (_, total) in enumerate(rows):
             a = np.zeros(B * L)
-            a[i * L:(i + 1) * L] = 1
+            a[i * L : (i + 1) * L] = 1
             A.append(a), b.append(total)
         for j in range(L):
             a = np.zeros(B * L)
@@ -89,7 +98,12 @@ def primary_only(release: dict, data: pd.DataFrame, k: int) -> dict:
     out = json.loads(dumps_json(release))
     strata = release["strata"]["columns"]
     for cell in release["strata"]["cells"]:
-        rows = np.logical_and.reduce([data[c].astype(str).to_numpy() == str(v) for c, v in zip(strata, cell["key"], strict=True)])
+        rows = np.logical_and.reduce(
+            [
+                data[c].astype(str).to_numpy() == str(v)
+                for c, v in zip(strata, cell["key"], strict=True)
+            ]
+        )
         for col, m in release["blocks"]["all"]["marginals"].items():
             if col in strata or m["kind"] != "categorical":
                 continue
@@ -97,13 +111,24 @@ def primary_only(release: dict, data: pd.DataFrame, k: int) -> dict:
             vc = data.loc[rows, col].dropna().astype(str).value_counts()
             listed = [(v, int(vc.get(str(v), 0))) for v in levels if vc.get(str(v), 0) >= k]
             n = int(vc.sum())
-            out["blocks"][cell["id"]]["marginals"][col] = {"kind": "categorical", "missing": int(data.loc[rows, col].isna().sum()), "table": {
-                "levels": [v for v, _ in listed], "counts": [c for _, c in listed], "ordered": m["table"]["ordered"],
-                "suppressed": n - sum(c for _, c in listed), "pooled_levels": 0, "classes": True}}
+            out["blocks"][cell["id"]]["marginals"][col] = {
+                "kind": "categorical",
+                "missing": int(data.loc[rows, col].isna().sum()),
+                "table": {
+                    "levels": [v for v, _ in listed],
+                    "counts": [c for _, c in listed],
+                    "ordered": m["table"]["ordered"],
+                    "suppressed": n - sum(c for _, c in listed),
+                    "pooled_levels": 0,
+                    "classes": True,
+                },
+            }
     return out
 
 
-def planted(seed: int, k: int, n_strata: int, n_levels: int, col: str, rare: int, small: int) -> pd.DataFrame:
+def planted(
+    seed: int, k: int, n_strata: int, n_levels: int, col: str, rare: int, small: int
+) -> pd.DataFrame:
     """Strata g0..g{n_strata-1} of 3k..6k rows plus one small stratum of `small` rows; a
     nominal column `col` with common levels and `rare` planted cells of 1..k-1 rows (a rare
     level in some strata); a 0/1 column with a rare 1 in one stratum."""
@@ -112,26 +137,49 @@ def planted(seed: int, k: int, n_strata: int, n_levels: int, col: str, rare: int
     for g in range(n_strata):
         n = int(rng.integers(3 * k, 6 * k))
         lv = rng.choice([f"L{j}" for j in range(n_levels)], size=n)
-        parts.append(pd.DataFrame({"grp": f"g{g}", col: lv, "flag": (rng.random(n) < (0.5 if g else 0.0)).astype(int)}))
+        parts.append(
+            pd.DataFrame(
+                {"grp": f"g{g}", col: lv, "flag": (rng.random(n) < (0.5 if g else 0.0)).astype(int)}
+            )
+        )
     for r in range(rare):
         g = r % n_strata
         m = int(rng.integers(1, k))
-        parts.append(pd.DataFrame({"grp": [f"g{g}"] * m, col: [f"L{n_levels + r % 2}"] * m, "flag": [1] * m}))
+        parts.append(
+            pd.DataFrame({"grp": [f"g{g}"] * m, col: [f"L{n_levels + r % 2}"] * m, "flag": [1] * m})
+        )
     if small:
-        parts.append(pd.DataFrame({"grp": ["tiny"] * small, col: ["L0"] * small, "flag": [0] * small}))
+        parts.append(
+            pd.DataFrame({"grp": ["tiny"] * small, col: ["L0"] * small, "flag": [0] * small})
+        )
     df = pd.concat(parts, ignore_index=True)
     df.insert(0, "pid", np.arange(1, len(df) + 1))
     df["x"] = rng.normal(size=len(df))
     return df
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), k=st.sampled_from([5, 10, 20]), n_strata=st.integers(2, 4), n_levels=st.integers(2, 5),
-       col=st.sampled_from(["region", "occ_code", "Kategorie"]), rare=st.integers(1, 4), small=st.integers(0, 4))
-def test_attack_bounds_no_unlisted_cell_too_narrowly(tmp_path_factory, seed, k, n_strata, n_levels, col, rare, small):
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.sampled_from([5, 10, 20]),
+    n_strata=st.integers(2, 4),
+    n_levels=st.integers(2, 5),
+    col=st.sampled_from(["region", "occ_code", "Kategorie"]),
+    rare=st.integers(1, 4),
+    small=st.integers(0, 4),
+)
+def test_attack_bounds_no_unlisted_cell_too_narrowly(
+    tmp_path_factory, seed, k, n_strata, n_levels, col, rare, small
+):
     tmp = tmp_path_factory.mktemp("lt")
     df = planted(seed, k, n_strata, n_levels, col, rare, small)
-    release, data, log = release_of(df, tmp, sdc={"min_cell_size": k}, strata=["grp"], categorical=["flag"])
+    release, data, log = release_of(
+        df, tmp, sdc={"min_cell_size": k}, strata=["grp"], categorical=["flag"]
+    )
     # (a) the independent attacker LP finds nothing, and neither does the review's audit
     assert attack(release, k) == []
     assert audit_release_tables(release, k) == []
@@ -141,13 +189,21 @@ def test_attack_bounds_no_unlisted_cell_too_narrowly(tmp_path_factory, seed, k, 
         for c, m in release["blocks"][cell["id"]]["marginals"].items():
             if m["kind"] == "categorical":
                 vc = sub[c].astype(str).value_counts()
-                assert all(n >= k and n == vc[str(v)] for v, n in zip(m["table"]["levels"], m["table"]["counts"], strict=True))
+                assert all(
+                    n >= k and n == vc[str(v)]
+                    for v, n in zip(m["table"]["levels"], m["table"]["counts"], strict=True)
+                )
     # no correlation of an indicator of an unlisted level is released inside the stratum
     for cell in release["strata"]["cells"]:
         block = release["blocks"][cell["id"]]
         for j, d in enumerate(release["dims"]):
             bm = block["marginals"].get(d["column"])
-            if d["kind"] == "indicator" and bm is not None and bm["kind"] == "categorical" and d["level"] not in bm["table"]["levels"]:
+            if (
+                d["kind"] == "indicator"
+                and bm is not None
+                and bm["kind"] == "categorical"
+                and d["level"] not in bm["table"]["levels"]
+            ):
                 assert all(v is None for i, v in enumerate(block["spearman"][j]) if i != j)
     # the residual block, when there is one, holds at least k rows
     assert release["strata"]["residual_rows"] == 0 or release["strata"]["residual_rows"] >= k
@@ -155,14 +211,25 @@ def test_attack_bounds_no_unlisted_cell_too_narrowly(tmp_path_factory, seed, k, 
     # stratum holds a rare cell next to only listed ones
     old = primary_only(release, data, k)
     levels = {str(v) for v in release["blocks"]["all"]["marginals"][col]["table"]["levels"]}
-    classes = data[col].astype(str).where(data[col].astype(str).isin(levels), "(bucket)")  # the source-level classes
-    truth_small = any(0 < n < k for cell in release["strata"]["cells"]
-                      for n in classes[data["grp"].astype(str) == str(cell["key"][0])].value_counts())
+    classes = (
+        data[col].astype(str).where(data[col].astype(str).isin(levels), "(bucket)")
+    )  # the source-level classes
+    truth_small = any(
+        0 < n < k
+        for cell in release["strata"]["cells"]
+        for n in classes[data["grp"].astype(str) == str(cell["key"][0])].value_counts()
+    )
     if truth_small:
         assert attack(old, k), "primary suppression alone should be attackable here"
         assert audit_release_tables(old, k)
     # (d) the decisions are logged, in counts only (no level value of a rare category)
-    entries = [e for e in log.entries if e["action"] == "secondary_suppression" and e.get("column") == col and e.get("block") == "linked"]
+    entries = [
+        e
+        for e in log.entries
+        if e["action"] == "secondary_suppression"
+        and e.get("column") == col
+        and e.get("block") == "linked"
+    ]
     if truth_small:
         assert entries and entries[0]["primary"] >= 1
     text = json.dumps(log.entries)
@@ -172,7 +239,9 @@ def test_attack_bounds_no_unlisted_cell_too_narrowly(tmp_path_factory, seed, k, 
 def test_primary_only_recovers_the_planted_cell_exactly(tmp_path):
     """The issue's attack: one rare level in one stratum, everything else listed."""
     df = planted(3, 20, 3, 3, "occ", 1, 0)
-    release, data, _ = release_of(df, tmp_path, sdc={"min_cell_size": 20}, strata=["grp"], categorical=["flag"])
+    release, data, _ = release_of(
+        df, tmp_path, sdc={"min_cell_size": 20}, strata=["grp"], categorical=["flag"]
+    )
     old = primary_only(release, data, 20)
     found = attack(old, 20)
     assert any(lo == hi and 0 < lo < 20 for _, _, _, lo, hi in found)
@@ -186,29 +255,69 @@ def test_residual_block_below_k_takes_the_smallest_stratum(tmp_path):
     sizes = df["grp"].value_counts()
     assert len(release["strata"]["cells"]) == 2
     assert min(sizes[sizes >= 20]) + 3 == release["strata"]["residual_rows"]
-    assert any(e["stage"] == "strata" and e["action"] == "secondary_suppression" and e["cells"] == 1 for e in log.entries)
+    assert any(
+        e["stage"] == "strata" and e["action"] == "secondary_suppression" and e["cells"] == 1
+        for e in log.entries
+    )
     assert attack(release, 20) == []
 
 
 def test_source_bucket_below_k_is_widened(tmp_path):
     rng = np.random.default_rng(2)
-    v = np.array(["a"] * 300 + ["b"] * 60 + ["c"] * 90 + ["rare1"] * 4 + ["rare2"] * 3, dtype=object)
-    df = pd.DataFrame({"pid": np.arange(len(v)), "kind": rng.permutation(v), "x": rng.normal(size=len(v))})
+    v = np.array(
+        ["a"] * 300 + ["b"] * 60 + ["c"] * 90 + ["rare1"] * 4 + ["rare2"] * 3, dtype=object
+    )
+    df = pd.DataFrame(
+        {"pid": np.arange(len(v)), "kind": rng.permutation(v), "x": rng.normal(size=len(v))}
+    )
     release, _, log = release_of(df, tmp_path, sdc={"min_cell_size": 50})
     t = release["blocks"]["all"]["marginals"]["kind"]["table"]
     assert t["levels"] == ["a", "c"] and t["suppressed"] == 67
     assert audit_release_tables(release, 50) == []
-    assert any(e["action"] == "secondary_suppression" and e["column"] == "kind" for e in log.entries)
+    assert any(
+        e["action"] == "secondary_suppression" and e["column"] == "kind" for e in log.entries
+    )
     assert "rare1" not in json.dumps(log.entries) and "rare1" not in dumps_json(release)
-    m, moved = widen_bucket({"kind": "categorical", "missing": 0, "table": {**t, "suppressed": 0}}, 50)
+    m, moved = widen_bucket(
+        {"kind": "categorical", "missing": 0, "table": {**t, "suppressed": 0}}, 50
+    )
     assert moved == 0 and m["table"]["levels"] == ["a", "c"]
 
 
 def test_audit_reports_the_bucket_and_never_a_suppressed_value(tmp_path):
-    release = {"source": "s", "strata": {"columns": [], "cells": [], "residual_rows": 0}, "blocks": {"all": {"rows": 120, "marginals": {
-        "k": {"kind": "categorical", "missing": 0, "table": {"levels": ["a"], "counts": [113], "ordered": False, "suppressed": 7}}}}}}
+    release = {
+        "source": "s",
+        "strata": {"columns": [], "cells": [], "residual_rows": 0},
+        "blocks": {
+            "all": {
+                "rows": 120,
+                "marginals": {
+                    "k": {
+                        "kind": "categorical",
+                        "missing": 0,
+                        "table": {
+                            "levels": ["a"],
+                            "counts": [113],
+                            "ordered": False,
+                            "suppressed": 7,
+                        },
+                    }
+                },
+            }
+        },
+    }
     f = audit_release_tables(release, 50)
-    assert f == [{"source": "s", "column": "k", "block": "all", "level_index": 1, "lo": 7, "hi": 7, "rule": f[0]["rule"]}]
+    assert f == [
+        {
+            "source": "s",
+            "column": "k",
+            "block": "all",
+            "level_index": 1,
+            "lo": 7,
+            "hi": 7,
+            "rule": f[0]["rule"],
+        }
+    ]
 
 
 @pytest.mark.parametrize("shards", [1, 3])
@@ -219,17 +328,39 @@ def test_scattered_extraction_with_secondary_suppression_is_byte_identical(tmp_p
     df = planted(7, 20, 4, 3, "occ", 3, 2)
     path = tmp_path / "p.csv"
     df.to_csv(path, index=False)
-    m = load_manifest({"name": "t", "seed": 7, "sources": {"people": {"path": str(path), "ids": ["pid"], "strata": ["grp"], "categorical": ["flag"]}},
-                       "checkpoints": [], "verify": {"tier": 0}, "sdc": {"min_cell_size": 20}})
+    m = load_manifest(
+        {
+            "name": "t",
+            "seed": 7,
+            "sources": {
+                "people": {
+                    "path": str(path),
+                    "ids": ["pid"],
+                    "strata": ["grp"],
+                    "categorical": ["flag"],
+                }
+            },
+            "checkpoints": [],
+            "verify": {"tier": 0},
+            "sdc": {"min_cell_size": 20},
+        }
+    )
     data, meta = read_source(path)
     full, full_log = extract_source(data, meta, m, m.source("people"))
-    assert any(e["action"] == "secondary_suppression" and e.get("secondary", 0) > 0 for e in full_log.entries)
+    assert any(
+        e["action"] == "secondary_suppression" and e.get("secondary", 0) > 0
+        for e in full_log.entries
+    )
     base, base_log = extract_source(data, meta, m, m.source("people"), strata_blocks=False)
     js = lambda x: json.loads(dumps_json(x))  # noqa: E731
     parts = [js(stratum_blocks(data, m, "people", js(base), s, shards)) for s in range(shards)]
     release, sdc = gather_release(js(base), js(base_log.entries), parts, 20)
-    assert dumps_json(release) == dumps_json(full) and dumps_json(sdc) == dumps_json(full_log.entries)
-    assert "counts" not in dumps_json(release).replace('"counts": [', "")  # the true counts stay in the staging files
+    assert dumps_json(release) == dumps_json(full) and dumps_json(sdc) == dumps_json(
+        full_log.entries
+    )
+    assert "counts" not in dumps_json(release).replace(
+        '"counts": [', ""
+    )  # the true counts stay in the staging files
 
 
 def test_synthesis_keeps_block_sizes_and_source_totals(tmp_path):
@@ -237,7 +368,9 @@ def test_synthesis_keeps_block_sizes_and_source_totals(tmp_path):
     from replisynth.synthesize.synthesize import synthesize_source
 
     df = planted(5, 20, 3, 3, "occ", 3, 2)
-    release, _, _ = release_of(df, tmp_path, sdc={"min_cell_size": 20}, strata=["grp"], categorical=["flag"])
+    release, _, _ = release_of(
+        df, tmp_path, sdc={"min_cell_size": 20}, strata=["grp"], categorical=["flag"]
+    )
     syn = synthesize_source(release, 7, None)
     assert len(syn) == len(df)
     plan = source_plan(release, len(df))
@@ -251,13 +384,55 @@ def test_synthesis_keeps_block_sizes_and_source_totals(tmp_path):
 def test_audit_of_an_old_bundle_finds_a_pooled_value_inside_a_stratum():
     """Before linked tables a stratum table counted raw values: a 0/1 column whose 7 ones were
     pooled into 0 at source level showed them as the stratum's suppressed count."""
+
     def block(rows, listed, sup):
-        return {"rows": rows, "marginals": {"flag": {"kind": "categorical", "missing": 0, "table": {
-            "levels": [0], "counts": [listed], "ordered": True, "suppressed": sup, "pooled_levels": 0, "suppressed_levels": int(sup > 0)}}}}
-    release = {"source": "s", "strata": {"columns": ["g"], "cells": [{"id": "s0", "key": [1], "rows": 60}, {"id": "s1", "key": [2], "rows": 40}], "residual_rows": 0},
-               "blocks": {"all": {"rows": 100, "marginals": {"flag": {"kind": "categorical", "missing": 0, "table": {
-                   "levels": [0], "counts": [100], "ordered": True, "suppressed": 0, "pooled_levels": 1, "suppressed_levels": 0}}}},
-                   "s0": block(60, 53, 7), "s1": block(40, 40, 0)}}
+        return {
+            "rows": rows,
+            "marginals": {
+                "flag": {
+                    "kind": "categorical",
+                    "missing": 0,
+                    "table": {
+                        "levels": [0],
+                        "counts": [listed],
+                        "ordered": True,
+                        "suppressed": sup,
+                        "pooled_levels": 0,
+                        "suppressed_levels": int(sup > 0),
+                    },
+                }
+            },
+        }
+
+    release = {
+        "source": "s",
+        "strata": {
+            "columns": ["g"],
+            "cells": [{"id": "s0", "key": [1], "rows": 60}, {"id": "s1", "key": [2], "rows": 40}],
+            "residual_rows": 0,
+        },
+        "blocks": {
+            "all": {
+                "rows": 100,
+                "marginals": {
+                    "flag": {
+                        "kind": "categorical",
+                        "missing": 0,
+                        "table": {
+                            "levels": [0],
+                            "counts": [100],
+                            "ordered": True,
+                            "suppressed": 0,
+                            "pooled_levels": 1,
+                            "suppressed_levels": 0,
+                        },
+                    }
+                },
+            },
+            "s0": block(60, 53, 7),
+            "s1": block(40, 40, 0),
+        },
+    }
     found = audit_release_tables(release, 20)
     assert {(f["block"], f["level_index"], f["lo"], f["hi"]) for f in found} >= {("s0", 1, 7, 7)}
     assert all(f["rule"] != "published totals inconsistent" for f in found)

@@ -34,17 +34,31 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
     pid[rng.integers(n)] = PID
     note = np.asarray([f"free text {i:05d}" for i in rng.permutation(n)], dtype=object)
     note[rng.integers(n)] = TEXT
-    return pd.DataFrame({"pid": pid, "cat": cat, "income": income, "note": note, "flag": rng.binomial(1, 0.3, size=n),
-                         "zone": rng.choice([1, 2], size=n), "y": rng.normal(size=n) + 0.01 * income.clip(0, 100)})
+    return pd.DataFrame(
+        {
+            "pid": pid,
+            "cat": cat,
+            "income": income,
+            "note": note,
+            "flag": rng.binomial(1, 0.3, size=n),
+            "zone": rng.choice([1, 2], size=n),
+            "y": rng.normal(size=n) + 0.01 * income.clip(0, 100),
+        }
+    )
 
 
 def _manifest(path: Path, subset: str | None = None) -> dict:
     cp = {"tag": "m", "source": "d", "model": "ols", "formula": "y ~ income + flag + C(cat)"}
     if subset:
         cp["subset"] = subset
-    return {"name": "leak2", "seed": 11, "sdc": {"min_cell_size": 10},
-            "sources": {"d": {"path": str(path), "ids": ["pid"], "strata": ["zone"]}},
-            "checkpoints": [cp], "verify": {"tier": 0}}
+    return {
+        "name": "leak2",
+        "seed": 11,
+        "sdc": {"min_cell_size": 10},
+        "sources": {"d": {"path": str(path), "ids": ["pid"], "strata": ["zone"]}},
+        "checkpoints": [cp],
+        "verify": {"tier": 0},
+    }
 
 
 def _planted_in(text: str, data_file: bool = False) -> list[str]:
@@ -82,7 +96,12 @@ def test_cli_run_and_review_print_no_planted_value(tmp_path, capfd):
     assert _scan(run_dir) == {}
     assert _planted_in(out.out + out.err) == []
     # the scan can fail: the source file itself holds every planted value
-    assert set(_planted_in((tmp_path / "d.csv").read_text())) >= {LABEL, TEXT, str(PID), repr(EXTREME)}
+    assert set(_planted_in((tmp_path / "d.csv").read_text())) >= {
+        LABEL,
+        TEXT,
+        str(PID),
+        repr(EXTREME),
+    }
 
 
 @pytest.mark.parametrize("subset", ["note > 5", "nosuch > 1", "income > 1e12", "cat > 5"])
@@ -107,10 +126,18 @@ def test_snakemake_extract_and_review_hold_no_planted_value(tmp_path):
     _frame(1200, 8).to_csv(work / "d.csv", index=False)
     (work / "m.yaml").write_text(yaml.safe_dump(_manifest(Path("d.csv"))))
     snakemake = str(Path(sys.executable).with_name("snakemake"))
-    r = subprocess.run([snakemake, "extract", "--cores", "2", "--configfile", "m.yaml"], cwd=work, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [snakemake, "extract", "--cores", "2", "--configfile", "m.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     run_dir = work / "results" / "leak2"
-    assert (run_dir / "review" / "disclosure_review.json").exists() and (run_dir / "logs" / "review" / "all.log").exists()
+    assert (run_dir / "review" / "disclosure_review.json").exists() and (
+        run_dir / "logs" / "review" / "all.log"
+    ).exists()
     assert _scan(run_dir) == {}
     assert _scan(work / ".snakemake") == {}
     assert _planted_in(r.stdout + r.stderr) == []

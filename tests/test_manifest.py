@@ -29,7 +29,19 @@ CONFIG = REPO / "config" / "config.yaml"
 SCHEMA = REPO / "config" / "schema.yaml"
 
 # Columns of conftest.make_people().
-PEOPLE_COLUMNS = ["pid", "y", "x1", "x2", "female", "region", "age", "educ", "income", "w", "cluster"]
+PEOPLE_COLUMNS = [
+    "pid",
+    "y",
+    "x1",
+    "x2",
+    "female",
+    "region",
+    "age",
+    "educ",
+    "income",
+    "w",
+    "cluster",
+]
 
 BASE: dict[str, Any] = {
     "name": "base_run",
@@ -40,8 +52,20 @@ BASE: dict[str, Any] = {
     },
     "sdc": {"profile": "standard"},
     "checkpoints": [
-        {"tag": "wage", "source": "people", "model": "ols", "formula": "y ~ x1 + x2", "vcov": "HC1"},
-        {"tag": "clustered", "source": "people", "model": "ols", "formula": "y ~ x1", "vcov": "cluster:cluster"},
+        {
+            "tag": "wage",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1 + x2",
+            "vcov": "HC1",
+        },
+        {
+            "tag": "clustered",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1",
+            "vcov": "cluster:cluster",
+        },
     ],
     "verify": {"tier": 4},
 }
@@ -71,88 +95,227 @@ def _cp(i: int, key: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 # (id, mutation, exception class, regex the message must match: key path + what is wrong)
 BROKEN: list[tuple[str, Callable[[dict[str, Any]], Any], type[Exception], str]] = [
-    ("unknown_top_level_key", _set("seeds", 3), ManifestError,
-     r"\(top level\): unknown key 'seeds'.*allowed keys are .*seed"),
-    ("unknown_source_key", _src("stratum", ["region"]), ManifestError,
-     r"sources\.people: unknown key 'stratum'.*strata"),
-    ("unknown_checkpoint_key", _cp(1, "weight", "w"), ManifestError,
-     r"checkpoints\[1\]: unknown key 'weight'.*weights"),
-    ("unknown_sdc_key", lambda d: d["sdc"].__setitem__("min_cell", 3), ManifestError,
-     r"sdc: unknown key 'min_cell'.*min_cell_size"),
-    ("unknown_verify_key", lambda d: d["verify"].__setitem__("tiers", 3), ManifestError,
-     r"verify: unknown key 'tiers'"),
-    ("missing_name", lambda d: d.pop("name"), ManifestError,
-     r"'name' is a required property"),
-    ("missing_source_path", lambda d: d["sources"]["people"].pop("path"), ManifestError,
-     r"sources\.people: 'path' is a required property"),
-    ("bad_name_pattern", _set("name", "my run!"), ManifestError,
-     r"name: 'my run!' does not match"),
-    ("seed_negative", _set("seed", -1), ManifestError,
-     r"seed: must be a non-negative integer, got -1"),
-    ("seed_string", _set("seed", "abc"), ManifestError,
-     r"seed: expected integer \(a non-negative integer\), got 'abc'"),
-    ("seed_float", _set("seed", 1.5), ManifestError,
-     r"seed: expected integer.*got 1\.5"),
-    ("seed_bool", _set("seed", True), ManifestError,
-     r"seed: expected integer.*got True"),
-    ("checkpoint_source_unknown", _cp(1, "source", "peple"), ManifestError,
-     r"checkpoints\[1\]\.source: 'peple' is not a source of this manifest \(sources: people, firms\)"),
-    ("duplicate_tags", _cp(1, "tag", "wage"), ManifestError,
-     r"checkpoints\[1\]\.tag: 'wage' is already used by checkpoints\[0\]"),
-    ("unknown_model", _cp(0, "model", "tobit"), ManifestError,
-     r"checkpoints\[0\]\.model: 'tobit' is not one of ols, "),
-    ("fe_without_absorb", lambda d: d["checkpoints"][0].update(model="fe"), ManifestError,
-     r"checkpoints\[0\]\.absorb: model fe needs 1 or 2 columns to absorb"),
-    ("glm_hc3", lambda d: d["checkpoints"][0].update(model="logit", vcov="HC3"), ManifestError,
-     r"checkpoints\[0\]\.vcov: 'HC3' is not available for model logit.*HC0, HC1"),
-    ("levels_repeated", lambda d: d["checkpoints"][0].update(model="ologit", levels=["low", "high", "low"]), ManifestError,
-     r"checkpoints\[0\]\.levels: list at least two distinct categories"),
-    ("levels_on_logit", lambda d: d["checkpoints"][0].update(model="logit", levels=[0, 1]), ManifestError,
-     r"checkpoints\[0\]\.levels: only ordered models take levels"),
-    ("bad_vcov", _cp(0, "vcov", "robust"), ManifestError,
-     r"checkpoints\[0\]\.vcov: 'robust' is not a vcov; use nonrobust, HC0"),
-    ("formula_without_tilde", _cp(0, "formula", "y + x1"), ManifestError,
-     r"checkpoints\[0\]\.formula: 'y \+ x1' has no '~'"),
-    ("formula_does_not_parse", _cp(1, "formula", "y ~ x1 +"), ManifestError,
-     r"(?s)(?=.*checkpoints\[1\]\.formula)(?=.*cannot parse formula 'y ~ x1 \+')"),
-    ("formula_unbalanced_paren", _cp(0, "formula", "y ~ (x1 + x2"), ManifestError,
-     r"(?s)(?=.*checkpoints\[0\]\.formula)(?=.*cannot parse formula)"),
-    ("formula_lhs_transformed", _cp(0, "formula", "np.log(y) ~ x1"), ManifestError,
-     r"checkpoints\[0\]\.formula: the left-hand side 'np\.log\(y\)' must be one column name"),
-    ("formula_too_short", _cp(0, "formula", "y~"), ManifestError,
-     r"checkpoints\[0\]\.formula: 'y~' is too short"),
-    ("unknown_extension", _src("path", "people.xlsx"), ManifestError,
-     r"sources\.people\.path: unknown extension '\.xlsx' in 'people\.xlsx'; use one of .*\.csv"),
-    ("no_extension", _src("path", "people"), ManifestError,
-     r"sources\.people\.path: unknown extension '\(none\)'"),
-    ("categorical_and_continuous", lambda d: d["sources"]["people"].update(categorical=["age"], continuous=["age"]),
-     ManifestError, r"sources\.people: \['age'\] listed as both categorical and continuous"),
-    ("ids_and_strata", _src("ids", ["pid", "region"]), ManifestError,
-     r"sources\.people: column\(s\) \['region'\] are in both ids and strata"),
-    ("exclude_and_groups", lambda d: d["sources"]["people"].update(exclude=["cluster"], groups=["cluster"]),
-     ManifestError, r"sources\.people: column\(s\) \['cluster'\] are in both exclude and groups"),
-    ("panel_time_in_ids", _src("panel", {"entity": "cluster", "time": "pid"}), ManifestError,
-     r"sources\.people\.panel\.time: 'pid' is also in ids/exclude"),
-    ("absorb_on_ols", _cp(0, "absorb", ["region"]), ManifestError,
-     r"checkpoints\[0\]\.absorb: only model fe absorbs fixed effects \(model is ols\)"),
-    ("entity_on_ols", _cp(0, "entity", "cluster"), ManifestError,
-     r"checkpoints\[0\]\.entity: only models re and fe take an entity"),
-    ("levels_on_ols", _cp(0, "levels", [1, 2, 3]), ManifestError,
-     r"checkpoints\[0\]\.levels: only ordered models take levels"),
-    ("sdc_profile_unknown", lambda d: d["sdc"].__setitem__("profile", "eurostat"), ManifestError,
-     r"sdc\.profile: 'eurostat' is not one of standard, iab, fsrdc, strict"),
-    ("sdc_min_cell_zero", lambda d: d["sdc"].__setitem__("min_cell_size", 0), ManifestError,
-     r"sdc\.min_cell_size: 0 is less than the minimum of 1"),
-    ("verify_tier_5", lambda d: d["verify"].__setitem__("tier", 5), ManifestError,
-     r"verify\.tier: 5 is greater than the maximum of 4"),
-    ("sources_empty", _set("sources", {}), ManifestError,
-     r"sources: \{\} should be non-empty"),
-    ("source_name_pattern", lambda d: d["sources"].__setitem__("1bad", {"path": "x.csv"}), ManifestError,
-     r"sources: '1bad' does not match"),
-    ("rows_zero", _src("rows", 0), ManifestError,
-     r"sources\.people\.rows: 0 is less than the minimum of 1"),
-    ("checkpoints_not_a_list", _set("checkpoints", {"tag": "a"}), ManifestError,
-     r"checkpoints: expected array"),
+    (
+        "unknown_top_level_key",
+        _set("seeds", 3),
+        ManifestError,
+        r"\(top level\): unknown key 'seeds'.*allowed keys are .*seed",
+    ),
+    (
+        "unknown_source_key",
+        _src("stratum", ["region"]),
+        ManifestError,
+        r"sources\.people: unknown key 'stratum'.*strata",
+    ),
+    (
+        "unknown_checkpoint_key",
+        _cp(1, "weight", "w"),
+        ManifestError,
+        r"checkpoints\[1\]: unknown key 'weight'.*weights",
+    ),
+    (
+        "unknown_sdc_key",
+        lambda d: d["sdc"].__setitem__("min_cell", 3),
+        ManifestError,
+        r"sdc: unknown key 'min_cell'.*min_cell_size",
+    ),
+    (
+        "unknown_verify_key",
+        lambda d: d["verify"].__setitem__("tiers", 3),
+        ManifestError,
+        r"verify: unknown key 'tiers'",
+    ),
+    ("missing_name", lambda d: d.pop("name"), ManifestError, r"'name' is a required property"),
+    (
+        "missing_source_path",
+        lambda d: d["sources"]["people"].pop("path"),
+        ManifestError,
+        r"sources\.people: 'path' is a required property",
+    ),
+    ("bad_name_pattern", _set("name", "my run!"), ManifestError, r"name: 'my run!' does not match"),
+    (
+        "seed_negative",
+        _set("seed", -1),
+        ManifestError,
+        r"seed: must be a non-negative integer, got -1",
+    ),
+    (
+        "seed_string",
+        _set("seed", "abc"),
+        ManifestError,
+        r"seed: expected integer \(a non-negative integer\), got 'abc'",
+    ),
+    ("seed_float", _set("seed", 1.5), ManifestError, r"seed: expected integer.*got 1\.5"),
+    ("seed_bool", _set("seed", True), ManifestError, r"seed: expected integer.*got True"),
+    (
+        "checkpoint_source_unknown",
+        _cp(1, "source", "peple"),
+        ManifestError,
+        r"checkpoints\[1\]\.source: 'peple' is not a source of this manifest \(sources: people, firms\)",
+    ),
+    (
+        "duplicate_tags",
+        _cp(1, "tag", "wage"),
+        ManifestError,
+        r"checkpoints\[1\]\.tag: 'wage' is already used by checkpoints\[0\]",
+    ),
+    (
+        "unknown_model",
+        _cp(0, "model", "tobit"),
+        ManifestError,
+        r"checkpoints\[0\]\.model: 'tobit' is not one of ols, ",
+    ),
+    (
+        "fe_without_absorb",
+        lambda d: d["checkpoints"][0].update(model="fe"),
+        ManifestError,
+        r"checkpoints\[0\]\.absorb: model fe needs 1 or 2 columns to absorb",
+    ),
+    (
+        "glm_hc3",
+        lambda d: d["checkpoints"][0].update(model="logit", vcov="HC3"),
+        ManifestError,
+        r"checkpoints\[0\]\.vcov: 'HC3' is not available for model logit.*HC0, HC1",
+    ),
+    (
+        "levels_repeated",
+        lambda d: d["checkpoints"][0].update(model="ologit", levels=["low", "high", "low"]),
+        ManifestError,
+        r"checkpoints\[0\]\.levels: list at least two distinct categories",
+    ),
+    (
+        "levels_on_logit",
+        lambda d: d["checkpoints"][0].update(model="logit", levels=[0, 1]),
+        ManifestError,
+        r"checkpoints\[0\]\.levels: only ordered models take levels",
+    ),
+    (
+        "bad_vcov",
+        _cp(0, "vcov", "robust"),
+        ManifestError,
+        r"checkpoints\[0\]\.vcov: 'robust' is not a vcov; use nonrobust, HC0",
+    ),
+    (
+        "formula_without_tilde",
+        _cp(0, "formula", "y + x1"),
+        ManifestError,
+        r"checkpoints\[0\]\.formula: 'y \+ x1' has no '~'",
+    ),
+    (
+        "formula_does_not_parse",
+        _cp(1, "formula", "y ~ x1 +"),
+        ManifestError,
+        r"(?s)(?=.*checkpoints\[1\]\.formula)(?=.*cannot parse formula 'y ~ x1 \+')",
+    ),
+    (
+        "formula_unbalanced_paren",
+        _cp(0, "formula", "y ~ (x1 + x2"),
+        ManifestError,
+        r"(?s)(?=.*checkpoints\[0\]\.formula)(?=.*cannot parse formula)",
+    ),
+    (
+        "formula_lhs_transformed",
+        _cp(0, "formula", "np.log(y) ~ x1"),
+        ManifestError,
+        r"checkpoints\[0\]\.formula: the left-hand side 'np\.log\(y\)' must be one column name",
+    ),
+    (
+        "formula_too_short",
+        _cp(0, "formula", "y~"),
+        ManifestError,
+        r"checkpoints\[0\]\.formula: 'y~' is too short",
+    ),
+    (
+        "unknown_extension",
+        _src("path", "people.xlsx"),
+        ManifestError,
+        r"sources\.people\.path: unknown extension '\.xlsx' in 'people\.xlsx'; use one of .*\.csv",
+    ),
+    (
+        "no_extension",
+        _src("path", "people"),
+        ManifestError,
+        r"sources\.people\.path: unknown extension '\(none\)'",
+    ),
+    (
+        "categorical_and_continuous",
+        lambda d: d["sources"]["people"].update(categorical=["age"], continuous=["age"]),
+        ManifestError,
+        r"sources\.people: \['age'\] listed as both categorical and continuous",
+    ),
+    (
+        "ids_and_strata",
+        _src("ids", ["pid", "region"]),
+        ManifestError,
+        r"sources\.people: column\(s\) \['region'\] are in both ids and strata",
+    ),
+    (
+        "exclude_and_groups",
+        lambda d: d["sources"]["people"].update(exclude=["cluster"], groups=["cluster"]),
+        ManifestError,
+        r"sources\.people: column\(s\) \['cluster'\] are in both exclude and groups",
+    ),
+    (
+        "panel_time_in_ids",
+        _src("panel", {"entity": "cluster", "time": "pid"}),
+        ManifestError,
+        r"sources\.people\.panel\.time: 'pid' is also in ids/exclude",
+    ),
+    (
+        "absorb_on_ols",
+        _cp(0, "absorb", ["region"]),
+        ManifestError,
+        r"checkpoints\[0\]\.absorb: only model fe absorbs fixed effects \(model is ols\)",
+    ),
+    (
+        "entity_on_ols",
+        _cp(0, "entity", "cluster"),
+        ManifestError,
+        r"checkpoints\[0\]\.entity: only models re and fe take an entity",
+    ),
+    (
+        "levels_on_ols",
+        _cp(0, "levels", [1, 2, 3]),
+        ManifestError,
+        r"checkpoints\[0\]\.levels: only ordered models take levels",
+    ),
+    (
+        "sdc_profile_unknown",
+        lambda d: d["sdc"].__setitem__("profile", "eurostat"),
+        ManifestError,
+        r"sdc\.profile: 'eurostat' is not one of standard, iab, fsrdc, strict",
+    ),
+    (
+        "sdc_min_cell_zero",
+        lambda d: d["sdc"].__setitem__("min_cell_size", 0),
+        ManifestError,
+        r"sdc\.min_cell_size: 0 is less than the minimum of 1",
+    ),
+    (
+        "verify_tier_5",
+        lambda d: d["verify"].__setitem__("tier", 5),
+        ManifestError,
+        r"verify\.tier: 5 is greater than the maximum of 4",
+    ),
+    ("sources_empty", _set("sources", {}), ManifestError, r"sources: \{\} should be non-empty"),
+    (
+        "source_name_pattern",
+        lambda d: d["sources"].__setitem__("1bad", {"path": "x.csv"}),
+        ManifestError,
+        r"sources: '1bad' does not match",
+    ),
+    (
+        "rows_zero",
+        _src("rows", 0),
+        ManifestError,
+        r"sources\.people\.rows: 0 is less than the minimum of 1",
+    ),
+    (
+        "checkpoints_not_a_list",
+        _set("checkpoints", {"tag": "a"}),
+        ManifestError,
+        r"checkpoints: expected array",
+    ),
 ]
 
 
@@ -170,8 +333,12 @@ def test_broken_table_is_large_enough() -> None:
     assert len({b[0] for b in BROKEN}) == len(BROKEN)
 
 
-@pytest.mark.parametrize(("mutation", "exc", "pattern"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
-def test_broken_manifest(mutation: Callable[[dict[str, Any]], Any], exc: type[Exception], pattern: str) -> None:
+@pytest.mark.parametrize(
+    ("mutation", "exc", "pattern"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN]
+)
+def test_broken_manifest(
+    mutation: Callable[[dict[str, Any]], Any], exc: type[Exception], pattern: str
+) -> None:
     raw = mutate(mutation)
     before = copy.deepcopy(raw)
     with pytest.raises(exc, match=pattern) as info:
@@ -257,7 +424,9 @@ def test_bundle_key_is_dropped() -> None:
 def _with(src: dict[str, Any] | None = None, cps: list[dict[str, Any]] | None = None) -> Manifest:
     s = {"path": "people.csv", "ids": ["pid"]}
     s.update(src or {})
-    return load_manifest({"name": "t", "seed": 1, "sources": {"people": s}, "checkpoints": cps or []})
+    return load_manifest(
+        {"name": "t", "seed": 1, "sources": {"people": s}, "checkpoints": cps or []}
+    )
 
 
 def _cpd(**k: Any) -> dict[str, Any]:
@@ -266,8 +435,19 @@ def _cpd(**k: Any) -> dict[str, Any]:
 
 def test_check_columns_accepts_valid() -> None:
     m = _with(
-        {"strata": ["region"], "categorical": ["educ"], "continuous": ["age"], "groups": ["cluster"]},
-        [_cpd(formula="y ~ C(region) + I(x1**2) + x1:female + x2", weights="w", vcov="cluster:cluster")],
+        {
+            "strata": ["region"],
+            "categorical": ["educ"],
+            "continuous": ["age"],
+            "groups": ["cluster"],
+        },
+        [
+            _cpd(
+                formula="y ~ C(region) + I(x1**2) + x1:female + x2",
+                weights="w",
+                vcov="cluster:cluster",
+            )
+        ],
     )
     check_columns(m, "people", PEOPLE_COLUMNS)
 
@@ -285,21 +465,57 @@ def test_check_columns_formula_column_missing() -> None:
 @pytest.mark.parametrize(
     ("src", "cps", "pattern"),
     [
-        ({"strata": ["reg"]}, None, r"sources\.people\.strata: column 'reg' is not in source 'people'"),
-        ({"categorical": ["sex"]}, None, r"sources\.people\.categorical: column 'sex' is not in source 'people'"),
+        (
+            {"strata": ["reg"]},
+            None,
+            r"sources\.people\.strata: column 'reg' is not in source 'people'",
+        ),
+        (
+            {"categorical": ["sex"]},
+            None,
+            r"sources\.people\.categorical: column 'sex' is not in source 'people'",
+        ),
         ({"ids": ["id"]}, None, r"sources\.people\.ids: column 'id' is not in source 'people'"),
-        ({"panel": {"entity": "cluster", "time": "year"}}, None,
-         r"sources\.people\.panel\.time: column 'year' is not in source 'people'"),
-        (None, [_cpd(weights="wt")], r"checkpoints\[0\]\.weights: column 'wt' is not in source 'people'"),
-        (None, [_cpd(vcov="cluster:xyz")], r"checkpoints\[0\]\.vcov: column 'xyz' is not in source 'people'"),
-        (None, [_cpd(), _cpd(tag="d", formula="y ~ C(sector)")],
-         r"checkpoints\[1\]\.formula: column 'sector' is not in source 'people'"),
-        (None, [_cpd(model="iv", formula="y ~ 1 + x1 + [x2 ~ z9]")],
-         r"checkpoints\[0\]\.formula: column 'z9' is not in source 'people'"),
+        (
+            {"panel": {"entity": "cluster", "time": "year"}},
+            None,
+            r"sources\.people\.panel\.time: column 'year' is not in source 'people'",
+        ),
+        (
+            None,
+            [_cpd(weights="wt")],
+            r"checkpoints\[0\]\.weights: column 'wt' is not in source 'people'",
+        ),
+        (
+            None,
+            [_cpd(vcov="cluster:xyz")],
+            r"checkpoints\[0\]\.vcov: column 'xyz' is not in source 'people'",
+        ),
+        (
+            None,
+            [_cpd(), _cpd(tag="d", formula="y ~ C(sector)")],
+            r"checkpoints\[1\]\.formula: column 'sector' is not in source 'people'",
+        ),
+        (
+            None,
+            [_cpd(model="iv", formula="y ~ 1 + x1 + [x2 ~ z9]")],
+            r"checkpoints\[0\]\.formula: column 'z9' is not in source 'people'",
+        ),
     ],
-    ids=["strata", "categorical", "ids", "panel_time", "weights", "cluster", "second_checkpoint", "iv_instrument"],
+    ids=[
+        "strata",
+        "categorical",
+        "ids",
+        "panel_time",
+        "weights",
+        "cluster",
+        "second_checkpoint",
+        "iv_instrument",
+    ],
 )
-def test_check_columns_missing(src: dict[str, Any] | None, cps: list[dict[str, Any]] | None, pattern: str) -> None:
+def test_check_columns_missing(
+    src: dict[str, Any] | None, cps: list[dict[str, Any]] | None, pattern: str
+) -> None:
     m = _with(src, cps)
     with pytest.raises(ManifestError, match=pattern) as info:
         check_columns(m, "people", PEOPLE_COLUMNS)
@@ -311,9 +527,14 @@ def test_check_columns_missing(src: dict[str, Any] | None, cps: list[dict[str, A
     [({}, "y ~ pid + x1", "pid"), ({"exclude": ["x2"]}, "y ~ x1 + x2", "x2")],
     ids=["id_column", "excluded_column"],
 )
-def test_check_columns_formula_uses_unreleased_column(src: dict[str, Any], formula: str, col: str) -> None:
+def test_check_columns_formula_uses_unreleased_column(
+    src: dict[str, Any], formula: str, col: str
+) -> None:
     m = _with(src, [_cpd(formula=formula)])
-    with pytest.raises(ManifestError, match=rf"checkpoints\[0\]\.formula: column '{col}' is in sources\.people\.ids/exclude"):
+    with pytest.raises(
+        ManifestError,
+        match=rf"checkpoints\[0\]\.formula: column '{col}' is in sources\.people\.ids/exclude",
+    ):
         check_columns(m, "people", PEOPLE_COLUMNS)
 
 
@@ -344,7 +565,13 @@ def test_demo_config_loads() -> None:
     (card,) = m.sources
     assert card.name == "card" and card.format == "dta"
     assert card.ids == ("id",) and card.strata == ("south", "smsa")
-    assert [c.tag for c in m.checkpoints] == ["wage_ols", "kww_weighted", "iq_factors", "wage_iv", "enroll_logit"]
+    assert [c.tag for c in m.checkpoints] == [
+        "wage_ols",
+        "kww_weighted",
+        "iq_factors",
+        "wage_iv",
+        "enroll_logit",
+    ]
     assert {c.model for c in m.checkpoints} == {"ols", "iv", "logit"}
     assert m.checkpoints[1].weights == "weight" and m.checkpoints[1].subset == "age >= 25"
     assert m.sdc.profile == "standard" and m.sdc.min_cell_size == 50
@@ -358,26 +585,52 @@ def test_demo_config_loads() -> None:
 )
 def test_sdc_profile_defaults(profile: str, cell: int, trim: float, df: int) -> None:
     m = load_manifest(mutate(lambda d: d.__setitem__("sdc", {"profile": profile})))
-    assert (m.sdc.profile, m.sdc.min_cell_size, m.sdc.quantile_trim, m.sdc.min_resid_df) == (profile, cell, trim, df)
+    assert (m.sdc.profile, m.sdc.min_cell_size, m.sdc.quantile_trim, m.sdc.min_resid_df) == (
+        profile,
+        cell,
+        trim,
+        df,
+    )
     assert m.sdc.overridden == ()
     got = SDC_PROFILE_DEFAULTS[profile]
-    assert {k: got[k] for k in ("min_cell_size", "quantile_trim", "min_resid_df")} == {"min_cell_size": cell, "quantile_trim": trim, "min_resid_df": df}
+    assert {k: got[k] for k in ("min_cell_size", "quantile_trim", "min_resid_df")} == {
+        "min_cell_size": cell,
+        "quantile_trim": trim,
+        "min_resid_df": df,
+    }
 
 
 def test_sdc_defaults_without_sdc_key() -> None:
     m = load_manifest(mutate(lambda d: d.pop("sdc")))
-    assert (m.sdc.profile, m.sdc.min_cell_size, m.sdc.quantile_trim, m.sdc.min_resid_df) == ("standard", 50, 1, 10)
+    assert (m.sdc.profile, m.sdc.min_cell_size, m.sdc.quantile_trim, m.sdc.min_resid_df) == (
+        "standard",
+        50,
+        1,
+        10,
+    )
 
 
 def test_sdc_explicit_keys_override_profile() -> None:
-    m = load_manifest(mutate(lambda d: d.__setitem__("sdc", {"profile": "strict", "min_cell_size": 30, "quantile_trim": 2.5})))
+    m = load_manifest(
+        mutate(
+            lambda d: d.__setitem__(
+                "sdc", {"profile": "strict", "min_cell_size": 30, "quantile_trim": 2.5}
+            )
+        )
+    )
     assert m.sdc.profile == "strict"
     assert m.sdc.min_cell_size == 30
     assert m.sdc.quantile_trim == 2.5
     assert m.sdc.min_resid_df == 20  # from the profile
     assert m.sdc.overridden == ("min_cell_size", "quantile_trim")
-    m2 = load_manifest(mutate(lambda d: d.__setitem__("sdc", {"profile": "iab", "min_resid_df": 5})))
-    assert (m2.sdc.min_cell_size, m2.sdc.min_resid_df, m2.sdc.overridden) == (20, 5, ("min_resid_df",))
+    m2 = load_manifest(
+        mutate(lambda d: d.__setitem__("sdc", {"profile": "iab", "min_resid_df": 5}))
+    )
+    assert (m2.sdc.min_cell_size, m2.sdc.min_resid_df, m2.sdc.overridden) == (
+        20,
+        5,
+        ("min_resid_df",),
+    )
 
 
 def test_defaults_filled() -> None:
@@ -385,14 +638,30 @@ def test_defaults_filled() -> None:
     (s,) = m.sources
     assert s.format == "parquet"
     assert (s.rows, s.ids, s.exclude, s.categorical, s.continuous, s.strata, s.groups, s.panel) == (
-        None, (), (), (), (), (), (), None)
+        None,
+        (),
+        (),
+        (),
+        (),
+        (),
+        (),
+        None,
+    )
     assert m.checkpoints == ()
     assert m.verify_tier == 4
     assert m.seed == 0
 
 
-@pytest.mark.parametrize(("path", "fmt"), [("a.csv", "csv"), ("a.PARQUET", "parquet"), ("a.pq", "parquet"),
-                                           ("dir.v2/a.dta", "dta"), ("a.sav", "sav")])
+@pytest.mark.parametrize(
+    ("path", "fmt"),
+    [
+        ("a.csv", "csv"),
+        ("a.PARQUET", "parquet"),
+        ("a.pq", "parquet"),
+        ("dir.v2/a.dta", "dta"),
+        ("a.sav", "sav"),
+    ],
+)
 def test_source_format_from_extension(path: str, fmt: str) -> None:
     m = load_manifest({"name": "x", "seed": 0, "sources": {"s": {"path": path}}})
     assert m.sources[0].format == fmt
@@ -436,7 +705,9 @@ def test_checkpoint_outcome_and_cluster() -> None:
     wage, clustered = m.checkpoints
     assert wage.outcome == "y" and wage.cluster is None and wage.vcov == "HC1"
     assert clustered.outcome == "y" and clustered.cluster == "cluster"
-    cp = Checkpoint(tag="t", source="s", model="ols", formula="  lwage ~ educ", vcov="cluster:firm:id")
+    cp = Checkpoint(
+        tag="t", source="s", model="ols", formula="  lwage ~ educ", vcov="cluster:firm:id"
+    )
     assert cp.outcome == "lwage"
     assert cp.cluster == "firm:id"
     assert Checkpoint(tag="t", source="s", model="ols", formula="y ~ x").vcov == "nonrobust"
@@ -457,7 +728,10 @@ def test_key_columns_include_panel_entity() -> None:
         ("y ~ C(region) + x1", {"y", "region", "x1"}),
         ("y ~ C(region, Treatment('b'))", {"y", "region"}),
         ("y ~ I(exper**2) + exper", {"y", "exper"}),
-        ("lwage ~ educ + exper + I(exper**2) + black + C(region66)", {"lwage", "educ", "exper", "black", "region66"}),
+        (
+            "lwage ~ educ + exper + I(exper**2) + black + C(region66)",
+            {"lwage", "educ", "exper", "black", "region66"},
+        ),
         ("y ~ x1 * female", {"y", "x1", "female"}),
         ("y ~ x1:x2", {"y", "x1", "x2"}),
         ("y ~ (a + b + c)**2", {"y", "a", "b", "c"}),

@@ -112,7 +112,9 @@ def test_apportion_ties_go_to_the_earlier_level() -> None:
     np.testing.assert_array_equal(apportion(np.array([1.0, 1.0, 1.0]), 10), [4, 3, 3])
     np.testing.assert_array_equal(apportion(np.array([1.0, 2.0, 1.0]), 2), [1, 1, 0])
     # floating-point ties (1/3 written three ways) still go to the earliest
-    np.testing.assert_array_equal(apportion(np.array([1 / 3, 1 - 2 / 3, 0.1 + 0.2 + 1 / 3 - 0.3]), 4), [2, 1, 1])
+    np.testing.assert_array_equal(
+        apportion(np.array([1 / 3, 1 - 2 / 3, 0.1 + 0.2 + 1 / 3 - 0.3]), 4), [2, 1, 1]
+    )
     np.testing.assert_array_equal(apportion(np.array([0.0, 1.0, 1.0, 0.0]), 1), [0, 1, 0, 0])
 
 
@@ -183,7 +185,11 @@ def test_frequency_table_ordered_pooling_ties_go_down() -> None:
 
 def test_frequency_table_ordered_respects_categorical_order() -> None:
     cats = ["low", "mid", "high"]
-    s = pd.Series(pd.Categorical(np.repeat(["low", "mid", "high"], [70, 20, 80]), categories=cats, ordered=True))
+    s = pd.Series(
+        pd.Categorical(
+            np.repeat(["low", "mid", "high"], [70, 20, 80]), categories=cats, ordered=True
+        )
+    )
     t = frequency_table(s.astype(object), 50, ordered=True, order=cats, pool=True)
     assert t.levels == ["low", "high"]
     # 'mid' is equidistant: goes down to 'low'
@@ -245,7 +251,9 @@ def test_synthesis_shares_sum_to_one(seed: int) -> None:
     rng = np.random.default_rng(seed)
     k = int(rng.integers(2, 8))
     counts = rng.integers(50, 500, size=k).tolist()
-    table = FrequencyTable(list(range(k)), counts, bool(seed % 2), suppressed=int(rng.integers(0, 200)))
+    table = FrequencyTable(
+        list(range(k)), counts, bool(seed % 2), suppressed=int(rng.integers(0, 200))
+    )
     levels, shares = synthesis_shares(table)
     assert len(levels) == len(shares) == k
     assert shares.sum() == pytest.approx(1.0, abs=1e-12)
@@ -352,11 +360,13 @@ def test_exact_quantile_sample_percentiles_match_grid() -> None:
 
 def test_rake_blocks_feasible() -> None:
     levels = ["a", "b", "c", "d", "e"]
-    T = np.array([
-        [120.0, 40.0, 10.0, 80.0, 5.0],
-        [60.0, 90.0, 30.0, 8.0, 70.0],
-        [15.0, 100.0, 55.0, 65.0, 25.0],
-    ])
+    T = np.array(
+        [
+            [120.0, 40.0, 10.0, 80.0, 5.0],
+            [60.0, 90.0, 30.0, 8.0, 70.0],
+            [15.0, 100.0, 55.0, 65.0, 25.0],
+        ]
+    )
     # suppressed (< 50) cells per block; released ones are fixed
     sup = T < 50
     fixed = [{lev: T[b, j] for j, lev in enumerate(levels) if not sup[b, j]} for b in range(3)]
@@ -383,7 +393,9 @@ def test_rake_blocks_only_allowed_levels_receive_mass() -> None:
     E = np.vstack(rake_blocks(levels, col_totals, fixed, free_mass, free_levels))
     assert E[0, 0] == 100.0 and E[0, 1] == 80.0 and E[1, 0] == 90.0 and E[1, 2] == 70.0
     np.testing.assert_allclose(E.sum(axis=1), [210.0, 185.0], rtol=1e-12)
-    np.testing.assert_allclose(E.sum(axis=0), col_totals, rtol=1e-3)  # feasible (and unique): level 2 <- 20, 3 <- 15, 4 <- 15 + 5
+    np.testing.assert_allclose(
+        E.sum(axis=0), col_totals, rtol=1e-3
+    )  # feasible (and unique): level 2 <- 20, 3 <- 15, 4 <- 15 + 5
 
 
 def test_rake_blocks_infeasible_still_keeps_rows() -> None:

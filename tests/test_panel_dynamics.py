@@ -65,8 +65,17 @@ def make_dyn_panel(G: int = G, seed: int = 11, single: int = 0) -> pd.DataFrame:
     n = len(i)
     age = a0[i] + year - 2000
     y = 1 + 0.5 * x + 0.05 * age + 0.5 * u[i] + r.standard_normal(n)
-    return pd.DataFrame({"pid": i + 101, "year": year, "age": age, "tenure": e0[i] + year - 2000, "x": x,
-                         "z": r.standard_normal(n), "y": y})
+    return pd.DataFrame(
+        {
+            "pid": i + 101,
+            "year": year,
+            "age": age,
+            "tenure": e0[i] + year - 2000,
+            "x": x,
+            "z": r.standard_normal(n),
+            "y": y,
+        }
+    )
 
 
 def expected_demeaned_lag1(rho: float, sizes: list[int]) -> float:
@@ -86,11 +95,27 @@ def expected_demeaned_lag1(rho: float, sizes: list[int]) -> float:
 
 def manifest(path: Path, min_cell: int = 50) -> dict[str, Any]:
     return {
-        "name": "dyn", "seed": 23,
-        "sources": {"p": {"path": str(path), "ids": [], "panel": {"entity": "pid", "time": "year"}, "continuous": ["age", "x", "z", "y"]}},
+        "name": "dyn",
+        "seed": 23,
+        "sources": {
+            "p": {
+                "path": str(path),
+                "ids": [],
+                "panel": {"entity": "pid", "time": "year"},
+                "continuous": ["age", "x", "z", "y"],
+            }
+        },
         "sdc": {"min_cell_size": min_cell},
         "checkpoints": [
-            {"tag": "fe_y", "source": "p", "model": "fe", "formula": "y ~ x + tenure", "entity": "pid", "time": "year", "vcov": "cluster:pid"},
+            {
+                "tag": "fe_y",
+                "source": "p",
+                "model": "fe",
+                "formula": "y ~ x + tenure",
+                "entity": "pid",
+                "time": "year",
+                "vcov": "cluster:pid",
+            },
         ],
         "verify": {"tier": 4},
     }
@@ -105,14 +130,23 @@ def lag1_by_column(df: pd.DataFrame, release: dict[str, Any]) -> dict[str, float
     """The released statistic (`within_lag1`) computed on `df`, by column name."""
     X = synthetic_dim_matrix(df, release)
     r, _ = within_lag1(X, pd.factorize(df["pid"])[0], df["year"].to_numpy(dtype="float64"))
-    return {d["column"]: float(v) for d, v in zip(release["dims"], r, strict=True) if d["kind"] != "missing"}
+    return {
+        d["column"]: float(v)
+        for d, v in zip(release["dims"], r, strict=True)
+        if d["kind"] != "missing"
+    }
 
 
 def test_trend_released_for_age_like_columns_and_not_for_noise(run: dict[str, Any]) -> None:
     es = run["release"]["entity_structure"]
-    assert es["period_trend"] == {"age": {"slope": 1.0, "share": 1.0}, "tenure": {"slope": 1.0, "share": 1.0}}
+    assert es["period_trend"] == {
+        "age": {"slope": 1.0, "share": 1.0},
+        "tenure": {"slope": 1.0, "share": 1.0},
+    }
     log = json.loads((run["bundle"] / "sdc_log.json").read_text())["decisions"]
-    trend_log = [e["column"] for e in log if e["stage"] == "entities" and "period trend" in e["reason"]]
+    trend_log = [
+        e["column"] for e in log if e["stage"] == "entities" and "period trend" in e["reason"]
+    ]
     assert trend_log == ["age", "tenure"]
     # noise, persistence and the outcome have no trend (share far below TREND_SHARE)
     codes = pd.factorize(run["orig"]["pid"])[0]
@@ -130,7 +164,9 @@ def test_synthetic_trend_columns_follow_the_identity_in_every_entity(run: dict[s
     g_age = syn.groupby("pid")["age"]
     # the range of an integer column's synthetic values: its released grid's ends, rounded
     inner_age = (g_age.min() > np.round(grid[0])) & (g_age.max() < np.round(grid[-1]))
-    diff_age = syn.groupby("pid").apply(lambda g: (g["age"] - g["year"]).nunique(), include_groups=False)
+    diff_age = syn.groupby("pid").apply(
+        lambda g: (g["age"] - g["year"]).nunique(), include_groups=False
+    )
     assert inner_age.mean() > 0.8 and (diff_age[inner_age] == 1).all()
     # tenure: 12 integer values whose top ones are rare, so released as continuous (the spread
     # rule applies to panels); the identity holds wherever no value sits on a released end
@@ -141,11 +177,15 @@ def test_synthetic_trend_columns_follow_the_identity_in_every_entity(run: dict[s
     lo, hi = m["grid"][0], m["grid"][-1]
     g_ten = syn.groupby("pid")["tenure"]
     inner = (g_ten.min() > lo) & (g_ten.max() < hi)
-    diff = syn.groupby("pid").apply(lambda g: (g["tenure"] - g["year"]).nunique(), include_groups=False)
+    diff = syn.groupby("pid").apply(
+        lambda g: (g["tenure"] - g["year"]).nunique(), include_groups=False
+    )
     assert inner.mean() > 0.3 and (diff[inner] == 1).all()
     assert levels  # the original has values at every level
     tiers = json.loads((run["root"] / "one" / "dyn" / "verify" / "tiers.json").read_text())
-    assert tiers["sources"]["p"]["marginals"]["passed"], tiers["sources"]["p"]["marginals"]["problems"]
+    assert tiers["sources"]["p"]["marginals"]["passed"], tiers["sources"]["p"]["marginals"][
+        "problems"
+    ]
     assert tiers["tier_met"] == 4, json.dumps(tiers["sources"]["p"])[:2000]
 
 
@@ -154,7 +194,10 @@ def test_lag1_release_recovers_the_true_rho_and_synthesis_keeps_it(run: dict[str
     autocorrelation (about 0.26 in entities of 4-6 periods), z's the value of no persistence
     (about −0.23); the synthetic data reproduce both."""
     rel = run["release"]
-    by_col = {d["column"]: v for d, v in zip(rel["dims"], rel["entity_structure"]["within_lag1"], strict=True)}
+    by_col = {
+        d["column"]: v
+        for d, v in zip(rel["dims"], rel["entity_structure"]["within_lag1"], strict=True)
+    }
     want_x, want_z = expected_demeaned_lag1(RHO, [4, 5, 6]), expected_demeaned_lag1(0.0, [4, 5, 6])
     assert abs(by_col["x"] - want_x) < 0.06, (by_col["x"], want_x)
     assert abs(by_col["z"] - want_z) < 0.06, (by_col["z"], want_z)
@@ -175,7 +218,9 @@ def old_release(release: dict[str, Any]) -> dict[str, Any]:
     return rel
 
 
-def test_bundles_without_dynamics_take_the_old_path(run: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundles_without_dynamics_take_the_old_path(
+    run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bundle written before time dynamics existed (no `period_trend`, `within_lag1`) never
     reaches the new steps, so it synthesizes as the code before them did (checked once by
     hash against acb3e4a when the steps were added; later deliberate changes to refinement
@@ -189,9 +234,17 @@ def test_bundles_without_dynamics_take_the_old_path(run: dict[str, Any], monkeyp
     monkeypatch.setattr(entities, "trend_offsets", boom)
     df = synthesize_source(old_release(run["release"]), 23)
     again = synthesize_source(old_release(run["release"]), 23)
-    assert hashlib.sha256(df.to_csv(index=False).encode()).hexdigest() == hashlib.sha256(again.to_csv(index=False).encode()).hexdigest()
+    assert (
+        hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
+        == hashlib.sha256(again.to_csv(index=False).encode()).hexdigest()
+    )
     # and without the keys the trend is not imposed
-    assert df.groupby("pid").apply(lambda g: (g["age"] - g["year"]).nunique(), include_groups=False).max() > 1
+    assert (
+        df.groupby("pid")
+        .apply(lambda g: (g["age"] - g["year"]).nunique(), include_groups=False)
+        .max()
+        > 1
+    )
 
 
 def test_dynamics_gated_on_entities_with_two_or_more_periods(tmp_path: Path) -> None:

@@ -31,18 +31,38 @@ def make_missing_panel(G: int = 240, T: int = 3, seed: int = 5) -> pd.DataFrame:
     flag = (r.random(G) < 0.2)[i]
     a[flag] = np.nan
     b[flag | (r.random(G * T) < 0.05)] = np.nan
-    return pd.DataFrame({"firm": i + 1, "year": np.tile(np.arange(2000, 2000 + T), G), "a": a, "b": b,
-                         "c": r.standard_normal(G * T) + 0.5 * f[i]})
+    return pd.DataFrame(
+        {
+            "firm": i + 1,
+            "year": np.tile(np.arange(2000, 2000 + T), G),
+            "a": a,
+            "b": b,
+            "c": r.standard_normal(G * T) + 0.5 * f[i],
+        }
+    )
 
 
 def manifest(path: Path) -> dict[str, Any]:
     return {
-        "name": "pmiss", "seed": 7,
-        "sources": {"p": {"path": str(path), "ids": [], "panel": {"entity": "firm", "time": "year"}}},
+        "name": "pmiss",
+        "seed": 7,
+        "sources": {
+            "p": {"path": str(path), "ids": [], "panel": {"entity": "firm", "time": "year"}}
+        },
         # 20: the ~29 rows with b missing and a observed are a cell of the missingness
         # pair's 2x2 table, which the correlation gate withholds below min_cell_size
         "sdc": {"min_cell_size": 20},
-        "checkpoints": [{"tag": "fe_c", "source": "p", "model": "fe", "formula": "c ~ a", "entity": "firm", "time": "year", "vcov": "cluster:firm"}],
+        "checkpoints": [
+            {
+                "tag": "fe_c",
+                "source": "p",
+                "model": "fe",
+                "formula": "c ~ a",
+                "entity": "firm",
+                "time": "year",
+                "vcov": "cluster:firm",
+            }
+        ],
         "verify": {"tier": 2},
     }
 
@@ -65,4 +85,7 @@ def test_entity_level_missingness_keeps_its_correlation(tmp_path: Path) -> None:
     va, vb = names.index("a"), names.index("b")
     got_v = float(pd.DataFrame(X[:, [va, vb]]).corr(method="spearman").iloc[0, 1])
     assert abs(got_v - rel["blocks"]["all"]["spearman"][va][vb]) < 0.05
-    assert syn["a"].isna().sum() == orig["a"].isna().sum() and syn["b"].isna().sum() == orig["b"].isna().sum()
+    assert (
+        syn["a"].isna().sum() == orig["a"].isna().sum()
+        and syn["b"].isna().sum() == orig["b"].isna().sum()
+    )

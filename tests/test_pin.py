@@ -40,8 +40,22 @@ def synthetic() -> pd.DataFrame:
     return _with_extras(make_people(1800, seed=1), 11)
 
 
-def _cp(tag: str, formula: str, vcov: str = "nonrobust", weights: str | None = None, subset: str | None = None) -> Checkpoint:
-    return Checkpoint(tag=tag, source="people", model="ols", formula=formula, vcov=vcov, weights=weights, subset=subset)
+def _cp(
+    tag: str,
+    formula: str,
+    vcov: str = "nonrobust",
+    weights: str | None = None,
+    subset: str | None = None,
+) -> Checkpoint:
+    return Checkpoint(
+        tag=tag,
+        source="people",
+        model="ols",
+        formula=formula,
+        vcov=vcov,
+        weights=weights,
+        subset=subset,
+    )
 
 
 def _capture(df: pd.DataFrame, *cps: Checkpoint) -> list[dict[str, Any]]:
@@ -66,7 +80,12 @@ def _assert_pinned(df: pd.DataFrame, rel: dict[str, Any], tol: float = 1e-8) -> 
         if t.get("suppressed"):
             continue
         j = pos[t["term"]]
-        assert abs(fit.beta[j] - t["beta"]) <= tol * fit.se[j], (rel["tag"], t["term"], fit.beta[j], t["beta"])
+        assert abs(fit.beta[j] - t["beta"]) <= tol * fit.se[j], (
+            rel["tag"],
+            t["term"],
+            fit.beta[j],
+            t["beta"],
+        )
         n_checked += 1
     assert n_checked >= 2
 
@@ -77,12 +96,16 @@ SINGLE = [
     _cp("subset", "y ~ x1 + age", subset="female == 1 and age >= 30"),
     _cp("factors", "y ~ x1*female + C(region) + I(x1**2)"),
     _cp("hc1", "y ~ x1 + x2 + C(region)", vcov="HC1"),
-    _cp("cluster", "y ~ x1 + x2 + female", vcov="cluster:cluster", weights="w", subset="educ >= 10"),
+    _cp(
+        "cluster", "y ~ x1 + x2 + female", vcov="cluster:cluster", weights="w", subset="educ >= 10"
+    ),
 ]
 
 
 @pytest.mark.parametrize("cp", SINGLE, ids=[c.tag for c in SINGLE])
-def test_single_checkpoint_pins_exactly(original: pd.DataFrame, synthetic: pd.DataFrame, cp: Checkpoint) -> None:
+def test_single_checkpoint_pins_exactly(
+    original: pd.DataFrame, synthetic: pd.DataFrame, cp: Checkpoint
+) -> None:
     (rel,) = _capture(original, cp)
     before = _refit(synthetic, rel)
     target = np.array([t["beta"] for t in rel["terms"]])
@@ -91,20 +114,30 @@ def test_single_checkpoint_pins_exactly(original: pd.DataFrame, synthetic: pd.Da
     out = frames["people"]
     assert len(results) == 1
     r = results[0]
-    assert (r.source, r.outcome, r.tags, r.joint, r.status) == ("people", "y", (cp.tag,), False, "pinned")
+    assert (r.source, r.outcome, r.tags, r.joint, r.status) == (
+        "people",
+        "y",
+        (cp.tag,),
+        False,
+        "pinned",
+    )
     _assert_pinned(out, rel)
     # only the outcome moved, only on the estimation sample
     sample = build_design(synthetic, checkpoint_from_release(rel)).index
     outside = synthetic.index.difference(sample)
     assert len(outside) > 0 or cp.tag == "factors"  # factors: every row is in the sample
-    np.testing.assert_array_equal(out.loc[outside, "y"].to_numpy(), synthetic.loc[outside, "y"].to_numpy())
+    np.testing.assert_array_equal(
+        out.loc[outside, "y"].to_numpy(), synthetic.loc[outside, "y"].to_numpy()
+    )
     assert (out.loc[sample, "y"] != synthetic.loc[sample, "y"]).mean() > 0.9
     pd.testing.assert_frame_equal(out.drop(columns="y"), synthetic.drop(columns="y"))
     # the input frame is not modified
     assert synthetic["y"].equals(make_people(1800, seed=1)["y"])
 
 
-def test_pin_leaves_missing_outcomes_missing(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_pin_leaves_missing_outcomes_missing(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     syn = synthetic.copy()
     syn.loc[syn.index[:25], "y"] = np.nan
     (rel,) = _capture(original, _cp("plain", "y ~ x1 + x2"))
@@ -114,7 +147,9 @@ def test_pin_leaves_missing_outcomes_missing(original: pd.DataFrame, synthetic: 
     _assert_pinned(frames["people"], rel)
 
 
-def test_integer_outcome_is_pinned_as_float(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_integer_outcome_is_pinned_as_float(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     (rel,) = _capture(original, _cp("age", "age ~ x1 + female"))
     frames, results = pin_checkpoints({"people": synthetic}, [rel])
     assert results[0].status == "pinned"
@@ -122,7 +157,9 @@ def test_integer_outcome_is_pinned_as_float(original: pd.DataFrame, synthetic: p
     _assert_pinned(frames["people"], rel)
 
 
-def test_two_checkpoints_disjoint_subsets_pin_jointly(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_two_checkpoints_disjoint_subsets_pin_jointly(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     rels = _capture(
         original,
         _cp("men", "y ~ x1 + x2", subset="female == 0"),
@@ -146,7 +183,9 @@ def test_two_checkpoints_disjoint_subsets_pin_jointly(original: pd.DataFrame, sy
     np.testing.assert_array_equal(frames["people"].loc[outside, "y"], synthetic.loc[outside, "y"])
 
 
-def test_two_checkpoints_different_regressors_disjoint_samples(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_two_checkpoints_different_regressors_disjoint_samples(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     rels = _capture(
         original,
         _cp("young", "y ~ x1", subset="age < 40"),
@@ -158,7 +197,9 @@ def test_two_checkpoints_different_regressors_disjoint_samples(original: pd.Data
         _assert_pinned(frames["people"], rel)
 
 
-def test_nested_checkpoints_with_extra_rows_pin_exactly(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_nested_checkpoints_with_extra_rows_pin_exactly(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     """The short regression also uses the rows where x2 is missing: the stacked constraints
     are consistent and both checkpoints pin exactly."""
     rels = _capture(original, _cp("short", "y ~ x1"), _cp("long", "y ~ x1 + x2 + female"))
@@ -169,7 +210,9 @@ def test_nested_checkpoints_with_extra_rows_pin_exactly(original: pd.DataFrame, 
         _assert_pinned(frames["people"], rel)
 
 
-def test_nested_checkpoints_on_one_sample_are_a_least_squares_compromise(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_nested_checkpoints_on_one_sample_are_a_least_squares_compromise(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     """Nested regressors on the same sample: the short regression's fit is implied by the
     long one's on the synthetic regressors, so both targets cannot hold in general."""
     rels = _capture(original, _cp("short", "y ~ x1 + female"), _cp("long", "y ~ x1 + female + age"))
@@ -182,25 +225,36 @@ def test_nested_checkpoints_on_one_sample_are_a_least_squares_compromise(origina
         target = np.array([t["beta"] for t in rel["terms"]])
         before = _refit(synthetic, rel)
         after = _refit(frames["people"], rel)
-        assert np.max(np.abs(after.beta - target) / after.se) < np.max(np.abs(before.beta - target) / before.se)
+        assert np.max(np.abs(after.beta - target) / after.se) < np.max(
+            np.abs(before.beta - target) / before.se
+        )
 
 
-def test_shared_sample_residual_is_scaled_jointly(original: pd.DataFrame, synthetic: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_sample_residual_is_scaled_jointly(
+    original: pd.DataFrame, synthetic: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Checkpoints sharing rows get one factor on the residual orthogonal to all their
     constraints: the coefficients do not move (compared with the run without it) and the
     residual variances come to the released ones. Here the synthetic y is noisier than the
     original by a factor 2, so without the joint scaling the SEs would be about twice too big."""
     import replisynth.pin.pin as pin
 
-    noisy = synthetic.assign(y=synthetic["y"] + 2.0 * np.random.default_rng(9).normal(size=len(synthetic)) * synthetic["y"].std())
-    rels = _capture(original, _cp("short", "y ~ x1 + female"), _cp("long", "y ~ x1 + female + age", vcov="HC1"))
+    noisy = synthetic.assign(
+        y=synthetic["y"]
+        + 2.0 * np.random.default_rng(9).normal(size=len(synthetic)) * synthetic["y"].std()
+    )
+    rels = _capture(
+        original, _cp("short", "y ~ x1 + female"), _cp("long", "y ~ x1 + female + age", vcov="HC1")
+    )
     frames, results = pin_checkpoints({"people": noisy}, rels)
     assert "scaled by" in results[0].note and "joint" in results[0].note
     monkeypatch.setattr(pin, "_match_joint_residual_scale", lambda *a, **k: None)
     plain, _ = pin_checkpoints({"people": noisy}, rels)
     for rel in rels:
         scaled, unscaled = _refit(frames["people"], rel), _refit(plain["people"], rel)
-        np.testing.assert_allclose(scaled.beta, unscaled.beta, rtol=0, atol=1e-9 * float(np.max(unscaled.se)))
+        np.testing.assert_allclose(
+            scaled.beta, unscaled.beta, rtol=0, atol=1e-9 * float(np.max(unscaled.se))
+        )
         assert abs(scaled.scale / rel["scale"] - 1) < 0.05 < abs(unscaled.scale / rel["scale"] - 1)
         ratio = scaled.se / np.array([t["se"] for t in rel["terms"]])
         assert np.all((ratio > 0.8) & (ratio < 1.25)), ratio
@@ -219,7 +273,9 @@ def test_dependency_order(original: pd.DataFrame, synthetic: pd.DataFrame) -> No
     assert all(r.status == "pinned" and not r.joint for r in results)
     for rel in rels:
         _assert_pinned(frames["people"], rel)
-    pd.testing.assert_frame_equal(frames["people"].drop(columns=["y", "x2"]), synthetic.drop(columns=["y", "x2"]))
+    pd.testing.assert_frame_equal(
+        frames["people"].drop(columns=["y", "x2"]), synthetic.drop(columns=["y", "x2"])
+    )
 
 
 def test_pin_order_manifest_order_without_dependencies() -> None:
@@ -250,7 +306,9 @@ def test_suppressed_term_is_left_free(original: pd.DataFrame, synthetic: pd.Data
     assert after.beta[j_rare] == pytest.approx(before.beta[j_rare], abs=1e-10 * before.se[j_rare])
 
 
-def test_suppressed_indicator_constant_in_synthetic_data_is_left_out(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_suppressed_indicator_constant_in_synthetic_data_is_left_out(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     """SDC pools the rare level of `rare` (30 ones < min_cell_size) away, so the synthetic
     column is all 0 and the full design singular (jobtraining: grant_1). Its coefficient is
     suppressed, so pin and verify leave the column out and the released terms still pin."""
@@ -283,7 +341,9 @@ def test_suppressed_indicator_constant_in_synthetic_data_is_left_out(original: p
     assert "x2" in d_keep.terms and "rare" not in d_keep.terms
 
 
-def test_unreleased_checkpoints_are_ignored(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_unreleased_checkpoints_are_ignored(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     (rel,) = _capture(original, _cp("plain", "y ~ x1"))
     rejected = {**rel, "status": "rejected"}
     frames, results = pin_checkpoints({"people": synthetic}, [rejected])
@@ -292,7 +352,10 @@ def test_unreleased_checkpoints_are_ignored(original: pd.DataFrame, synthetic: p
 
 
 def test_checkpoint_release_format(original: pd.DataFrame) -> None:
-    (rel,) = _capture(original, _cp("w", "y ~ x1 + C(region)", vcov="cluster:cluster", weights="w", subset="age > 20"))
+    (rel,) = _capture(
+        original,
+        _cp("w", "y ~ x1 + C(region)", vcov="cluster:cluster", weights="w", subset="age > 20"),
+    )
     cp = checkpoint_from_release(rel)
     assert cp.vcov == "cluster:cluster" and cp.cluster == "cluster"
     assert cp.weights == "w" and cp.subset == "age > 20"
@@ -319,7 +382,9 @@ def test_joint_pin_with_a_shuffled_index(original: pd.DataFrame, synthetic: pd.D
     assert list(frames["people"].index) == list(syn.index)
 
 
-def test_dependency_order_includes_subset_columns(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_dependency_order_includes_subset_columns(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     """The y checkpoint's sample is defined by x2, which is the outcome of another
     checkpoint: x2 must be pinned first, or pinning x2 afterwards changes y's estimation
     sample and undoes its pin."""
@@ -335,12 +400,16 @@ def test_dependency_order_includes_subset_columns(original: pd.DataFrame, synthe
         _assert_pinned(frames["people"], rel)
 
 
-def test_pinned_status_is_truthful_when_the_subset_reads_the_outcome(original: pd.DataFrame, synthetic: pd.DataFrame) -> None:
+def test_pinned_status_is_truthful_when_the_subset_reads_the_outcome(
+    original: pd.DataFrame, synthetic: pd.DataFrame
+) -> None:
     """A subset on the outcome itself (a truncated sample): moving y moves rows in and out
     of the sample. Either the refit hits the targets, or the outcome is not reported as
     exactly 'pinned'."""
     (rel,) = _capture(original, _cp("trunc", "y ~ x1 + x2", subset="y > 0.5"))
-    syn = synthetic.assign(y=1.0 + 0.5 * (synthetic["y"] - 1.0) - 0.4 * synthetic["x1"])  # far from the targets
+    syn = synthetic.assign(
+        y=1.0 + 0.5 * (synthetic["y"] - 1.0) - 0.4 * synthetic["x1"]
+    )  # far from the targets
     frames, results = pin_checkpoints({"people": syn}, [rel])
     fit = _refit(frames["people"], rel)
     target = np.array([t["beta"] for t in rel["terms"]])
@@ -355,7 +424,11 @@ def test_factored_operator_matches_statsmodels(synthetic: pd.DataFrame, cp: Chec
 
     d = build_design(synthetic, cp)
     op = ols_operator(d)
-    ref = (sm.OLS(d.y, d.X) if d.weights is None else sm.WLS(d.y, d.X, weights=d.weights)).fit().params
+    ref = (
+        (sm.OLS(d.y, d.X) if d.weights is None else sm.WLS(d.y, d.X, weights=d.weights))
+        .fit()
+        .params
+    )
     np.testing.assert_allclose(op.apply(d.y), ref, rtol=1e-10, atol=1e-12)
     W = np.ones(len(d.y)) if d.weights is None else d.weights
     dense = np.linalg.solve((d.X.T * W) @ d.X, d.X.T * W)
@@ -368,7 +441,10 @@ def test_cross_block_is_the_dense_product_over_shared_rows(synthetic: pd.DataFra
     one weighted) equals the product of the dense k × n operators placed at the data rows."""
     ca = _cp("a", "y ~ x1 + x2 + female", weights="w", subset="age >= 30")
     cb = _cp("b", "y ~ x1 + C(region)", subset="age < 50")
-    da, db = build_design(synthetic, ca), build_design(synthetic.sample(frac=1.0, random_state=3), cb)
+    da, db = (
+        build_design(synthetic, ca),
+        build_design(synthetic.sample(frac=1.0, random_state=3), cb),
+    )
     ra, rb = synthetic.index.get_indexer(da.index), synthetic.index.get_indexer(db.index)
     assert 0 < len(np.intersect1d(ra, rb)) < min(len(ra), len(rb))
 
@@ -379,15 +455,27 @@ def test_cross_block_is_the_dense_product_over_shared_rows(synthetic: pd.DataFra
         return M
 
     dense = placed(da, ra) @ placed(db, rb).T
-    np.testing.assert_allclose(cross_block(ols_operator(da), ra, ols_operator(db), rb), dense, rtol=1e-9, atol=1e-15)
-    np.testing.assert_allclose(cross_block(ols_operator(da), ra, ols_operator(da), ra), placed(da, ra) @ placed(da, ra).T, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(
+        cross_block(ols_operator(da), ra, ols_operator(db), rb), dense, rtol=1e-9, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        cross_block(ols_operator(da), ra, ols_operator(da), ra),
+        placed(da, ra) @ placed(da, ra).T,
+        rtol=1e-9,
+        atol=1e-15,
+    )
 
 
-@pytest.mark.parametrize("specs", [
-    [("short", "y ~ x1 + female", "nonrobust"), ("long", "y ~ x1 + female + age", "HC1")],
-    [("one", "y ~ x1 + age", "HC1")],
-])
-def test_reused_designs_give_the_same_bytes_as_rebuilding(original: pd.DataFrame, synthetic: pd.DataFrame, specs: list, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "specs",
+    [
+        [("short", "y ~ x1 + female", "nonrobust"), ("long", "y ~ x1 + female + age", "HC1")],
+        [("one", "y ~ x1 + age", "HC1")],
+    ],
+)
+def test_reused_designs_give_the_same_bytes_as_rebuilding(
+    original: pd.DataFrame, synthetic: pd.DataFrame, specs: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A group's designs are built once and reused across passes, scaling and shaping (y
     re-read from the column): the pinned frames and records equal those of rebuilding every
     design with formulaic each time, bit for bit."""

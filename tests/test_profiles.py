@@ -20,8 +20,16 @@ from replisynth.stats.marginals import (
 
 @pytest.mark.parametrize(
     "n,levels",
-    [(10, []), (20, [50]), (39, [50]), (40, [25, 50, 75]), (80, list(range(10, 100, 10))),
-     (250, [5, *range(10, 100, 10), 95]), (400, [1, 5, *range(10, 100, 10), 95, 99]), (2000, list(range(101)))],
+    [
+        (10, []),
+        (20, [50]),
+        (39, [50]),
+        (40, [25, 50, 75]),
+        (80, list(range(10, 100, 10))),
+        (250, [5, *range(10, 100, 10), 95]),
+        (400, [1, 5, *range(10, 100, 10), 95, 99]),
+        (2000, list(range(101))),
+    ],
 )
 def test_adaptive_levels_follow_group_size(n, levels):
     assert adaptive_levels(n) == [float(x) for x in sorted(levels)]
@@ -30,7 +38,9 @@ def test_adaptive_levels_follow_group_size(n, levels):
 def test_adaptive_grid_interpolates_through_released_points_only():
     rng = np.random.default_rng(0)
     v = rng.normal(size=60)  # quartiles only
-    g = percentile_grid(v, trim=1, method="adaptive")  # released as 3 window means (test_grids_groups)
+    g = percentile_grid(
+        v, trim=1, method="adaptive"
+    )  # released as 3 window means (test_grids_groups)
     q = np.percentile(v, [25, 50, 75], method="averaged_inverted_cdf")
     assert np.allclose(g[[25, 50, 75]], q)
     assert np.all(g[:26] == q[0]) and np.all(g[75:] == q[2])  # flat beyond the outermost point
@@ -63,15 +73,26 @@ def test_round_significant():
     assert round_significant(0.0, 4) == 0.0
 
 
-@pytest.mark.parametrize("profile,cell,df,grid,rnd,budget", [
-    ("standard", 50, 10, "fixed", None, None), ("iab", 20, 20, "adaptive", None, 0.1),
-    ("fsrdc", 50, 10, "pseudo", 4, 0.1), ("strict", 100, 20, "adaptive+pseudo", 4, 0.05),
-])
+@pytest.mark.parametrize(
+    "profile,cell,df,grid,rnd,budget",
+    [
+        ("standard", 50, 10, "fixed", None, None),
+        ("iab", 20, 20, "adaptive", None, 0.1),
+        ("fsrdc", 50, 10, "pseudo", 4, 0.1),
+        ("strict", 100, 20, "adaptive+pseudo", 4, 0.05),
+    ],
+)
 def test_profiles_resolve_and_keys_override(profile, cell, df, grid, rnd, budget):
     raw = manifest_for("x.csv")
     raw["sdc"] = {"profile": profile}
     s = load_manifest(raw).sdc
-    assert (s.min_cell_size, s.min_resid_df, s.grid, s.round_significant, s.budget) == (cell, df, grid, rnd, budget)
+    assert (s.min_cell_size, s.min_resid_df, s.grid, s.round_significant, s.budget) == (
+        cell,
+        df,
+        grid,
+        rnd,
+        budget,
+    )
     raw["sdc"] = {"profile": profile, "grid": "fixed", "round_significant": None, "budget": 0.5}
     s = load_manifest(raw).sdc
     assert (s.grid, s.round_significant, s.budget) == ("fixed", None, 0.5)
@@ -83,14 +104,24 @@ def test_fsrdc_rounds_checkpoints_and_reports_the_cost(tmp_path):
     df.to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv")
     raw["sdc"] = {"profile": "fsrdc"}
-    raw["checkpoints"] = [{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female + C(region)", "vcov": "HC1"}]
+    raw["checkpoints"] = [
+        {
+            "tag": "a",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1 + x2 + female + C(region)",
+            "vcov": "HC1",
+        }
+    ]
     raw["verify"] = {"tier": 4}
     tiers = run_pipeline(raw, tmp_path / "out")
     from replisynth.io.files import read_json
 
     cps = read_json(tmp_path / "out" / "t" / "bundle" / "checkpoints.json")["checkpoints"]
     for t in cps[0]["terms"]:
-        assert t["beta"] == round_significant(t["beta"], 4) and t["se"] == round_significant(t["se"], 4)
+        assert t["beta"] == round_significant(t["beta"], 4) and t["se"] == round_significant(
+            t["se"], 4
+        )
     assert 0 < cps[0]["rounding_cost_dbeta_se"] < 0.05
     log = read_json(tmp_path / "out" / "t" / "bundle" / "sdc_log.json")
     assert log["settings"]["grid"] == "pseudo" and log["settings"]["round_significant"] == 4
@@ -103,10 +134,20 @@ def test_iab_profile_meets_tier_4_with_strata(tmp_path):
     df.to_csv(tmp_path / "p.csv", index=False)
     raw = manifest_for(tmp_path / "p.csv", strata=["female"])
     raw["sdc"] = {"profile": "iab"}
-    raw["checkpoints"] = [{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 * female", "weights": "w"}]
+    raw["checkpoints"] = [
+        {
+            "tag": "a",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1 + x2 * female",
+            "weights": "w",
+        }
+    ]
     raw["verify"] = {"tier": 4}
     tiers = run_pipeline(raw, tmp_path / "out")
-    assert tiers["tier_met"] == 4, {k: v.get("problems") for k, v in tiers["sources"]["people"].items() if isinstance(v, dict)}
+    assert tiers["tier_met"] == 4, {
+        k: v.get("problems") for k, v in tiers["sources"]["people"].items() if isinstance(v, dict)
+    }
     from replisynth.io.files import read_json
 
     rel = read_json(tmp_path / "out" / "t" / "bundle" / "source_people.json")
@@ -118,13 +159,26 @@ def test_budget_warning_and_identity_logged(tmp_path):
     rng = np.random.default_rng(4)
     n = 120
     x = rng.normal(size=n)
-    df = pd.DataFrame({"pid": np.arange(n), "x": x, "ex": np.exp(x), "y": x + rng.normal(size=n),
-                       **{f"z{i}": rng.normal(size=n) for i in range(14)}})
+    df = pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            "x": x,
+            "ex": np.exp(x),
+            "y": x + rng.normal(size=n),
+            **{f"z{i}": rng.normal(size=n) for i in range(14)},
+        }
+    )
     rel, _, log = release_of(df, tmp_path, sdc={"min_cell_size": 20})
     assert any(e["action"] == "identity" and e["pairs"] >= 1 for e in log.entries)
     from replisynth.extract.checkpoints import budget_warnings
 
-    cps = [{"source": "people", "status": "released", "terms": [{"term": f"t{i}", "beta": 0.0, "se": 1.0} for i in range(15)]}]
+    cps = [
+        {
+            "source": "people",
+            "status": "released",
+            "terms": [{"term": f"t{i}", "beta": 0.0, "se": 1.0} for i in range(15)],
+        }
+    ]
     assert budget_warnings(cps, {"people": n}, 0.1)[0]["coefficients"] == 15
     assert budget_warnings(cps, {"people": n}, None) == []
     assert budget_warnings(cps, {"people": 1000}, 0.1) == []
@@ -157,7 +211,9 @@ def test_sensitive_columns_get_dominance_ruled_pseudo_percentiles(tmp_path):
     n = 3000
     income = np.exp(rng.normal(10, 1, size=n))
     income[:2] = [3e7, 2e7]  # two dominant units
-    df = pd.DataFrame({"pid": np.arange(n), "income": income, "age": rng.integers(18, 70, size=n).astype(float)})
+    df = pd.DataFrame(
+        {"pid": np.arange(n), "income": income, "age": rng.integers(18, 70, size=n).astype(float)}
+    )
     rel, _, log = release_of(df, tmp_path, sensitive=["income"], continuous=["age"])
     m = rel["blocks"]["all"]["marginals"]["income"]
     assert m["method"] == "pseudo" and m["dominance"] == 0.85
@@ -174,7 +230,10 @@ def test_sensitive_columns_get_dominance_ruled_pseudo_percentiles(tmp_path):
 
 @pytest.mark.workflow
 # standard: the fast tier's end-to-end demo; the other profiles in the slow tier
-@pytest.mark.parametrize("profile", ["standard", *(pytest.param(p, marks=pytest.mark.slow) for p in ("iab", "fsrdc", "strict"))])
+@pytest.mark.parametrize(
+    "profile",
+    ["standard", *(pytest.param(p, marks=pytest.mark.slow) for p in ("iab", "fsrdc", "strict"))],
+)
 def test_every_profile_runs_the_demo_end_to_end(tmp_path, profile):
     """Standard and iab meet tier 4 on the demo; fsrdc meets it on rounded targets and the
     certificate states the rounding cost; strict runs end to end and reports honestly."""
@@ -194,9 +253,14 @@ def test_every_profile_runs_the_demo_end_to_end(tmp_path, profile):
 
     tiers = read_json(v / "tiers.json")
     assert (v / "report.html").exists() and (v / "certificate.txt").exists()
-    settings = read_json(tmp_path / "res" / f"card_{profile}" / "bundle" / "sdc_log.json")["settings"]
+    settings = read_json(tmp_path / "res" / f"card_{profile}" / "bundle" / "sdc_log.json")[
+        "settings"
+    ]
     assert settings["profile"] == profile
-    assert f"<td>{profile}</td>" in (v / "report.html").read_text() or profile in (v / "report.html").read_text()
+    assert (
+        f"<td>{profile}</td>" in (v / "report.html").read_text()
+        or profile in (v / "report.html").read_text()
+    )
     if profile in ("standard", "iab", "fsrdc"):
         assert rc == 0 and tiers["tier_met"] == 4
     else:

@@ -34,7 +34,9 @@ def _column(kind: str, n: int, rng: np.random.Generator, miss: float) -> pd.Seri
     elif kind == "bool":
         s = pd.Series(rng.random(n) < rng.uniform(0.1, 0.9))
     else:
-        s = pd.Series(pd.Timestamp("2000-01-01") + pd.to_timedelta(rng.integers(0, 5000, size=n), unit="D"))
+        s = pd.Series(
+            pd.Timestamp("2000-01-01") + pd.to_timedelta(rng.integers(0, 5000, size=n), unit="D")
+        )
     if miss > 0 and kind not in ("bool",):
         s = s.astype(object) if kind in ("ordinal", "wide_int") else s
         s[rng.random(n) < miss] = None
@@ -48,16 +50,31 @@ def datasets(draw):
     n = draw(st.integers(150, 500))
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=2, max_size=7))
     seed = draw(st.integers(0, 2**31 - 1))
-    miss = draw(st.lists(st.sampled_from([0.0, 0.0, 0.1, 0.4]), min_size=len(kinds), max_size=len(kinds)))
+    miss = draw(
+        st.lists(st.sampled_from([0.0, 0.0, 0.1, 0.4]), min_size=len(kinds), max_size=len(kinds))
+    )
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({f"c{i}_{k}": _column(k, n, rng, m) for i, (k, m) in enumerate(zip(kinds, miss, strict=True))})
+    df = pd.DataFrame(
+        {
+            f"c{i}_{k}": _column(k, n, rng, m)
+            for i, (k, m) in enumerate(zip(kinds, miss, strict=True))
+        }
+    )
     df.insert(0, "pid", np.arange(n))
-    strata = [c for c in df.columns if c.endswith("_string") or c.endswith("_bool")][:1] if draw(st.booleans()) else []
+    strata = (
+        [c for c in df.columns if c.endswith("_string") or c.endswith("_bool")][:1]
+        if draw(st.booleans())
+        else []
+    )
     rows = draw(st.sampled_from([None, None, 97, 1000]))
     return df, strata, rows, seed
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(datasets())
 def test_synthetic_data_pass_their_own_schema(tmp_path_factory, case):
     df, strata, rows, seed = case

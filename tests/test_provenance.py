@@ -12,7 +12,9 @@ HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load
 
 def _bench(path, seconds, end):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(HEADER + f"{seconds}\t0:00:0{int(seconds)}\t100\t200\t50\t60\t0\t0\t90\t{seconds}\n")
+    path.write_text(
+        HEADER + f"{seconds}\t0:00:0{int(seconds)}\t100\t200\t50\t60\t0\t0\t90\t{seconds}\n"
+    )
     os.utime(path, (end, end))
     return path
 
@@ -26,7 +28,11 @@ def test_provenance_keys_by_rule_and_wildcards_and_spans_the_run(tmp_path):
         b / "pin_checkpoints" / "card.tsv",  # not written: skipped
     ]
     p = provenance(files)
-    assert p["benchmarks"] == {"extract_source/card": 2.0, "sample_copula/card": 3.0, "verify_tiers/all": 1.5}
+    assert p["benchmarks"] == {
+        "extract_source/card": 2.0,
+        "sample_copula/card": 3.0,
+        "verify_tiers/all": 1.5,
+    }
     assert p["total_seconds"] == 6.5
     assert p["wall_seconds"] == 22.0  # 998 .. 1020
     text = provenance_text(p)

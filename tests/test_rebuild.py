@@ -24,7 +24,12 @@ STORAGE = {"pid": "int16", "female": "int8", "age": "int8", "educ": "int8", "clu
 def write_people_dta(path: Path, n: int = N, seed: int = 0) -> None:
     df = make_people(n, seed).astype(STORAGE)
     meta = FileMeta(
-        variable_labels={"y": "outcome", "x1": "first regressor", "female": "=1 if female", "region": "region"},
+        variable_labels={
+            "y": "outcome",
+            "x1": "first regressor",
+            "female": "=1 if female",
+            "region": "region",
+        },
         value_labels={"female": {0: "male", 1: "female"}},
         storage_types=STORAGE,
     )
@@ -35,9 +40,22 @@ def people_manifest(path: Path, seed: int = 7, name: str = "rb") -> dict[str, An
     return {
         "name": name,
         "seed": seed,
-        "sources": {"people": {"path": str(path), "ids": ["pid"], "groups": ["cluster"], "strata": ["female"]}},
+        "sources": {
+            "people": {
+                "path": str(path),
+                "ids": ["pid"],
+                "groups": ["cluster"],
+                "strata": ["female"],
+            }
+        },
         "checkpoints": [
-            {"tag": "y_ols", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female + C(region)", "vcov": "HC1"},
+            {
+                "tag": "y_ols",
+                "source": "people",
+                "model": "ols",
+                "formula": "y ~ x1 + x2 + female + C(region)",
+                "vcov": "HC1",
+            },
         ],
         "verify": {"tier": 4},
     }
@@ -56,8 +74,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     bundle = cmd_extract(load_manifest(raw), root / "ext")
     cmd_synthesize(bundle, root / "one")
     cmd_synthesize(bundle, root / "two")
-    return {"root": root, "src": src, "raw": raw, "bundle": bundle,
-            "one": root / "one" / "rb", "two": root / "two" / "rb"}
+    return {
+        "root": root,
+        "src": src,
+        "raw": raw,
+        "bundle": bundle,
+        "one": root / "one" / "rb",
+        "two": root / "two" / "rb",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +134,9 @@ def test_other_seed_changes_data_not_statistics(built: dict[str, Any], tmp_path:
 # rebuilding from the bundle alone
 
 
-def test_bundle_only_rebuild_without_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bundle_only_rebuild_without_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "secure" / "people.dta"
     src.parent.mkdir()
     write_people_dta(src, n=800, seed=2)
@@ -130,12 +156,21 @@ def test_bundle_only_rebuild_without_source(tmp_path: Path, capsys: pytest.Captu
 
     a = files_under(with_data / "solo")
     b = files_under(out / "solo")
-    for name in ("synthetic/people.parquet", "synthetic/people.csv", "synthetic/people.dta",
-                 "synthesize/people.parquet", "synthesize/people.pin.json",
-                 "verify/tiers.json", "verify/certificate.txt", "verify/report.html"):
+    for name in (
+        "synthetic/people.parquet",
+        "synthetic/people.csv",
+        "synthetic/people.dta",
+        "synthesize/people.parquet",
+        "synthesize/people.pin.json",
+        "verify/tiers.json",
+        "verify/certificate.txt",
+        "verify/report.html",
+    ):
         assert name in b, name
         assert a[name] == b[name], name
-    assert not any(k.startswith(("bundle/", "extract/")) for k in b)  # nothing secure-side was rebuilt
+    assert not any(
+        k.startswith(("bundle/", "extract/")) for k in b
+    )  # nothing secure-side was rebuilt
     tiers = read_json(out / "solo" / "verify" / "tiers.json")
     assert tiers["tier_met"] == 4
 
@@ -162,7 +197,14 @@ def test_seed_streams_are_reproducible_and_named() -> None:
     rng(123, "a").random(1000)
     np.testing.assert_array_equal(rng(123, "a", "b").random(50), a1)
     # different names, order, grouping or seed give different streams
-    for other in (rng(123, "a", "c"), rng(123, "b", "a"), rng(123, "ab"), rng(123, "a"), rng(124, "a", "b"), rng(123, "a", "b", "c")):
+    for other in (
+        rng(123, "a", "c"),
+        rng(123, "b", "a"),
+        rng(123, "ab"),
+        rng(123, "a"),
+        rng(124, "a", "b"),
+        rng(123, "a", "b", "c"),
+    ):
         assert not np.array_equal(other.random(50), a1)
     assert seed_sequence(123, "a", "b").entropy == 123
     assert seed_sequence(123, "a", "b").spawn_key == seed_sequence(999, "a", "b").spawn_key
@@ -174,7 +216,9 @@ def test_second_source_does_not_change_the_first(built: dict[str, Any], tmp_path
     raw = people_manifest(built["src"])
     raw["sources"]["other"] = {"path": str(other), "ids": ["pid"]}
     b2 = cmd_extract(load_manifest(raw), tmp_path / "ext")
-    assert (b2 / "source_people.json").read_bytes() == (built["bundle"] / "source_people.json").read_bytes()
+    assert (b2 / "source_people.json").read_bytes() == (
+        built["bundle"] / "source_people.json"
+    ).read_bytes()
     assert (b2 / "source_other.json").exists()
     cmd_synthesize(b2, tmp_path / "syn")
     got = files_under(tmp_path / "syn" / "rb" / "synthetic")

@@ -86,9 +86,13 @@ def test_every_rule_declares_threads_and_sized_resources():
             if "log:" not in body:  # target rules (all, extract, audit) run nothing
                 continue
             assert f'threads: P.threads("{name}")' in body, name
-            assert f'mem_mb=P.mem_mb("{name}")' in body and f'runtime=P.runtime("{name}")' in body, name
+            assert (
+                f'mem_mb=P.mem_mb("{name}")' in body and f'runtime=P.runtime("{name}")' in body
+            ), name
 
 
-@pytest.mark.parametrize("rule", ["extract_source", "sample_copula", "pin_checkpoints", "verify_tiers"])
+@pytest.mark.parametrize(
+    "rule", ["extract_source", "sample_copula", "pin_checkpoints", "verify_tiers"]
+)
 def test_data_rules_are_costed(rule):
     assert job_resources(rule, 10**8).mem_mb > job_resources(rule, 10**5).mem_mb

@@ -23,9 +23,15 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     work = _checkout(tmp_path / "w", with_data=False)
     make_people(3000, seed=11).to_csv(tmp_path / "p.csv", index=False)
     # 150k synthetic rows: sample_copula runs for seconds after its log opens, long enough to be killed in.
-    man = {"name": "resume", "seed": 3, "verify": {"tier": 4},
-           "sources": {"people": {"path": str(tmp_path / "p.csv"), "ids": ["pid"], "rows": 150_000}},
-           "checkpoints": [{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female"}]}
+    man = {
+        "name": "resume",
+        "seed": 3,
+        "verify": {"tier": 4},
+        "sources": {"people": {"path": str(tmp_path / "p.csv"), "ids": ["pid"], "rows": 150_000}},
+        "checkpoints": [
+            {"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female"}
+        ],
+    }
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(man))
     cmd = [SNAKEMAKE, "--profile", "profiles/local", "--configfile", str(tmp_path / "m.yaml")]
     res = work / "results" / "resume"
@@ -33,7 +39,9 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     target = res / "synthesize" / "people.parquet"
 
     with open(tmp_path / "first.log", "w") as out:
-        p = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 300
         while not started.exists() and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -46,7 +54,9 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     # Nothing half-written at an output path: only atomic_path's hidden temporaries may be left.
     assert not target.exists()
     leftovers = [f for f in (res / "synthesize").iterdir()] if (res / "synthesize").exists() else []
-    assert all(f.name.startswith(".people.parquet.") and f.name.endswith(".tmp") for f in leftovers), leftovers
+    assert all(
+        f.name.startswith(".people.parquet.") and f.name.endswith(".tmp") for f in leftovers
+    ), leftovers
     done = sorted(f for d in ("bundle", "extract") for f in (res / d).rglob("*") if f.is_file())
     assert any(f.name == "manifest.json" for f in done)
     mtimes = {f: f.stat().st_mtime_ns for f in done}
@@ -54,7 +64,10 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     # A killed Snakemake leaves its lock (README: "Interrupted runs"): refused, then unlocked.
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--unlock" in r.stdout + r.stderr
-    assert subprocess.run([*cmd, "--unlock"], cwd=work, capture_output=True, timeout=300).returncode == 0
+    assert (
+        subprocess.run([*cmd, "--unlock"], cwd=work, capture_output=True, timeout=300).returncode
+        == 0
+    )
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -66,5 +79,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     tiers = yaml.safe_load((res / "verify" / "tiers.json").read_text())
     assert tiers["tier_met"] == 4 and tiers["passed"]
     cert = (res / "verify" / "certificate.txt").read_text()
-    for b in (res / "benchmarks").rglob("*.tsv"):  # the csv export runs beside the report (not certified)
+    for b in (res / "benchmarks").rglob(
+        "*.tsv"
+    ):  # the csv export runs beside the report (not certified)
         assert (f"{b.parent.name}/{b.stem} " in cert) == (b.parent.name != "export_csv"), b

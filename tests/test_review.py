@@ -24,13 +24,15 @@ from replisynth.io.files import read_json
 from replisynth.workflow.cli import cmd_extract, main
 
 
-def _binary_pair(n: int, rng: np.random.Generator, ones: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+def _binary_pair(
+    n: int, rng: np.random.Generator, ones: int, overlap: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Two 0/1 columns with `ones` ones each that are both 1 on exactly `overlap` rows."""
     idx = rng.permutation(n)
     a, b = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
     a[idx[:ones]] = 1
     b[idx[:overlap]] = 1
-    b[idx[ones:2 * ones - overlap]] = 1
+    b[idx[ones : 2 * ones - overlap]] = 1
     return a, b
 
 
@@ -44,22 +46,37 @@ def _data(n: int, seed: int, names: tuple[str, str], overlap: int) -> pd.DataFra
     a2, b2 = _binary_pair(n - half, rng, 300, 150)
     sparse = np.zeros(n)
     sparse[rng.choice(n, 4, replace=False)] = rng.uniform(1, 9, size=4)
-    return pd.DataFrame({
-        "pid": np.arange(n), names[0]: np.concatenate([a1, a2]), names[1]: np.concatenate([b1, b2]),
-        "region": rng.choice(list("pqrs"), size=n), "x": rng.normal(size=n), "sparse": sparse,
-        "stratum": np.repeat([1, 2], [half, n - half]),
-    })
+    return pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            names[0]: np.concatenate([a1, a2]),
+            names[1]: np.concatenate([b1, b2]),
+            "region": rng.choice(list("pqrs"), size=n),
+            "x": rng.normal(size=n),
+            "sparse": sparse,
+            "stratum": np.repeat([1, 2], [half, n - half]),
+        }
+    )
 
 
 def _extract(tmp: Path, df: pd.DataFrame, k: int = 20, **source: Any) -> Path:
     df.to_csv(tmp / "d.csv", index=False)
-    raw = {"name": "rv", "seed": 3, "sdc": {"min_cell_size": k},
-           "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"], "strata": ["stratum"], **source}},
-           "checkpoints": [], "verify": {"tier": 0}}
+    raw = {
+        "name": "rv",
+        "seed": 3,
+        "sdc": {"min_cell_size": k},
+        "sources": {
+            "d": {"path": str(tmp / "d.csv"), "ids": ["pid"], "strata": ["stratum"], **source}
+        },
+        "checkpoints": [],
+        "verify": {"tier": 0},
+    }
     return cmd_extract(load_manifest(raw), tmp / "res")
 
 
-def _old_gate(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> extract.CorrelationGate:
+def _old_gate(
+    X: np.ndarray, min_cell: int, rows: np.ndarray | None = None
+) -> extract.CorrelationGate:
     """The gate before issue 13: only dims with a small group (0/1) or few rows blanked."""
     from replisynth.stats.correlations import spearman_matrix
 
@@ -88,7 +105,9 @@ def old_style(monkeypatch):
 
 
 def _dim(release: dict[str, Any], column: str) -> int:
-    return next(k for k, d in enumerate(release["dims"]) if d["column"] == column and d["kind"] != "missing")
+    return next(
+        k for k, d in enumerate(release["dims"]) if d["column"] == column and d["kind"] != "missing"
+    )
 
 
 def test_old_style_bundle_with_planted_2x2_cells_is_caught(tmp_path, old_style, no_interval_audit):
@@ -124,12 +143,16 @@ def test_new_gates_withhold_the_planted_pairs_and_review_is_clean(tmp_path, no_i
     assert r["findings"] == [], r["findings"]
     assert r["verdict"].startswith("clean")
     decisions = read_json(bundle / "sdc_log.json")["decisions"]
-    assert any(d["stage"] == "correlations" and d.get("pairs") and d["block"] == "s0" for d in decisions)
+    assert any(
+        d["stage"] == "correlations" and d.get("pairs") and d["block"] == "s0" for d in decisions
+    )
     assert any(d["stage"] == "correlations" and "secondary" in d["reason"] for d in decisions)
 
 
 def test_sparse_continuous_column_enters_no_correlation(tmp_path):
-    bundle = _extract(tmp_path, _data(1200, 2, ("u", "v"), overlap=100), k=20, continuous=["sparse"])
+    bundle = _extract(
+        tmp_path, _data(1200, 2, ("u", "v"), overlap=100), k=20, continuous=["sparse"]
+    )
     rel = read_json(bundle / "source_d.json")
     j = _dim(rel, "sparse")
     for block in rel["blocks"].values():
@@ -137,7 +160,9 @@ def test_sparse_continuous_column_enters_no_correlation(tmp_path):
         assert all(v is None for k, v in enumerate(row) if k != j)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 10_000), n=st.integers(400, 3000), k=st.sampled_from([5, 10, 25]))
 def test_gated_pairs_of_two_valued_dims_have_no_small_cell(seed, n, k):
     rng = np.random.default_rng(seed)
@@ -163,7 +188,11 @@ def test_gated_pairs_of_two_valued_dims_have_no_small_cell(seed, n, k):
         assert len(v) < k or 0 < len(v) - np.unique(v, return_counts=True)[1].max() < k
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(seed=st.integers(0, 10_000), overlap=st.integers(1, 15))
 def test_review_of_new_gates_finds_no_correlation(tmp_path_factory, seed, overlap):
     tmp = tmp_path_factory.mktemp("r")
@@ -178,13 +207,35 @@ def test_packet_is_complete_and_exit_codes(tmp_path, old_style, monkeypatch, cap
     assert main(["review", str(bundle), "--out", str(out)]) == review.EXIT_FINDINGS
     assert "finding(s)" in capsys.readouterr().out
     r = json.loads((out / "disclosure_review.json").read_text())
-    assert {"bundle", "settings", "released", "rules", "suppressed", "checks", "findings", "verdict"} <= set(r)
+    assert {
+        "bundle",
+        "settings",
+        "released",
+        "rules",
+        "suppressed",
+        "checks",
+        "findings",
+        "verdict",
+    } <= set(r)
     assert r["bundle"]["sha256"] == review.review_bundle(bundle)["bundle"]["sha256"]
-    assert {"frequency tables", "percentile grids", "correlations", "strata", "checkpoints"} <= set(r["released"])
-    assert {c["check"] for c in r["checks"]} >= {"interval audit of the linked frequency tables", "group sizes",
-                                                  "2x2 tables implied by correlations of two-valued dims"}
+    assert {"frequency tables", "percentile grids", "correlations", "strata", "checkpoints"} <= set(
+        r["released"]
+    )
+    assert {c["check"] for c in r["checks"]} >= {
+        "interval audit of the linked frequency tables",
+        "group sizes",
+        "2x2 tables implied by correlations of two-valued dims",
+    }
     page = (out / "disclosure_review.txt").read_text()
-    for part in ("Released statistics", "Rules applied", "Suppressed", "Checks:", "Findings:", "Verdict:", "Signature"):
+    for part in (
+        "Released statistics",
+        "Rules applied",
+        "Suppressed",
+        "Checks:",
+        "Findings:",
+        "Verdict:",
+        "Signature",
+    ):
         assert part in page
     assert "min_cell_size=20" in page
     # default packet directory: review/ beside the bundle; a clean bundle exits 0
@@ -201,7 +252,9 @@ def test_packet_is_complete_and_exit_codes(tmp_path, old_style, monkeypatch, cap
     assert "not a bundle" in capsys.readouterr().err
 
 
-def test_interval_audit_findings_fail_the_review_without_their_bounds(tmp_path, monkeypatch, capsys):
+def test_interval_audit_findings_fail_the_review_without_their_bounds(
+    tmp_path, monkeypatch, capsys
+):
     bundle = _extract(tmp_path, _data(1200, 4, ("e1", "e2"), overlap=60), k=20)
 
     def audit(release: dict[str, Any], min_cell: int) -> list[dict[str, Any]]:
@@ -209,23 +262,61 @@ def test_interval_audit_findings_fail_the_review_without_their_bounds(tmp_path, 
 
     import types
 
-    monkeypatch.setitem(__import__("sys").modules, "replisynth.disclosure.linked_tables", types.SimpleNamespace(audit_release_tables=audit))
+    monkeypatch.setitem(
+        __import__("sys").modules,
+        "replisynth.disclosure.linked_tables",
+        types.SimpleNamespace(audit_release_tables=audit),
+    )
     assert main(["review", str(bundle), "--out", str(tmp_path / "p")]) == review.EXIT_FINDINGS
     r = json.loads((tmp_path / "p" / "disclosure_review.json").read_text())
     tables = [f for f in r["findings"] if f["check"] == "tables"]
     assert [(f["block"], f["column"]) for f in tables] == [("s0", "region")]
-    text = (tmp_path / "p" / "disclosure_review.json").read_text() + (tmp_path / "p" / "disclosure_review.txt").read_text()
+    text = (tmp_path / "p" / "disclosure_review.json").read_text() + (
+        tmp_path / "p" / "disclosure_review.txt"
+    ).read_text()
     assert "ZZRARELEVEL" not in text and '"lower"' not in text
     capsys.readouterr()
 
 
 def test_log_that_calls_a_disclosed_cell_suppressed_is_a_finding():
-    log = {"decisions": [
-        {"stage": "marginals", "action": "suppressed", "source": "s", "block": "s2", "column": "region", "reason": "r"},
-        {"stage": "correlations", "action": "suppressed", "source": "s", "block": "all", "pairs": 3, "reason": "r"},
-        {"stage": "marginals", "action": "suppressed", "source": "s", "block": "s1", "column": "age", "reason": "r"}]}
-    found = [{"check": "tables", "source": "s", "block": "s2", "column": "region", "finding": "x"},
-             {"check": "correlations", "source": "s", "block": "all", "dims": ["a=1", "b"], "finding": "x"}]
+    log = {
+        "decisions": [
+            {
+                "stage": "marginals",
+                "action": "suppressed",
+                "source": "s",
+                "block": "s2",
+                "column": "region",
+                "reason": "r",
+            },
+            {
+                "stage": "correlations",
+                "action": "suppressed",
+                "source": "s",
+                "block": "all",
+                "pairs": 3,
+                "reason": "r",
+            },
+            {
+                "stage": "marginals",
+                "action": "suppressed",
+                "source": "s",
+                "block": "s1",
+                "column": "age",
+                "reason": "r",
+            },
+        ]
+    }
+    found = [
+        {"check": "tables", "source": "s", "block": "s2", "column": "region", "finding": "x"},
+        {
+            "check": "correlations",
+            "source": "s",
+            "block": "all",
+            "dims": ["a=1", "b"],
+            "finding": "x",
+        },
+    ]
     out = review.check_log(log, found)
     assert [(f["stage"], f["block"]) for f in out] == [("marginals", "s2"), ("correlations", "all")]
     assert review.check_log(log, []) == []
@@ -239,7 +330,9 @@ def test_interval_audit_not_available_is_said(tmp_path):
         import replisynth.disclosure.linked_tables  # noqa: F401
     except ImportError:
         assert c["status"] == "not available" and "NOT RUN" in review.review_page(r)
-        assert r["verdict"].startswith("no findings in the checks that ran; not run: interval audit")
+        assert r["verdict"].startswith(
+            "no findings in the checks that ran; not run: interval audit"
+        )
     else:
         assert c["status"] == "run"
 
@@ -254,15 +347,33 @@ def _rel(rows: int) -> dict[str, Any]:
 
 def test_checkpoints_differing_by_a_few_rows_need_the_ledger():
     cps = [_cp("full", 900), _cp("nested", 897)]
-    log = {"decisions": [{"stage": "checkpoints", "action": "released_moments", "checkpoint": t} for t in ("full", "nested")]}
+    log = {
+        "decisions": [
+            {"stage": "checkpoints", "action": "released_moments", "checkpoint": t}
+            for t in ("full", "nested")
+        ]
+    }
     found, _ = review.check_checkpoints(cps, {"s": _rel(2000)}, log, 20)
     assert [f["samples"] for f in found if f["check"] == "differencing"] == [["full", "nested"]]
-    found, _ = review.check_checkpoints([_cp("full", 900), _cp("total", 1995)], {"s": _rel(2000)}, log, 20)
-    assert any(f.get("samples") == ["total", "source total"] for f in found)  # against the source total
-    ledger = {**log, "ledger": {"entries": [], "differencing": {"rule": "row sets compared", "pairs_checked": 1, "refused": []}}}
+    found, _ = review.check_checkpoints(
+        [_cp("full", 900), _cp("total", 1995)], {"s": _rel(2000)}, log, 20
+    )
+    assert any(
+        f.get("samples") == ["total", "source total"] for f in found
+    )  # against the source total
+    ledger = {
+        **log,
+        "ledger": {
+            "entries": [],
+            "differencing": {"rule": "row sets compared", "pairs_checked": 1, "refused": []},
+        },
+    }
     found, notes = review.check_checkpoints(cps, {"s": _rel(2000)}, ledger, 20)
     assert not found and notes
-    refused = {**log, "ledger": {"differencing": {"rule": "r", "pairs_checked": 1, "refused": ["nested"]}}}
+    refused = {
+        **log,
+        "ledger": {"differencing": {"rule": "r", "pairs_checked": 1, "refused": ["nested"]}},
+    }
     found, _ = review.check_checkpoints(cps, {"s": _rel(2000)}, refused, 20)
     assert any("refused" in f["finding"] for f in found)
     found, _ = review.check_checkpoints(cps, {"s": _rel(2000)}, {"decisions": []}, 20)
@@ -273,13 +384,31 @@ def test_small_binary_term_in_checkpoint_moments_is_found():
     n, ones = 500, 7
     mean = ones / n
     sd = float(np.sqrt(mean * (1 - mean) * n / (n - 1)))
-    cp = {**_cp("c", n), "moments": {"terms": ["rare", "x"], "mean": [mean, 3.2], "sd": [sd, 1.1], "weighted": False}}
+    cp = {
+        **_cp("c", n),
+        "moments": {
+            "terms": ["rare", "x"],
+            "mean": [mean, 3.2],
+            "sd": [sd, 1.1],
+            "weighted": False,
+        },
+    }
     log = {"decisions": [{"stage": "checkpoints", "checkpoint": "c"}]}
     found, _ = review.check_checkpoints([cp], {"s": _rel(n)}, log, 20)
     assert [f["term"] for f in found if "term" in f] == ["rare"]
 
 
 def test_overlapping_group_windows_may_telescope():
-    found, notes = review.check_groups({"source": "s", "groups": {"hosp": {"groups": 60, "size_grid": [1.0, 2.0], "mean_size": 3.0}}})
+    found, notes = review.check_groups(
+        {
+            "source": "s",
+            "groups": {"hosp": {"groups": 60, "size_grid": [1.0, 2.0], "mean_size": 3.0}},
+        }
+    )
     assert found and "telescope" in found[0]["finding"] and notes
-    assert review.check_groups({"source": "s", "groups": {"hosp": {"groups": 8, "size_grid": None, "mean_size": 3.0}}})[0] == []
+    assert (
+        review.check_groups(
+            {"source": "s", "groups": {"hosp": {"groups": 8, "size_grid": None, "mean_size": 3.0}}}
+        )[0]
+        == []
+    )

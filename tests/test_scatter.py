@@ -42,8 +42,12 @@ def test_scattered_extraction_and_sampling_are_byte_identical(tmp_path, shards):
     assert len(full["strata"]["cells"]) >= 5 and full["strata"]["residual_rows"] > 0
     base, base_log = extract_source(data, meta, m, src, strata_blocks=False)
     assert set(base["blocks"]) == {"all"} and base["strata"]["cells"] == full["strata"]["cells"]
-    parts = [_json(stratum_blocks(data, m, "people", _json(base), k, shards)) for k in range(shards)]
-    assert sorted(p["id"] for part in parts for p in part) == sorted(c["id"] for c in full["strata"]["cells"])
+    parts = [
+        _json(stratum_blocks(data, m, "people", _json(base), k, shards)) for k in range(shards)
+    ]
+    assert sorted(p["id"] for part in parts for p in part) == sorted(
+        c["id"] for c in full["strata"]["cells"]
+    )
     release, sdc = gather_release(_json(base), _json(base_log.entries), parts, m.sdc.min_cell_size)
     assert dumps_json(release) == dumps_json(full)
     assert dumps_json(sdc) == dumps_json(full_log.entries)
@@ -69,7 +73,11 @@ def test_gather_refuses_missing_strata(tmp_path):
 def test_shards_partition_the_items():
     items = list(range(7))
     assert sorted(x for k in range(3) for x in shard_of(items, k, 3)) == items
-    assert shard_of(items, 0, 1) == items and shard_of(items, 4, 9) == [4] and shard_of(items, 8, 9) == []
+    assert (
+        shard_of(items, 0, 1) == items
+        and shard_of(items, 4, 9) == [4]
+        and shard_of(items, 8, 9) == []
+    )
     with pytest.raises(ValueError):
         shard_of(items, 3, 3)
 
@@ -110,13 +118,31 @@ def test_snakemake_scattered_run_equals_unscattered(tmp_path):
     """The several-strata manifest through Snakemake, once scattered over 3 jobs per stage
     and once not: the bundle, staging releases and synthetic files are byte-identical."""
     raw = _strata_data(tmp_path, n=1500)
-    raw.update(name="strata", checkpoints=[{"tag": "a", "source": "people", "model": "ols", "formula": "y ~ x1 + x2 + female + C(region)"}],
-               verify={"tier": 4})
+    raw.update(
+        name="strata",
+        checkpoints=[
+            {
+                "tag": "a",
+                "source": "people",
+                "model": "ols",
+                "formula": "y ~ x1 + x2 + female + C(region)",
+            }
+        ],
+        verify={"tier": 4},
+    )
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
     runs = {}
     for scatter in (0, 3):
         work = _checkout(tmp_path / f"s{scatter}", with_data=False)
-        r = _smk(work, "--cores", "2", "--configfile", str(tmp_path / "m.yaml"), "--config", f"scatter={scatter}")
+        r = _smk(
+            work,
+            "--cores",
+            "2",
+            "--configfile",
+            str(tmp_path / "m.yaml"),
+            "--config",
+            f"scatter={scatter}",
+        )
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         runs[scatter] = work / "results" / "strata"
     assert len(list((runs[3] / "extract" / "people.strata").glob("*.json"))) == 3
@@ -126,7 +152,12 @@ def test_snakemake_scattered_run_equals_unscattered(tmp_path):
         assert names
         for n in names:
             assert (runs[0] / n).read_bytes() == (runs[3] / n).read_bytes(), n
-    for n in ("extract/people.release.json", "extract/people.sdc.json", "synthesize/people.parquet", "verify/tiers.json"):
+    for n in (
+        "extract/people.release.json",
+        "extract/people.sdc.json",
+        "synthesize/people.parquet",
+        "verify/tiers.json",
+    ):
         assert (runs[0] / n).read_bytes() == (runs[3] / n).read_bytes(), n
     tiers = json.loads((runs[3] / "verify" / "tiers.json").read_text())
     assert tiers["tier_met"] == 4

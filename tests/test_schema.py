@@ -33,7 +33,9 @@ def _schooling(n: int = 750, seed: int = 0) -> pd.Series:
 def test_heavily_pooled_integer_is_continuous() -> None:
     s = _schooling()
     assert s.nunique() <= 20
-    assert infer_column(s, _source(), _meta()).role == "categorical"  # without a cell size: the old rule
+    assert (
+        infer_column(s, _source(), _meta()).role == "categorical"
+    )  # without a cell size: the old rule
     spec = infer_column(s, _source(), _meta(), min_cell=50)
     assert spec.role == "continuous" and spec.integer
 
@@ -42,9 +44,13 @@ def test_pooling_rule_exceptions() -> None:
     s = _schooling()
     src = _source()
     # named as a factor, stratum or panel time: stays categorical
-    assert infer_column(s, src, _meta(), min_cell=50, keep_categorical={"educ"}).role == "categorical"
+    assert (
+        infer_column(s, src, _meta(), min_cell=50, keep_categorical={"educ"}).role == "categorical"
+    )
     # labelled codes are categories whatever their counts
-    assert infer_column(s, src, _meta({"educ": {"5": "grade 5"}}), min_cell=50).role == "categorical"
+    assert (
+        infer_column(s, src, _meta({"educ": {"5": "grade 5"}}), min_cell=50).role == "categorical"
+    )
     # few values (a count of children 0..3): pooled, but not turned continuous
     kids = pd.Series(np.repeat([0, 1, 2, 3], [600, 118, 26, 3]), name="kids")
     assert infer_column(kids, src, _meta(), min_cell=50).role == "categorical"
@@ -57,7 +63,13 @@ def test_pooling_rule_exceptions() -> None:
 
 
 def test_extract_logs_the_decision(tmp_path: Path) -> None:
-    df = pd.DataFrame({"pid": np.arange(750), "educ": _schooling(), "x": np.random.default_rng(1).normal(size=750)})
+    df = pd.DataFrame(
+        {
+            "pid": np.arange(750),
+            "educ": _schooling(),
+            "x": np.random.default_rng(1).normal(size=750),
+        }
+    )
     release, _, log = release_of(df, tmp_path)
     spec = {c["name"]: c for c in release["columns"]}
     assert spec["educ"]["role"] == "continuous"
@@ -76,24 +88,44 @@ def test_extract_logs_the_decision(tmp_path: Path) -> None:
 def _spec(name: str, lt: str, role: str, integer: bool = False):
     from replisynth.io.schema import ColumnSpec
 
-    return ColumnSpec(name=name, logical_type=lt, storage_type="x", role=role, integer=integer, ordered=False,
-                      missing=0, rows=6)
+    return ColumnSpec(
+        name=name,
+        logical_type=lt,
+        storage_type="x",
+        role=role,
+        integer=integer,
+        ordered=False,
+        missing=0,
+        rows=6,
+    )
 
 
 def _clean_frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "i": [1, 2, 3, 4, 5, 6], "f": [1.0, 2.5, np.nan, 4.0, 5.0, 6.0], "fi": [1.0, 2.0, np.nan, 3.0, 4.0, 5.0],
-        "d": pd.to_datetime(["2000-01-01"] * 6), "b": [True, False, True, None, False, True],
-        "c": ["a", "b", None, "a", "b", "a"], "pid": ["x1", "x2", "x3", "x4", "x5", "x6"],
-    })
+    return pd.DataFrame(
+        {
+            "i": [1, 2, 3, 4, 5, 6],
+            "f": [1.0, 2.5, np.nan, 4.0, 5.0, 6.0],
+            "fi": [1.0, 2.0, np.nan, 3.0, 4.0, 5.0],
+            "d": pd.to_datetime(["2000-01-01"] * 6),
+            "b": [True, False, True, None, False, True],
+            "c": ["a", "b", None, "a", "b", "a"],
+            "pid": ["x1", "x2", "x3", "x4", "x5", "x6"],
+        }
+    )
 
 
 def test_released_schema_passes_exactly_when_pandera_finds_nothing() -> None:
     from replisynth.io.schema import pandera_schema, validation_summary
 
-    specs = [_spec("i", "integer", "categorical", True), _spec("f", "float", "continuous"),
-             _spec("fi", "float", "continuous", True), _spec("d", "date", "continuous"),
-             _spec("b", "boolean", "categorical"), _spec("c", "string", "categorical"), _spec("pid", "string", "id")]
+    specs = [
+        _spec("i", "integer", "categorical", True),
+        _spec("f", "float", "continuous"),
+        _spec("fi", "float", "continuous", True),
+        _spec("d", "date", "continuous"),
+        _spec("b", "boolean", "categorical"),
+        _spec("c", "string", "categorical"),
+        _spec("pid", "string", "id"),
+    ]
     schema = pandera_schema(specs, {"i": [1, 2, 3, 4, 5, 6], "c": ["a", "b"]})
     clean = _clean_frame()
     assert schema.passes(clean)

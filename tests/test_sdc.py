@@ -50,10 +50,19 @@ def planted_frame(n: int = N, seed: int = 0) -> pd.DataFrame:
     cohort[idx[10:30]] = 3  # the small checkpoint's subset: 20 rows
     d10 = np.zeros(n, dtype=int)
     d10[idx[30:40]] = 1  # a dummy with 10 ones
-    return pd.DataFrame({
-        "pid": np.arange(1, n + 1), "grp": grp, "nom": nom, "ordl": ordl, "x": x, "y": y,
-        "inc": inc, "cohort": cohort, "d10": d10,
-    })
+    return pd.DataFrame(
+        {
+            "pid": np.arange(1, n + 1),
+            "grp": grp,
+            "nom": nom,
+            "ordl": ordl,
+            "x": x,
+            "y": y,
+            "inc": inc,
+            "cohort": cohort,
+            "d10": d10,
+        }
+    )
 
 
 def planted_manifest(path: Path) -> dict[str, Any]:
@@ -62,7 +71,13 @@ def planted_manifest(path: Path) -> dict[str, Any]:
         "seed": 11,
         "sources": {"people": {"path": str(path), "ids": ["pid"], "strata": ["grp"]}},
         "checkpoints": [
-            {"tag": "small", "source": "people", "model": "ols", "formula": "y ~ x", "subset": "cohort == 3"},
+            {
+                "tag": "small",
+                "source": "people",
+                "model": "ols",
+                "formula": "y ~ x",
+                "subset": "cohort == 3",
+            },
             {"tag": "dummy", "source": "people", "model": "ols", "formula": "y ~ x + d10"},
         ],
         "verify": {"tier": 0},
@@ -97,7 +112,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         lg.setLevel(old)
     syn = cmd_synthesize(bundle, root / "syn")
     return {
-        "df": df, "raw": raw, "bundle": bundle, "records": records, "root": root,
+        "df": df,
+        "raw": raw,
+        "bundle": bundle,
+        "records": records,
+        "root": root,
         "release": read_json(bundle / "source_people.json"),
         "synthetic": pd.read_parquet(syn["people"]),
     }
@@ -120,7 +139,9 @@ def test_planted_values_absent_from_every_bundle_file(built: dict[str, Any]) -> 
         json.loads(text)  # every bundle file is JSON
 
 
-def test_planted_values_absent_from_extract_logs(built: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+def test_planted_values_absent_from_extract_logs(
+    built: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     from replisynth.workflow.cli import cmd_extract
 
     # the records captured while building, plus a second extract under caplog
@@ -181,7 +202,9 @@ def test_rare_ordinal_code_concentrated_in_one_stratum_not_released() -> None:
     ordl = rng.integers(1, 6, size=n)
     ordl[[450, 451, 452]] = RARE_CODE  # all three in stratum B (1.5% of it)
     df = pd.DataFrame({"grp": grp, "ordl": ordl, "x": rng.normal(size=n)})
-    m = load_manifest({"name": "t", "seed": 1, "sources": {"s": {"path": "x.csv", "strata": ["grp"]}}})
+    m = load_manifest(
+        {"name": "t", "seed": 1, "sources": {"s": {"path": "x.csv", "strata": ["grp"]}}}
+    )
     rel, _ = extract_source(df, FileMeta(), m, m.source("s"))
     for bid, block in rel["blocks"].items():
         mm = block["marginals"]["ordl"]
@@ -214,7 +237,9 @@ def test_trim_hides_extremes_in_a_small_stratum() -> None:
     rng = np.random.default_rng(2)
     n = 470
     df = pd.DataFrame({"grp": ["A"] * 400 + ["C"] * 70, "x": rng.normal(size=n)})
-    m = load_manifest({"name": "t", "seed": 1, "sources": {"s": {"path": "x.csv", "strata": ["grp"]}}})
+    m = load_manifest(
+        {"name": "t", "seed": 1, "sources": {"s": {"path": "x.csv", "strata": ["grp"]}}}
+    )
     rel, _ = extract_source(df, FileMeta(), m, m.source("s"))
     for bid, block in rel["blocks"].items():
         sub = df["x"] if block["key"] is None else df.loc[df["grp"] == block["key"][0], "x"]
@@ -251,7 +276,9 @@ def test_sdc_log_records_each_decision_kind(built: dict[str, Any]) -> None:
     assert find(stage="marginals", action="pooled", block="all", column="ordl")
     for col in CONTINUOUS:
         assert len(find(stage="marginals", action="trimmed", block="all", column=col)) == 1
-    assert find(stage="strata", action="local_suppression", cells=2)  # the tiny stratum, then B (linked tables)
+    assert find(
+        stage="strata", action="local_suppression", cells=2
+    )  # the tiny stratum, then B (linked tables)
     assert find(stage="strata", action="secondary_suppression", cells=1)
     assert find(stage="marginals", action="secondary_suppression", block="all", column="nom")
     assert len(find(stage="checkpoints", action="rejected", checkpoint="small")) == 1
@@ -262,7 +289,22 @@ def test_sdc_log_records_each_decision_kind(built: dict[str, Any]) -> None:
     for planted in PLANTED_TEXT:
         assert planted not in text
     # where (source, block, column, checkpoint) and how many (cells, terms, dims, pairs), never a value
-    allowed = {"stage", "action", "reason", "source", "block", "column", "checkpoint", "cells", "terms", "dims", "primary", "secondary", "pairs", "blocks"}
+    allowed = {
+        "stage",
+        "action",
+        "reason",
+        "source",
+        "block",
+        "column",
+        "checkpoint",
+        "cells",
+        "terms",
+        "dims",
+        "primary",
+        "secondary",
+        "pairs",
+        "blocks",
+    }
     for d in dec:
         assert {"stage", "action", "reason"} <= set(d) <= allowed, d
 
@@ -384,7 +426,11 @@ def test_validation_summary_has_counts_not_values(built: dict[str, Any]) -> None
 
     rel = built["release"]
     specs = [ColumnSpec.from_dict(c) for c in rel["columns"]]
-    cats = {c: m["table"]["levels"] for c, m in rel["blocks"]["all"]["marginals"].items() if m["kind"] == "categorical"}
+    cats = {
+        c: m["table"]["levels"]
+        for c, m in rel["blocks"]["all"]["marginals"].items()
+        if m["kind"] == "categorical"
+    }
     df = built["synthetic"].copy()
     schema = pandera_schema(specs, cats)
     assert validation_summary(schema, df) == []

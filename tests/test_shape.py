@@ -40,7 +40,10 @@ def test_tilt_reaches_feasible_targets(lo: float, hi: float) -> None:
     assert res.feasible and res.fraction == 1.0
     np.testing.assert_allclose(a.T @ res.weights, T, rtol=1e-8)
     np.testing.assert_allclose(res.reached, 1.0, atol=1e-8)
-    assert WEIGHT_BOUNDS[0] - 1e-12 <= res.weights.min() and res.weights.max() <= WEIGHT_BOUNDS[1] + 1e-12
+    assert (
+        WEIGHT_BOUNDS[0] - 1e-12 <= res.weights.min()
+        and res.weights.max() <= WEIGHT_BOUNDS[1] + 1e-12
+    )
     # exponential family: log w = u' lambda wherever no bound binds (u = a / column means)
     inside = (res.weights > WEIGHT_BOUNDS[0] * 1.001) & (res.weights < WEIGHT_BOUNDS[1] * 0.999)
     u = a / a.mean(axis=0)
@@ -80,7 +83,10 @@ def test_tilt_reports_targets_beyond_the_weight_bounds() -> None:
     after = np.abs(np.log(res.reached))
     assert np.all(after <= before + 1e-9)
     np.testing.assert_allclose(np.log(res.reached), (1 - res.fraction) * np.log(F / T), atol=1e-6)
-    assert res.weights.min() >= WEIGHT_BOUNDS[0] - 1e-12 and res.weights.max() <= WEIGHT_BOUNDS[1] + 1e-12
+    assert (
+        res.weights.min() >= WEIGHT_BOUNDS[0] - 1e-12
+        and res.weights.max() <= WEIGHT_BOUNDS[1] + 1e-12
+    )
     # with the box widened the same targets are reachable: the bound was what bound
     assert tilt(a, T, bounds=(1e-3, 1e3)).feasible
 
@@ -108,7 +114,16 @@ def _hetero(n: int, seed: int, hetero: bool = True) -> pd.DataFrame:
     d = rng.binomial(1, 0.3, n)
     sd = np.sqrt(np.exp(1.2 * x1) * (1 + 2 * d)) if hetero else np.sqrt(1.9)
     y = 1 + 0.5 * x1 - 0.3 * x2 + 0.4 * d + 0.2 * x1 * d + sd * rng.normal(size=n)
-    return pd.DataFrame({"y": y, "x1": x1, "x2": x2, "d": d, "w": rng.uniform(0.5, 2.0, n), "g": rng.integers(0, 60, n)})
+    return pd.DataFrame(
+        {
+            "y": y,
+            "x1": x1,
+            "x2": x2,
+            "d": d,
+            "w": rng.uniform(0.5, 2.0, n),
+            "g": rng.integers(0, 60, n),
+        }
+    )
 
 
 @pytest.mark.parametrize("vcov", ["HC0", "HC1", "HC2", "HC3", "cluster"])
@@ -121,13 +136,19 @@ def test_sandwich_contributions_sum_to_statsmodels(vcov: str, weighted: bool) ->
     X = sm.add_constant(df[["x1", "x2", "d"]].to_numpy())
     w = df["w"].to_numpy() if weighted else None
     mod = sm.WLS(df["y"], X, weights=w) if weighted else sm.OLS(df["y"], X)
-    res = mod.fit(cov_type="cluster", cov_kwds={"groups": df["g"]}) if vcov == "cluster" else mod.fit(cov_type=vcov)
+    res = (
+        mod.fit(cov_type="cluster", cov_kwds={"groups": df["g"]})
+        if vcov == "cluster"
+        else mod.fit(cov_type=vcov)
+    )
     W = np.ones(len(df)) if w is None else w
     A = np.linalg.solve((X * W[:, None]).T @ X, (X * W[:, None]).T)
     e = df["y"].to_numpy() - X @ A @ df["y"].to_numpy()
     n, k = X.shape
     p = {"HC2": 1, "HC3": 2}.get(vcov, 0)
-    a = sandwich_contributions(A, e, df["g"].to_numpy() if vcov == "cluster" else None, p, leverage(X, w) if p else None)
+    a = sandwich_contributions(
+        A, e, df["g"].to_numpy() if vcov == "cluster" else None, p, leverage(X, w) if p else None
+    )
     G = df["g"].nunique()
     const = {"HC1": n / (n - k), "cluster": G / (G - 1) * (n - 1) / (n - k)}.get(vcov, 1.0)
     np.testing.assert_allclose(const * a.sum(axis=0), np.asarray(res.bse) ** 2, rtol=1e-10)
@@ -141,7 +162,9 @@ def _cp(tag: str, model: str, formula: str, **kw: Any) -> Checkpoint:
     return Checkpoint(tag=tag, source="people", model=model, formula=formula, **kw)
 
 
-def _ratios_and_gaps(se: np.ndarray, beta: np.ndarray, terms: list[str], rel: dict[str, Any]) -> tuple[np.ndarray, float]:
+def _ratios_and_gaps(
+    se: np.ndarray, beta: np.ndarray, terms: list[str], rel: dict[str, Any]
+) -> tuple[np.ndarray, float]:
     """(SE_synthetic / SE_target per released term, max |dbeta| / SE_target)."""
     pos = {t: j for j, t in enumerate(terms)}
     r, g = [], []
@@ -216,7 +239,9 @@ def test_unreachable_ses_are_reported_not_forced() -> None:
     frames, results = pin_checkpoints({"people": synthetic}, [rel])
     rep = results[0].detail["se_shape"]["hc1"]
     assert not rep["feasible"] and "not reachable" in results[0].note
-    assert WEIGHT_BOUNDS[0] * (1 - 1e-9) <= rep["weight_min"] and rep["weight_max"] <= WEIGHT_BOUNDS[1] * (1 + 1e-9)
+    assert WEIGHT_BOUNDS[0] * (1 - 1e-9) <= rep["weight_min"] and rep[
+        "weight_max"
+    ] <= WEIGHT_BOUNDS[1] * (1 + 1e-9)
     se, b, terms = _sm_fit(frames["people"], cp)
     r, gap = _ratios_and_gaps(se, b, terms, rel)
     assert gap <= PIN_TOL
@@ -238,7 +263,9 @@ def _cluster_panel(entities: int, periods: int, seed: int, slopes: bool) -> pd.D
     b = rng.normal(scale=0.6, size=entities)[ent] if slopes else 0.0
     u = rng.normal(scale=1.0 if slopes else 1.2, size=n)
     y = 0.5 * x1 - 0.3 * x2 + a + b * x1 + u
-    return pd.DataFrame({"y": y, "x1": x1, "x2": x2, "ent": ent, "yr": np.tile(np.arange(periods), entities)})
+    return pd.DataFrame(
+        {"y": y, "x1": x1, "x2": x2, "ent": ent, "yr": np.tile(np.arange(periods), entities)}
+    )
 
 
 @pytest.mark.parametrize("absorb", [("ent",), ("ent", "yr")], ids=["one_way", "two_way"])
@@ -253,7 +280,9 @@ def test_fe_clustered_shaped_ses_match_linearmodels(absorb: tuple[str, ...]) -> 
     def lm(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
         exog = df[["x1", "x2"]].assign(Intercept=1.0)[["Intercept", "x1", "x2"]]
         cats = pd.DataFrame({c: pd.Categorical(df[c]) for c in absorb})
-        res = AbsorbingLS(df["y"], exog, absorb=cats).fit(cov_type="clustered", clusters=df["ent"].to_numpy(), debiased=True)
+        res = AbsorbingLS(df["y"], exog, absorb=cats).fit(
+            cov_type="clustered", clusters=df["ent"].to_numpy(), debiased=True
+        )
         return np.asarray(res.std_errors), np.asarray(res.params), list(res.params.index)
 
     r0, _ = _ratios_and_gaps(*lm(synthetic), rel)
@@ -287,8 +316,14 @@ def test_iv_hc1_shaped_ses_match_linearmodels() -> None:
     synthetic = _iv_data(2600, 1, False)
 
     def lm(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        res = IV2SLS.from_formula("y ~ 1 + x1 + [xe ~ z1 + z2]", df).fit(cov_type="robust", debiased=True)
-        return np.asarray(res.std_errors), np.asarray(res.params), ["Intercept", *list(res.params.index[1:])]
+        res = IV2SLS.from_formula("y ~ 1 + x1 + [xe ~ z1 + z2]", df).fit(
+            cov_type="robust", debiased=True
+        )
+        return (
+            np.asarray(res.std_errors),
+            np.asarray(res.params),
+            ["Intercept", *list(res.params.index[1:])],
+        )
 
     r0, _ = _ratios_and_gaps(*lm(synthetic), rel)
     assert np.max(np.abs(np.log(r0))) > np.log(1.25), r0

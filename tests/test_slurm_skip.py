@@ -15,7 +15,9 @@ def test_missing_cluster_skips_with_reason(monkeypatch):
 
 def test_missing_cluster_fails_where_required(monkeypatch):
     monkeypatch.setenv("REPLISYNTH_REQUIRE_SLURM", "1")
-    with pytest.raises(pytest.fail.Exception, match="REPLISYNTH_REQUIRE_SLURM=1 but no Slurm cluster: no apt"):
+    with pytest.raises(
+        pytest.fail.Exception, match="REPLISYNTH_REQUIRE_SLURM=1 but no Slurm cluster: no apt"
+    ):
         test_slurm._unavailable("no apt")
 
 

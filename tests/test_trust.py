@@ -49,8 +49,19 @@ def _planned(work: Path, manifest: Path) -> set[str]:
     return jobs
 
 
-OUTSIDE = {"sample_copula/a", "sample_copula/b", "pin_checkpoints/a", "pin_checkpoints/b", "export_csv/a",
-           "export_csv/b", "synthetic_readme", "verify_tiers", "render_report", "check_tier", "all"}
+OUTSIDE = {
+    "sample_copula/a",
+    "sample_copula/b",
+    "pin_checkpoints/a",
+    "pin_checkpoints/b",
+    "export_csv/a",
+    "export_csv/b",
+    "synthetic_readme",
+    "verify_tiers",
+    "render_report",
+    "check_tier",
+    "all",
+}
 
 
 def _edited(base: dict, edit) -> dict:
@@ -64,12 +75,20 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
     work = _checkout(tmp_path / "w", with_data=False)
     make_people(500, seed=11).to_csv(work / "a.csv", index=False)
     make_people(420, seed=12).drop(columns=["income"]).to_csv(work / "b.csv", index=False)
-    base = {"name": "edits", "seed": 7,
-            "sources": {"a": {"path": "a.csv", "ids": ["pid"], "strata": ["female"]}, "b": {"path": "b.csv", "ids": ["pid"]}},
-            "sdc": {"profile": "standard", "min_cell_size": 20},
-            "checkpoints": [{"tag": "ya", "source": "a", "model": "ols", "formula": "y ~ x1 + x2 + female"},
-                            {"tag": "yb", "source": "b", "model": "ols", "formula": "y ~ x1 + C(region)"}],
-            "verify": {"tier": 3}}
+    base = {
+        "name": "edits",
+        "seed": 7,
+        "sources": {
+            "a": {"path": "a.csv", "ids": ["pid"], "strata": ["female"]},
+            "b": {"path": "b.csv", "ids": ["pid"]},
+        },
+        "sdc": {"profile": "standard", "min_cell_size": 20},
+        "checkpoints": [
+            {"tag": "ya", "source": "a", "model": "ols", "formula": "y ~ x1 + x2 + female"},
+            {"tag": "yb", "source": "b", "model": "ols", "formula": "y ~ x1 + C(region)"},
+        ],
+        "verify": {"tier": 3},
+    }
     m0 = tmp_path / "m0.yaml"
     m0.write_text(yaml.safe_dump(base))
     r = _smk(work, "--cores", "2", "--configfile", str(m0))
@@ -80,13 +99,22 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
         "seed": (lambda m: m.update(seed=8), bundle_only),
         "rows": (lambda m: m["sources"]["a"].update(rows=650), bundle_only),
         "tier": (lambda m: m["verify"].update(tier=4), bundle_only),
-        "sdc key": (lambda m: m["sdc"].update(min_cell_size=25),
-                    {"extract_source/a", "extract_source/b", "extract_checkpoints"} | bundle_only),
-        "profile": (lambda m: m["sdc"].update(profile="strict"),
-                    {"extract_source/a", "extract_source/b", "extract_checkpoints"} | bundle_only),
-        "formula": (lambda m: m["checkpoints"][1].update(formula="y ~ x1 + x2 + C(region)"),
-                    {"extract_source/b", "extract_checkpoints"} | bundle_only),
-        "strata": (lambda m: m["sources"]["b"].update(strata=["region"]), {"extract_source/b"} | bundle_only),
+        "sdc key": (
+            lambda m: m["sdc"].update(min_cell_size=25),
+            {"extract_source/a", "extract_source/b", "extract_checkpoints"} | bundle_only,
+        ),
+        "profile": (
+            lambda m: m["sdc"].update(profile="strict"),
+            {"extract_source/a", "extract_source/b", "extract_checkpoints"} | bundle_only,
+        ),
+        "formula": (
+            lambda m: m["checkpoints"][1].update(formula="y ~ x1 + x2 + C(region)"),
+            {"extract_source/b", "extract_checkpoints"} | bundle_only,
+        ),
+        "strata": (
+            lambda m: m["sources"]["b"].update(strata=["region"]),
+            {"extract_source/b"} | bundle_only,
+        ),
     }
     for name, (edit, expected) in cases.items():
         p = tmp_path / f"m_{name.replace(' ', '_')}.yaml"
@@ -107,8 +135,16 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
     r = _smk(clean, "--cores", "2", "--configfile", str(m1))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res, ref = work / "results" / "edits", clean / "results" / "edits"
-    files = sorted(str(p.relative_to(ref)) for d in ("bundle", "synthetic") for p in (ref / d).iterdir())
-    assert files and sorted(str(p.relative_to(res)) for d in ("bundle", "synthetic") for p in (res / d).iterdir()) == files
+    files = sorted(
+        str(p.relative_to(ref)) for d in ("bundle", "synthetic") for p in (ref / d).iterdir()
+    )
+    assert (
+        files
+        and sorted(
+            str(p.relative_to(res)) for d in ("bundle", "synthetic") for p in (res / d).iterdir()
+        )
+        == files
+    )
     for f in [*files, "verify/tiers.json"]:
         assert (res / f).read_bytes() == (ref / f).read_bytes(), f
 
@@ -151,19 +187,40 @@ def test_all_rejected_checkpoints_claim_no_tier_4(tmp_path, capsys, tier):
     """Every checkpoint rejected by SDC (a sample below min_cell_size): tier 4 is not
     claimed, the rejection and its reason are in the certificate and the report."""
     path = _people(tmp_path, 400, seed=4)
-    man = {"name": "rej", "seed": 3, "sources": {"d": {"path": path, "ids": ["pid"]}},
-           "checkpoints": [{"tag": "old_only", "source": "d", "model": "ols", "formula": "y ~ x1", "subset": "age >= 64"}],
-           "verify": {"tier": tier}}
+    man = {
+        "name": "rej",
+        "seed": 3,
+        "sources": {"d": {"path": path, "ids": ["pid"]}},
+        "checkpoints": [
+            {
+                "tag": "old_only",
+                "source": "d",
+                "model": "ols",
+                "formula": "y ~ x1",
+                "subset": "age >= 64",
+            }
+        ],
+        "verify": {"tier": tier},
+    }
     rc, res = _run_cli(tmp_path, man)
     tiers = json.loads((res / "verify" / "tiers.json").read_text())
     cert = (res / "verify" / "certificate.txt").read_text()
     html = (res / "verify" / "report.html").read_text()
     assert tiers["checkpoints"]["old_only"]["status"] == "rejected"
     assert tiers["tier_met"] == 3 and tiers["sources"]["d"]["checkpoints"]["passed"] is False
-    assert "met fidelity tier 3" in cert and "met fidelity tier 4" not in cert and "tier 4 is not claimed" in cert
-    assert "Rejected by disclosure control and not verified: old_only (sample below min_cell_size=" in cert
+    assert (
+        "met fidelity tier 3" in cert
+        and "met fidelity tier 4" not in cert
+        and "tier 4 is not claimed" in cert
+    )
+    assert (
+        "Rejected by disclosure control and not verified: old_only (sample below min_cell_size="
+        in cert
+    )
     assert "rejected by disclosure control: old_only" in html
-    assert ("FAILED — fidelity tier met: 3" if tier == 4 else "PASSED — fidelity tier met: 3") in html
+    assert (
+        "FAILED — fidelity tier met: 3" if tier == 4 else "PASSED — fidelity tier met: 3"
+    ) in html
     assert rc == (EXIT_TIER_MISSED if tier == 4 else 0)
     if tier == 4:
         assert "old_only: rejected by disclosure control" in capsys.readouterr().err
@@ -171,10 +228,22 @@ def test_all_rejected_checkpoints_claim_no_tier_4(tmp_path, capsys, tier):
 
 def test_one_verified_checkpoint_claims_tier_4_and_lists_the_rejected(tmp_path):
     path = _people(tmp_path, 600, seed=5)
-    man = {"name": "mix", "seed": 4, "sources": {"d": {"path": path, "ids": ["pid"]}},
-           "checkpoints": [{"tag": "full", "source": "d", "model": "ols", "formula": "y ~ x1 + x2"},
-                           {"tag": "tiny", "source": "d", "model": "ols", "formula": "y ~ x1", "subset": "age >= 64"}],
-           "verify": {"tier": 4}}
+    man = {
+        "name": "mix",
+        "seed": 4,
+        "sources": {"d": {"path": path, "ids": ["pid"]}},
+        "checkpoints": [
+            {"tag": "full", "source": "d", "model": "ols", "formula": "y ~ x1 + x2"},
+            {
+                "tag": "tiny",
+                "source": "d",
+                "model": "ols",
+                "formula": "y ~ x1",
+                "subset": "age >= 64",
+            },
+        ],
+        "verify": {"tier": 4},
+    }
     rc, res = _run_cli(tmp_path, man)
     cert = (res / "verify" / "certificate.txt").read_text()
     assert rc == 0 and "met fidelity tier 4" in cert and "not verified: tiny (" in cert
@@ -184,8 +253,13 @@ def test_synthetic_files_say_synthetic_and_carry_no_information(tmp_path):
     """The .dta data label, the parquet metadata, README.txt and the certificate; with
     `rows` above the original N, that more rows add no information."""
     path = _people(tmp_path, 300, seed=8, name="d.dta")
-    man = {"name": "lab", "seed": 9, "sources": {"d": {"path": path, "ids": ["pid"], "rows": 450}},
-           "checkpoints": [], "verify": {"tier": 3}}
+    man = {
+        "name": "lab",
+        "seed": 9,
+        "sources": {"d": {"path": path, "ids": ["pid"], "rows": 450}},
+        "checkpoints": [],
+        "verify": {"tier": 3},
+    }
     rc, res = _run_cli(tmp_path, man)
     assert rc == 0
     syn = res / "synthetic"
@@ -227,19 +301,39 @@ def _one_line(capsys) -> str:
 def _boom(exc: BaseException):
     def stage(*a, **k):
         raise exc
+
     return stage
 
 
-@pytest.mark.parametrize("exc, code, words", [
-    (RuntimeError("secret value 123.456 in the message"), EXIT_INTERNAL, "internal error (RuntimeError)"),
-    (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
-    (OSError(errno.ENOSPC, "No space left on device", "res/x/extract/d.release.json"), EXIT_BAD_INPUT, "free disk space"),
-    (PermissionError(errno.EACCES, "Permission denied", "res/x"), EXIT_BAD_INPUT, "check the permissions"),
-])
+@pytest.mark.parametrize(
+    "exc, code, words",
+    [
+        (
+            RuntimeError("secret value 123.456 in the message"),
+            EXIT_INTERNAL,
+            "internal error (RuntimeError)",
+        ),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "res/x/extract/d.release.json"),
+            EXIT_BAD_INPUT,
+            "free disk space",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "res/x"),
+            EXIT_BAD_INPUT,
+            "check the permissions",
+        ),
+    ],
+)
 def test_exit_codes_and_one_line(tmp_path, capsys, monkeypatch, exc, code, words):
     path = _people(tmp_path, 200, seed=1)
     monkeypatch.setattr(pipeline, "stage_extract_source", _boom(exc))
-    rc, _ = _run_cli(tmp_path, {"name": "x", "seed": 1, "sources": {"d": {"path": path, "ids": ["pid"]}}}, "extract")
+    rc, _ = _run_cli(
+        tmp_path,
+        {"name": "x", "seed": 1, "sources": {"d": {"path": path, "ids": ["pid"]}}},
+        "extract",
+    )
     line = _one_line(capsys)
     assert rc == code and words in line
     assert "123.456" not in line  # an unexpected exception's message could quote data: never shown
@@ -248,9 +342,18 @@ def test_exit_codes_and_one_line(tmp_path, capsys, monkeypatch, exc, code, words
 def test_results_folder_is_a_file(tmp_path, capsys):
     path = _people(tmp_path, 200, seed=2)
     (tmp_path / "res").write_text("not a folder")
-    rc, _ = _run_cli(tmp_path, {"name": "x", "seed": 1, "sources": {"d": {"path": path, "ids": ["pid"]}}}, "extract")
+    rc, _ = _run_cli(
+        tmp_path,
+        {"name": "x", "seed": 1, "sources": {"d": {"path": path, "ids": ["pid"]}}},
+        "extract",
+    )
     line = _one_line(capsys)
-    assert rc == EXIT_BAD_INPUT and "res" in line and "not a folder" in line.lower() or "Not a directory" in line
+    assert (
+        rc == EXIT_BAD_INPUT
+        and "res" in line
+        and "not a folder" in line.lower()
+        or "Not a directory" in line
+    )
 
 
 def test_verify_before_synthesize(tmp_path, capsys):
@@ -260,7 +363,9 @@ def test_verify_before_synthesize(tmp_path, capsys):
     capsys.readouterr()
     rc, _ = _run_cli(tmp_path, man, "verify")
     line = _one_line(capsys)
-    assert rc == EXIT_BAD_INPUT and "d.parquet is missing" in line and "replisynth synthesize" in line
+    assert (
+        rc == EXIT_BAD_INPUT and "d.parquet is missing" in line and "replisynth synthesize" in line
+    )
 
 
 @pytest.mark.parametrize("kind", ["folder", "binary", "duplicate key"])
@@ -275,7 +380,11 @@ def test_bad_manifest_file(tmp_path, capsys, kind):
     rc = main(["extract", str(p), "--results", str(tmp_path / "res")])
     line = _one_line(capsys)
     assert rc == EXIT_BAD_INPUT and str(p) in line
-    assert {"folder": "is a folder", "binary": "not a text file", "duplicate key": "key 'seed' is given twice"}[kind] in line
+    assert {
+        "folder": "is a folder",
+        "binary": "not a text file",
+        "duplicate key": "key 'seed' is given twice",
+    }[kind] in line
 
 
 def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
@@ -287,7 +396,10 @@ def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
     base = make_people(n, seed=len(kind))
     name = "d.csv"
     if kind == "timezone":
-        base["stamp"], name = pd.date_range("2021-01-01", periods=n, freq="h", tz="Europe/Berlin"), "d.parquet"
+        base["stamp"], name = (
+            pd.date_range("2021-01-01", periods=n, freq="h", tz="Europe/Berlin"),
+            "d.parquet",
+        )
         words = "column 'stamp' is a timezone-aware timestamp"
     elif kind == "lists":
         base["basket"], name = [[1, 2]] * n, "d.parquet"
@@ -327,13 +439,32 @@ def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
         words = "vcov cluster:site needs at least 2 clusters"
     path = tmp_path / name
     base.to_parquet(path) if name.endswith(".parquet") else base.to_csv(path, index=False)
-    man = {"name": "bad", "seed": 1, "sources": {"d": {"path": str(path), **src}}, "checkpoints": [cp], "verify": {"tier": 3}}
+    man = {
+        "name": "bad",
+        "seed": 1,
+        "sources": {"d": {"path": str(path), **src}},
+        "checkpoints": [cp],
+        "verify": {"tier": 3},
+    }
     return man, words
 
 
-@pytest.mark.parametrize("kind", ["timezone", "lists", "numbers as text", "continuous strata", "panel duplicates",
-                                  "outcome on both sides", "negative weights", "text weights", "zero weights",
-                                  "single cluster", "single cluster logit"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "timezone",
+        "lists",
+        "numbers as text",
+        "continuous strata",
+        "panel duplicates",
+        "outcome on both sides",
+        "negative weights",
+        "text weights",
+        "zero weights",
+        "single cluster",
+        "single cluster logit",
+    ],
+)
 def test_bad_input_is_one_line_before_any_synthetic_file(tmp_path, capsys, kind):
     man, words = _bad(kind, tmp_path)
     rc, res = _run_cli(tmp_path, man)
@@ -348,15 +479,25 @@ def test_emptied_column_warns(tmp_path, caplog):
     n = 300
     df = make_people(n, seed=4).assign(code=[f"c{i:03d}" for i in range(n)])
     df.to_csv(tmp_path / "d.csv", index=False)
-    man = {"name": "empt", "seed": 2, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "categorical": ["code"]}},
-           "verify": {"tier": 3}}
+    man = {
+        "name": "empt",
+        "seed": 2,
+        "sources": {
+            "d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "categorical": ["code"]}
+        },
+        "verify": {"tier": 3},
+    }
     with caplog.at_level(logging.WARNING, logger="replisynth"):
         rc, _ = _run_cli(tmp_path, man, "extract")
     assert rc == 0
-    assert any("column 'code' has values but releases nothing" in r.getMessage() for r in caplog.records)
+    assert any(
+        "column 'code' has values but releases nothing" in r.getMessage() for r in caplog.records
+    )
 
 
-def test_internal_error_in_a_job_keeps_its_traceback_in_the_log_without_its_message(tmp_path, capsys):
+def test_internal_error_in_a_job_keeps_its_traceback_in_the_log_without_its_message(
+    tmp_path, capsys
+):
     from replisynth.workflow.runner import run
 
     value = "".join(["Ja", "ne Doe 1961"])  # a data value the exception quotes
@@ -369,7 +510,9 @@ def test_internal_error_in_a_job_keeps_its_traceback_in_the_log_without_its_mess
         run(str(log), stage)
     assert e.value.code == EXIT_INTERNAL
     err, text = capsys.readouterr().err, log.read_text()
-    assert err.count("replisynth:") == 1 and "internal error (ValueError)" in err and str(log) in err
+    assert (
+        err.count("replisynth:") == 1 and "internal error (ValueError)" in err and str(log) in err
+    )
     assert "Traceback" not in err and "in stage" in text and "ValueError" in text
     assert "Jane" not in err + text
 
@@ -381,8 +524,14 @@ def test_failing_job_and_duplicate_key_show_one_line(tmp_path):
     keep the last value)."""
     work = _checkout(tmp_path / "w", with_data=False)
     make_people(300, seed=21).assign(w="heavy").to_csv(work / "d.csv", index=False)
-    man = {"name": "fails", "seed": 2, "sources": {"d": {"path": "d.csv", "ids": ["pid"]}},
-           "checkpoints": [{"tag": "t", "source": "d", "model": "ols", "formula": "y ~ x1", "weights": "w"}]}
+    man = {
+        "name": "fails",
+        "seed": 2,
+        "sources": {"d": {"path": "d.csv", "ids": ["pid"]}},
+        "checkpoints": [
+            {"tag": "t", "source": "d", "model": "ols", "formula": "y ~ x1", "weights": "w"}
+        ],
+    }
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(man))
     r = _smk(work, "--cores", "2", "--configfile", str(tmp_path / "m.yaml"))
     out = r.stdout + r.stderr
@@ -392,4 +541,8 @@ def test_failing_job_and_duplicate_key_show_one_line(tmp_path):
     text = (tmp_path / "m.yaml").read_text() + "seed: 3\n"
     (tmp_path / "dup.yaml").write_text(text)
     r = _smk(work, "-n", "--cores", "1", "--configfile", str(tmp_path / "dup.yaml"))
-    assert r.returncode == EXIT_BAD_INPUT and "key 'seed' is given twice" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == EXIT_BAD_INPUT
+        and "key 'seed' is given twice" in r.stderr
+        and "Traceback" not in r.stderr
+    )

@@ -45,7 +45,9 @@ def test_ks_mixture_matches_scipy() -> None:
     g1 = _strict_grid(0)
     g2 = _strict_grid(1) + 4.0
     rng = np.random.default_rng(7)
-    v = np.concatenate([quantile_function(g1, rng.random(700)), quantile_function(g2, rng.random(300))])
+    v = np.concatenate(
+        [quantile_function(g1, rng.random(700)), quantile_function(g2, rng.random(300))]
+    )
     D, p = ks_test(v, [(700.0, g1), (300.0, g2)], integer=False)
     ref = stats.kstest(v, lambda x: 0.7 * grid_cdf(g1, x) + 0.3 * grid_cdf(g2, x), method="exact")
     assert D == pytest.approx(ref.statistic, abs=1e-9)
@@ -110,11 +112,18 @@ def test_ks_integer_grid_with_plateaus() -> None:
     """Count data: the grid itself sits on integers with flat stretches."""
     g = quantile_grid(np.random.default_rng(0).poisson(3, 20000).astype(float), 1)
     assert np.all(g == np.round(g)) and len(np.unique(g)) < 15
-    ps = [ks_test(np.round(quantile_function(g, np.random.default_rng(s).random(3000))), [(1.0, g)], True)[1] for s in range(10)]
+    ps = [
+        ks_test(
+            np.round(quantile_function(g, np.random.default_rng(s).random(3000))), [(1.0, g)], True
+        )[1]
+        for s in range(10)
+    ]
     assert min(ps) > 0.05
     D, p = ks_test(exact_quantile_sample(g, 3000, integer=True), [(1.0, g)], True)
     assert D < 1e-9 and p == pytest.approx(1.0)
-    D, p = ks_test(np.round(quantile_function(g, np.random.default_rng(1).random(3000))) + 1, [(1.0, g)], True)
+    D, p = ks_test(
+        np.round(quantile_function(g, np.random.default_rng(1).random(3000))) + 1, [(1.0, g)], True
+    )
     assert p < 1e-10
 
 
@@ -124,7 +133,10 @@ def test_ks_interior_atom() -> None:
     d[np.random.default_rng(3).random(20000) < 0.2] = 0.5
     g = quantile_grid(d, 1)
     assert (g == 0.5).sum() >= 15
-    ps = [ks_test(quantile_function(g, np.random.default_rng(s).random(3000)), [(1.0, g)], False)[1] for s in range(10)]
+    ps = [
+        ks_test(quantile_function(g, np.random.default_rng(s).random(3000)), [(1.0, g)], False)[1]
+        for s in range(10)
+    ]
     assert min(ps) > 0.01
     D, _ = ks_test(exact_quantile_sample(g, 3000, integer=False), [(1.0, g)], False)
     assert D <= 0.5 / 3000 + 1e-12
@@ -216,7 +228,10 @@ def _ks_reference(values: np.ndarray, components: list, integer: bool) -> float:
     last = np.append(first[1:], n)
     cdfs = [grid_cdf(np.asarray(g, dtype="float64"), uniq, integer) for _, g in components]
     Fu = sum(w * c for w, c in zip(ws, cdfs, strict=True))
-    Flu = sum(w * left(np.asarray(g, dtype="float64"), uniq, c) for w, c, (_, g) in zip(ws, cdfs, components, strict=True))
+    Flu = sum(
+        w * left(np.asarray(g, dtype="float64"), uniq, c)
+        for w, c, (_, g) in zip(ws, cdfs, components, strict=True)
+    )
     return float(max(np.max(last / n - Fu), np.max(Flu - first / n), 0.0))
 
 
@@ -240,9 +255,15 @@ def test_ks_fast_path_is_bit_identical_to_the_direct_formulation(seed: int) -> N
             comps = [(float(rng.integers(1, 1000)), grids[(seed + j) % 3]) for j in range(k)]
             # values from the grids (hitting grid points and atoms exactly), rounded, and off
             # the support on both sides
-            v = np.concatenate([quantile_function(comps[0][1], rng.random(n)), rng.choice(comps[-1][1], n // 3),
-                                np.round(quantile_function(comps[-1][1], rng.random(n // 4))),
-                                comps[0][1][0] - rng.random(5), comps[0][1][-1] + rng.random(5)])
+            v = np.concatenate(
+                [
+                    quantile_function(comps[0][1], rng.random(n)),
+                    rng.choice(comps[-1][1], n // 3),
+                    np.round(quantile_function(comps[-1][1], rng.random(n // 4))),
+                    comps[0][1][0] - rng.random(5),
+                    comps[0][1][-1] + rng.random(5),
+                ]
+            )
             D, _ = ks_test(v, comps, integer)
             assert D == _ks_reference(v, comps, integer)
         xs = np.sort(np.concatenate([rng.normal(10, 8, n), grids[seed % 3], grids[1]]))
@@ -264,7 +285,9 @@ def test_verdict_does_not_depend_on_the_thread_count(tmp_path) -> None:
     p = tmp_path / "people.csv"
     make_people(3000, seed=5).to_csv(p, index=False)
     raw = manifest_for(p, strata=["female"], categorical=["region"])
-    raw["checkpoints"] = [{"tag": "m", "source": "people", "formula": "y ~ x1 + age", "model": "ols"}]
+    raw["checkpoints"] = [
+        {"tag": "m", "source": "people", "formula": "y ~ x1 + age", "model": "ols"}
+    ]
     tiers = run_pipeline(raw, tmp_path / "out")
     assert len(tiers["sources"]["people"]["strata"]["strata"]) >= 2
     root = tmp_path / "out" / "t"

@@ -34,9 +34,14 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     assert tiers["tier_met"] == 4 and tiers["passed"]
     for tag in ("fe_wage", "re_wage", "fe_hours"):
         c = tiers["checkpoints"][tag]
-        assert c["max_dbeta_se"] < 1e-6 and c["max_dbeta_se_target"] < 1e-6, (tag, c["max_dbeta_se"])
+        assert c["max_dbeta_se"] < 1e-6 and c["max_dbeta_se_target"] < 1e-6, (
+            tag,
+            c["max_dbeta_se"],
+        )
     syn = pd.read_parquet(inside / "results" / "wage_panel" / "synthetic" / "wages.parquet")
-    assert syn.groupby("nr")["year"].nunique().eq(syn.groupby("nr").size()).all()  # distinct years per man
+    assert (
+        syn.groupby("nr")["year"].nunique().eq(syn.groupby("nr").size()).all()
+    )  # distinct years per man
     assert syn["nr"].nunique() == 545
     # Entity structure (replisynth.synthesize.entities): time-invariant columns constant within a man,
     # married keeps its within-man share of variance (original 0.43; random assignment 0.89),
@@ -50,8 +55,12 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     # top/bottom coded (a man whose exper would pass the released maximum stays there), and
     # married is persistent (original within lag-1 0.47; 0.16 with i.i.d. within parts; 0.30
     # when exper was continuous and its dim not tied to the period's).
-    grid = json.loads((inside / "results" / "wage_panel" / "bundle" / "source_wages.json").read_text())["blocks"]["all"]["marginals"]["exper"]["grid"]
-    assert grid[-1] - grid[0] > 11  # exper is continuous (the spread rule applies to panels), not pooled at 12
+    grid = json.loads(
+        (inside / "results" / "wage_panel" / "bundle" / "source_wages.json").read_text()
+    )["blocks"]["all"]["marginals"]["exper"]["grid"]
+    assert (
+        grid[-1] - grid[0] > 11
+    )  # exper is continuous (the spread rule applies to panels), not pooled at 12
     d = syn["exper"].astype(float) - syn["year"].astype(float)
     inner = syn.groupby("nr")["exper"].agg(lambda v: v.min() > grid[0] and v.max() < grid[-1])
     assert (d.groupby(syn["nr"]).nunique()[inner] == 1).all() and inner.mean() > 0.5
@@ -61,8 +70,16 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     ok = prev.notna()
     lag1 = float((w[ok] * prev[ok]).sum() / ((w[ok] ** 2).sum() * (prev[ok] ** 2).sum()) ** 0.5)
     assert lag1 > 0.35, lag1
-    ratios = {tag: {t["term"]: t["se_ratio"] for t in tiers["checkpoints"][tag]["terms"]} for tag in ("fe_wage", "re_wage", "fe_hours")}
-    assert all(0.8 <= ratios[tag][t] <= 1.25 for tag in ("fe_wage", "fe_hours") for t in ratios[tag] if t != "Intercept"), ratios
+    ratios = {
+        tag: {t["term"]: t["se_ratio"] for t in tiers["checkpoints"][tag]["terms"]}
+        for tag in ("fe_wage", "re_wage", "fe_hours")
+    }
+    assert all(
+        0.8 <= ratios[tag][t] <= 1.25
+        for tag in ("fe_wage", "fe_hours")
+        for t in ratios[tag]
+        if t != "Intercept"
+    ), ratios
     # re: experience terms and the intercept carry the cost of exper's top/bottom coding (exper
     # is released as continuous, integer-rounded percentiles trimmed at 1%: 1..14; as a
     # category it was pooled at 12, ratios 1.58 / 1.81): the original data with exper clipped
@@ -71,11 +88,23 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
     from conftest import REPO, refit_terms
 
     bundle = inside / "results" / "wage_panel" / "bundle"
-    rel = next(c for c in json.loads((bundle / "checkpoints.json").read_text())["checkpoints"] if c["tag"] == "re_wage")
-    grid = json.loads((bundle / "source_wages.json").read_text())["blocks"]["all"]["marginals"]["exper"]["grid"]
+    rel = next(
+        c
+        for c in json.loads((bundle / "checkpoints.json").read_text())["checkpoints"]
+        if c["tag"] == "re_wage"
+    )
+    grid = json.loads((bundle / "source_wages.json").read_text())["blocks"]["all"]["marginals"][
+        "exper"
+    ]["grid"]
     orig = pd.read_csv(REPO / "data" / "wage_panel.csv")
     orig["exper"] = orig["exper"].clip(grid[0], grid[-1])
-    ref = dict(zip([t["term"] for t in rel["terms"] if not t.get("suppressed")], [r[2] for r in refit_terms(orig, rel)], strict=True))
+    ref = dict(
+        zip(
+            [t["term"] for t in rel["terms"] if not t.get("suppressed")],
+            [r[2] for r in refit_terms(orig, rel)],
+            strict=True,
+        )
+    )
     for t, r in ratios["re_wage"].items():
         lo, hi = (0.8, 1.25) if abs(ref[t] - 1) < 0.1 else (ref[t] - 0.25, ref[t] + 0.25)
         assert lo <= r <= hi, (t, r, ref[t])

@@ -34,7 +34,9 @@ def _checkout(dst: Path, with_data: bool = True) -> Path:
 
 
 def _smk(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_lint_is_clean():
@@ -47,15 +49,30 @@ def test_dry_run_demo_has_every_stage():
     r = _smk(REPO, "-n", "--cores", "1", "--forceall")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    for rule in ["extract_source", "extract_checkpoints", "write_bundle", "sample_copula", "pin_checkpoints",
-                 "export_csv", "export_stata", "verify_tiers", "render_report", "check_tier", "review"]:
+    for rule in [
+        "extract_source",
+        "extract_checkpoints",
+        "write_bundle",
+        "sample_copula",
+        "pin_checkpoints",
+        "export_csv",
+        "export_stata",
+        "verify_tiers",
+        "render_report",
+        "check_tier",
+        "review",
+    ]:
         assert rule in out, rule
 
 
 def test_configfile_replaces_demo(tmp_path):
     df = make_people(300)
     df.to_csv(tmp_path / "people.csv", index=False)
-    man = {"name": "mine", "seed": 1, "sources": {"people": {"path": str(tmp_path / "people.csv"), "ids": ["pid"]}}}
+    man = {
+        "name": "mine",
+        "seed": 1,
+        "sources": {"people": {"path": str(tmp_path / "people.csv"), "ids": ["pid"]}},
+    }
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(man))
     r = _smk(REPO, "-n", "--cores", "1", "--forceall", "--configfile", str(tmp_path / "m.yaml"))
     out = r.stdout + r.stderr
@@ -65,7 +82,9 @@ def test_configfile_replaces_demo(tmp_path):
 
 
 def test_bad_manifest_stops_with_its_message(tmp_path):
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"name": "x", "seed": -1, "sources": {"s": {"path": "a.csv"}}}))
+    (tmp_path / "m.yaml").write_text(
+        yaml.safe_dump({"name": "x", "seed": -1, "sources": {"s": {"path": "a.csv"}}})
+    )
     r = _smk(REPO, "-n", "--cores", "1", "--configfile", str(tmp_path / "m.yaml"))
     assert r.returncode != 0
     assert "seed: must be a non-negative integer" in r.stderr + r.stdout
@@ -88,13 +107,21 @@ def test_demo_end_to_end_and_bundle_only_rebuild(tmp_path):
     assert len(benches) >= 7 and "Provenance: the run took" in cert
     for b in benches:  # the csv export runs beside the report: its time is not in the certified run
         assert (f"{b.parent.name}/{b.stem} " in cert) == (b.parent.name != "export_csv"), b
-    assert (res / "benchmarks" / "export_csv" / "card.tsv").exists() and (res / "synthetic" / "card.csv").stat().st_size > 0
+    assert (res / "benchmarks" / "export_csv" / "card.tsv").exists() and (
+        res / "synthetic" / "card.csv"
+    ).stat().st_size > 0
     # `snakemake --report`: one self-contained file with the data editor's outputs, captioned.
     r = _smk(inside, "--report", "smk_report.html")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     html = (inside / "smk_report.html").read_text()
-    for text in ("Verification", "Disclosure control", "Synthetic data", "Layer 4 for source card",
-                 "Every statistical disclosure control decision", "The machine-readable verdict"):
+    for text in (
+        "Verification",
+        "Disclosure control",
+        "Synthetic data",
+        "Layer 4 for source card",
+        "Every statistical disclosure control decision",
+        "The machine-readable verdict",
+    ):
         assert text in html, text
     assert not re.search(r"""(src|href)=["']https?://""", html)  # nothing fetched from the web
     # outside: a clone with no data, twice; byte-identical to the inside run
@@ -107,7 +134,9 @@ def test_demo_end_to_end_and_bundle_only_rebuild(tmp_path):
             a = (res / "synthetic" / f).read_bytes()
             b = (outside / "results" / "card1995" / "synthetic" / f).read_bytes()
             assert a == b, f
-        assert (outside / "results" / "card1995" / "verify" / "tiers.json").read_bytes() == (res / "verify" / "tiers.json").read_bytes()
+        assert (outside / "results" / "card1995" / "verify" / "tiers.json").read_bytes() == (
+            res / "verify" / "tiers.json"
+        ).read_bytes()
 
 
 @pytest.mark.slow
@@ -122,9 +151,21 @@ def test_missed_tier_exits_nonzero_after_reports(tmp_path):
     df = pd.DataFrame({"pid": np.arange(n), "x1": x1, "y": x1 + rng.normal(size=n)})
     df.to_csv(tmp_path / "d.csv", index=False)
     cut = float(np.sort(x1)[-60])
-    man = {"name": "miss", "seed": 1, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"]}},
-           "checkpoints": [{"tag": "top", "source": "d", "model": "ols", "formula": "y ~ x1", "subset": f"x1 >= {cut!r}"}],
-           "verify": {"tier": 4}}
+    man = {
+        "name": "miss",
+        "seed": 1,
+        "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"]}},
+        "checkpoints": [
+            {
+                "tag": "top",
+                "source": "d",
+                "model": "ols",
+                "formula": "y ~ x1",
+                "subset": f"x1 >= {cut!r}",
+            }
+        ],
+        "verify": {"tier": 4},
+    }
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(man))
     work = _checkout(tmp_path / "w", with_data=False)
     r = _smk(work, "--cores", "2", "--configfile", str(tmp_path / "m.yaml"))
@@ -134,4 +175,7 @@ def test_missed_tier_exits_nonzero_after_reports(tmp_path):
     assert tiers["passed"] is False and tiers["tier_met"] == 3
     assert tiers["checkpoints"]["top"]["status"] == "failed"
     assert (v / "report.html").exists() and not (v / "verdict.txt").exists()
-    assert "tier 3 met, tier 4 required" in (work / "results" / "miss" / "logs" / "check_tier" / "all.log").read_text()
+    assert (
+        "tier 3 met, tier 4 required"
+        in (work / "results" / "miss" / "logs" / "check_tier" / "all.log").read_text()
+    )

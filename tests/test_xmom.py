@@ -35,8 +35,16 @@ def make_nested(n: int = 3000, seed: int = 5) -> pd.DataFrame:
     u = np.column_stack([np.zeros(n), 1.2 * x1 - 0.3, -1.2 * x1 - 0.3]) + r.gumbel(size=(n, 3))
     f = np.asarray(["a", "b", "c"])[u.argmax(axis=1)]
     x2 = 0.4 * x1 + 0.9 * (f == "b") * x1 - 0.6 * (f == "c") + r.normal(scale=0.6, size=n)
-    y = 1 + 0.5 * x1 + 0.8 * x2 + pd.Series(f).map({"a": 0.0, "b": 0.4, "c": -0.3}).to_numpy() + r.normal(size=n)
-    return pd.DataFrame({"pid": np.arange(1, n + 1), "y": y, "x1": x1, "x2": x2, "f": f, "z": r.normal(size=n)})
+    y = (
+        1
+        + 0.5 * x1
+        + 0.8 * x2
+        + pd.Series(f).map({"a": 0.0, "b": 0.4, "c": -0.3}).to_numpy()
+        + r.normal(size=n)
+    )
+    return pd.DataFrame(
+        {"pid": np.arange(1, n + 1), "y": y, "x1": x1, "x2": x2, "f": f, "z": r.normal(size=n)}
+    )
 
 
 NESTED = [
@@ -64,11 +72,20 @@ def nested_run(tmp_path_factory) -> dict[str, Any]:
     """Extract and synthesize (Layers 1-3) the nested data; the unpinned synthetic frame."""
     tmp = tmp_path_factory.mktemp("nested")
     make_nested().to_csv(tmp / "d.csv", index=False)
-    raw = {"name": "nested", "seed": 11, "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"]}},
-           "checkpoints": NESTED, "verify": {"tier": 4}}
+    raw = {
+        "name": "nested",
+        "seed": 11,
+        "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"]}},
+        "checkpoints": NESTED,
+        "verify": {"tier": 4},
+    }
     bundle = cmd_extract(load_manifest(raw), tmp / "out")
     stage_synthesize(bundle, "d", tmp / "unpinned.parquet")
-    return {"bundle": load_bundle(bundle), "unpinned": pd.read_parquet(tmp / "unpinned.parquet"), "dir": bundle}
+    return {
+        "bundle": load_bundle(bundle),
+        "unpinned": pd.read_parquet(tmp / "unpinned.parquet"),
+        "dir": bundle,
+    }
 
 
 def test_nested_specifications_pin_jointly_after_alignment(nested_run: dict[str, Any]) -> None:
@@ -123,7 +140,9 @@ def test_moments_release_holds_aggregates_only(nested_run: dict[str, Any]) -> No
 
 
 def _cp(formula: str, weights: str | None = None) -> Checkpoint:
-    return Checkpoint(tag="m", source="people", model="ols", formula=formula, vcov="nonrobust", weights=weights)
+    return Checkpoint(
+        tag="m", source="people", model="ols", formula=formula, vcov="nonrobust", weights=weights
+    )
 
 
 def test_design_moments_match_a_direct_computation() -> None:
@@ -139,12 +158,18 @@ def test_design_moments_match_a_direct_computation() -> None:
     x = d.X[:, j]
     m = np.average(x, weights=w)
     assert mo["mean"][mo["terms"].index("I(x1 ** 2)")] == pytest.approx(m, rel=1e-12)
-    assert mo["sd"][mo["terms"].index("I(x1 ** 2)")] == pytest.approx(np.sqrt(np.average((x - m) ** 2, weights=w)), rel=1e-12)
+    assert mo["sd"][mo["terms"].index("I(x1 ** 2)")] == pytest.approx(
+        np.sqrt(np.average((x - m) ** 2, weights=w)), rel=1e-12
+    )
     k = d.terms.index("x1")
     xk = d.X[:, k]
     mk = np.average(xk, weights=w)
-    r = np.average((x - m) * (xk - mk), weights=w) / np.sqrt(np.average((x - m) ** 2, weights=w) * np.average((xk - mk) ** 2, weights=w))
-    assert mo["corr"][mo["terms"].index("I(x1 ** 2)")][mo["terms"].index("x1")] == pytest.approx(r, rel=1e-10)
+    r = np.average((x - m) * (xk - mk), weights=w) / np.sqrt(
+        np.average((x - m) ** 2, weights=w) * np.average((xk - mk) ** 2, weights=w)
+    )
+    assert mo["corr"][mo["terms"].index("I(x1 ** 2)")][mo["terms"].index("x1")] == pytest.approx(
+        r, rel=1e-10
+    )
 
 
 def test_design_moments_gates() -> None:
@@ -166,13 +191,21 @@ def test_design_moments_gates() -> None:
     assert mo["terms"] == ["a", "c"]
     assert info == {"columns": 2, "left_out": 3, "blanked": 1}
     assert mo["corr"][0][1] is None and mo["corr"][0][0] == 1.0
-    assert all(len(f"{v:.10g}".replace("-", "").replace(".", "").lstrip("0")) <= 3 for v in mo["mean"] + mo["sd"])
+    assert all(
+        len(f"{v:.10g}".replace("-", "").replace(".", "").lstrip("0")) <= 3
+        for v in mo["mean"] + mo["sd"]
+    )
 
 
 def test_design_widens_narrow_integers() -> None:
     """A Stata byte column squared in the formula must not wrap around (12**2 in int8)."""
-    df = pd.DataFrame({"y": np.arange(60, dtype=float), "e": np.tile(np.arange(20, dtype="int8"), 3)})
-    d = build_design(df, Checkpoint(tag="e", source="s", model="ols", formula="y ~ e + I(e**2)", vcov="nonrobust"))
+    df = pd.DataFrame(
+        {"y": np.arange(60, dtype=float), "e": np.tile(np.arange(20, dtype="int8"), 3)}
+    )
+    d = build_design(
+        df,
+        Checkpoint(tag="e", source="s", model="ols", formula="y ~ e + I(e**2)", vcov="nonrobust"),
+    )
     assert d.X[:, d.terms.index("I(e ** 2)")].max() == 361.0
 
 
@@ -192,11 +225,19 @@ def test_planted_values_do_not_reach_the_moments(tmp_path: Path) -> None:
 
     rare, extreme = "ZZPLANTED", 4321987.123
     df = _planted(400, 3, rare, extreme, 777)
-    df.loc[5, "y"] = df["y"].median()  # an outcome that inherits the extreme is rejected whole (outcome dominance)
+    df.loc[5, "y"] = df[
+        "y"
+    ].median()  # an outcome that inherits the extreme is rejected whole (outcome dominance)
     df.to_csv(tmp_path / "d.csv", index=False)
-    raw = {"name": "leak", "seed": 1, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"]}},
-           "sdc": {"min_cell_size": 20},
-           "checkpoints": [{"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat) + stratum"}]}
+    raw = {
+        "name": "leak",
+        "seed": 1,
+        "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"]}},
+        "sdc": {"min_cell_size": 20},
+        "checkpoints": [
+            {"tag": "c", "source": "d", "model": "ols", "formula": "y ~ x + C(cat) + stratum"}
+        ],
+    }
     bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
     (c,) = load_bundle(bundle).checkpoints
     assert "x" not in c["moments"]["terms"] and "stratum" in c["moments"]["terms"]
@@ -214,8 +255,13 @@ def test_alignment_keeps_every_stratum_and_missing_position(tmp_path: Path) -> N
     df["g"] = np.where(df["x1"] + np.random.default_rng(1).normal(size=len(df)) > 0, 1, 2)
     df.loc[df.index[::9], "x2"] = np.nan
     df.to_csv(tmp_path / "d.csv", index=False)
-    raw = {"name": "strat", "seed": 3, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "strata": ["g"]}},
-           "checkpoints": NESTED, "verify": {"tier": 4}}
+    raw = {
+        "name": "strat",
+        "seed": 3,
+        "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "strata": ["g"]}},
+        "checkpoints": NESTED,
+        "verify": {"tier": 4},
+    }
     bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
     stage_synthesize(bundle, "d", tmp_path / "u.parquet")
     b, syn = load_bundle(bundle), pd.read_parquet(tmp_path / "u.parquet")
@@ -226,7 +272,12 @@ def test_alignment_keeps_every_stratum_and_missing_position(tmp_path: Path) -> N
         for g in (1, 2):
             a, s = aligned.loc[aligned["g"] == g, col], syn.loc[syn["g"] == g, col]
             np.testing.assert_array_equal(_text(a), _text(s))
-        moved += int((aligned[col].astype(object).fillna("NA").astype(str) != syn[col].astype(object).fillna("NA").astype(str)).sum())
+        moved += int(
+            (
+                aligned[col].astype(object).fillna("NA").astype(str)
+                != syn[col].astype(object).fillna("NA").astype(str)
+            ).sum()
+        )
     assert moved > 0
     np.testing.assert_array_equal(aligned["x2"].isna().to_numpy(), syn["x2"].isna().to_numpy())
     pinned, _ = pin_checkpoints({"d": aligned}, b.checkpoints)
@@ -248,13 +299,29 @@ def test_partial_error_change_equals_the_full_error_change() -> None:
     Rmask = ~np.eye(k, dtype=bool)
     Rmask[0, 3] = Rmask[3, 0] = False  # a blanked pair stays out of the error
     Xs = X - mean
-    t = _Target("t", None, [], set(), [], w, float(w.sum()), mean, sd, R, Rmask, w @ Xs, (Xs * w[:, None]).T @ Xs)
+    t = _Target(
+        "t",
+        None,
+        [],
+        set(),
+        [],
+        w,
+        float(w.sum()),
+        mean,
+        sd,
+        R,
+        Rmask,
+        w @ Xs,
+        (Xs * w[:, None]).T @ Xs,
+    )
     tc = np.array([1, 4])
     old = Xs[:K]
     new = old.copy()
     new[:, tc] = rng_.normal(size=(K, len(tc)))
     full1 = w[:K, None] * (new - old)
-    full2 = w[:K, None, None] * (new[:, :, None] * new[:, None, :] - old[:, :, None] * old[:, None, :])
+    full2 = w[:K, None, None] * (
+        new[:, :, None] * new[:, None, :] - old[:, :, None] * old[:, None, :]
+    )
     d1, d2 = full1[:, tc], full2[:, tc, :]
     want = t.error(t.S1 + full1, t.S2 + full2) - t.error(t.S1, t.S2)
     got = t.part_error(tc, t.S1[tc] + d1, t.S2[tc] + d2) - t.part_error(tc, t.S1[tc], t.S2[tc])
@@ -292,7 +359,15 @@ def make_iv(n: int = 3000, seed: int = 21) -> pd.DataFrame:
     return pd.DataFrame({"pid": np.arange(1, n + 1), "y": y, "x": x, "z": z, "w": w, "g": g})
 
 
-IV_CP = [{"tag": "iv", "source": "d", "model": "iv", "formula": "y ~ w + g + [x ~ z]", "vcov": "nonrobust"}]
+IV_CP = [
+    {
+        "tag": "iv",
+        "source": "d",
+        "model": "iv",
+        "formula": "y ~ w + g + [x ~ z]",
+        "vcov": "nonrobust",
+    }
+]
 
 
 def _shuffled(df: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -314,8 +389,13 @@ def _without_instruments(c: dict[str, Any]) -> dict[str, Any]:
     [exogenous | endogenous] only, no `instruments` key."""
     mo = c["moments"]
     keep = [i for i, t in enumerate(mo["terms"]) if t not in mo.get("instruments", [])]
-    old = {"terms": [mo["terms"][i] for i in keep], "weighted": mo["weighted"], "mean": [mo["mean"][i] for i in keep],
-           "sd": [mo["sd"][i] for i in keep], "corr": [[mo["corr"][i][j] for j in keep] for i in keep]}
+    old = {
+        "terms": [mo["terms"][i] for i in keep],
+        "weighted": mo["weighted"],
+        "mean": [mo["mean"][i] for i in keep],
+        "sd": [mo["sd"][i] for i in keep],
+        "corr": [[mo["corr"][i][j] for j in keep] for i in keep],
+    }
     return {**c, "moments": old}
 
 
@@ -325,7 +405,13 @@ def iv_run(tmp_path_factory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("iv")
     df = make_iv()
     df.to_csv(tmp / "d.csv", index=False)
-    raw = {"name": "ivx", "seed": 7, "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"]}}, "checkpoints": IV_CP, "verify": {"tier": 4}}
+    raw = {
+        "name": "ivx",
+        "seed": 7,
+        "sources": {"d": {"path": str(tmp / "d.csv"), "ids": ["pid"]}},
+        "checkpoints": IV_CP,
+        "verify": {"tier": 4},
+    }
     b = load_bundle(cmd_extract(load_manifest(raw), tmp / "out"))
     return {"bundle": b, "original": df, "shuffled": _shuffled(df, 3)}
 
@@ -380,7 +466,9 @@ def test_iv_old_bundle_without_instrument_moments_still_aligns(iv_run: dict[str,
     pinned, _ = pin_checkpoints({"d": aligned}, old)
     assert max(tt[1] for tt in refit_terms(pinned["d"], old[0])) < 1e-6
     new, _ = align_moments(syn, b.checkpoints, b.releases["d"], rng(7, "d", "xmom"))
-    assert abs(_first_stage(new) - _first_stage(orig)) < abs(_first_stage(aligned) - _first_stage(orig))
+    assert abs(_first_stage(new) - _first_stage(orig)) < abs(
+        _first_stage(aligned) - _first_stage(orig)
+    )
 
 
 def test_rare_indicator_instrument_is_left_out_of_the_moments(tmp_path: Path) -> None:
@@ -391,16 +479,32 @@ def test_rare_indicator_instrument_is_left_out_of_the_moments(tmp_path: Path) ->
     df["r"] = 0
     df.loc[df.index[:30], "r"] = 1
     df.to_csv(tmp_path / "d.csv", index=False)
-    cps = [{"tag": "iv", "source": "d", "model": "iv", "formula": "y ~ w + g + [x ~ z + r]", "vcov": "HC1"}]
-    raw = {"name": "ivr", "seed": 1, "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "categorical": ["r"]}},
-           "sdc": {"min_cell_size": 50}, "checkpoints": cps}
+    cps = [
+        {
+            "tag": "iv",
+            "source": "d",
+            "model": "iv",
+            "formula": "y ~ w + g + [x ~ z + r]",
+            "vcov": "HC1",
+        }
+    ]
+    raw = {
+        "name": "ivr",
+        "seed": 1,
+        "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "categorical": ["r"]}},
+        "sdc": {"min_cell_size": 50},
+        "checkpoints": cps,
+    }
     bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
     (c,) = load_bundle(bundle).checkpoints
     assert c["status"] == "released"
     assert c["moments"]["terms"] == ["w", "g", "x", "z"] and c["moments"]["instruments"] == ["z"]
     log = json.loads((bundle / "sdc_log.json").read_text())
     (e,) = [e for e in log["decisions"] if e.get("action") == "released_moments"]
-    assert "1 column(s) left out" in e["reason"] and "1 of them excluded instruments, of 2" in e["reason"]
+    assert (
+        "1 column(s) left out" in e["reason"]
+        and "1 of them excluded instruments, of 2" in e["reason"]
+    )
     # and directly: the same column gated through design_moments as a candidate
     r = df["r"].to_numpy(dtype=float)
     X = np.column_stack([np.ones(len(df)), df["z"], r])
@@ -455,8 +559,16 @@ def test_alignment_views_equal_refine_views() -> None:
 
     rng_ = np.random.default_rng(3)
     n, d = 3000, 6
-    X = np.column_stack([rng_.normal(size=n), rng_.integers(0, 5, size=n), rng_.random(n) < 0.3, np.round(rng_.normal(size=n), 1),
-                         rng_.normal(size=n), rng_.integers(0, 40, size=n) * 1.5]).astype("float64")
+    X = np.column_stack(
+        [
+            rng_.normal(size=n),
+            rng_.integers(0, 5, size=n),
+            rng_.random(n) < 0.3,
+            np.round(rng_.normal(size=n), 1),
+            rng_.normal(size=n),
+            rng_.integers(0, 40, size=n) * 1.5,
+        ]
+    ).astype("float64")
     X[rng_.random(n) < 0.1, 3] = np.nan
     X[rng_.random(n) < 0.05, 5] = np.nan
     strata = rng_.integers(0, 3, size=n)
@@ -480,7 +592,9 @@ def test_alignment_views_equal_refine_views() -> None:
         pair = g.M > 0
         for a, b in ((v.C, g.C), (v.A, g.A), (v.Q, g.Q), (v.N, g.N)):
             assert np.array_equal(a[pair], b[pair])
-        assert np.array_equal(v.T, g.T) and np.array_equal(v.M, g.M) and np.array_equal(v.pos, g.pos)
+        assert (
+            np.array_equal(v.T, g.T) and np.array_equal(v.M, g.M) and np.array_equal(v.pos, g.pos)
+        )
         assert np.array_equal(v.error(), g.error())
 
 
@@ -518,7 +632,11 @@ def test_alignment_does_not_depend_on_the_thread_count(nested_run: dict[str, Any
         out = []
         for n in (1, 2):
             set_threads(n)
-            out.append(align_moments(syn, b.checkpoints, b.releases["d"], rng(b.manifest.seed, "d", "xmom")))
+            out.append(
+                align_moments(
+                    syn, b.checkpoints, b.releases["d"], rng(b.manifest.seed, "d", "xmom")
+                )
+            )
     finally:
         set_threads(before)
     (one, rep_one), (two, rep_two) = out

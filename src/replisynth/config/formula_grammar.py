@@ -26,9 +26,20 @@ from replisynth.core.errors import ManifestError, ReplisynthError
 
 # numpy functions a formula or subset may call (also spelt np.<name>); each maps arrays to arrays
 NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "abs": np.abs, "ceil": np.ceil, "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1,
-    "floor": np.floor, "log": np.log, "log10": np.log10, "log1p": np.log1p, "log2": np.log2,
-    "power": np.power, "sign": np.sign, "sqrt": np.sqrt, "square": np.square,
+    "abs": np.abs,
+    "ceil": np.ceil,
+    "exp": np.exp,
+    "exp2": np.exp2,
+    "expm1": np.expm1,
+    "floor": np.floor,
+    "log": np.log,
+    "log10": np.log10,
+    "log1p": np.log1p,
+    "log2": np.log2,
+    "power": np.power,
+    "sign": np.sign,
+    "sqrt": np.sqrt,
+    "square": np.square,
 }
 _ARITY = {"power": 2}
 # C()'s contrasts (formulaic's patsy-compatible spellings)
@@ -36,9 +47,19 @@ CONTRASTS = ("Treatment", "Sum", "Helmert", "Diff", "Poly")
 FORMULA_FUNCTIONS = ("C", "I", *NUMPY_FUNCTIONS)
 SUBSET_METHODS = ("isin", "isna", "notna")
 _OPERATORS = ("**", "~", "+", "-", "*", "/", ":", "^")
-_ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**"}
+_ARITH = {
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.Pow: "**",
+}
 _COMPARE = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
-_PLACEHOLDER = "__q{}__"  # a backtick-quoted name inside Python code; user names never start with __
+_PLACEHOLDER = (
+    "__q{}__"  # a backtick-quoted name inside Python code; user names never start with __
+)
 
 
 class GrammarError(ManifestError):
@@ -52,7 +73,9 @@ def _short(text: str, limit: int = 60) -> str:
 
 def _fail(key: str, token: str, why: str, error: type[ReplisynthError]) -> ReplisynthError:
     prefix = f"{key}: " if key else ""
-    return error(f"{prefix}{why} {_short(token)!r} is not allowed; see the formula grammar (docs/grammar.md)")
+    return error(
+        f"{prefix}{why} {_short(token)!r} is not allowed; see the formula grammar (docs/grammar.md)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +119,9 @@ class _Checker:
         elif isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
             self.expr(node.left)
             self.expr(node.right)
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Not, ast.Invert)):
+        elif isinstance(node, ast.UnaryOp) and isinstance(
+            node.op, (ast.USub, ast.UAdd, ast.Not, ast.Invert)
+        ):
             self.expr(node.operand)
         elif isinstance(node, ast.BoolOp):
             for v in node.values:
@@ -119,7 +144,9 @@ class _Checker:
 
     def literal_list(self, node: ast.AST) -> None:
         if not isinstance(node, (ast.List, ast.Tuple)) or not all(
-                isinstance(e, ast.Constant) and isinstance(e.value, (int, float, bool, str)) for e in node.elts):
+            isinstance(e, ast.Constant) and isinstance(e.value, (int, float, bool, str))
+            for e in node.elts
+        ):
             raise self.fail(node, "a list of literal values is expected here:")
 
     def function_name(self, node: ast.Call) -> str:
@@ -127,9 +154,19 @@ class _Checker:
         f = node.func
         if isinstance(f, ast.Name) and f.id not in self.quoted:
             return f.id
-        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "np" and f.attr in NUMPY_FUNCTIONS:
+        if (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.value.id == "np"
+            and f.attr in NUMPY_FUNCTIONS
+        ):
             return f.attr
-        if self.subset and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.attr in SUBSET_METHODS:
+        if (
+            self.subset
+            and isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.attr in SUBSET_METHODS
+        ):
             return "." + f.attr
         raise self.fail(f, "calling")
 
@@ -145,7 +182,11 @@ class _Checker:
             return
         if name in NUMPY_FUNCTIONS or (name == "I" and not self.subset):
             want = _ARITY.get(name, 1)
-            if node.keywords or len(node.args) != want or any(isinstance(a, ast.Starred) for a in node.args):
+            if (
+                node.keywords
+                or len(node.args) != want
+                or any(isinstance(a, ast.Starred) for a in node.args)
+            ):
                 raise self.fail(node, f"{name}() takes {want} positional argument(s);")
             for a in node.args:
                 self.expr(a)
@@ -170,13 +211,21 @@ class _Checker:
                 self.literal_list(kw.value)
             elif kw.arg == "contrasts":
                 self.contrast(kw.value)
-            elif kw.arg == "spans_intercept" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, bool):
+            elif (
+                kw.arg == "spans_intercept"
+                and isinstance(kw.value, ast.Constant)
+                and isinstance(kw.value.value, bool)
+            ):
                 pass
             else:
                 raise self.fail(kw.value if kw.arg else node, f"the C() option {kw.arg or '**'}=")
 
     def contrast(self, node: ast.AST) -> None:
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in CONTRASTS):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in CONTRASTS
+        ):
             raise self.fail(node, f"the contrast (use one of {', '.join(CONTRASTS)})")
         args = list(node.args) + [k.value for k in node.keywords]
         names_ok = all(k.arg == "reference" for k in node.keywords)
@@ -187,18 +236,24 @@ class _Checker:
                 raise self.fail(a, "a literal reference level is expected here:")
 
 
-def _quote_backticks(text: str, key: str, error: type[ReplisynthError]) -> tuple[str, dict[str, str]]:
+def _quote_backticks(
+    text: str, key: str, error: type[ReplisynthError]
+) -> tuple[str, dict[str, str]]:
     """`text` with each backtick-quoted name replaced by a placeholder identifier."""
     quoted: dict[str, str] = {}
     parts = text.split("`")
     if len(parts) % 2 == 0:
-        raise error(f"{key}: an unclosed backtick in {_short(text)!r}; quote a column name as `my column`")
+        raise error(
+            f"{key}: an unclosed backtick in {_short(text)!r}; quote a column name as `my column`"
+        )
     out = []
     for i, part in enumerate(parts):
         if i % 2:
             if not part:
                 raise _fail(key, "``", "the empty name", error)
-            ph = next((p for p, n in quoted.items() if n == part), None) or _PLACEHOLDER.format(len(quoted))
+            ph = next((p for p, n in quoted.items() if n == part), None) or _PLACEHOLDER.format(
+                len(quoted)
+            )
             quoted[ph] = part
             out.append(f" {ph} ")
         else:
@@ -206,16 +261,25 @@ def _quote_backticks(text: str, key: str, error: type[ReplisynthError]) -> tuple
     return "".join(out), quoted
 
 
-def _parse_python(text: str, key: str, error: type[ReplisynthError], what: str) -> tuple[ast.expr, dict[str, str]]:
+def _parse_python(
+    text: str, key: str, error: type[ReplisynthError], what: str
+) -> tuple[ast.expr, dict[str, str]]:
     if "\\" in text or "\n" in text or "\r" in text:
         raise _fail(key, text, "a backslash or line break in", error)
     if "@" in text:
-        raise _fail(key, "@" + text.split("@", 1)[1].split()[0] if text.split("@", 1)[1].split() else "@", "the @ variable", error)
+        raise _fail(
+            key,
+            "@" + text.split("@", 1)[1].split()[0] if text.split("@", 1)[1].split() else "@",
+            "the @ variable",
+            error,
+        )
     src, quoted = _quote_backticks(text, key, error)
     try:
         tree = ast.parse(src.strip(), mode="eval")
     except SyntaxError:
-        raise error(f"{key}: cannot parse {what} {_short(text)!r}; see the formula grammar (docs/grammar.md)") from None
+        raise error(
+            f"{key}: cannot parse {what} {_short(text)!r}; see the formula grammar (docs/grammar.md)"
+        ) from None
     return tree.body, quoted
 
 
@@ -247,13 +311,17 @@ def _call_end(formula: str, i: int) -> int:
             stack.append("`")
         i += 1
         if not stack:
-            if i < len(formula) and formula[i] in "([":  # formulaic keeps f(x)(y) and f(x)[0] in one span
+            if (
+                i < len(formula) and formula[i] in "(["
+            ):  # formulaic keeps f(x)(y) and f(x)[0] in one span
                 continue
             return i
     return -1
 
 
-def tokenize_formula(formula: str, key: str = "", error: type[ReplisynthError] = ManifestError) -> list[Token]:
+def tokenize_formula(
+    formula: str, key: str = "", error: type[ReplisynthError] = ManifestError
+) -> list[Token]:
     """The formula's tokens, cut where formulaic cuts them; characters formulaic would read as
     Python blocks, string values or operators it has and this grammar has not are refused."""
     out: list[Token] = []
@@ -265,7 +333,9 @@ def tokenize_formula(formula: str, key: str = "", error: type[ReplisynthError] =
         elif ch == "`":
             j = formula.find("`", i + 1)
             if j < 0:
-                raise error(f"{key}: an unclosed backtick in {_short(formula)!r}; quote a column name as `my column`")
+                raise error(
+                    f"{key}: an unclosed backtick in {_short(formula)!r}; quote a column name as `my column`"
+                )
             name = formula[i + 1 : j]
             if not name or "\\" in name:
                 raise _fail(key, formula[i : j + 1], "the quoted name", error)
@@ -286,7 +356,9 @@ def tokenize_formula(formula: str, key: str = "", error: type[ReplisynthError] =
             if j < n and formula[j] in "([":
                 end = _call_end(formula, j)
                 if end < 0:
-                    raise error(f"{key}: unbalanced brackets after {formula[i:j]!r} in {_short(formula)!r}")
+                    raise error(
+                        f"{key}: unbalanced brackets after {formula[i:j]!r} in {_short(formula)!r}"
+                    )
                 out.append(Token("call", formula[i:end], i))
                 i = end
             else:
@@ -334,7 +406,9 @@ class _FormulaParser:
     def take(self) -> Token:
         tok = self.peek()
         if tok is None:
-            raise self.error(f"{self.key}: cannot parse formula {_short(self.formula)!r}: it ends too early; write 'y ~ x1 + x2'")
+            raise self.error(
+                f"{self.key}: cannot parse formula {_short(self.formula)!r}: it ends too early; write 'y ~ x1 + x2'"
+            )
         self.pos += 1
         return tok
 
@@ -344,19 +418,25 @@ class _FormulaParser:
             raise self.unexpected(tok, f"; expected {text!r}")
 
     def unexpected(self, tok: Token, hint: str = "") -> ReplisynthError:
-        return self.error(f"{self.key}: cannot parse formula {_short(self.formula)!r}: unexpected {_short(tok.text)!r}"
-                          f" at position {tok.start + 1}{hint}; see the formula grammar (docs/grammar.md)")
+        return self.error(
+            f"{self.key}: cannot parse formula {_short(self.formula)!r}: unexpected {_short(tok.text)!r}"
+            f" at position {tok.start + 1}{hint}; see the formula grammar (docs/grammar.md)"
+        )
 
     def parse(self) -> ParsedFormula:
         lhs = self.take()
         if lhs.kind != "name":
-            raise _fail(self.key, lhs.text, "the left-hand side must be one column name;", self.error)
+            raise _fail(
+                self.key, lhs.text, "the left-hand side must be one column name;", self.error
+            )
         self.name(lhs)
         self.expect("op", "~")
         self.sum(top=True)
         if self.peek() is not None:
             raise self.unexpected(self.peek())  # type: ignore[arg-type]
-        return ParsedFormula(self.formula, frozenset(self.columns), frozenset(self.functions), lhs.text)
+        return ParsedFormula(
+            self.formula, frozenset(self.columns), frozenset(self.functions), lhs.text
+        )
 
     def sum(self, top: bool = False) -> None:
         tok = self.peek()
@@ -386,10 +466,21 @@ class _FormulaParser:
             self.take()
             exp = self.take()
             if exp.kind != "number":
-                raise _fail(self.key, exp.text, "the power of a term must be a whole number;", self.error)
+                raise _fail(
+                    self.key, exp.text, "the power of a term must be a whole number;", self.error
+                )
 
     def name(self, tok: Token) -> None:
-        if tok.text.startswith("__") or tok.text in ("in", "not", "and", "or", "is", "if", "else", "lambda"):
+        if tok.text.startswith("__") or tok.text in (
+            "in",
+            "not",
+            "and",
+            "or",
+            "is",
+            "if",
+            "else",
+            "lambda",
+        ):
             raise _fail(self.key, tok.text, "the name", self.error)
         self.columns.add(tok.text)
 
@@ -399,7 +490,12 @@ class _FormulaParser:
             self.name(tok)
         elif tok.kind == "number":
             if tok.text not in ("0", "1"):
-                raise _fail(self.key, tok.text, "the number (a term may be 0 or 1, the intercept)", self.error)
+                raise _fail(
+                    self.key,
+                    tok.text,
+                    "the number (a term may be 0 or 1, the intercept)",
+                    self.error,
+                )
         elif tok.kind == "call":
             self.call(tok)
         elif tok.kind == "open" and tok.text == "(":
@@ -421,8 +517,11 @@ class _FormulaParser:
             raise checker.fail(node, "the term")
         checker.factor_call(node)
         self.columns |= checker.columns
-        self.functions |= {n.func.id if isinstance(n.func, ast.Name) else ast.unparse(n.func)
-                           for n in ast.walk(node) if isinstance(n, ast.Call)}
+        self.functions |= {
+            n.func.id if isinstance(n.func, ast.Name) else ast.unparse(n.func)
+            for n in ast.walk(node)
+            if isinstance(n, ast.Call)
+        }
 
 
 @lru_cache(maxsize=1024)
@@ -430,7 +529,9 @@ def _parse_formula_cached(formula: str) -> ParsedFormula:
     return _FormulaParser(formula, "\x00", GrammarError).parse()
 
 
-def parse_formula(formula: Any, key: str = "", error: type[ReplisynthError] = ManifestError) -> ParsedFormula:
+def parse_formula(
+    formula: Any, key: str = "", error: type[ReplisynthError] = ManifestError
+) -> ParsedFormula:
     """Check a checkpoint formula against the grammar; raise `error` naming `key` and the
     offending token."""
     if not isinstance(formula, str):
@@ -442,7 +543,9 @@ def parse_formula(formula: Any, key: str = "", error: type[ReplisynthError] = Ma
         raise error(msg) from None
 
 
-def formula_columns(formula: str, key: str = "", error: type[ReplisynthError] = ManifestError) -> set[str]:
+def formula_columns(
+    formula: str, key: str = "", error: type[ReplisynthError] = ManifestError
+) -> set[str]:
     """Every data column a formula reads (outcome included)."""
     return set(parse_formula(formula, key, error).columns)
 
@@ -486,15 +589,21 @@ def _parse_subset_cached(subset: str) -> ParsedSubset:
     try:
         tree = ast.parse(_pandas_booleans(src.strip()).strip(), mode="eval").body
     except SyntaxError:
-        raise error(f"{key}: cannot parse subset {_short(subset)!r}; write a condition such as \"year == 1978 and age >= 18\"") from None
+        raise error(
+            f'{key}: cannot parse subset {_short(subset)!r}; write a condition such as "year == 1978 and age >= 18"'
+        ) from None
     checker = _Checker(key, error, quoted, subset=True)
     checker.expr(tree)
     if not checker.columns:
-        raise error(f"{key}: subset {_short(subset)!r} names no column; write a condition on columns such as \"age >= 18\"")
+        raise error(
+            f'{key}: subset {_short(subset)!r} names no column; write a condition on columns such as "age >= 18"'
+        )
     return ParsedSubset(subset, tree, quoted, frozenset(checker.columns))
 
 
-def parse_subset(subset: Any, key: str = "", error: type[ReplisynthError] = ManifestError) -> ParsedSubset:
+def parse_subset(
+    subset: Any, key: str = "", error: type[ReplisynthError] = ManifestError
+) -> ParsedSubset:
     """Check a subset condition against the grammar; raise `error` naming `key` and the token."""
     if not isinstance(subset, str):
         raise error(f"{key}: expected a condition string, got {type(subset).__name__}")
@@ -509,7 +618,9 @@ def parse_subset(subset: Any, key: str = "", error: type[ReplisynthError] = Mani
 # evaluation of checked trees
 
 
-def evaluate(node: ast.expr, lookup: Callable[[str], Any], quoted: Mapping[str, str] | None = None) -> Any:
+def evaluate(
+    node: ast.expr, lookup: Callable[[str], Any], quoted: Mapping[str, str] | None = None
+) -> Any:
     """Value of a checked expression: names through `lookup` (columns), numpy operators and
     the allow-listed functions; `and`/`or`/`not`/`~` are elementwise."""
     q = quoted or {}
@@ -524,8 +635,15 @@ def evaluate(node: ast.expr, lookup: Callable[[str], Any], quoted: Mapping[str, 
         if isinstance(n, ast.BinOp):
             a, b = ev(n.left), ev(n.right)
             op = type(n.op)
-            return {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b, ast.Div: lambda: a / b,
-                    ast.FloorDiv: lambda: a // b, ast.Mod: lambda: a % b, ast.Pow: lambda: a ** b}[op]()
+            return {
+                ast.Add: lambda: a + b,
+                ast.Sub: lambda: a - b,
+                ast.Mult: lambda: a * b,
+                ast.Div: lambda: a / b,
+                ast.FloorDiv: lambda: a // b,
+                ast.Mod: lambda: a % b,
+                ast.Pow: lambda: a**b,
+            }[op]()
         if isinstance(n, ast.UnaryOp):
             v = ev(n.operand)
             if isinstance(n.op, ast.USub):
@@ -549,8 +667,15 @@ def evaluate(node: ast.expr, lookup: Callable[[str], Any], quoted: Mapping[str, 
             return out
         if isinstance(n, ast.Call):
             f = n.func
-            numpy_call = isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "np" and f.attr in NUMPY_FUNCTIONS
-            if isinstance(f, ast.Attribute) and not numpy_call:  # x.isin([...]), x.isna(), x.notna()
+            numpy_call = (
+                isinstance(f, ast.Attribute)
+                and isinstance(f.value, ast.Name)
+                and f.value.id == "np"
+                and f.attr in NUMPY_FUNCTIONS
+            )
+            if (
+                isinstance(f, ast.Attribute) and not numpy_call
+            ):  # x.isin([...]), x.isna(), x.notna()
                 col = pd.Series(ev(f.value))
                 return col.isin(ev(n.args[0])) if f.attr == "isin" else getattr(col, f.attr)()
             name = f.attr if isinstance(f, ast.Attribute) else f.id  # type: ignore[union-attr]
@@ -578,24 +703,38 @@ def _compare(op: ast.cmpop, a: Any, b: Any) -> Any:
         return pd.Series(a).isin(b) if not np.isscalar(a) else a in b
     if isinstance(op, ast.NotIn):
         return ~pd.Series(a).isin(b) if not np.isscalar(a) else a not in b
-    return {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.Lt: lambda: a < b, ast.LtE: lambda: a <= b,
-            ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b}[type(op)]()
+    return {
+        ast.Eq: lambda: a == b,
+        ast.NotEq: lambda: a != b,
+        ast.Lt: lambda: a < b,
+        ast.LtE: lambda: a <= b,
+        ast.Gt: lambda: a > b,
+        ast.GtE: lambda: a >= b,
+    }[type(op)]()
 
 
-def subset_mask(df: pd.DataFrame, subset: str, key: str, error: type[ReplisynthError]) -> np.ndarray:
+def subset_mask(
+    df: pd.DataFrame, subset: str, key: str, error: type[ReplisynthError]
+) -> np.ndarray:
     """Boolean row mask of a checked subset over `df`'s columns (missing values select no row
     unless the condition says otherwise, as in a pandas query)."""
     parsed = parse_subset(subset, key, error)
     missing = sorted(c for c in parsed.columns if c not in df.columns)
     if missing:
-        raise error(f"{key}: subset {_short(subset)!r} names {', '.join(map(repr, missing))}, not a column of the data; check the spelling")
+        raise error(
+            f"{key}: subset {_short(subset)!r} names {', '.join(map(repr, missing))}, not a column of the data; check the spelling"
+        )
     try:
         with np.errstate(all="ignore"):
             mask = evaluate(parsed.tree, lambda c: df[c], parsed.quoted)
     except Exception as exc:
-        raise error(f"{key}: subset {_short(subset)!r} cannot be evaluated ({type(exc).__name__}); compare columns with numbers or quoted text, e.g. \"year == 1978 and age >= 18\"") from None
+        raise error(
+            f'{key}: subset {_short(subset)!r} cannot be evaluated ({type(exc).__name__}); compare columns with numbers or quoted text, e.g. "year == 1978 and age >= 18"'
+        ) from None
     if not isinstance(mask, pd.Series) or not pd.api.types.is_bool_dtype(mask.dtype):
-        raise error(f"{key}: subset {_short(subset)!r} does not give a true/false value per row; write a condition such as \"age >= 18\"")
+        raise error(
+            f'{key}: subset {_short(subset)!r} does not give a true/false value per row; write a condition such as "age >= 18"'
+        )
     return mask.fillna(False).to_numpy(dtype=bool)
 
 
@@ -633,7 +772,11 @@ def _alias_calls(formula: str, clash: set[str]) -> str:
             f = n.func
             if isinstance(f, ast.Name) and f.id in clash:
                 n.func = ast.Name(_ALIAS + f.id, ast.Load())
-            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in clash:
+            elif (
+                isinstance(f, ast.Attribute)
+                and isinstance(f.value, ast.Name)
+                and f.value.id in clash
+            ):
                 n.func = ast.Name(f"{_ALIAS}np_{f.attr}", ast.Load())
         text = ast.unparse(tree)
         for ph, name in quoted.items():
@@ -647,8 +790,13 @@ def _unalias(name: str) -> str:
     return re.sub(rf"{_ALIAS}np_(\w+)\(", r"np.\1(", name).replace(_ALIAS, "")
 
 
-def model_matrix(formula: str, data: pd.DataFrame, na_action: str = "raise", key: str = "",
-                 error: type[ReplisynthError] = ManifestError) -> Any:
+def model_matrix(
+    formula: str,
+    data: pd.DataFrame,
+    na_action: str = "raise",
+    key: str = "",
+    error: type[ReplisynthError] = ManifestError,
+) -> Any:
     """formulaic's model matrices of a formula checked against the grammar, over `data` and
     `formulaic_context()` only; a column named like a function (bs, C, I, log...) is a
     column as a term and the function when called."""
@@ -657,7 +805,9 @@ def model_matrix(formula: str, data: pd.DataFrame, na_action: str = "raise", key
     parsed = parse_formula(formula, key, error)
     missing = sorted(c for c in parsed.columns if c not in data.columns)
     if missing:
-        raise error(f"{key}: the formula reads {', '.join(map(repr, missing))}, not a column of the data")
+        raise error(
+            f"{key}: the formula reads {', '.join(map(repr, missing))}, not a column of the data"
+        )
     called = {f.split(".", 1)[0] for f in parsed.functions}
     clash = {c for c in called if c in data.columns}
     if clash and any(str(c).startswith(_ALIAS) for c in data.columns):

@@ -19,12 +19,52 @@ WORKFLOW_KEYS = ("bundle", "scatter")
 
 # Agency profiles (see README "SDC and output checking"); explicit sdc keys override these.
 SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "standard": {"dominance": 0.85, "min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "fixed", "round_significant": None, "budget": None},
-    "iab": {"dominance": 0.85, "min_cell_size": 20, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive", "round_significant": None, "budget": 0.1},
-    "fsrdc": {"dominance": 0.85, "min_cell_size": 50, "quantile_trim": 1, "min_resid_df": 10, "grid": "pseudo", "round_significant": 4, "budget": 0.1},
-    "strict": {"dominance": 0.8, "min_cell_size": 100, "quantile_trim": 1, "min_resid_df": 20, "grid": "adaptive+pseudo", "round_significant": 4, "budget": 0.05},
+    "standard": {
+        "dominance": 0.85,
+        "min_cell_size": 50,
+        "quantile_trim": 1,
+        "min_resid_df": 10,
+        "grid": "fixed",
+        "round_significant": None,
+        "budget": None,
+    },
+    "iab": {
+        "dominance": 0.85,
+        "min_cell_size": 20,
+        "quantile_trim": 1,
+        "min_resid_df": 20,
+        "grid": "adaptive",
+        "round_significant": None,
+        "budget": 0.1,
+    },
+    "fsrdc": {
+        "dominance": 0.85,
+        "min_cell_size": 50,
+        "quantile_trim": 1,
+        "min_resid_df": 10,
+        "grid": "pseudo",
+        "round_significant": 4,
+        "budget": 0.1,
+    },
+    "strict": {
+        "dominance": 0.8,
+        "min_cell_size": 100,
+        "quantile_trim": 1,
+        "min_resid_df": 20,
+        "grid": "adaptive+pseudo",
+        "round_significant": 4,
+        "budget": 0.05,
+    },
 }
-SDC_KEYS = ("min_cell_size", "quantile_trim", "min_resid_df", "grid", "round_significant", "budget", "dominance")
+SDC_KEYS = (
+    "min_cell_size",
+    "quantile_trim",
+    "min_resid_df",
+    "grid",
+    "round_significant",
+    "budget",
+    "dominance",
+)
 
 
 @dataclass(frozen=True)
@@ -200,7 +240,10 @@ def _describe(err: Any) -> str:
     if v == "minimum" and where == "seed":
         return f"seed: must be a non-negative integer, got {err.instance!r}"
     if v == "pattern":
-        hints = {"^[A-Za-z0-9_-]+$": " (letters, digits, - and _)", "^[A-Za-z][A-Za-z0-9_]*$": " (a letter, then letters, digits and _)"}
+        hints = {
+            "^[A-Za-z0-9_-]+$": " (letters, digits, - and _)",
+            "^[A-Za-z][A-Za-z0-9_]*$": " (a letter, then letters, digits and _)",
+        }
         if str(err.validator_value).startswith("^(nonrobust"):
             return f"{where}: {err.instance!r} is not a vcov; use nonrobust, HC0, HC1, HC2, HC3 or cluster:<column>"
         return f"{where}: {err.instance!r} does not match {err.validator_value}{hints.get(err.validator_value, '')}"
@@ -215,7 +258,10 @@ def validate_schema(raw: dict[str, Any]) -> dict[str, Any]:
         raise ManifestError("manifest: expected a YAML mapping at the top level")
     schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(raw),
+        key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))),
+    )
     if errors:
         lines = [_describe(e) for e in errors[:10]]
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
@@ -235,7 +281,9 @@ def _resolve_sdc(raw: dict[str, Any]) -> Sdc:
         quantile_trim=float(values["quantile_trim"]),
         min_resid_df=int(values["min_resid_df"]),
         grid=str(values["grid"]),
-        round_significant=None if values["round_significant"] is None else int(values["round_significant"]),
+        round_significant=None
+        if values["round_significant"] is None
+        else int(values["round_significant"]),
         budget=None if values["budget"] is None else float(values["budget"]),
         dominance=float(values["dominance"]),
         overridden=overridden,
@@ -288,7 +336,9 @@ def _source(name: str, d: dict[str, Any]) -> Source:
     return src
 
 
-def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source], parse_formulas: bool = True) -> Checkpoint:
+def _checkpoint(
+    i: int, d: dict[str, Any], sources: dict[str, Source], parse_formulas: bool = True
+) -> Checkpoint:
     where = f"checkpoints[{i}]"
     cp = Checkpoint(
         tag=d["tag"],
@@ -324,16 +374,26 @@ def _checkpoint(i: int, d: dict[str, Any], sources: dict[str, Source], parse_for
     if parse_formulas:
         _check_id_terms(cp, variables, sources[cp.source], where)
     if cp.absorb and cp.model != "fe":
-        raise ManifestError(f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})")
+        raise ManifestError(
+            f"{where}.absorb: only model fe absorbs fixed effects (model is {cp.model})"
+        )
     if cp.entity and cp.model not in ("re", "fe"):
-        raise ManifestError(f"{where}.entity: only models re and fe take an entity (model is {cp.model})")
+        raise ManifestError(
+            f"{where}.entity: only models re and fe take an entity (model is {cp.model})"
+        )
     if cp.time and not cp.entity:
         raise ManifestError(f"{where}.time: a time column needs an entity; add {where}.entity")
     _check_family(cp, where)
     if cp.levels is not None and cp.model not in ("ologit", "oprobit"):
-        raise ManifestError(f"{where}.levels: only ordered models take levels (model is {cp.model})")
-    if cp.levels is not None and (len(cp.levels) < 2 or len({str(v) for v in cp.levels}) != len(cp.levels)):
-        raise ManifestError(f"{where}.levels: list at least two distinct categories, lowest first (got {list(cp.levels)})")
+        raise ManifestError(
+            f"{where}.levels: only ordered models take levels (model is {cp.model})"
+        )
+    if cp.levels is not None and (
+        len(cp.levels) < 2 or len({str(v) for v in cp.levels}) != len(cp.levels)
+    ):
+        raise ManifestError(
+            f"{where}.levels: list at least two distinct categories, lowest first (got {list(cp.levels)})"
+        )
     if cp.model in GLM_MODELS and cp.vcov in ("HC2", "HC3"):
         raise ManifestError(
             f"{where}.vcov: {cp.vcov!r} is not available for model {cp.model} (HC2/HC3 need the hat matrix of a "
@@ -370,23 +430,37 @@ def _check_family(cp: Checkpoint, where: str) -> None:
     has_iv = IV_BRACKET.search(cp.formula) is not None
     if cp.model == "iv":
         if not has_iv or len(IV_BRACKET.findall(cp.formula)) != 1:
-            raise ManifestError(f"{where}.formula: model iv needs one [endogenous ~ instruments] part, e.g. 'y ~ 1 + w + [x ~ z1 + z2]'")
+            raise ManifestError(
+                f"{where}.formula: model iv needs one [endogenous ~ instruments] part, e.g. 'y ~ 1 + w + [x ~ z1 + z2]'"
+            )
         endog, instr = IV_BRACKET.search(cp.formula).groups()  # type: ignore[union-attr]
         if not endog.strip() or not instr.strip():
-            raise ManifestError(f"{where}.formula: the IV part needs endogenous variables and instruments: [x ~ z]")
+            raise ManifestError(
+                f"{where}.formula: the IV part needs endogenous variables and instruments: [x ~ z]"
+            )
     elif has_iv:
-        raise ManifestError(f"{where}.formula: a [x ~ z] part is only read by model iv (model is {cp.model}); set model: iv")
+        raise ManifestError(
+            f"{where}.formula: a [x ~ z] part is only read by model iv (model is {cp.model}); set model: iv"
+        )
     if cp.model == "fe":
         if cp.absorb and cp.entity:
-            raise ManifestError(f"{where}: model fe takes either absorb (1 or 2 columns) or entity, not both; list the entity in absorb")
+            raise ManifestError(
+                f"{where}: model fe takes either absorb (1 or 2 columns) or entity, not both; list the entity in absorb"
+            )
         if not cp.absorb and not cp.entity:
-            raise ManifestError(f"{where}.absorb: model fe needs 1 or 2 columns to absorb (or an entity); add absorb: [<column>]")
+            raise ManifestError(
+                f"{where}.absorb: model fe needs 1 or 2 columns to absorb (or an entity); add absorb: [<column>]"
+            )
         if len(cp.absorb) > 2:
-            raise ManifestError(f"{where}.absorb: model fe absorbs 1 or 2 columns, got {len(cp.absorb)}; put the others in the formula as C(<column>)")
+            raise ManifestError(
+                f"{where}.absorb: model fe absorbs 1 or 2 columns, got {len(cp.absorb)}; put the others in the formula as C(<column>)"
+            )
         if len(set(cp.absorb)) != len(cp.absorb):
             raise ManifestError(f"{where}.absorb: a column is listed twice")
     if cp.model == "re" and not cp.entity:
-        raise ManifestError(f"{where}.entity: model re needs the panel unit column; add entity: <column>")
+        raise ManifestError(
+            f"{where}.entity: model re needs the panel unit column; add entity: <column>"
+        )
     if cp.model in ("fe", "re", "iv") and cp.vcov in ("HC2", "HC3"):
         raise ManifestError(
             f"{where}.vcov: {cp.vcov} is not available for model {cp.model} (its leverages are not defined "
@@ -399,13 +473,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     the last value without a word)."""
 
 
-def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _unique_mapping(
+    loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (str, int, float, bool)) and key in seen:
-            raise ManifestError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in the same section "
-                                f"(first on line {seen[key]}); keep one")
+            raise ManifestError(
+                f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in the same section "
+                f"(first on line {seen[key]}); keep one"
+            )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=deep)
 
@@ -421,13 +499,21 @@ def read_manifest_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest file not found") from None
     except IsADirectoryError:
-        raise ManifestError(f"{path}: is a folder; give the manifest's YAML file (e.g. config/config.yaml)") from None
+        raise ManifestError(
+            f"{path}: is a folder; give the manifest's YAML file (e.g. config/config.yaml)"
+        ) from None
     except OSError as exc:
-        raise ManifestError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+        raise ManifestError(
+            f"{path}: cannot be read ({exc.strerror}); check its permissions"
+        ) from None
     except UnicodeDecodeError:
-        raise ManifestError(f"{path}: not a text file (not UTF-8); give the manifest's YAML file") from None
+        raise ManifestError(
+            f"{path}: not a text file (not UTF-8); give the manifest's YAML file"
+        ) from None
     if "\x00" in text:
-        raise ManifestError(f"{path}: not a text file (binary content); give the manifest's YAML file")
+        raise ManifestError(
+            f"{path}: not a text file (binary content); give the manifest's YAML file"
+        )
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except ManifestError as exc:
@@ -436,7 +522,9 @@ def read_manifest_yaml(path: Path) -> Any:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from None
 
 
-def load_manifest(raw_or_path: dict[str, Any] | str | Path, parse_formulas: bool = True) -> Manifest:
+def load_manifest(
+    raw_or_path: dict[str, Any] | str | Path, parse_formulas: bool = True
+) -> Manifest:
     """Validate a manifest (mapping or YAML file) and return it frozen.
 
     Checks the JSON Schema, then everything that needs no data: checkpoint sources exist,
@@ -451,10 +539,16 @@ def load_manifest(raw_or_path: dict[str, Any] | str | Path, parse_formulas: bool
         raw = raw_or_path
     # Workflow settings, not part of the manifest the bundle records: `bundle` (outside runs)
     # and `scatter` (how many jobs; replisynth.workflow.workflow checks it).
-    raw = {k: v for k, v in (raw or {}).items() if k not in WORKFLOW_KEYS} if isinstance(raw, dict) else raw
+    raw = (
+        {k: v for k, v in (raw or {}).items() if k not in WORKFLOW_KEYS}
+        if isinstance(raw, dict)
+        else raw
+    )
     raw = validate_schema(raw)
     sources = {name: _source(name, d) for name, d in raw["sources"].items()}
-    cps = [_checkpoint(i, d, sources, parse_formulas) for i, d in enumerate(raw.get("checkpoints", []))]
+    cps = [
+        _checkpoint(i, d, sources, parse_formulas) for i, d in enumerate(raw.get("checkpoints", []))
+    ]
     seen: dict[str, int] = {}
     for i, cp in enumerate(cps):
         if cp.tag in seen:
@@ -484,7 +578,16 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
             f"{where}: column {col!r} is not in source {source!r} ({src.path}; columns: {shown})"
         )
 
-    for key in ("ids", "exclude", "categorical", "continuous", "strata", "groups", "keys", "sensitive"):
+    for key in (
+        "ids",
+        "exclude",
+        "categorical",
+        "continuous",
+        "strata",
+        "groups",
+        "keys",
+        "sensitive",
+    ):
         for col in getattr(src, key):
             if col not in have:
                 raise missing(f"sources.{source}.{key}", col)
@@ -530,9 +633,16 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
 def checkpoint_from_release(c: dict[str, Any]) -> Checkpoint:
     """The Checkpoint a released record describes."""
     return Checkpoint(
-        tag=c["tag"], source=c["source"], model=c["model"], formula=c["formula"], vcov=c["vcov"],
-        weights=c.get("weights"), absorb=tuple(c.get("absorb") or ()), entity=c.get("entity"),
-        time=c.get("time"), subset=c.get("subset"),
+        tag=c["tag"],
+        source=c["source"],
+        model=c["model"],
+        formula=c["formula"],
+        vcov=c["vcov"],
+        weights=c.get("weights"),
+        absorb=tuple(c.get("absorb") or ()),
+        entity=c.get("entity"),
+        time=c.get("time"),
+        subset=c.get("subset"),
         # ordered models: the released category order, so the synthetic refit codes alike
         levels=tuple(c.get("levels") or c.get("outcome_levels") or ()) or None,
     )

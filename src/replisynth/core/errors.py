@@ -57,13 +57,22 @@ def one_line(exc: BaseException, log_path: str = "") -> str:
     if isinstance(exc, ReplisynthError):
         return str(exc)
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (Ctrl-C); nothing half-written is kept, rerun the same command to resume"
+        return (
+            "interrupted (Ctrl-C); nothing half-written is kept, rerun the same command to resume"
+        )
     if isinstance(exc, OSError):
         target = exc.filename or "a file"
-        hint = {28: "free disk space", 13: "check the permissions, or choose another --results folder",
-                30: "the file system is read-only; choose another --results folder",
-                20: "a path component is a file, not a folder; choose another --results folder",
-                21: "it is a folder, not a file"}.get(exc.errno or 0, "check the path")
+        hint = {
+            28: "free disk space",
+            13: "check the permissions, or choose another --results folder",
+            30: "the file system is read-only; choose another --results folder",
+            20: "a path component is a file, not a folder; choose another --results folder",
+            21: "it is a folder, not a file",
+        }.get(exc.errno or 0, "check the path")
         return f"{target}: {exc.strerror or str(exc) or exc.__class__.__name__}; {hint}"
-    shown = f"the traceback is in {log_path}" if log_path else "set REPLISYNTH_DEBUG=1 to print the traceback"
+    shown = (
+        f"the traceback is in {log_path}"
+        if log_path
+        else "set REPLISYNTH_DEBUG=1 to print the traceback"
+    )
     return f"internal error ({exc.__class__.__name__}); this is a bug in replisynth, please report it ({shown})"

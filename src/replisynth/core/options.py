@@ -9,7 +9,18 @@ Role = Literal["continuous", "categorical"]
 SourceFormat = Literal["csv", "parquet", "dta", "sav"]
 
 MODELS: tuple[str, ...] = get_args(Model)
-SUPPORTED_MODELS: tuple[str, ...] = ("ols", "fe", "re", "iv", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit")
+SUPPORTED_MODELS: tuple[str, ...] = (
+    "ols",
+    "fe",
+    "re",
+    "iv",
+    "logit",
+    "probit",
+    "poisson",
+    "nbreg",
+    "ologit",
+    "oprobit",
+)
 # maximum-likelihood families by outcome support (fit/glm.py fits them, pin/pin_discrete.py pins them)
 GLM_BINARY: tuple[str, ...] = ("logit", "probit")
 GLM_COUNT: tuple[str, ...] = ("poisson", "nbreg")

@@ -84,7 +84,9 @@ def audit_columns(release: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in release["columns"] if c["role"] in AUDITED_ROLES]
 
 
-def resolve_keys(release: dict[str, Any], source: str, keys: tuple[str, ...], strata: tuple[str, ...]) -> tuple[list[str], bool]:
+def resolve_keys(
+    release: dict[str, Any], source: str, keys: tuple[str, ...], strata: tuple[str, ...]
+) -> tuple[list[str], bool]:
     """The key columns of a source and whether they are the default (strata + categorical
     columns). Declared keys must be released columns (ManifestError naming the key)."""
     cols = audit_columns(release)
@@ -151,7 +153,9 @@ def _as_text(s: pd.Series) -> np.ndarray:
     """Object array of text values (numbers formatted to SIG_DIGITS), missing as NaN."""
     if _numeric_like(s):
         f = round_significant(_as_float(s))
-        return np.array([np.nan if math.isnan(x) else format(x, f".{SIG_DIGITS}g") for x in f], dtype=object)
+        return np.array(
+            [np.nan if math.isnan(x) else format(x, f".{SIG_DIGITS}g") for x in f], dtype=object
+        )
     a = s.astype(object).to_numpy()
     miss = pd.isna(a)
     out = np.empty(len(a), dtype=object)
@@ -165,7 +169,9 @@ def column_codes(original: pd.Series, synthetic: pd.Series) -> tuple[np.ndarray,
     (see METRICS['identical_rows']); missing is a value of its own. Returns the two code
     arrays and the number of distinct values."""
     if _numeric_like(original) and _numeric_like(synthetic):
-        both = np.concatenate([round_significant(_as_float(original)), round_significant(_as_float(synthetic))])
+        both = np.concatenate(
+            [round_significant(_as_float(original)), round_significant(_as_float(synthetic))]
+        )
     else:
         both = np.concatenate([_as_text(original), _as_text(synthetic)])
     codes, uniques = pd.factorize(both, use_na_sentinel=False)
@@ -173,7 +179,9 @@ def column_codes(original: pd.Series, synthetic: pd.Series) -> tuple[np.ndarray,
     return codes[:n].astype("int64"), codes[n:].astype("int64"), len(uniques)
 
 
-def row_ids(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def row_ids(
+    original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """One integer per row, equal across the two frames exactly when the rows are equal on
     `columns`."""
     n, m = len(original), len(synthetic)
@@ -188,7 +196,9 @@ def row_ids(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[str])
     return inv[:n], inv[n:]
 
 
-def identical_rows(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[str]) -> dict[str, Any]:
+def identical_rows(
+    original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[str]
+) -> dict[str, Any]:
     """Synthetic rows equal to an original row on `columns` (counts and shares only)."""
     o, s = row_ids(original, synthetic, columns)
     hit = np.isin(s, o)
@@ -200,7 +210,9 @@ def identical_rows(original: pd.DataFrame, synthetic: pd.DataFrame, columns: lis
     }
 
 
-def replicated_uniques(original: pd.DataFrame, synthetic: pd.DataFrame, keys: list[str]) -> dict[str, Any]:
+def replicated_uniques(
+    original: pd.DataFrame, synthetic: pd.DataFrame, keys: list[str]
+) -> dict[str, Any]:
     """synthpop's replicated uniques on `keys`: synthetic rows whose key combination is unique
     in the synthetic data and unique in the original data."""
     o, s = row_ids(original, synthetic, keys)
@@ -229,7 +241,9 @@ def split_halves(n: int, seed: int, source: str) -> tuple[np.ndarray, np.ndarray
     return np.sort(perm[:k]), np.sort(perm[k:])
 
 
-def embed(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def embed(
+    original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates of both frames for the DCR (see METRICS['dcr']); the scaling comes from the
     original data only."""
     n, m = len(original), len(synthetic)
@@ -237,7 +251,11 @@ def embed(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[st
     parts_s: list[np.ndarray] = []
     for spec in columns:
         c = spec["name"]
-        if spec["role"] == "continuous" and _numeric_like(original[c]) and _numeric_like(synthetic[c]):
+        if (
+            spec["role"] == "continuous"
+            and _numeric_like(original[c])
+            and _numeric_like(synthetic[c])
+        ):
             xo, xs = _as_float(original[c]), _as_float(synthetic[c])
             ref = np.sort(xo[~np.isnan(xo)])
             if len(ref) == 0:
@@ -247,7 +265,9 @@ def embed(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[st
                 ok = ~np.isnan(x)
                 u = np.zeros(len(x))
                 xv = x[ok]
-                u[ok] = (np.searchsorted(ref, xv, "left") + np.searchsorted(ref, xv, "right")) / (2.0 * len(ref))
+                u[ok] = (np.searchsorted(ref, xv, "left") + np.searchsorted(ref, xv, "right")) / (
+                    2.0 * len(ref)
+                )
                 out = (u - 0.5) * math.sqrt(12.0)
                 out[~ok] = 0.0
                 return out
@@ -278,8 +298,14 @@ def _median(x: np.ndarray) -> float:
     return float(np.median(x)) if len(x) else float("nan")
 
 
-def dcr(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[str, Any]], seed: int, source: str,
-        sample: int = DCR_SAMPLE) -> dict[str, Any]:
+def dcr(
+    original: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    columns: list[dict[str, Any]],
+    seed: int,
+    source: str,
+    sample: int = DCR_SAMPLE,
+) -> dict[str, Any]:
     """Distance to closest record of sampled synthetic rows to the training and the holdout
     half of the original, with the holdout-to-training baseline (aggregates only)."""
     from scipy.spatial import cKDTree
@@ -292,8 +318,14 @@ def dcr(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[str,
         return {"skipped": "no column with more than one value"}
     train, hold = split_halves(n, seed, source)
     pick = rng(seed, source, "audit", "sample")
-    s_idx = np.sort(pick.choice(m, size=min(m, sample), replace=False)) if m > sample else np.arange(m)
-    h_idx = np.sort(pick.choice(hold, size=min(len(hold), sample), replace=False)) if len(hold) > sample else hold
+    s_idx = (
+        np.sort(pick.choice(m, size=min(m, sample), replace=False)) if m > sample else np.arange(m)
+    )
+    h_idx = (
+        np.sort(pick.choice(hold, size=min(len(hold), sample), replace=False))
+        if len(hold) > sample
+        else hold
+    )
     tree_t, tree_h = cKDTree(xo[train]), cKDTree(xo[hold])
     d_t = tree_t.query(xs[s_idx], k=1)[0]
     d_h = tree_h.query(xs[s_idx], k=1)[0]
@@ -316,7 +348,8 @@ def dcr(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[str,
         "share_closer_than_p5": float(np.mean(d_t < p5)),
         "share_closer_than_p5_expected": BASELINE_PERCENTILE / 100.0,
         "share_nearest_original_closer_than_p5": float(np.mean(nearest < p5)),
-        "share_nearest_original_closer_than_p5_expected": 1.0 - (1.0 - BASELINE_PERCENTILE / 100.0) ** 2,
+        "share_nearest_original_closer_than_p5_expected": 1.0
+        - (1.0 - BASELINE_PERCENTILE / 100.0) ** 2,
         "share_at_zero": float(np.mean(nearest <= ZERO)),
         "holdout_share_at_zero": float(np.mean(base <= ZERO)),
     }
@@ -326,9 +359,16 @@ def dcr(original: pd.DataFrame, synthetic: pd.DataFrame, columns: list[dict[str,
 # one source, one run
 
 
-def audit_source(original: pd.DataFrame, synthetic: pd.DataFrame, release: dict[str, Any], source: str,
-                 seed: int, keys: tuple[str, ...] = (), strata: tuple[str, ...] = (),
-                 sample: int = DCR_SAMPLE) -> dict[str, Any]:
+def audit_source(
+    original: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    release: dict[str, Any],
+    source: str,
+    seed: int,
+    keys: tuple[str, ...] = (),
+    strata: tuple[str, ...] = (),
+    sample: int = DCR_SAMPLE,
+) -> dict[str, Any]:
     """All three measures for one source (a plain dict of counts, shares and distances)."""
     released = audit_columns(release)
     _check_columns(original, [c["name"] for c in released], "the original data", source)
@@ -363,7 +403,9 @@ def attention(result: dict[str, Any]) -> list[str]:
     for name, s in result["sources"].items():
         k = s["identical_all_columns"]["count"]
         if k:
-            out.append(f"{name}: {k:,} synthetic row(s) reproduce an original record on all {len(s['columns'])} released columns")
+            out.append(
+                f"{name}: {k:,} synthetic row(s) reproduce an original record on all {len(s['columns'])} released columns"
+            )
         d = s["dcr"]
         if "skipped" not in d and d["share_closer_than_p5"] > ATTENTION_SHARE:
             out.append(
@@ -373,7 +415,9 @@ def attention(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def audit_run(name: str, seed: int, per_source: dict[str, dict[str, Any]], bundle_sha256: str | None = None) -> dict[str, Any]:
+def audit_run(
+    name: str, seed: int, per_source: dict[str, dict[str, Any]], bundle_sha256: str | None = None
+) -> dict[str, Any]:
     """Assemble the audit of a run from its per-source results; adds the verdict and the
     summary paragraph."""
     result: dict[str, Any] = {
@@ -388,7 +432,8 @@ def audit_run(name: str, seed: int, per_source: dict[str, dict[str, Any]], bundl
     result["identical_rows_total"] = identical
     result["attention"] = attention(result)
     result["verdict"] = (
-        "no synthetic row reproduces an original record" if identical == 0
+        "no synthetic row reproduces an original record"
+        if identical == 0
         else f"{identical:,} synthetic row(s) reproduce an original record on all released columns"
     )
     result["summary"] = summary_text(result)
@@ -410,7 +455,12 @@ def _num(x: float | None) -> str:
 
 
 def _source_sentences(name: str, s: dict[str, Any]) -> str:
-    ia, ik, ru, d = s["identical_all_columns"], s["identical_keys"], s["replicated_uniques"], s["dcr"]
+    ia, ik, ru, d = (
+        s["identical_all_columns"],
+        s["identical_keys"],
+        s["replicated_uniques"],
+        s["dcr"],
+    )
     keys = "the strata and categorical columns" if s["keys_default"] else "the declared key columns"
     parts = [
         f"Source '{name}' ({s['original_rows']:,} original rows, {s['synthetic_rows']:,} synthetic rows, "
@@ -462,34 +512,71 @@ def _wrap(text: str, width: int = 92) -> str:
 def render_text(result: dict[str, Any]) -> str:
     """audit.txt: the summary paragraph, the numbers per source, the metric definitions and
     a signature block."""
-    lines = [f"replisynth output-checking audit: {result['name']}", "=" * 60, "", _wrap(result["summary"]), ""]
+    lines = [
+        f"replisynth output-checking audit: {result['name']}",
+        "=" * 60,
+        "",
+        _wrap(result["summary"]),
+        "",
+    ]
     for name, s in result["sources"].items():
-        ia, ik, ru, d = s["identical_all_columns"], s["identical_keys"], s["replicated_uniques"], s["dcr"]
+        ia, ik, ru, d = (
+            s["identical_all_columns"],
+            s["identical_keys"],
+            s["replicated_uniques"],
+            s["dcr"],
+        )
         rows = [
             ("original rows / synthetic rows", f"{s['original_rows']:,} / {s['synthetic_rows']:,}"),
             ("columns compared", f"{len(s['columns'])}"),
-            ("key columns" + (" (default)" if s["keys_default"] else ""), ", ".join(s["keys"]) or "(none)"),
+            (
+                "key columns" + (" (default)" if s["keys_default"] else ""),
+                ", ".join(s["keys"]) or "(none)",
+            ),
             ("identical rows, all columns", f"{ia['count']:,} ({_pct(ia['share'])})"),
             ("identical rows, key columns", f"{ik['count']:,} ({_pct(ik['share'])})"),
             ("replicated uniques on keys", f"{ru['count']:,} ({_pct(ru['share'])})"),
-            ("rows unique on keys, orig. / synth.", f"{ru['unique_in_original']:,} / {ru['unique_in_synthetic']:,}"),
+            (
+                "rows unique on keys, orig. / synth.",
+                f"{ru['unique_in_original']:,} / {ru['unique_in_synthetic']:,}",
+            ),
         ]
         if s.get("columns_empty_in_synthetic"):
-            rows.append(("all-missing in synthetic (not compared)", ", ".join(s["columns_empty_in_synthetic"])))
+            rows.append(
+                (
+                    "all-missing in synthetic (not compared)",
+                    ", ".join(s["columns_empty_in_synthetic"]),
+                )
+            )
         if "skipped" in d:
             rows.append(("DCR", f"not computed: {d['skipped']}"))
         else:
             rows += [
-                ("DCR sample / training / holdout rows", f"{d['synthetic_rows_sampled']:,} / {d['training_rows']:,} / {d['holdout_rows']:,}"),
-                ("median DCR to training / holdout", f"{_num(d['median_to_training'])} / {_num(d['median_to_holdout'])}"),
+                (
+                    "DCR sample / training / holdout rows",
+                    f"{d['synthetic_rows_sampled']:,} / {d['training_rows']:,} / {d['holdout_rows']:,}",
+                ),
+                (
+                    "median DCR to training / holdout",
+                    f"{_num(d['median_to_training'])} / {_num(d['median_to_holdout'])}",
+                ),
                 ("ratio training / holdout", _num(d["ratio"])),
                 ("median holdout-to-training (baseline)", _num(d["median_holdout_to_training"])),
                 ("5th percentile of the baseline", _num(d["p5_holdout_to_training"])),
-                ("closer than it (nearest training row)", f"{_pct(d['share_closer_than_p5'])} ({_pct(d['share_closer_than_p5_expected'])} expected)"),
-                ("closer than it (nearest original row)", f"{_pct(d['share_nearest_original_closer_than_p5'])} "
-                 f"({_pct(d['share_nearest_original_closer_than_p5_expected'])} expected)"),
+                (
+                    "closer than it (nearest training row)",
+                    f"{_pct(d['share_closer_than_p5'])} ({_pct(d['share_closer_than_p5_expected'])} expected)",
+                ),
+                (
+                    "closer than it (nearest original row)",
+                    f"{_pct(d['share_nearest_original_closer_than_p5'])} "
+                    f"({_pct(d['share_nearest_original_closer_than_p5_expected'])} expected)",
+                ),
                 ("median DCR to training / baseline median", _num(d["ratio_to_baseline"])),
-                ("synthetic rows at distance 0", f"{_pct(d['share_at_zero'])} (holdout: {_pct(d['holdout_share_at_zero'])})"),
+                (
+                    "synthetic rows at distance 0",
+                    f"{_pct(d['share_at_zero'])} (holdout: {_pct(d['holdout_share_at_zero'])})",
+                ),
             ]
         lines += [f"Source {name}", "-" * 60] + [f"  {label:<44}{value}" for label, value in rows]
         lines.append("")
@@ -498,5 +585,9 @@ def render_text(result: dict[str, Any]) -> str:
         lines += [_wrap(f"{key}: {text}"), ""]
     lines += [f"Verdict: {result['verdict']}"]
     lines += [f"For attention: {a}" for a in result["attention"]]
-    lines += ["", "Checked by: ______________________    Date: ____________    Signature: ______________", ""]
+    lines += [
+        "",
+        "Checked by: ______________________    Date: ____________    Signature: ______________",
+        "",
+    ]
     return "\n".join(lines)

@@ -27,7 +27,17 @@ from replisynth.disclosure.sdc import SdcLog, resolved_settings
 from replisynth.io.files import read_json, sha256_file, write_json
 
 FORMAT = "replisynth-bundle/1"
-PACKAGES = ("numpy", "pandas", "scipy", "statsmodels", "linearmodels", "formulaic", "pandera", "pyarrow", "snakemake")
+PACKAGES = (
+    "numpy",
+    "pandas",
+    "scipy",
+    "statsmodels",
+    "linearmodels",
+    "formulaic",
+    "pandera",
+    "pyarrow",
+    "snakemake",
+)
 
 
 def software_versions() -> dict[str, str]:
@@ -47,7 +57,11 @@ def source_file(name: str) -> str:
 
 def bundle_files(manifest: Manifest) -> list[str]:
     """Every file a bundle of this manifest holds (manifest.json last)."""
-    return [source_file(s.name) for s in manifest.sources] + ["checkpoints.json", "sdc_log.json", "manifest.json"]
+    return [source_file(s.name) for s in manifest.sources] + [
+        "checkpoints.json",
+        "sdc_log.json",
+        "manifest.json",
+    ]
 
 
 def write_bundle(
@@ -67,7 +81,10 @@ def write_bundle(
         for s in manifest.sources:
             write_json(tmp / source_file(s.name), releases[s.name])
         write_json(tmp / "checkpoints.json", {"checkpoints": checkpoints})
-        sdc_log: dict[str, Any] = {"settings": resolved_settings(manifest.sdc), "decisions": log.entries}
+        sdc_log: dict[str, Any] = {
+            "settings": resolved_settings(manifest.sdc),
+            "decisions": log.entries,
+        }
         if ledger is not None:  # the checkpoint stage's disclosure ledger (extract/ledger.py)
             sdc_log["ledger"] = ledger
         write_json(tmp / "sdc_log.json", sdc_log)
@@ -124,12 +141,22 @@ def load_bundle(path: str | Path) -> Bundle:
     p = Path(path)
     mf = p / "manifest.json"
     if not mf.exists():
-        raise BundleError(f"{p}: not a bundle (no manifest.json); point bundle= at the bundle directory written by extract")
+        raise BundleError(
+            f"{p}: not a bundle (no manifest.json); point bundle= at the bundle directory written by extract"
+        )
     info = _read(mf)
-    if not isinstance(info, dict) or not isinstance(info.get("files"), list) or "manifest" not in info:
-        raise BundleError(f"{mf}: not a bundle manifest (no files list or manifest); rebuild the bundle with extract")
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("files"), list)
+        or "manifest" not in info
+    ):
+        raise BundleError(
+            f"{mf}: not a bundle manifest (no files list or manifest); rebuild the bundle with extract"
+        )
     if info.get("format") != FORMAT:
-        raise BundleError(f"{mf}: format {info.get('format')!r} is not {FORMAT!r}; rebuild the bundle with this version")
+        raise BundleError(
+            f"{mf}: format {info.get('format')!r} is not {FORMAT!r}; rebuild the bundle with this version"
+        )
     check_schema(info, "manifest.json", mf)
     listed = {f["path"] for f in info["files"]}
     for f in info["files"]:
@@ -137,18 +164,26 @@ def load_bundle(path: str | Path) -> Bundle:
         if not fp.is_file():
             raise BundleError(f"{p}: bundle file {f['path']} is missing")
         if sha256_file(fp) != f["sha256"]:
-            raise BundleError(f"{fp}: sha256 does not match manifest.json; the bundle was altered or is incomplete")
+            raise BundleError(
+                f"{fp}: sha256 does not match manifest.json; the bundle was altered or is incomplete"
+            )
     extra = sorted(x.name for x in p.iterdir() if x.name not in listed | {"manifest.json"})
     if extra:
-        raise BundleError(f"{p}: files not listed in manifest.json: {', '.join(extra)}; a bundle holds only its listed files")
+        raise BundleError(
+            f"{p}: files not listed in manifest.json: {', '.join(extra)}; a bundle holds only its listed files"
+        )
     try:
         manifest = load_manifest(info["manifest"], parse_formulas=False)
     except ReplisynthError as exc:
         msg = str(exc).replace(":\n  ", ": ").replace("\n  ", "; ")
-        raise BundleError(f"{mf}: {msg if msg.startswith('manifest') else 'manifest.' + msg}") from None
+        raise BundleError(
+            f"{mf}: {msg if msg.startswith('manifest') else 'manifest.' + msg}"
+        ) from None
     want = set(bundle_files(manifest)) - {"manifest.json"}
     if listed != want:
-        raise BundleError(f"{mf}: lists {', '.join(sorted(listed))} but its manifest needs {', '.join(sorted(want))}; the bundle was edited")
+        raise BundleError(
+            f"{mf}: lists {', '.join(sorted(listed))} but its manifest needs {', '.join(sorted(want))}; the bundle was edited"
+        )
     releases = {}
     for s in manifest.sources:
         fp = p / source_file(s.name)
@@ -157,14 +192,23 @@ def load_bundle(path: str | Path) -> Bundle:
     checkpoints = check_schema(_read(cpf), "checkpoints.json", cpf)["checkpoints"]
     check_checkpoints(checkpoints, manifest, releases, cpf)
     sdc_log = check_schema(_read(p / "sdc_log.json"), "sdc_log.json", p / "sdc_log.json")
-    return Bundle(path=p, manifest=manifest, info=info, releases=releases, checkpoints=checkpoints, sdc_log=sdc_log)
+    return Bundle(
+        path=p,
+        manifest=manifest,
+        info=info,
+        releases=releases,
+        checkpoints=checkpoints,
+        sdc_log=sdc_log,
+    )
 
 
 def _read(fp: Path) -> Any:
     try:
         return read_json(fp)
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{fp}: not valid JSON ({exc.__class__.__name__}); the bundle is damaged, rebuild it with extract") from None
+        raise BundleError(
+            f"{fp}: not valid JSON ({exc.__class__.__name__}); the bundle is damaged, rebuild it with extract"
+        ) from None
 
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "bundle_schema.yaml"
@@ -194,8 +238,10 @@ def _validators() -> dict[str, Any]:
                 return
 
     fast = jsonschema.validators.extend(base, {"items": items})
-    return {name: fast({**schema, "$ref": f"#/$defs/{name}"})
-            for name in ("manifest.json", "checkpoints.json", "sdc_log.json", "source")}
+    return {
+        name: fast({**schema, "$ref": f"#/$defs/{name}"})
+        for name in ("manifest.json", "checkpoints.json", "sdc_log.json", "source")
+    }
 
 
 def _key_path(path: Any) -> str:
@@ -214,7 +260,9 @@ def check_schema(doc: Any, name: str, fp: Path) -> Any:
     if err is None:
         return doc
     what = err.message if len(err.message) <= 160 else err.message[:157] + "..."
-    raise BundleError(f"{fp}: {_key_path(err.absolute_path)}: {what}; the file does not match the bundle format (docs/bundle.md)")
+    raise BundleError(
+        f"{fp}: {_key_path(err.absolute_path)}: {what}; the file does not match the bundle format (docs/bundle.md)"
+    )
 
 
 def check_release(rel: dict[str, Any], fp: Path) -> dict[str, Any]:
@@ -225,7 +273,9 @@ def check_release(rel: dict[str, Any], fp: Path) -> dict[str, Any]:
     k = len(rel["dims"])
 
     def bad(key: str, what: str) -> BundleError:
-        return BundleError(f"{fp}: {key}: {what}; the file does not match the bundle format (docs/bundle.md)")
+        return BundleError(
+            f"{fp}: {key}: {what}; the file does not match the bundle format (docs/bundle.md)"
+        )
 
     for i, d in enumerate(rel["dims"]):
         if d["column"] not in names:
@@ -242,17 +292,31 @@ def check_release(rel: dict[str, Any], fp: Path) -> dict[str, Any]:
             raise bad(f"blocks.{b}.marginals", f"{stray[0]!r} is not a released column")
         sp = block.get("spearman")
         if sp and (len(sp) != k or any(len(row) != k for row in sp)):
-            raise bad(f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)")
+            raise bad(
+                f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)"
+            )
     return rel
 
 
 def _check_moments(mo: dict[str, Any], where: str) -> None:
     k = len(mo["terms"])
-    if len(mo["mean"]) != k or len(mo["sd"]) != k or len(mo["corr"]) != k or any(len(r) != k for r in mo["corr"]):
-        raise BundleError(f"{where}.moments: terms, mean, sd and corr do not have one entry per term; the bundle was edited")
+    if (
+        len(mo["mean"]) != k
+        or len(mo["sd"]) != k
+        or len(mo["corr"]) != k
+        or any(len(r) != k for r in mo["corr"])
+    ):
+        raise BundleError(
+            f"{where}.moments: terms, mean, sd and corr do not have one entry per term; the bundle was edited"
+        )
 
 
-def check_checkpoints(checkpoints: list[dict[str, Any]], manifest: Manifest, releases: dict[str, dict[str, Any]], fp: Path) -> None:
+def check_checkpoints(
+    checkpoints: list[dict[str, Any]],
+    manifest: Manifest,
+    releases: dict[str, dict[str, Any]],
+    fp: Path,
+) -> None:
     """Every released checkpoint record re-checked before anything reads it: the formula and
     subset inside the safe grammar, its source and columns in the bundle, and the same
     formula, subset, weights, model and vcov as the manifest recorded in manifest.json."""
@@ -266,15 +330,23 @@ def check_checkpoints(checkpoints: list[dict[str, Any]], manifest: Manifest, rel
             cols |= parse_subset(c["subset"], f"{where}.subset", BundleError).columns
         cp = declared.get(c["tag"])
         if cp is None:
-            raise BundleError(f"{where}.tag: {c['tag']!r} is not a checkpoint of the manifest in manifest.json; the bundle was edited")
+            raise BundleError(
+                f"{where}.tag: {c['tag']!r} is not a checkpoint of the manifest in manifest.json; the bundle was edited"
+            )
         for key in ("source", "model", "formula", "subset", "weights", "vcov"):
             if c.get(key) != getattr(cp, key):
-                raise BundleError(f"{where}.{key}: differs from the manifest in manifest.json; the bundle was edited")
+                raise BundleError(
+                    f"{where}.{key}: differs from the manifest in manifest.json; the bundle was edited"
+                )
         if isinstance(c.get("moments"), dict):
             _check_moments(c["moments"], where)
         have = {col["name"] for col in releases[c["source"]]["columns"]}
         cluster = c["vcov"].split(":", 1)[1] if c["vcov"].startswith("cluster:") else None
-        cols |= {x for x in (c.get("weights"), c.get("entity"), c.get("time"), cluster) if x} | set(c.get("absorb") or ())
+        cols |= {x for x in (c.get("weights"), c.get("entity"), c.get("time"), cluster) if x} | set(
+            c.get("absorb") or ()
+        )
         gone = sorted(cols - have)
         if gone:
-            raise BundleError(f"{where}: reads {', '.join(map(repr, gone))}, not a column of {source_file(c['source'])}; the bundle was edited")
+            raise BundleError(
+                f"{where}: reads {', '.join(map(repr, gone))}, not a column of {source_file(c['source'])}; the bundle was edited"
+            )

@@ -16,7 +16,9 @@ import numpy as np
 Finding = dict[str, Any]
 
 
-def _memo(memo: dict[tuple[str, str, int], Any] | None, what: str, bid: str, k: int, compute: Any) -> Any:
+def _memo(
+    memo: dict[tuple[str, str, int], Any] | None, what: str, bid: str, k: int, compute: Any
+) -> Any:
     """A per-check cache of the lookups below (each block's dims are looked up once)."""
     if memo is None:
         return compute()
@@ -26,7 +28,9 @@ def _memo(memo: dict[tuple[str, str, int], Any] | None, what: str, bid: str, k: 
     return memo[key]
 
 
-def _observed_rows_of(release: dict[str, Any], bid: str, dim: dict[str, Any]) -> tuple[int, int] | None:
+def _observed_rows_of(
+    release: dict[str, Any], bid: str, dim: dict[str, Any]
+) -> tuple[int, int] | None:
     """(rows on which the dim is observed, rows where it is high) in block `bid`, when the
     release gives both exactly and the dim is two-valued there; else None. Missing dims are
     observed on every row (high = missing); indicators and two-level ordered dims on the
@@ -92,10 +96,12 @@ def _half_unit(v: float, digits: int) -> float:
     """Half a unit in the last released digit of correlation `v` (`digits` significant)."""
     if digits >= 15:
         return 1e-12
-    return 0.5 * 10.0 ** (math.floor(math.log10(abs(v))) - digits + 1) if v else 0.5 * 10.0 ** -digits
+    return 0.5 * 10.0 ** (math.floor(math.log10(abs(v))) - digits + 1) if v else 0.5 * 10.0**-digits
 
 
-def implied_cells(n: int, a: int | np.ndarray, b: int, r: float, digits: int = 17) -> tuple[np.ndarray, np.ndarray]:
+def implied_cells(
+    n: int, a: int | np.ndarray, b: int, r: float, digits: int = 17
+) -> tuple[np.ndarray, np.ndarray]:
     """Bounds on the 2x2 cells (hh, hl, lh, ll) of two 0/1 dims with `a` and `b` high rows of
     `n`, given their phi (Spearman) `r` up to its released precision; `a` may be an array of
     candidate counts (the bounds then cover them all)."""
@@ -116,11 +122,21 @@ def _small(lo: np.ndarray, hi: np.ndarray, k: int) -> bool:
 
 
 def _dim_name(d: dict[str, Any]) -> str:
-    return f"{d['column']}={d['level']}" if d["kind"] == "indicator" else (f"{d['column']} missing" if d["kind"] == "missing" else d["column"])
+    return (
+        f"{d['column']}={d['level']}"
+        if d["kind"] == "indicator"
+        else (f"{d['column']} missing" if d["kind"] == "missing" else d["column"])
+    )
 
 
 def _high_where_observed(
-    release: dict[str, Any], bid: str, i: int, pattern: str, a: tuple[int, int], digits: int, memo: dict[tuple[str, str, int], Any] | None,
+    release: dict[str, Any],
+    bid: str,
+    i: int,
+    pattern: str,
+    a: tuple[int, int],
+    digits: int,
+    memo: dict[tuple[str, str, int], Any] | None,
 ) -> tuple[int, int, int] | None:
     """(rows, fewest and most high rows) of dim i (observed on every row) on the rows where
     column `pattern` is observed: its high rows less those among the column's missing rows,
@@ -128,8 +144,19 @@ def _high_where_observed(
     else bounded by the column's missing count."""
     col = release["blocks"][bid]["marginals"][pattern]
     n_obs = int(release["blocks"][bid]["rows"]) - int(col["missing"])
-    miss = next((k for k, d in enumerate(release["dims"]) if d["kind"] == "missing" and d["column"] == pattern), None)
-    cells = block_pair_cells(release, bid, i, miss, digits, memo) if miss is not None and miss != i else None
+    miss = next(
+        (
+            k
+            for k, d in enumerate(release["dims"])
+            if d["kind"] == "missing" and d["column"] == pattern
+        ),
+        None,
+    )
+    cells = (
+        block_pair_cells(release, bid, i, miss, digits, memo)
+        if miss is not None and miss != i
+        else None
+    )
     if cells is not None and np.allclose(cells[0], cells[1], atol=0.25):
         high = a[1] - int(round(float(cells[0][0])))  # less: i high and the column missing
         return n_obs, high, high
@@ -137,7 +164,12 @@ def _high_where_observed(
 
 
 def block_pair_cells(
-    release: dict[str, Any], bid: str, i: int, j: int, digits: int | None = None, memo: dict[tuple[str, str, int], Any] | None = None,
+    release: dict[str, Any],
+    bid: str,
+    i: int,
+    j: int,
+    digits: int | None = None,
+    memo: dict[tuple[str, str, int], Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounds on the 2x2 cells of dims i, j in block `bid` derivable from the release alone
     (the released correlation and shares, or the shares when one dim is constant), or None.
@@ -173,13 +205,17 @@ def block_pair_cells(
     return implied_cells(n, highs, b[1], float(r), digits)
 
 
-def _cells_span(n: int, highs: np.ndarray, b: int, r: float, digits: int) -> tuple[np.ndarray, np.ndarray]:
+def _cells_span(
+    n: int, highs: np.ndarray, b: int, r: float, digits: int
+) -> tuple[np.ndarray, np.ndarray]:
     """`implied_cells` over candidate counts some of which make a dim constant."""
     parts = [_cells_given(n, int(h), b, r, digits) for h in highs]
     return np.min([c[0] for c in parts], axis=0), np.max([c[1] for c in parts], axis=0)  # type: ignore[index]
 
 
-def _cells_given(n: int, a: int, b: int, r: float | None, digits: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _cells_given(
+    n: int, a: int, b: int, r: float | None, digits: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounds on the 2x2 cells given both high counts and the correlation (None: withheld)."""
     if a in (0, n) or b in (0, n):  # a constant dim: the table follows from the shares
         hh = a if b == n else (b if a == n else 0)
@@ -203,7 +239,9 @@ def _two_valued(release: dict[str, Any]) -> list[int]:
     return out
 
 
-def check_correlations(release: dict[str, Any], min_cell: int) -> tuple[list[Finding], dict[str, int]]:
+def check_correlations(
+    release: dict[str, Any], min_cell: int
+) -> tuple[list[Finding], dict[str, int]]:
     """Every released correlation of two two-valued dims, in every block: the 2x2 cells its
     value implies with the released shares; a finding when a cell is pinned to 1..k-1 rows.
     Then across the linked blocks (source = strata + residual): a block whose pair table is
@@ -217,7 +255,7 @@ def check_correlations(release: dict[str, Any], min_cell: int) -> tuple[list[Fin
     strata = [c["id"] for c in release["strata"]["cells"]] if release["strata"]["columns"] else []
     residual = int(release["strata"].get("residual_rows", 0))
     for x, i in enumerate(two):
-        for j in two[x + 1:]:
+        for j in two[x + 1 :]:
             known: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
             for bid in release["blocks"]:
                 known[bid] = block_pair_cells(release, bid, i, j, digits, memo)
@@ -228,9 +266,17 @@ def check_correlations(release: dict[str, Any], min_cell: int) -> tuple[list[Fin
                     continue
                 stats["pairs_checked"] += 1
                 if _small(*known[bid], min_cell):
-                    findings.append({"check": "correlations", "source": src, "block": bid, "dims": [_dim_name(release["dims"][i]), _dim_name(release["dims"][j])],
-                                     "pair": [i, j], "withhold": bid,
-                                     "finding": f"the released correlation and shares pin a cell of their 2x2 table to 1..{min_cell - 1} rows"})
+                    findings.append(
+                        {
+                            "check": "correlations",
+                            "source": src,
+                            "block": bid,
+                            "dims": [_dim_name(release["dims"][i]), _dim_name(release["dims"][j])],
+                            "pair": [i, j],
+                            "withhold": bid,
+                            "finding": f"the released correlation and shares pin a cell of their 2x2 table to 1..{min_cell - 1} rows",
+                        }
+                    )
             if not strata or known.get("all") is None:
                 continue
             members = {bid: known.get(bid) for bid in strata}
@@ -243,9 +289,17 @@ def check_correlations(release: dict[str, Any], min_cell: int) -> tuple[list[Fin
             lo = known["all"][0] - sum(members[b][1] for b in members if b not in unknown)  # type: ignore[index]
             hi = known["all"][1] - sum(members[b][0] for b in members if b not in unknown)  # type: ignore[index]
             if _small(lo, hi, min_cell):
-                findings.append({"check": "correlations", "source": src, "block": unknown[0], "dims": [_dim_name(release["dims"][i]), _dim_name(release["dims"][j])],
-                                 "pair": [i, j], "withhold": "all",
-                                 "finding": f"the source-level 2x2 table minus the other blocks' pins a cell of this block's table to 1..{min_cell - 1} rows"})
+                findings.append(
+                    {
+                        "check": "correlations",
+                        "source": src,
+                        "block": unknown[0],
+                        "dims": [_dim_name(release["dims"][i]), _dim_name(release["dims"][j])],
+                        "pair": [i, j],
+                        "withhold": "all",
+                        "finding": f"the source-level 2x2 table minus the other blocks' pins a cell of this block's table to 1..{min_cell - 1} rows",
+                    }
+                )
     return findings, stats
 
 

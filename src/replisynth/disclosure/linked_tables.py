@@ -28,7 +28,12 @@ def protected(lo: int, hi: int, min_cell: int, cap: int) -> bool:
     cell known to be at least `min_cell`, an interval at least `min_cell` wide, or one that
     covers 0..min_cell-1 (or 0..cap when the block's published non-missing total `cap` is
     smaller: the attacker then knows no more than that published total)."""
-    return hi <= 0 or lo >= min_cell or hi - lo >= min_cell or (lo <= 0 and hi >= min(min_cell - 1, cap))
+    return (
+        hi <= 0
+        or lo >= min_cell
+        or hi - lo >= min_cell
+        or (lo <= 0 and hi >= min(min_cell - 1, cap))
+    )
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ class LinkedTable:
     pooled: bool = False
 
 
-def class_codes(codes: np.ndarray, values: list[Any], table: Any, all_levels: list[Any]) -> np.ndarray:
+def class_codes(
+    codes: np.ndarray, values: list[Any], table: Any, all_levels: list[Any]
+) -> np.ndarray:
     """Each row's class in the source-level table: the position of its released level (pooled
     values in the level they were pooled into), len(levels) for the suppressed bucket, -1 for
     missing. `codes`/`values` from `extract.column_codes`."""
@@ -68,7 +75,9 @@ def class_counts(cls: np.ndarray, n: int) -> list[int]:
     return np.bincount(cls[cls >= 0], minlength=n)[:n].astype(int).tolist()
 
 
-def block_table(counts: list[int], levels: list[Any], ordered: bool, min_cell: int) -> dict[str, Any]:
+def block_table(
+    counts: list[int], levels: list[Any], ordered: bool, min_cell: int
+) -> dict[str, Any]:
     """A stratum's released table over the source-level classes: levels of at least
     `min_cell` rows listed, every other row (small cells, the suppressed bucket) as one
     `suppressed` count, which the block's row and missing counts imply anyway. The number of
@@ -131,15 +140,24 @@ def linked_tables(release: dict[str, Any]) -> list[LinkedTable]:
             rows.append(residual - (int(m["missing"]) - miss_strata))
             listed.append(np.zeros(L, dtype=bool))
             values.append(np.zeros(L, dtype="int64"))
-        out.append(LinkedTable(
-            release["source"], col, ids, np.asarray(rows, dtype="int64"), col_totals,
-            np.asarray(listed, dtype=bool).reshape(len(ids), L), np.asarray(values, dtype="int64").reshape(len(ids), L),
-            pooled=old_style and bool(t.get("ordered")) and int(t.get("pooled_levels", 0)) > 0,
-        ))
+        out.append(
+            LinkedTable(
+                release["source"],
+                col,
+                ids,
+                np.asarray(rows, dtype="int64"),
+                col_totals,
+                np.asarray(listed, dtype=bool).reshape(len(ids), L),
+                np.asarray(values, dtype="int64").reshape(len(ids), L),
+                pooled=old_style and bool(t.get("ordered")) and int(t.get("pooled_levels", 0)) > 0,
+            )
+        )
     return out
 
 
-def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, dict[tuple[int, int], int]]:
+def _constraints(
+    lt: LinkedTable, listed: np.ndarray
+) -> tuple[Any, np.ndarray, dict[tuple[int, int], int]]:
     """Equalities A x = b over the unlisted cells (then, for a pooled table, one slack per
     class and one pooled-values cell per block, the cell (block, number of classes)):
     published row and column totals with the listed cells moved to the right-hand side.
@@ -148,27 +166,42 @@ def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, 
     unknown = [(b, cl) for b in range(B) for cl in range(L) if not listed[b, cl]]
     var = {c: i for i, c in enumerate(unknown)}
     n = len(unknown) + (L + B if lt.pooled else 0)
-    r, c, v, rhs = [], [], [], []
+    r: list[int] = []
+    c: list[int] = []
+    v: list[float] = []
+    rhs: list[float] = []
     known = np.where(listed, lt.values, 0)
     for b in range(B):  # row totals (pooled: the block's pooled values count in its row)
         for cl in range(L):
             if not listed[b, cl]:
-                r.append(len(rhs)), c.append(var[(b, cl)]), v.append(1.0)
+                r.append(len(rhs))
+                c.append(var[(b, cl)])
+                v.append(1.0)
         if lt.pooled:
-            r.append(len(rhs)), c.append(len(unknown) + L + b), v.append(1.0)
+            r.append(len(rhs))
+            c.append(len(unknown) + L + b)
+            v.append(1.0)
         rhs.append(float(lt.row_totals[b] - known[b].sum()))
     for cl in range(L):  # column totals (pooled: plus the pooled values assigned to the class)
         for b in range(B):
             if not listed[b, cl]:
-                r.append(len(rhs)), c.append(var[(b, cl)]), v.append(1.0)
+                r.append(len(rhs))
+                c.append(var[(b, cl)])
+                v.append(1.0)
         if lt.pooled:
-            r.append(len(rhs)), c.append(len(unknown) + cl), v.append(1.0)
+            r.append(len(rhs))
+            c.append(len(unknown) + cl)
+            v.append(1.0)
         rhs.append(float(lt.col_totals[cl] - known[:, cl].sum()))
     if lt.pooled:  # the pooled values over blocks are those assigned to classes
         for i in range(L):
-            r.append(len(rhs)), c.append(len(unknown) + i), v.append(1.0)
+            r.append(len(rhs))
+            c.append(len(unknown) + i)
+            v.append(1.0)
         for b in range(B):
-            r.append(len(rhs)), c.append(len(unknown) + L + b), v.append(-1.0)
+            r.append(len(rhs))
+            c.append(len(unknown) + L + b)
+            v.append(-1.0)
         rhs.append(0.0)
     A = coo_matrix((v, (r, c)), shape=(len(rhs), n)).tocsr()
     if lt.pooled:
@@ -176,14 +209,16 @@ def _constraints(lt: LinkedTable, listed: np.ndarray) -> tuple[Any, np.ndarray, 
     return A, np.asarray(rhs), var
 
 
-def intervals(lt: LinkedTable, listed: np.ndarray | None = None, only: list[tuple[int, int]] | None = None) -> dict[tuple[int, int], tuple[int, int]]:
+def intervals(
+    lt: LinkedTable, listed: np.ndarray | None = None, only: list[tuple[int, int]] | None = None
+) -> dict[tuple[int, int], tuple[int, int]]:
     """The attacker LP: min and max of every unlisted cell (or of the cells `only`) subject to
     the published equalities and non-negativity, rounded inward to integers. An infeasible
     system (a release inconsistent with itself) gives (-1, -1) for every cell."""
     listed = lt.listed if listed is None else listed
     A, b, var = _constraints(lt, listed)
     out: dict[tuple[int, int], tuple[int, int]] = {}
-    for cell in (list(var) if only is None else only):
+    for cell in list(var) if only is None else only:
         obj = np.zeros(A.shape[1])
         obj[var[cell]] = 1.0
         lo = linprog(obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
@@ -195,11 +230,16 @@ def intervals(lt: LinkedTable, listed: np.ndarray | None = None, only: list[tupl
     return out
 
 
-def unprotected(lt: LinkedTable, min_cell: int, listed: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
+def unprotected(
+    lt: LinkedTable, min_cell: int, listed: np.ndarray | None = None
+) -> list[tuple[int, int, int, int]]:
     """Unlisted cells whose feasible interval fails `protected`: (block, class, lo, hi)."""
     iv = intervals(lt, listed)
-    return [(b, cl, lo, hi) for (b, cl), (lo, hi) in iv.items()
-            if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))]
+    return [
+        (b, cl, lo, hi)
+        for (b, cl), (lo, hi) in iv.items()
+        if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))
+    ]
 
 
 def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[str, Any]]:
@@ -211,22 +251,56 @@ def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[st
     for col, m in release["blocks"]["all"]["marginals"].items():
         if m["kind"] == "categorical" and 0 < int(m["table"].get("suppressed", 0)) < min_cell:
             s = int(m["table"]["suppressed"])
-            findings.append({"source": release["source"], "column": col, "block": "all", "level_index": len(m["table"]["levels"]),
-                             "lo": s, "hi": s, "rule": f"suppressed categories total 1..{min_cell - 1} rows"})
+            findings.append(
+                {
+                    "source": release["source"],
+                    "column": col,
+                    "block": "all",
+                    "level_index": len(m["table"]["levels"]),
+                    "lo": s,
+                    "hi": s,
+                    "rule": f"suppressed categories total 1..{min_cell - 1} rows",
+                }
+            )
     for i, j in strata_pairs(release) if release["strata"]["cells"] else []:
-        findings.append({"source": release["source"], "column": release["dims"][j]["column"], "block": "all", "level_index": None, "lo": None, "hi": None,
-                         "rule": f"rank correlation with strata column {release['dims'][i]['column']!r} released: a linear equation over unlisted stratum cells"})
+        findings.append(
+            {
+                "source": release["source"],
+                "column": release["dims"][j]["column"],
+                "block": "all",
+                "level_index": None,
+                "lo": None,
+                "hi": None,
+                "rule": f"rank correlation with strata column {release['dims'][i]['column']!r} released: a linear equation over unlisted stratum cells",
+            }
+        )
     for lt in linked_tables(release):
         for b, cl, lo, hi in unprotected(lt, min_cell):
-            rule = "published totals inconsistent" if lo < 0 else f"interval narrower than min_cell_size={min_cell}"
-            findings.append({"source": lt.source, "column": lt.column, "block": lt.blocks[b], "level_index": cl, "lo": lo, "hi": hi, "rule": rule})
+            rule = (
+                "published totals inconsistent"
+                if lo < 0
+                else f"interval narrower than min_cell_size={min_cell}"
+            )
+            findings.append(
+                {
+                    "source": lt.source,
+                    "column": lt.column,
+                    "block": lt.blocks[b],
+                    "level_index": cl,
+                    "lo": lo,
+                    "hi": hi,
+                    "rule": rule,
+                }
+            )
     return findings
 
 
 # ------------------------------------------------------------------ secondary suppression (secure side)
 
 
-def secondary_suppression(lt: LinkedTable, truth: np.ndarray, min_cell: int, tries: int = 40) -> tuple[np.ndarray, int, bool]:
+def secondary_suppression(
+    lt: LinkedTable, truth: np.ndarray, min_cell: int, tries: int = 40
+) -> tuple[np.ndarray, int, bool]:
     """Greedy secondary suppression validated by the audit (the hypercube method in two
     dimensions): while some unlisted cell (b, l) is unprotected, unlist the listed corners of
     a rectangle (b, l), (b, l'), (b', l), (b', l'): of the rectangles with fewest new cells and
@@ -285,11 +359,17 @@ def widen_bucket(marginal: dict[str, Any], min_cell: int) -> tuple[dict[str, Any
     if not moved:
         return marginal, 0
     if not levels:
-        return {"kind": "suppressed", "missing": marginal["missing"], "n": int(t["suppressed"])}, moved
+        return {
+            "kind": "suppressed",
+            "missing": marginal["missing"],
+            "n": int(t["suppressed"]),
+        }, moved
     return {**marginal, "table": {**t, "levels": levels, "counts": counts}}, moved
 
 
-def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[int]]], min_cell: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def protect_release(
+    release: dict[str, Any], counts: dict[str, dict[str, list[int]]], min_cell: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Secondary suppression over the linked tables of a release whose stratum blocks list
     classes (`block_table`); `counts[block id][column]` are the blocks' true class counts
     (secure side only). Returns the release with the stratum tables' further unlisted cells
@@ -298,7 +378,13 @@ def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[in
     blocks = dict(release["blocks"])
     for lt in linked_tables(release):
         truth = _truth(lt, release, counts)
-        tabled = np.asarray([bid == RESIDUAL or release["blocks"][bid]["marginals"][lt.column]["kind"] == "categorical" for bid in lt.blocks])
+        tabled = np.asarray(
+            [
+                bid == RESIDUAL
+                or release["blocks"][bid]["marginals"][lt.column]["kind"] == "categorical"
+                for bid in lt.blocks
+            ]
+        )
         primary = int(np.count_nonzero((truth > 0) & (truth < min_cell) & tabled[:, None]))
         listed, added, whole = secondary_suppression(lt, truth, min_cell)
         if not primary and not added and not whole:
@@ -307,25 +393,59 @@ def protect_release(release: dict[str, Any], counts: dict[str, dict[str, list[in
             if bid == RESIDUAL or not np.any(lt.listed[b] & ~listed[b]):
                 continue
             bm = blocks[bid]["marginals"][lt.column]
-            blocks[bid] = {**blocks[bid], "marginals": {**blocks[bid]["marginals"], lt.column: _unlist(bm, listed[b], release, lt.column)}}
+            blocks[bid] = {
+                **blocks[bid],
+                "marginals": {
+                    **blocks[bid]["marginals"],
+                    lt.column: _unlist(bm, listed[b], release, lt.column),
+                },
+            }
         where = {"source": release["source"], "block": "linked", "column": lt.column}
-        reason = (f"{primary} cell(s) of the blocks × categories table below min_cell_size={min_cell} not listed (primary; "
-                  "blocks released as a percentile grid instead of a table not counted); "
-                  f"{added} further cell(s) not listed (secondary suppression) so that no unlisted cell can be bounded, "
-                  "from the published block, residual and source-level totals, more narrowly than the protection rule")
-        entries.append({"stage": "marginals", "action": "secondary_suppression", **where, "primary": primary, "secondary": added, "reason": reason})
+        reason = (
+            f"{primary} cell(s) of the blocks × categories table below min_cell_size={min_cell} not listed (primary; "
+            "blocks released as a percentile grid instead of a table not counted); "
+            f"{added} further cell(s) not listed (secondary suppression) so that no unlisted cell can be bounded, "
+            "from the published block, residual and source-level totals, more narrowly than the protection rule"
+        )
+        entries.append(
+            {
+                "stage": "marginals",
+                "action": "secondary_suppression",
+                **where,
+                "primary": primary,
+                "secondary": added,
+                "reason": reason,
+            }
+        )
         if whole:
-            entries.append({"stage": "marginals", "action": "suppressed", **where,
-                            "reason": "no secondary suppression pattern passed the interval audit: the column's table is not listed in any stratum block"})
+            entries.append(
+                {
+                    "stage": "marginals",
+                    "action": "suppressed",
+                    **where,
+                    "reason": "no secondary suppression pattern passed the interval audit: the column's table is not listed in any stratum block",
+                }
+            )
             left = len(unprotected(lt, min_cell, listed))
-            if left:  # only the blocks' rows and missing counts remain: the review reports these cells
-                entries.append({"stage": "marginals", "action": "audit_failed", **where, "cells": left,
-                                "reason": f"{left} cell(s) still bounded more narrowly than the protection rule by the blocks' published row and missing counts"})
+            if (
+                left
+            ):  # only the blocks' rows and missing counts remain: the review reports these cells
+                entries.append(
+                    {
+                        "stage": "marginals",
+                        "action": "audit_failed",
+                        **where,
+                        "cells": left,
+                        "reason": f"{left} cell(s) still bounded more narrowly than the protection rule by the blocks' published row and missing counts",
+                    }
+                )
     release = {**release, "blocks": blocks}
     return blank_unlisted_dims(release, entries)
 
 
-def blank_unlisted_dims(release: dict[str, Any], entries: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def blank_unlisted_dims(
+    release: dict[str, Any], entries: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Inside each stratum, the rank correlations of a dim whose cell the stratum's table does
     not list are not released: two indicators of one column correlate as
     -sqrt(p_a p_b / ((1 - p_a)(1 - p_b))), so their correlations would give the unlisted
@@ -343,7 +463,12 @@ def blank_unlisted_dims(release: dict[str, Any], entries: list[dict[str, Any]]) 
         blank = []
         for j, d in enumerate(dims):
             bm = block["marginals"].get(d["column"])
-            if d["column"] in strata or d["kind"] not in ("ordered", "indicator") or bm is None or bm["kind"] in ("ordinal_grid", "continuous"):
+            if (
+                d["column"] in strata
+                or d["kind"] not in ("ordered", "indicator")
+                or bm is None
+                or bm["kind"] in ("ordinal_grid", "continuous")
+            ):
                 continue
             if bm["kind"] != "categorical":
                 blank.append(j)
@@ -354,20 +479,42 @@ def blank_unlisted_dims(release: dict[str, Any], entries: list[dict[str, Any]]) 
         newly = {j for j in blank if any(v is not None for i, v in enumerate(S[j]) if i != j)}
         if not newly:
             continue
-        S = [[None if i in newly or j in newly else v for j, v in enumerate(row)] for i, row in enumerate(S)]  # as gated_spearman blanks
+        S = [
+            [None if i in newly or j in newly else v for j, v in enumerate(row)]
+            for i, row in enumerate(S)
+        ]  # as gated_spearman blanks
         blocks[cell["id"]] = {**block, "spearman": S}
-        entries.append({"stage": "correlations", "action": "suppressed", "source": release["source"], "block": cell["id"], "dims": len(newly),
-                        "reason": f"correlations of {len(newly)} dim(s) whose categories the stratum's table does not list not released (they would give the unlisted shares back)"})
+        entries.append(
+            {
+                "stage": "correlations",
+                "action": "suppressed",
+                "source": release["source"],
+                "block": cell["id"],
+                "dims": len(newly),
+                "reason": f"correlations of {len(newly)} dim(s) whose categories the stratum's table does not list not released (they would give the unlisted shares back)",
+            }
+        )
     release = {**release, "blocks": blocks}
     pairs = strata_pairs(release)
     if pairs:
         S = [list(row) for row in release["blocks"]["all"]["spearman"]]
         for i, j in pairs:
             S[i][j] = S[j][i] = None
-        release = {**release, "blocks": {**release["blocks"], "all": {**release["blocks"]["all"], "spearman": S}}}
-        entries.append({"stage": "correlations", "action": "suppressed", "source": release["source"], "block": "all", "pairs": len(pairs),
-                        "reason": f"{len(pairs)} source-level correlation(s) of a strata column with a categorical column whose stratum tables leave "
-                                  "cells unlisted not released (each would add a linear equation over the unlisted cells; the strata's own tables carry the relation)"})
+        release = {
+            **release,
+            "blocks": {**release["blocks"], "all": {**release["blocks"]["all"], "spearman": S}},
+        }
+        entries.append(
+            {
+                "stage": "correlations",
+                "action": "suppressed",
+                "source": release["source"],
+                "block": "all",
+                "pairs": len(pairs),
+                "reason": f"{len(pairs)} source-level correlation(s) of a strata column with a categorical column whose stratum tables leave "
+                "cells unlisted not released (each would add a linear equation over the unlisted cells; the strata's own tables carry the relation)",
+            }
+        )
     return release, entries
 
 
@@ -384,10 +531,17 @@ def strata_pairs(release: dict[str, Any]) -> list[tuple[int, int]]:
     open_cols = set()
     for cell in release["strata"]["cells"]:
         for c, bm in release["blocks"][cell["id"]]["marginals"].items():
-            if c not in strata and (bm["kind"] not in ("categorical", "continuous") or (bm["kind"] == "categorical" and bm["table"]["suppressed"] > 0)):
+            if c not in strata and (
+                bm["kind"] not in ("categorical", "continuous")
+                or (bm["kind"] == "categorical" and bm["table"]["suppressed"] > 0)
+            ):
                 open_cols.add(c)
     si = [i for i, d in enumerate(dims) if d["column"] in strata and d["kind"] != "missing"]
-    cj = [j for j, d in enumerate(dims) if d["column"] in open_cols and d["kind"] in ("ordered", "indicator")]
+    cj = [
+        j
+        for j, d in enumerate(dims)
+        if d["column"] in open_cols and d["kind"] in ("ordered", "indicator")
+    ]
     return [(i, j) for i in si for j in cj if S[i][j] is not None]
 
 
@@ -405,37 +559,89 @@ def _drop_derived_tables(release: dict[str, Any]) -> tuple[dict[str, Any], list[
             if bm is None or bm["kind"] != "categorical":
                 continue
             t = bm["table"]
-            blocks[cell["id"]] = {**blocks[cell["id"]], "marginals": {**blocks[cell["id"]]["marginals"],
-                                  col: {"kind": "suppressed", "missing": bm["missing"], "n": int(sum(t["counts"]) + t["suppressed"])}}}
+            blocks[cell["id"]] = {
+                **blocks[cell["id"]],
+                "marginals": {
+                    **blocks[cell["id"]]["marginals"],
+                    col: {
+                        "kind": "suppressed",
+                        "missing": bm["missing"],
+                        "n": int(sum(t["counts"]) + t["suppressed"]),
+                    },
+                },
+            }
             n += 1
         if n:
-            entries.append({"stage": "marginals", "action": "suppressed", "source": release["source"], "block": "strata", "column": col, "blocks": n,
-                            "reason": f"derived from {derived[col]['from']!r}: its tables inside the strata not released (synthesis computes it from {derived[col]['from']!r})"})
+            entries.append(
+                {
+                    "stage": "marginals",
+                    "action": "suppressed",
+                    "source": release["source"],
+                    "block": "strata",
+                    "column": col,
+                    "blocks": n,
+                    "reason": f"derived from {derived[col]['from']!r}: its tables inside the strata not released (synthesis computes it from {derived[col]['from']!r})",
+                }
+            )
     return {**release, "blocks": blocks}, entries
 
 
-def _truth(lt: LinkedTable, release: dict[str, Any], counts: dict[str, dict[str, list[int]]]) -> np.ndarray:
+def _truth(
+    lt: LinkedTable, release: dict[str, Any], counts: dict[str, dict[str, list[int]]]
+) -> np.ndarray:
     """The true blocks × classes counts (the residual block's by difference from the source)."""
     L = len(lt.col_totals)
-    rows = [np.zeros(L, dtype="int64") if bid == RESIDUAL else np.asarray(counts[bid][lt.column][:L], dtype="int64") for bid in lt.blocks]
+    rows = [
+        np.zeros(L, dtype="int64")
+        if bid == RESIDUAL
+        else np.asarray(counts[bid][lt.column][:L], dtype="int64")
+        for bid in lt.blocks
+    ]
     T = np.asarray(rows, dtype="int64").reshape(len(lt.blocks), L)
     if RESIDUAL in lt.blocks:
         T[lt.blocks.index(RESIDUAL)] = lt.col_totals - T.sum(axis=0)
     if np.any(T < 0) or not np.array_equal(T.sum(axis=0), lt.col_totals):
-        raise RuntimeError(f"{release['source']}/{lt.column}: the strata's class counts do not add up to the source-level table")
+        raise RuntimeError(
+            f"{release['source']}/{lt.column}: the strata's class counts do not add up to the source-level table"
+        )
     return T
 
 
-def _unlist(bm: dict[str, Any], keep: np.ndarray, release: dict[str, Any], column: str) -> dict[str, Any]:
+def _unlist(
+    bm: dict[str, Any], keep: np.ndarray, release: dict[str, Any], column: str
+) -> dict[str, Any]:
     """A stratum table with only the classes `keep` listed (the rest join `suppressed`)."""
     if bm["kind"] != "categorical":
         return bm
-    pos = {v: i for i, v in enumerate(release["blocks"]["all"]["marginals"][column]["table"]["levels"])}
+    pos = {
+        v: i for i, v in enumerate(release["blocks"]["all"]["marginals"][column]["table"]["levels"])
+    }
     t = bm["table"]
     pairs = [(v, c) for v, c in zip(t["levels"], t["counts"], strict=True) if keep[pos[v]]]
     gone = sum(t["counts"]) - sum(c for _, c in pairs)
-    return {**bm, "table": {**t, "levels": [v for v, _ in pairs], "counts": [c for _, c in pairs], "suppressed": int(t["suppressed"] + gone)}}
+    return {
+        **bm,
+        "table": {
+            **t,
+            "levels": [v for v, _ in pairs],
+            "counts": [c for _, c in pairs],
+            "suppressed": int(t["suppressed"] + gone),
+        },
+    }
 
 
-__all__ = ["LinkedTable", "audit_release_tables", "block_table", "class_codes", "class_counts", "intervals", "linked_tables",
-           "n_classes", "protect_release", "protected", "secondary_suppression", "unprotected", "widen_bucket"]
+__all__ = [
+    "LinkedTable",
+    "audit_release_tables",
+    "block_table",
+    "class_codes",
+    "class_counts",
+    "intervals",
+    "linked_tables",
+    "n_classes",
+    "protect_release",
+    "protected",
+    "secondary_suppression",
+    "unprotected",
+    "widen_bucket",
+]

@@ -28,6 +28,7 @@ EXIT_FINDINGS = 3  # `replisynth review` exit status when the review has finding
 
 # --- counts, grids, checkpoints, groups -----------------------------------------------------
 
+
 def check_counts(release: dict[str, Any], min_cell: int) -> list[Finding]:
     """Stratum sizes, table counts and grid sample sizes of at least min_cell (sdc.check_release)."""
     try:
@@ -52,12 +53,18 @@ def _table_finding(source: str, f: dict[str, Any]) -> Finding:
     """An interval-audit finding as the packet states it: where (block, column, table) only;
     its bounds and any level label stay out, since they describe the protected cell."""
     where = {k: f[k] for k in ("block", "column", "table") if isinstance(f.get(k), str)}
-    return {"check": "tables", "source": source, **where,
-            "finding": "a suppressed cell's feasible interval, from the linked tables' released counts, is narrower than the protection"}
+    return {
+        "check": "tables",
+        "source": source,
+        **where,
+        "finding": "a suppressed cell's feasible interval, from the linked tables' released counts, is narrower than the protection",
+    }
 
 
 def _logged_gates(sdc_log: dict[str, Any]) -> set[str]:
-    return {e.get("checkpoint") for e in sdc_log.get("decisions", []) if e.get("stage") == "checkpoints"}
+    return {
+        e.get("checkpoint") for e in sdc_log.get("decisions", []) if e.get("stage") == "checkpoints"
+    }
 
 
 def _binary_small(mean: float, sd: float, n: int, min_cell: int) -> bool:
@@ -71,7 +78,12 @@ def _binary_small(mean: float, sd: float, n: int, min_cell: int) -> bool:
     return 0 < ones < min_cell or 0 < n - ones < min_cell
 
 
-def check_checkpoints(checkpoints: list[dict[str, Any]], releases: dict[str, dict[str, Any]], sdc_log: dict[str, Any], min_cell: int) -> tuple[list[Finding], list[str]]:
+def check_checkpoints(
+    checkpoints: list[dict[str, Any]],
+    releases: dict[str, dict[str, Any]],
+    sdc_log: dict[str, Any],
+    min_cell: int,
+) -> tuple[list[Finding], list[str]]:
     """Released checkpoints: a gate decision logged for each; no released 0/1 term with a small
     group; estimation samples that differ from each other, the source total or a stratum by
     1..k-1 rows only when the secure side compared their row sets (sdc_log ledger)."""
@@ -79,30 +91,78 @@ def check_checkpoints(checkpoints: list[dict[str, Any]], releases: dict[str, dic
     notes: list[str] = []
     released = [c for c in checkpoints if c.get("status") == "released"]
     logged = _logged_gates(sdc_log)
-    diff = (sdc_log.get("ledger") or {}).get("differencing") if isinstance(sdc_log.get("ledger"), dict) else None
+    diff = (
+        (sdc_log.get("ledger") or {}).get("differencing")
+        if isinstance(sdc_log.get("ledger"), dict)
+        else None
+    )
     refused = set((diff or {}).get("refused", []))
     for c in released:
         if c["tag"] not in logged:
-            findings.append({"check": "checkpoints", "checkpoint": c["tag"], "finding": "released without a logged gate decision"})
+            findings.append(
+                {
+                    "check": "checkpoints",
+                    "checkpoint": c["tag"],
+                    "finding": "released without a logged gate decision",
+                }
+            )
         if c["tag"] in refused:
-            findings.append({"check": "checkpoints", "checkpoint": c["tag"], "finding": "released although the differencing rule refused it"})
+            findings.append(
+                {
+                    "check": "checkpoints",
+                    "checkpoint": c["tag"],
+                    "finding": "released although the differencing rule refused it",
+                }
+            )
         mom = c.get("moments") or {}
-        for t, mu, sd in zip(mom.get("terms", []), mom.get("mean", []), mom.get("sd", []), strict=False):
-            if mu is not None and sd is not None and not mom.get("weighted") and _binary_small(float(mu), float(sd), int(c["n"]), min_cell):
-                findings.append({"check": "checkpoints", "checkpoint": c["tag"], "term": t, "finding": f"a 0/1 design column with 1..{min_cell - 1} rows in one group is released"})
+        for t, mu, sd in zip(
+            mom.get("terms", []), mom.get("mean", []), mom.get("sd", []), strict=False
+        ):
+            if (
+                mu is not None
+                and sd is not None
+                and not mom.get("weighted")
+                and _binary_small(float(mu), float(sd), int(c["n"]), min_cell)
+            ):
+                findings.append(
+                    {
+                        "check": "checkpoints",
+                        "checkpoint": c["tag"],
+                        "term": t,
+                        "finding": f"a 0/1 design column with 1..{min_cell - 1} rows in one group is released",
+                    }
+                )
         if int(c.get("n", 0)) < min_cell:
-            findings.append({"check": "checkpoints", "checkpoint": c["tag"], "finding": f"estimation sample below min_cell_size={min_cell}"})
+            findings.append(
+                {
+                    "check": "checkpoints",
+                    "checkpoint": c["tag"],
+                    "finding": f"estimation sample below min_cell_size={min_cell}",
+                }
+            )
     for src, rel in releases.items():
         samples = [(c["tag"], int(c["n"])) for c in released if c["source"] == src]
-        others = [("source total", int(rel["rows"]))] + [(f"stratum {s['id']}", int(s["rows"])) for s in rel["strata"]["cells"]]
-        pairs = [(a, b) for x, a in enumerate(samples) for b in samples[x + 1:]] + [(a, b) for a in samples for b in others]
+        others = [("source total", int(rel["rows"]))] + [
+            (f"stratum {s['id']}", int(s["rows"])) for s in rel["strata"]["cells"]
+        ]
+        pairs = [(a, b) for x, a in enumerate(samples) for b in samples[x + 1 :]] + [
+            (a, b) for a in samples for b in others
+        ]
         for (ta, na), (tb, nb) in pairs:
             if 0 < abs(na - nb) < min_cell:
                 if diff is not None:
-                    notes.append(f"{ta} and {tb}: samples differ by 1..{min_cell - 1} rows in size; the secure side compared their row sets ({diff.get('rule', 'differencing rule')})")
+                    notes.append(
+                        f"{ta} and {tb}: samples differ by 1..{min_cell - 1} rows in size; the secure side compared their row sets ({diff.get('rule', 'differencing rule')})"
+                    )
                 else:
-                    findings.append({"check": "differencing", "source": src, "samples": [ta, tb],
-                                     "finding": f"estimation samples differ by 1..{min_cell - 1} rows and no record that their row sets were compared"})
+                    findings.append(
+                        {
+                            "check": "differencing",
+                            "source": src,
+                            "samples": [ta, tb],
+                            "finding": f"estimation samples differ by 1..{min_cell - 1} rows and no record that their row sets were compared",
+                        }
+                    )
     return findings, notes
 
 
@@ -112,10 +172,18 @@ def check_groups(release: dict[str, Any]) -> tuple[list[Finding], list[str]]:
     findings, notes = [], []
     for col, g in (release.get("groups") or {}).items():
         form = [k for k in g if k != "groups"]
-        notes.append(f"{release['source']}.{col}: {g.get('groups')} groups; released: {', '.join(sorted(form))}")
+        notes.append(
+            f"{release['source']}.{col}: {g.get('groups')} groups; released: {', '.join(sorted(form))}"
+        )
         if g.get("size_grid") is not None:
-            findings.append({"check": "groups", "source": release["source"], "column": col,
-                             "finding": "group sizes released as a grid of overlapping pseudo-percentile windows: may telescope into single groups' sizes"})
+            findings.append(
+                {
+                    "check": "groups",
+                    "source": release["source"],
+                    "column": col,
+                    "finding": "group sizes released as a grid of overlapping pseudo-percentile windows: may telescope into single groups' sizes",
+                }
+            )
     return findings, notes
 
 
@@ -127,16 +195,35 @@ def check_log(sdc_log: dict[str, Any], findings: list[Finding]) -> list[Finding]
         if e.get("action") != "suppressed":
             continue
         for f in findings:
-            if f.get("source") == e.get("source") and f.get("block", e.get("block")) == e.get("block") and (
-                e.get("column") is None or e.get("column") == f.get("column") or any(str(d).split("=")[0].split(" ")[0] == e.get("column") for d in f.get("dims", []))
-            ) and f["check"] in (e.get("stage"), {"marginals": "tables"}.get(e.get("stage", ""))):
-                out.append({"check": "log", "source": e.get("source"), "block": e.get("block"), "column": e.get("column"), "stage": e.get("stage"),
-                            "finding": "sdc_log.json calls this suppressed, but the bundle still discloses it (see the finding of the same place)"})
+            if (
+                f.get("source") == e.get("source")
+                and f.get("block", e.get("block")) == e.get("block")
+                and (
+                    e.get("column") is None
+                    or e.get("column") == f.get("column")
+                    or any(
+                        str(d).split("=")[0].split(" ")[0] == e.get("column")
+                        for d in f.get("dims", [])
+                    )
+                )
+                and f["check"] in (e.get("stage"), {"marginals": "tables"}.get(e.get("stage", "")))
+            ):
+                out.append(
+                    {
+                        "check": "log",
+                        "source": e.get("source"),
+                        "block": e.get("block"),
+                        "column": e.get("column"),
+                        "stage": e.get("stage"),
+                        "finding": "sdc_log.json calls this suppressed, but the bundle still discloses it (see the finding of the same place)",
+                    }
+                )
                 break
     return out
 
 
 # --- the review -------------------------------------------------------------------------------
+
 
 def _count_suppressed(sdc_log: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Per stage, per action: number of decisions (and the dims/pairs/levels they name)."""
@@ -151,11 +238,23 @@ def _count_suppressed(sdc_log: dict[str, Any]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _released_classes(releases: dict[str, dict[str, Any]], checkpoints: list[dict[str, Any]]) -> dict[str, int]:
+def _released_classes(
+    releases: dict[str, dict[str, Any]], checkpoints: list[dict[str, Any]]
+) -> dict[str, int]:
     """How many statistics of each class the bundle releases."""
-    n: dict[str, int] = {"schema columns": 0, "frequency tables": 0, "percentile grids": 0, "correlations": 0, "strata": 0,
-                         "grouping columns": 0, "entity/panel aggregates": 0, "checkpoints": 0, "checkpoint coefficients": 0,
-                         "checkpoint moments (terms)": 0, "outcome means/dispersion": 0}
+    n: dict[str, int] = {
+        "schema columns": 0,
+        "frequency tables": 0,
+        "percentile grids": 0,
+        "correlations": 0,
+        "strata": 0,
+        "grouping columns": 0,
+        "entity/panel aggregates": 0,
+        "checkpoints": 0,
+        "checkpoint coefficients": 0,
+        "checkpoint moments (terms)": 0,
+        "outcome means/dispersion": 0,
+    }
     for rel in releases.values():
         n["schema columns"] += len(rel["columns"])
         n["strata"] += len(rel["strata"]["cells"])
@@ -168,28 +267,44 @@ def _released_classes(releases: dict[str, dict[str, Any]], checkpoints: list[dic
                 elif m["kind"] in ("continuous", "ordinal_grid"):
                     n["percentile grids"] += 1
             S = block["spearman"]
-            n["correlations"] += sum(1 for a in range(len(S)) for b in range(a + 1, len(S)) if S[a][b] is not None)
+            n["correlations"] += sum(
+                1 for a in range(len(S)) for b in range(a + 1, len(S)) if S[a][b] is not None
+            )
     for c in checkpoints:
         if c.get("status") != "released":
             continue
         n["checkpoints"] += 1
         n["checkpoint coefficients"] += len(c.get("terms", []))
         n["checkpoint moments (terms)"] += len((c.get("moments") or {}).get("terms", []))
-        n["outcome means/dispersion"] += sum(1 for k in ("outcome_mean", "scale", "dispersion") if c.get(k) is not None)
+        n["outcome means/dispersion"] += sum(
+            1 for k in ("outcome_mean", "scale", "dispersion") if c.get(k) is not None
+        )
     return n
 
 
 RULES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "frequency tables": lambda s: f"cells below min_cell_size={s['min_cell_size']} suppressed (nominal) or pooled into a neighbour (ordered); "
-                                  "linked tables audited for intervals narrower than the protection",
-    "percentile grids": lambda s: f"{s['grid']} grid, q0..q{s['quantile_trim']:g} and q{100 - s['quantile_trim']:g}..q100 top/bottom coded, "
-                                  f"at least min_cell_size={s['min_cell_size']} values; sensitive columns: dominance {s['dominance']}",
-    "correlations": lambda s: f"dims with fewer than {s['min_cell_size']} rows off their modal value withheld; pairs of two-valued dims "
-                              f"whose 2x2 table has a cell of 1..{s['min_cell_size'] - 1} withheld",
-    "strata": lambda s: f"strata cells below min_cell_size={s['min_cell_size']} locally suppressed into one residual block",
-    "groups": lambda s: f"group sizes only as the number of groups, their mean size and (with at least {s['min_cell_size']} groups) a coarsened size grid",
-    "checkpoints": lambda s: f"estimation samples of at least min_cell_size={s['min_cell_size']}, residual df at least {s['min_resid_df']}, "
-                             f"small-group design columns left out of the moments; significant figures: {s['round_significant']}",
+    "frequency tables": lambda s: (
+        f"cells below min_cell_size={s['min_cell_size']} suppressed (nominal) or pooled into a neighbour (ordered); "
+        "linked tables audited for intervals narrower than the protection"
+    ),
+    "percentile grids": lambda s: (
+        f"{s['grid']} grid, q0..q{s['quantile_trim']:g} and q{100 - s['quantile_trim']:g}..q100 top/bottom coded, "
+        f"at least min_cell_size={s['min_cell_size']} values; sensitive columns: dominance {s['dominance']}"
+    ),
+    "correlations": lambda s: (
+        f"dims with fewer than {s['min_cell_size']} rows off their modal value withheld; pairs of two-valued dims "
+        f"whose 2x2 table has a cell of 1..{s['min_cell_size'] - 1} withheld"
+    ),
+    "strata": lambda s: (
+        f"strata cells below min_cell_size={s['min_cell_size']} locally suppressed into one residual block"
+    ),
+    "groups": lambda s: (
+        f"group sizes only as the number of groups, their mean size and (with at least {s['min_cell_size']} groups) a coarsened size grid"
+    ),
+    "checkpoints": lambda s: (
+        f"estimation samples of at least min_cell_size={s['min_cell_size']}, residual df at least {s['min_resid_df']}, "
+        f"small-group design columns left out of the moments; significant figures: {s['round_significant']}"
+    ),
 }
 
 
@@ -225,7 +340,9 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     record("stratum sizes, table counts and grid sample sizes", count_found)
     record("2x2 tables implied by correlations of two-valued dims", corr_found, **corr_stats)
     cp_found, cp_notes = check_checkpoints(b.checkpoints, b.releases, b.sdc_log, k)
-    record("checkpoints: gates logged, small groups, differencing of samples", cp_found, notes=cp_notes)
+    record(
+        "checkpoints: gates logged, small groups, differencing of samples", cp_found, notes=cp_notes
+    )
     record("group sizes", group_found, notes=group_notes)
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
     not_run = [c["check"] for c in checks if c["status"] != "run"]
@@ -252,10 +369,14 @@ def review_page(review: dict[str, Any]) -> str:
     """The page an output checker signs: what is released, under which rules, what was
     suppressed, each check's result, the verdict."""
     b, s = review["bundle"], review["settings"]
-    lines = [f"Disclosure review of bundle {b['name']!r} (sha256 {b['sha256']}), {review['software']}", "",
-             f"Profile {s.get('profile')}: min_cell_size={s.get('min_cell_size')}, quantile_trim={s.get('quantile_trim')}, "
-             f"min_resid_df={s.get('min_resid_df')}, grid={s.get('grid')}, dominance={s.get('dominance')}, round_significant={s.get('round_significant')}",
-             "", "Released statistics (counts):"]
+    lines = [
+        f"Disclosure review of bundle {b['name']!r} (sha256 {b['sha256']}), {review['software']}",
+        "",
+        f"Profile {s.get('profile')}: min_cell_size={s.get('min_cell_size')}, quantile_trim={s.get('quantile_trim')}, "
+        f"min_resid_df={s.get('min_resid_df')}, grid={s.get('grid')}, dominance={s.get('dominance')}, round_significant={s.get('round_significant')}",
+        "",
+        "Released statistics (counts):",
+    ]
     lines += [f"  {cls}: {n}" for cls, n in review["released"].items()]
     lines += ["", "Rules applied:"] + [f"  {cls}: {r}" for cls, r in review["rules"].items()]
     lines += ["", "Suppressed, pooled, coarsened (decisions in sdc_log.json):"]
@@ -263,16 +384,28 @@ def review_page(review: dict[str, Any]) -> str:
         lines.append(f"  {stage}: " + ", ".join(f"{a} {n}" for a, n in acts.items()))
     lines += ["", "Checks:"]
     for c in review["checks"]:
-        extra = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("check", "status", "findings", "notes"))
-        lines.append(f"  [{'PASS' if c['status'] == 'run' and not c['findings'] else ('NOT RUN' if c['status'] != 'run' else 'FAIL')}] "
-                     f"{c['check']}: {c['findings']} finding(s)" + (f" ({extra})" if extra else "") + ("" if c["status"] == "run" else f"; {c['status']}"))
+        extra = ", ".join(
+            f"{k} {v}" for k, v in c.items() if k not in ("check", "status", "findings", "notes")
+        )
+        lines.append(
+            f"  [{'PASS' if c['status'] == 'run' and not c['findings'] else ('NOT RUN' if c['status'] != 'run' else 'FAIL')}] "
+            f"{c['check']}: {c['findings']} finding(s)"
+            + (f" ({extra})" if extra else "")
+            + ("" if c["status"] == "run" else f"; {c['status']}")
+        )
         lines += [f"      note: {n}" for n in c.get("notes", [])]
     if review["findings"]:
         lines += ["", "Findings:"]
         for f in review["findings"]:
             where = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("check", "finding"))
             lines.append(f"  - {f['check']} ({where}): {f['finding']}")
-    lines += ["", f"Verdict: {review['verdict']}", "", "Checked by: ____________________   Date: __________   Signature: ____________________", ""]
+    lines += [
+        "",
+        f"Verdict: {review['verdict']}",
+        "",
+        "Checked by: ____________________   Date: __________   Signature: ____________________",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -291,7 +424,9 @@ def write_review_files(review: dict[str, Any], json_out: str | Path, txt_out: st
     write_text(txt_out, review_page(review))
 
 
-def stage_review(bundle_dir: str | Path, json_out: str | Path, txt_out: str | Path) -> dict[str, Any]:
+def stage_review(
+    bundle_dir: str | Path, json_out: str | Path, txt_out: str | Path
+) -> dict[str, Any]:
     """Workflow stage (secure side, after the bundle): the review written; findings are
     logged as a warning, not an error, so the packet reaches the output checker."""
     review = review_bundle(bundle_dir)

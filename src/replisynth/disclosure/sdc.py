@@ -51,7 +51,9 @@ def assert_no_small_cells(counts: list[int], min_cell: int, where: str) -> None:
     """Gate: every released count is at least the minimum cell size."""
     bad = [c for c in counts if 0 < c < min_cell]
     if bad:
-        raise DisclosureError(f"{where}: {len(bad)} released count(s) below min_cell_size={min_cell}")
+        raise DisclosureError(
+            f"{where}: {len(bad)} released count(s) below min_cell_size={min_cell}"
+        )
 
 
 def check_release(release: dict[str, Any], min_cell: int) -> None:
@@ -66,7 +68,11 @@ def check_release(release: dict[str, Any], min_cell: int) -> None:
                 assert_no_small_cells(m["table"]["counts"], min_cell, f"{name}/{bid}/{col}")
             elif m["kind"] in ("continuous", "ordinal_grid") and m["n"] < min_cell:
                 raise DisclosureError(f"{name}/{bid}/{col}: grid from {m['n']} values released")
-        sp = np.asarray(block["spearman"], dtype="float64") if block["spearman"] else np.zeros((0, 0))
+        sp = (
+            np.asarray(block["spearman"], dtype="float64")
+            if block["spearman"]
+            else np.zeros((0, 0))
+        )
         if sp.size:
             off = sp[~np.eye(len(sp), dtype=bool)]
             off = off[np.isfinite(off)]
@@ -87,7 +93,11 @@ def check_windows(release: dict[str, Any], min_cell: int) -> None:
     for bid, block in release["blocks"].items():
         for col, m in block["marginals"].items():
             if min(m.get("window_sizes") or [THIN_WINDOW]) < THIN_WINDOW:
-                raise DisclosureError(f"{name}/{bid}/{col}: grid window of fewer than {THIN_WINDOW} values released")
+                raise DisclosureError(
+                    f"{name}/{bid}/{col}: grid window of fewer than {THIN_WINDOW} values released"
+                )
     for col, g in (release.get("groups") or {}).items():
         if any(w["groups"] < min_cell for w in g.get("size_windows") or []):
-            raise DisclosureError(f"{name}: group-size window of fewer than min_cell_size={min_cell} groups released for {col!r}")
+            raise DisclosureError(
+                f"{name}: group-size window of fewer than min_cell_size={min_cell} groups released for {col!r}"
+            )

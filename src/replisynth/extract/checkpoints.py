@@ -75,19 +75,25 @@ def small_reference_terms(X: np.ndarray, terms: list[str], min_cell: int) -> set
     return out
 
 
-def capture_checkpoint(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int) -> tuple[dict[str, Any], SdcLog]:
+def capture_checkpoint(
+    df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int
+) -> tuple[dict[str, Any], SdcLog]:
     """Fit one checkpoint on the original data and release it through the SDC gate."""
     rel, log, _ = capture_checkpoint_sample(df, cp, manifest, index)
     return rel, log
 
 
-def _reject(base: dict[str, Any], log: SdcLog, cp: Checkpoint, reason: str) -> tuple[dict[str, Any], SdcLog, None]:
+def _reject(
+    base: dict[str, Any], log: SdcLog, cp: Checkpoint, reason: str
+) -> tuple[dict[str, Any], SdcLog, None]:
     """A rejected record (the request fields only) and its log entry."""
     log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
     return {**base, "status": "rejected", "reason": reason}, log, None
 
 
-def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int) -> tuple[dict[str, Any], SdcLog, pd.Index | None]:
+def capture_checkpoint_sample(
+    df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int
+) -> tuple[dict[str, Any], SdcLog, pd.Index | None]:
     """`capture_checkpoint`, plus the estimation sample's row labels in `df` (None when the
     sample was never built), for the disclosure ledger's differencing rule (memory only)."""
     sdc = manifest.sdc
@@ -112,31 +118,88 @@ def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manife
     design = build_design(df, cp, where)
     n = len(design.y)
     if n < sdc.min_cell_size:
-        log.add("checkpoints", "rejected", f"estimation sample below min_cell_size={sdc.min_cell_size}", checkpoint=cp.tag)
-        return {**base, "status": "rejected", "reason": f"sample below min_cell_size={sdc.min_cell_size}"}, log, None
+        log.add(
+            "checkpoints",
+            "rejected",
+            f"estimation sample below min_cell_size={sdc.min_cell_size}",
+            checkpoint=cp.tag,
+        )
+        return (
+            {
+                **base,
+                "status": "rejected",
+                "reason": f"sample below min_cell_size={sdc.min_cell_size}",
+            },
+            log,
+            None,
+        )
     if cp.model in GLM_MODELS:
         small = outcome_minority(design.y, cp.model)
         if small is not None and small < sdc.min_cell_size:
-            log.add("checkpoints", "rejected", f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample", checkpoint=cp.tag)
-            return {**base, "status": "rejected", "reason": f"outcome class below min_cell_size={sdc.min_cell_size}"}, log, None
+            log.add(
+                "checkpoints",
+                "rejected",
+                f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample",
+                checkpoint=cp.tag,
+            )
+            return (
+                {
+                    **base,
+                    "status": "rejected",
+                    "reason": f"outcome class below min_cell_size={sdc.min_cell_size}",
+                },
+                log,
+                None,
+            )
     heavy = weight_gate(design.weights, sdc.min_cell_size)
     if heavy:
         return _reject(base, log, cp, f"weights: {heavy}")
     if design.weights is not None:
-        log.add("checkpoints", "weights_gate", f"weights pass: effective sample size (Kish) at least min_cell_size={sdc.min_cell_size} "
-                f"and no row above 1/{sdc.min_cell_size} of the total weight", checkpoint=cp.tag)
+        log.add(
+            "checkpoints",
+            "weights_gate",
+            f"weights pass: effective sample size (Kish) at least min_cell_size={sdc.min_cell_size} "
+            f"and no row above 1/{sdc.min_cell_size} of the total weight",
+            checkpoint=cp.tag,
+        )
     fit = fit_checkpoint(design, cp, where)
     if fit.resid_df < sdc.min_resid_df:
-        log.add("checkpoints", "rejected", f"residual df below min_resid_df={sdc.min_resid_df}", checkpoint=cp.tag)
-        return {**base, "status": "rejected", "reason": f"residual df below min_resid_df={sdc.min_resid_df}"}, log, None
+        log.add(
+            "checkpoints",
+            "rejected",
+            f"residual df below min_resid_df={sdc.min_resid_df}",
+            checkpoint=cp.tag,
+        )
+        return (
+            {
+                **base,
+                "status": "rejected",
+                "reason": f"residual df below min_resid_df={sdc.min_resid_df}",
+            },
+            log,
+            None,
+        )
     if not np.all(np.isfinite(fit.se)):
-        raise CheckpointError(f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample")
+        raise CheckpointError(
+            f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample"
+        )
     checked, dominated = outcome_dominance(design, fit, cp, sdc.dominance)
     if dominated:
-        return _reject(base, log, cp, f"outcome dominance: two rows carry more than {sdc.dominance:g} of the {' and of the '.join(dominated)} "
-                       "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data")
-    log.add("checkpoints", "outcome_dominance", f"outcome passes: no two rows carry more than {sdc.dominance:g} of the {', '.join(checked)}" if checked
-            else "binary or ordered outcome: covered by the outcome-class gate, no dominance check", checkpoint=cp.tag)
+        return _reject(
+            base,
+            log,
+            cp,
+            f"outcome dominance: two rows carry more than {sdc.dominance:g} of the {' and of the '.join(dominated)} "
+            "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data",
+        )
+    log.add(
+        "checkpoints",
+        "outcome_dominance",
+        f"outcome passes: no two rows carry more than {sdc.dominance:g} of the {', '.join(checked)}"
+        if checked
+        else "binary or ordered outcome: covered by the outcome-class gate, no dominance check",
+        checkpoint=cp.tag,
+    )
     minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)
     small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
     rounding_cost = 0.0
@@ -146,46 +209,95 @@ def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manife
     for j, term in enumerate(fit.terms):
         if j < k_x and 0 <= minority[j] < sdc.min_cell_size:
             n_sup += 1
-            terms.append({"term": None, "position": j, "suppressed": True,
-                          "reason": f"column with fewer than {sdc.min_cell_size} (effective) observations off its most common value"})
+            terms.append(
+                {
+                    "term": None,
+                    "position": j,
+                    "suppressed": True,
+                    "reason": f"column with fewer than {sdc.min_cell_size} (effective) observations off its most common value",
+                }
+            )
             continue
         if j in small_ref:
             n_ref += 1
-            terms.append({"term": None, "position": j, "suppressed": True,
-                          "reason": f"factor level contrast against a reference level with fewer than {sdc.min_cell_size} observations"})
+            terms.append(
+                {
+                    "term": None,
+                    "position": j,
+                    "suppressed": True,
+                    "reason": f"factor level contrast against a reference level with fewer than {sdc.min_cell_size} observations",
+                }
+            )
             continue
         b, se = float(fit.beta[j]), float(fit.se[j])
         if sdc.round_significant:
-            rb, rse = round_significant(b, sdc.round_significant), round_significant(se, sdc.round_significant)
+            rb, rse = (
+                round_significant(b, sdc.round_significant),
+                round_significant(se, sdc.round_significant),
+            )
             rounding_cost = max(rounding_cost, abs(b - rb) / se if se > 0 else 0.0)
             b, se = rb, rse
         terms.append({"term": term, "position": j, "beta": b, "se": se})
     if n_ref:
-        log.add("checkpoints", "suppressed_terms", f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)", checkpoint=cp.tag, terms=n_ref)
+        log.add(
+            "checkpoints",
+            "suppressed_terms",
+            f"{n_ref} factor contrast(s) against a reference level below min_cell_size={sdc.min_cell_size} not released (the contrast describes the small reference group, which synthesis does not reproduce)",
+            checkpoint=cp.tag,
+            terms=n_ref,
+        )
     if n_sup:
-        log.add("checkpoints", "suppressed_terms", f"{n_sup} coefficient(s) of columns (indicators, scaled indicators, splines, sparse columns) with fewer than "
-                f"min_cell_size={sdc.min_cell_size} (effective) rows off their most common value not released", checkpoint=cp.tag, terms=n_sup)
+        log.add(
+            "checkpoints",
+            "suppressed_terms",
+            f"{n_sup} coefficient(s) of columns (indicators, scaled indicators, splines, sparse columns) with fewer than "
+            f"min_cell_size={sdc.min_cell_size} (effective) rows off their most common value not released",
+            checkpoint=cp.tag,
+            terms=n_sup,
+        )
     released = {t["term"] for t in terms if not t.get("suppressed")}
     mX, mterms, instruments = moment_design(design)
     # Excluded instruments have no coefficient, so the `released` filter cannot speak for them:
     # they enter as candidates and pass or fail the column gates of design_moments (indicator
     # minority, non-zero rows, dominance) like any other column. Not being a term is not being
     # suppressed.
-    moments, info = design_moments(mX, mterms, design.weights, released | set(instruments), sdc.min_cell_size, sdc.round_significant, sdc.dominance,
-                                   offmode=minority if mX is design.X else None)
+    moments, info = design_moments(
+        mX,
+        mterms,
+        design.weights,
+        released | set(instruments),
+        sdc.min_cell_size,
+        sdc.round_significant,
+        sdc.dominance,
+        offmode=minority if mX is design.X else None,
+    )
     if moments is not None and instruments:
         moments["instruments"] = [t for t in moments["terms"] if t in instruments]
     if moments is not None:
-        log.add("checkpoints", "released_moments",
-                f"{'weighted ' if design.weights is not None else ''}means, SDs and correlations of {info['columns']} design column(s) on the estimation sample "
-                + (f"({len(moments.get('instruments', []))} of them excluded instruments, of {len(instruments)}) " if instruments else "")
-                + f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
-                f"(indicator group or non-zero rows below min_cell_size={sdc.min_cell_size}, or spread dominated by two rows); {info['blanked']} indicator pair(s) blanked "
-                "(a cell of their 2x2 table below min_cell_size)", checkpoint=cp.tag, terms=info["columns"])
+        log.add(
+            "checkpoints",
+            "released_moments",
+            f"{'weighted ' if design.weights is not None else ''}means, SDs and correlations of {info['columns']} design column(s) on the estimation sample "
+            + (
+                f"({len(moments.get('instruments', []))} of them excluded instruments, of {len(instruments)}) "
+                if instruments
+                else ""
+            )
+            + f"(so synthetic regressors can reproduce X'X: nested specifications and standard errors); {info['left_out']} column(s) left out "
+            f"(indicator group or non-zero rows below min_cell_size={sdc.min_cell_size}, or spread dominated by two rows); {info['blanked']} indicator pair(s) blanked "
+            "(a cell of their 2x2 table below min_cell_size)",
+            checkpoint=cp.tag,
+            terms=info["columns"],
+        )
     scale = fit.scale
     if sdc.round_significant:
         scale = round_significant(scale, sdc.round_significant)
-        log.add("checkpoints", "rounded", f"coefficients, standard errors and residual variance rounded to {sdc.round_significant} significant figures; the rounding moves a coefficient by at most {rounding_cost:.2g} of its standard error", checkpoint=cp.tag)
+        log.add(
+            "checkpoints",
+            "rounded",
+            f"coefficients, standard errors and residual variance rounded to {sdc.round_significant} significant figures; the rounding moves a coefficient by at most {rounding_cost:.2g} of its standard error",
+            checkpoint=cp.tag,
+        )
     out = {
         **base,
         "status": "released",
@@ -195,10 +307,19 @@ def capture_checkpoint_sample(df: pd.DataFrame, cp: Checkpoint, manifest: Manife
         "k": len(fit.terms),
         "terms": terms,
     }
-    if fit.extra and cp.model not in GLM_MODELS:  # linear families' aggregates (re: variance components), rounded like the rest
-        out["extra"] = {k: (round_significant(v, sdc.round_significant) if sdc.round_significant else v) for k, v in fit.extra.items()}
+    if (
+        fit.extra and cp.model not in GLM_MODELS
+    ):  # linear families' aggregates (re: variance components), rounded like the rest
+        out["extra"] = {
+            k: (round_significant(v, sdc.round_significant) if sdc.round_significant else v)
+            for k, v in fit.extra.items()
+        }
     if cp.model in GLM_MODELS:
-        levels = ordered_levels(df.loc[design.index, cp.outcome], cp) if cp.model in GLM_ORDERED else None
+        levels = (
+            ordered_levels(df.loc[design.index, cp.outcome], cp)
+            if cp.model in GLM_ORDERED
+            else None
+        )
         out.update(outcome_release(levels, cp, fit.extra, sdc.round_significant))
     if moments is not None:
         out["moments"] = moments
@@ -226,7 +347,9 @@ def outcome_minority(y: np.ndarray, model: str) -> int | None:
     return None
 
 
-def outcome_release(levels: list | None, cp: Checkpoint, extra: dict[str, Any], digits: int | None) -> dict[str, Any]:
+def outcome_release(
+    levels: list | None, cp: Checkpoint, extra: dict[str, Any], digits: int | None
+) -> dict[str, Any]:
     """What pinning needs about a GLM outcome beyond the coefficients: the ordered categories
     (every one passed the cell gate) and the outcome's (weighted) sample mean or category
     shares, so the pin can report its drift. Rounded like the coefficients."""
@@ -247,31 +370,59 @@ def round_significant(x: float, digits: int) -> float:
     return float(f"{x:.{digits}g}") if np.isfinite(x) and x != 0 else float(x)
 
 
-def budget_warnings(released: list[dict[str, Any]], rows: dict[str, int], budget: float | None) -> list[dict[str, Any]]:
+def budget_warnings(
+    released: list[dict[str, Any]], rows: dict[str, int], budget: float | None
+) -> list[dict[str, Any]]:
     """SDC log entries for sources whose released coefficients exceed budget × N: many
     coefficients on one sample narrow down the data they were estimated on."""
     if not budget:
         return []
     out = []
     for source, n in rows.items():
-        k = sum(sum(1 for t in c.get("terms", []) if not t.get("suppressed")) for c in released if c["source"] == source and c.get("status") == "released")
+        k = sum(
+            sum(1 for t in c.get("terms", []) if not t.get("suppressed"))
+            for c in released
+            if c["source"] == source and c.get("status") == "released"
+        )
         if k > budget * n:
-            out.append({"stage": "checkpoints", "action": "budget_warning", "source": source, "coefficients": k,
-                        "reason": f"{k} released coefficients exceed the budget of {budget:g} × N; an output checker should review the checkpoints"})
+            out.append(
+                {
+                    "stage": "checkpoints",
+                    "action": "budget_warning",
+                    "source": source,
+                    "coefficients": k,
+                    "reason": f"{k} released coefficients exceed the budget of {budget:g} × N; an output checker should review the checkpoints",
+                }
+            )
     return out
 
 
-def capture_checkpoints(frames: dict[str, pd.DataFrame], manifest: Manifest) -> tuple[list[dict[str, Any]], SdcLog]:
+def capture_checkpoints(
+    frames: dict[str, pd.DataFrame], manifest: Manifest
+) -> tuple[list[dict[str, Any]], SdcLog]:
     """Capture every checkpoint of the manifest (frames: source name -> original data),
     the differencing rule of the disclosure ledger applied across them."""
-    fits = [capture_checkpoint_sample(frames[cp.source], cp, manifest, i) for i, cp in enumerate(manifest.checkpoints)]
-    out, log, _ = apply_differencing({s: frames[s] for s in dict.fromkeys(cp.source for cp in manifest.checkpoints)}, manifest, fits)
+    fits = [
+        capture_checkpoint_sample(frames[cp.source], cp, manifest, i)
+        for i, cp in enumerate(manifest.checkpoints)
+    ]
+    out, log, _ = apply_differencing(
+        {s: frames[s] for s in dict.fromkeys(cp.source for cp in manifest.checkpoints)},
+        manifest,
+        fits,
+    )
     return out, log
 
 
 def design_moments(
-    X: np.ndarray, terms: list[str], weights: np.ndarray | None, released: set[str], min_cell: int, digits: int | None = None,
-    dominance: float | None = None, offmode: np.ndarray | None = None,
+    X: np.ndarray,
+    terms: list[str],
+    weights: np.ndarray | None,
+    released: set[str],
+    min_cell: int,
+    digits: int | None = None,
+    dominance: float | None = None,
+    offmode: np.ndarray | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, int]]:
     """Released cross-moments of a checkpoint design (X: n × k on the estimation sample):
     (weighted) means, SDs (Σw(x−m)²/Σw) and correlations of the released, non-constant
@@ -332,7 +483,10 @@ def design_moments(
         "weighted": weights is not None,
         "mean": [rnd(v) for v in m],
         "sd": [rnd(v) for v in sd],
-        "corr": [[None if blank[a, b] else rnd(R[a, b]) for b in range(len(keep))] for a in range(len(keep))],
+        "corr": [
+            [None if blank[a, b] else rnd(R[a, b]) for b in range(len(keep))]
+            for a in range(len(keep))
+        ],
     }, info
 
 
@@ -349,7 +503,11 @@ def _dominated(x: np.ndarray, w: np.ndarray, dominance: float | None) -> bool:
     # costs 10-50 ms at 1M rows): the largest, then the largest of the others; their sum is
     # the sum of the sort's last two
     i = int(np.argmax(c))
-    top2 = c[i] + max(c[:i].max(initial=-np.inf), c[i + 1 :].max(initial=-np.inf)) if len(c) >= 2 else c[i]
+    top2 = (
+        c[i] + max(c[:i].max(initial=-np.inf), c[i + 1 :].max(initial=-np.inf))
+        if len(c) >= 2
+        else c[i]
+    )
     return float(top2) > dominance * total
 
 
@@ -366,7 +524,11 @@ def nonmodal_rows(X: np.ndarray, weights: np.ndarray | None, min_cell: int) -> n
     m = min(n, 4 * min_cell)
     # Kish count of any half of the rows is at least this (the lighter half's weight, squared,
     # over all the squared weights): the bound for a column where no value holds a majority
-    half = None if weights is None else float(np.partition(weights, n // 2)[: n // 2].sum()) ** 2 / float(weights @ weights)
+    half = (
+        None
+        if weights is None
+        else float(np.partition(weights, n // 2)[: n // 2].sum()) ** 2 / float(weights @ weights)
+    )
     for j in range(k):
         col = X[:, j]
         head = col[:m]
@@ -397,7 +559,11 @@ def nonmodal_rows(X: np.ndarray, weights: np.ndarray | None, min_cell: int) -> n
             if off is not None:
                 out[j] = _kish(weights, off)
             else:  # no majority value: at least half the rows are off the mode
-                out[j] = half if half is not None and half >= min_cell else _kish(weights, _off_exact_mode(col))
+                out[j] = (
+                    half
+                    if half is not None and half >= min_cell
+                    else _kish(weights, _off_exact_mode(col))
+                )
     return out
 
 
@@ -448,7 +614,9 @@ def weight_gate(w: np.ndarray | None, min_cell: int) -> str | None:
     if total * total / float(w @ w) < min_cell:
         return f"effective sample size (Kish) of the weights below min_cell_size={min_cell}"
     if float(w.max()) * min_cell > total:
-        return f"one row carries more than 1/{min_cell} of the total weight (min_cell_size={min_cell})"
+        return (
+            f"one row carries more than 1/{min_cell} of the total weight (min_cell_size={min_cell})"
+        )
     return None
 
 
@@ -475,10 +643,16 @@ def outcome_contributions(design: Design, fit: FitResult, cp: Checkpoint) -> dic
                     e = e - (np.bincount(g, weights=w * e) / np.bincount(g, weights=w))[g]
         e2 = e * e
     ybar = float(w @ y) / float(w.sum())
-    return {"outcome total": w * np.abs(y), "outcome spread": w * (y - ybar) ** 2, "residual sum of squares": w * e2}
+    return {
+        "outcome total": w * np.abs(y),
+        "outcome spread": w * (y - ybar) ** 2,
+        "residual sum of squares": w * e2,
+    }
 
 
-def outcome_dominance(design: Design, fit: FitResult, cp: Checkpoint, share: float) -> tuple[list[str], list[str]]:
+def outcome_dominance(
+    design: Design, fit: FitResult, cp: Checkpoint, share: float
+) -> tuple[list[str], list[str]]:
     """(names of the outcome aggregates checked, see `outcome_contributions`; those whose two
     largest row contributions exceed `share` of the total): released exactly, with the
     others' rough size known from the marginals, they would give away the largest outcome."""

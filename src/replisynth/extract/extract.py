@@ -65,7 +65,9 @@ from replisynth.synthesize.entities import (
     within_lag1,
 )
 
-FACTOR_CALL = re.compile(r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)")  # columns a formula treats as factors
+FACTOR_CALL = re.compile(
+    r"\bC\(\s*([A-Za-z_][A-Za-z0-9_.]*)"
+)  # columns a formula treats as factors
 
 
 def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
@@ -74,11 +76,18 @@ def _level_order_of(s: pd.Series, spec: ColumnSpec) -> list[Any] | None:
     return None
 
 
-def _grid_marginal(kind: str, missing: int, v: np.ndarray, trim: float, method: str, dominance: float | None = None) -> dict[str, Any]:
+def _grid_marginal(
+    kind: str, missing: int, v: np.ndarray, trim: float, method: str, dominance: float | None = None
+) -> dict[str, Any]:
     """A grid release; adaptive and window grids also say which percent levels they were built
     from, window grids the number of values behind each window and its mean."""
     g = grid_release(v, trim, method, dominance)
-    out: dict[str, Any] = {"kind": kind, "missing": missing, "n": int(len(v)), "grid": g.grid.tolist()}
+    out: dict[str, Any] = {
+        "kind": kind,
+        "missing": missing,
+        "n": int(len(v)),
+        "grid": g.grid.tolist(),
+    }
     if dominance is not None:
         out["dominance"] = dominance
     if method != "fixed":
@@ -96,12 +105,21 @@ def _grid_args(column: str, source: Source, sdc: Any) -> dict[str, Any]:
     rule forced on for columns listed as `sensitive`."""
     if column not in source.sensitive:
         return {"grid": sdc.grid}
-    method = sdc.grid if "pseudo" in sdc.grid else ("adaptive+pseudo" if "adaptive" in sdc.grid else "pseudo")
+    method = (
+        sdc.grid
+        if "pseudo" in sdc.grid
+        else ("adaptive+pseudo" if "adaptive" in sdc.grid else "pseudo")
+    )
     return {"grid": method, "dominance": sdc.dominance}
 
 
 def _marginal(
-    s: pd.Series, spec: ColumnSpec, min_cell: int, trim: float, pool: bool = True, source_levels: np.ndarray | None = None,
+    s: pd.Series,
+    spec: ColumnSpec,
+    min_cell: int,
+    trim: float,
+    pool: bool = True,
+    source_levels: np.ndarray | None = None,
     grid: str = "fixed",
     dominance: float | None = None,
 ) -> dict[str, Any]:
@@ -129,14 +147,20 @@ def _marginal(
     if table is not None and len(table.levels) + table.suppressed_levels >= 3:
         if table.levels and table.suppressed == 0:
             return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
-        v = pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64") if source_levels is None else source_levels[~np.isnan(source_levels)]
+        v = (
+            pd.to_numeric(s, errors="coerce").dropna().to_numpy(dtype="float64")
+            if source_levels is None
+            else source_levels[~np.isnan(source_levels)]
+        )
         if len(v) < min_cell or not grid_releasable(len(v), trim, grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
         return _grid_marginal("ordinal_grid", missing, v, trim, grid)
     # Counted on the raw values (frequency_table maps each distinct value to its JSON
     # scalar, as category_values would per row).
     if table is None:
-        table = frequency_table(s, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool)
+        table = frequency_table(
+            s, min_cell, spec.ordered, order=_level_order_of(s, spec), pool=pool
+        )
     if not table.levels:
         return {"kind": "suppressed", "missing": missing, "n": int(s.notna().sum())}
     return {"kind": "categorical", "missing": missing, "table": table.to_dict()}
@@ -162,8 +186,10 @@ def _sparse_dim(v: np.ndarray, min_cell: int) -> bool:
         return True
     # With fewer than min_cell rows off the mode, the mode holds a strict majority of any
     # 2*min_cell-1 observed rows: the most common of the first ones is the only candidate.
-    vals, counts = np.unique(v[observed[:2 * min_cell - 1]], return_counts=True)
-    return 0 < nn - int(np.count_nonzero(v == vals[np.argmax(counts)])) < min_cell  # constant: no correlation anyway
+    vals, counts = np.unique(v[observed[: 2 * min_cell - 1]], return_counts=True)
+    return (
+        0 < nn - int(np.count_nonzero(v == vals[np.argmax(counts)])) < min_cell
+    )  # constant: no correlation anyway
 
 
 def _two_valued_high(v: np.ndarray) -> np.ndarray | None:
@@ -186,13 +212,24 @@ def pair_cells(high: list[np.ndarray], observed: list[np.ndarray]) -> np.ndarray
     op = np.stack([np.packbits(o) for o in observed]) if observed else hp
 
     def counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.stack([np.bitwise_count(np.bitwise_and(row[None, :], b)).sum(axis=1, dtype=np.int64) for row in a]) if len(a) else np.zeros((0, 0))
+        return (
+            np.stack(
+                [
+                    np.bitwise_count(np.bitwise_and(row[None, :], b)).sum(axis=1, dtype=np.int64)
+                    for row in a
+                ]
+            )
+            if len(a)
+            else np.zeros((0, 0))
+        )
 
     hh, ho, oo = counts(hp, hp), counts(hp, op), counts(op, op)  # ho[i, j]: i high and j observed
     return np.stack([hh, ho - hh, ho.T - hh, oo - ho - ho.T + hh]).astype("float64")
 
 
-def correlation_gates(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> CorrelationGate:
+def correlation_gates(
+    X: np.ndarray, min_cell: int, rows: np.ndarray | None = None
+) -> CorrelationGate:
     """Spearman matrix of the dims (over `rows` when given) with two gates applied:
     (1) every correlation of a dim with fewer than `min_cell` non-missing rows or fewer than
     `min_cell` rows off its modal value is blanked (`_sparse_dim`); (2) for each pair of
@@ -206,7 +243,11 @@ def correlation_gates(X: np.ndarray, min_cell: int, rows: np.ndarray | None = No
         S[j, :] = np.nan
         S[:, j] = np.nan
     bad_set = set(bad)
-    two = [(j, h) for j, v in enumerate(cols) if j not in bad_set and (h := _two_valued_high(v)) is not None]
+    two = [
+        (j, h)
+        for j, v in enumerate(cols)
+        if j not in bad_set and (h := _two_valued_high(v)) is not None
+    ]
     blanked = 0
     if len(two) > 1:
         cells = pair_cells([h for _, h in two], [~np.isnan(cols[j]) for j, _ in two])
@@ -219,23 +260,39 @@ def correlation_gates(X: np.ndarray, min_cell: int, rows: np.ndarray | None = No
     return CorrelationGate(S, bad, blanked)
 
 
-def gated_spearman(X: np.ndarray, min_cell: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def gated_spearman(
+    X: np.ndarray, min_cell: int, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """`correlation_gates` as (matrix, number of dims blanked entirely)."""
     g = correlation_gates(X, min_cell, rows)
     return g.matrix, len(g.bad_dims)
 
 
-def log_correlation_gates(log: SdcLog, gate: CorrelationGate, min_cell: int, source: str, block: str) -> None:
+def log_correlation_gates(
+    log: SdcLog, gate: CorrelationGate, min_cell: int, source: str, block: str
+) -> None:
     """The correlation gates' decisions in `log`, as counts of dims and pairs."""
     where = "inside the stratum " if block != "all" else ""
     if gate.bad_dims:
-        log.add("correlations", "suppressed", f"correlations of {len(gate.bad_dims)} dim(s) with fewer than min_cell_size={min_cell} "
-                f"rows off their modal value (a small group, a sparse or near-constant column) {where}not released",
-                source=source, block=block, dims=len(gate.bad_dims))
+        log.add(
+            "correlations",
+            "suppressed",
+            f"correlations of {len(gate.bad_dims)} dim(s) with fewer than min_cell_size={min_cell} "
+            f"rows off their modal value (a small group, a sparse or near-constant column) {where}not released",
+            source=source,
+            block=block,
+            dims=len(gate.bad_dims),
+        )
     if gate.blanked_pairs:
-        log.add("correlations", "suppressed", f"{gate.blanked_pairs} correlation(s) of two-valued dims whose 2x2 table has a cell "
-                f"of 1..{min_cell - 1} rows {where}not released (the correlation and the shares would give the cell)",
-                source=source, block=block, pairs=gate.blanked_pairs)
+        log.add(
+            "correlations",
+            "suppressed",
+            f"{gate.blanked_pairs} correlation(s) of two-valued dims whose 2x2 table has a cell "
+            f"of 1..{min_cell - 1} rows {where}not released (the correlation and the shares would give the cell)",
+            source=source,
+            block=block,
+            pairs=gate.blanked_pairs,
+        )
 
 
 def linked_correlation_gate(release: dict[str, Any], min_cell: int) -> SdcLog:
@@ -247,9 +304,15 @@ def linked_correlation_gate(release: dict[str, Any], min_cell: int) -> SdcLog:
     log = SdcLog()
     n = suppress_linked_pairs(release, min_cell)
     if n:
-        log.add("correlations", "suppressed", f"{n} further correlation(s) of two-valued dims not released: with the other blocks' "
-                f"correlations and shares they would give a withheld cell of 1..{min_cell - 1} rows (secondary suppression)",
-                source=release["source"], block="all", pairs=n)
+        log.add(
+            "correlations",
+            "suppressed",
+            f"{n} further correlation(s) of two-valued dims not released: with the other blocks' "
+            f"correlations and shares they would give a withheld cell of 1..{min_cell - 1} rows (secondary suppression)",
+            source=release["source"],
+            block="all",
+            pairs=n,
+        )
     return log
 
 
@@ -272,7 +335,10 @@ def shared_missing_patterns(df: pd.DataFrame, columns: list[str]) -> list[list[s
 
 
 def _widen_residual(
-    released: list[tuple[Any, ...]], size: dict[tuple[Any, ...], int], rows: int, min_cell: int,
+    released: list[tuple[Any, ...]],
+    size: dict[tuple[Any, ...], int],
+    rows: int,
+    min_cell: int,
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Secondary suppression of strata: while the residual block (rows outside the released
     strata) holds 1..min_cell-1 rows, the smallest released stratum (ties: the last in release
@@ -285,7 +351,9 @@ def _widen_residual(
     return kept, moved
 
 
-def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+def _strata_keys(
+    df: pd.DataFrame, strata: tuple[str, ...]
+) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
     """Each row's stratum as an index into a list of keys (tuples of the strata values as
     JSON-friendly scalars), -1 when any strata value is missing. Computed per distinct
     combination, never per row."""
@@ -324,7 +392,15 @@ def _strata_keys(df: pd.DataFrame, strata: tuple[str, ...]) -> tuple[np.ndarray,
     return remap[inverse.ravel()], keys
 
 
-def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source: str, grid: str = "fixed", dominance: float | None = None) -> dict[str, Any]:
+def _group_release(
+    s: pd.Series,
+    min_cell: int,
+    trim: float,
+    log: SdcLog,
+    source: str,
+    grid: str = "fixed",
+    dominance: float | None = None,
+) -> dict[str, Any]:
     """Number of groups, mean size and the size distribution as means of non-overlapping
     windows of at least min_cell groups (`marginals.size_windows`), never one group's size."""
     sizes = s.dropna().value_counts().to_numpy()
@@ -333,11 +409,28 @@ def _group_release(s: pd.Series, min_cell: int, trim: float, log: SdcLog, source
         raise DataError(f"sources.{source}: group column {s.name!r} is entirely missing")
     windows = size_windows(sizes, min_cell, dominance)
     if windows is None:
-        log.add("groups", "coarsened", f"{g} groups (< 2 x min_cell_size): only the number of groups and the mean size are released", source=source, column=str(s.name))
+        log.add(
+            "groups",
+            "coarsened",
+            f"{g} groups (< 2 x min_cell_size): only the number of groups and the mean size are released",
+            source=source,
+            column=str(s.name),
+        )
         return {"groups": g, "size_grid": None, "mean_size": float(sizes.mean())}
-    log.add("groups", "coarsened", f"group-size distribution released as the mean sizes of {len(windows)} non-overlapping windows of at least "
-            f"min_cell_size={min_cell} consecutive groups (rounded to {size_step(min_cell):g}): no group's exact size is released", source=source, column=str(s.name))
-    return {"groups": g, "size_grid": None, "size_windows": windows, "mean_size": float(sizes.mean())}
+    log.add(
+        "groups",
+        "coarsened",
+        f"group-size distribution released as the mean sizes of {len(windows)} non-overlapping windows of at least "
+        f"min_cell_size={min_cell} consecutive groups (rounded to {size_step(min_cell):g}): no group's exact size is released",
+        source=source,
+        column=str(s.name),
+    )
+    return {
+        "groups": g,
+        "size_grid": None,
+        "size_windows": windows,
+        "mean_size": float(sizes.mean()),
+    }
 
 
 def column_codes(s: pd.Series) -> tuple[np.ndarray, list[Any]]:
@@ -358,7 +451,10 @@ def coded_level_order(s: pd.Series, spec: ColumnSpec, values: list[Any]) -> list
 
 
 def pooled_level_values(
-    work: pd.DataFrame, tables: dict[str, FrequencyTable], spec_by: dict[str, ColumnSpec], all_levels: dict[str, list[Any]],
+    work: pd.DataFrame,
+    tables: dict[str, FrequencyTable],
+    spec_by: dict[str, ColumnSpec],
+    all_levels: dict[str, list[Any]],
     coded: dict[str, tuple[np.ndarray, list[Any]]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per many-level ordered numeric column, its values with pooled (suppressed) codes
@@ -375,8 +471,12 @@ def pooled_level_values(
 
 
 def coded_dim_matrix(
-    work: pd.DataFrame, spec_by: dict[str, ColumnSpec], dims: list[dict[str, Any]], tables: dict[str, FrequencyTable],
-    all_levels: dict[str, list[Any]], coded: dict[str, tuple[np.ndarray, list[Any]]],
+    work: pd.DataFrame,
+    spec_by: dict[str, ColumnSpec],
+    dims: list[dict[str, Any]],
+    tables: dict[str, FrequencyTable],
+    all_levels: dict[str, list[Any]],
+    coded: dict[str, tuple[np.ndarray, list[Any]]],
 ) -> np.ndarray:
     """`dims.dim_matrix(..., order="F")` of the original data with its categorical columns
     factorized once (`coded`, from `column_codes`): an ordered dim is one gather of level
@@ -405,15 +505,23 @@ def coded_dim_matrix(
 
 
 def source_classes(
-    tables: dict[str, FrequencyTable], coded: dict[str, tuple[np.ndarray, list[Any]]], all_levels: dict[str, list[Any]],
+    tables: dict[str, FrequencyTable],
+    coded: dict[str, tuple[np.ndarray, list[Any]]],
+    all_levels: dict[str, list[Any]],
     strata: tuple[str, ...],
 ) -> dict[str, tuple[np.ndarray, FrequencyTable]]:
     """Per categorical column (strata columns aside) each row's class in its source-level table
     (`linked_tables.class_codes`) with that table: what the strata's tables count."""
-    return {c: (class_codes(*coded[c], t, all_levels[c]), t) for c, t in tables.items() if c not in strata}
+    return {
+        c: (class_codes(*coded[c], t, all_levels[c]), t)
+        for c, t in tables.items()
+        if c not in strata
+    }
 
 
-def stratum_counts(classes: dict[str, tuple[np.ndarray, FrequencyTable]], mask: np.ndarray) -> dict[str, list[int]]:
+def stratum_counts(
+    classes: dict[str, tuple[np.ndarray, FrequencyTable]], mask: np.ndarray
+) -> dict[str, list[int]]:
     """A stratum's true class counts per column (secure side only: the input of secondary
     suppression, never released)."""
     return {c: class_counts(cls[mask], n_classes(t)) for c, (cls, t) in classes.items()}
@@ -430,7 +538,12 @@ def rows_of(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _class_marginal(
-    cls: np.ndarray, table: FrequencyTable, spec: ColumnSpec, sdc: Any, grid: str, source_levels: np.ndarray | None,
+    cls: np.ndarray,
+    table: FrequencyTable,
+    spec: ColumnSpec,
+    sdc: Any,
+    grid: str,
+    source_levels: np.ndarray | None,
 ) -> dict[str, Any]:
     """The released marginal of a categorical column inside a stratum, over the source-level
     classes (`cls`: `linked_tables.class_codes` of the stratum's rows): a table listing the
@@ -440,7 +553,12 @@ def _class_marginal(
     counts = class_counts(cls, n_classes(table))
     missing = int(np.count_nonzero(cls < 0))
     present = [c for c in counts[: len(table.levels)] if c > 0]
-    if spec.ordered and spec.logical_type in ("integer", "float") and len(present) >= 3 and min(present) < k:
+    if (
+        spec.ordered
+        and spec.logical_type in ("integer", "float")
+        and len(present) >= 3
+        and min(present) < k
+    ):
         v = source_levels[~np.isnan(source_levels)] if source_levels is not None else np.zeros(0)
         if len(v) < k or not released_levels(len(v), grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
@@ -452,8 +570,16 @@ def _class_marginal(
 
 
 def stratum_block(
-    work: pd.DataFrame, mask: np.ndarray, bid: str, key: tuple[Any, ...], released_cols: list[ColumnSpec], source: Source,
-    sdc: Any, X: np.ndarray, pooled_values: dict[str, np.ndarray], log: SdcLog,
+    work: pd.DataFrame,
+    mask: np.ndarray,
+    bid: str,
+    key: tuple[Any, ...],
+    released_cols: list[ColumnSpec],
+    source: Source,
+    sdc: Any,
+    X: np.ndarray,
+    pooled_values: dict[str, np.ndarray],
+    log: SdcLog,
     classes: dict[str, tuple[np.ndarray, FrequencyTable]] | None = None,
 ) -> dict[str, Any]:
     """The released block of one stratum (rows `mask` of `work`): its marginals and gated
@@ -468,15 +594,34 @@ def stratum_block(
         lv = pooled_values.get(s.name)
         if classes is not None and s.name in classes:
             cls, table = classes[s.name]
-            m = _class_marginal(cls[mask], table, s, sdc, _grid_args(s.name, source, sdc)["grid"], lv[mask] if lv is not None else None)
+            m = _class_marginal(
+                cls[mask],
+                table,
+                s,
+                sdc,
+                _grid_args(s.name, source, sdc)["grid"],
+                lv[mask] if lv is not None else None,
+            )
         else:
-            m = _marginal(sub[s.name], s, sdc.min_cell_size, sdc.quantile_trim, pool=False,
-                          source_levels=lv[mask] if lv is not None else None, **_grid_args(s.name, source, sdc))
+            m = _marginal(
+                sub[s.name],
+                s,
+                sdc.min_cell_size,
+                sdc.quantile_trim,
+                pool=False,
+                source_levels=lv[mask] if lv is not None else None,
+                **_grid_args(s.name, source, sdc),
+            )
         bm[s.name] = m
         _log_marginal(log, source.name, bid, s, m, sdc)
     gate = correlation_gates(rows_of(X, mask), sdc.min_cell_size)
     log_correlation_gates(log, gate, sdc.min_cell_size, source.name, bid)
-    return {"rows": int(mask.sum()), "key": list(key), "marginals": bm, "spearman": _matrix_json(gate.matrix)}
+    return {
+        "rows": int(mask.sum()),
+        "key": list(key),
+        "marginals": bm,
+        "spearman": _matrix_json(gate.matrix),
+    }
 
 
 def extract_source(
@@ -495,86 +640,161 @@ def extract_source(
         if cp.model in GLM_ORDERED:  # an ordered outcome keeps its categories
             keep.add(cp.outcome)
     spread: dict[str, tuple[int, float, float]] = {}
-    specs = infer_schema(df, source, meta, sdc.min_cell_size, keep, sdc.quantile_trim / 100.0, spread)
+    specs = infer_schema(
+        df, source, meta, sdc.min_cell_size, keep, sdc.quantile_trim / 100.0, spread
+    )
     for name, (values, pooled, trimmed) in spread.items():
-        log.add("schema", "continuous", f"integer column with {values} values released as continuous (percentiles, integer-rounded): "
-                f"pooling its values below min_cell_size={sdc.min_cell_size} into their neighbours would remove {pooled:.0%} of its variance, "
-                f"top/bottom-coding its percentiles {trimmed:.0%}; list it under categorical to override", source=source.name, column=name)
+        log.add(
+            "schema",
+            "continuous",
+            f"integer column with {values} values released as continuous (percentiles, integer-rounded): "
+            f"pooling its values below min_cell_size={sdc.min_cell_size} into their neighbours would remove {pooled:.0%} of its variance, "
+            f"top/bottom-coding its percentiles {trimmed:.0%}; list it under categorical to override",
+            source=source.name,
+            column=name,
+        )
     # The source must validate against the schema we are about to release.
     failures = validation_summary(pandera_schema(specs), df[[s.name for s in specs]])
     if failures:
         detail = "; ".join(f"{f['column']}: {f['check']} ({f['failures']} rows)" for f in failures)
-        raise DataError(f"{source.path}: the data does not validate against its own schema: {detail}")
+        raise DataError(
+            f"{source.path}: the data does not validate against its own schema: {detail}"
+        )
 
     work = df[[s.name for s in specs]]  # copy-on-write: only columns written below are copied
     spec_by = {s.name: s for s in specs}
     for s in specs:
         if s.rows and s.missing == s.rows and s.role in ("continuous", "categorical"):
-            log.add("schema", "all_missing", "column is entirely missing: released as an all-missing column", source=source.name, column=s.name)
+            log.add(
+                "schema",
+                "all_missing",
+                "column is entirely missing: released as an all-missing column",
+                source=source.name,
+                column=s.name,
+            )
 
     # Strata and local suppression of small cells.
     key_idx, key_list = _strata_keys(work, source.strata)
     sizes = np.bincount(key_idx[key_idx >= 0], minlength=len(key_list))
-    released_keys = sorted([k for k, n in zip(key_list, sizes, strict=True) if n >= sdc.min_cell_size], key=lambda k: tuple(map(str, k)))
-    small = [k for k, n in zip(key_list, sizes, strict=True) if 0 < n < sdc.min_cell_size] + ([None] if (key_idx < 0).any() else [])
+    released_keys = sorted(
+        [k for k, n in zip(key_list, sizes, strict=True) if n >= sdc.min_cell_size],
+        key=lambda k: tuple(map(str, k)),
+    )
+    small = [k for k, n in zip(key_list, sizes, strict=True) if 0 < n < sdc.min_cell_size] + (
+        [None] if (key_idx < 0).any() else []
+    )
     key_pos = {k: i for i, k in enumerate(key_list)}
     if source.strata:
-        released_keys, merged = _widen_residual(released_keys, {k: int(sizes[key_pos[k]]) for k in released_keys}, len(work), sdc.min_cell_size)
+        released_keys, merged = _widen_residual(
+            released_keys,
+            {k: int(sizes[key_pos[k]]) for k in released_keys},
+            len(work),
+            sdc.min_cell_size,
+        )
         small += merged
         if merged:
-            log.add("strata", "secondary_suppression",
-                    f"the residual block of locally suppressed strata would hold fewer than min_cell_size={sdc.min_cell_size} rows "
-                    f"(its rows' categories would follow from the source totals): {len(merged)} smallest released stratum cell(s) join it",
-                    source=source.name, cells=len(merged))
+            log.add(
+                "strata",
+                "secondary_suppression",
+                f"the residual block of locally suppressed strata would hold fewer than min_cell_size={sdc.min_cell_size} rows "
+                f"(its rows' categories would follow from the source totals): {len(merged)} smallest released stratum cell(s) join it",
+                source=source.name,
+                cells=len(merged),
+            )
     released_idx = np.zeros(len(key_list) + 1, dtype=bool)  # last slot: a missing stratum value
     released_idx[[key_pos[k] for k in released_keys]] = True
     residual_mask = pd.Series(~released_idx[key_idx] if source.strata else False, index=work.index)
     n_residual = int(residual_mask.sum())
     if source.strata and small:
         log.add(
-            "strata", "local_suppression",
+            "strata",
+            "local_suppression",
             f"{len(small)} strata cell(s) below min_cell_size={sdc.min_cell_size} (or with a missing stratum value) "
             "form one residual block: its rows are synthesized from the source-level statistics and "
             "their strata columns are released as missing",
-            source=source.name, cells=len(small),
+            source=source.name,
+            cells=len(small),
         )
         work.loc[residual_mask, list(source.strata)] = np.nan
         for c in source.strata:
-            spec_by[c] = ColumnSpec(**{**spec_by[c].to_dict(), "missing": int(work[c].isna().sum())})
+            spec_by[c] = ColumnSpec(
+                **{**spec_by[c].to_dict(), "missing": int(work[c].isna().sum())}
+            )
         specs = [spec_by[s.name] for s in specs]
 
     # Source-level marginals.
     released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
     marginals: dict[str, dict[str, Any]] = {}
     for s in released_cols:
-        m = _marginal(work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, **_grid_args(s.name, source, sdc))
+        m = _marginal(
+            work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, **_grid_args(s.name, source, sdc)
+        )
         if s.name not in source.strata:
             m, moved = widen_bucket(m, sdc.min_cell_size)
             if moved:
-                log.add("marginals", "secondary_suppression", f"the suppressed categories held fewer than min_cell_size={sdc.min_cell_size} rows "
-                        f"(almost known by subtraction): the {moved} smallest released level(s) join them", source=source.name, block="all", column=s.name)
+                log.add(
+                    "marginals",
+                    "secondary_suppression",
+                    f"the suppressed categories held fewer than min_cell_size={sdc.min_cell_size} rows "
+                    f"(almost known by subtraction): the {moved} smallest released level(s) join them",
+                    source=source.name,
+                    block="all",
+                    column=s.name,
+                )
         marginals[s.name] = m
         _log_marginal(log, source.name, "all", s, m, sdc)
     for c in source.sensitive:
         if c in marginals and marginals[c]["kind"] == "continuous":
-            log.add("marginals", "dominance", f"sensitive magnitude: pseudo-percentiles whose windows satisfy the top-2 dominance rule at {sdc.dominance:g}", source=source.name, column=c)
+            log.add(
+                "marginals",
+                "dominance",
+                f"sensitive magnitude: pseudo-percentiles whose windows satisfy the top-2 dominance rule at {sdc.dominance:g}",
+                source=source.name,
+                column=c,
+            )
     # Columns that released nothing become all-missing columns of the release.
     for s in released_cols:
         if marginals[s.name]["kind"] == "suppressed" and s.missing < s.rows:
             spec_by[s.name] = ColumnSpec(**{**s.to_dict(), "missing": s.rows})
     specs = [spec_by[s.name] for s in specs]
 
-    missing_groups = shared_missing_patterns(work, [s.name for s in specs if s.role in ("continuous", "categorical") and 0 < s.missing < s.rows and s.name not in source.strata])
-    dims = copula_dims(specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata)
-    tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in marginals.items() if m["kind"] == "categorical"}
+    missing_groups = shared_missing_patterns(
+        work,
+        [
+            s.name
+            for s in specs
+            if s.role in ("continuous", "categorical")
+            and 0 < s.missing < s.rows
+            and s.name not in source.strata
+        ],
+    )
+    dims = copula_dims(
+        specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata
+    )
+    tables = {
+        c: FrequencyTable.from_dict(m["table"])
+        for c, m in marginals.items()
+        if m["kind"] == "categorical"
+    }
     # Each categorical column factorized once; its level order, dims, released levels and
     # pooled values all come from these codes.
     coded = {c: column_codes(work[c]) for c in tables}
     all_levels = {c: coded_level_order(work[c], spec_by[c], coded[c][1]) for c in tables}
     X = coded_dim_matrix(work, spec_by, dims, tables, all_levels, coded)
-    derived = coded_dependencies({c: v for c, v in coded.items() if c not in source.strata}, tables, all_levels, [s.name for s in specs])
+    derived = coded_dependencies(
+        {c: v for c, v in coded.items() if c not in source.strata},
+        tables,
+        all_levels,
+        [s.name for s in specs],
+    )
     for b, d in derived.items():
-        log.add("derived", "coded", f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}", source=source.name, column=b)
+        log.add(
+            "derived",
+            "coded",
+            f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}",
+            source=source.name,
+            column=b,
+        )
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
@@ -590,7 +810,9 @@ def extract_source(
             return correlation_gates(X, sdc.min_cell_size), lg
         i, key = item
         mask = key_idx == key_pos[key]
-        block = stratum_block(work, mask, f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg, classes)
+        block = stratum_block(
+            work, mask, f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg, classes
+        )
         return (block, stratum_counts(classes, mask)), lg
 
     done = thread_map(piece, [None, *keys])
@@ -598,21 +820,43 @@ def extract_source(
     S_all = gate.matrix
     n_ident = identity_pairs(S_all)
     if n_ident:
-        log.add("correlations", "identity", f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended", source=source.name, block="all", pairs=n_ident)
+        log.add(
+            "correlations",
+            "identity",
+            f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended",
+            source=source.name,
+            block="all",
+            pairs=n_ident,
+        )
     log_correlation_gates(log, gate, sdc.min_cell_size, source.name, "all")
     blocks: dict[str, dict[str, Any]] = {
-        "all": {"rows": int(len(work)), "key": None, "marginals": marginals, "spearman": _matrix_json(S_all)}
+        "all": {
+            "rows": int(len(work)),
+            "key": None,
+            "marginals": marginals,
+            "spearman": _matrix_json(S_all),
+        }
     }
-    log_at = len(log.entries)  # where the strata's SDC decisions go (scatter: see replisynth.workflow.scatter)
+    log_at = len(
+        log.entries
+    )  # where the strata's SDC decisions go (scatter: see replisynth.workflow.scatter)
     counts: dict[str, dict[str, list[int]]] = {}
     for (i, _key), ((block, cnt), lg) in zip(keys, done[1:], strict=True):
         blocks[f"s{i}"] = block
         counts[f"s{i}"] = cnt
         log.extend(lg)
     linked_at = len(log.entries)  # where the linked tables' decisions go (after the strata's)
-    cells = [{"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])} for i, key in enumerate(released_keys if source.strata else [])]
+    cells = [
+        {"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])}
+        for i, key in enumerate(released_keys if source.strata else [])
+    ]
 
-    groups = {c: _group_release(df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid, sdc.dominance) for c in source.key_columns}
+    groups = {
+        c: _group_release(
+            df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid, sdc.dominance
+        )
+        for c in source.key_columns
+    }
     value_labels = _released_value_labels(meta, marginals)
     release: dict[str, Any] = {
         "source": source.name,
@@ -621,16 +865,24 @@ def extract_source(
         "columns": [s.to_dict() for s in specs],
         "value_labels": value_labels,
         "dims": dims,
-        "strata": {"columns": list(source.strata), "cells": cells, "residual_rows": n_residual if source.strata else 0},
+        "strata": {
+            "columns": list(source.strata),
+            "cells": cells,
+            "residual_rows": n_residual if source.strata else 0,
+        },
         "blocks": blocks,
         "groups": groups,
         "missing_groups": missing_groups,
         "derived": derived,
-        "panel": {"entity": source.panel.entity, "time": source.panel.time} if source.panel else None,
+        "panel": {"entity": source.panel.entity, "time": source.panel.time}
+        if source.panel
+        else None,
     }
     # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
     # maps pooled levels as the synthetic data will hold them).
-    structure = _entity_release(df, work, lambda: synthetic_dim_matrix(work, release), dims, specs, source, sdc, log)
+    structure = _entity_release(
+        df, work, lambda: synthetic_dim_matrix(work, release), dims, specs, source, sdc, log
+    )
     if structure is not None:
         release["entity_structure"] = structure
     if not strata_blocks:
@@ -644,28 +896,46 @@ def extract_source(
 
 
 def _entity_release(
-    df: pd.DataFrame, work: pd.DataFrame, dim_matrix_of: Callable[[], np.ndarray], dims: list[dict[str, Any]], specs: list[ColumnSpec],
-    source: Source, sdc: Any, log: SdcLog,
+    df: pd.DataFrame,
+    work: pd.DataFrame,
+    dim_matrix_of: Callable[[], np.ndarray],
+    dims: list[dict[str, Any]],
+    specs: list[ColumnSpec],
+    source: Source,
+    sdc: Any,
+    log: SdcLog,
 ) -> dict[str, Any] | None:
     """The entity structure (replisynth.synthesize.entities) of the panel's entity, or of the one
     grouping column, when there are at least min_cell_size entities; the decision is logged.
     `dim_matrix_of` builds the dims as synthesis codes them, called only when needed (a
     cross-section without groups never needs it)."""
-    col = source.panel.entity if source.panel else (source.groups[0] if len(source.groups) == 1 else None)
+    col = (
+        source.panel.entity
+        if source.panel
+        else (source.groups[0] if len(source.groups) == 1 else None)
+    )
     if col is None:
         return None
     g = int(df[col].nunique(dropna=True))
     if g < sdc.min_cell_size:
-        log.add("entities", "suppressed", f"{g} entities (< min_cell_size={sdc.min_cell_size}): entity structure not released; rows are assigned to entities at random", source=source.name, column=col)
+        log.add(
+            "entities",
+            "suppressed",
+            f"{g} entities (< min_cell_size={sdc.min_cell_size}): entity structure not released; rows are assigned to entities at random",
+            source=source.name,
+            column=col,
+        )
         return None
     cols = [s.name for s in specs if s.role in ("continuous", "categorical")]
     X = dim_matrix_of()
     out = entity_structure(work[cols], df[col], X, dims, col, sdc.round_significant)
     log.add(
-        "entities", "released",
+        "entities",
+        "released",
         f"aggregates over {g} entities: per column whether it is constant within every entity, per copula dim the "
         "between-entity share of the normal-score variance and the between-entity correlation matrix (rounded)",
-        source=source.name, column=col,
+        source=source.name,
+        column=col,
     )
     if source.panel is not None:
         _dynamics_release(out, df, X, dims, cols, out["invariant"], source, sdc, log)
@@ -673,8 +943,15 @@ def _entity_release(
 
 
 def _dynamics_release(
-    out: dict[str, Any], df: pd.DataFrame, X: np.ndarray, dims: list[dict[str, Any]], cols: list[str], invariant: dict[str, bool],
-    source: Source, sdc: Any, log: SdcLog,
+    out: dict[str, Any],
+    df: pd.DataFrame,
+    X: np.ndarray,
+    dims: list[dict[str, Any]],
+    cols: list[str],
+    invariant: dict[str, bool],
+    source: Source,
+    sdc: Any,
+    log: SdcLog,
 ) -> None:
     """Time dynamics inside a panel's entities (replisynth.synthesize.entities), added to `out` in place:
     `period_trend` (columns whose within-entity deviation is slope × period deviation in at
@@ -685,9 +962,19 @@ def _dynamics_release(
     assert source.panel is not None
     ent, time = source.panel.entity, source.panel.time
     codes, _ = pd.factorize(df[ent], use_na_sentinel=True)
-    t = pd.to_numeric(df[time], errors="coerce").to_numpy(dtype="float64") if time in df else np.full(len(df), np.nan)
+    t = (
+        pd.to_numeric(df[time], errors="coerce").to_numpy(dtype="float64")
+        if time in df
+        else np.full(len(df), np.nan)
+    )
     if not np.isfinite(t).any():
-        log.add("entities", "not_applicable", f"time column {time!r} is not numeric: no period trends or serial correlation released", source=source.name, column=time)
+        log.add(
+            "entities",
+            "not_applicable",
+            f"time column {time!r} is not numeric: no period trends or serial correlation released",
+            source=source.name,
+            column=time,
+        )
         return
     trends: dict[str, dict[str, float]] = {}
     for c in cols:
@@ -703,21 +990,55 @@ def _dynamics_release(
         if share < TREND_SHARE or slope == 0.0:
             continue
         if m < sdc.min_cell_size:
-            log.add("entities", "suppressed", f"period trend not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=c)
+            log.add(
+                "entities",
+                "suppressed",
+                f"period trend not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})",
+                source=source.name,
+                column=c,
+            )
             continue
-        trends[c] = {"slope": round_released(slope, sdc.round_significant), "share": round_released(share, sdc.round_significant)}
-        log.add("entities", "released", f"period trend: within {share:.3f} of {m} entities the column moves by slope x period (slope rounded); aggregate over entities", source=source.name, column=c)
+        trends[c] = {
+            "slope": round_released(slope, sdc.round_significant),
+            "share": round_released(share, sdc.round_significant),
+        }
+        log.add(
+            "entities",
+            "released",
+            f"period trend: within {share:.3f} of {m} entities the column moves by slope x period (slope rounded); aggregate over entities",
+            source=source.name,
+            column=c,
+        )
     r, m = within_lag1(X, codes, t)
     if m < sdc.min_cell_size:
-        log.add("entities", "suppressed", f"within-entity lag-1 autocorrelations not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})", source=source.name, column=ent)
+        log.add(
+            "entities",
+            "suppressed",
+            f"within-entity lag-1 autocorrelations not released: {m} entities with two or more periods (< min_cell_size={sdc.min_cell_size})",
+            source=source.name,
+            column=ent,
+        )
     else:
         skip = {time, *trends, *(c for c, v in invariant.items() if v)}
-        out["within_lag1"] = [None if (d["column"] in skip or d["kind"] == "missing" or not np.isfinite(v)) else round_released(float(v), sdc.round_significant) for d, v in zip(dims, r, strict=True)]
-        log.add("entities", "released", f"per copula dim the lag-1 autocorrelation of within-entity normal-score deviations in period order, pooled over {m} entities (rounded)", source=source.name, column=ent)
+        out["within_lag1"] = [
+            None
+            if (d["column"] in skip or d["kind"] == "missing" or not np.isfinite(v))
+            else round_released(float(v), sdc.round_significant)
+            for d, v in zip(dims, r, strict=True)
+        ]
+        log.add(
+            "entities",
+            "released",
+            f"per copula dim the lag-1 autocorrelation of within-entity normal-score deviations in period order, pooled over {m} entities (rounded)",
+            source=source.name,
+            column=ent,
+        )
     out["period_trend"] = trends
 
 
-def _released_value_labels(meta: FileMeta, marginals: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+def _released_value_labels(
+    meta: FileMeta, marginals: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, str]]:
     """Value labels of released categories only (a label set may name rare codes)."""
     out: dict[str, dict[str, str]] = {}
     for col, labs in meta.value_labels.items():
@@ -731,30 +1052,67 @@ def _released_value_labels(meta: FileMeta, marginals: dict[str, dict[str, Any]])
     return out
 
 
-def _log_marginal(log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dict[str, Any], sdc: Any) -> None:
+def _log_marginal(
+    log: SdcLog, source: str, block: str, spec: ColumnSpec, m: dict[str, Any], sdc: Any
+) -> None:
     where = {"source": source, "block": block, "column": spec.name}
     if m["kind"] == "suppressed":
         if m.get("n", 0) == 0:
             return
-        log.add("marginals", "suppressed", f"fewer than min_cell_size={sdc.min_cell_size} usable values or no releasable category: nothing released", **where)
+        log.add(
+            "marginals",
+            "suppressed",
+            f"fewer than min_cell_size={sdc.min_cell_size} usable values or no releasable category: nothing released",
+            **where,
+        )
     elif m["kind"] == "ordinal_grid":
-        log.add("marginals", "grid", f"many-level ordinal released inside the stratum as a {sdc.quantile_trim:g}%-trimmed percentile grid: its frequency table there would have a level below min_cell_size={sdc.min_cell_size}", **where)
+        log.add(
+            "marginals",
+            "grid",
+            f"many-level ordinal released inside the stratum as a {sdc.quantile_trim:g}%-trimmed percentile grid: its frequency table there would have a level below min_cell_size={sdc.min_cell_size}",
+            **where,
+        )
     elif m["kind"] == "continuous":
         if sdc.quantile_trim > 0 and block == "all":
-            log.add("marginals", "trimmed", f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded", **where)
+            log.add(
+                "marginals",
+                "trimmed",
+                f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded",
+                **where,
+            )
     else:
         t = m["table"]
-        if t.get("classes"):  # a stratum's table over the source-level classes: logged per column (protect_release)
+        if t.get(
+            "classes"
+        ):  # a stratum's table over the source-level classes: logged per column (protect_release)
             return
         if t["pooled_levels"]:
-            log.add("marginals", "pooled", f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level", **where)
+            log.add(
+                "marginals",
+                "pooled",
+                f"{t['pooled_levels']} level(s) below min_cell_size={sdc.min_cell_size} pooled into the nearest released level",
+                **where,
+            )
         if t["suppressed_levels"]:
-            log.add("marginals", "suppressed", f"{t['suppressed_levels']} categor(ies) suppressed (below min_cell_size={sdc.min_cell_size}, or joining them so that they hold at least min_cell_size rows); their rows are spread over released categories at synthesis", **where)
+            log.add(
+                "marginals",
+                "suppressed",
+                f"{t['suppressed_levels']} categor(ies) suppressed (below min_cell_size={sdc.min_cell_size}, or joining them so that they hold at least min_cell_size rows); their rows are spread over released categories at synthesis",
+                **where,
+            )
     if m.get("window_sizes"):
-        why = ("pseudo-percentiles" if "pseudo" in m.get("method", "") else
-               f"percentiles would release more than {EXACT_SHARE:.0%} of the block's values exactly, or put a flat tail on one of them")
-        log.add("marginals", "thinned", f"grid released as the means of {len(m['window_sizes'])} non-overlapping windows of at least "
-                f"{min(m['window_sizes'])} consecutive values, the most extreme values at each end coded first ({why})", **where)
+        why = (
+            "pseudo-percentiles"
+            if "pseudo" in m.get("method", "")
+            else f"percentiles would release more than {EXACT_SHARE:.0%} of the block's values exactly, or put a flat tail on one of them"
+        )
+        log.add(
+            "marginals",
+            "thinned",
+            f"grid released as the means of {len(m['window_sizes'])} non-overlapping windows of at least "
+            f"{min(m['window_sizes'])} consecutive values, the most extreme values at each end coded first ({why})",
+            **where,
+        )
 
 
 def _matrix_json(M: np.ndarray) -> list[list[float | None]]:

@@ -38,12 +38,28 @@ from replisynth.disclosure.sdc import SdcLog
 
 # The fields of a checkpoint record that describe the request, not its results: what a
 # refused checkpoint keeps (as `capture_checkpoint`'s rejected records).
-REQUEST_KEYS = ("tag", "source", "model", "formula", "outcome", "vcov", "weights", "subset", "absorb", "entity", "time",
-                "levels", "columns", "subset_columns")
+REQUEST_KEYS = (
+    "tag",
+    "source",
+    "model",
+    "formula",
+    "outcome",
+    "vcov",
+    "weights",
+    "subset",
+    "absorb",
+    "entity",
+    "time",
+    "levels",
+    "columns",
+    "subset_columns",
+)
 
-RULE = ("a checkpoint whose estimation sample differs by 1..min_cell_size-1 rows from the source, a released stratum, "
-        "the residual block, a union of these, another released checkpoint's sample or its complement is refused; between "
-        "statistics weighted differently only a row count can be differenced, allowed when it is a released missing count")
+RULE = (
+    "a checkpoint whose estimation sample differs by 1..min_cell_size-1 rows from the source, a released stratum, "
+    "the residual block, a union of these, another released checkpoint's sample or its complement is refused; between "
+    "statistics weighted differently only a row count can be differenced, allowed when it is a released missing count"
+)
 
 
 @dataclass
@@ -79,26 +95,57 @@ class Ledger:
 
         n = len(df)
         self.frames[source.name] = (df, source)
-        self.entries.append(Entry(f"{source.name}/all", "source", source.name, np.ones(n, dtype=bool),
-                                  "source-level marginals, tables and correlations", n))
+        self.entries.append(
+            Entry(
+                f"{source.name}/all",
+                "source",
+                source.name,
+                np.ones(n, dtype=bool),
+                "source-level marginals, tables and correlations",
+                n,
+            )
+        )
         if not source.strata:
             self.cells[source.name] = np.zeros(n, dtype=np.intp)
             return
         key_idx, keys = _strata_keys(df, source.strata)
         sizes = np.bincount(key_idx[key_idx >= 0], minlength=len(keys))
-        released = sorted([k for k, s in zip(keys, sizes, strict=True) if s >= self.min_cell], key=lambda k: tuple(map(str, k)))
+        released = sorted(
+            [k for k, s in zip(keys, sizes, strict=True) if s >= self.min_cell],
+            key=lambda k: tuple(map(str, k)),
+        )
         pos = {k: i for i, k in enumerate(keys)}
         label = np.full(n, len(released), dtype=np.intp)  # the residual block's label
-        remap = np.full(len(keys) + 1, len(released), dtype=np.intp)  # last slot: a missing stratum value
+        remap = np.full(
+            len(keys) + 1, len(released), dtype=np.intp
+        )  # last slot: a missing stratum value
         remap[[pos[key] for key in released]] = np.arange(len(released))
         label = remap[key_idx]
         sizes = np.bincount(label, minlength=len(released) + 1)
         for i in range(len(released)):
-            self.entries.append(Entry(f"{source.name}/s{i}", "stratum", source.name, None,
-                                      "stratum block: marginals, tables and correlations", int(sizes[i]), cell=i))
+            self.entries.append(
+                Entry(
+                    f"{source.name}/s{i}",
+                    "stratum",
+                    source.name,
+                    None,
+                    "stratum block: marginals, tables and correlations",
+                    int(sizes[i]),
+                    cell=i,
+                )
+            )
         if sizes[-1]:
-            self.entries.append(Entry(f"{source.name}/residual", "residual", source.name, None,
-                                      "row count (rows synthesized from the source-level statistics)", int(sizes[-1]), cell=len(released)))
+            self.entries.append(
+                Entry(
+                    f"{source.name}/residual",
+                    "residual",
+                    source.name,
+                    None,
+                    "row count (rows synthesized from the source-level statistics)",
+                    int(sizes[-1]),
+                    cell=len(released),
+                )
+            )
         self.cells[source.name] = label
 
     def conflicts(self, source: str, rows: np.ndarray, weights: str | None = None) -> list[str]:
@@ -109,30 +156,57 @@ class Ledger:
         k, n, a = self.min_cell, len(rows), int(rows.sum())
         label = self.cells[source]
         inside = np.bincount(label[rows], minlength=int(label.max()) + 1)
-        mine = [e for e in self.entries if e.source == source and (e.rows is not None or e.cell is not None)]
-        dist: dict[int, int] = {}  # |A Δ B| per entry, computed when a count bound does not clear it
+        mine = [
+            e
+            for e in self.entries
+            if e.source == source and (e.rows is not None or e.cell is not None)
+        ]
+        dist: dict[
+            int, int
+        ] = {}  # |A Δ B| per entry, computed when a count bound does not clear it
 
         def distance(i: int, e: Entry) -> int:
             if i not in dist:
                 b = int(e.count or 0)
-                dist[i] = a + b - 2 * int(inside[e.cell]) if e.cell is not None else int(np.count_nonzero(rows ^ e.rows))
+                dist[i] = (
+                    a + b - 2 * int(inside[e.cell])
+                    if e.cell is not None
+                    else int(np.count_nonzero(rows ^ e.rows))
+                )
             return dist[i]
 
         total = np.bincount(label, minlength=len(inside))
-        nearest = int(np.minimum(inside, total - inside).sum())  # |A Δ the nearest union of strata cells|
-        if (weights is None and nearest == 0) or any(e.weights == weights and e.count == a and distance(i, e) == 0 for i, e in enumerate(mine)):
+        nearest = int(
+            np.minimum(inside, total - inside).sum()
+        )  # |A Δ the nearest union of strata cells|
+        if (weights is None and nearest == 0) or any(
+            e.weights == weights and e.count == a and distance(i, e) == 0
+            for i, e in enumerate(mine)
+        ):
             return []  # a row set already released with these weights (or a union of them): nothing new to difference
         out = []
         for i, e in enumerate(mine):
             self.pairs_checked += 1
             b = int(e.count or 0)
-            if abs(a - b) >= k and abs(a - (n - b)) >= k:  # both lower bounds clear: no pass over the rows
+            if (
+                abs(a - b) >= k and abs(a - (n - b)) >= k
+            ):  # both lower bounds clear: no pass over the rows
                 continue
             d = distance(i, e)
-            if (0 < d < k or 0 < n - d < k) and (e.weights == weights or not self._count_released(source, self._difference(e, rows, d < k))):
+            if (0 < d < k or 0 < n - d < k) and (
+                e.weights == weights
+                or not self._count_released(source, self._difference(e, rows, d < k))
+            ):
                 out.append(e.id)
         self.pairs_checked += 1
-        if 0 < nearest < k and not out and (weights is None or not self._count_released(source, rows ^ (2 * inside > total)[label])):
+        if (
+            0 < nearest < k
+            and not out
+            and (
+                weights is None
+                or not self._count_released(source, rows ^ (2 * inside > total)[label])
+            )
+        ):
             out.append(f"{source}/union of strata")
         return out
 
@@ -155,9 +229,20 @@ class Ledger:
                     return True
         return False
 
-    def register_checkpoint(self, cp: Checkpoint, rows: np.ndarray | None, released: bool, what: str) -> None:
-        self.entries.append(Entry(f"checkpoint/{cp.tag}", "checkpoint", cp.source, rows if released else None, what,
-                                  int(rows.sum()) if released and rows is not None else None, cp.weights))
+    def register_checkpoint(
+        self, cp: Checkpoint, rows: np.ndarray | None, released: bool, what: str
+    ) -> None:
+        self.entries.append(
+            Entry(
+                f"checkpoint/{cp.tag}",
+                "checkpoint",
+                cp.source,
+                rows if released else None,
+                what,
+                int(rows.sum()) if released and rows is not None else None,
+                cp.weights,
+            )
+        )
 
     def summary(self) -> dict[str, Any]:
         """The public part, for sdc_log.json: no mask, no difference size, row counts only
@@ -169,8 +254,15 @@ class Ledger:
                 item["rows"] = e.count
             item["released"] = e.released
             entries.append(item)
-        return {"entries": entries, "differencing": {"rule": RULE, "min_cell_size": self.min_cell,
-                                                     "pairs_checked": self.pairs_checked, "refused": list(self.refused)}}
+        return {
+            "entries": entries,
+            "differencing": {
+                "rule": RULE,
+                "min_cell_size": self.min_cell,
+                "pairs_checked": self.pairs_checked,
+                "refused": list(self.refused),
+            },
+        }
 
 
 def sample_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
@@ -181,7 +273,9 @@ def sample_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
 
 
 def apply_differencing(
-    frames: dict[str, pd.DataFrame], manifest: Manifest, fits: list[tuple[dict[str, Any], SdcLog, pd.Index | None]],
+    frames: dict[str, pd.DataFrame],
+    manifest: Manifest,
+    fits: list[tuple[dict[str, Any], SdcLog, pd.Index | None]],
 ) -> tuple[list[dict[str, Any]], SdcLog, dict[str, Any]]:
     """Run the ledger over captured checkpoints (manifest order; `fits` from
     `capture_checkpoint_sample`): refuse those that fail the differencing rule. Returns the
@@ -195,25 +289,44 @@ def apply_differencing(
     log = SdcLog()
     for cp, (rel, lg, index) in zip(manifest.checkpoints, fits, strict=True):
         if rel.get("status") != "released" or index is None:
-            ledger.register_checkpoint(cp, None, False, f"nothing ({rel.get('status', 'rejected')})")
+            ledger.register_checkpoint(
+                cp, None, False, f"nothing ({rel.get('status', 'rejected')})"
+            )
             released.append(rel)
             log.extend(lg)
             continue
         rows = sample_mask(frames[cp.source], index)
         hit = ledger.conflicts(cp.source, rows, cp.weights)
         if hit:
-            reason = (f"differencing: the estimation sample differs by fewer than min_cell_size={k} rows from {', '.join(hit)} "
-                      "(the difference of the two releases would describe those rows); widen or narrow the subset, or drop "
-                      "or impute the rows with missing values in the source")
+            reason = (
+                f"differencing: the estimation sample differs by fewer than min_cell_size={k} rows from {', '.join(hit)} "
+                "(the difference of the two releases would describe those rows); widen or narrow the subset, or drop "
+                "or impute the rows with missing values in the source"
+            )
             ledger.refused.append(cp.tag)
             ledger.register_checkpoint(cp, None, False, "nothing (refused: differencing)")
-            released.append({**{key: rel[key] for key in REQUEST_KEYS if key in rel}, "status": "rejected", "reason": reason})
+            released.append(
+                {
+                    **{key: rel[key] for key in REQUEST_KEYS if key in rel},
+                    "status": "rejected",
+                    "reason": reason,
+                }
+            )
             log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
             continue
-        ledger.register_checkpoint(cp, rows, True, "n, coefficients, standard errors, scale"
-                                   + (", regressor moments" if "moments" in rel else ""))
+        ledger.register_checkpoint(
+            cp,
+            rows,
+            True,
+            "n, coefficients, standard errors, scale"
+            + (", regressor moments" if "moments" in rel else ""),
+        )
         released.append(rel)
         log.extend(lg)
-    log.add("checkpoints", "differencing", f"{ledger.pairs_checked} pair(s) of row sets checked; {len(ledger.refused)} checkpoint(s) refused "
-            f"(samples differing by 1..{k - 1} rows from another release)")
+    log.add(
+        "checkpoints",
+        "differencing",
+        f"{ledger.pairs_checked} pair(s) of row sets checked; {len(ledger.refused)} checkpoint(s) refused "
+        f"(samples differing by 1..{k - 1} rows from another release)",
+    )
     return released, log, ledger.summary()

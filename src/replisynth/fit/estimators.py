@@ -28,7 +28,9 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
     if k == 0:
         raise CheckpointError(f"{label}: the formula has no regressors")
     if n <= k:
-        raise CheckpointError(f"{label}: {n} observations for {k} coefficients; the model is not identified")
+        raise CheckpointError(
+            f"{label}: {n} observations for {k} coefficients; the model is not identified"
+        )
     bad = collinear_terms(design.X, design.terms)
     if bad:
         raise CheckpointError(
@@ -36,8 +38,10 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
             "(drop them from the formula, or check for a constant or duplicated column)"
         )
     if cp.cluster and design.clusters is not None and len(np.unique(design.clusters)) < 2:
-        raise CheckpointError(f"{label}: vcov cluster:{cp.cluster} needs at least 2 clusters in the estimation sample and "
-                              "it has 1; use HC1, or another cluster column")
+        raise CheckpointError(
+            f"{label}: vcov cluster:{cp.cluster} needs at least 2 clusters in the estimation sample and "
+            "it has 1; use HC1, or another cluster column"
+        )
     if cp.model in ("fe", "re", "iv"):
         from replisynth.fit.linear_models import fit_linear_family
 
@@ -47,10 +51,16 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
 
         return fit_glm(design, cp, label)
     try:
-        beta, se, df_resid, scale = ols_fit(design.y, design.X, design.weights, cp.vcov, design.clusters if cp.cluster else None)
+        beta, se, df_resid, scale = ols_fit(
+            design.y, design.X, design.weights, cp.vcov, design.clusters if cp.cluster else None
+        )
     except (ValueError, np.linalg.LinAlgError) as exc:
-        raise CheckpointError(f"{label}: the least-squares fit failed ({exc}); check the formula, weights and vcov") from None
-    return FitResult(terms=list(design.terms), beta=beta, se=se, n=int(n), resid_df=df_resid, scale=scale)
+        raise CheckpointError(
+            f"{label}: the least-squares fit failed ({exc}); check the formula, weights and vcov"
+        ) from None
+    return FitResult(
+        terms=list(design.terms), beta=beta, se=se, n=int(n), resid_df=df_resid, scale=scale
+    )
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,13 @@ class OlsFactor:
         return beta, e, float(e @ e / (Xw.shape[0] - Xw.shape[1]))
 
 
-def ols_fit(y: np.ndarray, X: np.ndarray, weights: np.ndarray | None, vcov: str, clusters: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
+def ols_fit(
+    y: np.ndarray,
+    X: np.ndarray,
+    weights: np.ndarray | None,
+    vcov: str,
+    clusters: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """(beta, SE, residual df, scale) of OLS/WLS on a full-rank X (n × k), as statsmodels
     OLS/WLS computes them, without its pseudo-inverse (an SVD and an n × k pinv per fit).
     On the whitened data Xw = sqrt(w) X, with R'R = Xw'Xw (Cholesky): beta solves
@@ -108,8 +124,12 @@ def ols_fit(y: np.ndarray, X: np.ndarray, weights: np.ndarray | None, vcov: str,
         codes = codes.ravel()
         G = int(codes.max()) + 1
         if G < 2:
-            raise ValueError("clustered standard errors need at least 2 clusters in the sample; this sample has 1 (use HC1, or another cluster column)")
-        S = np.column_stack([np.bincount(codes, weights=Xw[:, j] * e, minlength=G) for j in range(k)])
+            raise ValueError(
+                "clustered standard errors need at least 2 clusters in the sample; this sample has 1 (use HC1, or another cluster column)"
+            )
+        S = np.column_stack(
+            [np.bincount(codes, weights=Xw[:, j] * e, minlength=G) for j in range(k)]
+        )
         cov = B @ (S.T @ S) @ B * (G / (G - 1.0)) * ((n - 1.0) / df_resid)
     elif vcov == "nonrobust":
         cov = scale * B

@@ -105,7 +105,9 @@ def _weighted_nb2(endog: np.ndarray, exog: np.ndarray, weights: np.ndarray):
     raw = m.loglikeobs
 
     def natural(p):
-        if m._transparams:  # statsmodels optimises log(alpha) with gradient-free/quasi-Newton methods only
+        if (
+            m._transparams
+        ):  # statsmodels optimises log(alpha) with gradient-free/quasi-Newton methods only
             raise CheckpointError("weighted nbreg is fitted by Newton only")
         return np.asarray(p, dtype="float64")
 
@@ -158,12 +160,18 @@ def _fit(model, label: str, **kw):
         try:
             res = model.fit(disp=0, **kw)
         except (ValueError, np.linalg.LinAlgError) as exc:
-            raise CheckpointError(f"{label}: statsmodels could not fit the model ({type(exc).__name__}: {exc}); check the formula, weights and vcov") from None
+            raise CheckpointError(
+                f"{label}: statsmodels could not fit the model ({type(exc).__name__}: {exc}); check the formula, weights and vcov"
+            ) from None
         except Exception as exc:  # PerfectSeparationError and friends
-            raise CheckpointError(f"{label}: the model cannot be estimated ({type(exc).__name__}: {exc}); check for a regressor that predicts the outcome perfectly") from None
+            raise CheckpointError(
+                f"{label}: the model cannot be estimated ({type(exc).__name__}: {exc}); check for a regressor that predicts the outcome perfectly"
+            ) from None
     conv = getattr(res, "mle_retvals", {}) or {}
     if conv.get("converged") is False:
-        raise CheckpointError(f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors")
+        raise CheckpointError(
+            f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors"
+        )
     return res
 
 
@@ -185,7 +193,9 @@ def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
         return _fit_ordered(design, cp, label)
     from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
 
-    base = {"logit": Logit, "probit": Probit, "poisson": Poisson, "nbreg": NegativeBinomial}[cp.model]
+    base = {"logit": Logit, "probit": Probit, "poisson": Poisson, "nbreg": NegativeBinomial}[
+        cp.model
+    ]
     n, k = design.X.shape
     w = normalised_weights(design.weights, n)
     kw = {"loglike_method": "nb2"} if cp.model == "nbreg" else {}
@@ -206,12 +216,22 @@ def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
         terms.append("alpha")
         extra["alpha"] = float(beta[-1])
         if not beta[-1] > 0:
-            raise CheckpointError(f"{label}: the estimated nbreg dispersion alpha is not positive ({beta[-1]:.3g}); the counts show no overdispersion, use model poisson")
+            raise CheckpointError(
+                f"{label}: the estimated nbreg dispersion alpha is not positive ({beta[-1]:.3g}); the counts show no overdispersion, use model poisson"
+            )
     if cp.model in GLM_BINARY or cp.model in GLM_COUNT:
         extra["outcome_mean"] = float(np.average(design.y, weights=w))
     if cp.model == "poisson":
         extra["dispersion"] = pearson_dispersion(design.y, design.X @ beta, w, len(beta))
-    return FitResult(terms=terms, beta=beta, se=se, n=int(n), resid_df=float(n - len(beta)), scale=1.0, extra=extra)
+    return FitResult(
+        terms=terms,
+        beta=beta,
+        se=se,
+        n=int(n),
+        resid_df=float(n - len(beta)),
+        scale=1.0,
+        extra=extra,
+    )
 
 
 def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
@@ -223,10 +243,14 @@ def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
     J = int(codes.max()) + 1 if len(codes) else 0
     present = np.bincount(codes, minlength=J)
     if J < 2 or np.any(present == 0):
-        raise CheckpointError(f"{label}: the outcome {cp.outcome!r} has {int(np.sum(present > 0))} of its {J} categories in the sample; an ordered model needs at least two and every listed level present")
+        raise CheckpointError(
+            f"{label}: the outcome {cp.outcome!r} has {int(np.sum(present > 0))} of its {J} categories in the sample; an ordered model needs at least two and every listed level present"
+        )
     bad = [t for t in design.terms if t in cut_names(J)]
     if bad:
-        raise CheckpointError(f"{label}: regressor name(s) {', '.join(bad)} clash with the cut point names; rename the column")
+        raise CheckpointError(
+            f"{label}: regressor name(s) {', '.join(bad)} clash with the cut point names; rename the column"
+        )
     w = normalised_weights(design.weights, n)
     distr = "logit" if cp.model == "ologit" else "probit"
     if w is None:
@@ -249,5 +273,12 @@ def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
     beta = np.concatenate([p[:k], cuts])
     se = np.sqrt(np.maximum(np.diag(Jac @ V @ Jac.T), 0.0))
     shares = np.bincount(codes, weights=w, minlength=J) / (w.sum() if w is not None else n)
-    return FitResult(terms=list(design.terms) + cut_names(J), beta=beta, se=se, n=int(n), resid_df=float(n - len(beta)),
-                     scale=1.0, extra={"family": cp.model, "outcome_shares": [float(s) for s in shares]})
+    return FitResult(
+        terms=list(design.terms) + cut_names(J),
+        beta=beta,
+        se=se,
+        n=int(n),
+        resid_df=float(n - len(beta)),
+        scale=1.0,
+        extra={"family": cp.model, "outcome_shares": [float(s) for s in shares]},
+    )

@@ -30,7 +30,9 @@ from replisynth.core.errors import CheckpointError
 from replisynth.fit.result import FitResult
 from replisynth.stats.design import Design, collinear_terms
 
-DEMEAN_TOL = 1e-13  # alternating projections stop when no column moves by more than this (relative L2)
+DEMEAN_TOL = (
+    1e-13  # alternating projections stop when no column moves by more than this (relative L2)
+)
 DEMEAN_MAX_ITER = 10_000
 
 
@@ -46,7 +48,9 @@ def _cov(cp: Checkpoint, d: Design) -> tuple[str, dict[str, Any]]:
         return "unadjusted", {"debiased": True}
     if cp.vcov in ("HC0", "HC1"):
         return "robust", {"debiased": cp.vcov == "HC1"}
-    raise CheckpointError(f"checkpoint {cp.tag!r}: vcov {cp.vcov} is not available for model {cp.model}; use HC1 or cluster:<column>")
+    raise CheckpointError(
+        f"checkpoint {cp.tag!r}: vcov {cp.vcov} is not available for model {cp.model}; use HC1 or cluster:<column>"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,7 +60,9 @@ def _cov(cp: Checkpoint, d: Design) -> tuple[str, dict[str, Any]]:
 def _group_means(M: np.ndarray, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Row-wise weighted group means of the columns of M (n, k) for one code vector (n,)."""
     G = int(codes.max()) + 1
-    D = sparse.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), codes)), shape=(len(codes), G))
+    D = sparse.csr_matrix(
+        (np.ones(len(codes)), (np.arange(len(codes)), codes)), shape=(len(codes), G)
+    )
     sums = D.T @ (w[:, None] * M)
     wsum = np.bincount(codes, weights=w, minlength=G)
     return (sums / wsum[:, None])[codes]
@@ -99,7 +105,11 @@ def _fe_transformed(d: Design, label: str) -> tuple[np.ndarray, np.ndarray, int 
     const = _has_const(d.X)
     norm = np.sqrt((d.X**2).sum(axis=0))
     dnorm = np.sqrt((Xd**2).sum(axis=0))
-    gone = [d.terms[j] for j in range(d.X.shape[1]) if j != const and dnorm[j] <= 1e-9 * max(norm[j], 1e-300)]
+    gone = [
+        d.terms[j]
+        for j in range(d.X.shape[1])
+        if j != const and dnorm[j] <= 1e-9 * max(norm[j], 1e-300)
+    ]
     if gone:
         raise CheckpointError(
             f"{label}: these terms do not vary within the absorbed fixed effects and are absorbed by them: "
@@ -110,7 +120,9 @@ def _fe_transformed(d: Design, label: str) -> tuple[np.ndarray, np.ndarray, int 
         Xt += (w @ d.X / w.sum())[None, :]
     bad = collinear_terms(Xt, d.terms)
     if bad:
-        raise CheckpointError(f"{label}: once the fixed effects are absorbed these terms are collinear with the others: {', '.join(bad)}")
+        raise CheckpointError(
+            f"{label}: once the fixed effects are absorbed these terms are collinear with the others: {', '.join(bad)}"
+        )
     return Xt, Xd, const
 
 
@@ -119,7 +131,9 @@ def _fit_fe(d: Design, cp: Checkpoint, label: str) -> Any:
 
     _fe_transformed(d, label)
     assert d.absorb is not None
-    absorb = pd.DataFrame({f"absorb{j}": pd.Categorical(d.absorb[:, j]) for j in range(d.absorb.shape[1])})
+    absorb = pd.DataFrame(
+        {f"absorb{j}": pd.Categorical(d.absorb[:, j]) for j in range(d.absorb.shape[1])}
+    )
     exog = pd.DataFrame(d.X, columns=d.terms)
     w = None if d.weights is None else pd.Series(d.weights)
     cov_type, kw = _cov(cp, d)
@@ -167,7 +181,9 @@ def _fit_re(d: Design, cp: Checkpoint, label: str) -> tuple[Any, np.ndarray]:
     try:
         res = RandomEffects(dep, exog, weights=w).fit(cov_type=cov_type, **kw)
     except ValueError as exc:
-        raise CheckpointError(f"{label}: linearmodels could not fit the random-effects model ({exc})") from None
+        raise CheckpointError(
+            f"{label}: linearmodels could not fit the random-effects model ({exc})"
+        ) from None
     assert d.entity is not None
     theta = res.theta["theta"].reindex(d.entity).to_numpy(dtype="float64")
     return res, theta
@@ -202,7 +218,9 @@ def _iv_xhat(d: Design, label: str) -> np.ndarray:
     names = d.terms[: d.n_exog] + d.instruments
     bad = collinear_terms(d.Z, names)
     if bad:
-        raise CheckpointError(f"{label}: the instruments and exogenous regressors are collinear: {', '.join(bad)}")
+        raise CheckpointError(
+            f"{label}: the instruments and exogenous regressors are collinear: {', '.join(bad)}"
+        )
     w = _weights(d)
     ZtW = (d.Z * w[:, None]).T
     return d.Z @ np.linalg.solve(ZtW @ d.Z, ZtW @ d.X)
@@ -219,7 +237,9 @@ def _fit_iv(d: Design, cp: Checkpoint, label: str) -> Any:
     instr = pd.DataFrame(d.Z[:, k0:], columns=d.instruments)
     w = None if d.weights is None else pd.Series(d.weights)
     cov_type, kw = _cov(cp, d)
-    return IV2SLS(pd.Series(d.y, name="y"), exog, endog, instr, weights=w).fit(cov_type=cov_type, **kw)
+    return IV2SLS(pd.Series(d.y, name="y"), exog, endog, instr, weights=w).fit(
+        cov_type=cov_type, **kw
+    )
 
 
 def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +249,9 @@ def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
     XhW = (Xh * w[:, None]).T
     M = XhW @ d.X
     if np.linalg.cond(M) > 1e12:
-        raise CheckpointError(f"{label}: the instruments do not identify the endogenous regressors (singular first stage)")
+        raise CheckpointError(
+            f"{label}: the instruments do not identify the endogenous regressors (singular first stage)"
+        )
     return M, XhW.T
 
 
@@ -253,9 +275,11 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
             res, _ = _fit_re(d, cp, label)
             df_resid = float(res.df_resid)
             resid = None
-            extra = {"sigma2_u": float(res.variance_decomposition["Effects"]),
-                     "sigma2_e": float(res.variance_decomposition["Residual"]),
-                     "rho": float(res.variance_decomposition["Percent due to Effects"])}
+            extra = {
+                "sigma2_u": float(res.variance_decomposition["Effects"]),
+                "sigma2_e": float(res.variance_decomposition["Residual"]),
+                "rho": float(res.variance_decomposition["Percent due to Effects"]),
+            }
         elif cp.model == "iv":
             res = _fit_iv(d, cp, label)
             df_resid = float(len(d.y) - d.X.shape[1])
@@ -263,12 +287,18 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
         else:
             raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
     except (ValueError, np.linalg.LinAlgError) as exc:
-        raise CheckpointError(f"{label}: linearmodels could not fit the {cp.model} model ({exc}); check the formula, weights and vcov") from None
+        raise CheckpointError(
+            f"{label}: linearmodels could not fit the {cp.model} model ({exc}); check the formula, weights and vcov"
+        ) from None
     if df_resid <= 0:
-        raise CheckpointError(f"{label}: no residual degrees of freedom left ({len(d.y)} observations)")
+        raise CheckpointError(
+            f"{label}: no residual degrees of freedom left ({len(d.y)} observations)"
+        )
     params = res.params.reindex(d.terms)
     if params.isna().any():
-        raise CheckpointError(f"{label}: linearmodels dropped terms: {', '.join(params.index[params.isna()])}")
+        raise CheckpointError(
+            f"{label}: linearmodels dropped terms: {', '.join(params.index[params.isna()])}"
+        )
     if resid is None:
         weps = np.asarray(res.wresids, dtype="float64")
         scale = float(weps @ weps / df_resid)
@@ -285,7 +315,9 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
     )
 
 
-def linear_factors(design: Design, cp: Checkpoint, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+def linear_factors(
+    design: Design, cp: Checkpoint, label: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """(G, B) with A = G^-1 B' (G: k × k, B: n × k) and beta_hat = A y on the design's sample:
     the operator kept factored, so pinning applies it without a k × n matrix. For re, A is
     taken at the variance components of the current data (refitted here), so pinning
@@ -307,7 +339,9 @@ def linear_operator(design: Design, cp: Checkpoint, label: str = "") -> np.ndarr
     return np.linalg.solve(G, B.T)
 
 
-def re_matched_outcome(design: Design, cp: Checkpoint, beta: np.ndarray, sigma2_u: float, sigma2_e: float) -> np.ndarray | None:
+def re_matched_outcome(
+    design: Design, cp: Checkpoint, beta: np.ndarray, sigma2_u: float, sigma2_e: float
+) -> np.ndarray | None:
     """Random effects, inference fidelity: y' = X b + f_e M_D e + f_b P e (e = y - X b, P the
     weighted entity means, M_D = I - P) so that the refit's variance components are the
     released ones. The within residual of y' is f_e times that of y and the between residual
@@ -322,7 +356,11 @@ def re_matched_outcome(design: Design, cp: Checkpoint, beta: np.ndarray, sigma2_
     pe = _group_means(e[:, None], ent, w)[:, 0]
     we = e - pe
     res, _ = _fit_re(design, cp, f"checkpoint {cp.tag!r}")
-    s2e = float(res.sigma2_eps) if hasattr(res, "sigma2_eps") else float(res.variance_decomposition["Residual"])
+    s2e = (
+        float(res.sigma2_eps)
+        if hasattr(res, "sigma2_eps")
+        else float(res.variance_decomposition["Residual"])
+    )
     G = int(ent.max()) + 1
     first = np.unique(ent, return_index=True)[1]
     xbar = _group_means(design.X, ent, w)[first]

@@ -97,7 +97,9 @@ def _check_duplicates(path: Path, names: list[str]) -> None:
     seen: set[str] = set()
     dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
     if dups:
-        raise DataError(f"{path}: duplicate column names {dups}; rename them so each column is unique")
+        raise DataError(
+            f"{path}: duplicate column names {dups}; rename them so each column is unique"
+        )
 
 
 def read_columns(path: str | Path) -> list[str]:
@@ -122,7 +124,9 @@ def read_columns(path: str | Path) -> list[str]:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read the column names as {fmt} ({exc}); check the file") from None
+        raise DataError(
+            f"{path}: cannot read the column names as {fmt} ({exc}); check the file"
+        ) from None
     if not names:
         raise DataError(f"{path}: the file has no columns; check the path and the export")
     _check_duplicates(path, names)
@@ -131,7 +135,9 @@ def read_columns(path: str | Path) -> list[str]:
 
 def _check_readable(path: Path) -> None:
     if not path.exists():
-        raise DataError(f"{path}: data file not found; check sources.<name>.path (relative paths resolve against the working directory)")
+        raise DataError(
+            f"{path}: data file not found; check sources.<name>.path (relative paths resolve against the working directory)"
+        )
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
     if path.stat().st_size == 0:
@@ -161,7 +167,9 @@ def read_source(path: str | Path) -> tuple[pd.DataFrame, FileMeta]:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read as {fmt} ({type(exc).__name__}: {exc}); check the file") from None
+        raise DataError(
+            f"{path}: cannot read as {fmt} ({type(exc).__name__}: {exc}); check the file"
+        ) from None
     if list(map(str, df.columns)) != names:
         _check_duplicates(path, list(map(str, df.columns)))
     df.columns = [str(c) for c in df.columns]
@@ -174,7 +182,9 @@ def _read_dta(path: Path) -> tuple[pd.DataFrame, FileMeta]:
     import pyreadstat
 
     _, m = pyreadstat.read_dta(str(path), metadataonly=True)
-    df = pd.read_stata(path, convert_categoricals=False, convert_missing=False, preserve_dtypes=True)
+    df = pd.read_stata(
+        path, convert_categoricals=False, convert_missing=False, preserve_dtypes=True
+    )
     for col in df.columns:
         if pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object:
             df[col] = df[col].replace("", np.nan)
@@ -208,7 +218,10 @@ def parquet_meta(path: Path) -> FileMeta:
     if PARQUET_META_KEY not in md:
         return FileMeta()
     d = json.loads(md[PARQUET_META_KEY])
-    vl = {c: {_label_key(k): v for k, v in labs.items()} for c, labs in d.get("value_labels", {}).items()}
+    vl = {
+        c: {_label_key(k): v for k, v in labs.items()}
+        for c, labs in d.get("value_labels", {}).items()
+    }
     return FileMeta(d.get("variable_labels", {}), vl, d.get("storage_types", {}))
 
 
@@ -239,7 +252,9 @@ def synthetic_label(bundle_sha256: str = "") -> str:
     return SYNTHETIC_LABEL
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = None, synthetic: str | None = None) -> None:
+def write_parquet(
+    df: pd.DataFrame, path: str | Path, meta: FileMeta | None = None, synthetic: str | None = None
+) -> None:
     """Parquet with the labels in the file metadata (and, for synthetic data, the
     `synthetic_label` under SYNTHETIC_META_KEY); deterministic bytes for equal frames."""
     import pyarrow as pa
@@ -247,11 +262,15 @@ def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = No
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     if synthetic is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SYNTHETIC_META_KEY: synthetic.encode()})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), SYNTHETIC_META_KEY: synthetic.encode()}
+        )
     if meta is not None:
         extra = {
             "variable_labels": meta.variable_labels,
-            "value_labels": {c: {str(k): v for k, v in labs.items()} for c, labs in meta.value_labels.items()},
+            "value_labels": {
+                c: {str(k): v for k, v in labs.items()} for c, labs in meta.value_labels.items()
+            },
             "storage_types": meta.storage_types,
         }
         md = dict(table.schema.metadata or {})
@@ -262,7 +281,13 @@ def write_parquet(df: pd.DataFrame, path: str | Path, meta: FileMeta | None = No
     # and a larger file); codes, counts and text compress well in a dictionary.
     dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=PARQUET_ROW_GROUP, use_dictionary=dictionary)
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            row_group_size=PARQUET_ROW_GROUP,
+            use_dictionary=dictionary,
+        )
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
@@ -292,7 +317,11 @@ def _write_csv_rows(fh: Any, df: pd.DataFrame, kinds: list[str]) -> None:
     for a in range(0, len(df), step):
         cols = _arrow_csv_columns(df.iloc[a : a + step], kinds)
         table = pa.Table.from_arrays(cols, names=[f"c{i}" for i in range(len(cols))])
-        pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16))
+        pacsv.write_csv(
+            table,
+            fh,
+            pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=1 << 16),
+        )
 
 
 CSV_CHUNK_CELLS = 4_000_000  # values formatted at a time by write_csv
@@ -356,7 +385,10 @@ def _arrow_csv_columns(df: pd.DataFrame, kinds: list[str]) -> list[Any]:
     `_csv_kinds`). Columns are formatted on the stage's threads (Arrow's kernels release the
     GIL; results in column order, so the bytes do not depend on the thread count)."""
 
-    jobs = [(s if isinstance(s.dtype, pd.api.extensions.ExtensionDtype) else s.to_numpy(), k) for (_, s), k in zip(df.items(), kinds, strict=True)]
+    jobs = [
+        (s if isinstance(s.dtype, pd.api.extensions.ExtensionDtype) else s.to_numpy(), k)
+        for (_, s), k in zip(df.items(), kinds, strict=True)
+    ]
     return thread_map(lambda job: _arrow_text(*job), jobs)
 
 
@@ -380,6 +412,7 @@ def _arrow_text(values: Any, kind: str) -> Any:
     # shortest round-trip digits as repr. Values repr writes with an exponent, and any that
     # Arrow wrote with one, are formatted by repr itself (rare in real data).
     exp = fin & ((ax >= 1e16) | ((ax < 1e-4) & (ax > 0)))
+
     def has(sub: str) -> np.ndarray:
         return pc.fill_null(pc.match_substring(text, sub), False).to_numpy(zero_copy_only=False)
 
@@ -388,7 +421,9 @@ def _arrow_text(values: Any, kind: str) -> Any:
     fixed = text
     if whole.any():  # '.0' appended to the whole numbers only (not a joined copy of every value)
         at = pa.array(np.flatnonzero(whole))
-        fixed = pc.replace_with_mask(text, pa.array(whole), pc.binary_join_element_wise(text.take(at), ".0", ""))
+        fixed = pc.replace_with_mask(
+            text, pa.array(whole), pc.binary_join_element_wise(text.take(at), ".0", "")
+        )
     if exp.any():
         idx = np.flatnonzero(exp)
         py = np.asarray(fixed.to_numpy(zero_copy_only=False), dtype=object)
@@ -399,20 +434,30 @@ def _arrow_text(values: Any, kind: str) -> Any:
 
 _STATA_INT_TYPES = {"int8": "int8", "int16": "int16", "int32": "int32"}
 # Stata's valid ranges (the top values are reserved for missing codes).
-_STATA_INT_RANGE = {"int8": (-127, 100), "int16": (-32767, 32740), "int32": (-2147483647, 2147483620)}
+_STATA_INT_RANGE = {
+    "int8": (-127, 100),
+    "int16": (-32767, 32740),
+    "int32": (-2147483647, 2147483620),
+}
 
 
 def _fits_stata_int(s: pd.Series, storage: str) -> bool:
     """True when a column can go back to its Stata integer type without loss: no missing
     value, every value whole and inside the type's range (a pinned outcome is not)."""
-    if s.isna().any() or not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+    if (
+        s.isna().any()
+        or not pd.api.types.is_numeric_dtype(s.dtype)
+        or pd.api.types.is_bool_dtype(s.dtype)
+    ):
         return False
     v = s.to_numpy(dtype="float64")
     lo, hi = _STATA_INT_RANGE[storage]
     return bool(np.all(v == np.round(v)) and v.min(initial=0) >= lo and v.max(initial=0) <= hi)
 
 
-def write_dta(df: pd.DataFrame, path: str | Path, meta: FileMeta, synthetic: str | None = None) -> None:
+def write_dta(
+    df: pd.DataFrame, path: str | Path, meta: FileMeta, synthetic: str | None = None
+) -> None:
     """Stata 118 file with variable and value labels, integer storage types restored where
     the values allow it (Stata integers hold missing; pandas needs float for that); a
     synthetic file's data label is its `synthetic_label`."""

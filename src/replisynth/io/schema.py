@@ -30,7 +30,9 @@ from replisynth.io.files import FileMeta
 
 MAX_ORDINAL_LEVELS = 20
 SPREAD_LEVELS = 6  # an integer column with this many values or more ...
-SPREAD_MARGIN = 0.02  # ... that pooling would rob of this much more variance than trimming is continuous
+SPREAD_MARGIN = (
+    0.02  # ... that pooling would rob of this much more variance than trimming is continuous
+)
 EPOCH = pd.Timestamp("1970-01-01")
 
 
@@ -109,7 +111,14 @@ def infer_column(
     storage = meta.storage_types.get(name, str(s.dtype))
     missing = int(s.isna().sum())
     label = meta.variable_labels.get(name)
-    base = dict(name=name, logical_type=lt, storage_type=storage, missing=missing, rows=len(s), variable_label=label)
+    base = dict(
+        name=name,
+        logical_type=lt,
+        storage_type=storage,
+        missing=missing,
+        rows=len(s),
+        variable_label=label,
+    )
     if name in source.ids:
         return ColumnSpec(role="id", integer=True, ordered=False, **base)
     if name in source.key_columns:
@@ -141,10 +150,17 @@ def infer_column(
     elif lt == "date":
         role = "continuous"
     else:
-        n_distinct = s.nunique(dropna=True) if integer else 0  # counted only where it decides (1M floats: ~50 ms each)
+        n_distinct = (
+            s.nunique(dropna=True) if integer else 0
+        )  # counted only where it decides (1M floats: ~50 ms each)
         role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
-        if role == "categorical" and min_cell and n_distinct >= SPREAD_LEVELS and name not in keep_categorical \
-                and not meta.value_labels.get(name):
+        if (
+            role == "categorical"
+            and min_cell
+            and n_distinct >= SPREAD_LEVELS
+            and name not in keep_categorical
+            and not meta.value_labels.get(name)
+        ):
             pooled, trimmed = spread_losses(s, min_cell, trim)
             if pooled > trimmed + SPREAD_MARGIN:
                 role = "continuous"
@@ -181,11 +197,20 @@ def spread_losses(s: pd.Series, min_cell: int, trim: float) -> tuple[float, floa
 
 
 def infer_schema(
-    df: pd.DataFrame, source: Source, meta: FileMeta, min_cell: int | None = None, keep_categorical: frozenset[str] | set[str] = frozenset(),
-    trim: float = 0.0, spread: dict[str, tuple[int, float, float]] | None = None,
+    df: pd.DataFrame,
+    source: Source,
+    meta: FileMeta,
+    min_cell: int | None = None,
+    keep_categorical: frozenset[str] | set[str] = frozenset(),
+    trim: float = 0.0,
+    spread: dict[str, tuple[int, float, float]] | None = None,
 ) -> list[ColumnSpec]:
     """ColumnSpecs for every column that is not excluded, in file order (`spread`: see `infer_column`)."""
-    return [infer_column(df[c], source, meta, min_cell, keep_categorical, trim, spread) for c in df.columns if c not in source.exclude]
+    return [
+        infer_column(df[c], source, meta, min_cell, keep_categorical, trim, spread)
+        for c in df.columns
+        if c not in source.exclude
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +284,15 @@ class ReleasedSchema:
                 return pa.Check.isin(list(c.allowed), ignore_na=True, error=c.error)
             return pa.Check(c.test, element_wise=False, error=c.error)
 
-        cols = {name: pa.Column(dtype=None, checks=[check(c) for c in checks], nullable=True, required=True)
-                for name, checks in self.columns}
-        return pa.DataFrameSchema(cols, strict=True, ordered=True, name="replisynth released schema")
+        cols = {
+            name: pa.Column(
+                dtype=None, checks=[check(c) for c in checks], nullable=True, required=True
+            )
+            for name, checks in self.columns
+        }
+        return pa.DataFrameSchema(
+            cols, strict=True, ordered=True, name="replisynth released schema"
+        )
 
 
 def pandera_schema(
@@ -293,10 +324,14 @@ def pandera_schema(
         if lt == "boolean" and spec.name not in exempt:
             checks.append(ColumnCheck("boolean values", _boolean_values))
         if categories is not None and spec.role == "categorical" and spec.name in categories:
-            checks.append(ColumnCheck("released categories only", allowed=tuple(categories[spec.name])))
+            checks.append(
+                ColumnCheck("released categories only", allowed=tuple(categories[spec.name]))
+            )
         if check_missing_counts and rows is not None and spec.role in ("continuous", "categorical"):
             want = expected_missing(spec, rows)
-            checks.append(ColumnCheck(f"{want} missing", lambda s, w=want: int(s.isna().sum()) == w))
+            checks.append(
+                ColumnCheck(f"{want} missing", lambda s, w=want: int(s.isna().sum()) == w)
+            )
         cols.append((spec.name, tuple(checks)))
     return ReleasedSchema(tuple(cols))
 
@@ -325,6 +360,12 @@ def validation_summary(schema: Any, df: pd.DataFrame) -> list[dict[str, Any]]:
         fc = err.failure_cases
         out: list[dict[str, Any]] = []
         for (col, check), grp in fc.groupby(["column", "check"], dropna=False, sort=True):
-            out.append({"column": None if pd.isna(col) else str(col), "check": str(check), "failures": int(len(grp))})
+            out.append(
+                {
+                    "column": None if pd.isna(col) else str(col),
+                    "check": str(check),
+                    "failures": int(len(grp)),
+                }
+            )
         return out
     return []

@@ -38,7 +38,9 @@ class PinOutcome:
     joint: bool
     status: str
     note: str = ""
-    detail: dict = field(default_factory=dict)  # discrete outcomes: per-checkpoint gaps, outcome drift; se_shape: per tag ShapeReport
+    detail: dict = field(
+        default_factory=dict
+    )  # discrete outcomes: per-checkpoint gaps, outcome drift; se_shape: per tag ShapeReport
 
 
 def _targets(c: dict[str, Any]) -> dict[str, float]:
@@ -76,7 +78,6 @@ def _operator(d: Design, cp: Checkpoint) -> Operator:
     """The family's factored A with beta_hat = A y: OLS/WLS here, fe/re/iv in linear_models
     (re at the current variance components, so the pin passes iterate to a fixed point)."""
     if cp.model in ("fe", "re", "iv"):
-
         return Operator(*linear_factors(d, cp, f"checkpoint {cp.tag!r} on synthetic data"))
     return ols_operator(d)
 
@@ -85,7 +86,9 @@ def cross_block(a: Operator, rows_a: np.ndarray, b: Operator, rows_b: np.ndarray
     """A_a A_b' (k_a × k_b) over the data rows both samples hold: G_a^-1 (B_a' B_b) G_b'^-1
     with B restricted to the shared rows. `rows_*`: each sample's row positions in the data
     (distinct). The joint pin's constraint Gram matrix, built from k × k products only."""
-    if np.array_equal(rows_a, rows_b):  # one sample (nested specifications): no intersection to sort out
+    if np.array_equal(
+        rows_a, rows_b
+    ):  # one sample (nested specifications): no intersection to sort out
         S = a.B.T @ b.B
     else:
         _, ia, ib = np.intersect1d(rows_a, rows_b, assume_unique=True, return_indices=True)
@@ -119,7 +122,11 @@ def pin_order(cps: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 MAX_PASSES = 8
 EXACT_TOL = 1e-9  # |beta - beta*| / SE_target counted as exact
-_REUSABLE = ("ols", "fe", "iv")  # linear families whose operator A depends on the regressors alone (re: on y too)
+_REUSABLE = (
+    "ols",
+    "fe",
+    "iv",
+)  # linear families whose operator A depends on the regressors alone (re: on y too)
 
 
 class _Designs:
@@ -138,17 +145,24 @@ class _Designs:
 
     @staticmethod
     def _reusable(c: dict[str, Any]) -> bool:
-        return (c["model"] in (*_REUSABLE, "re") and c["formula"].split("~", 1)[0].strip() == c["outcome"]
-                and c["outcome"] not in c.get("subset_columns", []))
+        return (
+            c["model"] in (*_REUSABLE, "re")
+            and c["formula"].split("~", 1)[0].strip() == c["outcome"]
+            and c["outcome"] not in c.get("subset_columns", [])
+        )
 
-    def design(self, df: pd.DataFrame, c: dict[str, Any], where: str = "", released: bool = True) -> Design:
+    def design(
+        self, df: pd.DataFrame, c: dict[str, Any], where: str = "", released: bool = True
+    ) -> Design:
         """`build_design` of the checkpoint on `df` (released: with `released_terms`)."""
         key = (c["tag"], released)
         hit = self._built.get(key)
         if hit is not None and pd.api.types.is_float_dtype(df[c["outcome"]].dtype):
             d, pos = hit
             return replace(d, y=df[c["outcome"]].to_numpy(dtype="float64")[pos])
-        d = build_design(df, checkpoint_from_release(c), where, released=released_terms(c) if released else None)
+        d = build_design(
+            df, checkpoint_from_release(c), where, released=released_terms(c) if released else None
+        )
         if self._reusable(c):
             self._built[key] = (d, df.index.get_indexer(d.index))
         return d
@@ -164,7 +178,9 @@ class _Designs:
             self._cross[key] = cross_block(a, rows_a, b, rows_b)
         return self._cross[key]
 
-    def operator(self, d: Design, c: dict[str, Any], cp: Checkpoint, released: bool = True) -> Operator:
+    def operator(
+        self, d: Design, c: dict[str, Any], cp: Checkpoint, released: bool = True
+    ) -> Operator:
         """`_operator` of a design from `design` (kept when the design is)."""
         key = (c["tag"], released)
         if key in self._ops:
@@ -180,7 +196,9 @@ def _fresh(designs: _Designs | None) -> _Designs:
     return designs if designs is not None else _Designs()
 
 
-def _constraints(df: pd.DataFrame, c: dict[str, Any], notes: list[str], designs: _Designs | None = None) -> tuple[Operator, Design, list[int], np.ndarray] | None:
+def _constraints(
+    df: pd.DataFrame, c: dict[str, Any], notes: list[str], designs: _Designs | None = None
+) -> tuple[Operator, Design, list[int], np.ndarray] | None:
     """(factored A, design, positions of the released terms, beta* - beta_hat there) for one
     checkpoint on the current data, or None (with a note) when it cannot be built."""
     cp = checkpoint_from_release(c)
@@ -216,7 +234,13 @@ def _gap(c: dict[str, Any], delta: np.ndarray, d: Design, common: list[int]) -> 
     return float(np.max(np.abs(delta) / np.where(scale > 0, scale, 1.0))) if len(delta) else 0.0
 
 
-def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes: list[str], designs: _Designs | None = None) -> tuple[float, bool]:
+def _pin_pass(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    notes: list[str],
+    designs: _Designs | None = None,
+) -> tuple[float, bool]:
     """One Newton step on y for a group; returns the largest gap (in target SEs) before the
     step and whether the stacked constraints were consistent."""
     built = [(c, _constraints(df, c, notes, designs)) for c in group]
@@ -238,7 +262,9 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
     rows = [df.index.get_indexer(d.index) for _, (_, d, _, _) in built]
     parts = [(A, common, r) for (_, (A, _, common, _)), r in zip(built, rows, strict=True)]
     cross = designs.cross if designs is not None else cross_block
-    SS = np.block([[cross(A, ra, B, rb)[np.ix_(ca, cb)] for B, cb, rb in parts] for A, ca, ra in parts])
+    SS = np.block(
+        [[cross(A, ra, B, rb)[np.ix_(ca, cb)] for B, cb, rb in parts] for A, ca, ra in parts]
+    )
     D = np.concatenate([b[3] for _, b in built])
     lam = np.linalg.lstsq(SS, D, rcond=None)[0]  # minimum-norm: S'(SS')^+ D
     delta_y = np.zeros(len(df))
@@ -257,7 +283,10 @@ def _pin_pass(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, notes
 
 
 def pin_checkpoints(
-    frames: dict[str, pd.DataFrame], checkpoints: list[dict[str, Any]], seed: int = 0, shape_ses: bool = True,
+    frames: dict[str, pd.DataFrame],
+    checkpoints: list[dict[str, Any]],
+    seed: int = 0,
+    shape_ses: bool = True,
     weight_bounds: tuple[float, float] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
@@ -280,11 +309,32 @@ def pin_checkpoints(
         tags = tuple(c["tag"] for c in group)
         df = frames[source]
         if df[outcome].isna().all():
-            results.append(PinOutcome(source, outcome, tags, False, "failed", f"outcome {outcome!r} is entirely missing in the synthetic data"))
+            results.append(
+                PinOutcome(
+                    source,
+                    outcome,
+                    tags,
+                    False,
+                    "failed",
+                    f"outcome {outcome!r} is entirely missing in the synthetic data",
+                )
+            )
             continue
         if is_discrete_group(group):  # maximum-likelihood checkpoints: draw + score correction
-            st, dnotes, detail = pin_discrete_group(df, group, outcome, rng(seed, "pin", source, outcome))
-            results.append(PinOutcome(source, outcome, tags, len(group) > 1, st, "; ".join(dict.fromkeys(dnotes)), detail))
+            st, dnotes, detail = pin_discrete_group(
+                df, group, outcome, rng(seed, "pin", source, outcome)
+            )
+            results.append(
+                PinOutcome(
+                    source,
+                    outcome,
+                    tags,
+                    len(group) > 1,
+                    st,
+                    "; ".join(dict.fromkeys(dnotes)),
+                    detail,
+                )
+            )
             continue
         if not pd.api.types.is_float_dtype(df[outcome].dtype):
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")
@@ -302,33 +352,61 @@ def pin_checkpoints(
                 status = "pinned"
                 break
             if not consistent:
-                notes.append("constraints inconsistent on the synthetic regressors: least-squares compromise")
+                notes.append(
+                    "constraints inconsistent on the synthetic regressors: least-squares compromise"
+                )
         else:
             gap, _ = _pin_pass(df.copy(), group, outcome, [], designs)
             status = "pinned" if gap <= EXACT_TOL else "approximate"
             if status == "approximate" and not any("inconsistent" in n for n in notes):
-                notes.append(f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE")
+                notes.append(
+                    f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE"
+                )
         detail: dict[str, Any] = {}
-        if status == "pinned" and not any(outcome in c.get("subset_columns", []) for c in group) and _disjoint_samples(df, group, designs):
+        if (
+            status == "pinned"
+            and not any(outcome in c.get("subset_columns", []) for c in group)
+            and _disjoint_samples(df, group, designs)
+        ):
             for c in group:
                 who = f"{c['tag']}: " if len(group) > 1 else ""
                 factor = _match_residual_scale(df, c, outcome, designs)
                 if factor is not None:
-                    notes.append(f"{who}residuals scaled by {factor:.4g} to the released residual variance")
-                shaped = _shape_residuals(df, c, outcome, weight_bounds, designs) if shape_ses else None
+                    notes.append(
+                        f"{who}residuals scaled by {factor:.4g} to the released residual variance"
+                    )
+                shaped = (
+                    _shape_residuals(df, c, outcome, weight_bounds, designs) if shape_ses else None
+                )
                 if shaped is not None:
                     notes.append(who + shaped.note())
                     detail.setdefault("se_shape", {})[c["tag"]] = shaped.as_dict()
-        elif status in ("pinned", "approximate") and len(group) > 1 and not any(outcome in c.get("subset_columns", []) for c in group):
+        elif (
+            status in ("pinned", "approximate")
+            and len(group) > 1
+            and not any(outcome in c.get("subset_columns", []) for c in group)
+        ):
             joint = _match_joint_residual_scale(df, group, outcome, designs)
             if joint is not None:
                 notes.append(joint)
         frames[source] = df
-        results.append(PinOutcome(source, outcome, tags, len(group) > 1, status, "; ".join(dict.fromkeys(notes)), detail))
+        results.append(
+            PinOutcome(
+                source,
+                outcome,
+                tags,
+                len(group) > 1,
+                status,
+                "; ".join(dict.fromkeys(notes)),
+                detail,
+            )
+        )
     return frames, results
 
 
-def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, designs: _Designs | None = None) -> str | None:
+def _match_joint_residual_scale(
+    df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, designs: _Designs | None = None
+) -> str | None:
     """Inference fidelity for checkpoints that share rows (OLS beside IV on one sample, nested
     specifications): y <- P y + f (I - P) y on the union of their samples, with P the projection
     on every checkpoint's constraint rows (the rows of each operator A, beta_hat = A y). Every
@@ -351,7 +429,9 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
         except (CheckpointError, np.linalg.LinAlgError):
             return None
         built.append((c, cp, d, A, float(target)))
-    union = np.zeros(len(df), dtype=bool)  # the sorted union of the samples' rows (np.unique of them, in O(n))
+    union = np.zeros(
+        len(df), dtype=bool
+    )  # the sorted union of the samples' rows (np.unique of them, in O(n))
     for _, _, d, _, _ in built:
         union[df.index.get_indexer(d.index)] = True
     rows = np.flatnonzero(union)
@@ -364,7 +444,9 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
         blocks.append(M)
     from scipy.linalg import qr
 
-    Q, R, _ = qr(np.hstack(blocks), mode="economic", pivoting=True)  # pivoted: nested designs repeat columns
+    Q, R, _ = qr(
+        np.hstack(blocks), mode="economic", pivoting=True
+    )  # pivoted: nested designs repeat columns
     diag = np.abs(np.diag(R))
     Q = Q[:, : int(np.sum(diag > 1e-12 * max(float(diag.max(initial=0.0)), 1e-300)))]
     y = df[outcome].to_numpy(dtype="float64")[rows]
@@ -372,7 +454,6 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     r = y - fitted
     if not np.any(r):
         return None
-
 
     at = [pos[df.index.get_indexer(d.index)] for _, _, d, _, _ in built]
 
@@ -382,11 +463,17 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
         from its design's factor (the bits `fit_checkpoint` gives, without refactoring the
         design and its sandwich for every f)."""
         yf = fitted + f * r
-        return np.asarray([fit_checkpoint(replace(d, y=yf[ix]), cp).scale if o is None else o.solve(yf[ix])[2]
-                           for (_, cp, d, _, _), ix, o in zip(built, at, ols, strict=True)])
+        return np.asarray(
+            [
+                fit_checkpoint(replace(d, y=yf[ix]), cp).scale if o is None else o.solve(yf[ix])[2]
+                for (_, cp, d, _, _), ix, o in zip(built, at, ols, strict=True)
+            ]
+        )
 
     def factor(cp: Checkpoint, d: Design) -> OlsFactor | None:
-        n, k = d.X.shape  # what fit_checkpoint checks first; a design failing it goes through it (and raises)
+        n, k = (
+            d.X.shape
+        )  # what fit_checkpoint checks first; a design failing it goes through it (and raises)
         ok = cp.model == "ols" and 0 < k < n and not collinear_terms(d.X, d.terms)
         return OlsFactor.of(d.X, d.weights) if ok else None
 
@@ -402,7 +489,9 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     ok = np.all(S > 0, axis=1)
     if not ok.any():
         return None
-    loss = np.where(ok, np.sum((np.log(np.where(S > 0, S, 1.0)) - np.log(targets)) ** 2, axis=1), np.inf)
+    loss = np.where(
+        ok, np.sum((np.log(np.where(S > 0, S, 1.0)) - np.log(targets)) ** 2, axis=1), np.inf
+    )
     f = float(grid[int(np.argmin(loss))])
     col = df[outcome].to_numpy(dtype="float64").copy()
     col[rows] = fitted + f * r
@@ -411,7 +500,9 @@ def _match_joint_residual_scale(df: pd.DataFrame, group: list[dict[str, Any]], o
     return f"residual orthogonal to every constraint of {tags} scaled by {f:.4g} (joint: one factor for their shared rows, coefficients unmoved)"
 
 
-def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None = None) -> bool:
+def _disjoint_samples(
+    df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None = None
+) -> bool:
     """Whether the estimation samples of a group's checkpoints share no row: then each
     residual can be rescaled on its own rows without moving the others' fits."""
     if len(group) == 1:
@@ -428,7 +519,9 @@ def _disjoint_samples(df: pd.DataFrame, group: list[dict[str, Any]], designs: _D
     return True
 
 
-def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str, designs: _Designs | None = None) -> float | None:
+def _match_residual_scale(
+    df: pd.DataFrame, c: dict[str, Any], outcome: str, designs: _Designs | None = None
+) -> float | None:
     """Inference fidelity for a pinned linear checkpoint: y <- X b + f e on its sample, with
     e the (weighted) residual and f chosen so the residual variance equals the released one.
     The residual is orthogonal to X (in the W metric), so the coefficients stay exactly
@@ -445,7 +538,6 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str, des
     if cp.model == "re":
         return _match_variance_components(df, c, cp, d, outcome)
     if cp.model in ("fe", "iv"):
-
         try:
             fit = fit_checkpoint(d, cp)
         except CheckpointError:
@@ -471,13 +563,21 @@ def _match_residual_scale(df: pd.DataFrame, c: dict[str, Any], outcome: str, des
     return factor
 
 
-def _match_variance_components(df: pd.DataFrame, c: dict[str, Any], cp: Checkpoint, d: Design, outcome: str) -> float | None:
+def _match_variance_components(
+    df: pd.DataFrame, c: dict[str, Any], cp: Checkpoint, d: Design, outcome: str
+) -> float | None:
     """re: move y to the released sigma2_u and sigma2_e, then pin again (the pin step keeps
     both residuals, so it converges at once); undone when the pin is then not exact."""
 
     extra = c.get("extra") or {}
     s2u, s2e = extra.get("sigma2_u"), extra.get("sigma2_e")
-    if s2u is None or s2e is None or not (np.isfinite(s2u) and np.isfinite(s2e)) or s2e <= 0 or s2u < 0:
+    if (
+        s2u is None
+        or s2e is None
+        or not (np.isfinite(s2u) and np.isfinite(s2e))
+        or s2e <= 0
+        or s2u < 0
+    ):
         return None
     try:
         fit = fit_checkpoint(d, cp)
@@ -526,40 +626,62 @@ class ShapeReport:
     fraction: float
     weight_min: float
     weight_max: float
-    weight_ess: float  # Kish's effective share (sum w)^2 / (m sum w^2): 1 when no unit was reweighted
+    weight_ess: (
+        float  # Kish's effective share (sum w)^2 / (m sum w^2): 1 when no unit was reweighted
+    )
     at_bounds: int
     scale_ratio: float | None
     bounds: tuple[float, float] = WEIGHT_BOUNDS
 
     def note(self) -> str:
         lo, hi = self.bounds
-        how = (f"tilting {self.units} {self.unit_kind}, {self.rounds} round{'s' if self.rounds != 1 else ''}; "
-               f"variance weights {self.weight_min:.3g}-{self.weight_max:.3g}, effective share {self.weight_ess:.2f}, "
-               f"{self.at_bounds} at the bounds")
-        msg = (f"residuals shaped to the released SEs ({how}): max |log SE ratio| before {self.before:.3g}, after "
-               f"{self.after:.3g} (SE ratios {self.ratio_min:.3f}-{self.ratio_max:.3f})")
+        how = (
+            f"tilting {self.units} {self.unit_kind}, {self.rounds} round{'s' if self.rounds != 1 else ''}; "
+            f"variance weights {self.weight_min:.3g}-{self.weight_max:.3g}, effective share {self.weight_ess:.2f}, "
+            f"{self.at_bounds} at the bounds"
+        )
+        msg = (
+            f"residuals shaped to the released SEs ({how}): max |log SE ratio| before {self.before:.3g}, after "
+            f"{self.after:.3g} (SE ratios {self.ratio_min:.3f}-{self.ratio_max:.3f})"
+        )
         if not self.feasible:
-            msg += (f"; the released SEs are not reachable with variance weights in [{lo:.3g}, {hi:.3g}] on this synthetic "
-                    f"design (last round got {self.fraction:.2f} of the way)")
+            msg += (
+                f"; the released SEs are not reachable with variance weights in [{lo:.3g}, {hi:.3g}] on this synthetic "
+                f"design (last round got {self.fraction:.2f} of the way)"
+            )
         if self.scale_ratio is not None and abs(self.scale_ratio - 1.0) > 1e-6:
             msg += f"; residual variance {self.scale_ratio:.4g} x the released one"
         return msg
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in self.__dataclass_fields__)}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in ((k, getattr(self, k)) for k in self.__dataclass_fields__)
+        }
 
 
 def _se_targets(c: dict[str, Any], d: Design) -> tuple[list[int], np.ndarray]:
     """Positions in the design of the released terms with a usable SE, and those SEs."""
     pos = {t: j for j, t in enumerate(d.terms)}
-    rows = [(pos[t["term"]], float(t["se"])) for t in c.get("terms", [])
-            if not t.get("suppressed") and t["term"] in pos and t.get("se") is not None
-            and np.isfinite(float(t["se"])) and float(t["se"]) > 0]
+    rows = [
+        (pos[t["term"]], float(t["se"]))
+        for t in c.get("terms", [])
+        if not t.get("suppressed")
+        and t["term"] in pos
+        and t.get("se") is not None
+        and np.isfinite(float(t["se"]))
+        and float(t["se"]) > 0
+    ]
     return [r[0] for r in rows], np.asarray([r[1] for r in rows], dtype="float64")
 
 
-def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: tuple[float, float] | None = None,
-                     designs: _Designs | None = None) -> ShapeReport | None:
+def _shape_residuals(
+    df: pd.DataFrame,
+    c: dict[str, Any],
+    outcome: str,
+    bounds: tuple[float, float] | None = None,
+    designs: _Designs | None = None,
+) -> ShapeReport | None:
     """Inference fidelity beyond the residual variance, for a pinned ols/fe/iv checkpoint with
     a robust (HC0-HC3) or clustered vcov: every released SE is a sandwich linear in
     per-unit weights on the squared residual (`shape.sandwich_contributions`), so the
@@ -590,7 +712,11 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
 
     def err(f: Any) -> float:
         r = f.se[pos] / se_t
-        return float(np.max(np.abs(np.log(r)))) if np.all(np.isfinite(r)) and np.all(r > 0) else float("inf")
+        return (
+            float(np.max(np.abs(np.log(r))))
+            if np.all(np.isfinite(r)) and np.all(r > 0)
+            else float("inf")
+        )
 
     lo, hi = bounds or WEIGHT_BOUNDS
     units = d.clusters if cp.cluster else None
@@ -607,7 +733,9 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     rounds, feasible, fraction = 0, True, 1.0
     best_reach: tuple[bool, float] | None = None  # feasibility of the round kept
     try:
-        A = designs.operator(d, c, cp, released=False).dense()[pos]  # depends on the regressors only: fixed while y is shaped
+        A = designs.operator(d, c, cp, released=False).dense()[
+            pos
+        ]  # depends on the regressors only: fixed while y is shaped
     except (np.linalg.LinAlgError, CheckpointError):
         return None
     for _ in range(SHAPE_ROUNDS):
@@ -625,7 +753,11 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
         if use_scale and fit.scale > 0:
             e2 = W * e * e
             a0 = np.bincount(units, weights=e2, minlength=m) if units is not None else e2
-            res = tilt_toward(np.column_stack([a, a0]), np.append(T, target_scale * a0.sum() / fit.scale), (lo / cum, hi / cum))
+            res = tilt_toward(
+                np.column_stack([a, a0]),
+                np.append(T, target_scale * a0.sum() / fit.scale),
+                (lo / cum, hi / cum),
+            )
             with_scale = res.feasible
         if not with_scale:
             res = tilt_toward(a, T, (lo / cum, hi / cum))
@@ -644,7 +776,13 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
             break
         now = err(fit)
         if now < best:
-            best, best_y, best_fit, best_cum, best_scale = now, d.y.copy(), fit, cum.copy(), with_scale
+            best, best_y, best_fit, best_cum, best_scale = (
+                now,
+                d.y.copy(),
+                fit,
+                cum.copy(),
+                with_scale,
+            )
             best_reach = (res.feasible, res.fraction)
         if not res.feasible and res.fraction <= 0.0:
             break
@@ -661,16 +799,27 @@ def _shape_residuals(df: pd.DataFrame, c: dict[str, Any], outcome: str, bounds: 
     ratios = fit.se[pos] / se_t
     sr = float(fit.scale / target_scale) if use_scale else None
     return ShapeReport(
-        before=before, after=err(fit), ratio_min=float(ratios.min()), ratio_max=float(ratios.max()), units=m,
-        unit_kind="clusters" if units is not None else "observations", rounds=rounds, feasible=feasible,
-        fraction=fraction, weight_min=float(best_cum.min()), weight_max=float(best_cum.max()),
+        before=before,
+        after=err(fit),
+        ratio_min=float(ratios.min()),
+        ratio_max=float(ratios.max()),
+        units=m,
+        unit_kind="clusters" if units is not None else "observations",
+        rounds=rounds,
+        feasible=feasible,
+        fraction=fraction,
+        weight_min=float(best_cum.min()),
+        weight_max=float(best_cum.max()),
         weight_ess=float(best_cum.sum() ** 2 / (m * np.sum(best_cum**2))),
-        at_bounds=int(np.sum((best_cum <= lo * (1 + 1e-9)) | (best_cum >= hi * (1 - 1e-9)))), scale_ratio=sr,
+        at_bounds=int(np.sum((best_cum <= lo * (1 + 1e-9)) | (best_cum >= hi * (1 - 1e-9)))),
+        scale_ratio=sr,
         bounds=(float(lo), float(hi)),
     )
 
 
-def _repin(df: pd.DataFrame, c: dict[str, Any], outcome: str, designs: _Designs | None = None) -> bool:
+def _repin(
+    df: pd.DataFrame, c: dict[str, Any], outcome: str, designs: _Designs | None = None
+) -> bool:
     """Pin steps on one checkpoint until exact (the shaped residual is not orthogonal to the
     design; the step projects it off, the pinned coefficients return)."""
     for _ in range(MAX_PASSES):

@@ -59,7 +59,14 @@ def _ordered_cdf(model: str) -> tuple[Callable, Callable]:
     return special.ndtr, stats.norm.pdf
 
 
-def score_function(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, values: np.ndarray | None, scale: float = 1.0) -> Callable[..., np.ndarray]:
+def score_function(
+    model: str,
+    X: np.ndarray,
+    w: np.ndarray,
+    theta: np.ndarray,
+    values: np.ndarray | None,
+    scale: float = 1.0,
+) -> Callable[..., np.ndarray]:
     """s(codes, rows=None) -> (len(codes), p): the weighted scores at the fixed parameters
     `theta` (the released coefficients, then alpha or the cut points) of the rows `rows` (all
     when None) for outcome codes `codes`. `values` maps codes to numeric outcome values (linear
@@ -83,7 +90,9 @@ def score_function(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, 
     elif model in GLM_ORDERED:
         return _ordered_score(model, X, w, theta, eta_all)
     else:  # linear checkpoint (ols): normal equations X'W(y - X b*), in units of the residual variance
-        factor = lambda y, r: ((values[y.astype("int64")] if values is not None else y) - eta_all[r]) / scale  # noqa: E731
+
+        def factor(y: np.ndarray, r: Any) -> np.ndarray:
+            return ((values[y.astype("int64")] if values is not None else y) - eta_all[r]) / scale
 
     def fn(y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         r = slice(None) if rows is None else rows
@@ -96,7 +105,9 @@ def _sel(a: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return a if rows is None else a[rows]
 
 
-def _ordered_score(model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, eta_all: np.ndarray) -> Callable[..., np.ndarray]:
+def _ordered_score(
+    model: str, X: np.ndarray, w: np.ndarray, theta: np.ndarray, eta_all: np.ndarray
+) -> Callable[..., np.ndarray]:
     """Ordered-model scores: d l/d b = -x (f_u - f_l)/P, d l/d cut_y = f_u/P,
     d l/d cut_{y-1} = -f_l/P, with P = F(cut_y - x'b) - F(cut_{y-1} - x'b)."""
     F, f = _ordered_cdf(model)
@@ -145,7 +156,9 @@ def _Q(S: list[np.ndarray], systems: list[_System]) -> float:
     return float(sum(s @ sy.M @ s for s, sy in zip(S, systems, strict=True)))
 
 
-def correct_scores(y: np.ndarray, systems: list[_System], lo: int, hi: float, max_batches: int = MAX_BATCHES) -> tuple[np.ndarray, float, float, int]:
+def correct_scores(
+    y: np.ndarray, systems: list[_System], lo: int, hi: float, max_batches: int = MAX_BATCHES
+) -> tuple[np.ndarray, float, float, int]:
     """Greedy batched one-step moves of the codes `y` within [lo, hi] that lower
     Q = sum_c S_c' M_c S_c; returns (y, Q before, Q after, rows moved)."""
     y = y.astype("int64").copy()
@@ -154,7 +167,10 @@ def correct_scores(y: np.ndarray, systems: list[_System], lo: int, hi: float, ma
     Q0 = Q = _Q(S, systems)
     batch = max(1, int(np.sqrt(n)))
     moved = np.zeros(n, dtype=bool)
-    quad = [None if sy.unit is None else np.einsum("ij,ij->i", sy.unit @ sy.M, sy.unit) for sy in systems]
+    quad = [
+        None if sy.unit is None else np.einsum("ij,ij->i", sy.unit @ sy.M, sy.unit)
+        for sy in systems
+    ]
     # nonlinear systems: each row's score change under +1 / -1 and its quadratic term, cached
     # and refreshed only for the rows that moved (M is fixed)
     cache: list[list[np.ndarray] | None] = [None for _ in systems]
@@ -164,7 +180,12 @@ def correct_scores(y: np.ndarray, systems: list[_System], lo: int, hi: float, ma
         base = sy.score(yc, rows)
         up = sy.score(yc + 1 if not np.isfinite(hi) else np.minimum(yc + 1, int(hi)), rows) - base
         down = sy.score(np.maximum(yc - 1, lo), rows) - base
-        return [up, down, np.einsum("ij,ij->i", up @ sy.M, up), np.einsum("ij,ij->i", down @ sy.M, down)]
+        return [
+            up,
+            down,
+            np.einsum("ij,ij->i", up @ sy.M, up),
+            np.einsum("ij,ij->i", down @ sy.M, down),
+        ]
 
     for i, sy in enumerate(systems):
         if sy.unit is None:
@@ -240,7 +261,9 @@ def _theta(c: dict[str, Any], terms: list[str], model: str) -> np.ndarray:
         names = [f"cut{j}" for j in range(1, J)]
         missing = [m for m in names if m not in rel]
         if missing or J < 2:
-            raise CheckpointError(f"{c['tag']}: the release lacks cut points {', '.join(missing) or '(no levels)'}")
+            raise CheckpointError(
+                f"{c['tag']}: the release lacks cut points {', '.join(missing) or '(no levels)'}"
+            )
         beta.extend(rel[m] for m in names)
     return np.asarray(beta, dtype="float64")
 
@@ -257,7 +280,13 @@ def _support(group: list[dict[str, Any]]) -> tuple[str, list | None]:
     return "count", None
 
 
-def _draw(model: str, X: np.ndarray, theta: np.ndarray, rng: np.random.Generator, dispersion: float | None = None) -> np.ndarray:
+def _draw(
+    model: str,
+    X: np.ndarray,
+    theta: np.ndarray,
+    rng: np.random.Generator,
+    dispersion: float | None = None,
+) -> np.ndarray:
     """Outcome codes drawn from the model at theta (one draw per row). A Poisson checkpoint
     with released Pearson dispersion φ > 1 draws from the NB2 mixture with the same mean and
     α = (φ − 1) / mean(μ) (E Σ (y − μ)²/μ = n + α Σ μ), so robust SEs see the overdispersion
@@ -339,7 +368,9 @@ def _gap(c: dict[str, Any], fit: Any) -> tuple[float, float]:
     return g_t, g_s
 
 
-def _marginal_drift(codes: np.ndarray, w: np.ndarray, kind: str, c: dict[str, Any]) -> dict[str, Any]:
+def _marginal_drift(
+    codes: np.ndarray, w: np.ndarray, kind: str, c: dict[str, Any]
+) -> dict[str, Any]:
     """Drift of the pinned outcome's (weighted) mean or category shares from the released
     ones, in sampling standard errors of the sample."""
     n = len(codes)
@@ -348,30 +379,52 @@ def _marginal_drift(codes: np.ndarray, w: np.ndarray, kind: str, c: dict[str, An
         rel = np.asarray(c["outcome_shares"], dtype="float64")
         got = np.bincount(codes, weights=wn, minlength=len(rel))[: len(rel)]
         se = np.sqrt(np.maximum(rel * (1 - rel), 1e-12) / n)
-        return {"shares_target": rel.tolist(), "shares_synthetic": got.tolist(), "max_drift_se": float(np.max(np.abs(got - rel) / se))}
+        return {
+            "shares_target": rel.tolist(),
+            "shares_synthetic": got.tolist(),
+            "max_drift_se": float(np.max(np.abs(got - rel) / se)),
+        }
     if c.get("outcome_mean") is not None:
         m = float(c["outcome_mean"])
         got = float(np.sum(wn * codes))
         var = m * (1 - m) if kind == "binary" else float(np.var(codes)) or 1.0
-        return {"mean_target": m, "mean_synthetic": got, "drift_se": float(abs(got - m) / np.sqrt(max(var, 1e-12) / n))}
+        return {
+            "mean_target": m,
+            "mean_synthetic": got,
+            "drift_se": float(abs(got - m) / np.sqrt(max(var, 1e-12) / n)),
+        }
     return {}
 
 
-def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, rng: np.random.Generator) -> tuple[str, list[str], dict[str, Any]]:
+def pin_discrete_group(
+    df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, rng: np.random.Generator
+) -> tuple[str, list[str], dict[str, Any]]:
     """Pin one outcome group holding maximum-likelihood checkpoints (df is changed in place:
     only `outcome`, only on the estimation samples). Returns (status, notes, detail)."""
 
     kind, levels = _support(group)
     notes: list[str] = []
     if any(outcome in c.get("subset_columns", []) for c in group):
-        notes.append(f"the subset of a checkpoint reads {outcome!r}: the sample moves with the outcome")
+        notes.append(
+            f"the subset of a checkpoint reads {outcome!r}: the sample moves with the outcome"
+        )
     orig = _with_placeholder(df, outcome, kind, levels)
     designs = []
     try:
         for c in group:
             cp = checkpoint_from_release(c)
             try:
-                designs.append((c, build_design(df, cp, f"checkpoint {cp.tag!r} on synthetic data", released=released_terms(c))))
+                designs.append(
+                    (
+                        c,
+                        build_design(
+                            df,
+                            cp,
+                            f"checkpoint {cp.tag!r} on synthetic data",
+                            released=released_terms(c),
+                        ),
+                    )
+                )
             except CheckpointError as exc:
                 notes.append(str(exc))
     finally:
@@ -382,7 +435,11 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
     pos_of = np.full(len(df), -1, dtype="int64")
     pos_of[rows] = np.arange(len(rows))
     y = _current_codes(df[outcome].iloc[rows], kind, levels)
-    values = np.asarray(levels, dtype="float64") if kind == "ordered" and all(isinstance(v, (int, float)) for v in levels or []) else None
+    values = (
+        np.asarray(levels, dtype="float64")
+        if kind == "ordered" and all(isinstance(v, (int, float)) for v in levels or [])
+        else None
+    )
     hi = float("inf") if kind == "count" else (1 if kind == "binary" else len(levels or []) - 1)
     systems: list[_System] = []
     drawn = False
@@ -407,7 +464,9 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
             fn = score_function("ols", d.X, w, theta, values, scale)
             M = np.linalg.pinv((d.X.T * w) @ d.X / scale)
         unit = None
-        if c["model"] in ("logit", "probit", "poisson") or (c["model"] not in GLM_MODELS and values is None):
+        if c["model"] in ("logit", "probit", "poisson") or (
+            c["model"] not in GLM_MODELS and values is None
+        ):
             unit = fn(np.ones(len(pos))) - fn(np.zeros(len(pos)))
         systems.append(_System(c["tag"], pos, fn, M, unit))
     if not drawn:
@@ -422,12 +481,21 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
         out = col.astype(object)
         out.iloc[rows] = vals
     df[outcome] = out
-    detail: dict[str, Any] = {"score_distance_draw": q0, "score_distance_pinned": q1, "rows_moved": n_moved, "checkpoints": {}}
+    detail: dict[str, Any] = {
+        "score_distance_draw": q0,
+        "score_distance_pinned": q1,
+        "rows_moved": n_moved,
+        "checkpoints": {},
+    }
     status = "pinned"
     for c, _ in designs:
         cp = checkpoint_from_release(c)
         try:
-            fit = fit_checkpoint(build_design(df, cp, released=released_terms(c)), cp, f"checkpoint {cp.tag!r} on synthetic data")
+            fit = fit_checkpoint(
+                build_design(df, cp, released=released_terms(c)),
+                cp,
+                f"checkpoint {cp.tag!r} on synthetic data",
+            )
         except CheckpointError as exc:
             notes.append(str(exc))
             status = "approximate"
@@ -436,7 +504,9 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
         rec: dict[str, Any] = {"model": c["model"], "max_dbeta_se_target": g_t, "max_dbeta_se": g_s}
         if c["model"] not in GLM_MODELS:
             rec["status"] = "approximate"
-            notes.append(f"{c['tag']}: linear checkpoint on a {kind} outcome, pinned jointly through its normal equations (max {g_t:.3g} target SE)")
+            notes.append(
+                f"{c['tag']}: linear checkpoint on a {kind} outcome, pinned jointly through its normal equations (max {g_t:.3g} target SE)"
+            )
         else:
             rec["status"] = "pinned" if g_t <= PIN_TOL else "approximate"
         if rec["status"] != "pinned":
@@ -444,11 +514,19 @@ def pin_discrete_group(df: pd.DataFrame, group: list[dict[str, Any]], outcome: s
         detail["checkpoints"][c["tag"]] = rec
     pc, ppos, pw = primary
     detail["outcome_drift"] = _marginal_drift(y[ppos], pw, kind, pc)
-    worst = max((r["max_dbeta_se_target"] for r in detail["checkpoints"].values()), default=float("nan"))
-    notes.append(f"drawn at the released parameters, {n_moved} of {len(rows)} sample rows moved to satisfy the score equations; max {worst:.3g} target SE")
+    worst = max(
+        (r["max_dbeta_se_target"] for r in detail["checkpoints"].values()), default=float("nan")
+    )
+    notes.append(
+        f"drawn at the released parameters, {n_moved} of {len(rows)} sample rows moved to satisfy the score equations; max {worst:.3g} target SE"
+    )
     dr = detail["outcome_drift"]
     if "drift_se" in dr:
-        notes.append(f"outcome mean {dr['mean_synthetic']:.4g} vs released {dr['mean_target']:.4g} ({dr['drift_se']:.2f} sampling SE)")
+        notes.append(
+            f"outcome mean {dr['mean_synthetic']:.4g} vs released {dr['mean_target']:.4g} ({dr['drift_se']:.2f} sampling SE)"
+        )
     elif "max_drift_se" in dr:
-        notes.append(f"category shares within {dr['max_drift_se']:.2f} sampling SE of the released ones")
+        notes.append(
+            f"category shares within {dr['max_drift_se']:.2f} sampling SE of the released ones"
+        )
     return status, notes, detail

@@ -35,7 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WEIGHT_BOUNDS = (1.0 / 25.0, 25.0)  # per-unit multipliers of the residual variance (e scaled by 0.2..5)
+WEIGHT_BOUNDS = (
+    1.0 / 25.0,
+    25.0,
+)  # per-unit multipliers of the residual variance (e scaled by 0.2..5)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ class Tilt:
     lam: np.ndarray
     iterations: int
     at_bounds: int
-    fraction: float = 1.0  # `tilt_toward`: share of the way (in logs) from the current values to the targets
+    fraction: float = (
+        1.0  # `tilt_toward`: share of the way (in logs) from the current values to the targets
+    )
 
 
 def leverage(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -62,7 +67,11 @@ def leverage(X: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
 
 
 def sandwich_contributions(
-    A: np.ndarray, e: np.ndarray, clusters: np.ndarray | None = None, leverage_power: int = 0, h: np.ndarray | None = None,
+    A: np.ndarray,
+    e: np.ndarray,
+    clusters: np.ndarray | None = None,
+    leverage_power: int = 0,
+    h: np.ndarray | None = None,
 ) -> np.ndarray:
     """Unit contributions a (m, k) to the sandwich variances without the small-sample
     constant: a_ij = A_ji^2 e_i^2 / (1 - h_i)^p per observation (m = n), or
@@ -82,7 +91,9 @@ def sandwich_contributions(
     return a
 
 
-def _g(z: np.ndarray, llo: np.ndarray, lhi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _g(
+    z: np.ndarray, llo: np.ndarray, lhi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """g, g' = clip(exp z, lo, hi), g'' of the raking conjugate with linear tails."""
     zc = np.clip(z, llo, lhi)
     ez = np.exp(zc)
@@ -92,8 +103,11 @@ def _g(z: np.ndarray, llo: np.ndarray, lhi: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def tilt(
-    a: np.ndarray, target: np.ndarray, bounds: tuple[float | np.ndarray, float | np.ndarray] = WEIGHT_BOUNDS,
-    tol: float = 1e-10, max_iter: int = 200,
+    a: np.ndarray,
+    target: np.ndarray,
+    bounds: tuple[float | np.ndarray, float | np.ndarray] = WEIGHT_BOUNDS,
+    tol: float = 1e-10,
+    max_iter: int = 200,
 ) -> Tilt:
     """Exponentially tilted unit weights w (m,) with sum_u w_u a_uj = target_j for each of
     the k columns of a (m, k), a >= 0, target > 0, lo_u <= w_u <= hi_u (`bounds`: scalars or
@@ -140,12 +154,19 @@ def tilt(
     _, w, _ = _g(U @ lam, llo, lhi)
     reached = np.where(live, (a.T @ w) / np.where(T > 0, T, 1.0), 0.0)
     feasible = bool(np.all(np.abs(reached - 1.0) <= max(tol, 1e-8) * 10))
-    at_bounds = int(np.sum(((w <= lo * (1 + 1e-12)) & (lo < 1)) | ((w >= hi * (1 - 1e-12)) & (hi > 1))))
-    return Tilt(weights=w, reached=reached, feasible=feasible, lam=lam, iterations=it, at_bounds=at_bounds)
+    at_bounds = int(
+        np.sum(((w <= lo * (1 + 1e-12)) & (lo < 1)) | ((w >= hi * (1 - 1e-12)) & (hi > 1)))
+    )
+    return Tilt(
+        weights=w, reached=reached, feasible=feasible, lam=lam, iterations=it, at_bounds=at_bounds
+    )
 
 
 def tilt_toward(
-    a: np.ndarray, target: np.ndarray, bounds: tuple[float | np.ndarray, float | np.ndarray] = WEIGHT_BOUNDS, steps: int = 12,
+    a: np.ndarray,
+    target: np.ndarray,
+    bounds: tuple[float | np.ndarray, float | np.ndarray] = WEIGHT_BOUNDS,
+    steps: int = 12,
 ) -> Tilt:
     """`tilt` to the targets when feasible; otherwise to the feasible point furthest along
     the log path T(f) = F^(1 - f) T^f from the current sums F = sum_u a_uj (bisection on f
@@ -175,8 +196,22 @@ def tilt_toward(
             f_hi = f
     if good is None:
         m = a.shape[0]
-        return Tilt(weights=np.ones(m), reached=np.where(live, F / np.where(T > 0, T, 1.0), 0.0), feasible=False,
-                    lam=np.zeros(a.shape[1]), iterations=0, at_bounds=0, fraction=0.0)
+        return Tilt(
+            weights=np.ones(m),
+            reached=np.where(live, F / np.where(T > 0, T, 1.0), 0.0),
+            feasible=False,
+            lam=np.zeros(a.shape[1]),
+            iterations=0,
+            at_bounds=0,
+            fraction=0.0,
+        )
     reached = np.where(live, (a.T @ good.weights) / np.where(T > 0, T, 1.0), 0.0)
-    return Tilt(weights=good.weights, reached=reached, feasible=False, lam=good.lam, iterations=good.iterations,
-                at_bounds=good.at_bounds, fraction=f_lo)
+    return Tilt(
+        weights=good.weights,
+        reached=reached,
+        feasible=False,
+        lam=good.lam,
+        iterations=good.iterations,
+        at_bounds=good.at_bounds,
+        fraction=f_lo,
+    )

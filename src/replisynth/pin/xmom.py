@@ -79,7 +79,9 @@ from replisynth.synthesize.refine import (
     view_sums,
 )
 
-SE_FACTOR_TOL = 0.02  # |log SE factor gap| below which a checkpoint alone on its outcome needs no alignment
+SE_FACTOR_TOL = (
+    0.02  # |log SE factor gap| below which a checkpoint alone on its outcome needs no alignment
+)
 MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
 
 
@@ -122,7 +124,9 @@ class _Target:
         eR = np.where(self.Rmask, R - self.R, 0.0)
         es = sd / self.sd - 1.0
         em = m / self.sd
-        out = 0.5 * (eR * eR).sum(axis=(-1, -2)) + MEAN_SD_WEIGHT * ((em * em).sum(-1) + (es * es).sum(-1))
+        out = 0.5 * (eR * eR).sum(axis=(-1, -2)) + MEAN_SD_WEIGHT * (
+            (em * em).sum(-1) + (es * es).sum(-1)
+        )
         if self.iv is not None:
             e = _iv_log_se_factors(R, self.iv[0], self.iv[1]) - self.iv[2]
             out = out + IV_SE_WEIGHT * (e * e).sum(-1)
@@ -149,7 +153,9 @@ class _Target:
         es = sdT / self.sd[tc] - 1.0
         em = mT / self.sd[tc]
         out = pairs + MEAN_SD_WEIGHT * ((em * em).sum(-1) + (es * es).sum(-1))
-        if self.iv is not None:  # the SE factors depend on every correlation: full matrices (iv only)
+        if (
+            self.iv is not None
+        ):  # the SE factors depend on every correlation: full matrices (iv only)
             S1f = np.broadcast_to(self.S1, (*lead, k)).copy()
             S1f[..., tc] = S1T
             S2f = np.broadcast_to(self.S2, (*lead, k, k)).copy()
@@ -180,10 +186,17 @@ class _Target:
         |log SE factor gap|, the part of log(SE ratio) that the design correlations set)."""
         m, sd, R = _stats(self.W, self.S1, self.S2)
         eR = np.where(self.Rmask, np.abs(R - self.R), 0.0)
-        out = {"max_corr_gap": float(eR.max(initial=0.0)), "max_mean_gap_sd": float(np.max(np.abs(m / self.sd), initial=0.0)),
-               "max_sd_ratio_gap": float(np.max(np.abs(sd / self.sd - 1.0), initial=0.0))}
+        out = {
+            "max_corr_gap": float(eR.max(initial=0.0)),
+            "max_mean_gap_sd": float(np.max(np.abs(m / self.sd), initial=0.0)),
+            "max_sd_ratio_gap": float(np.max(np.abs(sd / self.sd - 1.0), initial=0.0)),
+        }
         if self.iv is not None:
-            out["max_iv_log_se_gap"] = float(np.max(np.abs(_iv_log_se_factors(R, self.iv[0], self.iv[1]) - self.iv[2]), initial=0.0))
+            out["max_iv_log_se_gap"] = float(
+                np.max(
+                    np.abs(_iv_log_se_factors(R, self.iv[0], self.iv[1]) - self.iv[2]), initial=0.0
+                )
+            )
         return out
 
 
@@ -202,7 +215,9 @@ def _log_se_factors(mean: np.ndarray, sd: np.ndarray, R: np.ndarray) -> np.ndarr
     return np.where(np.isfinite(out) & (d > 0), out, np.inf)
 
 
-IV_SE_WEIGHT = 1.0  # weight of a squared log SE-factor gap (iv) relative to a squared correlation gap
+IV_SE_WEIGHT = (
+    1.0  # weight of a squared log SE-factor gap (iv) relative to a squared correlation gap
+)
 
 
 def _iv_log_se_factors(R: np.ndarray, ix: np.ndarray, iz: np.ndarray) -> np.ndarray:
@@ -236,7 +251,9 @@ def _iv_log_se_factors(R: np.ndarray, ix: np.ndarray, iz: np.ndarray) -> np.ndar
 _IV_FAR = 10.0  # log SE factor standing in for a singular first stage
 
 
-_INDICATOR = re.compile(r"^(?:C\((?P<c>[A-Za-z_][A-Za-z0-9_.]*)\)|(?P<b>[A-Za-z_][A-Za-z0-9_.]*))\[T\.(?P<level>.*)\]$")
+_INDICATOR = re.compile(
+    r"^(?:C\((?P<c>[A-Za-z_][A-Za-z0-9_.]*)\)|(?P<b>[A-Za-z_][A-Za-z0-9_.]*))\[T\.(?P<level>.*)\]$"
+)
 
 
 def _split_factors(term: str) -> list[str]:
@@ -265,7 +282,9 @@ class _Compiled:
         for col in read:
             sr = df[col]
             if pd.api.types.is_numeric_dtype(sr.dtype) and not pd.api.types.is_bool_dtype(sr.dtype):
-                self.num[col] = pd.to_numeric(sr, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+                self.num[col] = pd.to_numeric(sr, errors="coerce").to_numpy(
+                    dtype="float64", na_value=np.nan
+                )
         self.plan = [[self._factor(f) for f in _split_factors(n)] for n in names]
 
     def _factor(self, f: str) -> tuple[Any, ...]:
@@ -274,7 +293,10 @@ class _Compiled:
             col = m.group("c") or m.group("b")
             if col not in self.codes:  # level codes only for columns read as indicators
                 codes, uniques = pd.factorize(self._series[col], use_na_sentinel=True)
-                self.codes[col] = (np.where(codes < 0, len(uniques), codes), [str(u) for u in uniques])
+                self.codes[col] = (
+                    np.where(codes < 0, len(uniques), codes),
+                    [str(u) for u in uniques],
+                )
             labels = self.codes[col][1]
             return ("ind", col, np.asarray([lab == m.group("level") for lab in labels] + [False]))
         if f in self.num:
@@ -309,7 +331,9 @@ def _design_rows(t: _Target, frame: pd.DataFrame) -> np.ndarray:
     """Released design columns of `frame`'s rows under the checkpoint's model spec (NaN → 0:
     such rows are outside the sample and carry weight 0)."""
 
-    mm = t.spec.get_model_matrix(_widen_integers(frame), na_action="ignore", context=formulaic_context())
+    mm = t.spec.get_model_matrix(
+        _widen_integers(frame), na_action="ignore", context=formulaic_context()
+    )
     X = np.asarray(mm, dtype="float64")[:, t.cols]
     return np.nan_to_num(X, nan=0.0)
 
@@ -327,11 +351,15 @@ def moment_formula(formula: str, model: str) -> str:
     return f"{exog} + {endog} + {instr}"
 
 
-def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True, skip: Callable[[_Target], bool] | None = None) -> tuple[_Target | None, str]:
+def _target(
+    df: pd.DataFrame,
+    c: dict[str, Any],
+    compile_rows: bool = True,
+    skip: Callable[[_Target], bool] | None = None,
+) -> tuple[_Target | None, str]:
     """The state of one released checkpoint on the synthetic data (None and a note when its
     design cannot be built or holds none of the released columns); without the row evaluator
     when `compile_rows` is False or `skip` says the state needs none."""
-
 
     mo = c["moments"]
     cp = checkpoint_from_release(c)
@@ -347,7 +375,9 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True, skip
     cols = [names.index(mo["terms"][i]) for i in have]
     mean = np.asarray(mo["mean"], dtype="float64")[have]
     sd = np.asarray(mo["sd"], dtype="float64")[have]
-    R = np.asarray([[np.nan if v is None else v for v in row] for row in mo["corr"]], dtype="float64")[np.ix_(have, have)]
+    R = np.asarray(
+        [[np.nan if v is None else v for v in row] for row in mo["corr"]], dtype="float64"
+    )[np.ix_(have, have)]
     Rmask = np.isfinite(R) & ~np.eye(len(have), dtype=bool) & (sd[:, None] > 0) & (sd[None, :] > 0)
     pos = df.index.get_indexer(data.index)
     w = np.zeros(len(df))
@@ -355,24 +385,46 @@ def _target(df: pd.DataFrame, c: dict[str, Any], compile_rows: bool = True, skip
     X = np.asarray(mm.rhs, dtype="float64")[:, cols] - mean
     ws = w[pos]
     rhs = formula_variables(cp.formula) - {cp.outcome}
-    t = _Target(tag=cp.tag, spec=mm.rhs.model_spec, cols=cols, rhs=rhs, read=sorted(rhs & set(df.columns)), w=w, W=float(ws.sum()),
-                mean=mean, sd=np.where(sd > 0, sd, 1.0), R=np.where(Rmask, R, 0.0), Rmask=Rmask,
-                S1=ws @ X, S2=(X * ws[:, None]).T @ X, iv=_iv_positions(data, cp, mo, have, R))
+    t = _Target(
+        tag=cp.tag,
+        spec=mm.rhs.model_spec,
+        cols=cols,
+        rhs=rhs,
+        read=sorted(rhs & set(df.columns)),
+        w=w,
+        W=float(ws.sum()),
+        mean=mean,
+        sd=np.where(sd > 0, sd, 1.0),
+        R=np.where(Rmask, R, 0.0),
+        Rmask=Rmask,
+        S1=ws @ X,
+        S2=(X * ws[:, None]).T @ X,
+        iv=_iv_positions(data, cp, mo, have, R),
+    )
     if not compile_rows or (skip is not None and skip(t)):  # the state alone: no row evaluator
         return t, ""
     try:
         comp = _Compiled([names[j] for j in cols], df, t.read)
         # compared in slices of rows: the same test without n × k temporaries (memory peak)
         step = 1 << 16
-        same = all(np.allclose(comp.rows({c: pos[a : a + step] for c in t.read}), X[a : a + step] + mean, rtol=1e-12, atol=1e-12)
-                   for a in range(0, len(pos), step))
+        same = all(
+            np.allclose(
+                comp.rows({c: pos[a : a + step] for c in t.read}),
+                X[a : a + step] + mean,
+                rtol=1e-12,
+                atol=1e-12,
+            )
+            for a in range(0, len(pos), step)
+        )
     except Exception:  # an unrecognised formula form: formulaic evaluates the swapped rows
         same = False
     t.compiled = comp if same else None
     return t, ""
 
 
-def _expand(k: int, tc: np.ndarray, d1: np.ndarray, d2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _expand(
+    k: int, tc: np.ndarray, d1: np.ndarray, d2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Full changes of S1 (k,) and S2 (k × k, symmetric) from their rows `tc` (the only
     columns a swap touched): d1 (|tc|,), d2 (|tc| × k)."""
     D1 = np.zeros(k)
@@ -383,7 +435,9 @@ def _expand(k: int, tc: np.ndarray, d1: np.ndarray, d2: np.ndarray) -> tuple[np.
     return D1, D2
 
 
-def _iv_positions(data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[int], R: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _iv_positions(
+    data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[int], R: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """For an iv checkpoint whose released moments hold its instruments: the positions, among
     the released columns kept (`have`), of X = [exogenous | endogenous] and Z = [exogenous |
     instruments], and the released log SE factors. None (no SE-factor term) when the bundle
@@ -401,7 +455,9 @@ def _iv_positions(data: pd.DataFrame, cp: Any, mo: dict[str, Any], have: list[in
     names = [mo["terms"][i] for i in have]
     exog, endog = set(terms[:n_exog]), set(terms[n_exog:])
     ix = np.asarray([a for a, t in enumerate(names) if t in exog or t in endog], dtype=np.int64)
-    iz = np.asarray([a for a, t in enumerate(names) if t in exog or t in instruments], dtype=np.int64)
+    iz = np.asarray(
+        [a for a, t in enumerate(names) if t in exog or t in instruments], dtype=np.int64
+    )
     n_endog = sum(t in endog for t in names)
     if n_endog == 0 or sum(t in instruments for t in names) < n_endog:
         return None
@@ -427,7 +483,9 @@ def _dim_columns(df: pd.DataFrame, release: dict[str, Any], need: np.ndarray) ->
         by_col.setdefault(dims[j]["column"], []).append(int(j))
     for col, ks in by_col.items():
         sub = {**release, "dims": [dims[k] for k in ks]}
-        if all(dims[k]["kind"] in ("continuous", "missing") for k in ks):  # a numeric conversion: no lookups to save
+        if all(
+            dims[k]["kind"] in ("continuous", "missing") for k in ks
+        ):  # a numeric conversion: no lookups to save
             X[:, ks] = synthetic_dim_matrix(df[[col]], sub)
             continue
         codes, uniq = pd.factorize(df[col], use_na_sentinel=True)
@@ -446,7 +504,12 @@ def _dim_columns(df: pd.DataFrame, release: dict[str, Any], need: np.ndarray) ->
     return X
 
 
-def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, np.ndarray]], masks: list[np.ndarray], targets: list[np.ndarray]) -> list[_View]:
+def _views(
+    columns: Callable[[np.ndarray], np.ndarray],
+    groups: list[tuple[str, np.ndarray]],
+    masks: list[np.ndarray],
+    targets: list[np.ndarray],
+) -> list[_View]:
     """`refine._view` of each row set `groups[i][1]` (ascending rows) against `targets[i]`
     (0 off the released pairs), with its pair mask `masks[i]` applied, built for the
     alignment: scores only for the dims in a masked pair (a dim in none is never read; its
@@ -464,14 +527,22 @@ def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, 
     Xd: np.ndarray | None = columns(need)
     assert Xd is not None
     n = len(Xd)
+
     # per dim: presence, each present row's tie group (`_Ranker.codes`, in value order) with
     # their number, and the position of every row among the present ones
     def prepare(j: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
         col = Xd[:, j]
         ok = ~np.isnan(col)
         rk = _Ranker(col[ok])
-        small = np.int32 if max(rk.size, len(ok)) < 2**31 else np.intp  # held for every view: half the memory
-        return ok, rk.codes.astype(small), rk.size, None if ok.all() else (np.cumsum(ok) - 1).astype(small)
+        small = (
+            np.int32 if max(rk.size, len(ok)) < 2**31 else np.intp
+        )  # held for every view: half the memory
+        return (
+            ok,
+            rk.codes.astype(small),
+            rk.size,
+            None if ok.all() else (np.cumsum(ok) - 1).astype(small),
+        )
 
     live = [int(j) for j in np.flatnonzero(need)]
     rankers = {j: prepare(j) for j in live}
@@ -480,7 +551,9 @@ def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, 
     def build(i: int) -> _View:
         (_, rows), M, T = groups[i], masks[i], targets[i]
         full = len(rows) == n
-        U = np.zeros((len(rows), d))  # written in place (a transposed copy would add n × d floats to the peak)
+        U = np.zeros(
+            (len(rows), d)
+        )  # written in place (a transposed copy would add n × d floats to the peak)
         miss_cols, present = [], []
         for j in np.flatnonzero(M.any(axis=1)):
             ok, codes, size, okpos = rankers[int(j)]
@@ -509,7 +582,9 @@ def _views(columns: Callable[[np.ndarray], np.ndarray], groups: list[tuple[str, 
         A, Q, N = view_sums(U, Pm, miss)
         return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, T, M)
 
-    return [build(i) for i in range(len(groups))]  # one at a time: two views in flight add n × d floats to the peak
+    return [
+        build(i) for i in range(len(groups))
+    ]  # one at a time: two views in flight add n × d floats to the peak
 
 
 def _frozen_columns(cps: list[dict[str, Any]], release: dict[str, Any]) -> set[str]:
@@ -583,7 +658,11 @@ def align_moments(
     # entities, refine and correlations (scipy.optimize: ~0.6 s of import) only when there is work
 
     source = release["source"]
-    cps = [c for c in checkpoints if c.get("status") == "released" and c["source"] == source and c.get("moments")]
+    cps = [
+        c
+        for c in checkpoints
+        if c.get("status") == "released" and c["source"] == source and c.get("moments")
+    ]
     report: dict[str, Any] = {"source": source, "checkpoints": {}, "notes": []}
     if not cps or len(df) < 4:
         report["status"] = "nothing to align"
@@ -634,7 +713,13 @@ def align_moments(
             targets.append(t)
     if targets and all(fine(t) for t in targets):
         report["checkpoints"] = {t.tag: {"before": t.gaps(), "after": t.gaps()} for t in targets}
-        report.update(status="within tolerance", sweeps=0, settled=[t.tag for t in targets], objective=[], moved=[])
+        report.update(
+            status="within tolerance",
+            sweeps=0,
+            settled=[t.tag for t in targets],
+            objective=[],
+            moved=[],
+        )
         return df, report
     frozen = _frozen_columns(cps, release)
     # Entity structure (replisynth.synthesize.entities): time-invariant columns never move and swaps stay
@@ -658,7 +743,10 @@ def align_moments(
     n = len(df)
     outcomes = {c["outcome"] for c in cps} - set(units) - {b for u in units.values() for b in u}
     groups = _groups(df, release)
-    unit_dims = {u: [j for j, d in enumerate(dims) if d["column"] in cols and d["kind"] != "missing"] for u, cols in units.items()}
+    unit_dims = {
+        u: [j for j, d in enumerate(dims) if d["column"] in cols and d["kind"] != "missing"]
+        for u, cols in units.items()
+    }
     movable = np.zeros(len(dims), dtype=bool)
     for ds in unit_dims.values():
         movable[ds] = True
@@ -679,7 +767,16 @@ def align_moments(
     live = [i for i, M in enumerate(masks) if len(dims) >= 2 and M.any()]
     # the views build the dim matrix and drop it once its columns are ranked (its n × d floats
     # would add to the memory peak)
-    made = _views(lambda need: _dim_columns(df, release, need), [sets[i] for i in live], [masks[i] for i in live], [tgts[i] for i in live]) if live else []
+    made = (
+        _views(
+            lambda need: _dim_columns(df, release, need),
+            [sets[i] for i in live],
+            [masks[i] for i in live],
+            [tgts[i] for i in live],
+        )
+        if live
+        else []
+    )
     built = dict(zip(live, made, strict=True))
     views = [built.get(i) for i in range(len(groups))]
     gview = built.get(len(groups)) if len(groups) > 1 else None
@@ -691,11 +788,17 @@ def align_moments(
     kmax = max(len(t.cols) for t in targets)
     cap = max_pairs or int(max(512, min(n // 16, 1_500_000 // (kmax * kmax + len(dims) + 1))))
 
-    def frame(rows: np.ndarray, t: _Target, unit: str | None = None, other: np.ndarray | None = None) -> pd.DataFrame:
+    def frame(
+        rows: np.ndarray, t: _Target, unit: str | None = None, other: np.ndarray | None = None
+    ) -> pd.DataFrame:
         data = {}
         for col in t.read:
             u = owner.get(col)
-            src = rows if u is None else perms[u][other if (u == unit and other is not None) else rows]
+            src = (
+                rows
+                if u is None
+                else perms[u][other if (u == unit and other is not None) else rows]
+            )
             data[col] = df[col].iloc[src].reset_index(drop=True)
         return pd.DataFrame(data)
 
@@ -703,7 +806,19 @@ def align_moments(
         tot = 0.0
         for v in [*views, gview]:
             if v is not None:
-                tot += float(penalty(_block(v, list(range(len(dims))), np.arange(len(dims))), 0.0, 0.0, 0.0, tau, wall)) / 2
+                tot += (
+                    float(
+                        penalty(
+                            _block(v, list(range(len(dims))), np.arange(len(dims))),
+                            0.0,
+                            0.0,
+                            0.0,
+                            tau,
+                            wall,
+                        )
+                    )
+                    / 2
+                )
         return tot
 
     def spearman_max() -> float:
@@ -732,7 +847,12 @@ def align_moments(
         # fixed by the marginals), so one that stalls stops driving sweeps on its own.
         t_err = np.asarray([float(t.error(t.S1, t.S2)) for t in targets])
         t_flat = np.where(t_prev - t_err < min_gain * t_prev, t_flat + 1, 0)
-        settled |= (t_flat >= patience) | (t_err <= 1e-15) | (sweeps >= target_sweeps) | np.asarray([fine(t) for t in targets])
+        settled |= (
+            (t_flat >= patience)
+            | (t_err <= 1e-15)
+            | (sweeps >= target_sweeps)
+            | np.asarray([fine(t) for t in targets])
+        )
         t_prev = t_err
         moments = float(t_err.sum())
         total = moments + spearman_total()
@@ -781,7 +901,15 @@ def align_moments(
                                 idx[col] = perms[owner_u][np.concatenate([both, both])]
                         rows4 = np.nan_to_num(t.compiled.rows(idx), nan=0.0) - t.mean
                     else:
-                        rows4 = _design_rows(t, pd.concat([frame(both, t), frame(both, t, u, oth)], ignore_index=True)) - t.mean
+                        rows4 = (
+                            _design_rows(
+                                t,
+                                pd.concat(
+                                    [frame(both, t), frame(both, t, u, oth)], ignore_index=True
+                                ),
+                            )
+                            - t.mean
+                        )
                     old, new = rows4[: 2 * K], rows4[2 * K :]
                     # only the design columns that read the unit change (S1, S2 rows tc)
                     tc = np.flatnonzero((new != old).any(axis=0))
@@ -789,10 +917,14 @@ def align_moments(
                         continue
                     ww = np.concatenate([wr, ws])
                     d1 = ww[:, None] * (new[:, tc] - old[:, tc])
-                    d2 = ww[:, None, None] * (new[:, tc, None] * new[:, None, :] - old[:, tc, None] * old[:, None, :])
+                    d2 = ww[:, None, None] * (
+                        new[:, tc, None] * new[:, None, :] - old[:, tc, None] * old[:, None, :]
+                    )
                     dS1, dS2 = d1[:K] + d1[K:], d2[:K] + d2[K:]
                     S1T, S2T = t.S1[tc], t.S2[tc]
-                    gain += t.part_error(tc, S1T + dS1, S2T + dS2) - float(t.part_error(tc, S1T, S2T))
+                    gain += t.part_error(tc, S1T + dS1, S2T + dS2) - float(
+                        t.part_error(tc, S1T, S2T)
+                    )
                     mparts.append((t, tc, dS1, dS2, float(t.error(t.S1, t.S2))))
                 sparts = []
                 if ud:
@@ -809,14 +941,23 @@ def align_moments(
                     continue
                 cand = cand[np.argsort(gain[cand], kind="stable")]
 
-                def combined(m: int, cand: np.ndarray = cand, mparts: list = mparts, sparts: list = sparts) -> float:
+                def combined(
+                    m: int, cand: np.ndarray = cand, mparts: list = mparts, sparts: list = sparts
+                ) -> float:
                     take = cand[:m]
                     f = 0.0
                     for t, tc, dS1, dS2, base in mparts:
                         D1, D2 = _expand(len(t.S1), tc, dS1[take].sum(0), dS2[take].sum(0))
                         f += float(t.error(t.S1 + D1, t.S2 + D2)) - base
-                    f += sum(float(penalty(blk, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0), tau, wall)) - base
-                             for _v, _pr, _ps, dC, dA, dQ, base, blk in sparts)
+                    f += sum(
+                        float(
+                            penalty(
+                                blk, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0), tau, wall
+                            )
+                        )
+                        - base
+                        for _v, _pr, _ps, dC, dA, dQ, base, blk in sparts
+                    )
                     return f
 
                 best_m, _ = best_prefix(combined, len(cand))
@@ -828,7 +969,16 @@ def align_moments(
                     t.S1 = t.S1 + D1
                     t.S2 = t.S2 + D2
                 for v, pr, ps, dC, dA, dQ, _, _ in sparts:
-                    accept_swaps(v, pr[take], ps[take], ud, out_d, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0))
+                    accept_swaps(
+                        v,
+                        pr[take],
+                        ps[take],
+                        ud,
+                        out_d,
+                        dC[take].sum(0),
+                        dA[take].sum(0),
+                        dQ[take].sum(0),
+                    )
                 p = perms[u]
                 rr, ss = r[take], s[take]
                 p[rr], p[ss] = p[ss].copy(), p[rr].copy()
@@ -843,11 +993,24 @@ def align_moments(
     # cost ~1 s and ~200 MB of peak per checkpoint at 10^6 rows.
     for t in targets:
         report["checkpoints"][t.tag] = {"before": before[t.tag], "after": t.gaps()}
-    views, gview, targets = [], None, []  # release the views' n × d scores before the new frame (memory peak)
-    out = df.copy(deep=False)  # copy-on-write (pandas >= 3): unmoved columns are shared, never written through
+    views, gview, targets = (
+        [],
+        None,
+        [],
+    )  # release the views' n × d scores before the new frame (memory peak)
+    out = df.copy(
+        deep=False
+    )  # copy-on-write (pandas >= 3): unmoved columns are shared, never written through
     for u, cols in units.items():
         for col in cols:
             out[col] = df[col].take(perms[u]).set_axis(df.index)
-    report.update(status="aligned", sweeps=sweeps, settled=settled_tags, objective=trace, moved=sorted(units), spearman_max_error_before=sp_before,
-                  spearman_max_error_after=sp_after)
+    report.update(
+        status="aligned",
+        sweeps=sweeps,
+        settled=settled_tags,
+        objective=trace,
+        moved=sorted(units),
+        spearman_max_error_before=sp_before,
+        spearman_max_error_after=sp_after,
+    )
     return out, report

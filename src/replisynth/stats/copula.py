@@ -14,7 +14,9 @@ import numpy as np
 from replisynth.stats.correlations import cholesky
 
 
-def correlated_normals(R: np.ndarray, n: int, rng: np.random.Generator, exact: bool = True) -> np.ndarray:
+def correlated_normals(
+    R: np.ndarray, n: int, rng: np.random.Generator, exact: bool = True
+) -> np.ndarray:
     """n draws of a d-variate standard normal with correlation R (n × d). With `exact` and
     n > d + 1 the sample correlation equals R up to floating point."""
     d = R.shape[0]
@@ -60,7 +62,9 @@ def ordered_values(z: np.ndarray, counts: list[int]) -> np.ndarray:
     return fill_by_rank(z, sorted_codes)
 
 
-def nominal_values(Z: np.ndarray, counts: list[int], baseline: int, dim_levels: list[int]) -> np.ndarray:
+def nominal_values(
+    Z: np.ndarray, counts: list[int], baseline: int, dim_levels: list[int]
+) -> np.ndarray:
     """Level index per row for a nominal column: levels other than the baseline are filled in
     ascending order of their counts, each taking the unassigned rows with the largest latent
     utility (its column of Z); the baseline takes the rest. `dim_levels[j]` is the level of

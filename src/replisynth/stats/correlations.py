@@ -41,7 +41,12 @@ class _Ranker:
             return
         lo, hi = float(x.min()), float(x.max())
         head = x[:64] - lo  # a non-integer among the first values settles it without 3 passes
-        if hi - lo <= max(4 * n, 1024) and np.isfinite(lo) and np.isfinite(hi) and np.array_equal(head.astype(np.intp), head):
+        if (
+            hi - lo <= max(4 * n, 1024)
+            and np.isfinite(lo)
+            and np.isfinite(hi)
+            and np.array_equal(head.astype(np.intp), head)
+        ):
             c = x - lo
             ic = c.astype(np.intp)
             if np.array_equal(ic, c):
@@ -82,7 +87,9 @@ def _pearson_in_place(R: np.ndarray) -> np.ndarray:
     return c
 
 
-def spearman_matrix(X: np.ndarray, rows: np.ndarray | None = None, columns: list[int] | None = None) -> np.ndarray:
+def spearman_matrix(
+    X: np.ndarray, rows: np.ndarray | None = None, columns: list[int] | None = None
+) -> np.ndarray:
     """Spearman correlations of the columns of X (NaN = missing), pairwise complete; over the
     rows where `rows` is True and of the `columns` listed, when given (no copy of X is made
     for either).
@@ -201,7 +208,9 @@ def tie_atoms(sorted_values: np.ndarray) -> tuple[tuple[float, float], ...]:
     p = lengths[big] / n
     if float(np.sum(p**3)) < ATOM_EFFECT:
         return ()
-    return tuple((float(a / n), float((a + k) / n)) for a, k in zip(starts[big], lengths[big], strict=True))
+    return tuple(
+        (float(a / n), float((a + k) / n)) for a, k in zip(starts[big], lengths[big], strict=True)
+    )
 
 
 def _cells(m: Margin, width: float = 1.0 / 32.0) -> Margin:
@@ -220,7 +229,9 @@ def _cells(m: Margin, width: float = 1.0 / 32.0) -> Margin:
 
 
 _GL = {k: np.polynomial.legendre.leggauss(k) for k in range(8, 25)}
-_CONT_CUTS = np.concatenate([[0.0, 1e-4, 1e-3, 1e-2], np.linspace(0.05, 0.95, 19), [0.99, 0.999, 0.9999, 1.0]])
+_CONT_CUTS = np.concatenate(
+    [[0.0, 1e-4, 1e-3, 1e-2], np.linspace(0.05, 0.95, 19), [0.99, 0.999, 0.9999, 1.0]]
+)
 
 
 @functools.lru_cache(maxsize=512)
@@ -246,7 +257,9 @@ def _nodes(m: Margin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # the continuous cuts keep 24 nodes; pieces cut by atoms get as many per unit of p
         # as a 0.05 cut has, at least 8 (a 25-level count would otherwise triple the nodes)
         base = set(zip(_CONT_CUTS[:-1], _CONT_CUTS[1:], strict=True))
-        order = [24 if e in base else int(min(24, max(8, np.ceil(480 * (e[1] - e[0]))))) for e in edges]
+        order = [
+            24 if e in base else int(min(24, max(8, np.ceil(480 * (e[1] - e[0]))))) for e in edges
+        ]
     xs, ws, ss = [], [], []
     for k, (a, b) in enumerate(edges):
         if b <= a:
@@ -270,6 +283,7 @@ def _conditional_side(a: Margin, b: Margin) -> tuple[Margin, Margin]:
     """Order a pair for `_nodes(a)` x E[score(b) | z]: the conditional expectation is closed
     form for a continuous or discrete b, so a mixed margin goes to the quadrature side, and
     of two mixed margins the second is replaced by its cells (`_cells`)."""
+
     def rank(m: Margin) -> int:
         return 2 if m.mixed else 1 if m.discrete else 0
 
@@ -341,7 +355,9 @@ def spearman_curve(a: Margin, b: Margin, rs: np.ndarray = R_GRID) -> np.ndarray:
         tau = special.ndtri(np.clip(cum, 1e-300, 1 - 1e-16))
         scores = np.concatenate([[0.0], cum]) + pb / 2
         # P(Z2 <= tau_k | z, r): (nodes, thresholds, rs)
-        P = special.ndtr((tau[None, :, None] - z[:, None, None] * rs[None, None, :]) / s[None, None, :])
+        P = special.ndtr(
+            (tau[None, :, None] - z[:, None, None] * rs[None, None, :]) / s[None, None, :]
+        )
         ones = np.ones((len(z), 1, len(rs)))
         P = np.concatenate([np.zeros_like(ones), P, ones], axis=1)
         cond = (np.diff(P, axis=1) * scores[None, :, None]).sum(axis=1)
@@ -387,7 +403,9 @@ def latent_matrix(spearman: np.ndarray, margins: list[Margin]) -> np.ndarray:
     return R
 
 
-def nearest_correlation(A: np.ndarray, tol: float = 1e-10, max_iter: int = 500, eig_floor: float = 1e-8) -> np.ndarray:
+def nearest_correlation(
+    A: np.ndarray, tol: float = 1e-10, max_iter: int = 500, eig_floor: float = 1e-8
+) -> np.ndarray:
     """Nearest correlation matrix in Frobenius norm (Higham 2002, with Dykstra's correction),
     then eigenvalues floored at `eig_floor` so that a Cholesky factor exists."""
     A = (np.asarray(A, dtype="float64") + np.asarray(A, dtype="float64").T) / 2

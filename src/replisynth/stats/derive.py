@@ -37,7 +37,9 @@ def functional_dependencies(
     return coded_dependencies(coded, tables, all_levels, order)
 
 
-def released_codes(codes: np.ndarray, values: list[Any], table: FrequencyTable, all_levels: list[Any] | None) -> np.ndarray:
+def released_codes(
+    codes: np.ndarray, values: list[Any], table: FrequencyTable, all_levels: list[Any] | None
+) -> np.ndarray:
     """Each row's released level as its position in `table.levels` (ordered tables: pooled
     levels mapped to their neighbour; nominal: released levels only), -1 for rows whose value
     is not released or missing. `codes`/`values`: the column factorized (-1 missing)."""
@@ -99,12 +101,20 @@ def coded_dependencies(
         # b's level on the first row of each of a's levels
         first_a, first = np.unique(ca[ok], return_index=True)
         lev_b = tables[b].levels
-        mapping = {tables[a].levels[i]: (lev_b[k] if k >= 0 else None) for i, k in zip(first_a.tolist(), cb[ok[first]].tolist(), strict=True)}
-        out[b] = {"from": a, "map": [[lev, mapping[lev]] for lev in tables[a].levels if lev in mapping]}
+        mapping = {
+            tables[a].levels[i]: (lev_b[k] if k >= 0 else None)
+            for i, k in zip(first_a.tolist(), cb[ok[first]].tolist(), strict=True)
+        }
+        out[b] = {
+            "from": a,
+            "map": [[lev, mapping[lev]] for lev in tables[a].levels if lev in mapping],
+        }
     return out
 
 
-def apply_derived(cols: dict[str, np.ndarray], derived: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+def apply_derived(
+    cols: dict[str, np.ndarray], derived: dict[str, dict[str, Any]]
+) -> dict[str, np.ndarray]:
     """Recompute each derived column from its root's synthetic values (missing stays missing;
     a root level without a mapped value gives missing)."""
 
@@ -122,7 +132,9 @@ def apply_derived(cols: dict[str, np.ndarray], derived: dict[str, dict[str, Any]
     return out
 
 
-def derived_counts(levels_a: list[Any], counts_a: list[int], levels_b: list[Any], spec: dict[str, Any]) -> list[int]:
+def derived_counts(
+    levels_a: list[Any], counts_a: list[int], levels_b: list[Any], spec: dict[str, Any]
+) -> list[int]:
     """Exact counts of a derived column's levels from its root's counts."""
 
     lookup = {norm_key(k): v for k, v in spec["map"]}

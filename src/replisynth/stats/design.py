@@ -67,15 +67,21 @@ def estimation_sample(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> pd.D
         mask = subset_mask(df, cp.subset, label, CheckpointError)
         data = df.loc[mask]
         if len(data) == 0:
-            raise CheckpointError(f"{label}: subset {cp.subset!r} selects no rows; check the condition")
+            raise CheckpointError(
+                f"{label}: subset {cp.subset!r} selects no rows; check the condition"
+            )
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise CheckpointError(f"{label}: the checkpoint reads {', '.join(map(repr, missing))}, not a column of the data; check the formula")
+        raise CheckpointError(
+            f"{label}: the checkpoint reads {', '.join(map(repr, missing))}, not a column of the data; check the formula"
+        )
     data = _widen_integers(data[cols].dropna())
     if len(data) == 0:
         empty = [c for c in cols if df[c].isna().all()]
         hint = f"; entirely missing: {', '.join(empty)}" if empty else ""
-        raise CheckpointError(f"{label}: no row has all of {cols} non-missing (after subset){hint}; check the variables")
+        raise CheckpointError(
+            f"{label}: no row has all of {cols} non-missing (after subset){hint}; check the variables"
+        )
     if cp.weights:
         data = _positive_weights(data, cp.weights, label)
     return data
@@ -86,13 +92,19 @@ def _positive_weights(data: pd.DataFrame, col: str, label: str) -> pd.DataFrame:
     text, negative or all-zero weights are an error (never a silently smaller sample)."""
     w = data[col]
     if not pd.api.types.is_numeric_dtype(w) or pd.api.types.is_bool_dtype(w):
-        raise CheckpointError(f"{label}: weights column {col!r} is not numeric; give a numeric weight column (or convert it)")
+        raise CheckpointError(
+            f"{label}: weights column {col!r} is not numeric; give a numeric weight column (or convert it)"
+        )
     neg = int((w < 0).sum())
     if neg:
-        raise CheckpointError(f"{label}: weights column {col!r} has {neg} negative value(s); analytic weights must be >= 0")
+        raise CheckpointError(
+            f"{label}: weights column {col!r} has {neg} negative value(s); analytic weights must be >= 0"
+        )
     keep = (w > 0).to_numpy()
     if not keep.any():
-        raise CheckpointError(f"{label}: weights column {col!r} is zero on every row of the sample; check the weights")
+        raise CheckpointError(
+            f"{label}: weights column {col!r} is zero on every row of the sample; check the weights"
+        )
     return data if keep.all() else data.loc[keep]
 
 
@@ -114,31 +126,45 @@ def split_iv_formula(formula: str) -> tuple[str, str, str]:
     return f"{lhs.strip()} ~ {exog}", m.group(1).strip(), m.group(2).strip()
 
 
-def _iv_matrices(data: pd.DataFrame, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int, list[str]]:
+def _iv_matrices(
+    data: pd.DataFrame, cp: Checkpoint, label: str
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int, list[str]]:
     """y, X = [exogenous | endogenous], its term names, Z = [exogenous | instruments], the
     number of exogenous columns and the instruments' names, all encoded by formulaic (the
     endogenous and instrument columns are those the bracket adds to the exogenous design, so
     factors are coded as formulaic codes them alongside the controls)."""
     exog_f, endog, instr = split_iv_formula(cp.formula)
     if not endog or not instr:
-        raise CheckpointError(f"{label}: the IV part of {cp.formula!r} needs endogenous variables and instruments: [x ~ z]")
+        raise CheckpointError(
+            f"{label}: the IV part of {cp.formula!r} needs endogenous variables and instruments: [x ~ z]"
+        )
     try:
         mm_w = model_matrix(exog_f, data, "raise", f"{label}: formula", CheckpointError)
-        mm_x = model_matrix(f"{exog_f} + {endog}", data, "raise", f"{label}: formula", CheckpointError)
-        mm_z = model_matrix(f"{exog_f} + {instr}", data, "raise", f"{label}: formula", CheckpointError)
+        mm_x = model_matrix(
+            f"{exog_f} + {endog}", data, "raise", f"{label}: formula", CheckpointError
+        )
+        mm_z = model_matrix(
+            f"{exog_f} + {instr}", data, "raise", f"{label}: formula", CheckpointError
+        )
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})"
+        ) from None
     w_names = [str(c) for c in mm_w.rhs.columns]
     x_names = [str(c) for c in mm_x.rhs.columns]
     z_names = [str(c) for c in mm_z.rhs.columns]
     if not set(w_names) <= set(x_names) or not set(w_names) <= set(z_names):
-        raise CheckpointError(f"{label}: the exogenous columns of {cp.formula!r} change when the bracket is added; keep the intercept in the formula")
+        raise CheckpointError(
+            f"{label}: the exogenous columns of {cp.formula!r} change when the bracket is added; keep the intercept in the formula"
+        )
     endog_names = [c for c in x_names if c not in w_names]
     instr_names = [c for c in z_names if c not in w_names]
     if not endog_names:
-        raise CheckpointError(f"{label}: the endogenous part [{endog} ~ ...] adds no column to the design")
+        raise CheckpointError(
+            f"{label}: the endogenous part [{endog} ~ ...] adds no column to the design"
+        )
     if len(instr_names) < len(endog_names):
         raise CheckpointError(
             f"{label}: {len(endog_names)} endogenous column(s) ({', '.join(endog_names)}) but only "
@@ -161,13 +187,24 @@ def _widen_integers(data: pd.DataFrame) -> pd.DataFrame:
     """Narrow integer columns (Stata byte/int/long read as int8/16/32) as int64, so formula
     arithmetic such as I(exper**2) cannot wrap around (12**2 in int8 is -112), while C(x)
     level names stay integers."""
-    narrow = [c for c in data.columns if pd.api.types.is_integer_dtype(data[c].dtype) and data[c].dtype.itemsize < 8]
+    narrow = [
+        c
+        for c in data.columns
+        if pd.api.types.is_integer_dtype(data[c].dtype) and data[c].dtype.itemsize < 8
+    ]
     if not narrow:
         return data
-    return data.astype({c: "Int64" if pd.api.types.is_extension_array_dtype(data[c].dtype) else "int64" for c in narrow})
+    return data.astype(
+        {
+            c: "Int64" if pd.api.types.is_extension_array_dtype(data[c].dtype) else "int64"
+            for c in narrow
+        }
+    )
 
 
-def build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "", released: set[str] | None = None) -> Design:
+def build_design(
+    df: pd.DataFrame, cp: Checkpoint, where: str = "", released: set[str] | None = None
+) -> Design:
     """The checkpoint's sample and design matrix, built by formulaic (fe: plus the absorbed
     columns' codes; re: the entity's codes; iv: exogenous, endogenous and instrument blocks).
     On synthetic data pass `released` (the released term names): see `drop_unreleased_constants`."""
@@ -191,12 +228,20 @@ def drop_unreleased_constants(d: Design, released: set[str]) -> Design:
     if len(d.y) == 0 or k == 0:
         return d
     const = np.ptp(d.X, axis=0) == 0
-    drop = [j for j in range(k) if const[j] and d.terms[j] not in released and d.terms[j] != "Intercept"
-            and (d.n_exog is None or j < d.n_exog)]
+    drop = [
+        j
+        for j in range(k)
+        if const[j]
+        and d.terms[j] not in released
+        and d.terms[j] != "Intercept"
+        and (d.n_exog is None or j < d.n_exog)
+    ]
     if not drop:
         return d
     keep = [j for j in range(k) if j not in drop]
-    out = replace(d, X=d.X[:, keep], terms=[d.terms[j] for j in keep] + list(d.terms[k:]))  # GLMs: alpha, cut points follow
+    out = replace(
+        d, X=d.X[:, keep], terms=[d.terms[j] for j in keep] + list(d.terms[k:])
+    )  # GLMs: alpha, cut points follow
     if d.Z is not None and d.n_exog is not None:  # iv: the exogenous columns lead Z as they lead X
         zkeep = [j for j in range(d.Z.shape[1]) if j not in drop]
         out = replace(out, Z=d.Z[:, zkeep], n_exog=d.n_exog - len(drop))
@@ -208,17 +253,31 @@ def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
     data = estimation_sample(df, cp, where)
     if cp.model == "iv":
         if not pd.api.types.is_numeric_dtype(data[cp.outcome]):
-            raise CheckpointError(f"{label}: the outcome {cp.outcome!r} is not numeric; an IV checkpoint needs a numeric outcome")
+            raise CheckpointError(
+                f"{label}: the outcome {cp.outcome!r} is not numeric; an IV checkpoint needs a numeric outcome"
+            )
         y, X, terms, Z, n_exog, instr = _iv_matrices(data, cp, label)
         w = data[cp.weights].to_numpy(dtype="float64") if cp.weights else None
         cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
-        return Design(y=y, X=X, terms=terms, weights=w, clusters=cl, index=data.index, Z=Z, n_exog=n_exog, instruments=instr)
+        return Design(
+            y=y,
+            X=X,
+            terms=terms,
+            weights=w,
+            clusters=cl,
+            index=data.index,
+            Z=Z,
+            n_exog=n_exog,
+            instruments=instr,
+        )
     try:
         mm = model_matrix(cp.formula, data, "raise", f"{label}: formula", CheckpointError)
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{label}: cannot build the design of {cp.formula!r} ({type(exc).__name__}: {exc})"
+        ) from None
     X = np.asarray(mm.rhs, dtype="float64")
     terms = [str(c) for c in mm.rhs.columns]
     if cp.model in GLM_MODELS:
@@ -234,7 +293,16 @@ def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
     cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
     absorb = _codes(data, cp.absorbed) if cp.model == "fe" else None
     entity = _codes(data, [cp.entity])[:, 0] if cp.model == "re" and cp.entity else None
-    return Design(y=y, X=X, terms=terms, weights=w, clusters=cl, index=data.index, absorb=absorb, entity=entity)
+    return Design(
+        y=y,
+        X=X,
+        terms=terms,
+        weights=w,
+        clusters=cl,
+        index=data.index,
+        absorb=absorb,
+        entity=entity,
+    )
 
 
 def ordered_levels(col: pd.Series, cp: Checkpoint) -> list:
@@ -248,7 +316,9 @@ def ordered_levels(col: pd.Series, cp: Checkpoint) -> list:
 
 def outcome_codes(col: pd.Series, levels: list) -> np.ndarray:
     """Position of each value in `levels` (numbers compared as numbers, else as text); -1 if absent."""
-    if pd.api.types.is_numeric_dtype(col) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels):
+    if pd.api.types.is_numeric_dtype(col) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels
+    ):
         vals = col.to_numpy(dtype="float64")
         lv = np.asarray(levels, dtype="float64")
         hit = vals[:, None] == lv[None, :]
@@ -259,7 +329,9 @@ def outcome_codes(col: pd.Series, levels: list) -> np.ndarray:
     return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
 
 
-def glm_outcome(col: pd.Series, X: np.ndarray, terms: list[str], cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def glm_outcome(
+    col: pd.Series, X: np.ndarray, terms: list[str], cp: Checkpoint, label: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(y, X, terms) of a maximum-likelihood checkpoint: a 0/1 outcome for logit/probit,
     non-negative integer counts for poisson/nbreg, category codes 0..J-1 (via `levels` or the
     numeric order) for ordered models, whose design drops the intercept (the cut points take
@@ -267,21 +339,31 @@ def glm_outcome(col: pd.Series, X: np.ndarray, terms: list[str], cp: Checkpoint,
     name = cp.outcome
     if cp.model in GLM_ORDERED:
         if cp.levels is None and not pd.api.types.is_numeric_dtype(col):
-            raise CheckpointError(f"{label}: the outcome {name!r} of an {cp.model} checkpoint is not numeric; list its categories in order under `levels:`")
+            raise CheckpointError(
+                f"{label}: the outcome {name!r} of an {cp.model} checkpoint is not numeric; list its categories in order under `levels:`"
+            )
         levels = ordered_levels(col, cp)
         codes = outcome_codes(col, levels)
         if np.any(codes < 0):
-            raise CheckpointError(f"{label}: {int(np.sum(codes < 0))} row(s) of the outcome {name!r} hold values not in `levels` {levels}; list every category")
+            raise CheckpointError(
+                f"{label}: {int(np.sum(codes < 0))} row(s) of the outcome {name!r} hold values not in `levels` {levels}; list every category"
+            )
         keep = [j for j, t in enumerate(terms) if t != "Intercept"]
         return codes.astype("float64"), X[:, keep], [terms[j] for j in keep]
     v = col.astype("float64") if pd.api.types.is_bool_dtype(col) else col
     if not pd.api.types.is_numeric_dtype(v):
-        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint is not numeric; recode it to numbers")
+        raise CheckpointError(
+            f"{label}: the outcome {name!r} of a {cp.model} checkpoint is not numeric; recode it to numbers"
+        )
     y = v.to_numpy(dtype="float64")
     if cp.model in GLM_BINARY and not np.all((y == 0) | (y == 1)):
-        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be 0/1; {int(np.sum((y != 0) & (y != 1)))} row(s) hold other values (recode it)")
+        raise CheckpointError(
+            f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be 0/1; {int(np.sum((y != 0) & (y != 1)))} row(s) hold other values (recode it)"
+        )
     if cp.model in GLM_COUNT and not np.all((y >= 0) & (y == np.round(y))):
-        raise CheckpointError(f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be a non-negative integer count; {int(np.sum((y < 0) | (y != np.round(y))))} row(s) are not")
+        raise CheckpointError(
+            f"{label}: the outcome {name!r} of a {cp.model} checkpoint must be a non-negative integer count; {int(np.sum((y < 0) | (y != np.round(y))))} row(s) are not"
+        )
     return y, X, terms
 
 

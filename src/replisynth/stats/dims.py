@@ -39,7 +39,9 @@ def ordered_codes(values: pd.Series, table: FrequencyTable, all_levels: list[Any
     mapped to their nearest released neighbour (the pooling rule of `frequency_table`)."""
     mapping = _ordered_mapping(table, all_levels)
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    lookup = np.append(np.asarray([mapping.get(u, np.nan) for u in uniques], dtype="float64"), np.nan)
+    lookup = np.append(
+        np.asarray([mapping.get(u, np.nan) for u in uniques], dtype="float64"), np.nan
+    )
     return lookup[codes]
 
 
@@ -93,7 +95,12 @@ def copula_dims(
     followers = {c for grp in (missing_groups or []) for c in grp[1:]}
     for spec in specs:
         m = marginals.get(spec.name)
-        if m is None or m["kind"] == "suppressed" or spec.name in followers or spec.name in skip_missing:
+        if (
+            m is None
+            or m["kind"] == "suppressed"
+            or spec.name in followers
+            or spec.name in skip_missing
+        ):
             continue
         if min(spec.missing, spec.rows - spec.missing) >= max(min_cell, 1):
             dims.append({"column": spec.name, "kind": "missing"})
@@ -184,7 +191,9 @@ def _small_int_codes(s: pd.Series, span: int) -> tuple[np.ndarray, np.ndarray] |
     ascending order (factorize's come in order of appearance; only the coding differs).
     None when the column is not numeric, holds a non-integer, or spans more than `span`."""
     dt = s.dtype
-    if pd.api.types.is_bool_dtype(dt) or not (pd.api.types.is_integer_dtype(dt) or pd.api.types.is_float_dtype(dt)):
+    if pd.api.types.is_bool_dtype(dt) or not (
+        pd.api.types.is_integer_dtype(dt) or pd.api.types.is_float_dtype(dt)
+    ):
         return None
     if isinstance(dt, np.dtype) and dt.kind in "iu":  # no missing values: the codes are the offsets
         v = s.to_numpy()
@@ -199,8 +208,15 @@ def _small_int_codes(s: pd.Series, span: int) -> tuple[np.ndarray, np.ndarray] |
         ok = ~np.isnan(x)
         if not ok.any():
             return np.full(len(x), -1, dtype=np.intp), np.zeros(0)
-        lo_f, hi_f = float(np.min(x, where=ok, initial=np.inf)), float(np.max(x, where=ok, initial=-np.inf))
-        if not (np.isfinite(lo_f) and np.isfinite(hi_f)) or hi_f - lo_f > span or max(abs(lo_f), abs(hi_f)) > 2.0**52:
+        lo_f, hi_f = (
+            float(np.min(x, where=ok, initial=np.inf)),
+            float(np.max(x, where=ok, initial=-np.inf)),
+        )
+        if (
+            not (np.isfinite(lo_f) and np.isfinite(hi_f))
+            or hi_f - lo_f > span
+            or max(abs(lo_f), abs(hi_f)) > 2.0**52
+        ):
             return None
         c = x - lo_f
         c[~ok] = -1.0
@@ -219,7 +235,9 @@ def _level_index(s: pd.Series, levels: list[Any]) -> np.ndarray:
     """Index in `levels` of each value matched on one footing (`norm_key`: 1 == 1.0), -1 for
     missing or unmatched values: one coding pass (category codes, offset + bincount for
     small integers, else one factorize) and a lookup per distinct value."""
-    at = {norm_key(v): i for i, v in enumerate(levels)}  # the last level of a key wins, as in a dict
+    at = {
+        norm_key(v): i for i, v in enumerate(levels)
+    }  # the last level of a key wins, as in a dict
     if isinstance(s.dtype, pd.CategoricalDtype):
         codes = s.cat.codes.to_numpy().astype(np.intp)
         uniques: Any = s.cat.categories
@@ -243,7 +261,11 @@ def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any], order: str =
     True) go through `dim_matrix`."""
     specs = {c["name"]: ColumnSpec.from_dict(c) for c in release["columns"]}
     all_m = release["blocks"]["all"]["marginals"]
-    tables = {c: FrequencyTable.from_dict(m["table"]) for c, m in all_m.items() if m["kind"] == "categorical"}
+    tables = {
+        c: FrequencyTable.from_dict(m["table"])
+        for c, m in all_m.items()
+        if m["kind"] == "categorical"
+    }
     levels = {c: list(t.levels) for c, t in tables.items()}
     dims = release["dims"]
     if all(_distinct_levels(levels[d["column"]]) for d in dims if d["column"] in tables):
@@ -253,7 +275,9 @@ def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any], order: str =
         s = df[c]
         if c in tables:
             lookup = {norm_key(v): v for v in levels[c]}
-            codes, uniques = pd.factorize(s, use_na_sentinel=True)  # norm_key puts numpy scalars on the same footing
+            codes, uniques = pd.factorize(
+                s, use_na_sentinel=True
+            )  # norm_key puts numpy scalars on the same footing
             mapped = np.empty(len(uniques) + 1, dtype=object)
             mapped[:-1] = [lookup.get(norm_key(u), np.nan) for u in uniques]
             mapped[-1] = np.nan
@@ -272,18 +296,32 @@ def dim_label(d: dict[str, Any]) -> str:
 
 
 def _synthetic_by_level(
-    df: pd.DataFrame, specs: dict[str, ColumnSpec], dims: list[dict[str, Any]], tables: dict[str, FrequencyTable], levels: dict[str, list[Any]], order: str
+    df: pd.DataFrame,
+    specs: dict[str, ColumnSpec],
+    dims: list[dict[str, Any]],
+    tables: dict[str, FrequencyTable],
+    levels: dict[str, list[Any]],
+    order: str,
 ) -> np.ndarray:
     """`synthetic_dim_matrix` through level indices (levels pairwise distinct, none missing):
     a value's dims depend only on its level, so each dim is a table lookup per level. A
     row-major matrix is written in blocks of rows, all dims of a block at once (a whole
     column at a time strides through the full matrix once per dim)."""
     index: dict[str, np.ndarray] = {}
-    parts: list[tuple[np.ndarray, np.ndarray | None]] = []  # (values, None) or (level index, lookup)
+    parts: list[
+        tuple[np.ndarray, np.ndarray | None]
+    ] = []  # (values, None) or (level index, lookup)
     for d in dims:
         c = d["column"]
         if c not in tables:
-            parts.append((df[c].isna().to_numpy() if d["kind"] == "missing" else numeric_values(df[c], specs[c]), None))
+            parts.append(
+                (
+                    df[c].isna().to_numpy()
+                    if d["kind"] == "missing"
+                    else numeric_values(df[c], specs[c]),
+                    None,
+                )
+            )
             continue
         if c not in index:
             index[c] = _level_index(df[c], levels[c])

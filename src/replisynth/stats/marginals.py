@@ -46,7 +46,9 @@ def adaptive_levels(n: int) -> list[float]:
     return []
 
 
-def pseudo_percentiles(v: np.ndarray, levels: np.ndarray, window: int = 11, dominance: float | None = None) -> np.ndarray:
+def pseudo_percentiles(
+    v: np.ndarray, levels: np.ndarray, window: int = 11, dominance: float | None = None
+) -> np.ndarray:
     """FSRDC pseudo-percentiles: each the mean of the `window` order statistics centred on
     the percentile's rank (shifted inside the sample at the ends), never an observed value
     unless ties make it one.
@@ -161,7 +163,13 @@ def merge_dominated(x: np.ndarray, bounds: np.ndarray, dominance: float) -> np.n
     return np.asarray(b, dtype=int)
 
 
-def window_release(values: np.ndarray, trim: float, min_window: int, max_windows: int, dominance: float | None = None) -> GridRelease | None:
+def window_release(
+    values: np.ndarray,
+    trim: float,
+    min_window: int,
+    max_windows: int,
+    dominance: float | None = None,
+) -> GridRelease | None:
     """A window grid: means of non-overlapping windows of consecutive order statistics (none
     of them among the coded extremes), each placed at its window's mid-rank level, the
     101-point grid interpolated through them and flat beyond the outermost. None when the
@@ -178,10 +186,17 @@ def window_release(values: np.ndarray, trim: float, min_window: int, max_windows
     means = np.maximum.accumulate((csum[b[1:]] - csum[b[:-1]]) / sizes)
     levels = 100.0 * (b[1:] + b[:-1]) / (2.0 * n)
     grid = np.interp(np.arange(101, dtype="float64"), levels, means)
-    return GridRelease(np.maximum.accumulate(grid), [float(v) for v in levels], [int(v) for v in sizes], [float(v) for v in means])
+    return GridRelease(
+        np.maximum.accumulate(grid),
+        [float(v) for v in levels],
+        [int(v) for v in sizes],
+        [float(v) for v in means],
+    )
 
 
-def grid_release(values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None) -> GridRelease:
+def grid_release(
+    values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None
+) -> GridRelease:
     """The released grid of a block: percentiles (`percentile_grid`) when their levels number
     at most EXACT_SHARE of its n and the values they expose (`exposed_share`) too, else a
     window grid (`window_release`) with at most as many windows as the method's percentile
@@ -195,7 +210,9 @@ def grid_release(values: np.ndarray, trim: float, method: str = "fixed", dominan
         if exposed_share(x, grid) <= EXACT_SHARE:
             return GridRelease(grid, None if len(levels) == 101 else levels)
     cap = min(len(released_levels(n, method)), MAX_WINDOWS) if "adaptive" in method else MAX_WINDOWS
-    out = window_release(values, trim, PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW, cap, dominance)
+    out = window_release(
+        values, trim, PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW, cap, dominance
+    )
     if out is None:
         raise ValueError(f"a {method} grid releases nothing for {n} values")
     return out
@@ -217,15 +234,22 @@ def grid_releasable(n: int, trim: float, method: str) -> bool:
     if not uses_windows(n, method):
         return bool(released_levels(n, method))
     cap = min(len(released_levels(n, method)), MAX_WINDOWS) if "adaptive" in method else MAX_WINDOWS
-    return window_bounds(n, trim, PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW, cap) is not None
+    return (
+        window_bounds(n, trim, PSEUDO_WINDOW if "pseudo" in method else THIN_WINDOW, cap)
+        is not None
+    )
 
 
-def quantile_grid(values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None) -> np.ndarray:
+def quantile_grid(
+    values: np.ndarray, trim: float, method: str = "fixed", dominance: float | None = None
+) -> np.ndarray:
     """The 101-point grid of `grid_release` (percentiles or window means, top/bottom coded)."""
     return grid_release(values, trim, method, dominance).grid
 
 
-def percentile_grid(values: np.ndarray, trim: float, method: str = "fixed", presorted: bool = False) -> np.ndarray:
+def percentile_grid(
+    values: np.ndarray, trim: float, method: str = "fixed", presorted: bool = False
+) -> np.ndarray:
     """101 percentiles of `values` (non-missing) with `trim` percent top/bottom coding.
 
     method: fixed (every percentile), adaptive (only the percentiles n supports, the grid
@@ -236,7 +260,9 @@ def percentile_grid(values: np.ndarray, trim: float, method: str = "fixed", pres
     # time; the order statistics, hence the result, are the same).
     v = values if presorted else np.sort(np.asarray(values, dtype="float64"))
     n = len(v)
-    levels = np.asarray(adaptive_levels(n) if "adaptive" in method else list(range(101)), dtype="float64")
+    levels = np.asarray(
+        adaptive_levels(n) if "adaptive" in method else list(range(101)), dtype="float64"
+    )
     if len(levels) == 0:
         raise ValueError(f"an adaptive grid releases nothing for {n} values")
     q = sorted_percentiles(v, levels)
@@ -260,7 +286,9 @@ def size_step(min_cell: int) -> float:
     return float(10.0 ** np.ceil(np.log10(2.0 / max(min_cell, 1)) - 1e-9))
 
 
-def size_windows(sizes: np.ndarray, min_cell: int, dominance: float | None = None) -> list[dict[str, float]] | None:
+def size_windows(
+    sizes: np.ndarray, min_cell: int, dominance: float | None = None
+) -> list[dict[str, float]] | None:
     """Group sizes as non-overlapping windows of at least `min_cell` consecutive sorted sizes
     (at most MAX_WINDOWS of them): per window its number of groups and its mean size rounded
     to `size_step`. None with fewer than 2·min_cell groups (only the count and mean leave).
@@ -458,7 +486,9 @@ def py_value(v: Any) -> Any:
     return v if isinstance(v, (int, str)) else str(v)
 
 
-def level_positions(values: list[Any], table: FrequencyTable, all_levels: list[Any] | None = None) -> np.ndarray:
+def level_positions(
+    values: list[Any], table: FrequencyTable, all_levels: list[Any] | None = None
+) -> np.ndarray:
     """Position among `table.levels` of each distinct value in `values` (NaN: not released),
     plus a trailing NaN for the missing code -1, so `level_positions(...)[codes]` codes a
     factorized column in one gather. An ordered table with `all_levels` maps pooled levels to
@@ -508,7 +538,9 @@ def frequency_table(
     counts = [raw[v] for v in levels]
     keep = [c >= min_cell for c in counts]
     if not any(keep):
-        return FrequencyTable([], [], ordered, suppressed=int(sum(counts)), suppressed_levels=len(levels))
+        return FrequencyTable(
+            [], [], ordered, suppressed=int(sum(counts)), suppressed_levels=len(levels)
+        )
     if ordered and pool:
         kept_idx = [i for i, k in enumerate(keep) if k]
         pooled = {i: counts[i] for i in kept_idx}
@@ -535,7 +567,9 @@ def frequency_table(
     )
 
 
-def synthesis_shares(table: FrequencyTable, reference: FrequencyTable | None = None) -> tuple[list[Any], np.ndarray]:
+def synthesis_shares(
+    table: FrequencyTable, reference: FrequencyTable | None = None
+) -> tuple[list[Any], np.ndarray]:
     """Levels and shares synthesis uses: released counts plus the suppressed rows spread over
     (a) the reference table's released levels this table lacks, else (b) this table's levels,
     in proportion to the reference (or own) counts. Shares sum to 1 (empty table: no levels)."""
@@ -555,7 +589,10 @@ def synthesis_shares(table: FrequencyTable, reference: FrequencyTable | None = N
                 levels = [levels[i] for i in order]
                 mass = mass[order]
         elif len(levels):
-            w = np.asarray([ref_counts.get(v, c) for v, c in zip(levels, table.counts, strict=True)], dtype="float64")
+            w = np.asarray(
+                [ref_counts.get(v, c) for v, c in zip(levels, table.counts, strict=True)],
+                dtype="float64",
+            )
             mass = mass + w * table.suppressed / w.sum()
     total = mass.sum()
     return levels, (mass / total if total > 0 else mass)
@@ -577,7 +614,7 @@ def apportion(shares: np.ndarray, total: int) -> np.ndarray:
         base[order[:rest]] += 1
     elif rest < 0:  # only through floating error
         order = np.argsort(-base, kind="stable")
-        base[order[: -rest]] -= 1
+        base[order[:-rest]] -= 1
     return base
 
 
@@ -630,6 +667,10 @@ def rake_blocks(
     # a block whose suppressed mass found no allowed level spreads it like the column totals
     for b in range(B):
         if rows[b] > 0 and X[b].sum() <= 0:
-            w = np.where(allowed[b], col_totals, 0.0) if allowed[b].any() else np.asarray(col_totals, dtype="float64")
+            w = (
+                np.where(allowed[b], col_totals, 0.0)
+                if allowed[b].any()
+                else np.asarray(col_totals, dtype="float64")
+            )
             X[b] = rows[b] * w / max(w.sum(), 1e-300)
     return [F[b] + X[b] for b in range(B)]

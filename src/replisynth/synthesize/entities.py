@@ -65,7 +65,11 @@ def normal_scores(x: np.ndarray) -> np.ndarray:
 def between_within(X: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, W): between- and within-entity sums of squares and cross-products (d × d) of the
     normal scores of X's columns (rows × dims, NaN = missing), entities given by `codes` 0..G−1."""
-    S = np.column_stack([normal_scores(X[:, j]) for j in range(X.shape[1])]) if X.shape[1] else np.zeros((len(X), 0))
+    S = (
+        np.column_stack([normal_scores(X[:, j]) for j in range(X.shape[1])])
+        if X.shape[1]
+        else np.zeros((len(X), 0))
+    )
     G = int(codes.max()) + 1 if len(codes) else 0
     sums = np.zeros((G, S.shape[1]))
     np.add.at(sums, codes, S)
@@ -90,7 +94,12 @@ def invariant_columns(df: pd.DataFrame, codes: np.ndarray, columns: list[str]) -
 
 
 def entity_structure(
-    data: pd.DataFrame, entity_ids: pd.Series, X: np.ndarray, dims: list[dict[str, Any]], entity: str, round_significant: int | None = None
+    data: pd.DataFrame,
+    entity_ids: pd.Series,
+    X: np.ndarray,
+    dims: list[dict[str, Any]],
+    entity: str,
+    round_significant: int | None = None,
 ) -> dict[str, Any]:
     """The release of one source's entity structure: column `entity`, number of entities,
     invariance flags of `data`'s columns, per-dim between shares η and the between correlation
@@ -115,7 +124,9 @@ def entity_structure(
         "entities": int(len(uniq)),
         "invariant": inv,
         "between_share": [round_released(v, round_significant) for v in eta],
-        "between_corr": [[round_released(v, round_significant) for v in row] for row in np.clip(Rb, -1.0, 1.0)],
+        "between_corr": [
+            [round_released(v, round_significant) for v in row] for row in np.clip(Rb, -1.0, 1.0)
+        ],
     }
 
 
@@ -164,7 +175,11 @@ def within_lag1(X: np.ndarray, codes: np.ndarray, t: np.ndarray) -> tuple[np.nda
     number of entities with at least two dated rows."""
     ok = (codes >= 0) & np.isfinite(t)
     Xo, c, to = X[ok], codes[ok], t[ok]
-    S = np.column_stack([normal_scores(Xo[:, j]) for j in range(Xo.shape[1])]) if Xo.shape[1] else np.zeros((len(Xo), 0))
+    S = (
+        np.column_stack([normal_scores(Xo[:, j]) for j in range(Xo.shape[1])])
+        if Xo.shape[1]
+        else np.zeros((len(Xo), 0))
+    )
     G = int(c.max()) + 1 if len(c) else 0
     size = np.bincount(c, minlength=G).astype("float64")
     sums = np.zeros((G, S.shape[1]))
@@ -194,7 +209,9 @@ def entity_sizes(group: dict[str, Any], n: int, cap: int | None = None) -> np.nd
     if cap is not None and cap * G >= n:
         over = int(np.maximum(counts - cap, 0).sum())
         counts = np.minimum(counts, cap)
-        for e in np.argsort(-counts, kind="stable"):  # hand the excess to the largest entities with room
+        for e in np.argsort(
+            -counts, kind="stable"
+        ):  # hand the excess to the largest entities with room
             if over == 0:
                 break
             add = min(cap - counts[e], over)
@@ -222,7 +239,12 @@ def _whiten(A: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def hierarchical_normals(
-    R: np.ndarray, eta: np.ndarray, Rb: np.ndarray, ent: np.ndarray, rng: np.random.Generator, ties: dict[int, tuple[int, float]] | None = None
+    R: np.ndarray,
+    eta: np.ndarray,
+    Rb: np.ndarray,
+    ent: np.ndarray,
+    rng: np.random.Generator,
+    ties: dict[int, tuple[int, float]] | None = None,
 ) -> np.ndarray:
     """Latent normals (n × d) for rows of entities `ent` (0..G−1): between part with covariance
     D Rb D (D = diag √η) constant within entity, within part with covariance R − D Rb D
@@ -245,7 +267,9 @@ def hierarchical_normals(
     B = D[:, None] * nearest_correlation(Rb) * D[None, :]
     W = R - B
     var = eta < 1.0 - 1e-9  # dims with a within part
-    ties = {k: v for k, v in (ties or {}).items() if var[k] and var[v[0]] and v[0] not in (ties or {})}
+    ties = {
+        k: v for k, v in (ties or {}).items() if var[k] and var[v[0]] and v[0] not in (ties or {})
+    }
     var[list(ties)] = False  # from here: dims with a within part of their own
     # The within part as a correlation matrix repaired to the nearest one, so the between
     # shares stay exact (an eigenvalue clip would move the diagonal): e.g. experience and
@@ -291,7 +315,9 @@ def entity_values(score: np.ndarray, weight: np.ndarray, sorted_values: np.ndarr
     return out
 
 
-def nominal_entity_values(U: np.ndarray, weight: np.ndarray, counts: list[int], baseline: int, dim_levels: list[int]) -> np.ndarray:
+def nominal_entity_values(
+    U: np.ndarray, weight: np.ndarray, counts: list[int], baseline: int, dim_levels: list[int]
+) -> np.ndarray:
     """Level per entity for a time-invariant nominal column (as `copula.nominal_values`, on
     entities of `weight` rows): levels other than the baseline, smallest first, take the free
     entities with the largest utility while the level's row count allows; the baseline the rest."""
@@ -314,7 +340,9 @@ def nominal_entity_values(U: np.ndarray, weight: np.ndarray, counts: list[int], 
     return out
 
 
-def assign_periods(ent: np.ndarray, ok: np.ndarray, codes_multiset: np.ndarray, z: np.ndarray) -> np.ndarray:
+def assign_periods(
+    ent: np.ndarray, ok: np.ndarray, codes_multiset: np.ndarray, z: np.ndarray
+) -> np.ndarray:
     """Period codes per row (−1 where `ok` is False) with every entity's periods distinct and
     the multiset of codes kept: entities, largest first, take one of each of the codes with
     most rows left; among entities of one size the sets go by mean code to the entities by
@@ -354,7 +382,13 @@ def assign_periods(ent: np.ndarray, ok: np.ndarray, codes_multiset: np.ndarray, 
     return out
 
 
-def repair_counts(per: np.ndarray, weight: np.ndarray, target: np.ndarray, score: np.ndarray, max_moves: int = 100_000) -> np.ndarray:
+def repair_counts(
+    per: np.ndarray,
+    weight: np.ndarray,
+    target: np.ndarray,
+    score: np.ndarray,
+    max_moves: int = 100_000,
+) -> np.ndarray:
     """Entity levels `per` adjusted so that the row counts Σ weight per level equal `target`
     where entity sizes allow: while a level k has a surplus and a level l a deficit, move an
     entity of size ≤ both from k to l, or swap a level-k entity with a level-l entity smaller
@@ -411,8 +445,15 @@ def repair_counts(per: np.ndarray, weight: np.ndarray, target: np.ndarray, score
 
 
 def fill_invariant(
-    values: np.ndarray, kind: str, ent: np.ndarray, ok: np.ndarray, Zc: np.ndarray, sorted_values: np.ndarray | None = None,
-    counts: list[int] | None = None, baseline: int = 0, dim_levels: list[int] | None = None,
+    values: np.ndarray,
+    kind: str,
+    ent: np.ndarray,
+    ok: np.ndarray,
+    Zc: np.ndarray,
+    sorted_values: np.ndarray | None = None,
+    counts: list[int] | None = None,
+    baseline: int = 0,
+    dim_levels: list[int] | None = None,
 ) -> np.ndarray:
     """Codes/values of a time-invariant column over the rows `ok` (non-missing), allocated per
     entity (`entity_values` / `nominal_entity_values`) from the entity's latent `Zc` (rows ×
@@ -426,7 +467,9 @@ def fill_invariant(
         per = nominal_entity_values(Ue, weight, counts or [], baseline, dim_levels or [])
         per = repair_counts(per, weight, np.asarray(counts, dtype="int64"), Ue.sum(axis=1))
     else:
-        per = entity_values(Ue[:, 0], weight, sorted_values if sorted_values is not None else np.zeros(0))
+        per = entity_values(
+            Ue[:, 0], weight, sorted_values if sorted_values is not None else np.zeros(0)
+        )
         if kind == "ordered_codes":
             per = repair_counts(per, weight, np.bincount(sorted_values.astype("int64")), Ue[:, 0])
     out = values.copy()
@@ -457,7 +500,9 @@ def skeleton(bp: Any, release: dict[str, Any]) -> np.ndarray:
     from the released size distribution, capped at the number of periods for a panel."""
     es = release["entity_structure"]
     panel = release.get("panel")
-    sizes = entity_sizes(release["groups"][es["column"]], bp.rows, time_cap(bp, panel["time"] if panel else None))
+    sizes = entity_sizes(
+        release["groups"][es["column"]], bp.rows, time_cap(bp, panel["time"] if panel else None)
+    )
     return np.repeat(np.arange(len(sizes)), sizes)
 
 
@@ -466,7 +511,9 @@ _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(48)
 _GH_W = _GH_W / _GH_W.sum()
 
 
-def level_scores(probs: tuple[float, ...] | list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def level_scores(
+    probs: tuple[float, ...] | list[float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Of a discrete column with level shares `probs`: the normalised shares, their cumulative
     shares (0 first), each level's centred normal score Φ⁻¹(mid cumulative share), and the
     scores' variance."""
@@ -577,8 +624,15 @@ def latent_share(eta: float, probs: tuple[float, ...] | None, t_eff: float) -> f
 
 
 def entity_normals(
-    R: np.ndarray, act: list[int], es: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, margins: list[Any] | None = None,
-    time_j: int | None = None, rng_ar: np.random.Generator | None = None, columns: list[str] | None = None,
+    R: np.ndarray,
+    act: list[int],
+    es: dict[str, Any],
+    ent: np.ndarray,
+    rng: np.random.Generator,
+    margins: list[Any] | None = None,
+    time_j: int | None = None,
+    rng_ar: np.random.Generator | None = None,
+    columns: list[str] | None = None,
     free: np.ndarray | None = None,
 ) -> np.ndarray:
     """`hierarchical_normals` on the active dims `act` with the released between correlations
@@ -594,32 +648,59 @@ def entity_normals(
     eta = np.asarray(es["between_share"], dtype="float64")[act]
     if margins is not None and len(ent):
         t_eff = len(ent) / (int(ent.max()) + 1)
-        eta = np.asarray([latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
+        eta = np.asarray(
+            [latent_share(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)]
+        )
     Rb = np.asarray(es["between_corr"], dtype="float64")[np.ix_(act, act)]
     if margins is not None and len(ent):
         # The released between correlations are of observed scores; discrete dims' latent
         # entity effects correlate more (missing(tothrs) with missing(hrsemp): 0.82 released,
         # 0.53 when used as latent).
-        att = np.asarray([between_attenuation(float(e), m.probs, t_eff) for e, m in zip(eta, margins, strict=True)])
+        att = np.asarray(
+            [
+                between_attenuation(float(e), m.probs, t_eff)
+                for e, m in zip(eta, margins, strict=True)
+            ]
+        )
         Rb = np.clip(Rb / np.outer(att, att), -0.999, 0.999)
         np.fill_diagonal(Rb, 1.0)
-    if free is not None and free.any():  # pairs without a row-level target: no between target either
+    if (
+        free is not None and free.any()
+    ):  # pairs without a row-level target: no between target either
         Rb = complete_untargeted(nearest_correlation(Rb), free)
     trends = es.get("period_trend") or {}
-    ties = {j: (time_j, 1.0 if float(trends[c]["slope"]) >= 0 else -1.0) for j, c in enumerate(columns or [])
-            if c in trends and time_j is not None and j != time_j and float(trends[c]["slope"]) != 0.0}
+    ties = {
+        j: (time_j, 1.0 if float(trends[c]["slope"]) >= 0 else -1.0)
+        for j, c in enumerate(columns or [])
+        if c in trends and time_j is not None and j != time_j and float(trends[c]["slope"]) != 0.0
+    }
     Z = hierarchical_normals(R, eta, Rb, ent, rng, ties)
     lag = es.get("within_lag1")
     if lag and rng_ar is not None and len(ent):
-        target = np.asarray([np.nan if lag[i] is None else float(lag[i]) for i in act], dtype="float64")
+        target = np.asarray(
+            [np.nan if lag[i] is None else float(lag[i]) for i in act], dtype="float64"
+        )
         if np.isfinite(target).any():
-            Z = serial_within(Z, ent, period_order(ent, Z[:, time_j] if time_j is not None else None), target, margins, rng_ar)
+            Z = serial_within(
+                Z,
+                ent,
+                period_order(ent, Z[:, time_j] if time_j is not None else None),
+                target,
+                margins,
+                rng_ar,
+            )
     return Z
 
 
 def entity_columns(
-    cols: dict[str, np.ndarray], bp: Any, release: dict[str, Any], specs: dict[str, Any], act: list[int], Z: np.ndarray,
-    ent: np.ndarray, missing: dict[str, np.ndarray],
+    cols: dict[str, np.ndarray],
+    bp: Any,
+    release: dict[str, Any],
+    specs: dict[str, Any],
+    act: list[int],
+    Z: np.ndarray,
+    ent: np.ndarray,
+    missing: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Re-fill the time-invariant columns per entity (`fill_invariant`) and the panel's time
     column by `assign_periods`; other columns keep their copula values."""
@@ -632,7 +713,11 @@ def entity_columns(
         is_time = col == time
         if cp.kind == "empty" or not (is_time or es["invariant"].get(col)):
             continue
-        jd = [(j, i) for j, i in enumerate(act) if dims[i]["column"] == col and dims[i]["kind"] != "missing"]
+        jd = [
+            (j, i)
+            for j, i in enumerate(act)
+            if dims[i]["column"] == col and dims[i]["kind"] != "missing"
+        ]
         ok = ~missing[col]
         nn = int(ok.sum())
         if cp.kind == "continuous":
@@ -644,7 +729,14 @@ def entity_columns(
                 v = np.full(len(ent), np.nan)
                 v[ok] = uniq[codes[ok]]
             elif jd:
-                v = fill_invariant(np.full(len(ent), np.nan), "ordered", ent, ok, Z[:, [jd[0][0]]], sorted_values=vals)
+                v = fill_invariant(
+                    np.full(len(ent), np.nan),
+                    "ordered",
+                    ent,
+                    ok,
+                    Z[:, [jd[0][0]]],
+                    sorted_values=vals,
+                )
             else:
                 continue
             out[col] = v
@@ -656,16 +748,40 @@ def entity_columns(
         lev_arr = np.empty(len(levels), dtype=object)
         lev_arr[:] = levels
         if is_time:
-            z = Z[:, jd[0][0]] if (jd and dims[jd[0][1]]["kind"] == "ordered") else np.zeros(len(ent))
+            z = (
+                Z[:, jd[0][0]]
+                if (jd and dims[jd[0][1]]["kind"] == "ordered")
+                else np.zeros(len(ent))
+            )
             codes = assign_periods(ent, ok, np.repeat(np.arange(len(levels)), counts), z)
         elif not jd:
             continue
         elif dims[jd[0][1]]["kind"] == "ordered":
-            codes = fill_invariant(np.full(len(ent), -1), "ordered_codes", ent, ok, Z[:, [jd[0][0]]], sorted_values=np.repeat(np.arange(len(levels)), counts))
+            codes = fill_invariant(
+                np.full(len(ent), -1),
+                "ordered_codes",
+                ent,
+                ok,
+                Z[:, [jd[0][0]]],
+                sorted_values=np.repeat(np.arange(len(levels)), counts),
+            )
         else:
             dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
-            baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))
-            codes = fill_invariant(np.full(len(ent), -1), "nominal", ent, ok, Z[:, [j for j, _ in jd]], counts=counts, baseline=baseline, dim_levels=dim_levels)
+            baseline = max(
+                (k for k in range(len(levels)) if k not in dim_levels),
+                key=lambda k: (counts[k], -k),
+                default=int(np.argmax(counts)),
+            )
+            codes = fill_invariant(
+                np.full(len(ent), -1),
+                "nominal",
+                ent,
+                ok,
+                Z[:, [j for j, _ in jd]],
+                counts=counts,
+                baseline=baseline,
+                dim_levels=dim_levels,
+            )
         vals = np.full(len(ent), np.nan, dtype=object)
         vals[ok] = lev_arr[codes[ok]]
         out[col] = vals
@@ -681,7 +797,12 @@ def entity_fixed(release: dict[str, Any]) -> set[str]:
 
 
 def refine_invariant(
-    cols: dict[str, np.ndarray], release: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, max_sweeps: int = 40, min_gain: float = 0.01
+    cols: dict[str, np.ndarray],
+    release: dict[str, Any],
+    ent: np.ndarray,
+    rng: np.random.Generator,
+    max_sweeps: int = 40,
+    min_gain: float = 0.01,
 ) -> dict[str, np.ndarray]:
     """Swap the values of time-invariant columns between whole entities of equal size so the
     row-level rank correlations of these columns with every other dim approach the released
@@ -700,7 +821,12 @@ def refine_invariant(
     for j, d in enumerate(dims):
         c = d["column"]
         r = root.get(c, c)
-        if d["kind"] == "missing" or r not in fixed or c not in cols or pd.isna(pd.Series(cols[r])).any():
+        if (
+            d["kind"] == "missing"
+            or r not in fixed
+            or c not in cols
+            or pd.isna(pd.Series(cols[r])).any()
+        ):
             continue
         units.setdefault(r, []).append(j)
     if len(ent) == 0 or not units:
@@ -737,11 +863,18 @@ def refine_invariant(
             e, f = np.concatenate(e_list), np.concatenate(f_list)
             if not len(e):
                 continue
-            dC = (A[f] - A[e])[:, :, None] * (Sb[e] - Sb[f])[:, None, :] * M[None]  # pairs × |J| × |out|
+            dC = (
+                (A[f] - A[e])[:, :, None] * (Sb[e] - Sb[f])[:, None, :] * M[None]
+            )  # pairs × |J| × |out|
             base, cand = improving_swaps(E0, dC)
             if not len(cand):
                 continue
-            best_m, best_f = best_prefix(lambda m, cand=cand, E0=E0, dC=dC, base=base: float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base, len(cand))
+            best_m, best_f = best_prefix(
+                lambda m, cand=cand, E0=E0, dC=dC, base=base: (
+                    float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base
+                ),
+                len(cand),
+            )
             if best_m == 0:
                 continue
             take = cand[:best_m]
@@ -757,7 +890,9 @@ def refine_invariant(
             S[:, J] = newA * size[:, None]
             C = U.T @ U
             gained -= best_f
-        if gained <= min_gain * max(float(np.sum(np.where(np.isfinite(T), C - np.nan_to_num(T), 0.0) ** 2)), 1e-12):
+        if gained <= min_gain * max(
+            float(np.sum(np.where(np.isfinite(T), C - np.nan_to_num(T), 0.0) ** 2)), 1e-12
+        ):
             break
     out_cols = dict(cols)
     for r, pe in perm_e.items():
@@ -766,7 +901,9 @@ def refine_invariant(
     return out_cols
 
 
-def _pairwise_error(Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarray, T: np.ndarray, M: np.ndarray) -> float:
+def _pairwise_error(
+    Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarray, T: np.ndarray, M: np.ndarray
+) -> float:
     """Σ over the pairs in mask M of (r_ab − T_ab)², r_ab the Pearson correlation of the score
     columns a (of Ua) and b (of Ub) over the rows where both are present (Pa, Pb)."""
     Pa, Pb = Pa.astype("float64"), Pb.astype("float64")
@@ -780,7 +917,12 @@ def _pairwise_error(Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarr
 
 
 def refine_blocks(
-    cols: dict[str, np.ndarray], release: dict[str, Any], ent: np.ndarray, rng: np.random.Generator, max_sweeps: int = 100, min_gain: float = 0.001
+    cols: dict[str, np.ndarray],
+    release: dict[str, Any],
+    ent: np.ndarray,
+    rng: np.random.Generator,
+    max_sweeps: int = 100,
+    min_gain: float = 0.001,
 ) -> dict[str, np.ndarray]:
     """Swap a time-varying column's whole entity blocks (all its rows of the entity, missing
     values included, in period order) between entities with the same periods, so the
@@ -821,10 +963,16 @@ def refine_blocks(
     for e in range(G):
         rows = order[start[e] : start[e] + size[e]]
         key.setdefault((int(size[e]), *t[rows].tolist()), []).append(e)
-    classes = [np.asarray(v) for k, v in sorted(key.items(), key=lambda kv: tuple(map(str, kv[0]))) if len(v) >= 2 and k[0] > 0]
+    classes = [
+        np.asarray(v)
+        for k, v in sorted(key.items(), key=lambda kv: tuple(map(str, kv[0])))
+        if len(v) >= 2 and k[0] > 0
+    ]
     if not classes:
         return cols
-    rows_of = [np.stack([order[start[e] : start[e] + size[e]] for e in cl]) for cl in classes]  # class: entities × T
+    rows_of = [
+        np.stack([order[start[e] : start[e] + size[e]] for e in cl]) for cl in classes
+    ]  # class: entities × T
     X = synthetic_dim_matrix(pd.DataFrame(cols), release)
     U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
     P = ~np.isnan(X)
@@ -836,7 +984,9 @@ def refine_blocks(
         """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
         periods, or two rows of one entity."""
         if kind == "within":  # at most ~1.5M pair × dim × dim gain terms per batch, as refine_swaps
-            a, b = draw_pairs(rng.permutation(n), min(n // 2, max(512, 1_500_000 // (len(dims) ** 2 + 1))), ent)
+            a, b = draw_pairs(
+                rng.permutation(n), min(n // 2, max(512, 1_500_000 // (len(dims) ** 2 + 1))), ent
+            )
             return [(a[:, None], b[:, None])] if len(a) else []
         out_ = []
         for R_ in rows_of:
@@ -874,8 +1024,17 @@ def refine_blocks(
                 Tj = np.where(M, Tg[np.ix_(J, out)], 0.0)
                 exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
 
-                def change(m: int, cand: np.ndarray = cand, J: list[int] = J, out: np.ndarray = out, Tj: np.ndarray = Tj, M: np.ndarray = M,
-                           exact0: float = exact0, re_: list = re_, rf_: list = rf_) -> float:
+                def change(
+                    m: int,
+                    cand: np.ndarray = cand,
+                    J: list[int] = J,
+                    out: np.ndarray = out,
+                    Tj: np.ndarray = Tj,
+                    M: np.ndarray = M,
+                    exact0: float = exact0,
+                    re_: list = re_,
+                    rf_: list = rf_,
+                ) -> float:
                     a = np.concatenate([re_[i] for i in cand[:m]])
                     b = np.concatenate([rf_[i] for i in cand[:m]])
                     UJ, PJ = U[:, J].copy(), P[:, J].copy()
@@ -895,7 +1054,10 @@ def refine_blocks(
                     P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
                 gained -= best_f
         fin = np.isfinite(Tg)
-        if gained <= min_gain * max(_pairwise_error(U, P, U, P, np.nan_to_num(Tg), fin & ~np.eye(len(Tg), dtype=bool)), 1e-12):
+        if gained <= min_gain * max(
+            _pairwise_error(U, P, U, P, np.nan_to_num(Tg), fin & ~np.eye(len(Tg), dtype=bool)),
+            1e-12,
+        ):
             break
     out_cols = dict(cols)
     for r, pr in perm.items():
@@ -906,7 +1068,9 @@ def refine_blocks(
 
 # ----------------------------------------------------------------------------- time dynamics (outside)
 
-MAX_TREND_VARS = 20_000  # (period-set class × offset) cells above which offsets are not solved for exact counts
+MAX_TREND_VARS = (
+    20_000  # (period-set class × offset) cells above which offsets are not solved for exact counts
+)
 
 
 # Excess of a released within lag-1 autocorrelation over its value without persistence,
@@ -923,7 +1087,11 @@ def persistent_columns(release: dict[str, Any]) -> set[str]:
     g = (release.get("groups") or {}).get(es.get("column"), {})
     tbar = float(g.get("mean_size") or 0.0)
     base = -1.0 / (tbar - 1.0) if tbar > 1.0 else 0.0
-    return {d["column"] for d, v in zip(release["dims"], lag, strict=False) if v is not None and v - base >= PERSISTENT}
+    return {
+        d["column"]
+        for d, v in zip(release["dims"], lag, strict=False)
+        if v is not None and v - base >= PERSISTENT
+    }
 
 
 def entity_frozen(release: dict[str, Any]) -> set[str]:
@@ -956,7 +1124,12 @@ def nearest_level(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
 
 def trend_offsets(
-    natural: np.ndarray, sets: list[tuple[float, ...]], cls: np.ndarray, slope: float, levels: np.ndarray, counts: np.ndarray
+    natural: np.ndarray,
+    sets: list[tuple[float, ...]],
+    cls: np.ndarray,
+    slope: float,
+    levels: np.ndarray,
+    counts: np.ndarray,
 ) -> np.ndarray | None:
     """Entity offsets o_e (value at period 0) of a categorical period-trend column such that the
     row values nearest_level(o_e + slope · p), p over the entity's periods, have exactly the
@@ -970,7 +1143,11 @@ def trend_offsets(
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
-    periods = np.unique(np.concatenate([np.asarray(s, dtype="float64") for s in sets])) if sets else np.zeros(0)
+    periods = (
+        np.unique(np.concatenate([np.asarray(s, dtype="float64") for s in sets]))
+        if sets
+        else np.zeros(0)
+    )
     offs = np.unique(np.round((levels[:, None] - slope * periods[None, :]).ravel(), 9))
     S, K, L = len(sets), len(offs), len(levels)
     if S * K > MAX_TREND_VARS or K == 0:
@@ -1009,8 +1186,13 @@ def trend_offsets(
     big = 4.0 * float(len(cls)) + 1.0
     c = np.concatenate([np.zeros(nv), np.full(2 * L, big), np.ones(2 * nv)])
     integrality = np.concatenate([np.ones(nv), np.zeros(tot - nv)])
-    res = milp(c, constraints=LinearConstraint(A, b, b), integrality=integrality, bounds=Bounds(0, np.inf),
-               options={"presolve": True, "node_limit": 20_000})
+    res = milp(
+        c,
+        constraints=LinearConstraint(A, b, b),
+        integrality=integrality,
+        bounds=Bounds(0, np.inf),
+        options={"presolve": True, "node_limit": 20_000},
+    )
     if res.x is None:
         return None
     n = np.round(res.x[:nv]).astype("int64").reshape(S, K)
@@ -1024,7 +1206,9 @@ def trend_offsets(
     return out
 
 
-def _period_classes(e: np.ndarray, p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, list[tuple[float, ...]]]:
+def _period_classes(
+    e: np.ndarray, p: np.ndarray, idx: np.ndarray
+) -> tuple[np.ndarray, list[tuple[float, ...]]]:
     """Class (index into the sorted distinct period sets) of each entity in `idx`, and the
     period sets; rows given by entity `e` and period `p`."""
     order = np.lexsort((p, e))
@@ -1038,7 +1222,12 @@ def _period_classes(e: np.ndarray, p: np.ndarray, idx: np.ndarray) -> tuple[np.n
 
 
 def trend_columns(
-    cols: dict[str, np.ndarray], bp: Any, release: dict[str, Any], specs: dict[str, Any], ent: np.ndarray, missing: dict[str, np.ndarray]
+    cols: dict[str, np.ndarray],
+    bp: Any,
+    release: dict[str, Any],
+    specs: dict[str, Any],
+    ent: np.ndarray,
+    missing: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Period-trend columns rebuilt as entity offset + slope × period (the synthetic period of
     the row): the offset keeps the entity's level from the hierarchical copula (its natural
@@ -1081,7 +1270,9 @@ def trend_columns(
             if len(lev) < 2 or not np.isfinite(lev).all() or np.any(np.diff(lev) <= 0):
                 continue
             cls, uniq = _period_classes(e, p, idx)
-            off = trend_offsets(natural, uniq, cls, slope, lev, np.asarray(cp.counts, dtype="int64"))
+            off = trend_offsets(
+                natural, uniq, cls, slope, lev, np.asarray(cp.counts, dtype="int64")
+            )
             if off is None:  # too large or no solution: natural offsets on the level lattice
                 off = natural
             codes = nearest_level(off[pos[e]] + slope * p, lev)
@@ -1100,7 +1291,9 @@ def trend_columns(
                 # beyond the range are coded to its ends, as top/bottom coding the original
                 # at the released percentiles would.
                 sample = exact_values(cp.grid, int(ok.sum()), True)
-                lev = np.arange(sample[0], sample[-1] + 1.0)  # every integer in range: paths need no gaps
+                lev = np.arange(
+                    sample[0], sample[-1] + 1.0
+                )  # every integer in range: paths need no gaps
                 cnt = np.bincount((sample - sample[0]).astype("int64"), minlength=len(lev))
                 cls, uniq = _period_classes(e, p, idx)
                 off = trend_offsets(natural, uniq, cls, slope, lev, cnt) if len(lev) >= 2 else None
@@ -1129,7 +1322,11 @@ def trend_columns(
 
 
 def _rank_followers(
-    out: dict[str, np.ndarray], drawn: dict[str, np.ndarray], release: dict[str, Any], trends: dict[str, Any], missing: dict[str, np.ndarray]
+    out: dict[str, np.ndarray],
+    drawn: dict[str, np.ndarray],
+    release: dict[str, Any],
+    trends: dict[str, Any],
+    missing: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Columns released as a monotone function of a trend column (|Spearman| ≥ 0.999 with it:
     expersq beside exper) take their own drawn values in the rank order of the rebuilt trend
@@ -1149,7 +1346,14 @@ def _rank_followers(
         base = _as_float(out[col])
         for c, j in idx.items():
             v = S[idx[col]][j]
-            if c in done or v is None or abs(v) < 0.999 or es["invariant"].get(c) or c not in drawn or missing[c].any():
+            if (
+                c in done
+                or v is None
+                or abs(v) < 0.999
+                or es["invariant"].get(c)
+                or c not in drawn
+                or missing[c].any()
+            ):
                 continue
             x = _as_float(drawn[c])
             if not np.isfinite(x).all():
@@ -1199,7 +1403,13 @@ RHO_MAX = 0.995  # largest latent AR(1) coefficient the calibration may use
 
 
 def serial_within(
-    Z: np.ndarray, ent: np.ndarray, order: np.ndarray, target: np.ndarray, margins: list[Any] | None, rng: np.random.Generator, iterations: int = 8
+    Z: np.ndarray,
+    ent: np.ndarray,
+    order: np.ndarray,
+    target: np.ndarray,
+    margins: list[Any] | None,
+    rng: np.random.Generator,
+    iterations: int = 8,
 ) -> np.ndarray:
     """Latent normals Z (rows × dims, hierarchical: entity part + within part) with the within
     part of the dims with a finite `target` redrawn as a stationary AR(1) in period `order`.
@@ -1278,7 +1488,9 @@ def serial_within(
             best, best_err = Zn, err
         if err < 0.005:
             break
-        slope = np.ones(len(A))  # secant slope of achieved in ρ, per dim (1 until two iterates differ)
+        slope = np.ones(
+            len(A)
+        )  # secant slope of achieved in ρ, per dim (1 until two iterates differ)
         if prev_rho is not None:
             dr = rho - prev_rho
             sl = np.divide(got - prev_got, dr, out=np.ones(len(A)), where=np.abs(dr) > 1e-6)

@@ -93,7 +93,11 @@ def source_plan(release: dict[str, Any], rows: int) -> list[BlockPlan]:
         w = []
         for bid, _, _ in blocks:
             if bid == RESIDUAL:
-                rel = sum(release["blocks"][b]["marginals"][s.name]["missing"] for b, _, _ in blocks if b != RESIDUAL)
+                rel = sum(
+                    release["blocks"][b]["marginals"][s.name]["missing"]
+                    for b, _, _ in blocks
+                    if b != RESIDUAL
+                )
                 w.append(max(all_m[s.name]["missing"] - rel, 0))
             else:
                 w.append(release["blocks"][bid]["marginals"][s.name]["missing"])
@@ -111,7 +115,9 @@ def source_plan(release: dict[str, Any], rows: int) -> list[BlockPlan]:
             m_count = int(missing[s.name][bi])
             if s.name in strata and key is not None:
                 value = key[release["strata"]["columns"].index(s.name)]
-                cols[s.name] = ColumnPlan("categorical", 0, levels=[value], counts=[n], ordered=True)
+                cols[s.name] = ColumnPlan(
+                    "categorical", 0, levels=[value], counts=[n], ordered=True
+                )
                 continue
             m = bm.get(s.name)
             fallback = False
@@ -122,23 +128,39 @@ def source_plan(release: dict[str, Any], rows: int) -> list[BlockPlan]:
                 continue
             nn = n - m_count
             if m["kind"] == "continuous":
-                cols[s.name] = ColumnPlan("continuous", m_count, grid=m["grid"], from_source_level=fallback)
+                cols[s.name] = ColumnPlan(
+                    "continuous", m_count, grid=m["grid"], from_source_level=fallback
+                )
             elif m["kind"] == "ordinal_grid":
                 levels = list(all_m[s.name]["table"]["levels"])
                 shares = grid_level_shares(np.asarray(m["grid"]), levels)
                 if shares.sum() <= 0:
                     shares = np.asarray(all_m[s.name]["table"]["counts"], dtype="float64")
-                cols[s.name] = ColumnPlan("categorical", m_count, levels=levels, counts=apportion(shares, nn).tolist(), ordered=True)
+                cols[s.name] = ColumnPlan(
+                    "categorical",
+                    m_count,
+                    levels=levels,
+                    counts=apportion(shares, nn).tolist(),
+                    ordered=True,
+                )
             else:
                 t = FrequencyTable.from_dict(m["table"])
                 if s.name in raked and not fallback:
                     levels, shares = raked[s.name][0], raked[s.name][1][bi]
                 else:
-                    ref = FrequencyTable.from_dict(all_m[s.name]["table"]) if all_m[s.name]["kind"] == "categorical" else None
+                    ref = (
+                        FrequencyTable.from_dict(all_m[s.name]["table"])
+                        if all_m[s.name]["kind"] == "categorical"
+                        else None
+                    )
                     levels, shares = synthesis_shares(t, ref)
                 cols[s.name] = ColumnPlan(
-                    "categorical", m_count, levels=levels, counts=apportion(shares, nn).tolist(),
-                    ordered=t.ordered, from_source_level=fallback,
+                    "categorical",
+                    m_count,
+                    levels=levels,
+                    counts=apportion(shares, nn).tolist(),
+                    ordered=t.ordered,
+                    from_source_level=fallback,
                 )
         for b, spec in release.get("derived", {}).items():
             cpa = cols.get(spec["from"])
@@ -148,14 +170,25 @@ def source_plan(release: dict[str, Any], rows: int) -> list[BlockPlan]:
             if cpa.kind == "categorical":
                 levels_b = list(tb["table"]["levels"])
                 counts = derived_counts(cpa.levels or [], cpa.counts or [], levels_b, spec)
-                cols[b] = ColumnPlan("categorical", cpa.missing, levels=levels_b, counts=counts, ordered=tb["table"]["ordered"])
+                cols[b] = ColumnPlan(
+                    "categorical",
+                    cpa.missing,
+                    levels=levels_b,
+                    counts=counts,
+                    ordered=tb["table"]["ordered"],
+                )
             elif cpa.kind == "empty":
                 cols[b] = ColumnPlan("empty", cpa.missing)
         out.append(BlockPlan(id=bid, stats=stats, rows=n, key=key, columns=cols))
     return out
 
 
-def _raked_tables(release: dict[str, Any], blocks: list[tuple[str, int, Any]], data_cols: list[ColumnSpec], strata: set[str]) -> dict[str, tuple[list[Any], list[np.ndarray]]]:
+def _raked_tables(
+    release: dict[str, Any],
+    blocks: list[tuple[str, int, Any]],
+    data_cols: list[ColumnSpec],
+    strata: set[str],
+) -> dict[str, tuple[list[Any], list[np.ndarray]]]:
     """For stratified sources: each categorical column's per-block shares with suppressed
     cells estimated by raking against the source-level table (see `rake_blocks`). The
     residual block has no table of its own: all its mass is free."""
@@ -175,8 +208,11 @@ def _raked_tables(release: dict[str, Any], blocks: list[tuple[str, int, Any]], d
         for bid, _, _ in blocks:
             if bid == RESIDUAL:
                 rel_nm = sum(
-                    FrequencyTable.from_dict(release["blocks"][b]["marginals"][s.name]["table"]).total
-                    for b, _, _ in blocks if b != RESIDUAL
+                    FrequencyTable.from_dict(
+                        release["blocks"][b]["marginals"][s.name]["table"]
+                    ).total
+                    for b, _, _ in blocks
+                    if b != RESIDUAL
                 )
                 fixed.append({})
                 free_mass.append(max(nonmissing_all - rel_nm, 0))
@@ -193,7 +229,10 @@ def _raked_tables(release: dict[str, Any], blocks: list[tuple[str, int, Any]], d
         if not ok:
             continue
         est = rake_blocks(levels, src_shares * nonmissing_all, fixed, free_mass, free_levels)
-        shares = [e / e.sum() if e.sum() > 0 else np.full(len(levels), 1.0 / max(len(levels), 1)) for e in est]
+        shares = [
+            e / e.sum() if e.sum() > 0 else np.full(len(levels), 1.0 / max(len(levels), 1))
+            for e in est
+        ]
         out[s.name] = (levels, shares)
     return out
 

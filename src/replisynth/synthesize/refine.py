@@ -52,7 +52,9 @@ SAMPLE_ROWS = 1 << 15
 TOL = 0.004
 
 
-def view_samples(views: list[np.ndarray], rng: np.random.Generator, tol: float = TOL, size: int = SAMPLE_ROWS) -> list[np.ndarray | None]:
+def view_samples(
+    views: list[np.ndarray], rng: np.random.Generator, tol: float = TOL, size: int = SAMPLE_ROWS
+) -> list[np.ndarray | None]:
     """For each view (its rows), a sorted random `size` of its rows when it is large (at
     least 1/tol² rows), None when it is refined in full."""
     big = int(np.ceil(1.0 / tol**2)) if tol > 0 else None
@@ -61,7 +63,11 @@ def view_samples(views: list[np.ndarray], rng: np.random.Generator, tol: float =
         if big is None or len(rows) < big:
             out.append(None)
         else:
-            out.append(np.sort(rows[rng.choice(len(rows), size, replace=False)]) if len(rows) > size else rows)
+            out.append(
+                np.sort(rows[rng.choice(len(rows), size, replace=False)])
+                if len(rows) > size
+                else rows
+            )
     return out
 
 
@@ -71,10 +77,18 @@ def worst_error(X: np.ndarray, rows: np.ndarray, target: np.ndarray) -> float:
     return float(np.max(np.abs(v.error()), initial=0.0))
 
 
-def settled_views(X: np.ndarray, samples: list[np.ndarray | None], targets: list[np.ndarray], comfort: float = COMFORT) -> list[bool]:
+def settled_views(
+    X: np.ndarray,
+    samples: list[np.ndarray | None],
+    targets: list[np.ndarray],
+    comfort: float = COMFORT,
+) -> list[bool]:
     """Per view: large (sampled, `view_samples`) and within `comfort` of its target on its
     sample (rows of X), so it is left as drawn."""
-    return [s is not None and worst_error(X, s, t) <= comfort for s, t in zip(samples, targets, strict=True)]
+    return [
+        s is not None and worst_error(X, s, t) <= comfort
+        for s, t in zip(samples, targets, strict=True)
+    ]
 
 
 def best_prefix(change: Callable[[int], float], n: int) -> tuple[int, float]:
@@ -114,7 +128,9 @@ def scores(x: np.ndarray) -> np.ndarray:
     return u
 
 
-def _corr(C: np.ndarray, Aij: np.ndarray, Aji: np.ndarray, Qij: np.ndarray, Qji: np.ndarray, N: np.ndarray) -> np.ndarray:
+def _corr(
+    C: np.ndarray, Aij: np.ndarray, Aji: np.ndarray, Qij: np.ndarray, Qji: np.ndarray, N: np.ndarray
+) -> np.ndarray:
     """Pearson correlation over common rows from the running sums (0 where undefined)."""
     Nn = np.maximum(N, 1.0)
     num = C - Aij * Aji / Nn
@@ -162,7 +178,11 @@ class _View:
 def _rows_key(rows: np.ndarray) -> slice | np.ndarray:
     """`rows` as a slice when they are a contiguous ascending run (strata blocks, all rows):
     reading X through a slice skips the gather."""
-    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1))):
+    if (
+        len(rows)
+        and rows[-1] - rows[0] == len(rows) - 1
+        and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1)))
+    ):
         return slice(int(rows[0]), int(rows[-1]) + 1)
     return rows
 
@@ -192,7 +212,11 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
                 U[a : a + step, j] = c[a : a + step]
         del cols
     miss = np.asarray([j for j in range(d) if present[j] is not None], dtype=np.intp)
-    Pm = np.column_stack([present[j] for j in miss]).astype("float64") if len(miss) else np.zeros((len(rows), 0))
+    Pm = (
+        np.column_stack([present[j] for j in miss]).astype("float64")
+        if len(miss)
+        else np.zeros((len(rows), 0))
+    )
     M = np.isfinite(target).astype("float64")
     np.fill_diagonal(M, 0.0)
     pos = np.full(n, -1, dtype="int64")
@@ -201,7 +225,9 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
 
 
-def view_sums(U: np.ndarray, Pm: np.ndarray, miss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def view_sums(
+    U: np.ndarray, Pm: np.ndarray, miss: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A (Σ U over rows where the other dim is present), Q (the same of U²) and N (pairwise
     present counts) of a view with scores U (rows × d) and presence Pm of the dims `miss`
     (the others are present everywhere); sums of U² without an n × d temporary (the memory
@@ -213,7 +239,10 @@ def view_sums(U: np.ndarray, Pm: np.ndarray, miss: np.ndarray) -> tuple[np.ndarr
     if len(miss):
         A[:, miss] = U.T @ Pm
         step = 1 << 16
-        Q[:, miss] = sum(((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, rows, step)), np.zeros((d, len(miss))))
+        Q[:, miss] = sum(
+            ((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, rows, step)),
+            np.zeros((d, len(miss))),
+        )
         cnt = Pm.sum(0)
         N[miss, :] = cnt[:, None]
         N[:, miss] = cnt[None, :]
@@ -270,7 +299,16 @@ def penalty(blk: tuple[np.ndarray, ...], dC, dA, dQ, tau: float, weight: float) 
     return (e * e + weight * (h * h + 1e4 * g * g)).sum(axis=(-1, -2))
 
 
-def accept_swaps(v: _View, a_r: np.ndarray, a_s: np.ndarray, dims: list[int], out: np.ndarray, dC: np.ndarray, dA: np.ndarray, dQ: np.ndarray) -> None:
+def accept_swaps(
+    v: _View,
+    a_r: np.ndarray,
+    a_s: np.ndarray,
+    dims: list[int],
+    out: np.ndarray,
+    dC: np.ndarray,
+    dA: np.ndarray,
+    dQ: np.ndarray,
+) -> None:
     """Apply accepted disjoint swaps (view positions a_r <-> a_s of the unit `dims`) to a
     view: its scores and the running sums of the unit's pairs (dC, dA, dQ: summed changes)."""
     for a in dims:
@@ -294,7 +332,15 @@ class _Proposals:
     intermediate arrays. Dims with missing values are scored through `_objective` as before.
     Accepted sums are du[take]' dU[take] (same changes as summing the outer products)."""
 
-    def __init__(self, v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out: np.ndarray, bind: bool = True) -> None:
+    def __init__(
+        self,
+        v: _View,
+        r: np.ndarray,
+        s: np.ndarray,
+        dims: list[int],
+        out: np.ndarray,
+        bind: bool = True,
+    ) -> None:
         self.v, self.dims, self.out = v, dims, out
         self.pr, self.ps = pr, ps = v.pos[r], v.pos[s]
         Ur, Us = v.U.take(pr, axis=0), v.U.take(ps, axis=0)
@@ -362,7 +408,9 @@ class _Proposals:
         accept_swaps(self.v, self.pr[take], self.ps[take], self.dims, self.out, *self.sums(take))
 
 
-def _compound_units(units: list[list[int]], errs: list[np.ndarray], far: float, limit: int = 12) -> list[tuple[list[int], list[int]]]:
+def _compound_units(
+    units: list[list[int]], errs: list[np.ndarray], far: float, limit: int = 12
+) -> list[tuple[list[int], list[int]]]:
     """Pairs of units to swap together while chasing: two units both off by more than `far`
     against a common third dim. Three-way structure (c = a or b, a and b exclusive) is a local
     optimum of single-column swaps; moving (a, b) as one keeps their own pair and fixes c's."""
@@ -429,7 +477,9 @@ def refine_swaps(
         return perms
     targets = group_targets + ([global_target] if global_target is not None else [])
     if settled is None and labels is None:
-        samples = view_samples(groups + ([np.arange(n)] if global_target is not None else []), rng, tol)
+        samples = view_samples(
+            groups + ([np.arange(n)] if global_target is not None else []), rng, tol
+        )
         settled = settled_views(X, samples, targets, comfort)
     if settled is not None:
         keep = [not x for x in settled[: len(groups)]]
@@ -453,8 +503,13 @@ def refine_swaps(
     # Blocks that share no row can prepare their batches at once (threads): a block's swaps
     # move only its own rows, so another block's prepared scores stay valid; only the
     # shared view's running sums move, and those are read when a batch is scored, in order.
-    disjoint = not views or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
-    eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # (unit dims, view) -> rows where the unit is present
+    disjoint = (
+        not views
+        or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
+    )
+    eligible: dict[
+        tuple[tuple[int, ...], int], np.ndarray
+    ] = {}  # (unit dims, view) -> rows where the unit is present
     unit_ok: dict[tuple[int, ...], np.ndarray | None] = {}  # None: present on every row
     stale = 0
     prev = np.inf
@@ -496,14 +551,19 @@ def refine_swaps(
                         ok = present[:, dims].all(axis=1)
                         unit_ok[tuple(dims)] = None if ok.all() else ok
                     ok = unit_ok[tuple(dims)]
-                    eligible[key] = view.rows if ok is None else view.rows[ok[view.rows]]  # no copy when complete
+                    eligible[key] = (
+                        view.rows if ok is None else view.rows[ok[view.rows]]
+                    )  # no copy when complete
                 rows = eligible[key]
                 if len(rows) < 4:
                     continue
                 perm = rng.permutation(len(rows))
                 # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
                 # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
-                half = min(len(rows) // 2, max(max_pairs, min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1))))
+                half = min(
+                    len(rows) // 2,
+                    max(max_pairs, min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1))),
+                )
                 if labels is None:  # draw_pairs' halves of the random order, read without the rest
                     r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
                 else:
@@ -512,7 +572,9 @@ def refine_swaps(
                     continue
                 batches.append((active, r, s))
 
-            def prepare(batch: tuple, dims: list[int] = dims, out: np.ndarray = out) -> list[_Proposals]:
+            def prepare(
+                batch: tuple, dims: list[int] = dims, out: np.ndarray = out
+            ) -> list[_Proposals]:
                 active, r, s = batch
                 return [_Proposals(v, r, s, dims, out, bind=False) for v in active]
 
@@ -550,7 +612,9 @@ def refine_swaps(
     return perms
 
 
-def draw_pairs(order: np.ndarray, half: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def draw_pairs(
+    order: np.ndarray, half: int, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint row arrays (r, s) of swap partners from `order` (rows in random order):
     the first and second halves, or with `labels`, up to `half` pairs of rows with equal labels
     (same entity), so a swap moves values only within an entity."""
@@ -574,7 +638,13 @@ def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
     """Released Spearman matrix of a block over all dims, NaN where not targeted (gated
     pairs, and pairs of indicators of one nominal column, made exclusive by construction)."""
     dims = release["dims"]
-    T = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][stats_id]["spearman"]], dtype="float64")
+    T = np.asarray(
+        [
+            [np.nan if v is None else v for v in row]
+            for row in release["blocks"][stats_id]["spearman"]
+        ],
+        dtype="float64",
+    )
     cols = [d["column"] for d in dims]
     ind = np.asarray([d["kind"] == "indicator" for d in dims])
     same = (np.asarray(cols)[:, None] == np.asarray(cols)[None, :]) & ind[:, None] & ind[None, :]

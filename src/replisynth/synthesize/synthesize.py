@@ -126,7 +126,11 @@ def _fill_block(
             codes = ordered_values(Z[ok, jd[0][0]], counts)
         else:
             dim_levels = [levels.index(dims[i]["level"]) for _, i in jd]
-            baseline = max((k for k in range(len(levels)) if k not in dim_levels), key=lambda k: (counts[k], -k), default=int(np.argmax(counts)))
+            baseline = max(
+                (k for k in range(len(levels)) if k not in dim_levels),
+                key=lambda k: (counts[k], -k),
+                default=int(np.argmax(counts)),
+            )
             codes = nominal_values(Z[ok][:, [j for j, _ in jd]], counts, baseline, dim_levels)
         if col in as_float and len(levels):
             v = np.full(n, np.nan)
@@ -143,7 +147,12 @@ def _fill_block(
 
 
 def synthesize_block(
-    bp: BlockPlan, release: dict[str, Any], specs: dict[str, ColumnSpec], seed: int, source: str, ent: np.ndarray | None = None
+    bp: BlockPlan,
+    release: dict[str, Any],
+    specs: dict[str, ColumnSpec],
+    seed: int,
+    source: str,
+    ent: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Values of every column of one block (object/float arrays, NaN = missing). With `ent`
     (entity index per row, `entities.skeleton`) the latent normals are hierarchical and
@@ -166,17 +175,32 @@ def synthesize_block(
             else:
                 m[r_miss.choice(n, size=cp.missing, replace=False)] = True
         missing[col] = m
-    S_full = np.asarray([[np.nan if v is None else v for v in row] for row in release["blocks"][bp.stats]["spearman"]], dtype="float64")
+    S_full = np.asarray(
+        [
+            [np.nan if v is None else v for v in row]
+            for row in release["blocks"][bp.stats]["spearman"]
+        ],
+        dtype="float64",
+    )
     target = S_full[np.ix_(act, act)] if act else np.zeros((0, 0))
     finite = np.isfinite(target)
     # Indicators of one nominal column are made mutually exclusive by the allocation itself,
     # so their latent utilities stay independent and their pairs are not targeted.
     cols_act = [dims[i]["column"] for i in act]
-    same = np.asarray([[a == b and dims[act[i]]["kind"] == "indicator" for b in cols_act] for i, a in enumerate(cols_act)], dtype=bool).reshape(len(act), len(act))
+    same = np.asarray(
+        [
+            [a == b and dims[act[i]]["kind"] == "indicator" for b in cols_act]
+            for i, a in enumerate(cols_act)
+        ],
+        dtype=bool,
+    ).reshape(len(act), len(act))
     finite &= ~same
     target = np.where(finite, target, 0.0)
     np.fill_diagonal(target, 1.0)
-    margins = [_margin(dims[i], bp.columns[dims[i]["column"]], n, specs[dims[i]["column"]].integer) for i in act]
+    margins = [
+        _margin(dims[i], bp.columns[dims[i]["column"]], n, specs[dims[i]["column"]].integer)
+        for i in act
+    ]
     r_cop = make_rng(seed, source, bp.id, "copula")
     R = nearest_correlation(latent_matrix(target, margins))
     if ent is None:
@@ -184,9 +208,29 @@ def synthesize_block(
     else:
         time = (release.get("panel") or {}).get("time")
         R = complete_untargeted(R, ~finite)
-        time_j = next((j for j, i in enumerate(act) if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")), None)
-        Z = entity_normals(R, act, release["entity_structure"], ent, r_cop, margins, time_j, make_rng(seed, source, bp.id, "serial"),
-                           columns=[dims[i]["column"] if dims[i]["kind"] in ("ordered", "continuous") else "" for i in act], free=~finite)
+        time_j = next(
+            (
+                j
+                for j, i in enumerate(act)
+                if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")
+            ),
+            None,
+        )
+        Z = entity_normals(
+            R,
+            act,
+            release["entity_structure"],
+            ent,
+            r_cop,
+            margins,
+            time_j,
+            make_rng(seed, source, bp.id, "serial"),
+            columns=[
+                dims[i]["column"] if dims[i]["kind"] in ("ordered", "continuous") else ""
+                for i in act
+            ],
+            free=~finite,
+        )
     # Missing positions of columns with a missingness dim: the rows with the largest latent.
     for j, i in enumerate(act):
         if dims[i]["kind"] == "missing":
@@ -197,7 +241,15 @@ def synthesize_block(
                 if c in missing and int(missing[c].sum()) == int(mask.sum()):
                     missing[c] = mask
     numeric = frozenset(numeric_level_columns([bp], release)) if ent is None else frozenset()
-    cols = _fill_block(bp, dims, act, Z, missing, specs, frozenset(c for c in numeric if specs[c].logical_type in ("integer", "float")))
+    cols = _fill_block(
+        bp,
+        dims,
+        act,
+        Z,
+        missing,
+        specs,
+        frozenset(c for c in numeric if specs[c].logical_type in ("integer", "float")),
+    )
     if ent is not None:
         cols = entity_columns(cols, bp, release, specs, act, Z, ent, missing)
         cols = trend_columns(cols, bp, release, specs, ent, missing)
@@ -249,8 +301,14 @@ def _restore_dtype(values: np.ndarray, spec: ColumnSpec, release: dict[str, Any]
         return f
     if lt == "categorical":
         cats = _released_levels(release, spec.name)
-        return pd.Series(pd.Categorical(s.where(~miss, None), categories=cats, ordered=spec.ordered))
-    return s.where(~miss, np.nan).astype("str") if not miss.all() else pd.Series([np.nan] * len(s), dtype="str")
+        return pd.Series(
+            pd.Categorical(s.where(~miss, None), categories=cats, ordered=spec.ordered)
+        )
+    return (
+        s.where(~miss, np.nan).astype("str")
+        if not miss.all()
+        else pd.Series([np.nan] * len(s), dtype="str")
+    )
 
 
 def _released_levels(release: dict[str, Any], col: str) -> list[Any]:
@@ -315,11 +373,18 @@ def numeric_level_columns(plan: list[BlockPlan], release: dict[str, Any]) -> set
 
 def _as_float(cols: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
     """`cols` with the columns `names` (object arrays of numbers and NaN) as float64."""
-    return {c: v.astype("float64") if c in names and v.dtype == object else v for c, v in cols.items()}
+    return {
+        c: v.astype("float64") if c in names and v.dtype == object else v for c, v in cols.items()
+    }
 
 
 def refine_source(
-    cols: dict[str, np.ndarray], plan: list[BlockPlan], release: dict[str, Any], seed: int, source: str, ent: np.ndarray | None = None
+    cols: dict[str, np.ndarray],
+    plan: list[BlockPlan],
+    release: dict[str, Any],
+    seed: int,
+    source: str,
+    ent: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Swap-refine the stacked blocks towards each block's and the source's Spearman targets.
     With `ent` (entity per row) swaps stay inside an entity and time-invariant columns and
@@ -337,12 +402,21 @@ def refine_source(
     numeric = numeric_level_columns(plan, release) if ent is None else set()
     settled = None
     if ent is None:  # large blocks within comfort stay as drawn, judged on a sample of their rows
-        samples = view_samples(groups + ([np.arange(bounds[-1])] if glob is not None else []), make_rng(seed, source, "refine", "check"))
+        samples = view_samples(
+            groups + ([np.arange(bounds[-1])] if glob is not None else []),
+            make_rng(seed, source, "refine", "check"),
+        )
         settled = [False] * len(samples)
         if any(s is not None for s in samples):
             union = np.unique(np.concatenate([s for s in samples if s is not None]))
-            Xs = synthetic_dim_matrix(pd.DataFrame(_as_float({c: v[union] for c, v in cols.items()}, numeric)), release, order="F")
-            at = [None if s is None else np.searchsorted(union, s) for s in samples]  # their rows of Xs
+            Xs = synthetic_dim_matrix(
+                pd.DataFrame(_as_float({c: v[union] for c, v in cols.items()}, numeric)),
+                release,
+                order="F",
+            )
+            at = [
+                None if s is None else np.searchsorted(union, s) for s in samples
+            ]  # their rows of Xs
             settled = settled_views(Xs, at, targets + ([glob] if glob is not None else []))
             del Xs
             if all(settled):
@@ -354,9 +428,20 @@ def refine_source(
     units: dict[str, list[int]] = {}
     fixed = entity_frozen(release) if ent is not None else set()
     for j, d in enumerate(dims):
-        if d["kind"] != "missing" and root.get(d["column"], d["column"]) not in fixed:  # missing positions only steer
+        if (
+            d["kind"] != "missing" and root.get(d["column"], d["column"]) not in fixed
+        ):  # missing positions only steer
             units.setdefault(root.get(d["column"], d["column"]), []).append(j)
-    perms = refine_swaps(X, groups, targets, glob, list(units.values()), make_rng(seed, source, "refine"), labels=ent, settled=settled)
+    perms = refine_swaps(
+        X,
+        groups,
+        targets,
+        glob,
+        list(units.values()),
+        make_rng(seed, source, "refine"),
+        labels=ent,
+        settled=settled,
+    )
     out = dict(cols)
     for unit_root, perm in zip(units, perms, strict=True):
         for col in [unit_root, *[b for b, a in root.items() if a == unit_root]]:
@@ -373,7 +458,10 @@ def _group_column(ids: np.ndarray, spec: ColumnSpec) -> pd.Series:
 
 
 def synthesize_source(
-    release: dict[str, Any], seed: int, rows: int | None = None, blocks: dict[str, dict[str, np.ndarray]] | None = None
+    release: dict[str, Any],
+    seed: int,
+    rows: int | None = None,
+    blocks: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """The synthetic data of one source (before Layer 4), from its release and the seed.
     `blocks` (block id -> column values) are blocks already sampled by `synthesize_block`
@@ -384,29 +472,56 @@ def synthesize_source(
     specs = {s.name: s for s in specs_list}
     plan = source_plan(release, rows)
     # Entity structure released and one block: the hierarchical copula (replisynth.synthesize.entities).
-    ent = skeleton(plan[0], release) if release.get("entity_structure") and len(plan) == 1 and blocks is None else None
-    parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs_list if s.role in ("continuous", "categorical")}
+    ent = (
+        skeleton(plan[0], release)
+        if release.get("entity_structure") and len(plan) == 1 and blocks is None
+        else None
+    )
+    parts: dict[str, list[np.ndarray]] = {
+        s.name: [] for s in specs_list if s.role in ("continuous", "categorical")
+    }
     # blocks draw from their own seeded streams, so they are sampled on threads (results in plan order)
-    sampled = [blocks[bp.id] for bp in plan] if blocks is not None else thread_map(lambda bp: synthesize_block(bp, release, specs, seed, source, ent=ent), plan)
+    sampled = (
+        [blocks[bp.id] for bp in plan]
+        if blocks is not None
+        else thread_map(
+            lambda bp: synthesize_block(bp, release, specs, seed, source, ent=ent), plan
+        )
+    )
     for vals in sampled:
         for c in parts:
             parts[c].append(vals[c])
     del sampled
-    cols = {c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()}
-    del parts  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
+    cols = {
+        c: np.concatenate(v) if v else np.full(rows, np.nan, dtype=object) for c, v in parts.items()
+    }
+    del (
+        parts
+    )  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
     if ent is None:  # numeric levels of integer and float columns restore from floats (same values)
-        numeric = {s.name for s in specs_list if s.logical_type in ("integer", "float")} & numeric_level_columns(plan, release)
+        numeric = {
+            s.name for s in specs_list if s.logical_type in ("integer", "float")
+        } & numeric_level_columns(plan, release)
         cols = _as_float(cols, numeric)
     perm = make_rng(seed, source, "shuffle").permutation(rows)
     data: dict[str, pd.Series] = {}
     for s in specs_list:
         if s.role == "id":
             data[s.name] = pd.Series(np.arange(1, rows + 1, dtype="int64"))
-        elif s.role == "group" and ent is not None and s.name == release["entity_structure"]["column"]:
+        elif (
+            s.role == "group"
+            and ent is not None
+            and s.name == release["entity_structure"]["column"]
+        ):
             data[s.name] = _group_column(ent[perm] + 1, s)
         elif s.role == "group":
-            data[s.name] = _group_column(_group_ids(rows, release["groups"][s.name], make_rng(seed, source, "groups", s.name)), s)
+            data[s.name] = _group_column(
+                _group_ids(
+                    rows, release["groups"][s.name], make_rng(seed, source, "groups", s.name)
+                ),
+                s,
+            )
         else:
             v = cols[s.name][perm]
             data[s.name] = _restore_dtype(v, s, release)

@@ -113,9 +113,11 @@ def _software(sw: dict[str, Any] | None) -> str:
 
 
 def _status_counts(checkpoints: dict[str, Any]) -> str:
-    """"2 verified, 1 rejected" (fixed order, then other statuses alphabetically)."""
+    """ "2 verified, 1 rejected" (fixed order, then other statuses alphabetically)."""
     c = Counter(str(cp.get("status")) for cp in checkpoints.values())
-    order = [s for s in ("verified", "rejected", "failed") if s in c] + sorted(s for s in c if s not in ("verified", "rejected", "failed"))
+    order = [s for s in ("verified", "rejected", "failed") if s in c] + sorted(
+        s for s in c if s not in ("verified", "rejected", "failed")
+    )
     return ", ".join(f"{c[s]} {s}" for s in order)
 
 
@@ -132,7 +134,7 @@ def certificate_text(tiers: dict) -> str:
     rows = sum(int(s.get("rows") or 0) for s in sources.values())
     per = "; ".join(f"{k}: {_int(s.get('rows'))} rows" for k, s in sources.items())
     out = [
-        f"Synthetic data for \"{tiers.get('name')}\" were generated with replisynth and met fidelity tier "
+        f'Synthetic data for "{tiers.get("name")}" were generated with replisynth and met fidelity tier '
         f"{tiers.get('tier_met')} (tier {tiers.get('tier_required')} required; verification {verdict}).",
         f"The run covers {_plural(len(sources), 'source')} ({per}), {rows:,} synthetic rows in total, and "
         f"{_plural(len(cps), 'checkpoint')}" + (f" ({_status_counts(cps)})." if cps else "."),
@@ -144,41 +146,67 @@ def certificate_text(tiers: dict) -> str:
             f"95th percentile {_f(summ.get('p95'))} and maximum {_f(summ.get('max'))} "
             f"(maximum {_f(summ.get('max_target_se'))} relative to the target SE); "
             f"{_pct(summ.get('share_below_1'))} of terms were within 1 SE, {_pct(summ.get('share_below_2'))} "
-            f"within 2 SE and {_pct(summ.get('share_below_3'))} within 3 SE.")
+            f"within 2 SE and {_pct(summ.get('share_below_3'))} within 3 SE."
+        )
         if summ.get("se_ratio_min") is not None:
-            out.append(f"The ratio of synthetic to target standard errors ranged from {_f(summ.get('se_ratio_min'))} "
-                       f"to {_f(summ.get('se_ratio_max'))} (median {_f(summ.get('se_ratio_median'))}).")
+            out.append(
+                f"The ratio of synthetic to target standard errors ranged from {_f(summ.get('se_ratio_min'))} "
+                f"to {_f(summ.get('se_ratio_max'))} (median {_f(summ.get('se_ratio_median'))})."
+            )
     else:
         out.append("No checkpoint coefficient terms were verified, so tier 4 is not claimed.")
     rejected = {t: c for t, c in cps.items() if c.get("status") == "rejected"}
     if rejected:
-        out.append("Rejected by disclosure control and not verified: "
-                   + "; ".join(f"{t} ({c.get('reason') or 'no reason recorded'})" for t, c in rejected.items()) + ".")
-    costs = [c.get("rounding_cost_dbeta_se") for c in cps.values() if c.get("rounding_cost_dbeta_se") is not None]
+        out.append(
+            "Rejected by disclosure control and not verified: "
+            + "; ".join(
+                f"{t} ({c.get('reason') or 'no reason recorded'})" for t, c in rejected.items()
+            )
+            + "."
+        )
+    costs = [
+        c.get("rounding_cost_dbeta_se")
+        for c in cps.values()
+        if c.get("rounding_cost_dbeta_se") is not None
+    ]
     if costs:
-        out.append(f"Released coefficients were rounded for disclosure control; the rounding moves a coefficient by at most "
-                   f"{_f(max(costs))} of its standard error relative to the unrounded original.")
+        out.append(
+            f"Released coefficients were rounded for disclosure control; the rounding moves a coefficient by at most "
+            f"{_f(max(costs))} of its standard error relative to the unrounded original."
+        )
     out.append(information_caveat(tiers))
-    out.append(f"Seed {tiers.get('seed')}; bundle sha256 {tiers.get('bundle_sha256')}; "
-               f"software: {_software(tiers.get('software'))}.")
+    out.append(
+        f"Seed {tiers.get('seed')}; bundle sha256 {tiers.get('bundle_sha256')}; "
+        f"software: {_software(tiers.get('software'))}."
+    )
     return " ".join(out)
 
 
 def information_caveat(tiers: dict) -> str:
     """What synthetic data are and are not (docs/method.md, "Synthetic data carry no new
     information"): a masking of the original, never an augmentation."""
-    text = ("The synthetic data are a masking of the original data, not new data: they carry no information "
-            "about the population beyond what the original data hold. They are for running and checking code "
-            "and for reproducing the checkpoints; standard errors, tests and confidence intervals computed on "
-            "them do not measure uncertainty about the population, and any analysis beyond the checkpoints "
-            "must be confirmed on the original data.")
-    grown = [k for k, s in (tiers.get("sources") or {}).items()
-             if s.get("original_rows") is not None and s.get("rows") != s.get("original_rows")]
+    text = (
+        "The synthetic data are a masking of the original data, not new data: they carry no information "
+        "about the population beyond what the original data hold. They are for running and checking code "
+        "and for reproducing the checkpoints; standard errors, tests and confidence intervals computed on "
+        "them do not measure uncertainty about the population, and any analysis beyond the checkpoints "
+        "must be confirmed on the original data."
+    )
+    grown = [
+        k
+        for k, s in (tiers.get("sources") or {}).items()
+        if s.get("original_rows") is not None and s.get("rows") != s.get("original_rows")
+    ]
     if grown:
-        per = "; ".join(f"{k}: {_int(tiers['sources'][k].get('rows'))} synthetic rows from "
-                        f"{_int(tiers['sources'][k].get('original_rows'))} original" for k in grown)
-        text += (f" The row count differs from the original ({per}): more rows add no information; they "
-                 "only make standard errors computed on the synthetic data smaller.")
+        per = "; ".join(
+            f"{k}: {_int(tiers['sources'][k].get('rows'))} synthetic rows from "
+            f"{_int(tiers['sources'][k].get('original_rows'))} original"
+            for k in grown
+        )
+        text += (
+            f" The row count differs from the original ({per}): more rows add no information; they "
+            "only make standard errors computed on the synthetic data smaller."
+        )
     return text
 
 
@@ -190,10 +218,12 @@ def _banner(tiers: dict, certificate: str) -> str:
     ok = bool(tiers.get("passed"))
     met, req = tiers.get("tier_met"), tiers.get("tier_required")
     met_s = "none" if met is None or (isinstance(met, int) and met < 0) else _e(met)
-    return (f"<h1>Verification report: {_e(tiers.get('name'))}</h1>"
-            f'<div class="banner {"pass" if ok else "fail"}">{"PASSED" if ok else "FAILED"} — '
-            f"fidelity tier met: {met_s} (required: {_e(req)})</div>"
-            f'<div class="cert"><strong>Certificate.</strong> {_e(certificate)}</div>')
+    return (
+        f"<h1>Verification report: {_e(tiers.get('name'))}</h1>"
+        f'<div class="banner {"pass" if ok else "fail"}">{"PASSED" if ok else "FAILED"} — '
+        f"fidelity tier met: {met_s} (required: {_e(req)})</div>"
+        f'<div class="cert"><strong>Certificate.</strong> {_e(certificate)}</div>'
+    )
 
 
 # ---------------------------------------------------------------- 2. tiers
@@ -202,9 +232,17 @@ def _banner(tiers: dict, certificate: str) -> str:
 def _tier_rows(src: dict) -> list[tuple[Any, str]]:
     """(passed, key figures) for tiers 0–4 of one source."""
     sch, mar = src.get("schema") or {}, src.get("marginals") or {}
-    cor, stra, cps = src.get("correlations") or {}, src.get("strata") or {}, src.get("checkpoints") or {}
+    cor, stra, cps = (
+        src.get("correlations") or {},
+        src.get("strata") or {},
+        src.get("checkpoints") or {},
+    )
     n_prob = len(sch.get("problems") or [])
-    t0 = "columns, types and labels match the release" if sch.get("passed") else _plural(n_prob, "problem")
+    t0 = (
+        "columns, types and labels match the release"
+        if sch.get("passed")
+        else _plural(n_prob, "problem")
+    )
     t1 = f"worst KS p = {_f(mar.get('worst_ks_p'))}"
     if mar.get("worst_variable") is not None:
         t1 += f" ({_e(mar.get('worst_variable'))})"
@@ -225,20 +263,31 @@ def _tier_rows(src: dict) -> list[tuple[Any, str]]:
         t3 = f"{_plural(len(st), 'stratum')}" if len(st) == 1 else f"{len(st):,} strata"
         t3 += f", {bad:,} with problems" if bad else ", all sizes exact and within tolerance"
     tags = cps.get("tags") or []
-    t4 = (f"{_plural(len(tags), 'checkpoint')}: {_e(', '.join(str(t) for t in tags))}" if tags else "no checkpoints")
+    t4 = (
+        f"{_plural(len(tags), 'checkpoint')}: {_e(', '.join(str(t) for t in tags))}"
+        if tags
+        else "no checkpoints"
+    )
     if cps.get("rejected"):
         t4 += f"; rejected by disclosure control: {_e(', '.join(str(t) for t in cps['rejected']))}"
     if cps.get("note"):
         t4 += f" — {_e(cps['note'])}"
-    return [(sch.get("passed"), t0), (mar.get("passed"), t1), (cor.get("passed"), t2),
-            (stra.get("passed"), t3), (cps.get("passed") if cps else None, t4)]
+    return [
+        (sch.get("passed"), t0),
+        (mar.get("passed"), t1),
+        (cor.get("passed"), t2),
+        (stra.get("passed"), t3),
+        (cps.get("passed") if cps else None, t4),
+    ]
 
 
 def _stratum_ok(s: dict) -> bool:
     """A stratum passes when its size is exact and its marginals and correlations pass."""
     if s.get("rows_expected") is not None and s.get("rows") != s.get("rows_expected"):
         return False
-    return all((s.get(k) or {}).get("passed", True) is not False for k in ("marginals", "correlations"))
+    return all(
+        (s.get(k) or {}).get("passed", True) is not False for k in ("marginals", "correlations")
+    )
 
 
 def _problems(src: dict) -> list[str]:
@@ -248,10 +297,15 @@ def _problems(src: dict) -> list[str]:
     stra = src.get("strata") or {}
     out += [f"strata: {p}" for p in stra.get("problems") or []]
     for s in stra.get("strata") or []:
-        out += [f"stratum {s.get('stratum')}: {p}" for p in (s.get("marginals") or {}).get("problems") or []]
+        out += [
+            f"stratum {s.get('stratum')}: {p}"
+            for p in (s.get("marginals") or {}).get("problems") or []
+        ]
     cor = src.get("correlations") or {}
     if cor.get("passed") is False:
-        out.append(f"correlations: max |Δρ| = {_f(cor.get('max_abs_delta'))} for {' × '.join(map(str, cor.get('pair') or []))}")
+        out.append(
+            f"correlations: max |Δρ| = {_f(cor.get('max_abs_delta'))} for {' × '.join(map(str, cor.get('pair') or []))}"
+        )
     return out
 
 
@@ -266,11 +320,16 @@ def _strata_table(src: dict) -> str:
         key = "—" if s.get("key") is None else ", ".join(norm_key(k) for k in s["key"])
         pair = " × ".join(map(str, c.get("pair") or []))
         cls = "" if _stratum_ok(s) else ' class="bad"'
-        rows.append(f'<tr{cls}><td>{_e(s.get("stratum"))}</td><td>{_e(key)}</td>'
-                    f'<td class="n">{_int(s.get("rows"))}</td><td class="n">{_int(s.get("rows_expected"))}</td>'
-                    f'<td class="n">{_f(m.get("worst_ks_p"))}</td><td>{_e(m.get("worst_variable"))}</td>'
-                    f'<td class="n">{_f(c.get("max_abs_delta"))}</td><td>{_e(pair)}</td><td>{_pill(_stratum_ok(s))}</td></tr>')
-    table = _table(["stratum", "key", "rows", "expected", "worst KS p", "variable", "max |Δρ|", "pair", ""], rows)
+        rows.append(
+            f"<tr{cls}><td>{_e(s.get('stratum'))}</td><td>{_e(key)}</td>"
+            f'<td class="n">{_int(s.get("rows"))}</td><td class="n">{_int(s.get("rows_expected"))}</td>'
+            f'<td class="n">{_f(m.get("worst_ks_p"))}</td><td>{_e(m.get("worst_variable"))}</td>'
+            f'<td class="n">{_f(c.get("max_abs_delta"))}</td><td>{_e(pair)}</td><td>{_pill(_stratum_ok(s))}</td></tr>'
+        )
+    table = _table(
+        ["stratum", "key", "rows", "expected", "worst KS p", "variable", "max |Δρ|", "pair", ""],
+        rows,
+    )
     return f"<details><summary>{_plural(len(st), 'stratum') if len(st) == 1 else f'{len(st):,} strata'}</summary>{table}</details>"
 
 
@@ -278,13 +337,19 @@ def _tier_section(tiers: dict) -> str:
     """Section 2: one tier table per source, its problems and strata."""
     parts = ["<h2>Fidelity tiers</h2>"]
     for name, src in (tiers.get("sources") or {}).items():
-        rows = [f"<tr><td>{i}</td><td>{TIER_NAMES[i]}</td><td>{_pill(ok)}</td><td>{fig}</td></tr>"
-                for i, (ok, fig) in enumerate(_tier_rows(src))]
-        parts.append(f"<h3>Source {_e(name)} — tier met: {_e(src.get('tier_met'))}, {_int(src.get('rows'))} rows</h3>")
+        rows = [
+            f"<tr><td>{i}</td><td>{TIER_NAMES[i]}</td><td>{_pill(ok)}</td><td>{fig}</td></tr>"
+            for i, (ok, fig) in enumerate(_tier_rows(src))
+        ]
+        parts.append(
+            f"<h3>Source {_e(name)} — tier met: {_e(src.get('tier_met'))}, {_int(src.get('rows'))} rows</h3>"
+        )
         parts.append(_table(["tier", "check", "result", "key figures"], rows))
         probs = _problems(src)
         if probs:
-            parts.append('<ul class="problems">' + "".join(f"<li>{_e(p)}</li>" for p in probs) + "</ul>")
+            parts.append(
+                '<ul class="problems">' + "".join(f"<li>{_e(p)}</li>" for p in probs) + "</ul>"
+            )
         parts.append(_strata_table(src))
     return "".join(parts)
 
@@ -317,12 +382,14 @@ def _synthetic_percentiles(values: np.ndarray) -> list[float] | None:
 
 
 def _level_label(level: Any, labels: dict[str, Any]) -> str:
-    """"code = label" when the level has a value label, else the level itself."""
+    """ "code = label" when the level has a value label, else the level itself."""
     lab = labels.get(norm_key(level), labels.get(str(level)))
     return f"{norm_key(level)} = {lab}" if lab is not None else norm_key(level)
 
 
-def _shares(table: dict, s: pd.Series | None, labels: dict[str, Any]) -> tuple[list[str], list[float], list[float | None], str]:
+def _shares(
+    table: dict, s: pd.Series | None, labels: dict[str, Any]
+) -> tuple[list[str], list[float], list[float | None], str]:
     """Levels, released shares, synthetic shares (among non-missing) and a note on what was cut."""
     levels, counts = list(table.get("levels") or []), [float(c) for c in table.get("counts") or []]
     total = sum(counts) or 1.0
@@ -360,28 +427,53 @@ def _variable_status(col: str, m: dict, mar: dict, strata_cols: set[str]) -> str
     if rec is None and drift is not None:
         rec, prefix = drift, "outcome (not gated): "
     if rec is None:
-        return "stratum column (checked in tier 3)" if col in strata_cols else '<span class="na">not checked</span>'
+        return (
+            "stratum column (checked in tier 3)"
+            if col in strata_cols
+            else '<span class="na">not checked</span>'
+        )
     if "exact_counts" in rec:
-        return prefix + ('exact counts <span class="ok">✓</span>' if rec["exact_counts"] else 'counts differ <span class="bad">✗</span>')
+        return prefix + (
+            'exact counts <span class="ok">✓</span>'
+            if rec["exact_counts"]
+            else 'counts differ <span class="bad">✗</span>'
+        )
     p = rec.get("ks_p")
     cls = "bad" if svg.finite(p) and p <= 0.05 else "ok"
-    return (f'{prefix}KS p = <span class="{cls}">{_f(p)}</span>, D = {_f(rec.get("ks_d"))}, '
-            f'gap = {_f(rec.get("max_percentile_gap_iqr"))} IQR')
+    return (
+        f'{prefix}KS p = <span class="{cls}">{_f(p)}</span>, D = {_f(rec.get("ks_d"))}, '
+        f"gap = {_f(rec.get('max_percentile_gap_iqr'))} IQR"
+    )
 
 
-def _variable_card(spec: dict, m: dict, df: pd.DataFrame | None, release: dict, mar: dict, strata_cols: set[str],
-                   percentiles: dict[str, list[float]] | None = None) -> str:
+def _variable_card(
+    spec: dict,
+    m: dict,
+    df: pd.DataFrame | None,
+    release: dict,
+    mar: dict,
+    strata_cols: set[str],
+    percentiles: dict[str, list[float]] | None = None,
+) -> str:
     """One plot with its variable name, label, tier-1 figure and missing counts.
     `percentiles`: synthetic percentiles verification computed (tiers.json), used for
     numeric columns (verification reads dates its own way)."""
     col = str(spec.get("name"))
     s = df[col] if df is not None and col in df.columns else None
     if m.get("kind") == "continuous":
-        known = (percentiles or {}).get(col) if spec.get("logical_type") not in ("date", "datetime") else None
+        known = (
+            (percentiles or {}).get(col)
+            if spec.get("logical_type") not in ("date", "datetime")
+            else None
+        )
         if s is None:
             syn = None
         else:
-            syn = [float(x) for x in known] if known is not None else _synthetic_percentiles(_numeric(s, spec.get("logical_type")))
+            syn = (
+                [float(x) for x in known]
+                if known is not None
+                else _synthetic_percentiles(_numeric(s, spec.get("logical_type")))
+            )
         fmt = _date_tick if spec.get("logical_type") in ("date", "datetime") else svg.tick_label
         chart = svg.quantile_chart(m.get("grid") or [], syn, f"quantiles of {col}", fmt)
         note = ""
@@ -391,17 +483,25 @@ def _variable_card(spec: dict, m: dict, df: pd.DataFrame | None, release: dict, 
         chart = svg.share_bars(names, rel, syn_sh, f"shares of {col}")
     label = spec.get("variable_label")
     miss = f"missing: released {_int(m.get('missing'))}, synthetic {_int(int(s.isna().sum())) if s is not None else '—'}"
-    return (f'<div class="card"><h4>{_e(col)}</h4>' + (f'<div class="lab">{_e(label)}</div>' if label else "")
-            + f'<div class="stat">{_variable_status(col, m, mar, strata_cols)}</div>{chart}'
-            + f'<div class="lab">{miss}{"; " + _e(note) if note else ""}'
-            + ("" if s is not None else "; synthetic column absent") + "</div></div>")
+    return (
+        f'<div class="card"><h4>{_e(col)}</h4>'
+        + (f'<div class="lab">{_e(label)}</div>' if label else "")
+        + f'<div class="stat">{_variable_status(col, m, mar, strata_cols)}</div>{chart}'
+        + f'<div class="lab">{miss}{"; " + _e(note) if note else ""}'
+        + ("" if s is not None else "; synthetic column absent")
+        + "</div></div>"
+    )
 
 
-def _marginal_section(tiers: dict, releases: dict[str, dict], frames: dict[str, pd.DataFrame]) -> str:
+def _marginal_section(
+    tiers: dict, releases: dict[str, dict], frames: dict[str, pd.DataFrame]
+) -> str:
     """Section 3: released vs synthetic distribution of every released variable, per source."""
-    parts = ["<h2>Marginal distributions</h2>",
-             '<p class="muted">Continuous: released quantile function (line) and synthetic percentiles (dots). '
-             "Categorical: released and synthetic shares per level.</p>"]
+    parts = [
+        "<h2>Marginal distributions</h2>",
+        '<p class="muted">Continuous: released quantile function (line) and synthetic percentiles (dots). '
+        "Categorical: released and synthetic shares per level.</p>",
+    ]
     for name, release in releases.items():
         src = (tiers.get("sources") or {}).get(name) or {}
         mar = src.get("marginals") or {}
@@ -417,22 +517,30 @@ def _marginal_section(tiers: dict, releases: dict[str, dict], frames: dict[str, 
                 plotted.append((spec, m))
         parts.append(f"<h3>Source {_e(name)}</h3>")
         if len(plotted) > MAX_VARIABLES:
-            parts.append(f'<p class="muted">Showing the first {MAX_VARIABLES} of {len(plotted):,} released variables.</p>')
+            parts.append(
+                f'<p class="muted">Showing the first {MAX_VARIABLES} of {len(plotted):,} released variables.</p>'
+            )
         if df is None:
             parts.append('<p class="bad">No synthetic frame for this source.</p>')
         known = (src.get("synthetic") or {}).get("percentiles")
-        cards = [_variable_card(spec, m, df, release, mar, strata_cols, known) for spec, m in plotted[:MAX_VARIABLES]]
+        cards = [
+            _variable_card(spec, m, df, release, mar, strata_cols, known)
+            for spec, m in plotted[:MAX_VARIABLES]
+        ]
         parts.append(f'<div class="grid">{"".join(cards)}</div>')
         if skipped:
-            parts.append(f'<p class="muted">Not plotted (no released marginal, suppressed, or identifier): {_e(", ".join(skipped))}</p>')
+            parts.append(
+                f'<p class="muted">Not plotted (no released marginal, suppressed, or identifier): {_e(", ".join(skipped))}</p>'
+            )
     return "".join(parts)
 
 
 # ---------------------------------------------------------------- 4. correlations
 
 
-def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | None = None,
-                           synthetic: dict | None = None) -> tuple[list[dict], np.ndarray, np.ndarray]:
+def correlation_difference(
+    release: dict, df: pd.DataFrame, exclude: set[str] | None = None, synthetic: dict | None = None
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """(dims kept, synthetic Spearman, released Spearman) over the released dims whose column is
     not in `exclude`; released None entries become NaN. Coding and Spearman are the ones
     verification uses (`dims.synthetic_dim_matrix`, `correlations.spearman_matrix`), and
@@ -444,7 +552,10 @@ def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | 
     if not keep:
         return [], np.zeros((0, 0)), np.zeros((0, 0))
     if synthetic and synthetic.get("dims") == keep and synthetic.get("matrix") is not None:
-        S = np.asarray([[np.nan if v is None else v for v in row] for row in synthetic["matrix"]], dtype="float64")
+        S = np.asarray(
+            [[np.nan if v is None else v for v in row] for row in synthetic["matrix"]],
+            dtype="float64",
+        )
     else:
         from replisynth.stats.correlations import (
             spearman_matrix,  # imported here: scipy, for this fallback only
@@ -452,15 +563,22 @@ def correlation_difference(release: dict, df: pd.DataFrame, exclude: set[str] | 
         from replisynth.stats.dims import synthetic_dim_matrix
 
         S = spearman_matrix(synthetic_dim_matrix(df, release)[:, keep])
-    T = np.asarray([[np.nan if target[i][j] is None else float(target[i][j]) for j in keep] for i in keep], dtype="float64").reshape(len(keep), len(keep))
+    T = np.asarray(
+        [[np.nan if target[i][j] is None else float(target[i][j]) for j in keep] for i in keep],
+        dtype="float64",
+    ).reshape(len(keep), len(keep))
     return [dims[i] for i in keep], S, T
 
 
-def _corr_block(name: str, release: dict, df: pd.DataFrame | None, exclude: set[str], src: dict) -> str:
+def _corr_block(
+    name: str, release: dict, df: pd.DataFrame | None, exclude: set[str], src: dict
+) -> str:
     """Heatmap and summary line for one source."""
     if df is None:
-        return f"<h3>Source {_e(name)}</h3><p class=\"bad\">No synthetic frame for this source.</p>"
-    dims, S, T = correlation_difference(release, df, exclude, (src.get("synthetic") or {}).get("spearman"))
+        return f'<h3>Source {_e(name)}</h3><p class="bad">No synthetic frame for this source.</p>'
+    dims, S, T = correlation_difference(
+        release, df, exclude, (src.get("synthetic") or {}).get("spearman")
+    )
     head = f"<h3>Source {_e(name)}</h3>"
     if len(dims) < 2:
         return head + '<p class="muted">Fewer than two released dims: nothing to compare.</p>'
@@ -470,15 +588,23 @@ def _corr_block(name: str, release: dict, df: pd.DataFrame | None, exclude: set[
         dims, S, T = dims[:MAX_DIMS], S[:MAX_DIMS, :MAX_DIMS], T[:MAX_DIMS, :MAX_DIMS]
     D = S - T
     labels = [dim_label(d) for d in dims]
-    tips = [[f"{labels[i]} × {labels[j]}: synthetic {_f(S[i, j], '+.3f')}, released {_f(T[i, j], '+.3f')}, "
-             f"Δ {_f(D[i, j], '+.3f')}" for j in range(len(dims))] for i in range(len(dims))]
+    tips = [
+        [
+            f"{labels[i]} × {labels[j]}: synthetic {_f(S[i, j], '+.3f')}, released {_f(T[i, j], '+.3f')}, "
+            f"Δ {_f(D[i, j], '+.3f')}"
+            for j in range(len(dims))
+        ]
+        for i in range(len(dims))
+    ]
     iu = np.triu_indices(len(dims), 1)
     a = np.abs(D[iu])
     summary = "no comparable pairs"
     if np.isfinite(a).any():
         j = int(np.nanargmax(np.where(np.isfinite(a), a, -1)))
-        summary = (f"largest |Δρ| shown: {_f(a[j])} ({_e(labels[iu[0][j]])} × {_e(labels[iu[1][j]])}); "
-                   f"{int(np.isfinite(a).sum()):,} comparable pairs")
+        summary = (
+            f"largest |Δρ| shown: {_f(a[j])} ({_e(labels[iu[0][j]])} × {_e(labels[iu[1][j]])}); "
+            f"{int(np.isfinite(a).sum()):,} comparable pairs"
+        )
     cor = src.get("correlations") or {}
     if cor:
         summary += f"; tier 2 verdict: {_pill(cor.get('passed'))}"
@@ -487,15 +613,23 @@ def _corr_block(name: str, release: dict, df: pd.DataFrame | None, exclude: set[
     return f"{head}{note}<p>{summary}{excl}</p>{chart}"
 
 
-def _corr_section(tiers: dict, releases: dict[str, dict], frames: dict[str, pd.DataFrame],
-                  outcomes: dict[str, set[str]] | None) -> str:
+def _corr_section(
+    tiers: dict,
+    releases: dict[str, dict],
+    frames: dict[str, pd.DataFrame],
+    outcomes: dict[str, set[str]] | None,
+) -> str:
     """Section 4: synthetic minus released Spearman correlation, per source."""
-    parts = ["<h2>Correlation differences</h2>",
-             f'<p class="muted">Synthetic minus released Spearman correlation over the released dims; colour '
-             f"saturates at ±{CLAMP:g} (blue: synthetic lower, red: synthetic higher, grey: not released or undefined).</p>"]
+    parts = [
+        "<h2>Correlation differences</h2>",
+        f'<p class="muted">Synthetic minus released Spearman correlation over the released dims; colour '
+        f"saturates at ±{CLAMP:g} (blue: synthetic lower, red: synthetic higher, grey: not released or undefined).</p>",
+    ]
     for name, release in releases.items():
         src = (tiers.get("sources") or {}).get(name) or {}
-        parts.append(_corr_block(name, release, frames.get(name), set((outcomes or {}).get(name) or ()), src))
+        parts.append(
+            _corr_block(name, release, frames.get(name), set((outcomes or {}).get(name) or ()), src)
+        )
     return "".join(parts)
 
 
@@ -513,15 +647,30 @@ def _term_row(t: dict) -> str:
     if t.get("suppressed"):
         return f'<tr><td>{name}</td><td colspan="7" class="muted">suppressed ({_e(t.get("reason"))})</td></tr>'
     if t.get("missing"):
-        return (f'<tr class="bad"><td>{name}</td><td class="n">{_f(t.get("beta_target"), ".4g")}</td><td>—</td>'
-                f'<td class="n">{_f(t.get("se_target"))}</td><td colspan="4">missing from the synthetic fit</td></tr>')
-    worst = max((v for v in (t.get("dbeta_se"), t.get("dbeta_se_target")) if v is not None), default=0.0)
+        return (
+            f'<tr class="bad"><td>{name}</td><td class="n">{_f(t.get("beta_target"), ".4g")}</td><td>—</td>'
+            f'<td class="n">{_f(t.get("se_target"))}</td><td colspan="4">missing from the synthetic fit</td></tr>'
+        )
+    worst = max(
+        (v for v in (t.get("dbeta_se"), t.get("dbeta_se_target")) if v is not None), default=0.0
+    )
     cls = ' class="bad"' if worst >= SE_BOUND else ""
-    return (f"<tr{cls}><td>{name}</td>"
-            + "".join(f'<td class="n">{_f(t.get(k), s)}</td>' for k, s in (
-                ("beta_target", ".4g"), ("beta_synthetic", ".4g"), ("se_target", ".3g"), ("se_synthetic", ".3g"),
-                ("dbeta_se", ".3g"), ("dbeta_se_target", ".3g"), ("se_ratio", ".3f")))
-            + "</tr>")
+    return (
+        f"<tr{cls}><td>{name}</td>"
+        + "".join(
+            f'<td class="n">{_f(t.get(k), s)}</td>'
+            for k, s in (
+                ("beta_target", ".4g"),
+                ("beta_synthetic", ".4g"),
+                ("se_target", ".3g"),
+                ("se_synthetic", ".3g"),
+                ("dbeta_se", ".3g"),
+                ("dbeta_se_target", ".3g"),
+                ("se_ratio", ".3f"),
+            )
+        )
+        + "</tr>"
+    )
 
 
 def _chart_terms(terms: list[dict]) -> tuple[list[dict], str]:
@@ -529,16 +678,22 @@ def _chart_terms(terms: list[dict]) -> tuple[list[dict], str]:
     est = [t for t in terms if "dbeta_se" in t]
     if len(est) <= MAX_CHART_TERMS:
         return est, ""
-    score = lambda i: -max(float(est[i].get("dbeta_se") or 0), float(est[i].get("dbeta_se_target") or 0))  # noqa: E731
+    score = lambda i: (  # noqa: E731
+        -max(float(est[i].get("dbeta_se") or 0), float(est[i].get("dbeta_se_target") or 0))
+    )
     keep = sorted(sorted(range(len(est)), key=lambda i: (score(i), i))[:MAX_CHART_TERMS])
-    return [est[i] for i in keep], f"showing the {MAX_CHART_TERMS} terms with the largest |Δβ|/SE of {len(est):,}"
+    return [
+        est[i] for i in keep
+    ], f"showing the {MAX_CHART_TERMS} terms with the largest |Δβ|/SE of {len(est):,}"
 
 
 def _checkpoint_block(tag: str, cp: dict) -> str:
     """Chart, term table or reason for one checkpoint."""
     status = str(cp.get("status"))
-    head = (f"<h3>{_e(tag)} — {_pill(cp.get('passed'))} <span class=\"muted\">({_e(status)})</span></h3>"
-            f"<p>source {_e(cp.get('source'))}")
+    head = (
+        f'<h3>{_e(tag)} — {_pill(cp.get("passed"))} <span class="muted">({_e(status)})</span></h3>'
+        f"<p>source {_e(cp.get('source'))}"
+    )
     if cp.get("model") is not None:
         head += f" · model {_e(cp.get('model'))}"
     if cp.get("n_target") is not None:
@@ -554,11 +709,29 @@ def _checkpoint_block(tag: str, cp: dict) -> str:
     shown, note = _chart_terms(terms)
     chart = ""
     if shown:
-        chart = svg.dbeta_chart([_term_name(t) for t in shown], [t.get("dbeta_se") for t in shown],
-                                [t.get("dbeta_se_target") for t in shown], f"Δβ/SE, checkpoint {tag}", bound=SE_BOUND)
-        chart = f'<div style="max-width:760px">{chart}</div>' + (f'<p class="muted">{_e(note)}</p>' if note else "")
-    table = _table(["term", "β target", "β synthetic", "SE target", "SE synthetic", "|Δβ|/SE", "|Δβ|/SE target", "SE ratio"],
-                   [_term_row(t) for t in terms])
+        chart = svg.dbeta_chart(
+            [_term_name(t) for t in shown],
+            [t.get("dbeta_se") for t in shown],
+            [t.get("dbeta_se_target") for t in shown],
+            f"Δβ/SE, checkpoint {tag}",
+            bound=SE_BOUND,
+        )
+        chart = f'<div style="max-width:760px">{chart}</div>' + (
+            f'<p class="muted">{_e(note)}</p>' if note else ""
+        )
+    table = _table(
+        [
+            "term",
+            "β target",
+            "β synthetic",
+            "SE target",
+            "SE synthetic",
+            "|Δβ|/SE",
+            "|Δβ|/SE target",
+            "SE ratio",
+        ],
+        [_term_row(t) for t in terms],
+    )
     return head + chart + table
 
 
@@ -566,18 +739,33 @@ def _summary_table(summ: dict) -> str:
     """The Δβ/SE distribution over all verified terms."""
     if not int(summ.get("terms") or 0):
         return '<p class="muted">No verified checkpoint terms.</p>'
-    cells = [("terms", _int(summ.get("terms"))), ("median |Δβ|/SE", _f(summ.get("median"))), ("p95", _f(summ.get("p95"))),
-             ("max", _f(summ.get("max"))), ("max (target SE)", _f(summ.get("max_target_se"))),
-             ("within 1 SE", _pct(summ.get("share_below_1"))), ("within 2 SE", _pct(summ.get("share_below_2"))),
-             ("within 3 SE", _pct(summ.get("share_below_3"))),
-             ("SE ratio min / median / max", f"{_f(summ.get('se_ratio_min'))} / {_f(summ.get('se_ratio_median'))} / {_f(summ.get('se_ratio_max'))}")]
-    return _table([c for c, _ in cells], ["<tr>" + "".join(f'<td class="n">{v}</td>' for _, v in cells) + "</tr>"])
+    cells = [
+        ("terms", _int(summ.get("terms"))),
+        ("median |Δβ|/SE", _f(summ.get("median"))),
+        ("p95", _f(summ.get("p95"))),
+        ("max", _f(summ.get("max"))),
+        ("max (target SE)", _f(summ.get("max_target_se"))),
+        ("within 1 SE", _pct(summ.get("share_below_1"))),
+        ("within 2 SE", _pct(summ.get("share_below_2"))),
+        ("within 3 SE", _pct(summ.get("share_below_3"))),
+        (
+            "SE ratio min / median / max",
+            f"{_f(summ.get('se_ratio_min'))} / {_f(summ.get('se_ratio_median'))} / {_f(summ.get('se_ratio_max'))}",
+        ),
+    ]
+    return _table(
+        [c for c, _ in cells],
+        ["<tr>" + "".join(f'<td class="n">{v}</td>' for _, v in cells) + "</tr>"],
+    )
 
 
 def _checkpoint_section(tiers: dict) -> str:
     """Section 5: the Δβ/SE summary and one block per checkpoint."""
     cps = tiers.get("checkpoints") or {}
-    parts = ["<h2>Checkpoints</h2>", _summary_table(tiers.get("checkpoint_summary") or {"terms": 0})]
+    parts = [
+        "<h2>Checkpoints</h2>",
+        _summary_table(tiers.get("checkpoint_summary") or {"terms": 0}),
+    ]
     if not cps:
         parts.append('<p class="muted">No checkpoints configured.</p>')
     parts.extend(_checkpoint_block(tag, cp) for tag, cp in cps.items())
@@ -613,33 +801,47 @@ def _provenance_section(provenance: dict | None) -> str:
     """Section 6: a key/value table of the provenance record."""
     if not provenance:
         return ""
-    rows = [f'<tr><td>{_e(k)}</td><td class="n">{_prov_value(k, v)}</td></tr>' for k, v in _flatten(provenance)]
+    rows = [
+        f'<tr><td>{_e(k)}</td><td class="n">{_prov_value(k, v)}</td></tr>'
+        for k, v in _flatten(provenance)
+    ]
     return "<h2>Provenance</h2>" + _table(["item", "value"], rows)
 
 
 # ---------------------------------------------------------------- page
 
 
-def render_report(tiers: dict, releases: dict[str, dict], frames: dict[str, pd.DataFrame], certificate: str,
-                  provenance: dict | None = None, *, outcomes: dict[str, set[str]] | None = None) -> str:
+def render_report(
+    tiers: dict,
+    releases: dict[str, dict],
+    frames: dict[str, pd.DataFrame],
+    certificate: str,
+    provenance: dict | None = None,
+    *,
+    outcomes: dict[str, set[str]] | None = None,
+) -> str:
     """Return the full, self-contained HTML text of the verification report.
 
     `certificate` is shown in the highlighted box (computed by `certificate_text` when empty);
     `outcomes` maps a source to its checkpoint outcome columns, left out of the heatmap.
     """
     certificate = certificate or certificate_text(tiers)
-    body = "".join([
-        _banner(tiers, certificate),
-        _tier_section(tiers),
-        _marginal_section(tiers, releases, frames),
-        _corr_section(tiers, releases, frames, outcomes),
-        _checkpoint_section(tiers),
-        _provenance_section(provenance),
-    ])
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>replisynth report: {_e(tiers.get('name'))}</title><style>{CSS}</style></head>"
-            f"<body>{body}</body></html>\n")
+    body = "".join(
+        [
+            _banner(tiers, certificate),
+            _tier_section(tiers),
+            _marginal_section(tiers, releases, frames),
+            _corr_section(tiers, releases, frames, outcomes),
+            _checkpoint_section(tiers),
+            _provenance_section(provenance),
+        ]
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>replisynth report: {_e(tiers.get('name'))}</title><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )
 
 
 __all__ = ["render_report", "certificate_text", "correlation_difference", "dim_label"]

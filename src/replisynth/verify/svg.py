@@ -44,34 +44,64 @@ def tick_label(v: float) -> str:
 def svg(width: float, height: float, body: str, label: str, max_width: float | None = None) -> str:
     """Wrap `body` in a scalable <svg> element with an accessible label."""
     style = f' style="max-width:{num(max_width)}px"' if max_width else ""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {num(width)} {num(height)}"'
-            f' role="img" aria-label="{escape(label)}"{style}>{body}</svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {num(width)} {num(height)}"'
+        f' role="img" aria-label="{escape(label)}"{style}>{body}</svg>'
+    )
 
 
-def text(x: float, y: float, s: str, size: float = 10, anchor: str = "start", fill: str = "#333",
-         rotate: float | None = None, title: str | None = None) -> str:
+def text(
+    x: float,
+    y: float,
+    s: str,
+    size: float = 10,
+    anchor: str = "start",
+    fill: str = "#333",
+    rotate: float | None = None,
+    title: str | None = None,
+) -> str:
     """A text element; `rotate` turns it about its anchor point."""
     rot = f' transform="rotate({num(rotate)} {num(x)} {num(y)})"' if rotate is not None else ""
     tip = f"<title>{escape(title)}</title>" if title else ""
-    return (f'<text x="{num(x)}" y="{num(y)}" font-size="{num(size)}" {FONT} text-anchor="{anchor}"'
-            f' fill="{fill}"{rot}>{tip}{escape(s)}</text>')
+    return (
+        f'<text x="{num(x)}" y="{num(y)}" font-size="{num(size)}" {FONT} text-anchor="{anchor}"'
+        f' fill="{fill}"{rot}>{tip}{escape(s)}</text>'
+    )
 
 
-def line(x1: float, y1: float, x2: float, y2: float, stroke: str = "#999", width: float = 1,
-         dash: str | None = None) -> str:
+def line(
+    x1: float,
+    y1: float,
+    x2: float,
+    y2: float,
+    stroke: str = "#999",
+    width: float = 1,
+    dash: str | None = None,
+) -> str:
     """A straight line, optionally dashed."""
     d = f' stroke-dasharray="{dash}"' if dash else ""
-    return (f'<line x1="{num(x1)}" y1="{num(y1)}" x2="{num(x2)}" y2="{num(y2)}" stroke="{stroke}"'
-            f' stroke-width="{num(width)}"{d}/>')
+    return (
+        f'<line x1="{num(x1)}" y1="{num(y1)}" x2="{num(x2)}" y2="{num(y2)}" stroke="{stroke}"'
+        f' stroke-width="{num(width)}"{d}/>'
+    )
 
 
-def rect(x: float, y: float, w: float, h: float, fill: str, title: str | None = None,
-         stroke: str | None = None) -> str:
+def rect(
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    fill: str,
+    title: str | None = None,
+    stroke: str | None = None,
+) -> str:
     """A filled rectangle with an optional tooltip."""
     s = f' stroke="{stroke}" stroke-width="0.5"' if stroke else ""
     if title:
-        return (f'<rect x="{num(x)}" y="{num(y)}" width="{num(max(w, 0))}" height="{num(max(h, 0))}"'
-                f' fill="{fill}"{s}><title>{escape(title)}</title></rect>')
+        return (
+            f'<rect x="{num(x)}" y="{num(y)}" width="{num(max(w, 0))}" height="{num(max(h, 0))}"'
+            f' fill="{fill}"{s}><title>{escape(title)}</title></rect>'
+        )
     return f'<rect x="{num(x)}" y="{num(y)}" width="{num(max(w, 0))}" height="{num(max(h, 0))}" fill="{fill}"{s}/>'
 
 
@@ -121,11 +151,18 @@ def diverging(v: float | None, clamp: float) -> str:
 # ---------------------------------------------------------------- charts
 
 
-def quantile_chart(released: Sequence[float], synthetic: Sequence[float] | None, label: str,
-                   fmt: Callable[[float], str] = tick_label) -> str:
+def quantile_chart(
+    released: Sequence[float],
+    synthetic: Sequence[float] | None,
+    label: str,
+    fmt: Callable[[float], str] = tick_label,
+) -> str:
     """Released quantile function (line) against synthetic percentiles (dots), x = percentile 0..100."""
     W, H, L, R, T, B = 320.0, 200.0, 56.0, 10.0, 10.0, 30.0
-    rel = [(i * 100 / (len(released) - 1) if len(released) > 1 else 0.0, v) for i, v in enumerate(released)]
+    rel = [
+        (i * 100 / (len(released) - 1) if len(released) > 1 else 0.0, v)
+        for i, v in enumerate(released)
+    ]
     rel = [(p, float(v)) for p, v in rel if finite(v)]
     syn = [(float(i), float(v)) for i, v in enumerate(synthetic or []) if finite(v)]
     ys = [v for _, v in rel] + [v for _, v in syn]
@@ -154,15 +191,24 @@ def quantile_chart(released: Sequence[float], synthetic: Sequence[float] | None,
     return svg(W, H, "".join(parts), label)
 
 
-def share_bars(levels: Sequence[str], released: Sequence[float], synthetic: Sequence[float | None],
-               label: str, titles: Sequence[str] | None = None) -> str:
+def share_bars(
+    levels: Sequence[str],
+    released: Sequence[float],
+    synthetic: Sequence[float | None],
+    label: str,
+    titles: Sequence[str] | None = None,
+) -> str:
     """Paired horizontal bars per level: released share (dark) over synthetic share (orange)."""
     W, L, R, T, row = 320.0, 112.0, 44.0, 22.0, 20.0
     H = T + row * max(len(levels), 1) + 18
     top = max([v for v in list(released) + list(synthetic) if finite(v)] + [1e-12])
     sx = lambda v: L + (W - L - R) * v / top  # noqa: E731
-    parts = [rect(L, 4, 8, 8, RELEASED), text(L + 11, 11, "released", 9),
-             rect(L + 66, 4, 8, 8, SYNTHETIC), text(L + 77, 11, "synthetic", 9)]
+    parts = [
+        rect(L, 4, 8, 8, RELEASED),
+        text(L + 11, 11, "released", 9),
+        rect(L + 66, 4, 8, 8, SYNTHETIC),
+        text(L + 77, 11, "synthetic", 9),
+    ]
     for i, lev in enumerate(levels):
         y = T + i * row
         tip = titles[i] if titles else lev
@@ -173,14 +219,27 @@ def share_bars(levels: Sequence[str], released: Sequence[float], synthetic: Sequ
         if finite(s):
             parts.append(rect(L, y + 9, sx(s) - L, 8, SYNTHETIC, f"{tip}: synthetic {s:.1%}"))
         best = max([v for v in (r, s) if finite(v)] + [0.0])
-        parts.append(text(sx(best) + 3, y + 12, f"{best:.0%}" if best >= 0.01 else f"{best:.1%}", 8, fill="#666"))
+        parts.append(
+            text(
+                sx(best) + 3,
+                y + 12,
+                f"{best:.0%}" if best >= 0.01 else f"{best:.1%}",
+                8,
+                fill="#666",
+            )
+        )
     parts.append(line(L, T - 2, L, H - 16, "#666"))
     parts.append(text(L + (W - L - R) / 2, H - 4, "share of non-missing", 9, "middle", "#666"))
     return svg(W, H, "".join(parts), label)
 
 
-def heatmap(labels: Sequence[str], diff: Sequence[Sequence[float]], tooltips: Sequence[Sequence[str]],
-            clamp: float, label: str) -> str:
+def heatmap(
+    labels: Sequence[str],
+    diff: Sequence[Sequence[float]],
+    tooltips: Sequence[Sequence[str]],
+    clamp: float,
+    label: str,
+) -> str:
     """Square heatmap of `diff` on the diverging scale, labels on both axes and a colour legend."""
     k = len(labels)
     cell = max(6.0, min(22.0, 560.0 / max(k, 1)))
@@ -197,7 +256,16 @@ def heatmap(labels: Sequence[str], diff: Sequence[Sequence[float]], tooltips: Se
         parts.append(text(x, T - 3, truncate(s, 24), fs, "start", rotate=-90.0, title=s))
     for i in range(k):
         for j in range(k):
-            parts.append(rect(L + j * cell, T + i * cell, cell, cell, diverging(diff[i][j], clamp), tooltips[i][j]))
+            parts.append(
+                rect(
+                    L + j * cell,
+                    T + i * cell,
+                    cell,
+                    cell,
+                    diverging(diff[i][j], clamp),
+                    tooltips[i][j],
+                )
+            )
     parts.append(rect(L, T, size, size, "none", stroke="#888"))
     # legend: stepped bar from +clamp (top) to -clamp (bottom), plus a grey swatch
     lx, ly, lh, steps = L + size + 16, T, 120.0, 21
@@ -212,8 +280,14 @@ def heatmap(labels: Sequence[str], diff: Sequence[Sequence[float]], tooltips: Se
     return svg(W, H, "".join(parts), label, max_width=W)
 
 
-def dbeta_chart(terms: Sequence[str], dbeta_se: Sequence[float | None], dbeta_se_target: Sequence[float | None],
-                label: str, refs: Sequence[float] = (1.0, 2.0, 3.0), bound: float = 3.0) -> str:
+def dbeta_chart(
+    terms: Sequence[str],
+    dbeta_se: Sequence[float | None],
+    dbeta_se_target: Sequence[float | None],
+    label: str,
+    refs: Sequence[float] = (1.0, 2.0, 3.0),
+    bound: float = 3.0,
+) -> str:
     """Horizontal |Δβ|/SE per term: bar = relative to the synthetic SE, black tick = relative to the
     target SE; dashed reference lines at `refs`. Values past the axis are drawn clipped with ▸."""
     W, L, R, T, row = 560.0, 150.0, 20.0, 26.0, 16.0
@@ -221,8 +295,12 @@ def dbeta_chart(terms: Sequence[str], dbeta_se: Sequence[float | None], dbeta_se
     vals = [v for v in list(dbeta_se) + list(dbeta_se_target) if finite(v)]
     xmax = max([max(refs) + 0.5] + [min(v, 12.0) * 1.08 for v in vals])
     sx = lambda v: L + (W - L - R) * min(v, xmax) / xmax  # noqa: E731
-    parts = [rect(L, 6, 10, 8, RELEASED), text(L + 13, 13, "|Δβ| / SE synthetic", 9),
-             line(L + 130, 5, L + 130, 15, "#000", 2), text(L + 135, 13, "|Δβ| / SE target", 9)]
+    parts = [
+        rect(L, 6, 10, 8, RELEASED),
+        text(L + 13, 13, "|Δβ| / SE synthetic", 9),
+        line(L + 130, 5, L + 130, 15, "#000", 2),
+        text(L + 135, 13, "|Δβ| / SE target", 9),
+    ]
     for r in refs:
         parts.append(line(sx(r), T - 4, sx(r), H - 22, "#999", 1, "4 3"))
     for t in nice_ticks(0.0, xmax, 6):
@@ -234,7 +312,9 @@ def dbeta_chart(terms: Sequence[str], dbeta_se: Sequence[float | None], dbeta_se
         if a is not None and not (isinstance(a, float) and math.isnan(a)):
             a = float(a)
             fill = "#b2182b" if a >= bound else RELEASED
-            parts.append(rect(L, y + 3, sx(a) - L, row - 6, fill, f"{name}: |Δβ|/SE synthetic = {a:.3g}"))
+            parts.append(
+                rect(L, y + 3, sx(a) - L, row - 6, fill, f"{name}: |Δβ|/SE synthetic = {a:.3g}")
+            )
             if a > xmax:
                 parts.append(text(sx(a) + 1, y + 11, "▸", 9, fill="#b2182b"))
         if b is not None and not (isinstance(b, float) and math.isnan(b)):

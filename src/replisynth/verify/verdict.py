@@ -23,9 +23,13 @@ def check_tier(tiers_path: str | Path) -> None:
                 problems.append(f"{name}/checkpoints: {note}")
         for tag, c in t["checkpoints"].items():
             if c.get("status") == "rejected" and t["tier_required"] >= 4:
-                problems.append(f"checkpoint {tag}: rejected by disclosure control ({c.get('reason')})")
+                problems.append(
+                    f"checkpoint {tag}: rejected by disclosure control ({c.get('reason')})"
+                )
             elif c.get("passed") is False:
-                problems.append(f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE {:.3g}'.format(c.get('max_dbeta_se', float('nan')))}")
+                problems.append(
+                    f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE {:.3g}'.format(c.get('max_dbeta_se', float('nan')))}"
+                )
         raise TierNotMet(
             f"{tiers_path}: tier {t['tier_met']} met, tier {t['tier_required']} required (verify.tier); "
             + ("; ".join(problems[:12]) or "see report.html")

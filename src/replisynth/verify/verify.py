@@ -47,14 +47,18 @@ def _grid_atoms(grid: np.ndarray, uniq: np.ndarray) -> tuple[np.ndarray, np.ndar
     return pos[hit], GRID[first[hit]]
 
 
-def ks_test(values: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool) -> tuple[float, float]:
+def ks_test(
+    values: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool
+) -> tuple[float, float]:
     """One-sample KS statistic and p-value of `values` against the mixture sum_w w·F_grid
     (weights normalised). Exact sup over both sides of every jump; p from the Kolmogorov
     distribution of n (conservative where the reference has atoms)."""
     return _ks_sorted(np.sort(np.asarray(values, dtype="float64")), components, integer)
 
 
-def _ks_sorted(x: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool) -> tuple[float, float]:
+def _ks_sorted(
+    x: np.ndarray, components: list[tuple[float, np.ndarray]], integer: bool
+) -> tuple[float, float]:
     """`ks_test` of values already sorted ascending (float64)."""
     n = len(x)
     if n == 0:
@@ -132,7 +136,11 @@ def _specs(release: dict[str, Any]) -> list[ColumnSpec]:
 
 
 def _outcomes(bundle: Bundle, source: str) -> set[str]:
-    return {c["outcome"] for c in bundle.checkpoints if c["source"] == source and c.get("status") == "released"}
+    return {
+        c["outcome"]
+        for c in bundle.checkpoints
+        if c["source"] == source and c.get("status") == "released"
+    }
 
 
 def _categories(release: dict[str, Any], plan: list[BlockPlan]) -> dict[str, list[Any]]:
@@ -147,8 +155,12 @@ def _categories(release: dict[str, Any], plan: list[BlockPlan]) -> dict[str, lis
 def _matches(s: pd.Series, allowed: list[Any]) -> pd.Series:
     """Membership test that treats 1 and 1.0 and True alike (`dims.norm_key`), computed once
     per distinct value; missing values count as members."""
-    keys = {norm_key(a) for a in allowed} | {str(float(a)) for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)}
-    codes, uniques = pd.factorize(s, use_na_sentinel=True)  # norm_key puts numpy scalars on the same footing
+    keys = {norm_key(a) for a in allowed} | {
+        str(float(a)) for a in allowed if isinstance(a, (int, float)) and not isinstance(a, bool)
+    }
+    codes, uniques = pd.factorize(
+        s, use_na_sentinel=True
+    )  # norm_key puts numpy scalars on the same footing
     hit = np.append(np.asarray([norm_key(u) in keys for u in uniques], dtype=bool), True)
     return pd.Series(hit[codes], index=s.index)
 
@@ -158,11 +170,21 @@ def _discrete_outcomes(bundle: Bundle, source: str) -> set[str]:
     them inside their categories, so tier 0 checks those."""
     cps = [c for c in bundle.checkpoints if c["source"] == source and c.get("status") == "released"]
     outs = {c["outcome"] for c in cps}
-    return {o for o in outs if all(c["model"] in GLM_BINARY + GLM_ORDERED for c in cps if c["outcome"] == o)}
+    return {
+        o
+        for o in outs
+        if all(c["model"] in GLM_BINARY + GLM_ORDERED for c in cps if c["outcome"] == o)
+    }
 
 
-def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], labels: dict[str, Any] | None,
-          checked_outcomes: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+def tier0(
+    df: pd.DataFrame,
+    release: dict[str, Any],
+    plan: list[BlockPlan],
+    outcomes: set[str],
+    labels: dict[str, Any] | None,
+    checked_outcomes: set[str] | frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """Schema floor. `checked_outcomes`: outcomes whose categories are still checked."""
     specs = _specs(release)
     problems: list[str] = []
@@ -184,7 +206,12 @@ def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
             ok_types |= {"float"}
         if lt not in ok_types:
             problems.append(f"{s.name}: logical type {lt}, released {s.logical_type}")
-        if s.integer and s.role in ("continuous", "categorical") and s.name not in outcomes and s.logical_type != "date":
+        if (
+            s.integer
+            and s.role in ("continuous", "categorical")
+            and s.name not in outcomes
+            and s.logical_type != "date"
+        ):
             v = pd.to_numeric(col, errors="coerce").dropna().to_numpy(dtype="float64")
             if len(v) and not np.all(v == np.round(v)):
                 problems.append(f"{s.name}: not integer-valued")
@@ -195,7 +222,11 @@ def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
                 problems.append(f"{s.name}: {got} missing values, expected {want}")
     # Checkpoint outcomes are moved by Layer 4 (a pinned 0/1 outcome of a linear probability
     # model is no longer 0/1): their categories are not checked.
-    cats = {c: v for c, v in _categories(release, plan).items() if c not in outcomes or c in checked_outcomes}
+    cats = {
+        c: v
+        for c, v in _categories(release, plan).items()
+        if c not in outcomes or c in checked_outcomes
+    }
     for col, allowed in cats.items():
         bad = int((~_matches(df[col], allowed)).sum())
         if bad:
@@ -204,11 +235,17 @@ def tier0(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         want_vl = release.get("value_labels", {})
         for col, labs in want_vl.items():
             got = {str(k): v for k, v in labels.get("value_labels", {}).get(col, {}).items()}
-            got = {str(int(float(k))) if _isnum(k) and float(k).is_integer() else k: v for k, v in got.items()}
+            got = {
+                str(int(float(k))) if _isnum(k) and float(k).is_integer() else k: v
+                for k, v in got.items()
+            }
             if got != labs:
                 problems.append(f"{col}: value labels did not survive")
         for s in specs:
-            if s.variable_label and labels.get("variable_labels", {}).get(s.name) != s.variable_label[:80]:
+            if (
+                s.variable_label
+                and labels.get("variable_labels", {}).get(s.name) != s.variable_label[:80]
+            ):
                 problems.append(f"{s.name}: variable label did not survive")
     schema = pandera_schema(specs, cats, exempt=tuple(outcomes))
     failures = validation_summary(schema, df)
@@ -234,7 +271,9 @@ def _block_components(plan: list[BlockPlan], col: str) -> list[tuple[float, np.n
     return [c for c in comps if c[0] > 0]
 
 
-def _continuous_marginal(v: np.ndarray, comps: list[tuple[float, np.ndarray]], grid: np.ndarray, integer: bool) -> tuple[dict[str, Any], np.ndarray | None]:
+def _continuous_marginal(
+    v: np.ndarray, comps: list[tuple[float, np.ndarray]], grid: np.ndarray, integer: bool
+) -> tuple[dict[str, Any], np.ndarray | None]:
     """Tier-1 record of one continuous column's non-missing values `v` (KS against the
     released mixture, percentile gap) and its synthetic percentiles (None when empty)."""
     v = np.sort(v[~np.isnan(v)])  # one sort for the KS test and the percentiles
@@ -243,7 +282,14 @@ def _continuous_marginal(v: np.ndarray, comps: list[tuple[float, np.ndarray]], g
     return {"ks_d": D, "ks_p": p, "max_percentile_gap_iqr": percentile_gap(v, grid, q)}, q
 
 
-def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], *, n_threads: int | None = None) -> dict[str, Any]:
+def tier1(
+    df: pd.DataFrame,
+    release: dict[str, Any],
+    plan: list[BlockPlan],
+    outcomes: set[str],
+    *,
+    n_threads: int | None = None,
+) -> dict[str, Any]:
     """Marginals: KS per continuous column, exact counts per categorical column. The
     continuous columns are tested on `n_threads` threads (default `parallel.threads()`)."""
     specs = {s.name: s for s in _specs(release)}
@@ -254,14 +300,23 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     per_var: dict[str, Any] = {}
     drift: dict[str, Any] = {}
     pct: dict[str, np.ndarray] = {}
-    cont = [(col, _block_components(plan, col)) for col, m in all_m.items() if m["kind"] == "continuous"]
+    cont = [
+        (col, _block_components(plan, col)) for col, m in all_m.items() if m["kind"] == "continuous"
+    ]
     cont = [(col, comps) for col, comps in cont if comps]
     if cont:
         from scipy import stats  # noqa: F401  (once, before the threads need it)
 
-    def one(item: tuple[str, list[tuple[float, np.ndarray]]]) -> tuple[dict[str, Any], np.ndarray | None]:
+    def one(
+        item: tuple[str, list[tuple[float, np.ndarray]]],
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
         col, comps = item
-        return _continuous_marginal(numeric_values(df[col], specs[col]), comps, np.asarray(all_m[col]["grid"]), specs[col].integer)
+        return _continuous_marginal(
+            numeric_values(df[col], specs[col]),
+            comps,
+            np.asarray(all_m[col]["grid"]),
+            specs[col].integer,
+        )
 
     done = dict(zip([c for c, _ in cont], thread_map(one, cont, n_threads), strict=True))
     for col, m in all_m.items():
@@ -311,7 +366,9 @@ def tier1(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
     }
 
 
-def _max_pair(S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: list[int], pairs: np.ndarray) -> tuple[float, list[str] | None, int]:
+def _max_pair(
+    S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: list[int], pairs: np.ndarray
+) -> tuple[float, list[str] | None, int]:
     """Largest |S - T| over the pairs of `keep` selected by the boolean matrix `pairs`."""
     if len(keep) < 2:
         return 0.0, None, 0
@@ -321,18 +378,30 @@ def _max_pair(S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: li
     if not ok.any():
         return 0.0, None, 0
     j = int(np.argmax(np.where(ok, diff, -1.0)))
-    return float(diff[j]), [dim_label(dims[keep[iu[0][j]]]), dim_label(dims[keep[iu[1][j]]])], int(ok.sum())
+    return (
+        float(diff[j]),
+        [dim_label(dims[keep[iu[0][j]]]), dim_label(dims[keep[iu[1][j]]])],
+        int(ok.sum()),
+    )
 
 
-def synthetic_spearman(X: np.ndarray, dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None) -> tuple[list[int], np.ndarray | None]:
+def synthetic_spearman(
+    X: np.ndarray, dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None
+) -> tuple[list[int], np.ndarray | None]:
     """The released dims whose column is not in `exclude` (their indices) and the synthetic
     Spearman matrix over them (None for fewer than two)."""
     keep = [i for i, d in enumerate(dims) if d["column"] not in exclude]
     return keep, (spearman_matrix(X, rows, keep) if len(keep) >= 2 else None)
 
 
-def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dict[str, Any]], exclude: set[str], rows: np.ndarray | None = None,
-                 spearman: tuple[list[int], np.ndarray | None] | None = None) -> dict[str, Any]:
+def tier2_matrix(
+    X: np.ndarray,
+    target: list[list[float | None]],
+    dims: list[dict[str, Any]],
+    exclude: set[str],
+    rows: np.ndarray | None = None,
+    spearman: tuple[list[int], np.ndarray | None] | None = None,
+) -> dict[str, Any]:
     """Released versus synthetic Spearman correlations over the released dims (outcomes
     excluded). Pairs of value dims decide the tier; pairs involving a missingness dim are
     reported (`missingness_max_abs_delta`) but do not, since missing positions are drawn
@@ -346,16 +415,33 @@ def tier2_matrix(X: np.ndarray, target: list[list[float | None]], dims: list[dic
     value_pairs = ~miss[:, None] & ~miss[None, :]
     mx, pair, n = _max_pair(S, T, dims, keep, value_pairs)
     mm, mpair, mn = _max_pair(S, T, dims, keep, ~value_pairs)
-    return {"passed": bool(mx <= CORR_TOL), "max_abs_delta": mx, "pair": pair, "pairs_checked": n,
-            "missingness_max_abs_delta": mm, "missingness_pair": mpair, "missingness_pairs": mn}
+    return {
+        "passed": bool(mx <= CORR_TOL),
+        "max_abs_delta": mx,
+        "pair": pair,
+        "pairs_checked": n,
+        "missingness_max_abs_delta": mm,
+        "missingness_pair": mpair,
+        "missingness_pairs": mn,
+    }
 
 
-def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outcomes: set[str], X: np.ndarray) -> dict[str, Any]:
+def tier3(
+    df: pd.DataFrame,
+    release: dict[str, Any],
+    plan: list[BlockPlan],
+    outcomes: set[str],
+    X: np.ndarray,
+) -> dict[str, Any]:
     """Strata: sizes exact; tiers 1 and 2 inside every released stratum (one stratum per
     thread)."""
     strata = release["strata"]["columns"]
     if not strata:
-        return {"passed": None, "note": "no strata configured: tier 3 holds when tier 2 does", "strata": []}
+        return {
+            "passed": None,
+            "note": "no strata configured: tier 3 holds when tier 2 does",
+            "strata": [],
+        }
     problems: list[str] = []
     out = []
     # Each strata column coded once (norm_key computed per distinct value, not per row).
@@ -368,9 +454,12 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         if b.id == RESIDUAL:
             mask = np.logical_or.reduce([codes < 0 for codes, _ in keycols])
         else:
-            mask = np.logical_and.reduce([
-                np.append(ukeys == norm_key(v), False)[codes] for (codes, ukeys), v in zip(keycols, b.key, strict=True)
-            ])
+            mask = np.logical_and.reduce(
+                [
+                    np.append(ukeys == norm_key(v), False)[codes]
+                    for (codes, ukeys), v in zip(keycols, b.key, strict=True)
+                ]
+            )
         n = int(mask.sum())
         rec: dict[str, Any] = {"stratum": b.id, "key": b.key, "rows": n, "rows_expected": b.rows}
         probs = []
@@ -379,8 +468,21 @@ def tier3(df: pd.DataFrame, release: dict[str, Any], plan: list[BlockPlan], outc
         if b.id != RESIDUAL:
             sub = df.loc[mask]
             t1 = tier1(sub, _block_release(release, b), [b], outcomes, n_threads=1)
-            t2 = tier2_matrix(X, release["blocks"][b.stats]["spearman"], release["dims"], outcomes | set(strata), mask)
-            rec.update({"marginals": {k: t1[k] for k in ("passed", "worst_ks_p", "worst_variable", "problems")}, "correlations": t2})
+            t2 = tier2_matrix(
+                X,
+                release["blocks"][b.stats]["spearman"],
+                release["dims"],
+                outcomes | set(strata),
+                mask,
+            )
+            rec.update(
+                {
+                    "marginals": {
+                        k: t1[k] for k in ("passed", "worst_ks_p", "worst_variable", "problems")
+                    },
+                    "correlations": t2,
+                }
+            )
             if not t1["passed"]:
                 probs.extend(f"{b.id}: {p}" for p in t1["problems"])
             if not t2["passed"]:
@@ -401,7 +503,11 @@ def _block_release(release: dict[str, Any], b: BlockPlan) -> dict[str, Any]:
     for col, v in release["blocks"][b.stats]["marginals"].items():
         if v["kind"] != "suppressed":
             m[col] = v
-    return {**release, "blocks": {ALL: {**release["blocks"][b.stats], "marginals": m}}, "strata": {"columns": [], "cells": [], "residual_rows": 0}}
+    return {
+        **release,
+        "blocks": {ALL: {**release["blocks"][b.stats], "marginals": m}},
+        "strata": {"columns": [], "cells": [], "residual_rows": 0},
+    }
 
 
 def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
@@ -411,14 +517,31 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         tag = c["tag"]
         if c.get("status") != "released":
             # not verified: neither passed nor failed (the report shows it as rejected, with why)
-            out[tag] = {"passed": None, "status": c.get("status"), "source": c["source"], "reason": c.get("reason"), "terms": []}
+            out[tag] = {
+                "passed": None,
+                "status": c.get("status"),
+                "source": c["source"],
+                "reason": c.get("reason"),
+                "terms": [],
+            }
             continue
         cp = checkpoint_from_release(c)
         try:
-            d = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data", released=released_terms(c))
+            d = build_design(
+                frames[c["source"]],
+                cp,
+                f"checkpoint {tag!r} on synthetic data",
+                released=released_terms(c),
+            )
             fit = fit_checkpoint(d, cp, f"checkpoint {tag!r} on synthetic data")
         except CheckpointError as exc:
-            out[tag] = {"passed": False, "status": "failed", "source": c["source"], "reason": str(exc), "terms": []}
+            out[tag] = {
+                "passed": False,
+                "status": "failed",
+                "source": c["source"],
+                "reason": str(exc),
+                "terms": [],
+            }
             continue
         pos = {t: j for j, t in enumerate(fit.terms)}
         terms = []
@@ -426,11 +549,20 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         passed = True
         for t in c["terms"]:
             if t.get("suppressed"):
-                terms.append({"term": t.get("term"), "position": t.get("position"), "suppressed": True, "reason": t.get("reason")})
+                terms.append(
+                    {
+                        "term": t.get("term"),
+                        "position": t.get("position"),
+                        "suppressed": True,
+                        "reason": t.get("reason"),
+                    }
+                )
                 continue
             name = t["term"]
             if name not in pos:
-                terms.append({"term": name, "beta_target": t["beta"], "se_target": t["se"], "missing": True})
+                terms.append(
+                    {"term": name, "beta_target": t["beta"], "se_target": t["se"], "missing": True}
+                )
                 passed = False
                 continue
             j = pos[name]
@@ -440,13 +572,29 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             dst = db / t["se"] if t["se"] > 0 else float("inf")
             worst, worst_t = max(worst, dse), max(worst_t, dst)
             passed &= dse < SE_BOUND and dst < SE_BOUND
-            terms.append({
-                "term": name, "beta_target": t["beta"], "beta_synthetic": b, "se_target": t["se"],
-                "se_synthetic": se, "dbeta_se": dse, "dbeta_se_target": dst,
-                "se_ratio": se / t["se"] if t["se"] > 0 else None,
-            })
-        out[tag] = {"passed": bool(passed), "status": "verified", "source": c["source"], "model": c["model"],
-                    "n_target": c["n"], "n_synthetic": fit.n, "max_dbeta_se": worst, "max_dbeta_se_target": worst_t, "terms": terms}
+            terms.append(
+                {
+                    "term": name,
+                    "beta_target": t["beta"],
+                    "beta_synthetic": b,
+                    "se_target": t["se"],
+                    "se_synthetic": se,
+                    "dbeta_se": dse,
+                    "dbeta_se_target": dst,
+                    "se_ratio": se / t["se"] if t["se"] > 0 else None,
+                }
+            )
+        out[tag] = {
+            "passed": bool(passed),
+            "status": "verified",
+            "source": c["source"],
+            "model": c["model"],
+            "n_target": c["n"],
+            "n_synthetic": fit.n,
+            "max_dbeta_se": worst,
+            "max_dbeta_se_target": worst_t,
+            "terms": terms,
+        }
         if c.get("rounding_cost_dbeta_se") is not None:
             out[tag]["rounding_cost_dbeta_se"] = c["rounding_cost_dbeta_se"]
     return out
@@ -460,26 +608,64 @@ def tier4_of_source(cps: dict[str, Any], source: str) -> dict[str, Any]:
     checked = [c for c in own.values() if c.get("status") != "rejected"]
     rejected = [t for t, c in own.items() if c.get("status") == "rejected"]
     verified = [t for t, c in own.items() if c.get("status") == "verified"]
-    out: dict[str, Any] = {"passed": bool(verified) and all(c["passed"] for c in checked), "tags": list(own),
-                           "verified": verified, "rejected": rejected}
+    out: dict[str, Any] = {
+        "passed": bool(verified) and all(c["passed"] for c in checked),
+        "tags": list(own),
+        "verified": verified,
+        "rejected": rejected,
+    }
     if not verified:
-        out["note"] = ("no checkpoint was verified on this source (" + (
-            f"{len(rejected)} rejected by disclosure control" if rejected else "the manifest declares none")
-            + "): tier 4 is not claimed")
+        out["note"] = (
+            "no checkpoint was verified on this source ("
+            + (
+                f"{len(rejected)} rejected by disclosure control"
+                if rejected
+                else "the manifest declares none"
+            )
+            + "): tier 4 is not claimed"
+        )
     return out
 
 
 def dbeta_summary(checkpoints: dict[str, Any]) -> dict[str, Any]:
     """Distribution of dbeta/SE over every verified term: median, p95, max, shares below 1-3."""
-    v = np.asarray([t["dbeta_se"] for c in checkpoints.values() for t in c.get("terms", []) if "dbeta_se" in t], dtype="float64")
-    vt = np.asarray([t["dbeta_se_target"] for c in checkpoints.values() for t in c.get("terms", []) if "dbeta_se_target" in t], dtype="float64")
-    r = np.asarray([t["se_ratio"] for c in checkpoints.values() for t in c.get("terms", []) if t.get("se_ratio") is not None], dtype="float64")
+    v = np.asarray(
+        [
+            t["dbeta_se"]
+            for c in checkpoints.values()
+            for t in c.get("terms", [])
+            if "dbeta_se" in t
+        ],
+        dtype="float64",
+    )
+    vt = np.asarray(
+        [
+            t["dbeta_se_target"]
+            for c in checkpoints.values()
+            for t in c.get("terms", [])
+            if "dbeta_se_target" in t
+        ],
+        dtype="float64",
+    )
+    r = np.asarray(
+        [
+            t["se_ratio"]
+            for c in checkpoints.values()
+            for t in c.get("terms", [])
+            if t.get("se_ratio") is not None
+        ],
+        dtype="float64",
+    )
     if not len(v):
         return {"terms": 0}
     return {
         "terms": int(len(v)),
-        "median": float(np.median(v)), "p95": float(np.percentile(v, 95)), "max": float(v.max()),
-        "share_below_1": float(np.mean(v < 1)), "share_below_2": float(np.mean(v < 2)), "share_below_3": float(np.mean(v < 3)),
+        "median": float(np.median(v)),
+        "p95": float(np.percentile(v, 95)),
+        "max": float(v.max()),
+        "share_below_1": float(np.mean(v < 1)),
+        "share_below_2": float(np.mean(v < 2)),
+        "share_below_3": float(np.mean(v < 3)),
         "max_target_se": float(vt.max()),
         "se_ratio_median": float(np.median(r)) if len(r) else None,
         "se_ratio_min": float(r.min()) if len(r) else None,
@@ -487,7 +673,9 @@ def dbeta_summary(checkpoints: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def verify(
+    bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """All tiers for every source and checkpoint; the machine-readable verdict (tiers.json)."""
     cps = tier4(bundle, frames)
     # The refits leave reference cycles holding their design matrices (~180 MB at 10^6 rows);
@@ -498,12 +686,16 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
         df = frames[name]
         outcomes = _outcomes(bundle, name)
         plan = source_plan(release, len(df))
-        t0 = tier0(df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name))
+        t0 = tier0(
+            df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name)
+        )
         t1 = tier1(df, release, plan, outcomes)
         percentiles = t1.pop("synthetic_percentiles")
         X = synthetic_dim_matrix(df, release, order="F")
         keep, S = spearman = synthetic_spearman(X, release["dims"], outcomes)
-        t2 = tier2_matrix(X, release["blocks"][ALL]["spearman"], release["dims"], outcomes, spearman=spearman)
+        t2 = tier2_matrix(
+            X, release["blocks"][ALL]["spearman"], release["dims"], outcomes, spearman=spearman
+        )
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:
             t3["passed"] = t2["passed"]
@@ -525,8 +717,10 @@ def verify(bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, di
             "strata": t3,
             "checkpoints": t4,
             # what the report draws, so it need not recompute it (not part of the verdict)
-            "synthetic": {"percentiles": {c: q.tolist() for c, q in percentiles.items()},
-                          "spearman": {"dims": keep, "matrix": None if S is None else S.tolist()}},
+            "synthetic": {
+                "percentiles": {c: q.tolist() for c, q in percentiles.items()},
+                "spearman": {"dims": keep, "matrix": None if S is None else S.tolist()},
+            },
         }
     tier_met = min(s["tier_met"] for s in sources.values()) if sources else -1
     return {

@@ -61,7 +61,9 @@ def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
     stage_write_bundle(manifest, releases, cps, [*sdc, cps_log], p["bundle"])
     from replisynth.disclosure.review import stage_review
 
-    stage_review(p["bundle"], p["review"] / "disclosure_review.json", p["review"] / "disclosure_review.txt")
+    stage_review(
+        p["bundle"], p["review"] / "disclosure_review.json", p["review"] / "disclosure_review.txt"
+    )
     return p["bundle"]
 
 
@@ -81,10 +83,15 @@ def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
     for s in b.manifest.sources:
         unpinned = p["synthesize"] / f"{s.name}.parquet"
         stage_synthesize(bundle_dir, s.name, unpinned)
-        files = {"parquet": p["synthetic"] / f"{s.name}.parquet", "csv": p["synthetic"] / f"{s.name}.csv"}
+        files = {
+            "parquet": p["synthetic"] / f"{s.name}.parquet",
+            "csv": p["synthetic"] / f"{s.name}.csv",
+        }
         stage_pin(bundle_dir, s.name, unpinned, files, p["synthesize"] / f"{s.name}.pin.json")
         if s.format == "dta":
-            stage_export_stata(bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta")
+            stage_export_stata(
+                bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta"
+            )
         out[s.name] = files["parquet"]
     stage_synthetic_readme(bundle_dir, p["synthetic"] / "README.txt")
     return out
@@ -102,10 +109,14 @@ def cmd_verify(bundle_dir: Path, out_root: Path) -> None:
         if not f.exists():
             from replisynth.core.errors import DataError
 
-            raise DataError(f"verify: {f} is missing; run `replisynth synthesize` (same MANIFEST or --bundle, same --results) first")
+            raise DataError(
+                f"verify: {f} is missing; run `replisynth synthesize` (same MANIFEST or --bundle, same --results) first"
+            )
     tiers = p["verify"] / "tiers.json"
     stage_verify(bundle_dir, synthetic, tiers)
-    stage_report(bundle_dir, synthetic, tiers, p["verify"] / "report.html", p["verify"] / "certificate.txt")
+    stage_report(
+        bundle_dir, synthetic, tiers, p["verify"] / "report.html", p["verify"] / "certificate.txt"
+    )
     print((p["verify"] / "certificate.txt").read_text().strip())
     check_tier(tiers)
 
@@ -118,12 +129,18 @@ def cmd_audit(manifest: Manifest, out_root: Path) -> Path:
 
     p = _paths(out_root / manifest.name, manifest)
     if not (p["bundle"] / "manifest.json").exists():
-        raise BundleError(f"audit: {p['bundle'] / 'manifest.json'} is missing; run `replisynth run MANIFEST` (same --results) first")
+        raise BundleError(
+            f"audit: {p['bundle'] / 'manifest.json'} is missing; run `replisynth run MANIFEST` (same --results) first"
+        )
     synthetic = {s.name: p["synthetic"] / f"{s.name}.parquet" for s in manifest.sources}
     for f in synthetic.values():
         if not f.exists():
-            raise DataError(f"audit: {f} is missing; run `replisynth synthesize MANIFEST` (same --results) first")
-    result = stage_audit(manifest, p["bundle"], synthetic, p["audit"] / "audit.json", p["audit"] / "audit.txt")
+            raise DataError(
+                f"audit: {f} is missing; run `replisynth synthesize MANIFEST` (same --results) first"
+            )
+    result = stage_audit(
+        manifest, p["bundle"], synthetic, p["audit"] / "audit.json", p["audit"] / "audit.txt"
+    )
     print(result["summary"])
     return p["audit"]
 
@@ -150,14 +167,30 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(prog="replisynth", description="Synthetic mirrors of confidential microdata with certified fidelity.")
-    ap.add_argument("command", choices=["extract", "synthesize", "verify", "run", "audit", "review"])
-    ap.add_argument("manifest", nargs="?", help="the YAML manifest (secure side, or to name the run); review: the bundle directory")
+    ap = _Parser(
+        prog="replisynth",
+        description="Synthetic mirrors of confidential microdata with certified fidelity.",
+    )
+    ap.add_argument(
+        "command", choices=["extract", "synthesize", "verify", "run", "audit", "review"]
+    )
+    ap.add_argument(
+        "manifest",
+        nargs="?",
+        help="the YAML manifest (secure side, or to name the run); review: the bundle directory",
+    )
     ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
     ap.add_argument("--results", default="results", help="output root (default: results)")
-    ap.add_argument("--out", help="review: directory of the packet (default: review/ beside the bundle)")
+    ap.add_argument(
+        "--out", help="review: directory of the packet (default: review/ beside the bundle)"
+    )
     ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    ap.add_argument("--threads", type=int, default=1, help="worker threads per stage (default 1; the output does not depend on it)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="worker threads per stage (default 1; the output does not depend on it)",
+    )
     args = ap.parse_args(argv)
     from replisynth.core.parallel import set_threads
 

@@ -48,15 +48,23 @@ def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMe
     return df, meta
 
 
-def stage_extract_source(manifest: Manifest, source: str, release_out: str | Path, sdc_out: str | Path) -> None:
+def stage_extract_source(
+    manifest: Manifest, source: str, release_out: str | Path, sdc_out: str | Path
+) -> None:
     """Secure side: the release of one source and its SDC decisions (staging files)."""
     from replisynth.extract.extract import extract_source
 
     df, meta = _read_checked(manifest, source)
     release, sdc = extract_source(df, meta, manifest, manifest.source(source))
     warn_emptied_columns(release, df, manifest.sdc.min_cell_size)
-    log.info("%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
-             source, len(release["columns"]), len(release["dims"]), len(release["strata"]["cells"]), len(sdc.entries))
+    log.info(
+        "%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
+        source,
+        len(release["columns"]),
+        len(release["dims"]),
+        len(release["strata"]["cells"]),
+        len(sdc.entries),
+    )
     write_json(release_out, release)
     write_json(sdc_out, sdc.entries)
 
@@ -66,11 +74,20 @@ def warn_emptied_columns(release: dict[str, Any], df: pd.DataFrame, min_cell_siz
     nothing (all of it below the cell size): it is entirely missing in the synthetic data."""
     for c in release["columns"]:
         name = c["name"]
-        if c.get("role") in ("continuous", "categorical") and c.get("missing", 0) >= c.get("rows", 0) \
-                and name in df.columns and df[name].notna().any():
-            log.warning("%s: column %r has values but releases nothing under min_cell_size=%d (every category below the "
-                        "cell size): it is entirely missing in the synthetic data; pool its categories, list it under "
-                        "continuous, or exclude it", release.get("source"), name, min_cell_size)
+        if (
+            c.get("role") in ("continuous", "categorical")
+            and c.get("missing", 0) >= c.get("rows", 0)
+            and name in df.columns
+            and df[name].notna().any()
+        ):
+            log.warning(
+                "%s: column %r has values but releases nothing under min_cell_size=%d (every category below the "
+                "cell size): it is entirely missing in the synthetic data; pool its categories, list it under "
+                "continuous, or exclude it",
+                release.get("source"),
+                name,
+                min_cell_size,
+            )
 
 
 def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
@@ -89,19 +106,30 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     # frames): on threads, released and logged in manifest order. At most two at a time: each
     # holds its design and formulaic's intermediates (up to ~3x the frame at 10^6 rows), and
     # the job's memory request (replisynth.workflow.resources) does not grow with its threads.
-    fits = thread_map(lambda item: capture_checkpoint_sample(frames[item[1].source], item[1], manifest, item[0]), list(enumerate(manifest.checkpoints)),
-                      n=min(threads(), 2))
+    fits = thread_map(
+        lambda item: capture_checkpoint_sample(frames[item[1].source], item[1], manifest, item[0]),
+        list(enumerate(manifest.checkpoints)),
+        n=min(threads(), 2),
+    )
     # The disclosure ledger: samples against each other, the source totals and the strata
     # (differencing rule); its public summary travels with the SDC decisions to sdc_log.json.
     released, sdc, ledger = apply_differencing(frames, manifest, fits)
     for cp, rel in zip(manifest.checkpoints, released, strict=True):
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
-    sdc.extend(budget_warnings(released, {k: len(v) for k, v in frames.items()}, manifest.sdc.budget))
+    sdc.extend(
+        budget_warnings(released, {k: len(v) for k, v in frames.items()}, manifest.sdc.budget)
+    )
     write_json(out, released)
     write_json(sdc_out, {"decisions": sdc.entries, "ledger": ledger})
 
 
-def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], checkpoints: str | Path, sdc_parts: list[str | Path], bundle_dir: str | Path) -> None:
+def stage_write_bundle(
+    manifest: Manifest,
+    releases: dict[str, str | Path],
+    checkpoints: str | Path,
+    sdc_parts: list[str | Path],
+    bundle_dir: str | Path,
+) -> None:
     """Secure side: assemble the bundle from the staging files (manifest.json last)."""
     sdc = SdcLog()
     ledger = None
@@ -117,11 +145,17 @@ def stage_write_bundle(manifest: Manifest, releases: dict[str, str | Path], chec
         if c.get("status") != "released":
             continue
         marg = rel[c["source"]]["blocks"]["all"]["marginals"]
-        lost = [col for col in c["columns"] if marg.get(col, {}).get("kind") == "suppressed" and marg[col].get("n", 0) > 0]
+        lost = [
+            col
+            for col in c["columns"]
+            if marg.get(col, {}).get("kind") == "suppressed" and marg[col].get("n", 0) > 0
+        ]
         if lost:
-            msg = (f"checkpoint {c['tag']}: column(s) {', '.join(lost)} release nothing under min_cell_size={manifest.sdc.min_cell_size} "
-                   "(every category below the cell size), so the synthetic data cannot rebuild this checkpoint; "
-                   "pool the categories, list the column under sources.<name>.continuous, or lower sdc.min_cell_size")
+            msg = (
+                f"checkpoint {c['tag']}: column(s) {', '.join(lost)} release nothing under min_cell_size={manifest.sdc.min_cell_size} "
+                "(every category below the cell size), so the synthetic data cannot rebuild this checkpoint; "
+                "pool the categories, list the column under sources.<name>.continuous, or lower sdc.min_cell_size"
+            )
             log.warning("%s", msg)
             sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
     write_bundle(bundle_dir, manifest, rel, cps, sdc, ledger=ledger)
@@ -142,10 +176,18 @@ def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> No
 def _file_meta(release: dict[str, Any]) -> FileMeta:
     labels = {c["name"]: c["variable_label"] for c in release["columns"] if c.get("variable_label")}
     storage = {c["name"]: c["storage_type"] for c in release["columns"]}
-    return FileMeta(variable_labels=labels, value_labels=release.get("value_labels", {}), storage_types=storage)
+    return FileMeta(
+        variable_labels=labels, value_labels=release.get("value_labels", {}), storage_types=storage
+    )
 
 
-def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs: dict[str, str | Path], report_out: str | Path) -> None:
+def stage_pin(
+    bundle_dir: str | Path,
+    source: str,
+    unpinned: str | Path,
+    outputs: dict[str, str | Path],
+    report_out: str | Path,
+) -> None:
     """Outside side: Layer 4 for one source; writes the parquet file (and the csv when
     `outputs` names one)."""
     from replisynth.pin.pin import pin_checkpoints
@@ -153,12 +195,27 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
 
     b = load_bundle(bundle_dir)
     df = pd.read_parquet(unpinned)
-    df, aligned = align_moments(df, b.checkpoints, b.releases[source], make_rng(b.manifest.seed, source, "xmom"))
+    df, aligned = align_moments(
+        df, b.checkpoints, b.releases[source], make_rng(b.manifest.seed, source, "xmom")
+    )
     for tag, g in aligned["checkpoints"].items():
-        log.info("design moments of %s: largest correlation gap %.3g -> %.3g, SD ratio gap %.3g -> %.3g", tag,
-                 g["before"]["max_corr_gap"], g["after"]["max_corr_gap"], g["before"]["max_sd_ratio_gap"], g["after"]["max_sd_ratio_gap"])
-        if "max_iv_log_se_gap" in g["after"]:  # iv with instrument moments: the first stage's part of log(SE ratio)
-            log.info("design moments of %s: largest |log 2SLS SE factor gap| %.3g -> %.3g", tag, g["before"]["max_iv_log_se_gap"], g["after"]["max_iv_log_se_gap"])
+        log.info(
+            "design moments of %s: largest correlation gap %.3g -> %.3g, SD ratio gap %.3g -> %.3g",
+            tag,
+            g["before"]["max_corr_gap"],
+            g["after"]["max_corr_gap"],
+            g["before"]["max_sd_ratio_gap"],
+            g["after"]["max_sd_ratio_gap"],
+        )
+        if (
+            "max_iv_log_se_gap" in g["after"]
+        ):  # iv with instrument moments: the first stage's part of log(SE ratio)
+            log.info(
+                "design moments of %s: largest |log 2SLS SE factor gap| %.3g -> %.3g",
+                tag,
+                g["before"]["max_iv_log_se_gap"],
+                g["after"]["max_iv_log_se_gap"],
+            )
     for note in aligned["notes"]:
         log.info("design moments: %s", note)
     frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)
@@ -167,7 +224,9 @@ def stage_pin(bundle_dir: str | Path, source: str, unpinned: str | Path, outputs
     for r in results:
         log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)
     write_parquet(out, outputs["parquet"], meta, synthetic=synthetic_label(b.sha256))
-    if "csv" in outputs:  # the workflow writes the csv in its own job (`stage_export_csv`), beside verification
+    if (
+        "csv" in outputs
+    ):  # the workflow writes the csv in its own job (`stage_export_csv`), beside verification
         write_csv(out, outputs["csv"])
     write_json(report_out, [r.__dict__ | {"tags": list(r.tags)} for r in results])
 
@@ -180,10 +239,17 @@ def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
     write_csv_from_parquet(parquet, out)
 
 
-def stage_export_stata(bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path) -> None:
+def stage_export_stata(
+    bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path
+) -> None:
     """Outside side: the synthetic data of a .dta source as a Stata file with its labels."""
     b = load_bundle(bundle_dir)
-    write_dta(pd.read_parquet(parquet), out, _file_meta(b.releases[source]), synthetic=synthetic_label(b.sha256))
+    write_dta(
+        pd.read_parquet(parquet),
+        out,
+        _file_meta(b.releases[source]),
+        synthetic=synthetic_label(b.sha256),
+    )
 
 
 def synthetic_readme_text(b: Bundle) -> str:
@@ -204,7 +270,9 @@ def synthetic_readme_text(b: Bundle) -> str:
     for s in b.manifest.sources:
         n = int(b.releases[s.name]["rows"])
         rows = n if s.rows is None else int(s.rows)
-        files = ", ".join(f"{s.name}.{e}" for e in ("parquet", "csv", *(("dta",) if s.format == "dta" else ())))
+        files = ", ".join(
+            f"{s.name}.{e}" for e in ("parquet", "csv", *(("dta",) if s.format == "dta" else ()))
+        )
         note = "" if rows == n else f" (the original has {n:,}: more rows add no information)"
         lines.append(f"{files}: {rows:,} synthetic rows{note}")
     return "\n".join(lines) + "\n"
@@ -215,7 +283,9 @@ def stage_synthetic_readme(bundle_dir: str | Path, out: str | Path) -> None:
     write_text(out, synthetic_readme_text(load_bundle(bundle_dir)))
 
 
-def read_synthetic(paths: dict[str, str | Path]) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+def read_synthetic(
+    paths: dict[str, str | Path],
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
     """Synthetic frames and the labels they carry (parquet metadata; .dta when given)."""
     frames, labels = {}, {}
     for name, p in paths.items():
@@ -229,7 +299,9 @@ def read_synthetic(paths: dict[str, str | Path]) -> tuple[dict[str, pd.DataFrame
     return frames, labels
 
 
-def stage_verify(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_out: str | Path) -> dict[str, Any]:
+def stage_verify(
+    bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_out: str | Path
+) -> dict[str, Any]:
     """Outside side: compute every tier; write tiers.json (always, pass or fail)."""
     from replisynth.verify.verify import verify
 
@@ -241,7 +313,14 @@ def stage_verify(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers
     return tiers
 
 
-def stage_report(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers_path: str | Path, html_out: str | Path, certificate_out: str | Path, benchmarks: list[str | Path] | None = None) -> None:
+def stage_report(
+    bundle_dir: str | Path,
+    synthetic: dict[str, str | Path],
+    tiers_path: str | Path,
+    html_out: str | Path,
+    certificate_out: str | Path,
+    benchmarks: list[str | Path] | None = None,
+) -> None:
     """Outside side: report.html and the certificate paragraph."""
     from replisynth.verify.report import certificate_text, render_report
 
@@ -252,7 +331,14 @@ def stage_report(bundle_dir: str | Path, synthetic: dict[str, str | Path], tiers
     prov["sdc settings"] = b.sdc_log.get("settings", {})
     prov["sdc decisions"] = len(b.sdc_log.get("decisions", []))
     cert = certificate_text(tiers)
-    outcomes = {s: {c["outcome"] for c in b.checkpoints if c["source"] == s and c.get("status") == "released"} for s in b.releases}
+    outcomes = {
+        s: {
+            c["outcome"]
+            for c in b.checkpoints
+            if c["source"] == s and c.get("status") == "released"
+        }
+        for s in b.releases
+    }
     html = render_report(tiers, b.releases, frames, cert, provenance=prov, outcomes=outcomes)
     write_text(html_out, html)
     # Timings go to the certificate file only (the quotable paragraph above stays reproducible).
@@ -285,14 +371,20 @@ def provenance(benchmarks: list[str | Path]) -> dict[str, Any] | None:
         ends.append(end)
     if not out:
         return None
-    return {"benchmarks": out, "total_seconds": float(sum(out.values())), "wall_seconds": float(max(ends) - min(starts))}
+    return {
+        "benchmarks": out,
+        "total_seconds": float(sum(out.values())),
+        "wall_seconds": float(max(ends) - min(starts)),
+    }
 
 
 def provenance_text(prov: dict[str, Any]) -> str:
     """The certificate's provenance paragraph: every benchmarked step's time and the run's."""
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in prov["benchmarks"].items())
-    return (f"Provenance: the run took {prov['wall_seconds']:.1f} s from the first step's start to the last step's end, "
-            f"{prov['total_seconds']:.1f} s over {len(prov['benchmarks'])} benchmarked steps (Snakemake benchmark files): {steps}.")
+    return (
+        f"Provenance: the run took {prov['wall_seconds']:.1f} s from the first step's start to the last step's end, "
+        f"{prov['total_seconds']:.1f} s over {len(prov['benchmarks'])} benchmarked steps (Snakemake benchmark files): {steps}."
+    )
 
 
 def bundle_of(bundle_dir: str | Path) -> Bundle:
@@ -300,7 +392,13 @@ def bundle_of(bundle_dir: str | Path) -> Bundle:
     return load_bundle(bundle_dir)
 
 
-def stage_audit(manifest: Manifest, bundle_dir: str | Path, synthetic: dict[str, str | Path], json_out: str | Path, txt_out: str | Path) -> dict[str, Any]:
+def stage_audit(
+    manifest: Manifest,
+    bundle_dir: str | Path,
+    synthetic: dict[str, str | Path],
+    json_out: str | Path,
+    txt_out: str | Path,
+) -> dict[str, Any]:
     """Secure side: the output-checking audit of the synthetic data against the original
     (identical rows, replicated uniques, distance to closest record); writes audit.json and
     audit.txt, which hold counts, shares and distances only."""
@@ -311,18 +409,35 @@ def stage_audit(manifest: Manifest, bundle_dir: str | Path, synthetic: dict[str,
     per_source: dict[str, dict[str, Any]] = {}
     for s in manifest.sources:
         if s.name not in b.releases:
-            raise BundleError(f"{bundle_dir}: the bundle has no source {s.name!r}; rerun extract with this manifest")
+            raise BundleError(
+                f"{bundle_dir}: the bundle has no source {s.name!r}; rerun extract with this manifest"
+            )
         original = _read_checked(manifest, s.name)[0]
         syn = pd.read_parquet(synthetic[s.name])
-        r = audit_source(original, syn, b.releases[s.name], s.name, manifest.seed, keys=s.keys, strata=s.strata)
+        r = audit_source(
+            original, syn, b.releases[s.name], s.name, manifest.seed, keys=s.keys, strata=s.strata
+        )
         d = r["dcr"]
-        log.info("%s: audited %d synthetic rows against %d original rows: %d identical on all %d columns, "
-                 "%d on the %d key columns, %d replicated uniques", s.name, r["synthetic_rows"], r["original_rows"],
-                 r["identical_all_columns"]["count"], len(r["columns"]), r["identical_keys"]["count"], len(r["keys"]),
-                 r["replicated_uniques"]["count"])
+        log.info(
+            "%s: audited %d synthetic rows against %d original rows: %d identical on all %d columns, "
+            "%d on the %d key columns, %d replicated uniques",
+            s.name,
+            r["synthetic_rows"],
+            r["original_rows"],
+            r["identical_all_columns"]["count"],
+            len(r["columns"]),
+            r["identical_keys"]["count"],
+            len(r["keys"]),
+            r["replicated_uniques"]["count"],
+        )
         if "skipped" not in d:
-            log.info("%s: DCR median %.3g to training, %.3g to holdout; %.1f%% closer than the holdout 5th percentile",
-                     s.name, d["median_to_training"], d["median_to_holdout"], 100 * d["share_closer_than_p5"])
+            log.info(
+                "%s: DCR median %.3g to training, %.3g to holdout; %.1f%% closer than the holdout 5th percentile",
+                s.name,
+                d["median_to_training"],
+                d["median_to_holdout"],
+                100 * d["share_closer_than_p5"],
+            )
         per_source[s.name] = r
     result = audit_run(manifest.name, manifest.seed, per_source, bundle_sha256=b.sha256)
     write_json(json_out, result)

@@ -50,9 +50,13 @@ class WorkflowPlan:
 
     def shards(self, kind: str):
         """Input function of a gather rule: the shard files of the source's stratum jobs."""
-        pattern = {"release": f"{self.results}/extract/{{source}}.strata/{{shard}}.json",
-                   "blocks": f"{self.results}/synthesize/{{source}}.strata/{{shard}}.pkl"}[kind]
-        return lambda wc: [pattern.format(source=wc.source, shard=k) for k in range(self.scatter[wc.source])]
+        pattern = {
+            "release": f"{self.results}/extract/{{source}}.strata/{{shard}}.json",
+            "blocks": f"{self.results}/synthesize/{{source}}.strata/{{shard}}.pkl",
+        }[kind]
+        return lambda wc: [
+            pattern.format(source=wc.source, shard=k) for k in range(self.scatter[wc.source])
+        ]
 
     def synthetic_outputs(self, source: str) -> list[str]:
         """The synthetic files of a source: parquet, csv, and dta for .dta sources."""
@@ -84,7 +88,10 @@ class WorkflowPlan:
         """The output checker's packet (secure side only; none for a run from a bundle)."""
         if self.outside:
             return []
-        return [f"{self.results}/review/disclosure_review.json", f"{self.results}/review/disclosure_review.txt"]
+        return [
+            f"{self.results}/review/disclosure_review.json",
+            f"{self.results}/review/disclosure_review.txt",
+        ]
 
     # Scheduler requests (threads, mem_mb, runtime) from the size of the data a job touches;
     # see replisynth.workflow.resources. Each returns a function Snakemake calls with the job's
@@ -100,23 +107,33 @@ class WorkflowPlan:
             try:
                 return release_cells(read_json(p), self.manifest.source(wildcards.source).rows)
             except Exception:  # not written yet (dry run): the source data's size instead
-                return cells_of([self.paths[wildcards.source]]) if wildcards.source in self.paths else 0
+                return (
+                    cells_of([self.paths[wildcards.source]])
+                    if wildcards.source in self.paths
+                    else 0
+                )
         return cells_of([str(f) for f in input])
 
     def threads(self, rule: str):
         from replisynth.workflow.resources import job_resources
 
-        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).threads
+        return lambda wildcards, input, attempt: (
+            job_resources(rule, self._cells(rule, wildcards, input), attempt).threads
+        )
 
     def mem_mb(self, rule: str):
         from replisynth.workflow.resources import job_resources
 
-        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).mem_mb
+        return lambda wildcards, input, attempt: (
+            job_resources(rule, self._cells(rule, wildcards, input), attempt).mem_mb
+        )
 
     def runtime(self, rule: str):
         from replisynth.workflow.resources import job_resources
 
-        return lambda wildcards, input, attempt: job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
+        return lambda wildcards, input, attempt: (
+            job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
+        )
 
     def benchmarks(self) -> list[str]:
         """Benchmark files of every rule that runs before the report, for the provenance table
@@ -142,8 +159,14 @@ class WorkflowPlan:
 
         out = []
         if not self.outside:
-            out += per_source("extract_source", ["extract_base", "extract_stratum{k}", "gather_release"])
-            out += [f"{b}/extract_checkpoints/all.tsv", f"{b}/write_bundle/all.tsv", f"{b}/review/all.tsv"]
+            out += per_source(
+                "extract_source", ["extract_base", "extract_stratum{k}", "gather_release"]
+            )
+            out += [
+                f"{b}/extract_checkpoints/all.tsv",
+                f"{b}/write_bundle/all.tsv",
+                f"{b}/review/all.tsv",
+            ]
         out += per_source("sample_copula", ["sample_stratum{k}", "gather_blocks"])
         out += [f"{b}/pin_checkpoints/{s}.tsv" for s in self.sources]
         out += [f"{b}/export_stata/{s}.tsv" for s in self.sources if self.formats[s] == "dta"]
@@ -184,9 +207,15 @@ def scatter_plan(setting: Any, strata: dict[str, bool], cells: dict[str, int]) -
     from replisynth.workflow.resources import AUTO_SCATTER_CELLS, AUTO_SCATTER_JOBS
 
     if setting is None or setting == "auto":
-        return {s: AUTO_SCATTER_JOBS for s, has in strata.items() if has and cells.get(s, 0) >= AUTO_SCATTER_CELLS}
+        return {
+            s: AUTO_SCATTER_JOBS
+            for s, has in strata.items()
+            if has and cells.get(s, 0) >= AUTO_SCATTER_CELLS
+        }
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
-        raise ManifestError(f"scatter: must be auto or an integer >= 0 (stratum jobs per source), got {setting!r}")
+        raise ManifestError(
+            f"scatter: must be auto or an integer >= 0 (stratum jobs per source), got {setting!r}"
+        )
     return {s: setting for s, has in strata.items() if has} if setting >= 2 else {}
 
 
@@ -207,9 +236,15 @@ def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) 
             m = b.manifest
             cells = {s.name: release_cells(b.releases[s.name], s.rows) for s in m.sources}
             return WorkflowPlan(
-                outside=True, manifest=m, bundle_dir=str(Path(config["bundle"])), results=f"results/{m.name}",
-                sources=tuple(s.name for s in m.sources), formats={s.name: s.format for s in m.sources},
-                scatter=scatter_plan(config.get("scatter"), {s.name: bool(s.strata) for s in m.sources}, cells),
+                outside=True,
+                manifest=m,
+                bundle_dir=str(Path(config["bundle"])),
+                results=f"results/{m.name}",
+                sources=tuple(s.name for s in m.sources),
+                formats={s.name: s.format for s in m.sources},
+                scatter=scatter_plan(
+                    config.get("scatter"), {s.name: bool(s.strata) for s in m.sources}, cells
+                ),
                 bundle_sha256=b.sha256,
             )
         from replisynth.workflow.resources import file_cells
@@ -221,9 +256,14 @@ def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) 
         strata = {s.name: bool(s.strata) for s in m.sources}
         cells = {s.name: file_cells(s.path) for s in m.sources if s.strata}
         return WorkflowPlan(
-            outside=False, manifest=m, bundle_dir=f"results/{m.name}/bundle", results=f"results/{m.name}",
-            sources=tuple(s.name for s in m.sources), formats={s.name: s.format for s in m.sources},
-            paths={s.name: s.path for s in m.sources}, scatter=scatter_plan(config.get("scatter"), strata, cells),
+            outside=False,
+            manifest=m,
+            bundle_dir=f"results/{m.name}/bundle",
+            results=f"results/{m.name}",
+            sources=tuple(s.name for s in m.sources),
+            formats={s.name: s.format for s in m.sources},
+            paths={s.name: s.path for s in m.sources},
+            scatter=scatter_plan(config.get("scatter"), strata, cells),
         )
     except ReplisynthError as exc:
         sys.stderr.write(f"replisynth: {exc}\n")
