@@ -24,6 +24,7 @@ from replisynth.stats.design import build_design, estimation_sample
 
 ACCEPTED = [
     ("y ~ x", {"y", "x"}),
+    ("y ~ age + I(np.maximum(age - 90, 0)) + minimum(x, 2)", {"y", "age", "x"}),
     (
         "lwage ~ educ + exper + I(exper**2) + black + C(region66)",
         {"lwage", "educ", "exper", "black", "region66"},
@@ -387,6 +388,16 @@ def test_model_matrix_refuses_unchecked_and_missing() -> None:
         model_matrix("y ~ np", df, "raise", "k", CheckpointError)
     with pytest.raises(CheckpointError, match=r"'z', not a column"):
         model_matrix("y ~ log(z)", df, "raise", "k", CheckpointError)
+
+
+def test_spline_terms_evaluate_elementwise() -> None:
+    """maximum/minimum take two arguments (splines) and compute what numpy computes."""
+    df = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.0], "age": [80.0, 91.0, 95.0, 60.0]})
+    mm = model_matrix("y ~ I(np.maximum(age - 90, 0))", df, "raise", "k", CheckpointError)
+    col = [c for c in mm.rhs.columns if "maximum" in c][0]
+    assert list(mm.rhs[col]) == [0.0, 1.0, 5.0, 0.0]
+    with pytest.raises(CheckpointError, match="argument"):
+        model_matrix("y ~ I(np.maximum(age))", df, "raise", "k", CheckpointError)
 
 
 def test_columns_named_like_functions_end_to_end(tmp_path) -> None:

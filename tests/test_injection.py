@@ -163,7 +163,7 @@ def good_bundle(tmp_path_factory: pytest.TempPathFactory, people_csv: Path) -> P
             "source": "people",
             "model": "ols",
             "formula": "y ~ x1 + x2",
-            "subset": "age >= 20",
+            "subset": "age >= 40",  # differs from the source by far more than min_cell_size rows
         }
     ]
     return cmd_extract(load_manifest(raw), root / "res")

@@ -94,7 +94,7 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
     r = _smk(work, "--cores", "2", "--configfile", str(m0))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert _planned(work, m0) == set()
-    bundle_only = {"write_bundle"} | OUTSIDE
+    bundle_only = {"write_bundle", "review"} | OUTSIDE
     cases = {
         "seed": (lambda m: m.update(seed=8), bundle_only),
         "rows": (lambda m: m["sources"]["a"].update(rows=650), bundle_only),
@@ -113,7 +113,7 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
         ),
         "strata": (
             lambda m: m["sources"]["b"].update(strata=["region"]),
-            {"extract_source/b"} | bundle_only,
+            {"extract_source/b", "extract_checkpoints"} | bundle_only,  # the ledger reads strata
         ),
     }
     for name, (edit, expected) in cases.items():

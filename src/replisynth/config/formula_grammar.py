@@ -36,12 +36,14 @@ NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "log10": np.log10,
     "log1p": np.log1p,
     "log2": np.log2,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
     "power": np.power,
     "sign": np.sign,
     "sqrt": np.sqrt,
     "square": np.square,
 }
-_ARITY = {"power": 2}
+_ARITY = {"power": 2, "maximum": 2, "minimum": 2}
 # C()'s contrasts (formulaic's patsy-compatible spellings)
 CONTRASTS = ("Treatment", "Sum", "Helmert", "Diff", "Poly")
 FORMULA_FUNCTIONS = ("C", "I", *NUMPY_FUNCTIONS)

@@ -53,7 +53,6 @@ from replisynth.stats.marginals import (
     level_order,
     level_positions,
     py_value,
-    released_levels,
     size_step,
     size_windows,
 )
@@ -537,32 +536,14 @@ def rows_of(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _class_marginal(
-    cls: np.ndarray,
-    table: FrequencyTable,
-    spec: ColumnSpec,
-    sdc: Any,
-    grid: str,
-    source_levels: np.ndarray | None,
-) -> dict[str, Any]:
+def _class_marginal(cls: np.ndarray, table: FrequencyTable, k: int) -> dict[str, Any]:
     """The released marginal of a categorical column inside a stratum, over the source-level
     classes (`cls`: `linked_tables.class_codes` of the stratum's rows): a table listing the
-    classes of at least min_cell_size rows; a many-level ordinal with 3+ classes present and
-    one of them small is released as a percentile grid of its pooled values instead."""
-    k = sdc.min_cell_size
+    classes of at least min_cell_size rows, protected with the other blocks as one linked table
+    (`linked_tables.protect_release`). Many-level ordinals too: window means or percentiles of
+    their few distinct values would give every small class's count exactly."""
     counts = class_counts(cls, n_classes(table))
     missing = int(np.count_nonzero(cls < 0))
-    present = [c for c in counts[: len(table.levels)] if c > 0]
-    if (
-        spec.ordered
-        and spec.logical_type in ("integer", "float")
-        and len(present) >= 3
-        and min(present) < k
-    ):
-        v = source_levels[~np.isnan(source_levels)] if source_levels is not None else np.zeros(0)
-        if len(v) < k or not released_levels(len(v), grid):
-            return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
-        return _grid_marginal("ordinal_grid", missing, v, sdc.quantile_trim, grid)
     t = block_table(counts, table.levels, table.ordered, k)
     if not t["levels"]:
         return {"kind": "suppressed", "missing": missing, "n": int(sum(counts))}
@@ -594,14 +575,7 @@ def stratum_block(
         lv = pooled_values.get(s.name)
         if classes is not None and s.name in classes:
             cls, table = classes[s.name]
-            m = _class_marginal(
-                cls[mask],
-                table,
-                s,
-                sdc,
-                _grid_args(s.name, source, sdc)["grid"],
-                lv[mask] if lv is not None else None,
-            )
+            m = _class_marginal(cls[mask], table, sdc.min_cell_size)
         else:
             m = _marginal(
                 sub[s.name],

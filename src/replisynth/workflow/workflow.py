@@ -188,8 +188,11 @@ def manifest_sections(m: Manifest, rule: str, source: str | None = None) -> dict
         src = {k: v for k, v in m.raw["sources"][source].items() if k != "rows"}
         cps = [c for c in m.raw.get("checkpoints", []) if c.get("source") == source]
         return {"source": src, "sdc": sdc, "checkpoints": cps}
-    if rule == "extract_checkpoints":  # the fits read the checkpoints and the SDC settings only
-        return {"sdc": sdc, "checkpoints": m.raw.get("checkpoints", [])}
+    if rule == "extract_checkpoints":  # the fits, and the ledger's strata of their sources
+        cps = m.raw.get("checkpoints", [])
+        used = sorted({c.get("source") for c in cps if c.get("source") in m.raw["sources"]})
+        srcs = {s: {k: v for k, v in m.raw["sources"][s].items() if k != "rows"} for s in used}
+        return {"sdc": sdc, "checkpoints": cps, "sources": srcs}
     return {"manifest": m.raw, "sdc": sdc}
 
 
