@@ -1,4 +1,4 @@
-"""Verify the fidelity tiers of ../shared/FIDELITY.md from the bundle and the synthetic data
+"""Verify the fidelity tiers (README "The fidelity tiers", docs/method.md) from the bundle and the synthetic data
 alone (no original data), so a journal's data editor can rerun the check anywhere.
 
 Tier 0 schema floor, 1 marginals, 2 correlations, 3 strata, 4 checkpoints. A source meets
