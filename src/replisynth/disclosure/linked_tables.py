@@ -155,6 +155,13 @@ def linked_tables(release: dict[str, Any]) -> list[LinkedTable]:
     return out
 
 
+def _put(r: list[int], c: list[int], v: list[float], row: int, col: int, value: float) -> None:
+    """One nonzero of a sparse constraint matrix in coordinate form."""
+    r.append(row)
+    c.append(col)
+    v.append(value)
+
+
 def _constraints(
     lt: LinkedTable, listed: np.ndarray
 ) -> tuple[Any, np.ndarray, dict[tuple[int, int], int]]:
@@ -174,34 +181,22 @@ def _constraints(
     for b in range(B):  # row totals (pooled: the block's pooled values count in its row)
         for cl in range(L):
             if not listed[b, cl]:
-                r.append(len(rhs))
-                c.append(var[(b, cl)])
-                v.append(1.0)
+                _put(r, c, v, len(rhs), var[(b, cl)], 1.0)
         if lt.pooled:
-            r.append(len(rhs))
-            c.append(len(unknown) + L + b)
-            v.append(1.0)
+            _put(r, c, v, len(rhs), len(unknown) + L + b, 1.0)
         rhs.append(float(lt.row_totals[b] - known[b].sum()))
     for cl in range(L):  # column totals (pooled: plus the pooled values assigned to the class)
         for b in range(B):
             if not listed[b, cl]:
-                r.append(len(rhs))
-                c.append(var[(b, cl)])
-                v.append(1.0)
+                _put(r, c, v, len(rhs), var[(b, cl)], 1.0)
         if lt.pooled:
-            r.append(len(rhs))
-            c.append(len(unknown) + cl)
-            v.append(1.0)
+            _put(r, c, v, len(rhs), len(unknown) + cl, 1.0)
         rhs.append(float(lt.col_totals[cl] - known[:, cl].sum()))
     if lt.pooled:  # the pooled values over blocks are those assigned to classes
         for i in range(L):
-            r.append(len(rhs))
-            c.append(len(unknown) + i)
-            v.append(1.0)
+            _put(r, c, v, len(rhs), len(unknown) + i, 1.0)
         for b in range(B):
-            r.append(len(rhs))
-            c.append(len(unknown) + L + b)
-            v.append(-1.0)
+            _put(r, c, v, len(rhs), len(unknown) + L + b, -1.0)
         rhs.append(0.0)
     A = coo_matrix((v, (r, c)), shape=(len(rhs), n)).tocsr()
     if lt.pooled:
