@@ -145,12 +145,25 @@ def _fe_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
     """A = (X_t'WX_t)^-1 [X~'W + (X_t'w) w'/sum(w)] (the second part only with a constant):
     beta_hat of the absorbed regression, linear in y; returned as (X_t'WX_t, B) with B' the
     bracket (n × k)."""
+    G, B, _, _, _ = fe_within_factors(d, label)
+    return G, B
+
+
+def fe_within_factors(
+    d: Design, label: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int | None]:
+    """(G, B) of `_fe_factors` plus what the pin moves the outcome along: X~ = M_D X (n × k),
+    the weighted means m of X (with a constant, else None; X_t = X~ + 1 m') and the constant's
+    position. A X~ = I off the constant, so y + X~ Delta pins the slopes without moving any
+    (weighted) group mean."""
     w = _weights(d)
     Xt, Xd, const = _fe_transformed(d, label)
     B = Xd * w[:, None]
+    means = None
     if const is not None:
+        means = Xt.T @ w / w.sum()
         B = B + np.outer(w, Xt.T @ w) / w.sum()
-    return (Xt * w[:, None]).T @ Xt, B
+    return (Xt * w[:, None]).T @ Xt, B, Xd, means, const
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Linear estimators: beta_hat = A y with A = (X'WX)^-1 X'W (fe, re, iv: `linear_models.
 linear_factors`), kept factored as G^-1 B' (`Operator`: no k × n matrix at any size), so for one checkpoint y <- y + X (beta* - beta_hat) on the estimation sample
 returns beta* exactly: A X = I for every linear unbiased estimator (OLS, within, GLS at fixed
-variance components, 2SLS). Several
+variance components, 2SLS). fe moves y along M_D X (the regressors demeaned within the
+absorbed effects) instead, so the group means stay where the synthesis put them. Several
 checkpoints on one outcome are solved jointly: stack the constraints A_c delta = Delta_c of
 their released terms and take the minimum-norm delta (exact when the constraints are
 consistent, least squares otherwise). Outcome groups are pinned in dependency order: a group
@@ -22,7 +23,12 @@ from replisynth.config.manifest import Checkpoint, checkpoint_from_release
 from replisynth.core.errors import CheckpointError
 from replisynth.core.seeds import rng
 from replisynth.fit.estimators import OlsFactor, fit_checkpoint
-from replisynth.fit.linear_models import linear_factors, re_matched_outcome, residual
+from replisynth.fit.linear_models import (
+    fe_within_factors,
+    linear_factors,
+    re_matched_outcome,
+    residual,
+)
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 from replisynth.stats.design import Design, build_design, collinear_terms, released_terms
@@ -54,6 +60,9 @@ class Operator:
 
     G: np.ndarray
     B: np.ndarray
+    within: np.ndarray | None = None  # fe: M_D X (n × k), the direction the pin moves y along
+    means: np.ndarray | None = None  # fe with a constant: X's weighted means m (X_t = M_D X + 1 m')
+    const: int | None = None  # fe: the constant's position in the design, if any
 
     def apply(self, y: np.ndarray) -> np.ndarray:
         """A y (k,) = G^-1 (B' y)."""
@@ -67,6 +76,19 @@ class Operator:
         """A itself (k × n), for the few uses that need its rows (residual shaping)."""
         return np.linalg.solve(self.G, self.B.T)
 
+    def step(self, X: np.ndarray, full: np.ndarray, pinned: list[int]) -> np.ndarray:
+        """The change of y that moves beta_hat by `full` (zero off the `pinned` positions):
+        X full (A X = I). fe: M_D X full, which moves no group mean of the absorbed effects
+        (A M_D X = I off the constant), plus the common shift m'full when the constant is
+        pinned (fe's constant is ybar - xbar'beta)."""
+        if self.within is None:
+            return X @ full
+        delta_y = self.within @ full
+        if self.const is not None and self.const in pinned:
+            assert self.means is not None
+            delta_y = delta_y + float(self.means @ full)
+        return delta_y
+
 
 def ols_operator(d: Design) -> Operator:
     """OLS/WLS: A = (X'WX)^-1 X'W, factored as G = X'WX, B = WX."""
@@ -77,8 +99,12 @@ def ols_operator(d: Design) -> Operator:
 def _operator(d: Design, cp: Checkpoint) -> Operator:
     """The family's factored A with beta_hat = A y: OLS/WLS here, fe/re/iv in linear_models
     (re at the current variance components, so the pin passes iterate to a fixed point)."""
-    if cp.model in ("fe", "re", "iv"):
-        return Operator(*linear_factors(d, cp, f"checkpoint {cp.tag!r} on synthetic data"))
+    label = f"checkpoint {cp.tag!r} on synthetic data"
+    if cp.model == "fe":
+        G, B, within, means, const = fe_within_factors(d, label)
+        return Operator(G, B, within, means, const)
+    if cp.model in ("re", "iv"):
+        return Operator(*linear_factors(d, cp, label))
     return ols_operator(d)
 
 
@@ -254,7 +280,8 @@ def _pin_pass(
         _, (A, d, common, delta) = built[0]
         full = np.zeros(d.X.shape[1])
         full[common] = delta
-        df.loc[d.index, outcome] = df.loc[d.index, outcome].to_numpy(dtype="float64") + d.X @ full
+        step = A.step(d.X, full, common)
+        df.loc[d.index, outcome] = df.loc[d.index, outcome].to_numpy(dtype="float64") + step
         return gap, True
     # Stacked constraints S delta_y = D with S the rows `common` of each A_c (placed at the
     # sample's rows of the data); the minimum-norm step is S'(SS')^+ D. SS' is assembled from
