@@ -211,27 +211,19 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 _INIT_EPILOG = (
     "reads: DATA_FILE (.csv .parquet .dta .sav)\n"
-    "writes: a commented manifest draft (--out, default manifest.yaml; an existing file only "
-    "with --force); its comments name columns, types and counts, never a data value\n"
+    "writes: a commented manifest draft (--out, default manifest.yaml; an existing file only\n"
+    "  with --force); its comments name columns, types and counts, never a data value\n"
     "example: replisynth init data/survey.dta --out survey.yaml"
 )
 
 
-def _parser() -> _Parser:
-    """The command line: `replisynth COMMAND MANIFEST [options]`, one subparser per command."""
-    from replisynth import __version__
-
-    ap = _Parser(
-        prog="replisynth",
-        description="Synthetic mirrors of confidential microdata with certified fidelity.",
-        epilog="Exit status: 0 success, 1 bad input, 2 tier missed, 3 review findings, "
-        "4 internal error. `replisynth COMMAND --help` says what each command reads and writes.",
-    )
-    ap.add_argument("--version", action="version", version=f"replisynth {__version__}")
+def _common_options(positional: str) -> argparse.ArgumentParser:
+    """The options every pipeline command accepts (the command line before subcommands)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "manifest",
         nargs="?",
+        metavar=positional,
         help="the YAML manifest (secure side, or to name the run); review: the bundle directory",
     )
     common.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
@@ -246,17 +238,36 @@ def _parser() -> _Parser:
         default=1,
         help="worker threads per stage (default 1; the output does not depend on it)",
     )
+    return common
+
+
+def _parser() -> _Parser:
+    """The command line: `replisynth COMMAND MANIFEST [options]`, one subparser per command."""
+    from replisynth import __version__
+
+    ap = _Parser(
+        prog="replisynth",
+        description="Synthetic mirrors of confidential microdata with certified fidelity.",
+        epilog="Exit status: 0 success, 1 bad input, 2 tier missed, 3 review findings, "
+        "4 internal error. `replisynth COMMAND --help` says what each command reads and writes.",
+    )
+    ap.add_argument("--version", action="version", version=f"replisynth {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
     for name, (what, epilog) in _COMMANDS.items():
         sub.add_parser(
-            name, parents=[common], help=what, description=what, epilog=epilog, formatter_class=fmt
+            name,
+            parents=[_common_options("BUNDLE" if name == "review" else "MANIFEST")],
+            help=what,
+            description=what,
+            epilog=epilog,
+            formatter_class=fmt,
         )
     init = sub.add_parser(
         "init",
         help="write a commented manifest draft from a data file.",
-        description="write a commented manifest draft from a data file: each column's role and "
-        "type with the reason, suggested ids and strata, free-text, date and derived-looking "
+        description="write a commented manifest draft from a data file: each column's role and\n"
+        "type with the reason, suggested ids and strata, free-text, date and derived-looking\n"
         "columns flagged, and a checkpoint template to fill in.",
         epilog=_INIT_EPILOG,
         formatter_class=fmt,
