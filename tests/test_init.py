@@ -14,8 +14,8 @@ import yaml
 
 from replisynth import __version__
 from replisynth.config.manifest import load_manifest
-from replisynth.io.draft import derived_columns, draft_manifest, manifest_name, source_name
-from replisynth.io.files import read_source
+from replisynth.io.draft import analyse, derived_columns, draft_manifest, manifest_name, source_name
+from replisynth.io.files import FileMeta, read_source
 from replisynth.workflow.cli import _COMMANDS, main
 
 SECTORS = ("Qzvx-Farming", "Wrpl-Foundry", "Kjhb-Harbour")  # distinctive level labels
@@ -120,7 +120,7 @@ def test_draft_runs_to_tier_4(parquet_file: Path, tmp_path: Path, monkeypatch) -
 
 @pytest.mark.parametrize("fmt", ["csv", "dta"])
 def test_init_on_csv_and_labelled_dta(fmt: str, tmp_path: Path, monkeypatch, capsys) -> None:
-    df = _frame(600, 23 if fmt == "csv" else 5)
+    df = _frame(1000, 23 if fmt == "csv" else 5)
     path = tmp_path / f"wave 3.{fmt}"
     labels = {"sector": {1: "Qzvx-Farming", 2: "Wrpl-Foundry", 3: "Kjhb-Harbour"}}
     if fmt == "csv":
@@ -180,6 +180,26 @@ def test_derived_columns(seed: int) -> None:
         "x_scaled": 'a linear function of "x"',
         "grade_pay": 'exactly a function of "grade"',
     }
+
+
+def test_strata_rule() -> None:
+    """Candidates have 2-6 levels, none below the cell size; the suggestion's cells are large."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    df = pd.DataFrame(
+        {
+            "rare_flag": np.r_[np.ones(40), np.zeros(n - 40)].astype(int),  # a level of 40 < 50
+            "region": rng.choice(["a", "b", "c"], n),
+            "half": np.r_[np.ones(n // 2), np.zeros(n - n // 2)].astype(int),
+            "seven": rng.integers(0, 7, n),  # 7 levels: not a stratum
+            "y": rng.normal(size=n),
+        }
+    )
+    draft, _ = analyse(df, FileMeta(), "x.parquet")
+    assert draft.strata_candidates == ["region", "half"]
+    assert draft.strata == ["half", "region"]  # 6 cells of about 250 rows
+    draft, _ = analyse(df.head(1000), FileMeta(), "x.parquet")
+    assert draft.strata == ["half"]  # half x region would have cells below 200 rows
 
 
 def test_overwrite_refused_unless_forced(parquet_file: Path, tmp_path: Path, capsys) -> None:

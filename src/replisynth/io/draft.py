@@ -17,7 +17,9 @@ from replisynth.io.files import FileMeta
 from replisynth.io.schema import ColumnSpec, infer_schema, logical_type
 
 STRATA_LEVELS = (2, 6)  # a stratum column has this many levels (inclusive)
-MAX_STRATA_CELLS = 6  # suggested strata: their cross product has at most this many cells
+MAX_STRATA_CELLS = 6  # suggested strata: their cross product has at most this many cells ...
+STRATUM_CELLS = 4  # ... each of at least this many times the minimum cell size (a stratum is
+# synthesized on its own: near the cell size its correlations are noisy)
 TEXT_SHARE = 0.5  # a string column with more distinct values than this share of rows is text
 SAMPLE_ROWS = 1000  # rows checked for derived columns
 PROFILE = "standard"
@@ -186,8 +188,9 @@ def strata_columns(
     df: pd.DataFrame, specs: list[ColumnSpec], min_cell: int
 ) -> tuple[list[str], list[str]]:
     """(suggested strata, candidates): categorical columns with 2-6 levels, none missing and
-    none below `min_cell` rows; the suggestion adds candidates (fewest levels first) while their
-    cross product has at most MAX_STRATA_CELLS cells, none below `min_cell`."""
+    none below `min_cell` rows; the suggestion adds candidates (fewest levels, then the most
+    balanced, first) while their cross product has at most MAX_STRATA_CELLS cells, none below
+    STRATUM_CELLS x `min_cell`."""
     cands = []
     for spec in specs:
         s = df[spec.name]
@@ -195,13 +198,13 @@ def strata_columns(
             continue
         counts = s.value_counts()
         if STRATA_LEVELS[0] <= len(counts) <= STRATA_LEVELS[1] and counts.min() >= min_cell:
-            cands.append((len(counts), spec.name))
+            cands.append((len(counts), -int(counts.min()), spec.name))
     chosen: list[str] = []
-    for _, c in sorted(cands):
+    for *_, c in sorted(cands):
         cells = df.groupby([*chosen, c], observed=True).size()
-        if len(cells) <= MAX_STRATA_CELLS and cells.min() >= min_cell:
+        if len(cells) <= MAX_STRATA_CELLS and cells.min() >= STRATUM_CELLS * min_cell:
             chosen.append(c)
-    return chosen, [c for _, c in cands]
+    return chosen, [c for *_, c in cands]
 
 
 def analyse(df: pd.DataFrame, meta: FileMeta, path: str) -> tuple[Draft, list[ColumnSpec]]:
@@ -343,7 +346,11 @@ def draft_manifest(df: pd.DataFrame, meta: FileMeta, path: str, seed: int) -> st
     )
     lines.append(
         f"    # (the {PROFILE} profile's cell size); suggested while their cross product has at "
-        f"most {MAX_STRATA_CELLS} cells."
+        f"most {MAX_STRATA_CELLS} cells"
+    )
+    lines.append(
+        f"    # of at least {STRATUM_CELLS * min_cell} rows each (each stratum is synthesized on "
+        "its own; small ones give noisy correlations)."
     )
     if d.strata_candidates:
         lines.append(f"    # Candidates: {', '.join(_name(c) for c in d.strata_candidates)}.")
