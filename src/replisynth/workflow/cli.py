@@ -10,6 +10,8 @@ install it. Same package functions, same output layout as the workflow.
   replisynth review BUNDLE [--out DIR]        the output checker's review of a bundle, from the
                                               bundle alone: disclosure_review.{json,txt} in DIR
                                               (default: review/ beside the bundle)
+  replisynth init DATA_FILE [--out FILE]      a commented manifest draft of a data file
+  replisynth --version; replisynth COMMAND --help (what it reads and writes, an example)
 
 Exit status (README "Exit status"): 0 success; 1 bad input (a manifest, data, bundle or
 results folder to fix: one line, no traceback); 2 verification ran but verify.tier was not
@@ -166,46 +168,170 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(
-        prog="replisynth",
-        description="Synthetic mirrors of confidential microdata with certified fidelity.",
-    )
-    ap.add_argument(
-        "command", choices=["extract", "synthesize", "verify", "run", "audit", "review"]
-    )
-    ap.add_argument(
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "extract": (
+        "secure side: from the manifest's data files to the disclosure-safe bundle.",
+        "reads: MANIFEST and its data files\n"
+        "writes: RESULTS/<name>/extract/, bundle/ (what may leave) and review/\n"
+        "example: replisynth extract manifest.yaml --results results",
+    ),
+    "synthesize": (
+        "rebuild synthetic data from the bundle alone, checkpoint coefficients pinned.",
+        "reads: the bundle (RESULTS/<name>/bundle/ of MANIFEST, or --bundle DIR)\n"
+        "writes: RESULTS/<name>/synthesize/ and synthetic/ (parquet, csv, dta for .dta sources)\n"
+        "example: replisynth synthesize --bundle bundle/ --results out",
+    ),
+    "verify": (
+        "check the fidelity tiers of the synthetic data against the bundle (exit 2 when the "
+        "manifest's verify.tier is missed).",
+        "reads: the bundle (of MANIFEST, or --bundle DIR) and RESULTS/<name>/synthetic/\n"
+        "writes: RESULTS/<name>/verify/ tiers.json, report.html, certificate.txt\n"
+        "example: replisynth verify --bundle bundle/ --results out",
+    ),
+    "run": (
+        "extract, synthesize and verify in one go, on the secure side.",
+        "reads: MANIFEST and its data files (not --bundle: use synthesize and verify for that)\n"
+        "writes: everything extract, synthesize and verify write under RESULTS/<name>/\n"
+        "example: replisynth run manifest.yaml --results results",
+    ),
+    "audit": (
+        "secure side, after run: does the synthetic data reproduce original records?",
+        "reads: MANIFEST, its data files, RESULTS/<name>/bundle/ and synthetic/\n"
+        "writes: RESULTS/<name>/audit/ audit.json, audit.txt\n"
+        "example: replisynth audit manifest.yaml --results results",
+    ),
+    "review": (
+        "the output checker's review of a bundle, from the bundle alone (exit 3 on findings).",
+        "reads: BUNDLE (a bundle directory, given in place of MANIFEST)\n"
+        "writes: disclosure_review.json, disclosure_review.txt in --out DIR "
+        "(default: review/ beside the bundle)\n"
+        "example: replisynth review results/card1995/bundle --out packet",
+    ),
+}
+
+_INIT_EPILOG = (
+    "reads: DATA_FILE (.csv .parquet .dta .sav)\n"
+    "writes: a commented manifest draft (--out, default manifest.yaml; an existing file only\n"
+    "  with --force); its comments name columns, types and counts, never a data value\n"
+    "example: replisynth init data/survey.dta --out survey.yaml"
+)
+
+
+def _common_options(positional: str) -> argparse.ArgumentParser:
+    """The options every pipeline command accepts (the command line before subcommands)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "manifest",
         nargs="?",
+        metavar=positional,
         help="the YAML manifest (secure side, or to name the run); review: the bundle directory",
     )
-    ap.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
-    ap.add_argument("--results", default="results", help="output root (default: results)")
-    ap.add_argument(
+    common.add_argument("--bundle", help="outside side: a bundle directory (synthesize, verify)")
+    common.add_argument("--results", default="results", help="output root (default: results)")
+    common.add_argument(
         "--out", help="review: directory of the packet (default: review/ beside the bundle)"
     )
-    ap.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    ap.add_argument(
+    common.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    common.add_argument(
         "--threads",
         type=int,
         default=1,
         help="worker threads per stage (default 1; the output does not depend on it)",
     )
-    args = ap.parse_args(argv)
-    from replisynth.core.parallel import set_threads
+    return common
 
-    set_threads(args.threads)
+
+def _parser() -> _Parser:
+    """The command line: `replisynth COMMAND MANIFEST [options]`, one subparser per command."""
+    from replisynth import __version__
+
+    ap = _Parser(
+        prog="replisynth",
+        description="Synthetic mirrors of confidential microdata with certified fidelity.",
+        epilog="Exit status: 0 success, 1 bad input, 2 tier missed, 3 review findings, "
+        "4 internal error. `replisynth COMMAND --help` says what each command reads and writes.",
+    )
+    ap.add_argument("--version", action="version", version=f"replisynth {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+    for name, (what, epilog) in _COMMANDS.items():
+        sub.add_parser(
+            name,
+            parents=[_common_options("BUNDLE" if name == "review" else "MANIFEST")],
+            help=what,
+            description=what,
+            epilog=epilog,
+            formatter_class=fmt,
+        )
+    init = sub.add_parser(
+        "init",
+        help="write a commented manifest draft from a data file.",
+        description="write a commented manifest draft from a data file: each column's role and\n"
+        "type with the reason, suggested ids and strata, free-text, date and derived-looking\n"
+        "columns flagged, and a checkpoint template to fill in.",
+        epilog=_INIT_EPILOG,
+        formatter_class=fmt,
+    )
+    init.add_argument(
+        "data_file", metavar="DATA_FILE", help="the data file (.csv .parquet .dta .sav)"
+    )
+    init.add_argument("--out", default="manifest.yaml", help="the draft (default: manifest.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    init.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return ap
+
+
+def cmd_init(data_file: Path, out: Path, force: bool) -> None:
+    """Write the manifest draft of `data_file` to `out` (refused when `out` exists, unless
+    `force`)."""
+    import secrets
+
+    from replisynth.core.errors import ManifestError
+    from replisynth.io.atomic import write_text
+    from replisynth.io.draft import draft_manifest
+    from replisynth.io.files import read_source
+
+    if out.exists() and not force:
+        raise ManifestError(
+            f"init: {out} exists; choose another --out or add --force to replace it"
+        )
+    df, meta = read_source(data_file)
+    write_text(out, draft_manifest(df, meta, str(data_file), seed=secrets.randbelow(2**31)))
+    print(
+        f"wrote {out}: check each column's line, fill in a checkpoint, then `replisynth run {out}`"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
     configure_logging(None)
     if args.quiet:
         import logging
 
         logging.getLogger("replisynth").setLevel(logging.WARNING)
+    if args.command == "init":
+        try:
+            cmd_init(Path(args.data_file), Path(args.out), args.force)
+        except (Exception, KeyboardInterrupt) as exc:
+            return report_failure(exc)
+        return EXIT_OK
+    from replisynth.core.parallel import set_threads
+
+    set_threads(args.threads)
     out_root = Path(args.results)
     try:
         if args.command == "review":
             if not args.manifest:
                 ap.error("review needs a BUNDLE directory")
             return cmd_review(Path(args.manifest), Path(args.out) if args.out else None)
+        if args.command == "run" and args.bundle:
+            from replisynth.core.errors import UnsupportedError
+
+            raise UnsupportedError(
+                "run --bundle: run reads the manifest's data files, not a bundle; for a bundle "
+                "use `replisynth synthesize --bundle DIR` then `replisynth verify --bundle DIR`"
+            )
         if args.command in ("extract", "run", "audit") or not args.bundle:
             if not args.manifest:
                 ap.error(f"{args.command} needs a MANIFEST (or --bundle DIR for synthesize/verify)")
