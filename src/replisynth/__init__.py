@@ -7,7 +7,7 @@ import os as _os
 
 # The pipeline's matrix products are tall and thin (rows x a few dozen dims), where BLAS
 # threads gain little; on a shared or busy machine (parallel Snakemake jobs, a login node)
-# their spin-waiting made one 1M-row correlation matrix 10-50x slower. One thread unless
+# their spin-waiting made a large correlation matrix many times slower. One thread unless
 # the user chose otherwise; effective when replisynth is imported before numpy (the CLI
 # and the workflow's scripts do).
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -1,11 +1,5 @@
-"""The safe grammar of checkpoint formulas and subsets (docs/grammar.md): text from a
-manifest or a bundle is parsed and checked node by node before anything evaluates it, so no
-formula or subset can run code beyond column arithmetic and a named list of functions.
-
-Formulas are tokenized as formulaic tokenizes them (the same spans become Python code there),
-each Python span is parsed with `ast` and checked against the allow-list; subsets are parsed
-with `ast` (pandas-query spelling: `&`/`|` as `and`/`or`, backtick-quoted names) and evaluated
-here, over the data frame's columns, never by `DataFrame.eval`/`query`.
+"""The safe grammar of checkpoint formulas and subsets: text is parsed and checked node by
+node before anything evaluates it. Grammar: docs/grammar.md; docs/method.md, "Formula grammar".
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Worker threads for independent per-column or per-block work inside one stage.
-
-A Snakemake job runs with the `threads` its rule asks for (`replisynth.workflow.resources`); the
-script wrapper passes that count to `runner.run`, which sets it here, and the hot loops map
-their independent pieces (columns, strata blocks, checkpoints) over that many threads. numpy
-sorts, searches and reductions release the GIL, so two threads use two cores. Results are
-collected in input order and every piece draws no randomness of its own (or a stream spawned
-for it), so the output does not depend on the thread count (tested)."""
+"""Worker threads for independent per-column or per-block work inside one stage; results
+in input order, so the output does not depend on the thread count. See docs/hpc.md.
+"""
 
 from __future__ import annotations
 

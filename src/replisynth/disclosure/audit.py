@@ -1,20 +1,5 @@
-"""Secure-side output checking: does the synthetic data reproduce original records?
-
-Run inside the secure environment, with the original data, the bundle and the synthetic data,
-before the synthetic files are cleared for release. Three measures per source:
-
-1. *Identical rows*: synthetic rows equal to some original row on every released column, and
-   on the key columns (quasi-identifiers: `sources.<name>.keys`, by default the strata and the
-   categorical columns).
-2. *Replicated uniques* (synthpop's `replicated.uniques`): synthetic rows whose key
-   combination is unique in the synthetic data and also unique in the original data.
-3. *Distance to closest record* (DCR): the original rows are split at random into a training
-   and a holdout half; sampled synthetic rows are measured against both halves, and holdout
-   rows against the training half give the baseline a record that is not a copy achieves.
-
-Every function here is pure (DataFrames and release dicts in, plain dicts out); the results
-hold counts, shares and distances only. No original value, level or row ever enters them, so
-the report and the logs can leave the secure environment with the rest of the output.
+"""Secure-side output checking: does the synthetic data reproduce original records? Counts,
+shares and distances only. Method: docs/method.md, "Output checking: the audit".
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""The bundle: the only thing that leaves the secure side.
-
-Layout (format replisynth-bundle/1):
-  manifest.json          files with sha256 and bytes, software versions, seed, the manifest used
-  sdc_log.json           every SDC decision, with the resolved settings and the disclosure ledger
-  source_<name>.json     per source: schema, value labels, marginals, correlations, strata, groups
-  checkpoints.json       released checkpoint coefficients and standard errors
-manifest.json is written last: a directory without it is not a bundle, and a file whose
-sha256 differs from the one listed (or a file not listed) makes the bundle invalid.
+"""The bundle: the only thing that leaves the secure side, written with `manifest.json` last.
+Format: docs/method.md, "Bundle format"; docs/bundle.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Correlations of two-valued dims (indicators, binaries, missingness) as an attacker reads
-them: a released phi (Spearman) correlation and the two released shares give the pair's whole
-2x2 table, and a block's table is also the source's minus the other blocks' (source = strata +
-residual). Used by the output checker's review (`check_correlations`) and, on the secure side,
-as the secondary gate that withholds a source-level pair whose linked blocks would give a
-withheld stratum's table (`suppress_linked_pairs`).
+"""Correlations of two-valued dims as an attacker reads them (each pair's 2x2 table, linked
+across blocks), for the review and the secondary gate. Method: docs/method.md.
 """
 
 from __future__ import annotations

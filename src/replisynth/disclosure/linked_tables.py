@@ -1,12 +1,5 @@
-"""Frequency tables of a stratified source as one linked system (docs/method.md, "Linked tables").
-
-Per categorical column, the blocks (released strata, then the residual block of locally
-suppressed rows) × the source-level classes (released levels, then the bucket of suppressed
-categories) form one table whose row totals (block rows minus missing), column totals (the
-source-level table) and listed cells are published. An attacker holding the bundle bounds
-every unlisted cell by linear programming (the τ-ARGUS/sdcTable audit); secondary
-suppression unlists further cells until every unlisted cell's feasible interval meets the
-protection rule (`protected`). Pure functions, no I/O.
+"""Frequency tables of a stratified source as one linked system, audited and protected by
+secondary suppression. Pure functions. Method: docs/method.md, "Linked tables".
 """
 
 from __future__ import annotations

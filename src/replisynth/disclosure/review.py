@@ -1,10 +1,5 @@
-"""The output checker's review: every disclosure check an output checker would run, from the
-bundle alone, written as `disclosure_review.json` and a page to sign (`disclosure_review.txt`).
-
-Each check is a short pure function over the bundle's plain data that returns *findings*
-(dicts naming the check, where, and what could be learned; counts and released names only,
-never a data value). No findings: the verdict is clean. See docs/method.md, "Output
-checker's review".
+"""The output checker's review: every disclosure check, from the bundle alone, as findings
+(`disclosure_review.{json,txt}`). Method: docs/method.md, "Output checker's review".
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
-"""Checkpoint capture on the secure side, with its disclosure gate.
-
-Gate: a checkpoint is rejected when its sample has fewer than `min_cell_size` rows or fewer
-than `min_resid_df` residual degrees of freedom, when its weights' effective sample size is
-below `min_cell_size` or one row carries more than 1/`min_cell_size` of the total weight
-(`weight_gate`), or when two rows dominate its outcome total, spread or residual sum of
-squares (`outcome_dominance`). A coefficient is suppressed when fewer than `min_cell_size`
-(Kish-weighted) rows of the sample are off its column's most common value (`nonmodal_rows`:
-dummies, factor levels, interaction cells, scaled dummies, splines, sparse columns): such a
-coefficient describes a small group. Suppressed terms are released without their name's
-value part. The differencing rule across checkpoints is in `extract/ledger.py`; see docs/method.md,
-"Checkpoint disclosure rules".
+"""Checkpoint capture on the secure side, with its disclosure gate (sample, weights,
+dominance, suppressed coefficients; differencing is in `ledger`).
+Method: docs/method.md, "Checkpoint disclosure rules".
 """
 
 from __future__ import annotations
@@ -446,8 +437,8 @@ def design_moments(
     info = {"columns": len(keep), "left_out": left_out, "blanked": 0}
     if len(keep) == 0:
         return None, info
-    # Moments accumulated over row chunks: no n × k copies of the design (three of them,
-    # 360 MB for a 15-column design at 10^6 rows, were this function's memory peak).
+    # Moments accumulated over row chunks: no n × k copies of the design (three of them were
+    # this function's memory peak).
     W = float(w.sum())
     step = 1 << 16
     chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
@@ -499,8 +490,8 @@ def _dominated(x: np.ndarray, w: np.ndarray, dominance: float | None) -> bool:
     total = float(c.sum())
     if not total > 0:
         return False
-    # the two largest without a sort (a sort, or a partition of heavily tied 0/1 columns,
-    # costs 10-50 ms at 1M rows): the largest, then the largest of the others; their sum is
+    # the two largest without a sort (a sort, or a partition of heavily tied 0/1 columns, is
+    # slow on large data): the largest, then the largest of the others; their sum is
     # the sum of the sort's last two
     i = int(np.argmax(c))
     top2 = (

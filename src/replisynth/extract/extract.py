@@ -1,10 +1,5 @@
-"""Secure side, per source: from the data to a disclosure-safe *release* (a plain dict written
-as JSON into the bundle): schema, marginals, rank correlations, strata, group sizes.
-
-Nothing row-level enters the release: percentile grids are top/bottom coded, frequency
-tables carry cells of at least `min_cell_size` rows, strata below it are locally suppressed
-(their rows form a residual synthesized from the source-level statistics, with the strata
-columns missing), and every decision goes into the SDC log.
+"""Secure side, per source: from the data to a disclosure-safe *release* (schema, marginals,
+rank correlations, strata, group sizes), every decision logged. Method: docs/method.md.
 """
 
 from __future__ import annotations

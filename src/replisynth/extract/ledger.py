@@ -1,28 +1,6 @@
-"""The disclosure ledger of the checkpoint stage: every released statistic that describes a set
-of rows, registered with that row set, so that releases are checked against each other and
-not one at a time.
-
-Entries (per source read by the checkpoint stage): the source total, each released stratum
-block and the residual block (the strata of `extract`, recomputed with `extract._strata_keys`)
-and each released checkpoint's estimation sample. Row sets are boolean masks over the
-source's rows, held in memory only; the bundle gets `summary()`: ids, kinds, released row
-counts and what is released about them, never a mask, a row value or a small difference.
-
-Differencing rule: a checkpoint whose estimation sample A differs from a registered set B by
-1..k−1 rows (|A Δ B|, k = min_cell_size) is refused, since the difference of two exact
-releases (means × n) describes those few rows. Checked against every entry B, its complement
-in the source (|A Δ Bᶜ| = N − |A Δ B|: two checkpoints that overlap in a few rows and cover
-the source), and the closest union of strata cells (strata and residual partition the rows,
-so the union nearest to A is the cells more than half inside A; a subset that is a stratum,
-or two, but for a few rows). Statistics weighted differently (a weighted checkpoint against
-the unweighted source or strata, or against another weighting) cannot be subtracted value by
-value; their difference is a row count, allowed when it is already released (the rows missing
-in one released column: the schema's missing count). A sample equal to a set already
-registered with the same weights (a checkpoint on all rows, on a stratum or a union of
-strata, on another checkpoint's sample) adds no row set and is not checked: whatever its difference with a
-third set, the earlier releases already give it.
-Checkpoints are checked in manifest order; the later one of a pair is the one refused, never
-a stratum or the source.
+"""The disclosure ledger of the checkpoint stage: released row sets (source, strata blocks,
+checkpoint samples) held as in-memory masks, so releases are checked against each other.
+Method: docs/method.md, "Checkpoint disclosure rules".
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""Reference fits of checkpoints: the numbers users trust (statsmodels', Stata's).
-
-OLS with analytic weights is WLS (coefficients and every vcov match Stata's `regress [aw=w]`,
-whose weights are rescaled to sum to N: WLS is invariant to that scale). OLS/WLS are computed
-here (`ols_fit`, Cholesky + a refinement step), to statsmodels' numbers within ~1e-10 relative
-(tests/test_estimators.py);
-statsmodels' own fit forms an SVD pseudo-inverse, ~0.7 s per checkpoint at 10^6 rows.
-`vcov`: nonrobust, HC0-HC3, or cluster:<col> (Stata's small-sample correction, as statsmodels
-applies by default).
+"""Reference fits of checkpoints: the numbers users trust (statsmodels', Stata's); OLS/WLS
+computed here. Method: docs/method.md, "Reference fits: ols".
 """
 
 from __future__ import annotations
@@ -79,7 +72,7 @@ class OlsFactor:
         sw = None if weights is None else np.sqrt(weights)
         Xw = X if sw is None else X * sw[:, None]
         # R from the Cholesky factor of the column-equilibrated Gram matrix (one n·k² product;
-        # a Householder QR of a 10^6 × 13 design costs ~6× more), then the semi-normal equations
+        # a Householder QR of a tall design costs several times more), then the semi-normal equations
         # R'R b = Xw'yw with one refinement step on the residual (corrected semi-normal equations,
         # Björck 1987): on the benchmark designs (cond(X) up to 3e4) within 1e-11 SE of statsmodels.
         c = np.sqrt(np.einsum("ij,ij->j", Xw, Xw))

@@ -1,20 +1,6 @@
-"""Reference fits of the maximum-likelihood checkpoints: logit, probit, poisson, nbreg (NB2),
-ologit and oprobit, with statsmodels' discrete and ordinal models (the numbers Stata's
-`logit`, `probit`, `poisson`, `nbreg`, `ologit`, `oprobit` print: Newton-Raphson on the
-observed Hessian).
-
-Weights: normalised to mean 1 on the estimation sample, they multiply each row's
-log-likelihood, sum_i w_i l_i(theta) (Stata's `[iw=]` after that normalisation, which is what
-`[aw=]` means for the models that accept it; the point estimates equal those of `[pw=]`).
-`vcov`: nonrobust = inverse weighted observed information; HC0 = the sandwich
-H^-1 (sum_i w_i^2 s_i s_i') H^-1; HC1 = HC0 x n/(n-1), Stata's `vce(robust)` for ML models
-(so `[pw=w]` in Stata is `weights: w, vcov: HC1` here); cluster:<col> = statsmodels' cluster
-sandwich with its default small-sample factor G/(G-1) (N-1)/(N-K). HC2/HC3 need the hat matrix
-of a linear model and are refused.
-
-Extra terms (released like coefficients): `alpha` for nbreg (Var y = mu + alpha mu^2) and the
-cut points `cut1`..`cut{J-1}` for ordered models (P(y <= j) = F(cut_j - x'b), Stata's
-parameterisation; no intercept), their SEs by the delta method from statsmodels' increments.
+"""Reference fits of the maximum-likelihood checkpoints (logit, probit, poisson, nbreg,
+ologit, oprobit) with statsmodels, to Stata's numbers.
+Method: docs/method.md, "Maximum-likelihood checkpoints".
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
-"""Linear model families `fe`, `re` and `iv`: reference fits by linearmodels (the numbers users
-trust), and for pinning the linear operator A (k × n) with beta_hat = A y on the estimation
-sample, and the residual that can be rescaled without moving beta_hat.
-
-Reference fits
-- fe: `AbsorbingLS` with the absorbed columns (or the entity) as categorical effects. With an
-  intercept in the formula the constant is kept and reported as linearmodels (and reghdfe) do:
-  the weighted means are added back after the effects are removed.
-- re: `RandomEffects` (Swamy-Arora variance components from the within and between
-  regressions, theta_i = 1 - sqrt(s2_e / (T_i s2_u + s2_e)), then OLS on the quasi-demeaned data).
-- iv: `IV2SLS` (two-stage least squares).
-
-vcov mapping (the covariance of `ols` with the same name, where one exists): nonrobust ->
-unadjusted, debiased (s2 with the residual df); HC0 -> robust, not debiased; HC1 -> robust,
-debiased (n / (n - k - absorbed df)); cluster:<col> -> clustered, debiased, i.e.
-G/(G-1) (n-1)/(n-k) (for fe also minus the absorbed df, except a single effect nested in
-the clusters). HC2/HC3 are refused when the manifest loads.
+"""Linear model families `fe`, `re`, `iv`: reference fits by linearmodels and, for pinning,
+the operator A with beta_hat = A y and the residual that can be rescaled without moving it.
+Method: docs/method.md, "Linear model families".
 """
 
 from __future__ import annotations

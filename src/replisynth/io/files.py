@@ -277,8 +277,7 @@ def write_parquet(
         md[PARQUET_META_KEY] = json.dumps(extra, sort_keys=True).encode()
         table = table.replace_schema_metadata(md)
     # Dictionary pages only for non-float columns: a float column of distinct values fills a
-    # dictionary only to fall back to plain pages (a third of the write time at 10^6 rows,
-    # and a larger file); codes, counts and text compress well in a dictionary.
+    # dictionary only to fall back to plain pages (wasted write time and a larger file); codes, counts and text compress well in a dictionary.
     dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
     with atomic_path(path) as tmp:
         pq.write_table(
@@ -294,7 +293,7 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     """CSV with full float precision (repr), missing as empty, quoted where needed.
 
     The bytes are pandas' `to_csv(index=False, lineterminator="\\n")`; an all-numeric frame
-    (the usual synthetic file) is formatted column-wise by Arrow instead, about 10x faster,
+    (the usual synthetic file) is formatted column-wise by Arrow instead, which is faster,
     with the float text brought onto Python's repr footing (`_arrow_text`)."""
     kinds = _csv_kinds(df) if len(df.columns) and len(df) else None
     with atomic_path(path) as tmp:
@@ -332,7 +331,7 @@ def write_csv_from_parquet(parquet: str | Path, path: str | Path) -> None:
     """`write_csv(pd.read_parquet(parquet), path)`, the same bytes, reading the file one row
     group at a time when every column is formatted by Arrow (dtypes come from the file's
     schema and pandas metadata, the same for every batch), so the whole frame is never held
-    (the csv job runs beside verification: at 10^6 rows ~300 MB less at once)."""
+    (the csv job runs beside verification, so its memory peak matters)."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(parquet)

@@ -1,7 +1,6 @@
-"""Checks of a source's data against its manifest section before anything is extracted: the
-inputs that used to crash late (after synthetic data were written) or, worse, gave a wrong
-result without a word. Each failure is one line naming the file, column or key and what to do;
-messages hold counts and column names, never a data value."""
+"""Checks of a source's data against its manifest section before extraction: one line per
+failure, never a data value. See docs/method.md, "Bad input".
+"""
 
 from __future__ import annotations
 

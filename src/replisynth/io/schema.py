@@ -1,19 +1,5 @@
-"""Column schema: what each column is (logical type, storage, role) and the pandera schema
-built from the *released* schema (never from pandera's inference, which would copy exact
-minima, maxima and every category into the bundle).
-
-Classification rule (manifest `categorical`/`continuous` lists win):
-- strings, booleans and pandas categoricals are categorical;
-- numeric columns are categorical when integer-valued with at most 20 distinct values,
-  otherwise continuous; dates are continuous (in days); except that an unlabelled integer
-  column with at least 6 values is continuous when pooling its levels below the minimum cell
-  size into their neighbours (the categorical SDC rule) would remove more of its variance,
-  by 2 points or more, than top/bottom-coding its percentiles (the continuous rule) would:
-  mroz schooling (61% against 1%), fertility age, wage_panel experience; strata, the panel
-  time, C() factors and ordered outcomes keep the 20-value rule;
-- categorical columns are *ordered* (thresholds on one latent normal) when numeric or boolean,
-  except numeric codes that carry value labels and have more than two levels, which are
-  *nominal* (one latent normal per category) like strings.
+"""Column schema: logical type, storage and role of each column, and the pandera schema built
+from the *released* schema. Method: docs/method.md, "Schema and classification".
 """
 
 from __future__ import annotations
@@ -152,7 +138,7 @@ def infer_column(
     else:
         n_distinct = (
             s.nunique(dropna=True) if integer else 0
-        )  # counted only where it decides (1M floats: ~50 ms each)
+        )  # counted only where it decides (costly on long float columns)
         role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
         if (
             role == "categorical"
@@ -266,7 +252,7 @@ class ReleasedSchema:
 
     def passes(self, df: pd.DataFrame) -> bool:
         """True when pandera would find nothing: the cheap check that spares importing pandera
-        (~0.5 s) and its row-level validation when a frame is clean; a check that raises
+        (a slow import) and its row-level validation when a frame is clean; a check that raises
         counts as failed (pandera then reports it)."""
         if list(df.columns) != [name for name, _ in self.columns]:
             return False

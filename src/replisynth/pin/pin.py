@@ -1,14 +1,6 @@
-"""Layer 4: pin checkpoint coefficients on the synthetic data by moving only the outcome.
-
-Linear estimators: beta_hat = A y with A = (X'WX)^-1 X'W (fe, re, iv: `linear_models.
-linear_factors`), kept factored as G^-1 B' (`Operator`: no k × n matrix at any size), so for one checkpoint y <- y + X (beta* - beta_hat) on the estimation sample
-returns beta* exactly: A X = I for every linear unbiased estimator (OLS, within, GLS at fixed
-variance components, 2SLS). fe moves y along M_D X (the regressors demeaned within the
-absorbed effects) instead, so the group means stay where the synthesis put them. Several
-checkpoints on one outcome are solved jointly: stack the constraints A_c delta = Delta_c of
-their released terms and take the minimum-norm delta (exact when the constraints are
-consistent, least squares otherwise). Outcome groups are pinned in dependency order: a group
-whose outcome is a regressor of another group goes first, so later pins do not undo it.
+"""Layer 4: pin checkpoint coefficients on the synthetic data by moving only the outcome
+(outcome groups in dependency order, several checkpoints on one outcome jointly).
+Method: docs/method.md, "Layer 4: pinning".
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
 """Layer 4 for outcomes with a discrete support (0/1, counts, ordered categories): pin the
-maximum-likelihood checkpoints (logit, probit, poisson, nbreg, ologit, oprobit) of one outcome,
-with any linear checkpoints on the same outcome, beyond sampling noise.
-
-1. Draw y from the first maximum-likelihood checkpoint's model at its released parameters
-   theta* on its estimation sample (seeded). A refit would land |N(0,1)| SEs away.
-2. Correct the draw within the support (flip 0/1, move a count by one, move an ordered
-   category by one step) so the score equations at theta* hold as closely as the support
-   allows. At fixed theta* each checkpoint's score S_c(y) = sum_i s_ci(y_i) is a sum over rows
-   (linear in y for logit, probit, poisson, NB2's coefficients and the normal equations
-   X'W(y - X b*) of a linear checkpoint; NB2's alpha score is not, but the exact change of
-   every row's score under a one-step move is still computed). A refit moves the parameters by
-   about H^-1 S, so the distance minimised is Q = sum_c S_c' B_c^-1 S_c with B_c the outer
-   product of the scores at the draw (the sandwich meat): Q is the squared Mahalanobis
-   distance of the implied coefficient errors, summed over the checkpoints that share the
-   outcome. Greedy batches: for every row the exact change of Q under its best move is
-   computed at once (vectorised), the most improving moves are applied in a batch whose size
-   doubles while Q falls and halves when it does not; it stops when no single move improves Q.
-3. Refit every checkpoint and report the largest |b - b*| / SE_target per checkpoint, and the
-   drift of the outcome's mean (or category shares) from the released one in sampling SEs.
-Rows outside every estimation sample keep their synthesized values.
+maximum-likelihood checkpoints of one outcome, with any linear ones on it, by a model draw
+and a score correction. Method: docs/method.md, "Maximum-likelihood checkpoints".
 """
 
 from __future__ import annotations
@@ -52,7 +34,7 @@ def is_discrete_group(group: list[dict[str, Any]]) -> bool:
 
 
 def _ordered_cdf(model: str) -> tuple[Callable, Callable]:
-    from scipy import special, stats  # lazy: scipy.stats costs ~1 s of import in every pin job
+    from scipy import special, stats  # lazy: scipy.stats is slow to import in every pin job
 
     if model == "ologit":
         return special.expit, lambda z: special.expit(z) * special.expit(-z)
@@ -71,7 +53,7 @@ def score_function(
     `theta` (the released coefficients, then alpha or the cut points) of the rows `rows` (all
     when None) for outcome codes `codes`. `values` maps codes to numeric outcome values (linear
     checkpoints on an ordered outcome)."""
-    from scipy import special, stats  # lazy: scipy.stats costs ~1 s of import in every pin job
+    from scipy import special, stats  # lazy: scipy.stats is slow to import in every pin job
 
     k = X.shape[1]
     eta_all = X @ theta[:k]
@@ -291,7 +273,7 @@ def _draw(
     with released Pearson dispersion φ > 1 draws from the NB2 mixture with the same mean and
     α = (φ − 1) / mean(μ) (E Σ (y − μ)²/μ = n + α Σ μ), so robust SEs see the overdispersion
     the original counts had; the coefficients are the Poisson ones either way."""
-    from scipy import special, stats  # lazy: scipy.stats costs ~1 s of import in every pin job
+    from scipy import special, stats  # lazy: scipy.stats is slow to import in every pin job
 
     k = X.shape[1]
     eta = X @ theta[:k]

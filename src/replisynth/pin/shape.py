@@ -1,32 +1,6 @@
-"""Residual shaping for inference fidelity: sandwich contributions and exponential tilting.
-
-After the exact pin, a linear checkpoint's coefficients are beta_hat = A y with A (k × n) the
-estimator's operator (`pin._operator`) and A e = 0 for its residual e. A robust or clustered
-standard error is a sandwich in that operator (Eicker 1967, White 1980; Liang and Zeger 1986
-for clusters):
-
-    HC0:      SE_j^2 = sum_i A_ji^2 e_i^2                (HC1: times n / (n - k))
-    HC2/HC3:  e_i^2 replaced by e_i^2 / (1 - h_i)^p, p = 1, 2 (MacKinnon and White 1985)
-    cluster:  SE_j^2 = c sum_g (sum_{i in g} A_ji e_i)^2
-
-so multiplying e_i by sqrt(w_i) per observation (HC), or e_g by sqrt(w_g) per cluster,
-moves every SE_j^2 *linearly* in the unit weights w: SE_j^2(w) = c sum_u w_u a_uj, with
-a_uj >= 0 the unit's contribution (`sandwich_contributions`). Matching k released SEs is
-then k linear moment conditions on w >= 0, which `tilt` solves by exponential tilting
-(the calibration estimator of Deville and Särndal 1992 with the raking distance; the
-entropy-balancing dual of Hainmueller 2012):
-
-    min_w  sum_u (w_u log w_u - w_u + 1)   s.t.  sum_u w_u a_uj = T_j,  lo <= w_u <= hi,
-
-whose solution is w_u = clip(exp(u_u' lambda), lo, hi) with u_uj = a_uj / mean_u(a_uj), and
-lambda minimises the convex dual  sum_u g(u_u' lambda) - lambda' t  (g' = clip(exp, lo, hi),
-t_j = T_j / mean_u(a_uj)); Newton steps with a backtracking line search. Infeasible targets
-(no weights in the box reach them) leave the weights at the least-squares compromise the
-dual drifts to, and are reported as such.
-
-This module is pure arrays; `pin._shape_residuals` applies it to a checkpoint, re-pins (the
-pin step projects the shaped residual off the design, keeping beta exact) and iterates with
-the real refit to calibrate the small-sample constants.
+"""Residual shaping for inference fidelity, as pure array functions: each unit's sandwich
+contribution to a checkpoint's SEs and the exponential tilting that matches the released SEs.
+Method: docs/method.md, "Inference fidelity".
 """
 
 from __future__ import annotations

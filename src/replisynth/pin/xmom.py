@@ -1,42 +1,6 @@
-"""Cross-moments of checkpoint regressors: released on the secure side, matched outside.
-
-Pinning moves only the outcome, so two things it cannot fix depend on how the synthetic
-*regressors* sit together: (1) nested specifications on one outcome, where the short
-coefficients are the long ones mapped through the auxiliary regression of the long regressors
-on the short ones (β_s = Γ β_l, Γ = (X_s'X_s)⁻¹X_s'X_l), so both pin jointly only when Γ is
-the original's; (2) standard errors, SE ∝ σ · [(X'X)⁻¹]_jj^½, where σ is matched by
-`pin._match_residual_scale` but X'X is whatever the copula produced.
-
-Secure side (`checkpoints.design_moments`): per released checkpoint, the (weighted) means, SDs and the
-correlation matrix of its non-constant design columns on its estimation sample. Together
-with n they give X'WX. Columns whose coefficient is suppressed, columns with fewer than the
-cell size of (effective, Kish-weighted) rows off their modal value (0/1 indicators, scaled
-indicators, splines, sparse columns), columns non-zero on fewer than `min_cell_size` rows, and
-columns whose spread two rows dominate (the profile's top-2 `dominance` share of Σ w (x − m)²)
-are left out; the correlation of two 0/1 columns is blanked when a cell of their 2×2 table is
-below the cell size (with both means it would give that cell's count).
-
-Outside (`align_moments`): before pinning, the values of each regressor column are
-reordered between rows of one block (stratum), the swap refinement of `synthesize/refine.py` applied
-to a second objective: Σ over checkpoints of the squared gaps of the design correlations,
-plus the gaps of means and SDs in released-SD units (the means and SDs of I(x**2), x:z and
-of any column on a subset sample depend on the arrangement). Each checkpoint keeps running
-sums S1 = Σ w (x − m*) and S2 = Σ w (x − m*)(x − m*)' over its sample; a batch of disjoint
-swaps recomputes the design rows of just the swapped rows with the checkpoint's own
-formulaic model spec, so each proposal is scored from O(k²) exact changes. The released
-Spearman matrices of the block and of the source enter as a penalty (squared error plus a
-wall beyond `tau`), so tiers 2 and 3 hold. Values never leave their column or block and
-missing positions never move, so marginals, strata and estimation samples are untouched.
-Columns a checkpoint reads in its subset, weights, cluster or absorbed effects never move.
-
-IV checkpoints (`y ~ w + [x ~ z]`): the 2SLS estimate and its SEs depend on Z'X and Z'Z (the
-first stage), so the released design is the union [exogenous | endogenous | excluded
-instruments] (`checkpoints.moment_design`), the instruments gated like every other column and
-named in `moments.instruments`; outside, `_target` builds it as `y ~ w + x + z`
-(`moment_formula`), the instruments' columns move like other regressors, and the objective
-adds the squared gaps of the log 2SLS SE factors ½ log diag[(R_xz R_zz⁻¹ R_zx)⁻¹]
-(`_iv_log_se_factors`), which a weak first stage makes far more sensitive than the
-correlations themselves. Bundles without `moments.instruments` align X's moments as before.
+"""Cross-moments of checkpoint regressors, matched outside: before pinning, regressor values
+are reordered within blocks so each checkpoint's design moments match the released ones
+(`align_moments`). Method: docs/method.md, "Cross-moments of checkpoint regressors".
 """
 
 from __future__ import annotations
@@ -516,8 +480,8 @@ def _views(
     column stays 0, its sums are masked out), each column prepared for ranking once over all
     rows (`correlations._Ranker`) and ranked per view by counting (exact mid-ranks, so the
     scores are bit-identical to `refine.scores` per view), instead of a sort of every column
-    in every view. One thread: the stage's second one cost ~100 MB of peak at 10^6 rows
-    (per-thread allocator arenas) for well under a second. `columns(need)` gives the
+    in every view. One thread: a second one raised the memory peak (per-thread allocator
+    arenas) for little time saved. `columns(need)` gives the
     dim matrix (n × d, NaN = missing) in the dims `need`; it is dropped once they are ranked."""
 
     d = len(masks[0]) if masks else 0
@@ -655,7 +619,7 @@ def align_moments(
     `patience` sweeps running, or after `target_sweeps` sweeps; a unit moves only while a
     checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
     `rng`: `seeds.rng(seed, source, "xmom")`."""
-    # entities, refine and correlations (scipy.optimize: ~0.6 s of import) only when there is work
+    # entities, refine and correlations (scipy.optimize: a slow import) only when there is work
 
     source = release["source"]
     cps = [
@@ -671,7 +635,7 @@ def align_moments(
     # the auxiliary regressions match, so they always align) and SEs (a checkpoint alone on its
     # outcome pins exactly whatever its design; its design sets the SEs through the factors of
     # `se_factor_gap`). One whose factors are all within SE_FACTOR_TOL starts settled: still
-    # scored, so it does not drift, but it drives no sweep (at 10^6 rows, where sampling noise
+    # scored, so it does not drift, but it drives no sweep (on large data, where sampling noise
     # is small, this skips nearly all the work).
     iv_tags = {c["tag"] for c in cps if c["model"] == "iv"}
     outcome_count = Counter(c["outcome"] for c in cps)
@@ -689,7 +653,7 @@ def align_moments(
     # The row evaluators (`_Compiled`, checked against formulaic on every sample row) serve the
     # sweeps only: while every target built so far is fine, a fine one is built without it
     # (shared ones first, as they never are), and only if a later one is not fine are those
-    # built again with it. When all are fine (the usual case at 10^6 rows) none is compiled.
+    # built again with it. When all are fine (the usual case on large data) none is compiled.
     found: dict[int, tuple[_Target | None, str]] = {}
     deferred: list[int] = []
     need = False
@@ -784,7 +748,7 @@ def align_moments(
     owner = {col: u for u, cols in units.items() for col in cols}
     present = {u: df[u].notna().to_numpy() for u in units}
     # Pairs per batch: a sixteenth of the rows (a correlation moves by O(1/n) per swap, so
-    # large data need large batches), bounded so the (pairs × k × k) changes stay ~100 MB.
+    # large data need large batches), bounded so the (pairs × k × k) changes stay small in memory.
     kmax = max(len(t.cols) for t in targets)
     cap = max_pairs or int(max(512, min(n // 16, 1_500_000 // (kmax * kmax + len(dims) + 1))))
 
@@ -842,7 +806,7 @@ def align_moments(
         # Stop when a sweep gains less than `min_gain` of the objective (relative), or when the
         # design moments themselves have gained less than that for `patience` sweeps running:
         # the Spearman penalty is a constraint here (the refinement's own job) and chasing its
-        # slow gains alone cost up to 40 sweeps at 10^5 rows without moving the moments.
+        # slow gains alone cost many sweeps without moving the moments.
         # Per checkpoint: part of its moment error is out of reach (shares of factor levels are
         # fixed by the marginals), so one that stalls stops driving sweeps on its own.
         t_err = np.asarray([float(t.error(t.S1, t.S2)) for t in targets])
@@ -990,7 +954,7 @@ def align_moments(
     settled_tags = [t.tag for t, done in zip(targets, settled, strict=True) if done]
     # The gaps after alignment from the running sums, which track the permuted design exactly
     # (up to rounding of the accumulated changes): rebuilding every design on the new frame
-    # cost ~1 s and ~200 MB of peak per checkpoint at 10^6 rows.
+    # costs time and memory per checkpoint.
     for t in targets:
         report["checkpoints"][t.tag] = {"before": before[t.tag], "after": t.gaps()}
     views, gview, targets = (

@@ -1,10 +1,5 @@
 """Gaussian copula sampling with exact marginals.
-
-Latent normals get the target correlation *in the sample* (Iman & Conover 1982: whiten the
-draws, then apply the Cholesky factor), and each column takes its values by the rank of its
-latent normal: continuous columns the released quantiles Q((i - 0.5)/n), ordered categories
-their exact counts in level order, nominal categories by largest latent utility. Marginals are
-therefore exact and rank correlations follow the latent ones.
+Method: docs/method.md, "Correlations and the copula".
 """
 
 from __future__ import annotations
@@ -37,7 +32,7 @@ def rank_order(z: np.ndarray) -> np.ndarray:
     """Indices that sort z ascending (stable, so ties keep row order).
 
     Latent normals almost never tie, and without ties the sorting permutation is unique, so
-    the SIMD quicksort (~6x faster than the stable merge sort on floats) gives the same
+    the SIMD quicksort (faster than the stable merge sort on floats) gives the same
     indices; the stable sort runs only when a tie shows up in the sorted values."""
     z = np.asarray(z)
     if z.dtype.kind != "f":

@@ -1,13 +1,5 @@
-"""Rank correlations and their latent (Gaussian-copula) counterparts.
-
-- `spearman_matrix`: Spearman correlation, pairwise complete, with mid-ranks for ties.
-- `latent_correlation`: the normal-copula correlation r that reproduces a target Spearman
-  correlation between two margins. For two continuous margins this is the classic
-  r = 2 sin(pi rho_s / 6) (Pearson 1907; Kruskal 1958). When a margin is discrete, ties
-  attenuate rank correlation, so r is found numerically: the population Spearman correlation
-  with ties is the Pearson correlation of the mid-distribution scores u = F(x-) + p(x)/2,
-  whose expectation under a bivariate normal is a one-dimensional integral (Gauss-Legendre).
-- `nearest_correlation`: Higham's (2002) alternating projections, so the Cholesky factor exists.
+"""Rank correlations and their latent Gaussian-copula counterparts.
+Method: docs/method.md, "Correlations and the copula".
 """
 
 from __future__ import annotations

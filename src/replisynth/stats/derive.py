@@ -1,13 +1,5 @@
-"""Deterministic codings between categorical columns: B is a function of A.
-
-Real data carry them everywhere: year dummies next to the year, region dummies next to the
-region code, a 1966 'south' flag that is a function of the 1966 census region. A copula
-(even refined) only approximates such a relation; releasing it instead, as the map from
-A's released levels to B's released levels, lets synthesis compute B from A exactly. The
-relation is tested on the released representation of both columns (ordered levels pooled,
-nominal levels released), on every row where A is present, and B must be missing exactly
-where A is. The map is a property of the coding (all rows of a released level of A share
-one B value), not of any row.
+"""Deterministic codings between categorical columns (B a function of A), released as a map
+of released levels. Method: docs/method.md, "Deterministic codings".
 """
 
 from __future__ import annotations

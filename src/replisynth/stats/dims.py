@@ -1,9 +1,6 @@
-"""The copula's dimensions and their numeric coding, shared by extraction (original data),
-synthesis, verification and the report, so every stage codes a column the same way.
-
-A *dim* is one latent normal of the copula: a continuous column, an ordered categorical
-(coded by level position), one indicator per non-baseline category of a nominal column, or
-the missingness of a column (1 = missing).
+"""The copula's dimensions and their numeric coding, shared by every stage. A *dim* is one
+latent normal: a continuous or ordered column, one indicator per non-baseline nominal
+category, or a column's missingness.
 """
 
 from __future__ import annotations

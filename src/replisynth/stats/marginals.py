@@ -1,18 +1,6 @@
-"""Marginal distributions: percentile grids for continuous columns, frequency tables with
-small-cell suppression for categorical ones, and the apportionment rules that turn released
-shares into exact synthetic counts.
-
-Conventions (also in docs/method.md):
-- Grid: 101 percentiles, numpy `averaged_inverted_cdf` (= Stata's default `_pctile`), with
-  q0..q_trim set to q_trim and q_(100-trim)..q100 to q_(100-trim), so raw extremes never leave
-  (with fewer than 200/trim values, the trim is widened to 200/n percent). Only while the
-  percentiles expose at most EXACT_SHARE of the block's values; smaller blocks and
-  pseudo-percentiles release means of non-overlapping windows instead (`grid_release`).
-- Suppressed cells: in an *ordered* table a level below the cell size is pooled into the
-  nearest released level (top/bottom coding); in a *nominal* table the suppressed rows are
-  released only as a count, and synthesis spreads them over the categories that this table
-  could not release but the source-level table did, else over its released categories, in
-  proportion to the source-level counts.
+"""Marginal distributions: percentile grids, frequency tables with small-cell suppression,
+and the apportioning of released shares into exact counts. Method: docs/method.md,
+"Marginals".
 """
 
 from __future__ import annotations

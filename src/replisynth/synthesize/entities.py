@@ -1,29 +1,6 @@
 """Entity structure of panels and clusters: what is released about it (inside) and the
-hierarchical Gaussian copula that gives synthetic entities that structure (outside).
-
-Inside, per copula dim j, the normal scores s_j (van der Waerden: Φ⁻¹((rank − ½)/m), missing
-rows scored 0) split exactly into an entity-mean part b_j and a within-entity part w_j = s_j − b_j,
-with Σ s s' = B + W (row-weighted sums of squares; the cross terms vanish). Released: the
-between share η_j = B_jj / (B_jj + W_jj), the between correlation corr(B), and per column a
-time-invariance flag (constant within every entity, missing values aside). These are aggregates
-over entities, released only with at least min_cell_size entities.
-
-Outside, entity e's rows get latent normals z = u_e·L_B' + e_r·L_W', with u (one draw per
-entity, broadcast to its rows, row-weighted covariance B = D corr(B) D, D = diag(√η)) and e
-(demeaned within entity, so it adds nothing between) with covariance W = R − B, R the latent
-correlation of the released Spearman matrix. Both parts are made exact in sample (whitening,
-as `copula.correlated_normals`), so the latent between shares are η and the latent correlation
-is R. A time-invariant dim has η = 1 and no within part: its latent is the same on every row of
-an entity, and its values are allocated per entity (`entity_values`), so it stays constant.
-
-Time dynamics of a panel (docs/method.md, "Time dynamics inside an entity"): released are
-`period_trend` (columns whose within-entity deviation is slope × the period's, `period_trend`)
-and `within_lag1` (per dim, the lag-1 autocorrelation of the within-entity score deviations
-in period order, `within_lag1`). Outside, trend columns are rebuilt as entity offset + slope ×
-period (`trend_columns`, offsets solved for exact counts by `trend_offsets`) and the within
-parts of the other dims are redrawn as a stationary VAR(1) with diagonal coefficients in
-period order that keeps the within covariance (`serial_within`). Releases without these keys
-take exactly the earlier path.
+hierarchical Gaussian copula and time dynamics that rebuild it (outside).
+Method: docs/method.md, "Panels and clusters: entity structure".
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The synthesis plan of a source: how many rows each block (stratum or residual) gets, how
-many values of each column are missing in it, and the exact count of every category.
-
-One pure function of the release and the requested row count, used by synthesis *and* by
-verification, so the exact-count tiers test the same arithmetic that synthesis followed.
+"""The synthesis plan of a source: rows per block, missing values per column and exact
+category counts; shared by synthesis and verification so both follow the same arithmetic.
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
-"""Rank-correlation refinement by swapping values between rows.
-
-A Gaussian copula cannot express every dependence real data have: structural zeros
-(never both 'lived with both parents' and 'with a single mother'), one column a function of
-another (the 1966 south dummy of the 1966 region), mutually exclusive dummies. Its latent
-target is then not positive definite, and the repaired matrix misses such pairs by 0.3 or
-more. This step starts from the copula draw and swaps the values of one column between two
-rows of the same block (stratum) whenever that brings the Spearman matrices closer to their
-released targets: the block's own and, for stratified sources, the source-level one. A swap
-moves no value out of its column or block and never moves a missing value, so exact
-marginals, stratum contents and missing positions are untouched.
-
-Each column is scored by its mid-ranks, centred and scaled to unit norm over the view's
-rows (missing rows score 0). For a pair (i, j) the correlation over the rows where both are
-present is tracked exactly through five sums: C = sum u_i u_j, A_ij = sum over j-present
-rows of u_i, Q_ij = the same of u_i^2, and N_ij = the number of rows where both are present:
-  corr_ij = (C - A_ij A_ji / N) / sqrt((Q_ij - A_ij^2 / N) (Q_ji - A_ji^2 / N)),
-the Pearson correlation of the ranks over the pair's common rows (equal to Spearman when
-nothing is missing, close to it otherwise). Swapping rows r, s of column i changes C, A_ij
-and Q_ij by amounts linear in the pair's row values, so every proposal is scored in O(d);
-proposals come in batches of disjoint row pairs and the best improving ones are accepted
-together, as many as the exact objective of their combined change still improves. Columns
-that belong together (the indicators of one nominal column) swap together.
+"""Rank-correlation refinement by swapping values between rows of one block, for dependence
+a Gaussian copula cannot express; marginals, strata and missing positions stay untouched.
+Method: docs/method.md, "Correlations and the copula" (swap refinement).
 """
 
 from __future__ import annotations
@@ -38,7 +18,7 @@ from replisynth.stats.correlations import _Ranker
 # Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
 # tolerance with room left for the design-moment alignment, whose own wall is at 0.03), a
 # sweep must gain at least SETTLE_GAIN of the squared error to be followed by another.
-# Later sweeps gain ~1% each at 10^6 rows without moving the worst pair.
+# Later sweeps gain little on large data without moving the worst pair.
 COMFORT = 0.7 * CORR_TOL
 SETTLE_GAIN = 0.05
 
@@ -231,7 +211,7 @@ def view_sums(
     """A (Σ U over rows where the other dim is present), Q (the same of U²) and N (pairwise
     present counts) of a view with scores U (rows × d) and presence Pm of the dims `miss`
     (the others are present everywhere); sums of U² without an n × d temporary (the memory
-    peak of the views at 10^6 rows)."""
+    peak of the views on large data)."""
     rows, d = U.shape
     A = np.repeat(U.sum(0)[:, None], d, axis=1)
     Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
@@ -266,7 +246,7 @@ def _proposal_terms(v: _View, r: np.ndarray, s: np.ndarray, dims: list[int], out
 
 
 def _ix(a: list[int] | np.ndarray, b: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`np.ix_` of two integer index lists, without its per-call type checks (hot at 10^4 rows,
+    """`np.ix_` of two integer index lists, without its per-call type checks (hot on small data,
     where thousands of small batches are scored)."""
     return np.asarray(a, dtype=np.intp).reshape(-1, 1), np.asarray(b, dtype=np.intp).reshape(1, -1)
 

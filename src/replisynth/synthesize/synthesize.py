@@ -1,11 +1,6 @@
-"""Outside side: rebuild a source from its release alone (Layers 1-3; Layer 4 is `pin`).
-
-Per block (stratum, residual, or the whole source): latent normals with the calibrated latent
-correlation in the sample, exact marginals by rank, missing values at the released count on
-random rows (missing completely at random), then a few fixed-point corrections of the latent
-targets so that the *achieved* Spearman correlations match the released ones. Blocks are
-stacked, rows shuffled, identifiers set to 1..rows, group keys and the panel skeleton drawn,
-and dtypes, categories and labels restored.
+"""Outside side: rebuild a source from its release alone (Layers 1-3; Layer 4 is `pin`),
+block by block, then stack, shuffle and restore dtypes, groups and the panel.
+Method: docs/method.md, "Correlations and the copula".
 """
 
 from __future__ import annotations
@@ -277,7 +272,7 @@ def _restore_dtype(values: np.ndarray, spec: ColumnSpec, release: dict[str, Any]
     lt = spec.logical_type
     if lt in ("integer", "float"):
         num = _numeric(values)
-        if num is not None:  # same values as the to_numeric path below, ~10x faster
+        if num is not None:  # same values as the to_numeric path below, faster
             f = pd.Series(num, dtype="float64")
             if lt == "integer" and spec.integer:
                 if not np.isnan(num).any():

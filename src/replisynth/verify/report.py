@@ -1,10 +1,5 @@
-"""The human-readable verification report (report.html) of a synthetic-data run.
-
-`render_report` turns the machine verdict (tiers.json), the released statistics of each
-source and the synthetic frames into one self-contained HTML page: no external scripts,
-styles or fonts, plots drawn as inline SVG (see `replisynth.verify.svg`). `certificate_text` is the
-short paragraph a paper can quote. Both are pure functions of their inputs: the same inputs
-give byte-identical text (no timestamps, no random ids, fixed float formatting).
+"""The human-readable verification report (report.html, self-contained) and the certificate
+text; pure functions, byte-identical for the same inputs.
 """
 
 from __future__ import annotations
@@ -396,7 +391,7 @@ def _shares(
     got: Counter = Counter()
     n = 0
     if s is not None:
-        # counted per distinct value, then keyed (a per-row norm_key took ~20 s at 10^6 rows)
+        # counted per distinct value, then keyed (a per-row norm_key is slow on large data)
         vc = s.value_counts(dropna=True, sort=False)
         n = int(vc.sum())
         for v, c in vc.items():

@@ -1,8 +1,5 @@
-"""Tiny inline-SVG helpers for the verification report.
-
-Pure string builders, no dependencies beyond the standard library. Coordinates are written
-with a fixed number of decimals so the same inputs always give byte-identical markup. Every
-piece of text is HTML-escaped here, so callers pass plain strings.
+"""Tiny inline-SVG helpers for the verification report: pure string builders, fixed
+decimals (byte-identical markup), text HTML-escaped here.
 """
 
 from __future__ import annotations

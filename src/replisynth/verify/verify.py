@@ -1,9 +1,5 @@
-"""Verify the fidelity tiers (README "The fidelity tiers", docs/method.md) from the bundle and the synthetic data
-alone (no original data), so a journal's data editor can rerun the check anywhere.
-
-Tier 0 schema floor, 1 marginals, 2 correlations, 3 strata, 4 checkpoints. A source meets
-tier k when it passes tiers 0..k; the run meets tier k when every source does.
-Precise definitions where FIDELITY.md leaves room are in docs/method.md ("Verification").
+"""Verify the fidelity tiers from the bundle and the synthetic data alone (no original data).
+Tier definitions: README "The fidelity tiers"; docs/method.md, "Verification".
 """
 
 from __future__ import annotations

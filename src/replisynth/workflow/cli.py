@@ -1,22 +1,5 @@
-"""`replisynth` command line: the pipeline without Snakemake, for enclaves that cannot
-install it. Same package functions, same output layout as the workflow.
-
-  replisynth extract MANIFEST                 secure side: results/<name>/bundle/ and review/
-  replisynth synthesize MANIFEST | --bundle DIR   synthetic data (Layers 1-4)
-  replisynth verify MANIFEST | --bundle DIR       tiers.json, report.html, certificate.txt
-  replisynth run MANIFEST                     all three
-  replisynth audit MANIFEST                   secure side, after run: output-checking audit
-                                              (results/<name>/audit/audit.{json,txt})
-  replisynth review BUNDLE [--out DIR]        the output checker's review of a bundle, from the
-                                              bundle alone: disclosure_review.{json,txt} in DIR
-                                              (default: review/ beside the bundle)
-  replisynth init DATA_FILE [--out FILE]      a commented manifest draft of a data file
-  replisynth --version; replisynth COMMAND --help (what it reads and writes, an example)
-
-Exit status (README "Exit status"): 0 success; 1 bad input (a manifest, data, bundle or
-results folder to fix: one line, no traceback); 2 verification ran but verify.tier was not
-met; 3 `review` found disclosure risks (the packet is written); 4 internal error (a bug);
-130 interrupted (Ctrl-C).
+"""`replisynth` command line: the pipeline without Snakemake, for enclaves that cannot install
+it; same package functions and output layout. Commands and exit status: README.
 """
 
 from __future__ import annotations

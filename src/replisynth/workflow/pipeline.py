@@ -104,7 +104,7 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
             frames[cp.source] = _read_checked(manifest, cp.source)[0]
     # The fits are independent (each builds its own design from the shared, unchanged
     # frames): on threads, released and logged in manifest order. At most two at a time: each
-    # holds its design and formulaic's intermediates (up to ~3x the frame at 10^6 rows), and
+    # holds its design and formulaic's intermediates (several times the frame), and
     # the job's memory request (replisynth.workflow.resources) does not grow with its threads.
     fits = thread_map(
         lambda item: capture_checkpoint_sample(frames[item[1].source], item[1], manifest, item[0]),

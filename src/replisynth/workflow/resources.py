@@ -1,17 +1,5 @@
-"""What each rule asks the scheduler for: threads, memory (MB) and wall time (minutes), from
-the size of the data it touches, so a 10-million-row source asks for what it needs and the
-demo does not hog a node.
-
-The unit is the *cell* (rows × columns) of the data a job reads or writes. Cells are counted
-exactly from file metadata where the format has it (parquet footer, .dta/.sav header, a
-release's `rows` and `columns`) and estimated from the file size for csv.
-
-Calibration (docs/performance.md, 2-core machine): 1,000,000 rows × 19 columns (19 M cells)
-peaked at 1,733 MB and took at most 40 s per stage. So a stage needs about 90 bytes per cell
-over a ~300 MB interpreter-and-imports base, and about 2 s per million cells. Requests add a
-safety factor (memory ×1.5, time ×3 for slower or shared cluster nodes), round memory up to
-256 MB, never ask for less than 10 minutes, and grow with each Snakemake retry (`attempt`),
-so a job killed for memory or time is resubmitted with twice as much.
+"""What each rule asks the scheduler for (threads, memory, wall time), from the number of
+cells its data hold; grows with each retry. Rule: docs/hpc.md, "Resources".
 """
 
 from __future__ import annotations
@@ -58,8 +46,7 @@ THREAD_STEPS = ((100_000_000, 4), (10_000_000, 2))
 # Jobs that have a sibling to run beside keep one core, so on a small machine the two share
 # it instead of one waiting for a second core: the csv export beside verification and the
 # report. The checkpoint fits follow extraction rather than run beside it (beside a one-core
-# extract_source they would save ~3 s at 10^6 rows but hold both jobs' data at once, 2.1 GB
-# against 1.2 GB), so each takes the cores: extraction its strata, the fits one checkpoint
+# extract_source they would save little time but hold both jobs' data at once), so each takes the cores: extraction its strata, the fits one checkpoint
 # per thread.
 SINGLE_THREADED = frozenset({"export_csv", "export_stata", "render_report", "verify_tiers"})
 CSV_BYTES_PER_CELL = 8.0

@@ -1,19 +1,5 @@
-"""Scatter a source's strata over several jobs, and gather them: the same release and the same
-synthetic data as the unscattered stages, byte for byte (tests/test_scatter.py).
-
-Extraction: a source-level job (`extract_source(..., strata_blocks=False)`) releases the
-schema, source-level marginals, dims and correlations and lists the released strata cells;
-`n` stratum jobs each compute the blocks (marginals, gated Spearman) of every n-th cell,
-rebuilding the source-level context (locally suppressed residual, dim matrix, pooled ordinal
-levels) from the data and that partial release; a gather job puts the blocks and their SDC
-decisions where the unscattered extraction would have put them.
-
-Synthesis: `n` jobs each sample the copula blocks (Layers 1-2) of every n-th block of the
-source's plan; the gather job runs the rest of `synthesize_source` (refinement across
-blocks, shuffle, dtypes, groups, panel) on the sampled blocks.
-
-Shard k of n takes cells (blocks) k, k+n, k+2n, ...: the DAG is fixed before the strata are
-known, and with n at least the number of strata every stratum is its own job.
+"""Scatter a source's strata over several jobs and gather them, byte for byte the same
+release and synthetic data as the unscattered stages. Design: docs/hpc.md.
 """
 
 from __future__ import annotations

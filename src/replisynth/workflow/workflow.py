@@ -1,14 +1,5 @@
-"""What the Snakefile needs to lay out the DAG: the run name, sources, paths, and whether this
-is a secure-side run (from the manifest) or an outside run (from a bundle: `bundle=DIR`).
-
-Path grammar:
-  results/<name>/extract/<source>.release.json, <source>.sdc.json   staging (secure side)
-  results/<name>/bundle/                                            the bundle
-  results/<name>/synthesize/<source>.parquet, <source>.pin.json     before Layer 4, pin report
-  results/<name>/synthetic/<source>.{parquet,csv,dta}, README.txt   the synthetic data
-  results/<name>/verify/{tiers.json,report.html,certificate.txt}
-  results/<name>/review/disclosure_review.{json,txt}                the output checker's packet
-  results/<name>/logs/<rule>/..., results/<name>/benchmarks/<rule>/...
+"""What the Snakefile needs to lay out the DAG: run name, sources, paths, and whether this
+is a secure-side or an outside (`bundle=DIR`) run. Layout: docs/method.md, "Workflow reruns".
 """
 
 from __future__ import annotations
