@@ -249,6 +249,7 @@ def demo_bundle(tmp_path_factory):
                 "vcov": "HC1",
             }
         ],
+        "sdc": {"min_cell_size": 10},  # 40 schools: enough for released size windows
         "verify": {"tier": 0},
     }
     mp = tmp / "m.yaml"
@@ -259,7 +260,7 @@ def demo_bundle(tmp_path_factory):
 
 def test_demo_bundle_has_what_the_test_needs(demo_bundle):
     rel = demo_bundle.releases["pupils"]
-    assert rel["strata"]["cells"] and rel.get("groups")
+    assert rel["strata"]["cells"] and rel["groups"]["school"]["size_windows"]
     kinds = {m["kind"] for m in rel["blocks"]["all"]["marginals"].values()}
     assert {"categorical", "continuous"} <= kinds
     (cp,) = demo_bundle.checkpoints
