@@ -11,11 +11,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from replisynth import __version__
 from replisynth.config.manifest import Manifest, load_manifest
 from replisynth.core.errors import BundleError, ReplisynthError
+from replisynth.disclosure.bundle_types import (
+    BundleInfo,
+    CheckpointMoments,
+    CheckpointRecord,
+    SdcLogFile,
+    SourceRelease,
+)
 from replisynth.disclosure.sdc import SdcLog, resolved_settings
 from replisynth.io.files import read_json, sha256_file, write_json
 
@@ -115,10 +122,10 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    info: dict[str, Any]
-    releases: dict[str, dict[str, Any]]
-    checkpoints: list[dict[str, Any]]
-    sdc_log: dict[str, Any]
+    info: BundleInfo
+    releases: dict[str, SourceRelease]
+    checkpoints: list[CheckpointRecord]
+    sdc_log: SdcLogFile
 
     @property
     def sha256(self) -> str:
@@ -177,7 +184,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(
             f"{mf}: lists {', '.join(sorted(listed))} but its manifest needs {', '.join(sorted(want))}; the bundle was edited"
         )
-    releases = {}
+    releases: dict[str, SourceRelease] = {}
     for s in manifest.sources:
         fp = p / source_file(s.name)
         releases[s.name] = check_release(check_schema(_read(fp), "source", fp), fp)
@@ -188,7 +195,7 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(
         path=p,
         manifest=manifest,
-        info=info,
+        info=cast(BundleInfo, info),
         releases=releases,
         checkpoints=checkpoints,
         sdc_log=sdc_log,
@@ -258,7 +265,7 @@ def check_schema(doc: Any, name: str, fp: Path) -> Any:
     )
 
 
-def check_release(rel: dict[str, Any], fp: Path) -> dict[str, Any]:
+def check_release(rel: SourceRelease, fp: Path) -> SourceRelease:
     """Cross-references inside a source release that the schema cannot state: dims, strata,
     marginals name released columns, every stratum cell has its block, and each Spearman
     matrix is square over the dims."""
@@ -291,7 +298,7 @@ def check_release(rel: dict[str, Any], fp: Path) -> dict[str, Any]:
     return rel
 
 
-def _check_moments(mo: dict[str, Any], where: str) -> None:
+def _check_moments(mo: CheckpointMoments, where: str) -> None:
     k = len(mo["terms"])
     if (
         len(mo["mean"]) != k
@@ -305,9 +312,9 @@ def _check_moments(mo: dict[str, Any], where: str) -> None:
 
 
 def check_checkpoints(
-    checkpoints: list[dict[str, Any]],
+    checkpoints: list[CheckpointRecord],
     manifest: Manifest,
-    releases: dict[str, dict[str, Any]],
+    releases: dict[str, SourceRelease],
     fp: Path,
 ) -> None:
     """Every released checkpoint record re-checked before anything reads it: the formula and

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from replisynth import __version__
+from replisynth.disclosure.bundle_types import CheckpointRecord, SdcLogFile, SourceRelease
 from replisynth.disclosure.linked_correlations import check_correlations
 from replisynth.disclosure.sdc import DisclosureError, check_release
 from replisynth.io.atomic import write_text
@@ -24,7 +25,7 @@ EXIT_FINDINGS = 3  # `replisynth review` exit status when the review has finding
 # --- counts, grids, checkpoints, groups -----------------------------------------------------
 
 
-def check_counts(release: dict[str, Any], min_cell: int) -> list[Finding]:
+def check_counts(release: SourceRelease, min_cell: int) -> list[Finding]:
     """Stratum sizes, table counts and grid sample sizes of at least min_cell (sdc.check_release)."""
     try:
         check_release(release, min_cell)
@@ -33,7 +34,7 @@ def check_counts(release: dict[str, Any], min_cell: int) -> list[Finding]:
     return []
 
 
-def interval_audit(release: dict[str, Any], min_cell: int) -> tuple[str, list[Finding]]:
+def interval_audit(release: SourceRelease, min_cell: int) -> tuple[str, list[Finding]]:
     """The linked frequency tables' interval audit (replisynth.disclosure.linked_tables): ("run", findings),
     or ("not available", []) in a version without it."""
     try:
@@ -56,7 +57,7 @@ def _table_finding(source: str, f: dict[str, Any]) -> Finding:
     }
 
 
-def _logged_gates(sdc_log: dict[str, Any]) -> set[str]:
+def _logged_gates(sdc_log: SdcLogFile) -> set[str]:
     return {
         e.get("checkpoint") for e in sdc_log.get("decisions", []) if e.get("stage") == "checkpoints"
     }
@@ -74,9 +75,9 @@ def _binary_small(mean: float, sd: float, n: int, min_cell: int) -> bool:
 
 
 def check_checkpoints(
-    checkpoints: list[dict[str, Any]],
-    releases: dict[str, dict[str, Any]],
-    sdc_log: dict[str, Any],
+    checkpoints: list[CheckpointRecord],
+    releases: dict[str, SourceRelease],
+    sdc_log: SdcLogFile,
     min_cell: int,
 ) -> tuple[list[Finding], list[str]]:
     """Released checkpoints: a gate decision logged for each; no released 0/1 term with a small
@@ -161,7 +162,7 @@ def check_checkpoints(
     return findings, notes
 
 
-def check_groups(release: dict[str, Any]) -> tuple[list[Finding], list[str]]:
+def check_groups(release: SourceRelease) -> tuple[list[Finding], list[str]]:
     """Group sizes: the released form of each grouping column; overlapping pseudo-percentile
     windows (a `size_grid`, older bundles) may telescope into single groups' sizes."""
     findings, notes = [], []
@@ -182,7 +183,7 @@ def check_groups(release: dict[str, Any]) -> tuple[list[Finding], list[str]]:
     return findings, notes
 
 
-def check_log(sdc_log: dict[str, Any], findings: list[Finding]) -> list[Finding]:
+def check_log(sdc_log: SdcLogFile, findings: list[Finding]) -> list[Finding]:
     """sdc_log.json must not call something suppressed that the bundle still discloses: a
     finding in the same source/block/column as a 'suppressed' decision is reported again."""
     out = []
@@ -220,7 +221,7 @@ def check_log(sdc_log: dict[str, Any], findings: list[Finding]) -> list[Finding]
 # --- the review -------------------------------------------------------------------------------
 
 
-def _count_suppressed(sdc_log: dict[str, Any]) -> dict[str, dict[str, int]]:
+def _count_suppressed(sdc_log: SdcLogFile) -> dict[str, dict[str, int]]:
     """Per stage, per action: number of decisions (and the dims/pairs/levels they name)."""
     out: dict[str, dict[str, int]] = {}
     for e in sdc_log.get("decisions", []):
@@ -234,7 +235,7 @@ def _count_suppressed(sdc_log: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 
 def _released_classes(
-    releases: dict[str, dict[str, Any]], checkpoints: list[dict[str, Any]]
+    releases: dict[str, SourceRelease], checkpoints: list[CheckpointRecord]
 ) -> dict[str, int]:
     """How many statistics of each class the bundle releases."""
     n: dict[str, int] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ from replisynth.config.manifest import Manifest, Source
 from replisynth.core.errors import DataError
 from replisynth.core.options import GLM_ORDERED
 from replisynth.core.parallel import thread_map
+from replisynth.disclosure.bundle_types import SourceRelease
 from replisynth.disclosure.linked_tables import (
     block_table,
     class_codes,
@@ -595,7 +596,7 @@ def stratum_block(
 
 def extract_source(
     df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source, strata_blocks: bool = True
-) -> tuple[dict[str, Any], SdcLog]:
+) -> tuple[SourceRelease, SdcLog]:
     """Build the release of one source and the log of its SDC decisions.
 
     `strata_blocks=False` leaves out the strata's blocks (the cells are still listed) and
@@ -856,12 +857,12 @@ def extract_source(
         release["entity_structure"] = structure
     if not strata_blocks:
         release["strata"]["log_at"] = log_at
-        return release, log
+        return cast(SourceRelease, release), log
     release, entries = protect_release(release, counts, sdc.min_cell_size)
     log.entries[linked_at:linked_at] = entries
     log.extend(linked_correlation_gate(release, sdc.min_cell_size))
     check_release(release, sdc.min_cell_size)
-    return release, log
+    return cast(SourceRelease, release), log
 
 
 def _entity_release(

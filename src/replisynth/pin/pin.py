@@ -14,6 +14,7 @@ import pandas as pd
 from replisynth.config.manifest import Checkpoint, checkpoint_from_release
 from replisynth.core.errors import CheckpointError
 from replisynth.core.seeds import rng
+from replisynth.disclosure.bundle_types import CheckpointRecord
 from replisynth.fit.estimators import OlsFactor, fit_checkpoint
 from replisynth.fit.linear_models import (
     fe_within_factors,
@@ -303,7 +304,7 @@ def _pin_pass(
 
 def pin_checkpoints(
     frames: dict[str, pd.DataFrame],
-    checkpoints: list[dict[str, Any]],
+    checkpoints: list[CheckpointRecord],
     seed: int = 0,
     shape_ses: bool = True,
     weight_bounds: tuple[float, float] | None = None,

@@ -22,6 +22,7 @@ from replisynth.config.formula_grammar import (
     term_tree,
 )
 from replisynth.config.manifest import checkpoint_from_release, formula_variables
+from replisynth.disclosure.bundle_types import CheckpointRecord, SourceRelease
 from replisynth.stats.correlations import _Ranker
 from replisynth.stats.design import (
     _iv_matrices,
@@ -600,8 +601,8 @@ def _groups(df: pd.DataFrame, release: dict[str, Any]) -> list[tuple[str, np.nda
 
 def align_moments(
     df: pd.DataFrame,
-    checkpoints: list[dict[str, Any]],
-    release: dict[str, Any],
+    checkpoints: list[CheckpointRecord],
+    release: SourceRelease,
     rng: np.random.Generator,
     max_sweeps: int = 40,
     min_gain: float = 0.005,

@@ -15,6 +15,7 @@ from replisynth.core.errors import CheckpointError
 from replisynth.core.options import CORR_TOL, GLM_BINARY, GLM_ORDERED
 from replisynth.core.parallel import thread_map
 from replisynth.disclosure.bundle import Bundle
+from replisynth.disclosure.bundle_types import SourceRelease
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 from replisynth.stats.correlations import spearman_matrix
@@ -175,7 +176,7 @@ def _discrete_outcomes(bundle: Bundle, source: str) -> set[str]:
 
 def tier0(
     df: pd.DataFrame,
-    release: dict[str, Any],
+    release: SourceRelease,
     plan: list[BlockPlan],
     outcomes: set[str],
     labels: dict[str, Any] | None,
@@ -280,7 +281,7 @@ def _continuous_marginal(
 
 def tier1(
     df: pd.DataFrame,
-    release: dict[str, Any],
+    release: SourceRelease,
     plan: list[BlockPlan],
     outcomes: set[str],
     *,
@@ -424,7 +425,7 @@ def tier2_matrix(
 
 def tier3(
     df: pd.DataFrame,
-    release: dict[str, Any],
+    release: SourceRelease,
     plan: list[BlockPlan],
     outcomes: set[str],
     X: np.ndarray,

@@ -17,6 +17,7 @@ from replisynth.config.manifest import Manifest, check_columns
 from replisynth.core.parallel import thread_map, threads
 from replisynth.core.seeds import rng as make_rng
 from replisynth.disclosure.bundle import Bundle, load_bundle, write_bundle
+from replisynth.disclosure.bundle_types import untyped
 from replisynth.disclosure.sdc import SdcLog
 from replisynth.io.files import (
     FileMeta,
@@ -56,7 +57,7 @@ def stage_extract_source(
 
     df, meta = _read_checked(manifest, source)
     release, sdc = extract_source(df, meta, manifest, manifest.source(source))
-    warn_emptied_columns(release, df, manifest.sdc.min_cell_size)
+    warn_emptied_columns(untyped(release), df, manifest.sdc.min_cell_size)
     log.info(
         "%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
         source,
@@ -168,7 +169,7 @@ def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> No
 
     b = load_bundle(bundle_dir)
     src = b.manifest.source(source)
-    df = synthesize_source(b.releases[source], b.manifest.seed, src.rows)
+    df = synthesize_source(untyped(b.releases[source]), b.manifest.seed, src.rows)
     log.info("%s: synthesized %d rows × %d columns", source, len(df), df.shape[1])
     write_parquet(df, out, synthetic=synthetic_label(b.sha256))
 
@@ -220,7 +221,7 @@ def stage_pin(
         log.info("design moments: %s", note)
     frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)
     out = frames[source]
-    meta = _file_meta(b.releases[source])
+    meta = _file_meta(untyped(b.releases[source]))
     for r in results:
         log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)
     write_parquet(out, outputs["parquet"], meta, synthetic=synthetic_label(b.sha256))
@@ -247,7 +248,7 @@ def stage_export_stata(
     write_dta(
         pd.read_parquet(parquet),
         out,
-        _file_meta(b.releases[source]),
+        _file_meta(untyped(b.releases[source])),
         synthetic=synthetic_label(b.sha256),
     )
 
@@ -339,7 +340,9 @@ def stage_report(
         }
         for s in b.releases
     }
-    html = render_report(tiers, b.releases, frames, cert, provenance=prov, outcomes=outcomes)
+    html = render_report(
+        tiers, untyped(b.releases), frames, cert, provenance=prov, outcomes=outcomes
+    )
     write_text(html_out, html)
     # Timings go to the certificate file only (the quotable paragraph above stays reproducible).
     timing = "\n\n" + provenance_text(prov) + "\n" if prov.get("benchmarks") else "\n"
@@ -415,7 +418,13 @@ def stage_audit(
         original = _read_checked(manifest, s.name)[0]
         syn = pd.read_parquet(synthetic[s.name])
         r = audit_source(
-            original, syn, b.releases[s.name], s.name, manifest.seed, keys=s.keys, strata=s.strata
+            original,
+            syn,
+            untyped(b.releases[s.name]),
+            s.name,
+            manifest.seed,
+            keys=s.keys,
+            strata=s.strata,
         )
         d = r["dcr"]
         log.info(

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from replisynth.config.manifest import Manifest
+from replisynth.disclosure.bundle_types import untyped
 from replisynth.disclosure.linked_tables import protect_release
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.extract import (
@@ -222,7 +223,7 @@ def stage_sample_stratum(
 
     b = load_bundle(bundle_dir)
     blocks = sample_blocks(
-        b.releases[source], b.manifest.seed, b.manifest.source(source).rows, shard, shards
+        untyped(b.releases[source]), b.manifest.seed, b.manifest.source(source).rows, shard, shards
     )
     log.info(
         "%s: shard %d of %d: sampled blocks %s",
@@ -248,7 +249,7 @@ def stage_gather_blocks(
         with open(p, "rb") as fh:  # written by stage_sample_stratum of this run
             blocks.update(pickle.load(fh))
     df = synthesize_source(
-        b.releases[source], b.manifest.seed, b.manifest.source(source).rows, blocks=blocks
+        untyped(b.releases[source]), b.manifest.seed, b.manifest.source(source).rows, blocks=blocks
     )
     log.info(
         "%s: gathered %d blocks: %d rows × %d columns", source, len(blocks), len(df), df.shape[1]
