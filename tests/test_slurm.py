@@ -44,6 +44,7 @@ CLUSTER_RULES = {
     "render_report",
     "check_tier",
     "review",
+    "synthetic_readme",
 }
 # Outputs that must not depend on where a job ran. Logs, benchmarks, report.html and the
 # certificate carry timings, so they legitimately differ between two runs.
