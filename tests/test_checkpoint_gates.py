@@ -510,3 +510,45 @@ def test_ledger_refuses_exactly_the_small_differences(
     ds = [int(np.count_nonzero(a ^ m)) for m in masks + unions]
     want = 0 not in ds and any(0 < d < k or 0 < n - d < k for d in ds)
     assert bool(led.conflicts("p", a)) == want
+
+
+# --- 6. factor levels linked with the source table ------------------------------------------
+
+
+@pytest.mark.parametrize(("rare", "factor"), [(5, "C(sector)"), (17, "sector")])
+def test_level_means_of_a_factor_with_a_rare_category_are_not_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rare: int, factor: str
+) -> None:
+    """A nominal column with a rare category: the source table buckets it with the smallest
+    released level (the bucket's total is published). An exact level mean on a checkpoint of
+    all rows gives that level's count, and the bucket minus it the rare count. The gate keeps
+    the factor's level means out of the moments; without it the subtraction is exact."""
+    import replisynth.extract.checkpoints as checkpoints
+    from replisynth.workflow.cli import cmd_extract
+
+    rng = np.random.default_rng(rare)
+    n = 900
+    sector = np.array(
+        ["agri"] * 400 + ["farm"] * 60 + ["mine"] * rare + ["shop"] * (n - 460 - rare), dtype=object
+    )
+    rng.shuffle(sector)
+    df = _people(n, rare).assign(sector=sector)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    m = _manifest(str(tmp_path / "p.csv"), [_cp("f", f"y ~ x + {factor}")])
+
+    def attack(out: Path) -> set[float]:
+        bundle = cmd_extract(m, out)
+        table = json.loads((bundle / "source_p.json").read_text())["blocks"]["all"]["marginals"][
+            "sector"
+        ]["table"]
+        (c,) = json.loads((bundle / "checkpoints.json").read_text())["checkpoints"]
+        moments = c.get("moments") or {"terms": [], "mean": []}
+        found = set()
+        for term, mean in zip(moments["terms"], moments["mean"], strict=True):
+            if "sector" in term:
+                found.add(round(table["suppressed"] - mean * c["n"], 6))
+        return found
+
+    assert rare not in attack(tmp_path / "new")
+    monkeypatch.setattr(checkpoints, "factor_terms_with_rare_levels", lambda *a: set())
+    assert rare in attack(tmp_path / "old")  # the subtraction the gate prevents

@@ -66,6 +66,37 @@ def small_reference_terms(X: np.ndarray, terms: list[str], min_cell: int) -> set
     return out
 
 
+_FACTOR_CALL = re.compile(r"\bC\(\s*`?([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+def factor_terms_with_rare_levels(
+    df: pd.DataFrame, formula: str, terms: list[str], min_cell: int
+) -> set[str]:
+    """Terms that are level indicators of a factor whose source column has a category of
+    1..min_cell-1 rows. The source table pools or buckets such categories, so an exact level
+    mean on the sample, subtracted from the released count, would give the rare count."""
+    factors = set(_FACTOR_CALL.findall(formula))
+    factors |= {
+        c
+        for c in df.columns
+        if isinstance(c, str)
+        and not pd.api.types.is_numeric_dtype(df[c])
+        and re.search(rf"(?<![A-Za-z0-9_.`]){re.escape(c)}(?![A-Za-z0-9_.`])", formula)
+    }
+    rare = set()
+    for col in factors:
+        if col in df.columns:
+            counts = df[col].value_counts(dropna=True).to_numpy()
+            if np.any((counts > 0) & (counts < min_cell)):
+                rare.add(col)
+    out: set[str] = set()
+    for t in terms:
+        for col in rare:
+            if f"C({col}" in t or f"C(`{col}`" in t or re.search(rf"(^|:){re.escape(col)}\[", t):
+                out.add(t)
+    return out
+
+
 def capture_checkpoint(
     df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int
 ) -> tuple[dict[str, Any], SdcLog]:
@@ -247,6 +278,18 @@ def capture_checkpoint_sample(
             terms=n_sup,
         )
     released = {t["term"] for t in terms if not t.get("suppressed")}
+    linked = factor_terms_with_rare_levels(df, cp.formula, fit.terms, sdc.min_cell_size)
+    if linked & released:
+        log.add(
+            "checkpoints",
+            "withheld_moments",
+            f"design means of {len(linked & released)} factor level indicator(s) not released: their "
+            f"factor has categories below min_cell_size={sdc.min_cell_size} in the source, whose "
+            "counts the released table (pooled or suppressed levels) and exact level means would "
+            "give by subtraction",
+            checkpoint=cp.tag,
+            terms=len(linked & released),
+        )
     mX, mterms, instruments = moment_design(design)
     # Excluded instruments have no coefficient, so the `released` filter cannot speak for them:
     # they enter as candidates and pass or fail the column gates of design_moments (indicator
@@ -256,7 +299,7 @@ def capture_checkpoint_sample(
         mX,
         mterms,
         design.weights,
-        released | set(instruments),
+        (released | set(instruments)) - linked,
         sdc.min_cell_size,
         sdc.round_significant,
         sdc.dominance,
