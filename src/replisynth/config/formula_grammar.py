@@ -525,6 +525,11 @@ def _parse_formula_cached(formula: str) -> ParsedFormula:
     return _FormulaParser(formula, "\x00", GrammarError).parse()
 
 
+def _keyed(exc: GrammarError, key: str, error: type[ReplisynthError]) -> ReplisynthError:
+    """A cached parse's error (its key left as a placeholder) as `error` naming `key`."""
+    return error(str(exc).replace("\x00: ", f"{key}: " if key else "").replace("\x00", key))
+
+
 def parse_formula(
     formula: Any, key: str = "", error: type[ReplisynthError] = ManifestError
 ) -> ParsedFormula:
@@ -535,8 +540,7 @@ def parse_formula(
     try:
         return _parse_formula_cached(formula)
     except GrammarError as exc:
-        msg = str(exc).replace("\x00: ", f"{key}: " if key else "").replace("\x00", key)
-        raise error(msg) from None
+        raise _keyed(exc, key, error) from None
 
 
 def formula_columns(
@@ -606,8 +610,7 @@ def parse_subset(
     try:
         return _parse_subset_cached(subset)
     except GrammarError as exc:
-        msg = str(exc).replace("\x00: ", f"{key}: " if key else "").replace("\x00", key)
-        raise error(msg) from None
+        raise _keyed(exc, key, error) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,10 +106,11 @@ def capture_checkpoint(
 
 
 def _reject(
-    base: dict[str, Any], log: SdcLog, cp: Checkpoint, reason: str
+    base: dict[str, Any], log: SdcLog, cp: Checkpoint, reason: str, logged: str | None = None
 ) -> tuple[dict[str, Any], SdcLog, None]:
-    """A rejected record (the request fields only) and its log entry."""
-    log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
+    """A rejected record (the request fields only) and its log entry (`logged`, when the log
+    words it differently from the record's reason)."""
+    log.add("checkpoints", "rejected", logged or reason, checkpoint=cp.tag)
     return {**base, "status": "rejected", "reason": reason}, log, None
 
 
@@ -140,38 +141,22 @@ def capture_checkpoint_sample(
     design = build_design(df, cp, where)
     n = len(design.y)
     if n < sdc.min_cell_size:
-        log.add(
-            "checkpoints",
-            "rejected",
-            f"estimation sample below min_cell_size={sdc.min_cell_size}",
-            checkpoint=cp.tag,
-        )
-        return (
-            {
-                **base,
-                "status": "rejected",
-                "reason": f"sample below min_cell_size={sdc.min_cell_size}",
-            },
+        return _reject(
+            base,
             log,
-            None,
+            cp,
+            f"sample below min_cell_size={sdc.min_cell_size}",
+            f"estimation sample below min_cell_size={sdc.min_cell_size}",
         )
     if cp.model in GLM_MODELS:
         small = outcome_minority(design.y, cp.model)
         if small is not None and small < sdc.min_cell_size:
-            log.add(
-                "checkpoints",
-                "rejected",
-                f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample",
-                checkpoint=cp.tag,
-            )
-            return (
-                {
-                    **base,
-                    "status": "rejected",
-                    "reason": f"outcome class below min_cell_size={sdc.min_cell_size}",
-                },
+            return _reject(
+                base,
                 log,
-                None,
+                cp,
+                f"outcome class below min_cell_size={sdc.min_cell_size}",
+                f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample",
             )
     heavy = weight_gate(design.weights, sdc.min_cell_size)
     if heavy:
@@ -186,21 +171,7 @@ def capture_checkpoint_sample(
         )
     fit = fit_checkpoint(design, cp, where)
     if fit.resid_df < sdc.min_resid_df:
-        log.add(
-            "checkpoints",
-            "rejected",
-            f"residual df below min_resid_df={sdc.min_resid_df}",
-            checkpoint=cp.tag,
-        )
-        return (
-            {
-                **base,
-                "status": "rejected",
-                "reason": f"residual df below min_resid_df={sdc.min_resid_df}",
-            },
-            log,
-            None,
-        )
+        return _reject(base, log, cp, f"residual df below min_resid_df={sdc.min_resid_df}")
     if not np.all(np.isfinite(fit.se)):
         raise CheckpointError(
             f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample"
