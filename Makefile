@@ -63,7 +63,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 # Regenerate the lock from the direct dependencies (needs network to PyPI).
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/pip install --quiet -e '.[dev,slurm]'
+	.lockvenv/bin/pip install --quiet -e '.[dev,workflow,slurm]'
 	.lockvenv/bin/pip freeze --exclude-editable | sort -f > requirements.lock
 	rm -rf .lockvenv
 

@@ -15,7 +15,7 @@ from replisynth.core.errors import ManifestError, UnsupportedError
 from replisynth.core.options import GLM_MODELS, MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
-WORKFLOW_KEYS = ("bundle", "scatter")
+WORKFLOW_KEYS = ("bundle", "scatter", "output")
 
 # Agency profiles (see README "SDC and output checking"); explicit sdc keys override these.
 SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -522,6 +522,26 @@ def read_manifest_yaml(path: Path) -> Any:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from None
 
 
+def private_outputs(raw_or_path: dict[str, Any] | str | Path) -> bool:
+    """The workflow setting `output: {private: true}`: files readable by their owner only."""
+    raw = (
+        read_manifest_yaml(Path(raw_or_path))
+        if isinstance(raw_or_path, (str, Path))
+        else raw_or_path
+    )
+    out = (raw or {}).get("output") if isinstance(raw, dict) else None
+    if out is None:
+        return False
+    if not isinstance(out, dict) or set(out) - {"private"}:
+        raise ManifestError(
+            "output: the only key is private (true or false), e.g. output: {private: true}"
+        )
+    private = out.get("private", False)
+    if not isinstance(private, bool):
+        raise ManifestError(f"output.private: must be true or false, got {private!r}")
+    return private
+
+
 def load_manifest(
     raw_or_path: dict[str, Any] | str | Path, parse_formulas: bool = True
 ) -> Manifest:
@@ -537,8 +557,10 @@ def load_manifest(
         raw = read_manifest_yaml(Path(raw_or_path))
     else:
         raw = raw_or_path
-    # Workflow settings, not part of the manifest the bundle records: `bundle` (outside runs)
-    # and `scatter` (how many jobs; replisynth.workflow.workflow checks it).
+    private_outputs(raw)  # checked here, so a bad `output:` stops every command
+    # Workflow settings, not part of the manifest the bundle records: `bundle` (outside runs),
+    # `scatter` (how many jobs; replisynth.workflow.workflow checks it) and `output`
+    # (file modes; `private_outputs` checks it).
     raw = (
         {k: v for k, v in (raw or {}).items() if k not in WORKFLOW_KEYS}
         if isinstance(raw, dict)

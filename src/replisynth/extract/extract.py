@@ -595,13 +595,20 @@ def stratum_block(
 
 
 def extract_source(
-    df: pd.DataFrame, meta: FileMeta, manifest: Manifest, source: Source, strata_blocks: bool = True
+    df: pd.DataFrame,
+    meta: FileMeta,
+    manifest: Manifest,
+    source: Source,
+    strata_blocks: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[SourceRelease, SdcLog]:
     """Build the release of one source and the log of its SDC decisions.
 
     `strata_blocks=False` leaves out the strata's blocks (the cells are still listed) and
     records under release["strata"]["log_at"] where their SDC decisions belong: the
-    source-level half of a scattered extraction (replisynth.workflow.scatter fills the blocks in)."""
+    source-level half of a scattered extraction (replisynth.workflow.scatter fills the blocks in).
+    `progress` is told each stratum as it starts (by number, never by its key's values)."""
+    say = progress or (lambda _msg: None)
     sdc = manifest.sdc
     log = SdcLog()
     keep = set(source.strata) | ({source.panel.time} if source.panel else set())
@@ -777,8 +784,10 @@ def extract_source(
     def piece(item: tuple[int, tuple[Any, ...]] | None) -> tuple[Any, SdcLog]:
         lg = SdcLog()
         if item is None:
+            say(f"extract: {source.name} correlations of {X.shape[1]} dims")
             return correlation_gates(X, sdc.min_cell_size), lg
         i, key = item
+        say(f"extract: {source.name} stratum {i + 1} of {len(keys)}")
         mask = key_idx == key_pos[key]
         block = stratum_block(
             work, mask, f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg, classes

@@ -5,6 +5,7 @@ Method: docs/method.md, "Layer 4: pinning".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -308,6 +309,7 @@ def pin_checkpoints(
     seed: int = 0,
     shape_ses: bool = True,
     weight_bounds: tuple[float, float] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
@@ -320,13 +322,18 @@ def pin_checkpoints(
     Where the residual can move on its own rows (a pinned group whose outcome is not in a
     subset and whose samples are disjoint), it is scaled to the released residual variance
     and, with `shape_ses` (HC/cluster vcov of ols, fe, iv), shaped to every released SE
-    (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`)."""
+    (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`). `progress` is
+    told each group as it starts."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
     for source, outcome in pin_order(released):
         group = [c for c in released if c["source"] == source and c["outcome"] == outcome]
         tags = tuple(c["tag"] for c in group)
+        if progress is not None:
+            progress(
+                f"pin: {source} outcome {outcome} ({len(group)} checkpoint(s): {', '.join(tags)})"
+            )
         df = frames[source]
         if df[outcome].isna().all():
             results.append(

@@ -5,6 +5,7 @@ Method: docs/method.md, "Correlations and the copula".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -457,10 +458,13 @@ def synthesize_source(
     seed: int,
     rows: int | None = None,
     blocks: dict[str, dict[str, np.ndarray]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """The synthetic data of one source (before Layer 4), from its release and the seed.
     `blocks` (block id -> column values) are blocks already sampled by `synthesize_block`
-    in other jobs (replisynth.workflow.scatter); every block of the plan must be there."""
+    in other jobs (replisynth.workflow.scatter); every block of the plan must be there.
+    `progress` is told each block and the refinement as they start."""
+    say = progress or (lambda _msg: None)
     source = release["source"]
     rows = int(rows or release["rows"])
     specs_list = [ColumnSpec.from_dict(c) for c in release["columns"]]
@@ -475,14 +479,13 @@ def synthesize_source(
     parts: dict[str, list[np.ndarray]] = {
         s.name: [] for s in specs_list if s.role in ("continuous", "categorical")
     }
+
+    def sample(bp: BlockPlan) -> dict[str, np.ndarray]:
+        say(f"synthesize: {source} block {bp.id} ({bp.rows} rows; {len(plan)} block(s))")
+        return synthesize_block(bp, release, specs, seed, source, ent=ent)
+
     # blocks draw from their own seeded streams, so they are sampled on threads (results in plan order)
-    sampled = (
-        [blocks[bp.id] for bp in plan]
-        if blocks is not None
-        else thread_map(
-            lambda bp: synthesize_block(bp, release, specs, seed, source, ent=ent), plan
-        )
-    )
+    sampled = [blocks[bp.id] for bp in plan] if blocks is not None else thread_map(sample, plan)
     for vals in sampled:
         for c in parts:
             parts[c].append(vals[c])
@@ -493,6 +496,7 @@ def synthesize_source(
     del (
         parts
     )  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
+    say(f"synthesize: {source} refining across {len(plan)} block(s)")
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
     if ent is None:  # numeric levels of integer and float columns restore from floats (same values)
         numeric = {

@@ -16,6 +16,7 @@ import pandas as pd
 import replisynth.verify.svg as svg
 from replisynth.io.schema import EPOCH
 from replisynth.stats.dims import dim_label, norm_key
+from replisynth.verify.report_notes import certifies_html, disclosure_section
 
 MAX_VARIABLES = 60  # plots per source
 MAX_LEVELS = 30  # bars per categorical plot
@@ -814,20 +815,24 @@ def render_report(
     provenance: dict | None = None,
     *,
     outcomes: dict[str, set[str]] | None = None,
+    sdc_log: dict | None = None,
 ) -> str:
     """Return the full, self-contained HTML text of the verification report.
 
     `certificate` is shown in the highlighted box (computed by `certificate_text` when empty);
-    `outcomes` maps a source to its checkpoint outcome columns, left out of the heatmap.
+    `outcomes` maps a source to its checkpoint outcome columns, left out of the heatmap;
+    `sdc_log` (the bundle's sdc_log.json) gives the disclosure-control section.
     """
     certificate = certificate or certificate_text(tiers)
     body = "".join(
         [
             _banner(tiers, certificate),
+            certifies_html(tiers),
             _tier_section(tiers),
             _marginal_section(tiers, releases, frames),
             _corr_section(tiers, releases, frames, outcomes),
             _checkpoint_section(tiers),
+            disclosure_section(tiers, sdc_log),
             _provenance_section(provenance),
         ]
     )

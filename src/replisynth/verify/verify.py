@@ -5,6 +5,8 @@ Tier definitions: README "The fidelity tiers"; docs/method.md, "Verification".
 from __future__ import annotations
 
 import gc
+import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from replisynth.disclosure.bundle_types import SourceRelease
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 from replisynth.stats.correlations import spearman_matrix
-from replisynth.stats.design import build_design, released_terms
+from replisynth.stats.design import build_design, drop_unreleased_constants, released_terms
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
@@ -507,6 +509,32 @@ def _block_release(release: dict[str, Any], b: BlockPlan) -> dict[str, Any]:
     }
 
 
+def _fit_extra(term: str) -> bool:
+    """Terms a fit adds after the design's columns: nbreg's alpha, ordered models' cut points."""
+    return term == "alpha" or re.fullmatch(r"cut\d+", term) is not None
+
+
+def suppressed_term_name(
+    term: dict[str, Any], released: list[dict[str, Any]], design_terms: list[str]
+) -> str | None:
+    """The name of a term whose coefficient SDC withheld (the bundle gives its position only),
+    read from the checkpoint's design on the synthetic data (`design_terms`), which holds
+    released levels only; None unless that design lines up with the original's (every
+    released design term at its released position)."""
+    j = term.get("position")
+    if not isinstance(j, int) or not 0 <= j < len(design_terms):
+        return None
+    for r in released:
+        p = r.get("position")
+        if r.get("suppressed"):
+            continue
+        if _fit_extra(str(r.get("term"))) and isinstance(p, int) and p >= len(design_terms):
+            continue  # alpha and cut points follow the design's columns
+        if not isinstance(p, int) or p >= len(design_terms) or design_terms[p] != r.get("term"):
+            return None
+    return design_terms[j]
+
+
 def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """Checkpoints: refit on the synthetic data under each checkpoint's own vcov."""
     out: dict[str, Any] = {}
@@ -524,12 +552,8 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             continue
         cp = checkpoint_from_release(c)
         try:
-            d = build_design(
-                frames[c["source"]],
-                cp,
-                f"checkpoint {tag!r} on synthetic data",
-                released=released_terms(c),
-            )
+            full = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data")
+            d = drop_unreleased_constants(full, released_terms(c))
             fit = fit_checkpoint(d, cp, f"checkpoint {tag!r} on synthetic data")
         except CheckpointError as exc:
             out[tag] = {
@@ -548,7 +572,7 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             if t.get("suppressed"):
                 terms.append(
                     {
-                        "term": t.get("term"),
+                        "term": t.get("term") or suppressed_term_name(t, c["terms"], full.terms),
                         "position": t.get("position"),
                         "suppressed": True,
                         "reason": t.get("reason"),
@@ -671,9 +695,15 @@ def dbeta_summary(checkpoints: dict[str, Any]) -> dict[str, Any]:
 
 
 def verify(
-    bundle: Bundle, frames: dict[str, pd.DataFrame], labels: dict[str, dict[str, Any]] | None = None
+    bundle: Bundle,
+    frames: dict[str, pd.DataFrame],
+    labels: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """All tiers for every source and checkpoint; the machine-readable verdict (tiers.json)."""
+    """All tiers for every source and checkpoint; the machine-readable verdict (tiers.json).
+    `progress` is told each tier as it starts."""
+    say = progress or (lambda _msg: None)
+    say(f"verify: tier 4, refitting {len(bundle.checkpoints)} checkpoint(s)")
     cps = tier4(bundle, frames)
     # The refits leave reference cycles holding their design matrices (~180 MB at 10^6 rows);
     # freed now, before the dim matrix and the Spearman ranks are allocated.
@@ -683,16 +713,20 @@ def verify(
         df = frames[name]
         outcomes = _outcomes(bundle, name)
         plan = source_plan(release, len(df))
+        say(f"verify: {name} tier 0 (schema)")
         t0 = tier0(
             df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name)
         )
+        say(f"verify: {name} tier 1 (marginals)")
         t1 = tier1(df, release, plan, outcomes)
         percentiles = t1.pop("synthetic_percentiles")
+        say(f"verify: {name} tier 2 (correlations)")
         X = synthetic_dim_matrix(df, release, order="F")
         keep, S = spearman = synthetic_spearman(X, release["dims"], outcomes)
         t2 = tier2_matrix(
             X, release["blocks"][ALL]["spearman"], release["dims"], outcomes, spearman=spearman
         )
+        say(f"verify: {name} tier 3 (strata)")
         t3 = tier3(df, release, plan, outcomes, X)
         if t3["passed"] is None:
             t3["passed"] = t2["passed"]

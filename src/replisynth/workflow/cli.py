@@ -285,9 +285,21 @@ def cmd_init(data_file: Path, out: Path, force: bool) -> None:
     )
 
 
+def _apply_output_settings(manifest_path: str) -> None:
+    """`output: {private: true}` in the manifest: this run's files are readable by their owner
+    only; otherwise they follow the umask."""
+    from replisynth.config.manifest import private_outputs
+    from replisynth.io.atomic import set_private_outputs
+
+    set_private_outputs(private_outputs(manifest_path))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    from replisynth.workflow.progress import start_clock
+
+    start_clock()
     configure_logging(None)
     if args.quiet:
         import logging
@@ -319,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.manifest:
                 ap.error(f"{args.command} needs a MANIFEST (or --bundle DIR for synthesize/verify)")
             manifest = load_manifest(args.manifest)
+            _apply_output_settings(args.manifest)
             bundle_dir = out_root / manifest.name / "bundle"
         else:
             bundle_dir = Path(args.bundle)

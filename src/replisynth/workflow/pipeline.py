@@ -33,6 +33,7 @@ from replisynth.io.files import (
     write_text,
 )
 from replisynth.verify.verdict import check_tier  # noqa: F401  (re-exported: the CLI and tests call pipeline.check_tier)
+from replisynth.workflow.progress import progress
 
 log = logging.getLogger("replisynth")
 
@@ -40,6 +41,7 @@ log = logging.getLogger("replisynth")
 def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMeta]:
     src = manifest.source(source)
     check_columns(manifest, source, read_columns(src.path))
+    progress(f"read: {source} ({src.path})")
     df, meta = read_source(src.path)
     log.info("read %s: %d rows, %d columns", src.path, len(df), df.shape[1])
     from replisynth.io.input_checks import check_formulas, check_source_frame
@@ -56,7 +58,8 @@ def stage_extract_source(
     from replisynth.extract.extract import extract_source
 
     df, meta = _read_checked(manifest, source)
-    release, sdc = extract_source(df, meta, manifest, manifest.source(source))
+    progress(f"extract: {source} ({len(df):,} rows, {df.shape[1]} columns)")
+    release, sdc = extract_source(df, meta, manifest, manifest.source(source), progress=progress)
     warn_emptied_columns(untyped(release), df, manifest.sdc.min_cell_size)
     log.info(
         "%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
@@ -103,17 +106,22 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     for cp in manifest.checkpoints:
         if cp.source not in frames:
             frames[cp.source] = _read_checked(manifest, cp.source)[0]
+
     # The fits are independent (each builds its own design from the shared, unchanged
     # frames): on threads, released and logged in manifest order. At most two at a time: each
     # holds its design and formulaic's intermediates (several times the frame), and
     # the job's memory request (replisynth.workflow.resources) does not grow with its threads.
-    fits = thread_map(
-        lambda item: capture_checkpoint_sample(frames[item[1].source], item[1], manifest, item[0]),
-        list(enumerate(manifest.checkpoints)),
-        n=min(threads(), 2),
-    )
+    def fit(item: tuple[int, Any]) -> Any:
+        i, cp = item
+        progress(
+            f"extract: checkpoint {cp.tag} ({cp.model}, {i + 1} of {len(manifest.checkpoints)})"
+        )
+        return capture_checkpoint_sample(frames[cp.source], cp, manifest, i)
+
+    fits = thread_map(fit, list(enumerate(manifest.checkpoints)), n=min(threads(), 2))
     # The disclosure ledger: samples against each other, the source totals and the strata
     # (differencing rule); its public summary travels with the SDC decisions to sdc_log.json.
+    progress("extract: checkpoint samples against each other (differencing)")
     released, sdc, ledger = apply_differencing(frames, manifest, fits)
     for cp, rel in zip(manifest.checkpoints, released, strict=True):
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
@@ -169,7 +177,10 @@ def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> No
 
     b = load_bundle(bundle_dir)
     src = b.manifest.source(source)
-    df = synthesize_source(untyped(b.releases[source]), b.manifest.seed, src.rows)
+    progress(f"synthesize: {source}")
+    df = synthesize_source(
+        untyped(b.releases[source]), b.manifest.seed, src.rows, progress=progress
+    )
     log.info("%s: synthesized %d rows × %d columns", source, len(df), df.shape[1])
     write_parquet(df, out, synthetic=synthetic_label(b.sha256))
 
@@ -196,6 +207,7 @@ def stage_pin(
 
     b = load_bundle(bundle_dir)
     df = pd.read_parquet(unpinned)
+    progress(f"pin: {source} design moments")
     df, aligned = align_moments(
         df, b.checkpoints, b.releases[source], make_rng(b.manifest.seed, source, "xmom")
     )
@@ -219,7 +231,9 @@ def stage_pin(
             )
     for note in aligned["notes"]:
         log.info("design moments: %s", note)
-    frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)
+    frames, results = pin_checkpoints(
+        {source: df}, b.checkpoints, seed=b.manifest.seed, progress=progress
+    )
     out = frames[source]
     meta = _file_meta(untyped(b.releases[source]))
     for r in results:
@@ -308,7 +322,7 @@ def stage_verify(
 
     b = load_bundle(bundle_dir)
     frames, labels = read_synthetic(synthetic)
-    tiers = verify(b, frames, labels)
+    tiers = verify(b, frames, labels, progress=progress)
     write_json(tiers_out, tiers)
     log.info("tier met %s (required %s)", tiers["tier_met"], tiers["tier_required"])
     return tiers
@@ -324,7 +338,9 @@ def stage_report(
 ) -> None:
     """Outside side: report.html and the certificate paragraph."""
     from replisynth.verify.report import certificate_text, render_report
+    from replisynth.verify.report_notes import certifies_text
 
+    progress("report: report.html and certificate.txt")
     b = load_bundle(bundle_dir)
     frames, _ = read_synthetic(synthetic)
     tiers = read_json(tiers_path)
@@ -341,12 +357,18 @@ def stage_report(
         for s in b.releases
     }
     html = render_report(
-        tiers, untyped(b.releases), frames, cert, provenance=prov, outcomes=outcomes
+        tiers,
+        untyped(b.releases),
+        frames,
+        cert,
+        provenance=prov,
+        outcomes=outcomes,
+        sdc_log=dict(b.sdc_log),
     )
     write_text(html_out, html)
     # Timings go to the certificate file only (the quotable paragraph above stays reproducible).
     timing = "\n\n" + provenance_text(prov) + "\n" if prov.get("benchmarks") else "\n"
-    write_text(certificate_out, cert + timing)
+    write_text(certificate_out, certifies_text(tiers) + "\n\n" + cert + timing)
 
 
 def provenance(benchmarks: list[str | Path]) -> dict[str, Any] | None:

@@ -21,6 +21,9 @@ def configure_logging(path: str | None = None) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     if path:
         fh = logging.FileHandler(path, mode="w", encoding="utf-8")
+        from replisynth.io.atomic import output_mode
+
+        os.chmod(path, output_mode())
         fh.setFormatter(fmt)
         root.addHandler(fh)
     sh = logging.StreamHandler(sys.stderr)
@@ -54,8 +57,10 @@ def run(log_path: str | None, stage: Callable[[], Any], threads: int = 1) -> Any
     """Call `stage()` with `threads` worker threads (`replisynth.core.parallel`); on any exception
     print its one line and exit with its status (no traceback on screen)."""
     from replisynth.core.parallel import set_threads
+    from replisynth.workflow.progress import start_clock
 
     set_threads(threads)
+    start_clock()
     configure_logging(log_path)
     try:
         return stage()

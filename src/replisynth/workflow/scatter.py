@@ -31,6 +31,7 @@ from replisynth.io.files import atomic_path, read_json, synthetic_label, write_j
 from replisynth.io.schema import ColumnSpec
 from replisynth.stats.dims import category_values, dim_matrix
 from replisynth.stats.marginals import FrequencyTable, level_order
+from replisynth.workflow.progress import progress
 
 log = logging.getLogger("replisynth")
 
@@ -52,6 +53,7 @@ def stage_extract_base(
     from replisynth.workflow.pipeline import _read_checked
 
     df, meta = _read_checked(manifest, source)
+    progress(f"extract: {source} source level ({len(df):,} rows; strata in their own jobs)")
     release, sdc = extract_source(df, meta, manifest, manifest.source(source), strata_blocks=False)
     log.info(
         "%s: source-level release; %d strata cells to scatter",
@@ -136,6 +138,7 @@ def stage_extract_stratum(
     from replisynth.workflow.pipeline import _read_checked
 
     df, _ = _read_checked(manifest, source)
+    progress(f"extract: {source} strata, job {shard + 1} of {shards}")
     parts = stratum_blocks(df, manifest, source, read_json(base), shard, shards)
     log.info(
         "%s: shard %d of %d: strata %s",
@@ -222,6 +225,7 @@ def stage_sample_stratum(
     from replisynth.disclosure.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
+    progress(f"synthesize: {source} blocks, job {shard + 1} of {shards}")
     blocks = sample_blocks(
         untyped(b.releases[source]), b.manifest.seed, b.manifest.source(source).rows, shard, shards
     )
@@ -249,7 +253,11 @@ def stage_gather_blocks(
         with open(p, "rb") as fh:  # written by stage_sample_stratum of this run
             blocks.update(pickle.load(fh))
     df = synthesize_source(
-        untyped(b.releases[source]), b.manifest.seed, b.manifest.source(source).rows, blocks=blocks
+        untyped(b.releases[source]),
+        b.manifest.seed,
+        b.manifest.source(source).rows,
+        blocks=blocks,
+        progress=progress,
     )
     log.info(
         "%s: gathered %d blocks: %d rows × %d columns", source, len(blocks), len(df), df.shape[1]

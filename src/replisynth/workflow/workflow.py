@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,6 +214,16 @@ def scatter_plan(setting: Any, strata: dict[str, bool], cells: dict[str, int]) -
     return {s: setting for s, has in strata.items() if has} if setting >= 2 else {}
 
 
+def apply_output_settings(config: dict[str, Any]) -> None:
+    """`output: {private: true}`: every job this Snakemake starts (they inherit its
+    environment, also through sbatch) writes files readable by their owner only."""
+    from replisynth.config.manifest import private_outputs
+    from replisynth.io.atomic import PRIVATE_ENV
+
+    if private_outputs(config):
+        os.environ[PRIVATE_ENV] = "1"
+
+
 def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) -> WorkflowPlan:
     """Build the plan from Snakemake's config; a manifest error stops the run with its
     message (no traceback). `configfiles` (the manifest files Snakemake read) are re-read
@@ -222,6 +233,7 @@ def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) 
 
         for f in configfiles or []:
             read_manifest_yaml(Path(f))
+        apply_output_settings(config)
         if config.get("bundle"):
             from replisynth.disclosure.bundle import load_bundle
             from replisynth.workflow.resources import release_cells
