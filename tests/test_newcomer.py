@@ -239,3 +239,40 @@ def test_snakemake_is_an_extra_and_no_module_imports_it():
                 else []
             )
             assert not any(n.split(".")[0] == "snakemake" for n in names), py
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_snakemake_report_of_a_bundle_only_run(tmp_path):
+    """`snakemake --config bundle=DIR`, then `snakemake --report` on the same run: one HTML
+    file with the captioned outputs; the rule logs carry the progress lines."""
+    import shutil
+
+    from replisynth.config.manifest import load_manifest
+    from replisynth.workflow.cli import cmd_extract
+
+    m = load_manifest(
+        yaml.safe_load(_manifest(tmp_path, _data(tmp_path, 900, 3, rare=25)).read_text())
+    )
+    bundle = cmd_extract(m, tmp_path / "secure")
+    wf = tmp_path / "outside"
+    wf.mkdir()
+    for name in ["Snakefile", "config", "rules", "scripts", "envs", "docs", "profiles"]:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wf / name)
+    shutil.copytree(bundle, wf / "b")
+    smk = str(Path(sys.executable).with_name("snakemake"))
+    for args in (["--cores", "2"], ["--report", "report.html"]):
+        r = subprocess.run(
+            [smk, *args, "--config", "bundle=b"],
+            cwd=wf,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+    page = (wf / "report.html").read_text()
+    for label in ("tiers.json", "report.html", "certificate.txt", "people.pin.json"):
+        assert label in page, label
+    log = (wf / "results" / "t" / "logs" / "pin_checkpoints" / "people.log").read_text()
+    assert re.search(r"\[\s*\d+\.\d s\] pin: people outcome y", log)
