@@ -31,7 +31,7 @@ rule extract_source:
         "../scripts/extract_source.py"
 
 
-# A source scattered by stratum (`scatter`, see README "HPC"): the source-level release, one
+# A source scattered by stratum (`scatter`, see docs/hpc.md): the source-level release, one
 # job per shard of strata cells (block marginals and correlations), and a gather job that
 # writes the same staging files as extract_source.
 

@@ -17,7 +17,7 @@ from replisynth.core.options import GLM_MODELS, MODELS, SOURCE_EXTENSIONS, SUPPO
 SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
 WORKFLOW_KEYS = ("bundle", "scatter", "output")
 
-# Agency profiles (see README "SDC and output checking"); explicit sdc keys override these.
+# Agency profiles (see docs/disclosure.md, "Agency profiles"); explicit sdc keys override these.
 SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "standard": {
         "dominance": 0.85,

@@ -30,7 +30,7 @@ class TierNotMet(ReplisynthError):
     """Verification ran and wrote its reports, but the required fidelity tier was not met."""
 
 
-# Exit status of the CLI and of every workflow job (README "Exit status").
+# Exit status of the CLI and of every workflow job (docs/usage.md, "Exit status").
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1  # a ReplisynthError: the message says what to fix
 EXIT_TIER_MISSED = 2  # verification ran, reports written, verify.tier not met

@@ -1,5 +1,5 @@
 """Verify the fidelity tiers from the bundle and the synthetic data alone (no original data).
-Tier definitions: README "The fidelity tiers"; docs/method.md, "Verification".
+Tier definitions: docs/tiers.md; docs/method.md, "Verification".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`replisynth` command line: the pipeline without Snakemake, for enclaves that cannot install
-it; same package functions and output layout. Commands and exit status: README.
+it; same package functions and output layout. Commands and exit status: docs/usage.md.
 """
 
 from __future__ import annotations
