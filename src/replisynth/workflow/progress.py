@@ -1,5 +1,5 @@
-"""Progress lines with the elapsed time, `replisynth: [  12.3 s] pin: card outcome lwage (2
-checkpoint(s): ...)`, on stderr and in the job's log file, for steps that can take more than a few seconds. The
+"""Progress lines with the elapsed time, `[  12.3 s] pin: card outcome lwage (2 checkpoint(s):
+...)`, on stderr and in the job's log file, for steps that can take more than a few seconds. The
 stages pass `progress` to the core functions as a callback; the core prints nothing."""
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ def progress_line(message: str) -> str:
 
 def progress(message: str) -> None:
     """Print a progress line on stderr (unless the package logger is quieter than INFO, as
-    with --quiet) and write it to the log files of the package logger."""
+    with --quiet) and write it to the log files of the package logger. It does not start
+    with `replisynth:`, which marks messages and the one line of an error."""
     line = progress_line(message)
     log = logging.getLogger("replisynth")
     if log.getEffectiveLevel() <= logging.INFO:
         with _lock:
-            sys.stderr.write(f"replisynth: {line}\n")
+            sys.stderr.write(line + "\n")
             sys.stderr.flush()
     for h in log.handlers:
         if isinstance(h, logging.FileHandler):
