@@ -245,7 +245,8 @@ def test_snakemake_is_an_extra_and_no_module_imports_it():
 @pytest.mark.workflow
 def test_snakemake_report_of_a_bundle_only_run(tmp_path):
     """`snakemake --config bundle=DIR`, then `snakemake --report` on the same run: one HTML
-    file with the captioned outputs; the rule logs carry the progress lines."""
+    file with the captioned outputs; the rule logs carry the progress lines; `output:
+    {private: true}` in a --configfile reaches every job."""
     import shutil
 
     from replisynth.config.manifest import load_manifest
@@ -261,8 +262,10 @@ def test_snakemake_report_of_a_bundle_only_run(tmp_path):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, wf / name)
     shutil.copytree(bundle, wf / "b")
+    # a manifest file beside the bundle asks for private files (every job inherits it)
+    (wf / "priv.yaml").write_text(yaml.safe_dump({"output": {"private": True}}))
     smk = str(Path(sys.executable).with_name("snakemake"))
-    for args in (["--cores", "2"], ["--report", "report.html"]):
+    for args in (["--cores", "2", "--configfile", "priv.yaml"], ["--report", "report.html"]):
         r = subprocess.run(
             [smk, *args, "--config", "bundle=b"],
             cwd=wf,
@@ -274,5 +277,7 @@ def test_snakemake_report_of_a_bundle_only_run(tmp_path):
     page = (wf / "report.html").read_text()
     for label in ("tiers.json", "report.html", "certificate.txt", "people.pin.json"):
         assert label in page, label
-    log = (wf / "results" / "t" / "logs" / "pin_checkpoints" / "people.log").read_text()
+    res = wf / "results" / "t"
+    assert _modes(res / "synthetic") | _modes(res / "verify") | _modes(res / "logs") == {0o600}
+    log = (res / "logs" / "pin_checkpoints" / "people.log").read_text()
     assert re.search(r"\[\s*\d+\.\d s\] pin: people outcome y", log)
