@@ -45,7 +45,9 @@ def cmd_extract(manifest: Manifest, out_root: Path) -> Path:
     stage_extract_checkpoints(manifest, cps, cps_log)
     stage_write_bundle(manifest, releases, cps, [*sdc, cps_log], p["bundle"])
     from replisynth.disclosure.review import stage_review
+    from replisynth.workflow.progress import progress
 
+    progress("review: every disclosure check again, from the bundle alone")
     stage_review(
         p["bundle"], p["review"] / "disclosure_review.json", p["review"] / "disclosure_review.txt"
     )

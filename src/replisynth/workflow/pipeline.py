@@ -148,6 +148,7 @@ def stage_write_bundle(
             ledger = part.get("ledger", ledger)
             part = part["decisions"]
         sdc.extend(part)
+    progress("bundle: assembling and checking the release")
     rel = {name: read_json(p) for name, p in releases.items()}
     cps = read_json(checkpoints)
     for c in cps:
@@ -251,6 +252,7 @@ def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
     when asked for both), from its parquet file."""
     from replisynth.io.files import write_csv_from_parquet
 
+    progress(f"export: {Path(out).name}")
     write_csv_from_parquet(parquet, out)
 
 
@@ -259,6 +261,7 @@ def stage_export_stata(
 ) -> None:
     """Outside side: the synthetic data of a .dta source as a Stata file with its labels."""
     b = load_bundle(bundle_dir)
+    progress(f"export: {Path(out).name}")
     write_dta(
         pd.read_parquet(parquet),
         out,
@@ -438,6 +441,7 @@ def stage_audit(
                 f"{bundle_dir}: the bundle has no source {s.name!r}; rerun extract with this manifest"
             )
         original = _read_checked(manifest, s.name)[0]
+        progress(f"audit: {s.name}")
         syn = pd.read_parquet(synthetic[s.name])
         r = audit_source(
             original,
