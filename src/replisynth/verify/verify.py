@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.formula_grammar import derive_breaks, parse_derive
 from replisynth.config.manifest import checkpoint_from_release
-from replisynth.core.errors import CheckpointError
+from replisynth.core.errors import BundleError, CheckpointError
 from replisynth.core.options import CORR_TOL, GLM_BINARY, GLM_ORDERED
 from replisynth.core.parallel import thread_map
 from replisynth.disclosure.bundle import Bundle
@@ -23,6 +24,7 @@ from replisynth.stats.design import build_design, released_terms
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
+from replisynth.verify.utility import utility_section
 
 KS_ALPHA = 0.05
 SE_BOUND = 3.0
@@ -249,6 +251,36 @@ def tier0(
     for f in failures:
         problems.append(f"pandera: {f['column']}: {f['check']} ({f['failures']} rows)")
     return {"passed": not problems, "problems": problems}
+
+
+def _derived_identities(
+    t0: dict[str, Any], df: pd.DataFrame, derive: tuple[tuple[str, str], ...]
+) -> None:
+    """Tier 0 also requires every declared derived column to equal its expression in 100% of
+    rows (`t0["derived"]`: rows breaking each identity)."""
+    breaks = {}
+    for col, text in derive:
+        key = f"derive.{col}"
+        if col not in df.columns:
+            continue  # the schema check already reports a missing column
+        breaks[col] = derive_breaks(df, col, parse_derive(text, key, BundleError), key, BundleError)
+        if breaks[col]:
+            t0["problems"].append(f"{col}: {breaks[col]} rows break the identity {col} = {text}")
+            t0["passed"] = False
+    if derive:
+        t0["derived"] = breaks
+
+
+def _derived_columns(bundle: Bundle, source: str, outcomes: set[str]) -> set[str]:
+    """Columns recomputed after pinning (derived ones, and the input a pinned derived outcome
+    is solved into): tier 0 checks their identities, tier 1 records their drift only."""
+    out = set()
+    for col, text in bundle.manifest.source(source).derive:
+        out.add(col)
+        inputs = parse_derive(text, f"derive.{col}", BundleError).columns
+        if col in outcomes and len(inputs) == 1:
+            out |= set(inputs)
+    return out
 
 
 def _isnum(k: Any) -> bool:
@@ -686,7 +718,8 @@ def verify(
         t0 = tier0(
             df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name)
         )
-        t1 = tier1(df, release, plan, outcomes)
+        _derived_identities(t0, df, bundle.manifest.source(name).derive)
+        t1 = tier1(df, release, plan, outcomes | _derived_columns(bundle, name, outcomes))
         percentiles = t1.pop("synthetic_percentiles")
         X = synthetic_dim_matrix(df, release, order="F")
         keep, S = spearman = synthetic_spearman(X, release["dims"], outcomes)
@@ -720,6 +753,13 @@ def verify(
             },
         }
     tier_met = min(s["tier_met"] for s in sources.values()) if sources else -1
+    utility = utility_section(
+        frames,
+        dict(bundle.releases),
+        {name: _outcomes(bundle, name) for name in sources},
+        {name: s["marginals"]["outcome_drift"] for name, s in sources.items()},
+        bundle.manifest.sdc.quantile_trim,
+    )
     return {
         "name": bundle.manifest.name,
         "seed": bundle.manifest.seed,
@@ -731,6 +771,8 @@ def verify(
         "sources": sources,
         "checkpoints": cps,
         "checkpoint_summary": dbeta_summary(cps),
+        # beside the tier, never changing it (docs/method.md, "The utility section")
+        "utility": utility,
     }
 
 
