@@ -76,8 +76,7 @@ def _candidates(df: pd.DataFrame, src: Source) -> list[str]:
             pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)
         ):
             continue
-        v = s.dropna()
-        if len(v) >= MIN_ROWS and v.nunique() > 1:
+        if s.count() >= MIN_ROWS and s.min() != s.max():
             out.append(str(c))
         if len(out) == MAX_COLUMNS:
             break
