@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import make_people, manifest_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from replisynth.config.formula_grammar import derive_breaks, parse_derive
 from replisynth.config.manifest import Source, load_manifest
@@ -36,6 +38,7 @@ def _with_derived(n: int, seed: int, names: dict[str, str], cut: int) -> pd.Data
     df["birthyear"] = df["year"] - df["age"]
     df["bwght"] = rng.integers(50, 160, size=n)
     df[names["flag"]] = (df["bwght"] < cut).astype(int)
+    df["linc"] = np.log(df["income"])  # missing where income is (10%)
     return df
 
 
@@ -57,7 +60,12 @@ def test_identities_hold_in_every_row_after_run(
     df.to_csv(tmp_path / "people.csv", index=False)
     raw = manifest_for(
         tmp_path / "people.csv",
-        derive={lw: "log(wage)", "age": "year - birthyear", flag: f"bwght < {cut}"},
+        derive={
+            lw: "log(wage)",
+            "age": "year - birthyear",
+            flag: f"bwght < {cut}",
+            "linc": "log(income)",
+        },
     )
     raw["checkpoints"] = [
         {
@@ -83,8 +91,11 @@ def test_identities_hold_in_every_row_after_run(
     assert np.allclose(syn[lw], np.log(syn["wage"]), rtol=1e-12, atol=0)
     assert (syn["age"] == syn["year"] - syn["birthyear"]).all()
     assert (syn[flag] == (syn["bwght"] < cut).astype(int)).all()
+    assert syn["income"].isna().any() and (syn["linc"].isna() == syn["income"].isna()).all()
+    assert np.allclose(syn["linc"].dropna(), np.log(syn["income"].dropna()), rtol=1e-12)
     tiers = read_json(res / "t" / "verify" / "tiers.json")
-    assert tiers["sources"]["people"]["schema"]["derived"] == {lw: 0, "age": 0, flag: 0}
+    derived = tiers["sources"]["people"]["schema"]["derived"]
+    assert derived == {lw: 0, "age": 0, flag: 0, "linc": 0}
     assert tiers["tier_met"] == 4
     for cp in tiers["checkpoints"].values():
         assert cp["max_dbeta_se"] < 1e-6
@@ -175,6 +186,8 @@ def test_detection_finds_log_square_threshold_sum(seed: int, n: int, cut: float)
     assert ("log_earn", "log", ("earn",)) in found
     assert ("score_sq", "square", ("score",)) in found
     assert ("passed", "threshold", ("score",)) in found
+    signs = {r.column: r.sign for r in detect_relations(df, _src())}
+    assert signs["passed"] == ">"
     assert {frozenset((c, *i)) for c, k, i in found if k in ("sum", "difference")} == {
         frozenset(("end", "start", "spell"))
     }
@@ -264,3 +277,38 @@ def test_manifest_roundtrip_keeps_derive() -> None:
     raw = manifest_for("people.csv", derive={"b": "x1 >= 0", "c": "maximum(age - 60, 0)"})
     m = load_manifest(copy.deepcopy(raw))
     assert m.source("people").derive == (("b", "x1 >= 0"), ("c", "maximum(age - 60, 0)"))
+
+
+STEPS = [
+    "{} + 1.5",
+    "{} - 2",
+    "3 - {}",
+    "{} * 0.5",
+    "{} / 4",
+    "-{}",
+    "log({})",
+    "exp({})",
+    "sqrt({})",
+    "log1p({})",
+    "expm1({})",
+    "log10({})",
+    "2 * {}",
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(STEPS), min_size=1, max_size=4), st.integers(0, 10_000))
+def test_solve_inverts_every_invertible_chain(steps: list[str], seed: int) -> None:
+    """For any chain of invertible steps f, solving f(a) for a gives a back (where f is
+    finite), so a pinned derived outcome can hand its values to its input."""
+    text = "a"
+    for step in steps:
+        text = step.format(f"({text})")
+    p = parse_derive(text)
+    a = np.random.default_rng(seed).uniform(0.2, 2.0, size=20)
+    v = _eval(pd.DataFrame({"a": a}), p)
+    ok = np.isfinite(v) & (np.abs(v) < 1e6)
+    got = solve_input(p, v)
+    assert got is not None
+    back = np.isfinite(got) & ok
+    assert np.allclose(got[back], a[back], rtol=1e-6)

@@ -29,6 +29,7 @@ class Relation:
     kind: str
     inputs: tuple[str, ...]
     offset: bool = False
+    sign: str = ""  # a threshold's direction: "<" or ">"
 
     def advice(self, source: str) -> str:
         """One line telling the user how to declare the relation (names only)."""
@@ -37,7 +38,7 @@ class Relation:
         if self.kind == "threshold":
             return (
                 f"{source}: column {self.column} looks like a threshold of {a}: {where} "
-                f'(as {self.column}: "{a} < cut-off" with your cut-off)'
+                f'(as {self.column}: "{a} {self.sign} cut-off" with your cut-off)'
             )
         if self.kind == "log":
             expr = f"log({a})"
@@ -91,12 +92,13 @@ def _tol(df: pd.DataFrame, cols: tuple[str, ...]) -> float:
 def _holds(df: pd.DataFrame, rel: Relation) -> bool:
     """The full check of a screened candidate on every row where all its columns are observed."""
     cols = (rel.column, *rel.inputs)
-    m = df[list(cols)].apply(pd.to_numeric, errors="coerce").astype("float64").dropna()
+    m = df[list(cols)].apply(pd.to_numeric, errors="coerce").astype("float64")
+    m = m[np.isfinite(m.to_numpy()).all(axis=1)]
     if len(m) < MIN_ROWS:
         return False
     y, x = m[rel.column].to_numpy(), m[rel.inputs[0]].to_numpy()
     if rel.kind == "threshold":
-        return _separates(y, x)
+        return _separates(y, x) == rel.sign
     with np.errstate(all="ignore"):
         if rel.kind == "log":
             want = np.where(x > 0, np.log(x), np.nan)
@@ -112,13 +114,16 @@ def _holds(df: pd.DataFrame, rel: Relation) -> bool:
     return bool(np.all(np.isclose(y, want, rtol=tol, atol=tol)))
 
 
-def _separates(y: np.ndarray, x: np.ndarray) -> bool:
-    """y (two values) equals x below some cut-off: x's ranges on the two values do not overlap."""
-    lo, hi = np.unique(y)[[0, -1]]
-    a, b = x[y == lo], x[y == hi]
-    if len(np.unique(y)) != 2 or not len(a) or not len(b) or len(np.unique(x)) < 3:
-        return False
-    return bool(a.max() < b.min() or b.max() < a.min())
+def _separates(y: np.ndarray, x: np.ndarray) -> str:
+    """The direction of y (two values) as a threshold of x: "<" when y's higher value is taken
+    exactly where x is below some cut-off, ">" above it, "" when x's ranges overlap."""
+    levels = np.unique(y)
+    if len(levels) != 2 or len(np.unique(x)) < 3:
+        return ""
+    a, b = x[y == levels[0]], x[y == levels[1]]
+    if b.max() < a.min():
+        return "<"
+    return ">" if a.max() < b.min() else ""
 
 
 def _sample(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
@@ -156,8 +161,9 @@ def _unary(cols: list[str], C: np.ndarray) -> list[Relation]:
     for j in np.nonzero(binary)[0]:
         for i in np.nonzero(~binary)[0]:
             seen = ~np.isnan(C[i]) & ~np.isnan(C[j])
-            if seen.sum() >= MIN_ROWS // 2 and _separates(C[j][seen], C[i][seen]):
-                out.append(Relation(cols[j], "threshold", (cols[i],)))
+            sign = _separates(C[j][seen], C[i][seen]) if seen.sum() >= MIN_ROWS // 2 else ""
+            if sign:
+                out.append(Relation(cols[j], "threshold", (cols[i],), sign=sign))
     return out
 
 
