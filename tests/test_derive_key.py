@@ -312,3 +312,23 @@ def test_solve_inverts_every_invertible_chain(steps: list[str], seed: int) -> No
     assert got is not None
     back = np.isfinite(got) & ok
     assert np.allclose(got[back], a[back], rtol=1e-6)
+
+
+def test_identity_wins_over_integer_storage() -> None:
+    """An integer-stored derived column whose expression is not integer becomes float (the
+    identity holds); an integer-valued one stays integer; a solved integer input is rounded
+    and the pinned column recomputed from it."""
+    rng = np.random.default_rng(12)
+    df = pd.DataFrame({"lw": rng.normal(6, 0.5, 80), "k": rng.integers(1, 9, 80)})
+    df["w"] = np.round(np.exp(df["lw"])).astype("int64")
+    df["k2"] = (df["k"] * 2).astype("int32")
+    out, _ = recompute_derived(df, (("w", "exp(lw)"), ("k2", "k * 2")), frozenset())
+    assert (
+        out["w"].dtype == np.float64 and derive_breaks(out, "w", parse_derive("exp(lw)"), "w") == 0
+    )
+    assert out["k2"].dtype == np.int32
+    pinned = df.assign(lw2=np.log(df["w"]) + rng.normal(scale=0.01, size=80))
+    out, notes = recompute_derived(pinned, (("lw2", "log(w)"),), frozenset({"lw2"}))
+    assert notes[0].action == "solved" and out["w"].dtype == np.int64
+    assert np.allclose(out["lw2"], np.log(out["w"]), rtol=1e-12)
+    assert np.abs(out["lw2"] - pinned["lw2"]).max() <= 0.5 / out["w"].min() + 1e-12

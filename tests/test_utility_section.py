@@ -157,3 +157,34 @@ def test_certificate_quiet_when_clean() -> None:
         tiers | {"utility": {}}, {}, {}, ""
     )
     assert "<li>s: x</li>" in html
+
+
+def test_derived_columns_are_reported_with_their_role() -> None:
+    from replisynth.verify.utility import utility_section
+
+    rng = np.random.default_rng(5)
+    age = rng.integers(24, 35, 1000)
+    release = {
+        "columns": [{"name": "age", "integer": True, "missing": 0, "rows": 1000}],
+        "blocks": {
+            "all": {
+                "marginals": {
+                    "age": {
+                        "kind": "categorical",
+                        "table": {
+                            "levels": list(range(24, 35)),
+                            "counts": np.bincount(age - 24, minlength=11).tolist(),
+                        },
+                    }
+                }
+            }
+        },
+    }
+    wide = pd.DataFrame({"age": np.where(rng.random(1000) < 0.06, age + 20, age)})
+    u = utility_section({"s": wide}, {"s": release}, {"s": set()}, {}, 1, derived={"s": {"age"}})
+    rec = u["sources"]["s"]["age"]
+    assert rec["role"] == "derived column" and rec["support_breached"]
+    assert u["findings"][0].startswith("s: derived column age: ")
+    clean = pd.DataFrame({"age": age})
+    u = utility_section({"s": clean}, {"s": release}, {"s": set()}, {}, 1, derived={"s": {"age"}})
+    assert u["findings"] == [] and not u["support_breached"]

@@ -114,16 +114,19 @@ def solve_input(parsed: ParsedDerive, values: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _store(values: np.ndarray, like: pd.Series) -> pd.Series:
+def _store(values: np.ndarray, like: pd.Series, round_integers: bool = False) -> pd.Series:
     """`values` in the dtype of the column they replace (an integer or 0/1 column stays one;
-    a missing value in an integer column makes it float)."""
+    a missing value in an integer column makes it float, and so does a non-integer value
+    unless `round_integers`: a derived column's identity wins over its storage, a solved
+    input keeps its storage)."""
     s = pd.Series(values, index=like.index, name=like.name)
     if pd.api.types.is_bool_dtype(like.dtype) and not s.isna().any():
         return s.astype(bool)
     if pd.api.types.is_integer_dtype(like.dtype):
-        if s.isna().any():
+        fractional = not np.allclose(s, s.round(), rtol=0, atol=1e-9)
+        if s.isna().any() or (fractional and not round_integers):
             return s.astype(
-                "Float64" if isinstance(like.dtype, pd.api.types.ExtensionDtype) else "float64"
+                "Float64" if isinstance(like.dtype, pd.api.extensions.ExtensionDtype) else "float64"
             )
         return s.round().astype(like.dtype)
     if pd.api.types.is_float_dtype(like.dtype):
@@ -149,7 +152,7 @@ def recompute_derived(
                 parsed, pd.to_numeric(out[col]).to_numpy("float64", na_value=np.nan)
             )
         if solved is not None and only is not None:
-            out[only] = _store(solved, out[only])
+            out[only] = _store(solved, out[only], round_integers=True)
             notes.append(DerivedNote(col, "solved", only))
         else:
             notes.append(DerivedNote(col, "recomputed"))

@@ -778,7 +778,7 @@ def _utility_row(source: str, col: str, r: dict) -> str:
 
     cells = [
         _e(source),
-        _e(col),
+        _e(col) + (" (derived)" if r.get("role") == "derived column" else ""),
         _f(r.get("ks_d") if r.get("ks_d") is not None else r.get("tv_distance")),
         _f(r.get("mean_drift_se")),
         share("share_out_of_support"),
@@ -805,7 +805,7 @@ def _utility_section(tiers: dict) -> str:
         return ""
     head = [
         "source",
-        "pinned outcome",
+        "column",
         "KS (TV)",
         "mean drift (SE)",
         "out of support",
@@ -821,8 +821,8 @@ def _utility_section(tiers: dict) -> str:
         else '<p class="muted">No pinned outcome leaves its released support.</p>'
     )
     return (
-        "<h2>Utility of the pinned outcomes</h2><p>Each pinned outcome against its released "
-        "marginal: these findings do not change the tier; a share above "
+        "<h2>Utility of the pinned outcomes</h2><p>Each pinned outcome, and each derived "
+        "column recomputed from its inputs, against its released marginal: these findings do not change the tier; a share above "
         f"{_pct(u.get('support_threshold'))} outside the released support is flagged "
         "<em>support breached</em>.</p>" + _table(head, rows) + notes
     )

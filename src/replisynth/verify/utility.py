@@ -81,10 +81,10 @@ def categorical_utility(s: pd.Series, levels: list[Any], counts: list[int]) -> d
     return rec
 
 
-def _findings(col: str, rec: dict[str, Any]) -> tuple[list[str], bool]:
-    """Sentences for what crosses a threshold, and whether the support is breached."""
+def _findings(name: str, rec: dict[str, Any]) -> tuple[list[str], bool]:
+    """Sentences for what crosses a threshold (`name`: "pinned outcome y", "derived column
+    z"), and whether the support is breached."""
     out, breached = [], False
-    name = f"pinned outcome {col}"
     for key, text in (
         ("share_negative", "of rows negative where the released marginal has none"),
         ("share_non_integer", "of values non-integer where the released column is integer"),
@@ -116,8 +116,10 @@ def outcome_utility(
     trim: float,
     released_missing_share: float,
     ks_d: float | None = None,
+    role: str = "pinned outcome",
 ) -> dict[str, Any]:
-    """One pinned outcome against its released source-level marginal, with its findings."""
+    """One pinned outcome (or derived column: `role`) against its released source-level
+    marginal, with its findings."""
     if marginal.get("kind") in ("continuous", "ordinal_grid") and marginal.get("grid"):
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         rec = continuous_utility(v, marginal["grid"], integer, trim, ks_d)
@@ -128,7 +130,8 @@ def outcome_utility(
         rec = {"kind": marginal.get("kind", "none")}
     rec["missing_share"] = float(s.isna().mean()) if len(s) else 0.0
     rec["released_missing_share"] = released_missing_share
-    rec["findings"], rec["support_breached"] = _findings(str(s.name), rec)
+    rec["role"] = role
+    rec["findings"], rec["support_breached"] = _findings(f"{role} {s.name}", rec)
     return rec
 
 
@@ -138,22 +141,32 @@ def utility_section(
     outcomes: dict[str, set[str]],
     drift: dict[str, dict[str, Any]],
     trim: float,
+    derived: dict[str, set[str]] | None = None,
 ) -> dict[str, Any]:
-    """tiers.json's `utility`: per source and pinned outcome its record; all findings as
-    "source: sentence"; whether any support is breached. `drift`: tier 1's outcome KS."""
+    """tiers.json's `utility`: per source, each pinned outcome and derived column (recomputed
+    from its inputs) with its record; all findings as "source: sentence"; whether any support
+    is breached. `drift`: tier 1's KS of the columns it exempts."""
     per: dict[str, Any] = {}
     findings: list[str] = []
     for name, df in frames.items():
         release = releases[name]
         marg = release["blocks"]["all"]["marginals"]
         specs = {c["name"]: c for c in release["columns"]}
+        roles = {c: "derived column" for c in (derived or {}).get(name, set())}
+        roles |= {c: "pinned outcome" for c in outcomes.get(name, set())}
         per[name] = {}
-        for col in sorted(c for c in outcomes.get(name, set()) if c in df.columns and c in marg):
+        for col in sorted(c for c in roles if c in df.columns and c in marg):
             spec = specs.get(col, {})
             released_missing = spec.get("missing", 0) / max(int(spec.get("rows") or 1), 1)
             ks = (drift.get(name, {}).get(col) or {}).get("ks_d")
             rec = outcome_utility(
-                df[col], dict(marg[col]), bool(spec.get("integer")), trim, released_missing, ks
+                df[col],
+                dict(marg[col]),
+                bool(spec.get("integer")),
+                trim,
+                released_missing,
+                ks,
+                roles[col],
             )
             per[name][col] = rec
             findings += [f"{name}: {f}" for f in rec["findings"]]
@@ -173,8 +186,9 @@ def utility_sentence(utility: dict[str, Any] | None) -> str:
     findings = utility.get("findings") or []
     if not findings:
         return (
-            "Utility (beside the tier): every pinned outcome stays inside its released support "
-            "(sign, range, integer storage, missingness) and close to its released marginal."
+            "Utility (beside the tier): every pinned outcome and derived column stays inside its "
+            "released support (sign, range, integer storage, missingness) and close to its "
+            "released marginal."
         )
     head = "support breached" if utility.get("support_breached") else "findings"
     return f"Utility (beside the tier; {head}): " + "; ".join(findings) + "."

@@ -273,7 +273,8 @@ def _derived_identities(
 
 def _derived_columns(bundle: Bundle, source: str, outcomes: set[str]) -> set[str]:
     """Columns recomputed after pinning (derived ones, and the input a pinned derived outcome
-    is solved into): tier 0 checks their identities, tier 1 records their drift only."""
+    is solved into): exempt from tiers 0-3 like outcomes (tier 0 checks their identities
+    instead of their types and categories), reported by the utility section."""
     out = set()
     for col, text in bundle.manifest.source(source).derive:
         out.add(col)
@@ -715,18 +716,19 @@ def verify(
         df = frames[name]
         outcomes = _outcomes(bundle, name)
         plan = source_plan(release, len(df))
+        moved = outcomes | _derived_columns(bundle, name, outcomes)  # by Layer 4 or its identity
         t0 = tier0(
-            df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name)
+            df, release, plan, moved, (labels or {}).get(name), _discrete_outcomes(bundle, name)
         )
         _derived_identities(t0, df, bundle.manifest.source(name).derive)
-        t1 = tier1(df, release, plan, outcomes | _derived_columns(bundle, name, outcomes))
+        t1 = tier1(df, release, plan, moved)
         percentiles = t1.pop("synthetic_percentiles")
         X = synthetic_dim_matrix(df, release, order="F")
-        keep, S = spearman = synthetic_spearman(X, release["dims"], outcomes)
+        keep, S = spearman = synthetic_spearman(X, release["dims"], moved)
         t2 = tier2_matrix(
-            X, release["blocks"][ALL]["spearman"], release["dims"], outcomes, spearman=spearman
+            X, release["blocks"][ALL]["spearman"], release["dims"], moved, spearman=spearman
         )
-        t3 = tier3(df, release, plan, outcomes, X)
+        t3 = tier3(df, release, plan, moved, X)
         if t3["passed"] is None:
             t3["passed"] = t2["passed"]
         t4 = tier4_of_source(cps, name)
@@ -759,6 +761,7 @@ def verify(
         {name: _outcomes(bundle, name) for name in sources},
         {name: s["marginals"]["outcome_drift"] for name, s in sources.items()},
         bundle.manifest.sdc.quantile_trim,
+        derived={s.name: {c for c, _ in s.derive} for s in bundle.manifest.sources},
     )
     return {
         "name": bundle.manifest.name,
