@@ -45,6 +45,10 @@ def test_negatives_breach_a_non_negative_release(seed: int, n: int, share: float
         and "of rows negative where the released marginal has none (support breached)" in f
         for f in rec["findings"]
     )
+    assert rec["released_share_zero"] == pytest.approx(0.3, abs=0.02)
+    zeros_lost = any("exact zeros in" in f for f in rec["findings"])
+    assert zeros_lost == (abs(rec["share_zero"] - rec["released_share_zero"]) > 0.02)
+    assert zeros_lost == (share > 0.1)
     clean = outcome_utility(pd.Series(earn, name="earnings"), _marginal(earn), False, 1, 0.0)
     assert clean["findings"] == [] and not clean["support_breached"]
     assert clean["share_negative"] == 0.0 and abs(clean["mean_drift_se"]) < 0.5

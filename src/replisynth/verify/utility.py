@@ -17,6 +17,7 @@ SUPPORT_BREACH = 0.005  # a share of rows above this outside the released suppor
 KS_FLAG = 0.10  # a KS distance to the released marginal above this is reported
 DRIFT_FLAG_SE = 3.0  # a mean drift beyond this many sampling SEs is reported
 MISSING_FLAG = 0.005  # a missingness share differing by more than this is reported
+ZERO_FLAG = 0.02  # a share of exact zeros this far from the released mass at zero is reported
 
 
 def _pct(x: float) -> str:
@@ -31,6 +32,12 @@ def _grid_moments(g: np.ndarray) -> tuple[float, float]:
     w /= w.sum()
     mean = float(np.sum(w * g))
     return mean, float(np.sqrt(np.sum(w * (g - mean) ** 2)))
+
+
+def released_zero_mass(g: np.ndarray) -> float:
+    """Share of rows at exactly zero that a 101-point percentile grid shows: its points at
+    zero over 100 (within a percentile step of the true share)."""
+    return float(min(1.0, np.sum(g == 0) / 100.0))
 
 
 def _coded_percentiles(v: np.ndarray, trim: float) -> np.ndarray:
@@ -63,6 +70,8 @@ def continuous_utility(
         "share_negative": float(np.mean(v < 0)) if g[0] >= 0 else None,
         "share_non_integer": float(np.mean(v != np.round(v))) if integer else None,
         "mean_drift_se": float((mean_s - mean_r) / se) if np.isfinite(se) else None,
+        "share_zero": float(np.mean(v == 0)),
+        "released_share_zero": released_zero_mass(g),
     }
     return rec
 
@@ -100,6 +109,12 @@ def _findings(name: str, rec: dict[str, Any]) -> tuple[list[str], bool]:
         out.append(f"{name}: mean drifted {rec['mean_drift_se']:+.1f} sampling SE")
     if (rec.get("tv_distance") or 0.0) > KS_FLAG:
         out.append(f"{name}: category shares {rec['tv_distance']:.2f} (total variation) off")
+    zero, released_zero = rec.get("share_zero"), rec.get("released_share_zero")
+    if zero is not None and released_zero and abs(zero - released_zero) > ZERO_FLAG:
+        out.append(
+            f"{name}: exact zeros in {_pct(zero)} of rows where the release has about "
+            f"{_pct(released_zero)}"
+        )
     gap = rec.get("missing_share", 0.0) - rec.get("released_missing_share", 0.0)
     if abs(gap) > MISSING_FLAG:
         out.append(
