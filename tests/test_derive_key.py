@@ -332,3 +332,27 @@ def test_identity_wins_over_integer_storage() -> None:
     assert notes[0].action == "solved" and out["w"].dtype == np.int64
     assert np.allclose(out["lw2"], np.log(out["w"]), rtol=1e-12)
     assert np.abs(out["lw2"] - pinned["lw2"]).max() <= 0.5 / out["w"].min() + 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.text("abcdefghxyz_", min_size=2, max_size=6), min_size=4, max_size=4, unique=True),
+    st.floats(-3, 3),
+    st.integers(0, 10_000),
+)
+def test_advice_carries_no_number(names: list[str], cut: float, seed: int) -> None:
+    """With digit-free column names, no advice line holds a digit: no cut-off, constant or
+    other value can be in it."""
+    rng = np.random.default_rng(seed)
+    x, y, s, t = names
+    df = pd.DataFrame({x: rng.normal(size=300), s: rng.integers(1, 50, 300)})
+    df[y] = (df[x] > cut).astype(int)
+    df[t] = df[s] + df[x] + 7.25
+    df[f"{t}L"] = np.log(df[s])
+    found = detect_relations(df, _src())
+    kinds = {r.kind for r in found}
+    assert {"log", "sum"} <= kinds or {"log", "difference"} <= kinds
+    assert ("threshold" in kinds) == (0 < df[y].sum() < len(df))
+    for rel in found:
+        line = rel.advice("people")
+        assert not any(ch.isdigit() for ch in line), line

@@ -126,11 +126,15 @@ def _separates(y: np.ndarray, x: np.ndarray) -> str:
     return ">" if a.max() < b.min() else ""
 
 
-def _sample(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
-    """Columns x screen rows (float64, NaN missing), from rows drawn once (never output)."""
-    rows = np.random.default_rng(0).permutation(len(df))[: max(SCREEN_ROWS, MIN_ROWS)]
+def _rows(df: pd.DataFrame, cols: list[str], rows: np.ndarray) -> np.ndarray:
+    """Columns x the given rows (float64, NaN missing)."""
     part = df.iloc[np.sort(rows)][cols].apply(pd.to_numeric, errors="coerce")
     return part.astype("float64").to_numpy().T
+
+
+def _screen_rows(n: int) -> np.ndarray:
+    """The screen rows, drawn once (never output)."""
+    return np.random.default_rng(0).permutation(n)[: max(SCREEN_ROWS, MIN_ROWS)]
 
 
 def _agree(f: np.ndarray, C: np.ndarray, offset: bool = False) -> np.ndarray:
@@ -146,10 +150,15 @@ def _agree(f: np.ndarray, C: np.ndarray, offset: bool = False) -> np.ndarray:
     return ok & (seen.sum(axis=2) >= MIN_ROWS // 2)
 
 
+def _binary(C: np.ndarray) -> np.ndarray:
+    return np.array([len(np.unique(r[~np.isnan(r)])) <= 2 for r in C])
+
+
 def _unary(cols: list[str], C: np.ndarray) -> list[Relation]:
-    out = []
+    """Logs and squares screened on the screen rows (neither side two-valued)."""
+    out: list[Relation] = []
+    binary = _binary(C)
     with np.errstate(all="ignore"):
-        binary = np.array([len(np.unique(r[~np.isnan(r)])) <= 2 for r in C])
         logs = np.where(C > 0, np.log(C), np.inf)
         logs[np.isnan(C)] = np.nan
         for kind, f in (("log", logs), ("square", C**2)):
@@ -158,12 +167,30 @@ def _unary(cols: list[str], C: np.ndarray) -> list[Relation]:
             for i, j in zip(*np.nonzero(hit), strict=True):
                 if not binary[i] and not binary[j]:
                     out.append(Relation(cols[j], kind, (cols[i],)))
+    return out
+
+
+def _thresholds(df: pd.DataFrame, cols: list[str], C: np.ndarray) -> list[Relation]:
+    """Two-valued columns as thresholds of other columns, screened on the screen rows plus
+    rows of the rarer value (a rare 0/1 column may have none among the screen rows)."""
+    out: list[Relation] = []
+    binary = _binary(C)
+    xs = [cols[i] for i in np.nonzero(~binary)[0]]
+    if not xs:
+        return out
+    rng = np.random.default_rng(1)
     for j in np.nonzero(binary)[0]:
-        for i in np.nonzero(~binary)[0]:
-            seen = ~np.isnan(C[i]) & ~np.isnan(C[j])
-            sign = _separates(C[j][seen], C[i][seen]) if seen.sum() >= MIN_ROWS // 2 else ""
+        counts = pd.to_numeric(df[cols[j]], errors="coerce").value_counts()
+        if len(counts) != 2:
+            continue
+        rare = np.flatnonzero(df[cols[j]].to_numpy() == counts.index[counts.argmin()])
+        rows = np.union1d(_screen_rows(len(df)), rng.permutation(rare)[: SCREEN_ROWS // 2])
+        X, y = _rows(df, xs, rows), _rows(df, [cols[j]], rows)[0]
+        for x_name, x in zip(xs, X, strict=True):
+            seen = ~np.isnan(x) & ~np.isnan(y)
+            sign = _separates(y[seen], x[seen]) if seen.sum() >= MIN_ROWS // 2 else ""
             if sign:
-                out.append(Relation(cols[j], "threshold", (cols[i],), sign=sign))
+                out.append(Relation(cols[j], "threshold", (x_name,), sign=sign))
     return out
 
 
@@ -190,9 +217,9 @@ def detect_relations(df: pd.DataFrame, src: Source) -> list[Relation]:
     cols = _candidates(df, src)
     if len(cols) < 2:
         return []
-    C = _sample(df, cols)
+    C = _rows(df, cols, _screen_rows(len(df)))
     found = []
-    for rel in _unary(cols, C) + _pairs(cols, C):
+    for rel in _unary(cols, C) + _thresholds(df, cols, C) + _pairs(cols, C):
         if rel.offset and _holds(df, Relation(rel.column, rel.kind, rel.inputs)):
             rel = Relation(rel.column, rel.kind, rel.inputs)
         elif not _holds(df, rel):
