@@ -614,6 +614,82 @@ def parse_subset(
 
 
 # ---------------------------------------------------------------------------------------------
+# derived columns (sources.<name>.derive)
+
+
+@dataclass(frozen=True)
+class ParsedDerive:
+    text: str
+    tree: ast.expr
+    quoted: dict[str, str]
+    columns: frozenset[str]
+
+
+@lru_cache(maxsize=1024)
+def _parse_derive_cached(expression: str) -> ParsedDerive:
+    key, error = "\x00", GrammarError
+    tree, quoted = _parse_python(expression, key, error, "the expression")
+    checker = _Checker(key, error, quoted)
+    checker.expr(tree)
+    if not checker.columns:
+        raise error(
+            f'{key}: expression {_short(expression)!r} names no column; write e.g. "log(wage)"'
+        )
+    return ParsedDerive(expression, tree, quoted, frozenset(checker.columns))
+
+
+def parse_derive(
+    expression: Any, key: str = "", error: type[ReplisynthError] = ManifestError
+) -> ParsedDerive:
+    """Check a derived column's expression: columns, numbers, arithmetic, comparisons,
+    boolean operators and the allow-listed numpy functions (no strings, no `I()` needed)."""
+    if not isinstance(expression, str):
+        raise error(f"{key}: expected an expression string, got {type(expression).__name__}")
+    try:
+        return _parse_derive_cached(expression)
+    except GrammarError as exc:
+        raise _keyed(exc, key, error) from None
+
+
+def derive_values(
+    df: pd.DataFrame, parsed: ParsedDerive, key: str, error: type[ReplisynthError] = ManifestError
+) -> np.ndarray:
+    """A checked derive expression over `df` as float64 (comparisons give 0/1); a row with a
+    missing input gives a missing value (NaN), whatever the operator would say."""
+    cols = {
+        c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype="float64") for c in parsed.columns
+    }
+    try:
+        with np.errstate(all="ignore"):
+            out = evaluate(parsed.tree, lambda c: cols[c], parsed.quoted)
+        vals = np.broadcast_to(np.asarray(out, dtype="float64"), (len(df),)).copy()
+    except (TypeError, ValueError) as exc:
+        raise error(
+            f"{key}: expression {_short(parsed.text)!r} cannot be evaluated "
+            f"({type(exc).__name__}); combine comparisons with and/or, numbers with + - * /"
+        ) from None
+    for v in cols.values():
+        vals[np.isnan(v)] = np.nan
+    return vals
+
+
+def derive_breaks(
+    df: pd.DataFrame,
+    column: str,
+    parsed: ParsedDerive,
+    key: str,
+    error: type[ReplisynthError] = ManifestError,
+) -> int:
+    """Rows where `column` differs from its expression (relative tolerance 1e-6, the precision
+    of float32 storage); a row with a missing input must have `column` missing."""
+    want = derive_values(df, parsed, key, error)
+    got = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    both_missing = np.isnan(want) & np.isnan(got)
+    close = np.isclose(got, want, rtol=1e-6, atol=1e-9)
+    return int(np.sum(~(close | both_missing)))
+
+
+# ---------------------------------------------------------------------------------------------
 # evaluation of checked trees
 
 

@@ -91,6 +91,7 @@ class Source:
     panel: Panel | None = None
     keys: tuple[str, ...] = ()
     sensitive: tuple[str, ...] = ()
+    derive: tuple[tuple[str, str], ...] = ()  # (column, expression), in manifest order
 
     @property
     def format(self) -> str:
@@ -312,7 +313,9 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         panel=Panel(entity=panel["entity"], time=panel["time"]) if panel else None,
         keys=tuple(d.get("keys", [])),
         sensitive=tuple(d.get("sensitive", [])),
+        derive=tuple((str(k), v) for k, v in (d.get("derive") or {}).items()),
     )
+    _check_derive(src, where)
     both = set(src.categorical) & set(src.continuous)
     if both:
         raise ManifestError(
@@ -334,6 +337,43 @@ def _source(name: str, d: dict[str, Any]) -> Source:
     if src.panel and src.panel.time in set(src.ids) | set(src.exclude):
         raise ManifestError(f"{where}.panel.time: {src.panel.time!r} is also in ids/exclude")
     return src
+
+
+def _check_derive(src: Source, where: str) -> None:
+    """Derive keys: expressions in the grammar, no cycle, no chain (an input that is itself
+    derived), the derived column released and not a key column, inputs released."""
+    from replisynth.config.formula_grammar import parse_derive
+
+    derived = dict(src.derive)
+    unreleased = set(src.ids) | set(src.exclude)
+    keyed = unreleased | set(src.strata) | set(src.key_columns)
+    if src.panel:
+        keyed.add(src.panel.time)
+    for col, text in src.derive:
+        key = f"{where}.derive.{col}"
+        inputs = parse_derive(text, key).columns
+        if col in inputs:
+            raise ManifestError(f"{key}: {col!r} is computed from itself (a cycle); drop it")
+        if col in keyed:
+            raise ManifestError(
+                f"{key}: {col!r} is in ids/exclude/strata/groups/panel; a derived column must be "
+                "an ordinary released column: drop it from derive or from that list"
+            )
+        for c in sorted(inputs):
+            if c in derived and col in parse_derive(derived[c], key).columns:
+                raise ManifestError(
+                    f"{key}: {col!r} and {c!r} are computed from each other (a cycle); keep one"
+                )
+            if c in derived:
+                raise ManifestError(
+                    f"{key}: input {c!r} is itself derived (sources.{src.name}.derive.{c}); "
+                    "write the expression on source columns only (this also rules out cycles)"
+                )
+            if c in unreleased:
+                raise ManifestError(
+                    f"{key}: input {c!r} is in sources.{src.name}.ids/exclude and is never "
+                    "released, so the column cannot be recomputed; drop it from ids/exclude"
+                )
 
 
 def _checkpoint(
@@ -618,6 +658,13 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
             col = getattr(src.panel, key)
             if col not in have:
                 raise missing(f"sources.{source}.panel.{key}", col)
+    for col, text in src.derive:
+        from replisynth.config.formula_grammar import parse_derive
+
+        key = f"sources.{source}.derive.{col}"
+        for c in [col, *sorted(parse_derive(text, key).columns)]:
+            if c not in have:
+                raise missing(key, c)
     for i, cp in enumerate(manifest.checkpoints):
         if cp.source != source:
             continue

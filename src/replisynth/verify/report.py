@@ -17,6 +17,7 @@ import replisynth.verify.svg as svg
 from replisynth.io.schema import EPOCH
 from replisynth.stats.dims import dim_label, norm_key
 from replisynth.verify.report_notes import certifies_html, disclosure_section
+from replisynth.verify.utility import utility_sentence
 
 MAX_VARIABLES = 60  # plots per source
 MAX_LEVELS = 30  # bars per categorical plot
@@ -151,6 +152,7 @@ def certificate_text(tiers: dict) -> str:
             )
     else:
         out.append("No checkpoint coefficient terms were verified, so tier 4 is not claimed.")
+    out.append(utility_sentence(tiers.get("utility")))  # beside the tier claim, never without it
     rejected = {t: c for t, c in cps.items() if c.get("status") == "rejected"}
     if rejected:
         out.append(
@@ -768,6 +770,65 @@ def _checkpoint_section(tiers: dict) -> str:
     return "".join(parts)
 
 
+# ---------------------------------------------------------------- 5b. utility
+
+
+def _utility_row(source: str, col: str, r: dict) -> str:
+    def share(key: str) -> str:
+        return "—" if r.get(key) is None else _pct(r.get(key))
+
+    cells = [
+        _e(source),
+        _e(col) + (" (derived)" if r.get("role") == "derived column" else ""),
+        _f(r.get("ks_d") if r.get("ks_d") is not None else r.get("tv_distance")),
+        _f(r.get("mean_drift_se")),
+        share("share_out_of_support"),
+        share("share_negative"),
+        share("share_non_integer"),
+        f"{_pct(r.get('missing_share'))} / {_pct(r.get('released_missing_share'))}",
+        '<span class="bad">breached</span>'
+        if r.get("support_breached")
+        else '<span class="ok">kept</span>',
+    ]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def _utility_section(tiers: dict) -> str:
+    """The pinned outcomes against their released marginals (tiers.json `utility`): beside
+    the tier, never changing it (docs/method.md, "The utility section")."""
+    u = tiers.get("utility") or {}
+    rows = [
+        _utility_row(src, col, r)
+        for src, recs in (u.get("sources") or {}).items()
+        for col, r in recs.items()
+    ]
+    if not rows:
+        return ""
+    head = [
+        "source",
+        "column",
+        "KS (TV)",
+        "mean drift (SE)",
+        "out of support",
+        "negative",
+        "non-integer",
+        "missing (synthetic / released)",
+        "support",
+    ]
+    found = u.get("findings") or []
+    notes = (
+        "<ul>" + "".join(f"<li>{_e(f)}</li>" for f in found) + "</ul>"
+        if found
+        else '<p class="muted">No pinned outcome leaves its released support.</p>'
+    )
+    return (
+        "<h2>Utility of the pinned outcomes</h2><p>Each pinned outcome, and each derived "
+        "column recomputed from its inputs, against its released marginal: these findings do not change the tier; a share above "
+        f"{_pct(u.get('support_threshold'))} outside the released support is flagged "
+        "<em>support breached</em>.</p>" + _table(head, rows) + notes
+    )
+
+
 # ---------------------------------------------------------------- 6. provenance
 
 
@@ -833,6 +894,7 @@ def render_report(
             _corr_section(tiers, releases, frames, outcomes),
             _checkpoint_section(tiers),
             disclosure_section(tiers, sdc_log),
+            _utility_section(tiers),
             _provenance_section(provenance),
         ]
     )

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.formula_grammar import derive_breaks, parse_derive
 from replisynth.config.manifest import checkpoint_from_release
-from replisynth.core.errors import CheckpointError
+from replisynth.core.errors import BundleError, CheckpointError
 from replisynth.core.options import CORR_TOL, GLM_BINARY, GLM_ORDERED
 from replisynth.core.parallel import thread_map
 from replisynth.disclosure.bundle import Bundle
@@ -25,6 +26,7 @@ from replisynth.stats.design import build_design, drop_unreleased_constants, rel
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
+from replisynth.verify.utility import utility_section
 
 KS_ALPHA = 0.05
 SE_BOUND = 3.0
@@ -251,6 +253,37 @@ def tier0(
     for f in failures:
         problems.append(f"pandera: {f['column']}: {f['check']} ({f['failures']} rows)")
     return {"passed": not problems, "problems": problems}
+
+
+def _derived_identities(
+    t0: dict[str, Any], df: pd.DataFrame, derive: tuple[tuple[str, str], ...]
+) -> None:
+    """Tier 0 also requires every declared derived column to equal its expression in 100% of
+    rows (`t0["derived"]`: rows breaking each identity)."""
+    breaks = {}
+    for col, text in derive:
+        key = f"derive.{col}"
+        if col not in df.columns:
+            continue  # the schema check already reports a missing column
+        breaks[col] = derive_breaks(df, col, parse_derive(text, key, BundleError), key, BundleError)
+        if breaks[col]:
+            t0["problems"].append(f"{col}: {breaks[col]} rows break the identity {col} = {text}")
+            t0["passed"] = False
+    if derive:
+        t0["derived"] = breaks
+
+
+def _derived_columns(bundle: Bundle, source: str, outcomes: set[str]) -> set[str]:
+    """Columns recomputed after pinning (derived ones, and the input a pinned derived outcome
+    is solved into): exempt from tiers 0-3 like outcomes (tier 0 checks their identities
+    instead of their types and categories), reported by the utility section."""
+    out = set()
+    for col, text in bundle.manifest.source(source).derive:
+        out.add(col)
+        inputs = parse_derive(text, f"derive.{col}", BundleError).columns
+        if col in outcomes and len(inputs) == 1:
+            out |= set(inputs)
+    return out
 
 
 def _isnum(k: Any) -> bool:
@@ -714,20 +747,22 @@ def verify(
         outcomes = _outcomes(bundle, name)
         plan = source_plan(release, len(df))
         say(f"verify: {name} tier 0 (schema)")
+        moved = outcomes | _derived_columns(bundle, name, outcomes)  # by Layer 4 or its identity
         t0 = tier0(
-            df, release, plan, outcomes, (labels or {}).get(name), _discrete_outcomes(bundle, name)
+            df, release, plan, moved, (labels or {}).get(name), _discrete_outcomes(bundle, name)
         )
         say(f"verify: {name} tier 1 (marginals)")
-        t1 = tier1(df, release, plan, outcomes)
+        _derived_identities(t0, df, bundle.manifest.source(name).derive)
+        t1 = tier1(df, release, plan, moved)
         percentiles = t1.pop("synthetic_percentiles")
         say(f"verify: {name} tier 2 (correlations)")
         X = synthetic_dim_matrix(df, release, order="F")
-        keep, S = spearman = synthetic_spearman(X, release["dims"], outcomes)
+        keep, S = spearman = synthetic_spearman(X, release["dims"], moved)
         t2 = tier2_matrix(
-            X, release["blocks"][ALL]["spearman"], release["dims"], outcomes, spearman=spearman
+            X, release["blocks"][ALL]["spearman"], release["dims"], moved, spearman=spearman
         )
         say(f"verify: {name} tier 3 (strata)")
-        t3 = tier3(df, release, plan, outcomes, X)
+        t3 = tier3(df, release, plan, moved, X)
         if t3["passed"] is None:
             t3["passed"] = t2["passed"]
         t4 = tier4_of_source(cps, name)
@@ -754,6 +789,14 @@ def verify(
             },
         }
     tier_met = min(s["tier_met"] for s in sources.values()) if sources else -1
+    utility = utility_section(
+        frames,
+        dict(bundle.releases),
+        {name: _outcomes(bundle, name) for name in sources},
+        {name: s["marginals"]["outcome_drift"] for name, s in sources.items()},
+        bundle.manifest.sdc.quantile_trim,
+        derived={s.name: {c for c, _ in s.derive} for s in bundle.manifest.sources},
+    )
     return {
         "name": bundle.manifest.name,
         "seed": bundle.manifest.seed,
@@ -765,6 +808,8 @@ def verify(
         "sources": sources,
         "checkpoints": cps,
         "checkpoint_summary": dbeta_summary(cps),
+        # beside the tier, never changing it (docs/method.md, "The utility section")
+        "utility": utility,
     }
 
 

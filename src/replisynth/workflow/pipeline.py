@@ -51,6 +51,17 @@ def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMe
     return df, meta
 
 
+def review_relations(manifest: Manifest, source: str, df: pd.DataFrame) -> None:
+    """Secure side: declared derived columns must hold in the data; undeclared exact relations
+    are pointed out, one line each (names only), in the log and on the console."""
+    from replisynth.extract.relations import check_declared, detect_relations
+
+    src = manifest.source(source)
+    check_declared(df, src)
+    for rel in detect_relations(df, src):
+        log.warning("%s", rel.advice(source))
+
+
 def stage_extract_source(
     manifest: Manifest, source: str, release_out: str | Path, sdc_out: str | Path
 ) -> None:
@@ -59,6 +70,7 @@ def stage_extract_source(
 
     df, meta = _read_checked(manifest, source)
     progress(f"extract: {source} ({len(df):,} rows, {df.shape[1]} columns)")
+    review_relations(manifest, source, df)
     release, sdc = extract_source(df, meta, manifest, manifest.source(source), progress=progress)
     warn_emptied_columns(untyped(release), df, manifest.sdc.min_cell_size)
     log.info(
@@ -194,6 +206,29 @@ def _file_meta(release: dict[str, Any]) -> FileMeta:
     )
 
 
+def _released_outcomes(b: Bundle, source: str) -> frozenset[str]:
+    return frozenset(
+        c["outcome"]
+        for c in b.checkpoints
+        if c["source"] == source and c.get("status") == "released"
+    )
+
+
+def _recompute_derived(
+    df: pd.DataFrame, derive: tuple[tuple[str, str], ...], pinned: frozenset[str], when: str
+) -> pd.DataFrame:
+    """Derived columns recomputed from their inputs (docs/method.md, "Derived columns"):
+    before pinning, so derived regressors are consistent; after, so every identity holds."""
+    if not derive:
+        return df
+    from replisynth.pin.derived import recompute_derived
+
+    out, notes = recompute_derived(df, derive, pinned)
+    for n in notes:
+        log.info("%s: %s", when, n.text())
+    return out
+
+
 def stage_pin(
     bundle_dir: str | Path,
     source: str,
@@ -232,10 +267,12 @@ def stage_pin(
             )
     for note in aligned["notes"]:
         log.info("design moments: %s", note)
+    derive = b.manifest.source(source).derive
+    df = _recompute_derived(df, derive, frozenset(), "before pinning")
     frames, results = pin_checkpoints(
         {source: df}, b.checkpoints, seed=b.manifest.seed, progress=progress
     )
-    out = frames[source]
+    out = _recompute_derived(frames[source], derive, _released_outcomes(b, source), "after pinning")
     meta = _file_meta(untyped(b.releases[source]))
     for r in results:
         log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)

@@ -50,10 +50,11 @@ def stage_extract_base(
     manifest: Manifest, source: str, base_out: str | Path, sdc_out: str | Path
 ) -> None:
     """The source-level half of a scattered extraction: the release without strata blocks."""
-    from replisynth.workflow.pipeline import _read_checked
+    from replisynth.workflow.pipeline import _read_checked, review_relations
 
     df, meta = _read_checked(manifest, source)
     progress(f"extract: {source} source level ({len(df):,} rows; strata in their own jobs)")
+    review_relations(manifest, source, df)
     release, sdc = extract_source(df, meta, manifest, manifest.source(source), strata_blocks=False)
     log.info(
         "%s: source-level release; %d strata cells to scatter",

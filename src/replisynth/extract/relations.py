@@ -1,0 +1,228 @@
+"""Exact relations between the columns of a source, at extraction: declared derived columns
+are checked on the data; undeclared logs, squares, thresholds and sums are detected and the
+user is told how to declare them. Only column names are ever reported, never a value (not
+even a threshold's cut-off). Method: docs/method.md, "Derived columns".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from replisynth.config.formula_grammar import derive_breaks, parse_derive
+from replisynth.config.manifest import Source
+from replisynth.core.errors import DataError
+
+MAX_COLUMNS = 100  # pair search over at most this many numeric columns (wide data sets)
+SCREEN_ROWS = 64  # rows a candidate relation is screened on before the full check
+MIN_ROWS = 10  # a relation must hold on at least this many observed rows
+
+
+@dataclass(frozen=True)
+class Relation:
+    """`column` is an exact function of `inputs`: kind log | square | threshold | sum |
+    difference (the latter two possibly plus a constant, never shown)."""
+
+    column: str
+    kind: str
+    inputs: tuple[str, ...]
+    offset: bool = False
+    sign: str = ""  # a threshold's direction: "<" or ">"
+
+    def advice(self, source: str) -> str:
+        """One line telling the user how to declare the relation (names only)."""
+        where = f"declare it under sources.{source}.derive"
+        a = self.inputs[0]
+        if self.kind == "threshold":
+            return (
+                f"{source}: column {self.column} looks like a threshold of {a}: {where} "
+                f'(as {self.column}: "{a} {self.sign} cut-off" with your cut-off)'
+            )
+        if self.kind == "log":
+            expr = f"log({a})"
+        elif self.kind == "square":
+            expr = f"{a}**2"
+        else:
+            expr = f"{a} {'+' if self.kind == 'sum' else '-'} {self.inputs[1]}"
+        if self.offset:
+            return (
+                f"{source}: column {self.column} looks like {expr} plus a constant: {where} "
+                f'(as {self.column}: "{expr} + constant" with your constant)'
+            )
+        return (
+            f'{source}: column {self.column} looks like {expr}: {where} ({self.column}: "{expr}")'
+        )
+
+
+def check_declared(df: pd.DataFrame, src: Source) -> None:
+    """Each declared identity must hold in every row of the data; one line naming the key."""
+    for col, text in src.derive:
+        key = f"sources.{src.name}.derive.{col}"
+        if derive_breaks(df, col, parse_derive(text, key), key, DataError):
+            raise DataError(
+                f"{key}: {col!r} is not {text!r} in every row of {src.path} (a row with a missing "
+                "input must have it missing too); correct the expression or drop the key"
+            )
+
+
+def _candidates(df: pd.DataFrame, src: Source) -> list[str]:
+    """Numeric, non-constant columns that may take part in a relation (capped)."""
+    skip = set(src.ids) | set(src.exclude) | set(src.key_columns) | {c for c, _ in src.derive}
+    out = []
+    for c in df.columns:
+        s = df[c]
+        if c in skip or not (
+            pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)
+        ):
+            continue
+        if s.count() >= MIN_ROWS and s.min() != s.max():
+            out.append(str(c))
+        if len(out) == MAX_COLUMNS:
+            break
+    return out
+
+
+def _tol(df: pd.DataFrame, cols: tuple[str, ...]) -> float:
+    """Relative tolerance: 1e-9, or 1e-6 when a column is stored in single precision."""
+    return 1e-6 if any(df[c].dtype == np.float32 for c in cols) else 1e-9
+
+
+def _holds(df: pd.DataFrame, rel: Relation) -> bool:
+    """The full check of a screened candidate on every row where all its columns are observed."""
+    cols = (rel.column, *rel.inputs)
+    m = df[list(cols)].apply(pd.to_numeric, errors="coerce").astype("float64")
+    m = m[np.isfinite(m.to_numpy()).all(axis=1)]
+    if len(m) < MIN_ROWS:
+        return False
+    y, x = m[rel.column].to_numpy(), m[rel.inputs[0]].to_numpy()
+    if rel.kind == "threshold":
+        return _separates(y, x) == rel.sign
+    with np.errstate(all="ignore"):
+        if rel.kind == "log":
+            want = np.where(x > 0, np.log(x), np.nan)
+        elif rel.kind == "square":
+            want = x**2
+        else:
+            z = m[rel.inputs[1]].to_numpy()
+            want = x + z if rel.kind == "sum" else x - z
+    tol = _tol(df, cols)
+    if rel.offset:
+        r = y - want
+        return bool(np.all(np.isclose(r, r[0], rtol=tol, atol=tol * np.abs(y).max())))
+    return bool(np.all(np.isclose(y, want, rtol=tol, atol=tol)))
+
+
+def _separates(y: np.ndarray, x: np.ndarray) -> str:
+    """The direction of y (two values) as a threshold of x: "<" when y's higher value is taken
+    exactly where x is below some cut-off, ">" above it, "" when x's ranges overlap."""
+    levels = np.unique(y)
+    if len(levels) != 2 or len(np.unique(x)) < 3:
+        return ""
+    a, b = x[y == levels[0]], x[y == levels[1]]
+    if b.max() < a.min():
+        return "<"
+    return ">" if a.max() < b.min() else ""
+
+
+def _rows(df: pd.DataFrame, cols: list[str], rows: np.ndarray) -> np.ndarray:
+    """Columns x the given rows (float64, NaN missing)."""
+    part = df.iloc[np.sort(rows)][cols].apply(pd.to_numeric, errors="coerce")
+    return part.astype("float64").to_numpy().T
+
+
+def _screen_rows(n: int) -> np.ndarray:
+    """The screen rows, drawn once (never output)."""
+    return np.random.default_rng(0).permutation(n)[: max(SCREEN_ROWS, MIN_ROWS)]
+
+
+def _agree(f: np.ndarray, C: np.ndarray, offset: bool = False) -> np.ndarray:
+    """[i, j]: f[i] matches column j (up to a constant when `offset`) on every screen row
+    where both are observed, and they are both observed on enough rows."""
+    with np.errstate(all="ignore"):
+        d = C[None, :, :] - f[:, None, :]
+        seen = np.isfinite(d)
+        scale = 1e-6 * (np.nanmax(np.abs(C), axis=1)[None, :] + 1.0)
+        hi = np.where(seen, d, -np.inf).max(axis=2)
+        lo = np.where(seen, d, np.inf).min(axis=2)
+        ok = (hi - lo <= scale) if offset else (np.maximum(hi, -lo) <= scale)
+    return ok & (seen.sum(axis=2) >= MIN_ROWS // 2)
+
+
+def _binary(C: np.ndarray) -> np.ndarray:
+    return np.array([len(np.unique(r[~np.isnan(r)])) <= 2 for r in C])
+
+
+def _unary(cols: list[str], C: np.ndarray) -> list[Relation]:
+    """Logs and squares screened on the screen rows (neither side two-valued)."""
+    out: list[Relation] = []
+    binary = _binary(C)
+    with np.errstate(all="ignore"):
+        logs = np.where(C > 0, np.log(C), np.inf)
+        logs[np.isnan(C)] = np.nan
+        for kind, f in (("log", logs), ("square", C**2)):
+            hit = _agree(f, C)
+            np.fill_diagonal(hit, False)
+            for i, j in zip(*np.nonzero(hit), strict=True):
+                if not binary[i] and not binary[j]:
+                    out.append(Relation(cols[j], kind, (cols[i],)))
+    return out
+
+
+def _thresholds(df: pd.DataFrame, cols: list[str], C: np.ndarray) -> list[Relation]:
+    """Two-valued columns as thresholds of other columns, screened on the screen rows plus
+    rows of the rarer value (a rare 0/1 column may have none among the screen rows)."""
+    out: list[Relation] = []
+    binary = _binary(C)
+    xs = [cols[i] for i in np.nonzero(~binary)[0]]
+    if not xs:
+        return out
+    rng = np.random.default_rng(1)
+    for j in np.nonzero(binary)[0]:
+        counts = pd.to_numeric(df[cols[j]], errors="coerce").value_counts()
+        if len(counts) != 2:
+            continue
+        rare = np.flatnonzero(df[cols[j]].to_numpy() == counts.index[counts.argmin()])
+        rows = np.union1d(_screen_rows(len(df)), rng.permutation(rare)[: SCREEN_ROWS // 2])
+        X, y = _rows(df, xs, rows), _rows(df, [cols[j]], rows)[0]
+        for x_name, x in zip(xs, X, strict=True):
+            seen = ~np.isnan(x) & ~np.isnan(y)
+            sign = _separates(y[seen], x[seen]) if seen.sum() >= MIN_ROWS // 2 else ""
+            if sign:
+                out.append(Relation(cols[j], "threshold", (x_name,), sign=sign))
+    return out
+
+
+def _pairs(cols: list[str], C: np.ndarray) -> list[Relation]:
+    out: list[Relation] = []
+    found: set[frozenset[str]] = set()
+    ia, ib = np.triu_indices(len(cols), 1)
+    for kind, f in (("sum", C[ia] + C[ib]), ("difference", C[ia] - C[ib])):
+        for lo in range(0, len(ia), 256):
+            hit = _agree(f[lo : lo + 256], C, offset=True)
+            for p, j in zip(*np.nonzero(hit), strict=True):
+                a, b = int(ia[lo + p]), int(ib[lo + p])
+                trio = frozenset((cols[a], cols[b], cols[j]))
+                if j in (a, b) or len(trio) < 3 or trio in found:
+                    continue
+                found.add(trio)
+                out.append(Relation(cols[j], kind, (cols[a], cols[b]), offset=True))
+    return out
+
+
+def detect_relations(df: pd.DataFrame, src: Source) -> list[Relation]:
+    """Undeclared exact relations between the source's released numeric columns: screened on
+    a few rows, then checked on every row where the columns are observed."""
+    cols = _candidates(df, src)
+    if len(cols) < 2:
+        return []
+    C = _rows(df, cols, _screen_rows(len(df)))
+    found = []
+    for rel in _unary(cols, C) + _thresholds(df, cols, C) + _pairs(cols, C):
+        if rel.offset and _holds(df, Relation(rel.column, rel.kind, rel.inputs)):
+            rel = Relation(rel.column, rel.kind, rel.inputs)
+        elif not _holds(df, rel):
+            continue
+        found.append(rel)
+    return found
