@@ -128,7 +128,7 @@ def test_inconsistent_group_is_compromised_in_se_units(
     frames, results = pin_checkpoints({"people": syn}, rels)
     (res,) = results
     assert res.joint and res.status == "approximate"
-    assert "inconsistent" in res.note and "compromise in SE units" in res.note
+    assert "inconsistent" in res.note and "released SE per checkpoint" in res.note
     gaps = res.detail["checkpoint_gaps"]
     assert set(gaps) == {"did", "before", "after"}
     np.testing.assert_allclose(

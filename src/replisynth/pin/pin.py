@@ -471,14 +471,15 @@ def _report_joint_gaps(
     detail: dict[str, Any],
     designs: _Designs | None = None,
 ) -> None:
-    """A joint group that is not exact: each checkpoint's largest miss in released SEs, as
-    `detail["checkpoint_gaps"]` and a note (the compromise is spread in SE units)."""
+    """A joint group that is not exact (inconsistent constraints: the SE-unit compromise; or a
+    sample that moves with the outcome): each checkpoint's largest miss in released SEs, as
+    `detail["checkpoint_gaps"]` and a note."""
     if len(group) < 2 or status != "approximate":
         return
     gaps = checkpoint_gaps(df, group, designs)
     detail["checkpoint_gaps"] = gaps
     listed = ", ".join(f"{tag} {g:.3g}" for tag, g in gaps.items())
-    notes.append(f"compromise in SE units: max |beta - target| / SE per checkpoint: {listed}")
+    notes.append(f"max |beta - target| / released SE per checkpoint: {listed}")
 
 
 def _match_joint_residual_scale(
