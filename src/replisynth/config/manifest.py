@@ -91,6 +91,10 @@ class Source:
     panel: Panel | None = None
     keys: tuple[str, ...] = ()
     sensitive: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()  # text columns read as numbers (missing_tokens, decimal_comma)
+    missing_tokens: tuple[str, ...] = ()
+    decimal_comma: bool = False
+    dates: tuple[tuple[str, str], ...] = ()  # csv: column -> strftime format
 
     @property
     def format(self) -> str:
@@ -312,6 +316,10 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         panel=Panel(entity=panel["entity"], time=panel["time"]) if panel else None,
         keys=tuple(d.get("keys", [])),
         sensitive=tuple(d.get("sensitive", [])),
+        numeric=tuple(d.get("numeric", [])),
+        missing_tokens=tuple(str(t) for t in d.get("missing_tokens", [])),
+        decimal_comma=bool(d.get("decimal_comma", False)),
+        dates=tuple((str(k), str(v)) for k, v in (d.get("dates") or {}).items()),
     )
     both = set(src.categorical) & set(src.continuous)
     if both:
@@ -587,10 +595,14 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
         "groups",
         "keys",
         "sensitive",
+        "numeric",
     ):
         for col in getattr(src, key):
             if col not in have:
                 raise missing(f"sources.{source}.{key}", col)
+    for col, _ in src.dates:
+        if col not in have:
+            raise missing(f"sources.{source}.dates", col)
     if src.panel:
         for key in ("entity", "time"):
             col = getattr(src.panel, key)

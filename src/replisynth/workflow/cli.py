@@ -56,6 +56,7 @@ def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
     """Outside side: synthetic files of every source."""
     from replisynth.disclosure.bundle import load_bundle
     from replisynth.workflow.pipeline import (
+        stage_export_spss,
         stage_export_stata,
         stage_pin,
         stage_synthesize,
@@ -77,6 +78,8 @@ def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
             stage_export_stata(
                 bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta"
             )
+        if s.format == "sav":
+            stage_export_spss(bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.sav")
         out[s.name] = files["parquet"]
     stage_synthetic_readme(bundle_dir, p["synthetic"] / "README.txt")
     return out
@@ -161,7 +164,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": (
         "rebuild synthetic data from the bundle alone, checkpoint coefficients pinned.",
         "reads: the bundle (RESULTS/<name>/bundle/ of MANIFEST, or --bundle DIR)\n"
-        "writes: RESULTS/<name>/synthesize/ and synthetic/ (parquet, csv, dta for .dta sources)\n"
+        "writes: RESULTS/<name>/synthesize/ and synthetic/ (parquet, csv, dta/sav for .dta/.sav sources)\n"
         "example: replisynth synthesize --bundle bundle/ --results out",
     ),
     "verify": (
