@@ -15,7 +15,9 @@ from replisynth.io.files import FileMeta
 from replisynth.io.schema import ColumnSpec
 
 
-def gate_codes(counts: dict[str, int], total: int, min_cell: int) -> tuple[dict[str, int], int, int]:
+def gate_codes(
+    counts: dict[str, int], total: int, min_cell: int
+) -> tuple[dict[str, int], int, int]:
     """The codes of one column's missingness table released: each with at least `min_cell`
     rows, the rest pooled into plain missing; plain missing then holds none or at least
     `min_cell` rows (else the smallest released codes join it, as a suppressed category's

@@ -325,7 +325,7 @@ def csv_dates(df: pd.DataFrame, declared: dict[str, str], path: Path) -> dict[st
         if bad:
             raise DataError(
                 f"{path}: column {col!r}: {bad} value(s) do not read as dates in the format {fmt!r}; "
-                f"fix them or the format under the source's dates key"
+                f"fix them, or the format under sources.<name>.dates"
             )
         df[col] = parsed
         out[col] = fmt
@@ -355,7 +355,9 @@ def parquet_dates(df: pd.DataFrame, path: Path) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for f in pq.read_schema(path):
-        if f.name not in df.columns or not (pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)):
+        if f.name not in df.columns or not (
+            pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+        ):
             continue
         s = df[f.name]
         if isinstance(s.dtype, pd.DatetimeTZDtype):
@@ -495,7 +497,9 @@ def csv_date_format(display: str | None) -> str | None:
     return display
 
 
-def write_csv(df: pd.DataFrame, path: str | Path, date_formats: dict[str, str] | None = None) -> None:
+def write_csv(
+    df: pd.DataFrame, path: str | Path, date_formats: dict[str, str] | None = None
+) -> None:
     """CSV with full float precision (repr), missing as empty, quoted where needed; date
     columns named in `date_formats` are written in their strftime format.
 
@@ -695,6 +699,41 @@ def write_dta(
     in their display format (`meta.display_formats`; a datetime without one is %tc) and the
     extended missing codes of `codes` (column -> per-row ".a".."z" or None) in place of
     plain missing; a synthetic file's data label is its `synthetic_label`."""
+    out = _dta_storage(df, meta)
+    codes = {c: v for c, v in (codes or {}).items() if c in out.columns}
+    for c in codes:  # a code is patched into a double cell
+        out[c] = out[c].astype("float64")
+    labels = {c: meta.variable_labels[c][:80] for c in out.columns if c in meta.variable_labels}
+    dates = {
+        c: stata_date_format(meta.display_formats.get(c)) or "tc"
+        for c in out.columns
+        if pd.api.types.is_datetime64_any_dtype(out[c])
+    }
+    # display formats pandas cannot write (%tdCCYY-NN-DD) are patched in after it
+    custom = {
+        c: f
+        for c, f in meta.display_formats.items()
+        if c in dates and stata_date_format(f) == dates[c] and f != "%" + dates[c]
+    }
+    with atomic_path(path) as tmp:
+        out.to_stata(
+            tmp,
+            write_index=False,
+            version=118,
+            byteorder="little",
+            time_stamp=DTA_TIME_STAMP,
+            data_label=synthetic[:80] if synthetic else None,
+            variable_labels=labels or None,
+            value_labels=_dta_value_labels(out, meta) or None,
+            convert_dates=dates or None,
+        )
+        if codes or custom:
+            _patch_dta(tmp, list(out.columns), codes, custom)
+
+
+def _dta_storage(df: pd.DataFrame, meta: FileMeta) -> pd.DataFrame:
+    """The frame as pandas writes it to Stata: integer storage restored where the values
+    allow it, nullable integers and booleans as numbers, text and categories as str."""
     out = df.copy()
     for col in out.columns:
         s = out[col]
@@ -709,39 +748,25 @@ def write_dta(
             out[col] = s.astype(object).where(s.notna(), "")
         elif pd.api.types.is_string_dtype(s) and not pd.api.types.is_numeric_dtype(s):
             out[col] = s.astype(object).where(s.notna(), "")
-    codes = {c: v for c, v in (codes or {}).items() if c in out.columns}
-    for c in codes:  # a code is patched into a double cell
-        out[c] = out[c].astype("float64")
-    labels = {c: meta.variable_labels[c][:80] for c in out.columns if c in meta.variable_labels}
+    return out
+
+
+def _dta_value_labels(out: pd.DataFrame, meta: FileMeta) -> dict[str, dict[int, str]]:
+    """Value labels of numeric columns, with the labels of extended missing codes under
+    Stata's keys for .a-.z."""
     value_labels = {
         c: {int(k): str(v)[:32000] for k, v in labs.items() if _isint(k)}
         for c, labs in meta.value_labels.items()
         if c in out.columns and pd.api.types.is_numeric_dtype(out[c])
     }
-    for c, labs in meta.missing_labels.items():  # Stata's value-label keys of .a-.z
-        if c in out.columns and pd.api.types.is_numeric_dtype(out[c]):
-            for code, text in labs.items():
-                if _stata_code(code) is not None:
-                    value_labels.setdefault(c, {})[STATA_LABEL_A + _stata_code(code)] = text  # type: ignore[operator]
-    dates = {
-        c: stata_date_format(meta.display_formats.get(c)) or "tc"
-        for c in out.columns
-        if pd.api.types.is_datetime64_any_dtype(out[c])
-    }
-    with atomic_path(path) as tmp:
-        out.to_stata(
-            tmp,
-            write_index=False,
-            version=118,
-            byteorder="little",
-            time_stamp=DTA_TIME_STAMP,
-            data_label=synthetic[:80] if synthetic else None,
-            variable_labels=labels or None,
-            value_labels={c: v for c, v in value_labels.items() if v} or None,
-            convert_dates=dates or None,
-        )
-        if codes:
-            _patch_dta_codes(tmp, list(out.columns), codes)
+    for c, labs in meta.missing_labels.items():
+        if c not in out.columns or not pd.api.types.is_numeric_dtype(out[c]):
+            continue
+        for code, text in labs.items():
+            off = _stata_code(code)
+            if off is not None:
+                value_labels.setdefault(c, {})[STATA_LABEL_A + off] = text
+    return {c: v for c, v in value_labels.items() if v}
 
 
 def _isint(k: Any) -> bool:
@@ -763,15 +788,20 @@ def _stata_code(code: str) -> int | None:
     return None
 
 
-def _patch_dta_codes(path: Path, columns: list[str], codes: dict[str, np.ndarray]) -> None:
+def _patch_dta(
+    path: Path, columns: list[str], codes: dict[str, np.ndarray], formats: dict[str, str]
+) -> None:
     """Write extended missing codes into the double cells of a little-endian Stata 118 file
-    (pandas writes every missing value as "."): the cell offsets come from the file's map
-    and variable types."""
+    (pandas writes every missing value as ".") and display formats into its formats table
+    (57 bytes per variable): the offsets come from the file's map and variable types."""
     import struct
 
     raw = bytearray(path.read_bytes())
     at = raw.index(b"<map>") + len(b"<map>")
     offsets = struct.unpack_from("<14Q", raw, at)
+    for c, f in formats.items():
+        pos = offsets[5] + len(b"<formats>") + 57 * columns.index(c)
+        raw[pos : pos + 57] = f.encode("ascii", "replace")[:56].ljust(57, b"\0")
     k = len(columns)
     types = struct.unpack_from(f"<{k}H", raw, offsets[2] + len(b"<variable_types>"))
     widths = [_DTA_WIDTHS.get(t, t) for t in types]
@@ -826,7 +856,7 @@ def write_sav(
     for c, per_row in (codes or {}).items():
         arr = np.asarray(per_row, dtype=object)
         hit = np.asarray([isinstance(x, str) for x in arr], dtype=bool)
-        vals = out[c].to_numpy(dtype="float64", na_value=np.nan)
+        vals = out[c].to_numpy(dtype="float64", na_value=np.nan, copy=True)
         vals[hit] = [float(x) for x in arr[hit]]
         out[c] = vals
         # SPSS declares at most three discrete missing values per column
@@ -848,6 +878,20 @@ def write_sav(
             missing_ranges={c: v[:3] for c, v in missing.items() if v} or None,
             variable_format=formats or None,
         )
+        _fix_sav_time_stamp(tmp)
+
+
+# SPSS's header carries its creation date and time (bytes 92-108); fixed ones keep reruns
+# byte-identical, as DTA_TIME_STAMP does for Stata.
+SAV_TIME_STAMP = b"01 Jan 0000:00:00"
+
+
+def _fix_sav_time_stamp(path: Path) -> None:
+    with open(path, "r+b") as fh:
+        head = fh.read(4)
+        if head in (b"$FL2", b"$FL3"):
+            fh.seek(92)
+            fh.write(SAV_TIME_STAMP)
 
 
 def _spss_datetime(meta: FileMeta, col: str) -> bool:

@@ -40,9 +40,7 @@ def assign_codes(
     return out
 
 
-def synthetic_codes(
-    df: pd.DataFrame, release: dict[str, Any], seed: int
-) -> dict[str, np.ndarray]:
+def synthetic_codes(df: pd.DataFrame, release: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     """column -> per-row codes for every column of `df` with released missing codes."""
     missing = {c["name"]: int(c["missing"]) for c in release["columns"]}
     return {

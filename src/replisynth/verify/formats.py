@@ -36,9 +36,7 @@ def date_problems(df: pd.DataFrame, specs: list[ColumnSpec], formats: dict[str, 
     return out
 
 
-def code_problems(
-    df: pd.DataFrame, release: dict[str, Any], shape: dict[str, Any]
-) -> list[str]:
+def code_problems(df: pd.DataFrame, release: dict[str, Any], shape: dict[str, Any]) -> list[str]:
     """Released missing-value codes absent, on another number of rows than the release gives
     for the synthetic column's missing rows, or without their label; codes not released."""
     out: list[str] = []

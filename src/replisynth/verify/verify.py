@@ -22,8 +22,8 @@ from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.design import build_design, released_terms
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
-from replisynth.verify.formats import shape_problems
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
+from replisynth.verify.formats import shape_problems
 
 KS_ALPHA = 0.05
 SE_BOUND = 3.0
