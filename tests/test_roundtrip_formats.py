@@ -22,7 +22,7 @@ from replisynth.disclosure.bundle import load_bundle
 from replisynth.disclosure.bundle_types import untyped
 from replisynth.extract.missing_codes import gate_codes
 from replisynth.io.files import FileMeta, read_json, write_dta, write_sav
-from replisynth.synthesize.missing_codes import synthetic_codes
+from replisynth.stats.missing_codes import synthetic_codes
 from replisynth.workflow.cli import main
 from replisynth.workflow.pipeline import (
     _file_meta,

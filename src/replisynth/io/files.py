@@ -210,7 +210,7 @@ def _read_dta(path: Path) -> tuple[pd.DataFrame, FileMeta]:
     labels = {k: dict(v) for k, v in (m.variable_value_labels or {}).items()}
     for col, labs in labels.items():  # extended-missing labels (keys "a".."z") go aside
         for k in [k for k in labs if isinstance(k, str)]:
-            code_labels.setdefault(col, {})["." + k] = str(labs.pop(k))
+            code_labels.setdefault(col, {})[f".{k}"] = str(labs.pop(k))
     meta = FileMeta(
         variable_labels={k: v for k, v in (m.column_names_to_labels or {}).items() if v},
         value_labels={k: v for k, v in labels.items() if v},
@@ -263,7 +263,8 @@ def _read_sav(path: Path) -> tuple[pd.DataFrame, FileMeta]:
     labels = {k: dict(v) for k, v in (m.variable_value_labels or {}).items()}
     codes: dict[str, dict[str, int]] = {}
     code_labels: dict[str, dict[str, str]] = {}
-    for col, ranges in (m.missing_ranges or {}).items():
+    for col, declared in (m.missing_ranges or {}).items():
+        ranges: list[dict[str, Any]] = [dict(r) for r in declared if isinstance(r, dict)]
         if col not in df.columns or not pd.api.types.is_numeric_dtype(df[col]):
             continue
         v = df[col].to_numpy(dtype="float64", na_value=np.nan)
@@ -875,7 +876,7 @@ def write_sav(
             file_label=(synthetic or "")[:64],
             column_labels={c: meta.variable_labels.get(c) for c in out.columns},
             variable_value_labels=value_labels or None,
-            missing_ranges={c: v[:3] for c, v in missing.items() if v} or None,
+            missing_ranges={c: list(v[:3]) for c, v in missing.items() if v} or None,
             variable_format=formats or None,
         )
         _fix_sav_time_stamp(tmp)

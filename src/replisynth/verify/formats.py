@@ -12,7 +12,7 @@ import pandas as pd
 
 from replisynth.io.files import csv_date_format
 from replisynth.io.schema import ColumnSpec, date_period, period_start
-from replisynth.synthesize.missing_codes import code_targets
+from replisynth.stats.missing_codes import code_targets
 
 
 def date_problems(df: pd.DataFrame, specs: list[ColumnSpec], formats: dict[str, str]) -> list[str]:

@@ -196,9 +196,7 @@ def free_text_sentence(tiers: dict) -> str:
     if not free:
         return ""
     listed = "; ".join(f"{s}: {', '.join(cols)}" for s, cols in free.items())
-    return (
-        f"Free-text columns are never released and are entirely missing in the synthetic data ({listed})."
-    )
+    return f"Free-text columns are never released and are entirely missing in the synthetic data ({listed})."
 
 
 def free_text_section(tiers: dict) -> str:

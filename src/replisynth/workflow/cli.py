@@ -79,7 +79,9 @@ def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
                 bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta"
             )
         if s.format == "sav":
-            stage_export_spss(bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.sav")
+            stage_export_spss(
+                bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.sav"
+            )
         out[s.name] = files["parquet"]
     stage_synthetic_readme(bundle_dir, p["synthetic"] / "README.txt")
     return out

@@ -195,7 +195,9 @@ def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> No
 def _file_meta(release: dict[str, Any]) -> FileMeta:
     labels = {c["name"]: c["variable_label"] for c in release["columns"] if c.get("variable_label")}
     storage = {c["name"]: c["storage_type"] for c in release["columns"]}
-    formats = {c["name"]: c["display_format"] for c in release["columns"] if c.get("display_format")}
+    formats = {
+        c["name"]: c["display_format"] for c in release["columns"] if c.get("display_format")
+    }
     codes = release.get("missing_codes") or {}
     return FileMeta(
         variable_labels=labels,
@@ -289,7 +291,7 @@ def stage_export_stata(
 ) -> None:
     """Outside side: the synthetic data of a .dta source as a Stata file with its labels,
     date formats and extended missing codes."""
-    from replisynth.synthesize.missing_codes import synthetic_codes
+    from replisynth.stats.missing_codes import synthetic_codes
 
     b = load_bundle(bundle_dir)
     release = untyped(b.releases[source])
@@ -309,7 +311,7 @@ def stage_export_spss(
     """Outside side: the synthetic data of a .sav source as an SPSS file with its labels,
     date formats and user-missing codes."""
     from replisynth.io.files import write_sav
-    from replisynth.synthesize.missing_codes import synthetic_codes
+    from replisynth.stats.missing_codes import synthetic_codes
 
     b = load_bundle(bundle_dir)
     release = untyped(b.releases[source])

@@ -1,4 +1,4 @@
-"""Outside side: the released missing-value codes put back on a synthetic column's missing
+"""The released missing-value codes put back on a synthetic column's missing
 rows (Stata .a-.z, SPSS user-missing values). Method: docs/method.md, "Missing-value codes".
 """
 
