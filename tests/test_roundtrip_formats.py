@@ -462,6 +462,20 @@ def test_code_gate_leaves_no_small_cell(counts: dict[str, int], plain: int, k: i
     assert len(released) + pooled + joined == len(counts)
 
 
+def test_release_gate_refuses_a_small_code() -> None:
+    from replisynth.disclosure.sdc import DisclosureError, check_missing_codes
+
+    release = {
+        "source": "s",
+        "columns": [{"name": "x", "missing": 70}],
+        "missing_codes": {"x": {"codes": [".a"], "counts": [60], "labels": {}}},
+    }
+    with pytest.raises(DisclosureError, match="x/missing codes"):  # 10 plain missing rows
+        check_missing_codes(release, 20)
+    release["missing_codes"]["x"]["counts"] = [50]
+    check_missing_codes(release, 20)
+
+
 def test_integer_storage_restored_when_whole() -> None:
     rel = {
         "columns": [
