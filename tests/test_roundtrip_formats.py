@@ -489,3 +489,40 @@ def test_integer_storage_restored_when_whole() -> None:
     assert str(out["y"].dtype) == "Int64" and out["z"].dtype == np.float64
     assert out["w"].dtype == np.float64
     assert out["y"].tolist()[:2] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fmt", "dot", "step"),
+    [
+        ("int8", "<b", 101, 1),
+        ("int16", "<h", 32741, 1),
+        ("int32", "<i", 2147483621, 1),
+        ("float32", "<I", 0x7F000000, 0x800),
+        ("float64", "<Q", 0x7FE0000000000000, 1 << 40),
+    ],
+)
+def test_raw_code_counts_agree_with_pyreadstat(
+    tmp_path: Path, dtype: str, fmt: str, dot: int, step: int
+) -> None:
+    """Codes counted on the cells' bit patterns, for every Stata storage type, as pyreadstat
+    reads them (negative values are not codes)."""
+    import struct
+
+    from replisynth.io.files import dta_code_counts
+
+    rng = np.random.default_rng(len(dtype))
+    vals = rng.integers(-50, 50, 40).astype(dtype)
+    path = tmp_path / "c.dta"
+    pd.DataFrame({"v": vals}).to_stata(path, write_index=False, version=118, byteorder="little")
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"<data>") + len(b"<data>")
+    width = struct.calcsize(fmt)
+    plan = {0: 1, 5: 1, 9: 3, 12: 26, 20: 0}  # row -> letter (0 = plain ".")
+    for row, letter in plan.items():
+        struct.pack_into(fmt, raw, start + row * width, dot + letter * step)
+    path.write_bytes(bytes(raw))
+    got = dta_code_counts(path, ["v"], ["v"])
+    back, _ = pyreadstat.read_dta(str(path), user_missing=True)
+    letters = back["v"][back["v"].map(lambda x: isinstance(x, str))].value_counts()
+    assert got == {"v": {"." + k: int(n) for k, n in sorted(letters.items())}}
+    assert got == {"v": {".a": 2, ".c": 1, ".z": 1}}

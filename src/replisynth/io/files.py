@@ -226,16 +226,20 @@ def _dta_missing_codes(
     path: Path, df: pd.DataFrame, formats: dict[str, str]
 ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, str]]]:
     """Rows per extended missing code (.a-.z) of each numeric column that has missing
-    values (read again by pyreadstat, which keeps the codes as letters)."""
-    import pyreadstat
-
+    values: from the cells' bit patterns for Stata 117-119 files (`dta_code_counts`), else
+    read again by pyreadstat, which keeps the codes as letters."""
     cols = [
         c
         for c in df.columns
-        if c not in formats and pd.api.types.is_float_dtype(df[c]) and df[c].isna().any()
+        if c not in formats and pd.api.types.is_numeric_dtype(df[c]) and df[c].isna().any()
     ]
     if not cols:
         return {}, {}
+    fast = dta_code_counts(path, list(map(str, df.columns)), cols)
+    if fast is not None:
+        return fast, {}
+    import pyreadstat
+
     raw, _ = pyreadstat.read_dta(str(path), user_missing=True, usecols=cols)
     out: dict[str, dict[str, int]] = {}
     for c in cols:
@@ -246,6 +250,63 @@ def _dta_missing_codes(
         if len(letters):
             out[c] = {"." + k: int(n) for k, n in sorted(letters.value_counts().items())}
     return out, {}
+
+
+# Stata's "." per storage type (type code: numpy type, "." as an unsigned view, step to .a)
+_DTA_MISSING = {
+    65526: ("u8", 0x7FE0000000000000, 1 << 40),  # double
+    65527: ("u4", 0x7F000000, 0x800),  # float
+    65528: ("i4", 2147483621, 1),  # long
+    65529: ("i2", 32741, 1),  # int
+    65530: ("i1", 101, 1),  # byte
+}
+
+
+def dta_code_counts(
+    path: Path, columns: list[str], wanted: list[str]
+) -> dict[str, dict[str, int]] | None:
+    """Extended missing codes per column of `wanted`, counted on the raw cells of a Stata
+    117-119 file (None for older formats): a cell above its type's "." by k steps is the
+    k-th letter's code."""
+    import struct
+
+    raw = path.read_bytes()
+    if not raw.startswith(b"<stata_dta>"):
+        return None
+    release = int(raw[raw.index(b"<release>") + 9 : raw.index(b"</release>")])
+    order = "<" if b"<byteorder>LSF" in raw[:200] else ">"
+    k_at = raw.index(b"<K>") + 3
+    k = struct.unpack_from(order + ("I" if release >= 119 else "H"), raw, k_at)[0]
+    n_at = raw.index(b"<N>") + 3
+    n = struct.unpack_from(order + ("I" if release == 117 else "Q"), raw, n_at)[0]
+    offsets = struct.unpack_from(order + "14Q", raw, raw.index(b"<map>") + 5)
+    types = struct.unpack_from(f"{order}{k}H", raw, offsets[2] + len(b"<variable_types>"))
+    if len(columns) != k:
+        return None
+    fields = [
+        (
+            f"c{i}",
+            f"{order}{_DTA_MISSING[t][0]}" if t in _DTA_MISSING else f"V{_DTA_WIDTHS.get(t, t)}",
+        )
+        for i, t in enumerate(types)
+    ]
+    cells = np.frombuffer(raw, dtype=np.dtype(fields), count=n, offset=offsets[9] + len(b"<data>"))
+    out: dict[str, dict[str, int]] = {}
+    for c in wanted:
+        i = columns.index(c)
+        if types[i] not in _DTA_MISSING:
+            continue
+        _, dot, step = _DTA_MISSING[types[i]]
+        v = cells[f"c{i}"].astype("int64") if types[i] != 65526 else cells[f"c{i}"]
+        above = v[(v > dot) & (v <= dot + 26 * step)]  # negative doubles are larger as u8
+        if len(above):
+            letters, counts = np.unique((above - dot) // step, return_counts=True)
+            out[c] = {
+                "." + chr(ord("a") + int(x) - 1): int(m)
+                for x, m in zip(letters, counts, strict=True)
+                if 1 <= x <= 26
+            }
+    return {c: v for c, v in out.items() if v}
 
 
 def code_text(v: float) -> str:
@@ -510,6 +571,9 @@ def write_csv(
     fmts = {c: f for c, f in (date_formats or {}).items() if c in df.columns and csv_date_format(f)}
     if fmts:
         df = df.assign(**{c: df[c].dt.strftime(f) for c, f in fmts.items()})
+    zoned = [c for c, t in df.dtypes.items() if isinstance(t, pd.DatetimeTZDtype)]
+    if zoned:  # as UTC without a zone, as the frame held it before the parquet's cast
+        df = df.assign(**{c: df[c].dt.tz_convert("UTC").dt.tz_localize(None) for c in zoned})
     kinds = _csv_kinds(df) if len(df.columns) and len(df) else None
     with atomic_path(path) as tmp:
         if kinds is None:
