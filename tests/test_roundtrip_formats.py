@@ -526,3 +526,16 @@ def test_raw_code_counts_agree_with_pyreadstat(
     letters = back["v"][back["v"].map(lambda x: isinstance(x, str))].value_counts()
     assert got == {"v": {"." + k: int(n) for k, n in sorted(letters.items())}}
     assert got == {"v": {".a": 2, ".c": 1, ".z": 1}}
+
+
+def test_dates_key_only_for_csv(tmp_path: Path) -> None:
+    from replisynth.config.manifest import load_manifest
+    from replisynth.core.errors import ManifestError
+
+    raw = yaml.safe_load(
+        _manifest(tmp_path, "d", "w", tmp_path / "w.dta", dates={"day": "%Y"}).read_text()
+    )
+    with pytest.raises(ManifestError, match=r"sources\.w\.dates: only csv sources"):
+        load_manifest(raw)
+    raw["sources"]["w"]["path"] = str(tmp_path / "w.csv")
+    assert dict(load_manifest(raw).sources[0].dates) == {"day": "%Y"}

@@ -321,6 +321,11 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         decimal_comma=bool(d.get("decimal_comma", False)),
         dates=tuple((str(k), str(v)) for k, v in (d.get("dates") or {}).items()),
     )
+    if src.dates and src.format != "csv":
+        raise ManifestError(
+            f"{where}.dates: only csv sources take date formats ({src.format} files carry "
+            "their own date types); remove the key"
+        )
     both = set(src.categorical) & set(src.continuous)
     if both:
         raise ManifestError(
