@@ -539,3 +539,25 @@ def test_dates_key_only_for_csv(tmp_path: Path) -> None:
         load_manifest(raw)
     raw["sources"]["w"]["path"] = str(tmp_path / "w.csv")
     assert dict(load_manifest(raw).sources[0].dates) == {"day": "%Y"}
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_sav_more_than_three_codes(tmp_path: Path, inside: bool) -> None:
+    """Five codes: declared as one range when no valid value lies in it; else the three
+    lowest are declared and the others written as plain missing (never as valid values)."""
+    from replisynth.io.files import read_source
+
+    n = 60
+    vals = pd.Series(np.arange(n, dtype=float) + 1)
+    vals[:10] = np.nan
+    if inside:
+        vals[10] = -6.5
+    codes = np.full(n, None, dtype=object)
+    codes[:10] = ["-9", "-8", "-7", "-6", "-5"] * 2
+    meta = FileMeta(missing_labels={"x": {"-9": "refused"}})
+    write_sav(pd.DataFrame({"x": vals}), tmp_path / "m.sav", meta, codes={"x": codes})
+    back, m = read_source(tmp_path / "m.sav")
+    want = {"-9": 2, "-8": 2, "-7": 2} if inside else {k: 2 for k in ("-9", "-8", "-7", "-6", "-5")}
+    assert m.missing_codes == {"x": want}
+    assert int(back["x"].isna().sum()) == 10
+    assert m.missing_labels == {"x": {"-9": "refused"}}

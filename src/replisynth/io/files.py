@@ -917,15 +917,17 @@ def write_sav(
             out[col] = s.astype("float64")
         elif pd.api.types.is_datetime64_any_dtype(s) and not _spss_datetime(meta, col):
             out[col] = pd.Series([None if pd.isna(v) else v.date() for v in s], dtype=object)
-    missing: dict[str, list[float]] = {}
+    missing: dict[str, list[Any]] = {}
     for c, per_row in (codes or {}).items():
         arr = np.asarray(per_row, dtype=object)
         hit = np.asarray([isinstance(x, str) for x in arr], dtype=bool)
         vals = out[c].to_numpy(dtype="float64", na_value=np.nan, copy=True)
+        declared = sorted({float(x) for x in [*meta.missing_labels.get(c, {}), *arr[hit]]})
         vals[hit] = [float(x) for x in arr[hit]]
+        missing[c] = _sav_missing(declared, vals[~hit & ~np.isnan(vals)])
+        if len(missing[c]) == 3 and len(declared) > 3:  # codes SPSS cannot declare: plain
+            vals[hit & ~np.isin(vals, missing[c])] = np.nan
         out[c] = vals
-        # SPSS declares at most three discrete missing values per column
-        missing[c] = sorted({float(x) for x in meta.missing_labels.get(c, {})} | set(vals[hit]))
     value_labels: dict[str, dict[Any, str]] = {}
     for c in out.columns:
         labs = {float(k): str(v) for k, v in meta.value_labels.get(c, {}).items() if _isnum(k)}
@@ -940,7 +942,7 @@ def write_sav(
             file_label=(synthetic or "")[:64],
             column_labels={c: meta.variable_labels.get(c) for c in out.columns},
             variable_value_labels=value_labels or None,
-            missing_ranges={c: list(v[:3]) for c, v in missing.items() if v} or None,
+            missing_ranges={c: v for c, v in missing.items() if v} or None,
             variable_format=formats or None,
         )
         _fix_sav_time_stamp(tmp)
@@ -957,6 +959,18 @@ def _fix_sav_time_stamp(path: Path) -> None:
         if head in (b"$FL2", b"$FL3"):
             fh.seek(92)
             fh.write(SAV_TIME_STAMP)
+
+
+def _sav_missing(codes: list[float], valid: np.ndarray) -> list[Any]:
+    """SPSS's declaration of a column's missing codes: up to three discrete values, else one
+    range from the lowest to the highest code when no valid value lies inside it, else the
+    three lowest codes (the others are written as plain missing)."""
+    if len(codes) <= 3:
+        return list(codes)
+    lo, hi = float(codes[0]), float(codes[-1])
+    if not bool(((valid >= lo) & (valid <= hi)).any()):
+        return [{"lo": lo, "hi": hi}]
+    return list(codes[:3])
 
 
 def _spss_datetime(meta: FileMeta, col: str) -> bool:
