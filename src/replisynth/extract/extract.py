@@ -830,7 +830,7 @@ def extract_source(
     }
     value_labels = _released_value_labels(meta, marginals)
     codes = release_missing_codes(meta, specs, marginals, source, sdc.min_cell_size, log)
-    free_text = free_text_columns(df, specs)
+    free_text = free_text_columns(df, specs, source)
     release: dict[str, Any] = {
         "source": source.name,
         "format": source.format,

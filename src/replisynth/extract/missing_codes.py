@@ -81,14 +81,16 @@ def release_missing_codes(
     return out
 
 
-def free_text_columns(df: pd.DataFrame, specs: list[ColumnSpec]) -> list[str]:
+def free_text_columns(df: pd.DataFrame, specs: list[ColumnSpec], source: Source) -> list[str]:
     """Text columns that have values in the source but release none (every value below the
-    cell size, as free text is): all-missing in the synthetic data."""
+    cell size, as free text is): all-missing in the synthetic data. Columns the manifest
+    lists as categorical are not free text (they get the warning of any emptied column)."""
     return [
         s.name
         for s in specs
         if s.logical_type == "string"
         and s.role == "categorical"
+        and s.name not in source.categorical
         and s.rows
         and s.missing >= s.rows
         and bool(df[s.name].notna().any())
