@@ -527,7 +527,7 @@ def stage_audit(
                 f"{bundle_dir}: the bundle has no source {s.name!r}; rerun extract with this manifest"
             )
         original = _read_checked(manifest, s.name)[0]
-        syn = pd.read_parquet(synthetic[s.name])
+        syn = read_parquet_frame(synthetic[s.name])
         r = audit_source(
             original,
             syn,
