@@ -166,3 +166,25 @@ rule synthetic_readme:
         "../envs/replisynth.yaml"
     script:
         "../scripts/synthetic_readme.py"
+
+
+rule export_spss:
+    input:
+        bundle=f"{P.bundle_dir}/manifest.json",
+        parquet=f"{P.results}/synthetic/{{source}}.parquet",
+    output:
+        sav=f"{P.results}/synthetic/{{source}}.sav",
+    params:
+        bundle=P.bundle_sha256,
+    threads: P.threads("export_spss")
+    resources:
+        mem_mb=P.mem_mb("export_spss"),
+        runtime=P.runtime("export_spss"),
+    log:
+        f"{P.results}/logs/export_spss/{{source}}.log",
+    benchmark:
+        f"{P.results}/benchmarks/export_spss/{{source}}.tsv"
+    conda:
+        "../envs/replisynth.yaml"
+    script:
+        "../scripts/export_spss.py"

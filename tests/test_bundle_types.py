@@ -39,6 +39,7 @@ TABLE: dict[str, tuple[str, ...]] = {
     "Strata": ("$defs", "source", "properties", "strata"),
     "StratumCell": ("$defs", "source", "properties", "strata", "properties", "cells", "items"),
     "Block": ("$defs", "source", "properties", "blocks", "additionalProperties"),
+    "MissingCodes": ("$defs", "source", "properties", "missing_codes", "additionalProperties"),
     **{
         kind: (
             "$defs",

@@ -146,9 +146,9 @@ def test_init_on_csv_and_labelled_dta(fmt: str, tmp_path: Path, monkeypatch, cap
     m = load_manifest(tmp_path / "m.yaml")
     src = m.sources[0]
     assert m.name == "wave_3" and src.ids == ("person_no",) and src.strata == ("sector",)
-    if fmt == "csv":  # dates are text in a csv: flagged and left out
-        assert set(src.exclude) == {"Remarks Text", "interview_day", "pay"}
-        assert '"interview_day": dates stored as text' in text
+    if fmt == "csv":  # ISO dates in a csv are read as dates
+        assert set(src.exclude) == {"Remarks Text", "pay"}
+        assert '"interview_day": a date column' in text
     else:
         assert set(src.exclude) == {"remarks", "pay"}
         assert '"sector": categorical (nominal)' in text and "value labels" in text

@@ -363,7 +363,10 @@ def test_sav_source_through_the_pipeline(tmp_path: Path) -> None:
         "README.txt",
         "people.csv",
         "people.parquet",
-    ]  # no .dta for a .sav source
+        "people.sav",
+    ]  # a .sav (not a .dta) for a .sav source
+    sav_df, sm = read_source(syn / "people.sav")
+    assert list(sav_df.columns) == list(df.columns) and sm.variable_labels == labels
     pq_df, pm = read_source(syn / "people.parquet")
     csv_df, _ = read_source(syn / "people.csv")
     assert list(pq_df.columns) == list(df.columns)

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -396,13 +395,7 @@ def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
     n = int(rng.integers(250, 400))
     base = make_people(n, seed=len(kind))
     name = "d.csv"
-    if kind == "timezone":
-        base["stamp"], name = (
-            pd.date_range("2021-01-01", periods=n, freq="h", tz="Europe/Berlin"),
-            "d.parquet",
-        )
-        words = "column 'stamp' is a timezone-aware timestamp"
-    elif kind == "lists":
+    if kind == "lists":
         base["basket"], name = [[1, 2]] * n, "d.parquet"
         words = "column 'basket' holds lists"
     elif kind == "numbers as text":
@@ -453,7 +446,6 @@ def _bad(kind: str, tmp_path: Path) -> tuple[dict, str]:
 @pytest.mark.parametrize(
     "kind",
     [
-        "timezone",
         "lists",
         "numbers as text",
         "continuous strata",

@@ -92,6 +92,10 @@ class Source:
     keys: tuple[str, ...] = ()
     sensitive: tuple[str, ...] = ()
     derive: tuple[tuple[str, str], ...] = ()  # (column, expression), in manifest order
+    numeric: tuple[str, ...] = ()  # text columns read as numbers (missing_tokens, decimal_comma)
+    missing_tokens: tuple[str, ...] = ()
+    decimal_comma: bool = False
+    dates: tuple[tuple[str, str], ...] = ()  # csv: column -> strftime format
 
     @property
     def format(self) -> str:
@@ -314,8 +318,17 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         keys=tuple(d.get("keys", [])),
         sensitive=tuple(d.get("sensitive", [])),
         derive=tuple((str(k), v) for k, v in (d.get("derive") or {}).items()),
+        numeric=tuple(d.get("numeric", [])),
+        missing_tokens=tuple(str(t) for t in d.get("missing_tokens", [])),
+        decimal_comma=bool(d.get("decimal_comma", False)),
+        dates=tuple((str(k), str(v)) for k, v in (d.get("dates") or {}).items()),
     )
     _check_derive(src, where)
+    if src.dates and src.format != "csv":
+        raise ManifestError(
+            f"{where}.dates: only csv sources take date formats ({src.format} files carry "
+            "their own date types); remove the key"
+        )
     both = set(src.categorical) & set(src.continuous)
     if both:
         raise ManifestError(
@@ -649,10 +662,14 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
         "groups",
         "keys",
         "sensitive",
+        "numeric",
     ):
         for col in getattr(src, key):
             if col not in have:
                 raise missing(f"sources.{source}.{key}", col)
+    for col, _ in src.dates:
+        if col not in have:
+            raise missing(f"sources.{source}.dates", col)
     if src.panel:
         for key in ("entity", "time"):
             col = getattr(src.panel, key)

@@ -171,6 +171,7 @@ class ColumnRecord(TypedDict):
     rows: int
     variable_label: NotRequired[str | None]
     time_invariant: NotRequired[bool]
+    display_format: NotRequired[str | None]
 
 
 class Dim(TypedDict):
@@ -289,6 +290,15 @@ class Panel(TypedDict):
     time: NotRequired[str]
 
 
+class MissingCodes(TypedDict):
+    """A column's released missing-value codes (Stata .a-.z, SPSS user-missing values as
+    text), their exact counts (each at least min_cell_size) and labels."""
+
+    codes: list[str]
+    counts: list[int]
+    labels: dict[str, str]
+
+
 class SourceRelease(TypedDict):
     """source_<name>.json."""
 
@@ -305,6 +315,8 @@ class SourceRelease(TypedDict):
     derived: NotRequired[dict[str, DerivedColumn]]
     panel: NotRequired[Panel | None]
     entity_structure: NotRequired[EntityStructure | None]
+    missing_codes: NotRequired[dict[str, MissingCodes]]
+    free_text: NotRequired[list[str]]
 
 
 def untyped(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -82,6 +82,20 @@ def check_release(release: dict[str, Any], min_cell: int) -> None:
         if cell["rows"] < min_cell:
             raise DisclosureError(f"{name}: stratum cell of {cell['rows']} rows released")
     check_windows(release, min_cell)
+    check_missing_codes(release, min_cell)
+
+
+def check_missing_codes(release: dict[str, Any], min_cell: int) -> None:
+    """Gate: each released missing-value code, and the plain missing rows beside them (the
+    column's missing count less the codes'), hold none or at least min_cell rows."""
+    missing = {c["name"]: int(c["missing"]) for c in release["columns"]}
+    for col, entry in (release.get("missing_codes") or {}).items():
+        counts = [int(n) for n in entry["counts"]]
+        assert_no_small_cells(
+            [*counts, missing.get(col, 0) - sum(counts)],
+            min_cell,
+            f"{release['source']}/all/{col}/missing codes",
+        )
 
 
 def check_windows(release: dict[str, Any], min_cell: int) -> None:

@@ -26,6 +26,7 @@ from replisynth.disclosure.linked_tables import (
     widen_bucket,
 )
 from replisynth.disclosure.sdc import SdcLog, check_release
+from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
     ColumnSpec,
@@ -837,6 +838,8 @@ def extract_source(
         for c in source.key_columns
     }
     value_labels = _released_value_labels(meta, marginals)
+    codes = release_missing_codes(meta, specs, marginals, source, sdc.min_cell_size, log)
+    free_text = free_text_columns(df, specs, source)
     release: dict[str, Any] = {
         "source": source.name,
         "format": source.format,
@@ -857,6 +860,8 @@ def extract_source(
         if source.panel
         else None,
     }
+    release.update({"missing_codes": codes} if codes else {})
+    release.update({"free_text": free_text} if free_text else {})
     # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
     # maps pooled levels as the synthetic data will hold them).
     structure = _entity_release(

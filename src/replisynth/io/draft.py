@@ -320,7 +320,8 @@ def draft_manifest(df: pd.DataFrame, meta: FileMeta, path: str, seed: int) -> st
     for c in d.text_dates:
         lines.append(
             f"    #   {_name(c)}: dates stored as text: excluded below (text would be released"
-            " as categories); save the data as .parquet or .dta with a date type to keep it"
+            ' as categories); to keep it, give its format under dates (e.g. {col: "%d/%m/%Y"})'
+            " and remove it from exclude"
         )
     for c in d.dates:
         lines.append(f"    #   {_name(c)}: a date column: check its synthetic dates in the report")

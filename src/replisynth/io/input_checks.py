@@ -56,10 +56,12 @@ def check_source_frame(manifest: Manifest, src: Source, df: pd.DataFrame) -> Non
                     f"{where}: column {col!r} holds lists or nested values; flatten it into plain columns "
                     f"or list it under sources.{src.name}.exclude"
                 )
-        if col not in src.categorical and _numbers_as_text(s):
+        if col not in src.categorical and col not in src.numeric and _numbers_as_text(s):
             raise DataError(
-                f"{where}: column {col!r} holds numbers stored as text (e.g. with a decimal comma); convert it "
-                f"to numbers, or list it under sources.{src.name}.categorical to keep it as text"
+                f"{where}: column {col!r} holds numbers stored as text (thousands separators, a decimal "
+                f"comma or a token such as n/a); declare it under sources.{src.name}.numeric (with "
+                f"missing_tokens and decimal_comma as needed) to read it as numbers, or list it under "
+                f"sources.{src.name}.categorical to keep it as text"
             )
     for col in src.strata:
         s = df[col]
@@ -79,6 +81,41 @@ def check_source_frame(manifest: Manifest, src: Source, df: pd.DataFrame) -> Non
             )
 
 
+def coerce_numeric(src: Source, df: pd.DataFrame) -> pd.DataFrame:
+    """The columns of `sources.<name>.numeric` read as numbers: thousands separators dropped,
+    a decimal comma read when `decimal_comma`, `missing_tokens` as missing. A value that still
+    does not read is an error naming the column and the count (never the value)."""
+    if not src.numeric:
+        return df
+    tokens = {t.strip().lower() for t in src.missing_tokens}
+    out = df.copy()
+    for col in src.numeric:
+        s = out[col]
+        if pd.api.types.is_numeric_dtype(s.dtype):
+            continue
+        text = s.astype("string").str.strip()
+        missing = text.isna() | text.str.lower().isin(tokens) | (text == "")
+        plain = _plain_number(text.where(~missing), src.decimal_comma)
+        parsed = pd.to_numeric(plain, errors="coerce")
+        bad = int((parsed.isna() & ~missing).sum())
+        if bad:
+            raise DataError(
+                f"{src.path}: column {col!r} (sources.{src.name}.numeric): {bad} value(s) do not read as "
+                f"numbers; add the tokens they hold to sources.{src.name}.missing_tokens, set "
+                f"decimal_comma, or fix the data"
+            )
+        out[col] = parsed.astype("float64")
+    return out
+
+
+def _plain_number(text: pd.Series, decimal_comma: bool) -> pd.Series:
+    """Number text without thousands separators (commas; with `decimal_comma`, dots and
+    spaces), the decimal comma as a dot."""
+    if decimal_comma:
+        return text.str.replace(r"[.\s\u00a0']", "", regex=True).str.replace(",", ".", regex=False)
+    return text.str.replace(r"[,\s\u00a0']", "", regex=True)
+
+
 def _numbers_as_text(s: pd.Series) -> bool:
     if not (s.dtype == object or pd.api.types.is_string_dtype(s)) or pd.api.types.is_numeric_dtype(
         s
@@ -89,7 +126,7 @@ def _numbers_as_text(s: pd.Series) -> bool:
         return False
     if v.nunique() <= NUMERIC_TEXT_MIN_DISTINCT:
         return False
-    parsed = pd.to_numeric(
-        v.astype(str).str.strip().str.replace(",", ".", regex=False), errors="coerce"
-    )
-    return bool(parsed.notna().mean() >= NUMERIC_TEXT_SHARE)
+    text = v.astype("string").str.strip()
+    point = pd.to_numeric(_plain_number(text, False), errors="coerce")
+    comma = pd.to_numeric(_plain_number(text, True), errors="coerce")
+    return bool((point.notna() | comma.notna()).mean() >= NUMERIC_TEXT_SHARE)

@@ -40,6 +40,7 @@ class ColumnSpec:
     rows: int
     variable_label: str | None = None
     time_invariant: bool = False
+    display_format: str | None = None  # a date column's storage (FileMeta.display_formats)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +79,32 @@ def is_integer_valued(s: pd.Series) -> bool:
     return bool(len(v) and np.all(np.isfinite(v)) and np.all(v == np.round(v)))
 
 
+def date_period(display: str | None) -> str | None:
+    """The calendar period a date display format counts in (Stata %tm -> M, %tq -> Q, %th ->
+    H, %ty -> Y; SPSS MOYR -> M, QYR -> Q), or None for days and datetimes."""
+    d = (display or "").lstrip("%-").upper()
+    for prefix, period in (
+        ("TM", "M"),
+        ("TQ", "Q"),
+        ("TH", "H"),
+        ("TY", "Y"),
+        ("MOYR", "M"),
+        ("QYR", "Q"),
+    ):
+        if d.startswith(prefix):
+            return period
+    return None
+
+
+def period_start(t: pd.Series, period: str) -> pd.Series:
+    """Each date moved to the first day of its month, quarter, half year or year."""
+    if period == "H":
+        month = np.where(t.dt.month <= 6, 1, 7)
+        out = pd.to_datetime({"year": t.dt.year, "month": month, "day": 1}, errors="coerce")
+        return out.where(t.notna())
+    return t.dt.to_period(period).dt.to_timestamp()
+
+
 def infer_column(
     s: pd.Series,
     source: Source,
@@ -105,6 +132,8 @@ def infer_column(
         rows=len(s),
         variable_label=label,
     )
+    if name in meta.display_formats and lt == "date":
+        base["display_format"] = meta.display_formats[name]
     if name in source.ids:
         return ColumnSpec(role="id", integer=True, ordered=False, **base)
     if name in source.key_columns:

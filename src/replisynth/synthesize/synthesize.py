@@ -13,7 +13,7 @@ import pandas as pd
 
 from replisynth.core.parallel import thread_map
 from replisynth.core.seeds import rng as make_rng
-from replisynth.io.schema import EPOCH, ColumnSpec
+from replisynth.io.schema import EPOCH, ColumnSpec, date_period, period_start
 from replisynth.stats.copula import (
     correlated_normals,
     fill_by_rank,
@@ -284,7 +284,11 @@ def _restore_dtype(values: np.ndarray, spec: ColumnSpec, release: dict[str, Any]
     miss = s.isna()
     if lt == "date":
         days = pd.to_numeric(s, errors="coerce").astype("float64")
-        return EPOCH + pd.to_timedelta(np.round(days * 86400.0), unit="s")
+        if spec.integer:  # whole days in the source: whole days here
+            days = np.round(days)
+        t = EPOCH + pd.to_timedelta(np.round(days * 86400.0), unit="s")
+        period = date_period(spec.display_format)
+        return period_start(t, period) if period else t
     if lt == "boolean":
         b = s.map(lambda v: v if pd.isna(v) else bool(v))
         return b.astype("boolean") if miss.any() else b.astype(bool)

@@ -172,12 +172,49 @@ def certificate_text(tiers: dict) -> str:
             f"Released coefficients were rounded for disclosure control; the rounding moves a coefficient by at most "
             f"{_f(max(costs))} of its standard error relative to the unrounded original."
         )
+    free = free_text_sentence(tiers)
+    if free:
+        out.append(free)
     out.append(information_caveat(tiers))
     out.append(
         f"Seed {tiers.get('seed')}; bundle sha256 {tiers.get('bundle_sha256')}; "
         f"software: {_software(tiers.get('software'))}."
     )
     return " ".join(out)
+
+
+def free_text_columns(tiers: dict) -> dict[str, list[str]]:
+    """source -> its free-text columns (never released; all-missing in the synthetic data)."""
+    out = {}
+    for name, src in (tiers.get("sources") or {}).items():
+        cols = (src.get("schema") or {}).get("free_text") or []
+        if cols:
+            out[name] = list(cols)
+    return out
+
+
+def free_text_sentence(tiers: dict) -> str:
+    """The certificate's sentence naming the free-text columns, or "" when there are none."""
+    free = free_text_columns(tiers)
+    if not free:
+        return ""
+    listed = "; ".join(f"{s}: {', '.join(cols)}" for s, cols in free.items())
+    return f"Free-text columns are never released and are entirely missing in the synthetic data ({listed})."
+
+
+def free_text_section(tiers: dict) -> str:
+    """A short section listing the free-text columns by source, or "" when there are none."""
+    free = free_text_columns(tiers)
+    if not free:
+        return ""
+    items = "".join(
+        f"<li>{_e(s)}: {', '.join(_e(c) for c in cols)}</li>" for s, cols in free.items()
+    )
+    return (
+        "<h2>Free text</h2><p>These text columns have a value on too few rows each to be released "
+        "(as free text has): they are entirely missing in the synthetic data.</p>"
+        f"<ul>{items}</ul>"
+    )
 
 
 def information_caveat(tiers: dict) -> str:
@@ -890,6 +927,7 @@ def render_report(
             _banner(tiers, certificate),
             certifies_html(tiers),
             _tier_section(tiers),
+            free_text_section(tiers),
             _marginal_section(tiers, releases, frames),
             _corr_section(tiers, releases, frames, outcomes),
             _checkpoint_section(tiers),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ from replisynth.stats.design import build_design, drop_unreleased_constants, rel
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
+from replisynth.verify.formats import shape_problems
 from replisynth.verify.utility import utility_section
 
 KS_ALPHA = 0.05
@@ -248,11 +249,15 @@ def tier0(
                 and labels.get("variable_labels", {}).get(s.name) != s.variable_label[:80]
             ):
                 problems.append(f"{s.name}: variable label did not survive")
+        problems += shape_problems(df, cast(dict, release), specs, labels)
     schema = pandera_schema(specs, cats, exempt=tuple(outcomes))
     failures = validation_summary(schema, df)
     for f in failures:
         problems.append(f"pandera: {f['column']}: {f['check']} ({f['failures']} rows)")
-    return {"passed": not problems, "problems": problems}
+    out: dict[str, Any] = {"passed": not problems, "problems": problems}
+    if release.get("free_text"):  # never released: said in the report and the certificate
+        out["free_text"] = list(release["free_text"])
+    return out
 
 
 def _derived_identities(

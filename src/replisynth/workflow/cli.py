@@ -58,6 +58,7 @@ def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
     """Outside side: synthetic files of every source."""
     from replisynth.disclosure.bundle import load_bundle
     from replisynth.workflow.pipeline import (
+        stage_export_spss,
         stage_export_stata,
         stage_pin,
         stage_synthesize,
@@ -78,6 +79,10 @@ def cmd_synthesize(bundle_dir: Path, out_root: Path) -> dict[str, Path]:
         if s.format == "dta":
             stage_export_stata(
                 bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.dta"
+            )
+        if s.format == "sav":
+            stage_export_spss(
+                bundle_dir, s.name, files["parquet"], p["synthetic"] / f"{s.name}.sav"
             )
         out[s.name] = files["parquet"]
     stage_synthetic_readme(bundle_dir, p["synthetic"] / "README.txt")
@@ -163,7 +168,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "synthesize": (
         "rebuild synthetic data from the bundle alone, checkpoint coefficients pinned.",
         "reads: the bundle (RESULTS/<name>/bundle/ of MANIFEST, or --bundle DIR)\n"
-        "writes: RESULTS/<name>/synthesize/ and synthetic/ (parquet, csv, dta for .dta sources)\n"
+        "writes: RESULTS/<name>/synthesize/ and synthetic/ (parquet, csv, dta/sav for .dta/.sav sources)\n"
         "example: replisynth synthesize --bundle bundle/ --results out",
     ),
     "verify": (

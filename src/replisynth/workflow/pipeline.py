@@ -42,9 +42,11 @@ def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMe
     src = manifest.source(source)
     check_columns(manifest, source, read_columns(src.path))
     progress(f"read: {source} ({src.path})")
-    df, meta = read_source(src.path)
+    df, meta = read_source(src.path, dict(src.dates))
     log.info("read %s: %d rows, %d columns", src.path, len(df), df.shape[1])
-    from replisynth.io.input_checks import check_formulas, check_source_frame
+    from replisynth.io.input_checks import check_formulas, check_source_frame, coerce_numeric
+
+    df = coerce_numeric(src, df)
 
     check_formulas(manifest)
     check_source_frame(manifest, src, df)
@@ -73,6 +75,7 @@ def stage_extract_source(
     review_relations(manifest, source, df)
     release, sdc = extract_source(df, meta, manifest, manifest.source(source), progress=progress)
     warn_emptied_columns(untyped(release), df, manifest.sdc.min_cell_size)
+    warn_free_text(untyped(release))
     log.info(
         "%s: %d columns released, %d copula dims, %d strata, %d SDC decisions",
         source,
@@ -95,6 +98,7 @@ def warn_emptied_columns(release: dict[str, Any], df: pd.DataFrame, min_cell_siz
             and c.get("missing", 0) >= c.get("rows", 0)
             and name in df.columns
             and df[name].notna().any()
+            and name not in release.get("free_text", [])
         ):
             log.warning(
                 "%s: column %r has values but releases nothing under min_cell_size=%d (every category below the "
@@ -104,6 +108,19 @@ def warn_emptied_columns(release: dict[str, Any], df: pd.DataFrame, min_cell_siz
                 name,
                 min_cell_size,
             )
+
+
+def warn_free_text(release: dict[str, Any]) -> None:
+    """A visible line naming the free-text columns: never released, entirely missing in the
+    synthetic data (said at extraction and at synthesis)."""
+    free = release.get("free_text") or []
+    if free:
+        log.warning(
+            "%s: free-text column(s) %s are never released (every value below the cell size): "
+            "they are entirely missing in the synthetic data",
+            release.get("source"),
+            ", ".join(free),
+        )
 
 
 def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
@@ -195,14 +212,23 @@ def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> No
         untyped(b.releases[source]), b.manifest.seed, src.rows, progress=progress
     )
     log.info("%s: synthesized %d rows × %d columns", source, len(df), df.shape[1])
+    warn_free_text(untyped(b.releases[source]))
     write_parquet(df, out, synthetic=synthetic_label(b.sha256))
 
 
 def _file_meta(release: dict[str, Any]) -> FileMeta:
     labels = {c["name"]: c["variable_label"] for c in release["columns"] if c.get("variable_label")}
     storage = {c["name"]: c["storage_type"] for c in release["columns"]}
+    formats = {
+        c["name"]: c["display_format"] for c in release["columns"] if c.get("display_format")
+    }
+    codes = release.get("missing_codes") or {}
     return FileMeta(
-        variable_labels=labels, value_labels=release.get("value_labels", {}), storage_types=storage
+        variable_labels=labels,
+        value_labels=release.get("value_labels", {}),
+        storage_types=storage,
+        display_formats=formats,
+        missing_labels={c: e["labels"] for c, e in codes.items() if e.get("labels")},
     )
 
 
@@ -226,6 +252,26 @@ def _recompute_derived(
     out, notes = recompute_derived(df, derive, pinned)
     for n in notes:
         log.info("%s: %s", when, n.text())
+    return out
+
+
+def integer_storage(df: pd.DataFrame, release: dict[str, Any]) -> pd.DataFrame:
+    """Columns the released schema calls integer whose values are all whole (a pinned outcome
+    may be) back in integer storage: int64, or Int64 when some are missing."""
+    import numpy as np
+
+    out = df
+    for c in release["columns"]:
+        name = c["name"]
+        if c["logical_type"] != "integer" or not c.get("integer") or name not in df.columns:
+            continue
+        s = df[name]
+        if not pd.api.types.is_float_dtype(s.dtype):
+            continue
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        fin = v[~np.isnan(v)]
+        if len(fin) and np.all(fin == np.round(fin)) and np.all(np.abs(fin) < 2**53):
+            out = out.assign(**{name: s.round().astype("Int64" if len(fin) < len(v) else "int64")})
     return out
 
 
@@ -273,6 +319,7 @@ def stage_pin(
         {source: df}, b.checkpoints, seed=b.manifest.seed, progress=progress
     )
     out = _recompute_derived(frames[source], derive, _released_outcomes(b, source), "after pinning")
+    out = integer_storage(out, untyped(b.releases[source]))
     meta = _file_meta(untyped(b.releases[source]))
     for r in results:
         log.info("pinned %s (%s): %s %s", r.outcome, ",".join(r.tags), r.status, r.note)
@@ -280,7 +327,7 @@ def stage_pin(
     if (
         "csv" in outputs
     ):  # the workflow writes the csv in its own job (`stage_export_csv`), beside verification
-        write_csv(out, outputs["csv"])
+        write_csv(out, outputs["csv"], meta.display_formats)
     write_json(report_out, [r.__dict__ | {"tags": list(r.tags)} for r in results])
 
 
@@ -296,15 +343,46 @@ def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
 def stage_export_stata(
     bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path
 ) -> None:
-    """Outside side: the synthetic data of a .dta source as a Stata file with its labels."""
+    """Outside side: the synthetic data of a .dta source as a Stata file with its labels,
+    date formats and extended missing codes."""
+    from replisynth.stats.missing_codes import synthetic_codes
+
     b = load_bundle(bundle_dir)
     progress(f"export: {Path(out).name}")
+    release = untyped(b.releases[source])
+    df = read_parquet_frame(parquet)
     write_dta(
-        pd.read_parquet(parquet),
+        df,
         out,
-        _file_meta(untyped(b.releases[source])),
+        _file_meta(release),
         synthetic=synthetic_label(b.sha256),
+        codes=synthetic_codes(df, release, b.manifest.seed),
     )
+
+
+def stage_export_spss(
+    bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path
+) -> None:
+    """Outside side: the synthetic data of a .sav source as an SPSS file with its labels,
+    date formats and user-missing codes."""
+    from replisynth.io.files import write_sav
+    from replisynth.stats.missing_codes import synthetic_codes
+
+    b = load_bundle(bundle_dir)
+    release = untyped(b.releases[source])
+    df = read_parquet_frame(parquet)
+    write_sav(
+        df,
+        out,
+        _file_meta(release),
+        synthetic=synthetic_label(b.sha256),
+        codes=synthetic_codes(df, release, b.manifest.seed),
+    )
+
+
+def export_format(fmt: str) -> str | None:
+    """The extension of the labelled synthetic file a source of format `fmt` gets (dta, sav)."""
+    return fmt if fmt in ("dta", "sav") else None
 
 
 def synthetic_readme_text(b: Bundle) -> str:
@@ -326,7 +404,8 @@ def synthetic_readme_text(b: Bundle) -> str:
         n = int(b.releases[s.name]["rows"])
         rows = n if s.rows is None else int(s.rows)
         files = ", ".join(
-            f"{s.name}.{e}" for e in ("parquet", "csv", *(("dta",) if s.format == "dta" else ()))
+            f"{s.name}.{e}"
+            for e in ("parquet", "csv", *((s.format,) if export_format(s.format) else ()))
         )
         note = "" if rows == n else f" (the original has {n:,}: more rows add no information)"
         lines.append(f"{files}: {rows:,} synthetic rows{note}")
@@ -341,17 +420,50 @@ def stage_synthetic_readme(bundle_dir: str | Path, out: str | Path) -> None:
 def read_synthetic(
     paths: dict[str, str | Path],
 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
-    """Synthetic frames and the labels they carry (parquet metadata; .dta when given)."""
+    """Synthetic frames and the labels they carry (parquet metadata; the .dta or .sav file
+    beside it when there is one), with the date storage and the missing-code counts of the
+    file they come from (`file_shape`)."""
     frames, labels = {}, {}
     for name, p in paths.items():
-        frames[name] = pd.read_parquet(p)
+        frames[name] = read_parquet_frame(p)
         m = parquet_meta(Path(p))
-        labels[name] = {"variable_labels": m.variable_labels, "value_labels": m.value_labels}
-        dta = Path(p).with_suffix(".dta")
-        if dta.exists():
-            _, dm = read_source(dta)
-            labels[name] = {"variable_labels": dm.variable_labels, "value_labels": dm.value_labels}
+        m = FileMeta(**{**m.__dict__, "display_formats": parquet_date_types(Path(p))})
+        for ext in ("dta", "sav"):
+            if Path(p).with_suffix(f".{ext}").exists():
+                _, m = read_source(Path(p).with_suffix(f".{ext}"))
+        labels[name] = file_shape(m)
     return frames, labels
+
+
+def file_shape(m: FileMeta) -> dict[str, Any]:
+    """What tier 0 checks of a written file beyond its values: labels, date storage, codes."""
+    return {
+        "variable_labels": m.variable_labels,
+        "value_labels": m.value_labels,
+        "display_formats": m.display_formats,
+        "missing_codes": m.missing_codes,
+        "missing_labels": m.missing_labels,
+    }
+
+
+def read_parquet_frame(path: str | Path) -> pd.DataFrame:
+    """A parquet file as pandas reads it, its date and timestamp columns as datetime64 (naive UTC)."""
+    from replisynth.io.files import parquet_dates
+
+    df = pd.read_parquet(path)
+    parquet_dates(df, Path(path))
+    return df
+
+
+def parquet_date_types(path: Path) -> dict[str, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return {
+        f.name: str(f.type)
+        for f in pq.read_schema(path)
+        if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+    }
 
 
 def stage_verify(
@@ -479,7 +591,7 @@ def stage_audit(
             )
         original = _read_checked(manifest, s.name)[0]
         progress(f"audit: {s.name}")
-        syn = pd.read_parquet(synthetic[s.name])
+        syn = read_parquet_frame(synthetic[s.name])
         r = audit_source(
             original,
             syn,

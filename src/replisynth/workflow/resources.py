@@ -28,6 +28,7 @@ RULE_KIND: dict[str, str] = {
     "gather_blocks": "data",
     "pin_checkpoints": "data",
     "export_stata": "data",
+    "export_spss": "data",
     "export_csv": "data",
     "verify_tiers": "data",
     "render_report": "data",
@@ -48,7 +49,9 @@ THREAD_STEPS = ((100_000_000, 4), (10_000_000, 2))
 # report. The checkpoint fits follow extraction rather than run beside it (beside a one-core
 # extract_source they would save little time but hold both jobs' data at once), so each takes the cores: extraction its strata, the fits one checkpoint
 # per thread.
-SINGLE_THREADED = frozenset({"export_csv", "export_stata", "render_report", "verify_tiers"})
+SINGLE_THREADED = frozenset(
+    {"export_csv", "export_stata", "export_spss", "render_report", "verify_tiers"}
+)
 CSV_BYTES_PER_CELL = 8.0
 # scatter: auto (replisynth.workflow.workflow.scatter_plan): sources with strata this large get 4 jobs.
 AUTO_SCATTER_CELLS = 20_000_000

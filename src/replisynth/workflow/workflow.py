@@ -51,15 +51,17 @@ class WorkflowPlan:
         ]
 
     def synthetic_outputs(self, source: str) -> list[str]:
-        """The synthetic files of a source: parquet, csv, and dta for .dta sources."""
-        exts = ["parquet", "csv"] + (["dta"] if self.formats[source] == "dta" else [])
+        """The synthetic files of a source: parquet, csv, and dta or sav for .dta and .sav sources."""
+        fmt = self.formats[source]
+        exts = ["parquet", "csv"] + ([fmt] if fmt in ("dta", "sav") else [])
         return [f"{self.results}/synthetic/{source}.{e}" for e in exts]
 
     def all_synthetic(self) -> list[str]:
         return [p for s in self.sources for p in self.synthetic_outputs(s)]
 
     def verified_synthetic(self) -> list[str]:
-        """The synthetic files verification reads: parquet, and dta (its labels) for .dta sources."""
+        """The synthetic files verification reads: parquet, and dta or sav (labels, formats,
+        missing codes) for .dta and .sav sources."""
         return [p for p in self.all_synthetic() if not p.endswith(".csv")]
 
     def manifest_section(self, rule: str):
@@ -162,6 +164,7 @@ class WorkflowPlan:
         out += per_source("sample_copula", ["sample_stratum{k}", "gather_blocks"])
         out += [f"{b}/pin_checkpoints/{s}.tsv" for s in self.sources]
         out += [f"{b}/export_stata/{s}.tsv" for s in self.sources if self.formats[s] == "dta"]
+        out += [f"{b}/export_spss/{s}.tsv" for s in self.sources if self.formats[s] == "sav"]
         out += [f"{b}/verify_tiers/all.tsv"]
         return out
 
