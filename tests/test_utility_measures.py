@@ -134,3 +134,90 @@ def test_the_audit_reports_the_ratios_and_no_data_value():
     outputs = (json.dumps(result) + text).lower()
     for spelling in SECRET_SPELLINGS:
         assert spelling not in outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark's own pieces (benchmarks/utility.py)
+
+
+def _bench():
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import utility
+
+    return utility
+
+
+@pytest.mark.parametrize("seed", [2, 9])
+def test_support_shares_count_what_the_original_never_has(seed):
+    u = _bench()
+    r = np.random.default_rng(seed)
+    n = int(r.integers(200, 400))
+    counts = pd.Series(r.integers(0, 13, size=n)).astype("float64")
+    moved = counts.copy()
+    k_neg, k_dec, k_high = 7, 11, 5
+    moved.iloc[:k_neg] = -1.0
+    moved.iloc[k_neg : k_neg + k_dec] = 3.5
+    moved.iloc[k_neg + k_dec : k_neg + k_dec + k_high] = 99.0
+    moved.iloc[-3:] = np.nan  # missing values are not counted
+    s = u.support(counts, moved)
+    m = n - 3
+    assert s["negative"] == pytest.approx(k_neg / m)
+    assert s["non_integer"] == pytest.approx(k_dec / m)
+    assert s["outside"] == pytest.approx((k_neg + k_high) / m)
+    signed = u.support(counts - 6.5, moved)  # negatives and decimals in the original: not asked
+    assert signed["negative"] is None and signed["non_integer"] is None
+
+
+def test_sequential_cart_draws_original_values_and_keeps_the_panel_keys():
+    u = _bench()
+    r = np.random.default_rng(4)
+    ent, per = np.repeat(np.arange(60), 5), np.tile(np.arange(2001, 2006), 60)
+    x = r.normal(size=300)
+    df = pd.DataFrame({"firm": ent, "yr": per, "x": x, "y": 2 * x + r.normal(size=300)})
+    df["kind"] = np.where(df["y"] > 0, "hi", "lo")
+    cols = ["yr", "x", "y", "kind"]
+    one = u.sequential_cart(df, cols, ("firm", "yr"), np.random.default_rng(1))
+    two = u.sequential_cart(df, cols, ("firm", "yr"), np.random.default_rng(1))
+    assert one.equals(two)
+    assert one[["firm", "yr"]].equals(df[["firm", "yr"]])
+    for c in ("x", "y", "kind"):
+        assert set(one[c]) <= set(df[c])
+    assert np.corrcoef(one["x"], one["y"])[0, 1] > 0.7  # a relation carried by the trees
+
+
+def test_halves_and_bootstrap_resample_whole_entities():
+    u = _bench()
+    df = pd.DataFrame({"id": np.repeat(np.arange(41), 3), "t": np.tile([1, 2, 3], 41)})
+    a, b = u.halves(df, ("id", "t"), np.random.default_rng(0))
+    assert len(a) + len(b) == len(df) and not set(a["id"]) & set(b["id"])
+    boot = u.bootstrap(df, ("id", "t"), np.random.default_rng(0))
+    assert len(boot) == len(df) and (boot.groupby("id").size() == 3).all()
+    assert not boot.duplicated(["id", "t"]).any()  # an entity drawn twice is two entities
+
+
+def test_the_markdown_goes_between_the_markers_of_an_existing_page(tmp_path):
+    u = _bench()
+    page = tmp_path / "utility.md"
+    u.write_markdown(page, "first table\n")
+    assert page.read_text() == f"{u.START}\nfirst table\n{u.END}\n"
+    page.write_text(f"# Title\n\nprose\n\n{u.START}\nold\n{u.END}\n\nmore prose\n")
+    u.write_markdown(page, "| new |\n")
+    assert page.read_text() == f"# Title\n\nprose\n\n{u.START}\n| new |\n{u.END}\n\nmore prose\n"
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_one_data_set(tmp_path):
+    """benchmarks/utility.py end to end on the smallest data set (anes96): every method is
+    compared on every analysis and the tables are written."""
+    u = _bench()
+    out, md = tmp_path / "u.json", tmp_path / "u.md"
+    assert u.main(["--only", "anes_vote", "--json", str(out), "--markdown", str(md)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["tier_met"] == 4 and set(r["methods"]) == set(u.METHODS)
+    for m in r["methods"].values():
+        assert len(m["analyses"]) == 8 and m["pmse_cart"] > 0
+    assert "| half split |" in md.read_text() and "Measured" in md.read_text()
