@@ -672,7 +672,12 @@ def provenance(argv: list[str] | None, seconds: float) -> str:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo
     )
     commit = git.stdout.strip() or "unknown"
-    args = " ".join(sys.argv[1:] if argv is None else argv)
+    shown, skip = [], False
+    for a in sys.argv[1:] if argv is None else argv:  # where the outputs went is not the method
+        if not skip and a not in ("--json", "--keep"):
+            shown.append(a)
+        skip = a in ("--json", "--keep")
+    args = " ".join(shown)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
         f"Measured {when} on commit {commit} in {seconds:.0f} s: "
