@@ -405,8 +405,10 @@ def fit(a: Analysis, data: pd.DataFrame, original: pd.DataFrame, panel: Any) -> 
     formula = fill_formula(a.formula, original)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = _fit_panel(a, formula, data, panel) if a.kind in PANEL_MODELS else None
-        res = res if res is not None else _fit_sm(a, formula, data)
+        if a.kind in PANEL_MODELS:
+            res = _fit_panel(a, formula, data, panel)
+        else:
+            res = _fit_sm(a, formula, data)
     se = res.bse if hasattr(res, "bse") else res.std_errors
     out = pd.DataFrame({"b": res.params, "se": se})
     out = out.drop(index=[t for t in ("Intercept", "const") if t in out.index])
