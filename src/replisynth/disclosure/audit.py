@@ -12,6 +12,13 @@ import pandas as pd
 
 from replisynth.core.errors import DataError, ManifestError
 from replisynth.core.seeds import rng
+from replisynth.stats.utility_measures import (
+    MAX_LEAVES,
+    MAX_ROWS,
+    MIN_LEAF,
+    PERMUTATIONS,
+    pmse_ratios,
+)
 
 FORMAT = "replisynth-audit/1"
 SIG_DIGITS = 7  # numbers are compared after rounding to this many significant digits
@@ -55,6 +62,23 @@ METRICS = {
         "synthetic rows at distance 0 from an original row. ratio_to_baseline: median distance "
         "to training over the baseline median (near 1 when synthetic rows are as far from the "
         "training rows as unseen records are)."
+    ),
+    "pmse": (
+        "Propensity-score mean squared error (Snyder/Woo; synthpop's utility.gen): the original "
+        "and synthetic rows on the compared columns are stacked, a classifier estimates each "
+        "row's probability p of being synthetic, and pMSE = mean (p - c)^2 with c the synthetic "
+        "share. The ratio divides it by its expectation when the two files are independent "
+        "samples of one distribution (about 1 then; larger = easier to tell apart). logit: a "
+        "main-effects logistic model (categorical columns one-hot, a missing value its own "
+        "level; a numeric column's missing values filled and flagged), expectation "
+        "(k-1)c(1-c)/N for k parameters and N rows; ratio_synthpop is synthpop's S_pMSE, whose "
+        "expectation (k-1)(1-c)^2 c/N holds the original fixed (a correct synthesizer of this "
+        "sample scores 1, two independent samples 1/(1-c)). cart: a classification tree "
+        f"(scikit-learn, Gini, leaves of at least {MIN_LEAF} rows, at most {MAX_LEAVES} leaves, "
+        "categorical columns as codes), expectation the mean pMSE of the same tree refitted on "
+        f"{PERMUTATIONS} label permutations. Each side is subsampled to {MAX_ROWS:,} rows at most "
+        "(stream (seed, source, 'audit', 'pmse')). Utility, not disclosure: a ratio near 1 says "
+        "the file is hard to tell apart from the original, not that it is safe."
     ),
 }
 
@@ -344,6 +368,22 @@ def dcr(
 # one source, one run
 
 
+def utility(
+    original: pd.DataFrame,
+    synthetic: pd.DataFrame,
+    columns: list[dict[str, Any]],
+    seed: int,
+    source: str,
+) -> dict[str, Any]:
+    """The logistic and CART pMSE ratios of the synthetic data against the original on the
+    compared columns (see METRICS['pmse']): the ratios and their parts, no row-level value."""
+    names = [c["name"] for c in columns]
+    if not names:
+        return {"skipped": "no column to compare"}
+    categorical = {c["name"] for c in columns if c["role"] == "categorical"}
+    return pmse_ratios(original, synthetic, rng(seed, source, "audit", "pmse"), names, categorical)
+
+
 def audit_source(
     original: pd.DataFrame,
     synthetic: pd.DataFrame,
@@ -354,7 +394,8 @@ def audit_source(
     strata: tuple[str, ...] = (),
     sample: int = DCR_SAMPLE,
 ) -> dict[str, Any]:
-    """All three measures for one source (a plain dict of counts, shares and distances)."""
+    """All four measures for one source (a plain dict of counts, shares, distances and the
+    pMSE ratios)."""
     released = audit_columns(release)
     _check_columns(original, [c["name"] for c in released], "the original data", source)
     _check_columns(synthetic, [c["name"] for c in released], "the synthetic data", source)
@@ -376,6 +417,7 @@ def audit_source(
         "identical_keys": identical_rows(original, synthetic, key_cols),
         "replicated_uniques": replicated_uniques(original, synthetic, key_cols),
         "dcr": dcr(original, synthetic, cols, seed, source, sample),
+        "pmse": utility(original, synthetic, cols, seed, source),
     }
 
 
@@ -468,7 +510,56 @@ def _source_sentences(name: str, s: dict[str, Any]) -> str:
             f"for records that are not copies), and {_pct(d['share_at_zero'])} lie at distance 0 from an original "
             f"record (holdout records at distance 0 from a training record: {_pct(d['holdout_share_at_zero'])})."
         )
-    return " ".join(parts)
+    parts.append(_pmse_sentence(s.get("pmse", {})))
+    return " ".join(p for p in parts if p)
+
+
+def _ratio(u: dict[str, Any], method: str) -> float | None:
+    r = u.get(method, {}).get("ratio")
+    return None if r is None else float(r)
+
+
+def _pmse_sentence(u: dict[str, Any]) -> str:
+    if not u:
+        return ""
+    if "skipped" in u:
+        return f"The pMSE ratios were not computed ({u['skipped']})."
+    used = f"{u['original_rows_used']:,} original and {u['synthetic_rows_used']:,} synthetic rows"
+    if u["subsampled"]:
+        used += f" (subsampled to at most {u['max_rows']:,} per side)"
+    return (
+        f"Propensity-score utility on {used}: pMSE ratio {_num(_ratio(u, 'logit'))} for a logistic "
+        f"model and {_num(_ratio(u, 'cart'))} for a classification tree (about 1 when a "
+        "classifier cannot tell the synthetic rows from the original ones better than it can two "
+        "independent samples of one distribution)."
+    )
+
+
+def _pmse_rows(u: dict[str, Any]) -> list[tuple[str, str]]:
+    """audit.txt's lines for the pMSE measures (ratios and their parts)."""
+    if not u:
+        return []
+    if "skipped" in u:
+        return [("pMSE", f"not computed: {u['skipped']}")]
+    lg, ct = u.get("logit", {}), u.get("cart", {})
+    sub = " (subsampled)" if u["subsampled"] else ""
+    return [
+        (
+            "pMSE rows used, original / synthetic",
+            f"{u['original_rows_used']:,} / {u['synthetic_rows_used']:,}{sub}",
+        ),
+        ("pMSE ratio, logistic / CART", f"{_num(_ratio(u, 'logit'))} / {_num(_ratio(u, 'cart'))}"),
+        (
+            "logistic pMSE / expected (parameters)",
+            f"{_num(lg.get('pmse'))} / {_num(lg.get('expected'))} ({lg.get('parameters')})",
+        ),
+        ("logistic ratio, synthpop's S_pMSE", _num(lg.get("ratio_synthpop"))),
+        (
+            "CART pMSE / permutation mean (sd, perms)",
+            f"{_num(ct.get('pmse'))} / {_num(ct.get('expected'))} "
+            f"({_num(ct.get('null_sd'))}, {ct.get('permutations')})",
+        ),
+    ]
 
 
 def summary_text(result: dict[str, Any]) -> str:
@@ -477,11 +568,15 @@ def summary_text(result: dict[str, Any]) -> str:
         f"Output-checking audit of run '{result['name']}' (seed {result['seed']}), carried out inside the "
         "secure environment on the original data and the synthetic data made from its bundle. It checked "
         "whether synthetic rows reproduce original records exactly, whether records unique on the key "
-        "columns are replicated, and how close synthetic rows lie to original records compared with "
-        "original records held out from the comparison."
+        "columns are replicated, how close synthetic rows lie to original records compared with "
+        "original records held out from the comparison, and how well a classifier tells the "
+        "synthetic rows from the original ones (pMSE ratios)."
     )
     body = " ".join(_source_sentences(n, s) for n, s in result["sources"].items())
-    tail = "This report holds counts, shares and distances only; no original value or record."
+    tail = (
+        "This report holds counts, shares, distances and pMSE ratios only; no original value or "
+        "record."
+    )
     verdict = f"Verdict: {result['verdict']}."
     if result["attention"]:
         verdict += " For attention: " + "; ".join(result["attention"]) + "."
@@ -563,6 +658,7 @@ def render_text(result: dict[str, Any]) -> str:
                     f"{_pct(d['share_at_zero'])} (holdout: {_pct(d['holdout_share_at_zero'])})",
                 ),
             ]
+        rows += _pmse_rows(s.get("pmse", {}))
         lines += [f"Source {name}", "-" * 60] + [f"  {label:<44}{value}" for label, value in rows]
         lines.append("")
     lines += ["Definitions", "-" * 60]
