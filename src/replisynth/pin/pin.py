@@ -5,6 +5,7 @@ Method: docs/method.md, "Layer 4: pinning".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -308,14 +309,16 @@ def pin_checkpoints(
     seed: int = 0,
     shape_ses: bool = True,
     weight_bounds: tuple[float, float] | None = None,
+    releases: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
     Each group takes Newton steps until its refit is exact (the sample can move when a
     subset or a missing pattern involves the outcome); a group that does not get there in
     MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`.
-    A group with a maximum-likelihood checkpoint goes to `pin_discrete` (seeded draw and score
-    correction, with the stream `seed`/pin/<source>/<outcome>).
+    A group with a maximum-likelihood checkpoint goes to `pin_discrete` (fewest moves of the
+    synthesized values; the stream `seed`/pin/<source>/<outcome> draws only values that have
+    none; `releases[source]` gives a count's released range and the orderings to keep).
 
     Where the residual can move on its own rows (a pinned group whose outcome is not in a
     subset and whose samples are disjoint), it is scaled to the released residual variance
@@ -342,7 +345,11 @@ def pin_checkpoints(
             continue
         if is_discrete_group(group):  # maximum-likelihood checkpoints: draw + score correction
             st, dnotes, detail = pin_discrete_group(
-                df, group, outcome, rng(seed, "pin", source, outcome)
+                df,
+                group,
+                outcome,
+                rng(seed, "pin", source, outcome),
+                (releases or {}).get(source),
             )
             results.append(
                 PinOutcome(
