@@ -28,6 +28,8 @@ Q_STOP = 0.01
 MAX_POOL = 1 << 18  # most rows one batch's descent considers (memory: rows x coefficients)
 MAX_PREFIX = 1 << 14  # most moves ranked per descent step
 MAX_INNER = 200  # descent steps per batch
+MAX_KEEP = 8  # columns outside the designs whose rank relation to the outcome the moves keep
+KEEP_WEIGHT = 0.1  # their weight in Q beside the checkpoints' (which must win)
 _EPS = 1e-12
 
 
@@ -625,6 +627,50 @@ def _system(m: _Model, y: np.ndarray, values: np.ndarray | None) -> _System:
     return _System(c["tag"], m.pos, fn, M, unit)
 
 
+def _kept_relations(
+    df: pd.DataFrame,
+    rows: np.ndarray,
+    start: np.ndarray,
+    outcome: str,
+    group: list[dict[str, Any]],
+) -> _System | None:
+    """A soft system that holds the outcome's rank covariance with the columns outside every
+    design of the group (at most MAX_KEEP, those most correlated with it) at its synthesized
+    value: per row the standardized ranks r_i of those columns, S = sum (y_i - y0_i) r_i, in
+    units of its sampling SE (M = KEEP_WEIGHT (R'R)^-1 / var y0). It steers the moves to rows
+    whose change leaves those relations least changed."""
+    used = {outcome} | {col for c in group for col in c.get("columns", [])}
+    cand = [
+        c
+        for c in df.columns
+        if c not in used
+        and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
+    ]
+    var = float(np.var(start))
+    if not cand or var <= 0:
+        return None
+    Z = np.column_stack(
+        [df[c].iloc[rows].to_numpy(dtype="float64", na_value=np.nan) for c in cand]
+    )
+    yc = start - start.mean()
+    Zc = np.nan_to_num(Z - np.nanmean(Z, axis=0))
+    sd = np.sqrt(np.mean(Zc**2, axis=0))
+    corr = np.abs(yc @ Zc) / np.maximum(sd * np.sqrt(var) * len(rows), _EPS)
+    top = [j for j in np.argsort(-corr, kind="stable")[:MAX_KEEP] if corr[j] > 0.05]
+    if not top:
+        return None
+    R = pd.DataFrame(Z[:, top]).rank(pct=True).fillna(0.5).to_numpy()
+    R = (R - R.mean(axis=0)) / np.maximum(R.std(axis=0), _EPS)
+    M = KEEP_WEIGHT * np.linalg.pinv(R.T @ R) / var
+    y0 = start.astype("int64")
+
+    def score(y: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        r = slice(None) if sel is None else sel
+        return (y - y0[r]).astype("float64")[:, None] * R[r]
+
+    return _System("kept relations", np.arange(len(rows)), score, M, R)
+
+
 def _write(df: pd.DataFrame, outcome: str, rows: np.ndarray, vals: np.ndarray) -> None:
     col = df[outcome]
     out = col.copy()
@@ -668,8 +714,11 @@ def _refit(
     return status, records
 
 
-def _ml_pinned(records: dict[str, Any]) -> bool:
-    return all(r["status"] == "pinned" for r in records.values() if r["model"] in GLM_MODELS)
+def _ml_within(records: dict[str, Any], tol: float) -> bool:
+    """Every maximum-likelihood checkpoint refits within `tol` target SE."""
+    return all(
+        r["max_dbeta_se_target"] <= tol for r in records.values() if r["model"] in GLM_MODELS
+    )
 
 
 def pin_discrete_group(
@@ -722,15 +771,19 @@ def pin_discrete_group(
         if kind == "ordered" and all(isinstance(v, (int, float)) for v in levels or [])
         else None
     )
+    keep = _kept_relations(df, rows, start, outcome, group)
     q0 = q1 = float("nan")
-    for q_stop in (Q_STOP, 0.0):  # a second, full round only if the linearisation misled
-        systems = [_system(m, y, values) for m in models]
+    # Rounds until the refit is close enough: with the kept relations (accepted within half
+    # the tolerance), then on the checkpoints alone, then on them to the end.
+    rounds = ((Q_STOP, [keep] if keep else [], PIN_TOL / 2), (Q_STOP, [], PIN_TOL), (0.0, [], PIN_TOL))
+    for q_stop, extra, tol in rounds:
+        systems = [_system(m, y, values) for m in models] + extra
         y, q_a, q1, _ = correct_scores(y, systems, lo, hi, MAX_BATCHES, q_stop)
         q0 = q_a if np.isnan(q0) else q0
         _write(df, outcome, rows, _values_of(y, kind, levels, df[outcome]))
         round_notes: list[str] = []
         status, records = _refit(df, designs, kind, round_notes)
-        if _ml_pinned(records):
+        if _ml_within(records, tol):
             break
     notes += round_notes
     changed = int(np.count_nonzero((y != start) | invalid))
