@@ -152,7 +152,9 @@ def offenders(n: int, seed: int, broken: float = 0.0) -> pd.DataFrame:
 
 def _specs(df: pd.DataFrame) -> list[ColumnSpec]:
     return [
-        ColumnSpec(c, "numeric", str(df[c].dtype), "continuous", c != "x" and c != "w", False, 0, len(df))
+        ColumnSpec(
+            c, "numeric", str(df[c].dtype), "continuous", c != "x" and c != "w", False, 0, len(df)
+        )
         for c in df.columns
     ]
 
@@ -230,7 +232,11 @@ def test_count_is_capped_at_its_released_top() -> None:
     syn = world(4000, 32)
     syn["c"] = np.minimum(syn["c"], 12)
     release = {
-        "blocks": {"all": {"marginals": {"c": {"kind": "categorical", "table": {"levels": list(range(13))}}}}}
+        "blocks": {
+            "all": {
+                "marginals": {"c": {"kind": "categorical", "table": {"levels": list(range(13))}}}
+            }
+        }
     }
     frames, res = pin_checkpoints({"people": syn}, [rel], seed=2, releases={"people": release})
     assert frames["people"]["c"].max() <= 12

@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -295,19 +296,18 @@ def check_release(rel: SourceRelease, fp: Path) -> SourceRelease:
             raise bad(
                 f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)"
             )
-    stray_ordering = _unreleased_in_orderings(rel, names)
-    if stray_ordering:
-        raise bad(*stray_ordering)
+    _check_orderings(rel, names, bad)
     return rel
 
 
-def _unreleased_in_orderings(rel: SourceRelease, names: set[str]) -> tuple[str, str] | None:
-    """(key, problem) of the first ordering flag naming a column the release does not hold."""
+def _check_orderings(
+    rel: SourceRelease, names: set[str], bad: Callable[[str, str], BundleError]
+) -> None:
+    """Every ordering flag names released columns."""
     for i, o in enumerate(rel.get("orderings") or []):
         for col in (o.get("lo"), o.get("hi"), o.get("if"), o.get("then")):
             if col is not None and col not in names:
-                return f"orderings[{i}]", f"{col!r} is not a released column"
-    return None
+                raise bad(f"orderings[{i}]", f"{col!r} is not a released column")
 
 
 def _check_moments(mo: CheckpointMoments, where: str) -> None:

@@ -90,7 +90,7 @@ def _safe_le(x: np.ndarray, y: np.ndarray, k: int) -> bool:
         np.count_nonzero(xb == yb),
     )
     fixed = (np.count_nonzero(yb <= xb.min()), np.count_nonzero(xb >= yb.max()))
-    return min(groups) >= k and all(f == 0 or f >= k for f in fixed)
+    return bool(min(groups) >= k and all(f == 0 or f >= k for f in fixed))
 
 
 def _safe_implies(a: np.ndarray, b: np.ndarray, k: int) -> bool:
@@ -102,7 +102,7 @@ def _safe_implies(a: np.ndarray, b: np.ndarray, k: int) -> bool:
         np.count_nonzero((ab == 0) & (bb == 1)),
         np.count_nonzero((ab == 0) & (bb == 0)),
     )
-    return min(cells) >= k
+    return bool(min(cells) >= k)
 
 
 def _flag(lo: str, hi: str, binary: bool) -> dict[str, str]:

@@ -221,7 +221,9 @@ class _Search:
             top = cand[np.argpartition(dq[cand], K - 1)[:K]] if K < len(cand) else cand
             order = top[np.argsort(dq[top], kind="stable")]
             V = [s + np.cumsum(d[order], axis=0) for d, s in zip(D, S, strict=True)]
-            Qb = sum(np.einsum("ij,ij->i", v @ sy.M, v) for v, sy in zip(V, self.systems, strict=True))
+            Qb = sum(
+                np.einsum("ij,ij->i", v @ sy.M, v) for v, sy in zip(V, self.systems, strict=True)
+            )
             hit = np.flatnonzero(Qb <= q_stop)
             j = int(hit[0]) if len(hit) else int(np.argmin(Qb))
             if not Qb[j] < Q:
@@ -649,9 +651,7 @@ def _kept_relations(
     var = float(np.var(start))
     if not cand or var <= 0:
         return None
-    Z = np.column_stack(
-        [df[c].iloc[rows].to_numpy(dtype="float64", na_value=np.nan) for c in cand]
-    )
+    Z = np.column_stack([df[c].iloc[rows].to_numpy(dtype="float64", na_value=np.nan) for c in cand])
     yc = start - start.mean()
     Zc = np.nan_to_num(Z - np.nanmean(Z, axis=0))
     sd = np.sqrt(np.mean(Zc**2, axis=0))
@@ -775,7 +775,11 @@ def pin_discrete_group(
     q0 = q1 = float("nan")
     # Rounds until the refit is close enough: with the kept relations (accepted within half
     # the tolerance), then on the checkpoints alone, then on them to the end.
-    rounds = ((Q_STOP, [keep] if keep else [], PIN_TOL / 2), (Q_STOP, [], PIN_TOL), (0.0, [], PIN_TOL))
+    rounds = (
+        (Q_STOP, [keep] if keep else [], PIN_TOL / 2),
+        (Q_STOP, [], PIN_TOL),
+        (0.0, [], PIN_TOL),
+    )
     for q_stop, extra, tol in rounds:
         systems = [_system(m, y, values) for m in models] + extra
         y, q_a, q1, _ = correct_scores(y, systems, lo, hi, MAX_BATCHES, q_stop)
