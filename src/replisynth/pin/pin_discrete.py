@@ -30,6 +30,7 @@ MAX_PREFIX = 1 << 14  # most moves ranked per descent step
 MAX_INNER = 200  # descent steps per batch
 MAX_KEEP = 8  # columns outside the designs whose rank relation to the outcome the moves keep
 KEEP_WEIGHT = 0.1  # their weight in Q beside the checkpoints' (which must win)
+MAX_KEEP_SCAN = 64  # columns scanned for them, in frame order
 _EPS = 1e-12
 
 
@@ -649,17 +650,10 @@ def _kept_relations(
         and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
     ]
     var = float(np.var(start))
-    if not cand or var <= 0:
+    Z = _most_related(df, rows, start, cand) if cand and var > 0 else None
+    if Z is None:
         return None
-    Z = np.column_stack([df[c].iloc[rows].to_numpy(dtype="float64", na_value=np.nan) for c in cand])
-    yc = start - start.mean()
-    Zc = np.nan_to_num(Z - np.nanmean(Z, axis=0))
-    sd = np.sqrt(np.mean(Zc**2, axis=0))
-    corr = np.abs(yc @ Zc) / np.maximum(sd * np.sqrt(var) * len(rows), _EPS)
-    top = [j for j in np.argsort(-corr, kind="stable")[:MAX_KEEP] if corr[j] > 0.05]
-    if not top:
-        return None
-    R = pd.DataFrame(Z[:, top]).rank(pct=True).fillna(0.5).to_numpy()
+    R = pd.DataFrame(Z).rank(pct=True).fillna(0.5).to_numpy()
     R = (R - R.mean(axis=0)) / np.maximum(R.std(axis=0), _EPS)
     M = KEEP_WEIGHT * np.linalg.pinv(R.T @ R) / var
     y0 = start.astype("int64")
@@ -669,6 +663,27 @@ def _kept_relations(
         return (y - y0[r]).astype("float64")[:, None] * R[r]
 
     return _System("kept relations", np.arange(len(rows)), score, M, R)
+
+
+def _most_related(
+    df: pd.DataFrame, rows: np.ndarray, start: np.ndarray, cand: list[str]
+) -> np.ndarray | None:
+    """The values on `rows` of the (at most MAX_KEEP) columns of `cand` (the first
+    MAX_KEEP_SCAN) whose correlation with the codes `start` is largest and above 0.05."""
+    yc = start - start.mean()
+    ysd = float(np.sqrt(np.mean(yc**2)))
+    scored = []
+    for c in cand[:MAX_KEEP_SCAN]:
+        z = df[c].iloc[rows].to_numpy(dtype="float64", na_value=np.nan)
+        if not np.isfinite(z).any():
+            continue
+        zc = np.nan_to_num(z - np.nanmean(z))
+        r = abs(float(yc @ zc)) / max(float(np.sqrt(np.mean(zc**2))) * ysd * len(rows), _EPS)
+        if r > 0.05:
+            scored.append((-r, len(scored), z))
+    if not scored:
+        return None
+    return np.column_stack([z for _, _, z in sorted(scored, key=lambda t: t[:2])[:MAX_KEEP]])
 
 
 def _write(df: pd.DataFrame, outcome: str, rows: np.ndarray, vals: np.ndarray) -> None:
