@@ -244,3 +244,27 @@ def test_count_is_capped_at_its_released_top() -> None:
     assert max(t[1] for t in refit_terms(frames["people"], rel)) <= 0.5
     uncapped = pin_checkpoints({"people": syn}, [rel], seed=2)[0]["people"]["c"]
     assert uncapped.max() > 12  # without the released range the pin would leave it
+
+
+def test_review_and_bundle_check_the_flags(tmp_path: Path) -> None:
+    """The output checker's review flags an implication without its released correlation;
+    loading a bundle refuses a flag that names a column the release does not hold."""
+    from replisynth.core.errors import BundleError
+    from replisynth.disclosure.bundle import check_release
+    from replisynth.disclosure.review import check_orderings
+
+    release, _, _ = release_of(offenders(3000, 5), tmp_path)
+    found, notes = check_orderings(release)
+    assert found == [] and any("part -> elig" in n for n in notes)
+    dims = {d["column"]: i for i, d in enumerate(release["dims"])}
+    sp = [list(r) for r in release["blocks"]["all"]["spearman"]]
+    sp[dims["part"]][dims["elig"]] = sp[dims["elig"]][dims["part"]] = None
+    rel = {**release, "blocks": {**release["blocks"], "all": {**release["blocks"]["all"]}}}
+    rel["blocks"]["all"]["spearman"] = sp
+    found, _ = check_orderings(rel)
+    assert len(found) == 1 and found[0]["check"] == "orderings"
+    bad = {**release, "orderings": [{"kind": "le", "lo": "fel", "hi": "arrests_total"}]}
+    with pytest.raises(
+        BundleError, match=r"orderings\[0\]: 'arrests_total' is not a released column"
+    ):
+        check_release(bad, tmp_path / "source_people.json")
