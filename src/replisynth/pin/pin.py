@@ -343,7 +343,7 @@ def pin_checkpoints(
                 )
             )
             continue
-        if is_discrete_group(group):  # maximum-likelihood checkpoints: draw + score correction
+        if is_discrete_group(group):  # maximum-likelihood checkpoints: fewest changes
             st, dnotes, detail = pin_discrete_group(
                 df,
                 group,
