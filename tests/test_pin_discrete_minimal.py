@@ -268,3 +268,29 @@ def test_review_and_bundle_check_the_flags(tmp_path: Path) -> None:
         BundleError, match=r"orderings\[0\]: 'arrests_total' is not a released column"
     ):
         check_release(bad, tmp_path / "source_people.json")
+
+
+def test_ordering_bounds_on_ordered_and_binary_outcomes() -> None:
+    """Bounds per row: an ordered outcome with numeric levels is capped at the largest level
+    not above its partner and floored at the smallest not below; string levels take no bound;
+    `implies` caps a 0/1 `if` column at its partner; rows whose partners leave no value keep
+    the plain support."""
+    from replisynth.pin.pin_discrete import ordering_bounds
+
+    df = pd.DataFrame(
+        {"y": [1, 2, 3, 4, 2], "top": [2.5, 9.0, 1.0, np.nan, 0.5], "low": [1, 1, 1, 3, 9]}
+    )
+    flags = [{"kind": "le", "lo": "y", "hi": "top"}, {"kind": "le", "lo": "low", "hi": "y"}]
+    rows = np.arange(len(df))
+    lo, hi, used = ordering_bounds(df, rows, "y", flags, "ordered", [1, 2, 4, 8], (0.0, 3.0))
+    assert used == ["y <= top", "low <= y"]
+    # codes of levels [1, 2, 4, 8]: top 2.5 -> code 1 (level 2); low 3 -> code 2 (level 4);
+    # top 1.0 caps at code 0; top 0.5 leaves no level and low 9 none either: plain support
+    assert hi.tolist() == [1.0, 3.0, 0.0, 3.0, 3.0] and lo.tolist() == [0.0, 0.0, 0.0, 2.0, 0.0]
+    _, _, used = ordering_bounds(df, rows, "y", flags, "ordered", ["a", "b", "c", "d"], (0, 3))
+    assert used == []
+    d2 = pd.DataFrame({"p": [1, 1, 0, 0], "e": [1, 0, 0, 1]})
+    lo, hi, _ = ordering_bounds(
+        d2, np.arange(4), "p", [{"kind": "implies", "if": "p", "then": "e"}], "binary", None, (0, 1)
+    )
+    assert hi.tolist() == [1.0, 0.0, 0.0, 1.0] and lo.tolist() == [0.0] * 4
