@@ -377,11 +377,6 @@ def _draw(
     return (u[:, None] > cum).sum(axis=1).astype("int64")
 
 
-def _current_codes(col: pd.Series, kind: str, levels: list | None) -> np.ndarray:
-    """The synthesized outcome as codes of the support (invalid values moved into it)."""
-    return _start_codes(col, kind, levels)[0]
-
-
 def _start_codes(col: pd.Series, kind: str, levels: list | None) -> tuple[np.ndarray, np.ndarray]:
     """(codes, invalid): the synthesized outcome as codes of the support, and the rows whose
     value has none (missing, or not a released category); those get a code from the model."""
