@@ -3,8 +3,9 @@
 For each family a checkpoint is captured on seeded data with known parameters (true values in
 `glm_people`) and pinned on *other* data of the same size (another seed). Printed per family:
 the largest |b - b*|/SE over the released terms and seeds, with the released SE (target) and
-the synthetic refit's SE, after the fresh draw alone ("draw") and after the score correction
-("pinned"), plus the largest drift of the outcome's mean/shares in sampling SEs and seconds.
+the synthetic refit's SE, before the correction ("draw": the other data's outcome as it is,
+the pin's starting point) and after it ("pinned"), plus the largest drift of the outcome's
+mean/shares in sampling SEs and seconds.
 
   python benchmarks/glm_pin.py [--rows 1000] [--seeds 10] [--families logit,poisson]
 """

@@ -67,6 +67,7 @@ TABLE: dict[str, tuple[str, ...]] = {
     ),
     "GroupRelease": ("$defs", "source", "properties", "groups", "additionalProperties"),
     "DerivedColumn": ("$defs", "source", "properties", "derived", "additionalProperties"),
+    "Ordering": ("$defs", "source", "properties", "orderings", "items"),
     "Panel": ("$defs", "source", "properties", "panel"),
     "EntityStructure": ("$defs", "source", "properties", "entity_structure"),
 }

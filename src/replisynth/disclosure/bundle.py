@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -295,7 +296,18 @@ def check_release(rel: SourceRelease, fp: Path) -> SourceRelease:
             raise bad(
                 f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)"
             )
+    _check_orderings(rel, names, bad)
     return rel
+
+
+def _check_orderings(
+    rel: SourceRelease, names: set[str], bad: Callable[[str, str], BundleError]
+) -> None:
+    """Every ordering flag names released columns."""
+    for i, o in enumerate(rel.get("orderings") or []):
+        for col in (o.get("lo"), o.get("hi"), o.get("if"), o.get("then")):
+            if col is not None and col not in names:
+                raise bad(f"orderings[{i}]", f"{col!r} is not a released column")
 
 
 def _check_moments(mo: CheckpointMoments, where: str) -> None:

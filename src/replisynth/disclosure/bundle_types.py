@@ -268,6 +268,20 @@ DerivedColumn = TypedDict(
 )
 
 
+# A logical ordering that holds in every row (extract/orderings.py): kind "le" with lo <= hi,
+# kind "implies" with if = 1 => then = 1. Functional form: "if" is a keyword.
+Ordering = TypedDict(
+    "Ordering",
+    {
+        "kind": Literal["le", "implies"],
+        "lo": NotRequired[str],
+        "hi": NotRequired[str],
+        "if": NotRequired[str],
+        "then": NotRequired[str],
+    },
+)
+
+
 class PeriodTrend(TypedDict):
     slope: NotRequired[float]
     share: NotRequired[float]
@@ -313,6 +327,7 @@ class SourceRelease(TypedDict):
     groups: NotRequired[dict[str, GroupRelease]]
     missing_groups: NotRequired[list[list[str]]]
     derived: NotRequired[dict[str, DerivedColumn]]
+    orderings: NotRequired[list[Ordering]]
     panel: NotRequired[Panel | None]
     entity_structure: NotRequired[EntityStructure | None]
     missing_codes: NotRequired[dict[str, MissingCodes]]

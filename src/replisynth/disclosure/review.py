@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from replisynth import __version__
-from replisynth.disclosure.bundle_types import CheckpointRecord, SdcLogFile, SourceRelease
+from replisynth.disclosure.bundle_types import (
+    CheckpointRecord,
+    SdcLogFile,
+    SourceRelease,
+    untyped,
+)
 from replisynth.disclosure.linked_correlations import check_correlations
-from replisynth.disclosure.sdc import DisclosureError, check_release
+from replisynth.disclosure.sdc import DisclosureError, check_release, ordering_backed
 from replisynth.io.atomic import write_text
 from replisynth.io.files import write_json
 
@@ -183,6 +188,25 @@ def check_groups(release: SourceRelease) -> tuple[list[Finding], list[str]]:
     return findings, notes
 
 
+def check_orderings(release: SourceRelease) -> tuple[list[Finding], list[str]]:
+    """Ordering flags: an implication whose 2 x 2 table the released correlation and shares
+    do not give states a zero cell on its own (sdc.ordering_backed)."""
+    findings, notes = [], []
+    for o in release.get("orderings") or []:
+        pair = (o.get("lo"), o.get("hi")) if o["kind"] == "le" else (o.get("if"), o.get("then"))
+        notes.append(f"{release['source']}: {o['kind']} {pair[0]} -> {pair[1]}")
+        if not ordering_backed(untyped(release), untyped(o)):
+            findings.append(
+                {
+                    "check": "orderings",
+                    "source": release["source"],
+                    "column": pair[0],
+                    "finding": f"implication flag {pair[0]} -> {pair[1]} without the pair's released correlation: it states a zero cell the released numbers do not give",
+                }
+            )
+    return findings, notes
+
+
 def check_log(sdc_log: SdcLogFile, findings: list[Finding]) -> list[Finding]:
     """sdc_log.json must not call something suppressed that the bundle still discloses: a
     finding in the same source/block/column as a 'suppressed' decision is reported again."""
@@ -320,6 +344,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
 
     table_status, table_found = "run", []
     count_found, corr_found, group_found, group_notes = [], [], [], []
+    order_found, order_notes = [], []
     corr_stats = {"pairs_checked": 0, "pairs_not_derivable": 0, "linked_checked": 0}
     for rel in b.releases.values():
         status, f = interval_audit(rel, k)
@@ -332,6 +357,9 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         gf, gn = check_groups(rel)
         group_found += gf
         group_notes += gn
+        of, on = check_orderings(rel)
+        order_found += of
+        order_notes += on
     record("interval audit of the linked frequency tables", table_found, table_status)
     record("stratum sizes, table counts and grid sample sizes", count_found)
     record("2x2 tables implied by correlations of two-valued dims", corr_found, **corr_stats)
@@ -340,6 +368,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         "checkpoints: gates logged, small groups, differencing of samples", cp_found, notes=cp_notes
     )
     record("group sizes", group_found, notes=group_notes)
+    record("ordering flags backed by released correlations", order_found, notes=order_notes)
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
     not_run = [c["check"] for c in checks if c["status"] != "run"]
     if findings:

@@ -6,6 +6,7 @@ levels or terms, never a row value and never the value of a suppressed category.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,25 @@ def check_missing_codes(release: dict[str, Any], min_cell: int) -> None:
             min_cell,
             f"{release['source']}/all/{col}/missing codes",
         )
+
+
+def ordering_backed(release: Mapping[str, Any], flag: Mapping[str, Any]) -> bool:
+    """Whether an ordering flag adds nothing a gate protects: a `le` flag always passes here
+    (its own gate runs at extract); an implication a = 1 => b = 1 only when the source-level
+    block releases the correlation of the two columns' single dims, which with their shares
+    and the row count already gives the 2 x 2 table and so its zero cell (docs/disclosure.md,
+    "Ordering flags")."""
+    if flag.get("kind") != "implies":
+        return True
+    dims: dict[str, list[int]] = {}
+    for i, d in enumerate(release["dims"]):
+        if d["kind"] != "missing":
+            dims.setdefault(d["column"], []).append(i)
+    a, b = dims.get(flag.get("if", "")), dims.get(flag.get("then", ""))
+    sp = release["blocks"]["all"].get("spearman")
+    if not a or not b or len(a) != 1 or len(b) != 1 or not sp:
+        return False
+    return sp[a[0]][b[0]] is not None
 
 
 def check_windows(release: dict[str, Any], min_cell: int) -> None:

@@ -27,6 +27,7 @@ from replisynth.disclosure.linked_tables import (
 )
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
+from replisynth.extract.orderings import detect_orderings, gate_orderings
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
     ColumnSpec,
@@ -862,6 +863,9 @@ def extract_source(
     }
     release.update({"missing_codes": codes} if codes else {})
     release.update({"free_text": free_text} if free_text else {})
+    orderings = detect_orderings(work, specs, marginals, sdc.min_cell_size, set(source.strata))
+    if orderings:
+        release["orderings"] = orderings
     # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
     # maps pooled levels as the synthetic data will hold them).
     structure = _entity_release(
@@ -875,6 +879,7 @@ def extract_source(
     release, entries = protect_release(release, counts, sdc.min_cell_size)
     log.entries[linked_at:linked_at] = entries
     log.extend(linked_correlation_gate(release, sdc.min_cell_size))
+    log.extend(gate_orderings(release))
     check_release(release, sdc.min_cell_size)
     return cast(SourceRelease, release), log
 

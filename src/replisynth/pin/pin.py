@@ -5,7 +5,7 @@ Method: docs/method.md, "Layer 4: pinning".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -335,14 +335,16 @@ def pin_checkpoints(
     shape_ses: bool = True,
     weight_bounds: tuple[float, float] | None = None,
     progress: Callable[[str], None] | None = None,
+    releases: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
     Each group takes Newton steps until its refit is exact (the sample can move when a
     subset or a missing pattern involves the outcome); a group that does not get there in
     MAX_PASSES steps, or whose stacked constraints are inconsistent, is `approximate`.
-    A group with a maximum-likelihood checkpoint goes to `pin_discrete` (seeded draw and score
-    correction, with the stream `seed`/pin/<source>/<outcome>).
+    A group with a maximum-likelihood checkpoint goes to `pin_discrete` (fewest moves of the
+    synthesized values; the stream `seed`/pin/<source>/<outcome> draws only values that have
+    none; `releases[source]` gives a count's released range and the orderings to keep).
 
     Where the residual can move on its own rows (a pinned group whose outcome is not in a
     subset and whose samples are disjoint), it is scaled to the released residual variance
@@ -372,9 +374,13 @@ def pin_checkpoints(
                 )
             )
             continue
-        if is_discrete_group(group):  # maximum-likelihood checkpoints: draw + score correction
+        if is_discrete_group(group):  # maximum-likelihood checkpoints: fewest changes
             st, dnotes, detail = pin_discrete_group(
-                df, group, outcome, rng(seed, "pin", source, outcome)
+                df,
+                group,
+                outcome,
+                rng(seed, "pin", source, outcome),
+                (releases or {}).get(source),
             )
             results.append(
                 PinOutcome(

@@ -1,6 +1,7 @@
 """Layer 4 for outcomes with a discrete support (0/1, counts, ordered categories): pin the
-maximum-likelihood checkpoints of one outcome, with any linear ones on it, by a model draw
-and a score correction. Method: docs/method.md, "Maximum-likelihood checkpoints".
+maximum-likelihood checkpoints of one outcome, with any linear ones on it, by changing as few
+synthesized values as the score equations need (flips, +-1 steps, one category step), inside
+the released range and orderings. Method: docs/method.md, "Maximum-likelihood checkpoints".
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from replisynth.stats.design import build_design, outcome_codes, released_terms
 
 PIN_TOL = 0.5  # |b - b*| / SE_target at which a discrete-outcome checkpoint counts as pinned
 MAX_BATCHES = 400
+# Q at which the correction stops: every linear combination of the coefficients is then within
+# 0.1 synthetic SE to first order; fewer rows move than a full descent would move.
+Q_STOP = 0.01
+MAX_POOL = 1 << 18  # most rows one batch's descent considers (memory: rows x coefficients)
+MAX_PREFIX = 1 << 14  # most moves ranked per descent step
+MAX_INNER = 200  # descent steps per batch
+MAX_KEEP = 8  # columns outside the designs whose rank relation to the outcome the moves keep
+KEEP_WEIGHT = 0.1  # their weight in Q beside the checkpoints' (which must win)
+MAX_KEEP_SCAN = 64  # columns scanned for them, in frame order
 _EPS = 1e-12
 
 
@@ -138,30 +148,34 @@ def _Q(S: list[np.ndarray], systems: list[_System]) -> float:
     return float(sum(s @ sy.M @ s for s, sy in zip(S, systems, strict=True)))
 
 
-def correct_scores(
-    y: np.ndarray, systems: list[_System], lo: int, hi: float, max_batches: int = MAX_BATCHES
-) -> tuple[np.ndarray, float, float, int]:
-    """Greedy batched one-step moves of the codes `y` within [lo, hi] that lower
-    Q = sum_c S_c' M_c S_c; returns (y, Q before, Q after, rows moved)."""
-    y = y.astype("int64").copy()
-    n = len(y)
-    S = [sy.score(y[sy.pos]).sum(axis=0) for sy in systems]
-    Q0 = Q = _Q(S, systems)
-    batch = max(1, int(np.sqrt(n)))
-    moved = np.zeros(n, dtype=bool)
-    quad = [
-        None if sy.unit is None else np.einsum("ij,ij->i", sy.unit @ sy.M, sy.unit)
-        for sy in systems
-    ]
-    # nonlinear systems: each row's score change under +1 / -1 and its quadratic term, cached
-    # and refreshed only for the rows that moved (M is fixed)
-    cache: list[list[np.ndarray] | None] = [None for _ in systems]
+class _Search:
+    """State of the discrete search: the codes, each system's summed score, Q, and for scores
+    not linear in y each row's cached one-step score changes (refreshed for moved rows)."""
 
-    def moves(sy: _System, rows: np.ndarray | None) -> list[np.ndarray]:
-        yc = y[sy.pos] if rows is None else y[sy.pos[rows]]
+    def __init__(
+        self, y: np.ndarray, systems: list[_System], lo: np.ndarray, hi: np.ndarray
+    ) -> None:
+        self.y, self.systems, self.lo, self.hi = y, systems, lo, hi
+        self.S = [sy.score(y[sy.pos]).sum(axis=0) for sy in systems]
+        self.Q = _Q(self.S, systems)
+        self.quad = [
+            None if sy.unit is None else np.einsum("ij,ij->i", sy.unit @ sy.M, sy.unit)
+            for sy in systems
+        ]
+        self.cache = [None if sy.unit is not None else self._moves(sy, None) for sy in systems]
+        self.inv = []  # per system: each group row's position in its sample (-1: not in it)
+        for sy in systems:
+            inv = np.full(len(y), -1, dtype="int64")
+            inv[sy.pos] = np.arange(len(sy.pos))
+            self.inv.append(inv)
+
+    def _moves(self, sy: _System, rows: np.ndarray | None) -> list[np.ndarray]:
+        """Each row's score change under +1 and -1 (0 where blocked) and its quadratic term."""
+        p = sy.pos if rows is None else sy.pos[rows]
+        yc = self.y[p]
         base = sy.score(yc, rows)
-        up = sy.score(yc + 1 if not np.isfinite(hi) else np.minimum(yc + 1, int(hi)), rows) - base
-        down = sy.score(np.maximum(yc - 1, lo), rows) - base
+        up = sy.score(np.where(yc + 1 > self.hi[p], yc, yc + 1), rows) - base
+        down = sy.score(np.where(yc - 1 < self.lo[p], yc, yc - 1), rows) - base
         return [
             up,
             down,
@@ -169,14 +183,12 @@ def correct_scores(
             np.einsum("ij,ij->i", down @ sy.M, down),
         ]
 
-    for i, sy in enumerate(systems):
-        if sy.unit is None:
-            cache[i] = moves(sy, None)
-    for _ in range(max_batches):
-        if Q <= 1e-12:
-            break
+    def change(self) -> np.ndarray:
+        """(2, n): the exact change of Q when one row moves up (row 0) or down (row 1);
+        inf where the move leaves the row's bounds."""
+        n = len(self.y)
         dq = np.zeros((2, n))
-        for s, sy, qd, cc in zip(S, systems, quad, cache, strict=True):
+        for s, sy, qd, cc in zip(self.S, self.systems, self.quad, self.cache, strict=True):
             g = 2.0 * (sy.M @ s)
             if cc is None:  # linear in y: the change of Q is +-u'g + u'Mu, u fixed
                 ug = sy.unit @ g
@@ -185,45 +197,112 @@ def correct_scores(
             else:
                 dq[0, sy.pos] += cc[0] @ g + cc[2]
                 dq[1, sy.pos] += cc[1] @ g + cc[3]
-        dq[0, y + 1 > hi] = np.inf
-        dq[1, y - 1 < lo] = np.inf
+        dq[0, self.y + 1 > self.hi] = np.inf
+        dq[1, self.y - 1 < self.lo] = np.inf
+        return dq
+
+    def descend(self, pool: np.ndarray, up: np.ndarray, q_stop: float) -> int:
+        """Descent on the moves of the rows `pool` (direction `up`), each row moving at most
+        once: repeatedly rank the still-unmoved rows by their exact change of Q at the current
+        scores and take the prefix of that ranking that reaches q_stop, else the one with the
+        lowest Q (Q of every prefix is exact: the rows' score changes add up). Applies the
+        moves; returns how many."""
+        D, quad = self._pool_effects(pool, up[pool])
+        free = np.ones(len(pool), dtype=bool)
+        S, Q = list(self.S), self.Q
+        for _ in range(MAX_INNER):
+            if Q <= max(q_stop, 1e-12):
+                break
+            dq = sum(d @ (2.0 * (sy.M @ s)) for d, s, sy in zip(D, S, self.systems, strict=True))
+            dq = dq + quad
+            cand = np.flatnonzero(free & (dq < -1e-12 * max(Q, 1e-12)))
+            if len(cand) == 0:
+                break
+            K = min(len(cand), MAX_PREFIX)
+            top = cand[np.argpartition(dq[cand], K - 1)[:K]] if K < len(cand) else cand
+            order = top[np.argsort(dq[top], kind="stable")]
+            V = [s + np.cumsum(d[order], axis=0) for d, s in zip(D, S, strict=True)]
+            Qb = sum(
+                np.einsum("ij,ij->i", v @ sy.M, v) for v, sy in zip(V, self.systems, strict=True)
+            )
+            hit = np.flatnonzero(Qb <= q_stop)
+            j = int(hit[0]) if len(hit) else int(np.argmin(Qb))
+            if not Qb[j] < Q:
+                break
+            free[order[: j + 1]] = False
+            S, Q = [v[j] for v in V], float(Qb[j])
+        take = np.zeros(len(self.y), dtype=bool)
+        take[pool[~free]] = True
+        if take.any():
+            self.apply(take, up, S, Q)
+        return int(np.count_nonzero(take))
+
+    def _pool_effects(
+        self, pool: np.ndarray, up: np.ndarray
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per system the score change of each pool row's move (0 outside its sample), and
+        the summed quadratic terms d'Md of the moves."""
+        D, quad = [], np.zeros(len(pool))
+        for sy, cc, qd, inv in zip(self.systems, self.cache, self.quad, self.inv, strict=True):
+            p = inv[pool]
+            inside = p >= 0
+            r, u = p[inside], up[inside]
+            d = np.zeros((len(pool), sy.M.shape[0]))
+            if cc is None:
+                d[inside] = np.where(u, 1.0, -1.0)[:, None] * sy.unit[r]
+                quad[inside] += qd[r]
+            else:
+                d[inside] = np.where(u[:, None], cc[0][r], cc[1][r])
+                quad[inside] += np.where(u, cc[2][r], cc[3][r])
+            D.append(d)
+        return D, quad
+
+    def apply(self, take: np.ndarray, up: np.ndarray, S: list[np.ndarray], Q: float) -> None:
+        self.y[take] += np.where(up[take], 1, -1)
+        self.S, self.Q = S, Q
+        for i, sy in enumerate(self.systems):
+            cc = self.cache[i]
+            rows = np.flatnonzero(take[sy.pos])
+            if cc is not None and len(rows):
+                for a, v in zip(cc, self._moves(sy, rows), strict=True):
+                    a[rows] = v
+
+
+def _bounds(v: float | np.ndarray, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(v, dtype="float64"), (n,))
+
+
+def correct_scores(
+    y: np.ndarray,
+    systems: list[_System],
+    lo: float | np.ndarray,
+    hi: float | np.ndarray,
+    max_batches: int = MAX_BATCHES,
+    q_stop: float = 0.0,
+) -> tuple[np.ndarray, float, float, int]:
+    """One-step moves of the codes `y` within [lo, hi] (scalars or per row) that lower
+    Q = sum_c S_c' M_c S_c, until Q <= q_stop or no single move lowers it. Each batch finds
+    every row's best move and its exact effect on Q, then descends on the improving ones
+    (`_Search.descend`). Returns (y, Q before, Q after, rows whose code changed)."""
+    y0 = y.astype("int64")
+    n = len(y0)
+    st = _Search(y0.copy(), systems, _bounds(lo, n), _bounds(hi, n))
+    Q0 = st.Q
+    idx = np.arange(n)
+    for _ in range(max_batches):
+        if st.Q <= max(q_stop, 1e-12):
+            break
+        dq = st.change()
         direction = np.argmin(dq, axis=0)
-        best = dq[direction, np.arange(n)]
-        cand = np.flatnonzero(best < -1e-12 * max(Q, 1e-12))
+        best = dq[direction, idx]
+        cand = np.flatnonzero(best < -1e-12 * max(st.Q, 1e-12))
         if len(cand) == 0:
             break
-        b = min(batch, len(cand))
-        top = cand[np.argpartition(best[cand], b - 1)[:b]] if b < len(cand) else cand
-        order = top[np.argsort(best[top], kind="stable")]
-        while True:
-            take = np.zeros(n, dtype=bool)
-            take[order[:b]] = True
-            newS = []
-            for s, sy, cc in zip(S, systems, cache, strict=True):
-                sel = take[sy.pos]
-                up_move = direction[sy.pos][sel] == 0
-                if cc is None:
-                    newS.append(s + np.where(up_move, 1.0, -1.0) @ sy.unit[sel])
-                else:
-                    newS.append(s + np.where(up_move[:, None], cc[0][sel], cc[1][sel]).sum(axis=0))
-            newQ = _Q(newS, systems)
-            if newQ < Q or b == 1:
-                break
-            b = max(1, b // 2)
-        if not newQ < Q:
+        if len(cand) > MAX_POOL:
+            cand = cand[np.argpartition(best[cand], MAX_POOL - 1)[:MAX_POOL]]
+        if st.descend(np.sort(cand), direction == 0, q_stop) == 0:
             break
-        y[take] += np.where(direction[take] == 0, 1, -1)
-        moved |= take
-        S, Q = newS, newQ
-        for i, sy in enumerate(systems):
-            if cache[i] is not None:
-                rows = np.flatnonzero(take[sy.pos])
-                if len(rows):
-                    fresh = moves(sy, rows)
-                    for a, v in zip(cache[i], fresh, strict=True):
-                        a[rows] = v
-        batch = min(2 * b, len(cand)) if b == min(batch, len(cand)) else max(1, b)
-    return y, Q0, Q, int(moved.sum())
+    return st.y, Q0, st.Q, int(np.count_nonzero(st.y != y0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,16 +377,18 @@ def _draw(
     return (u[:, None] > cum).sum(axis=1).astype("int64")
 
 
-def _current_codes(col: pd.Series, kind: str, levels: list | None) -> np.ndarray:
-    """The synthesized outcome as codes of the support (invalid values moved into it)."""
+def _start_codes(col: pd.Series, kind: str, levels: list | None) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, invalid): the synthesized outcome as codes of the support, and the rows whose
+    value has none (missing, or not a released category); those get a code from the model."""
     if kind == "ordered":
         c = outcome_codes(col, levels or [])
-        return np.where(c < 0, 0, c)
+        return np.where(c < 0, 0, c), c < 0
     v = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
-    v = np.nan_to_num(v)
+    bad = ~np.isfinite(v)
+    v = np.where(bad, 0.0, v)
     if kind == "binary":
-        return (v > 0.5).astype("int64")
-    return np.maximum(np.round(v), 0).astype("int64")
+        return (v > 0.5).astype("int64"), bad
+    return np.maximum(np.round(v), 0).astype("int64"), bad
 
 
 def _values_of(codes: np.ndarray, kind: str, levels: list | None, like: pd.Series) -> np.ndarray:
@@ -378,54 +459,125 @@ def _marginal_drift(
     return {}
 
 
-def pin_discrete_group(
-    df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, rng: np.random.Generator
-) -> tuple[str, list[str], dict[str, Any]]:
-    """Pin one outcome group holding maximum-likelihood checkpoints (df is changed in place:
-    only `outcome`, only on the estimation samples). Returns (status, notes, detail)."""
+def _released_range(
+    release: dict[str, Any] | None, outcome: str, kind: str, levels: list | None
+) -> tuple[float, float]:
+    """(lowest, highest) code of the outcome's support: 0/1, the ordered categories, or for
+    counts the released source-level marginal's smallest and largest value (levels of its
+    frequency table, or its percentile grid's ends); counts without a released marginal are
+    bounded below by 0 only."""
+    if kind == "binary":
+        return 0.0, 1.0
+    if kind == "ordered":
+        return 0.0, float(len(levels or []) - 1)
+    m = ((release or {}).get("blocks", {}).get("all", {}).get("marginals", {})).get(outcome, {})
+    vals = m.get("table", {}).get("levels") if m.get("kind") == "categorical" else m.get("grid")
+    nums = [float(v) for v in vals or [] if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    nums = [v for v in nums if np.isfinite(v)]
+    if not nums:
+        return 0.0, float("inf")
+    return float(max(0.0, np.ceil(min(nums)))), float(max(0.0, np.floor(max(nums))))
 
-    kind, levels = _support(group)
+
+def _code_limits(
+    z: np.ndarray, kind: str, levels: list | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(largest code whose value <= z, smallest code whose value >= z) per row, or None when
+    the outcome's categories are not increasing numbers (an ordering cannot bind them)."""
+    if kind != "ordered":
+        return np.floor(z), np.ceil(z)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels or []):
+        return None
+    lv = np.asarray(levels, dtype="float64")
+    if len(lv) < 2 or not np.all(np.diff(lv) > 0):
+        return None
+    return (
+        np.searchsorted(lv, z, side="right").astype("float64") - 1,
+        np.searchsorted(lv, z, side="left").astype("float64"),
+    )
+
+
+def ordering_bounds(
+    df: pd.DataFrame,
+    rows: np.ndarray,
+    outcome: str,
+    orderings: list[dict[str, Any]],
+    kind: str,
+    levels: list | None,
+    span: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-row (lo, hi) codes of `outcome` on the positions `rows`: the support `span`,
+    narrowed by every released ordering that involves the outcome, at the partner column's
+    current values (y <= z caps y at z; z <= y floors it; `implies` a => b is a <= b on 0/1).
+    Rows where the partners leave no value keep the plain support. Returns the names of the
+    orderings used."""
+    lo = np.full(len(rows), span[0])
+    hi = np.full(len(rows), span[1])
+    used: list[str] = []
+    for o in orderings:
+        pair = (o.get("lo"), o.get("hi")) if o.get("kind") == "le" else (o.get("if"), o.get("then"))
+        if outcome not in pair or pair[0] == pair[1] or None in pair:
+            continue
+        partner = pair[1] if pair[0] == outcome else pair[0]
+        if partner not in df.columns:
+            continue
+        z = pd.to_numeric(df[partner].iloc[rows], errors="coerce").to_numpy(dtype="float64")
+        limits = _code_limits(z, kind, levels)
+        if limits is None:
+            continue
+        ok = np.isfinite(z)
+        if pair[0] == outcome:
+            hi = np.where(ok, np.minimum(hi, limits[0]), hi)
+        else:
+            lo = np.where(ok, np.maximum(lo, limits[1]), lo)
+        used.append(f"{pair[0]} <= {pair[1]}")
+    clash = lo > hi
+    lo[clash], hi[clash] = span
+    return lo, hi, used
+
+
+@dataclass
+class _Model:
+    """One checkpoint of the group on the group's rows."""
+
+    c: dict[str, Any]
+    X: np.ndarray
+    theta: np.ndarray
+    pos: np.ndarray
+    w: np.ndarray
+
+
+def _designs(
+    df: pd.DataFrame, group: list[dict[str, Any]], outcome: str, kind: str, levels: list | None
+) -> tuple[list[tuple[dict[str, Any], Any]], list[str]]:
+    """Each checkpoint's design, built with the outcome replaced by a valid placeholder (the
+    samples then do not depend on the synthesized values); notes for those that fail."""
     notes: list[str] = []
-    if any(outcome in c.get("subset_columns", []) for c in group):
-        notes.append(
-            f"the subset of a checkpoint reads {outcome!r}: the sample moves with the outcome"
-        )
     orig = _with_placeholder(df, outcome, kind, levels)
     designs = []
     try:
         for c in group:
             cp = checkpoint_from_release(c)
             try:
-                designs.append(
-                    (
-                        c,
-                        build_design(
-                            df,
-                            cp,
-                            f"checkpoint {cp.tag!r} on synthetic data",
-                            released=released_terms(c),
-                        ),
-                    )
+                d = build_design(
+                    df,
+                    cp,
+                    f"checkpoint {cp.tag!r} on synthetic data",
+                    released=released_terms(c),
                 )
             except CheckpointError as exc:
                 notes.append(str(exc))
+                continue
+            designs.append((c, d))
     finally:
         df[outcome] = orig
-    if not designs:
-        return "failed", notes, {}
-    rows = np.unique(np.concatenate([df.index.get_indexer(d.index) for _, d in designs]))
-    pos_of = np.full(len(df), -1, dtype="int64")
-    pos_of[rows] = np.arange(len(rows))
-    y = _current_codes(df[outcome].iloc[rows], kind, levels)
-    values = (
-        np.asarray(levels, dtype="float64")
-        if kind == "ordered" and all(isinstance(v, (int, float)) for v in levels or [])
-        else None
-    )
-    hi = float("inf") if kind == "count" else (1 if kind == "binary" else len(levels or []) - 1)
-    systems: list[_System] = []
-    drawn = False
-    primary = None
+    return designs, notes
+
+
+def _models(
+    df: pd.DataFrame, designs: list[tuple[dict[str, Any], Any]], pos_of: np.ndarray
+) -> tuple[list[_Model], list[str]]:
+    out, notes = [], []
     for c, d in designs:
         try:
             theta = _theta(c, d.terms, c["model"])
@@ -434,28 +586,103 @@ def pin_discrete_group(
             continue
         pos = pos_of[df.index.get_indexer(d.index)]
         w = d.weights if d.weights is not None else np.ones(len(pos))
-        if c["model"] in GLM_MODELS and not drawn:
-            y[pos] = np.clip(_draw(c["model"], d.X, theta, rng, c.get("dispersion")), 0, hi)
-            drawn, primary = True, (c, pos, w)
-        if c["model"] in GLM_MODELS:
-            fn = score_function(c["model"], d.X, w, theta, None)
-            s = fn(y[pos])
-            M = np.linalg.pinv(s.T @ s)
-        else:
-            scale = float(c.get("scale") or 1.0)
-            fn = score_function("ols", d.X, w, theta, values, scale)
-            M = np.linalg.pinv((d.X.T * w) @ d.X / scale)
-        unit = None
-        if c["model"] in ("logit", "probit", "poisson") or (
-            c["model"] not in GLM_MODELS and values is None
-        ):
-            unit = fn(np.ones(len(pos))) - fn(np.zeros(len(pos)))
-        systems.append(_System(c["tag"], pos, fn, M, unit))
-    if not drawn:
-        return "failed", notes, {}
-    y, q0, q1, n_moved = correct_scores(y, systems, 0, hi, max_batches=MAX_BATCHES)
+        out.append(_Model(c, d.X, theta, pos, w))
+    return out, notes
+
+
+def _fill_invalid(
+    y: np.ndarray, invalid: np.ndarray, ml: list[_Model], rng: np.random.Generator
+) -> np.ndarray:
+    """Codes for the sample rows without a valid synthesized value: drawn from the first
+    maximum-likelihood checkpoint whose sample holds them (0 if none does)."""
+    y = y.copy()
+    todo = invalid.copy()
+    for m in ml:
+        sel = np.flatnonzero(todo[m.pos])
+        if len(sel):
+            X = m.X[sel]
+            y[m.pos[sel]] = _draw(m.c["model"], X, m.theta, rng, m.c.get("dispersion"))
+            todo[m.pos[sel]] = False
+    return y
+
+
+def _system(m: _Model, y: np.ndarray, values: np.ndarray | None) -> _System:
+    """The score system of one checkpoint, its metric taken at the codes `y`."""
+    c = m.c
+    if c["model"] in GLM_MODELS:
+        fn = score_function(c["model"], m.X, m.w, m.theta, None)
+        s = fn(y[m.pos])
+        M = np.linalg.pinv(s.T @ s)
+    else:
+        scale = float(c.get("scale") or 1.0)
+        fn = score_function("ols", m.X, m.w, m.theta, values, scale)
+        M = np.linalg.pinv((m.X.T * m.w) @ m.X / scale)
+    unit = None
+    if c["model"] in ("logit", "probit", "poisson") or (
+        c["model"] not in GLM_MODELS and values is None
+    ):
+        unit = fn(np.ones(len(m.pos))) - fn(np.zeros(len(m.pos)))
+    return _System(c["tag"], m.pos, fn, M, unit)
+
+
+def _kept_relations(
+    df: pd.DataFrame,
+    rows: np.ndarray,
+    start: np.ndarray,
+    outcome: str,
+    group: list[dict[str, Any]],
+) -> _System | None:
+    """A soft system that holds the outcome's rank covariance with the columns outside every
+    design of the group (at most MAX_KEEP, those most correlated with it) at its synthesized
+    value: per row the standardized ranks r_i of those columns, S = sum (y_i - y0_i) r_i, in
+    units of its sampling SE (M = KEEP_WEIGHT (R'R)^-1 / var y0). It steers the moves to rows
+    whose change leaves those relations least changed."""
+    used = {outcome} | {col for c in group for col in c.get("columns", [])}
+    cand = [
+        c
+        for c in df.columns
+        if c not in used
+        and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))
+    ]
+    var = float(np.var(start))
+    Z = _most_related(df, rows, start, cand) if cand and var > 0 else None
+    if Z is None:
+        return None
+    R = pd.DataFrame(Z).rank(pct=True).fillna(0.5).to_numpy()
+    R = (R - R.mean(axis=0)) / np.maximum(R.std(axis=0), _EPS)
+    M = KEEP_WEIGHT * np.linalg.pinv(R.T @ R) / var
+    y0 = start.astype("int64")
+
+    def score(y: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        r = slice(None) if sel is None else sel
+        return (y - y0[r]).astype("float64")[:, None] * R[r]
+
+    return _System("kept relations", np.arange(len(rows)), score, M, R)
+
+
+def _most_related(
+    df: pd.DataFrame, rows: np.ndarray, start: np.ndarray, cand: list[str]
+) -> np.ndarray | None:
+    """The values on `rows` of the (at most MAX_KEEP) columns of `cand` (the first
+    MAX_KEEP_SCAN) whose correlation with the codes `start` is largest and above 0.05."""
+    yc = start - start.mean()
+    ysd = float(np.sqrt(np.mean(yc**2)))
+    scored = []
+    for c in cand[:MAX_KEEP_SCAN]:
+        z = df[c].iloc[rows].to_numpy(dtype="float64", na_value=np.nan)
+        if not np.isfinite(z).any():
+            continue
+        zc = np.nan_to_num(z - np.nanmean(z))
+        r = abs(float(yc @ zc)) / max(float(np.sqrt(np.mean(zc**2))) * ysd * len(rows), _EPS)
+        if r > 0.05:
+            scored.append((-r, len(scored), z))
+    if not scored:
+        return None
+    return np.column_stack([z for _, _, z in sorted(scored, key=lambda t: t[:2])[:MAX_KEEP]])
+
+
+def _write(df: pd.DataFrame, outcome: str, rows: np.ndarray, vals: np.ndarray) -> None:
     col = df[outcome]
-    vals = _values_of(y, kind, levels, col)
     out = col.copy()
     try:
         out.iloc[rows] = vals
@@ -463,13 +690,13 @@ def pin_discrete_group(
         out = col.astype(object)
         out.iloc[rows] = vals
     df[outcome] = out
-    detail: dict[str, Any] = {
-        "score_distance_draw": q0,
-        "score_distance_pinned": q1,
-        "rows_moved": n_moved,
-        "checkpoints": {},
-    }
-    status = "pinned"
+
+
+def _refit(
+    df: pd.DataFrame, designs: list[tuple[dict[str, Any], Any]], kind: str, notes: list[str]
+) -> tuple[str, dict[str, Any]]:
+    """Refit every checkpoint of the group; (status, per-checkpoint record)."""
+    status, records = "pinned", {}
     for c, _ in designs:
         cp = checkpoint_from_release(c)
         try:
@@ -493,22 +720,122 @@ def pin_discrete_group(
             rec["status"] = "pinned" if g_t <= PIN_TOL else "approximate"
         if rec["status"] != "pinned":
             status = "approximate"
-        detail["checkpoints"][c["tag"]] = rec
-    pc, ppos, pw = primary
-    detail["outcome_drift"] = _marginal_drift(y[ppos], pw, kind, pc)
+        records[c["tag"]] = rec
+    return status, records
+
+
+def _ml_within(records: dict[str, Any], tol: float) -> bool:
+    """Every maximum-likelihood checkpoint refits within `tol` target SE."""
+    return all(
+        r["max_dbeta_se_target"] <= tol for r in records.values() if r["model"] in GLM_MODELS
+    )
+
+
+def pin_discrete_group(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    rng: np.random.Generator,
+    release: dict[str, Any] | None = None,
+) -> tuple[str, list[str], dict[str, Any]]:
+    """Pin one outcome group holding maximum-likelihood checkpoints by changing as few of the
+    synthesized outcome values as the score equations need (df is changed in place: only
+    `outcome`, only on the estimation samples). `release` (the source's) gives the count's
+    released range and the orderings to keep. Returns (status, notes, detail)."""
+    kind, levels = _support(group)
+    notes: list[str] = []
+    if any(outcome in c.get("subset_columns", []) for c in group):
+        notes.append(
+            f"the subset of a checkpoint reads {outcome!r}: the sample moves with the outcome"
+        )
+    designs, dnotes = _designs(df, group, outcome, kind, levels)
+    notes += dnotes
+    if not designs:
+        return "failed", notes, {}
+    in_sample = np.zeros(len(df), dtype=bool)
+    for _, d in designs:
+        in_sample[df.index.get_indexer(d.index)] = True
+    rows = np.flatnonzero(in_sample)
+    pos_of = np.full(len(df), -1, dtype="int64")
+    pos_of[rows] = np.arange(len(rows))
+    models, mnotes = _models(df, designs, pos_of)
+    notes += mnotes
+    ml = [m for m in models if m.c["model"] in GLM_MODELS]
+    if not ml:
+        return "failed", notes, {}
+    start, invalid = _start_codes(df[outcome].iloc[rows], kind, levels)
+    lo, hi, used = ordering_bounds(
+        df,
+        rows,
+        outcome,
+        list((release or {}).get("orderings") or []),
+        kind,
+        levels,
+        _released_range(release, outcome, kind, levels),
+    )
+    y0 = _fill_invalid(start, invalid, ml, rng)
+    y = np.clip(y0, lo, hi).astype("int64")
+    repaired = int(np.count_nonzero(y != y0))
+    values = (
+        np.asarray(levels, dtype="float64")
+        if kind == "ordered" and all(isinstance(v, (int, float)) for v in levels or [])
+        else None
+    )
+    keep = _kept_relations(df, rows, start, outcome, group)
+    q0 = q1 = float("nan")
+    # Rounds until the refit is close enough: with the kept relations (accepted within half
+    # the tolerance), then on the checkpoints alone, then on them to the end.
+    rounds = (
+        (Q_STOP, [keep] if keep else [], PIN_TOL / 2),
+        (Q_STOP, [], PIN_TOL),
+        (0.0, [], PIN_TOL),
+    )
+    for q_stop, extra, tol in rounds:
+        systems = [_system(m, y, values) for m in models] + extra
+        y, q_a, q1, _ = correct_scores(y, systems, lo, hi, MAX_BATCHES, q_stop)
+        q0 = q_a if np.isnan(q0) else q0
+        _write(df, outcome, rows, _values_of(y, kind, levels, df[outcome]))
+        round_notes: list[str] = []
+        status, records = _refit(df, designs, kind, round_notes)
+        if _ml_within(records, tol):
+            break
+    notes += round_notes
+    changed = int(np.count_nonzero((y != start) | invalid))
+    detail: dict[str, Any] = {
+        "score_distance_draw": q0,
+        "score_distance_pinned": q1,
+        "rows_moved": int(np.count_nonzero(y != np.clip(y0, lo, hi))),
+        "rows_changed": changed,
+        "rows_drawn": int(invalid.sum()),
+        "rows_repaired": repaired,
+        "orderings": used,
+        "checkpoints": records,
+    }
+    primary = ml[0]
+    detail["outcome_drift"] = _marginal_drift(y[primary.pos], primary.w, kind, primary.c)
+    notes += _summary_notes(detail, len(rows))
+    return status, notes, detail
+
+
+def _summary_notes(detail: dict[str, Any], n: int) -> list[str]:
     worst = max(
         (r["max_dbeta_se_target"] for r in detail["checkpoints"].values()), default=float("nan")
     )
-    notes.append(
-        f"drawn at the released parameters, {n_moved} of {len(rows)} sample rows moved to satisfy the score equations; max {worst:.3g} target SE"
-    )
+    out = [
+        f"started from the synthesized values: {detail['rows_changed']} of {n} sample rows changed "
+        f"to satisfy the score equations ({detail['rows_drawn']} without a valid value drawn from "
+        f"the model, {detail['rows_repaired']} moved into the released range and orderings); "
+        f"max {worst:.3g} target SE"
+    ]
+    if detail["orderings"]:
+        out.append("orderings kept: " + ", ".join(detail["orderings"]))
     dr = detail["outcome_drift"]
     if "drift_se" in dr:
-        notes.append(
+        out.append(
             f"outcome mean {dr['mean_synthetic']:.4g} vs released {dr['mean_target']:.4g} ({dr['drift_se']:.2f} sampling SE)"
         )
     elif "max_drift_se" in dr:
-        notes.append(
+        out.append(
             f"category shares within {dr['max_drift_se']:.2f} sampling SE of the released ones"
         )
-    return status, notes, detail
+    return out

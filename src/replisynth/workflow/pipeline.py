@@ -316,7 +316,11 @@ def stage_pin(
     derive = b.manifest.source(source).derive
     df = _recompute_derived(df, derive, frozenset(), "before pinning")
     frames, results = pin_checkpoints(
-        {source: df}, b.checkpoints, seed=b.manifest.seed, progress=progress
+        {source: df},
+        b.checkpoints,
+        seed=b.manifest.seed,
+        progress=progress,
+        releases=untyped(b.releases),
     )
     out = _recompute_derived(frames[source], derive, _released_outcomes(b, source), "after pinning")
     out = integer_storage(out, untyped(b.releases[source]))

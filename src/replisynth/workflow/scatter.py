@@ -27,6 +27,7 @@ from replisynth.extract.extract import (
     stratum_block,
     stratum_counts,
 )
+from replisynth.extract.orderings import gate_orderings
 from replisynth.io.files import atomic_path, read_json, synthetic_label, write_json, write_parquet
 from replisynth.io.schema import ColumnSpec
 from replisynth.stats.dims import category_values, dim_matrix
@@ -174,6 +175,7 @@ def gather_release(
         release, {bid: got[bid]["counts"] for bid in ids}, min_cell_size
     )
     correlations = linked_correlation_gate(release, min_cell_size).entries
+    correlations += gate_orderings(release).entries
     check_release(release, min_cell_size)
     return release, [*base_sdc[:at], *strata_sdc, *linked, *base_sdc[at:], *correlations]
 
