@@ -24,6 +24,15 @@ from replisynth.fit.linear_models import (
 )
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
+from replisynth.pin.support import (
+    INTEGER_TOL,
+    Support,
+    bounded_min_norm,
+    out_of_support,
+    repair_gap,
+    round_to_lattice,
+    support_of,
+)
 from replisynth.stats.design import Design, build_design, collinear_terms, released_terms
 
 
@@ -308,6 +317,7 @@ def pin_checkpoints(
     seed: int = 0,
     shape_ses: bool = True,
     weight_bounds: tuple[float, float] | None = None,
+    releases: dict[str, Any] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
@@ -320,7 +330,10 @@ def pin_checkpoints(
     Where the residual can move on its own rows (a pinned group whose outcome is not in a
     subset and whose samples are disjoint), it is scaled to the released residual variance
     and, with `shape_ses` (HC/cluster vcov of ols, fe, iv), shaped to every released SE
-    (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`)."""
+    (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`).
+
+    With `releases` (source -> its release), a pinned linear outcome is then brought inside
+    its released support and, when integer, back to integers (`_keep_support`)."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
@@ -356,6 +369,7 @@ def pin_checkpoints(
                 )
             )
             continue
+        draw = pd.to_numeric(df[outcome], errors="coerce").to_numpy(dtype="float64").copy()
         if not pd.api.types.is_float_dtype(df[outcome].dtype):
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")
         notes: list[str] = []
@@ -409,6 +423,10 @@ def pin_checkpoints(
             joint = _match_joint_residual_scale(df, group, outcome, designs)
             if joint is not None:
                 notes.append(joint)
+        sup = support_of(releases[source], outcome) if releases and source in releases else None
+        if sup is not None and status == "pinned":
+            gen = rng(seed, "pin", source, outcome, "support")
+            notes += _keep_support(df, group, outcome, sup, draw, gen, designs)
         frames[source] = df
         results.append(
             PinOutcome(
@@ -847,3 +865,194 @@ def _repin(
         if gap <= EXACT_TOL:
             return True
     return False
+
+
+def _stacked(
+    df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The group's constraints in target-SE units on the current data: V (n × K, the rows
+    of each operator A at its released terms, placed at the sample's rows, over the term's
+    SE), D (K,) the gaps beta* - beta_hat over the SE, and the rows in any sample."""
+    cols, gaps = [], []
+    sample = np.zeros(len(df), dtype=bool)
+    for c in group:
+        b = _constraints(df, c, [], designs)
+        if b is None:
+            return None
+        A, d, common, delta = b
+        se = {t["term"]: float(t["se"]) for t in c["terms"] if not t.get("suppressed")}
+        scale = np.asarray([se[d.terms[j]] for j in common])
+        scale = np.where(scale > 0, scale, 1.0)
+        rows = df.index.get_indexer(d.index)
+        V = np.zeros((len(df), len(common)))
+        V[rows] = (A.dense()[common] / scale[:, None]).T
+        cols.append(V)
+        gaps.append(delta / scale)
+        sample[rows] = True
+    return np.hstack(cols), np.concatenate(gaps), sample
+
+
+def _bounded_passes(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    frozen: np.ndarray,
+    designs: _Designs | None,
+) -> bool:
+    """Bounded minimum-norm steps (`support.bounded_min_norm`) on the rows of the samples
+    not `frozen` until the group's checkpoints are exact; False when they cannot be."""
+    for _ in range(MAX_PASSES):
+        st = _stacked(df, group, designs)
+        if st is None:
+            return False
+        V, D, sample = st
+        if np.max(np.abs(D), initial=0.0) <= EXACT_TOL:
+            return True
+        z = df[outcome].to_numpy(dtype="float64")
+        delta, ok = bounded_min_norm(V, D, z, sample & ~frozen, sup.lo, sup.hi)
+        if not ok:
+            return False
+        df[outcome] = z + delta
+    st = _stacked(df, group, designs)
+    return st is not None and np.max(np.abs(st[1]), initial=0.0) <= EXACT_TOL
+
+
+def _round_outcome(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    frozen: np.ndarray,
+    gen: np.random.Generator,
+    designs: _Designs | None,
+) -> str:
+    """An integer or coded outcome back on its lattice: unbiased random rounding, then
+    one-step moves on the rows with the best leverage until every pinned coefficient is
+    within ROUND_TOL target SEs (`support.repair_gap`); returns the note."""
+    assert sup.lattice is not None
+    st = _stacked(df, group, designs)
+    y = df[outcome].to_numpy(dtype="float64")
+    obs = np.flatnonzero(~np.isnan(y))
+    yr = round_to_lattice(y, obs, sup.lattice, gen)
+    if st is None:
+        df[outcome] = yr
+        return "rounded to the released values (constraints not rebuilt)"
+    V, D, sample = st
+    r = D - V.T @ np.nan_to_num(yr - y)
+    moved = int(np.sum(yr[obs] != y[obs]))
+    yr, r = repair_gap(yr, np.flatnonzero(sample & ~frozen), V, r, sup.lattice)
+    df[outcome] = yr
+    gap = float(np.max(np.abs(r), initial=0.0))
+    within = "within" if gap <= INTEGER_TOL else "NOT within"
+    return (
+        f"rounded to the released integer values ({moved} rows, then a repair): max gap "
+        f"{gap:.3g} target SE, {within} the stated tolerance {INTEGER_TOL} SE"
+    )
+
+
+def _keep_support(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    draw: np.ndarray,
+    gen: np.random.Generator,
+    designs: _Designs | None = None,
+) -> list[str]:
+    """A pinned linear outcome brought back inside its released support with the checkpoints
+    still exact: values clipped to [lo, hi], rows the draw put on a mass point put back on
+    it, then bounded minimum-norm steps on the other rows (mass-point rows join when the
+    others cannot carry the constraints; the unbounded pin is kept when nothing can), then
+    integer rounding. Missing values stay where the draw has them."""
+    pinned = df[outcome].to_numpy(dtype="float64").copy()
+    obs = ~np.isnan(pinned)
+    mass = obs & ~np.isnan(draw) & np.isin(draw, np.asarray(sup.mass, dtype="float64"))
+    start = pinned.copy()
+    start[obs] = np.clip(start[obs], sup.lo, sup.hi)
+    start[mass] = draw[mass]
+    before = int(np.sum(out_of_support(pinned, replace(sup, lattice=None))))
+    frozen = mass
+    for frozen in (mass, np.zeros(len(df), dtype=bool)):
+        df[outcome] = start
+        if _bounded_passes(df, group, outcome, sup, frozen, designs):
+            break
+    else:
+        df[outcome] = pinned
+        return [
+            f"the released support [{sup.lo:.6g}, {sup.hi:.6g}] could not carry the checkpoints: "
+            f"{before} rows outside it kept"
+        ]
+    kept = "kept" if frozen is mass else "released (the checkpoints need them)"
+    free = ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
+    rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs)
+    notes = [
+        f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
+        f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
+        f"{rounds} rounds back to the draw's values by rank)"
+    ]
+    if sup.lattice is not None:
+        notes.append(_round_outcome(df, group, outcome, sup, frozen, gen, designs))
+        if sup.integer_dtype:
+            y = df[outcome]
+            df[outcome] = y.astype("int64") if not y.isna().any() else y.round().astype("Int64")
+    return notes
+
+
+MARGINAL_ROUNDS = 4  # rank-map to the draw's values, then re-pin inside the support
+
+
+def _match_draw_marginal(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    frozen: np.ndarray,
+    free: np.ndarray,
+    draw: np.ndarray,
+    designs: _Designs | None,
+) -> int:
+    """Alternating projections between the draw's marginal and the checkpoints: the `free`
+    rows get the draw's values at those rows in the order of their pinned values (the
+    column's distribution is the draw's, drawn from the released grid), then bounded
+    minimum-norm steps make the checkpoints exact again. Returns the rounds kept."""
+    rows = np.flatnonzero(free)
+    if len(rows) < 2:
+        return 0
+    pool = np.sort(draw[rows])
+    kept = 0
+    allowed = max(_scale_gap(df, group, designs), SCALE_SLACK)
+    for _ in range(MARGINAL_ROUNDS):
+        y = df[outcome].to_numpy(dtype="float64").copy()
+        before = y.copy()
+        y[rows[np.argsort(y[rows], kind="stable")]] = pool
+        df[outcome] = y
+        if (
+            not _bounded_passes(df, group, outcome, sup, frozen, designs)
+            or _scale_gap(df, group, designs) > allowed
+        ):
+            df[outcome] = before
+            break
+        kept += 1
+    return kept
+
+
+SCALE_SLACK = 0.05  # |log(residual variance / released)| a marginal round may reach
+
+
+def _scale_gap(df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None) -> float:
+    """Largest |log(residual variance / released residual variance)| over the group."""
+    worst = 0.0
+    for c in group:
+        target = c.get("scale")
+        if not target or not np.isfinite(target) or target <= 0:
+            continue
+        cp = checkpoint_from_release(c)
+        try:
+            fit = fit_checkpoint(_fresh(designs).design(df, c), cp)
+        except (CheckpointError, np.linalg.LinAlgError):
+            return float("inf")
+        if not np.isfinite(fit.scale) or fit.scale <= 0:
+            return float("inf")
+        worst = max(worst, abs(float(np.log(fit.scale / target))))
+    return worst

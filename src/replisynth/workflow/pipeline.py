@@ -219,7 +219,9 @@ def stage_pin(
             )
     for note in aligned["notes"]:
         log.info("design moments: %s", note)
-    frames, results = pin_checkpoints({source: df}, b.checkpoints, seed=b.manifest.seed)
+    frames, results = pin_checkpoints(
+        {source: df}, b.checkpoints, seed=b.manifest.seed, releases={source: b.releases[source]}
+    )
     out = frames[source]
     meta = _file_meta(untyped(b.releases[source]))
     for r in results:
