@@ -42,7 +42,9 @@ def _people(n: int, seed: int, names: dict[str, str], slope: float) -> pd.DataFr
     emp = (r.normal(size=n) + 0.2 * (educ - 12) + 0.5 > 0).astype(int)
     e = educ - 12
     earn = np.where(emp == 1, np.exp(9 + slope * 0.08 * e - 0.2 * female + r.normal(0, 0.7, n)), 0)
-    hours = np.where(emp == 1, np.round(np.clip(36 + slope * e - 4 * female + r.normal(0, 8, n), 5, 80)), np.nan)
+    hours = np.where(
+        emp == 1, np.round(np.clip(36 + slope * e - 4 * female + r.normal(0, 8, n), 5, 80)), np.nan
+    )
     hours[(emp == 1) & (r.random(n) < 0.08)] = np.nan
     income = np.exp(9.5 + slope * 0.06 * e + r.normal(0, 0.8, n))
     rate = np.clip(50 + slope * 4 * e + r.normal(0, 25, n), 0, 100)
@@ -63,8 +65,16 @@ def _people(n: int, seed: int, names: dict[str, str], slope: float) -> pd.DataFr
 
 
 CASES = [
-    (1500, 3, {"earn": "earn", "hours": "hours", "income": "income", "rate": "rate", "bw": "bwght"}),
-    (6000, 11, {"earn": "labinc", "hours": "hrs", "income": "hhinc", "rate": "pass_rate", "bw": "bw_g"}),
+    (
+        1500,
+        3,
+        {"earn": "earn", "hours": "hours", "income": "income", "rate": "rate", "bw": "bwght"},
+    ),
+    (
+        6000,
+        11,
+        {"earn": "labinc", "hours": "hrs", "income": "hhinc", "rate": "pass_rate", "bw": "bw_g"},
+    ),
 ]
 
 
@@ -73,20 +83,44 @@ def case(request: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     n, seed, names = request.param
     orig = _people(n, seed, names, slope=1.0)
     release, data, _ = release_of(orig, tmp_path_factory.mktemp("sup"))
-    manifest = load_manifest({"name": "t", "seed": 1, "sources": {"people": {"path": "x.csv"}},
-                              "checkpoints": [], "verify": {"tier": 0}})
+    manifest = load_manifest(
+        {
+            "name": "t",
+            "seed": 1,
+            "sources": {"people": {"path": "x.csv"}},
+            "checkpoints": [],
+            "verify": {"tier": 0},
+        }
+    )
     cps = [
-        Checkpoint(tag=f"cp_{k}", source="people", model="ols", vcov=v,
-                   formula=f"{names[k]} ~ educ + age + female")
-        for k, v in [("earn", "HC1"), ("hours", "nonrobust"), ("income", "HC3"),
-                     ("rate", "nonrobust"), ("bw", "HC1")]
+        Checkpoint(
+            tag=f"cp_{k}",
+            source="people",
+            model="ols",
+            vcov=v,
+            formula=f"{names[k]} ~ educ + age + female",
+        )
+        for k, v in [
+            ("earn", "HC1"),
+            ("hours", "nonrobust"),
+            ("income", "HC3"),
+            ("rate", "nonrobust"),
+            ("bw", "HC1"),
+        ]
     ]
     rels = capture_released(data, manifest, *cps)
     draw = _people(n, seed + 100, names, slope=0.4)  # the synthetic draw: a weaker relation
     old, _ = pin_checkpoints({"people": draw}, rels, seed=5)
     new, res = pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
-    return {"names": names, "release": release, "rels": rels, "draw": draw,
-            "old": old["people"], "new": new["people"], "results": res}
+    return {
+        "names": names,
+        "release": release,
+        "rels": rels,
+        "draw": draw,
+        "old": old["people"],
+        "new": new["people"],
+        "results": res,
+    }
 
 
 def _share_out(df: pd.DataFrame, col: str, release: dict[str, Any]) -> float:
@@ -210,12 +244,14 @@ def test_rounding_is_unbiased_and_repair_closes_the_gap() -> None:
 def test_support_of_reads_bounds_mass_points_and_lattice(tmp_path: Path) -> None:
     r = np.random.default_rng(2)
     n = 3000
-    df = pd.DataFrame({
-        "pid": np.arange(n),
-        "wealth": np.where(r.random(n) < 0.3, 0.0, r.lognormal(10, 1, n)),
-        "score": r.integers(0, 13, n),
-        "grade": r.normal(50, 10, n),
-    })
+    df = pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            "wealth": np.where(r.random(n) < 0.3, 0.0, r.lognormal(10, 1, n)),
+            "score": r.integers(0, 13, n),
+            "grade": r.normal(50, 10, n),
+        }
+    )
     release, _, _ = release_of(df, tmp_path, continuous=["score"])
     w = support_of(release, "wealth")
     assert w is not None and w.lo == 0.0 and w.mass == (0.0,) and w.lattice is None

@@ -13,7 +13,9 @@ import numpy as np
 
 from replisynth.stats.marginals import grid_cdf
 
-MASS_SHARE = 0.05  # a value holding at least this share of the released distribution is a mass point
+MASS_SHARE = (
+    0.05  # a value holding at least this share of the released distribution is a mass point
+)
 ACTIVE_ROUNDS = 60  # bounded minimum-norm: rounds of freezing the rows that leave the box
 ROUND_TOL = 0.01  # integer repair stops once every constraint is within this many target SEs
 INTEGER_TOL = 0.05  # stated tolerance of an integer outcome's pinned coefficients, target SEs
@@ -83,7 +85,9 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
 def out_of_support(y: np.ndarray, sup: Support) -> np.ndarray:
     """Rows (non-missing) outside the bounds or, for a discrete outcome, off its lattice."""
     ok = ~np.isnan(y)
-    bad = ok & ((y < sup.lo - 1e-9 * max(1.0, abs(sup.lo))) | (y > sup.hi + 1e-9 * max(1.0, abs(sup.hi))))
+    bad = ok & (
+        (y < sup.lo - 1e-9 * max(1.0, abs(sup.lo))) | (y > sup.hi + 1e-9 * max(1.0, abs(sup.hi)))
+    )
     if sup.lattice is not None:
         bad |= ok & ~np.isin(y, sup.lattice)
     return bad
@@ -110,7 +114,10 @@ def bounded_min_norm(
         VF = V[F]
         lam = np.linalg.lstsq(VF.T @ VF, rest, rcond=None)[0]
         dF = VF @ lam
-        ok = bool(np.max(np.abs(VF.T @ dF - rest), initial=0.0) <= 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0))))
+        ok = bool(
+            np.max(np.abs(VF.T @ dF - rest), initial=0.0)
+            <= 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0)))
+        )
         new = z[F] + dF
         out = (new < lo) | (new > hi)
         delta[F] = dF
