@@ -397,6 +397,7 @@ def pin_checkpoints(
                     f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE"
                 )
         detail: dict[str, Any] = {}
+        sup = support_of(releases[source], outcome) if releases and source in releases else None
         if (
             status == "pinned"
             and not any(outcome in c.get("subset_columns", []) for c in group)
@@ -410,7 +411,9 @@ def pin_checkpoints(
                         f"{who}residuals scaled by {factor:.4g} to the released residual variance"
                     )
                 shaped = (
-                    _shape_residuals(df, c, outcome, weight_bounds, designs) if shape_ses else None
+                    _shape_residuals(df, c, outcome, weight_bounds, designs, sup)
+                    if shape_ses
+                    else None
                 )
                 if shaped is not None:
                     notes.append(who + shaped.note())
@@ -423,8 +426,7 @@ def pin_checkpoints(
             joint = _match_joint_residual_scale(df, group, outcome, designs)
             if joint is not None:
                 notes.append(joint)
-        sup = support_of(releases[source], outcome) if releases and source in releases else None
-        if sup is not None and status == "pinned":
+        if sup is not None and status in ("pinned", "approximate"):
             gen = rng(seed, "pin", source, outcome, "support")
             notes += _keep_support(df, group, outcome, sup, draw, gen, designs)
         frames[source] = df
@@ -719,6 +721,7 @@ def _shape_residuals(
     outcome: str,
     bounds: tuple[float, float] | None = None,
     designs: _Designs | None = None,
+    support: Support | None = None,
 ) -> ShapeReport | None:
     """Inference fidelity beyond the residual variance, for a pinned ols/fe/iv checkpoint with
     a robust (HC0-HC3) or clustered vcov: every released SE is a sandwich linear in
@@ -731,7 +734,8 @@ def _shape_residuals(
     round. The best round is kept (never worse than before); if the residual-variance target
     was reached it is made exact by one scalar at the end (`_match_residual_scale`).
     nonrobust SEs are sigma [(X'X)^-1]_jj^1/2: only their common scale is the residual's, and
-    re keeps its matched variance components; both return None."""
+    re keeps its matched variance components; both return None. With `support`, no unit's
+    weight may take a row of it beyond the released bounds (`_support_cap`)."""
 
     cp = checkpoint_from_release(c)
     if cp.model not in ("ols", "fe", "iv") or cp.vcov == "nonrobust":
@@ -788,17 +792,21 @@ def _shape_residuals(
             break
         T = se_t**2 * F / fit.se[pos] ** 2  # released SE^2 over the refit's constant
         res, with_scale = None, False
+        box = (
+            lo / cum,
+            hi / cum if support is None else _support_cap(d.y - e, e, support, units, m, hi / cum),
+        )
         if use_scale and fit.scale > 0:
             e2 = W * e * e
             a0 = np.bincount(units, weights=e2, minlength=m) if units is not None else e2
             res = tilt_toward(
                 np.column_stack([a, a0]),
                 np.append(T, target_scale * a0.sum() / fit.scale),
-                (lo / cum, hi / cum),
+                box,
             )
             with_scale = res.feasible
         if not with_scale:
-            res = tilt_toward(a, T, (lo / cum, hi / cum))
+            res = tilt_toward(a, T, box)
         assert res is not None
         rounds += 1
         feasible, fraction = res.feasible, res.fraction
@@ -899,14 +907,18 @@ def _bounded_passes(
     sup: Support,
     frozen: np.ndarray,
     designs: _Designs | None,
+    offset: np.ndarray,
 ) -> bool:
     """Bounded minimum-norm steps (`support.bounded_min_norm`) on the rows of the samples
-    not `frozen` until the group's checkpoints are exact; False when they cannot be."""
+    not `frozen` until the group's coefficients are back where the pin put them (gaps equal
+    to `offset`: 0 for an exact pin, the compromise's for an approximate one); False when
+    they cannot be."""
     for _ in range(MAX_PASSES):
         st = _stacked(df, group, designs)
         if st is None:
             return False
         V, D, sample = st
+        D = D - offset
         if np.max(np.abs(D), initial=0.0) <= EXACT_TOL:
             return True
         z = df[outcome].to_numpy(dtype="float64")
@@ -915,7 +927,7 @@ def _bounded_passes(
             return False
         df[outcome] = z + delta
     st = _stacked(df, group, designs)
-    return st is not None and np.max(np.abs(st[1]), initial=0.0) <= EXACT_TOL
+    return st is not None and np.max(np.abs(st[1] - offset), initial=0.0) <= EXACT_TOL
 
 
 def _round_outcome(
@@ -926,6 +938,7 @@ def _round_outcome(
     frozen: np.ndarray,
     gen: np.random.Generator,
     designs: _Designs | None,
+    offset: np.ndarray,
 ) -> str:
     """An integer or coded outcome back on its lattice: unbiased random rounding, then
     one-step moves on the rows with the best leverage until every pinned coefficient is
@@ -939,7 +952,7 @@ def _round_outcome(
         df[outcome] = yr
         return "rounded to the released values (constraints not rebuilt)"
     V, D, sample = st
-    r = D - V.T @ np.nan_to_num(yr - y)
+    r = D - offset - V.T @ np.nan_to_num(yr - y)
     moved = int(np.sum(yr[obs] != y[obs]))
     yr, r = repair_gap(yr, np.flatnonzero(sample & ~frozen), V, r, sup.lattice)
     df[outcome] = yr
@@ -964,7 +977,12 @@ def _keep_support(
     still exact: values clipped to [lo, hi], rows the draw put on a mass point put back on
     it, then bounded minimum-norm steps on the other rows (mass-point rows join when the
     others cannot carry the constraints; the unbounded pin is kept when nothing can), then
-    integer rounding. Missing values stay where the draw has them."""
+    integer rounding. Missing values stay where the draw has them. An approximate group keeps
+    its compromise coefficients."""
+    st = _stacked(df, group, designs)
+    if st is None:
+        return []
+    offset = st[1]
     pinned = df[outcome].to_numpy(dtype="float64").copy()
     obs = ~np.isnan(pinned)
     mass = obs & ~np.isnan(draw) & np.isin(draw, np.asarray(sup.mass, dtype="float64"))
@@ -975,7 +993,7 @@ def _keep_support(
     frozen = mass
     for frozen in (mass, np.zeros(len(df), dtype=bool)):
         df[outcome] = start
-        if _bounded_passes(df, group, outcome, sup, frozen, designs):
+        if _bounded_passes(df, group, outcome, sup, frozen, designs, offset):
             break
     else:
         df[outcome] = pinned
@@ -985,14 +1003,14 @@ def _keep_support(
         ]
     kept = "kept" if frozen is mass else "released (the checkpoints need them)"
     free = ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
-    rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs)
+    rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs, offset)
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
         f"{rounds} rounds back to the draw's values by rank)"
     ]
     if sup.lattice is not None:
-        notes.append(_round_outcome(df, group, outcome, sup, frozen, gen, designs))
+        notes.append(_round_outcome(df, group, outcome, sup, frozen, gen, designs, offset))
         if sup.integer_dtype:
             y = df[outcome]
             df[outcome] = y.astype("int64") if not y.isna().any() else y.round().astype("Int64")
@@ -1011,6 +1029,7 @@ def _match_draw_marginal(
     free: np.ndarray,
     draw: np.ndarray,
     designs: _Designs | None,
+    offset: np.ndarray,
 ) -> int:
     """Alternating projections between the draw's marginal and the checkpoints: the `free`
     rows get the draw's values at those rows in the order of their pinned values (the
@@ -1028,7 +1047,7 @@ def _match_draw_marginal(
         y[rows[np.argsort(y[rows], kind="stable")]] = pool
         df[outcome] = y
         if (
-            not _bounded_passes(df, group, outcome, sup, frozen, designs)
+            not _bounded_passes(df, group, outcome, sup, frozen, designs, offset)
             or _scale_gap(df, group, designs) > allowed
         ):
             df[outcome] = before
@@ -1056,3 +1075,27 @@ def _scale_gap(df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs 
             return float("inf")
         worst = max(worst, abs(float(np.log(fit.scale / target))))
     return worst
+
+
+def _support_cap(
+    fitted: np.ndarray,
+    e: np.ndarray,
+    sup: Support,
+    units: np.ndarray | None,
+    m: int,
+    cap: np.ndarray | float,
+) -> np.ndarray:
+    """Upper bounds of the shaping weights (m,): `cap`, lowered so that sqrt(w) e keeps every
+    row of the unit inside [lo, hi] of the released support (never below 1: a row already
+    outside is not widened further, and the support step brings it back)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(
+            e > 0, (sup.hi - fitted) / e, np.where(e < 0, (sup.lo - fitted) / e, np.inf)
+        )
+    w_row = np.maximum(np.nan_to_num(room, nan=np.inf), 0.0) ** 2
+    if units is None:
+        w_unit = w_row
+    else:
+        w_unit = np.full(m, np.inf)
+        np.minimum.at(w_unit, units, w_row)
+    return np.minimum(np.broadcast_to(cap, (m,)), np.maximum(w_unit, 1.0))
