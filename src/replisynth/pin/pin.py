@@ -1007,7 +1007,7 @@ def _keep_support(
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
-        f"{rounds} rounds back to the draw's values by rank)"
+        f"steps back to the draw's marginal: {', '.join(f'{x:g}' for x in rounds) or 'none'})"
     ]
     if sup.lattice is not None:
         notes.append(_round_outcome(df, group, outcome, sup, frozen, gen, designs, offset))
@@ -1030,32 +1030,38 @@ def _match_draw_marginal(
     draw: np.ndarray,
     designs: _Designs | None,
     offset: np.ndarray,
-) -> int:
+) -> list[float]:
     """Alternating projections between the draw's marginal and the checkpoints: the `free`
-    rows get the draw's values at those rows in the order of their pinned values (the
-    column's distribution is the draw's, drawn from the released grid), then bounded
-    minimum-norm steps make the checkpoints exact again. Returns the rounds kept."""
+    rows move a share of the way to the draw's values at those rows, given in the order of
+    their pinned values (the draw's distribution, drawn from the released grid), then
+    bounded minimum-norm steps make the checkpoints exact again. A step is kept when the
+    residual variance stays within SCALE_SLACK (in logs) of the released one, or no further
+    off than before; the shares kept are returned."""
     rows = np.flatnonzero(free)
     if len(rows) < 2:
-        return 0
+        return []
     pool = np.sort(draw[rows])
-    kept = 0
+    kept: list[float] = []
     allowed = max(_scale_gap(df, group, designs), SCALE_SLACK)
     for _ in range(MARGINAL_ROUNDS):
-        y = df[outcome].to_numpy(dtype="float64").copy()
-        before = y.copy()
-        y[rows[np.argsort(y[rows], kind="stable")]] = pool
-        df[outcome] = y
-        if (
-            not _bounded_passes(df, group, outcome, sup, frozen, designs, offset)
-            or _scale_gap(df, group, designs) > allowed
-        ):
+        before = df[outcome].to_numpy(dtype="float64").copy()
+        mapped = before.copy()
+        mapped[rows[np.argsort(before[rows], kind="stable")]] = pool
+        for share in MARGINAL_SHARES:
+            df[outcome] = before + share * np.nan_to_num(mapped - before)
+            if (
+                _bounded_passes(df, group, outcome, sup, frozen, designs, offset)
+                and _scale_gap(df, group, designs) <= allowed
+            ):
+                kept.append(share)
+                break
+        else:
             df[outcome] = before
             break
-        kept += 1
     return kept
 
 
+MARGINAL_SHARES = (1.0, 0.5, 0.25)  # shares of the way to the draw's marginal a round tries
 SCALE_SLACK = 0.05  # |log(residual variance / released)| a marginal round may reach
 
 
