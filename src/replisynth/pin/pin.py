@@ -1034,24 +1034,26 @@ def _match_draw_marginal(
     """Alternating projections between the draw's marginal and the checkpoints: the `free`
     rows move a share of the way to the draw's values at those rows, given in the order of
     their pinned values (the draw's distribution, drawn from the released grid), then
-    bounded minimum-norm steps make the checkpoints exact again. A step is kept when the
-    residual variance stays within SCALE_SLACK (in logs) of the released one, or no further
-    off than before; the shares kept are returned."""
+    bounded minimum-norm steps make the checkpoints exact again. A step is kept when every
+    released SE stays within SE_SLACK (in logs) of its target, or no further off than
+    before; the shares kept are returned."""
     rows = np.flatnonzero(free)
     if len(rows) < 2:
         return []
     pool = np.sort(draw[rows])
     kept: list[float] = []
-    allowed = max(_scale_gap(df, group, designs), SCALE_SLACK)
+    start = _se_gaps(df, group, designs)
+    if start is None:
+        return []
+    allowed = np.maximum(start, SE_SLACK)
     for _ in range(MARGINAL_ROUNDS):
         before = df[outcome].to_numpy(dtype="float64").copy()
         mapped = before.copy()
         mapped[rows[np.argsort(before[rows], kind="stable")]] = pool
         for share in MARGINAL_SHARES:
             df[outcome] = before + share * np.nan_to_num(mapped - before)
-            if (
-                _bounded_passes(df, group, outcome, sup, frozen, designs, offset)
-                and _scale_gap(df, group, designs) <= allowed
+            if _bounded_passes(df, group, outcome, sup, frozen, designs, offset) and _within(
+                _se_gaps(df, group, designs), allowed
             ):
                 kept.append(share)
                 break
@@ -1062,25 +1064,32 @@ def _match_draw_marginal(
 
 
 MARGINAL_SHARES = (1.0, 0.5, 0.25)  # shares of the way to the draw's marginal a round tries
-SCALE_SLACK = 0.05  # |log(residual variance / released)| a marginal round may reach
+SE_SLACK = 0.02  # |log(SE synthetic / SE released)| a marginal step may reach on a term
 
 
-def _scale_gap(df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None) -> float:
-    """Largest |log(residual variance / released residual variance)| over the group."""
-    worst = 0.0
+def _within(gaps: np.ndarray | None, allowed: np.ndarray) -> bool:
+    return gaps is not None and bool(np.all(gaps <= allowed + 1e-12))
+
+
+def _se_gaps(
+    df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None
+) -> np.ndarray | None:
+    """|log(SE synthetic / SE released)| of every released term of the group (the refit
+    verification runs), or None when a checkpoint cannot be refitted."""
+    out = []
     for c in group:
-        target = c.get("scale")
-        if not target or not np.isfinite(target) or target <= 0:
-            continue
         cp = checkpoint_from_release(c)
         try:
-            fit = fit_checkpoint(_fresh(designs).design(df, c), cp)
+            d = _fresh(designs).design(df, c, released=False)
+            fit = fit_checkpoint(d, cp)
         except (CheckpointError, np.linalg.LinAlgError):
-            return float("inf")
-        if not np.isfinite(fit.scale) or fit.scale <= 0:
-            return float("inf")
-        worst = max(worst, abs(float(np.log(fit.scale / target))))
-    return worst
+            return None
+        pos, se_t = _se_targets(c, d)
+        r = fit.se[pos] / se_t
+        if not np.all(np.isfinite(r)) or np.any(r <= 0):
+            return None
+        out.append(np.abs(np.log(r)))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _support_cap(
