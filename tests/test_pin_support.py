@@ -261,3 +261,65 @@ def test_support_of_reads_bounds_mass_points_and_lattice(tmp_path: Path) -> None
     g = support_of(release, "grade")
     assert g is not None and g.mass == () and g.lo < 30 < 70 < g.hi
     assert support_of(release, "nope") is None
+
+
+def _zeros_panel(entities: int, periods: int, seed: int, slope: float) -> pd.DataFrame:
+    """A panel: x varies within entities; y >= 0 with ~30% exact zeros, y = exp(slope x +
+    entity effect + noise) otherwise."""
+    r = np.random.default_rng(seed)
+    n = entities * periods
+    ent = np.repeat(np.arange(entities), periods)
+    x = r.normal(size=n) + r.normal(size=entities)[ent]
+    y = np.exp(1 + slope * x + r.normal(0, 0.5, entities)[ent] + r.normal(0, 0.6, n))
+    y[r.random(n) < 0.3] = 0.0
+    return pd.DataFrame(
+        {"pid": np.arange(1, n + 1), "ent": ent, "yr": np.tile(np.arange(periods), entities),
+         "x": x, "z": r.normal(size=n), "spend": y}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["fe", "nested"])
+def test_fe_and_compromise_pins_keep_support_and_coefficients(model: str, tmp_path: Path) -> None:
+    orig = _zeros_panel(300, 5, 21, slope=0.4)
+    release, data, _ = release_of(orig, tmp_path)
+    manifest = load_manifest(
+        {"name": "t", "seed": 1, "sources": {"people": {"path": "x.csv"}}, "checkpoints": [],
+         "verify": {"tier": 0}}
+    )  # fmt: skip
+    if model == "fe":
+        cps = [Checkpoint(tag="fe", source="people", model="fe", formula="spend ~ 0 + x + z",
+                          entity="ent", vcov="cluster:ent")]  # fmt: skip
+    else:  # nested on one sample: inconsistent, a least-squares compromise
+        cps = [Checkpoint(tag=t, source="people", model="ols", formula=f)
+               for t, f in [("short", "spend ~ x"), ("long", "spend ~ x + z")]]  # fmt: skip
+    rels = capture_released(data, manifest, *cps)
+    draw = _zeros_panel(300, 5, 22, slope=0.1)
+    old, res_old = pin_checkpoints({"people": draw}, rels, seed=2)
+    new, res_new = pin_checkpoints({"people": draw}, rels, seed=2, releases={"people": release})
+    assert [r.status for r in res_new] == [r.status for r in res_old]
+    assert res_new[0].status == ("pinned" if model == "fe" else "approximate")
+    y_old, y_new = old["people"]["spend"], new["people"]["spend"]
+    assert (y_old < 0).mean() > 0.05  # the unbounded pin leaves the support
+    assert _share_out(new["people"], "spend", release) <= OUT_OF_SUPPORT
+    zero = draw["spend"] == 0
+    assert (y_new[zero] == 0).all()
+    for rel in rels:  # exact pins stay exact; a compromise keeps its coefficients
+        a = np.array([b for b, _, _ in _betas(old["people"], rel)])
+        b = np.array([b for b, _, _ in _betas(new["people"], rel)])
+        se = np.array([s for _, s, _ in _betas(old["people"], rel)])
+        assert np.max(np.abs(a - b) / se) <= 1e-6, rel["tag"]
+
+
+def _betas(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, float, str]]:
+    from replisynth.config.manifest import checkpoint_from_release
+    from replisynth.fit.estimators import fit_checkpoint
+    from replisynth.stats.design import build_design
+
+    cp = checkpoint_from_release(rel)
+    fit = fit_checkpoint(build_design(df, cp), cp)
+    pos = {t: j for j, t in enumerate(fit.terms)}
+    return [
+        (float(fit.beta[pos[t["term"]]]), float(t["se"]), t["term"])
+        for t in rel["terms"]
+        if not t.get("suppressed")
+    ]
