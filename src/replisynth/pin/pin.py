@@ -959,7 +959,7 @@ def _round_outcome(
     gap = float(np.max(np.abs(r), initial=0.0))
     within = "within" if gap <= INTEGER_TOL else "NOT within"
     return (
-        f"rounded to the released integer values ({moved} rows, then a repair): max gap "
+        f"rounded to its released values ({moved} rows, then a repair): max gap "
         f"{gap:.3g} target SE, {within} the stated tolerance {INTEGER_TOL} SE"
     )
 
@@ -1002,7 +1002,7 @@ def _keep_support(
             f"{before} rows outside it kept"
         ]
     kept = "kept" if frozen is mass else "released (the checkpoints need them)"
-    free = ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
+    free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
     rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs, offset)
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
@@ -1011,10 +1011,18 @@ def _keep_support(
     ]
     if sup.lattice is not None:
         notes.append(_round_outcome(df, group, outcome, sup, frozen, gen, designs, offset))
-        if sup.integer_dtype:
-            y = df[outcome]
-            df[outcome] = y.astype("int64") if not y.isna().any() else y.round().astype("Int64")
+        _restore_storage(df, outcome, sup)
     return notes
+
+
+def _restore_storage(df: pd.DataFrame, outcome: str, sup: Support) -> None:
+    """An outcome on its lattice stored as released: int64 or bool (Int64 or boolean with
+    missing values), as synthesis stores it."""
+    y = df[outcome]
+    if sup.integer_dtype:
+        df[outcome] = y.astype("int64") if not y.isna().any() else y.round().astype("Int64")
+    elif sup.boolean_dtype:
+        df[outcome] = y.astype(bool) if not y.isna().any() else y.astype("boolean")
 
 
 MARGINAL_ROUNDS = 4  # rank-map to the draw's values, then re-pin inside the support

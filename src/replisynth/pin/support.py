@@ -27,13 +27,14 @@ class Support:
     or the lowest and highest released level), `mass` (values holding >= MASS_SHARE of the
     released distribution: exact zeros, a bound many rows sit at), `lattice` (the allowed
     values of an integer or categorical outcome, ascending; None: continuous), and whether
-    the released logical type is integer (the stored dtype after pinning)."""
+    the released logical type is integer or boolean (the stored dtype after pinning)."""
 
     lo: float
     hi: float
     mass: tuple[float, ...] = ()
     lattice: np.ndarray | None = None
     integer_dtype: bool = False
+    boolean_dtype: bool = False
 
     @property
     def discrete(self) -> bool:
@@ -78,7 +79,8 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
         levels, counts = levels[order], counts[order]
         share = counts / max(float(counts.sum()), 1.0)
         mass = tuple(float(v) for v, s in zip(levels, share, strict=True) if s >= MASS_SHARE)
-        return Support(float(levels[0]), float(levels[-1]), mass, levels, int_dtype)
+        is_bool = spec.get("logical_type") == "boolean"
+        return Support(float(levels[0]), float(levels[-1]), mass, levels, int_dtype, is_bool)
     return None
 
 
@@ -201,6 +203,49 @@ def repair_gap(
         y[i] = y[i] + t[take]
         r = r - step
         live = np.delete(live, take)
+    return _repair_pairs(y, live, V, r, lattice, tol)
+
+
+PAIR_CANDIDATES = 300  # rows per direction the pair phase of the repair looks at
+
+
+def _repair_pairs(
+    y: np.ndarray,
+    live: np.ndarray,
+    V: np.ndarray,
+    r: np.ndarray,
+    lattice: np.ndarray,
+    tol: float,
+    max_pairs: int = 200,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The repair's second phase, for gaps below one row's step (a 0/1 outcome: one flip
+    moves a coefficient by about 1/(sigma sqrt(n)) SE): one row up and one down together,
+    whose net change V_i t_i + V_j t_j is small, the pair with the largest decrease of |r|^2
+    among the PAIR_CANDIDATES best rows each way, until |r| <= tol or no pair helps."""
+    for _ in range(max_pairs):
+        if np.max(np.abs(r), initial=0.0) <= tol or len(live) < 2:
+            break
+        down, up = _steps(y[live], lattice)
+        c = V[live] @ r
+        ups = np.flatnonzero(up > 0)
+        downs = np.flatnonzero(down < 0)
+        if not len(ups) or not len(downs):
+            break
+        m = max(20, min(PAIR_CANDIDATES, int(np.sqrt(4e6 / max(len(r), 1)))))  # m^2 K floats
+        ups = ups[np.argsort(-(up[ups] * c[ups]))[:m]]
+        downs = downs[np.argsort(-(down[downs] * c[downs]))[:m]]
+        U = V[live[ups]] * up[ups, None]
+        W = V[live[downs]] * down[downs, None]
+        new = r[None, None, :] - U[:, None, :] - W[None, :, :]
+        gain = float(r @ r) - np.einsum("ijk,ijk->ij", new, new)
+        gain[live[ups][:, None] == live[downs][None, :]] = -np.inf
+        a, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if gain[a, b] <= 0:
+            break
+        y[live[ups[a]]] += up[ups[a]]
+        y[live[downs[b]]] += down[downs[b]]
+        r = new[a, b]
+        live = np.delete(live, [ups[a], downs[b]])
     return y, r
 
 
