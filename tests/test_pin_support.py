@@ -153,6 +153,13 @@ def test_checkpoints_exact_and_integers_within_the_stated_tolerance(case: dict[s
         worst = max(z for _, z, _ in refit_terms(case["new"], rel))
         assert worst <= (INTEGER_TOL if rel["outcome"] in integer else 1e-6), (rel["tag"], worst)
     assert all(r.status == "pinned" for r in case["results"])
+    for r in case["results"]:  # what the pin report carries: aggregates, nothing row-level
+        sup = r.detail["support"]
+        assert sup["outside_after"] <= OUT_OF_SUPPORT * len(case["draw"])
+        assert set(sup) >= {"outside_before", "mass_rows", "integer_gap_se"}
+        assert sup["integer"] == (r.outcome in integer)
+        if r.outcome in integer:
+            assert sup["integer_gap_se"] <= INTEGER_TOL
 
 
 def test_integer_outcomes_stay_integer(case: dict[str, Any]) -> None:

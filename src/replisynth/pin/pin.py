@@ -428,7 +428,7 @@ def pin_checkpoints(
                 notes.append(joint)
         if sup is not None and status in ("pinned", "approximate"):
             gen = rng(seed, "pin", source, outcome, "support")
-            notes += _keep_support(df, group, outcome, sup, draw, gen, designs)
+            notes += _keep_support(df, group, outcome, sup, draw, gen, designs, detail)
         frames[source] = df
         results.append(
             PinOutcome(
@@ -939,10 +939,11 @@ def _round_outcome(
     gen: np.random.Generator,
     designs: _Designs | None,
     offset: np.ndarray,
-) -> str:
+) -> tuple[str, float | None]:
     """An integer or coded outcome back on its lattice: unbiased random rounding, then
     one-step moves on the rows with the best leverage until every pinned coefficient is
-    within ROUND_TOL target SEs (`support.repair_gap`); returns the note."""
+    within ROUND_TOL target SEs (`support.repair_gap`); returns the note and the largest
+    remaining gap (target SEs)."""
     assert sup.lattice is not None
     st = _stacked(df, group, designs)
     y = df[outcome].to_numpy(dtype="float64")
@@ -950,7 +951,7 @@ def _round_outcome(
     yr = round_to_lattice(y, obs, sup.lattice, gen)
     if st is None:
         df[outcome] = yr
-        return "rounded to the released values (constraints not rebuilt)"
+        return "rounded to the released values (constraints not rebuilt)", None
     V, D, sample = st
     r = D - offset - V.T @ np.nan_to_num(yr - y)
     moved = int(np.sum(yr[obs] != y[obs]))
@@ -961,7 +962,7 @@ def _round_outcome(
     return (
         f"rounded to its released values ({moved} rows, then a repair): max gap "
         f"{gap:.3g} target SE, {within} the stated tolerance {INTEGER_TOL} SE"
-    )
+    ), gap
 
 
 def _keep_support(
@@ -972,13 +973,14 @@ def _keep_support(
     draw: np.ndarray,
     gen: np.random.Generator,
     designs: _Designs | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> list[str]:
     """A pinned linear outcome brought back inside its released support with the checkpoints
     still exact: values clipped to [lo, hi], rows the draw put on a mass point put back on
     it, then bounded minimum-norm steps on the other rows (mass-point rows join when the
     others cannot carry the constraints; the unbounded pin is kept when nothing can), then
     integer rounding. Missing values stay where the draw has them. An approximate group keeps
-    its compromise coefficients."""
+    its compromise coefficients. `detail["support"]` gets the counts (aggregates only)."""
     st = _stacked(df, group, designs)
     if st is None:
         return []
@@ -997,6 +999,8 @@ def _keep_support(
             break
     else:
         df[outcome] = pinned
+        if detail is not None:
+            detail["support"] = {"outside_before": before, "outside_after": before}
         return [
             f"the released support [{sup.lo:.6g}, {sup.hi:.6g}] could not carry the checkpoints: "
             f"{before} rows outside it kept"
@@ -1009,9 +1013,23 @@ def _keep_support(
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
         f"steps back to the draw's marginal: {', '.join(f'{x:g}' for x in rounds) or 'none'})"
     ]
+    gap = None
     if sup.lattice is not None:
-        notes.append(_round_outcome(df, group, outcome, sup, frozen, gen, designs, offset))
+        note, gap = _round_outcome(df, group, outcome, sup, frozen, gen, designs, offset)
+        notes.append(note)
         _restore_storage(df, outcome, sup)
+    if detail is not None:
+        y = pd.to_numeric(df[outcome]).to_numpy(dtype="float64")
+        detail["support"] = {
+            "outside_before": before,
+            "outside_after": int(np.sum(out_of_support(y, sup))),
+            "mass_rows": int(mass.sum()),
+            "mass_kept": frozen is mass,
+            "marginal_steps": rounds,
+            "integer": sup.lattice is not None,
+            "integer_gap_se": gap,
+            "integer_tol_se": INTEGER_TOL if sup.lattice is not None else None,
+        }
     return notes
 
 
