@@ -25,6 +25,15 @@ from replisynth.fit.linear_models import (
 )
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
+from replisynth.pin.support import (
+    INTEGER_TOL,
+    Support,
+    bounded_min_norm,
+    out_of_support,
+    repair_gap,
+    round_to_lattice,
+    support_of,
+)
 from replisynth.stats.design import Design, build_design, collinear_terms, released_terms
 
 
@@ -350,7 +359,10 @@ def pin_checkpoints(
     subset and whose samples are disjoint), it is scaled to the released residual variance
     and, with `shape_ses` (HC/cluster vcov of ols, fe, iv), shaped to every released SE
     (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`). `progress` is
-    told each group as it starts."""
+    told each group as it starts.
+
+    With `releases` (source -> its release), a pinned linear outcome is then brought inside
+    its released support and, when integer, back to integers (`_keep_support`)."""
     frames = {k: v.copy() for k, v in frames.items()}
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
@@ -394,6 +406,7 @@ def pin_checkpoints(
                 )
             )
             continue
+        draw = pd.to_numeric(df[outcome], errors="coerce").to_numpy(dtype="float64").copy()
         if not pd.api.types.is_float_dtype(df[outcome].dtype):
             df[outcome] = pd.to_numeric(df[outcome], errors="coerce").astype("float64")
         notes: list[str] = []
@@ -421,6 +434,7 @@ def pin_checkpoints(
                     f"not exact after {MAX_PASSES} steps (the sample moves with the outcome): max gap {gap:.3g} target SE"
                 )
         detail: dict[str, Any] = {}
+        sup = support_of(releases[source], outcome) if releases and source in releases else None
         if (
             status == "pinned"
             and not any(outcome in c.get("subset_columns", []) for c in group)
@@ -434,7 +448,9 @@ def pin_checkpoints(
                         f"{who}residuals scaled by {factor:.4g} to the released residual variance"
                     )
                 shaped = (
-                    _shape_residuals(df, c, outcome, weight_bounds, designs) if shape_ses else None
+                    _shape_residuals(df, c, outcome, weight_bounds, designs, sup)
+                    if shape_ses
+                    else None
                 )
                 if shaped is not None:
                     notes.append(who + shaped.note())
@@ -447,6 +463,9 @@ def pin_checkpoints(
             joint = _match_joint_residual_scale(df, group, outcome, designs)
             if joint is not None:
                 notes.append(joint)
+        if sup is not None and status in ("pinned", "approximate"):
+            gen = rng(seed, "pin", source, outcome, "support")
+            notes += _keep_support(df, group, outcome, sup, draw, gen, designs, detail)
         _report_joint_gaps(df, group, status, notes, detail, designs)
         frames[source] = df
         results.append(
@@ -772,6 +791,7 @@ def _shape_residuals(
     outcome: str,
     bounds: tuple[float, float] | None = None,
     designs: _Designs | None = None,
+    support: Support | None = None,
 ) -> ShapeReport | None:
     """Inference fidelity beyond the residual variance, for a pinned ols/fe/iv checkpoint with
     a robust (HC0-HC3) or clustered vcov: every released SE is a sandwich linear in
@@ -784,7 +804,8 @@ def _shape_residuals(
     round. The best round is kept (never worse than before); if the residual-variance target
     was reached it is made exact by one scalar at the end (`_match_residual_scale`).
     nonrobust SEs are sigma [(X'X)^-1]_jj^1/2: only their common scale is the residual's, and
-    re keeps its matched variance components; both return None."""
+    re keeps its matched variance components; both return None. With `support`, no unit's
+    weight may take a row of it beyond the released bounds (`_support_cap`)."""
 
     cp = checkpoint_from_release(c)
     if cp.model not in ("ols", "fe", "iv") or cp.vcov == "nonrobust":
@@ -841,17 +862,21 @@ def _shape_residuals(
             break
         T = se_t**2 * F / fit.se[pos] ** 2  # released SE^2 over the refit's constant
         res, with_scale = None, False
+        box = (
+            lo / cum,
+            hi / cum if support is None else _support_cap(d.y - e, e, support, units, m, hi / cum),
+        )
         if use_scale and fit.scale > 0:
             e2 = W * e * e
             a0 = np.bincount(units, weights=e2, minlength=m) if units is not None else e2
             res = tilt_toward(
                 np.column_stack([a, a0]),
                 np.append(T, target_scale * a0.sum() / fit.scale),
-                (lo / cum, hi / cum),
+                box,
             )
             with_scale = res.feasible
         if not with_scale:
-            res = tilt_toward(a, T, (lo / cum, hi / cum))
+            res = tilt_toward(a, T, box)
         assert res is not None
         rounds += 1
         feasible, fraction = res.feasible, res.fraction
@@ -918,3 +943,270 @@ def _repin(
         if gap <= EXACT_TOL:
             return True
     return False
+
+
+def _stacked(
+    df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The group's constraints in target-SE units on the current data: V (n × K, the rows
+    of each operator A at its released terms, placed at the sample's rows, over the term's
+    SE), D (K,) the gaps beta* - beta_hat over the SE, and the rows in any sample."""
+    cols, gaps = [], []
+    sample = np.zeros(len(df), dtype=bool)
+    for c in group:
+        b = _constraints(df, c, [], designs)
+        if b is None:
+            return None
+        A, d, common, delta = b
+        se = {t["term"]: float(t["se"]) for t in c["terms"] if not t.get("suppressed")}
+        scale = np.asarray([se[d.terms[j]] for j in common])
+        scale = np.where(scale > 0, scale, 1.0)
+        rows = df.index.get_indexer(d.index)
+        V = np.zeros((len(df), len(common)))
+        V[rows] = (A.dense()[common] / scale[:, None]).T
+        cols.append(V)
+        gaps.append(delta / scale)
+        sample[rows] = True
+    return np.hstack(cols), np.concatenate(gaps), sample
+
+
+def _bounded_passes(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    frozen: np.ndarray,
+    designs: _Designs | None,
+    offset: np.ndarray,
+) -> bool:
+    """Bounded minimum-norm steps (`support.bounded_min_norm`) on the rows of the samples
+    not `frozen` until the group's coefficients are back where the pin put them (gaps equal
+    to `offset`: 0 for an exact pin, the compromise's for an approximate one); False when
+    they cannot be."""
+    for _ in range(MAX_PASSES):
+        st = _stacked(df, group, designs)
+        if st is None:
+            return False
+        V, D, sample = st
+        D = D - offset
+        if np.max(np.abs(D), initial=0.0) <= EXACT_TOL:
+            return True
+        z = df[outcome].to_numpy(dtype="float64")
+        delta, ok = bounded_min_norm(V, D, z, sample & ~frozen, sup.lo, sup.hi)
+        if not ok:
+            return False
+        df[outcome] = z + delta
+    st = _stacked(df, group, designs)
+    return st is not None and np.max(np.abs(st[1] - offset), initial=0.0) <= EXACT_TOL
+
+
+def _round_outcome(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    frozen: np.ndarray,
+    gen: np.random.Generator,
+    designs: _Designs | None,
+    offset: np.ndarray,
+) -> tuple[str, float | None]:
+    """An integer or coded outcome back on its lattice: unbiased random rounding, then
+    one-step moves on the rows with the best leverage until every pinned coefficient is
+    within ROUND_TOL target SEs (`support.repair_gap`); returns the note and the largest
+    remaining gap (target SEs)."""
+    assert sup.lattice is not None
+    st = _stacked(df, group, designs)
+    y = df[outcome].to_numpy(dtype="float64")
+    obs = np.flatnonzero(~np.isnan(y))
+    yr = round_to_lattice(y, obs, sup.lattice, gen)
+    if st is None:
+        df[outcome] = yr
+        return "rounded to the released values (constraints not rebuilt)", None
+    V, D, sample = st
+    r = D - offset - V.T @ np.nan_to_num(yr - y)
+    moved = int(np.sum(yr[obs] != y[obs]))
+    yr, r = repair_gap(yr, np.flatnonzero(sample & ~frozen), V, r, sup.lattice)
+    df[outcome] = yr
+    gap = float(np.max(np.abs(r), initial=0.0))
+    within = "within" if gap <= INTEGER_TOL else "NOT within"
+    return (
+        f"rounded to its released values ({moved} rows, then a repair): max gap "
+        f"{gap:.3g} target SE, {within} the stated tolerance {INTEGER_TOL} SE"
+    ), gap
+
+
+def _keep_support(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    draw: np.ndarray,
+    gen: np.random.Generator,
+    designs: _Designs | None = None,
+    detail: dict[str, Any] | None = None,
+) -> list[str]:
+    """A pinned linear outcome brought back inside its released support with the checkpoints
+    still exact: values clipped to [lo, hi], rows the draw put on a mass point put back on
+    it, then bounded minimum-norm steps on the other rows (mass-point rows join when the
+    others cannot carry the constraints; the unbounded pin is kept when nothing can), then
+    integer rounding. Missing values stay where the draw has them. An approximate group keeps
+    its compromise coefficients. `detail["support"]` gets the counts (aggregates only)."""
+    st = _stacked(df, group, designs)
+    if st is None:
+        return []
+    offset = st[1]
+    pinned = df[outcome].to_numpy(dtype="float64").copy()
+    obs = ~np.isnan(pinned)
+    mass = obs & ~np.isnan(draw) & np.isin(draw, np.asarray(sup.mass, dtype="float64"))
+    start = pinned.copy()
+    start[obs] = np.clip(start[obs], sup.lo, sup.hi)
+    start[mass] = draw[mass]
+    before = int(np.sum(out_of_support(pinned, replace(sup, lattice=None))))
+    frozen = mass
+    for frozen in (mass, np.zeros(len(df), dtype=bool)):
+        df[outcome] = start
+        if _bounded_passes(df, group, outcome, sup, frozen, designs, offset):
+            break
+    else:
+        df[outcome] = pinned
+        if detail is not None:
+            detail["support"] = {"outside_before": before, "outside_after": before}
+        return [
+            f"the released support [{sup.lo:.6g}, {sup.hi:.6g}] could not carry the checkpoints: "
+            f"{before} rows outside it kept"
+        ]
+    kept = "kept" if frozen is mass else "released (the checkpoints need them)"
+    free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
+    rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs, offset)
+    notes = [
+        f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
+        f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
+        f"steps back to the draw's marginal: {', '.join(f'{x:g}' for x in rounds) or 'none'})"
+    ]
+    gap = None
+    if sup.lattice is not None:
+        note, gap = _round_outcome(df, group, outcome, sup, frozen, gen, designs, offset)
+        notes.append(note)
+        _restore_storage(df, outcome, sup)
+    if detail is not None:
+        y = pd.to_numeric(df[outcome]).to_numpy(dtype="float64")
+        detail["support"] = {
+            "outside_before": before,
+            "outside_after": int(np.sum(out_of_support(y, sup))),
+            "mass_rows": int(mass.sum()),
+            "mass_kept": frozen is mass,
+            "marginal_steps": rounds,
+            "integer": sup.lattice is not None,
+            "integer_gap_se": gap,
+            "integer_tol_se": INTEGER_TOL if sup.lattice is not None else None,
+        }
+    return notes
+
+
+def _restore_storage(df: pd.DataFrame, outcome: str, sup: Support) -> None:
+    """An outcome on its lattice stored as released: int64 or bool (Int64 or boolean with
+    missing values), as synthesis stores it."""
+    y = df[outcome]
+    if sup.integer_dtype:
+        df[outcome] = y.astype("int64") if not y.isna().any() else y.round().astype("Int64")
+    elif sup.boolean_dtype:
+        df[outcome] = y.astype(bool) if not y.isna().any() else y.astype("boolean")
+
+
+MARGINAL_ROUNDS = 4  # rank-map to the draw's values, then re-pin inside the support
+
+
+def _match_draw_marginal(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    frozen: np.ndarray,
+    free: np.ndarray,
+    draw: np.ndarray,
+    designs: _Designs | None,
+    offset: np.ndarray,
+) -> list[float]:
+    """Alternating projections between the draw's marginal and the checkpoints: the `free`
+    rows move a share of the way to the draw's values at those rows, given in the order of
+    their pinned values (the draw's distribution, drawn from the released grid), then
+    bounded minimum-norm steps make the checkpoints exact again. A step is kept when every
+    released SE stays within SE_SLACK (in logs) of its target, or no further off than
+    before; the shares kept are returned."""
+    rows = np.flatnonzero(free)
+    if len(rows) < 2:
+        return []
+    pool = np.sort(draw[rows])
+    kept: list[float] = []
+    start = _se_gaps(df, group, designs)
+    if start is None:
+        return []
+    allowed = np.maximum(start, SE_SLACK)
+    for _ in range(MARGINAL_ROUNDS):
+        before = df[outcome].to_numpy(dtype="float64").copy()
+        mapped = before.copy()
+        mapped[rows[np.argsort(before[rows], kind="stable")]] = pool
+        for share in MARGINAL_SHARES:
+            df[outcome] = before + share * np.nan_to_num(mapped - before)
+            if _bounded_passes(df, group, outcome, sup, frozen, designs, offset) and _within(
+                _se_gaps(df, group, designs), allowed
+            ):
+                kept.append(share)
+                break
+        else:
+            df[outcome] = before
+            break
+    return kept
+
+
+MARGINAL_SHARES = (1.0, 0.5, 0.25)  # shares of the way to the draw's marginal a round tries
+SE_SLACK = 0.02  # |log(SE synthetic / SE released)| a marginal step may reach on a term
+
+
+def _within(gaps: np.ndarray | None, allowed: np.ndarray) -> bool:
+    return gaps is not None and bool(np.all(gaps <= allowed + 1e-12))
+
+
+def _se_gaps(
+    df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None
+) -> np.ndarray | None:
+    """|log(SE synthetic / SE released)| of every released term of the group (the refit
+    verification runs), or None when a checkpoint cannot be refitted."""
+    out = []
+    for c in group:
+        cp = checkpoint_from_release(c)
+        try:
+            d = _fresh(designs).design(df, c, released=False)
+            fit = fit_checkpoint(d, cp)
+        except (CheckpointError, np.linalg.LinAlgError):
+            return None
+        pos, se_t = _se_targets(c, d)
+        r = fit.se[pos] / se_t
+        if not np.all(np.isfinite(r)) or np.any(r <= 0):
+            return None
+        out.append(np.abs(np.log(r)))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _support_cap(
+    fitted: np.ndarray,
+    e: np.ndarray,
+    sup: Support,
+    units: np.ndarray | None,
+    m: int,
+    cap: np.ndarray | float,
+) -> np.ndarray:
+    """Upper bounds of the shaping weights (m,): `cap`, lowered so that sqrt(w) e keeps every
+    row of the unit inside [lo, hi] of the released support (never below 1: a row already
+    outside is not widened further, and the support step brings it back)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(
+            e > 0, (sup.hi - fitted) / e, np.where(e < 0, (sup.lo - fitted) / e, np.inf)
+        )
+    w_row = np.maximum(np.nan_to_num(room, nan=np.inf), 0.0) ** 2
+    if units is None:
+        w_unit = w_row
+    else:
+        w_unit = np.full(m, np.inf)
+        np.minimum.at(w_unit, units, w_row)
+    return np.minimum(np.broadcast_to(cap, (m,)), np.maximum(w_unit, 1.0))

@@ -1,0 +1,263 @@
+"""The released support of a linear outcome (bounds, mass points, integer lattice) and the
+array steps that keep a pin inside it: a bounded minimum-norm change, lattice rounding with a
+greedy repair of the constraint gap, and the KS distance to the released grid.
+Method: docs/method.md, "Layer 4: pinning", "Support of a pinned outcome".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from replisynth.stats.marginals import grid_cdf
+
+MASS_SHARE = (
+    0.05  # a value holding at least this share of the released distribution is a mass point
+)
+ACTIVE_ROUNDS = 60  # bounded minimum-norm: rounds of freezing the rows that leave the box
+ROUND_TOL = 0.01  # integer repair stops once every constraint is within this many target SEs
+INTEGER_TOL = 0.05  # stated tolerance of an integer outcome's pinned coefficients, target SEs
+
+
+@dataclass(frozen=True)
+class Support:
+    """What the release says a pinned outcome may take: `lo`..`hi` (the released grid's ends
+    or the lowest and highest released level), `mass` (values holding >= MASS_SHARE of the
+    released distribution: exact zeros, a bound many rows sit at), `lattice` (the allowed
+    values of an integer or categorical outcome, ascending; None: continuous), and whether
+    the released logical type is integer or boolean (the stored dtype after pinning)."""
+
+    lo: float
+    hi: float
+    mass: tuple[float, ...] = ()
+    lattice: np.ndarray | None = None
+    integer_dtype: bool = False
+    boolean_dtype: bool = False
+
+    @property
+    def discrete(self) -> bool:
+        return self.lattice is not None
+
+
+def _grid_mass(grid: np.ndarray) -> tuple[float, ...]:
+    """Values repeated over at least MASS_SHARE of a 101-point grid's percent steps."""
+    steps = int(round(MASS_SHARE * (len(grid) - 1)))
+    vals, starts = np.unique(grid, return_index=True)
+    ends = len(grid) - 1 - np.unique(grid[::-1], return_index=True)[1]
+    return tuple(float(v) for v, s, e in zip(vals, starts, ends, strict=True) if e - s >= steps)
+
+
+def support_of(release: dict[str, Any], column: str) -> Support | None:
+    """The released support of `column` (source-level block), or None when the release holds
+    no numeric marginal of it (suppressed, string, a non-numeric category)."""
+    spec = next((c for c in release.get("columns", []) if c.get("name") == column), None)
+    m = release.get("blocks", {}).get("all", {}).get("marginals", {}).get(column)
+    if spec is None or m is None:
+        return None
+    int_dtype = spec.get("logical_type") == "integer" and bool(spec.get("integer"))
+    if m.get("kind") == "continuous" and m.get("grid"):
+        g = np.asarray(m["grid"], dtype="float64")
+        if not np.all(np.isfinite(g)):
+            return None
+        lo, hi = float(g[0]), float(g[-1])
+        lattice = None
+        if spec.get("integer"):
+            lattice = np.arange(np.ceil(lo), np.floor(hi) + 1.0)
+        return Support(lo, hi, _grid_mass(g), lattice if lattice is not None else None, int_dtype)
+    if m.get("kind") == "categorical":
+        table = m.get("table") or {}
+        try:
+            levels = np.asarray(table.get("levels", []), dtype="float64")
+        except (TypeError, ValueError):
+            return None
+        counts = np.asarray(table.get("counts", []), dtype="float64")
+        if len(levels) < 2 or not np.all(np.isfinite(levels)) or len(counts) != len(levels):
+            return None
+        order = np.argsort(levels)
+        levels, counts = levels[order], counts[order]
+        share = counts / max(float(counts.sum()), 1.0)
+        mass = tuple(float(v) for v, s in zip(levels, share, strict=True) if s >= MASS_SHARE)
+        is_bool = spec.get("logical_type") == "boolean"
+        return Support(float(levels[0]), float(levels[-1]), mass, levels, int_dtype, is_bool)
+    return None
+
+
+def out_of_support(y: np.ndarray, sup: Support) -> np.ndarray:
+    """Rows (non-missing) outside the bounds or, for a discrete outcome, off its lattice."""
+    ok = ~np.isnan(y)
+    bad = ok & (
+        (y < sup.lo - 1e-9 * max(1.0, abs(sup.lo))) | (y > sup.hi + 1e-9 * max(1.0, abs(sup.hi)))
+    )
+    if sup.lattice is not None:
+        bad |= ok & ~np.isin(y, sup.lattice)
+    return bad
+
+
+def bounded_min_norm(
+    V: np.ndarray,
+    D: np.ndarray,
+    z: np.ndarray,
+    free: np.ndarray,
+    lo: float,
+    hi: float,
+) -> tuple[np.ndarray, bool]:
+    """The change delta (n,) of z with V' delta = D, zero off `free`, z + delta in [lo, hi]:
+    the minimum-norm solution on the free rows; rows it takes out of the box are set to the
+    bound they crossed and frozen there, and the rest solved again (an active-set loop).
+    Returns delta and whether the constraints hold (to 1e-9 relative)."""
+    delta = np.zeros(len(z))
+    fixed = np.zeros(len(z), dtype=bool)
+    ok = False
+    for _ in range(ACTIVE_ROUNDS):
+        F = free & ~fixed
+        rest = D - V[fixed].T @ delta[fixed]
+        VF = V[F]
+        lam = np.linalg.lstsq(VF.T @ VF, rest, rcond=None)[0]
+        dF = VF @ lam
+        ok = bool(
+            np.max(np.abs(VF.T @ dF - rest), initial=0.0)
+            <= 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0)))
+        )
+        new = z[F] + dF
+        out = (new < lo) | (new > hi)
+        delta[F] = dF
+        if not ok or not out.any():
+            break
+        idx = np.flatnonzero(F)[out]
+        delta[idx] = np.clip(new[out], lo, hi) - z[idx]
+        fixed[idx] = True
+    else:
+        ok = False
+    return delta, ok
+
+
+def _neighbours(y: np.ndarray, lattice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lattice points at or below and at or above each value (clipped to the ends)."""
+    j = np.clip(np.searchsorted(lattice, y, side="right") - 1, 0, len(lattice) - 1)
+    down = lattice[j]
+    up = lattice[np.minimum(j + 1, len(lattice) - 1)]
+    up = np.where(down >= y, down, up)
+    return down, up
+
+
+def round_to_lattice(
+    y: np.ndarray, rows: np.ndarray, lattice: np.ndarray, gen: np.random.Generator
+) -> np.ndarray:
+    """y with the values at `rows` rounded to a neighbouring lattice point at random, up with
+    probability equal to the distance from the lower one (unbiased: E[round(y)] = y)."""
+    out = y.copy()
+    v = y[rows]
+    down, up = _neighbours(v, lattice)
+    span = np.where(up > down, up - down, 1.0)
+    p_up = np.where(up > down, (v - down) / span, 0.0)
+    out[rows] = np.where(gen.random(len(v)) < p_up, up, down)
+    return out
+
+
+def _steps(y: np.ndarray, lattice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The signed sizes of one lattice step down (<= 0) and up (>= 0) from each value."""
+    j = np.searchsorted(lattice, y)
+    j = np.clip(j, 0, len(lattice) - 1)
+    down = np.where(j > 0, lattice[np.maximum(j - 1, 0)] - y, 0.0)
+    up = np.where(j < len(lattice) - 1, lattice[np.minimum(j + 1, len(lattice) - 1)] - y, 0.0)
+    return down, up
+
+
+def repair_gap(
+    y: np.ndarray,
+    rows: np.ndarray,
+    V: np.ndarray,
+    r: np.ndarray,
+    lattice: np.ndarray,
+    tol: float = ROUND_TOL,
+    max_rounds: int = 400,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-step lattice moves on `rows` (each row at most once) that bring the constraint gap
+    r = D - V'(y - y_pinned) (in target SEs) below `tol`: each round takes the moves with
+    the largest decrease of |r|^2 (batched by how far r still is), recomputes, and stops
+    when none helps. Returns the new y and the remaining gap."""
+    y = y.copy()
+    live = rows.copy()
+    for _ in range(max_rounds):
+        if np.max(np.abs(r), initial=0.0) <= tol or len(live) == 0:
+            break
+        Vl = V[live]
+        c = Vl @ r  # moving row i by t changes r by -t V_i: |r|^2 falls by 2 t c_i - t^2 q_i
+        q = np.einsum("ij,ij->i", Vl, Vl)
+        down, up = _steps(y[live], lattice)
+        t = np.where(c > 0, up, down)
+        gain = 2 * t * c - t * t * q
+        best = np.argsort(-gain)
+        if gain[best[0]] <= 0:
+            break
+        # each best move shortens r by about t c / |r|: about |r|^2 / (t c) of them close it
+        take = best[: max(1, min(int(float(r @ r) / (2 * gain[best[0]])), int(np.sum(gain > 0))))]
+        while True:
+            step = Vl[take].T @ t[take]
+            if len(take) == 1 or float((r - step) @ (r - step)) < float(r @ r):
+                break
+            take = take[: len(take) // 2]
+        i = live[take]
+        y[i] = y[i] + t[take]
+        r = r - step
+        live = np.delete(live, take)
+    return _repair_pairs(y, live, V, r, lattice, tol)
+
+
+PAIR_CANDIDATES = 300  # rows per direction the pair phase of the repair looks at
+
+
+def _repair_pairs(
+    y: np.ndarray,
+    live: np.ndarray,
+    V: np.ndarray,
+    r: np.ndarray,
+    lattice: np.ndarray,
+    tol: float,
+    max_pairs: int = 200,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The repair's second phase, for gaps below one row's step (a 0/1 outcome: one flip
+    moves a coefficient by about 1/(sigma sqrt(n)) SE): one row up and one down together,
+    whose net change V_i t_i + V_j t_j is small, the pair with the largest decrease of |r|^2
+    among the PAIR_CANDIDATES best rows each way, until |r| <= tol or no pair helps."""
+    for _ in range(max_pairs):
+        if np.max(np.abs(r), initial=0.0) <= tol or len(live) < 2:
+            break
+        down, up = _steps(y[live], lattice)
+        c = V[live] @ r
+        ups = np.flatnonzero(up > 0)
+        downs = np.flatnonzero(down < 0)
+        if not len(ups) or not len(downs):
+            break
+        m = max(20, min(PAIR_CANDIDATES, int(np.sqrt(4e6 / max(len(r), 1)))))  # m^2 K floats
+        ups = ups[np.argsort(-(up[ups] * c[ups]))[:m]]
+        downs = downs[np.argsort(-(down[downs] * c[downs]))[:m]]
+        U = V[live[ups]] * up[ups, None]
+        W = V[live[downs]] * down[downs, None]
+        new = r[None, None, :] - U[:, None, :] - W[None, :, :]
+        gain = float(r @ r) - np.einsum("ijk,ijk->ij", new, new)
+        gain[live[ups][:, None] == live[downs][None, :]] = -np.inf
+        a, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if gain[a, b] <= 0:
+            break
+        y[live[ups[a]]] += up[ups[a]]
+        y[live[downs[b]]] += down[downs[b]]
+        r = new[a, b]
+        live = np.delete(live, [ups[a], downs[b]])
+    return y, r
+
+
+def ks_to_grid(values: np.ndarray, grid: np.ndarray, integer: bool = False) -> float:
+    """Kolmogorov-Smirnov distance of the non-missing values to the released grid's
+    distribution (both sides of every jump), for measuring a pinned outcome's drift."""
+    v = values[~np.isnan(values)]
+    if not len(v):
+        return 0.0
+    u, counts = np.unique(v, return_counts=True)
+    g = np.asarray(grid, dtype="float64")
+    cum = np.cumsum(counts) / len(v)
+    right = grid_cdf(g, u, integer)
+    left = grid_cdf(g, np.nextafter(u, -np.inf), integer)
+    return float(max(np.max(np.abs(cum - right)), np.max(np.abs(cum - counts / len(v) - left))))
