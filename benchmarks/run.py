@@ -242,7 +242,11 @@ def matrix_cell(kind: str, rows: int, repeat: int, cores: int = 2) -> dict:
             work = Path(tmp) / "smk"
             shutil.rmtree(work, ignore_errors=True)
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            rec = run_snakemake(man, work, cores)
+            try:
+                rec = run_snakemake(man, work, cores)
+            except RuntimeError as exc:  # one failing cell does not stop the matrix
+                lines = str(exc).strip().splitlines()
+                return {"kind": kind, "rows": rows, "failed": lines[-1] if lines else "failed"}
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             res = work / "results" / name
             rec["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -278,6 +282,9 @@ def matrix_table(cells: list[dict], top: int = 4) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in cells:
+        if "failed" in c:
+            lines.append(f"| {c['kind']} | {c['rows']:,} | failed: {c['failed'][:200]} | | | | |")
+            continue
         slow = sorted(c["steps"].items(), key=lambda kv: -kv[1])[:top]
         lines.append(
             f"| {c['kind']} | {c['rows']:,} | {c['seconds']:.1f} | {c['cpu']:.1f} | "

@@ -146,6 +146,32 @@ def test_newton_fit_matches_statsmodels_with_weights(model: str, y: str, vcov: s
     np.testing.assert_allclose(warm.se, fit.se, rtol=1e-9)
 
 
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC1", "cluster:grp"])
+@pytest.mark.parametrize(("model", "binary"), [("ologit", "logit"), ("oprobit", "probit")])
+def test_ordered_fit_with_two_levels_is_the_binary_model(
+    model: str, binary: str, vcov: str
+) -> None:
+    """With two categories an ordered model is the binary one with cut1 = -intercept: slopes,
+    cut point and SEs equal statsmodels' Logit/Probit (row-weighted, clustered) to 1e-8."""
+    from replisynth.fit.glm import fit_glm_statsmodels
+
+    df = make_glm_people(1800, seed=21)
+    rng = np.random.default_rng(22)
+    df["wt"] = rng.gamma(3.0, 1.0, len(df))
+    df["grp"] = rng.integers(0, 29, len(df))
+    df["yes"] = np.where(df["b"] == 1, "yes", "no")
+    rhs = "x1 + female + C(region)"
+    cp = _cp(model, f"yes ~ {rhs}", vcov=vcov, weights="wt", levels=["no", "yes"])
+    fit = fit_checkpoint(build_design(df, cp), cp)
+    bcp = _cp(binary, f"b ~ {rhs}", vcov=vcov, weights="wt")
+    ref_beta, ref_se = fit_glm_statsmodels(build_design(df, bcp), bcp, "reference")
+    assert fit.terms[-1] == "cut1"
+    np.testing.assert_allclose(fit.beta[:-1], ref_beta[1:], rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(fit.beta[-1], -ref_beta[0], rtol=1e-8)
+    np.testing.assert_allclose(fit.se[:-1], ref_se[1:], rtol=1e-8)
+    np.testing.assert_allclose(fit.se[-1], ref_se[0], rtol=1e-8)
+
+
 def test_newton_fit_reports_non_convergence_under_separation() -> None:
     """A regressor that splits the outcome perfectly has no maximum-likelihood estimate: one
     line naming the checkpoint and the likely cause."""

@@ -180,7 +180,7 @@ def fit_glm(
     refit should reproduce) warm-starts the Newton fits of logit/probit/poisson/nbreg."""
     _check_vcov(cp, label)
     if cp.model in GLM_ORDERED:
-        return _fit_ordered(design, cp, label)
+        return _fit_ordered(design, cp, label, start)
     n, k = design.X.shape
     w = normalised_weights(design.weights, n)
     beta, se = _newton_fit(design, cp, label, w, start)
@@ -274,11 +274,13 @@ def fit_glm_statsmodels(
     return beta, se
 
 
-def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
-    """Ordered logit/probit; parameters (b, cut_1..cut_{J-1}) with delta-method SEs."""
-    from statsmodels.miscmodels.ordinal_model import OrderedModel
-
-    n, k = design.X.shape
+def _fit_ordered(
+    design: Design, cp: Checkpoint, label: str, start: dict[str, float] | None = None
+) -> FitResult:
+    """Ordered logit/probit; parameters (b, cut_1..cut_{J-1}), fitted in that parameterisation
+    (`mle_newton.fit_ordered`), so the SEs are the inverse information's (what the delta method
+    gives from statsmodels' threshold increments)."""
+    n = design.X.shape[0]
     codes = design.y.astype("int64")
     J = int(codes.max()) + 1 if len(codes) else 0
     present = np.bincount(codes, minlength=J)
@@ -292,26 +294,7 @@ def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
             f"{label}: regressor name(s) {', '.join(bad)} clash with the cut point names; rename the column"
         )
     w = normalised_weights(design.weights, n)
-    distr = "logit" if cp.model == "ologit" else "probit"
-    if w is None:
-        model = OrderedModel(codes, design.X, distr=distr)
-    else:
-        model = _weighted_ordered(OrderedModel)(codes, design.X, w, distr=distr)
-    res = _fit(model, label, method="bfgs", maxiter=2000, gtol=1e-8, **_cov_args(design, cp))
-    p = np.asarray(res.params, dtype="float64")
-    V = np.asarray(res.cov_params(), dtype="float64")
-    if cp.vcov == "HC1":
-        V = V * (n / (n - 1))
-    # thresholds: cut_1 = t_0, cut_j = t_0 + sum_{i<j} exp(t_i)
-    t = p[k:]
-    cuts = t[0] + np.concatenate([[0.0], np.cumsum(np.exp(t[1:]))])
-    Jac = np.zeros((len(p), len(p)))
-    Jac[:k, :k] = np.eye(k)
-    for j in range(J - 1):
-        Jac[k + j, k] = 1.0
-        Jac[k + j, k + 1 : k + 1 + j] = np.exp(t[1 : 1 + j])
-    beta = np.concatenate([p[:k], cuts])
-    se = np.sqrt(np.maximum(np.diag(Jac @ V @ Jac.T), 0.0))
+    beta, se = _ordered_newton(design, cp, label, codes, w, J, start)
     shares = np.bincount(codes, weights=w, minlength=J) / (w.sum() if w is not None else n)
     return FitResult(
         terms=list(design.terms) + cut_names(J),
@@ -322,3 +305,35 @@ def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
         scale=1.0,
         extra={"family": cp.model, "outcome_shares": [float(s) for s in shares]},
     )
+
+
+def _ordered_newton(
+    design: Design,
+    cp: Checkpoint,
+    label: str,
+    codes: np.ndarray,
+    w: np.ndarray | None,
+    J: int,
+    start: dict[str, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(b and cut points, SEs) of an ordered checkpoint; HC1 is HC0 x sqrt(n/(n-1))."""
+    from replisynth.fit.mle_newton import NotConverged, covariance, fit_ordered
+
+    n = len(codes)
+    names = list(design.terms) + cut_names(J)
+    p0 = None if not start else np.array([float(start.get(t, np.nan)) for t in names])
+    distr = "logit" if cp.model == "ologit" else "probit"
+    try:
+        fit = fit_ordered(distr, codes, design.X, w, J, p0)
+        V = covariance(fit, cp.vcov, design.clusters if cp.cluster else None)
+    except NotConverged:
+        raise CheckpointError(
+            f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors"
+        ) from None
+    except np.linalg.LinAlgError:
+        raise CheckpointError(
+            f"{label}: the information matrix of the fit is singular; check for a regressor that predicts the outcome perfectly or an empty category"
+        ) from None
+    if cp.vcov == "HC1":
+        V = V * (n / (n - 1))
+    return fit.params, np.sqrt(np.maximum(np.diag(V), 0.0))

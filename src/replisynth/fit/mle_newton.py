@@ -209,6 +209,8 @@ def _line_search(prob: _Problem, p: np.ndarray, step: np.ndarray, ll: float) -> 
 
 
 def _start(prob: _Problem, start: np.ndarray | None) -> np.ndarray:
+    if prob.model == "ordered" and start is not None:
+        return np.asarray(start, dtype="float64").copy()
     if start is not None and np.all(np.isfinite(start)):
         p = np.asarray(start, dtype="float64").copy()
         if prob.model != "nbreg" or p[-1] > 0:
@@ -269,3 +271,119 @@ def covariance(fit: NewtonFit, vcov: str, clusters: np.ndarray | None = None) ->
     G = int(codes.max()) + 1
     sums = np.column_stack([np.bincount(codes, weights=S[:, j], minlength=G) for j in range(p)])
     return hinv @ (sums.T @ sums) @ hinv * (G / (G - 1.0)) * ((n - 1.0) / (n - p))
+
+
+def _cdf_pdf_slope(distr: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """F(z), f(z) and f'(z) of the logistic or normal distribution (0 at z = ±inf)."""
+    from scipy.special import expit, ndtr
+
+    fin = np.isfinite(z)
+    zf = np.where(fin, z, 0.0)
+    if distr == "logit":
+        F = expit(z)
+        f = np.where(fin, F * (1.0 - F), 0.0)
+        return F, f, np.where(fin, f * (1.0 - 2.0 * F), 0.0)
+    F = ndtr(z)
+    f = np.where(fin, np.exp(-0.5 * zf * zf) / np.sqrt(2.0 * np.pi), 0.0)
+    return F, f, -zf * f
+
+
+@dataclass(frozen=True)
+class _OrderedPieces:
+    """Per-row log-likelihood and its derivatives in u = cut_y+1 - eta and v = cut_y - eta."""
+
+    ll: np.ndarray
+    lu: np.ndarray
+    lv: np.ndarray
+    luu: np.ndarray
+    lvv: np.ndarray
+    luv: np.ndarray
+
+
+class _Ordered:
+    """Ordered logit/probit with Stata's parameters (b, cut_1..cut_{J-1}): P(y = j) =
+    F(cut_{j+1} - x'b) - F(cut_j - x'b), cut_0 = -inf, cut_J = +inf; codes 0..J-1."""
+
+    model = "ordered"
+
+    def __init__(self, distr: str, codes: np.ndarray, X: np.ndarray, w: np.ndarray | None, J: int):
+        self.distr, self.y, self.X, self.J = distr, np.asarray(codes, dtype="int64"), X, J
+        self.w = np.ones(len(self.y)) if w is None else np.asarray(w, dtype="float64")
+        self.k = X.shape[1]
+        self.rows = [self.y == j for j in range(J)]
+
+    def start(self) -> np.ndarray:
+        from scipy.special import logit, ndtri
+
+        shares = np.cumsum(np.bincount(self.y, weights=self.w, minlength=self.J))[:-1]
+        q = np.clip(shares / self.w.sum(), 1e-6, 1 - 1e-6)
+        return np.concatenate([np.zeros(self.k), logit(q) if self.distr == "logit" else ndtri(q)])
+
+    def pieces(self, p: np.ndarray) -> _OrderedPieces:
+        eta = self.X @ p[: self.k]
+        cuts = np.concatenate([[-np.inf], p[self.k :], [np.inf]])
+        Fu, fu, du = _cdf_pdf_slope(self.distr, cuts[self.y + 1] - eta)
+        Fv, fv, dv = _cdf_pdf_slope(self.distr, cuts[self.y] - eta)
+        P = Fu - Fv
+        a, b = fu / P, fv / P
+        return _OrderedPieces(np.log(P), a, -b, du / P - a * a, -dv / P - b * b, a * b)
+
+    def loglike(self, p: np.ndarray) -> float:
+        if np.any(np.diff(p[self.k :]) <= 0):
+            return -np.inf
+        with np.errstate(all="ignore"):
+            v = float(self.w @ self.pieces(p).ll)
+        return v if np.isfinite(v) else -np.inf
+
+    def _cut_sums(self, at_u: np.ndarray, at_v: np.ndarray) -> list[np.ndarray]:
+        """Per cut m (1..J-1): rows whose u is cut m (y = m-1) summed with `at_u`, rows whose
+        v is cut m (y = m) with `at_v` (vectors over rows, or row-by-column matrices)."""
+        return [
+            at_u[self.rows[m - 1]].sum(axis=0) + at_v[self.rows[m]].sum(axis=0)
+            for m in range(1, self.J)
+        ]
+
+    def score_hessian(self, rp: _OrderedPieces) -> tuple[np.ndarray, np.ndarray]:
+        X, w, k, J = self.X, self.w, self.k, self.J
+        score = np.concatenate(
+            [-(X.T @ (w * (rp.lu + rp.lv))), self._cut_sums(w * rp.lu, w * rp.lv)]
+        )
+        H = np.zeros((k + J - 1, k + J - 1))
+        H[:k, :k] = X.T @ (X * (w * (rp.luu + 2.0 * rp.luv + rp.lvv))[:, None])
+        xu = X * (-(w * (rp.luu + rp.luv)))[:, None]
+        xv = X * (-(w * (rp.luv + rp.lvv)))[:, None]
+        for m, col in enumerate(self._cut_sums(xu, xv)):
+            H[:k, k + m] = H[k + m, :k] = col
+        H[k:, k:] = np.diag(self._cut_sums(w * rp.luu, w * rp.lvv))
+        for m in range(1, J - 1):  # cut m+1 and cut m share the rows y = m
+            H[k + m, k + m - 1] = H[k + m - 1, k + m] = float(
+                w[self.rows[m]] @ rp.luv[self.rows[m]]
+            )
+        return score, -H
+
+    def scores(self, rp: _OrderedPieces) -> np.ndarray:
+        S = np.zeros((len(self.y), self.k + self.J - 1))
+        S[:, : self.k] = self.X * (-(self.w * (rp.lu + rp.lv)))[:, None]
+        for m in range(1, self.J):
+            S[self.rows[m - 1], self.k + m - 1] += (self.w * rp.lu)[self.rows[m - 1]]
+            S[self.rows[m], self.k + m - 1] += (self.w * rp.lv)[self.rows[m]]
+        return S
+
+
+def fit_ordered(
+    distr: str,
+    codes: np.ndarray,
+    X: np.ndarray,
+    w: np.ndarray | None,
+    J: int,
+    start: np.ndarray | None = None,
+) -> NewtonFit:
+    """Maximum-likelihood ordered logit (`distr` "logit") or probit ("probit") on outcome
+    codes 0..J-1 with row weights `w`: parameters (b, cut_1..cut_{J-1})."""
+    prob = _Ordered(distr, codes, X, w, J)
+    ok = (
+        start is not None
+        and np.all(np.isfinite(start))
+        and np.all(np.diff(start[X.shape[1] :]) > 0)
+    )
+    return newton(prob, start if ok else prob.start())  # type: ignore[arg-type]
