@@ -265,6 +265,9 @@ def matrix_cell(kind: str, rows: int, repeat: int, cores: int = 2) -> dict:
         "steps": {
             r: statistics.median(x["steps"].get(r, {}).get("s", 0.0) for x in runs) for r in steps
         },
+        "step_cpu": {
+            r: statistics.median(x["steps"].get(r, {}).get("cpu", 0.0) for x in runs) for r in steps
+        },
         "step_rss_mb": {r: max(x["steps"].get(r, {}).get("rss", 0.0) for x in runs) for r in steps},
     }
 
