@@ -140,7 +140,7 @@ def test_newton_fit_matches_statsmodels_with_weights(model: str, y: str, vcov: s
     ref_beta, ref_se = fit_glm_statsmodels(design, cp, "reference")
     np.testing.assert_allclose(fit.beta, ref_beta, rtol=1e-8, atol=1e-9)
     np.testing.assert_allclose(fit.se, ref_se, rtol=1e-8)
-    far = {t: b + 0.3 for t, b in zip(fit.terms, fit.beta)}
+    far = {t: b + 0.3 for t, b in zip(fit.terms, fit.beta, strict=True)}
     warm = fit_checkpoint(design, cp, start=far)
     np.testing.assert_allclose(warm.beta, fit.beta, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(warm.se, fit.se, rtol=1e-9)
