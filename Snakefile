@@ -21,10 +21,15 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
-from replisynth.workflow.workflow import workflow_plan
+from replisynth.workflow.workflow import under_cluster, workflow_plan
 
 # the manifest files, re-read by replisynth: a key given twice is an error, not the last value
-P = workflow_plan(config, [str(f) for f in workflow.config_settings.configfiles] or ["config/config.yaml"])
+# scatter: auto splits strata over jobs only under a cluster executor (docs/hpc.md)
+P = workflow_plan(
+    config,
+    [str(f) for f in workflow.config_settings.configfiles] or ["config/config.yaml"],
+    cluster=under_cluster(workflow),
+)
 
 
 wildcard_constraints:

@@ -164,3 +164,239 @@ if __name__ == "__main__":
     main(
         int(args[0]), args[1] if len(args) > 1 else f"/tmp/register_{args[0]}", "--nested" in flags
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark matrix (issue 17): kinds of manifests x sizes. Each kind names its columns its
+# own way (RENAMES), so nothing depends on one data set's names.
+
+KINDS = ("ols", "glm", "register", "ordered", "panel", "strata")
+
+
+def register_plus(n: int, seed: int = 1) -> pd.DataFrame:
+    """`register` with x5 replaced by two outcomes the GLM kinds need: an overdispersed count
+    (visits ~ NB2 with mean exp(0.2 + 0.01 age - 0.2 female), alpha 0.8) and a 5-level
+    ordered score (satisfaction, cut points of a logistic latent in hours and married)."""
+    df = register(n, seed).drop(columns=["x5"])
+    rng = np.random.default_rng(seed + 7)
+    mean = np.exp(0.2 + 0.01 * (df["age"] - 45) - 0.2 * df["female"])
+    df["visits"] = rng.poisson(rng.gamma(1 / 0.8, mean * 0.8))
+    latent = 0.03 * (df["hours"] - 30) + 0.4 * df["married"] + rng.logistic(size=n)
+    df["satisfaction"] = np.digitize(latent, [-1.5, -0.5, 0.5, 1.5]) + 1
+    return df
+
+
+def panel_data(n: int, seed: int = 1, periods: int = 8) -> pd.DataFrame:
+    """A balanced panel of n // periods units over `periods` years: a unit effect correlated
+    with the regressors, a year trend, wages on experience, union and hours."""
+    rng = np.random.default_rng(seed)
+    units = max(n // periods, 2)
+    unit = np.repeat(np.arange(1, units + 1), periods)
+    year = np.tile(np.arange(2001, 2001 + periods), units)
+    a = rng.normal(size=units)[unit - 1]
+    exper = np.clip(rng.integers(0, 20, units)[unit - 1] + (year - 2001), 0, 40)
+    union = (0.5 * a + rng.normal(size=len(unit)) > 0.4).astype(int)
+    hours = np.clip(38 + 2 * a + rng.normal(scale=5, size=len(unit)), 5, 70)
+    lw = 1.5 + a * 0.3 + 0.04 * exper + 0.1 * union + 0.005 * hours + rng.normal(0, 0.3, len(unit))
+    return pd.DataFrame(
+        {
+            "unit": unit,
+            "year": year,
+            "exper": exper,
+            "union": union,
+            "hours": hours,
+            "married": (rng.random(len(unit)) < 0.5 + 0.1 * np.tanh(a)).astype(int),
+            "sector": rng.integers(1, 7, units)[unit - 1],
+            "lwage": lw,
+            "z1": a + rng.normal(size=len(unit)),
+            "z2": rng.normal(size=len(unit)),
+        }
+    )
+
+
+RENAMES = {  # the columns of each kind under its own names
+    "ols": {"x1": "score_a", "x2": "score_b", "x3": "score_c", "x4": "score_d", "hours": "hrs"},
+    "glm": {
+        "employed": "in_work",
+        "visits": "gp_visits",
+        "married": "partnered",
+        "sector": "industry",
+        "region": "district",
+        "weight": "pw",
+    },
+    "register": {"age": "alder", "region": "landsdel", "sector": "naering", "income": "inntekt"},
+    "ordered": {"satisfaction": "rating", "educ_years": "school_yrs", "hours": "workhours"},
+    "panel": {"unit": "person", "year": "wave", "lwage": "log_pay"},
+    "strata": {"county_type": "urbanity", "region": "area", "female": "sex", "married": "civil"},
+}
+
+
+def _ols_checkpoints() -> list[dict]:
+    return [dict(c, source="reg") for c in manifest("")["checkpoints"] if c["tag"] != "x4_reg"] + [
+        {
+            "tag": "x4_reg",
+            "source": "reg",
+            "model": "ols",
+            "formula": "x4 ~ C(region) + x3 + hours",
+            "vcov": "HC1",
+        }
+    ]
+
+
+def _glm_checkpoints() -> list[dict]:
+    return [
+        {
+            "tag": "work_probit",
+            "model": "probit",
+            "formula": "employed ~ age + female + educ_years + C(region)",
+        },
+        {
+            "tag": "visits_nb",
+            "model": "nbreg",
+            "formula": "visits ~ age + female + children",
+            "vcov": "HC1",
+        },
+        {
+            "tag": "x1_fe",
+            "model": "fe",
+            "formula": "x1 ~ educ_years + age + hours",
+            "absorb": ["sector", "region"],
+            "vcov": "cluster:sector",
+        },
+        {
+            "tag": "married_logit",
+            "model": "logit",
+            "formula": "married ~ age + female + educ_years",
+        },
+        {
+            "tag": "hours_wi",
+            "model": "ols",
+            "formula": "hours ~ female * children + age",
+            "weights": "weight",
+        },
+    ]
+
+
+def _register_checkpoints() -> list[dict]:
+    return [
+        {
+            "tag": "earn_hc1",
+            "model": "ols",
+            "formula": "x1 ~ educ_years + age + I(age**2) + C(region)",
+            "vcov": "HC1",
+        },
+        {
+            "tag": "hours_aw",
+            "model": "ols",
+            "formula": "hours ~ female + age + children",
+            "weights": "weight",
+        },
+        {"tag": "work_logit", "model": "logit", "formula": "employed ~ age + female + educ_years"},
+        {"tag": "kids_pois", "model": "poisson", "formula": "children ~ age + married + female"},
+        {"tag": "tenure_sec", "model": "ols", "formula": "tenure ~ age + C(sector) + married"},
+    ]
+
+
+def _ordered_checkpoints() -> list[dict]:
+    lv = [1, 2, 3, 4, 5]
+    return [
+        {
+            "tag": "sat_ologit",
+            "model": "ologit",
+            "formula": "satisfaction ~ hours + married + age",
+            "levels": lv,
+        },
+        {
+            "tag": "sat_oprobit",
+            "model": "oprobit",
+            "formula": "satisfaction ~ hours + female",
+            "levels": lv,
+            "subset": "age >= 30",
+        },
+        {"tag": "x2_ols", "model": "ols", "formula": "x2 ~ x3 + educ_years", "vcov": "HC1"},
+        {"tag": "married_logit", "model": "logit", "formula": "married ~ age + female"},
+        {"tag": "tenure_ols", "model": "ols", "formula": "tenure ~ age + married"},
+    ]
+
+
+def _panel_checkpoints() -> list[dict]:
+    return [
+        {
+            "tag": "fe_twoway",
+            "model": "fe",
+            "formula": "lwage ~ union + hours + married",
+            "absorb": ["unit", "year"],
+            "vcov": "cluster:unit",
+        },
+        {
+            "tag": "fe_hours",
+            "model": "fe",
+            "formula": "hours ~ union + exper",
+            "entity": "unit",
+            "time": "year",
+            "vcov": "cluster:unit",
+        },
+        {"tag": "z1_ols", "model": "ols", "formula": "z1 ~ exper + C(sector)", "vcov": "HC1"},
+        {"tag": "union_logit", "model": "logit", "formula": "union ~ z1 + exper"},
+        {"tag": "z2_ols", "model": "ols", "formula": "z2 ~ hours + married"},
+    ]
+
+
+def _rename(text: str, names: dict[str, str]) -> str:
+    import re
+
+    return re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\b", lambda m: names[m[1]], text)
+
+
+def _renamed(obj, names: dict[str, str]):
+    """`obj` (a manifest part) with every column name replaced (formulas and subsets by word)."""
+    if isinstance(obj, dict):
+        return {k: _renamed(v, names) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_renamed(v, names) for v in obj]
+    if isinstance(obj, str) and names:
+        return _rename(obj, names)
+    return obj
+
+
+def matrix_case(kind: str, rows: int, out: str, seed: int = 1) -> Path:
+    """Write the data and manifest of one matrix cell; the manifest's path."""
+    if kind not in KINDS:
+        raise SystemExit(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    d = Path(out).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    names = RENAMES[kind]
+    if kind == "panel":
+        df = panel_data(rows, seed)
+        src = {"ids": [], "panel": {"entity": "unit", "time": "year"}, "continuous": ["hours"]}
+        cps = _panel_checkpoints()
+    else:
+        df = register_plus(rows, seed)
+        strata = {
+            "glm": ["female", "county_type"],
+            "strata": ["female", "county_type", "region", "married"],
+        }
+        src = {
+            "ids": ["pid"],
+            "strata": strata.get(kind, ["county_type"]),
+            "categorical": ["region", "sector"],
+        }
+        cps = {
+            "ols": _ols_checkpoints,
+            "glm": _glm_checkpoints,
+            "register": _register_checkpoints,
+            "ordered": _ordered_checkpoints,
+            "strata": _register_checkpoints,
+        }[kind]()
+    data = d / f"{kind}.parquet"
+    df.rename(columns=names).to_parquet(data)
+    m = {
+        "name": f"{kind}_{rows}",
+        "seed": 20261206,
+        "sources": {"reg": {"path": str(data), **src}},
+        "checkpoints": [dict(c, source="reg") for c in cps],
+        "verify": {"tier": 4},
+    }
+    path = d / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(_renamed(m, names), sort_keys=False))
+    return path

@@ -2,6 +2,13 @@
 data, over several runs, with peak memory; print medians and a markdown table row per size.
 
   python benchmarks/run.py 10000 100000 [--repeat 3] [--sdv-python /path/to/venv/bin/python]
+  python benchmarks/run.py matrix [--kinds glm register ...] [--sizes 10000 1000000] \
+      [--repeat 3] [--markdown table.md] [--json cells.json]
+
+The matrix (issue 17) runs the whole workflow (`snakemake --cores 2`) on each kind of manifest
+of `generate.KINDS` at each size, and reports per cell the median wall seconds, the CPU seconds
+of the process tree (user + sys of every job), the peak resident set of the process tree, the
+tier met, and each step's median seconds from the rules' Snakemake `benchmark:` files.
 
 Each stage runs in a fresh process, as the workflow runs it (one Snakemake job per stage);
 its seconds are timed inside that process (start-up and imports excluded, reported apart as
@@ -193,6 +200,129 @@ def run_snakemake(manifest: Path, workdir: Path, cores: int) -> dict:
     return {"seconds": secs, "peak_mb": peak}
 
 
+def _bench_files(results: Path) -> dict[str, dict[str, float]]:
+    """Seconds, CPU seconds and max RSS (MB) per rule from the Snakemake benchmark files under
+    `results/benchmarks/<rule>/*.tsv` (summed over a rule's jobs; RSS the largest job's)."""
+    import csv
+
+    out: dict[str, dict[str, float]] = {}
+    for f in sorted((results / "benchmarks").glob("*/*.tsv")):
+        with f.open() as fh:
+            row = next(csv.DictReader(fh, delimiter="\t"), None)
+        if row is None:
+            continue
+        r = out.setdefault(f.parent.name, {"s": 0.0, "cpu": 0.0, "rss": 0.0})
+        r["s"] += float(row["s"])
+        r["cpu"] += _number(row.get("cpu_time"))
+        r["rss"] = max(r["rss"], _number(row.get("max_rss")))
+    return out
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "", "NA", "-") else 0.0
+    except ValueError:
+        return 0.0
+
+
+def matrix_cell(kind: str, rows: int, repeat: int, cores: int = 2) -> dict:
+    """One cell of the matrix: `repeat` whole-workflow runs in fresh directories on one
+    generated manifest; medians of wall, tree CPU and per-step seconds, the largest tree peak."""
+    import resource
+    import shutil
+
+    sys.path.insert(0, str(HERE))
+    from generate import matrix_case
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        man = matrix_case(kind, rows, str(Path(tmp) / "data"))
+        name = yaml_name(man)
+        for _ in range(repeat):
+            work = Path(tmp) / "smk"
+            shutil.rmtree(work, ignore_errors=True)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            try:
+                rec = run_snakemake(man, work, cores)
+            except RuntimeError as exc:  # one failing cell does not stop the matrix
+                lines = str(exc).strip().splitlines()
+                return {"kind": kind, "rows": rows, "failed": lines[-1] if lines else "failed"}
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res = work / "results" / name
+            rec["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            rec["steps"] = _bench_files(res)
+            rec["tier"] = json.loads((res / "verify" / "tiers.json").read_text())["tier_met"]
+            runs.append(rec)
+    steps = sorted({r for x in runs for r in x["steps"]})
+    return {
+        "kind": kind,
+        "rows": rows,
+        "runs": len(runs),
+        "seconds": statistics.median(x["seconds"] for x in runs),
+        "cpu": statistics.median(x["cpu"] for x in runs),
+        "peak_mb": max(x["peak_mb"] for x in runs),
+        "tier": min(x["tier"] for x in runs),
+        "steps": {
+            r: statistics.median(x["steps"].get(r, {}).get("s", 0.0) for x in runs) for r in steps
+        },
+        "step_cpu": {
+            r: statistics.median(x["steps"].get(r, {}).get("cpu", 0.0) for x in runs) for r in steps
+        },
+        "step_rss_mb": {r: max(x["steps"].get(r, {}).get("rss", 0.0) for x in runs) for r in steps},
+    }
+
+
+def yaml_name(manifest: Path) -> str:
+    import yaml
+
+    return str(yaml.safe_load(manifest.read_text())["name"])
+
+
+def matrix_table(cells: list[dict], top: int = 4) -> str:
+    """Markdown: one row per cell, its `top` slowest steps with their seconds."""
+    lines = [
+        "| manifest | rows | wall s | CPU s (tree) | peak MB (tree) | tier | slowest steps (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in cells:
+        if "failed" in c:
+            lines.append(f"| {c['kind']} | {c['rows']:,} | failed: {c['failed'][:200]} | | | | |")
+            continue
+        slow = sorted(c["steps"].items(), key=lambda kv: -kv[1])[:top]
+        lines.append(
+            f"| {c['kind']} | {c['rows']:,} | {c['seconds']:.1f} | {c['cpu']:.1f} | "
+            f"{c['peak_mb']:.0f} | {c['tier']} | "
+            + ", ".join(f"{r} {s:.1f}" for r, s in slow)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def matrix_main(argv: list[str]) -> None:
+    sys.path.insert(0, str(HERE))
+    from generate import KINDS
+
+    ap = argparse.ArgumentParser(prog="run.py matrix")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--sizes", nargs="+", type=int, default=[10_000, 1_000_000, 10_000_000])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--markdown", help="also write the table to this file")
+    ap.add_argument("--json", help="also write every cell to this file")
+    a = ap.parse_args(argv)
+    cells = []
+    for rows in a.sizes:
+        for kind in a.kinds:
+            cells.append(matrix_cell(kind, rows, a.repeat, a.cores))
+            print(matrix_table(cells[-1:]).splitlines()[-1], flush=True)
+            if a.json:
+                Path(a.json).write_text(json.dumps(cells, indent=1))
+    table = matrix_table(cells)
+    print(table)
+    if a.markdown:
+        Path(a.markdown).write_text(table)
+
+
 def sdv_python(explicit: str | None, here: bool) -> str | None:
     """The interpreter that has sdv (None when there is none)."""
     cands = [explicit] if explicit else ([sys.executable] if here else [])
@@ -286,6 +416,8 @@ def bench(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["matrix"]:
+        return matrix_main(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("sizes", nargs="+", type=int)
     ap.add_argument("--repeat", type=int, default=3)

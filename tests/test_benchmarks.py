@@ -73,3 +73,44 @@ def test_real_data_acceptance_runs_one_case(tmp_path):
     c = r["checkpoints"]["vote_logit"]
     assert c["passed"] and c["max_dbeta_se"] < 0.5 and c["max_dbeta_se_target"] < 0.5
     assert "| anes_vote (944) | 4 | vote_logit | logit |" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["ols", "glm", "register", "ordered", "panel", "strata"])
+def test_matrix_manifests_load_under_their_own_names(tmp_path, kind):
+    """Each kind of the benchmark matrix writes data and a manifest that loads and whose
+    formulas parse against the data; no kind keeps the default column names of another."""
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from generate import RENAMES, matrix_case
+
+    from replisynth.config.manifest import load_manifest
+    from replisynth.io.input_checks import check_formulas
+
+    m = load_manifest(matrix_case(kind, 800, str(tmp_path)))
+    check_formulas(m)
+    cols = set(pd.read_parquet(m.sources[0].path).columns)
+    assert set(RENAMES[kind].values()) <= cols and not set(RENAMES[kind]) & cols
+    assert len(m.checkpoints) == 5
+
+
+def test_matrix_table_reports_a_failed_cell():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from run import matrix_table
+
+    ok = {
+        "kind": "glm",
+        "rows": 10_000,
+        "seconds": 9.5,
+        "cpu": 12.25,
+        "peak_mb": 600.4,
+        "tier": 4,
+        "steps": {"pin_checkpoints": 3.0, "verify_tiers": 1.0, "review": 0.5},
+    }
+    bad = {"kind": "ordered", "rows": 10_000, "failed": "tier 3 met, tier 4 required"}
+    table = matrix_table([ok, bad], top=2)
+    rows = table.splitlines()
+    assert (
+        rows[2] == "| glm | 10,000 | 9.5 | 12.2 | 600 | 4 | pin_checkpoints 3.0, verify_tiers 1.0 |"
+    )
+    assert rows[3].startswith("| ordered | 10,000 | failed: tier 3 met")

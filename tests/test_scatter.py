@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -17,7 +18,7 @@ from replisynth.extract.extract import extract_source
 from replisynth.io.files import dumps_json, read_source
 from replisynth.synthesize.synthesize import synthesize_source
 from replisynth.workflow.scatter import gather_release, sample_blocks, shard_of, stratum_blocks
-from replisynth.workflow.workflow import scatter_plan
+from replisynth.workflow.workflow import scatter_plan, under_cluster
 
 
 def _strata_data(tmp_path, n=900, seed=5):
@@ -91,6 +92,28 @@ def test_scatter_setting():
     for bad in (-1, "many", 2.5, True):
         with pytest.raises(ManifestError, match="scatter: must be auto or an integer"):
             scatter_plan(bad, strata, {})
+
+
+def test_auto_scatters_only_under_a_cluster_executor():
+    """On one machine `auto` never scatters, however large the source (the stratum jobs'
+    start-up and reads made a local 1M-row run slower); explicit counts still do."""
+    strata = {"big": True, "flat": False}
+    huge = {"big": 10**10}
+    assert scatter_plan("auto", strata, huge, cluster=False) == {}
+    assert scatter_plan(None, strata, huge, cluster=False) == {}
+    assert scatter_plan("auto", strata, huge, cluster=True) == {"big": 4}
+    assert scatter_plan(2, strata, {}, cluster=False) == {"big": 2}
+
+
+def test_cluster_executor_is_recognised():
+    """A job limit (`--jobs` with a cluster executor) or a job re-reading the Snakefile in
+    remote mode means a cluster; a local run (cores only, `--jobs` turned into cores) not."""
+    local = SimpleNamespace(resource_settings=SimpleNamespace(nodes=None), remote_exec=False)
+    submit = SimpleNamespace(resource_settings=SimpleNamespace(nodes=50), remote_exec=False)
+    remote = SimpleNamespace(resource_settings=SimpleNamespace(nodes=None), remote_exec=True)
+    assert not under_cluster(local)
+    assert under_cluster(submit) and under_cluster(remote)
+    assert not under_cluster(object())
 
 
 def test_scatter_is_not_recorded_in_the_manifest(tmp_path):

@@ -14,8 +14,11 @@ from replisynth.fit.result import FitResult
 from replisynth.stats.design import Design, collinear_terms
 
 
-def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult:
-    """Fit `cp` on its design; a singular design raises, naming the collinear terms."""
+def fit_checkpoint(
+    design: Design, cp: Checkpoint, where: str = "", start: dict[str, float] | None = None
+) -> FitResult:
+    """Fit `cp` on its design; a singular design raises, naming the collinear terms.
+    `start` (term -> value) warm-starts an iterative (maximum-likelihood) fit."""
     label = where or f"checkpoint {cp.tag!r}"
     n, k = design.X.shape
     if k == 0:
@@ -42,7 +45,7 @@ def fit_checkpoint(design: Design, cp: Checkpoint, where: str = "") -> FitResult
     if cp.model != "ols":
         from replisynth.fit.glm import fit_glm
 
-        return fit_glm(design, cp, label)
+        return fit_glm(design, cp, label, start)
     try:
         beta, se, df_resid, scale = ols_fit(
             design.y, design.X, design.weights, cp.vcov, design.clusters if cp.cluster else None

@@ -1,5 +1,6 @@
 """Reference fits of the maximum-likelihood checkpoints (logit, probit, poisson, nbreg,
-ologit, oprobit) with statsmodels, to Stata's numbers.
+ologit, oprobit), to Stata's numbers: Newton fits (`fit/mle_newton.py`) for the first four,
+statsmodels for the ordered models (and as the tested reference for the others).
 Method: docs/method.md, "Maximum-likelihood checkpoints".
 """
 
@@ -170,32 +171,19 @@ def pearson_dispersion(y: np.ndarray, eta: np.ndarray, w: np.ndarray | None, k: 
     return float(np.sum(ww * (y - mu) ** 2 / mu) / df) if df > 0 else 1.0
 
 
-def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
+def fit_glm(
+    design: Design, cp: Checkpoint, label: str, start: dict[str, float] | None = None
+) -> FitResult:
     """Fit a logit/probit/poisson/nbreg/ologit/oprobit checkpoint; see the module docstring for
     weights and vcov. Returns the regressors' coefficients followed by `alpha` (nbreg) or the
-    cut points (ordered models)."""
+    cut points (ordered models). `start` (term -> value, e.g. the released coefficients a
+    refit should reproduce) warm-starts the Newton fits of logit/probit/poisson/nbreg."""
     _check_vcov(cp, label)
     if cp.model in GLM_ORDERED:
-        return _fit_ordered(design, cp, label)
-    from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
-
-    base = {"logit": Logit, "probit": Probit, "poisson": Poisson, "nbreg": NegativeBinomial}[
-        cp.model
-    ]
+        return _fit_ordered(design, cp, label, start)
     n, k = design.X.shape
     w = normalised_weights(design.weights, n)
-    kw = {"loglike_method": "nb2"} if cp.model == "nbreg" else {}
-    if w is None:
-        model = base(design.y, design.X, **kw)
-    elif cp.model == "nbreg":
-        model = _weighted_nb2(design.y, design.X, w)
-    else:
-        model = _weighted_discrete(base)(design.y, design.X, w)
-    res = _fit(model, label, method="newton", maxiter=200, **_cov_args(design, cp))
-    beta = np.asarray(res.params, dtype="float64")
-    se = np.asarray(res.bse, dtype="float64")
-    if cp.vcov == "HC1":
-        se = se * np.sqrt(n / (n - 1))
+    beta, se = _newton_fit(design, cp, label, w, start)
     terms = list(design.terms)
     extra: dict = {"family": cp.model}
     if cp.model == "nbreg":
@@ -220,11 +208,79 @@ def fit_glm(design: Design, cp: Checkpoint, label: str) -> FitResult:
     )
 
 
-def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
-    """Ordered logit/probit; parameters (b, cut_1..cut_{J-1}) with delta-method SEs."""
-    from statsmodels.miscmodels.ordinal_model import OrderedModel
+def _start_vector(design: Design, cp: Checkpoint, start: dict[str, float] | None):
+    """The warm start in the design's parameter order (0 for a term it lacks, alpha 0.5);
+    None without one."""
+    if not start:
+        return None
+    names = list(design.terms) + (["alpha"] if cp.model == "nbreg" else [])
+    default = {"alpha": 0.5}
+    return np.array([float(start.get(t, default.get(t, 0.0))) for t in names])
 
-    n, k = design.X.shape
+
+def _newton_fit(
+    design: Design,
+    cp: Checkpoint,
+    label: str,
+    w: np.ndarray | None,
+    start: dict[str, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(parameters, SEs) by `fit/mle_newton.py`; HC1 is HC0 x sqrt(n/(n-1)) (Stata's
+    vce(robust) for ML models)."""
+    from replisynth.fit.mle_newton import NotConverged, covariance, fit_mle
+
+    n = design.X.shape[0]
+    try:
+        fit = fit_mle(cp.model, design.y, design.X, w, _start_vector(design, cp, start))
+        cov = covariance(fit, cp.vcov, design.clusters if cp.cluster else None)
+    except NotConverged:
+        raise CheckpointError(
+            f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors"
+        ) from None
+    except np.linalg.LinAlgError:
+        raise CheckpointError(
+            f"{label}: the information matrix of the fit is singular; check for a regressor that predicts the outcome perfectly"
+        ) from None
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    if cp.vcov == "HC1":
+        se = se * np.sqrt(n / (n - 1))
+    return fit.params, se
+
+
+def fit_glm_statsmodels(
+    design: Design, cp: Checkpoint, label: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(parameters, SEs) of a logit/probit/poisson/nbreg checkpoint by statsmodels' discrete
+    models (row-weighted as above): the reference `_newton_fit` is tested against."""
+    from statsmodels.discrete.discrete_model import Logit, NegativeBinomial, Poisson, Probit
+
+    base = {"logit": Logit, "probit": Probit, "poisson": Poisson, "nbreg": NegativeBinomial}[
+        cp.model
+    ]
+    n = design.X.shape[0]
+    w = normalised_weights(design.weights, n)
+    kw = {"loglike_method": "nb2"} if cp.model == "nbreg" else {}
+    if w is None:
+        model = base(design.y, design.X, **kw)
+    elif cp.model == "nbreg":
+        model = _weighted_nb2(design.y, design.X, w)
+    else:
+        model = _weighted_discrete(base)(design.y, design.X, w)
+    res = _fit(model, label, method="newton", maxiter=200, **_cov_args(design, cp))
+    beta = np.asarray(res.params, dtype="float64")
+    se = np.asarray(res.bse, dtype="float64")
+    if cp.vcov == "HC1":
+        se = se * np.sqrt(n / (n - 1))
+    return beta, se
+
+
+def _fit_ordered(
+    design: Design, cp: Checkpoint, label: str, start: dict[str, float] | None = None
+) -> FitResult:
+    """Ordered logit/probit; parameters (b, cut_1..cut_{J-1}), fitted in that parameterisation
+    (`mle_newton.fit_ordered`), so the SEs are the inverse information's (what the delta method
+    gives from statsmodels' threshold increments)."""
+    n = design.X.shape[0]
     codes = design.y.astype("int64")
     J = int(codes.max()) + 1 if len(codes) else 0
     present = np.bincount(codes, minlength=J)
@@ -238,26 +294,7 @@ def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
             f"{label}: regressor name(s) {', '.join(bad)} clash with the cut point names; rename the column"
         )
     w = normalised_weights(design.weights, n)
-    distr = "logit" if cp.model == "ologit" else "probit"
-    if w is None:
-        model = OrderedModel(codes, design.X, distr=distr)
-    else:
-        model = _weighted_ordered(OrderedModel)(codes, design.X, w, distr=distr)
-    res = _fit(model, label, method="bfgs", maxiter=2000, gtol=1e-8, **_cov_args(design, cp))
-    p = np.asarray(res.params, dtype="float64")
-    V = np.asarray(res.cov_params(), dtype="float64")
-    if cp.vcov == "HC1":
-        V = V * (n / (n - 1))
-    # thresholds: cut_1 = t_0, cut_j = t_0 + sum_{i<j} exp(t_i)
-    t = p[k:]
-    cuts = t[0] + np.concatenate([[0.0], np.cumsum(np.exp(t[1:]))])
-    Jac = np.zeros((len(p), len(p)))
-    Jac[:k, :k] = np.eye(k)
-    for j in range(J - 1):
-        Jac[k + j, k] = 1.0
-        Jac[k + j, k + 1 : k + 1 + j] = np.exp(t[1 : 1 + j])
-    beta = np.concatenate([p[:k], cuts])
-    se = np.sqrt(np.maximum(np.diag(Jac @ V @ Jac.T), 0.0))
+    beta, se = _ordered_newton(design, cp, label, codes, w, J, start)
     shares = np.bincount(codes, weights=w, minlength=J) / (w.sum() if w is not None else n)
     return FitResult(
         terms=list(design.terms) + cut_names(J),
@@ -268,3 +305,35 @@ def _fit_ordered(design: Design, cp: Checkpoint, label: str) -> FitResult:
         scale=1.0,
         extra={"family": cp.model, "outcome_shares": [float(s) for s in shares]},
     )
+
+
+def _ordered_newton(
+    design: Design,
+    cp: Checkpoint,
+    label: str,
+    codes: np.ndarray,
+    w: np.ndarray | None,
+    J: int,
+    start: dict[str, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(b and cut points, SEs) of an ordered checkpoint; HC1 is HC0 x sqrt(n/(n-1))."""
+    from replisynth.fit.mle_newton import NotConverged, covariance, fit_ordered
+
+    n = len(codes)
+    names = list(design.terms) + cut_names(J)
+    p0 = None if not start else np.array([float(start.get(t, np.nan)) for t in names])
+    distr = "logit" if cp.model == "ologit" else "probit"
+    try:
+        fit = fit_ordered(distr, codes, design.X, w, J, p0)
+        V = covariance(fit, cp.vcov, design.clusters if cp.cluster else None)
+    except NotConverged:
+        raise CheckpointError(
+            f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors"
+        ) from None
+    except np.linalg.LinAlgError:
+        raise CheckpointError(
+            f"{label}: the information matrix of the fit is singular; check for a regressor that predicts the outcome perfectly or an empty category"
+        ) from None
+    if cp.vcov == "HC1":
+        V = V * (n / (n - 1))
+    return fit.params, np.sqrt(np.maximum(np.diag(V), 0.0))

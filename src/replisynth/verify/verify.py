@@ -573,6 +573,15 @@ def suppressed_term_name(
     return design_terms[j]
 
 
+def _released_beta(c: dict[str, Any]) -> dict[str, float]:
+    """The released coefficients (term -> value): where a refit on data pinned to them starts."""
+    return {
+        t["term"]: float(t["beta"])
+        for t in c.get("terms", [])
+        if not t.get("suppressed") and isinstance(t.get("beta"), (int, float))
+    }
+
+
 def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """Checkpoints: refit on the synthetic data under each checkpoint's own vcov."""
     out: dict[str, Any] = {}
@@ -592,7 +601,9 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         try:
             full = build_design(frames[c["source"]], cp, f"checkpoint {tag!r} on synthetic data")
             d = drop_unreleased_constants(full, released_terms(c))
-            fit = fit_checkpoint(d, cp, f"checkpoint {tag!r} on synthetic data")
+            fit = fit_checkpoint(
+                d, cp, f"checkpoint {tag!r} on synthetic data", start=_released_beta(c)
+            )
         except CheckpointError as exc:
             out[tag] = {
                 "passed": False,

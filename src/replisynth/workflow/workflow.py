@@ -197,14 +197,28 @@ def section_hash(section: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def scatter_plan(setting: Any, strata: dict[str, bool], cells: dict[str, int]) -> dict[str, int]:
+def under_cluster(workflow: Any) -> bool:
+    """Whether Snakemake's `workflow` submits jobs through a cluster executor: the main
+    process then has a job limit (`--jobs`, which a local run turns into cores), and each
+    submitted job re-reads the Snakefile in remote mode (so it makes the same plan)."""
+    nodes = getattr(getattr(workflow, "resource_settings", None), "nodes", None)
+    return nodes is not None or bool(getattr(workflow, "remote_exec", False))
+
+
+def scatter_plan(
+    setting: Any, strata: dict[str, bool], cells: dict[str, int], cluster: bool = True
+) -> dict[str, int]:
     """Stratum jobs per source from the `scatter` setting: an integer N >= 2 scatters every
-    source with strata over N jobs, 0 or 1 none, "auto" 4 jobs for sources with strata of at
-    least AUTO_SCATTER_CELLS cells (the per-stratum work then outweighs a job's start-up and
-    its read of the source)."""
+    source with strata over N jobs, 0 or 1 none, "auto" none on one machine (`cluster`
+    false: the stratum jobs' start-up and reads of the source cost more than they save
+    there) and, under a cluster executor, 4 jobs for sources with strata of at least
+    AUTO_SCATTER_CELLS cells (the per-stratum work then outweighs a job's start-up and its
+    read of the source)."""
     from replisynth.workflow.resources import AUTO_SCATTER_CELLS, AUTO_SCATTER_JOBS
 
     if setting is None or setting == "auto":
+        if not cluster:
+            return {}
         return {
             s: AUTO_SCATTER_JOBS
             for s, has in strata.items()
@@ -227,10 +241,13 @@ def apply_output_settings(config: dict[str, Any]) -> None:
         os.environ[PRIVATE_ENV] = "1"
 
 
-def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) -> WorkflowPlan:
+def workflow_plan(
+    config: dict[str, Any], configfiles: list[str] | None = None, cluster: bool = True
+) -> WorkflowPlan:
     """Build the plan from Snakemake's config; a manifest error stops the run with its
     message (no traceback). `configfiles` (the manifest files Snakemake read) are re-read
-    with replisynth's loader, which Snakemake's does not replace: a duplicated key."""
+    with replisynth's loader, which Snakemake's does not replace: a duplicated key.
+    `cluster`: jobs run under a cluster executor (`scatter: auto` scatters only then)."""
     try:
         from replisynth.config.manifest import read_manifest_yaml
 
@@ -252,7 +269,10 @@ def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) 
                 sources=tuple(s.name for s in m.sources),
                 formats={s.name: s.format for s in m.sources},
                 scatter=scatter_plan(
-                    config.get("scatter"), {s.name: bool(s.strata) for s in m.sources}, cells
+                    config.get("scatter"),
+                    {s.name: bool(s.strata) for s in m.sources},
+                    cells,
+                    cluster,
                 ),
                 bundle_sha256=b.sha256,
             )
@@ -263,7 +283,7 @@ def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) 
 
         check_formulas(m)  # before any job starts
         strata = {s.name: bool(s.strata) for s in m.sources}
-        cells = {s.name: file_cells(s.path) for s in m.sources if s.strata}
+        cells = {s.name: file_cells(s.path) for s in m.sources if s.strata} if cluster else {}
         return WorkflowPlan(
             outside=False,
             manifest=m,
@@ -272,7 +292,7 @@ def workflow_plan(config: dict[str, Any], configfiles: list[str] | None = None) 
             sources=tuple(s.name for s in m.sources),
             formats={s.name: s.format for s in m.sources},
             paths={s.name: s.path for s in m.sources},
-            scatter=scatter_plan(config.get("scatter"), strata, cells),
+            scatter=scatter_plan(config.get("scatter"), strata, cells, cluster),
         )
     except ReplisynthError as exc:
         sys.stderr.write(f"replisynth: {exc}\n")
