@@ -412,3 +412,42 @@ def test_overlapping_group_windows_may_telescope():
         )[0]
         == []
     )
+
+
+@pytest.mark.parametrize("seed", [2, 8])
+def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> None:
+    """Each derive expression travels with the manifest: the review lists it with the numbers
+    written in it (a threshold is a released number) as a note, never as a failing finding."""
+    rng = np.random.default_rng(seed)
+    n = 900 + 50 * seed
+    cut, slope, shift = 0.35 + seed / 100, -2.5 - seed, 3 + seed
+    df = _data(n, seed, ("q1", "q2"), overlap=100).drop(columns=["sparse"])
+    df["pos"] = rng.lognormal(1.0, 0.4, n)
+    df["low_x"] = (df["x"] < cut).astype(int)
+    df["lin"] = slope * df["x"] + shift
+    df["lpos"] = np.log(df["pos"])
+    derive = {"low_x": f"x < {cut}", "lin": f"{slope} * x + {shift}", "lpos": "log(pos)"}
+    bundle = _extract(tmp_path, df, k=20, derive=derive)
+    r = review.review_bundle(bundle)
+    check = next(c for c in r["checks"] if c["check"].startswith("derive expressions"))
+    assert check["status"] == "run" and check["findings"] == 0
+    assert not [f for f in r["findings"] if "derive" in str(f)]  # a note, not a finding
+    consts = {rec["key"]: rec["constants"] for rec in r["manifest_constants"]}
+    assert consts == {
+        "sources.d.derive.low_x": [cut],
+        "sources.d.derive.lin": [slope, shift],
+        "sources.d.derive.lpos": [],
+    }
+    notes = check["notes"]
+    assert len(notes) == 3 and sum("check it is not confidential" in s for s in notes) == 2
+    assert any(repr(cut) in s and "released with the manifest" in s for s in notes)
+    assert any("derive.lpos" in s and "no constant" in s for s in notes)
+    out = tmp_path / "packet"
+    main(["review", str(bundle), "--out", str(out)])
+    page = (out / "disclosure_review.txt").read_text()
+    assert f"note: sources.d.derive.low_x = 'x < {cut}': constant(s) {cut!r}" in page
+
+
+def test_expression_constants() -> None:
+    assert review.expression_constants("a < 88 and b >= -1.5 or c == 2e3") == [88, -1.5, 2000.0]
+    assert review.expression_constants("log(wage) - log1p(hours)") == []

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from replisynth import __version__
+from replisynth.config.formula_grammar import parse_derive
+from replisynth.config.manifest import Manifest
 from replisynth.disclosure.bundle_types import CheckpointRecord, SdcLogFile, SourceRelease
 from replisynth.disclosure.linked_correlations import check_correlations
 from replisynth.disclosure.sdc import DisclosureError, check_release
@@ -218,6 +221,49 @@ def check_log(sdc_log: SdcLogFile, findings: list[Finding]) -> list[Finding]:
     return out
 
 
+# --- numbers the manifest releases ---------------------------------------------------------
+
+
+def expression_constants(text: str) -> list[float | int]:
+    """The numbers written in a derive expression (a unary minus kept), in order of position."""
+    tree = parse_derive(text).tree
+    negated = {
+        id(n.operand)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub)
+    }
+    found = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, (int, float))
+        and not isinstance(n.value, bool)
+    ]
+    found.sort(key=lambda n: (n.lineno, n.col_offset))
+    return [-n.value if id(n) in negated else n.value for n in found]
+
+
+def derive_constants(manifest: Manifest) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each derive expression of the manifest (which travels in the bundle) with the numbers
+    written in it: a threshold such as `bwght < 88` is a released number. Records and note
+    lines for the output checker (a note, not a finding: the user declared them)."""
+    records, notes = [], []
+    for src in manifest.sources:
+        for col, text in src.derive:
+            consts = expression_constants(text)
+            key = f"sources.{src.name}.derive.{col}"
+            records.append({"key": key, "expression": text, "constants": consts})
+            if consts:
+                shown = ", ".join(repr(c) for c in consts)
+                notes.append(
+                    f"{key} = {text!r}: constant(s) {shown} released with the manifest: "
+                    "check it is not confidential"
+                )
+            else:
+                notes.append(f"{key} = {text!r}: no constant")
+    return records, notes
+
+
 # --- the review -------------------------------------------------------------------------------
 
 
@@ -341,6 +387,8 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     )
     record("group sizes", group_found, notes=group_notes)
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
+    derive_records, derive_notes = derive_constants(b.manifest)
+    record("derive expressions released with the manifest", [], notes=derive_notes)
     not_run = [c["check"] for c in checks if c["status"] != "run"]
     if findings:
         verdict = f"{len(findings)} finding(s): the bundle discloses what the rules protect; do not release it"
@@ -357,6 +405,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         "suppressed": _count_suppressed(b.sdc_log),
         "checks": checks,
         "findings": findings,
+        "manifest_constants": derive_records,
         "verdict": verdict,
     }
 

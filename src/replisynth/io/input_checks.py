@@ -116,6 +116,11 @@ def _plain_number(text: pd.Series, decimal_comma: bool) -> pd.Series:
     return text.str.replace(r"[,\s\u00a0']", "", regex=True)
 
 
+def looks_numeric(s: pd.Series) -> bool:
+    """A text column that holds numbers stored as text (extraction stops on it unless declared)."""
+    return _numbers_as_text(s)
+
+
 def _numbers_as_text(s: pd.Series) -> bool:
     if not (s.dtype == object or pd.api.types.is_string_dtype(s)) or pd.api.types.is_numeric_dtype(
         s
