@@ -327,7 +327,8 @@ def test_derive_proposed_not_excluded_and_holds(seed: int, tmp_path: Path) -> No
         load_manifest(_write(tmp_path / "u.yaml", _confirm_derive(text, {"low_dose": "..."})))
 
 
-def test_numbers_stored_as_text_declared(tmp_path: Path) -> None:
+@pytest.mark.parametrize("comma", [False, True])
+def test_numbers_stored_as_text_declared(comma: bool, tmp_path: Path) -> None:
     """A csv column of "1,234"-style numbers with stray "-" and "n/a" is declared under numeric
     with the token; the draft's manifest reads it as numbers."""
     from replisynth.io.input_checks import check_source_frame, coerce_numeric
@@ -336,6 +337,8 @@ def test_numbers_stored_as_text_declared(tmp_path: Path) -> None:
     n = 600
     pay = rng.gamma(3.0, 9000.0, n)
     text_pay = [f"{v:,.2f}" for v in pay]
+    if comma:  # 12.345,67
+        text_pay = [t.translate(str.maketrans(",.", ".,")) for t in text_pay]
     for k, i in enumerate(rng.choice(n, 40, replace=False)):
         text_pay[i] = "n/a" if k < 10 else " - "  # the csv reader reads n/a as missing itself
     df = pd.DataFrame({"pay_text": text_pay, "hours": rng.normal(38, 5, n)})
@@ -348,7 +351,7 @@ def test_numbers_stored_as_text_declared(tmp_path: Path) -> None:
     m = load_manifest(_write(tmp_path / "m.yaml", text))
     src = m.sources[0]
     assert src.numeric == ("pay_text",) and src.missing_tokens == ("-",)
-    assert not src.decimal_comma and "pay_text" not in src.exclude
+    assert src.decimal_comma == comma and "pay_text" not in src.exclude
     read = coerce_numeric(src, data)
     check_source_frame(m, src, read)
     assert int(read["pay_text"].isna().sum()) == 40

@@ -242,7 +242,12 @@ def analyse(
     d.dates = [str(c) for c in df.columns if logical_type(df[c]) == "date"]
     skip = set(d.ids) | set(d.text) | set(d.dates) | set(d.text_dates)
     pairs = derived_pairs(df, skip)
-    d.derived = {b: f"{why} of {_name(a)}" for b, (why, a) in pairs.items() if why not in PROPOSED}
+    two_valued = {a for _, a in pairs.values() if df[a].nunique() <= 2}  # its own square
+    d.derived = {
+        b: f"{why} of {_name(a)}"
+        for b, (why, a) in pairs.items()
+        if why not in PROPOSED or a in two_valued
+    }
     src = Source(
         name=source_name(path),
         path=path,
@@ -254,7 +259,7 @@ def analyse(
         dates=tuple(d.date_formats.items()),
     )
     found = from_detector(df, detect(df, src)) if detect is not None else []
-    d.derive = choose(df, [*found, *from_transforms(pairs)], skip | set(d.derived))
+    d.derive = choose(df, [*found, *from_transforms(pairs, two_valued)], skip | set(d.derived))
     sdc = SDC_PROFILE_DEFAULTS[PROFILE]
     min_cell = int(sdc["min_cell_size"])
     specs = infer_schema(
@@ -270,16 +275,15 @@ def analyse(
 def _read_text_columns(df: pd.DataFrame, d: Draft, path: str) -> pd.DataFrame:
     """Numbers and (in a csv) dates stored as text read as the draft proposes to declare them;
     ids found on the result; dates stored as text that cannot be declared are listed."""
-    d.numeric, d.missing_tokens, d.decimal_comma = numeric_text(df, set())
+    formats, ambiguous = text_date_formats(df, set())  # before numbers: 31.12.2020 reads as one
+    d.numeric, d.missing_tokens, d.decimal_comma = numeric_text(df, {*formats, *ambiguous})
     df = read_numeric(df, d.numeric, d.decimal_comma)
-    d.ids = id_columns(df)
-    d.text_dates = text_dates(df, [*d.ids, *d.numeric])
-    formats, ambiguous = text_date_formats(df, {*d.ids, *d.numeric, *d.text_dates})
     if Path(path).suffix.lower() == ".csv":
         d.date_formats = formats
-        d.text_dates += ambiguous
-        return read_dates(df, formats)
-    d.text_dates += [*formats, *ambiguous]
+        df = read_dates(df, formats)
+    d.ids = id_columns(df)
+    d.text_dates = text_dates(df, [*d.ids, *d.numeric, *d.date_formats, *formats, *ambiguous])
+    d.text_dates += [c for c in [*formats, *ambiguous] if c not in d.date_formats]
     return df
 
 
@@ -359,6 +363,7 @@ def draft_manifest(
     name it). Loads with `load_manifest` as written (verify.tier 3) and after a checkpoint is
     filled in (tier 4); `detect` (extraction's relation detector) adds derive proposals."""
     d, specs = analyse(df, meta, path, detect)
+    derived = {p.column for p in d.derive}  # not in the template: a proposal may be confirmed
     src = source_name(path)
     sdc = SDC_PROFILE_DEFAULTS[PROFILE]
     min_cell = int(sdc["min_cell_size"])
@@ -421,7 +426,7 @@ def draft_manifest(
         "sdc:",
         f"  profile: {PROFILE}    # cells below {min_cell} rows are suppressed; see docs/disclosure.md",
         "",
-        *_checkpoint_template(src, specs, d.strata),
+        *_checkpoint_template(src, [s for s in specs if s.name not in derived], d.strata),
         "",
         "verify:",
         "  tier: 3   # tier 4 needs a checkpoint: set 4 once you have filled one in above",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,11 +22,14 @@ from replisynth.io.input_checks import looks_numeric
 
 PLACEHOLDER = "..."  # in a proposed expression: the value the user fills in (never data)
 # Text read as missing in a numeric column when it is one of these (compared stripped, lower)
-MISSING_TOKENS = ("", ".", "-", "--", "?", "*", "na", "n/a", "n.a.", "nan", "null", "none")
-MISSING_TOKENS += ("missing", "#n/a", "..")
+MISSING_TOKENS: tuple[str, ...] = ("", ".", "..", "-", "--", "?", "*", "na", "n/a", "n.a.")
+MISSING_TOKENS += ("nan", "null", "none", "missing", "#n/a")
 # Text date formats tried on csv columns that are not ISO (read as dates without a key)
 TEXT_DATE_FORMATS = ("%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%Y/%m/%d", "%d-%m-%Y", "%m-%d-%Y")
 SAMPLE_ROWS = 1000
+# A number written with a decimal point (commas group thousands), or with a decimal comma
+POINT_FORM = r"[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?"
+COMMA_FORM = r"[-+]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?"
 
 
 class Found(Protocol):
@@ -104,9 +107,12 @@ def from_detector(df: pd.DataFrame, found: Sequence[Found]) -> list[Proposal]:
     return out
 
 
-def from_transforms(pairs: dict[str, tuple[str, str]]) -> list[Proposal]:
+def from_transforms(
+    pairs: dict[str, tuple[str, str]], two_valued: Collection[str] = ()
+) -> list[Proposal]:
     """Proposals from the draft's own checks (column -> (why, input)): a level beside its log
-    proposes the log (lwage: log(wage)), which models use; a square proposes the square."""
+    proposes the log (lwage: log(wage)), which models use; a square proposes the square
+    (not of a two-valued column, which is its own square)."""
     out = []
     for col, (why, a) in pairs.items():
         if why == "the exponential":
@@ -115,7 +121,7 @@ def from_transforms(pairs: dict[str, tuple[str, str]]) -> list[Proposal]:
             out.append(
                 Proposal(a, f"log1p({_ref(col)})", (col,), f"equals log1p({col}) on every row")
             )
-        elif why == "the square":
+        elif why == "the square" and a not in two_valued:
             out.append(Proposal(col, f"{_ref(a)}**2", (a,), f"equals {a}**2 on every row"))
     return out
 
@@ -181,9 +187,10 @@ def numeric_text(df: pd.DataFrame, skip: set[str]) -> tuple[list[str], list[str]
             text.str.replace(r"[.\s']", "", regex=True).str.replace(",", ".", regex=False),
             errors="coerce",
         )
-        comma_votes += 1 if comma.notna().sum() > point.notna().sum() else -1
+        as_point = int(text.str.fullmatch(POINT_FORM).sum())
+        comma_votes += 1 if int(text.str.fullmatch(COMMA_FORM).sum()) > as_point else -1
         rest = set(text[point.isna() & comma.isna()].str.lower())
-        tokens |= {t for t in MISSING_TOKENS if t in rest}
+        tokens |= {t for t in MISSING_TOKENS if t and t in rest}
     return cols, sorted(tokens), comma_votes > 0
 
 
