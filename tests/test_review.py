@@ -427,7 +427,20 @@ def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> 
     df["lin"] = slope * df["x"] + shift
     df["lpos"] = np.log(df["pos"])
     derive = {"low_x": f"x < {cut}", "lin": f"{slope} * x + {shift}", "lpos": "log(pos)"}
-    bundle = _extract(tmp_path, df, k=20, derive=derive)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    src = {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "strata": ["stratum"]}
+    raw = {
+        "name": "rv",
+        "seed": 3,
+        "sdc": {"min_cell_size": 20},
+        "sources": {"d": {**src, "derive": derive}},
+        "checkpoints": [
+            {"tag": "upper", "source": "d", "model": "ols", "formula": "lpos ~ x + q1"}
+            | {"subset": f"pos > {shift / 4}"}
+        ],
+        "verify": {"tier": 0},
+    }
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "res")
     r = review.review_bundle(bundle)
     check = next(c for c in r["checks"] if c["check"].startswith("derive expressions"))
     assert check["status"] == "run" and check["findings"] == 0
@@ -437,9 +450,10 @@ def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> 
         "sources.d.derive.low_x": [cut],
         "sources.d.derive.lin": [slope, shift],
         "sources.d.derive.lpos": [],
+        "checkpoints.upper.subset": [shift / 4],
     }
     notes = check["notes"]
-    assert len(notes) == 3 and sum("check it is not confidential" in s for s in notes) == 2
+    assert len(notes) == 4 and sum("check it is not confidential" in s for s in notes) == 3
     assert any(repr(cut) in s and "released with the manifest" in s for s in notes)
     assert any("derive.lpos" in s and "no constant" in s for s in notes)
     out = tmp_path / "packet"
@@ -451,3 +465,8 @@ def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> 
 def test_expression_constants() -> None:
     assert review.expression_constants("a < 88 and b >= -1.5 or c == 2e3") == [88, -1.5, 2000.0]
     assert review.expression_constants("log(wage) - log1p(hours)") == []
+    assert review.expression_constants("year in [1976, 1978] & age >= 18", subset=True) == [
+        1976,
+        1978,
+        18,
+    ]

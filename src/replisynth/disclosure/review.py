@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from replisynth import __version__
-from replisynth.config.formula_grammar import parse_derive
+from replisynth.config.formula_grammar import parse_derive, parse_subset
 from replisynth.config.manifest import Manifest
 from replisynth.disclosure.bundle_types import CheckpointRecord, SdcLogFile, SourceRelease
 from replisynth.disclosure.linked_correlations import check_correlations
@@ -224,9 +224,10 @@ def check_log(sdc_log: SdcLogFile, findings: list[Finding]) -> list[Finding]:
 # --- numbers the manifest releases ---------------------------------------------------------
 
 
-def expression_constants(text: str) -> list[float | int]:
-    """The numbers written in a derive expression (a unary minus kept), in order of position."""
-    tree = parse_derive(text).tree
+def expression_constants(text: str, subset: bool = False) -> list[float | int]:
+    """The numbers written in a derive expression or a subset (a unary minus kept), in order
+    of position."""
+    tree = parse_subset(text).tree if subset else parse_derive(text).tree
     negated = {
         id(n.operand)
         for n in ast.walk(tree)
@@ -244,23 +245,32 @@ def expression_constants(text: str) -> list[float | int]:
 
 
 def derive_constants(manifest: Manifest) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each derive expression of the manifest (which travels in the bundle) with the numbers
-    written in it: a threshold such as `bwght < 88` is a released number. Records and note
-    lines for the output checker (a note, not a finding: the user declared them)."""
+    """Each derive expression and checkpoint subset of the manifest (which travels in the
+    bundle) with the numbers written in it: a threshold such as `bwght < 88` is a released
+    number. Records and note lines for the output checker (notes, not findings: the user
+    declared them, and only the checker can judge whether a cut-off is confidential)."""
+    found = [
+        (f"sources.{src.name}.derive.{col}", text, False)
+        for src in manifest.sources
+        for col, text in src.derive
+    ]
+    found += [
+        (f"checkpoints.{cp.tag}.subset", cp.subset, True)
+        for cp in manifest.checkpoints
+        if cp.subset
+    ]
     records, notes = [], []
-    for src in manifest.sources:
-        for col, text in src.derive:
-            consts = expression_constants(text)
-            key = f"sources.{src.name}.derive.{col}"
-            records.append({"key": key, "expression": text, "constants": consts})
-            if consts:
-                shown = ", ".join(repr(c) for c in consts)
-                notes.append(
-                    f"{key} = {text!r}: constant(s) {shown} released with the manifest: "
-                    "check it is not confidential"
-                )
-            else:
-                notes.append(f"{key} = {text!r}: no constant")
+    for key, text, subset in found:
+        consts = expression_constants(text, subset)
+        records.append({"key": key, "expression": text, "constants": consts})
+        if consts:
+            shown = ", ".join(repr(c) for c in consts)
+            notes.append(
+                f"{key} = {text!r}: constant(s) {shown} released with the manifest: "
+                "check it is not confidential"
+            )
+        else:
+            notes.append(f"{key} = {text!r}: no constant")
     return records, notes
 
 
@@ -388,7 +398,11 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     record("group sizes", group_found, notes=group_notes)
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
     derive_records, derive_notes = derive_constants(b.manifest)
-    record("derive expressions released with the manifest", [], notes=derive_notes)
+    record(
+        "derive expressions and checkpoint subsets released with the manifest",
+        [],
+        notes=derive_notes,
+    )
     not_run = [c["check"] for c in checks if c["status"] != "run"]
     if findings:
         verdict = f"{len(findings)} finding(s): the bundle discloses what the rules protect; do not release it"
