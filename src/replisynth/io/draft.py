@@ -1,6 +1,8 @@
 """A commented manifest draft from a data file (`replisynth init`): each column's role and type
-as extraction will see them, with suggested ids, strata and exclusions. Pure functions returning
-text; the comments name columns, types and counts only, never a data value."""
+as extraction will see them, with suggested ids, strata and exclusions, and the keys some
+columns need (derive proposals, numeric, dates: io/draft_columns.py). Pure functions returning
+text; the comments name columns, types and counts only, never a data value (a threshold's
+cut-off is left for the user to fill in). Method: docs/method.md, "The manifest draft"."""
 
 from __future__ import annotations
 
