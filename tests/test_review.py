@@ -460,6 +460,12 @@ def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> 
     main(["review", str(bundle), "--out", str(out)])
     page = (out / "disclosure_review.txt").read_text()
     assert f"note: sources.d.derive.low_x = 'x < {cut}': constant(s) {cut!r}" in page
+    (tmp_path / "plain").mkdir()
+    plain = review.review_bundle(_extract(tmp_path / "plain", df.drop(columns=["lin"])))
+    check = next(c for c in plain["checks"] if c["check"].startswith("derive expressions"))
+    assert plain["manifest_constants"] == [] and check["notes"] == [
+        "the manifest declares no derive expression and no subset"
+    ]
 
 
 def test_expression_constants() -> None:

@@ -271,7 +271,7 @@ def derive_constants(manifest: Manifest) -> tuple[list[dict[str, Any]], list[str
             )
         else:
             notes.append(f"{key} = {text!r}: no constant")
-    return records, notes
+    return records, notes or ["the manifest declares no derive expression and no subset"]
 
 
 # --- the review -------------------------------------------------------------------------------
