@@ -463,3 +463,33 @@ def test_published_data_drafted_and_run_to_tier_4(name: str, tmp_path: Path, mon
     assert main(["run", str(filled), "--results", "res", "--quiet"]) == 0
     tiers = json.loads((tmp_path / "res" / raw["name"] / "verify" / "tiers.json").read_text())
     assert tiers["tier_met"] == 4 and tiers["passed"] and list(tiers["checkpoints"]) == ["paper"]
+
+
+def test_dotted_dates_named_as_dates_not_numbers(tmp_path: Path) -> None:
+    """A csv column of 31.12.2020-style dates would read as numbers with dots grouping
+    thousands: extraction's check names the dates key instead (one line, no value), and the
+    draft declares the column under dates."""
+    from replisynth.core.errors import DataError
+    from replisynth.io.input_checks import check_source_frame
+
+    rng = np.random.default_rng(31)
+    n = 300
+    days = pd.Timestamp("2018-06-01") + pd.to_timedelta(rng.integers(0, 1500, n), unit="D")
+    df = pd.DataFrame({"signed_on": days.strftime("%d.%m.%Y"), "amount": rng.normal(size=n)})
+    path = tmp_path / "contracts.csv"
+    df.to_csv(path, index=False)
+    data, meta = read_source(path)
+    bare = load_manifest(
+        {"name": "c", "seed": 1, "sources": {"contracts": {"path": str(path)}}, "checkpoints": []}
+    )
+    with pytest.raises(DataError) as exc:
+        check_source_frame(bare, bare.sources[0], data)
+    msg = str(exc.value)
+    assert "'signed_on' holds dates stored as text" in msg and "sources.contracts.dates" in msg
+    assert "\n" not in msg and not any(v in msg for v in df["signed_on"])
+    text = draft_manifest(data, meta, str(path), seed=4)
+    m = load_manifest(_write(tmp_path / "m.yaml", text))
+    assert dict(m.sources[0].dates) == {"signed_on": "%d.%m.%Y"}
+    back, _ = read_source(path, dict(m.sources[0].dates))
+    check_source_frame(m, m.sources[0], back)
+    assert (back["signed_on"] == days).all()
