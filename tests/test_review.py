@@ -435,7 +435,7 @@ def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> 
         "sdc": {"min_cell_size": 20},
         "sources": {"d": {**src, "derive": derive}},
         "checkpoints": [
-            {"tag": "upper", "source": "d", "model": "ols", "formula": "lpos ~ x + q1"}
+            {"tag": "upper", "source": "d", "model": "ols", "formula": f"lpos ~ x + I(x > {cut})"}
             | {"subset": f"pos > {shift / 4}"}
         ],
         "verify": {"tier": 0},
@@ -451,9 +451,10 @@ def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> 
         "sources.d.derive.lin": [slope, shift],
         "sources.d.derive.lpos": [],
         "checkpoints.upper.subset": [shift / 4],
+        "checkpoints.upper.formula": [cut],
     }
     notes = check["notes"]
-    assert len(notes) == 4 and sum("check it is not confidential" in s for s in notes) == 3
+    assert len(notes) == 5 and sum("check it is not confidential" in s for s in notes) == 4
     assert any(repr(cut) in s and "released with the manifest" in s for s in notes)
     assert any("derive.lpos" in s and "no constant" in s for s in notes)
     out = tmp_path / "packet"
@@ -464,13 +465,20 @@ def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> 
     plain = review.review_bundle(_extract(tmp_path / "plain", df.drop(columns=["lin"])))
     check = next(c for c in plain["checks"] if c["check"].startswith("derive expressions"))
     assert plain["manifest_constants"] == [] and check["notes"] == [
-        "the manifest declares no derive expression and no subset"
+        "the manifest declares no derive expression, no subset and no number in a formula"
     ]
 
 
 def test_expression_constants() -> None:
     assert review.expression_constants("a < 88 and b >= -1.5 or c == 2e3") == [88, -1.5, 2000.0]
     assert review.expression_constants("log(wage) - log1p(hours)") == []
+    assert review.formula_constants("y ~ x - 1 + I(age >= 95) + np.maximum(age - 90, 0)") == [
+        95,
+        90,
+        0,
+    ]
+    assert review.formula_constants("y ~ 0 + x + I(z > -2.5) + np.log(w + 1)") == [-2.5, 1]
+    assert review.formula_constants("y ~ x + C(g)") == []
     assert review.expression_constants("year in [1976, 1978] & age >= 18", subset=True) == [
         1976,
         1978,
