@@ -412,3 +412,75 @@ def test_overlapping_group_windows_may_telescope():
         )[0]
         == []
     )
+
+
+@pytest.mark.parametrize("seed", [2, 8])
+def test_derive_constants_listed_as_notes(seed: int, tmp_path: Path, capsys) -> None:
+    """Each derive expression travels with the manifest: the review lists it with the numbers
+    written in it (a threshold is a released number) as a note, never as a failing finding."""
+    rng = np.random.default_rng(seed)
+    n = 900 + 50 * seed
+    cut, slope, shift = 0.35 + seed / 100, -2.5 - seed, 3 + seed
+    df = _data(n, seed, ("q1", "q2"), overlap=100).drop(columns=["sparse"])
+    df["pos"] = rng.lognormal(1.0, 0.4, n)
+    df["low_x"] = (df["x"] < cut).astype(int)
+    df["lin"] = slope * df["x"] + shift
+    df["lpos"] = np.log(df["pos"])
+    derive = {"low_x": f"x < {cut}", "lin": f"{slope} * x + {shift}", "lpos": "log(pos)"}
+    df.to_csv(tmp_path / "d.csv", index=False)
+    src = {"path": str(tmp_path / "d.csv"), "ids": ["pid"], "strata": ["stratum"]}
+    raw = {
+        "name": "rv",
+        "seed": 3,
+        "sdc": {"min_cell_size": 20},
+        "sources": {"d": {**src, "derive": derive}},
+        "checkpoints": [
+            {"tag": "upper", "source": "d", "model": "ols", "formula": f"lpos ~ x + I(x > {cut})"}
+            | {"subset": f"pos > {shift / 4}"}
+        ],
+        "verify": {"tier": 0},
+    }
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "res")
+    r = review.review_bundle(bundle)
+    check = next(c for c in r["checks"] if c["check"].startswith("derive expressions"))
+    assert check["status"] == "run" and check["findings"] == 0
+    assert not [f for f in r["findings"] if "derive" in str(f)]  # a note, not a finding
+    consts = {rec["key"]: rec["constants"] for rec in r["manifest_constants"]}
+    assert consts == {
+        "sources.d.derive.low_x": [cut],
+        "sources.d.derive.lin": [slope, shift],
+        "sources.d.derive.lpos": [],
+        "checkpoints.upper.subset": [shift / 4],
+        "checkpoints.upper.formula": [cut],
+    }
+    notes = check["notes"]
+    assert len(notes) == 5 and sum("check it is not confidential" in s for s in notes) == 4
+    assert any(repr(cut) in s and "released with the manifest" in s for s in notes)
+    assert any("derive.lpos" in s and "no constant" in s for s in notes)
+    out = tmp_path / "packet"
+    main(["review", str(bundle), "--out", str(out)])
+    page = (out / "disclosure_review.txt").read_text()
+    assert f"note: sources.d.derive.low_x = 'x < {cut}': constant(s) {cut!r}" in page
+    (tmp_path / "plain").mkdir()
+    plain = review.review_bundle(_extract(tmp_path / "plain", df.drop(columns=["lin"])))
+    check = next(c for c in plain["checks"] if c["check"].startswith("derive expressions"))
+    assert plain["manifest_constants"] == [] and check["notes"] == [
+        "the manifest declares no derive expression, no subset and no number in a formula"
+    ]
+
+
+def test_expression_constants() -> None:
+    assert review.expression_constants("a < 88 and b >= -1.5 or c == 2e3") == [88, -1.5, 2000.0]
+    assert review.expression_constants("log(wage) - log1p(hours)") == []
+    assert review.formula_constants("y ~ x - 1 + I(age >= 95) + np.maximum(age - 90, 0)") == [
+        95,
+        90,
+        0,
+    ]
+    assert review.formula_constants("y ~ 0 + x + I(z > -2.5) + np.log(w + 1)") == [-2.5, 1]
+    assert review.formula_constants("y ~ x + C(g)") == []
+    assert review.expression_constants("year in [1976, 1978] & age >= 18", subset=True) == [
+        1976,
+        1978,
+        18,
+    ]

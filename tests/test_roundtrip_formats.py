@@ -87,6 +87,7 @@ def stata(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "seen": pd.Timestamp("2019-01-01") + pd.to_timedelta(rng.integers(0, 4e7, n), unit="s"),
             "hired": rng.integers(600, 700, n).astype(float),  # %tm: months since 1960m1
             "qtr": rng.integers(200, 240, n).astype(float),  # %tq
+            "wk": rng.integers(2600, 3100, n).astype(float),  # %tw: weeks since 1960w1
             "yr": rng.integers(1990, 2020, n).astype(float),  # %ty
             "left": [
                 dt.date(2010, 1, 1) + dt.timedelta(days=int(x)) for x in rng.integers(0, 4000, n)
@@ -108,6 +109,7 @@ def stata(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "seen": "%tc",
             "hired": "%tm",
             "qtr": "%tq",
+            "wk": "%tw",
             "yr": "%ty",
             "left": "%tdDD/NN/CCYY",
         },
@@ -128,11 +130,12 @@ def test_stata_run_passes_tier0(stata: dict[str, Any]) -> None:
 def test_stata_dates_keep_their_display_format(stata: dict[str, Any]) -> None:
     _, meta = pyreadstat.read_dta(str(stata["dta"]), metadataonly=True)
     fmts = meta.original_variable_types
-    assert {c: fmts[c] for c in ("born", "seen", "hired", "qtr", "yr", "left")} == {
+    assert {c: fmts[c] for c in ("born", "seen", "hired", "qtr", "wk", "yr", "left")} == {
         "born": "%td",
         "seen": "%tc",
         "hired": "%tm",
         "qtr": "%tq",
+        "wk": "%tw",
         "yr": "%ty",
         "left": "%tdDD/NN/CCYY",
     }
@@ -142,7 +145,42 @@ def test_stata_dates_keep_their_display_format(stata: dict[str, Any]) -> None:
     assert (df["hired"].dt.day == 1).all()
     assert df["qtr"].dt.month.isin([1, 4, 7, 10]).all() and (df["qtr"].dt.day == 1).all()
     assert ((df["yr"].dt.month == 1) & (df["yr"].dt.day == 1)).all()
+    weeks = pd.read_parquet(stata["dta"].with_suffix(".parquet"))["wk"].dropna()
+    assert len(weeks) and _stata_week_starts(weeks)  # the synthetic values, before Stata storage
     assert df["yr"].dt.year.between(1985, 2025).all()
+
+
+def _stata_week_starts(t: pd.Series) -> bool:
+    """Every date is the first day of a Stata week: 1 January plus 7k days, k = 0..51."""
+    offset = (t - t.dt.to_period("Y").dt.to_timestamp()).dt.days
+    return bool(((offset % 7 == 0) & (offset <= 357)).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 30_000), min_size=1, max_size=40), st.integers(0, 86_399))
+def test_week_start_round_trips_through_stata(days: list[int], second: int) -> None:
+    """A %tw date moved to its week start is a Stata week start on or before it (within the
+    week; week 52 runs to 31 December), stays put when moved again, and is written and read
+    back by Stata's weekly format unchanged (a 30/31 December date is not carried into the next
+    year's first week)."""
+    from replisynth.io.schema import date_period, period_start
+
+    t = pd.Series(pd.Timestamp("1965-01-01") + pd.to_timedelta(days, unit="D"))
+    t = t + pd.Timedelta(seconds=second)
+    w = period_start(t, date_period("%tw") or "")
+    assert _stata_week_starts(w) and (w <= t).all() and (w.dt.year == t.dt.year).all()
+    assert ((t - w) < pd.Timedelta(days=9)).all() and (period_start(w, "W") == w).all()
+    back = _stata_round_trip(w)
+    assert (back == w.astype("datetime64[s]")).all()
+
+
+def _stata_round_trip(t: pd.Series) -> pd.Series:
+    import io
+
+    buf = io.BytesIO()
+    pd.DataFrame({"wk": t}).to_stata(buf, write_index=False, convert_dates={"wk": "tw"})
+    buf.seek(0)
+    return pd.read_stata(buf)["wk"].astype("datetime64[s]")
 
 
 def test_stata_missing_codes_kept_with_counts_and_labels(stata: dict[str, Any]) -> None:

@@ -4,13 +4,19 @@
 
 from __future__ import annotations
 
+import ast
+import io
 import logging
 import math
+import re
+import tokenize
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from replisynth import __version__
+from replisynth.config.formula_grammar import parse_derive, parse_subset
+from replisynth.config.manifest import Manifest
 from replisynth.disclosure.bundle_types import (
     CheckpointRecord,
     SdcLogFile,
@@ -242,6 +248,101 @@ def check_log(sdc_log: SdcLogFile, findings: list[Finding]) -> list[Finding]:
     return out
 
 
+# --- numbers the manifest releases ---------------------------------------------------------
+
+
+def expression_constants(text: str, subset: bool = False) -> list[float | int]:
+    """The numbers written in a derive expression or a subset (a unary minus kept), in order
+    of position."""
+    tree = parse_subset(text).tree if subset else parse_derive(text).tree
+    negated = {
+        id(n.operand)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub)
+    }
+    found = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, (int, float))
+        and not isinstance(n.value, bool)
+    ]
+    found.sort(key=lambda n: (n.lineno, n.col_offset))
+    return [-n.value if id(n) in negated else n.value for n in found]
+
+
+def formula_constants(formula: str) -> list[float | int]:
+    """The numbers written in a checkpoint formula (`I(age >= 95)`, `np.maximum(x - 90, 0)`),
+    in order; a 0 or 1 standing as a term (`y ~ x - 1`, `+ 0`: the intercept) is not one."""
+    try:
+        toks = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(formula).readline)
+            if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+        ]
+    except (tokenize.TokenError, SyntaxError):  # every number, as written
+        return [float(x) for x in re.findall(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", formula)]
+    out: list[float | int] = []
+    depth = 0
+    for i, t in enumerate(toks):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(t.string, 0)
+        if t.type != tokenize.NUMBER:
+            continue
+        before = toks[i - 1].string if i else ""
+        after = toks[i + 1].string if i + 1 < len(toks) else ""
+        value = ast.literal_eval(t.string)
+        if not isinstance(value, (int, float)):
+            continue
+        if depth == 0 and value in (0, 1) and before in "~+-" and after in ("", "+", "-"):
+            continue
+        out.append(-value if before == "-" and depth > 0 and _unary(toks, i - 1) else value)
+    return out
+
+
+def _unary(toks: list[tokenize.TokenInfo], i: int) -> bool:
+    """The minus at toks[i] is a sign (after an operator, a comma or an opening bracket)."""
+    return i == 0 or toks[i - 1].type == tokenize.OP and toks[i - 1].string not in (")", "]")
+
+
+def derive_constants(manifest: Manifest) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each derive expression, checkpoint subset and formula with a number in it (the manifest
+    travels in the bundle) with the numbers written in it: a threshold such as `bwght < 88` is
+    a released number. Records and note lines for the output checker (notes, not findings: the
+    user declared them, and only the checker can judge whether a cut-off is confidential)."""
+    found: list[tuple[str, str, Callable[[str], list[float | int]]]] = [
+        (f"sources.{src.name}.derive.{col}", text, expression_constants)
+        for src in manifest.sources
+        for col, text in src.derive
+    ]
+    for cp in manifest.checkpoints:
+        if cp.subset:
+            found.append((f"checkpoints.{cp.tag}.subset", cp.subset, _subset_constants))
+        if formula_constants(cp.formula):  # a formula without a number: nothing to say
+            found.append((f"checkpoints.{cp.tag}.formula", cp.formula, formula_constants))
+    records, notes = [], []
+    for key, text, read in found:
+        consts = read(text)
+        records.append({"key": key, "expression": text, "constants": consts})
+        notes.append(_constants_note(key, text, consts))
+    return records, notes or [
+        "the manifest declares no derive expression, no subset and no number in a formula"
+    ]
+
+
+def _subset_constants(text: str) -> list[float | int]:
+    return expression_constants(text, subset=True)
+
+
+def _constants_note(key: str, text: str, consts: list[float | int]) -> str:
+    if not consts:
+        return f"{key} = {text!r}: no constant"
+    shown = ", ".join(repr(c) for c in consts)
+    return (
+        f"{key} = {text!r}: constant(s) {shown} released with the manifest: "
+        "check it is not confidential"
+    )
+
+
 # --- the review -------------------------------------------------------------------------------
 
 
@@ -370,6 +471,12 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     record("group sizes", group_found, notes=group_notes)
     record("ordering flags backed by released correlations", order_found, notes=order_notes)
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
+    derive_records, derive_notes = derive_constants(b.manifest)
+    record(
+        "derive expressions, subsets and numbers in formulas released with the manifest",
+        [],
+        notes=derive_notes,
+    )
     not_run = [c["check"] for c in checks if c["status"] != "run"]
     if findings:
         verdict = f"{len(findings)} finding(s): the bundle discloses what the rules protect; do not release it"
@@ -386,6 +493,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         "suppressed": _count_suppressed(b.sdc_log),
         "checks": checks,
         "findings": findings,
+        "manifest_constants": derive_records,
         "verdict": verdict,
     }
 

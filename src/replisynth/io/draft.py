@@ -1,6 +1,8 @@
 """A commented manifest draft from a data file (`replisynth init`): each column's role and type
-as extraction will see them, with suggested ids, strata and exclusions. Pure functions returning
-text; the comments name columns, types and counts only, never a data value."""
+as extraction will see them, with suggested ids, strata and exclusions, and the keys some
+columns need (derive proposals, numeric, dates: io/draft_columns.py). Pure functions returning
+text; the comments name columns, types and counts only, never a data value (a threshold's
+cut-off is left for the user to fill in). Method: docs/method.md, "The manifest draft"."""
 
 from __future__ import annotations
 
@@ -13,8 +15,20 @@ import numpy as np
 import pandas as pd
 
 from replisynth.config.manifest import SDC_PROFILE_DEFAULTS, Source
+from replisynth.io.draft_columns import (
+    Detector,
+    Proposal,
+    choose,
+    derive_lines,
+    from_detector,
+    from_transforms,
+    numeric_text,
+    read_dates,
+    read_numeric,
+    text_date_formats,
+)
 from replisynth.io.files import FileMeta
-from replisynth.io.schema import ColumnSpec, infer_schema, logical_type
+from replisynth.io.schema import ColumnSpec, date_period, infer_schema, logical_type
 
 STRATA_LEVELS = (2, 6)  # a stratum column has this many levels (inclusive)
 MAX_STRATA_CELLS = 6  # suggested strata: their cross product has at most this many cells ...
@@ -32,6 +46,7 @@ TRANSFORMS: tuple[tuple[str, object], ...] = (
     ("exp(x) - 1", np.expm1),
     ("the square", np.square),
 )
+PROPOSED = ("the exponential", "exp(x) - 1", "the square")  # found here, proposed under derive
 
 
 @dataclass
@@ -43,13 +58,19 @@ class Draft:
     text_dates: list[str] = field(default_factory=list)
     dates: list[str] = field(default_factory=list)
     derived: dict[str, str] = field(default_factory=dict)  # column -> why (names only)
+    derive: list[Proposal] = field(default_factory=list)  # derive entries to confirm
+    numeric: list[str] = field(default_factory=list)  # numbers stored as text
+    missing_tokens: list[str] = field(default_factory=list)
+    decimal_comma: bool = False
+    date_formats: dict[str, str] = field(default_factory=dict)  # csv text dates -> format
     strata: list[str] = field(default_factory=list)
     strata_candidates: list[str] = field(default_factory=list)
     spread: dict[str, tuple[int, float, float]] = field(default_factory=dict)  # see infer_column
 
     @property
     def excluded(self) -> list[str]:
-        """Columns the draft leaves out: free text, dates stored as text, derived-looking."""
+        """Columns the draft leaves out: free text, dates stored as text it cannot read, columns
+        derived in a way no derive entry can state without the user's constants."""
         return [*self.text, *self.text_dates, *self.derived]
 
 
@@ -120,6 +141,11 @@ def derived_columns(df: pd.DataFrame, skip: set[str], seed: int = 0) -> dict[str
     """Numeric columns that look like a function of another on a row sample: the level of a
     log, a square, a linear function, or constant within each value of a column
     that repeats. Column -> why (names only)."""
+    return {b: f"{why} of {_name(a)}" for b, (why, a) in derived_pairs(df, skip, seed).items()}
+
+
+def derived_pairs(df: pd.DataFrame, skip: set[str], seed: int = 0) -> dict[str, tuple[str, str]]:
+    """As `derived_columns`: column -> (why, the column it is a function of)."""
     num = [
         str(c)
         for c in df.columns
@@ -127,7 +153,7 @@ def derived_columns(df: pd.DataFrame, skip: set[str], seed: int = 0) -> dict[str
     ]
     rows = df.sample(min(len(df), SAMPLE_ROWS), random_state=seed) if len(df) else df
     x = {c: pd.to_numeric(rows[c], errors="coerce").to_numpy(dtype="float64") for c in num}
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for check in (_transform_of, _linear_of, _function_of):  # each on every pair, in turn
         for b in num:
             for a in num:
@@ -135,7 +161,7 @@ def derived_columns(df: pd.DataFrame, skip: set[str], seed: int = 0) -> dict[str
                     continue
                 why = check(x[a], x[b], num.index(a) < num.index(b))
                 if why:
-                    out[b] = f"{why} of {_name(a)}"
+                    out[b] = (why, a)
     return out
 
 
@@ -207,27 +233,60 @@ def strata_columns(
     return chosen, [c for *_, c in cands]
 
 
-def analyse(df: pd.DataFrame, meta: FileMeta, path: str) -> tuple[Draft, list[ColumnSpec]]:
-    """The draft's findings and the schema extraction will infer under them."""
+def analyse(
+    df: pd.DataFrame, meta: FileMeta, path: str, detect: Detector | None = None
+) -> tuple[Draft, list[ColumnSpec]]:
+    """The draft's findings and the schema extraction will infer under them; `detect` is
+    extraction's relation detector (the workflow passes it: io does not import extract)."""
     d = Draft()
-    d.ids = id_columns(df)
-    d.text_dates = text_dates(df, d.ids)
+    df = _read_text_columns(df, d, path)
     d.text = text_columns(df, [*d.ids, *d.text_dates])
     d.dates = [str(c) for c in df.columns if logical_type(df[c]) == "date"]
-    d.derived = derived_columns(df, set(d.ids) | set(d.text) | set(d.dates))
+    skip = set(d.ids) | set(d.text) | set(d.dates) | set(d.text_dates)
+    pairs = derived_pairs(df, skip)
+    two_valued = {a for _, a in pairs.values() if df[a].nunique() <= 2}  # its own square
+    d.derived = {
+        b: f"{why} of {_name(a)}"
+        for b, (why, a) in pairs.items()
+        if why not in PROPOSED or a in two_valued
+    }
     src = Source(
         name=source_name(path),
         path=path,
         ids=tuple(d.ids),
         exclude=tuple(d.excluded),
+        numeric=tuple(d.numeric),
+        missing_tokens=tuple(d.missing_tokens),
+        decimal_comma=d.decimal_comma,
+        dates=tuple(d.date_formats.items()),
     )
+    found = from_detector(df, detect(df, src)) if detect is not None else []
+    d.derive = choose(df, [*found, *from_transforms(pairs, two_valued)], skip | set(d.derived))
     sdc = SDC_PROFILE_DEFAULTS[PROFILE]
     min_cell = int(sdc["min_cell_size"])
     specs = infer_schema(
         df, src, meta, min_cell, trim=float(sdc["quantile_trim"]) / 100.0, spread=d.spread
     )
-    d.strata, d.strata_candidates = strata_columns(df, specs, min_cell)
+    derived = {p.column for p in d.derive}  # a derived column may not be a stratum
+    d.strata, d.strata_candidates = strata_columns(
+        df, [s for s in specs if s.name not in derived], min_cell
+    )
     return d, specs
+
+
+def _read_text_columns(df: pd.DataFrame, d: Draft, path: str) -> pd.DataFrame:
+    """Numbers and (in a csv) dates stored as text read as the draft proposes to declare them;
+    ids found on the result; dates stored as text that cannot be declared are listed."""
+    formats, ambiguous = text_date_formats(df, set())  # before numbers: 31.12.2020 reads as one
+    d.numeric, d.missing_tokens, d.decimal_comma = numeric_text(df, {*formats, *ambiguous})
+    df = read_numeric(df, d.numeric, d.decimal_comma)
+    if Path(path).suffix.lower() == ".csv":
+        d.date_formats = formats
+        df = read_dates(df, formats)
+    d.ids = id_columns(df)
+    d.text_dates = text_dates(df, [*d.ids, *d.numeric, *d.date_formats, *formats, *ambiguous])
+    d.text_dates += [c for c in [*formats, *ambiguous] if c not in d.date_formats]
+    return df
 
 
 def _role_line(spec: ColumnSpec, d: Draft, meta: FileMeta) -> str:
@@ -239,7 +298,8 @@ def _role_line(spec: ColumnSpec, d: Draft, meta: FileMeta) -> str:
         "string": "text values",
         "boolean": "true/false",
         "categorical": "a categorical type in the file",
-        "date": "a date: synthesized on its numeric scale (days), like a continuous column",
+        "date": "a date: synthesized on its numeric scale (days), like a continuous column"
+        + _period_note(spec.display_format),
     }.get(spec.logical_type)
     if reason is None:
         if spec.role == "categorical":
@@ -260,6 +320,16 @@ def _role_line(spec: ColumnSpec, d: Draft, meta: FileMeta) -> str:
         kind = "categorical (ordered)" if spec.ordered else "categorical (nominal)"
     missing = f"; {spec.missing} of {spec.rows} missing" if spec.missing else ""
     return f"{n}: {kind}, {spec.logical_type}: {reason}{missing}"
+
+
+def _period_note(display: str | None) -> str:
+    """For a date counted in weeks, months, quarters, half years or years: where its synthetic
+    values go."""
+    period = date_period(display)
+    if period is None:
+        return ""
+    unit = {"W": "week", "M": "month", "Q": "quarter", "H": "half year", "Y": "year"}[period]
+    return f" (a {unit}ly format: each synthetic date is moved to the start of its {unit})"
 
 
 def _checkpoint_template(src: str, specs: list[ColumnSpec], strata: list[str]) -> list[str]:
@@ -288,11 +358,14 @@ def _checkpoint_template(src: str, specs: list[ColumnSpec], strata: list[str]) -
     ]
 
 
-def draft_manifest(df: pd.DataFrame, meta: FileMeta, path: str, seed: int) -> str:
+def draft_manifest(
+    df: pd.DataFrame, meta: FileMeta, path: str, seed: int, detect: Detector | None = None
+) -> str:
     """The commented manifest draft for the data `df` read from `path` (as the manifest will
     name it). Loads with `load_manifest` as written (verify.tier 3) and after a checkpoint is
-    filled in (tier 4)."""
-    d, specs = analyse(df, meta, path)
+    filled in (tier 4); `detect` (extraction's relation detector) adds derive proposals."""
+    d, specs = analyse(df, meta, path, detect)
+    derived = {p.column for p in d.derive}  # not in the template: a proposal may be confirmed
     src = source_name(path)
     sdc = SDC_PROFILE_DEFAULTS[PROFILE]
     min_cell = int(sdc["min_cell_size"])
@@ -313,21 +386,11 @@ def draft_manifest(df: pd.DataFrame, meta: FileMeta, path: str, seed: int) -> st
         "    # Columns, as extraction will classify them:",
     ]
     lines += [f"    #   {_role_line(s, d, meta)}" for s in specs]
-    for c in d.text:
-        lines.append(f"    #   {_name(c)}: free text: excluded below; never released")
-    for c, why in d.derived.items():
-        lines.append(f"    #   {_name(c)}: derived-looking ({why}): excluded below")
-    for c in d.text_dates:
-        lines.append(
-            f"    #   {_name(c)}: dates stored as text: excluded below (text would be released"
-            ' as categories); to keep it, give its format under dates (e.g. {col: "%d/%m/%Y"})'
-            " and remove it from exclude"
-        )
-    for c in d.dates:
-        lines.append(f"    #   {_name(c)}: a date column: check its synthetic dates in the report")
+    lines += [f"    #   {line}" for line in _flag_lines(d)]
     lines.append(f"    ids: {_flow(d.ids)}")
     lines.append("    # ids: columns unique on every row; never released, renumbered 1..rows.")
     lines.append(f"    exclude: {_flow(d.excluded)}")
+    lines += _key_lines(d)
     if d.text:
         lines.append(
             "    # Free text is never released: "
@@ -338,6 +401,7 @@ def draft_manifest(df: pd.DataFrame, meta: FileMeta, path: str, seed: int) -> st
             "    # Derived-looking columns are left out: recompute them from their source column"
         )
         lines.append("    # in your code (or keep them and exclude the other column instead).")
+    lines += derive_lines(d.derive)
     lines.append("    categorical: []     # force categorical")
     lines.append("    continuous: []      # force continuous")
     lines.append(f"    strata: {_flow(d.strata)}")
@@ -364,13 +428,61 @@ def draft_manifest(df: pd.DataFrame, meta: FileMeta, path: str, seed: int) -> st
         "sdc:",
         f"  profile: {PROFILE}    # cells below {min_cell} rows are suppressed; see docs/disclosure.md",
         "",
-        *_checkpoint_template(src, specs, d.strata),
+        *_checkpoint_template(src, [s for s in specs if s.name not in derived], d.strata),
         "",
         "verify:",
         "  tier: 3   # tier 4 needs a checkpoint: set 4 once you have filled one in above",
         "",
     ]
     return "\n".join(lines)
+
+
+def _flag_lines(d: Draft) -> list[str]:
+    """Comment lines for the columns that need a key or are left out, with the reason."""
+    out = [f"{_name(c)}: free text: excluded below; never released" for c in d.text]
+    out += [f"{_name(c)}: derived-looking ({why}): excluded below" for c, why in d.derived.items()]
+    out += [
+        f"{_name(p.column)}: derived ({p.why}): proposed under derive below, to confirm"
+        for p in d.derive
+    ]
+    out += [
+        f"{_name(c)}: numbers stored as text: declared under numeric below (read as numbers)"
+        for c in d.numeric
+    ]
+    out += [
+        f"{_name(c)}: dates stored as text ({f}): declared under dates below (read as dates)"
+        for c, f in d.date_formats.items()
+    ]
+    out += [
+        f"{_name(c)}: dates stored as text: excluded below (text would be released as "
+        'categories); to keep it, give its format under dates (e.g. {col: "%d/%m/%Y"}) and '
+        "remove it from exclude"
+        for c in d.text_dates
+    ]
+    out += [f"{_name(c)}: a date column: check its synthetic dates in the report" for c in d.dates]
+    return out
+
+
+def _key_lines(d: Draft) -> list[str]:
+    """The numeric and dates keys for columns stored as text (absent when there are none)."""
+    out = []
+    if d.numeric:
+        out.append(f"    numeric: {_flow(d.numeric)}")
+        out.append(f"    missing_tokens: {_flow(d.missing_tokens)}")
+        out.append(
+            "    # numeric: text columns holding numbers; missing_tokens: their values read as "
+            "missing"
+        )
+        out.append(
+            "    # (only common tokens such as n/a are proposed: add any other your data use)."
+        )
+        if d.decimal_comma:
+            out.append("    decimal_comma: true   # the numbers write decimals with a comma")
+    if d.date_formats:
+        pairs = ", ".join(f"{_name(c)}: {_name(f)}" for c, f in d.date_formats.items())
+        out.append(f"    dates: {{{pairs}}}")
+        out.append("    # dates: text date columns and their format (check day/month order).")
+    return out
 
 
 def _flow(names: list[str]) -> str:

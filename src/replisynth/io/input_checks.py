@@ -13,6 +13,7 @@ from replisynth.core.errors import DataError, ManifestError
 # decimal comma allowed) and it has more distinct values than a list of codes would.
 NUMERIC_TEXT_SHARE = 0.95
 NUMERIC_TEXT_MIN_DISTINCT = 20
+DOTTED_DATE = r"\d{1,2}\.\d{1,2}\.\d{2,4}|\d{4}\.\d{1,2}\.\d{1,2}"
 
 
 def check_formulas(manifest: Manifest) -> None:
@@ -57,6 +58,12 @@ def check_source_frame(manifest: Manifest, src: Source, df: pd.DataFrame) -> Non
                     f"or list it under sources.{src.name}.exclude"
                 )
         if col not in src.categorical and col not in src.numeric and _numbers_as_text(s):
+            if _dotted_dates(s):  # 31.12.2020 reads as a number with dots grouping thousands
+                raise DataError(
+                    f"{where}: column {col!r} holds dates stored as text (day, month and year "
+                    f"between dots); give their format under sources.{src.name}.dates (e.g. "
+                    f'"%d.%m.%Y") to read them as dates, or list it under sources.{src.name}.exclude'
+                )
             raise DataError(
                 f"{where}: column {col!r} holds numbers stored as text (thousands separators, a decimal "
                 f"comma or a token such as n/a); declare it under sources.{src.name}.numeric (with "
@@ -114,6 +121,17 @@ def _plain_number(text: pd.Series, decimal_comma: bool) -> pd.Series:
     if decimal_comma:
         return text.str.replace(r"[.\s\u00a0']", "", regex=True).str.replace(",", ".", regex=False)
     return text.str.replace(r"[,\s\u00a0']", "", regex=True)
+
+
+def _dotted_dates(s: pd.Series) -> bool:
+    """Every value has the form of a date written with dots (31.12.2020, 2020.12.31)."""
+    text = s.dropna().astype("string").str.strip()
+    return bool(len(text)) and bool(text.str.fullmatch(DOTTED_DATE).all())
+
+
+def looks_numeric(s: pd.Series) -> bool:
+    """A text column that holds numbers stored as text (extraction stops on it unless declared)."""
+    return _numbers_as_text(s)
 
 
 def _numbers_as_text(s: pd.Series) -> bool:

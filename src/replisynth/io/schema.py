@@ -80,10 +80,11 @@ def is_integer_valued(s: pd.Series) -> bool:
 
 
 def date_period(display: str | None) -> str | None:
-    """The calendar period a date display format counts in (Stata %tm -> M, %tq -> Q, %th ->
-    H, %ty -> Y; SPSS MOYR -> M, QYR -> Q), or None for days and datetimes."""
+    """The calendar period a date display format counts in (Stata %tw -> W, %tm -> M, %tq ->
+    Q, %th -> H, %ty -> Y; SPSS MOYR -> M, QYR -> Q), or None for days and datetimes."""
     d = (display or "").lstrip("%-").upper()
     for prefix, period in (
+        ("TW", "W"),
         ("TM", "M"),
         ("TQ", "Q"),
         ("TH", "H"),
@@ -97,7 +98,12 @@ def date_period(display: str | None) -> str | None:
 
 
 def period_start(t: pd.Series, period: str) -> pd.Series:
-    """Each date moved to the first day of its month, quarter, half year or year."""
+    """Each date moved to the first day of its Stata week (weeks 1-51 of a year are 7 days from
+    1 January, week 52 takes the rest of the year), month, quarter, half year or year."""
+    if period == "W":
+        jan1 = t.dt.to_period("Y").dt.to_timestamp()
+        week = np.minimum((t - jan1).dt.days // 7, 51)
+        return (jan1 + pd.to_timedelta(week * 7, unit="D")).where(t.notna())
     if period == "H":
         month = np.where(t.dt.month <= 6, 1, 7)
         out = pd.to_datetime({"year": t.dt.year, "month": month, "day": 1}, errors="coerce")

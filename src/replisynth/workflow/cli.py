@@ -277,6 +277,7 @@ def cmd_init(data_file: Path, out: Path, force: bool) -> None:
     import secrets
 
     from replisynth.core.errors import ManifestError
+    from replisynth.extract.relations import detect_relations
     from replisynth.io.atomic import write_text
     from replisynth.io.draft import draft_manifest
     from replisynth.io.files import read_source
@@ -286,7 +287,8 @@ def cmd_init(data_file: Path, out: Path, force: bool) -> None:
             f"init: {out} exists; choose another --out or add --force to replace it"
         )
     df, meta = read_source(data_file)
-    write_text(out, draft_manifest(df, meta, str(data_file), seed=secrets.randbelow(2**31)))
+    seed = secrets.randbelow(2**31)
+    write_text(out, draft_manifest(df, meta, str(data_file), seed, detect=detect_relations))
     print(
         f"wrote {out}: check each column's line, fill in a checkpoint, then `replisynth run {out}`"
     )
