@@ -602,7 +602,8 @@ def _groups(df: pd.DataFrame, release: dict[str, Any]) -> list[tuple[str, np.nda
 
 @dataclass(frozen=True)
 class AlignSettings:
-    """The knobs of `align_moments` (documented there), grouped so helpers take one value."""
+    """The knobs of `align_moments` (documented there): sweep budget, stopping gains, the
+    Spearman tolerance `tau` and its penalty weight `wall`, and the pairs per batch."""
 
     max_sweeps: int = 40
     min_gain: float = 0.005
@@ -1067,13 +1068,7 @@ def align_moments(
     checkpoints: list[CheckpointRecord],
     release: SourceRelease,
     rng: np.random.Generator,
-    max_sweeps: int = 40,
-    min_gain: float = 0.005,
-    patience: int = 3,
-    tau: float = 0.03,
-    wall: float = 100.0,
-    max_pairs: int | None = None,
-    target_sweeps: int = 30,
+    settings: AlignSettings | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Reorder regressor values within blocks so each released checkpoint's design moments
     on the synthetic data approach the released ones, keeping the released Spearman matrices
@@ -1082,8 +1077,9 @@ def align_moments(
     A checkpoint is settled once its own moments gained less than `min_gain` (relative) for
     `patience` sweeps running, or after `target_sweeps` sweeps; a unit moves only while a
     checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
+    The knobs (`tau`, `min_gain`, ...) are `settings` (default `AlignSettings()`).
     `rng`: `seeds.rng(seed, source, "xmom")`."""
-    settings = AlignSettings(max_sweeps, min_gain, patience, tau, wall, max_pairs, target_sweeps)
+    settings = settings if settings is not None else AlignSettings()
     source = release["source"]
     released = [
         untyped(c)

@@ -479,11 +479,11 @@ def time_cap(bp: Any, time: str | None) -> int | None:
     values of the time column's exact quantile sample."""
     if time is None or time not in bp.columns:
         return None
-    cp = bp.columns[time]
-    if cp.kind == "categorical":
-        return int(sum(1 for c in cp.counts or [] if c > 0))
-    if cp.kind == "continuous":
-        return int(len(np.unique(exact_values(cp.grid, bp.rows - cp.missing, True))))
+    plan = bp.columns[time]
+    if plan.kind == "categorical":
+        return int(sum(1 for c in plan.counts or [] if c > 0))
+    if plan.kind == "continuous":
+        return int(len(np.unique(exact_values(plan.grid, bp.rows - plan.missing, True))))
     return None
 
 
@@ -701,9 +701,9 @@ def entity_columns(
     panel = release.get("panel")
     time = panel["time"] if panel else None
     out = dict(cols)
-    for col, cp in bp.columns.items():
+    for col, plan in bp.columns.items():
         is_time = col == time
-        if cp.kind == "empty" or not (is_time or es["invariant"].get(col)):
+        if plan.kind == "empty" or not (is_time or es["invariant"].get(col)):
             continue
         jd = [
             (j, i)
@@ -712,8 +712,8 @@ def entity_columns(
         ]
         ok = ~missing[col]
         nn = int(ok.sum())
-        if cp.kind == "continuous":
-            vals = exact_values(cp.grid, nn, bool(specs[col].integer))
+        if plan.kind == "continuous":
+            vals = exact_values(plan.grid, nn, bool(specs[col].integer))
             if is_time:
                 uniq, inv = np.unique(vals, return_inverse=True)
                 z = Z[:, jd[0][0]] if jd else np.zeros(len(ent))
@@ -733,8 +733,8 @@ def entity_columns(
                 continue
             out[col] = v
             continue
-        levels = cp.levels or []
-        counts = list(cp.counts or [])
+        levels = plan.levels or []
+        counts = list(plan.counts or [])
         if len(levels) < 2:
             continue
         lev_arr = np.empty(len(levels), dtype=object)

@@ -301,9 +301,9 @@ def expected_counts(plan: list[BlockPlan], column: str) -> dict[Any, int]:
     """Exact category counts of `column` over the whole source, summed over blocks."""
     total: dict[Any, int] = {}
     for b in plan:
-        cp = b.columns.get(column)
-        if cp is None or cp.kind != "categorical":
+        col_plan = b.columns.get(column)
+        if col_plan is None or col_plan.kind != "categorical":
             continue
-        for lev, c in zip(cp.levels or [], cp.counts or [], strict=True):
+        for lev, c in zip(col_plan.levels or [], col_plan.counts or [], strict=True):
             total[lev] = total.get(lev, 0) + int(c)
     return total
