@@ -1020,7 +1020,7 @@ class _Aligner:
     ) -> tuple[int, np.ndarray, list[float]]:
         """Sweep until the objective or the moments stop gaining, or every checkpoint is
         settled. Returns (sweeps, settled per target, objective per sweep)."""
-        st = self.settings
+        knobs = self.settings
         prev = prev_moments = np.inf
         flat = 0
         target_prev = np.full(len(self.targets), np.inf)
@@ -1029,7 +1029,7 @@ class _Aligner:
         trace: list[float] = []
         stale = 0
         sweeps = 0
-        for _ in range(st.max_sweeps):
+        for _ in range(knobs.max_sweeps):
             # Stop when a sweep gains less than `min_gain` of the objective (relative), or when
             # the design moments themselves have gained less than that for `patience` sweeps
             # running: the Spearman penalty is a constraint here (the refinement's own job) and
@@ -1038,27 +1038,27 @@ class _Aligner:
             # are fixed by the marginals), so one that stalls stops driving sweeps on its own.
             target_err = np.asarray([float(t.error(t.S1, t.S2)) for t in self.targets])
             target_flat = np.where(
-                target_prev - target_err < st.min_gain * target_prev, target_flat + 1, 0
+                target_prev - target_err < knobs.min_gain * target_prev, target_flat + 1, 0
             )
             settled |= (
-                (target_flat >= st.patience)
+                (target_flat >= knobs.patience)
                 | (target_err <= 1e-15)
-                | (sweeps >= st.target_sweeps)
+                | (sweeps >= knobs.target_sweeps)
                 | np.asarray([fine(t) for t in self.targets])
             )
             target_prev = target_err
             moments = float(target_err.sum())
             total = moments + self.spearman_total()
             trace.append(total)
-            if total <= 1e-15 or prev - total < st.min_gain * prev or settled.all():
+            if total <= 1e-15 or prev - total < knobs.min_gain * prev or settled.all():
                 break
-            flat = flat + 1 if prev_moments - moments < st.min_gain * prev_moments else 0
-            if flat >= st.patience:
+            flat = flat + 1 if prev_moments - moments < knobs.min_gain * prev_moments else 0
+            if flat >= knobs.patience:
                 break
             prev, prev_moments = total, moments
             sweeps += 1
             stale = 0 if self.sweep(settled, rng) else stale + 1
-            if stale >= st.patience:
+            if stale >= knobs.patience:
                 break
         return sweeps, settled, trace
 

@@ -440,23 +440,29 @@ class _SweepStop:
 
     def done(self, errs: list[np.ndarray], sweep: int) -> bool:
         """Whether to stop before sweep number `sweep`, given every view's errors now."""
-        st = self.settings
+        knobs = self.settings
         worst = max(float(np.max(np.abs(e))) for e in errs)
         total = sum(float(np.sum(e * e)) for e in errs)
-        if worst <= st.tol or (worst <= st.comfort and total > self.prev * (1 - st.settle_gain)):
+        if worst <= knobs.tol or (
+            worst <= knobs.comfort and total > self.prev * (1 - knobs.settle_gain)
+        ):
             return True
-        if not self.chase and (total > self.prev * (1 - st.min_gain) or sweep >= st.max_sweeps):
-            if worst <= st.far:
+        if not self.chase and (
+            total > self.prev * (1 - knobs.min_gain) or sweep >= knobs.max_sweeps
+        ):
+            if worst <= knobs.far:
                 return True
             self.chase = (
                 True  # past the usual stopping point, while a pair is off by more than `far`
             )
         if self.chase:  # progress: the summed squared excess of the pairs still beyond `far`
-            excess = sum(float(np.sum(np.maximum(np.abs(e) - st.far, 0.0) ** 2)) for e in errs)
-            self.flat = self.flat + 1 if excess > self.best_excess * (1 - st.min_gain / 10) else 0
+            excess = sum(float(np.sum(np.maximum(np.abs(e) - knobs.far, 0.0) ** 2)) for e in errs)
+            self.flat = (
+                self.flat + 1 if excess > self.best_excess * (1 - knobs.min_gain / 10) else 0
+            )
             self.best_excess = min(self.best_excess, excess)
-            last = st.max_sweeps + st.max_far_sweeps - 1
-            if worst <= st.far or self.flat >= 4 * st.patience or sweep >= last:
+            last = knobs.max_sweeps + knobs.max_far_sweeps - 1
+            if worst <= knobs.far or self.flat >= 4 * knobs.patience or sweep >= last:
                 return True
         self.prev = total
         return False
@@ -663,34 +669,34 @@ def refine_swaps(
     when the caller has taken it already.
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
-    st = settings if settings is not None else SwapSettings()
+    knobs = settings if settings is not None else SwapSettings()
     n, d = X.shape
     perms = [np.arange(n) for _ in units]
     if n < 4 or d < 2:
         return perms
     views, global_view = _active_views(
-        X, groups, group_targets, global_target, rng, st, labels, settled
+        X, groups, group_targets, global_target, rng, knobs, labels, settled
     )
     if not any(v.M.any() for v in views) and (global_view is None or not global_view.M.any()):
         return perms
     all_views = views + ([global_view] if global_view else [])
     _drop_fixed_pairs(all_views, units, d)
-    swapper = _Swapper(X, views, global_view, rng, st, labels)
-    stop = _SweepStop(st)
+    swapper = _Swapper(X, views, global_view, rng, knobs, labels)
+    stop = _SweepStop(knobs)
     stale = 0
-    for sweep in range(st.max_sweeps + st.max_far_sweeps):
+    for sweep in range(knobs.max_sweeps + knobs.max_far_sweeps):
         errs = [v.error() for v in all_views]
         if stop.done(errs, sweep):
             break
         moves = [([unit_index], dims) for unit_index, dims in enumerate(units)]
         if stop.chase:
-            moves += _compound_units(units, errs, st.far)
+            moves += _compound_units(units, errs, knobs.far)
         improved = False
         for members, dims in moves:
             if swapper.move(members, dims, perms):
                 improved = True
         stale = 0 if improved else stale + 1
-        if stale >= st.patience:
+        if stale >= knobs.patience:
             break
     return perms
 
