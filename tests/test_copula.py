@@ -34,7 +34,7 @@ from replisynth.stats.correlations import (
 )
 from replisynth.stats.marginals import exact_quantile_sample, quantile_grid
 from replisynth.synthesize.plan import expected_counts, source_plan
-from replisynth.synthesize.refine import SAMPLE_ROWS, refine_swaps
+from replisynth.synthesize.refine import SAMPLE_ROWS, SwapSettings, refine_swaps
 from replisynth.synthesize.synthesize import synthesize_source
 
 CONT = Margin(None)
@@ -425,7 +425,9 @@ def test_refine_swaps_chases_an_or_of_two_indicators() -> None:
     units = [[0], [1], [2], [3]]
     quick = _apply(
         X,
-        refine_swaps(X, [np.arange(n)], [T], None, units, np.random.default_rng(2), far=1.0),
+        refine_swaps(
+            X, [np.arange(n)], [T], None, units, np.random.default_rng(2), SwapSettings(far=1.0)
+        ),
         units,
     )
     full = _apply(
@@ -612,12 +614,24 @@ def test_refine_swaps_leaves_a_large_view_within_comfort_as_drawn() -> None:
     )  # large, and judged on a sample of its rows
     X, T = _large_view(n, 0.02, seed=4)
     perms = refine_swaps(
-        X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035
+        X,
+        [np.arange(n)],
+        [T],
+        None,
+        [[0], [1]],
+        np.random.default_rng(0),
+        SwapSettings(tol=tol, comfort=0.035),
     )
     assert all(np.array_equal(p, np.arange(n)) for p in perms)
     X, T = _large_view(n, 0.06, seed=4)
     perms = refine_swaps(
-        X, [np.arange(n)], [T], None, [[0], [1]], np.random.default_rng(0), tol=tol, comfort=0.035
+        X,
+        [np.arange(n)],
+        [T],
+        None,
+        [[0], [1]],
+        np.random.default_rng(0),
+        SwapSettings(tol=tol, comfort=0.035),
     )
     after = spearman_matrix(_apply(X, perms, [[0], [1]]))[0, 1]
     assert abs(after - T[0, 1]) < 0.035 < abs(spearman_matrix(X)[0, 1] - T[0, 1])
@@ -629,8 +643,7 @@ def test_refine_swaps_leaves_a_large_view_within_comfort_as_drawn() -> None:
         None,
         [[0], [1]],
         np.random.default_rng(0),
-        tol=tol,
-        comfort=0.035,
+        SwapSettings(tol=tol, comfort=0.035),
     )
     assert abs(spearman_matrix(_apply(Xs, perms, [[0], [1]]))[0, 1] - Ts[0, 1]) < 0.01
 
@@ -648,9 +661,7 @@ def test_refine_swaps_sweep_budget_stops_inside_the_comfort_band() -> None:
         None,
         units,
         np.random.default_rng(1),
-        tol=0.0,
-        comfort=0.0,
-        max_pairs=64,
+        SwapSettings(tol=0.0, comfort=0.0, max_pairs=64),
     )
     kept = refine_swaps(
         X,
@@ -659,10 +670,7 @@ def test_refine_swaps_sweep_budget_stops_inside_the_comfort_band() -> None:
         None,
         units,
         np.random.default_rng(1),
-        tol=0.0,
-        comfort=0.03,
-        settle_gain=0.5,
-        max_pairs=64,
+        SwapSettings(tol=0.0, comfort=0.03, settle_gain=0.5, max_pairs=64),
     )
     err_free = np.nanmax(np.abs(spearman_matrix(_apply(X, free, units)) - T))
     err_kept = np.nanmax(np.abs(spearman_matrix(_apply(X, kept, units)) - T))

@@ -109,9 +109,7 @@ class _Checker:
         if isinstance(node, ast.Name):
             self.column(node)
         elif isinstance(node, ast.Constant):
-            ok = (int, float, bool, str) if self.subset else (int, float, bool)
-            if not isinstance(node.value, ok):
-                raise self.fail(node, "the literal")
+            self.literal(node)
         elif isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
             self.expr(node.left)
             self.expr(node.right)
@@ -123,20 +121,30 @@ class _Checker:
             for v in node.values:
                 self.expr(v)
         elif isinstance(node, ast.Compare):
-            self.expr(node.left)
-            for op, right in zip(node.ops, node.comparators, strict=True):
-                if self.subset and isinstance(op, (ast.In, ast.NotIn)):
-                    self.literal_list(right)
-                elif isinstance(op, _COMPARE):
-                    self.expr(right)
-                else:
-                    raise self.fail(node, "the comparison")
+            self.compare(node)
         elif isinstance(node, ast.Call):
             self.call(node)
         elif isinstance(node, ast.Attribute):
             raise self.fail(node, "attribute access")
         else:
             raise self.fail(node, "the expression")
+
+    def literal(self, node: ast.Constant) -> None:
+        """Numbers and true/false (subsets: also text)."""
+        ok = (int, float, bool, str) if self.subset else (int, float, bool)
+        if not isinstance(node.value, ok):
+            raise self.fail(node, "the literal")
+
+    def compare(self, node: ast.Compare) -> None:
+        """Comparisons of values (subsets: also `in`/`not in` a list of literals)."""
+        self.expr(node.left)
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            if self.subset and isinstance(op, (ast.In, ast.NotIn)):
+                self.literal_list(right)
+            elif isinstance(op, _COMPARE):
+                self.expr(right)
+            else:
+                raise self.fail(node, "the comparison")
 
     def literal_list(self, node: ast.AST) -> None:
         if not isinstance(node, (ast.List, ast.Tuple)) or not all(
@@ -315,6 +323,65 @@ def _call_end(formula: str, i: int) -> int:
     return -1
 
 
+def _quoted_token(
+    formula: str, i: int, key: str, error: type[ReplisynthError]
+) -> tuple[Token, int]:
+    """The backtick-quoted name starting at position i, and the position after it."""
+    j = formula.find("`", i + 1)
+    if j < 0:
+        raise error(
+            f"{key}: an unclosed backtick in {_short(formula)!r}; quote a column name as `my column`"
+        )
+    name = formula[i + 1 : j]
+    if not name or "\\" in name:
+        raise _fail(key, formula[i : j + 1], "the quoted name", error)
+    return Token("name", name, i), j + 1
+
+
+def _word_end(formula: str, i: int) -> int:
+    """End of the run of word characters and dots starting at position i."""
+    j = i
+    while j < len(formula) and re.match(r"[\w.]", formula[j]):
+        j += 1
+    return j
+
+
+def _number_token(
+    formula: str, i: int, key: str, error: type[ReplisynthError]
+) -> tuple[Token, int]:
+    """The whole number starting at position i (nothing else is a number here)."""
+    j = _word_end(formula, i)
+    if not formula[i:j].isdigit():
+        raise _fail(key, formula[i:j], "the number", error)
+    return Token("number", formula[i:j], i), j
+
+
+def _word_token(formula: str, i: int, key: str, error: type[ReplisynthError]) -> tuple[Token, int]:
+    """The name starting at position i, or with its brackets the call it starts."""
+    j = _word_end(formula, i)
+    if j < len(formula) and formula[j] in "([":
+        end = _call_end(formula, j)
+        if end < 0:
+            raise error(f"{key}: unbalanced brackets after {formula[i:j]!r} in {_short(formula)!r}")
+        return Token("call", formula[i:end], i), end
+    return Token("name", formula[i:j], i), j
+
+
+def _symbol_token(
+    formula: str, i: int, key: str, error: type[ReplisynthError]
+) -> tuple[Token, int]:
+    """The bracket or operator at position i; any other character is refused."""
+    ch = formula[i]
+    if ch in "([":
+        return Token("open", ch, i), i + 1
+    if ch in ")]":
+        return Token("close", ch, i), i + 1
+    op = next((o for o in _OPERATORS if formula.startswith(o, i)), None)
+    if op is None:
+        raise _fail(key, ch, "the character", error)
+    return Token("op", op, i), i + len(op)
+
+
 def tokenize_formula(
     formula: str, key: str = "", error: type[ReplisynthError] = ManifestError
 ) -> list[Token]:
@@ -326,52 +393,16 @@ def tokenize_formula(
         ch = formula[i]
         if ch.isspace():
             i += 1
-        elif ch == "`":
-            j = formula.find("`", i + 1)
-            if j < 0:
-                raise error(
-                    f"{key}: an unclosed backtick in {_short(formula)!r}; quote a column name as `my column`"
-                )
-            name = formula[i + 1 : j]
-            if not name or "\\" in name:
-                raise _fail(key, formula[i : j + 1], "the quoted name", error)
-            out.append(Token("name", name, i))
-            i = j + 1
+            continue
+        if ch == "`":
+            token, i = _quoted_token(formula, i, key, error)
         elif ch.isdigit():
-            j = i
-            while j < n and re.match(r"[\w.]", formula[j]):
-                j += 1
-            if not formula[i:j].isdigit():
-                raise _fail(key, formula[i:j], "the number", error)
-            out.append(Token("number", formula[i:j], i))
-            i = j
+            token, i = _number_token(formula, i, key, error)
         elif re.match(r"[^\W\d]", ch):
-            j = i
-            while j < n and re.match(r"[\w.]", formula[j]):
-                j += 1
-            if j < n and formula[j] in "([":
-                end = _call_end(formula, j)
-                if end < 0:
-                    raise error(
-                        f"{key}: unbalanced brackets after {formula[i:j]!r} in {_short(formula)!r}"
-                    )
-                out.append(Token("call", formula[i:end], i))
-                i = end
-            else:
-                out.append(Token("name", formula[i:j], i))
-                i = j
-        elif ch in "([":
-            out.append(Token("open", ch, i))
-            i += 1
-        elif ch in ")]":
-            out.append(Token("close", ch, i))
-            i += 1
+            token, i = _word_token(formula, i, key, error)
         else:
-            op = next((o for o in _OPERATORS if formula.startswith(o, i)), None)
-            if op is None:
-                raise _fail(key, ch, "the character", error)
-            out.append(Token("op", op, i))
-            i += len(op)
+            token, i = _symbol_token(formula, i, key, error)
+        out.append(token)
     return out
 
 
@@ -693,74 +724,97 @@ def derive_breaks(
 # evaluation of checked trees
 
 
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+    ast.Pow: lambda a, b: a**b,
+}
+
+
+@dataclass
+class _Evaluator:
+    """`evaluate` over one checked tree: names through `lookup` (quoted names mapped back)."""
+
+    lookup: Callable[[str], Any]
+    quoted: Mapping[str, str]
+
+    def ev(self, n: ast.AST) -> Any:
+        """Value of node `n`."""
+        if isinstance(n, ast.Name):
+            return self.lookup(self.quoted.get(n.id, n.id))
+        if isinstance(n, ast.Constant):
+            return n.value
+        if isinstance(n, (ast.List, ast.Tuple)):
+            return [self.ev(e) for e in n.elts]
+        if isinstance(n, ast.BinOp):
+            a, b = self.ev(n.left), self.ev(n.right)
+            return _BINARY[type(n.op)](a, b)
+        if isinstance(n, ast.UnaryOp):
+            return self.unary(n)
+        if isinstance(n, ast.BoolOp):
+            return self.boolean(n)
+        if isinstance(n, ast.Compare):
+            return self.compare(n)
+        if isinstance(n, ast.Call):
+            return self.call(n)
+        raise TypeError(f"unchecked node {type(n).__name__}")
+
+    def unary(self, n: ast.UnaryOp) -> Any:
+        """-x, +x, and elementwise not/~."""
+        v = self.ev(n.operand)
+        if isinstance(n.op, ast.USub):
+            return -v
+        if isinstance(n.op, ast.UAdd):
+            return +v
+        return _logical_not(v)
+
+    def boolean(self, n: ast.BoolOp) -> Any:
+        """Elementwise and/or of every operand (each evaluated)."""
+        vals = [self.ev(v) for v in n.values]
+        out = vals[0]
+        for v in vals[1:]:
+            out = (out & v) if isinstance(n.op, ast.And) else (out | v)
+        return out
+
+    def compare(self, n: ast.Compare) -> Any:
+        """A chain of comparisons, each link elementwise and-ed."""
+        left, out = self.ev(n.left), None
+        for op, right in zip(n.ops, n.comparators, strict=True):
+            r = self.ev(right)
+            res = _compare(op, left, r)
+            out = res if out is None else (out & res)
+            left = r
+        return out
+
+    def call(self, n: ast.Call) -> Any:
+        """An allow-listed call: x.isin([...]), x.isna(), x.notna(), I(...), np.<function>."""
+        f = n.func
+        numpy_call = (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.value.id == "np"
+            and f.attr in NUMPY_FUNCTIONS
+        )
+        if isinstance(f, ast.Attribute) and not numpy_call:  # x.isin([...]), x.isna(), x.notna()
+            col = pd.Series(self.ev(f.value))
+            return col.isin(self.ev(n.args[0])) if f.attr == "isin" else getattr(col, f.attr)()
+        name = f.attr if isinstance(f, ast.Attribute) else f.id  # type: ignore[attr-defined]
+        args = [self.ev(a) for a in n.args]
+        if name == "I":
+            return args[0]
+        return NUMPY_FUNCTIONS[name](*args)
+
+
 def evaluate(
     node: ast.expr, lookup: Callable[[str], Any], quoted: Mapping[str, str] | None = None
 ) -> Any:
     """Value of a checked expression: names through `lookup` (columns), numpy operators and
     the allow-listed functions; `and`/`or`/`not`/`~` are elementwise."""
-    q = quoted or {}
-
-    def ev(n: ast.AST) -> Any:
-        if isinstance(n, ast.Name):
-            return lookup(q.get(n.id, n.id))
-        if isinstance(n, ast.Constant):
-            return n.value
-        if isinstance(n, (ast.List, ast.Tuple)):
-            return [ev(e) for e in n.elts]
-        if isinstance(n, ast.BinOp):
-            a, b = ev(n.left), ev(n.right)
-            op = type(n.op)
-            return {
-                ast.Add: lambda: a + b,
-                ast.Sub: lambda: a - b,
-                ast.Mult: lambda: a * b,
-                ast.Div: lambda: a / b,
-                ast.FloorDiv: lambda: a // b,
-                ast.Mod: lambda: a % b,
-                ast.Pow: lambda: a**b,
-            }[op]()
-        if isinstance(n, ast.UnaryOp):
-            v = ev(n.operand)
-            if isinstance(n.op, ast.USub):
-                return -v
-            if isinstance(n.op, ast.UAdd):
-                return +v
-            return _logical_not(v)
-        if isinstance(n, ast.BoolOp):
-            vals = [ev(v) for v in n.values]
-            out = vals[0]
-            for v in vals[1:]:
-                out = (out & v) if isinstance(n.op, ast.And) else (out | v)
-            return out
-        if isinstance(n, ast.Compare):
-            left, out = ev(n.left), None
-            for op, right in zip(n.ops, n.comparators, strict=True):
-                r = ev(right)
-                res = _compare(op, left, r)
-                out = res if out is None else (out & res)
-                left = r
-            return out
-        if isinstance(n, ast.Call):
-            f = n.func
-            numpy_call = (
-                isinstance(f, ast.Attribute)
-                and isinstance(f.value, ast.Name)
-                and f.value.id == "np"
-                and f.attr in NUMPY_FUNCTIONS
-            )
-            if (
-                isinstance(f, ast.Attribute) and not numpy_call
-            ):  # x.isin([...]), x.isna(), x.notna()
-                col = pd.Series(ev(f.value))
-                return col.isin(ev(n.args[0])) if f.attr == "isin" else getattr(col, f.attr)()
-            name = f.attr if isinstance(f, ast.Attribute) else f.id  # type: ignore[union-attr]
-            args = [ev(a) for a in n.args]
-            if name == "I":
-                return args[0]
-            return NUMPY_FUNCTIONS[name](*args)
-        raise TypeError(f"unchecked node {type(n).__name__}")
-
-    return ev(node)
+    return _Evaluator(lookup, quoted or {}).ev(node)
 
 
 def _logical_not(v: Any) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -134,12 +133,8 @@ class Bundle:
         return sha256_file(self.path / "manifest.json")
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read a bundle directory and check it: format, every listed file present with its
-    sha256, nothing unlisted; then every file against the bundle's JSON Schema and every
-    formula and subset against the safe grammar (anyone can recompute the sha256 list, so a
-    bundle from elsewhere is read as untrusted text: nothing in it is run as code)."""
-    p = Path(path)
+def _bundle_info(p: Path) -> dict[str, Any]:
+    """The bundle's manifest.json, checked for a files list, a manifest and this format."""
     mf = p / "manifest.json"
     if not mf.exists():
         raise BundleError(
@@ -159,6 +154,11 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{mf}: format {info.get('format')!r} is not {FORMAT!r}; rebuild the bundle with this version"
         )
     check_schema(info, "manifest.json", mf)
+    return info
+
+
+def _check_listed_files(p: Path, info: dict[str, Any]) -> set[str]:
+    """Every listed file present with its sha256 and nothing unlisted; returns the listed paths."""
     listed = {f["path"] for f in info["files"]}
     for f in info["files"]:
         fp = p / f["path"]
@@ -173,6 +173,12 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(
             f"{p}: files not listed in manifest.json: {', '.join(extra)}; a bundle holds only its listed files"
         )
+    return listed
+
+
+def _bundle_manifest(mf: Path, info: dict[str, Any], listed: set[str]) -> Manifest:
+    """The manifest the bundle carries (formulas not parsed), whose bundle files must be the
+    listed ones."""
     try:
         manifest = load_manifest(info["manifest"], parse_formulas=False)
     except ReplisynthError as exc:
@@ -185,6 +191,18 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(
             f"{mf}: lists {', '.join(sorted(listed))} but its manifest needs {', '.join(sorted(want))}; the bundle was edited"
         )
+    return manifest
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read a bundle directory and check it: format, every listed file present with its
+    sha256, nothing unlisted; then every file against the bundle's JSON Schema and every
+    formula and subset against the safe grammar (anyone can recompute the sha256 list, so a
+    bundle from elsewhere is read as untrusted text: nothing in it is run as code)."""
+    p = Path(path)
+    info = _bundle_info(p)
+    listed = _check_listed_files(p, info)
+    manifest = _bundle_manifest(p / "manifest.json", info, listed)
     releases: dict[str, SourceRelease] = {}
     for s in manifest.sources:
         fp = p / source_file(s.name)
@@ -266,48 +284,57 @@ def check_schema(doc: Any, name: str, fp: Path) -> Any:
     )
 
 
-def check_release(rel: SourceRelease, fp: Path) -> SourceRelease:
-    """Cross-references inside a source release that the schema cannot state: dims, strata,
-    marginals name released columns, every stratum cell has its block, and each Spearman
-    matrix is square over the dims."""
-    names = {c["name"] for c in rel["columns"]}
-    k = len(rel["dims"])
-
-    def bad(key: str, what: str) -> BundleError:
-        return BundleError(
-            f"{fp}: {key}: {what}; the file does not match the bundle format (docs/bundle.md)"
-        )
-
+def _name_mismatch(rel: SourceRelease, names: set[str]) -> tuple[str, str] | None:
+    """(key, what) of the first dim, strata column or stratum cell that names nothing released."""
     for i, d in enumerate(rel["dims"]):
         if d["column"] not in names:
-            raise bad(f"dims[{i}].column", f"{d['column']!r} is not a released column")
+            return f"dims[{i}].column", f"{d['column']!r} is not a released column"
     for col in rel["strata"]["columns"]:
         if col not in names:
-            raise bad("strata.columns", f"{col!r} is not a released column")
+            return "strata.columns", f"{col!r} is not a released column"
     for i, cell in enumerate(rel["strata"]["cells"]):
         if cell["id"] not in rel["blocks"]:
-            raise bad(f"strata.cells[{i}].id", f"{cell['id']!r} has no entry in blocks")
+            return f"strata.cells[{i}].id", f"{cell['id']!r} has no entry in blocks"
+    return None
+
+
+def _block_mismatch(rel: SourceRelease, names: set[str]) -> tuple[str, str] | None:
+    """(key, what) of the first block whose marginals name an unreleased column or whose
+    Spearman matrix is not square over the dims."""
+    k = len(rel["dims"])
     for b, block in rel["blocks"].items():
         stray = sorted(set(block["marginals"]) - names)
         if stray:
-            raise bad(f"blocks.{b}.marginals", f"{stray[0]!r} is not a released column")
+            return f"blocks.{b}.marginals", f"{stray[0]!r} is not a released column"
         sp = block.get("spearman")
         if sp and (len(sp) != k or any(len(row) != k for row in sp)):
-            raise bad(
-                f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)"
-            )
-    _check_orderings(rel, names, bad)
+            return f"blocks.{b}.spearman", f"not a {k} x {k} matrix (one row and column per dim)"
+    return None
+
+
+def check_release(rel: SourceRelease, fp: Path) -> SourceRelease:
+    """Cross-references inside a source release that the schema cannot state: dims, strata,
+    marginals and ordering flags name released columns, every stratum cell has its block, and
+    each Spearman matrix is square over the dims."""
+    names = {c["name"] for c in rel["columns"]}
+    problem = (
+        _name_mismatch(rel, names) or _block_mismatch(rel, names) or _ordering_mismatch(rel, names)
+    )
+    if problem is not None:
+        key, what = problem
+        raise BundleError(
+            f"{fp}: {key}: {what}; the file does not match the bundle format (docs/bundle.md)"
+        )
     return rel
 
 
-def _check_orderings(
-    rel: SourceRelease, names: set[str], bad: Callable[[str, str], BundleError]
-) -> None:
-    """Every ordering flag names released columns."""
+def _ordering_mismatch(rel: SourceRelease, names: set[str]) -> tuple[str, str] | None:
+    """(key, what) of the first ordering flag that names an unreleased column."""
     for i, o in enumerate(rel.get("orderings") or []):
         for col in (o.get("lo"), o.get("hi"), o.get("if"), o.get("then")):
             if col is not None and col not in names:
-                raise bad(f"orderings[{i}]", f"{col!r} is not a released column")
+                return f"orderings[{i}]", f"{col!r} is not a released column"
+    return None
 
 
 def _check_moments(mo: CheckpointMoments, where: str) -> None:

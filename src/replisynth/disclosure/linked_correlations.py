@@ -133,7 +133,7 @@ def _high_where_observed(
     a: tuple[int, int],
     digits: int,
     memo: dict[tuple[str, str, int], Any] | None,
-) -> tuple[int, int, int] | None:
+) -> tuple[int, int, int]:
     """(rows, fewest and most high rows) of dim i (observed on every row) on the rows where
     column `pattern` is observed: its high rows less those among the column's missing rows,
     exactly from the 2x2 table of i with the column's missing dim when that is derivable,
@@ -235,6 +235,92 @@ def _two_valued(release: dict[str, Any]) -> list[int]:
     return out
 
 
+def _pair_finding(
+    release: dict[str, Any], block: str, i: int, j: int, withhold: str, finding: str
+) -> Finding:
+    """A correlations finding on the pair of dims (i, j) in `block`."""
+    return {
+        "check": "correlations",
+        "source": release["source"],
+        "block": block,
+        "dims": [_dim_name(release["dims"][i]), _dim_name(release["dims"][j])],
+        "pair": [i, j],
+        "withhold": withhold,
+        "finding": finding,
+    }
+
+
+def _block_pair_checks(
+    release: dict[str, Any],
+    i: int,
+    j: int,
+    min_cell: int,
+    context: tuple[dict[str, int], dict[tuple[str, str, int], Any], int],
+    findings: list[Finding],
+) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """Check the pair (i, j) in every block where its correlation is released (`context`:
+    the counters, the memo of `block_pair_cells` and the release's digits); returns each
+    block's cell bounds."""
+    stats, memo, digits = context
+    known: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+    for bid in release["blocks"]:
+        known[bid] = bounds = block_pair_cells(release, bid, i, j, digits, memo)
+        if release["blocks"][bid]["spearman"][i][j] is None:
+            continue
+        if bounds is None:
+            stats["pairs_not_derivable"] += 1
+            continue
+        stats["pairs_checked"] += 1
+        if _small(*bounds, min_cell):
+            findings.append(
+                _pair_finding(
+                    release,
+                    bid,
+                    i,
+                    j,
+                    bid,
+                    f"the released correlation and shares pin a cell of their 2x2 table to 1..{min_cell - 1} rows",
+                )
+            )
+    return known
+
+
+def _linked_pair_check(
+    release: dict[str, Any],
+    i: int,
+    j: int,
+    min_cell: int,
+    known: dict[str, tuple[np.ndarray, np.ndarray] | None],
+    stats: dict[str, int],
+) -> Finding | None:
+    """The pair (i, j) across the linked blocks: when exactly one member block's table is
+    unknown, it is the source's minus the others' (a finding when that pins a cell)."""
+    strata = [c["id"] for c in release["strata"]["cells"]] if release["strata"]["columns"] else []
+    source_bounds = known.get("all")
+    if not strata or source_bounds is None:
+        return None
+    members = {bid: known.get(bid) for bid in strata}
+    if int(release["strata"].get("residual_rows", 0)):
+        members["residual"] = None
+    unknown = [bid for bid, v in members.items() if v is None]
+    if len(unknown) != 1:
+        return None
+    stats["linked_checked"] += 1
+    others = [bounds for b, bounds in members.items() if b not in unknown and bounds is not None]
+    lo = source_bounds[0] - sum(bounds[1] for bounds in others)
+    hi = source_bounds[1] - sum(bounds[0] for bounds in others)
+    if not _small(lo, hi, min_cell):
+        return None
+    return _pair_finding(
+        release,
+        unknown[0],
+        i,
+        j,
+        "all",
+        f"the source-level 2x2 table minus the other blocks' pins a cell of this block's table to 1..{min_cell - 1} rows",
+    )
+
+
 def check_correlations(
     release: dict[str, Any], min_cell: int
 ) -> tuple[list[Finding], dict[str, int]]:
@@ -244,58 +330,15 @@ def check_correlations(
     the source's minus the others' is checked the same way."""
     findings: list[Finding] = []
     stats = {"pairs_checked": 0, "pairs_not_derivable": 0, "linked_checked": 0}
-    src = release["source"]
     memo: dict[tuple[str, str, int], Any] = {}
     two = _two_valued(release)
     digits = released_digits(release)
-    strata = [c["id"] for c in release["strata"]["cells"]] if release["strata"]["columns"] else []
-    residual = int(release["strata"].get("residual_rows", 0))
     for x, i in enumerate(two):
         for j in two[x + 1 :]:
-            known: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
-            for bid in release["blocks"]:
-                known[bid] = block_pair_cells(release, bid, i, j, digits, memo)
-                if release["blocks"][bid]["spearman"][i][j] is None:
-                    continue
-                if known[bid] is None:
-                    stats["pairs_not_derivable"] += 1
-                    continue
-                stats["pairs_checked"] += 1
-                if _small(*known[bid], min_cell):
-                    findings.append(
-                        {
-                            "check": "correlations",
-                            "source": src,
-                            "block": bid,
-                            "dims": [_dim_name(release["dims"][i]), _dim_name(release["dims"][j])],
-                            "pair": [i, j],
-                            "withhold": bid,
-                            "finding": f"the released correlation and shares pin a cell of their 2x2 table to 1..{min_cell - 1} rows",
-                        }
-                    )
-            if not strata or known.get("all") is None:
-                continue
-            members = {bid: known.get(bid) for bid in strata}
-            if residual:
-                members["residual"] = None
-            unknown = [bid for bid, v in members.items() if v is None]
-            if len(unknown) != 1:
-                continue
-            stats["linked_checked"] += 1
-            lo = known["all"][0] - sum(members[b][1] for b in members if b not in unknown)  # type: ignore[index]
-            hi = known["all"][1] - sum(members[b][0] for b in members if b not in unknown)  # type: ignore[index]
-            if _small(lo, hi, min_cell):
-                findings.append(
-                    {
-                        "check": "correlations",
-                        "source": src,
-                        "block": unknown[0],
-                        "dims": [_dim_name(release["dims"][i]), _dim_name(release["dims"][j])],
-                        "pair": [i, j],
-                        "withhold": "all",
-                        "finding": f"the source-level 2x2 table minus the other blocks' pins a cell of this block's table to 1..{min_cell - 1} rows",
-                    }
-                )
+            known = _block_pair_checks(release, i, j, min_cell, (stats, memo, digits), findings)
+            linked = _linked_pair_check(release, i, j, min_cell, known, stats)
+            if linked is not None:
+                findings.append(linked)
     return findings, stats
 
 

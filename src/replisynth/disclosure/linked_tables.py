@@ -155,6 +155,15 @@ def _put(r: list[int], c: list[int], v: list[float], row: int, col: int, value: 
     v.append(value)
 
 
+def _total(
+    r: list[int], c: list[int], v: list[float], rhs: list[float], cells: list[int], total: float
+) -> None:
+    """One equality: the variables `cells` (coefficient 1) sum to `total`."""
+    for col in cells:
+        _put(r, c, v, len(rhs), col, 1.0)
+    rhs.append(total)
+
+
 def _constraints(
     lt: LinkedTable, listed: np.ndarray
 ) -> tuple[Any, np.ndarray, dict[tuple[int, int], int]]:
@@ -166,30 +175,24 @@ def _constraints(
     unknown = [(b, cl) for b in range(B) for cl in range(L) if not listed[b, cl]]
     var = {c: i for i, c in enumerate(unknown)}
     n = len(unknown) + (L + B if lt.pooled else 0)
+    pooled_class = [len(unknown) + cl for cl in range(L)] if lt.pooled else []
+    pooled_block = [len(unknown) + L + b for b in range(B)] if lt.pooled else []
     r: list[int] = []
     c: list[int] = []
     v: list[float] = []
     rhs: list[float] = []
     known = np.where(listed, lt.values, 0)
     for b in range(B):  # row totals (pooled: the block's pooled values count in its row)
-        for cl in range(L):
-            if not listed[b, cl]:
-                _put(r, c, v, len(rhs), var[(b, cl)], 1.0)
-        if lt.pooled:
-            _put(r, c, v, len(rhs), len(unknown) + L + b, 1.0)
-        rhs.append(float(lt.row_totals[b] - known[b].sum()))
+        cells = [var[(b, cl)] for cl in range(L) if not listed[b, cl]] + pooled_block[b : b + 1]
+        _total(r, c, v, rhs, cells, float(lt.row_totals[b] - known[b].sum()))
     for cl in range(L):  # column totals (pooled: plus the pooled values assigned to the class)
-        for b in range(B):
-            if not listed[b, cl]:
-                _put(r, c, v, len(rhs), var[(b, cl)], 1.0)
-        if lt.pooled:
-            _put(r, c, v, len(rhs), len(unknown) + cl, 1.0)
-        rhs.append(float(lt.col_totals[cl] - known[:, cl].sum()))
+        cells = [var[(b, cl)] for b in range(B) if not listed[b, cl]] + pooled_class[cl : cl + 1]
+        _total(r, c, v, rhs, cells, float(lt.col_totals[cl] - known[:, cl].sum()))
     if lt.pooled:  # the pooled values over blocks are those assigned to classes
-        for i in range(L):
-            _put(r, c, v, len(rhs), len(unknown) + i, 1.0)
-        for b in range(B):
-            _put(r, c, v, len(rhs), len(unknown) + L + b, -1.0)
+        for col in pooled_class:
+            _put(r, c, v, len(rhs), col, 1.0)
+        for col in pooled_block:
+            _put(r, c, v, len(rhs), col, -1.0)
         rhs.append(0.0)
     A = coo_matrix((v, (r, c)), shape=(len(rhs), n)).tocsr()
     if lt.pooled:
@@ -286,6 +289,47 @@ def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[st
 # ------------------------------------------------------------------ secondary suppression (secure side)
 
 
+def _rectangles(
+    listed: np.ndarray, truth: np.ndarray, b: int, cl: int
+) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """The rectangles through cell (b, cl) with a listed corner, as (listed corners, their
+    listed mass, those corners), fewest corners and then least mass first."""
+    B, L = listed.shape
+    cands = []
+    for b2 in range(B):
+        for l2 in range(L):
+            if b2 == b or l2 == cl:
+                continue
+            new = [c for c in ((b, l2), (b2, cl), (b2, l2)) if listed[c]]
+            if new:
+                cands.append((len(new), sum(int(truth[c]) for c in new), new))
+    cands.sort(key=lambda c: (c[0], c[1], c[2]))
+    return cands
+
+
+def _best_rectangle(
+    lt: LinkedTable,
+    listed: np.ndarray,
+    cands: list[tuple[int, int, list[tuple[int, int]]]],
+    cell: tuple[int, int],
+    min_cell: int,
+    tries: int,
+) -> list[tuple[int, int]]:
+    """The corners to unlist: those of the first of `tries` rectangles that protects `cell`,
+    else of the one that widens its interval most."""
+    b, cl = cell
+    best, best_w = cands[0][2], -1
+    for _, _, new in cands[:tries]:
+        trial = listed.copy()
+        trial[tuple(np.asarray(new).T)] = False
+        lo, hi = intervals(lt, trial, only=[(b, cl)])[(b, cl)]
+        if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
+            return new
+        if hi - lo > best_w:
+            best, best_w = new, hi - lo
+    return best
+
+
 def secondary_suppression(
     lt: LinkedTable, truth: np.ndarray, min_cell: int, tries: int = 40
 ) -> tuple[np.ndarray, int, bool]:
@@ -296,35 +340,17 @@ def secondary_suppression(
     that widens its interval most. Returns the listed mask, the number of cells unlisted, and
     whether no rectangle was left (the whole column then goes unlisted)."""
     listed = lt.listed.copy()
-    B, L = listed.shape
     added = 0
     while True:
         bad = unprotected(lt, min_cell, listed)
         if not bad:
             return listed, added, False
         b, cl, _, _ = bad[0]
-        cands = []
-        for b2 in range(B):
-            for l2 in range(L):
-                if b2 == b or l2 == cl:
-                    continue
-                new = [c for c in ((b, l2), (b2, cl), (b2, l2)) if listed[c]]
-                if new:
-                    cands.append((len(new), sum(int(truth[c]) for c in new), new))
+        cands = _rectangles(listed, truth, b, cl)
         if not cands:
             listed[:] = False
             return listed, added, True
-        cands.sort(key=lambda c: (c[0], c[1], c[2]))
-        best, best_w = cands[0][2], -1
-        for _, _, new in cands[:tries]:
-            trial = listed.copy()
-            trial[tuple(np.asarray(new).T)] = False
-            lo, hi = intervals(lt, trial, only=[(b, cl)])[(b, cl)]
-            if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
-                best = new
-                break
-            if hi - lo > best_w:
-                best, best_w = new, hi - lo
+        best = _best_rectangle(lt, listed, cands, (b, cl), min_cell, tries)
         listed[tuple(np.asarray(best).T)] = False
         added += len(best)
 
@@ -448,22 +474,7 @@ def blank_unlisted_dims(
         S = block.get("spearman") or []
         if not S:
             continue
-        blank = []
-        for j, d in enumerate(dims):
-            bm = block["marginals"].get(d["column"])
-            if (
-                d["column"] in strata
-                or d["kind"] not in ("ordered", "indicator")
-                or bm is None
-                or bm["kind"] in ("ordinal_grid", "continuous")
-            ):
-                continue
-            if bm["kind"] != "categorical":
-                blank.append(j)
-            elif d["kind"] == "ordered" and bm["table"]["suppressed"] > 0:
-                blank.append(j)
-            elif d["kind"] == "indicator" and d["level"] not in bm["table"]["levels"]:
-                blank.append(j)
+        blank = [j for j, d in enumerate(dims) if _unlisted_dim(d, block, strata)]
         newly = {j for j in blank if any(v is not None for i, v in enumerate(S[j]) if i != j)}
         if not newly:
             continue
@@ -482,7 +493,32 @@ def blank_unlisted_dims(
                 "reason": f"correlations of {len(newly)} dim(s) whose categories the stratum's table does not list not released (they would give the unlisted shares back)",
             }
         )
-    release = {**release, "blocks": blocks}
+    return _blank_strata_pairs({**release, "blocks": blocks}, entries)
+
+
+def _unlisted_dim(d: dict[str, Any], block: dict[str, Any], strata: set[str]) -> bool:
+    """Whether dim `d` reads categories the stratum's table (`block`) does not list: an
+    ordered column's dim when rows are unlisted, a nominal level not listed, any ordered or
+    indicator dim of a column with no table there."""
+    bm = block["marginals"].get(d["column"])
+    if (
+        d["column"] in strata
+        or d["kind"] not in ("ordered", "indicator")
+        or bm is None
+        or bm["kind"] in ("ordinal_grid", "continuous")
+    ):
+        return False
+    if bm["kind"] != "categorical":
+        return True
+    if d["kind"] == "ordered":
+        return bool(bm["table"]["suppressed"] > 0)
+    return d["level"] not in bm["table"]["levels"]
+
+
+def _blank_strata_pairs(
+    release: dict[str, Any], entries: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The source-level correlations of `strata_pairs` blanked, with their log entry."""
     pairs = strata_pairs(release)
     if pairs:
         S = [list(row) for row in release["blocks"]["all"]["spearman"]]

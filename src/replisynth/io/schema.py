@@ -111,6 +111,89 @@ def period_start(t: pd.Series, period: str) -> pd.Series:
     return t.dt.to_period(period).dt.to_timestamp()
 
 
+def _whole_numbers(s: pd.Series, lt: str, missing: int, source: Source) -> bool:
+    """Whether every non-missing value of the column is a whole number (dates: whole days,
+    no time of day, as synthesis rounds to days); infinite floats are refused."""
+    if lt == "float":  # the non-missing values once, for the finiteness and whole-number tests
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        v = v[~np.isnan(v)] if missing else v
+        if not np.all(np.isfinite(v)):
+            raise DataError(
+                f"{source.path}: column {str(s.name)!r} holds infinite values; recode them as missing or finite"
+            )
+        integer = bool(len(v) and np.all(v == np.round(v)))
+    else:  # integer dtypes are whole and finite
+        integer = lt == "integer" or is_integer_valued(s)
+    if lt == "date":
+        d = s.dropna()
+        integer = bool(len(d) and (d == d.dt.normalize()).all())
+    return integer
+
+
+def _numeric_role(
+    s: pd.Series,
+    meta: FileMeta,
+    integer: bool,
+    min_cell: int | None,
+    keep_categorical: frozenset[str] | set[str],
+    trim: float,
+    spread: dict[str, tuple[int, float, float]] | None,
+) -> str:
+    """The documented rule for a numeric column no override names: categorical when whole
+    with at most MAX_ORDINAL_LEVELS values, unless cell suppression would rob it of its spread
+    (`spread_losses`, recorded in `spread`; see `infer_column`)."""
+    name = str(s.name)
+    n_distinct = (
+        s.nunique(dropna=True) if integer else 0
+    )  # counted only where it decides (costly on long float columns)
+    role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
+    if (
+        role == "categorical"
+        and min_cell
+        and n_distinct >= SPREAD_LEVELS
+        and name not in keep_categorical
+        and not meta.value_labels.get(name)
+    ):
+        pooled, trimmed = spread_losses(s, min_cell, trim)
+        if pooled > trimmed + SPREAD_MARGIN:
+            role = "continuous"
+            if spread is not None:
+                spread[name] = (int(n_distinct), pooled, trimmed)
+    return role
+
+
+def _override_role(name: str, lt: str, source: Source) -> str | None:
+    """The role the manifest or the logical type fixes (categorical/continuous overrides,
+    text, categories, booleans, dates); None when the numeric rule decides."""
+    if name in source.categorical:
+        return "categorical"
+    if name in source.continuous:
+        if lt in ("string", "categorical", "boolean"):
+            raise DataError(
+                f"sources.{source.name}.continuous: column {name!r} is {lt}, not numeric; "
+                "remove it from continuous"
+            )
+        return "continuous"
+    if lt in ("string", "categorical", "boolean"):
+        return "categorical"
+    if lt == "date":
+        return "continuous"
+    return None
+
+
+def _is_ordered(s: pd.Series, lt: str, meta: FileMeta) -> bool:
+    """Whether a categorical column's levels are ordered: a pandas ordered categorical, a
+    boolean, or numbers unless value labels name more than two levels."""
+    if lt == "categorical":
+        return bool(s.dtype.ordered)
+    if lt in ("boolean",):
+        return True
+    if lt in ("integer", "float", "date"):
+        labelled = bool(meta.value_labels.get(str(s.name)))
+        return not (labelled and s.nunique(dropna=True) > 2)
+    return False
+
+
 def infer_column(
     s: pd.Series,
     source: Source,
@@ -130,7 +213,7 @@ def infer_column(
     storage = meta.storage_types.get(name, str(s.dtype))
     missing = int(s.isna().sum())
     label = meta.variable_labels.get(name)
-    base = dict(
+    base: dict[str, Any] = dict(
         name=name,
         logical_type=lt,
         storage_type=storage,
@@ -144,58 +227,11 @@ def infer_column(
         return ColumnSpec(role="id", integer=True, ordered=False, **base)
     if name in source.key_columns:
         return ColumnSpec(role="group", integer=True, ordered=False, **base)
-    if lt == "float":  # the non-missing values once, for the finiteness and whole-number tests
-        v = s.to_numpy(dtype="float64", na_value=np.nan)
-        v = v[~np.isnan(v)] if missing else v
-        if not np.all(np.isfinite(v)):
-            raise DataError(
-                f"{source.path}: column {name!r} holds infinite values; recode them as missing or finite"
-            )
-        integer = bool(len(v) and np.all(v == np.round(v)))
-    else:  # integer dtypes are whole and finite
-        integer = lt == "integer" or is_integer_valued(s)
-    if lt == "date":  # whole days (no time of day): synthesis rounds to days
-        d = s.dropna()
-        integer = bool(len(d) and (d == d.dt.normalize()).all())
-    if name in source.categorical:
-        role = "categorical"
-    elif name in source.continuous:
-        if lt in ("string", "categorical", "boolean"):
-            raise DataError(
-                f"sources.{source.name}.continuous: column {name!r} is {lt}, not numeric; "
-                "remove it from continuous"
-            )
-        role = "continuous"
-    elif lt in ("string", "categorical", "boolean"):
-        role = "categorical"
-    elif lt == "date":
-        role = "continuous"
-    else:
-        n_distinct = (
-            s.nunique(dropna=True) if integer else 0
-        )  # counted only where it decides (costly on long float columns)
-        role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
-        if (
-            role == "categorical"
-            and min_cell
-            and n_distinct >= SPREAD_LEVELS
-            and name not in keep_categorical
-            and not meta.value_labels.get(name)
-        ):
-            pooled, trimmed = spread_losses(s, min_cell, trim)
-            if pooled > trimmed + SPREAD_MARGIN:
-                role = "continuous"
-                if spread is not None:
-                    spread[name] = (int(n_distinct), pooled, trimmed)
-    ordered = False
-    if role == "categorical":
-        if lt == "categorical":
-            ordered = bool(s.dtype.ordered)
-        elif lt in ("boolean",):
-            ordered = True
-        elif lt in ("integer", "float", "date"):
-            labelled = bool(meta.value_labels.get(name))
-            ordered = not (labelled and s.nunique(dropna=True) > 2)
+    integer = _whole_numbers(s, lt, missing, source)
+    role = _override_role(name, lt, source)
+    if role is None:
+        role = _numeric_role(s, meta, integer, min_cell, keep_categorical, trim, spread)
+    ordered = _is_ordered(s, lt, meta) if role == "categorical" else False
     return ColumnSpec(role=role, integer=bool(integer), ordered=ordered, **base)
 
 

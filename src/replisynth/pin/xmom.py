@@ -22,7 +22,7 @@ from replisynth.config.formula_grammar import (
     term_tree,
 )
 from replisynth.config.manifest import checkpoint_from_release, formula_variables
-from replisynth.disclosure.bundle_types import CheckpointRecord, SourceRelease
+from replisynth.disclosure.bundle_types import CheckpointRecord, SourceRelease, untyped
 from replisynth.stats.correlations import _Ranker
 from replisynth.stats.design import (
     _iv_matrices,
@@ -496,6 +496,7 @@ def _views(
     # per dim: presence, each present row's tie group (`_Ranker.codes`, in value order) with
     # their number, and the position of every row among the present ones
     def prepare(j: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+        assert Xd is not None  # dropped only after every column is prepared
         col = Xd[:, j]
         ok = ~np.isnan(col)
         rk = _Ranker(col[ok])
@@ -599,137 +600,123 @@ def _groups(df: pd.DataFrame, release: dict[str, Any]) -> list[tuple[str, np.nda
     return [(g, r) for g, r in out if len(r)]
 
 
-def align_moments(
-    df: pd.DataFrame,
-    checkpoints: list[CheckpointRecord],
-    release: SourceRelease,
-    rng: np.random.Generator,
-    max_sweeps: int = 40,
-    min_gain: float = 0.005,
-    patience: int = 3,
-    tau: float = 0.03,
-    wall: float = 100.0,
-    max_pairs: int | None = None,
-    target_sweeps: int = 30,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Reorder regressor values within blocks so each released checkpoint's design moments
-    on the synthetic data approach the released ones, keeping the released Spearman matrices
-    (block and source) within `tau` where they were (penalty). Returns a new frame (only
-    regressor columns permuted) and a report with the gaps before and after per checkpoint.
-    A checkpoint is settled once its own moments gained less than `min_gain` (relative) for
-    `patience` sweeps running, or after `target_sweeps` sweeps; a unit moves only while a
-    checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
-    `rng`: `seeds.rng(seed, source, "xmom")`."""
-    # entities, refine and correlations (scipy.optimize: a slow import) only when there is work
+@dataclass(frozen=True)
+class AlignSettings:
+    """The knobs of `align_moments` (documented there): sweep budget, stopping gains, the
+    Spearman tolerance `tau` and its penalty weight `wall`, and the pairs per batch."""
 
-    source = release["source"]
-    cps = [
-        c
-        for c in checkpoints
-        if c.get("status") == "released" and c["source"] == source and c.get("moments")
-    ]
-    report: dict[str, Any] = {"source": source, "checkpoints": {}, "notes": []}
-    if not cps or len(df) < 4:
-        report["status"] = "nothing to align"
-        return df, report
+    max_sweeps: int = 40
+    min_gain: float = 0.005
+    patience: int = 3
+    tau: float = 0.03
+    wall: float = 100.0
+    max_pairs: int | None = None
+    target_sweeps: int = 30
+
+
+def _settle_rule(checkpoints: list[dict[str, Any]]) -> Callable[[_Target], bool]:
+    """Whether a checkpoint's design already gives its released SEs (`se_factor_gap` within
+    SE_FACTOR_TOL), so it needs no alignment: never for one that shares its outcome, nor for
+    models whose SEs the factors do not set (fe/re, GLMs, iv without its first stage)."""
     # What the alignment is for: nested specifications on one outcome (pinned jointly only when
     # the auxiliary regressions match, so they always align) and SEs (a checkpoint alone on its
     # outcome pins exactly whatever its design; its design sets the SEs through the factors of
     # `se_factor_gap`). One whose factors are all within SE_FACTOR_TOL starts settled: still
     # scored, so it does not drift, but it drives no sweep (on large data, where sampling noise
     # is small, this skips nearly all the work).
-    iv_tags = {c["tag"] for c in cps if c["model"] == "iv"}
-    outcome_count = Counter(c["outcome"] for c in cps)
-    shared = {c["tag"] for c in cps if outcome_count[c["outcome"]] > 1}
+    iv_tags = {c["tag"] for c in checkpoints if c["model"] == "iv"}
+    outcome_count = Counter(c["outcome"] for c in checkpoints)
+    shared = {c["tag"] for c in checkpoints if outcome_count[c["outcome"]] > 1}
     # The factors are the SEs' own for OLS/WLS and for iv with released instrument moments; for
     # fe/re (within moments), GLMs (likelihood weights) and iv without its first stage they are
     # not, and such checkpoints align as before.
-    judged = {c["tag"] for c in cps if c["model"] in ("ols", "iv")}
+    judged = {c["tag"] for c in checkpoints if c["model"] in ("ols", "iv")}
 
-    def fine(t: _Target) -> bool:
-        if t.tag in shared or t.tag not in judged or (t.iv is None and t.tag in iv_tags):
+    def fine(target: _Target) -> bool:
+        if (
+            target.tag in shared
+            or target.tag not in judged
+            or (target.iv is None and target.tag in iv_tags)
+        ):
             return False
-        return t.se_factor_gap() <= SE_FACTOR_TOL
+        return target.se_factor_gap() <= SE_FACTOR_TOL
 
-    # The row evaluators (`_Compiled`, checked against formulaic on every sample row) serve the
-    # sweeps only: while every target built so far is fine, a fine one is built without it
-    # (shared ones first, as they never are), and only if a later one is not fine are those
-    # built again with it. When all are fine (the usual case on large data) none is compiled.
+    return fine
+
+
+def _build_targets(
+    df: pd.DataFrame, checkpoints: list[dict[str, Any]], fine: Callable[[_Target], bool]
+) -> tuple[list[_Target], list[str]]:
+    """The state of every checkpoint (in checkpoint order) and the notes of those that cannot
+    be built. The row evaluators (`_Compiled`) serve the sweeps only: while every target built
+    so far is fine, a fine one is built without it (shared ones first, as they never are), and
+    only if a later one is not fine are those built again with it."""
+    outcome_count = Counter(c["outcome"] for c in checkpoints)
+    shared = {c["tag"] for c in checkpoints if outcome_count[c["outcome"]] > 1}
     found: dict[int, tuple[_Target | None, str]] = {}
     deferred: list[int] = []
     need = False
-    for i in sorted(range(len(cps)), key=lambda i: cps[i]["tag"] not in shared):
-        t, note = _target(df, cps[i], skip=None if need else fine)
-        if t is not None and not need:
-            if fine(t):
+    for i in sorted(range(len(checkpoints)), key=lambda i: checkpoints[i]["tag"] not in shared):
+        target, note = _target(df, checkpoints[i], skip=None if need else fine)
+        if target is not None and not need:
+            if fine(target):
                 deferred.append(i)  # built without its evaluator
             else:
                 need = True
-        found[i] = (t, note)
+        found[i] = (target, note)
     if need:
         for i in deferred:
-            found[i] = _target(df, cps[i])
+            found[i] = _target(df, checkpoints[i])
     targets: list[_Target] = []
-    for i in range(len(cps)):
-        t, note = found[i]
-        if t is None:
-            report["notes"].append(note)
+    notes: list[str] = []
+    for i in range(len(checkpoints)):
+        built, note = found[i]
+        if built is None:
+            notes.append(note)
         else:
-            targets.append(t)
-    if targets and all(fine(t) for t in targets):
-        report["checkpoints"] = {t.tag: {"before": t.gaps(), "after": t.gaps()} for t in targets}
-        report.update(
-            status="within tolerance",
-            sweeps=0,
-            settled=[t.tag for t in targets],
-            objective=[],
-            moved=[],
-        )
-        return df, report
-    frozen = _frozen_columns(cps, release)
-    # Entity structure (replisynth.synthesize.entities): time-invariant columns never move and swaps stay
-    # inside an entity, so within-entity constancy and between shares survive the alignment.
-    frozen |= entity_frozen(release)
-    es = release.get("entity_structure")
-    labels = pd.factorize(df[es["column"]])[0] if es and es["column"] in df.columns else None
-    dims = release["dims"]
+            targets.append(built)
+    return targets, notes
+
+
+def _movable_units(
+    df: pd.DataFrame, frozen: set[str], release: dict[str, Any], targets: list[_Target]
+) -> dict[str, list[str]]:
+    """Columns that move together, keyed by their root: each right-hand-side variable not
+    frozen, with the columns derived from it (a derived column moves with its source)."""
     root = {b: d["from"] for b, d in release.get("derived", {}).items()}
     units: dict[str, list[str]] = {}
-    for t in targets:
-        for v in sorted(t.rhs):
-            r = root.get(v, v)
-            cols = [r, *sorted(b for b, a in root.items() if a == r)]
-            if r in units or any(col in frozen or col not in df.columns for col in cols):
+    for target in targets:
+        for var in sorted(target.rhs):
+            base = root.get(var, var)
+            cols = [base, *sorted(b for b, a in root.items() if a == base)]
+            if base in units or any(col in frozen or col not in df.columns for col in cols):
                 continue
-            units[r] = cols
-    if not targets or not units:
-        report["status"] = "nothing to align"
-        return df, report
-    n = len(df)
-    outcomes = {c["outcome"] for c in cps} - set(units) - {b for u in units.values() for b in u}
-    groups = _groups(df, release)
-    unit_dims = {
-        u: [j for j, d in enumerate(dims) if d["column"] in cols and d["kind"] != "missing"]
-        for u, cols in units.items()
-    }
-    movable = np.zeros(len(dims), dtype=bool)
-    for ds in unit_dims.values():
-        movable[ds] = True
-    skip = np.asarray([d["column"] in outcomes for d in dims], dtype=bool)
-    ignore = (~movable[:, None] & ~movable[None, :]) | skip[:, None] | skip[None, :]
+            units[base] = cols
+    return units
 
-    # The Spearman views of the blocks and (stratified) of the source: the masks and targets
-    # of `refine._view`, less the ignored pairs; a view with no pair left is None.
-    sets = [*groups, ("all", np.arange(n))] if len(groups) > 1 else list(groups)
+
+def _spearman_views(
+    df: pd.DataFrame,
+    release: dict[str, Any],
+    groups: list[tuple[str, np.ndarray]],
+    movable: np.ndarray,
+    skip: np.ndarray,
+) -> tuple[list[_View | None], _View | None]:
+    """The Spearman views of the blocks and (stratified) of the source: the masks and targets
+    of `refine._view`, less the pairs of two unmovable dims or of an outcome; a view with no
+    pair left is None. Returns (per-block views, the source view or None)."""
+    n_dims = len(release["dims"])
+    ignore = (~movable[:, None] & ~movable[None, :]) | skip[:, None] | skip[None, :]
+    sets = [*groups, ("all", np.arange(len(df)))] if len(groups) > 1 else list(groups)
     masks, tgts = [], []
-    for g, _rows in sets:
-        T = block_target(release, g)
-        M = np.isfinite(T).astype("float64")
-        np.fill_diagonal(M, 0.0)
-        tgts.append(np.where(M > 0, T, 0.0))
-        M[ignore] = 0.0
-        masks.append(M)
-    live = [i for i, M in enumerate(masks) if len(dims) >= 2 and M.any()]
+    for group, _rows in sets:
+        released = block_target(release, group)
+        mask = np.isfinite(released).astype("float64")
+        np.fill_diagonal(mask, 0.0)
+        tgts.append(np.where(mask > 0, released, 0.0))
+        mask[ignore] = 0.0
+        masks.append(mask)
+    live = [i for i, mask in enumerate(masks) if n_dims >= 2 and mask.any()]
     # the views build the dim matrix and drop it once its columns are ranked (its n × d floats
     # would add to the memory peak)
     made = (
@@ -744,231 +731,406 @@ def align_moments(
     )
     built = dict(zip(live, made, strict=True))
     views = [built.get(i) for i in range(len(groups))]
-    gview = built.get(len(groups)) if len(groups) > 1 else None
-    perms = {u: np.arange(n) for u in units}
-    owner = {col: u for u, cols in units.items() for col in cols}
-    present = {u: df[u].notna().to_numpy() for u in units}
-    # Pairs per batch: a sixteenth of the rows (a correlation moves by O(1/n) per swap, so
-    # large data need large batches), bounded so the (pairs × k × k) changes stay small in memory.
-    kmax = max(len(t.cols) for t in targets)
-    cap = max_pairs or int(max(512, min(n // 16, 1_500_000 // (kmax * kmax + len(dims) + 1))))
+    source_view = built.get(len(groups)) if len(groups) > 1 else None
+    return views, source_view
 
-    def frame(
-        rows: np.ndarray, t: _Target, unit: str | None = None, other: np.ndarray | None = None
-    ) -> pd.DataFrame:
-        data = {}
-        for col in t.read:
-            u = owner.get(col)
-            src = (
-                rows
-                if u is None
-                else perms[u][other if (u == unit and other is not None) else rows]
-            )
-            data[col] = df[col].iloc[src].reset_index(drop=True)
-        return pd.DataFrame(data)
 
-    def spearman_total() -> float:
-        tot = 0.0
-        for v in [*views, gview]:
-            if v is not None:
-                tot += (
-                    float(
-                        penalty(
-                            _block(v, list(range(len(dims))), np.arange(len(dims))),
-                            0.0,
-                            0.0,
-                            0.0,
-                            tau,
-                            wall,
-                        )
-                    )
-                    / 2
-                )
-        return tot
+@dataclass
+class _MomentPart:
+    """One checkpoint's proposed changes of its running sums (rows `tc`) per swap pair, and
+    its moment error before them."""
 
-    def spearman_max() -> float:
+    target: _Target
+    tc: np.ndarray
+    dS1: np.ndarray
+    dS2: np.ndarray
+    base: float
+
+
+@dataclass
+class _SpearmanPart:
+    """One Spearman view's proposal terms per swap pair (`refine._proposal_terms`), the
+    penalty before them and the block of running sums they change."""
+
+    view: _View
+    pos_r: np.ndarray
+    pos_s: np.ndarray
+    dC: np.ndarray
+    dA: np.ndarray
+    dQ: np.ndarray
+    base: float
+    blk: tuple[np.ndarray, ...]
+
+
+class _Aligner:
+    """The sweeps of `align_moments`: swaps of a unit's values between row pairs of a block,
+    accepted in batches when they lower the checkpoints' moment errors plus the Spearman
+    penalty. `perms[unit]` is the row each row's unit values come from."""
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        release: dict[str, Any],
+        targets: list[_Target],
+        units: dict[str, list[str]],
+        outcomes: set[str],
+        settings: AlignSettings,
+    ):
+        self.df, self.targets, self.units, self.settings = df, targets, units, settings
+        dims = release["dims"]
+        self.n_dims = len(dims)
+        es = release.get("entity_structure")
+        self.labels = (
+            pd.factorize(df[es["column"]])[0] if es and es["column"] in df.columns else None
+        )
+        self.groups = _groups(df, release)
+        self.unit_dims = {
+            unit: [j for j, d in enumerate(dims) if d["column"] in cols and d["kind"] != "missing"]
+            for unit, cols in units.items()
+        }
+        movable = np.zeros(self.n_dims, dtype=bool)
+        for unit_dims in self.unit_dims.values():
+            movable[unit_dims] = True
+        skip = np.asarray([d["column"] in outcomes for d in dims], dtype=bool)
+        self.views, self.source_view = _spearman_views(df, release, self.groups, movable, skip)
+        n = len(df)
+        self.perms = {unit: np.arange(n) for unit in units}
+        self.owner = {col: unit for unit, cols in units.items() for col in cols}
+        self.present = {unit: df[unit].notna().to_numpy() for unit in units}
+        # Pairs per batch: a sixteenth of the rows (a correlation moves by O(1/n) per swap, so
+        # large data need large batches), bounded so the (pairs × k × k) changes stay small.
+        kmax = max(len(t.cols) for t in targets)
+        self.cap = settings.max_pairs or int(
+            max(512, min(n // 16, 1_500_000 // (kmax * kmax + self.n_dims + 1)))
+        )
+
+    def release_views(self) -> None:
+        """Drop the views' n × d scores (before the new frame is built: memory peak)."""
+        self.views, self.source_view, self.targets = [], None, []
+
+    def spearman_total(self) -> float:
+        """Half the Spearman penalty summed over the views (all dims' pairs)."""
+        all_dims = list(range(self.n_dims))
+        total = 0.0
+        for view in [*self.views, self.source_view]:
+            if view is not None:
+                blk = _block(view, all_dims, np.arange(self.n_dims))
+                penalty_now = penalty(blk, 0.0, 0.0, 0.0, self.settings.tau, self.settings.wall)
+                total += float(penalty_now) / 2
+        return total
+
+    def spearman_max(self) -> float:
+        """Largest |Spearman error| over the views."""
         out = 0.0
-        for v in [*views, gview]:
-            if v is not None:
-                out = max(out, float(np.max(np.abs(v.error()))))
+        for view in [*self.views, self.source_view]:
+            if view is not None:
+                out = max(out, float(np.max(np.abs(view.error()))))
         return out
 
-    before = {t.tag: t.gaps() for t in targets}
-    sp_before = spearman_max()
-    prev = prev_m = np.inf
-    flat = 0
-    t_prev = np.full(len(targets), np.inf)
-    t_flat = np.zeros(len(targets), dtype=int)
-    settled = np.zeros(len(targets), dtype=bool)
-    trace: list[float] = []
-    stale = 0
-    sweeps = 0
-    for _ in range(max_sweeps):
-        # Stop when a sweep gains less than `min_gain` of the objective (relative), or when the
-        # design moments themselves have gained less than that for `patience` sweeps running:
-        # the Spearman penalty is a constraint here (the refinement's own job) and chasing its
-        # slow gains alone cost many sweeps without moving the moments.
-        # Per checkpoint: part of its moment error is out of reach (shares of factor levels are
-        # fixed by the marginals), so one that stalls stops driving sweeps on its own.
-        t_err = np.asarray([float(t.error(t.S1, t.S2)) for t in targets])
-        t_flat = np.where(t_prev - t_err < min_gain * t_prev, t_flat + 1, 0)
-        settled |= (
-            (t_flat >= patience)
-            | (t_err <= 1e-15)
-            | (sweeps >= target_sweeps)
-            | np.asarray([fine(t) for t in targets])
+    def frame(
+        self,
+        rows: np.ndarray,
+        target: _Target,
+        unit: str | None = None,
+        other: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """The columns `target` reads at `rows` of the permuted data; with `unit` and `other`,
+        that unit's values taken from the rows `other` instead (the swapped state)."""
+        data = {}
+        for col in target.read:
+            owner = self.owner.get(col)
+            src = (
+                rows
+                if owner is None
+                else self.perms[owner][other if (owner == unit and other is not None) else rows]
+            )
+            data[col] = self.df[col].iloc[src].reset_index(drop=True)
+        return pd.DataFrame(data)
+
+    def swapped_rows(
+        self, target: _Target, unit: str, both: np.ndarray, other: np.ndarray
+    ) -> np.ndarray:
+        """Centred design rows of `target` at rows `both`: first as they are, then with the
+        unit's values of rows `other` (each pair swapped)."""
+        if target.compiled is not None:
+            idx = {}
+            for col in target.read:
+                owner = self.owner.get(col)
+                if owner is None:
+                    idx[col] = np.concatenate([both, both])
+                elif owner == unit:
+                    idx[col] = np.concatenate([self.perms[unit][both], self.perms[unit][other]])
+                else:
+                    idx[col] = self.perms[owner][np.concatenate([both, both])]
+            return np.nan_to_num(target.compiled.rows(idx), nan=0.0) - target.mean
+        frame = pd.concat(
+            [self.frame(both, target), self.frame(both, target, unit, other)], ignore_index=True
         )
-        t_prev = t_err
-        moments = float(t_err.sum())
-        total = moments + spearman_total()
-        trace.append(total)
-        if total <= 1e-15 or prev - total < min_gain * prev or settled.all():
-            break
-        flat = flat + 1 if prev_m - moments < min_gain * prev_m else 0
-        if flat >= patience:
-            break
-        prev, prev_m = total, moments
-        sweeps += 1
+        return _design_rows(target, frame) - target.mean
+
+    def moment_part(
+        self, target: _Target, unit: str, r: np.ndarray, s: np.ndarray
+    ) -> tuple[np.ndarray, _MomentPart] | None:
+        """The change of `target`'s moment error per swap pair (r[i], s[i]) of the unit's
+        values and the running-sum changes behind it; None when no swap changes its design."""
+        wr, ws = target.w[r], target.w[s]
+        if not (wr.any() or ws.any()):
+            return None
+        both, other = np.concatenate([r, s]), np.concatenate([s, r])
+        rows4 = self.swapped_rows(target, unit, both, other)
+        npairs = len(r)
+        old, new = rows4[: 2 * npairs], rows4[2 * npairs :]
+        # only the design columns that read the unit change (S1, S2 rows tc)
+        tc = np.flatnonzero((new != old).any(axis=0))
+        if not len(tc):
+            return None
+        ww = np.concatenate([wr, ws])
+        d1 = ww[:, None] * (new[:, tc] - old[:, tc])
+        d2 = ww[:, None, None] * (
+            new[:, tc, None] * new[:, None, :] - old[:, tc, None] * old[:, None, :]
+        )
+        dS1, dS2 = d1[:npairs] + d1[npairs:], d2[:npairs] + d2[npairs:]
+        S1T, S2T = target.S1[tc], target.S2[tc]
+        gain = target.part_error(tc, S1T + dS1, S2T + dS2) - float(target.part_error(tc, S1T, S2T))
+        part = _MomentPart(target, tc, dS1, dS2, float(target.error(target.S1, target.S2)))
+        return gain, part
+
+    def combined_change(
+        self,
+        take: np.ndarray,
+        mparts: list[_MomentPart],
+        sparts: list[_SpearmanPart],
+    ) -> float:
+        """The joint change of the objective when the swap pairs `take` are all accepted."""
+        tau, wall = self.settings.tau, self.settings.wall
+        change = 0.0
+        for mp in mparts:
+            D1, D2 = _expand(len(mp.target.S1), mp.tc, mp.dS1[take].sum(0), mp.dS2[take].sum(0))
+            change += float(mp.target.error(mp.target.S1 + D1, mp.target.S2 + D2)) - mp.base
+        change += sum(
+            float(
+                penalty(
+                    sp.blk, sp.dC[take].sum(0), sp.dA[take].sum(0), sp.dQ[take].sum(0), tau, wall
+                )
+            )
+            - sp.base
+            for sp in sparts
+        )
+        return change
+
+    def accept(
+        self,
+        unit: str,
+        r: np.ndarray,
+        s: np.ndarray,
+        take: np.ndarray,
+        mparts: list[_MomentPart],
+        sparts: list[_SpearmanPart],
+    ) -> None:
+        """Apply the swap pairs `take`: running sums, Spearman views and the unit's rows."""
+        unit_dims = self.unit_dims[unit]
+        out_dims = np.flatnonzero(~np.isin(np.arange(self.n_dims), unit_dims))
+        for mp in mparts:
+            D1, D2 = _expand(len(mp.target.S1), mp.tc, mp.dS1[take].sum(0), mp.dS2[take].sum(0))
+            mp.target.S1 = mp.target.S1 + D1
+            mp.target.S2 = mp.target.S2 + D2
+        for sp in sparts:
+            accept_swaps(
+                sp.view,
+                sp.pos_r[take],
+                sp.pos_s[take],
+                unit_dims,
+                out_dims,
+                sp.dC[take].sum(0),
+                sp.dA[take].sum(0),
+                sp.dQ[take].sum(0),
+            )
+        perm = self.perms[unit]
+        rr, ss = r[take], s[take]
+        perm[rr], perm[ss] = perm[ss].copy(), perm[rr].copy()
+
+    def batch(
+        self,
+        unit: str,
+        affected: list[_Target],
+        rows: np.ndarray,
+        block_view: _View | None,
+        rng: np.random.Generator,
+    ) -> bool:
+        """One batch of swaps of the unit's values among `rows` of a block: draw pairs, score
+        each, accept the best prefix that lowers the objective jointly. True when any moved."""
+        order = rows[rng.permutation(len(rows))]
+        half = min(len(order) // 2, self.cap)
+        r, s = draw_pairs(order, half, self.labels)
+        npairs = len(r)
+        if not npairs:
+            return False
+        tau, wall = self.settings.tau, self.settings.wall
+        gain = np.zeros(npairs)
+        mparts: list[_MomentPart] = []
+        for target in affected:
+            scored = self.moment_part(target, unit, r, s)
+            if scored is not None:
+                gain += scored[0]
+                mparts.append(scored[1])
+        sparts: list[_SpearmanPart] = []
+        unit_dims = self.unit_dims[unit]
+        if unit_dims:
+            out_dims = np.flatnonzero(~np.isin(np.arange(self.n_dims), unit_dims))
+            for view in (block_view, self.source_view):
+                if (
+                    view is None
+                    or not view.M[np.ix_(np.asarray(unit_dims, dtype=np.intp), out_dims)].any()
+                ):
+                    continue
+                pos_r, pos_s, dC, dA, dQ = _proposal_terms(view, r, s, unit_dims, out_dims)
+                blk = _block(view, unit_dims, out_dims)
+                base = float(penalty(blk, 0.0, 0.0, 0.0, tau, wall))
+                gain += penalty(blk, dC, dA, dQ, tau, wall) - base
+                sparts.append(_SpearmanPart(view, pos_r, pos_s, dC, dA, dQ, base, blk))
+        cand = np.flatnonzero(gain < -1e-15)
+        if not len(cand):
+            return False
+        cand = cand[np.argsort(gain[cand], kind="stable")]
+        best_m, _ = best_prefix(lambda m: self.combined_change(cand[:m], mparts, sparts), len(cand))
+        if best_m == 0:
+            return False
+        self.accept(unit, r, s, cand[:best_m], mparts, sparts)
+        return True
+
+    def sweep(self, settled: np.ndarray, rng: np.random.Generator) -> bool:
+        """One pass over the units and blocks (units feeding only settled checkpoints stay);
+        True when any swap was accepted."""
         improved = False
-        for u, cols in units.items():
-            live = [i for i, t in enumerate(targets) if set(cols) & t.rhs]
+        for unit, cols in self.units.items():
+            live = [i for i, t in enumerate(self.targets) if set(cols) & t.rhs]
             if not live or settled[live].all():
                 continue
-            affected = [targets[i] for i in live]
-            ud = unit_dims[u]
-            out_d = np.flatnonzero(~np.isin(np.arange(len(dims)), ud))
-            for (_g, grows), gv in zip(groups, views, strict=True):
-                rows = grows[present[u][grows]]
+            affected = [self.targets[i] for i in live]
+            for (_group, group_rows), block_view in zip(self.groups, self.views, strict=True):
+                rows = group_rows[self.present[unit][group_rows]]
                 if len(rows) < 4:
                     continue
-                order = rows[rng.permutation(len(rows))]
-                half = min(len(order) // 2, cap)
-                r, s = draw_pairs(order, half, labels)
-                K = len(r)
-                if not K:
-                    continue
-                gain = np.zeros(K)
-                mparts = []
-                for t in affected:
-                    wr, ws = t.w[r], t.w[s]
-                    if not (wr.any() or ws.any()):
-                        continue
-                    both, oth = np.concatenate([r, s]), np.concatenate([s, r])
-                    if t.compiled is not None:
-                        idx = {}
-                        for col in t.read:
-                            owner_u = owner.get(col)
-                            if owner_u is None:
-                                idx[col] = np.concatenate([both, both])
-                            elif owner_u == u:
-                                idx[col] = np.concatenate([perms[u][both], perms[u][oth]])
-                            else:
-                                idx[col] = perms[owner_u][np.concatenate([both, both])]
-                        rows4 = np.nan_to_num(t.compiled.rows(idx), nan=0.0) - t.mean
-                    else:
-                        rows4 = (
-                            _design_rows(
-                                t,
-                                pd.concat(
-                                    [frame(both, t), frame(both, t, u, oth)], ignore_index=True
-                                ),
-                            )
-                            - t.mean
-                        )
-                    old, new = rows4[: 2 * K], rows4[2 * K :]
-                    # only the design columns that read the unit change (S1, S2 rows tc)
-                    tc = np.flatnonzero((new != old).any(axis=0))
-                    if not len(tc):
-                        continue
-                    ww = np.concatenate([wr, ws])
-                    d1 = ww[:, None] * (new[:, tc] - old[:, tc])
-                    d2 = ww[:, None, None] * (
-                        new[:, tc, None] * new[:, None, :] - old[:, tc, None] * old[:, None, :]
-                    )
-                    dS1, dS2 = d1[:K] + d1[K:], d2[:K] + d2[K:]
-                    S1T, S2T = t.S1[tc], t.S2[tc]
-                    gain += t.part_error(tc, S1T + dS1, S2T + dS2) - float(
-                        t.part_error(tc, S1T, S2T)
-                    )
-                    mparts.append((t, tc, dS1, dS2, float(t.error(t.S1, t.S2))))
-                sparts = []
-                if ud:
-                    for v in (gv, gview):
-                        if v is None or not v.M[np.ix_(ud, out_d)].any():
-                            continue
-                        pr, ps, dC, dA, dQ = _proposal_terms(v, r, s, ud, out_d)
-                        blk = _block(v, ud, out_d)
-                        base = float(penalty(blk, 0.0, 0.0, 0.0, tau, wall))
-                        gain += penalty(blk, dC, dA, dQ, tau, wall) - base
-                        sparts.append((v, pr, ps, dC, dA, dQ, base, blk))
-                cand = np.flatnonzero(gain < -1e-15)
-                if not len(cand):
-                    continue
-                cand = cand[np.argsort(gain[cand], kind="stable")]
+                if self.batch(unit, affected, rows, block_view, rng):
+                    improved = True
+        return improved
 
-                def combined(
-                    m: int, cand: np.ndarray = cand, mparts: list = mparts, sparts: list = sparts
-                ) -> float:
-                    take = cand[:m]
-                    f = 0.0
-                    for t, tc, dS1, dS2, base in mparts:
-                        D1, D2 = _expand(len(t.S1), tc, dS1[take].sum(0), dS2[take].sum(0))
-                        f += float(t.error(t.S1 + D1, t.S2 + D2)) - base
-                    f += sum(
-                        float(
-                            penalty(
-                                blk, dC[take].sum(0), dA[take].sum(0), dQ[take].sum(0), tau, wall
-                            )
-                        )
-                        - base
-                        for _v, _pr, _ps, dC, dA, dQ, base, blk in sparts
-                    )
-                    return f
+    def run(
+        self, fine: Callable[[_Target], bool], rng: np.random.Generator
+    ) -> tuple[int, np.ndarray, list[float]]:
+        """Sweep until the objective or the moments stop gaining, or every checkpoint is
+        settled. Returns (sweeps, settled per target, objective per sweep)."""
+        knobs = self.settings
+        prev = prev_moments = np.inf
+        flat = 0
+        target_prev = np.full(len(self.targets), np.inf)
+        target_flat = np.zeros(len(self.targets), dtype=int)
+        settled = np.zeros(len(self.targets), dtype=bool)
+        trace: list[float] = []
+        stale = 0
+        sweeps = 0
+        for _ in range(knobs.max_sweeps):
+            # Stop when a sweep gains less than `min_gain` of the objective (relative), or when
+            # the design moments themselves have gained less than that for `patience` sweeps
+            # running: the Spearman penalty is a constraint here (the refinement's own job) and
+            # chasing its slow gains alone cost many sweeps without moving the moments.
+            # Per checkpoint: part of its moment error is out of reach (shares of factor levels
+            # are fixed by the marginals), so one that stalls stops driving sweeps on its own.
+            target_err = np.asarray([float(t.error(t.S1, t.S2)) for t in self.targets])
+            target_flat = np.where(
+                target_prev - target_err < knobs.min_gain * target_prev, target_flat + 1, 0
+            )
+            settled |= (
+                (target_flat >= knobs.patience)
+                | (target_err <= 1e-15)
+                | (sweeps >= knobs.target_sweeps)
+                | np.asarray([fine(t) for t in self.targets])
+            )
+            target_prev = target_err
+            moments = float(target_err.sum())
+            total = moments + self.spearman_total()
+            trace.append(total)
+            if total <= 1e-15 or prev - total < knobs.min_gain * prev or settled.all():
+                break
+            flat = flat + 1 if prev_moments - moments < knobs.min_gain * prev_moments else 0
+            if flat >= knobs.patience:
+                break
+            prev, prev_moments = total, moments
+            sweeps += 1
+            stale = 0 if self.sweep(settled, rng) else stale + 1
+            if stale >= knobs.patience:
+                break
+        return sweeps, settled, trace
 
-                best_m, _ = best_prefix(combined, len(cand))
-                if best_m == 0:
-                    continue
-                take = cand[:best_m]
-                for t, tc, dS1, dS2, _ in mparts:
-                    D1, D2 = _expand(len(t.S1), tc, dS1[take].sum(0), dS2[take].sum(0))
-                    t.S1 = t.S1 + D1
-                    t.S2 = t.S2 + D2
-                for v, pr, ps, dC, dA, dQ, _, _ in sparts:
-                    accept_swaps(
-                        v,
-                        pr[take],
-                        ps[take],
-                        ud,
-                        out_d,
-                        dC[take].sum(0),
-                        dA[take].sum(0),
-                        dQ[take].sum(0),
-                    )
-                p = perms[u]
-                rr, ss = r[take], s[take]
-                p[rr], p[ss] = p[ss].copy(), p[rr].copy()
-                improved = True
-        stale = 0 if improved else stale + 1
-        if stale >= patience:
-            break
-    sp_after = spearman_max()
+
+def align_moments(
+    df: pd.DataFrame,
+    checkpoints: list[CheckpointRecord],
+    release: SourceRelease,
+    rng: np.random.Generator,
+    settings: AlignSettings | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Reorder regressor values within blocks so each released checkpoint's design moments
+    on the synthetic data approach the released ones, keeping the released Spearman matrices
+    (block and source) within `tau` where they were (penalty). Returns a new frame (only
+    regressor columns permuted) and a report with the gaps before and after per checkpoint.
+    A checkpoint is settled once its own moments gained less than `min_gain` (relative) for
+    `patience` sweeps running, or after `target_sweeps` sweeps; a unit moves only while a
+    checkpoint it feeds is unsettled (settled ones are still scored, so they do not drift).
+    The knobs (`tau`, `min_gain`, ...) are `settings` (default `AlignSettings()`).
+    `rng`: `seeds.rng(seed, source, "xmom")`."""
+    settings = settings if settings is not None else AlignSettings()
+    source = release["source"]
+    released = [
+        untyped(c)
+        for c in checkpoints
+        if c.get("status") == "released" and c["source"] == source and c.get("moments")
+    ]
+    release_record = untyped(release)
+    report: dict[str, Any] = {"source": source, "checkpoints": {}, "notes": []}
+    if not released or len(df) < 4:
+        report["status"] = "nothing to align"
+        return df, report
+    fine = _settle_rule(released)
+    # When all are fine (the usual case on large data) no row evaluator is compiled.
+    targets, notes = _build_targets(df, released, fine)
+    report["notes"].extend(notes)
+    if targets and all(fine(t) for t in targets):
+        report["checkpoints"] = {t.tag: {"before": t.gaps(), "after": t.gaps()} for t in targets}
+        report.update(
+            status="within tolerance",
+            sweeps=0,
+            settled=[t.tag for t in targets],
+            objective=[],
+            moved=[],
+        )
+        return df, report
+    # Entity structure (replisynth.synthesize.entities): time-invariant columns never move and
+    # swaps stay inside an entity, so within-entity constancy and between shares survive.
+    frozen = _frozen_columns(released, release_record) | entity_frozen(release_record)
+    units = _movable_units(df, frozen, release_record, targets)
+    if not targets or not units:
+        report["status"] = "nothing to align"
+        return df, report
+    moved_cols = set(units) | {b for cols in units.values() for b in cols}
+    outcomes = {c["outcome"] for c in released} - moved_cols
+    aligner = _Aligner(df, release_record, targets, units, outcomes, settings)
+    before = {t.tag: t.gaps() for t in targets}
+    sp_before = aligner.spearman_max()
+    sweeps, settled, trace = aligner.run(fine, rng)
+    sp_after = aligner.spearman_max()
     settled_tags = [t.tag for t, done in zip(targets, settled, strict=True) if done]
     # The gaps after alignment from the running sums, which track the permuted design exactly
     # (up to rounding of the accumulated changes): rebuilding every design on the new frame
     # costs time and memory per checkpoint.
     for t in targets:
         report["checkpoints"][t.tag] = {"before": before[t.tag], "after": t.gaps()}
-    views, gview, targets = (
-        [],
-        None,
-        [],
-    )  # release the views' n × d scores before the new frame (memory peak)
-    out = df.copy(
-        deep=False
-    )  # copy-on-write (pandas >= 3): unmoved columns are shared, never written through
-    for u, cols in units.items():
+    aligner.release_views()
+    # copy-on-write (pandas >= 3): unmoved columns are shared, never written through
+    out = df.copy(deep=False)
+    for unit, cols in units.items():
         for col in cols:
-            out[col] = df[col].take(perms[u]).set_axis(df.index)
+            out[col] = df[col].take(aligner.perms[unit]).set_axis(df.index)
     report.update(
         status="aligned",
         sweeps=sweeps,

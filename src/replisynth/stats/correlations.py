@@ -5,6 +5,7 @@ Method: docs/method.md, "Correlations and the copula".
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,43 @@ def _pearson_in_place(R: np.ndarray) -> np.ndarray:
     return c
 
 
+def _complete_correlations(
+    ranker: Callable[[int], _Ranker], full: np.ndarray, n: int
+) -> np.ndarray:
+    """Spearman correlations among the columns `full` (no missing values; `n` rows), each
+    ranked once."""
+    if n <= 1:
+        return np.full((len(full), len(full)), np.nan)
+    ranks = np.empty((n, len(full)))
+    for k, j in enumerate(full):
+        ranks[:, k] = ranker(j).ranks()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _pearson_in_place(ranks)
+
+
+def _pair_ranks(
+    i: int,
+    j: int,
+    cols: list[np.ndarray],
+    miss: list[np.ndarray],
+    own: dict[int, tuple[np.ndarray, np.ndarray, int]],
+    ranker: Callable[[int], _Ranker],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ranks of columns i and j over their common rows, at least one of them with missing
+    values (`own`: such a column's rows, own ranks and count); None below 3 common rows."""
+    if i in own and j in own:
+        ok = ~(miss[i] | miss[j])
+        if ok.sum() < 3:
+            return None
+        return _Ranker(cols[i][ok]).ranks(), _Ranker(cols[j][ok]).ranks()
+    k, f = (i, j) if i in own else (j, i)
+    ok, rk, cnt = own[k]
+    if cnt < 3:
+        return None
+    rf = ranker(f).ranks(ok)
+    return (rk, rf) if k == i else (rf, rk)
+
+
 def spearman_matrix(
     X: np.ndarray, rows: np.ndarray | None = None, columns: list[int] | None = None
 ) -> np.ndarray:
@@ -109,16 +147,7 @@ def spearman_matrix(
         return rankers[j]
 
     if len(full):
-        if n > 1:
-            ranks = np.empty((n, len(full)))
-            for k, j in enumerate(full):
-                ranks[:, k] = ranker(j).ranks()
-            with np.errstate(invalid="ignore", divide="ignore"):
-                C = _pearson_in_place(ranks)
-            del ranks
-        else:
-            C = np.full((len(full), len(full)), np.nan)
-        R[np.ix_(full, full)] = np.atleast_2d(C)
+        R[np.ix_(full, full)] = np.atleast_2d(_complete_correlations(ranker, full, n))
     # A column with missing values, paired with a complete column, is ranked once over its
     # own non-missing rows; two columns with missing values meet over their common rows.
     own: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -130,18 +159,10 @@ def spearman_matrix(
         for j in range(i + 1, d):
             if not (has_miss[i] or has_miss[j]):
                 continue
-            if has_miss[i] and has_miss[j]:
-                ok = ~(miss[i] | miss[j])
-                if ok.sum() < 3:
-                    continue
-                a, b = _Ranker(cols[i][ok]).ranks(), _Ranker(cols[j][ok]).ranks()
-            else:
-                k, f = (i, j) if has_miss[i] else (j, i)
-                ok, rk, cnt = own[k]
-                if cnt < 3:
-                    continue
-                rf = ranker(f).ranks(ok)
-                a, b = (rk, rf) if k == i else (rf, rk)
+            pair = _pair_ranks(i, j, cols, miss, own, ranker)
+            if pair is None:
+                continue
+            a, b = pair
             if a.min() == a.max() or b.min() == b.max():  # constant (for ranks: std == 0)
                 continue
             R[i, j] = R[j, i] = float(np.corrcoef(a, b)[0, 1])
@@ -415,7 +436,7 @@ def nearest_correlation(
         dS = X - Rk
         Y_new = X.copy()
         np.fill_diagonal(Y_new, 1.0)
-        if np.linalg.norm(Y_new - Y, "fro") / max(np.linalg.norm(Y, "fro"), 1e-300) < tol:
+        if np.linalg.norm(Y_new - Y, "fro") / max(float(np.linalg.norm(Y, "fro")), 1e-300) < tol:
             Y = Y_new
             break
         Y = Y_new

@@ -40,6 +40,44 @@ def released_codes(
     return lookup[codes]
 
 
+def _is_function_on(ca: np.ndarray, cb: np.ndarray, nb: int) -> bool:
+    """Whether level codes `cb` are a function of codes `ca` on the rows where `ca` is present
+    (and `cb` present wherever `ca` is): as many distinct (a, b) pairs as distinct a."""
+    ok = ca >= 0
+    if not ok.any() or np.any(cb[ok] < 0):
+        return False
+    # distinct (a, b) pairs against distinct a, counted on the level positions
+    pair = ca[ok] * (nb + 1) + cb[ok]
+    return np.count_nonzero(np.bincount(pair)) == np.count_nonzero(np.bincount(ca[ok]))
+
+
+def _level_map(
+    ca: np.ndarray, cb: np.ndarray, table_a: FrequencyTable, table_b: FrequencyTable
+) -> list[list[Any]]:
+    """[level of a, level of b (None: missing)] for each of a's levels present, read on the
+    first row of each of a's levels."""
+    ok = np.flatnonzero(ca >= 0)
+    first_a, first = np.unique(ca[ok], return_index=True)
+    lev_b = table_b.levels
+    mapping = {
+        table_a.levels[i]: (lev_b[k] if k >= 0 else None)
+        for i, k in zip(first_a.tolist(), cb[ok[first]].tolist(), strict=True)
+    }
+    return [[lev, mapping[lev]] for lev in table_a.levels if lev in mapping]
+
+
+def _root_parent(parent: dict[str, str], b: str) -> str | None:
+    """The column at the top of b's chain of determining columns; None on a cycle."""
+    a = parent[b]
+    seen = {b}
+    while a in parent and a not in seen:
+        seen.add(a)
+        a = parent[a]
+    if a in parent or a == b:
+        return None
+    return a
+
+
 def coded_dependencies(
     coded: dict[str, tuple[np.ndarray, list[Any]]],
     tables: dict[str, FrequencyTable],
@@ -55,14 +93,6 @@ def coded_dependencies(
     nlev = {c: len(tables[c].levels) for c in cols}
     pos = {c: i for i, c in enumerate(cols)}
 
-    def function_on(ca: np.ndarray, cb: np.ndarray, nb: int) -> bool:
-        ok = ca >= 0
-        if not ok.any() or np.any(cb[ok] < 0):
-            return False
-        # distinct (a, b) pairs against distinct a, counted on the level positions
-        pair = ca[ok] * (nb + 1) + cb[ok]
-        return np.count_nonzero(np.bincount(pair)) == np.count_nonzero(np.bincount(ca[ok]))
-
     def determines(a: str, b: str) -> bool:
         if nlev[a] < nlev[b] or not np.array_equal(miss[a], miss[b]):
             return False
@@ -70,9 +100,9 @@ def coded_dependencies(
         # A contradiction among the first rows settles most pairs without a pass over all
         # rows (it is one on all rows too); the full count decides the rest.
         head = ca[:4096]
-        if (head >= 0).any() and not function_on(head, cb[:4096], nlev[b]):
+        if (head >= 0).any() and not _is_function_on(head, cb[:4096], nlev[b]):
             return False
-        return function_on(ca, cb, nlev[b])
+        return _is_function_on(ca, cb, nlev[b])
 
     det: dict[str, list[str]] = {b: [a for a in cols if a != b and determines(a, b)] for b in cols}
     parent: dict[str, str] = {}
@@ -81,26 +111,11 @@ def coded_dependencies(
         if cands:
             parent[b] = max(cands, key=lambda a: (nlev[a], -pos[a]))
     out: dict[str, dict[str, Any]] = {}
-    for b, a in parent.items():
-        seen = {b}
-        while a in parent and a not in seen:
-            seen.add(a)
-            a = parent[a]
-        if a in parent or a == b:
+    for b in parent:
+        root = _root_parent(parent, b)
+        if root is None:
             continue
-        ca, cb = codes[a], codes[b]
-        ok = np.flatnonzero(ca >= 0)
-        # b's level on the first row of each of a's levels
-        first_a, first = np.unique(ca[ok], return_index=True)
-        lev_b = tables[b].levels
-        mapping = {
-            tables[a].levels[i]: (lev_b[k] if k >= 0 else None)
-            for i, k in zip(first_a.tolist(), cb[ok[first]].tolist(), strict=True)
-        }
-        out[b] = {
-            "from": a,
-            "map": [[lev, mapping[lev]] for lev in tables[a].levels if lev in mapping],
-        }
+        out[b] = {"from": root, "map": _level_map(codes[root], codes[b], tables[root], tables[b])}
     return out
 
 

@@ -5,7 +5,7 @@ category, or a column's missingness.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,26 @@ def _ordered_mapping(table: FrequencyTable, all_levels: list[Any]) -> dict[Any, 
     return mapping
 
 
+def _value_dims(name: str, marginal: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The value dims of one column (see `copula_dims`): none when suppressed or constant,
+    one when continuous or ordered, one indicator per non-baseline level when nominal."""
+    if marginal is None or marginal["kind"] == "suppressed":
+        return []
+    if marginal["kind"] == "continuous":
+        return [{"column": name, "kind": "continuous"}]
+    table = marginal["table"]
+    if len(table["levels"]) < 2:
+        return []
+    if table["ordered"]:
+        return [{"column": name, "kind": "ordered"}]
+    base = int(np.argmax(table["counts"]))
+    return [
+        {"column": name, "kind": "indicator", "level": lev}
+        for i, lev in enumerate(table["levels"])
+        if i != base
+    ]
+
+
 def copula_dims(
     specs: list[ColumnSpec],
     marginals: dict[str, dict[str, Any]],
@@ -72,23 +92,7 @@ def copula_dims(
     pattern), so missingness keeps its association with the other columns."""
     dims: list[dict[str, Any]] = []
     for spec in specs:
-        m = marginals.get(spec.name)
-        if m is None or m["kind"] == "suppressed":
-            continue
-        if m["kind"] == "continuous":
-            dims.append({"column": spec.name, "kind": "continuous"})
-            continue
-        t = m["table"]
-        if len(t["levels"]) < 2:
-            continue
-        if t["ordered"]:
-            dims.append({"column": spec.name, "kind": "ordered"})
-        else:
-            counts = t["counts"]
-            base = int(np.argmax(counts))
-            for i, lev in enumerate(t["levels"]):
-                if i != base:
-                    dims.append({"column": spec.name, "kind": "indicator", "level": lev})
+        dims += _value_dims(spec.name, marginals.get(spec.name))
     followers = {c for grp in (missing_groups or []) for c in grp[1:]}
     for spec in specs:
         m = marginals.get(spec.name)
@@ -110,7 +114,7 @@ def dim_matrix(
     dims: list[dict[str, Any]],
     tables: dict[str, FrequencyTable],
     all_levels: dict[str, list[Any]],
-    order: str = "C",
+    order: Literal["C", "F"] = "C",
 ) -> np.ndarray:
     """Numeric matrix (rows × dims) whose Spearman correlations are released: continuous
     values, ordered-level positions (raw values pooled as in `frequency_table`), 0/1
@@ -248,7 +252,9 @@ def _level_index(s: pd.Series, levels: list[Any]) -> np.ndarray:
     return lut[codes]
 
 
-def synthetic_dim_matrix(df: pd.DataFrame, release: dict[str, Any], order: str = "C") -> np.ndarray:
+def synthetic_dim_matrix(
+    df: pd.DataFrame, release: dict[str, Any], order: Literal["C", "F"] = "C"
+) -> np.ndarray:
     """`dim_matrix` of data whose categories are released levels (synthetic data), matching
     values on one footing (1 == 1.0).
 
@@ -298,7 +304,7 @@ def _synthetic_by_level(
     dims: list[dict[str, Any]],
     tables: dict[str, FrequencyTable],
     levels: dict[str, list[Any]],
-    order: str,
+    order: Literal["C", "F"],
 ) -> np.ndarray:
     """`synthetic_dim_matrix` through level indices (levels pairwise distinct, none missing):
     a value's dims depend only on its level, so each dim is a table lookup per level. A
@@ -341,6 +347,6 @@ def _synthetic_by_level(
     step = n if order == "F" else 1 << 14
     for a in range(0, n, step):
         b = min(a + step, n)
-        for k, (v, lut) in enumerate(parts):
-            X[a:b, k] = v[a:b] if lut is None else lut[v[a:b]]
+        for k, (values, lookup) in enumerate(parts):
+            X[a:b, k] = values[a:b] if lookup is None else lookup[values[a:b]]
     return X

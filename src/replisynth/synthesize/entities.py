@@ -5,6 +5,7 @@ Method: docs/method.md, "Panels and clusters: entity structure".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -359,6 +360,57 @@ def assign_periods(
     return out
 
 
+def _best_exchange(
+    per: np.ndarray, weight: np.ndarray, score: np.ndarray, k: int, lv: int, cap: int
+) -> tuple[int, int, int | None] | None:
+    """The largest step (≤ `cap` rows) from level k towards level lv: (rows moved, the
+    level-k entity, the level-lv entity it swaps with or None for a move); None when none fits.
+    Candidates nearest the k/lv boundary of `score` go first."""
+    ek = np.flatnonzero((per == k) & (weight > 0))
+    el = np.flatnonzero((per == lv) & (weight > 0))
+    up = lv > k  # entities of k nearest level l: the highest scores when l is above
+    ek = ek[np.argsort(-score[ek] if up else score[ek], kind="stable")]
+    el = el[np.argsort(score[el] if up else -score[el], kind="stable")]
+    best: tuple[int, int, int | None] | None = None
+    wk = weight[ek].astype("int64")
+    ok = wk <= cap
+    if ok.any():  # a move k -> l: the largest that fits, nearest the boundary first
+        i = int(np.argmax(np.where(ok, wk, -1)))
+        best = (int(wk[i]), int(ek[i]), None)
+    if len(el):  # a swap k <-> l: a level-l entity smaller by the largest δ that fits
+        sizes, first_f = np.unique(weight[el].astype("int64"), return_index=True)
+        order = np.argsort(first_f, kind="stable")
+        sizes, firsts = sizes[order], el[first_f[order]]
+        D = wk[:, None] - sizes[None, :]
+        D = np.where((D > 0) & (D <= cap), D, -1)
+        if D.size and D.max() > (best[0] if best else 0):
+            row, col = np.unravel_index(int(np.argmax(D)), D.shape)
+            best = (int(D[row, col]), int(ek[row]), int(firsts[col]))
+    return best
+
+
+def _exchange_once(
+    per: np.ndarray, weight: np.ndarray, score: np.ndarray, diff: np.ndarray
+) -> bool:
+    """Apply (in place on `per`) the first exchange found from a level with a surplus
+    (largest first) to one with a deficit (largest first); False when none fits."""
+    for k in np.argsort(-diff, kind="stable"):
+        if diff[k] <= 0:
+            break
+        for lv in np.argsort(diff, kind="stable"):
+            if diff[lv] >= 0:
+                break
+            best = _best_exchange(per, weight, score, k, lv, int(min(diff[k], -diff[lv])))
+            if best is None:
+                continue
+            _, e, f = best
+            per[e] = lv
+            if f is not None:
+                per[f] = k
+            return True
+    return False
+
+
 def repair_counts(
     per: np.ndarray,
     weight: np.ndarray,
@@ -373,50 +425,12 @@ def repair_counts(
     so the ordering by latent is disturbed least. Unbalanced panels need this: runs of entity
     sizes rarely end exactly on the released counts."""
     per = per.copy()
-    L = len(target)
+    n_levels = len(target)
     for _ in range(max_moves):
-        diff = np.bincount(per, weights=weight, minlength=L)[:L].astype("int64") - target
-        if not diff.any():
-            break
-        done = False
-        for k in np.argsort(-diff, kind="stable"):
-            if diff[k] <= 0:
-                break
-            for lv in np.argsort(diff, kind="stable"):
-                if diff[lv] >= 0:
-                    break
-                cap = int(min(diff[k], -diff[lv]))
-                ek = np.flatnonzero((per == k) & (weight > 0))
-                el = np.flatnonzero((per == lv) & (weight > 0))
-                up = lv > k  # entities of k nearest level l: the highest scores when l is above
-                ek = ek[np.argsort(-score[ek] if up else score[ek], kind="stable")]
-                el = el[np.argsort(score[el] if up else -score[el], kind="stable")]
-                best = None
-                wk = weight[ek].astype("int64")
-                ok = wk <= cap
-                if ok.any():  # a move k -> l: the largest that fits, nearest the boundary first
-                    i = int(np.argmax(np.where(ok, wk, -1)))
-                    best = (int(wk[i]), ek[i], None)
-                if len(el):  # a swap k <-> l: a level-l entity smaller by the largest δ that fits
-                    szs, first_f = np.unique(weight[el].astype("int64"), return_index=True)
-                    order = np.argsort(first_f, kind="stable")
-                    szs, fs = szs[order], el[first_f[order]]
-                    D = wk[:, None] - szs[None, :]
-                    D = np.where((D > 0) & (D <= cap), D, -1)
-                    if D.size and D.max() > (best[0] if best else 0):
-                        i, j = np.unravel_index(int(np.argmax(D)), D.shape)
-                        best = (int(D[i, j]), ek[i], fs[j])
-                if best is None:
-                    continue
-                _, e, f = best
-                per[e] = lv
-                if f is not None:
-                    per[f] = k
-                done = True
-                break
-            if done:
-                break
-        if not done:
+        diff = (
+            np.bincount(per, weights=weight, minlength=n_levels)[:n_levels].astype("int64") - target
+        )
+        if not diff.any() or not _exchange_once(per, weight, score, diff):
             break
     return per
 
@@ -448,6 +462,7 @@ def fill_invariant(
             Ue[:, 0], weight, sorted_values if sorted_values is not None else np.zeros(0)
         )
         if kind == "ordered_codes":
+            assert sorted_values is not None  # ordered codes always carry their sorted values
             per = repair_counts(per, weight, np.bincount(sorted_values.astype("int64")), Ue[:, 0])
     out = values.copy()
     out[ok] = per[ent[ok]]
@@ -464,11 +479,11 @@ def time_cap(bp: Any, time: str | None) -> int | None:
     values of the time column's exact quantile sample."""
     if time is None or time not in bp.columns:
         return None
-    cp = bp.columns[time]
-    if cp.kind == "categorical":
-        return int(sum(1 for c in cp.counts or [] if c > 0))
-    if cp.kind == "continuous":
-        return int(len(np.unique(exact_values(cp.grid, bp.rows - cp.missing, True))))
+    plan = bp.columns[time]
+    if plan.kind == "categorical":
+        return int(sum(1 for c in plan.counts or [] if c > 0))
+    if plan.kind == "continuous":
+        return int(len(np.unique(exact_values(plan.grid, bp.rows - plan.missing, True))))
     return None
 
 
@@ -686,9 +701,9 @@ def entity_columns(
     panel = release.get("panel")
     time = panel["time"] if panel else None
     out = dict(cols)
-    for col, cp in bp.columns.items():
+    for col, plan in bp.columns.items():
         is_time = col == time
-        if cp.kind == "empty" or not (is_time or es["invariant"].get(col)):
+        if plan.kind == "empty" or not (is_time or es["invariant"].get(col)):
             continue
         jd = [
             (j, i)
@@ -697,8 +712,8 @@ def entity_columns(
         ]
         ok = ~missing[col]
         nn = int(ok.sum())
-        if cp.kind == "continuous":
-            vals = exact_values(cp.grid, nn, bool(specs[col].integer))
+        if plan.kind == "continuous":
+            vals = exact_values(plan.grid, nn, bool(specs[col].integer))
             if is_time:
                 uniq, inv = np.unique(vals, return_inverse=True)
                 z = Z[:, jd[0][0]] if jd else np.zeros(len(ent))
@@ -718,8 +733,8 @@ def entity_columns(
                 continue
             out[col] = v
             continue
-        levels = cp.levels or []
-        counts = list(cp.counts or [])
+        levels = plan.levels or []
+        counts = list(plan.counts or [])
         if len(levels) < 2:
             continue
         lev_arr = np.empty(len(levels), dtype=object)
@@ -773,6 +788,126 @@ def entity_fixed(release: dict[str, Any]) -> set[str]:
     return {c for c, v in es.get("invariant", {}).items() if v}
 
 
+def _cross(rows: list[int], cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`np.ix_` of dim positions `rows` (a unit's dims) and `cols`."""
+    return np.ix_(np.asarray(rows, dtype=np.intp), cols)
+
+
+def _invariant_units(cols: dict[str, np.ndarray], release: dict[str, Any]) -> dict[str, list[int]]:
+    """Dims of each time-invariant root column (with its derived columns) that
+    `refine_invariant` moves: complete columns only, missingness dims left out."""
+    fixed = entity_fixed(release)
+    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
+    units: dict[str, list[int]] = {}
+    for j, d in enumerate(release["dims"]):
+        column = d["column"]
+        base = root.get(column, column)
+        if (
+            d["kind"] == "missing"
+            or base not in fixed
+            or column not in cols
+            or pd.isna(pd.Series(cols[base])).any()
+        ):
+            continue
+        units.setdefault(base, []).append(j)
+    return units
+
+
+def _moved_columns(
+    cols: dict[str, np.ndarray], release: dict[str, Any], rows: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """`cols` with each unit's root column and the columns derived from it taken at the unit's
+    new row order `rows[root]`."""
+    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
+    out_cols = dict(cols)
+    for base, taken in rows.items():
+        for column in [base, *[b for b, a in root.items() if a == base]]:
+            out_cols[column] = cols[column][taken]
+    return out_cols
+
+
+class _InvariantSwaps:
+    """State of `refine_invariant`: the rows' scores U, their sums per entity S, the score
+    cross-products C, and each unit's entity permutation."""
+
+    def __init__(
+        self,
+        cols: dict[str, np.ndarray],
+        release: dict[str, Any],
+        ent: np.ndarray,
+        units: dict[str, list[int]],
+    ) -> None:
+        self.ent, self.units = ent, units
+        self.n_dims = len(release["dims"])
+        n_entities = int(ent.max()) + 1
+        self.first = np.full(n_entities, -1)
+        self.first[ent[::-1]] = np.arange(len(ent))[::-1]
+        X = synthetic_dim_matrix(pd.DataFrame(cols), release)
+        self.U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
+        self.S = np.zeros((n_entities, self.U.shape[1]))
+        np.add.at(self.S, ent, self.U)
+        self.T = block_target(release, "all")
+        self.size = np.bincount(ent, minlength=n_entities)
+        self.classes = [np.flatnonzero(self.size == v) for v in np.unique(self.size)]
+        self.perm_e = {unit: np.arange(n_entities) for unit in units}
+        self.C = self.U.T @ self.U
+
+    def pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Disjoint pairs (e[i], f[i]) of entities of equal size, drawn per size class."""
+        e_list, f_list = [], []
+        for members in self.classes:
+            order = members[rng.permutation(len(members))]
+            half = len(order) // 2
+            e_list.append(order[:half])
+            f_list.append(order[half : 2 * half])
+        return np.concatenate(e_list), np.concatenate(f_list)
+
+    def step(self, unit: str, J: list[int], rng: np.random.Generator) -> float:
+        """One batch of entity swaps of the unit's values; the squared error gained (0 when
+        nothing was accepted)."""
+        U, S, T = self.U, self.S, self.T
+        out = np.setdiff1d(np.arange(self.n_dims), J)
+        M = np.isfinite(T[_cross(J, out)])
+        if not M.any():
+            return 0.0
+        Tj = np.where(M, T[_cross(J, out)], 0.0)
+        E0 = np.where(M, self.C[_cross(J, out)] - Tj, 0.0)
+        A = U[self.first][:, J]  # entity scores of the unit's dims (current values)
+        Sb = S[:, out]
+        e, f = self.pairs(rng)
+        if not len(e):
+            return 0.0
+        dC = (
+            (A[f] - A[e])[:, :, None] * (Sb[e] - Sb[f])[:, None, :] * M[None]
+        )  # pairs × |J| × |out|
+        base, cand = improving_swaps(E0, dC)
+        if not len(cand):
+            return 0.0
+        best_m, best_f = best_prefix(
+            lambda m: float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base, len(cand)
+        )
+        if best_m == 0:
+            return 0.0
+        take = cand[:best_m]
+        ee, ff = e[take], f[take]
+        perm = self.perm_e[unit]
+        perm[ee], perm[ff] = perm[ff].copy(), perm[ee].copy()
+        # Apply to the row scores: rows of e take f's (constant) scores and vice versa.
+        newA = A.copy()
+        newA[ee], newA[ff] = A[ff], A[ee]
+        Uj = newA[self.ent]
+        for k, j in enumerate(J):
+            U[:, j] = Uj[:, k]
+        S[:, J] = newA * self.size[:, None]
+        self.C = U.T @ U
+        return best_f
+
+    def error(self) -> float:
+        """Squared error of every targeted correlation now."""
+        T = self.T
+        return float(np.sum(np.where(np.isfinite(T), self.C - np.nan_to_num(T), 0.0) ** 2))
+
+
 def refine_invariant(
     cols: dict[str, np.ndarray],
     release: dict[str, Any],
@@ -790,92 +925,19 @@ def refine_invariant(
     scores over entity e's rows, swapping entities e, f changes corr(a, b) by
     (A_f − A_e)(S_b(e) − S_b(f)); batches of disjoint pairs are accepted while the squared error
     falls. Columns with missing values are left as drawn (non-missing counts differ)."""
-
-    dims = release["dims"]
-    fixed = entity_fixed(release)
-    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
-    units: dict[str, list[int]] = {}
-    for j, d in enumerate(dims):
-        c = d["column"]
-        r = root.get(c, c)
-        if (
-            d["kind"] == "missing"
-            or r not in fixed
-            or c not in cols
-            or pd.isna(pd.Series(cols[r])).any()
-        ):
-            continue
-        units.setdefault(r, []).append(j)
+    units = _invariant_units(cols, release)
     if len(ent) == 0 or not units:
         return cols
-    G = int(ent.max()) + 1
-    first = np.full(G, -1)
-    first[ent[::-1]] = np.arange(len(ent))[::-1]
-    X = synthetic_dim_matrix(pd.DataFrame(cols), release)
-    U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
-    S = np.zeros((G, U.shape[1]))
-    np.add.at(S, ent, U)
-    T = block_target(release, "all")
-    size = np.bincount(ent, minlength=G)
-    classes = [np.flatnonzero(size == v) for v in np.unique(size)]
-    perm_e = {r: np.arange(G) for r in units}
+    state = _InvariantSwaps(cols, release, ent, units)
     for _ in range(max_sweeps):
-        C = U.T @ U
+        state.C = state.U.T @ state.U
         gained = 0.0
-        for r, J in units.items():
-            out = np.setdiff1d(np.arange(len(dims)), J)
-            M = np.isfinite(T[np.ix_(J, out)])
-            if not M.any():
-                continue
-            Tj = np.where(M, T[np.ix_(J, out)], 0.0)
-            E0 = np.where(M, C[np.ix_(J, out)] - Tj, 0.0)
-            A = U[first][:, J]  # entity scores of the unit's dims (current values)
-            Sb = S[:, out]
-            e_list, f_list = [], []
-            for cl in classes:
-                o = cl[rng.permutation(len(cl))]
-                h = len(o) // 2
-                e_list.append(o[:h])
-                f_list.append(o[h : 2 * h])
-            e, f = np.concatenate(e_list), np.concatenate(f_list)
-            if not len(e):
-                continue
-            dC = (
-                (A[f] - A[e])[:, :, None] * (Sb[e] - Sb[f])[:, None, :] * M[None]
-            )  # pairs × |J| × |out|
-            base, cand = improving_swaps(E0, dC)
-            if not len(cand):
-                continue
-            best_m, best_f = best_prefix(
-                lambda m, cand=cand, E0=E0, dC=dC, base=base: (
-                    float(np.sum((E0 + dC[cand[:m]].sum(0)) ** 2)) - base
-                ),
-                len(cand),
-            )
-            if best_m == 0:
-                continue
-            take = cand[:best_m]
-            ee, ff = e[take], f[take]
-            pe = perm_e[r]
-            pe[ee], pe[ff] = pe[ff].copy(), pe[ee].copy()
-            # Apply to the row scores: rows of e take f's (constant) scores and vice versa.
-            newA = A.copy()
-            newA[ee], newA[ff] = A[ff], A[ee]
-            Uj = newA[ent]
-            for k, j in enumerate(J):
-                U[:, j] = Uj[:, k]
-            S[:, J] = newA * size[:, None]
-            C = U.T @ U
-            gained -= best_f
-        if gained <= min_gain * max(
-            float(np.sum(np.where(np.isfinite(T), C - np.nan_to_num(T), 0.0) ** 2)), 1e-12
-        ):
+        for unit, J in units.items():
+            gained -= state.step(unit, J, rng)
+        if gained <= min_gain * max(state.error(), 1e-12):
             break
-    out_cols = dict(cols)
-    for r, pe in perm_e.items():
-        for c in [r, *[b for b, a in root.items() if a == r]]:
-            out_cols[c] = cols[c][first[pe[ent]]]
-    return out_cols
+    rows = {unit: state.first[perm[ent]] for unit, perm in state.perm_e.items()}
+    return _moved_columns(cols, release, rows)
 
 
 def _pairwise_error(
@@ -891,6 +953,155 @@ def _pairwise_error(
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(den > 1e-300, num / np.sqrt(np.maximum(den, 1e-300)), 0.0)
     return float(np.sum(np.where(M, r - T, 0.0) ** 2))
+
+
+def _block_units(
+    cols: dict[str, np.ndarray], release: dict[str, Any], time: str | None
+) -> dict[str, list[int]]:
+    """Dims of each time-varying root column (with its derived columns) that `refine_blocks`
+    moves: not the time column nor a time-invariant one."""
+    fixed = entity_fixed(release) | ({time} if time else set())
+    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
+    units: dict[str, list[int]] = {}
+    for j, d in enumerate(release["dims"]):
+        column = d["column"]
+        base = root.get(column, column)
+        if base in fixed or column not in cols or base not in cols:
+            continue
+        units.setdefault(base, []).append(j)
+    return units
+
+
+def _same_period_blocks(ent: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
+    """Per class of at least two entities with the same periods: their rows (entities ×
+    periods, in period order)."""
+    n = len(ent)
+    n_entities = int(ent.max()) + 1
+    order = np.lexsort((np.arange(n), np.nan_to_num(t, nan=np.inf), ent))
+    size = np.bincount(ent, minlength=n_entities)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    key: dict[tuple[Any, ...], list[int]] = {}
+    for e in range(n_entities):
+        rows = order[start[e] : start[e] + size[e]]
+        key.setdefault((int(size[e]), *t[rows].tolist()), []).append(e)
+    classes = [
+        np.asarray(v)
+        for k, v in sorted(key.items(), key=lambda kv: tuple(map(str, kv[0])))
+        if len(v) >= 2 and k[0] > 0
+    ]
+    return [np.stack([order[start[e] : start[e] + size[e]] for e in cl]) for cl in classes]
+
+
+class _BlockSwaps:
+    """State of `refine_blocks`: the rows' scores U and presence P, the released Spearman
+    target, and each unit's row permutation."""
+
+    def __init__(
+        self,
+        cols: dict[str, np.ndarray],
+        release: dict[str, Any],
+        ent: np.ndarray,
+        units: dict[str, list[int]],
+        blocks: list[np.ndarray],
+        rng: np.random.Generator,
+    ) -> None:
+        self.ent, self.blocks, self.rng = ent, blocks, rng
+        self.n_dims = len(release["dims"])
+        X = synthetic_dim_matrix(pd.DataFrame(cols), release)
+        self.U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
+        self.P = ~np.isnan(X)
+        self.target = block_target(release, "all")
+        self.perm = {unit: np.arange(len(ent)) for unit in units}
+
+    def pairs(self, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
+        periods, or two rows of one entity."""
+        n, rng = len(self.ent), self.rng
+        if kind == "within":  # at most ~1.5M pair × dim × dim gain terms per batch, as refine_swaps
+            a, b = draw_pairs(
+                rng.permutation(n),
+                min(n // 2, max(512, 1_500_000 // (self.n_dims**2 + 1))),
+                self.ent,
+            )
+            return [(a[:, None], b[:, None])] if len(a) else []
+        out = []
+        for rows in self.blocks:
+            order = rng.permutation(len(rows))
+            half = len(order) // 2
+            if half:
+                out.append((rows[order[:half]], rows[order[half : 2 * half]]))
+        return out
+
+    def swapped_error(
+        self,
+        J: list[int],
+        out: np.ndarray,
+        Tj: np.ndarray,
+        M: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+    ) -> float:
+        """`_pairwise_error` of the unit's dims J against `out` with rows a and b swapped."""
+        U, P = self.U, self.P
+        UJ, PJ = U[:, J].copy(), P[:, J].copy()
+        UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
+        PJ[a], PJ[b] = P[b][:, J], P[a][:, J]
+        return _pairwise_error(UJ, PJ, U[:, out], P[:, out], Tj, M)
+
+    def step(self, unit: str, J: list[int], kind: str) -> float:
+        """One batch of block (or within-entity) swaps of the unit's values; the squared error
+        gained (0 when nothing was accepted)."""
+        U, P, target = self.U, self.P, self.target
+        out = np.setdiff1d(np.arange(self.n_dims), J)
+        M = np.isfinite(target[_cross(J, out)])
+        if not M.any():
+            return 0.0
+        C = U.T @ U
+        E0 = np.where(M, C[_cross(J, out)] - np.where(M, target[_cross(J, out)], 0.0), 0.0)
+        firsts: list[np.ndarray] = []
+        seconds: list[np.ndarray] = []
+        dCs = []
+        for rows_e, rows_f in self.pairs(kind):
+            dA = U[rows_f][:, :, J] - U[rows_e][:, :, J]
+            dB = U[rows_e][:, :, out] - U[rows_f][:, :, out]
+            dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
+            firsts += list(rows_e)
+            seconds += list(rows_f)
+        if not dCs:
+            return 0.0
+        _, cand = improving_swaps(E0, np.concatenate(dCs))
+        if not len(cand):
+            return 0.0
+        # The gains above treat missing rows as scoring 0; batches are judged by the
+        # correlations over rows where both dims are present (what tier 2 measures).
+        Tj = np.where(M, target[_cross(J, out)], 0.0)
+        exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
+
+        def rows_of(m: int) -> tuple[np.ndarray, np.ndarray]:
+            return (
+                np.concatenate([firsts[i] for i in cand[:m]]),
+                np.concatenate([seconds[i] for i in cand[:m]]),
+            )
+
+        best_m, best_f = best_prefix(
+            lambda m: self.swapped_error(J, out, Tj, M, *rows_of(m)) - exact0, len(cand)
+        )
+        if best_m == 0:
+            return 0.0
+        a, b = rows_of(best_m)
+        perm = self.perm[unit]
+        perm[a], perm[b] = perm[b].copy(), perm[a].copy()
+        for j in J:
+            U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
+            P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
+        return best_f
+
+    def error(self) -> float:
+        """`_pairwise_error` of every targeted pair of dims now."""
+        target, U, P = self.target, self.U, self.P
+        fin = np.isfinite(target)
+        mask = fin & ~np.eye(len(target), dtype=bool)
+        return _pairwise_error(U, P, U, P, np.nan_to_num(target), mask)
 
 
 def refine_blocks(
@@ -915,132 +1126,26 @@ def refine_blocks(
     Σ_t (A_f,t − A_e,t)(B_e,t − B_f,t); batches of disjoint pairs are accepted while the
     squared error falls (as `refine_invariant`). Not moved: the time column and time-invariant
     columns (refined by `refine_invariant`); derived columns move with their source."""
-
-    dims = release["dims"]
     panel = release.get("panel")
     time = panel["time"] if panel else None
-    fixed = entity_fixed(release) | ({time} if time else set())
-    root = {b: d["from"] for b, d in release.get("derived", {}).items()}
-    units: dict[str, list[int]] = {}
-    for j, d in enumerate(dims):
-        c = d["column"]
-        r = root.get(c, c)
-        if r in fixed or c not in cols or r not in cols:
-            continue
-        units.setdefault(r, []).append(j)
+    units = _block_units(cols, release, time)
     n = len(ent)
     if n == 0 or not units:
         return cols
-    G = int(ent.max()) + 1
     t = _as_float(cols[time]) if time and time in cols else np.zeros(n)
-    order = np.lexsort((np.arange(n), np.nan_to_num(t, nan=np.inf), ent))
-    size = np.bincount(ent, minlength=G)
-    start = np.concatenate([[0], np.cumsum(size)[:-1]])
-    key: dict[tuple[Any, ...], list[int]] = {}
-    for e in range(G):
-        rows = order[start[e] : start[e] + size[e]]
-        key.setdefault((int(size[e]), *t[rows].tolist()), []).append(e)
-    classes = [
-        np.asarray(v)
-        for k, v in sorted(key.items(), key=lambda kv: tuple(map(str, kv[0])))
-        if len(v) >= 2 and k[0] > 0
-    ]
-    if not classes:
+    blocks = _same_period_blocks(ent, t)
+    if not blocks:
         return cols
-    rows_of = [
-        np.stack([order[start[e] : start[e] + size[e]] for e in cl]) for cl in classes
-    ]  # class: entities × T
-    X = synthetic_dim_matrix(pd.DataFrame(cols), release)
-    U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
-    P = ~np.isnan(X)
-    Tg = block_target(release, "all")
-    perm = {r: np.arange(n) for r in units}
-    within_ok = {r for r in units if r not in entity_frozen(release)}
-
-    def pairs(kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
-        periods, or two rows of one entity."""
-        if kind == "within":  # at most ~1.5M pair × dim × dim gain terms per batch, as refine_swaps
-            a, b = draw_pairs(
-                rng.permutation(n), min(n // 2, max(512, 1_500_000 // (len(dims) ** 2 + 1))), ent
-            )
-            return [(a[:, None], b[:, None])] if len(a) else []
-        out_ = []
-        for R_ in rows_of:
-            o = rng.permutation(len(R_))
-            h = len(o) // 2
-            if h:
-                out_.append((R_[o[:h]], R_[o[h : 2 * h]]))
-        return out_
-
+    state = _BlockSwaps(cols, release, ent, units, blocks, rng)
+    within_ok = {unit for unit in units if unit not in entity_frozen(release)}
     for _ in range(max_sweeps):
         gained = 0.0
-        for r, J in units.items():
-            for kind in ("blocks", "within") if r in within_ok else ("blocks",):
-                out = np.setdiff1d(np.arange(len(dims)), J)
-                M = np.isfinite(Tg[np.ix_(J, out)])
-                if not M.any():
-                    continue
-                C = U.T @ U
-                E0 = np.where(M, C[np.ix_(J, out)] - np.where(M, Tg[np.ix_(J, out)], 0.0), 0.0)
-                re_, rf_, dCs = [], [], []
-                for re, rf in pairs(kind):
-                    dA = U[rf][:, :, J] - U[re][:, :, J]
-                    dB = U[re][:, :, out] - U[rf][:, :, out]
-                    dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
-                    re_ += list(re)
-                    rf_ += list(rf)
-                if not dCs:
-                    continue
-                dC = np.concatenate(dCs)
-                base, cand = improving_swaps(E0, dC)
-                if not len(cand):
-                    continue
-                # The gains above treat missing rows as scoring 0; batches are judged by the
-                # correlations over rows where both dims are present (what tier 2 measures).
-                Tj = np.where(M, Tg[np.ix_(J, out)], 0.0)
-                exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
-
-                def change(
-                    m: int,
-                    cand: np.ndarray = cand,
-                    J: list[int] = J,
-                    out: np.ndarray = out,
-                    Tj: np.ndarray = Tj,
-                    M: np.ndarray = M,
-                    exact0: float = exact0,
-                    re_: list = re_,
-                    rf_: list = rf_,
-                ) -> float:
-                    a = np.concatenate([re_[i] for i in cand[:m]])
-                    b = np.concatenate([rf_[i] for i in cand[:m]])
-                    UJ, PJ = U[:, J].copy(), P[:, J].copy()
-                    UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
-                    PJ[a], PJ[b] = P[b][:, J], P[a][:, J]
-                    return _pairwise_error(UJ, PJ, U[:, out], P[:, out], Tj, M) - exact0
-
-                best_m, best_f = best_prefix(change, len(cand))
-                if best_m == 0:
-                    continue
-                a = np.concatenate([re_[i] for i in cand[:best_m]])
-                b = np.concatenate([rf_[i] for i in cand[:best_m]])
-                pr = perm[r]
-                pr[a], pr[b] = pr[b].copy(), pr[a].copy()
-                for j in J:
-                    U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
-                    P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
-                gained -= best_f
-        fin = np.isfinite(Tg)
-        if gained <= min_gain * max(
-            _pairwise_error(U, P, U, P, np.nan_to_num(Tg), fin & ~np.eye(len(Tg), dtype=bool)),
-            1e-12,
-        ):
+        for unit, J in units.items():
+            for kind in ("blocks", "within") if unit in within_ok else ("blocks",):
+                gained -= state.step(unit, J, kind)
+        if gained <= min_gain * max(state.error(), 1e-12):
             break
-    out_cols = dict(cols)
-    for r, pr in perm.items():
-        for c in [r, *[b for b, a in root.items() if a == r]]:
-            out_cols[c] = cols[c][pr]
-    return out_cols
+    return _moved_columns(cols, release, state.perm)
 
 
 # ----------------------------------------------------------------------------- time dynamics (outside)
@@ -1100,6 +1205,55 @@ def nearest_level(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.where(np.abs(v - levels[lo]) <= np.abs(levels[hi] - v), lo, hi).astype("int64")
 
 
+def _offset_program(
+    sets: list[tuple[float, ...]],
+    slope: float,
+    levels: np.ndarray,
+    offs: np.ndarray,
+    n_entities: int,
+) -> tuple[np.ndarray, Any, np.ndarray]:
+    """Costs, constraint matrix and integrality of `trend_offsets`' mixed-integer program over
+    n (S·K), count gaps dp, dm (L each) and histogram gaps ap, am (S·K each); its right-hand
+    side is [class sizes, level counts, natural histograms]."""
+    from scipy.sparse import coo_matrix
+
+    S, K, L = len(sets), len(offs), len(levels)
+    nv = S * K  # variables: n (S*K), dp (L), dm (L), ap (S*K), am (S*K)
+    tot = nv + 2 * L + 2 * nv
+    rows: list[int] = []
+    colsi: list[int] = []
+    vals: list[float] = []
+    # class sizes
+    for s in range(S):
+        for k in range(K):
+            rows.append(s)
+            colsi.append(s * K + k)
+            vals.append(1.0)
+    r0 = S
+    for s, per in enumerate(sets):
+        p = np.asarray(per, dtype="float64")
+        for k in range(K):
+            h = np.bincount(nearest_level(offs[k] + slope * p, levels), minlength=L)
+            for v in np.flatnonzero(h).tolist():
+                rows.append(r0 + v)
+                colsi.append(s * K + k)
+                vals.append(float(h[v]))
+    for v in range(L):
+        rows += [r0 + v, r0 + v]
+        colsi += [nv + v, nv + L + v]
+        vals += [-1.0, 1.0]
+    r1 = r0 + L
+    for i in range(nv):
+        rows += [r1 + i, r1 + i, r1 + i]
+        colsi += [i, nv + 2 * L + i, 2 * nv + 2 * L + i]
+        vals += [1.0, -1.0, 1.0]
+    A = coo_matrix((vals, (rows, colsi)), shape=(r1 + nv, tot)).tocsr()
+    big = 4.0 * float(n_entities) + 1.0
+    c = np.concatenate([np.zeros(nv), np.full(2 * L, big), np.ones(2 * nv)])
+    integrality = np.concatenate([np.ones(nv), np.zeros(tot - nv)])
+    return c, A, integrality
+
+
 def trend_offsets(
     natural: np.ndarray,
     sets: list[tuple[float, ...]],
@@ -1118,7 +1272,6 @@ def trend_offsets(
     can make, so exact counts come first). Entities of a class then take its offsets in the
     order of their natural offsets. None when the program is too large or fails."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_matrix
 
     periods = (
         np.unique(np.concatenate([np.asarray(s, dtype="float64") for s in sets]))
@@ -1126,43 +1279,17 @@ def trend_offsets(
         else np.zeros(0)
     )
     offs = np.unique(np.round((levels[:, None] - slope * periods[None, :]).ravel(), 9))
-    S, K, L = len(sets), len(offs), len(levels)
+    S, K = len(sets), len(offs)
     if S * K > MAX_TREND_VARS or K == 0:
         return None
-    G_s = np.bincount(cls, minlength=S)
+    class_sizes = np.bincount(cls, minlength=S)
     nat_o = np.clip(np.searchsorted(offs, natural), 0, K - 1)
     lower = np.clip(nat_o - 1, 0, K - 1)
     nat_o = np.where(np.abs(offs[lower] - natural) < np.abs(offs[nat_o] - natural), lower, nat_o)
     target = np.zeros((S, K))
     np.add.at(target, (cls, nat_o), 1.0)
-    nv = S * K  # variables: n (S*K), dp (L), dm (L), ap (S*K), am (S*K)
-    tot = nv + 2 * L + 2 * nv
-    rows, colsi, vals = [], [], []
-    # class sizes
-    for s in range(S):
-        for k in range(K):
-            rows.append(s), colsi.append(s * K + k), vals.append(1.0)
-    r0 = S
-    for s, per in enumerate(sets):
-        p = np.asarray(per, dtype="float64")
-        for k in range(K):
-            h = np.bincount(nearest_level(offs[k] + slope * p, levels), minlength=L)
-            for v in np.flatnonzero(h):
-                rows.append(r0 + v), colsi.append(s * K + k), vals.append(float(h[v]))
-    for v in range(L):
-        rows += [r0 + v, r0 + v]
-        colsi += [nv + v, nv + L + v]
-        vals += [-1.0, 1.0]
-    r1 = r0 + L
-    for i in range(nv):
-        rows += [r1 + i, r1 + i, r1 + i]
-        colsi += [i, nv + 2 * L + i, 2 * nv + 2 * L + i]
-        vals += [1.0, -1.0, 1.0]
-    A = coo_matrix((vals, (rows, colsi)), shape=(r1 + nv, tot)).tocsr()
-    b = np.concatenate([G_s.astype("float64"), counts.astype("float64"), target.ravel()])
-    big = 4.0 * float(len(cls)) + 1.0
-    c = np.concatenate([np.zeros(nv), np.full(2 * L, big), np.ones(2 * nv)])
-    integrality = np.concatenate([np.ones(nv), np.zeros(tot - nv)])
+    c, A, integrality = _offset_program(sets, slope, levels, offs, len(cls))
+    b = np.concatenate([class_sizes.astype("float64"), counts.astype("float64"), target.ravel()])
     res = milp(
         c,
         constraints=LinearConstraint(A, b, b),
@@ -1172,14 +1299,14 @@ def trend_offsets(
     )
     if res.x is None:
         return None
-    n = np.round(res.x[:nv]).astype("int64").reshape(S, K)
-    if not np.array_equal(n.sum(1), G_s):
+    n = np.round(res.x[: S * K]).astype("int64").reshape(S, K)
+    if not np.array_equal(n.sum(1), class_sizes):
         return None
     out = np.empty(len(cls))
     for s in range(S):
-        es_ = np.flatnonzero(cls == s)
-        es_ = es_[np.argsort(natural[es_], kind="stable")]
-        out[es_] = np.repeat(offs, n[s])
+        members = np.flatnonzero(cls == s)
+        members = members[np.argsort(natural[members], kind="stable")]
+        out[members] = np.repeat(offs, n[s])
     return out
 
 
@@ -1196,6 +1323,117 @@ def _period_classes(
     uniq = sorted(set(keys))
     at = {k: i for i, k in enumerate(uniq)}
     return np.asarray([at[k] for k in keys], dtype="int64"), uniq
+
+
+@dataclass
+class _TrendRows:
+    """The rows of one period-trend column with a value and a period: their entities `e` and
+    periods `p`, the entities with such rows (`idx`; `pos`: an entity's index among them, −1
+    for none), their natural offsets and the number of entities."""
+
+    ok: np.ndarray
+    e: np.ndarray
+    p: np.ndarray
+    idx: np.ndarray
+    pos: np.ndarray
+    natural: np.ndarray
+    n_entities: int
+
+
+def _trend_rows(
+    x: np.ndarray, ok: np.ndarray, ent: np.ndarray, p_all: np.ndarray, slope: float
+) -> _TrendRows:
+    """`_TrendRows` of the rows `ok` of values `x` (natural offset: the entity mean of
+    value − slope × period)."""
+    n_entities = int(ent.max()) + 1 if len(ent) else 0
+    e, p = ent[ok], p_all[ok]
+    size = np.bincount(e, minlength=n_entities)
+    has = size > 0
+    natural = np.bincount(e, weights=x[ok] - slope * p, minlength=n_entities)[has] / size[has]
+    idx = np.flatnonzero(has)  # entities with rows of this column
+    pos = np.full(n_entities, -1)
+    pos[idx] = np.arange(len(idx))
+    return _TrendRows(ok, e, p, idx, pos, natural, n_entities)
+
+
+def _categorical_trend(
+    vals: np.ndarray, rows: _TrendRows, plan: Any, slope: float
+) -> np.ndarray | None:
+    """A categorical trend column's values with offsets solved for exact level counts (the
+    natural offsets on the level lattice when the program fails); None when its levels are
+    not increasing numbers."""
+    levels_obj = list(plan.levels or [])
+    lev = _as_float(np.asarray(levels_obj, dtype=object))
+    if len(lev) < 2 or not np.isfinite(lev).all() or np.any(np.diff(lev) <= 0):
+        return None
+    e, p = rows.e, rows.p
+    cls, uniq = _period_classes(e, p, rows.idx)
+    off = trend_offsets(rows.natural, uniq, cls, slope, lev, np.asarray(plan.counts, dtype="int64"))
+    if off is None:  # too large or no solution: natural offsets on the level lattice
+        off = rows.natural
+    codes = nearest_level(off[rows.pos[e]] + slope * p, lev)
+    lev_arr = np.empty(len(levels_obj), dtype=object)
+    lev_arr[:] = levels_obj
+    vals[rows.ok] = lev_arr[codes]
+    return vals
+
+
+def _integer_trend(
+    vals: np.ndarray, rows: _TrendRows, plan: Any, slope: float
+) -> np.ndarray | None:
+    """An integer column with an integer slope: its row values are the exact quantile sample, a
+    multiset of the integers in the released range, so offsets are solved for it as for a
+    categorical column (exact marginal; the natural offsets alone spread wage_panel's men
+    evenly over starting experience where most start at 2 years: re exper SE ratio 1.42).
+    Paths beyond the range are coded to its ends, as top/bottom coding the original at the
+    released percentiles would. None when the program fails."""
+    e, p = rows.e, rows.p
+    sample = exact_values(plan.grid, int(rows.ok.sum()), True)
+    lev = np.arange(sample[0], sample[-1] + 1.0)  # every integer in range: paths need no gaps
+    cnt = np.bincount((sample - sample[0]).astype("int64"), minlength=len(lev))
+    cls, uniq = _period_classes(e, p, rows.idx)
+    off = trend_offsets(rows.natural, uniq, cls, slope, lev, cnt) if len(lev) >= 2 else None
+    if off is None:
+        return None
+    vals = vals.astype("float64")
+    vals[rows.ok] = lev[nearest_level(off[rows.pos[e]] + slope * p, lev)]
+    return vals
+
+
+def _continuous_trend(
+    vals: np.ndarray, rows: _TrendRows, plan: Any, slope: float, integer: bool
+) -> np.ndarray:
+    """Offsets kept where the entity's whole path stays inside the released range, so the
+    identity holds in every entity whose span fits (the tails of the marginal are the cost);
+    values are clipped only where it cannot fit."""
+    e, p, idx = rows.e, rows.p, rows.idx
+    grid = np.asarray(plan.grid, dtype="float64")
+    lo_p = np.full(rows.n_entities, np.inf)
+    hi_p = np.full(rows.n_entities, -np.inf)
+    np.minimum.at(lo_p, e, slope * p)
+    np.maximum.at(hi_p, e, slope * p)
+    lo_o, hi_o = grid[0] - lo_p[idx], grid[-1] - hi_p[idx]
+    if integer:
+        lo_o, hi_o = np.ceil(lo_o - 1e-9), np.floor(hi_o + 1e-9)
+    off = np.round(rows.natural) if integer else rows.natural
+    off = np.where(lo_o <= hi_o, np.clip(off, lo_o, hi_o), off)
+    v = np.clip(off[rows.pos[e]] + slope * p, grid[0], grid[-1])
+    vals = vals.astype("float64")
+    vals[rows.ok] = np.round(v) if integer else v
+    return vals
+
+
+def _trend_values(
+    vals: np.ndarray, rows: _TrendRows, plan: Any, slope: float, integer: bool
+) -> np.ndarray | None:
+    """One trend column's rebuilt values (see `trend_columns`); None to leave it as drawn."""
+    if plan.kind == "categorical":
+        return _categorical_trend(vals, rows, plan, slope)
+    if integer and float(slope).is_integer():
+        solved = _integer_trend(vals, rows, plan, slope)
+        if solved is not None:
+            return solved
+    return _continuous_trend(vals, rows, plan, slope, integer)
 
 
 def trend_columns(
@@ -1222,79 +1460,20 @@ def trend_columns(
         return cols
     out = dict(cols)
     p_all = _as_float(cols[panel["time"]])
-    G = int(ent.max()) + 1 if len(ent) else 0
     for col, tr in trends.items():
-        cp = bp.columns.get(col)
-        if col not in cols or cp is None or cp.kind not in ("continuous", "categorical"):
+        plan = bp.columns.get(col)
+        if col not in cols or plan is None or plan.kind not in ("continuous", "categorical"):
             continue
         slope = float(tr["slope"])
-        ok = ~missing[col] & np.isfinite(p_all)
         x = _as_float(cols[col])
-        ok &= np.isfinite(x)
+        ok = ~missing[col] & np.isfinite(p_all) & np.isfinite(x)
         if not ok.any():
             continue
-        e, p = ent[ok], p_all[ok]
-        size = np.bincount(e, minlength=G)
-        has = size > 0
-        natural = np.bincount(e, weights=x[ok] - slope * p, minlength=G)[has] / size[has]
-        idx = np.flatnonzero(has)  # entities with rows of this column
-        pos = np.full(G, -1)
-        pos[idx] = np.arange(len(idx))
-        vals = out[col].copy()
-        if cp.kind == "categorical":
-            levels_obj = list(cp.levels or [])
-            lev = _as_float(np.asarray(levels_obj, dtype=object))
-            if len(lev) < 2 or not np.isfinite(lev).all() or np.any(np.diff(lev) <= 0):
-                continue
-            cls, uniq = _period_classes(e, p, idx)
-            off = trend_offsets(
-                natural, uniq, cls, slope, lev, np.asarray(cp.counts, dtype="int64")
-            )
-            if off is None:  # too large or no solution: natural offsets on the level lattice
-                off = natural
-            codes = nearest_level(off[pos[e]] + slope * p, lev)
-            lev_arr = np.empty(len(levels_obj), dtype=object)
-            lev_arr[:] = levels_obj
-            vals[ok] = lev_arr[codes]
-        else:
-            grid = np.asarray(cp.grid, dtype="float64")
-            integer = bool(specs[col].integer)
-            if integer and float(slope).is_integer():
-                # An integer column with an integer slope: its row values are the exact
-                # quantile sample, a multiset of the integers in the released range, so
-                # offsets are solved for it as for a categorical column (exact marginal; the
-                # natural offsets alone spread wage_panel's men evenly over starting
-                # experience where most start at 2 years: re exper SE ratio 1.42). Paths
-                # beyond the range are coded to its ends, as top/bottom coding the original
-                # at the released percentiles would.
-                sample = exact_values(cp.grid, int(ok.sum()), True)
-                lev = np.arange(
-                    sample[0], sample[-1] + 1.0
-                )  # every integer in range: paths need no gaps
-                cnt = np.bincount((sample - sample[0]).astype("int64"), minlength=len(lev))
-                cls, uniq = _period_classes(e, p, idx)
-                off = trend_offsets(natural, uniq, cls, slope, lev, cnt) if len(lev) >= 2 else None
-                if off is not None:
-                    vals = vals.astype("float64")
-                    vals[ok] = lev[nearest_level(off[pos[e]] + slope * p, lev)]
-                    out[col] = vals
-                    continue
-            # Offsets kept where the entity's whole path stays inside the released range, so
-            # the identity holds in every entity whose span fits (the tails of the marginal
-            # are the cost); values are clipped only where it cannot fit.
-            lo_p = np.full(G, np.inf)
-            hi_p = np.full(G, -np.inf)
-            np.minimum.at(lo_p, e, slope * p)
-            np.maximum.at(hi_p, e, slope * p)
-            lo_o, hi_o = grid[0] - lo_p[idx], grid[-1] - hi_p[idx]
-            if integer:
-                lo_o, hi_o = np.ceil(lo_o - 1e-9), np.floor(hi_o + 1e-9)
-            off = np.round(natural) if integer else natural
-            off = np.where(lo_o <= hi_o, np.clip(off, lo_o, hi_o), off)
-            v = np.clip(off[pos[e]] + slope * p, grid[0], grid[-1])
-            vals = vals.astype("float64")
-            vals[ok] = np.round(v) if integer else v
-        out[col] = vals
+        rows = _trend_rows(x, ok, ent, p_all, slope)
+        integer = plan.kind != "categorical" and bool(specs[col].integer)
+        vals = _trend_values(out[col].copy(), rows, plan, slope, integer)
+        if vals is not None:
+            out[col] = vals
     return _rank_followers(out, cols, release, trends, missing)
 
 
@@ -1377,6 +1556,23 @@ def _observed_scores(z: np.ndarray, probs: tuple[float, ...] | None) -> np.ndarr
 
 
 RHO_MAX = 0.995  # largest latent AR(1) coefficient the calibration may use
+
+
+def _secant_rho(
+    rho: np.ndarray,
+    got: np.ndarray,
+    want: np.ndarray,
+    prev_rho: np.ndarray | None,
+    prev_got: np.ndarray | None,
+) -> np.ndarray:
+    """`serial_within`'s next ρ: a step of (target − achieved) / the secant slope of achieved
+    in ρ per dim (1 until two iterates differ), within ±0.3, ρ kept in [−0.9, RHO_MAX]."""
+    slope = np.ones(len(rho))
+    if prev_rho is not None and prev_got is not None:
+        dr = rho - prev_rho
+        sl = np.divide(got - prev_got, dr, out=np.ones(len(rho)), where=np.abs(dr) > 1e-6)
+        slope = np.where(sl > 0.05, sl, 1.0)
+    return np.clip(rho + np.clip((want - got) / slope, -0.3, 0.3), -0.9, RHO_MAX)
 
 
 def serial_within(
@@ -1465,13 +1661,5 @@ def serial_within(
             best, best_err = Zn, err
         if err < 0.005:
             break
-        slope = np.ones(
-            len(A)
-        )  # secant slope of achieved in ρ, per dim (1 until two iterates differ)
-        if prev_rho is not None:
-            dr = rho - prev_rho
-            sl = np.divide(got - prev_got, dr, out=np.ones(len(A)), where=np.abs(dr) > 1e-6)
-            slope = np.where(sl > 0.05, sl, 1.0)
-        prev_rho, prev_got = rho, got
-        rho = np.clip(rho + np.clip((want - got) / slope, -0.3, 0.3), -0.9, RHO_MAX)
+        rho, prev_rho, prev_got = _secant_rho(rho, got, want, prev_rho, prev_got), rho, got
     return best if best is not None else Z

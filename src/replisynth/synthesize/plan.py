@@ -69,113 +69,174 @@ def block_rows(release: dict[str, Any], rows: int) -> list[tuple[str, int, list[
     return [(i, int(k), key) for i, k, key in zip(ids, n, keys, strict=True)]
 
 
+def _missing_weights(
+    release: dict[str, Any], blocks: list[tuple[str, int, list[Any] | None]], name: str
+) -> np.ndarray:
+    """Each block's released missing count of column `name` (the residual block: the source
+    total less the other blocks', at least 0)."""
+    all_m = release["blocks"][ALL]["marginals"]
+    weights = []
+    for bid, _, _ in blocks:
+        if bid == RESIDUAL:
+            rel = sum(
+                release["blocks"][b]["marginals"][name]["missing"]
+                for b, _, _ in blocks
+                if b != RESIDUAL
+            )
+            weights.append(max(all_m[name]["missing"] - rel, 0))
+        else:
+            weights.append(release["blocks"][bid]["marginals"][name]["missing"])
+    return np.asarray(weights, dtype="float64")
+
+
+def _missing_counts(
+    release: dict[str, Any],
+    blocks: list[tuple[str, int, list[Any] | None]],
+    data_cols: list[ColumnSpec],
+    rows: int,
+) -> dict[str, np.ndarray]:
+    """Missing counts per column and block: the source-level total (tier 0 rounding), split
+    over blocks in proportion to the blocks' released missing counts."""
+    strata = set(release["strata"]["columns"])
+    missing: dict[str, np.ndarray] = {}
+    for spec in data_cols:
+        total = expected_missing(spec, rows)
+        if len(blocks) == 1:
+            missing[spec.name] = np.asarray([total])
+            continue
+        if spec.name in strata:
+            missing[spec.name] = np.asarray([b[1] if b[0] == RESIDUAL else 0 for b in blocks])
+            continue
+        weights = _missing_weights(release, blocks, spec.name)
+        sizes = np.asarray([b[1] for b in blocks])
+        counts = (
+            apportion(weights, total) if weights.sum() > 0 else np.zeros(len(blocks), dtype="int64")
+        )
+        missing[spec.name] = np.minimum(counts, sizes)
+    return missing
+
+
+def _categorical_plan(
+    spec: ColumnSpec,
+    marginal: dict[str, Any],
+    source_marginal: dict[str, Any],
+    raked: tuple[list[Any], list[np.ndarray]] | None,
+    index: int,
+    n_missing: int,
+    n_present: int,
+    fallback: bool,
+) -> ColumnPlan:
+    """A categorical column's plan in one block: its raked shares when the block's table had
+    suppressed cells (`_raked_tables`), else the shares of its own table."""
+    table = FrequencyTable.from_dict(marginal["table"])
+    if raked is not None and not fallback:
+        levels, shares = raked[0], raked[1][index]
+    else:
+        ref = (
+            FrequencyTable.from_dict(source_marginal["table"])
+            if source_marginal["kind"] == "categorical"
+            else None
+        )
+        levels, shares = synthesis_shares(table, ref)
+    return ColumnPlan(
+        "categorical",
+        n_missing,
+        levels=levels,
+        counts=apportion(shares, n_present).tolist(),
+        ordered=table.ordered,
+        from_source_level=fallback,
+    )
+
+
+def _column_plan(
+    release: dict[str, Any],
+    spec: ColumnSpec,
+    block: tuple[str, int, list[Any] | None],
+    index: int,
+    n_missing: int,
+    raked: tuple[list[Any], list[np.ndarray]] | None,
+) -> ColumnPlan:
+    """One data column's plan in one block: a stratum's single value, empty, or its block
+    marginal (the source-level one where the block's is suppressed)."""
+    bid, n, key = block
+    strata_cols = release["strata"]["columns"]
+    if spec.name in strata_cols and key is not None:
+        value = key[strata_cols.index(spec.name)]
+        return ColumnPlan("categorical", 0, levels=[value], counts=[n], ordered=True)
+    stats = ALL if bid in (ALL, RESIDUAL) else bid
+    all_m = release["blocks"][ALL]["marginals"]
+    marginal = release["blocks"][stats]["marginals"].get(spec.name)
+    fallback = False
+    if marginal is None or marginal["kind"] == "suppressed":
+        marginal, fallback = all_m[spec.name], stats != ALL
+    if spec.name in strata_cols or marginal["kind"] == "suppressed" or spec.missing >= spec.rows:
+        return ColumnPlan("empty", n)
+    n_present = n - n_missing
+    if marginal["kind"] == "continuous":
+        return ColumnPlan(
+            "continuous", n_missing, grid=marginal["grid"], from_source_level=fallback
+        )
+    if marginal["kind"] == "ordinal_grid":
+        levels = list(all_m[spec.name]["table"]["levels"])
+        shares = grid_level_shares(np.asarray(marginal["grid"]), levels)
+        if shares.sum() <= 0:
+            shares = np.asarray(all_m[spec.name]["table"]["counts"], dtype="float64")
+        return ColumnPlan(
+            "categorical",
+            n_missing,
+            levels=levels,
+            counts=apportion(shares, n_present).tolist(),
+            ordered=True,
+        )
+    return _categorical_plan(
+        spec, marginal, all_m[spec.name], raked, index, n_missing, n_present, fallback
+    )
+
+
+def _derived_plans(release: dict[str, Any], cols: dict[str, ColumnPlan]) -> None:
+    """Add (in place) the plans of categorical derived columns, from their source column's."""
+    all_m = release["blocks"][ALL]["marginals"]
+    for name, spec in release.get("derived", {}).items():
+        parent = cols.get(spec["from"])
+        marginal = all_m.get(name)
+        if parent is None or marginal is None or marginal["kind"] != "categorical":
+            continue
+        if parent.kind == "categorical":
+            levels = list(marginal["table"]["levels"])
+            counts = derived_counts(parent.levels or [], parent.counts or [], levels, spec)
+            cols[name] = ColumnPlan(
+                "categorical",
+                parent.missing,
+                levels=levels,
+                counts=counts,
+                ordered=marginal["table"]["ordered"],
+            )
+        elif parent.kind == "empty":
+            cols[name] = ColumnPlan("empty", parent.missing)
+
+
 def source_plan(release: dict[str, Any], rows: int) -> list[BlockPlan]:
     """The full plan of a source for `rows` synthetic rows."""
     specs = [ColumnSpec.from_dict(c) for c in release["columns"]]
     data_cols = [s for s in specs if s.role in ("continuous", "categorical")]
     strata = set(release["strata"]["columns"])
     blocks = block_rows(release, rows)
-    all_m = release["blocks"][ALL]["marginals"]
-    # Missing counts: the source-level total (tier 0 rounding), split over blocks in
-    # proportion to the blocks' released missing counts.
-    missing: dict[str, np.ndarray] = {}
-    for s in data_cols:
-        total = expected_missing(s, rows)
-        if len(blocks) == 1:
-            missing[s.name] = np.asarray([total])
-            continue
-        if s.name in strata:
-            missing[s.name] = np.asarray([b[1] if b[0] == RESIDUAL else 0 for b in blocks])
-            continue
-        w = []
-        for bid, _, _ in blocks:
-            if bid == RESIDUAL:
-                rel = sum(
-                    release["blocks"][b]["marginals"][s.name]["missing"]
-                    for b, _, _ in blocks
-                    if b != RESIDUAL
-                )
-                w.append(max(all_m[s.name]["missing"] - rel, 0))
-            else:
-                w.append(release["blocks"][bid]["marginals"][s.name]["missing"])
-        w = np.asarray(w, dtype="float64")
-        sizes = np.asarray([b[1] for b in blocks])
-        m = apportion(w, total) if w.sum() > 0 else np.zeros(len(blocks), dtype="int64")
-        missing[s.name] = np.minimum(m, sizes)
+    missing = _missing_counts(release, blocks, data_cols, rows)
     raked = _raked_tables(release, blocks, data_cols, strata)
     out = []
-    for bi, (bid, n, key) in enumerate(blocks):
-        stats = ALL if bid in (ALL, RESIDUAL) else bid
-        bm = release["blocks"][stats]["marginals"]
+    for index, (bid, n, key) in enumerate(blocks):
         cols: dict[str, ColumnPlan] = {}
-        for s in data_cols:
-            m_count = int(missing[s.name][bi])
-            if s.name in strata and key is not None:
-                value = key[release["strata"]["columns"].index(s.name)]
-                cols[s.name] = ColumnPlan(
-                    "categorical", 0, levels=[value], counts=[n], ordered=True
-                )
-                continue
-            m = bm.get(s.name)
-            fallback = False
-            if m is None or m["kind"] == "suppressed":
-                m, fallback = all_m[s.name], stats != ALL
-            if s.name in strata or m["kind"] == "suppressed" or s.missing >= s.rows:
-                cols[s.name] = ColumnPlan("empty", n)
-                continue
-            nn = n - m_count
-            if m["kind"] == "continuous":
-                cols[s.name] = ColumnPlan(
-                    "continuous", m_count, grid=m["grid"], from_source_level=fallback
-                )
-            elif m["kind"] == "ordinal_grid":
-                levels = list(all_m[s.name]["table"]["levels"])
-                shares = grid_level_shares(np.asarray(m["grid"]), levels)
-                if shares.sum() <= 0:
-                    shares = np.asarray(all_m[s.name]["table"]["counts"], dtype="float64")
-                cols[s.name] = ColumnPlan(
-                    "categorical",
-                    m_count,
-                    levels=levels,
-                    counts=apportion(shares, nn).tolist(),
-                    ordered=True,
-                )
-            else:
-                t = FrequencyTable.from_dict(m["table"])
-                if s.name in raked and not fallback:
-                    levels, shares = raked[s.name][0], raked[s.name][1][bi]
-                else:
-                    ref = (
-                        FrequencyTable.from_dict(all_m[s.name]["table"])
-                        if all_m[s.name]["kind"] == "categorical"
-                        else None
-                    )
-                    levels, shares = synthesis_shares(t, ref)
-                cols[s.name] = ColumnPlan(
-                    "categorical",
-                    m_count,
-                    levels=levels,
-                    counts=apportion(shares, nn).tolist(),
-                    ordered=t.ordered,
-                    from_source_level=fallback,
-                )
-        for b, spec in release.get("derived", {}).items():
-            cpa = cols.get(spec["from"])
-            tb = all_m.get(b)
-            if cpa is None or tb is None or tb["kind"] != "categorical":
-                continue
-            if cpa.kind == "categorical":
-                levels_b = list(tb["table"]["levels"])
-                counts = derived_counts(cpa.levels or [], cpa.counts or [], levels_b, spec)
-                cols[b] = ColumnPlan(
-                    "categorical",
-                    cpa.missing,
-                    levels=levels_b,
-                    counts=counts,
-                    ordered=tb["table"]["ordered"],
-                )
-            elif cpa.kind == "empty":
-                cols[b] = ColumnPlan("empty", cpa.missing)
+        for spec in data_cols:
+            cols[spec.name] = _column_plan(
+                release,
+                spec,
+                (bid, n, key),
+                index,
+                int(missing[spec.name][index]),
+                raked.get(spec.name),
+            )
+        _derived_plans(release, cols)
+        stats = ALL if bid in (ALL, RESIDUAL) else bid
         out.append(BlockPlan(id=bid, stats=stats, rows=n, key=key, columns=cols))
     return out
 
@@ -200,7 +261,9 @@ def _raked_tables(
         src = FrequencyTable.from_dict(am["table"])
         levels, src_shares = synthesis_shares(src)
         nonmissing_all = src.total
-        fixed, free_mass, free_levels = [], [], []
+        fixed: list[dict[Any, float]] = []
+        free_mass: list[float] = []
+        free_levels: list[list[Any]] = []
         ok = True
         for bid, _, _ in blocks:
             if bid == RESIDUAL:
@@ -238,9 +301,9 @@ def expected_counts(plan: list[BlockPlan], column: str) -> dict[Any, int]:
     """Exact category counts of `column` over the whole source, summed over blocks."""
     total: dict[Any, int] = {}
     for b in plan:
-        cp = b.columns.get(column)
-        if cp is None or cp.kind != "categorical":
+        col_plan = b.columns.get(column)
+        if col_plan is None or col_plan.kind != "categorical":
             continue
-        for lev, c in zip(cp.levels or [], cp.counts or [], strict=True):
+        for lev, c in zip(col_plan.levels or [], col_plan.counts or [], strict=True):
             total[lev] = total.get(lev, 0) + int(c)
     return total

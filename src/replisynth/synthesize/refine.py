@@ -394,21 +394,246 @@ def _compound_units(
     """Pairs of units to swap together while chasing: two units both off by more than `far`
     against a common third dim. Three-way structure (c = a or b, a and b exclusive) is a local
     optimum of single-column swaps; moving (a, b) as one keeps their own pair and fixes c's."""
-    E = np.max(np.abs(np.stack(errs)), axis=0)
-    off = E > far
+    worst = np.max(np.abs(np.stack(errs)), axis=0)
+    off = worst > far
     found: list[tuple[float, list[int], list[int]]] = []
     for i in range(len(units)):
-        oi = off[units[i]].any(axis=0)
-        if not oi.any():
+        off_i = off[units[i]].any(axis=0)
+        if not off_i.any():
             continue
         for j in range(i + 1, len(units)):
-            common = oi & off[units[j]].any(axis=0)
+            common = off_i & off[units[j]].any(axis=0)
             common[units[i]] = common[units[j]] = False
             if common.any():
-                score = float(E[np.ix_(units[i] + units[j], np.flatnonzero(common))].sum())
+                both = np.asarray(units[i] + units[j], dtype=np.intp)
+                score = float(worst[np.ix_(both, np.flatnonzero(common))].sum())
                 found.append((-score, [i, j], units[i] + units[j]))
     found.sort(key=lambda f: (f[0], f[1]))
     return [(m, dims) for _, m, dims in found[:limit]]
+
+
+@dataclass(frozen=True)
+class SwapSettings:
+    """The knobs of `refine_swaps` (documented there): precision, sweep budget and batch size."""
+
+    tol: float = TOL
+    max_sweeps: int = 60
+    patience: int = 3
+    min_gain: float = 0.01
+    max_pairs: int = 512
+    comfort: float = COMFORT
+    settle_gain: float = SETTLE_GAIN
+    far: float = COMFORT
+    max_far_sweeps: int = 400
+
+
+class _SweepStop:
+    """The stopping rule of `refine_swaps`' sweeps (see there); `chase` turns on once the
+    usual rule would stop while a pair is still off by more than `far`."""
+
+    def __init__(self, settings: SwapSettings) -> None:
+        self.settings = settings
+        self.prev = np.inf
+        self.chase = False
+        self.best_excess = np.inf
+        self.flat = 0
+
+    def done(self, errs: list[np.ndarray], sweep: int) -> bool:
+        """Whether to stop before sweep number `sweep`, given every view's errors now."""
+        knobs = self.settings
+        worst = max(float(np.max(np.abs(e))) for e in errs)
+        total = sum(float(np.sum(e * e)) for e in errs)
+        if worst <= knobs.tol or (
+            worst <= knobs.comfort and total > self.prev * (1 - knobs.settle_gain)
+        ):
+            return True
+        if not self.chase and (
+            total > self.prev * (1 - knobs.min_gain) or sweep >= knobs.max_sweeps
+        ):
+            if worst <= knobs.far:
+                return True
+            self.chase = (
+                True  # past the usual stopping point, while a pair is off by more than `far`
+            )
+        if self.chase:  # progress: the summed squared excess of the pairs still beyond `far`
+            excess = sum(float(np.sum(np.maximum(np.abs(e) - knobs.far, 0.0) ** 2)) for e in errs)
+            self.flat = (
+                self.flat + 1 if excess > self.best_excess * (1 - knobs.min_gain / 10) else 0
+            )
+            self.best_excess = min(self.best_excess, excess)
+            last = knobs.max_sweeps + knobs.max_far_sweeps - 1
+            if worst <= knobs.far or self.flat >= 4 * knobs.patience or sweep >= last:
+                return True
+        self.prev = total
+        return False
+
+
+def _active_views(
+    X: np.ndarray,
+    groups: list[np.ndarray],
+    group_targets: list[np.ndarray],
+    global_target: np.ndarray | None,
+    rng: np.random.Generator,
+    settings: SwapSettings,
+    labels: np.ndarray | None,
+    settled: list[bool] | None,
+) -> tuple[list[_View], _View | None]:
+    """The views `refine_swaps` refines: each group's and the global one, less those settled
+    as drawn (given, or judged on a sample when there are no labels)."""
+    n = X.shape[0]
+    targets = group_targets + ([global_target] if global_target is not None else [])
+    if settled is None and labels is None:
+        samples = view_samples(
+            groups + ([np.arange(n)] if global_target is not None else []), rng, settings.tol
+        )
+        settled = settled_views(X, samples, targets, settings.comfort)
+    if settled is not None:
+        keep = [not x for x in settled[: len(groups)]]
+        groups = [g for g, k in zip(groups, keep, strict=True) if k]
+        group_targets = [t for t, k in zip(group_targets, keep, strict=True) if k]
+        if global_target is not None and settled[-1]:
+            global_target = None
+    views = [_view(X, g, t, n) for g, t in zip(groups, group_targets, strict=True)]
+    global_view = _view(X, np.arange(n), global_target, n) if global_target is not None else None
+    return views, global_view
+
+
+class _Swapper:
+    """Batches of swaps of one unit (or of units moved together) across the blocks of
+    `refine_swaps`, scored against the block's view and the global one, and accepted when
+    they lower the squared errors jointly."""
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        views: list[_View],
+        global_view: _View | None,
+        rng: np.random.Generator,
+        settings: SwapSettings,
+        labels: np.ndarray | None,
+    ) -> None:
+        self.views, self.global_view = views, global_view
+        self.rng, self.settings, self.labels = rng, settings, labels
+        self.n_dims = X.shape[1]
+        self.present = ~np.isnan(X)
+        # Blocks that share no row can prepare their batches at once (threads): a block's swaps
+        # move only its own rows, so another block's prepared scores stay valid; only the
+        # shared view's running sums move, and those are read when a batch is scored, in order.
+        self.disjoint = (
+            not views
+            or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=len(X)).max())
+            <= 1
+        )
+        # (unit dims, view) -> rows where the unit is present
+        self.eligible: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
+        self.unit_ok: dict[tuple[int, ...], np.ndarray | None] = {}  # None: present on every row
+
+    def _rows(self, dims: list[int], view_index: int, view: _View) -> np.ndarray:
+        """The view's rows where every dim of the unit is present (swaps never move a missing
+        value: fixed per unit, cached)."""
+        key = (tuple(dims), view_index)
+        if key not in self.eligible:
+            if tuple(dims) not in self.unit_ok:
+                ok = self.present[:, dims].all(axis=1)
+                self.unit_ok[tuple(dims)] = None if ok.all() else ok
+            ok = self.unit_ok[tuple(dims)]
+            # no copy when complete
+            self.eligible[key] = view.rows if ok is None else view.rows[ok[view.rows]]
+        return self.eligible[key]
+
+    def draw(
+        self, dims: list[int], out: np.ndarray
+    ) -> list[tuple[list[_View], np.ndarray, np.ndarray]]:
+        """Every block's batch of swap pairs (r, s) for the unit `dims`, with the views it is
+        scored against, drawn in block order (the generator's sequence as before)."""
+        batches = []
+        for view_index, view in enumerate(self.views):
+            active = [view] + ([self.global_view] if self.global_view is not None else [])
+            if not any(v.M[_ix(dims, out)].any() for v in active):
+                continue
+            rows = self._rows(dims, view_index, view)
+            if len(rows) < 4:
+                continue
+            perm = self.rng.permutation(len(rows))
+            # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
+            # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
+            half = min(
+                len(rows) // 2,
+                max(
+                    self.settings.max_pairs,
+                    min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1)),
+                ),
+            )
+            if self.labels is None:  # draw_pairs' halves of the random order, read without the rest
+                r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
+            else:
+                r, s = draw_pairs(rows[perm], half, self.labels)
+            if not len(r):
+                continue
+            batches.append((active, r, s))
+        return batches
+
+    def move(self, members: list[int], dims: list[int], perms: list[np.ndarray]) -> bool:
+        """One batch per block for the units `members` (dims `dims`), accepting in each the best
+        prefix of improving swaps into `perms`; True when any swap was accepted."""
+        inside = np.zeros(self.n_dims, dtype=bool)
+        inside[dims] = True
+        out = np.where(~inside)[0]
+        batches = self.draw(dims, out)
+
+        def prepare(batch: tuple[list[_View], np.ndarray, np.ndarray]) -> list[_Proposals]:
+            active, r, s = batch
+            return [_Proposals(v, r, s, dims, out, bind=False) for v in active]
+
+        prepared = thread_map(prepare, batches) if self.disjoint else None
+        improved = False
+        for index, (active, r, s) in enumerate(batches):
+            parts = prepared[index] if prepared is not None else prepare((active, r, s))
+            if _accept_batch(parts, r, s, members, perms):
+                improved = True
+        return improved
+
+
+def _accept_batch(
+    parts: list[_Proposals],
+    r: np.ndarray,
+    s: np.ndarray,
+    members: list[int],
+    perms: list[np.ndarray],
+) -> bool:
+    """Score the swap pairs (r[i], s[i]) on every view (`parts`), accept the best prefix of
+    the improving ones (`best_prefix`) and apply it to the units' permutations."""
+    gain = np.zeros(len(r))
+    for part in parts:
+        part.bind()
+        gain += part.gain()
+    cand = np.where(gain < -1e-15)[0]
+    if not len(cand):
+        return False
+    cand = cand[np.argsort(gain[cand], kind="stable")]
+    best_m, _ = best_prefix(lambda m: sum(part.change(cand[:m]) for part in parts), len(cand))
+    if best_m == 0:
+        return False
+    take = cand[:best_m]
+    for part in parts:
+        part.accept(take)
+    rr, ss = r[take], s[take]
+    for unit_index in members:
+        perm = perms[unit_index]
+        perm_r, perm_s = perm[rr].copy(), perm[ss].copy()
+        perm[rr], perm[ss] = perm_s, perm_r
+    return True
+
+
+def _drop_fixed_pairs(views: list[_View], units: list[list[int]], n_dims: int) -> None:
+    """Pairs of two dims that never move cannot be improved: leave them out of the objective
+    (their mask entries become 0 in every view)."""
+    movable = np.zeros(n_dims, dtype=bool)
+    for dims in units:
+        movable[dims] = True
+    fixed_pair = ~movable[:, None] & ~movable[None, :]
+    for v in views:
+        v.M[fixed_pair] = 0.0
 
 
 def refine_swaps(
@@ -418,23 +643,16 @@ def refine_swaps(
     global_target: np.ndarray | None,
     units: list[list[int]],
     rng: np.random.Generator,
-    tol: float = TOL,
-    max_sweeps: int = 60,
-    patience: int = 3,
-    min_gain: float = 0.01,
-    max_pairs: int = 512,
+    settings: SwapSettings | None = None,
     labels: np.ndarray | None = None,
-    comfort: float = COMFORT,
-    settle_gain: float = SETTLE_GAIN,
-    far: float = COMFORT,
-    max_far_sweeps: int = 400,
     settled: list[bool] | None = None,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
     correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
     untargeted): each group's rows towards its target, all rows towards `global_target`.
     Swaps stay inside a group and among rows where the unit is present. Dims in no unit
-    never move but still steer the others. Sweeps stop when every targeted error is within
+    never move but still steer the others. With `settings` (default `SwapSettings()`):
+    sweeps stop when every targeted error is within
     `tol`, or a sweep improves the squared error by less than `min_gain` (relative) while
     the worst error is within `far`, or by less than `settle_gain` once every targeted error
     is within `comfort` (the budget: the tier-2 check needs CORR_TOL, not the last percent of
@@ -451,143 +669,34 @@ def refine_swaps(
     when the caller has taken it already.
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
+    knobs = settings if settings is not None else SwapSettings()
     n, d = X.shape
     perms = [np.arange(n) for _ in units]
     if n < 4 or d < 2:
         return perms
-    targets = group_targets + ([global_target] if global_target is not None else [])
-    if settled is None and labels is None:
-        samples = view_samples(
-            groups + ([np.arange(n)] if global_target is not None else []), rng, tol
-        )
-        settled = settled_views(X, samples, targets, comfort)
-    if settled is not None:
-        keep = [not x for x in settled[: len(groups)]]
-        groups = [g for g, k in zip(groups, keep, strict=True) if k]
-        group_targets = [t for t, k in zip(group_targets, keep, strict=True) if k]
-        if global_target is not None and settled[-1]:
-            global_target = None
-    views = [_view(X, g, t, n) for g, t in zip(groups, group_targets, strict=True)]
-    gview = _view(X, np.arange(n), global_target, n) if global_target is not None else None
-    if not any(v.M.any() for v in views) and (gview is None or not gview.M.any()):
-        return perms
-    # Pairs of two dims that never move cannot be improved: leave them out of the objective.
-    movable = np.zeros(d, dtype=bool)
-    for dims in units:
-        movable[dims] = True
-    fixed_pair = ~movable[:, None] & ~movable[None, :]
-    all_views = views + ([gview] if gview else [])
-    for v in all_views:
-        v.M[fixed_pair] = 0.0
-    present = ~np.isnan(X)
-    # Blocks that share no row can prepare their batches at once (threads): a block's swaps
-    # move only its own rows, so another block's prepared scores stay valid; only the
-    # shared view's running sums move, and those are read when a batch is scored, in order.
-    disjoint = (
-        not views
-        or int(np.bincount(np.concatenate([v.rows for v in views]), minlength=n).max()) <= 1
+    views, global_view = _active_views(
+        X, groups, group_targets, global_target, rng, knobs, labels, settled
     )
-    eligible: dict[
-        tuple[tuple[int, ...], int], np.ndarray
-    ] = {}  # (unit dims, view) -> rows where the unit is present
-    unit_ok: dict[tuple[int, ...], np.ndarray | None] = {}  # None: present on every row
+    if not any(v.M.any() for v in views) and (global_view is None or not global_view.M.any()):
+        return perms
+    all_views = views + ([global_view] if global_view else [])
+    _drop_fixed_pairs(all_views, units, d)
+    swapper = _Swapper(X, views, global_view, rng, knobs, labels)
+    stop = _SweepStop(knobs)
     stale = 0
-    prev = np.inf
-    chase, best_worst, flat = False, np.inf, 0
-    for sweep in range(max_sweeps + max_far_sweeps):
+    for sweep in range(knobs.max_sweeps + knobs.max_far_sweeps):
         errs = [v.error() for v in all_views]
-        worst = max(float(np.max(np.abs(e))) for e in errs)
-        total = sum(float(np.sum(e * e)) for e in errs)
-        if worst <= tol or (worst <= comfort and total > prev * (1 - settle_gain)):
+        if stop.done(errs, sweep):
             break
-        if not chase and (total > prev * (1 - min_gain) or sweep >= max_sweeps):
-            if worst <= far:
-                break
-            chase = True  # past the usual stopping point, while a pair is off by more than `far`
-        if chase:  # progress: the summed squared excess of the pairs still beyond `far`
-            excess = sum(float(np.sum(np.maximum(np.abs(e) - far, 0.0) ** 2)) for e in errs)
-            flat = flat + 1 if excess > best_worst * (1 - min_gain / 10) else 0
-            best_worst = min(best_worst, excess)
-            if worst <= far or flat >= 4 * patience or sweep >= max_sweeps + max_far_sweeps - 1:
-                break
-        prev = total
+        moves = [([unit_index], dims) for unit_index, dims in enumerate(units)]
+        if stop.chase:
+            moves += _compound_units(units, errs, knobs.far)
         improved = False
-        moves = [([ui], dims) for ui, dims in enumerate(units)]
-        if chase:
-            moves += _compound_units(units, errs, far)
         for members, dims in moves:
-            inside = np.zeros(d, dtype=bool)
-            inside[dims] = True
-            out = np.where(~inside)[0]
-            # every block's batch, drawn in block order (the generator's sequence as before)
-            batches = []
-            for vi, view in enumerate(views):
-                active = [view] + ([gview] if gview is not None else [])
-                if not any(v.M[_ix(dims, out)].any() for v in active):
-                    continue
-                key = (tuple(dims), vi)
-                if key not in eligible:  # swaps never move a missing value: fixed per unit
-                    if tuple(dims) not in unit_ok:
-                        ok = present[:, dims].all(axis=1)
-                        unit_ok[tuple(dims)] = None if ok.all() else ok
-                    ok = unit_ok[tuple(dims)]
-                    eligible[key] = (
-                        view.rows if ok is None else view.rows[ok[view.rows]]
-                    )  # no copy when complete
-                rows = eligible[key]
-                if len(rows) < 4:
-                    continue
-                perm = rng.permutation(len(rows))
-                # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
-                # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
-                half = min(
-                    len(rows) // 2,
-                    max(max_pairs, min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1))),
-                )
-                if labels is None:  # draw_pairs' halves of the random order, read without the rest
-                    r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
-                else:
-                    r, s = draw_pairs(rows[perm], half, labels)
-                if not len(r):
-                    continue
-                batches.append((active, r, s))
-
-            def prepare(
-                batch: tuple, dims: list[int] = dims, out: np.ndarray = out
-            ) -> list[_Proposals]:
-                active, r, s = batch
-                return [_Proposals(v, r, s, dims, out, bind=False) for v in active]
-
-            prepared = thread_map(prepare, batches) if disjoint else None
-            for bi, (active, r, s) in enumerate(batches):
-                parts = prepared[bi] if prepared is not None else prepare((active, r, s))
-                gain = np.zeros(len(r))
-                for part in parts:
-                    part.bind()
-                    gain += part.gain()
-                cand = np.where(gain < -1e-15)[0]
-                if not len(cand):
-                    continue
-                cand = cand[np.argsort(gain[cand], kind="stable")]
-
-                def combined(m: int, parts: list = parts, cand: np.ndarray = cand) -> float:
-                    return sum(part.change(cand[:m]) for part in parts)
-
-                best_m, _ = best_prefix(combined, len(cand))
-                if best_m == 0:
-                    continue
-                take = cand[:best_m]
-                for part in parts:
-                    part.accept(take)
-                rr, ss = r[take], s[take]
-                for ui in members:
-                    p = perms[ui]
-                    p_r, p_s = p[rr].copy(), p[ss].copy()
-                    p[rr], p[ss] = p_s, p_r
+            if swapper.move(members, dims, perms):
                 improved = True
-            del prepared
         stale = 0 if improved else stale + 1
-        if stale >= patience:
+        if stale >= knobs.patience:
             break
     return perms
 
