@@ -299,6 +299,22 @@ class MissingCodes(TypedDict):
     labels: dict[str, str]
 
 
+class WeightedTable(TypedDict):
+    """Weighted shares of a source-level table: its released levels, then its bucket."""
+
+    levels: list[Any]
+    shares: list[float]
+    suppressed: float
+
+
+class Weights(TypedDict):
+    """The survey weight's release: its column, its rounded total, the weighted tables."""
+
+    column: str
+    total: float
+    tables: dict[str, WeightedTable]
+
+
 class SourceRelease(TypedDict):
     """source_<name>.json."""
 
@@ -317,6 +333,7 @@ class SourceRelease(TypedDict):
     entity_structure: NotRequired[EntityStructure | None]
     missing_codes: NotRequired[dict[str, MissingCodes]]
     free_text: NotRequired[list[str]]
+    weights: NotRequired[Weights]
 
 
 def untyped(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from replisynth.disclosure.linked_tables import (
 )
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
+from replisynth.extract.weights import release_weights
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
     ColumnSpec,
@@ -777,6 +778,18 @@ def extract_source(
     # the per-stratum grids of many-level ordinals).
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
     classes = source_classes(tables, coded, all_levels, source.strata)
+    weights = (
+        release_weights(
+            numeric_values(work[source.weight], spec_by[source.weight]),
+            source_classes(tables, coded, all_levels, ()),
+            source.name,
+            source.weight,
+            sdc,
+            log,
+        )
+        if source.weight
+        else None
+    )
     del coded  # ~8 MB per column at 1M rows: freed before the strata's row copies
     # The source-level matrix and the strata's blocks are independent: one thread each
     # (results and their SDC decisions collected in order, so the same for any thread count).
@@ -862,6 +875,7 @@ def extract_source(
     }
     release.update({"missing_codes": codes} if codes else {})
     release.update({"free_text": free_text} if free_text else {})
+    release.update({"weights": weights} if weights else {})
     # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
     # maps pooled levels as the synthetic data will hold them).
     structure = _entity_release(
