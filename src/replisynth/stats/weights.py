@@ -76,7 +76,6 @@ class Calibration:
 
     weights: np.ndarray
     max_gap: float
-    iterations: int
 
 
 def share_gap(cls: np.ndarray, w: np.ndarray, target: np.ndarray) -> float:
@@ -99,8 +98,8 @@ def rake(
     `total`; every step bounded to [lo, hi] (bounded raking), so weights stay positive and in
     the released range."""
     w = np.clip(np.asarray(w0, dtype="float64"), lo, hi)
-    gap, it = 1.0, 0
-    for it in range(1, RAKE_ITERATIONS + 1):
+    gap = 1.0
+    for _ in range(RAKE_ITERATIONS):
         for cls, target in margins:
             sums = class_weight_sums(cls, w, len(target))
             tot = sums.sum()
@@ -112,7 +111,7 @@ def rake(
         gap = _gap(w, margins)
         if gap < tol:
             break
-    return Calibration(weights=w, max_gap=gap, iterations=it)
+    return Calibration(weights=w, max_gap=gap)
 
 
 def calibrate(

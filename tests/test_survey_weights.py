@@ -1,0 +1,297 @@
+"""Survey weights (`sources.<name>.weight`): released weighted shares on the unweighted tables'
+cells, gated and rounded; synthetic weights calibrated to them; tier 1 checks them; bad keys
+stop with one line naming the key. Method: docs/method.md, "Survey weights"."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, manifest_for, run_pipeline
+
+from replisynth.stats.weights import SHARE_TOLERANCE
+
+SRC = str(REPO / "src")
+
+
+def oversampled(n: int, seed: int, region: str, weight: str, levels: str) -> pd.DataFrame:
+    """A survey that oversamples the later levels of `region` (their weights are low): the
+    first level is 40% of rows and about 70% of the weight. Income depends on the region."""
+    rng = np.random.default_rng(seed)
+    k = len(levels)
+    p = np.r_[0.4, np.full(k - 1, 0.6 / (k - 1))]
+    reg = rng.choice(list(levels), p=p, size=n)
+    base = np.where(reg == levels[0], 3.0, 0.8)
+    w = base * rng.uniform(0.7, 1.4, size=n)
+    sex = rng.integers(0, 2, size=n)
+    w = w * np.where(sex == 1, 1.15, 1.0)  # a second, milder weighting margin
+    return pd.DataFrame(
+        {
+            "pid": np.arange(1, n + 1),
+            region: reg,
+            "sex": sex,
+            "age": rng.integers(18, 80, size=n),
+            "income": rng.lognormal(10, 0.5, size=n) * np.where(reg == levels[0], 1.3, 1.0),
+            weight: w,
+        }
+    )
+
+
+def _bundle_release(out: Path, name: str = "t") -> dict:
+    return json.loads((out / name / "bundle" / "source_people.json").read_text())
+
+
+def _weighted_shares(df: pd.DataFrame, col: str, weight: str) -> dict:
+    s = df.groupby(col)[weight].sum()
+    return (s / s.sum()).to_dict()
+
+
+CASES = [
+    (3000, 1, "region", "wt", "nsew"),
+    (9000, 5, "land", "pweight", "ABCDE"),
+    (30000, 11, "zone", "fw", "pqr"),
+]
+
+
+@pytest.mark.parametrize(("n", "seed", "region", "weight", "levels"), CASES)
+def test_synthetic_weighted_shares_match_the_released_ones(
+    tmp_path: Path, n: int, seed: int, region: str, weight: str, levels: str
+) -> None:
+    df = oversampled(n, seed, region, weight, levels)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    tiers = run_pipeline(manifest_for(tmp_path / "p.csv", weight=weight), tmp_path)
+    rel = _bundle_release(tmp_path)
+    released = rel["weights"]
+    assert released["column"] == weight
+    table = released["tables"][region]
+    true = _weighted_shares(df, region, weight)
+    for lv, share in zip(table["levels"], table["shares"], strict=True):
+        assert abs(share - true[lv]) <= 0.0005 + 1e-12  # rounded to 0.001, no more
+    syn = pd.read_parquet(tmp_path / "t" / "synthetic" / "people.parquet")
+    got = _weighted_shares(syn, region, weight)
+    unweighted = syn[region].value_counts(normalize=True).to_dict()
+    for lv, share in zip(table["levels"], table["shares"], strict=True):
+        assert abs(got[lv] - share) <= SHARE_TOLERANCE
+    # the check can fail: without the weights the first level's share is far off
+    first = table["levels"].index(levels[0])
+    assert abs(unweighted[levels[0]] - table["shares"][first]) > 0.2
+    w = syn[weight].to_numpy(dtype="float64")
+    grid = rel["blocks"]["all"]["marginals"][weight]["grid"]
+    assert (w > 0).all() and w.min() >= min(grid) - 1e-9 and w.max() <= max(grid) + 1e-9
+    assert abs(w.sum() / released["total"] - 1) < 1e-3
+    src = tiers["sources"]["people"]
+    assert src["marginals"]["weighted"]["passed"] and src["marginals"]["weighted"]["column"] == (
+        weight
+    )
+    assert src["tier_met"] >= 1, src["marginals"]["problems"]
+
+
+def test_tier1_fails_when_the_weights_lose_their_calibration(tmp_path: Path) -> None:
+    """Verification reads the weighted shares: uncalibrated weights fail tier 1."""
+    from replisynth.disclosure.bundle import load_bundle
+    from replisynth.verify.verify import verify
+
+    df = oversampled(4000, 3, "region", "wt", "abcd")
+    df.to_csv(tmp_path / "p.csv", index=False)
+    run_pipeline(manifest_for(tmp_path / "p.csv", weight="wt"), tmp_path)
+    b = load_bundle(tmp_path / "t" / "bundle")
+    syn = pd.read_parquet(tmp_path / "t" / "synthetic" / "people.parquet")
+    syn["wt"] = np.random.default_rng(0).permutation(syn["wt"].to_numpy())
+    t1 = verify(b, {"people": syn})["sources"]["people"]["marginals"]
+    assert not t1["weighted"]["passed"] and not t1["passed"]
+    assert any("weighted shares (by wt)" in p and "region" in p for p in t1["problems"])
+
+
+def _attack_data(n: int, seed: int) -> pd.DataFrame:
+    """Levels a, b, c common; d has 3 rows with heavy weights (below any cell size); e has
+    30 rows, one of them carrying most of the level's weight (dominance)."""
+    rng = np.random.default_rng(seed)
+    cat = rng.choice(list("abc"), p=[0.5, 0.3, 0.2], size=n).astype(object)
+    cat[:3] = "d"
+    cat[3:33] = "e"
+    w = rng.uniform(0.5, 2.0, size=n)
+    w[:3] = [41.3, 37.9, 45.2]
+    grp = rng.choice(list("xyz"), size=n).astype(object)
+    grp[:3] = "q"  # its own small cell too
+    flag = rng.integers(0, 2, size=n)
+    w2 = w.copy()
+    w2[3] = 2000.0  # dominates level e (30 rows)
+    return pd.DataFrame(
+        {"pid": np.arange(1, n + 1), "kind": cat, "grp": grp, "flag": flag, "wt": w, "wt2": w2}
+    )
+
+
+def _cell_indicators(df: pd.DataFrame, release: dict) -> tuple[np.ndarray, list[tuple]]:
+    """The attacker's linear system: each released weight sum (a weighted table's cell, its
+    bucket, the total) as a 0/1 vector over the atoms (rows alike in every tabulated column)."""
+    tables = release["weights"]["tables"]
+    cols = sorted(tables)
+    cls = {}
+    for c in cols:
+        levels = tables[c]["levels"]
+        cls[c] = [levels.index(v) if v in levels else len(levels) for v in df[c].tolist()]
+    atoms = sorted(set(zip(*(cls[c] for c in cols), strict=True)))
+    rows = [np.ones(len(atoms))]
+    for i, c in enumerate(cols):
+        for j in range(len(tables[c]["levels"]) + 1):
+            rows.append(np.array([float(a[i] == j) for a in atoms]))
+    return np.array(rows), atoms
+
+
+def _in_span(A: np.ndarray, target: np.ndarray) -> bool:
+    coef, *_ = np.linalg.lstsq(A.T, target, rcond=None)
+    return bool(np.allclose(A.T @ coef, target, atol=1e-8))
+
+
+def extract_release(
+    df: pd.DataFrame, tmp_path: Path, weight: str, k: int
+) -> tuple[dict, list[dict]]:
+    """The release and SDC log of `df` with `weight` declared, cell size k."""
+    from replisynth.config.manifest import load_manifest
+    from replisynth.extract.extract import extract_source
+    from replisynth.io.files import read_source
+
+    path = tmp_path / "p.csv"
+    df.to_csv(path, index=False)
+    raw = manifest_for(
+        path,
+        weight=weight,
+        categorical=["kind", "grp", "flag"],
+        exclude=[c for c in ("wt", "wt2") if c != weight],
+    )
+    raw["sdc"] = {"min_cell_size": k}
+    m = load_manifest(raw)
+    data, meta = read_source(str(path))
+    release, log = extract_source(data, meta, m, m.source("people"))
+    return dict(release), log.entries
+
+
+@pytest.mark.parametrize(("n", "seed", "k"), [(3000, 2, 10), (6000, 8, 15)])
+def test_small_cells_release_no_weighted_share_and_no_weight_sum(
+    tmp_path: Path, n: int, seed: int, k: int
+) -> None:
+    df = _attack_data(n, seed)
+    release, _ = extract_release(df, tmp_path, "wt", k)
+    weights = release["weights"]
+    for col in ("kind", "grp"):
+        table = release["blocks"]["all"]["marginals"][col]["table"]
+        assert "d" not in table["levels"] and "q" not in table["levels"]
+        entry = weights["tables"][col]
+        assert entry["levels"] == table["levels"]  # exactly the unweighted table's cells
+        counts = table["counts"] + ([table["suppressed"]] if table["suppressed"] else [])
+        assert min(counts) >= k  # every cell with a share holds at least k rows
+    # combining every released weight sum (shares x total, buckets, the total) linearly never
+    # isolates the small level's weight sum, nor any of its rows'
+    A, atoms = _cell_indicators(df, release)
+    cols = sorted(weights["tables"])
+    small_rows = df.index[df["kind"] == "d"]
+    small_atoms = {
+        tuple(
+            weights["tables"][c]["levels"].index(v)
+            if v in weights["tables"][c]["levels"]
+            else len(weights["tables"][c]["levels"])
+            for c, v in zip(cols, df.loc[i, cols], strict=True)
+        )
+        for i in small_rows
+    }
+    assert small_atoms
+    for atom in small_atoms:
+        assert not _in_span(A, np.array([float(a == atom) for a in atoms]))
+    # the test can fail: a released cell is in the span
+    assert _in_span(A, A[1])
+
+
+def test_a_dominated_cell_withholds_the_weighted_table(tmp_path: Path) -> None:
+    df = _attack_data(4000, 4)
+    release, log = extract_release(df, tmp_path, "wt2", 10)
+    weights = release["weights"]
+    assert "kind" not in weights["tables"]  # level e: one row holds most of its weight
+    assert "flag" in weights["tables"]
+    assert any(
+        e.get("column") == "kind" and e["stage"] == "weights" and "dominance" in e["reason"]
+        for e in log
+    )
+    assert max(release["blocks"]["all"]["marginals"]["wt2"]["grid"]) < 2000.0
+
+
+def test_no_weight_key_releases_no_weights(tmp_path: Path) -> None:
+    df = _attack_data(2000, 1)
+    path = tmp_path / "p.csv"
+    df.to_csv(path, index=False)
+    from replisynth.config.manifest import load_manifest
+    from replisynth.extract.extract import extract_source
+    from replisynth.io.files import read_source
+
+    m = load_manifest(manifest_for(path))
+    data, meta = read_source(str(path))
+    release, _ = extract_source(data, meta, m, m.source("people"))
+    assert "weights" not in release
+
+
+def _run_cli(tmp_path: Path, raw: dict) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "replisynth.workflow.cli",
+            "extract",
+            str(tmp_path / "m.yaml"),
+            "--results",
+            str(tmp_path / "res"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "column", "values", "says"),
+    [
+        ("svy", "nowhere", None, "is not in source"),
+        ("hh", "wgt", ["x", "y"], "is not numeric"),
+        ("pp", "pw", [-1.5, 2.0], "zero or negative"),
+        ("zz", "w0", [np.nan, 2.0], "missing or infinite"),
+    ],
+)
+def test_a_bad_weight_stops_with_one_line_naming_the_key(
+    tmp_path: Path, name: str, column: str, values: list | None, says: str
+) -> None:
+    rng = np.random.default_rng(len(name))
+    n = 300
+    df = pd.DataFrame({"pid": np.arange(n), "x": rng.normal(size=n), "g": rng.integers(0, 3, n)})
+    if values is not None:
+        df[column] = rng.uniform(0.5, 2, size=n)
+        df[column] = df[column].astype(object)
+        df.loc[: len(values) - 1, column] = values
+        if all(isinstance(v, float) for v in values):
+            df[column] = df[column].astype("float64")
+    path = tmp_path / "p.csv"
+    df.to_csv(path, index=False)
+    raw = manifest_for(path, weight=column)
+    raw["sources"] = {name: raw["sources"]["people"]}
+    r = _run_cli(tmp_path, raw)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    err = [ln for ln in lines if f"sources.{name}.weight" in ln]
+    assert len(err) == 1 and says in err[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert "-1.5" not in r.stderr  # never a data value
+
+
+def test_a_weight_with_another_role_is_refused(tmp_path: Path) -> None:
+    from replisynth.config.manifest import load_manifest
+    from replisynth.core.errors import ManifestError
+
+    raw = manifest_for(tmp_path / "p.csv", weight="wt", categorical=["wt"])
+    with pytest.raises(ManifestError, match=r"sources\.people\.weight: 'wt' is also in"):
+        load_manifest(raw)
