@@ -48,6 +48,10 @@ def _bundle_release(out: Path, name: str = "t") -> dict:
     return json.loads((out / name / "bundle" / "source_people.json").read_text())
 
 
+def grid_of(rel: dict, col: str) -> list[float]:
+    return rel["blocks"]["all"]["marginals"][col]["grid"]
+
+
 def _weighted_shares(df: pd.DataFrame, col: str, weight: str) -> dict:
     s = df.groupby(col)[weight].sum()
     return (s / s.sum()).to_dict()
@@ -91,6 +95,13 @@ def test_synthetic_weighted_shares_match_the_released_ones(
         weight
     )
     assert src["tier_met"] >= 1, src["marginals"]["problems"]
+    # continuous columns: weighted shares of the released grid's decile intervals match too
+    cuts = np.asarray(released["grids"]["income"]["cuts"])
+    assert len(cuts) == 9 and set(cuts) <= set(grid_of(rel, "income"))
+    assert src["marginals"]["weighted"]["max_decile_gap"]["income"] <= SHARE_TOLERANCE
+    wmean = np.average(syn["income"], weights=syn[weight]) / syn["income"].mean()
+    true_wmean = np.average(df["income"], weights=df[weight]) / df["income"].mean()
+    assert abs(wmean - true_wmean) < 0.02
 
 
 def test_tier1_fails_when_the_weights_lose_their_calibration(tmp_path: Path) -> None:
@@ -295,3 +306,30 @@ def test_a_weight_with_another_role_is_refused(tmp_path: Path) -> None:
     raw = manifest_for(tmp_path / "p.csv", weight="wt", categorical=["wt"])
     with pytest.raises(ManifestError, match=r"sources\.people\.weight: 'wt' is also in"):
         load_manifest(raw)
+
+
+def test_a_checkpoint_reading_the_weight_keeps_it_through_pinning(tmp_path: Path) -> None:
+    """The source weight does not change checkpoints; a WLS checkpoint that names it as its
+    `weights` is pinned on the weights as calibrated at synthesis, which pinning leaves alone."""
+    df = oversampled(4000, 21, "area", "sw", "uvw")
+    rng = np.random.default_rng(21)
+    df["y"] = 0.5 * np.log(df["income"]) + 0.3 * df["sex"] + rng.normal(size=len(df))
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv", weight="sw")
+    raw["checkpoints"] = [
+        {
+            "tag": "wls",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ sex + age",
+            "weights": "sw",
+        }
+    ]
+    raw["verify"] = {"tier": 4}
+    tiers = run_pipeline(raw, tmp_path)
+    before = pd.read_parquet(tmp_path / "t" / "synthesize" / "people.parquet")["sw"]
+    after = pd.read_parquet(tmp_path / "t" / "synthetic" / "people.parquet")["sw"]
+    assert np.array_equal(before.to_numpy(), after.to_numpy())
+    src = tiers["sources"]["people"]
+    assert src["tier_met"] == 4, src
+    assert src["marginals"]["weighted"]["passed"]

@@ -307,12 +307,21 @@ class WeightedTable(TypedDict):
     suppressed: float
 
 
+class WeightedGrid(TypedDict):
+    """Weighted shares of a continuous column's intervals between released grid points."""
+
+    cuts: list[float]
+    shares: list[float]
+
+
 class Weights(TypedDict):
-    """The survey weight's release: its column, its rounded total, the weighted tables."""
+    """The survey weight's release: its column, its rounded total, the weighted tables and
+    the weighted decile shares of continuous columns."""
 
     column: str
     total: float
     tables: dict[str, WeightedTable]
+    grids: NotRequired[dict[str, WeightedGrid]]
 
 
 class SourceRelease(TypedDict):

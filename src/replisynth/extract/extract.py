@@ -596,6 +596,23 @@ def stratum_block(
     }
 
 
+def weighted_grid_columns(
+    work: pd.DataFrame,
+    spec_by: dict[str, ColumnSpec],
+    marginals: dict[str, dict[str, Any]],
+    weight: str,
+) -> dict[str, tuple[np.ndarray, list[float | None]]]:
+    """Numeric continuous columns (dates aside) with a released source-level grid: their values
+    and grid, for the weighted decile shares (replisynth.extract.weights)."""
+    return {
+        c: (numeric_values(work[c], spec_by[c]), m["grid"])
+        for c, m in marginals.items()
+        if m["kind"] == "continuous"
+        and c != weight
+        and spec_by[c].logical_type in ("integer", "float")
+    }
+
+
 def extract_source(
     df: pd.DataFrame,
     meta: FileMeta,
@@ -782,6 +799,7 @@ def extract_source(
         release_weights(
             numeric_values(work[source.weight], spec_by[source.weight]),
             source_classes(tables, coded, all_levels, ()),
+            weighted_grid_columns(work, spec_by, marginals, source.weight),
             source.name,
             source.weight,
             sdc,

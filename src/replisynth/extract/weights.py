@@ -14,6 +14,7 @@ from replisynth.disclosure.linked_tables import n_classes
 from replisynth.disclosure.sdc import SdcLog
 from replisynth.stats.marginals import FrequencyTable
 from replisynth.stats.weights import (
+    GRID_STEP,
     SHARE_DECIMALS,
     class_top2_shares,
     class_weight_sums,
@@ -44,16 +45,73 @@ def weighted_table(
     }, ""
 
 
+def interval_classes(v: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Each value's interval among the cut points (0: at most the first cut, len(cuts): above
+    the last; -1: missing)."""
+    cls = np.searchsorted(cuts, v, side="left").astype(np.int64)
+    return np.where(np.isnan(v), -1, cls)
+
+
+def weighted_grid(
+    v: np.ndarray, w: np.ndarray, grid: list[float | None], min_cell: int, dominance: float
+) -> tuple[dict[str, Any] | None, str]:
+    """The weighted shares of a continuous column's decile intervals, cut at its released
+    grid's 10th..90th points (released numbers, so no new value leaves), under the gates of
+    `weighted_table` (each interval a cell)."""
+    pts = [g for g in grid[GRID_STEP::GRID_STEP][: 100 // GRID_STEP - 1] if g is not None]
+    cuts = np.unique(np.asarray(pts, dtype="float64"))
+    if not len(cuts):
+        return None, "no grid to cut"
+    cls = interval_classes(v, cuts)
+    n = len(cuts) + 1
+    counts = np.bincount(cls[cls >= 0], minlength=n)[:n]
+    if (counts < min_cell).any():
+        return None, f"an interval holds fewer than min_cell_size={min_cell} rows"
+    if (class_top2_shares(cls, w, n) > dominance).any():
+        return None, f"an interval's two largest weights exceed dominance={dominance:g} of its total"
+    sums = class_weight_sums(cls, w, n)
+    return {
+        "cuts": [float(c) for c in cuts],
+        "shares": [float(x) for x in np.round(sums / sums.sum(), SHARE_DECIMALS)],
+    }, ""
+
+
+def release_grids(
+    w: np.ndarray,
+    values: dict[str, tuple[np.ndarray, list[float | None]]],
+    source: str,
+    sdc: Any,
+    log: SdcLog,
+) -> dict[str, Any]:
+    """Per continuous column (its values and released grid), its weighted decile shares."""
+    out: dict[str, Any] = {}
+    for c, (v, grid) in values.items():
+        entry, reason = weighted_grid(v, w, grid, sdc.min_cell_size, sdc.dominance)
+        if entry is None:
+            log.add(
+                "weights",
+                "suppressed",
+                f"weighted decile shares withheld: {reason}",
+                source=source,
+                column=c,
+            )
+            continue
+        out[c] = entry
+    return out
+
+
 def release_weights(
     w: np.ndarray,
     classes: dict[str, tuple[np.ndarray, FrequencyTable]],
+    continuous: dict[str, tuple[np.ndarray, list[float | None]]],
     source: str,
     column: str,
     sdc: Any,
     log: SdcLog,
 ) -> dict[str, Any]:
-    """The release's `weights` record: the column, the rounded total and the weighted tables
-    that pass the gates (`classes`: per categorical column its rows' classes and table)."""
+    """The release's `weights` record: the column, the rounded total, the weighted tables and
+    grids that pass the gates (`classes`: per categorical column its rows' classes and table;
+    `continuous`: per continuous column its values and released grid)."""
     tables: dict[str, Any] = {}
     for c, (cls, table) in classes.items():
         entry, reason = weighted_table(cls, w, table, sdc.min_cell_size, sdc.dominance)
@@ -67,12 +125,19 @@ def release_weights(
             )
             continue
         tables[c] = entry
+    grids = release_grids(w, continuous, source, sdc, log)
     log.add(
         "weights",
         "released",
-        f"weighted by {column!r}: shares of {len(tables)} table(s) rounded to "
-        f"{10**-SHARE_DECIMALS:g} on the unweighted tables' cells, weight total rounded",
+        f"weighted by {column!r}: shares of {len(tables)} table(s) on the unweighted tables' cells "
+        f"and of {len(grids)} continuous column(s)' decile intervals (cut at released grid "
+        f"points), rounded to {10**-SHARE_DECIMALS:g}; weight total rounded",
         source=source,
         column=column,
     )
-    return {"column": column, "total": round_total(float(w.sum())), "tables": tables}
+    return {
+        "column": column,
+        "total": round_total(float(w.sum())),
+        "tables": tables,
+        "grids": grids,
+    }

@@ -17,6 +17,7 @@ SHARE_DECIMALS = 3  # released weighted shares: multiples of 0.001
 TOTAL_SIGNIFICANT = 3  # released weight total: 3 significant digits
 SHARE_TOLERANCE = 0.005  # tier 1: synthetic weighted share within 0.5 points of the released one
 RAKE_ITERATIONS = 200
+GRID_STEP = 10  # weighted grids: the shares of the decile intervals of the released grid
 REASSIGN_STEP = 0.5  # class shifts move by half the log share gap per round
 
 
@@ -180,13 +181,20 @@ def weight_range(release: dict[str, Any], column: str) -> tuple[float, float]:
 def weighted_margins(
     df: pd.DataFrame, weights: dict[str, Any], skip: frozenset[str] = frozenset()
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Per released weighted table (columns in `skip` aside): its column, the synthetic rows'
-    classes and its target shares."""
-    return [
+    """Per released weighted table and grid (columns in `skip` aside): its column, the
+    synthetic rows' classes (levels; decile intervals) and its target shares."""
+    out = [
         (c, level_classes(df[c], e["levels"]), target_shares(e))
         for c, e in weights["tables"].items()
         if c in df.columns and c not in skip
     ]
+    for c, e in (weights.get("grids") or {}).items():
+        if c in df.columns and c not in skip:
+            v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            cls = np.searchsorted(np.asarray(e["cuts"]), v, side="left").astype(np.int64)
+            shares = np.asarray(e["shares"], dtype="float64")
+            out.append((c, np.where(np.isnan(v), -1, cls), shares / max(shares.sum(), 1e-300)))
+    return out
 
 
 def calibrate_frame(
@@ -209,8 +217,8 @@ def calibrate_frame(
 def weighted_share_gaps(
     df: pd.DataFrame, weights: dict[str, Any], skip: frozenset[str] = frozenset()
 ) -> dict[str, float]:
-    """Per released weighted table, the largest gap between the synthetic weighted share of a
-    level and its target (what tier 1 checks)."""
+    """Per released weighted table or grid, the largest gap between a synthetic weighted share
+    (of a level; of a decile interval) and its target (what tier 1 checks and reports)."""
     w = pd.to_numeric(df[weights["column"]], errors="coerce").to_numpy(
         dtype="float64", na_value=np.nan
     )
