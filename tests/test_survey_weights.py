@@ -95,6 +95,9 @@ def test_synthetic_weighted_shares_match_the_released_ones(
         weight
     )
     assert src["tier_met"] >= 1, src["marginals"]["problems"]
+    from replisynth.verify.report import weighted_line
+
+    assert f"shares weighted by {weight}: max gap" in weighted_line(src["marginals"]["weighted"])
     # continuous columns: weighted shares of the released grid's decile intervals match too
     cuts = np.asarray(released["grids"]["income"]["cuts"])
     assert len(cuts) == 9 and set(cuts) <= set(grid_of(rel, "income"))
