@@ -336,3 +336,22 @@ def test_a_checkpoint_reading_the_weight_keeps_it_through_pinning(tmp_path: Path
     src = tiers["sources"]["people"]
     assert src["tier_met"] == 4, src
     assert src["marginals"]["weighted"]["passed"]
+
+
+def test_the_release_gate_refuses_weighted_shares_off_the_tables_cells(tmp_path: Path) -> None:
+    """sdc.check_release (run at extraction and by the output checker's review) refuses a
+    weighted share of a level the table does not release, and a cut off the grid."""
+    from replisynth.disclosure.sdc import DisclosureError, check_release
+
+    release, _ = extract_release(_attack_data(3000, 6), tmp_path, "wt", 10)
+    check_release(release, 10)
+    bad = json.loads(json.dumps(release))
+    entry = bad["weights"]["tables"]["kind"]
+    entry["levels"].append("d")
+    entry["shares"].append(0.04)
+    with pytest.raises(DisclosureError, match="weighted shares off the table's cells"):
+        check_release(bad, 10)
+    bad = json.loads(json.dumps(release))
+    bad["weights"]["grids"] = {"flag": {"cuts": [0.5], "shares": [0.5, 0.5]}}
+    with pytest.raises(DisclosureError, match="cut off the grid"):
+        check_release(bad, 10)

@@ -305,6 +305,7 @@ def _source(name: str, d: dict[str, Any]) -> Source:
             f"use one of {', '.join(sorted(SOURCE_EXTENSIONS))}"
         )
     panel = d.get("panel")
+    weight = [str(d["weight"])] if d.get("weight") else []
     src = Source(
         name=name,
         path=str(d["path"]),
@@ -313,9 +314,7 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         exclude=tuple(d.get("exclude", [])),
         categorical=tuple(d.get("categorical", [])),
         # a weight column is always continuous (its own marginal is a percentile grid)
-        continuous=tuple(
-            dict.fromkeys([*d.get("continuous", []), *[d.get("weight")] * bool(d.get("weight"))])
-        ),
+        continuous=tuple(dict.fromkeys([*d.get("continuous", []), *weight])),
         strata=tuple(d.get("strata", [])),
         groups=tuple(d.get("groups", [])),
         panel=Panel(entity=panel["entity"], time=panel["time"]) if panel else None,
@@ -326,7 +325,7 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         missing_tokens=tuple(str(t) for t in d.get("missing_tokens", [])),
         decimal_comma=bool(d.get("decimal_comma", False)),
         dates=tuple((str(k), str(v)) for k, v in (d.get("dates") or {}).items()),
-        weight=d.get("weight"),
+        weight=weight[0] if weight else None,
     )
     _check_derive(src, where)
     _check_weight(src, where)

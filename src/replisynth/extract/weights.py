@@ -68,7 +68,10 @@ def weighted_grid(
     if (counts < min_cell).any():
         return None, f"an interval holds fewer than min_cell_size={min_cell} rows"
     if (class_top2_shares(cls, w, n) > dominance).any():
-        return None, f"an interval's two largest weights exceed dominance={dominance:g} of its total"
+        return (
+            None,
+            f"an interval's two largest weights exceed dominance={dominance:g} of its total",
+        )
     sums = class_weight_sums(cls, w, n)
     return {
         "cuts": [float(c) for c in cuts],
