@@ -355,3 +355,25 @@ def test_the_release_gate_refuses_weighted_shares_off_the_tables_cells(tmp_path:
     bad["weights"]["grids"] = {"flag": {"cuts": [0.5], "shares": [0.5, 0.5]}}
     with pytest.raises(DisclosureError, match="cut off the grid"):
         check_release(bad, 10)
+
+
+@pytest.mark.parametrize(("n", "seed", "scale"), [(5000, 4, 100), (3000, 9, 3)])
+def test_whole_weights_of_a_stratified_dta_stay_whole(
+    tmp_path: Path, n: int, seed: int, scale: int
+) -> None:
+    """Frequency weights (integers, a Stata file, the oversampled column a stratum): the
+    synthetic weights are whole and in the original storage; tier 0 holds and the weighted
+    shares match (rounding to whole weights costs little even for small weights)."""
+    df = oversampled(n, seed, "reg", "fw", "abc")
+    df["fw"] = np.maximum(np.round(df["fw"] * scale), 1).astype("int32")
+    df.to_stata(tmp_path / "p.dta", write_index=False)
+    tiers = run_pipeline(manifest_for(tmp_path / "p.dta", weight="fw", strata=["reg"]), tmp_path)
+    src = tiers["sources"]["people"]
+    assert src["tier_met"] >= 1, (src["schema"]["problems"], src["marginals"]["problems"])
+    assert src["marginals"]["weighted"]["passed"]
+    syn = pd.read_stata(tmp_path / "t" / "synthetic" / "people.dta")
+    assert pd.api.types.is_integer_dtype(syn["fw"].dtype) and (syn["fw"] >= 1).all()
+    table = _bundle_release(tmp_path)["weights"]["tables"]["reg"]
+    got = _weighted_shares(syn, "reg", "fw")
+    for lv, share in zip(table["levels"], table["shares"], strict=True):
+        assert abs(got[lv] - share) <= SHARE_TOLERANCE

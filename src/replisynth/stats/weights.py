@@ -211,7 +211,14 @@ def calibrate_frame(
     w0 = np.where(np.isfinite(w0), w0, np.nanmedian(w0) if np.isfinite(w0).any() else 1.0)
     margins = [(c, t) for _, c, t in weighted_margins(df, weights, skip)]
     cal = calibrate(w0, margins, weights.get("total"), lo, hi)
-    return df.assign(**{col: cal.weights}), cal
+    spec = next((c for c in release["columns"] if c["name"] == col), {})
+    if not (spec.get("integer") or spec.get("logical_type") == "integer"):
+        return df.assign(**{col: cal.weights}), cal
+    # whole weights (Stata fweight) stay whole, in their storage: rounded, inside the range
+    whole = np.clip(np.round(cal.weights), max(1.0, np.ceil(lo)), max(1.0, np.floor(hi)))
+    dtype = df[col].dtype if pd.api.types.is_integer_dtype(df[col].dtype) else "int64"
+    gap = _gap(whole, margins)
+    return df.assign(**{col: whole.astype(dtype)}), Calibration(weights=whole, max_gap=gap)
 
 
 def weighted_share_gaps(
