@@ -86,9 +86,30 @@ def share_gap(cls: np.ndarray, w: np.ndarray, target: np.ndarray) -> float:
     return float(np.max(np.abs(sums / tot - target))) if tot > 0 else 1.0
 
 
+Margins = list[tuple[np.ndarray, np.ndarray]]  # (class codes, -1: left out; target shares)
+
+
+def _extended(margins: Margins) -> Margins:
+    """Class codes with -1 moved to an extra last class, so one bincount needs no mask."""
+    return [(np.where(c >= 0, c, len(t)).astype(np.intp), t) for c, t in margins]
+
+
+def _sums(ext: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(ext, weights=w, minlength=k + 1)[:k]
+
+
+def _gap(w: np.ndarray, ext: Margins) -> float:
+    """Largest share gap over the margins (extended codes)."""
+    out = 0.0
+    for c, t in ext:
+        sums = _sums(c, w, len(t))
+        out = max(out, float(np.max(np.abs(sums / max(sums.sum(), 1e-300) - t))))
+    return out
+
+
 def rake(
     w0: np.ndarray,
-    margins: list[tuple[np.ndarray, np.ndarray]],
+    margins: Margins,
     total: float | None,
     lo: float,
     hi: float,
@@ -98,18 +119,19 @@ def rake(
     each margin's weighted shares (class codes, targets) meet their targets, then scaled to
     `total`; every step bounded to [lo, hi] (bounded raking), so weights stay positive and in
     the released range."""
+    ext = _extended(margins)
     w = np.clip(np.asarray(w0, dtype="float64"), lo, hi)
     gap = 1.0
     for _ in range(RAKE_ITERATIONS):
-        for cls, target in margins:
-            sums = class_weight_sums(cls, w, len(target))
+        for c, target in ext:
+            sums = _sums(c, w, len(target))
             tot = sums.sum()
             factor = np.where(sums > 0, target * tot / np.where(sums > 0, sums, 1.0), 1.0)
-            w = np.where(cls >= 0, w * factor[np.maximum(cls, 0)], w)
+            w = w * np.append(factor, 1.0)[c]
         if total:
             w = w * total / w.sum()
         w = np.clip(w, lo, hi)
-        gap = _gap(w, margins)
+        gap = _gap(w, ext)
         if gap < tol:
             break
     return Calibration(weights=w, max_gap=gap)
@@ -117,7 +139,7 @@ def rake(
 
 def calibrate(
     w0: np.ndarray,
-    margins: list[tuple[np.ndarray, np.ndarray]],
+    margins: Margins,
     total: float | None,
     lo: float,
     hi: float,
@@ -130,43 +152,36 @@ def calibrate(
     return rake(reassign(np.asarray(w0, dtype="float64"), margins), margins, total, lo, hi)
 
 
-def reassign(
-    w0: np.ndarray, margins: list[tuple[np.ndarray, np.ndarray]], iterations: int = 60
-) -> np.ndarray:
+def reassign(w0: np.ndarray, margins: Margins, iterations: int = 60) -> np.ndarray:
     """The values of `w0` permuted over the rows so the margins' weighted shares come near
-    their targets (the permutation with the smallest gap found)."""
+    their targets (the permutation with the smallest gap found; stops after 5 rounds without
+    a better one)."""
+    ext = _extended(margins)
     n = len(w0)
-    pool = np.sort(w0)
+    order = np.argsort(w0, kind="stable")
+    pool = w0[order]
     u = np.empty(n)
-    u[np.lexsort((np.arange(n), w0))] = (np.arange(n) + 0.5) / max(n, 1)
-    shifts = [np.zeros(len(t)) for _, t in margins]
-    w, best, best_gap = w0, w0, _gap(w0, margins)
-    for _ in range(iterations):
-        if best_gap < 1e-4:
-            break
-        for (cls, target), b in zip(margins, shifts, strict=True):
-            sums = class_weight_sums(cls, w, len(target))
+    u[order] = (np.arange(n) + 0.5) / max(n, 1)
+    shifts = [np.zeros(len(t) + 1) for _, t in ext]  # the last class (left out) never moves
+    w, best, best_gap, stall = w0, w0, np.inf, 0
+    for _ in range(iterations + 1):
+        gap = 0.0
+        for (c, target), b in zip(ext, shifts, strict=True):
+            sums = _sums(c, w, len(target))
             now = sums / max(sums.sum(), 1e-300)
-            b += REASSIGN_STEP * (
+            gap = max(gap, float(np.max(np.abs(now - target))))
+            b[:-1] += REASSIGN_STEP * (
                 np.log(np.maximum(target, 1e-12)) - np.log(np.maximum(now, 1e-12))
             )
-        score = u + sum(
-            (
-                np.where(c >= 0, b[np.maximum(c, 0)], 0.0)
-                for (c, _), b in zip(margins, shifts, strict=True)
-            ),
-            np.zeros(n),
-        )
+        best, best_gap, stall = (w, gap, 0) if gap < best_gap else (best, best_gap, stall + 1)
+        if best_gap < 1e-4 or stall >= 5:
+            break
+        score = u.copy()
+        for (c, _), b in zip(ext, shifts, strict=True):
+            score += b[c]
         w = np.empty(n)
-        w[np.lexsort((np.arange(n), score))] = pool
-        gap = _gap(w, margins)
-        if gap < best_gap:
-            best, best_gap = w, gap
+        w[np.argsort(score, kind="stable")] = pool
     return best
-
-
-def _gap(w: np.ndarray, margins: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    return max((share_gap(c, w, t) for c, t in margins), default=0.0)
 
 
 def weight_range(release: dict[str, Any], column: str) -> tuple[float, float]:
@@ -217,7 +232,7 @@ def calibrate_frame(
     # whole weights (Stata fweight) stay whole, in their storage: rounded, inside the range
     whole = np.clip(np.round(cal.weights), max(1.0, np.ceil(lo)), max(1.0, np.floor(hi)))
     dtype = df[col].dtype if pd.api.types.is_integer_dtype(df[col].dtype) else "int64"
-    gap = _gap(whole, margins)
+    gap = _gap(whole, _extended(margins))
     return df.assign(**{col: whole.astype(dtype)}), Calibration(weights=whole, max_gap=gap)
 
 
