@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.config.manifest import formula_variables
 from replisynth.stats.marginals import py_value
 
 SHARE_DECIMALS = 3  # released weighted shares: multiples of 0.001
@@ -194,17 +195,17 @@ def weight_range(release: dict[str, Any], column: str) -> tuple[float, float]:
 
 
 def weighted_margins(
-    df: pd.DataFrame, weights: dict[str, Any], skip: frozenset[str] = frozenset()
+    df: pd.DataFrame, weights: dict[str, Any]
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Per released weighted table and grid (columns in `skip` aside): its column, the
-    synthetic rows' classes (levels; decile intervals) and its target shares."""
+    """Per released weighted table and grid: its column, the synthetic rows' classes (levels;
+    decile intervals) and its target shares."""
     out = [
         (c, level_classes(df[c], e["levels"]), target_shares(e))
         for c, e in weights["tables"].items()
-        if c in df.columns and c not in skip
+        if c in df.columns
     ]
     for c, e in (weights.get("grids") or {}).items():
-        if c in df.columns and c not in skip:
+        if c in df.columns:
             v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
             cls = np.searchsorted(np.asarray(e["cuts"]), v, side="left").astype(np.int64)
             shares = np.asarray(e["shares"], dtype="float64")
@@ -213,7 +214,7 @@ def weighted_margins(
 
 
 def calibrate_frame(
-    df: pd.DataFrame, release: dict[str, Any], skip: frozenset[str] = frozenset()
+    df: pd.DataFrame, release: dict[str, Any]
 ) -> tuple[pd.DataFrame, Calibration | None]:
     """`df` with its weight column calibrated to the release's weighted shares and total
     (no change, and None, when the release declares no weight)."""
@@ -224,9 +225,9 @@ def calibrate_frame(
     w0 = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     lo, hi = weight_range(release, col)
     w0 = np.where(np.isfinite(w0), w0, np.nanmedian(w0) if np.isfinite(w0).any() else 1.0)
-    margins = [(c, t) for _, c, t in weighted_margins(df, weights, skip)]
+    margins = [(c, t) for _, c, t in weighted_margins(df, weights)]
     cal = calibrate(w0, margins, weights.get("total"), lo, hi)
-    spec = next((c for c in release["columns"] if c["name"] == col), {})
+    spec: dict[str, Any] = next((c for c in release["columns"] if c["name"] == col), {})
     if not (spec.get("integer") or spec.get("logical_type") == "integer"):
         return df.assign(**{col: cal.weights}), cal
     # whole weights (Stata fweight) stay whole, in their storage: rounded, inside the range
@@ -236,13 +237,22 @@ def calibrate_frame(
     return df.assign(**{col: whole.astype(dtype)}), Calibration(weights=whole, max_gap=gap)
 
 
-def weighted_share_gaps(
-    df: pd.DataFrame, weights: dict[str, Any], skip: frozenset[str] = frozenset()
-) -> dict[str, float]:
+def weighted_share_gaps(df: pd.DataFrame, weights: dict[str, Any]) -> dict[str, float]:
     """Per released weighted table or grid, the largest gap between a synthetic weighted share
     (of a level; of a decile interval) and its target (what tier 1 checks and reports)."""
     w = pd.to_numeric(df[weights["column"]], errors="coerce").to_numpy(
         dtype="float64", na_value=np.nan
     )
     w = np.where(np.isfinite(w), w, 0.0)
-    return {c: share_gap(cls, w, t) for c, cls, t in weighted_margins(df, weights, skip)}
+    return {c: share_gap(cls, w, t) for c, cls, t in weighted_margins(df, weights)}
+
+
+def checkpoints_reading(checkpoints: list[Any], source: str, column: str) -> list[str]:
+    """Tags of the source's released checkpoint records that read the weight column (as
+    their `weights` or in their formula): pinning them fixes the weights as they are."""
+    return [
+        c["tag"]
+        for c in checkpoints
+        if c["source"] == source
+        and (c.get("weights") == column or column in formula_variables(c["formula"]))
+    ]

@@ -25,7 +25,11 @@ from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.design import build_design, drop_unreleased_constants, released_terms
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
-from replisynth.stats.weights import SHARE_TOLERANCE, weighted_share_gaps
+from replisynth.stats.weights import (
+    SHARE_TOLERANCE,
+    checkpoints_reading,
+    weighted_share_gaps,
+)
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
 from replisynth.verify.formats import shape_problems
 from replisynth.verify.utility import utility_section
@@ -408,8 +412,8 @@ def _weight_read(bundle: Bundle, source: str) -> bool:
     """Does a checkpoint of `source` read its survey weight (kept as calibrated before
     pinning, so pinned outcomes may drift from the weighted shares)?"""
     weights = bundle.releases[source].get("weights")
-    return bool(weights) and any(
-        c["source"] == source and c.get("weights") == weights["column"] for c in bundle.checkpoints
+    return bool(weights) and bool(
+        checkpoints_reading(list(bundle.checkpoints), source, weights["column"])
     )
 
 

@@ -275,29 +275,17 @@ def integer_storage(df: pd.DataFrame, release: dict[str, Any]) -> pd.DataFrame:
     return out
 
 
-def weight_readers(b: Bundle, source: str, column: str) -> list[str]:
-    """Tags of the source's checkpoints that read the weight column (as weights or a term)."""
-    from replisynth.config.manifest import formula_variables
-
-    return [
-        c["tag"]
-        for c in b.checkpoints
-        if c["source"] == source
-        and (c.get("weights") == column or column in formula_variables(c["formula"]))
-    ]
-
-
 def recalibrate_weights(df: pd.DataFrame, b: Bundle, source: str) -> pd.DataFrame:
     """After pinning (which may move categorical outcomes and swap regressors), the survey
     weights calibrated again, unless a checkpoint reads them: its pinned coefficients would
     move (docs/method.md, "Survey weights")."""
-    from replisynth.stats.weights import calibrate_frame
+    from replisynth.stats.weights import calibrate_frame, checkpoints_reading
 
     release = untyped(b.releases[source])
     weights = release.get("weights")
     if not weights:
         return df
-    readers = weight_readers(b, source, weights["column"])
+    readers = checkpoints_reading(list(b.checkpoints), source, weights["column"])
     if readers:
         log.info(
             "survey weight %s read by checkpoint(s) %s: kept as calibrated before pinning",
