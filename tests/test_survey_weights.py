@@ -123,9 +123,10 @@ def test_tier1_fails_when_the_weights_lose_their_calibration(tmp_path: Path) -> 
     assert any("weighted shares (by wt)" in p and "region" in p for p in t1["problems"])
 
 
-def _attack_data(n: int, seed: int) -> pd.DataFrame:
+def _attack_data(n: int, seed: int, nested: bool = False) -> pd.DataFrame:
     """Levels a, b, c common; d has 3 rows with heavy weights (below any cell size); e has
-    30 rows, one of them carrying most of the level's weight (dominance)."""
+    30 rows, one of them carrying most of the level's weight (dominance). `nested`: grp is a
+    coarsening of kind that puts d with a (g1 minus a would be d)."""
     rng = np.random.default_rng(seed)
     cat = rng.choice(list("abc"), p=[0.5, 0.3, 0.2], size=n).astype(object)
     cat[:3] = "d"
@@ -134,6 +135,8 @@ def _attack_data(n: int, seed: int) -> pd.DataFrame:
     w[:3] = [41.3, 37.9, 45.2]
     grp = rng.choice(list("xyz"), size=n).astype(object)
     grp[:3] = "q"  # its own small cell too
+    if nested:  # grp a coarsening of kind: g1 = a and the rare d, a cell of >= k rows
+        grp = np.where(np.isin(cat, ["a", "d"]), "g1", "g2").astype(object)
     flag = rng.integers(0, 2, size=n)
     w2 = w.copy()
     w2[3] = 2000.0  # dominates level e (30 rows)
@@ -187,14 +190,19 @@ def extract_release(
     return dict(release), log.entries
 
 
-@pytest.mark.parametrize(("n", "seed", "k"), [(3000, 2, 10), (6000, 8, 15)])
+@pytest.mark.parametrize(
+    ("n", "seed", "k", "nested"), [(3000, 2, 10, False), (6000, 8, 15, False), (4000, 3, 10, True)]
+)
 def test_small_cells_release_no_weighted_share_and_no_weight_sum(
-    tmp_path: Path, n: int, seed: int, k: int
+    tmp_path: Path, n: int, seed: int, k: int, nested: bool
 ) -> None:
-    df = _attack_data(n, seed)
-    release, _ = extract_release(df, tmp_path, "wt", k)
+    df = _attack_data(n, seed, nested)
+    release, log = extract_release(df, tmp_path, "wt", k)
     weights = release["weights"]
-    for col in ("kind", "grp"):
+    if nested:  # the coarsening is released as derived from kind: no weighted table of its own
+        assert release["derived"]["grp"]["from"] == "kind" and "grp" not in weights["tables"]
+        assert any(e["stage"] == "weights" and e.get("column") == "grp" for e in log)
+    for col in [c for c in ("kind", "grp") if c in weights["tables"]]:
         table = release["blocks"]["all"]["marginals"][col]["table"]
         assert "d" not in table["levels"] and "q" not in table["levels"]
         entry = weights["tables"][col]

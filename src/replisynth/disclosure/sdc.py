@@ -101,13 +101,16 @@ def check_missing_codes(release: dict[str, Any], min_cell: int) -> None:
 
 def check_weights(release: dict[str, Any], min_cell: int) -> None:
     """Gate: weighted shares sit on exactly the cells of the column's released source-level
-    table (each, the bucket too, of at least min_cell rows), and weighted decile intervals are
+    table (each, the bucket too, of at least min_cell rows; never a derived column's, whose
+    cells are unions of its parent's, bucket included), and weighted decile intervals are
     cut at points of the column's released grid (docs/method.md, "Survey weights")."""
     weights = release.get("weights")
     if not weights:
         return
     name, all_m = release["source"], release["blocks"]["all"]["marginals"]
     for col, entry in weights["tables"].items():
+        if col in (release.get("derived") or {}):
+            raise DisclosureError(f"{name}/all/{col}: weighted shares of a derived column")
         table = (all_m.get(col) or {}).get("table")
         if table is None or entry["levels"] != table["levels"]:
             raise DisclosureError(f"{name}/all/{col}: weighted shares off the table's cells")

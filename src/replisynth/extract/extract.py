@@ -800,6 +800,7 @@ def extract_source(
             numeric_values(work[source.weight], spec_by[source.weight]),
             source_classes(tables, coded, all_levels, ()),
             weighted_grid_columns(work, spec_by, marginals, source.weight),
+            {b: d["from"] for b, d in derived.items()},
             source.name,
             source.weight,
             sdc,

@@ -107,6 +107,7 @@ def release_weights(
     w: np.ndarray,
     classes: dict[str, tuple[np.ndarray, FrequencyTable]],
     continuous: dict[str, tuple[np.ndarray, list[float | None]]],
+    derived: dict[str, str],
     source: str,
     column: str,
     sdc: Any,
@@ -114,10 +115,18 @@ def release_weights(
 ) -> dict[str, Any]:
     """The release's `weights` record: the column, the rounded total, the weighted tables and
     grids that pass the gates (`classes`: per categorical column its rows' classes and table;
-    `continuous`: per continuous column its values and released grid)."""
+    `continuous`: per continuous column its values and released grid). A derived column
+    (`derived`: column -> the column it is a function of) releases no weighted table: its
+    cells are unions of its parent's, the parent's bucket included, so the difference of a
+    derived cell and the parent's released cells would give the weight of the bucket's rare
+    categories (and synthesis computes it from the parent anyway)."""
     tables: dict[str, Any] = {}
     for c, (cls, table) in classes.items():
-        entry, reason = weighted_table(cls, w, table, sdc.min_cell_size, sdc.dominance)
+        entry, reason = (
+            (None, f"released as a function of {derived[c]!r}, whose weighted shares give its own")
+            if c in derived
+            else weighted_table(cls, w, table, sdc.min_cell_size, sdc.dominance)
+        )
         if entry is None:
             log.add(
                 "weights",
