@@ -96,8 +96,12 @@ def test_synthetic_weighted_shares_match_the_released_ones(
     )
     assert src["tier_met"] >= 1, src["marginals"]["problems"]
     from replisynth.verify.report import weighted_line
+    from replisynth.verify.report_notes import certifies_text
 
     assert f"shares weighted by {weight}: max gap" in weighted_line(src["marginals"]["weighted"])
+    assert f"weighted by its survey weight {weight}: the synthetic weighted shares are within" in (
+        certifies_text(tiers)
+    )
     # continuous columns: weighted shares of the released grid's decile intervals match too
     cuts = np.asarray(released["grids"]["income"]["cuts"])
     assert len(cuts) == 9 and set(cuts) <= set(grid_of(rel, "income"))
