@@ -433,3 +433,26 @@ def test_scattered_extraction_releases_the_same_weights(
     from replisynth.stats.weights import weighted_share_gaps
 
     assert max(weighted_share_gaps(a, dict(full["weights"])).values()) <= SHARE_TOLERANCE
+
+
+@pytest.mark.parametrize(("n", "k"), [(15, 20), (12, 30)])
+def test_a_suppressed_weight_column_releases_no_weighted_statistic(
+    tmp_path: Path, n: int, k: int
+) -> None:
+    """Fewer rows than the cell size: the weight's own grid is suppressed, and with it every
+    weighted statistic (the synthetic file would have no weights to calibrate)."""
+    rng = np.random.default_rng(n)
+    df = pd.DataFrame(
+        {
+            "pid": np.arange(n),
+            "kind": rng.choice(list("ab"), n),
+            "grp": "x",
+            "flag": rng.integers(0, 2, n),
+            "wt": rng.uniform(1, 2, n),
+            "wt2": 1.0,
+        }
+    )
+    release, log = extract_release(df, tmp_path, "wt", k)
+    assert release["blocks"]["all"]["marginals"]["wt"]["kind"] == "suppressed"
+    assert "weights" not in release
+    assert any(e["stage"] == "weights" and "own marginal is suppressed" in e["reason"] for e in log)

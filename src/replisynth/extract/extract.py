@@ -596,6 +596,21 @@ def stratum_block(
     }
 
 
+def weight_released(marginals: dict[str, dict[str, Any]], source: Source, log: SdcLog) -> bool:
+    """Weighted statistics only beside the weight column's own released grid (without it the
+    synthetic file has no weights to calibrate); the decision is logged."""
+    if marginals[str(source.weight)]["kind"] == "continuous":
+        return True
+    log.add(
+        "weights",
+        "suppressed",
+        "no weighted statistic released: the weight column's own marginal is suppressed",
+        source=source.name,
+        column=source.weight,
+    )
+    return False
+
+
 def weighted_grid_columns(
     work: pd.DataFrame,
     spec_by: dict[str, ColumnSpec],
@@ -806,7 +821,7 @@ def extract_source(
             sdc,
             log,
         )
-        if source.weight
+        if source.weight and weight_released(marginals, source, log)
         else None
     )
     del coded  # ~8 MB per column at 1M rows: freed before the strata's row copies

@@ -222,6 +222,8 @@ def calibrate_frame(
     if not weights or weights["column"] not in df.columns:
         return df, None
     col = weights["column"]
+    if release["blocks"]["all"]["marginals"].get(col, {}).get("kind") != "continuous":
+        return df, None
     w0 = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     lo, hi = weight_range(release, col)
     w0 = np.where(np.isfinite(w0), w0, np.nanmedian(w0) if np.isfinite(w0).any() else 1.0)
