@@ -102,6 +102,10 @@ def test_synthetic_weighted_shares_match_the_released_ones(
     assert f"weighted by its survey weight {weight}: the synthetic weighted shares are within" in (
         certifies_text(tiers)
     )
+    from replisynth.verify.report import render_report
+
+    html = render_report(tiers, {"people": rel}, {"people": syn}, "")
+    assert f"also weighted by the column <strong>{weight}</strong>" in html
     # continuous columns: weighted shares of the released grid's decile intervals match too
     cuts = np.asarray(released["grids"]["income"]["cuts"])
     assert len(cuts) == 9 and set(cuts) <= set(grid_of(rel, "income"))
