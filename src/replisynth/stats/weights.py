@@ -155,8 +155,9 @@ def calibrate(
 
 def reassign(w0: np.ndarray, margins: Margins, iterations: int = 60) -> np.ndarray:
     """The values of `w0` permuted over the rows so the margins' weighted shares come near
-    their targets (the permutation with the smallest gap found; stops after 5 rounds without
-    a better one)."""
+    their targets (the permutation with the smallest gap found). After 3 rounds without a
+    better one the shifts go back to the best permutation's and their step halves (heavy
+    weights make the large step overshoot); it stops when the step falls below 1/64."""
     ext = _extended(margins)
     n = len(w0)
     order = np.argsort(w0, kind="stable")
@@ -164,25 +165,36 @@ def reassign(w0: np.ndarray, margins: Margins, iterations: int = 60) -> np.ndarr
     u = np.empty(n)
     u[order] = (np.arange(n) + 0.5) / max(n, 1)
     shifts = [np.zeros(len(t) + 1) for _, t in ext]  # the last class (left out) never moves
-    w, best, best_gap, stall = w0, w0, np.inf, 0
+    w, best, best_gap, best_shifts = w0, w0, np.inf, shifts
+    step, stall = REASSIGN_STEP, 0
     for _ in range(iterations + 1):
-        gap = 0.0
-        for (c, target), b in zip(ext, shifts, strict=True):
-            sums = _sums(c, w, len(target))
-            now = sums / max(sums.sum(), 1e-300)
-            gap = max(gap, float(np.max(np.abs(now - target))))
-            b[:-1] += REASSIGN_STEP * (
-                np.log(np.maximum(target, 1e-12)) - np.log(np.maximum(now, 1e-12))
-            )
-        best, best_gap, stall = (w, gap, 0) if gap < best_gap else (best, best_gap, stall + 1)
-        if best_gap < 1e-4 or stall >= 5:
+        gaps = [_log_gap(c, w, t) for c, t in ext]
+        gap = max((g for g, _ in gaps), default=0.0)
+        if gap < best_gap:
+            best, best_gap, best_shifts, stall = w, gap, [b.copy() for b in shifts], 0
+        else:
+            stall += 1
+        if stall >= 3:
+            shifts, step, stall = [b.copy() for b in best_shifts], step / 2, 0
+            gaps = [_log_gap(c, best, t) for c, t in ext]
+        if best_gap < 1e-4 or step < REASSIGN_STEP / 64:
             break
+        for b, (_, log_ratio) in zip(shifts, gaps, strict=True):
+            b[:-1] += step * log_ratio
         score = u.copy()
         for (c, _), b in zip(ext, shifts, strict=True):
             score += b[c]
         w = np.empty(n)
         w[np.argsort(score, kind="stable")] = pool
     return best
+
+
+def _log_gap(c: np.ndarray, w: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """A margin's largest share gap and log(target / share) per class."""
+    sums = _sums(c, w, len(target))
+    now = sums / max(sums.sum(), 1e-300)
+    ratio = np.log(np.maximum(target, 1e-12)) - np.log(np.maximum(now, 1e-12))
+    return float(np.max(np.abs(now - target))), ratio
 
 
 def weight_range(release: dict[str, Any], column: str) -> tuple[float, float]:
