@@ -40,6 +40,25 @@ TABLE: dict[str, tuple[str, ...]] = {
     "StratumCell": ("$defs", "source", "properties", "strata", "properties", "cells", "items"),
     "Block": ("$defs", "source", "properties", "blocks", "additionalProperties"),
     "MissingCodes": ("$defs", "source", "properties", "missing_codes", "additionalProperties"),
+    "Weights": ("$defs", "source", "properties", "weights"),
+    "WeightedTable": (
+        "$defs",
+        "source",
+        "properties",
+        "weights",
+        "properties",
+        "tables",
+        "additionalProperties",
+    ),
+    "WeightedGrid": (
+        "$defs",
+        "source",
+        "properties",
+        "weights",
+        "properties",
+        "grids",
+        "additionalProperties",
+    ),
     **{
         kind: (
             "$defs",

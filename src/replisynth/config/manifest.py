@@ -96,6 +96,7 @@ class Source:
     missing_tokens: tuple[str, ...] = ()
     decimal_comma: bool = False
     dates: tuple[tuple[str, str], ...] = ()  # csv: column -> strftime format
+    weight: str | None = None  # survey weight column (docs/method.md, "Survey weights")
 
     @property
     def format(self) -> str:
@@ -304,6 +305,7 @@ def _source(name: str, d: dict[str, Any]) -> Source:
             f"use one of {', '.join(sorted(SOURCE_EXTENSIONS))}"
         )
     panel = d.get("panel")
+    weight = [str(d["weight"])] if d.get("weight") else []
     src = Source(
         name=name,
         path=str(d["path"]),
@@ -311,7 +313,8 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         ids=tuple(d.get("ids", [])),
         exclude=tuple(d.get("exclude", [])),
         categorical=tuple(d.get("categorical", [])),
-        continuous=tuple(d.get("continuous", [])),
+        # a weight column is always continuous (its own marginal is a percentile grid)
+        continuous=tuple(dict.fromkeys([*d.get("continuous", []), *weight])),
         strata=tuple(d.get("strata", [])),
         groups=tuple(d.get("groups", [])),
         panel=Panel(entity=panel["entity"], time=panel["time"]) if panel else None,
@@ -322,8 +325,10 @@ def _source(name: str, d: dict[str, Any]) -> Source:
         missing_tokens=tuple(str(t) for t in d.get("missing_tokens", [])),
         decimal_comma=bool(d.get("decimal_comma", False)),
         dates=tuple((str(k), str(v)) for k, v in (d.get("dates") or {}).items()),
+        weight=weight[0] if weight else None,
     )
     _check_derive(src, where)
+    _check_weight(src, where)
     if src.dates and src.format != "csv":
         raise ManifestError(
             f"{where}.dates: only csv sources take date formats ({src.format} files carry "
@@ -350,6 +355,29 @@ def _source(name: str, d: dict[str, Any]) -> Source:
     if src.panel and src.panel.time in set(src.ids) | set(src.exclude):
         raise ManifestError(f"{where}.panel.time: {src.panel.time!r} is also in ids/exclude")
     return src
+
+
+def _check_weight(src: Source, where: str) -> None:
+    """The weight column is an ordinary released continuous column: no other role."""
+    w = src.weight
+    if w is None:
+        return
+    roles = {
+        "ids": src.ids,
+        "exclude": src.exclude,
+        "categorical": src.categorical,
+        "strata": src.strata,
+        "groups": src.groups,
+        "derive": tuple(c for c, _ in src.derive),
+    }
+    if src.panel:
+        roles["panel"] = (src.panel.entity, src.panel.time)
+    for key, cols in roles.items():
+        if w in cols:
+            raise ManifestError(
+                f"{where}.weight: {w!r} is also in {where}.{key}; a weight column is released as "
+                f"a continuous column only: drop it from {key}"
+            )
 
 
 def _check_derive(src: Source, where: str) -> None:
@@ -653,6 +681,8 @@ def check_columns(manifest: Manifest, source: str, columns: list[str]) -> None:
             f"{where}: column {col!r} is not in source {source!r} ({src.path}; columns: {shown})"
         )
 
+    if src.weight is not None and src.weight not in have:
+        raise missing(f"sources.{source}.weight", src.weight)
     for key in (
         "ids",
         "exclude",

@@ -313,6 +313,31 @@ class MissingCodes(TypedDict):
     labels: dict[str, str]
 
 
+class WeightedTable(TypedDict):
+    """Weighted shares of a source-level table: its released levels, then its bucket."""
+
+    levels: list[Any]
+    shares: list[float]
+    suppressed: float
+
+
+class WeightedGrid(TypedDict):
+    """Weighted shares of a continuous column's intervals between released grid points."""
+
+    cuts: list[float]
+    shares: list[float]
+
+
+class Weights(TypedDict):
+    """The survey weight's release: its column, its rounded total, the weighted tables and
+    the weighted decile shares of continuous columns."""
+
+    column: str
+    total: float
+    tables: dict[str, WeightedTable]
+    grids: NotRequired[dict[str, WeightedGrid]]
+
+
 class SourceRelease(TypedDict):
     """source_<name>.json."""
 
@@ -332,6 +357,7 @@ class SourceRelease(TypedDict):
     entity_structure: NotRequired[EntityStructure | None]
     missing_codes: NotRequired[dict[str, MissingCodes]]
     free_text: NotRequired[list[str]]
+    weights: NotRequired[Weights]
 
 
 def untyped(record: Mapping[str, Any]) -> dict[str, Any]:

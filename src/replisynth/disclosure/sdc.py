@@ -84,6 +84,7 @@ def check_release(release: dict[str, Any], min_cell: int) -> None:
             raise DisclosureError(f"{name}: stratum cell of {cell['rows']} rows released")
     check_windows(release, min_cell)
     check_missing_codes(release, min_cell)
+    check_weights(release, min_cell)
 
 
 def check_missing_codes(release: dict[str, Any], min_cell: int) -> None:
@@ -116,6 +117,30 @@ def ordering_backed(release: Mapping[str, Any], flag: Mapping[str, Any]) -> bool
     if not a or not b or len(a) != 1 or len(b) != 1 or not sp:
         return False
     return sp[a[0]][b[0]] is not None
+
+
+def check_weights(release: dict[str, Any], min_cell: int) -> None:
+    """Gate: weighted shares sit on exactly the cells of the column's released source-level
+    table (each, the bucket too, of at least min_cell rows; never a derived column's, whose
+    cells are unions of its parent's, bucket included), and weighted decile intervals are
+    cut at points of the column's released grid (docs/method.md, "Survey weights")."""
+    weights = release.get("weights")
+    if not weights:
+        return
+    name, all_m = release["source"], release["blocks"]["all"]["marginals"]
+    for col, entry in weights["tables"].items():
+        if col in (release.get("derived") or {}):
+            raise DisclosureError(f"{name}/all/{col}: weighted shares of a derived column")
+        table = (all_m.get(col) or {}).get("table")
+        if table is None or entry["levels"] != table["levels"]:
+            raise DisclosureError(f"{name}/all/{col}: weighted shares off the table's cells")
+        bucket = [table["suppressed"]] if table.get("suppressed") else []
+        if min([*table["counts"], *bucket], default=min_cell) < min_cell:
+            raise DisclosureError(f"{name}/all/{col}: weighted share of a small cell released")
+    for col, entry in (weights.get("grids") or {}).items():
+        grid = set((all_m.get(col) or {}).get("grid") or [])
+        if not set(entry["cuts"]) <= grid:
+            raise DisclosureError(f"{name}/all/{col}: weighted deciles cut off the grid")
 
 
 def check_windows(release: dict[str, Any], min_cell: int) -> None:

@@ -28,6 +28,7 @@ from replisynth.disclosure.linked_tables import (
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
 from replisynth.extract.orderings import detect_orderings, gate_orderings
+from replisynth.extract.weights import release_weights
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
     ColumnSpec,
@@ -596,6 +597,38 @@ def stratum_block(
     }
 
 
+def weight_released(marginals: dict[str, dict[str, Any]], source: Source, log: SdcLog) -> bool:
+    """Weighted statistics only beside the weight column's own released grid (without it the
+    synthetic file has no weights to calibrate); the decision is logged."""
+    if marginals[str(source.weight)]["kind"] == "continuous":
+        return True
+    log.add(
+        "weights",
+        "suppressed",
+        "no weighted statistic released: the weight column's own marginal is suppressed",
+        source=source.name,
+        column=source.weight,
+    )
+    return False
+
+
+def weighted_grid_columns(
+    work: pd.DataFrame,
+    spec_by: dict[str, ColumnSpec],
+    marginals: dict[str, dict[str, Any]],
+    weight: str,
+) -> dict[str, tuple[np.ndarray, list[float | None]]]:
+    """Numeric continuous columns (dates aside) with a released source-level grid: their values
+    and grid, for the weighted decile shares (replisynth.extract.weights)."""
+    return {
+        c: (numeric_values(work[c], spec_by[c]), m["grid"])
+        for c, m in marginals.items()
+        if m["kind"] == "continuous"
+        and c != weight
+        and spec_by[c].logical_type in ("integer", "float")
+    }
+
+
 def extract_source(
     df: pd.DataFrame,
     meta: FileMeta,
@@ -778,6 +811,20 @@ def extract_source(
     # the per-stratum grids of many-level ordinals).
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
     classes = source_classes(tables, coded, all_levels, source.strata)
+    weights = (
+        release_weights(
+            numeric_values(work[source.weight], spec_by[source.weight]),
+            source_classes(tables, coded, all_levels, ()),
+            weighted_grid_columns(work, spec_by, marginals, source.weight),
+            {b: d["from"] for b, d in derived.items()},
+            source.name,
+            source.weight,
+            sdc,
+            log,
+        )
+        if source.weight and weight_released(marginals, source, log)
+        else None
+    )
     del coded  # ~8 MB per column at 1M rows: freed before the strata's row copies
     # The source-level matrix and the strata's blocks are independent: one thread each
     # (results and their SDC decisions collected in order, so the same for any thread count).
@@ -866,6 +913,7 @@ def extract_source(
     orderings = detect_orderings(work, specs, marginals, sdc.min_cell_size, set(source.strata))
     if orderings:
         release["orderings"] = orderings
+    release.update({"weights": weights} if weights else {})
     # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
     # maps pooled levels as the synthetic data will hold them).
     structure = _entity_release(

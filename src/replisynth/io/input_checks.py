@@ -4,6 +4,7 @@ failure, never a data value. See docs/method.md, "Bad input".
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from replisynth.config.manifest import Manifest, Source, formula_variables
@@ -36,6 +37,7 @@ def check_source_frame(manifest: Manifest, src: Source, df: pd.DataFrame) -> Non
     keys that are not unique."""
     skip = set(src.ids) | set(src.exclude)
     where = f"{src.path}"
+    check_weight_column(src, df)
     for col in df.columns:
         if col in skip:
             continue
@@ -148,3 +150,29 @@ def _numbers_as_text(s: pd.Series) -> bool:
     point = pd.to_numeric(_plain_number(text, False), errors="coerce")
     comma = pd.to_numeric(_plain_number(text, True), errors="coerce")
     return bool((point.notna() | comma.notna()).mean() >= NUMERIC_TEXT_SHARE)
+
+
+def check_weight_column(src: Source, df: pd.DataFrame) -> None:
+    """The declared survey weight (`sources.<name>.weight`) is numeric, never missing, and
+    positive; the message counts the rows at fault, never shows a value."""
+    if src.weight is None:
+        return
+    key = f"sources.{src.name}.weight"
+    s = df[src.weight]
+    if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        raise DataError(
+            f"{src.path}: {key}: column {src.weight!r} is not numeric; a survey weight must be a "
+            "positive number on every row (convert it, or declare it under "
+            f"sources.{src.name}.numeric)"
+        )
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=float("nan"))
+    bad = {
+        "missing or infinite": int((~np.isfinite(v)).sum()),
+        "zero or negative": int((np.isfinite(v) & (v <= 0)).sum()),
+    }
+    for what, n in bad.items():
+        if n:
+            raise DataError(
+                f"{src.path}: {key}: column {src.weight!r} has {n} row(s) with a {what} weight; "
+                "a survey weight must be positive on every row (drop those rows or fix the weight)"
+            )

@@ -25,6 +25,7 @@ from replisynth.stats.correlations import Margin, latent_matrix, nearest_correla
 from replisynth.stats.derive import apply_derived
 from replisynth.stats.dims import synthetic_dim_matrix
 from replisynth.stats.marginals import apportion, exact_quantile_sample, released_group_sizes
+from replisynth.stats.weights import calibrate_frame
 from replisynth.synthesize.entities import (
     complete_untargeted,
     entity_columns,
@@ -532,4 +533,5 @@ def synthesize_source(
     df = df[[s.name for s in specs_list]]
     if release.get("panel") and ent is None:
         df = _panel(df, release["panel"]["entity"], release["panel"]["time"])
-    return df
+    # survey weights calibrated to the released weighted shares (docs/method.md, "Survey weights")
+    return calibrate_frame(df, release)[0]

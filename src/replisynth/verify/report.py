@@ -264,6 +264,22 @@ def _banner(tiers: dict, certificate: str) -> str:
 # ---------------------------------------------------------------- 2. tiers
 
 
+def weighted_line(weighted: dict | None) -> str:
+    """Tier 1's words on a survey weight: the column the shares are weighted by, the largest
+    gaps of the weighted shares (gated) and of the weighted decile shares (reported)."""
+    if not weighted:
+        return ""
+    gaps = list((weighted.get("max_share_gap") or {}).values())
+    deciles = list((weighted.get("max_decile_gap") or {}).values())
+    out = (
+        f"; shares weighted by {_e(weighted.get('column'))}: max gap "
+        f"{_f(max(gaps, default=0.0))} (tolerance {_f(weighted.get('tolerance'))})"
+    )
+    if deciles:
+        out += f", weighted decile shares max gap {_f(max(deciles))} (reported)"
+    return out
+
+
 def _tier_rows(src: dict) -> list[tuple[Any, str]]:
     """(passed, key figures) for tiers 0–4 of one source."""
     sch, mar = src.get("schema") or {}, src.get("marginals") or {}
@@ -285,6 +301,7 @@ def _tier_rows(src: dict) -> list[tuple[Any, str]]:
     drift = mar.get("outcome_drift") or {}
     if drift:
         t1 += f"; outcome drift (not gated): {_e(', '.join(drift))}"
+    t1 += weighted_line(mar.get("weighted"))
     pair = cor.get("pair")
     t2 = f"max |Δρ| = {_f(cor.get('max_abs_delta'))}"
     if pair:
@@ -551,6 +568,14 @@ def _marginal_section(
             else:
                 plotted.append((spec, m))
         parts.append(f"<h3>Source {_e(name)}</h3>")
+        weighted = mar.get("weighted")
+        if weighted:
+            parts.append(
+                f"<p>The released marginals of this source are also weighted by the column "
+                f"<strong>{_e(weighted.get('column'))}</strong> (survey weight): tier 1 checks the "
+                f"synthetic weighted shares against the released ones{weighted_line(weighted)}."
+                "</p>"
+            )
         if len(plotted) > MAX_VARIABLES:
             parts.append(
                 f'<p class="muted">Showing the first {MAX_VARIABLES} of {len(plotted):,} released variables.</p>'

@@ -66,12 +66,28 @@ def _checkpoint_clause(tiers: dict[str, Any]) -> str:
     return " ".join(out)
 
 
+def _weighted_clause(tiers: dict[str, Any]) -> str:
+    """Sources with a survey weight: tier 1 checked their shares weighted by it too."""
+    out = []
+    for name, src in (tiers.get("sources") or {}).items():
+        w = (src.get("marginals") or {}).get("weighted")
+        if w:
+            verdict = "within" if w.get("passed") else "not all within"
+            out.append(
+                f"Source {name}'s marginals are weighted by its survey weight {w.get('column')}:"
+                f" the synthetic weighted shares are {verdict} {w.get('tolerance'):g} of the"
+                " released ones."
+            )
+    return " ".join(out)
+
+
 def certifies_text(tiers: dict[str, Any]) -> str:
     """One plain-text paragraph: what this verification certifies and what it does not."""
     return " ".join(
         [
             "What this certifies and what it does not.",
             _tier_clause(tiers),
+            *([_weighted_clause(tiers)] if _weighted_clause(tiers) else []),
             _checkpoint_clause(tiers),
             "Nothing else is certified: other analyses (other models, subgroups, transformations)"
             " are not guaranteed to give the original's results; confirm them on the original"

@@ -18,13 +18,18 @@ from replisynth.core.errors import BundleError, CheckpointError
 from replisynth.core.options import CORR_TOL, GLM_BINARY, GLM_ORDERED
 from replisynth.core.parallel import thread_map
 from replisynth.disclosure.bundle import Bundle
-from replisynth.disclosure.bundle_types import SourceRelease
+from replisynth.disclosure.bundle_types import SourceRelease, untyped
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.design import build_design, drop_unreleased_constants, released_terms
 from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
+from replisynth.stats.weights import (
+    SHARE_TOLERANCE,
+    checkpoints_reading,
+    weighted_share_gaps,
+)
 from replisynth.synthesize.plan import ALL, RESIDUAL, BlockPlan, expected_counts, source_plan
 from replisynth.verify.formats import shape_problems
 from replisynth.verify.utility import utility_section
@@ -403,6 +408,47 @@ def tier1(
     }
 
 
+def _weight_read(bundle: Bundle, source: str) -> bool:
+    """Does a checkpoint of `source` read its survey weight (kept as calibrated before
+    pinning, so pinned outcomes may drift from the weighted shares)?"""
+    weights = bundle.releases[source].get("weights")
+    return bool(weights) and bool(
+        checkpoints_reading(list(bundle.checkpoints), source, weights["column"])
+    )
+
+
+def weighted_tier1(
+    t1: dict[str, Any], df: pd.DataFrame, release: SourceRelease, moved: set[str]
+) -> None:
+    """Tier 1 with a survey weight: each released weighted table's largest share gap in the
+    synthetic data, within `SHARE_TOLERANCE` (columns in `moved`: drift, not a failure); the
+    weighted decile shares of continuous columns, reported beside."""
+    weights = release.get("weights")
+    if not weights or weights["column"] not in df.columns:
+        return
+    gaps = weighted_share_gaps(df, untyped(weights))
+    tables = {c: g for c, g in gaps.items() if c in weights["tables"]}
+    grids = {c: g for c, g in gaps.items() if c not in weights["tables"]}
+    total = float(pd.to_numeric(df[weights["column"]], errors="coerce").sum())
+    bad = [c for c, g in tables.items() if g > SHARE_TOLERANCE and c not in moved]
+    t1["weighted"] = {
+        "column": weights["column"],
+        "released_total": weights["total"],
+        "synthetic_total": total,
+        "max_share_gap": {c: round(g, 6) for c, g in tables.items()},
+        "max_decile_gap": {c: round(g, 6) for c, g in grids.items()},
+        "tolerance": SHARE_TOLERANCE,
+        "drift": sorted(c for c in gaps if c in moved),
+        "passed": not bad,
+    }
+    for c in bad:
+        t1["problems"].append(
+            f"{c}: weighted shares (by {weights['column']}) differ from the released ones "
+            f"by up to {tables[c]:.3f}"
+        )
+    t1["passed"] = t1["passed"] and not bad
+
+
 def _max_pair(
     S: np.ndarray, T: np.ndarray, dims: list[dict[str, Any]], keep: list[int], pairs: np.ndarray
 ) -> tuple[float, list[str] | None, int]:
@@ -770,6 +816,7 @@ def verify(
         say(f"verify: {name} tier 1 (marginals)")
         _derived_identities(t0, df, bundle.manifest.source(name).derive)
         t1 = tier1(df, release, plan, moved)
+        weighted_tier1(t1, df, release, moved if _weight_read(bundle, name) else set())
         percentiles = t1.pop("synthetic_percentiles")
         say(f"verify: {name} tier 2 (correlations)")
         X = synthetic_dim_matrix(df, release, order="F")

@@ -275,6 +275,34 @@ def integer_storage(df: pd.DataFrame, release: dict[str, Any]) -> pd.DataFrame:
     return out
 
 
+def recalibrate_weights(df: pd.DataFrame, b: Bundle, source: str) -> pd.DataFrame:
+    """After pinning (which may move categorical outcomes and swap regressors), the survey
+    weights calibrated again, unless a checkpoint reads them: its pinned coefficients would
+    move (docs/method.md, "Survey weights")."""
+    from replisynth.stats.weights import calibrate_frame, checkpoints_reading
+
+    release = untyped(b.releases[source])
+    weights = release.get("weights")
+    if not weights:
+        return df
+    readers = checkpoints_reading(list(b.checkpoints), source, weights["column"])
+    if readers:
+        log.info(
+            "survey weight %s read by checkpoint(s) %s: kept as calibrated before pinning",
+            weights["column"],
+            ", ".join(readers),
+        )
+        return df
+    out, cal = calibrate_frame(df, release)
+    if cal is not None:
+        log.info(
+            "survey weight %s calibrated after pinning: largest weighted share gap %.3g",
+            weights["column"],
+            cal.max_gap,
+        )
+    return out
+
+
 def stage_pin(
     bundle_dir: str | Path,
     source: str,
@@ -323,6 +351,7 @@ def stage_pin(
         releases=untyped(b.releases),
     )
     out = _recompute_derived(frames[source], derive, _released_outcomes(b, source), "after pinning")
+    out = recalibrate_weights(out, b, source)
     out = integer_storage(out, untyped(b.releases[source]))
     meta = _file_meta(untyped(b.releases[source]))
     for r in results:
