@@ -171,10 +171,8 @@ def infer_column(
     elif lt == "date":
         role = "continuous"
     else:
-        n_distinct = (
-            s.nunique(dropna=True) if integer else 0
-        )  # counted only where it decides (costly on long float columns)
-        role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
+        n_distinct = few_values(s, MAX_ORDINAL_LEVELS)
+        role = "categorical" if n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
         if (
             role == "categorical"
             and min_cell
@@ -197,6 +195,19 @@ def infer_column(
             labelled = bool(meta.value_labels.get(name))
             ordered = not (labelled and s.nunique(dropna=True) > 2)
     return ColumnSpec(role=role, integer=bool(integer), ordered=ordered, **base)
+
+
+def few_values(s: pd.Series, limit: int, head: int = 4096) -> int:
+    """Distinct non-missing values of a numeric column, or limit + 1 as soon as it has more:
+    a column of few values, whole or not (age in 5-year bands at their midpoints, a coded
+    log coinsurance rate), is released as a frequency table; a percentile grid would place
+    synthetic values between them. The first `head` rows settle most long columns."""
+    v = s.to_numpy(dtype="float64", na_value=np.nan)
+    for part in (v[:head], v):
+        u = np.unique(part[~np.isnan(part)])
+        if len(u) > limit:
+            return limit + 1
+    return len(u)
 
 
 def spread_losses(s: pd.Series, min_cell: int, trim: float) -> tuple[float, float]:
