@@ -148,3 +148,53 @@ def test_released_schema_passes_exactly_when_pandera_finds_nothing() -> None:
     # outcomes exempt from the value checks
     exempt = pandera_schema(specs, {"c": ["a", "b"]}, exempt=("fi",))
     assert exempt.passes(broken["non-integer"](clean))
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric columns of few values, whole or not, are frequency tables
+
+
+def _banded(rng: np.random.Generator, k: int, n: int, name: str) -> pd.Series:
+    """n values on k non-integer points (midpoints of bands, coded rates), each held by at
+    least 60 rows."""
+    points = np.round(np.sort(rng.choice(np.arange(1, 400), size=k, replace=False)) / 7.0 + 0.5, 4)
+    points = points[points != np.round(points)] if k > 2 else points + 0.25
+    counts = 60 + rng.multinomial(n - 60 * len(points), np.full(len(points), 1 / len(points)))
+    return pd.Series(rng.permutation(np.repeat(points, counts)), name=name)
+
+
+def test_few_non_integer_values_are_categorical() -> None:
+    src = _source()
+    for seed, k, n in [(1, 3, 700), (2, 7, 1500), (3, 12, 2400), (4, 19, 3000)]:
+        s = _banded(np.random.default_rng(seed), k, n, f"band{seed}")
+        assert s.nunique() <= 20 and not np.all(s == np.round(s))
+        spec = infer_column(s, src, _meta(), min_cell=50)
+        assert spec.role == "categorical" and spec.ordered and not spec.integer
+    # more distinct values than a frequency table takes: continuous, as before
+    many = pd.Series(np.random.default_rng(5).normal(size=900).round(1), name="score")
+    assert many.nunique() > 20
+    assert infer_column(many, src, _meta(), min_cell=50).role == "continuous"
+    # the manifest's continuous list wins
+    forced = load_manifest(manifest_for("people.csv", continuous=["band1"])).sources[0]
+    s = _banded(np.random.default_rng(1), 3, 700, "band1")
+    assert infer_column(s, forced, _meta(), min_cell=50).role == "continuous"
+
+
+def test_synthetic_values_of_a_banded_column_stay_on_its_points(tmp_path: Path) -> None:
+    from replisynth.synthesize.synthesize import synthesize_source
+
+    for seed, k, n in [(11, 6, 1200), (12, 9, 2000)]:
+        rng = np.random.default_rng(seed)
+        age = _banded(rng, k, n, "ageband")
+        df = pd.DataFrame(
+            {"pid": np.arange(n), "ageband": age, "y": age.to_numpy() + rng.normal(size=n)}
+        )
+        (tmp_path / str(seed)).mkdir()
+        release, data, _ = release_of(df, tmp_path / str(seed))
+        syn = synthesize_source(release, seed=seed)
+        points = set(data["ageband"].round(6))
+        assert set(syn["ageband"].round(6)) <= points  # nothing between the bands
+        # each point's share is the original's (released counts)
+        want = data["ageband"].value_counts().sort_index()
+        got = syn["ageband"].value_counts().reindex(want.index, fill_value=0)
+        assert np.abs(got.to_numpy() - want.to_numpy()).max() <= 1

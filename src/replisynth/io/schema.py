@@ -139,14 +139,12 @@ def _numeric_role(
     trim: float,
     spread: dict[str, tuple[int, float, float]] | None,
 ) -> str:
-    """The documented rule for a numeric column no override names: categorical when whole
-    with at most MAX_ORDINAL_LEVELS values, unless cell suppression would rob it of its spread
+    """The documented rule for a numeric column no override names: categorical with at most
+    MAX_ORDINAL_LEVELS distinct values, whole or not, unless cell suppression would rob it of its spread
     (`spread_losses`, recorded in `spread`; see `infer_column`)."""
     name = str(s.name)
-    n_distinct = (
-        s.nunique(dropna=True) if integer else 0
-    )  # counted only where it decides (costly on long float columns)
-    role = "categorical" if integer and n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
+    n_distinct = few_values(s, MAX_ORDINAL_LEVELS)
+    role = "categorical" if n_distinct <= MAX_ORDINAL_LEVELS else "continuous"
     if (
         role == "categorical"
         and min_cell
@@ -233,6 +231,19 @@ def infer_column(
         role = _numeric_role(s, meta, integer, min_cell, keep_categorical, trim, spread)
     ordered = _is_ordered(s, lt, meta) if role == "categorical" else False
     return ColumnSpec(role=role, integer=bool(integer), ordered=ordered, **base)
+
+
+def few_values(s: pd.Series, limit: int, head: int = 4096) -> int:
+    """Distinct non-missing values of a numeric column, or limit + 1 as soon as it has more:
+    a column of few values, whole or not (age in 5-year bands at their midpoints, a coded
+    log coinsurance rate), is released as a frequency table; a percentile grid would place
+    synthetic values between them. The first `head` rows settle most long columns."""
+    v = s.to_numpy(dtype="float64", na_value=np.nan)
+    for part in (v[:head], v):
+        u = np.unique(part[~np.isnan(part)])
+        if len(u) > limit:
+            return limit + 1
+    return len(u)
 
 
 def spread_losses(s: pd.Series, min_cell: int, trim: float) -> tuple[float, float]:
