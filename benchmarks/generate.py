@@ -8,7 +8,7 @@ B(0.55); tenure integer; sector (12 nominal); 5 extra continuous x1..x5 correlat
 income. Strata: female x county_type. Checkpoints: 5 OLS (log income equations, hours,
 tenure) with HC1, weights, a factor, an interaction and a subset. `--nested` adds three
 short specifications beside long ones on the same outcome (x1, hours, tenure), which the
-cross-moment alignment (`xmom.align_moments`) always has to work on.
+cross-moment alignment (`design_moments.align_moments`) always has to work on.
 
   python benchmarks/generate.py ROWS OUTDIR [--nested]   -> OUTDIR/register.parquet, OUTDIR/manifest.yaml
 """

@@ -24,8 +24,8 @@ from replisynth.config.manifest import checkpoint_from_release
 from replisynth.core.errors import CheckpointError
 from replisynth.core.seeds import rng
 from replisynth.fit.estimators import fit_checkpoint
+from replisynth.pin.design_moments import align_moments
 from replisynth.pin.pin import pin_checkpoints
-from replisynth.pin.xmom import align_moments
 from replisynth.stats.design import build_design
 from replisynth.workflow.pipeline import bundle_of
 

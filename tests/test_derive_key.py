@@ -1,7 +1,7 @@
 """Derived columns (`sources.<name>.derive`): identities hold in every synthetic row after the
 whole pipeline (CLI `run`), also where the derived column is a checkpoint outcome or regressor;
 bad keys give one line naming the key; exact relations are detected at extract and advised by
-name, never with a threshold's value. (tests/test_derive.py is about categorical codings.)"""
+name, never with a threshold's value. (tests/test_codings.py is about categorical codings.)"""
 
 from __future__ import annotations
 

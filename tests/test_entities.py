@@ -15,7 +15,7 @@ from conftest import extract_and_synthesize_twice
 from replisynth.config.manifest import load_manifest
 from replisynth.core.seeds import rng
 from replisynth.io.files import read_json
-from replisynth.stats.dims import synthetic_dim_matrix
+from replisynth.stats.copula_dims import synthetic_dim_matrix
 from replisynth.synthesize.entities import (
     assign_periods,
     between_within,

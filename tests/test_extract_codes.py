@@ -1,5 +1,5 @@
 """Extraction from codes computed once per column (replisynth.extract.extract.column_codes): the same
-level orders, dim matrix and pooled values as the per-row paths of replisynth.stats.dims, and a
+level orders, dim matrix and pooled values as the per-row paths of replisynth.stats.copula_dims, and a
 release that does not depend on the thread count."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from replisynth.extract.extract import (
 )
 from replisynth.io.files import dumps_json, read_source
 from replisynth.io.schema import ColumnSpec
-from replisynth.stats.derive import coded_dependencies, functional_dependencies
-from replisynth.stats.dims import category_values, copula_dims, dim_matrix, ordered_codes
+from replisynth.stats.codings import coded_dependencies, functional_dependencies
+from replisynth.stats.copula_dims import category_values, copula_dims, dim_matrix, ordered_codes
 from replisynth.stats.marginals import FrequencyTable, frequency_table, level_order
 
 

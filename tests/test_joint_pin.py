@@ -18,8 +18,8 @@ import replisynth.pin.pin as pin
 from replisynth.config.manifest import Checkpoint, checkpoint_from_release, load_manifest
 from replisynth.core.seeds import rng
 from replisynth.disclosure.bundle import load_bundle
+from replisynth.pin.design_moments import align_moments
 from replisynth.pin.pin import checkpoint_gaps, pin_checkpoints
-from replisynth.pin.xmom import align_moments
 from replisynth.stats.design import build_design
 from replisynth.verify.verify import SE_BOUND, verify
 from replisynth.workflow.cli import cmd_extract

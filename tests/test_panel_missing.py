@@ -13,7 +13,7 @@ import pandas as pd
 
 from replisynth.config.manifest import load_manifest
 from replisynth.io.files import read_json
-from replisynth.stats.dims import synthetic_dim_matrix
+from replisynth.stats.copula_dims import synthetic_dim_matrix
 from replisynth.workflow.cli import cmd_extract, cmd_synthesize
 
 

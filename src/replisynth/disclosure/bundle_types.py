@@ -261,7 +261,7 @@ class GroupRelease(TypedDict):
     size_windows: NotRequired[list[SizeWindow]]
 
 
-# A deterministic coding of column `from` (stats/derive.py): `map` holds [from value, value]
+# A deterministic coding of column `from` (stats/codings.py): `map` holds [from value, value]
 # pairs. Functional form: "from" is a keyword.
 DerivedColumn = TypedDict(
     "DerivedColumn", {"from": NotRequired[str], "map": NotRequired[list[list[Scalar]]]}

@@ -36,13 +36,13 @@ from replisynth.io.schema import (
     pandera_schema,
     validation_summary,
 )
-from replisynth.stats.correlations import spearman_matrix
-from replisynth.stats.derive import coded_dependencies
-from replisynth.stats.dims import (
+from replisynth.stats.codings import coded_dependencies
+from replisynth.stats.copula_dims import (
     copula_dims,
     numeric_values,
     synthetic_dim_matrix,
 )
+from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.marginals import (
     EXACT_SHARE,
     FrequencyTable,

@@ -24,7 +24,7 @@ from replisynth.fit.linear_models import (
     residual,
 )
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
-from replisynth.pin.shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
+from replisynth.pin.se_shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 from replisynth.pin.support import (
     INTEGER_TOL,
     Support,
@@ -358,7 +358,7 @@ def pin_checkpoints(
     Where the residual can move on its own rows (a pinned group whose outcome is not in a
     subset and whose samples are disjoint), it is scaled to the released residual variance
     and, with `shape_ses` (HC/cluster vcov of ols, fe, iv), shaped to every released SE
-    (`_shape_residuals`; `weight_bounds` defaults to `shape.WEIGHT_BOUNDS`). `progress` is
+    (`_shape_residuals`; `weight_bounds` defaults to `se_shape.WEIGHT_BOUNDS`). `progress` is
     told each group as it starts.
 
     With `releases` (source -> its release), a pinned linear outcome is then brought inside
@@ -797,8 +797,8 @@ def _shape_residuals(
     a robust (HC0-HC3) or clustered vcov: every released SE is a sandwich linear in
     per-unit weights on the squared residual (`shape.sandwich_contributions`), so the
     residual is multiplied by sqrt(w) per observation (HC) or per cluster, w exponentially
-    tilted to the released SEs and the released residual variance (`shape.tilt_toward`, w in
-    `shape.WEIGHT_BOUNDS` cumulatively), then the pin step projects the shaped residual off
+    tilted to the released SEs and the released residual variance (`se_shape.tilt_toward`, w in
+    `se_shape.WEIGHT_BOUNDS` cumulatively), then the pin step projects the shaped residual off
     the design again (beta stays exact) and the refit measures the SEs; the ratio of the
     refit's SE to the sandwich sum calibrates each term's small-sample constant for the next
     round. The best round is kept (never worse than before); if the residual-variance target

@@ -13,8 +13,8 @@ import pandas as pd
 from scipy import special
 
 from replisynth.stats.copula import ordered_values
+from replisynth.stats.copula_dims import synthetic_dim_matrix
 from replisynth.stats.correlations import _Ranker, nearest_correlation
-from replisynth.stats.dims import synthetic_dim_matrix
 from replisynth.stats.marginals import (
     apportion,
     exact_quantile_sample,

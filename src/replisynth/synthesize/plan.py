@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from replisynth.io.schema import ColumnSpec, expected_missing
-from replisynth.stats.derive import derived_counts
+from replisynth.stats.codings import derived_counts
 from replisynth.stats.marginals import (
     FrequencyTable,
     apportion,

@@ -14,6 +14,7 @@ import pandas as pd
 from replisynth.core.parallel import thread_map
 from replisynth.core.seeds import rng as make_rng
 from replisynth.io.schema import EPOCH, ColumnSpec, date_period, period_start
+from replisynth.stats.codings import apply_derived
 from replisynth.stats.copula import (
     correlated_normals,
     fill_by_rank,
@@ -21,9 +22,8 @@ from replisynth.stats.copula import (
     ordered_values,
     rank_order,
 )
+from replisynth.stats.copula_dims import synthetic_dim_matrix
 from replisynth.stats.correlations import Margin, latent_matrix, nearest_correlation, tie_atoms
-from replisynth.stats.derive import apply_derived
-from replisynth.stats.dims import synthetic_dim_matrix
 from replisynth.stats.marginals import apportion, exact_quantile_sample, released_group_sizes
 from replisynth.stats.weights import calibrate_frame
 from replisynth.synthesize.entities import (

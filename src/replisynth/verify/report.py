@@ -15,7 +15,7 @@ import pandas as pd
 
 import replisynth.verify.svg as svg
 from replisynth.io.schema import EPOCH
-from replisynth.stats.dims import dim_label, norm_key
+from replisynth.stats.copula_dims import dim_label, norm_key
 from replisynth.verify.report_notes import certifies_html, disclosure_section
 from replisynth.verify.utility import utility_sentence
 
@@ -617,10 +617,10 @@ def correlation_difference(
             dtype="float64",
         )
     else:
+        from replisynth.stats.copula_dims import synthetic_dim_matrix
         from replisynth.stats.correlations import (
             spearman_matrix,  # imported here: scipy, for this fallback only
         )
-        from replisynth.stats.dims import synthetic_dim_matrix
 
         S = spearman_matrix(synthetic_dim_matrix(df, release)[:, keep])
     T = np.asarray(

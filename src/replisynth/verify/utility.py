@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.dims import norm_key
+from replisynth.stats.copula_dims import norm_key
 
 SUPPORT_BREACH = 0.005  # a share of rows above this outside the released support is a breach
 KS_FLAG = 0.10  # a KS distance to the released marginal above this is reported

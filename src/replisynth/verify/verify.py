@@ -21,9 +21,9 @@ from replisynth.disclosure.bundle import Bundle
 from replisynth.disclosure.bundle_types import SourceRelease, untyped
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
+from replisynth.stats.copula_dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.design import build_design, drop_unreleased_constants, released_terms
-from replisynth.stats.dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.marginals import GRID, grid_cdf_sorted, quantile_grid
 from replisynth.stats.weights import (
     SHARE_TOLERANCE,

@@ -312,8 +312,8 @@ def stage_pin(
 ) -> None:
     """Outside side: Layer 4 for one source; writes the parquet file (and the csv when
     `outputs` names one)."""
+    from replisynth.pin.design_moments import align_moments
     from replisynth.pin.pin import pin_checkpoints
-    from replisynth.pin.xmom import align_moments
 
     b = load_bundle(bundle_dir)
     df = pd.read_parquet(unpinned)

@@ -30,7 +30,7 @@ from replisynth.extract.extract import (
 from replisynth.extract.orderings import gate_orderings
 from replisynth.io.files import atomic_path, read_json, synthetic_label, write_json, write_parquet
 from replisynth.io.schema import ColumnSpec
-from replisynth.stats.dims import category_values, dim_matrix
+from replisynth.stats.copula_dims import category_values, dim_matrix
 from replisynth.stats.marginals import FrequencyTable, level_order
 from replisynth.workflow.progress import progress
 

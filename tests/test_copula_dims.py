@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import replisynth.stats.dims as D
+import replisynth.stats.copula_dims as D
 
 
 def _release(levels: dict[str, list[Any]], ordered: dict[str, bool]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Inference fidelity: residual shaping to the released standard errors (pin/shape.py, and
+"""Inference fidelity: residual shaping to the released standard errors (pin/se_shape.py, and
 pin._shape_residuals through pin_checkpoints). The tilting solver on its own; the sandwich
 contributions against statsmodels; then ols (HC1, HC3, weighted HC2), fe clustered and iv HC1
 on data whose plain synthetic residual misses the released SEs by more than 25%, checked
@@ -15,7 +15,13 @@ from conftest import capture_released, manifest_for
 
 from replisynth.config.manifest import Checkpoint, load_manifest
 from replisynth.pin.pin import pin_checkpoints
-from replisynth.pin.shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt, tilt_toward
+from replisynth.pin.se_shape import (
+    WEIGHT_BOUNDS,
+    leverage,
+    sandwich_contributions,
+    tilt,
+    tilt_toward,
+)
 
 MANIFEST = load_manifest(manifest_for("people.csv"))
 PIN_TOL = 1e-8  # |beta_synthetic - beta_target| / SE_target after shaping

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.dims import norm_key
+from replisynth.stats.copula_dims import norm_key
 from replisynth.stats.marginals import FrequencyTable, level_positions
 
 

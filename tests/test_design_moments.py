@@ -16,8 +16,8 @@ from replisynth.config.manifest import Checkpoint, load_manifest
 from replisynth.core.seeds import rng
 from replisynth.disclosure.bundle import load_bundle
 from replisynth.extract.checkpoints import capture_checkpoint, design_moments
+from replisynth.pin.design_moments import align_moments
 from replisynth.pin.pin import pin_checkpoints
-from replisynth.pin.xmom import align_moments
 from replisynth.stats.design import build_design
 from replisynth.verify.verify import verify
 from replisynth.workflow.cli import cmd_extract
@@ -288,7 +288,7 @@ def test_alignment_keeps_every_stratum_and_missing_position(tmp_path: Path) -> N
 def test_partial_error_change_equals_the_full_error_change() -> None:
     """A swap batch that touches only the columns tc changes `_Target.error` by exactly the
     change of `part_error` on the rows tc, and `_expand` rebuilds the full S1/S2 changes."""
-    from replisynth.pin.xmom import _expand, _Target
+    from replisynth.pin.design_moments import _expand, _Target
 
     rng_ = np.random.default_rng(1)
     n, k, K = 500, 6, 7
@@ -429,7 +429,7 @@ def test_iv_alignment_restores_the_first_stage_and_the_ses(iv_run: dict[str, Any
     """From independent shuffles, the alignment brings the first-stage correlation back (within
     0.02) and the pinned IV's SEs to the released ones (ratio within [0.9, 1.1]); without the
     alignment the instrument is irrelevant on the synthetic data and the SEs blow up."""
-    from replisynth.pin.xmom import _target
+    from replisynth.pin.design_moments import _target
 
     b, syn, orig = iv_run["bundle"], iv_run["shuffled"], iv_run["original"]
     (c,) = b.checkpoints
@@ -515,7 +515,7 @@ def test_rare_indicator_instrument_is_left_out_of_the_moments(tmp_path: Path) ->
 def test_iv_log_se_factors_match_a_direct_2sls_computation() -> None:
     """½ log diag[(R_xz R_zz⁻¹ R_zx)⁻¹] from the union correlations equals the log of the 2SLS
     slope SEs × sd_j √n / σ computed from the data (intercept in both X and Z)."""
-    from replisynth.pin.xmom import _iv_log_se_factors
+    from replisynth.pin.design_moments import _iv_log_se_factors
 
     d = make_iv(2000, seed=9)
     n = len(d)
@@ -538,7 +538,7 @@ def test_iv_log_se_factors_match_a_direct_2sls_computation() -> None:
 def test_iv_log_se_factors_of_a_singular_first_stage_are_finite() -> None:
     """A candidate arrangement with no first stage left (instrument collinear with a control)
     scores as a large finite gap, not NaN or an exception, inside a batch of good ones."""
-    from replisynth.pin.xmom import _iv_log_se_factors
+    from replisynth.pin.design_moments import _iv_log_se_factors
 
     good = np.asarray([[1.0, 0.3, 0.2], [0.3, 1.0, 0.5], [0.2, 0.5, 1.0]])  # w, x, z
     bad = good.copy()
@@ -551,10 +551,10 @@ def test_iv_log_se_factors_of_a_singular_first_stage_are_finite() -> None:
 
 
 def test_alignment_views_equal_refine_views() -> None:
-    """`xmom._views` (one ranker per column, per-view ranks by counting, scores only for dims
+    """`design_moments._views` (one ranker per column, per-view ranks by counting, scores only for dims
     in a masked pair) holds exactly what `refine._view` holds on every masked pair: the same
     scores of the dims it scores, and the same running sums, targets and masks."""
-    from replisynth.pin.xmom import _views
+    from replisynth.pin.design_moments import _views
     from replisynth.synthesize.refine import _view
 
     rng_ = np.random.default_rng(3)
@@ -599,11 +599,11 @@ def test_alignment_views_equal_refine_views() -> None:
 
 
 def test_dim_columns_equal_the_synthetic_dim_matrix(nested_run: dict[str, Any]) -> None:
-    """`xmom._dim_columns` codes each distinct value once and spreads it back: the same floats
+    """`design_moments._dim_columns` codes each distinct value once and spreads it back: the same floats
     as `dims.synthetic_dim_matrix` on every dim it is asked for (missing values included), 0
     on the others."""
-    from replisynth.pin.xmom import _dim_columns
-    from replisynth.stats.dims import synthetic_dim_matrix
+    from replisynth.pin.design_moments import _dim_columns
+    from replisynth.stats.copula_dims import synthetic_dim_matrix
 
     release = nested_run["bundle"].releases["d"]
     df = nested_run["unpinned"].copy()

@@ -23,6 +23,7 @@ from replisynth.config.formula_grammar import (
 )
 from replisynth.config.manifest import checkpoint_from_release, formula_variables
 from replisynth.disclosure.bundle_types import CheckpointRecord, SourceRelease, untyped
+from replisynth.stats.copula_dims import norm_key, synthetic_dim_matrix
 from replisynth.stats.correlations import _Ranker
 from replisynth.stats.design import (
     _iv_matrices,
@@ -30,7 +31,6 @@ from replisynth.stats.design import (
     estimation_sample,
     split_iv_formula,
 )
-from replisynth.stats.dims import norm_key, synthetic_dim_matrix
 from replisynth.synthesize.entities import entity_frozen
 from replisynth.synthesize.refine import (
     _block,
