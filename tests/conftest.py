@@ -109,6 +109,43 @@ def people() -> pd.DataFrame:
     return make_people()
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo (config/config.yaml on data/card.dta, standard profile) through `replisynth
+    run` once per session, shared by the tests that read its outputs (mark them
+    `xdist_group("demo")` so that parallel runs keep them on one worker): the exit code, the
+    manifest dict and the run's folder (bundle/, synthetic/, verify/)."""
+    import yaml
+
+    from replisynth.workflow.cli import main
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["sources"]["card"]["path"] = str(REPO / "data" / "card.dta")
+    work = tmp_path_factory.mktemp("demo")
+    (work / "m.yaml").write_text(yaml.safe_dump(raw))
+    rc = main(["run", str(work / "m.yaml"), "--results", str(work / "res"), "--quiet"])
+    return {"rc": rc, "raw": raw, "root": work / "res" / raw["name"]}
+
+
+@pytest.fixture(scope="session")
+def demo_dry_run() -> str:
+    """`snakemake -n --cores 1 --forceall` on the demo from the repository, once per session:
+    its output (stdout and stderr); the exit code is asserted here."""
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("snakemake"))
+    r = subprocess.run(
+        [exe, "-n", "--cores", "1", "--forceall"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
 def capture_released(df: pd.DataFrame, manifest: Any, *cps: Any) -> list[dict[str, Any]]:
     """Capture each checkpoint on `df` under `manifest`, asserting it passes the SDC gates."""
     from replisynth.extract.checkpoints import capture_checkpoint

@@ -228,34 +228,46 @@ def test_sensitive_columns_get_dominance_ruled_pseudo_percentiles(tmp_path):
         check_columns(m, "people", list(df.columns))
 
 
-@pytest.mark.workflow
-# standard: the fast tier's end-to-end demo; the other profiles in the slow tier
-@pytest.mark.parametrize(
-    "profile",
-    ["standard", *(pytest.param(p, marks=pytest.mark.slow) for p in ("iab", "fsrdc", "strict"))],
-)
-def test_every_profile_runs_the_demo_end_to_end(tmp_path, profile):
-    """Standard and iab meet tier 4 on the demo; fsrdc meets it on rounded targets and the
-    certificate states the rounding cost; strict runs end to end and reports honestly."""
+def _demo_with_profile(tmp_path, request, profile: str):
+    """The demo under `profile` through `replisynth run`: (exit code, the run's folder)."""
     import yaml
     from conftest import REPO
 
     from replisynth.workflow.cli import main
 
+    if profile == "standard":
+        demo = request.getfixturevalue("demo_run")
+        assert demo["raw"]["sdc"]["profile"] == "standard"
+        return demo["rc"], demo["root"]
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["sources"]["card"]["path"] = str(REPO / "data" / "card.dta")
     raw["sdc"] = {"profile": profile}
     raw["name"] = f"card_{profile}"
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
     rc = main(["run", str(tmp_path / "m.yaml"), "--results", str(tmp_path / "res"), "--quiet"])
-    v = tmp_path / "res" / f"card_{profile}" / "verify"
+    return rc, tmp_path / "res" / raw["name"]
+
+
+@pytest.mark.workflow
+# standard: the fast tier's end-to-end demo; the other profiles in the slow tier
+@pytest.mark.parametrize(
+    "profile",
+    [
+        pytest.param("standard", marks=pytest.mark.xdist_group("demo")),
+        *(pytest.param(p, marks=pytest.mark.slow) for p in ("iab", "fsrdc", "strict")),
+    ],
+)
+def test_every_profile_runs_the_demo_end_to_end(tmp_path, request, profile):
+    """Standard and iab meet tier 4 on the demo; fsrdc meets it on rounded targets and the
+    certificate states the rounding cost; strict runs end to end and reports honestly.
+    Standard is the demo's own profile: its run is the session's (conftest.demo_run)."""
+    rc, root = _demo_with_profile(tmp_path, request, profile)
+    v = root / "verify"
     from replisynth.io.files import read_json
 
     tiers = read_json(v / "tiers.json")
     assert (v / "report.html").exists() and (v / "certificate.txt").exists()
-    settings = read_json(tmp_path / "res" / f"card_{profile}" / "bundle" / "sdc_log.json")[
-        "settings"
-    ]
+    settings = read_json(root / "bundle" / "sdc_log.json")["settings"]
     assert settings["profile"] == profile
     assert (
         f"<td>{profile}</td>" in (v / "report.html").read_text()

@@ -45,10 +45,9 @@ def test_lint_is_clean():
     assert "Congratulations" in r.stdout + r.stderr
 
 
-def test_dry_run_demo_has_every_stage():
-    r = _smk(REPO, "-n", "--cores", "1", "--forceall")
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
+@pytest.mark.xdist_group("dry_run")
+def test_dry_run_demo_has_every_stage(demo_dry_run):
+    out = demo_dry_run
     for rule in [
         "extract_source",
         "extract_checkpoints",
