@@ -305,7 +305,6 @@ def _smk(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.xdist_group("dry_run")
 def test_snakemake_audit_target_dry_run(demo_dry_run: str) -> None:
     r = _smk("-n", "--cores", "1", "--forceall", "audit")
     out = r.stdout + r.stderr

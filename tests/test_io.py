@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from conftest import REPO, make_people, manifest_for, run_pipeline
 
 from replisynth.io.files import (
@@ -165,7 +164,6 @@ def demo(demo_run: dict) -> dict:
     return demo_run
 
 
-@pytest.mark.xdist_group("demo")
 def test_demo_end_to_end_dta_keeps_schema_labels_and_storage(demo: dict) -> None:
     root = demo["root"]
     release = read_json(root / "bundle" / "source_card.json")
@@ -221,7 +219,6 @@ def test_demo_end_to_end_dta_keeps_schema_labels_and_storage(demo: dict) -> None
         )
 
 
-@pytest.mark.xdist_group("demo")
 def test_demo_meets_tier_4(demo: dict) -> None:
     tiers = read_json(demo["root"] / "verify" / "tiers.json")
     assert tiers["tier_met"] == 4
@@ -229,7 +226,6 @@ def test_demo_meets_tier_4(demo: dict) -> None:
     assert tiers["sources"]["card"]["schema"]["passed"] is True
 
 
-@pytest.mark.xdist_group("demo")
 def test_demo_parquet_carries_labels(demo: dict) -> None:
     root = demo["root"]
     _, pm = read_source(root / "synthetic" / "card.parquet")

@@ -253,7 +253,7 @@ def _demo_with_profile(tmp_path, request, profile: str):
 @pytest.mark.parametrize(
     "profile",
     [
-        pytest.param("standard", marks=pytest.mark.xdist_group("demo")),
+        "standard",
         *(pytest.param(p, marks=pytest.mark.slow) for p in ("iab", "fsrdc", "strict")),
     ],
 )

@@ -64,9 +64,7 @@ def test_scattered_extraction_and_sampling_are_byte_identical(one_job, shards):
     assert sorted(p["id"] for part in parts for p in part) == sorted(
         c["id"] for c in full["strata"]["cells"]
     )
-    release, sdc = gather_release(
-        base, json.loads(one_job["base_log"]), parts, m.sdc.min_cell_size
-    )
+    release, sdc = gather_release(base, json.loads(one_job["base_log"]), parts, m.sdc.min_cell_size)
     assert dumps_json(release) == one_job["full"]
     assert dumps_json(sdc) == one_job["full_log"]
 

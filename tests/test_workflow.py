@@ -45,7 +45,6 @@ def test_lint_is_clean():
     assert "Congratulations" in r.stdout + r.stderr
 
 
-@pytest.mark.xdist_group("dry_run")
 def test_dry_run_demo_has_every_stage(demo_dry_run):
     out = demo_dry_run
     for rule in [
