@@ -226,6 +226,16 @@ def test_demo_meets_tier_4(demo: dict) -> None:
     assert tiers["sources"]["card"]["schema"]["passed"] is True
 
 
+def test_demo_runs_under_the_standard_profile_with_report_and_certificate(demo: dict) -> None:
+    """The demo's own profile (standard; iab, fsrdc and strict in tests/test_profiles.py, slow
+    tier) end to end: exit 0, the profile in the SDC log and the report, tier 4 certified."""
+    root = demo["root"]
+    assert demo["rc"] == 0 and demo["raw"]["sdc"]["profile"] == "standard"
+    assert read_json(root / "bundle" / "sdc_log.json")["settings"]["profile"] == "standard"
+    assert "Settings: profile standard," in (root / "verify" / "report.html").read_text()
+    assert "met fidelity tier 4" in (root / "verify" / "certificate.txt").read_text()
+
+
 def test_demo_parquet_carries_labels(demo: dict) -> None:
     root = demo["root"]
     _, pm = read_source(root / "synthetic" / "card.parquet")
