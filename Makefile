@@ -22,9 +22,11 @@ rebuild: $(VENV)/.installed
 	@test -f $(BUNDLE)/manifest.json || { echo "make rebuild: no bundle at $(BUNDLE) (run make extract, or pass BUNDLE=DIR)"; exit 2; }
 	$(BIN)/snakemake --cores $(CORES) --config bundle=$(BUNDLE)
 
-# Fast tier: unit tests and a small end-to-end demo (not the tests marked slow or slurm).
+# Fast tier: unit tests and a small end-to-end demo (not the tests marked slow or slurm), one
+# pytest-xdist worker per logical core (TEST_WORKERS=0: one process); a test file stays on one worker.
+TEST_WORKERS ?= logical
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The end-to-end suites marked slow (workflow variants, resume, profiles, panels).
 test-slow: $(VENV)/.installed

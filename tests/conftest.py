@@ -3,6 +3,12 @@ one-call pipeline runner on a temporary directory."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +113,65 @@ def release_of(
 @pytest.fixture
 def people() -> pd.DataFrame:
     return make_people()
+
+
+def once_per_run(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]
+) -> Any:
+    """`build(folder)` once per test run, its JSON-able result shared: by every test of this
+    process (call it from a session fixture) and by every pytest-xdist worker (the first to
+    take the lock builds in the workers' common base folder, the others wait and read)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # popen-gwN's parent: the same folder for every worker
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build(folder)))
+    return json.loads(done.read_text())
+
+
+def _run_demo(work: Path) -> dict[str, Any]:
+    import yaml
+
+    from replisynth.workflow.cli import main
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["sources"]["card"]["path"] = str(REPO / "data" / "card.dta")
+    (work / "m.yaml").write_text(yaml.safe_dump(raw))
+    rc = main(["run", str(work / "m.yaml"), "--results", str(work / "res"), "--quiet"])
+    return {"rc": rc, "raw": raw, "root": str(work / "res" / raw["name"])}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo (config/config.yaml on data/card.dta, standard profile) through `replisynth
+    run` once per test run, for the tests that read its outputs: the exit code, the manifest
+    dict and the run's folder (bundle/, synthetic/, verify/). Tests must not write into it."""
+    out = once_per_run(tmp_path_factory, "demo", _run_demo)
+    return {**out, "root": Path(out["root"])}
+
+
+def _dry_run_demo(_: Path) -> str:
+    exe = str(Path(sys.executable).with_name("snakemake"))
+    r = subprocess.run(
+        [exe, "-n", "--cores", "1", "--forceall"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="session")
+def demo_dry_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`snakemake -n --cores 1 --forceall` on the demo from the repository, once per test run:
+    its output (stdout and stderr); the exit code is asserted."""
+    return once_per_run(tmp_path_factory, "dry_run", _dry_run_demo)
 
 
 def capture_released(df: pd.DataFrame, manifest: Any, *cps: Any) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from conftest import REPO, make_people, manifest_for, run_pipeline
 
 from replisynth.io.files import (
@@ -159,14 +158,10 @@ def test_dta_export_of_integer_outcome_matches_parquet(tmp_path: Path) -> None:
 # the demo, end to end
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    raw["sources"]["card"]["path"] = str(REPO / "data" / "card.dta")
-    out = tmp_path_factory.mktemp("demo")
-    tiers = run_pipeline(raw, out)
-    root = out / raw["name"]
-    return {"tiers": tiers, "root": root, "raw": raw}
+@pytest.fixture
+def demo(demo_run: dict) -> dict:
+    """The session's demo run (conftest.demo_run): one `replisynth run` for every test here."""
+    return demo_run
 
 
 def test_demo_end_to_end_dta_keeps_schema_labels_and_storage(demo: dict) -> None:
@@ -227,9 +222,18 @@ def test_demo_end_to_end_dta_keeps_schema_labels_and_storage(demo: dict) -> None
 def test_demo_meets_tier_4(demo: dict) -> None:
     tiers = read_json(demo["root"] / "verify" / "tiers.json")
     assert tiers["tier_met"] == 4
-    assert tiers["passed"] is True
-    assert tiers == demo["tiers"]
+    assert tiers["passed"] is True and demo["rc"] == 0
     assert tiers["sources"]["card"]["schema"]["passed"] is True
+
+
+def test_demo_runs_under_the_standard_profile_with_report_and_certificate(demo: dict) -> None:
+    """The demo's own profile (standard; iab, fsrdc and strict in tests/test_profiles.py, slow
+    tier) end to end: exit 0, the profile in the SDC log and the report, tier 4 certified."""
+    root = demo["root"]
+    assert demo["rc"] == 0 and demo["raw"]["sdc"]["profile"] == "standard"
+    assert read_json(root / "bundle" / "sdc_log.json")["settings"]["profile"] == "standard"
+    assert "Settings: profile standard," in (root / "verify" / "report.html").read_text()
+    assert "met fidelity tier 4" in (root / "verify" / "certificate.txt").read_text()
 
 
 def test_demo_parquet_carries_labels(demo: dict) -> None:

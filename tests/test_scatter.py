@@ -3,6 +3,7 @@ give the same release, SDC log and synthetic data as the one-job stages, byte fo
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from types import SimpleNamespace
@@ -33,31 +34,46 @@ def _json(x):
     return json.loads(dumps_json(x))  # what a job writes and the next one reads
 
 
+@pytest.fixture(scope="module")
+def one_job(tmp_path_factory):
+    """The one-job stages on the strata data, once for every shard count: the manifest, the
+    data, the full and base releases with their SDC logs, and the one-job synthetic frame."""
+    tmp = tmp_path_factory.mktemp("scatter")
+    m = load_manifest(_strata_data(tmp))
+    data, meta = read_source(tmp / "p.csv")
+    full, full_log = extract_source(data, meta, m, m.source("people"))
+    base, base_log = extract_source(data, meta, m, m.source("people"), strata_blocks=False)
+    return {
+        "m": m,
+        "data": data,
+        "release": full,
+        "full": dumps_json(full),
+        "full_log": dumps_json(full_log.entries),
+        "base": dumps_json(base),
+        "base_log": dumps_json(base_log.entries),
+        "synthetic": synthesize_source(full, m.seed, 1500),
+    }
+
+
 @pytest.mark.parametrize("shards", [1, 2, 3, 20])
-def test_scattered_extraction_and_sampling_are_byte_identical(tmp_path, shards):
-    raw = _strata_data(tmp_path)
-    m = load_manifest(raw)
-    src = m.source("people")
-    data, meta = read_source(tmp_path / "p.csv")
-    full, full_log = extract_source(data, meta, m, src)
+def test_scattered_extraction_and_sampling_are_byte_identical(one_job, shards):
+    m, data = one_job["m"], one_job["data"]
+    full, base = copy.deepcopy(one_job["release"]), json.loads(one_job["base"])
     assert len(full["strata"]["cells"]) >= 5 and full["strata"]["residual_rows"] > 0
-    base, base_log = extract_source(data, meta, m, src, strata_blocks=False)
     assert set(base["blocks"]) == {"all"} and base["strata"]["cells"] == full["strata"]["cells"]
-    parts = [
-        _json(stratum_blocks(data, m, "people", _json(base), k, shards)) for k in range(shards)
-    ]
+    parts = [_json(stratum_blocks(data, m, "people", base, k, shards)) for k in range(shards)]
     assert sorted(p["id"] for part in parts for p in part) == sorted(
         c["id"] for c in full["strata"]["cells"]
     )
-    release, sdc = gather_release(_json(base), _json(base_log.entries), parts, m.sdc.min_cell_size)
-    assert dumps_json(release) == dumps_json(full)
-    assert dumps_json(sdc) == dumps_json(full_log.entries)
+    release, sdc = gather_release(base, json.loads(one_job["base_log"]), parts, m.sdc.min_cell_size)
+    assert dumps_json(release) == one_job["full"]
+    assert dumps_json(sdc) == one_job["full_log"]
 
     blocks: dict = {}
     for k in range(shards):
         blocks.update(sample_blocks(full, m.seed, 1500, k, shards))
     assert len(blocks) == len(full["strata"]["cells"]) + 1  # the strata and the residual
-    a = synthesize_source(full, m.seed, 1500)
+    a = one_job["synthetic"]
     b = synthesize_source(full, m.seed, 1500, blocks=blocks)
     assert a.equals(b) and list(a.dtypes) == list(b.dtypes)
 

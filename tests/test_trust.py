@@ -69,6 +69,7 @@ def _edited(base: dict, edit) -> dict:
     return m
 
 
+@pytest.mark.slow
 @pytest.mark.workflow
 def test_manifest_edits_rerun_what_they_affect(tmp_path):
     work = _checkout(tmp_path / "w", with_data=False)
