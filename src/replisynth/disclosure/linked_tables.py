@@ -469,7 +469,10 @@ def protect_release(
     moved into their `suppressed` counts, and the SDC log entries (counts of cells only)."""
     release, entries = _drop_derived_tables(release)
     blocks = dict(release["blocks"])
+    derived = release.get("derived") or {}
     for lt in linked_tables(release):
+        if lt.column in derived:  # no stratum table listed; its source table: derived_findings
+            continue
         truth = _truth(lt, release, counts)
         tabled = np.asarray(
             [
