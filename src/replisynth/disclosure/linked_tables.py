@@ -11,6 +11,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
+from replisynth.stats.derive import derived_counts
 from replisynth.stats.marginals import level_positions
 
 RESIDUAL = "residual"
@@ -265,6 +266,7 @@ def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[st
                 "rule": f"rank correlation with strata column {release['dims'][i]['column']!r} released: a linear equation over unlisted stratum cells",
             }
         )
+    findings += derived_findings(release, min_cell)
     for lt in linked_tables(release):
         for b, cl, lo, hi in unprotected(lt, min_cell):
             rule = (
@@ -284,6 +286,83 @@ def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[st
                 }
             )
     return findings
+
+
+# ------------------------------------------------------------------ derived columns' tables
+
+
+def bucket_parts(ma: dict[str, Any], mb: dict[str, Any], spec: dict[str, Any]) -> list[int] | None:
+    """Rows of the parent's suppressed bucket in each class of a derived column (its released
+    levels, then its own bucket), as the two published source-level tables and the released
+    map give them: a derived count minus the mapped parent counts. None: not two tables."""
+    if ma["kind"] != "categorical" or mb["kind"] != "categorical":
+        return None
+    ta, tb = ma["table"], mb["table"]
+    known = derived_counts(list(ta["levels"]), list(ta["counts"]), list(tb["levels"]), spec)
+    parts = [int(c) - k for c, k in zip(tb["counts"], known, strict=True)]
+    unmapped = int(sum(ta["counts"])) - sum(known)  # parent levels mapped outside b's levels
+    return [*parts, int(tb["suppressed"]) - unmapped]
+
+
+def split_bucket(parts: list[int] | None, min_cell: int) -> list[int]:
+    """Classes of a derived column whose share of the parent's bucket is known to lie in
+    1..min_cell-1 (or is negative: tables inconsistent with the map)."""
+    return [i for i, x in enumerate(parts or []) if x < 0 or 0 < x < min_cell]
+
+
+def derived_findings(release: dict[str, Any], min_cell: int) -> list[dict[str, Any]]:
+    """Interval-audit findings of derived columns whose source-level table, with its parent's
+    table and the released map, gives rows of the parent's suppressed categories by subtraction."""
+    all_m = release["blocks"]["all"]["marginals"]
+    out = []
+    for col, spec in (release.get("derived") or {}).items():
+        if col not in all_m or spec["from"] not in all_m:
+            continue
+        parts = bucket_parts(all_m[spec["from"]], all_m[col], spec)
+        for i in split_bucket(parts, min_cell):
+            out.append(
+                {
+                    "source": release["source"],
+                    "column": col,
+                    "block": "all",
+                    "level_index": i,
+                    "lo": None,
+                    "hi": None,
+                    "rule": f"derived from {spec['from']!r}: this level minus its mapped parent levels "
+                    f"gives 1..{min_cell - 1} rows of the parent's suppressed categories",
+                }
+            )
+    return out
+
+
+def withhold_bucket_split(
+    marginals: dict[str, dict[str, Any]], derived: dict[str, dict[str, Any]], min_cell: int
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Derived columns whose table would split the parent's suppressed bucket into a share of
+    1..min_cell-1 rows (`split_bucket`): their table is replaced by the one the map gives from
+    the parent's released levels (each level the sum of its parent levels; every row of the
+    parent's bucket in the derived bucket), which tells nothing the parent's table does not.
+    Returns the marginals and the columns changed."""
+    out = dict(marginals)
+    changed = []
+    for col, spec in derived.items():
+        ma, mb = marginals.get(spec["from"]), marginals.get(col)
+        if ma is None or mb is None or not split_bucket(bucket_parts(ma, mb, spec), min_cell):
+            continue
+        ta, tb = ma["table"], mb["table"]
+        known = derived_counts(list(ta["levels"]), list(ta["counts"]), list(tb["levels"]), spec)
+        keep = [i for i, k in enumerate(known) if k > 0]
+        total = int(sum(tb["counts"])) + int(tb["suppressed"])
+        table = {
+            **tb,
+            "levels": [tb["levels"][i] for i in keep],
+            "counts": [int(known[i]) for i in keep],
+            "suppressed": total - int(sum(known)),
+            "suppressed_levels": int(tb.get("suppressed_levels", 0)) + len(known) - len(keep),
+        }
+        out[col] = {**mb, "table": table}
+        changed.append(col)
+    return out, changed
 
 
 # ------------------------------------------------------------------ secondary suppression (secure side)
@@ -390,7 +469,10 @@ def protect_release(
     moved into their `suppressed` counts, and the SDC log entries (counts of cells only)."""
     release, entries = _drop_derived_tables(release)
     blocks = dict(release["blocks"])
+    derived = release.get("derived") or {}
     for lt in linked_tables(release):
+        if lt.column in derived:  # no stratum table listed; its source table: derived_findings
+            continue
         truth = _truth(lt, release, counts)
         tabled = np.asarray(
             [
@@ -660,6 +742,10 @@ __all__ = [
     "block_table",
     "class_codes",
     "class_counts",
+    "bucket_parts",
+    "derived_findings",
+    "split_bucket",
+    "withhold_bucket_split",
     "intervals",
     "linked_tables",
     "n_classes",

@@ -24,6 +24,7 @@ from replisynth.disclosure.linked_tables import (
     n_classes,
     protect_release,
     widen_bucket,
+    withhold_bucket_split,
 )
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
@@ -780,25 +781,25 @@ def extract_source(
             and s.name not in source.strata
         ],
     )
-    dims = copula_dims(
-        specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata
-    )
-    tables = {
-        c: FrequencyTable.from_dict(m["table"])
-        for c, m in marginals.items()
-        if m["kind"] == "categorical"
-    }
+    tables = _tables(marginals)
     # Each categorical column factorized once; its level order, dims, released levels and
     # pooled values all come from these codes.
     coded = {c: column_codes(work[c]) for c in tables}
     all_levels = {c: coded_level_order(work[c], spec_by[c], coded[c][1]) for c in tables}
-    X = coded_dim_matrix(work, spec_by, dims, tables, all_levels, coded)
     derived = coded_dependencies(
         {c: v for c, v in coded.items() if c not in source.strata},
         tables,
         all_levels,
         [s.name for s in specs],
     )
+    marginals, split = withhold_bucket_split(marginals, derived, sdc.min_cell_size)
+    if split:
+        tables = _tables(marginals)
+        _log_bucket_split(log, source.name, split, derived, sdc.min_cell_size)
+    dims = copula_dims(
+        specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata
+    )
+    X = coded_dim_matrix(work, spec_by, dims, tables, all_levels, coded)
     for b, d in derived.items():
         log.add(
             "derived",
@@ -845,7 +846,7 @@ def extract_source(
 
     done = thread_map(piece, [None, *keys])
     gate = done[0][0]
-    S_all = gate.matrix
+    S_all = _blank_columns(gate.matrix, dims, split)
     n_ident = identity_pairs(S_all)
     if n_ident:
         log.add(
@@ -930,6 +931,43 @@ def extract_source(
     log.extend(gate_orderings(release))
     check_release(release, sdc.min_cell_size)
     return cast(SourceRelease, release), log
+
+
+def _tables(marginals: dict[str, dict[str, Any]]) -> dict[str, FrequencyTable]:
+    """The released categorical tables of a source's marginals."""
+    return {
+        c: FrequencyTable.from_dict(m["table"])
+        for c, m in marginals.items()
+        if m["kind"] == "categorical"
+    }
+
+
+def _log_bucket_split(
+    log: SdcLog, source: str, split: list[str], derived: dict[str, dict[str, Any]], k: int
+) -> None:
+    """One entry per derived column whose table `withhold_bucket_split` replaced."""
+    for col in split:
+        log.add(
+            "derived",
+            "secondary_suppression",
+            f"its table with that of {derived[col]['from']!r} would give rows of the suppressed categories of {derived[col]['from']!r} "
+            f"by subtraction (a share of 1..{k - 1}): released as the sum of the released levels of {derived[col]['from']!r}, "
+            "their suppressed rows in its suppressed count, and its correlations not released",
+            source=source,
+            column=col,
+        )
+
+
+def _blank_columns(S: np.ndarray, dims: list[dict[str, Any]], columns: list[str]) -> np.ndarray:
+    """The correlations of every dim of `columns` blanked (NaN, released as null): a derived
+    column's indicator correlations would give its true level shares back."""
+    idx = [j for j, d in enumerate(dims) if d["column"] in columns]
+    if not idx:
+        return S
+    S = S.copy()
+    S[idx, :] = np.nan
+    S[:, idx] = np.nan
+    return S
 
 
 def _entity_release(
