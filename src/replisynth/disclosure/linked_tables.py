@@ -11,7 +11,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from replisynth.stats.derive import derived_counts
+from replisynth.stats.codings import derived_counts
 from replisynth.stats.marginals import level_positions
 
 RESIDUAL = "residual"
