@@ -179,3 +179,30 @@ def test_pipeline_runs_with_a_split_derived_column(tmp_path):
     # tier 1 (no checkpoints): the derived column's released counts are met exactly
     assert tiers["tier_met"] >= 1 and tiers["sources"]["people"]["marginals"]["passed"]
     assert tiers["sources"]["people"]["marginals"]["variables"]["zone"]["exact_counts"]
+
+
+@pytest.mark.parametrize("as_factor", [True, False])
+def test_checkpoint_means_of_a_coding_of_a_rare_parent_are_withheld(as_factor):
+    """A checkpoint on a coding of a column with rare categories (a factor of the coding, or
+    its 0/1 indicator as a term of its own) releases no design mean of it: mean × n minus the
+    parent's released counts would give the rare count."""
+    from replisynth.config.manifest import Checkpoint
+    from replisynth.extract.checkpoints import factor_terms_with_rare_levels
+
+    k, sizes, coding = CASES[0]
+    df = _data("kind", "grp", sizes, coding, seed=3)
+    df["is_g1"] = (df["grp"] == "g1").astype(int)
+    df["y"] = df["x"] + df["is_g1"] + np.random.default_rng(1).normal(size=len(df))
+    formula = "y ~ C(grp) + x" if as_factor else "y ~ is_g1 + x"
+    cp = Checkpoint(tag="c", source="s", model="ols", formula=formula)
+    from replisynth.stats.design import build_design
+
+    terms = build_design(df, cp).terms
+    withheld = factor_terms_with_rare_levels(df, formula, terms, k)
+    level_terms = {t for t in terms if "grp" in t or t == "is_g1"}
+    assert level_terms and level_terms <= withheld
+    assert "x" not in withheld and "Intercept" not in withheld
+    # a coding of a parent without rare categories keeps its means
+    common = df[df["kind"].isin(["a", "b"])].copy()
+    terms_c = build_design(common, cp).terms
+    assert not factor_terms_with_rare_levels(common, formula, terms_c, k)

@@ -69,27 +69,65 @@ def small_reference_terms(X: np.ndarray, terms: list[str], min_cell: int) -> set
 _FACTOR_CALL = re.compile(r"\bC\(\s*`?([A-Za-z_][A-Za-z0-9_.]*)")
 
 
+def _has_rare(s: pd.Series, min_cell: int) -> bool:
+    """Whether a column has a category of 1..min_cell-1 rows."""
+    counts = s.value_counts(dropna=True).to_numpy()
+    return bool(np.any((counts > 0) & (counts < min_cell)))
+
+
+def _rare_parents(df: pd.DataFrame, min_cell: int, max_levels: int = 200) -> list[str]:
+    """Columns of few values (text, categories, booleans, integers) with a category below
+    min_cell: the source table pools or buckets those categories."""
+    out = []
+    for c in df.columns:
+        s = df[c]
+        if pd.api.types.is_float_dtype(s) or s.nunique(dropna=True) > max_levels:
+            continue
+        if _has_rare(s, min_cell):
+            out.append(str(c))
+    return out
+
+
+def _codes_a_rare_parent(df: pd.DataFrame, col: str, parents: list[str]) -> bool:
+    """Whether `col` is a function of a column with rare categories (a coarsening such as a
+    region group of a region code): its exact level means, with the parent's released table,
+    would give the rare count by subtraction."""
+    for p in parents:
+        if p != col and df.groupby(p, observed=True, dropna=False)[col].nunique().max() <= 1:
+            return True
+    return False
+
+
 def factor_terms_with_rare_levels(
     df: pd.DataFrame, formula: str, terms: list[str], min_cell: int
 ) -> set[str]:
-    """Terms that are level indicators of a factor whose source column has a category of
-    1..min_cell-1 rows. The source table pools or buckets such categories, so an exact level
-    mean on the sample, subtracted from the released count, would give the rare count."""
+    """Terms whose design mean is a level share of a column with a category of 1..min_cell-1
+    rows in the source, or of a coding of such a column (a factor's level indicators, a 0/1
+    coding as a term of its own). The source table pools or buckets the rare categories, so
+    an exact level mean on the sample, subtracted from the released counts, would give the
+    rare count (docs/disclosure.md)."""
     factors = set(_FACTOR_CALL.findall(formula))
-    factors |= {
+    named = {
         c
         for c in df.columns
         if isinstance(c, str)
-        and not pd.api.types.is_numeric_dtype(df[c])
         and re.search(rf"(?<![A-Za-z0-9_.`]){re.escape(c)}(?![A-Za-z0-9_.`])", formula)
     }
-    rare = set()
-    for col in factors:
-        if col in df.columns:
-            counts = df[col].value_counts(dropna=True).to_numpy()
-            if np.any((counts > 0) & (counts < min_cell)):
-                rare.add(col)
-    out: set[str] = set()
+    factors |= {c for c in named if not pd.api.types.is_numeric_dtype(df[c])}
+    parents = _rare_parents(df, min_cell)
+    rare = {
+        c
+        for c in factors
+        if c in df.columns
+        and (
+            _has_rare(df[c], min_cell)
+            or (df[c].nunique(dropna=True) <= 200 and _codes_a_rare_parent(df, c, parents))
+        )
+    }
+    two_valued = {  # a 0/1 coding as a term of its own: its mean is a level share
+        t for t in terms if t in df.columns and df[t].nunique(dropna=True) == 2
+    }
+    out = {t for t in two_valued if _codes_a_rare_parent(df, t, parents)}
     for t in terms:
         for col in rare:
             if f"C({col}" in t or f"C(`{col}`" in t or re.search(rf"(^|:){re.escape(col)}\[", t):
