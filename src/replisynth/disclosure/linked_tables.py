@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linprog
-from scipy.sparse import coo_matrix
+from scipy.sparse import bmat, coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from replisynth.stats.marginals import level_positions
 
@@ -198,31 +199,121 @@ def _constraints(
 
 
 def intervals(
-    lt: LinkedTable, listed: np.ndarray | None = None, only: list[tuple[int, int]] | None = None
+    lt: LinkedTable,
+    listed: np.ndarray | None = None,
+    only: list[tuple[int, int]] | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> dict[tuple[int, int], tuple[int, int]]:
     """The attacker LP: min and max of every unlisted cell (or of the cells `only`) subject to
     the published equalities and non-negativity, rounded inward to integers. An infeasible
-    system (a release inconsistent with itself) gives (-1, -1) for every cell."""
+    system (a release inconsistent with itself) gives (-1, -1) for every cell. Solved one
+    independent part of the system at a time (`component_intervals`); `cache` keeps parts'
+    answers across calls on the same table."""
     listed = lt.listed if listed is None else listed
-    A, b, var = _constraints(lt, listed)
-    out: dict[tuple[int, int], tuple[int, int]] = {}
-    for cell in list(var) if only is None else only:
-        obj = np.zeros(A.shape[1])
-        obj[var[cell]] = 1.0
-        lo = linprog(obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
-        hi = linprog(-obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
-        if lo.status != 0 or hi.status != 0:
-            out[cell] = (-1, -1)
+    return component_intervals(lt, listed, only, {} if cache is None else cache)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """An independent part of the attacker's system: equations that share no unknown with the
+    rest. `key` names it (its unknowns, its equations and their right-hand sides), so a part
+    met again in another suppression pattern of the same table has the same answers."""
+
+    key: tuple[Any, ...]
+    A: Any  # csr, the part's equations over its unknowns
+    b: np.ndarray
+    pos: dict[tuple[int, int], int]  # audited cell -> its unknown inside the part
+
+
+def _parts(A: Any, b: np.ndarray, var: dict[tuple[int, int], int]) -> tuple[list[_Part], bool]:
+    """The connected components of the equation–unknown graph of A x = b, and whether some
+    equation has no unknown but a nonzero right-hand side (the system is then infeasible)."""
+    m, n = A.shape
+    graph = bmat([[None, A], [A.T, None]]).tocsr() if m and n else csr_matrix((m + n, m + n))
+    _, labels = connected_components(graph, directed=False)
+    names: list[Any] = [("free", j) for j in range(n)]
+    for cell, j in var.items():
+        names[j] = cell
+    audited = set(var.values())
+    rows_of: dict[int, list[int]] = {}
+    for i in range(m):
+        rows_of.setdefault(int(labels[i]), []).append(i)
+    parts, contradicted = [], False
+    for label, rows in rows_of.items():
+        cols = np.flatnonzero(labels[m:] == label)
+        if not len(cols):
+            contradicted |= bool(np.any(b[rows] != 0))
             continue
-        out[cell] = (int(np.ceil(lo.fun - 1e-6)), int(np.floor(-hi.fun + 1e-6)))
+        sub = A[rows][:, cols]
+        key = (tuple(names[j] for j in cols), tuple(rows), b[rows].tobytes())
+        pos = {names[j]: k for k, j in enumerate(cols) if j in audited}
+        parts.append(_Part(key, sub, b[rows], pos))
+    return parts, contradicted
+
+
+def _part_bounds(
+    part: _Part, cell: tuple[int, int], cache: dict[Any, Any]
+) -> tuple[int, int] | None:
+    """Min and max of one cell over its part, rounded inward; None when the part is infeasible;
+    (-1, -1) when the solver fails otherwise."""
+    if (part.key, cell) not in cache:
+        obj = np.zeros(part.A.shape[1])
+        obj[part.pos[cell]] = 1.0
+        lo = linprog(obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        hi = linprog(-obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        cache[("feasible", part.key)] = lo.status != 2 and hi.status != 2
+        if lo.status == 2 or hi.status == 2:
+            cache[(part.key, cell)] = None
+        elif lo.status != 0 or hi.status != 0:
+            cache[(part.key, cell)] = (-1, -1)
+        else:
+            cache[(part.key, cell)] = (int(np.ceil(lo.fun - 1e-6)), int(np.floor(-hi.fun + 1e-6)))
+    out: tuple[int, int] | None = cache[(part.key, cell)]
     return out
 
 
+def _part_feasible(part: _Part, cache: dict[Any, Any]) -> bool:
+    """Whether the part's equations have a non-negative solution."""
+    if ("feasible", part.key) not in cache:
+        res = linprog(
+            np.zeros(part.A.shape[1]), A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs"
+        )
+        cache[("feasible", part.key)] = res.status != 2
+    return bool(cache[("feasible", part.key)])
+
+
+def component_intervals(
+    lt: LinkedTable,
+    listed: np.ndarray,
+    only: list[tuple[int, int]] | None,
+    cache: dict[Any, Any],
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """`intervals` solved part by part: the feasible set is the product of the parts' feasible
+    sets, so a cell's min and max over its part are those over the whole system, and the
+    system is infeasible exactly when one part is. Parts are remembered in `cache` by what
+    defines them, so a greedy suppression loop re-solves only the parts a new unlisting joins."""
+    A, b, var = _constraints(lt, listed)
+    cells = list(var) if only is None else only
+    if not cells:
+        return {}
+    parts, contradicted = _parts(A, b, var)
+    if contradicted:
+        return {cell: (-1, -1) for cell in cells}
+    part_of = {cell: part for part in parts for cell in part.pos}
+    bounds = {cell: _part_bounds(part_of[cell], cell, cache) for cell in cells}
+    if any(v is None for v in bounds.values()) or not all(_part_feasible(p, cache) for p in parts):
+        return {cell: (-1, -1) for cell in cells}
+    return {cell: v for cell, v in bounds.items() if v is not None}
+
+
 def unprotected(
-    lt: LinkedTable, min_cell: int, listed: np.ndarray | None = None
+    lt: LinkedTable,
+    min_cell: int,
+    listed: np.ndarray | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """Unlisted cells whose feasible interval fails `protected`: (block, class, lo, hi)."""
-    iv = intervals(lt, listed)
+    iv = intervals(lt, listed, cache=cache)
     return [
         (b, cl, lo, hi)
         for (b, cl), (lo, hi) in iv.items()
@@ -298,8 +389,9 @@ def secondary_suppression(
     listed = lt.listed.copy()
     B, L = listed.shape
     added = 0
+    cache: dict[Any, Any] = {}  # the parts' answers, shared by every pattern tried
     while True:
-        bad = unprotected(lt, min_cell, listed)
+        bad = unprotected(lt, min_cell, listed, cache)
         if not bad:
             return listed, added, False
         b, cl, _, _ = bad[0]
@@ -319,7 +411,7 @@ def secondary_suppression(
         for _, _, new in cands[:tries]:
             trial = listed.copy()
             trial[tuple(np.asarray(new).T)] = False
-            lo, hi = intervals(lt, trial, only=[(b, cl)])[(b, cl)]
+            lo, hi = intervals(lt, trial, only=[(b, cl)], cache=cache)[(b, cl)]
             if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
                 best = new
                 break
