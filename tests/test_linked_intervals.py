@@ -88,6 +88,27 @@ def test_part_by_part_intervals_equal_the_whole_system_lp(case, pick):
         assert lt_mod.intervals(lt, only=only) == reference_intervals(lt, only=only)
 
 
+def reference_paths(mp: pytest.MonkeyPatch) -> None:
+    """Route the audit through `reference_intervals`: every cell solved, nothing reused."""
+    mp.setattr(lt_mod, "intervals", reference_intervals)
+    mp.setattr(
+        lt_mod, "_audited_intervals", lambda lt, listed, k, cache: reference_intervals(lt, listed)
+    )
+    mp.setattr(lt_mod, "_seen_protected", lambda *args: False)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=tables())
+def test_unprotected_cells_and_their_intervals_unchanged(case, monkeypatch_module):
+    lt, _, k = case
+    cache: dict[Any, Any] = {}
+    new = lt_mod.unprotected(lt, k, cache=cache)
+    assert lt_mod.unprotected(lt, k, cache=cache) == new
+    with monkeypatch_module.context() as mp:
+        reference_paths(mp)
+        assert lt_mod.unprotected(lt, k) == new
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=tables(), tries=st.sampled_from([1, 3, 40]))
 def test_secondary_suppression_unchanged(case, tries, monkeypatch_module):
@@ -95,7 +116,7 @@ def test_secondary_suppression_unchanged(case, tries, monkeypatch_module):
     truth = np.where(truth >= 0, truth, 0)
     new = lt_mod.secondary_suppression(lt, truth, k, tries)
     with monkeypatch_module.context() as mp:
-        mp.setattr(lt_mod, "intervals", reference_intervals)
+        reference_paths(mp)
         old = lt_mod.secondary_suppression(lt, truth, k, tries)
     assert np.array_equal(new[0], old[0]) and new[1:] == old[1:]
     assert lt_mod.unprotected(lt, k, new[0]) == [] or new[2]

@@ -262,6 +262,8 @@ def _part_bounds(
         lo = linprog(obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
         hi = linprog(-obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
         cache[("feasible", part.key)] = lo.status != 2 and hi.status != 2
+        points = cache.setdefault(("points", part.key), [])
+        points.extend(res.x for res in (lo, hi) if res.status == 0)
         if lo.status == 2 or hi.status == 2:
             cache[(part.key, cell)] = None
         elif lo.status != 0 or hi.status != 0:
@@ -279,6 +281,8 @@ def _part_feasible(part: _Part, cache: dict[Any, Any]) -> bool:
             np.zeros(part.A.shape[1]), A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs"
         )
         cache[("feasible", part.key)] = res.status != 2
+        if res.status == 0:
+            cache.setdefault(("points", part.key), []).append(res.x)
     return bool(cache[("feasible", part.key)])
 
 
@@ -306,6 +310,116 @@ def component_intervals(
     return {cell: v for cell, v in bounds.items() if v is not None}
 
 
+# The audit needs exact intervals only for the cells that fail the protection rule. Every LP
+# solve returns a feasible table; the values a cell takes in such tables lie inside its
+# interval, so a cell seen at values at least min_cell apart, or at 0 and at min(min_cell - 1,
+# cap), is protected without an LP of its own. A table feasible for one listing stays
+# feasible when further cells are unlisted (they keep their listed values), so what was seen
+# carries over while the secondary-suppression loop only unlists.
+
+
+def _seen(
+    cache: dict[Any, Any], listed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[Any, int]]:
+    """The smallest and largest value seen per cell in tables feasible for `listed` (and for
+    every listing that unlists more), and how many points of each part were taken in."""
+    mask, lo, hi, used = cache.get("seen", (None, None, None, None))
+    if mask is None or mask.shape != listed.shape or np.any(listed & ~mask):
+        lo, hi, used = np.full(listed.shape, np.inf), np.full(listed.shape, -np.inf), {}
+    cache["seen"] = (listed.copy(), lo, hi, used)
+    return lo, hi, used
+
+
+def _take_in(
+    seen: tuple[np.ndarray, np.ndarray, dict[Any, int]], part: _Part, cache: dict[Any, Any]
+) -> None:
+    """Add the part's solved tables not yet taken in to `seen` (values within 1e-6 of an
+    integer only, as the LP's answers are rounded)."""
+    lo, hi, used = seen
+    points = cache.get(("points", part.key), [])
+    cells = [c for c in part.pos if c[1] < lo.shape[1]]
+    idx = tuple(np.asarray(cells).T) if cells else None
+    for x in points[used.get(part.key, 0) :]:
+        if idx is None:
+            break
+        v = np.asarray([x[part.pos[c]] for c in cells])
+        r = np.round(v)
+        ok = np.abs(v - r) <= 1e-6
+        lo[idx] = np.where(ok, np.minimum(lo[idx], r), lo[idx])
+        hi[idx] = np.where(ok, np.maximum(hi[idx], r), hi[idx])
+    used[part.key] = len(points)
+
+
+def _seen_protected(
+    lt: LinkedTable, listed: np.ndarray, cell: tuple[int, int], min_cell: int, cache: dict[Any, Any]
+) -> bool:
+    """Whether the tables seen for a listing that lists `listed` and more prove the cell
+    protected (its interval contains what was seen)."""
+    got = cache.get("seen")
+    if lt.pooled or got is None or got[0].shape != listed.shape or np.any(listed & ~got[0]):
+        return False
+    lo, hi = got[1][cell], got[2][cell]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return False
+    cap = int(lt.row_totals[cell[0]])
+    return bool(hi - lo >= min_cell or (lo <= 0 and hi >= min(min_cell - 1, cap)))
+
+
+def _spread(
+    lt: LinkedTable,
+    listed: np.ndarray,
+    part: _Part,
+    min_cell: int,
+    seen: tuple[np.ndarray, np.ndarray, dict[Any, int]],
+    cache: dict[Any, Any],
+    rounds: int = 12,
+) -> None:
+    """Look for feasible tables that prove many cells protected at once: alternately push the
+    sum of the part's unproven cells down and up (randomly weighted, seeded: the answers do
+    not depend on it, only how many cells are left to an LP of their own)."""
+    rng = np.random.default_rng(len(part.pos))
+    sign, before = 1.0, len(part.pos) + 1
+    for _ in range(rounds):
+        open_ = [c for c in part.pos if not _seen_protected(lt, listed, c, min_cell, cache)]
+        if len(open_) < 4 or (sign > 0 and len(open_) >= before):
+            return  # few left, or a down-and-up pair proved nothing new
+        before = len(open_) if sign > 0 else before
+        obj = np.zeros(part.A.shape[1])
+        obj[[part.pos[c] for c in open_]] = sign * rng.uniform(1.0, 2.0, len(open_))
+        res = linprog(obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        if res.status != 0:
+            return
+        cache.setdefault(("points", part.key), []).append(res.x)
+        _take_in(seen, part, cache)
+        sign = -sign
+
+
+def _audited_intervals(
+    lt: LinkedTable, listed: np.ndarray, min_cell: int, cache: dict[Any, Any]
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """`intervals` of every unlisted cell, except cells the tables already seen prove
+    protected (left out); an infeasible system gives (-1, -1) for every cell."""
+    A, b, var = _constraints(lt, listed)
+    if not var:
+        return {}
+    parts, contradicted = _parts(A, b, var)
+    if contradicted or not all(_part_feasible(p, cache) for p in parts):
+        return {cell: (-1, -1) for cell in var}
+    seen = _seen(cache, listed)
+    part_of = {cell: part for part in parts for cell in part.pos}
+    for part in parts:
+        _take_in(seen, part, cache)
+        _spread(lt, listed, part, min_cell, seen, cache)
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for cell in var:
+        if _seen_protected(lt, listed, cell, min_cell, cache):
+            continue
+        bounds = _part_bounds(part_of[cell], cell, cache)
+        out[cell] = (-1, -1) if bounds is None else bounds
+        _take_in(seen, part_of[cell], cache)
+    return out
+
+
 def unprotected(
     lt: LinkedTable,
     min_cell: int,
@@ -313,7 +427,13 @@ def unprotected(
     cache: dict[Any, Any] | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """Unlisted cells whose feasible interval fails `protected`: (block, class, lo, hi)."""
-    iv = intervals(lt, listed, cache=cache)
+    listed = lt.listed if listed is None else listed
+    cache = {} if cache is None else cache
+    iv = (
+        intervals(lt, listed, cache=cache)
+        if lt.pooled
+        else _audited_intervals(lt, listed, min_cell, cache)
+    )
     return [
         (b, cl, lo, hi)
         for (b, cl), (lo, hi) in iv.items()
@@ -411,6 +531,9 @@ def secondary_suppression(
         for _, _, new in cands[:tries]:
             trial = listed.copy()
             trial[tuple(np.asarray(new).T)] = False
+            if _seen_protected(lt, trial, (b, cl), min_cell, cache):
+                best = new  # the interval LP would find it protected too
+                break
             lo, hi = intervals(lt, trial, only=[(b, cl)], cache=cache)[(b, cl)]
             if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
                 best = new
