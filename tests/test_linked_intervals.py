@@ -90,11 +90,16 @@ def test_part_by_part_intervals_equal_the_whole_system_lp(case, pick):
 
 def reference_paths(mp: pytest.MonkeyPatch) -> None:
     """Route the audit through `reference_intervals`: every cell solved, nothing reused."""
+
+    def every_cell(lt, listed, k, cache, first=False):
+        return reference_intervals(lt, listed)
+
     mp.setattr(lt_mod, "intervals", reference_intervals)
-    mp.setattr(
-        lt_mod, "_audited_intervals", lambda lt, listed, k, cache: reference_intervals(lt, listed)
-    )
+    mp.setattr(lt_mod, "_audited_intervals", every_cell)
     mp.setattr(lt_mod, "_seen_protected", lambda *args: False)
+    mp.setattr(
+        lt_mod, "_first_unprotected", lambda lt, k, listed, cache: lt_mod.unprotected(lt, k, listed)
+    )
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -395,10 +395,15 @@ def _spread(
 
 
 def _audited_intervals(
-    lt: LinkedTable, listed: np.ndarray, min_cell: int, cache: dict[Any, Any]
+    lt: LinkedTable,
+    listed: np.ndarray,
+    min_cell: int,
+    cache: dict[Any, Any],
+    first: bool = False,
 ) -> dict[tuple[int, int], tuple[int, int]]:
     """`intervals` of every unlisted cell, except cells the tables already seen prove
-    protected (left out); an infeasible system gives (-1, -1) for every cell."""
+    protected (left out); an infeasible system gives (-1, -1) for every cell. `first`: stop
+    after the first cell that fails the protection rule."""
     A, b, var = _constraints(lt, listed)
     if not var:
         return {}
@@ -417,6 +422,9 @@ def _audited_intervals(
         bounds = _part_bounds(part_of[cell], cell, cache)
         out[cell] = (-1, -1) if bounds is None else bounds
         _take_in(seen, part_of[cell], cache)
+        lo, hi = out[cell]
+        if first and (lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[cell[0]]))):
+            break
     return out
 
 
@@ -439,6 +447,20 @@ def unprotected(
         for (b, cl), (lo, hi) in iv.items()
         if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))
     ]
+
+
+def _first_unprotected(
+    lt: LinkedTable, min_cell: int, listed: np.ndarray, cache: dict[Any, Any]
+) -> list[tuple[int, int, int, int]]:
+    """The first of `unprotected` only (or nothing): what the greedy loop acts on."""
+    if lt.pooled:
+        return unprotected(lt, min_cell, listed, cache)[:1]
+    iv = _audited_intervals(lt, listed, min_cell, cache, first=True)
+    return [
+        (b, cl, lo, hi)
+        for (b, cl), (lo, hi) in iv.items()
+        if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))
+    ][:1]
 
 
 def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[str, Any]]:
@@ -511,7 +533,7 @@ def secondary_suppression(
     added = 0
     cache: dict[Any, Any] = {}  # the parts' answers, shared by every pattern tried
     while True:
-        bad = unprotected(lt, min_cell, listed, cache)
+        bad = _first_unprotected(lt, min_cell, listed, cache)
         if not bad:
             return listed, added, False
         b, cl, _, _ = bad[0]
