@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linprog
-from scipy.sparse import coo_matrix
+from scipy.sparse import bmat, coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from replisynth.stats.codings import derived_counts
 from replisynth.stats.marginals import level_positions
@@ -202,36 +203,268 @@ def _constraints(
 
 
 def intervals(
-    lt: LinkedTable, listed: np.ndarray | None = None, only: list[tuple[int, int]] | None = None
+    lt: LinkedTable,
+    listed: np.ndarray | None = None,
+    only: list[tuple[int, int]] | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> dict[tuple[int, int], tuple[int, int]]:
     """The attacker LP: min and max of every unlisted cell (or of the cells `only`) subject to
     the published equalities and non-negativity, rounded inward to integers. An infeasible
-    system (a release inconsistent with itself) gives (-1, -1) for every cell."""
+    system (a release inconsistent with itself) gives (-1, -1) for every cell. Solved one
+    independent part of the system at a time (`component_intervals`); `cache` keeps parts'
+    answers across calls on the same table."""
     listed = lt.listed if listed is None else listed
-    A, b, var = _constraints(lt, listed)
-    out: dict[tuple[int, int], tuple[int, int]] = {}
-    for cell in list(var) if only is None else only:
-        obj = np.zeros(A.shape[1])
-        obj[var[cell]] = 1.0
-        lo = linprog(obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
-        hi = linprog(-obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
-        if lo.status != 0 or hi.status != 0:
-            out[cell] = (-1, -1)
+    return component_intervals(lt, listed, only, {} if cache is None else cache)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """An independent part of the attacker's system: equations that share no unknown with the
+    rest. `key` names it (its unknowns, its equations and their right-hand sides), so a part
+    met again in another suppression pattern of the same table has the same answers."""
+
+    key: tuple[Any, ...]
+    A: Any  # csr, the part's equations over its unknowns
+    b: np.ndarray
+    pos: dict[tuple[int, int], int]  # audited cell -> its unknown inside the part
+
+
+def _parts(A: Any, b: np.ndarray, var: dict[tuple[int, int], int]) -> tuple[list[_Part], bool]:
+    """The connected components of the equation–unknown graph of A x = b, and whether some
+    equation has no unknown but a nonzero right-hand side (the system is then infeasible)."""
+    m, n = A.shape
+    graph = bmat([[None, A], [A.T, None]]).tocsr() if m and n else csr_matrix((m + n, m + n))
+    _, labels = connected_components(graph, directed=False)
+    names: list[Any] = [("free", j) for j in range(n)]
+    for cell, j in var.items():
+        names[j] = cell
+    audited = set(var.values())
+    rows_of: dict[int, list[int]] = {}
+    for i in range(m):
+        rows_of.setdefault(int(labels[i]), []).append(i)
+    parts, contradicted = [], False
+    for label, rows in rows_of.items():
+        cols = np.flatnonzero(labels[m:] == label)
+        if not len(cols):
+            contradicted |= bool(np.any(b[rows] != 0))
             continue
-        out[cell] = (int(np.ceil(lo.fun - 1e-6)), int(np.floor(-hi.fun + 1e-6)))
+        sub = A[rows][:, cols]
+        key = (tuple(names[j] for j in cols), tuple(rows), b[rows].tobytes())
+        pos = {names[j]: k for k, j in enumerate(cols) if j in audited}
+        parts.append(_Part(key, sub, b[rows], pos))
+    return parts, contradicted
+
+
+def _part_bounds(
+    part: _Part, cell: tuple[int, int], cache: dict[Any, Any]
+) -> tuple[int, int] | None:
+    """Min and max of one cell over its part, rounded inward; None when the part is infeasible;
+    (-1, -1) when the solver fails otherwise."""
+    if (part.key, cell) not in cache:
+        obj = np.zeros(part.A.shape[1])
+        obj[part.pos[cell]] = 1.0
+        lo = linprog(obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        hi = linprog(-obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        cache[("feasible", part.key)] = lo.status != 2 and hi.status != 2
+        points = cache.setdefault(("points", part.key), [])
+        points.extend(res.x for res in (lo, hi) if res.status == 0)
+        if lo.status == 2 or hi.status == 2:
+            cache[(part.key, cell)] = None
+        elif lo.status != 0 or hi.status != 0:
+            cache[(part.key, cell)] = (-1, -1)
+        else:
+            cache[(part.key, cell)] = (int(np.ceil(lo.fun - 1e-6)), int(np.floor(-hi.fun + 1e-6)))
+    out: tuple[int, int] | None = cache[(part.key, cell)]
+    return out
+
+
+def _part_feasible(part: _Part, cache: dict[Any, Any]) -> bool:
+    """Whether the part's equations have a non-negative solution."""
+    if ("feasible", part.key) not in cache:
+        res = linprog(
+            np.zeros(part.A.shape[1]), A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs"
+        )
+        cache[("feasible", part.key)] = res.status != 2
+        if res.status == 0:
+            cache.setdefault(("points", part.key), []).append(res.x)
+    return bool(cache[("feasible", part.key)])
+
+
+def component_intervals(
+    lt: LinkedTable,
+    listed: np.ndarray,
+    only: list[tuple[int, int]] | None,
+    cache: dict[Any, Any],
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """`intervals` solved part by part: the feasible set is the product of the parts' feasible
+    sets, so a cell's min and max over its part are those over the whole system, and the
+    system is infeasible exactly when one part is. Parts are remembered in `cache` by what
+    defines them, so a greedy suppression loop re-solves only the parts a new unlisting joins."""
+    A, b, var = _constraints(lt, listed)
+    cells = list(var) if only is None else only
+    if not cells:
+        return {}
+    parts, contradicted = _parts(A, b, var)
+    if contradicted:
+        return {cell: (-1, -1) for cell in cells}
+    part_of = {cell: part for part in parts for cell in part.pos}
+    bounds = {cell: _part_bounds(part_of[cell], cell, cache) for cell in cells}
+    if any(v is None for v in bounds.values()) or not all(_part_feasible(p, cache) for p in parts):
+        return {cell: (-1, -1) for cell in cells}
+    return {cell: v for cell, v in bounds.items() if v is not None}
+
+
+# The audit needs exact intervals only for the cells that fail the protection rule. Every LP
+# solve returns a feasible table; the values a cell takes in such tables lie inside its
+# interval, so a cell seen at values at least min_cell apart, or at 0 and at min(min_cell - 1,
+# cap), is protected without an LP of its own. A table feasible for one listing stays
+# feasible when further cells are unlisted (they keep their listed values), so what was seen
+# carries over while the secondary-suppression loop only unlists.
+
+
+def _seen(
+    cache: dict[Any, Any], listed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[Any, int]]:
+    """The smallest and largest value seen per cell in tables feasible for `listed` (and for
+    every listing that unlists more), and how many points of each part were taken in."""
+    mask, lo, hi, used = cache.get("seen", (None, None, None, None))
+    if mask is None or mask.shape != listed.shape or np.any(listed & ~mask):
+        lo, hi, used = np.full(listed.shape, np.inf), np.full(listed.shape, -np.inf), {}
+    cache["seen"] = (listed.copy(), lo, hi, used)
+    return lo, hi, used
+
+
+def _take_in(
+    seen: tuple[np.ndarray, np.ndarray, dict[Any, int]], part: _Part, cache: dict[Any, Any]
+) -> None:
+    """Add the part's solved tables not yet taken in to `seen` (values within 1e-6 of an
+    integer only, as the LP's answers are rounded)."""
+    lo, hi, used = seen
+    points = cache.get(("points", part.key), [])
+    cells = [c for c in part.pos if c[1] < lo.shape[1]]
+    idx = tuple(np.asarray(cells).T) if cells else None
+    for x in points[used.get(part.key, 0) :]:
+        if idx is None:
+            break
+        v = np.asarray([x[part.pos[c]] for c in cells])
+        r = np.round(v)
+        ok = np.abs(v - r) <= 1e-6
+        lo[idx] = np.where(ok, np.minimum(lo[idx], r), lo[idx])
+        hi[idx] = np.where(ok, np.maximum(hi[idx], r), hi[idx])
+    used[part.key] = len(points)
+
+
+def _seen_protected(
+    lt: LinkedTable, listed: np.ndarray, cell: tuple[int, int], min_cell: int, cache: dict[Any, Any]
+) -> bool:
+    """Whether the tables seen for a listing that lists `listed` and more prove the cell
+    protected (its interval contains what was seen)."""
+    got = cache.get("seen")
+    if lt.pooled or got is None or got[0].shape != listed.shape or np.any(listed & ~got[0]):
+        return False
+    lo, hi = got[1][cell], got[2][cell]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return False
+    cap = int(lt.row_totals[cell[0]])
+    return bool(hi - lo >= min_cell or (lo <= 0 and hi >= min(min_cell - 1, cap)))
+
+
+def _spread(
+    lt: LinkedTable,
+    listed: np.ndarray,
+    part: _Part,
+    min_cell: int,
+    seen: tuple[np.ndarray, np.ndarray, dict[Any, int]],
+    cache: dict[Any, Any],
+    rounds: int = 12,
+) -> None:
+    """Look for feasible tables that prove many cells protected at once: alternately push the
+    sum of the part's unproven cells down and up (randomly weighted, seeded: the answers do
+    not depend on it, only how many cells are left to an LP of their own)."""
+    rng = np.random.default_rng(len(part.pos))
+    sign, before = 1.0, len(part.pos) + 1
+    for _ in range(rounds):
+        open_ = [c for c in part.pos if not _seen_protected(lt, listed, c, min_cell, cache)]
+        if len(open_) < 4 or (sign > 0 and len(open_) >= before):
+            return  # few left, or a down-and-up pair proved nothing new
+        before = len(open_) if sign > 0 else before
+        obj = np.zeros(part.A.shape[1])
+        obj[[part.pos[c] for c in open_]] = sign * rng.uniform(1.0, 2.0, len(open_))
+        res = linprog(obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        if res.status != 0:
+            return
+        cache.setdefault(("points", part.key), []).append(res.x)
+        _take_in(seen, part, cache)
+        sign = -sign
+
+
+def _audited_intervals(
+    lt: LinkedTable,
+    listed: np.ndarray,
+    min_cell: int,
+    cache: dict[Any, Any],
+    first: bool = False,
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """`intervals` of every unlisted cell, except cells the tables already seen prove
+    protected (left out); an infeasible system gives (-1, -1) for every cell. `first`: stop
+    after the first cell that fails the protection rule."""
+    A, b, var = _constraints(lt, listed)
+    if not var:
+        return {}
+    parts, contradicted = _parts(A, b, var)
+    if contradicted or not all(_part_feasible(p, cache) for p in parts):
+        return {cell: (-1, -1) for cell in var}
+    seen = _seen(cache, listed)
+    part_of = {cell: part for part in parts for cell in part.pos}
+    for part in parts:
+        _take_in(seen, part, cache)
+        _spread(lt, listed, part, min_cell, seen, cache)
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for cell in var:
+        if _seen_protected(lt, listed, cell, min_cell, cache):
+            continue
+        bounds = _part_bounds(part_of[cell], cell, cache)
+        out[cell] = (-1, -1) if bounds is None else bounds
+        _take_in(seen, part_of[cell], cache)
+        lo, hi = out[cell]
+        if first and (lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[cell[0]]))):
+            break
     return out
 
 
 def unprotected(
-    lt: LinkedTable, min_cell: int, listed: np.ndarray | None = None
+    lt: LinkedTable,
+    min_cell: int,
+    listed: np.ndarray | None = None,
+    cache: dict[Any, Any] | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """Unlisted cells whose feasible interval fails `protected`: (block, class, lo, hi)."""
-    iv = intervals(lt, listed)
+    listed = lt.listed if listed is None else listed
+    cache = {} if cache is None else cache
+    iv = (
+        intervals(lt, listed, cache=cache)
+        if lt.pooled
+        else _audited_intervals(lt, listed, min_cell, cache)
+    )
     return [
         (b, cl, lo, hi)
         for (b, cl), (lo, hi) in iv.items()
         if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))
     ]
+
+
+def _first_unprotected(
+    lt: LinkedTable, min_cell: int, listed: np.ndarray, cache: dict[Any, Any]
+) -> list[tuple[int, int, int, int]]:
+    """The first of `unprotected` only (or nothing): what the greedy loop acts on."""
+    if lt.pooled:
+        return unprotected(lt, min_cell, listed, cache)[:1]
+    iv = _audited_intervals(lt, listed, min_cell, cache, first=True)
+    return [
+        (b, cl, lo, hi)
+        for (b, cl), (lo, hi) in iv.items()
+        if lo < 0 or not protected(lo, hi, min_cell, int(lt.row_totals[b]))
+    ][:1]
 
 
 def audit_release_tables(release: dict[str, Any], min_cell: int) -> list[dict[str, Any]]:
@@ -393,15 +626,19 @@ def _best_rectangle(
     cell: tuple[int, int],
     min_cell: int,
     tries: int,
+    cache: dict[Any, Any] | None = None,
 ) -> list[tuple[int, int]]:
     """The corners to unlist: those of the first of `tries` rectangles that protects `cell`,
-    else of the one that widens its interval most."""
+    else of the one that widens its interval most. A rectangle already proven protected by a
+    feasible table seen before (`_seen_protected`) needs no LP of its own."""
     b, cl = cell
     best, best_w = cands[0][2], -1
     for _, _, new in cands[:tries]:
         trial = listed.copy()
         trial[tuple(np.asarray(new).T)] = False
-        lo, hi = intervals(lt, trial, only=[(b, cl)])[(b, cl)]
+        if cache is not None and _seen_protected(lt, trial, (b, cl), min_cell, cache):
+            return new  # the interval LP would find it protected too
+        lo, hi = intervals(lt, trial, only=[(b, cl)], cache=cache)[(b, cl)]
         if lo >= 0 and protected(lo, hi, min_cell, int(lt.row_totals[b])):
             return new
         if hi - lo > best_w:
@@ -420,8 +657,9 @@ def secondary_suppression(
     whether no rectangle was left (the whole column then goes unlisted)."""
     listed = lt.listed.copy()
     added = 0
+    cache: dict[Any, Any] = {}  # the parts' answers, shared by every pattern tried
     while True:
-        bad = unprotected(lt, min_cell, listed)
+        bad = _first_unprotected(lt, min_cell, listed, cache)
         if not bad:
             return listed, added, False
         b, cl, _, _ = bad[0]
@@ -429,7 +667,7 @@ def secondary_suppression(
         if not cands:
             listed[:] = False
             return listed, added, True
-        best = _best_rectangle(lt, listed, cands, (b, cl), min_cell, tries)
+        best = _best_rectangle(lt, listed, cands, (b, cl), min_cell, tries, cache)
         listed[tuple(np.asarray(best).T)] = False
         added += len(best)
 
