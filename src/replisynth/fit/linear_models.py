@@ -13,6 +13,7 @@ from scipy import sparse
 
 from replisynth.config.manifest import Checkpoint
 from replisynth.core.errors import CheckpointError
+from replisynth.fit.estimators import OlsFactor
 from replisynth.fit.result import FitResult
 from replisynth.stats.design import Design, collinear_terms
 
@@ -82,12 +83,16 @@ def _has_const(X: np.ndarray) -> int | None:
     return None
 
 
-def _fe_transformed(d: Design, label: str) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(X_t, X_tilde, const position): X_tilde = M_D X; X_t adds back the weighted means when
-    the formula has a constant (linearmodels' convention). Raises naming absorbed terms."""
+def _fe_transformed(
+    d: Design, label: str, Xd: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(X_t, X_tilde, const position): X_tilde = M_D X (`Xd` if already computed); X_t adds
+    back the weighted means when the formula has a constant (linearmodels' convention).
+    Raises naming absorbed terms."""
     assert d.absorb is not None
     w = _weights(d)
-    Xd = demean(d.X, d.absorb, w)
+    if Xd is None:
+        Xd = demean(d.X, d.absorb, w)
     const = _has_const(d.X)
     norm = np.sqrt((d.X**2).sum(axis=0))
     dnorm = np.sqrt((Xd**2).sum(axis=0))
@@ -112,7 +117,9 @@ def _fe_transformed(d: Design, label: str) -> tuple[np.ndarray, np.ndarray, int 
     return Xt, Xd, const
 
 
-def _fit_fe(d: Design, cp: Checkpoint, label: str) -> Any:
+def fit_fe_linearmodels(d: Design, cp: Checkpoint, label: str) -> Any:
+    """The reference fe fit: linearmodels' AbsorbingLS (`fit_fe` reproduces its numbers; tests
+    compare the two)."""
     from linearmodels.iv.absorbing import AbsorbingLS
 
     _fe_transformed(d, label)
@@ -125,6 +132,73 @@ def _fit_fe(d: Design, cp: Checkpoint, label: str) -> Any:
     cov_type, kw = _cov(cp, d)
     mod = AbsorbingLS(pd.Series(d.y, name="y"), exog, absorb=absorb, weights=w)
     return mod.fit(cov_type=cov_type, **kw)
+
+
+def absorbed_df(d: Design, has_const: bool, clustered: bool) -> int:
+    """Degrees of freedom of the absorbed effects as linearmodels' debiased AbsorbingLS counts
+    them: the levels present in each absorbed column, less one per column after the first and
+    one more with a constant (singletons count; the rank of two-way dummies is not computed).
+    Clustered with one absorbed column nested in the clusters: none (as PanelOLS and Stata)."""
+    assert d.absorb is not None
+    m = d.absorb.shape[1]
+    levels = [int(np.unique(d.absorb[:, j]).size) for j in range(m)]
+    if clustered and m == 1 and d.clusters is not None and _nested(d.absorb[:, 0], d.clusters):
+        return sum(levels) - (m - 1) - int(has_const) - (levels[0] - int(has_const))
+    return sum(levels) - (m - 1) - int(has_const)
+
+
+def _nested(effect: np.ndarray, clusters: np.ndarray) -> bool:
+    """Every level of the effect lies in a single cluster."""
+    _, e = np.unique(effect, return_inverse=True)
+    _, c = np.unique(np.asarray(clusters), return_inverse=True)
+    pairs = np.unique(e.ravel().astype("int64") * (int(c.max()) + 1) + c.ravel())
+    return bool(pairs.size == int(e.max()) + 1)
+
+
+def _fe_cov(
+    cp: Checkpoint, d: Design, f: OlsFactor, e: np.ndarray, extra: int
+) -> np.ndarray:
+    """Covariance of the absorbed regression on whitened data (X_t sqrt(w), residual e), with
+    linearmodels' conventions: unadjusted and clustered debiased, HC0 not, HC1 debiased;
+    debiased scales by n / (n - k - extra), clustered also by G/(G-1) (n-1)/n."""
+    n, k = f.Xw.shape
+    debias = n / (n - k - extra)
+    if cp.cluster:
+        assert d.clusters is not None
+        _, g = np.unique(np.asarray(d.clusters), return_inverse=True)
+        g = g.ravel()
+        G = int(g.max()) + 1
+        S = np.zeros((G, k))
+        np.add.at(S, g, f.Xw * e[:, None])
+        return f.B @ (S.T @ S) @ f.B * (debias * G / (G - 1) * (n - 1) / n)
+    if cp.vcov == "nonrobust":
+        return f.B * float(e @ e) / (n - k - extra)
+    Xe = f.Xw * e[:, None]
+    return f.B @ (Xe.T @ Xe) @ f.B * (debias if cp.vcov == "HC1" else 1.0)
+
+
+def fit_fe(d: Design, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """(beta, SE, residual df, within residual) of an fe checkpoint as linearmodels'
+    AbsorbingLS gives them, without it: the within transform of [y, X] (`demean`), the
+    weighted means added back with a constant, OLS on the whitened data by a Cholesky
+    factor (`OlsFactor`) and the covariance with AbsorbingLS's degrees of freedom
+    (`absorbed_df`, `_fe_cov`)."""
+    assert d.absorb is not None
+    _cov(cp, d)  # raises on a vcov the family does not take
+    w = _weights(d)
+    both = demean(np.column_stack([d.y, d.X]), d.absorb, w)
+    Xt, Xd, const = _fe_transformed(d, label, both[:, 1:])
+    yt = both[:, 0] + (float(w @ d.y / w.sum()) if const is not None else 0.0)
+    f = OlsFactor.of(Xt, d.weights)
+    beta, e, _ = f.solve(yt)
+    n, k = Xt.shape
+    df_resid = float(n - k - absorbed_df(d, const is not None, clustered=False))
+    extra = absorbed_df(d, const is not None, clustered=bool(cp.cluster))
+    if n - k - extra <= 0 or df_resid <= 0:
+        raise CheckpointError(f"{label}: no residual degrees of freedom left ({n} observations)")
+    se = np.sqrt(np.diag(_fe_cov(cp, d, f, e, extra)))
+    sw = f.sw if f.sw is not None else 1.0
+    return beta, se, df_resid, e / sw
 
 
 def _fe_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -259,18 +333,17 @@ def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
-    """Fit an fe, re or iv checkpoint with linearmodels; returns estimators.FitResult with
+    """Fit an fe checkpoint (`fit_fe`, linearmodels' AbsorbingLS numbers), an re or iv one
+    with linearmodels; returns estimators.FitResult with
     formulaic's term names and `scale` = sum(w e^2) / resid_df of the family's residual."""
 
     d = design
     w = _weights(d)
     extra: dict[str, float] = {}
+    if cp.model == "fe":
+        return _fe_result(d, cp, label)
     try:
-        if cp.model == "fe":
-            res = _fit_fe(d, cp, label)
-            resid = residual(d, cp, np.asarray(res.params, dtype="float64"))
-            df_resid = float(res.df_resid)
-        elif cp.model == "re":
+        if cp.model == "re":
             res, _ = _fit_re(d, cp, label)
             df_resid = float(res.df_resid)
             resid = None
@@ -311,6 +384,24 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
         resid_df=df_resid,
         scale=scale,
         extra=extra,
+    )
+
+
+def _fe_result(d: Design, cp: Checkpoint, label: str) -> FitResult:
+    """`fit_fe` as a FitResult (scale = sum(w e^2) / resid_df of the within residual)."""
+    try:
+        beta, se, df_resid, resid = fit_fe(d, cp, label)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise CheckpointError(
+            f"{label}: the fixed-effects fit failed ({exc}); check the formula, weights and vcov"
+        ) from None
+    return FitResult(
+        terms=list(d.terms),
+        beta=beta,
+        se=se,
+        n=int(len(d.y)),
+        resid_df=df_resid,
+        scale=float(np.sum(_weights(d) * resid * resid) / df_resid),
     )
 
 
