@@ -63,7 +63,15 @@ CASES = [
     (800, 30, 6, ("u", "v", "q"), "y ~ q * x2", ("u", "v"), {"vcov": "nonrobust", "weights": "w"}),
     (1100, 45, 7, ("u", "v", "q"), "y ~ q + x2", ("v", "u"), {"vcov": "cluster:nest"}),
     (900, 35, 8, ("p", "s", "k"), "y ~ 0 + k + x2", ("p",), {"vcov": "HC1"}),
-    (900, 35, 9, ("p", "s", "k"), "y ~ 0 + k + x2", ("p", "s"), {"vcov": "cluster:rc", "weights": "w"}),
+    (
+        900,
+        35,
+        9,
+        ("p", "s", "k"),
+        "y ~ 0 + k + x2",
+        ("p", "s"),
+        {"vcov": "cluster:rc", "weights": "w"},
+    ),
 ]
 
 
@@ -74,7 +82,9 @@ def _reference_tight(d: Any, cp: Checkpoint) -> Any:
 
     from replisynth.fit.linear_models import _cov
 
-    absorb = pd.DataFrame({f"a{j}": pd.Categorical(d.absorb[:, j]) for j in range(d.absorb.shape[1])})
+    absorb = pd.DataFrame(
+        {f"a{j}": pd.Categorical(d.absorb[:, j]) for j in range(d.absorb.shape[1])}
+    )
     w = None if d.weights is None else pd.Series(d.weights)
     cov_type, kw = _cov(cp, d)
     mod = AbsorbingLS(pd.Series(d.y), pd.DataFrame(d.X, columns=d.terms), absorb=absorb, weights=w)

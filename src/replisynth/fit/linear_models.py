@@ -13,7 +13,6 @@ from scipy import sparse
 
 from replisynth.config.manifest import Checkpoint
 from replisynth.core.errors import CheckpointError
-from replisynth.fit.estimators import OlsFactor
 from replisynth.fit.result import FitResult
 from replisynth.stats.design import Design, collinear_terms
 
@@ -63,15 +62,38 @@ def demean(M: np.ndarray, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
         out = out[:, None]
     if codes.shape[1] == 1:
         return out - _group_means(out, codes[:, 0], w)
+    sweeps = [_GroupSweep.of(codes[:, j], w) for j in range(codes.shape[1])]
     norm = np.sqrt((out**2).sum(axis=0))
     norm[norm == 0] = 1.0
     for _ in range(DEMEAN_MAX_ITER):
-        before = out.copy()
-        for j in range(codes.shape[1]):
-            out -= _group_means(out, codes[:, j], w)
-        if np.max(np.sqrt(((out - before) ** 2).sum(axis=0)) / norm) < DEMEAN_TOL:
+        moved = np.zeros(out.shape[1])
+        for sweep in sweeps:
+            moved += sweep.subtract_means(out)
+        if np.max(np.sqrt(moved) / norm) < DEMEAN_TOL:
             break
     return out
+
+
+class _GroupSweep:
+    """One absorbed column's weighted group-mean operator, built once for the alternating
+    projections: the (G, n) matrix of weights by group, the group weight totals and sizes."""
+
+    def __init__(self, codes: np.ndarray, wsum: np.ndarray, Dw: sparse.csr_matrix) -> None:
+        self.codes, self.wsum, self.Dw = codes, wsum, Dw
+        self.sizes = np.bincount(codes, minlength=len(wsum)).astype("float64")
+
+    @staticmethod
+    def of(codes: np.ndarray, w: np.ndarray) -> _GroupSweep:
+        G = int(codes.max()) + 1
+        Dw = sparse.csr_matrix((w, (codes, np.arange(len(codes)))), shape=(G, len(codes)))
+        return _GroupSweep(codes, np.bincount(codes, weights=w, minlength=G), Dw)
+
+    def subtract_means(self, out: np.ndarray) -> np.ndarray:
+        """out -= its weighted group means (in place); returns the squared L2 move per column."""
+        means = (self.Dw @ out) / self.wsum[:, None]
+        moved = np.einsum("ij,ij->j", means, means * self.sizes[:, None])
+        np.subtract(out, np.take(means, self.codes, axis=0), out=out)
+        return moved
 
 
 def _has_const(X: np.ndarray) -> int | None:
@@ -155,9 +177,31 @@ def _nested(effect: np.ndarray, clusters: np.ndarray) -> bool:
     return bool(pairs.size == int(e.max()) + 1)
 
 
-def _fe_cov(
-    cp: Checkpoint, d: Design, f: OlsFactor, e: np.ndarray, extra: int
-) -> np.ndarray:
+class _Whitened:
+    """Xw = sqrt(w) X, sw = sqrt(w) and B = (Xw'Xw)^-1 from the Cholesky factor of the
+    column-equilibrated Gram matrix (as `estimators.OlsFactor`, which this layer cannot import)."""
+
+    def __init__(self, Xw: np.ndarray, B: np.ndarray, sw: np.ndarray | None) -> None:
+        self.Xw, self.B, self.sw = Xw, B, sw
+
+    @staticmethod
+    def of(X: np.ndarray, weights: np.ndarray | None) -> _Whitened:
+        sw = None if weights is None else np.sqrt(weights)
+        Xw = X if sw is None else X * sw[:, None]
+        c = np.sqrt(np.einsum("ij,ij->j", Xw, Xw))
+        c[c == 0] = 1.0
+        Ri = np.linalg.inv(np.linalg.cholesky((Xw.T @ Xw) / np.outer(c, c)).T * c[None, :])
+        return _Whitened(Xw, Ri @ Ri.T, sw)
+
+    def solve(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(beta, whitened residual) of y, with one refinement step on the residual."""
+        yw = y if self.sw is None else y * self.sw
+        beta = self.B @ (self.Xw.T @ yw)
+        beta = beta + self.B @ (self.Xw.T @ (yw - self.Xw @ beta))
+        return beta, yw - self.Xw @ beta
+
+
+def _fe_cov(cp: Checkpoint, d: Design, f: _Whitened, e: np.ndarray, extra: int) -> np.ndarray:
     """Covariance of the absorbed regression on whitened data (X_t sqrt(w), residual e), with
     linearmodels' conventions: unadjusted and clustered debiased, HC0 not, HC1 debiased;
     debiased scales by n / (n - k - extra), clustered also by G/(G-1) (n-1)/n."""
@@ -177,11 +221,13 @@ def _fe_cov(
     return f.B @ (Xe.T @ Xe) @ f.B * (debias if cp.vcov == "HC1" else 1.0)
 
 
-def fit_fe(d: Design, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+def fit_fe(
+    d: Design, cp: Checkpoint, label: str
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """(beta, SE, residual df, within residual) of an fe checkpoint as linearmodels'
     AbsorbingLS gives them, without it: the within transform of [y, X] (`demean`), the
     weighted means added back with a constant, OLS on the whitened data by a Cholesky
-    factor (`OlsFactor`) and the covariance with AbsorbingLS's degrees of freedom
+    factor (`_Whitened`) and the covariance with AbsorbingLS's degrees of freedom
     (`absorbed_df`, `_fe_cov`)."""
     assert d.absorb is not None
     _cov(cp, d)  # raises on a vcov the family does not take
@@ -189,8 +235,8 @@ def fit_fe(d: Design, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarra
     both = demean(np.column_stack([d.y, d.X]), d.absorb, w)
     Xt, Xd, const = _fe_transformed(d, label, both[:, 1:])
     yt = both[:, 0] + (float(w @ d.y / w.sum()) if const is not None else 0.0)
-    f = OlsFactor.of(Xt, d.weights)
-    beta, e, _ = f.solve(yt)
+    f = _Whitened.of(Xt, d.weights)
+    beta, e = f.solve(yt)
     n, k = Xt.shape
     df_resid = float(n - k - absorbed_df(d, const is not None, clustered=False))
     extra = absorbed_df(d, const is not None, clustered=bool(cp.cluster))
