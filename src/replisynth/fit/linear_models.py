@@ -62,15 +62,38 @@ def demean(M: np.ndarray, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
         out = out[:, None]
     if codes.shape[1] == 1:
         return out - _group_means(out, codes[:, 0], w)
+    sweeps = [_GroupSweep.of(codes[:, j], w) for j in range(codes.shape[1])]
     norm = np.sqrt((out**2).sum(axis=0))
     norm[norm == 0] = 1.0
     for _ in range(DEMEAN_MAX_ITER):
-        before = out.copy()
-        for j in range(codes.shape[1]):
-            out -= _group_means(out, codes[:, j], w)
-        if np.max(np.sqrt(((out - before) ** 2).sum(axis=0)) / norm) < DEMEAN_TOL:
+        moved = np.zeros(out.shape[1])
+        for sweep in sweeps:
+            moved += sweep.subtract_means(out)
+        if np.max(np.sqrt(moved) / norm) < DEMEAN_TOL:
             break
     return out
+
+
+class _GroupSweep:
+    """One absorbed column's weighted group-mean operator, built once for the alternating
+    projections: the (G, n) matrix of weights by group, the group weight totals and sizes."""
+
+    def __init__(self, codes: np.ndarray, wsum: np.ndarray, Dw: sparse.csr_matrix) -> None:
+        self.codes, self.wsum, self.Dw = codes, wsum, Dw
+        self.sizes = np.bincount(codes, minlength=len(wsum)).astype("float64")
+
+    @staticmethod
+    def of(codes: np.ndarray, w: np.ndarray) -> _GroupSweep:
+        G = int(codes.max()) + 1
+        Dw = sparse.csr_matrix((w, (codes, np.arange(len(codes)))), shape=(G, len(codes)))
+        return _GroupSweep(codes, np.bincount(codes, weights=w, minlength=G), Dw)
+
+    def subtract_means(self, out: np.ndarray) -> np.ndarray:
+        """out -= its weighted group means (in place); returns the squared L2 move per column."""
+        means = (self.Dw @ out) / self.wsum[:, None]
+        moved = np.einsum("ij,ij->j", means, means * self.sizes[:, None])
+        np.subtract(out, np.take(means, self.codes, axis=0), out=out)
+        return moved
 
 
 def _has_const(X: np.ndarray) -> int | None:
@@ -82,12 +105,16 @@ def _has_const(X: np.ndarray) -> int | None:
     return None
 
 
-def _fe_transformed(d: Design, label: str) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(X_t, X_tilde, const position): X_tilde = M_D X; X_t adds back the weighted means when
-    the formula has a constant (linearmodels' convention). Raises naming absorbed terms."""
+def _fe_transformed(
+    d: Design, label: str, Xd: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(X_t, X_tilde, const position): X_tilde = M_D X (`Xd` if already computed); X_t adds
+    back the weighted means when the formula has a constant (linearmodels' convention).
+    Raises naming absorbed terms."""
     assert d.absorb is not None
     w = _weights(d)
-    Xd = demean(d.X, d.absorb, w)
+    if Xd is None:
+        Xd = demean(d.X, d.absorb, w)
     const = _has_const(d.X)
     norm = np.sqrt((d.X**2).sum(axis=0))
     dnorm = np.sqrt((Xd**2).sum(axis=0))
@@ -112,7 +139,9 @@ def _fe_transformed(d: Design, label: str) -> tuple[np.ndarray, np.ndarray, int 
     return Xt, Xd, const
 
 
-def _fit_fe(d: Design, cp: Checkpoint, label: str) -> Any:
+def fit_fe_linearmodels(d: Design, cp: Checkpoint, label: str) -> Any:
+    """The reference fe fit: linearmodels' AbsorbingLS (`fit_fe` reproduces its numbers; tests
+    compare the two)."""
     from linearmodels.iv.absorbing import AbsorbingLS
 
     _fe_transformed(d, label)
@@ -125,6 +154,97 @@ def _fit_fe(d: Design, cp: Checkpoint, label: str) -> Any:
     cov_type, kw = _cov(cp, d)
     mod = AbsorbingLS(pd.Series(d.y, name="y"), exog, absorb=absorb, weights=w)
     return mod.fit(cov_type=cov_type, **kw)
+
+
+def absorbed_df(d: Design, has_const: bool, clustered: bool) -> int:
+    """Degrees of freedom of the absorbed effects as linearmodels' debiased AbsorbingLS counts
+    them: the levels present in each absorbed column, less one per column after the first and
+    one more with a constant (singletons count; the rank of two-way dummies is not computed).
+    Clustered with one absorbed column nested in the clusters: none (as PanelOLS and Stata)."""
+    assert d.absorb is not None
+    m = d.absorb.shape[1]
+    levels = [int(np.unique(d.absorb[:, j]).size) for j in range(m)]
+    if clustered and m == 1 and d.clusters is not None and _nested(d.absorb[:, 0], d.clusters):
+        return sum(levels) - (m - 1) - int(has_const) - (levels[0] - int(has_const))
+    return sum(levels) - (m - 1) - int(has_const)
+
+
+def _nested(effect: np.ndarray, clusters: np.ndarray) -> bool:
+    """Every level of the effect lies in a single cluster."""
+    _, e = np.unique(effect, return_inverse=True)
+    _, c = np.unique(np.asarray(clusters), return_inverse=True)
+    pairs = np.unique(e.ravel().astype("int64") * (int(c.max()) + 1) + c.ravel())
+    return bool(pairs.size == int(e.max()) + 1)
+
+
+class _Whitened:
+    """Xw = sqrt(w) X, sw = sqrt(w) and B = (Xw'Xw)^-1 from the Cholesky factor of the
+    column-equilibrated Gram matrix (as `estimators.OlsFactor`, which this layer cannot import)."""
+
+    def __init__(self, Xw: np.ndarray, B: np.ndarray, sw: np.ndarray | None) -> None:
+        self.Xw, self.B, self.sw = Xw, B, sw
+
+    @staticmethod
+    def of(X: np.ndarray, weights: np.ndarray | None) -> _Whitened:
+        sw = None if weights is None else np.sqrt(weights)
+        Xw = X if sw is None else X * sw[:, None]
+        c = np.sqrt(np.einsum("ij,ij->j", Xw, Xw))
+        c[c == 0] = 1.0
+        Ri = np.linalg.inv(np.linalg.cholesky((Xw.T @ Xw) / np.outer(c, c)).T * c[None, :])
+        return _Whitened(Xw, Ri @ Ri.T, sw)
+
+    def solve(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(beta, whitened residual) of y, with one refinement step on the residual."""
+        yw = y if self.sw is None else y * self.sw
+        beta = self.B @ (self.Xw.T @ yw)
+        beta = beta + self.B @ (self.Xw.T @ (yw - self.Xw @ beta))
+        return beta, yw - self.Xw @ beta
+
+
+def _fe_cov(cp: Checkpoint, d: Design, f: _Whitened, e: np.ndarray, extra: int) -> np.ndarray:
+    """Covariance of the absorbed regression on whitened data (X_t sqrt(w), residual e), with
+    linearmodels' conventions: unadjusted and clustered debiased, HC0 not, HC1 debiased;
+    debiased scales by n / (n - k - extra), clustered also by G/(G-1) (n-1)/n."""
+    n, k = f.Xw.shape
+    debias = n / (n - k - extra)
+    if cp.cluster:
+        assert d.clusters is not None
+        _, g = np.unique(np.asarray(d.clusters), return_inverse=True)
+        g = g.ravel()
+        G = int(g.max()) + 1
+        S = np.zeros((G, k))
+        np.add.at(S, g, f.Xw * e[:, None])
+        return f.B @ (S.T @ S) @ f.B * (debias * G / (G - 1) * (n - 1) / n)
+    if cp.vcov == "nonrobust":
+        return f.B * float(e @ e) / (n - k - extra)
+    Xe = f.Xw * e[:, None]
+    return f.B @ (Xe.T @ Xe) @ f.B * (debias if cp.vcov == "HC1" else 1.0)
+
+
+def fit_fe(
+    d: Design, cp: Checkpoint, label: str
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """(beta, SE, residual df, within residual) of an fe checkpoint as linearmodels'
+    AbsorbingLS gives them, without it: the within transform of [y, X] (`demean`), the
+    weighted means added back with a constant, OLS on the whitened data by a Cholesky
+    factor (`_Whitened`) and the covariance with AbsorbingLS's degrees of freedom
+    (`absorbed_df`, `_fe_cov`)."""
+    assert d.absorb is not None
+    _cov(cp, d)  # raises on a vcov the family does not take
+    w = _weights(d)
+    both = demean(np.column_stack([d.y, d.X]), d.absorb, w)
+    Xt, Xd, const = _fe_transformed(d, label, both[:, 1:])
+    yt = both[:, 0] + (float(w @ d.y / w.sum()) if const is not None else 0.0)
+    f = _Whitened.of(Xt, d.weights)
+    beta, e = f.solve(yt)
+    n, k = Xt.shape
+    df_resid = float(n - k - absorbed_df(d, const is not None, clustered=False))
+    extra = absorbed_df(d, const is not None, clustered=bool(cp.cluster))
+    if n - k - extra <= 0 or df_resid <= 0:
+        raise CheckpointError(f"{label}: no residual degrees of freedom left ({n} observations)")
+    se = np.sqrt(np.diag(_fe_cov(cp, d, f, e, extra)))
+    sw = f.sw if f.sw is not None else 1.0
+    return beta, se, df_resid, e / sw
 
 
 def _fe_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -259,18 +379,17 @@ def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
-    """Fit an fe, re or iv checkpoint with linearmodels; returns estimators.FitResult with
+    """Fit an fe checkpoint (`fit_fe`, linearmodels' AbsorbingLS numbers), an re or iv one
+    with linearmodels; returns estimators.FitResult with
     formulaic's term names and `scale` = sum(w e^2) / resid_df of the family's residual."""
 
     d = design
     w = _weights(d)
     extra: dict[str, float] = {}
+    if cp.model == "fe":
+        return _fe_result(d, cp, label)
     try:
-        if cp.model == "fe":
-            res = _fit_fe(d, cp, label)
-            resid = residual(d, cp, np.asarray(res.params, dtype="float64"))
-            df_resid = float(res.df_resid)
-        elif cp.model == "re":
+        if cp.model == "re":
             res, _ = _fit_re(d, cp, label)
             df_resid = float(res.df_resid)
             resid = None
@@ -311,6 +430,24 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
         resid_df=df_resid,
         scale=scale,
         extra=extra,
+    )
+
+
+def _fe_result(d: Design, cp: Checkpoint, label: str) -> FitResult:
+    """`fit_fe` as a FitResult (scale = sum(w e^2) / resid_df of the within residual)."""
+    try:
+        beta, se, df_resid, resid = fit_fe(d, cp, label)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise CheckpointError(
+            f"{label}: the fixed-effects fit failed ({exc}); check the formula, weights and vcov"
+        ) from None
+    return FitResult(
+        terms=list(d.terms),
+        beta=beta,
+        se=se,
+        n=int(len(d.y)),
+        resid_df=df_resid,
+        scale=float(np.sum(_weights(d) * resid * resid) / df_resid),
     )
 
 
