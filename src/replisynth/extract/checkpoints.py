@@ -6,12 +6,13 @@ Method: docs/method.md, "Checkpoint disclosure rules".
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from replisynth.config.manifest import Checkpoint, Manifest
+from replisynth.config.manifest import Checkpoint, Manifest, Sdc
 from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.disclosure.sdc import SdcLog
@@ -152,15 +153,9 @@ def _reject(
     return {**base, "status": "rejected", "reason": reason}, log, None
 
 
-def capture_checkpoint_sample(
-    df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int
-) -> tuple[dict[str, Any], SdcLog, pd.Index | None]:
-    """`capture_checkpoint`, plus the estimation sample's row labels in `df` (None when the
-    sample was never built), for the disclosure ledger's differencing rule (memory only)."""
-    sdc = manifest.sdc
-    log = SdcLog()
-    where = f"checkpoints[{index}] ({cp.tag})"
-    base: dict[str, Any] = {
+def _request_fields(df: pd.DataFrame, cp: Checkpoint) -> dict[str, Any]:
+    """The checkpoint's request fields, shared by released and rejected records."""
+    return {
         "tag": cp.tag,
         "source": cp.source,
         "model": cp.model,
@@ -176,29 +171,29 @@ def capture_checkpoint_sample(
         "columns": used_columns(cp),
         "subset_columns": sorted(subset_columns(cp.subset, df.columns)),
     }
-    design = build_design(df, cp, where)
+
+
+def _sample_rejection(
+    design: Design, cp: Checkpoint, sdc: Sdc, log: SdcLog
+) -> tuple[str, str | None] | None:
+    """The sample gates before any fit (size, outcome classes, weights): a rejection reason and
+    its log wording, or None when the sample passes (the weights pass is logged)."""
     n = len(design.y)
     if n < sdc.min_cell_size:
-        return _reject(
-            base,
-            log,
-            cp,
+        return (
             f"sample below min_cell_size={sdc.min_cell_size}",
             f"estimation sample below min_cell_size={sdc.min_cell_size}",
         )
     if cp.model in GLM_MODELS:
         small = outcome_minority(design.y, cp.model)
         if small is not None and small < sdc.min_cell_size:
-            return _reject(
-                base,
-                log,
-                cp,
+            return (
                 f"outcome class below min_cell_size={sdc.min_cell_size}",
                 f"an outcome class has fewer than min_cell_size={sdc.min_cell_size} rows in the sample",
             )
     heavy = weight_gate(design.weights, sdc.min_cell_size)
     if heavy:
-        return _reject(base, log, cp, f"weights: {heavy}")
+        return f"weights: {heavy}", None
     if design.weights is not None:
         log.add(
             "checkpoints",
@@ -207,21 +202,25 @@ def capture_checkpoint_sample(
             f"and no row above 1/{sdc.min_cell_size} of the total weight",
             checkpoint=cp.tag,
         )
-    fit = fit_checkpoint(design, cp, where)
+    return None
+
+
+def _fit_rejection(
+    design: Design, fit: FitResult, cp: Checkpoint, sdc: Sdc, log: SdcLog, where: str
+) -> str | None:
+    """The gates on the fit (residual df, finite SEs, outcome dominance): a rejection reason,
+    or None when the fit may be released (the dominance check is logged)."""
     if fit.resid_df < sdc.min_resid_df:
-        return _reject(base, log, cp, f"residual df below min_resid_df={sdc.min_resid_df}")
+        return f"residual df below min_resid_df={sdc.min_resid_df}"
     if not np.all(np.isfinite(fit.se)):
         raise CheckpointError(
             f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample"
         )
     checked, dominated = outcome_dominance(design, fit, cp, sdc.dominance)
     if dominated:
-        return _reject(
-            base,
-            log,
-            cp,
+        return (
             f"outcome dominance: two rows carry more than {sdc.dominance:g} of the {' and of the '.join(dominated)} "
-            "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data",
+            "(released exactly, it would give away the largest outcome); transform or top-code the outcome in the data"
         )
     log.add(
         "checkpoints",
@@ -231,10 +230,16 @@ def capture_checkpoint_sample(
         else "binary or ordered outcome: covered by the outcome-class gate, no dominance check",
         checkpoint=cp.tag,
     )
-    minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)
-    small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
+    return None
+
+
+def _release_terms(
+    design: Design, fit: FitResult, sdc: Sdc, minority: np.ndarray, small_ref: set[int]
+) -> tuple[list[dict[str, Any]], float, int, int]:
+    """The coefficient records, suppressed or rounded by the gates: records, the largest
+    rounding move in SEs, and the counts suppressed for sparse columns and small references."""
     rounding_cost = 0.0
-    terms = []
+    terms: list[dict[str, Any]] = []
     n_sup = n_ref = 0
     k_x = design.X.shape[1]  # alpha and cut points follow the regressors; they are never indicators
     for j, term in enumerate(fit.terms):
@@ -269,6 +274,11 @@ def capture_checkpoint_sample(
             rounding_cost = max(rounding_cost, abs(b - rb) / se if se > 0 else 0.0)
             b, se = rb, rse
         terms.append({"term": term, "position": j, "beta": b, "se": se})
+    return terms, rounding_cost, n_sup, n_ref
+
+
+def _log_suppressed(log: SdcLog, cp: Checkpoint, sdc: Sdc, n_sup: int, n_ref: int) -> None:
+    """Log the coefficients withheld for small reference levels and for sparse columns."""
     if n_ref:
         log.add(
             "checkpoints",
@@ -286,6 +296,20 @@ def capture_checkpoint_sample(
             checkpoint=cp.tag,
             terms=n_sup,
         )
+
+
+def _release_moments(
+    df: pd.DataFrame,
+    cp: Checkpoint,
+    sdc: Sdc,
+    design: Design,
+    fit: FitResult,
+    terms: list[dict[str, Any]],
+    minority: np.ndarray,
+    log: SdcLog,
+) -> dict[str, Any] | None:
+    """The design moments on the estimation sample for the released terms and instruments,
+    less factor indicators whose rare levels exact means would give away (both logged)."""
     released = {t["term"] for t in terms if not t.get("suppressed")}
     linked = factor_terms_with_rare_levels(df, cp.formula, fit.terms, sdc.min_cell_size)
     if linked & released:
@@ -332,23 +356,43 @@ def capture_checkpoint_sample(
             checkpoint=cp.tag,
             terms=info["columns"],
         )
+    return moments
+
+
+@dataclass(frozen=True)
+class _Released:
+    """What the gates let through for one checkpoint, to be assembled into its record."""
+
+    base: dict[str, Any]
+    fit: FitResult
+    terms: list[dict[str, Any]]
+    moments: dict[str, Any] | None
+    rounding_cost: float
+
+
+def _released_record(
+    df: pd.DataFrame, cp: Checkpoint, sdc: Sdc, design: Design, rel: _Released, log: SdcLog
+) -> dict[str, Any]:
+    """The released checkpoint record: fit aggregates, terms, outcome and moments, rounded
+    to the profile's significant figures (the rounding logged with its cost)."""
+    fit = rel.fit
     scale = fit.scale
     if sdc.round_significant:
         scale = round_significant(scale, sdc.round_significant)
         log.add(
             "checkpoints",
             "rounded",
-            f"coefficients, standard errors and residual variance rounded to {sdc.round_significant} significant figures; the rounding moves a coefficient by at most {rounding_cost:.2g} of its standard error",
+            f"coefficients, standard errors and residual variance rounded to {sdc.round_significant} significant figures; the rounding moves a coefficient by at most {rel.rounding_cost:.2g} of its standard error",
             checkpoint=cp.tag,
         )
     out = {
-        **base,
+        **rel.base,
         "status": "released",
         "n": fit.n,
         "resid_df": fit.resid_df,
         "scale": scale,
         "k": len(fit.terms),
-        "terms": terms,
+        "terms": rel.terms,
     }
     if (
         fit.extra and cp.model not in GLM_MODELS
@@ -364,11 +408,37 @@ def capture_checkpoint_sample(
             else None
         )
         out.update(outcome_release(levels, cp, fit.extra, sdc.round_significant))
-    if moments is not None:
-        out["moments"] = moments
+    if rel.moments is not None:
+        out["moments"] = rel.moments
     if sdc.round_significant:
-        out["rounding_cost_dbeta_se"] = float(round_significant(rounding_cost, 2))
-    return out, log, design.index
+        out["rounding_cost_dbeta_se"] = float(round_significant(rel.rounding_cost, 2))
+    return out
+
+
+def capture_checkpoint_sample(
+    df: pd.DataFrame, cp: Checkpoint, manifest: Manifest, index: int
+) -> tuple[dict[str, Any], SdcLog, pd.Index | None]:
+    """`capture_checkpoint`, plus the estimation sample's row labels in `df` (None when the
+    sample was never built), for the disclosure ledger's differencing rule (memory only)."""
+    sdc = manifest.sdc
+    log = SdcLog()
+    where = f"checkpoints[{index}] ({cp.tag})"
+    base = _request_fields(df, cp)
+    design = build_design(df, cp, where)
+    rejected = _sample_rejection(design, cp, sdc, log)
+    if rejected is not None:
+        return _reject(base, log, cp, *rejected)
+    fit = fit_checkpoint(design, cp, where)
+    reason = _fit_rejection(design, fit, cp, sdc, log, where)
+    if reason is not None:
+        return _reject(base, log, cp, reason)
+    minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)
+    small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
+    terms, rounding_cost, n_sup, n_ref = _release_terms(design, fit, sdc, minority, small_ref)
+    _log_suppressed(log, cp, sdc, n_sup, n_ref)
+    moments = _release_moments(df, cp, sdc, design, fit, terms, minority, log)
+    rel = _Released(base, fit, terms, moments, rounding_cost)
+    return _released_record(df, cp, sdc, design, rel, log), log, design.index
 
 
 def moment_design(design: Design) -> tuple[np.ndarray, list[str], list[str]]:

@@ -12,7 +12,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from replisynth.config.manifest import Manifest, Source
+from replisynth.config.manifest import Manifest, Sdc, Source
 from replisynth.core.errors import DataError
 from replisynth.core.options import GLM_ORDERED
 from replisynth.core.parallel import thread_map
@@ -630,32 +630,58 @@ def weighted_grid_columns(
     }
 
 
-def extract_source(
-    df: pd.DataFrame,
-    meta: FileMeta,
-    manifest: Manifest,
-    source: Source,
-    strata_blocks: bool = True,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[SourceRelease, SdcLog]:
-    """Build the release of one source and the log of its SDC decisions.
+@dataclass(frozen=True)
+class _SourceContext:
+    """The source being extracted, its SDC settings, its decision log and progress callback."""
 
-    `strata_blocks=False` leaves out the strata's blocks (the cells are still listed) and
-    records under release["strata"]["log_at"] where their SDC decisions belong: the
-    source-level half of a scattered extraction (replisynth.workflow.scatter fills the blocks in).
-    `progress` is told each stratum as it starts (by number, never by its key's values)."""
-    say = progress or (lambda _msg: None)
-    sdc = manifest.sdc
-    log = SdcLog()
+    source: Source
+    sdc: Sdc
+    log: SdcLog
+    say: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _StrataCells:
+    """Each row's stratum cell, the cells' sizes, the released cells and the residual block."""
+
+    key_idx: np.ndarray
+    key_pos: dict[Any, int]
+    sizes: np.ndarray
+    released_keys: list[Any]
+    small: list[Any]
+    residual_mask: pd.Series
+
+
+@dataclass(frozen=True)
+class _CodedRelease:
+    """What the coded categorical columns give: dims, their matrix, derived columns, pooled
+    values, classes for linked tables, and the weighted statistics."""
+
+    missing_groups: list[list[str]]
+    dims: list[dict[str, Any]]
+    X: np.ndarray
+    derived: dict[str, Any]
+    pooled_values: Any
+    classes: Any
+    weights: Any
+    marginals: dict[str, dict[str, Any]]  # with derived tables that split a bucket rewritten
+    split: list[str]  # derived columns rewritten so (their correlations are blanked)
+
+
+def _kept_categorical(manifest: Manifest, source: Source) -> set[str]:
+    """Columns kept categorical whatever their count of values: strata, the panel's time,
+    factors of checkpoint formulas and ordered outcomes."""
     keep = set(source.strata) | ({source.panel.time} if source.panel else set())
     for cp in manifest.checkpoints_of(source.name):
         keep |= set(FACTOR_CALL.findall(cp.formula))
         if cp.model in GLM_ORDERED:  # an ordered outcome keeps its categories
             keep.add(cp.outcome)
-    spread: dict[str, tuple[int, float, float]] = {}
-    specs = infer_schema(
-        df, source, meta, sdc.min_cell_size, keep, sdc.quantile_trim / 100.0, spread
-    )
+    return keep
+
+
+def _log_integer_spread(ctx: _SourceContext, spread: dict[str, tuple[int, float, float]]) -> None:
+    """Log the integer columns released as continuous, with what pooling would have cost."""
+    source, sdc, log = ctx.source, ctx.sdc, ctx.log
     for name, (values, pooled, trimmed) in spread.items():
         log.add(
             "schema",
@@ -666,7 +692,10 @@ def extract_source(
             source=source.name,
             column=name,
         )
-    # The source must validate against the schema we are about to release.
+
+
+def _check_own_schema(df: pd.DataFrame, specs: list[ColumnSpec], source: Source) -> None:
+    """Fail unless the source validates against the schema about to be released."""
     failures = validation_summary(pandera_schema(specs), df[[s.name for s in specs]])
     if failures:
         detail = "; ".join(f"{f['column']}: {f['check']} ({f['failures']} rows)" for f in failures)
@@ -674,19 +703,24 @@ def extract_source(
             f"{source.path}: the data does not validate against its own schema: {detail}"
         )
 
-    work = df[[s.name for s in specs]]  # copy-on-write: only columns written below are copied
-    spec_by = {s.name: s for s in specs}
+
+def _log_all_missing(ctx: _SourceContext, specs: list[ColumnSpec]) -> None:
+    """Log the columns that are entirely missing (released as all-missing columns)."""
     for s in specs:
         if s.rows and s.missing == s.rows and s.role in ("continuous", "categorical"):
-            log.add(
+            ctx.log.add(
                 "schema",
                 "all_missing",
                 "column is entirely missing: released as an all-missing column",
-                source=source.name,
+                source=ctx.source.name,
                 column=s.name,
             )
 
-    # Strata and local suppression of small cells.
+
+def _strata_cells(ctx: _SourceContext, work: pd.DataFrame) -> _StrataCells:
+    """The strata cells and the released ones: small cells are suppressed locally and the
+    smallest released cells join them when the residual block would be small (logged)."""
+    source, sdc, log = ctx.source, ctx.sdc, ctx.log
     key_idx, key_list = _strata_keys(work, source.strata)
     sizes = np.bincount(key_idx[key_idx >= 0], minlength=len(key_list))
     released_keys = sorted(
@@ -717,7 +751,20 @@ def extract_source(
     released_idx = np.zeros(len(key_list) + 1, dtype=bool)  # last slot: a missing stratum value
     released_idx[[key_pos[k] for k in released_keys]] = True
     residual_mask = pd.Series(~released_idx[key_idx] if source.strata else False, index=work.index)
-    n_residual = int(residual_mask.sum())
+    return _StrataCells(key_idx, key_pos, sizes, released_keys, small, residual_mask)
+
+
+def _suppress_small_strata(
+    ctx: _SourceContext,
+    work: pd.DataFrame,
+    spec_by: dict[str, ColumnSpec],
+    specs: list[ColumnSpec],
+    strata: _StrataCells,
+) -> list[ColumnSpec]:
+    """Blank the strata columns of the residual block's rows (logged) and recount their
+    missing values in the specs, which are returned."""
+    source, sdc, log = ctx.source, ctx.sdc, ctx.log
+    small, residual_mask = strata.small, strata.residual_mask
     if source.strata and small:
         log.add(
             "strata",
@@ -734,9 +781,15 @@ def extract_source(
                 **{**spec_by[c].to_dict(), "missing": int(work[c].isna().sum())}
             )
         specs = [spec_by[s.name] for s in specs]
+    return specs
 
-    # Source-level marginals.
-    released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
+
+def _source_marginals(
+    ctx: _SourceContext, work: pd.DataFrame, released_cols: list[ColumnSpec]
+) -> dict[str, dict[str, Any]]:
+    """The source-level marginal of every released column, with secondary suppression of
+    small suppressed buckets (each decision logged)."""
+    source, sdc, log = ctx.source, ctx.sdc, ctx.log
     marginals: dict[str, dict[str, Any]] = {}
     for s in released_cols:
         m = _marginal(
@@ -765,12 +818,44 @@ def extract_source(
                 source=source.name,
                 column=c,
             )
-    # Columns that released nothing become all-missing columns of the release.
+    return marginals
+
+
+def _suppressed_to_missing(
+    released_cols: list[ColumnSpec],
+    marginals: dict[str, dict[str, Any]],
+    spec_by: dict[str, ColumnSpec],
+    specs: list[ColumnSpec],
+) -> list[ColumnSpec]:
+    """Columns that released nothing become all-missing columns of the release."""
     for s in released_cols:
         if marginals[s.name]["kind"] == "suppressed" and s.missing < s.rows:
             spec_by[s.name] = ColumnSpec(**{**s.to_dict(), "missing": s.rows})
-    specs = [spec_by[s.name] for s in specs]
+    return [spec_by[s.name] for s in specs]
 
+
+def _log_derived(ctx: _SourceContext, derived: dict[str, Any]) -> None:
+    """Log the columns released as functions of another column."""
+    for b, d in derived.items():
+        ctx.log.add(
+            "derived",
+            "coded",
+            f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}",
+            source=ctx.source.name,
+            column=b,
+        )
+
+
+def _coded_release(
+    ctx: _SourceContext,
+    work: pd.DataFrame,
+    spec_by: dict[str, ColumnSpec],
+    specs: list[ColumnSpec],
+    marginals: dict[str, dict[str, Any]],
+) -> _CodedRelease:
+    """Dims, dim matrix, derived columns, pooled values, classes and weighted statistics,
+    all from one factorization of the categorical columns (freed on return)."""
+    source, sdc, log = ctx.source, ctx.sdc, ctx.log
     missing_groups = shared_missing_patterns(
         work,
         [
@@ -800,14 +885,7 @@ def extract_source(
         specs, marginals, missing_groups, sdc.min_cell_size, skip_missing=source.strata
     )
     X = coded_dim_matrix(work, spec_by, dims, tables, all_levels, coded)
-    for b, d in derived.items():
-        log.add(
-            "derived",
-            "coded",
-            f"released as a function of {d['from']!r} (every released level of {d['from']!r} has one value of {b!r}); synthesis computes it from {d['from']!r}",
-            source=source.name,
-            column=b,
-        )
+    _log_derived(ctx, derived)
     # Ordered numeric values with pooled codes replaced by their released level (used for
     # the per-stratum grids of many-level ordinals).
     pooled_values = pooled_level_values(work, tables, spec_by, all_levels, coded)
@@ -827,9 +905,42 @@ def extract_source(
         else None
     )
     del coded  # ~8 MB per column at 1M rows: freed before the strata's row copies
+    return _CodedRelease(
+        missing_groups, dims, X, derived, pooled_values, classes, weights, marginals, split
+    )
+
+
+def _log_identity(ctx: _SourceContext, S_all: np.ndarray) -> None:
+    """Log pairs of dims with a rank correlation of exactly ±1, released as such."""
+    n_ident = identity_pairs(S_all)
+    if n_ident:
+        ctx.log.add(
+            "correlations",
+            "identity",
+            f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended",
+            source=ctx.source.name,
+            block="all",
+            pairs=n_ident,
+        )
+
+
+def _source_blocks(
+    ctx: _SourceContext,
+    work: pd.DataFrame,
+    released_cols: list[ColumnSpec],
+    marginals: dict[str, dict[str, Any]],
+    strata: _StrataCells,
+    cr: _CodedRelease,
+    strata_blocks: bool,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[int]]], int, int]:
+    """The source-level block and the strata's blocks with their class counts, and where in
+    the log the strata's and the linked tables' decisions go."""
+    source, sdc, log, say = ctx.source, ctx.sdc, ctx.log, ctx.say
+    X, pooled_values, classes = cr.X, cr.pooled_values, cr.classes
+    key_idx, key_pos = strata.key_idx, strata.key_pos
     # The source-level matrix and the strata's blocks are independent: one thread each
     # (results and their SDC decisions collected in order, so the same for any thread count).
-    keys = list(enumerate(released_keys)) if source.strata and strata_blocks else []
+    keys = list(enumerate(strata.released_keys)) if source.strata and strata_blocks else []
 
     def piece(item: tuple[int, tuple[Any, ...]] | None) -> tuple[Any, SdcLog]:
         lg = SdcLog()
@@ -846,17 +957,8 @@ def extract_source(
 
     done = thread_map(piece, [None, *keys])
     gate = done[0][0]
-    S_all = _blank_columns(gate.matrix, dims, split)
-    n_ident = identity_pairs(S_all)
-    if n_ident:
-        log.add(
-            "correlations",
-            "identity",
-            f"{n_ident} pair(s) of dims with a rank correlation of exactly ±1 (one column a monotone function of another); released as such, check that this is intended",
-            source=source.name,
-            block="all",
-            pairs=n_ident,
-        )
+    S_all = _blank_columns(gate.matrix, cr.dims, cr.split)
+    _log_identity(ctx, S_all)
     log_correlation_gates(log, gate, sdc.min_cell_size, source.name, "all")
     blocks: dict[str, dict[str, Any]] = {
         "all": {
@@ -875,17 +977,74 @@ def extract_source(
         counts[f"s{i}"] = cnt
         log.extend(lg)
     linked_at = len(log.entries)  # where the linked tables' decisions go (after the strata's)
-    cells = [
-        {"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])}
-        for i, key in enumerate(released_keys if source.strata else [])
-    ]
+    return blocks, counts, log_at, linked_at
 
-    groups = {
+
+def _key_column_groups(ctx: _SourceContext, df: pd.DataFrame) -> dict[str, Any]:
+    """The released group-size distribution of every key column (decisions logged)."""
+    source, sdc, log = ctx.source, ctx.sdc, ctx.log
+    return {
         c: _group_release(
             df[c], sdc.min_cell_size, sdc.quantile_trim, log, source.name, sdc.grid, sdc.dominance
         )
         for c in source.key_columns
     }
+
+
+def extract_source(
+    df: pd.DataFrame,
+    meta: FileMeta,
+    manifest: Manifest,
+    source: Source,
+    strata_blocks: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[SourceRelease, SdcLog]:
+    """Build the release of one source and the log of its SDC decisions.
+
+    `strata_blocks=False` leaves out the strata's blocks (the cells are still listed) and
+    records under release["strata"]["log_at"] where their SDC decisions belong: the
+    source-level half of a scattered extraction (replisynth.workflow.scatter fills the blocks in).
+    `progress` is told each stratum as it starts (by number, never by its key's values)."""
+    say = progress or (lambda _msg: None)
+    sdc = manifest.sdc
+    log = SdcLog()
+    ctx = _SourceContext(source, sdc, log, say)
+    keep = _kept_categorical(manifest, source)
+    spread: dict[str, tuple[int, float, float]] = {}
+    specs = infer_schema(
+        df, source, meta, sdc.min_cell_size, keep, sdc.quantile_trim / 100.0, spread
+    )
+    _log_integer_spread(ctx, spread)
+    # The source must validate against the schema we are about to release.
+    _check_own_schema(df, specs, source)
+
+    work = df[[s.name for s in specs]]  # copy-on-write: only columns written below are copied
+    spec_by = {s.name: s for s in specs}
+    _log_all_missing(ctx, specs)
+
+    # Strata and local suppression of small cells.
+    strata = _strata_cells(ctx, work)
+    sizes, key_pos, released_keys = strata.sizes, strata.key_pos, strata.released_keys
+    n_residual = int(strata.residual_mask.sum())
+    specs = _suppress_small_strata(ctx, work, spec_by, specs, strata)
+
+    # Source-level marginals.
+    released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
+    marginals = _source_marginals(ctx, work, released_cols)
+    specs = _suppressed_to_missing(released_cols, marginals, spec_by, specs)
+
+    cr = _coded_release(ctx, work, spec_by, specs, marginals)
+    marginals = cr.marginals
+    missing_groups, dims, derived, weights = cr.missing_groups, cr.dims, cr.derived, cr.weights
+    blocks, counts, log_at, linked_at = _source_blocks(
+        ctx, work, released_cols, marginals, strata, cr, strata_blocks
+    )
+    cells = [
+        {"id": f"s{i}", "key": list(key), "rows": int(sizes[key_pos[key]])}
+        for i, key in enumerate(released_keys if source.strata else [])
+    ]
+
+    groups = _key_column_groups(ctx, df)
     value_labels = _released_value_labels(meta, marginals)
     codes = release_missing_codes(meta, specs, marginals, source, sdc.min_cell_size, log)
     free_text = free_text_columns(df, specs, source)

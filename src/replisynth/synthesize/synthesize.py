@@ -143,20 +143,12 @@ def _fill_block(
     return dict(zip([c for c, _ in items], thread_map(fill, items), strict=True))
 
 
-def synthesize_block(
-    bp: BlockPlan,
-    release: dict[str, Any],
-    specs: dict[str, ColumnSpec],
-    seed: int,
-    source: str,
-    ent: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Values of every column of one block (object/float arrays, NaN = missing). With `ent`
-    (entity index per row, `entities.skeleton`) the latent normals are hierarchical and
-    time-invariant and period columns are filled per entity (replisynth.synthesize.entities)."""
-    dims = release["dims"]
+def _missing_masks(
+    bp: BlockPlan, release: dict[str, Any], seed: int, source: str
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Missing rows of every column (released counts at random rows, shared within a
+    missing-pattern set), and each set's followers for the latent placement below."""
     n = bp.rows
-    act = _active_dims(dims, bp)
     r_miss = make_rng(seed, source, bp.id, "missing")
     leader = {c: grp[0] for grp in release.get("missing_groups", []) for c in grp}
     followers = {grp[0]: grp[1:] for grp in release.get("missing_groups", [])}
@@ -172,6 +164,15 @@ def synthesize_block(
             else:
                 m[r_miss.choice(n, size=cp.missing, replace=False)] = True
         missing[col] = m
+    return missing, followers
+
+
+def _spearman_target(
+    bp: BlockPlan, release: dict[str, Any], act: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The released Spearman matrix on the active dims (unknown pairs set to 0) and the mask
+    of the pairs it targets."""
+    dims = release["dims"]
     S_full = np.asarray(
         [
             [np.nan if v is None else v for v in row]
@@ -194,6 +195,60 @@ def synthesize_block(
     finite &= ~same
     target = np.where(finite, target, 0.0)
     np.fill_diagonal(target, 1.0)
+    return target, finite
+
+
+def _time_dim(release: dict[str, Any], act: list[int]) -> int | None:
+    """Position among the active dims of the panel's time column (ordered or continuous)."""
+    dims = release["dims"]
+    time = (release.get("panel") or {}).get("time")
+    return next(
+        (
+            j
+            for j, i in enumerate(act)
+            if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")
+        ),
+        None,
+    )
+
+
+def _place_latent_missing(
+    bp: BlockPlan,
+    dims: list[dict[str, Any]],
+    act: list[int],
+    Z: np.ndarray,
+    missing: dict[str, np.ndarray],
+    followers: dict[str, list[str]],
+) -> None:
+    """Move the missing rows of columns with a missingness dim (and of their set) to the
+    rows with the largest latent, so missingness keeps its released correlations."""
+    n = bp.rows
+    for j, i in enumerate(act):
+        if dims[i]["kind"] == "missing":
+            col = dims[i]["column"]
+            mask = np.zeros(n, dtype=bool)
+            mask[rank_order(-Z[:, j])[: bp.columns[col].missing]] = True
+            for c in [col] + followers.get(col, []):
+                if c in missing and int(missing[c].sum()) == int(mask.sum()):
+                    missing[c] = mask
+
+
+def synthesize_block(
+    bp: BlockPlan,
+    release: dict[str, Any],
+    specs: dict[str, ColumnSpec],
+    seed: int,
+    source: str,
+    ent: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Values of every column of one block (object/float arrays, NaN = missing). With `ent`
+    (entity index per row, `entities.skeleton`) the latent normals are hierarchical and
+    time-invariant and period columns are filled per entity (replisynth.synthesize.entities)."""
+    dims = release["dims"]
+    n = bp.rows
+    act = _active_dims(dims, bp)
+    missing, followers = _missing_masks(bp, release, seed, source)
+    target, finite = _spearman_target(bp, release, act)
     margins = [
         _margin(dims[i], bp.columns[dims[i]["column"]], n, specs[dims[i]["column"]].integer)
         for i in act
@@ -203,16 +258,7 @@ def synthesize_block(
     if ent is None:
         Z = correlated_normals(R, n, r_cop, exact=True)
     else:
-        time = (release.get("panel") or {}).get("time")
         R = complete_untargeted(R, ~finite)
-        time_j = next(
-            (
-                j
-                for j, i in enumerate(act)
-                if dims[i]["column"] == time and dims[i]["kind"] in ("ordered", "continuous")
-            ),
-            None,
-        )
         Z = entity_normals(
             R,
             act,
@@ -220,7 +266,7 @@ def synthesize_block(
             ent,
             r_cop,
             margins,
-            time_j,
+            _time_dim(release, act),
             make_rng(seed, source, bp.id, "serial"),
             columns=[
                 dims[i]["column"] if dims[i]["kind"] in ("ordered", "continuous") else ""
@@ -228,15 +274,7 @@ def synthesize_block(
             ],
             free=~finite,
         )
-    # Missing positions of columns with a missingness dim: the rows with the largest latent.
-    for j, i in enumerate(act):
-        if dims[i]["kind"] == "missing":
-            col = dims[i]["column"]
-            mask = np.zeros(n, dtype=bool)
-            mask[rank_order(-Z[:, j])[: bp.columns[col].missing]] = True
-            for c in [col] + followers.get(col, []):
-                if c in missing and int(missing[c].sum()) == int(mask.sum()):
-                    missing[c] = mask
+    _place_latent_missing(bp, dims, act, Z, missing, followers)
     numeric = frozenset(numeric_level_columns([bp], release)) if ent is None else frozenset()
     cols = _fill_block(
         bp,
