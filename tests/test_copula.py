@@ -767,3 +767,27 @@ def test_large_blocks_within_comfort_are_not_refined(
     release_small, _ = _release(frame(12_000), tmp_path / "small", strata=["female"])
     synthesize_source(release_small, seed=5)
     assert calls == [12_000]
+
+
+@pytest.mark.parametrize("seed,n,d", [(1, 40, 5), (7, 113, 9), (12, 9, 3)])
+def test_view_presence_differences_read_the_right_columns(seed: int, n: int, d: int) -> None:
+    """A view's presence differences P[r] - P[s] over any dims, and its per-proposal split
+    into dims with and without missing values, match the presence of X itself."""
+    from replisynth.synthesize.refine import _Proposals, _view
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    holes = rng.choice(d, size=max(1, d // 2), replace=False)
+    for j in holes:
+        X[rng.random(n) < 0.3, j] = np.nan
+    rows = np.sort(rng.choice(n, size=n - n // 4, replace=False))
+    v = _view(X, rows, np.zeros((d, d)), n)
+    r, s = rows[: len(rows) // 2], rows[len(rows) // 2 : 2 * (len(rows) // 2)]
+    out = rng.permutation(d)[: d - 1]
+    present = (~np.isnan(X)).astype(float)
+    want = present[r][:, out] - present[s][:, out]
+    assert np.array_equal(v.dP(v.pos[r], v.pos[s], out), want)
+    props = _Proposals(v, r, s, [int(np.setdiff1d(np.arange(d), out)[0])], out)
+    has_missing = np.isnan(X[rows][:, out]).any(axis=0)
+    assert np.array_equal(props.om, np.flatnonzero(has_missing))
+    assert np.array_equal(props.dPm, want[:, has_missing])

@@ -6,7 +6,7 @@ Method: docs/method.md, "Correlations and the copula" (swap refinement).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -136,6 +136,16 @@ class _View:
     N: np.ndarray
     T: np.ndarray
     M: np.ndarray
+    _miss_col: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def miss_col(self) -> np.ndarray:
+        """Column of each dim in Pm, -1 for a complete dim (an index instead of a search in
+        every one of the many small batches)."""
+        if self._miss_col is None:
+            col = np.full(self.M.shape[0], -1, dtype=np.intp)
+            col[self.miss] = np.arange(len(self.miss))
+            self._miss_col = col
+        return self._miss_col
 
     def corr(self) -> np.ndarray:
         return _corr(self.C, self.A, self.A.T, self.Q, self.Q.T, self.N)
@@ -147,11 +157,11 @@ class _View:
         """Presence differences P[pr] - P[ps] over the dims `out` (zero on complete dims)."""
         d = np.zeros((len(pr), len(out)))
         if len(self.miss):
-            at = np.searchsorted(self.miss, out)
-            hit = (at < len(self.miss)) & (self.miss[np.minimum(at, len(self.miss) - 1)] == out)
+            at = self.miss_col()[out]
+            hit = at >= 0
             if hit.any():
                 cols = at[hit]
-                d[:, hit] = self.Pm[pr][:, cols] - self.Pm[ps][:, cols]
+                d[:, hit] = self.Pm[_ix(pr, cols)] - self.Pm[_ix(ps, cols)]
         return d
 
 
@@ -328,7 +338,7 @@ class _Proposals:
         self.du = us - ur
         self.dq = us * us - ur * ur
         self.dU = (Ur - Us).take(out, axis=1)
-        miss = np.isin(out, v.miss)
+        miss = v.miss_col()[out] >= 0
         self.om = np.flatnonzero(miss)
         self.oc = np.flatnonzero(~miss)
         self.dPm = v.dP(pr, ps, out[self.om]) if len(self.om) else np.zeros((len(pr), 0))
