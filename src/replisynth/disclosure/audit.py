@@ -17,6 +17,7 @@ from replisynth.stats.utility_measures import (
     MAX_ROWS,
     MIN_LEAF,
     PERMUTATIONS,
+    as_float,
     pmse_ratios,
 )
 
@@ -135,17 +136,6 @@ def _numeric_like(s: pd.Series) -> bool:
     )
 
 
-def _as_float(s: pd.Series) -> np.ndarray:
-    """A numeric, boolean or date column as float64 (dates in days), missing as NaN."""
-    if pd.api.types.is_datetime64_any_dtype(s.dtype):
-        out = np.full(len(s), np.nan)
-        ok = s.notna().to_numpy()
-        ns = s[ok].astype("datetime64[ns]").to_numpy().astype("int64").astype("float64")
-        out[ok] = ns / 86_400e9
-        return out
-    return pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-
-
 def round_significant(v: np.ndarray, digits: int = SIG_DIGITS) -> np.ndarray:
     """Round to `digits` significant digits (NaN and 0 unchanged)."""
     v = np.asarray(v, dtype="float64")
@@ -161,7 +151,7 @@ def round_significant(v: np.ndarray, digits: int = SIG_DIGITS) -> np.ndarray:
 def _as_text(s: pd.Series) -> np.ndarray:
     """Object array of text values (numbers formatted to SIG_DIGITS), missing as NaN."""
     if _numeric_like(s):
-        f = round_significant(_as_float(s))
+        f = round_significant(as_float(s))
         return np.array(
             [np.nan if math.isnan(x) else format(x, f".{SIG_DIGITS}g") for x in f], dtype=object
         )
@@ -179,7 +169,7 @@ def column_codes(original: pd.Series, synthetic: pd.Series) -> tuple[np.ndarray,
     arrays and the number of distinct values."""
     if _numeric_like(original) and _numeric_like(synthetic):
         both = np.concatenate(
-            [round_significant(_as_float(original)), round_significant(_as_float(synthetic))]
+            [round_significant(as_float(original)), round_significant(as_float(synthetic))]
         )
     else:
         both = np.concatenate([_as_text(original), _as_text(synthetic)])
@@ -265,7 +255,7 @@ def embed(
             and _numeric_like(original[c])
             and _numeric_like(synthetic[c])
         ):
-            xo, xs = _as_float(original[c]), _as_float(synthetic[c])
+            xo, xs = as_float(original[c]), as_float(synthetic[c])
             ref = np.sort(xo[~np.isnan(xo)])
             if len(ref) == 0:
                 continue

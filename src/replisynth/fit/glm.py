@@ -7,6 +7,8 @@ Method: docs/method.md, "Maximum-likelihood checkpoints".
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -218,6 +220,22 @@ def _start_vector(design: Design, cp: Checkpoint, start: dict[str, float] | None
     return np.array([float(start.get(t, default.get(t, 0.0))) for t in names])
 
 
+def _newton_or_error(label: str, singular_hint: str, run: Callable[[], Any]) -> Any:
+    """`run()` with the Newton solver's failures as one line naming the checkpoint."""
+    from replisynth.fit.mle_newton import NotConverged
+
+    try:
+        return run()
+    except NotConverged:
+        raise CheckpointError(
+            f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors"
+        ) from None
+    except np.linalg.LinAlgError:
+        raise CheckpointError(
+            f"{label}: the information matrix of the fit is singular; check for {singular_hint}"
+        ) from None
+
+
 def _newton_fit(
     design: Design,
     cp: Checkpoint,
@@ -227,20 +245,15 @@ def _newton_fit(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(parameters, SEs) by `fit/mle_newton.py`; HC1 is HC0 x sqrt(n/(n-1)) (Stata's
     vce(robust) for ML models)."""
-    from replisynth.fit.mle_newton import NotConverged, covariance, fit_mle
+    from replisynth.fit.mle_newton import covariance, fit_mle
 
     n = design.X.shape[0]
-    try:
+
+    def run() -> tuple[Any, np.ndarray]:
         fit = fit_mle(cp.model, design.y, design.X, w, _start_vector(design, cp, start))
-        cov = covariance(fit, cp.vcov, design.clusters if cp.cluster else None)
-    except NotConverged:
-        raise CheckpointError(
-            f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors"
-        ) from None
-    except np.linalg.LinAlgError:
-        raise CheckpointError(
-            f"{label}: the information matrix of the fit is singular; check for a regressor that predicts the outcome perfectly"
-        ) from None
+        return fit, covariance(fit, cp.vcov, design.clusters if cp.cluster else None)
+
+    fit, cov = _newton_or_error(label, "a regressor that predicts the outcome perfectly", run)
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     if cp.vcov == "HC1":
         se = se * np.sqrt(n / (n - 1))
@@ -317,23 +330,20 @@ def _ordered_newton(
     start: dict[str, float] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(b and cut points, SEs) of an ordered checkpoint; HC1 is HC0 x sqrt(n/(n-1))."""
-    from replisynth.fit.mle_newton import NotConverged, covariance, fit_ordered
+    from replisynth.fit.mle_newton import covariance, fit_ordered
 
     n = len(codes)
     names = list(design.terms) + cut_names(J)
     p0 = None if not start else np.array([float(start.get(t, np.nan)) for t in names])
     distr = "logit" if cp.model == "ologit" else "probit"
-    try:
+
+    def run() -> tuple[Any, np.ndarray]:
         fit = fit_ordered(distr, codes, design.X, w, J, p0)
-        V = covariance(fit, cp.vcov, design.clusters if cp.cluster else None)
-    except NotConverged:
-        raise CheckpointError(
-            f"{label}: the maximum-likelihood fit did not converge; check for separation (a regressor that predicts the outcome perfectly) or rescale the regressors"
-        ) from None
-    except np.linalg.LinAlgError:
-        raise CheckpointError(
-            f"{label}: the information matrix of the fit is singular; check for a regressor that predicts the outcome perfectly or an empty category"
-        ) from None
+        return fit, covariance(fit, cp.vcov, design.clusters if cp.cluster else None)
+
+    fit, V = _newton_or_error(
+        label, "a regressor that predicts the outcome perfectly or an empty category", run
+    )
     if cp.vcov == "HC1":
         V = V * (n / (n - 1))
     return fit.params, np.sqrt(np.maximum(np.diag(V), 0.0))

@@ -45,7 +45,7 @@ def _is_numeric(s: pd.Series) -> bool:
     )
 
 
-def _as_float(s: pd.Series) -> np.ndarray:
+def as_float(s: pd.Series) -> np.ndarray:
     """A numeric, boolean or date column as float64 (dates in days), missing as NaN."""
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         out = np.full(len(s), np.nan)
@@ -96,7 +96,7 @@ def encode(stacked: pd.DataFrame, categorical: Collection[str]) -> Design:
         if c in categorical or not _is_numeric(s):
             _add_categorical(design, s)
         else:
-            _add_numeric(design, _as_float(s))
+            _add_numeric(design, as_float(s))
     return design
 
 
