@@ -132,6 +132,14 @@ class Bundle:
         """sha256 of manifest.json, which pins every other file: the bundle's fingerprint."""
         return sha256_file(self.path / "manifest.json")
 
+    def released_outcomes(self, source: str) -> set[str]:
+        """Outcomes of the source's released checkpoints: the columns Layer 4 moves."""
+        return {
+            c["outcome"]
+            for c in self.checkpoints
+            if c["source"] == source and c.get("status") == "released"
+        }
+
 
 def _bundle_info(p: Path) -> dict[str, Any]:
     """The bundle's manifest.json, checked for a files list, a manifest and this format."""

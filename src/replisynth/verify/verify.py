@@ -142,14 +142,6 @@ def _specs(release: dict[str, Any]) -> list[ColumnSpec]:
     return [ColumnSpec.from_dict(c) for c in release["columns"]]
 
 
-def _outcomes(bundle: Bundle, source: str) -> set[str]:
-    return {
-        c["outcome"]
-        for c in bundle.checkpoints
-        if c["source"] == source and c.get("status") == "released"
-    }
-
-
 def _categories(release: dict[str, Any], plan: list[BlockPlan]) -> dict[str, list[Any]]:
     cats: dict[str, set] = {}
     for b in plan:
@@ -806,7 +798,7 @@ def verify(
     sources: dict[str, Any] = {}
     for name, release in bundle.releases.items():
         df = frames[name]
-        outcomes = _outcomes(bundle, name)
+        outcomes = bundle.released_outcomes(name)
         plan = source_plan(release, len(df))
         say(f"verify: {name} tier 0 (schema)")
         moved = outcomes | _derived_columns(bundle, name, outcomes)  # by Layer 4 or its identity
@@ -855,7 +847,7 @@ def verify(
     utility = utility_section(
         frames,
         dict(bundle.releases),
-        {name: _outcomes(bundle, name) for name in sources},
+        {name: bundle.released_outcomes(name) for name in sources},
         {name: s["marginals"]["outcome_drift"] for name, s in sources.items()},
         bundle.manifest.sdc.quantile_trim,
         derived={s.name: {c for c, _ in s.derive} for s in bundle.manifest.sources},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # Each stage imports its heavy modules itself, so a Snakemake job loads only what it runs.
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,14 +233,6 @@ def _file_meta(release: dict[str, Any]) -> FileMeta:
     )
 
 
-def _released_outcomes(b: Bundle, source: str) -> frozenset[str]:
-    return frozenset(
-        c["outcome"]
-        for c in b.checkpoints
-        if c["source"] == source and c.get("status") == "released"
-    )
-
-
 def _recompute_derived(
     df: pd.DataFrame, derive: tuple[tuple[str, str], ...], pinned: frozenset[str], when: str
 ) -> pd.DataFrame:
@@ -350,7 +343,9 @@ def stage_pin(
         progress=progress,
         releases=untyped(b.releases),
     )
-    out = _recompute_derived(frames[source], derive, _released_outcomes(b, source), "after pinning")
+    out = _recompute_derived(
+        frames[source], derive, frozenset(b.released_outcomes(source)), "after pinning"
+    )
     out = recalibrate_weights(out, b, source)
     out = integer_storage(out, untyped(b.releases[source]))
     meta = _file_meta(untyped(b.releases[source]))
@@ -373,24 +368,36 @@ def stage_export_csv(parquet: str | Path, out: str | Path) -> None:
     write_csv_from_parquet(parquet, out)
 
 
-def stage_export_stata(
-    bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path
+def _export_labelled(
+    bundle_dir: str | Path,
+    source: str,
+    parquet: str | Path,
+    out: str | Path,
+    writer: Callable[..., None],
 ) -> None:
-    """Outside side: the synthetic data of a .dta source as a Stata file with its labels,
-    date formats and extended missing codes."""
+    """The synthetic data of a source written by `writer` (write_dta, write_sav) with its
+    labels, date formats and missing-value codes, and the bundle's fingerprint."""
     from replisynth.stats.missing_codes import synthetic_codes
 
     b = load_bundle(bundle_dir)
     progress(f"export: {Path(out).name}")
     release = untyped(b.releases[source])
     df = read_parquet_frame(parquet)
-    write_dta(
+    writer(
         df,
         out,
         _file_meta(release),
         synthetic=synthetic_label(b.sha256),
         codes=synthetic_codes(df, release, b.manifest.seed),
     )
+
+
+def stage_export_stata(
+    bundle_dir: str | Path, source: str, parquet: str | Path, out: str | Path
+) -> None:
+    """Outside side: the synthetic data of a .dta source as a Stata file with its labels,
+    date formats and extended missing codes."""
+    _export_labelled(bundle_dir, source, parquet, out, write_dta)
 
 
 def stage_export_spss(
@@ -399,18 +406,8 @@ def stage_export_spss(
     """Outside side: the synthetic data of a .sav source as an SPSS file with its labels,
     date formats and user-missing codes."""
     from replisynth.io.files import write_sav
-    from replisynth.stats.missing_codes import synthetic_codes
 
-    b = load_bundle(bundle_dir)
-    release = untyped(b.releases[source])
-    df = read_parquet_frame(parquet)
-    write_sav(
-        df,
-        out,
-        _file_meta(release),
-        synthetic=synthetic_label(b.sha256),
-        codes=synthetic_codes(df, release, b.manifest.seed),
-    )
+    _export_labelled(bundle_dir, source, parquet, out, write_sav)
 
 
 def export_format(fmt: str) -> str | None:
@@ -533,14 +530,7 @@ def stage_report(
     prov["sdc settings"] = b.sdc_log.get("settings", {})
     prov["sdc decisions"] = len(b.sdc_log.get("decisions", []))
     cert = certificate_text(tiers)
-    outcomes = {
-        s: {
-            c["outcome"]
-            for c in b.checkpoints
-            if c["source"] == s and c.get("status") == "released"
-        }
-        for s in b.releases
-    }
+    outcomes = {s: b.released_outcomes(s) for s in b.releases}
     html = render_report(
         tiers,
         untyped(b.releases),
