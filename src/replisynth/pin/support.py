@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from replisynth.stats.marginals import grid_cdf
-
 MASS_SHARE = (
     0.05  # a value holding at least this share of the released distribution is a mass point
 )
@@ -247,17 +245,3 @@ def _repair_pairs(
         r = new[a, b]
         live = np.delete(live, [ups[a], downs[b]])
     return y, r
-
-
-def ks_to_grid(values: np.ndarray, grid: np.ndarray, integer: bool = False) -> float:
-    """Kolmogorov-Smirnov distance of the non-missing values to the released grid's
-    distribution (both sides of every jump), for measuring a pinned outcome's drift."""
-    v = values[~np.isnan(values)]
-    if not len(v):
-        return 0.0
-    u, counts = np.unique(v, return_counts=True)
-    g = np.asarray(grid, dtype="float64")
-    cum = np.cumsum(counts) / len(v)
-    right = grid_cdf(g, u, integer)
-    left = grid_cdf(g, np.nextafter(u, -np.inf), integer)
-    return float(max(np.max(np.abs(cum - right)), np.max(np.abs(cum - counts / len(v) - left))))
