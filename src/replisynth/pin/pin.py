@@ -958,9 +958,7 @@ def _stacked(
         if b is None:
             return None
         A, d, common, delta = b
-        se = {t["term"]: float(t["se"]) for t in c["terms"] if not t.get("suppressed")}
-        scale = np.asarray([se[d.terms[j]] for j in common])
-        scale = np.where(scale > 0, scale, 1.0)
+        scale = _released_ses(c, d, common)
         rows = df.index.get_indexer(d.index)
         V = np.zeros((len(df), len(common)))
         V[rows] = (A.dense()[common] / scale[:, None]).T
