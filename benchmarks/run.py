@@ -225,9 +225,27 @@ def _number(text: str | None) -> float:
         return 0.0
 
 
-def matrix_cell(kind: str, rows: int, repeat: int, cores: int = 2) -> dict:
+# Rules whose work SDV's fit + sample also does: learn the schema and marginals, release
+# them, draw. Checkpoint fits, pinning, verification, review and exports have no SDV
+# counterpart.
+LIKE_FOR_LIKE = (
+    "extract_source",
+    "extract_base",
+    "extract_stratum",
+    "gather_release",
+    "write_bundle",
+    "sample_copula",
+    "sample_stratum",
+    "gather_blocks",
+)
+
+
+def matrix_cell(
+    kind: str, rows: int, repeat: int, cores: int = 2, sdv_py: str | None = None
+) -> dict:
     """One cell of the matrix: `repeat` whole-workflow runs in fresh directories on one
-    generated manifest; medians of wall, tree CPU and per-step seconds, the largest tree peak."""
+    generated manifest; medians of wall, tree CPU and per-step seconds, the largest tree peak;
+    with `sdv_py`, SDV's fit + sample of the same file in the same run."""
     import resource
     import shutil
 
@@ -253,8 +271,9 @@ def matrix_cell(kind: str, rows: int, repeat: int, cores: int = 2) -> dict:
             rec["steps"] = _bench_files(res)
             rec["tier"] = json.loads((res / "verify" / "tiers.json").read_text())["tier_met"]
             runs.append(rec)
+        sdv = [_sdv_run(sdv_py, man) for _ in range(repeat)] if sdv_py else []
     steps = sorted({r for x in runs for r in x["steps"]})
-    return {
+    cell = {
         "kind": kind,
         "rows": rows,
         "runs": len(runs),
@@ -270,6 +289,33 @@ def matrix_cell(kind: str, rows: int, repeat: int, cores: int = 2) -> dict:
         },
         "step_rss_mb": {r: max(x["steps"].get(r, {}).get("rss", 0.0) for x in runs) for r in steps},
     }
+    if sdv:
+        cell["sdv"] = {k: statistics.median(x[k] for x in sdv) for k in ("seconds", "cpu")}
+        cell["sdv"]["version"] = sdv[0].get("version")
+        like = sum(s for r, s in cell["steps"].items() if r in LIKE_FOR_LIKE)
+        cell["like_for_like_seconds"] = like
+        cell["sdv_ratio_like_for_like"] = cell["sdv"]["seconds"] / like if like else None
+        cell["sdv_ratio_workflow"] = cell["sdv"]["seconds"] / cell["seconds"]
+    return cell
+
+
+def _sdv_run(py: str, manifest: Path) -> dict:
+    """SDV GaussianCopula (norm) fit + sample of the manifest's one source file."""
+    import yaml
+
+    src = next(iter(yaml.safe_load(manifest.read_text())["sources"].values()))
+    return _run([py, "-c", SDV, str(src["path"])])
+
+
+def _sdv_columns(cell: dict) -> str:
+    """SDV's seconds and the two ratios, when SDV was measured in this cell."""
+    if "sdv" not in cell:
+        return ""
+    like = cell["sdv_ratio_like_for_like"]
+    return (
+        f" SDV {cell['sdv']['seconds']:.1f} s; SDV / (releases + synthesize) "
+        f"{like:.1f}x; SDV / workflow {cell['sdv_ratio_workflow']:.2f}x |"
+    )
 
 
 def yaml_name(manifest: Path) -> str:
@@ -280,9 +326,11 @@ def yaml_name(manifest: Path) -> str:
 
 def matrix_table(cells: list[dict], top: int = 4) -> str:
     """Markdown: one row per cell, its `top` slowest steps with their seconds."""
+    sdv = any("sdv" in c for c in cells)
     lines = [
-        "| manifest | rows | wall s | CPU s (tree) | peak MB (tree) | tier | slowest steps (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| manifest | rows | wall s | CPU s (tree) | peak MB (tree) | tier | slowest steps (s) |"
+        + (" SDV (GaussianCopula, norm) |" if sdv else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if sdv else ""),
     ]
     for c in cells:
         if "failed" in c:
@@ -294,6 +342,7 @@ def matrix_table(cells: list[dict], top: int = 4) -> str:
             f"{c['peak_mb']:.0f} | {c['tier']} | "
             + ", ".join(f"{r} {s:.1f}" for r, s in slow)
             + " |"
+            + _sdv_columns(c)
         )
     return "\n".join(lines) + "\n"
 
@@ -309,11 +358,15 @@ def matrix_main(argv: list[str]) -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--markdown", help="also write the table to this file")
     ap.add_argument("--json", help="also write every cell to this file")
+    ap.add_argument("--sdv-python", help="a Python with sdv installed: SDV in the same run")
     a = ap.parse_args(argv)
+    sdv_py = sdv_python(a.sdv_python, False) if a.sdv_python else None
+    if a.sdv_python and not sdv_py:
+        sys.exit(f"run.py matrix: no importable sdv in {a.sdv_python}")
     cells = []
     for rows in a.sizes:
         for kind in a.kinds:
-            cells.append(matrix_cell(kind, rows, a.repeat, a.cores))
+            cells.append(matrix_cell(kind, rows, a.repeat, a.cores, sdv_py))
             print(matrix_table(cells[-1:]).splitlines()[-1], flush=True)
             if a.json:
                 Path(a.json).write_text(json.dumps(cells, indent=1))
