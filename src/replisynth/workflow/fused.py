@@ -9,6 +9,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,15 @@ def outside_stages(
             Stage(
                 f"{logs}/sample_copula/{s}.log",
                 f"{bench}/sample_copula/{s}.tsv",
-                lambda s=s, out=unpinned: pipeline.stage_synthesize(bundle_dir, s, out),
+                partial(pipeline.stage_synthesize, bundle_dir, s, unpinned),
             )
         )
         stages.append(
             Stage(
                 f"{logs}/pin_checkpoints/{s}.log",
                 f"{bench}/pin_checkpoints/{s}.tsv",
-                lambda s=s, unpinned=unpinned: pipeline.stage_pin(
+                partial(
+                    pipeline.stage_pin,
                     bundle_dir,
                     s,
                     unpinned,
@@ -118,7 +120,7 @@ def outside_stages(
                 Stage(
                     f"{logs}/{rule}/{s}.log",
                     f"{bench}/{rule}/{s}.tsv",
-                    lambda f=export, s=s, out=out: f(bundle_dir, s, synthetic[s], out),
+                    partial(export, bundle_dir, s, synthetic[s], out),
                 )
             )
     tiers = f"{results}/verify/tiers.json"

@@ -98,7 +98,10 @@ class WorkflowPlan:
             from types import SimpleNamespace
 
             return max(
-                (self._cells("sample_copula", SimpleNamespace(source=s), input) for s in self.sources),
+                (
+                    self._cells("sample_copula", SimpleNamespace(source=s), input)
+                    for s in self.sources
+                ),
                 default=0,
             )
         if rule in ("sample_copula", "sample_stratum"):
@@ -144,9 +147,17 @@ class WorkflowPlan:
     def fused_logs(self) -> list[str]:
         """The log files of the stages the fused outside job runs, at their rules' paths."""
         logs = f"{self.results}/logs"
-        out = [f"{logs}/{r}/{s}.log" for s in self.sources for r in ("sample_copula", "pin_checkpoints")]
+        out = [
+            f"{logs}/{r}/{s}.log"
+            for s in self.sources
+            for r in ("sample_copula", "pin_checkpoints")
+        ]
         rule = {"dta": "export_stata", "sav": "export_spss"}
-        out += [f"{logs}/{rule[self.formats[s]]}/{s}.log" for s in self.sources if self.formats[s] in rule]
+        out += [
+            f"{logs}/{rule[self.formats[s]]}/{s}.log"
+            for s in self.sources
+            if self.formats[s] in rule
+        ]
         return out + [f"{logs}/verify_tiers/all.log", f"{logs}/render_report/all.log"]
 
     def benchmarks(self) -> list[str]:
@@ -264,7 +275,7 @@ def fuse_plan(
     hold at most FUSE_CELLS cells each and ask for at most FUSE_ROWS synthetic rows, where
     each job's start-up (the interpreter and its imports, about a second) outweighs what
     running the stages' jobs side by side would save; true fuses any unscattered run, false
-    never fuses."""
+    never fuses (a YAML boolean, or the words from `--config fuse=false`)."""
     from replisynth.workflow.resources import FUSE_CELLS, FUSE_ROWS
 
     if setting is None or setting == "auto":
@@ -274,6 +285,8 @@ def fuse_plan(
             and all(0 < c <= FUSE_CELLS for c in cells.values())
             and all(r is None or r <= FUSE_ROWS for r in rows.values())
         )
+    if isinstance(setting, str) and setting.lower() in ("true", "false"):
+        setting = setting.lower() == "true"  # --config fuse=false gives the word
     if not isinstance(setting, bool):
         raise ManifestError(
             f"fuse: must be auto, true or false (the outside stages in one job), got {setting!r}"
