@@ -52,7 +52,6 @@ rule outside_fused:
         bundle=P.bundle_sha256,
         sources=list(P.sources),
         formats=P.formats,
-        results=P.results,
         benchmarks=P.benchmarks(),
     threads: P.threads("outside_fused")
     resources:
