@@ -2,8 +2,9 @@
 # synthesis, pinning, the labelled exports, verification and the report in one job, so the
 # interpreter and its imports start once instead of once per stage. Same files as the
 # per-stage rules (synthesize.smk, verify.smk, report.smk), which it takes precedence over:
-# each stage writes its rule's log and its rule's benchmark file. The csv export, README.txt
-# and the verdict (check_tier) stay jobs of their own.
+# each stage writes its rule's log and its rule's benchmark file. The csv exports and
+# README.txt follow the report in the same job; the verdict (check_tier) stays a job of its
+# own, so that a missed tier fails the run after the reports are written.
 
 
 ruleorder: outside_fused > sample_copula
@@ -12,6 +13,8 @@ ruleorder: outside_fused > export_stata
 ruleorder: outside_fused > export_spss
 ruleorder: outside_fused > verify_tiers
 ruleorder: outside_fused > render_report
+ruleorder: outside_fused > export_csv
+ruleorder: outside_fused > synthetic_readme
 
 
 rule outside_fused:
@@ -21,10 +24,12 @@ rule outside_fused:
         unpinned=expand(f"{P.results}/synthesize/{{source}}.parquet", source=P.sources),
         synthetic=expand(f"{P.results}/synthetic/{{source}}.parquet", source=P.sources),
         labelled=P.fused_labelled(),
+        csv=expand(f"{P.results}/synthetic/{{source}}.csv", source=P.sources),
+        readme=f"{P.results}/synthetic/README.txt",
         pin=[
             report(
                 f"{P.results}/synthesize/{s}.pin.json",
-                caption="../docs/captions/pin.rst",
+                caption="../docs/captions/pin_fused.rst",
                 category="Synthetic data",
                 labels={"source": s, "file": "pin.json"},
             )

@@ -54,7 +54,6 @@ def test_dry_run_demo_has_every_stage(demo_dry_run):
         "extract_checkpoints",
         "write_bundle",
         "outside_fused",
-        "export_csv",
         "check_tier",
         "review",
     ]:

@@ -79,8 +79,9 @@ def outside_stages(
     benchmarks: list[str],
 ) -> list[Stage]:
     """The outside side of a run, in the order of its rules' DAG: per source sample_copula and
-    pin_checkpoints, the .dta/.sav exports verification reads, verify_tiers, render_report.
-    Paths follow the rules' (rules/synthesize.smk, verify.smk, report.smk)."""
+    pin_checkpoints, the .dta/.sav exports verification reads, verify_tiers, render_report,
+    then the csv exports and README.txt. Paths follow the rules' (rules/synthesize.smk,
+    verify.smk, report.smk)."""
     from replisynth.workflow import pipeline
 
     logs, bench = f"{results}/logs", f"{results}/benchmarks"
@@ -143,6 +144,22 @@ def outside_stages(
                 f"{results}/verify/certificate.txt",
                 benchmarks=list(benchmarks),
             ),
+        )
+    )
+    # after the report, as beside it in one job per stage: not part of the certified run
+    stages += [
+        Stage(
+            f"{logs}/export_csv/{s}.log",
+            f"{bench}/export_csv/{s}.tsv",
+            partial(pipeline.stage_export_csv, synthetic[s], f"{results}/synthetic/{s}.csv"),
+        )
+        for s in sources
+    ]
+    stages.append(
+        Stage(
+            f"{logs}/synthetic_readme/all.log",
+            None,
+            partial(pipeline.stage_synthetic_readme, bundle_dir, f"{results}/synthetic/README.txt"),
         )
     )
     return stages

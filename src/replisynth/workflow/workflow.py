@@ -158,7 +158,12 @@ class WorkflowPlan:
             for s in self.sources
             if self.formats[s] in rule
         ]
-        return out + [f"{logs}/verify_tiers/all.log", f"{logs}/render_report/all.log"]
+        out += [f"{logs}/verify_tiers/all.log", f"{logs}/render_report/all.log"]
+        return (
+            out
+            + [f"{logs}/export_csv/{s}.log" for s in self.sources]
+            + [f"{logs}/synthetic_readme/all.log"]
+        )
 
     def benchmarks(self) -> list[str]:
         """Benchmark files of every rule that runs before the report, for the provenance table
