@@ -54,3 +54,9 @@ if not P.outside:
 include: "rules/synthesize.smk"
 include: "rules/verify.smk"
 include: "rules/report.smk"
+
+
+# a small local run: the outside stages in one job (`fuse`, docs/performance.md)
+if P.fused:
+
+    include: "rules/fused.smk"

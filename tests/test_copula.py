@@ -681,6 +681,46 @@ def test_refine_swaps_sweep_budget_stops_inside_the_comfort_band() -> None:
     assert err_free <= err_kept
 
 
+@pytest.mark.parametrize("seed", [5, 11])
+def test_refine_swaps_stops_on_the_decisive_pairs(seed: int, monkeypatch) -> None:
+    """A steering-only pair (like one with a missingness indicator, which tier 2 does not
+    decide on) that is far off does not keep the sweeps going: with `decisive` the
+    refinement stops sooner, the decisive pairs inside the tier-2 tolerance; judged on every
+    pair, it goes on until the steering pair is reached too."""
+    import replisynth.synthesize.refine as refine_mod
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    a = rng.normal(size=n)
+    X0 = np.column_stack(
+        [a, a + rng.normal(size=n), rng.random(n) < 0.3, rng.random(n) < 0.2]
+    ).astype(float)
+    T = spearman_matrix(X0)
+    T[0, 3] = T[3, 0] = 0.6  # the fixed dim 3 only steers; far from its start
+    X = np.column_stack([rng.permutation(X0[:, j]) for j in range(3)] + [X0[:, 3]])
+    units = [[0], [1], [2]]
+    value = np.array([True, True, True, False])
+    sweeps: list[int] = []
+    done = refine_mod._SweepStop.done
+
+    def counted(self, errs, sweep):
+        sweeps.append(sweep)
+        return done(self, errs, sweep)
+
+    monkeypatch.setattr(refine_mod._SweepStop, "done", counted)
+    runs = {}
+    for name, decisive in (("all", None), ("value", value[:, None] & value[None, :])):
+        sweeps.clear()
+        perms = refine_swaps(
+            X, [np.arange(n)], [T], None, units, np.random.default_rng(2), decisive=decisive
+        )
+        err = np.abs(spearman_matrix(_apply(X, perms, units)) - T)
+        runs[name] = (len(sweeps), float(np.nanmax(err[np.ix_(value, value)])), err[0, 3])
+    assert runs["value"][0] < runs["all"][0]
+    assert runs["value"][1] <= 0.05 and runs["all"][1] <= 0.05
+    assert runs["all"][2] <= 0.05 < runs["value"][2]
+
+
 def test_synthesis_does_not_depend_on_the_thread_count(tmp_path: Path) -> None:
     """Blocks prepared on threads, columns scored and filled on threads: the same bytes with
     one thread or two (stratified source: per-block views and the shared source view)."""

@@ -46,17 +46,14 @@ def test_lint_is_clean():
 
 
 def test_dry_run_demo_has_every_stage(demo_dry_run):
+    """Every stage of the demo is a job; the outside stages of this small local run are one
+    job (`fuse`; with fuse=false each its own: tests/test_fused.py)."""
     out = demo_dry_run
     for rule in [
         "extract_source",
         "extract_checkpoints",
         "write_bundle",
-        "sample_copula",
-        "pin_checkpoints",
-        "export_csv",
-        "export_stata",
-        "verify_tiers",
-        "render_report",
+        "outside_fused",
         "check_tier",
         "review",
     ]:

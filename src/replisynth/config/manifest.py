@@ -15,7 +15,7 @@ from replisynth.core.errors import ManifestError, UnsupportedError
 from replisynth.core.options import GLM_MODELS, MODELS, SOURCE_EXTENSIONS, SUPPORTED_MODELS
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.yaml"
-WORKFLOW_KEYS = ("bundle", "scatter", "output")
+WORKFLOW_KEYS = ("bundle", "scatter", "fuse", "output")
 
 # Agency profiles (see docs/disclosure.md, "Agency profiles"); explicit sdc keys override these.
 SDC_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -656,6 +656,7 @@ def refine_swaps(
     settings: SwapSettings | None = None,
     labels: np.ndarray | None = None,
     settled: list[bool] | None = None,
+    decisive: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
     correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
@@ -676,7 +677,9 @@ def refine_swaps(
     (`view_samples`, `worst_error`) is within `comfort` is settled as drawn: its rows are not
     swapped and it leaves the objective (panels, whose rows are not independent draws, are
     always refined). `settled` (one flag per group, then the global view) gives that decision
-    when the caller has taken it already.
+    when the caller has taken it already. `decisive` (dims × dims, boolean): the pairs the
+    stopping rule and the chase judge (those verification decides on); every targeted pair
+    still steers the swaps. Default: all.
 
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
     knobs = settings if settings is not None else SwapSettings()
@@ -696,7 +699,8 @@ def refine_swaps(
     stale = 0
     for sweep in range(knobs.max_sweeps + knobs.max_far_sweeps):
         errs = [v.error() for v in all_views]
-        if stop.done(errs, sweep):
+        judged = errs if decisive is None else [e * decisive for e in errs]
+        if stop.done(judged, sweep):
             break
         moves = [([unit_index], dims) for unit_index, dims in enumerate(units)]
         if stop.chase:

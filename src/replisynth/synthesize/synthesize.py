@@ -417,6 +417,13 @@ def _as_float(cols: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndar
     }
 
 
+def value_pairs(dims: list[dict[str, Any]]) -> np.ndarray:
+    """Pairs of value dims (neither a missingness indicator): the pairs tier 2 decides on
+    (`verify.tier2_matrix`), so the ones the refinement's stopping rule judges."""
+    value = np.asarray([d["kind"] != "missing" for d in dims], dtype=bool)
+    return value[:, None] & value[None, :]
+
+
 def refine_source(
     cols: dict[str, np.ndarray],
     plan: list[BlockPlan],
@@ -480,6 +487,7 @@ def refine_source(
         make_rng(seed, source, "refine"),
         labels=ent,
         settled=settled,
+        decisive=value_pairs(dims),
     )
     out = dict(cols)
     for unit_root, perm in zip(units, perms, strict=True):

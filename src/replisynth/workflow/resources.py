@@ -27,6 +27,7 @@ RULE_KIND: dict[str, str] = {
     "sample_stratum": "data",
     "gather_blocks": "data",
     "pin_checkpoints": "data",
+    "outside_fused": "data",
     "export_stata": "data",
     "export_spss": "data",
     "export_csv": "data",
@@ -53,6 +54,10 @@ SINGLE_THREADED = frozenset(
     {"export_csv", "export_stata", "export_spss", "render_report", "verify_tiers"}
 )
 CSV_BYTES_PER_CELL = 8.0
+# fuse: auto (replisynth.workflow.workflow.fuse_plan): a local run fuses its outside stages
+# into one job up to these many cells per source (and synthetic rows, when `rows` is set).
+FUSE_CELLS = 2_000_000
+FUSE_ROWS = 100_000
 # scatter: auto (replisynth.workflow.workflow.scatter_plan): sources with strata this large get 4 jobs.
 AUTO_SCATTER_CELLS = 20_000_000
 AUTO_SCATTER_JOBS = 4  # a typical register csv: short numbers and codes plus separators

@@ -29,6 +29,7 @@ class WorkflowPlan:
     paths: dict[str, str] = field(default_factory=dict)
     scatter: dict[str, int] = field(default_factory=dict)  # source -> stratum jobs (>= 2 only)
     bundle_sha256: str = ""  # outside runs: the bundle's fingerprint (a rule parameter)
+    fused: bool = False  # the outside stages in one job (`fuse_plan`, rules/fused.smk)
 
     @property
     def name(self) -> str:
@@ -93,6 +94,16 @@ class WorkflowPlan:
     def _cells(self, rule: str, wildcards: Any, input: Any) -> int:
         from replisynth.workflow.resources import cells_of, release_cells
 
+        if rule == "outside_fused":  # every source's synthetic data, one stage at a time
+            from types import SimpleNamespace
+
+            return max(
+                (
+                    self._cells("sample_copula", SimpleNamespace(source=s), input)
+                    for s in self.sources
+                ),
+                default=0,
+            )
         if rule in ("sample_copula", "sample_stratum"):
             from replisynth.disclosure.bundle import source_file
             from replisynth.io.files import read_json
@@ -127,6 +138,31 @@ class WorkflowPlan:
 
         return lambda wildcards, input, attempt: (
             job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
+        )
+
+    def fused_labelled(self) -> list[str]:
+        """The .dta and .sav exports the fused outside job writes (verification reads them)."""
+        return [p for p in self.verified_synthetic() if not p.endswith(".parquet")]
+
+    def fused_logs(self) -> list[str]:
+        """The log files of the stages the fused outside job runs, at their rules' paths."""
+        logs = f"{self.results}/logs"
+        out = [
+            f"{logs}/{r}/{s}.log"
+            for s in self.sources
+            for r in ("sample_copula", "pin_checkpoints")
+        ]
+        rule = {"dta": "export_stata", "sav": "export_spss"}
+        out += [
+            f"{logs}/{rule[self.formats[s]]}/{s}.log"
+            for s in self.sources
+            if self.formats[s] in rule
+        ]
+        out += [f"{logs}/verify_tiers/all.log", f"{logs}/render_report/all.log"]
+        return (
+            out
+            + [f"{logs}/export_csv/{s}.log" for s in self.sources]
+            + [f"{logs}/synthetic_readme/all.log"]
         )
 
     def benchmarks(self) -> list[str]:
@@ -231,6 +267,38 @@ def scatter_plan(
     return {s: setting for s, has in strata.items() if has} if setting >= 2 else {}
 
 
+def fuse_plan(
+    setting: Any,
+    cells: dict[str, int],
+    rows: dict[str, int | None],
+    scattered: bool,
+    cluster: bool,
+) -> bool:
+    """Whether the outside stages (synthesis, pinning, the labelled exports, verification,
+    the report) run in one job (rules/fused.smk) instead of one job each: `fuse: auto` (the
+    default) fuses a local run (no cluster executor, no scattered source) whose sources
+    hold at most FUSE_CELLS cells each and ask for at most FUSE_ROWS synthetic rows, where
+    each job's start-up (the interpreter and its imports, about a second) outweighs what
+    running the stages' jobs side by side would save; true fuses any unscattered run, false
+    never fuses (a YAML boolean, or the words from `--config fuse=false`)."""
+    from replisynth.workflow.resources import FUSE_CELLS, FUSE_ROWS
+
+    if setting is None or setting == "auto":
+        return (
+            not cluster
+            and not scattered
+            and all(0 < c <= FUSE_CELLS for c in cells.values())
+            and all(r is None or r <= FUSE_ROWS for r in rows.values())
+        )
+    if isinstance(setting, str) and setting.lower() in ("true", "false"):
+        setting = setting.lower() == "true"  # --config fuse=false gives the word
+    if not isinstance(setting, bool):
+        raise ManifestError(
+            f"fuse: must be auto, true or false (the outside stages in one job), got {setting!r}"
+        )
+    return setting and not scattered
+
+
 def apply_output_settings(config: dict[str, Any]) -> None:
     """`output: {private: true}`: every job this Snakemake starts (they inherit its
     environment, also through sbatch) writes files readable by their owner only."""
@@ -261,6 +329,9 @@ def workflow_plan(
             b = load_bundle(config["bundle"])
             m = b.manifest
             cells = {s.name: release_cells(b.releases[s.name], s.rows) for s in m.sources}
+            scatter = scatter_plan(
+                config.get("scatter"), {s.name: bool(s.strata) for s in m.sources}, cells, cluster
+            )
             return WorkflowPlan(
                 outside=True,
                 manifest=m,
@@ -268,13 +339,9 @@ def workflow_plan(
                 results=f"results/{m.name}",
                 sources=tuple(s.name for s in m.sources),
                 formats={s.name: s.format for s in m.sources},
-                scatter=scatter_plan(
-                    config.get("scatter"),
-                    {s.name: bool(s.strata) for s in m.sources},
-                    cells,
-                    cluster,
-                ),
+                scatter=scatter,
                 bundle_sha256=b.sha256,
+                fused=fuse_plan(config.get("fuse"), cells, {}, bool(scatter), cluster),
             )
         from replisynth.workflow.resources import file_cells
 
@@ -284,6 +351,14 @@ def workflow_plan(
         check_formulas(m)  # before any job starts
         strata = {s.name: bool(s.strata) for s in m.sources}
         cells = {s.name: file_cells(s.path) for s in m.sources if s.strata} if cluster else {}
+        scatter = scatter_plan(config.get("scatter"), strata, cells, cluster)
+        fused = fuse_plan(
+            config.get("fuse"),
+            {s.name: file_cells(s.path) for s in m.sources} if not cluster else {},
+            {s.name: s.rows for s in m.sources},
+            bool(scatter),
+            cluster,
+        )
         return WorkflowPlan(
             outside=False,
             manifest=m,
@@ -292,7 +367,8 @@ def workflow_plan(
             sources=tuple(s.name for s in m.sources),
             formats={s.name: s.format for s in m.sources},
             paths={s.name: s.path for s in m.sources},
-            scatter=scatter_plan(config.get("scatter"), strata, cells, cluster),
+            scatter=scatter,
+            fused=fused,
         )
     except ReplisynthError as exc:
         sys.stderr.write(f"replisynth: {exc}\n")

@@ -1,0 +1,165 @@
+"""The outside stages in one process for small local runs (`fuse`, docs/performance.md):
+each stage keeps its own log file and writes its own benchmark file, in the layout and the
+columns of the stage's rule, so reports, provenance and benchmarks read them unchanged."""
+
+from __future__ import annotations
+
+import datetime
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from replisynth.io.atomic import write_text
+
+# Snakemake's benchmark columns; what one process cannot tell per stage is NA, as Snakemake
+# writes it when it collected nothing.
+BENCHMARK_HEADER = (
+    "s",
+    "h:m:s",
+    "max_rss",
+    "max_vms",
+    "max_uss",
+    "max_pss",
+    "io_in",
+    "io_out",
+    "mean_load",
+    "cpu_time",
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a fused job: its rule's log and benchmark paths and the call."""
+
+    log: str
+    benchmark: str | None
+    call: Callable[[], Any]
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def benchmark_row(seconds: float, cpu: float, max_rss_mb: float) -> str:
+    """A benchmark file's text: header and one row (wall and CPU seconds of the stage, the
+    process's peak resident set so far in MB)."""
+    hms = str(datetime.timedelta(seconds=int(seconds)))
+    values = [f"{seconds:.4f}", hms, f"{max_rss_mb:.2f}"] + ["NA"] * 6 + [f"{cpu:.2f}"]
+    return "\t".join(BENCHMARK_HEADER) + "\n" + "\t".join(values) + "\n"
+
+
+def run_stages(stages: list[Stage], threads: int = 1) -> None:
+    """Run the stages in order, each through `runner.run` (its log file, one line and the exit
+    status on failure: the job stops at the first failing stage) and timed into its
+    benchmark file."""
+    from replisynth.workflow.runner import run
+
+    for stage in stages:
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        run(stage.log, threads=threads, stage=stage.call)
+        if stage.benchmark is not None:
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            Path(stage.benchmark).parent.mkdir(parents=True, exist_ok=True)
+            write_text(
+                stage.benchmark,
+                benchmark_row(time.perf_counter() - start, _cpu_seconds() - cpu, peak_mb),
+            )
+
+
+def outside_stages(
+    results: str,
+    bundle_dir: str,
+    sources: list[str],
+    formats: dict[str, str],
+    benchmarks: list[str],
+) -> list[Stage]:
+    """The outside side of a run, in the order of its rules' DAG: per source sample_copula and
+    pin_checkpoints, the .dta/.sav exports verification reads, verify_tiers, render_report,
+    then the csv exports and README.txt. Paths follow the rules' (rules/synthesize.smk,
+    verify.smk, report.smk)."""
+    from replisynth.workflow import pipeline
+
+    logs, bench = f"{results}/logs", f"{results}/benchmarks"
+    synthetic = {s: f"{results}/synthetic/{s}.parquet" for s in sources}
+    stages: list[Stage] = []
+    for s in sources:
+        unpinned = f"{results}/synthesize/{s}.parquet"
+        stages.append(
+            Stage(
+                f"{logs}/sample_copula/{s}.log",
+                f"{bench}/sample_copula/{s}.tsv",
+                partial(pipeline.stage_synthesize, bundle_dir, s, unpinned),
+            )
+        )
+        stages.append(
+            Stage(
+                f"{logs}/pin_checkpoints/{s}.log",
+                f"{bench}/pin_checkpoints/{s}.tsv",
+                partial(
+                    pipeline.stage_pin,
+                    bundle_dir,
+                    s,
+                    unpinned,
+                    {"parquet": synthetic[s]},
+                    f"{results}/synthesize/{s}.pin.json",
+                ),
+            )
+        )
+    for s in sources:
+        export = {"dta": pipeline.stage_export_stata, "sav": pipeline.stage_export_spss}.get(
+            formats[s]
+        )
+        if export is not None:
+            rule = "export_stata" if formats[s] == "dta" else "export_spss"
+            out = f"{results}/synthetic/{s}.{formats[s]}"
+            stages.append(
+                Stage(
+                    f"{logs}/{rule}/{s}.log",
+                    f"{bench}/{rule}/{s}.tsv",
+                    partial(export, bundle_dir, s, synthetic[s], out),
+                )
+            )
+    tiers = f"{results}/verify/tiers.json"
+    stages.append(
+        Stage(
+            f"{logs}/verify_tiers/all.log",
+            f"{bench}/verify_tiers/all.tsv",
+            lambda: pipeline.stage_verify(bundle_dir, dict(synthetic), tiers),
+        )
+    )
+    stages.append(
+        Stage(
+            f"{logs}/render_report/all.log",
+            None,  # the report's rule has no benchmark file either
+            lambda: pipeline.stage_report(
+                bundle_dir,
+                dict(synthetic),
+                tiers,
+                f"{results}/verify/report.html",
+                f"{results}/verify/certificate.txt",
+                benchmarks=list(benchmarks),
+            ),
+        )
+    )
+    # after the report, as beside it in one job per stage: not part of the certified run
+    stages += [
+        Stage(
+            f"{logs}/export_csv/{s}.log",
+            f"{bench}/export_csv/{s}.tsv",
+            partial(pipeline.stage_export_csv, synthetic[s], f"{results}/synthetic/{s}.csv"),
+        )
+        for s in sources
+    ]
+    stages.append(
+        Stage(
+            f"{logs}/synthetic_readme/all.log",
+            None,
+            partial(pipeline.stage_synthetic_readme, bundle_dir, f"{results}/synthetic/README.txt"),
+        )
+    )
+    return stages
