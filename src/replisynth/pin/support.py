@@ -47,6 +47,16 @@ def _grid_mass(grid: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v, s, e in zip(vals, starts, ends, strict=True) if e - s >= steps)
 
 
+def _atom_mass(atoms: dict[str, Any]) -> tuple[float, ...]:
+    """Released atoms holding at least MASS_SHARE of the column's non-missing rows (their
+    exact shares, where a grid shows a mass only in 1% steps)."""
+    counts = np.asarray(atoms["counts"], dtype="float64")
+    total = counts.sum() + float((atoms.get("rest") or {}).get("n") or 0)
+    return tuple(
+        float(v) for v, c in zip(atoms["values"], counts, strict=True) if c >= MASS_SHARE * total
+    )
+
+
 def support_of(release: dict[str, Any], column: str) -> Support | None:
     """The released support of `column` (source-level block), or None when the release holds
     no numeric marginal of it (suppressed, string, a non-numeric category)."""
@@ -63,7 +73,8 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
         lattice = None
         if spec.get("integer"):
             lattice = np.arange(np.ceil(lo), np.floor(hi) + 1.0)
-        return Support(lo, hi, _grid_mass(g), lattice if lattice is not None else None, int_dtype)
+        mass = _atom_mass(m["atoms"]) if m.get("atoms") else _grid_mass(g)
+        return Support(lo, hi, mass, lattice if lattice is not None else None, int_dtype)
     if m.get("kind") == "categorical":
         table = m.get("table") or {}
         try:
