@@ -25,7 +25,9 @@ class Support:
     or the lowest and highest released level), `mass` (values holding >= MASS_SHARE of the
     released distribution: exact zeros, a bound many rows sit at), `lattice` (the allowed
     values of an integer or categorical outcome, ascending; None: continuous), and whether
-    the released logical type is integer or boolean (the stored dtype after pinning)."""
+    the released logical type is integer or boolean (the stored dtype after pinning);
+    `atoms`: every released atom of a continuous outcome (values of at least min_cell_size
+    rows), which the pin first tries to keep exactly."""
 
     lo: float
     hi: float
@@ -33,6 +35,7 @@ class Support:
     lattice: np.ndarray | None = None
     integer_dtype: bool = False
     boolean_dtype: bool = False
+    atoms: tuple[float, ...] = ()
 
     @property
     def discrete(self) -> bool:
@@ -73,8 +76,9 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
         lattice = None
         if spec.get("integer"):
             lattice = np.arange(np.ceil(lo), np.floor(hi) + 1.0)
+        atoms = tuple(float(v) for v in (m.get("atoms") or {}).get("values", []))
         mass = _atom_mass(m["atoms"]) if m.get("atoms") else _grid_mass(g)
-        return Support(lo, hi, mass, lattice if lattice is not None else None, int_dtype)
+        return Support(lo, hi, mass, lattice, int_dtype, atoms=atoms)
     if m.get("kind") == "categorical":
         table = m.get("table") or {}
         try:
