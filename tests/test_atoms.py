@@ -319,3 +319,39 @@ def test_attacker_recovers_no_small_value_or_count(tmp_path_factory, k, planted,
 def _subsets(m: int) -> list[tuple[bool, ...]]:
     """Every subset of m cells (m is small here), as flags."""
     return [tuple(bool(i >> j & 1) for j in range(m)) for i in range(2**m)] if m <= 12 else []
+
+
+@pytest.mark.parametrize(("off_atoms", "refused"), [(3, True), (0, False), (120, False)])
+def test_subset_on_an_atom_column_cannot_difference_off_atom_rows(tmp_path, off_atoms, refused):
+    """`spend > 0` less the released atoms above 0 would count the rows above 0 off the atoms:
+    the ledger refuses the checkpoint when that is 1..k−1 rows, releases it otherwise."""
+    k, n = 20, 1000
+    rng = np.random.default_rng(off_atoms)
+    spend = np.resize(np.asarray([0.0, 0.0, 0.0, 10.0, 25.0, -4.5]), n)
+    spend[:off_atoms] = rng.uniform(30.0, 90.0, off_atoms)  # positive, each value once
+    spend[-60:] = rng.uniform(-9.0, -5.0, 60)  # a rest below 0, so the rest is >= k
+    df = pd.DataFrame(
+        {"pid": np.arange(n), "spend": rng.permutation(spend), "x": rng.normal(size=n)}
+    )
+    df["y"] = df["x"] + rng.normal(size=n)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    raw = manifest_for(tmp_path / "d.csv")
+    raw["sdc"] = {"min_cell_size": k}
+    raw["checkpoints"] = [
+        {
+            "tag": "pos",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x",
+            "subset": "spend > 0",
+        }
+    ]
+    from replisynth.config.manifest import load_manifest
+    from replisynth.workflow.cli import cmd_extract
+
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
+    cp = json.loads((bundle / "checkpoints.json").read_text())["checkpoints"][0]
+    assert (cp["status"] == "rejected") is refused
+    if refused:
+        assert "differencing" in cp["reason"]
+        assert "n" not in cp

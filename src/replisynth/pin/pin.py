@@ -1078,11 +1078,7 @@ def _keep_support(
             f"the released support [{sup.lo:.6g}, {sup.hi:.6g}] could not carry the checkpoints: "
             f"{before} rows outside it kept"
         ]
-    kept = (
-        "kept"
-        if frozen is mass or frozen is on_atom
-        else "released (the checkpoints need them)"
-    )
+    kept = "kept" if frozen is mass or frozen is on_atom else "released (the checkpoints need them)"
     free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
     rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs, offset)
     notes = [
