@@ -51,10 +51,9 @@ def split_atoms(values: np.ndarray, min_cell: int, dominance: float | None = Non
     below the cell size: the rest is then empty or holds at least min_cell rows."""
     x = np.sort(np.asarray(values, dtype="float64"))
     u, c = np.unique(x, return_counts=True)
-    keep = np.asarray(
-        [atom_passes(float(v), int(n), min_cell, dominance) for v, n in zip(u, c, strict=True)],
-        dtype=bool,
-    )
+    keep = c >= min_cell
+    if dominance is not None:  # `atom_passes` on every value at once: 2/count of equal values
+        keep &= (u == 0) | (2.0 / c <= dominance)
     atoms, counts = u[keep], c[keep].astype("int64")
     rest = np.repeat(u[~keep], c[~keep])
     if len(atoms) == 0 or len(rest) == 0 or len(rest) >= min_cell:
