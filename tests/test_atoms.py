@@ -355,3 +355,19 @@ def test_subset_on_an_atom_column_cannot_difference_off_atom_rows(tmp_path, off_
     if refused:
         assert "differencing" in cp["reason"]
         assert "n" not in cp
+
+
+@pytest.mark.parametrize("profile", ["iab", "fsrdc"])
+def test_profiles_and_sensitive_magnitudes_release_gated_atoms(tmp_path, profile):
+    """Under other profiles and for a `sensitive` magnitude the rest's grid follows the
+    profile's method (pseudo-percentiles with the dominance rule) and the gates still pass."""
+    df = _frame(2500, 8, {"zero": "earn", "edges": "e", "coded": "c", "plain": "p"})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    raw = manifest_for(tmp_path / "d.csv", sensitive=["earn"])
+    raw["sdc"] = {"profile": profile}
+    raw["verify"] = {"tier": 1}
+    tiers = run_pipeline(raw, tmp_path)
+    assert tiers["passed"]
+    m = _release(tmp_path)["blocks"]["all"]["marginals"]["earn"]
+    assert m["atoms"]["values"][0] == 0.0 and "pseudo" in m["atoms"]["rest"]["method"]
+    assert review_bundle(tmp_path / "t" / "bundle")["verdict"].startswith("clean")
