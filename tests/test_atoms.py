@@ -352,6 +352,9 @@ def test_subset_on_an_atom_column_cannot_difference_off_atom_rows(tmp_path, off_
     bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
     cp = json.loads((bundle / "checkpoints.json").read_text())["checkpoints"][0]
     assert (cp["status"] == "rejected") is refused
+    led = json.loads((bundle / "sdc_log.json").read_text())["ledger"]
+    atom_sets = [e for e in led["entries"] if e["kind"] == "atoms"]
+    assert atom_sets and all("rows" not in e for e in atom_sets)  # the ledger adds no count
     if refused:
         assert "differencing" in cp["reason"]
         assert "n" not in cp

@@ -267,7 +267,7 @@ class Ledger:
         entries = []
         for e in self.entries:
             item: dict[str, Any] = {"id": e.id, "kind": e.kind, "source": e.source}
-            if e.count is not None:
+            if e.count is not None and e.kind != "atoms":  # atom sets: no count written
                 item["rows"] = e.count
             item["released"] = e.released
             entries.append(item)
@@ -291,14 +291,15 @@ def sample_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
 
 def register_subset_atoms(ledger: Ledger, df: pd.DataFrame, manifest: Manifest, name: str) -> None:
     """Register the atom unions (`Ledger.register_atoms`) of every numeric column, not declared
-    categorical, that a checkpoint subset of source `name` reads. Columns released as tables
-    are included when numeric: more row sets only refuse more, never release more."""
+    categorical nor a stratum column, that a checkpoint subset of source `name` reads. Columns
+    released as tables are included when numeric: more row sets only refuse more, and the
+    ledger's summary writes no count of them."""
     source = manifest.source(name)
     cols: set[str] = set()
     for cp in manifest.checkpoints:
         if cp.source == name and cp.subset:
             cols |= subset_columns(cp.subset, df.columns)
-    for c in sorted(cols - set(source.categorical)):
+    for c in sorted(cols - set(source.categorical) - set(source.strata)):
         if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
             ledger.register_atoms(name, c, df[c].to_numpy(dtype="float64", na_value=np.nan))
 
