@@ -374,3 +374,12 @@ def test_profiles_and_sensitive_magnitudes_release_gated_atoms(tmp_path, profile
     m = _release(tmp_path)["blocks"]["all"]["marginals"]["earn"]
     assert m["atoms"]["values"][0] == 0.0 and "pseudo" in m["atoms"]["rest"]["method"]
     assert review_bundle(tmp_path / "t" / "bundle")["verdict"].startswith("clean")
+
+
+@pytest.mark.parametrize(("count", "dominance", "atom"), [(4, 0.5, True), (3, 0.5, False)])
+def test_dominance_rule_on_a_magnitude_atom(count, dominance, atom):
+    """Two of `count` equal non-zero values hold 2/count of the cell's total: an atom only
+    when that is at most the dominance share; zeros have no total and always qualify."""
+    x = np.concatenate([np.full(count, 250.0), np.zeros(count), np.arange(40.0) + 0.5])
+    split = split_atoms(x, 3, dominance)
+    assert (250.0 in split.values.tolist()) is atom and 0.0 in split.values.tolist()

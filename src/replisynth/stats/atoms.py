@@ -14,7 +14,6 @@ import numpy as np
 from replisynth.stats.marginals import (
     GRID,
     apportion,
-    dominance_share,
     exact_quantile_sample,
     grid_cdf,
     grid_releasable,
@@ -34,25 +33,17 @@ class AtomSplit:
     pooled: int = 0
 
 
-def atom_passes(value: float, count: int, min_cell: int, dominance: float | None) -> bool:
-    """A value is an atom when at least `min_cell` rows hold it and, for a magnitude under the
-    dominance rule, its cell total is not dominated by two of them (2/count at most the
-    share; a cell of zeros has no total to dominate)."""
-    if count < min_cell:
-        return False
-    if dominance is None or value == 0:
-        return True
-    return dominance_share(np.full(count, value)) <= dominance
-
-
 def split_atoms(values: np.ndarray, min_cell: int, dominance: float | None = None) -> AtomSplit:
-    """Split finite `values` into atoms and the rest. When 1..min_cell−1 rows are left over
-    they join the nearest atom (ties go down), as an ordered frequency table pools a level
-    below the cell size: the rest is then empty or holds at least min_cell rows."""
+    """Split finite `values` into atoms and the rest. A value is an atom when at least
+    `min_cell` rows hold it and, for a magnitude under the dominance rule, its cell total is
+    not dominated by two of them (2/count at most `dominance`; a cell of zeros has no total to
+    dominate). When 1..min_cell−1 rows are left over they join the nearest atom (ties go
+    down), as an ordered frequency table pools a level below the cell size: the rest is then
+    empty or holds at least min_cell rows."""
     x = np.sort(np.asarray(values, dtype="float64"))
     u, c = np.unique(x, return_counts=True)
     keep = c >= min_cell
-    if dominance is not None:  # `atom_passes` on every value at once: 2/count of equal values
+    if dominance is not None:  # the top-two share of `count` equal values is 2/count
         keep &= (u == 0) | (2.0 / c <= dominance)
     atoms, counts = u[keep], c[keep].astype("int64")
     rest = np.repeat(u[~keep], c[~keep])
