@@ -13,6 +13,8 @@ import pandas as pd
 
 from replisynth.config.manifest import Checkpoint, Manifest, Source
 from replisynth.disclosure.sdc import SdcLog
+from replisynth.stats.atoms import nearest_atom, split_atoms
+from replisynth.stats.design import subset_columns
 
 # The fields of a checkpoint record that describe the request, not its results: what a
 # refused checkpoint keeps (as `capture_checkpoint`'s rejected records).
@@ -126,6 +128,43 @@ class Ledger:
             )
         self.cells[source.name] = label
 
+    def register_atoms(self, source: str, column: str, values: np.ndarray) -> None:
+        """The row sets a column's released atoms make known exactly (`stats.atoms`): for each
+        atom, the rows on the atoms at or below it and at or above it. A subset that
+        thresholds the column (`spend > 0`) differs from one of these by the rows off the
+        atoms on its side, which the differencing rule must then bound (docs/disclosure.md,
+        "Atoms of continuous columns"). Registered for the columns a subset reads only."""
+        ok = ~np.isnan(values)
+        split = split_atoms(values[ok], self.min_cell)
+        if len(split.values) == 0:
+            return
+        # each row's atom as released: its own value, or its nearest atom when rows joined one
+        label = np.full(len(values), -1, dtype=np.intp)
+        if split.pooled:
+            label[ok] = nearest_atom(split.values, values[ok])
+        else:
+            pos = np.searchsorted(split.values, values[ok])
+            hit = (pos < len(split.values)) & (
+                split.values[np.minimum(pos, len(split.values) - 1)] == values[ok]
+            )
+            label[ok] = np.where(hit, pos, -1)
+        every = not len(split.rest)  # the atoms hold every non-missing row
+        last = len(split.values) - 1
+        for i in range(len(split.values)):
+            for side, rows in (("<=", (label >= 0) & (label <= i)), (">=", label >= i)):
+                if every and ((side == "<=" and i == last) or (side == ">=" and i == 0)):
+                    continue  # every non-missing row: the column's released row count
+                self.entries.append(
+                    Entry(
+                        f"{source}/{column}/atoms {side} #{i + 1}",
+                        "atoms",
+                        source,
+                        rows,
+                        "atom counts of a continuous column",
+                        int(rows.sum()),
+                    )
+                )
+
     def conflicts(self, source: str, rows: np.ndarray, weights: str | None = None) -> list[str]:
         """Ids of the registered sets (or 'a union of strata') that `rows` differs from by
         1..k−1 rows, directly or through a complement. Statistics weighted differently
@@ -228,7 +267,7 @@ class Ledger:
         entries = []
         for e in self.entries:
             item: dict[str, Any] = {"id": e.id, "kind": e.kind, "source": e.source}
-            if e.count is not None:
+            if e.count is not None and e.kind != "atoms":  # atom sets: no count written
                 item["rows"] = e.count
             item["released"] = e.released
             entries.append(item)
@@ -250,6 +289,21 @@ def sample_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
     return mask
 
 
+def register_subset_atoms(ledger: Ledger, df: pd.DataFrame, manifest: Manifest, name: str) -> None:
+    """Register the atom unions (`Ledger.register_atoms`) of every numeric column, not declared
+    categorical nor a stratum column, that a checkpoint subset of source `name` reads. Columns
+    released as tables are included when numeric: more row sets only refuse more, and the
+    ledger's summary writes no count of them."""
+    source = manifest.source(name)
+    cols: set[str] = set()
+    for cp in manifest.checkpoints:
+        if cp.source == name and cp.subset:
+            cols |= subset_columns(cp.subset, df.columns)
+    for c in sorted(cols - set(source.categorical) - set(source.strata)):
+        if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
+            ledger.register_atoms(name, c, df[c].to_numpy(dtype="float64", na_value=np.nan))
+
+
 def apply_differencing(
     frames: dict[str, pd.DataFrame],
     manifest: Manifest,
@@ -263,6 +317,7 @@ def apply_differencing(
     ledger = Ledger(k)
     for name in frames:
         ledger.register_source(frames[name], manifest.source(name))
+        register_subset_atoms(ledger, frames[name], manifest, name)
     released: list[dict[str, Any]] = []
     log = SdcLog()
     for cp, (rel, lg, index) in zip(manifest.checkpoints, fits, strict=True):
