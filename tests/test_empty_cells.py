@@ -76,6 +76,12 @@ def test_empty_cells_flagged_exactly(
     assert str(int((df[a] == 95).sum())) not in text  # names and cell numbers, never counts
 
 
+def test_sensitive_columns_are_never_flagged(tmp_path: Path) -> None:
+    release, _, _ = release_of(plans(3000, 6), tmp_path, sensitive=["black"])
+    assert _cells(release, "coins", "ded")
+    assert not any("black" in f["columns"] for f in release["empty_cells"])
+
+
 def _specs(df: pd.DataFrame) -> list[ColumnSpec]:
     return [
         ColumnSpec(c, "numeric", "int64", "categorical", True, False, 0, len(df))

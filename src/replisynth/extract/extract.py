@@ -1104,13 +1104,14 @@ def _empty_cells(
     derived: set[str],
 ) -> list[dict[str, Any]]:
     """Empty-cell flags of pairs of released categorical columns (extract/empty_cells.py),
-    checked in every released block (stratum cells by key, the residual as one), logged."""
+    checked in every released block (stratum cells by key, the residual as one), logged;
+    strata, derived and `sensitive` columns are never flagged."""
     block_of = (
         np.where(strata.residual_mask.to_numpy(), -1, strata.key_idx)
         if ctx.source.strata
         else np.zeros(len(work), dtype=np.intp)
     )
-    skip = set(ctx.source.strata) | derived
+    skip = set(ctx.source.strata) | derived | set(ctx.source.sensitive)
     flags = detect_empty_cells(work, specs, marginals, ctx.sdc.min_cell_size, block_of, skip)
     ctx.log.extend(log_empty_cells(flags, ctx.source.name))
     return flags

@@ -4,6 +4,8 @@ cells"; why the flags are safe: docs/disclosure.md, "Empty-cell flags"."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,3 +59,55 @@ def flagged_rows(frame: Any, release: dict[str, Any], flag: dict[str, Any]) -> n
     return rows_in_cells(
         level_codes(frame[a_col], la), level_codes(frame[b_col], lb), flag_matrix(flag, la, lb)
     )
+
+
+@dataclass(frozen=True)
+class CellGuard:
+    """The flagged pairs of a frame's columns, for swap machinery outside synthesis (the pin's
+    cross-moment alignment): which proposed swaps would put rows into flagged cells."""
+
+    codes: dict[str, np.ndarray]
+    pairs: list[tuple[str, str, np.ndarray]]
+
+    @classmethod
+    def of(cls, frame: Any, release: dict[str, Any]) -> CellGuard | None:
+        """None when the release flags no pair of columns the frame holds."""
+        pairs, codes = [], {}
+        for f in release.get("empty_cells") or []:
+            a, b = f["columns"]
+            la, lb = source_levels(release, a), source_levels(release, b)
+            if not (la and lb) or a not in frame or b not in frame:
+                continue
+            pairs.append((a, b, flag_matrix(f, la, lb)))
+            codes.setdefault(a, level_codes(frame[a], la))
+            codes.setdefault(b, level_codes(frame[b], lb))
+        return cls(codes, pairs) if pairs else None
+
+    def allowed(
+        self,
+        moved: Any,
+        perm_of: Callable[[str], np.ndarray | None],
+        r: np.ndarray,
+        s: np.ndarray,
+    ) -> np.ndarray:
+        """Per swap of the columns `moved` between rows r[i] and s[i] (each column's values
+        read through `perm_of(column)`, None for none): the swap puts no more rows into
+        flagged cells than there are now."""
+        moved = set(moved)
+        before = np.zeros(len(r), dtype=np.int64)
+        after = np.zeros(len(r), dtype=np.int64)
+
+        def code(col: str, rows: np.ndarray) -> np.ndarray:
+            p = perm_of(col)
+            return self.codes[col][rows if p is None else p[rows]]
+
+        for a, b, empty in self.pairs:
+            if a not in moved and b not in moved:
+                continue
+            for x, y in ((r, s), (s, r)):
+                now_a, now_b = code(a, x), code(b, x)
+                new_a = code(a, y) if a in moved else now_a
+                new_b = code(b, y) if b in moved else now_b
+                before += rows_in_cells(now_a, now_b, empty)
+                after += rows_in_cells(new_a, new_b, empty)
+        return after <= before

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.stats.cells import flag_matrix, level_codes, rows_in_cells, source_levels
+from replisynth.stats.cells import (
+    CellGuard,
+    flag_matrix,
+    level_codes,
+    rows_in_cells,
+    source_levels,
+)
+from replisynth.synthesize.refine import Allowed
 
 MAX_PASSES = 8  # rounds over the flagged columns; each round only lowers the violations
 PER_TYPE = 48  # candidate partners looked at per kind of row, the nearest taken
@@ -213,3 +220,23 @@ def repair_empty_cells(
             break
         left = violations(state)
     return out, left
+
+
+def cell_veto(
+    cols: dict[str, np.ndarray], release: dict[str, Any], unit_columns: list[list[str]]
+) -> Allowed | None:
+    """The refinement's veto (`refine_swaps(allowed=...)`): a swap pair of the units moved
+    may not put more rows into released empty cells than there are. `unit_columns[i]` names
+    the columns unit i moves; None without flags."""
+    guard = CellGuard.of(cols, release)
+    if guard is None:
+        return None
+    owner = {c: i for i, names in enumerate(unit_columns) for c in names}
+
+    def allowed(
+        members: list[int], r: np.ndarray, s: np.ndarray, perms: list[np.ndarray]
+    ) -> np.ndarray:
+        moved = {c for m in members for c in unit_columns[m]}
+        return guard.allowed(moved, lambda c: perms[owner[c]] if c in owner else None, r, s)
+
+    return allowed
