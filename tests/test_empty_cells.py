@@ -204,7 +204,7 @@ def _block_counts(frame: pd.DataFrame, col: str) -> dict[Any, int]:
 @pytest.mark.parametrize("seed", [4, 31])
 def test_synthesis_keeps_empty_cells_and_every_margin(tmp_path: Path, seed: int) -> None:
     df = plans(4000, seed)
-    release, _, _ = release_of(df, tmp_path)
+    release, data, _ = release_of(df, tmp_path)
     bare = {k: v for k, v in release.items() if k != "empty_cells"}
     drawn, kept = synthesize_source(bare, seed), synthesize_source(release, seed)
     flag = next(f for f in release["empty_cells"] if f["columns"] == ["coins", "ded"])
@@ -215,7 +215,8 @@ def test_synthesis_keeps_empty_cells_and_every_margin(tmp_path: Path, seed: int)
         assert _block_counts(kept, c) == _block_counts(drawn, c)
     assert kept.equals(synthesize_source(release, seed))  # deterministic from the seed
     rho = lambda f: f.drop(columns="pid").corr(method="spearman").to_numpy()  # noqa: E731
-    assert np.abs(rho(kept) - rho(drawn)).max() < 0.1
+    truth = rho(data)
+    assert np.abs(rho(kept) - truth).max() < 0.03  # the vetoed refinement restores them
     assert empty_cell_problems(kept, release) == []
     problems = empty_cell_problems(drawn, release)
     assert any(p.startswith("coins x ded:") for p in problems)

@@ -22,6 +22,7 @@ from replisynth.disclosure.bundle_types import (
     CheckpointRecord,
     SdcLogFile,
     SourceRelease,
+    untyped,
 )
 from replisynth.disclosure.sdc import SdcLog, resolved_settings
 from replisynth.io.files import read_json, sha256_file, write_json
@@ -352,11 +353,12 @@ def _ordering_mismatch(rel: SourceRelease, names: set[str]) -> tuple[str, str] |
 def _empty_cells_mismatch(rel: SourceRelease) -> tuple[str, str] | None:
     """(key, what) of the first empty-cell flag whose columns are not two released categorical
     columns or whose cell names a value that is not one of their released levels."""
-    marg = rel["blocks"].get("all", {"marginals": {}})["marginals"]  # type: ignore[typeddict-item]
+    top = rel["blocks"].get("all")
+    marg: dict[str, Any] = untyped(top["marginals"]) if top is not None else {}
     for i, f in enumerate(rel.get("empty_cells") or []):
         levels = []
         for col in f["columns"]:
-            m = marg.get(col) or {}
+            m: dict[str, Any] = marg.get(col) or {}
             if m.get("kind") != "categorical":
                 return f"empty_cells[{i}].columns", f"{col!r} is not a released categorical column"
             levels.append({norm_key(v) for v in m["table"]["levels"]})

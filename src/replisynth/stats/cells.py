@@ -72,7 +72,8 @@ class CellGuard:
     @classmethod
     def of(cls, frame: Any, release: dict[str, Any]) -> CellGuard | None:
         """None when the release flags no pair of columns the frame holds."""
-        pairs, codes = [], {}
+        pairs: list[tuple[str, str, np.ndarray]] = []
+        codes: dict[str, np.ndarray] = {}
         for f in release.get("empty_cells") or []:
             a, b = f["columns"]
             la, lb = source_levels(release, a), source_levels(release, b)
