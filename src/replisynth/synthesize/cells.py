@@ -21,7 +21,7 @@ from replisynth.stats.cells import (
 from replisynth.synthesize.refine import Allowed
 
 MAX_PASSES = 8  # rounds over the flagged columns; each round only lowers the violations
-PER_TYPE = 48  # candidate partners looked at per kind of row, the nearest taken
+PER_TYPE = 16  # candidate partners looked at per kind of row, the nearest taken
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,14 @@ def _swap(state: _State, col: str, i: int, j: int) -> None:
 
 @dataclass
 class _Buckets:
-    """Eligible rows sorted by (group, kind), shuffled inside each; a pointer per bucket."""
+    """Eligible rows sorted by (group, kind), shuffled inside each; per bucket a pointer to
+    the rows not yet offered and a window of offered rows still unused."""
 
     rows: np.ndarray
     start: dict[tuple[int, int], int]
     end: dict[tuple[int, int], int]
     kinds: list[int]
+    window: dict[tuple[int, int], list[int]] = field(default_factory=dict)
 
 
 def _buckets(group: np.ndarray, kind: np.ndarray, rng: np.random.Generator) -> _Buckets:
@@ -124,21 +126,23 @@ def _buckets(group: np.ndarray, kind: np.ndarray, rng: np.random.Generator) -> _
 
 
 def _candidates(bk: _Buckets, g: int, kinds: list[int], used: np.ndarray) -> list[int]:
-    """Up to PER_TYPE unused rows of each of `kinds` in group `g`."""
+    """Up to PER_TYPE unused rows of each of `kinds` in group `g`: each bucket's window,
+    cleared of rows used since and refilled from its pointer (each row is offered once)."""
     out: list[int] = []
     for t in kinds:
-        s = bk.start.get((g, t))
-        if s is None:
+        key = (g, t)
+        p = bk.start.get(key)
+        if p is None:
             continue
-        e, taken = bk.end[(g, t)], 0
-        while s < e and taken < PER_TYPE:
-            r = int(bk.rows[s])
-            if used[r] and taken == 0:
-                bk.start[(g, t)] = s + 1  # leading used rows are skipped for good
-            elif not used[r]:
-                out.append(r)
-                taken += 1
-            s += 1
+        w = [r for r in bk.window.get(key, ()) if not used[r]]
+        e = bk.end[key]
+        while len(w) < PER_TYPE and p < e:
+            r = int(bk.rows[p])
+            p += 1
+            if not used[r]:
+                w.append(r)
+        bk.start[key], bk.window[key] = p, w
+        out.extend(w)
     return out
 
 
