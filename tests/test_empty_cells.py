@@ -281,9 +281,24 @@ def test_init_proposes_strata_for_a_pair_with_empty_cells(tmp_path: Path) -> Non
         }
     )
     text = draft_manifest(df, FileMeta(), str(tmp_path / "plans.csv"), seed=1)
-    line = next(ln for ln in text.splitlines() if "combinations occur" in ln)
-    assert line.lstrip().startswith('# "plan_c" x "plan_d": 7 of their 10 combinations occur')
-    assert line.endswith('strata: ["plan_c", "plan_d"]')
+    lines = text.splitlines()
+    at = next(i for i, ln in enumerate(lines) if "combinations occur" in ln)
+    assert lines[at].lstrip().startswith('# "plan_c" x "plan_d": 7 of their 10 combinations occur')
+    assert (
+        lines[at + 1]
+        .rstrip()
+        .endswith(
+            'strata: ["plan_c", "plan_d"] would also synthesize the other columns per combination.'
+        )
+    )
+    coded = df.assign(plan_c=df["plan_c"] / 10 + 0.05)  # not whole numbers: recode first
+    text = draft_manifest(coded, FileMeta(), str(tmp_path / "plans.csv"), seed=1)
+    assert "(recode both to whole-number codes first)." in text
+    dummies = pd.DataFrame(
+        {"a": (plan == 0).astype(int), "b": (plan == 1).astype(int), "z": df["spend"]}
+    )
+    text = draft_manifest(dummies, FileMeta(), str(tmp_path / "plans.csv"), seed=1)
+    assert "combinations occur" not in text  # a one-hot pair: the flags keep it, no strata
     mixed = df.assign(plan_d=rng.integers(0, 2, size=len(df)))
     text = draft_manifest(mixed, FileMeta(), str(tmp_path / "plans.csv"), seed=1)
     assert "combinations occur" not in text

@@ -244,7 +244,8 @@ def empty_cell_pairs(
     """Pairs of categorical columns (none missing) whose cross product has empty cells while
     every combination that occurs holds at least STRATUM_CELLS x `min_cell` rows: strata on
     the pair keep the empty ones empty (a Gaussian copula fills them). (a, b, combinations
-    held, combinations), most empty first; pairs inside the suggested `strata` are left out."""
+    held, combinations), most empty first; pairs inside the suggested `strata` and pairs of
+    two-valued columns are left out."""
     cats = [
         s.name
         for s in specs
@@ -255,7 +256,8 @@ def empty_cell_pairs(
     for i, a in enumerate(cats):
         for b in cats[i + 1 :]:
             cells = levels[a] * levels[b]
-            if not 4 <= cells <= MAX_PAIR_CELLS or min(levels[a], levels[b]) < 2:
+            # two 0/1 columns (a one-hot group): the empty-cell flags keep them, no strata needed
+            if not 6 <= cells <= MAX_PAIR_CELLS or min(levels[a], levels[b]) < 2:
                 continue
             if a in strata and b in strata:  # the suggested strata keep them empty already
                 continue
@@ -455,7 +457,7 @@ def draft_manifest(
         lines.append(f"    # Candidates: {', '.join(_name(c) for c in d.strata_candidates)}.")
     else:
         lines.append("    # No column qualifies.")
-    lines += _empty_pair_lines(d)
+    lines += _empty_pair_lines(d, df)
     lines += [
         "    groups: []          # cluster identifiers (firms, schools), re-keyed 1..G",
         "    panel: null         # {entity: COLUMN, time: COLUMN} for a panel",
@@ -472,17 +474,18 @@ def draft_manifest(
     return "\n".join(lines)
 
 
-def _empty_pair_lines(d: Draft) -> list[str]:
+def _empty_pair_lines(d: Draft, df: pd.DataFrame) -> list[str]:
     """The strata suggestion for pairs of categorical columns with empty combinations."""
     out = []
     for a, b, held, cells in d.empty_pairs:
+        whole = all(not pd.api.types.is_float_dtype(df[c]) or _whole(df[c]) for c in (a, b))
         out.append(
-            f"    # {_name(a)} x {_name(b)}: {held} of their {cells} combinations occur. "
-            f"strata: {_flow([a, b])}"
+            f"    # {_name(a)} x {_name(b)}: {held} of their {cells} combinations occur; the "
+            "release keeps the others empty, and"
         )
         out.append(
-            "    #   would synthesize each combination on its own, so the empty ones stay empty "
-            "(strata need whole-number codes)."
+            f"    #   strata: {_flow([a, b])} would also synthesize the other columns per "
+            "combination" + ("." if whole else " (recode to whole numbers first).")
         )
     return out
 
