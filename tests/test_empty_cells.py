@@ -293,7 +293,7 @@ def test_init_proposes_strata_for_a_pair_with_empty_cells(tmp_path: Path) -> Non
     )
     coded = df.assign(plan_c=df["plan_c"] / 10 + 0.05)  # not whole numbers: recode first
     text = draft_manifest(coded, FileMeta(), str(tmp_path / "plans.csv"), seed=1)
-    assert "(recode both to whole-number codes first)." in text
+    assert "(recode to whole numbers first)." in text
     dummies = pd.DataFrame(
         {"a": (plan == 0).astype(int), "b": (plan == 1).astype(int), "z": df["spend"]}
     )
