@@ -302,3 +302,34 @@ def test_init_proposes_strata_for_a_pair_with_empty_cells(tmp_path: Path) -> Non
     mixed = df.assign(plan_d=rng.integers(0, 2, size=len(df)))
     text = draft_manifest(mixed, FileMeta(), str(tmp_path / "plans.csv"), seed=1)
     assert "combinations occur" not in text
+
+
+@pytest.mark.parametrize(("entities", "periods", "seed"), [(900, 4, 3), (700, 5, 11)])
+def test_panel_invariant_dummies_swapped_between_whole_entities(
+    tmp_path: Path, entities: int, periods: int, seed: int
+) -> None:
+    """Region dummies fixed per firm: the hierarchical draw puts firms in two regions; the
+    repair swaps them between whole firms of one size, so they stay time-invariant and their
+    row counts stay as drawn."""
+    rng = np.random.default_rng(seed)
+    reg = rng.integers(0, 3, size=entities)
+    u = np.repeat(rng.normal(size=entities), periods)
+    firm = np.repeat(np.arange(entities), periods)
+    df = pd.DataFrame(
+        {
+            "pid": np.arange(entities * periods),
+            "firm": firm,
+            "year": np.tile(2000 + np.arange(periods), entities),
+            **{f"r{k}": np.repeat((reg == k).astype(int), periods) for k in range(3)},
+            "x": u + rng.normal(size=len(firm)) + reg[firm],
+        }
+    )
+    release, _, _ = release_of(df, tmp_path, panel={"entity": "firm", "time": "year"})
+    assert len(release["empty_cells"]) == 3
+    bare = {k: v for k, v in release.items() if k != "empty_cells"}
+    drawn, kept = synthesize_source(bare, seed), synthesize_source(release, seed)
+    assert sum(flagged_rows(drawn, release, f).sum() for f in release["empty_cells"]) > 0
+    assert sum(flagged_rows(kept, release, f).sum() for f in release["empty_cells"]) == 0
+    for c in ("r0", "r1", "r2"):
+        assert kept.groupby("firm")[c].nunique().max() == 1
+        assert int(kept[c].sum()) == int(drawn[c].sum())

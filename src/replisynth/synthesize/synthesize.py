@@ -30,6 +30,7 @@ from replisynth.synthesize.cells import cell_veto, repair_empty_cells
 from replisynth.synthesize.entities import (
     complete_untargeted,
     entity_columns,
+    entity_fixed,
     entity_frozen,
     entity_normals,
     refine_blocks,
@@ -500,14 +501,27 @@ def _keep_cells_empty(
     source: str,
     ent: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Rows out of the released empty cells by swaps inside each block (inside each entity
-    with an entity structure, whose frozen columns stay), from the stream (source, "cells")."""
+    """Rows out of the released empty cells by swaps inside each block, from the stream
+    (source, "cells"). With an entity structure: pairs of time-invariant columns by swaps
+    between whole entities of one size, the rest by swaps inside an entity (the frozen
+    columns stay)."""
     if not release.get("empty_cells"):
         return cols
-    group = ent if ent is not None else np.repeat(np.arange(len(plan)), [b.rows for b in plan])
-    frozen = entity_frozen(release) if ent is not None else set()
-    out, _left = repair_empty_cells(cols, group, release, make_rng(seed, source, "cells"), frozen)
-    return out
+    rng = make_rng(seed, source, "cells")
+    if ent is None:
+        group = np.repeat(np.arange(len(plan)), [b.rows for b in plan])
+        return repair_empty_cells(cols, group, release, rng)[0]
+    fixed = entity_fixed(release)
+    whole = [f for f in release["empty_cells"] if set(f["columns"]) <= fixed]
+    if whole:
+        first = np.flatnonzero(np.r_[True, ent[1:] != ent[:-1]])  # rows grouped by entity
+        sizes = np.diff(np.r_[first, len(ent)])
+        names = sorted({c for f in whole for c in f["columns"]} | fixed & set(cols))
+        sub, _ = repair_empty_cells(
+            {c: cols[c][first] for c in names}, sizes, {**release, "empty_cells": whole}, rng
+        )
+        cols = {**cols, **{c: sub[c][ent] for c in names}}
+    return repair_empty_cells(cols, ent, release, rng, entity_frozen(release))[0]
 
 
 def _group_column(ids: np.ndarray, spec: ColumnSpec) -> pd.Series:
