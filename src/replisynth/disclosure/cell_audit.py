@@ -28,8 +28,9 @@ def _margin(block: dict[str, Any], col: str) -> np.ndarray | None:
 
 
 def cell_bounds(row: np.ndarray, col: np.ndarray, zero: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Smallest and largest count of every cell of a table with these margins and these cells
-    zero (NaN where the margins and zeros are inconsistent)."""
+    """Smallest count of every cell of a table with these margins and these cells zero, and
+    the largest where the smallest is positive (NaN otherwise, and where the margins and
+    zeros are inconsistent)."""
     from scipy.optimize import linprog
 
     r, c = len(row), len(col)
@@ -47,6 +48,8 @@ def cell_bounds(row: np.ndarray, col: np.ndarray, zero: np.ndarray) -> tuple[np.
             res = linprog(sign * e, A_eq=A, b_eq=b, bounds=bounds, method="highs")
             if res.status == 0:
                 out[i] = sign * res.fun
+            if sign > 0 and not lo[i] > 0.5:  # a cell that may be empty is never forced small
+                break
     return lo.reshape(r, c), hi.reshape(r, c)
 
 
