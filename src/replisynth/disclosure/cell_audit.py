@@ -70,7 +70,8 @@ def _forced_small(
         ia, jb = at_a.get(repr(levels[0][i])), at_b.get(repr(levels[1][j]))
         if ia is not None and jb is not None:
             zero[ia, jb] = True
-    lo, hi = cell_bounds(ra, cb, zero)
+    rows, cols = ra > 0, cb > 0  # an empty level's cells are 0: left out of the programs
+    lo, hi = cell_bounds(ra[rows], cb[cols], zero[np.ix_(rows, cols)])
     ok = np.isfinite(lo) & np.isfinite(hi)
     return bool(np.any(ok & (lo > 0.5) & (hi < k - 0.5)))
 

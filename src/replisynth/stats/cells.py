@@ -95,20 +95,20 @@ class CellGuard:
         read through `perm_of(column)`, None for none): the swap puts no more rows into
         flagged cells than there are now."""
         moved = set(moved)
-        before = np.zeros(len(r), dtype=np.int64)
-        after = np.zeros(len(r), dtype=np.int64)
-
-        def code(col: str, rows: np.ndarray) -> np.ndarray:
+        pairs = [p for p in self.pairs if p[0] in moved or p[1] in moved]
+        if not pairs:
+            return np.ones(len(r), dtype=bool)
+        at_r: dict[str, np.ndarray] = {}
+        at_s: dict[str, np.ndarray] = {}
+        for col in {c for a, b, _ in pairs for c in (a, b)}:  # each column read once
             p = perm_of(col)
-            return self.codes[col][rows if p is None else p[rows]]
-
-        for a, b, empty in self.pairs:
-            if a not in moved and b not in moved:
-                continue
-            for x, y in ((r, s), (s, r)):
-                now_a, now_b = code(a, x), code(b, x)
-                new_a = code(a, y) if a in moved else now_a
-                new_b = code(b, y) if b in moved else now_b
-                before += rows_in_cells(now_a, now_b, empty)
-                after += rows_in_cells(new_a, new_b, empty)
-        return after <= before
+            at_r[col] = self.codes[col][r if p is None else p[r]]
+            at_s[col] = self.codes[col][s if p is None else p[s]]
+        change = np.zeros(len(r), dtype=np.int64)
+        for a, b, empty in pairs:
+            for now, other in ((at_r, at_s), (at_s, at_r)):
+                new_a = other[a] if a in moved else now[a]
+                new_b = other[b] if b in moved else now[b]
+                change += rows_in_cells(new_a, new_b, empty)
+                change -= rows_in_cells(now[a], now[b], empty)
+        return change <= 0
