@@ -27,9 +27,11 @@ from replisynth.stats.copula_dims import synthetic_dim_matrix
 from replisynth.stats.correlations import Margin, latent_matrix, nearest_correlation, tie_atoms
 from replisynth.stats.marginals import apportion, exact_quantile_sample, released_group_sizes
 from replisynth.stats.weights import calibrate_frame
+from replisynth.synthesize.cells import cell_veto, repair_empty_cells
 from replisynth.synthesize.entities import (
     complete_untargeted,
     entity_columns,
+    entity_fixed,
     entity_frozen,
     entity_normals,
     refine_blocks,
@@ -498,12 +500,46 @@ def refine_source(
         labels=ent,
         settled=settled,
         decisive=value_pairs(dims),
+        allowed=cell_veto(
+            cols, release, [[u, *[b for b, a in root.items() if a == u]] for u in units]
+        ),
     )
     out = dict(cols)
     for unit_root, perm in zip(units, perms, strict=True):
         for col in [unit_root, *[b for b, a in root.items() if a == unit_root]]:
             out[col] = cols[col][perm]
     return out
+
+
+def _keep_cells_empty(
+    cols: dict[str, np.ndarray],
+    plan: list[BlockPlan],
+    release: dict[str, Any],
+    seed: int,
+    source: str,
+    ent: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Rows out of the released empty cells by swaps inside each block, from the stream
+    (source, "cells"). With an entity structure: pairs of time-invariant columns by swaps
+    between whole entities of one size, the rest by swaps inside an entity (the frozen
+    columns stay)."""
+    if not release.get("empty_cells"):
+        return cols
+    rng = make_rng(seed, source, "cells")
+    if ent is None:
+        group = np.repeat(np.arange(len(plan)), [b.rows for b in plan])
+        return repair_empty_cells(cols, group, release, rng)[0]
+    fixed = entity_fixed(release)
+    whole = [f for f in release["empty_cells"] if set(f["columns"]) <= fixed]
+    if whole:
+        first = np.flatnonzero(np.r_[True, ent[1:] != ent[:-1]])  # rows grouped by entity
+        sizes = np.diff(np.r_[first, len(ent)])
+        names = sorted({c for f in whole for c in f["columns"]} | fixed & set(cols))
+        sub, _ = repair_empty_cells(
+            {c: cols[c][first] for c in names}, sizes, {**release, "empty_cells": whole}, rng
+        )
+        cols = {**cols, **{c: sub[c][ent] for c in names}}
+    return repair_empty_cells(cols, ent, release, rng, entity_frozen(release))[0]
 
 
 def _group_column(ids: np.ndarray, spec: ColumnSpec) -> pd.Series:
@@ -558,7 +594,11 @@ def synthesize_source(
         parts
     )  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
     say(f"synthesize: {source} refining across {len(plan)} block(s)")
+    if ent is None:  # out of the empty cells first; the refinement then never refills them
+        cols = _keep_cells_empty(cols, plan, release, seed, source, ent)
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
+    if ent is not None:  # the entity refinements are not vetoed: the repair comes after them
+        cols = _keep_cells_empty(cols, plan, release, seed, source, ent)
     if ent is None:  # numeric levels of integer and float columns restore from floats (same values)
         numeric = {
             s.name for s in specs_list if s.logical_type in ("integer", "float")
