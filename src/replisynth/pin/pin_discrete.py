@@ -30,6 +30,7 @@ MAX_PREFIX = 1 << 14  # most moves ranked per descent step
 MAX_INNER = 200  # descent steps per batch
 MAX_KEEP = 8  # columns outside the designs whose rank relation to the outcome the moves keep
 KEEP_WEIGHT = 0.1  # their weight in Q beside the checkpoints' (which must win)
+HURDLE_WEIGHT = 1.0  # weight of a count's zero/positive split and its relations in Q
 MAX_KEEP_SCAN = 64  # columns scanned for them, in frame order
 _EPS = 1e-12
 
@@ -142,6 +143,15 @@ class _System:
     score: Callable[[np.ndarray], np.ndarray]
     M: np.ndarray
     unit: np.ndarray | None = None  # scores linear in y: each row's (constant) change per unit of y
+    # scores that change by a multiple of `unit` that depends on the code (an indicator of the
+    # lowest value): per row the multipliers of an up and of a down move at codes y
+    gate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+
+    def multipliers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of the sample (codes `y`) the multiple of `unit` an up and a down move add."""
+        if self.gate is None:
+            return np.ones(len(y)), -np.ones(len(y))
+        return self.gate(y)
 
 
 def _Q(S: list[np.ndarray], systems: list[_System]) -> float:
@@ -190,10 +200,11 @@ class _Search:
         dq = np.zeros((2, n))
         for s, sy, qd, cc in zip(self.S, self.systems, self.quad, self.cache, strict=True):
             g = 2.0 * (sy.M @ s)
-            if cc is None:  # linear in y: the change of Q is +-u'g + u'Mu, u fixed
+            if cc is None:  # a multiple a of a fixed u: the change of Q is a u'g + a^2 u'Mu
                 ug = sy.unit @ g
-                dq[0, sy.pos] += ug + qd
-                dq[1, sy.pos] += qd - ug
+                a_up, a_down = sy.multipliers(self.y[sy.pos])
+                dq[0, sy.pos] += a_up * ug + a_up**2 * qd
+                dq[1, sy.pos] += a_down * ug + a_down**2 * qd
             else:
                 dq[0, sy.pos] += cc[0] @ g + cc[2]
                 dq[1, sy.pos] += cc[1] @ g + cc[3]
@@ -249,8 +260,10 @@ class _Search:
             r, u = p[inside], up[inside]
             d = np.zeros((len(pool), sy.M.shape[0]))
             if cc is None:
-                d[inside] = np.where(u, 1.0, -1.0)[:, None] * sy.unit[r]
-                quad[inside] += qd[r]
+                a_up, a_down = sy.multipliers(self.y[sy.pos[r]])
+                a = np.where(u, a_up, a_down)
+                d[inside] = a[:, None] * sy.unit[r]
+                quad[inside] += a**2 * qd[r]
             else:
                 d[inside] = np.where(u[:, None], cc[0][r], cc[1][r])
                 quad[inside] += np.where(u, cc[2][r], cc[3][r])
@@ -660,6 +673,39 @@ def _kept_relations(
     return _System("kept relations", np.arange(len(rows)), score, M, R)
 
 
+def _hurdle(
+    model: _Model, keep: _System | None, start: np.ndarray, zero: float
+) -> _System | None:
+    """A soft system that holds the count's zero/positive split and its relation to the
+    regressors of `model` and to the kept columns (`keep`) at the synthesized codes `start`:
+    S = sum (z_i - z0_i) r_i with z = [y = zero] and r_i = (1, the standardized regressors,
+    the kept columns' standardized ranks), in units of its sampling SE (M = HURDLE_WEIGHT
+    (p(1-p) R'R)^-1, p the start's share at zero). Only a move between `zero` and the next
+    value changes it, so the score correction prefers steps among the positive values."""
+    z0 = start == zero
+    p0 = float(np.mean(z0[model.pos])) if len(model.pos) else 0.0
+    if not 0.0 < p0 < 1.0:
+        return None
+    n = len(start)
+    sd = model.X.std(axis=0)
+    varying = sd > _EPS
+    Xs = np.zeros((n, int(varying.sum())))  # rows outside the model's sample at its mean
+    Xs[model.pos] = (model.X[:, varying] - model.X[:, varying].mean(axis=0)) / sd[varying]
+    kept = [keep.unit] if keep is not None and keep.unit is not None else []
+    R = np.column_stack([np.ones(n), Xs, *kept])
+    M = HURDLE_WEIGHT * np.linalg.pinv(p0 * (1.0 - p0) * (R.T @ R))
+    z0f = z0.astype("float64")
+
+    def score(y: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        r = slice(None) if sel is None else sel
+        return ((y == zero).astype("float64") - z0f[r])[:, None] * R[r]
+
+    def gate(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return -(y == zero).astype("float64"), (y == zero + 1).astype("float64")
+
+    return _System("zero/positive split", np.arange(n), score, M, R, gate)
+
+
 def _most_related(
     df: pd.DataFrame, rows: np.ndarray, start: np.ndarray, cand: list[str]
 ) -> np.ndarray | None:
@@ -782,11 +828,16 @@ def pin_discrete_group(
         else None
     )
     keep = _kept_relations(df, rows, start, outcome, group)
+    soft = [keep] if keep else []
+    if kind == "count":
+        zero = _released_range(release, outcome, kind, levels)[0]
+        hurdle = _hurdle(ml[0], keep, y, zero)
+        soft += [hurdle] if hurdle else []
     q0 = q1 = float("nan")
     # Rounds until the refit is close enough: with the kept relations (accepted within half
     # the tolerance), then on the checkpoints alone, then on them to the end.
     rounds = (
-        (Q_STOP, [keep] if keep else [], PIN_TOL / 2),
+        (Q_STOP, soft, PIN_TOL / 2),
         (Q_STOP, [], PIN_TOL),
         (0.0, [], PIN_TOL),
     )
