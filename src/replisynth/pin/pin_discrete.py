@@ -7,7 +7,7 @@ the released range and orderings. Method: docs/method.md, "Maximum-likelihood ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,9 @@ MAX_INNER = 200  # descent steps per batch
 MAX_KEEP = 8  # columns outside the designs whose rank relation to the outcome the moves keep
 KEEP_WEIGHT = 0.1  # their weight in Q beside the checkpoints' (which must win)
 HURDLE_WEIGHT = 1.0  # weight of a count's zero/positive split and its relations in Q
+SHARES_WEIGHT = 1.0  # weight of a count's shares (MAX_BINS bins) in Q
+MAX_BINS = 12
+SOFT_FALLBACK = 0.05  # share of the soft terms' weight in the round after one that misses
 MAX_KEEP_SCAN = 64  # columns scanned for them, in frame order
 _EPS = 1e-12
 
@@ -706,6 +709,35 @@ def _hurdle(
     return _System("zero/positive split", np.arange(n), score, M, R, gate)
 
 
+def _shares(start: np.ndarray, pos: np.ndarray) -> _System | None:
+    """A soft system that holds the count's shares at the synthesized codes `start` (the
+    released marginal): S_k = #{y in bin k} - #{y0 in bin k} over at most MAX_BINS bins of
+    about equal share (the lowest value its own bin), in units of their sampling SEs
+    (M = SHARES_WEIGHT diag(1 / (n p_k (1 - p_k)))). Steps among the positive values then
+    spread over the levels instead of piling rows onto one."""
+    vals, counts = np.unique(start[pos], return_counts=True)
+    if len(vals) < 3:
+        return None
+    cum = np.cumsum(counts[1:]) / counts[1:].sum()
+    edges = np.unique(np.searchsorted(cum, np.linspace(0, 1, MAX_BINS)[1:-1], side="right"))
+    cuts = np.concatenate([[vals[0] + 0.5], vals[1:][edges[edges < len(vals) - 1]] + 0.5])
+    cuts = np.unique(cuts)
+
+    def bins(y: np.ndarray) -> np.ndarray:
+        return np.searchsorted(cuts, y, side="right")
+
+    L = len(cuts) + 1
+    onehot0 = np.eye(L)[bins(start)]
+    p = np.bincount(bins(start[pos]), minlength=L) / max(len(pos), 1)
+    var = np.maximum(len(pos) * p * (1.0 - p), 1.0)
+
+    def score(y: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        r = slice(None) if sel is None else sel
+        return np.eye(L)[bins(y)] - onehot0[r]
+
+    return _System("released shares", np.arange(len(start)), score, SHARES_WEIGHT * np.diag(1 / var))
+
+
 def _most_related(
     df: pd.DataFrame, rows: np.ndarray, start: np.ndarray, cand: list[str]
 ) -> np.ndarray | None:
@@ -832,12 +864,16 @@ def pin_discrete_group(
     if kind == "count":
         zero = _released_range(release, outcome, kind, levels)[0]
         hurdle = _hurdle(ml[0], keep, y, zero)
-        soft += [hurdle] if hurdle else []
+        shares = _shares(y, ml[0].pos)
+        soft += [s for s in (hurdle, shares) if s is not None]
     q0 = q1 = float("nan")
-    # Rounds until the refit is close enough: with the kept relations (accepted within half
-    # the tolerance), then on the checkpoints alone, then on them to the end.
+    # Rounds until the refit is close enough: with the soft terms (accepted within half the
+    # tolerance), with them at SOFT_FALLBACK of their weight, then on the checkpoints alone,
+    # then on them to the end.
+    weak = [replace(sy, M=SOFT_FALLBACK * sy.M) for sy in soft]
     rounds = (
         (Q_STOP, soft, PIN_TOL / 2),
+        (Q_STOP, weak, PIN_TOL / 2),
         (Q_STOP, [], PIN_TOL),
         (0.0, [], PIN_TOL),
     )
