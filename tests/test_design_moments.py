@@ -666,7 +666,13 @@ def test_alignment_keeps_a_discrete_outcomes_rank_relations(
             "seed": 7,
             "sources": {"d": {"path": str(tmp_path / "d.csv"), "ids": ["pid"]}},
             "checkpoints": [
-                {"tag": "c", "source": "d", "model": model, "formula": f"{y} ~ x1 + x2", "vcov": "HC1"}
+                {
+                    "tag": "c",
+                    "source": "d",
+                    "model": model,
+                    "formula": f"{y} ~ x1 + x2",
+                    "vcov": "HC1",
+                }
             ],
             "verify": {"tier": 4},
         }

@@ -333,7 +333,6 @@ def _betas(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, float, st
     ]
 
 
-
 def _hurdle_frame(n: int, seed: int, y: str, slope: float) -> pd.DataFrame:
     """A ratio-like outcome `y`: zero for about 65% of rows (fewer at high x), else exponential
     with many values near zero, its mean rising with x by `slope`."""

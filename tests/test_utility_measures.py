@@ -172,7 +172,6 @@ def test_support_shares_count_what_the_original_never_has(seed):
     assert signed["negative"] is None and signed["non_integer"] is None
 
 
-
 @pytest.mark.parametrize(("n", "seed"), [(300, 1), (900, 6)])
 def test_a_term_constant_on_the_subset_is_not_compared(n, seed):
     """`y ~ x + east | east == 0`: east is all zeros on the sample, its coefficient and SE are
@@ -186,6 +185,7 @@ def test_a_term_constant_on_the_subset_is_not_compared(n, seed):
     assert list(out.index) == ["x"]
     full = u.fit(u.Analysis("ols", "y ~ x + east", None), df, df, None)
     assert list(full.index) == ["x", "east"]
+
 
 def test_sequential_cart_draws_original_values_and_keeps_the_panel_keys():
     u = _bench()

@@ -676,9 +676,7 @@ def _kept_relations(
     return _System("kept relations", np.arange(len(rows)), score, M, R)
 
 
-def _hurdle(
-    model: _Model, keep: _System | None, start: np.ndarray, zero: float
-) -> _System | None:
+def _hurdle(model: _Model, keep: _System | None, start: np.ndarray, zero: float) -> _System | None:
     """A soft system that holds the count's zero/positive split and its relation to the
     regressors of `model` and to the kept columns (`keep`) at the synthesized codes `start`:
     S = sum (z_i - z0_i) r_i with z = [y = zero] and r_i = (1, the standardized regressors,
@@ -735,7 +733,9 @@ def _shares(start: np.ndarray, pos: np.ndarray) -> _System | None:
         r = slice(None) if sel is None else sel
         return np.eye(L)[bins(y)] - onehot0[r]
 
-    return _System("released shares", np.arange(len(start)), score, SHARES_WEIGHT * np.diag(1 / var))
+    return _System(
+        "released shares", np.arange(len(start)), score, SHARES_WEIGHT * np.diag(1 / var)
+    )
 
 
 def _most_related(

@@ -46,9 +46,11 @@ class Support:
         if self.inner is None or self.inner == (self.lo, self.hi):
             return self
         lo, hi = self.inner
-        lattice = None if self.lattice is None else self.lattice[
-            (self.lattice >= lo) & (self.lattice <= hi)
-        ]
+        lattice = (
+            None
+            if self.lattice is None
+            else self.lattice[(self.lattice >= lo) & (self.lattice <= hi)]
+        )
         return replace(self, lo=lo, hi=hi, lattice=lattice, inner=None)
 
 
@@ -64,7 +66,10 @@ def _inner(values: np.ndarray, mass: tuple[float, ...]) -> tuple[float, float] |
     """(lowest, highest) of the sorted released `values` once a mass point at either end is
     left out; None when neither end is one (or nothing is left between them)."""
     lo, hi = float(values[0]), float(values[-1])
-    inside = values[(values > lo if lo in mass else values >= lo) & (values < hi if hi in mass else values <= hi)]
+    inside = values[
+        (values > lo if lo in mass else values >= lo)
+        & (values < hi if hi in mass else values <= hi)
+    ]
     if len(inside) == 0 or (lo not in mass and hi not in mass):
         return None
     return float(inside[0]), float(inside[-1])
