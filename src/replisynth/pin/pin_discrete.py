@@ -27,6 +27,7 @@ MAX_BATCHES = 400
 Q_STOP = 0.01
 MAX_POOL = 1 << 18  # most rows one batch's descent considers (memory: rows x coefficients)
 MAX_PREFIX = 1 << 14  # most moves ranked per descent step
+MIN_PREFIX = 256  # fewest moves ranked per descent step after the first
 MAX_INNER = 200  # descent steps per batch
 MAX_KEEP = 8  # columns outside the designs whose rank relation to the outcome the moves keep
 KEEP_WEIGHT = 0.1  # their weight in Q beside the checkpoints' (which must win)
@@ -224,6 +225,8 @@ class _Search:
         D, quad = self._pool_effects(pool, up[pool])
         free = np.ones(len(pool), dtype=bool)
         S, Q = list(self.S), self.Q
+        width = MAX_PREFIX  # moves ranked this step: 4 x the last prefix taken (soft terms
+        # make prefixes short; ranking and summing 2^14 rows for each wastes the time)
         for _ in range(MAX_INNER):
             if Q <= max(q_stop, 1e-12):
                 break
@@ -232,7 +235,7 @@ class _Search:
             cand = np.flatnonzero(free & (dq < -1e-12 * max(Q, 1e-12)))
             if len(cand) == 0:
                 break
-            K = min(len(cand), MAX_PREFIX)
+            K = min(len(cand), width)
             top = cand[np.argpartition(dq[cand], K - 1)[:K]] if K < len(cand) else cand
             order = top[np.argsort(dq[top], kind="stable")]
             V = [s + np.cumsum(d[order], axis=0) for d, s in zip(D, S, strict=True)]
@@ -244,6 +247,7 @@ class _Search:
             if not Qb[j] < Q:
                 break
             free[order[: j + 1]] = False
+            width = min(MAX_PREFIX, max(MIN_PREFIX, 4 * (j + 1)))
             S, Q = [v[j] for v in V], float(Qb[j])
         take = np.zeros(len(self.y), dtype=bool)
         take[pool[~free]] = True
