@@ -414,7 +414,9 @@ def fit(a: Analysis, data: pd.DataFrame, original: pd.DataFrame, panel: Any) -> 
     out = out.drop(index=[t for t in ("Intercept", "const") if t in out.index])
     if not np.isfinite(out.to_numpy()).all():
         raise ValueError("non-finite estimates")
-    return out
+    # a term constant on the sample (`east` where east == 0) has a coefficient and an SE of
+    # rounding size (1e-17): its z is noise, not a distance
+    return out[out["se"] > 1e-9 * float(out["se"].max())]
 
 
 def compare(ref: pd.DataFrame, other: pd.DataFrame | None) -> dict[str, Any]:

@@ -103,7 +103,10 @@ def test_few_rows_move_and_relations_stay(
     changed = float((after != before).mean())
     rows, redrawn = _redraw(syn, rel, seed)
     redraw_changed = float((redrawn != before.to_numpy()[rows]).mean())
-    assert changed <= 0.3 * redraw_changed, (changed, redraw_changed)
+    # a count keeps its zero/positive split and shares: its steps among the positive values
+    # move more rows than crossing zero would (tests/test_pin_discrete_hurdle.py)
+    bound = 0.45 if model in ("poisson", "nbreg") else 0.3
+    assert changed <= bound * redraw_changed, (changed, redraw_changed)
     z = syn[N["z"]]
     rho0, rho1 = _rho(before, z), _rho(after, z)
     rho_redraw = _rho(redrawn, z.to_numpy()[rows])

@@ -331,3 +331,36 @@ def _betas(df: pd.DataFrame, rel: dict[str, Any]) -> list[tuple[float, float, st
         for t in rel["terms"]
         if not t.get("suppressed")
     ]
+
+
+def _hurdle_frame(n: int, seed: int, y: str, slope: float) -> pd.DataFrame:
+    """A ratio-like outcome `y`: zero for about 65% of rows (fewer at high x), else exponential
+    with many values near zero, its mean rising with x by `slope`."""
+    r = np.random.default_rng(seed)
+    x, w = r.normal(size=n), r.normal(size=n)
+    pos = r.random(n) < 1 / (1 + np.exp(0.7 - 0.4 * x))
+    val = r.exponential(np.exp(0.2 + slope * x + 0.2 * w), n)
+    return pd.DataFrame({"x": np.round(x, 3), "w": np.round(w, 3), y: np.where(pos, val, 0.0)})
+
+
+@pytest.mark.parametrize(("n", "seed", "y"), [(2500, 4, "affairs_rate"), (7000, 9, "spend")])
+def test_share_of_exact_zeros_is_the_draws(tmp_path: Path, n: int, seed: int, y: str) -> None:
+    """Rows the draw put above a mass point at the lower bound stay above it: clipping them at
+    the bound (as the pin did) adds them to the exact zeros, and a logit of `y > 0` moves."""
+    orig = _hurdle_frame(n, seed, y, 0.6)
+    release, data, _ = release_of(orig, tmp_path)
+    manifest = load_manifest(
+        {"name": "t", "seed": 1, "sources": {"people": {"path": "x.csv"}}, "checkpoints": []}
+    )
+    cp = Checkpoint(tag="cp", source="people", model="ols", vcov="HC1", formula=f"{y} ~ x + w")
+    rels = capture_released(data, manifest, cp)
+    draw = _hurdle_frame(n, seed + 1, y, -0.2)
+    old, _ = pin_checkpoints({"people": draw}, rels, seed=5)
+    new, res = pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
+    before, after = draw[y], new["people"][y]
+    pushed = (before > 0) & (old["people"][y] <= 0)  # the pin takes these to or below 0
+    assert pushed.mean() > 0.01
+    assert (after == 0).sum() == (before == 0).sum()
+    assert (after[before > 0] > 0).all()
+    assert res[0].detail["support"]["mass_share_kept"], res[0].note
+    assert max(z for _, z, _ in refit_terms(new["people"], rels[0])) <= 1e-6

@@ -172,6 +172,21 @@ def test_support_shares_count_what_the_original_never_has(seed):
     assert signed["negative"] is None and signed["non_integer"] is None
 
 
+@pytest.mark.parametrize(("n", "seed"), [(300, 1), (900, 6)])
+def test_a_term_constant_on_the_subset_is_not_compared(n, seed):
+    """`y ~ x + east | east == 0`: east is all zeros on the sample, its coefficient and SE are
+    of rounding size (so its z is noise); the fit leaves it out and keeps the others."""
+    u = _bench()
+    r = np.random.default_rng(seed)
+    df = pd.DataFrame({"x": r.normal(size=n), "east": r.integers(0, 2, size=n)})
+    df["y"] = 1 + 0.5 * df["x"] + r.normal(size=n)
+    a = u.Analysis("ols", "y ~ x + east", "east == 0")
+    out = u.fit(a, df, df, None)
+    assert list(out.index) == ["x"]
+    full = u.fit(u.Analysis("ols", "y ~ x + east", None), df, df, None)
+    assert list(full.index) == ["x", "east"]
+
+
 def test_sequential_cart_draws_original_values_and_keeps_the_panel_keys():
     u = _bench()
     r = np.random.default_rng(4)

@@ -1015,7 +1015,7 @@ def _round_outcome(
     assert sup.lattice is not None
     st = _stacked(df, group, designs)
     y = df[outcome].to_numpy(dtype="float64")
-    obs = np.flatnonzero(~np.isnan(y))
+    obs = np.flatnonzero(~np.isnan(y) & ~np.isin(y, sup.lattice))  # rows on it stay
     yr = round_to_lattice(y, obs, sup.lattice, gen)
     if st is None:
         df[outcome] = yr
@@ -1057,18 +1057,11 @@ def _keep_support(
     obs = ~np.isnan(pinned)
     mass = obs & ~np.isnan(draw) & np.isin(draw, np.asarray(sup.mass, dtype="float64"))
     on_atom = obs & ~np.isnan(draw) & np.isin(draw, np.asarray(sup.atoms, dtype="float64"))
-    base = pinned.copy()
-    base[obs] = np.clip(base[obs], sup.lo, sup.hi)
-    base[mass] = draw[mass]
     before = int(np.sum(out_of_support(pinned, replace(sup, lattice=None))))
-    frozen = mass
-    # every released atom kept first (only the rest moves), then the mass points, then none
-    tries = ([on_atom] if on_atom.sum() > mass.sum() else []) + [mass]
-    for frozen in (*tries, np.zeros(len(df), dtype=bool)):
-        start = base.copy()
-        start[frozen] = draw[frozen]
-        df[outcome] = start
-        if _bounded_passes(df, group, outcome, sup, frozen, designs, offset):
+    frozen, inner = mass, sup.off_mass()
+    for frozen, inner in _support_attempts(sup, mass, on_atom):
+        df[outcome] = _support_start(pinned, draw, mass, st[2], frozen, inner, sup)
+        if _bounded_passes(df, group, outcome, inner, frozen, designs, offset):
             break
     else:
         df[outcome] = pinned
@@ -1079,8 +1072,10 @@ def _keep_support(
             f"{before} rows outside it kept"
         ]
     kept = "kept" if frozen is mass or frozen is on_atom else "released (the checkpoints need them)"
+    if frozen is mass and inner is not sup:
+        kept += ", the other rows off them"
     free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
-    rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs, offset)
+    rounds = _match_draw_marginal(df, group, outcome, inner, frozen, free, draw, designs, offset)
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
@@ -1088,7 +1083,7 @@ def _keep_support(
     ]
     gap = None
     if sup.lattice is not None:
-        note, gap = _round_outcome(df, group, outcome, sup, frozen, gen, designs, offset)
+        note, gap = _round_outcome(df, group, outcome, inner, frozen, gen, designs, offset)
         notes.append(note)
         _restore_storage(df, outcome, sup)
     if detail is not None:
@@ -1099,12 +1094,53 @@ def _keep_support(
             "mass_rows": int(mass.sum()),
             "mass_kept": frozen is mass or frozen is on_atom,
             "atom_rows_kept": int(frozen.sum()) if frozen is on_atom else 0,
+            "mass_share_kept": frozen is mass and inner is not sup,
             "marginal_steps": rounds,
             "integer": sup.lattice is not None,
             "integer_gap_se": gap,
             "integer_tol_se": INTEGER_TOL if sup.lattice is not None else None,
         }
     return notes
+
+
+def _support_attempts(
+    sup: Support, mass: np.ndarray, on_atom: np.ndarray
+) -> list[tuple[np.ndarray, Support]]:
+    """The (frozen rows, support of the free rows) the support step tries in turn: every row
+    the draw put on a released atom frozen (when that is more than the mass points), then the
+    mass-point rows; each first with the other rows kept off a mass point at either bound (so
+    clipping adds no row to exact zeros or to a top code), then allowed onto it; then every
+    row free. The first that carries the checkpoints is kept."""
+    none = np.zeros(len(mass), dtype=bool)
+    inner = sup.off_mass()
+    out: list[tuple[np.ndarray, Support]] = []
+    for frozen in [on_atom] if on_atom.sum() > mass.sum() else []:
+        out += [(frozen, inner)] if inner is not sup else []
+        out += [(frozen, sup)]
+    out += [(mass, inner)] if inner is not sup else []
+    return out + [(mass, sup), (none, sup)]
+
+
+def _support_start(
+    pinned: np.ndarray,
+    draw: np.ndarray,
+    mass: np.ndarray,
+    sample: np.ndarray,
+    frozen: np.ndarray,
+    inner: Support,
+    sup: Support,
+) -> np.ndarray:
+    """Where the bounded passes start: the pinned values clipped to the support (the sample
+    rows that may move to the free rows' support), the rows the draw put on a mass point back
+    on it."""
+    start = pinned.copy()
+    obs = ~np.isnan(pinned)
+    start[obs] = np.clip(start[obs], sup.lo, sup.hi)
+    free = obs & sample & ~frozen
+    start[free] = np.clip(start[free], inner.lo, inner.hi)
+    start[mass] = draw[mass]
+    start[frozen] = draw[frozen]
+    return start
 
 
 def _restore_storage(df: pd.DataFrame, outcome: str, sup: Support) -> None:

@@ -7,7 +7,7 @@ the released range and orderings. Method: docs/method.md, "Maximum-likelihood ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,9 +27,14 @@ MAX_BATCHES = 400
 Q_STOP = 0.01
 MAX_POOL = 1 << 18  # most rows one batch's descent considers (memory: rows x coefficients)
 MAX_PREFIX = 1 << 14  # most moves ranked per descent step
+MIN_PREFIX = 256  # fewest moves ranked per descent step after the first
 MAX_INNER = 200  # descent steps per batch
 MAX_KEEP = 8  # columns outside the designs whose rank relation to the outcome the moves keep
 KEEP_WEIGHT = 0.1  # their weight in Q beside the checkpoints' (which must win)
+HURDLE_WEIGHT = 1.0  # weight of a count's zero/positive split and its relations in Q
+SHARES_WEIGHT = 1.0  # weight of a count's shares (MAX_BINS bins) in Q
+MAX_BINS = 12
+SOFT_FALLBACK = 0.05  # share of the soft terms' weight in the round after one that misses
 MAX_KEEP_SCAN = 64  # columns scanned for them, in frame order
 _EPS = 1e-12
 
@@ -142,6 +147,15 @@ class _System:
     score: Callable[[np.ndarray], np.ndarray]
     M: np.ndarray
     unit: np.ndarray | None = None  # scores linear in y: each row's (constant) change per unit of y
+    # scores that change by a multiple of `unit` that depends on the code (an indicator of the
+    # lowest value): per row the multipliers of an up and of a down move at codes y
+    gate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+
+    def multipliers(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of the sample (codes `y`) the multiple of `unit` an up and a down move add."""
+        if self.gate is None:
+            return np.ones(len(y)), -np.ones(len(y))
+        return self.gate(y)
 
 
 def _Q(S: list[np.ndarray], systems: list[_System]) -> float:
@@ -190,10 +204,11 @@ class _Search:
         dq = np.zeros((2, n))
         for s, sy, qd, cc in zip(self.S, self.systems, self.quad, self.cache, strict=True):
             g = 2.0 * (sy.M @ s)
-            if cc is None:  # linear in y: the change of Q is +-u'g + u'Mu, u fixed
+            if cc is None:  # a multiple a of a fixed u: the change of Q is a u'g + a^2 u'Mu
                 ug = sy.unit @ g
-                dq[0, sy.pos] += ug + qd
-                dq[1, sy.pos] += qd - ug
+                a_up, a_down = sy.multipliers(self.y[sy.pos])
+                dq[0, sy.pos] += a_up * ug + a_up**2 * qd
+                dq[1, sy.pos] += a_down * ug + a_down**2 * qd
             else:
                 dq[0, sy.pos] += cc[0] @ g + cc[2]
                 dq[1, sy.pos] += cc[1] @ g + cc[3]
@@ -210,6 +225,8 @@ class _Search:
         D, quad = self._pool_effects(pool, up[pool])
         free = np.ones(len(pool), dtype=bool)
         S, Q = list(self.S), self.Q
+        width = MAX_PREFIX  # moves ranked this step: 4 x the last prefix taken (soft terms
+        # make prefixes short; ranking and summing 2^14 rows for each wastes the time)
         for _ in range(MAX_INNER):
             if Q <= max(q_stop, 1e-12):
                 break
@@ -218,7 +235,7 @@ class _Search:
             cand = np.flatnonzero(free & (dq < -1e-12 * max(Q, 1e-12)))
             if len(cand) == 0:
                 break
-            K = min(len(cand), MAX_PREFIX)
+            K = min(len(cand), width)
             top = cand[np.argpartition(dq[cand], K - 1)[:K]] if K < len(cand) else cand
             order = top[np.argsort(dq[top], kind="stable")]
             V = [s + np.cumsum(d[order], axis=0) for d, s in zip(D, S, strict=True)]
@@ -230,6 +247,7 @@ class _Search:
             if not Qb[j] < Q:
                 break
             free[order[: j + 1]] = False
+            width = min(MAX_PREFIX, max(MIN_PREFIX, 4 * (j + 1)))
             S, Q = [v[j] for v in V], float(Qb[j])
         take = np.zeros(len(self.y), dtype=bool)
         take[pool[~free]] = True
@@ -249,8 +267,10 @@ class _Search:
             r, u = p[inside], up[inside]
             d = np.zeros((len(pool), sy.M.shape[0]))
             if cc is None:
-                d[inside] = np.where(u, 1.0, -1.0)[:, None] * sy.unit[r]
-                quad[inside] += qd[r]
+                a_up, a_down = sy.multipliers(self.y[sy.pos[r]])
+                a = np.where(u, a_up, a_down)
+                d[inside] = a[:, None] * sy.unit[r]
+                quad[inside] += a**2 * qd[r]
             else:
                 d[inside] = np.where(u[:, None], cc[0][r], cc[1][r])
                 quad[inside] += np.where(u, cc[2][r], cc[3][r])
@@ -660,6 +680,68 @@ def _kept_relations(
     return _System("kept relations", np.arange(len(rows)), score, M, R)
 
 
+def _hurdle(model: _Model, keep: _System | None, start: np.ndarray, zero: float) -> _System | None:
+    """A soft system that holds the count's zero/positive split and its relation to the
+    regressors of `model` and to the kept columns (`keep`) at the synthesized codes `start`:
+    S = sum (z_i - z0_i) r_i with z = [y = zero] and r_i = (1, the standardized regressors,
+    the kept columns' standardized ranks), in units of its sampling SE (M = HURDLE_WEIGHT
+    (p(1-p) R'R)^-1, p the start's share at zero). Only a move between `zero` and the next
+    value changes it, so the score correction prefers steps among the positive values."""
+    z0 = start == zero
+    p0 = float(np.mean(z0[model.pos])) if len(model.pos) else 0.0
+    if not 0.0 < p0 < 1.0:
+        return None
+    n = len(start)
+    sd = model.X.std(axis=0)
+    varying = sd > _EPS
+    Xs = np.zeros((n, int(varying.sum())))  # rows outside the model's sample at its mean
+    Xs[model.pos] = (model.X[:, varying] - model.X[:, varying].mean(axis=0)) / sd[varying]
+    kept = [keep.unit] if keep is not None and keep.unit is not None else []
+    R = np.column_stack([np.ones(n), Xs, *kept])
+    M = HURDLE_WEIGHT * np.linalg.pinv(p0 * (1.0 - p0) * (R.T @ R))
+    z0f = z0.astype("float64")
+
+    def score(y: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        r = slice(None) if sel is None else sel
+        return ((y == zero).astype("float64") - z0f[r])[:, None] * R[r]
+
+    def gate(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return -(y == zero).astype("float64"), (y == zero + 1).astype("float64")
+
+    return _System("zero/positive split", np.arange(n), score, M, R, gate)
+
+
+def _shares(start: np.ndarray, pos: np.ndarray) -> _System | None:
+    """A soft system that holds the count's shares at the synthesized codes `start` (the
+    released marginal): S_k = #{y in bin k} - #{y0 in bin k} over at most MAX_BINS bins of
+    about equal share (the lowest value its own bin), in units of their sampling SEs
+    (M = SHARES_WEIGHT diag(1 / (n p_k (1 - p_k)))). Steps among the positive values then
+    spread over the levels instead of piling rows onto one."""
+    vals, counts = np.unique(start[pos], return_counts=True)
+    if len(vals) < 3:
+        return None
+    cum = np.cumsum(counts[1:]) / counts[1:].sum()
+    edges = np.unique(np.searchsorted(cum, np.linspace(0, 1, MAX_BINS)[1:-1], side="right"))
+    cuts = np.concatenate([[vals[0] + 0.5], vals[1:][edges[edges < len(vals) - 1]] + 0.5])
+    cuts = np.unique(cuts)
+
+    def bins(y: np.ndarray) -> np.ndarray:
+        return np.searchsorted(cuts, y, side="right")
+
+    L = len(cuts) + 1
+    onehot0 = np.eye(L)[bins(start)]
+    p = np.bincount(bins(start[pos]), minlength=L) / max(len(pos), 1)
+    var = np.maximum(len(pos) * p * (1.0 - p), 1.0)
+
+    def score(y: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        r = slice(None) if sel is None else sel
+        return np.eye(L)[bins(y)] - onehot0[r]
+
+    return _System(
+        "released shares", np.arange(len(start)), score, SHARES_WEIGHT * np.diag(1 / var)
+    )
+
+
 def _most_related(
     df: pd.DataFrame, rows: np.ndarray, start: np.ndarray, cand: list[str]
 ) -> np.ndarray | None:
@@ -782,11 +864,20 @@ def pin_discrete_group(
         else None
     )
     keep = _kept_relations(df, rows, start, outcome, group)
+    soft = [keep] if keep else []
+    if kind == "count":
+        zero = _released_range(release, outcome, kind, levels)[0]
+        hurdle = _hurdle(ml[0], keep, y, zero)
+        shares = _shares(y, ml[0].pos)
+        soft += [s for s in (hurdle, shares) if s is not None]
     q0 = q1 = float("nan")
-    # Rounds until the refit is close enough: with the kept relations (accepted within half
-    # the tolerance), then on the checkpoints alone, then on them to the end.
+    # Rounds until the refit is close enough: with the soft terms (accepted within half the
+    # tolerance), with them at SOFT_FALLBACK of their weight, then on the checkpoints alone,
+    # then on them to the end.
+    weak = [replace(sy, M=SOFT_FALLBACK * sy.M) for sy in soft]
     rounds = (
-        (Q_STOP, [keep] if keep else [], PIN_TOL / 2),
+        (Q_STOP, soft, PIN_TOL / 2),
+        (Q_STOP, weak, PIN_TOL / 2),
         (Q_STOP, [], PIN_TOL),
         (0.0, [], PIN_TOL),
     )

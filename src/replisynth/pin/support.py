@@ -6,7 +6,7 @@ Method: docs/method.md, "Layer 4: pinning", "Support of a pinned outcome".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,10 +36,25 @@ class Support:
     integer_dtype: bool = False
     boolean_dtype: bool = False
     atoms: tuple[float, ...] = ()
+    inner: tuple[float, float] | None = None  # bounds of the rows off a mass point at lo / hi
 
     @property
     def discrete(self) -> bool:
         return self.lattice is not None
+
+    def off_mass(self) -> Support:
+        """The support of rows not on a mass point: a mass point at lo or hi (exact zeros, a
+        top code many rows share) is left out, the bound moving to the next released value,
+        so a pin that clips such rows keeps the mass point's share where the draw put it."""
+        if self.inner is None or self.inner == (self.lo, self.hi):
+            return self
+        lo, hi = self.inner
+        lattice = (
+            None
+            if self.lattice is None
+            else self.lattice[(self.lattice >= lo) & (self.lattice <= hi)]
+        )
+        return replace(self, lo=lo, hi=hi, lattice=lattice, inner=None)
 
 
 def _grid_mass(grid: np.ndarray) -> tuple[float, ...]:
@@ -60,6 +75,19 @@ def _atom_mass(atoms: dict[str, Any]) -> tuple[float, ...]:
     )
 
 
+def _inner(values: np.ndarray, mass: tuple[float, ...]) -> tuple[float, float] | None:
+    """(lowest, highest) of the sorted released `values` once a mass point at either end is
+    left out; None when neither end is one (or nothing is left between them)."""
+    lo, hi = float(values[0]), float(values[-1])
+    inside = values[
+        (values > lo if lo in mass else values >= lo)
+        & (values < hi if hi in mass else values <= hi)
+    ]
+    if len(inside) == 0 or (lo not in mass and hi not in mass):
+        return None
+    return float(inside[0]), float(inside[-1])
+
+
 def support_of(release: dict[str, Any], column: str) -> Support | None:
     """The released support of `column` (source-level block), or None when the release holds
     no numeric marginal of it (suppressed, string, a non-numeric category)."""
@@ -78,7 +106,10 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
             lattice = np.arange(np.ceil(lo), np.floor(hi) + 1.0)
         atoms = tuple(float(v) for v in (m.get("atoms") or {}).get("values", []))
         mass = _atom_mass(m["atoms"]) if m.get("atoms") else _grid_mass(g)
-        return Support(lo, hi, mass, lattice, int_dtype, atoms=atoms)
+        inner = _inner(g if lattice is None else lattice, mass)
+        if inner is not None and lattice is not None:  # the next whole values inside
+            inner = (float(np.ceil(inner[0])), float(np.floor(inner[1])))
+        return Support(lo, hi, mass, lattice, int_dtype, atoms=atoms, inner=inner)
     if m.get("kind") == "categorical":
         table = m.get("table") or {}
         try:
@@ -93,7 +124,8 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
         share = counts / max(float(counts.sum()), 1.0)
         mass = tuple(float(v) for v, s in zip(levels, share, strict=True) if s >= MASS_SHARE)
         is_bool = spec.get("logical_type") == "boolean"
-        return Support(float(levels[0]), float(levels[-1]), mass, levels, int_dtype, is_bool)
+        lo, hi = float(levels[0]), float(levels[-1])
+        return Support(lo, hi, mass, levels, int_dtype, is_bool, _inner(levels, mass))
     return None
 
 
