@@ -125,7 +125,7 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
         mass = tuple(float(v) for v, s in zip(levels, share, strict=True) if s >= MASS_SHARE)
         is_bool = spec.get("logical_type") == "boolean"
         lo, hi = float(levels[0]), float(levels[-1])
-        return Support(lo, hi, mass, levels, int_dtype, is_bool, _inner(levels, mass))
+        return Support(lo, hi, mass, levels, int_dtype, is_bool, inner=_inner(levels, mass))
     return None
 
 
