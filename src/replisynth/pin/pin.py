@@ -394,7 +394,9 @@ def pin_checkpoints(
 
     With `releases` (source -> its release), a pinned linear outcome is then brought inside
     its released support and, when integer, back to integers (`_keep_support`)."""
-    frames = {k: v.copy() for k, v in frames.items()}
+    frames = {
+        k: v.copy(deep=False) for k, v in frames.items()
+    }  # copy-on-write: never written through
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
     for source, outcome in pin_order(released):
@@ -876,9 +878,9 @@ def _shape_residuals(
     rounds, feasible, fraction = 0, True, 1.0
     best_reach: tuple[bool, float] | None = None  # feasibility of the round kept
     try:
-        A = designs.operator(d, c, cp, released=False).rows_t(
-            pos
-        ).T  # depends on the regressors only: fixed while y is shaped
+        A = (
+            designs.operator(d, c, cp, released=False).rows_t(pos).T
+        )  # depends on the regressors only: fixed while y is shaped
     except (np.linalg.LinAlgError, CheckpointError):
         return None
     for _ in range(SHAPE_ROUNDS):
