@@ -22,6 +22,7 @@ from replisynth.fit.linear_models import (
     linear_factors,
     re_matched_outcome,
     residual,
+    reuse_within,
 )
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.se_shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
@@ -369,6 +370,23 @@ def _pin_pass(
 
 
 def pin_checkpoints(
+    frames: dict[str, pd.DataFrame],
+    checkpoints: list[CheckpointRecord],
+    seed: int = 0,
+    shape_ses: bool = True,
+    weight_bounds: tuple[float, float] | None = None,
+    progress: Callable[[str], None] | None = None,
+    releases: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
+    """`_pin_checkpoints` (documented there), with the within transform of an fe design
+    reused across its refits (`linear_models.reuse_within`)."""
+    with reuse_within():
+        return _pin_checkpoints(
+            frames, checkpoints, seed, shape_ses, weight_bounds, progress, releases
+        )
+
+
+def _pin_checkpoints(
     frames: dict[str, pd.DataFrame],
     checkpoints: list[CheckpointRecord],
     seed: int = 0,
