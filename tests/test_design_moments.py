@@ -685,3 +685,35 @@ def test_alignment_keeps_a_discrete_outcomes_rank_relations(
     orig = float(df[y].corr(df["x1"], method="spearman"))
     assert abs(rho["poisson"] - orig) < 0.05, (rho, orig)
     assert abs(rho["ols"] - orig) > 0.1, (rho, orig)
+@pytest.mark.parametrize(("model", "seed"), [("logit", 4), ("poisson", 9), ("fe", 2)])
+def test_glm_and_fe_checkpoints_settle_by_their_raw_factors(model: str, seed: int) -> None:
+    """A GLM or fe checkpoint alone on its outcome starts settled when the SE factors of its
+    raw unweighted moments are within PROXY_FACTOR_TOL (the design as released: nothing
+    moves), and is aligned when a regressor's spread is off by 10% (a factor gap far beyond)."""
+    from conftest import make_people, manifest_for
+
+    from replisynth.pin.design_moments import PROXY_FACTOR_TOL, _settle_rule, _target
+
+    df = make_people(1200, seed=seed)
+    hit = {"logit": (df["y"] > df["y"].median()).astype(int), "poisson": df["educ"] - 8}
+    df["hit"] = hit.get(model, df["y"])
+    absorb = ["region"] if model == "fe" else []
+    cp = Checkpoint(
+        tag="g",
+        source="people",
+        model=model,
+        formula="hit ~ x1 + x2 + age",
+        vcov="HC1",
+        absorb=absorb,
+    )
+    m = load_manifest(manifest_for(Path("people.csv")))
+    rel, _ = capture_checkpoint(df, cp, m, 0)
+    c = {**rel, "status": "released"}
+    fine = _settle_rule([c])
+    same, _ = _target(df, c, compile_rows=False)
+    assert same is not None and same.se_factor_gap() <= PROXY_FACTOR_TOL and fine(same)
+    off = df.assign(x2=df["x2"] * 1.1)
+    wide, _ = _target(off, c, compile_rows=False)
+    assert wide is not None and wide.se_factor_gap() > PROXY_FACTOR_TOL and not fine(wide)
+    # the same record as an re checkpoint is not judged by these factors
+    assert not _settle_rule([{**c, "model": "re"}])(same)

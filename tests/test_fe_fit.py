@@ -144,3 +144,49 @@ def test_absorbed_regressor_is_named() -> None:
     cp = _cp("y ~ x + gconst", ("g",), vcov="HC1")
     with pytest.raises(CheckpointError, match="absorbed by them: gconst"):
         fit_fe(build_design(df, cp), cp, "fe")
+
+
+@pytest.mark.parametrize(("absorb", "seed"), [(["region"], 3), (["region", "cl"], 8)])
+def test_reused_within_transform_gives_the_same_fit(absorb: list[str], seed: int) -> None:
+    """Under `reuse_within` a refit of the same fe design with another y reuses X's within
+    transform (the cache is hit: demean sees y alone) and gives the fit of a fresh design to
+    the demeaning tolerance; outside it nothing is kept."""
+    from dataclasses import replace
+
+    from conftest import make_people
+
+    from replisynth.fit import linear_models as lm
+    from replisynth.fit.estimators import fit_checkpoint
+    from replisynth.stats.design import build_design
+
+    df = make_people(700, seed=seed)
+    df["cl"] = df["cluster"] % 7
+    cp = Checkpoint(
+        tag="f",
+        source="p",
+        model="fe",
+        formula="y ~ x1 + x2",
+        absorb=absorb,
+        vcov="cluster:cluster",
+    )
+    d = build_design(df, cp)
+    y2 = d.y + np.random.default_rng(seed).normal(size=len(d.y))
+    widths: list[int] = []
+    real = lm.demean
+
+    def spy(M: np.ndarray, codes: np.ndarray, w: np.ndarray) -> np.ndarray:
+        widths.append(1 if M.ndim == 1 else M.shape[1])
+        return real(M, codes, w)
+
+    lm.demean = spy
+    try:
+        with lm.reuse_within():
+            fit_checkpoint(d, cp)
+            again = fit_checkpoint(replace(d, y=y2), cp)
+        assert widths == [1 + d.X.shape[1], 1]
+        assert lm._REUSE.last is None
+        fresh = fit_checkpoint(replace(build_design(df, cp), y=y2), cp)
+    finally:
+        lm.demean = real
+    np.testing.assert_allclose(again.beta, fresh.beta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(again.se, fresh.se, rtol=1e-8, atol=1e-10)

@@ -487,3 +487,48 @@ def test_reused_designs_give_the_same_bytes_as_rebuilding(
     again, results_again = pin_checkpoints({"people": synthetic}, rels)
     pd.testing.assert_frame_equal(frames["people"], again["people"], check_exact=True)
     assert results == results_again
+
+
+def test_operator_rows_equal_the_dense_operator_and_stay_cached() -> None:
+    """`Operator.rows_t(at)` is the rows `at` of A = G^-1 B' (OLS/WLS and fe), and the support
+    step's stacked rows are built once per group while only y moves (same object, same
+    values as a fresh build)."""
+    from conftest import make_people
+
+    from replisynth.config.manifest import Checkpoint
+    from replisynth.pin.pin import _Designs, _operator, _stacked
+    from replisynth.stats.design import build_design
+
+    df = make_people(900, seed=13)
+    for cp in (
+        Checkpoint(tag="w", source="p", model="ols", formula="y ~ x1 + x2", weights="w"),
+        Checkpoint(tag="f", source="p", model="fe", formula="y ~ x1 + x2", absorb=["region"]),
+    ):
+        d = build_design(df, cp)
+        A = _operator(d, cp)
+        at = [d.terms.index("x2"), d.terms.index("x1")]
+        np.testing.assert_allclose(A.rows_t(at), A.dense()[at].T, rtol=1e-10, atol=1e-14)
+    c = {
+        "tag": "o",
+        "source": "p",
+        "model": "ols",
+        "formula": "y ~ x1 + x2",
+        "vcov": "HC1",
+        "outcome": "y",
+        "columns": ["y", "x1", "x2"],
+        "status": "released",
+        "terms": [
+            {"term": "x1", "beta": 0.4, "se": 0.03},
+            {"term": "x2", "beta": -0.2, "se": 0.04},
+        ],
+    }
+    designs = _Designs()
+    first = _stacked(df, [c], designs)
+    df["y"] = df["y"] + 0.5 * df["x1"]
+    again = _stacked(df, [c], designs)
+    fresh = _stacked(df, [c], _Designs())
+    assert first is not None and again is not None and fresh is not None
+    assert again[0] is first[0]
+    np.testing.assert_allclose(again[0], fresh[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(again[1], fresh[1], rtol=1e-12, atol=1e-12)
+    assert not np.allclose(again[1], first[1])

@@ -5,6 +5,9 @@ Method: docs/method.md, "Linear model families".
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -232,7 +235,7 @@ def fit_fe(
     assert d.absorb is not None
     _cov(cp, d)  # raises on a vcov the family does not take
     w = _weights(d)
-    both = demean(np.column_stack([d.y, d.X]), d.absorb, w)
+    both = _within_xy(d, w)
     Xt, Xd, const = _fe_transformed(d, label, both[:, 1:])
     yt = both[:, 0] + (float(w @ d.y / w.sum()) if const is not None else 0.0)
     f = _Whitened.of(Xt, d.weights)
@@ -245,6 +248,36 @@ def fit_fe(
     se = np.sqrt(np.diag(_fe_cov(cp, d, f, e, extra)))
     sw = f.sw if f.sw is not None else 1.0
     return beta, se, df_resid, e / sw
+
+
+_REUSE = threading.local()  # `reuse_within`: per thread, whether on and the last design's X~
+
+
+@contextmanager
+def reuse_within() -> Iterator[None]:
+    """While open (on this thread), `fit_fe` keeps the within transform of the last design's
+    X and reuses it when the same design (X, absorbed codes and weights: the same arrays) is
+    fitted again with another y, demeaning y alone: the pin refits one fe design many times
+    while only the outcome moves. Dropped on exit (it holds n × k floats)."""
+    _REUSE.on, _REUSE.last = True, None
+    try:
+        yield
+    finally:
+        _REUSE.on, _REUSE.last = False, None
+
+
+def _within_xy(d: Design, w: np.ndarray) -> np.ndarray:
+    """demean([y, X]) (n × (1 + k)); under `reuse_within`, X's part from the last fit of the
+    same design."""
+    assert d.absorb is not None
+    if not getattr(_REUSE, "on", False):
+        return demean(np.column_stack([d.y, d.X]), d.absorb, w)
+    last = _REUSE.last
+    if last is not None and last[0] is d.X and last[1] is d.absorb and last[2] is d.weights:
+        return np.column_stack([demean(d.y, d.absorb, w), last[3]])
+    both = demean(np.column_stack([d.y, d.X]), d.absorb, w)
+    _REUSE.last = (d.X, d.absorb, d.weights, both[:, 1:])
+    return both
 
 
 def _fe_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,10 @@ from replisynth.synthesize.refine import (
 SE_FACTOR_TOL = (
     0.02  # |log SE factor gap| below which a checkpoint alone on its outcome needs no alignment
 )
+# GLMs and fe: the factors of the unweighted raw moments are not their SEs' own (likelihood
+# weights; within moments), so they are judged by a quarter of the tolerance: the alignment
+# moves only those raw moments, and within it they are about as close as its sweeps leave them
+PROXY_FACTOR_TOL = SE_FACTOR_TOL / 4
 MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
 
 
@@ -618,8 +622,8 @@ class AlignSettings:
 
 def _settle_rule(checkpoints: list[dict[str, Any]]) -> Callable[[_Target], bool]:
     """Whether a checkpoint's design already gives its released SEs (`se_factor_gap` within
-    SE_FACTOR_TOL), so it needs no alignment: never for one that shares its outcome, nor for
-    models whose SEs the factors do not set (fe/re, GLMs, iv without its first stage)."""
+    SE_FACTOR_TOL; GLMs and fe within PROXY_FACTOR_TOL), so it needs no alignment: never for
+    one that shares its outcome, nor for re or iv without its first stage."""
     # What the alignment is for: nested specifications on one outcome (pinned jointly only when
     # the auxiliary regressions match, so they always align) and SEs (a checkpoint alone on its
     # outcome pins exactly whatever its design; its design sets the SEs through the factors of
@@ -629,19 +633,19 @@ def _settle_rule(checkpoints: list[dict[str, Any]]) -> Callable[[_Target], bool]
     iv_tags = {c["tag"] for c in checkpoints if c["model"] == "iv"}
     outcome_count = Counter(c["outcome"] for c in checkpoints)
     shared = {c["tag"] for c in checkpoints if outcome_count[c["outcome"]] > 1}
-    # The factors are the SEs' own for OLS/WLS and for iv with released instrument moments; for
-    # fe/re (within moments), GLMs (likelihood weights) and iv without its first stage they are
-    # not, and such checkpoints align as before.
+    # The factors are the SEs' own for OLS/WLS and for iv with released instrument moments. For
+    # GLMs (likelihood weights) and fe (within moments) they are a proxy, judged at a quarter of
+    # the tolerance: the alignment moves only the raw unweighted moments those factors read. re
+    # (variance components) and iv without its first stage align as before.
     judged = {c["tag"] for c in checkpoints if c["model"] in ("ols", "iv")}
+    proxied = {c["tag"] for c in checkpoints if c["model"] in (*GLM_MODELS, "fe")}
 
     def fine(target: _Target) -> bool:
-        if (
-            target.tag in shared
-            or target.tag not in judged
-            or (target.iv is None and target.tag in iv_tags)
-        ):
+        if target.tag in shared or (target.iv is None and target.tag in iv_tags):
             return False
-        return target.se_factor_gap() <= SE_FACTOR_TOL
+        if target.tag in proxied:
+            return target.se_factor_gap() <= PROXY_FACTOR_TOL
+        return target.tag in judged and target.se_factor_gap() <= SE_FACTOR_TOL
 
     return fine
 

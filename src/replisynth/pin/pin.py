@@ -22,6 +22,7 @@ from replisynth.fit.linear_models import (
     linear_factors,
     re_matched_outcome,
     residual,
+    reuse_within,
 )
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.se_shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
@@ -78,6 +79,13 @@ class Operator:
     def dense(self) -> np.ndarray:
         """A itself (k × n), for the few uses that need its rows (residual shaping)."""
         return np.linalg.solve(self.G, self.B.T)
+
+    def rows_t(self, at: list[int]) -> np.ndarray:
+        """The rows `at` of A, transposed (n × |at|): B G'^-1 E_at, one n × k × |at| product
+        instead of a solve with n right-hand sides (`dense`)."""
+        E = np.zeros((self.G.shape[0], len(at)))
+        E[at, np.arange(len(at))] = 1.0
+        return self.B @ np.linalg.solve(self.G.T, E)
 
     def step(self, X: np.ndarray, full: np.ndarray, pinned: list[int]) -> np.ndarray:
         """The change of y that moves beta_hat by `full` (zero off the `pinned` positions):
@@ -171,6 +179,7 @@ class _Designs:
         self._built: dict[tuple[str, bool], tuple[Design, np.ndarray]] = {}
         self._ops: dict[tuple[str, bool], Operator] = {}
         self._cross: dict[tuple[int, int], np.ndarray] = {}
+        self._stacked: dict[tuple[tuple[int, tuple[int, ...]], ...], Any] = {}
 
     @staticmethod
     def _reusable(c: dict[str, Any]) -> bool:
@@ -206,6 +215,29 @@ class _Designs:
         if key not in self._cross:
             self._cross[key] = cross_block(a, rows_a, b, rows_b)
         return self._cross[key]
+
+    def stacked_rows(
+        self, parts: list[tuple[Operator, list[int], np.ndarray, np.ndarray]], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_stacked`'s V (n × K: each operator's rows `common` over their SEs, placed at the
+        sample's rows) and the rows in any sample, for (operator, common, SEs, rows) parts;
+        kept when every operator is one this cache holds (the support step's bounded passes
+        and marginal rounds use the same V many times while only y moves)."""
+        kept = {id(A) for A in self._ops.values()}
+        key = tuple((id(A), tuple(common)) for A, common, _, _ in parts)
+        hit = self._stacked.get(key)
+        if hit is not None:
+            return hit
+        V = np.zeros((n, sum(len(common) for _, common, _, _ in parts)))
+        sample = np.zeros(n, dtype=bool)
+        at = 0
+        for A, common, scale, rows in parts:
+            V[rows, at : at + len(common)] = A.rows_t(common) / scale
+            at += len(common)
+            sample[rows] = True
+        if all(id(A) in kept for A, _, _, _ in parts):
+            self._stacked[key] = (V, sample)
+        return V, sample
 
     def operator(
         self, d: Design, c: dict[str, Any], cp: Checkpoint, released: bool = True
@@ -346,6 +378,23 @@ def pin_checkpoints(
     progress: Callable[[str], None] | None = None,
     releases: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
+    """`_pin_checkpoints` (documented there), with the within transform of an fe design
+    reused across its refits (`linear_models.reuse_within`)."""
+    with reuse_within():
+        return _pin_checkpoints(
+            frames, checkpoints, seed, shape_ses, weight_bounds, progress, releases
+        )
+
+
+def _pin_checkpoints(
+    frames: dict[str, pd.DataFrame],
+    checkpoints: list[CheckpointRecord],
+    seed: int = 0,
+    shape_ses: bool = True,
+    weight_bounds: tuple[float, float] | None = None,
+    progress: Callable[[str], None] | None = None,
+    releases: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, pd.DataFrame], list[PinOutcome]]:
     """Pin every released checkpoint; returns new frames and one record per outcome group.
 
     Each group takes Newton steps until its refit is exact (the sample can move when a
@@ -363,7 +412,9 @@ def pin_checkpoints(
 
     With `releases` (source -> its release), a pinned linear outcome is then brought inside
     its released support and, when integer, back to integers (`_keep_support`)."""
-    frames = {k: v.copy() for k, v in frames.items()}
+    frames = {
+        k: v.copy(deep=False) for k, v in frames.items()
+    }  # copy-on-write: never written through
     released = [c for c in checkpoints if c.get("status") == "released" and c["source"] in frames]
     results: list[PinOutcome] = []
     for source, outcome in pin_order(released):
@@ -845,9 +896,9 @@ def _shape_residuals(
     rounds, feasible, fraction = 0, True, 1.0
     best_reach: tuple[bool, float] | None = None  # feasibility of the round kept
     try:
-        A = designs.operator(d, c, cp, released=False).dense()[
-            pos
-        ]  # depends on the regressors only: fixed while y is shaped
+        A = (
+            designs.operator(d, c, cp, released=False).rows_t(pos).T
+        )  # depends on the regressors only: fixed while y is shaped
     except (np.linalg.LinAlgError, CheckpointError):
         return None
     for _ in range(SHAPE_ROUNDS):
@@ -951,21 +1002,18 @@ def _stacked(
     """The group's constraints in target-SE units on the current data: V (n × K, the rows
     of each operator A at its released terms, placed at the sample's rows, over the term's
     SE), D (K,) the gaps beta* - beta_hat over the SE, and the rows in any sample."""
-    cols, gaps = [], []
-    sample = np.zeros(len(df), dtype=bool)
+    parts, gaps = [], []
+    designs = _fresh(designs)
     for c in group:
         b = _constraints(df, c, [], designs)
         if b is None:
             return None
         A, d, common, delta = b
         scale = _released_ses(c, d, common)
-        rows = df.index.get_indexer(d.index)
-        V = np.zeros((len(df), len(common)))
-        V[rows] = (A.dense()[common] / scale[:, None]).T
-        cols.append(V)
+        parts.append((A, common, scale, df.index.get_indexer(d.index)))
         gaps.append(delta / scale)
-        sample[rows] = True
-    return np.hstack(cols), np.concatenate(gaps), sample
+    V, sample = designs.stacked_rows(parts, len(df))
+    return V, np.concatenate(gaps), sample
 
 
 def _bounded_passes(

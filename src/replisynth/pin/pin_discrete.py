@@ -48,12 +48,21 @@ def is_discrete_group(group: list[dict[str, Any]]) -> bool:
 # per-row scores at fixed parameters, as functions of the outcome code
 
 
+def _norm_pdf(z: np.ndarray) -> np.ndarray:
+    """The standard normal density, as scipy.stats.norm.pdf computes it (without importing
+    scipy.stats, which costs seconds of CPU in a pin job)."""
+    return np.exp(-(z**2) / 2.0) / _NORM_PDF_C
+
+
+_NORM_PDF_C = np.sqrt(2 * np.pi)
+
+
 def _ordered_cdf(model: str) -> tuple[Callable, Callable]:
-    from scipy import special, stats  # lazy: scipy.stats is slow to import in every pin job
+    from scipy import special
 
     if model == "ologit":
         return special.expit, lambda z: special.expit(z) * special.expit(-z)
-    return special.ndtr, stats.norm.pdf
+    return special.ndtr, _norm_pdf
 
 
 def score_function(
@@ -68,7 +77,7 @@ def score_function(
     `theta` (the released coefficients, then alpha or the cut points) of the rows `rows` (all
     when None) for outcome codes `codes`. `values` maps codes to numeric outcome values (linear
     checkpoints on an ordered outcome)."""
-    from scipy import special, stats  # lazy: scipy.stats is slow to import in every pin job
+    from scipy import special
 
     k = X.shape[1]
     eta_all = X @ theta[:k]
@@ -77,7 +86,7 @@ def score_function(
         factor = lambda y, r: y - p_all[r]  # noqa: E731
     elif model == "probit":
         F_all = np.clip(special.ndtr(eta_all), _EPS, 1 - _EPS)
-        lam_all = stats.norm.pdf(eta_all) / (F_all * (1 - F_all))
+        lam_all = _norm_pdf(eta_all) / (F_all * (1 - F_all))
         factor = lambda y, r: lam_all[r] * (y - F_all[r])  # noqa: E731
     elif model == "poisson":
         mu_all = np.exp(eta_all)

@@ -55,8 +55,9 @@ def sandwich_contributions(
     if clusters is not None:
         codes = np.asarray(clusters, dtype="int64")
         G = int(codes.max()) + 1
-        sums = np.zeros((G, S.shape[1]))
-        np.add.at(sums, codes, S)
+        sums = np.column_stack(
+            [np.bincount(codes, weights=S[:, j], minlength=G) for j in range(S.shape[1])]
+        ).reshape(G, S.shape[1])
         return sums**2
     a = S**2
     if leverage_power:
