@@ -685,6 +685,8 @@ def test_alignment_keeps_a_discrete_outcomes_rank_relations(
     orig = float(df[y].corr(df["x1"], method="spearman"))
     assert abs(rho["poisson"] - orig) < 0.05, (rho, orig)
     assert abs(rho["ols"] - orig) > 0.1, (rho, orig)
+
+
 @pytest.mark.parametrize(("model", "seed"), [("logit", 4), ("poisson", 9), ("fe", 2)])
 def test_glm_and_fe_checkpoints_settle_by_their_raw_factors(model: str, seed: int) -> None:
     """A GLM or fe checkpoint alone on its outcome starts settled when the SE factors of its
