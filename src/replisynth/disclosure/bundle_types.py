@@ -214,9 +214,30 @@ class CategoricalMarginal(TypedDict):
     table: NotRequired[FrequencyTableRecord]
 
 
+class AtomRest(TypedDict):
+    """The grid of a continuous column's values other than its atoms (a grid record)."""
+
+    n: NotRequired[int]
+    grid: NotRequired[list[float]]
+    method: NotRequired[str]
+    released_levels: NotRequired[list[float]]
+    window_sizes: NotRequired[list[int]]
+    window_means: NotRequired[list[float]]
+
+
+class AtomsRecord(TypedDict):
+    """A continuous column's atoms (source level only): the values held by at least
+    min_cell_size rows, their counts, and the grid of the other values (None: none left)."""
+
+    values: list[float]
+    counts: list[int]
+    rest: NotRequired[AtomRest | None]
+
+
 class GridMarginal(TypedDict):
     """A percentile grid: a continuous column, or a many-level ordinal inside a stratum;
-    window grids add the values behind each window and its mean."""
+    window grids add the values behind each window and its mean; `atoms` (source level)
+    the column's atoms, `grid` then being the mixture's grid."""
 
     kind: Literal["continuous", "ordinal_grid"]
     missing: NotRequired[int]
@@ -227,6 +248,7 @@ class GridMarginal(TypedDict):
     released_levels: NotRequired[list[float]]
     window_sizes: NotRequired[list[int]]
     window_means: NotRequired[list[float]]
+    atoms: NotRequired[AtomsRecord]
 
 
 class SuppressedMarginal(TypedDict):

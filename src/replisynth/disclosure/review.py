@@ -24,7 +24,12 @@ from replisynth.disclosure.bundle_types import (
     untyped,
 )
 from replisynth.disclosure.linked_correlations import check_correlations
-from replisynth.disclosure.sdc import DisclosureError, check_release, ordering_backed
+from replisynth.disclosure.sdc import (
+    DisclosureError,
+    check_atoms,
+    check_release,
+    ordering_backed,
+)
 from replisynth.io.atomic import write_text
 from replisynth.io.files import write_json
 
@@ -43,6 +48,21 @@ def check_counts(release: SourceRelease, min_cell: int) -> list[Finding]:
     except DisclosureError as exc:
         return [{"check": "counts", "source": release["source"], "finding": str(exc)}]
     return []
+
+
+def check_column_atoms(release: SourceRelease, min_cell: int) -> list[Finding]:
+    """Every continuous column's atoms (sdc.check_atoms): source level only, atoms and the
+    rest 0 or at least min_cell rows, counts adding up, `grid` derived from them alone."""
+    found: list[Finding] = []
+    for bid, block in release["blocks"].items():
+        for col, m in block["marginals"].items():
+            if not m.get("atoms"):
+                continue
+            try:
+                check_atoms(m, min_cell, f"{release['source']}/{bid}/{col}", bid)
+            except DisclosureError as exc:
+                found.append({"check": "atoms", "source": release["source"], "finding": str(exc)})
+    return found
 
 
 def interval_audit(release: SourceRelease, min_cell: int) -> tuple[str, list[Finding]]:
@@ -367,6 +387,7 @@ def _released_classes(
         "schema columns": 0,
         "frequency tables": 0,
         "percentile grids": 0,
+        "atoms of continuous columns": 0,
         "correlations": 0,
         "strata": 0,
         "grouping columns": 0,
@@ -387,6 +408,9 @@ def _released_classes(
                     n["frequency tables"] += 1
                 elif m["kind"] in ("continuous", "ordinal_grid"):
                     n["percentile grids"] += 1
+                    n["atoms of continuous columns"] += len(
+                        (m.get("atoms") or {}).get("values", [])
+                    )
             S = block["spearman"]
             n["correlations"] += sum(
                 1 for a in range(len(S)) for b in range(a + 1, len(S)) if S[a][b] is not None
@@ -411,6 +435,11 @@ RULES: dict[str, Callable[[dict[str, Any]], str]] = {
     "percentile grids": lambda s: (
         f"{s['grid']} grid, q0..q{s['quantile_trim']:g} and q{100 - s['quantile_trim']:g}..q100 top/bottom coded, "
         f"at least min_cell_size={s['min_cell_size']} values; sensitive columns: dominance {s['dominance']}"
+    ),
+    "atoms of continuous columns": lambda s: (
+        f"source level only: values held by at least min_cell_size={s['min_cell_size']} rows with their exact counts; "
+        f"the other values 0 or at least {s['min_cell_size']} rows, released as their own grid (the grid rules above), "
+        "fewer joining the nearest atom; the column's grid is a function of these alone"
     ),
     "correlations": lambda s: (
         f"dims with fewer than {s['min_cell_size']} rows off their modal value withheld; pairs of two-valued dims "
@@ -445,6 +474,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
 
     table_status, table_found = "run", []
     count_found, corr_found, group_found, group_notes = [], [], [], []
+    atom_found: list[Finding] = []
     order_found, order_notes = [], []
     corr_stats = {"pairs_checked": 0, "pairs_not_derivable": 0, "linked_checked": 0}
     for rel in b.releases.values():
@@ -452,6 +482,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         table_status = status if status != "run" else table_status
         table_found += f
         count_found += check_counts(rel, k)
+        atom_found += check_column_atoms(rel, k)
         cf, st = check_correlations(rel, k)
         corr_found += cf
         corr_stats = {key: corr_stats[key] + st[key] for key in corr_stats}
@@ -463,6 +494,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         order_notes += on
     record("interval audit of the linked frequency tables", table_found, table_status)
     record("stratum sizes, table counts and grid sample sizes", count_found)
+    record("atoms of continuous columns: counts, source level only, grid derived", atom_found)
     record("2x2 tables implied by correlations of two-valued dims", corr_found, **corr_stats)
     cp_found, cp_notes = check_checkpoints(b.checkpoints, b.releases, b.sdc_log, k)
     record(

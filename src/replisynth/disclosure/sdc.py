@@ -83,8 +83,40 @@ def check_release(release: dict[str, Any], min_cell: int) -> None:
         if cell["rows"] < min_cell:
             raise DisclosureError(f"{name}: stratum cell of {cell['rows']} rows released")
     check_windows(release, min_cell)
+    check_release_atoms(release, min_cell)
     check_missing_codes(release, min_cell)
     check_weights(release, min_cell)
+
+
+def check_release_atoms(release: dict[str, Any], min_cell: int) -> None:
+    """`check_atoms` on every marginal of the release that carries atoms."""
+    for bid, block in release["blocks"].items():
+        for col, m in block["marginals"].items():
+            if m.get("atoms"):
+                check_atoms(m, min_cell, f"{release['source']}/{bid}/{col}", bid)
+
+
+def check_atoms(m: Mapping[str, Any], min_cell: int, where: str, block: str) -> None:
+    """Gate: atoms are released at source level only; every atom holds at least min_cell
+    rows, the rest none or at least min_cell (its grid then counts them in `n`), the counts
+    add up to the column's non-missing rows, and the column's `grid` is the one the atoms and
+    the rest give (`stats.atoms.mixed_grid`: it adds no number of its own)."""
+    from replisynth.stats.atoms import mixed_grid
+    from replisynth.stats.marginals import THIN_WINDOW
+
+    atoms = m["atoms"]
+    if block != "all":
+        raise DisclosureError(f"{where}: atoms released inside a stratum")
+    rest = atoms.get("rest") or {}
+    n_rest = int(rest.get("n") or 0)
+    assert_no_small_cells([*atoms["counts"], n_rest], min_cell, f"{where}/atoms")
+    if len(atoms["counts"]) != len(atoms["values"]) or sum(atoms["counts"]) + n_rest != m["n"]:
+        raise DisclosureError(f"{where}: atom counts and the rest do not add up to n")
+    if rest and min(rest.get("window_sizes") or [THIN_WINDOW]) < THIN_WINDOW:
+        raise DisclosureError(f"{where}: grid window of fewer than {THIN_WINDOW} values released")
+    derived = mixed_grid(dict(atoms))
+    if not np.allclose(np.asarray(m["grid"], dtype="float64"), derived, rtol=1e-12, atol=0.0):
+        raise DisclosureError(f"{where}: grid is not the one its atoms and rest give")
 
 
 def check_missing_codes(release: dict[str, Any], min_cell: int) -> None:

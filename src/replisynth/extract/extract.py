@@ -37,6 +37,7 @@ from replisynth.io.schema import (
     pandera_schema,
     validation_summary,
 )
+from replisynth.stats.atoms import atom_release, mixed_grid
 from replisynth.stats.codings import coded_dependencies
 from replisynth.stats.copula_dims import (
     copula_dims,
@@ -99,6 +100,27 @@ def _grid_marginal(
     return out
 
 
+def _atom_marginal(
+    missing: int, v: np.ndarray, min_cell: int, trim: float, method: str, dominance: float | None
+) -> dict[str, Any] | None:
+    """A continuous marginal with atoms (docs/bundle.md, `atoms`): the values held by at
+    least `min_cell` rows with their counts, the grid of the other values, and as `grid`
+    the 101-point grid of the mixture (a function of those two). None without atoms."""
+    atoms = atom_release(v, min_cell, trim, method, dominance)
+    if atoms is None:
+        return None
+    out: dict[str, Any] = {
+        "kind": "continuous",
+        "missing": missing,
+        "n": int(len(v)),
+        "grid": mixed_grid(atoms).tolist(),
+        "atoms": atoms,
+    }
+    if dominance is not None:
+        out["dominance"] = dominance
+    return out
+
+
 def _grid_args(column: str, source: Source, sdc: Any) -> dict[str, Any]:
     """Grid method for a column: the profile's, with pseudo-percentiles and the dominance
     rule forced on for columns listed as `sensitive`."""
@@ -121,17 +143,21 @@ def _marginal(
     source_levels: np.ndarray | None = None,
     grid: str = "fixed",
     dominance: float | None = None,
+    atoms: bool = False,
 ) -> dict[str, Any]:
     """The released marginal of one column in one block. Inside a stratum (`pool` False) a
     many-level ordinal becomes a grid of its values mapped onto the source-level released
-    levels (`source_levels`, pooled codes already replaced), so a rare code never shows."""
+    levels (`source_levels`, pooled codes already replaced), so a rare code never shows.
+    With `atoms` (source level only) a continuous column releases its atoms beside the
+    grid of its other values (`_atom_marginal`)."""
     missing = int(s.isna().sum())
     if spec.role == "continuous":
         v = numeric_values(s, spec)
         v = v[~np.isnan(v)]
         if len(v) < min_cell or not grid_releasable(len(v), trim, grid):
             return {"kind": "suppressed", "missing": missing, "n": int(len(v))}
-        return _grid_marginal("continuous", missing, v, trim, grid, dominance)
+        mixed = _atom_marginal(missing, v, min_cell, trim, grid, dominance) if atoms else None
+        return mixed or _grid_marginal("continuous", missing, v, trim, grid, dominance)
     table = None
     if not pool and spec.ordered and spec.logical_type in ("integer", "float"):
         # Inside a stratum a many-level ordinal is released as its frequency table when no
@@ -793,7 +819,12 @@ def _source_marginals(
     marginals: dict[str, dict[str, Any]] = {}
     for s in released_cols:
         m = _marginal(
-            work[s.name], s, sdc.min_cell_size, sdc.quantile_trim, **_grid_args(s.name, source, sdc)
+            work[s.name],
+            s,
+            sdc.min_cell_size,
+            sdc.quantile_trim,
+            atoms=True,
+            **_grid_args(s.name, source, sdc),
         )
         if s.name not in source.strata:
             m, moved = widen_bucket(m, sdc.min_cell_size)
@@ -1307,13 +1338,7 @@ def _log_marginal(
             **where,
         )
     elif m["kind"] == "continuous":
-        if sdc.quantile_trim > 0 and block == "all":
-            log.add(
-                "marginals",
-                "trimmed",
-                f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded",
-                **where,
-            )
+        _log_continuous(log, block, m, sdc, where)
     else:
         t = m["table"]
         if t.get(
@@ -1345,6 +1370,46 @@ def _log_marginal(
             "thinned",
             f"grid released as the means of {len(m['window_sizes'])} non-overlapping windows of at least "
             f"{min(m['window_sizes'])} consecutive values, the most extreme values at each end coded first ({why})",
+            **where,
+        )
+
+
+def _log_continuous(
+    log: SdcLog, block: str, m: dict[str, Any], sdc: Any, where: dict[str, Any]
+) -> None:
+    """Log a continuous marginal's atoms and, at source level, its top/bottom coding."""
+    if m.get("atoms"):
+        _log_atoms(log, m, sdc, where)
+    if sdc.quantile_trim > 0 and block == "all":
+        log.add(
+            "marginals",
+            "trimmed",
+            f"q0..q{sdc.quantile_trim:g} and q{100 - sdc.quantile_trim:g}..q100 top/bottom coded",
+            **where,
+        )
+
+
+def _log_atoms(log: SdcLog, m: dict[str, Any], sdc: Any, where: dict[str, Any]) -> None:
+    """Log a continuous column's atoms: how many, and how the other values are released
+    (never how many rows joined an atom: that number is below the cell size)."""
+    atoms = m["atoms"]
+    rest = atoms.get("rest")
+    log.add(
+        "marginals",
+        "atoms",
+        f"{len(atoms['values'])} value(s) held by at least min_cell_size={sdc.min_cell_size} rows released with their counts"
+        + (
+            "; the other values as their own grid"
+            if rest
+            else "; any values left over (fewer than min_cell_size rows together) joined the nearest atom"
+        ),
+        **where,
+    )
+    if rest and rest.get("window_sizes"):
+        log.add(
+            "marginals",
+            "thinned",
+            f"the grid of the values other than atoms released as the means of {len(rest['window_sizes'])} non-overlapping windows of at least {min(rest['window_sizes'])} consecutive values, the most extreme values at each end coded first",
             **where,
         )
 

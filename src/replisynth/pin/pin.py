@@ -1056,12 +1056,17 @@ def _keep_support(
     pinned = df[outcome].to_numpy(dtype="float64").copy()
     obs = ~np.isnan(pinned)
     mass = obs & ~np.isnan(draw) & np.isin(draw, np.asarray(sup.mass, dtype="float64"))
-    start = pinned.copy()
-    start[obs] = np.clip(start[obs], sup.lo, sup.hi)
-    start[mass] = draw[mass]
+    on_atom = obs & ~np.isnan(draw) & np.isin(draw, np.asarray(sup.atoms, dtype="float64"))
+    base = pinned.copy()
+    base[obs] = np.clip(base[obs], sup.lo, sup.hi)
+    base[mass] = draw[mass]
     before = int(np.sum(out_of_support(pinned, replace(sup, lattice=None))))
     frozen = mass
-    for frozen in (mass, np.zeros(len(df), dtype=bool)):
+    # every released atom kept first (only the rest moves), then the mass points, then none
+    tries = ([on_atom] if on_atom.sum() > mass.sum() else []) + [mass]
+    for frozen in (*tries, np.zeros(len(df), dtype=bool)):
+        start = base.copy()
+        start[frozen] = draw[frozen]
         df[outcome] = start
         if _bounded_passes(df, group, outcome, sup, frozen, designs, offset):
             break
@@ -1073,7 +1078,11 @@ def _keep_support(
             f"the released support [{sup.lo:.6g}, {sup.hi:.6g}] could not carry the checkpoints: "
             f"{before} rows outside it kept"
         ]
-    kept = "kept" if frozen is mass else "released (the checkpoints need them)"
+    kept = (
+        "kept"
+        if frozen is mass or frozen is on_atom
+        else "released (the checkpoints need them)"
+    )
     free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
     rounds = _match_draw_marginal(df, group, outcome, sup, frozen, free, draw, designs, offset)
     notes = [
@@ -1092,7 +1101,8 @@ def _keep_support(
             "outside_before": before,
             "outside_after": int(np.sum(out_of_support(y, sup))),
             "mass_rows": int(mass.sum()),
-            "mass_kept": frozen is mass,
+            "mass_kept": frozen is mass or frozen is on_atom,
+            "atom_rows_kept": int(frozen.sum()) if frozen is on_atom else 0,
             "marginal_steps": rounds,
             "integer": sup.lattice is not None,
             "integer_gap_se": gap,

@@ -25,7 +25,9 @@ class Support:
     or the lowest and highest released level), `mass` (values holding >= MASS_SHARE of the
     released distribution: exact zeros, a bound many rows sit at), `lattice` (the allowed
     values of an integer or categorical outcome, ascending; None: continuous), and whether
-    the released logical type is integer or boolean (the stored dtype after pinning)."""
+    the released logical type is integer or boolean (the stored dtype after pinning);
+    `atoms`: every released atom of a continuous outcome (values of at least min_cell_size
+    rows), which the pin first tries to keep exactly."""
 
     lo: float
     hi: float
@@ -33,6 +35,7 @@ class Support:
     lattice: np.ndarray | None = None
     integer_dtype: bool = False
     boolean_dtype: bool = False
+    atoms: tuple[float, ...] = ()
 
     @property
     def discrete(self) -> bool:
@@ -45,6 +48,16 @@ def _grid_mass(grid: np.ndarray) -> tuple[float, ...]:
     vals, starts = np.unique(grid, return_index=True)
     ends = len(grid) - 1 - np.unique(grid[::-1], return_index=True)[1]
     return tuple(float(v) for v, s, e in zip(vals, starts, ends, strict=True) if e - s >= steps)
+
+
+def _atom_mass(atoms: dict[str, Any]) -> tuple[float, ...]:
+    """Released atoms holding at least MASS_SHARE of the column's non-missing rows (their
+    exact shares, where a grid shows a mass only in 1% steps)."""
+    counts = np.asarray(atoms["counts"], dtype="float64")
+    total = counts.sum() + float((atoms.get("rest") or {}).get("n") or 0)
+    return tuple(
+        float(v) for v, c in zip(atoms["values"], counts, strict=True) if c >= MASS_SHARE * total
+    )
 
 
 def support_of(release: dict[str, Any], column: str) -> Support | None:
@@ -63,7 +76,9 @@ def support_of(release: dict[str, Any], column: str) -> Support | None:
         lattice = None
         if spec.get("integer"):
             lattice = np.arange(np.ceil(lo), np.floor(hi) + 1.0)
-        return Support(lo, hi, _grid_mass(g), lattice if lattice is not None else None, int_dtype)
+        atoms = tuple(float(v) for v in (m.get("atoms") or {}).get("values", []))
+        mass = _atom_mass(m["atoms"]) if m.get("atoms") else _grid_mass(g)
+        return Support(lo, hi, mass, lattice, int_dtype, atoms=atoms)
     if m.get("kind") == "categorical":
         table = m.get("table") or {}
         try:

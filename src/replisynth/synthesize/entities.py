@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from replisynth.stats.atoms import mixed_sample
 from replisynth.stats.copula import ordered_values
 from replisynth.stats.copula_dims import synthetic_dim_matrix
 from replisynth.stats.correlations import _Ranker, nearest_correlation
@@ -469,8 +470,13 @@ def fill_invariant(
     return out
 
 
-def exact_values(grid: list[float], nn: int, integer: bool) -> np.ndarray:
-    """Sorted row-level values of a continuous column (the exact quantile sample)."""
+def exact_values(
+    grid: list[float], nn: int, integer: bool, atoms: dict[str, Any] | None = None
+) -> np.ndarray:
+    """Sorted row-level values of a continuous column (the exact quantile sample; with
+    released `atoms`, their exact shares and the rest's grid)."""
+    if atoms:
+        return mixed_sample(atoms, nn, integer)
     return np.sort(exact_quantile_sample(np.asarray(grid), nn, integer))
 
 
@@ -483,7 +489,9 @@ def time_cap(bp: Any, time: str | None) -> int | None:
     if plan.kind == "categorical":
         return int(sum(1 for c in plan.counts or [] if c > 0))
     if plan.kind == "continuous":
-        return int(len(np.unique(exact_values(plan.grid, bp.rows - plan.missing, True))))
+        return int(
+            len(np.unique(exact_values(plan.grid, bp.rows - plan.missing, True, plan.atoms)))
+        )
     return None
 
 
@@ -713,7 +721,7 @@ def entity_columns(
         ok = ~missing[col]
         nn = int(ok.sum())
         if plan.kind == "continuous":
-            vals = exact_values(plan.grid, nn, bool(specs[col].integer))
+            vals = exact_values(plan.grid, nn, bool(specs[col].integer), plan.atoms)
             if is_time:
                 uniq, inv = np.unique(vals, return_inverse=True)
                 z = Z[:, jd[0][0]] if jd else np.zeros(len(ent))
@@ -1388,7 +1396,7 @@ def _integer_trend(
     Paths beyond the range are coded to its ends, as top/bottom coding the original at the
     released percentiles would. None when the program fails."""
     e, p = rows.e, rows.p
-    sample = exact_values(plan.grid, int(rows.ok.sum()), True)
+    sample = exact_values(plan.grid, int(rows.ok.sum()), True, plan.atoms)
     lev = np.arange(sample[0], sample[-1] + 1.0)  # every integer in range: paths need no gaps
     cnt = np.bincount((sample - sample[0]).astype("int64"), minlength=len(lev))
     cls, uniq = _period_classes(e, p, rows.idx)

@@ -27,8 +27,9 @@ RESIDUAL = "residual"
 class ColumnPlan:
     """What one column of one block must contain.
 
-    kind: continuous | categorical | empty.  For continuous: the grid; for categorical:
-    `levels` and exact `counts` (summing to rows - missing) and whether ordered."""
+    kind: continuous | categorical | empty.  For continuous: the grid, and `atoms` when the
+    marginal released them; for categorical: `levels` and exact `counts` (summing to
+    rows - missing) and whether ordered."""
 
     kind: str
     missing: int
@@ -37,6 +38,7 @@ class ColumnPlan:
     counts: list[int] | None = None
     ordered: bool = False
     from_source_level: bool = False
+    atoms: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,11 @@ def _column_plan(
     n_present = n - n_missing
     if marginal["kind"] == "continuous":
         return ColumnPlan(
-            "continuous", n_missing, grid=marginal["grid"], from_source_level=fallback
+            "continuous",
+            n_missing,
+            grid=marginal["grid"],
+            from_source_level=fallback,
+            atoms=marginal.get("atoms") or None,
         )
     if marginal["kind"] == "ordinal_grid":
         levels = list(all_m[spec.name]["table"]["levels"])

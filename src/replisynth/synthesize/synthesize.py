@@ -14,6 +14,7 @@ import pandas as pd
 from replisynth.core.parallel import thread_map
 from replisynth.core.seeds import rng as make_rng
 from replisynth.io.schema import EPOCH, ColumnSpec, date_period, period_start
+from replisynth.stats.atoms import mixed_sample
 from replisynth.stats.codings import apply_derived
 from replisynth.stats.copula import (
     correlated_normals,
@@ -63,6 +64,15 @@ def _active_dims(dims: list[dict[str, Any]], bp: BlockPlan) -> list[int]:
     return act
 
 
+def continuous_sample(cp: ColumnPlan, nn: int, integer: bool) -> np.ndarray:
+    """The nn values (ascending) a continuous column of a block is filled with: the exact
+    quantile sample of its grid, or with released atoms their exact shares and the rest's
+    grid (`stats.atoms.mixed_sample`)."""
+    if cp.atoms:
+        return mixed_sample(cp.atoms, nn, integer)
+    return exact_quantile_sample(np.asarray(cp.grid), nn, integer)
+
+
 def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int, integer: bool = False) -> Margin:
     """The dim's margin in the block, as calibration sees it. A continuous column carries the
     ties of the values it will be filled with (`exact_quantile_sample`: a mass point of the
@@ -71,7 +81,7 @@ def _margin(d: dict[str, Any], cp: ColumnPlan, rows: int, integer: bool = False)
         nn = rows - cp.missing
         if cp.grid is None or nn < 2:
             return Margin(None)
-        return Margin(None, tie_atoms(exact_quantile_sample(np.asarray(cp.grid), nn, integer)))
+        return Margin(None, tie_atoms(continuous_sample(cp, nn, integer)))
     if d["kind"] == "missing":
         p = cp.missing / rows
         return Margin((1.0 - p, p))
@@ -111,7 +121,7 @@ def _fill_block(
         jd = col_dims.get(col, [])
         if cp.kind == "continuous":
             z = Z[ok, jd[0][0]] if jd else np.arange(nn, dtype="float64")
-            vals = exact_quantile_sample(np.asarray(cp.grid), nn, specs[col].integer)
+            vals = continuous_sample(cp, nn, specs[col].integer)
             v = np.full(n, np.nan)
             v[ok] = fill_by_rank(z, vals)
             return v

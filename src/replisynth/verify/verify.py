@@ -21,6 +21,7 @@ from replisynth.disclosure.bundle import Bundle
 from replisynth.disclosure.bundle_types import SourceRelease, untyped
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
+from replisynth.stats.atoms import mixture_components
 from replisynth.stats.copula_dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.design import build_design, drop_unreleased_constants, released_terms
@@ -297,11 +298,17 @@ def _isnum(k: Any) -> bool:
 
 
 def _block_components(plan: list[BlockPlan], col: str) -> list[tuple[float, np.ndarray]]:
-    comps = []
+    """The released distribution of `col` as weighted grids, one per block; a block whose
+    marginal released atoms gives a point mass per atom and its rest's grid."""
+    comps: list[tuple[float, np.ndarray]] = []
     for b in plan:
         cp = b.columns[col]
         if cp.kind == "continuous":
-            comps.append((float(b.rows - cp.missing), np.asarray(cp.grid)))
+            w = float(b.rows - cp.missing)
+            if cp.atoms and w > 0:
+                comps.extend(mixture_components(cp.atoms, w))
+            else:
+                comps.append((w, np.asarray(cp.grid)))
     return [c for c in comps if c[0] > 0]
 
 
