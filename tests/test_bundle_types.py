@@ -113,6 +113,7 @@ TABLE: dict[str, tuple[str, ...]] = {
     "GroupRelease": ("$defs", "source", "properties", "groups", "additionalProperties"),
     "DerivedColumn": ("$defs", "source", "properties", "derived", "additionalProperties"),
     "Ordering": ("$defs", "source", "properties", "orderings", "items"),
+    "EmptyCells": ("$defs", "source", "properties", "empty_cells", "items"),
     "Panel": ("$defs", "source", "properties", "panel"),
     "EntityStructure": ("$defs", "source", "properties", "entity_structure"),
 }

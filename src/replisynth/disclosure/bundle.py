@@ -22,9 +22,11 @@ from replisynth.disclosure.bundle_types import (
     CheckpointRecord,
     SdcLogFile,
     SourceRelease,
+    untyped,
 )
 from replisynth.disclosure.sdc import SdcLog, resolved_settings
 from replisynth.io.files import read_json, sha256_file, write_json
+from replisynth.stats.copula_dims import norm_key
 
 FORMAT = "replisynth-bundle/1"
 PACKAGES = (
@@ -326,7 +328,10 @@ def check_release(rel: SourceRelease, fp: Path) -> SourceRelease:
     each Spearman matrix is square over the dims."""
     names = {c["name"] for c in rel["columns"]}
     problem = (
-        _name_mismatch(rel, names) or _block_mismatch(rel, names) or _ordering_mismatch(rel, names)
+        _name_mismatch(rel, names)
+        or _block_mismatch(rel, names)
+        or _ordering_mismatch(rel, names)
+        or _empty_cells_mismatch(rel)
     )
     if problem is not None:
         key, what = problem
@@ -342,6 +347,24 @@ def _ordering_mismatch(rel: SourceRelease, names: set[str]) -> tuple[str, str] |
         for col in (o.get("lo"), o.get("hi"), o.get("if"), o.get("then")):
             if col is not None and col not in names:
                 return f"orderings[{i}]", f"{col!r} is not a released column"
+    return None
+
+
+def _empty_cells_mismatch(rel: SourceRelease) -> tuple[str, str] | None:
+    """(key, what) of the first empty-cell flag whose columns are not two released categorical
+    columns or whose cell names a value that is not one of their released levels."""
+    top = rel["blocks"].get("all")
+    marg: dict[str, Any] = untyped(top["marginals"]) if top is not None else {}
+    for i, f in enumerate(rel.get("empty_cells") or []):
+        levels = []
+        for col in f["columns"]:
+            m: dict[str, Any] = marg.get(col) or {}
+            if m.get("kind") != "categorical":
+                return f"empty_cells[{i}].columns", f"{col!r} is not a released categorical column"
+            levels.append({norm_key(v) for v in m["table"]["levels"]})
+        for j, cell in enumerate(f["cells"]):
+            if any(norm_key(v) not in lv for v, lv in zip(cell, levels, strict=True)):
+                return f"empty_cells[{i}].cells[{j}]", "not a pair of released levels"
     return None
 
 

@@ -304,6 +304,14 @@ Ordering = TypedDict(
 )
 
 
+class EmptyCells(TypedDict):
+    """Empty cells of the table of two released categorical columns (extract/empty_cells.py):
+    `cells` holds [level of columns[0], level of columns[1]] pairs no original row holds."""
+
+    columns: list[str]
+    cells: list[list[Scalar]]
+
+
 class PeriodTrend(TypedDict):
     slope: NotRequired[float]
     share: NotRequired[float]
@@ -375,6 +383,7 @@ class SourceRelease(TypedDict):
     missing_groups: NotRequired[list[list[str]]]
     derived: NotRequired[dict[str, DerivedColumn]]
     orderings: NotRequired[list[Ordering]]
+    empty_cells: NotRequired[list[EmptyCells]]
     panel: NotRequired[Panel | None]
     entity_structure: NotRequired[EntityStructure | None]
     missing_codes: NotRequired[dict[str, MissingCodes]]

@@ -23,6 +23,7 @@ from replisynth.disclosure.bundle_types import (
     SourceRelease,
     untyped,
 )
+from replisynth.disclosure.cell_audit import check_empty_cells
 from replisynth.disclosure.linked_correlations import check_correlations
 from replisynth.disclosure.sdc import (
     DisclosureError,
@@ -476,6 +477,8 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     count_found, corr_found, group_found, group_notes = [], [], [], []
     atom_found: list[Finding] = []
     order_found, order_notes = [], []
+    cell_found: list[Finding] = []
+    cell_notes: list[str] = []
     corr_stats = {"pairs_checked": 0, "pairs_not_derivable": 0, "linked_checked": 0}
     for rel in b.releases.values():
         status, f = interval_audit(rel, k)
@@ -492,6 +495,9 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         of, on = check_orderings(rel)
         order_found += of
         order_notes += on
+        ef, en = check_empty_cells(rel, k)
+        cell_found += ef
+        cell_notes += en
     record("interval audit of the linked frequency tables", table_found, table_status)
     record("stratum sizes, table counts and grid sample sizes", count_found)
     record("atoms of continuous columns: counts, source level only, grid derived", atom_found)
@@ -502,6 +508,11 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     )
     record("group sizes", group_found, notes=group_notes)
     record("ordering flags backed by released correlations", order_found, notes=order_notes)
+    record(
+        "empty-cell flags: no cell of a flagged table forced into 1..k-1",
+        cell_found,
+        notes=cell_notes,
+    )
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
     derive_records, derive_notes = derive_constants(b.manifest)
     record(

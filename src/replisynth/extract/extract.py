@@ -27,6 +27,7 @@ from replisynth.disclosure.linked_tables import (
     withhold_bucket_split,
 )
 from replisynth.disclosure.sdc import SdcLog, check_release
+from replisynth.extract.empty_cells import detect_empty_cells, log_empty_cells
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
 from replisynth.extract.orderings import detect_orderings, gate_orderings
 from replisynth.extract.weights import release_weights
@@ -1104,6 +1105,8 @@ def extract_source(
     orderings = detect_orderings(work, specs, marginals, sdc.min_cell_size, set(source.strata))
     if orderings:
         release["orderings"] = orderings
+    empty_cells = _empty_cells(ctx, work, specs, marginals, strata, set(derived))
+    release.update({"empty_cells": empty_cells} if empty_cells else {})
     release.update({"weights": weights} if weights else {})
     # Entity structure on the dims as synthesis and verification code them (synthetic_dim_matrix
     # maps pooled levels as the synthetic data will hold them).
@@ -1121,6 +1124,28 @@ def extract_source(
     log.extend(gate_orderings(release))
     check_release(release, sdc.min_cell_size)
     return cast(SourceRelease, release), log
+
+
+def _empty_cells(
+    ctx: _SourceContext,
+    work: pd.DataFrame,
+    specs: list[ColumnSpec],
+    marginals: dict[str, Any],
+    strata: _StrataCells,
+    derived: set[str],
+) -> list[dict[str, Any]]:
+    """Empty-cell flags of pairs of released categorical columns (extract/empty_cells.py),
+    checked in every released block (stratum cells by key, the residual as one), logged;
+    strata, derived and `sensitive` columns are never flagged."""
+    block_of = (
+        np.where(strata.residual_mask.to_numpy(), -1, strata.key_idx)
+        if ctx.source.strata
+        else np.zeros(len(work), dtype=np.intp)
+    )
+    skip = set(ctx.source.strata) | derived | set(ctx.source.sensitive)
+    flags = detect_empty_cells(work, specs, marginals, ctx.sdc.min_cell_size, block_of, skip)
+    ctx.log.extend(log_empty_cells(flags, ctx.source.name))
+    return flags
 
 
 def _tables(marginals: dict[str, dict[str, Any]]) -> dict[str, FrequencyTable]:

@@ -65,6 +65,7 @@ class Draft:
     date_formats: dict[str, str] = field(default_factory=dict)  # csv text dates -> format
     strata: list[str] = field(default_factory=list)
     strata_candidates: list[str] = field(default_factory=list)
+    empty_pairs: list[tuple[str, str, int, int]] = field(default_factory=list)  # a, b, held, cells
     spread: dict[str, tuple[int, float, float]] = field(default_factory=dict)  # see infer_column
 
     @property
@@ -233,6 +234,38 @@ def strata_columns(
     return chosen, [c for *_, c in cands]
 
 
+MAX_PAIR_CELLS = 24  # pairs of categorical columns looked at for empty cells: cross product
+MAX_EMPTY_PAIRS = 3  # pairs named in the draft's strata comment
+
+
+def empty_cell_pairs(
+    df: pd.DataFrame, specs: list[ColumnSpec], min_cell: int, skip: set[str], strata: list[str]
+) -> list[tuple[str, str, int, int]]:
+    """Pairs of categorical columns (none missing) whose cross product has empty cells while
+    every combination that occurs holds at least STRATUM_CELLS x `min_cell` rows: strata on
+    the pair keep the empty ones empty (a Gaussian copula fills them). (a, b, combinations
+    held, combinations), most empty first; pairs inside the suggested `strata` are left out."""
+    cats = [
+        s.name
+        for s in specs
+        if s.role == "categorical" and s.name not in skip and not df[s.name].isna().any()
+    ]
+    levels = {c: df[c].nunique() for c in cats}
+    out = []
+    for i, a in enumerate(cats):
+        for b in cats[i + 1 :]:
+            cells = levels[a] * levels[b]
+            if not 4 <= cells <= MAX_PAIR_CELLS or min(levels[a], levels[b]) < 2:
+                continue
+            if a in strata and b in strata:  # the suggested strata keep them empty already
+                continue
+            held = df.groupby([a, b], observed=True).size()
+            if len(held) < cells and held.min() >= STRATUM_CELLS * min_cell:
+                out.append((a, b, len(held), cells))
+    out.sort(key=lambda t: (t[2] / t[3], t[3]))
+    return out[:MAX_EMPTY_PAIRS]
+
+
 def analyse(
     df: pd.DataFrame, meta: FileMeta, path: str, detect: Detector | None = None
 ) -> tuple[Draft, list[ColumnSpec]]:
@@ -271,6 +304,7 @@ def analyse(
     d.strata, d.strata_candidates = strata_columns(
         df, [s for s in specs if s.name not in derived], min_cell
     )
+    d.empty_pairs = empty_cell_pairs(df, specs, min_cell, derived, d.strata)
     return d, specs
 
 
@@ -421,6 +455,7 @@ def draft_manifest(
         lines.append(f"    # Candidates: {', '.join(_name(c) for c in d.strata_candidates)}.")
     else:
         lines.append("    # No column qualifies.")
+    lines += _empty_pair_lines(d)
     lines += [
         "    groups: []          # cluster identifiers (firms, schools), re-keyed 1..G",
         "    panel: null         # {entity: COLUMN, time: COLUMN} for a panel",
@@ -435,6 +470,21 @@ def draft_manifest(
         "",
     ]
     return "\n".join(lines)
+
+
+def _empty_pair_lines(d: Draft) -> list[str]:
+    """The strata suggestion for pairs of categorical columns with empty combinations."""
+    out = []
+    for a, b, held, cells in d.empty_pairs:
+        out.append(
+            f"    # {_name(a)} x {_name(b)}: {held} of their {cells} combinations occur. "
+            f"strata: {_flow([a, b])}"
+        )
+        out.append(
+            "    #   would synthesize each combination on its own, so the empty ones stay empty "
+            "(strata need whole-number codes)."
+        )
+    return out
 
 
 def _flag_lines(d: Draft) -> list[str]:

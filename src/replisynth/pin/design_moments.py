@@ -23,6 +23,7 @@ from replisynth.config.formula_grammar import (
 )
 from replisynth.config.manifest import checkpoint_from_release, formula_variables
 from replisynth.disclosure.bundle_types import CheckpointRecord, SourceRelease, untyped
+from replisynth.stats.cells import CellGuard
 from replisynth.stats.copula_dims import norm_key, synthetic_dim_matrix
 from replisynth.stats.correlations import _Ranker
 from replisynth.stats.design import (
@@ -797,6 +798,7 @@ class _Aligner:
         self.perms = {unit: np.arange(n) for unit in units}
         self.owner = {col: unit for unit, cols in units.items() for col in cols}
         self.present = {unit: df[unit].notna().to_numpy() for unit in units}
+        self.cells = CellGuard.of(df, release)  # swaps never fill a released empty cell
         # Pairs per batch: a sixteenth of the rows (a correlation moves by O(1/n) per swap, so
         # large data need large batches), bounded so the (pairs × k × k) changes stay small.
         kmax = max(len(t.cols) for t in targets)
@@ -949,6 +951,10 @@ class _Aligner:
         rr, ss = r[take], s[take]
         perm[rr], perm[ss] = perm[ss].copy(), perm[rr].copy()
 
+    def _perm_of(self, col: str) -> np.ndarray | None:
+        owner = self.owner.get(col)
+        return None if owner is None else self.perms[owner]
+
     def batch(
         self,
         unit: str,
@@ -988,6 +994,8 @@ class _Aligner:
                 base = float(penalty(blk, 0.0, 0.0, 0.0, tau, wall))
                 gain += penalty(blk, dC, dA, dQ, tau, wall) - base
                 sparts.append(_SpearmanPart(view, pos_r, pos_s, dC, dA, dQ, base, blk))
+        if self.cells is not None:
+            gain[~self.cells.allowed(self.units[unit], self._perm_of, r, s)] = 0.0
         cand = np.flatnonzero(gain < -1e-15)
         if not len(cand):
             return False

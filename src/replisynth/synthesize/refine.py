@@ -32,6 +32,10 @@ SAMPLE_ROWS = 1 << 15
 TOL = 0.004
 
 
+# A veto on swap pairs: (units moved, r, s, the units' permutations) -> allowed per pair.
+Allowed = Callable[[list[int], np.ndarray, np.ndarray, list[np.ndarray]], np.ndarray]
+
+
 def view_samples(
     views: list[np.ndarray], rng: np.random.Generator, tol: float = TOL, size: int = SAMPLE_ROWS
 ) -> list[np.ndarray | None]:
@@ -521,9 +525,11 @@ class _Swapper:
         rng: np.random.Generator,
         settings: SwapSettings,
         labels: np.ndarray | None,
+        allowed: Allowed | None = None,
     ) -> None:
         self.views, self.global_view = views, global_view
         self.rng, self.settings, self.labels = rng, settings, labels
+        self.allowed = allowed
         self.n_dims = X.shape[1]
         self.present = ~np.isnan(X)
         # Blocks that share no row can prepare their batches at once (threads): a block's swaps
@@ -599,7 +605,7 @@ class _Swapper:
         improved = False
         for index, (active, r, s) in enumerate(batches):
             parts = prepared[index] if prepared is not None else prepare((active, r, s))
-            if _accept_batch(parts, r, s, members, perms):
+            if _accept_batch(parts, r, s, members, perms, self.allowed):
                 improved = True
         return improved
 
@@ -610,13 +616,17 @@ def _accept_batch(
     s: np.ndarray,
     members: list[int],
     perms: list[np.ndarray],
+    allowed: Allowed | None = None,
 ) -> bool:
     """Score the swap pairs (r[i], s[i]) on every view (`parts`), accept the best prefix of
-    the improving ones (`best_prefix`) and apply it to the units' permutations."""
+    the improving ones (`best_prefix`) and apply it to the units' permutations; `allowed`
+    (members, r, s, perms) -> mask vetoes pairs (a swap into a released empty cell)."""
     gain = np.zeros(len(r))
     for part in parts:
         part.bind()
         gain += part.gain()
+    if allowed is not None:
+        gain[~allowed(members, r, s, perms)] = 0.0
     cand = np.where(gain < -1e-15)[0]
     if not len(cand):
         return False
@@ -656,6 +666,7 @@ def refine_swaps(
     settings: SwapSettings | None = None,
     labels: np.ndarray | None = None,
     settled: list[bool] | None = None,
+    allowed: Allowed | None = None,
 ) -> list[np.ndarray]:
     """Row permutations, one per unit (a list of dims that move together), that bring the
     correlation matrices of X (rows × dims, NaN = missing) towards their targets (NaN =
@@ -678,6 +689,8 @@ def refine_swaps(
     always refined). `settled` (one flag per group, then the global view) gives that decision
     when the caller has taken it already.
 
+    `allowed` (units moved, r, s, perms) -> mask, when given, vetoes swap pairs.
+
     Returns `perms`: for each unit, new_values = old_values[perm] (row-wise)."""
     knobs = settings if settings is not None else SwapSettings()
     n, d = X.shape
@@ -691,7 +704,7 @@ def refine_swaps(
         return perms
     all_views = views + ([global_view] if global_view else [])
     _drop_fixed_pairs(all_views, units, d)
-    swapper = _Swapper(X, views, global_view, rng, knobs, labels)
+    swapper = _Swapper(X, views, global_view, rng, knobs, labels, allowed)
     stop = _SweepStop(knobs)
     stale = 0
     for sweep in range(knobs.max_sweeps + knobs.max_far_sweeps):

@@ -27,6 +27,7 @@ from replisynth.stats.copula_dims import synthetic_dim_matrix
 from replisynth.stats.correlations import Margin, latent_matrix, nearest_correlation, tie_atoms
 from replisynth.stats.marginals import apportion, exact_quantile_sample, released_group_sizes
 from replisynth.stats.weights import calibrate_frame
+from replisynth.synthesize.cells import cell_veto, repair_empty_cells
 from replisynth.synthesize.entities import (
     complete_untargeted,
     entity_columns,
@@ -490,11 +491,32 @@ def refine_source(
         make_rng(seed, source, "refine"),
         labels=ent,
         settled=settled,
+        allowed=cell_veto(
+            cols, release, [[u, *[b for b, a in root.items() if a == u]] for u in units]
+        ),
     )
     out = dict(cols)
     for unit_root, perm in zip(units, perms, strict=True):
         for col in [unit_root, *[b for b, a in root.items() if a == unit_root]]:
             out[col] = cols[col][perm]
+    return out
+
+
+def _keep_cells_empty(
+    cols: dict[str, np.ndarray],
+    plan: list[BlockPlan],
+    release: dict[str, Any],
+    seed: int,
+    source: str,
+    ent: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Rows out of the released empty cells by swaps inside each block (inside each entity
+    with an entity structure, whose frozen columns stay), from the stream (source, "cells")."""
+    if not release.get("empty_cells"):
+        return cols
+    group = ent if ent is not None else np.repeat(np.arange(len(plan)), [b.rows for b in plan])
+    frozen = entity_frozen(release) if ent is not None else set()
+    out, _left = repair_empty_cells(cols, group, release, make_rng(seed, source, "cells"), frozen)
     return out
 
 
@@ -550,7 +572,11 @@ def synthesize_source(
         parts
     )  # the per-block pieces would otherwise stay alive through refinement (its memory peak)
     say(f"synthesize: {source} refining across {len(plan)} block(s)")
+    if ent is None:  # out of the empty cells first; the refinement then never refills them
+        cols = _keep_cells_empty(cols, plan, release, seed, source, ent)
     cols = refine_source(cols, plan, release, seed, source, ent=ent)
+    if ent is not None:  # the entity refinements are not vetoed: the repair comes after them
+        cols = _keep_cells_empty(cols, plan, release, seed, source, ent)
     if ent is None:  # numeric levels of integer and float columns restore from floats (same values)
         numeric = {
             s.name for s in specs_list if s.logical_type in ("integer", "float")

@@ -22,6 +22,7 @@ from replisynth.disclosure.bundle_types import SourceRelease, untyped
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.io.schema import ColumnSpec, logical_type, pandera_schema, validation_summary
 from replisynth.stats.atoms import mixture_components
+from replisynth.stats.cells import flagged_rows
 from replisynth.stats.copula_dims import dim_label, norm_key, numeric_values, synthetic_dim_matrix
 from replisynth.stats.correlations import spearman_matrix
 from replisynth.stats.design import build_design, drop_unreleased_constants, released_terms
@@ -252,9 +253,26 @@ def tier0(
     failures = validation_summary(schema, df)
     for f in failures:
         problems.append(f"pandera: {f['column']}: {f['check']} ({f['failures']} rows)")
+    problems += empty_cell_problems(df, release, outcomes)
     out: dict[str, Any] = {"passed": not problems, "problems": problems}
     if release.get("free_text"):  # never released: said in the report and the certificate
         out["free_text"] = list(release["free_text"])
+    return out
+
+
+def empty_cell_problems(
+    df: pd.DataFrame, release: SourceRelease, moved: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """Tier 0: no synthetic row in a released empty cell (docs/method.md, "Empty cells"),
+    for every flagged pair whose columns Layer 4 does not move."""
+    out = []
+    for f in release.get("empty_cells") or []:
+        a, b = f["columns"]
+        if a in moved or b in moved or a not in df.columns or b not in df.columns:
+            continue
+        bad = int(flagged_rows(df, untyped(release), untyped(f)).sum())
+        if bad:
+            out.append(f"{a} x {b}: {bad} rows in the {len(f['cells'])} released empty cell(s)")
     return out
 
 
