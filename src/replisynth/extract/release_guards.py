@@ -22,6 +22,7 @@ from replisynth.io.schema import MAX_ORDINAL_LEVELS, ColumnSpec
 from replisynth.stats.atoms import split_atoms
 from replisynth.stats.copula_dims import numeric_values
 from replisynth.stats.design import used_columns
+from replisynth.stats.weights import SHARE_DECIMALS, TOTAL_SIGNIFICANT
 
 
 def leftover_rows(v: np.ndarray, min_cell: int, dominance: float | None) -> bool:
@@ -183,30 +184,67 @@ def log_withheld_atoms(log: SdcLog, source: str, withheld: dict[str, str]) -> No
 
 
 WEIGHT_CLASS_REASON = (
-    "a cell's rows split across the weight's classes (a weight value held by min_cell_size "
-    "rows or more, or the other values) into fewer than min_cell_size rows, or its other rows "
-    "take fewer than min_cell_size distinct weights: its weighted share would give their count"
+    "a cell's weight total, with the cell counts and the weight's value counts, bounds the "
+    "cell's rows at one weight value inside 1..min_cell_size-1 (a weight of few values): its "
+    "weighted share would give that count"
 )
+MAX_LP_CELLS = 4000  # cells x weight values beyond which a few-valued weight is withheld
 
 
 def weight_classes_split(cls: np.ndarray, w: np.ndarray, n: int, min_cell: int) -> bool:
-    """Whether a released cell (`cls`: each row's cell, −1 none; `n` cells) splits across the
-    weight's classes into a part of 1..min_cell−1 rows. Classes: each weight value held by at
-    least min_cell rows of the source (a value its grid shows), and the other values together.
-    Within a cell the rows of each value class, and the other rows, must number 0 or at least
-    min_cell, and the other rows must take at least min_cell distinct weights: else the cell's
-    weight total, a linear equation in the class counts, solves for a small count."""
-    vals, code, counts = np.unique(w, return_inverse=True, return_counts=True)
-    heavy = counts >= min_cell
-    cls_code = np.where(heavy[code], code, len(vals))
+    """Whether released cells' weight totals (`cls`: each row's cell, −1 none; `n` cells)
+    pin the rows of a cell at one weight value into 1..min_cell−1. A cell whose rows take at
+    least min_cell distinct weights is safe (its total sums at least k unknown values); when
+    some cell takes fewer, the attacker's LP is solved: unknowns the rows per cell and weight
+    value, known the cell counts, the cell weight totals (to the release's rounding) and the
+    rows per weight value (the worst case); a count of 1..min_cell−1 whose bounds exclude 0
+    and k is pinned."""
     rows = cls >= 0
-    pair = np.bincount(cls[rows] * (len(vals) + 1) + cls_code[rows], minlength=n * (len(vals) + 1))
-    pair = pair.reshape(n, len(vals) + 1)
-    if np.any((pair > 0) & (pair < min_cell)):
+    vals, code = np.unique(w[rows], return_inverse=True)
+    c = cls[rows]
+    table = np.zeros((n, len(vals)), dtype="int64")
+    np.add.at(table, (c, code.ravel()), 1)
+    if np.all((table > 0).sum(axis=1)[table.sum(axis=1) > 0] >= min_cell):
+        return False
+    if table.size > MAX_LP_CELLS:
         return True
-    other = rows & ~heavy[code]
-    for c in np.unique(cls[other]):
-        if len(np.unique(w[other & (cls == c)])) < min_cell:
+    return _pinned_class_count(table, vals, min_cell)
+
+
+def released_weight_slack(sums: np.ndarray) -> np.ndarray:
+    """How far each cell's weight total can be from what its released share times the
+    released total gives: half a unit of the share's last decimal times the total, plus the
+    share times the total's rounding (half a unit of its last significant digit)."""
+    total = float(sums.sum())
+    if total <= 0:
+        return np.zeros(len(sums))
+    rel = 0.5 * 10.0 ** (1 - TOTAL_SIGNIFICANT)
+    return total * (0.5 * 10.0**-SHARE_DECIMALS + (sums / total) * rel)
+
+
+def _pinned_class_count(table: np.ndarray, vals: np.ndarray, min_cell: int) -> bool:
+    """The LP of `weight_classes_split` on the cells × weight values table of counts, each
+    cell's weight total known to within the release's rounding (`released_weight_slack`)."""
+    from scipy.optimize import linprog
+
+    n, m = table.shape
+    weighted = np.kron(np.eye(n), vals)
+    A = np.vstack([np.kron(np.eye(n), np.ones(m)), np.kron(np.ones(n), np.eye(m))])
+    b = np.concatenate([table.sum(axis=1), table.sum(axis=0)]).astype("float64")
+    sums = (table @ vals).astype("float64")
+    slack = released_weight_slack(sums)
+    A_ub = np.vstack([weighted, -weighted])
+    b_ub = np.concatenate([sums + slack, slack - sums])
+    bounds = [(0.0, float(t)) for t in np.tile(table.sum(axis=0), n)]
+    few = np.repeat((table > 0).sum(axis=1) < min_cell, m)  # cells of few distinct weights
+    for idx in np.flatnonzero((table.ravel() > 0) & (table.ravel() < min_cell) & few):
+        t = np.zeros(n * m)
+        t[idx] = 1.0
+        lo = linprog(t, A_ub, b_ub, A, b, bounds, method="highs")
+        hi = linprog(-t, A_ub, b_ub, A, b, bounds, method="highs")
+        if lo.status != 0 or hi.status != 0:
+            return True
+        if lo.fun > 1e-6 and -hi.fun < min_cell - 1e-6:
             return True
     return False
 
