@@ -1431,7 +1431,7 @@ def _log_atoms(log: SdcLog, m: dict[str, Any], sdc: Any, where: dict[str, Any]) 
         + (
             "; the other values as their own grid"
             if rest
-            else "; any values left over (fewer than min_cell_size rows together) joined the nearest atom"
+            else "; every non-missing row holds an atom (none left over)"
         ),
         **where,
     )

@@ -36,11 +36,11 @@ def leftover_rows(v: np.ndarray, min_cell: int, dominance: float | None) -> bool
 # ------------------------------------------------------------------ row sets cutting a column
 
 
-def _value_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct values' code of each value of `x` (ascending), the row order by value,
-    and the rows per distinct value."""
-    _, code, counts = np.unique(x, return_inverse=True, return_counts=True)
-    return code.ravel(), np.argsort(code, kind="stable"), counts
+def _value_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct values of `x` (ascending), each value's code, the row order by value, and
+    the rows per distinct value."""
+    u, code, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return u, code.ravel(), np.argsort(code, kind="stable"), counts
 
 
 def _cuts_of(code: np.ndarray, order: np.ndarray, n_values: int, labels: np.ndarray) -> set[int]:
@@ -110,8 +110,7 @@ def cut_atom_columns(
         split = split_atoms(v, min_cell, dominance.get(col))
         if len(v) == 0 or len(split.values) == 0 or len(split.rest) == 0:
             continue
-        code, order, counts = _value_runs(v)
-        u = np.unique(v)
+        u, code, order, counts = _value_runs(v)
         rest = np.where(np.isin(u, split.values), 0, counts)
         cuts: set[int] = set()
         what = set()
