@@ -175,3 +175,25 @@ def test_two_subsets_do_not_count_the_rest_rows_between_them(
         t: cps[t]["n"] - sum(c for v, c in pairs if v > cut) for t, cut in (("a", 20), ("b", 50))
     }
     assert not 0 < above["a"] - above["b"] < K, "the rest rows between the cuts are counted"
+
+
+@pytest.mark.parametrize(("col", "rare", "seed"), [("visits", 9, 1), ("trips", 14, 5)])
+def test_count_outcome_with_a_pooled_value_releases_no_exact_total(
+    tmp_path: Path, col: str, rare: int, seed: int
+) -> None:
+    """A Poisson outcome whose table pools a rare count: its outcome mean times n, less
+    Σ level × count, would give the pooled value; the mean and the design means are
+    withheld, the coefficients kept."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.r_[np.repeat([0, 1, 2, 3], [400, 300, 200, 99]), [rare]])
+    df = pd.DataFrame({"pid": np.arange(len(y)), col: y, "x": rng.normal(size=len(y))})
+    raw = _raw(df, tmp_path)
+    raw["checkpoints"] = [
+        {"tag": "p", "source": "people", "model": "poisson", "formula": f"{col} ~ x"}
+    ]
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
+    rel = json.loads((bundle / "source_people.json").read_text())
+    cp = json.loads((bundle / "checkpoints.json").read_text())["checkpoints"][0]
+    assert rel["blocks"]["all"]["marginals"][col]["table"]["pooled_levels"] >= 1
+    assert cp["status"] == "released" and any(not t.get("suppressed") for t in cp["terms"])
+    assert cp.get("outcome_mean") is None and not cp.get("moments")
