@@ -200,13 +200,21 @@ def weight_classes_split(cls: np.ndarray, w: np.ndarray, n: int, min_cell: int) 
     and k is pinned."""
     rows = cls >= 0
     vals, code = np.unique(w[rows], return_inverse=True)
-    c = cls[rows]
+    code = code.ravel()
+    c = cls[rows].astype("int64")
+    size = np.bincount(c, minlength=n)
+    shared = np.bincount(code, minlength=len(vals))[code] > 1
+    unique_rows = size - np.bincount(c[shared], minlength=n)  # rows of a weight of their own
+    if np.all(unique_rows[size > 0] >= min_cell):
+        return False
+    pairs = np.unique(c * len(vals) + code)  # the (cell, weight value) pairs present
+    distinct = np.bincount(pairs // len(vals), minlength=n)
+    if np.all(distinct[size > 0] >= min_cell):
+        return False
+    if n * len(vals) > MAX_LP_CELLS:
+        return True
     table = np.zeros((n, len(vals)), dtype="int64")
     np.add.at(table, (c, code.ravel()), 1)
-    if np.all((table > 0).sum(axis=1)[table.sum(axis=1) > 0] >= min_cell):
-        return False
-    if table.size > MAX_LP_CELLS:
-        return True
     return _pinned_class_count(table, vals, min_cell)
 
 
