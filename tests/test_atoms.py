@@ -126,7 +126,7 @@ def _frame(n: int, seed: int, names: dict[str, str]) -> pd.DataFrame:
     edges[: n // 5] = -7.25  # an atom at the minimum
     edges[n // 5 : n // 3] = 9.5  # an atom at the maximum
     coded = rng.permutation(np.round(rng.uniform(-5, 30, 25), 3)[np.arange(n) % 25])
-    coded[:3] = 123.456  # three rows of a rare value: they join the nearest atom
+    coded[:3] = 123.456  # three rows of a rare value, off the atoms
     return pd.DataFrame(
         {
             "pid": np.arange(n),
@@ -152,6 +152,9 @@ def _release(out: Path) -> dict[str, Any]:
 )
 def test_pipeline_draws_atoms_exactly_and_reproducibly(tmp_path, n, seed, names):
     df = _frame(n, seed, names)
+    left = names["coded"] + "_left"  # keeps the 3 rows of a rare value: no atoms
+    df[left] = df[names["coded"]]
+    df.loc[:2, names["coded"]] = df[names["coded"]].to_numpy()[3:6]  # all on atoms
     df.to_csv(tmp_path / "d.csv", index=False)
     raw = manifest_for(tmp_path / "d.csv")
     raw["verify"] = {"tier": 1}
@@ -160,7 +163,8 @@ def test_pipeline_draws_atoms_exactly_and_reproducibly(tmp_path, n, seed, names)
     rel = _release(tmp_path / "a")
     marg = rel["blocks"]["all"]["marginals"]
     assert "atoms" not in marg[names["plain"]] and "atoms" not in marg["y"]
-    assert marg[names["coded"]]["atoms"]["rest"] is None  # all-atom after pooling
+    assert marg[names["coded"]]["atoms"]["rest"] is None  # every row on an atom
+    assert "atoms" not in marg[left]  # 1..k-1 rows off the atoms: no atoms, never pooled
     assert 123.456 not in marg[names["coded"]]["atoms"]["values"]
     edges = marg[names["edges"]]["atoms"]
     assert edges["values"][0] == -7.25 and edges["values"][-1] == 9.5

@@ -17,6 +17,11 @@ from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.disclosure.sdc import SdcLog
 from replisynth.extract.ledger import apply_differencing
+from replisynth.extract.release_guards import (
+    log_pooled_terms,
+    terms_of_pooled_columns,
+    withhold_pooled_outcome_mean,
+)
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.fit.result import FitResult
 from replisynth.stats.design import (
@@ -307,11 +312,14 @@ def _release_moments(
     terms: list[dict[str, Any]],
     minority: np.ndarray,
     log: SdcLog,
+    pooled: set[str] | None = None,
 ) -> dict[str, Any] | None:
     """The design moments on the estimation sample for the released terms and instruments,
-    less factor indicators whose rare levels exact means would give away (both logged)."""
+    less factor indicators whose rare levels exact means would give away (both logged) and
+    the `pooled` terms (`release_guards.terms_of_pooled_columns`)."""
     released = {t["term"] for t in terms if not t.get("suppressed")}
     linked = factor_terms_with_rare_levels(df, cp.formula, fit.terms, sdc.min_cell_size)
+    linked |= log_pooled_terms(log, cp, (pooled or set()) & released)
     if linked & released:
         log.add(
             "checkpoints",
@@ -436,9 +444,11 @@ def capture_checkpoint_sample(
     small_ref = small_reference_terms(design.X, fit.terms, sdc.min_cell_size)
     terms, rounding_cost, n_sup, n_ref = _release_terms(design, fit, sdc, minority, small_ref)
     _log_suppressed(log, cp, sdc, n_sup, n_ref)
-    moments = _release_moments(df, cp, sdc, design, fit, terms, minority, log)
+    pooled = terms_of_pooled_columns(df, manifest, cp, fit.terms)
+    moments = _release_moments(df, cp, sdc, design, fit, terms, minority, log, pooled)
     rel = _Released(base, fit, terms, moments, rounding_cost)
-    return _released_record(df, cp, sdc, design, rel, log), log, design.index
+    record = _released_record(df, cp, sdc, design, rel, log)
+    return withhold_pooled_outcome_mean(record, df, manifest, cp), log, design.index
 
 
 def moment_design(design: Design) -> tuple[np.ndarray, list[str], list[str]]:

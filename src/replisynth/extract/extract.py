@@ -30,6 +30,7 @@ from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.empty_cells import detect_empty_cells, log_empty_cells
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
 from replisynth.extract.orderings import detect_orderings, gate_orderings
+from replisynth.extract.release_guards import leftover_rows, withheld_atom_columns
 from replisynth.extract.weights import release_weights
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
@@ -108,7 +109,7 @@ def _atom_marginal(
     least `min_cell` rows with their counts, the grid of the other values, and as `grid`
     the 101-point grid of the mixture (a function of those two). None without atoms."""
     atoms = atom_release(v, min_cell, trim, method, dominance)
-    if atoms is None:
+    if atoms is None or leftover_rows(v, min_cell, dominance):
         return None
     out: dict[str, Any] = {
         "kind": "continuous",
@@ -812,7 +813,10 @@ def _suppress_small_strata(
 
 
 def _source_marginals(
-    ctx: _SourceContext, work: pd.DataFrame, released_cols: list[ColumnSpec]
+    ctx: _SourceContext,
+    work: pd.DataFrame,
+    released_cols: list[ColumnSpec],
+    no_atoms: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, Any]]:
     """The source-level marginal of every released column, with secondary suppression of
     small suppressed buckets (each decision logged)."""
@@ -824,7 +828,7 @@ def _source_marginals(
             s,
             sdc.min_cell_size,
             sdc.quantile_trim,
-            atoms=True,
+            atoms=s.name not in no_atoms,
             **_grid_args(s.name, source, sdc),
         )
         if s.name not in source.strata:
@@ -1062,7 +1066,8 @@ def extract_source(
 
     # Source-level marginals.
     released_cols = [s for s in specs if s.role in ("continuous", "categorical")]
-    marginals = _source_marginals(ctx, work, released_cols)
+    no_atoms = withheld_atom_columns(df, work, released_cols, manifest, source, log)
+    marginals = _source_marginals(ctx, work, released_cols, no_atoms)
     specs = _suppressed_to_missing(released_cols, marginals, spec_by, specs)
 
     cr = _coded_release(ctx, work, spec_by, specs, marginals)
@@ -1426,7 +1431,7 @@ def _log_atoms(log: SdcLog, m: dict[str, Any], sdc: Any, where: dict[str, Any]) 
         + (
             "; the other values as their own grid"
             if rest
-            else "; any values left over (fewer than min_cell_size rows together) joined the nearest atom"
+            else "; every non-missing row holds an atom (none left over)"
         ),
         **where,
     )

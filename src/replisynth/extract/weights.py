@@ -12,6 +12,7 @@ import numpy as np
 
 from replisynth.disclosure.linked_tables import n_classes
 from replisynth.disclosure.sdc import SdcLog
+from replisynth.extract.release_guards import WEIGHT_CLASS_REASON, weight_classes_split
 from replisynth.stats.marginals import FrequencyTable
 from replisynth.stats.weights import (
     GRID_STEP,
@@ -33,6 +34,8 @@ def weighted_table(
     counts = np.bincount(cls[cls >= 0], minlength=n)[:n]
     if (counts < min_cell).any():
         return None, f"a cell holds fewer than min_cell_size={min_cell} rows"
+    if weight_classes_split(cls, w, n, min_cell):
+        return None, WEIGHT_CLASS_REASON
     if (class_top2_shares(cls, w, n) > dominance).any():
         return None, f"a cell's two largest weights exceed dominance={dominance:g} of its total"
     sums = class_weight_sums(cls, w, n)
@@ -67,6 +70,8 @@ def weighted_grid(
     counts = np.bincount(cls[cls >= 0], minlength=n)[:n]
     if (counts < min_cell).any():
         return None, f"an interval holds fewer than min_cell_size={min_cell} rows"
+    if weight_classes_split(cls, w, n, min_cell):
+        return None, WEIGHT_CLASS_REASON
     if (class_top2_shares(cls, w, n) > dominance).any():
         return (
             None,
