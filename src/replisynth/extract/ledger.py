@@ -13,6 +13,8 @@ import pandas as pd
 
 from replisynth.config.manifest import Checkpoint, Manifest, Source
 from replisynth.disclosure.sdc import SdcLog
+from replisynth.extract.release_guards import checkpoint_samples, cut_atom_columns, leftover_rows
+from replisynth.io.schema import MAX_ORDINAL_LEVELS, few_values
 from replisynth.stats.atoms import nearest_atom, split_atoms
 from replisynth.stats.design import subset_columns
 
@@ -299,9 +301,34 @@ def register_subset_atoms(ledger: Ledger, df: pd.DataFrame, manifest: Manifest, 
     for cp in manifest.checkpoints:
         if cp.source == name and cp.subset:
             cols |= subset_columns(cp.subset, df.columns)
-    for c in sorted(cols - set(source.categorical) - set(source.strata)):
-        if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
-            ledger.register_atoms(name, c, df[c].to_numpy(dtype="float64", na_value=np.nan))
+    numeric = [
+        c
+        for c in sorted(cols - set(source.categorical) - set(source.strata))
+        if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+    ]
+    values = {c: df[c].to_numpy(dtype="float64", na_value=np.nan) for c in numeric}
+    for c in sorted(set(numeric) - _unreleased_atoms(df, manifest, name, values)):
+        ledger.register_atoms(name, c, values[c])
+
+
+def _unreleased_atoms(
+    df: pd.DataFrame, manifest: Manifest, name: str, values: dict[str, np.ndarray]
+) -> set[str]:
+    """Continuous columns (declared, or more than MAX_ORDINAL_LEVELS values) whose atoms extraction
+    withholds (rows left over off them, the weight, or cut by a checkpoint sample:
+    `release_guards`): their atom row sets are never released, so the ledger does not
+    refuse a checkpoint for differing from them."""
+    source, sdc = manifest.source(name), manifest.sdc
+    cont = {
+        c: x
+        for c, x in values.items()
+        if c in source.continuous or few_values(df[c], MAX_ORDINAL_LEVELS) > MAX_ORDINAL_LEVELS
+    }
+    dom = {c: sdc.dominance if c in source.sensitive else None for c in cont}
+    out = {c for c, x in cont.items() if leftover_rows(x[~np.isnan(x)], sdc.min_cell_size, dom[c])}
+    out |= {source.weight} & set(cont) if source.weight else set()
+    samples = checkpoint_samples(df, manifest, name) if cont else []
+    return out | set(cut_atom_columns(cont, {}, samples, sdc.min_cell_size, dom))
 
 
 def apply_differencing(
