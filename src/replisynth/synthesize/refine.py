@@ -51,6 +51,12 @@ def view_samples(
     return out
 
 
+def _is_large(view: _View, tol: float) -> bool:
+    """Whether a view has at least 1/tol² rows (`view_samples`): its released correlations'
+    own sampling error is then within `tol`, and a draw within `comfort` is left as drawn."""
+    return tol > 0 and len(view.rows) >= int(np.ceil(1.0 / tol**2))
+
+
 def worst_error(X: np.ndarray, rows: np.ndarray, target: np.ndarray) -> float:
     """Largest targeted |error| of the correlations of X's `rows` (the refinement's measure)."""
     v = _view(X, rows, target, X.shape[0])
@@ -435,14 +441,16 @@ class SwapSettings:
     settle_gain: float = SETTLE_GAIN
     far: float = COMFORT
     max_far_sweeps: int = 400
+    guided: float = 1.0
 
 
 class _SweepStop:
     """The stopping rule of `refine_swaps`' sweeps (see there); `chase` turns on once the
     usual rule would stop while a pair is still off by more than `far`."""
 
-    def __init__(self, settings: SwapSettings) -> None:
+    def __init__(self, settings: SwapSettings, large: bool = False) -> None:
         self.settings = settings
+        self.large = large  # every view large (`view_samples`): done once within `comfort`
         self.prev = np.inf
         self.chase = False
         self.best_excess = np.inf
@@ -454,7 +462,8 @@ class _SweepStop:
         worst = max(float(np.max(np.abs(e))) for e in errs)
         total = sum(float(np.sum(e * e)) for e in errs)
         if worst <= knobs.tol or (
-            worst <= knobs.comfort and total > self.prev * (1 - knobs.settle_gain)
+            worst <= knobs.comfort
+            and (self.large or total > self.prev * (1 - knobs.settle_gain))
         ):
             return True
         if not self.chase and (
@@ -564,7 +573,6 @@ class _Swapper:
             rows = self._rows(dims, view_index, view)
             if len(rows) < 4:
                 continue
-            perm = self.rng.permutation(len(rows))
             # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
             # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
             half = min(
@@ -574,14 +582,26 @@ class _Swapper:
                     min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1)),
                 ),
             )
-            if self.labels is None:  # draw_pairs' halves of the random order, read without the rest
-                r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
+            if self.labels is None:  # 2 × half distinct rows in random order, paired
+                pool = rows[self.rng.choice(len(rows), 2 * half, replace=False)]
+                r, s = self._pairs(pool, 1.0 - half / len(rows), dims, out, active)
             else:
-                r, s = draw_pairs(rows[perm], half, self.labels)
+                r, s = draw_pairs(rows[self.rng.permutation(len(rows))], half, self.labels)
             if not len(r):
                 continue
             batches.append((active, r, s))
         return batches
+
+    def _pairs(
+        self, pool: np.ndarray, fresh: float, dims: list[int], out: np.ndarray, active: list[_View]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Swap pairs from `pool` (distinct rows in random order): a share `guided` × `fresh`
+        of them paired along the errors' direction (`guided_pairs`), the rest at random.
+        `fresh` is 1 - pool / (2 × block): a pool that is the whole block would give the same
+        guided pairs batch after batch, so half its pairs stay random."""
+        k = int(len(pool) // 2 * self.settings.guided * fresh)
+        z = direction(pool[: 2 * k], dims, out, active) if k else None
+        return guided_pairs(pool, z, k if z is not None else 0)
 
     def move(self, members: list[int], dims: list[int], perms: list[np.ndarray]) -> bool:
         """One batch per block for the units `members` (dims `dims`), accepting in each the best
@@ -602,6 +622,50 @@ class _Swapper:
             if _accept_batch(parts, r, s, members, perms):
                 improved = True
         return improved
+
+
+def direction(
+    rows: np.ndarray, dims: list[int], out: np.ndarray, active: list[_View]
+) -> np.ndarray | None:
+    """Per row of `rows`, u / sd(u) + h / sd(h): u the score of the unit's dim with the largest
+    errors, h = Σ_j e_j u_j its errors' direction (over the views `active`). A swap of that
+    dim between rows r and s changes the squared error by about -2 (u_r - u_s)(h_r - h_s), so
+    pairing the rows of highest and lowest u + h proposes the swaps that gain most; None when
+    there is no direction (no error, or u or h constant on `rows`)."""
+    errs = [v.error()[np.ix_(dims, out)] for v in active]
+    weight = sum(np.abs(e).sum(axis=1) for e in errs)
+    at = int(np.argmax(weight))
+    if not weight[at] > 0:
+        return None
+    first = active[0]
+    u = first.U[first.pos[rows], dims[at]].astype("float64")
+    h = np.zeros(len(rows))
+    floor = 0.1 * max(float(np.max(np.abs(e[at]))) for e in errs)
+    for v, e in zip(active, errs, strict=True):
+        live = np.flatnonzero(np.abs(e[at]) >= floor)  # the others add little to h
+        if len(live):
+            h += v.U[_ix(v.pos[rows], out[live])] @ e[at, live]
+    su, sh = float(u.std()), float(h.std())
+    if not (su > 0 and sh > 0):
+        return None
+    return u / su + h / sh
+
+
+def guided_pairs(
+    pool: np.ndarray, z: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """len(pool) // 2 disjoint pairs (r, s) from `pool`: the first k pair the rows of
+    pool[:2k] with the k highest `z` (descending) with those of the k lowest (ascending), the
+    rest pair the remaining rows in pool order (first half with second half)."""
+    half = len(pool) // 2
+    if z is None or k <= 0:
+        return pool[:half], pool[half : 2 * half]
+    head, tail = pool[: 2 * k], pool[2 * k : 2 * half]
+    order = np.argsort(-z, kind="stable")
+    rest = len(tail) // 2
+    r = np.concatenate([head[order[:k]], tail[:rest]])
+    s = np.concatenate([head[order[::-1][:k]], tail[rest : 2 * rest]])
+    return r, s
 
 
 def _accept_batch(
@@ -692,7 +756,7 @@ def refine_swaps(
     all_views = views + ([global_view] if global_view else [])
     _drop_fixed_pairs(all_views, units, d)
     swapper = _Swapper(X, views, global_view, rng, knobs, labels)
-    stop = _SweepStop(knobs)
+    stop = _SweepStop(knobs, labels is None and all(_is_large(v, knobs.tol) for v in all_views))
     stale = 0
     for sweep in range(knobs.max_sweeps + knobs.max_far_sweeps):
         errs = [v.error() for v in all_views]
