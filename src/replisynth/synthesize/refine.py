@@ -198,7 +198,7 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
             present[j] = ~nan
         return scores(col)
 
-    U = np.empty((len(rows), d))
+    U = np.empty((len(rows), d), dtype=np.float32)  # scores: half the memory of float64
     step, width = 1 << 14, 4
     for g in range(0, d, width):  # a few columns at a time, written in row blocks (a whole
         group = range(g, min(g + width, d))  # column strides through all of U), few temporaries
@@ -218,7 +218,21 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     pos = np.full(n, -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
     A, Q, N = view_sums(U, Pm, miss)
-    return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
+    C = _in_chunks(U, lambda part: part.T @ part, (d, d))
+    return _View(rows, pos, U, miss, Pm, C, A, Q, N, np.where(M > 0, target, 0.0), M)
+
+
+def _in_chunks(
+    U: np.ndarray, term: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...],
+    step: int = 1 << 16, at: np.ndarray | None = None,
+) -> np.ndarray:
+    """Σ over row chunks of `term` (of U's rows, and `at`'s when given) in float64: a float32
+    U is widened a chunk at a time (its sums stay float64-exact; no n × d float64 copy)."""
+    out = np.zeros(shape)
+    for a in range(0, U.shape[0], step):
+        part = U[a : a + step].astype(np.float64)
+        out += term(part) if at is None else term(np.column_stack([part, at[a : a + step]]))
+    return out
 
 
 def view_sums(
@@ -229,6 +243,8 @@ def view_sums(
     (the others are present everywhere); sums of U² without an n × d temporary (the memory
     peak of the views on large data)."""
     rows, d = U.shape
+    if U.dtype != np.float64:  # float32 scores (`_view`): the same sums, widened by chunks
+        return _view_sums_wide(U, Pm, miss)
     A = np.repeat(U.sum(0)[:, None], d, axis=1)
     Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
     N = np.full((d, d), float(rows))
@@ -239,6 +255,29 @@ def view_sums(
             ((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, rows, step)),
             np.zeros((d, len(miss))),
         )
+        cnt = Pm.sum(0)
+        N[miss, :] = cnt[:, None]
+        N[:, miss] = cnt[None, :]
+        N[np.ix_(miss, miss)] = Pm.T @ Pm
+    return A, Q, N
+
+
+def _view_sums_wide(
+    U: np.ndarray, Pm: np.ndarray, miss: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`view_sums` of float32 scores, accumulated in float64 a chunk of rows at a time."""
+    rows, d = U.shape
+    col = _in_chunks(U, lambda p: np.stack([p.sum(0), np.einsum("ij,ij->j", p, p)]), (2, d))
+    A = np.repeat(col[0][:, None], d, axis=1)
+    Q = np.repeat(col[1][:, None], d, axis=1)
+    N = np.full((d, d), float(rows))
+    if len(miss):
+        k = len(miss)
+        both = _in_chunks(  # [U | Pm] chunks: U' Pm and (U²)' Pm
+            U, lambda p: np.stack([p[:, :d].T @ p[:, d:], (p[:, :d] ** 2).T @ p[:, d:]]),
+            (2, d, k), at=Pm,
+        )
+        A[:, miss], Q[:, miss] = both[0], both[1]
         cnt = Pm.sum(0)
         N[miss, :] = cnt[:, None]
         N[:, miss] = cnt[None, :]
@@ -339,7 +378,8 @@ class _Proposals:
     ) -> None:
         self.v, self.dims, self.out = v, dims, out
         self.pr, self.ps = pr, ps = v.pos[r], v.pos[s]
-        Ur, Us = v.U.take(pr, axis=0), v.U.take(ps, axis=0)
+        Ur = v.U.take(pr, axis=0).astype(np.float64, copy=False)
+        Us = v.U.take(ps, axis=0).astype(np.float64, copy=False)
         ur, us = Ur[:, dims], Us[:, dims]
         self.du = us - ur
         self.dq = us * us - ur * ur
