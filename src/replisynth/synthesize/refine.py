@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from replisynth.core.options import CORR_TOL
-from replisynth.core.parallel import thread_map
+from replisynth.core.parallel import thread_map, threads
 from replisynth.stats.correlations import _Ranker
 
 # Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
@@ -199,7 +199,7 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
         return scores(col)
 
     U = np.empty((len(rows), d), dtype=np.float32)  # scores: half the memory of float64
-    step, width = 1 << 14, 4
+    step, width = 1 << 14, 4 if threads() > 1 else 1  # one thread: one column's temporaries
     for g in range(0, d, width):  # a few columns at a time, written in row blocks (a whole
         group = range(g, min(g + width, d))  # column strides through all of U), few temporaries
         cols = thread_map(score, group)
@@ -796,6 +796,7 @@ def refine_swaps(
     all_views = views + ([global_view] if global_view else [])
     _drop_fixed_pairs(all_views, units, d)
     swapper = _Swapper(X, views, global_view, rng, knobs, labels)
+    del X  # the views hold what the sweeps read; a caller that kept no reference frees it
     stop = _SweepStop(knobs, labels is None and all(_is_large(v, knobs.tol) for v in all_views))
     stale = 0
     for sweep in range(knobs.max_sweeps + knobs.max_far_sweeps):
