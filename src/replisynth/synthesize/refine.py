@@ -223,8 +223,11 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
 
 
 def _in_chunks(
-    U: np.ndarray, term: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...],
-    step: int = 1 << 16, at: np.ndarray | None = None,
+    U: np.ndarray,
+    term: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, ...],
+    step: int = 1 << 16,
+    at: np.ndarray | None = None,
 ) -> np.ndarray:
     """Σ over row chunks of `term` (of U's rows, and `at`'s when given) in float64: a float32
     U is widened a chunk at a time (its sums stay float64-exact; no n × d float64 copy)."""
@@ -274,8 +277,10 @@ def _view_sums_wide(
     if len(miss):
         k = len(miss)
         both = _in_chunks(  # [U | Pm] chunks: U' Pm and (U²)' Pm
-            U, lambda p: np.stack([p[:, :d].T @ p[:, d:], (p[:, :d] ** 2).T @ p[:, d:]]),
-            (2, d, k), at=Pm,
+            U,
+            lambda p: np.stack([p[:, :d].T @ p[:, d:], (p[:, :d] ** 2).T @ p[:, d:]]),
+            (2, d, k),
+            at=Pm,
         )
         A[:, miss], Q[:, miss] = both[0], both[1]
         cnt = Pm.sum(0)
@@ -502,8 +507,7 @@ class _SweepStop:
         worst = max(float(np.max(np.abs(e))) for e in errs)
         total = sum(float(np.sum(e * e)) for e in errs)
         if worst <= knobs.tol or (
-            worst <= knobs.comfort
-            and (self.large or total > self.prev * (1 - knobs.settle_gain))
+            worst <= knobs.comfort and (self.large or total > self.prev * (1 - knobs.settle_gain))
         ):
             return True
         if not self.chase and (
@@ -691,9 +695,7 @@ def direction(
     return u / su + h / sh
 
 
-def guided_pairs(
-    pool: np.ndarray, z: np.ndarray | None, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def guided_pairs(pool: np.ndarray, z: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
     """len(pool) // 2 disjoint pairs (r, s) from `pool`: the first k pair the rows of
     pool[:2k] with the k highest `z` (descending) with those of the k lowest (ascending), the
     rest pair the remaining rows in pool order (first half with second half)."""
