@@ -676,7 +676,7 @@ def direction(
     dim between rows r and s changes the squared error by about -2 (u_r - u_s)(h_r - h_s), so
     pairing the rows of highest and lowest u + h proposes the swaps that gain most; None when
     there is no direction (no error, or u or h constant on `rows`)."""
-    errs = [v.error()[np.ix_(dims, out)] for v in active]
+    errs = [v.error()[_ix(dims, out)] for v in active]
     weight = sum(np.abs(e).sum(axis=1) for e in errs)
     at = int(np.argmax(weight))
     if not weight[at] > 0:
