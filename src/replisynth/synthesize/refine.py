@@ -183,10 +183,13 @@ def _rows_key(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
-def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
+def _view(
+    X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int, dtype: type = np.float32
+) -> _View:
     """Running sums of the rows `rows` of X (n rows in all) against `target`. Presence is
     kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
-    U and U², and N the count of rows. The columns' scores are independent (threads)."""
+    U and U², and N the count of rows. The columns' scores are independent (threads). Scores
+    are stored as `dtype` (float32: half the memory; the sums are float64 either way)."""
     d = X.shape[1]
     at = _rows_key(rows)
     present: list[np.ndarray | None] = [None] * d
@@ -198,7 +201,7 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
             present[j] = ~nan
         return scores(col)
 
-    U = np.empty((len(rows), d), dtype=np.float32)  # scores: half the memory of float64
+    U: np.ndarray = np.empty((len(rows), d), dtype=dtype)
     step, width = 1 << 14, 4 if threads() > 1 else 1  # one thread: one column's temporaries
     for g in range(0, d, width):  # a few columns at a time, written in row blocks (a whole
         group = range(g, min(g + width, d))  # column strides through all of U), few temporaries
@@ -218,7 +221,7 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     pos = np.full(n, -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
     A, Q, N = view_sums(U, Pm, miss)
-    C = _in_chunks(U, lambda part: part.T @ part, (d, d))
+    C = U.T @ U if U.dtype == np.float64 else _in_chunks(U, lambda part: part.T @ part, (d, d))
     return _View(rows, pos, U, miss, Pm, C, A, Q, N, np.where(M > 0, target, 0.0), M)
 
 
