@@ -778,7 +778,10 @@ def refine_swaps(
     the squared error). While some pair is still off by more than `far` (a structural zero
     among three columns, such as blhisp = black or hisp, is a local optimum of single-column
     swaps) sweeps go on, also swapping pairs of units together, while the excess beyond `far`
-    keeps shrinking, up to `max_far_sweeps` more.
+    keeps shrinking, up to `max_far_sweeps` more. When every view refined is large (at least
+    1/tol² rows), the sweeps end at the first check within `comfort`. A share `guided` of each
+    batch (less when the pool is much of the block) pairs rows along the errors' direction
+    (`direction`, `guided_pairs`); every pair is scored exactly either way.
 
     With `labels` (entity per row) swap partners share a label (`draw_pairs`).
     Without labels, a view of at least 1/tol² rows whose worst error on a sample of its rows
