@@ -553,7 +553,8 @@ def test_iv_log_se_factors_of_a_singular_first_stage_are_finite() -> None:
 def test_alignment_views_equal_refine_views() -> None:
     """`design_moments._views` (one ranker per column, per-view ranks by counting, scores only for dims
     in a masked pair) holds exactly what `refine._view` holds on every masked pair: the same
-    scores of the dims it scores, and the same running sums, targets and masks."""
+    scores of the dims it scores, and the same running sums, targets and masks (refine's views
+    with float64 scores; by default they store float32)."""
     from replisynth.pin.design_moments import _views
     from replisynth.synthesize.refine import _view
 
@@ -579,7 +580,7 @@ def test_alignment_views_equal_refine_views() -> None:
     ignore[4, :] = ignore[:, 4] = True  # a dim in no masked pair: never scored
     masks, tgts, ref = [], [], []
     for _, rows in groups:
-        v = _view(X, rows, T, n)
+        v = _view(X, rows, T, n, np.float64)
         v.M[ignore] = 0.0
         ref.append(v)
         masks.append(v.M.copy())

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from replisynth.core.options import CORR_TOL
-from replisynth.core.parallel import thread_map
+from replisynth.core.parallel import thread_map, threads
 from replisynth.stats.correlations import _Ranker
 
 # Sweep budget tied to tier 2: once every targeted error is within COMFORT (the tier's
@@ -53,6 +53,12 @@ def view_samples(
                 else rows
             )
     return out
+
+
+def _is_large(view: _View, tol: float) -> bool:
+    """Whether a view has at least 1/tol² rows (`view_samples`): its released correlations'
+    own sampling error is then within `tol`, and a draw within `comfort` is left as drawn."""
+    return tol > 0 and len(view.rows) >= int(np.ceil(1.0 / tol**2))
 
 
 def worst_error(X: np.ndarray, rows: np.ndarray, target: np.ndarray) -> float:
@@ -181,10 +187,13 @@ def _rows_key(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
-def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
+def _view(
+    X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int, dtype: type = np.float32
+) -> _View:
     """Running sums of the rows `rows` of X (n rows in all) against `target`. Presence is
     kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
-    U and U², and N the count of rows. The columns' scores are independent (threads)."""
+    U and U², and N the count of rows. The columns' scores are independent (threads). Scores
+    are stored as `dtype` (float32: half the memory; the sums are float64 either way)."""
     d = X.shape[1]
     at = _rows_key(rows)
     present: list[np.ndarray | None] = [None] * d
@@ -196,8 +205,8 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
             present[j] = ~nan
         return scores(col)
 
-    U = np.empty((len(rows), d))
-    step, width = 1 << 14, 4
+    U: np.ndarray = np.empty((len(rows), d), dtype=dtype)
+    step, width = 1 << 14, 4 if threads() > 1 else 1  # one thread: one column's temporaries
     for g in range(0, d, width):  # a few columns at a time, written in row blocks (a whole
         group = range(g, min(g + width, d))  # column strides through all of U), few temporaries
         cols = thread_map(score, group)
@@ -216,7 +225,24 @@ def _view(X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int) -> _View:
     pos = np.full(n, -1, dtype="int64")
     pos[rows] = np.arange(len(rows))
     A, Q, N = view_sums(U, Pm, miss)
-    return _View(rows, pos, U, miss, Pm, U.T @ U, A, Q, N, np.where(M > 0, target, 0.0), M)
+    C = U.T @ U if U.dtype == np.float64 else _in_chunks(U, lambda part: part.T @ part, (d, d))
+    return _View(rows, pos, U, miss, Pm, C, A, Q, N, np.where(M > 0, target, 0.0), M)
+
+
+def _in_chunks(
+    U: np.ndarray,
+    term: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, ...],
+    step: int = 1 << 16,
+    at: np.ndarray | None = None,
+) -> np.ndarray:
+    """Σ over row chunks of `term` (of U's rows, and `at`'s when given) in float64: a float32
+    U is widened a chunk at a time (its sums stay float64-exact; no n × d float64 copy)."""
+    out = np.zeros(shape)
+    for a in range(0, U.shape[0], step):
+        part = U[a : a + step].astype(np.float64)
+        out += term(part) if at is None else term(np.column_stack([part, at[a : a + step]]))
+    return out
 
 
 def view_sums(
@@ -227,6 +253,8 @@ def view_sums(
     (the others are present everywhere); sums of U² without an n × d temporary (the memory
     peak of the views on large data)."""
     rows, d = U.shape
+    if U.dtype != np.float64:  # float32 scores (`_view`): the same sums, widened by chunks
+        return _view_sums_wide(U, Pm, miss)
     A = np.repeat(U.sum(0)[:, None], d, axis=1)
     Q = np.repeat(np.einsum("ij,ij->j", U, U)[:, None], d, axis=1)
     N = np.full((d, d), float(rows))
@@ -237,6 +265,31 @@ def view_sums(
             ((U[a : a + step] ** 2).T @ Pm[a : a + step] for a in range(0, rows, step)),
             np.zeros((d, len(miss))),
         )
+        cnt = Pm.sum(0)
+        N[miss, :] = cnt[:, None]
+        N[:, miss] = cnt[None, :]
+        N[np.ix_(miss, miss)] = Pm.T @ Pm
+    return A, Q, N
+
+
+def _view_sums_wide(
+    U: np.ndarray, Pm: np.ndarray, miss: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`view_sums` of float32 scores, accumulated in float64 a chunk of rows at a time."""
+    rows, d = U.shape
+    col = _in_chunks(U, lambda p: np.stack([p.sum(0), np.einsum("ij,ij->j", p, p)]), (2, d))
+    A = np.repeat(col[0][:, None], d, axis=1)
+    Q = np.repeat(col[1][:, None], d, axis=1)
+    N = np.full((d, d), float(rows))
+    if len(miss):
+        k = len(miss)
+        both = _in_chunks(  # [U | Pm] chunks: U' Pm and (U²)' Pm
+            U,
+            lambda p: np.stack([p[:, :d].T @ p[:, d:], (p[:, :d] ** 2).T @ p[:, d:]]),
+            (2, d, k),
+            at=Pm,
+        )
+        A[:, miss], Q[:, miss] = both[0], both[1]
         cnt = Pm.sum(0)
         N[miss, :] = cnt[:, None]
         N[:, miss] = cnt[None, :]
@@ -337,7 +390,8 @@ class _Proposals:
     ) -> None:
         self.v, self.dims, self.out = v, dims, out
         self.pr, self.ps = pr, ps = v.pos[r], v.pos[s]
-        Ur, Us = v.U.take(pr, axis=0), v.U.take(ps, axis=0)
+        Ur = v.U.take(pr, axis=0).astype(np.float64, copy=False)
+        Us = v.U.take(ps, axis=0).astype(np.float64, copy=False)
         ur, us = Ur[:, dims], Us[:, dims]
         self.du = us - ur
         self.dq = us * us - ur * ur
@@ -439,14 +493,16 @@ class SwapSettings:
     settle_gain: float = SETTLE_GAIN
     far: float = COMFORT
     max_far_sweeps: int = 400
+    guided: float = 1.0
 
 
 class _SweepStop:
     """The stopping rule of `refine_swaps`' sweeps (see there); `chase` turns on once the
     usual rule would stop while a pair is still off by more than `far`."""
 
-    def __init__(self, settings: SwapSettings) -> None:
+    def __init__(self, settings: SwapSettings, large: bool = False) -> None:
         self.settings = settings
+        self.large = large  # every view large (`view_samples`): done once within `comfort`
         self.prev = np.inf
         self.chase = False
         self.best_excess = np.inf
@@ -458,7 +514,7 @@ class _SweepStop:
         worst = max(float(np.max(np.abs(e))) for e in errs)
         total = sum(float(np.sum(e * e)) for e in errs)
         if worst <= knobs.tol or (
-            worst <= knobs.comfort and total > self.prev * (1 - knobs.settle_gain)
+            worst <= knobs.comfort and (self.large or total > self.prev * (1 - knobs.settle_gain))
         ):
             return True
         if not self.chase and (
@@ -570,7 +626,6 @@ class _Swapper:
             rows = self._rows(dims, view_index, view)
             if len(rows) < 4:
                 continue
-            perm = self.rng.permutation(len(rows))
             # at least a sixteenth of the block per batch: a correlation moves by O(1/n)
             # per swap, so 512 pairs cannot reach the targets in blocks of 10^5+ rows
             half = min(
@@ -580,14 +635,26 @@ class _Swapper:
                     min(len(rows) // 16, 1_500_000 // (len(dims) * len(out) + 1)),
                 ),
             )
-            if self.labels is None:  # draw_pairs' halves of the random order, read without the rest
-                r, s = rows[perm[:half]], rows[perm[half : 2 * half]]
+            if self.labels is None:  # 2 × half distinct rows in random order, paired
+                pool = rows[self.rng.choice(len(rows), 2 * half, replace=False)]
+                r, s = self._pairs(pool, 1.0 - half / len(rows), dims, out, active)
             else:
-                r, s = draw_pairs(rows[perm], half, self.labels)
+                r, s = draw_pairs(rows[self.rng.permutation(len(rows))], half, self.labels)
             if not len(r):
                 continue
             batches.append((active, r, s))
         return batches
+
+    def _pairs(
+        self, pool: np.ndarray, fresh: float, dims: list[int], out: np.ndarray, active: list[_View]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Swap pairs from `pool` (distinct rows in random order): a share `guided` × `fresh`
+        of them paired along the errors' direction (`guided_pairs`), the rest at random.
+        `fresh` is 1 - pool / (2 × block): a pool that is the whole block would give the same
+        guided pairs batch after batch, so half its pairs stay random."""
+        k = int(len(pool) // 2 * self.settings.guided * fresh)
+        z = direction(pool[: 2 * k], dims, out, active) if k else None
+        return guided_pairs(pool, z, k if z is not None else 0)
 
     def move(self, members: list[int], dims: list[int], perms: list[np.ndarray]) -> bool:
         """One batch per block for the units `members` (dims `dims`), accepting in each the best
@@ -608,6 +675,48 @@ class _Swapper:
             if _accept_batch(parts, r, s, members, perms, self.allowed):
                 improved = True
         return improved
+
+
+def direction(
+    rows: np.ndarray, dims: list[int], out: np.ndarray, active: list[_View]
+) -> np.ndarray | None:
+    """Per row of `rows`, u / sd(u) + h / sd(h): u the score of the unit's dim with the largest
+    errors, h = Σ_j e_j u_j its errors' direction (over the views `active`). A swap of that
+    dim between rows r and s changes the squared error by about -2 (u_r - u_s)(h_r - h_s), so
+    pairing the rows of highest and lowest u + h proposes the swaps that gain most; None when
+    there is no direction (no error, or u or h constant on `rows`)."""
+    errs = [v.error()[_ix(dims, out)] for v in active]
+    weight = sum(np.abs(e).sum(axis=1) for e in errs)
+    at = int(np.argmax(weight))
+    if not weight[at] > 0:
+        return None
+    first = active[0]
+    u = first.U[first.pos[rows], dims[at]].astype("float64")
+    h = np.zeros(len(rows))
+    floor = 0.1 * max(float(np.max(np.abs(e[at]))) for e in errs)
+    for v, e in zip(active, errs, strict=True):
+        live = np.flatnonzero(np.abs(e[at]) >= floor)  # the others add little to h
+        if len(live):
+            h += v.U[_ix(v.pos[rows], out[live])] @ e[at, live]
+    su, sh = float(u.std()), float(h.std())
+    if not (su > 0 and sh > 0):
+        return None
+    return u / su + h / sh
+
+
+def guided_pairs(pool: np.ndarray, z: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """len(pool) // 2 disjoint pairs (r, s) from `pool`: the first k pair the rows of
+    pool[:2k] with the k highest `z` (descending) with those of the k lowest (ascending), the
+    rest pair the remaining rows in pool order (first half with second half)."""
+    half = len(pool) // 2
+    if z is None or k <= 0:
+        return pool[:half], pool[half : 2 * half]
+    head, tail = pool[: 2 * k], pool[2 * k : 2 * half]
+    order = np.argsort(-z, kind="stable")
+    rest = len(tail) // 2
+    r = np.concatenate([head[order[:k]], tail[:rest]])
+    s = np.concatenate([head[order[::-1][:k]], tail[rest : 2 * rest]])
+    return r, s
 
 
 def _accept_batch(
@@ -681,7 +790,10 @@ def refine_swaps(
     the squared error). While some pair is still off by more than `far` (a structural zero
     among three columns, such as blhisp = black or hisp, is a local optimum of single-column
     swaps) sweeps go on, also swapping pairs of units together, while the excess beyond `far`
-    keeps shrinking, up to `max_far_sweeps` more.
+    keeps shrinking, up to `max_far_sweeps` more. When every view refined is large (at least
+    1/tol² rows), the sweeps end at the first check within `comfort`. A share `guided` of each
+    batch (less when the pool is much of the block) pairs rows along the errors' direction
+    (`direction`, `guided_pairs`); every pair is scored exactly either way.
 
     With `labels` (entity per row) swap partners share a label (`draw_pairs`).
     Without labels, a view of at least 1/tol² rows whose worst error on a sample of its rows
@@ -708,7 +820,8 @@ def refine_swaps(
     all_views = views + ([global_view] if global_view else [])
     _drop_fixed_pairs(all_views, units, d)
     swapper = _Swapper(X, views, global_view, rng, knobs, labels, allowed)
-    stop = _SweepStop(knobs)
+    del X  # the views hold what the sweeps read; a caller that kept no reference frees it
+    stop = _SweepStop(knobs, labels is None and all(_is_large(v, knobs.tol) for v in all_views))
     stale = 0
     for sweep in range(knobs.max_sweeps + knobs.max_far_sweeps):
         errs = [v.error() for v in all_views]

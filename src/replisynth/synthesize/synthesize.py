@@ -479,8 +479,6 @@ def refine_source(
             del Xs
             if all(settled):
                 return cols
-    # column-major: the views read X column by column (the values are the same either way)
-    X = synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric)), release, order="F")
     # One unit per root column: a derived column moves with the column it is computed from.
     root = {b: d["from"] for b, d in release.get("derived", {}).items()}
     units: dict[str, list[int]] = {}
@@ -490,8 +488,9 @@ def refine_source(
             d["kind"] != "missing" and root.get(d["column"], d["column"]) not in fixed
         ):  # missing positions only steer
             units.setdefault(root.get(d["column"], d["column"]), []).append(j)
-    perms = refine_swaps(
-        X,
+    perms = refine_swaps(  # X is built in the call: refine_swaps drops it once its views hold
+        # the scores (column-major: the views read X column by column; same values either way)
+        synthetic_dim_matrix(pd.DataFrame(_as_float(cols, numeric)), release, order="F"),
         groups,
         targets,
         glob,
