@@ -240,8 +240,11 @@ def test_planted_values_do_not_reach_the_moments(tmp_path: Path) -> None:
     }
     bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
     (c,) = load_bundle(bundle).checkpoints
-    assert "x" not in c["moments"]["terms"] and "stratum" in c["moments"]["terms"]
-    assert not any(rare in t for t in c["moments"]["terms"])
+    terms = (c.get("moments") or {}).get("terms", [])
+    # x holds the extreme; stratum has a code held by 6 rows that its table pools, so an exact
+    # mean of it less the table's levels times counts would give that code (release_guards)
+    assert "x" not in terms and "stratum" not in terms
+    assert not any(rare in t for t in terms)
     text = (bundle / "checkpoints.json").read_text() + (bundle / "sdc_log.json").read_text()
     assert rare not in text
     for s in _fmt(extreme):
@@ -658,6 +661,10 @@ def test_alignment_keeps_a_discrete_outcomes_rank_relations(
     x1 = r.normal(size=n)
     x2 = 0.6 * x1 + r.normal(scale=0.8, size=n)
     count = r.poisson(np.exp(0.3 + 0.5 * x1 + 0.2 * x2))
+    # top-coded where fewer than 100 rows lie above, so no value is held by 1..k-1 rows (a
+    # pooled value withholds a linear fit's design moments: release_guards)
+    count = np.minimum(count, max(v for v in range(count.max() + 1) if (count >= v).sum() >= 100))
+    assert np.bincount(count).min() >= 50
     df = pd.DataFrame({"pid": np.arange(1, n + 1), "x1": x1, "x2": x2, y: count})
     df.to_csv(tmp_path / "d.csv", index=False)
     rho = {}

@@ -324,7 +324,12 @@ def test_pin_beats_sampling_noise(
         set(range(int(y.max()) + 1)) if cp.model in ("poisson", "nbreg") else set()
     )
     drift = res[0].detail["outcome_drift"]
-    assert drift.get("drift_se", drift.get("max_drift_se")) < 3
+    d = drift.get("drift_se", drift.get("max_drift_se"))
+    if d is None:  # a count whose table pools rare values releases no outcome mean
+        assert rel.get("outcome_mean") is None
+        x = original[cp.outcome].astype(float)
+        d = abs(float(y.astype(float).mean()) - float(x.mean())) / float(x.std() / len(x) ** 0.5)
+    assert d < 3
     outside = ~synthetic.index.isin(build_design(out, checkpoint_from_release(rel)).index)
     if cp.subset:
         assert outside.sum() > 100
