@@ -727,7 +727,14 @@ def test_refine_swaps_stops_on_the_decisive_pairs(seed: int, monkeypatch) -> Non
     for name, decisive in (("all", None), ("value", value[:, None] & value[None, :])):
         sweeps.clear()
         perms = refine_swaps(
-            X, [np.arange(n)], [T], None, units, np.random.default_rng(2), decisive=decisive
+            X,
+            [np.arange(n)],
+            [T],
+            None,
+            units,
+            np.random.default_rng(2),
+            settings=SwapSettings(guided=0.0),  # random pairs: guided ones reach it at once
+            decisive=decisive,
         )
         err = np.abs(spearman_matrix(_apply(X, perms, units)) - T)
         runs[name] = (len(sweeps), float(np.nanmax(err[np.ix_(value, value)])), err[0, 3])

@@ -17,7 +17,6 @@ import pandas as pd
 from replisynth.config.formula_grammar import subset_mask
 from replisynth.config.manifest import Checkpoint, Manifest, Source
 from replisynth.core.errors import CheckpointError, ReplisynthError
-from replisynth.core.options import GLM_MODELS
 from replisynth.disclosure.sdc import SdcLog
 from replisynth.io.schema import MAX_ORDINAL_LEVELS, ColumnSpec
 from replisynth.stats.atoms import split_atoms
@@ -287,10 +286,10 @@ def terms_of_pooled_columns(
     df: pd.DataFrame, manifest: Manifest, cp: Checkpoint, terms: list[str]
 ) -> set[str]:
     """Terms whose design mean would give an exact total of a pooled numeric column: every
-    term that reads one, and all terms when the outcome of a linear fit is one (its outcome
-    mean is the intercept plus the coefficients times the design means; a maximum-likelihood
-    fit's mean response depends on the whole design, and its outcome mean is withheld by
-    `withhold_pooled_outcome_mean`)."""
+    term that reads one, and all terms when the outcome is one (a linear fit's outcome mean is
+    the intercept plus the coefficients times the design means; a canonical-link GLM's
+    outcome total is the sum of its fitted means, which the design moments of a design of
+    dummies give)."""
     try:
         source = manifest.source(cp.source)
     except KeyError:
@@ -298,7 +297,7 @@ def terms_of_pooled_columns(
     pooled = pooled_numeric_columns(df, source, manifest.sdc.min_cell_size)
     if not pooled:
         return set()
-    if cp.outcome in pooled and cp.model not in GLM_MODELS:
+    if cp.outcome in pooled:
         return set(terms)
     return {t for t in terms if any(_mentions(t, c) for c in pooled)}
 
