@@ -433,16 +433,21 @@ def _withhold_correlations(
 
 
 def withhold_pins(
-    release: dict[str, Any], k: int, true: TrueTable | None = None, budget: int = 2000
+    release: dict[str, Any],
+    k: int,
+    true: TrueTable | None = None,
+    budget: int = 2000,
+    blocks: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Secure side, on a release whose blocks and flags are built: for each triple of
     categorical columns with a 3-way cell forced into 1..k-1 in some block, withdraw the
     flags of its pairs, then withhold correlations of its dims in that block, until none is.
-    Returns the SDC log entries (column names and counts only)."""
+    Without `true` (the gather of a scattered extraction) every cell is bounded, within
+    `budget` triples. Returns the SDC log entries (column names and counts only)."""
     digits = released_digits(release)
     entries: list[dict[str, Any]] = []
     left = 0
-    for bid in list(release["blocks"]):
+    for bid in blocks if blocks is not None else list(release["blocks"]):
         blk = _Block.of(release, bid, digits)
         for t in _triples(blk.cols):
             if not blk.informed(release, t):
