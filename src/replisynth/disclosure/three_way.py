@@ -172,10 +172,18 @@ class TripleLP:
     rows: list[_Row]
     zeros: list[np.ndarray]  # per pair (0,1), (0,2), (1,2): flagged cells
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
+    def __post_init__(self) -> None:
         a, b, c = self.cols
-        return (len(a.counts), len(b.counts), len(c.counts))
+        self.shape = (len(a.counts), len(b.counts), len(c.counts))
+
+    def open_cells(self) -> np.ndarray:
+        """Cells that neither a flag nor an empty margin fixes at 0."""
+        a, b, c = self.cols
+        held = (a.counts > 0)[:, None, None] & (b.counts > 0)[None, :, None]
+        held = held & (c.counts > 0)[None, None, :]
+        for pair, z in enumerate(self.zeros):
+            held = held & ~self._expand(pair, z)
+        return held
 
     def _expand(self, pair: int, w: np.ndarray) -> np.ndarray:
         """A two-way functional of pair (0,1), (0,2) or (1,2) over the 3-way table."""
@@ -213,33 +221,67 @@ class TripleLP:
         return np.asarray(eq), np.asarray(rhs), A_ub, np.asarray(ub_rhs) if ub else None, bounds
 
     def pinned(self, cells: list[tuple[int, int, int]], k: int) -> list[tuple[int, int, int]]:
-        """The `cells` whose every feasible count lies in 1..k-1 (integer rounding)."""
+        """The `cells` whose every feasible count lies in 1..k-1 (integer rounding). Every
+        solution found is a feasible table: a cell it leaves empty or at >= k rows is cleared
+        without its own programs (the sums of the open cells, minimised and maximised, clear
+        most of them in two programs)."""
         from scipy.optimize import linprog
 
-        A_eq, b_eq, A_ub, b_ub, bounds = self.system()
+        A_eq, b_eq, A_ub, b_ub, _ = self.system()
+        act = np.flatnonzero(self.open_cells().ravel())  # the others are fixed at 0
+        A_eq = A_eq[:, act]
+        keep = np.any(A_eq != 0, axis=1) | (b_eq != 0)
+        A_eq, b_eq = A_eq[keep], b_eq[keep]
+        A_ub = None if A_ub is None else A_ub[:, act]
+        var = {int(j): v for v, j in enumerate(act)}
+        at = {c: var[j] for c in cells if (j := int(np.ravel_multi_index(c, self.shape))) in var}
+        open_ = dict(at)
+        size = int(np.prod(self.shape))
+
+        def solve(objective: np.ndarray) -> Any:
+            res = linprog(objective, A_ub, b_ub, A_eq, b_eq, bounds=(0, None), method="highs")
+            if res.status == 0:
+                x = res.x
+                full = np.zeros(size)
+                full[act] = x
+                for c in [c for c, i in open_.items() if x[i] < 1e-6 or x[i] > k - 1 + 1e-6]:
+                    del open_[c]
+                table = np.clip(full, 0.0, None).reshape(self.shape)
+                for c in [c for c in open_ if zero_certified(table, c)]:
+                    del open_[c]
+            return res
+
+        for sign in (1.0, -1.0):
+            e = np.zeros(len(act))
+            e[list(open_.values())] = sign
+            if open_ and solve(e).status == 2:
+                return []  # no table fits (inconsistent numbers): nothing is pinned
         out = []
         for cell in cells:
-            e = np.zeros(A_eq.shape[1])
-            e[np.ravel_multi_index(cell, self.shape)] = 1.0
-            res = [
-                linprog(s * e, A_ub, b_ub, A_eq, b_eq, bounds=bounds, method="highs")
-                for s in (1.0, -1.0)
-            ]
-            if res[0].status != 0 or math.ceil(res[0].fun - 1e-6) < 1:
+            if cell not in open_:
                 continue
+            e = np.zeros(len(act))
+            e[at[cell]] = 1.0
+            lo = solve(e)
+            if lo.status != 0 or math.ceil(lo.fun - 1e-6) < 1:
+                continue
+            hi = solve(-e)
             # a maximum the solver cannot settle counts as small (the safe side)
-            if res[1].status != 0 or math.floor(-res[1].fun + 1e-6) <= k - 1:
+            if hi.status != 0 or math.floor(-hi.fun + 1e-6) <= k - 1:
                 out.append(cell)
         return out
 
 
 def zero_certified(T: np.ndarray, cell: tuple[int, int, int]) -> bool:
-    """Whether a nonnegative integer table with T's two-way margins has `cell` empty, found
-    by 2x2x2 moves (each keeps every two-way margin): then no constraint on the pairs, however
-    many are released, forces the cell to hold a row."""
-    T = T.astype(np.int64).copy()
+    """Whether a nonnegative table (integer when T is) with T's two-way margins has `cell`
+    empty, found by 2x2x2 moves (each keeps every two-way table): then no constraint on the
+    pairs, however many are released, forces the cell to hold a row."""
+    T = T.astype(np.float64 if T.dtype.kind == "f" else np.int64)  # a copy
+    tiny = 1e-9 if T.dtype.kind == "f" else 0
     i, j, l = cell
-    while T[i, j, l] > 0:
+    for _ in range(4 * T.size):  # each move empties a cell; a few suffice when any do
+        if T[i, j, l] <= tiny:
+            return True
         cap = np.minimum(
             np.minimum(T[:, :, l][:, :, None], T[:, j, :][:, None, :]), T[i, :, :][None, :, :]
         )
@@ -247,15 +289,15 @@ def zero_certified(T: np.ndarray, cell: tuple[int, int, int]) -> bool:
         cap[:, j, :] = 0
         cap[:, :, l] = 0
         best = np.unravel_index(int(np.argmax(cap)), cap.shape)
-        a = int(min(cap[best], T[i, j, l]))
-        if a <= 0:
+        a = min(cap[best], T[i, j, l])
+        if a <= tiny:
             return False
         p, q, r = (int(x) for x in best)
         for c in ((i, j, l), (p, q, l), (p, j, r), (i, q, r)):
             T[c] -= a
         for c in ((p, j, l), (i, q, l), (i, j, r), (p, q, r)):
             T[c] += a
-    return True
+    return bool(T[i, j, l] <= tiny)
 
 
 def candidate_cells(
@@ -263,10 +305,8 @@ def candidate_cells(
 ) -> list[tuple[int, int, int]]:
     """Cells worth bounding: with the true table, those holding 1..k-1 rows that no table of
     the same two-way margins leaves empty; without it, every cell not flagged empty."""
-    A_eq, b_eq, _, _, bounds = lp.system()
-    free = bounds[:, 1] > 0
     if true is None:
-        return [tuple(int(x) for x in np.unravel_index(i, lp.shape)) for i in np.flatnonzero(free)]  # type: ignore[misc]
+        return [(c[0], c[1], c[2]) for c in np.argwhere(lp.open_cells()).tolist()]
     small = np.argwhere((true > 0) & (true < k))
     return [
         (int(c[0]), int(c[1]), int(c[2]))

@@ -30,22 +30,25 @@ def true_tables(
 ) -> TrueTable:
     """A function (block, triple) -> the block's true 3-way table over extended levels."""
     top = release["blocks"]["all"]["marginals"]
+    in_block: dict[tuple[str, str], np.ndarray] = {}
     src: dict[str, Any] = {}
 
-    def codes(col: str) -> Any:
-        if col not in src:
-            src[col] = _coded(work[col], FrequencyTable.from_dict(top[col]["table"]))
-        return src[col]
+    def codes(bid: str, col: str) -> np.ndarray:
+        """Each row of the block coded by the block's extended levels (kept per block)."""
+        if (bid, col) not in in_block:
+            if col not in src:
+                src[col] = _coded(work[col], FrequencyTable.from_dict(top[col]["table"]))
+            x = src[col]
+            m = _block_map(x.levels, release["blocks"][bid]["marginals"][col]["table"])
+            in_block[(bid, col)] = m[x.codes[rows_of[bid]]].astype(np.int32)
+        return in_block[(bid, col)]
 
     def table(bid: str, t: Triple) -> np.ndarray | None:
-        rows = rows_of.get(bid)
         marg = release["blocks"][bid]["marginals"]
-        if rows is None or any(c not in top or top[c].get("kind") != "categorical" for c in t):
+        if bid not in rows_of or any(top.get(c, {}).get("kind") != "categorical" for c in t):
             return None
-        coded = [codes(c) for c in t]
-        maps = [_block_map(x.levels, marg[c]["table"]) for x, c in zip(coded, t, strict=True)]
         shape = tuple(len(marg[c]["table"]["levels"]) + 2 for c in t)
-        parts = [m[x.codes[rows]] for m, x in zip(maps, coded, strict=True)]
+        parts = [codes(bid, c) for c in t]
         flat = (parts[0] * shape[1] + parts[1]) * shape[2] + parts[2]
         return np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape)
 
