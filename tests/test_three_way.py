@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_attack_round20 import K, THREE_WAY, _bundle, _three_way_bounds, _three_way_frame
+from test_attack_round20 import THREE_WAY, K, _bundle, _three_way_bounds, _three_way_frame
 
 from replisynth.disclosure.three_way import check_three_way, zero_certified
 

@@ -24,7 +24,6 @@ from replisynth.disclosure.bundle_types import (
     untyped,
 )
 from replisynth.disclosure.cell_audit import check_empty_cells
-from replisynth.disclosure.three_way import check_three_way
 from replisynth.disclosure.linked_correlations import check_correlations
 from replisynth.disclosure.sdc import (
     DisclosureError,
@@ -32,6 +31,7 @@ from replisynth.disclosure.sdc import (
     check_release,
     ordering_backed,
 )
+from replisynth.disclosure.three_way import check_three_way
 from replisynth.io.atomic import write_text
 from replisynth.io.files import write_json
 

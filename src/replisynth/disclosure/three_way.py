@@ -118,9 +118,7 @@ def _half_width(rho: float, digits: int, n: float) -> float:
     return 0.5 * 10.0**unit * n + slack
 
 
-def pair_rows(
-    release: dict[str, Any], bid: str, a: _Col, b: _Col, digits: int
-) -> list[_Row]:
+def pair_rows(release: dict[str, Any], bid: str, a: _Col, b: _Col, digits: int) -> list[_Row]:
     """The released correlations between dims of `a` and `b` in block `bid` that are linear
     in their two-way table: sum x_ij (s_a(i) - m_a)(s_b(j) - m_b) = n rho sd_a sd_b."""
     S = release["blocks"][bid]["spearman"]
@@ -210,8 +208,8 @@ class TripleLP:
                 rhs.append(col.counts[v])
         ub, ub_rhs = [], []
         for r in self.rows:
-            w = self._expand(self._pair_of(r.cols), r.weights).ravel()
-            ub += [w, -w]
+            row = self._expand(self._pair_of(r.cols), r.weights).ravel()
+            ub += [row, -row]
             ub_rhs += [r.hi, -r.lo]
         zero = np.zeros(shape, dtype=bool)
         for pair, z in enumerate(self.zeros):
@@ -220,6 +218,26 @@ class TripleLP:
         A_ub = np.asarray(ub) if ub else None
         return np.asarray(eq), np.asarray(rhs), A_ub, np.asarray(ub_rhs) if ub else None, bounds
 
+    def _reduced(self) -> tuple[Any, ...]:
+        """`system` over the open cells only (the others are fixed at 0), and their indices."""
+        A_eq, b_eq, A_ub, b_ub, _ = self.system()
+        act = np.flatnonzero(self.open_cells().ravel())
+        A_eq = A_eq[:, act]
+        keep = np.any(A_eq != 0, axis=1) | (b_eq != 0)
+        A_ub = None if A_ub is None else A_ub[:, act]
+        return A_eq[keep], b_eq[keep], A_ub, b_ub, act
+
+    def _clear(self, open_: dict[Any, int], x: np.ndarray, act: np.ndarray, k: int) -> None:
+        """Drop from `open_` the cells that the feasible table `x` (over `act`) leaves empty
+        or at >= k rows, or from which 2x2x2 moves reach an empty cell."""
+        for c in [c for c, i in open_.items() if x[i] < 1e-6 or x[i] > k - 1 + 1e-6]:
+            del open_[c]
+        full = np.zeros(int(np.prod(self.shape)))
+        full[act] = np.clip(x, 0.0, None)
+        table = full.reshape(self.shape)
+        for c in [c for c in open_ if zero_certified(table, c)]:
+            del open_[c]
+
     def pinned(self, cells: list[tuple[int, int, int]], k: int) -> list[tuple[int, int, int]]:
         """The `cells` whose every feasible count lies in 1..k-1 (integer rounding). Every
         solution found is a feasible table: a cell it leaves empty or at >= k rows is cleared
@@ -227,28 +245,15 @@ class TripleLP:
         most of them in two programs)."""
         from scipy.optimize import linprog
 
-        A_eq, b_eq, A_ub, b_ub, _ = self.system()
-        act = np.flatnonzero(self.open_cells().ravel())  # the others are fixed at 0
-        A_eq = A_eq[:, act]
-        keep = np.any(A_eq != 0, axis=1) | (b_eq != 0)
-        A_eq, b_eq = A_eq[keep], b_eq[keep]
-        A_ub = None if A_ub is None else A_ub[:, act]
+        A_eq, b_eq, A_ub, b_ub, act = self._reduced()
         var = {int(j): v for v, j in enumerate(act)}
         at = {c: var[j] for c in cells if (j := int(np.ravel_multi_index(c, self.shape))) in var}
         open_ = dict(at)
-        size = int(np.prod(self.shape))
 
         def solve(objective: np.ndarray) -> Any:
             res = linprog(objective, A_ub, b_ub, A_eq, b_eq, bounds=(0, None), method="highs")
             if res.status == 0:
-                x = res.x
-                full = np.zeros(size)
-                full[act] = x
-                for c in [c for c, i in open_.items() if x[i] < 1e-6 or x[i] > k - 1 + 1e-6]:
-                    del open_[c]
-                table = np.clip(full, 0.0, None).reshape(self.shape)
-                for c in [c for c in open_ if zero_certified(table, c)]:
-                    del open_[c]
+                self._clear(open_, res.x, act, k)
             return res
 
         for sign in (1.0, -1.0):
@@ -278,31 +283,29 @@ def zero_certified(T: np.ndarray, cell: tuple[int, int, int]) -> bool:
     pairs, however many are released, forces the cell to hold a row."""
     T = T.astype(np.float64 if T.dtype.kind == "f" else np.int64)  # a copy
     tiny = 1e-9 if T.dtype.kind == "f" else 0
-    i, j, l = cell
+    i, j, h = cell
     for _ in range(4 * T.size):  # each move empties a cell; a few suffice when any do
-        if T[i, j, l] <= tiny:
+        if T[i, j, h] <= tiny:
             return True
         cap = np.minimum(
-            np.minimum(T[:, :, l][:, :, None], T[:, j, :][:, None, :]), T[i, :, :][None, :, :]
+            np.minimum(T[:, :, h][:, :, None], T[:, j, :][:, None, :]), T[i, :, :][None, :, :]
         )
         cap[i, :, :] = 0
         cap[:, j, :] = 0
-        cap[:, :, l] = 0
+        cap[:, :, h] = 0
         best = np.unravel_index(int(np.argmax(cap)), cap.shape)
-        a = min(cap[best], T[i, j, l])
+        a = min(cap[best], T[i, j, h])
         if a <= tiny:
             return False
         p, q, r = (int(x) for x in best)
-        for c in ((i, j, l), (p, q, l), (p, j, r), (i, q, r)):
+        for c in ((i, j, h), (p, q, h), (p, j, r), (i, q, r)):
             T[c] -= a
-        for c in ((p, j, l), (i, q, l), (i, j, r), (p, q, r)):
+        for c in ((p, j, h), (i, q, h), (i, j, r), (p, q, r)):
             T[c] += a
-    return bool(T[i, j, l] <= tiny)
+    return bool(T[i, j, h] <= tiny)
 
 
-def candidate_cells(
-    lp: TripleLP, true: np.ndarray | None, k: int
-) -> list[tuple[int, int, int]]:
+def candidate_cells(lp: TripleLP, true: np.ndarray | None, k: int) -> list[tuple[int, int, int]]:
     """Cells worth bounding: with the true table, those holding 1..k-1 rows that no table of
     the same two-way margins leaves empty; without it, every cell not flagged empty."""
     if true is None:

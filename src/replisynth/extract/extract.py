@@ -28,9 +28,9 @@ from replisynth.disclosure.linked_tables import (
 )
 from replisynth.disclosure.sdc import SdcLog, check_release
 from replisynth.extract.empty_cells import detect_empty_cells, log_empty_cells
-from replisynth.extract.triples import gate_three_way
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
 from replisynth.extract.orderings import detect_orderings, gate_orderings
+from replisynth.extract.triples import gate_three_way
 from replisynth.extract.weights import release_weights
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
