@@ -96,6 +96,7 @@ def test_review_finds_the_pins_the_gate_withholds(
         raw, _, _ = _bundle(tmp_path / "raw", df)
     found, _ = check_three_way(raw, K)
     assert any(all(c in f["finding"] for c in cols) for f in found)
+    assert check_three_way(raw, K, budget=0)[1]  # unbounded triples are noted, not passed
     rel, _, text = _bundle(tmp_path, df)
     bounds = _three_way_bounds(rel, cols)
     assert not ((bounds[..., 0] > 0.5) & (bounds[..., 1] < K - 0.5)).any()
