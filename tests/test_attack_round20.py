@@ -390,12 +390,6 @@ def _three_way_bounds(
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leak: the empty-cell rule judges each pair's table alone (threshold rule), but "
-    "three flagged pairs of one triple, with their margins and Spearman correlations, are "
-    "linked tables: an LP pins a 3-way cell to 1..k-1 (exactly 1 in the first case)",
-)
 @pytest.mark.parametrize(("cols", "table", "seed"), THREE_WAY)
 def test_flags_of_three_pairs_pin_no_three_way_cell(
     tmp_path: Path, cols: tuple[str, str, str], table: list[Any], seed: int
@@ -420,12 +414,6 @@ def test_three_way_cells_not_pinned_without_the_flags(
     assert not ((bounds[..., 0] > 0.5) & (bounds[..., 1] < K - 0.5)).any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leak (before this round too, no flags needed): a nominal column's indicator dims "
-    "have released Spearman correlations that give each pair's two-way table exactly; three "
-    "such tables (every cell >= k or 0) pin a 3-way cell to 1..k-1 by LP",
-)
 @pytest.mark.parametrize(("cols", "table", "seed"), THREE_WAY[:1])
 def test_indicator_correlations_of_three_nominal_columns_pin_no_three_way_cell(
     tmp_path: Path, cols: tuple[str, str, str], table: list[Any], seed: int

@@ -31,6 +31,7 @@ from replisynth.disclosure.sdc import (
     check_release,
     ordering_backed,
 )
+from replisynth.disclosure.three_way import check_three_way
 from replisynth.io.atomic import write_text
 from replisynth.io.files import write_json
 
@@ -479,6 +480,8 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     order_found, order_notes = [], []
     cell_found: list[Finding] = []
     cell_notes: list[str] = []
+    three_found: list[Finding] = []
+    three_notes: list[str] = []
     corr_stats = {"pairs_checked": 0, "pairs_not_derivable": 0, "linked_checked": 0}
     for rel in b.releases.values():
         status, f = interval_audit(rel, k)
@@ -498,6 +501,9 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         ef, en = check_empty_cells(rel, k)
         cell_found += ef
         cell_notes += en
+        tf, tn = check_three_way(rel, k)
+        three_found += tf
+        three_notes += tn
     record("interval audit of the linked frequency tables", table_found, table_status)
     record("stratum sizes, table counts and grid sample sizes", count_found)
     record("atoms of continuous columns: counts, source level only, grid derived", atom_found)
@@ -512,6 +518,12 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
         "empty-cell flags: no cell of a flagged table forced into 1..k-1",
         cell_found,
         notes=cell_notes,
+    )
+    record(
+        "3-way tables of categorical columns: no cell forced into 1..k-1 by LP",
+        three_found,
+        "partial" if three_notes else "run",
+        notes=three_notes,
     )
     record("sdc_log.json statements against the bundle", check_log(b.sdc_log, findings))
     derive_records, derive_notes = derive_constants(b.manifest)

@@ -31,6 +31,7 @@ from replisynth.extract.empty_cells import detect_empty_cells, log_empty_cells
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
 from replisynth.extract.orderings import detect_orderings, gate_orderings
 from replisynth.extract.release_guards import leftover_rows, withheld_atom_columns
+from replisynth.extract.triples import gate_three_way
 from replisynth.extract.weights import release_weights
 from replisynth.io.files import FileMeta
 from replisynth.io.schema import (
@@ -1121,14 +1122,24 @@ def extract_source(
     if structure is not None:
         release["entity_structure"] = structure
     if not strata_blocks:
+        log.extend(gate_three_way(work, release, {"all": slice(None)}, sdc.min_cell_size))
         release["strata"]["log_at"] = log_at
         return cast(SourceRelease, release), log
     release, entries = protect_release(release, counts, sdc.min_cell_size)
     log.entries[linked_at:linked_at] = entries
+    log.extend(gate_three_way(work, release, _block_rows(strata), sdc.min_cell_size))
     log.extend(linked_correlation_gate(release, sdc.min_cell_size))
     log.extend(gate_orderings(release))
     check_release(release, sdc.min_cell_size)
     return cast(SourceRelease, release), log
+
+
+def _block_rows(strata: _StrataCells) -> dict[str, np.ndarray | slice]:
+    """Each released block's rows: every row, and each stratum cell's by its key."""
+    out: dict[str, np.ndarray | slice] = {"all": slice(None)}
+    for i, key in enumerate(strata.released_keys):
+        out[f"s{i}"] = strata.key_idx == strata.key_pos[key]
+    return out
 
 
 def _empty_cells(

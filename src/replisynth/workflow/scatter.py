@@ -16,6 +16,7 @@ from replisynth.config.manifest import Manifest
 from replisynth.disclosure.bundle_types import untyped
 from replisynth.disclosure.linked_tables import protect_release
 from replisynth.disclosure.sdc import SdcLog, check_release
+from replisynth.disclosure.three_way import withhold_pins
 from replisynth.extract.extract import (
     _level_order_of,
     _strata_keys,
@@ -174,7 +175,8 @@ def gather_release(
     release, linked = protect_release(
         release, {bid: got[bid]["counts"] for bid in ids}, min_cell_size
     )
-    correlations = linked_correlation_gate(release, min_cell_size).entries
+    correlations = withhold_pins(release, min_cell_size, None, 200, ids)
+    correlations += linked_correlation_gate(release, min_cell_size).entries
     correlations += gate_orderings(release).entries
     check_release(release, min_cell_size)
     return release, [*base_sdc[:at], *strata_sdc, *linked, *base_sdc[at:], *correlations]
