@@ -333,3 +333,29 @@ def test_panel_invariant_dummies_swapped_between_whole_entities(
     for c in ("r0", "r1", "r2"):
         assert kept.groupby("firm")[c].nunique().max() == 1
         assert int(kept[c].sum()) == int(drawn[c].sum())
+
+
+def test_rows_left_in_an_empty_cell_are_a_utility_finding_not_a_tier_failure(
+    tmp_path: Path,
+) -> None:
+    """A synthetic file with a row in a released empty cell (margins kept) still passes tier 0;
+    verification names the pair and the row count among the utility findings."""
+    from conftest import manifest_for
+
+    from replisynth.config.manifest import load_manifest
+    from replisynth.disclosure.bundle import load_bundle
+    from replisynth.verify.verify import verify
+    from replisynth.workflow.cli import cmd_extract
+
+    df = plans(3000, 4, names=("coins", "ded"))
+    df.to_csv(tmp_path / "d.csv", index=False)
+    bundle = load_bundle(cmd_extract(load_manifest(manifest_for(tmp_path / "d.csv")), tmp_path))
+    release = bundle.releases["people"]
+    assert any(f["columns"] == ["coins", "ded"] for f in release.get("empty_cells") or [])
+    syn = synthesize_source(dict(release), 4)
+    i = int(np.flatnonzero((syn["coins"] == 25) & (syn["ded"] == 0))[0])
+    j = int(np.flatnonzero((syn["coins"] == 0) & (syn["ded"] == 1))[0])
+    syn.loc[[i, j], "ded"] = syn.loc[[j, i], "ded"].to_numpy()  # (25, 1) is an empty cell
+    out = verify(bundle, {"people": syn})
+    assert out["sources"]["people"]["schema"]["passed"]
+    assert "people: coins x ded: 1 rows in the" in " ".join(out["utility"]["findings"])

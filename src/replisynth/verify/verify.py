@@ -253,7 +253,6 @@ def tier0(
     failures = validation_summary(schema, df)
     for f in failures:
         problems.append(f"pandera: {f['column']}: {f['check']} ({f['failures']} rows)")
-    problems += empty_cell_problems(df, release, outcomes)
     out: dict[str, Any] = {"passed": not problems, "problems": problems}
     if release.get("free_text"):  # never released: said in the report and the certificate
         out["free_text"] = list(release["free_text"])
@@ -263,8 +262,9 @@ def tier0(
 def empty_cell_problems(
     df: pd.DataFrame, release: SourceRelease, moved: set[str] | frozenset[str] = frozenset()
 ) -> list[str]:
-    """Tier 0: no synthetic row in a released empty cell (docs/method.md, "Empty cells"),
-    for every flagged pair whose columns Layer 4 does not move."""
+    """Synthetic rows in released empty cells (docs/method.md, "Empty cells"), for every
+    flagged pair whose columns Layer 4 does not move: a utility finding beside the tier, since
+    the synthesis repair empties the cells where swaps that keep every margin can."""
     out = []
     for f in release.get("empty_cells") or []:
         a, b = f["columns"]
@@ -877,6 +877,13 @@ def verify(
         bundle.manifest.sdc.quantile_trim,
         derived={s.name: {c for c, _ in s.derive} for s in bundle.manifest.sources},
     )
+    utility["findings"] += [
+        f"{name}: {problem}"
+        for name in sources
+        for problem in empty_cell_problems(
+            frames[name], bundle.releases[name], bundle.released_outcomes(name)
+        )
+    ]
     return {
         "name": bundle.manifest.name,
         "seed": bundle.manifest.seed,
