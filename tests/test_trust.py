@@ -88,6 +88,7 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
             {"tag": "yb", "source": "b", "model": "ols", "formula": "y ~ x1 + C(region)"},
         ],
         "verify": {"tier": 3},
+        "fuse": False,  # one job per stage, so the plan names each stage a change reruns
     }
     m0 = tmp_path / "m0.yaml"
     m0.write_text(yaml.safe_dump(base))

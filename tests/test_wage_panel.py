@@ -111,6 +111,8 @@ def test_wage_panel_end_to_end(tmp_path) -> None:
             strict=True,
         )
     )
+    # exper's values are released as atoms now (exact counts of the values most rows hold), so
+    # the clipped original is a looser reference than it was: 0.3 either side
     for t, r in ratios["re_wage"].items():
-        lo, hi = (0.8, 1.25) if abs(ref[t] - 1) < 0.1 else (ref[t] - 0.25, ref[t] + 0.25)
+        lo, hi = (0.75, 1.3) if abs(ref[t] - 1) < 0.1 else (ref[t] - 0.3, ref[t] + 0.3)
         assert lo <= r <= hi, (t, r, ref[t])
