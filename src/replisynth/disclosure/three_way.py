@@ -359,15 +359,19 @@ def _size_ok(lp: TripleLP) -> bool:
     return int(np.prod(lp.shape)) <= MAX_CELLS
 
 
-def find_pins(
-    release: dict[str, Any], k: int, true: TrueTable | None = None, budget: int = 2000
-) -> tuple[list[tuple[str, Triple, list[tuple[int, int, int]]]], int]:
-    """(block, triple, pinned cells) for every triple with a 3-way cell forced into 1..k-1,
-    and the number of triples left unbounded when `budget` (triples bounded by LP) ran out."""
+def _pinned_triples(
+    release: dict[str, Any],
+    blocks: list[str],
+    k: int,
+    true: TrueTable | None,
+    budget: int,
+    left: list[int],
+) -> Iterator[tuple[_Block, Triple, list[tuple[int, int, int]]]]:
+    """(block, triple, pinned cells) for each informed triple with a 3-way cell forced into
+    1..k-1, bounded by LP while `budget` lasts; triples past it (or too large) are counted in
+    `left[0]`. Lazy, so a caller that withholds numbers between triples is seen by the next."""
     digits = released_digits(release)
-    out = []
-    left = 0
-    for bid in release["blocks"]:
+    for bid in blocks:
         blk = _Block.of(release, bid, digits)
         for t in _triples(blk.cols):
             if not blk.informed(release, t):
@@ -377,13 +381,23 @@ def find_pins(
             if not cells:
                 continue
             if budget <= 0 or not _size_ok(lp):
-                left += 1
+                left[0] += 1
                 continue
             budget -= 1
             pinned = lp.pinned(cells, k)
             if pinned:
-                out.append((bid, t, pinned))
-    return out, left
+                yield blk, t, pinned
+
+
+def find_pins(
+    release: dict[str, Any], k: int, true: TrueTable | None = None, budget: int = 2000
+) -> tuple[list[tuple[str, Triple, list[tuple[int, int, int]]]], int]:
+    """(block, triple, pinned cells) for every triple with a 3-way cell forced into 1..k-1,
+    and the number of triples left unbounded when `budget` (triples bounded by LP) ran out."""
+    left = [0]
+    found = _pinned_triples(release, list(release["blocks"]), k, true, budget, left)
+    out = [(blk.bid, t, pinned) for blk, t, pinned in found]
+    return out, left[0]
 
 
 def _still_pinned(
@@ -487,31 +501,17 @@ def withhold_pins(
     flags of its pairs, then withhold correlations of its dims in that block, until none is.
     Without `true` (the gather of a scattered extraction) every cell is bounded, within
     `budget` triples. Returns the SDC log entries (column names and counts only)."""
-    digits = released_digits(release)
     entries: list[dict[str, Any]] = []
-    left = 0
-    for bid in blocks if blocks is not None else list(release["blocks"]):
-        blk = _Block.of(release, bid, digits)
-        for t in _triples(blk.cols):
-            if not blk.informed(release, t):
-                continue
-            lp = blk.lp(release, t)
-            cells = candidate_cells(lp, true(bid, t) if true else None, k)
-            if not cells:
-                continue
-            if budget <= 0 or not _size_ok(lp):
-                left += 1
-                continue
-            budget -= 1
-            if not lp.pinned(cells, k):
-                continue
-            flags = _withdraw_flags(release, blk, t, k, true)
-            blanked = 0
-            if _still_pinned(release, blk, t, k, true):
-                blanked = _withhold_correlations(release, blk, t, k, true)
-            entries.append(_entry(release, bid, t, flags, blanked, k))
-    if left:
-        entries.append(_left_entry(release, left))
+    left = [0]
+    ids = blocks if blocks is not None else list(release["blocks"])
+    for blk, t, _ in _pinned_triples(release, ids, k, true, budget, left):
+        flags = _withdraw_flags(release, blk, t, k, true)
+        blanked = 0
+        if _still_pinned(release, blk, t, k, true):
+            blanked = _withhold_correlations(release, blk, t, k, true)
+        entries.append(_entry(release, blk.bid, t, flags, blanked, k))
+    if left[0]:
+        entries.append(_left_entry(release, left[0]))
     return entries
 
 

@@ -93,14 +93,7 @@ def _grid_marginal(
     }
     if dominance is not None:
         out["dominance"] = dominance
-    if method != "fixed":
-        out["method"] = method
-    if g.levels is not None:
-        out["released_levels"] = g.levels
-    if g.window_sizes is not None:
-        out["window_sizes"] = g.window_sizes
-        out["window_means"] = g.window_means
-    return out
+    return {**out, **g.fields(method)}
 
 
 def _atom_marginal(

@@ -82,14 +82,7 @@ def atom_release(
             g = grid_release(split.rest, trim, method, dominance)
         except ValueError:
             return None
-        rest = {"n": int(len(split.rest)), "grid": g.grid.tolist()}
-        if method != "fixed":
-            rest["method"] = method
-        if g.levels is not None:
-            rest["released_levels"] = g.levels
-        if g.window_sizes is not None:
-            rest["window_sizes"] = g.window_sizes
-            rest["window_means"] = g.window_means
+        rest = {"n": int(len(split.rest)), "grid": g.grid.tolist(), **g.fields(method)}
     return {
         "values": [float(v) for v in split.values],
         "counts": [int(c) for c in split.counts],

@@ -96,6 +96,17 @@ class GridRelease:
     window_sizes: list[int] | None = None
     window_means: list[float] | None = None
 
+    def fields(self, method: str) -> dict[str, Any]:
+        """The bundle fields beside `grid` that say how it was built: the method (unless
+        fixed), the percent levels (unless all 101), the windows' sizes and means."""
+        out: dict[str, Any] = {} if method == "fixed" else {"method": method}
+        if self.levels is not None:
+            out["released_levels"] = self.levels
+        if self.window_sizes is not None:
+            out["window_sizes"] = self.window_sizes
+            out["window_means"] = self.window_means
+        return out
+
 
 def coded_per_end(n: int, trim: float) -> int:
     """Values coded at each end of a window grid: the `trim` percent, and at least two (so a
