@@ -22,6 +22,8 @@ from replisynth.stats.design import build_design, outcome_codes, released_terms
 
 PIN_TOL = 0.5  # |b - b*| / SE_target at which a discrete-outcome checkpoint counts as pinned
 MAX_BATCHES = 400
+SOFT_BATCHES = 40  # batches of a round with soft terms (each batch is a pass over the rows);
+# past it the rounds on the checkpoints alone go on from where it stopped
 # Q at which the correction stops: every linear combination of the coefficients is then within
 # 0.1 synthetic SE to first order; fewer rows move than a full descent would move.
 Q_STOP = 0.01
@@ -884,15 +886,16 @@ def pin_discrete_group(
     # tolerance), with them at SOFT_FALLBACK of their weight, then on the checkpoints alone,
     # then on them to the end.
     weak = [replace(sy, M=SOFT_FALLBACK * sy.M) for sy in soft]
+    soft_batches = min(SOFT_BATCHES, MAX_BATCHES)
     rounds = (
-        (Q_STOP, soft, PIN_TOL / 2),
-        (Q_STOP, weak, PIN_TOL / 2),
-        (Q_STOP, [], PIN_TOL),
-        (0.0, [], PIN_TOL),
+        (Q_STOP, soft, PIN_TOL / 2, soft_batches),
+        (Q_STOP, weak, PIN_TOL / 2, soft_batches),
+        (Q_STOP, [], PIN_TOL, MAX_BATCHES),
+        (0.0, [], PIN_TOL, MAX_BATCHES),
     )
-    for q_stop, extra, tol in rounds:
+    for q_stop, extra, tol, batches in rounds:
         systems = [_system(m, y, values) for m in models] + extra
-        y, q_a, q1, _ = correct_scores(y, systems, lo, hi, MAX_BATCHES, q_stop)
+        y, q_a, q1, _ = correct_scores(y, systems, lo, hi, batches, q_stop)
         q0 = q_a if np.isnan(q0) else q0
         _write(df, outcome, rows, _values_of(y, kind, levels, df[outcome]))
         round_notes: list[str] = []
