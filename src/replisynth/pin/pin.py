@@ -1159,14 +1159,10 @@ def _support_attempts(
     mass-point rows; each first with the other rows kept off a mass point at either bound (so
     clipping adds no row to exact zeros or to a top code), then allowed onto it; then every
     row free. The first that carries the checkpoints is kept."""
-    none = np.zeros(len(mass), dtype=bool)
     inner = sup.off_mass()
-    out: list[tuple[np.ndarray, Support]] = []
-    for frozen in [on_atom] if on_atom.sum() > mass.sum() else []:
-        out += [(frozen, inner)] if inner is not sup else []
-        out += [(frozen, sup)]
-    out += [(mass, inner)] if inner is not sup else []
-    return out + [(mass, sup), (none, sup)]
+    supports = [inner, sup] if inner is not sup else [sup]
+    frozen = ([on_atom] if on_atom.sum() > mass.sum() else []) + [mass]
+    return [(f, s) for f in frozen for s in supports] + [(np.zeros(len(mass), dtype=bool), sup)]
 
 
 def _support_start(
