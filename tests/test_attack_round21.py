@@ -1,0 +1,213 @@
+"""Attacks of round 21 on whole bundles (cmd_extract), reading only what an intruder holding
+the bundle reads: exact outcome or regressor totals of a numeric column whose table pools a
+rare value (a checkpoint fitted on dummies only, intercept-only fits, totals carried from one
+checkpoint to another, complementary subsets), and a checkpoint subset that counts a level
+the table suppressed. Each asserts what should hold: the attack recovers nothing. Each was
+seen to recover the protected number before the gates of this round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import manifest_for
+
+from replisynth.config.manifest import load_manifest
+from replisynth.disclosure.review import review_bundle
+from replisynth.workflow.cli import cmd_extract
+
+K = 50  # the standard profile's min_cell_size
+
+
+def _bundle(
+    tmp: Path, df: pd.DataFrame, checkpoints: list[dict[str, Any]], **source: Any
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], Path]:
+    """Extract `df` as source `people`: (its source release, the checkpoints by tag, the
+    bundle directory), read back from the bundle on disk."""
+    df.to_csv(tmp / "people.csv", index=False)
+    raw = manifest_for(tmp / "people.csv", **source)
+    raw["checkpoints"] = [{"source": "people", "model": "ols", **c} for c in checkpoints]
+    bundle = cmd_extract(load_manifest(raw), tmp / "out")
+    rel = json.loads((bundle / "source_people.json").read_text())
+    cps = json.loads((bundle / "checkpoints.json").read_text())["checkpoints"]
+    return rel, {c["tag"]: c for c in cps}, bundle
+
+
+def _table(rel: dict[str, Any], col: str) -> dict[str, Any]:
+    return rel["blocks"]["all"]["marginals"][col]["table"]
+
+
+def _betas(cp: dict[str, Any]) -> dict[str, float]:
+    return {t["term"]: t["beta"] for t in cp["terms"] if not t.get("suppressed")}
+
+
+def _ses(cp: dict[str, Any]) -> dict[str, float]:
+    return {t["term"]: t["se"] for t in cp["terms"] if not t.get("suppressed")}
+
+
+def _table_total(t: dict[str, Any]) -> float:
+    return float(sum(v * c for v, c in zip(t["levels"], t["counts"], strict=True)))
+
+
+def _counts_with_outlier(
+    values: list[float], probs: list[float], n: int, outlier: float, seed: int
+) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.choice(values, p=probs, size=n).astype("float64")
+    x[rng.integers(n)] = outlier  # one row the table pools into its top level
+    return x
+
+
+# ------------------------------------------------ a count outcome fitted on dummies only
+
+DUMMY_FITS = [
+    ("visits", "region", ["north", "south", "east", "west"], "poisson", 1500, 17.0, 3),
+    ("nights", "ward", ["a", "b", "c"], "ols", 2300, 23.0, 8),
+    ("claims", "plan", ["basic", "plus"], "poisson", 800, 12.0, 14),
+]
+
+
+@pytest.mark.parametrize(("y", "factor", "levels", "model", "n", "outlier", "seed"), DUMMY_FITS)
+def test_dummy_only_fit_does_not_give_a_pooled_outcome_total(
+    tmp_path: Path,
+    y: str,
+    factor: str,
+    levels: list[str],
+    model: str,
+    n: int,
+    outlier: float,
+    seed: int,
+) -> None:
+    """The documented residual risk, confirmed: a Poisson (canonical link) or OLS fit of a
+    pooled count on the dummies of one factor has fitted level means exp(b0 + b_l) (or
+    b0 + b_l), which times the factor's released level counts sum to the outcome's total;
+    less Σ level × count of its table that gave the pooled row's excess over its level."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"pid": np.arange(n), factor: rng.choice(levels, size=n)})
+    df[y] = _counts_with_outlier([0, 1, 2, 3, 4], [0.3, 0.3, 0.2, 0.1, 0.1], n, outlier, seed)
+    df["x"] = rng.normal(size=n)
+    rel, cps, bundle = _bundle(
+        tmp_path, df, [{"tag": "d", "model": model, "formula": f"{y} ~ C({factor})"}]
+    )
+    t, f = _table(rel, y), _table(rel, factor)
+    assert t["ordered"] and t["pooled_levels"] == 1 and f["suppressed"] == 0
+    cp = cps["d"]
+    if cp["status"] == "released":
+        b = _betas(cp)
+        link = np.exp if model == "poisson" else (lambda v: v)
+        fitted = sum(
+            c * link(b["Intercept"] + b.get(f"C({factor})[T.{lv}]", 0.0))
+            for lv, c in zip(f["levels"], f["counts"], strict=True)
+        )
+        excess = fitted - _table_total(t)
+        assert abs(excess - (outlier - max(t["levels"]))) > 0.5, "the pooled value follows"
+    review = review_bundle(bundle)
+    assert review["findings"] == [], review["findings"]
+
+
+@pytest.mark.parametrize(("n", "outlier", "seed"), [(900, 9.0, 2), (1300, 15.0, 6)])
+def test_intercept_only_count_fit_does_not_give_a_pooled_total(
+    tmp_path: Path, n: int, outlier: float, seed: int
+) -> None:
+    """`visits ~ 1`: exp(b0) is the outcome mean, n times it the total."""
+    df = pd.DataFrame({"pid": np.arange(n)})
+    df["visits"] = _counts_with_outlier([0, 1, 2], [0.5, 0.3, 0.2], n, outlier, seed)
+    df["x"] = np.random.default_rng(seed).normal(size=n)
+    rel, cps, _ = _bundle(
+        tmp_path, df, [{"tag": "i", "model": "poisson", "formula": "visits ~ 1"}]
+    )
+    t, cp = _table(rel, "visits"), cps["i"]
+    if cp["status"] == "released":
+        excess = cp["n"] * np.exp(_betas(cp)["Intercept"]) - _table_total(t)
+        assert abs(excess - (outlier - max(t["levels"]))) > 0.5
+
+
+@pytest.mark.parametrize(("split", "seed"), [(0.1, 21), (-0.4, 5)])
+def test_complementary_subsets_do_not_give_a_pooled_total(
+    tmp_path: Path, split: float, seed: int
+) -> None:
+    """Two Poisson fits of a pooled count on one dummy, on complementary subsets of another
+    column: the nonrobust SEs give each sample's outcome total (1/se(b0)² is the reference
+    group's Σμ, 1/(se(b1)² − se(b0)²) the other's), and the two add up to the source's."""
+    n, outlier = 2000, 14.0
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"pid": np.arange(n), "x": rng.normal(size=n)})
+    df["visits"] = _counts_with_outlier([0, 1, 2, 3], [0.4, 0.3, 0.2, 0.1], n, outlier, seed)
+    df["female"] = rng.integers(0, 2, size=n)
+    cps_in = [
+        {"tag": "lo", "model": "poisson", "formula": "visits ~ female", "subset": f"x <= {split}"},
+        {"tag": "hi", "model": "poisson", "formula": "visits ~ female", "subset": f"x > {split}"},
+    ]
+    rel, cps, bundle = _bundle(tmp_path, df, cps_in)
+    if all(cps[t]["status"] == "released" for t in ("lo", "hi")):
+        total = 0.0
+        for tag in ("lo", "hi"):
+            se = _ses(cps[tag])
+            total += 1 / se["Intercept"] ** 2 + 1 / (se["female"] ** 2 - se["Intercept"] ** 2)
+        t = _table(rel, "visits")
+        assert abs(total - _table_total(t) - (outlier - max(t["levels"]))) > 0.5
+
+
+# ------------------------------------------------ a total carried from another checkpoint
+
+
+@pytest.mark.parametrize(("col", "outlier", "seed"), [("school", 26.0, 11), ("grade", 21.0, 4)])
+def test_outcome_mean_of_one_fit_does_not_free_a_pooled_regressor_total(
+    tmp_path: Path, col: str, outlier: float, seed: int
+) -> None:
+    """`wage ~ x` releases ȳ (intercept + slope × x's released mean); `wage ~ col + x` on the
+    same rows, whose design means of the pooled column are withheld, then gives
+    Σ col = n (ȳ − b0 − b_x x̄) / b_col, and less Σ level × count the pooled row's excess."""
+    n = 1200
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"pid": np.arange(n), "x": rng.normal(size=n)})
+    p = [0.15, 0.2, 0.35, 0.15, 0.15]
+    df[col] = _counts_with_outlier([8, 10, 12, 14, 16], p, n, outlier, seed)
+    df["wage"] = 2 + 0.1 * df[col] + 0.3 * df["x"] + rng.normal(size=n)
+    rel, cps, bundle = _bundle(
+        tmp_path,
+        df,
+        [{"tag": "a", "formula": "wage ~ x"}, {"tag": "b", "formula": f"wage ~ {col} + x"}],
+    )
+    t = _table(rel, col)
+    assert t["pooled_levels"] == 1
+    a, b = cps["a"], cps["b"]
+    if a["status"] == b["status"] == "released" and "moments" in a:
+        ba, bb = _betas(a), _betas(b)
+        xbar = a["moments"]["mean"][a["moments"]["terms"].index("x")]
+        ybar = ba["Intercept"] + ba["x"] * xbar
+        total = n * (ybar - bb["Intercept"] - bb["x"] * xbar) / bb[col]
+        assert abs(total - _table_total(t) - (outlier - max(t["levels"]))) > 0.5
+    review = review_bundle(bundle)
+    assert review["findings"] == [], review["findings"]
+
+
+# ------------------------------------------------ a subset counting a suppressed level
+
+
+@pytest.mark.parametrize(
+    ("col", "hidden", "rare", "seed"), [("region", "east", 3, 5), ("county", "lakes", 11, 9)]
+)
+def test_subset_on_a_suppressed_level_does_not_count_the_bucket(
+    tmp_path: Path, col: str, hidden: str, rare: int, seed: int
+) -> None:
+    """A level of 60 rows joins a rare category (1..k-1 rows) in the table's bucket; a
+    checkpoint whose subset is that level has n = its count, and the bucket less n is the
+    rare category's count."""
+    n = 1500
+    rng = np.random.default_rng(seed)
+    v = rng.choice(["north", "south", "west"], p=[0.45, 0.45, 0.1], size=n).astype(object)
+    v[:60], v[60 : 60 + rare] = hidden, "islands"
+    df = pd.DataFrame({"pid": np.arange(n), col: rng.permutation(v), "x": rng.normal(size=n)})
+    df["y"] = df["x"] + rng.normal(size=n)
+    rel, cps, bundle = _bundle(
+        tmp_path, df, [{"tag": "h", "formula": "y ~ x", "subset": f"{col} == '{hidden}'"}]
+    )
+    t = _table(rel, col)
+    assert hidden not in t["levels"] and t["suppressed"] == 60 + rare
+    if cps["h"]["status"] == "released":
+        assert not 0 < t["suppressed"] - cps["h"]["n"] < K, "the rare category's count follows"
