@@ -133,9 +133,10 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     from replisynth.extract.ledger import apply_differencing
 
     frames: dict[str, pd.DataFrame] = {}
+    metas: dict[str, FileMeta] = {}
     for cp in manifest.checkpoints:
         if cp.source not in frames:
-            frames[cp.source] = _read_checked(manifest, cp.source)[0]
+            frames[cp.source], metas[cp.source] = _read_checked(manifest, cp.source)
 
     # The fits are independent (each builds its own design from the shared, unchanged
     # frames): on threads, released and logged in manifest order. At most two at a time: each
@@ -152,7 +153,7 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     # The disclosure ledger: samples against each other, the source totals and the strata
     # (differencing rule); its public summary travels with the SDC decisions to sdc_log.json.
     progress("extract: checkpoint samples against each other (differencing)")
-    released, sdc, ledger = apply_differencing(frames, manifest, fits)
+    released, sdc, ledger = apply_differencing(frames, manifest, fits, metas)
     for cp, rel in zip(manifest.checkpoints, released, strict=True):
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
     sdc.extend(

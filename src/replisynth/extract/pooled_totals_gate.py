@@ -1,0 +1,174 @@
+"""Secure side: refuse a checkpoint whose release, with the tables and the checkpoints before
+it, gives the exact total of a numeric column whose table pools values below k on a row set
+whose table is known (the source, or a sample that is a function of the column), so that
+less Σ level × count the pooled rows' values follow. The attacker's system is
+`disclosure.pooled_totals`; method: docs/disclosure.md, "Pooled totals across checkpoints".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replisynth.config.manifest import Manifest, Source
+from replisynth.disclosure.pooled_totals import (
+    INTERCEPT,
+    REASON,
+    TotalsSystem,
+    patterned_terms,
+    reads_only,
+    record_equations,
+)
+from replisynth.extract.release_guards import pooled_numeric_columns
+from replisynth.io.files import FileMeta
+from replisynth.io.schema import MAX_ORDINAL_LEVELS, infer_column
+
+MAX_CELLS = 256  # cells of the released row sets beyond which the gate refuses without solving
+TOO_MANY = (
+    "pooled totals: too many overlapping checkpoint samples to solve the attacker's system "
+    "for a column whose table pools values below min_cell_size; refused to be safe"
+)
+
+Fit = tuple[dict[str, Any], Any, pd.Index | None]
+
+
+class PooledTotalsGate:
+    """Per source with a pooled numeric column that a checkpoint's term or outcome reads
+    alone: the cells of the checkpoint samples, the attacker's system seeded with the source
+    tables' exact totals, and the totals that must stay undetermined."""
+
+    def __init__(
+        self,
+        frames: dict[str, pd.DataFrame],
+        manifest: Manifest,
+        fits: list[Fit],
+        metas: dict[str, FileMeta] | None = None,
+    ):
+        self.systems: dict[str, TotalsSystem] = {}
+        self.cells: dict[int, list[int]] = {}
+        self.targets: dict[str, list[tuple[list[int], str]]] = {}
+        self.few: dict[str, set[str]] = {}
+        self.crowded: set[str] = set()
+        self.alone: dict[str, set[str]] = {}
+        k = manifest.sdc.min_cell_size
+        for name, df in frames.items():
+            meta = (metas or {}).get(name)
+            self._source(df, manifest.source(name), manifest, fits, meta)
+
+    def _source(
+        self,
+        df: pd.DataFrame,
+        source: Source,
+        manifest: Manifest,
+        fits: list[Fit],
+        meta: FileMeta | None,
+    ) -> None:
+        k = manifest.sdc.min_cell_size
+        idx = [
+            i
+            for i, (cp, (rel, _, index)) in enumerate(zip(manifest.checkpoints, fits, strict=True))
+            if cp.source == source.name and rel.get("status") == "released" and index is not None
+        ]
+        pooled = pooled_tables(df, source, manifest, meta) if idx else set()
+        names = {t["term"] for i in idx for t in fits[i][0]["terms"] if t.get("term")}
+        names |= {str(fits[i][0]["outcome"]) for i in idx}
+        columns = [c for c in df.columns if isinstance(c, str)]
+        alone = {(t, p) for t in names for p in pooled if reads_only(t, p, columns)}
+        if not alone:
+            return
+        self.alone[source.name] = {t for t, _ in alone}
+        masks = {i: _mask(df, fits[i][2]) for i in idx}
+        label = np.zeros(len(df), dtype="int64")
+        for m in masks.values():
+            label = pd.factorize(label * 2 + m)[0].astype("int64")
+        n_cells = int(label.max()) + 1
+        if n_cells > MAX_CELLS:
+            self.crowded.add(source.name)
+            return
+        every = list(range(n_cells))
+        self.cells.update({i: np.unique(label[m]).tolist() for i, m in masks.items()})
+        self.few[source.name] = few_valued(df, source, columns)
+        exact = self.few[source.name] - pooled
+        system = TotalsSystem()
+        known = [{INTERCEPT: 1.0}] + [{t: 1.0} for t in names if "[T." in t or t in exact]
+        system.add(system.equations(every, known))
+        self.systems[source.name] = system
+        targets = [(every, t) for t, _ in alone]
+        for i, m in masks.items():
+            targets += [(self.cells[i], t) for t, p in alone if _cuts_pooled(df[p], m, k)]
+        self.targets[source.name] = targets
+
+    def refusal(self, i: int, source: str, rec: dict[str, Any]) -> str | None:
+        """Why checkpoint `i` (its record `rec`) is refused, or None (its totals then join
+        the system)."""
+        if source in self.crowded:
+            names = {str(rec["outcome"]), *(t["term"] for t in rec["terms"] if t.get("term"))}
+            return TOO_MANY if names & self.alone[source] else None
+        system = self.systems.get(source)
+        if system is None or i not in self.cells:
+            return None
+        terms = [t["term"] for t in rec["terms"] if t.get("term")]
+        eqs = record_equations(rec, patterned_terms(terms, self.few[source]))
+        rows = system.equations(self.cells[i], eqs)
+        if any(system.determined(cells, t, rows) for cells, t in self.targets[source]):
+            return REASON
+        system.add(rows)
+        return None
+
+
+def pooled_tables(
+    df: pd.DataFrame, source: Source, manifest: Manifest, meta: FileMeta | None
+) -> set[str]:
+    """The numeric columns whose table pools or buckets a value below k
+    (`release_guards.pooled_numeric_columns`) that the schema releases as tables: an integer
+    column of many values that pooling would rob of its spread is released as a grid, whose
+    exact total adds nothing. Without the file's metadata (value labels keep a column a
+    table) every such column counts."""
+    sdc = manifest.sdc
+    pooled = pooled_numeric_columns(df, source, sdc.min_cell_size)
+    if meta is None or not pooled:
+        return pooled
+    from replisynth.extract.extract import _kept_categorical  # the ledger's pattern: no cycle
+
+    keep = _kept_categorical(manifest, source)
+    trim = sdc.quantile_trim / 100.0
+    return {
+        c
+        for c in pooled
+        if infer_column(df[c], source, meta, sdc.min_cell_size, keep, trim).role == "categorical"
+    }
+
+
+def _mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
+    mask = np.zeros(len(df), dtype=bool)
+    mask[df.index.get_indexer(index)] = True
+    return mask
+
+
+def few_valued(df: pd.DataFrame, source: Source, columns: list[str]) -> set[str]:
+    """Numeric columns of at most MAX_ORDINAL_LEVELS values, not forced continuous: released
+    as tables, so their level counts (exact, or pooled) are known."""
+    out = set()
+    for c in columns:
+        s = df[c]
+        if c in source.continuous or c == source.weight or not pd.api.types.is_numeric_dtype(s):
+            continue
+        if s.nunique(dropna=True) <= MAX_ORDINAL_LEVELS:
+            out.add(c)
+    return out
+
+
+def _cuts_pooled(s: pd.Series, mask: np.ndarray, k: int) -> bool:
+    """Whether a sample is a function of the column (no value on both sides; all its
+    non-missing rows are one) and holds a row of a value of 1..k−1 rows: the table then
+    gives Σ level × count on it (less the pooled rows), as on the source."""
+    v = s.to_numpy(dtype="float64", na_value=np.nan)
+    ok = ~np.isnan(v)
+    inside, outside = np.unique(v[ok & mask]), np.unique(v[ok & ~mask])
+    if np.intersect1d(inside, outside).size:
+        return False
+    vals, counts = np.unique(v[ok], return_counts=True)
+    rare = vals[(counts > 0) & (counts < k)]
+    return bool(np.isin(inside, rare).any())
