@@ -211,3 +211,81 @@ def test_subset_on_a_suppressed_level_does_not_count_the_bucket(
     assert hidden not in t["levels"] and t["suppressed"] == 60 + rare
     if cps["h"]["status"] == "released":
         assert not 0 < t["suppressed"] - cps["h"]["n"] < K, "the rare category's count follows"
+
+
+# ------------------------------------------------ the gates refuse only what leaks
+
+
+def _visits_frame(n: int, seed: int, outlier: float | None = 13.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    v = rng.choice(["north", "south", "west"], p=[0.45, 0.45, 0.1], size=n).astype(object)
+    v[:60], v[60:63] = "east", "islands"
+    df = pd.DataFrame({"pid": np.arange(n), "region": rng.permutation(v)})
+    df["age"] = rng.uniform(20, 70, size=n).round(2)
+    df["x"] = rng.normal(size=n)
+    p = [0.4, 0.3, 0.2, 0.1]
+    if outlier is None:
+        df["visits"] = rng.choice([0, 1, 2, 3], p=p, size=n).astype("float64")
+    else:
+        df["visits"] = _counts_with_outlier([0, 1, 2, 3], p, n, outlier, seed)
+    df["female"] = rng.integers(0, 2, size=n)
+    return df
+
+
+@pytest.mark.parametrize("seed", [1, 7])
+def test_safe_checkpoints_are_still_released(tmp_path: Path, seed: int) -> None:
+    """No false refusal: a count fit of the pooled outcome on a continuous regressor (its
+    fitted total needs every row's value), an OLS of it on one (its mean withheld), a
+    dummy-only fit of an outcome whose table pools nothing, subsets on released levels and
+    on the whole bucket."""
+    df = _visits_frame(1600, seed)
+    df["calls"] = np.random.default_rng(seed).integers(0, 4, size=len(df))
+    cps_in = [
+        {"tag": "cont", "model": "poisson", "formula": "visits ~ age + x"},
+        {"tag": "ols", "formula": "visits ~ age"},
+        {"tag": "plain", "model": "poisson", "formula": "calls ~ C(region)"},
+        {"tag": "north", "formula": "x ~ age", "subset": "region == 'north'"},
+        {"tag": "known", "formula": "x ~ age", "subset": "region != 'east' & region != 'islands'"},
+    ]
+    rel, cps, bundle = _bundle(tmp_path, df, cps_in)
+    assert _table(rel, "visits")["pooled_levels"] == 1
+    assert {t: c["status"] for t, c in cps.items()} == dict.fromkeys(cps, "released")
+    assert review_bundle(bundle)["findings"] == []
+
+
+def test_the_gates_refuse_what_the_attacks_use(tmp_path: Path) -> None:
+    """The attacks above recover nothing because the checkpoints they need are refused, with
+    the gates' reasons (not because a fit failed), and the log says why."""
+    df = _visits_frame(1500, 3)
+    cps_in = [
+        {"tag": "dummies", "model": "poisson", "formula": "visits ~ female"},
+        {"tag": "east", "formula": "x ~ age", "subset": "region == 'east'"},
+    ]
+    _, cps, bundle = _bundle(tmp_path, df, cps_in)
+    assert cps["dummies"]["status"] == "rejected" and "pooled totals" in cps["dummies"]["reason"]
+    assert cps["east"]["status"] == "rejected" and "subset on a table" in cps["east"]["reason"]
+    assert "beta" not in json.dumps(cps["dummies"]) and "n" not in cps["east"]
+    log = json.loads((bundle / "sdc_log.json").read_text())
+    why = {e.get("checkpoint"): e["reason"] for e in log["decisions"] if e["action"] == "rejected"}
+    assert why.keys() >= {"dummies", "east"}
+
+
+def test_review_of_bundles_made_without_the_gates_finds_the_leaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's checks can fail: a bundle extracted with both gates switched off holds
+    the two leaks, and the review reports each."""
+    from replisynth.extract import pooled_totals_gate
+    from replisynth.workflow import pipeline
+
+    monkeypatch.setattr(pooled_totals_gate.PooledTotalsGate, "refusal", lambda *a: None)
+    monkeypatch.setattr(pipeline, "refuse_subset_levels", lambda cps, *a: cps)
+    df = _visits_frame(1500, 4)
+    cps_in = [
+        {"tag": "dummies", "model": "poisson", "formula": "visits ~ female"},
+        {"tag": "east", "formula": "x ~ age", "subset": "region == 'east'"},
+    ]
+    _, cps, bundle = _bundle(tmp_path, df, cps_in)
+    assert cps["dummies"]["status"] == cps["east"]["status"] == "released"
+    found = {(f["check"], f["checkpoint"]) for f in review_bundle(bundle)["findings"]}
+    assert found == {("pooled totals", "dummies"), ("subset levels", "east")}

@@ -181,7 +181,7 @@ def stage_write_bundle(
         sdc.extend(part)
     progress("bundle: assembling and checking the release")
     rel = {name: read_json(p) for name, p in releases.items()}
-    cps = read_json(checkpoints)
+    cps = refuse_subset_levels(read_json(checkpoints), rel, manifest.sdc.min_cell_size, sdc)
     for c in cps:
         if c.get("status") != "released":
             continue
@@ -201,6 +201,25 @@ def stage_write_bundle(
             sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
     write_bundle(bundle_dir, manifest, rel, cps, sdc, ledger=ledger)
     log.info("bundle written to %s (%d files)", bundle_dir, len(rel) + 3)
+
+
+def refuse_subset_levels(
+    cps: list[dict[str, Any]], rel: dict[str, Any], min_cell: int, sdc: SdcLog
+) -> list[dict[str, Any]]:
+    """The checkpoints with those whose subset gives a suppressed or pooled count of its
+    table column (`disclosure.subset_levels`) refused: request fields and reason only."""
+    from replisynth.disclosure.subset_levels import subset_level_leak
+    from replisynth.extract.ledger import REQUEST_KEYS
+
+    out = []
+    for c in cps:
+        why = subset_level_leak(c, rel[c["source"]], min_cell) if c["source"] in rel else None
+        if why is None:
+            out.append(c)
+            continue
+        sdc.add("checkpoints", "rejected", why, checkpoint=c["tag"])
+        out.append({**{k: c[k] for k in REQUEST_KEYS if k in c}, "status": "rejected", "reason": why})
+    return out
 
 
 def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> None:

@@ -1,0 +1,92 @@
+"""A checkpoint whose subset reads one column released as a table is a union of that table's
+levels, so its n, less the released counts of the levels it takes, counts the rows of the
+bucket of suppressed categories (or the pooled rows) it holds: a checkpoint on a level the
+table suppressed gives that level's count, and the bucket less it the rare categories'.
+Decided from the bundle alone (what the attacker reads), at extract and in the review.
+Method: docs/disclosure.md, "Checkpoint subsets on a table column"."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replisynth.config.formula_grammar import parse_subset, subset_mask
+from replisynth.core.errors import ReplisynthError
+from replisynth.disclosure.sdc import DisclosureError
+
+REASON = (
+    "subset on a table column: its n, less the released counts of the levels the subset "
+    "takes, counts rows of the bucket of suppressed categories or of pooled levels inside "
+    "1..min_cell_size-1 (or leaves that few in the bucket); subset on released levels only, "
+    "or on the whole bucket"
+)
+
+
+def hidden_rows(rec: Mapping[str, Any], release: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """For a released checkpoint whose subset reads one column with a source-level table that
+    has a bucket or pooled levels: the bounds an attacker puts on the rows of the sample that
+    the released levels do not account for (bucket rows in it, less pooled rows counted on
+    the other side), and the bucket's size; None when the subset is not of that form."""
+    if rec.get("status") != "released" or not rec.get("subset"):
+        return None
+    try:
+        cols = sorted(parse_subset(rec["subset"], "subset", DisclosureError).columns)
+    except ReplisynthError:
+        return None
+    m = release["blocks"]["all"]["marginals"].get(cols[0]) if len(cols) == 1 else None
+    t = (m or {}).get("table")
+    if not t or not (t.get("suppressed") or t.get("pooled_levels")):
+        return None
+    col = cols[0]
+    missing = {c["name"]: int(c.get("missing") or 0) for c in release["columns"]}
+    numeric = all(isinstance(v, int | float) for v in t["levels"])
+    values = pd.Series([*t["levels"], None], dtype="float64" if numeric else "object")
+    try:
+        mask = subset_mask(pd.DataFrame({col: values}), rec["subset"], "subset", DisclosureError)
+    except ReplisynthError:
+        return None
+    taken = int(np.asarray(t["counts"])[mask[:-1]].sum())
+    dropped = sum(missing.get(c, 0) for c in rec.get("columns", []) if c != col)
+    if col in rec.get("columns", []):  # its missing rows leave the sample whatever the subset
+        mask[-1] = False
+    low = int(rec["n"]) - taken - (missing.get(col, 0) if mask[-1] else 0)
+    return low, low + dropped, int(t.get("suppressed") or 0)
+
+
+def subset_level_leak(
+    rec: Mapping[str, Any], release: Mapping[str, Any], min_cell: int
+) -> str | None:
+    """The reason a released checkpoint discloses a suppressed or pooled count through its
+    subset, or None: the hidden rows (`hidden_rows`) bounded away from 0 and below
+    min_cell, or the bucket's rows outside the sample bounded inside 1..min_cell−1."""
+    h = hidden_rows(rec, release)
+    if h is None:
+        return None
+    low, high, bucket = h
+    small = not low <= 0 <= high and max(abs(low), abs(high)) < min_cell
+    rest = bucket > 0 and bucket - high >= 1 and bucket - low <= min_cell - 1
+    return REASON if small or rest else None
+
+
+def check_subset_levels(
+    checkpoints: Sequence[Mapping[str, Any]],
+    releases: Mapping[str, Mapping[str, Any]],
+    min_cell: int,
+) -> list[dict[str, Any]]:
+    """The review's pass of `subset_level_leak` over every released checkpoint."""
+    found = []
+    for c in checkpoints:
+        rel = releases.get(str(c.get("source")))
+        if rel is not None and subset_level_leak(c, rel, min_cell):
+            found.append(
+                {
+                    "check": "subset levels",
+                    "checkpoint": c["tag"],
+                    "finding": "its n less the released level counts its subset takes gives "
+                    f"a count of 1..{min_cell - 1} rows of suppressed or pooled levels",
+                }
+            )
+    return found
