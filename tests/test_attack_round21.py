@@ -243,7 +243,7 @@ def test_safe_checkpoints_are_still_released(tmp_path: Path, seed: int) -> None:
     cps_in = [
         {"tag": "cont", "model": "poisson", "formula": "visits ~ age + x"},
         {"tag": "ols", "formula": "visits ~ age"},
-        {"tag": "plain", "model": "poisson", "formula": "calls ~ C(region)"},
+        {"tag": "plain", "model": "poisson", "formula": "calls ~ female"},
         {"tag": "north", "formula": "x ~ age", "subset": "region == 'north'"},
         {"tag": "known", "formula": "x ~ age", "subset": "region != 'east' & region != 'islands'"},
     ]
@@ -289,3 +289,91 @@ def test_review_of_bundles_made_without_the_gates_finds_the_leaks(
     assert cps["dummies"]["status"] == cps["east"]["status"] == "released"
     found = {(f["check"], f["checkpoint"]) for f in review_bundle(bundle)["findings"]}
     assert found == {("pooled totals", "dummies"), ("subset levels", "east")}
+
+
+# ------------------------------------------------ group counts from standard errors
+
+
+def _group_counts(cp: dict[str, Any], model: str) -> dict[str, float]:
+    """Attacker: each group's rows from the model-based SEs of a saturated indicator fit
+    (OLS: scale / se²; logit: 1 / (se² p (1 − p)) with p from the coefficients), the
+    reference group under 'Intercept', a suppressed group as n less the others."""
+    b, se = _betas(cp), _ses(cp)
+
+    def info(eta: float, var: float) -> float:
+        if model == "ols":
+            return cp["scale"] / var
+        p = 1 / (1 + np.exp(-eta))
+        return 1 / (var * p * (1 - p))
+
+    out = {"Intercept": info(b["Intercept"], se["Intercept"] ** 2)}
+    for t in b:
+        if t != "Intercept":
+            out[t] = info(b["Intercept"] + b[t], se[t] ** 2 - se["Intercept"] ** 2)
+    if any(t.get("suppressed") for t in cp["terms"]):
+        out["suppressed"] = cp["n"] - sum(out.values())
+    return out
+
+
+@pytest.mark.parametrize(("model", "seed"), [("ols", 5), ("logit", 12)])
+def test_standard_errors_of_a_dummy_fit_do_not_count_suppressed_levels(
+    tmp_path: Path, model: str, seed: int
+) -> None:
+    """`y ~ C(region)` with nonrobust SEs: every group's count follows from the SEs, so the
+    rare level (coefficient suppressed) is n less the others, and a level of 60 rows that the
+    table put in the bucket leaves the bucket less 60 = the rare count."""
+    df = _visits_frame(1500, seed)
+    rng = np.random.default_rng(seed)
+    df["y"] = rng.integers(0, 2, size=len(df)) if model == "logit" else rng.normal(size=len(df))
+    rel, cps, bundle = _bundle(
+        tmp_path, df, [{"tag": "f", "model": model, "formula": "y ~ C(region)"}]
+    )
+    t = _table(rel, "region")
+    assert t["suppressed"] == 63 and "east" not in t["levels"]
+    if cps["f"]["status"] == "released":
+        counts = _group_counts(cps["f"], model)
+        pinned = [round(c) for c in counts.values() if 0.5 < c < K - 0.5]
+        pinned += [round(t["suppressed"] - c) for c in counts.values() if 0.5 < t["suppressed"] - c < K - 0.5]
+        assert not pinned, f"counts of protected groups follow: {pinned}"
+    assert review_bundle(bundle)["findings"] == []
+
+
+def test_standard_errors_of_a_coding_do_not_count_pooled_rows(tmp_path: Path) -> None:
+    """`wage ~ I(visits == 3)`: the SEs give the rows at exactly 3, which the table's count of
+    3 (holding the row pooled into it) exceeds by the pooled row."""
+    df = _visits_frame(1400, 9)
+    df["wage"] = np.random.default_rng(9).normal(size=len(df))
+    rel, cps, _ = _bundle(tmp_path, df, [{"tag": "c", "formula": "wage ~ I(visits == 3)"}])
+    t = _table(rel, "visits")
+    assert t["pooled_levels"] == 1
+    if cps["c"]["status"] == "released":
+        counts = _group_counts(cps["c"], "ols")
+        ones = counts[next(k for k in counts if k != "Intercept")]
+        assert not 0.5 < t["counts"][t["levels"].index(3)] - ones < K - 0.5
+
+
+def test_group_counts_gate_keeps_robust_and_common_fits(tmp_path: Path) -> None:
+    """No false refusal: the same dummy fit with HC1 SEs (group variances unknown), and a
+    nonrobust dummy fit of a factor without rare categories, are released."""
+    df = _visits_frame(1500, 2)
+    df["plan"] = np.random.default_rng(2).choice(["a", "b", "c"], size=len(df))
+    cps_in = [
+        {"tag": "robust", "formula": "x ~ C(region)", "vcov": "HC1"},
+        {"tag": "common", "formula": "x ~ C(plan)"},
+    ]
+    _, cps, _ = _bundle(tmp_path, df, cps_in)
+    assert cps["robust"]["status"] == cps["common"]["status"] == "released"
+
+
+def test_review_finds_group_counts_in_a_bundle_made_without_the_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replisynth.extract import checkpoints
+
+    monkeypatch.setattr(checkpoints, "group_count_rejection", lambda *a: None)
+    df = _visits_frame(1500, 6)
+    df["y"] = np.random.default_rng(6).normal(size=len(df))
+    _, cps, bundle = _bundle(tmp_path, df, [{"tag": "f", "formula": "y ~ C(region)"}])
+    assert cps["f"]["status"] == "released"
+    found = {(f["check"], f["checkpoint"]) for f in review_bundle(bundle)["findings"]}
+    assert ("group counts", "f") in found

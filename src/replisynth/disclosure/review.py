@@ -32,7 +32,7 @@ from replisynth.disclosure.sdc import (
     ordering_backed,
 )
 from replisynth.disclosure.pooled_totals import check_pooled_totals
-from replisynth.disclosure.subset_levels import check_subset_levels
+from replisynth.disclosure.subset_levels import check_group_counts, check_subset_levels
 from replisynth.disclosure.three_way import check_three_way
 from replisynth.io.atomic import write_text
 from replisynth.io.files import write_json
@@ -521,6 +521,10 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     record(
         "checkpoint subsets on one table column: no suppressed or pooled count follows",
         check_subset_levels(b.checkpoints, b.releases, k),
+    )
+    record(
+        "indicator fits with model-based SEs: no protected group count follows",
+        check_group_counts(b.checkpoints, b.releases),
     )
     record("group sizes", group_found, notes=group_notes)
     record("ordering flags backed by released correlations", order_found, notes=order_notes)

@@ -2,11 +2,14 @@
 levels, so its n, less the released counts of the levels it takes, counts the rows of the
 bucket of suppressed categories (or the pooled rows) it holds: a checkpoint on a level the
 table suppressed gives that level's count, and the bucket less it the rare categories'.
-Decided from the bundle alone (what the attacker reads), at extract and in the review.
-Method: docs/disclosure.md, "Checkpoint subsets on a table column"."""
+Decided from the bundle alone (what the attacker reads), at extract and in the review. Also
+the review's check of group counts given by the SEs of an indicator fit. Method:
+docs/disclosure.md, "Checkpoint subsets on a table column", "Group counts from standard
+errors"."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -87,6 +90,56 @@ def check_subset_levels(
                     "checkpoint": c["tag"],
                     "finding": "its n less the released level counts its subset takes gives "
                     f"a count of 1..{min_cell - 1} rows of suppressed or pooled levels",
+                }
+            )
+    return found
+
+
+_INDICATOR = re.compile(r"\[T\.|^I\(.*(==|!=|<|>).*\)$")
+_MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg")
+
+
+def saturated_indicator_fit(rec: Mapping[str, Any]) -> bool:
+    """Whether a released record is an unweighted, model-based (nonrobust) fit of an
+    intercept and indicators (factor levels or comparisons) of one column: its SEs give
+    each group's row count (`extract/pattern_counts.py` on the secure side)."""
+    if rec.get("status") != "released" or rec.get("vcov") != "nonrobust":
+        return False
+    if rec.get("weights") or rec.get("absorb") or rec.get("model") not in _MODEL_BASED:
+        return False
+    read = set(rec.get("columns", [])) - {rec.get("outcome")}
+    named = [t["term"] for t in rec.get("terms", []) if t.get("term")]
+    return (
+        len(read) == 1
+        and "Intercept" in named
+        and all(t == "Intercept" or _INDICATOR.search(t) for t in named)
+    )
+
+
+def check_group_counts(
+    checkpoints: Sequence[Mapping[str, Any]],
+    releases: Mapping[str, Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """The review's pass: a saturated indicator fit with model-based SEs whose groups include
+    a suppressed coefficient's (n less the others' counts), or whose column's source table
+    suppresses or pools categories (a level's exact count against the bucket)."""
+    found = []
+    for c in checkpoints:
+        if not saturated_indicator_fit(c):
+            continue
+        rel = releases.get(str(c.get("source")))
+        (col,) = set(c.get("columns", [])) - {c.get("outcome")}
+        m = (rel or {}).get("blocks", {}).get("all", {}).get("marginals", {}).get(col) or {}
+        t = m.get("table") or {}
+        if any(x.get("suppressed") for x in c["terms"]) or t.get("suppressed") or t.get(
+            "pooled_levels"
+        ):
+            found.append(
+                {
+                    "check": "group counts",
+                    "checkpoint": c["tag"],
+                    "finding": "model-based SEs of an indicator fit give each group's count; "
+                    "a group is below min_cell_size or its column's table hides categories",
                 }
             )
     return found

@@ -1,0 +1,61 @@
+"""Secure side: a checkpoint whose design is saturated in indicators (an intercept and the
+dummies of one factor, or one 0/1 term) with model-based standard errors releases every
+group's row count: OLS gives n_g = scale / (se² of the contrast less se² of the intercept),
+a GLM its information per group. A group of 1..k−1 rows (a suppressed coefficient's group:
+n less the others) or a level of a column whose table suppresses or pools categories (the
+bucket less the level) would follow. Method: docs/disclosure.md, "Group counts from
+standard errors"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from replisynth.config.manifest import Checkpoint, formula_variables
+from replisynth.stats.design import Design
+
+REASON = (
+    "group counts: the design is an intercept and indicators of disjoint groups and its "
+    "standard errors are model-based, so they give each group's row count exactly; a group "
+    "has fewer than min_cell_size rows, or the groups read a column whose table suppresses "
+    "or pools categories below it; use a robust vcov (HC1) or add a continuous regressor"
+)
+
+
+def saturated_groups(X: np.ndarray) -> np.ndarray | None:
+    """Rows per group of a design made of a constant column and 0/1 columns with as many
+    distinct rows as columns (each group its own coefficient), or None."""
+    if X.ndim != 2 or X.shape[1] < 2 or len(X) == 0:
+        return None
+    const = np.all(X == X[:1], axis=0)
+    if int(const.sum()) != 1 or not np.all((X[:, ~const] == 0) | (X[:, ~const] == 1)):
+        return None
+    _, counts = np.unique(X[:, ~const], axis=0, return_counts=True)
+    return counts if len(counts) == X.shape[1] else None
+
+
+def _rare(s: pd.Series, min_cell: int) -> bool:
+    counts = s.value_counts(dropna=True).to_numpy()
+    return bool(np.any((counts > 0) & (counts < min_cell)))
+
+
+def group_count_rejection(
+    df: pd.DataFrame, design: Design, cp: Checkpoint, min_cell: int
+) -> str | None:
+    """Why a checkpoint is refused for giving group counts through its SEs, or None: an
+    unweighted, model-based (nonrobust) fit on a saturated indicator design whose groups
+    hold 1..min_cell−1 rows, or whose regressors read a column with a category of
+    1..min_cell−1 rows in the source."""
+    if cp.vcov != "nonrobust" or design.weights is not None or design.absorb is not None:
+        return None
+    if design.Z is not None or design.entity is not None:
+        return None  # iv and re: the SEs mix in the first stage or the variance components
+    counts = saturated_groups(design.X)
+    if counts is None:
+        return None
+    if np.any(counts < min_cell):
+        return REASON
+    read = formula_variables(cp.formula) - {cp.outcome}
+    if any(_rare(df[c], min_cell) for c in sorted(read) if c in df.columns):
+        return REASON
+    return None
