@@ -377,3 +377,32 @@ def test_review_finds_group_counts_in_a_bundle_made_without_the_gate(
     assert cps["f"]["status"] == "released"
     found = {(f["check"], f["checkpoint"]) for f in review_bundle(bundle)["findings"]}
     assert ("group counts", "f") in found
+
+
+@pytest.mark.parametrize(("col", "seed"), [("region", 31), ("site", 8)])
+def test_fit_on_a_stratum_does_not_give_a_pooled_total_against_its_table(
+    tmp_path: Path, col: str, seed: int
+) -> None:
+    """A Poisson fit of a pooled count on a 0/1 column, on the rows of one stratum (robust
+    SEs): its fitted means times the stratum's released 0/1 counts give the stratum's total,
+    and less Σ level × count of the stratum's table, the pooled row's excess."""
+    n, outlier = 2400, 12.0
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"pid": np.arange(n), col: rng.choice(["north", "south"], size=n)})
+    df["visits"] = rng.choice([0, 1, 2, 3], p=[0.4, 0.3, 0.2, 0.1], size=n).astype("float64")
+    df.loc[int(np.flatnonzero(df[col] == "north")[0]), "visits"] = outlier
+    df["female"] = rng.integers(0, 2, size=n)
+    cp = {"tag": "n", "model": "poisson", "formula": "visits ~ female", "vcov": "HC1"}
+    rel, cps, _ = _bundle(tmp_path, df, [{**cp, "subset": f"{col} == 'north'"}], strata=[col])
+    if cps["n"]["status"] != "released":
+        return
+    b = _betas(cps["n"])
+    for bid, block in rel["blocks"].items():
+        f, v = block["marginals"]["female"].get("table"), block["marginals"]["visits"].get("table")
+        if bid == "all" or block["key"] != ["north"] or f is None or v is None:
+            continue
+        fitted = sum(
+            c * np.exp(b["Intercept"] + (b["female"] if lv == 1 else 0.0))
+            for lv, c in zip(f["levels"], f["counts"], strict=True)
+        )
+        assert abs(fitted - _table_total(v) - (outlier - 3)) > 0.5, "the pooled value follows"

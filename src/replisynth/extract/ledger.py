@@ -350,7 +350,7 @@ def apply_differencing(
         register_subset_atoms(ledger, frames[name], manifest, name)
     released: list[dict[str, Any]] = []
     log = SdcLog()
-    totals = PooledTotalsGate(frames, manifest, fits, metas)
+    totals = PooledTotalsGate(frames, manifest, fits, metas, ledger.cells)
     for i, (cp, (rel, lg, index)) in enumerate(zip(manifest.checkpoints, fits, strict=True)):
         if rel.get("status") != "released" or index is None:
             ledger.register_checkpoint(

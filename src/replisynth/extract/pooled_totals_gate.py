@@ -26,6 +26,7 @@ from replisynth.io.files import FileMeta
 from replisynth.io.schema import MAX_ORDINAL_LEVELS, infer_column
 
 MAX_CELLS = 256  # cells of the released row sets beyond which the gate refuses without solving
+MAX_BLOCKS = 32  # released blocks (strata, residual) whose own totals are checked one by one
 TOO_MANY = (
     "pooled totals: too many overlapping checkpoint samples to solve the attacker's system "
     "for a column whose table pools values below min_cell_size; refused to be safe"
@@ -45,6 +46,7 @@ class PooledTotalsGate:
         manifest: Manifest,
         fits: list[Fit],
         metas: dict[str, FileMeta] | None = None,
+        blocks: dict[str, np.ndarray] | None = None,
     ):
         self.systems: dict[str, TotalsSystem] = {}
         self.cells: dict[int, list[int]] = {}
@@ -55,7 +57,8 @@ class PooledTotalsGate:
         k = manifest.sdc.min_cell_size
         for name, df in frames.items():
             meta = (metas or {}).get(name)
-            self._source(df, manifest.source(name), manifest, fits, meta)
+            part = (blocks or {}).get(name)
+            self._source(df, manifest.source(name), manifest, fits, meta, part)
 
     def _source(
         self,
@@ -64,7 +67,9 @@ class PooledTotalsGate:
         manifest: Manifest,
         fits: list[Fit],
         meta: FileMeta | None,
+        part: np.ndarray | None,
     ) -> None:
+        """`part`: each row's released block (stratum or residual), whose tables are known."""
         k = manifest.sdc.min_cell_size
         idx = [
             i
@@ -80,7 +85,9 @@ class PooledTotalsGate:
             return
         self.alone[source.name] = {t for t, _ in alone}
         masks = {i: _mask(df, fits[i][2]) for i in idx}
-        label = np.zeros(len(df), dtype="int64")
+        part = np.zeros(len(df), dtype="int64") if part is None else part.astype("int64")
+        n_blocks = int(part.max()) + 1 if len(part) else 1
+        label = part.copy() if n_blocks <= MAX_BLOCKS else np.zeros(len(df), dtype="int64")
         for m in masks.values():
             label = pd.factorize(label * 2 + m)[0].astype("int64")
         n_cells = int(label.max()) + 1
@@ -96,8 +103,14 @@ class PooledTotalsGate:
         system.add(system.equations(every, known))
         self.systems[source.name] = system
         targets = [(every, t) for t, _ in alone]
+        if 1 < n_blocks <= MAX_BLOCKS:  # each block's tables are released
+            for g in range(n_blocks):
+                targets += [(np.unique(label[part == g]).tolist(), t) for t, _ in alone]
         for i, m in masks.items():
-            targets += [(self.cells[i], t) for t, p in alone if _cuts_pooled(df[p], m, k)]
+            whole = _union_of_blocks(part, m)
+            targets += [
+                (self.cells[i], t) for t, p in alone if whole or _cuts_pooled(df[p], m, k)
+            ]
         self.targets[source.name] = targets
 
     def refusal(self, i: int, source: str, rec: dict[str, Any]) -> str | None:
@@ -139,6 +152,14 @@ def pooled_tables(
         for c in pooled
         if infer_column(df[c], source, meta, sdc.min_cell_size, keep, trim).role == "categorical"
     }
+
+
+def _union_of_blocks(part: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether a sample holds every row or none of each released block (its tables are then
+    the sum of the blocks')."""
+    inside = np.bincount(part[mask], minlength=int(part.max()) + 1)
+    total = np.bincount(part, minlength=len(inside))
+    return bool(np.all((inside == 0) | (inside == total)))
 
 
 def _mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
