@@ -96,7 +96,9 @@ def check_subset_levels(
 
 
 _INDICATOR = re.compile(r"\[T\.|^I\(.*(==|!=|<|>).*\)$")
-_MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg")
+_MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit")
+_NO_INTERCEPT = ("ologit", "oprobit")  # their cut points play the intercept
+_CUT = re.compile(r"^cut[0-9]+$")
 
 
 def saturated_indicator_fit(rec: Mapping[str, Any]) -> bool:
@@ -111,8 +113,8 @@ def saturated_indicator_fit(rec: Mapping[str, Any]) -> bool:
     named = [t["term"] for t in rec.get("terms", []) if t.get("term")]
     return (
         len(read) == 1
-        and "Intercept" in named
-        and all(t == "Intercept" or _INDICATOR.search(t) for t in named)
+        and ("Intercept" in named or rec.get("model") in _NO_INTERCEPT)
+        and all(t in ("Intercept", "alpha") or _INDICATOR.search(t) or _CUT.match(t) for t in named)
     )
 
 

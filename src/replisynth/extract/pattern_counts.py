@@ -23,15 +23,17 @@ REASON = (
 
 
 def saturated_groups(X: np.ndarray) -> np.ndarray | None:
-    """Rows per group of a design made of a constant column and 0/1 columns with as many
-    distinct rows as columns (each group its own coefficient), or None."""
-    if X.ndim != 2 or X.shape[1] < 2 or len(X) == 0:
+    """Rows per group of a design of 0/1 columns, with a constant column or without one (an
+    ordered model's cut points play the intercept), with one distinct row more than its
+    non-constant columns (each group its own coefficient), or None."""
+    if X.ndim != 2 or X.shape[1] < 1 or len(X) == 0:
         return None
     const = np.all(X == X[:1], axis=0)
-    if int(const.sum()) != 1 or not np.all((X[:, ~const] == 0) | (X[:, ~const] == 1)):
+    free = X[:, ~const]
+    if int(const.sum()) > 1 or free.shape[1] == 0 or not np.all((free == 0) | (free == 1)):
         return None
-    _, counts = np.unique(X[:, ~const], axis=0, return_counts=True)
-    return counts if len(counts) == X.shape[1] else None
+    _, counts = np.unique(free, axis=0, return_counts=True)
+    return counts if len(counts) == free.shape[1] + 1 else None
 
 
 def _rare(s: pd.Series, min_cell: int) -> bool:
