@@ -117,9 +117,7 @@ def test_intercept_only_count_fit_does_not_give_a_pooled_total(
     df = pd.DataFrame({"pid": np.arange(n)})
     df["visits"] = _counts_with_outlier([0, 1, 2], [0.5, 0.3, 0.2], n, outlier, seed)
     df["x"] = np.random.default_rng(seed).normal(size=n)
-    rel, cps, _ = _bundle(
-        tmp_path, df, [{"tag": "i", "model": "poisson", "formula": "visits ~ 1"}]
-    )
+    rel, cps, _ = _bundle(tmp_path, df, [{"tag": "i", "model": "poisson", "formula": "visits ~ 1"}])
     t, cp = _table(rel, "visits"), cps["i"]
     if cp["status"] == "released":
         excess = cp["n"] * np.exp(_betas(cp)["Intercept"]) - _table_total(t)
@@ -333,7 +331,11 @@ def test_standard_errors_of_a_dummy_fit_do_not_count_suppressed_levels(
     if cps["f"]["status"] == "released":
         counts = _group_counts(cps["f"], model)
         pinned = [round(c) for c in counts.values() if 0.5 < c < K - 0.5]
-        pinned += [round(t["suppressed"] - c) for c in counts.values() if 0.5 < t["suppressed"] - c < K - 0.5]
+        pinned += [
+            round(t["suppressed"] - c)
+            for c in counts.values()
+            if 0.5 < t["suppressed"] - c < K - 0.5
+        ]
         assert not pinned, f"counts of protected groups follow: {pinned}"
     assert review_bundle(bundle)["findings"] == []
 
@@ -406,3 +408,24 @@ def test_fit_on_a_stratum_does_not_give_a_pooled_total_against_its_table(
             for lv, c in zip(f["levels"], f["counts"], strict=True)
         )
         assert abs(fitted - _table_total(v) - (outlier - 3)) > 0.5, "the pooled value follows"
+
+
+# ------------------------------------------------ leaks still open
+
+
+@pytest.mark.xfail(
+    reason="open: a subset reading a second column is not matched to the table", strict=True
+)
+def test_subset_with_a_condition_that_is_always_true_does_not_count_the_bucket(
+    tmp_path: Path,
+) -> None:
+    """`region == 'east' & age > 0`: the second condition holds in every row, so n is the
+    suppressed level's count, but the subset reads two columns and neither the bundle-level
+    check (one column) nor the ledger (atoms of numeric columns) matches it to the table."""
+    df = _visits_frame(1500, 5)
+    rel, cps, _ = _bundle(
+        tmp_path, df, [{"tag": "h", "formula": "x ~ age", "subset": "region == 'east' & age > 0"}]
+    )
+    t = _table(rel, "region")
+    if cps["h"]["status"] == "released":
+        assert not 0 < t["suppressed"] - cps["h"]["n"] < K

@@ -25,13 +25,13 @@ from replisynth.disclosure.bundle_types import (
 )
 from replisynth.disclosure.cell_audit import check_empty_cells
 from replisynth.disclosure.linked_correlations import check_correlations
+from replisynth.disclosure.pooled_totals import check_pooled_totals
 from replisynth.disclosure.sdc import (
     DisclosureError,
     check_atoms,
     check_release,
     ordering_backed,
 )
-from replisynth.disclosure.pooled_totals import check_pooled_totals
 from replisynth.disclosure.subset_levels import check_group_counts, check_subset_levels
 from replisynth.disclosure.three_way import check_three_way
 from replisynth.io.atomic import write_text

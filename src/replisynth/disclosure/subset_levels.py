@@ -133,8 +133,10 @@ def check_group_counts(
         (col,) = set(c.get("columns", [])) - {c.get("outcome")}
         m = (rel or {}).get("blocks", {}).get("all", {}).get("marginals", {}).get(col) or {}
         t = m.get("table") or {}
-        if any(x.get("suppressed") for x in c["terms"]) or t.get("suppressed") or t.get(
-            "pooled_levels"
+        if (
+            any(x.get("suppressed") for x in c["terms"])
+            or t.get("suppressed")
+            or t.get("pooled_levels")
         ):
             found.append(
                 {

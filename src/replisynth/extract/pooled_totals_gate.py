@@ -54,7 +54,6 @@ class PooledTotalsGate:
         self.few: dict[str, set[str]] = {}
         self.crowded: set[str] = set()
         self.alone: dict[str, set[str]] = {}
-        k = manifest.sdc.min_cell_size
         for name, df in frames.items():
             meta = (metas or {}).get(name)
             part = (blocks or {}).get(name)
@@ -108,9 +107,7 @@ class PooledTotalsGate:
                 targets += [(np.unique(label[part == g]).tolist(), t) for t, _ in alone]
         for i, m in masks.items():
             whole = _union_of_blocks(part, m)
-            targets += [
-                (self.cells[i], t) for t, p in alone if whole or _cuts_pooled(df[p], m, k)
-            ]
+            targets += [(self.cells[i], t) for t, p in alone if whole or _cuts_pooled(df[p], m, k)]
         self.targets[source.name] = targets
 
     def refusal(self, i: int, source: str, rec: dict[str, Any]) -> str | None:

@@ -218,7 +218,9 @@ def refuse_subset_levels(
             out.append(c)
             continue
         sdc.add("checkpoints", "rejected", why, checkpoint=c["tag"])
-        out.append({**{k: c[k] for k in REQUEST_KEYS if k in c}, "status": "rejected", "reason": why})
+        out.append(
+            {**{k: c[k] for k in REQUEST_KEYS if k in c}, "status": "rejected", "reason": why}
+        )
     return out
 
 
