@@ -184,6 +184,35 @@ def test_outcome_mean_of_one_fit_does_not_free_a_pooled_regressor_total(
     assert review["findings"] == [], review["findings"]
 
 
+@pytest.mark.parametrize(("name", "seed"), [("load", 41), ("burden", 3)])
+def test_derived_sum_does_not_carry_a_pooled_total(tmp_path: Path, name: str, seed: int) -> None:
+    """`derive: {load: visits + x}` (released with the manifest): a dummy fit of `load` gives
+    its total, `w ~ x` gives x's, and their difference is the pooled count's total."""
+    n, outlier = 1600, 11.0
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"pid": np.arange(n), "female": rng.integers(0, 2, size=n)})
+    df["visits"] = _counts_with_outlier([0, 1, 2, 3], [0.4, 0.3, 0.2, 0.1], n, outlier, seed)
+    df["x"] = rng.normal(size=n).round(3)
+    df[name] = df["visits"] + df["x"]
+    df["w"] = df["x"] + rng.normal(size=n)
+    cps_in = [
+        {"tag": "a", "formula": f"{name} ~ female", "vcov": "HC1"},
+        {"tag": "b", "formula": "w ~ x"},
+    ]
+    rel, cps, bundle = _bundle(tmp_path, df, cps_in, derive={name: "visits + x"})
+    t, f = _table(rel, "visits"), _table(rel, "female")
+    a, b = cps["a"], cps["b"]
+    if a["status"] == b["status"] == "released":
+        ba = _betas(a)
+        total = sum(
+            c * (ba["Intercept"] + (ba["female"] if lv == 1 else 0.0))
+            for lv, c in zip(f["levels"], f["counts"], strict=True)
+        )
+        x_total = n * b["moments"]["mean"][b["moments"]["terms"].index("x")]
+        assert abs(total - x_total - _table_total(t) - (outlier - 3)) > 0.5
+    assert review_bundle(bundle)["findings"] == []
+
+
 # ------------------------------------------------ a subset counting a suppressed level
 
 

@@ -61,11 +61,24 @@ def patterned_terms(terms: Iterable[str], few_valued: set[str]) -> bool:
     return all(t == INTERCEPT or "[T." in t or t in few_valued for t in terms)
 
 
-def reads_only(term: str, column: str, columns: Iterable[str]) -> bool:
-    """Whether `term` names `column` and no other of `columns` (a function of it alone, whose
-    total less Σ f(level) × count gives f of the pooled rows)."""
-    names = [c for c in columns if _mentions(term, c)]
-    return names == [column]
+def readers(column: str, derive: Iterable[tuple[str, str]]) -> set[str]:
+    """The column and every derived column whose expression reads it, through other derived
+    columns too (`visits + x`: its total less x's gives the column's)."""
+    out, rules = {column}, list(derive)
+    grown = True
+    while grown:
+        new = {
+            name for name, expr in rules if name not in out and any(_mentions(expr, c) for c in out)
+        }
+        out |= new
+        grown = bool(new)
+    return out
+
+
+def reads(term: str, columns: Iterable[str]) -> bool:
+    """Whether `term` names one of `columns` (its total, with other released totals, can
+    give theirs: a function of the column, a sum with another column, a derived column)."""
+    return any(_mentions(term, c) for c in columns)
 
 
 def _mentions(term: str, col: str) -> bool:
@@ -133,13 +146,23 @@ def pooled_table_columns(release: Mapping[str, Any]) -> tuple[set[str], set[str]
     return pooled, exact
 
 
+def _derive_of(manifest: Any, source: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return tuple(manifest.source(source).derive) if manifest is not None else ()
+    except KeyError:
+        return ()
+
+
 def check_pooled_totals(
-    checkpoints: Sequence[Mapping[str, Any]], releases: Mapping[str, Mapping[str, Any]]
+    checkpoints: Sequence[Mapping[str, Any]],
+    releases: Mapping[str, Mapping[str, Any]],
+    manifest: Any = None,
 ) -> list[dict[str, Any]]:
     """The review's pass: the released checkpoints on all rows of a source (n equal to its
     rows, unweighted), in order, with the source tables' exact totals (factor indicators,
     numeric columns of an exact table); a checkpoint after which the total of a pooled
-    numeric column (or of a term of it alone) follows is a finding. Subsets are not seen:
+    numeric column (or of a term or derived column reading it: `manifest`'s derive) follows
+    is a finding. Subsets are not seen:
     the secure side's gate compares their row sets."""
     found = []
     for src, rel in releases.items():
@@ -151,13 +174,13 @@ def check_pooled_totals(
         ]
         if not pooled or not cps:
             continue
-        columns = [c["name"] for c in rel["columns"]]
+        derive = _derive_of(manifest, src)
         system = TotalsSystem()
         names = {t["term"] for c in cps for t in c["terms"] if t.get("term")}
         names |= {str(c["outcome"]) for c in cps}
         known = [{t: 1.0} for t in names if "[T." in t or t in exact]
         system.add(system.equations([0], known))
-        targets = [t for t in names for p in pooled if reads_only(t, p, columns)]
+        targets = [t for t in names for p in pooled if reads(t, readers(p, derive))]
         for c in cps:
             terms = [t["term"] for t in c["terms"] if t.get("term")]
             rows = system.equations([0], record_equations(c, patterned_terms(terms, exact)))

@@ -516,7 +516,7 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     )
     record(
         "pooled totals: no checkpoint on all rows gives the exact total of a pooled column",
-        check_pooled_totals(b.checkpoints, b.releases),
+        check_pooled_totals(b.checkpoints, b.releases, b.manifest),
     )
     record(
         "checkpoint subsets on one table column: no suppressed or pooled count follows",

@@ -18,7 +18,8 @@ from replisynth.disclosure.pooled_totals import (
     REASON,
     TotalsSystem,
     patterned_terms,
-    reads_only,
+    readers,
+    reads,
     record_equations,
 )
 from replisynth.extract.release_guards import pooled_numeric_columns
@@ -37,7 +38,7 @@ Fit = tuple[dict[str, Any], Any, pd.Index | None]
 
 class PooledTotalsGate:
     """Per source with a pooled numeric column that a checkpoint's term or outcome reads
-    alone: the cells of the checkpoint samples, the attacker's system seeded with the source
+    (directly or through a derived column): the cells of the checkpoint samples, the attacker's system seeded with the source
     tables' exact totals, and the totals that must stay undetermined."""
 
     def __init__(
@@ -79,7 +80,7 @@ class PooledTotalsGate:
         names = {t["term"] for i in idx for t in fits[i][0]["terms"] if t.get("term")}
         names |= {str(fits[i][0]["outcome"]) for i in idx}
         columns = [c for c in df.columns if isinstance(c, str)]
-        alone = {(t, p) for t in names for p in pooled if reads_only(t, p, columns)}
+        alone = {(t, p) for t in names for p in pooled if reads(t, readers(p, source.derive))}
         if not alone:
             return
         self.alone[source.name] = {t for t, _ in alone}
