@@ -458,3 +458,30 @@ def test_subset_with_a_condition_that_is_always_true_does_not_count_the_bucket(
     t = _table(rel, "region")
     if cps["h"]["status"] == "released":
         assert not 0 < t["suppressed"] - cps["h"]["n"] < K
+
+
+@pytest.mark.parametrize("value", [1.0, 2.5])
+def test_a_constant_weight_does_not_hide_a_pooled_total_or_group_counts(
+    tmp_path: Path, value: float
+) -> None:
+    """A weights column equal in every row makes weighted totals and counts scaled copies of
+    the unweighted ones: the dummy fit's total and the SEs' group counts follow as before."""
+    df = _visits_frame(1500, 13)
+    df["wt"] = value
+    df["y"] = np.random.default_rng(13).normal(size=len(df))
+    cps_in = [
+        {"tag": "p", "model": "poisson", "formula": "visits ~ female", "weights": "wt"},
+        {"tag": "g", "formula": "y ~ C(region)", "weights": "wt"},
+    ]
+    rel, cps, _ = _bundle(tmp_path, df, cps_in)
+    t, f = _table(rel, "visits"), _table(rel, "female")
+    if cps["p"]["status"] == "released":
+        b = _betas(cps["p"])
+        fitted = sum(
+            c * np.exp(b["Intercept"] + (b["female"] if lv == 1 else 0.0))
+            for lv, c in zip(f["levels"], f["counts"], strict=True)
+        )
+        assert abs(fitted - _table_total(t) - (13.0 - 3)) > 0.5
+    if cps["g"]["status"] == "released":
+        counts = _group_counts(cps["g"], "ols")
+        assert not any(0.5 < c < K - 0.5 for c in counts.values())

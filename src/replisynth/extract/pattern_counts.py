@@ -45,10 +45,11 @@ def group_count_rejection(
     df: pd.DataFrame, design: Design, cp: Checkpoint, min_cell: int
 ) -> str | None:
     """Why a checkpoint is refused for giving group counts through its SEs, or None: an
-    unweighted, model-based (nonrobust) fit on a saturated indicator design whose groups
+    unweighted (or constant-weight), model-based (nonrobust) fit on a saturated indicator design whose groups
     hold 1..min_cell−1 rows, or whose regressors read a column with a category of
     1..min_cell−1 rows in the source."""
-    if cp.vcov != "nonrobust" or design.weights is not None or design.absorb is not None:
+    weighted = design.weights is not None and np.ptp(design.weights) > 0  # constant: counts
+    if cp.vcov != "nonrobust" or weighted or design.absorb is not None:
         return None
     if design.Z is not None or design.entity is not None:
         return None  # iv and re: the SEs mix in the first stage or the variance components

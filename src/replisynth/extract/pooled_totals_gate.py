@@ -55,6 +55,7 @@ class PooledTotalsGate:
         self.few: dict[str, set[str]] = {}
         self.crowded: set[str] = set()
         self.alone: dict[str, set[str]] = {}
+        self.constant: set[int] = set()  # checkpoints whose weights are constant on the sample
         for name, df in frames.items():
             meta = (metas or {}).get(name)
             part = (blocks or {}).get(name)
@@ -97,6 +98,11 @@ class PooledTotalsGate:
         every = list(range(n_cells))
         self.cells.update({i: np.unique(label[m]).tolist() for i, m in masks.items()})
         self.few[source.name] = few_valued(df, source, columns)
+        self.constant |= {
+            i
+            for i in idx
+            if fits[i][0].get("weights") and _constant(df[fits[i][0]["weights"]], masks[i])
+        }
         exact = self.few[source.name] - pooled
         system = TotalsSystem()
         known = [{INTERCEPT: 1.0}] + [{t: 1.0} for t in names if "[T." in t or t in exact]
@@ -121,6 +127,8 @@ class PooledTotalsGate:
         if system is None or i not in self.cells:
             return None
         terms = [t["term"] for t in rec["terms"] if t.get("term")]
+        if i in self.constant:
+            rec = {**rec, "weights": None}  # a constant weight: weighted totals are scaled ones
         eqs = record_equations(rec, patterned_terms(terms, self.few[source]))
         rows = system.equations(self.cells[i], eqs)
         if any(system.determined(cells, t, rows) for cells, t in self.targets[source]):
@@ -150,6 +158,11 @@ def pooled_tables(
         for c in pooled
         if infer_column(df[c], source, meta, sdc.min_cell_size, keep, trim).role == "categorical"
     }
+
+
+def _constant(w: pd.Series, mask: np.ndarray) -> bool:
+    v = w.to_numpy(dtype="float64", na_value=np.nan)[mask]
+    return bool(len(v) and np.nanmin(v) == np.nanmax(v))
 
 
 def _union_of_blocks(part: np.ndarray, mask: np.ndarray) -> bool:
