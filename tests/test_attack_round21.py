@@ -213,6 +213,43 @@ def test_derived_sum_does_not_carry_a_pooled_total(tmp_path: Path, name: str, se
     assert review_bundle(bundle)["findings"] == []
 
 
+@pytest.mark.parametrize(("col", "few", "seed"), [("level", 5, 17), ("stage", 9, 2)])
+def test_fit_on_a_stratum_does_not_split_its_suppressed_cells(
+    tmp_path: Path, col: str, few: int, seed: int
+) -> None:
+    """A value held by `few` rows inside one stratum (and many rows elsewhere): the stratum's
+    table buckets it with a secondary cell; a Poisson fit on that stratum gives the
+    stratum's exact total of the column, which, with the bucket's count, splits the bucket
+    and gives the small cell exactly."""
+    rng = np.random.default_rng(seed)
+    north = rng.choice([0, 1, 2], p=[0.4, 0.35, 0.25], size=1100).astype("float64")
+    north[:few] = 3.0
+    south = rng.choice([0, 1, 2, 3], p=[0.3, 0.3, 0.2, 0.2], size=1300).astype("float64")
+    df = pd.DataFrame({"region": ["north"] * 1100 + ["south"] * 1300, col: [*north, *south]})
+    df = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    df.insert(0, "pid", np.arange(len(df)))
+    df["female"] = rng.integers(0, 2, size=len(df))
+    cp = {"tag": "n", "model": "poisson", "formula": f"{col} ~ female", "vcov": "HC1"}
+    rel, cps, _ = _bundle(tmp_path, df, [{**cp, "subset": "region == 'north'"}], strata=["region"])
+    if cps["n"]["status"] != "released":
+        return
+    b = _betas(cps["n"])
+    for block in rel["blocks"].values():
+        t = block["marginals"][col].get("table")
+        if block.get("key") != ["north"] or t is None or not t.get("suppressed"):
+            continue
+        f = block["marginals"]["female"]["table"]
+        total = sum(
+            c * np.exp(b["Intercept"] + (b["female"] if lv == 1 else 0.0))
+            for lv, c in zip(f["levels"], f["counts"], strict=True)
+        )
+        hidden = [v for v in (0, 1, 2, 3) if v not in t["levels"]]
+        if len(hidden) == 2:  # two values in the bucket: total and count give both cells
+            lo, hi = hidden
+            top = (total - _table_total(t) - lo * t["suppressed"]) / (hi - lo)
+            assert not (0.5 < top < K - 0.5 and abs(top - round(top)) < 1e-6)
+
+
 # ------------------------------------------------ a subset counting a suppressed level
 
 

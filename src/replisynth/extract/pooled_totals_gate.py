@@ -78,44 +78,40 @@ class PooledTotalsGate:
             if cp.source == source.name and rel.get("status") == "released" and index is not None
         ]
         pooled = pooled_tables(df, source, manifest, meta) if idx else set()
+        part = np.zeros(len(df), dtype="int64") if part is None else part.astype("int64")
+        columns = [c for c in df.columns if isinstance(c, str)]
+        few = few_valued(df, source, columns) if idx else set()
         names = {t["term"] for i in idx for t in fits[i][0]["terms"] if t.get("term")}
         names |= {str(fits[i][0]["outcome"]) for i in idx}
-        columns = [c for c in df.columns if isinstance(c, str)]
-        alone = {(t, p) for t in names for p in pooled if reads(t, readers(p, source.derive))}
+        read = {c for c in few - pooled if any(reads(t, readers(c, source.derive)) for t in names)}
+        blockwise = tables_of(df, source, manifest, meta, rare_in_blocks(df, part, read, k))
+        alone = {
+            (t, p) for t in names for p in pooled | blockwise if reads(t, readers(p, source.derive))
+        }
         if not alone:
             return
         self.alone[source.name] = {t for t, _ in alone}
         masks = {i: _mask(df, fits[i][2]) for i in idx}
-        part = np.zeros(len(df), dtype="int64") if part is None else part.astype("int64")
         n_blocks = int(part.max()) + 1 if len(part) else 1
         label = part.copy() if n_blocks <= MAX_BLOCKS else np.zeros(len(df), dtype="int64")
         for m in masks.values():
             label = pd.factorize(label * 2 + m)[0].astype("int64")
-        n_cells = int(label.max()) + 1
-        if n_cells > MAX_CELLS:
+        if int(label.max()) + 1 > MAX_CELLS:
             self.crowded.add(source.name)
             return
-        every = list(range(n_cells))
         self.cells.update({i: np.unique(label[m]).tolist() for i, m in masks.items()})
-        self.few[source.name] = few_valued(df, source, columns)
+        self.few[source.name] = few
         self.constant |= {
             i
             for i in idx
             if fits[i][0].get("weights") and _constant(df[fits[i][0]["weights"]], masks[i])
         }
-        exact = self.few[source.name] - pooled
+        every = list(range(int(label.max()) + 1))
         system = TotalsSystem()
-        known = [{INTERCEPT: 1.0}] + [{t: 1.0} for t in names if "[T." in t or t in exact]
+        known = [{INTERCEPT: 1.0}] + [{t: 1.0} for t in names if "[T." in t or t in few - pooled]
         system.add(system.equations(every, known))
         self.systems[source.name] = system
-        targets = [(every, t) for t, _ in alone]
-        if 1 < n_blocks <= MAX_BLOCKS:  # each block's tables are released
-            for g in range(n_blocks):
-                targets += [(np.unique(label[part == g]).tolist(), t) for t, _ in alone]
-        for i, m in masks.items():
-            whole = _union_of_blocks(part, m)
-            targets += [(self.cells[i], t) for t, p in alone if whole or _cuts_pooled(df[p], m, k)]
-        self.targets[source.name] = targets
+        self.targets[source.name] = _targets(df, part, label, masks, self.cells, alone, pooled, k)
 
     def refusal(self, i: int, source: str, rec: dict[str, Any]) -> str | None:
         """Why checkpoint `i` (its record `rec`) is refused, or None (its totals then join
@@ -145,17 +141,68 @@ def pooled_tables(
     column of many values that pooling would rob of its spread is released as a grid, whose
     exact total adds nothing. Without the file's metadata (value labels keep a column a
     table) every such column counts."""
-    sdc = manifest.sdc
-    pooled = pooled_numeric_columns(df, source, sdc.min_cell_size)
-    if meta is None or not pooled:
-        return pooled
+    pooled = pooled_numeric_columns(df, source, manifest.sdc.min_cell_size)
+    return tables_of(df, source, manifest, meta, pooled)
+
+
+def _targets(
+    df: pd.DataFrame,
+    part: np.ndarray,
+    label: np.ndarray,
+    masks: dict[int, np.ndarray],
+    cells: dict[int, list[int]],
+    alone: set[tuple[str, str]],
+    pooled: set[str],
+    k: int,
+) -> list[tuple[list[int], str]]:
+    """The totals that must stay undetermined, as (cells, name): of a column pooled at source
+    level, on the source, each block, a union of blocks and a sample that is a function of
+    it; of a column rare only inside some block, on each block and each proper union."""
+    n_blocks = int(part.max()) + 1 if len(part) else 1
+    every = list(range(int(label.max()) + 1))
+    out = [(every, t) for t, p in alone if p in pooled]
+    if 1 < n_blocks <= MAX_BLOCKS:  # each block's tables are released
+        for g in range(n_blocks):
+            out += [(np.unique(label[part == g]).tolist(), t) for t, _ in alone]
+    for i, m in masks.items():
+        whole = _union_of_blocks(part, m)
+        proper = whole and not m.all()
+        for t, p in alone:
+            src = p in pooled and (whole or _cuts_pooled(df[p], m, k))
+            if src or (p not in pooled and proper):
+                out.append((cells[i], t))
+    return out
+
+
+def rare_in_blocks(df: pd.DataFrame, part: np.ndarray, columns: set[str], k: int) -> set[str]:
+    """Columns with a value held by 1..k−1 rows inside some released block (its table there
+    suppresses cells, which an exact block total would split)."""
+    if len(part) == 0 or int(part.max()) == 0:
+        return set()
+    out = set()
+    for c in sorted(columns):
+        code, values = pd.factorize(df[c])
+        ok = code >= 0
+        counts = np.bincount(part[ok] * len(values) + code[ok])
+        if np.any((counts > 0) & (counts < k)):
+            out.add(c)
+    return out
+
+
+def tables_of(
+    df: pd.DataFrame, source: Source, manifest: Manifest, meta: FileMeta | None, cols: set[str]
+) -> set[str]:
+    """Those of `cols` the schema releases as tables (all of them without the metadata)."""
+    if meta is None or not cols:
+        return cols
     from replisynth.extract.extract import _kept_categorical  # the ledger's pattern: no cycle
 
     keep = _kept_categorical(manifest, source)
+    sdc = manifest.sdc
     trim = sdc.quantile_trim / 100.0
     return {
         c
-        for c in pooled
+        for c in cols
         if infer_column(df[c], source, meta, sdc.min_cell_size, keep, trim).role == "categorical"
     }
 
