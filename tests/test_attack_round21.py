@@ -406,6 +406,21 @@ def test_standard_errors_of_a_dummy_fit_do_not_count_suppressed_levels(
     assert review_bundle(bundle)["findings"] == []
 
 
+def test_standard_errors_of_a_fit_without_intercept_do_not_count_suppressed_levels(
+    tmp_path: Path,
+) -> None:
+    """`y ~ 0 + C(region)`: one coefficient per level, each SE scale / n_l, so the rare level
+    (suppressed) is n less the others."""
+    df = _visits_frame(1500, 5)
+    df["y"] = np.random.default_rng(5).normal(size=len(df))
+    _, cps, bundle = _bundle(tmp_path, df, [{"tag": "o", "formula": "y ~ 0 + C(region)"}])
+    cp = cps["o"]
+    if cp["status"] == "released":
+        counts = [cp["scale"] / s**2 for s in _ses(cp).values()]
+        assert not 0.5 < cp["n"] - sum(counts) < K - 0.5, "the rare level's count follows"
+    assert review_bundle(bundle)["findings"] == []
+
+
 def test_standard_errors_of_a_coding_do_not_count_pooled_rows(tmp_path: Path) -> None:
     """`wage ~ I(visits == 3)`: the SEs give the rows at exactly 3, which the table's count of
     3 (holding the row pooled into it) exceeds by the pooled row."""

@@ -95,9 +95,8 @@ def check_subset_levels(
     return found
 
 
-_INDICATOR = re.compile(r"\[T\.|^I\(.*(==|!=|<|>).*\)$")
+_INDICATOR = re.compile(r"\]$|\]:|^I\(.*(==|!=|<|>).*\)$")  # C(g)[T.a], C(g)[a], I(x == 3)
 _MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit")
-_NO_INTERCEPT = ("ologit", "oprobit")  # their cut points play the intercept
 _CUT = re.compile(r"^cut[0-9]+$")
 
 
@@ -111,10 +110,8 @@ def saturated_indicator_fit(rec: Mapping[str, Any]) -> bool:
         return False
     read = set(rec.get("columns", [])) - {rec.get("outcome")}
     named = [t["term"] for t in rec.get("terms", []) if t.get("term")]
-    return (
-        len(read) == 1
-        and ("Intercept" in named or rec.get("model") in _NO_INTERCEPT)
-        and all(t in ("Intercept", "alpha") or _INDICATOR.search(t) or _CUT.match(t) for t in named)
+    return len(read) == 1 and all(
+        t in ("Intercept", "alpha") or _INDICATOR.search(t) or _CUT.match(t) for t in named
     )
 
 

@@ -15,7 +15,7 @@ from replisynth.config.manifest import Checkpoint, formula_variables
 from replisynth.stats.design import Design
 
 REASON = (
-    "group counts: the design is an intercept and indicators of disjoint groups and its "
+    "group counts: the design is indicators of disjoint groups (with or without an intercept) and its "
     "standard errors are model-based, so they give each group's row count exactly; a group "
     "has fewer than min_cell_size rows, or the groups read a column whose table suppresses "
     "or pools categories below it; use a robust vcov (HC1) or add a continuous regressor"
@@ -23,9 +23,10 @@ REASON = (
 
 
 def saturated_groups(X: np.ndarray) -> np.ndarray | None:
-    """Rows per group of a design of 0/1 columns, with a constant column or without one (an
-    ordered model's cut points play the intercept), with one distinct row more than its
-    non-constant columns (each group its own coefficient), or None."""
+    """Rows per group of a design of 0/1 columns and at most one constant column with as
+    many distinct rows as columns (`0 + C(g)`, or an intercept and contrasts), or one more
+    than its non-constant columns (an ordered model's cut points play the intercept): each
+    group its own coefficient. None otherwise."""
     if X.ndim != 2 or X.shape[1] < 1 or len(X) == 0:
         return None
     const = np.all(X == X[:1], axis=0)
@@ -33,7 +34,7 @@ def saturated_groups(X: np.ndarray) -> np.ndarray | None:
     if int(const.sum()) > 1 or free.shape[1] == 0 or not np.all((free == 0) | (free == 1)):
         return None
     _, counts = np.unique(free, axis=0, return_counts=True)
-    return counts if len(counts) == free.shape[1] + 1 else None
+    return counts if len(counts) in (X.shape[1], free.shape[1] + 1) else None
 
 
 def _rare(s: pd.Series, min_cell: int) -> bool:
