@@ -491,18 +491,14 @@ def test_fit_on_a_stratum_does_not_give_a_pooled_total_against_its_table(
         assert abs(fitted - _table_total(v) - (outlier - 3)) > 0.5, "the pooled value follows"
 
 
-# ------------------------------------------------ leaks still open
+# ------------------------------------------------ subsets with more conditions
 
 
-@pytest.mark.xfail(
-    reason="open: a subset reading a second column is not matched to the table", strict=True
-)
 def test_subset_with_a_condition_that_is_always_true_does_not_count_the_bucket(
     tmp_path: Path,
 ) -> None:
     """`region == 'east' & age > 0`: the second condition holds in every row, so n is the
-    suppressed level's count, but the subset reads two columns and neither the bundle-level
-    check (one column) nor the ledger (atoms of numeric columns) matches it to the table."""
+    suppressed level's count (the check reads the other conditions as always true or false)."""
     df = _visits_frame(1500, 5)
     rel, cps, _ = _bundle(
         tmp_path, df, [{"tag": "h", "formula": "x ~ age", "subset": "region == 'east' & age > 0"}]
@@ -537,3 +533,25 @@ def test_a_constant_weight_does_not_hide_a_pooled_total_or_group_counts(
     if cps["g"]["status"] == "released":
         counts = _group_counts(cps["g"], "ols")
         assert not any(0.5 < c < K - 0.5 for c in counts.values())
+
+
+@pytest.mark.parametrize(("drop", "seed"), [(12, 3), (30, 8)])
+def test_subset_dropping_a_few_rows_of_a_level_does_not_count_them(
+    tmp_path: Path, drop: int, seed: int
+) -> None:
+    """`plan == 'gold' & score > c` where c drops `drop` rows of gold: n less gold's released
+    count is the rows of gold with score <= c, a cell of 1..k-1 rows."""
+    n = 1500
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"pid": np.arange(n), "plan": rng.choice(["gold", "basic"], size=n)})
+    df["score"] = rng.uniform(10, 90, size=n).round(2)
+    gold = np.flatnonzero(df["plan"] == "gold")
+    df.loc[gold[:drop], "score"] = rng.uniform(0, 4, size=drop).round(2)
+    df.loc[np.flatnonzero(df["plan"] == "basic")[:drop], "score"] = 1.0
+    df["y"] = rng.normal(size=n)
+    cp = {"tag": "g", "formula": "y ~ score", "subset": "plan == 'gold' & score > 5"}
+    rel, cps, _ = _bundle(tmp_path, df, [cp])
+    t = _table(rel, "plan")
+    if cps["g"]["status"] == "released":
+        gone = t["counts"][t["levels"].index("gold")] - cps["g"]["n"]
+        assert not 0 < gone < K, f"{gone} rows of gold with score <= 5 follow"

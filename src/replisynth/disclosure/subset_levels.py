@@ -9,6 +9,7 @@ errors"."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,41 +23,75 @@ from replisynth.disclosure.sdc import DisclosureError
 
 REASON = (
     "subset on a table column: its n, less the released counts of the levels the subset "
-    "takes, counts rows of the bucket of suppressed categories or of pooled levels inside "
-    "1..min_cell_size-1 (or leaves that few in the bucket); subset on released levels only, "
-    "or on the whole bucket"
+    "takes (its other conditions read as always true or always false), counts 1..min_cell_size-1 "
+    "rows of the bucket of suppressed categories or of pooled levels, or of those levels "
+    "dropped by the other conditions (or leaves that few in the bucket); subset on released "
+    "levels only, or on the whole bucket, or make the other conditions drop at least "
+    "min_cell_size rows"
 )
 
 
-def hidden_rows(rec: Mapping[str, Any], release: Mapping[str, Any]) -> tuple[int, int, int] | None:
-    """For a released checkpoint whose subset reads one column with a source-level table that
-    has a bucket or pooled levels: the bounds an attacker puts on the rows of the sample that
-    the released levels do not account for (bucket rows in it, less pooled rows counted on
-    the other side), and the bucket's size; None when the subset is not of that form."""
+def hidden_rows(rec: Mapping[str, Any], release: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+    """For a released checkpoint with a subset: per column of the subset with a source-level
+    table, and per reading of the subset's other conditions as always true or always false
+    (what an attacker may know of them), the bounds on the sample's rows that the released
+    levels the subset takes do not account for (bucket rows in it, less pooled rows counted
+    on the other side, less rows of those levels that the other conditions drop), and the
+    bucket's size."""
     if rec.get("status") != "released" or not rec.get("subset"):
-        return None
+        return []
     try:
         cols = sorted(parse_subset(rec["subset"], "subset", DisclosureError).columns)
     except ReplisynthError:
-        return None
-    m = release["blocks"]["all"]["marginals"].get(cols[0]) if len(cols) == 1 else None
-    t = (m or {}).get("table")
-    if not t or not (t.get("suppressed") or t.get("pooled_levels")):
-        return None
-    col = cols[0]
+        return []
+    marginals = release["blocks"]["all"]["marginals"]
     missing = {c["name"]: int(c.get("missing") or 0) for c in release["columns"]}
-    numeric = all(isinstance(v, int | float) for v in t["levels"])
-    values = pd.Series([*t["levels"], None], dtype="float64" if numeric else "object")
-    try:
-        mask = subset_mask(pd.DataFrame({col: values}), rec["subset"], "subset", DisclosureError)
-    except ReplisynthError:
-        return None
-    taken = int(np.asarray(t["counts"])[mask[:-1]].sum())
-    dropped = sum(missing.get(c, 0) for c in rec.get("columns", []) if c != col)
-    if col in rec.get("columns", []):  # its missing rows leave the sample whatever the subset
-        mask[-1] = False
-    low = int(rec["n"]) - taken - (missing.get(col, 0) if mask[-1] else 0)
-    return low, low + dropped, int(t.get("suppressed") or 0)
+    out = []
+    for col in cols:
+        t = (marginals.get(col) or {}).get("table")
+        if not t:
+            continue
+        dropped = sum(missing.get(c, 0) for c in rec.get("columns", []) if c != col)
+        for mask in _readings(rec["subset"], col, t["levels"], [c for c in cols if c != col]):
+            if col in rec.get("columns", []):  # its missing rows leave the sample anyway
+                mask[-1] = False
+            taken = int(np.asarray(t["counts"])[mask[:-1]].sum())
+            low = int(rec["n"]) - taken - (missing.get(col, 0) if mask[-1] else 0)
+            out.append((low, low + dropped, int(t.get("suppressed") or 0)))
+    return out
+
+
+_NUMBER = re.compile(r"(?<![A-Za-z_])-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+MAX_READINGS = 64
+
+
+def _candidates(subset: str) -> list[Any]:
+    """Values that put each condition of the subset on either side: its numbers (and just
+    beside them), its quoted texts, the extremes and missing."""
+    nums = [float(x) for x in _NUMBER.findall(subset)]
+    near = [v + d * max(1.0, abs(v)) * 1e-6 for v in nums for d in (-1.0, 0.0, 1.0)]
+    texts = [a or b for a, b in _QUOTED.findall(subset)]
+    return [*near, -1e300, 1e300, *texts, "\x00", None]
+
+
+def _readings(subset: str, col: str, levels: list[Any], others: list[str]) -> list[np.ndarray]:
+    """The subset's masks over `col`'s released levels and a missing value, for each
+    assignment of candidate values to the other columns it reads (at most MAX_READINGS)."""
+    numeric = all(isinstance(v, int | float) for v in levels)
+    base = pd.Series([*levels, None], dtype="float64" if numeric else "object")
+    masks: dict[bytes, np.ndarray] = {}
+    values = _candidates(subset) if others else [None]
+    for combo in itertools.islice(itertools.product(values, repeat=len(others)), MAX_READINGS):
+        frame = pd.DataFrame({col: base})
+        for o, v in zip(others, combo, strict=True):
+            frame[o] = pd.Series([v] * len(base), dtype="object" if isinstance(v, str) else None)
+        try:
+            mask = subset_mask(frame, subset, "subset", DisclosureError)
+        except (ReplisynthError, TypeError, ValueError):
+            continue
+        masks.setdefault(mask.tobytes(), mask)
+    return list(masks.values())
 
 
 def subset_level_leak(
@@ -65,13 +100,12 @@ def subset_level_leak(
     """The reason a released checkpoint discloses a suppressed or pooled count through its
     subset, or None: the hidden rows (`hidden_rows`) bounded away from 0 and below
     min_cell, or the bucket's rows outside the sample bounded inside 1..min_cell−1."""
-    h = hidden_rows(rec, release)
-    if h is None:
-        return None
-    low, high, bucket = h
-    small = not low <= 0 <= high and max(abs(low), abs(high)) < min_cell
-    rest = bucket > 0 and bucket - high >= 1 and bucket - low <= min_cell - 1
-    return REASON if small or rest else None
+    for low, high, bucket in hidden_rows(rec, release):
+        small = not low <= 0 <= high and max(abs(low), abs(high)) < min_cell
+        rest = bucket > 0 and bucket - high >= 1 and bucket - low <= min_cell - 1
+        if small or rest:
+            return REASON
+    return None
 
 
 def check_subset_levels(
