@@ -332,6 +332,10 @@ def test_the_gates_refuse_what_the_attacks_use(tmp_path: Path) -> None:
     log = json.loads((bundle / "sdc_log.json").read_text())
     why = {e.get("checkpoint"): e["reason"] for e in log["decisions"] if e["action"] == "rejected"}
     assert why.keys() >= {"dummies", "east"}
+    entries = {e["id"]: e for e in log["ledger"]["entries"]}
+    for tag in ("dummies", "east"):
+        assert entries[f"checkpoint/{tag}"]["released"].startswith("nothing (refused")
+        assert "rows" not in entries[f"checkpoint/{tag}"]
 
 
 def test_review_of_bundles_made_without_the_gates_finds_the_leaks(

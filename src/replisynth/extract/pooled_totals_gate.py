@@ -24,7 +24,7 @@ from replisynth.disclosure.pooled_totals import (
 )
 from replisynth.extract.release_guards import pooled_numeric_columns
 from replisynth.io.files import FileMeta
-from replisynth.io.schema import MAX_ORDINAL_LEVELS, infer_column
+from replisynth.io.schema import MAX_ORDINAL_LEVELS, few_values, infer_column
 
 MAX_CELLS = 256  # cells of the released row sets beyond which the gate refuses without solving
 MAX_BLOCKS = 32  # released blocks (strata, residual) whose own totals are checked one by one
@@ -79,11 +79,17 @@ class PooledTotalsGate:
         ]
         pooled = pooled_tables(df, source, manifest, meta) if idx else set()
         part = np.zeros(len(df), dtype="int64") if part is None else part.astype("int64")
-        columns = [c for c in df.columns if isinstance(c, str)]
-        few = few_valued(df, source, columns) if idx else set()
+        if not idx or (not pooled and (len(part) == 0 or int(part.max()) == 0)):
+            return  # nothing pooled and no blocks: no total to protect
         names = {t["term"] for i in idx for t in fits[i][0]["terms"] if t.get("term")}
         names |= {str(fits[i][0]["outcome"]) for i in idx}
-        read = {c for c in few - pooled if any(reads(t, readers(c, source.derive)) for t in names)}
+        columns = [
+            c
+            for c in df.columns
+            if isinstance(c, str) and any(reads(t, readers(c, source.derive)) for t in names)
+        ]
+        few = few_valued(df, source, columns)
+        read = set(columns) & few - pooled
         blockwise = tables_of(df, source, manifest, meta, rare_in_blocks(df, part, read, k))
         alone = {
             (t, p) for t in names for p in pooled | blockwise if reads(t, readers(p, source.derive))
@@ -234,7 +240,7 @@ def few_valued(df: pd.DataFrame, source: Source, columns: list[str]) -> set[str]
         s = df[c]
         if c in source.continuous or c == source.weight or not pd.api.types.is_numeric_dtype(s):
             continue
-        if s.nunique(dropna=True) <= MAX_ORDINAL_LEVELS:
+        if few_values(s, MAX_ORDINAL_LEVELS) <= MAX_ORDINAL_LEVELS:
             out.add(c)
     return out
 

@@ -182,6 +182,11 @@ def stage_write_bundle(
     progress("bundle: assembling and checking the release")
     rel = {name: read_json(p) for name, p in releases.items()}
     cps = refuse_subset_levels(read_json(checkpoints), rel, manifest.sdc.min_cell_size, sdc)
+    refused = {f"checkpoint/{c['tag']}" for c in cps if "subset on a table" in c.get("reason", "")}
+    for e in (ledger or {}).get("entries", []) if refused else []:
+        if e.get("id") in refused:  # the ledger's record follows the refusal
+            e.pop("rows", None)
+            e["released"] = "nothing (refused: subset levels)"
     for c in cps:
         if c.get("status") != "released":
             continue
