@@ -310,6 +310,7 @@ def test_safe_checkpoints_are_still_released(tmp_path: Path, seed: int) -> None:
         {"tag": "plain", "model": "poisson", "formula": "calls ~ female"},
         {"tag": "north", "formula": "x ~ age", "subset": "region == 'north'"},
         {"tag": "known", "formula": "x ~ age", "subset": "region != 'east' & region != 'islands'"},
+        {"tag": "own", "formula": "x ~ visits", "subset": "visits >= 1"},
     ]
     rel, cps, bundle = _bundle(tmp_path, df, cps_in)
     assert _table(rel, "visits")["pooled_levels"] == 1

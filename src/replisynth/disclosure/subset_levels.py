@@ -52,7 +52,8 @@ def hidden_rows(rec: Mapping[str, Any], release: Mapping[str, Any]) -> list[tupl
         if not t:
             continue
         dropped = sum(missing.get(c, 0) for c in rec.get("columns", []) if c != col)
-        for mask in _readings(rec["subset"], col, t["levels"], [c for c in cols if c != col]):
+        for taken_mask in _readings(rec["subset"], col, t["levels"], [c for c in cols if c != col]):
+            mask = taken_mask.copy()
             if col in rec.get("columns", []):  # its missing rows leave the sample anyway
                 mask[-1] = False
             taken = int(np.asarray(t["counts"])[mask[:-1]].sum())
