@@ -440,6 +440,36 @@ def test_standard_errors_of_a_coding_do_not_count_pooled_rows(tmp_path: Path) ->
         assert not 0.5 < t["counts"][t["levels"].index(3)] - ones < K - 0.5
 
 
+@pytest.mark.parametrize(("cell", "seed"), [(7, 19), (23, 4)])
+def test_standard_errors_of_two_dummies_do_not_give_their_small_cell(
+    tmp_path: Path, cell: int, seed: int
+) -> None:
+    """`y ~ a + b`, two 0/1 columns whose 2×2 table has a cell of `cell` rows (their
+    correlation is withheld for it): with the margins from the tables, the nonrobust SEs of
+    both slopes are functions of that one cell, which they give exactly."""
+    n = 1200
+    a, b = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
+    a[: 400 + cell], b[:cell], b[400 + cell : 700 + cell] = 1, 1, 1
+    order = np.random.default_rng(seed).permutation(n)
+    df = pd.DataFrame({"pid": np.arange(n), "a": a[order], "b": b[order]})
+    df["y"] = np.random.default_rng(seed).normal(size=n)
+    rel, cps, bundle = _bundle(tmp_path, df, [{"tag": "ab", "formula": "y ~ a + b"}])
+    cp = cps["ab"]
+    if cp["status"] == "released":
+        se = _ses(cp)
+        na, nb = _table(rel, "a")["counts"][1], _table(rel, "b")["counts"][1]
+
+        def misfit(n11: int) -> float:
+            inv = np.linalg.inv(np.array([[n, na, nb], [na, na, n11], [nb, n11, nb]], float))
+            return abs(cp["scale"] * inv[1, 1] - se["a"] ** 2) + abs(
+                cp["scale"] * inv[2, 2] - se["b"] ** 2
+            )
+
+        fits = [g for g in range(min(na, nb) + 1) if misfit(g) < 1e-9 * se["a"] ** 2]
+        assert not (len(fits) == 1 and 0 < fits[0] < K), f"the cell of {fits} rows follows"
+    assert review_bundle(bundle)["findings"] == []
+
+
 def test_group_counts_gate_keeps_robust_and_common_fits(tmp_path: Path) -> None:
     """No false refusal: the same dummy fit with HC1 SEs (group variances unknown), and a
     nonrobust dummy fit of a factor without rare categories, are released."""

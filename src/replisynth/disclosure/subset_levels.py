@@ -135,47 +135,49 @@ _MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit
 _CUT = re.compile(r"^cut[0-9]+$")
 
 
-def saturated_indicator_fit(rec: Mapping[str, Any]) -> bool:
-    """Whether a released record is an unweighted, model-based (nonrobust) fit of an
-    intercept and indicators (factor levels or comparisons) of one column: its SEs give
-    each group's row count (`extract/pattern_counts.py` on the secure side)."""
+def indicator_fit(rec: Mapping[str, Any]) -> bool:
+    """Whether a released record is an unweighted, model-based (nonrobust) fit of indicators
+    only (factor levels, comparisons): its SEs give the counts of its groups
+    (`extract/pattern_counts.py` on the secure side)."""
     if rec.get("status") != "released" or rec.get("vcov") != "nonrobust":
         return False
     if rec.get("weights") or rec.get("absorb") or rec.get("model") not in _MODEL_BASED:
         return False
-    read = set(rec.get("columns", [])) - {rec.get("outcome")}
     named = [t["term"] for t in rec.get("terms", []) if t.get("term")]
-    return len(read) == 1 and all(
-        t in ("Intercept", "alpha") or _INDICATOR.search(t) or _CUT.match(t) for t in named
-    )
+    return all(t in ("Intercept", "alpha") or _INDICATOR.search(t) or _CUT.match(t) for t in named)
+
+
+def _small_pair(rec: Mapping[str, Any]) -> bool:
+    """Whether the released moments blank a pair of indicators (a 2×2 cell of 1..k−1 rows,
+    which the SEs of an indicator fit give)."""
+    corr = (rec.get("moments") or {}).get("corr") or []
+    return any(v is None for row in corr for v in row)
 
 
 def check_group_counts(
     checkpoints: Sequence[Mapping[str, Any]],
     releases: Mapping[str, Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
-    """The review's pass: a saturated indicator fit with model-based SEs whose groups include
-    a suppressed coefficient's (n less the others' counts), or whose column's source table
-    suppresses or pools categories (a level's exact count against the bucket)."""
+    """The review's pass: an indicator fit with model-based SEs with a suppressed coefficient
+    (n less the others' counts), a blanked pair of indicators (a 2×2 cell below k), or a
+    column whose source table suppresses or pools categories (a level's count against the
+    bucket)."""
     found = []
     for c in checkpoints:
-        if not saturated_indicator_fit(c):
+        if not indicator_fit(c):
             continue
-        rel = releases.get(str(c.get("source")))
-        (col,) = set(c.get("columns", [])) - {c.get("outcome")}
-        m = (rel or {}).get("blocks", {}).get("all", {}).get("marginals", {}).get(col) or {}
-        t = m.get("table") or {}
-        if (
-            any(x.get("suppressed") for x in c["terms"])
-            or t.get("suppressed")
-            or t.get("pooled_levels")
-        ):
+        marginals = (releases.get(str(c.get("source"))) or {}).get("blocks", {})
+        marginals = marginals.get("all", {}).get("marginals", {})
+        read = set(c.get("columns", [])) - {c.get("outcome")}
+        tables = [(marginals.get(col) or {}).get("table") or {} for col in sorted(read)]
+        hidden = any(t.get("suppressed") or t.get("pooled_levels") for t in tables)
+        if hidden or _small_pair(c) or any(x.get("suppressed") for x in c["terms"]):
             found.append(
                 {
                     "check": "group counts",
                     "checkpoint": c["tag"],
-                    "finding": "model-based SEs of an indicator fit give each group's count; "
-                    "a group is below min_cell_size or its column's table hides categories",
+                    "finding": "model-based SEs of an indicator fit give its groups' counts; "
+                    "a group is below min_cell_size or a column's table hides categories",
                 }
             )
     return found

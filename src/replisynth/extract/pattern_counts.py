@@ -1,9 +1,10 @@
-"""Secure side: a checkpoint whose design is saturated in indicators (an intercept and the
-dummies of one factor, or one 0/1 term) with model-based standard errors releases every
-group's row count: OLS gives n_g = scale / (se² of the contrast less se² of the intercept),
-a GLM its information per group. A group of 1..k−1 rows (a suppressed coefficient's group:
-n less the others) or a level of a column whose table suppresses or pools categories (the
-bucket less the level) would follow. Method: docs/disclosure.md, "Group counts from
+"""Secure side: a checkpoint whose design is made of indicators (the dummies of a factor, 0/1
+terms, their interactions) with model-based standard errors releases its X'X up to the
+scale, a function of the counts of its distinct design rows: in a saturated design every
+group's count (OLS n_g = scale / (se² of the contrast less se² of the intercept), a GLM's
+information per group), with two 0/1 terms the 2×2 cell their margins leave open. A pattern
+of 1..k−1 rows (a suppressed coefficient's group: n less the others) or a level of a column
+whose table suppresses or pools categories (the bucket less the level) would follow. Method: docs/disclosure.md, "Group counts from
 standard errors"."""
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ from replisynth.config.manifest import Checkpoint, formula_variables
 from replisynth.stats.design import Design
 
 REASON = (
-    "group counts: the design is indicators of disjoint groups (with or without an intercept) and its "
-    "standard errors are model-based, so they give each group's row count exactly; a group "
-    "has fewer than min_cell_size rows, or the groups read a column whose table suppresses "
-    "or pools categories below it; use a robust vcov (HC1) or add a continuous regressor"
+    "group counts: the design is made of indicators and its standard errors are "
+    "model-based, so they give the counts of its groups (combinations of the indicators); a "
+    "group has fewer than min_cell_size rows, or the indicators read a column whose table "
+    "suppresses or pools categories below it; use a robust vcov (HC1) or add a continuous "
+    "regressor"
 )
 
 
-def saturated_groups(X: np.ndarray) -> np.ndarray | None:
-    """Rows per group of a design of 0/1 columns and at most one constant column with as
-    many distinct rows as columns (`0 + C(g)`, or an intercept and contrasts), or one more
-    than its non-constant columns (an ordered model's cut points play the intercept): each
-    group its own coefficient. None otherwise."""
+def indicator_patterns(X: np.ndarray) -> np.ndarray | None:
+    """Rows per distinct design row of a design of 0/1 columns and at most one constant
+    column (factor dummies, 0/1 terms, their interactions), or None for any other design."""
     if X.ndim != 2 or X.shape[1] < 1 or len(X) == 0:
         return None
     const = np.all(X == X[:1], axis=0)
@@ -34,7 +34,7 @@ def saturated_groups(X: np.ndarray) -> np.ndarray | None:
     if int(const.sum()) > 1 or free.shape[1] == 0 or not np.all((free == 0) | (free == 1)):
         return None
     _, counts = np.unique(free, axis=0, return_counts=True)
-    return counts if len(counts) in (X.shape[1], free.shape[1] + 1) else None
+    return counts
 
 
 def _rare(s: pd.Series, min_cell: int) -> bool:
@@ -46,15 +46,15 @@ def group_count_rejection(
     df: pd.DataFrame, design: Design, cp: Checkpoint, min_cell: int
 ) -> str | None:
     """Why a checkpoint is refused for giving group counts through its SEs, or None: an
-    unweighted (or constant-weight), model-based (nonrobust) fit on a saturated indicator design whose groups
-    hold 1..min_cell−1 rows, or whose regressors read a column with a category of
-    1..min_cell−1 rows in the source."""
+    unweighted (or constant-weight), model-based (nonrobust) fit on a design of indicators
+    whose distinct rows hold 1..min_cell−1 rows, or whose regressors read a column with a
+    category of 1..min_cell−1 rows in the source."""
     weighted = design.weights is not None and np.ptp(design.weights) > 0  # constant: counts
     if cp.vcov != "nonrobust" or weighted or design.absorb is not None:
         return None
     if design.Z is not None or design.entity is not None:
         return None  # iv and re: the SEs mix in the first stage or the variance components
-    counts = saturated_groups(design.X)
+    counts = indicator_patterns(design.X)
     if counts is None:
         return None
     if np.any(counts < min_cell):
