@@ -471,16 +471,18 @@ def test_standard_errors_of_two_dummies_do_not_give_their_small_cell(
 
 
 def test_group_counts_gate_keeps_robust_and_common_fits(tmp_path: Path) -> None:
-    """No false refusal: the same dummy fit with HC1 SEs (group variances unknown), and a
-    nonrobust dummy fit of a factor without rare categories, are released."""
+    """No false refusal: the same dummy fit with HC1 SEs (group variances unknown), a
+    nonrobust dummy fit of a factor without rare categories, and a threshold of a continuous
+    column without atoms (its values all distinct) are released."""
     df = _visits_frame(1500, 2)
     df["plan"] = np.random.default_rng(2).choice(["a", "b", "c"], size=len(df))
     cps_in = [
         {"tag": "robust", "formula": "x ~ C(region)", "vcov": "HC1"},
         {"tag": "common", "formula": "x ~ C(plan)"},
+        {"tag": "threshold", "formula": "x ~ I(age > 60)"},
     ]
     _, cps, _ = _bundle(tmp_path, df, cps_in)
-    assert cps["robust"]["status"] == cps["common"]["status"] == "released"
+    assert {t: c["status"] for t, c in cps.items()} == dict.fromkeys(cps, "released")
 
 
 def test_review_finds_group_counts_in_a_bundle_made_without_the_gate(

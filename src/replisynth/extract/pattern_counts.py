@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from replisynth.config.manifest import Checkpoint, formula_variables
+from replisynth.io.schema import MAX_ORDINAL_LEVELS, few_values
+from replisynth.stats.atoms import split_atoms
 from replisynth.stats.design import Design
 
 REASON = (
@@ -37,9 +39,18 @@ def indicator_patterns(X: np.ndarray) -> np.ndarray | None:
     return counts
 
 
-def _rare(s: pd.Series, min_cell: int) -> bool:
-    counts = s.value_counts(dropna=True).to_numpy()
-    return bool(np.any((counts > 0) & (counts < min_cell)))
+def _hides_counts(s: pd.Series, min_cell: int) -> bool:
+    """Whether the column's release hides counts an exact group count could complete: a
+    column of few values (a table) with a category of 1..min_cell−1 rows (pooled or in the
+    bucket), or a numeric column of many values with atoms and rows off them (the atoms'
+    exact counts against a threshold's group count give the rows off them across it)."""
+    numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+    if not numeric or few_values(s, MAX_ORDINAL_LEVELS) <= MAX_ORDINAL_LEVELS:
+        counts = s.value_counts(dropna=True).to_numpy()
+        return bool(np.any((counts > 0) & (counts < min_cell)))
+    v = s.to_numpy(dtype="float64", na_value=np.nan)
+    split = split_atoms(v[~np.isnan(v)], min_cell)
+    return bool(len(split.values) and len(split.rest))
 
 
 def group_count_rejection(
@@ -47,8 +58,8 @@ def group_count_rejection(
 ) -> str | None:
     """Why a checkpoint is refused for giving group counts through its SEs, or None: an
     unweighted (or constant-weight), model-based (nonrobust) fit on a design of indicators
-    whose distinct rows hold 1..min_cell−1 rows, or whose regressors read a column with a
-    category of 1..min_cell−1 rows in the source."""
+    whose distinct rows hold 1..min_cell−1 rows, or whose regressors read a column whose
+    release hides counts (`_hides_counts`)."""
     weighted = design.weights is not None and np.ptp(design.weights) > 0  # constant: counts
     if cp.vcov != "nonrobust" or weighted or design.absorb is not None:
         return None
@@ -60,6 +71,6 @@ def group_count_rejection(
     if np.any(counts < min_cell):
         return REASON
     read = formula_variables(cp.formula) - {cp.outcome}
-    if any(_rare(df[c], min_cell) for c in sorted(read) if c in df.columns):
+    if any(_hides_counts(df[c], min_cell) for c in sorted(read) if c in df.columns):
         return REASON
     return None
