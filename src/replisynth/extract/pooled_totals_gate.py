@@ -77,17 +77,17 @@ class PooledTotalsGate:
             for i, (cp, (rel, _, index)) in enumerate(zip(manifest.checkpoints, fits, strict=True))
             if cp.source == source.name and rel.get("status") == "released" and index is not None
         ]
-        pooled = pooled_tables(df, source, manifest, meta) if idx else set()
-        part = np.zeros(len(df), dtype="int64") if part is None else part.astype("int64")
-        if not idx or (not pooled and (len(part) == 0 or int(part.max()) == 0)):
-            return  # nothing pooled and no blocks: no total to protect
         names = {t["term"] for i in idx for t in fits[i][0]["terms"] if t.get("term")}
         names |= {str(fits[i][0]["outcome"]) for i in idx}
-        columns = [
+        columns = [  # the columns the released checkpoints read, directly or through derive
             c
             for c in df.columns
             if isinstance(c, str) and any(reads(t, readers(c, source.derive)) for t in names)
         ]
+        pooled = pooled_tables(df[columns], source, manifest, meta) if columns else set()
+        part = np.zeros(len(df), dtype="int64") if part is None else part.astype("int64")
+        if not pooled and (len(part) == 0 or int(part.max()) == 0):
+            return  # nothing pooled and no blocks: no total to protect
         few = few_valued(df, source, columns)
         read = set(columns) & few - pooled
         blockwise = tables_of(df, source, manifest, meta, rare_in_blocks(df, part, read, k))
