@@ -25,12 +25,14 @@ from replisynth.disclosure.bundle_types import (
 )
 from replisynth.disclosure.cell_audit import check_empty_cells
 from replisynth.disclosure.linked_correlations import check_correlations
+from replisynth.disclosure.pooled_totals import check_pooled_totals
 from replisynth.disclosure.sdc import (
     DisclosureError,
     check_atoms,
     check_release,
     ordering_backed,
 )
+from replisynth.disclosure.subset_levels import check_group_counts, check_subset_levels
 from replisynth.disclosure.three_way import check_three_way
 from replisynth.io.atomic import write_text
 from replisynth.io.files import write_json
@@ -511,6 +513,18 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     cp_found, cp_notes = check_checkpoints(b.checkpoints, b.releases, b.sdc_log, k)
     record(
         "checkpoints: gates logged, small groups, differencing of samples", cp_found, notes=cp_notes
+    )
+    record(
+        "pooled totals: no checkpoint on all rows gives the exact total of a pooled column",
+        check_pooled_totals(b.checkpoints, b.releases, b.manifest),
+    )
+    record(
+        "checkpoint subsets on one table column: no suppressed or pooled count follows",
+        check_subset_levels(b.checkpoints, b.releases, k),
+    )
+    record(
+        "indicator fits with model-based SEs: no protected group count follows",
+        check_group_counts(b.checkpoints, b.releases),
     )
     record("group sizes", group_found, notes=group_notes)
     record("ordering flags backed by released correlations", order_found, notes=order_notes)

@@ -17,6 +17,7 @@ from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.disclosure.sdc import SdcLog
 from replisynth.extract.ledger import apply_differencing
+from replisynth.extract.pattern_counts import group_count_rejection
 from replisynth.extract.release_guards import (
     log_pooled_terms,
     terms_of_pooled_columns,
@@ -438,6 +439,7 @@ def capture_checkpoint_sample(
         return _reject(base, log, cp, *rejected)
     fit = fit_checkpoint(design, cp, where)
     reason = _fit_rejection(design, fit, cp, sdc, log, where)
+    reason = reason or group_count_rejection(df, design, cp, sdc.min_cell_size)
     if reason is not None:
         return _reject(base, log, cp, reason)
     minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)

@@ -13,7 +13,9 @@ import pandas as pd
 
 from replisynth.config.manifest import Checkpoint, Manifest, Source
 from replisynth.disclosure.sdc import SdcLog
+from replisynth.extract.pooled_totals_gate import PooledTotalsGate
 from replisynth.extract.release_guards import checkpoint_samples, cut_atom_columns, leftover_rows
+from replisynth.io.files import FileMeta
 from replisynth.io.schema import MAX_ORDINAL_LEVELS, few_values
 from replisynth.stats.atoms import nearest_atom, split_atoms
 from replisynth.stats.design import subset_columns
@@ -335,6 +337,7 @@ def apply_differencing(
     frames: dict[str, pd.DataFrame],
     manifest: Manifest,
     fits: list[tuple[dict[str, Any], SdcLog, pd.Index | None]],
+    metas: dict[str, FileMeta] | None = None,
 ) -> tuple[list[dict[str, Any]], SdcLog, dict[str, Any]]:
     """Run the ledger over captured checkpoints (manifest order; `fits` from
     `capture_checkpoint_sample`): refuse those that fail the differencing rule. Returns the
@@ -347,7 +350,8 @@ def apply_differencing(
         register_subset_atoms(ledger, frames[name], manifest, name)
     released: list[dict[str, Any]] = []
     log = SdcLog()
-    for cp, (rel, lg, index) in zip(manifest.checkpoints, fits, strict=True):
+    totals = PooledTotalsGate(frames, manifest, fits, metas, ledger.cells)
+    for i, (cp, (rel, lg, index)) in enumerate(zip(manifest.checkpoints, fits, strict=True)):
         if rel.get("status") != "released" or index is None:
             ledger.register_checkpoint(
                 cp, None, False, f"nothing ({rel.get('status', 'rejected')})"
@@ -373,6 +377,13 @@ def apply_differencing(
                 }
             )
             log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
+            continue
+        why = totals.refusal(i, cp.source, rel)
+        if why is not None:  # the pooled-totals gate: the record keeps its request only
+            ledger.register_checkpoint(cp, None, False, "nothing (refused: pooled totals)")
+            released.append({**{key: rel[key] for key in REQUEST_KEYS if key in rel}})
+            released[-1].update(status="rejected", reason=why)
+            log.add("checkpoints", "rejected", why, checkpoint=cp.tag)
             continue
         ledger.register_checkpoint(
             cp,

@@ -133,9 +133,10 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     from replisynth.extract.ledger import apply_differencing
 
     frames: dict[str, pd.DataFrame] = {}
+    metas: dict[str, FileMeta] = {}
     for cp in manifest.checkpoints:
         if cp.source not in frames:
-            frames[cp.source] = _read_checked(manifest, cp.source)[0]
+            frames[cp.source], metas[cp.source] = _read_checked(manifest, cp.source)
 
     # The fits are independent (each builds its own design from the shared, unchanged
     # frames): on threads, released and logged in manifest order. At most two at a time: each
@@ -152,7 +153,7 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     # The disclosure ledger: samples against each other, the source totals and the strata
     # (differencing rule); its public summary travels with the SDC decisions to sdc_log.json.
     progress("extract: checkpoint samples against each other (differencing)")
-    released, sdc, ledger = apply_differencing(frames, manifest, fits)
+    released, sdc, ledger = apply_differencing(frames, manifest, fits, metas)
     for cp, rel in zip(manifest.checkpoints, released, strict=True):
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
     sdc.extend(
@@ -180,7 +181,12 @@ def stage_write_bundle(
         sdc.extend(part)
     progress("bundle: assembling and checking the release")
     rel = {name: read_json(p) for name, p in releases.items()}
-    cps = read_json(checkpoints)
+    cps = refuse_subset_levels(read_json(checkpoints), rel, manifest.sdc.min_cell_size, sdc)
+    refused = {f"checkpoint/{c['tag']}" for c in cps if "subset on a table" in c.get("reason", "")}
+    for e in (ledger or {}).get("entries", []) if refused else []:
+        if e.get("id") in refused:  # the ledger's record follows the refusal
+            e.pop("rows", None)
+            e["released"] = "nothing (refused: subset levels)"
     for c in cps:
         if c.get("status") != "released":
             continue
@@ -200,6 +206,27 @@ def stage_write_bundle(
             sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
     write_bundle(bundle_dir, manifest, rel, cps, sdc, ledger=ledger)
     log.info("bundle written to %s (%d files)", bundle_dir, len(rel) + 3)
+
+
+def refuse_subset_levels(
+    cps: list[dict[str, Any]], rel: dict[str, Any], min_cell: int, sdc: SdcLog
+) -> list[dict[str, Any]]:
+    """The checkpoints with those whose subset gives a suppressed or pooled count of its
+    table column (`disclosure.subset_levels`) refused: request fields and reason only."""
+    from replisynth.disclosure.subset_levels import subset_level_leak
+    from replisynth.extract.ledger import REQUEST_KEYS
+
+    out = []
+    for c in cps:
+        why = subset_level_leak(c, rel[c["source"]], min_cell) if c["source"] in rel else None
+        if why is None:
+            out.append(c)
+            continue
+        sdc.add("checkpoints", "rejected", why, checkpoint=c["tag"])
+        out.append(
+            {**{k: c[k] for k in REQUEST_KEYS if k in c}, "status": "rejected", "reason": why}
+        )
+    return out
 
 
 def stage_synthesize(bundle_dir: str | Path, source: str, out: str | Path) -> None:

@@ -1,0 +1,183 @@
+"""A checkpoint whose subset reads one column released as a table is a union of that table's
+levels, so its n, less the released counts of the levels it takes, counts the rows of the
+bucket of suppressed categories (or the pooled rows) it holds: a checkpoint on a level the
+table suppressed gives that level's count, and the bucket less it the rare categories'.
+Decided from the bundle alone (what the attacker reads), at extract and in the review. Also
+the review's check of group counts given by the SEs of an indicator fit. Method:
+docs/disclosure.md, "Checkpoint subsets on a table column", "Group counts from standard
+errors"."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from replisynth.config.formula_grammar import parse_subset, subset_mask
+from replisynth.core.errors import ReplisynthError
+from replisynth.disclosure.sdc import DisclosureError
+
+REASON = (
+    "subset on a table column: its n, less the released counts of the levels the subset "
+    "takes (its other conditions read as always true or always false), counts 1..min_cell_size-1 "
+    "rows of the bucket of suppressed categories or of pooled levels, or of those levels "
+    "dropped by the other conditions (or leaves that few in the bucket); subset on released "
+    "levels only, or on the whole bucket, or make the other conditions drop at least "
+    "min_cell_size rows"
+)
+
+
+def hidden_rows(rec: Mapping[str, Any], release: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+    """For a released checkpoint with a subset: per column of the subset with a source-level
+    table, and per reading of the subset's other conditions as always true or always false
+    (what an attacker may know of them), the bounds on the sample's rows that the released
+    levels the subset takes do not account for (bucket rows in it, less pooled rows counted
+    on the other side, less rows of those levels that the other conditions drop), and the
+    bucket's size."""
+    if rec.get("status") != "released" or not rec.get("subset"):
+        return []
+    try:
+        cols = sorted(parse_subset(rec["subset"], "subset", DisclosureError).columns)
+    except ReplisynthError:
+        return []
+    marginals = release["blocks"]["all"]["marginals"]
+    missing = {c["name"]: int(c.get("missing") or 0) for c in release["columns"]}
+    out = []
+    for col in cols:
+        t = (marginals.get(col) or {}).get("table")
+        if not t:
+            continue
+        dropped = sum(missing.get(c, 0) for c in rec.get("columns", []) if c != col)
+        for taken_mask in _readings(rec["subset"], col, t["levels"], [c for c in cols if c != col]):
+            mask = taken_mask.copy()
+            if col in rec.get("columns", []):  # its missing rows leave the sample anyway
+                mask[-1] = False
+            taken = int(np.asarray(t["counts"])[mask[:-1]].sum())
+            low = int(rec["n"]) - taken - (missing.get(col, 0) if mask[-1] else 0)
+            out.append((low, low + dropped, int(t.get("suppressed") or 0)))
+    return out
+
+
+_NUMBER = re.compile(r"(?<![A-Za-z_])-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+MAX_READINGS = 64
+
+
+def _candidates(subset: str) -> list[Any]:
+    """Values that put each condition of the subset on either side: its numbers (and just
+    beside them), its quoted texts, the extremes and missing."""
+    nums = [float(x) for x in _NUMBER.findall(subset)]
+    near = [v + d * max(1.0, abs(v)) * 1e-6 for v in nums for d in (-1.0, 0.0, 1.0)]
+    texts = [a or b for a, b in _QUOTED.findall(subset)]
+    return [*near, -1e300, 1e300, *texts, "\x00", None]
+
+
+def _readings(subset: str, col: str, levels: list[Any], others: list[str]) -> list[np.ndarray]:
+    """The subset's masks over `col`'s released levels and a missing value, for each
+    assignment of candidate values to the other columns it reads (at most MAX_READINGS)."""
+    numeric = all(isinstance(v, int | float) for v in levels)
+    base = pd.Series([*levels, None], dtype="float64" if numeric else "object")
+    masks: dict[bytes, np.ndarray] = {}
+    values = _candidates(subset) if others else [None]
+    for combo in itertools.islice(itertools.product(values, repeat=len(others)), MAX_READINGS):
+        frame = pd.DataFrame({col: base})
+        for o, v in zip(others, combo, strict=True):
+            frame[o] = pd.Series([v] * len(base), dtype="object" if isinstance(v, str) else None)
+        try:
+            mask = subset_mask(frame, subset, "subset", DisclosureError)
+        except (ReplisynthError, TypeError, ValueError):
+            continue
+        masks.setdefault(mask.tobytes(), mask)
+    return list(masks.values())
+
+
+def subset_level_leak(
+    rec: Mapping[str, Any], release: Mapping[str, Any], min_cell: int
+) -> str | None:
+    """The reason a released checkpoint discloses a suppressed or pooled count through its
+    subset, or None: the hidden rows (`hidden_rows`) bounded away from 0 and below
+    min_cell, or the bucket's rows outside the sample bounded inside 1..min_cell−1."""
+    for low, high, bucket in hidden_rows(rec, release):
+        small = not low <= 0 <= high and max(abs(low), abs(high)) < min_cell
+        rest = bucket > 0 and bucket - high >= 1 and bucket - low <= min_cell - 1
+        if small or rest:
+            return REASON
+    return None
+
+
+def check_subset_levels(
+    checkpoints: Sequence[Mapping[str, Any]],
+    releases: Mapping[str, Mapping[str, Any]],
+    min_cell: int,
+) -> list[dict[str, Any]]:
+    """The review's pass of `subset_level_leak` over every released checkpoint."""
+    found = []
+    for c in checkpoints:
+        rel = releases.get(str(c.get("source")))
+        if rel is not None and subset_level_leak(c, rel, min_cell):
+            found.append(
+                {
+                    "check": "subset levels",
+                    "checkpoint": c["tag"],
+                    "finding": "its n less the released level counts its subset takes gives "
+                    f"a count of 1..{min_cell - 1} rows of suppressed or pooled levels",
+                }
+            )
+    return found
+
+
+_INDICATOR = re.compile(r"\]$|\]:|^I\(.*(==|!=|<|>).*\)$")  # C(g)[T.a], C(g)[a], I(x == 3)
+_MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit")
+_CUT = re.compile(r"^cut[0-9]+$")
+
+
+def indicator_fit(rec: Mapping[str, Any]) -> bool:
+    """Whether a released record is an unweighted, model-based (nonrobust) fit of indicators
+    only (factor levels, comparisons): its SEs give the counts of its groups
+    (`extract/pattern_counts.py` on the secure side)."""
+    if rec.get("status") != "released" or rec.get("vcov") != "nonrobust":
+        return False
+    if rec.get("weights") or rec.get("absorb") or rec.get("model") not in _MODEL_BASED:
+        return False
+    named = [t["term"] for t in rec.get("terms", []) if t.get("term")]
+    return all(t in ("Intercept", "alpha") or _INDICATOR.search(t) or _CUT.match(t) for t in named)
+
+
+def _small_pair(rec: Mapping[str, Any]) -> bool:
+    """Whether the released moments blank a pair of indicators (a 2×2 cell of 1..k−1 rows,
+    which the SEs of an indicator fit give)."""
+    corr = (rec.get("moments") or {}).get("corr") or []
+    return any(v is None for row in corr for v in row)
+
+
+def check_group_counts(
+    checkpoints: Sequence[Mapping[str, Any]],
+    releases: Mapping[str, Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """The review's pass: an indicator fit with model-based SEs with a suppressed coefficient
+    (n less the others' counts), a blanked pair of indicators (a 2×2 cell below k), or a
+    column whose source table suppresses or pools categories (a level's count against the
+    bucket)."""
+    found = []
+    for c in checkpoints:
+        if not indicator_fit(c):
+            continue
+        marginals = (releases.get(str(c.get("source"))) or {}).get("blocks", {})
+        marginals = marginals.get("all", {}).get("marginals", {})
+        read = set(c.get("columns", [])) - {c.get("outcome")}
+        tables = [(marginals.get(col) or {}).get("table") or {} for col in sorted(read)]
+        hidden = any(t.get("suppressed") or t.get("pooled_levels") for t in tables)
+        if hidden or _small_pair(c) or any(x.get("suppressed") for x in c["terms"]):
+            found.append(
+                {
+                    "check": "group counts",
+                    "checkpoint": c["tag"],
+                    "finding": "model-based SEs of an indicator fit give its groups' counts; "
+                    "a group is below min_cell_size or a column's table hides categories",
+                }
+            )
+    return found
