@@ -28,6 +28,7 @@ RULE_KIND: dict[str, str] = {
     "gather_blocks": "data",
     "pin_checkpoints": "data",
     "outside_fused": "data",
+    "secure_fused": "data",
     "export_stata": "data",
     "export_spss": "data",
     "export_csv": "data",
