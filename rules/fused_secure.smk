@@ -36,7 +36,7 @@ rule secure_fused:
         # the whole manifest, as write_bundle's (every secure-side stage reads a part of it)
         manifest=P.manifest_section("write_bundle"),
         sources=list(P.sources),
-    threads: P.secure_fused_threads()
+    threads: P.threads("secure_fused")
     resources:
         mem_mb=P.mem_mb("secure_fused"),
         runtime=P.runtime("secure_fused"),

@@ -203,3 +203,12 @@ def test_a_failing_stage_here_stops_the_one_beside(tmp_path):
         )
     assert exc.value.code == EXIT_INTERNAL
     assert time.monotonic() - start < 20 and not (tmp_path / "side.pid").exists()
+
+
+def test_the_secure_fused_job_asks_for_two_cores_for_its_two_processes():
+    from replisynth.workflow.resources import job_resources
+
+    for cells in (10, 3_010 * 34, FUSE_CELLS):
+        assert job_resources("secure_fused", cells).threads == 2
+        assert job_resources("extract_source", cells).threads == 1
+    assert job_resources("secure_fused", 200_000_000).threads == 4

@@ -143,12 +143,6 @@ class WorkflowPlan:
             job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
         )
 
-    def secure_fused_threads(self):
-        """The secure fused job's cores: two at least (the checkpoint fits beside the sources'
-        extraction; Snakemake gives at most --cores), more as extract_source would ask."""
-        threads = self.threads("extract_source")
-        return lambda wildcards, input, attempt: max(2, threads(wildcards, input, attempt))
-
     def secure_fused_logs(self) -> list[str]:
         """The log files of the stages the secure fused job runs, at their rules' paths."""
         logs = f"{self.results}/logs"
