@@ -198,9 +198,7 @@ def test_a_failing_stage_here_stops_the_one_beside(tmp_path):
     slow = _pid_stage(tmp_path, "side", wait=30.0)
     start = time.monotonic()
     with pytest.raises(SystemExit) as exc:
-        run_beside(
-            [_pid_stage(tmp_path, "main", fail=RuntimeError("x"))], [slow], 1, parallel=True
-        )
+        run_beside([_pid_stage(tmp_path, "main", fail=RuntimeError("x"))], [slow], 1, parallel=True)
     assert exc.value.code == EXIT_INTERNAL
     assert time.monotonic() - start < 20 and not (tmp_path / "side.pid").exists()
 

@@ -121,14 +121,13 @@ def secure_stages(
     from replisynth.workflow import pipeline
 
     logs, bench, ext = f"{results}/logs", f"{results}/benchmarks", f"{results}/extract"
+
+    def extract(source: str) -> Callable[[], None]:
+        release, sdc = f"{ext}/{source}.release.json", f"{ext}/{source}.sdc.json"
+        return lambda: pipeline.stage_extract_source(manifest(), source, release, sdc)
+
     sources_ = [
-        Stage(
-            f"{logs}/extract_source/{s}.log",
-            f"{bench}/extract_source/{s}.tsv",
-            lambda s=s: pipeline.stage_extract_source(
-                manifest(), s, f"{ext}/{s}.release.json", f"{ext}/{s}.sdc.json"
-            ),
-        )
+        Stage(f"{logs}/extract_source/{s}.log", f"{bench}/extract_source/{s}.tsv", extract(s))
         for s in sources
     ]
     checkpoints = Stage(
