@@ -210,3 +210,24 @@ def test_the_secure_fused_job_asks_for_two_cores_for_its_two_processes():
         assert job_resources("secure_fused", cells).threads == 2
         assert job_resources("extract_source", cells).threads == 1
     assert job_resources("secure_fused", 200_000_000).threads == 4
+
+
+@pytest.mark.parametrize("fuse", [None, True])
+def test_the_secure_side_is_fused_only_on_a_local_fused_run(tmp_path, fuse):
+    from replisynth.workflow.workflow import workflow_plan
+
+    make_people(300, seed=5).to_csv(tmp_path / "s.csv", index=False)
+    raw = {"name": "sf", "seed": 1, "sources": {"s": {"path": str(tmp_path / "s.csv")}}}
+    if fuse is not None:
+        raw["fuse"] = fuse
+    local = workflow_plan(raw, cluster=False)
+    assert local.fused and local.fused_secure
+    cluster = workflow_plan(raw, cluster=True)
+    assert cluster.fused == (fuse is True) and not cluster.fused_secure
+    assert not workflow_plan({**raw, "fuse": False}, cluster=False).fused_secure
+    scattered = {
+        **raw,
+        "scatter": 2,
+        "sources": {"s": {**raw["sources"]["s"], "strata": ["female"]}},
+    }
+    assert not workflow_plan(scattered, cluster=False).fused_secure
