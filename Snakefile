@@ -60,3 +60,9 @@ include: "rules/report.smk"
 if P.fused:
 
     include: "rules/fused.smk"
+
+
+# ... and its secure side too (never under a cluster executor)
+if P.fused_secure:
+
+    include: "rules/fused_secure.smk"

@@ -4,7 +4,10 @@ stage."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import time
 
 import pytest
 import yaml
@@ -12,8 +15,8 @@ from conftest import REPO, make_people
 from test_workflow import _checkout, _smk
 
 from replisynth.config.manifest import load_manifest
-from replisynth.core.errors import ManifestError
-from replisynth.workflow.fused import benchmark_row
+from replisynth.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ManifestError
+from replisynth.workflow.fused import Stage, benchmark_row, run_beside
 from replisynth.workflow.pipeline import provenance
 from replisynth.workflow.resources import FUSE_CELLS, FUSE_ROWS
 from replisynth.workflow.workflow import fuse_plan
@@ -26,6 +29,7 @@ OUTSIDE_RULES = (
     "export_csv",
     "synthetic_readme",
 )
+SECURE_RULES = ("extract_source", "extract_checkpoints", "write_bundle")
 
 
 def _jobs(out: str) -> dict[str, str]:
@@ -83,12 +87,13 @@ def test_dry_run_demo_fuses_unless_told_not_to():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     jobs = _jobs(out)
-    assert jobs["outside_fused"] == "1"
-    assert not any(rule in jobs for rule in OUTSIDE_RULES + ("render_report",))
-    assert {"extract_source", "write_bundle", "review", "check_tier"} <= set(jobs)
+    assert jobs["outside_fused"] == "1" and jobs["secure_fused"] == "1"
+    assert not any(rule in jobs for rule in OUTSIDE_RULES + SECURE_RULES + ("render_report",))
+    assert {"review", "check_tier"} <= set(jobs)
     r = _smk(REPO, "-n", "--cores", "1", "--forceall", "--config", "fuse=false")
     jobs = _jobs(r.stdout + r.stderr)
     assert "outside_fused" not in jobs and set(OUTSIDE_RULES) <= set(jobs)
+    assert "secure_fused" not in jobs and set(SECURE_RULES) <= set(jobs)
     r = _smk(REPO, "-n", "--cores", "1", "--config", "fuse=maybe")
     assert r.returncode != 0 and "fuse: must be auto, true or false" in r.stdout + r.stderr
 
@@ -133,3 +138,96 @@ def test_fused_run_equals_one_job_per_stage(tmp_path):
         assert (one / "logs" / rule).is_dir() and any((one / "logs" / rule).iterdir()), rule
     cert = (one / "verify" / "certificate.txt").read_text()
     assert "sample_copula/people" in cert and "verify_tiers/all" in cert
+
+
+def _pid_stage(tmp_path, name: str, fail: Exception | None = None, wait: float = 0.0) -> Stage:
+    """A stage that records the process it ran in (or fails with `fail` after `wait` s)."""
+
+    def call() -> None:
+        time.sleep(wait)
+        if fail is not None:
+            raise fail
+        (tmp_path / f"{name}.pid").write_text(str(os.getpid()))
+
+    return Stage(
+        str(tmp_path / "logs" / f"{name}.log"), str(tmp_path / "bench" / f"{name}.tsv"), call
+    )
+
+
+def _logs(tmp_path) -> None:
+    (tmp_path / "logs").mkdir(exist_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger():
+    """runner.run points the `replisynth` logger at each stage's log; restore it afterwards."""
+    lg = logging.getLogger("replisynth")
+    handlers, level = list(lg.handlers), lg.level
+    yield
+    lg.handlers[:] = handlers
+    lg.setLevel(level)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_run_beside_runs_every_stage_with_its_log_and_benchmark(tmp_path, parallel):
+    _logs(tmp_path)
+    main = [_pid_stage(tmp_path, "m1"), _pid_stage(tmp_path, "m2")]
+    side = [_pid_stage(tmp_path, "s1")]
+    run_beside(main, side, threads=1, parallel=parallel)
+    pids = {n: int((tmp_path / f"{n}.pid").read_text()) for n in ("m1", "m2", "s1")}
+    assert pids["m1"] == pids["m2"] == os.getpid()
+    assert (pids["s1"] != os.getpid()) == parallel  # beside: a forked child
+    for n in pids:
+        assert (tmp_path / "logs" / f"{n}.log").exists()
+        assert (tmp_path / "bench" / f"{n}.tsv").read_text().startswith("s\th:m:s\tmax_rss")
+
+
+def test_a_failing_stage_beside_fails_the_job_with_its_status(tmp_path):
+    _logs(tmp_path)
+    bad = _pid_stage(tmp_path, "side", fail=ManifestError("sources.q: no such column zz"))
+    with pytest.raises(SystemExit) as exc:
+        run_beside([_pid_stage(tmp_path, "main")], [bad], threads=1, parallel=True)
+    assert exc.value.code == EXIT_BAD_INPUT
+    assert (tmp_path / "main.pid").exists()  # the other side finished first
+    assert "no such column zz" in (tmp_path / "logs" / "side.log").read_text()
+    assert not (tmp_path / "bench" / "side.tsv").exists()
+
+
+def test_a_failing_stage_here_stops_the_one_beside(tmp_path):
+    _logs(tmp_path)
+    slow = _pid_stage(tmp_path, "side", wait=30.0)
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        run_beside([_pid_stage(tmp_path, "main", fail=RuntimeError("x"))], [slow], 1, parallel=True)
+    assert exc.value.code == EXIT_INTERNAL
+    assert time.monotonic() - start < 20 and not (tmp_path / "side.pid").exists()
+
+
+def test_the_secure_fused_job_asks_for_two_cores_for_its_two_processes():
+    from replisynth.workflow.resources import job_resources
+
+    for cells in (10, 3_010 * 34, FUSE_CELLS):
+        assert job_resources("secure_fused", cells).threads == 2
+        assert job_resources("extract_source", cells).threads == 1
+    assert job_resources("secure_fused", 200_000_000).threads == 4
+
+
+@pytest.mark.parametrize("fuse", [None, True])
+def test_the_secure_side_is_fused_only_on_a_local_fused_run(tmp_path, fuse):
+    from replisynth.workflow.workflow import workflow_plan
+
+    make_people(300, seed=5).to_csv(tmp_path / "s.csv", index=False)
+    raw = {"name": "sf", "seed": 1, "sources": {"s": {"path": str(tmp_path / "s.csv")}}}
+    if fuse is not None:
+        raw["fuse"] = fuse
+    local = workflow_plan(raw, cluster=False)
+    assert local.fused and local.fused_secure
+    cluster = workflow_plan(raw, cluster=True)
+    assert cluster.fused == (fuse is True) and not cluster.fused_secure
+    assert not workflow_plan({**raw, "fuse": False}, cluster=False).fused_secure
+    scattered = {
+        **raw,
+        "scatter": 2,
+        "sources": {"s": {**raw["sources"]["s"], "strata": ["female"]}},
+    }
+    assert not workflow_plan(scattered, cluster=False).fused_secure

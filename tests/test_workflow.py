@@ -46,14 +46,15 @@ def test_lint_is_clean():
 
 
 def test_dry_run_demo_has_every_stage(demo_dry_run):
-    """Every stage of the demo is a job; the outside stages of this small local run are one
-    job (`fuse`; with fuse=false each its own: tests/test_fused.py)."""
+    """Every stage of the demo runs; the secure and the outside stages of this small local run
+    are one job each (`fuse`; with fuse=false each its own: tests/test_fused.py)."""
     out = demo_dry_run
     for rule in [
-        "extract_source",
-        "extract_checkpoints",
-        "write_bundle",
-        "outside_fused",
+        "rule secure_fused",
+        "rule outside_fused",
+        "logs/extract_source/card.log",
+        "logs/extract_checkpoints/all.log",
+        "logs/write_bundle/all.log",
         "check_tier",
         "review",
     ]:

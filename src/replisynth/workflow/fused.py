@@ -1,11 +1,13 @@
-"""The outside stages in one process for small local runs (`fuse`, docs/performance.md):
+"""The stages of each side in one process for small local runs (`fuse`, docs/performance.md):
 each stage keeps its own log file and writes its own benchmark file, in the layout and the
 columns of the stage's rule, so reports, provenance and benchmarks read them unchanged."""
 
 from __future__ import annotations
 
 import datetime
+import os
 import resource
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from replisynth.core.errors import EXIT_INTERNAL
 from replisynth.io.atomic import write_text
 
 # Snakemake's benchmark columns; what one process cannot tell per stage is NA, as Snakemake
@@ -69,6 +72,98 @@ def run_stages(stages: list[Stage], threads: int = 1) -> None:
                 stage.benchmark,
                 benchmark_row(time.perf_counter() - start, _cpu_seconds() - cpu, peak_mb),
             )
+
+
+def _child_status(stages: list[Stage], threads: int) -> int:
+    """Run `stages` in a forked child; its exit status (the stage's own, as `runner.run` sets
+    it)."""
+    import sys
+
+    try:
+        run_stages(stages, threads)
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_INTERNAL
+    except BaseException:  # runner.run reports a stage's failure; anything else is internal
+        return EXIT_INTERNAL
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def run_beside(main: list[Stage], side: list[Stage], threads: int, parallel: bool) -> None:
+    """Run `side` in a forked child (it shares this process's imports and start-up) while
+    `main` runs here, then wait for it; one after the other (main first) when not `parallel`.
+    The first failure exits with its stage's status; a failing `main` stops the child."""
+    if not (parallel and main and side and hasattr(os, "fork")):
+        run_stages(main + side, threads)
+        return
+    pid = os.fork()
+    if pid == 0:  # the child never returns into the caller
+        os._exit(_child_status(side, threads))
+    try:
+        run_stages(main, threads)
+    except BaseException:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        raise
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        raise SystemExit(code if code > 0 else EXIT_INTERNAL)
+
+
+def secure_stages(
+    manifest: Callable[[], Any], results: str, bundle_dir: str, sources: list[str]
+) -> tuple[list[Stage], list[Stage], list[Stage]]:
+    """The secure side of a run in its rules' paths (rules/extract.smk): extract_source per
+    source, extract_checkpoints (independent of them: it may run beside), write_bundle.
+    `manifest` loads the manifest (in the stage, so a bad manifest is its stage's one line)."""
+    from replisynth.workflow import pipeline
+
+    logs, bench, ext = f"{results}/logs", f"{results}/benchmarks", f"{results}/extract"
+
+    def extract(source: str) -> Callable[[], None]:
+        release, sdc = f"{ext}/{source}.release.json", f"{ext}/{source}.sdc.json"
+        return lambda: pipeline.stage_extract_source(manifest(), source, release, sdc)
+
+    sources_ = [
+        Stage(f"{logs}/extract_source/{s}.log", f"{bench}/extract_source/{s}.tsv", extract(s))
+        for s in sources
+    ]
+    checkpoints = Stage(
+        f"{logs}/extract_checkpoints/all.log",
+        f"{bench}/extract_checkpoints/all.tsv",
+        lambda: pipeline.stage_extract_checkpoints(
+            manifest(), f"{ext}/checkpoints.json", f"{ext}/checkpoints.sdc.json"
+        ),
+    )
+    bundle = Stage(
+        f"{logs}/write_bundle/all.log",
+        f"{bench}/write_bundle/all.tsv",
+        lambda: pipeline.stage_write_bundle(
+            manifest(),
+            {s: f"{ext}/{s}.release.json" for s in sources},
+            f"{ext}/checkpoints.json",
+            [*(f"{ext}/{s}.sdc.json" for s in sources), f"{ext}/checkpoints.sdc.json"],
+            Path(bundle_dir),
+        ),
+    )
+    return sources_, [checkpoints], [bundle]
+
+
+def run_secure(
+    manifest: Callable[[], Any],
+    results: str,
+    bundle_dir: str,
+    sources: list[str],
+    threads: int,
+) -> None:
+    """The secure side in one job: the sources' extraction here and the checkpoints' beside
+    it in a child process when the job holds two cores, then the bundle."""
+    extract, checkpoints, bundle = secure_stages(manifest, results, bundle_dir, sources)
+    parallel = threads >= 2
+    run_beside(extract, checkpoints, max(1, threads // 2) if parallel else threads, parallel)
+    run_stages(bundle, threads)
 
 
 def outside_stages(

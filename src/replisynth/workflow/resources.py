@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ RULE_KIND: dict[str, str] = {
     "gather_blocks": "data",
     "pin_checkpoints": "data",
     "outside_fused": "data",
+    "secure_fused": "data",
     "export_stata": "data",
     "export_spss": "data",
     "export_csv": "data",
@@ -53,6 +55,9 @@ THREAD_STEPS = ((100_000_000, 4), (10_000_000, 2))
 SINGLE_THREADED = frozenset(
     {"export_csv", "export_stata", "export_spss", "render_report", "verify_tiers"}
 )
+# Jobs that run two stages side by side, in two processes (the secure fused job: the
+# checkpoint fits beside the sources' extraction), ask for two cores at least.
+SIDE_BY_SIDE = frozenset({"secure_fused"})
 CSV_BYTES_PER_CELL = 8.0
 # fuse: auto (replisynth.workflow.workflow.fuse_plan): a local run fuses its outside stages
 # into one job up to these many cells per source (and synthetic rows, when `rows` is set).
@@ -85,6 +90,8 @@ def job_resources(rule: str, cells: int, attempt: int = 1) -> JobResources:
     threads = 1
     if RULE_KIND.get(rule, "data") == "data" and rule not in SINGLE_THREADED:
         threads = next((t for limit, t in THREAD_STEPS if cells >= limit), 1)
+    if rule in SIDE_BY_SIDE:
+        threads = max(threads, 2)
     return JobResources(threads=threads, mem_mb=mem_mb, runtime=runtime)
 
 
@@ -94,8 +101,19 @@ def file_cells(path: str | Path) -> int:
     csv; 0 when the file does not exist yet (a dry run) or cannot be read."""
     p = Path(path)
     try:
-        if not p.is_file():
-            return 0
+        st = p.stat()
+    except OSError:
+        return 0
+    if not p.is_file():
+        return 0
+    return _file_cells(str(p), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _file_cells(path: str, size: int, mtime_ns: int) -> int:
+    """`file_cells` of one version of a file (Snakemake asks per job and per resource)."""
+    p = Path(path)
+    try:
         suffix = p.suffix.lower()
         if suffix == ".parquet":
             import pyarrow.parquet as pq

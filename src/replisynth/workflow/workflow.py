@@ -30,6 +30,7 @@ class WorkflowPlan:
     scatter: dict[str, int] = field(default_factory=dict)  # source -> stratum jobs (>= 2 only)
     bundle_sha256: str = ""  # outside runs: the bundle's fingerprint (a rule parameter)
     fused: bool = False  # the outside stages in one job (`fuse_plan`, rules/fused.smk)
+    fused_secure: bool = False  # the secure stages in one job (rules/fused_secure.smk)
 
     @property
     def name(self) -> str:
@@ -94,6 +95,8 @@ class WorkflowPlan:
     def _cells(self, rule: str, wildcards: Any, input: Any) -> int:
         from replisynth.workflow.resources import cells_of, release_cells
 
+        if rule == "secure_fused":  # every source's data, one stage at a time
+            return max((cells_of([p]) for p in self.paths.values()), default=0)
         if rule == "outside_fused":  # every source's synthetic data, one stage at a time
             from types import SimpleNamespace
 
@@ -139,6 +142,15 @@ class WorkflowPlan:
         return lambda wildcards, input, attempt: (
             job_resources(rule, self._cells(rule, wildcards, input), attempt).runtime
         )
+
+    def secure_fused_logs(self) -> list[str]:
+        """The log files of the stages the secure fused job runs, at their rules' paths."""
+        logs = f"{self.results}/logs"
+        return [
+            *(f"{logs}/extract_source/{s}.log" for s in self.sources),
+            f"{logs}/extract_checkpoints/all.log",
+            f"{logs}/write_bundle/all.log",
+        ]
 
     def fused_labelled(self) -> list[str]:
         """The .dta and .sav exports the fused outside job writes (verification reads them)."""
@@ -369,6 +381,7 @@ def workflow_plan(
             paths={s.name: s.path for s in m.sources},
             scatter=scatter,
             fused=fused,
+            fused_secure=fused and not cluster,  # its jobs' start-ups outweigh them here too
         )
     except ReplisynthError as exc:
         sys.stderr.write(f"replisynth: {exc}\n")
