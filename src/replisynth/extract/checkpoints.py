@@ -81,13 +81,24 @@ def _has_rare(s: pd.Series, min_cell: int) -> bool:
     return bool(np.any((counts > 0) & (counts < min_cell)))
 
 
+def _more_values_than(s: pd.Series, most: int) -> bool:
+    """`s.nunique(dropna=True) > most`, settled on the first rows when they already hold more
+    (a column of many values is passed over without hashing all of it)."""
+    if s.iloc[:_PREFIX_ROWS].nunique(dropna=True) > most:
+        return True
+    return bool(s.nunique(dropna=True) > most)
+
+
+_PREFIX_ROWS = 4096
+
+
 def _rare_parents(df: pd.DataFrame, min_cell: int, max_levels: int = 200) -> list[str]:
     """Columns of few values (text, categories, booleans, integers) with a category below
     min_cell: the source table pools or buckets those categories."""
     out = []
     for c in df.columns:
         s = df[c]
-        if pd.api.types.is_float_dtype(s) or s.nunique(dropna=True) > max_levels:
+        if pd.api.types.is_float_dtype(s) or _more_values_than(s, max_levels):
             continue
         if _has_rare(s, min_cell):
             out.append(str(c))
@@ -127,7 +138,7 @@ def factor_terms_with_rare_levels(
         if c in df.columns
         and (
             _has_rare(df[c], min_cell)
-            or (df[c].nunique(dropna=True) <= 200 and _codes_a_rare_parent(df, c, parents))
+            or (not _more_values_than(df[c], 200) and _codes_a_rare_parent(df, c, parents))
         )
     }
     two_valued = {  # a 0/1 coding as a term of its own: its mean is a level share

@@ -36,10 +36,14 @@ def _coded(col: pd.Series, table: FrequencyTable) -> _Coded:
     L = len(table.levels)
     values = category_values(col)
     if table.ordered and table.pooled_levels:
-        uniques = [v for v in pd.unique(values) if not pd.isna(v)]
+        # One lookup per distinct value, then one gather over the rows (the factorized
+        # uniques are pd.unique's non-missing values, in the same order).
+        row_codes, found = pd.factorize(values, use_na_sentinel=True)
+        uniques = list(found)
         pos = level_positions(uniques, table, level_order(uniques))
         at = {u: p for u, p in zip(uniques, pos[:-1], strict=True)}
-        codes = np.asarray([at.get(v, np.nan) if not pd.isna(v) else np.nan for v in values])
+        lut = np.append(np.asarray([at.get(u, np.nan) for u in uniques], dtype="float64"), np.nan)
+        codes = lut[row_codes]
         out = np.where(np.isnan(codes), L, codes).astype(np.intp)
     else:
         out = level_codes(values.to_numpy(), table.levels)

@@ -258,6 +258,8 @@ def _pinned_class_count(table: np.ndarray, vals: np.ndarray, min_cell: int) -> b
 
 # ------------------------------------------------------------------ checkpoints
 
+PREFIX_ROWS = 4096  # rows whose distinct values are counted before the whole column
+
 
 def pooled_numeric_columns(df: pd.DataFrame, source: Source, min_cell: int) -> set[str]:
     """Numeric columns released as tables (few values, not forced continuous) with a value
@@ -270,12 +272,20 @@ def pooled_numeric_columns(df: pd.DataFrame, source: Source, min_cell: int) -> s
             continue
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             continue
+        if c not in source.categorical and _more_values_than(s, MAX_ORDINAL_LEVELS):
+            continue
         counts = s.value_counts(dropna=True)
         if len(counts) > MAX_ORDINAL_LEVELS and c not in source.categorical:
             continue
         if np.any((counts.to_numpy() > 0) & (counts.to_numpy() < min_cell)):
             out.add(c)
     return out
+
+
+def _more_values_than(s: pd.Series, most: int) -> bool:
+    """Whether the first rows of `s` alone hold more than `most` distinct values (then the
+    whole column does): a continuous column is passed over without counting every value."""
+    return bool(s.iloc[:PREFIX_ROWS].nunique(dropna=True) > most)
 
 
 def _mentions(term: str, col: str) -> bool:

@@ -41,7 +41,7 @@ def split_atoms(values: np.ndarray, min_cell: int, dominance: float | None = Non
     down), as an ordered frequency table pools a level below the cell size: the rest is then
     empty or holds at least min_cell rows."""
     x = np.sort(np.asarray(values, dtype="float64"))
-    u, c = np.unique(x, return_counts=True)
+    u, c = _sorted_runs(x)
     keep = c >= min_cell
     if dominance is not None:  # the top-two share of `count` equal values is 2/count
         keep &= (u == 0) | (2.0 / c <= dominance)
@@ -52,6 +52,15 @@ def split_atoms(values: np.ndarray, min_cell: int, dominance: float | None = Non
     counts = counts.copy()
     np.add.at(counts, nearest_atom(atoms, rest), 1)
     return AtomSplit(atoms, counts, rest[:0], int(len(rest)))
+
+
+def _sorted_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(x, return_counts=True)` of an already sorted `x`, without sorting it again
+    (NaN, which np.unique counts as one value, goes through np.unique itself)."""
+    if len(x) == 0 or np.isnan(x[-1]):
+        return np.unique(x, return_counts=True)
+    starts = np.flatnonzero(np.concatenate(([True], x[1:] != x[:-1])))
+    return x[starts], np.diff(np.append(starts, len(x)))
 
 
 def nearest_atom(atoms: np.ndarray, x: np.ndarray) -> np.ndarray:
