@@ -81,12 +81,15 @@ def _has_rare(s: pd.Series, min_cell: int) -> bool:
     return bool(np.any((counts > 0) & (counts < min_cell)))
 
 
+def _more_values_than_at_first(s: pd.Series, most: int) -> bool:
+    """Whether the first rows of `s` alone hold more than `most` distinct values (then so
+    does the whole column, which is passed over without hashing all of it)."""
+    return bool(s.iloc[:_PREFIX_ROWS].nunique(dropna=True) > most)
+
+
 def _more_values_than(s: pd.Series, most: int) -> bool:
-    """`s.nunique(dropna=True) > most`, settled on the first rows when they already hold more
-    (a column of many values is passed over without hashing all of it)."""
-    if s.iloc[:_PREFIX_ROWS].nunique(dropna=True) > most:
-        return True
-    return bool(s.nunique(dropna=True) > most)
+    """`s.nunique(dropna=True) > most`, settled on the first rows when they already hold more."""
+    return _more_values_than_at_first(s, most) or bool(s.nunique(dropna=True) > most)
 
 
 _PREFIX_ROWS = 4096
@@ -98,9 +101,14 @@ def _rare_parents(df: pd.DataFrame, min_cell: int, max_levels: int = 200) -> lis
     out = []
     for c in df.columns:
         s = df[c]
-        if pd.api.types.is_float_dtype(s) or _more_values_than(s, max_levels):
+        if pd.api.types.is_float_dtype(s) or _more_values_than_at_first(s, max_levels):
             continue
-        if _has_rare(s, min_cell):
+        # one count of the values gives both the number of values (a categorical's unused
+        # categories count 0) and the rare ones
+        counts = s.value_counts(dropna=True).to_numpy()
+        if np.count_nonzero(counts) > max_levels:
+            continue
+        if np.any((counts > 0) & (counts < min_cell)):
             out.append(str(c))
     return out
 
