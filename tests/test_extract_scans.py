@@ -19,7 +19,11 @@ from hypothesis import strategies as st
 from replisynth.config.manifest import load_manifest
 from replisynth.extract.checkpoints import _PREFIX_ROWS, _rare_parents
 from replisynth.extract.empty_cells import _coded
-from replisynth.extract.release_guards import PREFIX_ROWS, pooled_numeric_columns
+from replisynth.extract.release_guards import (
+    PREFIX_ROWS,
+    pooled_numeric_columns,
+    unchanged_frames,
+)
 from replisynth.stats.atoms import _sorted_runs, split_atoms
 from replisynth.stats.cells import level_codes
 from replisynth.stats.copula_dims import category_values
@@ -157,3 +161,25 @@ def test_codes_per_distinct_value_equal_the_row_by_row_codes(seed: int, ordered:
         got = _coded(col, table)
         assert np.array_equal(got.codes, _reference_coded(col, table))
         assert got.levels == levels
+
+
+def _kids(n: int, rare: bool, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    kids = rng.integers(0, 4, n)
+    if rare:
+        kids[-2:] = 8  # two rows hold a value below the cell size
+    return pd.DataFrame({"kids": kids, "income": rng.integers(0, 90_000, n)})
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_scans_are_remembered_per_frame_only_while_the_frames_are_unchanged(seed: int) -> None:
+    src = load_manifest(_raw()).source("people")
+    with_rare, without = _kids(900, True, seed), _kids(900, False, seed + 1)
+    with unchanged_frames():
+        assert pooled_numeric_columns(with_rare, src, K) == {"kids"}
+        assert pooled_numeric_columns(without, src, K) == set()  # each frame its own answer
+        assert pooled_numeric_columns(with_rare, src, K) == {"kids"}
+        assert _rare_parents(with_rare, K) == ["kids"] and _rare_parents(without, K) == []
+    with_rare.loc[with_rare.index[-2:], "kids"] = 1  # outside: a changed frame is counted anew
+    assert pooled_numeric_columns(with_rare, src, K) == set()
+    assert _rare_parents(with_rare, K) == []

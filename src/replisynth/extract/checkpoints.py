@@ -19,6 +19,7 @@ from replisynth.disclosure.sdc import SdcLog
 from replisynth.extract.ledger import apply_differencing
 from replisynth.extract.release_guards import (
     log_pooled_terms,
+    scan_once,
     terms_of_pooled_columns,
     withhold_pooled_outcome_mean,
 )
@@ -98,6 +99,15 @@ _PREFIX_ROWS = 4096
 def _rare_parents(df: pd.DataFrame, min_cell: int, max_levels: int = 200) -> list[str]:
     """Columns of few values (text, categories, booleans, integers) with a category below
     min_cell: the source table pools or buckets those categories."""
+    found = scan_once(
+        "rare_parents",
+        (df, min_cell, max_levels),
+        lambda: tuple(_rare_parent_columns(df, min_cell, max_levels)),
+    )
+    return list(found)
+
+
+def _rare_parent_columns(df: pd.DataFrame, min_cell: int, max_levels: int) -> list[str]:
     out = []
     for c in df.columns:
         s = df[c]

@@ -8,7 +8,8 @@ the row sets that cut them", "Weight classes" and "Pooled numeric levels in chec
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -260,11 +261,51 @@ def _pinned_class_count(table: np.ndarray, vals: np.ndarray, min_cell: int) -> b
 
 PREFIX_ROWS = 4096  # rows whose distinct values are counted before the whole column
 
+# Answers of the per-frame column scans, while a stage keeps its frames unchanged
+# (`unchanged_frames`): key -> (the frame and arguments it was computed for, the answer).
+_SCANS: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] | None = None
+
+
+@contextmanager
+def unchanged_frames() -> Iterator[None]:
+    """While the caller changes none of its data frames: a column scan that only reads a
+    frame (`pooled_numeric_columns`, `checkpoints._rare_parents`) is computed once per frame
+    and arguments instead of once per checkpoint."""
+    global _SCANS
+    outer = _SCANS
+    _SCANS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SCANS = outer
+
+
+def scan_once(name: str, args: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+    """`compute()`, remembered under `unchanged_frames` for the same objects `args` (held,
+    so their identities stay theirs); computed afresh outside it."""
+    memo = _SCANS
+    if memo is None:
+        return compute()
+    key = (name, *(id(a) for a in args))
+    hit = memo.get(key)
+    if hit is not None and all(x is y for x, y in zip(hit[0], args, strict=True)):
+        return hit[1]
+    out = compute()
+    memo[key] = (args, out)
+    return out
+
 
 def pooled_numeric_columns(df: pd.DataFrame, source: Source, min_cell: int) -> set[str]:
     """Numeric columns released as tables (few values, not forced continuous) with a value
     held by 1..min_cell−1 rows: the table pools or buckets it, so an exact mean (or total) of
     the column, less Σ level × count, would give the rare rows' values."""
+    found = scan_once(
+        "pooled", (df, source, min_cell), lambda: frozenset(_pooled(df, source, min_cell))
+    )
+    return set(found)
+
+
+def _pooled(df: pd.DataFrame, source: Source, min_cell: int) -> set[str]:
     out = set()
     for c in df.columns:
         s = df[c]
