@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linprog
 from scipy.sparse import bmat, coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -260,6 +259,8 @@ def _part_bounds(
 ) -> tuple[int, int] | None:
     """Min and max of one cell over its part, rounded inward; None when the part is infeasible;
     (-1, -1) when the solver fails otherwise."""
+    from scipy.optimize import linprog  # a large import, only where a bound is solved
+
     if (part.key, cell) not in cache:
         obj = np.zeros(part.A.shape[1])
         obj[part.pos[cell]] = 1.0
@@ -280,6 +281,8 @@ def _part_bounds(
 
 def _part_feasible(part: _Part, cache: dict[Any, Any]) -> bool:
     """Whether the part's equations have a non-negative solution."""
+    from scipy.optimize import linprog  # a large import, only where a bound is solved
+
     if ("feasible", part.key) not in cache:
         res = linprog(
             np.zeros(part.A.shape[1]), A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs"
@@ -381,6 +384,8 @@ def _spread(
     """Look for feasible tables that prove many cells protected at once: alternately push the
     sum of the part's unproven cells down and up (randomly weighted, seeded: the answers do
     not depend on it, only how many cells are left to an LP of their own)."""
+    from scipy.optimize import linprog  # a large import, only where a bound is solved
+
     rng = np.random.default_rng(len(part.pos))
     sign, before = 1.0, len(part.pos) + 1
     for _ in range(rounds):

@@ -20,6 +20,7 @@ from replisynth.extract.ledger import apply_differencing
 from replisynth.extract.pattern_counts import group_count_rejection
 from replisynth.extract.release_guards import (
     log_pooled_terms,
+    scan_once,
     terms_of_pooled_columns,
     withhold_pooled_outcome_mean,
 )
@@ -82,15 +83,43 @@ def _has_rare(s: pd.Series, min_cell: int) -> bool:
     return bool(np.any((counts > 0) & (counts < min_cell)))
 
 
+def _more_values_than_at_first(s: pd.Series, most: int) -> bool:
+    """Whether the first rows of `s` alone hold more than `most` distinct values (then so
+    does the whole column, which is passed over without hashing all of it)."""
+    return bool(s.iloc[:_PREFIX_ROWS].nunique(dropna=True) > most)
+
+
+def _more_values_than(s: pd.Series, most: int) -> bool:
+    """`s.nunique(dropna=True) > most`, settled on the first rows when they already hold more."""
+    return _more_values_than_at_first(s, most) or bool(s.nunique(dropna=True) > most)
+
+
+_PREFIX_ROWS = 4096
+
+
 def _rare_parents(df: pd.DataFrame, min_cell: int, max_levels: int = 200) -> list[str]:
     """Columns of few values (text, categories, booleans, integers) with a category below
     min_cell: the source table pools or buckets those categories."""
+    found = scan_once(
+        "rare_parents",
+        (df, min_cell, max_levels),
+        lambda: tuple(_rare_parent_columns(df, min_cell, max_levels)),
+    )
+    return list(found)
+
+
+def _rare_parent_columns(df: pd.DataFrame, min_cell: int, max_levels: int) -> list[str]:
     out = []
     for c in df.columns:
         s = df[c]
-        if pd.api.types.is_float_dtype(s) or s.nunique(dropna=True) > max_levels:
+        if pd.api.types.is_float_dtype(s) or _more_values_than_at_first(s, max_levels):
             continue
-        if _has_rare(s, min_cell):
+        # one count of the values gives both the number of values (a categorical's unused
+        # categories count 0) and the rare ones
+        counts = s.value_counts(dropna=True).to_numpy()
+        if np.count_nonzero(counts) > max_levels:
+            continue
+        if np.any((counts > 0) & (counts < min_cell)):
             out.append(str(c))
     return out
 
@@ -128,7 +157,7 @@ def factor_terms_with_rare_levels(
         if c in df.columns
         and (
             _has_rare(df[c], min_cell)
-            or (df[c].nunique(dropna=True) <= 200 and _codes_a_rare_parent(df, c, parents))
+            or (not _more_values_than(df[c], 200) and _codes_a_rare_parent(df, c, parents))
         )
     }
     two_valued = {  # a 0/1 coding as a term of its own: its mean is a level share

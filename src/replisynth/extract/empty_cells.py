@@ -14,8 +14,7 @@ import pandas as pd
 from replisynth.disclosure.sdc import SdcLog
 from replisynth.io.schema import ColumnSpec
 from replisynth.stats.cells import level_codes
-from replisynth.stats.copula_dims import category_values
-from replisynth.stats.marginals import FrequencyTable, level_order, level_positions
+from replisynth.stats.marginals import FrequencyTable, level_order, level_positions, py_value
 
 MAX_COLUMNS = 48  # categorical columns examined, in release order
 MAX_LEVELS = 24  # released levels of a column examined (more: a code list, not a plan)
@@ -32,20 +31,28 @@ class _Coded:
 
 def _coded(col: pd.Series, table: FrequencyTable) -> _Coded:
     """Each row's released level (pooled levels of an ordered table at their released
-    neighbour, as synthesis holds them), the bucket of suppressed categories, or missing."""
+    neighbour, as synthesis holds them), the bucket of suppressed categories, or missing.
+    Coded once per distinct value (`category_values`' lookup, missing last), then gathered."""
     L = len(table.levels)
-    values = category_values(col)
+    row_codes, found = pd.factorize(col, use_na_sentinel=True)
+    lookup = np.empty(len(found) + 1, dtype=object)
+    lookup[:-1] = [py_value(v) for v in found]
+    lookup[-1] = np.nan
+    values = pd.Series(lookup, dtype=object)
     if table.ordered and table.pooled_levels:
-        uniques = [v for v in pd.unique(values) if not pd.isna(v)]
+        # the factorized uniques are pd.unique's non-missing values, in the same order
+        codes_u, found_u = pd.factorize(values, use_na_sentinel=True)
+        uniques = list(found_u)
         pos = level_positions(uniques, table, level_order(uniques))
         at = {u: p for u, p in zip(uniques, pos[:-1], strict=True)}
-        codes = np.asarray([at.get(v, np.nan) if not pd.isna(v) else np.nan for v in values])
+        lut = np.append(np.asarray([at.get(u, np.nan) for u in uniques], dtype="float64"), np.nan)
+        codes = lut[codes_u]
         out = np.where(np.isnan(codes), L, codes).astype(np.intp)
     else:
         out = level_codes(values.to_numpy(), table.levels)
         out = np.where(out < 0, L, out)
     out[values.isna().to_numpy()] = L + 1
-    return _Coded(out, list(table.levels))
+    return _Coded(out[row_codes], list(table.levels))
 
 
 def _columns(

@@ -8,7 +8,8 @@ the row sets that cut them", "Weight classes" and "Pooled numeric levels in chec
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -258,11 +259,53 @@ def _pinned_class_count(table: np.ndarray, vals: np.ndarray, min_cell: int) -> b
 
 # ------------------------------------------------------------------ checkpoints
 
+PREFIX_ROWS = 4096  # rows whose distinct values are counted before the whole column
+
+# Answers of the per-frame column scans, while a stage keeps its frames unchanged
+# (`unchanged_frames`): key -> (the frame and arguments it was computed for, the answer).
+_SCANS: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] | None = None
+
+
+@contextmanager
+def unchanged_frames() -> Iterator[None]:
+    """While the caller changes none of its data frames: a column scan that only reads a
+    frame (`pooled_numeric_columns`, `checkpoints._rare_parents`) is computed once per frame
+    and arguments instead of once per checkpoint."""
+    global _SCANS
+    outer = _SCANS
+    _SCANS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SCANS = outer
+
+
+def scan_once(name: str, args: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+    """`compute()`, remembered under `unchanged_frames` for the same objects `args` (held,
+    so their identities stay theirs); computed afresh outside it."""
+    memo = _SCANS
+    if memo is None:
+        return compute()
+    key = (name, *(id(a) for a in args))
+    hit = memo.get(key)
+    if hit is not None and all(x is y for x, y in zip(hit[0], args, strict=True)):
+        return hit[1]
+    out = compute()
+    memo[key] = (args, out)
+    return out
+
 
 def pooled_numeric_columns(df: pd.DataFrame, source: Source, min_cell: int) -> set[str]:
     """Numeric columns released as tables (few values, not forced continuous) with a value
     held by 1..min_cell−1 rows: the table pools or buckets it, so an exact mean (or total) of
     the column, less Σ level × count, would give the rare rows' values."""
+    found = scan_once(
+        "pooled", (df, source, min_cell), lambda: frozenset(_pooled(df, source, min_cell))
+    )
+    return set(found)
+
+
+def _pooled(df: pd.DataFrame, source: Source, min_cell: int) -> set[str]:
     out = set()
     for c in df.columns:
         s = df[c]
@@ -270,12 +313,20 @@ def pooled_numeric_columns(df: pd.DataFrame, source: Source, min_cell: int) -> s
             continue
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             continue
+        if c not in source.categorical and _more_values_than(s, MAX_ORDINAL_LEVELS):
+            continue
         counts = s.value_counts(dropna=True)
         if len(counts) > MAX_ORDINAL_LEVELS and c not in source.categorical:
             continue
         if np.any((counts.to_numpy() > 0) & (counts.to_numpy() < min_cell)):
             out.add(c)
     return out
+
+
+def _more_values_than(s: pd.Series, most: int) -> bool:
+    """Whether the first rows of `s` alone hold more than `most` distinct values (then the
+    whole column does): a continuous column is passed over without counting every value."""
+    return bool(s.iloc[:PREFIX_ROWS].nunique(dropna=True) > most)
 
 
 def _mentions(term: str, col: str) -> bool:

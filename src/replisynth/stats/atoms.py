@@ -41,7 +41,7 @@ def split_atoms(values: np.ndarray, min_cell: int, dominance: float | None = Non
     down), as an ordered frequency table pools a level below the cell size: the rest is then
     empty or holds at least min_cell rows."""
     x = np.sort(np.asarray(values, dtype="float64"))
-    u, c = np.unique(x, return_counts=True)
+    u, c = _sorted_runs(x)
     keep = c >= min_cell
     if dominance is not None:  # the top-two share of `count` equal values is 2/count
         keep &= (u == 0) | (2.0 / c <= dominance)
@@ -52,6 +52,22 @@ def split_atoms(values: np.ndarray, min_cell: int, dominance: float | None = Non
     counts = counts.copy()
     np.add.at(counts, nearest_atom(atoms, rest), 1)
     return AtomSplit(atoms, counts, rest[:0], int(len(rest)))
+
+
+def _sorted_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(x, return_counts=True)` of an already sorted `x`, without sorting it again.
+    NaN (one value to np.unique) and -0.0 (equal to 0.0, and which of the two np.unique's own
+    sort puts first is the value it returns) go through np.unique itself."""
+    if len(x) == 0 or np.isnan(x[-1]) or _negative_zero(x):
+        return np.unique(x, return_counts=True)
+    starts = np.flatnonzero(np.concatenate(([True], x[1:] != x[:-1])))
+    return x[starts], np.diff(np.append(starts, len(x)))
+
+
+def _negative_zero(x: np.ndarray) -> bool:
+    """Whether the sorted `x` holds a -0.0 (its zeros are one run)."""
+    lo, hi = np.searchsorted(x, 0.0, side="left"), np.searchsorted(x, 0.0, side="right")
+    return bool(np.signbit(x[lo:hi]).any())
 
 
 def nearest_atom(atoms: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -131,6 +131,7 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
         capture_checkpoint_sample,
     )
     from replisynth.extract.ledger import apply_differencing
+    from replisynth.extract.release_guards import unchanged_frames
 
     frames: dict[str, pd.DataFrame] = {}
     metas: dict[str, FileMeta] = {}
@@ -149,7 +150,8 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
         )
         return capture_checkpoint_sample(frames[cp.source], cp, manifest, i)
 
-    fits = thread_map(fit, list(enumerate(manifest.checkpoints)), n=min(threads(), 2))
+    with unchanged_frames():  # the fits only read the frames
+        fits = thread_map(fit, list(enumerate(manifest.checkpoints)), n=min(threads(), 2))
     # The disclosure ledger: samples against each other, the source totals and the strata
     # (differencing rule); its public summary travels with the SDC decisions to sdc_log.json.
     progress("extract: checkpoint samples against each other (differencing)")
