@@ -155,24 +155,28 @@ def bounded_min_norm(
     delta = np.zeros(len(z))
     fixed = np.zeros(len(z), dtype=bool)
     ok = False
+    Vf = V[free]
+    G = Vf.T @ Vf  # Gram of the free rows, less each frozen row's part (no copy of V per round)
+    del Vf
     for _ in range(ACTIVE_ROUNDS):
         F = free & ~fixed
         rest = D - V[fixed].T @ delta[fixed]
-        VF = V[F]
-        lam = np.linalg.lstsq(VF.T @ VF, rest, rcond=None)[0]
-        dF = VF @ lam
+        lam = np.linalg.lstsq(G, rest, rcond=None)[0]
+        dF = np.where(F, V @ lam, 0.0)
         ok = bool(
-            np.max(np.abs(VF.T @ dF - rest), initial=0.0)
+            np.max(np.abs(V.T @ dF - rest), initial=0.0)
             <= 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0)))
         )
-        new = z[F] + dF
-        out = (new < lo) | (new > hi)
-        delta[F] = dF
+        new = z + dF
+        out = F & ((new < lo) | (new > hi))
+        delta[F] = dF[F]
         if not ok or not out.any():
             break
-        idx = np.flatnonzero(F)[out]
-        delta[idx] = np.clip(new[out], lo, hi) - z[idx]
+        idx = np.flatnonzero(out)
+        delta[idx] = np.clip(new[idx], lo, hi) - z[idx]
         fixed[idx] = True
+        Vi = V[idx]
+        G = G - Vi.T @ Vi
     else:
         ok = False
     return delta, ok
