@@ -16,7 +16,11 @@ from replisynth.pin.support import repair_gap
 
 @pytest.mark.parametrize(
     ("model", "y", "n", "seed", "sub"),
-    [("logit", "b", 6000, 11, 700), ("poisson", "c", 5000, 12, 1000), ("ologit", "o", 4000, 13, 512)],
+    [
+        ("logit", "b", 6000, 11, 700),
+        ("poisson", "c", 5000, 12, 1000),
+        ("ologit", "o", 4000, 13, 512),
+    ],
 )
 def test_subsample_batches_pin_and_move_few_rows_outside_it(
     model: str, y: str, n: int, seed: int, sub: int, monkeypatch: pytest.MonkeyPatch

@@ -250,10 +250,10 @@ class _Moves:
         gain = 2 * t * c if linear else 2 * t * c - t * t * self.q[sel]
         return t, np.where(self.live[sel], gain, -np.inf)
 
-    def pool(self, r: np.ndarray, linear: bool = False) -> np.ndarray:
-        """Positions (ascending) of the REPAIR_POOL live rows with the largest gains at r
-        (`linear`: of their first-order part, the pair phase's ranking)."""
-        gain = self.gains(r, None, linear)[1]
+    def pool(self, r: np.ndarray) -> np.ndarray:
+        """Positions (ascending) of the REPAIR_POOL live rows with the largest first-order
+        gains 2 t c_i at r (the pair phase's ranking)."""
+        gain = self.gains(r, None, linear=True)[1]
         if len(gain) <= REPAIR_POOL:
             return np.arange(len(gain))
         return np.sort(np.argpartition(-gain, REPAIR_POOL - 1)[:REPAIR_POOL])
@@ -296,9 +296,7 @@ def repair_gap(
     return _repair_pairs(y, rows, mv, r, tol)
 
 
-def _spread(
-    y: np.ndarray, rows: np.ndarray, mv: _Moves, r: np.ndarray, tol: float
-) -> np.ndarray:
+def _spread(y: np.ndarray, rows: np.ndarray, mv: _Moves, r: np.ndarray, tol: float) -> np.ndarray:
     """Steps that close the gap r with moves spread over the live rows (y changed in place;
     returns the new gap): the minimum-norm change d = V_L lambda with V_L'd = r, then row i
     moves one lattice step the way of d_i with probability |d_i| / step (systematic
@@ -349,12 +347,12 @@ def _repair_pairs(
     whose net change V_i t_i + V_j t_j is small, the pair with the largest decrease of |r|^2
     among the PAIR_CANDIDATES best live rows of `mv` each way, until |r| <= tol or no pair
     helps."""
-    pool, age = mv.pool(r, linear=True), 0
+    pool, age = mv.pool(r), 0
     for _ in range(max_pairs):
         if np.max(np.abs(r), initial=0.0) <= tol or np.count_nonzero(mv.live[pool]) < 2:
             break
         if age >= REPAIR_REFRESH:
-            pool, age = mv.pool(r, linear=True), 0
+            pool, age = mv.pool(r), 0
         age += 1
         V, live = mv.V[pool], mv.live[pool]
         up, down = mv.up[pool], mv.down[pool]
