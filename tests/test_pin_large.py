@@ -88,3 +88,33 @@ def test_repair_spreads_moves_closes_the_gap_and_repeats(n: int, seed: int, leve
     assert set(np.unique(step)) <= {0.0, 1.0} and not step[np.setdiff1d(np.arange(n), rows)].any()
     again, rest2 = repair_gap(yr, rows, V, gap, lattice)
     assert np.array_equal(again, fixed) and np.array_equal(rest, rest2)
+
+
+@pytest.mark.parametrize(("seed", "partner"), [(3, "ols"), (7, "probit")])
+def test_checkpoints_sharing_a_discrete_outcome_settle_alone(seed: int, partner: str) -> None:
+    """Two checkpoints on one 0/1 outcome with a logit among them are judged each by its own
+    factors (the discrete pin holds them together whatever the auxiliary regressions); two
+    OLS checkpoints on one outcome never settle (their joint pin needs them aligned)."""
+    from pathlib import Path
+
+    from conftest import make_people, manifest_for
+
+    from replisynth.config.manifest import load_manifest
+    from replisynth.extract.checkpoints import capture_checkpoint
+    from replisynth.pin.design_moments import _settle_rule, _target
+
+    df = make_people(1500, seed=seed)
+    df["hit_z"] = (df["y"] > df["y"].median()).astype(int)
+    m = load_manifest(manifest_for(Path("people.csv")))
+    recs = []
+    for tag, model, rhs in (("a", "logit", "x1 + x2 + age"), ("b", partner, "x1 + age")):
+        cp = Checkpoint(tag=tag, source="people", model=model, formula=f"hit_z ~ {rhs}")
+        rel, _ = capture_checkpoint(df, cp, m, 0)
+        recs.append({**rel, "status": "released"})
+    fine = _settle_rule(recs)
+    for c in recs:
+        t, _ = _target(df, c, compile_rows=False)
+        assert t is not None and fine(t), c["tag"]  # the design as released: settled
+    linear = [{**c, "model": "ols"} for c in recs]
+    t, _ = _target(df, linear[0], compile_rows=False)
+    assert t is not None and not _settle_rule(linear)(t)
