@@ -623,7 +623,7 @@ class AlignSettings:
 def _settle_rule(checkpoints: list[dict[str, Any]]) -> Callable[[_Target], bool]:
     """Whether a checkpoint's design already gives its released SEs (`se_factor_gap` within
     SE_FACTOR_TOL; GLMs and fe within PROXY_FACTOR_TOL), so it needs no alignment: never for
-    one that shares its outcome, nor for re or iv without its first stage."""
+    one that shares a linear outcome, nor for re or iv without its first stage."""
     # What the alignment is for: nested specifications on one outcome (pinned jointly only when
     # the auxiliary regressions match, so they always align) and SEs (a checkpoint alone on its
     # outcome pins exactly whatever its design; its design sets the SEs through the factors of
@@ -632,7 +632,15 @@ def _settle_rule(checkpoints: list[dict[str, Any]]) -> Callable[[_Target], bool]
     # is small, this skips nearly all the work).
     iv_tags = {c["tag"] for c in checkpoints if c["model"] == "iv"}
     outcome_count = Counter(c["outcome"] for c in checkpoints)
-    shared = {c["tag"] for c in checkpoints if outcome_count[c["outcome"]] > 1}
+    # A discrete outcome's checkpoints are pinned together by their score equations
+    # (pin_discrete: within PIN_TOL whatever the auxiliary regressions), so sharing it is no
+    # reason to align; each is judged alone as below.
+    discrete = {c["outcome"] for c in checkpoints if c["model"] in GLM_MODELS}
+    shared = {
+        c["tag"]
+        for c in checkpoints
+        if outcome_count[c["outcome"]] > 1 and c["outcome"] not in discrete
+    }
     # The factors are the SEs' own for OLS/WLS and for iv with released instrument moments. For
     # GLMs (likelihood weights) and fe (within moments) they are a proxy, judged at a quarter of
     # the tolerance: the alignment moves only the raw unweighted moments those factors read. re

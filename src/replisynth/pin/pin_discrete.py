@@ -303,6 +303,10 @@ def _bounds(v: float | np.ndarray, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(v, dtype="float64"), (n,))
 
 
+SUBSAMPLE = 1 << 17  # rows the batches rank when there are more than twice as many
+POLISH_BATCHES = 8  # batches on every row after the subsample's, when it ran out of moves
+
+
 def correct_scores(
     y: np.ndarray,
     systems: list[_System],
@@ -314,26 +318,65 @@ def correct_scores(
     """One-step moves of the codes `y` within [lo, hi] (scalars or per row) that lower
     Q = sum_c S_c' M_c S_c, until Q <= q_stop or no single move lowers it. Each batch finds
     every row's best move and its exact effect on Q, then descends on the improving ones
-    (`_Search.descend`). Returns (y, Q before, Q after, rows whose code changed)."""
+    (`_Search.descend`). Above 2 SUBSAMPLE rows the batches move rows of a fixed subsample
+    (evenly spaced in row order; Q stays that of every row), then, when the subsample ran
+    out of improving moves above q_stop, at most POLISH_BATCHES batches on every row.
+    Returns (y, Q before, Q after, rows whose code changed)."""
     y0 = y.astype("int64")
     n = len(y0)
-    st = _Search(y0.copy(), systems, _bounds(lo, n), _bounds(hi, n))
-    Q0 = st.Q
-    idx = np.arange(n)
-    for _ in range(max_batches):
+    lo_n, hi_n = _bounds(lo, n), _bounds(hi, n)
+    if n <= 2 * SUBSAMPLE:
+        st = _Search(y0.copy(), systems, lo_n, hi_n)
+        Q0 = st.Q
+        _batches(st, max_batches, q_stop)
+        return st.y, Q0, st.Q, int(np.count_nonzero(st.y != y0))
+    sub = np.unique(np.linspace(0, n - 1, SUBSAMPLE).astype("int64"))
+    part = _Search(y0[sub], [_restricted(sy, sub, n) for sy in systems], lo_n[sub], hi_n[sub])
+    part.S = [sy.score(y0[sy.pos]).sum(axis=0) for sy in systems]  # every row's sums
+    part.Q = Q0 = _Q(part.S, systems)
+    used = _batches(part, max_batches, q_stop)
+    y1 = y0.copy()
+    y1[sub] = part.y
+    Q1 = part.Q
+    if Q1 > max(q_stop, 1e-12) and used < max_batches:
+        st = _Search(y1, systems, lo_n, hi_n)
+        _batches(st, min(POLISH_BATCHES, max_batches), q_stop)
+        y1, Q1 = st.y, st.Q
+    return y1, Q0, Q1, int(np.count_nonzero(y1 != y0))
+
+
+def _batches(st: _Search, max_batches: int, q_stop: float) -> int:
+    """The batches of `correct_scores` on the search state `st` (changed in place); returns
+    how many ran (max_batches when the cap stopped them)."""
+    idx = np.arange(len(st.y))
+    for b in range(max_batches):
         if st.Q <= max(q_stop, 1e-12):
-            break
+            return b
         dq = st.change()
         direction = np.argmin(dq, axis=0)
         best = dq[direction, idx]
         cand = np.flatnonzero(best < -1e-12 * max(st.Q, 1e-12))
         if len(cand) == 0:
-            break
+            return b
         if len(cand) > MAX_POOL:
             cand = cand[np.argpartition(best[cand], MAX_POOL - 1)[:MAX_POOL]]
         if st.descend(np.sort(cand), direction == 0, q_stop) == 0:
-            break
-    return st.y, Q0, st.Q, int(np.count_nonzero(st.y != y0))
+            return b
+    return max_batches
+
+
+def _restricted(sy: _System, sub: np.ndarray, n: int) -> _System:
+    """The system `sy` on the rows `sub` of the n group rows (positions into `sub`)."""
+    local = np.full(n, -1, dtype="int64")
+    local[sub] = np.arange(len(sub))
+    at = np.flatnonzero(local[sy.pos] >= 0)  # positions into sy's sample
+    score = sy.score
+
+    def part(codes: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        return score(codes, at if rows is None else at[rows])
+
+    unit = None if sy.unit is None else sy.unit[at]
+    return replace(sy, pos=local[sy.pos[at]], score=part, unit=unit)
 
 
 # ---------------------------------------------------------------------------------------------

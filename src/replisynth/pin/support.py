@@ -155,24 +155,28 @@ def bounded_min_norm(
     delta = np.zeros(len(z))
     fixed = np.zeros(len(z), dtype=bool)
     ok = False
+    Vf = V[free]
+    G = Vf.T @ Vf  # Gram of the free rows, less each frozen row's part (no copy of V per round)
+    del Vf
     for _ in range(ACTIVE_ROUNDS):
         F = free & ~fixed
         rest = D - V[fixed].T @ delta[fixed]
-        VF = V[F]
-        lam = np.linalg.lstsq(VF.T @ VF, rest, rcond=None)[0]
-        dF = VF @ lam
+        lam = np.linalg.lstsq(G, rest, rcond=None)[0]
+        dF = np.where(F, V @ lam, 0.0)
         ok = bool(
-            np.max(np.abs(VF.T @ dF - rest), initial=0.0)
+            np.max(np.abs(V.T @ dF - rest), initial=0.0)
             <= 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0)))
         )
-        new = z[F] + dF
-        out = (new < lo) | (new > hi)
-        delta[F] = dF
+        new = z + dF
+        out = F & ((new < lo) | (new > hi))
+        delta[F] = dF[F]
         if not ok or not out.any():
             break
-        idx = np.flatnonzero(F)[out]
-        delta[idx] = np.clip(new[out], lo, hi) - z[idx]
+        idx = np.flatnonzero(out)
+        delta[idx] = np.clip(new[idx], lo, hi) - z[idx]
         fixed[idx] = True
+        Vi = V[idx]
+        G = G - Vi.T @ Vi
     else:
         ok = False
     return delta, ok
@@ -210,6 +214,51 @@ def _steps(y: np.ndarray, lattice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return down, up
 
 
+DITHER_STEPS = 6  # spread steps of the repair before its greedy rounds
+REPAIR_POOL = 1 << 14  # rows the pair phase ranks: those with the largest first-order gains
+REPAIR_REFRESH = 8  # pair steps between rebuilds of that pool from every live row
+
+
+@dataclass
+class _Moves:
+    """The repair's candidate rows (positions into its `rows`) with their one-step lattice
+    moves: a row keeps its value until it moves and moves at most once, so V, |V_i|^2 and
+    the step sizes are computed once; `live`: not moved yet."""
+
+    V: np.ndarray
+    q: np.ndarray
+    down: np.ndarray
+    up: np.ndarray
+    live: np.ndarray
+
+    @classmethod
+    def of(cls, y: np.ndarray, rows: np.ndarray, V: np.ndarray, lattice: np.ndarray) -> _Moves:
+        Vr = V[rows]
+        down, up = _steps(y[rows], lattice)
+        q = np.einsum("ij,ij->i", Vr, Vr)
+        return cls(Vr, q, down, up, np.ones(len(rows), dtype=bool))
+
+    def gains(
+        self, r: np.ndarray, at: np.ndarray | None, linear: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The better move t of the rows at positions `at` (every row when None) and the
+        decrease of |r|^2 it gives (-inf for rows that moved): moving row i by t changes r by
+        -t V_i, so |r|^2 falls by 2 t c_i - t^2 q_i with c = V r (`linear`: 2 t c_i only)."""
+        sel = slice(None) if at is None else at
+        c = self.V[sel] @ r
+        t = np.where(c > 0, self.up[sel], self.down[sel])
+        gain = 2 * t * c if linear else 2 * t * c - t * t * self.q[sel]
+        return t, np.where(self.live[sel], gain, -np.inf)
+
+    def pool(self, r: np.ndarray) -> np.ndarray:
+        """Positions (ascending) of the REPAIR_POOL live rows with the largest first-order
+        gains 2 t c_i at r (the pair phase's ranking)."""
+        gain = self.gains(r, None, linear=True)[1]
+        if len(gain) <= REPAIR_POOL:
+            return np.arange(len(gain))
+        return np.sort(np.argpartition(-gain, REPAIR_POOL - 1)[:REPAIR_POOL])
+
+
 def repair_gap(
     y: np.ndarray,
     rows: np.ndarray,
@@ -222,33 +271,64 @@ def repair_gap(
     """One-step lattice moves on `rows` (each row at most once) that bring the constraint gap
     r = D - V'(y - y_pinned) (in target SEs) below `tol`: each round takes the moves with
     the largest decrease of |r|^2 (batched by how far r still is), recomputes, and stops
-    when none helps. Returns the new y and the remaining gap."""
+    when none helps. Before them, spread steps (`_spread`) take r most of the way with few
+    moves. Returns the new y and the remaining gap."""
     y = y.copy()
-    live = rows.copy()
+    mv = _Moves.of(y, rows, V, lattice)
+    r = _spread(y, rows, mv, r, tol)
     for _ in range(max_rounds):
-        if np.max(np.abs(r), initial=0.0) <= tol or len(live) == 0:
+        if np.max(np.abs(r), initial=0.0) <= tol or not mv.live.any():
             break
-        Vl = V[live]
-        c = Vl @ r  # moving row i by t changes r by -t V_i: |r|^2 falls by 2 t c_i - t^2 q_i
-        q = np.einsum("ij,ij->i", Vl, Vl)
-        down, up = _steps(y[live], lattice)
-        t = np.where(c > 0, up, down)
-        gain = 2 * t * c - t * t * q
-        best = np.argsort(-gain)
-        if gain[best[0]] <= 0:
+        t, gain = mv.gains(r, None)
+        top = float(np.max(gain))
+        if top <= 0:
             break
         # each best move shortens r by about t c / |r|: about |r|^2 / (t c) of them close it
-        take = best[: max(1, min(int(float(r @ r) / (2 * gain[best[0]])), int(np.sum(gain > 0))))]
+        take = _best(gain, max(1, min(int(float(r @ r) / (2 * top)), int(np.sum(gain > 0)))))
         while True:
-            step = Vl[take].T @ t[take]
+            step = mv.V[take].T @ t[take]
             if len(take) == 1 or float((r - step) @ (r - step)) < float(r @ r):
                 break
             take = take[: len(take) // 2]
-        i = live[take]
-        y[i] = y[i] + t[take]
+        y[rows[take]] += t[take]
         r = r - step
-        live = np.delete(live, take)
-    return _repair_pairs(y, live, V, r, lattice, tol)
+        mv.live[take] = False
+    return _repair_pairs(y, rows, mv, r, tol)
+
+
+def _spread(y: np.ndarray, rows: np.ndarray, mv: _Moves, r: np.ndarray, tol: float) -> np.ndarray:
+    """Steps that close the gap r with moves spread over the live rows (y changed in place;
+    returns the new gap): the minimum-norm change d = V_L lambda with V_L'd = r, then row i
+    moves one lattice step the way of d_i with probability |d_i| / step (systematic
+    sampling in row order, so the same input gives the same rows), which closes r in
+    expectation with few moved rows; again on the remaining gap while it shrinks by half."""
+    for _ in range(DITHER_STEPS):
+        if np.max(np.abs(r), initial=0.0) <= tol:
+            break
+        live = np.flatnonzero(mv.live)
+        VL = mv.V[live]
+        lam = np.linalg.lstsq(VL.T @ VL, r, rcond=None)[0]
+        d = VL @ lam
+        t = np.where(d > 0, mv.up[live], mv.down[live])
+        p = np.where(t != 0, np.minimum(np.abs(d) / np.where(t != 0, np.abs(t), 1.0), 1.0), 0.0)
+        u = np.floor(np.cumsum(p) + 0.5)
+        take = np.flatnonzero(np.diff(u, prepend=0.0) > 0)
+        new = r - VL[take].T @ t[take]
+        if not len(take) or float(new @ new) > 0.25 * float(r @ r):
+            break
+        y[rows[live[take]]] += t[take]
+        mv.live[live[take]] = False
+        r = new
+    return r
+
+
+def _best(gain: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest gains, largest first (ties in position order)."""
+    if k < len(gain):
+        top = np.sort(np.argpartition(-gain, k - 1)[:k])
+    else:
+        top = np.arange(len(gain))
+    return top[np.argsort(-gain[top], kind="stable")]
 
 
 PAIR_CANDIDATES = 300  # rows per direction the pair phase of the repair looks at
@@ -256,39 +336,46 @@ PAIR_CANDIDATES = 300  # rows per direction the pair phase of the repair looks a
 
 def _repair_pairs(
     y: np.ndarray,
-    live: np.ndarray,
-    V: np.ndarray,
+    rows: np.ndarray,
+    mv: _Moves,
     r: np.ndarray,
-    lattice: np.ndarray,
     tol: float,
     max_pairs: int = 200,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The repair's second phase, for gaps below one row's step (a 0/1 outcome: one flip
     moves a coefficient by about 1/(sigma sqrt(n)) SE): one row up and one down together,
     whose net change V_i t_i + V_j t_j is small, the pair with the largest decrease of |r|^2
-    among the PAIR_CANDIDATES best rows each way, until |r| <= tol or no pair helps."""
+    among the PAIR_CANDIDATES best live rows of `mv` each way, until |r| <= tol or no pair
+    helps."""
+    pool, age = mv.pool(r), 0
     for _ in range(max_pairs):
-        if np.max(np.abs(r), initial=0.0) <= tol or len(live) < 2:
+        if np.max(np.abs(r), initial=0.0) <= tol or np.count_nonzero(mv.live[pool]) < 2:
             break
-        down, up = _steps(y[live], lattice)
-        c = V[live] @ r
-        ups = np.flatnonzero(up > 0)
-        downs = np.flatnonzero(down < 0)
+        if age >= REPAIR_REFRESH:
+            pool, age = mv.pool(r), 0
+        age += 1
+        V, live = mv.V[pool], mv.live[pool]
+        up, down = mv.up[pool], mv.down[pool]
+        c = V @ r
+        ups = np.flatnonzero(live & (up > 0))
+        downs = np.flatnonzero(live & (down < 0))
         if not len(ups) or not len(downs):
             break
         m = max(20, min(PAIR_CANDIDATES, int(np.sqrt(4e6 / max(len(r), 1)))))  # m^2 K floats
-        ups = ups[np.argsort(-(up[ups] * c[ups]))[:m]]
-        downs = downs[np.argsort(-(down[downs] * c[downs]))[:m]]
-        U = V[live[ups]] * up[ups, None]
-        W = V[live[downs]] * down[downs, None]
-        new = r[None, None, :] - U[:, None, :] - W[None, :, :]
-        gain = float(r @ r) - np.einsum("ijk,ijk->ij", new, new)
-        gain[live[ups][:, None] == live[downs][None, :]] = -np.inf
+        ups = ups[_best(up[ups] * c[ups], min(m, len(ups)))]
+        downs = downs[_best(down[downs] * c[downs], min(m, len(downs)))]
+        U = r - V[ups] * up[ups, None]  # r after the up move of each candidate
+        W = V[downs] * down[downs, None]
+        # |U_a - W_b|^2 = |U_a|^2 - 2 U_a'W_b + |W_b|^2
+        left = np.einsum("ij,ij->i", U, U)[:, None] - 2.0 * (U @ W.T)
+        gain = float(r @ r) - (left + np.einsum("ij,ij->i", W, W)[None, :])
+        gain[ups[:, None] == downs[None, :]] = -np.inf
         a, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
         if gain[a, b] <= 0:
             break
-        y[live[ups[a]]] += up[ups[a]]
-        y[live[downs[b]]] += down[downs[b]]
-        r = new[a, b]
-        live = np.delete(live, [ups[a], downs[b]])
+        i, j = pool[ups[a]], pool[downs[b]]
+        y[rows[i]] += mv.up[i]
+        y[rows[j]] += mv.down[j]
+        r = U[a] - W[b]
+        mv.live[[i, j]] = False
     return y, r
