@@ -67,6 +67,7 @@ class Operator:
     within: np.ndarray | None = None  # fe: M_D X (n × k), the direction the pin moves y along
     means: np.ndarray | None = None  # fe with a constant: X's weighted means m (X_t = M_D X + 1 m')
     const: int | None = None  # fe: the constant's position in the design, if any
+    least_change: bool = False  # iv: step along B (the instruments' span), not along X
 
     def apply(self, y: np.ndarray) -> np.ndarray:
         """A y (k,) = G^-1 (B' y)."""
@@ -91,7 +92,12 @@ class Operator:
         """The change of y that moves beta_hat by `full` (zero off the `pinned` positions):
         X full (A X = I). fe: M_D X full, which moves no group mean of the absorbed effects
         (A M_D X = I off the constant), plus the common shift m'full when the constant is
-        pinned (fe's constant is ybar - xbar'beta)."""
+        pinned (fe's constant is ybar - xbar'beta). `least_change` (iv): the smallest change
+        B (B'B)^-1 G full, inside the span of the instruments and exogenous regressors; X full
+        would add the 2SLS gap to y along the endogenous regressor itself, moving every OLS
+        relation of y to it by the whole gap (an iv SE is many OLS SEs)."""
+        if self.least_change:
+            return self.B @ np.linalg.solve(self.B.T @ self.B, self.G @ full)
         if self.within is None:
             return X @ full
         delta_y = self.within @ full
@@ -115,7 +121,7 @@ def _operator(d: Design, cp: Checkpoint) -> Operator:
         G, B, within, means, const = fe_within_factors(d, label)
         return Operator(G, B, within, means, const)
     if cp.model in ("re", "iv"):
-        return Operator(*linear_factors(d, cp, label))
+        return Operator(*linear_factors(d, cp, label), least_change=cp.model == "iv")
     return ols_operator(d)
 
 
