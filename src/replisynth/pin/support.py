@@ -295,7 +295,9 @@ def _repair_pairs(
 
 
 SWAP_ROUNDS = 400  # batches of exchanges the swap repair takes at most
-SE_WEIGHT = 1.0  # a log SE gap weighs as a coefficient gap of the same size in target SEs
+SE_WEIGHT = (
+    0.5  # a log SE gap of 0.02 (the pin's SE slack) weighs as a coefficient gap of ROUND_TOL
+)
 
 
 @dataclass
