@@ -295,9 +295,7 @@ def _repair_pairs(
 
 
 SWAP_ROUNDS = 400  # batches of exchanges the swap repair takes at most
-SE_WEIGHT = (
-    0.5  # a log SE gap of 0.02 (the pin's SE slack) weighs as a coefficient gap of ROUND_TOL
-)
+SE_WEIGHT = 0.5  # a log SE gap of 0.02 (the SE slack) weighs as a coefficient gap of 0.01
 
 
 @dataclass
