@@ -1223,20 +1223,24 @@ def _exchange_to_draw(
     designs: _Designs | None,
     offset: np.ndarray,
 ) -> bool:
-    """A continuous outcome with released atoms put back on the draw's values: the sample
-    rows off the mass points take the draw's values at those rows in the order of their pinned
-    values (atoms with their counts, the grid between them), exchanges of values between rows
-    bring the checkpoints back within ROUND_TOL target SEs (`support.swap_repair`), and a
-    bounded minimum-norm step on the rows holding no atom makes them exact. The repair also
-    tracks the group's SEs (`_se_proxy`): the released SEs come from the raw outcome and the
+    """A continuous outcome with released atoms, or an integer or coded one, put back on the
+    draw's values: the sample rows off the mass points (of an integer or coded outcome: off a
+    mass point at or beyond either end of `sup`, exact zeros or a top code) take the draw's
+    values at those rows in the order of their pinned values (atoms or levels with their
+    counts, the grid between atoms), exchanges of values between rows bring the checkpoints
+    back within ROUND_TOL target SEs (`support.swap_repair`), and a bounded minimum-norm step
+    on the rows holding no atom makes them exact (an integer or coded outcome: the lattice
+    repair of `_round_outcome`). The repair also tracks the group's SEs (`_se_proxy`): the released SEs come from the raw outcome and the
     released marginal is coded at its ends, so both cannot always hold. Kept (True) when every
     |log(SE / released SE)| stays within EXCHANGE_SE_BOUND, or within the largest before;
     otherwise the outcome is left as it was (False) for `_match_draw_marginal`."""
     y0 = df[outcome].to_numpy(dtype="float64").copy()
-    rows = np.flatnonzero(sample & ~mass & ~np.isnan(y0) & ~np.isnan(draw))
+    ends = np.asarray([v for v in sup.mass if v <= sup.lo or v >= sup.hi], dtype="float64")
+    keep = mass if sup.lattice is None else np.isin(draw, ends)
+    rows = np.flatnonzero(sample & ~keep & ~np.isnan(y0) & ~np.isnan(draw))
     st = _stacked(df, group, designs)
     start = _se_gaps(df, group, designs)
-    if sup.lattice is not None or not sup.atoms or len(rows) < 2 or st is None or start is None:
+    if (sup.lattice is None and not sup.atoms) or len(rows) < 2 or st is None or start is None:
         return False
     V, D, _ = st
     y = y0.copy()
@@ -1248,9 +1252,10 @@ def _exchange_to_draw(
     frozen = np.ones(len(y), dtype=bool)
     frozen[rows[~np.isin(y[rows], atoms)]] = False
     bound = max(float(np.max(start, initial=0.0)), EXCHANGE_SE_BOUND)
-    if _bounded_passes(df, group, outcome, sup, frozen, designs, offset) and _within(
-        _se_gaps(df, group, designs), np.full(len(start), bound)
-    ):
+    exact = sup.lattice is not None or _bounded_passes(
+        df, group, outcome, sup, frozen, designs, offset
+    )  # a lattice outcome: `_round_outcome`'s repair closes what is left, by lattice steps
+    if exact and _within(_se_gaps(df, group, designs), np.full(len(start), bound)):
         return True
     df[outcome] = y0
     return False
