@@ -1244,17 +1244,22 @@ def _exchange_to_draw(
         return False
     V, D, _ = st
     y = y0.copy()
-    y[rows[np.argsort(y0[rows], kind="stable")]] = np.sort(draw[rows])
+    pool = np.clip(draw[rows], sup.lo, sup.hi)  # a draw from the release is inside already
+    y[rows[np.argsort(y0[rows], kind="stable")]] = np.sort(pool)
     df[outcome] = y
-    y, _ = swap_repair(y, rows, V, D - offset - V.T @ (y - y0), se=_se_proxy(df, group, designs, V))
+    proxy = _se_proxy(df, group, designs, V)
+    y, gap = swap_repair(y, rows, V, D - offset - V.T @ np.nan_to_num(y - y0), se=proxy)
     df[outcome] = y
     atoms = np.asarray(sup.atoms, dtype="float64")
     frozen = np.ones(len(y), dtype=bool)
     frozen[rows[~np.isin(y[rows], atoms)]] = False
     bound = max(float(np.max(start, initial=0.0)), EXCHANGE_SE_BOUND)
-    exact = sup.lattice is not None or _bounded_passes(
-        df, group, outcome, sup, frozen, designs, offset
-    )  # a lattice outcome: `_round_outcome`'s repair closes what is left, by lattice steps
+    if sup.lattice is not None:  # lattice steps close what the exchanges left, if they can
+        y, gap = repair_gap(y, rows, V, gap, sup.lattice)
+        df[outcome] = y
+        exact = bool(np.max(np.abs(gap), initial=0.0) <= INTEGER_TOL)
+    else:
+        exact = _bounded_passes(df, group, outcome, sup, frozen, designs, offset)
     if exact and _within(_se_gaps(df, group, designs), np.full(len(start), bound)):
         return True
     df[outcome] = y0
