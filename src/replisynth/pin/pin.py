@@ -28,12 +28,14 @@ from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.se_shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 from replisynth.pin.support import (
     INTEGER_TOL,
+    SeProxy,
     Support,
     bounded_min_norm,
     out_of_support,
     repair_gap,
     round_to_lattice,
     support_of,
+    swap_repair,
 )
 from replisynth.stats.design import Design, build_design, collinear_terms, released_terms
 
@@ -67,6 +69,7 @@ class Operator:
     within: np.ndarray | None = None  # fe: M_D X (n × k), the direction the pin moves y along
     means: np.ndarray | None = None  # fe with a constant: X's weighted means m (X_t = M_D X + 1 m')
     const: int | None = None  # fe: the constant's position in the design, if any
+    least_change: bool = False  # iv: step along B (the instruments' span), not along X
 
     def apply(self, y: np.ndarray) -> np.ndarray:
         """A y (k,) = G^-1 (B' y)."""
@@ -91,7 +94,12 @@ class Operator:
         """The change of y that moves beta_hat by `full` (zero off the `pinned` positions):
         X full (A X = I). fe: M_D X full, which moves no group mean of the absorbed effects
         (A M_D X = I off the constant), plus the common shift m'full when the constant is
-        pinned (fe's constant is ybar - xbar'beta)."""
+        pinned (fe's constant is ybar - xbar'beta). `least_change` (iv): the smallest change
+        B (B'B)^-1 G full, inside the span of the instruments and exogenous regressors; X full
+        would add the 2SLS gap to y along the endogenous regressor itself, moving every OLS
+        relation of y to it by the whole gap (an iv SE is many OLS SEs)."""
+        if self.least_change:
+            return self.B @ np.linalg.solve(self.B.T @ self.B, self.G @ full)
         if self.within is None:
             return X @ full
         delta_y = self.within @ full
@@ -115,7 +123,7 @@ def _operator(d: Design, cp: Checkpoint) -> Operator:
         G, B, within, means, const = fe_within_factors(d, label)
         return Operator(G, B, within, means, const)
     if cp.model in ("re", "iv"):
-        return Operator(*linear_factors(d, cp, label))
+        return Operator(*linear_factors(d, cp, label), least_change=cp.model == "iv")
     return ols_operator(d)
 
 
@@ -1123,11 +1131,17 @@ def _keep_support(
     if frozen is mass and inner is not sup:
         kept += ", the other rows off them"
     free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
-    rounds = _match_draw_marginal(df, group, outcome, inner, frozen, free, draw, designs, offset)
+    exchanged = _exchange_to_draw(df, group, outcome, inner, mass, st[2], draw, designs, offset)
+    rounds = (
+        []
+        if exchanged
+        else _match_draw_marginal(df, group, outcome, inner, frozen, free, draw, designs, offset)
+    )
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
         f"steps back to the draw's marginal: {', '.join(f'{x:g}' for x in rounds) or 'none'})"
+        + ("; the draw's values exchanged between rows, atoms kept" if exchanged else "")
     ]
     gap = None
     if sup.lattice is not None:
@@ -1144,6 +1158,7 @@ def _keep_support(
             "atom_rows_kept": int(frozen.sum()) if frozen is on_atom else 0,
             "mass_share_kept": frozen is mass and inner is not sup,
             "marginal_steps": rounds,
+            "exchanged": exchanged,
             "integer": sup.lattice is not None,
             "integer_gap_se": gap,
             "integer_tol_se": INTEGER_TOL if sup.lattice is not None else None,
@@ -1197,6 +1212,100 @@ def _restore_storage(df: pd.DataFrame, outcome: str, sup: Support) -> None:
         df[outcome] = y.astype(bool) if not y.isna().any() else y.astype("boolean")
 
 
+def _exchange_to_draw(
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    outcome: str,
+    sup: Support,
+    mass: np.ndarray,
+    sample: np.ndarray,
+    draw: np.ndarray,
+    designs: _Designs | None,
+    offset: np.ndarray,
+) -> bool:
+    """A continuous outcome with released atoms, or an integer or coded one, put back on the
+    draw's values: the sample rows off the mass points (of an integer or coded outcome: off a
+    mass point at or beyond either end of `sup`, exact zeros or a top code) take the draw's
+    values at those rows in the order of their pinned values (atoms or levels with their
+    counts, the grid between atoms), exchanges of values between rows bring the checkpoints
+    back within ROUND_TOL target SEs (`support.swap_repair`), and a bounded minimum-norm step
+    on the rows holding no atom makes them exact (an integer or coded outcome: the lattice
+    repair of `_round_outcome`). The repair also tracks the group's SEs (`_se_proxy`): the released SEs come from the raw outcome and the
+    released marginal is coded at its ends, so both cannot always hold. Kept (True) when every
+    |log(SE / released SE)| stays within EXCHANGE_SE_BOUND, or within the largest before;
+    otherwise the outcome is left as it was (False) for `_match_draw_marginal`."""
+    y0 = df[outcome].to_numpy(dtype="float64").copy()
+    ends = np.asarray([v for v in sup.mass if v <= sup.lo or v >= sup.hi], dtype="float64")
+    keep = mass if sup.lattice is None else np.isin(draw, ends)
+    rows = np.flatnonzero(sample & ~keep & ~np.isnan(y0) & ~np.isnan(draw))
+    st = _stacked(df, group, designs)
+    start = _se_gaps(df, group, designs)
+    if (sup.lattice is None and not sup.atoms) or len(rows) < 2 or st is None or start is None:
+        return False
+    V, D, _ = st
+    y = y0.copy()
+    pool = np.clip(draw[rows], sup.lo, sup.hi)  # a draw from the release is inside already
+    y[rows[np.argsort(y0[rows], kind="stable")]] = np.sort(pool)
+    df[outcome] = y
+    proxy = _se_proxy(df, group, designs, V)
+    y, gap = swap_repair(y, rows, V, D - offset - V.T @ np.nan_to_num(y - y0), se=proxy)
+    df[outcome] = y
+    atoms = np.asarray(sup.atoms, dtype="float64")
+    frozen = np.ones(len(y), dtype=bool)
+    frozen[rows[~np.isin(y[rows], atoms)]] = False
+    bound = max(float(np.max(start, initial=0.0)), EXCHANGE_SE_BOUND)
+    if sup.lattice is not None:  # lattice steps close what the exchanges left, if they can
+        y, gap = repair_gap(y, rows, V, gap, sup.lattice)
+        df[outcome] = y
+        exact = bool(np.max(np.abs(gap), initial=0.0) <= INTEGER_TOL)
+    else:
+        exact = _bounded_passes(df, group, outcome, sup, frozen, designs, offset)
+    if exact and _within(_se_gaps(df, group, designs), np.full(len(start), bound)):
+        return True
+    df[outcome] = y0
+    return False
+
+
+def _se_proxy(
+    df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None, V: np.ndarray
+) -> SeProxy | None:
+    """The group's SEs as the swap repair tracks them (`support.SeProxy`), in the column
+    order of `_stacked`'s V: the fitted values of each term's checkpoint and the refit's
+    log(SE / released SE). ols and iv only (their sandwich is A diag(e^2) A'); None
+    otherwise or when a checkpoint cannot be refitted."""
+    designs = _fresh(designs)
+    F, gaps = [], []
+    for c in group:
+        if c["model"] not in ("ols", "iv"):
+            return None
+        cp = checkpoint_from_release(c)
+        try:
+            d = designs.design(df, c)
+            fitted = d.X @ designs.operator(d, c, cp).apply(d.y)
+            full = designs.design(df, c, released=False)
+            fit = fit_checkpoint(full, cp)
+        except (CheckpointError, np.linalg.LinAlgError):
+            return None
+        col = np.zeros(len(df))
+        col[df.index.get_indexer(d.index)] = fitted
+        se = {t["term"]: t.get("se") for t in c["terms"] if not t.get("suppressed")}
+        tgt = _targets(c)
+        for name in (t for t in d.terms if t in tgt):
+            k = full.terms.index(name) if name in full.terms else -1
+            target = float(se.get(name) or 0.0)
+            ok = k >= 0 and target > 0 and bool(np.isfinite(fit.se[k]) and fit.se[k] > 0)
+            gaps.append(float(np.log(fit.se[k] / target)) if ok else 0.0)
+            F.append(col)
+    W = V**2
+    Fm = np.column_stack(F)
+    y = df[group[0]["outcome"]].to_numpy(dtype="float64")
+    Q = np.einsum("ik,ik->k", W, (np.nan_to_num(y)[:, None] - Fm) ** 2)
+    if len(gaps) != V.shape[1] or not np.all(Q > 0):
+        return None
+    return SeProxy(W, Fm, Q, np.asarray(gaps))
+
+
+EXCHANGE_SE_BOUND = 0.25  # |log SE ratio| the exchange may reach on a term (0.78-1.28)
 MARGINAL_ROUNDS = 4  # rank-map to the draw's values, then re-pin inside the support
 
 

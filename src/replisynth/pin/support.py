@@ -379,3 +379,108 @@ def _repair_pairs(
         r = U[a] - W[b]
         mv.live[[i, j]] = False
     return y, r
+
+
+SWAP_ROUNDS = 400  # batches of exchanges the swap repair takes at most
+SE_WEIGHT = 0.5  # a log SE gap of 0.02 (the SE slack) weighs as a coefficient gap of 0.01
+
+
+@dataclass
+class SeProxy:
+    """The SEs of a pinned group as the swap repair tracks them: Q_k = sum_i W_ik e_ik^2 (the
+    HC0 sandwich of term k over the target SE^2: W = V^2, e_ik = y_i - F_ik with F the fitted
+    values of term k's checkpoint) and the log SE gaps `gap` measured by the refit at `Q`;
+    an exchange moves gap_k by 1/2 log(Q_k'/Q_k)."""
+
+    W: np.ndarray
+    F: np.ndarray
+    Q: np.ndarray
+    gap: np.ndarray
+
+    def changes(self, y: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+        """(m, m, K): the change of Q_k when rows up[a] and down[b] exchange their values."""
+        ya, yb = y[up][:, None, None], y[down][None, :, None]
+        Fa, Fb = self.F[up][:, None, :], self.F[down][None, :, :]
+        Wa, Wb = self.W[up][:, None, :], self.W[down][None, :, :]
+        return Wa * ((yb - Fa) ** 2 - (ya - Fa) ** 2) + Wb * ((ya - Fb) ** 2 - (yb - Fb) ** 2)
+
+    def gaps(self, dQ: np.ndarray) -> np.ndarray:
+        return self.gap + 0.5 * np.log(np.maximum(1.0 + dQ / self.Q, 1e-12))
+
+    def pull(self, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Minus half the gradient of SE_WEIGHT^2 |gap|^2 at `rows` (who wants to go up)."""
+        e = y[rows][:, None] - self.F[rows]
+        return -(SE_WEIGHT**2) * (self.W[rows] * e) @ (self.gap / self.Q)
+
+
+def swap_repair(
+    y: np.ndarray,
+    rows: np.ndarray,
+    V: np.ndarray,
+    r: np.ndarray,
+    tol: float = ROUND_TOL,
+    se: SeProxy | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exchanges of values between two of `rows` that bring the constraint gap
+    r = D - V'(y - y_pinned) (target SEs) below `tol`, the column's values staying the same
+    multiset (atoms keep their counts): exchanging rows i and j changes V'y by
+    (y_j - y_i)(V_i - V_j). With `se`, the log SE gaps join the objective (weight SE_WEIGHT).
+    Each round scores every exchange between the PAIR_CANDIDATES rows that gain most from
+    taking the largest value and those that gain most from taking the smallest (first order:
+    the pull V_i r, plus the SE part's, times the room), takes the best exchange of each row
+    (distinct partners, largest decrease first, as many as the gap still needs) and stops
+    when none helps. Returns the new y and the gap."""
+    y = y.copy()
+    for _ in range(SWAP_ROUNDS):
+        done = se is None or np.max(np.abs(se.gap), initial=0.0) <= 2 * tol
+        if (done and np.max(np.abs(r), initial=0.0) <= tol) or len(rows) < 2:
+            break
+        pull = V[rows] @ r + (0.0 if se is None else se.pull(y, rows))
+        m = max(20, min(PAIR_CANDIDATES, int(np.sqrt(4e6 / max(len(r), 1))), len(rows) // 2))
+        v = y[rows]  # first-order gain of giving row i the largest value, row j the smallest
+        up_key, down_key = pull * (v.max() - v), -pull * (v - v.min())
+        up = rows[np.argsort(-up_key, kind="stable")[:m]]
+        down = rows[np.argsort(-down_key, kind="stable")[:m]]
+        t = y[down][None, :] - y[up][:, None]
+        dV = V[up][:, None, :] - V[down][None, :, :]
+        new = r[None, None, :] - t[:, :, None] * dV
+        gain = float(r @ r) - np.einsum("ijk,ijk->ij", new, new)
+        dQ = None
+        if se is not None:
+            dQ = se.changes(y, up, down)
+            g = SE_WEIGHT * se.gaps(dQ)
+            gain += SE_WEIGHT**2 * float(se.gap @ se.gap) - np.einsum("ijk,ijk->ij", g, g)
+        gain[up[:, None] == down[None, :]] = -np.inf
+        a, b = _distinct_best(gain)
+        if len(a) == 0:
+            break
+        take = max(1, min(len(a), int(float(r @ r) / (2 * gain[a[0], b[0]]))))
+        while True:
+            step = np.einsum("i,ik->k", t[a[:take], b[:take]], dV[a[:take], b[:take]])
+            before = float(r @ r) + (0.0 if se is None else SE_WEIGHT**2 * float(se.gap @ se.gap))
+            after = float((r - step) @ (r - step))
+            if se is not None and dQ is not None:
+                g = SE_WEIGHT * se.gaps(dQ[a[:take], b[:take]].sum(axis=0))
+                after += float(g @ g)
+            if take == 1 or after < before:
+                break
+            take //= 2
+        i, j = up[a[:take]], down[b[:take]]
+        y[i], y[j] = y[j].copy(), y[i].copy()
+        r = r - step
+        if se is not None and dQ is not None:
+            moved = dQ[a[:take], b[:take]].sum(axis=0)
+            se.gap, se.Q = se.gaps(moved), se.Q + moved
+    return y, r
+
+
+def _distinct_best(gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the best positive entry of each row of `gain`, largest first, each
+    column used once (a row whose best column is taken is left out)."""
+    b = np.argmax(gain, axis=1)
+    g = gain[np.arange(len(b)), b]
+    a = np.argsort(-g, kind="stable")
+    a = a[g[a] > 0]
+    _, first = np.unique(b[a], return_index=True)
+    a = a[np.sort(first)]
+    return a, b[a]
