@@ -141,3 +141,70 @@ def test_category_shares_count_as_the_per_row_keys(values: list, as_category: bo
     want = v.map(norm_key).value_counts(normalize=True)
     got = _key_shares(v)
     assert {k: x for k, x in want.items() if x > 0} == {k: x for k, x in got.items() if x > 0}
+
+
+def _assign_periods_per_entity(
+    ent: np.ndarray, ok: np.ndarray, codes_multiset: np.ndarray, z: np.ndarray
+) -> np.ndarray:
+    """The per-entity loop `assign_periods` replaced (the reference it must reproduce)."""
+    G = int(ent.max()) + 1 if len(ent) else 0
+    size = np.bincount(ent[ok], minlength=G)
+    vals, left = np.unique(codes_multiset, return_counts=True)
+    left = left.astype("int64")
+    sets: dict[int, list[np.ndarray]] = {}
+    for e in sorted(range(G), key=lambda e: (-size[e], e)):
+        s = int(size[e])
+        if s == 0:
+            continue
+        pick = np.lexsort((vals, -left))[: min(s, len(vals))]
+        left[pick] -= 1
+        got = vals[pick]
+        if s > len(vals):
+            extra = np.repeat(vals[np.argmax(left)], s - len(vals))
+            left[np.argmax(left)] -= len(extra)
+            got = np.concatenate([got, extra])
+        keep = left > 0
+        vals, left = vals[keep], left[keep]
+        sets.setdefault(s, []).append(np.sort(got))
+    out = np.full(len(ent), -1, dtype="int64")
+    rows_of = pd.Series(np.flatnonzero(ok)).groupby(ent[ok]).agg(list)
+    zmean = np.zeros(G)
+    np.add.at(zmean, ent[ok], z[ok])
+    zmean /= np.maximum(size, 1)
+    for s, lst in sets.items():
+        ents = sorted([e for e in range(G) if size[e] == s], key=lambda e: (zmean[e], e))
+        lst = sorted(lst, key=lambda a: (float(a.mean()), tuple(a)))
+        for e, codes in zip(ents, lst, strict=True):
+            r = np.asarray(rows_of[e])
+            out[r[np.argsort(z[r], kind="stable")]] = codes
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    entities=st.integers(1, 50),
+    periods=st.integers(1, 9),
+    balanced=st.booleans(),
+    present=st.sampled_from([1.0, 0.85]),
+    ties=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_assign_periods_is_the_per_entity_greedy(
+    entities: int, periods: int, balanced: bool, present: float, ties: bool, seed: int
+) -> None:
+    from replisynth.synthesize.entities import assign_periods
+
+    rng = np.random.default_rng(seed)
+    sizes = np.full(entities, periods) if balanced else rng.integers(1, periods + 3, entities)
+    ent = rng.permutation(np.repeat(np.arange(entities), sizes))
+    ok = rng.random(len(ent)) < present
+    m = int(ok.sum())
+    codes = np.tile(np.arange(periods), entities)[:m] if balanced else rng.integers(0, periods, m)
+    z = rng.normal(size=len(ent))
+    if ties:
+        z = np.round(z)
+    try:
+        want = _assign_periods_per_entity(ent, ok, codes, z)
+    except ValueError:  # no code left for an entity: both fail
+        return
+    assert np.array_equal(assign_periods(ent, ok, codes, z), want)

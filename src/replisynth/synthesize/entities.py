@@ -329,12 +329,50 @@ def assign_periods(
     within-entity association with the other columns)."""
     G = int(ent.max()) + 1 if len(ent) else 0
     size = np.bincount(ent[ok], minlength=G)
+    sets = _period_sets(size, codes_multiset)
+    out = np.full(len(ent), -1, dtype="int64")
+    rows = np.flatnonzero(ok)
+    # the rows grouped by entity, each entity's by ascending z (ties in row order)
+    grouped = rows[np.lexsort((z[rows], ent[rows]))]
+    start = np.concatenate([[0], np.cumsum(size)])
+    zmean = np.zeros(G)
+    np.add.at(zmean, ent[ok], z[ok])
+    zmean /= np.maximum(size, 1)
+    flat = np.empty(len(rows), dtype="int64")
+    for s, lst in sets.items():
+        ents = np.flatnonzero(size == s)
+        ents = ents[np.lexsort((ents, zmean[ents]))]
+        M = np.stack(lst)  # by mean code, then lexicographically (integer codes: exact means)
+        M = M[np.lexsort((*M.T[::-1], M.mean(axis=1)))]
+        flat[start[ents][:, None] + np.arange(s)] = M
+    out[grouped] = flat
+    return out
+
+
+def _period_sets(size: np.ndarray, codes_multiset: np.ndarray) -> dict[int, list[np.ndarray]]:
+    """Per entity size, the sorted code sets `assign_periods` hands out: entities, largest
+    first, take one of each of the codes with most rows left. A run of entities whose size is
+    the number of codes left takes every code each, as many at once as no code runs out."""
+    G = len(size)
     vals, left = np.unique(codes_multiset, return_counts=True)
     left = left.astype("int64")
     sets: dict[int, list[np.ndarray]] = {}
-    for e in sorted(range(G), key=lambda e: (-size[e], e)):
+    order = np.lexsort((np.arange(G), -size))
+    i = 0
+    while i < G:
+        e = int(order[i])
         s = int(size[e])
         if s == 0:
+            i += 1
+            continue
+        if s == len(vals) and s > 0:  # every code, the same set: a run at once
+            same = int(np.searchsorted(-size[order[i:]], -s, side="right"))
+            m = min(same, int(left.min()))
+            left -= m
+            sets.setdefault(s, []).extend([vals.copy() for _ in range(m)])
+            keep = left > 0
+            vals, left = vals[keep], left[keep]
+            i += m
             continue
         pick = np.lexsort((vals, -left))[: min(s, len(vals))]
         left[pick] -= 1
@@ -346,19 +384,8 @@ def assign_periods(
         keep = left > 0
         vals, left = vals[keep], left[keep]
         sets.setdefault(s, []).append(np.sort(got))
-    out = np.full(len(ent), -1, dtype="int64")
-    rows_of = pd.Series(np.flatnonzero(ok)).groupby(ent[ok]).agg(list)
-    zmean = np.zeros(G)
-    np.add.at(zmean, ent[ok], z[ok])
-    zmean /= np.maximum(size, 1)
-    for s, lst in sets.items():
-        ents = [e for e in range(G) if size[e] == s]
-        ents = sorted(ents, key=lambda e: (zmean[e], e))
-        lst = sorted(lst, key=lambda a: (float(a.mean()), tuple(a)))
-        for e, codes in zip(ents, lst, strict=True):
-            r = np.asarray(rows_of[e])
-            out[r[np.argsort(z[r], kind="stable")]] = codes
-    return out
+        i += 1
+    return sets
 
 
 def _best_exchange(
