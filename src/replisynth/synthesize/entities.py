@@ -976,15 +976,23 @@ def refine_invariant(
 
 
 def _pairwise_error(
-    Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarray, T: np.ndarray, M: np.ndarray
+    Ua: np.ndarray,
+    Pa: np.ndarray,
+    Ub: np.ndarray,
+    Pb: np.ndarray,
+    T: np.ndarray,
+    M: np.ndarray,
+    Ub2: np.ndarray | None = None,
 ) -> float:
     """Σ over the pairs in mask M of (r_ab − T_ab)², r_ab the Pearson correlation of the score
-    columns a (of Ua) and b (of Ub) over the rows where both are present (Pa, Pb)."""
-    Pa, Pb = Pa.astype("float64"), Pb.astype("float64")
+    columns a (of Ua) and b (of Ub) over the rows where both are present (Pa, Pb; boolean or
+    already float64). `Ub2`: Ub * Ub when the caller holds it."""
+    Pa, Pb = np.asarray(Pa, dtype="float64"), np.asarray(Pb, dtype="float64")
     N = np.maximum(Pa.T @ Pb, 1.0)
     Sa, Sb = Ua.T @ Pb, Pa.T @ Ub
     num = Ua.T @ Ub - Sa * Sb / N
-    den = ((Ua * Ua).T @ Pb - Sa * Sa / N) * (Pa.T @ (Ub * Ub) - Sb * Sb / N)
+    Ub2 = Ub * Ub if Ub2 is None else Ub2
+    den = ((Ua * Ua).T @ Pb - Sa * Sa / N) * (Pa.T @ Ub2 - Sb * Sb / N)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(den > 1e-300, num / np.sqrt(np.maximum(den, 1e-300)), 0.0)
     return float(np.sum(np.where(M, r - T, 0.0) ** 2))
@@ -1045,6 +1053,7 @@ class _BlockSwaps:
         X = synthetic_dim_matrix(pd.DataFrame(cols), release)
         self.U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
         self.P = ~np.isnan(X)
+        self.Pf = self.P.astype("float64")  # the presence as the products read it
         self.target = block_target(release, "all")
         self.perm = {unit: np.arange(len(ent)) for unit in units}
 
@@ -1070,18 +1079,20 @@ class _BlockSwaps:
     def swapped_error(
         self,
         J: list[int],
-        out: np.ndarray,
+        other: tuple[np.ndarray, np.ndarray, np.ndarray],
         Tj: np.ndarray,
         M: np.ndarray,
         a: np.ndarray,
         b: np.ndarray,
     ) -> float:
-        """`_pairwise_error` of the unit's dims J against `out` with rows a and b swapped."""
-        U, P = self.U, self.P
-        UJ, PJ = U[:, J].copy(), P[:, J].copy()
+        """`_pairwise_error` of the unit's dims J against the other dims (`other`: their scores,
+        presence and squared scores, gathered once per batch) with rows a and b swapped."""
+        U, Pf = self.U, self.Pf
+        UJ, PJ = U[:, J].copy(), Pf[:, J].copy()  # C order, as the products have always read them
         UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
-        PJ[a], PJ[b] = P[b][:, J], P[a][:, J]
-        return _pairwise_error(UJ, PJ, U[:, out], P[:, out], Tj, M)
+        PJ[a], PJ[b] = Pf[b][:, J], Pf[a][:, J]
+        Uo, Po, Uo2 = other
+        return _pairwise_error(UJ, PJ, Uo, Po, Tj, M, Uo2)
 
     def step(self, unit: str, J: list[int], kind: str) -> float:
         """One batch of block (or within-entity) swaps of the unit's values; the squared error
@@ -1110,7 +1121,9 @@ class _BlockSwaps:
         # The gains above treat missing rows as scoring 0; batches are judged by the
         # correlations over rows where both dims are present (what tier 2 measures).
         Tj = np.where(M, target[_cross(J, out)], 0.0)
-        exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
+        Uo = U[:, out]
+        other = (Uo, self.Pf[:, out], Uo * Uo)  # the other dims do not move in this batch
+        exact0 = _pairwise_error(U[:, J], P[:, J], other[0], other[1], Tj, M, other[2])
 
         def rows_of(m: int) -> tuple[np.ndarray, np.ndarray]:
             return (
@@ -1119,7 +1132,7 @@ class _BlockSwaps:
             )
 
         best_m, best_f = best_prefix(
-            lambda m: self.swapped_error(J, out, Tj, M, *rows_of(m)) - exact0, len(cand)
+            lambda m: self.swapped_error(J, other, Tj, M, *rows_of(m)) - exact0, len(cand)
         )
         if best_m == 0:
             return 0.0
@@ -1129,6 +1142,7 @@ class _BlockSwaps:
         for j in J:
             U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
             P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
+            self.Pf[a, j], self.Pf[b, j] = self.Pf[b, j].copy(), self.Pf[a, j].copy()
         return best_f
 
     def error(self) -> float:
