@@ -208,3 +208,37 @@ def test_assign_periods_is_the_per_entity_greedy(
     except ValueError:  # no code left for an entity: both fail
         return
     assert np.array_equal(assign_periods(ent, ok, codes, z), want)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(10, 300),
+    d=st.integers(3, 7),
+    present=st.floats(0.6, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_block_swap_error_from_the_swapped_rows_is_the_recomputed_error(
+    n: int, d: int, present: float, seed: int
+) -> None:
+    from replisynth.synthesize.entities import _BlockSwaps, _pair_sums, _pairwise_error
+
+    rng = np.random.default_rng(seed)
+    state = _BlockSwaps.__new__(_BlockSwaps)
+    P = rng.random((n, d)) < present
+    state.U = np.where(P, rng.normal(size=(n, d)), 0.0)
+    state.Pf = P.astype("float64")
+    J = [int(rng.integers(0, d))]
+    out = np.setdiff1d(np.arange(d), J)
+    T = rng.uniform(-0.5, 0.5, (1, len(out)))
+    M = rng.random((1, len(out))) < 0.8
+    k = int(rng.integers(1, n // 2 + 1))
+    order = rng.permutation(n)
+    a, b = order[:k], order[k : 2 * k]
+    Uo = state.U[:, out]
+    other = (Uo, state.Pf[:, out], Uo * Uo)
+    base = _pair_sums(state.U[:, J], state.Pf[:, J], *other)
+    UJ, PJ = state.U[:, J].copy(), state.Pf[:, J].copy()
+    UJ[a], UJ[b] = state.U[b][:, J], state.U[a][:, J]
+    PJ[a], PJ[b] = state.Pf[b][:, J], state.Pf[a][:, J]
+    full = _pairwise_error(UJ, PJ, other[0], other[1], T, M)
+    assert abs(state.swapped_error(J, other, base, T, M, a, b) - full) <= 1e-12 * max(1.0, full)

@@ -987,12 +987,25 @@ def _pairwise_error(
     """Σ over the pairs in mask M of (r_ab − T_ab)², r_ab the Pearson correlation of the score
     columns a (of Ua) and b (of Ub) over the rows where both are present (Pa, Pb; boolean or
     already float64). `Ub2`: Ub * Ub when the caller holds it."""
+    return _error_of_sums(_pair_sums(Ua, Pa, Ub, Pb, Ub2), T, M)
+
+
+def _pair_sums(
+    Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarray, Ub2: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
+    """The six cross sums `_pairwise_error` reads: Pa'Pb, Ua'Pb, Pa'Ub, Ua'Ub, (Ua²)'Pb and
+    Pa'(Ub²)."""
     Pa, Pb = np.asarray(Pa, dtype="float64"), np.asarray(Pb, dtype="float64")
-    N = np.maximum(Pa.T @ Pb, 1.0)
-    Sa, Sb = Ua.T @ Pb, Pa.T @ Ub
-    num = Ua.T @ Ub - Sa * Sb / N
     Ub2 = Ub * Ub if Ub2 is None else Ub2
-    den = ((Ua * Ua).T @ Pb - Sa * Sa / N) * (Pa.T @ Ub2 - Sb * Sb / N)
+    return (Pa.T @ Pb, Ua.T @ Pb, Pa.T @ Ub, Ua.T @ Ub, (Ua * Ua).T @ Pb, Pa.T @ Ub2)
+
+
+def _error_of_sums(sums: tuple[np.ndarray, ...], T: np.ndarray, M: np.ndarray) -> float:
+    """`_pairwise_error` from its cross sums (`_pair_sums`)."""
+    PP, Sa, Sb, UU, U2P, PU2 = sums
+    N = np.maximum(PP, 1.0)
+    num = UU - Sa * Sb / N
+    den = (U2P - Sa * Sa / N) * (PU2 - Sb * Sb / N)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(den > 1e-300, num / np.sqrt(np.maximum(den, 1e-300)), 0.0)
     return float(np.sum(np.where(M, r - T, 0.0) ** 2))
@@ -1080,19 +1093,30 @@ class _BlockSwaps:
         self,
         J: list[int],
         other: tuple[np.ndarray, np.ndarray, np.ndarray],
+        base: tuple[np.ndarray, ...],
         Tj: np.ndarray,
         M: np.ndarray,
         a: np.ndarray,
         b: np.ndarray,
     ) -> float:
         """`_pairwise_error` of the unit's dims J against the other dims (`other`: their scores,
-        presence and squared scores, gathered once per batch) with rows a and b swapped."""
-        U, Pf = self.U, self.Pf
-        UJ, PJ = U[:, J].copy(), Pf[:, J].copy()  # C order, as the products have always read them
-        UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
-        PJ[a], PJ[b] = Pf[b][:, J], Pf[a][:, J]
+        presence and squared scores) with rows a and b swapped: the cross sums `base` of the
+        unswapped rows plus the swapped rows' change, Σ (f(J_b) − f(J_a)) (g(o_a) − g(o_b))."""
+        U, Pf, dims = self.U, self.Pf, np.asarray(J, dtype=np.intp)
+        Ua, Ub = U[np.ix_(a, dims)], U[np.ix_(b, dims)]
+        dU, dP, dU2 = Ub - Ua, Pf[np.ix_(b, dims)] - Pf[np.ix_(a, dims)], Ub * Ub - Ua * Ua
         Uo, Po, Uo2 = other
-        return _pairwise_error(UJ, PJ, Uo, Po, Tj, M, Uo2)
+        gU, gP, gU2 = Uo[a] - Uo[b], Po[a] - Po[b], Uo2[a] - Uo2[b]
+        PP, Sa, Sb, UU, U2P, PU2 = base
+        sums = (
+            PP + dP.T @ gP,
+            Sa + dU.T @ gP,
+            Sb + dP.T @ gU,
+            UU + dU.T @ gU,
+            U2P + dU2.T @ gP,
+            PU2 + dP.T @ gU2,
+        )
+        return _error_of_sums(sums, Tj, M)
 
     def step(self, unit: str, J: list[int], kind: str) -> float:
         """One batch of block (or within-entity) swaps of the unit's values; the squared error
@@ -1123,7 +1147,8 @@ class _BlockSwaps:
         Tj = np.where(M, target[_cross(J, out)], 0.0)
         Uo = U[:, out]
         other = (Uo, self.Pf[:, out], Uo * Uo)  # the other dims do not move in this batch
-        exact0 = _pairwise_error(U[:, J], P[:, J], other[0], other[1], Tj, M, other[2])
+        base = _pair_sums(U[:, J], self.Pf[:, J], *other)
+        exact0 = _error_of_sums(base, Tj, M)
 
         def rows_of(m: int) -> tuple[np.ndarray, np.ndarray]:
             return (
@@ -1132,7 +1157,7 @@ class _BlockSwaps:
             )
 
         best_m, best_f = best_prefix(
-            lambda m: self.swapped_error(J, other, Tj, M, *rows_of(m)) - exact0, len(cand)
+            lambda m: self.swapped_error(J, other, base, Tj, M, *rows_of(m)) - exact0, len(cand)
         )
         if best_m == 0:
             return 0.0
