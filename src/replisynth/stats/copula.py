@@ -53,8 +53,32 @@ def fill_by_rank(z: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
 
 def ordered_values(z: np.ndarray, counts: list[int]) -> np.ndarray:
     """Level index per row: the counts[0] lowest z get level 0, the next counts[1] level 1, ..."""
+    codes = _ordered_by_cuts(np.asarray(z), counts)
+    if codes is not None:
+        return codes
     sorted_codes = np.repeat(np.arange(len(counts)), counts)
     return fill_by_rank(z, sorted_codes)
+
+
+def _ordered_by_cuts(z: np.ndarray, counts: list[int]) -> np.ndarray | None:
+    """`ordered_values` without a full sort: the z at each level's first rank found by a
+    partial sort, each row's level counted against those cuts. The same levels whenever the
+    counts come out exact (no tie across a cut); None otherwise, and for non-float z."""
+    n = len(z)
+    if z.dtype.kind != "f" or len(counts) < 2 or n < 2 or int(np.sum(counts)) != n:
+        return None
+    first = np.cumsum(np.asarray(counts, dtype=np.int64))[:-1]  # first rank of levels 1..k-1
+    inside = np.unique(first[first < n])
+    cuts = np.full(len(first), np.inf)
+    if len(inside):
+        at = np.partition(z, inside)[inside]
+        cuts[first < n] = at[np.searchsorted(inside, first[first < n])]
+    if np.isnan(cuts).any():
+        return None
+    codes = np.searchsorted(cuts, z, side="right")
+    if not np.array_equal(np.bincount(codes, minlength=len(counts)), np.asarray(counts)):
+        return None
+    return codes
 
 
 def nominal_values(

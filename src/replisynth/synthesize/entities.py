@@ -329,12 +329,50 @@ def assign_periods(
     within-entity association with the other columns)."""
     G = int(ent.max()) + 1 if len(ent) else 0
     size = np.bincount(ent[ok], minlength=G)
+    sets = _period_sets(size, codes_multiset)
+    out = np.full(len(ent), -1, dtype="int64")
+    rows = np.flatnonzero(ok)
+    # the rows grouped by entity, each entity's by ascending z (ties in row order)
+    grouped = rows[np.lexsort((z[rows], ent[rows]))]
+    start = np.concatenate([[0], np.cumsum(size)])
+    zmean = np.zeros(G)
+    np.add.at(zmean, ent[ok], z[ok])
+    zmean /= np.maximum(size, 1)
+    flat = np.empty(len(rows), dtype="int64")
+    for s, lst in sets.items():
+        ents = np.flatnonzero(size == s)
+        ents = ents[np.lexsort((ents, zmean[ents]))]
+        M = np.stack(lst)  # by mean code, then lexicographically (integer codes: exact means)
+        M = M[np.lexsort((*M.T[::-1], M.mean(axis=1)))]
+        flat[start[ents][:, None] + np.arange(s)] = M
+    out[grouped] = flat
+    return out
+
+
+def _period_sets(size: np.ndarray, codes_multiset: np.ndarray) -> dict[int, list[np.ndarray]]:
+    """Per entity size, the sorted code sets `assign_periods` hands out: entities, largest
+    first, take one of each of the codes with most rows left. A run of entities whose size is
+    the number of codes left takes every code each, as many at once as no code runs out."""
+    G = len(size)
     vals, left = np.unique(codes_multiset, return_counts=True)
     left = left.astype("int64")
     sets: dict[int, list[np.ndarray]] = {}
-    for e in sorted(range(G), key=lambda e: (-size[e], e)):
+    order = np.lexsort((np.arange(G), -size))
+    i = 0
+    while i < G:
+        e = int(order[i])
         s = int(size[e])
         if s == 0:
+            i += 1
+            continue
+        if s == len(vals) and s > 0:  # every code, the same set: a run at once
+            same = int(np.searchsorted(-size[order[i:]], -s, side="right"))
+            m = min(same, int(left.min()))
+            left -= m
+            sets.setdefault(s, []).extend([vals.copy() for _ in range(m)])
+            keep = left > 0
+            vals, left = vals[keep], left[keep]
+            i += m
             continue
         pick = np.lexsort((vals, -left))[: min(s, len(vals))]
         left[pick] -= 1
@@ -346,19 +384,8 @@ def assign_periods(
         keep = left > 0
         vals, left = vals[keep], left[keep]
         sets.setdefault(s, []).append(np.sort(got))
-    out = np.full(len(ent), -1, dtype="int64")
-    rows_of = pd.Series(np.flatnonzero(ok)).groupby(ent[ok]).agg(list)
-    zmean = np.zeros(G)
-    np.add.at(zmean, ent[ok], z[ok])
-    zmean /= np.maximum(size, 1)
-    for s, lst in sets.items():
-        ents = [e for e in range(G) if size[e] == s]
-        ents = sorted(ents, key=lambda e: (zmean[e], e))
-        lst = sorted(lst, key=lambda a: (float(a.mean()), tuple(a)))
-        for e, codes in zip(ents, lst, strict=True):
-            r = np.asarray(rows_of[e])
-            out[r[np.argsort(z[r], kind="stable")]] = codes
-    return out
+        i += 1
+    return sets
 
 
 def _best_exchange(
@@ -949,15 +976,36 @@ def refine_invariant(
 
 
 def _pairwise_error(
-    Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarray, T: np.ndarray, M: np.ndarray
+    Ua: np.ndarray,
+    Pa: np.ndarray,
+    Ub: np.ndarray,
+    Pb: np.ndarray,
+    T: np.ndarray,
+    M: np.ndarray,
+    Ub2: np.ndarray | None = None,
 ) -> float:
     """Σ over the pairs in mask M of (r_ab − T_ab)², r_ab the Pearson correlation of the score
-    columns a (of Ua) and b (of Ub) over the rows where both are present (Pa, Pb)."""
-    Pa, Pb = Pa.astype("float64"), Pb.astype("float64")
-    N = np.maximum(Pa.T @ Pb, 1.0)
-    Sa, Sb = Ua.T @ Pb, Pa.T @ Ub
-    num = Ua.T @ Ub - Sa * Sb / N
-    den = ((Ua * Ua).T @ Pb - Sa * Sa / N) * (Pa.T @ (Ub * Ub) - Sb * Sb / N)
+    columns a (of Ua) and b (of Ub) over the rows where both are present (Pa, Pb; boolean or
+    already float64). `Ub2`: Ub * Ub when the caller holds it."""
+    return _error_of_sums(_pair_sums(Ua, Pa, Ub, Pb, Ub2), T, M)
+
+
+def _pair_sums(
+    Ua: np.ndarray, Pa: np.ndarray, Ub: np.ndarray, Pb: np.ndarray, Ub2: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
+    """The six cross sums `_pairwise_error` reads: Pa'Pb, Ua'Pb, Pa'Ub, Ua'Ub, (Ua²)'Pb and
+    Pa'(Ub²)."""
+    Pa, Pb = np.asarray(Pa, dtype="float64"), np.asarray(Pb, dtype="float64")
+    Ub2 = Ub * Ub if Ub2 is None else Ub2
+    return (Pa.T @ Pb, Ua.T @ Pb, Pa.T @ Ub, Ua.T @ Ub, (Ua * Ua).T @ Pb, Pa.T @ Ub2)
+
+
+def _error_of_sums(sums: tuple[np.ndarray, ...], T: np.ndarray, M: np.ndarray) -> float:
+    """`_pairwise_error` from its cross sums (`_pair_sums`)."""
+    PP, Sa, Sb, UU, U2P, PU2 = sums
+    N = np.maximum(PP, 1.0)
+    num = UU - Sa * Sb / N
+    den = (U2P - Sa * Sa / N) * (PU2 - Sb * Sb / N)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(den > 1e-300, num / np.sqrt(np.maximum(den, 1e-300)), 0.0)
     return float(np.sum(np.where(M, r - T, 0.0) ** 2))
@@ -1018,6 +1066,7 @@ class _BlockSwaps:
         X = synthetic_dim_matrix(pd.DataFrame(cols), release)
         self.U = np.column_stack([scores(X[:, j]) for j in range(X.shape[1])])
         self.P = ~np.isnan(X)
+        self.Pf = self.P.astype("float64")  # the presence as the products read it
         self.target = block_target(release, "all")
         self.perm = {unit: np.arange(len(ent)) for unit in units}
 
@@ -1043,18 +1092,31 @@ class _BlockSwaps:
     def swapped_error(
         self,
         J: list[int],
-        out: np.ndarray,
+        other: tuple[np.ndarray, np.ndarray, np.ndarray],
+        base: tuple[np.ndarray, ...],
         Tj: np.ndarray,
         M: np.ndarray,
         a: np.ndarray,
         b: np.ndarray,
     ) -> float:
-        """`_pairwise_error` of the unit's dims J against `out` with rows a and b swapped."""
-        U, P = self.U, self.P
-        UJ, PJ = U[:, J].copy(), P[:, J].copy()
-        UJ[a], UJ[b] = U[b][:, J], U[a][:, J]
-        PJ[a], PJ[b] = P[b][:, J], P[a][:, J]
-        return _pairwise_error(UJ, PJ, U[:, out], P[:, out], Tj, M)
+        """`_pairwise_error` of the unit's dims J against the other dims (`other`: their scores,
+        presence and squared scores) with rows a and b swapped: the cross sums `base` of the
+        unswapped rows plus the swapped rows' change, Σ (f(J_b) − f(J_a)) (g(o_a) − g(o_b))."""
+        U, Pf, dims = self.U, self.Pf, np.asarray(J, dtype=np.intp)
+        Ua, Ub = U[np.ix_(a, dims)], U[np.ix_(b, dims)]
+        dU, dP, dU2 = Ub - Ua, Pf[np.ix_(b, dims)] - Pf[np.ix_(a, dims)], Ub * Ub - Ua * Ua
+        Uo, Po, Uo2 = other
+        gU, gP, gU2 = Uo[a] - Uo[b], Po[a] - Po[b], Uo2[a] - Uo2[b]
+        PP, Sa, Sb, UU, U2P, PU2 = base
+        sums = (
+            PP + dP.T @ gP,
+            Sa + dU.T @ gP,
+            Sb + dP.T @ gU,
+            UU + dU.T @ gU,
+            U2P + dU2.T @ gP,
+            PU2 + dP.T @ gU2,
+        )
+        return _error_of_sums(sums, Tj, M)
 
     def step(self, unit: str, J: list[int], kind: str) -> float:
         """One batch of block (or within-entity) swaps of the unit's values; the squared error
@@ -1083,7 +1145,10 @@ class _BlockSwaps:
         # The gains above treat missing rows as scoring 0; batches are judged by the
         # correlations over rows where both dims are present (what tier 2 measures).
         Tj = np.where(M, target[_cross(J, out)], 0.0)
-        exact0 = _pairwise_error(U[:, J], P[:, J], U[:, out], P[:, out], Tj, M)
+        Uo = U[:, out]
+        other = (Uo, self.Pf[:, out], Uo * Uo)  # the other dims do not move in this batch
+        base = _pair_sums(U[:, J], self.Pf[:, J], *other)
+        exact0 = _error_of_sums(base, Tj, M)
 
         def rows_of(m: int) -> tuple[np.ndarray, np.ndarray]:
             return (
@@ -1092,7 +1157,7 @@ class _BlockSwaps:
             )
 
         best_m, best_f = best_prefix(
-            lambda m: self.swapped_error(J, out, Tj, M, *rows_of(m)) - exact0, len(cand)
+            lambda m: self.swapped_error(J, other, base, Tj, M, *rows_of(m)) - exact0, len(cand)
         )
         if best_m == 0:
             return 0.0
@@ -1102,6 +1167,7 @@ class _BlockSwaps:
         for j in J:
             U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
             P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
+            self.Pf[a, j], self.Pf[b, j] = self.Pf[b, j].copy(), self.Pf[a, j].copy()
         return best_f
 
     def error(self) -> float:

@@ -103,19 +103,54 @@ def scores(x: np.ndarray) -> np.ndarray:
     """Mid-rank scores of a column, centred and scaled to unit norm; missing rows score 0."""
     ok = ~np.isnan(x)
     if len(x) >= 2 and ok.all():  # nothing missing: the same arithmetic without the masks
-        r = _Ranker(x).ranks()
-        r = r - r.mean()
-        nrm = np.sqrt(np.sum(r * r))
-        return r / nrm if nrm > 0 else np.zeros(len(x))
-    u = np.zeros(len(x))
+        return _unit_scores(_Ranker(x).ranks(), None, len(x))
     if ok.sum() < 2:
-        return u
-    r = _Ranker(x[ok]).ranks()  # bit-identical to scipy.stats.rankdata(method="average")
+        return np.zeros(len(x))
+    # bit-identical to scipy.stats.rankdata(method="average")
+    return _unit_scores(_Ranker(x[ok]).ranks(), ok, len(x))
+
+
+def _unit_scores(r: np.ndarray, ok: np.ndarray | None, n: int) -> np.ndarray:
+    """Mid-ranks `r` of the rows `ok` (None: all n) centred and scaled to unit norm, as n
+    scores (0 on the other rows, and everywhere when the ranks are constant)."""
     r = r - r.mean()
     nrm = np.sqrt(np.sum(r * r))
+    if ok is None:
+        return r / nrm if nrm > 0 else np.zeros(n)
+    u = np.zeros(n)
     if nrm > 0:
         u[ok] = r / nrm
     return u
+
+
+class ColumnRanks:
+    """Each column of X prepared for ranking once (`_Ranker` over its non-missing rows), so
+    the scores of any ascending set of rows (a block, all rows) are counted in O(n) instead
+    of sorting every view's rows again: the same mid-ranks, so the same scores bit for bit."""
+
+    def __init__(self, X: np.ndarray) -> None:
+        self.n = X.shape[0]
+        self.columns: list[tuple[np.ndarray | None, _Ranker]] = []
+        for j in range(X.shape[1]):
+            col = np.array(X[:, j], dtype="float64")
+            ok = ~np.isnan(col)
+            ranker = _Ranker(col) if ok.all() else _Ranker(col[ok])
+            if ranker.size < 2**31:  # the codes of every column are held at once: half the memory
+                ranker.codes = ranker.codes.astype(np.int32)
+            self.columns.append((None, ranker) if ok.all() else (ok, ranker))
+
+    def scores(self, j: int, inside: np.ndarray) -> np.ndarray:
+        """`scores` of column j over the rows where `inside` (n booleans) is True, in row order."""
+        ok, ranker = self.columns[j]
+        if ok is None:
+            m = int(np.count_nonzero(inside))
+            if m < 2:
+                return np.zeros(m)
+            return _unit_scores(ranker.ranks(inside), None, m)
+        here = ok[inside]
+        if np.count_nonzero(here) < 2:
+            return np.zeros(len(here))
+        return _unit_scores(ranker.ranks(inside[ok]), here, len(here))
 
 
 def _corr(
@@ -188,22 +223,32 @@ def _rows_key(rows: np.ndarray) -> slice | np.ndarray:
 
 
 def _view(
-    X: np.ndarray, rows: np.ndarray, target: np.ndarray, n: int, dtype: type = np.float32
+    X: np.ndarray,
+    rows: np.ndarray,
+    target: np.ndarray,
+    n: int,
+    dtype: type = np.float32,
+    ranks: ColumnRanks | None = None,
 ) -> _View:
     """Running sums of the rows `rows` of X (n rows in all) against `target`. Presence is
     kept only for dims with missing values: on the others P = 1, so A and Q are column sums of
     U and U², and N the count of rows. The columns' scores are independent (threads). Scores
-    are stored as `dtype` (float32: half the memory; the sums are float64 either way)."""
+    are stored as `dtype` (float32: half the memory; the sums are float64 either way).
+    `ranks` (X's columns prepared once) counts the scores of ascending `rows` without a sort."""
     d = X.shape[1]
     at = _rows_key(rows)
     present: list[np.ndarray | None] = [None] * d
+    inside = None
+    if ranks is not None and (len(rows) < 2 or bool(np.all(np.diff(rows) > 0))):
+        inside = np.zeros(n, dtype=bool)
+        inside[rows] = True
 
     def score(j: int) -> np.ndarray:
         col = np.array(X[at, j], dtype="float64")
         nan = np.isnan(col)
         if nan.any():
             present[j] = ~nan
-        return scores(col)
+        return scores(col) if inside is None or ranks is None else ranks.scores(j, inside)
 
     U: np.ndarray = np.empty((len(rows), d), dtype=dtype)
     step, width = 1 << 14, 4 if threads() > 1 else 1  # one thread: one column's temporaries
@@ -563,8 +608,13 @@ def _active_views(
         group_targets = [t for t, k in zip(group_targets, keep, strict=True) if k]
         if global_target is not None and settled[-1]:
             global_target = None
-    views = [_view(X, g, t, n) for g, t in zip(groups, group_targets, strict=True)]
-    global_view = _view(X, np.arange(n), global_target, n) if global_target is not None else None
+    count = len(groups) + (global_target is not None)
+    ranks = ColumnRanks(X) if count > 1 else None  # each column sorted once for every view
+    views = [_view(X, g, t, n, ranks=ranks) for g, t in zip(groups, group_targets, strict=True)]
+    global_view = (
+        _view(X, np.arange(n), global_target, n, ranks=ranks) if global_target is not None else None
+    )
+    del ranks
     return views, global_view
 
 
@@ -754,6 +804,19 @@ def _accept_batch(
     return True
 
 
+def off_moves(
+    moves: list[tuple[list[int], list[int]]], errs: list[np.ndarray], comfort: float
+) -> list[tuple[list[int], list[int]]]:
+    """The moves (units, dims) with a dim in a pair whose |error| is past `comfort` in some
+    view. A swap of a unit changes only the pairs of its own dims, so when the sweeps stop at
+    the first check within comfort (every view large), moving a unit whose pairs are all within
+    it cannot bring that check nearer."""
+    off = np.zeros(errs[0].shape[0], dtype=bool) if errs else np.zeros(0, dtype=bool)
+    for e in errs:
+        off |= (np.abs(e) > comfort).any(axis=1)
+    return [(members, dims) for members, dims in moves if off[dims].any()]
+
+
 def _drop_fixed_pairs(views: list[_View], units: list[list[int]], n_dims: int) -> None:
     """Pairs of two dims that never move cannot be improved: leave them out of the objective
     (their mask entries become 0 in every view)."""
@@ -831,6 +894,8 @@ def refine_swaps(
         moves = [([unit_index], dims) for unit_index, dims in enumerate(units)]
         if stop.chase:
             moves += _compound_units(units, errs, knobs.far)
+        if stop.large:  # only a unit with a pair past comfort can end the sweeps sooner
+            moves = off_moves(moves, judged, knobs.comfort)
         improved = False
         for members, dims in moves:
             if swapper.move(members, dims, perms):

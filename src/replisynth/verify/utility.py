@@ -76,6 +76,24 @@ def continuous_utility(
     return rec
 
 
+# Values of one kind (no bool beside numbers), whose distinct values pandas counts apart
+# exactly when `norm_key` tells them apart.
+_ONE_KIND = frozenset({"string", "integer", "floating", "mixed-integer-float", "boolean", "empty"})
+
+
+def _key_shares(v: pd.Series) -> pd.Series:
+    """Shares of the non-missing values `v` by `norm_key` (1, 1.0 and True on one footing),
+    largest first: `norm_key` computed once per distinct value, not once per row."""
+    values = v.cat.categories if isinstance(v.dtype, pd.CategoricalDtype) else v
+    if pd.api.types.infer_dtype(values, skipna=True) not in _ONE_KIND:
+        return v.map(norm_key).value_counts(normalize=True)  # pandas would count True with 1
+    counts = v.value_counts(sort=False, dropna=True)
+    keys = pd.Series(counts.to_numpy(), index=[norm_key(x) for x in counts.index])
+    got = keys.groupby(level=0, sort=True).sum()
+    got = got[got > 0]
+    return (got / len(v)).sort_values(ascending=False, kind="stable")
+
+
 def categorical_utility(s: pd.Series, levels: list[Any], counts: list[int]) -> dict[str, Any]:
     """Share outside the released levels and total-variation distance to the released shares."""
     v = s.dropna()
@@ -83,8 +101,8 @@ def categorical_utility(s: pd.Series, levels: list[Any], counts: list[int]) -> d
     if not len(v) or not sum(counts):
         return rec
     want = {norm_key(k): c / sum(counts) for k, c in zip(levels, counts, strict=True)}
-    got = v.map(norm_key).value_counts(normalize=True)
-    keys = set(want) | set(got.index)
+    got = _key_shares(v)
+    keys = sorted(set(want) | set(got.index))
     rec["tv_distance"] = 0.5 * sum(abs(want.get(k, 0.0) - float(got.get(k, 0.0))) for k in keys)
     rec["share_out_of_support"] = float(got[[k for k in got.index if k not in want]].sum())
     return rec
