@@ -382,6 +382,7 @@ def _repair_pairs(
 
 
 SWAP_ROUNDS = 400  # batches of exchanges the swap repair takes at most
+SWAP_POOL = 1 << 17  # rows the exchanges use when there are more than twice as many
 SE_WEIGHT = 0.5  # a log SE gap of 0.02 (the SE slack) weighs as a coefficient gap of 0.01
 
 
@@ -407,10 +408,10 @@ class SeProxy:
     def gaps(self, dQ: np.ndarray) -> np.ndarray:
         return self.gap + 0.5 * np.log(np.maximum(1.0 + dQ / self.Q, 1e-12))
 
-    def pull(self, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Minus half the gradient of SE_WEIGHT^2 |gap|^2 at `rows` (who wants to go up)."""
-        e = y[rows][:, None] - self.F[rows]
-        return -(SE_WEIGHT**2) * (self.W[rows] * e) @ (self.gap / self.Q)
+    def pull(self, y: np.ndarray) -> np.ndarray:
+        """Minus half the gradient of SE_WEIGHT^2 |gap|^2 at each row of this proxy (who wants
+        to go up; y the values of those rows)."""
+        return -(SE_WEIGHT**2) * ((self.W * (y[:, None] - self.F)) @ (self.gap / self.Q))
 
 
 def swap_repair(
@@ -429,25 +430,30 @@ def swap_repair(
     taking the largest value and those that gain most from taking the smallest (first order:
     the pull V_i r, plus the SE part's, times the room), takes the best exchange of each row
     (distinct partners, largest decrease first, as many as the gap still needs) and stops
-    when none helps. Returns the new y and the gap."""
+    when none helps. Above 2 SWAP_POOL rows the exchanges are among SWAP_POOL evenly spaced
+    ones (each round's ranking stays a small share of the data). Returns the new y and the gap."""
     y = y.copy()
+    if len(rows) > 2 * SWAP_POOL:  # large data: exchanges among evenly spaced rows
+        rows = rows[np.unique(np.linspace(0, len(rows) - 1, SWAP_POOL).astype("int64"))]
+    Vr = V[rows]  # the rows' parts, gathered once (indices below are positions in `rows`)
+    full, se = se, (None if se is None else SeProxy(se.W[rows], se.F[rows], se.Q, se.gap))
     for _ in range(SWAP_ROUNDS):
         done = se is None or np.max(np.abs(se.gap), initial=0.0) <= 2 * tol
         if (done and np.max(np.abs(r), initial=0.0) <= tol) or len(rows) < 2:
             break
-        pull = V[rows] @ r + (0.0 if se is None else se.pull(y, rows))
-        m = max(20, min(PAIR_CANDIDATES, int(np.sqrt(4e6 / max(len(r), 1))), len(rows) // 2))
         v = y[rows]  # first-order gain of giving row i the largest value, row j the smallest
+        pull = Vr @ r + (0.0 if se is None else se.pull(v))
+        m = max(20, min(PAIR_CANDIDATES, int(np.sqrt(4e6 / max(len(r), 1))), len(rows) // 2))
         up_key, down_key = pull * (v.max() - v), -pull * (v - v.min())
-        up = rows[np.argsort(-up_key, kind="stable")[:m]]
-        down = rows[np.argsort(-down_key, kind="stable")[:m]]
+        ua, da = _largest(up_key, m), _largest(down_key, m)
+        up, down = rows[ua], rows[da]
         t = y[down][None, :] - y[up][:, None]
-        dV = V[up][:, None, :] - V[down][None, :, :]
+        dV = Vr[ua][:, None, :] - Vr[da][None, :, :]
         new = r[None, None, :] - t[:, :, None] * dV
         gain = float(r @ r) - np.einsum("ijk,ijk->ij", new, new)
         dQ = None
         if se is not None:
-            dQ = se.changes(y, up, down)
+            dQ = se.changes(v, ua, da)
             g = SE_WEIGHT * se.gaps(dQ)
             gain += SE_WEIGHT**2 * float(se.gap @ se.gap) - np.einsum("ijk,ijk->ij", g, g)
         gain[up[:, None] == down[None, :]] = -np.inf
@@ -471,7 +477,23 @@ def swap_repair(
         if se is not None and dQ is not None:
             moved = dQ[a[:take], b[:take]].sum(axis=0)
             se.gap, se.Q = se.gaps(moved), se.Q + moved
+    if full is not None and se is not None:
+        full.gap, full.Q = se.gap, se.Q
     return y, r
+
+
+def _largest(key: np.ndarray, m: int) -> np.ndarray:
+    """`np.argsort(-key, kind="stable")[:m]` (the m largest, ties by position) without
+    sorting every entry: a partition finds the m-th largest, then only the entries at or
+    above it are sorted."""
+    if m >= len(key):
+        return np.argsort(-key, kind="stable")[:m]
+    neg = -key
+    cut = np.partition(neg, m - 1)[m - 1]
+    if np.isnan(cut):
+        return np.argsort(neg, kind="stable")[:m]
+    cand = np.flatnonzero(neg <= cut)
+    return cand[np.argsort(neg[cand], kind="stable")[:m]]
 
 
 def _distinct_best(gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
