@@ -433,10 +433,8 @@ def swap_repair(
     when none helps. Above 2 SWAP_POOL rows the exchanges are among SWAP_POOL evenly spaced
     ones (each round's ranking stays a small share of the data). Returns the new y and the gap."""
     y = y.copy()
-    if len(rows) > 2 * SWAP_POOL:  # large data: exchanges among evenly spaced rows
-        rows = rows[np.unique(np.linspace(0, len(rows) - 1, SWAP_POOL).astype("int64"))]
-    Vr = V[rows]  # the rows' parts, gathered once (indices below are positions in `rows`)
-    full, se = se, (None if se is None else SeProxy(se.W[rows], se.F[rows], se.Q, se.gap))
+    full = se
+    rows, Vr, se = _swap_pool(rows, V, se)  # indices below are positions in `rows`
     for _ in range(SWAP_ROUNDS):
         done = se is None or np.max(np.abs(se.gap), initial=0.0) <= 2 * tol
         if (done and np.max(np.abs(r), initial=0.0) <= tol) or len(rows) < 2:
@@ -480,6 +478,16 @@ def swap_repair(
     if full is not None and se is not None:
         full.gap, full.Q = se.gap, se.Q
     return y, r
+
+
+def _swap_pool(
+    rows: np.ndarray, V: np.ndarray, se: SeProxy | None
+) -> tuple[np.ndarray, np.ndarray, SeProxy | None]:
+    """The rows the exchanges use (SWAP_POOL evenly spaced ones above twice as many), their
+    part of V and the SE proxy on them, gathered once."""
+    if len(rows) > 2 * SWAP_POOL:
+        rows = rows[np.unique(np.linspace(0, len(rows) - 1, SWAP_POOL).astype("int64"))]
+    return rows, V[rows], (None if se is None else SeProxy(se.W[rows], se.F[rows], se.Q, se.gap))
 
 
 def _largest(key: np.ndarray, m: int) -> np.ndarray:
