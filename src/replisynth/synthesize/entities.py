@@ -1200,10 +1200,10 @@ class _BlockSwaps:
 
     def error(self) -> float:
         """`_pairwise_error` of every targeted pair of dims now."""
-        target, U, P = self.target, self.U, self.P
+        target, U, Pf = self.target, self.U, self.Pf  # Pf: the presence P as float64
         fin = np.isfinite(target)
         mask = fin & ~np.eye(len(target), dtype=bool)
-        return _pairwise_error(U, P, U, P, np.nan_to_num(target), mask)
+        return _pairwise_error(U, Pf, U, Pf, np.nan_to_num(target), mask)
 
 
 class _PairRows:
