@@ -102,3 +102,38 @@ def test_pair_rows_are_the_candidates_blocks_concatenated(classes: int, seed: in
         a, b = rows_of(m)
         assert np.array_equal(a, np.concatenate([firsts[i] for i in ranked[:m]]))
         assert np.array_equal(b, np.concatenate([seconds[i] for i in ranked[:m]]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(8, 400),
+    d=st.integers(2, 6),
+    present=st.floats(0.5, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_kept_cross_sums_after_swaps_are_the_recomputed_sums(
+    n: int, d: int, present: float, seed: int
+) -> None:
+    from replisynth.synthesize.entities import _BlockSwaps, _pair_sums, _pairwise_error
+
+    rng = np.random.default_rng(seed)
+    state = _BlockSwaps.__new__(_BlockSwaps)
+    state.P = rng.random((n, d)) < present
+    state.Pf = state.P.astype("float64")
+    state.U = np.where(state.P, rng.normal(size=(n, d)), 0.0)
+    state.perm = {"x": np.arange(n)}
+    state.target = rng.uniform(-0.6, 0.6, (d, d))
+    state.target[rng.random((d, d)) < 0.2] = np.nan
+    state.sums = state._sums_of(state.U, state.Pf)
+    for _ in range(int(rng.integers(1, 6))):
+        J = sorted(rng.choice(d, int(rng.integers(1, d)), replace=False).tolist())
+        k = int(rng.integers(1, n // 2 + 1))
+        order = rng.permutation(n)
+        state._swap("x", J, order[:k], order[k : 2 * k])
+        out = np.setdiff1d(np.arange(d), J)
+        want = _pair_sums(state.U[:, J], state.Pf[:, J], state.U[:, out], state.Pf[:, out])
+        for got, ref in zip(state._pair_base(J, out), want, strict=True):
+            assert np.allclose(got, ref, rtol=1e-12, atol=1e-9)
+    mask = np.isfinite(state.target) & ~np.eye(d, dtype=bool)
+    full = _pairwise_error(state.U, state.P, state.U, state.P, np.nan_to_num(state.target), mask)
+    assert abs(state.error() - full) <= 1e-9 * max(1.0, full)

@@ -1087,7 +1087,19 @@ class _BlockSwaps:
         self.Pf = self.P.astype("float64")  # the presence as the products read it
         self.target = block_target(release, "all")
         self.perm = {unit: np.arange(len(ent)) for unit in units}
-        self.gram: np.ndarray | None = None  # U'U while no swap has changed U
+        # Pf'Pf, U'Pf, U'U and (U²)'Pf over all rows, kept up to date by each swap
+        self.sums = self._sums_of(self.U, self.Pf)
+
+    @staticmethod
+    def _sums_of(U: np.ndarray, Pf: np.ndarray) -> list[np.ndarray]:
+        """The cross sums every dim pair's correlation over jointly present rows reads."""
+        return [Pf.T @ Pf, U.T @ Pf, U.T @ U, (U * U).T @ Pf]
+
+    def _pair_base(self, J: list[int], out: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`_pair_sums` of the unit's dims J against the other dims, from the kept sums."""
+        PP, UP, UU, U2P = self.sums
+        Jo, oJ = _cross(J, out), _cross(list(out), np.asarray(J))
+        return (PP[Jo], UP[Jo], UP[oJ].T, UU[Jo], U2P[Jo], U2P[oJ].T)
 
     def pairs(self, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
@@ -1111,7 +1123,7 @@ class _BlockSwaps:
     def swapped_error(
         self,
         J: list[int],
-        other: tuple[np.ndarray, np.ndarray, np.ndarray],
+        other: tuple[Any, Any, Any],
         base: tuple[np.ndarray, ...],
         Tj: np.ndarray,
         M: np.ndarray,
@@ -1119,7 +1131,7 @@ class _BlockSwaps:
         b: np.ndarray,
     ) -> float:
         """`_pairwise_error` of the unit's dims J against the other dims (`other`: their scores,
-        presence and squared scores) with rows a and b swapped: the cross sums `base` of the
+        presence and squared scores, each indexable by rows) with rows a and b swapped: the cross sums `base` of the
         unswapped rows plus the swapped rows' change, Σ (f(J_b) − f(J_a)) (g(o_a) − g(o_b))."""
         U, Pf, dims = self.U, self.Pf, np.asarray(J, dtype=np.intp)
         Ua, Ub = U[np.ix_(a, dims)], U[np.ix_(b, dims)]
@@ -1148,20 +1160,20 @@ class _BlockSwaps:
         groups = self.pairs(kind)
         if not groups:
             return 0.0
-        if self.gram is None:
-            self.gram = U.T @ U
-        C = self.gram
+        C = self.sums[2]
         E0 = np.where(M, C[_cross(J, out)] - np.where(M, target[_cross(J, out)], 0.0), 0.0)
-        UJ, Uo = np.take(U, J, axis=1), np.take(U, out, axis=1)
-        gain, cand = improving_candidates(E0, self._gains(groups, UJ, Uo, M))
+        gain, cand = improving_candidates(E0, self._gains(groups, J, out, M))
         if not len(cand):
             return 0.0
         # The gains above treat missing rows as scoring 0; batches are judged by the
         # correlations over rows where both dims are present (what tier 2 measures).
         Tj = np.where(M, target[_cross(J, out)], 0.0)
-        Pf = self.Pf
-        other = (Uo, np.take(Pf, out, axis=1), Uo * Uo)  # the other dims do not move
-        base = _pair_sums(UJ, np.take(Pf, J, axis=1), *other)
+        other = (  # the other dims do not move in this batch
+            _RowGather(U, out),
+            _RowGather(self.Pf, out),
+            _RowGather(U, out, squared=True),
+        )
+        base = self._pair_base(J, out)
         exact0 = _error_of_sums(base, Tj, M)
         rows_of = _PairRows(groups, gain, cand)
         best_m, best_f = best_prefix(
@@ -1175,17 +1187,18 @@ class _BlockSwaps:
     def _gains(
         self,
         groups: list[tuple[np.ndarray, np.ndarray]],
-        UJ: np.ndarray,
-        Uo: np.ndarray,
+        J: list[int],
+        out: np.ndarray,
         M: np.ndarray,
     ) -> np.ndarray:
-        """Each pair's change of Σ U_a U_b over the unit's dims (scores UJ) × the other dims
-        (Uo), masked by M, pairs in the order of `groups`."""
+        """Each pair's change of Σ U_a U_b over the unit's dims J × the other dims (masked by
+        M), pairs in the order of `groups`."""
         dCs = []
         for rows_e, rows_f in groups:
-            e, f = rows_e.ravel(), rows_f.ravel()
-            dA = (np.take(UJ, f, axis=0) - np.take(UJ, e, axis=0)).reshape(*rows_e.shape, -1)
-            dB = (np.take(Uo, e, axis=0) - np.take(Uo, f, axis=0)).reshape(*rows_e.shape, -1)
+            Ue = np.take(self.U, rows_e.ravel(), axis=0)
+            Uf = np.take(self.U, rows_f.ravel(), axis=0)
+            dA = (Uf[:, J] - Ue[:, J]).reshape(*rows_e.shape, -1)
+            dB = (Ue[:, out] - Uf[:, out]).reshape(*rows_e.shape, -1)
             dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
         return np.concatenate(dCs)
 
@@ -1193,17 +1206,32 @@ class _BlockSwaps:
         """Exchange the unit's values (its dims J and its permutation) between rows a and b."""
         perm = self.perm[unit]
         perm[a], perm[b] = perm[b].copy(), perm[a].copy()
-        self.gram = None
+        rows = np.concatenate([a, b])
+        before = self._sums_of(self.U[rows], self.Pf[rows])
         for values in (self.U, self.P, self.Pf):
             for j in J:
                 values[a, j], values[b, j] = values[b, j].copy(), values[a, j].copy()
+        after = self._sums_of(self.U[rows], self.Pf[rows])
+        self.sums = [s + new - old for s, new, old in zip(self.sums, after, before, strict=True)]
 
     def error(self) -> float:
         """`_pairwise_error` of every targeted pair of dims now."""
-        target, U, Pf = self.target, self.U, self.Pf  # Pf: the presence P as float64
-        fin = np.isfinite(target)
-        mask = fin & ~np.eye(len(target), dtype=bool)
-        return _pairwise_error(U, Pf, U, Pf, np.nan_to_num(target), mask)
+        target = self.target
+        mask = np.isfinite(target) & ~np.eye(len(target), dtype=bool)
+        PP, UP, UU, U2P = self.sums
+        return _error_of_sums((PP, UP, UP.T, UU, U2P, U2P.T), np.nan_to_num(target), mask)
+
+
+class _RowGather:
+    """Some columns of a rows × dims matrix (squared when asked), gathered only at the rows
+    it is indexed by: the other dims of a batch without an n-row copy of them."""
+
+    def __init__(self, values: np.ndarray, columns: np.ndarray, squared: bool = False) -> None:
+        self.values, self.columns, self.squared = values, columns, squared
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        got = np.take(self.values, rows, axis=0)[:, self.columns]
+        return got * got if self.squared else got
 
 
 class _PairRows:
