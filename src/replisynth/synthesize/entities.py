@@ -1195,10 +1195,9 @@ class _BlockSwaps:
         M), pairs in the order of `groups`."""
         dCs = []
         for rows_e, rows_f in groups:
-            Ue = np.take(self.U, rows_e.ravel(), axis=0)
-            Uf = np.take(self.U, rows_f.ravel(), axis=0)
-            dA = (Uf[:, J] - Ue[:, J]).reshape(*rows_e.shape, -1)
-            dB = (Ue[:, out] - Uf[:, out]).reshape(*rows_e.shape, -1)
+            D = np.take(self.U, rows_f.ravel(), axis=0) - np.take(self.U, rows_e.ravel(), axis=0)
+            dA = np.take(D, J, axis=1).reshape(*rows_e.shape, -1)
+            dB = np.negative(np.take(D, out, axis=1)).reshape(*rows_e.shape, -1)  # exact
             dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
         return np.concatenate(dCs)
 
