@@ -561,6 +561,24 @@ def improving_swaps(E0: np.ndarray, dC: np.ndarray) -> tuple[float, np.ndarray]:
     return base, cand[np.argsort(gain[cand], kind="stable")]
 
 
+def improving_candidates(E0: np.ndarray, dC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`improving_swaps` unsorted: each proposal's change of the squared error and the
+    proposals that lower it (ascending), for `best_first`."""
+    gain = np.sum((E0[None] + dC) ** 2, axis=tuple(range(1, dC.ndim))) - float(np.sum(E0**2))
+    return gain, np.flatnonzero(gain < -1e-15)
+
+
+def best_first(gain: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
+    """At least the first k of `cand` (ascending) in the order of a stable sort by gain, all
+    of them when k >= len(cand): a partition picks every candidate up to the k-th gain (ties
+    included) and only those are sorted, so the prefix equals the full stable sort's."""
+    g = gain[cand]
+    if k >= len(cand):
+        return cand[np.argsort(g, kind="stable")]
+    top = cand[g <= np.partition(g, k - 1)[k - 1]]
+    return top[np.argsort(gain[top], kind="stable")]
+
+
 def observed_share(rho: float, probs: tuple[float, ...], t_eff: float) -> float:
     """Expected between share of the normal scores of a discrete column (level shares `probs`,
     scored Φ⁻¹ of each level's mid cumulative share) cut from a latent normal with between
@@ -1069,6 +1087,19 @@ class _BlockSwaps:
         self.Pf = self.P.astype("float64")  # the presence as the products read it
         self.target = block_target(release, "all")
         self.perm = {unit: np.arange(len(ent)) for unit in units}
+        # Pf'Pf, U'Pf, U'U and (U²)'Pf over all rows, kept up to date by each swap
+        self.sums = self._sums_of(self.U, self.Pf)
+
+    @staticmethod
+    def _sums_of(U: np.ndarray, Pf: np.ndarray) -> list[np.ndarray]:
+        """The cross sums every dim pair's correlation over jointly present rows reads."""
+        return [Pf.T @ Pf, U.T @ Pf, U.T @ U, (U * U).T @ Pf]
+
+    def _pair_base(self, J: list[int], out: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`_pair_sums` of the unit's dims J against the other dims, from the kept sums."""
+        PP, UP, UU, U2P = self.sums
+        Jo, oJ = _cross(J, out), _cross(list(out), np.asarray(J))
+        return (PP[Jo], UP[Jo], UP[oJ].T, UU[Jo], U2P[Jo], U2P[oJ].T)
 
     def pairs(self, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """Disjoint swap partners (pairs × T row arrays): whole blocks of entities with the same
@@ -1092,7 +1123,7 @@ class _BlockSwaps:
     def swapped_error(
         self,
         J: list[int],
-        other: tuple[np.ndarray, np.ndarray, np.ndarray],
+        other: tuple[Any, Any, Any],
         base: tuple[np.ndarray, ...],
         Tj: np.ndarray,
         M: np.ndarray,
@@ -1100,7 +1131,7 @@ class _BlockSwaps:
         b: np.ndarray,
     ) -> float:
         """`_pairwise_error` of the unit's dims J against the other dims (`other`: their scores,
-        presence and squared scores) with rows a and b swapped: the cross sums `base` of the
+        presence and squared scores, each indexable by rows) with rows a and b swapped: the cross sums `base` of the
         unswapped rows plus the swapped rows' change, Σ (f(J_b) − f(J_a)) (g(o_a) − g(o_b))."""
         U, Pf, dims = self.U, self.Pf, np.asarray(J, dtype=np.intp)
         Ua, Ub = U[np.ix_(a, dims)], U[np.ix_(b, dims)]
@@ -1121,61 +1152,114 @@ class _BlockSwaps:
     def step(self, unit: str, J: list[int], kind: str) -> float:
         """One batch of block (or within-entity) swaps of the unit's values; the squared error
         gained (0 when nothing was accepted)."""
-        U, P, target = self.U, self.P, self.target
+        U, target = self.U, self.target
         out = np.setdiff1d(np.arange(self.n_dims), J)
         M = np.isfinite(target[_cross(J, out)])
         if not M.any():
             return 0.0
-        C = U.T @ U
-        E0 = np.where(M, C[_cross(J, out)] - np.where(M, target[_cross(J, out)], 0.0), 0.0)
-        firsts: list[np.ndarray] = []
-        seconds: list[np.ndarray] = []
-        dCs = []
-        for rows_e, rows_f in self.pairs(kind):
-            dA = U[rows_f][:, :, J] - U[rows_e][:, :, J]
-            dB = U[rows_e][:, :, out] - U[rows_f][:, :, out]
-            dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
-            firsts += list(rows_e)
-            seconds += list(rows_f)
-        if not dCs:
+        groups = self.pairs(kind)
+        if not groups:
             return 0.0
-        _, cand = improving_swaps(E0, np.concatenate(dCs))
+        C = self.sums[2]
+        E0 = np.where(M, C[_cross(J, out)] - np.where(M, target[_cross(J, out)], 0.0), 0.0)
+        gain, cand = improving_candidates(E0, self._gains(groups, J, out, M))
         if not len(cand):
             return 0.0
         # The gains above treat missing rows as scoring 0; batches are judged by the
         # correlations over rows where both dims are present (what tier 2 measures).
         Tj = np.where(M, target[_cross(J, out)], 0.0)
-        Uo = U[:, out]
-        other = (Uo, self.Pf[:, out], Uo * Uo)  # the other dims do not move in this batch
-        base = _pair_sums(U[:, J], self.Pf[:, J], *other)
+        other = (  # the other dims do not move in this batch
+            _RowGather(U, out),
+            _RowGather(self.Pf, out),
+            _RowGather(U, out, squared=True),
+        )
+        base = self._pair_base(J, out)
         exact0 = _error_of_sums(base, Tj, M)
-
-        def rows_of(m: int) -> tuple[np.ndarray, np.ndarray]:
-            return (
-                np.concatenate([firsts[i] for i in cand[:m]]),
-                np.concatenate([seconds[i] for i in cand[:m]]),
-            )
-
+        rows_of = _PairRows(groups, gain, cand)
         best_m, best_f = best_prefix(
             lambda m: self.swapped_error(J, other, base, Tj, M, *rows_of(m)) - exact0, len(cand)
         )
         if best_m == 0:
             return 0.0
-        a, b = rows_of(best_m)
+        self._swap(unit, J, *rows_of(best_m))
+        return best_f
+
+    def _gains(
+        self,
+        groups: list[tuple[np.ndarray, np.ndarray]],
+        J: list[int],
+        out: np.ndarray,
+        M: np.ndarray,
+    ) -> np.ndarray:
+        """Each pair's change of Σ U_a U_b over the unit's dims J × the other dims (masked by
+        M), pairs in the order of `groups`."""
+        dCs = []
+        for rows_e, rows_f in groups:
+            D = np.take(self.U, rows_f.ravel(), axis=0) - np.take(self.U, rows_e.ravel(), axis=0)
+            dA = np.take(D, J, axis=1).reshape(*rows_e.shape, -1)
+            dB = np.negative(np.take(D, out, axis=1)).reshape(*rows_e.shape, -1)  # exact
+            dCs.append(np.einsum("ptj,pto->pjo", dA, dB) * M[None])
+        return np.concatenate(dCs)
+
+    def _swap(self, unit: str, J: list[int], a: np.ndarray, b: np.ndarray) -> None:
+        """Exchange the unit's values (its dims J and its permutation) between rows a and b."""
         perm = self.perm[unit]
         perm[a], perm[b] = perm[b].copy(), perm[a].copy()
-        for j in J:
-            U[a, j], U[b, j] = U[b, j].copy(), U[a, j].copy()
-            P[a, j], P[b, j] = P[b, j].copy(), P[a, j].copy()
-            self.Pf[a, j], self.Pf[b, j] = self.Pf[b, j].copy(), self.Pf[a, j].copy()
-        return best_f
+        rows = np.concatenate([a, b])
+        before = self._sums_of(self.U[rows], self.Pf[rows])
+        for values in (self.U, self.P, self.Pf):
+            for j in J:
+                values[a, j], values[b, j] = values[b, j].copy(), values[a, j].copy()
+        after = self._sums_of(self.U[rows], self.Pf[rows])
+        self.sums = [s + new - old for s, new, old in zip(self.sums, after, before, strict=True)]
 
     def error(self) -> float:
         """`_pairwise_error` of every targeted pair of dims now."""
-        target, U, P = self.target, self.U, self.P
-        fin = np.isfinite(target)
-        mask = fin & ~np.eye(len(target), dtype=bool)
-        return _pairwise_error(U, P, U, P, np.nan_to_num(target), mask)
+        target = self.target
+        mask = np.isfinite(target) & ~np.eye(len(target), dtype=bool)
+        PP, UP, UU, U2P = self.sums
+        return _error_of_sums((PP, UP, UP.T, UU, U2P, U2P.T), np.nan_to_num(target), mask)
+
+
+class _RowGather:
+    """Some columns of a rows × dims matrix (squared when asked), gathered only at the rows
+    it is indexed by: the other dims of a batch without an n-row copy of them."""
+
+    def __init__(self, values: np.ndarray, columns: np.ndarray, squared: bool = False) -> None:
+        self.values, self.columns, self.squared = values, columns, squared
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        got = np.take(self.values, rows, axis=0)[:, self.columns]
+        return got * got if self.squared else got
+
+
+class _PairRows:
+    """The rows of the first m candidate pairs of a batch, best first (`best_first`), each
+    pair's rows concatenated in that order: one flat array of the batch's rows and each pair's
+    offset, so a prefix is one gather instead of a list of per-pair arrays; candidates are
+    ordered only as far as the prefixes asked for reach."""
+
+    def __init__(
+        self, groups: list[tuple[np.ndarray, np.ndarray]], gain: np.ndarray, cand: np.ndarray
+    ) -> None:
+        self.first = np.concatenate([e.ravel() for e, _ in groups])
+        self.second = np.concatenate([f.ravel() for _, f in groups])
+        self.length = np.concatenate(
+            [np.full(len(e), e.shape[1], dtype=np.intp) for e, _ in groups]
+        )
+        self.start = np.cumsum(self.length) - self.length
+        self.gain, self.cand = gain, cand
+        self.order = best_first(gain, cand, 64)
+
+    def __call__(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of the first partners, rows of the second) of the first m candidates."""
+        if m > len(self.order):
+            self.order = best_first(self.gain, self.cand, 4 * m)
+        pick = self.order[:m]
+        length = self.length[pick]
+        ends = np.cumsum(length)
+        idx = np.arange(int(ends[-1])) + np.repeat(self.start[pick] - (ends - length), length)
+        return self.first[idx], self.second[idx]
 
 
 def refine_blocks(

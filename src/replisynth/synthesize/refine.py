@@ -914,7 +914,7 @@ def draw_pairs(
     (same entity), so a swap moves values only within an entity."""
     if labels is None:
         return order[:half], order[half : 2 * half]
-    idx = np.argsort(labels[order], kind="stable")
+    idx = stable_label_order(labels[order])
     o = order[idx]
     lab = labels[o]
     if len(o) < 2:
@@ -924,8 +924,22 @@ def draw_pairs(
     pos = np.arange(len(o)) - run_start
     i = np.flatnonzero((pos % 2 == 0) & np.concatenate([lab[1:] == lab[:-1], [False]]))
     if len(i) > half:  # the pairs whose first row comes earliest in the random order
-        i = np.sort(i[np.argsort(idx[i], kind="stable")[:half]])
+        i = np.sort(i[np.argpartition(idx[i], half - 1)[:half]])  # idx is a permutation
     return o[i], o[i + 1]
+
+
+def stable_label_order(labels: np.ndarray) -> np.ndarray:
+    """`np.argsort(labels, kind="stable")` for non-negative integer labels below 2^32, by
+    one or two stable 16-bit radix passes (least significant first) instead of a comparison
+    sort."""
+    integer = np.issubdtype(labels.dtype, np.integer)
+    if not integer or len(labels) == 0 or labels.min() < 0 or labels.max() >= 2**32:
+        return np.argsort(labels, kind="stable")
+    key = labels.astype(np.uint32)
+    low = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+    if key.max() < 2**16:
+        return low
+    return low[np.argsort((key[low] >> 16).astype(np.uint16), kind="stable")]
 
 
 def block_target(release: dict[str, Any], stats_id: str) -> np.ndarray:
