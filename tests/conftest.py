@@ -235,8 +235,12 @@ def extract_and_synthesize_twice(
 @pytest.fixture(autouse=True)
 def _no_stale_log_handlers():
     """A CLI call in one test binds the package logger's stream handler to that test's
-    captured stderr; drop it afterwards so a later warning does not write to a closed file."""
-    yield
+    captured stderr; drop it afterwards so a later warning does not write to a closed file.
+    A stage run (runner.run, the CLI) also sets the logger's level: restored too."""
     import logging
 
-    logging.getLogger("replisynth").handlers.clear()
+    lg = logging.getLogger("replisynth")
+    level = lg.level
+    yield
+    lg.handlers.clear()
+    lg.setLevel(level)

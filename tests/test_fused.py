@@ -4,7 +4,6 @@ stage."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -156,16 +155,6 @@ def _pid_stage(tmp_path, name: str, fail: Exception | None = None, wait: float =
 
 def _logs(tmp_path) -> None:
     (tmp_path / "logs").mkdir(exist_ok=True)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logger():
-    """runner.run points the `replisynth` logger at each stage's log; restore it afterwards."""
-    lg = logging.getLogger("replisynth")
-    handlers, level = list(lg.handlers), lg.level
-    yield
-    lg.handlers[:] = handlers
-    lg.setLevel(level)
 
 
 @pytest.mark.parametrize("parallel", [True, False])

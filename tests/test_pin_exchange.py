@@ -78,13 +78,9 @@ def _partly_shuffled(df: pd.DataFrame, y: str, share: float, seed: int) -> pd.Da
     return out
 
 
-@pytest.mark.parametrize(("n", "seed", "y"), [(4000, 2, "affairs_rate"), (6000, 5, "spend")])
-def test_atoms_keep_the_draws_counts_and_checkpoints_stay_exact(
-    tmp_path: Path, n: int, seed: int, y: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The support step used to freeze the rows on atoms and push the rest to the lowest
-    released value; the exchange keeps every atom's count and leaves no pile there."""
-    orig = _ratio_frame(n, seed, y, 0.5)
+def _pin_partly_shuffled(tmp_path: Path, orig: pd.DataFrame, y: str, seed: int) -> tuple:
+    """`orig` released with one HC1 OLS of `y` on x and w, pinned on a partly shuffled draw:
+    (release, checkpoint releases, draw, pinned frames, pin results)."""
     release, data, _ = release_of(orig, tmp_path)
     manifest = load_manifest(
         {"name": "t", "seed": 1, "sources": {"people": {"path": "x.csv"}}, "checkpoints": []}
@@ -93,6 +89,17 @@ def test_atoms_keep_the_draws_counts_and_checkpoints_stay_exact(
     rels = capture_released(data, manifest, cp)
     draw = _partly_shuffled(orig, y, 0.5, seed)
     out, res = pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
+    return release, rels, draw, out, res
+
+
+@pytest.mark.parametrize(("n", "seed", "y"), [(4000, 2, "affairs_rate"), (6000, 5, "spend")])
+def test_atoms_keep_the_draws_counts_and_checkpoints_stay_exact(
+    tmp_path: Path, n: int, seed: int, y: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The support step used to freeze the rows on atoms and push the rest to the lowest
+    released value; the exchange keeps every atom's count and leaves no pile there."""
+    orig = _ratio_frame(n, seed, y, 0.5)
+    release, rels, draw, out, res = _pin_partly_shuffled(tmp_path, orig, y, seed)
     after, before = out["people"][y], draw[y]
     atoms = release["blocks"]["all"]["marginals"][y]["atoms"]["values"]
     assert len(atoms) >= 3 and res[0].detail["support"]["exchanged"], res[0].note
@@ -146,14 +153,7 @@ def test_integer_outcome_keeps_the_draws_level_counts(
     last lattice steps of the repair (the former path's random rounding moved them more),
     the coefficients within the stated integer tolerance."""
     orig = _scale_frame(n, seed)
-    release, data, _ = release_of(orig, tmp_path)
-    manifest = load_manifest(
-        {"name": "t", "seed": 1, "sources": {"people": {"path": "x.csv"}}, "checkpoints": []}
-    )
-    cp = Checkpoint(tag="cp", source="people", model="ols", vcov="HC1", formula=f"{y} ~ x + w")
-    rels = capture_released(data, manifest, cp)
-    draw = _partly_shuffled(orig, y, 0.5, seed)
-    out, res = pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
+    release, rels, draw, out, res = _pin_partly_shuffled(tmp_path, orig, y, seed)
     assert res[0].detail["support"]["exchanged"], res[0].note
     after, before = out["people"][y], draw[y]
     assert max(z for _, z, _ in refit_terms(out["people"], rels[0])) <= INTEGER_TOL

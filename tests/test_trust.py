@@ -154,16 +154,6 @@ def test_manifest_edits_rerun_what_they_affect(tmp_path):
 # Every claim is true
 
 
-@pytest.fixture(autouse=True)
-def _restore_logger():
-    """The CLI attaches a stderr handler to the `replisynth` logger; detach it afterwards."""
-    lg = logging.getLogger("replisynth")
-    handlers, level = list(lg.handlers), lg.level
-    yield
-    lg.handlers[:] = handlers
-    lg.setLevel(level)
-
-
 def _run_cli(tmp_path: Path, man: dict, *cmd: str) -> tuple[int, Path]:
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(man))
