@@ -20,6 +20,25 @@ from replisynth.io.schema import MAX_ORDINAL_LEVELS, few_values
 from replisynth.stats.atoms import nearest_atom, split_atoms
 from replisynth.stats.design import subset_columns
 
+MOMENTS_WITHHELD = (
+    "pooled totals: the design means and the outcome mean are not released (with them, the "
+    "tables and the checkpoints before it, the fit would give the exact total of a numeric "
+    "column whose table pools or buckets values below min_cell_size); the coefficients and "
+    "standard errors are"
+)
+
+
+def without_moments(rec: dict[str, Any]) -> dict[str, Any]:
+    """A released checkpoint record without its design moments and outcome mean (the same
+    record when it has neither): the pooled-totals gate's lesser remedy before a refusal."""
+    if "moments" not in rec and rec.get("outcome_mean") is None:
+        return rec
+    out = {key: value for key, value in rec.items() if key != "moments"}
+    if rec.get("outcome_mean") is not None:
+        out["outcome_mean"] = None
+    return out
+
+
 # The fields of a checkpoint record that describe the request, not its results: what a
 # refused checkpoint keeps (as `capture_checkpoint`'s rejected records).
 REQUEST_KEYS = (
@@ -379,6 +398,10 @@ def apply_differencing(
             log.add("checkpoints", "rejected", reason, checkpoint=cp.tag)
             continue
         why = totals.refusal(i, cp.source, rel)
+        lean = without_moments(rel)
+        if why is not None and lean is not rel and totals.refusal(i, cp.source, lean) is None:
+            rel, why = lean, None  # the design means and outcome mean withheld suffice
+            log.add("checkpoints", "withheld_moments", MOMENTS_WITHHELD, checkpoint=cp.tag)
         if why is not None:  # the pooled-totals gate: the record keeps its request only
             ledger.register_checkpoint(cp, None, False, "nothing (refused: pooled totals)")
             released.append({**{key: rel[key] for key in REQUEST_KEYS if key in rel}})

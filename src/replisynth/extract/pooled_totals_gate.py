@@ -117,7 +117,12 @@ class PooledTotalsGate:
         known = [{INTERCEPT: 1.0}] + [{t: 1.0} for t in names if "[T." in t or t in few - pooled]
         system.add(system.equations(every, known))
         self.systems[source.name] = system
-        self.targets[source.name] = _targets(df, part, label, masks, self.cells, alone, pooled, k)
+        targets = _targets(df, part, label, masks, self.cells, alone, pooled, k)
+        # A total the tables give already (a level's count on the source, released in its
+        # table) is not one a checkpoint could reveal: only the others are protected here.
+        self.targets[source.name] = [
+            (cells, t) for cells, t in targets if not system.determined(cells, t, [])
+        ]
 
     def refusal(self, i: int, source: str, rec: dict[str, Any]) -> str | None:
         """Why checkpoint `i` (its record `rec`) is refused, or None (its totals then join
