@@ -280,6 +280,43 @@ def test_subset_on_a_suppressed_level_does_not_count_the_bucket(
 # ------------------------------------------------ the gates refuse only what leaks
 
 
+@pytest.mark.parametrize(("col", "outlier", "seed"), [("school", 25.0, 4), ("tenure", 31.0, 12)])
+def test_a_fit_refused_for_its_means_is_released_without_them(
+    tmp_path: Path, col: str, outlier: float, seed: int
+) -> None:
+    """`emp ~ col + x` alone, a linear probability model: the 0/1 outcome's total is in its
+    table, so with x's design mean released n (ȳ − b0 − b_x x̄) / b_col is the pooled
+    column's total (Mroz's LPM was refused for this). The gate's lesser remedy withholds the
+    means and releases the coefficients and SEs, which leave the total free; when an earlier
+    checkpoint already released x̄ on the same rows, withholding this one's means is not
+    enough and it is refused."""
+    n = 1100
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"pid": np.arange(n), "x": rng.normal(size=n)})
+    df[col] = _counts_with_outlier(
+        [8, 10, 12, 14, 16], [0.15, 0.2, 0.35, 0.15, 0.15], n, outlier, seed
+    )
+    df["emp"] = (0.1 * df[col] + 0.3 * df["x"] + rng.normal(size=n) > 1.3).astype(int)
+    alone = {"tag": "b", "formula": f"emp ~ {col} + x"}
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "after").mkdir()
+    rel, cps, bundle = _bundle(tmp_path / "alone", df, [alone])
+    assert _table(rel, col)["pooled_levels"] == 1
+    b = cps["b"]
+    assert b["status"] == "released" and _betas(b).keys() == {"Intercept", col, "x"}
+    assert "moments" not in b and b.get("outcome_mean") is None
+    log = json.loads((bundle / "sdc_log.json").read_text())
+    assert any(
+        e["action"] == "withheld_moments" and e.get("checkpoint") == "b" for e in log["decisions"]
+    )
+    assert review_bundle(bundle)["findings"] == []
+    first = {"tag": "a", "formula": "emp ~ x"}
+    _, cps, bundle = _bundle(tmp_path / "after", df, [first, alone])
+    assert cps["a"]["status"] == "released" and "moments" in cps["a"]
+    assert cps["b"]["status"] == "rejected" and "pooled totals" in cps["b"]["reason"]
+    assert review_bundle(bundle)["findings"] == []
+
+
 def _visits_frame(n: int, seed: int, outlier: float | None = 13.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     v = rng.choice(["north", "south", "west"], p=[0.45, 0.45, 0.1], size=n).astype(object)
