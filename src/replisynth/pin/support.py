@@ -399,11 +399,20 @@ class SeProxy:
     gap: np.ndarray
 
     def changes(self, y: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
-        """(m, m, K): the change of Q_k when rows up[a] and down[b] exchange their values."""
-        ya, yb = y[up][:, None, None], y[down][None, :, None]
-        Fa, Fb = self.F[up][:, None, :], self.F[down][None, :, :]
-        Wa, Wb = self.W[up][:, None, :], self.W[down][None, :, :]
+        """(p, K): the change of Q_k when rows up[p] and down[p] exchange their values."""
+        ya, yb = y[up][:, None], y[down][:, None]
+        Fa, Fb, Wa, Wb = self.F[up], self.F[down], self.W[up], self.W[down]
         return Wa * ((yb - Fa) ** 2 - (ya - Fa) ** 2) + Wb * ((ya - Fb) ** 2 - (yb - Fb) ** 2)
+
+    def first_order(self, y: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+        """(m, m): gap'h for every exchange of rows up[a] and down[b], h_k = 1/2 dQ_k / Q_k the
+        first-order move of log SE gap k (one exchange moves Q_k by O(1/n)). dQ is a sum of
+        products of a row's and its partner's terms, so no (m, m, K) array is formed."""
+        c = self.gap / self.Q
+        alpha, beta = self.W @ c, (self.W * self.F) @ c
+        ya, yb = y[up][:, None], y[down][None, :]
+        da, db = alpha[up][:, None] - alpha[down][None, :], beta[up][:, None] - beta[down][None, :]
+        return 0.5 * ((yb * yb - ya * ya) * da - 2.0 * (yb - ya) * db)
 
     def gaps(self, dQ: np.ndarray) -> np.ndarray:
         return self.gap + 0.5 * np.log(np.maximum(1.0 + dQ / self.Q, 1e-12))
@@ -445,39 +454,48 @@ def swap_repair(
         up_key, down_key = pull * (v.max() - v), -pull * (v - v.min())
         ua, da = _largest(up_key, m), _largest(down_key, m)
         up, down = rows[ua], rows[da]
-        t = y[down][None, :] - y[up][:, None]
-        dV = Vr[ua][:, None, :] - Vr[da][None, :, :]
-        new = r[None, None, :] - t[:, :, None] * dV
-        gain = float(r @ r) - np.einsum("ijk,ijk->ij", new, new)
-        dQ = None
-        if se is not None:
-            dQ = se.changes(v, ua, da)
-            g = SE_WEIGHT * se.gaps(dQ)
-            gain += SE_WEIGHT**2 * float(se.gap @ se.gap) - np.einsum("ijk,ijk->ij", g, g)
+        gain = _exchange_gains(v, Vr, r, ua, da, se)
         gain[up[:, None] == down[None, :]] = -np.inf
         a, b = _distinct_best(gain)
         if len(a) == 0:
             break
         take = max(1, min(len(a), int(float(r @ r) / (2 * gain[a[0], b[0]]))))
+        before = float(r @ r) + (0.0 if se is None else SE_WEIGHT**2 * float(se.gap @ se.gap))
         while True:
-            step = np.einsum("i,ik->k", t[a[:take], b[:take]], dV[a[:take], b[:take]])
-            before = float(r @ r) + (0.0 if se is None else SE_WEIGHT**2 * float(se.gap @ se.gap))
+            pa, pb = ua[a[:take]], da[b[:take]]
+            step = (v[pb] - v[pa]) @ (Vr[pa] - Vr[pb])
             after = float((r - step) @ (r - step))
-            if se is not None and dQ is not None:
-                g = SE_WEIGHT * se.gaps(dQ[a[:take], b[:take]].sum(axis=0))
+            moved = None if se is None else se.changes(v, pa, pb).sum(axis=0)
+            if se is not None and moved is not None:
+                g = SE_WEIGHT * se.gaps(moved)
                 after += float(g @ g)
             if take == 1 or after < before:
                 break
             take //= 2
-        i, j = up[a[:take]], down[b[:take]]
+        i, j = rows[pa], rows[pb]
         y[i], y[j] = y[j].copy(), y[i].copy()
         r = r - step
-        if se is not None and dQ is not None:
-            moved = dQ[a[:take], b[:take]].sum(axis=0)
+        if se is not None and moved is not None:
             se.gap, se.Q = se.gaps(moved), se.Q + moved
     if full is not None and se is not None:
         full.gap, full.Q = se.gap, se.Q
     return y, r
+
+
+def _exchange_gains(
+    v: np.ndarray, V: np.ndarray, r: np.ndarray, ua: np.ndarray, da: np.ndarray, se: SeProxy | None
+) -> np.ndarray:
+    """(m, m): the decrease of the repair's objective when pool rows ua[a] and da[b] exchange
+    their values `v`: |r|^2 - |r - t (V_a - V_b)|^2 with t = v_b - v_a, expanded so that only
+    an (m, K) x (K, m) product is formed, and the SE part to first order (`SeProxy.first_order`)."""
+    Va, Vb = V[ua], V[da]
+    t = v[da][None, :] - v[ua][:, None]
+    na, nb = np.einsum("ik,ik->i", Va, Va), np.einsum("ik,ik->i", Vb, Vb)
+    norm = na[:, None] + nb[None, :] - 2.0 * (Va @ Vb.T)
+    gain = 2.0 * t * ((Va @ r)[:, None] - (Vb @ r)[None, :]) - t * t * norm
+    if se is not None:
+        gain -= 2.0 * SE_WEIGHT**2 * se.first_order(v, ua, da)
+    return gain
 
 
 def _swap_pool(
