@@ -4,6 +4,7 @@ Format: docs/method.md, "Bundle format"; docs/bundle.md.
 
 from __future__ import annotations
 
+import copy
 import platform
 import shutil
 import tempfile
@@ -210,8 +211,17 @@ def load_bundle(path: str | Path) -> Bundle:
     formula and subset against the safe grammar (anyone can recompute the sha256 list, so a
     bundle from elsewhere is read as untrusted text: nothing in it is run as code)."""
     p = Path(path)
+    _check_listed_files(p, _bundle_info(p))
+    return copy.deepcopy(_checked_bundle(p, sha256_file(p / "manifest.json")))
+
+
+@lru_cache(maxsize=4)
+def _checked_bundle(p: Path, manifest_sha256: str) -> Bundle:
+    """The schema and grammar checks of `load_bundle`, once per bundle content in a process:
+    manifest.json lists the sha256 of every other file (checked before each call), so an
+    equal directory and manifest.json sha256 mean equal bytes."""
     info = _bundle_info(p)
-    listed = _check_listed_files(p, info)
+    listed = {f["path"] for f in info["files"]}
     manifest = _bundle_manifest(p / "manifest.json", info, listed)
     releases: dict[str, SourceRelease] = {}
     for s in manifest.sources:
