@@ -17,6 +17,7 @@ import pytest
 from conftest import manifest_for
 
 from replisynth.config.manifest import load_manifest
+from replisynth.core.errors import DataError
 from replisynth.disclosure.review import review_bundle
 from replisynth.workflow.cli import cmd_extract
 
@@ -631,26 +632,56 @@ def test_subset_dropping_a_few_rows_of_a_level_does_not_count_them(
         assert not 0 < gone < K, f"{gone} rows of gold with score <= 5 follow"
 
 
-# ------------------------------------------------ leaks still open
+# ------------------------------------------------ a coding of a pooled column's true values
 
 
-@pytest.mark.xfail(
-    reason="open: a coding of a pooled column's true values is not matched to its table",
-    strict=True,
-)
-@pytest.mark.parametrize(("outlier", "seed"), [(13.0, 23), (9.0, 5)])
+@pytest.mark.parametrize(("outlier", "seed", "name"), [(13.0, 23, "mid"), (9.0, 5, "at_three")])
 def test_coding_of_true_values_does_not_count_pooled_rows(
-    tmp_path: Path, outlier: float, seed: int
+    tmp_path: Path, outlier: float, seed: int, name: str
 ) -> None:
     """`derive: {mid: visits == 3}` (released with the manifest): visits' table counts the
-    pooled row at 3, mid's table does not, so their difference is the pooled rows' count.
-    `mid` is not a function of visits' released levels, so the codings gate does not see it."""
+    pooled row at 3, mid's table would not, so their difference would be the pooled rows'
+    count. Extraction stops with one line naming the key (no value); the same coding written
+    so that the pooled value gives what its level gives (`visits >= 3`) is released, and its
+    table then counts what visits' table counts at 3."""
     n = 1500
     df = pd.DataFrame({"pid": np.arange(n), "x": np.random.default_rng(seed).normal(size=n)})
     df["visits"] = _counts_with_outlier([0, 1, 2, 3], [0.4, 0.3, 0.2, 0.1], n, outlier, seed)
-    df["mid"] = (df["visits"] == 3).astype(int)
-    rel, _, _ = _bundle(tmp_path, df, [], derive={"mid": "visits == 3"})
-    t, m = _table(rel, "visits"), rel["blocks"]["all"]["marginals"]["mid"].get("table")
-    if m is not None and 1 in m["levels"]:
-        gap = t["counts"][t["levels"].index(3)] - m["counts"][m["levels"].index(1)]
-        assert not 0 < gap < K, f"{gap} pooled row(s) follow"
+    df[name] = (df["visits"] == 3).astype(int)
+    (tmp_path / "eq").mkdir()
+    with pytest.raises(DataError) as err:
+        _bundle(tmp_path / "eq", df, [], derive={name: "visits == 3"})
+    msg = str(err.value)
+    assert f"sources.people.derive.{name}" in msg and "'visits'" in msg and ">=" in msg
+    assert str(int(outlier)) not in msg.replace(f"min_cell_size={K}", "")
+    assert not any((tmp_path / "eq" / "out").rglob("*.json")), "nothing half-written"
+    df[name] = (df["visits"] >= 3).astype(int)
+    (tmp_path / "ge").mkdir()
+    rel, _, bundle = _bundle(tmp_path / "ge", df, [], derive={name: "visits >= 3"})
+    t, m = _table(rel, "visits"), rel["blocks"]["all"]["marginals"][name]["table"]
+    assert t["pooled_levels"] == 1
+    assert t["counts"][t["levels"].index(3)] == m["counts"][m["levels"].index(1)]
+    assert review_bundle(bundle)["findings"] == []
+
+
+def test_undeclared_coding_of_true_values_is_refused_and_safe_codings_pass(
+    tmp_path: Path,
+) -> None:
+    """The same coding as a plain data column (not declared): refused with one line naming
+    the column; codings that give a pooled value what its level gives (`visits >= 2`), and a
+    multiple of the column whose own table pools the same row (`2 visits`), pass."""
+    n = 1500
+    df = pd.DataFrame({"pid": np.arange(n), "x": np.random.default_rng(4).normal(size=n)})
+    df["visits"] = _counts_with_outlier([0, 1, 2, 3], [0.4, 0.3, 0.2, 0.1], n, 11.0, 4)
+    df["high"] = (df["visits"] >= 2).astype(int)
+    df["double"] = 2 * df["visits"]
+    (tmp_path / "ok").mkdir()
+    rel, _, _ = _bundle(tmp_path / "ok", df, [])
+    assert _table(rel, "visits")["pooled_levels"] == 1
+    assert _table(rel, "double")["pooled_levels"] == 1
+    df["three"] = (df["visits"] == 3).astype(int)
+    (tmp_path / "eq").mkdir()
+    with pytest.raises(
+        DataError, match=r"^people: column 'three': is a function of '(visits|double)'"
+    ):
+        _bundle(tmp_path / "eq", df, [])

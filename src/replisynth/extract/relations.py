@@ -14,10 +14,13 @@ import pandas as pd
 from replisynth.config.formula_grammar import derive_breaks, parse_derive
 from replisynth.config.manifest import Source
 from replisynth.core.errors import DataError
+from replisynth.extract.release_guards import pooled_numeric_columns
+from replisynth.io.schema import MAX_ORDINAL_LEVELS
 
 MAX_COLUMNS = 100  # pair search over at most this many numeric columns (wide data sets)
 SCREEN_ROWS = 64  # rows a candidate relation is screened on before the full check
 MIN_ROWS = 10  # a relation must hold on at least this many observed rows
+CODING_SCREEN_ROWS = 20_000  # rows a coding of a pooled column is screened on first
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,90 @@ def check_declared(df: pd.DataFrame, src: Source) -> None:
                 f"{key}: {col!r} is not {text!r} in every row of {src.path} (a row with a missing "
                 "input must have it missing too); correct the expression or drop the key"
             )
+
+
+def check_pooled_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
+    """A column of few values (released as a table) that is a function of a column whose
+    table pools values below `min_cell` into a neighbouring level must give a pooled value
+    what its level gives: `mid = visits == 3` counts the true 3s, visits' table counts 3 with
+    the rows pooled into it, and the difference is the pooled rows' count. Declared
+    (`derive`) or not, the data are read; one line naming the columns, never a value."""
+    pooled = sorted(pooled_numeric_columns(df, src, min_cell) - set(src.categorical))
+    if not pooled:
+        return
+    skip = set(src.ids) | set(src.exclude) | set(src.key_columns) | set(src.continuous)
+    head = df.iloc[:CODING_SCREEN_ROWS]
+    few = [
+        c
+        for c in df.columns
+        if isinstance(c, str)
+        and c not in skip
+        and head[c].nunique() <= MAX_ORDINAL_LEVELS
+        and df[c].nunique() <= MAX_ORDINAL_LEVELS
+    ]
+    declared = dict(src.derive)
+    released = {c: _at_released_level(df[c], min_cell) for c in pooled}
+    for a in pooled:
+        for b in (c for c in few if c != a and _is_function(head[a], head[c])):
+            if _splits_pooled_rows(df[a], released[a], released.get(b, df[b])):
+                where = (
+                    f"sources.{src.name}.derive.{b}"
+                    if b in declared
+                    else f"{src.name}: column {b!r}"
+                )
+                fix = (
+                    "write it so that a pooled value gives what its level gives (at a top or "
+                    "bottom level, >= or <= instead of ==)"
+                    if b in declared
+                    else f"exclude it, or declare it under sources.{src.name}.derive as a coding "
+                    "that gives a pooled value what its level gives (>= or <= at a top or bottom level)"
+                )
+                raise DataError(
+                    f"{where}: is a function of {a!r}, whose table pools values held by fewer "
+                    f"than min_cell_size={min_cell} rows into a neighbouring level, but not the "
+                    "same on those rows as on that level: beside that table its own would count "
+                    f"the pooled rows; {fix}"
+                )
+
+
+def _splits_pooled_rows(a: pd.Series, level: pd.Series, b: pd.Series) -> bool:
+    """Whether `b` is one value for each value of `a` (its rows with `a` observed) and another
+    on some pooled value than on the level that value is counted in."""
+    seen = a.notna().to_numpy()
+    if not seen.any() or not _is_function(a, b):
+        return False
+    codes_b = pd.factorize(b[seen], use_na_sentinel=False)[0]
+    raw = pd.factorize(a[seen])[0]
+    by_raw = np.empty(int(raw.max()) + 1, dtype=np.int64)
+    by_raw[raw] = codes_b
+    at_level = pd.factorize(pd.concat([a[seen], level[seen]]))[0]
+    raw_of = dict(zip(at_level[: int(seen.sum())], raw, strict=True))
+    lvl = at_level[int(seen.sum()) :]
+    moved = a[seen].to_numpy() != level[seen].to_numpy()
+    return bool(np.any(codes_b[moved] != by_raw[[raw_of[v] for v in lvl[moved]]]))
+
+
+def _is_function(a: pd.Series, b: pd.Series) -> bool:
+    """Whether `b` (missing as a value of its own) takes one value for each observed value of `a`."""
+    seen = a.notna().to_numpy()
+    if not seen.any():
+        return False
+    raw = pd.factorize(a[seen])[0]
+    codes_b = pd.factorize(b[seen], use_na_sentinel=False)[0]
+    return len(np.unique(raw * (int(codes_b.max()) + 1) + codes_b)) == int(raw.max()) + 1
+
+
+def _at_released_level(s: pd.Series, min_cell: int) -> pd.Series:
+    """Each value of a few-valued numeric column at the level its source table counts it in:
+    a value held by fewer than `min_cell` rows at the nearest level that holds more (by
+    position, ties to the lower), the pooling rule of `stats.marginals.frequency_table`."""
+    counts = s.value_counts(dropna=True).sort_index()
+    kept = [i for i, c in enumerate(counts.to_numpy()) if c >= min_cell]
+    if not kept:
+        return s
+    levels = counts.index.to_list()
+    target = {v: levels[min(kept, key=lambda j: (abs(j - i), j))] for i, v in enumerate(levels)}
+    return s.map(target)
 
 
 def _candidates(df: pd.DataFrame, src: Source) -> list[str]:

@@ -57,10 +57,15 @@ def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMe
 def review_relations(manifest: Manifest, source: str, df: pd.DataFrame) -> None:
     """Secure side: declared derived columns must hold in the data; undeclared exact relations
     are pointed out, one line each (names only), in the log and on the console."""
-    from replisynth.extract.relations import check_declared, detect_relations
+    from replisynth.extract.relations import (
+        check_declared,
+        check_pooled_codings,
+        detect_relations,
+    )
 
     src = manifest.source(source)
     check_declared(df, src)
+    check_pooled_codings(df, src, manifest.sdc.min_cell_size)
     for rel in detect_relations(df, src):
         log.warning("%s", rel.advice(source))
 
