@@ -685,3 +685,24 @@ def test_undeclared_coding_of_true_values_is_refused_and_safe_codings_pass(
         DataError, match=r"^people: column 'three': is a function of '(visits|double)'"
     ):
         _bundle(tmp_path / "eq", df, [])
+
+
+def test_review_finds_a_coding_of_true_values_in_a_bundle_made_without_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output checker holding a bundle made elsewhere: the review evaluates each declared
+    one-column coding at its input's released levels and finds the table that differs by the
+    pooled rows' count; a coding that gives a pooled value what its level gives is clean."""
+    import replisynth.extract.relations as relations
+
+    monkeypatch.setattr(relations, "check_pooled_codings", lambda *_a, **_k: None)
+    n = 1500
+    df = pd.DataFrame({"pid": np.arange(n), "x": np.random.default_rng(8).normal(size=n)})
+    df["visits"] = _counts_with_outlier([0, 1, 2, 3], [0.4, 0.3, 0.2, 0.1], n, 12.0, 8)
+    codings = {"eq": ("==", df["visits"] == 3, 1), "ge": (">=", df["visits"] >= 3, 0)}
+    for where, (sign, mid, expected) in codings.items():
+        df["mid"] = mid.astype(int)
+        (tmp_path / where).mkdir()
+        _, _, bundle = _bundle(tmp_path / where, df, [], derive={"mid": f"visits {sign} 3"})
+        found = [f for f in review_bundle(bundle)["findings"] if f["check"] == "pooled codings"]
+        assert [f["column"] for f in found] == ["mid"] * expected

@@ -25,6 +25,7 @@ from replisynth.disclosure.bundle_types import (
 )
 from replisynth.disclosure.cell_audit import check_empty_cells
 from replisynth.disclosure.linked_correlations import check_correlations
+from replisynth.disclosure.pooled_codings import check_pooled_codings
 from replisynth.disclosure.pooled_totals import check_pooled_totals
 from replisynth.disclosure.sdc import (
     DisclosureError,
@@ -521,6 +522,10 @@ def review_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     record(
         "checkpoint subsets on one table column: no suppressed or pooled count follows",
         check_subset_levels(b.checkpoints, b.releases, k),
+    )
+    record(
+        "declared codings of a pooled column: no pooled count follows from their tables",
+        check_pooled_codings(b.releases, b.manifest, k),
     )
     record(
         "indicator fits with model-based SEs: no protected group count follows",
