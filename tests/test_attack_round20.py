@@ -125,10 +125,14 @@ def test_pooled_rows_count_not_given_by_a_coding_table(
 def test_pooled_ordinal_level_value_not_given_by_a_checkpoint_mean(tmp_path: Path) -> None:
     """Leak fixed: an ordered table pools a level below k; a checkpoint's exact mean of the
     column (as a term, or as the outcome: intercept + Σ β · design mean) less Σ level × count
-    gave the pooled value. The gate now withholds those means."""
+    gave the pooled value. The gate now withholds those means (with robust SEs: model-based
+    ones give X'X, the column's total, and are refused, round 22)."""
     col, atoms, outlier, seed = POOLED_OUTLIERS[0]
     df = _people(col, _column(atoms, [outlier], seed), seed)
-    rel, cps, _ = _bundle(tmp_path, df, [{"tag": "w", "formula": f"wage ~ {col}"}])
+    (tmp_path / "nonrobust").mkdir()
+    plain = _bundle(tmp_path / "nonrobust", df, [{"tag": "w", "formula": f"wage ~ {col}"}])[1]
+    assert plain["w"]["status"] == "rejected" and "pooled totals" in plain["w"]["reason"]
+    rel, cps, _ = _bundle(tmp_path, df, [{"tag": "w", "formula": f"wage ~ {col}", "vcov": "HC1"}])
     table = rel["blocks"]["all"]["marginals"][col]["table"]
     assert table["ordered"] and table["pooled_levels"] == 1
     cp = cps["w"]
@@ -139,7 +143,7 @@ def test_pooled_ordinal_level_value_not_given_by_a_checkpoint_mean(tmp_path: Pat
         assert abs(max(table["levels"]) + cp["n"] * mean - total - outlier) > 0.5
     # nor from the outcome total of a fit of the column (intercept + Σ β · design mean)
     (tmp_path / "y").mkdir()
-    cps2 = _bundle(tmp_path / "y", df, [{"tag": "y", "formula": f"{col} ~ wage"}])[1]
+    cps2 = _bundle(tmp_path / "y", df, [{"tag": "y", "formula": f"{col} ~ wage", "vcov": "HC1"}])[1]
     y = cps2["y"]
     if y["status"] == "released" and y.get("moments"):
         beta = {t["term"]: t["beta"] for t in y["terms"] if not t.get("suppressed")}

@@ -27,7 +27,9 @@ REASON = (
 )
 
 
-def record_equations(rec: Mapping[str, Any], patterned: bool) -> list[Equation]:
+def record_equations(
+    rec: Mapping[str, Any], patterned: bool, protected: frozenset[str] = frozenset()
+) -> list[Equation]:
     """Totals on a released checkpoint's sample that its release makes known, as equations:
     n (the intercept column's total), each released unweighted design mean, an OLS or IV
     fit's outcome total (coefficients times design totals: residuals sum to zero with an
@@ -42,6 +44,13 @@ def record_equations(rec: Mapping[str, Any], patterned: bool) -> list[Equation]:
         out += [{t: 1.0} for t in mom["terms"]]
     y = str(rec["outcome"])
     terms = rec.get("terms", [])
+    if _model_based(rec):  # OLS: scale x diag((X'X)^-1), with two terms X'X itself
+        glm = rec["model"] != "ols"  # X'WX: W a known function of the row, so only a term
+        out += [  # that reads a pooled column (its values' few levels) is solved for
+            {t["term"]: 1.0}
+            for t in terms
+            if _design_term(t.get("term")) and (not glm or t["term"] in protected)
+        ]
     beta = {t["term"]: float(t["beta"]) for t in terms if not t.get("suppressed")}
     whole = len(beta) == len(terms) and INTERCEPT in beta and not rec.get("absorb")
     if rec["model"] in LINEAR_MODELS and whole:
@@ -52,6 +61,28 @@ def record_equations(rec: Mapping[str, Any], patterned: bool) -> list[Equation]:
     if rec["model"] in GLM_COUNT and (patterned or rec.get("outcome_mean") is not None):
         out.append({y: 1.0})
     return out
+
+
+_MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit")
+
+
+def _model_based(rec: Mapping[str, Any]) -> bool:
+    """An unweighted fit with model-based SEs on its design alone (no absorbed or instrumented
+    columns): an OLS fit's SEs are the diagonal of scale x (X'X)^-1, which gives the design's
+    totals (exactly with one regressor beside the intercept; with more, together with the
+    tables and other releases), so they count as released whether or not the design means
+    are; a GLM's are (X'WX)^-1 with W a function of the fitted value, which with the table's
+    levels and counts gives the value of a row its table pools (`protected` terms)."""
+    return (
+        rec.get("vcov") == "nonrobust"
+        and rec.get("model") in _MODEL_BASED
+        and not rec.get("absorb")
+        and not rec.get("instruments")
+    )
+
+
+def _design_term(term: Any) -> bool:
+    return isinstance(term, str) and term not in (INTERCEPT, "alpha") and not term.startswith("cut")
 
 
 def patterned_terms(terms: Iterable[str], few_valued: set[str]) -> bool:
@@ -181,9 +212,12 @@ def check_pooled_totals(
         known = [{t: 1.0} for t in names if "[T." in t or t in exact]
         system.add(system.equations([0], known))
         targets = [t for t in names for p in pooled if reads(t, readers(p, derive))]
+        # a total the tables give already (a level's count) is not one a checkpoint reveals
+        targets = [t for t in targets if not system.determined([0], t, [])]
         for c in cps:
             terms = [t["term"] for t in c["terms"] if t.get("term")]
-            rows = system.equations([0], record_equations(c, patterned_terms(terms, exact)))
+            eqs = record_equations(c, patterned_terms(terms, exact), frozenset(targets))
+            rows = system.equations([0], eqs)
             if any(system.determined([0], t, rows) for t in targets):
                 found.append(
                     {

@@ -135,11 +135,12 @@ _MODEL_BASED = ("ols", "logit", "probit", "poisson", "nbreg", "ologit", "oprobit
 _CUT = re.compile(r"^cut[0-9]+$")
 
 
-def indicator_fit(rec: Mapping[str, Any]) -> bool:
-    """Whether a released record is an unweighted, model-based (nonrobust) fit of indicators
-    only (factor levels, comparisons): its SEs give the counts of its groups
-    (`extract/pattern_counts.py` on the secure side)."""
-    if rec.get("status") != "released" or rec.get("vcov") != "nonrobust":
+def indicator_fit(rec: Mapping[str, Any], binary_outcome: bool = False) -> bool:
+    """Whether a released record is an unweighted fit of indicators only (factor levels,
+    comparisons) with model-based SEs, or HC SEs of a 0/1 outcome (`binary_outcome`): its
+    SEs give the counts of its groups (`extract/pattern_counts.py` on the secure side)."""
+    robust_binary = binary_outcome and rec.get("vcov") in ("HC0", "HC1", "HC2", "HC3")
+    if rec.get("status") != "released" or (rec.get("vcov") != "nonrobust" and not robust_binary):
         return False
     if rec.get("weights") or rec.get("absorb") or rec.get("model") not in _MODEL_BASED:
         return False
@@ -164,10 +165,12 @@ def check_group_counts(
     bucket)."""
     found = []
     for c in checkpoints:
-        if not indicator_fit(c):
-            continue
         marginals = (releases.get(str(c.get("source"))) or {}).get("blocks", {})
         marginals = marginals.get("all", {}).get("marginals", {})
+        y = (marginals.get(str(c.get("outcome"))) or {}).get("table") or {}
+        binary = len(y.get("levels", [])) <= 2 and not y.get("suppressed") and bool(y)
+        if not indicator_fit(c, binary):
+            continue
         read = set(c.get("columns", [])) - {c.get("outcome")}
         tables = [(marginals.get(col) or {}).get("table") or {} for col in sorted(read)]
         hidden = any(t.get("suppressed") or t.get("pooled_levels") for t in tables)

@@ -19,11 +19,13 @@ from replisynth.stats.design import Design
 
 REASON = (
     "group counts: the design is made of indicators and its standard errors are "
-    "model-based, so they give the counts of its groups (combinations of the indicators); a "
+    "model-based (or robust with a 0/1 outcome, whose residual variance in each group its "
+    "mean gives), so they give the counts of its groups (combinations of the indicators); a "
     "group has fewer than min_cell_size rows, or the indicators read a column whose table "
-    "suppresses or pools categories below it; use a robust vcov (HC1) or add a continuous "
-    "regressor"
+    "suppresses or pools categories below it; use a robust vcov (HC1) with an outcome of more "
+    "than two values, clustered SEs, or add a continuous regressor"
 )
+ROBUST = ("HC0", "HC1", "HC2", "HC3")
 
 
 def indicator_patterns(X: np.ndarray) -> np.ndarray | None:
@@ -61,7 +63,10 @@ def group_count_rejection(
     whose distinct rows hold 1..min_cell−1 rows, or whose regressors read a column whose
     release hides counts (`_hides_counts`)."""
     weighted = design.weights is not None and np.ptp(design.weights) > 0  # constant: counts
-    if cp.vcov != "nonrobust" or weighted or design.absorb is not None:
+    # HC SEs of a 0/1 outcome: in a group of the design its residual sum of squares is
+    # n_g m_g (1 - m_g), m_g from the coefficients, so the sandwich gives n_g as well
+    binary = cp.vcov in ROBUST and len(np.unique(design.y[~np.isnan(design.y)])) <= 2
+    if (cp.vcov != "nonrobust" and not binary) or weighted or design.absorb is not None:
         return None
     if design.Z is not None or design.entity is not None:
         return None  # iv and re: the SEs mix in the first stage or the variance components

@@ -136,7 +136,9 @@ class PooledTotalsGate:
         terms = [t["term"] for t in rec["terms"] if t.get("term")]
         if i in self.constant:
             rec = {**rec, "weights": None}  # a constant weight: weighted totals are scaled ones
-        eqs = record_equations(rec, patterned_terms(terms, self.few[source]))
+        eqs = record_equations(
+            rec, patterned_terms(terms, self.few[source]), frozenset(self.alone[source])
+        )
         rows = system.equations(self.cells[i], eqs)
         if any(system.determined(cells, t, rows) for cells, t in self.targets[source]):
             return REASON

@@ -15,12 +15,10 @@ from replisynth.config.formula_grammar import derive_breaks, parse_derive
 from replisynth.config.manifest import Source
 from replisynth.core.errors import DataError
 from replisynth.extract.release_guards import pooled_numeric_columns
-from replisynth.io.schema import MAX_ORDINAL_LEVELS
 
 MAX_COLUMNS = 100  # pair search over at most this many numeric columns (wide data sets)
 SCREEN_ROWS = 64  # rows a candidate relation is screened on before the full check
 MIN_ROWS = 10  # a relation must hold on at least this many observed rows
-CODING_SCREEN_ROWS = 20_000  # rows a coding of a pooled column is screened on first
 
 
 @dataclass(frozen=True)
@@ -71,74 +69,68 @@ def check_declared(df: pd.DataFrame, src: Source) -> None:
 
 
 def check_pooled_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
-    """A column of few values (released as a table) that is a function of a column whose
-    table pools values below `min_cell` into a neighbouring level must give a pooled value
-    what its level gives: `mid = visits == 3` counts the true 3s, visits' table counts 3 with
-    the rows pooled into it, and the difference is the pooled rows' count. Declared
-    (`derive`) or not, the data are read; one line naming the columns, never a value."""
-    pooled = sorted(pooled_numeric_columns(df, src, min_cell) - set(src.categorical))
+    """No column may count the rows at a level of a pooled column apart from the rows its
+    table pools into that level: `mid = visits == 3` (or `(visits == 3) + 10 female`, or a
+    spend that is 0 exactly where visits is 3) has levels or atoms that hold the true 3s and
+    nothing else, visits' table counts 3 with the pooled rows, and the difference is their
+    count. Declared (`derive`) or not, the data are read; one line naming the columns, never
+    a value."""
+    pooled = sorted(pooled_numeric_columns(df, src, min_cell))
     if not pooled:
         return
-    skip = set(src.ids) | set(src.exclude) | set(src.key_columns) | set(src.continuous)
-    head = df.iloc[:CODING_SCREEN_ROWS]
-    few = [
-        c
-        for c in df.columns
-        if isinstance(c, str)
-        and c not in skip
-        and head[c].nunique() <= MAX_ORDINAL_LEVELS
-        and df[c].nunique() <= MAX_ORDINAL_LEVELS
-    ]
+    skip = set(src.ids) | set(src.exclude) | set(src.key_columns)
+    others = [c for c in df.columns if isinstance(c, str) and c not in skip]
+    codes = {c: _released_codes(df[c], c in pooled, min_cell) for c in others}
     declared = dict(src.derive)
-    released = {c: _at_released_level(df[c], min_cell) for c in pooled}
     for a in pooled:
-        for b in (c for c in few if c != a and _is_function(head[a], head[c])):
-            if _splits_pooled_rows(df[a], released[a], released.get(b, df[b])):
-                where = (
-                    f"sources.{src.name}.derive.{b}"
-                    if b in declared
-                    else f"{src.name}: column {b!r}"
-                )
-                fix = (
-                    "write it so that a pooled value gives what its level gives (at a top or "
-                    "bottom level, >= or <= instead of ==)"
-                    if b in declared
-                    else f"exclude it, or declare it under sources.{src.name}.derive as a coding "
-                    "that gives a pooled value what its level gives (>= or <= at a top or bottom level)"
-                )
-                raise DataError(
-                    f"{where}: is a function of {a!r}, whose table pools values held by fewer "
-                    f"than min_cell_size={min_cell} rows into a neighbouring level, but not the "
-                    "same on those rows as on that level: beside that table its own would count "
-                    f"the pooled rows; {fix}"
-                )
+        level = _at_released_level(df[a], min_cell)
+        moved = (df[a].notna() & (df[a] != level)).to_numpy()
+        for value in sorted(set(level.to_numpy()[moved])):
+            exact = (df[a] == value).to_numpy()
+            into = moved & (level == value).to_numpy()
+            for b in (c for c in others if c != a):
+                if _counts_apart(codes[b], exact, into):
+                    raise DataError(_coding_message(src, a, b, b in declared, min_cell))
 
 
-def _splits_pooled_rows(a: pd.Series, level: pd.Series, b: pd.Series) -> bool:
-    """Whether `b` is one value for each value of `a` (its rows with `a` observed) and another
-    on some pooled value than on the level that value is counted in."""
-    seen = a.notna().to_numpy()
-    if not seen.any() or not _is_function(a, b):
+def _coding_message(src: Source, a: str, b: str, declared: bool, min_cell: int) -> str:
+    where = f"sources.{src.name}.derive.{b}" if declared else f"{src.name}: column {b!r}"
+    fix = (
+        "write it so that a pooled value gives what its level gives (at a top or bottom "
+        "level, >= or <= instead of ==)"
+        if declared
+        else f"exclude it, or declare it under sources.{src.name}.derive as a coding that "
+        "gives a pooled value what its level gives (>= or <= at a top or bottom level)"
+    )
+    return (
+        f"{where}: counts the rows at a level of {a!r} apart from the rows that {a!r}'s table "
+        f"pools into that level (values held by fewer than min_cell_size={min_cell} rows), so "
+        f"beside that table it would give their count; {fix}"
+    )
+
+
+def _released_codes(s: pd.Series, pooled: bool, min_cell: int) -> np.ndarray:
+    """Each row's released class of a column as an integer code, or -1 where no release
+    counts it exactly: a value held by fewer than `min_cell` rows (suppressed, pooled by
+    its own table, or off the atoms of a continuous column); a pooled column's rows at the
+    level that counts them."""
+    values = _at_released_level(s, min_cell) if pooled else s
+    codes, _ = pd.factorize(values, use_na_sentinel=False)
+    counts = np.bincount(codes)
+    return np.where(counts[codes] >= min_cell, codes, -1)
+
+
+def _counts_apart(codes: np.ndarray, exact: np.ndarray, into: np.ndarray) -> bool:
+    """Whether the classes held by the rows in `exact` (all counted exactly) hold no row
+    outside `exact` and the pooled rows `into`, and leave some pooled row out: their counts
+    then sum to the level's true count, short of the table's by 1..k−1."""
+    held = np.unique(codes[exact])
+    if len(held) == 0 or held[0] < 0:
         return False
-    codes_b = pd.factorize(b[seen], use_na_sentinel=False)[0]
-    raw = pd.factorize(a[seen])[0]
-    by_raw = np.empty(int(raw.max()) + 1, dtype=np.int64)
-    by_raw[raw] = codes_b
-    at_level = pd.factorize(pd.concat([a[seen], level[seen]]))[0]
-    raw_of = dict(zip(at_level[: int(seen.sum())], raw, strict=True))
-    lvl = at_level[int(seen.sum()) :]
-    moved = a[seen].to_numpy() != level[seen].to_numpy()
-    return bool(np.any(codes_b[moved] != by_raw[[raw_of[v] for v in lvl[moved]]]))
-
-
-def _is_function(a: pd.Series, b: pd.Series) -> bool:
-    """Whether `b` (missing as a value of its own) takes one value for each observed value of `a`."""
-    seen = a.notna().to_numpy()
-    if not seen.any():
+    inside = np.isin(codes, held)
+    if np.any(inside & ~exact & ~into):
         return False
-    raw = pd.factorize(a[seen])[0]
-    codes_b = pd.factorize(b[seen], use_na_sentinel=False)[0]
-    return len(np.unique(raw * (int(codes_b.max()) + 1) + codes_b)) == int(raw.max()) + 1
+    return bool(np.any(into & ~inside))
 
 
 def _at_released_level(s: pd.Series, min_cell: int) -> pd.Series:
