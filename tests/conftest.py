@@ -15,6 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run and keep no database of past failures,
+# so a local run and CI on a clean clone test the same cases (a failure seen once is kept
+# as an explicit test).
+settings.register_profile("replisynth", derandomize=True, database=None)
+settings.load_profile("replisynth")
 
 REPO = Path(__file__).resolve().parents[1]
 

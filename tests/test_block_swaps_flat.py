@@ -6,6 +6,7 @@ radix pass (synthesize/entities.py `_PairRows`, `best_first`; synthesize/refine.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -137,3 +138,14 @@ def test_kept_cross_sums_after_swaps_are_the_recomputed_sums(
     mask = np.isfinite(state.target) & ~np.eye(d, dtype=bool)
     full = _pairwise_error(state.U, state.P, state.U, state.P, np.nan_to_num(state.target), mask)
     assert abs(state.error() - full) <= 1e-9 * max(1.0, full)
+
+
+@pytest.mark.xfail(
+    reason="open: found by a random property run; with half the values missing in 8 rows the "
+    "tracked error differs from the recomputed one (a pair with too few common rows)",
+    strict=True,
+)
+def test_kept_cross_sums_in_a_small_sparse_case() -> None:
+    test_kept_cross_sums_after_swaps_are_the_recomputed_sums.hypothesis.inner_test(  # type: ignore[attr-defined]
+        n=8, d=4, present=0.5, seed=1
+    )

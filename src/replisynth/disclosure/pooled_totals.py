@@ -44,13 +44,11 @@ def record_equations(
         out += [{t: 1.0} for t in mom["terms"]]
     y = str(rec["outcome"])
     terms = rec.get("terms", [])
-    if _model_based(rec):  # OLS: scale x diag((X'X)^-1), with two terms X'X itself
-        glm = rec["model"] != "ols"  # X'WX: W a known function of the row, so only a term
-        out += [  # that reads a pooled column (its values' few levels) is solved for
-            {t["term"]: 1.0}
-            for t in terms
-            if _design_term(t.get("term")) and (not glm or t["term"] in protected)
-        ]
+    named = [t["term"] for t in terms if _design_term(t.get("term"))]
+    if _model_based(rec) and rec["model"] == "ols":  # scale x diag((X'X)^-1)
+        out += [{t: 1.0} for t in named]
+    elif _model_based(rec) and len(named) == 1 and named[0] in protected:
+        out.append({named[0]: 1.0})  # a GLM's X'WX: W a function of the one regressor
     beta = {t["term"]: float(t["beta"]) for t in terms if not t.get("suppressed")}
     whole = len(beta) == len(terms) and INTERCEPT in beta and not rec.get("absorb")
     if rec["model"] in LINEAR_MODELS and whole:
@@ -71,8 +69,9 @@ def _model_based(rec: Mapping[str, Any]) -> bool:
     columns): an OLS fit's SEs are the diagonal of scale x (X'X)^-1, which gives the design's
     totals (exactly with one regressor beside the intercept; with more, together with the
     tables and other releases), so they count as released whether or not the design means
-    are; a GLM's are (X'WX)^-1 with W a function of the fitted value, which with the table's
-    levels and counts gives the value of a row its table pools (`protected` terms)."""
+    are; a GLM's are (X'WX)^-1 with W a function of the fitted value: with one regressor that
+    reads a pooled column (`protected`), the table's levels and counts leave the pooled row's
+    value the one unknown; with more, the rows' joint values enter W and stay unknown."""
     return (
         rec.get("vcov") == "nonrobust"
         and rec.get("model") in _MODEL_BASED

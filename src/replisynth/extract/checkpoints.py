@@ -18,6 +18,7 @@ from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.disclosure.sdc import SdcLog
 from replisynth.extract.ledger import apply_differencing
 from replisynth.extract.pattern_counts import group_count_rejection
+from replisynth.extract.relations import pooled_subset_rejection
 from replisynth.extract.release_guards import (
     log_pooled_terms,
     scan_once,
@@ -466,6 +467,9 @@ def capture_checkpoint_sample(
     rejected = _sample_rejection(design, cp, sdc, log)
     if rejected is not None:
         return _reject(base, log, cp, *rejected)
+    pooled_subset = pooled_subset_rejection(df, cp, manifest.source(cp.source), sdc.min_cell_size)
+    if pooled_subset is not None:
+        return _reject(base, log, cp, pooled_subset)
     fit = fit_checkpoint(design, cp, where)
     reason = _fit_rejection(design, fit, cp, sdc, log, where)
     reason = reason or group_count_rejection(df, design, cp, sdc.min_cell_size)

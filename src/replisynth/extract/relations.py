@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from replisynth.config.formula_grammar import derive_breaks, parse_derive
-from replisynth.config.manifest import Source
-from replisynth.core.errors import DataError
+from replisynth.config.formula_grammar import derive_breaks, parse_derive, parse_subset, subset_mask
+from replisynth.config.manifest import Checkpoint, Source
+from replisynth.core.errors import CheckpointError, DataError
 from replisynth.extract.release_guards import pooled_numeric_columns
 
 MAX_COLUMNS = 100  # pair search over at most this many numeric columns (wide data sets)
@@ -91,6 +91,38 @@ def check_pooled_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
             for b in (c for c in others if c != a):
                 if _counts_apart(codes[b], exact, into):
                     raise DataError(_coding_message(src, a, b, b in declared, min_cell))
+
+
+SUBSET_REASON = (
+    "subset on a pooled column: on a row whose value the column's table pools into a "
+    "neighbouring level it selects otherwise than on that level, so its n, with other "
+    "releases, would count the pooled rows; write the condition so that a pooled value is "
+    "selected as its level is (>= or <= at a top or bottom level)"
+)
+
+
+def pooled_subset_rejection(
+    df: pd.DataFrame, cp: Checkpoint, src: Source, min_cell: int
+) -> str | None:
+    """Why a checkpoint's subset is refused, or None: it reads a column whose table pools
+    values and selects some row otherwise than it would with that column at its released
+    level (`visits == 3 & female == 1` beside `... & female == 0`: their n add up to the
+    true 3s, short of the table's count by the pooled rows)."""
+    if not cp.subset:
+        return None
+    key = f"checkpoints.{cp.tag}.subset"
+    read = set(parse_subset(cp.subset, key, CheckpointError).columns) & set(df.columns)
+    pooled = pooled_numeric_columns(df, src, min_cell) & read
+    if not pooled:
+        return None
+    frame = df[sorted(read)]
+    released = frame.assign(**{c: _at_released_level(frame[c], min_cell) for c in pooled})
+    true = subset_mask(frame, cp.subset, key, CheckpointError)
+    return (
+        SUBSET_REASON
+        if np.any(true != subset_mask(released, cp.subset, key, CheckpointError))
+        else None
+    )
 
 
 def _coding_message(src: Source, a: str, b: str, declared: bool, min_cell: int) -> str:
