@@ -1024,8 +1024,11 @@ def _error_of_sums(sums: tuple[np.ndarray, ...], T: np.ndarray, M: np.ndarray) -
     N = np.maximum(PP, 1.0)
     num = UU - Sa * Sb / N
     den = (U2P - Sa * Sa / N) * (PU2 - Sb * Sb / N)
+    # a pair without spread on its common rows has no correlation: relative to the raw sums,
+    # so the rounding left in kept sums (a difference of equal sums) does not read as spread
+    spread = den > 1e-12 * np.maximum(U2P * PU2, 1e-300)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(den > 1e-300, num / np.sqrt(np.maximum(den, 1e-300)), 0.0)
+        r = np.where(spread, num / np.sqrt(np.maximum(den, 1e-300)), 0.0)
     return float(np.sum(np.where(M, r - T, 0.0) ** 2))
 
 
