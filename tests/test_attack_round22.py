@@ -18,10 +18,11 @@ from test_attack_round21 import K, _betas, _bundle, _counts_with_outlier, _table
 
 from replisynth.core.errors import DataError
 
-# Leaks 1-3, 5, 6, 7, 10 and 11 of this round are closed (model-based SEs count as design totals in
+# Leaks 1-7, 10 and 11 of this round are closed (model-based SEs count as design totals in
 # the pooled-totals gate; HC SEs of a 0/1 outcome count groups; the coding check reads every
 # column's exactly counted classes; a subset that selects a pooled row otherwise than its
-# level is refused); the three marked xfail below are open, documented in
+# level is refused; weighted fits whose weights combine to a constant are refused); the two
+# marked xfail below are open, documented in
 # docs/disclosure.md ("Residual risks").
 
 
@@ -274,14 +275,10 @@ def test_nonrobust_ses_of_an_outcome_fit_give_the_regressor_total(tmp_path: Path
         assert abs(excess - (outlier - 3)) > 0.5, f"the pooled value follows: {3 + excess:.6f}"
 
 
-@pytest.mark.xfail(
-    reason="open: the pooled-totals gate reads no equation from weighted fits (two weights summing to a known constant)",
-    strict=True,
-)
 def test_two_weighted_fits_do_not_give_a_pooled_total(tmp_path: Path) -> None:
     """`visits ~ 1` weighted by w1 (1 or 2) and by w2 = 3 − w1: each intercept is a weighted
-    mean, the weights' tables give Σ w1 and Σ w2, and Σ w1·v + Σ w2·v = 3 Σ v. The gate
-    reads no equation from a weighted fit."""
+    mean, the weights' tables give Σ w1 and Σ w2, and Σ w1·v + Σ w2·v = 3 Σ v. The second
+    is refused: its weights, the first's and a constant are linearly dependent."""
     n, outlier = 1500, 13.0
     df = _pooled_frame(n, outlier, 7)
     df["w1"] = np.random.default_rng(9).integers(1, 3, size=n).astype("float64")
@@ -291,6 +288,12 @@ def test_two_weighted_fits_do_not_give_a_pooled_total(tmp_path: Path) -> None:
         {"tag": "d2", "formula": "visits ~ 1", "weights": "w2"},
     ]
     rel, cps, _ = _bundle(tmp_path, df, cps_in)
+    assert cps["d1"]["status"] == "released"
+    assert cps["d2"]["status"] == "rejected" and "weights" in cps["d2"]["reason"]
+    df["w2"] = np.random.default_rng(10).uniform(0.5, 2.0, size=n).round(3)  # not 3 − w1
+    (tmp_path / "free").mkdir()
+    free = _bundle(tmp_path / "free", df, cps_in)[1]
+    assert free["d1"]["status"] == free["d2"]["status"] == "released"
     t = _table(rel, "visits")
     if cps["d1"]["status"] == cps["d2"]["status"] == "released":
         total = (

@@ -34,6 +34,12 @@ TOO_MANY = (
 )
 
 Fit = tuple[dict[str, Any], Any, pd.Index | None]
+WEIGHTS_REASON = (
+    "pooled totals: its weights and those of weighted checkpoints released before it on the "
+    "same rows add up, in some combination, to a constant, so their weighted means give the "
+    "unweighted total of a numeric column whose table pools or buckets values below "
+    "min_cell_size; weight it otherwise or drop one of the weighted checkpoints"
+)
 
 
 class PooledTotalsGate:
@@ -56,6 +62,8 @@ class PooledTotalsGate:
         self.crowded: set[str] = set()
         self.alone: dict[str, set[str]] = {}
         self.constant: set[int] = set()  # checkpoints whose weights are constant on the sample
+        self.weighted: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # released
+        self.weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for name, df in frames.items():
             meta = (metas or {}).get(name)
             part = (blocks or {}).get(name)
@@ -112,6 +120,13 @@ class PooledTotalsGate:
             for i in idx
             if fits[i][0].get("weights") and _constant(df[fits[i][0]["weights"]], masks[i])
         }
+        self.weights.update(
+            {
+                i: (masks[i], df[fits[i][0]["weights"]].to_numpy(dtype="float64", na_value=0.0))
+                for i in idx
+                if fits[i][0].get("weights") and i not in self.constant
+            }
+        )
         every = list(range(int(label.max()) + 1))
         system = TotalsSystem()
         known = [{INTERCEPT: 1.0}] + [{t: 1.0} for t in names if "[T." in t or t in few - pooled]
@@ -134,6 +149,11 @@ class PooledTotalsGate:
         if system is None or i not in self.cells:
             return None
         terms = [t["term"] for t in rec["terms"] if t.get("term")]
+        pooled_weighted = i in self.weights and bool(
+            {str(rec["outcome"]), *terms} & self.alone[source]
+        )
+        if pooled_weighted and self._weights_combine(source, i):
+            return WEIGHTS_REASON
         if i in self.constant:
             rec = {**rec, "weights": None}  # a constant weight: weighted totals are scaled ones
         eqs = record_equations(
@@ -143,7 +163,22 @@ class PooledTotalsGate:
         if any(system.determined(cells, t, rows) for cells, t in self.targets[source]):
             return REASON
         system.add(rows)
+        if pooled_weighted:
+            self.weighted.setdefault(source, {})[i] = self.weights[i]
         return None
+
+    def _weights_combine(self, source: str, i: int) -> bool:
+        """Whether checkpoint i's weights, with those of the weighted fits released before it
+        on the same rows (reading a pooled column) and a constant, are linearly dependent
+        there: Σ a_j w_j = c makes Σ a_j (Σ w_j y) = c Σ y, an unweighted total (w2 = 3 − w1:
+        two weighted means gave a pooled column's exact total)."""
+        mask, w = self.weights[i]
+        released = self.weighted.get(source, {}).values()
+        earlier = [v for m, v in released if np.array_equal(m, mask)]
+        if not earlier:
+            return False
+        M = np.column_stack([np.ones(int(mask.sum())), *(v[mask] for v in earlier), w[mask]])
+        return bool(np.linalg.matrix_rank(M) < M.shape[1])
 
 
 def pooled_tables(
