@@ -157,45 +157,47 @@ def test_atom_of_a_continuous_coding_does_not_count_pooled_rows(tmp_path: Path) 
         assert not 0 < _level_count(t, 3) - zero < K, f"{_level_count(t, 3) - zero} pooled"
 
 
-@pytest.mark.xfail(
-    reason="open: a coding masked by another 0/1 column is read back through their rank correlation (phi) and both tables",
-    strict=True,
-)
 def test_rank_correlation_of_a_masked_coding_does_not_count_pooled_rows(tmp_path: Path) -> None:
     """`u = (visits == 3) XOR w` (w a released 0/1 column) is a function of neither alone; the
     rank correlation of two 0/1 columns is their phi coefficient, which with both tables
-    gives their 2×2 table, and #(visits == 3) = #(u=1, w=0) + #(w=1) − #(u=1, w=1)."""
+    gives their 2×2 table, and #(visits == 3) = #(u=1, w=0) + #(w=1) − #(u=1, w=1).
+    Extraction stops, naming the pair; if anything were released, the attack is run."""
     n = 1500
     df = _pooled_frame(n, 13.0, 1)
     df["w"] = np.random.default_rng(8).integers(0, 2, size=n)
     df["u"] = ((df["visits"] == 3).astype(int) ^ df["w"]).astype(int)
-    try:
+    with pytest.raises(DataError, match="columns 'u' and 'w' together count the rows"):
         rel, _, _ = _bundle(tmp_path, df, [])
-    except DataError:
-        return
-    sp = rel["blocks"]["all"].get("spearman")
-    cols = [d["column"] for d in rel["dims"]]
-    if (
-        sp is None
-        or "u" not in cols
-        or "w" not in cols
-        or sp[cols.index("u")][cols.index("w")] is None
-    ):
-        return
-    rho = sp[cols.index("u")][cols.index("w")]
-    nu, nw = _level_count(_table(rel, "u"), 1), _level_count(_table(rel, "w"), 1)
-    n11 = (rho * np.sqrt(nu * (n - nu) * nw * (n - nw)) + nu * nw) / n
-    threes = (nu - n11) + nw - n11
-    t = _table(rel, "visits")
-    assert not 0 < _level_count(t, 3) - round(threes) < K, (
-        f"{_level_count(t, 3) - threes:.6f} pooled row(s) follow"
-    )
+        sp = rel["blocks"]["all"]["spearman"]
+        cols = [d["column"] for d in rel["dims"]]
+        rho = sp[cols.index("u")][cols.index("w")]
+        nu, nw = _level_count(_table(rel, "u"), 1), _level_count(_table(rel, "w"), 1)
+        n11 = (rho * np.sqrt(nu * (n - nu) * nw * (n - nw)) + nu * nw) / n
+        threes = (nu - n11) + nw - n11
+        t = _table(rel, "visits")
+        assert not 0 < _level_count(t, 3) - round(threes) < K, "pooled row(s) follow"
 
 
-@pytest.mark.xfail(
-    reason="open: inside a stratum a coding of two columns splits a bucket of the pooled column's stratum table",
-    strict=True,
-)
+@pytest.mark.parametrize("mask", ["independent", "one_side"])
+def test_unrelated_zero_one_columns_beside_a_pooled_column_are_released(
+    tmp_path: Path, mask: str
+) -> None:
+    """The pair check refuses only a pair whose joint classes hold a pooled level's true rows
+    and nothing else: two independent 0/1 columns, or `u = (visits == 3) OR w` (whose cell
+    u = 1, w = 0 holds 3s only but whose cell u = 1, w = 1 mixes them with others), pass."""
+    n = 1500
+    df = _pooled_frame(n, 13.0, 1)
+    rng = np.random.default_rng(9)
+    df["w"] = rng.integers(0, 2, size=n)
+    if mask == "independent":
+        df["u"] = rng.integers(0, 2, size=n)
+    else:
+        df["u"] = ((df["visits"] == 3).astype(int) | df["w"]).astype(int)
+    rel, _, _ = _bundle(tmp_path, df, [])
+    assert _table(rel, "visits")["pooled_levels"] == 1
+    assert {"u", "w"} <= {d["column"] for d in rel["dims"]}
+
+
 def test_coding_and_a_dummy_inside_strata_do_not_split_a_bucket(tmp_path: Path) -> None:
     """Inside stratum north, visits' table buckets 2 (256 rows) with 3 (20 rows);
     `code = (visits == 2) + 10·female` (a function of visits alone nowhere) has its own

@@ -27,6 +27,7 @@ from replisynth.disclosure.linked_tables import (
     withhold_bucket_split,
 )
 from replisynth.disclosure.sdc import SdcLog, check_release
+from replisynth.disclosure.stratum_codings import stratum_codings, withhold_coding_tables
 from replisynth.extract.empty_cells import detect_empty_cells, log_empty_cells
 from replisynth.extract.missing_codes import free_text_columns, release_missing_codes
 from replisynth.extract.orderings import detect_orderings, gate_orderings
@@ -954,6 +955,15 @@ def _log_identity(ctx: _SourceContext, S_all: np.ndarray) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _StrataCounts:
+    """Secure side, per stratum block: its true class counts per column (for secondary
+    suppression) and its codings (`stratum_codings`); never released."""
+
+    classes: dict[str, dict[str, list[int]]]
+    codings: dict[str, list[dict[str, Any]]]
+
+
 def _source_blocks(
     ctx: _SourceContext,
     work: pd.DataFrame,
@@ -962,9 +972,9 @@ def _source_blocks(
     strata: _StrataCells,
     cr: _CodedRelease,
     strata_blocks: bool,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[int]]], int, int]:
-    """The source-level block and the strata's blocks with their class counts, and where in
-    the log the strata's and the linked tables' decisions go."""
+) -> tuple[dict[str, dict[str, Any]], _StrataCounts, int, int]:
+    """The source-level block and the strata's blocks with their class counts and codings,
+    and where in the log the strata's and the linked tables' decisions go."""
     source, sdc, log, say = ctx.source, ctx.sdc, ctx.log, ctx.say
     X, pooled_values, classes = cr.X, cr.pooled_values, cr.classes
     key_idx, key_pos = strata.key_idx, strata.key_pos
@@ -983,7 +993,8 @@ def _source_blocks(
         block = stratum_block(
             work, mask, f"s{i}", key, released_cols, source, sdc, X, pooled_values, lg, classes
         )
-        return (block, stratum_counts(classes, mask)), lg
+        codings = stratum_codings(classes, mask, sdc.min_cell_size)
+        return (block, stratum_counts(classes, mask), codings), lg
 
     done = thread_map(piece, [None, *keys])
     gate = done[0][0]
@@ -1002,12 +1013,14 @@ def _source_blocks(
         log.entries
     )  # where the strata's SDC decisions go (scatter: see replisynth.workflow.scatter)
     counts: dict[str, dict[str, list[int]]] = {}
-    for (i, _key), ((block, cnt), lg) in zip(keys, done[1:], strict=True):
+    codings: dict[str, list[dict[str, Any]]] = {}
+    for (i, _key), ((block, cnt, cod), lg) in zip(keys, done[1:], strict=True):
         blocks[f"s{i}"] = block
         counts[f"s{i}"] = cnt
+        codings[f"s{i}"] = cod
         log.extend(lg)
     linked_at = len(log.entries)  # where the linked tables' decisions go (after the strata's)
-    return blocks, counts, log_at, linked_at
+    return blocks, _StrataCounts(counts, codings), log_at, linked_at
 
 
 def _key_column_groups(ctx: _SourceContext, df: pd.DataFrame) -> dict[str, Any]:
@@ -1118,8 +1131,9 @@ def extract_source(
         log.extend(gate_three_way(work, release, {"all": slice(None)}, sdc.min_cell_size))
         release["strata"]["log_at"] = log_at
         return cast(SourceRelease, release), log
-    release, entries = protect_release(release, counts, sdc.min_cell_size)
-    log.entries[linked_at:linked_at] = entries
+    release, entries = protect_release(release, counts.classes, sdc.min_cell_size)
+    release, withheld = withhold_coding_tables(release, counts.codings)
+    log.entries[linked_at:linked_at] = [*entries, *withheld]
     log.extend(gate_three_way(work, release, _block_rows(strata), sdc.min_cell_size))
     log.extend(linked_correlation_gate(release, sdc.min_cell_size))
     log.extend(gate_orderings(release))

@@ -85,12 +85,16 @@ def check_pooled_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
     for a in pooled:
         level = _at_released_level(df[a], min_cell)
         moved = (df[a].notna() & (df[a] != level)).to_numpy()
+        binary = {c: k for c, k in codes.items() if c != a and _two_classes(k)}
         for value in sorted(set(level.to_numpy()[moved])):
             exact = (df[a] == value).to_numpy()
             into = moved & (level == value).to_numpy()
             for b in (c for c in others if c != a):
                 if _counts_apart(codes[b], exact, into):
                     raise DataError(_coding_message(src, a, b, b in declared, min_cell))
+            pair = _pair_counts_apart(binary, exact, into)
+            if pair is not None:
+                raise DataError(_pair_message(src, a, pair, min_cell))
 
 
 SUBSET_REASON = (
@@ -163,6 +167,58 @@ def _counts_apart(codes: np.ndarray, exact: np.ndarray, into: np.ndarray) -> boo
     if np.any(inside & ~exact & ~into):
         return False
     return bool(np.any(into & ~inside))
+
+
+def _two_classes(codes: np.ndarray) -> bool:
+    """Whether every row of a column is counted exactly, in one of two classes (a 0/1
+    column with both tables' cells released)."""
+    return len(codes) > 0 and int(codes.min()) == 0 and int(codes.max()) == 1
+
+
+def _pair_counts_apart(
+    binary: dict[str, np.ndarray], exact: np.ndarray, into: np.ndarray
+) -> tuple[str, str] | None:
+    """A pair of two-class columns whose joint classes do what `_counts_apart` asks of one
+    column's classes, or None. Both tables and the pair's rank correlation (for two 0/1
+    columns the phi coefficient, n·n11 − n1·m1 over the margins' spread) give the 2x2 table,
+    so its four cells count exactly: `u = (visits == 3) XOR w` beside `w` counts the 3s."""
+    names = sorted(binary)
+    if len(names) < 2:
+        return None
+    bits = np.column_stack([binary[c] == 1 for c in names])  # rows × m, one byte each
+    groups = (exact, into, ~exact & ~into)
+    cells = [_joint_cells(bits, np.flatnonzero(g)) for g in groups]  # (4, m, m) per group
+    held = cells[0] > 0
+    pure = ~np.any(held & (cells[2] > 0), axis=0)
+    left = np.any(~held & (cells[1] > 0), axis=0)
+    hit = np.argwhere(np.triu(pure & left, k=1))
+    return None if not len(hit) else (names[hit[0][0]], names[hit[0][1]])
+
+
+def _joint_cells(bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Counts of the four joint classes (1,1), (1,0), (0,1), (0,0) of every pair of 0/1
+    columns (`bits`: rows × columns) among `rows`, as a (4, m, m) array; in slices of rows,
+    so no float copy of the whole matrix is made."""
+    m = bits.shape[1]
+    both, ones = np.zeros((m, m)), np.zeros(m)
+    for a in range(0, len(rows), 1 << 16):
+        b = bits[rows[a : a + (1 << 16)]].astype("float32")  # exact: a slice's sums < 2^24
+        both += (b.T @ b).astype("float64")
+        ones += b.sum(axis=0, dtype="float64")
+    first = ones[:, None] - both
+    second = ones[None, :] - both
+    return np.stack([both, first, second, len(rows) - both - first - second])
+
+
+def _pair_message(src: Source, a: str, pair: tuple[str, str], min_cell: int) -> str:
+    b, c = pair
+    return (
+        f"{src.name}: columns {b!r} and {c!r} together count the rows at a level of {a!r} "
+        f"apart from the rows that {a!r}'s table pools into that level (values held by fewer "
+        f"than min_cell_size={min_cell} rows): both are 0/1, so their tables and their rank "
+        "correlation give their joint table, and beside "
+        f"{a!r}'s table it would give the pooled rows' count; exclude one of them (or both)"
+    )
 
 
 def _at_released_level(s: pd.Series, min_cell: int) -> pd.Series:

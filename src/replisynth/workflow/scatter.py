@@ -16,6 +16,7 @@ from replisynth.config.manifest import Manifest
 from replisynth.disclosure.bundle_types import untyped
 from replisynth.disclosure.linked_tables import protect_release
 from replisynth.disclosure.sdc import SdcLog, check_release
+from replisynth.disclosure.stratum_codings import stratum_codings, withhold_coding_tables
 from replisynth.disclosure.three_way import withhold_pins
 from replisynth.extract.extract import (
     _level_order_of,
@@ -129,6 +130,7 @@ def stratum_blocks(
                 "block": block,
                 "sdc": lg.entries,
                 "counts": stratum_counts(classes, mask),
+                "codings": stratum_codings(classes, mask, sdc.min_cell_size),
             }
         )
     return out
@@ -175,6 +177,10 @@ def gather_release(
     release, linked = protect_release(
         release, {bid: got[bid]["counts"] for bid in ids}, min_cell_size
     )
+    release, withheld = withhold_coding_tables(
+        release, {bid: got[bid].get("codings", []) for bid in ids}
+    )
+    linked = [*linked, *withheld]
     correlations = withhold_pins(release, min_cell_size, None, 200, ids)
     correlations += linked_correlation_gate(release, min_cell_size).entries
     correlations += gate_orderings(release).entries
