@@ -57,6 +57,7 @@ def _read_checked(manifest: Manifest, source: str) -> tuple[pd.DataFrame, FileMe
 def review_relations(manifest: Manifest, source: str, df: pd.DataFrame) -> None:
     """Secure side: declared derived columns must hold in the data; undeclared exact relations
     are pointed out, one line each (names only), in the log and on the console."""
+    from replisynth.extract.joint_codings import check_joint_codings
     from replisynth.extract.relations import (
         check_declared,
         check_pooled_codings,
@@ -66,6 +67,7 @@ def review_relations(manifest: Manifest, source: str, df: pd.DataFrame) -> None:
     src = manifest.source(source)
     check_declared(df, src)
     check_pooled_codings(df, src, manifest.sdc.min_cell_size)
+    check_joint_codings(df, src, manifest.sdc.min_cell_size)
     for rel in detect_relations(df, src):
         log.warning("%s", rel.advice(source))
 

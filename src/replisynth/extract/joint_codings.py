@@ -1,0 +1,133 @@
+"""A column coded from two others (`c = a OR b`, `a AND b`, `a XOR b`, a label of their
+combinations): its table sums cells of the a × b table, and with a's and b's tables the sums
+can fix a cell that holds 1..k−1 rows (`n(a=1, b=1) = n(a) + n(b) − n(c)` for an OR), however
+the pair's own correlation is gated. Read from the data at extraction; one line naming the
+columns, never a value. Method: docs/disclosure.md, "Codings of two columns".
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from replisynth.config.manifest import Source
+from replisynth.core.errors import DataError
+from replisynth.extract.relations import _at_released_level
+from replisynth.io.schema import MAX_ORDINAL_LEVELS
+
+SCREEN = 4096  # rows a candidate coding is screened on before the full check
+PREFIX = 1000  # first rows whose count of values passes over a continuous column
+
+
+def check_joint_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
+    """Stop when a column of few values is a function of two others (of neither alone) and
+    the three tables fix a cell of the pair's table that holds 1..min_cell−1 rows."""
+    codes = _few_valued_codes(df, src, min_cell)
+    if len(codes) < 3:
+        return
+    names = sorted(codes)
+    screen = _screen_rows(len(df))
+    sample = {c: v[screen] for c, v in codes.items()}
+    for a, b in combinations(names, 2):
+        seen = _pair_codes(sample[a], sample[b])
+        found = [c for c in names if c not in (a, b) and _function_of(seen, sample[c])]
+        if not found:
+            continue
+        joint = _pair_codes(codes[a], codes[b])
+        counts = np.bincount(joint)
+        if not np.any((counts > 0) & (counts < min_cell)):
+            continue  # nothing small in the pair's table to fix
+        for c in found:
+            if _determines_a_small_cell(joint, codes[c], codes[a], codes[b], min_cell):
+                raise DataError(_message(src, a, b, c, min_cell))
+
+
+def _few_valued_codes(df: pd.DataFrame, src: Source, min_cell: int) -> dict[str, np.ndarray]:
+    """Each released column of at most MAX_ORDINAL_LEVELS values (missing as a value) as
+    integer codes of its released classes: a numeric column's rare values at the level its
+    table pools them into, a nominal column's rare values in one bucket (what an attacker's
+    tables count; a coding of the true values is `check_pooled_codings`'s)."""
+    skip = set(src.ids) | set(src.exclude) | set(src.key_columns)
+    out = {}
+    for c in df.columns:
+        if not isinstance(c, str) or c in skip or c in src.continuous:
+            continue
+        s = df[c]
+        if s.iloc[:PREFIX].nunique(dropna=False) > MAX_ORDINAL_LEVELS:
+            continue  # a continuous column, passed over without factorizing every row
+        numeric = pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s)
+        codes, uniques = pd.factorize(
+            _at_released_level(s, min_cell) if numeric else s, use_na_sentinel=False
+        )
+        if not 1 < len(uniques) <= MAX_ORDINAL_LEVELS:
+            continue
+        counts = np.bincount(codes)
+        out[c] = np.where(counts[codes] < min_cell, len(uniques), codes).astype(np.int64)
+    return out
+
+
+def _pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a * (int(b.max()) + 1) + b
+
+
+def _screen_rows(n: int) -> np.ndarray:
+    """Evenly spaced rows (deterministic): a coding must hold on these before the full check."""
+    return np.unique(np.linspace(0, n - 1, min(n, SCREEN)).astype(np.int64))
+
+
+def _function_of(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether y takes one value per value of x (on these rows)."""
+    pairs = np.unique(x * (int(y.max()) + 1) + y)
+    return len(pairs) == len(np.unique(x))
+
+
+def _determines_a_small_cell(
+    joint: np.ndarray, c: np.ndarray, a: np.ndarray, b: np.ndarray, min_cell: int
+) -> bool:
+    """Whether c is a function of (a, b) on every row, of neither alone, and the tables of
+    a, b and c (their level counts, linear in the non-empty cells of a × b) fix a cell of
+    1..min_cell−1 rows. The attacker is granted the function and the empty cells."""
+    if not _function_of(joint, c) or _function_of(a, c) or _function_of(b, c):
+        return False
+    cells, idx = np.unique(joint, return_inverse=True)
+    n = np.bincount(idx)
+    small = np.flatnonzero(n < min_cell)
+    if not len(small):
+        return False
+    first = np.zeros(len(cells), dtype=np.int64)
+    first[idx[::-1]] = np.arange(len(idx))[::-1]  # a row of each cell: its a, b and c
+    rows = [
+        _indicator(a[first]),
+        _indicator(b[first]),
+        _indicator(c[first]),
+    ]
+    A = np.vstack(rows).astype("float64")  # equations × cells: the three tables' counts
+    rank = np.linalg.matrix_rank(A)
+    for j in small:
+        e = np.zeros((1, len(cells)))
+        e[0, j] = 1.0
+        if np.linalg.matrix_rank(np.vstack([A, e])) == rank:
+            return True  # the cell is a combination of released counts
+    return False
+
+
+def _indicator(v: np.ndarray) -> np.ndarray:
+    """One row per value of v: 1 where a cell has that value."""
+    return (np.unique(v)[:, None] == v[None, :]).astype("float64")
+
+
+def _message(src: Source, a: str, b: str, c: str, min_cell: int) -> str:
+    declared = c in dict(src.derive)
+    where = f"sources.{src.name}.derive.{c}:" if declared else f"{src.name}: column {c!r}"
+    fix = (
+        "drop the key, or exclude one of the other two"
+        if declared
+        else f"exclude it (sources.{src.name}.exclude), or one of the other two"
+    )
+    return (
+        f"{where} is a coding of {a!r} and {b!r} together, and beside their tables its table "
+        f"gives a cell of {a!r} × {b!r} that holds fewer than min_cell_size={min_cell} rows; "
+        f"{fix}"
+    )
