@@ -37,9 +37,10 @@ def test_a_coding_of_two_columns_that_fixes_a_small_cell_stops_extraction(
     alone) each give the 5 rows of a = b = 1 from the tables; extraction stops naming c."""
     df = _pair(5)
     df["c"] = {"or": df.a | df.b, "xor": df.a ^ df.b, "label": 2 * df.a + df.b + 7}[op]
-    # the label's level of 5 rows is pooled, so the pair check of the pooled codings stops
-    # it first; either message names the columns
-    message = r"column 'c' is a coding of 'a' and 'b' together|columns 'a' and 'b' together count"
+    # the label's level of 5 rows is pooled into its neighbour, so the pooled-codings check
+    # stops it first (b's class 0 less the label's level a = b = 0 gives the neighbour's
+    # true count); every message names the columns
+    message = r"column 'c' is a coding of 'a' and 'b' together|counts the rows at a level of 'c'"
     with pytest.raises(DataError, match=message):
         rel, _, _ = _bundle(tmp_path, df, [])
         # were it released: the attacker's step
@@ -78,3 +79,27 @@ def test_a_declared_coding_is_named_by_its_key(tmp_path: Path) -> None:
     df["c"] = df.a | df.b
     with pytest.raises(DataError, match=r"sources\.people\.derive\.c: is a coding of 'a' and 'b'"):
         _bundle(tmp_path, df, [], derive={"c": "a + b - a * b"})
+
+
+def test_published_meps_blhisp_is_refused_beside_black_and_hisp(tmp_path: Path) -> None:
+    """MEPS (linearmodels' data set): `blhisp` is black OR hisp and 26 respondents are both;
+    the three tables gave the 26 although the pair's correlation was withheld. With hisp
+    excluded, extraction goes on (what benchmarks/real_data.py does)."""
+    from conftest import manifest_for
+    from linearmodels.datasets import meps
+
+    from replisynth.config.manifest import load_manifest
+    from replisynth.extract.joint_codings import check_joint_codings
+
+    df = meps.load()[["black", "hisp", "blhisp", "female", "age"]]
+    df.insert(0, "pid", np.arange(len(df)))
+    df.to_csv(tmp_path / "people.csv", index=False)
+    for exclude, refused in (([], True), (["hisp"], False)):
+        raw = manifest_for(tmp_path / "people.csv", exclude=exclude)
+        raw["checkpoints"] = []
+        src = load_manifest(raw).source("people")
+        if refused:
+            with pytest.raises(DataError, match="'blhisp' is a coding of 'black' and 'hisp'"):
+                check_joint_codings(df, src, 50)
+        else:
+            check_joint_codings(df.drop(columns=exclude), src, 50)

@@ -142,7 +142,8 @@ def test_synthesis_runs_from_a_release_with_withheld_stratum_tables(tmp_path: Pa
 
 def test_stratum_codings_records_only_pure_listable_classes() -> None:
     """Class 1 of a is held by b's classes 0 and 1, which hold nothing else (a record);
-    class 0 of a shares b's class 2 with class 2 of a (none); b's class 3 is small (none)."""
+    class 0 of a shares b's class 2 with part of a's class 2 (none); a's class 2 is held by
+    b's class 3, which is small (none)."""
     from replisynth.stats.marginals import FrequencyTable
 
     a = np.asarray([1] * 60 + [1] * 60 + [0] * 70 + [2] * 70 + [2] * 10)
@@ -150,12 +151,15 @@ def test_stratum_codings_records_only_pure_listable_classes() -> None:
     ta = FrequencyTable([0, 1, 2], [70, 120, 80], False)
     tb = FrequencyTable([0, 1, 2, 3], [60, 60, 140, 10], False)
     recs = stratum_codings({"a": (a, ta), "b": (b, tb)}, np.ones(len(a), dtype=bool), K)
-    assert {"column": "a", "class": 1, "by": "b", "held": [0, 1]} in recs
-    assert not [r for r in recs if r["column"] == "a" and r["class"] in (0, 2)]
-    # b's classes 0 and 1 are each held by a's class 1 with nothing else: records too
-    assert {
-        "column": "b",
-        "class": 0,
-        "by": "a",
-        "held": [1],
-    } not in recs  # a's class 1 holds b's 1s too
+    found = {(r["column"], r["class"], r["by"]): r for r in recs}
+    assert found[("a", 1, "b")]["held"] == [0, 1] and found[("a", 1, "b")]["minus"] == []
+    assert ("a", 0, "b") not in found and ("a", 2, "b") not in found
+    # b's class 0 is held by a's class 1, which also holds b's class 1 (whole, listable):
+    # a record with that class to subtract
+    assert found[("b", 0, "a")]["minus"] == [1]
+    # one stratum: the source-level counts equal the stratum's, so `source` is set
+    assert found[("a", 1, "b")]["source"]
+    # ten of b's class 0 outside the stratum: its source-level count is not the stratum's
+    recs = stratum_codings({"a": (a, ta), "b": (b, tb)}, np.arange(len(a)) >= 10, K)
+    found = {(r["column"], r["class"], r["by"]): r for r in recs}
+    assert found[("a", 1, "b")]["held"] == [0, 1] and not found[("a", 1, "b")]["source"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from replisynth.core.errors import DataError
 from replisynth.disclosure.linked_tables import blank_unlisted_dims, n_classes
 
 MISSING = -1  # b's missing rows: a class every stratum table counts (its `missing`)
@@ -20,8 +21,11 @@ def stratum_codings(
     classes: dict[str, tuple[np.ndarray, Any]], mask: np.ndarray, min_cell: int
 ) -> list[dict[str, Any]]:
     """Secure side, one stratum (rows `mask`): every (a, class v, b) where the classes of b
-    held by a's class-v rows hold no other row and each holds at least `min_cell` rows (so
-    the stratum table may list them). Class codes only, never a value; never released."""
+    held by a's class-v rows hold, besides them, only whole other classes of a (`minus`,
+    which the stratum's table may list), and each holds at least `min_cell` rows (so the
+    stratum table may list them); `source`: those classes of b hold no row outside the
+    stratum (its source-level table counts the same rows). Class codes only, never a
+    value; never released."""
     out = []
     names = sorted(classes)
     codes = {c: classes[c][0][mask] for c in names}
@@ -30,26 +34,45 @@ def stratum_codings(
         for b in names:
             if b == a:
                 continue
-            nb = n_classes(classes[b][1])
+            table_b = classes[b][1]
+            nb = n_classes(table_b)
             # joint counts: a's classes (missing first) × b's classes (missing first)
             joint = np.bincount(
                 (codes[a].astype(np.int64) + 1) * (nb + 1) + codes[b] + 1,
                 minlength=(na + 1) * (nb + 1),
             ).reshape(na + 1, nb + 1)
-            out.extend(_pure_classes(joint, a, b, min_cell))
+            source = np.asarray(
+                [-1, *table_b.counts, *([table_b.suppressed] if nb > len(table_b.counts) else [])]
+            )
+            out.extend(_pure_classes(joint, a, b, min_cell, source))
     return out
 
 
-def _pure_classes(joint: np.ndarray, a: str, b: str, min_cell: int) -> list[dict[str, Any]]:
-    """The records of `stratum_codings` for one ordered pair from its joint counts."""
-    col_total = joint.sum(axis=0)
+def _pure_classes(
+    joint: np.ndarray, a: str, b: str, min_cell: int, source: np.ndarray
+) -> list[dict[str, Any]]:
+    """The records of `stratum_codings` for one ordered pair from its joint counts and b's
+    source-level class counts (`source`, missing first as -1: never compared)."""
+    col_total, row_total = joint.sum(axis=0), joint.sum(axis=1)
     recs = []
     for v in range(1, joint.shape[0]):
         held = np.flatnonzero(joint[v] > 0)
-        if not len(held):
+        if not len(held) or np.any(col_total[held] < min_cell):
             continue
-        if np.all(joint[v, held] == col_total[held]) and np.all(col_total[held] >= min_cell):
-            recs.append({"column": a, "class": v - 1, "by": b, "held": [int(h) - 1 for h in held]})
+        inside = joint[:, held].sum(axis=1)
+        others = [u for u in np.flatnonzero(inside > 0) if u != v]
+        if any(inside[u] != row_total[u] or (u > 0 and row_total[u] < min_cell) for u in others):
+            continue  # a class of a only partly inside, or one its table cannot list
+        recs.append(
+            {
+                "column": a,
+                "class": v - 1,
+                "by": b,
+                "held": [int(h) - 1 for h in held],
+                "minus": [int(u) - 1 for u in others],
+                "source": bool(np.all(source[held] == col_total[held])),
+            }
+        )
     return recs
 
 
@@ -64,6 +87,8 @@ def withhold_coding_tables(
     source_tables = {
         c: m["table"] for c, m in blocks["all"]["marginals"].items() if m["kind"] == "categorical"
     }
+    # a derived column lists no stratum table (its parent's give it): nothing of it to protect
+    derived = set(release.get("derived") or {})
     withheld: dict[str, tuple[str, str]] = {}
     changed = True
     while changed:  # withholding b changes nothing else's counts; a few passes at most
@@ -71,8 +96,12 @@ def withhold_coding_tables(
         for bid, recs in codings.items():
             for r in recs:
                 b = r["by"]
-                if b in withheld or not _counts_apart(blocks[bid], source_tables, r):
+                if b in withheld or r["column"] in derived:
                     continue
+                if not _counts_apart(blocks[bid], source_tables, r):
+                    continue
+                if r.get("source"):
+                    raise DataError(_source_message(release["source"], r["column"], b))
                 withheld[b] = (r["column"], bid)
                 blocks = _withhold(blocks, b, [bid for bid in blocks if bid != "all"])
                 changed = True
@@ -117,17 +146,39 @@ def _counts_apart(
         unlisted = int(ma["n"])
     else:
         return False
-    listed_b = dict(zip(mb["table"]["levels"], mb["table"]["counts"], strict=True))
-    levels_b = tables[b]["levels"]
+    held = _listed_total(mb, tables[b]["levels"], r["held"])
+    minus = _listed_total(ma, levels_a, r.get("minus", []))
+    if held is None or minus is None:
+        return False
+    return unlisted > held - minus
+
+
+def _listed_total(m: dict[str, Any], levels: list[Any], classes: list[int]) -> int | None:
+    """Rows of `classes` (source-level class codes, -1 missing) in a stratum's table `m`, or
+    None when one of them is not listed there."""
+    if not classes:
+        return 0
+    if m["kind"] != "categorical":
+        return None
+    listed = dict(zip(m["table"]["levels"], m["table"]["counts"], strict=True))
     total = 0
-    for h in r["held"]:
+    for h in classes:
         if h == MISSING:
-            total += int(mb["missing"])
-        elif h < len(levels_b) and levels_b[h] in listed_b:
-            total += int(listed_b[levels_b[h]])
+            total += int(m["missing"])
+        elif h < len(levels) and levels[h] in listed:
+            total += int(listed[levels[h]])
         else:
-            return False
-    return unlisted > total
+            return None
+    return total
+
+
+def _source_message(source: str, a: str, b: str) -> str:
+    return (
+        f"{source}: column {b!r} counts, inside a stratum, the rows of a class of {a!r} that "
+        f"the stratum's table leaves unlisted (with the rows of classes it lists), and its "
+        "source-level table counts the same rows, so beside those tables it would give the "
+        f"cells they protect; exclude it (sources.{source}.exclude)"
+    )
 
 
 def _withhold(blocks: dict[str, Any], col: str, ids: list[str]) -> dict[str, Any]:

@@ -95,13 +95,109 @@ def _readings(subset: str, col: str, levels: list[Any], others: list[str]) -> li
     return list(masks.values())
 
 
+def stratum_hidden_rows(
+    rec: Mapping[str, Any], release: Mapping[str, Any]
+) -> list[tuple[int, int, int]]:
+    """`hidden_rows` inside the strata, for a subset that reads a strata column: per table
+    column of the subset and per reading of its other conditions, the blocks the subset
+    reaches (not all of them), the rows of its sample that those blocks' listed cells do not
+    account for, and those blocks' unlisted rows (`region == 'north' & visits == 2`, with
+    north's table leaving 2 and 3 unlisted, counts north's 2s, and the unlisted total less
+    them the 3s)."""
+    strata = list(release["strata"]["columns"])
+    cells = release["strata"]["cells"]
+    if rec.get("status") != "released" or not rec.get("subset") or not cells:
+        return []
+    try:
+        cols = sorted(parse_subset(rec["subset"], "subset", DisclosureError).columns)
+    except ReplisynthError:
+        return []
+    if not set(cols) & set(strata):
+        return []
+    marginals = release["blocks"]["all"]["marginals"]
+    missing = {c["name"]: int(c.get("missing") or 0) for c in release["columns"]}
+    out = []
+    for col in (c for c in cols if c not in strata):
+        t = (marginals.get(col) or {}).get("table")
+        if not t:
+            continue
+        others = [c for c in cols if c != col and c not in strata]
+        dropped = sum(missing.get(c, 0) for c in rec.get("columns", []) if c != col)
+        blocks = [release["blocks"][c["id"]] for c in cells]
+        for masks in _block_readings(rec["subset"], col, t["levels"], others, strata, cells):
+            hit = [i for i, m in enumerate(masks) if m.any()]
+            if not hit or len(hit) == len(cells):
+                continue
+            taken, bucket = _block_counts(blocks, hit, masks, col, t["levels"], rec)
+            low = int(rec["n"]) - taken
+            out.append((low, low + dropped, bucket))
+    return out
+
+
+def _block_readings(
+    subset: str,
+    col: str,
+    levels: list[Any],
+    others: list[str],
+    strata: list[str],
+    cells: list[Mapping[str, Any]],
+) -> list[list[np.ndarray]]:
+    """Per reading of the other conditions (as `_readings`), the subset's mask over `col`'s
+    levels and a missing value in each stratum block (strata columns at the block's key)."""
+    numeric = all(isinstance(v, int | float) for v in levels)
+    base = pd.Series([*levels, None] * len(cells), dtype="float64" if numeric else "object")
+    width = len(levels) + 1
+    out: dict[bytes, list[np.ndarray]] = {}
+    values = _candidates(subset) if others else [None]
+    for combo in itertools.islice(itertools.product(values, repeat=len(others)), MAX_READINGS):
+        frame = pd.DataFrame({col: base})
+        for j, sc in enumerate(strata):
+            frame[sc] = pd.Series([c["key"][j] for c in cells for _ in range(width)])
+        for o, v in zip(others, combo, strict=True):
+            frame[o] = pd.Series([v] * len(base), dtype="object" if isinstance(v, str) else None)
+        try:
+            mask = subset_mask(frame, subset, "subset", DisclosureError)
+        except (ReplisynthError, TypeError, ValueError):
+            continue
+        out.setdefault(
+            mask.tobytes(), [mask[i * width : (i + 1) * width] for i in range(len(cells))]
+        )
+    return list(out.values())
+
+
+def _block_counts(
+    blocks: list[Mapping[str, Any]],
+    hit: list[int],
+    masks: list[np.ndarray],
+    col: str,
+    levels: list[Any],
+    rec: Mapping[str, Any],
+) -> tuple[int, int]:
+    """(rows the hit blocks' tables list at the levels the subset takes, with their missing
+    rows when it takes those; the hit blocks' unlisted rows)."""
+    taken = bucket = 0
+    for i in hit:
+        bm = blocks[i]["marginals"].get(col) or {}
+        mask = masks[i]
+        if mask[-1] and col not in rec.get("columns", []):
+            taken += int(bm.get("missing") or 0)
+        if bm.get("kind") != "categorical":
+            bucket += int(blocks[i]["rows"]) - int(bm.get("missing") or 0)
+            continue
+        listed = dict(zip(bm["table"]["levels"], bm["table"]["counts"], strict=True))
+        taken += sum(int(listed.get(v, 0)) for v, m in zip(levels, mask[:-1], strict=True) if m)
+        bucket += int(bm["table"].get("suppressed") or 0)
+    return taken, bucket
+
+
 def subset_level_leak(
     rec: Mapping[str, Any], release: Mapping[str, Any], min_cell: int
 ) -> str | None:
     """The reason a released checkpoint discloses a suppressed or pooled count through its
-    subset, or None: the hidden rows (`hidden_rows`) bounded away from 0 and below
-    min_cell, or the bucket's rows outside the sample bounded inside 1..min_cell−1."""
-    for low, high, bucket in hidden_rows(rec, release):
+    subset, or None: the hidden rows (`hidden_rows`, and inside the strata
+    `stratum_hidden_rows`) bounded away from 0 and below min_cell, or the bucket's rows
+    outside the sample bounded inside 1..min_cell−1."""
+    for low, high, bucket in [*hidden_rows(rec, release), *stratum_hidden_rows(rec, release)]:
         small = not low <= 0 <= high and max(abs(low), abs(high)) < min_cell
         rest = bucket > 0 and bucket - high >= 1 and bucket - low <= min_cell - 1
         if small or rest:

@@ -104,13 +104,19 @@ def _determines_a_small_cell(
         _indicator(c[first]),
     ]
     A = np.vstack(rows).astype("float64")  # equations × cells: the three tables' counts
-    rank = np.linalg.matrix_rank(A)
+    margins = np.vstack(rows[:2]).astype("float64")  # a's and b's tables alone
     for j in small:
         e = np.zeros((1, len(cells)))
         e[0, j] = 1.0
-        if np.linalg.matrix_rank(np.vstack([A, e])) == rank:
-            return True  # the cell is a combination of released counts
+        # a combination of released counts with c's table, and not without it (what the
+        # pair's own tables and empty cells give is theirs to protect)
+        if _in_span(A, e) and not _in_span(margins, e):
+            return True
     return False
+
+
+def _in_span(A: np.ndarray, e: np.ndarray) -> bool:
+    return bool(np.linalg.matrix_rank(np.vstack([A, e])) == np.linalg.matrix_rank(A))
 
 
 def _indicator(v: np.ndarray) -> np.ndarray:

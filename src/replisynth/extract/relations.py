@@ -73,28 +73,61 @@ def check_pooled_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
     table pools into that level: `mid = visits == 3` (or `(visits == 3) + 10 female`, or a
     spend that is 0 exactly where visits is 3) has levels or atoms that hold the true 3s and
     nothing else, visits' table counts 3 with the pooled rows, and the difference is their
-    count. Declared (`derive`) or not, the data are read; one line naming the columns, never
-    a value."""
+    count. Read over the whole source and inside each stratum (whose tables count the same
+    classes there). Declared (`derive`) or not, the data are read; one line naming the
+    columns, never a value."""
     pooled = sorted(pooled_numeric_columns(df, src, min_cell))
     if not pooled:
         return
     skip = set(src.ids) | set(src.exclude) | set(src.key_columns)
     others = [c for c in df.columns if isinstance(c, str) and c not in skip]
-    codes = {c: _released_codes(df[c], c in pooled, min_cell) for c in others}
+    classes = {c: _at_released_level(df[c], min_cell) if c in pooled else df[c] for c in others}
+    pooled = [a for a in pooled if a in classes]  # an excluded column has no table
     declared = dict(src.derive)
-    for a in pooled:
-        level = _at_released_level(df[a], min_cell)
-        moved = (df[a].notna() & (df[a] != level)).to_numpy()
-        binary = {c: k for c, k in codes.items() if c != a and _two_classes(k)}
-        for value in sorted(set(level.to_numpy()[moved])):
-            exact = (df[a] == value).to_numpy()
-            into = moved & (level == value).to_numpy()
-            for b in (c for c in others if c != a):
-                if _counts_apart(codes[b], exact, into):
-                    raise DataError(_coding_message(src, a, b, b in declared, min_cell))
-            pair = _pair_counts_apart(binary, exact, into)
+    for rows in _block_rows(df, src, min_cell):
+        codes = {c: _released_codes(v[rows], False, min_cell) for c, v in classes.items()}
+        for a in pooled:
+            b, pair = _coding_in_rows(df[a][rows], classes[a][rows], a, codes)
+            if b is not None:
+                raise DataError(_coding_message(src, a, b, b in declared, min_cell))
             if pair is not None:
                 raise DataError(_pair_message(src, a, pair, min_cell))
+
+
+def _block_rows(df: pd.DataFrame, src: Source, min_cell: int) -> list[np.ndarray]:
+    """Row masks of the blocks whose tables an attacker reads: every row, each stratum of at
+    least `min_cell` rows, and the smaller strata together (the residual block)."""
+    out = [np.ones(len(df), dtype=bool)]
+    if not src.strata:
+        return out
+    keys = (
+        pd.MultiIndex.from_frame(df[list(src.strata)]) if len(src.strata) > 1 else df[src.strata[0]]
+    )
+    codes, _ = pd.factorize(keys, use_na_sentinel=True)
+    counts = np.bincount(codes[codes >= 0]) if np.any(codes >= 0) else np.zeros(0, dtype=int)
+    out += [codes == k for k in np.flatnonzero(counts >= min_cell)]
+    residual = (codes < 0) | np.isin(codes, np.flatnonzero(counts < min_cell))
+    return [*out, residual] if residual.any() else out
+
+
+def _coding_in_rows(
+    true: pd.Series, level: pd.Series, a: str, codes: dict[str, np.ndarray]
+) -> tuple[str | None, tuple[str, str] | None]:
+    """Among some rows: a column, or a pair of few-class columns, whose counted classes give
+    a level's true count of the pooled column `a` (`_counts_apart`), or (None, None)."""
+    moved = (true.notna() & (true != level)).to_numpy()
+    levels = pd.factorize(level, use_na_sentinel=False)[0]  # released levels, missing too
+    few = {c: k for c, k in codes.items() if c != a and _few_classes(k)}
+    for value in sorted(set(level.to_numpy()[moved])):
+        exact = (true == value).to_numpy()
+        into = moved & (level == value).to_numpy()
+        for b in (c for c in codes if c != a):
+            if _counts_apart(codes[b], exact, into, levels):
+                return b, None
+        pair = _pair_counts_apart(few, exact, into, levels)
+        if pair is not None:
+            return None, pair
+    return None, None
 
 
 SUBSET_REASON = (
@@ -156,58 +189,77 @@ def _released_codes(s: pd.Series, pooled: bool, min_cell: int) -> np.ndarray:
     return np.where(counts[codes] >= min_cell, codes, -1)
 
 
-def _counts_apart(codes: np.ndarray, exact: np.ndarray, into: np.ndarray) -> bool:
-    """Whether the classes held by the rows in `exact` (all counted exactly) hold no row
-    outside `exact` and the pooled rows `into`, and leave some pooled row out: their counts
-    then sum to the level's true count, short of the table's by 1..k−1."""
+def _counts_apart(
+    codes: np.ndarray, exact: np.ndarray, into: np.ndarray, levels: np.ndarray
+) -> bool:
+    """Whether the classes held by the rows in `exact` (all counted exactly) hold, besides
+    `exact` and some of the pooled rows `into`, only whole released levels of the pooled
+    column (whose counts its table gives), and leave some pooled row out: their counts less
+    those levels' then sum to the level's true count, short of the table's by 1..k−1
+    (`visits <= 3` with a 13 pooled into 3: its count less those of 0, 1 and 2)."""
     held = np.unique(codes[exact])
     if len(held) == 0 or held[0] < 0:
         return False
     inside = np.isin(codes, held)
-    if np.any(inside & ~exact & ~into):
-        return False
+    extra = inside & ~exact & ~into
+    if extra.any() and np.any(np.isin(levels, np.unique(levels[extra])) & ~inside):
+        return False  # a level only partly inside: its count does not cancel
     return bool(np.any(into & ~inside))
 
 
-def _two_classes(codes: np.ndarray) -> bool:
-    """Whether every row of a column is counted exactly, in one of two classes (a 0/1
-    column with both tables' cells released)."""
-    return len(codes) > 0 and int(codes.min()) == 0 and int(codes.max()) == 1
+def _few_classes(codes: np.ndarray) -> bool:
+    """Whether every row of a column is counted exactly, in at most three classes (a 0/1
+    column, with its missing rows as a third): a pair of such columns has a joint table
+    that its tables, missing counts and rank correlation fix or nearly fix."""
+    return len(codes) > 0 and int(codes.min()) >= 0 and int(codes.max()) <= 2
 
 
 def _pair_counts_apart(
-    binary: dict[str, np.ndarray], exact: np.ndarray, into: np.ndarray
+    few: dict[str, np.ndarray], exact: np.ndarray, into: np.ndarray, levels: np.ndarray
 ) -> tuple[str, str] | None:
-    """A pair of two-class columns whose joint classes do what `_counts_apart` asks of one
-    column's classes, or None. Both tables and the pair's rank correlation (for two 0/1
-    columns the phi coefficient, n·n11 − n1·m1 over the margins' spread) give the 2x2 table,
-    so its four cells count exactly: `u = (visits == 3) XOR w` beside `w` counts the 3s."""
-    names = sorted(binary)
+    """A pair of few-class columns whose joint classes do what `_counts_apart` asks of one
+    column's classes, or None. For two 0/1 columns the rank correlation is the phi
+    coefficient, which with both tables gives the 2x2 table (`u = (visits == 3) XOR w`
+    beside `w` counts the 3s); with missing rows or a third class, integer counts leave few
+    tables, so the pair is read as if its joint table were released."""
+    names = sorted(few)
     if len(names) < 2:
         return None
-    bits = np.column_stack([binary[c] == 1 for c in names])  # rows × m, one byte each
-    groups = (exact, into, ~exact & ~into)
-    cells = [_joint_cells(bits, np.flatnonzero(g)) for g in groups]  # (4, m, m) per group
-    held = cells[0] > 0
-    pure = ~np.any(held & (cells[2] > 0), axis=0)
-    left = np.any(~held & (cells[1] > 0), axis=0)
-    hit = np.argwhere(np.triu(pure & left, k=1))
-    return None if not len(hit) else (names[hit[0][0]], names[hit[0][1]])
+    hot, at = _one_hot(few, names)
+    rest = ~exact & ~into
+    groups = [exact, into] + [rest & (levels == v) for v in np.unique(levels[rest])]
+    cells = [_cross_counts(hot, np.flatnonzero(g)) for g in groups]
+    sizes = [int(g.sum()) for g in groups[2:]]
+    for i, b in enumerate(names):
+        for c in names[i + 1 :]:
+            part = [m[at[b], :][:, at[c]] for m in cells]
+            held = part[0] > 0
+            whole = all(p[held].sum() in (0, n) for p, n in zip(part[2:], sizes, strict=True))
+            if whole and part[1][~held].sum() > 0:
+                return b, c
+    return None
 
 
-def _joint_cells(bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Counts of the four joint classes (1,1), (1,0), (0,1), (0,0) of every pair of 0/1
-    columns (`bits`: rows × columns) among `rows`, as a (4, m, m) array; in slices of rows,
-    so no float copy of the whole matrix is made."""
-    m = bits.shape[1]
-    both, ones = np.zeros((m, m)), np.zeros(m)
+def _one_hot(few: dict[str, np.ndarray], names: list[str]) -> tuple[np.ndarray, dict[str, slice]]:
+    """Rows × (classes of every column) indicators, one byte each, and each column's slice."""
+    at, cols, start = {}, [], 0
+    for c in names:
+        k = int(few[c].max()) + 1
+        cols += [few[c] == j for j in range(k)]
+        at[c] = slice(start, start + k)
+        start += k
+    return np.column_stack(cols), at
+
+
+def _cross_counts(hot: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of `rows` in each pair of indicator columns (both classes held), in slices of
+    rows so that no float copy of the whole matrix is made."""
+    m = hot.shape[1]
+    out = np.zeros((m, m))
     for a in range(0, len(rows), 1 << 16):
-        b = bits[rows[a : a + (1 << 16)]].astype("float32")  # exact: a slice's sums < 2^24
-        both += (b.T @ b).astype("float64")
-        ones += b.sum(axis=0, dtype="float64")
-    first = ones[:, None] - both
-    second = ones[None, :] - both
-    return np.stack([both, first, second, len(rows) - both - first - second])
+        h = hot[rows[a : a + (1 << 16)]].astype("float32")  # exact: a slice's sums < 2^24
+        out += (h.T @ h).astype("float64")
+    return out
 
 
 def _pair_message(src: Source, a: str, pair: tuple[str, str], min_cell: int) -> str:
@@ -215,8 +267,8 @@ def _pair_message(src: Source, a: str, pair: tuple[str, str], min_cell: int) -> 
     return (
         f"{src.name}: columns {b!r} and {c!r} together count the rows at a level of {a!r} "
         f"apart from the rows that {a!r}'s table pools into that level (values held by fewer "
-        f"than min_cell_size={min_cell} rows): both are 0/1, so their tables and their rank "
-        "correlation give their joint table, and beside "
+        f"than min_cell_size={min_cell} rows): both have at most three classes, so their "
+        "tables and their rank correlation give their joint table, and beside "
         f"{a!r}'s table it would give the pooled rows' count; exclude one of them (or both)"
     )
 
