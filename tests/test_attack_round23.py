@@ -276,3 +276,26 @@ def test_an_excluded_pooled_column_is_not_read(tmp_path: Path) -> None:
     df["mid"] = (df["visits"] == 3).astype(int)
     rel, _, _ = _bundle(tmp_path, df, [], exclude=["visits"])
     assert _table(rel, "mid")["levels"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "subset", ["region != 'north' | visits == 2", "visits == 2 | region == 'south'"]
+)
+def test_an_or_subset_over_every_stratum_does_not_split_a_bucket(
+    tmp_path: Path, subset: str
+) -> None:
+    """The subset reaches every stratum, south whole: n less south's rows is north's 2s
+    (left unlisted beside the 20 threes). Blocks taken whole count with their rows."""
+    cps_in = [{"tag": "s", "formula": "x ~ 1", "subset": subset}]
+    rel, cps, _ = _bundle(tmp_path, _regions(code=False), cps_in, strata=["region"])
+    v = _north(rel)["marginals"]["visits"]["table"]
+    assert v["suppressed"] > 20 and 2.0 not in v["levels"]
+    assert cps["s"]["status"] == "rejected"
+
+
+def test_a_subset_on_a_level_over_every_stratum_is_released(tmp_path: Path) -> None:
+    """`visits == 2` over the whole source: its n is the source table's count of 2; no
+    block is taken whole and nothing hidden follows."""
+    cps_in = [{"tag": "s", "formula": "x ~ 1", "subset": "visits == 2"}]
+    _, cps, _ = _bundle(tmp_path, _regions(code=False), cps_in, strata=["region"])
+    assert cps["s"]["status"] == "released"

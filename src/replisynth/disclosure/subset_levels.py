@@ -100,10 +100,11 @@ def stratum_hidden_rows(
 ) -> list[tuple[int, int, int]]:
     """`hidden_rows` inside the strata, for a subset that reads a strata column: per table
     column of the subset and per reading of its other conditions, the blocks the subset
-    reaches (not all of them), the rows of its sample that those blocks' listed cells do not
-    account for, and those blocks' unlisted rows (`region == 'north' & visits == 2`, with
-    north's table leaving 2 and 3 unlisted, counts north's 2s, and the unlisted total less
-    them the 3s)."""
+    reaches, the rows of its sample that those blocks' listed cells (or their row counts,
+    for a block taken whole) do not account for, and the other blocks' unlisted rows
+    (`region == 'north' & visits == 2`, with north's table leaving 2 and 3 unlisted, counts
+    north's 2s, and the unlisted total less them the 3s; `region != 'north' | visits == 2`
+    the same once south's rows are subtracted)."""
     strata = list(release["strata"]["columns"])
     cells = release["strata"]["cells"]
     if rec.get("status") != "released" or not rec.get("subset") or not cells:
@@ -126,7 +127,7 @@ def stratum_hidden_rows(
         blocks = [release["blocks"][c["id"]] for c in cells]
         for masks in _block_readings(rec["subset"], col, t["levels"], others, strata, cells):
             hit = [i for i, m in enumerate(masks) if m.any()]
-            if not hit or len(hit) == len(cells):
+            if not hit:
                 continue
             taken, bucket = _block_counts(blocks, hit, masks, col, t["levels"], rec)
             low = int(rec["n"]) - taken
@@ -174,13 +175,17 @@ def _block_counts(
     rec: Mapping[str, Any],
 ) -> tuple[int, int]:
     """(rows the hit blocks' tables list at the levels the subset takes, with their missing
-    rows when it takes those; the hit blocks' unlisted rows)."""
+    rows when it takes those, and every row of a block it takes whole; the other hit
+    blocks' unlisted rows)."""
     taken = bucket = 0
     for i in hit:
         bm = blocks[i]["marginals"].get(col) or {}
         mask = masks[i]
         if mask[-1] and col not in rec.get("columns", []):
             taken += int(bm.get("missing") or 0)
+        if mask[:-1].all():  # the block taken whole: its rows are known
+            taken += int(blocks[i]["rows"]) - int(bm.get("missing") or 0)
+            continue
         if bm.get("kind") != "categorical":
             bucket += int(blocks[i]["rows"]) - int(bm.get("missing") or 0)
             continue

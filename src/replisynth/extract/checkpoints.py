@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.config.manifest import Checkpoint, Manifest, Sdc
+from replisynth.config.manifest import Checkpoint, Manifest, Sdc, Source
 from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.disclosure.sdc import SdcLog
+from replisynth.extract.joint_codings import joint_coding_rejection, source_codes
 from replisynth.extract.ledger import apply_differencing
 from replisynth.extract.pattern_counts import group_count_rejection
 from replisynth.extract.relations import pooled_subset_rejection
@@ -473,6 +474,7 @@ def capture_checkpoint_sample(
     fit = fit_checkpoint(design, cp, where)
     reason = _fit_rejection(design, fit, cp, sdc, log, where)
     reason = reason or group_count_rejection(df, design, cp, sdc.min_cell_size)
+    reason = reason or _joint_coding_reason(df, design, manifest.source(cp.source), sdc)
     if reason is not None:
         return _reject(base, log, cp, reason)
     minority = nonmodal_rows(design.X, design.weights, sdc.min_cell_size)
@@ -484,6 +486,22 @@ def capture_checkpoint_sample(
     rel = _Released(base, fit, terms, moments, rounding_cost)
     record = _released_record(df, cp, sdc, design, rel, log)
     return withhold_pooled_outcome_mean(record, df, manifest, cp), log, design.index
+
+
+def _joint_coding_reason(df: pd.DataFrame, design: Design, src: Source, sdc: Sdc) -> str | None:
+    """`joint_coding_rejection` on the row sets a checkpoint counts: its sample, and the
+    ones of each 0/1 design column in it (their count is the released mean times n)."""
+    pos = df.index.get_indexer(design.index)
+    sample = np.zeros(len(df), dtype=np.int64)
+    sample[pos] = 1
+    sets = {"sample": sample}
+    for j, term in enumerate(design.terms[: design.X.shape[1]]):
+        col = design.X[:, j]
+        if np.all((col == 0) | (col == 1)) and 0 < col.sum() < len(col):
+            ones = np.zeros(len(df), dtype=np.int64)
+            ones[pos[col == 1]] = 1
+            sets[f"term:{term}"] = ones
+    return joint_coding_rejection(source_codes(df, src, sdc.min_cell_size), sets, sdc.min_cell_size)
 
 
 def moment_design(design: Design) -> tuple[np.ndarray, list[str], list[str]]:

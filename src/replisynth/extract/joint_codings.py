@@ -14,7 +14,8 @@ import pandas as pd
 
 from replisynth.config.manifest import Source
 from replisynth.core.errors import DataError
-from replisynth.extract.relations import _at_released_level
+from replisynth.extract.relations import _at_released_level, block_rows
+from replisynth.extract.release_guards import scan_once
 from replisynth.io.schema import MAX_ORDINAL_LEVELS
 
 SCREEN = 4096  # rows a candidate coding is screened on before the full check
@@ -23,25 +24,70 @@ PREFIX = 1000  # first rows whose count of values passes over a continuous colum
 
 def check_joint_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
     """Stop when a column of few values is a function of two others (of neither alone) and
-    the three tables fix a cell of the pair's table that holds 1..min_cell−1 rows."""
-    codes = _few_valued_codes(df, src, min_cell)
-    if len(codes) < 3:
-        return
+    the three tables fix a cell of the pair's table that holds 1..min_cell−1 rows, over the
+    whole source or inside a stratum (whose tables count the same classes there)."""
+    codes = source_codes(df, src, min_cell)
+    for rows in block_rows(df, src, min_cell):
+        found = coded_pair(codes, codes, rows, min_cell)
+        if found is not None:
+            raise DataError(_message(src, *found, min_cell))
+
+
+def joint_coding_rejection(
+    codes: dict[str, np.ndarray], sets: dict[str, np.ndarray], min_cell: int
+) -> str | None:
+    """Why a checkpoint is refused, or None: a row set whose count it releases (its sample,
+    a 0/1 design column's ones in it: `subset: a == 1 | b == 1`, `I(a + b - a*b)`) is a
+    function of two table columns, and with their tables the count fixes a small cell of
+    their joint table. `codes`: `source_codes`; `sets`: 0/1 per row of the source."""
+    coded = {name: v.astype(np.int64) for name, v in sets.items()}
+    found = coded_pair(codes, coded, np.ones(len(next(iter(sets.values()))), bool), min_cell)
+    if found is None:
+        return None
+    a, b, _ = found
+    return (
+        f"a count it releases (its n, or a 0/1 term's mean times n) is a coding of {a!r} and "
+        f"{b!r} together, and beside their tables it gives a cell of their joint table that "
+        f"holds fewer than min_cell_size={min_cell} rows"
+    )
+
+
+def source_codes(df: pd.DataFrame, src: Source, min_cell: int) -> dict[str, np.ndarray]:
+    """`_few_valued_codes`, once per frame while the frames are unchanged (the checkpoints
+    of one source share it)."""
+    return scan_once(  # type: ignore[no-any-return]
+        "joint_codes", (df, src, min_cell), lambda: _few_valued_codes(df, src, min_cell)
+    )
+
+
+def coded_pair(
+    codes: dict[str, np.ndarray],
+    coded: dict[str, np.ndarray],
+    rows: np.ndarray,
+    min_cell: int,
+) -> tuple[str, str, str] | None:
+    """(a, b, c): a pair of `codes` and a column of `coded` that is a function of the pair
+    (of neither alone) among `rows` and fixes a small cell of the pair's table there."""
     names = sorted(codes)
-    screen = _screen_rows(len(df))
-    sample = {c: v[screen] for c, v in codes.items()}
+    if len(names) < 2 or not rows.any():
+        return None
+    idx = np.flatnonzero(rows)
+    screen = idx[_screen_rows(len(idx))]
+    sample = {c: v[screen] for c, v in {**codes, **coded}.items()}
     for a, b in combinations(names, 2):
         seen = _pair_codes(sample[a], sample[b])
-        found = [c for c in names if c not in (a, b) and _function_of(seen, sample[c])]
+        found = [c for c in coded if c not in (a, b) and _function_of(seen, sample[c])]
         if not found:
             continue
-        joint = _pair_codes(codes[a], codes[b])
+        ca, cb = codes[a][idx], codes[b][idx]
+        joint = _pair_codes(ca, cb)
         counts = np.bincount(joint)
         if not np.any((counts > 0) & (counts < min_cell)):
             continue  # nothing small in the pair's table to fix
         for c in found:
-            if _determines_a_small_cell(joint, codes[c], codes[a], codes[b], min_cell):
-                raise DataError(_message(src, a, b, c, min_cell))
+            if _determines_a_small_cell(joint, coded[c][idx], ca, cb, min_cell):
+                return a, b, c
+    return None
 
 
 def _few_valued_codes(df: pd.DataFrame, src: Source, min_cell: int) -> dict[str, np.ndarray]:

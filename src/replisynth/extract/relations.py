@@ -84,17 +84,17 @@ def check_pooled_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
     classes = {c: _at_released_level(df[c], min_cell) if c in pooled else df[c] for c in others}
     pooled = [a for a in pooled if a in classes]  # an excluded column has no table
     declared = dict(src.derive)
-    for rows in _block_rows(df, src, min_cell):
+    for rows in block_rows(df, src, min_cell):
         codes = {c: _released_codes(v[rows], False, min_cell) for c, v in classes.items()}
         for a in pooled:
-            b, pair = _coding_in_rows(df[a][rows], classes[a][rows], a, codes)
+            b, pair = _coding_in_rows(df[a][rows], classes[a][rows], a, codes, min_cell)
             if b is not None:
                 raise DataError(_coding_message(src, a, b, b in declared, min_cell))
             if pair is not None:
                 raise DataError(_pair_message(src, a, pair, min_cell))
 
 
-def _block_rows(df: pd.DataFrame, src: Source, min_cell: int) -> list[np.ndarray]:
+def block_rows(df: pd.DataFrame, src: Source, min_cell: int) -> list[np.ndarray]:
     """Row masks of the blocks whose tables an attacker reads: every row, each stratum of at
     least `min_cell` rows, and the smaller strata together (the residual block)."""
     out = [np.ones(len(df), dtype=bool)]
@@ -111,12 +111,18 @@ def _block_rows(df: pd.DataFrame, src: Source, min_cell: int) -> list[np.ndarray
 
 
 def _coding_in_rows(
-    true: pd.Series, level: pd.Series, a: str, codes: dict[str, np.ndarray]
+    true: pd.Series, level: pd.Series, a: str, codes: dict[str, np.ndarray], min_cell: int
 ) -> tuple[str | None, tuple[str, str] | None]:
     """Among some rows: a column, or a pair of few-class columns, whose counted classes give
     a level's true count of the pooled column `a` (`_counts_apart`), or (None, None)."""
     moved = (true.notna() & (true != level)).to_numpy()
-    levels = pd.factorize(level, use_na_sentinel=False)[0]  # released levels, missing too
+    levels, uniques = pd.factorize(level, use_na_sentinel=False)  # released levels, missing too
+    # a level's count is released (and may be subtracted) when it holds at least min_cell
+    # rows here, and for the missing rows always; inside a stratum smaller classes are
+    # bucketed
+    counts = np.bincount(levels, minlength=len(uniques))
+    counted = (counts >= min_cell) | pd.isna(np.asarray(uniques, dtype=object))
+    levels = np.where(counted[levels], levels, -1)  # -1: a level that cannot be subtracted
     few = {c: k for c, k in codes.items() if c != a and _few_classes(k)}
     for value in sorted(set(level.to_numpy()[moved])):
         exact = (true == value).to_numpy()
@@ -202,8 +208,10 @@ def _counts_apart(
         return False
     inside = np.isin(codes, held)
     extra = inside & ~exact & ~into
-    if extra.any() and np.any(np.isin(levels, np.unique(levels[extra])) & ~inside):
-        return False  # a level only partly inside: its count does not cancel
+    if extra.any():
+        lv = np.unique(levels[extra])
+        if lv[0] < 0 or np.any(np.isin(levels, lv) & ~inside):
+            return False  # a level not counted, or only partly inside: it does not cancel
     return bool(np.any(into & ~inside))
 
 
@@ -223,18 +231,26 @@ def _pair_counts_apart(
     beside `w` counts the 3s); with missing rows or a third class, integer counts leave few
     tables, so the pair is read as if its joint table were released."""
     names = sorted(few)
-    if len(names) < 2:
+    if len(names) < 2 or not exact.any():
         return None
     hot, at = _one_hot(few, names)
     rest = ~exact & ~into
     groups = [exact, into] + [rest & (levels == v) for v in np.unique(levels[rest])]
     cells = [_cross_counts(hot, np.flatnonzero(g)) for g in groups]
-    sizes = [int(g.sum()) for g in groups[2:]]
+    # a level not counted (-1, first when present) cannot be subtracted: any of its rows
+    # inside the held cells stops the subtraction
+    sizes = [
+        int(g.sum()) if v >= 0 else -1
+        for g, v in zip(groups[2:], np.unique(levels[rest]), strict=True)
+    ]
     for i, b in enumerate(names):
         for c in names[i + 1 :]:
             part = [m[at[b], :][:, at[c]] for m in cells]
             held = part[0] > 0
-            whole = all(p[held].sum() in (0, n) for p, n in zip(part[2:], sizes, strict=True))
+            whole = all(
+                p[held].sum() == 0 or p[held].sum() == n
+                for p, n in zip(part[2:], sizes, strict=True)
+            )
             if whole and part[1][~held].sum() > 0:
                 return b, c
     return None
