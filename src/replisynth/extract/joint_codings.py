@@ -55,7 +55,7 @@ def joint_coding_rejection(
 def source_codes(df: pd.DataFrame, src: Source, min_cell: int) -> dict[str, np.ndarray]:
     """`_few_valued_codes`, once per frame while the frames are unchanged (the checkpoints
     of one source share it)."""
-    return scan_once(  # type: ignore[no-any-return]
+    return scan_once(
         "joint_codes", (df, src, min_cell), lambda: _few_valued_codes(df, src, min_cell)
     )
 
@@ -74,9 +74,12 @@ def coded_pair(
     idx = np.flatnonzero(rows)
     screen = idx[_screen_rows(len(idx))]
     sample = {c: v[screen] for c, v in {**codes, **coded}.items()}
+    varied = {c for c, v in coded.items() if v[idx].min() != v[idx].max()}  # else n only
     for a, b in combinations(names, 2):
         seen = _pair_codes(sample[a], sample[b])
-        found = [c for c in coded if c not in (a, b) and _function_of(seen, sample[c])]
+        found = [
+            c for c in coded if c not in (a, b) and c in varied and _function_of(seen, sample[c])
+        ]
         if not found:
             continue
         ca, cb = codes[a][idx], codes[b][idx]
@@ -124,9 +127,13 @@ def _screen_rows(n: int) -> np.ndarray:
 
 
 def _function_of(x: np.ndarray, y: np.ndarray) -> bool:
-    """Whether y takes one value per value of x (on these rows)."""
-    pairs = np.unique(x * (int(y.max()) + 1) + y)
-    return len(pairs) == len(np.unique(x))
+    """Whether y takes one value per value of x (on these rows); both small non-negative
+    integer codes, so one bincount of their pairs (no sort)."""
+    if not len(x):
+        return True
+    width = int(y.max()) + 1
+    seen = np.bincount(x * width + y, minlength=(int(x.max()) + 1) * width) > 0
+    return bool(np.all(seen.reshape(-1, width).sum(axis=1) <= 1))
 
 
 def _determines_a_small_cell(

@@ -100,13 +100,13 @@ def block_rows(df: pd.DataFrame, src: Source, min_cell: int) -> list[np.ndarray]
     out = [np.ones(len(df), dtype=bool)]
     if not src.strata:
         return out
-    keys = (
-        pd.MultiIndex.from_frame(df[list(src.strata)]) if len(src.strata) > 1 else df[src.strata[0]]
-    )
-    codes, _ = pd.factorize(keys, use_na_sentinel=True)
-    counts = np.bincount(codes[codes >= 0]) if np.any(codes >= 0) else np.zeros(0, dtype=int)
-    out += [codes == k for k in np.flatnonzero(counts >= min_cell)]
-    residual = (codes < 0) | np.isin(codes, np.flatnonzero(counts < min_cell))
+    key = np.zeros(len(df), dtype=np.int64)  # one code per combination of the strata values
+    for c in src.strata:
+        part, uniques = pd.factorize(df[c], use_na_sentinel=True)
+        key = np.where((key < 0) | (part < 0), -1, key * (len(uniques) + 1) + part)
+    values, counts = np.unique(key[key >= 0], return_counts=True)
+    out += [key == v for v in values[counts >= min_cell]]
+    residual = (key < 0) | np.isin(key, values[counts < min_cell])
     return [*out, residual] if residual.any() else out
 
 
