@@ -20,6 +20,7 @@ from replisynth.io.schema import MAX_ORDINAL_LEVELS
 
 SCREEN = 4096  # rows a candidate coding is screened on before the full check
 PREFIX = 1000  # first rows whose count of values passes over a continuous column
+MAX_NOMINAL_CLASSES = 50  # a nominal column's table read up to this many classes
 
 
 def check_joint_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
@@ -94,23 +95,25 @@ def coded_pair(
 
 
 def _few_valued_codes(df: pd.DataFrame, src: Source, min_cell: int) -> dict[str, np.ndarray]:
-    """Each released column of at most MAX_ORDINAL_LEVELS values (missing as a value) as
-    integer codes of its released classes: a numeric column's rare values at the level its
-    table pools them into, a nominal column's rare values in one bucket (what an attacker's
-    tables count; a coding of the true values is `check_pooled_codings`'s)."""
+    """Each column with a released table as integer codes of its released classes (missing
+    as a class): a numeric column of at most MAX_ORDINAL_LEVELS values with its rare values
+    at the level its table pools them into; a nominal (or declared categorical) column of
+    at most MAX_NOMINAL_CLASSES values with its rare values in one bucket. What an
+    attacker's tables count; a coding of the true values is `check_pooled_codings`'s."""
     skip = set(src.ids) | set(src.exclude) | set(src.key_columns)
     out = {}
     for c in df.columns:
-        if not isinstance(c, str) or c in skip or c in src.continuous:
+        if not isinstance(c, str) or c in skip:
             continue
         s = df[c]
-        if s.iloc[:PREFIX].nunique(dropna=False) > MAX_ORDINAL_LEVELS:
-            continue  # a continuous column, passed over without factorizing every row
         numeric = pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s)
+        most = MAX_NOMINAL_CLASSES if c in src.categorical or not numeric else MAX_ORDINAL_LEVELS
+        if c in src.continuous or s.iloc[:PREFIX].nunique(dropna=False) > most:
+            continue  # a continuous column, passed over without factorizing every row
         codes, uniques = pd.factorize(
             _at_released_level(s, min_cell) if numeric else s, use_na_sentinel=False
         )
-        if not 1 < len(uniques) <= MAX_ORDINAL_LEVELS:
+        if not 1 < len(uniques) <= most:
             continue
         counts = np.bincount(codes)
         out[c] = np.where(counts[codes] < min_cell, len(uniques), codes).astype(np.int64)
