@@ -21,9 +21,9 @@ from replisynth.core.errors import DataError
 # Leaks 1-7, 10 and 11 of this round are closed (model-based SEs count as design totals in
 # the pooled-totals gate; HC SEs of a 0/1 outcome count groups; the coding check reads every
 # column's exactly counted classes; a subset that selects a pooled row otherwise than its
-# level is refused; weighted fits whose weights combine to a constant are refused); the two
-# marked xfail below are open, documented in
-# docs/disclosure.md ("Residual risks").
+# level is refused; weighted fits whose weights combine to a constant are refused); the last
+# two (a coding masked by XOR, a two-column coding inside a stratum) were closed in round 23
+# (docs/disclosure.md, "Residual risks").
 
 
 def _ses_all(cp: dict) -> dict[str, float]:
