@@ -14,30 +14,11 @@ import pandas as pd
 import pytest
 from test_attack_round21 import K, _bundle, _counts_with_outlier, _table
 from test_attack_round22 import _level_count, _pooled_frame
+from test_stratum_codings import _north, _regions
 
 from replisynth.core.errors import DataError
 
 POOLED = r"count(s)? the rows at a level of 'visits'"
-
-
-def _regions(seed: int = 3, code: bool = True) -> pd.DataFrame:
-    """Stratum north: visits 3 held by 20 rows, so its table leaves 2 unlisted beside it."""
-    rng = np.random.default_rng(seed)
-    north = rng.choice([0, 1, 2], p=[0.4, 0.35, 0.25], size=1100).astype("float64")
-    north[:20] = 3.0
-    south = rng.choice([0, 1, 2, 3], p=[0.3, 0.3, 0.2, 0.2], size=1300).astype("float64")
-    df = pd.DataFrame({"region": ["north"] * 1100 + ["south"] * 1300, "visits": [*north, *south]})
-    df = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    df.insert(0, "pid", np.arange(len(df)))
-    df["female"] = rng.integers(0, 2, size=len(df))
-    if code:
-        df["code"] = (df["visits"] == 2).astype(int) + 10 * df["female"]
-    df["x"] = rng.normal(size=len(df))
-    return df
-
-
-def _north(rel: dict) -> dict:
-    return next(b for b in rel["blocks"].values() if b.get("key") == ["north"])
 
 
 def _frame(n: int, seed: int) -> pd.DataFrame:
@@ -142,7 +123,7 @@ def test_stratum_coding_with_a_listed_level_does_not_split_a_bucket(
 ) -> None:
     """`code = (visits in {1, 2}) + 10 g`: north's code levels less visits' listed 1 give
     north's 2s, and the unlisted total less them the 20. code's stratum tables are withheld."""
-    df = _regions(code=False)
+    df = _regions("none")
     g = np.random.default_rng(11).integers(0, 3, size=len(df))
     df["code"] = df["visits"].isin([1, 2]).astype(int) + (10 * g if split else 0)
     rel, _, _ = _bundle(tmp_path, df, [], strata=["region"])
@@ -161,7 +142,7 @@ def test_stratum_coding_with_a_listed_level_does_not_split_a_bucket(
 def test_withheld_codings_source_table_does_not_split_a_bucket(tmp_path: Path, split: bool) -> None:
     """`code = (visits == 2 & region == 'north') + 10 female`: withholding its stratum tables
     would leave its source-level table, whose levels 1 and 11 are the north 2s. Refused."""
-    df = _regions(code=False)
+    df = _regions("none")
     df["code"] = ((df["visits"] == 2) & (df["region"] == "north")).astype(int) + (
         10 * df["female"] if split else 0
     )
@@ -184,7 +165,7 @@ SUBSETS = {
 
 def _stratum_subsets(tmp_path: Path, how: str) -> None:
     cps_in = [{"tag": f"c{i}", "formula": "x ~ 1", "subset": s} for i, s in enumerate(SUBSETS[how])]
-    rel, cps, _ = _bundle(tmp_path, _regions(), cps_in, strata=["region"])
+    rel, cps, _ = _bundle(tmp_path, _regions("split"), cps_in, strata=["region"])
     north = _north(rel)
     v = north["marginals"]["visits"]["table"]
     assert v["suppressed"] > 20 and 2.0 not in v["levels"]
@@ -223,7 +204,7 @@ def test_stratum_phi_of_a_masked_coding_does_not_split_a_bucket(tmp_path: Path) 
     """`u = (visits == 2) XOR w`: in north, phi with u's and w's tables gives their 2x2
     table, whose off-diagonal is north's 2s (secondary-suppressed), the unlisted total less
     them the 20. The stratum rule reads one column at a time."""
-    df = _regions(code=False)
+    df = _regions("none")
     df["w"] = np.random.default_rng(12).integers(0, 2, size=len(df))
     df["u"] = ((df["visits"] == 2).astype(int) ^ df["w"]).astype(int)
     rel, _, _ = _bundle(tmp_path, df, [], strata=["region"])
@@ -287,7 +268,7 @@ def test_an_or_subset_over_every_stratum_does_not_split_a_bucket(
     """The subset reaches every stratum, south whole: n less south's rows is north's 2s
     (left unlisted beside the 20 threes). Blocks taken whole count with their rows."""
     cps_in = [{"tag": "s", "formula": "x ~ 1", "subset": subset}]
-    rel, cps, _ = _bundle(tmp_path, _regions(code=False), cps_in, strata=["region"])
+    rel, cps, _ = _bundle(tmp_path, _regions("none"), cps_in, strata=["region"])
     v = _north(rel)["marginals"]["visits"]["table"]
     assert v["suppressed"] > 20 and 2.0 not in v["levels"]
     assert cps["s"]["status"] == "rejected"
@@ -297,5 +278,5 @@ def test_a_subset_on_a_level_over_every_stratum_is_released(tmp_path: Path) -> N
     """`visits == 2` over the whole source: its n is the source table's count of 2; no
     block is taken whole and nothing hidden follows."""
     cps_in = [{"tag": "s", "formula": "x ~ 1", "subset": "visits == 2"}]
-    _, cps, _ = _bundle(tmp_path, _regions(code=False), cps_in, strata=["region"])
+    _, cps, _ = _bundle(tmp_path, _regions("none"), cps_in, strata=["region"])
     assert cps["s"]["status"] == "released"

@@ -26,8 +26,8 @@ K = 50
 
 def _regions(code: str, seed: int = 3) -> pd.DataFrame:
     """Stratum north: visits 3 held by 20 rows (primary), so secondary suppression leaves 2
-    unlisted too; `code` is (visits == 2) + 10·female, a dummy of another shape, or visits
-    coded again under a new name (a function of visits nowhere else)."""
+    unlisted too; `code` "split" is (visits == 2) + 10·female, "twos" visits == 2 alone,
+    "unrelated" a dummy drawn apart from visits, "none" no code column."""
     rng = np.random.default_rng(seed)
     north = rng.choice([0, 1, 2], p=[0.4, 0.35, 0.25], size=1100).astype("float64")
     north[:20] = 3.0
@@ -40,7 +40,7 @@ def _regions(code: str, seed: int = 3) -> pd.DataFrame:
         df["code"] = (df["visits"] == 2).astype(int) + 10 * df["female"]
     elif code == "twos":
         df["code"] = (df["visits"] == 2).astype(int)
-    else:  # unrelated: a dummy drawn apart from visits
+    elif code == "unrelated":
         df["code"] = rng.integers(0, 3, size=len(df))
     df["x"] = rng.normal(size=len(df))
     return df

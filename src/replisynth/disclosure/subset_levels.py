@@ -78,21 +78,9 @@ def _candidates(subset: str) -> list[Any]:
 
 def _readings(subset: str, col: str, levels: list[Any], others: list[str]) -> list[np.ndarray]:
     """The subset's masks over `col`'s released levels and a missing value, for each
-    assignment of candidate values to the other columns it reads (at most MAX_READINGS)."""
-    numeric = all(isinstance(v, int | float) for v in levels)
-    base = pd.Series([*levels, None], dtype="float64" if numeric else "object")
-    masks: dict[bytes, np.ndarray] = {}
-    values = _candidates(subset) if others else [None]
-    for combo in itertools.islice(itertools.product(values, repeat=len(others)), MAX_READINGS):
-        frame = pd.DataFrame({col: base})
-        for o, v in zip(others, combo, strict=True):
-            frame[o] = pd.Series([v] * len(base), dtype="object" if isinstance(v, str) else None)
-        try:
-            mask = subset_mask(frame, subset, "subset", DisclosureError)
-        except (ReplisynthError, TypeError, ValueError):
-            continue
-        masks.setdefault(mask.tobytes(), mask)
-    return list(masks.values())
+    assignment of candidate values to the other columns it reads (at most MAX_READINGS):
+    `_block_readings` with no strata, one block."""
+    return [m[0] for m in _block_readings(subset, col, levels, others, [], [{"key": []}])]
 
 
 def stratum_hidden_rows(
@@ -143,8 +131,9 @@ def _block_readings(
     strata: list[str],
     cells: list[Mapping[str, Any]],
 ) -> list[list[np.ndarray]]:
-    """Per reading of the other conditions (as `_readings`), the subset's mask over `col`'s
-    levels and a missing value in each stratum block (strata columns at the block's key)."""
+    """Per assignment of candidate values to the other columns the subset reads (at most
+    MAX_READINGS; distinct results once), the subset's mask over `col`'s levels and a
+    missing value in each stratum block (strata columns at the block's key)."""
     numeric = all(isinstance(v, int | float) for v in levels)
     base = pd.Series([*levels, None] * len(cells), dtype="float64" if numeric else "object")
     width = len(levels) + 1

@@ -85,7 +85,7 @@ def check_pooled_codings(df: pd.DataFrame, src: Source, min_cell: int) -> None:
     pooled = [a for a in pooled if a in classes]  # an excluded column has no table
     declared = dict(src.derive)
     for rows in block_rows(df, src, min_cell):
-        codes = {c: _released_codes(v[rows], False, min_cell) for c, v in classes.items()}
+        codes = {c: _released_codes(v[rows], min_cell) for c, v in classes.items()}
         for a in pooled:
             b, pair = _coding_in_rows(df[a][rows], classes[a][rows], a, codes, min_cell)
             if b is not None:
@@ -184,12 +184,11 @@ def _coding_message(src: Source, a: str, b: str, declared: bool, min_cell: int) 
     )
 
 
-def _released_codes(s: pd.Series, pooled: bool, min_cell: int) -> np.ndarray:
-    """Each row's released class of a column as an integer code, or -1 where no release
-    counts it exactly: a value held by fewer than `min_cell` rows (suppressed, pooled by
-    its own table, or off the atoms of a continuous column); a pooled column's rows at the
-    level that counts them."""
-    values = _at_released_level(s, min_cell) if pooled else s
+def _released_codes(values: pd.Series, min_cell: int) -> np.ndarray:
+    """Each row's released class of a column (`values`: a pooled column's rows already at
+    the level that counts them) as an integer code, or -1 where no release counts it
+    exactly: a value held by fewer than `min_cell` rows (suppressed, pooled by its own
+    table, or off the atoms of a continuous column)."""
     codes, _ = pd.factorize(values, use_na_sentinel=False)
     counts = np.bincount(codes)
     return np.where(counts[codes] >= min_cell, codes, -1)
