@@ -11,6 +11,7 @@ import numpy as np
 from scipy.sparse import bmat, coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from replisynth.disclosure.lp import LinearProgram
 from replisynth.stats.codings import derived_counts
 from replisynth.stats.marginals import level_positions
 
@@ -254,18 +255,23 @@ def _parts(A: Any, b: np.ndarray, var: dict[tuple[int, int], int]) -> tuple[list
     return parts, contradicted
 
 
+def _program(part: _Part, cache: dict[Any, Any]) -> LinearProgram:
+    """The part's equations as one HiGHS model, kept in `cache` for its cells' programs."""
+    if ("program", part.key) not in cache:
+        cache[("program", part.key)] = LinearProgram(None, None, part.A, part.b)
+    program: LinearProgram = cache[("program", part.key)]
+    return program
+
+
 def _part_bounds(
     part: _Part, cell: tuple[int, int], cache: dict[Any, Any]
 ) -> tuple[int, int] | None:
     """Min and max of one cell over its part, rounded inward; None when the part is infeasible;
     (-1, -1) when the solver fails otherwise."""
-    from scipy.optimize import linprog  # a large import, only where a bound is solved
-
     if (part.key, cell) not in cache:
         obj = np.zeros(part.A.shape[1])
         obj[part.pos[cell]] = 1.0
-        lo = linprog(obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
-        hi = linprog(-obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        lo, hi = _program(part, cache).minimize(obj), _program(part, cache).minimize(-obj)
         cache[("feasible", part.key)] = lo.status != 2 and hi.status != 2
         points = cache.setdefault(("points", part.key), [])
         points.extend(res.x for res in (lo, hi) if res.status == 0)
@@ -274,6 +280,7 @@ def _part_bounds(
         elif lo.status != 0 or hi.status != 0:
             cache[(part.key, cell)] = (-1, -1)
         else:
+            assert lo.fun is not None and hi.fun is not None  # solved to optimality
             cache[(part.key, cell)] = (int(np.ceil(lo.fun - 1e-6)), int(np.floor(-hi.fun + 1e-6)))
     out: tuple[int, int] | None = cache[(part.key, cell)]
     return out
@@ -281,12 +288,8 @@ def _part_bounds(
 
 def _part_feasible(part: _Part, cache: dict[Any, Any]) -> bool:
     """Whether the part's equations have a non-negative solution."""
-    from scipy.optimize import linprog  # a large import, only where a bound is solved
-
     if ("feasible", part.key) not in cache:
-        res = linprog(
-            np.zeros(part.A.shape[1]), A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs"
-        )
+        res = _program(part, cache).minimize(np.zeros(part.A.shape[1]))
         cache[("feasible", part.key)] = res.status != 2
         if res.status == 0:
             cache.setdefault(("points", part.key), []).append(res.x)
@@ -384,8 +387,6 @@ def _spread(
     """Look for feasible tables that prove many cells protected at once: alternately push the
     sum of the part's unproven cells down and up (randomly weighted, seeded: the answers do
     not depend on it, only how many cells are left to an LP of their own)."""
-    from scipy.optimize import linprog  # a large import, only where a bound is solved
-
     rng = np.random.default_rng(len(part.pos))
     sign, before = 1.0, len(part.pos) + 1
     for _ in range(rounds):
@@ -395,7 +396,7 @@ def _spread(
         before = len(open_) if sign > 0 else before
         obj = np.zeros(part.A.shape[1])
         obj[[part.pos[c] for c in open_]] = sign * rng.uniform(1.0, 2.0, len(open_))
-        res = linprog(obj, A_eq=part.A, b_eq=part.b, bounds=(0, None), method="highs")
+        res = _program(part, cache).minimize(obj)
         if res.status != 0:
             return
         cache.setdefault(("points", part.key), []).append(res.x)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from replisynth.disclosure.linked_correlations import released_digits
+from replisynth.disclosure.lp import LinearProgram, LPResult
 from replisynth.stats.copula_dims import norm_key
 
 Finding = dict[str, Any]
@@ -243,16 +244,15 @@ class TripleLP:
         solution found is a feasible table: a cell it leaves empty or at >= k rows is cleared
         without its own programs (the sums of the open cells, minimised and maximised, clear
         most of them in two programs)."""
-        from scipy.optimize import linprog
-
         A_eq, b_eq, A_ub, b_ub, act = self._reduced()
         var = {int(j): v for v, j in enumerate(act)}
         at = {c: var[j] for c in cells if (j := int(np.ravel_multi_index(c, self.shape))) in var}
         open_ = dict(at)
+        program = LinearProgram(A_ub, b_ub, A_eq, b_eq)
 
-        def solve(objective: np.ndarray) -> Any:
-            res = linprog(objective, A_ub, b_ub, A_eq, b_eq, bounds=(0, None), method="highs")
-            if res.status == 0:
+        def solve(objective: np.ndarray) -> LPResult:
+            res = program.minimize(objective)
+            if res.status == 0 and res.x is not None:
                 self._clear(open_, res.x, act, k)
             return res
 
@@ -268,11 +268,11 @@ class TripleLP:
             e = np.zeros(len(act))
             e[at[cell]] = 1.0
             lo = solve(e)
-            if lo.status != 0 or math.ceil(lo.fun - 1e-6) < 1:
+            if lo.status != 0 or lo.fun is None or math.ceil(lo.fun - 1e-6) < 1:
                 continue
             hi = solve(-e)
             # a maximum the solver cannot settle counts as small (the safe side)
-            if hi.status != 0 or math.floor(-hi.fun + 1e-6) <= k - 1:
+            if hi.status != 0 or hi.fun is None or math.floor(-hi.fun + 1e-6) <= k - 1:
                 out.append(cell)
         return out
 
