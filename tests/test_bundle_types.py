@@ -346,3 +346,14 @@ def test_checker_fails_on_a_renamed_or_mistyped_key(demo_bundle, edit):
 def test_untyped_is_the_same_object():
     rec: dict[str, Any] = {"a": 1}
     assert bt.untyped(rec) is rec
+
+
+def test_schema_files_parse_as_safe_load_does() -> None:
+    """The schema files read through libyaml (`schema_yaml`) are the documents
+    `yaml.safe_load` gives."""
+    from replisynth.config.manifest import SCHEMA_PATH as MANIFEST_SCHEMA
+    from replisynth.config.manifest import schema_yaml
+
+    for path in (MANIFEST_SCHEMA, SCHEMA_PATH):
+        with open(path) as fh:
+            assert schema_yaml(path) == yaml.safe_load(fh)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from replisynth import __version__
-from replisynth.config.manifest import Manifest, load_manifest
+from replisynth.config.manifest import Manifest, load_manifest, schema_yaml
 from replisynth.core.errors import BundleError, ReplisynthError
 from replisynth.disclosure.bundle_types import (
     BundleInfo,
@@ -256,10 +256,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "bundle_schema.yaml"
 @lru_cache(maxsize=1)
 def _validators() -> dict[str, Any]:
     import jsonschema
-    import yaml
 
-    with open(SCHEMA_PATH) as fh:
-        schema = yaml.safe_load(fh)
+    schema = schema_yaml(SCHEMA_PATH)
     base = jsonschema.Draft202012Validator
     plain_items = base.VALIDATORS["items"]
     number = {"$ref": "#/$defs/number_or_null"}
