@@ -202,3 +202,17 @@ def test_a_coding_of_three_columns_does_not_give_a_small_cell(tmp_path: Path) ->
     n11cd = round((r * np.sqrt(nc * (m - nc) * nd * (m - nd)) + nc * nd) / m)
     n11 = _ones(rel, "a") + _ones(rel, "b") - ((nc - n11cd) + (nd - n11cd))
     assert not 0 < n11 < K, f"a=1,b=1 cell of {n11} rows follows"
+
+
+def test_the_screen_tests_every_candidate_as_function_of_does() -> None:
+    """`_functions_of` (all candidates at once) agrees with `_function_of` (one at a time)."""
+    from replisynth.extract.joint_codings import _function_of, _functions_of
+
+    rng = np.random.default_rng(11)
+    for n in (0, 1, 2, 7, 300):
+        x = rng.integers(0, 6, n)
+        Y = np.stack(
+            [rng.integers(0, 3, n), x % 2, (x * 3 + 1) % 4, np.zeros(n, dtype=np.int64)]
+        ).astype(np.int64)
+        expected = [_function_of(x, y) for y in Y]
+        assert _functions_of(x, Y).tolist() == expected

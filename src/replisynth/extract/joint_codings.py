@@ -75,12 +75,11 @@ def coded_pair(
     idx = np.flatnonzero(rows)
     screen = idx[_screen_rows(len(idx))]
     sample = {c: v[screen] for c, v in {**codes, **coded}.items()}
-    varied = {c for c, v in coded.items() if v[idx].min() != v[idx].max()}  # else n only
+    varied = [c for c, v in coded.items() if v[idx].min() != v[idx].max()]  # else n only
+    stacked = np.stack([sample[c] for c in varied]) if varied else np.zeros((0, len(screen)))
     for a, b in combinations(names, 2):
-        seen = _pair_codes(sample[a], sample[b])
-        found = [
-            c for c in coded if c not in (a, b) and c in varied and _function_of(seen, sample[c])
-        ]
+        held = _functions_of(_pair_codes(sample[a], sample[b]), stacked)
+        found = [c for c, ok in zip(varied, held, strict=True) if ok and c not in (a, b)]
         if not found:
             continue
         ca, cb = codes[a][idx], codes[b][idx]
@@ -137,6 +136,17 @@ def _function_of(x: np.ndarray, y: np.ndarray) -> bool:
     width = int(y.max()) + 1
     seen = np.bincount(x * width + y, minlength=(int(x.max()) + 1) * width) > 0
     return bool(np.all(seen.reshape(-1, width).sum(axis=1) <= 1))
+
+
+def _functions_of(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Per row y of Y (columns: the rows of x), whether y takes one value per value of x:
+    `_function_of` of every candidate at once, by one sort of x (the screen's rows)."""
+    if len(x) < 2:
+        return np.ones(len(Y), dtype=bool)
+    order = np.argsort(x, kind="stable")
+    same = x[order][1:] == x[order][:-1]  # neighbours in the sort sharing a value of x
+    Ys = Y[:, order]
+    return ~((Ys[:, 1:] != Ys[:, :-1]) & same[None, :]).any(axis=1)
 
 
 def _determines_a_small_cell(
