@@ -104,3 +104,17 @@ def test_review_finds_the_pins_the_gate_withholds(
     log = json.loads((tmp_path / "out" / "t" / "bundle" / "sdc_log.json").read_text())
     entries = [e for e in log["decisions"] if e["stage"] == "three_way"]
     assert entries and all(e["column"] in cols for e in entries)
+
+
+def test_a_feasible_value_between_k_minus_one_and_k_clears_no_cell() -> None:
+    """A cell an LP solution puts at k - 0.5 rows may still have its maximum below k (so its
+    integer count in 1..k-1): only a solution at k rows or more, or at 0, clears it."""
+    from replisynth.disclosure.three_way import TripleLP
+
+    lp = TripleLP.__new__(TripleLP)
+    lp.shape = (1, 1, 3)
+    act = np.arange(3)
+    x = np.array([K - 0.5, float(K), 0.0])
+    open_ = {(0, 0, 0): 0, (0, 0, 1): 1, (0, 0, 2): 2}
+    lp._clear(open_, x, act, K)
+    assert list(open_) == [(0, 0, 0)]

@@ -230,8 +230,9 @@ class TripleLP:
 
     def _clear(self, open_: dict[Any, int], x: np.ndarray, act: np.ndarray, k: int) -> None:
         """Drop from `open_` the cells that the feasible table `x` (over `act`) leaves empty
-        or at >= k rows, or from which 2x2x2 moves reach an empty cell."""
-        for c in [c for c, i in open_.items() if x[i] < 1e-6 or x[i] > k - 1 + 1e-6]:
+        or at >= k rows, or from which 2x2x2 moves reach an empty cell. A value in (k-1, k)
+        clears nothing: the maximum may still round down to k-1, which `pinned` counts."""
+        for c in [c for c, i in open_.items() if x[i] < 1e-6 or x[i] >= k - 1e-6]:
             del open_[c]
         full = np.zeros(int(np.prod(self.shape)))
         full[act] = np.clip(x, 0.0, None)
