@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from replisynth.config.manifest import Checkpoint, load_manifest
 from replisynth.pin import pin
 from replisynth.pin.pin import _operator, pin_checkpoints
-from replisynth.pin.support import INTEGER_TOL, SE_WEIGHT, SeProxy, swap_repair
+from replisynth.pin.support import INTEGER_TOL, SE_WEIGHT, SeProxy, bounded_min_norm, swap_repair
 from replisynth.stats.design import build_design
 
 
@@ -51,6 +51,28 @@ def test_swap_repair_tracks_the_se_proxy_exactly() -> None:
     np.testing.assert_allclose(proxy.gap, gap0 + 0.5 * np.log(Q1 / Q0), atol=1e-9)
     # the objective it minimises, coefficient gaps and SE gaps together, fell
     assert r1 @ r1 + SE_WEIGHT**2 * proxy.gap @ proxy.gap < 0.9 * SE_WEIGHT**2 * gap0 @ gap0
+
+
+def test_rank_step_closes_the_gap_moving_sparse_values_more() -> None:
+    """The step in rank units meets V' delta = D like the plain one, inside the bounds, but
+    moves values where they are sparse (a long upper tail) more than where they are dense."""
+    r = np.random.default_rng(5)
+    n = 2_000
+    y = np.sort(r.lognormal(0.0, 1.2, n))
+    X = np.column_stack([np.ones(n), r.normal(size=n)])
+    V = X @ np.linalg.inv(X.T @ X) * np.sqrt(n)
+    D = np.array([0.05, 0.01])
+    free = np.ones(n, dtype=bool)
+    scale = pin._rank_scale(y, free)
+    d_rank, ok = pin._rank_step(V, D, y, free, 0.0, float(y.max()), scale)
+    d_plain, ok_plain = bounded_min_norm(V, D, y, free, 0.0, float(y.max()))
+    assert ok and ok_plain
+    np.testing.assert_allclose(V.T @ d_rank, D, atol=1e-9)
+    assert np.all(y + d_rank >= 0.0) and np.all(y + d_rank <= y.max() + 1e-12)
+    low, top = slice(0, n // 2), slice(n - n // 10, n)
+    assert np.abs(d_rank[low]).mean() < np.abs(d_plain[low]).mean()
+    assert np.abs(d_rank[top]).mean() > np.abs(d_rank[low]).mean()
+    assert np.all(pin._rank_scale(y, ~free) == 0.0)
 
 
 def _ratio_frame(n: int, seed: int, y: str, slope: float) -> pd.DataFrame:
@@ -116,11 +138,15 @@ def test_atoms_keep_the_draws_counts_and_checkpoints_stay_exact(
     assert max(abs(np.log(s)) for s in ses) <= 0.25
 
 
-def test_exchange_refused_when_the_marginal_cannot_carry_the_ses(tmp_path: Path) -> None:
-    """A draw from another distribution (its positive values' mean is not the one the
-    checkpoint implies, which no exchange can change): the exchange cannot bring the
-    coefficients back without taking the SEs far off, so the pin keeps its former path
-    (exact, inside the support) and its note says nothing of an exchange."""
+def test_exchange_refused_when_the_marginal_cannot_carry_the_ses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A draw from another distribution (its values' mean a quarter of the one the
+    checkpoint implies, which no exchange can change; the step in rank units carries the
+    difference in the upper tail, the SEs up by about 0.2 in logs): with a bound of 0.1 the
+    pin keeps its former path (exact, inside the support) and its note says nothing of an
+    exchange."""
+    monkeypatch.setattr(pin, "EXCHANGE_SE_BOUND", 0.1)
     orig = _ratio_frame(9000, 11, "spend", 0.5)
     release, data, _ = release_of(orig, tmp_path)
     manifest = load_manifest(
@@ -129,6 +155,7 @@ def test_exchange_refused_when_the_marginal_cannot_carry_the_ses(tmp_path: Path)
     cp = Checkpoint(tag="cp", source="people", model="ols", vcov="HC1", formula="spend ~ x + w")
     rels = capture_released(data, manifest, cp)
     draw = _ratio_frame(9000, 12, "spend", 0.1)
+    draw["spend"] *= 0.3
     out, res = pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
     assert res[0].detail["support"]["exchanged"] is False
     assert "exchanged" not in res[0].note

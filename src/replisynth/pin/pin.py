@@ -27,6 +27,7 @@ from replisynth.fit.linear_models import (
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.se_shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 from replisynth.pin.support import (
+    ACTIVE_ROUNDS,
     INTEGER_TOL,
     SeProxy,
     Support,
@@ -1032,11 +1033,12 @@ def _bounded_passes(
     frozen: np.ndarray,
     designs: _Designs | None,
     offset: np.ndarray,
+    scale: np.ndarray | None = None,
 ) -> bool:
-    """Bounded minimum-norm steps (`support.bounded_min_norm`) on the rows of the samples
-    not `frozen` until the group's coefficients are back where the pin put them (gaps equal
-    to `offset`: 0 for an exact pin, the compromise's for an approximate one); False when
-    they cannot be."""
+    """Bounded minimum-norm steps (`support.bounded_min_norm`; with `scale`, in rank units,
+    `_rank_step`) on the rows of the samples not `frozen` until the group's coefficients are
+    back where the pin put them (gaps equal to `offset`: 0 for an exact pin, the
+    compromise's for an approximate one); False when they cannot be."""
     for _ in range(MAX_PASSES):
         st = _stacked(df, group, designs)
         if st is None:
@@ -1046,7 +1048,11 @@ def _bounded_passes(
         if np.max(np.abs(D), initial=0.0) <= EXACT_TOL:
             return True
         z = df[outcome].to_numpy(dtype="float64")
-        delta, ok = bounded_min_norm(V, D, z, sample & ~frozen, sup.lo, sup.hi)
+        free = sample & ~frozen
+        if scale is None:
+            delta, ok = bounded_min_norm(V, D, z, free, sup.lo, sup.hi)
+        else:
+            delta, ok = _rank_step(V, D, z, free & (scale > 0), sup.lo, sup.hi, scale)
         if not ok:
             return False
         df[outcome] = z + delta
@@ -1259,11 +1265,67 @@ def _exchange_to_draw(
         df[outcome] = y
         exact = bool(np.max(np.abs(gap), initial=0.0) <= INTEGER_TOL)
     else:
-        exact = _bounded_passes(df, group, outcome, sup, frozen, designs, offset)
+        scale = _rank_scale(y, ~frozen & ~np.isnan(y))
+        exact = _bounded_passes(df, group, outcome, sup, frozen, designs, offset, scale)
     if exact and _within(_se_gaps(df, group, designs), np.full(len(start), bound)):
         return True
     df[outcome] = y0
     return False
+
+
+def _rank_scale(y: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Per row of `free`, the change of value one rank is worth around its rank among the
+    free rows (their spacing over RANK_WINDOW of them each way), 0 elsewhere."""
+    rows = np.flatnonzero(free)
+    out = np.zeros(len(y))
+    m = len(rows)
+    if m < 2:
+        return out
+    order = rows[np.argsort(y[rows], kind="stable")]
+    v = y[order]
+    h = max(1, int(m * RANK_WINDOW))
+    k = np.arange(m)
+    lo, hi = np.maximum(k - h, 0), np.minimum(k + h, m - 1)
+    out[order] = (v[hi] - v[lo]) / (hi - lo)
+    return out
+
+
+RANK_WINDOW = 0.01  # share of the free rows each way over which `_rank_scale` reads spacing
+
+
+def _rank_step(
+    V: np.ndarray,
+    D: np.ndarray,
+    z: np.ndarray,
+    free: np.ndarray,
+    lo: float,
+    hi: float,
+    scale: np.ndarray,
+) -> tuple[np.ndarray, bool]:
+    """`support.bounded_min_norm` in rank units: V' delta = D with the least sum of
+    (delta / scale)^2 over `free`, so rows move by ranks of the marginal, not by values (a
+    shift of the mean goes to the sparse tail, not to where values are dense)."""
+    Vs = V * scale[:, None]
+    G = Vs[free].T @ Vs[free]  # less each fixed row's part, as the rows leave
+    delta = np.zeros(len(z))
+    fixed = np.zeros(len(z), dtype=bool)
+    for _ in range(ACTIVE_ROUNDS):
+        F = free & ~fixed
+        rest = D - V[fixed].T @ delta[fixed]
+        lam = np.linalg.lstsq(G, rest, rcond=None)[0]
+        dF = np.where(F, scale * (Vs @ lam), 0.0)
+        tol = 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0)))
+        ok = bool(np.max(np.abs(V.T @ dF - rest), initial=0.0) <= tol)
+        new = z + dF
+        out = F & ((new < lo) | (new > hi))
+        delta[F] = dF[F]
+        if not ok or not out.any():
+            return delta, ok
+        idx = np.flatnonzero(out)
+        delta[idx] = np.clip(new[idx], lo, hi) - z[idx]
+        fixed[idx] = True
+        G = G - Vs[idx].T @ Vs[idx]
+    return delta, False
 
 
 def _se_proxy(
