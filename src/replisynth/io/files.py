@@ -109,6 +109,16 @@ def _check_duplicates(path: Path, names: list[str]) -> None:
         )
 
 
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    """`pd.read_parquet`, then the pages Arrow's allocator kept from the read handed back to the
+    system (about the frame's size again at register scale, otherwise held to the job's end)."""
+    import pyarrow as pa
+
+    df = pd.read_parquet(path)
+    pa.default_memory_pool().release_unused()
+    return df
+
+
 def read_columns(path: str | Path) -> list[str]:
     """Column names of a data file, reading as little of it as the format allows."""
     path = Path(path)
@@ -170,7 +180,7 @@ def read_source(
             df = pd.read_csv(path, encoding="utf-8-sig")
             meta = FileMeta(display_formats=csv_dates(df, date_formats or {}, path))
         elif fmt == "parquet":
-            df = pd.read_parquet(path)
+            df = read_parquet(path)
             meta = parquet_meta(path)
             meta = FileMeta(**{**meta.__dict__, "display_formats": parquet_dates(df, path)})
         elif fmt == "dta":

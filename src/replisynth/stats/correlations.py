@@ -16,6 +16,11 @@ def _midranks(x: np.ndarray) -> np.ndarray:
     return _Ranker(x).ranks()
 
 
+def _code_type(size: int) -> type[np.signedinteger]:
+    """Codes below `size` as int32 when they fit (half the memory of intp), else intp."""
+    return np.int32 if size < 2**31 else np.intp
+
+
 class _Ranker:
     """Mid-ranks (ties averaged, as `scipy.stats.rankdata(method="average")`) of one column
     without missing values, over all rows or over a subset of them, each in O(n) once built.
@@ -41,14 +46,15 @@ class _Ranker:
             and np.array_equal(head.astype(np.intp), head)
         ):
             c = x - lo
-            ic = c.astype(np.intp)
+            ic = c.astype(_code_type(int(hi - lo) + 1))
             if np.array_equal(ic, c):
                 self.codes, self.size = ic, int(ic.max()) + 1
                 return
         order = np.argsort(x)  # ties share one mid-rank: no need for a stable sort
         xs = x[order]
         group = np.concatenate([[0], np.cumsum(xs[1:] != xs[:-1])])
-        self.codes = np.empty(n, dtype=np.intp)
+        del xs
+        self.codes = np.empty(n, dtype=_code_type(n))
         self.codes[order] = group  # each row's tie group: its code
         self.size = int(group[-1]) + 1
 

@@ -267,7 +267,8 @@ def _view(
     )
     M = np.isfinite(target).astype("float64")
     np.fill_diagonal(M, 0.0)
-    pos = np.full(n, -1, dtype="int64")
+    # n positions per view (96 strata views: 96 n-row arrays): int32 when they fit
+    pos = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
     pos[rows] = np.arange(len(rows))
     A, Q, N = view_sums(U, Pm, miss)
     C = U.T @ U if U.dtype == np.float64 else _in_chunks(U, lambda part: part.T @ part, (d, d))

@@ -621,10 +621,11 @@ def synthesize_source(
                 ),
                 s,
             )
-        else:
-            v = cols[s.name][perm]
-            data[s.name] = _restore_dtype(v, s, release)
+        else:  # each drawn column freed once shuffled: one copy of the data alive, not two
+            data[s.name] = _restore_dtype(cols.pop(s.name)[perm], s, release)
+    del cols
     df = pd.DataFrame(data)
+    del data
     df = df[[s.name for s in specs_list]]
     if release.get("panel") and ent is None:
         df = _panel(df, release["panel"]["entity"], release["panel"]["time"])

@@ -25,6 +25,7 @@ from replisynth.io.files import (
     parquet_meta,
     read_columns,
     read_json,
+    read_parquet,
     read_source,
     synthetic_label,
     write_csv,
@@ -345,7 +346,7 @@ def stage_pin(
     from replisynth.pin.pin import pin_checkpoints
 
     b = load_bundle(bundle_dir)
-    df = pd.read_parquet(unpinned)
+    df = read_parquet(unpinned)
     progress(f"pin: {source} design moments")
     df, aligned = align_moments(
         df, b.checkpoints, b.releases[source], make_rng(b.manifest.seed, source, "xmom")
@@ -516,7 +517,7 @@ def read_parquet_frame(path: str | Path) -> pd.DataFrame:
     """A parquet file as pandas reads it, its date and timestamp columns as datetime64 (naive UTC)."""
     from replisynth.io.files import parquet_dates
 
-    df = pd.read_parquet(path)
+    df = read_parquet(path)
     parquet_dates(df, Path(path))
     return df
 
