@@ -747,7 +747,11 @@ def test_clustered_checkpoint_settles_within_its_own_se_precision() -> None:
     assert settle_tol(PROXY_FACTOR_TOL, 10**6) == PROXY_FACTOR_TOL
     for vcov, near in (("cluster:site", True), ("HC1", False)):
         cp = Checkpoint(
-            tag="g", source="people", model="fe", formula="y ~ x1 + x2", vcov=vcov,
+            tag="g",
+            source="people",
+            model="fe",
+            formula="y ~ x1 + x2",
+            vcov=vcov,
             absorb=["region"],
         )
         rel, _ = capture_checkpoint(df, cp, m, 0)
