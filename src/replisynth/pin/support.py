@@ -6,7 +6,7 @@ Method: docs/method.md, "Layer 4: pinning", "Support of a pinned outcome".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -397,10 +397,6 @@ class SeProxy:
     F: np.ndarray
     Q: np.ndarray
     gap: np.ndarray
-    WF: np.ndarray = field(init=False, repr=False)  # W * F, formed once (read every round)
-
-    def __post_init__(self) -> None:
-        self.WF = self.W * self.F
 
     def changes(self, y: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
         """(p, K): the change of Q_k when rows up[p] and down[p] exchange their values."""
@@ -414,7 +410,7 @@ class SeProxy:
         products of a row's and its partner's terms, so no (m, m, K) array is formed."""
         c = self.gap / self.Q
         au, ad = self.W[up] @ c, self.W[down] @ c  # only the 2m rows scored, not the whole pool
-        bu, bd = self.WF[up] @ c, self.WF[down] @ c
+        bu, bd = (self.W[up] * self.F[up]) @ c, (self.W[down] * self.F[down]) @ c
         ya, yb = y[up][:, None], y[down][None, :]
         da, db = au[:, None] - ad[None, :], bu[:, None] - bd[None, :]
         return 0.5 * ((yb * yb - ya * ya) * da - 2.0 * (yb - ya) * db)
