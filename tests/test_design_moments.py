@@ -729,3 +729,35 @@ def test_glm_and_fe_checkpoints_settle_by_their_raw_factors(model: str, seed: in
     assert wide is not None and wide.se_factor_gap() > PROXY_FACTOR_TOL and not fine(wide)
     # the same record as an re checkpoint is not judged by these factors
     assert not _settle_rule([{**c, "model": "re"}])(same)
+
+
+def test_clustered_checkpoint_settles_within_its_own_se_precision() -> None:
+    """An fe checkpoint clustered over 12 sites settles with an SE-factor gap of about 1%
+    (its SE is itself known to about 1/sqrt(22), `settle_tol`), the same checkpoint with HC1
+    does not, and a gap of 4% is beyond both."""
+    from conftest import make_people, manifest_for
+
+    from replisynth.pin.design_moments import PROXY_FACTOR_TOL, _settle_rule, _target, settle_tol
+
+    df = make_people(1200, seed=2)
+    df["site"] = np.arange(len(df)) % 12
+    m = load_manifest(manifest_for(Path("people.csv")))
+    tol = settle_tol(PROXY_FACTOR_TOL, 12)
+    assert tol == pytest.approx(0.1 / np.sqrt(22))
+    assert settle_tol(PROXY_FACTOR_TOL, 10**6) == PROXY_FACTOR_TOL
+    for vcov, near in (("cluster:site", True), ("HC1", False)):
+        cp = Checkpoint(
+            tag="g",
+            source="people",
+            model="fe",
+            formula="y ~ x1 + x2",
+            vcov=vcov,
+            absorb=["region"],
+        )
+        rel, _ = capture_checkpoint(df, cp, m, 0)
+        c = {**rel, "status": "released"}
+        fine = _settle_rule([c])
+        for scale, ok in ((1.01, near), (1.04, False)):
+            t, _ = _target(df.assign(x2=df["x2"] * scale), c, compile_rows=False)
+            assert t is not None and t.clusters == (12 if near else None)
+            assert PROXY_FACTOR_TOL < t.se_factor_gap() and fine(t) == ok, (vcov, scale)

@@ -166,7 +166,7 @@ def absorbed_df(d: Design, has_const: bool, clustered: bool) -> int:
     Clustered with one absorbed column nested in the clusters: none (as PanelOLS and Stata)."""
     assert d.absorb is not None
     m = d.absorb.shape[1]
-    levels = [int(np.unique(d.absorb[:, j]).size) for j in range(m)]
+    levels = [int(pd.unique(d.absorb[:, j]).size) for j in range(m)]
     if clustered and m == 1 and d.clusters is not None and _nested(d.absorb[:, 0], d.clusters):
         return sum(levels) - (m - 1) - int(has_const) - (levels[0] - int(has_const))
     return sum(levels) - (m - 1) - int(has_const)
@@ -204,6 +204,11 @@ class _Whitened:
         return beta, yw - self.Xw @ beta
 
 
+def _sorted_codes(a: np.ndarray) -> np.ndarray:
+    """`np.unique(a, return_inverse=True)[1]` (codes of the sorted levels) by hashing."""
+    return pd.factorize(a.ravel(), sort=True)[0]
+
+
 def _fe_cov(cp: Checkpoint, d: Design, f: _Whitened, e: np.ndarray, extra: int) -> np.ndarray:
     """Covariance of the absorbed regression on whitened data (X_t sqrt(w), residual e), with
     linearmodels' conventions: unadjusted and clustered debiased, HC0 not, HC1 debiased;
@@ -212,11 +217,10 @@ def _fe_cov(cp: Checkpoint, d: Design, f: _Whitened, e: np.ndarray, extra: int) 
     debias = n / (n - k - extra)
     if cp.cluster:
         assert d.clusters is not None
-        _, g = np.unique(np.asarray(d.clusters), return_inverse=True)
-        g = g.ravel()
+        g = _sorted_codes(np.asarray(d.clusters))
         G = int(g.max()) + 1
-        S = np.zeros((G, k))
-        np.add.at(S, g, f.Xw * e[:, None])
+        Z = f.Xw * e[:, None]  # cluster sums by bincount: the same bits as np.add.at, in order
+        S = np.column_stack([np.bincount(g, weights=Z[:, j], minlength=G) for j in range(k)])
         return f.B @ (S.T @ S) @ f.B * (debias * G / (G - 1) * (n - 1) / n)
     if cp.vcov == "nonrobust":
         return f.B * float(e @ e) / (n - k - extra)

@@ -53,6 +53,9 @@ SE_FACTOR_TOL = (
 # weights; within moments), so they are judged by a quarter of the tolerance: the alignment
 # moves only those raw moments, and within it they are about as close as its sweeps leave them
 PROXY_FACTOR_TOL = SE_FACTOR_TOL / 4
+# A clustered SE over G clusters is itself known to about 1/sqrt(2(G - 1)) in log terms; a design
+# gap of this share of that adds at most ½ CLUSTER_SHARE² (0.5%) to its error, in quadrature
+CLUSTER_SHARE = 0.1
 MEAN_SD_WEIGHT = 1.0  # weight of a mean/SD gap (in released SDs) relative to a correlation gap
 
 
@@ -87,6 +90,7 @@ class _Target:
     # iv with released instrument moments: positions (in the released columns) of X's and Z's
     # non-constant columns, and the released log SE factors (see `_iv_log_se_factors`)
     iv: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    clusters: int | None = None  # clusters in the sample of a clustered vcov
 
     def error(self, S1: np.ndarray, S2: np.ndarray) -> np.ndarray:
         """Squared gaps of correlations (each pair once) and of means and SDs in released SDs;
@@ -371,6 +375,7 @@ def _target(
         S1=ws @ X,
         S2=(X * ws[:, None]).T @ X,
         iv=_iv_positions(data, cp, mo, have, R),
+        clusters=int(data[cp.cluster].nunique()) if cp.cluster else None,
     )
     if not compile_rows or (skip is not None and skip(t)):  # the state alone: no row evaluator
         return t, ""
@@ -622,8 +627,9 @@ class AlignSettings:
 
 def _settle_rule(checkpoints: list[dict[str, Any]]) -> Callable[[_Target], bool]:
     """Whether a checkpoint's design already gives its released SEs (`se_factor_gap` within
-    SE_FACTOR_TOL; GLMs and fe within PROXY_FACTOR_TOL), so it needs no alignment: never for
-    one that shares a linear outcome, nor for re or iv without its first stage."""
+    SE_FACTOR_TOL; GLMs and fe within PROXY_FACTOR_TOL; clustered ones within `settle_tol`), so
+    it needs no alignment: never for one that shares a linear outcome, nor for re or iv without
+    its first stage."""
     # What the alignment is for: nested specifications on one outcome (pinned jointly only when
     # the auxiliary regressions match, so they always align) and SEs (a checkpoint alone on its
     # outcome pins exactly whatever its design; its design sets the SEs through the factors of
@@ -652,10 +658,20 @@ def _settle_rule(checkpoints: list[dict[str, Any]]) -> Callable[[_Target], bool]
         if target.tag in shared or (target.iv is None and target.tag in iv_tags):
             return False
         if target.tag in proxied:
-            return target.se_factor_gap() <= PROXY_FACTOR_TOL
-        return target.tag in judged and target.se_factor_gap() <= SE_FACTOR_TOL
+            return target.se_factor_gap() <= settle_tol(PROXY_FACTOR_TOL, target.clusters)
+        return target.tag in judged and target.se_factor_gap() <= settle_tol(
+            SE_FACTOR_TOL, target.clusters
+        )
 
     return fine
+
+
+def settle_tol(tol: float, clusters: int | None) -> float:
+    """The SE-factor tolerance of a checkpoint: `tol`, or for a clustered vcov over G clusters
+    CLUSTER_SHARE of that SE's own precision 1/sqrt(2(G - 1)) when that is wider."""
+    if clusters is None or clusters < 2:
+        return tol
+    return max(tol, CLUSTER_SHARE / np.sqrt(2.0 * (clusters - 1)))
 
 
 def _build_targets(

@@ -409,9 +409,10 @@ class SeProxy:
         first-order move of log SE gap k (one exchange moves Q_k by O(1/n)). dQ is a sum of
         products of a row's and its partner's terms, so no (m, m, K) array is formed."""
         c = self.gap / self.Q
-        alpha, beta = self.W @ c, (self.W * self.F) @ c
+        au, ad = self.W[up] @ c, self.W[down] @ c  # only the 2m rows scored, not the whole pool
+        bu, bd = (self.W[up] * self.F[up]) @ c, (self.W[down] * self.F[down]) @ c
         ya, yb = y[up][:, None], y[down][None, :]
-        da, db = alpha[up][:, None] - alpha[down][None, :], beta[up][:, None] - beta[down][None, :]
+        da, db = au[:, None] - ad[None, :], bu[:, None] - bd[None, :]
         return 0.5 * ((yb * yb - ya * ya) * da - 2.0 * (yb - ya) * db)
 
     def gaps(self, dQ: np.ndarray) -> np.ndarray:
