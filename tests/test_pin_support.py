@@ -364,3 +364,18 @@ def test_share_of_exact_zeros_is_the_draws(tmp_path: Path, n: int, seed: int, y:
     assert (after[before > 0] > 0).all()
     assert res[0].detail["support"]["mass_share_kept"], res[0].note
     assert max(z for _, z, _ in refit_terms(new["people"], rels[0])) <= 1e-6
+
+
+def test_blocked_products_over_selected_rows_equal_the_copied_ones() -> None:
+    """The repair's spread step forms V[rows]'V[rows] and V[rows] @ lam by blocks of rows
+    (no copy of V[rows] at register scale): the same numbers as the copied products."""
+    from replisynth.pin import support
+
+    rng = np.random.default_rng(3)
+    V = rng.normal(size=(2 * support.ROW_CHUNK + 123, 5))
+    rows = np.flatnonzero(rng.random(len(V)) < 0.7)
+    lam = rng.normal(size=5)
+    np.testing.assert_allclose(
+        support._gram_of_rows(V, rows), V[rows].T @ V[rows], rtol=1e-12, atol=1e-9
+    )
+    np.testing.assert_allclose(support._rows_times(V, rows, lam), V[rows] @ lam, rtol=1e-12)

@@ -306,20 +306,39 @@ def _spread(y: np.ndarray, rows: np.ndarray, mv: _Moves, r: np.ndarray, tol: flo
         if np.max(np.abs(r), initial=0.0) <= tol:
             break
         live = np.flatnonzero(mv.live)
-        VL = mv.V[live]
-        lam = np.linalg.lstsq(VL.T @ VL, r, rcond=None)[0]
-        d = VL @ lam
+        lam = np.linalg.lstsq(_gram_of_rows(mv.V, live), r, rcond=None)[0]
+        d = _rows_times(mv.V, live, lam)
         t = np.where(d > 0, mv.up[live], mv.down[live])
         p = np.where(t != 0, np.minimum(np.abs(d) / np.where(t != 0, np.abs(t), 1.0), 1.0), 0.0)
         u = np.floor(np.cumsum(p) + 0.5)
         take = np.flatnonzero(np.diff(u, prepend=0.0) > 0)
-        new = r - VL[take].T @ t[take]
+        new = r - mv.V[live[take]].T @ t[take]
         if not len(take) or float(new @ new) > 0.25 * float(r @ r):
             break
         y[rows[live[take]]] += t[take]
         mv.live[live[take]] = False
         r = new
     return r
+
+
+ROW_CHUNK = 1 << 16  # rows per block when a product over selected rows is formed in blocks
+
+
+def _gram_of_rows(V: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """V[rows]' V[rows], summed over blocks of rows so no copy of V[rows] is held."""
+    G = np.zeros((V.shape[1], V.shape[1]))
+    for s in range(0, len(rows), ROW_CHUNK):
+        block = V[rows[s : s + ROW_CHUNK]]
+        G += block.T @ block
+    return G
+
+
+def _rows_times(V: np.ndarray, rows: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """V[rows] @ lam, by blocks of rows (no copy of V[rows])."""
+    out = np.empty(len(rows))
+    for s in range(0, len(rows), ROW_CHUNK):
+        out[s : s + ROW_CHUNK] = V[rows[s : s + ROW_CHUNK]] @ lam
+    return out
 
 
 def _best(gain: np.ndarray, k: int) -> np.ndarray:
