@@ -75,6 +75,18 @@ def test_rank_step_closes_the_gap_moving_sparse_values_more() -> None:
     assert np.all(pin._rank_scale(y, ~free) == 0.0)
 
 
+def test_rank_scale_of_a_sparse_tail_is_capped() -> None:
+    """A few far values (a Pareto tail) get at most RANK_CAP times the median spacing, so a
+    step in rank units does not hand the whole mean shift to the farthest rows."""
+    r = np.random.default_rng(8)
+    y = np.concatenate([r.normal(size=5_000), 50.0 + 1e3 * r.pareto(0.8, size=40)])
+    free = np.ones(len(y), dtype=bool)
+    s = pin._rank_scale(y, free)
+    median = float(np.median(s[s > 0]))
+    assert s.max() <= pin.RANK_CAP * median * (1 + 1e-12)
+    assert s.max() == pytest.approx(pin.RANK_CAP * median)  # the tail reaches the cap
+
+
 def _ratio_frame(n: int, seed: int, y: str, slope: float) -> pd.DataFrame:
     """An outcome like a rate per year: about 60% zeros, a fifth of the rest on a few coded
     values (atoms), the others spread; its mean rising with x by `slope`."""

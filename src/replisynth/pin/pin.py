@@ -1275,7 +1275,8 @@ def _exchange_to_draw(
 
 def _rank_scale(y: np.ndarray, free: np.ndarray) -> np.ndarray:
     """Per row of `free`, the change of value one rank is worth around its rank among the
-    free rows (their spacing over RANK_WINDOW of them each way), 0 elsewhere."""
+    free rows (their spacing over RANK_WINDOW of them each way, at most RANK_CAP times the
+    median spacing), 0 elsewhere."""
     rows = np.flatnonzero(free)
     out = np.zeros(len(y))
     m = len(rows)
@@ -1287,10 +1288,14 @@ def _rank_scale(y: np.ndarray, free: np.ndarray) -> np.ndarray:
     k = np.arange(m)
     lo, hi = np.maximum(k - h, 0), np.minimum(k + h, m - 1)
     out[order] = (v[hi] - v[lo]) / (hi - lo)
+    spaced = out[rows][out[rows] > 0]
+    if len(spaced):  # a sparse extreme tail moves by ranks too, not by its whole gaps
+        out[rows] = np.minimum(out[rows], RANK_CAP * float(np.median(spaced)))
     return out
 
 
 RANK_WINDOW = 0.01  # share of the free rows each way over which `_rank_scale` reads spacing
+RANK_CAP = 10.0  # largest `_rank_scale` as a multiple of the free rows' median spacing
 
 
 def _rank_step(
