@@ -64,7 +64,7 @@ def test_rank_step_closes_the_gap_moving_sparse_values_more() -> None:
     D = np.array([0.05, 0.01])
     free = np.ones(n, dtype=bool)
     scale = pin._rank_scale(y, free)
-    d_rank, ok = pin._rank_step(V, D, y, free, 0.0, float(y.max()), scale)
+    d_rank, ok = bounded_min_norm(V, D, y, free, 0.0, float(y.max()), scale)
     d_plain, ok_plain = bounded_min_norm(V, D, y, free, 0.0, float(y.max()))
     assert ok and ok_plain
     np.testing.assert_allclose(V.T @ d_rank, D, atol=1e-9)

@@ -27,7 +27,6 @@ from replisynth.fit.linear_models import (
 from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.se_shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 from replisynth.pin.support import (
-    ACTIVE_ROUNDS,
     INTEGER_TOL,
     SeProxy,
     Support,
@@ -1035,10 +1034,10 @@ def _bounded_passes(
     offset: np.ndarray,
     scale: np.ndarray | None = None,
 ) -> bool:
-    """Bounded minimum-norm steps (`support.bounded_min_norm`; with `scale`, in rank units,
-    `_rank_step`) on the rows of the samples not `frozen` until the group's coefficients are
-    back where the pin put them (gaps equal to `offset`: 0 for an exact pin, the
-    compromise's for an approximate one); False when they cannot be."""
+    """Bounded minimum-norm steps (`support.bounded_min_norm`; with `scale`, in rank units)
+    on the rows of the samples not `frozen` until the group's coefficients are back where
+    the pin put them (gaps equal to `offset`: 0 for an exact pin, the compromise's for an
+    approximate one); False when they cannot be."""
     for _ in range(MAX_PASSES):
         st = _stacked(df, group, designs)
         if st is None:
@@ -1048,11 +1047,8 @@ def _bounded_passes(
         if np.max(np.abs(D), initial=0.0) <= EXACT_TOL:
             return True
         z = df[outcome].to_numpy(dtype="float64")
-        free = sample & ~frozen
-        if scale is None:
-            delta, ok = bounded_min_norm(V, D, z, free, sup.lo, sup.hi)
-        else:
-            delta, ok = _rank_step(V, D, z, free & (scale > 0), sup.lo, sup.hi, scale)
+        free = sample & ~frozen if scale is None else sample & ~frozen & (scale > 0)
+        delta, ok = bounded_min_norm(V, D, z, free, sup.lo, sup.hi, scale)
         if not ok:
             return False
         df[outcome] = z + delta
@@ -1296,41 +1292,6 @@ def _rank_scale(y: np.ndarray, free: np.ndarray) -> np.ndarray:
 
 RANK_WINDOW = 0.01  # share of the free rows each way over which `_rank_scale` reads spacing
 RANK_CAP = 10.0  # largest `_rank_scale` as a multiple of the free rows' median spacing
-
-
-def _rank_step(
-    V: np.ndarray,
-    D: np.ndarray,
-    z: np.ndarray,
-    free: np.ndarray,
-    lo: float,
-    hi: float,
-    scale: np.ndarray,
-) -> tuple[np.ndarray, bool]:
-    """`support.bounded_min_norm` in rank units: V' delta = D with the least sum of
-    (delta / scale)^2 over `free`, so rows move by ranks of the marginal, not by values (a
-    shift of the mean goes to the sparse tail, not to where values are dense)."""
-    Vs = V * scale[:, None]
-    G = Vs[free].T @ Vs[free]  # less each fixed row's part, as the rows leave
-    delta = np.zeros(len(z))
-    fixed = np.zeros(len(z), dtype=bool)
-    for _ in range(ACTIVE_ROUNDS):
-        F = free & ~fixed
-        rest = D - V[fixed].T @ delta[fixed]
-        lam = np.linalg.lstsq(G, rest, rcond=None)[0]
-        dF = np.where(F, scale * (Vs @ lam), 0.0)
-        tol = 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0)))
-        ok = bool(np.max(np.abs(V.T @ dF - rest), initial=0.0) <= tol)
-        new = z + dF
-        out = F & ((new < lo) | (new > hi))
-        delta[F] = dF[F]
-        if not ok or not out.any():
-            return delta, ok
-        idx = np.flatnonzero(out)
-        delta[idx] = np.clip(new[idx], lo, hi) - z[idx]
-        fixed[idx] = True
-        G = G - Vs[idx].T @ Vs[idx]
-    return delta, False
 
 
 def _se_proxy(

@@ -147,22 +147,26 @@ def bounded_min_norm(
     free: np.ndarray,
     lo: float,
     hi: float,
+    scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool]:
     """The change delta (n,) of z with V' delta = D, zero off `free`, z + delta in [lo, hi]:
-    the minimum-norm solution on the free rows; rows it takes out of the box are set to the
-    bound they crossed and frozen there, and the rest solved again (an active-set loop).
-    Returns delta and whether the constraints hold (to 1e-9 relative)."""
+    the minimum-norm solution on the free rows (with `scale`, the least sum of
+    (delta / scale)^2: rows move in those units, e.g. ranks of the marginal); rows it takes
+    out of the box are set to the bound they crossed and frozen there, and the rest solved
+    again (an active-set loop). Returns delta and whether the constraints hold (to 1e-9
+    relative)."""
     delta = np.zeros(len(z))
     fixed = np.zeros(len(z), dtype=bool)
     ok = False
-    Vf = V[free]
-    G = Vf.T @ Vf  # Gram of the free rows, less each frozen row's part (no copy of V per round)
-    del Vf
+    W = V if scale is None else V * scale[:, None]
+    Wf = W[free]
+    G = Wf.T @ Wf  # Gram of the free rows, less each frozen row's part (no copy of V per round)
+    del Wf
     for _ in range(ACTIVE_ROUNDS):
         F = free & ~fixed
         rest = D - V[fixed].T @ delta[fixed]
         lam = np.linalg.lstsq(G, rest, rcond=None)[0]
-        dF = np.where(F, V @ lam, 0.0)
+        dF = np.where(F, W @ lam if scale is None else scale * (W @ lam), 0.0)
         ok = bool(
             np.max(np.abs(V.T @ dF - rest), initial=0.0)
             <= 1e-9 * max(1.0, float(np.max(np.abs(rest), initial=0.0)))
@@ -175,8 +179,8 @@ def bounded_min_norm(
         idx = np.flatnonzero(out)
         delta[idx] = np.clip(new[idx], lo, hi) - z[idx]
         fixed[idx] = True
-        Vi = V[idx]
-        G = G - Vi.T @ Vi
+        Wi = W[idx]
+        G = G - Wi.T @ Wi
     else:
         ok = False
     return delta, ok
