@@ -199,6 +199,39 @@ def test_iv_with_weights_matches_iv2sls(panel: pd.DataFrame) -> None:
     assert fit.n == len(sub)
 
 
+@pytest.mark.parametrize("weights", [None, "w"])
+@pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
+@pytest.mark.parametrize(
+    "formula",
+    ["y ~ inc + inc2 + C(f) + [xe ~ zbig + z2]", "y ~ x2 + [xe + inc ~ z1 + z2 + zbig]"],
+)
+def test_iv_with_badly_scaled_columns_matches_iv2sls(
+    panel: pd.DataFrame, formula: str, vcov: str, weights: str | None
+) -> None:
+    """Regressors and instruments in units 10^4-10^6 times the intercept's (incomes, their
+    squares) are fitted, not refused as a singular first stage, and agree with IV2SLS to
+    1e-9 SE in coefficients and 1e-8 in SEs."""
+    from linearmodels.iv import IV2SLS
+
+    rng = np.random.default_rng(5)
+    df = panel.assign(inc=5e4 + 2e4 * panel["x1"])
+    df = df.assign(inc2=df["inc"] ** 2 / 1e3, zbig=rng.normal(size=len(df)) * 1e5 + 3e6 + df["inc"])
+    kw = {"weights": weights} if weights else {}
+    fit = _fit(df, _cp("iv", "iv", formula, vcov=vcov, **kw))
+    cov: dict[str, Any] = {
+        "nonrobust": {"cov_type": "unadjusted", "debiased": True},
+        "HC0": {"cov_type": "robust"},
+        "HC1": {"cov_type": "robust", "debiased": True},
+        "cluster:rc": {"cov_type": "clustered", "clusters": df["rc"], "debiased": True},
+    }[vcov]
+    lm_formula = formula.replace("~ ", "~ 1 + ", 1)
+    ref = IV2SLS.from_formula(lm_formula, df, weights=df[weights] if weights else None).fit(**cov)
+    se = ref.std_errors.rename({"1": "Intercept"})[fit.terms].to_numpy()
+    beta = ref.params.rename({"1": "Intercept"})[fit.terms].to_numpy()
+    assert np.max(np.abs(fit.beta - beta) / se) < 1e-9
+    np.testing.assert_allclose(fit.se, se, rtol=1e-8)
+
+
 def test_iv_exactly_identified_by_the_regressor_is_ols(panel: pd.DataFrame) -> None:
     """Instrumenting x1 by itself gives OLS, with statsmodels' nonrobust and cluster SEs."""
     import statsmodels.formula.api as smf

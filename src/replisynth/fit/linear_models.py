@@ -382,19 +382,54 @@ def _iv_xhat(d: Design, label: str) -> np.ndarray:
     return d.Z @ np.linalg.solve(ZtW @ d.Z, ZtW @ d.X)
 
 
-def _fit_iv(d: Design, cp: Checkpoint, label: str) -> Any:
-    from linearmodels.iv import IV2SLS
-
-    _iv_factors(d, label)  # raises a CheckpointError on collinear instruments or no first stage
+def fit_iv(d: Design, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(beta, SE) of an iv checkpoint as linearmodels' IV2SLS gives them, without it (its
+    pseudo-inverse of Z and pandas frames cost more than the fit): X_hat = Q Q'X from a
+    QR of sqrt(w) Z, beta by OLS of sqrt(w) y on X_hat (`_Whitened`), and the covariance
+    of the structural residual with IV2SLS's conventions (`_fe_cov` with no absorbed df)."""
+    _cov(cp, d)  # raises on a vcov the family does not take
     assert d.Z is not None and d.instruments is not None and d.n_exog is not None
-    k0 = d.n_exog
-    exog = pd.DataFrame(d.X[:, :k0], columns=d.terms[:k0]) if k0 else None
-    endog = pd.DataFrame(d.X[:, k0:], columns=d.terms[k0:])
-    instr = pd.DataFrame(d.Z[:, k0:], columns=d.instruments)
-    w = None if d.weights is None else pd.Series(d.weights)
-    cov_type, kw = _cov(cp, d)
-    return IV2SLS(pd.Series(d.y, name="y"), exog, endog, instr, weights=w).fit(
-        cov_type=cov_type, **kw
+    bad = collinear_terms(d.Z, d.terms[: d.n_exog] + d.instruments)
+    if bad:
+        raise CheckpointError(
+            f"{label}: the instruments and exogenous regressors are collinear: {', '.join(bad)}"
+        )
+    sw = None if d.weights is None else np.sqrt(d.weights)
+    Xw = d.X if sw is None else d.X * sw[:, None]
+    Zw = d.Z if sw is None else d.Z * sw[:, None]
+    yw = d.y if sw is None else d.y * sw
+    Q = np.linalg.qr(Zw)[0]
+    Xh = Q @ (Q.T @ Xw)
+    _check_first_stage(Xh.T @ Xw, Xw, label)
+    f = _Whitened.of(Xh, None)
+    beta, _ = f.solve(yw)
+    e = yw - Xw @ beta
+    if cp.cluster and len(np.unique(np.asarray(d.clusters))) < 2:
+        raise ValueError("a clustered covariance needs at least two clusters")
+    return beta, np.sqrt(np.diag(_fe_cov(cp, d, f, e, 0)))
+
+
+def _iv_result(d: Design, cp: Checkpoint, label: str) -> FitResult:
+    """`fit_iv` as a FitResult (scale = sum(w e^2) / (n - k) of the structural residual)."""
+    df_resid = float(len(d.y) - d.X.shape[1])
+    if df_resid <= 0:
+        raise CheckpointError(
+            f"{label}: no residual degrees of freedom left ({len(d.y)} observations)"
+        )
+    try:
+        beta, se = fit_iv(d, cp, label)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise CheckpointError(
+            f"{label}: the instrumental-variables fit failed ({exc}); check the formula, weights and vcov"
+        ) from None
+    e = d.y - d.X @ beta
+    return FitResult(
+        terms=list(d.terms),
+        beta=beta,
+        se=se,
+        n=int(len(d.y)),
+        resid_df=df_resid,
+        scale=float(np.sum(_weights(d) * e * e) / df_resid),
     )
 
 
@@ -404,11 +439,20 @@ def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
     w = _weights(d)
     XhW = (Xh * w[:, None]).T
     M = XhW @ d.X
-    if np.linalg.cond(M) > 1e12:
+    _check_first_stage(M, d.X * np.sqrt(w)[:, None], label)
+    return M, XhW.T
+
+
+def _check_first_stage(M: np.ndarray, Xw: np.ndarray, label: str) -> None:
+    """Raise when X_hat'WX is singular once its columns are scaled by those of sqrt(w) X
+    (a regressor in dollars squared beside an intercept is not a weak instrument; one that
+    the instruments leave near zero is)."""
+    c = np.sqrt(np.einsum("ij,ij->j", Xw, Xw))
+    c[c == 0] = 1.0
+    if not np.linalg.cond(M / np.outer(c, c)) <= 1e12:
         raise CheckpointError(
             f"{label}: the instruments do not identify the endogenous regressors (singular first stage)"
         )
-    return M, XhW.T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,35 +460,29 @@ def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
-    """Fit an fe checkpoint (`fit_fe`, linearmodels' AbsorbingLS numbers), an re or iv one
-    with linearmodels; returns estimators.FitResult with
+    """Fit an fe checkpoint (`fit_fe`, linearmodels' AbsorbingLS numbers), an iv one
+    (`fit_iv`, IV2SLS's numbers), an re one with linearmodels; returns estimators.FitResult with
     formulaic's term names and `scale` = sum(w e^2) / resid_df of the family's residual."""
 
     d = design
-    w = _weights(d)
-    extra: dict[str, float] = {}
     if cp.model == "fe":
         return _fe_result(d, cp, label)
+    if cp.model == "iv":
+        return _iv_result(d, cp, label)
+    if cp.model != "re":
+        raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
     try:
-        if cp.model == "re":
-            res, _ = _fit_re(d, cp, label)
-            df_resid = float(res.df_resid)
-            resid = None
-            extra = {
-                "sigma2_u": float(res.variance_decomposition["Effects"]),
-                "sigma2_e": float(res.variance_decomposition["Residual"]),
-                "rho": float(res.variance_decomposition["Percent due to Effects"]),
-            }
-        elif cp.model == "iv":
-            res = _fit_iv(d, cp, label)
-            df_resid = float(len(d.y) - d.X.shape[1])
-            resid = residual(d, cp, np.asarray(res.params, dtype="float64"))
-        else:
-            raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
+        res, _ = _fit_re(d, cp, label)
     except (ValueError, np.linalg.LinAlgError) as exc:
         raise CheckpointError(
             f"{label}: linearmodels could not fit the {cp.model} model ({exc}); check the formula, weights and vcov"
         ) from None
+    df_resid = float(res.df_resid)
+    extra = {
+        "sigma2_u": float(res.variance_decomposition["Effects"]),
+        "sigma2_e": float(res.variance_decomposition["Residual"]),
+        "rho": float(res.variance_decomposition["Percent due to Effects"]),
+    }
     if df_resid <= 0:
         raise CheckpointError(
             f"{label}: no residual degrees of freedom left ({len(d.y)} observations)"
@@ -454,11 +492,8 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
         raise CheckpointError(
             f"{label}: linearmodels dropped terms: {', '.join(params.index[params.isna()])}"
         )
-    if resid is None:
-        weps = np.asarray(res.wresids, dtype="float64")
-        scale = float(weps @ weps / df_resid)
-    else:
-        scale = float(np.sum(w * resid * resid) / df_resid)
+    weps = np.asarray(res.wresids, dtype="float64")
+    scale = float(weps @ weps / df_resid)
     return FitResult(
         terms=list(d.terms),
         beta=params.to_numpy(dtype="float64"),
