@@ -6,7 +6,7 @@ Method: docs/method.md, "Layer 4: pinning", "Support of a pinned outcome".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -420,6 +420,13 @@ class SeProxy:
     F: np.ndarray
     Q: np.ndarray
     gap: np.ndarray
+    _wf: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def wf(self) -> np.ndarray:
+        """W * F, formed once: every round's pull and first-order scores read it."""
+        if self._wf is None:
+            self._wf = self.W * self.F
+        return self._wf
 
     def changes(self, y: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
         """(p, K): the change of Q_k when rows up[p] and down[p] exchange their values."""
@@ -433,7 +440,8 @@ class SeProxy:
         products of a row's and its partner's terms, so no (m, m, K) array is formed."""
         c = self.gap / self.Q
         au, ad = self.W[up] @ c, self.W[down] @ c  # only the 2m rows scored, not the whole pool
-        bu, bd = (self.W[up] * self.F[up]) @ c, (self.W[down] * self.F[down]) @ c
+        WF = self.wf()
+        bu, bd = WF[up] @ c, WF[down] @ c
         ya, yb = y[up][:, None], y[down][None, :]
         da, db = au[:, None] - ad[None, :], bu[:, None] - bd[None, :]
         return 0.5 * ((yb * yb - ya * ya) * da - 2.0 * (yb - ya) * db)
@@ -443,8 +451,10 @@ class SeProxy:
 
     def pull(self, y: np.ndarray) -> np.ndarray:
         """Minus half the gradient of SE_WEIGHT^2 |gap|^2 at each row of this proxy (who wants
-        to go up; y the values of those rows)."""
-        return -(SE_WEIGHT**2) * ((self.W * (y[:, None] - self.F)) @ (self.gap / self.Q))
+        to go up; y the values of those rows): W(y - F) c as y Wc - (W F) c, two products
+        with no rows × terms temporary."""
+        c = self.gap / self.Q
+        return -(SE_WEIGHT**2) * (y * (self.W @ c) - self.wf() @ c)
 
 
 def swap_repair(
