@@ -28,6 +28,7 @@ from replisynth.pin.pin_discrete import is_discrete_group, pin_discrete_group
 from replisynth.pin.se_shape import WEIGHT_BOUNDS, leverage, sandwich_contributions, tilt_toward
 from replisynth.pin.support import (
     INTEGER_TOL,
+    ROW_CHUNK,
     SeProxy,
     Support,
     bounded_min_norm,
@@ -35,6 +36,7 @@ from replisynth.pin.support import (
     repair_gap,
     round_to_lattice,
     support_of,
+    swap_pool,
     swap_repair,
 )
 from replisynth.stats.design import Design, build_design, collinear_terms, released_terms
@@ -1249,7 +1251,7 @@ def _exchange_to_draw(
     pool = np.clip(draw[rows], sup.lo, sup.hi)  # a draw from the release is inside already
     y[rows[np.argsort(y0[rows], kind="stable")]] = np.sort(pool)
     df[outcome] = y
-    proxy = _se_proxy(df, group, designs, V)
+    proxy = _se_proxy(df, group, designs, V, swap_pool(rows))
     y, gap = swap_repair(y, rows, V, D - offset - V.T @ np.nan_to_num(y - y0), se=proxy)
     df[outcome] = y
     atoms = np.asarray(sup.atoms, dtype="float64")
@@ -1295,14 +1297,19 @@ RANK_CAP = 10.0  # largest `_rank_scale` as a multiple of the free rows' median 
 
 
 def _se_proxy(
-    df: pd.DataFrame, group: list[dict[str, Any]], designs: _Designs | None, V: np.ndarray
+    df: pd.DataFrame,
+    group: list[dict[str, Any]],
+    designs: _Designs | None,
+    V: np.ndarray,
+    pool: np.ndarray,
 ) -> SeProxy | None:
-    """The group's SEs as the swap repair tracks them (`support.SeProxy`), in the column
-    order of `_stacked`'s V: the fitted values of each term's checkpoint and the refit's
-    log(SE / released SE). ols and iv only (their sandwich is A diag(e^2) A'); None
-    otherwise or when a checkpoint cannot be refitted."""
+    """The group's SEs as the swap repair tracks them (`support.SeProxy`) on the rows `pool`
+    (`support.swap_pool`), in the column order of `_stacked`'s V: the fitted values of each
+    term's checkpoint and the refit's log(SE / released SE); Q sums over every row. ols and
+    iv only (their sandwich is A diag(e^2) A'); None otherwise or when a checkpoint cannot be
+    refitted."""
     designs = _fresh(designs)
-    F, gaps = [], []
+    fitted_cols, of_term, gaps = [], [], []
     for c in group:
         if c["model"] not in ("ols", "iv"):
             return None
@@ -1316,6 +1323,7 @@ def _se_proxy(
             return None
         col = np.zeros(len(df))
         col[df.index.get_indexer(d.index)] = fitted
+        fitted_cols.append(col)
         se = {t["term"]: t.get("se") for t in c["terms"] if not t.get("suppressed")}
         tgt = _targets(c)
         for name in (t for t in d.terms if t in tgt):
@@ -1323,14 +1331,27 @@ def _se_proxy(
             target = float(se.get(name) or 0.0)
             ok = k >= 0 and target > 0 and bool(np.isfinite(fit.se[k]) and fit.se[k] > 0)
             gaps.append(float(np.log(fit.se[k] / target)) if ok else 0.0)
-            F.append(col)
-    W = V**2
-    Fm = np.column_stack(F)
-    y = df[group[0]["outcome"]].to_numpy(dtype="float64")
-    Q = np.einsum("ik,ik->k", W, (np.nan_to_num(y)[:, None] - Fm) ** 2)
-    if len(gaps) != V.shape[1] or not np.all(Q > 0):
+            of_term.append(len(fitted_cols) - 1)
+    if len(gaps) != V.shape[1]:
         return None
-    return SeProxy(W, Fm, Q, np.asarray(gaps))
+    Fc = np.column_stack(fitted_cols)  # one column per checkpoint, not per term
+    y = np.nan_to_num(df[group[0]["outcome"]].to_numpy(dtype="float64"))
+    Q = _sandwich_diag(V, Fc, np.asarray(of_term), y)
+    if not np.all(Q > 0):
+        return None
+    Vp = V[pool]
+    return SeProxy(Vp * Vp, Fc[pool][:, of_term], Q, np.asarray(gaps))
+
+
+def _sandwich_diag(V: np.ndarray, Fc: np.ndarray, of_term: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Q_k = sum_i V_ik^2 (y_i - F_ik)^2 with F_ik = Fc[i, of_term[k]], by blocks of rows
+    (no rows × terms arrays)."""
+    Q = np.zeros(V.shape[1])
+    for s in range(0, len(y), ROW_CHUNK):
+        e = y[s : s + ROW_CHUNK, None] - Fc[s : s + ROW_CHUNK][:, of_term]
+        v = V[s : s + ROW_CHUNK]
+        Q += np.einsum("ik,ik->k", v * v, e * e)
+    return Q
 
 
 EXCHANGE_SE_BOUND = 0.25  # |log SE ratio| the exchange may reach on a term (0.78-1.28)

@@ -468,7 +468,9 @@ def swap_repair(
     """Exchanges of values between two of `rows` that bring the constraint gap
     r = D - V'(y - y_pinned) (target SEs) below `tol`, the column's values staying the same
     multiset (atoms keep their counts): exchanging rows i and j changes V'y by
-    (y_j - y_i)(V_i - V_j). With `se`, the log SE gaps join the objective (weight SE_WEIGHT).
+    (y_j - y_i)(V_i - V_j). With `se` (the proxy on the rows `swap_pool(rows)`, in their
+    order; its gap and Q are updated in place), the log SE gaps join the objective (weight
+    SE_WEIGHT).
     Each round scores every exchange between the PAIR_CANDIDATES rows that gain most from
     taking the largest value and those that gain most from taking the smallest (first order:
     the pull V_i r, plus the SE part's, times the room), takes the best exchange of each row
@@ -476,8 +478,8 @@ def swap_repair(
     when none helps. Above 2 SWAP_POOL rows the exchanges are among SWAP_POOL evenly spaced
     ones (each round's ranking stays a small share of the data). Returns the new y and the gap."""
     y = y.copy()
-    full = se
-    rows, Vr, se = _swap_pool(rows, V, se)  # indices below are positions in `rows`
+    rows = swap_pool(rows)  # indices below are positions in `rows`
+    Vr = V[rows]
     for _ in range(SWAP_ROUNDS):
         done = se is None or np.max(np.abs(se.gap), initial=0.0) <= 2 * tol
         if (done and np.max(np.abs(r), initial=0.0) <= tol) or len(rows) < 2:
@@ -511,8 +513,6 @@ def swap_repair(
         r = r - step
         if se is not None and moved is not None:
             se.gap, se.Q = se.gaps(moved), se.Q + moved
-    if full is not None and se is not None:
-        full.gap, full.Q = se.gap, se.Q
     return y, r
 
 
@@ -532,14 +532,12 @@ def _exchange_gains(
     return gain
 
 
-def _swap_pool(
-    rows: np.ndarray, V: np.ndarray, se: SeProxy | None
-) -> tuple[np.ndarray, np.ndarray, SeProxy | None]:
-    """The rows the exchanges use (SWAP_POOL evenly spaced ones above twice as many), their
-    part of V and the SE proxy on them, gathered once."""
+def swap_pool(rows: np.ndarray) -> np.ndarray:
+    """The rows the exchanges use: SWAP_POOL evenly spaced ones of `rows` when there are more
+    than twice as many, else all of them."""
     if len(rows) > 2 * SWAP_POOL:
-        rows = rows[np.unique(np.linspace(0, len(rows) - 1, SWAP_POOL).astype("int64"))]
-    return rows, V[rows], (None if se is None else SeProxy(se.W[rows], se.F[rows], se.Q, se.gap))
+        return rows[np.unique(np.linspace(0, len(rows) - 1, SWAP_POOL).astype("int64"))]
+    return rows
 
 
 def _largest(key: np.ndarray, m: int) -> np.ndarray:
