@@ -24,3 +24,18 @@ def test_text_row_ids_keep_their_logical_type(tmp_path: Path) -> None:
     assert tiers["tier_met"] >= 1
     syn = pd.read_parquet(tmp_path / "out" / "t" / "synthetic" / "people.parquet")
     assert syn["pid"].tolist() == [str(i) for i in range(1, len(df) + 1)]
+
+
+def test_strata_without_a_released_cell_verify(tmp_path: Path) -> None:
+    """Every cell of female x region is below min_cell_size, so no stratum is released and the
+    source is synthesized as one block; verification says so instead of failing inside tier 3
+    (it raised TypeError on the missing stratum key: an internal error)."""
+    df = make_people(600)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv", strata=["female", "region"])
+    raw["sdc"] = {"min_cell_size": 200}
+    raw["verify"] = {"tier": 3}
+    tiers = run_pipeline(raw, tmp_path / "out")
+    strata = tiers["sources"]["people"]["strata"]
+    assert "no stratum released" in strata["note"] and strata["strata"] == []
+    assert tiers["tier_met"] == 3

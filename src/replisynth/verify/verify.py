@@ -542,6 +542,12 @@ def tier3(
             "note": "no strata configured: tier 3 holds when tier 2 does",
             "strata": [],
         }
+    if not release["strata"]["cells"]:  # every cell below min_cell_size: one source-level block
+        return {
+            "passed": None,
+            "note": "no stratum released (every cell below min_cell_size): tier 3 holds when tier 2 does",
+            "strata": [],
+        }
     problems: list[str] = []
     out = []
     # Each strata column coded once (norm_key computed per distinct value, not per row).
