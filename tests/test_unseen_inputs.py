@@ -4,10 +4,17 @@ runs through or stops with one clear line naming the checkpoint or column."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import make_people, manifest_for, run_pipeline
+
+from replisynth.config.manifest import load_manifest
+from replisynth.core.errors import CheckpointError, TierNotMet
+from replisynth.verify.verdict import check_tier
+from replisynth.workflow.cli import cmd_extract
 
 
 def test_text_row_ids_keep_their_logical_type(tmp_path: Path) -> None:
@@ -39,3 +46,44 @@ def test_strata_without_a_released_cell_verify(tmp_path: Path) -> None:
     strata = tiers["sources"]["people"]["strata"]
     assert "no stratum released" in strata["note"] and strata["strata"] == []
     assert tiers["tier_met"] == 3
+
+
+@pytest.mark.parametrize(
+    ("outcome", "message"),
+    [("konst", "takes one value"), ("exact", "is fitted exactly")],
+)
+def test_outcome_without_residual_variation_is_one_clear_error(
+    tmp_path: Path, outcome: str, message: str
+) -> None:
+    """A constant outcome, or one the regressors give exactly, has zero standard errors: no
+    tolerance can be verified. Extraction stops naming the checkpoint and the outcome (it ran
+    to verification, whose verdict then failed with an internal TypeError on the missing
+    dbeta/SE)."""
+    df = make_people(400)
+    df["konst"] = 1.0
+    df["exact"] = 2 * df["x1"] - df["x2"] + 1
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["checkpoints"] = [
+        {"tag": "c", "source": "people", "model": "ols", "formula": f"{outcome} ~ x1 + x2"}
+    ]
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoints\[0\] \(c\): the outcome '{outcome}' {message}"
+    ):
+        cmd_extract(load_manifest(raw), tmp_path / "out")
+
+
+def test_verdict_names_a_checkpoint_without_dbeta(tmp_path: Path) -> None:
+    """A failed checkpoint whose dbeta/SE is undefined (null in tiers.json) is named in the
+    verdict's one line, not an internal error."""
+    tiers = {
+        "passed": False,
+        "tier_met": 3,
+        "tier_required": 4,
+        "sources": {},
+        "checkpoints": {"c": {"passed": False, "max_dbeta_se": None, "max_dbeta_se_target": None}},
+    }
+    path = tmp_path / "tiers.json"
+    path.write_text(json.dumps(tiers), encoding="utf-8")
+    with pytest.raises(TierNotMet, match=r"checkpoint c: max dbeta/SE n/a"):
+        check_tier(path)
