@@ -12,7 +12,7 @@ import pytest
 from conftest import make_people, manifest_for, run_pipeline
 
 from replisynth.config.manifest import load_manifest
-from replisynth.core.errors import CheckpointError, TierNotMet
+from replisynth.core.errors import CheckpointError, ManifestError, TierNotMet
 from replisynth.verify.verdict import check_tier
 from replisynth.workflow.cli import cmd_extract
 
@@ -87,3 +87,18 @@ def test_verdict_names_a_checkpoint_without_dbeta(tmp_path: Path) -> None:
     path.write_text(json.dumps(tiers), encoding="utf-8")
     with pytest.raises(TierNotMet, match=r"checkpoint c: max dbeta/SE n/a"):
         check_tier(path)
+
+
+@pytest.mark.parametrize("term", ["C(`class`)", "I(`if` * 2)", "log(`None`)"])
+def test_keyword_column_inside_a_call_is_named(term: str) -> None:
+    """formulaic cannot read a column named like a Python keyword inside a call, even quoted:
+    the grammar stops it with one line naming the column (it passed the grammar, and the
+    design then failed with a bare 'SyntaxError: invalid syntax')."""
+    from replisynth.config.formula_grammar import formula_columns
+
+    with pytest.raises(
+        ManifestError,
+        match=r"checkpoints\[0\]\.formula: the column '\w+' is named like a Python keyword",
+    ):
+        formula_columns(f"y ~ x + {term}", "checkpoints[0].formula")
+    assert formula_columns("y ~ `class` + C(`match`)") == {"y", "class", "match"}
