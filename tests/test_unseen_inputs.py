@@ -102,3 +102,26 @@ def test_keyword_column_inside_a_call_is_named(term: str) -> None:
     ):
         formula_columns(f"y ~ x + {term}", "checkpoints[0].formula")
     assert formula_columns("y ~ `class` + C(`match`)") == {"y", "class", "match"}
+
+
+def test_outcome_may_be_any_column_name(tmp_path: Path) -> None:
+    """The outcome follows the grammar's column rule: a name in backticks (spaces, a leading
+    digit) or with letters outside ASCII. The manifest refused both ('must be one column
+    name'), though docs/grammar.md allows any column name in backticks."""
+    df = make_people(600).rename(columns={"y": "hourly wage", "age": "âge"})
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["checkpoints"] = [
+        {"tag": "a", "source": "people", "model": "ols", "formula": "`hourly wage` ~ x1 + âge"},
+        {"tag": "b", "source": "people", "model": "poisson", "formula": "âge ~ x1 + x2"},
+    ]
+    raw["verify"] = {"tier": 4}
+    m = load_manifest(raw)
+    assert [c.outcome for c in m.checkpoints] == ["hourly wage", "âge"]
+    tiers = run_pipeline(raw, tmp_path / "out")
+    assert tiers["tier_met"] == 4
+    bad = {**raw["checkpoints"][0], "formula": "log(`hourly wage`) ~ x1"}
+    with pytest.raises(
+        ManifestError, match=r"left-hand side 'log\(`hourly wage`\)' must be one column"
+    ):
+        load_manifest({**raw, "checkpoints": [bad]})
