@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import make_people, manifest_for, run_pipeline
 
 from replisynth.config.manifest import load_manifest
@@ -125,3 +126,26 @@ def test_outcome_may_be_any_column_name(tmp_path: Path) -> None:
         ManifestError, match=r"left-hand side 'log\(`hourly wage`\)' must be one column"
     ):
         load_manifest({**raw, "checkpoints": [bad]})
+
+
+def test_init_template_parses_with_keyword_columns(tmp_path: Path) -> None:
+    """`replisynth init` on columns named like Python keywords (`if`, `class`) drafts a
+    checkpoint template that passes the grammar once uncommented (it wrote 'C(if)')."""
+    from replisynth.io.draft import draft_manifest
+    from replisynth.io.files import read_source
+
+    df = make_people(600)
+    df["if"] = df["female"]
+    df["class"] = df["educ"] % 3
+    df = df[["pid", "if", "class", "y", "x1"]]
+    path = tmp_path / "p.csv"
+    df.to_csv(path, index=False)
+    data, meta = read_source(path)
+    text = draft_manifest(data, meta, str(path), seed=3)
+    lines = text.splitlines()
+    start = lines.index("# checkpoints:")
+    block = "\n".join(line[2:] for line in lines[start : start + 6])
+    raw = yaml.safe_load(text)
+    raw["checkpoints"] = yaml.safe_load(block)["checkpoints"]
+    raw["verify"] = {"tier": 4}
+    load_manifest(raw)
