@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -149,3 +150,35 @@ def test_init_template_parses_with_keyword_columns(tmp_path: Path) -> None:
     raw["checkpoints"] = yaml.safe_load(block)["checkpoints"]
     raw["verify"] = {"tier": 4}
     load_manifest(raw)
+
+
+def test_checkpoint_on_a_locally_suppressed_stratum_is_flagged(tmp_path: Path) -> None:
+    """A strata cell below min_cell_size has its strata columns set to missing (the residual
+    block), so a checkpoint whose subset or factor reads that cell cannot be rebuilt: the run
+    only found out at verification ('subset selects no rows' on the synthetic data).
+    Extraction now says so in the log and the SDC log, naming the checkpoint and the column."""
+    rng = np.random.default_rng(5)
+    n = 1200
+    s1 = np.where(np.arange(n) < 90, 3, rng.integers(1, 3, n))  # s1 == 3: 90 rows
+    s2 = np.where(np.arange(n) < 30, 0, rng.integers(0, 2, n))  # (3, 0): at least 30 rows
+    x = rng.normal(size=n)
+    df = pd.DataFrame(
+        {"pid": np.arange(n), "s1": s1, "s2": s2, "x": x, "y": x + rng.normal(size=n)}
+    )
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv", strata=["s1", "s2"])
+    raw["checkpoints"] = [
+        {
+            "tag": "rare",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x",
+            "subset": "s1 == 3",
+        },
+        {"tag": "plain", "source": "people", "model": "ols", "formula": "y ~ x"},
+    ]
+    bundle = cmd_extract(load_manifest(raw), tmp_path / "out")
+    log = json.loads((bundle / "sdc_log.json").read_text(encoding="utf-8"))["decisions"]
+    flagged = {e["checkpoint"] for e in log if e["action"] == "unbuildable"}
+    assert flagged == {"rare"}
+    assert any("strata column(s) s1" in e["reason"] for e in log if e["action"] == "unbuildable")
