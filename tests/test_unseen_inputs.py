@@ -182,3 +182,26 @@ def test_checkpoint_on_a_locally_suppressed_stratum_is_flagged(tmp_path: Path) -
     flagged = {e["checkpoint"] for e in log if e["action"] == "unbuildable"}
     assert flagged == {"rare"}
     assert any("strata column(s) s1" in e["reason"] for e in log if e["action"] == "unbuildable")
+
+
+def test_a_term_missing_from_the_refit_is_the_reason(tmp_path: Path) -> None:
+    """A checkpoint that fails because one of its terms is absent from the synthetic refit
+    (here the level of a locally suppressed strata cell) names the term; the verdict showed
+    only the largest dbeta/SE of the terms present, which was small."""
+    rng = np.random.default_rng(6)
+    n = 1200
+    s1 = np.where(np.arange(n) < 90, 3, rng.integers(1, 3, n))
+    s2 = np.where(np.arange(n) < 30, 0, rng.integers(0, 2, n))
+    x = rng.normal(size=n)
+    df = pd.DataFrame(
+        {"pid": np.arange(n), "s1": s1, "s2": s2, "x": x, "y": x + rng.normal(size=n)}
+    )
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv", strata=["s1", "s2"])
+    raw["checkpoints"] = [
+        {"tag": "fac", "source": "people", "model": "ols", "formula": "y ~ x + C(s1)"}
+    ]
+    raw["verify"] = {"tier": 4}
+    cp = run_pipeline(raw, tmp_path / "out")["checkpoints"]["fac"]
+    assert cp["passed"] is False
+    assert "C(s1)[T.3]" in cp["reason"]
