@@ -205,3 +205,33 @@ def test_a_term_missing_from_the_refit_is_the_reason(tmp_path: Path) -> None:
     cp = run_pipeline(raw, tmp_path / "out")["checkpoints"]["fac"]
     assert cp["passed"] is False
     assert "C(s1)[T.3]" in cp["reason"]
+
+
+@pytest.mark.parametrize(
+    ("model", "formula", "term"),
+    [
+        ("ols", "y ~ x1 + log(spend)", "log(spend)"),
+        ("ols", "y ~ x1 + I(x1 / zero)", "I(x1 / zero)"),
+        ("iv", "y ~ x2 + [x1 ~ log(spend)]", "log(spend)"),
+    ],
+)
+def test_infinite_term_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, formula: str, term: str
+) -> None:
+    """The log of a column with zeros (a zero-inflated amount) gives -inf: extraction stopped
+    with an internal ValueError from the QR of the design, after numpy warnings. It now stops
+    with one line naming the term."""
+    from replisynth.workflow.cli import main
+
+    df = make_people(400)
+    df["spend"] = np.where(df["x2"] > 0, df["income"].fillna(1.0), 0.0)
+    df["zero"] = 0.0
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["checkpoints"] = [{"tag": "c", "source": "people", "model": model, "formula": formula}]
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    code = main(["extract", str(manifest), "--results", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1, err
+    assert len(err) == 1 and f"term(s) {term} take infinite values" in err[0], err

@@ -949,7 +949,8 @@ def model_matrix(
     if clash and any(str(c).startswith(_ALIAS) for c in data.columns):
         raise error(f"{key}: a column name starts with {_ALIAS!r}, which is reserved; rename it")
     text = _alias_calls(formula, clash) if clash else formula
-    mm = formulaic.model_matrix(text, data, na_action=na_action, context=formulaic_context())
+    with np.errstate(all="ignore"):  # log(0), log(-1): the callers name such terms themselves
+        mm = formulaic.model_matrix(text, data, na_action=na_action, context=formulaic_context())
     if clash:
         for part in (mm.lhs, mm.rhs) if hasattr(mm, "rhs") else (mm,):
             part.columns = [_unalias(str(c)) for c in part.columns]
