@@ -14,7 +14,7 @@ import yaml
 from conftest import make_people, manifest_for, run_pipeline
 
 from replisynth.config.manifest import load_manifest
-from replisynth.core.errors import CheckpointError, ManifestError, TierNotMet
+from replisynth.core.errors import CheckpointError, ManifestError, ReplisynthError, TierNotMet
 from replisynth.verify.verdict import check_tier
 from replisynth.workflow.cli import cmd_extract
 
@@ -235,3 +235,19 @@ def test_infinite_term_is_one_clear_error(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1, err
     assert len(err) == 1 and f"term(s) {term} take infinite values" in err[0], err
+
+
+def test_panel_rows_with_a_missing_time_are_not_duplicates(tmp_path: Path) -> None:
+    """Two rows of one entity with a missing time were counted as a repeated (entity, time)
+    pair, and extraction stopped telling the user to drop duplicates the data do not have
+    (one missing time per entity was accepted). Only complete pairs can repeat."""
+    from replisynth.io.input_checks import check_source_frame
+
+    df = pd.DataFrame(
+        {"firm": [1, 1, 1, 2, 2], "year": [2000, np.nan, np.nan, 2000, 2001], "x": range(5)}
+    )
+    m = load_manifest(manifest_for("p.csv", ids=[], panel={"entity": "firm", "time": "year"}))
+    check_source_frame(m, m.source("people"), df)
+    df.loc[4, "year"] = 2000
+    with pytest.raises(ReplisynthError, match=r"1 row\(s\) repeat an \(firm, year\) pair"):
+        check_source_frame(m, m.source("people"), df)
