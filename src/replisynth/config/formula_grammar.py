@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import io
+import keyword
 import re
 import tokenize
 from collections.abc import Callable, Mapping
@@ -539,6 +540,12 @@ class _FormulaParser:
 
     def call(self, tok: Token) -> None:
         node, quoted = _parse_python(tok.text, self.key, self.error, "the term")
+        for name in quoted.values():
+            if keyword.iskeyword(name):  # formulaic cannot parse it inside a call, even quoted
+                raise self.error(
+                    f"{self.key}: the column {name!r} is named like a Python keyword and cannot be "
+                    f"used inside {_short(tok.text)!r}; rename the column in the data"
+                )
         checker = _Checker(self.key, self.error, quoted)
         if not isinstance(node, ast.Call):
             raise checker.fail(node, "the term")
@@ -942,7 +949,8 @@ def model_matrix(
     if clash and any(str(c).startswith(_ALIAS) for c in data.columns):
         raise error(f"{key}: a column name starts with {_ALIAS!r}, which is reserved; rename it")
     text = _alias_calls(formula, clash) if clash else formula
-    mm = formulaic.model_matrix(text, data, na_action=na_action, context=formulaic_context())
+    with np.errstate(all="ignore"):  # log(0), log(-1): the callers name such terms themselves
+        mm = formulaic.model_matrix(text, data, na_action=na_action, context=formulaic_context())
     if clash:
         for part in (mm.lhs, mm.rhs) if hasattr(mm, "rhs") else (mm,):
             part.columns = [_unalias(str(c)) for c in part.columns]

@@ -193,8 +193,11 @@ IV_BRACKET = re.compile(r"\[([^\]]*)~([^\]]*)\]")
 
 
 def formula_outcome(formula: str) -> str:
-    """Name of the outcome: the left-hand side of `y ~ ...` (a bare column name)."""
+    """Name of the outcome: the left-hand side of `y ~ ...` (a bare column name, or any name
+    in backticks, returned without them)."""
     lhs = formula.split("~", 1)[0].strip()
+    if len(lhs) > 2 and lhs[0] == lhs[-1] == "`" and "`" not in lhs[1:-1]:
+        return lhs[1:-1]
     return lhs
 
 
@@ -449,9 +452,10 @@ def _checkpoint(
         )
     if "~" not in cp.formula:
         raise ManifestError(f"{where}.formula: {cp.formula!r} has no '~'; write 'y ~ x1 + x2'")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", cp.outcome):
+    lhs = cp.formula.split("~", 1)[0].strip()
+    if not re.fullmatch(r"[^\W\d][\w.]*|`[^`\\]+`", lhs):
         raise ManifestError(
-            f"{where}.formula: the left-hand side {cp.outcome!r} must be one column name "
+            f"{where}.formula: the left-hand side {lhs!r} must be one column name "
             "(transform the outcome in the data, not in the formula)"
         )
     # the safe grammar, always (cheap, no formulaic import): nothing outside it is ever evaluated

@@ -253,6 +253,18 @@ def _fit_rejection(
         raise CheckpointError(
             f"{where}: some standard errors are not finite; check the vcov ({cp.vcov}) and the sample"
         )
+    constant = bool(np.ptp(design.y) == 0)
+    exact = cp.model not in GLM_MODELS and fit.scale <= 1e-24 * float(np.var(design.y))
+    if constant or exact or not np.all(fit.se > 0):  # no residual variation to verify against
+        what = (
+            "takes one value on the estimation sample"
+            if constant
+            else "is fitted exactly by the regressors"
+        )
+        raise CheckpointError(
+            f"{where}: the outcome {cp.outcome!r} {what}, so its standard errors are (nearly) zero; "
+            "drop the checkpoint or choose an outcome with residual variation"
+        )
     checked, dominated = outcome_dominance(design, fit, cp, sdc.dominance)
     if dominated:
         return (

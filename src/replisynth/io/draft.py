@@ -7,6 +7,7 @@ cut-off is left for the user to fill in). Method: docs/method.md, "The manifest 
 from __future__ import annotations
 
 import json
+import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,13 +371,18 @@ def _period_note(display: str | None) -> str:
 
 def _checkpoint_template(src: str, specs: list[ColumnSpec], strata: list[str]) -> list[str]:
     """A commented checkpoint: outcome and regressors from the draft's columns when their names
-    fit the formula grammar (plain identifiers), else placeholders."""
+    fit the formula grammar (plain identifiers, not Python keywords such as `if`, which C()
+    cannot read), else placeholders."""
     ident = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    def plain(c: str) -> bool:
+        return bool(ident.match(c)) and not keyword.iskeyword(c)
+
     cont = [s.name for s in specs if s.role == "continuous" and s.logical_type != "date"]
     cat = [s.name for s in specs if s.role == "categorical" and s.name not in strata]
-    cont = [c for c in cont if ident.match(c)]
-    cat = [c for c in cat if ident.match(c)]
-    strata_ok = [c for c in strata if ident.match(c)]
+    cont = [c for c in cont if plain(c)]
+    cat = [c for c in cat if plain(c)]
+    strata_ok = [c for c in strata if plain(c)]
     y = cont[0] if cont else "y"
     terms = [*cont[1:3], *(f"C({c})" for c in [*strata_ok, *cat][:2])] or ["x1", "x2"]
     formula = f"{y} ~ {' + '.join(terms)}"

@@ -82,7 +82,8 @@ def check_source_frame(manifest: Manifest, src: Source, df: pd.DataFrame) -> Non
                 "(bin it into a categorical column first, or drop it from strata)"
             )
     if src.panel is not None:
-        dup = int(df.duplicated([src.panel.entity, src.panel.time]).sum())
+        pair = [src.panel.entity, src.panel.time]
+        dup = int(df.dropna(subset=pair).duplicated(pair).sum())  # a missing time repeats nothing
         if dup:
             raise DataError(
                 f"{where}: {dup} row(s) repeat an ({src.panel.entity}, {src.panel.time}) pair of another row; "

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from replisynth.config.manifest import Checkpoint, checkpoint_from_release
+from replisynth.config.manifest import Checkpoint, checkpoint_from_release, formula_outcome
 from replisynth.core.errors import CheckpointError
 from replisynth.core.seeds import rng
 from replisynth.disclosure.bundle_types import CheckpointRecord
@@ -195,7 +195,7 @@ class _Designs:
     def _reusable(c: dict[str, Any]) -> bool:
         return (
             c["model"] in (*_REUSABLE, "re")
-            and c["formula"].split("~", 1)[0].strip() == c["outcome"]
+            and formula_outcome(c["formula"]) == c["outcome"]
             and c["outcome"] not in c.get("subset_columns", [])
         )
 

@@ -245,6 +245,18 @@ def drop_unreleased_constants(d: Design, released: set[str]) -> Design:
     return out
 
 
+def _finite_terms(X: np.ndarray, terms: list[str], label: str) -> None:
+    """Stop naming the terms a transform made infinite (the log of 0, a division by 0): no fit
+    can use them, and the QR of the design would fail on them."""
+    bad = list(dict.fromkeys(terms[j] for j in np.flatnonzero(~np.isfinite(X).all(axis=0))))
+    if bad:
+        raise CheckpointError(
+            f"{label}: term(s) {', '.join(bad)} take infinite values on the estimation sample "
+            "(the log of 0, a division by 0); restrict the sample with a subset, or transform "
+            "the column in the data"
+        )
+
+
 def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
     label = where or f"checkpoint {cp.tag!r}"
     data = estimation_sample(df, cp, where)
@@ -254,6 +266,9 @@ def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
                 f"{label}: the outcome {cp.outcome!r} is not numeric; an IV checkpoint needs a numeric outcome"
             )
         y, X, terms, Z, n_exog, instr = _iv_matrices(data, cp, label)
+        _finite_terms(
+            np.column_stack([y, X, Z]), ["the outcome", *terms, *terms[:n_exog], *instr], label
+        )
         w = data[cp.weights].to_numpy(dtype="float64") if cp.weights else None
         cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
         return Design(
@@ -277,6 +292,7 @@ def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
         ) from None
     X = np.asarray(mm.rhs, dtype="float64")
     terms = [str(c) for c in mm.rhs.columns]
+    _finite_terms(X, terms, label)
     if cp.model in GLM_MODELS:
         y, X, terms = glm_outcome(data[cp.outcome], X, terms, cp, label)
     else:

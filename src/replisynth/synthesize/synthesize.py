@@ -542,8 +542,9 @@ def _keep_cells_empty(
 
 
 def _group_column(ids: np.ndarray, spec: ColumnSpec) -> pd.Series:
-    """Re-keyed group ids 1..G, as text when the original ids were text (firm names, state
-    codes), so the column keeps its released logical type and code that reads it as text runs."""
+    """Re-keyed group ids 1..G (or row ids 1..rows), as text when the original ids were text
+    (firm names, state codes, "P00017"), so the column keeps its released logical type and code
+    that reads it as text runs."""
     if spec.logical_type == "string":
         return pd.Series(np.asarray(ids).astype(str), dtype=object)
     return pd.Series(ids, dtype="int64")
@@ -607,7 +608,7 @@ def synthesize_source(
     data: dict[str, pd.Series] = {}
     for s in specs_list:
         if s.role == "id":
-            data[s.name] = pd.Series(np.arange(1, rows + 1, dtype="int64"))
+            data[s.name] = _group_column(np.arange(1, rows + 1, dtype="int64"), s)
         elif (
             s.role == "group"
             and ent is not None

@@ -27,9 +27,10 @@ def check_tier(tiers_path: str | Path) -> None:
                     f"checkpoint {tag}: rejected by disclosure control ({c.get('reason')})"
                 )
             elif c.get("passed") is False:
-                problems.append(
-                    f"checkpoint {tag}: {c.get('reason') or 'max dbeta/SE {:.3g}'.format(c.get('max_dbeta_se', float('nan')))}"
-                )
+                both = [c.get(k) for k in ("max_dbeta_se", "max_dbeta_se_target")]
+                dbeta = max((v for v in both if v is not None), default=None)
+                shown = "n/a" if dbeta is None else f"{dbeta:.3g}"
+                problems.append(f"checkpoint {tag}: {c.get('reason') or f'max dbeta/SE {shown}'}")
         raise TierNotMet(
             f"{tiers_path}: tier {t['tier_met']} met, tier {t['tier_required']} required (verify.tier); "
             + ("; ".join(problems[:12]) or "see report.html")

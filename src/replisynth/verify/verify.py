@@ -542,6 +542,12 @@ def tier3(
             "note": "no strata configured: tier 3 holds when tier 2 does",
             "strata": [],
         }
+    if not release["strata"]["cells"]:  # every cell below min_cell_size: one source-level block
+        return {
+            "passed": None,
+            "note": "no stratum released (every cell below min_cell_size): tier 3 holds when tier 2 does",
+            "strata": [],
+        }
     problems: list[str] = []
     out = []
     # Each strata column coded once (norm_key computed per distinct value, not per row).
@@ -680,6 +686,7 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         terms = []
         worst, worst_t = 0.0, 0.0
         passed = True
+        absent: list[str] = []
         for t in c["terms"]:
             if t.get("suppressed"):
                 terms.append(
@@ -696,6 +703,7 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
                 terms.append(
                     {"term": name, "beta_target": t["beta"], "se_target": t["se"], "missing": True}
                 )
+                absent.append(name)
                 passed = False
                 continue
             j = pos[name]
@@ -728,6 +736,11 @@ def tier4(bundle: Bundle, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             "max_dbeta_se_target": worst_t,
             "terms": terms,
         }
+        if absent:
+            out[tag]["reason"] = (
+                f"term(s) {', '.join(absent)} not in the synthetic refit (a level or column the "
+                "synthetic data do not hold)"
+            )
         if c.get("rounding_cost_dbeta_se") is not None:
             out[tag]["rounding_cost_dbeta_se"] = c["rounding_cost_dbeta_se"]
     return out

@@ -214,6 +214,18 @@ def stage_write_bundle(
             )
             log.warning("%s", msg)
             sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
+        strata = rel[c["source"]]["strata"]
+        read = set(c["columns"]) | set(c.get("subset_columns") or [])
+        on_strata = [col for col in strata["columns"] if col in read]
+        if on_strata and strata["residual_rows"] > 0:
+            msg = (
+                f"checkpoint {c['tag']}: strata column(s) {', '.join(on_strata)} are set to missing in the rows of "
+                f"strata cells below min_cell_size={manifest.sdc.min_cell_size} (the residual block), so the synthetic "
+                "data lose those rows from this checkpoint's sample, and a term or subset on those cells cannot be "
+                "rebuilt; pool the small cells in the data, or leave the column out of sources.<name>.strata"
+            )
+            log.warning("%s", msg)
+            sdc.add("checkpoints", "unbuildable", msg, checkpoint=c["tag"])
     write_bundle(bundle_dir, manifest, rel, cps, sdc, ledger=ledger)
     log.info("bundle written to %s (%d files)", bundle_dir, len(rel) + 3)
 
