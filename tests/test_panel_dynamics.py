@@ -306,3 +306,23 @@ def test_trend_dims_take_the_period_within_part() -> None:
     resid = W[:, 2] - W[:, [0, 1]] @ beta
     wc = R[0, 2] / np.sqrt((1 - eta[0]) * (1 - eta[2]))
     assert np.isclose(resid.var() / W[:, 2].var(), 1 - wc**2, atol=1e-9)
+
+
+def test_offset_program_without_exact_counts_stops_within_its_node_budget() -> None:
+    """Released level counts the period sets cannot reach (counts scaled to another size):
+    the program stops at its node limit (smaller for larger programs) and still returns
+    offsets for every entity, each class keeping its size, on the level lattice."""
+    from replisynth.synthesize import entities
+
+    assert entities.trend_node_limit(100) == 2_000 and entities.trend_node_limit(818) == 244
+    assert entities.trend_node_limit(10) == 20_000 and entities.trend_node_limit(10**6) == 200
+    r = np.random.default_rng(7)
+    sets = [(0.0, 1.0, 2.0), (1.0, 2.0), (0.0, 2.0, 3.0, 4.0)]
+    cls = r.integers(0, 3, 400)
+    natural = r.normal(10.0, 3.0, 400)
+    levels = np.arange(0.0, 21.0)
+    counts = np.full(len(levels), 37)  # 777 level-rows, not what 400 entities' periods give
+    off = entities.trend_offsets(natural, sets, cls, 1.0, levels, counts)
+    assert off is not None and len(off) == 400
+    lattice = np.unique((levels[:, None] - np.arange(5.0)[None, :]).ravel())
+    assert np.isin(np.round(off, 9), lattice).all()

@@ -1314,6 +1314,11 @@ def refine_blocks(
 MAX_TREND_VARS = (
     20_000  # (period-set class × offset) cells above which offsets are not solved for exact counts
 )
+# Branch-and-bound budget of the offset program, in nodes × variables: its node limit is this
+# over the program's variables (between the two bounds), so a program whose exact counts are
+# out of reach stops after a bounded, machine-independent amount of work.
+TREND_MILP_WORK = 200_000
+TREND_MILP_NODES = (200, 20_000)
 
 
 # Excess of a released within lag-1 autocorrelation over its value without persistence,
@@ -1456,7 +1461,7 @@ def trend_offsets(
         constraints=LinearConstraint(A, b, b),
         integrality=integrality,
         bounds=Bounds(0, np.inf),
-        options={"presolve": True, "node_limit": 20_000},
+        options={"presolve": True, "node_limit": trend_node_limit(len(c))},
     )
     if res.x is None:
         return None
@@ -1469,6 +1474,12 @@ def trend_offsets(
         members = members[np.argsort(natural[members], kind="stable")]
         out[members] = np.repeat(offs, n[s])
     return out
+
+
+def trend_node_limit(n_vars: int) -> int:
+    """The offset program's node limit: TREND_MILP_WORK / variables, within TREND_MILP_NODES."""
+    lo, hi = TREND_MILP_NODES
+    return int(min(hi, max(lo, TREND_MILP_WORK // max(n_vars, 1))))
 
 
 def _period_classes(
