@@ -357,3 +357,14 @@ def test_schema_files_parse_as_safe_load_does() -> None:
     for path in (MANIFEST_SCHEMA, SCHEMA_PATH):
         with open(path) as fh:
             assert schema_yaml(path) == yaml.safe_load(fh)
+
+
+def test_schema_files_give_no_key_twice() -> None:
+    """The manifest and bundle schemas read with the manifest's strict loader (a key given
+    twice in one mapping is an error there, where plain YAML keeps the last one)."""
+    from replisynth.config.manifest import SCHEMA_PATH as MANIFEST_SCHEMA
+    from replisynth.config.manifest import _UniqueKeyLoader
+
+    for path in (MANIFEST_SCHEMA, SCHEMA_PATH):
+        with open(path) as fh:
+            assert yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
