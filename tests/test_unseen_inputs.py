@@ -106,6 +106,17 @@ def test_keyword_column_inside_a_call_is_named(term: str) -> None:
     assert formula_columns("y ~ `class` + C(`match`)") == {"y", "class", "match"}
 
 
+@pytest.mark.parametrize("formula", ["y ~ x + `1`", "y ~ `0` + x", "y ~ x + ` 1 `"])
+def test_a_column_named_like_the_intercept_is_refused(formula: str) -> None:
+    """formulaic reads a column quoted as `1` as the intercept and drops the column without a
+    word; the grammar stops it with one line naming it."""
+    from replisynth.config.formula_grammar import formula_columns
+
+    with pytest.raises(ManifestError, match=r"the column `.*` reads as the intercept term"):
+        formula_columns(formula, "checkpoints[0].formula")
+    assert formula_columns("y ~ x + `10`") == {"y", "x", "10"}
+
+
 def test_outcome_may_be_any_column_name(tmp_path: Path) -> None:
     """The outcome follows the grammar's column rule: a name in backticks (spaces, a leading
     digit) or with letters outside ASCII. The manifest refused both ('must be one column

@@ -336,6 +336,11 @@ def _quoted_token(
     name = formula[i + 1 : j]
     if not name or "\\" in name:
         raise _fail(key, formula[i : j + 1], "the quoted name", error)
+    if name.strip() in ("0", "1"):  # formulaic reads `1` as the intercept, dropping the column
+        raise error(
+            f"{key}: the column `{name}` reads as the intercept term {name.strip()} in a formula, "
+            "even quoted; rename the column in the data"
+        )
     return Token("name", name, i), j + 1
 
 
