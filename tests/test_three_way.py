@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_attack_round20 import THREE_WAY, K, _bundle, _three_way_bounds, _three_way_frame
 
-from replisynth.disclosure.three_way import check_three_way, zero_certified
+from replisynth.disclosure.three_way import check_three_way, zero_certified, zeros_certified
 
 
 def _min_with_two_way_margins(T: np.ndarray, cell: tuple[int, int, int]) -> float:
@@ -66,6 +66,21 @@ def test_certificate_refuses_a_forced_cell() -> None:
     T = np.asarray([[[3, 5], [5, 0]], [[5, 0], [0, 4]]])
     assert not zero_certified(T, (0, 0, 0))
     assert _min_with_two_way_margins(T, (0, 0, 0)) > 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_certificate_is_the_greedy_one(seed: int) -> None:
+    """`zeros_certified` (first moves in one pass) gives `zero_certified` on every cell, on
+    integer tables and on the float tables of LP solutions."""
+    rng = np.random.default_rng(seed)
+    for it in range(40):
+        shape = tuple(int(x) for x in rng.integers(2, 7, 3))
+        if it % 2:
+            T = rng.poisson(rng.uniform(0.2, 4), shape).astype(np.int64)
+        else:
+            T = np.clip(rng.normal(1, 2, shape), 0, None) * (rng.random(shape) < 0.7)
+        cells = [(int(c[0]), int(c[1]), int(c[2])) for c in np.ndindex(shape)]
+        assert zeros_certified(T, cells) == [zero_certified(T, c) for c in cells]
 
 
 def _permuted(case: Any, axes: tuple[int, int, int], names: tuple[str, str, str]) -> Any:

@@ -237,8 +237,10 @@ class TripleLP:
         full = np.zeros(int(np.prod(self.shape)))
         full[act] = np.clip(x, 0.0, None)
         table = full.reshape(self.shape)
-        for c in [c for c in open_ if zero_certified(table, c)]:
-            del open_[c]
+        cells = list(open_)
+        for c, zero in zip(cells, zeros_certified(table, cells), strict=True):
+            if zero:
+                del open_[c]
 
     def pinned(self, cells: list[tuple[int, int, int]], k: int) -> list[tuple[int, int, int]]:
         """The `cells` whose every feasible count lies in 1..k-1 (integer rounding). Every
@@ -306,17 +308,48 @@ def zero_certified(T: np.ndarray, cell: tuple[int, int, int]) -> bool:
     return bool(T[i, j, h] <= tiny)
 
 
+def _first_moves(T: np.ndarray, cells: np.ndarray) -> list[bool | None]:
+    """`zero_certified` of each cell (rows of `cells`) where its first 2x2x2 move settles it:
+    the cell is empty already, no move has room (False), or the largest move empties it
+    (True); None where later moves decide. All cells in one array pass."""
+    tiny = 1e-9 if T.dtype.kind == "f" else 0
+    i, j, h = cells[:, 0], cells[:, 1], cells[:, 2]
+    n = np.arange(len(cells))
+    A = np.moveaxis(T[:, :, h], 2, 0)[:, :, :, None]  # T[:, :, h] per cell
+    B = np.moveaxis(T[:, j, :], 1, 0)[:, :, None, :]  # T[:, j, :]
+    C = T[i, :, :][:, None, :, :]  # T[i, :, :]
+    cap = np.minimum(np.minimum(A, B), C)
+    cap[n, i] = 0
+    cap[n, :, j] = 0
+    cap[n, :, :, h] = 0
+    room = cap.reshape(len(cells), -1).max(axis=1)
+    at = T[i, j, h]
+    return [
+        True if t <= tiny else False if r <= tiny else True if r >= t else None
+        for t, r in zip(at.tolist(), room.tolist(), strict=True)
+    ]
+
+
+def zeros_certified(T: np.ndarray, cells: list[tuple[int, int, int]]) -> list[bool]:
+    """`zero_certified` of each cell: the first move of every cell in one pass (in chunks of
+    bounded memory), the greedy moves one cell at a time only where the first leaves it open."""
+    T = T.astype(np.float64 if T.dtype.kind == "f" else np.int64, copy=False)
+    out: list[bool] = []
+    step = max(1, (1 << 20) // max(T.size, 1))
+    for at in range(0, len(cells), step):
+        part = cells[at : at + step]
+        first = _first_moves(T, np.asarray(part, dtype=np.intp).reshape(-1, 3))
+        out += [zero_certified(T, c) if f is None else f for c, f in zip(part, first, strict=True)]
+    return out
+
+
 def candidate_cells(lp: TripleLP, true: np.ndarray | None, k: int) -> list[tuple[int, int, int]]:
     """Cells worth bounding: with the true table, those holding 1..k-1 rows that no table of
     the same two-way margins leaves empty; without it, every cell not flagged empty."""
     if true is None:
         return [(c[0], c[1], c[2]) for c in np.argwhere(lp.open_cells()).tolist()]
-    small = np.argwhere((true > 0) & (true < k))
-    return [
-        (int(c[0]), int(c[1]), int(c[2]))
-        for c in small
-        if not zero_certified(true, (int(c[0]), int(c[1]), int(c[2])))
-    ]
+    small = [(c[0], c[1], c[2]) for c in np.argwhere((true > 0) & (true < k)).tolist()]
+    return [c for c, zero in zip(small, zeros_certified(true, small), strict=True) if not zero]
 
 
 def _triples(cols: dict[str, _Col]) -> Iterator[Triple]:
