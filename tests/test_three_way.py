@@ -70,8 +70,8 @@ def test_certificate_refuses_a_forced_cell() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_batched_certificate_is_the_greedy_one(seed: int) -> None:
-    """`zeros_certified` (first moves in one pass) gives `zero_certified` on every cell, on
-    integer tables and on the float tables of LP solutions."""
+    """`zeros_certified` (every cell's moves in one array pass per round) gives
+    `zero_certified` on every cell, on integer tables and on the float tables of LP solutions."""
     rng = np.random.default_rng(seed)
     for it in range(40):
         shape = tuple(int(x) for x in rng.integers(2, 7, 3))

@@ -6,6 +6,7 @@ Uses scipy's bundled HiGHS bindings; public `linprog` when they are not there.""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,23 @@ def _highs() -> Any:
 
 
 def _sparse(A: Any) -> bool:
-    from scipy.sparse import issparse
+    """Whether A is a scipy sparse matrix (none can be while scipy.sparse is not loaded)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and bool(sparse.issparse(A))
 
-    return bool(issparse(A))
+
+def _csc(A: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column starts, row indices and values of A in compressed sparse column form, as
+    `scipy.sparse.csc_array(A)` holds them (a dense A: its nonzeros column by column, rows in
+    order, without building a scipy matrix)."""
+    if _sparse(A):
+        from scipy.sparse import csc_array
+
+        M = csc_array(A)
+        return M.indptr, M.indices, M.data
+    nz = A.T != 0
+    start = np.concatenate(([0], np.cumsum(nz.sum(axis=1)))).astype(np.int32)
+    return start, np.nonzero(nz)[1].astype(np.int32), A.T[nz]
 
 
 def _status(h: Any, model_status: Any) -> int:
@@ -73,11 +88,14 @@ class LinearProgram:
 
     def _pass_model(self) -> tuple[Any, Any]:
         """The constraints as a HiGHS model and linprog's options for method "highs"."""
-        from scipy.sparse import csc_array, vstack
-
         h, n = self._h, self.n
-        stack = vstack if _sparse(self.A_eq) else np.vstack  # as linprog stacks them
-        A = csc_array(stack((self.A_ub, self.A_eq)))
+        if _sparse(self.A_eq):  # as linprog stacks them
+            from scipy.sparse import vstack
+
+            A = vstack((self.A_ub, self.A_eq))
+        else:
+            A = np.vstack((self.A_ub, self.A_eq))
+        start, index, value = _csc(A)
         lp = h.HighsLp()
         lp.num_col_ = lp.a_matrix_.num_col_ = n
         lp.num_row_ = lp.a_matrix_.num_row_ = A.shape[0]
@@ -86,8 +104,8 @@ class LinearProgram:
         lp.col_upper_ = np.full(n, h.kHighsInf)
         lp.row_lower_ = np.concatenate((np.full(len(self.b_ub), -h.kHighsInf), self.b_eq))
         lp.row_upper_ = np.concatenate((self.b_ub, self.b_eq))
-        lp.a_matrix_.start_, lp.a_matrix_.index_ = A.indptr, A.indices
-        lp.a_matrix_.value_ = A.data
+        lp.a_matrix_.start_, lp.a_matrix_.index_ = start, index
+        lp.a_matrix_.value_ = value
         opts = h.HighsOptions()
         opts.presolve = "on"
         opts.output_flag = opts.log_to_console = False

@@ -308,38 +308,68 @@ def zero_certified(T: np.ndarray, cell: tuple[int, int, int]) -> bool:
     return bool(T[i, j, h] <= tiny)
 
 
-def _first_moves(T: np.ndarray, cells: np.ndarray) -> list[bool | None]:
-    """`zero_certified` of each cell (rows of `cells`) where its first 2x2x2 move settles it:
-    the cell is empty already, no move has room (False), or the largest move empties it
-    (True); None where later moves decide. All cells in one array pass."""
-    tiny = 1e-9 if T.dtype.kind == "f" else 0
-    i, j, h = cells[:, 0], cells[:, 1], cells[:, 2]
-    n = np.arange(len(cells))
-    A = np.moveaxis(T[:, :, h], 2, 0)[:, :, :, None]  # T[:, :, h] per cell
-    B = np.moveaxis(T[:, j, :], 1, 0)[:, :, None, :]  # T[:, j, :]
-    C = T[i, :, :][:, None, :, :]  # T[i, :, :]
-    cap = np.minimum(np.minimum(A, B), C)
+def _caps(Ts: np.ndarray, i: np.ndarray, j: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per table of `Ts` (one per cell), the room of each 2x2x2 move that takes rows from its
+    cell (i, j, h): the smallest of the three cells it takes from, 0 on the cell's planes."""
+    n = np.arange(len(Ts))
+    cap = np.minimum(
+        np.minimum(Ts[n, :, :, h][:, :, :, None], Ts[n, :, j, :][:, :, None, :]),
+        Ts[n, i, :, :][:, None, :, :],
+    )
     cap[n, i] = 0
     cap[n, :, j] = 0
     cap[n, :, :, h] = 0
-    room = cap.reshape(len(cells), -1).max(axis=1)
-    at = T[i, j, h]
-    return [
-        True if t <= tiny else False if r <= tiny else True if r >= t else None
-        for t, r in zip(at.tolist(), room.tolist(), strict=True)
-    ]
+    return cap.reshape(len(Ts), -1)
+
+
+def _greedy_moves(T: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """`zero_certified` of each cell (rows of `cells`), every cell's move of a round in one
+    array pass; a cell leaves once settled, and gets its own copy of T for its moves only
+    when the first round leaves it open."""
+    tiny = 1e-9 if T.dtype.kind == "f" else 0
+    out = np.zeros(len(cells), dtype=bool)
+    Ts = np.broadcast_to(T[None], (len(cells), *T.shape))  # read-only until copied below
+    idx = np.arange(len(cells))
+    i, j, h = (cells[:, k].copy() for k in range(3))
+    for _ in range(4 * T.size):
+        at = Ts[np.arange(len(Ts)), i, j, h]
+        out[idx[at <= tiny]] = True
+        Ts, idx, i, j, h, at = _kept(at > tiny, Ts, idx, i, j, h, at)
+        if not len(Ts):
+            return out
+        flat = _caps(Ts, i, j, h)
+        best = flat.argmax(axis=1)
+        a = np.minimum(flat[np.arange(len(Ts)), best], at)
+        Ts, idx, i, j, h, a, best = _kept(a > tiny, Ts, idx, i, j, h, a, best, writable=True)
+        if not len(Ts):
+            return out
+        n = np.arange(len(Ts))
+        p, q, r = np.unravel_index(best, T.shape)
+        for c in ((i, j, h), (p, q, h), (p, j, r), (i, q, r)):
+            Ts[(n, *c)] -= a
+        for c in ((p, j, h), (i, q, h), (i, j, r), (p, q, r)):
+            Ts[(n, *c)] += a
+    out[idx] = Ts[np.arange(len(Ts)), i, j, h] <= tiny
+    return out
+
+
+def _kept(keep: np.ndarray, *arrays: np.ndarray, writable: bool = False) -> tuple[np.ndarray, ...]:
+    """The rows in `keep` of each array (the first, the tables, copied when `writable` asks
+    for a read-only view to be: its cells are about to move)."""
+    if keep.all() and (arrays[0].flags.writeable or not writable):
+        return arrays
+    return tuple(v[keep] for v in arrays)
 
 
 def zeros_certified(T: np.ndarray, cells: list[tuple[int, int, int]]) -> list[bool]:
-    """`zero_certified` of each cell: the first move of every cell in one pass (in chunks of
-    bounded memory), the greedy moves one cell at a time only where the first leaves it open."""
+    """`zero_certified` of each cell, the same greedy moves made for many cells at once (in
+    chunks of bounded memory)."""
     T = T.astype(np.float64 if T.dtype.kind == "f" else np.int64, copy=False)
     out: list[bool] = []
     step = max(1, (1 << 20) // max(T.size, 1))
     for at in range(0, len(cells), step):
-        part = cells[at : at + step]
-        first = _first_moves(T, np.asarray(part, dtype=np.intp).reshape(-1, 3))
-        out += [zero_certified(T, c) if f is None else f for c, f in zip(part, first, strict=True)]
+        part = np.asarray(cells[at : at + step], dtype=np.intp).reshape(-1, 3)
+        out += _greedy_moves(T, part).tolist()
     return out
 
 
