@@ -310,15 +310,15 @@ def zero_certified(T: np.ndarray, cell: tuple[int, int, int]) -> bool:
 
 def _caps(Ts: np.ndarray, i: np.ndarray, j: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Per table of `Ts` (one per cell), the room of each 2x2x2 move that takes rows from its
-    cell (i, j, h): the smallest of the three cells it takes from, 0 on the cell's planes."""
+    cell (i, j, h): the smallest of the three cells it takes from, 0 on the cell's planes
+    (zeroed in the two-way slices before they are combined: the tables are non-negative)."""
     n = np.arange(len(Ts))
-    cap = np.minimum(
-        np.minimum(Ts[n, :, :, h][:, :, :, None], Ts[n, :, j, :][:, :, None, :]),
-        Ts[n, i, :, :][:, None, :, :],
-    )
-    cap[n, i] = 0
-    cap[n, :, j] = 0
-    cap[n, :, :, h] = 0
+    A, B, C = Ts[n, :, :, h], Ts[n, :, j, :], Ts[n, i, :, :]  # copies
+    A[n, i, :] = 0
+    A[n, :, j] = 0
+    B[n, :, h] = 0
+    cap = np.minimum(A[:, :, :, None], B[:, :, None, :])
+    np.minimum(cap, C[:, None, :, :], out=cap)
     return cap.reshape(len(Ts), -1)
 
 
@@ -365,6 +365,8 @@ def zeros_certified(T: np.ndarray, cells: list[tuple[int, int, int]]) -> list[bo
     """`zero_certified` of each cell, the same greedy moves made for many cells at once (in
     chunks of bounded memory)."""
     T = T.astype(np.float64 if T.dtype.kind == "f" else np.int64, copy=False)
+    if T.dtype.kind == "i" and T.size and T.min() >= 0 and T.sum() < 2**31:
+        T = T.astype(np.int32)  # the moves keep the total, so every count stays below it
     out: list[bool] = []
     step = max(1, (1 << 20) // max(T.size, 1))
     for at in range(0, len(cells), step):
