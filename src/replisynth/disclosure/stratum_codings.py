@@ -54,23 +54,24 @@ def _pure_classes(
     """The records of `stratum_codings` for one ordered pair from its joint counts and b's
     source-level class counts (`source`, missing first as -1: never compared)."""
     col_total, row_total = joint.sum(axis=0), joint.sum(axis=1)
+    held = joint[1:] > 0  # per class v of a (missing excluded): the classes of b it holds
+    ok = held.any(axis=1) & ~(held & (col_total < min_cell)).any(axis=1)
+    inside = joint @ held.T.astype(joint.dtype)  # [u, v]: a's class-u rows in v's held classes
+    u = np.arange(joint.shape[0])[:, None]
+    other = (inside > 0) & (u != np.arange(1, joint.shape[0])[None, :])
+    part = (inside != row_total[:, None]) | ((u > 0) & (row_total[:, None] < min_cell))
+    ok &= ~(other & part).any(axis=0)  # no class of a only partly inside, or unlistable
     recs = []
-    for v in range(1, joint.shape[0]):
-        held = np.flatnonzero(joint[v] > 0)
-        if not len(held) or np.any(col_total[held] < min_cell):
-            continue
-        inside = joint[:, held].sum(axis=1)
-        others = [u for u in np.flatnonzero(inside > 0) if u != v]
-        if any(inside[u] != row_total[u] or (u > 0 and row_total[u] < min_cell) for u in others):
-            continue  # a class of a only partly inside, or one its table cannot list
+    for v in np.flatnonzero(ok) + 1:
+        cols = np.flatnonzero(held[v - 1])
         recs.append(
             {
                 "column": a,
-                "class": v - 1,
+                "class": int(v) - 1,
                 "by": b,
-                "held": [int(h) - 1 for h in held],
-                "minus": [int(u) - 1 for u in others],
-                "source": bool(np.all(source[held] == col_total[held])),
+                "held": [int(h) - 1 for h in cols],
+                "minus": [int(w) - 1 for w in np.flatnonzero(other[:, v - 1])],
+                "source": bool(np.all(source[cols] == col_total[cols])),
             }
         )
     return recs
