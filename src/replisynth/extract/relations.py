@@ -202,16 +202,24 @@ def _counts_apart(
     column (whose counts its table gives), and leave some pooled row out: their counts less
     those levels' then sum to the level's true count, short of the table's by 1..k−1
     (`visits <= 3` with a 13 pooled into 3: its count less those of 0, 1 and 2)."""
-    held = np.unique(codes[exact])
-    if len(held) == 0 or held[0] < 0:
+    held = codes[exact]
+    if len(held) == 0 or held.min() < 0:
         return False
-    inside = np.isin(codes, held)
+    inside = _marked(codes, held)
     extra = inside & ~exact & ~into
     if extra.any():
-        lv = np.unique(levels[extra])
-        if lv[0] < 0 or np.any(np.isin(levels, lv) & ~inside):
+        lv = levels[extra]
+        if lv.min() < 0 or np.any(_marked(levels, lv) & ~inside):
             return False  # a level not counted, or only partly inside: it does not cancel
     return bool(np.any(into & ~inside))
+
+
+def _marked(values: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Where `values` (integer codes, -1 or more) is one of `chosen` (codes 0 or more): a
+    lookup table over the codes, as `np.isin` but without sorting or hashing."""
+    table = np.zeros(int(values.max()) + 2, dtype=bool)
+    table[chosen + 1] = True
+    return table[values + 1]
 
 
 def _few_classes(codes: np.ndarray) -> bool:
