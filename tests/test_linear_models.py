@@ -158,6 +158,17 @@ def test_re_matches_randomeffects(panel: pd.DataFrame, vcov: str) -> None:
     ] == pytest.approx(vd["Residual"])
 
 
+def _iv2sls_cov(vcov: str, clusters: pd.Series) -> dict[str, Any]:
+    """IV2SLS's fit keywords for a checkpoint vcov, as linear_models maps them (nonrobust, HC1
+    and cluster debiased, HC0 not)."""
+    return {
+        "nonrobust": {"cov_type": "unadjusted", "debiased": True},
+        "HC0": {"cov_type": "robust"},
+        "HC1": {"cov_type": "robust", "debiased": True},
+        "cluster:rc": {"cov_type": "clustered", "clusters": clusters, "debiased": True},
+    }[vcov]
+
+
 @pytest.mark.parametrize("vcov", ["nonrobust", "HC0", "HC1", "cluster:rc"])
 @pytest.mark.parametrize(
     "formula", ["y ~ 1 + x1 + C(f) + [xe ~ z1 + z2]", "y ~ 1 + x2 + [xe + x1 ~ z1 + z2]"]
@@ -168,13 +179,7 @@ def test_iv_matches_iv2sls(panel: pd.DataFrame, formula: str, vcov: str) -> None
     from linearmodels.iv import IV2SLS
 
     fit = _fit(panel, _cp("iv", "iv", formula, vcov=vcov))
-    kw: dict[str, Any] = {
-        "nonrobust": {"cov_type": "unadjusted", "debiased": True},
-        "HC0": {"cov_type": "robust"},
-        "HC1": {"cov_type": "robust", "debiased": True},
-        "cluster:rc": {"cov_type": "clustered", "clusters": panel["rc"], "debiased": True},
-    }[vcov]
-    ref = IV2SLS.from_formula(formula, panel).fit(**kw)
+    ref = IV2SLS.from_formula(formula, panel).fit(**_iv2sls_cov(vcov, panel["rc"]))
     ref_params = ref.params.rename({"1": "Intercept"})
     assert sorted(ref_params.index) == sorted(fit.terms)
     np.testing.assert_allclose(fit.beta, ref_params[fit.terms].to_numpy(), rtol=1e-10)
@@ -218,14 +223,10 @@ def test_iv_with_badly_scaled_columns_matches_iv2sls(
     df = df.assign(inc2=df["inc"] ** 2 / 1e3, zbig=rng.normal(size=len(df)) * 1e5 + 3e6 + df["inc"])
     kw = {"weights": weights} if weights else {}
     fit = _fit(df, _cp("iv", "iv", formula, vcov=vcov, **kw))
-    cov: dict[str, Any] = {
-        "nonrobust": {"cov_type": "unadjusted", "debiased": True},
-        "HC0": {"cov_type": "robust"},
-        "HC1": {"cov_type": "robust", "debiased": True},
-        "cluster:rc": {"cov_type": "clustered", "clusters": df["rc"], "debiased": True},
-    }[vcov]
     lm_formula = formula.replace("~ ", "~ 1 + ", 1)
-    ref = IV2SLS.from_formula(lm_formula, df, weights=df[weights] if weights else None).fit(**cov)
+    ref = IV2SLS.from_formula(lm_formula, df, weights=df[weights] if weights else None).fit(
+        **_iv2sls_cov(vcov, df["rc"])
+    )
     se = ref.std_errors.rename({"1": "Intercept"})[fit.terms].to_numpy()
     beta = ref.params.rename({"1": "Intercept"})[fit.terms].to_numpy()
     assert np.max(np.abs(fit.beta - beta) / se) < 1e-9

@@ -163,20 +163,26 @@ def test_init_template_parses_with_keyword_columns(tmp_path: Path) -> None:
     load_manifest(raw)
 
 
+def _small_stratum_cell(path: Path, seed: int) -> None:
+    """1,200 rows whose strata s1 x s2 have one cell below 50 rows: s1 == 3 holds 90 rows,
+    (3, 0) at least 30 of them."""
+    rng = np.random.default_rng(seed)
+    n = 1200
+    s1 = np.where(np.arange(n) < 90, 3, rng.integers(1, 3, n))
+    s2 = np.where(np.arange(n) < 30, 0, rng.integers(0, 2, n))
+    x = rng.normal(size=n)
+    df = pd.DataFrame(
+        {"pid": np.arange(n), "s1": s1, "s2": s2, "x": x, "y": x + rng.normal(size=n)}
+    )
+    df.to_csv(path, index=False)
+
+
 def test_checkpoint_on_a_locally_suppressed_stratum_is_flagged(tmp_path: Path) -> None:
     """A strata cell below min_cell_size has its strata columns set to missing (the residual
     block), so a checkpoint whose subset or factor reads that cell cannot be rebuilt: the run
     only found out at verification ('subset selects no rows' on the synthetic data).
     Extraction now says so in the log and the SDC log, naming the checkpoint and the column."""
-    rng = np.random.default_rng(5)
-    n = 1200
-    s1 = np.where(np.arange(n) < 90, 3, rng.integers(1, 3, n))  # s1 == 3: 90 rows
-    s2 = np.where(np.arange(n) < 30, 0, rng.integers(0, 2, n))  # (3, 0): at least 30 rows
-    x = rng.normal(size=n)
-    df = pd.DataFrame(
-        {"pid": np.arange(n), "s1": s1, "s2": s2, "x": x, "y": x + rng.normal(size=n)}
-    )
-    df.to_csv(tmp_path / "p.csv", index=False)
+    _small_stratum_cell(tmp_path / "p.csv", seed=5)
     raw = manifest_for(tmp_path / "p.csv", strata=["s1", "s2"])
     raw["checkpoints"] = [
         {
@@ -199,15 +205,7 @@ def test_a_term_missing_from_the_refit_is_the_reason(tmp_path: Path) -> None:
     """A checkpoint that fails because one of its terms is absent from the synthetic refit
     (here the level of a locally suppressed strata cell) names the term; the verdict showed
     only the largest dbeta/SE of the terms present, which was small."""
-    rng = np.random.default_rng(6)
-    n = 1200
-    s1 = np.where(np.arange(n) < 90, 3, rng.integers(1, 3, n))
-    s2 = np.where(np.arange(n) < 30, 0, rng.integers(0, 2, n))
-    x = rng.normal(size=n)
-    df = pd.DataFrame(
-        {"pid": np.arange(n), "s1": s1, "s2": s2, "x": x, "y": x + rng.normal(size=n)}
-    )
-    df.to_csv(tmp_path / "p.csv", index=False)
+    _small_stratum_cell(tmp_path / "p.csv", seed=6)
     raw = manifest_for(tmp_path / "p.csv", strata=["s1", "s2"])
     raw["checkpoints"] = [
         {"tag": "fac", "source": "people", "model": "ols", "formula": "y ~ x + C(s1)"}

@@ -382,13 +382,19 @@ def _iv_xhat(d: Design, label: str) -> np.ndarray:
     return d.Z @ np.linalg.solve(ZtW @ d.Z, ZtW @ d.X)
 
 
-def fit_iv(d: Design, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """(beta, SE) of an iv checkpoint as linearmodels' IV2SLS gives them, without it (its
+def fit_iv(
+    d: Design, cp: Checkpoint, label: str
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """(beta, SE, residual df n - k, structural residual y - X beta) of an iv checkpoint as
+    linearmodels' IV2SLS gives them, without it (its
     pseudo-inverse of Z and pandas frames cost more than the fit): X_hat = Q Q'X from a
     QR of sqrt(w) Z, beta by OLS of sqrt(w) y on X_hat (`_Whitened`), and the covariance
     of the structural residual with IV2SLS's conventions (`_fe_cov` with no absorbed df)."""
     _cov(cp, d)  # raises on a vcov the family does not take
     assert d.Z is not None and d.instruments is not None and d.n_exog is not None
+    n, k = d.X.shape
+    if n - k <= 0:
+        raise CheckpointError(f"{label}: no residual degrees of freedom left ({n} observations)")
     bad = collinear_terms(d.Z, d.terms[: d.n_exog] + d.instruments)
     if bad:
         raise CheckpointError(
@@ -406,31 +412,8 @@ def fit_iv(d: Design, cp: Checkpoint, label: str) -> tuple[np.ndarray, np.ndarra
     e = yw - Xw @ beta
     if cp.cluster and len(np.unique(np.asarray(d.clusters))) < 2:
         raise ValueError("a clustered covariance needs at least two clusters")
-    return beta, np.sqrt(np.diag(_fe_cov(cp, d, f, e, 0)))
-
-
-def _iv_result(d: Design, cp: Checkpoint, label: str) -> FitResult:
-    """`fit_iv` as a FitResult (scale = sum(w e^2) / (n - k) of the structural residual)."""
-    df_resid = float(len(d.y) - d.X.shape[1])
-    if df_resid <= 0:
-        raise CheckpointError(
-            f"{label}: no residual degrees of freedom left ({len(d.y)} observations)"
-        )
-    try:
-        beta, se = fit_iv(d, cp, label)
-    except (ValueError, np.linalg.LinAlgError) as exc:
-        raise CheckpointError(
-            f"{label}: the instrumental-variables fit failed ({exc}); check the formula, weights and vcov"
-        ) from None
-    e = d.y - d.X @ beta
-    return FitResult(
-        terms=list(d.terms),
-        beta=beta,
-        se=se,
-        n=int(len(d.y)),
-        resid_df=df_resid,
-        scale=float(np.sum(_weights(d) * e * e) / df_resid),
-    )
+    se = np.sqrt(np.diag(_fe_cov(cp, d, f, e, 0)))
+    return beta, se, float(n - k), d.y - d.X @ beta
 
 
 def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -466,9 +449,9 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
 
     d = design
     if cp.model == "fe":
-        return _fe_result(d, cp, label)
+        return _own_result(d, label, "fixed-effects", lambda: fit_fe(d, cp, label))
     if cp.model == "iv":
-        return _iv_result(d, cp, label)
+        return _own_result(d, label, "instrumental-variables", lambda: fit_iv(d, cp, label))
     if cp.model != "re":
         raise CheckpointError(f"{label}: model {cp.model!r} is not a linear family")
     try:
@@ -505,13 +488,14 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
     )
 
 
-def _fe_result(d: Design, cp: Checkpoint, label: str) -> FitResult:
-    """`fit_fe` as a FitResult (scale = sum(w e^2) / resid_df of the within residual)."""
+def _own_result(d: Design, label: str, family: str, fit: Any) -> FitResult:
+    """A FitResult of one of the fits written here (`fit_fe`, `fit_iv`: beta, SE, residual
+    df, the family's residual), scale = sum(w e^2) / resid_df; a failure is one line."""
     try:
-        beta, se, df_resid, resid = fit_fe(d, cp, label)
+        beta, se, df_resid, resid = fit()
     except (ValueError, np.linalg.LinAlgError) as exc:
         raise CheckpointError(
-            f"{label}: the fixed-effects fit failed ({exc}); check the formula, weights and vcov"
+            f"{label}: the {family} fit failed ({exc}); check the formula, weights and vcov"
         ) from None
     return FitResult(
         terms=list(d.terms),
