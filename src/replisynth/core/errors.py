@@ -1,6 +1,8 @@
 """Flat, specific exception classes. Every message names the file, column or manifest key
 and says what to do; callers (CLI, Snakemake scripts) print the message, never a traceback."""
 
+import re
+
 
 class ReplisynthError(Exception):
     """Base class: a problem the user can fix, described in plain words."""
@@ -43,7 +45,7 @@ def exit_code(exc: BaseException) -> int:
     """The exit status for an exception that ends a run."""
     if isinstance(exc, TierNotMet):
         return EXIT_TIER_MISSED
-    if isinstance(exc, (ReplisynthError, OSError)):
+    if isinstance(exc, (ReplisynthError, OSError, MemoryError)):
         return EXIT_BAD_INPUT
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -59,6 +61,15 @@ def one_line(exc: BaseException, log_path: str = "") -> str:
     if isinstance(exc, KeyboardInterrupt):
         return (
             "interrupted (Ctrl-C); nothing half-written is kept, rerun the same command to resume"
+        )
+    if isinstance(exc, MemoryError):
+        # numpy's message gives the size asked for (never a data value): keep only that.
+        size = re.search(r"allocate ([0-9.]+ [KMGTPE]?i?B)", str(exc))
+        asked = f" (an array of {size.group(1)})" if size else ""
+        return (
+            f"out of memory{asked}: ask for fewer synthetic rows (sources.<name>.rows in the "
+            "manifest; a bundle's rows are in its manifest.json), or run on a machine with more "
+            "memory"
         )
     if isinstance(exc, OSError):
         target = exc.filename or "a file"
