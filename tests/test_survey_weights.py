@@ -66,6 +66,49 @@ CASES = [
 ]
 
 
+def test_spread_weights_keep_their_marginal_when_the_grid_trims_their_tails(
+    tmp_path: Path,
+) -> None:
+    """Weights with a lognormal spread over 20,000 rows: the released grid, trimmed at p1 and
+    p99, holds about 1% less weight than the original's tails, and scaling every synthetic
+    weight up to the released total failed tier 1's KS test of the weight column (p = 0.026).
+    The scaling stops at its KS budget: tier 1 holds, the total is short by less than the
+    trimmed share, and the weighted shares still match."""
+    n = 20_000
+    df = oversampled(n, 3, "region", "wt", "nsew")
+    df["wt"] = df["wt"] * np.random.default_rng(4).lognormal(0.0, 0.5, n)
+    df.to_csv(tmp_path / "p.csv", index=False)
+    tiers = run_pipeline(manifest_for(tmp_path / "p.csv", weight="wt"), tmp_path)
+    src = tiers["sources"]["people"]
+    assert src["tier_met"] >= 1 and src["marginals"]["problems"] == []
+    weighted = src["marginals"]["weighted"]
+    assert weighted["passed"]
+    short = 1 - weighted["synthetic_total"] / weighted["released_total"]
+    assert 0 < short < 0.02
+
+
+def test_total_scale_moves_the_weights_distribution_at_most_its_budget() -> None:
+    """The factor towards the total is the whole one when it moves the weights' empirical
+    distribution by at most budget / sqrt(n) (KS distance), else the largest that does."""
+    from replisynth.stats.weights import TOTAL_KS_BUDGET, total_scale
+
+    w = np.random.default_rng(2).lognormal(0.0, 0.5, 20_000)
+
+    def distance(f: float) -> float:
+        grid = np.sort(np.concatenate([w, f * w]))
+        a = np.searchsorted(np.sort(w), grid, side="right")
+        b = np.searchsorted(np.sort(f * w), grid, side="right")
+        return float(np.max(np.abs(a - b))) / len(w)
+
+    limit = TOTAL_KS_BUDGET / np.sqrt(len(w))
+    assert total_scale(w, 1.0005 * w.sum()) == pytest.approx(1.0005)  # small: all the way
+    f = total_scale(w, 1.02 * w.sum())
+    assert 1.0 < f < 1.02 and distance(f) <= limit < distance(1.02)
+    assert distance(f + 0.002) > limit  # and not much less than it allows
+    g = total_scale(w, 0.98 * w.sum())  # too much weight: down, under the same budget
+    assert 0.98 < g < 1.0 and distance(g) <= limit
+
+
 @pytest.mark.parametrize(("n", "seed", "region", "weight", "levels"), CASES)
 def test_synthetic_weighted_shares_match_the_released_ones(
     tmp_path: Path, n: int, seed: int, region: str, weight: str, levels: str
@@ -91,7 +134,7 @@ def test_synthetic_weighted_shares_match_the_released_ones(
     w = syn[weight].to_numpy(dtype="float64")
     grid = rel["blocks"]["all"]["marginals"][weight]["grid"]
     assert (w > 0).all() and w.min() >= min(grid) - 1e-9 and w.max() <= max(grid) + 1e-9
-    assert abs(w.sum() / released["total"] - 1) < 1e-3
+    assert abs(w.sum() / released["total"] - 1) < 2e-3  # as far as the KS budget allows
     src = tiers["sources"]["people"]
     assert src["marginals"]["weighted"]["passed"] and src["marginals"]["weighted"]["column"] == (
         weight

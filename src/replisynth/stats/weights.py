@@ -20,6 +20,10 @@ SHARE_TOLERANCE = 0.005  # tier 1: synthetic weighted share within 0.5 points of
 RAKE_ITERATIONS = 200
 GRID_STEP = 10  # weighted grids: the shares of the decile intervals of the released grid
 REASSIGN_STEP = 0.5  # class shifts move by half the log share gap per round
+# The scaling to the released total may move the weights' own distribution (tier 1's KS test
+# of the weight column) by at most this over sqrt(rows) in KS distance: a grid trimmed at its
+# ends holds less weight than the original's tails, and a full scaling then fails that test.
+TOTAL_KS_BUDGET = 0.5
 
 
 def class_weight_sums(cls: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
@@ -117,11 +121,12 @@ def rake(
     tol: float = 1e-5,
 ) -> Calibration:
     """Raking (iterative proportional fitting, Deming & Stephan 1940) of the weights `w0` so
-    each margin's weighted shares (class codes, targets) meet their targets, then scaled to
-    `total`; every step bounded to [lo, hi] (bounded raking), so weights stay positive and in
-    the released range."""
+    each margin's weighted shares (class codes, targets) meet their targets, then scaled
+    towards `total` as far as `total_scale` allows; every step bounded to [lo, hi] (bounded
+    raking), so weights stay positive and in the released range."""
     ext = _extended(margins)
     w = np.clip(np.asarray(w0, dtype="float64"), lo, hi)
+    reach = float(w.sum()) * total_scale(w, total) if total else None  # the total aimed at
     gap = 1.0
     for _ in range(RAKE_ITERATIONS):
         for c, target in ext:
@@ -129,13 +134,39 @@ def rake(
             tot = sums.sum()
             factor = np.where(sums > 0, target * tot / np.where(sums > 0, sums, 1.0), 1.0)
             w = w * np.append(factor, 1.0)[c]
-        if total:
-            w = w * total / w.sum()
+        if reach:
+            w = w * reach / w.sum()
         w = np.clip(w, lo, hi)
         gap = _gap(w, ext)
         if gap < tol:
             break
     return Calibration(weights=w, max_gap=gap)
+
+
+def total_scale(w: np.ndarray, total: float, budget: float = TOTAL_KS_BUDGET) -> float:
+    """The factor f towards total / sum(w) that moves the distribution of w by at most
+    budget / sqrt(n) in KS distance (sup |F_w(x) - F_w(x / f)|), by bisection on f."""
+    n = len(w)
+    full = float(total) / float(w.sum()) if n and w.sum() > 0 else 1.0
+    if not np.isfinite(full) or full <= 0 or n == 0:
+        return 1.0
+    srt = np.sort(w)
+    below = np.searchsorted(srt, srt, side="right")  # n F_w at each value
+
+    def distance(f: float) -> float:
+        """KS distance of f w from w, at the jumps of both."""
+        at_w = np.abs(below - np.searchsorted(srt, srt / f, side="right"))
+        at_fw = np.abs(np.searchsorted(srt, srt * f, side="right") - below)
+        return float(max(at_w.max(), at_fw.max())) / n
+
+    limit = budget / np.sqrt(n)
+    if distance(full) <= limit:
+        return full
+    near, far = 1.0, full
+    for _ in range(12):
+        mid = (near + far) / 2
+        near, far = (mid, far) if distance(mid) <= limit else (near, mid)
+    return near
 
 
 def calibrate(
