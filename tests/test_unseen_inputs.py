@@ -260,3 +260,30 @@ def test_panel_rows_with_a_missing_time_are_not_duplicates(tmp_path: Path) -> No
     df.loc[4, "year"] = 2000
     with pytest.raises(ReplisynthError, match=r"1 row\(s\) repeat an \(firm, year\) pair"):
         check_source_frame(m, m.source("people"), df)
+
+
+@pytest.mark.parametrize(("clusters", "warned"), [(5, True), (40, False)])
+def test_a_checkpoint_clustered_on_few_clusters_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, clusters: int, warned: bool
+) -> None:
+    """Cluster-robust SEs on a handful of clusters are unreliable and the synthetic data may not
+    reproduce them: extraction says so, naming the checkpoint and the column (no count)."""
+    df = make_people(800)
+    df["cluster"] = np.random.default_rng(1).integers(0, clusters, len(df))
+    df.to_csv(tmp_path / "p.csv", index=False)
+    raw = manifest_for(tmp_path / "p.csv")
+    raw["checkpoints"] = [
+        {
+            "tag": "cl",
+            "source": "people",
+            "model": "ols",
+            "formula": "y ~ x1 + x2",
+            "vcov": "cluster:cluster",
+        }
+    ]
+    with caplog.at_level("WARNING", logger="replisynth"):
+        cmd_extract(load_manifest(raw), tmp_path / "out")
+    lines = [r.getMessage() for r in caplog.records if "fewer than 20 clusters" in r.getMessage()]
+    assert bool(lines) == warned
+    if warned:
+        assert lines[0].startswith("checkpoint cl: clustered on cluster with fewer than 20")

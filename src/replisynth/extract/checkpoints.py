@@ -585,6 +585,19 @@ def budget_warnings(
     return out
 
 
+# Cluster-robust SEs rest on the number of clusters: below this many, they are biased and
+# noisy (Cameron & Miller 2015), and SE shaping may not reach them on the synthetic design.
+FEW_CLUSTERS = 20
+
+
+def few_clusters(df: pd.DataFrame, sample: pd.Index | None, cp: Checkpoint) -> bool:
+    """Whether a clustered checkpoint's estimation sample (row labels in `df`) holds fewer
+    than FEW_CLUSTERS clusters (False for an unclustered one or no sample)."""
+    if not cp.cluster or sample is None:
+        return False
+    return int(df.loc[sample, cp.cluster].nunique()) < FEW_CLUSTERS
+
+
 def capture_checkpoints(
     frames: dict[str, pd.DataFrame], manifest: Manifest
 ) -> tuple[list[dict[str, Any]], SdcLog]:

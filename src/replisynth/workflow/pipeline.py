@@ -135,8 +135,10 @@ def warn_free_text(release: dict[str, Any]) -> None:
 def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str | Path) -> None:
     """Secure side: fit and gate every checkpoint on the original data (staging files)."""
     from replisynth.extract.checkpoints import (
+        FEW_CLUSTERS,
         budget_warnings,
         capture_checkpoint_sample,
+        few_clusters,
     )
     from replisynth.extract.ledger import apply_differencing
     from replisynth.extract.release_guards import unchanged_frames
@@ -164,8 +166,17 @@ def stage_extract_checkpoints(manifest: Manifest, out: str | Path, sdc_out: str 
     # (differencing rule); its public summary travels with the SDC decisions to sdc_log.json.
     progress("extract: checkpoint samples against each other (differencing)")
     released, sdc, ledger = apply_differencing(frames, manifest, fits, metas)
-    for cp, rel in zip(manifest.checkpoints, released, strict=True):
+    for cp, rel, (_, _, sample) in zip(manifest.checkpoints, released, fits, strict=True):
         log.info("checkpoint %s: %s (n=%s)", cp.tag, rel["status"], rel.get("n"))
+        if rel["status"] == "released" and few_clusters(frames[cp.source], sample, cp):
+            log.warning(
+                "checkpoint %s: clustered on %s with fewer than %d clusters in its sample: "
+                "cluster-robust SEs are unreliable with so few, and the synthetic data may not "
+                "reproduce them (the certificate shows the SE ratios); consider HC1",
+                cp.tag,
+                cp.cluster,
+                FEW_CLUSTERS,
+            )
     sdc.extend(
         budget_warnings(released, {k: len(v) for k, v in frames.items()}, manifest.sdc.budget)
     )
