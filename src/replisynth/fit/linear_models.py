@@ -6,7 +6,7 @@ Method: docs/method.md, "Linear model families".
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -368,15 +368,20 @@ def _re_factors(d: Design, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # instrumental variables
 
 
-def _iv_xhat(d: Design, label: str) -> np.ndarray:
-    """X_hat = Z (Z'WZ)^-1 Z'W X, the first-stage fitted regressors (exogenous ones unchanged)."""
+def _check_instruments(d: Design, label: str) -> None:
+    """Raise when a column of Z = [exogenous | instruments] is a combination of earlier ones."""
     assert d.Z is not None and d.instruments is not None and d.n_exog is not None
-    names = d.terms[: d.n_exog] + d.instruments
-    bad = collinear_terms(d.Z, names)
+    bad = collinear_terms(d.Z, d.terms[: d.n_exog] + d.instruments)
     if bad:
         raise CheckpointError(
             f"{label}: the instruments and exogenous regressors are collinear: {', '.join(bad)}"
         )
+
+
+def _iv_xhat(d: Design, label: str) -> np.ndarray:
+    """X_hat = Z (Z'WZ)^-1 Z'W X, the first-stage fitted regressors (exogenous ones unchanged)."""
+    _check_instruments(d, label)
+    assert d.Z is not None
     w = _weights(d)
     ZtW = (d.Z * w[:, None]).T
     return d.Z @ np.linalg.solve(ZtW @ d.Z, ZtW @ d.X)
@@ -391,22 +396,18 @@ def fit_iv(
     QR of sqrt(w) Z, beta by OLS of sqrt(w) y on X_hat (`_Whitened`), and the covariance
     of the structural residual with IV2SLS's conventions (`_fe_cov` with no absorbed df)."""
     _cov(cp, d)  # raises on a vcov the family does not take
-    assert d.Z is not None and d.instruments is not None and d.n_exog is not None
     n, k = d.X.shape
     if n - k <= 0:
         raise CheckpointError(f"{label}: no residual degrees of freedom left ({n} observations)")
-    bad = collinear_terms(d.Z, d.terms[: d.n_exog] + d.instruments)
-    if bad:
-        raise CheckpointError(
-            f"{label}: the instruments and exogenous regressors are collinear: {', '.join(bad)}"
-        )
+    _check_instruments(d, label)
+    assert d.Z is not None
     sw = None if d.weights is None else np.sqrt(d.weights)
     Xw = d.X if sw is None else d.X * sw[:, None]
     Zw = d.Z if sw is None else d.Z * sw[:, None]
     yw = d.y if sw is None else d.y * sw
     Q = np.linalg.qr(Zw)[0]
     Xh = Q @ (Q.T @ Xw)
-    _check_first_stage(Xh.T @ Xw, Xw, label)
+    _check_first_stage(Xh.T @ Xw, np.einsum("ij,ij->j", Xw, Xw), label)
     f = _Whitened.of(Xh, None)
     beta, _ = f.solve(yw)
     e = yw - Xw @ beta
@@ -422,15 +423,15 @@ def _iv_factors(d: Design, label: str) -> tuple[np.ndarray, np.ndarray]:
     w = _weights(d)
     XhW = (Xh * w[:, None]).T
     M = XhW @ d.X
-    _check_first_stage(M, d.X * np.sqrt(w)[:, None], label)
+    _check_first_stage(M, np.einsum("i,ij,ij->j", w, d.X, d.X), label)
     return M, XhW.T
 
 
-def _check_first_stage(M: np.ndarray, Xw: np.ndarray, label: str) -> None:
-    """Raise when X_hat'WX is singular once its columns are scaled by those of sqrt(w) X
-    (a regressor in dollars squared beside an intercept is not a weak instrument; one that
-    the instruments leave near zero is)."""
-    c = np.sqrt(np.einsum("ij,ij->j", Xw, Xw))
+def _check_first_stage(M: np.ndarray, sq_norms: np.ndarray, label: str) -> None:
+    """Raise when X_hat'WX is singular once its columns are scaled by the norms of sqrt(w) X's
+    (`sq_norms`: their squares, sum_i w_i x_ij^2; a regressor in dollars squared beside an
+    intercept is not a weak instrument; one that the instruments leave near zero is)."""
+    c = np.sqrt(sq_norms)
     c[c == 0] = 1.0
     if not np.linalg.cond(M / np.outer(c, c)) <= 1e12:
         raise CheckpointError(
@@ -488,7 +489,12 @@ def fit_linear_family(design: Design, cp: Checkpoint, label: str) -> Any:
     )
 
 
-def _own_result(d: Design, label: str, family: str, fit: Any) -> FitResult:
+def _own_result(
+    d: Design,
+    label: str,
+    family: str,
+    fit: Callable[[], tuple[np.ndarray, np.ndarray, float, np.ndarray]],
+) -> FitResult:
     """A FitResult of one of the fits written here (`fit_fe`, `fit_iv`: beta, SE, residual
     df, the family's residual), scale = sum(w e^2) / resid_df; a failure is one line."""
     try:

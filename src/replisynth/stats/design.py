@@ -267,7 +267,7 @@ def _build_design(df: pd.DataFrame, cp: Checkpoint, where: str = "") -> Design:
             )
         y, X, terms, Z, n_exog, instr = _iv_matrices(data, cp, label)
         _finite_terms(
-            np.column_stack([y, X, Z]), ["the outcome", *terms, *terms[:n_exog], *instr], label
+            np.column_stack([y, X, Z[:, n_exog:]]), ["the outcome", *terms, *instr], label
         )
         w = data[cp.weights].to_numpy(dtype="float64") if cp.weights else None
         cl = pd.factorize(data[cp.cluster])[0] if cp.cluster else None
