@@ -19,7 +19,7 @@ from replisynth.extract.extract import extract_source
 from replisynth.io.files import dumps_json, read_source
 from replisynth.synthesize.synthesize import synthesize_source
 from replisynth.workflow.scatter import gather_release, sample_blocks, shard_of, stratum_blocks
-from replisynth.workflow.workflow import scatter_plan, under_cluster
+from replisynth.workflow.workflow import drop_local_rate_limit, scatter_plan, under_cluster
 
 
 def _strata_data(tmp_path, n=900, seed=5):
@@ -130,6 +130,38 @@ def test_cluster_executor_is_recognised():
     assert not under_cluster(local)
     assert under_cluster(submit) and under_cluster(remote)
     assert not under_cluster(object())
+
+
+def test_local_run_drops_only_the_default_rate_limit():
+    """Snakemake's default limit (100 jobs a second) leaves a one-second timer that a local
+    run waits for at its exit: dropped on one machine; a cluster run and an explicit limit
+    keep theirs. Snakemake's own classes, so a renamed attribute fails here."""
+    import inspect
+
+    from snakemake.scheduling.job_scheduler import JobRateLimiter, JobScheduler
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    assert "self.job_rate_limiter" in inspect.getsource(JobScheduler.__init__)
+
+    def workflow(limit: str, nodes: int | None) -> SimpleNamespace:
+        limiter = JobRateLimiter(MaxJobsPerTimespan.parse_choice(limit))
+        return SimpleNamespace(
+            resource_settings=SimpleNamespace(nodes=nodes),
+            remote_exec=False,
+            scheduler=SimpleNamespace(job_rate_limiter=limiter),
+        )
+
+    local, cluster, explicit = (
+        workflow("100/1s", None),
+        workflow("100/1s", 50),
+        workflow("5/1s", None),
+    )
+    for w in (local, cluster, explicit):
+        drop_local_rate_limit(w)
+    assert local.scheduler.job_rate_limiter is None
+    assert cluster.scheduler.job_rate_limiter.max_jobs == 100
+    assert explicit.scheduler.job_rate_limiter.max_jobs == 5
+    drop_local_rate_limit(object())  # no scheduler (a dry run's hooks never run): nothing to do
 
 
 def test_scatter_is_not_recorded_in_the_manifest(tmp_path):

@@ -253,6 +253,22 @@ def under_cluster(workflow: Any) -> bool:
     return nodes is not None or bool(getattr(workflow, "remote_exec", False))
 
 
+def drop_local_rate_limit(workflow: Any) -> None:
+    """On one machine, drop Snakemake's default job rate limit (100 jobs a second; called
+    from `onstart`, once the scheduler exists): each scheduling round starts a one-second
+    timer, and the process waits for the last one when it exits, a second added to every
+    local run while the cores already bound how many jobs start. A limit given explicitly,
+    and any run under a cluster executor, keep theirs."""
+    scheduler = getattr(workflow, "scheduler", None)
+    limiter = getattr(scheduler, "job_rate_limiter", None)
+    if (
+        limiter is not None
+        and not under_cluster(workflow)
+        and (getattr(limiter, "max_jobs", None), getattr(limiter, "timespan", None)) == (100, 1)
+    ):
+        scheduler.job_rate_limiter = None
+
+
 def scatter_plan(
     setting: Any, strata: dict[str, bool], cells: dict[str, int], cluster: bool = True
 ) -> dict[str, int]:
