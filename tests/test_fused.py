@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,7 +16,7 @@ from test_workflow import _checkout, _smk
 
 from replisynth.config.manifest import load_manifest
 from replisynth.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ManifestError
-from replisynth.workflow.fused import Stage, benchmark_row, run_beside
+from replisynth.workflow.fused import Stage, benchmark_row, run_beside, run_stages
 from replisynth.workflow.pipeline import provenance
 from replisynth.workflow.resources import FUSE_CELLS, FUSE_ROWS
 from replisynth.workflow.workflow import fuse_plan
@@ -153,6 +154,12 @@ def _pid_stage(tmp_path, name: str, fail: Exception | None = None, wait: float =
     )
 
 
+def _stage(tmp_path, name: str, call) -> Stage:
+    return Stage(
+        str(tmp_path / "logs" / f"{name}.log"), str(tmp_path / "bench" / f"{name}.tsv"), call
+    )
+
+
 def _logs(tmp_path) -> None:
     (tmp_path / "logs").mkdir(exist_ok=True)
 
@@ -169,6 +176,27 @@ def test_run_beside_runs_every_stage_with_its_log_and_benchmark(tmp_path, parall
     for n in pids:
         assert (tmp_path / "logs" / f"{n}.log").exists()
         assert (tmp_path / "bench" / f"{n}.tsv").read_text().startswith("s\th:m:s\tmax_rss")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_each_stage_benchmark_reports_its_own_peak(tmp_path):
+    """A fused job's benchmark row per stage gives that stage's peak resident set, not the
+    process's largest so far: a light stage after a heavy one reports a light peak."""
+    import numpy as np
+
+    _logs(tmp_path)
+
+    def heavy():
+        block = np.ones(40_000_000)  # 320 MB, touched
+        return float(block[-1])
+
+    run_stages([_stage(tmp_path, "heavy", heavy), _stage(tmp_path, "light", lambda: None)])
+
+    def rss(name: str) -> float:
+        row = (tmp_path / "bench" / f"{name}.tsv").read_text().splitlines()[1].split("\t")
+        return float(row[2])
+
+    assert rss("heavy") > 300 and rss("light") < rss("heavy") - 250
 
 
 def test_a_failing_stage_beside_fails_the_job_with_its_status(tmp_path):

@@ -50,7 +50,8 @@ def _cpu_seconds() -> float:
 
 def benchmark_row(seconds: float, cpu: float, max_rss_mb: float) -> str:
     """A benchmark file's text: header and one row (wall and CPU seconds of the stage, the
-    process's peak resident set so far in MB)."""
+    stage's peak resident set in MB: the process's since the stage started where Linux lets
+    it be reset, else the process's peak so far)."""
     hms = str(datetime.timedelta(seconds=int(seconds)))
     values = [f"{seconds:.4f}", hms, f"{max_rss_mb:.2f}"] + ["NA"] * 6 + [f"{cpu:.2f}"]
     return "\t".join(BENCHMARK_HEADER) + "\n" + "\t".join(values) + "\n"
@@ -59,19 +60,83 @@ def benchmark_row(seconds: float, cpu: float, max_rss_mb: float) -> str:
 def run_stages(stages: list[Stage], threads: int = 1) -> None:
     """Run the stages in order, each through `runner.run` (its log file, one line and the exit
     status on failure: the job stops at the first failing stage) and timed into its
-    benchmark file."""
+    benchmark file. Between stages the memory the last one freed goes back to the system
+    (`release_memory`), so the job's peak is its largest stage's, as with one job each."""
     from replisynth.workflow.runner import run
 
     for stage in stages:
         start, cpu = time.perf_counter(), _cpu_seconds()
+        per_stage = _reset_peak()
         run(stage.log, threads=threads, stage=stage.call)
         if stage.benchmark is not None:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             Path(stage.benchmark).parent.mkdir(parents=True, exist_ok=True)
             write_text(
                 stage.benchmark,
-                benchmark_row(time.perf_counter() - start, _cpu_seconds() - cpu, peak_mb),
+                benchmark_row(
+                    time.perf_counter() - start, _cpu_seconds() - cpu, _peak_mb(per_stage)
+                ),
             )
+        release_memory()
+
+
+RELEASE_FROM_MB = 256  # below this resident set a fused job keeps what it freed (it is small)
+
+
+def release_memory() -> None:
+    """Return what the last stage freed to the system once the process holds more than
+    RELEASE_FROM_MB: garbage collected, pyarrow's pool released and glibc's heap trimmed
+    (`malloc_trim`; skipped where it does not exist). Without it a 1M-row job's pin stage
+    started from 0.6 GB of the synthesis' freed memory and each stage's peak grew by the
+    leftovers of the ones before."""
+    import ctypes
+    import gc
+    import sys
+
+    if _resident_mb() < RELEASE_FROM_MB:
+        return
+    gc.collect()
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+def _resident_mb() -> float:
+    """The process's resident set now (Linux /proc; 0 where it cannot be read)."""
+    try:
+        return (
+            int(Path("/proc/self/statm").read_text().split()[1])
+            * os.sysconf("SC_PAGE_SIZE")
+            / 2**20
+        )
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak resident set (Linux: VmHWM, by writing 5 to
+    /proc/self/clear_refs); False where that cannot be done."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb(since_reset: bool) -> float:
+    """The peak resident set in MB: since the last `_reset_peak` when it worked (VmHWM),
+    else the process's whole-life peak (ru_maxrss)."""
+    if since_reset:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child_status(stages: list[Stage], threads: int) -> int:

@@ -259,10 +259,11 @@ def drop_local_rate_limit(workflow: Any) -> None:
     timer, and the process waits for the last one when it exits, a second added to every
     local run while the cores already bound how many jobs start. A limit given explicitly,
     and any run under a cluster executor, keep theirs."""
-    scheduler = getattr(workflow, "scheduler", None)
+    scheduler: Any = getattr(workflow, "scheduler", None)
     limiter = getattr(scheduler, "job_rate_limiter", None)
     if (
-        limiter is not None
+        scheduler is not None
+        and limiter is not None
         and not under_cluster(workflow)
         and (getattr(limiter, "max_jobs", None), getattr(limiter, "timespan", None)) == (100, 1)
     ):
