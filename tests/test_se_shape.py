@@ -105,6 +105,44 @@ def test_tilt_reports_an_unmovable_column() -> None:
     assert res.reached[0] == pytest.approx(1.0, abs=1e-8)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_tilt_toward_skips_only_tilts_that_cannot_be_feasible(seed: int, monkeypatch) -> None:
+    """The reach check (`_out_of_reach`) only skips tilts that would report infeasible: the
+    result equals the one with every tilt run, over targets inside, at and beyond the
+    bounds, per-unit bounds, and columns with no contribution."""
+    from replisynth.pin import se_shape
+
+    rng = np.random.default_rng(seed)
+    m, k = int(rng.integers(8, 400)), int(rng.integers(1, 5))
+    a = _contributions(m, k, seed)
+    if seed % 4 == 3:
+        a[:, -1] = 0.0  # a term with no contribution
+    F = a.sum(axis=0)
+    T = F * np.exp(rng.normal(0.0, [0.05, 0.6, 2.0][seed % 3], size=k))
+    lo = rng.uniform(0.04, 1.0, m) if seed % 2 else WEIGHT_BOUNDS[0]
+    hi = rng.choice([1.0, 25.0], m) if seed % 5 == 0 else WEIGHT_BOUNDS[1]
+    fast = tilt_toward(a, T, (lo, hi))
+    monkeypatch.setattr(se_shape, "_out_of_reach", lambda *args: False)
+    every = tilt_toward(a, T, (lo, hi))
+    assert fast.feasible == every.feasible and fast.fraction == every.fraction
+    np.testing.assert_array_equal(fast.weights, every.weights)
+    np.testing.assert_array_equal(fast.reached, every.reached)
+
+
+def test_tilt_toward_runs_no_tilt_when_no_step_can_be_feasible(monkeypatch) -> None:
+    """Weights capped at 1 cannot raise a column's sum: every point of the path beyond the
+    start is out of reach, and no Newton solve is run for it (each ran all its iterations)."""
+    from replisynth.pin import se_shape
+
+    calls: list[int] = []
+    real = se_shape.tilt
+    monkeypatch.setattr(se_shape, "tilt", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = _contributions(k=3)
+    res = tilt_toward(a, a.sum(axis=0) * np.array([1.1, 1.0, 1.0]), (0.04, 1.0))
+    assert not res.feasible and res.fraction == 0.0 and np.all(res.weights == 1.0)
+    assert calls == []
+
+
 # ---------------------------------------------------------------------------------------------
 # sandwich contributions against statsmodels
 

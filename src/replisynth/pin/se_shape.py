@@ -137,6 +137,22 @@ def tilt(
     )
 
 
+REACH_MARGIN = 1e-6  # relative: 10 x `tilt`'s own feasibility tolerance (1e-7)
+
+
+def _out_of_reach(target: np.ndarray, least: np.ndarray, most: np.ndarray, live: bool) -> bool:
+    """True when `tilt` cannot be feasible, whatever it iterates: a column with no positive
+    contribution (it is reported unreached), or a target beyond what the bounds allow that
+    column (its sum lies in [sum lo a, sum hi a] for a >= 0) by more than REACH_MARGIN. An
+    infeasible tilt runs all its Newton iterations; skipping it changes no result."""
+    if not live:
+        return True
+    return bool(
+        np.any(target > most * (1.0 + REACH_MARGIN))
+        or np.any(target < least * (1.0 - REACH_MARGIN))
+    )
+
+
 def tilt_toward(
     a: np.ndarray,
     target: np.ndarray,
@@ -146,11 +162,22 @@ def tilt_toward(
     """`tilt` to the targets when feasible; otherwise to the feasible point furthest along
     the log path T(f) = F^(1 - f) T^f from the current sums F = sum_u a_uj (bisection on f
     in [0, 1], `steps` halvings), so every column moves the same share f of the way and
-    none ends further from its target than it started. `fraction` is f."""
+    none ends further from its target than it started. `fraction` is f. A point of the path
+    that no weights inside the bounds can reach (`_out_of_reach`) is infeasible without a
+    solve (the same result: such a tilt ran all its iterations to say so)."""
     a = np.asarray(a, dtype="float64")
     T = np.asarray(target, dtype="float64")
-    full = tilt(a, T, bounds)
-    if full.feasible:
+    m = a.shape[0]
+    lo = np.broadcast_to(np.asarray(bounds[0], dtype="float64"), (m,))
+    hi = np.broadcast_to(np.asarray(bounds[1], dtype="float64"), (m,))
+    reach = (lo @ a, hi @ a, bool(np.all(a.mean(axis=0) > 0)))
+
+    def solve(target: np.ndarray) -> Tilt | None:
+        """`tilt`, or None where it is surely infeasible (`_out_of_reach`)."""
+        return None if _out_of_reach(target, *reach) else tilt(a, target, bounds)
+
+    full = solve(T)
+    if full is not None and full.feasible:
         return full
     F = a.sum(axis=0)
     live = (F > 0) & (T > 0)
@@ -164,13 +191,12 @@ def tilt_toward(
     f_lo, f_hi = 0.0, 1.0
     for _ in range(steps):
         f = 0.5 * (f_lo + f_hi)
-        res = tilt(a, at(f), bounds)
-        if res.feasible:
+        res = solve(at(f))
+        if res is not None and res.feasible:
             f_lo, good = f, res
         else:
             f_hi = f
     if good is None:
-        m = a.shape[0]
         return Tilt(
             weights=np.ones(m),
             reached=np.where(live, F / np.where(T > 0, T, 1.0), 0.0),
