@@ -28,6 +28,7 @@ from replisynth.stats.correlations import (
     latent_correlation,
     latent_matrix,
     nearest_correlation,
+    pct_ranks,
     spearman_curve,
     spearman_matrix,
     tie_atoms,
@@ -853,3 +854,23 @@ def test_view_presence_differences_read_the_right_columns(seed: int, n: int, d: 
     has_missing = np.isnan(X[rows][:, out]).any(axis=0)
     assert np.array_equal(props.om, np.flatnonzero(has_missing))
     assert np.array_equal(props.dPm, want[:, has_missing])
+
+
+@pytest.mark.parametrize("kind", ["codes", "normal", "rounded", "wide_integers", "scaled"])
+@pytest.mark.parametrize("missing", [0.0, 0.3])
+def test_pct_ranks_equal_pandas(kind: str, missing: float) -> None:
+    """`pct_ranks` gives pandas' rank(pct=True) bit for bit (the pin's kept relations read
+    it in place of pandas), ties and missing values included."""
+    rng = np.random.default_rng(len(kind) + int(10 * missing))
+    n = 3_001
+    x = {
+        "codes": lambda: rng.integers(0, 5, n).astype(float),
+        "normal": lambda: rng.normal(size=n),
+        "rounded": lambda: np.round(rng.normal(size=n), 1),
+        "wide_integers": lambda: rng.integers(-(10**7), 10**7, n).astype(float),
+        "scaled": lambda: rng.exponential(size=n) * 1e9,
+    }[kind]()
+    x[rng.random(n) < missing] = np.nan
+    expected = pd.Series(x).rank(pct=True).to_numpy()
+    np.testing.assert_array_equal(pct_ranks(x), expected)
+    assert np.isnan(pct_ranks(np.full(4, np.nan))).all()

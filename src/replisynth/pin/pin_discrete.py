@@ -18,6 +18,7 @@ from replisynth.core.errors import CheckpointError
 from replisynth.core.options import GLM_BINARY, GLM_MODELS, GLM_ORDERED
 from replisynth.fit.estimators import fit_checkpoint
 from replisynth.fit.glm import nb2_score_obs
+from replisynth.stats.correlations import pct_ranks
 from replisynth.stats.design import build_design, outcome_codes, released_terms
 
 PIN_TOL = 0.5  # |b - b*| / SE_target at which a discrete-outcome checkpoint counts as pinned
@@ -722,7 +723,8 @@ def _kept_relations(
     Z = _most_related(df, rows, start, cand) if cand and var > 0 else None
     if Z is None:
         return None
-    R = pd.DataFrame(Z).rank(pct=True).fillna(0.5).to_numpy()
+    R = np.stack([pct_ranks(z) for z in Z.T]).T  # column-major, as pandas' frame gives it
+    R[np.isnan(R)] = 0.5
     R = (R - R.mean(axis=0)) / np.maximum(R.std(axis=0), _EPS)
     M = KEEP_WEIGHT * np.linalg.pinv(R.T @ R) / var
     y0 = start.astype("int64")

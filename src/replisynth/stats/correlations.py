@@ -16,6 +16,19 @@ def _midranks(x: np.ndarray) -> np.ndarray:
     return _Ranker(x).ranks()
 
 
+def pct_ranks(x: np.ndarray) -> np.ndarray:
+    """`pandas.Series(x).rank(pct=True)`, the same values (ties averaged, over the count of
+    non-missing values; NaN stays NaN) from `_Ranker`: small-integer columns are counted,
+    not sorted (pandas sorts every column, about 0.3 s per column at 10^6 rows)."""
+    x = np.asarray(x, dtype="float64")
+    ok = ~np.isnan(x)
+    out = np.full(len(x), np.nan)
+    count = int(np.count_nonzero(ok))
+    if count:
+        out[ok] = _Ranker(x[ok]).ranks() / count
+    return out
+
+
 def _code_type(size: int) -> type[np.signedinteger]:
     """Codes below `size` as int32 when they fit (half the memory of intp), else intp."""
     return np.int32 if size < 2**31 else np.intp
