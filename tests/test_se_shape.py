@@ -129,6 +129,17 @@ def test_tilt_toward_skips_only_tilts_that_cannot_be_feasible(seed: int, monkeyp
     np.testing.assert_array_equal(fast.reached, every.reached)
 
 
+def test_the_reach_check_is_left_out_for_negative_contributions() -> None:
+    """The column sums' range [sum lo a, sum hi a] holds for a >= 0 only: with negative
+    contributions a target above sum hi a can still be met (low weights where a < 0), and
+    tilt_toward reaches it instead of calling it out of reach."""
+    a = _contributions(m=60, k=1, seed=7)
+    a[:30, 0] *= -0.2
+    target = np.array([(WEIGHT_BOUNDS[1] * a[:, 0]).sum() * 1.05])
+    res = tilt_toward(a, target)
+    assert res.feasible and res.reached[0] == pytest.approx(1.0, abs=1e-7)
+
+
 def test_tilt_toward_runs_no_tilt_when_no_step_can_be_feasible(monkeypatch) -> None:
     """Weights capped at 1 cannot raise a column's sum: every point of the path beyond the
     start is out of reach, and no Newton solve is run for it (each ran all its iterations)."""

@@ -171,10 +171,13 @@ def tilt_toward(
     lo = np.broadcast_to(np.asarray(bounds[0], dtype="float64"), (m,))
     hi = np.broadcast_to(np.asarray(bounds[1], dtype="float64"), (m,))
     reach = (lo @ a, hi @ a, bool(np.all(a.mean(axis=0) > 0)))
+    bounded = bool(np.all(a >= 0))  # the column sums' range below holds for a >= 0 only
 
     def solve(target: np.ndarray) -> Tilt | None:
         """`tilt`, or None where it is surely infeasible (`_out_of_reach`)."""
-        return None if _out_of_reach(target, *reach) else tilt(a, target, bounds)
+        if bounded and _out_of_reach(target, *reach):
+            return None
+        return tilt(a, target, bounds)
 
     full = solve(T)
     if full is not None and full.feasible:

@@ -61,7 +61,7 @@ def run_stages(stages: list[Stage], threads: int = 1) -> None:
     """Run the stages in order, each through `runner.run` (its log file, one line and the exit
     status on failure: the job stops at the first failing stage) and timed into its
     benchmark file. Between stages the memory the last one freed goes back to the system
-    (`release_memory`), so the job's peak is its largest stage's, as with one job each."""
+    (`release_memory`), so each stage starts from little more than the job's imports."""
     from replisynth.workflow.runner import run
 
     for stage in stages:
@@ -86,8 +86,8 @@ def release_memory() -> None:
     """Return what the last stage freed to the system once the process holds more than
     RELEASE_FROM_MB: garbage collected, pyarrow's pool released and glibc's heap trimmed
     (`malloc_trim`; skipped where it does not exist). Without it a 1M-row job's pin stage
-    started from 0.6 GB of the synthesis' freed memory and each stage's peak grew by the
-    leftovers of the ones before."""
+    started from 0.6–0.8 GB of the synthesis' freed memory (0.35 GB with it) and each
+    stage's peak grew by the leftovers of the ones before."""
     import ctypes
     import gc
     import sys
