@@ -4,10 +4,13 @@ columns of the stage's rule, so reports, provenance and benchmarks read them unc
 
 from __future__ import annotations
 
+import ctypes
 import datetime
+import gc
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,11 +91,7 @@ def release_memory() -> None:
     (`malloc_trim`; skipped where it does not exist). Without it a 1M-row job's pin stage
     started from 0.6–0.8 GB of the synthesis' freed memory (0.35 GB with it) and each
     stage's peak grew by the leftovers of the ones before."""
-    import ctypes
-    import gc
-    import sys
-
-    if _resident_mb() < RELEASE_FROM_MB:
+    if (_status_mb("VmRSS") or 0.0) < RELEASE_FROM_MB:
         return
     gc.collect()
     if "pyarrow" in sys.modules:
@@ -104,16 +103,16 @@ def release_memory() -> None:
     trim(0)
 
 
-def _resident_mb() -> float:
-    """The process's resident set now (Linux /proc; 0 where it cannot be read)."""
+def _status_mb(field: str) -> float | None:
+    """A size line of /proc/self/status (VmRSS: resident now, VmHWM: its peak) in MB; None
+    where it cannot be read (not Linux)."""
     try:
-        return (
-            int(Path("/proc/self/statm").read_text().split()[1])
-            * os.sysconf("SC_PAGE_SIZE")
-            / 2**20
-        )
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
-        return 0.0
+        pass
+    return None
 
 
 def _reset_peak() -> bool:
@@ -129,21 +128,13 @@ def _reset_peak() -> bool:
 def _peak_mb(since_reset: bool) -> float:
     """The peak resident set in MB: since the last `_reset_peak` when it worked (VmHWM),
     else the process's whole-life peak (ru_maxrss)."""
-    if since_reset:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except (OSError, ValueError, IndexError):
-            pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM") if since_reset else None
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child_status(stages: list[Stage], threads: int) -> int:
     """Run `stages` in a forked child; its exit status (the stage's own, as `runner.run` sets
     it)."""
-    import sys
-
     try:
         run_stages(stages, threads)
         return 0
