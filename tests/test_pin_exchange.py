@@ -157,8 +157,9 @@ def test_exchange_refused_when_the_marginal_cannot_carry_the_ses(
     checkpoint implies, which no exchange can change; the step in rank units carries the
     difference in the upper tail, the SEs up by about 0.2 in logs): with a bound of 0.1 the
     pin keeps its former path (exact, inside the support) and its note says nothing of an
-    exchange."""
+    exchange (the unbounded pin spills, so the slack a spill allows is set to 0 too)."""
     monkeypatch.setattr(pin, "EXCHANGE_SE_BOUND", 0.1)
+    monkeypatch.setattr(pin, "SPILL_SE_SLACK", 0.0)
     orig = _ratio_frame(9000, 11, "spend", 0.5)
     release, data, _ = release_of(orig, tmp_path)
     manifest = load_manifest(
@@ -227,3 +228,63 @@ def test_lone_iv_pin_moves_y_inside_the_instruments_span() -> None:
     assert np.abs(resid).max() <= 1e-9 * np.abs(step).max()
     ols = np.linalg.lstsq(d.X, step, rcond=None)[0]
     assert 0 < ols[j] < 0.5 * full[j]
+
+
+def _claims_frame(n: int, seed: int, slope: float) -> pd.DataFrame:
+    """A paid amount like a claims register's: 22% exact zeros, log-normal otherwise, rising
+    with the days of stay (0 for three quarters of the rows) by `slope`, a provider effect."""
+    r = np.random.default_rng(seed)
+    age = r.integers(0, 96, n)
+    stay = np.where(r.random(n) < 0.25, r.integers(1, 30, n), 0)
+    prov = r.integers(1, 21, n)
+    cost = np.exp(6.5 + 0.01 * age + slope * stay + r.normal(0, 0.3, 21)[prov] + r.normal(0, 1, n))
+    cost[r.random(n) < 0.22] = 0.0
+    return pd.DataFrame({"age": age, "stay": stay, "prov": prov, "cost": np.round(cost, 2)})
+
+
+@pytest.mark.parametrize(("seed", "model"), [(1, "ols"), (4, "ols"), (1, "fe")])
+def test_a_spilling_pin_exchanges_the_draws_values(
+    tmp_path: Path, seed: int, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A skewed cost whose unbounded pin puts a third of its rows below zero: clipping them
+    piled them on the lowest released positive value or stretched the rest (KS 0.26-0.47 to
+    the draw's positive values); with the slack a spill allows, the draw's values are
+    exchanged, the coefficients exact and the marginal the draw's."""
+    from scipy import stats
+
+    orig = _claims_frame(6000, seed, 0.05)
+    release, data, _ = release_of(orig, tmp_path)
+    manifest = load_manifest(
+        {"name": "t", "seed": 1, "sources": {"people": {"path": "x.csv"}}, "checkpoints": []}
+    )
+    cp = (
+        Checkpoint(tag="cp", source="people", model="ols", vcov="HC1", formula="cost ~ age + stay")
+        if model == "ols"
+        else Checkpoint(
+            tag="cp",
+            source="people",
+            model="fe",
+            formula="cost ~ age + stay",
+            absorb=["prov"],
+            vcov="cluster:prov",
+        )  # fmt: skip
+    )
+    rels = capture_released(data, manifest, cp)
+    draw = _claims_frame(6000, seed + 50, 0.0)
+    drawn = draw["cost"][draw["cost"] > 0]
+
+    def ks(df: pd.DataFrame) -> float:
+        y = df["cost"]
+        return float(stats.ks_2samp(y[y > 0], drawn).statistic)
+
+    out, res = pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
+    assert res[0].detail["support"]["outside_before"] > 0.2 * len(draw)
+    assert res[0].detail["support"]["exchanged"], res[0].note
+    assert "the draw's values exchanged between rows" in res[0].note
+    assert ks(out["people"]) < 0.12
+    assert ((out["people"]["cost"] == 0) == (draw["cost"] == 0)).all()
+    assert max(z for _, z, _ in refit_terms(out["people"], rels[0])) <= 1e-6
+    monkeypatch.setattr(pin, "SPILL_SE_SLACK", 0.0)  # the former rule
+    old, res_old = pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
+    assert not res_old[0].detail["support"]["exchanged"]
+    assert ks(old["people"]) > 0.2

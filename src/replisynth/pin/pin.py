@@ -1141,11 +1141,21 @@ def _keep_support(
         if exchanged
         else _match_draw_marginal(df, group, outcome, inner, frozen, free, draw, designs, offset)
     )
+    y_free = df[outcome].to_numpy(dtype="float64")[free]
+    if not exchanged and sup.lattice is None and _ks_distance(y_free, draw[free]) > FAR_FROM_DRAW:
+        exchanged = _exchange_to_draw(
+            df, group, outcome, inner, mass, st[2], draw, designs, offset, SPILL_SE_SLACK
+        )
+        rounds = [] if exchanged else rounds
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
         f"steps back to the draw's marginal: {', '.join(f'{x:g}' for x in rounds) or 'none'})"
-        + ("; the draw's values exchanged between rows, atoms kept" if exchanged else "")
+        + (
+            f"; the draw's values exchanged between rows{', atoms kept' if sup.atoms else ''}"
+            if exchanged
+            else ""
+        )
     ]
     gap = None
     if sup.lattice is not None:
@@ -1226,6 +1236,7 @@ def _exchange_to_draw(
     draw: np.ndarray,
     designs: _Designs | None,
     offset: np.ndarray,
+    slack: float | None = None,
 ) -> bool:
     """A continuous outcome with released atoms, or an integer or coded one, put back on the
     draw's values: the sample rows off the mass points (of an integer or coded outcome: off a
@@ -1237,14 +1248,21 @@ def _exchange_to_draw(
     repair of `_round_outcome`). The repair also tracks the group's SEs (`_se_proxy`): the released SEs come from the raw outcome and the
     released marginal is coded at its ends, so both cannot always hold. Kept (True) when every
     |log(SE / released SE)| stays within EXCHANGE_SE_BOUND, or within the largest before;
-    otherwise the outcome is left as it was (False) for `_match_draw_marginal`."""
+    otherwise the outcome is left as it was (False) for `_match_draw_marginal`. With `slack`
+    (the fallback after that step left the rows far from the draw's marginal) an outcome
+    without atoms is exchanged too, and the SEs may reach `slack` further."""
     y0 = df[outcome].to_numpy(dtype="float64").copy()
     ends = np.asarray([v for v in sup.mass if v <= sup.lo or v >= sup.hi], dtype="float64")
     keep = mass if sup.lattice is None else np.isin(draw, ends)
     rows = np.flatnonzero(sample & ~keep & ~np.isnan(y0) & ~np.isnan(draw))
     st = _stacked(df, group, designs)
     start = _se_gaps(df, group, designs)
-    if (sup.lattice is None and not sup.atoms) or len(rows) < 2 or st is None or start is None:
+    if (
+        (sup.lattice is None and not sup.atoms and slack is None)
+        or len(rows) < 2
+        or st is None
+        or start is None
+    ):
         return False
     V, D, _ = st
     y = y0.copy()
@@ -1257,7 +1275,7 @@ def _exchange_to_draw(
     atoms = np.asarray(sup.atoms, dtype="float64")
     frozen = np.ones(len(y), dtype=bool)
     frozen[rows[~np.isin(y[rows], atoms)]] = False
-    bound = max(float(np.max(start, initial=0.0)), EXCHANGE_SE_BOUND)
+    bound = max(float(np.max(start, initial=0.0)), EXCHANGE_SE_BOUND) + (slack or 0.0)
     if sup.lattice is not None:  # lattice steps close what the exchanges left, if they can
         y, gap = repair_gap(y, rows, V, gap, sup.lattice)
         df[outcome] = y
@@ -1355,6 +1373,24 @@ def _sandwich_diag(V: np.ndarray, Fc: np.ndarray, of_term: np.ndarray, y: np.nda
 
 
 EXCHANGE_SE_BOUND = 0.25  # |log SE ratio| the exchange may reach on a term (0.78-1.28)
+# A continuous outcome whose free rows end further than this (KS distance) from the draw's
+# values at those rows (clipping piled them on a bound, or the marginal steps failed) gets
+# the draw's values exchanged instead, its SEs allowed SPILL_SE_SLACK further.
+FAR_FROM_DRAW = 0.10
+SPILL_SE_SLACK = 0.25
+
+
+def _ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov distance of the values a and b (0 when either is empty)."""
+    if not len(a) or not len(b):
+        return 0.0
+    a, b = np.sort(a), np.sort(b)
+    x = np.concatenate([a, b])
+    fa = np.searchsorted(a, x, side="right") / len(a)
+    fb = np.searchsorted(b, x, side="right") / len(b)
+    return float(np.max(np.abs(fa - fb)))
+
+
 MARGINAL_ROUNDS = 4  # rank-map to the draw's values, then re-pin inside the support
 
 
