@@ -192,3 +192,32 @@ def test_derived_columns_are_reported_with_their_role() -> None:
     clean = pd.DataFrame({"age": age})
     u = utility_section({"s": clean}, {"s": release}, {"s": set()}, {}, 1, derived={"s": {"age"}})
     assert u["findings"] == [] and not u["support_breached"]
+
+
+@pytest.mark.parametrize(
+    ("seed", "kind"), [(1, "count"), (2, "count"), (5, "zero_cost"), (8, "zero_cost")]
+)
+def test_mean_drift_of_a_release_with_atoms(seed: int, kind: str) -> None:
+    """A marginal released as atoms and a rest (a count, a cost with exact zeros): the
+    original against its own release shows no drift (a percentile grid of a count moves by a
+    whole step at a share's crossing, which read as 2-3 SE of drift on the original itself),
+    and a shift of a tenth of an SD is reported."""
+    from replisynth.extract.extract import _atom_marginal
+
+    rng = np.random.default_rng(seed)
+    n = 10_000
+    if kind == "count":
+        y = rng.poisson(rng.gamma(1 / 1.6, 1.2 * 1.6, n)).astype(float)
+    else:
+        y = np.where(rng.random(n) < 0.22, 0.0, np.round(np.exp(rng.normal(6.5, 1.0, n)), 2))
+    m = _atom_marginal(0, y, 50, 1.0, "fixed", None)
+    assert m is not None and m["atoms"]["values"]
+    rec = outcome_utility(pd.Series(y, name="y"), m, kind == "count", 1, 0.0)
+    assert abs(rec["mean_drift_se"]) < 0.25
+    assert not any("mean drifted" in f for f in rec["findings"])
+    shifted = y.copy()
+    up = rng.choice(np.flatnonzero(y > 0), 2_000, replace=False)
+    shifted[up] = np.minimum(shifted[up] + (2.0 if kind == "count" else 600.0), y.max())
+    rec = outcome_utility(pd.Series(shifted, name="y"), m, kind == "count", 1, 0.0)
+    assert rec["mean_drift_se"] > 3.0
+    assert any(f.startswith("pinned outcome y: mean drifted +") for f in rec["findings"])

@@ -34,6 +34,36 @@ def _grid_moments(g: np.ndarray) -> tuple[float, float]:
     return mean, float(np.sqrt(np.sum(w * (g - mean) ** 2)))
 
 
+def _atom_moments(atoms: dict[str, Any]) -> tuple[float, float] | None:
+    """Mean and SD of a marginal released as atoms and a rest: the atoms exact (values and
+    counts), the rest as its grid's coded moments. None when the release holds no rows."""
+    vals = np.asarray(atoms.get("values", []), dtype="float64")
+    counts = np.asarray(atoms.get("counts", []), dtype="float64")
+    rest = atoms.get("rest") or {}
+    n_rest = float(rest.get("n") or 0)
+    total = float(counts.sum()) + n_rest
+    if total <= 0:
+        return None
+    s1, s2 = float(counts @ vals), float(counts @ (vals * vals))
+    if n_rest:
+        m_r, sd_r = _grid_moments(np.asarray(rest["grid"], dtype="float64"))
+        s1 += n_rest * m_r
+        s2 += n_rest * (sd_r * sd_r + m_r * m_r)
+    mean = s1 / total
+    return mean, float(np.sqrt(max(s2 / total - mean * mean, 0.0)))
+
+
+def _atom_mean(v: np.ndarray, atoms: dict[str, Any], trim: float) -> float:
+    """Mean of `v` coded like a release of atoms and a rest: the rows on an atom as they are,
+    the others by their coded percentiles' mean (as `_atom_moments` reads the rest)."""
+    on = np.isin(v, np.asarray(atoms.get("values", []), dtype="float64"))
+    rest = v[~on]
+    total = float(v[on].sum())
+    if len(rest):
+        total += len(rest) * _grid_moments(_coded_percentiles(rest, trim))[0]
+    return total / len(v)
+
+
 def released_zero_mass(g: np.ndarray) -> float:
     """Share of rows at exactly zero that a 101-point percentile grid shows: its points at
     zero over 100 (within a percentile step of the true share)."""
@@ -51,9 +81,18 @@ def _coded_percentiles(v: np.ndarray, trim: float) -> np.ndarray:
 
 
 def continuous_utility(
-    v: np.ndarray, grid: list[float], integer: bool, trim: float, ks_d: float | None
+    v: np.ndarray,
+    grid: list[float],
+    integer: bool,
+    trim: float,
+    ks_d: float | None,
+    atoms: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Drift and support shares of a pinned continuous outcome's non-missing values `v`."""
+    """Drift and support shares of a pinned continuous outcome's non-missing values `v`. With
+    released `atoms` the mean drift reads both sides as the release does (atoms exact, the
+    rest's coded grid): the mixed grid of a count moves by a whole step when a share crosses
+    a percentile, so its mean drifted by sampling SEs between the original and its own
+    release. Otherwise both sides are the grid's coded means."""
     g = np.asarray(grid, dtype="float64")
     v = v[~np.isnan(v)]
     rec: dict[str, Any] = {"kind": "continuous", "ks_d": ks_d, "rows_observed": int(len(v))}
@@ -61,8 +100,12 @@ def continuous_utility(
         return rec
     tail = trim / 100.0
     below, above = float(np.mean(v < g[0])), float(np.mean(v > g[-1]))
-    mean_r, sd_r = _grid_moments(g)
-    mean_s, _ = _grid_moments(_coded_percentiles(v, trim))
+    exact = _atom_moments(atoms) if atoms else None
+    if exact is not None and atoms is not None:
+        (mean_r, sd_r), mean_s = exact, _atom_mean(v, atoms, trim)
+    else:
+        mean_r, sd_r = _grid_moments(g)
+        mean_s, _ = _grid_moments(_coded_percentiles(v, trim))
     se = sd_r / np.sqrt(len(v)) if sd_r > 0 else float("nan")
     rec |= {
         "share_outside_range": below + above,
@@ -155,7 +198,9 @@ def outcome_utility(
     marginal, with its findings."""
     if marginal.get("kind") in ("continuous", "ordinal_grid") and marginal.get("grid"):
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        rec = continuous_utility(v, marginal["grid"], integer, trim, ks_d)
+        rec = continuous_utility(
+            v, marginal["grid"], integer, trim, ks_d, marginal.get("atoms") or None
+        )
     elif marginal.get("kind") == "categorical" and marginal.get("table", {}).get("levels"):
         table = marginal["table"]
         rec = categorical_utility(s, table["levels"], table.get("counts", []))
