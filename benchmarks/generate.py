@@ -170,7 +170,7 @@ if __name__ == "__main__":
 # The benchmark matrix (issue 17): kinds of manifests x sizes. Each kind names its columns its
 # own way (RENAMES), so nothing depends on one data set's names.
 
-KINDS = ("ols", "glm", "register", "ordered", "panel", "strata")
+KINDS = ("ols", "glm", "register", "ordered", "panel", "strata", "claims")
 
 
 def register_plus(n: int, seed: int = 1) -> pd.DataFrame:
@@ -214,6 +214,88 @@ def panel_data(n: int, seed: int = 1, periods: int = 8) -> pd.DataFrame:
     )
 
 
+def claims_data(n: int, seed: int = 1) -> pd.DataFrame:
+    """Health-claims-like data, shaped unlike `register`: 20 columns, a 40-level provider,
+    a skewed cost with 22% exact zeros, a zero-heavy overdispersed count, a rare binary
+    outcome (8%), a bounded score, 10% missing income, 15 diagnosis groups."""
+    rng = np.random.default_rng(seed + 101)
+    age = rng.integers(0, 96, size=n)
+    sex = rng.binomial(1, 0.52, size=n)
+    urban = rng.binomial(1, 0.7, size=n)
+    region = rng.choice(np.arange(1, 7), p=[0.3, 0.2, 0.15, 0.15, 0.1, 0.1], size=n)
+    provider = rng.integers(1, 41, size=n)
+    year = rng.integers(2015, 2023, size=n)
+    diag = rng.choice(np.arange(1, 16), size=n)
+    bmi = np.round(np.exp(rng.normal(3.25, 0.18, size=n)) + 0.03 * (age - 45) / 10, 1)
+    smoker = (rng.random(n) < 0.18 + 0.05 * (1 - urban)).astype(int)
+    eta = -2.9 + 0.02 * (age - 50) + 0.06 * (bmi - 26) + 0.3 * smoker + 0.05 * (region % 3)
+    chronic = (eta + rng.normal(size=n) > 0).astype(int)
+    mu = np.exp(-0.4 + 0.012 * age + 0.6 * chronic - 0.1 * sex)
+    gp = rng.poisson(rng.gamma(1 / 1.6, mu * 1.6))
+    admits = rng.poisson(np.exp(-2.0 + 0.01 * age + 0.4 * smoker + 0.5 * chronic))
+    stay = np.where(admits > 0, rng.integers(1, 30, size=n), 0)
+    prov_fx = rng.normal(0, 0.3, size=41)[provider]
+    cost = np.exp(
+        6.5 + 0.01 * age + 0.02 * (bmi - 26) + 0.05 * stay + prov_fx + rng.normal(0, 1.0, n)
+    )
+    cost[rng.random(n) < 0.22] = 0.0
+    income = np.exp(10.2 + 0.1 * urban + 0.004 * np.minimum(age, 65) + rng.normal(0, 0.5, n))
+    income[rng.random(n) < 0.10] = np.nan
+    score = np.clip(
+        np.round(70 - 0.2 * age + 5 * urban - 8 * chronic + rng.normal(0, 10, n)), 0, 100
+    )
+    return pd.DataFrame(
+        {
+            "member": np.arange(1, n + 1),
+            "age": age,
+            "sex": sex,
+            "urban": urban,
+            "region": region,
+            "provider": provider,
+            "year": year,
+            "diag": diag,
+            "bmi": bmi,
+            "smoker": smoker,
+            "chronic": chronic,
+            "gp_visits": gp,
+            "admits": admits,
+            "stay_days": stay,
+            "cost": cost,
+            "income": income,
+            "score": score,
+            "w": rng.uniform(0.2, 5.0, size=n),
+            "u1": rng.normal(size=n) + 0.2 * chronic,
+            "u2": rng.standard_t(4, size=n),
+        }
+    )
+
+
+def _claims_checkpoints() -> list[dict]:
+    return [
+        {
+            "tag": "chronic_probit",
+            "model": "probit",
+            "formula": "chronic ~ age + bmi + smoker + C(region)",
+        },
+        {"tag": "gp_nb", "model": "nbreg", "formula": "gp_visits ~ age + sex + chronic"},
+        {
+            "tag": "cost_fe",
+            "model": "fe",
+            "formula": "cost ~ age + bmi + stay_days",
+            "absorb": ["provider", "year"],
+            "vcov": "cluster:provider",
+        },
+        {"tag": "admits_pois", "model": "poisson", "formula": "admits ~ age + smoker + chronic"},
+        {
+            "tag": "score_w",
+            "model": "ols",
+            "formula": "score ~ sex * urban + age + C(diag)",
+            "weights": "w",
+            "vcov": "HC1",
+        },
+    ]
+
+
 RENAMES = {  # the columns of each kind under its own names
     "ols": {"x1": "score_a", "x2": "score_b", "x3": "score_c", "x4": "score_d", "hours": "hrs"},
     "glm": {
@@ -228,6 +310,7 @@ RENAMES = {  # the columns of each kind under its own names
     "ordered": {"satisfaction": "rating", "educ_years": "school_yrs", "hours": "workhours"},
     "panel": {"unit": "person", "year": "wave", "lwage": "log_pay"},
     "strata": {"county_type": "urbanity", "region": "area", "female": "sex", "married": "civil"},
+    "claims": {"provider": "prov_id", "chronic": "chronic_dx", "cost": "paid_amt"},
 }
 
 
@@ -370,6 +453,14 @@ def matrix_case(kind: str, rows: int, out: str, seed: int = 1) -> Path:
         df = panel_data(rows, seed)
         src = {"ids": [], "panel": {"entity": "unit", "time": "year"}, "continuous": ["hours"]}
         cps = _panel_checkpoints()
+    elif kind == "claims":
+        df = claims_data(rows, seed)
+        src = {
+            "ids": ["member"],
+            "strata": ["sex", "urban"],
+            "categorical": ["region", "provider", "diag"],
+        }
+        cps = _claims_checkpoints()
     else:
         df = register_plus(rows, seed)
         strata = {
