@@ -139,7 +139,7 @@ def test_atoms_keep_the_draws_counts_and_checkpoints_stay_exact(
     assert len(atoms) >= 3 and res[0].detail["support"]["exchanged"], res[0].note
     for a in atoms:
         assert (after == a).sum() == (before == a).sum()
-    monkeypatch.setattr(pin, "_exchange_to_draw", lambda *a: False)  # the former path
+    monkeypatch.setattr(pin, "_exchange_to_draw", lambda *a, **k: None)  # the former path
     old = pin.pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
     low = after[after > 0].min()  # the lowest value of the support off the zeros
     pile_old = (old[0]["people"][y] == low).mean()
@@ -197,7 +197,7 @@ def test_integer_outcome_keeps_the_draws_level_counts(
     assert res[0].detail["support"]["exchanged"], res[0].note
     after, before = out["people"][y], draw[y]
     assert max(z for _, z, _ in refit_terms(out["people"], rels[0])) <= INTEGER_TOL
-    monkeypatch.setattr(pin, "_exchange_to_draw", lambda *a: False)  # the former path
+    monkeypatch.setattr(pin, "_exchange_to_draw", lambda *a, **k: None)  # the former path
     old, _ = pin.pin_checkpoints({"people": draw}, rels, seed=5, releases={"people": release})
 
     def tv(a: pd.Series) -> float:  # total variation distance of level shares to the draw's

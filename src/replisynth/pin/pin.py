@@ -1135,7 +1135,11 @@ def _keep_support(
     if frozen is mass and inner is not sup:
         kept += ", the other rows off them"
     free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
-    exchanged = _exchange_to_draw(df, group, outcome, inner, mass, st[2], draw, designs, offset)
+    args = (df, group, outcome, inner, mass, st[2], draw, designs, offset)
+    trial = _exchange_to_draw(*args)
+    exchanged = trial is not None and trial.kept(0.0)
+    if exchanged and trial is not None:
+        df[outcome] = trial.y
     rounds = (
         []
         if exchanged
@@ -1143,10 +1147,9 @@ def _keep_support(
     )
     y_free = df[outcome].to_numpy(dtype="float64")[free]
     if not exchanged and sup.lattice is None and _ks_distance(y_free, draw[free]) > FAR_FROM_DRAW:
-        exchanged = _exchange_to_draw(
-            df, group, outcome, inner, mass, st[2], draw, designs, offset, SPILL_SE_SLACK
-        )
-        rounds = [] if exchanged else rounds
+        trial = trial if trial is not None else _exchange_to_draw(*args, any_outcome=True)
+        if trial is not None and trial.kept(SPILL_SE_SLACK):
+            df[outcome], exchanged, rounds = trial.y, True, []
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "
@@ -1236,8 +1239,8 @@ def _exchange_to_draw(
     draw: np.ndarray,
     designs: _Designs | None,
     offset: np.ndarray,
-    slack: float | None = None,
-) -> bool:
+    any_outcome: bool = False,
+) -> _Exchange | None:
     """A continuous outcome with released atoms, or an integer or coded one, put back on the
     draw's values: the sample rows off the mass points (of an integer or coded outcome: off a
     mass point at or beyond either end of `sup`, exact zeros or a top code) take the draw's
@@ -1248,9 +1251,10 @@ def _exchange_to_draw(
     repair of `_round_outcome`). The repair also tracks the group's SEs (`_se_proxy`): the released SEs come from the raw outcome and the
     released marginal is coded at its ends, so both cannot always hold. Kept (True) when every
     |log(SE / released SE)| stays within EXCHANGE_SE_BOUND, or within the largest before;
-    otherwise the outcome is left as it was (False) for `_match_draw_marginal`. With `slack`
-    (the fallback after that step left the rows far from the draw's marginal) an outcome
-    without atoms is exchanged too, and the SEs may reach `slack` further."""
+    otherwise the outcome is left for `_match_draw_marginal` (`_Exchange.kept`). Returns the
+    exchanged values and what decides on them, df's column as it was; None where no exchange
+    applies (an outcome without atoms unless `any_outcome`, the fallback after that step left
+    the rows far from the draw's marginal)."""
     y0 = df[outcome].to_numpy(dtype="float64").copy()
     ends = np.asarray([v for v in sup.mass if v <= sup.lo or v >= sup.hi], dtype="float64")
     keep = mass if sup.lattice is None else np.isin(draw, ends)
@@ -1258,12 +1262,12 @@ def _exchange_to_draw(
     st = _stacked(df, group, designs)
     start = _se_gaps(df, group, designs)
     if (
-        (sup.lattice is None and not sup.atoms and slack is None)
+        (sup.lattice is None and not sup.atoms and not any_outcome)
         or len(rows) < 2
         or st is None
         or start is None
     ):
-        return False
+        return None
     V, D, _ = st
     y = y0.copy()
     pool = np.clip(draw[rows], sup.lo, sup.hi)  # a draw from the release is inside already
@@ -1275,7 +1279,7 @@ def _exchange_to_draw(
     atoms = np.asarray(sup.atoms, dtype="float64")
     frozen = np.ones(len(y), dtype=bool)
     frozen[rows[~np.isin(y[rows], atoms)]] = False
-    bound = max(float(np.max(start, initial=0.0)), EXCHANGE_SE_BOUND) + (slack or 0.0)
+    bound = max(float(np.max(start, initial=0.0)), EXCHANGE_SE_BOUND)
     if sup.lattice is not None:  # lattice steps close what the exchanges left, if they can
         y, gap = repair_gap(y, rows, V, gap, sup.lattice)
         df[outcome] = y
@@ -1283,10 +1287,26 @@ def _exchange_to_draw(
     else:
         scale = _rank_scale(y, ~frozen & ~np.isnan(y))
         exact = _bounded_passes(df, group, outcome, sup, frozen, designs, offset, scale)
-    if exact and _within(_se_gaps(df, group, designs), np.full(len(start), bound)):
-        return True
+    trial = _Exchange(df[outcome].to_numpy(dtype="float64").copy(), exact, bound, None)
+    if exact:
+        trial.gaps = _se_gaps(df, group, designs)
     df[outcome] = y0
-    return False
+    return trial
+
+
+@dataclass
+class _Exchange:
+    """The draw's values exchanged between rows (`_exchange_to_draw`): the new column `y`,
+    whether the checkpoints are exact, the bound on |log(SE / released SE)| and the gaps."""
+
+    y: np.ndarray
+    exact: bool
+    bound: float
+    gaps: np.ndarray | None
+
+    def kept(self, slack: float) -> bool:
+        """Exact, with every SE gap within the bound plus `slack`."""
+        return self.exact and _within(self.gaps, np.asarray(self.bound + slack))
 
 
 def _rank_scale(y: np.ndarray, free: np.ndarray) -> np.ndarray:
