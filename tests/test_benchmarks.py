@@ -75,7 +75,7 @@ def test_real_data_acceptance_runs_one_case(tmp_path):
     assert "| anes_vote (944) | 4 | vote_logit | logit |" in (tmp_path / "t.md").read_text()
 
 
-@pytest.mark.parametrize("kind", ["ols", "glm", "register", "ordered", "panel", "strata"])
+@pytest.mark.parametrize("kind", ["ols", "glm", "register", "ordered", "panel", "strata", "claims"])
 def test_matrix_manifests_load_under_their_own_names(tmp_path, kind):
     """Each kind of the benchmark matrix writes data and a manifest that loads and whose
     formulas parse against the data; no kind keeps the default column names of another."""
