@@ -528,6 +528,7 @@ def _pin_checkpoints(
             gen = rng(seed, "pin", source, outcome, "support")
             notes += _keep_support(df, group, outcome, sup, draw, gen, designs, detail)
         _report_joint_gaps(df, group, status, notes, detail, designs)
+        del designs  # its designs and operators are of this group's checkpoints only
         frames[source] = df
         results.append(
             PinOutcome(
