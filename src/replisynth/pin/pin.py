@@ -1138,19 +1138,18 @@ def _keep_support(
     free = st[2] & ~np.isnan(pinned) & ~frozen & ~np.isnan(draw)
     args = (df, group, outcome, inner, mass, st[2], draw, designs, offset)
     trial = _exchange_to_draw(*args)
-    exchanged = trial is not None and trial.kept(0.0)
-    if exchanged and trial is not None:
-        df[outcome] = trial.y
-    rounds = (
-        []
-        if exchanged
-        else _match_draw_marginal(df, group, outcome, inner, frozen, free, draw, designs, offset)
-    )
-    y_free = df[outcome].to_numpy(dtype="float64")[free]
-    if not exchanged and sup.lattice is None and _ks_distance(y_free, draw[free]) > FAR_FROM_DRAW:
-        trial = trial if trial is not None else _exchange_to_draw(*args, any_outcome=True)
-        if trial is not None and trial.kept(SPILL_SE_SLACK):
-            df[outcome], exchanged, rounds = trial.y, True, []
+    exchanged, rounds = False, []
+    if trial is not None and trial.kept(0.0):
+        df[outcome], exchanged = trial.y, True
+    else:
+        rounds = _match_draw_marginal(
+            df, group, outcome, inner, frozen, free, draw, designs, offset
+        )
+        y_free = df[outcome].to_numpy(dtype="float64")[free]
+        if sup.lattice is None and _ks_distance(y_free, draw[free]) > FAR_FROM_DRAW:
+            trial = trial if trial is not None else _exchange_to_draw(*args, any_outcome=True)
+            if trial is not None and trial.kept(SPILL_SE_SLACK):
+                df[outcome], exchanged, rounds = trial.y, True, []
     notes = [
         f"inside the released support [{sup.lo:.6g}, {sup.hi:.6g}] ({before} rows were outside "
         f"after the unbounded pin; {int(mass.sum())} rows on mass points {kept}; "

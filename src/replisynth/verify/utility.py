@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from replisynth.stats.atoms import mixture_components
 from replisynth.stats.copula_dims import norm_key
 
 SUPPORT_BREACH = 0.005  # a share of rows above this outside the released support is a breach
@@ -35,22 +36,16 @@ def _grid_moments(g: np.ndarray) -> tuple[float, float]:
 
 
 def _atom_moments(atoms: dict[str, Any]) -> tuple[float, float] | None:
-    """Mean and SD of a marginal released as atoms and a rest: the atoms exact (values and
-    counts), the rest as its grid's coded moments. None when the release holds no rows."""
-    vals = np.asarray(atoms.get("values", []), dtype="float64")
-    counts = np.asarray(atoms.get("counts", []), dtype="float64")
-    rest = atoms.get("rest") or {}
-    n_rest = float(rest.get("n") or 0)
-    total = float(counts.sum()) + n_rest
-    if total <= 0:
+    """Mean and SD of a marginal released as atoms and a rest (`atoms.mixture_components`:
+    each atom a point mass with its exact count, the rest its grid's coded moments). None
+    when the release holds no rows."""
+    parts = [(w, *_grid_moments(g)) for w, g in mixture_components(atoms)]
+    total = sum(w for w, _, _ in parts)
+    if not total > 0:
         return None
-    s1, s2 = float(counts @ vals), float(counts @ (vals * vals))
-    if n_rest:
-        m_r, sd_r = _grid_moments(np.asarray(rest["grid"], dtype="float64"))
-        s1 += n_rest * m_r
-        s2 += n_rest * (sd_r * sd_r + m_r * m_r)
-    mean = s1 / total
-    return mean, float(np.sqrt(max(s2 / total - mean * mean, 0.0)))
+    mean = sum(w * m for w, m, _ in parts) / total
+    second = sum(w * (sd * sd + m * m) for w, m, sd in parts) / total
+    return mean, float(np.sqrt(max(second - mean * mean, 0.0)))
 
 
 def _atom_mean(v: np.ndarray, atoms: dict[str, Any], trim: float) -> float:
