@@ -271,6 +271,7 @@ def _view(
     pos = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
     pos[rows] = np.arange(len(rows))
     A, Q, N = view_sums(U, Pm, miss)
+    M[N < 3] = 0.0  # no correlation on fewer than 3 common rows, and swaps never change N
     C = U.T @ U if U.dtype == np.float64 else _in_chunks(U, lambda part: part.T @ part, (d, d))
     return _View(rows, pos, U, miss, Pm, C, A, Q, N, np.where(M > 0, target, 0.0), M)
 
