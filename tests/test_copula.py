@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import release_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import special, stats
 
 from replisynth.stats.copula import (
@@ -20,8 +22,11 @@ from replisynth.stats.copula import (
     rank_order,
 )
 from replisynth.stats.correlations import (
+    _COARSE,
     ATOM_MASS,
+    R_GRID,
     Margin,
+    _invert_pair_coarse,
     expected_spearman,
     invert_curve,
     invert_pair,
@@ -157,6 +162,24 @@ def test_invert_pair_equals_inverting_the_whole_curve(pair: str) -> None:
         assert invert_pair(a, b, float(rho)) == pytest.approx(
             invert_curve(curve, float(rho)), abs=1e-12
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.floats(0.05, 0.95), q=st.floats(0.05, 0.95), at=st.floats(0.02, 0.9))
+def test_invert_pair_reproduces_targets_of_two_binaries(p: float, q: float, at: float) -> None:
+    """Two binaries: a Spearman target inside the curve's range on the inner grid (a zero
+    target among them: the pairs of one nominal column's indicators, which stay independent)
+    is reproduced, although the curve's quadrature at the grid's ends (±0.9999) is not
+    monotone there; the stretch search gives the coarse bracketing's value where the coarse
+    curve is monotone."""
+    a, b = Margin((p, 1.0 - p)), Margin((q, 1.0 - q))
+    inner = spearman_curve(a, b, R_GRID[1:-1])
+    for rho in (0.0, float(inner[0] + at * (inner[-1] - inner[0]))):
+        r = invert_pair(a, b, rho)
+        assert float(spearman_curve(a, b, np.array([r]))[0]) == pytest.approx(rho, abs=2e-3)
+        coarse = spearman_curve(a, b, R_GRID[_COARSE])
+        if np.all(np.diff(coarse) > 0):
+            assert r == _invert_pair_coarse(a, b, rho)
 
 
 @pytest.mark.parametrize("r", [-0.95, -0.6, 0.0, 0.3, 0.8, 0.99])

@@ -407,9 +407,44 @@ _COARSE = np.unique(np.concatenate([np.arange(0, len(R_GRID), 6), [len(R_GRID) -
 
 
 def invert_pair(a: Margin, b: Margin, rho_s: float) -> float:
-    """`invert_curve` of the pair's Spearman curve without evaluating all of it: the curve on
-    every sixth point of R_GRID brackets `rho_s`, and the grid points inside the bracket
-    (at most seven) are evaluated and interpolated, as the whole curve would be there."""
+    """`invert_curve` of the pair's Spearman curve without evaluating all of it: the stretch
+    of R_GRID between two neighbouring points of every sixth one (at most seven points) whose
+    curve brackets `rho_s` is evaluated and interpolated, as the whole curve would be there.
+    The search starts at the stretch of the correlation without ties and jumps along the
+    curve's slope (`_next_stretch`); after four stretches it brackets on the coarse curve."""
+    last = len(_COARSE) - 2
+    k = _stretch_of(2.0 * np.sin(np.pi * rho_s / 6.0))
+    for _ in range(4):
+        rs = R_GRID[_COARSE[k] : _COARSE[k + 1] + 1]
+        curve = spearman_curve(a, b, rs)
+        c = np.maximum.accumulate(curve)
+        if c[0] < rho_s <= c[-1]:
+            return invert_curve(curve, rho_s, rs)
+        if rho_s <= c[0] and k == 0:
+            return float(R_GRID[0])
+        if rho_s > c[-1] and k == last:
+            return float(R_GRID[-1])
+        k = _next_stretch(k, rs, c, rho_s)
+    return _invert_pair_coarse(a, b, rho_s)
+
+
+def _stretch_of(r: float) -> int:
+    """The stretch (index into _COARSE's intervals) holding latent correlation r."""
+    edges = R_GRID[_COARSE]
+    return int(np.clip(np.searchsorted(edges, r) - 1, 0, len(_COARSE) - 2))
+
+
+def _next_stretch(k: int, rs: np.ndarray, c: np.ndarray, rho_s: float) -> int:
+    """The stretch where the line through the curve's end nearest `rho_s` (its slope over the
+    stretch `k`) reaches it; at least one stretch further in that direction."""
+    slope = (c[-1] - c[0]) / (rs[-1] - rs[0])
+    end = -1 if rho_s > c[-1] else 0
+    guess = _stretch_of(rs[end] + (rho_s - c[end]) / slope) if slope > 0 else k
+    return max(guess, k + 1) if end == -1 else min(guess, k - 1)
+
+
+def _invert_pair_coarse(a: Margin, b: Margin, rho_s: float) -> float:
+    """`invert_pair` bracketed on the curve at every sixth point of R_GRID."""
     c = np.maximum.accumulate(spearman_curve(a, b, R_GRID[_COARSE]))
     k = int(np.searchsorted(c, rho_s))
     if k == 0:
