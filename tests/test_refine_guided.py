@@ -11,6 +11,7 @@ from replisynth.stats.correlations import spearman_matrix
 from replisynth.synthesize.refine import (
     SwapSettings,
     _Proposals,
+    _Swapper,
     _SweepStop,
     _view,
     _view_sums_wide,
@@ -184,3 +185,22 @@ def test_a_pair_without_common_rows_leaves_the_refinement_as_untargeted(
     ]
     for a, b in zip(*runs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_block_whose_batches_fail_waits_longer_each_time() -> None:
+    """Blocks already at their targets (every swap worsens them): a failed batch makes the
+    block wait 1 sweep, a second failure 3 (BACKOFF caps the wait), and the permutations
+    never change."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(200, 3))
+    groups = [np.arange(0, 100), np.arange(100, 200)]
+    views = [_view(X, g, spearman_matrix(X[g]), 200) for g in groups]
+    swapper = _Swapper(X, views, None, rng, SwapSettings(), None)
+    perms = [np.arange(200)]
+    states = []
+    for _ in range(8):
+        assert not swapper.move([0], [0], perms)
+        states.append(swapper.fails[((0,), 0)])
+    assert states == [(1, 1), (1, 0), (2, 3), (2, 2), (2, 1), (2, 0), (3, 3), (3, 2)]
+    assert swapper.fails[((0,), 1)] == states[-1]
+    np.testing.assert_array_equal(perms[0], np.arange(200))

@@ -30,6 +30,7 @@ SETTLE_GAIN = 0.05
 # 0.015 between `comfort` and the tier's tolerance) and left as drawn when within comfort.
 SAMPLE_ROWS = 1 << 15
 TOL = 0.004
+BACKOFF = 2  # a block whose batches keep failing waits 1, then 3 sweeps before the next try
 
 
 # A veto on swap pairs: (units moved, r, s, the units' permutations) -> allowed per pair.
@@ -160,8 +161,7 @@ def _corr(
     Nn = np.maximum(N, 1.0)
     num = C - Aij * Aji / Nn
     den = (Qij - Aij * Aij / Nn) * (Qji - Aji * Aji / Nn)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = num / np.sqrt(np.maximum(den, 1e-300))
+    r = num / np.sqrt(np.maximum(den, 1e-300))  # a positive divisor: nothing to silence
     return np.where((den > 1e-300) & (N >= 3), r, 0.0)
 
 
@@ -466,8 +466,7 @@ class _Proposals:
             Nn = np.maximum(N[:, oc], 1.0)
             den = (Qij[:, oc] - Aij[:, oc] ** 2 / Nn) * (Qji[:, oc] - Aji[:, oc] ** 2 / Nn)
             ok = (den > 1e-300) & (N[:, oc] >= 3)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                inv = np.where(ok, 1.0 / np.sqrt(np.maximum(den, 1e-300)), 0.0)
+            inv = np.where(ok, 1.0 / np.sqrt(np.maximum(den, 1e-300)), 0.0)
             r0 = np.where(ok, (C[:, oc] - Aij[:, oc] * Aji[:, oc] / Nn) * inv, 0.0)
             gm = inv * M[:, oc]
             e0 = (r0 - T[:, oc]) * M[:, oc]
@@ -639,6 +638,11 @@ class _Swapper:
         self.rng, self.settings, self.labels = rng, settings, labels
         self.allowed = allowed
         self.n_dims = X.shape[1]
+        # (units moved, block) -> (batches in a row that found no improving swap, sweeps left
+        # to wait): after k failures the block waits 2^min(k, BACKOFF) - 1 sweeps. Late sweeps
+        # on many small blocks find nothing in most of them; each block waits from its own
+        # failure, so a sweep's gain does not alternate with the sweep's parity.
+        self.fails: dict[tuple[tuple[int, ...], int], tuple[int, int]] = {}
         self.present = ~np.isnan(X)
         # Blocks that share no row can prepare their batches at once (threads): a block's swaps
         # move only its own rows, so another block's prepared scores stay valid; only the
@@ -666,12 +670,17 @@ class _Swapper:
         return self.eligible[key]
 
     def draw(
-        self, dims: list[int], out: np.ndarray
-    ) -> list[tuple[list[_View], np.ndarray, np.ndarray]]:
-        """Every block's batch of swap pairs (r, s) for the unit `dims`, with the views it is
-        scored against, drawn in block order (the generator's sequence as before)."""
+        self, dims: list[int], out: np.ndarray, members: tuple[int, ...] = ()
+    ) -> list[tuple[list[_View], np.ndarray, np.ndarray, int]]:
+        """Every block's batch of swap pairs (r, s) for the unit `dims` (units `members`),
+        with the views it is scored against and the block's index, drawn in block order; a
+        block whose recent batches of these units all failed waits (`fails`)."""
         batches = []
         for view_index, view in enumerate(self.views):
+            failed, wait = self.fails.get((members, view_index), (0, 0))
+            if wait:
+                self.fails[(members, view_index)] = (failed, wait - 1)
+                continue
             active = [view] + ([self.global_view] if self.global_view is not None else [])
             if not any(v.M[_ix(dims, out)].any() for v in active):
                 continue
@@ -694,7 +703,7 @@ class _Swapper:
                 r, s = draw_pairs(rows[self.rng.permutation(len(rows))], half, self.labels)
             if not len(r):
                 continue
-            batches.append((active, r, s))
+            batches.append((active, r, s, view_index))
         return batches
 
     def _pairs(
@@ -714,18 +723,21 @@ class _Swapper:
         inside = np.zeros(self.n_dims, dtype=bool)
         inside[dims] = True
         out = np.where(~inside)[0]
-        batches = self.draw(dims, out)
+        key = tuple(members)
+        batches = self.draw(dims, out, key)
 
-        def prepare(batch: tuple[list[_View], np.ndarray, np.ndarray]) -> list[_Proposals]:
-            active, r, s = batch
+        def prepare(batch: tuple[list[_View], np.ndarray, np.ndarray, int]) -> list[_Proposals]:
+            active, r, s, _ = batch
             return [_Proposals(v, r, s, dims, out, bind=False) for v in active]
 
         prepared = thread_map(prepare, batches) if self.disjoint else None
         improved = False
-        for index, (active, r, s) in enumerate(batches):
-            parts = prepared[index] if prepared is not None else prepare((active, r, s))
-            if _accept_batch(parts, r, s, members, perms, self.allowed):
-                improved = True
+        for index, batch in enumerate(batches):
+            parts = prepared[index] if prepared is not None else prepare(batch)
+            accepted = _accept_batch(parts, batch[1], batch[2], members, perms, self.allowed)
+            failed = 0 if accepted else self.fails.get((key, batch[3]), (0, 0))[0] + 1
+            self.fails[(key, batch[3])] = (failed, (1 << min(failed, BACKOFF)) - 1)
+            improved = improved or accepted
         return improved
 
 
