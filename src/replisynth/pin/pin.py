@@ -1287,9 +1287,8 @@ def _exchange_to_draw(
     else:
         scale = _rank_scale(y, ~frozen & ~np.isnan(y))
         exact = _bounded_passes(df, group, outcome, sup, frozen, designs, offset, scale)
-    trial = _Exchange(df[outcome].to_numpy(dtype="float64").copy(), exact, bound, None)
-    if exact:
-        trial.gaps = _se_gaps(df, group, designs)
+    gaps = _se_gaps(df, group, designs) if exact else None
+    trial = _Exchange(df[outcome].to_numpy(dtype="float64").copy(), exact, bound, gaps)
     df[outcome] = y0
     return trial
 

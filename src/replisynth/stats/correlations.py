@@ -404,6 +404,7 @@ def invert_curve(curve: np.ndarray, rho_s: float, rs: np.ndarray = R_GRID) -> fl
 
 
 _COARSE = np.unique(np.concatenate([np.arange(0, len(R_GRID), 6), [len(R_GRID) - 1]]))
+_COARSE_R = R_GRID[_COARSE]  # the stretches' ends
 
 
 def invert_pair(a: Margin, b: Margin, rho_s: float) -> float:
@@ -430,8 +431,7 @@ def invert_pair(a: Margin, b: Margin, rho_s: float) -> float:
 
 def _stretch_of(r: float) -> int:
     """The stretch (index into _COARSE's intervals) holding latent correlation r."""
-    edges = R_GRID[_COARSE]
-    return int(np.clip(np.searchsorted(edges, r) - 1, 0, len(_COARSE) - 2))
+    return int(np.clip(np.searchsorted(_COARSE_R, r) - 1, 0, len(_COARSE) - 2))
 
 
 def _next_stretch(k: int, rs: np.ndarray, c: np.ndarray, rho_s: float) -> int:
@@ -445,7 +445,7 @@ def _next_stretch(k: int, rs: np.ndarray, c: np.ndarray, rho_s: float) -> int:
 
 def _invert_pair_coarse(a: Margin, b: Margin, rho_s: float) -> float:
     """`invert_pair` bracketed on the curve at every sixth point of R_GRID."""
-    c = np.maximum.accumulate(spearman_curve(a, b, R_GRID[_COARSE]))
+    c = np.maximum.accumulate(spearman_curve(a, b, _COARSE_R))
     k = int(np.searchsorted(c, rho_s))
     if k == 0:
         return float(R_GRID[0])

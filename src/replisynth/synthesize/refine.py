@@ -670,7 +670,7 @@ class _Swapper:
         return self.eligible[key]
 
     def draw(
-        self, dims: list[int], out: np.ndarray, members: tuple[int, ...] = ()
+        self, dims: list[int], out: np.ndarray, members: tuple[int, ...]
     ) -> list[tuple[list[_View], np.ndarray, np.ndarray, int]]:
         """Every block's batch of swap pairs (r, s) for the unit `dims` (units `members`),
         with the views it is scored against and the block's index, drawn in block order; a
@@ -734,9 +734,10 @@ class _Swapper:
         improved = False
         for index, batch in enumerate(batches):
             parts = prepared[index] if prepared is not None else prepare(batch)
-            accepted = _accept_batch(parts, batch[1], batch[2], members, perms, self.allowed)
-            failed = 0 if accepted else self.fails.get((key, batch[3]), (0, 0))[0] + 1
-            self.fails[(key, batch[3])] = (failed, (1 << min(failed, BACKOFF)) - 1)
+            _, r, s, block = batch
+            accepted = _accept_batch(parts, r, s, members, perms, self.allowed)
+            failed = 0 if accepted else self.fails.get((key, block), (0, 0))[0] + 1
+            self.fails[(key, block)] = (failed, (1 << min(failed, BACKOFF)) - 1)
             improved = improved or accepted
         return improved
 
